@@ -1,0 +1,23 @@
+"""Sparse Shape Composition (Zhang, Zhan, Metaxas et al., MedIA 2012).
+
+Public API
+----------
+ShapeDictionary           aligned training shapes with cached Gram matrices
+sparse_composition        sparse solve (x, e) for a shape in the model frame
+sparse_shape_composition  full SSC: alternates similarity alignment and solve
+SparseShapeComposition    estimator facade (fit training shapes, transform)
+SSCResult                 what the above return
+"""
+
+from ._compose import (
+    SparseShapeComposition,
+    SSCResult,
+    sparse_composition,
+    sparse_shape_composition,
+)
+from ._dictionary import ShapeDictionary
+
+__all__ = [
+    "ShapeDictionary", "sparse_composition", "sparse_shape_composition",
+    "SparseShapeComposition", "SSCResult",
+]

@@ -1,0 +1,394 @@
+"""Public SSC inference: validation, penalties, and the alternation of the
+similarity transform beta with the sparse solve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from numbers import Real
+
+import numpy as np
+
+from ..align import Transform, generalized_procrustes, procrustes
+from ..backend import to_numpy
+from ._dictionary import ShapeDictionary
+from ._l0 import solve_l0
+from ._l1 import solve_l1
+
+METHODS = ("l1", "l0")
+#: default relative L1 weight on x: lam1 = 2 * ALPHA1 * max|D^T W z|
+ALPHA1 = 1e-3
+#: default gross-error threshold, in robust standard deviations of the residual
+OUTLIER_SIGMAS = 3.0
+#: lower bound of the reweighted lambda2, relative to lambda2
+REWEIGHT_FLOOR = 0.05
+
+
+@dataclass
+class SSCResult:
+    """Result of :func:`sparse_shape_composition`.
+
+    Attributes
+    ----------
+    x : ndarray, shape (K,)
+        Sparse coefficients of the dictionary atoms.
+    error : ndarray, shape (N, d)
+        Gross-error term e in the model frame (model units).
+    error_norm : ndarray, shape (N,)
+        ``|e_i|`` mapped back to the input's units (e.g. mm).
+    overridden : ndarray of bool, shape (N,)
+        Vertices where e is nonzero: the prior overrode the observation.
+    visible : ndarray of bool, shape (N,)
+        Vertices with weight > 0.
+    transform : Transform
+        beta: maps the input shape into the model frame.
+    aligned : ndarray, shape (N, d)
+        ``transform(shape)``: the input in the model frame.
+    reconstruction : ndarray, shape (N, d)
+        ``transform^{-1}(D x)``: the prior's shape in the input's frame.
+    objective : float
+        Final objective value in the model frame (stated units).
+    lambda1, lambda2 : float
+        Penalties used (after 'auto'); lambda2 is nan for method 'l0'.
+    n_iter : int
+        Sparse-solver iterations in the last alignment round.
+    n_align_iter : int
+    converged : bool
+    method : str
+    """
+
+    x: np.ndarray
+    error: np.ndarray
+    error_norm: np.ndarray
+    overridden: np.ndarray
+    visible: np.ndarray
+    transform: Transform
+    aligned: np.ndarray
+    reconstruction: np.ndarray
+    objective: float
+    lambda1: float
+    lambda2: float
+    n_iter: int
+    n_align_iter: int
+    converged: bool
+    method: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def outlier_fraction(self) -> float:
+        """Fraction of visible vertices the prior overrode."""
+        nv = int(self.visible.sum())
+        return float(self.overridden[self.visible].sum()) / nv if nv else 0.0
+
+
+def _positive(name, value, allow_auto=True):
+    if allow_auto and isinstance(value, str) and value == "auto":
+        return value
+    if not isinstance(value, Real) or not np.isfinite(value) or value <= 0:
+        allowed = "'auto' or a finite number > 0" if allow_auto else "a finite number > 0"
+        raise ValueError(f"{name}={value!r} is invalid: expected {allowed}")
+    return float(value)
+
+
+def _check_shape(shape, dic):
+    y = np.asarray(shape, dtype=np.float64)
+    want = (dic.n_points, dic.n_dims)
+    if y.shape != want:
+        raise ValueError(f"shape has shape {y.shape}, but the dictionary expects {want}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("shape contains NaN or infinite coordinates")
+    return y
+
+
+def _check_vertex_weights(weights, n_points):
+    if weights is None:
+        return np.ones(n_points)
+    s = np.asarray(weights, dtype=np.float64)
+    if s.shape != (n_points,):
+        raise ValueError(f"weights must have shape ({n_points},), got {s.shape}")
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError("weights must be finite and >= 0")
+    if np.count_nonzero(s) < 3:
+        raise ValueError(f"at least 3 vertices need weight > 0, got {np.count_nonzero(s)}")
+    return s
+
+
+def _auto_lambda1(dic, z, w):
+    xp = dic.xp
+    c = dic.DF.T @ (w * z)
+    return 2.0 * ALPHA1 * float(xp.max(xp.abs(c)))
+
+
+def _robust_sigma(r, w, xp):
+    a = xp.abs(r[w > 0])
+    return 1.4826 * float(xp.median(a)) if a.size else 0.0
+
+
+def _auto_lambda2(dic, z, w, lam1, x0):
+    """lam2 such that the gross-error threshold is OUTLIER_SIGMAS robust
+    standard deviations of the residual (two robust rounds, so that gross
+    errors do not inflate the scale). Per unit weight, tau = lam2 / 2."""
+    xp = dic.xp
+    wmax = float(xp.max(w))
+    sol = None
+    sigma = None
+    for _ in range(2):
+        if sol is None:
+            from shapeprior_kernels import gram_lasso_numba, gram_lasso_xp
+            lasso = gram_lasso_numba if dic.backend == "numba" else gram_lasso_xp
+            x, _ = lasso(dic.weighted_gram(w), dic.DF.T @ (w * z), 0.5 * lam1)
+            r = z - dic.matvec(x)
+        else:
+            r = sol.residual
+        sigma = max(_robust_sigma(r, w, xp), 1e-12 * (1.0 + float(xp.max(xp.abs(z)))))
+        lam2 = 2.0 * OUTLIER_SIGMAS * sigma * wmax
+        sol = solve_l1(dic, z, w, lam1, lam2, x0=x0)
+    return lam2, sol
+
+
+def sparse_composition(aligned_shape, dictionary, weights=None, *, method="l1",
+                       lambda1="auto", lambda2="auto", n_nonzero=10,
+                       outlier_threshold=None, reweight=0, x0=None, tol=1e-10,
+                       max_iter=100):
+    """Sparse solve for a shape already in the model frame (no alignment).
+
+    Parameters
+    ----------
+    aligned_shape : array_like, shape (N, d)
+    dictionary : ShapeDictionary
+    weights : array_like, shape (N,), optional
+        Per-vertex visibility/confidence s_i >= 0 (the S of the objective).
+    method : {'l1', 'l0'}
+    lambda1, lambda2 : float or 'auto'
+        Penalties of ``sum s^2 (z - Dx - e)^2 + lambda1 |x|_1 + lambda2 |e|_1``
+        ('l1' only). 'auto': lambda1 = 2e-3 max|D^T S^2 z| and lambda2 so that
+        coordinates more than 3 robust sigmas off are gross errors.
+    n_nonzero : int
+        Atoms allowed by 'l0'.
+    outlier_threshold : float, optional
+        'l0' only: per-vertex residual norm (model units) above which a vertex
+        is trimmed; default 2.5 x the median residual norm.
+    reweight : int
+        'l1' only: rounds of reweighted L1 on e (Candes, Wakin & Boyd 2008)
+        after the convex solve: lambda2_j <- lambda2 * max(tau / (|e_j| + tau),
+        REWEIGHT_FLOOR). Each round is an exact warm-started solve; large gross
+        errors then stop pulling x (0 = the plain convex objective).
+    x0 : array_like, shape (K,), optional
+        Warm start ('l1').
+
+    Returns
+    -------
+    dict with keys x (K,), e (N, d), residual (N, d), objective, lambda1,
+    lambda2, n_iter, converged.
+    """
+    dic = dictionary
+    if not isinstance(dic, ShapeDictionary):
+        raise TypeError(f"dictionary must be a ShapeDictionary, got {type(dic).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {METHODS}")
+    y = _check_shape(aligned_shape, dic)
+    s = _check_vertex_weights(weights, dic.n_points)
+    if not isinstance(reweight, (int, np.integer)) or reweight < 0:
+        raise ValueError(f"reweight={reweight!r} must be an integer >= 0")
+    return _sparse_composition(dic, y, s, method, lambda1, lambda2, n_nonzero,
+                               outlier_threshold, reweight, x0, tol, max_iter)
+
+
+def _sparse_composition(dic, y, s, method, lambda1, lambda2, n_nonzero,
+                        outlier_threshold, reweight, x0, tol, max_iter):
+    xp = dic.xp
+    z = xp.asarray(y.ravel())
+    w = xp.asarray(np.repeat(s * s, dic.n_dims))
+    if x0 is not None:
+        x0 = xp.asarray(np.asarray(to_numpy(x0), dtype=np.float64))
+        if x0.shape != (dic.n_atoms,):
+            raise ValueError(f"x0 must have shape ({dic.n_atoms},), got {x0.shape}")
+    if method == "l1":
+        lam1 = _positive("lambda1", lambda1)
+        lam2 = _positive("lambda2", lambda2)
+        if lam1 == "auto":
+            lam1 = _auto_lambda1(dic, z, w)
+        if lam2 == "auto":
+            lam2, sol = _auto_lambda2(dic, z, w, lam1, x0)
+        else:
+            sol = solve_l1(dic, z, w, lam1, lam2, x0=x0, tol=tol, max_iter=max_iter)
+        for _ in range(reweight):
+            tau = 0.5 * lam2 / float(xp.max(w))
+            l2w = lam2 * xp.maximum(tau / (xp.abs(sol.e) + tau), REWEIGHT_FLOOR)
+            sol = solve_l1(dic, z, w, lam1, l2w, x0=sol.x, tol=tol, max_iter=max_iter)
+        info = {"kkt": sol.kkt, "reweight": int(reweight)}
+    else:
+        if not isinstance(n_nonzero, (int, np.integer)) or not 1 <= n_nonzero <= dic.n_atoms:
+            raise ValueError(f"n_nonzero={n_nonzero!r} must be an integer in [1, {dic.n_atoms}]")
+        if outlier_threshold is not None:
+            outlier_threshold = _positive("outlier_threshold", outlier_threshold, False)
+        sol = solve_l0(dic, z, w, int(n_nonzero), outlier_threshold, max_iter=max_iter)
+        lam1, lam2 = float("nan"), float("nan")
+        info = {"threshold": sol.threshold}
+    N, d = dic.n_points, dic.n_dims
+    return {
+        "x": to_numpy(sol.x), "e": to_numpy(sol.e).reshape(N, d),
+        "residual": to_numpy(sol.residual).reshape(N, d), "objective": sol.objective,
+        "lambda1": float(lam1), "lambda2": float(lam2), "n_iter": sol.n_iter,
+        "converged": sol.converged, "info": info,
+    }
+
+
+def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
+                             lambda1="auto", lambda2="auto", n_nonzero=10,
+                             outlier_threshold=None, reweight=3,
+                             alignment="similarity", max_align_iter=20,
+                             align_tol=1e-6, x0=None, tol=1e-10, max_iter=100):
+    """Explain an observed shape by a sparse composition of training shapes.
+
+    Alternates the alignment beta (weighted Procrustes of the shape onto the
+    current reconstruction, gross-error vertices excluded) with the sparse
+    solve of :func:`sparse_composition`.
+
+    Parameters
+    ----------
+    shape : array_like, shape (N, d)
+        Observed vertices in correspondence with the dictionary, in any frame
+        (e.g. mm in patient space).
+    dictionary : ShapeDictionary
+    weights : array_like, shape (N,), optional
+        Per-vertex visibility/confidence s_i >= 0; 0 marks a missing vertex.
+    method, lambda1, lambda2, n_nonzero, outlier_threshold, reweight, x0, tol, max_iter
+        See :func:`sparse_composition`. lambda values are in model units.
+        Here ``reweight`` defaults to 3 (robust to gross errors); 0 gives the
+        plain convex objective in every alignment round.
+    alignment : {'similarity', 'rigid', 'affine', 'none'}
+        Family of beta. 'none' assumes the shape is already in the model frame.
+    max_align_iter : int
+    align_tol : float
+        Stop when aligned vertices move less than ``align_tol`` times the
+        shape's centroid size between rounds.
+
+    Returns
+    -------
+    SSCResult
+    """
+    dic = dictionary
+    if not isinstance(dic, ShapeDictionary):
+        raise TypeError(f"dictionary must be a ShapeDictionary, got {type(dic).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {METHODS}")
+    if alignment not in ("similarity", "rigid", "affine", "none"):
+        raise ValueError(f"alignment={alignment!r} is not one of "
+                         "('similarity', 'rigid', 'affine', 'none')")
+    if not isinstance(max_align_iter, (int, np.integer)) or max_align_iter < 1:
+        raise ValueError(f"max_align_iter={max_align_iter!r} must be an integer >= 1")
+    if not isinstance(reweight, (int, np.integer)) or reweight < 0:
+        raise ValueError(f"reweight={reweight!r} must be an integer >= 0")
+    y = _check_shape(shape, dic)
+    s = _check_vertex_weights(weights, dic.n_points)
+    visible = s > 0
+    w_align = s * s
+    if alignment == "none":
+        beta = Transform.identity(dic.n_dims)
+    else:
+        beta = procrustes(y, dic.mean, w_align, kind=alignment)
+    size = max(float(np.sqrt(np.sum((dic.mean - dic.mean.mean(0)) ** 2))), 1e-12)
+    lam1, lam2 = lambda1, lambda2
+    sol = None
+    converged_align = alignment == "none"
+    k = 0
+    for k in range(1, max_align_iter + 1):
+        z = beta.apply(y)
+        sol = _sparse_composition(dic, z, s, method, lam1, lam2, n_nonzero,
+                                  outlier_threshold, reweight, x0, tol, max_iter)
+        if method == "l1":  # keep penalties fixed after the first 'auto' round
+            lam1, lam2 = sol["lambda1"], sol["lambda2"]
+        x0 = sol["x"] if method == "l1" else None
+        if alignment == "none":
+            break
+        recon = (np.asarray(dic.atoms.reshape(dic.n_atoms, -1).T @ sol["x"])).reshape(
+            dic.n_points, dic.n_dims)
+        # fix the gauge: beta's scale and the size of D x trade off freely
+        # (and the L1 term rewards shrinking both), so the Procrustes target
+        # is D x rescaled to the model's centroid size, as in ASM
+        rc = recon.mean(axis=0)
+        rsize = float(np.sqrt(np.sum((recon - rc) ** 2)))
+        if rsize > 0:
+            recon = rc + (recon - rc) * (size / rsize)
+        inlier = visible & ~np.any(sol["e"] != 0, axis=1)
+        wk = np.where(inlier, w_align, 0.0)
+        if np.count_nonzero(wk) < dic.n_dims + 1:
+            wk = w_align
+        new_beta = procrustes(y, recon, wk, kind=alignment)
+        move = np.sqrt(np.mean(np.sum((new_beta.apply(y) - z) ** 2, axis=1)))
+        beta = new_beta
+        if move <= align_tol * size / np.sqrt(dic.n_points):
+            converged_align = True
+            z = beta.apply(y)
+            sol = _sparse_composition(dic, z, s, method, lam1, lam2, n_nonzero,
+                                      outlier_threshold, reweight, x0, tol, max_iter)
+            break
+    z = beta.apply(y)
+    recon_model = (dic.atoms.reshape(dic.n_atoms, -1).T @ sol["x"]).reshape(
+        dic.n_points, dic.n_dims)
+    inv = beta.inverse()
+    e = sol["e"]
+    overridden = np.any(e != 0, axis=1) & visible
+    return SSCResult(
+        x=sol["x"], error=e, error_norm=np.linalg.norm(e, axis=1) / beta.scale,
+        overridden=overridden, visible=visible, transform=beta, aligned=z,
+        reconstruction=inv.apply(recon_model), objective=sol["objective"],
+        lambda1=sol["lambda1"], lambda2=sol["lambda2"], n_iter=sol["n_iter"],
+        n_align_iter=k, converged=bool(sol["converged"] and converged_align),
+        method=method, info=sol["info"],
+    )
+
+
+class SparseShapeComposition:
+    """Estimator facade: ``fit`` training shapes, ``transform`` observations.
+
+    Parameters
+    ----------
+    method, lambda1, lambda2, n_nonzero, outlier_threshold, alignment
+        As in :func:`sparse_shape_composition`.
+    warm_start : bool
+        Reuse the previous x as the starting point (e.g. across the
+        iterations of a segmentation).
+    backend : {'auto', 'numpy', 'numba', 'cupy'}, optional
+
+    Attributes
+    ----------
+    dictionary_ : ShapeDictionary
+    gpa_ : GPAResult
+    """
+
+    def __init__(self, method="l1", lambda1="auto", lambda2="auto", n_nonzero=10,
+                 outlier_threshold=None, reweight=3, alignment="similarity",
+                 warm_start=False, backend=None):
+        self.method = method
+        self.lambda1 = lambda1
+        self.lambda2 = lambda2
+        self.n_nonzero = n_nonzero
+        self.outlier_threshold = outlier_threshold
+        self.reweight = reweight
+        self.alignment = alignment
+        self.warm_start = warm_start
+        self.backend = backend
+
+    def fit(self, shapes, weights=None):
+        """Align training shapes (M, N, d) by GPA and build the dictionary."""
+        gpa = generalized_procrustes(shapes, weights,
+                                     kind="similarity" if self.alignment == "none" else self.alignment)
+        self.gpa_ = gpa
+        self.dictionary_ = ShapeDictionary(gpa.aligned, gpa.mean, backend=self.backend)
+        self._x = None
+        return self
+
+    def transform(self, shape, weights=None):
+        """Return the :class:`SSCResult` for one observed shape (N, d)."""
+        if not hasattr(self, "dictionary_"):
+            raise RuntimeError("call fit() before transform()")
+        res = sparse_shape_composition(
+            shape, self.dictionary_, weights, method=self.method, lambda1=self.lambda1,
+            lambda2=self.lambda2, n_nonzero=self.n_nonzero,
+            outlier_threshold=self.outlier_threshold, reweight=self.reweight,
+            alignment=self.alignment,
+            x0=self._x if self.warm_start else None)
+        if self.warm_start and self.method == "l1":
+            self._x = res.x
+        return res

@@ -1,0 +1,99 @@
+"""Prepared shape dictionary: D in two memory orders plus cached Gram matrices."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from ..backend import resolve_backend, xp_for
+
+
+class ShapeDictionary:
+    """Aligned training shapes as SSC dictionary columns, with cached Grams.
+
+    Parameters
+    ----------
+    atoms : array_like, shape (K, N, d)
+        K aligned shapes of N corresponding points in d = 2 or 3 dimensions
+        (the model frame; units as given, typically mm after GPA).
+    mean : array_like, shape (N, d), optional
+        Reference shape for the initial alignment (default: mean of atoms).
+    backend : {'auto', 'numpy', 'numba', 'cupy'}, optional
+
+    Notes
+    -----
+    Column k of ``D`` (shape ``(N*d, K)``) is ``atoms[k].ravel()``, so row
+    ``i*d + c`` is coordinate ``c`` of vertex ``i``. ``D`` is kept in C order
+    (fast row gathers for the outlier set) and Fortran order (fast column
+    gathers for sparse ``D @ x``); ``D^T D`` is computed once, and ``D^T W D``
+    once per distinct weight vector (last one cached).
+    """
+
+    def __init__(self, atoms, mean=None, backend=None):
+        a = np.asarray(atoms, dtype=np.float64)
+        if a.ndim != 3 or a.shape[2] not in (2, 3):
+            raise ValueError(f"atoms must have shape (K, N, 2|3), got {a.shape}")
+        if a.shape[0] < 1:
+            raise ValueError("a dictionary needs at least one atom")
+        if not np.all(np.isfinite(a)):
+            raise ValueError("dictionary atoms contain NaN or infinite values")
+        self.backend = resolve_backend(backend)
+        xp = xp_for(self.backend)
+        self.xp = xp
+        self.n_atoms, self.n_points, self.n_dims = a.shape
+        self.atoms = a
+        m = a.mean(axis=0) if mean is None else np.asarray(mean, dtype=np.float64)
+        if m.shape != a.shape[1:]:
+            raise ValueError(f"mean must have shape {a.shape[1:]}, got {m.shape}")
+        self.mean = m
+        D = a.reshape(self.n_atoms, -1).T
+        self.D = xp.ascontiguousarray(xp.asarray(D))
+        self.DF = xp.asfortranarray(self.D)
+        self.gram = self.DF.T @ self.DF
+        self._wkey = None
+        self._wgram = None
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_points * self.n_dims
+
+    def matvec(self, x, support=None):
+        """``D @ x`` using only the columns in ``support`` (nonzeros of x)."""
+        xp = self.xp
+        if support is None:
+            support = xp.flatnonzero(x)
+        if support.size == 0:
+            return xp.zeros(self.n_rows)
+        if support.size > self.n_atoms // 2:
+            return self.D @ x
+        return self.DF[:, support] @ x[support]
+
+    def weighted_gram(self, w):
+        """``D^T diag(w) D`` for per-row weights ``w`` (shape (N*d,))."""
+        xp = self.xp
+        w0 = float(w[0])
+        if bool(xp.all(w == w0)):
+            return self.gram * w0
+        key = hashlib.sha1(np.ascontiguousarray(_host(w)).tobytes()).hexdigest()
+        if key != self._wkey:
+            # update from D^T D over the rows whose weight is not 1, or build
+            # directly from the rows with weight > 0, whichever is fewer rows
+            diff = xp.flatnonzero(w != 1.0)
+            pos = xp.flatnonzero(w > 0)
+            if diff.size <= pos.size:
+                Dd = self.D[diff]
+                G = self.gram - Dd.T @ ((1.0 - w[diff])[:, None] * Dd)
+            else:
+                Dp = self.D[pos]
+                G = Dp.T @ (w[pos][:, None] * Dp)
+            self._wkey, self._wgram = key, G
+        return self._wgram
+
+    def to(self, backend):
+        """Copy of this dictionary on another backend."""
+        return ShapeDictionary(self.atoms, self.mean, backend=backend)
+
+
+def _host(a):
+    return a.get() if type(a).__module__.startswith("cupy") else a

@@ -1,0 +1,132 @@
+"""Parity of the kernel twins (NumPy/xp reference, Numba, CuPy) and agreement
+with an independent solver (scikit-learn)."""
+
+import numpy as np
+import pytest
+
+from conftest import requires_gpu
+from shapeprior_kernels import (
+    batched_gram_cd_cupy,
+    batched_gram_cd_numba,
+    batched_gram_cd_numpy,
+    gram_lasso_numba,
+    gram_lasso_xp,
+    lasso_objective,
+    soft_threshold_cupy,
+    soft_threshold_numba,
+    soft_threshold_xp,
+)
+
+
+def _problem(seed, n=120, K=30, correlated=False):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(n, K))
+    if correlated:  # shape-dictionary-like: columns share a dominant component
+        A = A * 0.2 + rng.normal(size=(n, 1))
+    y = A @ np.where(rng.random(K) < 0.2, rng.normal(size=K), 0.0) + 0.1 * rng.normal(size=n)
+    return A, y
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("correlated", [False, True])
+def test_gram_lasso_matches_sklearn(seed, correlated):
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    A, y = _problem(seed, correlated=correlated)
+    n = A.shape[0]
+    H, b = A.T @ A, A.T @ y
+    lam = 0.05 * np.abs(b).max()
+    ref = sklearn.Lasso(alpha=lam / n, fit_intercept=False, tol=1e-14, max_iter=200000).fit(A, y).coef_
+    x_xp, _ = gram_lasso_xp(H, b, lam)
+    x_nb, _ = gram_lasso_numba(H, b, lam)
+    assert np.allclose(x_xp, x_nb, atol=1e-10)
+    f_ref = lasso_objective(H, b, lam, ref)
+    f_ours = lasso_objective(H, b, lam, x_nb)
+    assert f_ours <= f_ref + 1e-9 * abs(f_ref)
+    assert np.allclose(x_nb, ref, atol=1e-6 * max(1, np.abs(ref).max()))
+
+
+def test_gram_lasso_warm_start_reaches_same_optimum():
+    A, y = _problem(7)
+    H, b = A.T @ A, A.T @ y
+    lam = 0.02 * np.abs(b).max()
+    cold, n_cold = gram_lasso_numba(H, b, lam)
+    warm, n_warm = gram_lasso_numba(H, b * 1.01, lam, x0=cold)
+    again, _ = gram_lasso_numba(H, b * 1.01, lam)
+    assert np.allclose(warm, again, atol=1e-10)
+    assert n_warm < n_cold
+
+
+def test_gram_lasso_zero_when_lambda_large():
+    A, y = _problem(1)
+    H, b = A.T @ A, A.T @ y
+    x, _ = gram_lasso_numba(H, b, 1.01 * np.abs(b).max())
+    assert not x.any()
+
+
+def _batch(B=5, n=25, seed=0):
+    rng = np.random.default_rng(seed)
+    Hs, bs = [], []
+    for _ in range(B):
+        A = rng.normal(size=(80, n))
+        Hs.append(A.T @ A)
+        bs.append(A.T @ rng.normal(size=80))
+    b = np.stack(bs)
+    lam = 0.1 * np.abs(b).max(axis=1)
+    return np.stack(Hs), b, lam
+
+
+def test_batched_cd_numpy_numba_parity_and_optimum():
+    H, b, lam = _batch()
+    x_np, s_np = batched_gram_cd_numpy(H, b, lam)
+    x_nb, s_nb = batched_gram_cd_numba(H, b, lam)
+    assert np.array_equal(s_np, s_nb)
+    assert np.allclose(x_np, x_nb, atol=1e-12)
+    for p in range(len(b)):
+        ref, _ = gram_lasso_numba(H[p], b[p], lam[p])
+        assert np.allclose(x_np[p], ref, atol=1e-8)
+
+
+def test_soft_threshold_twins():
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=1000)
+    tau = np.abs(rng.normal(size=1000))
+    tau[::7] = np.inf
+    a = soft_threshold_xp(r, tau)
+    b = soft_threshold_numba(r, tau)
+    assert np.array_equal(a, b)
+    assert np.all(a[::7] == 0)
+    big = np.abs(r) > tau
+    assert np.allclose(np.abs(a[big]), np.abs(r[big]) - tau[big])
+
+
+@requires_gpu
+def test_gpu_gram_lasso_xp_parity():
+    import cupy as cp
+
+    A, y = _problem(3, correlated=True)
+    H, b = A.T @ A, A.T @ y
+    lam = 0.05 * np.abs(b).max()
+    x_cpu, _ = gram_lasso_numba(H, b, lam)
+    x_gpu, _ = gram_lasso_xp(cp.asarray(H), cp.asarray(b), lam)
+    assert np.allclose(cp.asnumpy(x_gpu), x_cpu, atol=1e-9)
+
+
+@requires_gpu
+def test_gpu_batched_cd_parity():
+    import cupy as cp
+
+    H, b, lam = _batch(B=64, n=60, seed=2)
+    x_np, s_np = batched_gram_cd_numpy(H, b, lam)
+    x_gpu, s_gpu = batched_gram_cd_cupy(H, b, lam)
+    assert np.allclose(cp.asnumpy(x_gpu), x_np, atol=1e-10)
+    assert np.array_equal(cp.asnumpy(s_gpu), s_np)
+
+
+@requires_gpu
+def test_gpu_soft_threshold_parity():
+    import cupy as cp
+
+    rng = np.random.default_rng(1)
+    r = rng.normal(size=10000)
+    tau = np.abs(rng.normal(size=10000))
+    assert np.array_equal(cp.asnumpy(soft_threshold_cupy(r, tau)), soft_threshold_xp(r, tau))

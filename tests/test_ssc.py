@@ -1,0 +1,245 @@
+import numpy as np
+import pytest
+
+from shapeprior import (
+    ShapeDictionary,
+    SparseShapeComposition,
+    sparse_composition,
+    sparse_shape_composition,
+)
+from shapeprior.ssc._admm import solve_admm
+from shapeprior.ssc._l1 import full_objective, solve_l1
+from shapeprior.synthetic import make_ssc_problem
+
+
+def _incoherent(seed, N=200, K=40, k=4, n_gross=10, gross=8.0):
+    """Random (incoherent) dictionary with a planted sparse x and sparse e."""
+    rng = np.random.default_rng(seed)
+    atoms = rng.normal(size=(K, N, 3))
+    x = np.zeros(K)
+    x[rng.choice(K, k, replace=False)] = rng.uniform(1, 2, k) * rng.choice([-1, 1], k)
+    e = np.zeros((N, 3))
+    bad = rng.choice(N, n_gross, replace=False)
+    e[bad] = rng.uniform(0.5, 1.0, (n_gross, 3)) * gross * rng.choice([-1, 1], (n_gross, 3))
+    y = np.tensordot(x, atoms, axes=1) + e
+    return atoms, x, e, y, bad
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_l1_recovers_planted_x_and_e(seed):
+    atoms, x, e, y, bad = _incoherent(seed)
+    dic = ShapeDictionary(atoms)
+    out = sparse_composition(y, dic, lambda1=1e-3, lambda2=0.2)
+    assert out["converged"]
+    assert np.allclose(out["x"], x, atol=5e-3)   # |x| in [1, 2]
+    found = np.flatnonzero(np.any(out["e"] != 0, axis=1))
+    assert set(found) == set(bad)
+    # e absorbs the gross errors up to the soft-threshold shrinkage
+    # tau = lambda2 / 2 plus what the error in x moves the residual
+    dx = np.abs(np.tensordot(out["x"] - x, atoms, axes=1))
+    assert np.all(np.abs(out["e"] - e) <= 0.1 + dx + 1e-9)
+
+
+def test_l0_recovers_planted_support_and_trims_gross_vertices():
+    atoms, x, e, y, bad = _incoherent(5)
+    dic = ShapeDictionary(atoms)
+    out = sparse_composition(y, dic, method="l0", n_nonzero=4, outlier_threshold=1.0)
+    assert np.allclose(out["x"], x, atol=1e-10)
+    found = np.flatnonzero(np.any(out["e"] != 0, axis=1))
+    assert set(found) == set(bad)
+
+
+def _shape_problem(seed=0, frac=0.1, N=300, K=40):
+    p = make_ssc_problem(N, K, gross_fraction=frac, seed=seed, transform=False)
+    return p, ShapeDictionary(p.atoms)
+
+
+@pytest.mark.parametrize("frac", [0.0, 0.1])
+def test_l1_matches_sklearn_reference_objective(frac):
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    from scipy import sparse
+
+    p, dic = _shape_problem(1, frac, N=150, K=20)
+    z = p.observed.ravel()
+    n = z.size
+    lam1, lam2 = 2.0, 1.5
+    ours = solve_l1(dic, z, np.ones(n), lam1, lam2)
+    # sum (z - Dx - e)^2 + lam1|x| + lam2|e| with e = (lam1/lam2) e' is a
+    # single-alpha Lasso on [D, (lam1/lam2) I] after dividing by 2n
+    X = sparse.hstack([sparse.csc_matrix(np.asarray(dic.D)),
+                       sparse.identity(n, format="csc") * (lam1 / lam2)]).tocsc()
+    m = sklearn.Lasso(alpha=lam1 / (2 * n), fit_intercept=False, tol=1e-14,
+                      max_iter=500000).fit(X, z)
+    x_ref = m.coef_[: dic.n_atoms]
+    f_ref = full_objective(z, np.asarray(dic.D) @ x_ref, x_ref, np.ones(n), lam1, lam2)
+    assert ours.kkt < 1e-9
+    assert ours.objective <= f_ref * (1 + 1e-9)
+    assert ours.objective == pytest.approx(f_ref, rel=1e-6)
+
+
+def test_l1_matches_skglm_huber():
+    skglm = pytest.importorskip("skglm")
+    from skglm.datafits import Huber
+    from skglm.penalties import L1
+    from skglm.solvers import AndersonCD
+
+    p, dic = _shape_problem(2, 0.15, N=80, K=12)
+    z = p.observed.ravel()
+    n = z.size
+    lam1, lam2 = 4.0, 2.0
+    ours = solve_l1(dic, z, np.ones(n), lam1, lam2)
+    # skglm Huber: 1/n sum huber_delta(r), delta = tau = lam2 / 2 ; penalty alpha |x|
+    delta = lam2 / 2
+    est = skglm.GeneralizedLinearEstimator(
+        datafit=Huber(delta), penalty=L1(alpha=lam1 / 2 / n),
+        solver=AndersonCD(tol=1e-12, max_iter=5000, fit_intercept=False))
+    est.fit(np.asarray(dic.D), z)
+    x_ref = est.coef_
+    f_ref = full_objective(z, np.asarray(dic.D) @ x_ref, x_ref, np.ones(n), lam1, lam2)
+    assert ours.objective <= f_ref * (1 + 1e-8)
+
+
+def test_l1_matches_admm():
+    p, dic = _shape_problem(3, 0.1, N=120, K=15)
+    z = p.observed.ravel()
+    w = np.ones(z.size)
+    ours = solve_l1(dic, z, w, 1.0, 1.0)
+    xa, ea, _ = solve_admm(dic, z, w, 1.0, 1.0, tol=1e-10, max_iter=200000)
+    fa = full_objective(z, np.asarray(dic.D) @ xa, xa, w, 1.0, 1.0)
+    assert ours.objective <= fa * (1 + 1e-9)
+    assert ours.objective == pytest.approx(fa, rel=1e-5)
+
+
+def test_zero_weights_equal_removing_vertices():
+    p, dic = _shape_problem(4, 0.0, N=200, K=25)
+    y = p.observed.copy()
+    hidden = np.zeros(200, dtype=bool)
+    hidden[:40] = True
+    y[hidden] += 100.0          # garbage where the weight is 0
+    s = np.where(hidden, 0.0, 1.0)
+    a = sparse_composition(y, dic, s, lambda1=1.0, lambda2=2.0)
+    sub = ShapeDictionary(p.atoms[:, ~hidden])
+    b = sparse_composition(y[~hidden], sub, lambda1=1.0, lambda2=2.0)
+    assert np.allclose(a["x"], b["x"], atol=1e-9)
+    assert not a["e"][hidden].any()          # unseen vertices carry no error term
+    assert a["objective"] == pytest.approx(b["objective"], rel=1e-10)
+
+
+def test_weighted_l1_is_exact_and_weights_matter():
+    p, dic = _shape_problem(5, 0.1, N=150, K=20)
+    z = p.observed.ravel()
+    rng = np.random.default_rng(0)
+    w = np.repeat(rng.uniform(0.2, 1.0, 150) ** 2, 3)
+    sol = solve_l1(dic, z, w, 1.0, 1.0)
+    assert sol.converged and sol.kkt < 1e-9
+    uni = solve_l1(dic, z, np.ones(z.size), 1.0, 1.0)
+    assert not np.allclose(sol.x, uni.x)
+
+
+def test_warm_start_same_optimum_and_determinism():
+    p, dic = _shape_problem(6, 0.1)
+    z = p.observed.ravel()
+    w = np.ones(z.size)
+    cold = solve_l1(dic, z, w, 1.0, 2.0)
+    warm = solve_l1(dic, z, w, 1.0, 2.0, x0=cold.x * 0.9)
+    assert warm.objective == pytest.approx(cold.objective, rel=1e-12)
+    again = solve_l1(dic, z, w, 1.0, 2.0)
+    assert np.array_equal(cold.x, again.x) and np.array_equal(cold.e, again.e)
+    r1 = sparse_shape_composition(p.observed, dic)
+    r2 = sparse_shape_composition(p.observed, dic)
+    assert np.array_equal(r1.x, r2.x)
+    assert np.array_equal(r1.reconstruction, r2.reconstruction)
+
+
+def test_full_ssc_recovers_transform_of_planted_composition():
+    p = make_ssc_problem(400, 30, gross_fraction=0.0, noise=0.0, planted_sparsity=3, seed=7)
+    dic = ShapeDictionary(p.atoms)
+    res = sparse_shape_composition(p.observed, dic, lambda1=1e-4, lambda2=1.0)
+    assert res.converged
+    err = np.linalg.norm(res.reconstruction - p.clean, axis=1)
+    assert err.max() < 0.05  # mm, on a shape ~110 mm long
+    R, s, t = p.transform
+    # beta maps observed -> model frame; its rotation is R^T
+    assert np.allclose(res.transform.rotation, R.T, atol=1e-3)
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+@pytest.mark.parametrize("method", ["l1", "l0"])
+def test_full_ssc_absorbs_gross_errors(method, seed):
+    p = make_ssc_problem(800, 60, gross_fraction=0.1, seed=seed)
+    dic = ShapeDictionary(p.atoms)
+    res = sparse_shape_composition(p.observed, dic, method=method, n_nonzero=20)
+    err = np.linalg.norm(res.reconstruction - p.clean, axis=1)
+    naive = np.linalg.norm(p.observed - p.clean, axis=1)
+    assert naive[p.gross].min() >= 10.0 - 1.5           # the planted leak is 10-30 mm
+    # mean error below 1.5 mm and no vertex dragged as far as the leak
+    assert err.mean() < 1.5 and err.max() < naive[p.gross].min()
+    recall = (res.overridden & p.gross).sum() / p.gross.sum()
+    precision = (res.overridden & p.gross).sum() / max(res.overridden.sum(), 1)
+    # L1 also flags vertices bordering the leak (per-coordinate threshold);
+    # L0 trims whole vertices
+    assert recall > 0.9 and precision > (0.5 if method == "l1" else 0.8)
+
+
+def test_estimator_fit_transform_and_warm_start():
+    p = make_ssc_problem(300, 30, gross_fraction=0.1, seed=8)
+    from shapeprior.synthetic import ShapePopulation
+
+    train = ShapePopulation(n_points=300, seed=8).sample(30)
+    est = SparseShapeComposition(warm_start=True).fit(train)
+    assert est.dictionary_.n_atoms == 30
+    r1 = est.transform(p.observed)
+    r2 = est.transform(p.observed)
+    assert r2.objective == pytest.approx(r1.objective, rel=1e-6)
+    with pytest.raises(RuntimeError):
+        SparseShapeComposition().transform(p.observed)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"method": "l2"}, "method"),
+    ({"lambda1": -1.0}, "lambda1"),
+    ({"lambda2": float("nan")}, "lambda2"),
+    ({"method": "l0", "n_nonzero": 0}, "n_nonzero"),
+    ({"reweight": -1}, "reweight"),
+    ({"alignment": "warp"}, "alignment"),
+])
+def test_invalid_parameters_name_the_value(kw, match):
+    p, dic = _shape_problem(0, 0.0, N=50, K=5)
+    with pytest.raises(ValueError, match=match):
+        sparse_shape_composition(p.observed, dic, **kw)
+
+
+def test_invalid_shapes_and_weights():
+    p, dic = _shape_problem(0, 0.0, N=50, K=5)
+    bad = p.observed.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        sparse_shape_composition(bad, dic)
+    with pytest.raises(ValueError, match="expects"):
+        sparse_shape_composition(p.observed[:40], dic)
+    with pytest.raises(ValueError, match="weights"):
+        sparse_shape_composition(p.observed, dic, -np.ones(50))
+    with pytest.raises(TypeError):
+        sparse_shape_composition(p.observed, np.zeros((5, 50, 3)))
+
+
+def test_backend_selection(monkeypatch):
+    from shapeprior.backend import BackendUnavailableError, cupy_available, resolve_backend
+
+    monkeypatch.setenv("SHAPEPRIOR_BACKEND", "numpy")
+    assert resolve_backend() == "numpy"
+    monkeypatch.setenv("SHAPEPRIOR_BACKEND", "fortran")
+    with pytest.raises(ValueError, match="fortran"):
+        resolve_backend()
+    if not cupy_available():
+        with pytest.raises(BackendUnavailableError, match="gpu"):
+            resolve_backend("cupy")
+
+
+def test_numpy_and_numba_backends_agree():
+    p, dic_nb = _shape_problem(9, 0.1)
+    dic_np = ShapeDictionary(p.atoms, backend="numpy")
+    a = sparse_composition(p.observed, dic_nb, lambda1=1.0, lambda2=2.0)
+    b = sparse_composition(p.observed, dic_np, lambda1=1.0, lambda2=2.0)
+    assert a["objective"] == pytest.approx(b["objective"], rel=1e-10)
+    assert np.allclose(a["x"], b["x"], atol=1e-8)
