@@ -58,7 +58,12 @@ void batched_gram_cd(const double* __restrict__ H, const double* __restrict__ b,
             }
             __syncthreads();
         }
-        if (maxdelta <= tol * fmax(maxabs, 1e-300)) { ++sweep; break; }
+        // every thread reads the flag before thread 0 resets maxdelta for the
+        // next sweep (without this barrier a slow warp could see the reset
+        // value, leave the loop alone and desynchronise the block)
+        const bool done = maxdelta <= tol * fmax(maxabs, 1e-300);
+        __syncthreads();
+        if (done) { ++sweep; break; }
     }
     for (int i = threadIdx.x; i < n; i += blockDim.x) xp[i] = xs[i];
     if (threadIdx.x == 0) sweeps_done[p] = sweep;

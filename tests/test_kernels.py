@@ -115,8 +115,10 @@ def test_gpu_gram_lasso_xp_parity():
 def test_gpu_batched_cd_parity():
     import cupy as cp
 
-    H, b, lam = _batch(B=64, n=60, seed=2)
-    x_np, s_np = batched_gram_cd_numpy(H, b, lam)
+    # a large batch: a barrier missing between sweeps once corrupted only
+    # some of thousands of blocks
+    H, b, lam = _batch(B=3000, n=40, seed=2)
+    x_np, s_np = batched_gram_cd_numba(H, b, lam)
     x_gpu, s_gpu = batched_gram_cd_cupy(H, b, lam)
     assert np.allclose(cp.asnumpy(x_gpu), x_np, atol=1e-10)
     assert np.array_equal(cp.asnumpy(s_gpu), s_np)
