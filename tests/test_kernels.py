@@ -121,7 +121,9 @@ def test_gpu_batched_cd_parity():
     x_np, s_np = batched_gram_cd_numba(H, b, lam)
     x_gpu, s_gpu = batched_gram_cd_cupy(H, b, lam)
     assert np.allclose(cp.asnumpy(x_gpu), x_np, atol=1e-10)
-    assert np.array_equal(cp.asnumpy(s_gpu), s_np)
+    # the GPU contracts multiply-adds (FMA), so a problem sitting exactly at
+    # the stopping tolerance may take one sweep more or less (seen: 1 of 3000)
+    assert np.abs(cp.asnumpy(s_gpu).astype(int) - s_np).max() <= 1
 
 
 @requires_gpu
