@@ -1,0 +1,17 @@
+"""Shape models: build from label maps, PCA, dictionary learning, file format."""
+
+from ._build import BuildParams, build_model, find_label_maps, surfaces_from_label_map
+from ._dictlearn import DictionaryLearner
+from ._model import (
+    FORMAT_VERSION,
+    ModelFormatError,
+    ShapeModel,
+    load_model,
+    pca_from_shapes,
+    pca_reconstruct,
+    save_model,
+)
+
+__all__ = ["ShapeModel", "save_model", "load_model", "ModelFormatError", "FORMAT_VERSION",
+           "pca_from_shapes", "pca_reconstruct", "DictionaryLearner", "BuildParams",
+           "build_model", "find_label_maps", "surfaces_from_label_map"]

@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+
+from _phantoms import ellipsoid_area, ellipsoid_label_map, rotation
+from shapeprior.io import read_label_map
+from shapeprior.mesh import Surface, icosphere, kidney_masks, label_mask, mask_to_surface
+
+A = (30.0, 20.0, 15.0)
+C = np.array([10.0, -40.0, 25.0])
+
+GEOMETRIES = {
+    "identity": np.eye(3),
+    "oblique": rotation(0, 20) @ rotation(2, 35),
+    "flipped_lps_ras": np.diag([-1.0, -1.0, 1.0]),       # RAS-stored data read as LPS
+    "permuted_kits_like": np.array([[0, 0, 1], [0, 1, 0], [-1, 0, 0]], dtype=float),
+}
+
+
+@pytest.mark.parametrize("geom", list(GEOMETRIES))
+def test_ellipsoid_surface_in_physical_units(tmp_path, geom):
+    D = GEOMETRIES[geom]
+    # a larger field of view for the permuted axes (the long axis is along z)
+    size = (60, 90, 110) if geom == "permuted_kits_like" else (110, 90, 60)
+    spacing = (2.0, 0.9, 0.8) if geom == "permuted_kits_like" else (0.8, 0.9, 2.0)
+    if geom == "oblique":
+        size = (120, 120, 60)
+    path = tmp_path / "ell.nii.gz"
+    ellipsoid_label_map(path, A, C, spacing=spacing, size=size, direction=D)
+    vol = read_label_map(path)
+    assert np.allclose(vol.direction, D, atol=1e-6)
+    s = mask_to_surface(vol, label_mask(vol, 1), iso_spacing=0.75, smooth_mm=0.75)
+    vol_true = 4 / 3 * np.pi * np.prod(A)
+    assert s.volume() == pytest.approx(vol_true, rel=0.03)
+    assert s.area() == pytest.approx(ellipsoid_area(*A), rel=0.04)
+    # centre and extent are in physical space, not voxel space
+    assert np.allclose(s.verts.mean(0), C, atol=0.6)
+    ext = (s.verts.max(0) - s.verts.min(0)) / 2
+    assert np.allclose(ext, A, atol=2.0)
+    # outward normals
+    out = np.sum(s.vertex_normals() * (s.verts - C), axis=1)
+    assert np.mean(out > 0) > 0.99
+
+
+def test_label_map_round_trip_keeps_geometry(tmp_path):
+    import SimpleITK as sitk
+
+    D = rotation(1, 17)
+    img = ellipsoid_label_map(tmp_path / "a.nii.gz", direction=D, spacing=(0.7, 1.1, 3.0))
+    vol = read_label_map(tmp_path / "a.nii.gz")
+    assert np.allclose(vol.spacing, img.GetSpacing())
+    assert np.allclose(vol.origin, img.GetOrigin(), atol=1e-4)
+    back = vol.to_sitk()
+    p = np.array([3.0, 5.0, 7.0])
+    assert np.allclose(vol.index_to_physical(p[None])[0],
+                       back.TransformContinuousIndexToPhysicalPoint(p.tolist()), atol=1e-4)
+    assert np.allclose(vol.physical_to_index(vol.index_to_physical(p[None])), p[None])
+    sitk.WriteImage(back, str(tmp_path / "b.nii.gz"))
+    assert np.array_equal(read_label_map(tmp_path / "b.nii.gz").array, vol.array)
+
+
+def test_kidney_split_by_side(tmp_path):
+    def second(arr):  # a second blob on the other side (lower x index)
+        arr[5:25, 35:55, 12:28] = 2
+
+    ellipsoid_label_map(tmp_path / "k.nii.gz", (12, 10, 8), (40.0, 0.0, 0.0), spacing=(1, 1, 1),
+                        size=(100, 90, 40), origin=(-20.0, -45.0, -20.0), extra=second)
+    vol = read_label_map(tmp_path / "k.nii.gz")
+    masks = kidney_masks(vol, (1, 2))
+    assert set(masks) == {"left", "right"}        # LPS: larger x is the patient's left
+    cl = np.argwhere(masks["left"]).mean(0)[::-1]
+    cr = np.argwhere(masks["right"]).mean(0)[::-1]
+    assert vol.index_to_physical(cl[None])[0, 0] > vol.index_to_physical(cr[None])[0, 0]
+
+
+def test_missing_label_and_empty_mask_are_clear_errors(tmp_path):
+    ellipsoid_label_map(tmp_path / "e.nii.gz")
+    vol = read_label_map(tmp_path / "e.nii.gz")
+    with pytest.raises(ValueError, match="not present"):
+        label_mask(vol, 7)
+    with pytest.raises(ValueError, match="empty"):
+        mask_to_surface(vol, np.zeros(vol.array.shape, dtype=bool))
+
+
+def test_unreadable_file(tmp_path):
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot read"):
+        read_label_map(bad)
+    with pytest.raises(FileNotFoundError):
+        read_label_map(tmp_path / "missing.nii.gz")
+
+
+@pytest.mark.parametrize("level", [0, 2, 4])
+def test_icosphere_is_closed_genus0(level):
+    v, f = icosphere(level)
+    assert len(v) == 10 * 4 ** level + 2
+    edges = {tuple(sorted(e)) for t in f for e in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0]))}
+    assert len(v) - len(edges) + len(f) == 2
+    s = Surface(v, f)
+    assert s.volume() > 0
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0)

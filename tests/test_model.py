@@ -1,0 +1,171 @@
+import json
+
+import numpy as np
+import pytest
+
+from _phantoms import ellipsoid_label_map
+from shapeprior.cli import main
+from shapeprior.correspond import fit_template
+from shapeprior.mesh import Surface, icosphere
+from shapeprior.model import (DictionaryLearner, ModelFormatError, ShapeModel, load_model,
+                              pca_from_shapes, pca_reconstruct, save_model)
+from shapeprior.synthetic import ShapePopulation
+
+
+def _ellipsoid_surface(a, b, c, centre=(0, 0, 0), level=5):
+    v, f = icosphere(level)
+    return Surface(v * np.array([a, b, c]) + np.asarray(centre), f)
+
+
+def test_template_fit_quality_and_consistency():
+    sv, sf = icosphere(3)
+    t1 = _ellipsoid_surface(40, 25, 20)
+    t2 = _ellipsoid_surface(40, 25, 20, centre=(15, -7, 30))
+    v1, q1 = fit_template(sv, sf, t1)
+    v2, q2 = fit_template(sv, sf, t2)
+    assert q1.ok and q2.ok
+    assert q1.mean_fit_to_target < 0.3 and q1.mean_target_to_fit < 0.6
+    # the same anatomy in another place gets the same vertex layout
+    assert np.allclose(v2 - v1, [15, -7, 30], atol=0.5)
+
+
+def test_template_fit_flags_failure():
+    sv, sf = icosphere(2)
+    a = _ellipsoid_surface(10, 10, 10, centre=(-40, 0, 0), level=4)
+    b = _ellipsoid_surface(10, 10, 10, centre=(40, 0, 0), level=4)
+    two = Surface(np.vstack([a.verts, b.verts]), np.vstack([a.faces, b.faces + len(a.verts)]))
+    _, q = fit_template(sv, sf, two)   # one sphere cannot cover two blobs
+    assert not q.ok and q.reason
+
+
+def _small_model(n=12, seed=0):
+    pop = ShapePopulation(n_points=162, seed=seed)
+    from shapeprior.align import generalized_procrustes
+
+    g = generalized_procrustes(pop.sample(n))
+    mean, comps, var = pca_from_shapes(g.aligned, var_kept=1.0)   # all modes
+    return ShapeModel(g.aligned, mean, icosphere(2)[1], comps, var, None,
+                      {"organ": "phantom", "side": "none"})
+
+
+def test_model_save_load_round_trip(tmp_path):
+    m = _small_model()
+    m.atoms = m.shapes[:3] * 1.0
+    save_model(m, tmp_path / "m.npz")
+    r = load_model(tmp_path / "m.npz")
+    for k in ("shapes", "mean", "faces", "pca_components", "pca_variances", "atoms"):
+        assert np.array_equal(getattr(r, k), getattr(m, k)), k
+    assert r.metadata["organ"] == "phantom" and r.metadata["format_version"] == 1
+    # the file holds no pickled objects
+    z = np.load(tmp_path / "m.npz", allow_pickle=False)
+    assert all(z[k].dtype != object for k in z.files)
+
+
+def test_model_file_errors(tmp_path):
+    m = _small_model()
+    save_model(m, tmp_path / "m.npz")
+    z = dict(np.load(tmp_path / "m.npz", allow_pickle=False))
+    meta = json.loads(str(z["metadata_json"]))
+    meta["format_version"] = 99
+    z["metadata_json"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "future.npz", **z)
+    with pytest.raises(ModelFormatError, match="version 99"):
+        load_model(tmp_path / "future.npz")
+    (tmp_path / "junk.npz").write_bytes(b"definitely not a zip")
+    with pytest.raises(ModelFormatError, match="not a shapeprior model"):
+        load_model(tmp_path / "junk.npz")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ModelFormatError, match="no metadata"):
+        load_model(tmp_path / "other.npz")
+
+
+def test_pca_reconstruct_training_shape_and_clamp():
+    m = _small_model()
+    y = m.shapes[3] + 5.0
+    r = pca_reconstruct(m, y)
+    assert np.abs(r - y).max() < 1e-6      # in the span, within +-3 sd
+    wild = m.mean + 10 * np.sqrt(m.pca_variances[0]) * m.pca_components[0].reshape(-1, 3)
+    rw = pca_reconstruct(m, wild)
+    assert np.abs(rw - wild).max() > 1.0   # the clamp keeps the shape plausible
+
+
+def test_ksvd_and_online_update():
+    pop = ShapePopulation(n_points=100, seed=4)
+    train, new = pop.sample(60), pop.sample(30)
+    dl = DictionaryLearner(n_atoms=12, n_nonzero=3, n_iter=6, seed=0).fit(train)
+    assert dl.components_.shape == (300, 12)
+    assert np.allclose(np.linalg.norm(dl.components_, axis=0), 1.0)
+    assert dl.error_[-1] <= dl.error_[0] + 1e-12
+    before = dl.reconstruction_error(new)
+    dl.partial_fit(new)
+    assert dl.n_seen_ == 90
+    assert dl.reconstruction_error(new) <= before
+    with pytest.raises(ValueError, match="n_atoms"):
+        DictionaryLearner(n_atoms=100).fit(train)
+
+
+def _ellipsoid_folder(folder, n=5):
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for i in range(n):
+        a = (28 + 4 * rng.random(), 18 + 3 * rng.random(), 13 + 3 * rng.random())
+        ellipsoid_label_map(folder / f"case_{i}.nii.gz", a, (0, 0, 0), spacing=(1.2, 1.2, 2.0),
+                            size=(60, 46, 22))
+
+
+def test_cli_build_model_in_process(tmp_path, capsys):
+    _ellipsoid_folder(tmp_path / "labels")
+    out = tmp_path / "model.npz"
+    rc = main(["build-model", str(tmp_path / "labels"), "-o", str(out), "--vertices", "642",
+               "--atoms", "3", "--organ", "ellipsoid", "--quiet"])
+    assert rc == 0
+    m = load_model(out)
+    assert m.shapes.shape == (5, 642, 3) and m.atoms.shape == (3, 642, 3)
+    assert m.metadata["organ"] == "ellipsoid" and len(m.metadata["sources"]) == 5
+    rep = json.loads((tmp_path / "model.npz.report" / "report.json").read_text())
+    man = json.loads((tmp_path / "model.npz.report" / "manifest.json").read_text())
+    assert rep["n_shapes_kept"] == 5 and len(man["inputs"]) == 5
+    assert all(len(v["sha256"]) == 64 for v in man["inputs"].values())
+    # refuses to overwrite, leaves the file untouched
+    before = out.read_bytes()
+    assert main(["build-model", str(tmp_path / "labels"), "-o", str(out), "--quiet"]) == 1
+    assert out.read_bytes() == before
+    assert "--force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--labels", "x"], "--labels"),
+    (["--labels", "9"], "not present"),
+])
+def test_cli_build_model_bad_input(tmp_path, capsys, args, msg):
+    _ellipsoid_folder(tmp_path / "labels", n=3)
+    out = tmp_path / "m.npz"
+    rc = main(["build-model", str(tmp_path / "labels"), "-o", str(out), "--quiet",
+               "--vertices", "162", *args])
+    assert rc == 1
+    assert msg in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "m.npz.report").exists()
+
+
+def test_cli_build_model_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["build-model", str(tmp_path / "empty"), "-o", str(tmp_path / "m.npz")]) == 1
+    assert "no label maps" in capsys.readouterr().err
+
+
+def test_kits_subset_build(data_root, tmp_path):
+    kits = data_root / "kits19"
+    if not kits.is_dir():
+        pytest.skip(f"KiTS19 not found under {data_root}")
+    out = tmp_path / "kidney.npz"
+    rc = main(["build-model", str(kits), "-o", str(out), "--labels", "1,2", "--split-sides",
+               "--organ", "kidney", "--limit", "2", "--jobs", "2", "--quiet"])
+    assert rc == 0
+    m = load_model(out)
+    rep = json.loads((tmp_path / "kidney.npz.report" / "report.json").read_text())
+    # two cases, two kidneys each: every extracted shape is kept or reported
+    assert rep["n_shapes_extracted"] == 4
+    assert m.shapes.shape[0] + sum(r["stage"] == "correspondence" for r in rep["rejected"]) == 4
+    vols = [r["surface_volume_ml"] for r in rep["per_shape"]]
+    assert all(80 < v < 600 for v in vols)      # kidney (+ tumour) volumes in ml
+    assert m.metadata["side"] == "left (right mirrored)"
