@@ -182,3 +182,81 @@ def make_ssc_problem(n_points=1000, n_atoms=100, gross_fraction=0.1, noise=0.3,
     observed, gross = corrupt_patches(noisy, gross_fraction, rng, magnitude=magnitude,
                                       normals=vertex_normals_star(clean))
     return SSCProblem(atoms, clean, observed, gross, x, (R, s, t))
+
+
+def star_mesh_faces(directions):
+    """Triangles of a star-shaped surface sampled at unit ``directions``
+    (their convex hull), oriented outward."""
+    from scipy.spatial import ConvexHull
+
+    f = ConvexHull(directions).simplices.astype(np.int64)
+    a, b, c = directions[f[:, 0]], directions[f[:, 1]], directions[f[:, 2]]
+    flip = np.einsum("ij,ij->i", np.cross(b - a, c - a), a + b + c) < 0
+    f[flip] = f[flip][:, ::-1]
+    return f
+
+
+def write_phantom_cases(folder, n_cases=12, seed=0, with_leak=()):
+    """Write synthetic MR-like image/label pairs (NIfTI) for the demo.
+
+    Each case: a smooth organ-like blob (about 36 x 22 x 18 mm) from a
+    seeded :class:`ShapePopulation`, in a slightly oblique 1 x 1 x 1.5 mm
+    grid, bright on a darker background with a smooth bias field, noise and
+    blur. Cases whose index is in ``with_leak`` also get an adjacent bright
+    blob touching the organ (a leak for the appearance search).
+
+    Returns ``(images_dir, labels_dir)``.
+    """
+    from pathlib import Path
+
+    from scipy import ndimage
+
+    from .io import Volume
+    from .segment._run import write_label
+    from .segment._voxelize import voxelize
+
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pop = ShapePopulation(n_points=642, axes=(18.0, 11.0, 9.0), degree=3, variability=0.1,
+                          seed=seed)
+    faces = star_mesh_faces(pop.directions)
+    a = np.deg2rad(10.0)
+    direction = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1.0]])
+    spacing = np.array([1.0, 1.0, 1.5])
+    shape_xyz = np.array([64, 56, 40])
+    for i in range(n_cases):
+        origin = rng.uniform(-20, 20, 3) + np.array([-30.0, -25.0, -30.0])
+        grid = Volume(np.zeros(shape_xyz[::-1], np.float32), spacing, origin, direction)
+        centre = grid.index_to_physical(((shape_xyz - 1) / 2.0)[None])[0]
+        ang = rng.uniform(-0.15, 0.15, 3)       # small rotations only (shared orientation)
+        R = _small_rotation(ang)
+        verts = pop.sample(1, rng)[0] @ R.T + centre + rng.uniform(-3, 3, 3)
+        label = voxelize(verts, faces, grid)
+        img = 100.0 + 80.0 * label.astype(np.float32)
+        if i in with_leak:
+            n = verts[np.argmax(verts[:, 0] - verts[:, 0].mean())]
+            blob = Volume(np.zeros_like(label), spacing, origin, direction)
+            idx = np.argwhere(np.ones_like(label, bool))
+            pts = grid.index_to_physical(idx[:, ::-1].astype(float))
+            inside = np.linalg.norm(pts - (n + np.array([5.0, 0, 0])), axis=1) < 7.0
+            blob.array.reshape(-1)[inside] = 1
+            img = np.maximum(img, 100.0 + 80.0 * blob.array)
+        zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in label.shape], indexing="ij")
+        img = img * (1.0 + 0.08 * xx + 0.05 * zz)
+        img = ndimage.gaussian_filter(img, 1.0) + rng.normal(0, 12.0, img.shape)
+        vol = Volume(img.astype(np.float32), spacing, origin, direction)
+        import SimpleITK as sitk
+
+        sitk.WriteImage(vol.to_sitk(), str(folder / "images" / f"phantom_{i:03d}.nii.gz"))
+        write_label(grid, label, folder / "labels" / f"phantom_{i:03d}.nii.gz")
+    return folder / "images", folder / "labels"
+
+
+def _small_rotation(angles):
+    rx, ry, rz = angles
+    Rx = np.array([[1, 0, 0], [0, np.cos(rx), -np.sin(rx)], [0, np.sin(rx), np.cos(rx)]])
+    Ry = np.array([[np.cos(ry), 0, np.sin(ry)], [0, 1, 0], [-np.sin(ry), 0, np.cos(ry)]])
+    Rz = np.array([[np.cos(rz), -np.sin(rz), 0], [np.sin(rz), np.cos(rz), 0], [0, 0, 1]])
+    return Rz @ Ry @ Rx

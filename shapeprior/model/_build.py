@@ -45,6 +45,10 @@ class BuildParams:
     n_nonzero: int = 5
     seed: int = 0
     n_jobs: int = 1
+    images_dir: str | None = None   # training images (same relative path or file name)
+    profile_step: float = 0.75
+    profile_half: int = 4
+    normalisation: str = "percentile"   # 'percentile' (MR) or 'ct' (HU)
 
 
 def find_label_maps(folder):
@@ -68,8 +72,13 @@ def _case_name(path: Path, root: Path):
 
 
 def surfaces_from_label_map(path, params: BuildParams):
-    """[(side, Surface)] for one file; raises ValueError on bad content."""
+    """[(side, Surface, fov_centre)] for one file; raises ValueError on bad content.
+
+    Right-side organs mirrored onto the left come with a mirrored FOV centre."""
+    from ..segment._fit import fov_centre
+
     vol = read_label_map(path)
+    centre = fov_centre(vol)
     if params.split_sides:
         masks = kidney_masks(vol, params.labels)
         if params.side != "both":
@@ -86,10 +95,48 @@ def surfaces_from_label_map(path, params: BuildParams):
     out = []
     for side, m in masks.items():
         s = mask_to_surface(vol, m, params.iso_spacing, params.smooth_mm)
+        c = centre
         if side == "right" and params.mirror_right:
             s = Surface(s.verts * np.array([-1.0, 1.0, 1.0]), s.faces[:, ::-1].copy())
-        out.append((side, s))
+            c = centre * np.array([-1.0, 1.0, 1.0])
+        out.append((side, s, c))
     return out
+
+
+def find_image_for(label_file: Path, labels_root: Path, images_dir: Path):
+    """The training image for a label map: same relative path, else same file name."""
+    rel = label_file.relative_to(labels_root)
+    for cand in (images_dir / rel, images_dir / label_file.name):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _learn_appearance(kept, faces, params, root):
+    from ..io import read_volume
+    from ..segment import learn_profiles
+
+    cases, used = [], []
+    for s, v in kept:
+        if s["side"] == "right" and params.mirror_right:
+            continue   # mirrored shapes do not sit on their image
+        img = find_image_for(s["file"], Path(root), Path(params.images_dir))
+        if img is None:
+            continue
+        vol = read_volume(img)
+        lab = read_label_map(s["file"])
+        if vol.array.shape != lab.array.shape or not np.allclose(
+                vol.index_to_physical_matrix, lab.index_to_physical_matrix, atol=1e-4) or \
+                not np.allclose(vol.origin, lab.origin, atol=1e-3):
+            raise ValueError(f"{img.name}: image and label map differ in geometry")
+        cases.append((vol, v))
+        used.append(img)
+    if len(cases) < 3:
+        raise ValueError(f"only {len(cases)} training images matched the label maps under "
+                         f"{params.images_dir} (same relative path or file name); need >= 3")
+    pm = learn_profiles(cases, faces, params.profile_step, params.profile_half,
+                        params.normalisation)
+    return pm, len(cases), used
 
 
 def _job_surfaces(args):
@@ -148,8 +195,9 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
         if err is not None:
             rejected.append({"source": name, "stage": "surface", "reason": err})
             continue
-        for side, s in res:
-            shapes_in.append({"source": name, "side": side, "surface": s, "file": f})
+        for side, s, c in res:
+            shapes_in.append({"source": name, "side": side, "surface": s, "file": f,
+                              "fov_centre": c})
     if len(shapes_in) < 3:
         why = "; ".join(f"{r['source']}: {r['reason']}" for r in rejected[:3])
         raise ValueError(f"only {len(shapes_in)} usable shapes; a model needs at least 3"
@@ -191,6 +239,13 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
         dl.fit(gpa.aligned)
         atoms = dl.components_.T.reshape(k, -1, 3)
         dl_info = {"n_atoms": k, "n_nonzero": dl.n_nonzero, "relative_error": dl.error_}
+    from ..segment._fit import pose_prior
+
+    pose = pose_prior(mean, [v for _, v in kept], [s["fov_centre"] for s, _ in kept])
+    profile = None
+    n_images = 0
+    if params.images_dir:
+        profile, n_images, img_files = _learn_appearance(kept, sf, params, root)
     hashes = {}
     for s, _ in kept:
         if s["source"] not in hashes:
@@ -209,8 +264,12 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
         "versions": {"shapeprior": __version__, **package_versions()},
         "template": f"icosphere level {level}, refined by the pass-1 mean",
         "dictionary_learning": dl_info,
+        "pose_prior": pose,
+        "appearance": None if profile is None else {**profile.to_meta(), "n_images": n_images},
     }
-    model = ShapeModel(gpa.aligned, mean, sf, comps, var, atoms, meta)
+    model = ShapeModel(gpa.aligned, mean, sf, comps, var, atoms, meta,
+                       None if profile is None else profile.mean,
+                       None if profile is None else profile.var)
     d = np.array([r["mean_target_to_fit"] for r in per_shape])
     report = {
         "n_inputs": len(files), "n_shapes_extracted": len(shapes_in), "n_shapes_kept": len(kept),

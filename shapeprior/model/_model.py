@@ -39,6 +39,9 @@ class ShapeModel:
         mm^2.
     atoms : ndarray, shape (k, N, 3) or None
         Learned (K-SVD / online) dictionary, if any.
+    profile_mean, profile_var : ndarray, shape (N, L) or None
+        Boundary appearance (normalised intensity profiles along the
+        normals), when the model was built with training images.
     metadata : dict
         organ, side, n_vertices, sources (name + sha256), parameters,
         versions, per-shape fit quality, rejected shapes.
@@ -51,6 +54,8 @@ class ShapeModel:
     pca_variances: np.ndarray
     atoms: np.ndarray | None = None
     metadata: dict = field(default_factory=dict)
+    profile_mean: np.ndarray | None = None
+    profile_var: np.ndarray | None = None
 
     @property
     def n_vertices(self) -> int:
@@ -125,8 +130,9 @@ def save_model(model: ShapeModel, path):
         "pca_variances": np.asarray(model.pca_variances, dtype=np.float64),
         "metadata_json": np.array(json.dumps(meta, default=str)),
     }
-    if model.atoms is not None:
-        arrays["atoms"] = np.asarray(model.atoms, dtype=np.float64)
+    for name in ("atoms", "profile_mean", "profile_var"):
+        if getattr(model, name) is not None:
+            arrays[name] = np.asarray(getattr(model, name), dtype=np.float64)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp")
     with open(tmp, "wb") as f:
@@ -166,10 +172,13 @@ def load_model(path) -> ShapeModel:
         missing = [k for k in need if k not in z.files]
         if missing:
             raise ModelFormatError(f"{p.name} lacks arrays {missing}")
+        opt = {k: (z[k] if k in z.files else None) for k in ("atoms", "profile_mean", "profile_var")}
         m = ShapeModel(z["shapes"], z["mean"], z["faces"], z["pca_components"],
-                       z["pca_variances"], z["atoms"] if "atoms" in z.files else None, meta)
+                       z["pca_variances"], opt["atoms"], meta, opt["profile_mean"],
+                       opt["profile_var"])
     N = m.mean.shape[0]
     if m.shapes.shape[1:] != (N, 3) or m.pca_components.shape[1] != 3 * N or \
-            (m.faces.size and m.faces.max() >= N):
+            (m.faces.size and m.faces.max() >= N) or \
+            (m.profile_mean is not None and m.profile_mean.shape[0] != N):
         raise ModelFormatError(f"{p.name}: arrays have inconsistent shapes")
     return m
