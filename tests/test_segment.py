@@ -1,0 +1,161 @@
+import json
+
+import numpy as np
+import pytest
+
+from shapeprior.cli import main
+from shapeprior.io import read_image, read_label_map, read_volume
+
+
+@pytest.fixture(scope="module")
+def phantom_model(tmp_path_factory):
+    from shapeprior.synthetic import write_phantom_cases
+
+    d = tmp_path_factory.mktemp("phantoms")
+    images, labels = write_phantom_cases(d, n_cases=7, seed=3, with_leak=(6,))
+    train = d / "train"
+    train.mkdir()
+    import shutil
+
+    for f in sorted(labels.iterdir())[:6]:
+        shutil.copy(f, train / f.name)
+    model = d / "model.npz"
+    assert main(["build-model", str(train), "-o", str(model), "--images", str(images),
+                 "--vertices", "642", "--iso-spacing", "0.75", "--smooth", "0.75",
+                 "--quiet"]) == 0
+    return d, images, labels, model
+
+
+def test_segment_phantom_outputs_and_geometry(phantom_model, tmp_path):
+    d, images, labels, model = phantom_model
+    img = images / "phantom_006.nii.gz"
+    out = tmp_path / "seg"
+    before = img.read_bytes()
+    assert main(["segment", str(img), "-o", str(out), "--model", str(model),
+                 "--reference", str(labels / "phantom_006.nii.gz"), "--mesh-format", "ply"]) == 0
+    assert img.read_bytes() == before                       # input untouched
+    for f in ("label.nii.gz", "mesh.ply", "report.json", "qc.png", "manifest.json"):
+        assert (out / f).is_file(), f
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["reference"]["dice"] > 0.85                  # leak next to the organ
+    src, lab = read_volume(img), read_label_map(out / "label.nii.gz")
+    # the label overlays the input exactly: same grid, spacing, origin, direction
+    assert lab.array.shape == src.array.shape
+    assert np.allclose(lab.spacing, src.spacing) and np.allclose(lab.origin, src.origin, atol=1e-4)
+    assert np.allclose(lab.direction, src.direction, atol=1e-6)
+    assert rep["volume_ml"] == pytest.approx(lab.array.sum() * np.prod(lab.spacing) / 1000)
+    man = json.loads((out / "manifest.json").read_text())
+    assert {"input/phantom_006.nii.gz", "model", "reference"} <= set(man["inputs"])
+    # refuses to overwrite
+    assert main(["segment", str(img), "-o", str(out), "--model", str(model)]) == 1
+
+
+def test_segment_batch_reports_failures_and_continues(phantom_model, tmp_path, capsys):
+    d, images, labels, model = phantom_model
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    import shutil
+
+    shutil.copy(images / "phantom_000.nii.gz", batch / "a.nii.gz")
+    shutil.copy(images / "phantom_001.nii.gz", batch / "b.nii.gz")
+    (batch / "broken.nii.gz").write_bytes(b"\x1f\x8b corrupt")
+    rc = main(["segment", str(batch), "-o", str(tmp_path / "out"), "--model", str(model)])
+    assert rc == 1
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    status = {r["case"]: r["status"] for r in summary}
+    assert status == {"a": "ok", "b": "ok", "broken": "failed"}
+    assert not (tmp_path / "out" / "broken").exists()     # nothing partial
+
+
+def _bad_inputs(tmp_path):
+    import SimpleITK as sitk
+
+    nan = sitk.GetImageFromArray(np.full((8, 8, 8), np.nan, np.float32))
+    sitk.WriteImage(nan, str(tmp_path / "nan.mha"))   # NIfTI IO would zero NaNs
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((16, 16), np.int16)), str(tmp_path / "flat.nii.gz"))
+    (tmp_path / "corrupt.nii.gz").write_bytes(b"garbage")
+    (tmp_path / "empty").mkdir()
+    nodcm = tmp_path / "notdicom"
+    nodcm.mkdir()
+    (nodcm / "x.dcm").write_bytes(b"\x00" * 200)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name,msg", [
+    ("nan.mha", "NaN"),
+    ("flat.nii.gz", "3-D"),
+    ("corrupt.nii.gz", "cannot read"),
+    ("empty", "no image files"),
+    ("notdicom", "no image files"),
+    ("missing.nii.gz", "no such"),
+])
+def test_segment_bad_input_one_clear_error(phantom_model, tmp_path, capsys, name, msg):
+    _, _, _, model = phantom_model
+    src = _bad_inputs(tmp_path)
+    out = tmp_path / "o"
+    rc = main(["segment", str(src / name), "-o", str(out), "--model", str(model)])
+    err = capsys.readouterr().err
+    assert rc == 1 and msg in err and err.count("\n") == 1
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.")]   # no staging left
+
+
+def test_segment_wrong_model_file(phantom_model, tmp_path, capsys):
+    _, images, _, _ = phantom_model
+    bad = tmp_path / "m.npz"
+    np.savez(bad, x=np.zeros(2))
+    rc = main(["segment", str(images / "phantom_000.nii.gz"), "-o", str(tmp_path / "o"),
+               "--model", str(bad)])
+    assert rc == 1 and "not a shapeprior model" in capsys.readouterr().err
+
+
+def test_segment_mismatched_model_organ(phantom_model, tmp_path, capsys):
+    """A model of a large organ on a small field of view is refused."""
+    _, images, _, model = phantom_model
+    from shapeprior.model import load_model, save_model
+
+    m = load_model(model)
+    m.mean = m.mean * 12.0
+    m.shapes = m.shapes * 12.0
+    save_model(m, tmp_path / "big.npz")
+    rc = main(["segment", str(images / "phantom_000.nii.gz"), "-o", str(tmp_path / "o"),
+               "--model", str(tmp_path / "big.npz")])
+    assert rc == 1 and "cannot fit" in capsys.readouterr().err
+
+
+def test_dicom_oblique_with_gaps(data_root):
+    d = data_root / "tcia_mr_dicom" / "Study3_T1post_oblique"
+    if not d.is_dir():
+        pytest.skip("TCIA oblique series not present")
+    vol, info = read_image(d)
+    assert vol.array.shape == (22, 320, 280)
+    assert info["oblique"] and info["slice_gap_mm"] == pytest.approx(1.5, abs=1e-3)
+    n = np.cross(vol.direction[:, 0], vol.direction[:, 1])
+    assert abs(n[2]) == pytest.approx(0.982, abs=1e-3)     # slices tilted ~11 degrees
+    text = json.dumps(info)
+    assert "PGBM" not in text and "Patient" not in text   # no identifiers leave the reader
+
+
+def test_dicom_jpeg2000_ct_matches_reference_label_grid(data_root):
+    d = data_root / "totalsegmentator_example" / "example_ct_dicom"
+    if not d.is_dir():
+        pytest.skip("TotalSegmentator DICOM example not present")
+    vol, info = read_image(d)
+    assert info["modality"] == "CT" and vol.array.shape == (20, 512, 512)
+    seg = read_label_map(data_root / "totalsegmentator_example" / "example_seg_dicom.nii.gz")
+    # the label map is stored y-flipped (LAS); both cover the same physical box
+    def box(v):
+        idx = np.array([[i, j, k] for i in (0, v.array.shape[2] - 1)
+                        for j in (0, v.array.shape[1] - 1) for k in (0, v.array.shape[0] - 1)])
+        p = v.index_to_physical(idx.astype(float))
+        return p.min(0), p.max(0)
+    (a0, a1), (b0, b1) = box(vol), box(seg)
+    assert np.allclose(a0, b0, atol=0.6) and np.allclose(a1, b1, atol=0.6)
+
+
+def test_dicom_parent_folder_points_to_series(data_root, capsys):
+    d = data_root / "tcia_mr_dicom"
+    if not d.is_dir():
+        pytest.skip("TCIA data not present")
+    with pytest.raises(ValueError, match="no DICOM image series"):
+        read_image(d)
