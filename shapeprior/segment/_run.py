@@ -74,6 +74,16 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
     out = OutputDir(outdir, force=force)
+    try:
+        return _run_case(out, input_path, model, model_path, params, series, reference,
+                         reference_labels, mesh_format, dictionary, argv)
+    except BaseException:
+        out.discard()          # a failed case leaves nothing behind
+        raise
+
+
+def _run_case(out, input_path, model, model_path, params, series, reference,
+              reference_labels, mesh_format, dictionary, argv):
     t0 = time.perf_counter()
     vol, info = read_image(input_path, series)
     ref = None
