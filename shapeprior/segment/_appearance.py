@@ -1,8 +1,9 @@
 """Boundary appearance along vertex normals.
 
 Learned model (training image + label pairs): at every vertex, the mean and
-variance of the normalised intensity profile sampled along the normal
-(``2 * half + 1`` samples, ``step`` mm apart). Searching a new image, each
+variance of the normalised derivative profile along the normal (intensity
+differences between ``2 * half + 1`` samples ``step`` mm apart, divided by
+their summed magnitude). Searching a new image, each
 vertex tries offsets along its normal and takes the one whose profile is
 closest (Mahalanobis, diagonal) to its mean profile; the distance also sets
 the vertex's confidence, which becomes its SSC weight.
@@ -45,7 +46,7 @@ def sample(vol, image, points):
 
 @dataclass
 class ProfileModel:
-    """Per-vertex normal profiles. ``mean``/``var``: (N, 2*half+1)."""
+    """Per-vertex normal profile features. ``mean``/``var``: (N, 2*half)."""
 
     mean: np.ndarray
     var: np.ndarray
@@ -57,7 +58,8 @@ class ProfileModel:
         return {"profile_mean": self.mean, "profile_var": self.var}
 
     def to_meta(self):
-        return {"step_mm": self.step, "half": self.half, "normalisation": self.normalisation}
+        return {"step_mm": self.step, "half": self.half, "normalisation": self.normalisation,
+                "features": "normalised derivative profile"}
 
     @classmethod
     def from_arrays(cls, arrays, meta):
@@ -67,6 +69,14 @@ class ProfileModel:
 
 def _offsets(half, step):
     return np.arange(-half, half + 1) * step
+
+
+def profile_features(prof):
+    """Normalised derivative profiles (Cootes et al.): differences along the
+    normal divided by their summed magnitude, so that neither the intensity
+    level nor the contrast of an image shifts the match. (..., L) -> (..., L-1)."""
+    d = np.diff(prof, axis=-1)
+    return d / (np.sum(np.abs(d), axis=-1, keepdims=True) + 1e-6)
 
 
 def learn_profiles(cases, faces, step=0.75, half=4, normalisation="percentile"):
@@ -79,8 +89,8 @@ def learn_profiles(cases, faces, step=0.75, half=4, normalisation="percentile"):
         img = normalise_intensity(vol, normalisation)
         n = Surface(v, faces).vertex_normals()
         pts = v[:, None, :] + offs[None, :, None] * n[:, None, :]
-        profs.append(sample(vol, img, pts))
-    P = np.stack(profs)                      # (M, N, L)
+        profs.append(profile_features(sample(vol, img, pts)))
+    P = np.stack(profs)                      # (M, N, L-1)
     mean = P.mean(0)
     var = P.var(0) + max(1e-4, 0.05 * float(P.var()))    # floor: few cases per vertex
     return ProfileModel(mean, var, step, half, normalisation)
@@ -93,8 +103,8 @@ def search_profiles(pm: ProfileModel, vol, image, verts, normals, search_mm):
     offs = _offsets(pm.half, pm.step)
     t = cand[:, None] + offs[None, :]                         # (C, L)
     pts = verts[:, None, None, :] + t[None, :, :, None] * normals[:, None, None, :]
-    prof = sample(vol, image, pts)                            # (N, C, L)
-    cost = np.sum((prof - pm.mean[:, None, :]) ** 2 / pm.var[:, None, :], axis=2) / len(offs)
+    prof = profile_features(sample(vol, image, pts))          # (N, C, L-1)
+    cost = np.sum((prof - pm.mean[:, None, :]) ** 2 / pm.var[:, None, :], axis=2) / prof.shape[2]
     best = np.argmin(cost + 1e-3 * np.abs(cand)[None, :], axis=1)   # tie-break: stay
     c = cost[np.arange(len(verts)), best]
     conf = np.clip(np.exp(-0.5 * (c - 1.0)), 0.05, 1.0)

@@ -32,6 +32,10 @@ class SegmentParams:
     window: tuple | None = None   # edge fallback: intensity window inside the organ
     normalisation: str | None = None
     outlier_base_mm: float = 1.0  # gross-error threshold = this + search range / 2
+    align_rounds: int = 5         # beta/SSC alternations per iteration (the loop iterates too)
+    refine_iter: int = 3          # final local refinement steps outside the shape space (chosen on a validation split)
+    refine_search_mm: float = 1.5
+    refine_smooth: int = 5        # Laplacian passes on the refinement displacement
 
 
 @dataclass
@@ -97,6 +101,10 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None):
         meta = model.metadata["appearance"]
         pm = ProfileModel(model.profile_mean, model.profile_var, meta["step_mm"], meta["half"],
                           meta["normalisation"])
+        if pm.mean.shape[1] != 2 * pm.half:
+            raise ValueError("this model's appearance uses an older profile layout "
+                             f"({pm.mean.shape[1]} values per vertex, expected {2 * pm.half}); "
+                             "rebuild it with build-model --images")
     norm = params.normalisation or (pm.normalisation if pm else "ct")
     base = normalise_intensity(vol, norm)
     v, mirror = initial_shape(model, vol, params)
@@ -121,7 +129,8 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None):
             tau = params.outlier_base_mm + 0.5 * search_mm
             res = sparse_shape_composition(y, dic, conf, method=params.method, x0=x_prev,
                                            lambda2=2.0 * tau, outlier_threshold=tau,
-                                           n_nonzero=min(20, dic.n_atoms))
+                                           n_nonzero=min(20, dic.n_atoms),
+                                           max_align_iter=params.align_rounds)
             x_prev = res.x if params.method == "l1" else None
             new = res.reconstruction * MIRROR if mirror else res.reconstruction
             move = float(np.mean(np.linalg.norm(new - v, axis=1)))
@@ -133,6 +142,29 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None):
             if move < params.tol_mm:
                 converged = True
                 break
+    if params.refine_iter:
+        # local refinement (the deformable-model step after SSC inference in
+        # Zhang et al.): confidence-weighted boundary displacements, smoothed
+        # on the mesh, with the SSC shape's gross-error vertices held back
+        from ..correspond._nicp import _mean_neighbour_operator
+
+        L = _mean_neighbour_operator(faces, len(v))
+        for _ in range(params.refine_iter):
+            n_iter += 1
+            normals = Surface(v, faces).vertex_normals()
+            if pm is not None:
+                tgt, conf = search_profiles(pm, vol, base, v, normals, params.refine_search_mm)
+            else:
+                tgt, conf = search_edges(vol, base, v, normals, params.refine_search_mm,
+                                         0.5 * min(vol.spacing), params.inside_brighter,
+                                         params.window)
+            d = (tgt - v) * conf[:, None]
+            wsum = conf.copy()
+            for _ in range(params.refine_smooth):
+                d = 0.5 * d + 0.5 * (L @ d)
+                wsum = 0.5 * wsum + 0.5 * (L @ wsum)
+            v = v + d / np.maximum(wsum, 1e-6)[:, None] * np.minimum(wsum, 1.0)[:, None]
+            history.append({"refine": True, "move_mm": float(np.mean(np.linalg.norm(d, axis=1)))})
     if mirror:   # keep faces outward after mirroring
         faces = faces[:, ::-1].copy()
     surf = Surface(v, faces)
