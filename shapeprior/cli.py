@@ -125,7 +125,13 @@ def _segment(argv):
                     help="edge fallback: the organ is darker than its surroundings")
     ap.add_argument("--window", default=None,
                     help="edge fallback: intensity window lo,hi inside the organ (normalised units)")
-    ap.add_argument("--force", action="store_true", help="replace existing outputs")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="folder of cases: run on a local dask cluster with N processes "
+                         "(default 0: sequential)")
+    ap.add_argument("--scheduler", default=None,
+                    help="folder of cases: address of an existing dask scheduler")
+    ap.add_argument("--force", action="store_true",
+                    help="replace existing outputs (a folder of cases resumes without it)")
     a = ap.parse_args(argv)
 
     from pathlib import Path
@@ -152,31 +158,25 @@ def _segment(argv):
         return 0
     if a.reference:
         raise ValueError("--reference applies to a single case, not a folder of cases")
-    root = Path(a.output)
-    root.mkdir(parents=True, exist_ok=True)
-    summary, failed = [], 0
-    from tqdm import tqdm
+    from .segment._batch import run_batch
 
-    for name, path in tqdm(cases, desc="cases", unit="case"):
-        try:
-            rep = run_case(path, root / name, model, a.model, params, series=a.series,
-                           mesh_format=a.mesh_format, force=a.force, dictionary=dic, argv=argv)
-            summary.append({"case": name, "status": "ok", "volume_ml": rep["volume_ml"],
-                            "iterations": rep["iterations"], "time_s": rep["time_s"]})
-        except (ValueError, OSError, RuntimeError) as exc:
-            failed += 1
-            summary.append({"case": name, "status": "failed", "error": str(exc)})
-    from ._outputs import _json_default  # noqa: F401
+    root = Path(a.output)
+    summary = run_batch(cases, root, a.model, params, series=a.series,
+                        mesh_format=a.mesh_format, force=a.force, workers=a.workers,
+                        scheduler=a.scheduler, argv=argv)
     import json
     import os
 
     tmp = root / ".summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))
     os.replace(tmp, root / "summary.json")
+    failed = sum(r["status"] == "failed" for r in summary)
     for r in summary:
-        extra = f"{r['volume_ml']:.1f} ml, {r['time_s']:.2f} s" if r["status"] == "ok" else r["error"]
-        print(f"{r['case']:30s} {r['status']:7s} {extra}")
-    print(f"{len(cases) - failed} of {len(cases)} cases segmented; summary in {root}/summary.json")
+        extra = (f"{r['volume_ml']:.1f} ml, {r['time_s']:.2f} s" if r["status"] == "ok"
+                 else r.get("error") or r.get("reason"))
+        print(f"{r['case']:30s} {r['status']:8s} {extra}")
+    done = sum(r["status"] in ("ok", "skipped") for r in summary)
+    print(f"{done} of {len(cases)} cases complete ({failed} failed); summary in {root}/summary.json")
     return 1 if failed else 0
 
 

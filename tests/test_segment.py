@@ -159,3 +159,32 @@ def test_dicom_parent_folder_points_to_series(data_root, capsys):
         pytest.skip("TCIA data not present")
     with pytest.raises(ValueError, match="no DICOM image series"):
         read_image(d)
+
+
+def test_segment_batch_on_dask_local_cluster_resumes(phantom_model, tmp_path):
+    pytest.importorskip("distributed")
+    d, images, labels, model = phantom_model
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    import shutil
+
+    for i in range(3):
+        shutil.copy(images / f"phantom_00{i}.nii.gz", batch / f"c{i}.nii.gz")
+    (batch / "zz_broken.nii.gz").write_bytes(b"not gzip at all")
+    out = tmp_path / "out"
+    rc = main(["segment", str(batch), "-o", str(out), "--model", str(model), "--workers", "2"])
+    assert rc == 1
+    rows = {r["case"]: r for r in json.loads((out / "summary.json").read_text())}
+    assert [rows[f"c{i}"]["status"] for i in range(3)] == ["ok"] * 3
+    assert rows["zz_broken"]["status"] == "failed" and "cannot read" in rows["zz_broken"]["error"]
+    # dask results equal a sequential run of the same case
+    seq = tmp_path / "seq"
+    assert main(["segment", str(batch / "c1.nii.gz"), "-o", str(seq), "--model", str(model)]) == 0
+    a = read_label_map(out / "c1" / "label.nii.gz").array
+    b = read_label_map(seq / "label.nii.gz").array
+    assert np.array_equal(a, b)
+    # resume: complete cases are skipped, the broken one is retried
+    rc = main(["segment", str(batch), "-o", str(out), "--model", str(model)])
+    rows = {r["case"]: r["status"] for r in json.loads((out / "summary.json").read_text())}
+    assert rc == 1 and rows == {"c0": "skipped", "c1": "skipped", "c2": "skipped",
+                                "zz_broken": "failed"}
