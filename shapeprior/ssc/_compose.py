@@ -194,7 +194,7 @@ def sparse_composition(aligned_shape, dictionary, weights=None, *, method="l1",
 
 
 def _sparse_composition(dic, y, s, method, lambda1, lambda2, n_nonzero,
-                        outlier_threshold, reweight, x0, tol, max_iter):
+                        outlier_threshold, reweight, x0, tol, max_iter, l0_init=None):
     xp = dic.xp
     z = xp.asarray(y.ravel())
     w = xp.asarray(np.repeat(s * s, dic.n_dims))
@@ -221,7 +221,8 @@ def _sparse_composition(dic, y, s, method, lambda1, lambda2, n_nonzero,
             raise ValueError(f"n_nonzero={n_nonzero!r} must be an integer in [1, {dic.n_atoms}]")
         if outlier_threshold is not None:
             outlier_threshold = _positive("outlier_threshold", outlier_threshold, False)
-        sol = solve_l0(dic, z, w, int(n_nonzero), outlier_threshold, max_iter=max_iter)
+        sol = solve_l0(dic, z, w, int(n_nonzero), outlier_threshold, max_iter=max_iter,
+                       outliers_init=l0_init)
         lam1, lam2 = float("nan"), float("nan")
         info = {"threshold": sol.threshold}
     N, d = dic.n_points, dic.n_dims
@@ -290,12 +291,17 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     size = max(float(np.sqrt(np.sum((dic.mean - dic.mean.mean(0)) ** 2))), 1e-12)
     lam1, lam2 = lambda1, lambda2
     sol = None
+    l0_prev = None
     converged_align = alignment == "none"
     k = 0
     for k in range(1, max_align_iter + 1):
         z = beta.apply(y)
         sol = _sparse_composition(dic, z, s, method, lam1, lam2, n_nonzero,
-                                  outlier_threshold, reweight, x0, tol, max_iter)
+                                  outlier_threshold, reweight, x0, tol, max_iter,
+                                  l0_init=l0_prev)
+        # (warm-starting the L0 trimmed set across rounds was tried: vertices
+        # trimmed under an early, poor alignment then stay trimmed; each round
+        # restarts the trimming instead)
         if method == "l1":  # keep penalties fixed after the first 'auto' round
             lam1, lam2 = sol["lambda1"], sol["lambda2"]
         x0 = sol["x"] if method == "l1" else None
@@ -321,7 +327,8 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
             converged_align = True
             z = beta.apply(y)
             sol = _sparse_composition(dic, z, s, method, lam1, lam2, n_nonzero,
-                                      outlier_threshold, reweight, x0, tol, max_iter)
+                                      outlier_threshold, reweight, x0, tol, max_iter,
+                                      l0_init=l0_prev)
             break
     z = beta.apply(y)
     recon_model = (dic.atoms.reshape(dic.n_atoms, -1).T @ sol["x"]).reshape(

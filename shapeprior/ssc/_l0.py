@@ -55,11 +55,42 @@ def omp_gram(H, b, k, xp=np, atom_tol=1e-12):
     return x
 
 
+def _omp_implicit(GW, Dr, wr, b, k, xp, atom_tol=1e-12):
+    """Batch-OMP on ``H = GW - Dr^T diag(wr) Dr`` without forming H: only the
+    columns of selected atoms are computed (m K work per atom instead of m K^2)."""
+    K = b.shape[0]
+    if Dr is None:
+        return omp_gram(GW, b, k, xp, atom_tol)
+    diag = xp.diag(GW) - xp.sum(wr[:, None] * Dr * Dr, axis=0)
+    norm = xp.sqrt(xp.maximum(diag, 1e-300))
+    scale = float(xp.max(xp.abs(b))) if K else 0.0
+    S, cols = [], []
+    corr = b.copy()
+    xs = xp.zeros(0)
+    for _ in range(min(k, K)):
+        score = xp.abs(corr) / norm
+        if S:
+            score[xp.asarray(S)] = -1.0
+        j = int(xp.argmax(score))
+        if float(xp.abs(corr[j])) <= atom_tol * max(scale, 1e-300):
+            break
+        cols.append(GW[:, j] - Dr.T @ (wr * Dr[:, j]))
+        S.append(j)
+        HS = xp.stack(cols, axis=1)                 # (K, s)
+        xs = xp.linalg.lstsq(HS[xp.asarray(S)], b[xp.asarray(S)], rcond=None)[0]
+        corr = b - HS @ xs
+    x = xp.zeros(K)
+    if S:
+        x[xp.asarray(S)] = xs
+    return x
+
+
 def solve_l0(dic, z, w, k, threshold=None, max_outlier_fraction=0.5, max_iter=50,
-             threshold_factor=2.5):
+             threshold_factor=2.5, outliers_init=None):
     """Trimmed OMP. ``threshold`` is a per-vertex residual norm in shape units;
     ``None`` uses ``threshold_factor`` times the median visible residual norm
-    (re-estimated each round)."""
+    (re-estimated each round). ``outliers_init`` (N,) bool warm-starts the
+    trimmed set (e.g. from the previous alignment round)."""
     xp = dic.xp
     d = dic.n_dims
     N = dic.n_points
@@ -68,7 +99,8 @@ def solve_l0(dic, z, w, k, threshold=None, max_outlier_fraction=0.5, max_iter=50
     wv = w.reshape(N, d).max(axis=1)
     visible = wv > 0
     n_vis = int(xp.count_nonzero(visible))
-    out_v = xp.zeros(N, dtype=bool)
+    out_v = xp.zeros(N, dtype=bool) if outliers_init is None else \
+        xp.asarray(outliers_init, dtype=bool).copy()
     converged = False
     thr = float("nan")
     it = 0
@@ -77,11 +109,10 @@ def solve_l0(dic, z, w, k, threshold=None, max_outlier_fraction=0.5, max_iter=50
         rows = xp.flatnonzero(xp.repeat(out_v & visible, d))
         if rows.size:
             Dr = dic.D[rows]
-            H = GW - Dr.T @ (w[rows][:, None] * Dr)
             b = c - Dr.T @ (w[rows] * z[rows])
+            x = _omp_implicit(GW, Dr, w[rows], b, k, xp)
         else:
-            H, b = GW, c
-        x = omp_gram(H, b, k, xp)
+            x = omp_gram(GW, c, k, xp)
         r = z - dic.matvec(x)
         rn = xp.sqrt(xp.sum(r.reshape(N, d) ** 2, axis=1))
         if threshold is None:
