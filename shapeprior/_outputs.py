@@ -52,6 +52,7 @@ class OutputDir:
             if not self.force:
                 raise OutputExistsError(f"output folder {self.path} appeared during the run")
             old = self.path.with_name(f".{self.path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)     # left by an interrupted run
             os.replace(self.path, old)
             os.replace(self.stage, self.path)
             shutil.rmtree(old, ignore_errors=True)
