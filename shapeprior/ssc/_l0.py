@@ -27,41 +27,9 @@ class L0Solution:
     converged: bool
 
 
-def omp_gram(H, b, k, xp=np, atom_tol=1e-12):
-    """Batch-OMP: greedy k-atom least squares from the Gram ``H`` and ``b``.
-
-    Returns x of shape (K,). Stops early when no atom correlates any more.
-    """
+def _omp(column, diag, b, k, xp, atom_tol):
+    """Batch-OMP given ``column(j) -> H[:, j]`` and ``diag(H)``."""
     K = b.shape[0]
-    x = xp.zeros(K)
-    support = []
-    diag = xp.sqrt(xp.maximum(xp.diag(H), 1e-300))
-    scale = float(xp.max(xp.abs(b))) if K else 0.0
-    corr = b.copy()
-    for _ in range(min(k, K)):
-        score = xp.abs(corr) / diag
-        if support:
-            score[xp.asarray(support)] = -1.0
-        j = int(xp.argmax(score))
-        if float(xp.abs(corr[j])) <= atom_tol * max(scale, 1e-300):
-            break
-        support.append(j)
-        S = xp.asarray(support)
-        HS = H[S][:, S]
-        xs = xp.linalg.lstsq(HS, b[S], rcond=None)[0]
-        x = xp.zeros(K)
-        x[S] = xs
-        corr = b - H[:, S] @ xs
-    return x
-
-
-def _omp_implicit(GW, Dr, wr, b, k, xp, atom_tol=1e-12):
-    """Batch-OMP on ``H = GW - Dr^T diag(wr) Dr`` without forming H: only the
-    columns of selected atoms are computed (m K work per atom instead of m K^2)."""
-    K = b.shape[0]
-    if Dr is None:
-        return omp_gram(GW, b, k, xp, atom_tol)
-    diag = xp.diag(GW) - xp.sum(wr[:, None] * Dr * Dr, axis=0)
     norm = xp.sqrt(xp.maximum(diag, 1e-300))
     scale = float(xp.max(xp.abs(b))) if K else 0.0
     S, cols = [], []
@@ -74,7 +42,7 @@ def _omp_implicit(GW, Dr, wr, b, k, xp, atom_tol=1e-12):
         j = int(xp.argmax(score))
         if float(xp.abs(corr[j])) <= atom_tol * max(scale, 1e-300):
             break
-        cols.append(GW[:, j] - Dr.T @ (wr * Dr[:, j]))
+        cols.append(column(j))
         S.append(j)
         HS = xp.stack(cols, axis=1)                 # (K, s)
         xs = xp.linalg.lstsq(HS[xp.asarray(S)], b[xp.asarray(S)], rcond=None)[0]
@@ -83,6 +51,21 @@ def _omp_implicit(GW, Dr, wr, b, k, xp, atom_tol=1e-12):
     if S:
         x[xp.asarray(S)] = xs
     return x
+
+
+def omp_gram(H, b, k, xp=np, atom_tol=1e-12):
+    """Batch-OMP: greedy k-atom least squares from the Gram ``H`` and ``b``.
+
+    Returns x of shape (K,). Stops early when no atom correlates any more.
+    """
+    return _omp(lambda j: H[:, j], xp.diag(H), b, k, xp, atom_tol)
+
+
+def _omp_implicit(GW, Dr, wr, b, k, xp, atom_tol=1e-12):
+    """Batch-OMP on ``H = GW - Dr^T diag(wr) Dr`` without forming H: only the
+    columns of selected atoms are computed (m K work per atom instead of m K^2)."""
+    diag = xp.diag(GW) - xp.sum(wr[:, None] * Dr * Dr, axis=0)
+    return _omp(lambda j: GW[:, j] - Dr.T @ (wr * Dr[:, j]), diag, b, k, xp, atom_tol)
 
 
 def solve_l0(dic, z, w, k, threshold=None, max_outlier_fraction=0.5, max_iter=50,
