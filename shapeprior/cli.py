@@ -233,7 +233,8 @@ def _demo(argv):
         print("[2/2] segmenting a held-out phantom with a bright leak beside the organ")
         rc = _segment([str(images / test), "-o", str(out), "--model", str(work / "model.npz"),
                        "--reference", str(labels / test)] + (["--force"] if a.force else []))
-        shutil.copy(work / "model.npz", out / "model.npz") if rc == 0 else None
+        if rc == 0:
+            shutil.copy(work / "model.npz", out / "model.npz")
         return rc
     finally:
         shutil.rmtree(work, ignore_errors=True)

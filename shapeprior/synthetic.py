@@ -229,7 +229,7 @@ def write_phantom_cases(folder, n_cases=12, seed=0, with_leak=()):
     for i in range(n_cases):
         origin = rng.uniform(-20, 20, 3) + np.array([-30.0, -25.0, -30.0])
         grid = Volume(np.zeros(shape_xyz[::-1], np.float32), spacing, origin, direction)
-        centre = grid.index_to_physical(((shape_xyz - 1) / 2.0)[None])[0]
+        centre = grid.centre()
         ang = rng.uniform(-0.15, 0.15, 3)       # small rotations only (shared orientation)
         R = _small_rotation(ang)
         verts = pop.sample(1, rng)[0] @ R.T + centre + rng.uniform(-3, 3, 3)

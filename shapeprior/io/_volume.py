@@ -47,6 +47,18 @@ class Volume:
         inv = np.linalg.inv(self.index_to_physical_matrix)
         return (np.asarray(points, dtype=float) - self.origin) @ inv.T
 
+    def centre(self) -> np.ndarray:
+        """Physical position (LPS, mm) of the centre of the field of view."""
+        c = (np.array(self.array.shape[::-1]) - 1) / 2.0
+        return self.index_to_physical(c[None])[0]
+
+    def same_grid(self, other: "Volume", atol: float = 1e-3) -> bool:
+        """True when both volumes sample the same voxel positions."""
+        return (self.array.shape == other.array.shape
+                and np.allclose(self.index_to_physical_matrix, other.index_to_physical_matrix,
+                                atol=atol)
+                and np.allclose(self.origin, other.origin, atol=atol))
+
     def crop(self, lo_zyx, hi_zyx) -> "Volume":
         """Sub-volume ``array[lo:hi]`` with its origin moved accordingly."""
         lo = np.asarray(lo_zyx, dtype=int)

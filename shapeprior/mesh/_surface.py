@@ -147,6 +147,5 @@ def kidney_masks(vol: Volume, labels=(1, 2), min_fraction=0.1):
         left_first = cents[0][0] > cents[1][0]
         sides = ["left", "right"] if left_first else ["right", "left"]
     else:
-        centre = vol.index_to_physical(((np.array(vol.array.shape[::-1]) - 1) / 2.0)[None])[0]
-        sides = ["left" if cents[0][0] > centre[0] else "right"]
+        sides = ["left" if cents[0][0] > vol.centre()[0] else "right"]
     return {s: lab == k for s, k in zip(sides, keep)}

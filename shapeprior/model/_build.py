@@ -75,10 +75,8 @@ def surfaces_from_label_map(path, params: BuildParams):
     """[(side, Surface, fov_centre)] for one file; raises ValueError on bad content.
 
     Right-side organs mirrored onto the left come with a mirrored FOV centre."""
-    from ..segment._fit import fov_centre
-
     vol = read_label_map(path)
-    centre = fov_centre(vol)
+    centre = vol.centre()
     if params.split_sides:
         masks = kidney_masks(vol, params.labels)
         if params.side != "both":
@@ -125,9 +123,7 @@ def _learn_appearance(kept, faces, params, root):
             continue
         vol = read_volume(img)
         lab = read_label_map(s["file"])
-        if vol.array.shape != lab.array.shape or not np.allclose(
-                vol.index_to_physical_matrix, lab.index_to_physical_matrix, atol=1e-4) or \
-                not np.allclose(vol.origin, lab.origin, atol=1e-3):
+        if not vol.same_grid(lab):
             raise ValueError(f"{img.name}: image and label map differ in geometry")
         cases.append((vol, v))
         used.append(img)

@@ -50,11 +50,6 @@ class SegmentResult:
     history: list = field(default_factory=list)
 
 
-def fov_centre(vol):
-    c = (np.array(vol.array.shape[::-1]) - 1) / 2.0
-    return vol.index_to_physical(c[None])[0]
-
-
 def initial_shape(model, vol, params: SegmentParams):
     """Model mean in the image: mean pose from training (rotation, scale) and
     position from the seed, else from the training offset to the FOV centre."""
@@ -72,7 +67,7 @@ def initial_shape(model, vol, params: SegmentParams):
         shape = shape * MIRROR
         off = off * MIRROR
     centre = np.asarray(params.seed_mm, float) if params.seed_mm is not None \
-        else fov_centre(vol) + off
+        else vol.centre() + off
     return shape + centre, mirror
 
 
@@ -112,17 +107,20 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None):
     sp_zyx = vol.spacing[::-1]
     history, n_iter, converged, overridden = [], 0, False, 0.0
     x_prev = None
+
+    def search(img, v, search_mm):
+        normals = Surface(v, faces).vertex_normals()
+        if pm is not None:
+            return search_profiles(pm, vol, img, v, normals, search_mm)
+        return search_edges(vol, img, v, normals, search_mm, 0.5 * min(vol.spacing),
+                            params.inside_brighter, params.window)
+
     for search_mm, sigma in params.schedule:
         img = ndimage.gaussian_filter(base, sigma / sp_zyx) if sigma > 0 else base
         converged = False
         for _ in range(params.max_iter):
             n_iter += 1
-            normals = Surface(v, faces).vertex_normals()
-            if pm is not None:
-                tgt, conf = search_profiles(pm, vol, img, v, normals, search_mm)
-            else:
-                tgt, conf = search_edges(vol, img, v, normals, search_mm, 0.5 * min(vol.spacing),
-                                         params.inside_brighter, params.window)
+            tgt, conf = search(img, v, search_mm)
             y = tgt * MIRROR if mirror else tgt
             # a vertex that lands more than tau (mm) off the prior's shape is a
             # gross error (a leak or a wrong edge): tau follows the search scale
@@ -151,13 +149,7 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None):
         L = _mean_neighbour_operator(faces, len(v))
         for _ in range(params.refine_iter):
             n_iter += 1
-            normals = Surface(v, faces).vertex_normals()
-            if pm is not None:
-                tgt, conf = search_profiles(pm, vol, base, v, normals, params.refine_search_mm)
-            else:
-                tgt, conf = search_edges(vol, base, v, normals, params.refine_search_mm,
-                                         0.5 * min(vol.spacing), params.inside_brighter,
-                                         params.window)
+            tgt, conf = search(base, v, params.refine_search_mm)
             d = (tgt - v) * conf[:, None]
             wsum = conf.copy()
             for _ in range(params.refine_smooth):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._outputs import OutputDir, manifest, sha256_file
+from .._outputs import OutputDir, manifest
 from ..io import Volume, read_image, read_label_map
 from ..mesh import Surface
 from ._fit import SegmentParams, segment_volume
@@ -89,8 +89,7 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
     ref = None
     if reference is not None:
         rvol = read_label_map(reference)
-        if rvol.array.shape != vol.array.shape or not np.allclose(
-                rvol.index_to_physical_matrix, vol.index_to_physical_matrix, atol=1e-3):
+        if not rvol.same_grid(vol):
             raise ValueError("the reference label map does not share the image's grid")
         ref = np.isin(rvol.array, reference_labels)
     res = segment_volume(vol, model, params, dictionary)
@@ -135,4 +134,4 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
     return report
 
 
-__all__ = ["run_case", "discover_cases", "write_label", "sha256_file"]
+__all__ = ["run_case", "discover_cases", "write_label"]

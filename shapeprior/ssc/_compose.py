@@ -12,7 +12,7 @@ from ..align import Transform, generalized_procrustes, procrustes
 from ..backend import to_numpy
 from ._dictionary import ShapeDictionary
 from ._l0 import solve_l0
-from ._l1 import solve_l1
+from ._l1 import _lasso_fn, solve_l1
 
 METHODS = ("l1", "l0")
 #: default relative L1 weight on x: lam1 = 2 * ALPHA1 * max|D^T W z|
@@ -133,9 +133,7 @@ def _auto_lambda2(dic, z, w, lam1, x0):
     sigma = None
     for _ in range(2):
         if sol is None:
-            from shapeprior_kernels import gram_lasso_numba, gram_lasso_xp
-            lasso = gram_lasso_numba if dic.backend == "numba" else gram_lasso_xp
-            x, _ = lasso(dic.weighted_gram(w), dic.DF.T @ (w * z), 0.5 * lam1)
+            x, _ = _lasso_fn(dic)(dic.weighted_gram(w), dic.DF.T @ (w * z), 0.5 * lam1)
             r = z - dic.matvec(x)
         else:
             r = sol.residual
