@@ -130,6 +130,9 @@ def _segment(argv):
                          "(default 0: sequential)")
     ap.add_argument("--scheduler", default=None,
                     help="folder of cases: address of an existing dask scheduler")
+    ap.add_argument("--backend", choices=("auto", "numpy", "numba", "cupy"), default=None,
+                    help="where image smoothing and sampling run (default: $SHAPEPRIOR_BACKEND "
+                         "or auto = numba; cupy needs the 'gpu' extra and an NVIDIA GPU)")
     ap.add_argument("--force", action="store_true",
                     help="replace existing outputs (a folder of cases resumes without it)")
     a = ap.parse_args(argv)
@@ -145,7 +148,10 @@ def _segment(argv):
                            seed_mm=_floats(a.seed, 3, "--seed") if a.seed else None,
                            inside_brighter=not a.dark_organ,
                            window=_floats(a.window, 2, "--window") if a.window else None,
-                           normalisation=a.normalisation)
+                           normalisation=a.normalisation, backend=a.backend)
+    from .backend import resolve_backend
+
+    params.backend = resolve_backend(params.backend)   # fail early, and record it resolved
     cases = discover_cases(a.input)
     dic = model.ssc_dictionary("shapes")
     ref_labels = _parse_labels(a.reference_labels)

@@ -74,6 +74,12 @@ def _bad_inputs(tmp_path):
     sitk.WriteImage(nan, str(tmp_path / "nan.mha"))   # NIfTI IO would zero NaNs
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((16, 16), np.int16)), str(tmp_path / "flat.nii.gz"))
     (tmp_path / "corrupt.nii.gz").write_bytes(b"garbage")
+    # cut-short downloads: ITK alone reads these without error, zero-filled
+    noise = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(24, 24, 24)).astype(np.float32))
+    for name in ("whole.nii.gz", "whole.nii"):
+        sitk.WriteImage(noise, str(tmp_path / name))
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / ("cut" + name[5:])).write_bytes(data[: len(data) // 2])
     (tmp_path / "empty").mkdir()
     nodcm = tmp_path / "notdicom"
     nodcm.mkdir()
@@ -85,6 +91,8 @@ def _bad_inputs(tmp_path):
     ("nan.mha", "NaN"),
     ("flat.nii.gz", "3-D"),
     ("corrupt.nii.gz", "cannot read"),
+    ("cut.nii.gz", "truncated"),
+    ("cut.nii", "truncated"),
     ("empty", "no image files"),
     ("notdicom", "no image files"),
     ("missing.nii.gz", "no such"),
@@ -188,3 +196,60 @@ def test_segment_batch_on_dask_local_cluster_resumes(phantom_model, tmp_path):
     rows = {r["case"]: r["status"] for r in json.loads((out / "summary.json").read_text())}
     assert rc == 1 and rows == {"c0": "skipped", "c1": "skipped", "c2": "skipped",
                                 "zz_broken": "failed"}
+
+
+def test_level_image_crop_equals_whole_image_smoothing():
+    from scipy import ndimage
+
+    from shapeprior.io import Volume
+    from shapeprior.segment._appearance import NormalSampler, intensity_scale
+    from shapeprior.segment._levels import LevelImage
+
+    rng = np.random.default_rng(0)
+    arr = rng.normal(100, 30, size=(120, 130, 140)).astype(np.int16)
+    th = np.deg2rad(20)
+    R = np.array([[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0], [0, 0, -1.0]])
+    vol = Volume(arr, np.array([0.8, 0.9, 1.5]), np.array([-30.0, 10.0, 40.0]), R)
+    centre = vol.centre()
+    v = centre + rng.normal(size=(200, 3)) * 2
+    n = rng.normal(size=(200, 3))
+    n /= np.linalg.norm(n, axis=1)[:, None]
+    t = np.linspace(-4, 4, 9)
+    off, sc = intensity_scale(vol, "percentile")
+    whole = ndimage.gaussian_filter((arr.astype(np.float32) - np.float32(off)) / np.float32(sc),
+                                    1.5 / vol.spacing[::-1])
+    ref = NormalSampler(vol, whole, "numpy")(v, n, t)
+    level = LevelImage(vol, "percentile", 1.5, "numba")
+    s = level.sampler(v, reach_mm=4.0)
+    assert s.image.size < arr.size / 2              # it did crop
+    assert np.allclose(s(v, n, t), ref, atol=1e-5)
+    # a small move reuses the crop; leaving it recrops, with the same values
+    assert level.sampler(v + 1.0, 4.0) is s and level.n_crops == 1
+    far = v + np.array([0.0, 0.0, 25.0])
+    s2 = level.sampler(far, 4.0)
+    assert level.n_crops == 2
+    assert np.allclose(s2(far, n, t), NormalSampler(vol, whole, "numpy")(far, n, t), atol=1e-5)
+
+
+def test_segment_backends_agree_and_cupy_fails_clearly(phantom_model, tmp_path, capsys):
+    from shapeprior.backend import cupy_available
+    from shapeprior.model import load_model
+    from shapeprior.segment import SegmentParams, segment_volume
+
+    d, images, labels, model_path = phantom_model
+    model = load_model(model_path)
+    vol = read_volume(images / "phantom_006.nii.gz")
+    a = segment_volume(vol, model, SegmentParams(backend="numpy"))
+    b = segment_volume(vol, model, SegmentParams(backend="numba"))
+    assert a.backend == "numpy" and b.backend == "numba"
+    assert np.allclose(a.verts, b.verts, atol=1e-6)
+    assert np.array_equal(a.label, b.label)
+    if not cupy_available():
+        rc = main(["segment", str(images / "phantom_006.nii.gz"), "-o", str(tmp_path / "g"),
+                   "--model", str(model_path), "--backend", "cupy"])
+        err = capsys.readouterr().err
+        assert rc == 1 and "needs CuPy and a CUDA GPU" in err
+        assert not (tmp_path / "g").exists()
+    else:
+        c = segment_volume(vol, model, SegmentParams(backend="cupy"))
+        assert np.allclose(c.verts, b.verts, atol=1e-4)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._nifti import check_nifti_complete
+
 
 @dataclass
 class Volume:
@@ -95,6 +97,7 @@ def read_volume(path) -> Volume:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"no such image file: {p}")
+    check_nifti_complete(p)
     try:
         img = sitk.ReadImage(str(p))
     except RuntimeError as exc:

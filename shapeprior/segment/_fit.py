@@ -7,12 +7,14 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
+from .._profile import NULL_CLOCK
 from ..align import procrustes
+from ..backend import resolve_backend
 from ..mesh import Surface
 from ..ssc import sparse_shape_composition
-from ._appearance import ProfileModel, normalise_intensity, search_edges, search_profiles
+from ._appearance import ProfileModel, intensity_scale, search_edges, search_profiles
+from ._levels import LevelImage
 from ._voxelize import voxelize
 
 #: (search range mm, image smoothing sigma mm) per resolution level
@@ -36,6 +38,7 @@ class SegmentParams:
     refine_iter: int = 3          # final local refinement steps outside the shape space (chosen on a validation split)
     refine_search_mm: float = 1.5
     refine_smooth: int = 5        # Laplacian passes on the refinement displacement
+    backend: str | None = None    # image smoothing + sampling: auto/numpy/numba/cupy ($SHAPEPRIOR_BACKEND)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class SegmentResult:
     overridden_fraction: float
     time_s: float
     history: list = field(default_factory=list)
+    backend: str = "numpy"
 
 
 def initial_shape(model, vol, params: SegmentParams):
@@ -84,51 +88,74 @@ def check_fits(model, vol):
             "this image?")
 
 
-def segment_volume(vol, model, params: SegmentParams, dictionary=None):
-    """Fit the model to ``vol``; returns :class:`SegmentResult`."""
+def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=None):
+    """Fit the model to ``vol``; returns :class:`SegmentResult`.
+
+    Parameters
+    ----------
+    vol : Volume
+    model : ShapeModel
+    params : SegmentParams
+        ``params.backend`` picks where the image work runs (smoothing and
+        sampling along normals; 'cupy' keeps the image on the GPU). The SSC
+        solve of a single mesh stays on the CPU: it is latency-bound.
+    dictionary : ShapeDictionary, optional
+        Prepared dictionary (reuse across cases); default the model's shapes.
+    clock : shapeprior._profile.StageClock, optional
+        Receives per-stage time (and peak RSS): prepare, search, ssc, refine,
+        voxelize.
+    """
     t0 = time.perf_counter()
+    clock = clock or NULL_CLOCK
+    backend = resolve_backend(params.backend)
     if min(vol.array.shape) < 2:
         raise ValueError(f"image of shape {vol.array.shape} is not a 3-D volume")
     check_fits(model, vol)
-    dic = dictionary or model.ssc_dictionary("shapes")
-    pm = None
-    if model.profile_mean is not None:
-        meta = model.metadata["appearance"]
-        pm = ProfileModel(model.profile_mean, model.profile_var, meta["step_mm"], meta["half"],
-                          meta["normalisation"])
-        if pm.mean.shape[1] != 2 * pm.half:
-            raise ValueError("this model's appearance uses an older profile layout "
-                             f"({pm.mean.shape[1]} values per vertex, expected {2 * pm.half}); "
-                             "rebuild it with build-model --images")
-    norm = params.normalisation or (pm.normalisation if pm else "ct")
-    base = normalise_intensity(vol, norm)
-    v, mirror = initial_shape(model, vol, params)
+    with clock("prepare"):
+        dic = dictionary or model.ssc_dictionary("shapes")
+        pm = None
+        if model.profile_mean is not None:
+            meta = model.metadata["appearance"]
+            pm = ProfileModel(model.profile_mean, model.profile_var, meta["step_mm"],
+                              meta["half"], meta["normalisation"])
+            if pm.mean.shape[1] != 2 * pm.half:
+                raise ValueError("this model's appearance uses an older profile layout "
+                                 f"({pm.mean.shape[1]} values per vertex, expected "
+                                 f"{2 * pm.half}); rebuild it with build-model --images")
+        norm = params.normalisation or (pm.normalisation if pm else "ct")
+        scale = intensity_scale(vol, norm)
+        v, mirror = initial_shape(model, vol, params)
     faces = model.faces
-    sp_zyx = vol.spacing[::-1]
     history, n_iter, converged, overridden = [], 0, False, 0.0
     x_prev = None
+    edge_step = 0.5 * min(vol.spacing)
 
-    def search(img, v, search_mm):
-        normals = Surface(v, faces).vertex_normals()
-        if pm is not None:
-            return search_profiles(pm, vol, img, v, normals, search_mm)
-        return search_edges(vol, img, v, normals, search_mm, 0.5 * min(vol.spacing),
-                            params.inside_brighter, params.window)
+    def search(level, v, search_mm):
+        reach = search_mm + (pm.half * pm.step if pm is not None else 2 * edge_step)
+        with clock("prepare"):      # crop + smooth when the mesh left the region
+            sampler = level.sampler(v, reach)
+        with clock("search"):
+            normals = Surface(v, faces).vertex_normals()
+            if pm is not None:
+                return search_profiles(pm, sampler, v, normals, search_mm)
+            return search_edges(sampler, v, normals, search_mm, edge_step,
+                                params.inside_brighter, params.window)
 
     for search_mm, sigma in params.schedule:
-        img = ndimage.gaussian_filter(base, sigma / sp_zyx) if sigma > 0 else base
+        level = LevelImage(vol, norm, sigma, backend, scale)
         converged = False
         for _ in range(params.max_iter):
             n_iter += 1
-            tgt, conf = search(img, v, search_mm)
+            tgt, conf = search(level, v, search_mm)
             y = tgt * MIRROR if mirror else tgt
             # a vertex that lands more than tau (mm) off the prior's shape is a
             # gross error (a leak or a wrong edge): tau follows the search scale
             tau = params.outlier_base_mm + 0.5 * search_mm
-            res = sparse_shape_composition(y, dic, conf, method=params.method, x0=x_prev,
-                                           lambda2=2.0 * tau, outlier_threshold=tau,
-                                           n_nonzero=min(20, dic.n_atoms),
-                                           max_align_iter=params.align_rounds)
+            with clock("ssc"):
+                res = sparse_shape_composition(y, dic, conf, method=params.method, x0=x_prev,
+                                               lambda2=2.0 * tau, outlier_threshold=tau,
+                                               n_nonzero=min(20, dic.n_atoms),
+                                               max_align_iter=params.align_rounds)
             x_prev = res.x if params.method == "l1" else None
             new = res.reconstruction * MIRROR if mirror else res.reconstruction
             move = float(np.mean(np.linalg.norm(new - v, axis=1)))
@@ -146,25 +173,28 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None):
         # on the mesh, with the SSC shape's gross-error vertices held back
         from ..correspond._nicp import _mean_neighbour_operator
 
+        level = LevelImage(vol, norm, 0.0, backend, scale)
         L = _mean_neighbour_operator(faces, len(v))
         for _ in range(params.refine_iter):
             n_iter += 1
-            tgt, conf = search(base, v, params.refine_search_mm)
-            d = (tgt - v) * conf[:, None]
-            wsum = conf.copy()
-            for _ in range(params.refine_smooth):
-                d = 0.5 * d + 0.5 * (L @ d)
-                wsum = 0.5 * wsum + 0.5 * (L @ wsum)
-            v = v + d / np.maximum(wsum, 1e-6)[:, None] * np.minimum(wsum, 1.0)[:, None]
+            tgt, conf = search(level, v, params.refine_search_mm)
+            with clock("refine"):
+                d = (tgt - v) * conf[:, None]
+                wsum = conf.copy()
+                for _ in range(params.refine_smooth):
+                    d = 0.5 * d + 0.5 * (L @ d)
+                    wsum = 0.5 * wsum + 0.5 * (L @ wsum)
+                v = v + d / np.maximum(wsum, 1e-6)[:, None] * np.minimum(wsum, 1.0)[:, None]
             history.append({"refine": True, "move_mm": float(np.mean(np.linalg.norm(d, axis=1)))})
     if mirror:   # keep faces outward after mirroring
         faces = faces[:, ::-1].copy()
     surf = Surface(v, faces)
     if surf.volume() < 0:
         faces = faces[:, ::-1].copy()
-    label = voxelize(v, faces, vol)
+    with clock("voxelize"):
+        label = voxelize(v, faces, vol)
     return SegmentResult(v, faces, label, n_iter, converged, overridden,
-                         time.perf_counter() - t0, history)
+                         time.perf_counter() - t0, history, backend)
 
 
 def pose_prior(mean, physical_shapes, fov_centres):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .._outputs import OutputDir, manifest
+from .._profile import StageClock
 from ..io import Volume, read_image, read_label_map
 from ..mesh import Surface
 from ._fit import SegmentParams, segment_volume
@@ -66,9 +67,11 @@ def write_label(vol: Volume, label, path):
 
 def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, series=None,
              reference=None, reference_labels=(1,), mesh_format="vtk", force=False,
-             dictionary=None, argv=None):
+             dictionary=None, argv=None, clock=None):
     """Segment one case and publish ``outdir`` atomically.
 
+    ``clock`` (a :class:`~shapeprior._profile.StageClock`) receives the time
+    of the stages read, prepare, search, ssc, refine, voxelize and write.
     Returns the report dict. Raises on bad input; nothing is left behind.
     """
     if mesh_format not in MESH_FORMATS:
@@ -76,23 +79,36 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
     out = OutputDir(outdir, force=force)
     try:
         return _run_case(out, input_path, model, model_path, params, series, reference,
-                         reference_labels, mesh_format, dictionary, argv)
+                         reference_labels, mesh_format, dictionary, argv, clock)
     except BaseException:
         out.discard()          # a failed case leaves nothing behind
         raise
 
 
 def _run_case(out, input_path, model, model_path, params, series, reference,
-              reference_labels, mesh_format, dictionary, argv):
+              reference_labels, mesh_format, dictionary, argv, clock):
     t0 = time.perf_counter()
-    vol, info = read_image(input_path, series)
-    ref = None
-    if reference is not None:
-        rvol = read_label_map(reference)
-        if not rvol.same_grid(vol):
-            raise ValueError("the reference label map does not share the image's grid")
-        ref = np.isin(rvol.array, reference_labels)
-    res = segment_volume(vol, model, params, dictionary)
+    own = clock is None
+    clock = clock or StageClock()
+    try:
+        return _run_case_timed(out, input_path, model, model_path, params, series, reference,
+                               reference_labels, mesh_format, dictionary, argv, clock, t0)
+    finally:
+        if own:
+            clock.close()
+
+
+def _run_case_timed(out, input_path, model, model_path, params, series, reference,
+                    reference_labels, mesh_format, dictionary, argv, clock, t0):
+    with clock("read"):
+        vol, info = read_image(input_path, series)
+        ref = None
+        if reference is not None:
+            rvol = read_label_map(reference)
+            if not rvol.same_grid(vol):
+                raise ValueError("the reference label map does not share the image's grid")
+            ref = np.isin(rvol.array, reference_labels)
+    res = segment_volume(vol, model, params, dictionary, clock=clock)
     voxel_ml = float(np.prod(vol.spacing)) / 1000.0
     warnings = []
     if info.get("slice_gap_mm", 0) > 0:
@@ -112,11 +128,22 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
         "mesh_volume_ml": Surface(res.verts, res.faces).volume() / 1000.0,
         "iterations": res.n_iter, "converged": res.converged,
         "overridden_fraction": res.overridden_fraction,
-        "time_s": res.time_s, "warnings": warnings, "history": res.history,
+        "time_s": res.time_s, "backend": res.backend,
+        "stage_seconds": {k: round(v, 4) for k, v in clock.seconds.items()},
+        "warnings": warnings, "history": res.history,
     }
     if ref is not None:
         report["reference"] = {"dice": dice(res.label, ref),
                                **surface_distances(res.label, ref, vol.spacing)}
+    with clock("write"):
+        _write_outputs(out, vol, res, ref, report, model, model_path, input_path, reference,
+                       mesh_format, params, argv)
+    report["total_time_s"] = time.perf_counter() - t0
+    return report
+
+
+def _write_outputs(out, vol, res, ref, report, model, model_path, input_path, reference,
+                   mesh_format, params, argv):
     write_label(vol, res.label, out.file("label.nii.gz"))
     Surface(res.verts, res.faces).write(out.file(f"mesh.{mesh_format}"))
     qc_png(out.file("qc.png"), vol, res.label, ref,
@@ -130,8 +157,6 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
         command="segment", parameters={"argv": argv, **{k: v for k, v in vars(params).items()}},
         seed=None, inputs=inputs))
     out.commit()
-    report["total_time_s"] = time.perf_counter() - t0
-    return report
 
 
 __all__ = ["run_case", "discover_cases", "write_label"]

@@ -1,0 +1,404 @@
+"""End-to-end performance harness: time and peak memory per stage, on real data.
+
+Workloads
+---------
+hippocampus   MSD Task04 MR, held-out cases (number % 5 == 0), the
+              hippocampus model with learned appearance (built from the
+              training split and cached, as in bench_hippocampus.py).
+ct512         The TotalSegmentator example CT (real, non-contrast) resampled
+              to a clinical 512 x 512 x 300 grid and written as NIfTI; the
+              left kidney is segmented with the KiTS19 kidney model (cache of
+              bench_robustness.py, else a small model from 12 training cases),
+              seeded at the reference kidney's centroid.
+batch         ``shapeprior segment`` on a folder of hippocampus cases plus one
+              deliberately corrupt file: sequential against a dask LocalCluster
+              (2 processes on 127.0.0.1); the corrupt case must fail alone.
+
+Every case of hippocampus/ct512 runs through ``run_case`` (read -> prepare ->
+search -> ssc -> refine -> voxelize -> write) once per backend: numpy,
+numba, and cupy where a GPU is present. A :class:`StageClock` samples the
+resident set size every 2 ms and keeps each stage's peak.
+
+The previous committed results (``git show HEAD:bench/results/pipeline.json``,
+else the file on disk) are compared stage by stage: a ratio new/old above
+``--slowdown`` (default 1.25) is flagged, so a regression is visible in the
+output and in the JSON. The plot shows seconds and peak RSS per stage.
+
+    python bench/bench_pipeline.py                    # writes results/pipeline.json + .png
+    python bench/bench_pipeline.py --cases 3 --skip batch --out /tmp/p.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shapeprior import __version__
+from shapeprior._profile import StageClock, current_rss_bytes
+from shapeprior.backend import cupy_available, numba_available
+from shapeprior.io import read_label_map, read_volume
+from shapeprior.model import BuildParams, build_model, find_label_maps, load_model, save_model
+from shapeprior.segment import SegmentParams, dice
+from shapeprior.segment._run import run_case
+
+HERE = Path(__file__).resolve().parent
+STAGES = ("read", "prepare", "search", "ssc", "refine", "voxelize", "write")
+CT_SHAPE_XYZ = (512, 512, 300)
+
+
+def data_root():
+    return Path(os.environ.get("SHAPEPRIOR_DATA", HERE.parent.parent / "shared" / "data"))
+
+
+def _num(path):
+    return int(re.findall(r"\d+", Path(path).name)[0])
+
+
+def backends():
+    out = ["numpy"]
+    if numba_available():
+        out.append("numba")
+    if cupy_available():
+        out.append("cupy")
+    return out
+
+
+def _gpu_name():
+    if not cupy_available():
+        return None
+    import cupy as cp
+
+    return cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+
+
+def _sync_for(backend):
+    if backend != "cupy":
+        return None
+    import cupy as cp
+
+    return cp.cuda.Stream.null.synchronize
+
+
+# ---------------------------------------------------------------- models ---
+
+def hippocampus_model(root, n_jobs):
+    cache = HERE / "cache"
+    cache.mkdir(exist_ok=True)
+    mpath = cache / "hippocampus_642.npz"
+    if not mpath.exists():
+        files = [f for f in find_label_maps(root / "labels") if _num(f) % 5 != 0]
+        model, build = build_model(files, BuildParams(
+            labels=(1, 2), organ="hippocampus", n_vertices=642, iso_spacing=0.5,
+            smooth_mm=0.75, images_dir=str(root / "images"), n_jobs=n_jobs), root=root / "labels")
+        save_model(model, mpath)
+        (cache / "hippocampus_642.report.json").write_text(json.dumps(build, indent=1))
+    return mpath
+
+
+def kidney_model(n_jobs):
+    cache = HERE / "cache"
+    full = cache / "kidney_model.npz"
+    if full.exists():
+        return full, "KiTS19 training split (bench_robustness cache)"
+    small = cache / "kidney_model_small.npz"
+    if not small.exists():
+        root = data_root() / "kits19"
+        files = [f for f in find_label_maps(root) if _num(f.parent) % 5 != 0][:12]
+        model, _ = build_model(files, BuildParams(
+            labels=(1, 2), organ="kidney", split_sides=True, n_jobs=n_jobs), root=root)
+        save_model(model, small)
+    return small, "12 KiTS19 training cases (small fallback model)"
+
+
+def make_ct512(work):
+    """The example CT and its labels resampled to a 512 x 512 x 300 grid."""
+    import SimpleITK as sitk
+
+    d = data_root() / "totalsegmentator_example"
+    ct = sitk.ReadImage(str(d / "example_ct.nii.gz"))
+    seg = sitk.ReadImage(str(d / "example_seg_fast_force_split.nii.gz"))
+    size = np.array(ct.GetSize())
+    extent = (size - 1) * np.array(ct.GetSpacing())
+    spacing = extent / (np.array(CT_SHAPE_XYZ) - 1)
+
+    def resample(img, interp, pixel):
+        f = sitk.ResampleImageFilter()
+        f.SetSize([int(s) for s in CT_SHAPE_XYZ])
+        f.SetOutputSpacing(spacing.tolist())
+        f.SetOutputOrigin(img.GetOrigin())
+        f.SetOutputDirection(img.GetDirection())
+        f.SetInterpolator(interp)
+        f.SetOutputPixelType(pixel)
+        f.SetDefaultPixelValue(-1024 if pixel == sitk.sitkInt16 else 0)
+        return f.Execute(img)
+
+    img = resample(ct, sitk.sitkLinear, sitk.sitkInt16)
+    lab = resample(seg, sitk.sitkNearestNeighbor, sitk.sitkUInt8)
+    ip, lp = work / "ct512.nii.gz", work / "ct512_seg.nii.gz"
+    sitk.WriteImage(img, str(ip), True)
+    sitk.WriteImage(lab, str(lp), True)
+    return ip, lp
+
+
+# ------------------------------------------------------------- workloads ---
+
+def run_cases(cases, model_path, params_for, backend, work, label):
+    """Run each ``(name, image, reference, params)`` case; stage statistics."""
+    model = load_model(model_path)
+    dic = model.ssc_dictionary("shapes")
+    # warm-up (Numba JIT, CUDA module load, caches): first case, not recorded
+    name, img, ref, p = cases[0]
+    run_case(img, work / f"warm_{label}_{backend}", model, model_path, params_for(p, backend),
+             dictionary=dic, force=True)
+    per_case = []
+    for name, img, ref, p in cases:
+        clock = StageClock(rss=True, sync=_sync_for(backend))
+        t0 = time.perf_counter()
+        rep = run_case(img, work / f"{label}_{backend}_{name}", model, model_path,
+                       params_for(p, backend), dictionary=dic, force=True, clock=clock)
+        total = time.perf_counter() - t0
+        clock.close()
+        seg = read_label_map(work / f"{label}_{backend}_{name}" / "label.nii.gz").array > 0
+        per_case.append({"case": name, "total_s": total, "dice": dice(seg, ref),
+                         "stages": clock.as_dict(), "iterations": rep["iterations"]})
+    stages = {}
+    for s in STAGES:
+        secs = [c["stages"].get(s, {}).get("seconds", 0.0) for c in per_case]
+        rss = [c["stages"].get(s, {}).get("peak_rss_mb", 0.0) for c in per_case]
+        stages[s] = {"seconds_mean": float(np.mean(secs)), "peak_rss_mb": float(np.max(rss))}
+    tot = np.array([c["total_s"] for c in per_case])
+    return {"backend": backend, "n_cases": len(per_case),
+            "total_s_mean": float(tot.mean()), "total_s_max": float(tot.max()),
+            "dice_mean": float(np.mean([c["dice"] for c in per_case])),
+            "stages": stages, "cases": per_case}
+
+
+def hippocampus_workload(n_cases, n_jobs, work):
+    root = data_root() / "msd_hippocampus"
+    mpath = hippocampus_model(root, n_jobs)
+    test = [f for f in find_label_maps(root / "labels") if _num(f) % 5 == 0][:n_cases]
+    cases = [(f.name.split(".")[0], root / "images" / f.name, read_label_map(f).array > 0, None)
+             for f in test]
+
+    def params_for(_, backend):
+        return SegmentParams(backend=backend)
+
+    return {"data": "MSD Task04 hippocampus MR, held-out cases", "model": str(mpath.name),
+            "image_shape_zyx": list(read_volume(cases[0][1]).array.shape),
+            "runs": [run_cases(cases, mpath, params_for, b, work, "hip") for b in backends()]}
+
+
+def ct512_workload(n_jobs, work):
+    mpath, model_note = kidney_model(n_jobs)
+    ip, lp = make_ct512(work)
+    vol = read_volume(ip)
+    ref = read_label_map(lp).array == 3           # left kidney
+    c = np.argwhere(ref).mean(0)[::-1]
+    seed = tuple(vol.index_to_physical(c[None])[0])
+    cases = [("ct512_left_kidney", ip, ref, seed)]
+
+    def params_for(seed, backend):
+        return SegmentParams(seed_mm=seed, side="left", normalisation="ct",
+                             window=(-0.05, 0.15), inside_brighter=True, backend=backend)
+
+    return {"data": "TotalSegmentator example CT (non-contrast) resampled to "
+                    f"{CT_SHAPE_XYZ[0]}x{CT_SHAPE_XYZ[1]}x{CT_SHAPE_XYZ[2]} (xyz), left kidney, "
+                    "oracle centroid seed; reference: TotalSegmentator labels",
+            "model": model_note, "image_shape_zyx": list(vol.array.shape),
+            "spacing_mm": vol.spacing.tolist(),
+            "runs": [run_cases(cases, mpath, params_for, b, work, "ct") for b in backends()]}
+
+
+def batch_workload(n_cases, work):
+    """The CLI on a folder: sequential vs dask LocalCluster, one corrupt case."""
+    from shapeprior.cli import main as cli
+
+    root = data_root() / "msd_hippocampus"
+    mpath = hippocampus_model(root, 1)
+    test = [f for f in find_label_maps(root / "labels") if _num(f) % 5 == 0][:n_cases]
+    folder = work / "batch_in"
+    folder.mkdir()
+    for f in test:
+        shutil.copy(root / "images" / f.name, folder / f.name)
+    (folder / "hippocampus_corrupt.nii.gz").write_bytes(
+        (root / "images" / test[0].name).read_bytes()[:5000])     # truncated download
+    out = {"n_cases": len(test) + 1, "corrupt_case": "hippocampus_corrupt"}
+    for label, extra in (("sequential", []), ("dask_2_workers", ["--workers", "2"])):
+        dst = work / f"batch_{label}"
+        t0 = time.perf_counter()
+        rc = cli(["segment", str(folder), "-o", str(dst), "--model", str(mpath), *extra])
+        wall = time.perf_counter() - t0
+        rows = json.loads((dst / "summary.json").read_text())
+        ok = [r for r in rows if r["status"] == "ok"]
+        failed = [r["case"] for r in rows if r["status"] == "failed"]
+        dices = [dice(read_label_map(dst / r["case"] / "label.nii.gz").array > 0,
+                      read_label_map(root / "labels" / (r["case"] + ".nii.gz")).array > 0)
+                 for r in ok]
+        out[label] = {"exit_code": rc, "wall_s": wall, "ok": len(ok), "failed": failed,
+                      "cases_per_s": len(ok) / wall, "dice_mean": float(np.mean(dices))}
+    out["speedup_dask_vs_sequential"] = out["sequential"]["wall_s"] / out["dask_2_workers"]["wall_s"]
+    return out
+
+
+# ------------------------------------------------------------ comparison ---
+
+def previous_results(path):
+    try:
+        rel = Path(path).resolve().relative_to(HERE.parent)
+        txt = subprocess.run(["git", "show", f"HEAD:{rel.as_posix()}"], cwd=HERE.parent,
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(txt), f"git HEAD:{rel.as_posix()}"
+    except Exception:
+        p = Path(path)
+        if p.exists():
+            return json.loads(p.read_text()), str(p)
+    return None, None
+
+
+def compare(new, old, threshold):
+    rows = []
+    same_machine = (old.get("machine", {}).get("cpu_count") == new["machine"]["cpu_count"]
+                    and old.get("machine", {}).get("gpu") == new["machine"]["gpu"])
+    for wl in ("hippocampus", "ct512"):
+        if wl not in new.get("workloads", {}) or wl not in old.get("workloads", {}):
+            continue
+        prev = {r["backend"]: r for r in old["workloads"][wl]["runs"]}
+        for run in new["workloads"][wl]["runs"]:
+            o = prev.get(run["backend"])
+            if o is None:
+                continue
+            pairs = [("total", run["total_s_mean"], o["total_s_mean"])]
+            pairs += [(s, run["stages"][s]["seconds_mean"], o["stages"][s]["seconds_mean"])
+                      for s in STAGES if s in o["stages"]]
+            for stage, a, b in pairs:
+                ratio = a / b if b > 1e-4 else None
+                rows.append({"workload": wl, "backend": run["backend"], "stage": stage,
+                             "seconds": a, "previous_seconds": b, "ratio": ratio,
+                             "slower": bool(ratio is not None and ratio > threshold
+                                            and a - b > 0.005)})
+    return rows, same_machine
+
+
+def legacy_hippocampus(result):
+    """Fit time per case (read and write excluded) against the committed
+    bench/results/hippocampus.json, which timed ``segment_volume`` alone."""
+    old, src = previous_results(HERE / "results" / "hippocampus.json")
+    runs = {r["backend"]: r for r in result["workloads"].get("hippocampus", {}).get("runs", [])}
+    if not old or "numba" not in runs:
+        return None
+    fit = sum(runs["numba"]["stages"][s]["seconds_mean"] for s in STAGES
+              if s not in ("read", "write"))
+    return {"previous": src, "previous_fit_s_mean": old["time_s"]["mean"],
+            "fit_s_mean": fit, "ratio": fit / old["time_s"]["mean"]}
+
+
+def plot(result, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [(wl, r) for wl in ("hippocampus", "ct512") for r in
+            result["workloads"].get(wl, {}).get("runs", [])]
+    if not runs:
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.6 * len(runs) + 2))
+    labels = [f"{wl} / {r['backend']}" for wl, r in runs]
+    y = np.arange(len(runs))
+    left = np.zeros(len(runs))
+    colors = plt.cm.tab10(np.arange(len(STAGES)))
+    for s, col in zip(STAGES, colors):
+        w = np.array([r["stages"][s]["seconds_mean"] for _, r in runs])
+        ax1.barh(y, w, left=left, color=col, label=s)
+        left += w
+    ax1.set_yticks(y, labels)
+    ax1.set_xlabel("seconds per case (mean)")
+    ax1.set_xscale("log") if left.max() / max(left.min(), 1e-9) > 30 else None
+    ax1.legend(fontsize=7, loc="lower right")
+    ax1.set_title("time per stage")
+    width = 0.8 / len(STAGES)
+    for k, (s, col) in enumerate(zip(STAGES, colors)):
+        ax2.barh(y + (k - len(STAGES) / 2) * width, [r["stages"][s]["peak_rss_mb"] for _, r in runs],
+                 height=width, color=col, label=s)
+    ax2.set_yticks(y, labels)
+    ax2.set_xlabel("peak RSS during the stage (MiB)")
+    ax2.set_title("memory per stage")
+    m = result["machine"]
+    fig.suptitle(f"shapeprior {result['version']} on {m['cpu_count']} CPU cores"
+                 + (f" + {m['gpu']}" if m["gpu"] else " (no GPU)"), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", type=int, default=10, help="hippocampus cases (default 10)")
+    ap.add_argument("--batch-cases", type=int, default=12)
+    ap.add_argument("--skip", nargs="*", default=[], choices=("hippocampus", "ct512", "batch"))
+    ap.add_argument("--n-jobs", type=int, default=2, help="model builds (when not cached)")
+    ap.add_argument("--slowdown", type=float, default=1.25)
+    ap.add_argument("--out", default=str(HERE / "results" / "pipeline.json"))
+    a = ap.parse_args(argv)
+    if not data_root().is_dir():
+        print(f"no data under {data_root()} (set SHAPEPRIOR_DATA)", file=sys.stderr)
+        return 2
+    result = {"benchmark": "pipeline", "version": __version__,
+              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                          "python": platform.python_version(), "gpu": _gpu_name()},
+              "backends": backends(), "rss_at_start_mb": current_rss_bytes() / 2**20,
+              "workloads": {}}
+    with tempfile.TemporaryDirectory(prefix="shapeprior_bench_") as tmp:
+        work = Path(tmp)
+        if "hippocampus" not in a.skip:
+            result["workloads"]["hippocampus"] = hippocampus_workload(a.cases, a.n_jobs, work)
+        if "ct512" not in a.skip:
+            result["workloads"]["ct512"] = ct512_workload(a.n_jobs, work)
+        if "batch" not in a.skip:
+            result["batch"] = batch_workload(a.batch_cases, work)
+    old, src = previous_results(a.out)
+    rows, same = compare(result, old, a.slowdown) if old else ([], None)
+    result["comparison"] = {"previous": src, "same_machine": same, "threshold": a.slowdown,
+                            "rows": rows, "slower": [r for r in rows if r["slower"]],
+                            "hippocampus_benchmark": legacy_hippocampus(result)}
+    Path(a.out).write_text(json.dumps(result, indent=1))
+    plot(result, Path(a.out).with_suffix(".png"))
+    for wl, w in result["workloads"].items():
+        for r in w["runs"]:
+            st = "  ".join(f"{s} {r['stages'][s]['seconds_mean'] * 1000:.0f}" for s in STAGES)
+            print(f"{wl:12s} {r['backend']:6s} {r['total_s_mean']:.3f} s/case "
+                  f"(Dice {r['dice_mean']:.3f}); ms: {st}; peak RSS "
+                  f"{max(v['peak_rss_mb'] for v in r['stages'].values()):.0f} MiB")
+    if "batch" in result:
+        b = result["batch"]
+        print(f"batch of {b['n_cases']}: sequential {b['sequential']['wall_s']:.1f} s, dask(2) "
+              f"{b['dask_2_workers']['wall_s']:.1f} s; failed: {b['dask_2_workers']['failed']}")
+    if src:
+        note = "" if same else " (different machine: ratios are indicative only)"
+        print(f"compared with {src}{note}:")
+        for r in rows:
+            if r["stage"] == "total" or r["slower"]:
+                flag = "  SLOWER" if r["slower"] else ""
+                print(f"  {r['workload']:12s} {r['backend']:6s} {r['stage']:9s} "
+                      f"{r['previous_seconds']:.3f} -> {r['seconds']:.3f} s{flag}")
+    lg = result["comparison"]["hippocampus_benchmark"]
+    if lg:
+        print(f"hippocampus fit per case: {lg['previous_fit_s_mean']:.3f} s ({lg['previous']}) "
+              f"-> {lg['fit_s_mean']:.3f} s (x{lg['ratio']:.2f})")
+    print(f"wrote {a.out} and {Path(a.out).with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
