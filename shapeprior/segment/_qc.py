@@ -14,21 +14,37 @@ def qc_png(path, vol, label, reference=None, title=""):
     import matplotlib.pyplot as plt
 
     a = vol.array
-    c = np.argwhere(label).mean(0).round().astype(int) if label.any() else \
-        (np.array(a.shape) // 2)
-    # display window from the three shown planes only: a whole 512 x 512 x 300
-    # CT would cost seconds of percentile work for the same picture
-    planes = np.concatenate([a[c[0]].ravel(), a[:, c[1]].ravel(), a[:, :, c[2]].ravel()])
-    lo, hi = np.percentile(planes.astype(np.float32), [1, 99])
     sx, sy, sz = vol.spacing
-    views = [("axial", a[c[0]], label[c[0]], None if reference is None else reference[c[0]], sy / sx),
-             ("coronal", a[:, c[1]], label[:, c[1]],
-              None if reference is None else reference[:, c[1]], sz / sx),
-             ("sagittal", a[:, :, c[2]], label[:, :, c[2]],
-              None if reference is None else reference[:, :, c[2]], sz / sy)]
+    if label.any():
+        idx = np.argwhere(label)
+        c = idx.mean(0).round().astype(int)
+        # zoom to the organ: its bounding box plus 50 % of its size (at least 30 mm)
+        size = idx.max(0) - idx.min(0) + 1
+        pad = np.maximum(0.5 * size, 30.0 / np.array([sz, sy, sx])).astype(int)
+        lo = np.maximum(idx.min(0) - pad, 0)
+        hi = np.minimum(idx.max(0) + pad + 1, a.shape)
+    else:
+        c = np.array(a.shape) // 2
+        lo, hi = np.zeros(3, int), np.array(a.shape)
+    z, y, x = (slice(lo[k], hi[k]) for k in range(3))
+
+    def planes(v):
+        if v is None:
+            return None, None, None
+        return v[c[0], y, x], v[z, c[1], x], v[z, y, c[2]]
+
+    ia, ic, isg = planes(a)
+    la, lc, ls = planes(label)
+    ra, rc, rs = planes(reference)
+    # display window from the shown planes only: a whole 512 x 512 x 300 CT
+    # would cost seconds of percentile work for the same picture
+    shown = np.concatenate([ia.ravel(), ic.ravel(), isg.ravel()]).astype(np.float32)
+    lo_v, hi_v = np.percentile(shown, [1, 99])
+    views = [("axial", ia, la, ra, sy / sx), ("coronal", ic, lc, rc, sz / sx),
+             ("sagittal", isg, ls, rs, sz / sy)]
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
     for ax, (name, img, lab, ref, aspect) in zip(axes, views):
-        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, origin="lower")
+        ax.imshow(img, cmap="gray", vmin=lo_v, vmax=hi_v, aspect=aspect, origin="lower")
         if lab.any():
             ax.contour(lab, levels=[0.5], colors="lime", linewidths=1.2)
         if ref is not None and ref.any():
