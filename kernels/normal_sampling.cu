@@ -2,7 +2,6 @@
 // p = v_i + t_m n_i (mm); c = A (p - origin) (continuous x, y, z index);
 // edge clamping as scipy.ndimage.map_coordinates(order=1, mode='nearest').
 // Reference: kernels/normal_sampling.py (NumPy/scipy), Numba twin there.
-template <typename T>
 __device__ __forceinline__ void lerp_axis(double c, int size, int& i, double& f)
 {
     if (c <= 0.0) { i = 0; f = 0.0; return; }
@@ -30,9 +29,9 @@ __device__ void sample_normals(const T* __restrict__ img, const double* __restri
     const double cz = geo[6] * p0 + geo[7] * p1 + geo[8] * p2;
     int ix, iy, iz;
     double fx, fy, fz;
-    lerp_axis<T>(cx, nx, ix, fx);
-    lerp_axis<T>(cy, ny, iy, fy);
-    lerp_axis<T>(cz, nz, iz, fz);
+    lerp_axis(cx, nx, ix, fx);
+    lerp_axis(cy, ny, iy, fy);
+    lerp_axis(cz, nz, iz, fz);
     const long long sy = nx, sz = (long long)nx * ny;
     const T* b = img + iz * sz + iy * sy + ix;
     const double c00 = (double)b[0] * (1 - fx) + (double)b[1] * fx;

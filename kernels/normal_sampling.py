@@ -53,8 +53,10 @@ def sample_normals_numpy(image, verts, normals, offsets, A, origin):
     verts, normals, offsets, A, origin = _check(image, verts, normals, offsets, A, origin)
     pts = verts[:, None, :] + offsets[None, :, None] * normals[:, None, :]
     idx = (pts.reshape(-1, 3) - origin) @ A.T
-    vals = ndimage.map_coordinates(np.asarray(image, dtype=np.float64),
-                                   [idx[:, 2], idx[:, 1], idx[:, 0]], order=1, mode="nearest")
+    # float64 output without a float64 copy of the image (the search calls
+    # this every iteration on the whole smoothed region)
+    vals = ndimage.map_coordinates(np.asarray(image), [idx[:, 2], idx[:, 1], idx[:, 0]],
+                                   order=1, mode="nearest", output=np.float64)
     return vals.reshape(len(verts), len(offsets))
 
 

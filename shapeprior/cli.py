@@ -92,14 +92,21 @@ def _ssc_demo(argv):
 _ssc_demo.__doc__ = "SSC alone on synthetic shapes with a leak and missing vertices."
 
 
-def _floats(text, n, name):
+def _numbers(text, name, cast=float, n=None, skip_empty=False):
+    """Comma-separated values of an option; one clear error naming it."""
+    what = "numbers" if cast is float else "integers, e.g. 1,2"
     try:
-        v = tuple(float(t) for t in text.split(","))
+        v = tuple(cast(t) for t in text.split(",") if t.strip() or not skip_empty)
     except ValueError:
         v = ()
-    if len(v) != n:
-        raise ValueError(f"{name}={text!r} must be {n} comma-separated numbers")
+    if not v or (n is not None and len(v) != n):
+        count = f"{n} " if n is not None else ""
+        raise ValueError(f"{name}={text!r} must be {count}comma-separated {what}")
     return v
+
+
+def _floats(text, n, name):
+    return _numbers(text, name, float, n)
 
 
 def _segment(argv):
@@ -154,7 +161,7 @@ def _segment(argv):
     params.backend = resolve_backend(params.backend)   # fail early, and record it resolved
     cases = discover_cases(a.input)
     dic = model.ssc_dictionary("shapes")
-    ref_labels = _parse_labels(a.reference_labels)
+    ref_labels = _parse_labels(a.reference_labels, "--reference-labels")
     if len(cases) == 1:
         rep = run_case(cases[0][1], a.output, model, a.model, params, series=a.series,
                        reference=a.reference, reference_labels=ref_labels,
@@ -248,13 +255,10 @@ def _demo(argv):
 
 
 
-def _parse_labels(text):
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"--labels={text!r} must be comma-separated integers, e.g. 1,2") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise ValueError(f"--labels={text!r} must list label values > 0")
+def _parse_labels(text, name="--labels"):
+    vals = _numbers(text, name, int, skip_empty=True)
+    if any(v <= 0 for v in vals):
+        raise ValueError(f"{name}={text!r} must list label values > 0")
     return vals
 
 

@@ -39,7 +39,7 @@ class LevelImage:
         image and shared by the levels.
     """
 
-    def __init__(self, vol, normalisation, sigma_mm, backend, scale=None, clock=None):
+    def __init__(self, vol, normalisation, sigma_mm, backend, scale=None):
         self.vol = vol
         self.sigma_mm = float(sigma_mm)
         self.backend = backend
@@ -47,7 +47,6 @@ class LevelImage:
         self._box = None            # (lo, hi) inclusive voxel bounds, zyx
         self._sampler = None
         self.n_crops = 0
-        self._clock = clock
 
     def _required_box(self, verts, reach_mm, slack_mm):
         vol = self.vol

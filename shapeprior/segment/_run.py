@@ -88,18 +88,7 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
 def _run_case(out, input_path, model, model_path, params, series, reference,
               reference_labels, mesh_format, dictionary, argv, clock):
     t0 = time.perf_counter()
-    own = clock is None
-    clock = clock or StageClock()
-    try:
-        return _run_case_timed(out, input_path, model, model_path, params, series, reference,
-                               reference_labels, mesh_format, dictionary, argv, clock, t0)
-    finally:
-        if own:
-            clock.close()
-
-
-def _run_case_timed(out, input_path, model, model_path, params, series, reference,
-                    reference_labels, mesh_format, dictionary, argv, clock, t0):
+    clock = clock or StageClock()     # times only (no sampling thread) for the report
     with clock("read"):
         vol, info = read_image(input_path, series)
         ref = None
