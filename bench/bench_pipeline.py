@@ -239,7 +239,7 @@ def batch_workload(n_cases, work):
         t0 = time.perf_counter()
         rc = cli(["segment", str(folder), "-o", str(dst), "--model", str(mpath), *extra])
         wall = time.perf_counter() - t0
-        rows = json.loads((dst / "summary.json").read_text())
+        rows = json.loads((dst / "summary.json").read_text())["cases"]
         ok = [r for r in rows if r["status"] == "ok"]
         failed = [r["case"] for r in rows if r["status"] == "failed"]
         dices = [dice(read_label_map(dst / r["case"] / "label.nii.gz").array > 0,

@@ -1,12 +1,24 @@
-"""Atomic output folders and run manifests.
+"""Outputs that cannot lose data: safe targets, atomic folders, run manifests.
 
-Everything a command writes goes to a hidden staging folder next to the
-target; :meth:`OutputDir.commit` renames it into place in one step, so an
-interrupted or failed run leaves nothing partial behind.
+Policy
+------
+* An output may not equal, contain or lie inside any input (file or
+  folder), with or without ``--force`` (:func:`check_not_input`).
+* ``--force`` replaces only a previous shapeprior output, recognised by its
+  manifest (``producer: shapeprior`` and the list of files it wrote); a
+  foreign file or folder is never replaced or deleted (:func:`own_output`).
+* Everything a run writes is staged in one place per output parent,
+  ``PARENT/.shapeprior-staging/run-*``, and renamed into place in one step
+  on :meth:`OutputDir.commit`. Each staging folder holds a lock
+  (``flock``) for as long as its process lives; a later run removes the
+  ones whose lock is free (the process died, even by SIGKILL).
+* Parent folders a failed run created are removed again.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -19,52 +31,310 @@ from pathlib import Path
 
 import numpy as np
 
+PRODUCER = "shapeprior"
+STAGING = ".shapeprior-staging"
+#: files a shapeprior output folder may hold without a manifest naming them
+#: (written by older versions, or left incomplete by an interrupted run)
+OWN_FILES = frozenset({"label.nii.gz", "mesh.vtk", "mesh.ply", "mesh.stl", "mesh.obj",
+                       "report.json", "qc.png", "manifest.json", "model.npz", "shapes.npz"})
+
 
 class OutputExistsError(FileExistsError):
-    pass
+    """The output exists and may not (or, being foreign, can never) be replaced."""
+
+
+class UnsafeOutputError(ValueError):
+    """The output would overwrite, contain or sit inside an input."""
+
+
+def _real(p) -> str:
+    return os.path.realpath(os.path.abspath(os.fsencode(Path(p)))).decode(
+        "utf-8", "surrogateescape")
+
+
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def _show(p) -> str:
+    return os.fsencode(str(p)).decode("utf-8", "backslashreplace")
+
+
+def check_not_input(output, inputs) -> None:
+    """Refuse an ``output`` path that equals, contains or lies inside an input.
+
+    Symbolic links are resolved first, so a link cannot smuggle an input in."""
+    o = _real(output)
+    for i in inputs:
+        if i is None:
+            continue
+        r = _real(i)
+        if o == r:
+            raise UnsafeOutputError(f"output {_show(output)} is the input {_show(i)}; "
+                                    "choose another output path")
+        if _within(o, r):
+            raise UnsafeOutputError(f"output {_show(output)} lies inside the input "
+                                    f"{_show(i)}; choose a path outside it")
+        if _within(r, o):
+            raise UnsafeOutputError(f"output {_show(output)} contains the input {_show(i)}; "
+                                    "choose a path that does not")
+
+
+def read_manifest(folder):
+    """The manifest of a shapeprior output folder, or None."""
+    try:
+        m = json.loads((Path(folder) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict):
+        return None
+    legacy = "command" in m and PRODUCER in (m.get("versions") or {})
+    return m if m.get("producer") == PRODUCER or legacy else None
+
+
+def own_output(path, partial_ok=False):
+    """Why ``path`` is not a shapeprior output folder (a string), or None when it is.
+
+    A folder is ours when it is a real folder holding only regular files
+    that our manifest lists (or, for manifests of older versions and with
+    ``partial_ok`` for an interrupted case without one, that bear the names
+    of our output files). An empty folder is replaceable too."""
+    p = Path(path)
+    if p.is_symlink() or not p.is_dir():
+        return "it is not a folder shapeprior wrote"
+    entries = list(p.iterdir())
+    if not entries:
+        return None
+    m = read_manifest(p)
+    if m is None and not (partial_ok and not (p / "manifest.json").exists()):
+        return "it has no shapeprior manifest"
+    allowed = set(OWN_FILES)
+    if m is not None and isinstance(m.get("outputs"), dict):
+        allowed = set(m["outputs"]) | {"manifest.json"}
+    for e in entries:
+        if e.is_symlink() or not e.is_file() or e.name not in allowed:
+            return f"it holds {_show(e.name)!r}, which shapeprior did not write"
+    return None
+
+
+def own_model_file(path):
+    """Why ``path`` is not a shapeprior model file, or None when it is."""
+    from .model._model import ModelFormatError, read_model_metadata
+
+    p = Path(path)
+    if p.is_symlink() or not p.is_file():
+        return "it is not a model file shapeprior wrote"
+    try:
+        read_model_metadata(p)
+    except (ModelFormatError, OSError, ValueError):
+        return "it is not a shapeprior model file"
+    return None
+
+
+def _lock(path: Path):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def clean_stale_staging(parent) -> int:
+    """Remove staging folders under ``parent`` whose process is gone; returns how many."""
+    root = Path(parent) / STAGING
+    if not root.is_dir() or root.is_symlink():
+        return 0
+    n = 0
+    for run in sorted(root.iterdir()):
+        if not run.name.startswith("run-") or run.is_symlink() or not run.is_dir():
+            continue
+        fd = _lock(run / "lock")
+        if fd is None:
+            continue                    # a live run holds it
+        try:
+            shutil.rmtree(run, ignore_errors=True)
+            n += 1
+        finally:
+            os.close(fd)
+    _rmdir_if_empty(root)
+    return n
+
+
+def _rmdir_if_empty(p: Path) -> None:
+    try:
+        p.rmdir()
+    except OSError:
+        pass
+
+
+def _mkdirs(path: Path) -> list:
+    """mkdir -p; returns the folders it created, deepest last."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    created = []
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+            created.append(d)
+        except FileExistsError:
+            pass
+    return created
 
 
 class OutputDir:
-    """Stage files for ``path`` and publish them atomically on :meth:`commit`."""
+    """Stage files for the folder ``path`` and publish them atomically.
 
-    def __init__(self, path, force=False):
+    Parameters
+    ----------
+    path : path
+        The output folder.
+    force : bool
+        Replace ``path`` if it is a previous shapeprior output (never a
+        foreign folder).
+    inputs : iterable of paths
+        Files and folders the run reads; ``path`` may not equal, contain or
+        lie inside any of them.
+    partial_ok : bool
+        Also replace a folder of shapeprior output files without a
+        manifest (an interrupted case of a batch).
+    """
+
+    def __init__(self, path, force=False, inputs=(), partial_ok=False):
         self.path = Path(path)
-        if self.path.exists() and not force:
-            raise OutputExistsError(f"output folder {self.path} exists; use --force to replace it")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.force = force
-        self.stage = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.stage, 0o777 & ~umask)   # mkdtemp makes it 0700
+        self.stage = None
+        self._run = None
+        self._fd = None
+        check_not_input(self.path, inputs)
+        if self.path.exists() or self.path.is_symlink():
+            why = own_output(self.path, partial_ok=partial_ok)
+            if why is not None:
+                raise OutputExistsError(f"{_show(self.path)} exists and {why}; "
+                                        "shapeprior never replaces it, even with --force")
+            if not force and any(self.path.iterdir()):
+                raise OutputExistsError(f"output folder {_show(self.path)} exists; "
+                                        "use --force to replace it")
+        self._created = _mkdirs(self.path.parent)
+        clean_stale_staging(self.path.parent)
+        self._run = _new_run(self.path.parent)
+        self._fd = _lock(self._run / "lock")
+        self.stage = self._run / "out"
+        self.stage.mkdir()
 
     def file(self, name) -> Path:
+        """Path of an output file inside the staged folder."""
         return self.stage / name
+
+    def scratch(self, name) -> Path:
+        """Path for a file staged beside the folder (same file system), e.g. a
+        file to publish with :func:`publish_file`; removed with the staging."""
+        return self._run / name
 
     def write_json(self, name, obj):
         self.file(name).write_text(json.dumps(obj, indent=1, default=_json_default))
+        _kill_point(f"wrote-{name}")
 
     def write_npz(self, name, **arrays):
         np.savez_compressed(self.file(name), **arrays)
 
     def commit(self):
-        if self.path.exists():
-            if not self.force:
-                raise OutputExistsError(f"output folder {self.path} appeared during the run")
-            old = self.path.with_name(f".{self.path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)     # left by an interrupted run
-            os.replace(self.path, old)
-            os.replace(self.stage, self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.stage, self.path)
+        """Publish the staged folder as ``path`` in one rename."""
+        _seal_manifest(self.stage)
+        _kill_point("before-commit")
+        if self.path.exists() or self.path.is_symlink():
+            why = own_output(self.path, partial_ok=True)
+            if why is not None:
+                raise OutputExistsError(f"{_show(self.path)} appeared during the run and "
+                                        f"{why}; it was left as it is")
+            if any(self.path.iterdir()) and not self.force:
+                raise OutputExistsError(f"output folder {_show(self.path)} appeared during "
+                                        "the run; it was left as it is")
+            os.replace(self.path, self._run / "old")
+            _kill_point("mid-replace")
+        os.replace(self.stage, self.path)
+        _kill_point("after-commit")
+        self._created = []
+        self._release()
 
     def discard(self):
-        shutil.rmtree(self.stage, ignore_errors=True)
+        """Drop everything staged, and the parent folders this run created."""
+        self._release()
+        for d in reversed(self._created):
+            _rmdir_if_empty(d)
+        self._created = []
+
+    def _release(self):
+        if self._run is not None:
+            shutil.rmtree(self._run, ignore_errors=True)
+            _rmdir_if_empty(self._run.parent)
+            self._run = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __del__(self):  # a run that never committed leaves nothing behind
-        if getattr(self, "stage", None) is not None and self.stage.exists():
-            shutil.rmtree(self.stage, ignore_errors=True)
+        try:
+            self.discard()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def _new_run(parent: Path) -> Path:
+    root = parent / STAGING
+    root.mkdir(exist_ok=True)
+    run = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=root))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(run, 0o777 & ~umask)   # mkdtemp makes it 0700; the published folder keeps this
+    return run
+
+
+def publish_file(src, dest, force=False, inputs=(), own=None):
+    """Move the finished file ``src`` to ``dest`` in one rename.
+
+    ``dest`` may not be an input; an existing ``dest`` is replaced only with
+    ``force`` and only when ``own(dest)`` (a reason string or None) says it
+    is ours."""
+    dest = Path(dest)
+    check_not_input(dest, inputs)
+    if dest.exists() or dest.is_symlink():
+        why = own(dest) if own is not None else "it is not a shapeprior output"
+        if why is not None:
+            raise OutputExistsError(f"{_show(dest)} exists and {why}; shapeprior never "
+                                    "replaces it, even with --force")
+        if not force:
+            raise OutputExistsError(f"{_show(dest)} exists; use --force to replace it")
+    os.replace(src, dest)
+
+
+def _seal_manifest(stage: Path):
+    """Record in the manifest every file the output holds, with its SHA-256."""
+    mf = stage / "manifest.json"
+    if not mf.is_file():
+        return
+    m = json.loads(mf.read_text())
+    m["producer"] = PRODUCER
+    m["outputs"] = {f.name: sha256_file(f) for f in sorted(stage.iterdir())
+                    if f.is_file() and f.name != "manifest.json"}
+    mf.write_text(json.dumps(m, indent=1, default=_json_default))
+
+
+def _kill_point(name):
+    """Test hook: ``SHAPEPRIOR_TEST_KILL_AT=name[:SIGNAL]`` sends this process
+    SIGKILL (or the named signal, e.g. ``SIGTERM``) at the point ``name``."""
+    spec = os.environ.get("SHAPEPRIOR_TEST_KILL_AT", "")
+    point, _, sig = spec.partition(":")
+    if point == name:
+        import signal
+
+        os.kill(os.getpid(), getattr(signal, sig or "SIGKILL"))
 
 
 def _json_default(o):
@@ -91,8 +361,8 @@ def package_versions():
     from importlib import metadata
 
     out = {}
-    for name in ("shapeprior", "numpy", "scipy", "numba", "SimpleITK", "scikit-image",
-                 "meshio", "cupy-cuda12x", "cupy-cuda13x"):
+    for name in ("shapeprior", "numpy", "scipy", "numba", "SimpleITK", "nibabel",
+                 "scikit-image", "meshio", "cupy-cuda12x", "cupy-cuda13x"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -100,19 +370,47 @@ def package_versions():
     return out
 
 
-def manifest(command, parameters, seed, inputs):
+def manifest(command, parameters, seed, inputs, input_paths=None):
     """Reproducibility record: parameters, versions, input hashes, seed.
 
-    ``inputs`` maps a label to a file path (hashed here); no header content
-    of any input is recorded.
+    ``inputs`` maps a label to a file path (hashed here); ``input_paths``
+    optionally maps the same labels to the path text to record (e.g.
+    relative or de-identified). No header content of any input is recorded.
     """
+    shown = input_paths or {}
     return {
+        "producer": PRODUCER,
         "command": command,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "parameters": parameters,
         "seed": seed,
-        "inputs": {k: {"path": str(v), "sha256": sha256_file(v)} for k, v in inputs.items()},
+        "inputs": {k: {"path": shown.get(k, _show(v)), "sha256": sha256_file(v)}
+                   for k, v in inputs.items()},
         "versions": package_versions(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
     }
+
+
+def write_text_atomic(path, text, own=None, force=True):
+    """Write a small text file next to its target, then rename it into place.
+
+    An existing file is replaced only when ``own(path)`` finds it ours."""
+    p = Path(path)
+    if p.exists() or p.is_symlink():
+        why = own(p) if own is not None else None
+        if why is not None:
+            raise OutputExistsError(f"{_show(p)} exists and {why}; shapeprior never "
+                                    "replaces it")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        raise

@@ -32,7 +32,8 @@ def _ssc_demo(argv):
                     help="fraction of vertices displaced 10-30 mm, in [0, 0.5) (default 0.15)")
     ap.add_argument("--missing", type=float, default=0.1,
                     help="fraction of vertices with weight 0, in [0, 0.5) (default 0.1)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--random-state", "--seed", dest="seed", type=int, default=0,
+                    help="seed of the random number generator (default 0)")
     ap.add_argument("--force", action="store_true", help="replace an existing output folder")
     a = ap.parse_args(argv)
     for name, v, lo, hi in (("--gross", a.gross, 0.0, 0.5), ("--missing", a.missing, 0.0, 0.5)):
@@ -110,6 +111,7 @@ def _floats(text, n, name):
 
 
 def _segment(argv):
+    """Segment an organ in a NIfTI/NRRD/MHA file, a DICOM series or a folder of cases."""
     ap = argparse.ArgumentParser(
         prog="shapeprior segment",
         description="Segment an organ with an SSC shape model. INPUT: a NIfTI/NRRD/MHA file, "
@@ -141,14 +143,23 @@ def _segment(argv):
                     help="where image smoothing and sampling run (default: $SHAPEPRIOR_BACKEND "
                          "or auto = numba; cupy needs the 'gpu' extra and an NVIDIA GPU)")
     ap.add_argument("--force", action="store_true",
-                    help="replace existing outputs (a folder of cases resumes without it)")
+                    help="replace previous shapeprior outputs (never an input or a foreign "
+                         "file); a folder of cases resumes without it")
+    ap.add_argument("--deidentify", action="store_true",
+                    help="replace case names by salted hashes in every output, report, "
+                         "summary, message and folder name (salt: $SHAPEPRIOR_DEID_SALT or "
+                         "~/.config/shapeprior/deid-salt)")
+    ap.add_argument("--allow-no-orientation", action="store_true",
+                    help="accept NIfTI/Analyze files that record no orientation (placed by "
+                         "their voxel sizes alone)")
     a = ap.parse_args(argv)
 
     from pathlib import Path
 
     from .model import load_model
     from .segment import SegmentParams
-    from .segment._run import discover_cases, run_case
+    from .segment._cases import Deidentifier, discover_cases, scrub
+    from .segment._run import run_case
 
     model = load_model(a.model)
     params = SegmentParams(method=a.method, side=a.side,
@@ -160,37 +171,57 @@ def _segment(argv):
 
     params.backend = resolve_backend(params.backend)   # fail early, and record it resolved
     cases = discover_cases(a.input)
+    deid = Deidentifier() if a.deidentify else None
+    if deid is not None:
+        from .segment._run import scrub_argv
+
+        cases = deid.apply(cases)
+        argv = scrub_argv(argv, {a.input: "<input>", a.output: "<output>",
+                                 a.reference: "<reference>"})
     dic = model.ssc_dictionary("shapes")
     ref_labels = _parse_labels(a.reference_labels, "--reference-labels")
-    if len(cases) == 1:
-        rep = run_case(cases[0][1], a.output, model, a.model, params, series=a.series,
-                       reference=a.reference, reference_labels=ref_labels,
-                       mesh_format=a.mesh_format, force=a.force, dictionary=dic, argv=argv)
-        _print_case(cases[0][0], rep)
-        print(f"wrote {a.output}")
+    single = Path(a.input).is_file() or (len(cases) == 1 and cases[0].path == Path(a.input))
+    if single:
+        c = cases[0]
+        try:
+            rep = run_case(c.path, a.output, model, a.model, params, series=a.series,
+                           reference=a.reference, reference_labels=ref_labels,
+                           mesh_format=a.mesh_format, force=a.force, dictionary=dic, argv=argv,
+                           case_name=c.name, deidentify=a.deidentify,
+                           allow_no_orientation=a.allow_no_orientation)
+        except (ValueError, OSError) as exc:
+            if deid is not None:
+                raise type(exc)(scrub(str(exc), c.path, c.name)) from None
+            raise
+        _print_case(c.name, rep)
+        print(f"wrote {_shown(a.output)}")
         return 0
     if a.reference:
         raise ValueError("--reference applies to a single case, not a folder of cases")
-    from .segment._batch import run_batch
+    from .segment._batch import run_batch, write_summary
 
     root = Path(a.output)
     summary = run_batch(cases, root, a.model, params, series=a.series,
                         mesh_format=a.mesh_format, force=a.force, workers=a.workers,
-                        scheduler=a.scheduler, argv=argv)
-    import json
-    import os
-
-    tmp = root / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, root / "summary.json")
+                        scheduler=a.scheduler, argv=argv, deidentify=a.deidentify,
+                        allow_no_orientation=a.allow_no_orientation, inputs=[a.input],
+                        progress=sys.stderr.isatty())
+    write_summary(root, summary, len(cases))
     failed = sum(r["status"] == "failed" for r in summary)
     for r in summary:
         extra = (f"{r['volume_ml']:.1f} ml, {r['time_s']:.2f} s" if r["status"] == "ok"
                  else r.get("error") or r.get("reason"))
         print(f"{r['case']:30s} {r['status']:8s} {extra}")
     done = sum(r["status"] in ("ok", "skipped") for r in summary)
-    print(f"{done} of {len(cases)} cases complete ({failed} failed); summary in {root}/summary.json")
+    print(f"{done} of {len(cases)} cases complete ({failed} failed); "
+          f"summary in {_shown(root / 'summary.json')}")
     return 1 if failed else 0
+
+
+def _shown(p) -> str:
+    import os
+
+    return os.fsencode(str(p)).decode("utf-8", "backslashreplace")
 
 
 def _print_case(name, rep):
@@ -205,6 +236,7 @@ def _print_case(name, rep):
 
 
 def _demo(argv):
+    """Whole pipeline on built-in synthetic phantoms (no download)."""
     ap = argparse.ArgumentParser(
         prog="shapeprior demo",
         description="Whole pipeline on built-in synthetic phantoms (no download): write "
@@ -212,8 +244,10 @@ def _demo(argv):
                     "segment a held-out phantom that has a bright leak next to the organ.")
     ap.add_argument("-o", "--output", required=True, help="output folder")
     ap.add_argument("--cases", type=int, default=12, help="training phantoms (default 12)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--force", action="store_true")
+    ap.add_argument("--random-state", "--seed", dest="seed", type=int, default=0,
+                    help="seed of the random number generator (default 0)")
+    ap.add_argument("--force", action="store_true",
+                    help="replace a previous demo output (never a foreign folder)")
     a = ap.parse_args(argv)
     if a.cases < 4:
         ap.error(f"--cases={a.cases} must be >= 4")
@@ -221,12 +255,10 @@ def _demo(argv):
 
     from .synthetic import write_phantom_cases
 
-    out = Path(a.output)
-    if out.exists() and not a.force:
-        raise OutputExistsError(f"output folder {out} exists; use --force to replace it")
     import shutil
     import tempfile
 
+    out = OutputDir(a.output, force=a.force)        # checked before the slow stages
     work = Path(tempfile.mkdtemp(prefix="shapeprior-demo-"))
     try:
         images, labels = write_phantom_cases(work / "phantoms", a.cases + 1, a.seed,
@@ -240,19 +272,22 @@ def _demo(argv):
         rc = _build_model([str(work / "train_labels"), "-o", str(work / "model.npz"),
                            "--images", str(images), "--vertices", "642", "--iso-spacing", "0.75",
                            "--smooth", "0.75", "--organ", "phantom", "--quiet",
-                           "--seed", str(a.seed)])
+                           "--random-state", str(a.seed)])
         if rc:
             return rc
         print("[2/2] segmenting a held-out phantom with a bright leak beside the organ")
-        rc = _segment([str(images / test), "-o", str(out), "--model", str(work / "model.npz"),
-                       "--reference", str(labels / test)] + (["--force"] if a.force else []))
+        rc = _segment([str(images / test), "-o", str(work / "seg"), "--model",
+                       str(work / "model.npz"), "--reference", str(labels / test)])
         if rc == 0:
-            shutil.copy(work / "model.npz", out / "model.npz")
+            for f in sorted((work / "seg").iterdir()):
+                shutil.copy(f, out.file(f.name))
+            shutil.copy(work / "model.npz", out.file("model.npz"))
+            out.commit()
+            print(f"published {_shown(a.output)}")
         return rc
     finally:
+        out.discard()
         shutil.rmtree(work, ignore_errors=True)
-
-
 
 
 def _parse_labels(text, name="--labels"):
@@ -263,6 +298,7 @@ def _parse_labels(text, name="--labels"):
 
 
 def _build_model(argv):
+    """Build an SSC shape model from a folder of label maps."""
     ap = argparse.ArgumentParser(
         prog="shapeprior build-model",
         description="Build an SSC shape model from a folder of label maps "
@@ -291,19 +327,31 @@ def _build_model(argv):
     ap.add_argument("--normalisation", choices=("percentile", "ct"), default="percentile",
                     help="intensity scale for appearance: percentile (MR) or ct (HU)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--force", action="store_true", help="replace an existing model file")
+    ap.add_argument("--random-state", "--seed", dest="random_state", type=int, default=0,
+                    help="seed of the random number generator (default 0)")
+    ap.add_argument("--force", action="store_true",
+                    help="replace a previous shapeprior model file (never an input or a "
+                         "foreign file)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
 
     from pathlib import Path
 
-    from ._outputs import OutputDir
+    from ._outputs import OutputDir, check_not_input, own_model_file, publish_file
     from .model import BuildParams, build_model, find_label_maps, save_model
 
     out = Path(a.output)
-    if out.exists() and not a.force:
-        raise OutputExistsError(f"model file {out} exists; use --force to replace it")
+    side_path = out.with_name(out.name + ".report")
+    inputs = [a.labels_dir, a.images]
+    check_not_input(out, inputs)
+    if out.exists() or out.is_symlink():
+        why = own_model_file(out)
+        if why is not None:
+            raise OutputExistsError(f"{_shown(out)} exists and {why}; shapeprior never "
+                                    "replaces it, even with --force")
+        if not a.force:
+            raise OutputExistsError(f"model file {_shown(out)} exists; use --force to "
+                                    "replace it")
     labels = _parse_labels(a.labels)
     for name, v in (("--iso-spacing", a.iso_spacing), ("--vertices", a.vertices)):
         if v <= 0:
@@ -311,58 +359,106 @@ def _build_model(argv):
     files = find_label_maps(a.labels_dir)
     if a.limit:
         files = files[: a.limit]
-    params = BuildParams(labels=labels, organ=a.organ, split_sides=a.split_sides, side=a.side,
-                         mirror_right=not a.no_mirror, n_vertices=a.vertices,
-                         iso_spacing=a.iso_spacing, smooth_mm=a.smooth, n_atoms=a.atoms,
-                         n_nonzero=a.nonzero, seed=a.seed, n_jobs=max(1, a.jobs),
-                         images_dir=a.images, normalisation=a.normalisation)
-    model, report = build_model(files, params, root=a.labels_dir, progress=not a.quiet)
-    # model file and its report/manifest folder are published atomically
-    side = OutputDir(out.with_name(out.name + ".report"), force=a.force)
-    side.write_json("report.json", report)
-    side.write_json("manifest.json", manifest(
-        command="build-model", parameters=vars(a), seed=a.seed,
-        inputs={str(f.relative_to(a.labels_dir)): f for f in files}))
-    save_model(model, out)
-    side.commit()
+    side = OutputDir(side_path, force=a.force, inputs=inputs)   # checked before the slow stages
+    try:
+        params = BuildParams(labels=labels, organ=a.organ, split_sides=a.split_sides,
+                             side=a.side, mirror_right=not a.no_mirror, n_vertices=a.vertices,
+                             iso_spacing=a.iso_spacing, smooth_mm=a.smooth, n_atoms=a.atoms,
+                             n_nonzero=a.nonzero, seed=a.random_state, n_jobs=max(1, a.jobs),
+                             images_dir=a.images, normalisation=a.normalisation)
+        model, report = build_model(files, params, root=a.labels_dir, progress=not a.quiet)
+        # the model file and its report/manifest folder are staged, then renamed into place
+        side.write_json("report.json", report)
+        side.write_json("manifest.json", manifest(
+            command="build-model", parameters=vars(a), seed=a.random_state,
+            inputs={str(f.relative_to(a.labels_dir)): f for f in files}))
+        staged = side.scratch(out.name)
+        save_model(model, staged)
+        publish_file(staged, out, force=a.force, inputs=inputs, own=own_model_file)
+        side.commit()
+    finally:
+        side.discard()
     print(f"model: {model.shapes.shape[0]} shapes x {model.n_vertices} vertices, "
           f"{len(model.pca_variances)} PCA modes; {len(report['rejected'])} rejected "
-          f"(see {side.path}/report.json)")
-    print(f"wrote {out}")
+          f"(see {_shown(side_path)}/report.json)")
+    print(f"wrote {_shown(out)}")
     return 0
-
-
-
 
 
 COMMANDS = {"demo": _demo, "segment": _segment, "build-model": _build_model,
             "ssc-demo": _ssc_demo}
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that staged outputs are cleaned up."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _one_line(text) -> str:
+    """A message as one printable line."""
+    t = " ".join(str(text).split())
+    return t.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def main(argv=None):
+    """Run ``shapeprior COMMAND ...``; returns the exit code.
+
+    Bad input of any kind ends with one line on stderr and exit code 1;
+    Ctrl-C and SIGTERM end with one line, nothing partial kept, and 130/143.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(f"shapeprior {__version__}\nusage: shapeprior COMMAND [options]\n\ncommands:")
         for name, fn in COMMANDS.items():
             doc = (fn.__doc__ or "Build an SSC shape model from a folder of label maps.").strip()
-        print(f"  {name:12s} {doc.splitlines()[0]}")
+            print(f"  {name:12s} {doc.splitlines()[0]}")
         return 0 if argv else 2
     if argv[0] == "--version":
         print(__version__)
         return 0
     cmd = COMMANDS.get(argv[0])
     if cmd is None:
-        print(f"shapeprior: unknown command {argv[0]!r}; choose from {sorted(COMMANDS)}",
-              file=sys.stderr)
+        print(f"shapeprior: unknown command {_one_line(argv[0])!r}; choose from "
+              f"{sorted(COMMANDS)}", file=sys.stderr)
         return 2
+    import signal
+    import threading
+
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return cmd(argv[1:])
+    except KeyboardInterrupt:
+        print(f"shapeprior {argv[0]}: interrupted; nothing partial was kept", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"shapeprior {argv[0]}: terminated; nothing partial was kept", file=sys.stderr)
+        return 143
     except OutputExistsError as exc:
-        print(f"shapeprior {argv[0]}: {exc}", file=sys.stderr)
+        print(f"shapeprior {argv[0]}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"shapeprior {argv[0]}: error: out of memory", file=sys.stderr)
         return 1
     except (ValueError, OSError, RuntimeError) as exc:
-        print(f"shapeprior {argv[0]}: error: {exc}", file=sys.stderr)
+        print(f"shapeprior {argv[0]}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001 - one line for users; SHAPEPRIOR_DEBUG=1 re-raises
+        import os
+
+        if os.environ.get("SHAPEPRIOR_DEBUG"):
+            raise
+        print(f"shapeprior {argv[0]}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+              "(set SHAPEPRIOR_DEBUG=1 for the traceback, and please report it)",
+              file=sys.stderr)
+        return 1
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":  # pragma: no cover

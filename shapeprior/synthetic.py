@@ -212,7 +212,7 @@ def write_phantom_cases(folder, n_cases=12, seed=0, with_leak=()):
     from scipy import ndimage
 
     from .io import Volume
-    from .segment._run import write_label
+    from .io import write_label
     from .segment._voxelize import voxelize
 
     folder = Path(folder)

@@ -32,3 +32,25 @@ def gpu_available():
 
 
 requires_gpu = pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU")
+
+
+@pytest.fixture(scope="session")
+def phantom_model(tmp_path_factory):
+    """Seven phantom MR image/label pairs (case 6 with a planted leak) and a
+    model with appearance built from the first six: ``(dir, images, labels, model)``."""
+    import shutil
+
+    from shapeprior.cli import main
+    from shapeprior.synthetic import write_phantom_cases
+
+    d = tmp_path_factory.mktemp("phantoms")
+    images, labels = write_phantom_cases(d, n_cases=7, seed=3, with_leak=(6,))
+    train = d / "train"
+    train.mkdir()
+    for f in sorted(labels.iterdir())[:6]:
+        shutil.copy(f, train / f.name)
+    model = d / "model.npz"
+    assert main(["build-model", str(train), "-o", str(model), "--images", str(images),
+                 "--vertices", "642", "--iso-spacing", "0.75", "--smooth", "0.75",
+                 "--quiet"]) == 0
+    return d, images, labels, model

@@ -58,7 +58,7 @@ def test_batch_of_real_cases_with_one_corrupt_case_on_dask(hippocampus, tmp_path
     rc = main(["segment", str(cases), "-o", str(out), "--model", str(model), "--workers", "2"])
     printed = capsys.readouterr().out
     assert rc == 1                                        # a failure is not hidden
-    rows = {r["case"]: r for r in json.loads((out / "summary.json").read_text())}
+    rows = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
     assert len(rows) == 11
     bad = rows.pop("hippocampus_cut")
     assert bad["status"] == "failed" and "truncated" in bad["error"]
@@ -79,6 +79,6 @@ def test_batch_of_real_cases_with_one_corrupt_case_on_dask(hippocampus, tmp_path
     assert {p.name: p.read_bytes() for p in cases.iterdir()} == before   # inputs untouched
     # resume: complete cases are skipped, the corrupt one is tried again and fails again
     rc = main(["segment", str(cases), "-o", str(out), "--model", str(model)])
-    rows = {r["case"]: r["status"] for r in json.loads((out / "summary.json").read_text())}
+    rows = {r["case"]: r["status"] for r in json.loads((out / "summary.json").read_text())["cases"]}
     assert rc == 1 and rows.pop("hippocampus_cut") == "failed"
     assert set(rows.values()) == {"skipped"}

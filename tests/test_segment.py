@@ -7,25 +7,6 @@ from shapeprior.cli import main
 from shapeprior.io import read_image, read_label_map, read_volume
 
 
-@pytest.fixture(scope="module")
-def phantom_model(tmp_path_factory):
-    from shapeprior.synthetic import write_phantom_cases
-
-    d = tmp_path_factory.mktemp("phantoms")
-    images, labels = write_phantom_cases(d, n_cases=7, seed=3, with_leak=(6,))
-    train = d / "train"
-    train.mkdir()
-    import shutil
-
-    for f in sorted(labels.iterdir())[:6]:
-        shutil.copy(f, train / f.name)
-    model = d / "model.npz"
-    assert main(["build-model", str(train), "-o", str(model), "--images", str(images),
-                 "--vertices", "642", "--iso-spacing", "0.75", "--smooth", "0.75",
-                 "--quiet"]) == 0
-    return d, images, labels, model
-
-
 def test_segment_phantom_outputs_and_geometry(phantom_model, tmp_path):
     d, images, labels, model = phantom_model
     img = images / "phantom_006.nii.gz"
@@ -61,7 +42,7 @@ def test_segment_batch_reports_failures_and_continues(phantom_model, tmp_path, c
     (batch / "broken.nii.gz").write_bytes(b"\x1f\x8b corrupt")
     rc = main(["segment", str(batch), "-o", str(tmp_path / "out"), "--model", str(model)])
     assert rc == 1
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["cases"]
     status = {r["case"]: r["status"] for r in summary}
     assert status == {"a": "ok", "b": "ok", "broken": "failed"}
     assert not (tmp_path / "out" / "broken").exists()     # nothing partial
@@ -182,7 +163,7 @@ def test_segment_batch_on_dask_local_cluster_resumes(phantom_model, tmp_path):
     out = tmp_path / "out"
     rc = main(["segment", str(batch), "-o", str(out), "--model", str(model), "--workers", "2"])
     assert rc == 1
-    rows = {r["case"]: r for r in json.loads((out / "summary.json").read_text())}
+    rows = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
     assert [rows[f"c{i}"]["status"] for i in range(3)] == ["ok"] * 3
     assert rows["zz_broken"]["status"] == "failed" and "cannot read" in rows["zz_broken"]["error"]
     # dask results equal a sequential run of the same case
@@ -193,7 +174,7 @@ def test_segment_batch_on_dask_local_cluster_resumes(phantom_model, tmp_path):
     assert np.array_equal(a, b)
     # resume: complete cases are skipped, the broken one is retried
     rc = main(["segment", str(batch), "-o", str(out), "--model", str(model)])
-    rows = {r["case"]: r["status"] for r in json.loads((out / "summary.json").read_text())}
+    rows = {r["case"]: r["status"] for r in json.loads((out / "summary.json").read_text())["cases"]}
     assert rc == 1 and rows == {"c0": "skipped", "c1": "skipped", "c2": "skipped",
                                 "zz_broken": "failed"}
 

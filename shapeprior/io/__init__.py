@@ -1,7 +1,15 @@
-"""Image input/output with exact physical geometry (SimpleITK)."""
+"""Image input/output with exact physical geometry (LPS mm).
 
+NIfTI is read as nibabel and the NIfTI convention place it; NRRD/MetaImage
+and DICOM series through SimpleITK. Every reader checks the header before
+it allocates and refuses, in one line, what it cannot trust
+(:class:`ImageReadError`).
+"""
+
+from ._checks import ImageReadError
 from ._dicom import list_series, read_dicom_series, read_image
-from ._volume import Volume, read_label_map, read_volume
+from ._nifti import affine_ras
+from ._volume import Volume, read_file, read_label_map, read_volume, write_label
 
-__all__ = ["Volume", "read_volume", "read_label_map", "read_image", "read_dicom_series",
-           "list_series"]
+__all__ = ["Volume", "read_volume", "read_file", "read_label_map", "read_image",
+           "read_dicom_series", "list_series", "write_label", "affine_ras", "ImageReadError"]

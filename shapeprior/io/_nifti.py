@@ -1,81 +1,307 @@
-"""Completeness check for NIfTI files.
+"""NIfTI-1, NIfTI-2 (and, when allowed, Analyze 7.5) read and written as
+nibabel and the NIfTI convention place them.
 
-ITK's NIfTI reader does not notice a truncated file: a ``.nii`` cut short or
-a ``.nii.gz`` whose gzip stream ends early is read without error, the missing
-voxels filled with zeros. An interrupted download or copy would then be
-segmented as if it were a real scan. :func:`check_nifti_complete` compares
-the byte count the header promises (``vox_offset + prod(dim) * bitpix / 8``)
-with what the file holds.
+The header is parsed and checked here, from its raw bytes, before anything
+is allocated: data type against bitpix, dimensions, the byte count the
+header promises against what the file holds (ITK zero-fills a truncated
+file without a word), the size against available memory, scale factors,
+and the transform. Geometry follows the convention exactly as nibabel does:
+the sform when ``sform_code > 0``, else the qform when ``qform_code > 0``;
+a file with neither is refused unless ``allow_no_orientation``. A sheared
+sform is refused, never swapped for the qform. Voxel values come from the
+raw data through nibabel, so NaN and infinities are seen (ITK zeroes them).
+
+Coordinates: NIfTI affines map to RAS mm; :class:`~shapeprior.io.Volume`
+holds LPS mm (ITK's convention), so x and y change sign on the way in and
+out. Labels are written with qform = sform and the same code, so every
+reader agrees on where they lie.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ._checks import ImageReadError, check_geometry, check_size, check_values, display_name
 
-def _expected_bytes(hdr: bytes):
-    """Header bytes -> (vox_offset + data bytes), or None if not NIfTI-1/2."""
+NIFTI_SUFFIXES = (".nii.gz", ".nii", ".hdr", ".img", ".hdr.gz", ".img.gz")
+
+_DTYPES = {2: np.uint8, 4: np.int16, 8: np.int32, 16: np.float32, 64: np.float64,
+           256: np.int8, 512: np.uint16, 768: np.uint32, 1024: np.int64, 1280: np.uint64}
+_UNSUPPORTED = {1: "1-bit", 32: "complex64", 128: "RGB", 1536: "float128",
+                1792: "complex128", 2048: "complex256", 2304: "RGBA"}
+_LPS = np.diag([-1.0, -1.0, 1.0])
+#: the most deflate can shrink data (a run of one byte value): about 1032:1
+_MAX_DEFLATE_RATIO = 1032
+
+
+def is_nifti(path) -> bool:
+    return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
+
+
+@dataclass
+class RawHeader:
+    version: int            # 1, 2, or 0 for Analyze 7.5 (no magic)
+    pair: bool              # header and data in separate files (.hdr/.img)
+    endian: str
+    dim: tuple
+    datatype: int
+    bitpix: int
+    pixdim: tuple
+    vox_offset: float
+    scl_slope: float
+    scl_inter: float
+    qform_code: int
+    sform_code: int
+
+
+def parse_header(raw: bytes, name: str) -> RawHeader:
+    """Raw header bytes -> :class:`RawHeader`; one-line error when not NIfTI/Analyze."""
     for e in ("<", ">"):
-        if len(hdr) >= 348 and struct.unpack(e + "i", hdr[:4])[0] == 348:
-            dim = struct.unpack(e + "8h", hdr[40:56])
-            bitpix = struct.unpack(e + "h", hdr[72:74])[0]
-            off = struct.unpack(e + "f", hdr[108:112])[0]
-            break
-        if len(hdr) >= 540 and struct.unpack(e + "i", hdr[:4])[0] == 540:
-            bitpix = struct.unpack(e + "h", hdr[14:16])[0]
-            dim = struct.unpack(e + "8q", hdr[16:80])
-            off = struct.unpack(e + "q", hdr[168:176])[0]
-            break
-    else:
-        return None
-    n = int(dim[0])
-    if not 1 <= n <= 7 or bitpix <= 0:
-        return None
-    nvox = int(np.prod([max(int(d), 1) for d in dim[1:1 + n]], dtype=np.int64))
-    return int(off) + nvox * int(bitpix) // 8
+        if len(raw) >= 4 and struct.unpack(e + "i", raw[:4])[0] == 348:
+            if len(raw) < 348:
+                break
+            magic = raw[344:348]
+            version = 1 if magic in (b"n+1\0", b"ni1\0") else 0
+            f = lambda fmt, a, b: struct.unpack(e + fmt, raw[a:b])  # noqa: E731
+            return RawHeader(
+                version, magic != b"n+1\0", e, f("8h", 40, 56), f("h", 70, 72)[0],
+                f("h", 72, 74)[0], f("8f", 76, 108), f("f", 108, 112)[0], f("f", 112, 116)[0],
+                f("f", 116, 120)[0], f("h", 252, 254)[0] if version else 0,
+                f("h", 254, 256)[0] if version else 0)
+        if len(raw) >= 4 and struct.unpack(e + "i", raw[:4])[0] == 540:
+            if len(raw) < 540:
+                break
+            magic = raw[4:12]
+            if magic[:3] not in (b"n+2", b"ni2"):
+                raise ImageReadError(f"{name}: NIfTI-2 header with a bad magic string")
+            f = lambda fmt, a, b: struct.unpack(e + fmt, raw[a:b])  # noqa: E731
+            return RawHeader(
+                2, magic[:3] == b"ni2", e, f("8q", 16, 80), f("h", 12, 14)[0], f("h", 14, 16)[0],
+                f("8d", 104, 168), float(f("q", 168, 176)[0]), f("d", 176, 184)[0],
+                f("d", 184, 192)[0], f("i", 344, 348)[0], f("i", 348, 352)[0])
+    raise ImageReadError(f"cannot read {name} as an image: not a NIfTI file "
+                         "(bad or truncated header)")
 
 
-def _gzip_length(path: Path, expected: int) -> int:
-    """Uncompressed length of a gzip file; raises ValueError if the stream is
-    broken. Fast path: the trailer's ISIZE (length mod 2**32) of a
-    single-member file equals the expected length."""
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _pair_files(p: Path):
+    """(header file, data file) of a NIfTI/Analyze path."""
+    low = p.name.lower()
+    for h, d in ((".hdr", ".img"), (".hdr.gz", ".img.gz")):
+        if low.endswith(h):
+            return p, p.with_name(p.name[: -len(h)] + d)
+        if low.endswith(d):
+            return p.with_name(p.name[: -len(d)] + h), p
+    return p, p
+
+
+def _stored_length(path: Path, expected: int, name: str) -> int:
+    """Bytes a (possibly gzipped) file holds, without trusting the header.
+
+    gzip: a stream shorter than ``expected / 1032`` cannot hold it at all;
+    the trailer's ISIZE of a single-member file is a fast exact answer below
+    4 GiB; otherwise the stream is decompressed and counted."""
+    size = path.stat().st_size
+    if not path.name.lower().endswith(".gz"):
+        return size
+    if size < 18:
+        raise ImageReadError(f"{name} is truncated or corrupt (gzip stream of {size} bytes)")
+    if expected > size * _MAX_DEFLATE_RATIO + 1024:
+        return size * _MAX_DEFLATE_RATIO + 1024     # cannot be: report it as truncated
     with open(path, "rb") as f:
         f.seek(-4, 2)
         isize = struct.unpack("<I", f.read(4))[0]
-    if isize == expected % 2**32:
+    if expected < 2**32 and isize == expected:
         return expected
     n = 0
     try:
         with gzip.open(path, "rb") as f:
             while chunk := f.read(1 << 22):
                 n += len(chunk)
+                if n > expected + (1 << 24):
+                    break
     except (EOFError, OSError, zlib.error) as exc:
-        raise ValueError(f"{path.name} is truncated or corrupt ({exc})") from None
+        raise ImageReadError(f"{name} is truncated or corrupt ({exc})") from None
     return n
 
 
-def check_nifti_complete(path) -> None:
-    """Raise ValueError if a ``.nii``/``.nii.gz`` file holds less image data
-    than its header describes. Other formats are left to their readers."""
-    p = Path(path)
-    name = p.name.lower()
-    gz = name.endswith(".nii.gz")
-    if not (gz or name.endswith(".nii")):
-        return
+def _checked_header(p: Path, name: str, allow_no_orientation: bool) -> RawHeader:
+    hdr_path, data_path = _pair_files(p)
+    if not hdr_path.is_file():
+        raise ImageReadError(f"{name}: its header file {display_name(hdr_path)} is missing")
+    if not data_path.is_file():
+        raise ImageReadError(f"{name}: its data file {display_name(data_path)} is missing")
     try:
-        with (gzip.open(p, "rb") if gz else open(p, "rb")) as f:
-            hdr = f.read(540)
+        with _open(hdr_path) as f:
+            raw = f.read(540)
     except (EOFError, OSError, zlib.error) as exc:
-        raise ValueError(f"cannot read {p.name} as an image: {exc}") from None
-    expected = _expected_bytes(hdr)
-    if expected is None:
-        return                      # not a NIfTI header: the reader will say so
-    actual = _gzip_length(p, expected) if gz else p.stat().st_size
-    if actual < expected:
-        raise ValueError(f"{p.name} is truncated: its header describes {expected} bytes, "
-                         f"the file holds {actual}")
+        raise ImageReadError(f"cannot read {name} as an image: {exc}") from None
+    h = parse_header(raw, name)
+    if h.version == 0 and not allow_no_orientation:
+        raise ImageReadError(f"{name} is an Analyze 7.5 file, which records no orientation; "
+                             "convert it to NIfTI or pass --allow-no-orientation")
+    single = hdr_path == data_path
+    if single and h.pair:
+        raise ImageReadError(f"{name}: the header says its data lie in a separate .img file")
+    if h.datatype in _UNSUPPORTED:
+        raise ImageReadError(f"{name}: {_UNSUPPORTED[h.datatype]} voxels are not supported "
+                             "(a scalar grey-value image is needed)")
+    if h.datatype not in _DTYPES:
+        raise ImageReadError(f"{name}: unknown NIfTI datatype code {h.datatype}")
+    itemsize = np.dtype(_DTYPES[h.datatype]).itemsize
+    if h.bitpix != 8 * itemsize:
+        raise ImageReadError(f"{name}: inconsistent header: datatype {h.datatype} has "
+                             f"{8 * itemsize} bits per voxel, bitpix says {h.bitpix}")
+    nd = h.dim[0]
+    if not 1 <= nd <= 7:
+        raise ImageReadError(f"{name}: inconsistent header: dim[0] = {nd} is outside 1..7")
+    dims = [int(d) for d in h.dim[1:1 + nd]]
+    if any(d < 1 for d in dims):
+        raise ImageReadError(f"{name}: inconsistent header: dimensions {dims} must be >= 1")
+    if nd < 3:
+        raise ImageReadError(f"{name}: expected a 3-D image, got {nd}-D")
+    if any(d != 1 for d in dims[3:]):
+        raise ImageReadError(f"{name} holds {int(np.prod(dims[3:]))} volumes ({nd}-D, "
+                             f"dimensions {dims}); a single 3-D volume is needed")
+    off = h.vox_offset
+    min_off = (352 if h.version < 2 else 544) if single else 0
+    if not np.isfinite(off) or off != int(off) or off < min_off:
+        raise ImageReadError(f"{name}: inconsistent header: vox_offset {off} "
+                             f"(at least {min_off} expected)")
+    if not (np.isfinite(h.scl_slope) and np.isfinite(h.scl_inter)):
+        raise ImageReadError(f"{name}: intensity scaling (scl_slope {h.scl_slope}, "
+                             f"scl_inter {h.scl_inter}) is not finite")
+    check_size(name, dims[:3], 8 if h.scl_slope not in (0.0, 1.0) or h.scl_inter else itemsize)
+    expected = int(off) + int(np.prod(dims, dtype=np.int64)) * itemsize
+    held = _stored_length(data_path, expected, name)
+    if held < expected:
+        raise ImageReadError(f"{name} is truncated: its header describes {expected} bytes, "
+                             f"the file holds {held}")
+    return h
+
+
+def _affine(img, h: RawHeader, name: str, allow_no_orientation: bool) -> np.ndarray:
+    """The NIfTI convention's affine (RAS mm): sform, else qform, else refuse."""
+    hdr = img.header
+    codes = f"qform_code {h.qform_code}, sform_code {h.sform_code}"
+    if h.sform_code > 0:
+        aff = np.asarray(hdr.get_sform(), dtype=float)
+        what = "sform"
+    elif h.qform_code > 0:
+        sp = np.asarray(h.pixdim[1:4], dtype=float)
+        if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+            raise ImageReadError(f"{name}: voxel spacing (pixdim) {sp.tolist()} mm is not "
+                                 f"finite and positive ({codes})")
+        try:
+            aff = np.asarray(hdr.get_qform(), dtype=float)
+        except Exception as exc:  # noqa: BLE001 - nibabel's HeaderDataError and friends
+            raise ImageReadError(f"{name}: invalid qform ({codes}): {exc}") from None
+        what = "qform"
+    else:
+        if not allow_no_orientation:
+            raise ImageReadError(f"{name} records no orientation ({codes}); where it lies "
+                                 "is unknown: pass --allow-no-orientation to place it by its "
+                                 "voxel sizes alone")
+        sp = np.asarray(h.pixdim[1:4], dtype=float)
+        if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+            raise ImageReadError(f"{name}: voxel spacing (pixdim) {sp.tolist()} mm is not "
+                                 "finite and positive")
+        aff = np.asarray(hdr.get_base_affine(), dtype=float)
+        what = "fallback"
+    M = aff[:3, :3]
+    if not np.all(np.isfinite(aff)):
+        raise ImageReadError(f"{name}: the {what} is not finite ({codes})")
+    sp = np.linalg.norm(M, axis=0)
+    if np.any(sp <= 0):
+        raise ImageReadError(f"{name}: the {what} is degenerate (an axis of length 0; {codes})")
+    D = M / sp
+    if np.abs(D.T @ D - np.eye(3)).max() > 1e-4:
+        raise ImageReadError(f"{name}: the {what} is sheared or not orthonormal ({codes}); "
+                             "refusing to substitute another transform")
+    return aff
+
+
+def read_nifti(path, allow_no_orientation=False):
+    """Read a NIfTI-1/-2 file (``.nii``, ``.nii.gz``, ``.hdr``/``.img``).
+
+    Returns
+    -------
+    volume : Volume
+        Array (z, y, x); LPS geometry from the sform/qform as nibabel places it.
+    info : dict
+        ``nifti_version``, ``qform_code``, ``sform_code``, ``xform`` (which one
+        placed the image), ``xform_code`` (its code, reused when writing).
+    """
+    import nibabel as nib
+
+    from ._volume import Volume
+
+    p = Path(path)
+    name = display_name(p)
+    h = _checked_header(p, name, allow_no_orientation)
+    try:
+        img = nib.load(str(p))
+        aff = _affine(img, h, name, allow_no_orientation)
+        data = np.asanyarray(img.dataobj)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError(f"{name}: not enough memory to read it") from None
+    except Exception as exc:  # noqa: BLE001 - nibabel/gzip/zlib errors on corrupt data
+        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ImageReadError(f"cannot read {name} as an image: {msg}") from None
+    data = data.reshape(data.shape[:3])
+    check_values(name, data)
+    A = _LPS @ aff[:3, :3]
+    spacing = np.linalg.norm(A, axis=0)
+    direction = A / spacing
+    origin = _LPS @ aff[:3, 3]
+    check_geometry(name, spacing, direction, origin)
+    arr = np.ascontiguousarray(data.transpose(2, 1, 0))
+    code = h.sform_code if h.sform_code > 0 else (h.qform_code if h.qform_code > 0 else 0)
+    info = {"nifti_version": h.version, "qform_code": h.qform_code, "sform_code": h.sform_code,
+            "xform": "sform" if h.sform_code > 0 else ("qform" if h.qform_code > 0 else "none"),
+            "xform_code": int(code)}
+    return Volume(arr, spacing, origin, direction), info
+
+
+def affine_ras(vol) -> np.ndarray:
+    """4x4 voxel (x, y, z index) -> RAS mm affine of a :class:`Volume`."""
+    A = np.eye(4)
+    A[:3, :3] = _LPS @ vol.index_to_physical_matrix
+    A[:3, 3] = _LPS @ np.asarray(vol.origin, dtype=float)
+    return A
+
+
+def write_nifti(vol, path, code=1) -> None:
+    """Write ``vol`` as NIfTI-1 with qform = sform (both ``code``), atomically.
+
+    The array is written as it is (x fastest); ``path`` ending ``.gz`` is
+    compressed (nibabel's fast level)."""
+    import nibabel as nib
+
+    p = Path(path)
+    code = int(code) if code else 1
+    A = affine_ras(vol)
+    img = nib.Nifti1Image(np.asarray(vol.array).transpose(2, 1, 0), A)
+    img.set_qform(A, code=code)
+    img.set_sform(A, code=code)
+    img.header.set_xyzt_units("mm")
+    tmp = p.with_name(".tmp_" + p.name)
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, p)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._nifti import check_nifti_complete
+from ._checks import (ImageReadError, check_geometry, check_size, check_values, display_name,
+                      itk_reason)
 
 
 @dataclass
@@ -83,36 +84,115 @@ def _from_sitk(img) -> Volume:
     import SimpleITK as sitk
 
     if img.GetDimension() != 3:
-        raise ValueError(f"expected a 3-D image, got {img.GetDimension()}-D")
+        raise ImageReadError(f"expected a 3-D image, got {img.GetDimension()}-D")
     arr = sitk.GetArrayFromImage(img)
     return Volume(arr, np.array(img.GetSpacing(), dtype=float),
                   np.array(img.GetOrigin(), dtype=float),
                   np.array(img.GetDirection(), dtype=float).reshape(3, 3))
 
 
-def read_volume(path) -> Volume:
-    """Read a 3-D image file (NIfTI, NRRD, MHA, ...) with SimpleITK."""
+_ITK_ITEMSIZE = {"8-bit unsigned integer": 1, "8-bit signed integer": 1,
+                 "16-bit unsigned integer": 2, "16-bit signed integer": 2,
+                 "32-bit unsigned integer": 4, "32-bit signed integer": 4,
+                 "64-bit unsigned integer": 8, "64-bit signed integer": 8,
+                 "32-bit float": 4, "64-bit float": 8}
+
+
+def _read_itk(p: Path, name: str) -> Volume:
+    """NRRD, MetaImage and other ITK formats: header checked before reading."""
     import SimpleITK as sitk
 
+    from ._paths import itk_path
+
+    with itk_path(p) as sp:
+        r = sitk.ImageFileReader()
+        r.SetFileName(sp)
+        try:
+            r.ReadImageInformation()
+        except RuntimeError as exc:
+            raise ImageReadError(f"cannot read {name} as an image: {itk_reason(exc)}") from None
+        dim = r.GetDimension()
+        if dim != 3:
+            raise ImageReadError(f"{name}: expected a 3-D image, got {dim}-D")
+        ncomp = r.GetNumberOfComponents()
+        if ncomp != 1:
+            raise ImageReadError(f"{name} holds {ncomp} values per voxel (colour or vector "
+                                 "data); a scalar grey-value image is needed")
+        ptype = sitk.GetPixelIDValueAsString(r.GetPixelID())
+        if ptype not in _ITK_ITEMSIZE:
+            raise ImageReadError(f"{name}: pixel type {ptype!r} is not supported")
+        check_size(name, r.GetSize(), _ITK_ITEMSIZE[ptype])
+        check_geometry(name, r.GetSpacing(), r.GetDirection(), r.GetOrigin())
+        try:
+            img = r.Execute()
+        except RuntimeError as exc:
+            raise ImageReadError(f"cannot read {name} as an image: {itk_reason(exc)}") from None
+    vol = _from_sitk(img)
+    check_values(name, vol.array)
+    return vol
+
+
+def read_file(path, allow_no_orientation=False):
+    """Read one image file -> ``(Volume, info)``; every check before allocating.
+
+    NIfTI (``.nii``, ``.nii.gz``, ``.hdr``/``.img``, NIfTI-1 and -2) is read
+    as nibabel and the NIfTI convention place it (see :mod:`._nifti`);
+    other formats (NRRD, MetaImage) with SimpleITK. ``info`` holds
+    ``format`` and, for NIfTI, which transform placed the image.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ImageReadError
+        Anything that makes the file untrustworthy, in one line: corrupt or
+        truncated data, an inconsistent header, no orientation, a sheared
+        transform, non-finite voxels, more voxels than memory holds.
+    """
+    from ._nifti import is_nifti, read_nifti
+
     p = Path(path)
+    name = display_name(p)
     if not p.is_file():
-        raise FileNotFoundError(f"no such image file: {p}")
-    check_nifti_complete(p)
-    try:
-        img = sitk.ReadImage(str(p))
-    except RuntimeError as exc:
-        raise ValueError(f"cannot read {p.name} as an image: {str(exc).splitlines()[0]}") from None
-    return _from_sitk(img)
+        raise FileNotFoundError(f"no such image file: {name}")
+    if is_nifti(p):
+        vol, info = read_nifti(p, allow_no_orientation)
+        return vol, {"format": "nifti", **info}
+    return _read_itk(p, name), {"format": p.suffix.lstrip(".").lower() or "unknown"}
 
 
-def read_label_map(path) -> Volume:
+def read_volume(path, allow_no_orientation=False) -> Volume:
+    """Read a 3-D image file (NIfTI-1/2, NRRD, MHA, ...): see :func:`read_file`."""
+    return read_file(path, allow_no_orientation)[0]
+
+
+def read_label_map(path, allow_no_orientation=False) -> Volume:
     """Read a label map; rejects non-integer or non-finite voxel values."""
-    vol = read_volume(path)
+    vol = read_volume(path, allow_no_orientation)
     a = vol.array
     if not np.issubdtype(a.dtype, np.integer):
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{Path(path).name}: label map contains NaN or infinite values")
         if not np.all(a == np.round(a)):
-            raise ValueError(f"{Path(path).name}: label map has non-integer values")
+            raise ImageReadError(f"{display_name(path)}: label map has non-integer values")
         vol.array = a.astype(np.int32)
     return vol
+
+
+def write_label(vol: Volume, label, path, code=1):
+    """Label map (uint8) with exactly ``vol``'s geometry, written atomically.
+
+    NIfTI (``.nii``/``.nii.gz``) is written with qform = sform and ``code``;
+    other formats through SimpleITK."""
+    import os
+
+    from ._nifti import is_nifti, write_nifti
+
+    lab = Volume(np.asarray(label).astype(np.uint8), vol.spacing, vol.origin, vol.direction)
+    p = Path(path)
+    if is_nifti(p):
+        write_nifti(lab, p, code)
+        return
+    import SimpleITK as sitk
+
+    tmp = p.with_name(".tmp_" + p.name)
+    sitk.WriteImage(lab.to_sitk(), str(tmp), True)
+    os.replace(tmp, p)

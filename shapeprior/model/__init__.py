@@ -4,6 +4,7 @@ from ._build import BuildParams, build_model, find_label_maps, surfaces_from_lab
 from ._dictlearn import DictionaryLearner
 from ._model import (
     FORMAT_VERSION,
+    read_model_metadata,
     ModelFormatError,
     ShapeModel,
     load_model,
@@ -13,5 +14,5 @@ from ._model import (
 )
 
 __all__ = ["ShapeModel", "save_model", "load_model", "ModelFormatError", "FORMAT_VERSION",
-           "pca_from_shapes", "pca_reconstruct", "DictionaryLearner", "BuildParams",
+           "read_model_metadata", "pca_from_shapes", "pca_reconstruct", "DictionaryLearner", "BuildParams",
            "build_model", "find_label_maps", "surfaces_from_label_map"]

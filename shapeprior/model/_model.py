@@ -140,45 +140,178 @@ def save_model(model: ShapeModel, path):
     os.replace(tmp, p)
 
 
+def _name(p) -> str:
+    return os.fsencode(Path(p).name).decode("utf-8", "backslashreplace")
+
+
+def _open_npz(p: Path):
+    """The model's NPZ archive; refuses non-zip files and sizes memory cannot hold."""
+    from ..io._checks import available_memory
+
+    name = _name(p)
+    if not zipfile.is_zipfile(p):
+        raise ModelFormatError(f"{name} is not a shapeprior model file (not an .npz archive)")
+    try:
+        with zipfile.ZipFile(p) as zf:
+            total = sum(i.file_size for i in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise ModelFormatError(f"{name} is a corrupt model file ({exc})") from None
+    if total > available_memory():
+        raise ModelFormatError(f"{name}: its arrays claim {total / 2**30:.1f} GiB, more than "
+                               "the memory available; corrupt model file?")
+    try:
+        z = np.load(p, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - any corruption is one line
+        raise ModelFormatError(f"{name} is a corrupt model file ({type(exc).__name__})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ModelFormatError(f"{name} is not a shapeprior model file (a single array)")
+    return z
+
+
+def _metadata(z, name) -> dict:
+    if "metadata_json" not in z.files:
+        raise ModelFormatError(f"{name} is not a shapeprior model file (no metadata)")
+    try:
+        raw = z["metadata_json"]
+    except Exception as exc:  # noqa: BLE001 - bad CRC, truncated member, pickled object
+        raise ModelFormatError(f"{name}: model metadata is corrupt "
+                               f"({type(exc).__name__})") from None
+    if raw.shape != () or raw.dtype.kind != "U":
+        raise ModelFormatError(f"{name}: model metadata is not a JSON text")
+    try:
+        meta = json.loads(str(raw))
+    except ValueError:
+        raise ModelFormatError(f"{name}: model metadata is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise ModelFormatError(f"{name}: model metadata is not a JSON object")
+    if meta.get("format") != FORMAT:
+        raise ModelFormatError(f"{name} is not a shapeprior model file "
+                               f"(format {meta.get('format')!r})")
+    ver = meta.get("format_version")
+    if ver not in SUPPORTED_VERSIONS:
+        raise ModelFormatError(
+            f"{name} has model format version {ver!r}; this shapeprior reads "
+            f"versions {list(SUPPORTED_VERSIONS)} (upgrade shapeprior or rebuild the model)")
+    return meta
+
+
+def read_model_metadata(path) -> dict:
+    """The metadata of a model file, checked for format and version only."""
+    p = Path(path)
+    z = _open_npz(p)
+    with z:
+        try:
+            return _metadata(z, _name(p))
+        except ModelFormatError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - corrupt member
+            raise ModelFormatError(f"{_name(p)} is a corrupt model file "
+                                   f"({type(exc).__name__})") from None
+
+
+def _array(z, key, name, kind="f", ndim=None):
+    try:
+        a = z[key]
+    except Exception as exc:  # noqa: BLE001 - bad CRC, truncated member, pickled object
+        raise ModelFormatError(f"{name}: model array {key!r} is corrupt "
+                               f"({type(exc).__name__})") from None
+    if a.dtype.kind not in (("f",) if kind == "f" else ("i", "u")):
+        raise ModelFormatError(f"{name}: model array {key!r} has dtype {a.dtype}, "
+                               f"expected {'floating point' if kind == 'f' else 'integer'}")
+    if ndim is not None and a.ndim != ndim:
+        raise ModelFormatError(f"{name}: model array {key!r} has {a.ndim} dimensions, "
+                               f"expected {ndim}")
+    if kind == "f" and not np.all(np.isfinite(a)):
+        raise ModelFormatError(f"{name}: model array {key!r} holds NaN or infinite values")
+    return a
+
+
+def _check_meta_types(meta, name):
+    for key in ("organ", "side"):
+        if key in meta and not isinstance(meta[key], str):
+            raise ModelFormatError(f"{name}: model metadata {key!r} is not a text")
+    pose = meta.get("pose_prior")
+    if pose is not None:
+        try:
+            R = np.asarray(pose["rotation"], dtype=float)
+            sc = float(pose["scale"])
+            off = np.asarray(pose["offset_from_fov_centre_mm"], dtype=float)
+            ok = R.shape == (3, 3) and off.shape == (3,) and np.isfinite(sc) and sc > 0 \
+                and np.all(np.isfinite(R)) and np.all(np.isfinite(off))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ModelFormatError(f"{name}: model metadata 'pose_prior' is malformed")
+    app = meta.get("appearance")
+    if app is not None:
+        try:
+            ok = float(app["step_mm"]) > 0 and int(app["half"]) >= 1 \
+                and app["normalisation"] in ("percentile", "ct")
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ModelFormatError(f"{name}: model metadata 'appearance' is malformed")
+
+
 def load_model(path) -> ShapeModel:
-    """Read a model file written by :func:`save_model`.
+    """Read a model file written by :func:`save_model`, checking its schema.
+
+    Every array is checked for dtype, shape, finite values and index range,
+    and the metadata for its types, so a damaged file is refused in one
+    line instead of failing somewhere downstream.
 
     Raises
     ------
+    FileNotFoundError
+        No such file.
     ModelFormatError
-        Not an NPZ, not a shapeprior model, an unsupported version, or
-        inconsistent arrays.
+        Not an NPZ, not a shapeprior model, an unsupported version, a
+        corrupt member, or arrays/metadata that break the schema.
     """
     p = Path(path)
+    name = _name(p)
     if not p.is_file():
-        raise FileNotFoundError(f"no such model file: {p}")
-    try:
-        z = np.load(p, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise ModelFormatError(f"{p.name} is not a shapeprior model file ({exc})") from None
+        raise FileNotFoundError(f"no such model file: {name}")
+    z = _open_npz(p)
     with z:
-        if "metadata_json" not in z.files:
-            raise ModelFormatError(f"{p.name} is not a shapeprior model file (no metadata)")
-        meta = json.loads(str(z["metadata_json"]))
-        if meta.get("format") != FORMAT:
-            raise ModelFormatError(f"{p.name} is not a shapeprior model file "
-                                   f"(format {meta.get('format')!r})")
-        ver = meta.get("format_version")
-        if ver not in SUPPORTED_VERSIONS:
-            raise ModelFormatError(
-                f"{p.name} has model format version {ver!r}; this shapeprior reads "
-                f"versions {list(SUPPORTED_VERSIONS)} (upgrade shapeprior or rebuild the model)")
+        meta = _metadata(z, name)
         need = ("shapes", "mean", "faces", "pca_components", "pca_variances")
         missing = [k for k in need if k not in z.files]
         if missing:
-            raise ModelFormatError(f"{p.name} lacks arrays {missing}")
-        opt = {k: (z[k] if k in z.files else None) for k in ("atoms", "profile_mean", "profile_var")}
-        m = ShapeModel(z["shapes"], z["mean"], z["faces"], z["pca_components"],
-                       z["pca_variances"], opt["atoms"], meta, opt["profile_mean"],
-                       opt["profile_var"])
-    N = m.mean.shape[0]
-    if m.shapes.shape[1:] != (N, 3) or m.pca_components.shape[1] != 3 * N or \
-            (m.faces.size and m.faces.max() >= N) or \
-            (m.profile_mean is not None and m.profile_mean.shape[0] != N):
-        raise ModelFormatError(f"{p.name}: arrays have inconsistent shapes")
-    return m
+            raise ModelFormatError(f"{name} lacks arrays {missing}")
+        shapes = _array(z, "shapes", name, ndim=3)
+        mean = _array(z, "mean", name, ndim=2)
+        faces = _array(z, "faces", name, kind="i", ndim=2)
+        comps = _array(z, "pca_components", name, ndim=2)
+        var = _array(z, "pca_variances", name, ndim=1)
+        opt = {k: (_array(z, k, name, ndim=3 if k == "atoms" else 2) if k in z.files else None)
+               for k in ("atoms", "profile_mean", "profile_var")}
+    _check_meta_types(meta, name)
+    N = mean.shape[0]
+    bad = []
+    if N < 4 or mean.shape[1] != 3:
+        bad.append(f"mean {mean.shape}")
+    if shapes.shape[0] < 1 or shapes.shape[1:] != (N, 3):
+        bad.append(f"shapes {shapes.shape}")
+    if faces.shape[0] < 1 or faces.shape[1] != 3:
+        bad.append(f"faces {faces.shape}")
+    if comps.shape[0] < 1 or comps.shape[1] != 3 * N or var.shape != (comps.shape[0],):
+        bad.append(f"pca {comps.shape}/{var.shape}")
+    if opt["atoms"] is not None and opt["atoms"].shape[1:] != (N, 3):
+        bad.append(f"atoms {opt['atoms'].shape}")
+    pm, pv = opt["profile_mean"], opt["profile_var"]
+    if (pm is None) != (pv is None) or (pm is not None and (
+            pm.shape[0] != N or pm.shape != pv.shape or pm.shape[1] < 1)):
+        bad.append("appearance profiles")
+    if bad:
+        raise ModelFormatError(f"{name}: arrays have inconsistent shapes ({', '.join(bad)})")
+    if faces.min() < 0 or faces.max() >= N:
+        raise ModelFormatError(f"{name}: face indices outside 0..{N - 1}")
+    if np.any(var < 0):
+        raise ModelFormatError(f"{name}: negative PCA variances")
+    if pv is not None and np.any(pv <= 0):
+        raise ModelFormatError(f"{name}: appearance variances must be > 0")
+    if pm is not None and not isinstance(meta.get("appearance"), dict):
+        raise ModelFormatError(f"{name}: appearance arrays without their metadata")
+    return ShapeModel(shapes, mean, faces.astype(np.int64), comps, var, opt["atoms"], meta,
+                      pm, pv)

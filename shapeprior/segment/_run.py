@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -9,91 +10,77 @@ import numpy as np
 
 from .._outputs import OutputDir, manifest
 from .._profile import StageClock
-from ..io import Volume, read_image, read_label_map
+from ..io import read_image, read_label_map, write_label
+from ..io._checks import display_name
 from ..mesh import Surface
 from ._fit import SegmentParams, segment_volume
 from ._metrics import dice, surface_distances
 from ._qc import qc_png
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 MESH_FORMATS = ("vtk", "ply", "stl", "obj")
 
 
-def discover_cases(path):
-    """``[(name, path)]``: a file or DICOM folder is one case; a folder of
-    image files and/or DICOM subfolders is many."""
-    from ..io._dicom import list_series
+def input_files(p: Path):
+    """The files a case reads: the image file (with its .img/.hdr partner), or
+    every file of a DICOM folder, in a stable order."""
+    from ..io._nifti import _pair_files
 
-    p = Path(path)
     if p.is_file():
-        return [(_stem(p), p)]
-    if not p.is_dir():
-        raise FileNotFoundError(f"no such file or folder: {p}")
-    if list_series(p):
-        return [(p.name, p)]
-    cases = [(_stem(f), f) for f in sorted(p.iterdir())
-             if f.is_file() and f.name.endswith(IMAGE_SUFFIXES)]
-    cases += [(d.name, d) for d in sorted(p.iterdir()) if d.is_dir() and list_series(d)]
-    if not cases:
-        raise ValueError(f"{p} holds no image files ({', '.join(IMAGE_SUFFIXES)}) "
-                         "and no DICOM series")
-    return cases
+        h, d = _pair_files(p)
+        return [f for f in dict.fromkeys([h, d]) if f.is_file()]
+    return sorted((f for f in p.iterdir() if f.is_file()), key=lambda f: os.fsencode(f.name))
 
 
-def _stem(p: Path):
-    for s in IMAGE_SUFFIXES:
-        if p.name.endswith(s):
-            return p.name[: -len(s)]
-    return p.stem
-
-
-def _inputs_for_hash(p: Path):
-    if p.is_file():
-        return {p.name: p}
-    return {f.name: f for f in sorted(p.iterdir()) if f.is_file()}
-
-
-def write_label(vol: Volume, label, path):
-    """Label map with exactly the input's geometry (atomic)."""
-    import os
-
-    import SimpleITK as sitk
-
-    img = Volume(label.astype(np.uint8), vol.spacing, vol.origin, vol.direction).to_sitk()
-    tmp = Path(path).with_name(".tmp_" + Path(path).name)
-    sitk.WriteImage(img, str(tmp), True)
-    os.replace(tmp, path)
+def input_hashes(p: Path, deidentify=False):
+    """``({key: path}, {key: shown path})`` of a case's input files for the
+    manifest; de-identified keys are indices."""
+    files = input_files(Path(p))
+    if deidentify:
+        keys = [f"input/{i:04d}" for i in range(len(files))]
+        return dict(zip(keys, files)), {k: k for k in keys}
+    keys = [f"input/{display_name(f)}" for f in files]
+    return dict(zip(keys, files)), {}
 
 
 def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, series=None,
              reference=None, reference_labels=(1,), mesh_format="vtk", force=False,
-             dictionary=None, argv=None, clock=None):
+             dictionary=None, argv=None, clock=None, case_name=None, deidentify=False,
+             allow_no_orientation=False, partial_ok=False):
     """Segment one case and publish ``outdir`` atomically.
 
+    ``outdir`` may not equal, contain or lie inside the input, the model or
+    the reference; ``force`` replaces only a previous shapeprior output.
     ``clock`` (a :class:`~shapeprior._profile.StageClock`) receives the time
     of the stages read, prepare, search, ssc, refine, voxelize and write.
-    Returns the report dict. Raises on bad input; nothing is left behind.
+    ``case_name`` is the name written into the report (default: the input's
+    file name); with ``deidentify`` no input file name or path reaches the
+    outputs. Returns the report dict. Raises on bad input; nothing is left
+    behind.
     """
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
-    out = OutputDir(outdir, force=force)
+    input_path = Path(input_path)
+    inputs = [input_path, *input_files(input_path), model_path, reference]
+    out = OutputDir(outdir, force=force, inputs=inputs, partial_ok=partial_ok)
     try:
         return _run_case(out, input_path, model, model_path, params, series, reference,
-                         reference_labels, mesh_format, dictionary, argv, clock)
+                         reference_labels, mesh_format, dictionary, argv, clock,
+                         case_name, deidentify, allow_no_orientation)
     except BaseException:
         out.discard()          # a failed case leaves nothing behind
         raise
 
 
 def _run_case(out, input_path, model, model_path, params, series, reference,
-              reference_labels, mesh_format, dictionary, argv, clock):
+              reference_labels, mesh_format, dictionary, argv, clock, case_name, deidentify,
+              allow_no_orientation):
     t0 = time.perf_counter()
     clock = clock or StageClock()     # times only (no sampling thread) for the report
     with clock("read"):
-        vol, info = read_image(input_path, series)
+        vol, info = read_image(input_path, series, allow_no_orientation)
         ref = None
         if reference is not None:
-            rvol = read_label_map(reference)
+            rvol = read_label_map(reference, allow_no_orientation)
             if not rvol.same_grid(vol):
                 raise ValueError("the reference label map does not share the image's grid")
             ref = np.isin(rvol.array, reference_labels)
@@ -108,7 +95,7 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
     if not res.converged:
         warnings.append("did not converge within the iteration limit")
     report = {
-        "input": {"name": Path(input_path).name, **{k: v for k, v in info.items()},
+        "input": {"name": case_name or display_name(input_path), **info,
                   "shape_zyx": list(vol.array.shape), "spacing_mm": vol.spacing.tolist(),
                   "origin_mm": vol.origin.tolist(), "direction": vol.direction.ravel().tolist()},
         "model": {"organ": model.metadata.get("organ"), "n_shapes": int(model.shapes.shape[0]),
@@ -126,26 +113,50 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
                                **surface_distances(res.label, ref, vol.spacing)}
     with clock("write"):
         _write_outputs(out, vol, res, ref, report, model, model_path, input_path, reference,
-                       mesh_format, params, argv)
+                       mesh_format, params, argv, info, deidentify)
     report["total_time_s"] = time.perf_counter() - t0
     return report
 
 
 def _write_outputs(out, vol, res, ref, report, model, model_path, input_path, reference,
-                   mesh_format, params, argv):
-    write_label(vol, res.label, out.file("label.nii.gz"))
+                   mesh_format, params, argv, info, deidentify):
+    write_label(vol, res.label, out.file("label.nii.gz"), code=info.get("xform_code") or 1)
     Surface(res.verts, res.faces).write(out.file(f"mesh.{mesh_format}"))
     qc_png(out.file("qc.png"), vol, res.label, ref,
            title=f"{model.metadata.get('organ', 'organ')}: {report['volume_ml']:.1f} ml")
     out.write_json("report.json", report)
-    inputs = {f"input/{k}": v for k, v in _inputs_for_hash(Path(input_path)).items()}
+    inputs, shown = input_hashes(Path(input_path), deidentify)
     inputs["model"] = Path(model_path)
     if reference is not None:
         inputs["reference"] = Path(reference)
+    if deidentify:
+        shown["model"] = display_name(model_path)
+        shown["reference"] = "reference"
+        argv = scrub_argv(argv, {input_path: "<input>", reference: "<reference>",
+                                 out.path: "<output>"})
     out.write_json("manifest.json", manifest(
-        command="segment", parameters={"argv": argv, **{k: v for k, v in vars(params).items()}},
-        seed=None, inputs=inputs))
+        command="segment", parameters={"argv": argv, **params_record(params)},
+        seed=None, inputs=inputs, input_paths=shown))
     out.commit()
 
 
-__all__ = ["run_case", "discover_cases", "write_label"]
+def params_record(params) -> dict:
+    """The segmentation parameters as recorded (and compared when resuming)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(params).items()}
+
+
+def scrub_argv(argv, replace):
+    """``argv`` with the given paths (and anything under them) replaced by placeholders."""
+    if argv is None:
+        return None
+    real = {os.path.realpath(str(k)): v for k, v in replace.items() if k is not None}
+    out = []
+    for a in argv:
+        r = os.path.realpath(a) if a and not a.startswith("-") else None
+        hit = next((v for k, v in real.items() if r and (r == k or r.startswith(k + os.sep))),
+                   None)
+        out.append(hit or os.fsencode(a).decode("utf-8", "backslashreplace"))
+    return out
+
+
+__all__ = ["run_case", "input_files", "input_hashes", "params_record"]

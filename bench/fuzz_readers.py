@@ -1,0 +1,389 @@
+"""Fuzz the readers with mutated real files: no crash, no hang, bounded memory.
+
+Seeds are real files: MSD hippocampus MR NIfTI (as stored, gzipped, and
+uncompressed so header mutations reach the header), a TotalSegmentator
+label map, the TCIA DICOM series (one slice of a copied series mutated at a
+time), and a shapeprior model file built from the demo phantoms. Each
+mutation is a seeded byte flip, truncation, header-field edit or (models)
+array edit; each mutated input is read in a forked child with an
+address-space limit and a 30 s timeout, through the public readers
+(``read_image`` for images and DICOM folders, ``load_model`` for models).
+
+Outcomes: ``read`` (a valid volume: finite values, orthonormal direction,
+positive spacing), ``refused`` (one of the documented one-line errors:
+ValueError / OSError subclasses, single line), ``crash`` (any other
+exception, a multi-line message, or the child dying by a signal),
+``hang`` (over the timeout). The target is zero crashes and zero hangs.
+
+    python bench/fuzz_readers.py                 # 3,000+ mutants, JSON in bench/results
+    python bench/fuzz_readers.py --n 200 --out /tmp/f.json   # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import resource
+import select
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TIMEOUT_S = 30.0
+CHILD_MEMORY = 3 << 30          # address space each reader child may add
+IMAGE_LIMIT = 1 << 30           # SHAPEPRIOR_MAX_IMAGE_BYTES in the children
+
+# interesting values for header fields
+INT_VALUES = [0, 1, -1, 2, 3, 4, 7, 8, 16, 255, 256, 32767, -32768, 348, 352, 540, 1 << 20]
+FLOAT_VALUES = [0.0, -0.0, 1.0, -1.0, 1e-30, 1e30, -1e30, float("nan"), float("inf"),
+                float("-inf"), 0.5, 3.0]
+# NIfTI-1 fields: (offset, struct format, kind)
+NIFTI1_FIELDS = [(0, "<i", "i"), (40, "<h", "i"), (42, "<h", "i"), (44, "<h", "i"),
+                 (46, "<h", "i"), (48, "<h", "i"), (70, "<h", "i"), (72, "<h", "i"),
+                 (76, "<f", "f"), (80, "<f", "f"), (84, "<f", "f"), (88, "<f", "f"),
+                 (108, "<f", "f"), (112, "<f", "f"), (116, "<f", "f"), (252, "<h", "i"),
+                 (254, "<h", "i"), (256, "<f", "f"), (260, "<f", "f"), (264, "<f", "f"),
+                 (268, "<f", "f"), (280, "<f", "f"), (284, "<f", "f"), (296, "<f", "f"),
+                 (312, "<f", "f"), (324, "<f", "f"), (344, "4s", "s")]
+DICOM_TAGS = [b"\x28\x00\x10\x00", b"\x28\x00\x11\x00", b"\x28\x00\x00\x01",
+              b"\x28\x00\x01\x01", b"\x28\x00\x02\x00", b"\x28\x00\x03\x01",
+              b"\x20\x00\x32\x00", b"\x20\x00\x37\x00", b"\x28\x00\x30\x00",
+              b"\x02\x00\x10\x00", b"\xe0\x7f\x10\x00", b"\x28\x00\x04\x00"]
+
+
+def data_root() -> Path:
+    env = os.environ.get("SHAPEPRIOR_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+# -- mutations ----------------------------------------------------------------------------
+
+def flip_bytes(b: bytes, rng, header=540) -> tuple[bytes, str]:
+    a = bytearray(b)
+    n = int(rng.integers(1, 9))
+    region = min(len(a), header) if rng.random() < 0.7 else len(a)
+    for _ in range(n):
+        i = int(rng.integers(0, max(region, 1)))
+        a[i] = int(rng.integers(0, 256))
+    return bytes(a), f"flip {n} bytes in the first {region}"
+
+
+def truncate(b: bytes, rng) -> tuple[bytes, str]:
+    k = int(rng.integers(0, len(b)))
+    return b[:k], f"truncate to {k} of {len(b)} bytes"
+
+
+def nifti_field(raw: bytes, rng) -> tuple[bytes, str]:
+    a = bytearray(raw)
+    off, fmt, kind = NIFTI1_FIELDS[int(rng.integers(len(NIFTI1_FIELDS)))]
+    if kind == "i":
+        v = INT_VALUES[int(rng.integers(len(INT_VALUES)))]
+        v = int(np.clip(v, -(1 << 31), (1 << 31) - 1)) if fmt == "<i" else \
+            int(np.clip(v, -32768, 32767))
+    elif kind == "f":
+        v = FLOAT_VALUES[int(rng.integers(len(FLOAT_VALUES)))]
+    else:
+        v = [b"n+1\0", b"ni1\0", b"\0\0\0\0", b"n+2\0"][int(rng.integers(4))]
+    struct.pack_into(fmt, a, off, v)
+    return bytes(a), f"field @{off} = {v!r}"
+
+
+def dicom_tag(b: bytes, rng) -> tuple[bytes, str]:
+    """Overwrite the value bytes after a pixel-layout or geometry tag."""
+    a = bytearray(b)
+    tag = DICOM_TAGS[int(rng.integers(len(DICOM_TAGS)))]
+    i = b.find(tag)
+    if i < 0:
+        return flip_bytes(b, rng, header=2048)
+    j = i + 8 if b[i + 4:i + 6].isalpha() else i + 8     # explicit VR: 2 VR + 2 length bytes
+    n = int(rng.integers(1, 5))
+    for k in range(n):
+        if j + k < len(a):
+            a[j + k] = int(rng.choice([0, 1, 0x7F, 0x80, 0xFF, 0x10, 0x20]))
+    return bytes(a), f"tag {tag.hex()} value bytes x{n}"
+
+
+def model_array_edit(z: dict, rng) -> tuple[dict, str]:
+    z = dict(z)
+    keys = sorted(k for k in z if k != "metadata_json")
+    k = keys[int(rng.integers(len(keys)))]
+    a = np.array(z[k])
+    op = int(rng.integers(7))
+    if op == 0 and a.size:
+        a = a.astype(float)
+        a.flat[int(rng.integers(a.size))] = np.nan
+        what = "nan"
+    elif op == 1:
+        a = a.reshape(-1)[: max(a.size - int(rng.integers(1, 4)) * 3, 0)]
+        what = "shorter, flat"
+    elif op == 2 and a.size:
+        a = a.copy()
+        a.flat[int(rng.integers(a.size))] = -5 if a.dtype.kind in "iu" else 1e300
+        what = "out of range value"
+    elif op == 3:
+        a = a.astype(np.complex64)
+        what = "complex"
+    elif op == 4:
+        a = a.T.copy()
+        what = "transposed"
+    elif op == 5:
+        z.pop(k)
+        return z, f"drop {k}"
+    else:
+        meta = json.loads(str(z["metadata_json"]))
+        key = sorted(meta)[int(rng.integers(len(meta)))]
+        meta[key] = [None, 5, "x", [], {}, -1.0][int(rng.integers(6))]
+        z["metadata_json"] = np.array(json.dumps(meta))
+        return z, f"metadata {key} = {meta[key]!r}"
+    z[k] = a
+    return z, f"{k}: {what}"
+
+
+# -- the reader in a forked child -------------------------------------------------------
+
+def _child(kind, path, wfd):
+    os.environ["SHAPEPRIOR_MAX_IMAGE_BYTES"] = str(IMAGE_LIMIT)
+    soft = _vm_size() + CHILD_MEMORY
+    resource.setrlimit(resource.RLIMIT_AS, (soft, soft))
+    out = {}
+    try:
+        if kind == "model":
+            from shapeprior.model import load_model
+
+            m = load_model(path)
+            ok = bool(np.all(np.isfinite(m.shapes)) and m.faces.max() < m.n_vertices)
+            out = {"outcome": "read" if ok else "crash", "detail": "schema hole" * (not ok)}
+        else:
+            from shapeprior.io import read_image
+
+            vol, _ = read_image(path)
+            a = vol.array
+            good = (a.ndim == 3 and min(a.shape) >= 1
+                    and (not np.issubdtype(a.dtype, np.floating) or np.all(np.isfinite(a)))
+                    and np.all(vol.spacing > 0) and np.all(np.isfinite(vol.origin))
+                    and np.abs(vol.direction.T @ vol.direction - np.eye(3)).max() < 1e-3)
+            out = {"outcome": "read" if good else "crash",
+                   "detail": "" if good else "invalid volume returned"}
+    except (ValueError, OSError) as exc:
+        msg = str(exc)
+        clean = "\n" not in msg.strip() and 0 < len(msg) < 600 and "Traceback" not in msg
+        out = {"outcome": "refused" if clean else "crash",
+               "detail": f"{type(exc).__name__}: {msg[:300]}"}
+    except MemoryError:
+        out = {"outcome": "crash", "detail": "MemoryError (allocation before checking)"}
+    except BaseException as exc:  # noqa: BLE001 - everything else is a crash
+        out = {"outcome": "crash", "detail": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    os.write(wfd, json.dumps(out).encode())
+    os._exit(0)
+
+
+def _vm_size() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def run_one(kind, path):
+    r, w = os.pipe()
+    t0 = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)                       # ITK/GDCM warnings
+        _child(kind, path, w)
+    os.close(w)
+    data = b""
+    deadline = t0 + TIMEOUT_S
+    hung = False
+    while True:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            hung = True
+            os.kill(pid, signal.SIGKILL)
+            break
+        ready, _, _ = select.select([r], [], [], left)
+        if ready:
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            data += chunk
+    os.close(r)
+    _, status, usage = os.wait4(pid, 0)
+    dt = time.perf_counter() - t0
+    rss = usage.ru_maxrss * 1024
+    if hung:
+        return {"outcome": "hang", "detail": f"over {TIMEOUT_S:.0f} s"}, dt, rss
+    if os.WIFSIGNALED(status):
+        return {"outcome": "crash", "detail": f"killed by signal {os.WTERMSIG(status)}"}, dt, rss
+    try:
+        return json.loads(data), dt, rss
+    except ValueError:
+        return {"outcome": "crash", "detail": "no result from the reader"}, dt, rss
+
+
+# -- seeds ------------------------------------------------------------------------------------
+
+def seeds(work: Path):
+    root = data_root()
+    out = {"nifti_gz": [], "nifti": [], "dicom": [], "model": []}
+    hip = sorted((root / "msd_hippocampus" / "images").glob("*.nii.gz"))[:6]
+    lab = sorted((root / "msd_hippocampus" / "labels").glob("*.nii.gz"))[:2]
+    ts = root / "totalsegmentator_example" / "example_seg_roi_subset_mr.nii.gz"
+    for f in hip + lab + ([ts] if ts.is_file() else []):
+        out["nifti_gz"].append(f)
+        raw = work / "seeds" / f.name[: -len(".gz")]
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.write_bytes(gzip.decompress(f.read_bytes()))
+        out["nifti"].append(raw)
+    for d in ("Study3_HCropVolume", "Study3_T1post_oblique"):
+        p = root / "tcia_mr_dicom" / d
+        if p.is_dir():
+            out["dicom"].append(p)
+    model = work / "seeds" / "model.npz"
+    from shapeprior.cli import main
+    from shapeprior.synthetic import write_phantom_cases
+
+    images, labels = write_phantom_cases(work / "phantoms", 5, 0)
+    if main(["build-model", str(labels), "-o", str(model), "--images", str(images),
+             "--vertices", "162", "--iso-spacing", "1.0", "--quiet"]) != 0:
+        raise SystemExit("could not build the seed model")
+    out["model"].append(model)
+    out["nifti_gz"].append(images / "phantom_000.nii.gz")
+    return out
+
+
+def mutate(family, seed_path, rng, work: Path, i: int):
+    """Write mutant ``i`` of ``seed_path``; returns (kind, path, description)."""
+    dst = work / "m"
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir()
+    if family == "dicom":
+        folder = dst / "series"
+        shutil.copytree(seed_path, folder)
+        files = sorted(folder.iterdir())
+        victim = files[int(rng.integers(len(files)))]
+        b = victim.read_bytes()
+        op = int(rng.integers(3))
+        b, what = (flip_bytes(b, rng, 1024), truncate(b, rng), dicom_tag(b, rng))[op]
+        victim.write_bytes(b)
+        return "image", folder, f"{victim.name}: {what}"
+    if family == "model":
+        z = dict(np.load(seed_path, allow_pickle=False))
+        op = int(rng.integers(3))
+        p = dst / "model.npz"
+        if op == 0:
+            z, what = model_array_edit(z, rng)
+            np.savez_compressed(p, **z)
+        else:
+            b = seed_path.read_bytes()
+            b, what = (flip_bytes(b, rng, len(b)) if op == 1 else truncate(b, rng))
+            p.write_bytes(b)
+        return "model", p, what
+    raw = gzip.decompress(seed_path.read_bytes()) if family == "nifti_gz" else \
+        seed_path.read_bytes()
+    op = int(rng.integers(4))
+    if op == 0:
+        raw, what = nifti_field(raw, rng)
+    elif op == 1:
+        raw, what = flip_bytes(raw, rng, 352)
+    elif op == 2:
+        raw, what = truncate(raw, rng)
+    else:
+        raw, what = nifti_field(raw, rng)
+        raw, w2 = nifti_field(raw, rng)
+        what += "; " + w2
+    if family == "nifti_gz":
+        gz = gzip.compress(raw, compresslevel=1)
+        if rng.random() < 0.25:                  # and sometimes the gzip stream itself
+            gz, w3 = (flip_bytes(gz, rng, len(gz)) if rng.random() < 0.5 else truncate(gz, rng))
+            what += "; gzip " + w3
+        p = dst / "x.nii.gz"
+        p.write_bytes(gz)
+    else:
+        p = dst / "x.nii"
+        p.write_bytes(raw)
+    return "image", p, what
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=3200, help="mutants in all (default 3200)")
+    ap.add_argument("--seed", type=int, default=20261201)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "fuzz_readers.json"))
+    a = ap.parse_args(argv)
+    if not data_root().is_dir():
+        print(f"public data not found at {data_root()} (set SHAPEPRIOR_DATA)", file=sys.stderr)
+        return 2
+    rng = np.random.default_rng(a.seed)
+    work = Path(tempfile.mkdtemp(prefix="shapeprior-fuzz-"))
+    try:
+        s = seeds(work)
+        weights = {"nifti_gz": 0.3, "nifti": 0.3, "dicom": 0.2, "model": 0.2}
+        fams = [f for f in weights if s[f]]
+        p = np.array([weights[f] for f in fams])
+        p /= p.sum()
+        counts = {f: {"read": 0, "refused": 0, "crash": 0, "hang": 0} for f in fams}
+        problems, times, peak, peak_case, slowest = [], [], 0, None, (0.0, None)
+        messages = {}
+        t0 = time.perf_counter()
+        for i in range(a.n):
+            fam = fams[int(rng.choice(len(fams), p=p))]
+            seed_path = s[fam][int(rng.integers(len(s[fam])))]
+            kind, path, what = mutate(fam, seed_path, rng, work, i)
+            res, dt, rss = run_one(kind, path)
+            counts[fam][res["outcome"]] += 1
+            times.append(dt)
+            if rss > peak:
+                peak, peak_case = rss, {"family": fam, "mutation": what, **res}
+            if dt > slowest[0]:
+                slowest = (dt, {"family": fam, "mutation": what, **res})
+            if res["outcome"] in ("crash", "hang"):
+                problems.append({"i": i, "family": fam, "seed": Path(seed_path).name,
+                                 "mutation": what, **res})
+            elif res["outcome"] == "refused":
+                key = res["detail"].split(":")[0]
+                messages[key] = messages.get(key, 0) + 1
+            if (i + 1) % 250 == 0:
+                print(f"{i + 1}/{a.n}: {sum(c['crash'] for c in counts.values())} crashes, "
+                      f"{sum(c['hang'] for c in counts.values())} hangs", flush=True)
+        total = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "benchmark": "fuzz_readers",
+        "device": f"CPU ({platform.processor() or platform.machine()}), "
+                  f"{os.cpu_count()} cores visible",
+        "n_mutants": a.n, "seed": a.seed, "timeout_s": TIMEOUT_S,
+        "child_address_space_limit_gib": CHILD_MEMORY / 2**30,
+        "image_memory_limit_gib": IMAGE_LIMIT / 2**30,
+        "counts": counts,
+        "totals": {k: sum(c[k] for c in counts.values()) for k in ("read", "refused", "crash",
+                                                                      "hang")},
+        "refusal_types": messages,
+        "problems": problems[:200],
+        "time_s": {"total": total, "median_per_input": float(np.median(times)),
+                   "max_per_input": float(np.max(times))},
+        "peak_child_rss_mib": peak / 2**20, "peak_rss_input": peak_case,
+        "slowest_input": {"seconds": slowest[0], **(slowest[1] or {})},
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: result[k] for k in ("totals", "time_s", "peak_child_rss_mib")}))
+    return 1 if result["totals"]["crash"] or result["totals"]["hang"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Checks every reader runs before it trusts a header or allocates.
+
+A header states a grid (size, spacing, direction) and a data type; a file
+that lies about either must be refused with one clear line, never read
+into a silently wrong geometry or an allocation the machine cannot hold.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+#: the working copies made while segmenting (float32 smoothing, sampling,
+#: labels) come to a few times the image's own size
+_WORKING_COPIES = 3
+
+
+class ImageReadError(ValueError):
+    """The file cannot be read as a trustworthy image; the message is one line."""
+
+
+def display_name(path) -> str:
+    """A file name fit for a one-line message: undecodable bytes as ``\\xNN``."""
+    name = Path(path).name or str(path)
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def available_memory() -> int:
+    """Bytes this process may allocate for an image: ``$SHAPEPRIOR_MAX_IMAGE_BYTES``
+    when set, else the kernel's MemAvailable (total physical memory as fallback)."""
+    env = os.environ.get("SHAPEPRIOR_MAX_IMAGE_BYTES")
+    if env:
+        return int(env)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def check_size(name, size_xyz, itemsize) -> None:
+    """Refuse an image whose header promises more voxels than memory holds."""
+    size = [int(s) for s in size_xyz]
+    if any(s < 1 for s in size):
+        raise ImageReadError(f"{name}: its header gives an empty grid {size}")
+    nbytes = int(np.prod(size, dtype=object)) * int(itemsize)
+    need = nbytes * _WORKING_COPIES
+    have = available_memory()
+    if need > have:
+        raise ImageReadError(
+            f"{name}: its header describes a {'x'.join(map(str, size))} image of "
+            f"{nbytes / 2**30:.2f} GiB, which needs about {need / 2**30:.1f} GiB to process; "
+            f"{have / 2**30:.1f} GiB is available")
+
+
+def check_geometry(name, spacing, direction, origin) -> None:
+    """Spacing finite and > 0, direction finite and orthonormal, origin finite."""
+    sp = np.asarray(spacing, dtype=float)
+    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise ImageReadError(f"{name}: voxel spacing {sp.tolist()} mm is not finite and positive")
+    o = np.asarray(origin, dtype=float)
+    if not np.all(np.isfinite(o)):
+        raise ImageReadError(f"{name}: origin {o.tolist()} is not finite")
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    if not np.all(np.isfinite(d)) or np.abs(d.T @ d - np.eye(3)).max() > 1e-4:
+        raise ImageReadError(f"{name}: the direction matrix is not orthonormal "
+                             "(sheared or degenerate axes); refusing to guess the geometry")
+
+
+def check_values(name, array) -> None:
+    """Refuse NaN or infinite voxel values (from the raw data, any format)."""
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        raise ImageReadError(f"{name} contains NaN or infinite voxel values")
+
+
+def itk_reason(exc) -> str:
+    """The reason in a SimpleITK exception, on one line.
+
+    SimpleITK messages start with a source location (``...sitkImageReaderBase.cxx:99:``)
+    and put the reason on later lines, often after ``ERROR:``."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    keep = []
+    for ln in lines:
+        if ln.startswith("Exception thrown in SimpleITK") or ln.endswith(".cxx:") \
+                or ln.endswith(".h:") or ln.endswith(".hxx:"):
+            continue
+        if "ERROR:" in ln:
+            ln = ln.split("ERROR:", 1)[1].strip()
+        keep.append(ln)
+    text = "; ".join(keep) if keep else (lines[0] if lines else type(exc).__name__)
+    return text[:300]

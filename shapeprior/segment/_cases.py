@@ -1,0 +1,193 @@
+"""Cases of a run: discovery, safe unique names, de-identification.
+
+A case name becomes a folder name and appears in reports, so it must be
+safe (no path separators, no empty or dot names, printable on any
+terminal), unique within a batch (``x.mha`` beside ``x.nii.gz``), and,
+with ``--deidentify``, free of the file and folder names that in clinical
+exports often hold a patient's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..io._checks import display_name
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
+#: names a case folder may not take inside a batch output folder
+RESERVED = frozenset({"summary.json", "manifest.json"})
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class Case:
+    """One input of a run.
+
+    Attributes
+    ----------
+    name : str
+        Safe, unique folder name (hashed with ``--deidentify``).
+    path : Path
+        The image file or DICOM series folder.
+    source : str
+        Its name as found (printable; withheld from outputs when
+        de-identifying).
+    error : str or None
+        Why the case cannot run (e.g. a subfolder with no DICOM series): it
+        is still listed, as a failed row.
+    """
+
+    name: str
+    path: Path
+    source: str
+    error: str | None = None
+
+
+def _suffix(name: str) -> str:
+    low = name.lower()
+    for s in IMAGE_SUFFIXES:
+        if low.endswith(s):
+            return s
+    return ""
+
+
+def _stem(name: str) -> str:
+    s = _suffix(name)
+    return name[: len(name) - len(s)] if s else name
+
+
+def safe_name(text: str) -> str:
+    """Folder-safe form of a name: ASCII letters, digits, ``._-``; no leading dot."""
+    s = _UNSAFE.sub("_", text).lstrip(".")
+    s = s[:100] or "unnamed"
+    return s + "_case" if s in RESERVED else s
+
+
+def unique_names(raw):
+    """Safe, unique names for ``raw`` (one per case, in order), deterministically:
+    clashing names get their file type appended (``x_mha``, ``x_nii_gz``), then
+    a counter."""
+    base = [safe_name(_stem(r)) for r in raw]
+    counts = {}
+    for b in base:
+        counts[b] = counts.get(b, 0) + 1
+    names = [b if counts[b] == 1 else safe_name(f"{b}_{_suffix(r).lstrip('.').replace('.', '_')}")
+             for b, r in zip(base, raw)]
+    seen, out = {}, []
+    for n in names:
+        k = seen.get(n, 0)
+        seen[n] = k + 1
+        out.append(n if k == 0 else f"{n}-{k + 1}")
+    # a counter may recreate a name already taken: keep counting until unique
+    used = set()
+    final = []
+    for n in out:
+        m, k = n, 1
+        while m in used:
+            k += 1
+            m = f"{n}-{k}"
+        used.add(m)
+        final.append(m)
+    return final
+
+
+def discover_cases(path, list_series=None):
+    """``[Case]``: a file or a DICOM folder is one case; a folder of image files
+    and/or DICOM subfolders is many. Every file with an image suffix and every
+    visible subfolder is a case; a subfolder without a DICOM series is a case
+    with an ``error`` (so it is reported, not dropped)."""
+    if list_series is None:
+        from ..io import list_series
+    p = Path(path)
+    if p.is_file():
+        return [Case(unique_names([p.name])[0], p, display_name(p))]
+    if not p.is_dir():
+        raise FileNotFoundError(f"no such file or folder: {display_name(p)}")
+    if list_series(p):
+        return [Case(unique_names([p.name])[0] if p.name else "case", p, display_name(p))]
+    entries = sorted(p.iterdir(), key=lambda e: os.fsencode(e.name))
+    files = [f for f in entries if f.is_file() and _suffix(f.name)
+             and not f.name.lower().endswith((".img", ".raw"))]
+    dirs = [d for d in entries if d.is_dir() and not d.name.startswith(".")]
+    if not files and not dirs:
+        raise ValueError(f"{display_name(p)} holds no image files ({', '.join(IMAGE_SUFFIXES)}) "
+                         "and no DICOM series")
+    items = files + dirs
+    names = unique_names([e.name for e in items])
+    cases = []
+    for e, n in zip(items, names):
+        err = None
+        if e.is_dir():
+            try:
+                if not list_series(e):
+                    err = "no DICOM image series in this folder"
+            except (OSError, ValueError) as exc:
+                err = str(exc)
+        cases.append(Case(n, e, display_name(e), err))
+    if not any(c.error is None for c in cases) and not files:
+        raise ValueError(f"{display_name(p)} holds no image files "
+                         f"({', '.join(IMAGE_SUFFIXES)}) and no DICOM series")
+    return cases
+
+
+class Deidentifier:
+    """Stable salted hashes in place of case names.
+
+    The salt (a secret: with it, names could be guessed back) comes from
+    ``$SHAPEPRIOR_DEID_SALT``, else from ``salt_file`` (default
+    ``~/.config/shapeprior/deid-salt``, created once with mode 0600). The
+    same salt and name always give the same ``case-xxxxxxxxxxxx``."""
+
+    def __init__(self, salt_file=None):
+        env = os.environ.get("SHAPEPRIOR_DEID_SALT")
+        if env:
+            self.salt = env.encode()
+        else:
+            f = Path(salt_file) if salt_file else \
+                Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / \
+                "shapeprior" / "deid-salt"
+            self.salt = _read_or_create_salt(f)
+
+    def name(self, case_source: Path) -> str:
+        key = os.fsencode(Path(case_source).name)
+        return "case-" + hmac.new(self.salt, key, hashlib.sha256).hexdigest()[:12]
+
+    def apply(self, cases):
+        """Cases with hashed names; sources withheld."""
+        out = []
+        for c in cases:
+            out.append(Case(self.name(c.path), c.path, "(withheld)",
+                            None if c.error is None else scrub(c.error, c.path, "(withheld)")))
+        return out
+
+
+def _read_or_create_salt(f: Path) -> bytes:
+    try:
+        return f.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    f.parent.mkdir(parents=True, exist_ok=True)
+    salt = secrets.token_hex(32).encode()
+    try:
+        fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return f.read_bytes().strip()
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(salt)
+    return salt
+
+
+def scrub(text: str, path, replacement: str) -> str:
+    """``text`` with every form of ``path``'s name (full path, name, stem) replaced."""
+    p = Path(path)
+    forms = {str(p), display_name(p), p.name, _stem(p.name), str(p.resolve())}
+    forms |= {os.fsencode(f).decode("utf-8", "backslashreplace") for f in list(forms)}
+    for f in sorted((f for f in forms if len(f) >= 2), key=len, reverse=True):
+        text = text.replace(f, replacement)
+    return text

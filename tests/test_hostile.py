@@ -1,0 +1,500 @@
+"""Hostile input and output paths: nothing lost, one clear line, honest resume.
+
+Each test hashes the whole input tree before and after, and checks the exit
+code, that stderr holds exactly one line, and that nothing was written
+(no output, no staging folder, no temporary file, no new parent folder).
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _phantoms import write_dicom_series
+from shapeprior.cli import main
+from shapeprior.io import read_label_map, read_volume
+
+LEFTOVER_MARKS = (".shapeprior-staging", ".tmp", ".old")
+
+
+def tree_state(*roots):
+    """{path: sha256 or 'dir'} of everything under ``roots`` (hidden files too)."""
+    out = {}
+    for r in roots:
+        r = Path(r)
+        if r.is_file():
+            out[str(r)] = hashlib.sha256(r.read_bytes()).hexdigest()
+            continue
+        for dirpath, dirs, files in os.walk(os.fsencode(r)):
+            for d in dirs:
+                out[os.path.join(dirpath, d)] = "dir"
+            for f in files:
+                p = os.path.join(dirpath, f)
+                with open(p, "rb") as fh:
+                    out[p] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def leftovers(root):
+    """Staging folders and temporary files anywhere under ``root``."""
+    bad = []
+    for dirpath, dirs, files in os.walk(os.fsencode(root)):
+        for n in dirs + files:
+            s = n.decode("utf-8", "backslashreplace")
+            if any(m in s for m in LEFTOVER_MARKS):
+                bad.append(os.path.join(dirpath, n))
+    return bad
+
+
+def one_line_error(capsys, rc, *words):
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+@pytest.fixture
+def case(phantom_model, tmp_path):
+    """A private copy of one phantom image and a folder around it."""
+    _, images, labels, model = phantom_model
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(images / "phantom_000.nii.gz", d / "scan.nii.gz")
+    (d / "notes.txt").write_text("a file of the user's, beside the scan")
+    return d / "scan.nii.gz", model
+
+
+# -- the output policy: never an input, never a foreign file ------------------------------
+
+@pytest.mark.parametrize("where", ["input-file", "input-parent", "input-dicom-folder",
+                                   "inside-input-folder", "symlink-to-input-parent"])
+@pytest.mark.parametrize("force", [False, True])
+def test_output_may_not_overlap_an_input(case, tmp_path, capsys, where, force):
+    scan, model = case
+    src = scan
+    if where == "input-dicom-folder":
+        src = write_dicom_series(read_volume(scan), tmp_path / "dicom")
+    out = {"input-file": scan, "input-parent": scan.parent, "input-dicom-folder": src,
+           "inside-input-folder": src / "out" if src.is_dir() else scan.parent / "x" / "y",
+           "symlink-to-input-parent": tmp_path / "link"}[where]
+    if where == "symlink-to-input-parent":
+        out.symlink_to(scan.parent)
+    if where == "inside-input-folder" and not src.is_dir():
+        out = scan.parent                       # a file input: its folder is "contains"
+    before = tree_state(tmp_path)
+    rc = main(["segment", str(src), "-o", str(out), "--model", str(model)]
+              + (["--force"] if force else []))
+    one_line_error(capsys, rc, "input")
+    assert tree_state(tmp_path) == before
+    assert not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_force_never_replaces_a_foreign_folder(case, tmp_path, capsys, force):
+    scan, model = case
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.docx").write_bytes(b"years of work")
+    before = tree_state(tmp_path)
+    rc = main(["segment", str(scan), "-o", str(foreign), "--model", str(model)]
+              + (["--force"] if force else []))
+    one_line_error(capsys, rc, "never replaces")
+    assert tree_state(tmp_path) == before and not leftovers(tmp_path)
+
+
+def test_force_replaces_a_previous_output_only(case, tmp_path, capsys):
+    scan, model = case
+    out = tmp_path / "out"
+    assert main(["segment", str(scan), "-o", str(out), "--model", str(model)]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["producer"] == "shapeprior" and "label.nii.gz" in man["outputs"]
+    inputs = tree_state(scan.parent, model)
+    assert main(["segment", str(scan), "-o", str(out), "--model", str(model), "--force"]) == 0
+    assert tree_state(scan.parent, model) == inputs
+    # a user's file dropped into our output makes it foreign: --force refuses
+    (out / "my_notes.txt").write_text("keep me")
+    capsys.readouterr()
+    rc = main(["segment", str(scan), "-o", str(out), "--model", str(model), "--force"])
+    one_line_error(capsys, rc, "my_notes.txt", "never replaces")
+    assert (out / "my_notes.txt").read_text() == "keep me"
+    assert not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("target", ["a-label-map", "inside-labels", "foreign-file",
+                                    "images-folder"])
+def test_build_model_output_policy(phantom_model, tmp_path, capsys, target):
+    _, images, labels, _ = phantom_model
+    lab = tmp_path / "labels"
+    shutil.copytree(labels, lab)
+    img = tmp_path / "images"
+    shutil.copytree(images, img)
+    (tmp_path / "foreign.npz").write_bytes(b"PK\x03\x04 not ours")
+    out = {"a-label-map": lab / "phantom_000.nii.gz", "inside-labels": lab / "model.npz",
+           "foreign-file": tmp_path / "foreign.npz", "images-folder": img}[target]
+    before = tree_state(tmp_path)
+    rc = main(["build-model", str(lab), "-o", str(out), "--images", str(img), "--force",
+               "--vertices", "162", "--quiet"])
+    one_line_error(capsys, rc)
+    assert tree_state(tmp_path) == before and not leftovers(tmp_path)
+
+
+# -- case names in batches -------------------------------------------------------------
+
+def test_batch_names_are_safe_unique_and_complete(case, tmp_path, capsys):
+    import SimpleITK as sitk
+
+    scan, model = case
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    shutil.copy(scan, batch / ".nii.gz")                 # empty stem
+    shutil.copy(scan, batch / "x.nii.gz")
+    sitk.WriteImage(sitk.ReadImage(str(scan)), str(batch / "x.mha"))   # same stem
+    shutil.copy(scan, batch / "summary.json.nii.gz")     # would shadow the summary
+    (batch / "empty_dir").mkdir()                        # no series: a failed row
+    (batch / "README.txt").write_text("not an image")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "unrelated").mkdir()
+    (out / "unrelated" / "keep.txt").write_text("keep")
+    before = tree_state(batch, out / "unrelated")
+    rc = main(["segment", str(batch), "-o", str(out), "--model", str(model), "--force"])
+    assert rc == 1                                        # the empty folder failed
+    rows = json.loads((out / "summary.json").read_text())["cases"]
+    names = [r["case"] for r in rows]
+    assert len(rows) == 5 and len(set(names)) == 5
+    assert sorted(n for n, r in zip(names, rows) if r["status"] == "ok") == \
+        sorted(["unnamed", "x_nii_gz", "x_mha", "summary.json_case"])
+    assert [r for r in rows if r["case"] == "empty_dir"][0]["status"] == "failed"
+    for n in names:
+        if n != "empty_dir":
+            assert (out / n / "label.nii.gz").is_file()
+    assert tree_state(batch, out / "unrelated") == before
+    assert not leftovers(tmp_path)
+
+
+def _subprocess(args, env=None, timeout=300):
+    e = {k: v for k, v in os.environ.items() if k != "SHAPEPRIOR_TEST_KILL_AT"}
+    e.update(env or {})
+    p = subprocess.run([sys.executable, "-m", "shapeprior.cli", *args], capture_output=True,
+                       env=e, timeout=timeout)
+    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+
+
+def test_non_utf8_file_names_single_and_batch(case, tmp_path):
+    scan, model = case
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    bad = os.fsdecode(b"\xff\xfe-scan.nii.gz")
+    shutil.copy(scan, batch / bad)
+    (batch / os.fsdecode(b"\xfa.nii.gz")).write_bytes(b"\x1f\x8b broken")
+    before = tree_state(batch)
+    rc, out, err = _subprocess(["segment", str(batch / bad), "-o", str(tmp_path / "one"),
+                                "--model", str(model)])
+    assert rc == 0, err
+    assert read_label_map(tmp_path / "one" / "label.nii.gz").array.sum() > 0
+    rc, out, err = _subprocess(["segment", str(batch), "-o", str(tmp_path / "many"),
+                                "--model", str(model)])
+    assert rc == 1, err                                   # the broken one, as a row
+    rows = json.loads((tmp_path / "many" / "summary.json").read_text())["cases"]
+    assert sorted(r["status"] for r in rows) == ["failed", "ok"]
+    assert all(r["case"].isascii() for r in rows)
+    assert tree_state(batch) == before and not leftovers(tmp_path)
+
+
+# -- readers that validate before allocating ----------------------------------------------
+
+def _nifti(path, arr, dtype=np.float32, **hdr):
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(arr, dtype=dtype), np.diag([1.0, 1.0, 1.5, 1.0]))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    for k, v in hdr.items():
+        img.header[k] = v
+    nib.save(img, str(path))
+    return path
+
+
+def _patch(path, offset, fmt, value):
+    b = bytearray(Path(path).read_bytes())
+    struct.pack_into(fmt, b, offset, *np.atleast_1d(value))
+    Path(path).write_bytes(bytes(b))
+    return path
+
+
+def _hostile_images(d):
+    rng = np.random.default_rng(0)
+    arr = rng.normal(100, 10, (24, 24, 20))
+    nan = arr.copy()
+    nan[3, 4, 5] = np.nan
+    _nifti(d / "nan.nii", nan)
+    inf = arr.copy()
+    inf[1, 1, 1] = np.inf
+    _nifti(d / "inf.nii.gz", inf)
+    # datatype int16 but bitpix 8: a reader trusting bitpix misses the truncation
+    _patch(_nifti(d / "bitpix.nii", arr, np.int16), 72, "<h", 8)
+    # 103 bytes of gzip claiming 2048 x 2048 x 1024 voxels
+    import gzip
+
+    hdr = bytearray(Path(_nifti(d / "small.nii", arr[:2, :2, :2], np.uint8)).read_bytes()[:352])
+    struct.pack_into("<8h", hdr, 40, 3, 2048, 2048, 1024, 1, 1, 1, 1)
+    (d / "bomb.nii.gz").write_bytes(gzip.compress(bytes(hdr)))
+    # header claiming more than memory holds: refused before the data are even looked at
+    big = bytearray(hdr)
+    struct.pack_into("<8h", big, 40, 3, 30000, 30000, 30000, 1, 1, 1, 1)
+    (d / "huge.nii").write_bytes(bytes(big))
+    for name, val in (("zero", 0.0), ("nan", np.nan), ("neg", -1.0)):
+        p = _nifti(d / f"spacing_{name}.nii", arr)
+        _patch(p, 254, "<h", 0)                  # sform_code 0: the qform (pixdim) rules
+        _patch(p, 80, "<f", val)                 # pixdim[1]
+    p = _nifti(d / "sform_degenerate.nii", arr)
+    _patch(p, 280, "<4f", [0.0, 0.0, 0.0, 0.0])  # srow_x = 0: a flat axis
+    p = _nifti(d / "sheared.nii", arr)
+    _patch(p, 280, "<4f", [1.0, 0.5, 0.0, 0.0])  # srow_x with shear
+    p = _nifti(d / "noorient.nii", arr)
+    _patch(p, 252, "<2h", [0, 0])
+    _nifti(d / "fourd.nii", np.stack([arr, arr, arr], -1))
+    p = _nifti(d / "trunc.nii", arr)
+    p.write_bytes(p.read_bytes()[:-500])
+    import nibabel as nib
+
+    pair = nib.Nifti1Pair(arr.astype(np.float32), np.eye(4))
+    pair.set_sform(np.eye(4), code=1)
+    nib.save(pair, str(d / "pair.img"))
+    (d / "pair.img").write_bytes((d / "pair.img").read_bytes()[:1000])
+    import SimpleITK as sitk
+
+    rgb = sitk.Compose([sitk.GetImageFromArray(arr.astype(np.uint8))] * 3)
+    sitk.WriteImage(rgb, str(d / "rgb.mha"))
+    m = sitk.GetImageFromArray(arr.astype(np.float32))
+    m.SetSpacing([1.0, 1.0, 1.0])
+    sitk.WriteImage(m, str(d / "spacing0.mha"))
+    t = (d / "spacing0.mha").read_bytes().replace(b"ElementSpacing = 1 1 1",
+                                                  b"ElementSpacing = 1 0 1")
+    (d / "spacing0.mha").write_bytes(t)
+    (d / "empty.nii.gz").write_bytes(b"")
+    return d
+
+
+@pytest.mark.parametrize("name,words", [
+    ("nan.nii", ["NaN"]), ("inf.nii.gz", ["infinite"]),
+    ("bitpix.nii", ["bitpix"]), ("bomb.nii.gz", ["truncated"]), ("huge.nii", ["GiB"]),
+    ("spacing_zero.nii", ["spacing"]), ("spacing_nan.nii", ["spacing"]),
+    ("spacing_neg.nii", ["spacing"]), ("sform_degenerate.nii", ["degenerate"]),
+    ("sheared.nii", ["sheared", "sform_code"]), ("noorient.nii", ["no orientation"]),
+    ("fourd.nii", ["3 volumes"]), ("trunc.nii", ["truncated"]), ("pair.img", ["truncated"]),
+    ("rgb.mha", ["values per voxel"]), ("spacing0.mha", ["spacing"]),
+    ("empty.nii.gz", ["empty.nii.gz"]),
+])
+def test_readers_refuse_lying_headers(case, tmp_path, capsys, name, words):
+    _, model = case
+    d = tmp_path / "bad"
+    d.mkdir()
+    _hostile_images(d)
+    before = tree_state(d, model)
+    rc = main(["segment", str(d / name), "-o", str(tmp_path / "out" / "x"), "--model",
+               str(model)])
+    one_line_error(capsys, rc, *words)
+    assert tree_state(d, model) == before
+    assert not (tmp_path / "out").exists()                # no new parent folders either
+    assert not leftovers(tmp_path)
+
+
+def test_no_orientation_is_read_when_allowed(tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    _hostile_images(d)
+    vol = read_volume(d / "noorient.nii", allow_no_orientation=True)
+    assert np.allclose(vol.spacing, [1.0, 1.0, 1.5])     # nibabel's fallback: pixdim
+
+
+# -- model files ---------------------------------------------------------------------------
+
+def _model_variants(model, d):
+    src = Path(model)
+    z = dict(np.load(src, allow_pickle=False))
+    out = {}
+
+    def save(name, **changes):
+        arrays = {**z, **changes}
+        arrays = {k: v for k, v in arrays.items() if v is not None}
+        np.savez_compressed(d / name, **arrays)
+        out[name] = d / name
+
+    meta = json.loads(str(z["metadata_json"]))
+    save("meta_list.npz", metadata_json=np.array(json.dumps([1, 2])))
+    save("meta_badjson.npz", metadata_json=np.array("{not json"))
+    save("organ_int.npz", metadata_json=np.array(json.dumps({**meta, "organ": 5})))
+    save("pose_bad.npz", metadata_json=np.array(json.dumps({**meta, "pose_prior": {"x": 1}})))
+    f = z["faces"].copy()
+    f[0, 0] = -3
+    save("neg_face.npz", faces=f)
+    save("nan_shapes.npz", shapes=np.where(np.arange(z["shapes"].size).reshape(
+        z["shapes"].shape) == 7, np.nan, z["shapes"]))
+    save("faces_float.npz", faces=z["faces"].astype(float))
+    save("no_mean.npz", mean=None)
+    np.save(d / "array.npy", z["shapes"])
+    out["array.npy"] = d / "array.npy"
+    raw = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as zf:
+        info = zf.getinfo("shapes.npy")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra) + 200
+    raw[start:start + 64] = bytes(64)
+    (d / "bad_crc.npz").write_bytes(bytes(raw))
+    out["bad_crc.npz"] = d / "bad_crc.npz"
+    (d / "cut.npz").write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    out["cut.npz"] = d / "cut.npz"
+    (d / "text.npz").write_text("hello")
+    out["text.npz"] = d / "text.npz"
+    return out
+
+
+def test_damaged_model_files_one_line_each(case, tmp_path, capsys):
+    scan, model = case
+    d = tmp_path / "models"
+    d.mkdir()
+    variants = _model_variants(model, d)
+    before = tree_state(d, scan)
+    for name, path in variants.items():
+        rc = main(["segment", str(scan), "-o", str(tmp_path / "o"), "--model", str(path)])
+        err = one_line_error(capsys, rc)
+        assert name in err or "model" in err, (name, err)
+        assert not (tmp_path / "o").exists(), name
+    assert tree_state(d, scan) == before and not leftovers(tmp_path)
+
+
+# -- resume by manifest ------------------------------------------------------------------------
+
+def test_resume_trusts_the_manifest_not_the_report(phantom_model, tmp_path, capsys):
+    _, images, _, model = phantom_model
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for i in range(3):
+        shutil.copy(images / f"phantom_00{i}.nii.gz", batch / f"c{i}.nii.gz")
+    out = tmp_path / "out"
+    assert main(["segment", str(batch), "-o", str(out), "--model", str(model)]) == 0
+
+    def status():
+        return {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
+
+    (out / "c0" / "label.nii.gz").unlink()                  # an output lost
+    (out / "c1" / "report.json").unlink()                   # another
+    shutil.copy(images / "phantom_004.nii.gz", batch / "c2.nii.gz")   # input replaced
+    assert main(["segment", str(batch), "-o", str(out), "--model", str(model)]) == 0
+    rows = status()
+    assert {k: r["status"] for k, r in rows.items()} == {"c0": "ok", "c1": "ok", "c2": "ok"}
+    assert "missing" in rows["c0"]["note"] and "missing" in rows["c1"]["note"]
+    assert "changed" in rows["c2"]["note"]
+    for i in range(3):
+        assert (out / f"c{i}" / "label.nii.gz").is_file()
+    new = json.loads((out / "c2" / "manifest.json").read_text())["inputs"]
+    assert new["input/c2.nii.gz"]["sha256"] == hashlib.sha256(
+        (batch / "c2.nii.gz").read_bytes()).hexdigest()
+    # now complete: all skipped
+    assert main(["segment", str(batch), "-o", str(out), "--model", str(model)]) == 0
+    assert {r["status"] for r in status().values()} == {"skipped"}
+    # a folder the user made at a case's place is reported, never replaced
+    shutil.rmtree(out / "c1")
+    (out / "c1").mkdir()
+    (out / "c1" / "mine.txt").write_text("keep")
+    rc = main(["segment", str(batch), "-o", str(out), "--model", str(model), "--force"])
+    assert rc == 1 and status()["c1"]["status"] == "failed"
+    assert (out / "c1" / "mine.txt").read_text() == "keep"
+    assert not leftovers(tmp_path)
+
+
+# -- leftovers: kills and signals ------------------------------------------------------------
+
+@pytest.mark.parametrize("point", ["wrote-report.json", "before-commit", "after-commit",
+                                   "mid-replace"])
+def test_sigkill_then_rerun_leaves_nothing_behind(case, tmp_path, point):
+    scan, model = case
+    out = tmp_path / "res" / "case"
+    args = ["segment", str(scan), "-o", str(out), "--model", str(model)]
+    if point == "mid-replace":          # killed between moving the old output away and
+        rc, _, err = _subprocess(args)  # putting the new one in place
+        assert rc == 0, err
+        args.append("--force")
+    before = tree_state(scan.parent, model)
+    rc, _, _ = _subprocess(args, env={"SHAPEPRIOR_TEST_KILL_AT": point})
+    assert rc == -signal.SIGKILL
+    assert tree_state(scan.parent, model) == before
+    rc, _, err = _subprocess(args + (["--force"] if point == "after-commit" else []))
+    assert rc == 0, err
+    assert read_label_map(out / "label.nii.gz").array.sum() > 0
+    assert json.loads((out / "manifest.json").read_text())["producer"] == "shapeprior"
+    assert not leftovers(tmp_path)
+    assert tree_state(scan.parent, model) == before
+
+
+@pytest.mark.parametrize("sig,code,word", [("SIGTERM", 143, "terminated"),
+                                           ("SIGINT", 130, "interrupted")])
+def test_signals_give_one_line_and_clean_up(case, tmp_path, sig, code, word):
+    scan, model = case
+    out = tmp_path / "new" / "deeper" / "case"
+    before = tree_state(scan.parent, model)
+    rc, _, err = _subprocess(["segment", str(scan), "-o", str(out), "--model", str(model)],
+                             env={"SHAPEPRIOR_TEST_KILL_AT": f"wrote-report.json:{sig}"})
+    assert rc == code and err.count("\n") == 1 and word in err, err
+    assert not (tmp_path / "new").exists()          # the parents it made are gone too
+    assert tree_state(scan.parent, model) == before and not leftovers(tmp_path)
+
+
+def test_stale_staging_of_a_dead_run_is_removed(case, tmp_path):
+    scan, model = case
+    out = tmp_path / "o"
+    stale = tmp_path / ".shapeprior-staging" / "run-999999-x"
+    (stale / "out").mkdir(parents=True)
+    (stale / "out" / "label.nii.gz").write_bytes(b"partial")
+    (stale / "lock").write_text("")
+    assert main(["segment", str(scan), "-o", str(out), "--model", str(model)]) == 0
+    assert not (tmp_path / ".shapeprior-staging").exists()
+
+
+# -- names reach outputs: --deidentify -----------------------------------------------------------
+
+def test_deidentify_keeps_names_out_of_every_output(case, tmp_path, monkeypatch, capsys):
+    scan, model = case
+    monkeypatch.setenv("SHAPEPRIOR_DEID_SALT", "test-salt")
+    batch = tmp_path / "DOE^JOHN_export"
+    batch.mkdir()
+    shutil.copy(scan, batch / "DOE^JOHN.nii.gz")
+    (batch / "SMITH^JANE.nii.gz").write_bytes(b"\x1f\x8b broken")
+    write_dicom_series(read_volume(scan), batch / "ROE^RICHARD")
+    out = tmp_path / "out"
+    rc = main(["segment", str(batch), "-o", str(out), "--model", str(model), "--deidentify"])
+    printed = capsys.readouterr()
+    assert rc == 1                                           # SMITH^JANE is broken
+    single = tmp_path / "single"
+    assert main(["segment", str(batch / "DOE^JOHN.nii.gz"), "-o", str(single), "--model",
+                 str(model), "--deidentify"]) == 0
+    printed2 = capsys.readouterr()
+    rc = main(["segment", str(batch / "SMITH^JANE.nii.gz"), "-o", str(tmp_path / "s2"),
+               "--model", str(model), "--deidentify"])
+    printed3 = capsys.readouterr()
+    assert rc == 1
+    text = printed.out + printed.err + printed2.out + printed2.err + printed3.out + printed3.err
+    for dirpath, dirs, files in os.walk(tmp_path):
+        if Path(dirpath).is_relative_to(batch) or Path(dirpath) == tmp_path:
+            continue                                          # the inputs, named by the user
+        text += " ".join(dirs + files)
+        for f in files:
+            text += Path(dirpath, f).read_bytes().decode("latin-1")
+    for name in ("DOE", "JOHN", "SMITH", "JANE", "ROE", "RICHARD"):
+        assert name not in text, name
+    rows = json.loads((out / "summary.json").read_text())["cases"]
+    assert len(rows) == 3 and all(r["case"].startswith("case-") for r in rows)
+    # stable: the same name hashes the same way in a batch and alone
+    rep = json.loads((single / "report.json").read_text())
+    assert rep["input"]["name"] in {r["case"] for r in rows}
