@@ -498,3 +498,84 @@ def test_deidentify_keeps_names_out_of_every_output(case, tmp_path, monkeypatch,
     # stable: the same name hashes the same way in a batch and alone
     rep = json.loads((single / "report.json").read_text())
     assert rep["input"]["name"] in {r["case"] for r in rows}
+
+
+# -- the README's list of bad inputs, each with hashes before and after ------------------------
+
+def _readme_bad_inputs(d, scan, model):
+    import SimpleITK as sitk
+
+    from shapeprior.io import Volume
+    from shapeprior.model import load_model, save_model
+
+    vol = read_volume(scan)
+    (d / "corrupt.nii.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
+    data = scan.read_bytes()
+    (d / "truncated.nii.gz").write_bytes(data[: len(data) // 2])
+    (d / "empty").mkdir()
+    (d / "notdicom").mkdir()
+    (d / "notdicom" / "x.dcm").write_bytes(b"\0" * 300)
+    s = write_dicom_series(vol, d / "gap")
+    (s / "IM0010.dcm").unlink()                           # a missing slice
+    write_dicom_series(vol, d / "two", series_uid="1.2.3.4")
+    other = write_dicom_series(vol, d / "other", series_uid="1.2.3.5")
+    for f in other.iterdir():
+        f.rename(d / "two" / ("B" + f.name))
+    other.rmdir()
+    mixed = write_dicom_series(vol, d / "mixed")
+    tilted = Volume(vol.array[:5], vol.spacing, vol.origin, np.eye(3))
+    write_dicom_series(tilted, d / "tilt")
+    shutil.copy(d / "tilt" / "IM0003.dcm", mixed / "IM0003.dcm")   # same series, other plane
+    nan = sitk.GetImageFromArray(np.full((8, 8, 8), np.nan, np.float32))
+    sitk.WriteImage(nan, str(d / "nan.mha"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((16, 16), np.int16)), str(d / "flat.nii.gz"))
+    np.savez(d / "wrong_model.npz", x=np.zeros(3))
+    z = dict(np.load(model, allow_pickle=False))
+    meta = json.loads(str(z["metadata_json"]))
+    z["metadata_json"] = np.array(json.dumps({**meta, "format_version": 99}))
+    np.savez_compressed(d / "future_model.npz", **z)
+    m = load_model(model)
+    m.mean, m.shapes = m.mean * 12.0, m.shapes * 12.0
+    save_model(m, d / "big_model.npz")
+
+
+@pytest.mark.parametrize("name,model_name,words", [
+    ("corrupt.nii.gz", None, ["cannot read"]), ("truncated.nii.gz", None, ["truncated"]),
+    ("empty", None, ["no image files"]), ("notdicom", None, ["no image files"]),
+    ("gap", None, ["non-uniform slice spacing"]), ("two", None, ["2 DICOM series"]),
+    ("mixed", None, ["mixes slice orientations"]), ("nan.mha", None, ["NaN"]),
+    ("flat.nii.gz", None, ["3-D"]), ("scan", "wrong_model.npz", ["not a shapeprior model"]),
+    ("scan", "future_model.npz", ["version 99"]), ("scan", "big_model.npz", ["cannot fit"]),
+])
+def test_readme_bad_inputs_one_line_inputs_untouched(case, tmp_path, capsys, name, model_name,
+                                                     words):
+    scan, model = case
+    d = tmp_path / "bad"
+    d.mkdir()
+    _readme_bad_inputs(d, scan, model)
+    src = scan if name == "scan" else d / name
+    m = d / model_name if model_name else model
+    before = tree_state(d, scan.parent, model)
+    rc = main(["segment", str(src), "-o", str(tmp_path / "o" / "case"), "--model", str(m)])
+    one_line_error(capsys, rc, *words)
+    assert tree_state(d, scan.parent, model) == before
+    assert not (tmp_path / "o").exists() and not leftovers(tmp_path)
+
+
+def test_batch_killed_mid_run_resumes_cleanly(phantom_model, tmp_path):
+    _, images, _, model = phantom_model
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for i in range(3):
+        shutil.copy(images / f"phantom_00{i}.nii.gz", batch / f"c{i}.nii.gz")
+    out = tmp_path / "out"
+    before = tree_state(batch)
+    # the first case's manifest is written, then the process dies before publishing it
+    rc, _, _ = _subprocess(["segment", str(batch), "-o", str(out), "--model", str(model)],
+                           env={"SHAPEPRIOR_TEST_KILL_AT": "wrote-manifest.json"})
+    assert rc == -signal.SIGKILL and leftovers(tmp_path)   # the dead run's staging
+    rc, _, err = _subprocess(["segment", str(batch), "-o", str(out), "--model", str(model)])
+    assert rc == 0, err
+    rows = json.loads((out / "summary.json").read_text())["cases"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
+    assert not leftovers(tmp_path) and tree_state(batch) == before
