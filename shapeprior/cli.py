@@ -333,6 +333,8 @@ def _build_model(argv):
                     help="replace a previous shapeprior model file (never an input or a "
                          "foreign file)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--allow-no-orientation", action="store_true",
+                    help="accept NIfTI/Analyze label maps that record no orientation")
     a = ap.parse_args(argv)
 
     from pathlib import Path
@@ -365,7 +367,8 @@ def _build_model(argv):
                              side=a.side, mirror_right=not a.no_mirror, n_vertices=a.vertices,
                              iso_spacing=a.iso_spacing, smooth_mm=a.smooth, n_atoms=a.atoms,
                              n_nonzero=a.nonzero, seed=a.random_state, n_jobs=max(1, a.jobs),
-                             images_dir=a.images, normalisation=a.normalisation)
+                             images_dir=a.images, normalisation=a.normalisation,
+                             allow_no_orientation=a.allow_no_orientation)
         model, report = build_model(files, params, root=a.labels_dir, progress=not a.quiet)
         # the model file and its report/manifest folder are staged, then renamed into place
         side.write_json("report.json", report)

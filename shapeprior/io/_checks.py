@@ -8,6 +8,7 @@ into a silently wrong geometry or an allocation the machine cannot hold.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,12 @@ def check_values(name, array) -> None:
         raise ImageReadError(f"{name} contains NaN or infinite voxel values")
 
 
+def native(array) -> np.ndarray:
+    """C-contiguous, in this machine's byte order (big-endian files stay exact)."""
+    a = np.asarray(array)
+    return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+
+
 def itk_reason(exc) -> str:
     """The reason in a SimpleITK exception, on one line.
 
@@ -96,4 +103,5 @@ def itk_reason(exc) -> str:
             ln = ln.split("ERROR:", 1)[1].strip()
         keep.append(ln)
     text = "; ".join(keep) if keep else (lines[0] if lines else type(exc).__name__)
+    text = re.sub(r"\(0x[0-9a-fA-F]+\)", "", text)           # object addresses
     return text[:300]

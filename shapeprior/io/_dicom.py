@@ -1,5 +1,20 @@
 """DICOM series folders -> :class:`Volume`, with explicit geometry checks.
 
+Series are listed from headers read with pydicom (pixels are not touched),
+so any object in a folder (an RT dose, a structure set, a report, a file
+that is not DICOM at all) is skipped instead of breaking the listing.
+Only cross-sectional image objects count: RT, segmentation, report and
+presentation objects are left out, and colour data is refused.
+
+Geometry comes from the headers: ImageOrientationPatient gives the x (row)
+and y (column) directions, the slices are sorted along their normal by
+ImagePositionPatient, and the slice step must be uniform. Enhanced
+(multi-frame) CT/MR/PET files are read with their per-frame positions.
+Uncompressed pixel data are decoded by pydicom, which honours byte order
+and bit depth; compressed transfer syntaxes (JPEG, JPEG 2000, RLE, ...)
+are decoded by SimpleITK/GDCM from the sorted file list. The modality LUT
+(RescaleSlope/Intercept) is applied.
+
 Privacy: nothing from the DICOM header is printed, logged or returned except
 geometry, modality and slice counts. Series are referred to by their index
 in the folder and a short hash of the Series Instance UID (UIDs are on the
@@ -9,14 +24,28 @@ DICOM de-identification list), never by patient-related text.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ._checks import (ImageReadError, check_geometry, check_size, check_values, display_name,
-                      itk_reason)
+                      itk_reason, native)
 from ._paths import itk_path
-from ._volume import _ITK_ITEMSIZE, Volume
+from ._volume import Volume
+
+#: transfer syntaxes whose pixels pydicom decodes with NumPy alone
+UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
+                "1.2.840.10008.1.2.1.99"}
+#: objects that are not cross-sectional grey-value images
+SKIP_MODALITIES = {"RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE", "RTRECORD", "SEG", "SR", "PR",
+                   "KO", "REG", "RWV", "DOC", "PLAN", "FID", "ECG", "HD", "AU"}
+_SKIP_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.481",   # RT objects
+                      "1.2.840.10008.5.1.4.1.1.66",    # raw data, registration, SEG
+                      "1.2.840.10008.5.1.4.1.1.88",    # structured reports
+                      "1.2.840.10008.5.1.4.1.1.11",    # presentation states
+                      "1.2.840.10008.5.1.4.1.1.104",   # encapsulated documents
+                      "1.2.840.10008.5.1.4.1.1.9")     # waveforms
 
 
 def series_key(uid: str) -> str:
@@ -24,30 +53,98 @@ def series_key(uid: str) -> str:
     return hashlib.sha256(uid.encode()).hexdigest()[:12]
 
 
-def list_series(folder):
-    """``[(index, key, n_files, uid)]`` for the DICOM series in ``folder``."""
-    import SimpleITK as sitk
+def _is_image(ds) -> bool:
+    sop = str(ds.get("SOPClassUID", ""))
+    if sop.startswith(_SKIP_SOP_PREFIXES):
+        return False
+    if str(ds.get("Modality", "")).upper() in SKIP_MODALITIES:
+        return False
+    return "Rows" in ds and "Columns" in ds
 
+
+_SCAN_CACHE = {}
+
+
+def _scan(folder: Path):
+    """``{series uid: [(path, header dataset)]}`` of the image objects in ``folder``."""
+    import pydicom
+
+    entries = sorted((e for e in folder.iterdir() if e.is_file()),
+                     key=lambda e: os.fsencode(e.name))
+    stamp = tuple((os.fsencode(e.name), e.stat().st_size, e.stat().st_mtime_ns)
+                  for e in entries)
+    key = os.path.realpath(os.fsencode(folder))
+    hit = _SCAN_CACHE.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    series = {}
+    for e in entries:
+        try:
+            ds = pydicom.dcmread(e, stop_before_pixels=True)
+            if not _is_image(ds):
+                continue
+            uid = str(ds.get("SeriesInstanceUID", "") or "")
+        except Exception:  # noqa: BLE001 - not DICOM, or a header pydicom cannot parse
+            continue
+        series.setdefault(uid, []).append((e, ds))
+    _SCAN_CACHE.clear()
+    _SCAN_CACHE[key] = (stamp, series)
+    return series
+
+
+def list_series(folder):
+    """``[(index, key, n_files, uid)]`` for the DICOM image series in ``folder``."""
     d = Path(folder)
     if not d.is_dir():
         raise FileNotFoundError(f"no such folder: {display_name(d)}")
-    r = sitk.ImageSeriesReader()
-    r.GlobalWarningDisplayOff()          # GDCM warns on stderr for folders without series
-    with itk_path(d) as sd:
-        try:
-            uids = sorted(r.GetGDCMSeriesIDs(sd))
-            return [(i, series_key(u), len(r.GetGDCMSeriesFileNames(sd, u)), u)
-                    for i, u in enumerate(uids)]
-        except RuntimeError as exc:
-            raise ImageReadError(f"cannot list DICOM series in {display_name(d)}: "
-                                 f"{itk_reason(exc)}") from None
+    found = _scan(d)
+    return [(i, series_key(u), len(found[u]), u) for i, u in enumerate(sorted(found))]
 
 
-def _tag(reader, k, tag):
+def _floats(ds, name, n, what):
     try:
-        return reader.GetMetaData(k, tag) if reader.HasMetaDataKey(k, tag) else None
-    except RuntimeError:
-        return None
+        v = [float(x) for x in ds[name].value]
+    except (KeyError, TypeError, ValueError):
+        v = []
+    if len(v) != n or not np.all(np.isfinite(v)):
+        raise ImageReadError(f"{what}: missing or invalid {name}")
+    return np.array(v)
+
+
+def _modality_lut(ds, item=None):
+    """(slope, intercept) from a frame's PixelValueTransformation item or the dataset."""
+    src = item if item is not None else ds
+    try:
+        slope = float(src.get("RescaleSlope", 1.0) or 1.0)
+        inter = float(src.get("RescaleIntercept", 0.0) or 0.0)
+    except (TypeError, ValueError):
+        raise ImageReadError("invalid RescaleSlope/RescaleIntercept") from None
+    if not (np.isfinite(slope) and np.isfinite(inter)):
+        raise ImageReadError("RescaleSlope/RescaleIntercept are not finite")
+    return slope, inter
+
+
+def _pixel_check(ds, what):
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    photo = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if spp != 1 or not photo.startswith("MONOCHROME"):
+        raise ImageReadError(f"{what} holds colour data ({photo}, {spp} samples per pixel); "
+                             "a grey-value CT or MR series is needed")
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    if bits not in (8, 16, 32, 64):
+        raise ImageReadError(f"{what}: {bits} bits per pixel is not supported")
+    return bits
+
+
+def _to_dtype(values, integral):
+    """Integer types where the modality LUT keeps integers (as ITK does), else float32."""
+    if integral:
+        lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        for dt in (np.int16, np.int32):
+            if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+                return values.astype(dt)
+        return values.astype(np.int64)
+    return values.astype(np.float32)
 
 
 def read_dicom_series(folder, series=None, spacing_tol=0.01):
@@ -65,70 +162,100 @@ def read_dicom_series(folder, series=None, spacing_tol=0.01):
     Returns
     -------
     volume : Volume
+        Array (slice, row, column) = (z, y, x); LPS geometry.
     info : dict
         ``modality``, ``n_slices``, ``slice_spacing_mm``, ``slice_thickness_mm``,
         ``slice_gap_mm`` (spacing minus thickness when positive: the slabs do
-        not touch), ``oblique`` (direction not axis-aligned), ``series_key``.
+        not touch), ``oblique`` (direction not axis-aligned), ``series_key``,
+        ``multiframe``.
 
     Raises
     ------
-    ValueError
-        No series, several series and none chosen, a single slice, mixed
-        orientations, duplicate or non-uniformly spaced slices, no pixel data.
+    ImageReadError
+        No series, several series and none chosen, a single slice, colour
+        data, mixed orientations, duplicate or non-uniformly spaced slices,
+        missing geometry, pixel data that do not match the header.
     """
-    with itk_path(folder) as sfolder:
-        return _read_series(Path(folder), sfolder, series, spacing_tol)
-
-
-def _read_series(folder, sfolder, series, spacing_tol):
-    import SimpleITK as sitk
-
+    folder = Path(folder)
     fname = display_name(folder)
     found = list_series(folder)
     if not found:
-        subs = sorted(p.name for p in Path(folder).iterdir() if p.is_dir())
+        subs = sorted(display_name(p) for p in folder.iterdir() if p.is_dir())
         hint = f" (it has subfolders: {', '.join(subs[:5])}; point at one of them)" if subs else ""
         raise ImageReadError(f"no DICOM image series found in {fname}{hint}")
     if series is None:
         if len(found) > 1:
             listing = ", ".join(f"#{i} (key {k}, {n} files)" for i, k, n, _ in found)
             raise ImageReadError(f"{fname} holds {len(found)} DICOM series: {listing}; "
-                             f"choose one with --series INDEX or KEY")
+                                 f"choose one with --series INDEX or KEY")
         pick = found[0]
     else:
         sel = [f for f in found if str(series) in (str(f[0]), f[1], f[3])]
         if not sel:
             raise ImageReadError(f"series {series!r} not found in {fname} "
-                             f"(indices 0..{len(found) - 1})")
+                                 f"(indices 0..{len(found) - 1})")
         pick = sel[0]
-    _, key, n_files, uid = pick
-    r = sitk.ImageSeriesReader()
-    files = r.GetGDCMSeriesFileNames(sfolder, uid)
-    if len(files) < 2:
-        raise ImageReadError(f"series {key} has a single slice; a 3-D volume is needed")
-    _check_series_header(files[0], key, len(files))
-    r.SetFileNames(files)
-    r.MetaDataDictionaryArrayUpdateOn()
+    _, key, _, uid = pick
     try:
-        img = r.Execute()
-    except RuntimeError as exc:
-        raise ImageReadError(f"cannot read DICOM series {key}: {itk_reason(exc)}") from None
-    direction = np.array(img.GetDirection(), dtype=float).reshape(3, 3)
-    normal = np.cross(direction[:, 0], direction[:, 1])
-    pos, orients = [], []
-    for k in range(len(files)):
-        p = _tag(r, k, "0020|0032")
-        o = _tag(r, k, "0020|0037")
-        if p is None or o is None:
-            raise ImageReadError(f"series {key}: slice {k} lacks position/orientation "
-                             "(not an image series?)")
-        pos.append([float(v) for v in p.split("\\")])
-        orients.append([float(v) for v in o.split("\\")])
-    orients = np.array(orients)
-    if np.abs(orients - orients[0]).max() > 1e-4:
-        raise ImageReadError(f"series {key} mixes slice orientations; not a single volume")
-    d = np.sort(np.array(pos) @ normal)
-    gaps = np.diff(d)
+        return _read_picked(folder, key, uid, len(found))
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError(f"series {key}: not enough memory to read it") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom parses elements lazily, on access
+        msg = " ".join(str(exc).split())[:200]
+        raise ImageReadError(f"series {key}: unreadable DICOM header "
+                             f"({type(exc).__name__}: {msg})") from None
+
+
+def _read_picked(folder, key, uid, n_series):
+    items = _scan(folder)[uid]
+    try:
+        nframes = [int(ds.get("NumberOfFrames", 1) or 1) for _, ds in items]
+    except (TypeError, ValueError):
+        raise ImageReadError(f"series {key}: invalid NumberOfFrames") from None
+    if max(nframes) > 1:
+        if len(items) != 1:
+            raise ImageReadError(f"series {key} mixes {len(items)} files with multi-frame "
+                                 "objects; not a single volume")
+        vol, pos_info = _read_multiframe(items[0], key, folder)
+    else:
+        if len(items) < 2:
+            raise ImageReadError(f"series {key} has a single slice; a 3-D volume is needed")
+        vol, pos_info = _read_single_frames(items, key, folder)
+    first = items[0][1]
+    step, thick = pos_info
+    modality = str(first.get("Modality", "") or "").strip() or None
+    check_geometry(f"series {key}", vol.spacing, vol.direction, vol.origin)
+    check_values(f"series {key}", vol.array)
+    info = {
+        "source": "dicom", "series_key": key, "n_series_in_folder": n_series,
+        "modality": modality, "n_slices": int(vol.array.shape[0]),
+        "slice_spacing_mm": step, "slice_thickness_mm": thick,
+        "slice_gap_mm": round(step - thick, 4) if thick and step - thick > 1e-3 else 0.0,
+        "oblique": bool(np.abs(np.abs(vol.direction) - np.eye(3)).max() > 1e-3),
+        "multiframe": max(nframes) > 1,
+    }
+    return vol, info
+
+
+#: largest in-plane shift (mm) of a slice off the stack's normal line
+SHEAR_TOL_MM = 0.01
+
+
+def _sorted_positions(pos, normal, key, spacing_tol):
+    """Order of slices along ``normal`` and the uniform step; refuses gaps,
+    duplicates and sheared stacks (gantry tilt: slices shifted in-plane)."""
+    P = np.asarray(pos, dtype=float)
+    d = P @ normal
+    order = np.argsort(d, kind="stable")
+    rel = P[order] - P[order[0]]
+    shift = np.linalg.norm(rel - np.outer(rel @ normal, normal), axis=1).max()
+    if shift > SHEAR_TOL_MM:
+        raise ImageReadError(
+            f"series {key} is a sheared stack (slices shifted {shift:.3f} mm in-plane, e.g. "
+            "gantry tilt); it is not a rectilinear grid: refusing to guess the geometry")
+    gaps = np.diff(d[order])
     if np.any(gaps < 1e-6):
         raise ImageReadError(f"series {key} has duplicate slice positions")
     step = float(np.median(gaps))
@@ -136,43 +263,164 @@ def _read_series(folder, sfolder, series, spacing_tol):
         raise ImageReadError(
             f"series {key} has non-uniform slice spacing ({gaps.min():.3f}-{gaps.max():.3f} mm): "
             "missing slices or mixed acquisitions; refusing to guess the geometry")
-    thick = _tag(r, 0, "0018|0050")
-    thick = float(thick) if thick not in (None, "") else None
-    modality = (_tag(r, 0, "0008|0060") or "").strip() or None
-    vol = Volume(sitk.GetArrayFromImage(img), np.array(img.GetSpacing(), dtype=float),
-                 np.array(img.GetOrigin(), dtype=float), direction)
-    check_geometry(f"series {key}", vol.spacing, vol.direction, vol.origin)
-    check_values(f"series {key}", vol.array)
-    info = {
-        "source": "dicom", "series_key": key, "n_series_in_folder": len(found),
-        "modality": modality, "n_slices": len(files), "slice_spacing_mm": step,
-        "slice_thickness_mm": thick,
-        "slice_gap_mm": round(step - thick, 4) if thick and step - thick > 1e-3 else 0.0,
-        "oblique": bool(np.abs(np.abs(direction) - np.eye(3)).max() > 1e-3),
-    }
-    return vol, info
+    return order, step
 
 
-def _check_series_header(first_file, key, n_files):
-    """Pixel layout of the first slice: one scalar per pixel, and the whole
-    series must fit in memory, before anything is allocated."""
+def _axes(iop, key):
+    row, col = iop[:3], iop[3:]
+    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 \
+            or abs(row @ col) > 1e-3:
+        raise ImageReadError(f"series {key}: ImageOrientationPatient is not two orthonormal "
+                             "directions")
+    return row, col, np.cross(row, col)
+
+
+def _thickness(ds):
+    try:
+        t = float(ds.get("SliceThickness", "") or "nan")
+    except (TypeError, ValueError):
+        return None
+    return t if np.isfinite(t) and t > 0 else None
+
+
+def _read_single_frames(items, key, folder, spacing_tol=0.01):
+    what = f"series {key}"
+    first = items[0][1]
+    iop = _floats(first, "ImageOrientationPatient", 6, what)
+    rows, cols = int(first.Rows), int(first.Columns)
+    bits = _pixel_check(first, what)
+    pos = []
+    for _, ds in items:
+        if np.abs(_floats(ds, "ImageOrientationPatient", 6, what) - iop).max() > 1e-4:
+            raise ImageReadError(f"series {key} mixes slice orientations; not a single volume")
+        if int(ds.Rows) != rows or int(ds.Columns) != cols:
+            raise ImageReadError(f"series {key} mixes image sizes; not a single volume")
+        _pixel_check(ds, what)
+        pos.append(_floats(ds, "ImagePositionPatient", 3, what))
+    row, col, normal = _axes(iop, key)
+    order, step = _sorted_positions(pos, normal, key, spacing_tol)
+    ps = _floats(first, "PixelSpacing", 2, what)
+    check_size(what, [cols, rows, len(items)], max(bits // 8, 4))
+    files = [items[i][0] for i in order]
+    ts = {str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+          for _, ds in items}
+    if ts <= UNCOMPRESSED:
+        arr = _pixels_pydicom(files, what, (rows, cols))
+    else:
+        arr = _pixels_itk(files, what, (len(files), rows, cols))
+    D = np.column_stack([row, col, normal])
+    vol = Volume(arr, np.array([ps[1], ps[0], step]), np.asarray(pos[order[0]]), D)
+    return vol, (step, _thickness(first))
+
+
+def _pixels_pydicom(files, what, shape):
+    import pydicom
+
+    slices, integral = [], True
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f)
+            a = ds.pixel_array
+        except Exception as exc:  # noqa: BLE001 - short or corrupt pixel data
+            raise ImageReadError(f"cannot read {what}: slice {display_name(f)}: "
+                                 f"{' '.join(str(exc).split())[:200]}") from None
+        if a.shape != shape:
+            raise ImageReadError(f"{what}: slice {display_name(f)} holds {a.shape} pixels, "
+                                 f"its header says {shape}")
+        slope, inter = _modality_lut(ds)
+        integral &= slope == int(slope) and inter == int(inter)
+        slices.append(a.astype(np.float64) * slope + inter if (slope, inter) != (1.0, 0.0)
+                      else a)
+    arr = np.stack(slices)
+    return _to_dtype(arr, integral) if arr.dtype.kind == "f" else native(arr)
+
+
+def _pixels_itk(files, what, shape):
     import SimpleITK as sitk
 
-    r = sitk.ImageFileReader()
-    r.SetFileName(first_file)
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        names = [stack.enter_context(itk_path(f)) for f in files]
+        r = sitk.ImageSeriesReader()
+        r.SetFileNames(names)
+        try:
+            img = r.Execute()
+        except RuntimeError as exc:
+            raise ImageReadError(f"cannot read {what}: {itk_reason(exc)}") from None
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageReadError(f"{what} holds colour data; a grey-value CT or MR series is needed")
+    arr = sitk.GetArrayFromImage(img)
+    if arr.shape != shape:
+        raise ImageReadError(f"{what}: decoded {arr.shape} voxels, the headers say {shape}")
+    return arr
+
+
+def _frame_item(ds, i, name):
+    """A functional-group item for frame ``i``: per-frame, else shared."""
+    for seq in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        try:
+            groups = ds[seq].value
+            g = groups[i if seq.startswith("Per") else 0]
+            if name in g and len(g[name].value):
+                return g[name].value[0]
+        except (KeyError, IndexError, TypeError):
+            continue
+    return None
+
+
+def _read_multiframe(item, key, folder, spacing_tol=0.01):
+    """An enhanced multi-frame CT/MR/PET object, with per-frame positions."""
+    import pydicom
+
+    path, hdr = item
+    what = f"series {key}"
+    n = int(hdr.get("NumberOfFrames", 1) or 1)
+    rows, cols = int(hdr.Rows), int(hdr.Columns)
+    bits = _pixel_check(hdr, what)
+    if "PerFrameFunctionalGroupsSequence" not in hdr:
+        raise ImageReadError(f"{what}: a multi-frame object without per-frame positions "
+                             "(not an enhanced CT/MR/PET image)")
+    pos, luts = [], []
+    iop = ps = None
+    for i in range(n):
+        pp = _frame_item(hdr, i, "PlanePositionSequence")
+        po = _frame_item(hdr, i, "PlaneOrientationSequence")
+        pm = _frame_item(hdr, i, "PixelMeasuresSequence")
+        if pp is None or po is None or pm is None:
+            raise ImageReadError(f"{what}: frame {i + 1} lacks its position, orientation or "
+                                 "pixel spacing")
+        o = _floats(po, "ImageOrientationPatient", 6, what)
+        s = _floats(pm, "PixelSpacing", 2, what)
+        if iop is None:
+            iop, ps = o, s
+        elif np.abs(o - iop).max() > 1e-4 or np.abs(s - ps).max() > 1e-4:
+            raise ImageReadError(f"{what} mixes frame orientations or pixel spacings; "
+                                 "not a single volume")
+        pos.append(_floats(pp, "ImagePositionPatient", 3, what))
+        luts.append(_modality_lut(hdr, _frame_item(hdr, i, "PixelValueTransformationSequence")))
+    row, col, normal = _axes(iop, key)
+    order, step = _sorted_positions(pos, normal, key, spacing_tol)
+    check_size(what, [cols, rows, n], max(bits // 8, 4))
     try:
-        r.ReadImageInformation()
-    except RuntimeError as exc:
-        raise ImageReadError(f"cannot read DICOM series {key}: {itk_reason(exc)}") from None
-    ncomp = r.GetNumberOfComponents()
-    if ncomp != 1:
-        raise ImageReadError(f"series {key} holds {ncomp} values per pixel (colour data); "
-                             "a grey-value CT or MR series is needed")
-    ptype = sitk.GetPixelIDValueAsString(r.GetPixelID())
-    if ptype not in _ITK_ITEMSIZE:
-        raise ImageReadError(f"series {key}: pixel type {ptype!r} is not supported")
-    size = list(r.GetSize())
-    check_size(f"series {key}", [size[0], size[1], n_files], _ITK_ITEMSIZE[ptype])
+        ds = pydicom.dcmread(path)
+        a = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - short, corrupt or undecodable pixel data
+        raise ImageReadError(f"cannot read {what}: {' '.join(str(exc).split())[:200]}") from None
+    if a.shape != (n, rows, cols):
+        raise ImageReadError(f"{what}: holds {a.shape} pixels, its header says "
+                             f"{(n, rows, cols)}")
+    luts = np.asarray(luts)
+    if np.all(luts == [1.0, 0.0]):
+        arr = a[order]
+    else:
+        arr = a[order].astype(np.float64) * luts[order, 0, None, None] + luts[order, 1, None, None]
+        arr = _to_dtype(arr, bool(np.all(luts == np.round(luts))))
+    pm0 = _frame_item(hdr, 0, "PixelMeasuresSequence")
+    D = np.column_stack([row, col, normal])
+    vol = Volume(native(arr), np.array([ps[1], ps[0], step]),
+                 np.asarray(pos[order[0]]), D)
+    return vol, (step, _thickness(pm0))
 
 
 def read_image(path, series=None, allow_no_orientation=False):

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._checks import ImageReadError, check_geometry, check_size, check_values, display_name
+from ._checks import (ImageReadError, check_geometry, check_size, check_values, display_name,
+                      native)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii", ".hdr", ".img", ".hdr.gz", ".img.gz")
 
@@ -267,7 +268,7 @@ def read_nifti(path, allow_no_orientation=False):
     direction = A / spacing
     origin = _LPS @ aff[:3, 3]
     check_geometry(name, spacing, direction, origin)
-    arr = np.ascontiguousarray(data.transpose(2, 1, 0))
+    arr = native(data.transpose(2, 1, 0))
     code = h.sform_code if h.sform_code > 0 else (h.qform_code if h.qform_code > 0 else 0)
     info = {"nifti_version": h.version, "qform_code": h.qform_code, "sform_code": h.sform_code,
             "xform": "sform" if h.sform_code > 0 else ("qform" if h.qform_code > 0 else "none"),

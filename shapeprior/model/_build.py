@@ -49,6 +49,7 @@ class BuildParams:
     profile_step: float = 0.75
     profile_half: int = 4
     normalisation: str = "percentile"   # 'percentile' (MR) or 'ct' (HU)
+    allow_no_orientation: bool = False  # accept NIfTI/Analyze without q/sform
 
 
 def find_label_maps(folder):
@@ -75,7 +76,7 @@ def surfaces_from_label_map(path, params: BuildParams):
     """[(side, Surface, fov_centre)] for one file; raises ValueError on bad content.
 
     Right-side organs mirrored onto the left come with a mirrored FOV centre."""
-    vol = read_label_map(path)
+    vol = read_label_map(path, params.allow_no_orientation)
     centre = vol.centre()
     if params.split_sides:
         masks = kidney_masks(vol, params.labels)
@@ -121,8 +122,8 @@ def _learn_appearance(kept, faces, params, root):
         img = find_image_for(s["file"], Path(root), Path(params.images_dir))
         if img is None:
             continue
-        vol = read_volume(img)
-        lab = read_label_map(s["file"])
+        vol = read_volume(img, params.allow_no_orientation)
+        lab = read_label_map(s["file"], params.allow_no_orientation)
         if not vol.same_grid(lab):
             raise ValueError(f"{img.name}: image and label map differ in geometry")
         cases.append((vol, v))
