@@ -30,7 +30,7 @@ def _sync():
 def bench_batched(B, n, repeat=5):
     import cupy as cp
 
-    from shapeprior_kernels import batched_gram_cd_cupy, batched_gram_cd_numba, batched_gram_cd_numpy
+    from batched_cd import batched_gram_cd_cupy, batched_gram_cd_numba, batched_gram_cd_numpy
 
     rng = np.random.default_rng(0)
     A = rng.normal(size=(B, 3 * n, n)) / np.sqrt(3 * n)

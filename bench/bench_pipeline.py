@@ -50,7 +50,7 @@ from shapeprior.backend import cupy_available, numba_available
 from shapeprior.io import read_label_map, read_volume
 from shapeprior.model import BuildParams, build_model, find_label_maps, load_model, save_model
 from shapeprior.segment import SegmentParams, dice
-from shapeprior.segment._run import run_case
+from shapeprior.pipeline import run_case
 
 HERE = Path(__file__).resolve().parent
 STAGES = ("read", "prepare", "search", "ssc", "refine", "voxelize", "write")

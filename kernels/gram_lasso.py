@@ -9,7 +9,7 @@ crawl.
 
 Two implementations of one algorithm:
 
-* :func:`gram_lasso_xp` -- array-level reference written against ``xp``
+* :func:`gram_lasso_numpy` -- array-level reference written against ``xp``
   (NumPy in CI, CuPy on a GPU);
 * :func:`gram_lasso_numba` -- the Numba twin used on the CPU hot path.
 """
@@ -30,7 +30,7 @@ def _xp(a):
     return np if type(a).__module__.startswith("numpy") else __import__("cupy")
 
 
-def gram_lasso_xp(H, b, lam, x0=None, tol=1e-10, max_iter=2000):
+def gram_lasso_numpy(H, b, lam, x0=None, tol=1e-10, max_iter=2000):
     """Feature-sign search; array code for NumPy or CuPy.
 
     Parameters
@@ -209,7 +209,7 @@ if numba is not None:
 
 
 def gram_lasso_numba(H, b, lam, x0=None, tol=1e-10, max_iter=2000):
-    """Numba twin of :func:`gram_lasso_xp` (same arguments and results)."""
+    """Numba twin of :func:`gram_lasso_numpy` (same arguments and results)."""
     if numba is None:  # pragma: no cover
         raise RuntimeError("numba is not installed")
     H = np.ascontiguousarray(H, dtype=np.float64)

@@ -119,7 +119,7 @@ def own_output(path, partial_ok=False):
 
 def own_model_file(path):
     """Why ``path`` is not a shapeprior model file, or None when it is."""
-    from .model._model import ModelFormatError, read_model_metadata
+    from .model import ModelFormatError, read_model_metadata
 
     p = Path(path)
     if p.is_symlink() or not p.is_file():

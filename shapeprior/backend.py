@@ -89,6 +89,34 @@ def resolve_backend(backend: str | None = None) -> str:
     return backend
 
 
+#: the one dispatch table: operation -> backend -> twin in :mod:`shapeprior_kernels`
+#: (the NumPy reference of ``gram_lasso`` is array-namespace code and runs on CuPy)
+KERNELS = {
+    "sample_normals": {"numpy": "sample_normals_numpy", "numba": "sample_normals_numba",
+                       "cupy": "sample_normals_cupy"},
+    "gram_lasso": {"numpy": "gram_lasso_numpy", "numba": "gram_lasso_numba",
+                   "cupy": "gram_lasso_numpy"},
+}
+
+
+def kernel(op: str, backend: str):
+    """The twin of kernel ``op`` for a resolved ``backend`` name.
+
+    Raises
+    ------
+    ValueError
+        An unknown operation or backend.
+    """
+    import shapeprior_kernels
+
+    if op not in KERNELS:
+        raise ValueError(f"op={op!r} is not one of {sorted(KERNELS)}")
+    table = KERNELS[op]
+    if backend not in table:
+        raise ValueError(f"backend={backend!r} is not one of {sorted(table)} for {op}")
+    return getattr(shapeprior_kernels, table[backend])
+
+
 def get_array_module(*arrays):
     """Return ``cupy`` if any argument is a CuPy array, else ``numpy``."""
     for a in arrays:

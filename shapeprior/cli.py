@@ -158,8 +158,7 @@ def _segment(argv):
 
     from .model import load_model
     from .segment import SegmentParams
-    from .segment._cases import Deidentifier, discover_cases, scrub
-    from .segment._run import run_case
+    from .pipeline import Deidentifier, discover_cases, run_case, scrub
 
     model = load_model(a.model)
     params = SegmentParams(method=a.method, side=a.side,
@@ -173,7 +172,7 @@ def _segment(argv):
     cases = discover_cases(a.input)
     deid = Deidentifier() if a.deidentify else None
     if deid is not None:
-        from .segment._run import scrub_argv
+        from .pipeline import scrub_argv
 
         cases = deid.apply(cases)
         argv = scrub_argv(argv, {a.input: "<input>", a.output: "<output>",
@@ -198,7 +197,7 @@ def _segment(argv):
         return 0
     if a.reference:
         raise ValueError("--reference applies to a single case, not a folder of cases")
-    from .segment._batch import run_batch, write_summary
+    from .pipeline import run_batch, write_summary
 
     root = Path(a.output)
     summary = run_batch(cases, root, a.model, params, series=a.series,

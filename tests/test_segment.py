@@ -183,8 +183,7 @@ def test_level_image_crop_equals_whole_image_smoothing():
     from scipy import ndimage
 
     from shapeprior.io import Volume
-    from shapeprior.segment._appearance import NormalSampler, intensity_scale
-    from shapeprior.segment._levels import LevelImage
+    from shapeprior.appearance import LevelImage, NormalSampler, intensity_scale
 
     rng = np.random.default_rng(0)
     arr = rng.normal(100, 30, size=(120, 130, 140)).astype(np.int16)

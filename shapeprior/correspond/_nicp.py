@@ -21,10 +21,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import sparse
 from scipy.spatial import cKDTree
 
-from ..mesh import Surface
+from ..mesh import Surface, mean_neighbour_operator
 
 
 @dataclass
@@ -41,15 +40,6 @@ class FitQuality:
 
     def to_dict(self):
         return asdict(self)
-
-
-def _mean_neighbour_operator(faces, n):
-    i = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2], faces[:, 1], faces[:, 2], faces[:, 0]])
-    j = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0], faces[:, 0], faces[:, 1], faces[:, 2]])
-    A = sparse.csr_matrix((np.ones(i.size), (i, j)), shape=(n, n))
-    A.data[:] = 1.0
-    deg = np.asarray(A.sum(axis=1)).ravel()
-    return sparse.diags(1.0 / np.maximum(deg, 1)) @ A
 
 
 def _dense_samples(surf: Surface, order: int = 6):
@@ -110,7 +100,7 @@ def fit_template(template_verts, faces, target: Surface, n_iter=80, stiffness=(4
     tree = cKDTree(tv)
     v = np.array(template_verts, dtype=float)
     n = len(v)
-    L = _mean_neighbour_operator(faces, n)
+    L = mean_neighbour_operator(faces, n)
     if init == "moments":
         v = (v - v.mean(0)) / v.std(0) * tv.std(0) + tv.mean(0)
     elif init != "none":

@@ -6,10 +6,11 @@ it allocates and refuses, in one line, what it cannot trust
 (:class:`ImageReadError`).
 """
 
-from ._checks import ImageReadError
+from ._checks import ImageReadError, available_memory, display_name
 from ._dicom import list_series, read_dicom_series, read_image
-from ._nifti import affine_ras
+from ._nifti import affine_ras, image_files
 from ._volume import Volume, read_file, read_label_map, read_volume, write_label
 
 __all__ = ["Volume", "read_volume", "read_file", "read_label_map", "read_image",
-           "read_dicom_series", "list_series", "write_label", "affine_ras", "ImageReadError"]
+           "read_dicom_series", "list_series", "write_label", "affine_ras", "ImageReadError",
+           "available_memory", "display_name", "image_files"]

@@ -1,6 +1,7 @@
 """Surface meshes from label maps, templates, mesh measures and mesh files."""
 
-from ._sphere import icosphere
+from ._operators import mean_neighbour_operator
+from ._sphere import icosphere, level_for_vertices
 from ._surface import (
     Surface,
     kidney_masks,
@@ -8,4 +9,5 @@ from ._surface import (
     mask_to_surface,
 )
 
-__all__ = ["Surface", "mask_to_surface", "label_mask", "kidney_masks", "icosphere"]
+__all__ = ["Surface", "mask_to_surface", "label_mask", "kidney_masks", "icosphere",
+           "level_for_vertices", "mean_neighbour_operator"]

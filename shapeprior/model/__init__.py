@@ -2,6 +2,7 @@
 
 from ._build import BuildParams, build_model, find_label_maps, surfaces_from_label_map
 from ._dictlearn import DictionaryLearner
+from ._pose import PosePrior, fit_pose_prior
 from ._model import (
     FORMAT_VERSION,
     read_model_metadata,
@@ -15,4 +16,5 @@ from ._model import (
 
 __all__ = ["ShapeModel", "save_model", "load_model", "ModelFormatError", "FORMAT_VERSION",
            "read_model_metadata", "pca_from_shapes", "pca_reconstruct", "DictionaryLearner", "BuildParams",
-           "build_model", "find_label_maps", "surfaces_from_label_map"]
+           "build_model", "find_label_maps", "surfaces_from_label_map", "PosePrior",
+           "fit_pose_prior"]

@@ -23,9 +23,10 @@ from .._outputs import package_versions, sha256_file
 from ..align import generalized_procrustes
 from ..correspond import fit_template
 from ..io import read_label_map
-from ..mesh import Surface, icosphere, kidney_masks, label_mask, mask_to_surface
-from ..mesh._sphere import level_for_vertices
+from ..mesh import (Surface, icosphere, kidney_masks, label_mask, level_for_vertices,
+                    mask_to_surface)
 from ._model import ShapeModel, pca_from_shapes
+from ._pose import fit_pose_prior
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -112,8 +113,8 @@ def find_image_for(label_file: Path, labels_root: Path, images_dir: Path):
 
 
 def _learn_appearance(kept, faces, params, root):
+    from ..appearance import learn_profiles
     from ..io import read_volume
-    from ..segment import learn_profiles
 
     cases, used = [], []
     for s, v in kept:
@@ -236,13 +237,12 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
         dl.fit(gpa.aligned)
         atoms = dl.components_.T.reshape(k, -1, 3)
         dl_info = {"n_atoms": k, "n_nonzero": dl.n_nonzero, "relative_error": dl.error_}
-    from ..segment._fit import pose_prior
-
-    pose = pose_prior(mean, [v for _, v in kept], [s["fov_centre"] for s, _ in kept])
+    pose = fit_pose_prior(mean, [v for _, v in kept], [s["fov_centre"] for s, _ in kept])
     profile = None
     n_images = 0
     if params.images_dir:
         profile, n_images, img_files = _learn_appearance(kept, sf, params, root)
+        profile.n_images = n_images
     hashes = {}
     for s, _ in kept:
         if s["source"] not in hashes:
@@ -261,12 +261,8 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
         "versions": {"shapeprior": __version__, **package_versions()},
         "template": f"icosphere level {level}, refined by the pass-1 mean",
         "dictionary_learning": dl_info,
-        "pose_prior": pose,
-        "appearance": None if profile is None else {**profile.to_meta(), "n_images": n_images},
     }
-    model = ShapeModel(gpa.aligned, mean, sf, comps, var, atoms, meta,
-                       None if profile is None else profile.mean,
-                       None if profile is None else profile.var)
+    model = ShapeModel(gpa.aligned, mean, sf, comps, var, atoms, meta, profile, pose)
     d = np.array([r["mean_target_to_fit"] for r in per_shape])
     report = {
         "n_inputs": len(files), "n_shapes_extracted": len(shapes_in), "n_shapes_kept": len(kept),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ssc._l0 import omp_gram
+from ..ssc import omp_gram
 
 
 def _codes(D, Y, k):

@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from ..align import procrustes
+from ..appearance import ProfileModel
+from ..io import available_memory
+from ._pose import PosePrior
 
 FORMAT = "shapeprior-shape-model"
 FORMAT_VERSION = 1
@@ -39,12 +42,14 @@ class ShapeModel:
         mm^2.
     atoms : ndarray, shape (k, N, 3) or None
         Learned (K-SVD / online) dictionary, if any.
-    profile_mean, profile_var : ndarray, shape (N, L) or None
-        Boundary appearance (normalised intensity profiles along the
-        normals), when the model was built with training images.
     metadata : dict
         organ, side, n_vertices, sources (name + sha256), parameters,
         versions, per-shape fit quality, rejected shapes.
+    profile : ProfileModel or None
+        Boundary appearance (normalised intensity profiles along the
+        normals), when the model was built with training images.
+    pose : PosePrior or None
+        Where the organ sits in a training scan (initial placement).
     """
 
     shapes: np.ndarray
@@ -54,12 +59,56 @@ class ShapeModel:
     pca_variances: np.ndarray
     atoms: np.ndarray | None = None
     metadata: dict = field(default_factory=dict)
-    profile_mean: np.ndarray | None = None
-    profile_var: np.ndarray | None = None
+    profile: ProfileModel | None = None
+    pose: PosePrior | None = None
 
     @property
     def n_vertices(self) -> int:
         return self.mean.shape[0]
+
+    @property
+    def profile_mean(self):
+        """``profile.mean`` (N, L), or None without appearance."""
+        return None if self.profile is None else self.profile.mean
+
+    @property
+    def profile_var(self):
+        """``profile.var`` (N, L), or None without appearance."""
+        return None if self.profile is None else self.profile.var
+
+    def to_file_parts(self):
+        """``(arrays, metadata)`` as a model file stores them (see :func:`save_model`)."""
+        meta = dict(self.metadata)
+        meta["format"] = FORMAT
+        meta["format_version"] = FORMAT_VERSION
+        meta["pose_prior"] = None if self.pose is None else self.pose.to_dict()
+        meta["appearance"] = None if self.profile is None else self.profile.to_meta()
+        arrays = {
+            "shapes": np.asarray(self.shapes, dtype=np.float64),
+            "mean": np.asarray(self.mean, dtype=np.float64),
+            "faces": np.asarray(self.faces, dtype=np.int64),
+            "pca_components": np.asarray(self.pca_components, dtype=np.float64),
+            "pca_variances": np.asarray(self.pca_variances, dtype=np.float64),
+        }
+        if self.atoms is not None:
+            arrays["atoms"] = np.asarray(self.atoms, dtype=np.float64)
+        if self.profile is not None:
+            arrays.update({k: np.asarray(v, dtype=np.float64)
+                           for k, v in self.profile.to_arrays().items()})
+        return arrays, meta
+
+    @classmethod
+    def from_file_parts(cls, arrays, meta):
+        """Inverse of :meth:`to_file_parts`; the typed parts leave ``metadata``."""
+        meta = dict(meta)
+        pose = meta.pop("pose_prior", None)
+        app = meta.pop("appearance", None)
+        profile = None
+        if arrays.get("profile_mean") is not None:
+            profile = ProfileModel.from_arrays(arrays, app)
+        return cls(arrays["shapes"], arrays["mean"], arrays["faces"], arrays["pca_components"],
+                   arrays["pca_variances"], arrays.get("atoms"), meta, profile,
+                   None if pose is None else PosePrior.from_dict(pose))
 
     def ssc_dictionary(self, which="shapes", backend=None):
         """:class:`~shapeprior.ssc.ShapeDictionary` from the training shapes
@@ -119,20 +168,8 @@ def save_model(model: ShapeModel, path):
     """Write ``model`` as a compressed NPZ (no pickle) with JSON metadata,
     atomically (temporary file + rename)."""
     p = Path(path)
-    meta = dict(model.metadata)
-    meta["format"] = FORMAT
-    meta["format_version"] = FORMAT_VERSION
-    arrays = {
-        "shapes": np.asarray(model.shapes, dtype=np.float64),
-        "mean": np.asarray(model.mean, dtype=np.float64),
-        "faces": np.asarray(model.faces, dtype=np.int64),
-        "pca_components": np.asarray(model.pca_components, dtype=np.float64),
-        "pca_variances": np.asarray(model.pca_variances, dtype=np.float64),
-        "metadata_json": np.array(json.dumps(meta, default=str)),
-    }
-    for name in ("atoms", "profile_mean", "profile_var"):
-        if getattr(model, name) is not None:
-            arrays[name] = np.asarray(getattr(model, name), dtype=np.float64)
+    arrays, meta = model.to_file_parts()
+    arrays["metadata_json"] = np.array(json.dumps(meta, default=str))
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp")
     with open(tmp, "wb") as f:
@@ -146,8 +183,6 @@ def _name(p) -> str:
 
 def _open_npz(p: Path):
     """The model's NPZ archive; refuses non-zip files and sizes memory cannot hold."""
-    from ..io._checks import available_memory
-
     name = _name(p)
     if not zipfile.is_zipfile(p):
         raise ModelFormatError(f"{name} is not a shapeprior model file (not an .npz archive)")
@@ -233,15 +268,9 @@ def _check_meta_types(meta, name):
     pose = meta.get("pose_prior")
     if pose is not None:
         try:
-            R = np.asarray(pose["rotation"], dtype=float)
-            sc = float(pose["scale"])
-            off = np.asarray(pose["offset_from_fov_centre_mm"], dtype=float)
-            ok = R.shape == (3, 3) and off.shape == (3,) and np.isfinite(sc) and sc > 0 \
-                and np.all(np.isfinite(R)) and np.all(np.isfinite(off))
-        except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ModelFormatError(f"{name}: model metadata 'pose_prior' is malformed")
+            PosePrior.from_dict(pose)
+        except ValueError:
+            raise ModelFormatError(f"{name}: model metadata 'pose_prior' is malformed") from None
     app = meta.get("appearance")
     if app is not None:
         try:
@@ -313,5 +342,6 @@ def load_model(path) -> ShapeModel:
         raise ModelFormatError(f"{name}: appearance variances must be > 0")
     if pm is not None and not isinstance(meta.get("appearance"), dict):
         raise ModelFormatError(f"{name}: appearance arrays without their metadata")
-    return ShapeModel(shapes, mean, faces.astype(np.int64), comps, var, opt["atoms"], meta,
-                      pm, pv)
+    return ShapeModel.from_file_parts(
+        {"shapes": shapes, "mean": mean, "faces": faces.astype(np.int64),
+         "pca_components": comps, "pca_variances": var, **opt}, meta)

@@ -1,9 +1,9 @@
-"""Deformable segmentation with the SSC shape prior."""
+"""Deformable segmentation with the SSC shape prior: initialise -> search along
+normals -> SSC projection -> repeat, coarse to fine -> voxelise."""
 
-from ._appearance import ProfileModel, learn_profiles
-from ._fit import SegmentParams, SegmentResult, pose_prior, segment_volume
+from ._fit import SegmentParams, SegmentResult, segment_volume
 from ._metrics import dice, surface_distances
 from ._voxelize import voxelize
 
-__all__ = ["SegmentParams", "SegmentResult", "segment_volume", "pose_prior", "voxelize",
-           "dice", "surface_distances", "ProfileModel", "learn_profiles"]
+__all__ = ["SegmentParams", "SegmentResult", "segment_volume", "voxelize", "dice",
+           "surface_distances"]

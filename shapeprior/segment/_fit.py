@@ -9,12 +9,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._profile import NULL_CLOCK
-from ..align import procrustes
 from ..backend import resolve_backend
-from ..mesh import Surface
+from ..appearance import LevelImage, intensity_scale, search_edges, search_profiles
+from ..mesh import Surface, mean_neighbour_operator
 from ..ssc import sparse_shape_composition
-from ._appearance import ProfileModel, intensity_scale, search_edges, search_profiles
-from ._levels import LevelImage
 from ._voxelize import voxelize
 
 #: (search range mm, image smoothing sigma mm) per resolution level
@@ -57,12 +55,12 @@ class SegmentResult:
 def initial_shape(model, vol, params: SegmentParams):
     """Model mean in the image: mean pose from training (rotation, scale) and
     position from the seed, else from the training offset to the FOV centre."""
-    pose = model.metadata.get("pose_prior")
+    pose = model.pose
     mean = model.mean - model.mean.mean(0)
-    if pose:
-        R = np.asarray(pose["rotation"])
-        s = float(pose["scale"])
-        off = np.asarray(pose["offset_from_fov_centre_mm"])
+    if pose is not None:
+        R = np.asarray(pose.rotation)
+        s = float(pose.scale)
+        off = np.asarray(pose.offset_from_fov_centre_mm)
     else:
         R, s, off = np.eye(3), 1.0, np.zeros(3)
     shape = s * mean @ R.T
@@ -113,15 +111,9 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     check_fits(model, vol)
     with clock("prepare"):
         dic = dictionary or model.ssc_dictionary("shapes")
-        pm = None
-        if model.profile_mean is not None:
-            meta = model.metadata["appearance"]
-            pm = ProfileModel(model.profile_mean, model.profile_var, meta["step_mm"],
-                              meta["half"], meta["normalisation"])
-            if pm.mean.shape[1] != 2 * pm.half:
-                raise ValueError("this model's appearance uses an older profile layout "
-                                 f"({pm.mean.shape[1]} values per vertex, expected "
-                                 f"{2 * pm.half}); rebuild it with build-model --images")
+        pm = model.profile
+        if pm is not None:
+            pm.check_layout()
         norm = params.normalisation or (pm.normalisation if pm else "ct")
         scale = intensity_scale(vol, norm)
         v, mirror = initial_shape(model, vol, params)
@@ -171,10 +163,8 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
         # local refinement (the deformable-model step after SSC inference in
         # Zhang et al.): confidence-weighted boundary displacements, smoothed
         # on the mesh, with the SSC shape's gross-error vertices held back
-        from ..correspond._nicp import _mean_neighbour_operator
-
         level = LevelImage(vol, norm, 0.0, backend, scale)
-        L = _mean_neighbour_operator(faces, len(v))
+        L = mean_neighbour_operator(faces, len(v))
         for _ in range(params.refine_iter):
             n_iter += 1
             tgt, conf = search(level, v, params.refine_search_mm)
@@ -195,23 +185,3 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
         label = voxelize(v, faces, vol)
     return SegmentResult(v, faces, label, n_iter, converged, overridden,
                          time.perf_counter() - t0, history, backend)
-
-
-def pose_prior(mean, physical_shapes, fov_centres):
-    """Mean rotation, scale and offset (from the FOV centre) that place the
-    model mean on the training shapes in physical space."""
-    Rs, ss, offs = [], [], []
-    mc = mean - mean.mean(0)
-    for v, c in zip(physical_shapes, fov_centres):
-        T = procrustes(mc, v)
-        Rs.append(T.rotation)
-        ss.append(T.scale)
-        offs.append(v.mean(0) - c)
-    u, _, vt = np.linalg.svd(np.sum(Rs, axis=0))
-    R = u @ vt
-    if np.linalg.det(R) < 0:
-        u[:, -1] *= -1
-        R = u @ vt
-    return {"rotation": R.tolist(), "scale": float(np.mean(ss)),
-            "offset_from_fov_centre_mm": np.mean(offs, axis=0).tolist(),
-            "offset_sd_mm": np.std(offs, axis=0).tolist()}

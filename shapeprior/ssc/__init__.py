@@ -16,8 +16,9 @@ from ._compose import (
     sparse_shape_composition,
 )
 from ._dictionary import ShapeDictionary
+from ._l0 import omp_gram
 
 __all__ = [
     "ShapeDictionary", "sparse_composition", "sparse_shape_composition",
-    "SparseShapeComposition", "SSCResult",
+    "SparseShapeComposition", "SSCResult", "omp_gram",
 ]

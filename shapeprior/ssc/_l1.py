@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shapeprior_kernels import gram_lasso_numba, gram_lasso_xp, soft_threshold_xp
+from ..backend import get_array_module, kernel
 
 
 @dataclass
@@ -46,9 +46,15 @@ class L1Solution:
 
 
 def _lasso_fn(dic):
-    if dic.backend == "numba":
-        return gram_lasso_numba
-    return gram_lasso_xp
+    """The Gram-Lasso twin for the dictionary's backend."""
+    return kernel("gram_lasso", dic.backend)
+
+
+def soft_threshold(r, tau):
+    """Gross-error split ``e = sign(r) max(|r| - tau, 0)``: the minimiser over e of
+    ``w (r - e)^2 + lam2 |e|`` with ``tau = lam2 / (2 w)`` (NumPy or CuPy arrays)."""
+    xp = get_array_module(r)
+    return xp.sign(r) * xp.maximum(xp.abs(r) - tau, 0.0)
 
 
 def huber_value(r, w, tau, l2, xp=np):
@@ -64,7 +70,7 @@ def full_objective(z, Dx, x, w, lam1, lam2, xp=np):
     """Objective in the stated units, with the optimal e for this x."""
     r = z - Dx
     tau = _tau(w, 0.5 * lam2, xp)
-    e = soft_threshold_xp(r, tau)
+    e = soft_threshold(r, tau)
     return float(xp.sum(w * (r - e) ** 2) + lam1 * xp.sum(xp.abs(x)) + xp.sum(lam2 * xp.abs(e)))
 
 
@@ -76,7 +82,7 @@ def _tau(w, l2, xp):
 def _e_and_psi(r, w, tau, xp):
     """Optimal e for residual r and psi = w (r - e) (minus the data gradient
     with respect to D x)."""
-    e = soft_threshold_xp(r, tau)
+    e = soft_threshold(r, tau)
     return e, w * (r - e)
 
 
@@ -237,6 +243,6 @@ def solve_l1(dic, z, w, lam1, lam2, x0=None, tol=1e-10, max_iter=100, max_add=32
         scale = max(float(xp.max(xp.abs(dic.DF[:, S].T @ wz))) if S.size else 0.0, l1)
         kkt = max(float(xp.max(viol)), 0.0) / scale
         converged = kkt <= 1e3 * tol
-    e = soft_threshold_xp(r, tau)
+    e = soft_threshold(r, tau)
     obj = float(xp.sum(w * (r - e) ** 2) + lam1 * xp.sum(xp.abs(x)) + xp.sum(lam2 * xp.abs(e)))
     return L1Solution(x, e, r, obj, kkt, it, converged)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._appearance import NormalSampler, intensity_scale
+from ._sampler import NormalSampler, intensity_scale
 
 TRUNCATE = 4.0      # Gaussian support in sigmas (scipy's default)
 SLACK_MM = 20.0     # extra margin so that small mesh motion needs no new crop

@@ -10,11 +10,9 @@ import numpy as np
 
 from .._outputs import OutputDir, manifest
 from .._profile import StageClock
-from ..io import read_image, read_label_map, write_label
-from ..io._checks import display_name
+from ..io import display_name, image_files, read_image, read_label_map, write_label
 from ..mesh import Surface
-from ._fit import SegmentParams, segment_volume
-from ._metrics import dice, surface_distances
+from ..segment import SegmentParams, dice, segment_volume, surface_distances
 from ._qc import qc_png
 
 MESH_FORMATS = ("vtk", "ply", "stl", "obj")
@@ -23,11 +21,8 @@ MESH_FORMATS = ("vtk", "ply", "stl", "obj")
 def input_files(p: Path):
     """The files a case reads: the image file (with its .img/.hdr partner), or
     every file of a DICOM folder, in a stable order."""
-    from ..io._nifti import _pair_files
-
     if p.is_file():
-        h, d = _pair_files(p)
-        return [f for f in dict.fromkeys([h, d]) if f.is_file()]
+        return image_files(p)
     return sorted((f for f in p.iterdir() if f.is_file()), key=lambda f: os.fsencode(f.name))
 
 
@@ -99,7 +94,7 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
                   "shape_zyx": list(vol.array.shape), "spacing_mm": vol.spacing.tolist(),
                   "origin_mm": vol.origin.tolist(), "direction": vol.direction.ravel().tolist()},
         "model": {"organ": model.metadata.get("organ"), "n_shapes": int(model.shapes.shape[0]),
-                  "n_vertices": model.n_vertices, "appearance": model.profile_mean is not None},
+                  "n_vertices": model.n_vertices, "appearance": model.profile is not None},
         "volume_ml": float(res.label.sum()) * voxel_ml,
         "mesh_volume_ml": Surface(res.verts, res.faces).volume() / 1000.0,
         "iterations": res.n_iter, "converged": res.converged,

@@ -1,6 +1,6 @@
 """Many cases: sequential or on dask.distributed, resumable, failures isolated.
 
-Each case runs :func:`~shapeprior.segment._run.run_case` into
+Each case runs :func:`~shapeprior.pipeline.run_case` into
 ``OUTDIR/<case>``. Resuming trusts the manifest, not the presence of a
 report: a case is complete only when its folder holds exactly the outputs
 its manifest lists, with the recorded hashes, and the input files, the

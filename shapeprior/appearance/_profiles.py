@@ -19,64 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def intensity_scale(vol, mode):
-    """``(offset, scale)`` that map the image to a comparable intensity scale,
-    ``(I - offset) / scale``.
-
-    ``'percentile'``: offset p1, scale p99 - p1 (whole image), for MR;
-    ``'ct'``: HU / 1000.
-    """
-    if mode == "ct":
-        return 0.0, 1000.0
-    if mode == "percentile":
-        lo, hi = np.percentile(vol.array, [1, 99])
-        return float(lo), max(float(hi - lo), 1e-6)
-    raise ValueError(f"intensity normalisation {mode!r} is not 'percentile' or 'ct'")
-
-
-def normalise_intensity(vol, mode):
-    """Float32 copy of the image in the scale of :func:`intensity_scale`."""
-    off, sc = intensity_scale(vol, mode)
-    return ((vol.array.astype(np.float32) - np.float32(off)) / np.float32(sc))
-
-
-class NormalSampler:
-    """Trilinear samples of one image along vertex normals, on a backend.
-
-    Parameters
-    ----------
-    vol : Volume
-        Grid (spacing, origin, direction) of ``image``.
-    image : ndarray, shape (nz, ny, nx)
-        Intensities on that grid (NumPy, or CuPy for the 'cupy' backend, which
-        keeps the image on the GPU between calls).
-    backend : {'numpy', 'numba', 'cupy'}
-        Resolved backend name (see :func:`shapeprior.backend.resolve_backend`):
-        scipy's ``map_coordinates``, the Numba kernel or the CUDA kernel of
-        :mod:`shapeprior_kernels.normal_sampling`; all give the same values.
-    """
-
-    def __init__(self, vol, image, backend="numpy"):
-        self.A = np.linalg.inv(vol.index_to_physical_matrix)
-        self.origin = np.asarray(vol.origin, dtype=np.float64)
-        self.image = image
-        self.backend = backend
-        if backend == "numba":
-            from shapeprior_kernels import sample_normals_numba as fn
-        elif backend == "cupy":
-            from shapeprior_kernels import sample_normals_cupy as fn
-        else:
-            from shapeprior_kernels import sample_normals_numpy as fn
-        self._fn = fn
-
-    def __call__(self, verts, normals, offsets):
-        """Samples at ``verts + offsets[m] * normals``: (N, M) float64 on the host.
-        ``offsets`` may be any shape (M = its size)."""
-        from ..backend import to_numpy
-
-        return to_numpy(self._fn(self.image, verts, normals, np.ravel(offsets), self.A,
-                                 self.origin))
+from ._sampler import NormalSampler, normalise_intensity
 
 
 @dataclass
@@ -88,18 +31,31 @@ class ProfileModel:
     step: float
     half: int
     normalisation: str
+    n_images: int | None = None     # training images it was learned from
 
     def to_arrays(self):
         return {"profile_mean": self.mean, "profile_var": self.var}
 
     def to_meta(self):
-        return {"step_mm": self.step, "half": self.half, "normalisation": self.normalisation,
+        meta = {"step_mm": self.step, "half": self.half, "normalisation": self.normalisation,
                 "features": "normalised derivative profile"}
+        if self.n_images is not None:
+            meta["n_images"] = self.n_images
+        return meta
 
     @classmethod
     def from_arrays(cls, arrays, meta):
+        """Inverse of :meth:`to_arrays` and :meth:`to_meta` (a model file's parts)."""
+        n = meta.get("n_images")
         return cls(arrays["profile_mean"], arrays["profile_var"], float(meta["step_mm"]),
-                   int(meta["half"]), meta["normalisation"])
+                   int(meta["half"]), meta["normalisation"], None if n is None else int(n))
+
+    def check_layout(self):
+        """Refuse a profile layout older than the current feature definition."""
+        if self.mean.shape[1] != 2 * self.half:
+            raise ValueError("this model's appearance uses an older profile layout "
+                             f"({self.mean.shape[1]} values per vertex, expected "
+                             f"{2 * self.half}); rebuild it with build-model --images")
 
 
 def _offsets(half, step):

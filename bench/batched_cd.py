@@ -1,4 +1,7 @@
-"""Batched Lasso on explicit Gram matrices by cyclic coordinate descent.
+"""Experimental: batched Gram Lasso by coordinate descent (kept beside bench_gpu.py,
+which measures it; no production path uses it).
+
+Batched Lasso on explicit Gram matrices by cyclic coordinate descent.
 
 Solves B independent problems ``min_x 0.5 x^T H_b x - b_b^T x + lam_b |x|_1``
 with ``H`` of shape (B, n, n). Used for many small SSC sub-problems at once

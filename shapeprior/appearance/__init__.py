@@ -1,0 +1,18 @@
+"""Boundary appearance: intensities sampled along vertex normals.
+
+* :class:`NormalSampler`, :func:`intensity_scale`, :func:`normalise_intensity`:
+  trilinear samples along normals on a backend, in a comparable intensity scale;
+* :class:`LevelImage`: the smoothed image around the mesh, per resolution level;
+* :class:`ProfileModel`, :func:`learn_profiles`: per-vertex profile statistics learned
+  from training images; :func:`search_profiles` / :func:`search_edges`: the best
+  boundary position along each normal (learned profiles, or the strongest edge).
+"""
+
+from ._levels import LevelImage
+from ._profiles import (ProfileModel, learn_profiles, profile_features, search_edges,
+                        search_profiles)
+from ._sampler import NormalSampler, intensity_scale, normalise_intensity
+
+__all__ = ["NormalSampler", "intensity_scale", "normalise_intensity", "LevelImage",
+           "ProfileModel", "learn_profiles", "profile_features", "search_profiles",
+           "search_edges"]

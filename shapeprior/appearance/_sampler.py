@@ -1,0 +1,63 @@
+"""Image intensities along vertex normals: intensity scales and the sampler.
+
+The sampler dispatches to the kernels of :mod:`shapeprior_kernels`
+(``sample_normals_numpy`` / ``_numba`` / ``_cupy``) through
+:func:`shapeprior.backend.kernel`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import kernel, to_numpy
+
+
+def intensity_scale(vol, mode):
+    """``(offset, scale)`` that map the image to a comparable intensity scale,
+    ``(I - offset) / scale``.
+
+    ``'percentile'``: offset p1, scale p99 - p1 (whole image), for MR;
+    ``'ct'``: HU / 1000.
+    """
+    if mode == "ct":
+        return 0.0, 1000.0
+    if mode == "percentile":
+        lo, hi = np.percentile(vol.array, [1, 99])
+        return float(lo), max(float(hi - lo), 1e-6)
+    raise ValueError(f"intensity normalisation {mode!r} is not 'percentile' or 'ct'")
+
+
+def normalise_intensity(vol, mode):
+    """Float32 copy of the image in the scale of :func:`intensity_scale`."""
+    off, sc = intensity_scale(vol, mode)
+    return ((vol.array.astype(np.float32) - np.float32(off)) / np.float32(sc))
+
+
+class NormalSampler:
+    """Trilinear samples of one image along vertex normals, on a backend.
+
+    Parameters
+    ----------
+    vol : Volume
+        Grid (spacing, origin, direction) of ``image``.
+    image : ndarray, shape (nz, ny, nx)
+        Intensities on that grid (NumPy, or CuPy for the 'cupy' backend, which
+        keeps the image on the GPU between calls).
+    backend : {'numpy', 'numba', 'cupy'}
+        Resolved backend name (see :func:`shapeprior.backend.resolve_backend`):
+        scipy's ``map_coordinates``, the Numba kernel or the CUDA kernel of
+        :mod:`shapeprior_kernels.normal_sampling`; all give the same values.
+    """
+
+    def __init__(self, vol, image, backend="numpy"):
+        self.A = np.linalg.inv(vol.index_to_physical_matrix)
+        self.origin = np.asarray(vol.origin, dtype=np.float64)
+        self.image = image
+        self.backend = backend
+        self._fn = kernel("sample_normals", backend)
+
+    def __call__(self, verts, normals, offsets):
+        """Samples at ``verts + offsets[m] * normals``: (N, M) float64 on the host.
+        ``offsets`` may be any shape (M = its size)."""
+        return to_numpy(self._fn(self.image, verts, normals, np.ravel(offsets), self.A,
+                                 self.origin))

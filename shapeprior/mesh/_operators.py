@@ -1,0 +1,25 @@
+"""Sparse operators on a triangle mesh's vertex graph."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+
+def mean_neighbour_operator(faces, n):
+    """Row-stochastic (n, n) sparse matrix: each vertex -> the mean of its edge
+    neighbours (``L @ values`` averages a per-vertex quantity over neighbours).
+
+    Parameters
+    ----------
+    faces : ndarray, shape (F, 3)
+        Triangle vertex indices.
+    n : int
+        Number of vertices.
+    """
+    i = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2], faces[:, 1], faces[:, 2], faces[:, 0]])
+    j = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0], faces[:, 0], faces[:, 1], faces[:, 2]])
+    A = sparse.csr_matrix((np.ones(i.size), (i, j)), shape=(n, n))
+    A.data[:] = 1.0
+    deg = np.asarray(A.sum(axis=1)).ravel()
+    return sparse.diags(1.0 / np.maximum(deg, 1)) @ A
