@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import data_root
 from shapeprior.io import read_label_map, read_volume
 from shapeprior.model import BuildParams, build_model, find_label_maps, load_model, save_model
 from shapeprior.segment import SegmentParams, dice, segment_volume, surface_distances
@@ -33,7 +34,7 @@ def main(argv=None):
     ap.add_argument("--vertices", type=int, default=642)
     ap.add_argument("--out", default=str(HERE / "results" / "hippocampus.json"))
     a = ap.parse_args(argv)
-    root = Path(os.environ.get("SHAPEPRIOR_DATA", HERE.parent.parent / "shared" / "data"))
+    root = data_root()
     root = root / "msd_hippocampus"
     if not root.is_dir():
         print(f"MSD hippocampus not found under {root} (set SHAPEPRIOR_DATA)", file=sys.stderr)

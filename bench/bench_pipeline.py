@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import data_root
 from shapeprior import __version__
 from shapeprior._profile import StageClock, current_rss_bytes
 from shapeprior.backend import cupy_available, numba_available
@@ -55,10 +56,6 @@ from shapeprior.pipeline import run_case
 HERE = Path(__file__).resolve().parent
 STAGES = ("read", "prepare", "search", "ssc", "refine", "voxelize", "write")
 CT_SHAPE_XYZ = (512, 512, 300)
-
-
-def data_root():
-    return Path(os.environ.get("SHAPEPRIOR_DATA", HERE.parent.parent / "shared" / "data"))
 
 
 def _num(path):

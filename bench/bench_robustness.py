@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from _common import data_root
 from shapeprior.align import procrustes
 from shapeprior.correspond import fit_template, surface_distances
 from shapeprior.mesh import Surface
@@ -34,10 +34,6 @@ from shapeprior.synthetic import corrupt_patches
 HERE = Path(__file__).resolve().parent
 CONDITIONS = [(0.0, 0.0), (0.1, 0.0), (0.2, 0.0), (0.3, 0.0), (0.4, 0.0),
               (0.0, 0.25), (0.0, 0.5), (0.2, 0.25)]
-
-
-def data_root():
-    return Path(os.environ.get("SHAPEPRIOR_DATA", HERE.parent.parent / "shared" / "data"))
 
 
 def case_number(path):

@@ -14,12 +14,12 @@ are TotalSegmentator model output, not manual ground truth.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from _common import data_root
 from shapeprior.io import read_label_map, read_volume
 from shapeprior.model import load_model
 from shapeprior.segment import SegmentParams, dice, segment_volume, surface_distances
@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def main(argv=None):
-    root = Path(os.environ.get("SHAPEPRIOR_DATA", HERE.parent.parent / "shared" / "data"))
+    root = data_root()
     d = root / "totalsegmentator_example"
     mpath = HERE / "cache" / "kidney_model.npz"
     if not d.is_dir() or not mpath.exists():

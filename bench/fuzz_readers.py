@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shapeprior.data import data_root
+
 TIMEOUT_S = 30.0
 CHILD_MEMORY = 3 << 30          # address space each reader child may add
 IMAGE_LIMIT = 1 << 30           # SHAPEPRIOR_MAX_IMAGE_BYTES in the children
@@ -58,11 +60,6 @@ DICOM_TAGS = [b"\x28\x00\x10\x00", b"\x28\x00\x11\x00", b"\x28\x00\x00\x01",
               b"\x28\x00\x01\x01", b"\x28\x00\x02\x00", b"\x28\x00\x03\x01",
               b"\x20\x00\x32\x00", b"\x20\x00\x37\x00", b"\x28\x00\x30\x00",
               b"\x02\x00\x10\x00", b"\xe0\x7f\x10\x00", b"\x28\x00\x04\x00"]
-
-
-def data_root() -> Path:
-    env = os.environ.get("SHAPEPRIOR_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 # -- mutations ----------------------------------------------------------------------------

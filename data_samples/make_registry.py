@@ -31,7 +31,9 @@ def sha256(p):
 
 
 def main():
-    root = Path(os.environ.get("SHAPEPRIOR_DATA", HERE.parent.parent / "shared" / "data"))
+    from shapeprior.data import data_root
+
+    root = data_root()
     if not root.is_dir():
         print(f"no data under {root} (set SHAPEPRIOR_DATA)", file=sys.stderr)
         return 2

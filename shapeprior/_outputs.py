@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -30,6 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from ._provenance import package_versions, sha256_file
 
 PRODUCER = "shapeprior"
 STAGING = ".shapeprior-staging"
@@ -83,7 +84,7 @@ def check_not_input(output, inputs) -> None:
 def read_manifest(folder):
     """The manifest of a shapeprior output folder, or None."""
     try:
-        m = json.loads((Path(folder) / "manifest.json").read_text())
+        m = json.loads((Path(folder) / "manifest.json").read_bytes())
     except (OSError, ValueError):
         return None
     if not isinstance(m, dict):
@@ -169,7 +170,7 @@ def _rmdir_if_empty(p: Path) -> None:
         pass
 
 
-def _mkdirs(path: Path) -> list:
+def make_dirs(path: Path) -> list:
     """mkdir -p; returns the folders it created, deepest last."""
     missing = []
     p = path
@@ -221,7 +222,7 @@ class OutputDir:
             if not force and any(self.path.iterdir()):
                 raise OutputExistsError(f"output folder {_show(self.path)} exists; "
                                         "use --force to replace it")
-        self._created = _mkdirs(self.path.parent)
+        self._created = make_dirs(self.path.parent)
         clean_stale_staging(self.path.parent)
         self._run = _new_run(self.path.parent)
         self._fd = _lock(self._run / "lock")
@@ -319,7 +320,7 @@ def _seal_manifest(stage: Path):
     mf = stage / "manifest.json"
     if not mf.is_file():
         return
-    m = json.loads(mf.read_text())
+    m = json.loads(mf.read_bytes())
     m["producer"] = PRODUCER
     m["outputs"] = {f.name: sha256_file(f) for f in sorted(stage.iterdir())
                     if f.is_file() and f.name != "manifest.json"}
@@ -347,27 +348,6 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def sha256_file(path, chunk=1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def package_versions():
-    from importlib import metadata
-
-    out = {}
-    for name in ("shapeprior", "numpy", "scipy", "numba", "SimpleITK", "nibabel",
-                 "scikit-image", "meshio", "cupy-cuda12x", "cupy-cuda13x"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def manifest(command, parameters, seed, inputs, input_paths=None):

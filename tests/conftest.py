@@ -1,19 +1,12 @@
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 
-def _data_root():
-    root = os.environ.get("SHAPEPRIOR_DATA")
-    if root:
-        return Path(root)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
 @pytest.fixture(scope="session")
 def data_root():
+    from shapeprior.data import data_root as _data_root
+
     root = _data_root()
     if not root.is_dir():
         pytest.skip(f"public data not found at {root} (set SHAPEPRIOR_DATA)")
@@ -31,7 +24,10 @@ def gpu_available():
     return cupy_available()
 
 
-requires_gpu = pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU")
+def requires_gpu(test):
+    """Mark a test ``gpu`` and skip it, visibly, without CuPy and a CUDA device."""
+    return pytest.mark.gpu(pytest.mark.skipif(not gpu_available(),
+                                              reason="needs CuPy and a CUDA GPU")(test))
 
 
 @pytest.fixture(scope="session")

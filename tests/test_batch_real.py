@@ -15,6 +15,8 @@ import shutil
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow       # real data, a dask cluster: about 30 s
+
 from shapeprior.cli import main
 from shapeprior.io import read_label_map, read_volume
 from shapeprior.segment import dice

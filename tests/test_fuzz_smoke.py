@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "fuzz_readers.py"
 
 
+@pytest.mark.slow
 def test_reader_fuzz_smoke(data_root, tmp_path):
     out = tmp_path / "fuzz.json"
     env = dict(os.environ, SHAPEPRIOR_DATA=str(data_root))

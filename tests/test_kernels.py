@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 from conftest import requires_gpu
+from shapeprior.backend import kernel, xp_for
 from shapeprior.ssc._l1 import soft_threshold
+from shapeprior.testing import each_backend
 from shapeprior_kernels import (
     gram_lasso_numba,
     gram_lasso_numpy,
     lasso_objective,
-    sample_normals_cupy,
     sample_normals_numba,
-    sample_normals_numpy,
 )
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -111,16 +111,14 @@ def test_soft_threshold():
     assert np.allclose(np.abs(a[big]), np.abs(r[big]) - tau[big])
 
 
-@requires_gpu
-def test_gpu_gram_lasso_numpy_parity():
-    import cupy as cp
-
+@each_backend(atol=1e-9)
+def test_gram_lasso_twins_agree(backend):
     A, y = _problem(3, correlated=True)
     H, b = A.T @ A, A.T @ y
     lam = 0.05 * np.abs(b).max()
-    x_cpu, _ = gram_lasso_numba(H, b, lam)
-    x_gpu, _ = gram_lasso_numpy(cp.asarray(H), cp.asarray(b), lam)
-    assert np.allclose(cp.asnumpy(x_gpu), x_cpu, atol=1e-9)
+    xp = xp_for(backend)
+    x, _ = kernel("gram_lasso", backend)(xp.asarray(H), xp.asarray(b), lam)
+    return x
 
 
 @requires_gpu
@@ -151,11 +149,14 @@ def _sampling_problem(seed=0, n=3000, m=24):
     return img, v, nrm, np.linspace(-6, 6, m), A, origin
 
 
-def test_sample_normals_numba_matches_scipy_reference():
-    img, v, n, t, A, o = _sampling_problem()
-    ref = sample_normals_numpy(img, v, n, t, A, o)
-    assert ref.shape == (len(v), len(t))
-    assert np.allclose(sample_normals_numba(img, v, n, t, A, o), ref, atol=1e-9)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@each_backend(atol=1e-9)
+def test_sample_normals_twins_match_the_scipy_reference(backend, dtype):
+    img, v, n, t, A, o = _sampling_problem(seed=1, n=20000)
+    out = kernel("sample_normals", backend)(xp_for(backend).asarray(img.astype(dtype)), v, n, t,
+                                            A, o)
+    assert out.shape == (len(v), len(t))
+    return out
 
 
 def test_sample_normals_exact_on_a_linear_image():
@@ -175,17 +176,6 @@ def test_sample_normals_exact_on_a_linear_image():
     c = (pts - origin) @ np.linalg.inv(M).T
     expect = 2.0 * c[..., 0] - 3.0 * c[..., 1] + 0.5 * c[..., 2] + 7.0
     assert np.allclose(out, expect, atol=1e-9)
-
-
-@requires_gpu
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gpu_sample_normals_parity(dtype):
-    import cupy as cp
-
-    img, v, n, t, A, o = _sampling_problem(seed=1, n=20000)
-    ref = sample_normals_numba(img.astype(dtype), v, n, t, A, o)
-    out = sample_normals_cupy(cp.asarray(img.astype(dtype)), v, n, t, A, o)
-    assert np.allclose(cp.asnumpy(out), ref, atol=1e-9)
 
 
 def _nvrtc():

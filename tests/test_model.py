@@ -153,6 +153,7 @@ def test_cli_build_model_empty_folder(tmp_path, capsys):
     assert "no label maps" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_kits_subset_build(data_root, tmp_path):
     kits = data_root / "kits19"
     if not kits.is_dir():

@@ -11,7 +11,6 @@ never a traceback.
 """
 
 import gzip
-import os
 import shutil
 from pathlib import Path
 

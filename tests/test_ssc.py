@@ -30,22 +30,22 @@ def test_l1_recovers_planted_x_and_e(seed):
     atoms, x, e, y, bad = _incoherent(seed)
     dic = ShapeDictionary(atoms)
     out = sparse_composition(y, dic, lambda1=1e-3, lambda2=0.2)
-    assert out["converged"]
-    assert np.allclose(out["x"], x, atol=5e-3)   # |x| in [1, 2]
-    found = np.flatnonzero(np.any(out["e"] != 0, axis=1))
+    assert out.converged
+    assert np.allclose(out.x, x, atol=5e-3)   # |x| in [1, 2]
+    found = np.flatnonzero(np.any(out.e != 0, axis=1))
     assert set(found) == set(bad)
     # e absorbs the gross errors up to the soft-threshold shrinkage
     # tau = lambda2 / 2 plus what the error in x moves the residual
-    dx = np.abs(np.tensordot(out["x"] - x, atoms, axes=1))
-    assert np.all(np.abs(out["e"] - e) <= 0.1 + dx + 1e-9)
+    dx = np.abs(np.tensordot(out.x - x, atoms, axes=1))
+    assert np.all(np.abs(out.e - e) <= 0.1 + dx + 1e-9)
 
 
 def test_l0_recovers_planted_support_and_trims_gross_vertices():
     atoms, x, e, y, bad = _incoherent(5)
     dic = ShapeDictionary(atoms)
     out = sparse_composition(y, dic, method="l0", n_nonzero=4, outlier_threshold=1.0)
-    assert np.allclose(out["x"], x, atol=1e-10)
-    found = np.flatnonzero(np.any(out["e"] != 0, axis=1))
+    assert np.allclose(out.x, x, atol=1e-10)
+    found = np.flatnonzero(np.any(out.e != 0, axis=1))
     assert set(found) == set(bad)
 
 
@@ -120,9 +120,9 @@ def test_zero_weights_equal_removing_vertices():
     a = sparse_composition(y, dic, s, lambda1=1.0, lambda2=2.0)
     sub = ShapeDictionary(p.atoms[:, ~hidden])
     b = sparse_composition(y[~hidden], sub, lambda1=1.0, lambda2=2.0)
-    assert np.allclose(a["x"], b["x"], atol=1e-9)
-    assert not a["e"][hidden].any()          # unseen vertices carry no error term
-    assert a["objective"] == pytest.approx(b["objective"], rel=1e-10)
+    assert np.allclose(a.x, b.x, atol=1e-9)
+    assert not a.e[hidden].any()          # unseen vertices carry no error term
+    assert a.objective == pytest.approx(b.objective, rel=1e-10)
 
 
 def test_weighted_l1_is_exact_and_weights_matter():
@@ -241,5 +241,5 @@ def test_numpy_and_numba_backends_agree():
     dic_np = ShapeDictionary(p.atoms, backend="numpy")
     a = sparse_composition(p.observed, dic_nb, lambda1=1.0, lambda2=2.0)
     b = sparse_composition(p.observed, dic_np, lambda1=1.0, lambda2=2.0)
-    assert a["objective"] == pytest.approx(b["objective"], rel=1e-10)
-    assert np.allclose(a["x"], b["x"], atol=1e-8)
+    assert a.objective == pytest.approx(b.objective, rel=1e-10)
+    assert np.allclose(a.x, b.x, atol=1e-8)

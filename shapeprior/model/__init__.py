@@ -15,6 +15,6 @@ from ._model import (
 )
 
 __all__ = ["ShapeModel", "save_model", "load_model", "ModelFormatError", "FORMAT_VERSION",
-           "read_model_metadata", "pca_from_shapes", "pca_reconstruct", "DictionaryLearner", "BuildParams",
-           "build_model", "find_label_maps", "surfaces_from_label_map", "PosePrior",
-           "fit_pose_prior"]
+           "read_model_metadata", "pca_from_shapes", "pca_reconstruct", "DictionaryLearner",
+           "BuildParams", "build_model", "find_label_maps", "surfaces_from_label_map",
+           "PosePrior", "fit_pose_prior"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from .._outputs import package_versions, sha256_file
+from .._provenance import package_versions, sha256_file
 from ..align import generalized_procrustes
 from ..correspond import fit_template
 from ..io import read_label_map
@@ -51,6 +51,29 @@ class BuildParams:
     profile_half: int = 4
     normalisation: str = "percentile"   # 'percentile' (MR) or 'ct' (HU)
     allow_no_orientation: bool = False  # accept NIfTI/Analyze without q/sform
+
+    def __post_init__(self):
+        from .._validation import check_bool, check_choice, check_labels, check_number
+
+        self.labels = check_labels("labels", self.labels)
+        if not isinstance(self.organ, str) or not self.organ:
+            raise ValueError(f"organ={self.organ!r} is invalid: expected a non-empty text")
+        self.split_sides = check_bool("split_sides", self.split_sides)
+        check_choice("side", self.side, ("both", "left", "right"))
+        self.mirror_right = check_bool("mirror_right", self.mirror_right)
+        self.n_vertices = check_number("n_vertices", self.n_vertices, 12, integer=True)
+        self.iso_spacing = check_number("iso_spacing", self.iso_spacing, 0, low_open=True)
+        self.smooth_mm = check_number("smooth_mm", self.smooth_mm, 0)
+        self.n_iter = check_number("n_iter", self.n_iter, 1, integer=True)
+        self.n_atoms = check_number("n_atoms", self.n_atoms, 0, integer=True)
+        self.n_nonzero = check_number("n_nonzero", self.n_nonzero, 1, integer=True)
+        self.seed = check_number("seed", self.seed, integer=True)
+        self.n_jobs = check_number("n_jobs", self.n_jobs, 1, integer=True)
+        self.profile_step = check_number("profile_step", self.profile_step, 0, low_open=True)
+        self.profile_half = check_number("profile_half", self.profile_half, 1, integer=True)
+        check_choice("normalisation", self.normalisation, ("percentile", "ct"))
+        self.allow_no_orientation = check_bool("allow_no_orientation",
+                                               self.allow_no_orientation)
 
 
 def find_label_maps(folder):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .._outputs import (PRODUCER, OutputExistsError, _mkdirs, check_not_input, own_output,
+from .._outputs import (PRODUCER, OutputExistsError, make_dirs, check_not_input, own_output,
                         read_manifest, sha256_file, write_text_atomic)
 from ._cases import scrub
 
@@ -115,7 +115,7 @@ def own_summary(path):
     """Why ``path`` is not a shapeprior batch summary, or None."""
     p = Path(path)
     try:
-        s = json.loads(p.read_text()) if p.is_file() and not p.is_symlink() else None
+        s = json.loads(p.read_bytes()) if p.is_file() and not p.is_symlink() else None
     except (OSError, ValueError):
         s = None
     if isinstance(s, dict) and s.get("producer") == PRODUCER:
@@ -146,7 +146,7 @@ def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk"
 
     root = Path(root)
     check_root(root, [*inputs, model_path])
-    created = _mkdirs(root)
+    created = make_dirs(root)
     rows, todo = [], []
     try:
         for c in cases:

@@ -38,6 +38,39 @@ class SegmentParams:
     refine_smooth: int = 5        # Laplacian passes on the refinement displacement
     backend: str | None = None    # image smoothing + sampling: auto/numpy/numba/cupy ($SHAPEPRIOR_BACKEND)
 
+    def __post_init__(self):
+        from .._validation import (check_bool, check_choice, check_number, check_vector)
+        from ..backend import BACKENDS
+
+        try:
+            sched = tuple((check_number("schedule search range", float(a), 0, low_open=True),
+                           check_number("schedule sigma", float(b), 0)) for a, b in self.schedule)
+        except (TypeError, ValueError):
+            raise ValueError(f"schedule={self.schedule!r} is invalid: expected pairs "
+                             "(search range mm > 0, smoothing sigma mm >= 0)") from None
+        if not sched:
+            raise ValueError("schedule=() is invalid: expected at least one level")
+        self.schedule = sched
+        self.max_iter = check_number("max_iter", self.max_iter, 1, integer=True)
+        self.tol_mm = check_number("tol_mm", self.tol_mm, 0, low_open=True)
+        check_choice("method", self.method, ("l1", "l0"))
+        if self.seed_mm is not None:
+            self.seed_mm = check_vector("seed_mm", self.seed_mm, 3)
+        check_choice("side", self.side, ("none", "left", "right"))
+        self.inside_brighter = check_bool("inside_brighter", self.inside_brighter)
+        if self.window is not None:
+            self.window = check_vector("window", self.window, 2, increasing=True)
+        check_choice("normalisation", self.normalisation, (None, "percentile", "ct"))
+        self.outlier_base_mm = check_number("outlier_base_mm", self.outlier_base_mm, 0,
+                                            low_open=True)
+        self.align_rounds = check_number("align_rounds", self.align_rounds, 1, integer=True)
+        self.refine_iter = check_number("refine_iter", self.refine_iter, 0, integer=True)
+        self.refine_search_mm = check_number("refine_search_mm", self.refine_search_mm, 0,
+                                             low_open=True)
+        self.refine_smooth = check_number("refine_smooth", self.refine_smooth, 0, integer=True)
+        if self.backend is not None:
+            check_choice("backend", str(self.backend).lower(), BACKENDS)
+
 
 @dataclass
 class SegmentResult:

@@ -10,6 +10,7 @@ SSCResult                 what the above return
 """
 
 from ._compose import (
+    CompositionResult,
     SparseShapeComposition,
     SSCResult,
     sparse_composition,
@@ -20,5 +21,5 @@ from ._l0 import omp_gram
 
 __all__ = [
     "ShapeDictionary", "sparse_composition", "sparse_shape_composition",
-    "SparseShapeComposition", "SSCResult", "omp_gram",
+    "SparseShapeComposition", "SSCResult", "CompositionResult", "omp_gram",
 ]

@@ -4,10 +4,10 @@ similarity transform beta with the sparse solve."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from numbers import Real
 
 import numpy as np
 
+from .._validation import check_choice, check_number
 from ..align import Transform, generalized_procrustes, procrustes
 from ..backend import to_numpy
 from ._dictionary import ShapeDictionary
@@ -80,13 +80,47 @@ class SSCResult:
         return float(self.overridden[self.visible].sum()) / nv if nv else 0.0
 
 
+@dataclass
+class CompositionResult:
+    """Result of :func:`sparse_composition` (a shape already in the model frame).
+
+    Attributes
+    ----------
+    x : ndarray, shape (K,)
+        Sparse coefficients of the dictionary atoms.
+    e : ndarray, shape (N, d)
+        Gross error per vertex (model units).
+    residual : ndarray, shape (N, d)
+        ``z - D x`` (model units).
+    objective : float
+    lambda1, lambda2 : float
+        Penalties used (NaN for 'l0').
+    n_iter : int
+    converged : bool
+    info : dict
+        Solver details: KKT residual and reweighting rounds ('l1'), trimming
+        threshold ('l0').
+    """
+
+    x: np.ndarray
+    e: np.ndarray
+    residual: np.ndarray
+    objective: float
+    lambda1: float
+    lambda2: float
+    n_iter: int
+    converged: bool
+    info: dict = field(default_factory=dict)
+
+
 def _positive(name, value, allow_auto=True):
     if allow_auto and isinstance(value, str) and value == "auto":
         return value
-    if not isinstance(value, Real) or not np.isfinite(value) or value <= 0:
+    try:
+        return check_number(name, value, 0, low_open=True)
+    except ValueError:
         allowed = "'auto' or a finite number > 0" if allow_auto else "a finite number > 0"
-        raise ValueError(f"{name}={value!r} is invalid: expected {allowed}")
-    return float(value)
+        raise ValueError(f"{name}={value!r} is invalid: expected {allowed}") from None
 
 
 def _check_shape(shape, dic):
@@ -175,18 +209,15 @@ def sparse_composition(aligned_shape, dictionary, weights=None, *, method="l1",
 
     Returns
     -------
-    dict with keys x (K,), e (N, d), residual (N, d), objective, lambda1,
-    lambda2, n_iter, converged.
+    CompositionResult
     """
     dic = dictionary
     if not isinstance(dic, ShapeDictionary):
         raise TypeError(f"dictionary must be a ShapeDictionary, got {type(dic).__name__}")
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is not one of {METHODS}")
+    check_choice("method", method, METHODS)
     y = _check_shape(aligned_shape, dic)
     s = _check_vertex_weights(weights, dic.n_points)
-    if not isinstance(reweight, (int, np.integer)) or reweight < 0:
-        raise ValueError(f"reweight={reweight!r} must be an integer >= 0")
+    check_number("reweight", reweight, 0, integer=True)
     return _sparse_composition(dic, y, s, method, lambda1, lambda2, n_nonzero,
                                outlier_threshold, reweight, x0, tol, max_iter)
 
@@ -215,8 +246,7 @@ def _sparse_composition(dic, y, s, method, lambda1, lambda2, n_nonzero,
             sol = solve_l1(dic, z, w, lam1, l2w, x0=sol.x, tol=tol, max_iter=max_iter)
         info = {"kkt": sol.kkt, "reweight": int(reweight)}
     else:
-        if not isinstance(n_nonzero, (int, np.integer)) or not 1 <= n_nonzero <= dic.n_atoms:
-            raise ValueError(f"n_nonzero={n_nonzero!r} must be an integer in [1, {dic.n_atoms}]")
+        check_number("n_nonzero", n_nonzero, 1, dic.n_atoms, integer=True)
         if outlier_threshold is not None:
             outlier_threshold = _positive("outlier_threshold", outlier_threshold, False)
         sol = solve_l0(dic, z, w, int(n_nonzero), outlier_threshold, max_iter=max_iter,
@@ -224,12 +254,11 @@ def _sparse_composition(dic, y, s, method, lambda1, lambda2, n_nonzero,
         lam1, lam2 = float("nan"), float("nan")
         info = {"threshold": sol.threshold}
     N, d = dic.n_points, dic.n_dims
-    return {
-        "x": to_numpy(sol.x), "e": to_numpy(sol.e).reshape(N, d),
-        "residual": to_numpy(sol.residual).reshape(N, d), "objective": sol.objective,
-        "lambda1": float(lam1), "lambda2": float(lam2), "n_iter": sol.n_iter,
-        "converged": sol.converged, "info": info,
-    }
+    return CompositionResult(
+        x=to_numpy(sol.x), e=to_numpy(sol.e).reshape(N, d),
+        residual=to_numpy(sol.residual).reshape(N, d), objective=sol.objective,
+        lambda1=float(lam1), lambda2=float(lam2), n_iter=sol.n_iter,
+        converged=sol.converged, info=info)
 
 
 def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
@@ -269,15 +298,10 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     dic = dictionary
     if not isinstance(dic, ShapeDictionary):
         raise TypeError(f"dictionary must be a ShapeDictionary, got {type(dic).__name__}")
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is not one of {METHODS}")
-    if alignment not in ("similarity", "rigid", "affine", "none"):
-        raise ValueError(f"alignment={alignment!r} is not one of "
-                         "('similarity', 'rigid', 'affine', 'none')")
-    if not isinstance(max_align_iter, (int, np.integer)) or max_align_iter < 1:
-        raise ValueError(f"max_align_iter={max_align_iter!r} must be an integer >= 1")
-    if not isinstance(reweight, (int, np.integer)) or reweight < 0:
-        raise ValueError(f"reweight={reweight!r} must be an integer >= 0")
+    check_choice("method", method, METHODS)
+    check_choice("alignment", alignment, ("similarity", "rigid", "affine", "none"))
+    check_number("max_align_iter", max_align_iter, 1, integer=True)
+    check_number("reweight", reweight, 0, integer=True)
     y = _check_shape(shape, dic)
     s = _check_vertex_weights(weights, dic.n_points)
     visible = s > 0
@@ -301,11 +325,11 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
         # trimmed under an early, poor alignment then stay trimmed; each round
         # restarts the trimming instead)
         if method == "l1":  # keep penalties fixed after the first 'auto' round
-            lam1, lam2 = sol["lambda1"], sol["lambda2"]
-        x0 = sol["x"] if method == "l1" else None
+            lam1, lam2 = sol.lambda1, sol.lambda2
+        x0 = sol.x if method == "l1" else None
         if alignment == "none":
             break
-        recon = (np.asarray(dic.atoms.reshape(dic.n_atoms, -1).T @ sol["x"])).reshape(
+        recon = (np.asarray(dic.atoms.reshape(dic.n_atoms, -1).T @ sol.x)).reshape(
             dic.n_points, dic.n_dims)
         # fix the gauge: beta's scale and the size of D x trade off freely
         # (and the L1 term rewards shrinking both), so the Procrustes target
@@ -314,7 +338,7 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
         rsize = float(np.sqrt(np.sum((recon - rc) ** 2)))
         if rsize > 0:
             recon = rc + (recon - rc) * (size / rsize)
-        inlier = visible & ~np.any(sol["e"] != 0, axis=1)
+        inlier = visible & ~np.any(sol.e != 0, axis=1)
         wk = np.where(inlier, w_align, 0.0)
         if np.count_nonzero(wk) < dic.n_dims + 1:
             wk = w_align
@@ -329,18 +353,18 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
                                       l0_init=l0_prev)
             break
     z = beta.apply(y)
-    recon_model = (dic.atoms.reshape(dic.n_atoms, -1).T @ sol["x"]).reshape(
+    recon_model = (dic.atoms.reshape(dic.n_atoms, -1).T @ sol.x).reshape(
         dic.n_points, dic.n_dims)
     inv = beta.inverse()
-    e = sol["e"]
+    e = sol.e
     overridden = np.any(e != 0, axis=1) & visible
     return SSCResult(
-        x=sol["x"], error=e, error_norm=np.linalg.norm(e, axis=1) / beta.scale,
+        x=sol.x, error=e, error_norm=np.linalg.norm(e, axis=1) / beta.scale,
         overridden=overridden, visible=visible, transform=beta, aligned=z,
-        reconstruction=inv.apply(recon_model), objective=sol["objective"],
-        lambda1=sol["lambda1"], lambda2=sol["lambda2"], n_iter=sol["n_iter"],
-        n_align_iter=k, converged=bool(sol["converged"] and converged_align),
-        method=method, info=sol["info"],
+        reconstruction=inv.apply(recon_model), objective=sol.objective,
+        lambda1=sol.lambda1, lambda2=sol.lambda2, n_iter=sol.n_iter,
+        n_align_iter=k, converged=bool(sol.converged and converged_align),
+        method=method, info=sol.info,
     )
 
 

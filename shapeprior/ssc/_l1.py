@@ -150,58 +150,21 @@ def solve_l1(dic, z, w, lam1, lam2, x0=None, tol=1e-10, max_iter=100, max_add=32
         O = xp.abs(r) > tau
         rows = xp.flatnonzero(O)
         sigma = xp.sign(r[rows])
-        if H is None:   # new working set: build H from the smaller row set
-            GSS = GW[S][:, S]
+        if H is None:   # new working set
             bS = DS.T @ wz
-            if 2 * rows.size <= z.shape[0]:
-                DO = DS[rows]
-                H = GSS - DO.T @ (w[rows][:, None] * DO)
-            else:
-                inl = xp.flatnonzero(~O)
-                DI = DS[inl]
-                H = DI.T @ (w[inl][:, None] * DI)
+            H = _hessian(GW, DS, S, w, O, rows, xp)
         else:           # same working set: update by the rows that changed status
-            add = xp.flatnonzero(O & ~O_prev)
-            rem = xp.flatnonzero(O_prev & ~O)
-            if add.size:
-                Da = DS[add]
-                H = H - Da.T @ (w[add][:, None] * Da)
-            if rem.size:
-                Dm = DS[rem]
-                H = H + Dm.T @ (w[rem][:, None] * Dm)
+            H = _update_hessian(H, DS, w, O, O_prev, xp)
         O_prev = O
-        if rows.size:
-            l2r = l2[rows] if per_row else l2
-            v = xp.zeros(z.shape[0])
-            v[rows] = w[rows] * z[rows] - l2r * sigma
-            b = bS - DS.T @ v
-        else:
-            b = bS
+        b = _newton_rhs(bS, DS, w, z, rows, sigma, l2[rows] if per_row else l2, xp)
         xn, _ = lasso(H, b, l1, xS, tol)
         rn = z - DS @ xn
         fn = F(xn, rn)
         full_step = fn <= f_cur
         if not full_step:
-            d, dr = xn - xS, rn - r
-            t = 0.5
-            while t > 1e-6:
-                xt, rt = xS + t * d, r + t * dr
-                ft = F(xt, rt)
-                if ft <= f_cur:
-                    xn, rn, fn = xt, rt, ft
-                    break
-                t *= 0.5
-            else:
-                # Newton model failed (e.g. a near-singular H when most rows
-                # are outliers): take the majorize-minimize block step
-                # instead -- e fixed at soft(r, tau), exact Lasso in x on the
-                # weighted Gram -- which never increases F
-                e_cur, _ = _e_and_psi(r, w, tau, xp)
-                xn, _ = lasso(GW[S][:, S], DS.T @ (w * (z - e_cur)), l1, xS, tol)
-                rn = z - DS @ xn
-                fn = F(xn, rn)
-                if fn > f_cur:
-                    xn, rn, fn = xS, r, f_cur
+            xn, rn, fn = _line_search(F, xS, r, xn, rn, f_cur)
+            if xn is None:
+                xn, rn, fn = _mm_step(F, lasso, GW, DS, S, xS, r, z, w, tau, l1, f_cur, tol, xp)
         same = bool(xp.array_equal(xp.abs(rn) > tau, O)) and bool(
             xp.array_equal(xp.sign(rn[rows]), sigma))
         xS, r, f_cur = xn, rn, fn
@@ -209,15 +172,11 @@ def solve_l1(dic, z, w, lam1, lam2, x0=None, tol=1e-10, max_iter=100, max_add=32
             continue
         # optimal on S (a full Newton step reproduced O), or stalled: check
         # every atom with one pass over D
-        _, psi = _e_and_psi(r, w, tau, xp)
-        g = -(dic.DF.T @ psi)
-        n_pass += 1
         scale = max(float(xp.max(xp.abs(bS))) if S.size else 0.0, l1)
         xfull = xp.zeros(K)
         xfull[S] = xS
-        act = xfull != 0
-        viol = xp.where(act, xp.abs(g + l1 * xp.sign(xfull)), xp.abs(g) - l1)
-        kkt = max(float(xp.max(viol)), 0.0) / scale
+        kkt, g = _kkt(dic, r, w, tau, xfull, l1, scale, xp)
+        n_pass += 1
         outside = xp.ones(K, dtype=bool)
         outside[S] = False
         cand = xp.flatnonzero(outside & (xp.abs(g) - l1 > tol * scale))
@@ -236,13 +195,80 @@ def solve_l1(dic, z, w, lam1, lam2, x0=None, tol=1e-10, max_iter=100, max_add=32
     x = xp.zeros(K)
     x[S] = xS
     if not converged:
-        _, psi = _e_and_psi(r, w, tau, xp)
-        g = -(dic.DF.T @ psi)
-        act = x != 0
-        viol = xp.where(act, xp.abs(g + l1 * xp.sign(x)), xp.abs(g) - l1)
         scale = max(float(xp.max(xp.abs(dic.DF[:, S].T @ wz))) if S.size else 0.0, l1)
-        kkt = max(float(xp.max(viol)), 0.0) / scale
+        kkt, _ = _kkt(dic, r, w, tau, x, l1, scale, xp)
         converged = kkt <= 1e3 * tol
     e = soft_threshold(r, tau)
     obj = float(xp.sum(w * (r - e) ** 2) + lam1 * xp.sum(xp.abs(x)) + xp.sum(lam2 * xp.abs(e)))
     return L1Solution(x, e, r, obj, kkt, it, converged)
+
+
+def _hessian(GW, DS, S, w, O, rows, xp):
+    """Newton Hessian on the working set S: the weighted Gram of the inlier
+    rows, built from whichever row set (outliers or inliers) is smaller."""
+    if 2 * rows.size <= DS.shape[0]:
+        DO = DS[rows]
+        return GW[S][:, S] - DO.T @ (w[rows][:, None] * DO)
+    inl = xp.flatnonzero(~O)
+    DI = DS[inl]
+    return DI.T @ (w[inl][:, None] * DI)
+
+
+def _update_hessian(H, DS, w, O, O_prev, xp):
+    """The Hessian after rows changed inlier/outlier status (rank updates)."""
+    add = xp.flatnonzero(O & ~O_prev)
+    rem = xp.flatnonzero(O_prev & ~O)
+    if add.size:
+        Da = DS[add]
+        H = H - Da.T @ (w[add][:, None] * Da)
+    if rem.size:
+        Dm = DS[rem]
+        H = H + Dm.T @ (w[rem][:, None] * Dm)
+    return H
+
+
+def _newton_rhs(bS, DS, w, z, rows, sigma, l2r, xp):
+    """Right-hand side of the Newton system: outlier rows contribute their
+    linear Huber part ``l2 sign(r)`` instead of ``w z``."""
+    if not rows.size:
+        return bS
+    v = xp.zeros(z.shape[0])
+    v[rows] = w[rows] * z[rows] - l2r * sigma
+    return bS - DS.T @ v
+
+
+def _line_search(F, xS, r, xn, rn, f_cur):
+    """Backtracking along the Newton direction until F does not increase;
+    ``(None, None, None)`` when no step down to 1e-6 does."""
+    d, dr = xn - xS, rn - r
+    t = 0.5
+    while t > 1e-6:
+        xt, rt = xS + t * d, r + t * dr
+        ft = F(xt, rt)
+        if ft <= f_cur:
+            return xt, rt, ft
+        t *= 0.5
+    return None, None, None
+
+
+def _mm_step(F, lasso, GW, DS, S, xS, r, z, w, tau, l1, f_cur, tol, xp):
+    """Majorize-minimize block step, for when the Newton model fails (e.g. a
+    near-singular H when most rows are outliers): e fixed at soft(r, tau),
+    exact Lasso in x on the weighted Gram. It never increases F."""
+    e_cur, _ = _e_and_psi(r, w, tau, xp)
+    xn, _ = lasso(GW[S][:, S], DS.T @ (w * (z - e_cur)), l1, xS, tol)
+    rn = z - DS @ xn
+    fn = F(xn, rn)
+    if fn > f_cur:
+        return xS, r, f_cur
+    return xn, rn, fn
+
+
+def _kkt(dic, r, w, tau, x, l1, scale, xp):
+    """Relative KKT violation of the full problem at ``x`` (one pass over D),
+    and the data gradient ``g`` for all atoms."""
+    _, psi = _e_and_psi(r, w, tau, xp)
+    g = -(dic.DF.T @ psi)
+    act = x != 0
+    viol = xp.where(act, xp.abs(g + l1 * xp.sign(x)), xp.abs(g) - l1)
+    return max(float(xp.max(viol)), 0.0) / scale, g

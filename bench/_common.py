@@ -1,0 +1,43 @@
+"""Shared by the benchmarks: the data root, the machine, timing, JSON results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from shapeprior.data import data_root  # noqa: F401  (re-exported for the benchmarks)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    """What ran the benchmark: CPU, cores visible to this process, Python."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    return {"cpu": platform.processor() or platform.machine(), "cores": cores,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def best_of(fn, repeat=5):
+    """Minimum wall time (s) of ``repeat`` calls, and the last result."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def write_json(path, obj) -> Path:
+    """Write a result file atomically (temporary file + rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, p)
+    return p
