@@ -225,7 +225,9 @@ def _shown(p) -> str:
 
 def _print_case(name, rep):
     line = (f"{name}: {rep['volume_ml']:.1f} ml, {rep['iterations']} iterations, "
-            f"{rep['time_s']:.2f} s, prior overrode {100 * rep['overridden_fraction']:.0f}% of vertices")
+            f"{rep['time_s']:.2f} s, prior overrode up to "
+            f"{100 * rep['overridden_fraction_max']:.1f}% of vertices "
+            f"({100 * rep['overridden_fraction']:.1f}% at the end)")
     if "reference" in rep:
         r = rep["reference"]
         line += f"; Dice {r['dice']:.3f}, mean surface distance {r['assd_mm']:.2f} mm"

@@ -74,15 +74,48 @@ class SegmentParams:
 
 @dataclass
 class SegmentResult:
-    verts: np.ndarray             # (N, 3) physical mm
+    """Result of :func:`segment_volume`.
+
+    Attributes
+    ----------
+    verts : ndarray, shape (N, 3)
+        Final surface, physical mm (LPS).
+    faces : ndarray, shape (F, 3)
+    label : ndarray of uint8, shape of the input array
+        Mask on the input grid.
+    n_iter : int
+    converged : bool
+    overridden_fraction : float
+        Fraction of visible vertices the prior overrode in the last SSC projection.
+    time_s : float
+    history : list of dict
+        Per iteration: search range, mean move, overridden fraction, confidence.
+    backend : str
+    overridden_fraction_max : float
+        The largest overridden fraction over all SSC projections: what the prior
+        rejected while the fit was under way (a leak is rejected early and may be
+        gone by the last iteration).
+    overridden : ndarray of bool, shape (N,)
+        Vertices the prior overrode in any projection (the gross-error term e).
+    error_mm : ndarray, shape (N,)
+        Gross error |e| per vertex in the last projection, mm.
+    confidence : ndarray, shape (N,)
+        Search confidence per vertex in the last search, in [0.05, 1].
+    """
+
+    verts: np.ndarray
     faces: np.ndarray
-    label: np.ndarray             # uint8 mask on the input grid
+    label: np.ndarray
     n_iter: int
     converged: bool
     overridden_fraction: float
     time_s: float
     history: list = field(default_factory=list)
     backend: str = "numpy"
+    overridden_fraction_max: float = 0.0
+    overridden: np.ndarray | None = None
+    error_mm: np.ndarray | None = None
+    confidence: np.ndarray | None = None
 
 
 def initial_shape(model, vol, params: SegmentParams):
@@ -150,8 +183,13 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
         norm = params.normalisation or (pm.normalisation if pm else "ct")
         scale = intensity_scale(vol, norm)
         v, mirror = initial_shape(model, vol, params)
-    faces = model.faces
-    history, n_iter, converged, overridden = [], 0, False, 0.0
+    # a mirrored shape turns its triangles inside out: reverse them for the whole
+    # fit, so that normals (and the search along them) point outward
+    faces = model.faces[:, ::-1].copy() if mirror else model.faces
+    history, n_iter, converged, overridden, overridden_max = [], 0, False, 0.0, 0.0
+    ever = np.zeros(model.n_vertices, dtype=bool)
+    error_mm = np.zeros(model.n_vertices)
+    conf = np.ones(model.n_vertices)
     x_prev = None
     edge_step = 0.5 * min(vol.spacing)
 
@@ -185,6 +223,9 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
             new = res.reconstruction * MIRROR if mirror else res.reconstruction
             move = float(np.mean(np.linalg.norm(new - v, axis=1)))
             overridden = res.outlier_fraction
+            overridden_max = max(overridden_max, res.outlier_fraction)
+            ever |= res.overridden
+            error_mm = res.error_norm
             history.append({"search_mm": search_mm, "move_mm": move,
                             "overridden_fraction": overridden,
                             "mean_confidence": float(conf.mean())})
@@ -209,12 +250,11 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
                     wsum = 0.5 * wsum + 0.5 * (L @ wsum)
                 v = v + d / np.maximum(wsum, 1e-6)[:, None] * np.minimum(wsum, 1.0)[:, None]
             history.append({"refine": True, "move_mm": float(np.mean(np.linalg.norm(d, axis=1)))})
-    if mirror:   # keep faces outward after mirroring
-        faces = faces[:, ::-1].copy()
     surf = Surface(v, faces)
     if surf.volume() < 0:
         faces = faces[:, ::-1].copy()
     with clock("voxelize"):
         label = voxelize(v, faces, vol)
     return SegmentResult(v, faces, label, n_iter, converged, overridden,
-                         time.perf_counter() - t0, history, backend)
+                         time.perf_counter() - t0, history, backend, overridden_max, ever,
+                         np.asarray(error_mm, dtype=float), np.asarray(conf, dtype=float))

@@ -1,0 +1,289 @@
+"""Mutation testing of the core: does the test suite catch plausible bugs?
+
+Each mutant is a one-line change of the kind a developer makes by mistake
+(a wrong axis, a dropped weight, an off-by-half index, a flipped sign).
+For each one the source tree is copied, the mutant applied, and the tests
+that cover the module run against the copy (``PYTHONPATH`` puts the copy
+first, subprocesses included). A mutant is *killed* when those tests fail
+(or time out), and *survives* when they pass. Survivors must be killed by a
+new test or explained as equivalent in ``EQUIVALENT``.
+
+    python bench/mutation.py                  # all mutants, JSON in bench/results
+    python bench/mutation.py --only align     # one module's mutants
+    python bench/mutation.py --jobs 2
+
+Runs outside CI (about 20 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from _common import RESULTS, machine, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: tests that cover each module (run with -x; the slow real-data tests are left out)
+TESTS = {
+    "align": ["tests/test_align.py", "tests/test_align_properties.py", "tests/test_ssc.py"],
+    "ssc": ["tests/test_ssc.py"],
+    "io": ["tests/test_reader_corpus.py", "tests/test_hostile.py", "tests/test_io.py",
+           "tests/test_segment.py"],
+    "segment": ["tests/test_segment.py", "tests/test_io.py", "tests/test_fit.py"],
+    "mesh": ["tests/test_mesh.py", "tests/test_model.py"],
+    "model": ["tests/test_model.py", "tests/test_fit.py"],
+    "kernels": ["tests/test_kernels.py", "tests/test_segment.py"],
+    "pipeline": ["tests/test_hostile.py", "tests/test_segment.py"],
+    "appearance": ["tests/test_segment.py", "tests/test_fit.py"],
+}
+
+# (id, module, file, original text (must occur exactly once), mutated text, the bug)
+MUTANTS = [
+    # -- align ---------------------------------------------------------------------------
+    ("align-reflect-axis", "align", "shapeprior/align/_procrustes.py",
+     "sign[-1] = -1.0", "sign[0] = -1.0", "reflection fixed on the wrong axis"),
+    ("align-scale-no-sign", "align", "shapeprior/align/_procrustes.py",
+     "scale = float(sv @ sign) / var_s", "scale = float(sv.sum()) / var_s",
+     "similarity scale without the reflection sign"),
+    ("align-det-test", "align", "shapeprior/align/_procrustes.py",
+     "np.linalg.det(u) * np.linalg.det(vt) < 0", "np.linalg.det(u) * np.linalg.det(vt) > 0",
+     "reflection test inverted"),
+    ("align-unweighted-centroid", "align", "shapeprior/align/_procrustes.py",
+     "mu_s = w @ src / wsum", "mu_s = src.mean(0)", "source centroid ignores weights"),
+    ("align-unweighted-cov", "align", "shapeprior/align/_procrustes.py",
+     "cov = (xt * w[:, None]).T @ xs / wsum", "cov = xt.T @ xs / wsum",
+     "covariance ignores weights"),
+    ("align-inverse-translation", "align", "shapeprior/align/_procrustes.py",
+     "return Transform(inv, -inv @ self.translation, self.kind)",
+     "return Transform(inv, -self.translation, self.kind)", "inverse forgets to rotate t"),
+    ("align-compose", "align", "shapeprior/align/_procrustes.py",
+     "self.linear @ other.translation + self.translation,",
+     "other.translation + self.translation,", "composition forgets to map t"),
+    ("align-affine-weights", "align", "shapeprior/align/_procrustes.py",
+     "sw = np.sqrt(w)[:, None]", "sw = w[:, None]", "affine weights not square-rooted"),
+    # -- ssc -------------------------------------------------------------------------------
+    ("ssc-weights-not-squared", "ssc", "shapeprior/ssc/_compose.py",
+     "w = xp.asarray(np.repeat(s * s, dic.n_dims))", "w = xp.asarray(np.repeat(s, dic.n_dims))",
+     "vertex weights s used instead of s^2"),
+    ("ssc-align-weights", "ssc", "shapeprior/ssc/_compose.py",
+     "w_align = s * s", "w_align = s", "alignment weights s instead of s^2"),
+    ("ssc-error-norm-units", "ssc", "shapeprior/ssc/_compose.py",
+     "error_norm=np.linalg.norm(e, axis=1) / beta.scale",
+     "error_norm=np.linalg.norm(e, axis=1)", "error_norm in model units, not input mm"),
+    ("ssc-overridden-invisible", "ssc", "shapeprior/ssc/_compose.py",
+     "overridden = np.any(e != 0, axis=1) & visible", "overridden = np.any(e != 0, axis=1)",
+     "unseen vertices counted as overridden"),
+    ("ssc-soft-threshold", "ssc", "shapeprior/ssc/_l1.py",
+     "xp.maximum(xp.abs(r) - tau, 0.0)", "xp.maximum(xp.abs(r) - 0.5 * tau, 0.0)",
+     "gross-error threshold halved"),
+    ("ssc-tau", "ssc", "shapeprior/ssc/_l1.py",
+     "return xp.where(w > 0, l2 / xp.where(w > 0, w, 1.0), xp.inf)",
+     "return xp.where(w > 0, l2 * xp.where(w > 0, w, 1.0), xp.inf)",
+     "per-row threshold multiplies by the weight"),
+    ("ssc-halving", "ssc", "shapeprior/ssc/_l1.py",
+     "l1, l2 = 0.5 * lam1, 0.5 * lam2", "l1, l2 = lam1, 0.5 * lam2",
+     "lambda1 not halved into solver units"),
+    ("ssc-outlier-fraction", "ssc", "shapeprior/ssc/_compose.py",
+     "return float(self.overridden[self.visible].sum()) / nv if nv else 0.0",
+     "return float(self.overridden[self.visible].sum()) / len(self.visible) if nv else 0.0",
+     "overridden fraction over all vertices, not the visible ones"),
+    ("ssc-l0-threshold", "ssc", "shapeprior/ssc/_l0.py",
+     "thr = threshold_factor * float(xp.median(rn[visible]))",
+     "thr = threshold_factor * float(xp.median(rn))", "L0 threshold from hidden vertices too"),
+    # -- io ----------------------------------------------------------------------------------
+    ("io-centre-half-voxel", "io", "shapeprior/io/_volume.py",
+     "c = (np.array(self.array.shape[::-1]) - 1) / 2.0",
+     "c = np.array(self.array.shape[::-1]) / 2.0", "field-of-view centre off by half a voxel"),
+    ("io-spacing-rows", "io", "shapeprior/io/_volume.py",
+     "return self.direction * self.spacing[None, :]",
+     "return self.direction * self.spacing[:, None]", "spacing applied to rows, not columns"),
+    ("io-nifti-precedence", "io", "shapeprior/io/_nifti.py",
+     "    if h.sform_code > 0:\n        aff = np.asarray(hdr.get_sform(), dtype=float)",
+     "    if h.sform_code > 0 and h.qform_code == 0:\n"
+     "        aff = np.asarray(hdr.get_sform(), dtype=float)", "qform preferred over the sform"),
+    ("io-nifti-lps", "io", "shapeprior/io/_nifti.py",
+     "_LPS = np.diag([-1.0, -1.0, 1.0])", "_LPS = np.diag([-1.0, 1.0, 1.0])",
+     "RAS->LPS flips x only"),
+    ("io-nifti-write-code", "io", "shapeprior/io/_nifti.py",
+     "img.set_sform(A, code=code)", "img.set_sform(A, code=1)", "label sform code always 1"),
+    ("io-nifti-truncation-slack", "io", "shapeprior/io/_nifti.py",
+     "    if held < expected:", "    if held < expected - 4096:",
+     "a file a few KiB short passes the truncation check"),
+    ("io-nifti-bitpix", "io", "shapeprior/io/_nifti.py",
+     "    if h.bitpix != 8 * itemsize:", "    if h.bitpix < 8:",
+     "datatype/bitpix disagreement not noticed"),
+    ("io-dicom-pixel-spacing", "io", "shapeprior/io/_dicom.py",
+     "vol = Volume(arr, np.array([ps[1], ps[0], step]), np.asarray(pos[order[0]]), D)",
+     "vol = Volume(arr, np.array([ps[0], ps[1], step]), np.asarray(pos[order[0]]), D)",
+     "PixelSpacing read as (x, y) instead of (row, column)"),
+    ("io-dicom-axes", "io", "shapeprior/io/_dicom.py",
+     "    D = np.column_stack([row, col, normal])\n    vol = Volume(arr,",
+     "    D = np.column_stack([col, row, normal])\n    vol = Volume(arr,",
+     "row and column directions swapped"),
+    ("io-dicom-origin", "io", "shapeprior/io/_dicom.py",
+     "vol = Volume(arr, np.array([ps[1], ps[0], step]), np.asarray(pos[order[0]]), D)",
+     "vol = Volume(arr, np.array([ps[1], ps[0], step]), np.asarray(pos[0]), D)",
+     "origin from the first file, not the first slice"),
+    ("io-dicom-rescale", "io", "shapeprior/io/_dicom.py",
+     "slices.append(a.astype(np.float64) * slope + inter if (slope, inter) != (1.0, 0.0)",
+     "slices.append(a.astype(np.float64) * slope if (slope, inter) != (1.0, 0.0)",
+     "rescale intercept dropped"),
+    ("io-nan-check", "io", "shapeprior/io/_checks.py",
+     "if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):",
+     "if np.issubdtype(array.dtype, np.floating) and np.all(np.isnan(array)):",
+     "only all-NaN images refused"),
+    # -- segment -------------------------------------------------------------------------------
+    ("seg-voxelize-half-voxel", "segment", "shapeprior/segment/_voxelize.py",
+     "V = volume.physical_to_index(verts)          # continuous (x, y, z) indices",
+     "V = volume.physical_to_index(verts) + 0.5", "voxelisation shifted by half a voxel"),
+    ("seg-mirror-targets", "segment", "shapeprior/segment/_fit.py",
+     "y = tgt * MIRROR if mirror else tgt", "y = tgt",
+     "search targets not mirrored for a right-side organ"),
+    ("seg-lambda2-half", "segment", "shapeprior/segment/_fit.py",
+     "lambda2=2.0 * tau, outlier_threshold=tau,", "lambda2=tau, outlier_threshold=tau,",
+     "lambda2 halved in the fit"),
+    ("seg-tau-scale", "segment", "shapeprior/segment/_fit.py",
+     "tau = params.outlier_base_mm + 0.5 * search_mm",
+     "tau = params.outlier_base_mm + 5.0 * search_mm", "gross-error threshold 10x too loose"),
+    ("seg-refine-conf", "segment", "shapeprior/segment/_fit.py",
+     "d = (tgt - v) * conf[:, None]", "d = (tgt - v)",
+     "refinement ignores search confidence"),
+    ("seg-mirror-faces", "segment", "shapeprior/segment/_fit.py",
+     "faces = model.faces[:, ::-1].copy() if mirror else model.faces", "faces = model.faces",
+     "mirrored shape searched along inward normals"),
+    ("seg-mirror-offset", "segment", "shapeprior/segment/_fit.py",
+     "        off = off * MIRROR\n", "", "pose offset not mirrored for the right side"),
+    ("seg-dice", "segment", "shapeprior/segment/_metrics.py",
+     "return float(2.0 * np.logical_and(a, b).sum() / s) if s else 1.0",
+     "return float(np.logical_and(a, b).sum() / s) if s else 1.0", "Dice without the 2"),
+    ("seg-overridden-last", "segment", "shapeprior/segment/_fit.py",
+     "overridden_max = max(overridden_max, res.outlier_fraction)",
+     "overridden_max = res.outlier_fraction",
+     "overridden fraction from the last iteration only"),
+    # -- mesh ------------------------------------------------------------------------------------
+    ("mesh-kidney-side", "mesh", "shapeprior/mesh/_surface.py",
+     'sides = ["left" if cents[0][0] > vol.centre()[0] else "right"]',
+     'sides = ["left" if cents[0][0] < vol.centre()[0] else "right"]',
+     "a single kidney assigned to the wrong side"),
+    ("mesh-iso-step", "mesh", "shapeprior/mesh/_surface.py",
+     "step = iso_spacing / sp_zyx", "step = iso_spacing / sp_zyx[::-1]",
+     "resampling step with the axes reversed"),
+    ("mesh-neighbour-degree", "mesh", "shapeprior/mesh/_operators.py",
+     "return sparse.diags(1.0 / np.maximum(deg, 1)) @ A", "return A",
+     "neighbour operator not normalised"),
+    # -- model -----------------------------------------------------------------------------------
+    ("model-pca-ddof", "model", "shapeprior/model/_model.py",
+     "var = s ** 2 / max(M - 1, 1)", "var = s ** 2 / M", "PCA variance with ddof 0"),
+    ("model-pose-offset-sign", "model", "shapeprior/model/_pose.py",
+     "offs.append(v.mean(0) - c)", "offs.append(c - v.mean(0))", "pose offset sign flipped"),
+    ("model-mirror-centre", "model", "shapeprior/model/_build.py",
+     "c = centre * np.array([-1.0, 1.0, 1.0])", "c = centre",
+     "mirrored shape keeps the unmirrored FOV centre"),
+    ("model-pca-clamp", "model", "shapeprior/model/_model.py",
+     "b = np.clip(b, -clamp * sd, clamp * sd)", "b = np.clip(b, -clamp * sd ** 2, clamp * sd ** 2)",
+     "ASM clamp in variances, not standard deviations"),
+    # -- kernels ---------------------------------------------------------------------------------
+    ("kernels-lerp-clamp", "kernels", "kernels/normal_sampling.py",
+     "        if c >= size - 1:\n            return size - 2, 1.0",
+     "        if c >= size - 1:\n            return size - 2, 0.0", "upper edge clamps to the wrong voxel"),
+    ("kernels-trilinear", "kernels", "kernels/normal_sampling.py",
+     "out[i, m] = c0 * (1 - fz) + c1 * fz", "out[i, m] = c0 * fz + c1 * (1 - fz)",
+     "z weights swapped"),
+    ("kernels-lasso-tol", "kernels", "kernels/gram_lasso.py",
+     "def gram_lasso_numba(H, b, lam, x0=None, tol=1e-10, max_iter=2000):",
+     "def gram_lasso_numba(H, b, lam, x0=None, tol=1e-3, max_iter=2000):",
+     "Numba Lasso stops early"),
+    # -- pipeline / outputs ------------------------------------------------------------------------
+    ("pipe-within", "pipeline", "shapeprior/_outputs.py",
+     "        if _within(o, r):", "        if False and _within(o, r):",
+     "an output inside an input folder is allowed"),
+    ("pipe-own-names", "pipeline", "shapeprior/_outputs.py",
+     "if e.is_symlink() or not e.is_file() or e.name not in allowed:",
+     "if e.is_symlink() or not e.is_file():", "foreign files in an output folder are replaced"),
+    ("pipe-resume-inputs", "pipeline", "shapeprior/pipeline/_batch.py",
+     "    if now != was:", "    if False:", "a replaced input is skipped on resume"),
+]
+
+#: survivors that cannot be killed because they do not change behaviour
+EQUIVALENT = {}
+
+
+def _copy_tree(dst: Path):
+    ignore = shutil.ignore_patterns(".git", ".venv", "cache", "__pycache__", "*.nbi", "*.nbc",
+                                    ".shapeprior-staging")
+    for name in ("shapeprior", "kernels", "tests", "bench", "data_samples"):
+        shutil.copytree(REPO / name, dst / name, ignore=ignore)
+    shutil.copy(REPO / "pyproject.toml", dst / "pyproject.toml")
+    (dst / "shapeprior_kernels").symlink_to("kernels")
+
+
+def run_mutant(m, timeout):
+    mid, module, rel, find, repl, why = m
+    work = Path(tempfile.mkdtemp(prefix=f"mut-{mid}-"))
+    try:
+        _copy_tree(work)
+        f = work / rel
+        src = f.read_text()
+        n = src.count(find)
+        if n != 1:
+            return {"id": mid, "module": module, "status": "invalid",
+                    "reason": f"original text found {n} times"}
+        f.write_text(src.replace(find, repl))
+        tests = [t for t in TESTS[module] if (work / t).is_file()]
+        env = dict(os.environ, PYTHONPATH=str(work), NUMBA_CACHE_DIR=str(work / ".numba"))
+        t0 = time.perf_counter()
+        try:
+            p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                "-m", "not slow", *tests], cwd=work, env=env,
+                               capture_output=True, text=True, timeout=timeout)
+            status = "survived" if p.returncode == 0 else "killed"
+            tail = p.stdout.strip().splitlines()[-1:] if p.stdout else []
+        except subprocess.TimeoutExpired:
+            status, tail = "killed", ["timeout"]
+        return {"id": mid, "module": module, "file": rel, "bug": why, "status": status,
+                "tests": tests, "seconds": round(time.perf_counter() - t0, 1),
+                "last_line": tail[0] if tail else ""}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=None, help="module or mutant id")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--out", default=str(RESULTS / "mutation.json"))
+    a = ap.parse_args(argv)
+    todo = [m for m in MUTANTS if a.only in (None, m[0], m[1])]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(a.jobs) as ex:
+        rows = list(ex.map(lambda m: run_mutant(m, a.timeout), todo))
+    for r in rows:
+        if r["status"] == "survived" and r["id"] in EQUIVALENT:
+            r["status"], r["equivalent_because"] = "equivalent", EQUIVALENT[r["id"]]
+        print(f"{r['status']:10s} {r['id']:28s} {r.get('seconds', '')}", flush=True)
+    valid = [r for r in rows if r["status"] in ("killed", "survived")]
+    killed = sum(r["status"] == "killed" for r in valid)
+    result = {"benchmark": "mutation", "machine": machine(), "n_mutants": len(rows),
+              "n_valid": len(valid), "killed": killed,
+              "score": killed / len(valid) if valid else None,
+              "equivalent": [r for r in rows if r["status"] == "equivalent"],
+              "survivors": [r for r in rows if r["status"] == "survived"],
+              "invalid": [r for r in rows if r["status"] == "invalid"],
+              "time_s": round(time.perf_counter() - t0, 1), "mutants": rows}
+    write_json(a.out, result)
+    print(f"score {killed}/{len(valid)} = {result['score']:.0%}; survivors: "
+          f"{[r['id'] for r in result['survivors']]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Volume geometry against the file headers themselves (not against our own
+reader's other paths): NIfTI affines, DICOM position/orientation/spacing."""
+
+import numpy as np
+import pytest
+
+from shapeprior.io import Volume, read_image, read_volume
+
+nib = pytest.importorskip("nibabel")
+pydicom = pytest.importorskip("pydicom")
+
+LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _oblique_affine():
+    th = np.deg2rad(23)
+    R = np.array([[np.cos(th), 0, np.sin(th)], [0, 1, 0], [-np.sin(th), 0, np.cos(th)]])
+    A = np.eye(4)
+    A[:3, :3] = R @ np.diag([0.7, 1.3, 2.9]) @ np.diag([1, -1, 1])   # anisotropic, flipped y
+    A[:3, 3] = [12.5, -40.0, 7.25]
+    return A
+
+
+def test_volume_geometry_equals_the_nifti_affine(tmp_path):
+    A = _oblique_affine()
+    data = np.arange(9 * 7 * 5, dtype=np.float32).reshape(9, 7, 5)
+    img = nib.Nifti1Image(data, A)
+    img.set_qform(A, code=1)
+    img.set_sform(A, code=1)
+    nib.save(img, str(tmp_path / "o.nii.gz"))
+    vol = read_volume(tmp_path / "o.nii.gz")
+    ijk = np.array([[0, 0, 0], [8, 0, 0], [0, 6, 0], [0, 0, 4], [8, 6, 4], [3.5, 2.25, 1.5]])
+    want = (A[:3, :3] @ ijk.T).T + A[:3, 3]
+    assert np.allclose(vol.index_to_physical(ijk), want @ LPS, atol=1e-4)
+    assert np.allclose(vol.physical_to_index(want @ LPS), ijk, atol=1e-6)
+    # the field-of-view centre is the physical position of the middle index
+    mid = (np.array(data.shape) - 1) / 2.0
+    assert np.allclose(vol.centre(), (A[:3, :3] @ mid + A[:3, 3]) @ LPS, atol=1e-4)
+    assert np.allclose(vol.spacing, [0.7, 1.3, 2.9], atol=1e-5)
+    assert np.array_equal(vol.array, data.transpose(2, 1, 0))
+
+
+def test_volume_crop_keeps_physical_positions():
+    vol = Volume(np.zeros((6, 7, 8)), np.array([0.5, 0.9, 2.0]), np.array([3.0, -1.0, 2.0]),
+                 _oblique_affine()[:3, :3] / np.array([0.7, 1.3, 2.9]))
+    sub = vol.crop((1, 2, 3), (5, 6, 7))
+    assert np.allclose(sub.index_to_physical(np.zeros((1, 3))),
+                       vol.index_to_physical(np.array([[3.0, 2.0, 1.0]])))
+
+
+def _series(src_name, folder, pixel_spacing=(0.5, 0.8), descending=True, n=4):
+    """A series from a pydicom test file with anisotropic pixels, written with
+    its slices in descending position order (file order != slice order)."""
+    from pydicom.data import get_testdata_file
+
+    folder.mkdir()
+    base = pydicom.dcmread(get_testdata_file(src_name))
+    iop = np.array([0.9, 0.1, 0.0, -0.1, 0.9, 0.0])
+    iop[:3] /= np.linalg.norm(iop[:3])
+    iop[3:] /= np.linalg.norm(iop[3:])
+    normal = np.cross(iop[:3], iop[3:])
+    ipp0 = np.array([-50.0, 20.0, 10.0])
+    for k in range(n):
+        ds = pydicom.dcmread(get_testdata_file(src_name))
+        pos = ipp0 + 3.0 * (n - 1 - k if descending else k) * normal
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in pos]
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in iop]
+        ds.PixelSpacing = [f"{pixel_spacing[0]}", f"{pixel_spacing[1]}"]
+        ds.SOPInstanceUID = f"{base.SOPInstanceUID}.{k + 1}"
+        ds.InstanceNumber = k + 1
+        ds.save_as(folder / f"f{k}.dcm")
+    return folder, iop, normal, ipp0, base
+
+
+@pytest.mark.parametrize("src", ["CT_small.dcm", "MR_small_bigendian.dcm"])
+def test_volume_geometry_equals_the_dicom_headers(tmp_path, src):
+    folder, iop, normal, ipp0, base = _series(src, tmp_path / "s")
+    vol, info = read_image(folder)
+    rows, cols = int(base.Rows), int(base.Columns)
+    assert vol.array.shape == (4, rows, cols)
+    # DICOM PS3.3 C.7.6.2.1.1: P = IPP + col * dc * X + row * dr * Y
+    # (PixelSpacing = [row spacing dr, column spacing dc])
+    dr, dc = 0.5, 0.8
+    for k in range(4):
+        ipp = ipp0 + 3.0 * k * normal                       # the k-th slice in space
+        for r, c in ((0, 0), (rows - 1, 0), (0, cols - 1), (rows - 1, cols - 1)):
+            want = ipp + c * dc * iop[:3] + r * dr * iop[3:]
+            got = vol.index_to_physical(np.array([[c, r, k]], dtype=float))[0]
+            assert np.allclose(got, want, atol=1e-4), (k, r, c)
+    # values with the modality LUT, slice k = the k-th position (file f{3-k})
+    from pydicom.pixels import apply_modality_lut
+
+    ref = apply_modality_lut(pydicom.dcmread(folder / "f3.dcm").pixel_array,
+                             pydicom.dcmread(folder / "f3.dcm"))
+    assert np.array_equal(vol.array[0], ref)
+    if "RescaleIntercept" in base:
+        assert vol.array.min() < 0            # CT_small: intercept -1024 applied
