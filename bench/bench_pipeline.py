@@ -45,9 +45,10 @@ from pathlib import Path
 import numpy as np
 
 from _common import data_root
+from shapeprior.testing import available_backends
 from shapeprior import __version__
 from shapeprior._profile import StageClock, current_rss_bytes
-from shapeprior.backend import cupy_available, numba_available
+from shapeprior.backend import cupy_available
 from shapeprior.io import read_label_map, read_volume
 from shapeprior.model import BuildParams, build_model, find_label_maps, load_model, save_model
 from shapeprior.segment import SegmentParams, dice
@@ -63,12 +64,7 @@ def _num(path):
 
 
 def backends():
-    out = ["numpy"]
-    if numba_available():
-        out.append("numba")
-    if cupy_available():
-        out.append("cupy")
-    return out
+    return available_backends()
 
 
 def _gpu_name():

@@ -33,16 +33,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: tests that cover each module (run with -x; the slow real-data tests are left out)
 TESTS = {
-    "align": ["tests/test_align.py", "tests/test_align_properties.py", "tests/test_ssc.py"],
-    "ssc": ["tests/test_ssc.py"],
-    "io": ["tests/test_reader_corpus.py", "tests/test_hostile.py", "tests/test_io.py",
+    "align": ["tests/test_align.py", "tests/test_align_properties.py", "tests/test_ssc_weights.py"],
+    "ssc": ["tests/test_ssc_weights.py", "tests/test_ssc.py"],
+    "io": ["tests/test_io.py", "tests/test_reader_corpus.py", "tests/test_hostile.py",
            "tests/test_segment.py"],
-    "segment": ["tests/test_segment.py", "tests/test_io.py", "tests/test_fit.py"],
-    "mesh": ["tests/test_mesh.py", "tests/test_model.py"],
+    "segment": ["tests/test_fit.py", "tests/test_segment.py", "tests/test_io.py"],
+    "mesh": ["tests/test_mesh.py", "tests/test_model.py", "tests/test_fit.py"],
     "model": ["tests/test_model.py", "tests/test_fit.py"],
     "kernels": ["tests/test_kernels.py", "tests/test_segment.py"],
     "pipeline": ["tests/test_hostile.py", "tests/test_segment.py"],
-    "appearance": ["tests/test_segment.py", "tests/test_fit.py"],
+    "appearance": ["tests/test_fit.py", "tests/test_segment.py"],
 }
 
 # (id, module, file, original text (must occur exactly once), mutated text, the bug)

@@ -76,8 +76,8 @@ def test_batch_of_real_cases_with_one_corrupt_case_on_dask(hippocampus, tmp_path
         assert seg.same_grid(img)
         dices.append(dice(seg.array > 0, read_label_map(p).array > 0))
     print("Dice per held-out case:", np.round(dices, 3))
-    # a 10-shape model on unseen subjects: every case plausible, most good
-    assert min(dices) > 0.6 and np.mean(dices) > 0.78, dices
+    # a 10-shape model on unseen subjects; measured Dice 0.80-0.91, mean 0.875
+    assert min(dices) > 0.77 and np.mean(dices) > 0.85, dices
     assert {p.name: p.read_bytes() for p in cases.iterdir()} == before   # inputs untouched
     # resume: complete cases are skipped, the corrupt one is tried again and fails again
     rc = main(["segment", str(cases), "-o", str(out), "--model", str(model)])

@@ -376,13 +376,17 @@ def test_damaged_model_files_one_line_each(case, tmp_path, capsys):
 
 # -- resume by manifest ------------------------------------------------------------------------
 
-def test_resume_trusts_the_manifest_not_the_report(phantom_model, tmp_path, capsys):
-    _, images, _, model = phantom_model
+def _three_cases(images, tmp_path):
     batch = tmp_path / "batch"
     batch.mkdir()
     for i in range(3):
         shutil.copy(images / f"phantom_00{i}.nii.gz", batch / f"c{i}.nii.gz")
-    out = tmp_path / "out"
+    return batch, tmp_path / "out"
+
+
+def test_resume_trusts_the_manifest_not_the_report(phantom_model, tmp_path, capsys):
+    _, images, _, model = phantom_model
+    batch, out = _three_cases(images, tmp_path)
     assert main(["segment", str(batch), "-o", str(out), "--model", str(model)]) == 0
 
     def status():
@@ -564,11 +568,7 @@ def test_readme_bad_inputs_one_line_inputs_untouched(case, tmp_path, capsys, nam
 
 def test_batch_killed_mid_run_resumes_cleanly(phantom_model, tmp_path):
     _, images, _, model = phantom_model
-    batch = tmp_path / "batch"
-    batch.mkdir()
-    for i in range(3):
-        shutil.copy(images / f"phantom_00{i}.nii.gz", batch / f"c{i}.nii.gz")
-    out = tmp_path / "out"
+    batch, out = _three_cases(images, tmp_path)
     before = tree_state(batch)
     # the first case's manifest is written, then the process dies before publishing it
     rc, _, _ = _subprocess(["segment", str(batch), "-o", str(out), "--model", str(model)],

@@ -72,6 +72,16 @@ def test_kidney_split_by_side(tmp_path):
     assert vol.index_to_physical(cl[None])[0, 0] > vol.index_to_physical(cr[None])[0, 0]
 
 
+@pytest.mark.parametrize("x,side", [(40.0, "left"), (-40.0, "right")])
+def test_single_kidney_side_from_the_field_of_view_centre(tmp_path, x, side):
+    """One kidney (e.g. after nephrectomy): its side comes from its position
+    relative to the centre of the field of view (LPS: +x is left)."""
+    ellipsoid_label_map(tmp_path / "k.nii.gz", (12, 10, 8), (x, 0.0, 0.0), spacing=(1, 1, 1),
+                        size=(140, 90, 40), origin=(-70.0, -45.0, -20.0))
+    masks = kidney_masks(read_label_map(tmp_path / "k.nii.gz"), (1, 2))
+    assert list(masks) == [side]
+
+
 def test_missing_label_and_empty_mask_are_clear_errors(tmp_path):
     ellipsoid_label_map(tmp_path / "e.nii.gz")
     vol = read_label_map(tmp_path / "e.nii.gz")

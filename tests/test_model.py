@@ -170,3 +170,37 @@ def test_kits_subset_build(data_root, tmp_path):
     vols = [r["surface_volume_ml"] for r in rep["per_shape"]]
     assert all(80 < v < 600 for v in vols)      # kidney (+ tumour) volumes in ml
     assert m.metadata["side"] == "left (right mirrored)"
+
+
+def test_built_model_geometry_matches_the_label_maps(tmp_path):
+    """The model's mean shape has the ellipsoids' size, and the pose prior puts
+    it where the organs sit in their scans (known offset from the FOV centre)."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    axes = []
+    offset = np.array([6.0, -4.0, 3.0])
+    for i in range(5):
+        a = (24 + 2 * rng.random(), 15 + 2 * rng.random(), 11 + 2 * rng.random())
+        axes.append(a)
+        # the FOV centre is at the origin: size (60, 46, 22) at spacing (1.2, 1.2, 2.0),
+        # origin chosen so that index (size-1)/2 maps to (0, 0, 0)
+        size = np.array([60, 46, 22])
+        sp = np.array([1.2, 1.2, 2.0])
+        ellipsoid_label_map(folder / f"c{i}.nii.gz", a, offset, spacing=sp, size=size,
+                            origin=-(size - 1) / 2.0 * sp)
+    out = tmp_path / "m.npz"
+    assert main(["build-model", str(folder), "-o", str(out), "--vertices", "642",
+                 "--quiet"]) == 0
+    m = load_model(out)
+    # the pose prior: organ centre relative to the FOV centre (marching cubes on a
+    # 1.5 mm grid: measured within 0.3 mm)
+    assert np.allclose(m.pose.offset_from_fov_centre_mm, offset, atol=0.5)
+    # the mean shape's extent along its principal axes is the mean ellipsoid's
+    c = m.mean - m.mean.mean(0)
+    ext = np.sort(np.ptp(c @ np.linalg.svd(c, full_matrices=False)[2].T, axis=0))[::-1]
+    assert np.allclose(ext * m.pose.scale, 2 * np.mean(axes, axis=0), rtol=0.05), ext
+    # PCA variances are the unbiased variances of the aligned shapes along the modes
+    X = m.shapes.reshape(len(m.shapes), -1)
+    proj = (X - X.mean(0)) @ m.pca_components.T
+    assert np.allclose(m.pca_variances, proj.var(axis=0, ddof=1), rtol=1e-8)

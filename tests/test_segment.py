@@ -18,7 +18,9 @@ def test_segment_phantom_outputs_and_geometry(phantom_model, tmp_path):
     for f in ("label.nii.gz", "mesh.ply", "report.json", "qc.png", "manifest.json"):
         assert (out / f).is_file(), f
     rep = json.loads((out / "report.json").read_text())
-    assert rep["reference"]["dice"] > 0.85                  # leak next to the organ
+    # a leak touches the organ; measured Dice 0.97-0.98 (seed 3), a half-voxel
+    # shift of the label drops it to about 0.92
+    assert rep["reference"]["dice"] > 0.95
     src, lab = read_volume(img), read_label_map(out / "label.nii.gz")
     # the label overlays the input exactly: same grid, spacing, origin, direction
     assert lab.array.shape == src.array.shape
