@@ -121,7 +121,12 @@ def _segment(argv):
                     help="output folder (one subfolder per case for a folder of cases)")
     ap.add_argument("--model", required=True, help="model file from build-model")
     ap.add_argument("--series", default=None, help="DICOM series index or key (see errors)")
-    ap.add_argument("--seed", default=None, help="organ centre x,y,z in mm (LPS)")
+    ap.add_argument("--seed", default=None,
+                    help="organ centre x,y,z: mm in LPS (default) or RAS, or voxel indices "
+                         "i,j,k (see --seed-space); negative numbers work: --seed -64.4,-12,8")
+    ap.add_argument("--seed-space", choices=("lps", "ras", "voxel"), default="lps",
+                    help="coordinates of --seed: lps (ITK/DICOM), ras (3D Slicer/nibabel) or "
+                         "voxel (i,j,k); default lps")
     ap.add_argument("--side", choices=("none", "left", "right"), default="none",
                     help="side of a paired organ (model built with mirrored right sides)")
     ap.add_argument("--reference", default=None, help="reference label map for Dice/distances")
@@ -152,7 +157,7 @@ def _segment(argv):
     ap.add_argument("--allow-no-orientation", action="store_true",
                     help="accept NIfTI/Analyze files that record no orientation (placed by "
                          "their voxel sizes alone)")
-    a = ap.parse_args(argv)
+    a = ap.parse_args(_join_negative_values(argv, ("--seed", "--window")))
 
     from pathlib import Path
 
@@ -163,6 +168,7 @@ def _segment(argv):
     model = load_model(a.model)
     params = SegmentParams(method=a.method, side=a.side,
                            seed_mm=_floats(a.seed, 3, "--seed") if a.seed else None,
+                           seed_space=a.seed_space,
                            inside_brighter=not a.dark_organ,
                            window=_floats(a.window, 2, "--window") if a.window else None,
                            normalisation=a.normalisation, backend=a.backend)
@@ -215,6 +221,24 @@ def _segment(argv):
     print(f"{done} of {len(cases)} cases complete ({failed} failed); "
           f"summary in {_shown(root / 'summary.json')}")
     return 1 if failed else 0
+
+
+def _join_negative_values(argv, options):
+    """``--seed -64.4,-12,8`` -> ``--seed=-64.4,-12,8``: argparse would take a
+    value starting with '-' for an option."""
+    import re
+
+    out, i = [], 0
+    argv = list(argv)
+    while i < len(argv):
+        if argv[i] in options and i + 1 < len(argv) and \
+                re.fullmatch(r"-[\d.][\d.eE+-]*(,[-+]?[\d.][\d.eE+-]*)*", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def _shown(p) -> str:

@@ -120,3 +120,28 @@ def test_report_states_what_the_prior_rejected(phantom_model, tmp_path, capsys):
     rep = json.loads((out / "report.json").read_text())
     assert rep["overridden_fraction_max"] >= 0.02 and rep["overridden_vertices"] >= 5
     assert "prior overrode up to" in capsys.readouterr().out
+
+
+def test_seed_in_lps_ras_and_voxel_lands_on_the_same_point(phantom_model, tmp_path, capsys):
+    d, images, labels, model = phantom_model
+    img = images / "phantom_006.nii.gz"
+    vol = read_volume(img)
+    truth = read_label_map(labels / "phantom_006.nii.gz").array > 0
+    ijk = np.argwhere(truth)[:, ::-1].mean(0)             # organ centre, voxel indices
+    lps = vol.index_to_physical(ijk[None])[0]
+    ras = lps * np.array([-1.0, -1.0, 1.0])
+    labs = []
+    for space, p in (("lps", lps), ("ras", ras), ("voxel", ijk)):
+        o = tmp_path / space
+        seed = ",".join(repr(float(v)) for v in p)
+        assert main(["segment", str(img), "-o", str(o), "--model", str(model),
+                     "--seed", seed, "--seed-space", space]) == 0, capsys.readouterr().err
+        labs.append(read_label_map(o / "label.nii.gz").array)
+    # the same point up to rounding of the conversions (1e-12 mm)
+    assert dice(labs[0] > 0, labs[1] > 0) > 0.999 and dice(labs[0] > 0, labs[2] > 0) > 0.999
+    assert dice(labs[0] > 0, truth) > 0.95
+    assert any(v < 0 for v in lps) or any(v < 0 for v in ras)   # a negative number was parsed
+    rc = main(["segment", str(img), "-o", str(tmp_path / "far"), "--model", str(model),
+               "--seed", "900,900,900"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "outside the image" in err and err.count("\n") == 1

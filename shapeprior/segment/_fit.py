@@ -26,7 +26,8 @@ class SegmentParams:
     max_iter: int = 12            # per level
     tol_mm: float = 0.05          # mean vertex motion that ends a level
     method: str = "l1"
-    seed_mm: tuple | None = None  # physical (LPS) position of the organ centre
+    seed_mm: tuple | None = None  # organ centre, in seed_space coordinates
+    seed_space: str = "lps"       # 'lps' mm, 'ras' mm (Slicer, nibabel) or 'voxel' (i, j, k)
     side: str = "none"            # 'left'/'right' for paired organs (mirrored model)
     inside_brighter: bool = True  # edge fallback polarity
     window: tuple | None = None   # edge fallback: intensity window inside the organ
@@ -56,6 +57,7 @@ class SegmentParams:
         check_choice("method", self.method, ("l1", "l0"))
         if self.seed_mm is not None:
             self.seed_mm = check_vector("seed_mm", self.seed_mm, 3)
+        check_choice("seed_space", self.seed_space, ("lps", "ras", "voxel"))
         check_choice("side", self.side, ("none", "left", "right"))
         self.inside_brighter = check_bool("inside_brighter", self.inside_brighter)
         if self.window is not None:
@@ -134,9 +136,29 @@ def initial_shape(model, vol, params: SegmentParams):
     if mirror:
         shape = shape * MIRROR
         off = off * MIRROR
-    centre = np.asarray(params.seed_mm, float) if params.seed_mm is not None \
-        else vol.centre() + off
+    centre = seed_lps(vol, params) if params.seed_mm is not None else vol.centre() + off
     return shape + centre, mirror
+
+
+def seed_lps(vol, params):
+    """The seed as an LPS position (mm); a seed outside the image is an error.
+
+    ``seed_space``: ``'lps'`` (ITK, DICOM), ``'ras'`` (3D Slicer, nibabel: x and y
+    negated) or ``'voxel'`` (continuous indices i, j, k along the image's x, y, z
+    axes, as ITK, Slicer and nibabel number them)."""
+    s = np.asarray(params.seed_mm, dtype=float)
+    if params.seed_space == "ras":
+        p = s * np.array([-1.0, -1.0, 1.0])
+    elif params.seed_space == "voxel":
+        p = vol.index_to_physical(s[None])[0]
+    else:
+        p = s
+    idx = vol.physical_to_index(p[None])[0]
+    if np.any(idx < -0.5) or np.any(idx > np.array(vol.array.shape[::-1]) - 0.5):
+        raise ValueError(f"the seed {tuple(np.round(s, 2).tolist())} ({params.seed_space}) "
+                         f"lies outside the image (voxel index {np.round(idx, 1).tolist()} "
+                         f"of {list(vol.array.shape[::-1])})")
+    return p
 
 
 def check_fits(model, vol):
