@@ -107,7 +107,9 @@ def write_paired_phantoms(folder, n_cases, seed=0):
     size = np.array([96, 52, 36])
     truth = {}
     for i in range(n_cases):
-        origin = rng.uniform(-10, 10, 3) + np.array([-48.0, -26.0, -27.0])
+        # fields of view centred about 40 mm off the origin in x: a mirrored
+        # organ needs its mirrored field-of-view centre
+        origin = rng.uniform(-10, 10, 3) + np.array([-8.0, -26.0, -27.0])
         grid = Volume(np.zeros(size[::-1], np.float32), spacing, origin, np.eye(3))
         c = grid.centre()
         masks = {}

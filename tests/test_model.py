@@ -87,6 +87,17 @@ def test_pca_reconstruct_training_shape_and_clamp():
     wild = m.mean + 10 * np.sqrt(m.pca_variances[0]) * m.pca_components[0].reshape(-1, 3)
     rw = pca_reconstruct(m, wild)
     assert np.abs(rw - wild).max() > 1.0   # the clamp keeps the shape plausible
+    # the clamp is in standard deviations, not variances: on a model in small units
+    # (sd < 1 mm, so sd^2 < sd) a shape 2.5 sd out along a mode is kept as it is
+    from dataclasses import replace
+
+    k = 0.01
+    small = replace(m, shapes=m.shapes * k, mean=m.mean * k,
+                    pca_variances=m.pca_variances * k * k)
+    sd0 = np.sqrt(small.pca_variances[0])
+    assert sd0 < 0.5
+    y = small.mean + 2.5 * sd0 * small.pca_components[0].reshape(-1, 3)
+    assert np.abs(pca_reconstruct(small, y) - y).max() < 1e-6 * sd0 + 1e-9
 
 
 def test_ksvd_and_online_update():

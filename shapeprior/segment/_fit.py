@@ -140,6 +140,23 @@ def initial_shape(model, vol, params: SegmentParams):
     return shape + centre, mirror
 
 
+def refine_step(v, tgt, conf, L, n_smooth):
+    """One local refinement step: confidence-weighted boundary displacements,
+    smoothed over the mesh (``L``: mean-neighbour operator) ``n_smooth`` times.
+
+    A vertex moves by the confidence-weighted mean of its neighbourhood's
+    displacements, damped where the neighbourhood's confidence is low, so a
+    vertex with a doubtful target (a leak, a wrong edge) is held back by its
+    confident neighbours. Returns ``(new_verts, weighted_displacement)``.
+    """
+    d = (tgt - v) * conf[:, None]
+    wsum = conf.copy()
+    for _ in range(n_smooth):
+        d = 0.5 * d + 0.5 * (L @ d)
+        wsum = 0.5 * wsum + 0.5 * (L @ wsum)
+    return v + d / np.maximum(wsum, 1e-6)[:, None] * np.minimum(wsum, 1.0)[:, None], d
+
+
 def seed_lps(vol, params):
     """The seed as an LPS position (mm); a seed outside the image is an error.
 
@@ -265,12 +282,7 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
             n_iter += 1
             tgt, conf = search(level, v, params.refine_search_mm)
             with clock("refine"):
-                d = (tgt - v) * conf[:, None]
-                wsum = conf.copy()
-                for _ in range(params.refine_smooth):
-                    d = 0.5 * d + 0.5 * (L @ d)
-                    wsum = 0.5 * wsum + 0.5 * (L @ wsum)
-                v = v + d / np.maximum(wsum, 1e-6)[:, None] * np.minimum(wsum, 1.0)[:, None]
+                v, d = refine_step(v, tgt, conf, L, params.refine_smooth)
             history.append({"refine": True, "move_mm": float(np.mean(np.linalg.norm(d, axis=1)))})
     surf = Surface(v, faces)
     if surf.volume() < 0:
