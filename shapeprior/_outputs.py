@@ -25,12 +25,18 @@ import platform
 import shutil
 import sys
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from ._provenance import package_versions, sha256_file
+
+#: the process umask, read once at import (reading it means setting it, which would
+#: race with threads creating files)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 PRODUCER = "shapeprior"
 STAGING = ".shapeprior-staging"
@@ -132,8 +138,15 @@ def own_model_file(path):
     return None
 
 
-def _lock(path: Path):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+def _lock(path: Path, create=True):
+    """An exclusive ``flock`` on ``path`` (its fd), or None when another process
+    holds it or (``create=False``) the file is gone."""
+    try:
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+    except FileNotFoundError:
+        if create:
+            raise
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -149,9 +162,18 @@ def clean_stale_staging(parent) -> int:
         return 0
     n = 0
     for run in sorted(root.iterdir()):
-        if not run.name.startswith("run-") or run.is_symlink() or not run.is_dir():
+        if run.is_symlink() or not run.is_dir():
             continue
-        fd = _lock(run / "lock")
+        if run.name.startswith("new-"):     # died before it could lock: only once old
+            try:
+                if time.time() - run.stat().st_mtime > 600:
+                    shutil.rmtree(run, ignore_errors=True)
+            except OSError:
+                pass
+            continue
+        if not run.name.startswith("run-"):
+            continue
+        fd = _lock(run / "lock", create=False)
         if fd is None:
             continue                    # a live run holds it
         try:
@@ -224,8 +246,7 @@ class OutputDir:
                                         "use --force to replace it")
         self._created = make_dirs(self.path.parent)
         clean_stale_staging(self.path.parent)
-        self._run = _new_run(self.path.parent)
-        self._fd = _lock(self._run / "lock")
+        self._run, self._fd = _new_run(self.path.parent)
         self.stage = self._run / "out"
         self.stage.mkdir()
 
@@ -287,14 +308,23 @@ class OutputDir:
             pass
 
 
-def _new_run(parent: Path) -> Path:
+def _new_run(parent: Path):
+    """A locked staging folder ``run-*``: created as ``new-*``, locked, then renamed,
+    so that no other run can see it unlocked and take it for a dead one's."""
     root = parent / STAGING
-    root.mkdir(exist_ok=True)
-    run = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=root))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(run, 0o777 & ~umask)   # mkdtemp makes it 0700; the published folder keeps this
-    return run
+    for attempt in range(20):       # another run may remove the empty root meanwhile
+        root.mkdir(exist_ok=True)
+        try:
+            new = Path(tempfile.mkdtemp(prefix=f"new-{os.getpid()}-", dir=root))
+            break
+        except FileNotFoundError:
+            if attempt == 19:
+                raise
+    os.chmod(new, 0o777 & ~_UMASK)  # mkdtemp makes it 0700; the published folder keeps this
+    fd = _lock(new / "lock")
+    run = new.with_name("run-" + new.name[len("new-"):])
+    os.rename(new, run)
+    return run, fd
 
 
 def publish_file(src, dest, force=False, inputs=(), own=None):

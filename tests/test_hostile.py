@@ -579,3 +579,24 @@ def test_batch_killed_mid_run_resumes_cleanly(phantom_model, tmp_path):
     rows = json.loads((out / "summary.json").read_text())["cases"]
     assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
     assert not leftovers(tmp_path) and tree_state(batch) == before
+
+
+def test_concurrent_runs_in_one_folder_never_take_each_other_for_dead(tmp_path):
+    """Many runs stage in the same parent at once (dask workers do): each one's
+    staging is locked before another can see it, so none is cleaned away."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shapeprior._outputs import OutputDir, manifest
+
+    def one(i):
+        out = OutputDir(tmp_path / f"case{i:03d}")
+        out.file("label.nii.gz").write_bytes(b"x" * 100)
+        out.write_json("manifest.json", manifest("test", {}, None, {}))
+        out.commit()
+        return i
+
+    with ThreadPoolExecutor(8) as ex:
+        done = list(ex.map(one, range(80)))
+    assert done == list(range(80))
+    assert all((tmp_path / f"case{i:03d}" / "label.nii.gz").is_file() for i in range(80))
+    assert not leftovers(tmp_path)
