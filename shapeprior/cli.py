@@ -130,7 +130,9 @@ def _segment(argv):
     ap.add_argument("--side", choices=("none", "left", "right"), default="none",
                     help="side of a paired organ (model built with mirrored right sides)")
     ap.add_argument("--reference", default=None, help="reference label map for Dice/distances")
-    ap.add_argument("--reference-labels", default="1", help="labels of the organ in --reference")
+    ap.add_argument("--reference-labels", default=None,
+                    help="labels of the organ in --reference (default: the labels the model "
+                         "was built from, e.g. 1,2 for hippocampus head and body)")
     ap.add_argument("--method", choices=("l1", "l0"), default="l1")
     ap.add_argument("--mesh-format", default="vtk", help="vtk, ply, stl or obj (default vtk)")
     ap.add_argument("--normalisation", choices=("percentile", "ct"), default=None,
@@ -184,7 +186,11 @@ def _segment(argv):
         argv = scrub_argv(argv, {a.input: "<input>", a.output: "<output>",
                                  a.reference: "<reference>"})
     dic = model.ssc_dictionary("shapes")
-    ref_labels = _parse_labels(a.reference_labels, "--reference-labels")
+    if a.reference_labels is not None:
+        ref_labels = _parse_labels(a.reference_labels, "--reference-labels")
+    else:
+        ref_labels = tuple(int(v) for v in
+                           (model.metadata.get("parameters") or {}).get("labels") or (1,))
     single = Path(a.input).is_file() or (len(cases) == 1 and cases[0].path == Path(a.input))
     if single:
         c = cases[0]
