@@ -192,6 +192,12 @@ def _rmdir_if_empty(p: Path) -> None:
         pass
 
 
+def remove_created(dirs) -> None:
+    """Remove, deepest first, the folders :func:`make_dirs` created, if empty."""
+    for d in reversed(list(dirs)):
+        _rmdir_if_empty(d)
+
+
 def make_dirs(path: Path) -> list:
     """mkdir -p; returns the folders it created, deepest last."""
     missing = []
@@ -235,15 +241,9 @@ class OutputDir:
         self.stage = None
         self._run = None
         self._fd = None
+        self.partial_ok = partial_ok
         check_not_input(self.path, inputs)
-        if self.path.exists() or self.path.is_symlink():
-            why = own_output(self.path, partial_ok=partial_ok)
-            if why is not None:
-                raise OutputExistsError(f"{_show(self.path)} exists and {why}; "
-                                        "shapeprior never replaces it, even with --force")
-            if not force and any(self.path.iterdir()):
-                raise OutputExistsError(f"output folder {_show(self.path)} exists; "
-                                        "use --force to replace it")
+        _check_replaceable(self.path, force, self._own)
         self._created = make_dirs(self.path.parent)
         clean_stale_staging(self.path.parent)
         self._run, self._fd = _new_run(self.path.parent)
@@ -271,13 +271,7 @@ class OutputDir:
         _seal_manifest(self.stage)
         _kill_point("before-commit")
         if self.path.exists() or self.path.is_symlink():
-            why = own_output(self.path, partial_ok=True)
-            if why is not None:
-                raise OutputExistsError(f"{_show(self.path)} appeared during the run and "
-                                        f"{why}; it was left as it is")
-            if any(self.path.iterdir()) and not self.force:
-                raise OutputExistsError(f"output folder {_show(self.path)} appeared during "
-                                        "the run; it was left as it is")
+            _check_replaceable(self.path, self.force, self._own, during_run=True)
             os.replace(self.path, self._run / "old")
             _kill_point("mid-replace")
         os.replace(self.stage, self.path)
@@ -285,11 +279,13 @@ class OutputDir:
         self._created = []
         self._release()
 
+    def _own(self, path):
+        return own_output(path, partial_ok=self.partial_ok)
+
     def discard(self):
         """Drop everything staged, and the parent folders this run created."""
         self._release()
-        for d in reversed(self._created):
-            _rmdir_if_empty(d)
+        remove_created(self._created)
         self._created = []
 
     def _release(self):
@@ -335,14 +331,28 @@ def publish_file(src, dest, force=False, inputs=(), own=None):
     is ours."""
     dest = Path(dest)
     check_not_input(dest, inputs)
-    if dest.exists() or dest.is_symlink():
-        why = own(dest) if own is not None else "it is not a shapeprior output"
-        if why is not None:
-            raise OutputExistsError(f"{_show(dest)} exists and {why}; shapeprior never "
-                                    "replaces it, even with --force")
-        if not force:
-            raise OutputExistsError(f"{_show(dest)} exists; use --force to replace it")
+    _check_replaceable(dest, force, own or (lambda p: "it is not a shapeprior output"))
     os.replace(src, dest)
+
+
+def _check_replaceable(path, force, own, during_run=False):
+    """Refuse to replace ``path`` unless ``own(path)`` (a reason, or None) finds it
+    ours and ``force`` is set; an empty folder needs no ``force``."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    why = own(path)
+    if why is not None:
+        if during_run:
+            raise OutputExistsError(f"{_show(path)} appeared during the run and {why}; "
+                                    "it was left as it is")
+        raise OutputExistsError(f"{_show(path)} exists and {why}; shapeprior never "
+                                "replaces it, even with --force")
+    empty_dir = path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    if not force and not empty_dir:
+        if during_run:
+            raise OutputExistsError(f"{_show(path)} appeared during the run; it was left "
+                                    "as it is")
+        raise OutputExistsError(f"{_show(path)} exists; use --force to replace it")
 
 
 def _seal_manifest(stage: Path):
@@ -402,7 +412,7 @@ def manifest(command, parameters, seed, inputs, input_paths=None):
     }
 
 
-def write_text_atomic(path, text, own=None, force=True):
+def write_text_atomic(path, text, own=None):
     """Write a small text file next to its target, then rename it into place.
 
     An existing file is replaced only when ``own(path)`` finds it ours."""

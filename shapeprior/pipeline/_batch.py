@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .._outputs import (PRODUCER, OutputExistsError, make_dirs, check_not_input, own_output,
-                        read_manifest, sha256_file, write_text_atomic)
+from .._outputs import (PRODUCER, OutputExistsError, check_not_input, make_dirs, own_output,
+                        read_manifest, remove_created, sha256_file, write_text_atomic)
 from ._cases import scrub
 
 _MODELS = {}
@@ -163,11 +163,7 @@ def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk"
             else:
                 todo.append((c, state == "stale" and why))
     except BaseException:
-        for d in reversed(created):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
+        remove_created(created)
         raise
     args = [(c, root / c.name, model_path, params, series, mesh_format, force, argv,
              deidentify, allow_no_orientation, redo or None) for c, redo in todo]
