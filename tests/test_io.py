@@ -95,3 +95,19 @@ def test_volume_geometry_equals_the_dicom_headers(tmp_path, src):
     assert np.array_equal(vol.array[0], ref)
     if "RescaleIntercept" in base:
         assert vol.array.min() < 0            # CT_small: intercept -1024 applied
+
+
+def test_dicom_spacing_tolerance_is_honoured(tmp_path):
+    """One slice 0.1 mm off a 3 mm step: refused at the default 1 % tolerance,
+    read when the caller allows 5 %."""
+    from shapeprior.io import ImageReadError, read_dicom_series
+
+    folder, iop, normal, ipp0, base = _series("MR_small.dcm", tmp_path / "s", n=4)
+    ds = pydicom.dcmread(folder / "f1.dcm")
+    pos = np.array([float(v) for v in ds.ImagePositionPatient]) + 0.1 * normal
+    ds.ImagePositionPatient = [f"{v:.6f}" for v in pos]
+    ds.save_as(folder / "f1.dcm")
+    with pytest.raises(ImageReadError, match="non-uniform"):
+        read_dicom_series(folder)
+    vol, _ = read_dicom_series(folder, spacing_tol=0.05)
+    assert vol.array.shape[0] == 4

@@ -197,7 +197,7 @@ def read_dicom_series(folder, series=None, spacing_tol=0.01):
         pick = sel[0]
     _, key, _, uid = pick
     try:
-        return _read_picked(folder, key, uid, len(found))
+        return _read_picked(folder, key, uid, len(found), spacing_tol)
     except ImageReadError:
         raise
     except MemoryError:
@@ -208,7 +208,7 @@ def read_dicom_series(folder, series=None, spacing_tol=0.01):
                              f"({type(exc).__name__}: {msg})") from None
 
 
-def _read_picked(folder, key, uid, n_series):
+def _read_picked(folder, key, uid, n_series, spacing_tol):
     items = _scan(folder)[uid]
     try:
         nframes = [int(ds.get("NumberOfFrames", 1) or 1) for _, ds in items]
@@ -218,11 +218,11 @@ def _read_picked(folder, key, uid, n_series):
         if len(items) != 1:
             raise ImageReadError(f"series {key} mixes {len(items)} files with multi-frame "
                                  "objects; not a single volume")
-        vol, pos_info = _read_multiframe(items[0], key, folder)
+        vol, pos_info = _read_multiframe(items[0], key, spacing_tol)
     else:
         if len(items) < 2:
             raise ImageReadError(f"series {key} has a single slice; a 3-D volume is needed")
-        vol, pos_info = _read_single_frames(items, key, folder)
+        vol, pos_info = _read_single_frames(items, key, spacing_tol)
     first = items[0][1]
     step, thick = pos_info
     modality = str(first.get("Modality", "") or "").strip() or None
@@ -283,7 +283,7 @@ def _thickness(ds):
     return t if np.isfinite(t) and t > 0 else None
 
 
-def _read_single_frames(items, key, folder, spacing_tol=0.01):
+def _read_single_frames(items, key, spacing_tol):
     what = f"series {key}"
     first = items[0][1]
     iop = _floats(first, "ImageOrientationPatient", 6, what)
@@ -369,7 +369,7 @@ def _frame_item(ds, i, name):
     return None
 
 
-def _read_multiframe(item, key, folder, spacing_tol=0.01):
+def _read_multiframe(item, key, spacing_tol):
     """An enhanced multi-frame CT/MR/PET object, with per-frame positions."""
     import pydicom
 
