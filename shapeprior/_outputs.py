@@ -63,8 +63,15 @@ def _within(inner: str, outer: str) -> bool:
     return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
-def _show(p) -> str:
+def show_path(p) -> str:
+    """A path fit for a message: undecodable bytes as ``\\xNN``."""
     return os.fsencode(str(p)).decode("utf-8", "backslashreplace")
+
+
+def one_line(text) -> str:
+    """A message as one printable line (white space folded, lone surrogates escaped)."""
+    t = " ".join(str(text).split())
+    return t.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def check_not_input(output, inputs) -> None:
@@ -77,13 +84,13 @@ def check_not_input(output, inputs) -> None:
             continue
         r = _real(i)
         if o == r:
-            raise UnsafeOutputError(f"output {_show(output)} is the input {_show(i)}; "
+            raise UnsafeOutputError(f"output {show_path(output)} is the input {show_path(i)}; "
                                     "choose another output path")
         if _within(o, r):
-            raise UnsafeOutputError(f"output {_show(output)} lies inside the input "
-                                    f"{_show(i)}; choose a path outside it")
+            raise UnsafeOutputError(f"output {show_path(output)} lies inside the input "
+                                    f"{show_path(i)}; choose a path outside it")
         if _within(r, o):
-            raise UnsafeOutputError(f"output {_show(output)} contains the input {_show(i)}; "
+            raise UnsafeOutputError(f"output {show_path(output)} contains the input {show_path(i)}; "
                                     "choose a path that does not")
 
 
@@ -120,7 +127,7 @@ def own_output(path, partial_ok=False):
         allowed = set(m["outputs"]) | {"manifest.json"}
     for e in entries:
         if e.is_symlink() or not e.is_file() or e.name not in allowed:
-            return f"it holds {_show(e.name)!r}, which shapeprior did not write"
+            return f"it holds {show_path(e.name)!r}, which shapeprior did not write"
     return None
 
 
@@ -243,7 +250,7 @@ class OutputDir:
         self._fd = None
         self.partial_ok = partial_ok
         check_not_input(self.path, inputs)
-        _check_replaceable(self.path, force, self._own)
+        check_replaceable(self.path, force, self._own)
         self._created = make_dirs(self.path.parent)
         clean_stale_staging(self.path.parent)
         self._run, self._fd = _new_run(self.path.parent)
@@ -271,7 +278,7 @@ class OutputDir:
         _seal_manifest(self.stage)
         _kill_point("before-commit")
         if self.path.exists() or self.path.is_symlink():
-            _check_replaceable(self.path, self.force, self._own, during_run=True)
+            check_replaceable(self.path, self.force, self._own, during_run=True)
             os.replace(self.path, self._run / "old")
             _kill_point("mid-replace")
         os.replace(self.stage, self.path)
@@ -331,11 +338,11 @@ def publish_file(src, dest, force=False, inputs=(), own=None):
     is ours."""
     dest = Path(dest)
     check_not_input(dest, inputs)
-    _check_replaceable(dest, force, own or (lambda p: "it is not a shapeprior output"))
+    check_replaceable(dest, force, own or (lambda p: "it is not a shapeprior output"))
     os.replace(src, dest)
 
 
-def _check_replaceable(path, force, own, during_run=False):
+def check_replaceable(path, force, own, during_run=False):
     """Refuse to replace ``path`` unless ``own(path)`` (a reason, or None) finds it
     ours and ``force`` is set; an empty folder needs no ``force``."""
     if not (path.exists() or path.is_symlink()):
@@ -343,16 +350,16 @@ def _check_replaceable(path, force, own, during_run=False):
     why = own(path)
     if why is not None:
         if during_run:
-            raise OutputExistsError(f"{_show(path)} appeared during the run and {why}; "
+            raise OutputExistsError(f"{show_path(path)} appeared during the run and {why}; "
                                     "it was left as it is")
-        raise OutputExistsError(f"{_show(path)} exists and {why}; shapeprior never "
+        raise OutputExistsError(f"{show_path(path)} exists and {why}; shapeprior never "
                                 "replaces it, even with --force")
     empty_dir = path.is_dir() and not path.is_symlink() and not any(path.iterdir())
     if not force and not empty_dir:
         if during_run:
-            raise OutputExistsError(f"{_show(path)} appeared during the run; it was left "
+            raise OutputExistsError(f"{show_path(path)} appeared during the run; it was left "
                                     "as it is")
-        raise OutputExistsError(f"{_show(path)} exists; use --force to replace it")
+        raise OutputExistsError(f"{show_path(path)} exists; use --force to replace it")
 
 
 def _seal_manifest(stage: Path):
@@ -404,7 +411,7 @@ def manifest(command, parameters, seed, inputs, input_paths=None):
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "parameters": parameters,
         "seed": seed,
-        "inputs": {k: {"path": shown.get(k, _show(v)), "sha256": sha256_file(v)}
+        "inputs": {k: {"path": shown.get(k, show_path(v)), "sha256": sha256_file(v)}
                    for k, v in inputs.items()},
         "versions": package_versions(),
         "python": sys.version.split()[0],
@@ -420,7 +427,7 @@ def write_text_atomic(path, text, own=None):
     if p.exists() or p.is_symlink():
         why = own(p) if own is not None else None
         if why is not None:
-            raise OutputExistsError(f"{_show(p)} exists and {why}; shapeprior never "
+            raise OutputExistsError(f"{show_path(p)} exists and {why}; shapeprior never "
                                     "replaces it")
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:

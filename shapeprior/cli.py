@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from . import __version__
-from ._outputs import OutputDir, OutputExistsError, manifest
+from ._outputs import OutputDir, OutputExistsError, manifest, one_line, show_path
 
 
 def _ssc_demo(argv):
@@ -205,7 +205,7 @@ def _segment(argv):
                 raise type(exc)(scrub(str(exc), c.path, c.name)) from None
             raise
         _print_case(c.name, rep)
-        print(f"wrote {_shown(a.output)}")
+        print(f"wrote {show_path(a.output)}")
         return 0
     if a.reference:
         raise ValueError("--reference applies to a single case, not a folder of cases")
@@ -225,7 +225,7 @@ def _segment(argv):
         print(f"{r['case']:30s} {r['status']:8s} {extra}")
     done = sum(r["status"] in ("ok", "skipped") for r in summary)
     print(f"{done} of {len(cases)} cases complete ({failed} failed); "
-          f"summary in {_shown(root / 'summary.json')}")
+          f"summary in {show_path(root / 'summary.json')}")
     return 1 if failed else 0
 
 
@@ -245,12 +245,6 @@ def _join_negative_values(argv, options):
             out.append(argv[i])
             i += 1
     return out
-
-
-def _shown(p) -> str:
-    import os
-
-    return os.fsencode(str(p)).decode("utf-8", "backslashreplace")
 
 
 def _print_case(name, rep):
@@ -314,7 +308,7 @@ def _demo(argv):
                 shutil.copy(f, out.file(f.name))
             shutil.copy(work / "model.npz", out.file("model.npz"))
             out.commit()
-            print(f"published {_shown(a.output)}")
+            print(f"published {show_path(a.output)}")
         return rc
     finally:
         out.discard()
@@ -370,21 +364,15 @@ def _build_model(argv):
 
     from pathlib import Path
 
-    from ._outputs import OutputDir, check_not_input, own_model_file, publish_file
+    from ._outputs import (OutputDir, check_not_input, check_replaceable, own_model_file,
+                           publish_file)
     from .model import BuildParams, build_model, find_label_maps, save_model
 
     out = Path(a.output)
     side_path = out.with_name(out.name + ".report")
     inputs = [a.labels_dir, a.images]
     check_not_input(out, inputs)
-    if out.exists() or out.is_symlink():
-        why = own_model_file(out)
-        if why is not None:
-            raise OutputExistsError(f"{_shown(out)} exists and {why}; shapeprior never "
-                                    "replaces it, even with --force")
-        if not a.force:
-            raise OutputExistsError(f"model file {_shown(out)} exists; use --force to "
-                                    "replace it")
+    check_replaceable(out, a.force, own_model_file)          # before the slow stages
     labels = _parse_labels(a.labels)
     for name, v in (("--iso-spacing", a.iso_spacing), ("--vertices", a.vertices)):
         if v <= 0:
@@ -414,8 +402,8 @@ def _build_model(argv):
         side.discard()
     print(f"model: {model.shapes.shape[0]} shapes x {model.n_vertices} vertices, "
           f"{len(model.pca_variances)} PCA modes; {len(report['rejected'])} rejected "
-          f"(see {_shown(side_path)}/report.json)")
-    print(f"wrote {_shown(out)}")
+          f"(see {show_path(side_path)}/report.json)")
+    print(f"wrote {show_path(out)}")
     return 0
 
 
@@ -429,12 +417,6 @@ class Terminated(BaseException):
 
 def _on_sigterm(signum, frame):
     raise Terminated()
-
-
-def _one_line(text) -> str:
-    """A message as one printable line."""
-    t = " ".join(str(text).split())
-    return t.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def main(argv=None):
@@ -455,7 +437,7 @@ def main(argv=None):
         return 0
     cmd = COMMANDS.get(argv[0])
     if cmd is None:
-        print(f"shapeprior: unknown command {_one_line(argv[0])!r}; choose from "
+        print(f"shapeprior: unknown command {one_line(argv[0])!r}; choose from "
               f"{sorted(COMMANDS)}", file=sys.stderr)
         return 2
     import signal
@@ -473,20 +455,20 @@ def main(argv=None):
         print(f"shapeprior {argv[0]}: terminated; nothing partial was kept", file=sys.stderr)
         return 143
     except OutputExistsError as exc:
-        print(f"shapeprior {argv[0]}: {_one_line(exc)}", file=sys.stderr)
+        print(f"shapeprior {argv[0]}: {one_line(exc)}", file=sys.stderr)
         return 1
     except MemoryError:
         print(f"shapeprior {argv[0]}: error: out of memory", file=sys.stderr)
         return 1
     except (ValueError, OSError, RuntimeError) as exc:
-        print(f"shapeprior {argv[0]}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"shapeprior {argv[0]}: error: {one_line(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - one line for users; SHAPEPRIOR_DEBUG=1 re-raises
         import os
 
         if os.environ.get("SHAPEPRIOR_DEBUG"):
             raise
-        print(f"shapeprior {argv[0]}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+        print(f"shapeprior {argv[0]}: internal error: {type(exc).__name__}: {one_line(exc)} "
               "(set SHAPEPRIOR_DEBUG=1 for the traceback, and please report it)",
               file=sys.stderr)
         return 1

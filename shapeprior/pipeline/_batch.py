@@ -16,7 +16,8 @@ import json
 from pathlib import Path
 
 from .._outputs import (PRODUCER, OutputExistsError, check_not_input, make_dirs, own_output,
-                        read_manifest, remove_created, sha256_file, write_text_atomic)
+                        one_line, read_manifest, remove_created, sha256_file,
+                        write_text_atomic)
 from ._cases import scrub
 
 _MODELS = {}
@@ -90,12 +91,11 @@ def run_one(case, outdir, model_path, params, series, mesh_format, force, argv, 
 
 
 def failed_row(case, exc, deidentify):
-    msg = " ".join(str(exc).split()) if isinstance(exc, Exception) else str(exc)
+    msg = one_line(exc)
     if isinstance(exc, Exception) and not isinstance(exc, (ValueError, OSError)):
         msg = f"{type(exc).__name__}: {msg}"
     if deidentify:
         msg = scrub(msg, case.path, case.name)
-    msg = msg.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"case": case.name, "status": "failed", "error": msg}
 
 
