@@ -115,7 +115,12 @@ def _segment(argv):
     ap = argparse.ArgumentParser(
         prog="shapeprior segment",
         description="Segment an organ with an SSC shape model. INPUT: a NIfTI/NRRD/MHA file, "
-                    "a DICOM series folder, or a folder of such cases.")
+                    "a DICOM series folder, or a folder of such cases. Without --seed the "
+                    "organ is searched for in the whole field of view.",
+        epilog="Every case gets a status: ok, suspect or failed (organ not found, cut by the "
+               "field of view, leak, implausible shape), with its reasons in report.json. "
+               "Exit codes: 0 ok (suspect too, unless --strict); 1 bad input or an error; 3 a "
+               "failed result (or a suspect one with --strict); 130/143 interrupted.")
     ap.add_argument("input")
     ap.add_argument("-o", "--output", required=True,
                     help="output folder (one subfolder per case for a folder of cases)")
@@ -159,6 +164,14 @@ def _segment(argv):
     ap.add_argument("--allow-no-orientation", action="store_true",
                     help="accept NIfTI/Analyze files that record no orientation (placed by "
                          "their voxel sizes alone)")
+    ap.add_argument("--strict", action="store_true",
+                    help="exit 3 for a 'suspect' result too (default: only for 'failed')")
+    ap.add_argument("--placement", choices=("search", "prior"), default="search",
+                    help="without --seed: search the whole field of view (default) or start "
+                         "at the training position relative to the FOV centre")
+    ap.add_argument("--hypotheses", type=int, default=5,
+                    help="without --seed: placements fitted before the best one continues "
+                         "(default 5)")
     a = ap.parse_args(_join_negative_values(argv, ("--seed", "--window")))
 
     from pathlib import Path
@@ -173,7 +186,8 @@ def _segment(argv):
                            seed_space=a.seed_space,
                            inside_brighter=not a.dark_organ,
                            window=_floats(a.window, 2, "--window") if a.window else None,
-                           normalisation=a.normalisation, backend=a.backend)
+                           normalisation=a.normalisation, backend=a.backend,
+                           n_hypotheses=a.hypotheses, placement=a.placement)
     from .backend import resolve_backend
 
     params.backend = resolve_backend(params.backend)   # fail early, and record it resolved
@@ -206,7 +220,11 @@ def _segment(argv):
             raise
         _print_case(c.name, rep)
         print(f"wrote {show_path(a.output)}")
-        return 0
+        code = _status_code([rep["status"]], a.strict)
+        if code:
+            print(f"shapeprior: {c.name}: {rep['status']}: {'; '.join(rep['reasons'])}",
+                  file=sys.stderr)
+        return code
     if a.reference:
         raise ValueError("--reference applies to a single case, not a folder of cases")
     from .pipeline import run_batch, write_summary
@@ -218,15 +236,21 @@ def _segment(argv):
                         allow_no_orientation=a.allow_no_orientation, inputs=[a.input],
                         progress=sys.stderr.isatty())
     write_summary(root, summary, len(cases))
-    failed = sum(r["status"] == "failed" for r in summary)
+    errors = sum("error" in r for r in summary)
     for r in summary:
-        extra = (f"{r['volume_ml']:.1f} ml, {r['time_s']:.2f} s" if r["status"] == "ok"
-                 else r.get("error") or r.get("reason"))
+        if "error" in r or r["status"] == "skipped":
+            extra = r.get("error") or r.get("reason")
+        else:
+            extra = f"{r['volume_ml']:.1f} ml, quality {r['quality']:.2f}, {r['time_s']:.2f} s"
+            if r.get("reasons"):
+                extra += "; " + "; ".join(r["reasons"])
         print(f"{r['case']:30s} {r['status']:8s} {extra}")
-    done = sum(r["status"] in ("ok", "skipped") for r in summary)
-    print(f"{done} of {len(cases)} cases complete ({failed} failed); "
+    counts = {k: sum(r["status"] == k for r in summary) for k in
+              ("ok", "suspect", "failed", "skipped")}
+    print(f"{len(cases)} cases: {counts['ok']} ok, {counts['suspect']} suspect, "
+          f"{counts['failed']} failed ({errors} with errors), {counts['skipped']} skipped; "
           f"summary in {show_path(root / 'summary.json')}")
-    return 1 if failed else 0
+    return 1 if errors else _status_code([r["status"] for r in summary], a.strict)
 
 
 def _join_negative_values(argv, options):
@@ -248,7 +272,7 @@ def _join_negative_values(argv, options):
 
 
 def _print_case(name, rep):
-    line = (f"{name}: {rep['volume_ml']:.1f} ml, {rep['iterations']} iterations, "
+    line = (f"{name}: {rep['status']} (quality {rep['quality']:.2f}), {rep['volume_ml']:.1f} ml, {rep['iterations']} iterations, "
             f"{rep['time_s']:.2f} s, prior overrode up to "
             f"{100 * rep['overridden_fraction_max']:.1f}% of vertices "
             f"({100 * rep['overridden_fraction']:.1f}% at the end)")
@@ -256,8 +280,17 @@ def _print_case(name, rep):
         r = rep["reference"]
         line += f"; Dice {r['dice']:.3f}, mean surface distance {r['assd_mm']:.2f} mm"
     print(line)
+    for r in rep["reasons"]:
+        print(f"  {rep['status']}: {r}")
     for w in rep["warnings"]:
         print(f"  note: {w}")
+
+
+def _status_code(statuses, strict):
+    """Exit code for case statuses: 3 when a result is not trustworthy
+    ('failed', or 'suspect' with --strict), else 0."""
+    bad = {"failed", "suspect"} if strict else {"failed"}
+    return 3 if any(s in bad for s in statuses) else 0
 
 
 def _demo(argv):

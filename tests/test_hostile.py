@@ -549,7 +549,7 @@ def _readme_bad_inputs(d, scan, model):
     ("gap", None, ["non-uniform slice spacing"]), ("two", None, ["2 DICOM series"]),
     ("mixed", None, ["mixes slice orientations"]), ("nan.mha", None, ["NaN"]),
     ("flat.nii.gz", None, ["3-D"]), ("scan", "wrong_model.npz", ["not a shapeprior model"]),
-    ("scan", "future_model.npz", ["version 99"]), ("scan", "big_model.npz", ["cannot fit"]),
+    ("scan", "future_model.npz", ["version 99"]),
 ])
 def test_readme_bad_inputs_one_line_inputs_untouched(case, tmp_path, capsys, name, model_name,
                                                      words):
@@ -564,6 +564,24 @@ def test_readme_bad_inputs_one_line_inputs_untouched(case, tmp_path, capsys, nam
     one_line_error(capsys, rc, *words)
     assert tree_state(d, scan.parent, model) == before
     assert not (tmp_path / "o").exists() and not leftovers(tmp_path)
+
+
+def test_model_that_cannot_fit_the_image_is_a_failed_result(case, tmp_path, capsys):
+    """A wrong model (an organ larger than the field of view) is not an input
+    error but a result: status failed with the reason, exit 3, one stderr
+    line, inputs untouched."""
+    scan, model = case
+    d = tmp_path / "bad"
+    d.mkdir()
+    _readme_bad_inputs(d, scan, model)
+    before = tree_state(d, scan.parent, model)
+    rc = main(["segment", str(scan), "-o", str(tmp_path / "o" / "case"), "--model",
+               str(d / "big_model.npz")])
+    err = capsys.readouterr().err
+    assert rc == 3 and err.count("\n") == 1 and "cannot fit" in err, err
+    rep = json.loads((tmp_path / "o" / "case" / "report.json").read_text())
+    assert rep["status"] == "failed" and rep["volume_ml"] == 0
+    assert tree_state(d, scan.parent, model) == before and not leftovers(tmp_path)
 
 
 def test_batch_killed_mid_run_resumes_cleanly(phantom_model, tmp_path):

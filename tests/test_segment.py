@@ -101,7 +101,7 @@ def test_segment_wrong_model_file(phantom_model, tmp_path, capsys):
 
 
 def test_segment_mismatched_model_organ(phantom_model, tmp_path, capsys):
-    """A model of a large organ on a small field of view is refused."""
+    """A model of a large organ on a small field of view: status failed, exit 3."""
     _, images, _, model = phantom_model
     from shapeprior.model import load_model, save_model
 
@@ -111,7 +111,11 @@ def test_segment_mismatched_model_organ(phantom_model, tmp_path, capsys):
     save_model(m, tmp_path / "big.npz")
     rc = main(["segment", str(images / "phantom_000.nii.gz"), "-o", str(tmp_path / "o"),
                "--model", str(tmp_path / "big.npz")])
-    assert rc == 1 and "cannot fit" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 3 and "cannot fit" in err and len(err.strip().splitlines()) == 1
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["status"] == "failed" and "cannot fit" in rep["reasons"][0]
+    assert rep["volume_ml"] == 0
 
 
 def test_dicom_oblique_with_gaps(data_root):

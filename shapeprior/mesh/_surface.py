@@ -40,19 +40,24 @@ class Surface:
         a, b, c = (self.verts[self.faces[:, k]] for k in range(3))
         return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
 
-    def to_meshio(self):
+    def to_meshio(self, point_data=None):
         import meshio
 
-        return meshio.Mesh(self.verts, [("triangle", self.faces)])
+        return meshio.Mesh(self.verts, [("triangle", self.faces)],
+                           point_data=dict(point_data or {}))
 
-    def write(self, path):
-        """Write VTK/PLY/STL/... by extension, atomically."""
+    def write(self, path, point_data=None):
+        """Write VTK/PLY/STL/... by extension, atomically.
+
+        ``point_data``: ``{name: array (N,)}`` per-vertex values, kept by the
+        formats that carry them (VTK, PLY); STL and OBJ drop them."""
         import os
         from pathlib import Path
 
         p = Path(path)
         tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
-        self.to_meshio().write(tmp)
+        keep = p.suffix.lower() in (".vtk", ".vtu", ".ply")
+        self.to_meshio(point_data if keep else None).write(tmp)
         os.replace(tmp, p)
 
 

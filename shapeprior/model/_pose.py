@@ -23,18 +23,25 @@ class PosePrior:
         Mean organ centre relative to the centre of the field of view.
     offset_sd_mm : ndarray, shape (3,)
         Standard deviation of that offset over the training scans.
+    scale_range : tuple of float or None
+        Smallest and largest similarity scale over the training scans (the
+        organ sizes the population supports); None in models built before
+        it was recorded.
     """
 
     rotation: np.ndarray
     scale: float
     offset_from_fov_centre_mm: np.ndarray
     offset_sd_mm: np.ndarray
+    scale_range: tuple | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready form, as stored in a model file's metadata."""
         return {"rotation": np.asarray(self.rotation).tolist(), "scale": float(self.scale),
                 "offset_from_fov_centre_mm": np.asarray(self.offset_from_fov_centre_mm).tolist(),
-                "offset_sd_mm": np.asarray(self.offset_sd_mm).tolist()}
+                "offset_sd_mm": np.asarray(self.offset_sd_mm).tolist(),
+                **({"scale_range": [float(a) for a in self.scale_range]}
+                   if self.scale_range is not None else {})}
 
     @classmethod
     def from_dict(cls, d) -> "PosePrior":
@@ -44,14 +51,18 @@ class PosePrior:
             s = float(d["scale"])
             off = np.asarray(d["offset_from_fov_centre_mm"], dtype=float)
             sd = np.asarray(d.get("offset_sd_mm", [0.0, 0.0, 0.0]), dtype=float)
+            sr = d.get("scale_range")
+            sr = None if sr is None else tuple(float(a) for a in sr)
         except (KeyError, TypeError, ValueError, AttributeError):
             raise ValueError("malformed pose prior") from None
         ok = R.shape == (3, 3) and off.shape == (3,) and sd.shape == (3,) and np.isfinite(s) \
             and s > 0 and np.all(np.isfinite(R)) and np.all(np.isfinite(off)) \
             and np.all(np.isfinite(sd))
+        if sr is not None:
+            ok = ok and len(sr) == 2 and all(np.isfinite(sr)) and 0 < sr[0] <= sr[1]
         if not ok:
             raise ValueError("malformed pose prior")
-        return cls(R, s, off, sd)
+        return cls(R, s, off, sd, sr)
 
 
 def fit_pose_prior(mean, physical_shapes, fov_centres) -> PosePrior:
@@ -81,4 +92,5 @@ def fit_pose_prior(mean, physical_shapes, fov_centres) -> PosePrior:
         R = u @ vt
     return PosePrior.from_dict({"rotation": R.tolist(), "scale": float(np.mean(ss)),
                                 "offset_from_fov_centre_mm": np.mean(offs, axis=0).tolist(),
-                                "offset_sd_mm": np.std(offs, axis=0).tolist()})
+                                "offset_sd_mm": np.std(offs, axis=0).tolist(),
+                                "scale_range": [float(np.min(ss)), float(np.max(ss))]})

@@ -81,8 +81,11 @@ def run_one(case, outdir, model_path, params, series, mesh_format, force, argv, 
                        mesh_format=mesh_format, force=force or redo, dictionary=dic, argv=argv,
                        case_name=case.name, deidentify=deidentify,
                        allow_no_orientation=allow_no_orientation, partial_ok=True)
-        row = {"case": case.name, "status": "ok", "volume_ml": rep["volume_ml"],
-               "iterations": rep["iterations"], "time_s": rep["time_s"]}
+        row = {"case": case.name, "status": rep["status"], "quality": rep["quality"],
+               "volume_ml": rep["volume_ml"], "iterations": rep["iterations"],
+               "time_s": rep["time_s"]}
+        if rep["reasons"]:
+            row["reasons"] = rep["reasons"]
         if redo:
             row["note"] = f"redone: {redo}"
         return row

@@ -87,9 +87,10 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
                         "(gaps): boundaries between slabs are interpolated")
     if info.get("oblique"):
         warnings.append("oblique acquisition: handled exactly in physical space")
-    if not res.converged:
+    if not res.converged and res.n_iter:
         warnings.append("did not converge within the iteration limit")
     report = {
+        "status": res.status, "quality": round(res.quality, 4), "reasons": res.reasons,
         "input": {"name": case_name or display_name(input_path), **info,
                   "shape_zyx": list(vol.array.shape), "spacing_mm": vol.spacing.tolist(),
                   "origin_mm": vol.origin.tolist(), "direction": vol.direction.ravel().tolist()},
@@ -103,7 +104,8 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
         "overridden_vertices": int(res.overridden.sum()),
         "time_s": res.time_s, "backend": res.backend,
         "stage_seconds": {k: round(v, 4) for k, v in clock.seconds.items()},
-        "warnings": warnings, "history": res.history,
+        "warnings": warnings, "evidence": res.evidence, "placement": res.placement,
+        "history": res.history,
     }
     if ref is not None:
         report["reference"] = {"dice": dice(res.label, ref),
@@ -118,7 +120,8 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
 def _write_outputs(out, vol, res, ref, report, model, model_path, input_path, reference,
                    mesh_format, params, argv, info, deidentify):
     write_label(vol, res.label, out.file("label.nii.gz"), code=info.get("xform_code") or 1)
-    Surface(res.verts, res.faces).write(out.file(f"mesh.{mesh_format}"))
+    Surface(res.verts, res.faces).write(out.file(f"mesh.{mesh_format}"),
+                                        point_data=vertex_data(res))
     qc_png(out.file("qc.png"), vol, res.label, ref,
            title=f"{model.metadata.get('organ', 'organ')}: {report['volume_ml']:.1f} ml")
     out.write_json("report.json", report)
@@ -135,6 +138,16 @@ def _write_outputs(out, vol, res, ref, report, model, model_path, input_path, re
         command="segment", parameters={"argv": argv, **params_record(params)},
         seed=None, inputs=inputs, input_paths=shown))
     out.commit()
+
+
+def vertex_data(res) -> dict:
+    """Per-vertex results written with the mesh: the gross error |e| (mm), the
+    vertices the prior overrode in any iteration (1/0) and the last search's
+    confidence."""
+    n = len(res.verts)
+    pick = lambda a: np.zeros(n) if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
+    return {"gross_error_mm": pick(res.error_mm), "overridden": pick(res.overridden),
+            "confidence": pick(res.confidence)}
 
 
 def params_record(params) -> dict:
@@ -156,4 +169,4 @@ def scrub_argv(argv, replace):
     return out
 
 
-__all__ = ["run_case", "input_files", "input_hashes", "params_record"]
+__all__ = ["run_case", "input_files", "input_hashes", "params_record", "vertex_data"]

@@ -11,13 +11,20 @@ import numpy as np
 from .._profile import NULL_CLOCK
 from ..backend import resolve_backend
 from ..appearance import LevelImage, intensity_scale, search_edges, search_profiles
+from ..align import procrustes
 from ..mesh import Surface, mean_neighbour_operator
 from ..ssc import sparse_shape_composition
+from ._assess import SCALE_SLACK, assess
+from ._place import AppearanceScore, Hypothesis, find_placements
 from ._voxelize import voxelize
 
 #: (search range mm, image smoothing sigma mm) per resolution level
 DEFAULT_SCHEDULE = ((6.0, 1.0), (3.0, 0.5), (1.5, 0.0))
 MIRROR = np.array([-1.0, 1.0, 1.0])
+#: placements fitted are those scoring at least this fraction of the best one
+HYPOTHESIS_MARGIN = 0.6
+#: first-level iterations each placement hypothesis gets before the best is kept
+HYPOTHESIS_ITER = 4
 
 
 @dataclass
@@ -37,6 +44,8 @@ class SegmentParams:
     refine_iter: int = 3          # final local refinement steps outside the shape space (chosen on a validation split)
     refine_search_mm: float = 1.5
     refine_smooth: int = 5        # Laplacian passes on the refinement displacement
+    placement: str = "search"     # without a seed: 'search' the FOV, or 'prior' (training offset)
+    n_hypotheses: int = 5         # placements fitted at the first level (best one continues)
     backend: str | None = None    # image smoothing + sampling: auto/numpy/numba/cupy ($SHAPEPRIOR_BACKEND)
 
     def __post_init__(self):
@@ -70,6 +79,8 @@ class SegmentParams:
         self.refine_search_mm = check_number("refine_search_mm", self.refine_search_mm, 0,
                                              low_open=True)
         self.refine_smooth = check_number("refine_smooth", self.refine_smooth, 0, integer=True)
+        check_choice("placement", self.placement, ("search", "prior"))
+        self.n_hypotheses = check_number("n_hypotheses", self.n_hypotheses, 1, integer=True)
         if self.backend is not None:
             check_choice("backend", str(self.backend).lower(), BACKENDS)
 
@@ -103,6 +114,16 @@ class SegmentResult:
         Gross error |e| per vertex in the last projection, mm.
     confidence : ndarray, shape (N,)
         Search confidence per vertex in the last search, in [0.05, 1].
+    status : {'ok', 'suspect', 'failed'}
+        What the evidence says of the result (see :func:`assess`).
+    quality : float
+        Appearance fit of the final surface in [0, 1] (higher is better).
+    reasons : list of str
+        Why the status is not ``ok`` (empty when it is).
+    evidence : dict
+        The measurements behind the status.
+    placement : dict or None
+        The placement hypotheses tried, their scores, and the one kept.
     """
 
     verts: np.ndarray
@@ -118,6 +139,11 @@ class SegmentResult:
     overridden: np.ndarray | None = None
     error_mm: np.ndarray | None = None
     confidence: np.ndarray | None = None
+    status: str = "ok"
+    quality: float = float("nan")
+    reasons: list = field(default_factory=list)
+    evidence: dict = field(default_factory=dict)
+    placement: dict | None = None
 
 
 def initial_shape(model, vol, params: SegmentParams):
@@ -178,21 +204,47 @@ def seed_lps(vol, params):
     return p
 
 
-def check_fits(model, vol):
-    """Clear error when the organ cannot fit the field of view (wrong model)."""
-    ext_img = np.abs(vol.index_to_physical_matrix) @ (np.array(vol.array.shape[::-1]) - 1)
-    m = model.mean
-    size = float(np.linalg.norm(m.max(0) - m.min(0)))
-    diag = float(np.linalg.norm(ext_img))
-    if size > 1.5 * diag:
-        raise ValueError(
-            f"the model's {model.metadata.get('organ', 'organ')} (about {size:.0f} mm across) "
-            f"cannot fit this image's field of view ({diag:.0f} mm diagonal): wrong model for "
-            "this image?")
+def _prepare(model, vol, params, dictionary):
+    """What every fit of this image and model shares."""
+    dic = dictionary or model.ssc_dictionary("shapes")
+    pm = model.profile
+    if pm is not None:
+        pm.check_layout()
+    norm = params.normalisation or (pm.normalisation if pm else "ct")
+    scale = intensity_scale(vol, norm)
+    return dic, pm, norm, scale
+
+
+class _Fit:
+    """One fit in progress (one placement hypothesis)."""
+
+    def __init__(self, v, hypothesis):
+        self.v = v
+        self.hypothesis = hypothesis
+        self.history = []
+        self.n_iter = 0
+        self.converged = False
+        self.overridden = 0.0
+        self.overridden_max = 0.0
+        self.ever = np.zeros(len(v), dtype=bool)
+        self.error_mm = np.zeros(len(v))
+        self.conf = np.ones(len(v))
+        self.x_prev = None
+        self.scale_clamped = 0
+        self.trial_score = None     # appearance after the first iterations (hypotheses)
 
 
 def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=None):
     """Fit the model to ``vol``; returns :class:`SegmentResult`.
+
+    Without a seed the organ is found by :func:`find_placements` (a search
+    over the whole field of view scored by the model's appearance); the
+    first resolution level runs from the ``params.n_hypotheses`` best
+    placements and the fit that matches the image best continues. The result
+    carries a status (``ok``/``suspect``/``failed``) with its reasons and
+    evidence (see :func:`assess`): a flat image or a model that cannot fit
+    the field of view gives a ``failed`` result with an empty label, not an
+    exception.
 
     Parameters
     ----------
@@ -205,90 +257,192 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     dictionary : ShapeDictionary, optional
         Prepared dictionary (reuse across cases); default the model's shapes.
     clock : shapeprior._profile.StageClock, optional
-        Receives per-stage time (and peak RSS): prepare, search, ssc, refine,
-        voxelize.
+        Receives per-stage time (and peak RSS): prepare, place, search, ssc,
+        refine, voxelize.
     """
     t0 = time.perf_counter()
     clock = clock or NULL_CLOCK
     backend = resolve_backend(params.backend)
     if min(vol.array.shape) < 2:
         raise ValueError(f"image of shape {vol.array.shape} is not a 3-D volume")
-    check_fits(model, vol)
     with clock("prepare"):
-        dic = dictionary or model.ssc_dictionary("shapes")
-        pm = model.profile
-        if pm is not None:
-            pm.check_layout()
-        norm = params.normalisation or (pm.normalisation if pm else "ct")
-        scale = intensity_scale(vol, norm)
-        v, mirror = initial_shape(model, vol, params)
+        dic, pm, norm, scale = _prepare(model, vol, params, dictionary)
+        shape0, mirror = initial_shape(model, vol, params)
     # a mirrored shape turns its triangles inside out: reverse them for the whole
     # fit, so that normals (and the search along them) point outward
     faces = model.faces[:, ::-1].copy() if mirror else model.faces
-    history, n_iter, converged, overridden, overridden_max = [], 0, False, 0.0, 0.0
-    ever = np.zeros(model.n_vertices, dtype=bool)
-    error_mm = np.zeros(model.n_vertices)
-    conf = np.ones(model.n_vertices)
-    x_prev = None
-    edge_step = 0.5 * min(vol.spacing)
-
-    def search(level, v, search_mm):
-        reach = search_mm + (pm.half * pm.step if pm is not None else 2 * edge_step)
-        with clock("prepare"):      # crop + smooth when the mesh left the region
-            sampler = level.sampler(v, reach)
-        with clock("search"):
-            normals = Surface(v, faces).vertex_normals()
-            if pm is not None:
-                return search_profiles(pm, sampler, v, normals, search_mm)
-            return search_edges(sampler, v, normals, search_mm, edge_step,
-                                params.inside_brighter, params.window)
-
-    for search_mm, sigma in params.schedule:
-        level = LevelImage(vol, norm, sigma, backend, scale)
-        converged = False
-        for _ in range(params.max_iter):
-            n_iter += 1
-            tgt, conf = search(level, v, search_mm)
-            y = tgt * MIRROR if mirror else tgt
-            # a vertex that lands more than tau (mm) off the prior's shape is a
-            # gross error (a leak or a wrong edge): tau follows the search scale
-            tau = params.outlier_base_mm + 0.5 * search_mm
-            with clock("ssc"):
-                res = sparse_shape_composition(y, dic, conf, method=params.method, x0=x_prev,
-                                               lambda2=2.0 * tau, outlier_threshold=tau,
-                                               n_nonzero=min(20, dic.n_atoms),
-                                               max_align_iter=params.align_rounds)
-            x_prev = res.x if params.method == "l1" else None
-            new = res.reconstruction * MIRROR if mirror else res.reconstruction
-            move = float(np.mean(np.linalg.norm(new - v, axis=1)))
-            overridden = res.outlier_fraction
-            overridden_max = max(overridden_max, res.outlier_fraction)
-            ever |= res.overridden
-            error_mm = res.error_norm
-            history.append({"search_mm": search_mm, "move_mm": move,
-                            "overridden_fraction": overridden,
-                            "mean_confidence": float(conf.mean())})
-            v = new
-            if move < params.tol_mm:
-                converged = True
-                break
+    early = _cannot_fit(model, vol)
+    if early:
+        return _failed(vol, shape0, faces, early, backend, t0)
+    extent = float(np.linalg.norm(model.mean.max(0) - model.mean.min(0)))
+    scorer = AppearanceScore(vol, pm, norm, scale, backend, params.schedule[0][1],
+                             band_mm=float(np.clip(0.04 * extent, 2.0, 4.0)),
+                             window=params.window, inside_brighter=params.inside_brighter)
+    centre0 = shape0.mean(0)
+    if params.seed_mm is not None:
+        hyps = [Hypothesis(centre0, 1.0, float("nan"), "seed")]
+    elif params.placement == "prior":
+        hyps = [Hypothesis(centre0, 1.0, float("nan"), "prior")]
+    else:
+        with clock("place"):
+            s = model.pose.scale if model.pose is not None else 1.0
+            lo, hi = _scale_range(model)
+            scales = (1.0,) if lo is None else sorted(
+                {1.0, *(np.clip([0.9, 1.1], lo / s, hi / s).tolist())})
+            hyps = find_placements(vol, shape0 - centre0, faces, scorer, params.n_hypotheses,
+                                   prior_centre=centre0, side=params.side, scales=scales)
+    # fit the hypotheses whose placement score comes near the best one's (and
+    # the training position), a few iterations of the first level each; the
+    # one that then matches the image best runs the whole schedule
+    top = max((h.score for h in hyps if np.isfinite(h.score)), default=np.nan)
+    hyps = [h for h in hyps if not h.score < HYPOTHESIS_MARGIN * top or h.source == "prior"]
+    fits = [_Fit(h.scale * (shape0 - centre0) + h.centre, h) for h in hyps[:params.n_hypotheses]]
+    fitter = _Fitter(vol, model, params, dic, pm, norm, scale, backend, faces, mirror, clock)
+    levels = list(params.schedule)
+    if len(fits) > 1:
+        for f in fits:
+            fitter.run_level(f, *levels[0], max_iter=HYPOTHESIS_ITER)
+            f.trial_score = scorer(f.v, faces)
+    fit = max(fits, key=lambda f: f.trial_score or 0.0)
+    for search_mm, sigma in levels:
+        fitter.run_level(fit, search_mm, sigma)
     if params.refine_iter:
-        # local refinement (the deformable-model step after SSC inference in
-        # Zhang et al.): confidence-weighted boundary displacements, smoothed
-        # on the mesh, with the SSC shape's gross-error vertices held back
-        level = LevelImage(vol, norm, 0.0, backend, scale)
-        L = mean_neighbour_operator(faces, len(v))
-        for _ in range(params.refine_iter):
-            n_iter += 1
-            tgt, conf = search(level, v, params.refine_search_mm)
-            with clock("refine"):
-                v, d = refine_step(v, tgt, conf, L, params.refine_smooth)
-            history.append({"refine": True, "move_mm": float(np.mean(np.linalg.norm(d, axis=1)))})
-    surf = Surface(v, faces)
-    if surf.volume() < 0:
+        fitter.refine(fit)
+    v = fit.v
+    if Surface(v, faces).volume() < 0:
         faces = faces[:, ::-1].copy()
     with clock("voxelize"):
         label = voxelize(v, faces, vol)
-    return SegmentResult(v, faces, label, n_iter, converged, overridden,
-                         time.perf_counter() - t0, history, backend, overridden_max, ever,
-                         np.asarray(error_mm, dtype=float), np.asarray(conf, dtype=float))
+    placement = {"chosen": fit.hypothesis.to_dict(),
+                 "hypotheses": [dict(f.hypothesis.to_dict(), **(
+                     {} if f.trial_score is None else {"trial_score": round(f.trial_score, 4)}))
+                     for f in fits]}
+    res = SegmentResult(v, faces, label, fit.n_iter, fit.converged, fit.overridden,
+                        0.0, fit.history, backend, fit.overridden_max, fit.ever,
+                        np.asarray(fit.error_mm, dtype=float), np.asarray(fit.conf, dtype=float),
+                        placement=placement)
+    res.status, res.quality, res.reasons, res.evidence = assess(
+        res, vol, model, scorer, mirror, scale_clamped=fit.scale_clamped)
+    res.time_s = time.perf_counter() - t0
+    return res
+
+
+class _Fitter:
+    """Runs resolution levels and the final refinement on a :class:`_Fit`."""
+
+    def __init__(self, vol, model, params, dic, pm, norm, scale, backend, faces, mirror, clock):
+        self.vol, self.model, self.params, self.dic, self.pm = vol, model, params, dic, pm
+        self.norm, self.scale, self.backend, self.faces = norm, scale, backend, faces
+        self.mirror, self.clock = mirror, clock
+        self.edge_step = 0.5 * min(vol.spacing)
+        self.scale_lo, self.scale_hi = _scale_range(model)
+        self.mean_c = model.mean - model.mean.mean(0)
+
+    def search(self, level, v, search_mm):
+        pm, clock = self.pm, self.clock
+        reach = search_mm + (pm.half * pm.step if pm is not None else 2 * self.edge_step)
+        with clock("prepare"):      # crop + smooth when the mesh left the region
+            sampler = level.sampler(v, reach)
+        with clock("search"):
+            normals = Surface(v, self.faces).vertex_normals()
+            if pm is not None:
+                return search_profiles(pm, sampler, v, normals, search_mm)
+            return search_edges(sampler, v, normals, search_mm, self.edge_step,
+                                self.params.inside_brighter, self.params.window)
+
+    def plausible_scale(self, rec):
+        """Keep the organ's size within the training range (widened by
+        :data:`SCALE_SLACK`): a shape grown into a neighbour of similar
+        intensity is shrunk back about its centre. Returns (shape, clamped)."""
+        if self.scale_lo is None:
+            return rec, False
+        c = rec.mean(0)
+        # the scale of the unmirrored shape: a rotation cannot match a mirror image
+        s = procrustes(self.mean_c, (rec - c) * MIRROR if self.mirror else rec - c).scale
+        lo, hi = self.scale_lo / SCALE_SLACK, self.scale_hi * SCALE_SLACK
+        if lo <= s <= hi:
+            return rec, False
+        return c + (rec - c) * (np.clip(s, lo, hi) / s), True
+
+    def run_level(self, f, search_mm, sigma, max_iter=None):
+        p = self.params
+        level = LevelImage(self.vol, self.norm, sigma, self.backend, self.scale)
+        f.converged = False
+        for _ in range(max_iter or p.max_iter):
+            f.n_iter += 1
+            tgt, f.conf = self.search(level, f.v, search_mm)
+            y = tgt * MIRROR if self.mirror else tgt
+            # a vertex that lands more than tau (mm) off the prior's shape is a
+            # gross error (a leak or a wrong edge): tau follows the search scale
+            tau = p.outlier_base_mm + 0.5 * search_mm
+            with self.clock("ssc"):
+                res = sparse_shape_composition(y, self.dic, f.conf, method=p.method,
+                                               x0=f.x_prev, lambda2=2.0 * tau,
+                                               outlier_threshold=tau,
+                                               n_nonzero=min(20, self.dic.n_atoms),
+                                               max_align_iter=p.align_rounds)
+            f.x_prev = res.x if p.method == "l1" else None
+            new = res.reconstruction * MIRROR if self.mirror else res.reconstruction
+            new, clamped = self.plausible_scale(new)
+            f.scale_clamped += int(clamped)
+            move = float(np.mean(np.linalg.norm(new - f.v, axis=1)))
+            f.overridden = res.outlier_fraction
+            f.overridden_max = max(f.overridden_max, res.outlier_fraction)
+            f.ever |= res.overridden
+            f.error_mm = res.error_norm
+            f.history.append({"search_mm": search_mm, "move_mm": move,
+                              "overridden_fraction": f.overridden,
+                              "mean_confidence": float(f.conf.mean())})
+            f.v = new
+            if move < p.tol_mm:
+                f.converged = True
+                break
+
+    def refine(self, f):
+        """Local refinement (the deformable-model step after SSC inference in
+        Zhang et al.): confidence-weighted boundary displacements, smoothed on
+        the mesh, with the SSC shape's gross-error vertices held back."""
+        p = self.params
+        level = LevelImage(self.vol, self.norm, 0.0, self.backend, self.scale)
+        L = mean_neighbour_operator(self.faces, len(f.v))
+        for _ in range(p.refine_iter):
+            f.n_iter += 1
+            tgt, f.conf = self.search(level, f.v, p.refine_search_mm)
+            with self.clock("refine"):
+                f.v, d = refine_step(f.v, tgt, f.conf, L, p.refine_smooth)
+            f.history.append({"refine": True,
+                              "move_mm": float(np.mean(np.linalg.norm(d, axis=1)))})
+
+
+def _scale_range(model):
+    """Training range of the organ's similarity scale, or (None, None)."""
+    pose = model.pose
+    if pose is None or pose.scale_range is None:
+        return None, None
+    return tuple(float(a) for a in pose.scale_range)
+
+
+def _cannot_fit(model, vol):
+    """Why no fit can be tried on this image (flat, or the organ cannot fit its
+    field of view), or None."""
+    a = vol.array
+    if float(np.max(a)) == float(np.min(a)):
+        return f"flat image: every voxel is {float(np.min(a)):g}"
+    ext_img = np.abs(vol.index_to_physical_matrix) @ (np.array(a.shape[::-1]) - 1)
+    m = model.mean
+    size = float(np.linalg.norm(m.max(0) - m.min(0)))
+    diag = float(np.linalg.norm(ext_img))
+    if size > 1.5 * diag:
+        return (f"the model's {model.metadata.get('organ', 'organ')} (about {size:.0f} mm "
+                f"across) cannot fit this image's field of view ({diag:.0f} mm diagonal): "
+                "wrong model for this image?")
+    return None
+
+
+def _failed(vol, verts, faces, reason, backend, t0):
+    """A failed result with an empty label: nothing was fitted."""
+    n = len(verts)
+    return SegmentResult(verts, faces, np.zeros(vol.array.shape, np.uint8), 0, False, 0.0,
+                         time.perf_counter() - t0, [], backend, 0.0, np.zeros(n, bool),
+                         np.zeros(n), np.zeros(n), status="failed", quality=0.0,
+                         reasons=[reason], evidence={}, placement=None)

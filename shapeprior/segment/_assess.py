@@ -1,0 +1,123 @@
+"""Did the fit work? Status (ok / suspect / failed) from evidence.
+
+Evidence, each with the threshold that makes a result suspect or failed:
+
+* appearance: how well the final surface matches the image
+  (:class:`~shapeprior.segment._place.AppearanceScore`, in [0, 1]);
+* what the prior rejected: the largest fraction of vertices the SSC gross
+  error overrode in any iteration, and in the last one;
+* plausibility: the organ's scale against the training range, and the
+  Mahalanobis distance of its shape in the model's PCA space against the
+  training shapes' own distances;
+* the field of view: vertices outside the image (an organ cut by the FOV);
+* an empty label.
+
+The thresholds were chosen on validation data (hippocampus MR validation
+split, TotalSegmentator CT with and without the kidneys, synthetic
+phantoms); see ``bench/bench_status.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..align import procrustes
+
+#: scale slack around the training range (the fit clamps the scale to it)
+SCALE_SLACK = 1.1
+#: appearance score below which a result is failed / suspect, per score kind
+QUALITY_FAILED = {"profile": 0.30, "region": 0.10}
+QUALITY_SUSPECT = {"profile": 0.45, "region": 0.25}
+#: overridden fraction (max over the fit, last projection) that makes a result suspect
+OVERRIDDEN_SUSPECT = (0.30, 0.15)
+#: fraction of vertices outside the image: suspect (cut by the FOV) / failed
+OUTSIDE_SUSPECT, OUTSIDE_FAILED = 0.01, 0.25
+#: Mahalanobis distance relative to the largest training distance: suspect / failed
+SHAPE_SUSPECT, SHAPE_FAILED = 1.5, 3.0
+
+_TRAIN_D = {}
+
+
+def mahalanobis(model, verts, mirror=False):
+    """RMS Mahalanobis distance (per PCA component) of a surface's shape from
+    the model mean, after similarity alignment; 1 is typical of training."""
+    from ..segment._fit import MIRROR
+
+    v = verts * MIRROR if mirror else verts
+    T = procrustes(v, model.mean)
+    b = model.pca_components @ (T(v) - model.mean).ravel()
+    return float(np.sqrt(np.mean(b ** 2 / np.maximum(model.pca_variances, 1e-12))))
+
+
+def training_distance(model):
+    """Largest :func:`mahalanobis` distance among the training shapes (cached)."""
+    key = (id(model), model.shapes.shape)
+    if key not in _TRAIN_D:
+        _TRAIN_D[key] = max(mahalanobis(model, s) for s in model.shapes)
+    return _TRAIN_D[key]
+
+
+def fov_evidence(vol, verts, label):
+    """Fraction of vertices outside the image and whether the label touches its border."""
+    idx = vol.physical_to_index(verts)
+    n = np.array(vol.array.shape[::-1])
+    outside = float(np.mean(np.any((idx < -0.5) | (idx > n - 0.5), axis=1)))
+    touches = bool(label[0].any() or label[-1].any() or label[:, 0].any()
+                   or label[:, -1].any() or label[:, :, 0].any() or label[:, :, -1].any())
+    return outside, touches
+
+
+def assess(res, vol, model, scorer, mirror=False, scale_clamped=0):
+    """``(status, quality, reasons, evidence)`` of a fitted :class:`SegmentResult`."""
+    from ._fit import MIRROR
+
+    failed, suspect = [], []
+    quality = scorer(res.verts, res.faces, search_mm=1.5)
+    kind = scorer.kind
+    ev = {"appearance": round(quality, 4), "appearance_kind": kind,
+          "overridden_fraction_max": round(res.overridden_fraction_max, 4),
+          "overridden_fraction_final": round(res.overridden_fraction, 4)}
+    if quality < QUALITY_FAILED[kind]:
+        failed.append(f"the surface does not match the image (appearance {quality:.2f} < "
+                      f"{QUALITY_FAILED[kind]}): organ not found")
+    elif quality < QUALITY_SUSPECT[kind]:
+        suspect.append(f"weak boundary evidence (appearance {quality:.2f} < "
+                       f"{QUALITY_SUSPECT[kind]})")
+    if res.overridden_fraction_max > OVERRIDDEN_SUSPECT[0]:
+        suspect.append(f"the prior overrode {100 * res.overridden_fraction_max:.0f} % of the "
+                       "vertices during the fit (leak or wrong edges)")
+    elif res.overridden_fraction > OVERRIDDEN_SUSPECT[1]:
+        suspect.append(f"the prior overrode {100 * res.overridden_fraction:.0f} % of the "
+                       "vertices in the last projection")
+    v = res.verts * MIRROR if mirror else res.verts
+    mean_c = model.mean - model.mean.mean(0)
+    scale = procrustes(mean_c, v - v.mean(0)).scale
+    ev["scale"] = round(scale, 4)
+    if model.pose is not None and model.pose.scale_range is not None:
+        lo, hi = model.pose.scale_range
+        ev["scale_training_range"] = [round(lo, 4), round(hi, 4)]
+        if scale < lo / SCALE_SLACK ** 2 or scale > hi * SCALE_SLACK ** 2:
+            failed.append(f"organ size (scale {scale:.2f}) far outside the training range "
+                          f"{lo:.2f}-{hi:.2f}")
+        elif scale_clamped:
+            suspect.append(f"organ size held at the limit of the training range "
+                           f"({lo:.2f}-{hi:.2f}) in {scale_clamped} iterations")
+    d = mahalanobis(model, res.verts, mirror)
+    dmax = training_distance(model)
+    ev["shape_mahalanobis"] = round(d, 3)
+    ev["shape_mahalanobis_training_max"] = round(dmax, 3)
+    if d > SHAPE_FAILED * dmax:
+        failed.append(f"implausible shape (Mahalanobis {d:.2f}, training max {dmax:.2f})")
+    elif d > SHAPE_SUSPECT * dmax:
+        suspect.append(f"unusual shape (Mahalanobis {d:.2f}, training max {dmax:.2f})")
+    outside, touches = fov_evidence(vol, res.verts, res.label)
+    ev["vertices_outside_fov"] = round(outside, 4)
+    ev["label_touches_fov_border"] = touches
+    if outside > OUTSIDE_FAILED:
+        failed.append(f"{100 * outside:.0f} % of the surface lies outside the field of view")
+    elif outside > OUTSIDE_SUSPECT or touches:
+        suspect.append("the organ is cut by the field of view")
+    if not res.label.any():
+        failed.append("empty segmentation")
+    status = "failed" if failed else "suspect" if suspect else "ok"
+    return status, float(quality), failed + suspect, ev

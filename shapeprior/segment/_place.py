@@ -1,0 +1,291 @@
+"""Placement without a seed: where in the field of view does the organ sit?
+
+The model mean, in the pose the training scans support (mean rotation, scale
+within the training range), is tried at positions on a grid over the whole
+field of view. Each position is scored by the model's appearance
+(:class:`AppearanceScore`): the learned boundary profiles when the model has
+them, otherwise the contrast between the inside and the outside of the
+surface in the CT intensity model (``window``). The best positions are
+refined on finer grids and returned as a few distinct hypotheses; the fit
+then runs from each and keeps the one whose result fits the image best.
+
+For a paired organ (``side`` left/right) only positions on that side of the
+body's midline are considered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..appearance import LevelImage, search_profiles
+from ..mesh import Surface
+
+#: vertices used to score a placement candidate (a fixed subset of the mesh)
+N_SCORE_VERTICES = 400
+#: candidates kept after the coarse grid, before refinement
+N_COARSE_KEEP = 8
+
+
+@dataclass
+class Hypothesis:
+    """One placement: organ centre (LPS mm), scale, appearance score and origin."""
+
+    centre: np.ndarray
+    scale: float
+    score: float
+    source: str          # 'seed', 'prior' (training offset from the FOV centre), 'search'
+
+    def to_dict(self) -> dict:
+        return {"centre_lps_mm": [round(float(c), 2) for c in self.centre],
+                "scale": round(float(self.scale), 4), "score": round(float(self.score), 4),
+                "source": self.source}
+
+
+class AppearanceScore:
+    """How well a surface matches the image, in [0, 1] (higher is better).
+
+    With a profile model: the mean search confidence of the vertices (the
+    Mahalanobis fit of the best normal profile within ``search_mm``, mapped
+    to [0.05, 1] as in :func:`~shapeprior.appearance.search_profiles`).
+    Without one: the fraction of samples just inside the surface that lie
+    in the organ's intensity ``window`` minus the fraction just outside
+    (clipped at 0); without a window, the mean inside-outside contrast in
+    normalised units, with the expected polarity.
+
+    Parameters
+    ----------
+    vol : Volume
+    profile : ProfileModel or None
+    norm : str
+        Intensity normalisation ('ct' or 'percentile').
+    scale : tuple
+        ``(offset, scale)`` of :func:`~shapeprior.appearance.intensity_scale`.
+    backend : str
+    sigma_mm : float
+        Image smoothing for the score.
+    band_mm : float
+        Depth of the inside and outside bands (region score).
+    window, inside_brighter :
+        The CT intensity model (region score).
+    """
+
+    def __init__(self, vol, profile, norm, scale, backend, sigma_mm, band_mm,
+                 window=None, inside_brighter=True):
+        self.level = LevelImage(vol, norm, sigma_mm, backend, scale)
+        self.pm = profile
+        self.band = float(band_mm)
+        self.window = window
+        self.sign = 1.0 if inside_brighter else -1.0
+        self.kind = "profile" if profile is not None else "region"
+
+    def per_candidate(self, verts, normals, idx, search_mm=0.0):
+        """Scores of C candidate surfaces: ``verts``/``normals`` (C, n, 3) at the
+        model vertices ``idx`` (n,) -> (C,)."""
+        C, n, _ = verts.shape
+        v = verts.reshape(-1, 3)
+        nn = normals.reshape(-1, 3)
+        if self.pm is not None:
+            pm = self.pm
+            sampler = self.level.sampler(v, search_mm + pm.half * pm.step)
+            _, conf = search_profiles(pm_subset(pm, C, idx), sampler, v, nn,
+                                      max(search_mm, pm.step))
+            return conf.reshape(C, n).mean(1)
+        offs = np.array([-1.0, -0.5, 0.5, 1.0]) * self.band
+        sampler = self.level.sampler(v, self.band)
+        s = sampler(v, nn, offs).reshape(C, n, 4)
+        inside, outside = s[..., :2], s[..., 2:]
+        if self.window is not None:
+            lo, hi = self.window
+            fin = ((inside >= lo) & (inside <= hi)).mean((1, 2))
+            fout = ((outside >= lo) & (outside <= hi)).mean((1, 2))
+            return np.clip(fin - fout, 0.0, 1.0)
+        return np.clip(self.sign * (inside.mean((1, 2)) - outside.mean((1, 2))), 0.0, 1.0)
+
+    def __call__(self, verts, faces, search_mm=1.5):
+        """Score of one surface (all its vertices)."""
+        normals = Surface(verts, faces).vertex_normals()
+        return float(self.per_candidate(verts[None], normals[None], np.arange(len(verts)),
+                                        search_mm)[0])
+
+
+def pm_subset(pm, n_candidates, idx):
+    """The profile model restricted to the vertices ``idx`` and tiled for
+    ``n_candidates`` candidate surfaces."""
+    from dataclasses import replace
+
+    return replace(pm, mean=np.tile(pm.mean[idx], (n_candidates, 1)),
+                   var=np.tile(pm.var[idx], (n_candidates, 1)))
+
+
+def body_midline_x(vol, norm_scale):
+    """LPS x (mm) of the body's centre: centroid of voxels brighter than air
+    (-500 HU in CT; the image's mean otherwise), on a strided grid."""
+    off, sc = norm_scale
+    a = vol.array[::2, ::2, ::2].astype(np.float32)
+    thr = -500.0 if sc == 1000.0 and off == 0.0 else float(a.mean())
+    idx = np.argwhere(a > thr)
+    if len(idx) == 0:
+        return float(vol.centre()[0])
+    c = idx.mean(0)[::-1] * 2.0
+    return float(vol.index_to_physical(c[None])[0, 0])
+
+
+def grid_centres(vol, step_mm):
+    """Positions (LPS mm) on a grid over the field of view, ``step_mm`` apart."""
+    n = np.array(vol.array.shape[::-1])
+    axes = [np.arange(0.0, max(k - 1, 0) + 1e-9, max(step_mm / sp, 1.0)) for k, sp in
+            zip(n, vol.spacing)]
+    axes = [a + 0.5 * (k - 1 - a[-1]) for a, k in zip(axes, n)]     # centred on the FOV
+    ijk = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    return vol.index_to_physical(ijk)
+
+
+def region_score_map(vol, shape0, faces, scorer, res_mm=4.0):
+    """The region score of ``shape0`` centred at every voxel of the image
+    downsampled to about ``res_mm``: a matched filter computed by FFT
+    correlation (inside band minus outside band of the voxelised mean shape).
+
+    Returns ``(centres, scores)``: LPS mm (P, 3) and (P,) at the local maxima.
+    """
+    from scipy import ndimage, signal
+
+    from ..io import Volume
+    from ._voxelize import voxelize
+
+    f = np.maximum(1, np.round(res_mm / vol.spacing)).astype(int)          # x, y, z
+    fz = f[::-1]
+    n = np.array(vol.array.shape) // fz
+    a = vol.array[:n[0] * fz[0], :n[1] * fz[1], :n[2] * fz[2]].astype(np.float32)
+    a = a.reshape(n[0], fz[0], n[1], fz[1], n[2], fz[2]).mean((1, 3, 5))
+    sub = Volume(a, vol.spacing * f, vol.index_to_physical(((f - 1) / 2.0)[None])[0],
+                 vol.direction)
+    off, sc = scorer.level.scale
+    img = (a - off) / sc
+    if scorer.window is not None:
+        lo, hi = scorer.window
+        ind = ((img >= lo) & (img <= hi)).astype(np.float32)
+    else:
+        ind = (scorer.sign * img).astype(np.float32)
+    r = max(1, int(round(scorer.band / float(np.min(sub.spacing)))))
+    # the template: the mean shape voxelised on the same grid, its centre at a voxel
+    idx = sub.physical_to_index(shape0)                 # shape0 is centred at 0
+    size = np.ceil(idx.max(0) - idx.min(0)).astype(int) + 2 * r + 3    # x, y, z
+    c = size // 2
+    tvol = Volume(np.zeros(size[::-1], np.uint8), sub.spacing, np.zeros(3), sub.direction)
+    tvol.origin = -tvol.index_to_physical(c[None].astype(float))[0]
+    m = voxelize(shape0, faces, tvol).astype(bool)
+    if not m.any():
+        return np.zeros((0, 3)), np.zeros(0)
+    b_in = m & ~ndimage.binary_erosion(m, iterations=r)
+    b_out = ndimage.binary_dilation(m, iterations=r) & ~m
+    kern = b_in / b_in.sum() - b_out / b_out.sum()
+    full = signal.fftconvolve(ind, kern[::-1, ::-1, ::-1], mode="full")
+    s0 = np.array(kern.shape) - 1 - c[::-1]
+    score = full[s0[0]:s0[0] + n[0], s0[1]:s0[1] + n[1], s0[2]:s0[2] + n[2]]
+    peaks = (score == ndimage.maximum_filter(score, size=3)) & (score > 0)
+    p = np.argwhere(peaks)
+    return sub.index_to_physical(p[:, ::-1].astype(float)), score[peaks]
+
+
+def _distinct(cands, scores, k, min_dist):
+    """Indices of up to ``k`` best candidates at least ``min_dist`` mm apart."""
+    order = np.argsort(-scores)
+    keep = []
+    for i in order:
+        if all(np.linalg.norm(cands[i] - cands[j]) >= min_dist for j in keep):
+            keep.append(i)
+        if len(keep) == k:
+            break
+    return keep
+
+
+def find_placements(vol, shape0, faces, scorer, n=3, prior_centre=None, side="none",
+                    scales=(1.0,), norm_scale=None):
+    """Candidate organ positions, best first.
+
+    Parameters
+    ----------
+    vol : Volume
+    shape0 : ndarray, shape (N, 3)
+        The model mean in its prior pose (rotation, mean scale), centred at 0, mm.
+    faces : ndarray, shape (F, 3)
+        Outward-oriented faces for ``shape0``.
+    scorer : AppearanceScore
+    n : int
+        Hypotheses returned.
+    prior_centre : ndarray, shape (3,), optional
+        The training offset from the FOV centre; always among the hypotheses.
+    side : {'none', 'left', 'right'}
+        Paired organ: keep positions on that side of the midline (LPS x
+        grows to the patient's left).
+    scales : sequence of float
+        Scales (relative to ``shape0``) tried when refining.
+
+    Returns
+    -------
+    list of Hypothesis
+    """
+    extent = float(np.linalg.norm(shape0.max(0) - shape0.min(0)))
+    idx = np.linspace(0, len(shape0) - 1, min(N_SCORE_VERTICES, len(shape0))).astype(int)
+    normals0 = Surface(shape0, faces).vertex_normals()[idx]
+    v0 = shape0[idx]
+
+    def score(centres, s=1.0, search=0.0):
+        out = np.empty(len(centres))
+        for a in range(0, len(centres), 512):        # bounded memory
+            c = centres[a:a + 512]
+            out[a:a + 512] = scorer.per_candidate(s * v0[None] + c[:, None], np.broadcast_to(
+                normals0, (len(c), *normals0.shape)), idx, search)
+        return out
+
+    # profiles tolerate a misplacement of half a step (their search); the
+    # region score only its band, so it needs the finer grid
+    if scorer.kind == "profile":
+        step = max(extent / 6.0, 2.0 * float(min(vol.spacing)))
+        cands = grid_centres(vol, step)
+    else:
+        # the region score tolerates only its band of misplacement: a dense
+        # matched filter finds its peaks
+        step = max(extent / 10.0, 2.0 * float(min(vol.spacing)))
+        cands, sc = region_score_map(vol, shape0, faces, scorer)
+    if side in ("left", "right"):
+        mid = body_midline_x(vol, norm_scale or scorer.level.scale)
+        keep = cands[:, 0] > mid if side == "left" else cands[:, 0] < mid
+        if keep.any():
+            cands = cands[keep]
+            if scorer.kind != "profile":
+                sc = sc[keep]
+    if len(cands) == 0:
+        return [] if prior_centre is None else [Hypothesis(
+            np.asarray(prior_centre, float), 1.0, 0.0, "prior")]
+    if scorer.kind == "profile":
+        sc = score(cands, search=0.5 * step)
+    best = [(cands[i], 1.0, sc[i]) for i in _distinct(cands, sc, N_COARSE_KEEP, 0.5 * step)]
+    # refine each: local 3x3x3 grids at half and quarter step, over the scales
+    rel = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    refined = []
+    for c, s, _ in best:
+        for h in (0.5 * step, 0.25 * step):
+            local = c + rel * h
+            top = (c, s, -np.inf)
+            for s2 in scales:
+                ls = score(local, s2, search=0.5 * h)
+                i = int(np.argmax(ls))
+                if ls[i] > top[2]:
+                    top = (local[i], s2, ls[i])
+            c, s = top[0], top[1]
+        refined.append(top)
+    hyps = []
+    cs = np.array([r[0] for r in refined])
+    ss = np.array([r[2] for r in refined])
+    for i in _distinct(cs, ss, n, 0.25 * extent):
+        hyps.append(Hypothesis(cs[i], float(refined[i][1]), float(ss[i]), "search"))
+    if prior_centre is not None:
+        p = np.asarray(prior_centre, float)
+        ps = float(score(p[None], 1.0, search=0.25 * step)[0])
+        if all(np.linalg.norm(h.centre - p) >= 0.1 * extent for h in hyps):
+            hyps.append(Hypothesis(p, 1.0, ps, "prior"))
+    hyps.sort(key=lambda h: -h.score)
+    return hyps
