@@ -6,6 +6,7 @@ in-process; :func:`main` dispatches.
 Commands
 --------
 segment      segment a NIfTI file, DICOM series folder or folder of cases
+refine       refine an existing label map with the shape prior
 build-model  shape model (correspondence, GPA, PCA, K-SVD, appearance) from label maps
 demo         the whole pipeline on built-in synthetic phantoms (no download)
 ssc-demo     SSC alone on synthetic shapes with a leak and missing vertices
@@ -440,7 +441,64 @@ def _build_model(argv):
     return 0
 
 
-COMMANDS = {"demo": _demo, "segment": _segment, "build-model": _build_model,
+def _refine(argv):
+    """Refine an existing label map (any tool's) with the shape prior: leaks, holes, islands."""
+    ap = argparse.ArgumentParser(
+        prog="shapeprior refine",
+        description="Fit the SSC shape model to an existing segmentation (TotalSegmentator, "
+                    "nnU-Net, a rough manual mask) so that leaks, holes, missing or duplicated "
+                    "slices and islands land in the gross-error term; optionally continue "
+                    "against the image. Writes the refined label on the mask's grid, the mesh "
+                    "(point data: gross_error_mm, overridden, confidence; LPS mm) and a report "
+                    "of the regions removed and added.",
+        epilog="Exit codes: 0 ok (suspect too, unless --strict); 1 bad input or an error; 3 a "
+               "failed result (or a suspect one with --strict).")
+    ap.add_argument("mask", help="label map (NIfTI/NRRD/MHA)")
+    ap.add_argument("-o", "--output", required=True, help="output folder")
+    ap.add_argument("--model", required=True, help="model file from build-model")
+    ap.add_argument("--labels", default="1", help="labels of the organ in MASK (default 1)")
+    ap.add_argument("--image", default=None,
+                    help="the scan (file or DICOM folder): continue the fit against it")
+    ap.add_argument("--side", choices=("none", "left", "right"), default="none",
+                    help="side of a paired organ (default: from the mask's position)")
+    ap.add_argument("--window", default=None,
+                    help="with --image and a model without appearance: intensity window lo,hi "
+                         "inside the organ (normalised units; CT: HU/1000)")
+    ap.add_argument("--method", choices=("l1", "l0"), default="l1")
+    ap.add_argument("--mesh-format", default="vtk", help="vtk, ply, stl or obj (default vtk)")
+    ap.add_argument("--force", action="store_true",
+                    help="replace a previous shapeprior output (never an input or a foreign file)")
+    ap.add_argument("--strict", action="store_true", help="exit 3 for a 'suspect' result too")
+    ap.add_argument("--allow-no-orientation", action="store_true",
+                    help="accept NIfTI/Analyze files that record no orientation")
+    a = ap.parse_args(_join_negative_values(argv, ("--window",)))
+
+    from .model import load_model
+    from .pipeline import refine_case
+    from .segment import SegmentParams
+
+    model = load_model(a.model)
+    labels = _parse_labels(a.labels, "--labels")
+    params = SegmentParams(method=a.method, side=a.side,
+                           window=_floats(a.window, 2, "--window") if a.window else None)
+    rep = refine_case(a.mask, a.output, model, a.model, params, labels=labels, image=a.image,
+                      mesh_format=a.mesh_format, force=a.force, argv=argv,
+                      allow_no_orientation=a.allow_no_orientation)
+    c = rep["corrections"]
+    print(f"{rep['input']['mask']}: {rep['status']} (quality {rep['quality']:.2f}); "
+          f"{c['input_ml']:.1f} ml -> {c['refined_ml']:.1f} ml: removed {c['removed_ml']:.1f} ml, "
+          f"added {c['added_ml']:.1f} ml in {len(c['regions'])} regions")
+    for r in rep["reasons"]:
+        print(f"  {rep['status']}: {r}")
+    print(f"wrote {show_path(a.output)}")
+    code = _status_code([rep["status"]], a.strict)
+    if code:
+        print(f"shapeprior: {rep['input']['mask']}: {rep['status']}: {'; '.join(rep['reasons'])}",
+              file=sys.stderr)
+    return code
+
+
+COMMANDS = {"demo": _demo, "segment": _segment, "refine": _refine, "build-model": _build_model,
             "ssc-demo": _ssc_demo}
 
 

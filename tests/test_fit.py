@@ -155,7 +155,9 @@ def test_seed_in_lps_ras_and_voxel_lands_on_the_same_point(phantom_model, tmp_pa
     rc = main(["segment", str(img), "-o", str(tmp_path / "far"), "--model", str(model),
                "--seed", "900,900,900"])
     err = capsys.readouterr().err
-    assert rc == 1 and "outside the image" in err and err.count("\n") == 1
+    assert rc == 3 and "outside the image" in err and err.count("\n") == 1
+    rep = json.loads((tmp_path / "far" / "report.json").read_text())
+    assert rep["status"] == "failed" and "outside the image" in rep["reasons"][0]
 
 
 def test_refinement_holds_back_doubtful_targets():

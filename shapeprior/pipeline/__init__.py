@@ -1,5 +1,6 @@
 """Runs: one case or a folder of cases, from input files to published outputs.
 
+:func:`refine_case` refines an existing label map with the shape prior;
 :func:`run_case` reads an image (file or DICOM series), segments it and
 publishes the outputs atomically (label, mesh, report, QC picture,
 manifest); :func:`run_batch` runs many cases sequentially or on
@@ -9,8 +10,9 @@ safe, unique cases.
 
 from ._batch import case_state, run_batch, write_summary
 from ._cases import Case, Deidentifier, discover_cases, safe_name, scrub, unique_names
+from ._refine import refine_case
 from ._run import MESH_FORMATS, input_files, run_case, scrub_argv
 
-__all__ = ["run_case", "run_batch", "discover_cases", "Case", "Deidentifier", "case_state",
+__all__ = ["run_case", "refine_case", "run_batch", "discover_cases", "Case", "Deidentifier", "case_state",
            "write_summary", "safe_name", "unique_names", "scrub", "scrub_argv", "input_files",
            "MESH_FORMATS"]

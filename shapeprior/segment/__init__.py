@@ -1,9 +1,13 @@
-"""Deformable segmentation with the SSC shape prior: initialise -> search along
-normals -> SSC projection -> repeat, coarse to fine -> voxelise."""
+"""Deformable segmentation with the SSC shape prior: initialise (a seed, an
+existing mask, or a search over the field of view) -> search along normals ->
+SSC projection -> repeat, coarse to fine -> voxelise -> status from evidence."""
 
 from ._fit import SegmentParams, SegmentResult, segment_volume
 from ._metrics import dice, surface_distances
+from ._place import Hypothesis, find_placements
+from ._refine import RefineResult, describe_corrections, refine_mask
 from ._voxelize import voxelize
 
 __all__ = ["SegmentParams", "SegmentResult", "segment_volume", "voxelize", "dice",
-           "surface_distances"]
+           "surface_distances", "refine_mask", "RefineResult", "describe_corrections",
+           "Hypothesis", "find_placements"]

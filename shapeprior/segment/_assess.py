@@ -26,12 +26,12 @@ from ..align import procrustes
 #: scale slack around the training range (the fit clamps the scale to it)
 SCALE_SLACK = 1.1
 #: appearance score below which a result is failed / suspect, per score kind
-QUALITY_FAILED = {"profile": 0.30, "region": 0.10}
-QUALITY_SUSPECT = {"profile": 0.45, "region": 0.25}
+QUALITY_FAILED = {"profile": 0.60, "region": 0.25}
+QUALITY_SUSPECT = {"profile": 0.80, "region": 0.50}
 #: overridden fraction (max over the fit, last projection) that makes a result suspect
 OVERRIDDEN_SUSPECT = (0.30, 0.15)
 #: fraction of vertices outside the image: suspect (cut by the FOV) / failed
-OUTSIDE_SUSPECT, OUTSIDE_FAILED = 0.01, 0.25
+OUTSIDE_SUSPECT, OUTSIDE_FAILED = 0.01, 0.5
 #: Mahalanobis distance relative to the largest training distance: suspect / failed
 SHAPE_SUSPECT, SHAPE_FAILED = 1.5, 3.0
 

@@ -4,7 +4,7 @@ projection -> repeat, coarse to fine."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -25,6 +25,8 @@ MIRROR = np.array([-1.0, 1.0, 1.0])
 HYPOTHESIS_MARGIN = 0.6
 #: first-level iterations each placement hypothesis gets before the best is kept
 HYPOTHESIS_ITER = 4
+#: appearance margin by which another placement must beat the training position
+PRIOR_MARGIN = 0.02
 
 
 @dataclass
@@ -166,6 +168,10 @@ def initial_shape(model, vol, params: SegmentParams):
     return shape + centre, mirror
 
 
+class SeedOutsideError(ValueError):
+    """The seed lies outside the image."""
+
+
 def refine_step(v, tgt, conf, L, n_smooth):
     """One local refinement step: confidence-weighted boundary displacements,
     smoothed over the mesh (``L``: mean-neighbour operator) ``n_smooth`` times.
@@ -198,7 +204,7 @@ def seed_lps(vol, params):
         p = s
     idx = vol.physical_to_index(p[None])[0]
     if np.any(idx < -0.5) or np.any(idx > np.array(vol.array.shape[::-1]) - 0.5):
-        raise ValueError(f"the seed {tuple(np.round(s, 2).tolist())} ({params.seed_space}) "
+        raise SeedOutsideError(f"the seed {tuple(np.round(s, 2).tolist())} ({params.seed_space}) "
                          f"lies outside the image (voxel index {np.round(idx, 1).tolist()} "
                          f"of {list(vol.array.shape[::-1])})")
     return p
@@ -234,7 +240,8 @@ class _Fit:
         self.trial_score = None     # appearance after the first iterations (hypotheses)
 
 
-def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=None):
+def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=None,
+                   init=None):
     """Fit the model to ``vol``; returns :class:`SegmentResult`.
 
     Without a seed the organ is found by :func:`find_placements` (a search
@@ -259,6 +266,9 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     clock : shapeprior._profile.StageClock, optional
         Receives per-stage time (and peak RSS): prepare, place, search, ssc,
         refine, voxelize.
+    init : ndarray, shape (N, 3), optional
+        A starting surface (LPS mm, the model's vertex order), e.g. from
+        :func:`refine_mask` on an existing segmentation; replaces placement.
     """
     t0 = time.perf_counter()
     clock = clock or NULL_CLOCK
@@ -267,7 +277,13 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
         raise ValueError(f"image of shape {vol.array.shape} is not a 3-D volume")
     with clock("prepare"):
         dic, pm, norm, scale = _prepare(model, vol, params, dictionary)
-        shape0, mirror = initial_shape(model, vol, params)
+        try:
+            shape0, mirror = initial_shape(model, vol, params)
+        except SeedOutsideError as exc:     # a result, not a crash: status failed
+            params = replace(params, seed_mm=None, placement="prior")
+            shape0, mirror = initial_shape(model, vol, params)
+            faces = model.faces[:, ::-1].copy() if mirror else model.faces
+            return _failed(vol, shape0, faces, str(exc), backend, t0)
     # a mirrored shape turns its triangles inside out: reverse them for the whole
     # fit, so that normals (and the search along them) point outward
     faces = model.faces[:, ::-1].copy() if mirror else model.faces
@@ -279,7 +295,12 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
                              band_mm=float(np.clip(0.04 * extent, 2.0, 4.0)),
                              window=params.window, inside_brighter=params.inside_brighter)
     centre0 = shape0.mean(0)
-    if params.seed_mm is not None:
+    if init is not None:
+        init = np.asarray(init, dtype=float)
+        if init.shape != shape0.shape or not np.all(np.isfinite(init)):
+            raise ValueError(f"init has shape {init.shape}; expected {shape0.shape}, finite")
+        hyps = [Hypothesis(init.mean(0), 1.0, float("nan"), "init")]
+    elif params.seed_mm is not None:
         hyps = [Hypothesis(centre0, 1.0, float("nan"), "seed")]
     elif params.placement == "prior":
         hyps = [Hypothesis(centre0, 1.0, float("nan"), "prior")]
@@ -296,14 +317,17 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     # one that then matches the image best runs the whole schedule
     top = max((h.score for h in hyps if np.isfinite(h.score)), default=np.nan)
     hyps = [h for h in hyps if not h.score < HYPOTHESIS_MARGIN * top or h.source == "prior"]
-    fits = [_Fit(h.scale * (shape0 - centre0) + h.centre, h) for h in hyps[:params.n_hypotheses]]
+    fits = [_Fit(init if h.source == "init" else h.scale * (shape0 - centre0) + h.centre, h)
+            for h in hyps[:params.n_hypotheses]]
     fitter = _Fitter(vol, model, params, dic, pm, norm, scale, backend, faces, mirror, clock)
     levels = list(params.schedule)
     if len(fits) > 1:
         for f in fits:
             fitter.run_level(f, *levels[0], max_iter=HYPOTHESIS_ITER)
             f.trial_score = scorer(f.v, faces)
-    fit = max(fits, key=lambda f: f.trial_score or 0.0)
+    # the training position wins unless another fits clearly better
+    fit = max(fits, key=lambda f: (f.trial_score or 0.0)
+              + (PRIOR_MARGIN if f.hypothesis.source == "prior" else 0.0))
     for search_mm, sigma in levels:
         fitter.run_level(fit, search_mm, sigma)
     if params.refine_iter:
@@ -335,6 +359,7 @@ class _Fitter:
         self.norm, self.scale, self.backend, self.faces = norm, scale, backend, faces
         self.mirror, self.clock = mirror, clock
         self.edge_step = 0.5 * min(vol.spacing)
+        self.shape_xyz = np.array(vol.array.shape[::-1])
         self.scale_lo, self.scale_hi = _scale_range(model)
         self.mean_c = model.mean - model.mean.mean(0)
 
@@ -346,9 +371,18 @@ class _Fitter:
         with clock("search"):
             normals = Surface(v, self.faces).vertex_normals()
             if pm is not None:
-                return search_profiles(pm, sampler, v, normals, search_mm)
-            return search_edges(sampler, v, normals, search_mm, self.edge_step,
-                                self.params.inside_brighter, self.params.window)
+                tgt, conf = search_profiles(pm, sampler, v, normals, search_mm)
+            else:
+                tgt, conf = search_edges(sampler, v, normals, search_mm, self.edge_step,
+                                         self.params.inside_brighter, self.params.window)
+        # a vertex outside the image has no evidence: visibility 0 (the S of
+        # the SSC objective), so that an organ cut by the field of view is
+        # completed by the prior instead of by the border's replicated values
+        idx = self.vol.physical_to_index(v)
+        out = np.any((idx < -0.5) | (idx > self.shape_xyz - 0.5), axis=1)
+        if out.any() and (~out).sum() >= max(3, 0.1 * len(v)):
+            conf = np.where(out, 0.0, conf)
+        return tgt, conf
 
     def plausible_scale(self, rec):
         """Keep the organ's size within the training range (widened by

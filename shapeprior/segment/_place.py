@@ -51,8 +51,9 @@ class AppearanceScore:
     to [0.05, 1] as in :func:`~shapeprior.appearance.search_profiles`).
     Without one: the fraction of samples just inside the surface that lie
     in the organ's intensity ``window`` minus the fraction just outside
-    (clipped at 0); without a window, the mean inside-outside contrast in
-    normalised units, with the expected polarity.
+    (clipped at 0); without a window, ``2 f - 1`` (clipped at 0) where f is
+    the fraction of vertices brighter inside than outside (darker, with
+    ``inside_brighter=False``).
 
     Parameters
     ----------
@@ -101,7 +102,10 @@ class AppearanceScore:
             fin = ((inside >= lo) & (inside <= hi)).mean((1, 2))
             fout = ((outside >= lo) & (outside <= hi)).mean((1, 2))
             return np.clip(fin - fout, 0.0, 1.0)
-        return np.clip(self.sign * (inside.mean((1, 2)) - outside.mean((1, 2))), 0.0, 1.0)
+        # scale-free: the fraction of vertices brighter (darker) inside than
+        # outside, 0 for chance and 1 when every vertex agrees
+        agree = (self.sign * (inside.mean(2) - outside.mean(2)) > 0).mean(1)
+        return np.clip(2.0 * agree - 1.0, 0.0, 1.0)
 
     def __call__(self, verts, faces, search_mm=1.5):
         """Score of one surface (all its vertices)."""

@@ -1,0 +1,93 @@
+"""One refinement job: an existing label map (and optionally its image) ->
+refined label, mesh with per-vertex gross error, report and manifest,
+published atomically."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .._outputs import OutputDir, manifest
+from ..io import display_name, read_image, read_label_map, write_label
+from ..mesh import Surface
+from ..segment import SegmentParams, refine_mask
+from ._qc import qc_png
+from ._run import MESH_FORMATS, input_hashes, params_record, vertex_data
+
+
+def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, labels=(1,),
+                image=None, mesh_format="vtk", force=False, argv=None,
+                allow_no_orientation=False):
+    """Refine the label map ``mask_path`` with the shape model; publish ``outdir``.
+
+    The refined label (value 1) is written on the mask's grid, with the mesh
+    (point data: gross error |e| in mm, overridden flag, confidence), a
+    report of the regions removed and added, a QC picture and a manifest.
+    ``image`` (a file or DICOM folder) continues the fit against the scan's
+    boundary appearance. Returns the report dict. Nothing is left behind on
+    error; ``outdir`` may not overlap an input.
+    """
+    if mesh_format not in MESH_FORMATS:
+        raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
+    mask_path = Path(mask_path)
+    inputs = [mask_path, model_path, image]
+    out = OutputDir(outdir, force=force, inputs=inputs)
+    try:
+        return _refine_case(out, mask_path, model, model_path, params, labels, image,
+                            mesh_format, argv, allow_no_orientation)
+    except BaseException:
+        out.discard()
+        raise
+
+
+def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_format, argv,
+                 allow_no_orientation):
+    t0 = time.perf_counter()
+    mvol = read_label_map(mask_path, allow_no_orientation)
+    img = None
+    if image is not None:
+        img, _ = read_image(image, None, allow_no_orientation)
+    res = refine_mask(mvol, model, labels, params, img)
+    fit = res.fit
+    label = res.label.astype(np.uint8)
+    report = {
+        "status": fit.status, "quality": round(fit.quality, 4), "reasons": fit.reasons,
+        "input": {"mask": display_name(mask_path), "labels": [int(v) for v in labels],
+                  "image": display_name(image) if image is not None else None,
+                  "shape_zyx": list(mvol.array.shape), "spacing_mm": mvol.spacing.tolist(),
+                  "origin_mm": mvol.origin.tolist(), "direction": mvol.direction.ravel().tolist(),
+                  "coordinates": "LPS"},
+        "model": {"organ": model.metadata.get("organ"), "n_shapes": int(model.shapes.shape[0]),
+                  "n_vertices": model.n_vertices},
+        "corrections": res.corrections,
+        "overridden_fraction_max": fit.overridden_fraction_max,
+        "overridden_vertices": int(fit.overridden.sum()),
+        "mask_fit": {"status": res.mask_fit.status, "quality": round(res.mask_fit.quality, 4),
+                     "reasons": res.mask_fit.reasons},
+        "evidence": fit.evidence, "iterations": fit.n_iter, "converged": fit.converged,
+        "time_s": round(time.perf_counter() - t0, 3),
+    }
+    write_label(mvol, label, out.file("label.nii.gz"), code=1)
+    Surface(fit.verts, fit.faces).write(out.file(f"mesh.{mesh_format}"),
+                                        point_data=vertex_data(fit))
+    bg = img if img is not None and img.same_grid(mvol) else mvol
+    qc_png(out.file("qc.png"), bg, label, np.isin(mvol.array, labels),
+           title=f"refined {model.metadata.get('organ', 'organ')} (red dashed: input mask)")
+    out.write_json("report.json", report)
+    files, _ = input_hashes(mask_path)
+    files = {k.replace("input/", "mask/"): v for k, v in files.items()}
+    if image is not None:
+        img_files, _ = input_hashes(Path(image))
+        files.update({k.replace("input/", "image/"): v for k, v in img_files.items()})
+    files["model"] = Path(model_path)
+    out.write_json("manifest.json", manifest(
+        command="refine", parameters={"argv": argv, "labels": [int(v) for v in labels],
+                                      **params_record(params)},
+        seed=None, inputs=files))
+    out.commit()
+    return report
+
+
+__all__ = ["refine_case"]

@@ -1,0 +1,231 @@
+"""Refine an existing segmentation (any tool's label map) with the shape prior.
+
+The mask is treated as an image: the model's surface is fitted to the mask's
+boundary with the edge search (inside = the mask), SSC absorbing what no
+plausible organ shape explains (a leak blob, a hole, missing or duplicated
+slices, islands) in its gross-error term e. The fit starts at the centroid of
+the mask's largest connected component. With an image, the fit then
+continues against the image's boundary appearance from that surface.
+
+The refined label is a hybrid (:func:`combine`): the input mask, except
+near the vertices where it departs from the prior (overridden by SSC, or
+with no boundary found), where the fitted shape decides beyond a band of its
+surface. It is
+compared with the input: the regions removed and added are reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..io import Volume
+from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, segment_volume
+from ._voxelize import voxelize
+
+#: regions smaller than this (ml) are counted in the totals but not listed
+MIN_REGION_ML = 0.05
+#: where the input departs, it is kept within this distance (mm) of the fitted surface
+BAND_MM = 2.0
+#: a departing vertex marks the voxels within |e| + this margin (mm) as suspect
+ZONE_MARGIN_MM = 5.0
+#: search range (mm) of the first level of a mask fit
+MASK_SEARCH_MM = 20.0
+#: vertices whose boundary search found (almost) nothing depart from the input too
+LOW_CONFIDENCE = 0.3
+
+
+@dataclass
+class RefineResult:
+    """Result of :func:`refine_mask`.
+
+    Attributes
+    ----------
+    fit : SegmentResult
+        The final fit (to the image when one was given, else to the mask);
+        its ``status``, ``overridden`` and ``error_mm`` say what the prior
+        rejected.
+    label : ndarray of uint8, shape of the mask
+        The refined mask on the mask's grid.
+    corrections : dict
+        ``removed_ml``, ``added_ml`` and the largest regions of each
+        (:func:`describe_corrections`).
+    mask_fit : SegmentResult
+        The fit to the mask alone.
+    """
+
+    fit: SegmentResult
+    label: np.ndarray
+    corrections: dict
+    mask_fit: SegmentResult
+
+
+def _largest_component(m):
+    from scipy import ndimage
+
+    lab, n = ndimage.label(m)
+    if n <= 1:
+        return m
+    sizes = np.bincount(lab.ravel())[1:]
+    return lab == (int(np.argmax(sizes)) + 1)
+
+
+def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionary=None):
+    """Fit the shape model to an existing segmentation.
+
+    Parameters
+    ----------
+    mask_vol : Volume
+        Label map (any integer labels), physical geometry as read.
+    model : ShapeModel
+    labels : sequence of int
+        Labels of the organ in ``mask_vol``.
+    params : SegmentParams, optional
+        Fit settings; ``side`` for a paired organ's mirrored model (default:
+        the side of the field of view's centre the mask lies on, LPS x).
+        Seed, window and normalisation are set here for the mask fit.
+    image : Volume, optional
+        The scan the mask was made on (any grid): the fit continues against
+        its boundary appearance.
+    dictionary : ShapeDictionary, optional
+
+    Returns
+    -------
+    RefineResult
+    """
+    params = params or SegmentParams()
+    m = np.isin(mask_vol.array, np.asarray(labels))
+    if not m.any():
+        raise ValueError(f"the mask has no voxel with label(s) {list(labels)}")
+    big = _largest_component(m)
+    centre = mask_vol.index_to_physical(np.argwhere(big).mean(0)[::-1][None])[0]
+    side = params.side
+    if side == "none" and "mirrored" in str(model.metadata.get("side", "")):
+        side = "right" if centre[0] < mask_vol.centre()[0] else "left"
+    mvol = Volume((m * 1000).astype(np.float32), mask_vol.spacing, mask_vol.origin,
+                  mask_vol.direction)
+    # a mask is a clean image: a first level with a long search reaches the
+    # far edge of a leak or a gap, so that SSC can reject it (and measure it)
+    sched = params.schedule
+    if tuple(sched) == tuple(DEFAULT_SCHEDULE):
+        sched = ((MASK_SEARCH_MM, 1.0), *DEFAULT_SCHEDULE)
+    pm = replace(params, seed_mm=tuple(float(c) for c in centre), seed_space="lps",
+                 normalisation="ct", window=(0.5, 1.5), inside_brighter=True, side=side,
+                 schedule=sched)
+    bare = replace(model, profile=None)         # the mask has no learned appearance
+    mask_fit = segment_volume(mvol, bare, pm, dictionary)
+    fit = mask_fit
+    if image is not None:
+        fit = segment_volume(image, model, replace(params, side=side), dictionary,
+                             init=mask_fit.verts)
+        label = voxelize(fit.verts, fit.faces, mask_vol)
+        shape = voxelize(fit.verts, fit.faces, mask_vol) > 0
+    else:
+        shape = mask_fit.label > 0
+    label = combine(m, shape, mask_vol, mask_fit).astype(np.uint8)
+    return RefineResult(fit, label, describe_corrections(m, label > 0, mask_vol), mask_fit)
+
+
+def suspect_zone(fit, vol, margin_mm=ZONE_MARGIN_MM):
+    """Voxels near the vertices where the input departs from the prior: those
+    the SSC overrode (gross error e) or found no boundary for (confidence
+    below :data:`LOW_CONFIDENCE`), each within ``|e| + margin_mm`` of it."""
+    from scipy import ndimage
+
+    bad = np.asarray(fit.overridden, bool) | (np.asarray(fit.confidence) < LOW_CONFIDENCE)
+    zone = np.zeros(vol.array.shape, bool)
+    if not bad.any():
+        return zone
+    idx = np.round(vol.physical_to_index(fit.verts[bad])[:, ::-1]).astype(int)     # zyx
+    inside = np.all((idx >= 0) & (idx < np.array(zone.shape)), axis=1)
+    if not inside.any():
+        return zone
+    radius = np.asarray(fit.error_mm)[bad][inside] + margin_mm
+    seeds = np.zeros(zone.shape, bool)
+    seeds[tuple(idx[inside].T)] = True
+    order = np.full(zone.shape, -1)
+    order[tuple(idx[inside].T)] = np.arange(inside.sum())
+    sampling = tuple(float(v) for v in vol.spacing[::-1])
+    d, near = ndimage.distance_transform_edt(~seeds, sampling=sampling, return_indices=True)
+    return d <= radius[order[tuple(near)]]
+
+
+def combine(mask, shape, vol, fit=None, band_mm=BAND_MM):
+    """The refined mask: the input, except where it departs from the prior.
+
+    Inside the suspect zone (:func:`suspect_zone`; everywhere when ``fit`` is
+    None) the fitted shape decides beyond ``band_mm`` of its surface: a leak
+    or a duplicated slab outside it is removed, a hole or a missing slice
+    deeper inside it is filled, and so are enclosed cavities. Everywhere,
+    only the components that touch the shape's core are kept (islands go).
+    Where nothing departs the input is kept exactly: the detail no shape
+    model keeps is not lost.
+
+    Parameters
+    ----------
+    mask, shape : ndarray of bool, shape (nz, ny, nx)
+    vol : Volume
+        Their grid (spacing for the distances).
+    fit : SegmentResult, optional
+        The fit behind ``shape`` (its overridden vertices and confidence).
+    """
+    from scipy import ndimage
+
+    if not shape.any():
+        return shape
+    sampling = tuple(float(s) for s in vol.spacing[::-1])
+    d_out = ndimage.distance_transform_edt(~shape, sampling=sampling)
+    d_in = ndimage.distance_transform_edt(shape, sampling=sampling)
+    core = shape & (d_in > band_mm)
+    by_shape = core | (mask & (d_out <= band_mm))
+    zone = np.ones(mask.shape, bool) if fit is None else suspect_zone(fit, vol)
+    out = np.where(zone, by_shape, mask)
+    # enclosed cavities are filled only where the input departs: an organ's
+    # own cavity (a kidney's sinus) stays
+    out |= zone & ndimage.binary_fill_holes(out)
+    lab, n = ndimage.label(out)
+    if n > 1:
+        keep = np.unique(lab[core & out])
+        out = np.isin(lab, keep[keep > 0]) if keep.any() else out
+    return out
+
+
+def describe_corrections(before, after, vol, min_ml=MIN_REGION_ML, max_regions=20):
+    """What refinement changed: volumes removed and added, and the largest
+    connected regions of each (volume in ml, centroid in LPS mm, depth: the
+    largest distance in mm of the region's voxels from the other mask).
+
+    Parameters
+    ----------
+    before, after : ndarray of bool, shape (nz, ny, nx)
+    vol : Volume
+        The grid of both masks.
+    """
+    from scipy import ndimage
+
+    voxel_ml = float(np.prod(vol.spacing)) / 1000.0
+    sampling = tuple(float(s) for s in vol.spacing[::-1])
+    out = {"input_ml": round(float(before.sum()) * voxel_ml, 3),
+           "refined_ml": round(float(after.sum()) * voxel_ml, 3)}
+    regions = []
+    for kind, diff, other in (("removed", before & ~after, after),
+                              ("added", after & ~before, before)):
+        out[f"{kind}_ml"] = round(float(diff.sum()) * voxel_ml, 3)
+        if not diff.any():
+            continue
+        lab, n = ndimage.label(diff)
+        sizes = np.bincount(lab.ravel())[1:]
+        depth = ndimage.distance_transform_edt(~other, sampling=sampling) if kind == "removed" \
+            else ndimage.distance_transform_edt(~before, sampling=sampling)
+        for i in np.argsort(-sizes)[:max_regions]:
+            if sizes[i] * voxel_ml < min_ml:
+                break
+            r = lab == i + 1
+            c = vol.index_to_physical(np.argwhere(r).mean(0)[::-1][None])[0]
+            regions.append({"kind": kind, "volume_ml": round(float(sizes[i]) * voxel_ml, 3),
+                            "centroid_lps_mm": [round(float(x), 1) for x in c],
+                            "depth_mm": round(float(depth[r].max()), 2)})
+    regions.sort(key=lambda r: -r["volume_ml"])
+    out["regions"] = regions[:max_regions]
+    return out
