@@ -6,7 +6,7 @@ three severities each:
 
 * ``leak``: a ball attached to the surface (radius 8 / 14 / 20 mm);
 * ``hole``: a cavity inside (radius 4 / 7 / 10 mm);
-* ``missing_slices``: 2 / 4 / 6 consecutive slices emptied;
+* ``missing_slices``: 2 / 4 / 6 consecutive slices emptied (KiTS19's slice axis);
 * ``duplicated_slices``: 2 / 4 / 6 slices repeated (the rest shifted);
 * ``islands``: 2 / 4 / 8 separate blobs (radius 3-6 mm) 10-40 mm away;
 * ``jitter``: the boundary moved by smooth noise of 1 / 2 / 3 mm.
@@ -75,14 +75,17 @@ def degrade(mask, sp_zyx, kind, sev, rng):
         p = deep[rng.integers(len(deep))]
         m &= ~ball(m.shape, p, r, sp_zyx)
     elif kind in ("missing_slices", "duplicated_slices"):
+        # KiTS19 stores the acquired slices along the first NIfTI axis: ITK's x,
+        # the last array axis
         k = (2, 4, 6)[sev - 1]
-        zs = np.where(mask.any((1, 2)))[0]
+        mt, tt = np.moveaxis(m, 2, 0), np.moveaxis(mask, 2, 0)     # views
+        zs = np.where(tt.any((1, 2)))[0]
         a = int(rng.integers(zs[0] + len(zs) // 4, zs[0] + 3 * len(zs) // 4 - k + 1))
         if kind == "missing_slices":
-            m[a:a + k] = False
+            mt[a:a + k] = False
         else:
-            m[a + k:] = mask[a:len(mask) - k]
-            m[a:a + k] = mask[a]
+            mt[a + k:] = tt[a:len(tt) - k]
+            mt[a:a + k] = tt[a]
     elif kind == "islands":
         n = (2, 4, 8)[sev - 1]
         for _ in range(n):

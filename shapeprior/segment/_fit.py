@@ -26,7 +26,9 @@ HYPOTHESIS_MARGIN = 0.6
 #: first-level iterations each placement hypothesis gets before the best is kept
 HYPOTHESIS_ITER = 4
 #: appearance margin by which another placement must beat the training position
-PRIOR_MARGIN = 0.02
+#: (chosen on the hippocampus validation split: 0.02 -> Dice mean 0.874, min 0.734;
+#: 0.05 -> 0.878, min 0.778; the training position alone: 0.878, min 0.780)
+PRIOR_MARGIN = 0.05
 
 
 @dataclass

@@ -289,7 +289,7 @@ def find_placements(vol, shape0, faces, scorer, n=3, prior_centre=None, side="no
     if prior_centre is not None:
         p = np.asarray(prior_centre, float)
         ps = float(score(p[None], 1.0, search=0.25 * step)[0])
-        if all(np.linalg.norm(h.centre - p) >= 0.1 * extent for h in hyps):
+        if all(np.linalg.norm(h.centre - p) >= float(min(vol.spacing)) for h in hyps):
             hyps.append(Hypothesis(p, 1.0, ps, "prior"))
     hyps.sort(key=lambda h: -h.score)
     return hyps

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..io import Volume
 from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, segment_volume
+from ._metrics import dice
 from ._voxelize import voxelize
 
 #: regions smaller than this (ml) are counted in the totals but not listed
@@ -32,6 +33,8 @@ BAND_MM = 2.0
 ZONE_MARGIN_MM = 5.0
 #: search range (mm) of the first level of a mask fit
 MASK_SEARCH_MM = 20.0
+#: Dice between the fitted shape and the input below which a refinement is suspect
+MASK_AGREEMENT = 0.85
 #: vertices whose boundary search found (almost) nothing depart from the input too
 LOW_CONFIDENCE = 0.3
 
@@ -123,7 +126,18 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
         shape = voxelize(fit.verts, fit.faces, mask_vol) > 0
     else:
         shape = mask_fit.label > 0
-    label = combine(m, shape, mask_vol, mask_fit).astype(np.uint8)
+    agree = dice(mask_fit.label > 0, m)
+    fit.evidence["mask_agreement_dice"] = round(agree, 4)
+    if agree < MASK_AGREEMENT:
+        # a shape the model cannot explain (a kidney with a large tumour): its
+        # "corrections" would be guesses, so the input is returned unchanged
+        label = m.astype(np.uint8)
+        fit.reasons.append(f"not refined: the model explains the mask poorly (Dice {agree:.2f}"
+                           f" < {MASK_AGREEMENT}); the input is returned unchanged")
+        if fit.status == "ok":
+            fit.status = "suspect"
+    else:
+        label = combine(m, shape, mask_vol, mask_fit).astype(np.uint8)
     return RefineResult(fit, label, describe_corrections(m, label > 0, mask_vol), mask_fit)
 
 

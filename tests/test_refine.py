@@ -1,0 +1,73 @@
+"""``shapeprior refine``: an existing mask with planted errors (a leak ball
+attached to the organ, an island far from it) is refined with the shape
+model; the errors are removed, the rest of the mask is kept, the report says
+what was removed, and the inputs are untouched."""
+
+import json
+
+import meshio
+import numpy as np
+
+from shapeprior.cli import main
+from shapeprior.io import Volume, read_label_map, write_label
+from shapeprior.segment import dice, surface_distances
+
+
+def _ball(shape, c, r_vox):
+    g = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum((g[k] - c[k]) ** 2 for k in range(3)) <= r_vox ** 2
+
+
+def test_refine_removes_a_leak_and_an_island(phantom_model, tmp_path, capsys):
+    d, images, labels, model = phantom_model
+    clean_vol = read_label_map(labels / "phantom_005.nii.gz")
+    clean = clean_vol.array > 0
+    idx = np.argwhere(clean)
+    lo, hi = idx.min(0), idx.max(0)
+    bad = clean.copy()
+    # a leak: a ball centred just outside the organ's +x end (array axis 2)
+    tip = idx[idx[:, 2] == hi[2]].mean(0).round().astype(int)
+    tip[2] = min(tip[2] + 3, clean.shape[2] - 5)
+    bad |= _ball(clean.shape, tip, 4)
+    # an island: a ball away from the organ
+    far = np.array([lo[0], lo[1], lo[2]]) // 2
+    bad |= _ball(clean.shape, far, 2)
+    assert not (_ball(clean.shape, far, 2) & clean).any()
+    mask = tmp_path / "mask.nii.gz"
+    write_label(Volume(bad.astype(np.uint8) * 2, clean_vol.spacing, clean_vol.origin,
+                       clean_vol.direction), bad.astype(np.uint8) * 2, mask)
+    before = mask.read_bytes()
+    out = tmp_path / "refined"
+    rc = main(["refine", str(mask), "-o", str(out), "--model", str(model), "--labels", "2"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "removed" in printed
+    assert mask.read_bytes() == before
+    ref = read_label_map(out / "label.nii.gz")
+    assert ref.same_grid(clean_vol)
+    got = ref.array > 0
+    sp = clean_vol.spacing
+    d_bad = surface_distances(bad, clean, sp)["assd_mm"]
+    d_ref = surface_distances(got, clean, sp)["assd_mm"]
+    # the planted errors are at least halved, and the organ is kept
+    assert d_ref <= 0.5 * d_bad, (d_bad, d_ref)
+    assert dice(got, clean) > dice(bad, clean) and dice(got, clean) > 0.95
+    assert not got[tuple(far)]                                 # the island is gone
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["status"] in ("ok", "suspect") and rep["corrections"]["removed_ml"] > 0
+    assert any(r["kind"] == "removed" for r in rep["corrections"]["regions"])
+    mesh = meshio.read(out / "mesh.vtk")
+    assert set(mesh.point_data) >= {"gross_error_mm", "overridden", "confidence"}
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["command"] == "refine" and any(k.startswith("mask/") for k in man["inputs"])
+    # the output may not overwrite its input, --force or not
+    rc = main(["refine", str(mask), "-o", str(tmp_path), "--model", str(model), "--force"])
+    assert rc == 1 and mask.read_bytes() == before
+
+
+def test_refine_rejects_a_mask_without_the_label(phantom_model, tmp_path, capsys):
+    d, images, labels, model = phantom_model
+    rc = main(["refine", str(labels / "phantom_005.nii.gz"), "-o", str(tmp_path / "o"),
+               "--model", str(model), "--labels", "9"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "no voxel with label" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
