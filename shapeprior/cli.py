@@ -220,12 +220,7 @@ def _segment(argv):
                 raise type(exc)(scrub(str(exc), c.path, c.name)) from None
             raise
         _print_case(c.name, rep)
-        print(f"wrote {show_path(a.output)}")
-        code = _status_code([rep["status"]], a.strict)
-        if code:
-            print(f"shapeprior: {c.name}: {rep['status']}: {'; '.join(rep['reasons'])}",
-                  file=sys.stderr)
-        return code
+        return _finish_case(c.name, rep, a.output, a.strict)
     if a.reference:
         raise ValueError("--reference applies to a single case, not a folder of cases")
     from .pipeline import run_batch, write_summary
@@ -285,6 +280,17 @@ def _print_case(name, rep):
         print(f"  {rep['status']}: {r}")
     for w in rep["warnings"]:
         print(f"  note: {w}")
+
+
+def _finish_case(name, rep, output, strict):
+    """After one case: say where the outputs are; a result that is not
+    trustworthy gets one stderr line and exit code 3."""
+    print(f"wrote {show_path(output)}")
+    code = _status_code([rep["status"]], strict)
+    if code:
+        print(f"shapeprior: {name}: {rep['status']}: {'; '.join(rep['reasons'])}",
+              file=sys.stderr)
+    return code
 
 
 def _status_code(statuses, strict):
@@ -490,12 +496,7 @@ def _refine(argv):
           f"added {c['added_ml']:.1f} ml in {len(c['regions'])} regions")
     for r in rep["reasons"]:
         print(f"  {rep['status']}: {r}")
-    print(f"wrote {show_path(a.output)}")
-    code = _status_code([rep["status"]], a.strict)
-    if code:
-        print(f"shapeprior: {rep['input']['mask']}: {rep['status']}: {'; '.join(rep['reasons'])}",
-              file=sys.stderr)
-    return code
+    return _finish_case(rep["input"]["mask"], rep, a.output, a.strict)
 
 
 COMMANDS = {"demo": _demo, "segment": _segment, "refine": _refine, "build-model": _build_model,
