@@ -64,9 +64,11 @@ def test_batch_of_real_cases_with_one_corrupt_case_on_dask(hippocampus, tmp_path
     assert len(rows) == 11
     bad = rows.pop("hippocampus_cut")
     assert bad["status"] == "failed" and "truncated" in bad["error"]
-    assert "hippocampus_cut" in printed and "10 of 11 cases complete (1 failed)" in printed
+    assert "hippocampus_cut" in printed and "1 failed (1 with errors)" in printed
     assert not (out / "hippocampus_cut").exists()
-    assert all(r["status"] == "ok" for r in rows.values())
+    # a 10-shape model: every segmented case has a status from evidence, none failed
+    assert all(r["status"] in ("ok", "suspect") and 0 <= r["quality"] <= 1
+               for r in rows.values()), rows
     dices = []
     for p in test:
         name = p.name.split(".")[0]
