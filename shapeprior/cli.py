@@ -170,6 +170,10 @@ def _segment(argv):
     ap.add_argument("--placement", choices=("search", "prior"), default="search",
                     help="without --seed: search the whole field of view (default) or start "
                          "at the training position relative to the FOV centre")
+    ap.add_argument("--init-mask", default=None,
+                    help="single case: an existing label map (e.g. another tool's) whose "
+                         "refined surface starts the fit instead of the placement search")
+    ap.add_argument("--init-labels", default="1", help="labels of the organ in --init-mask")
     ap.add_argument("--hypotheses", type=int, default=5,
                     help="without --seed: placements fitted before the best one continues "
                          "(default 5)")
@@ -214,15 +218,17 @@ def _segment(argv):
                            reference=a.reference, reference_labels=ref_labels,
                            mesh_format=a.mesh_format, force=a.force, dictionary=dic, argv=argv,
                            case_name=c.name, deidentify=a.deidentify,
-                           allow_no_orientation=a.allow_no_orientation)
+                           allow_no_orientation=a.allow_no_orientation, init_mask=a.init_mask,
+                           init_labels=_parse_labels(a.init_labels, "--init-labels"))
         except (ValueError, OSError) as exc:
             if deid is not None:
                 raise type(exc)(scrub(str(exc), c.path, c.name)) from None
             raise
         _print_case(c.name, rep)
         return _finish_case(c.name, rep, a.output, a.strict)
-    if a.reference:
-        raise ValueError("--reference applies to a single case, not a folder of cases")
+    if a.reference or a.init_mask:
+        raise ValueError("--reference and --init-mask apply to a single case, not a folder "
+                         "of cases")
     from .pipeline import run_batch, write_summary
 
     root = Path(a.output)

@@ -12,7 +12,7 @@ from .._outputs import OutputDir, manifest
 from .._profile import StageClock
 from ..io import display_name, image_files, read_image, read_label_map, write_label
 from ..mesh import Surface
-from ..segment import SegmentParams, dice, segment_volume, surface_distances
+from ..segment import SegmentParams, dice, refine_mask, segment_volume, surface_distances
 from ._qc import qc_png
 
 MESH_FORMATS = ("vtk", "ply", "stl", "obj")
@@ -40,7 +40,7 @@ def input_hashes(p: Path, deidentify=False):
 def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, series=None,
              reference=None, reference_labels=(1,), mesh_format="vtk", force=False,
              dictionary=None, argv=None, clock=None, case_name=None, deidentify=False,
-             allow_no_orientation=False, partial_ok=False):
+             allow_no_orientation=False, partial_ok=False, init_mask=None, init_labels=(1,)):
     """Segment one case and publish ``outdir`` atomically.
 
     ``outdir`` may not equal, contain or lie inside the input, the model or
@@ -49,18 +49,20 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
     of the stages read, prepare, search, ssc, refine, voxelize and write.
     ``case_name`` is the name written into the report (default: the input's
     file name); with ``deidentify`` no input file name or path reaches the
-    outputs. Returns the report dict. Raises on bad input; nothing is left
-    behind.
+    outputs. ``init_mask``: an existing label map (``init_labels``) whose
+    refined surface (:func:`~shapeprior.segment.refine_mask`) starts the fit
+    instead of the placement search. Returns the report dict. Raises on bad
+    input; nothing is left behind.
     """
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
     input_path = Path(input_path)
-    inputs = [input_path, *input_files(input_path), model_path, reference]
+    inputs = [input_path, *input_files(input_path), model_path, reference, init_mask]
     out = OutputDir(outdir, force=force, inputs=inputs, partial_ok=partial_ok)
     try:
         return _run_case(out, input_path, model, model_path, params, series, reference,
                          reference_labels, mesh_format, dictionary, argv, clock,
-                         case_name, deidentify, allow_no_orientation)
+                         case_name, deidentify, allow_no_orientation, init_mask, init_labels)
     except BaseException:
         out.discard()          # a failed case leaves nothing behind
         raise
@@ -68,7 +70,7 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
 
 def _run_case(out, input_path, model, model_path, params, series, reference,
               reference_labels, mesh_format, dictionary, argv, clock, case_name, deidentify,
-              allow_no_orientation):
+              allow_no_orientation, init_mask=None, init_labels=(1,)):
     t0 = time.perf_counter()
     clock = clock or StageClock()     # times only (no sampling thread) for the report
     with clock("read"):
@@ -79,7 +81,12 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
             if not rvol.same_grid(vol):
                 raise ValueError("the reference label map does not share the image's grid")
             ref = np.isin(rvol.array, reference_labels)
-    res = segment_volume(vol, model, params, dictionary, clock=clock)
+    init = None
+    if init_mask is not None:
+        with clock("place"):
+            mvol = read_label_map(init_mask, allow_no_orientation)
+            init = refine_mask(mvol, model, init_labels, params, None, dictionary).mask_fit.verts
+    res = segment_volume(vol, model, params, dictionary, clock=clock, init=init)
     voxel_ml = float(np.prod(vol.spacing)) / 1000.0
     warnings = []
     if info.get("slice_gap_mm", 0) > 0:
@@ -112,13 +119,13 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
                                **surface_distances(res.label, ref, vol.spacing)}
     with clock("write"):
         _write_outputs(out, vol, res, ref, report, model, model_path, input_path, reference,
-                       mesh_format, params, argv, info, deidentify)
+                       mesh_format, params, argv, info, deidentify, init_mask)
     report["total_time_s"] = time.perf_counter() - t0
     return report
 
 
 def _write_outputs(out, vol, res, ref, report, model, model_path, input_path, reference,
-                   mesh_format, params, argv, info, deidentify):
+                   mesh_format, params, argv, info, deidentify, init_mask=None):
     write_label(vol, res.label, out.file("label.nii.gz"), code=info.get("xform_code") or 1)
     Surface(res.verts, res.faces).write(out.file(f"mesh.{mesh_format}"),
                                         point_data=vertex_data(res))
@@ -129,9 +136,12 @@ def _write_outputs(out, vol, res, ref, report, model, model_path, input_path, re
     inputs["model"] = Path(model_path)
     if reference is not None:
         inputs["reference"] = Path(reference)
+    if init_mask is not None:
+        inputs["init_mask"] = Path(init_mask)
     if deidentify:
         shown["model"] = display_name(model_path)
         shown["reference"] = "reference"
+        shown["init_mask"] = "init_mask"
         argv = scrub_argv(argv, {input_path: "<input>", reference: "<reference>",
                                  out.path: "<output>"})
     out.write_json("manifest.json", manifest(
