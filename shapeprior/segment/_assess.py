@@ -35,14 +35,28 @@ OUTSIDE_SUSPECT, OUTSIDE_FAILED = 0.01, 0.5
 #: Mahalanobis distance relative to the largest training distance: suspect / failed
 SHAPE_SUSPECT, SHAPE_FAILED = 1.5, 3.0
 
-_TRAIN_D = {}
+#: LPS x flip that maps a right-side organ onto a model built from left sides
+MIRROR = np.array([-1.0, 1.0, 1.0])
+
+
+def outside_fov(vol, points):
+    """Boolean per point (LPS mm, shape (P, 3)): beyond the image's outer voxel
+    boundaries (half a voxel past the first and last voxel centres)."""
+    idx = vol.physical_to_index(points)
+    n = np.array(vol.array.shape[::-1])
+    return np.any((idx < -0.5) | (idx > n - 0.5), axis=-1)
+
+
+def organ_scale(mean_centred, verts, mirror=False):
+    """Similarity scale of a surface against the centred model mean, measured
+    on the unmirrored shape (a rotation cannot match a mirror image)."""
+    v = verts - verts.mean(0)
+    return procrustes(mean_centred, v * MIRROR if mirror else v).scale
 
 
 def mahalanobis(model, verts, mirror=False):
     """RMS Mahalanobis distance (per PCA component) of a surface's shape from
     the model mean, after similarity alignment; 1 is typical of training."""
-    from ..segment._fit import MIRROR
-
     v = verts * MIRROR if mirror else verts
     T = procrustes(v, model.mean)
     b = model.pca_components @ (T(v) - model.mean).ravel()
@@ -50,18 +64,18 @@ def mahalanobis(model, verts, mirror=False):
 
 
 def training_distance(model):
-    """Largest :func:`mahalanobis` distance among the training shapes (cached)."""
-    key = (id(model), model.shapes.shape)
-    if key not in _TRAIN_D:
-        _TRAIN_D[key] = max(mahalanobis(model, s) for s in model.shapes)
-    return _TRAIN_D[key]
+    """Largest :func:`mahalanobis` distance among the training shapes, cached
+    on the model for as long as its shapes array is the same object."""
+    cached = getattr(model, "_training_distance", None)
+    if cached is None or cached[0] is not model.shapes:
+        cached = (model.shapes, max(mahalanobis(model, s) for s in model.shapes))
+        model._training_distance = cached
+    return cached[1]
 
 
 def fov_evidence(vol, verts, label):
     """Fraction of vertices outside the image and whether the label touches its border."""
-    idx = vol.physical_to_index(verts)
-    n = np.array(vol.array.shape[::-1])
-    outside = float(np.mean(np.any((idx < -0.5) | (idx > n - 0.5), axis=1)))
+    outside = float(np.mean(outside_fov(vol, verts)))
     touches = bool(label[0].any() or label[-1].any() or label[:, 0].any()
                    or label[:, -1].any() or label[:, :, 0].any() or label[:, :, -1].any())
     return outside, touches
@@ -69,8 +83,6 @@ def fov_evidence(vol, verts, label):
 
 def assess(res, vol, model, scorer, mirror=False, scale_clamped=0):
     """``(status, quality, reasons, evidence)`` of a fitted :class:`SegmentResult`."""
-    from ._fit import MIRROR
-
     failed, suspect = [], []
     quality = scorer(res.verts, res.faces, search_mm=1.5)
     kind = scorer.kind
@@ -89,9 +101,7 @@ def assess(res, vol, model, scorer, mirror=False, scale_clamped=0):
     elif res.overridden_fraction > OVERRIDDEN_SUSPECT[1]:
         suspect.append(f"the prior overrode {100 * res.overridden_fraction:.0f} % of the "
                        "vertices in the last projection")
-    v = res.verts * MIRROR if mirror else res.verts
-    mean_c = model.mean - model.mean.mean(0)
-    scale = procrustes(mean_c, v - v.mean(0)).scale
+    scale = organ_scale(model.mean - model.mean.mean(0), res.verts, mirror)
     ev["scale"] = round(scale, 4)
     if model.pose is not None and model.pose.scale_range is not None:
         lo, hi = model.pose.scale_range

@@ -11,16 +11,14 @@ import numpy as np
 from .._profile import NULL_CLOCK
 from ..backend import resolve_backend
 from ..appearance import LevelImage, intensity_scale, search_edges, search_profiles
-from ..align import procrustes
 from ..mesh import Surface, mean_neighbour_operator
 from ..ssc import sparse_shape_composition
-from ._assess import SCALE_SLACK, assess
+from ._assess import MIRROR, SCALE_SLACK, assess, organ_scale, outside_fov
 from ._place import AppearanceScore, Hypothesis, find_placements
 from ._voxelize import voxelize
 
 #: (search range mm, image smoothing sigma mm) per resolution level
 DEFAULT_SCHEDULE = ((6.0, 1.0), (3.0, 0.5), (1.5, 0.0))
-MIRROR = np.array([-1.0, 1.0, 1.0])
 #: placements fitted are those scoring at least this fraction of the best one
 HYPOTHESIS_MARGIN = 0.6
 #: first-level iterations each placement hypothesis gets before the best is kept
@@ -204,8 +202,8 @@ def seed_lps(vol, params):
         p = vol.index_to_physical(s[None])[0]
     else:
         p = s
-    idx = vol.physical_to_index(p[None])[0]
-    if np.any(idx < -0.5) or np.any(idx > np.array(vol.array.shape[::-1]) - 0.5):
+    if outside_fov(vol, p[None])[0]:
+        idx = vol.physical_to_index(p[None])[0]
         raise SeedOutsideError(f"the seed {tuple(np.round(s, 2).tolist())} ({params.seed_space}) "
                          f"lies outside the image (voxel index {np.round(idx, 1).tolist()} "
                          f"of {list(vol.array.shape[::-1])})")
@@ -279,17 +277,16 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
         raise ValueError(f"image of shape {vol.array.shape} is not a 3-D volume")
     with clock("prepare"):
         dic, pm, norm, scale = _prepare(model, vol, params, dictionary)
+        early = None
         try:
             shape0, mirror = initial_shape(model, vol, params)
         except SeedOutsideError as exc:     # a result, not a crash: status failed
-            params = replace(params, seed_mm=None, placement="prior")
-            shape0, mirror = initial_shape(model, vol, params)
-            faces = model.faces[:, ::-1].copy() if mirror else model.faces
-            return _failed(vol, shape0, faces, str(exc), backend, t0)
+            early = str(exc)
+            shape0, mirror = initial_shape(model, vol, replace(params, seed_mm=None))
     # a mirrored shape turns its triangles inside out: reverse them for the whole
     # fit, so that normals (and the search along them) point outward
     faces = model.faces[:, ::-1].copy() if mirror else model.faces
-    early = _cannot_fit(model, vol)
+    early = early or _cannot_fit(model, vol)
     if early:
         return _failed(vol, shape0, faces, early, backend, t0)
     extent = float(np.linalg.norm(model.mean.max(0) - model.mean.min(0)))
@@ -361,7 +358,6 @@ class _Fitter:
         self.norm, self.scale, self.backend, self.faces = norm, scale, backend, faces
         self.mirror, self.clock = mirror, clock
         self.edge_step = 0.5 * min(vol.spacing)
-        self.shape_xyz = np.array(vol.array.shape[::-1])
         self.scale_lo, self.scale_hi = _scale_range(model)
         self.mean_c = model.mean - model.mean.mean(0)
 
@@ -380,8 +376,7 @@ class _Fitter:
         # a vertex outside the image has no evidence: visibility 0 (the S of
         # the SSC objective), so that an organ cut by the field of view is
         # completed by the prior instead of by the border's replicated values
-        idx = self.vol.physical_to_index(v)
-        out = np.any((idx < -0.5) | (idx > self.shape_xyz - 0.5), axis=1)
+        out = outside_fov(self.vol, v)
         if out.any() and (~out).sum() >= max(3, 0.1 * len(v)):
             conf = np.where(out, 0.0, conf)
         return tgt, conf
@@ -393,8 +388,7 @@ class _Fitter:
         if self.scale_lo is None:
             return rec, False
         c = rec.mean(0)
-        # the scale of the unmirrored shape: a rotation cannot match a mirror image
-        s = procrustes(self.mean_c, (rec - c) * MIRROR if self.mirror else rec - c).scale
+        s = organ_scale(self.mean_c, rec, self.mirror)
         lo, hi = self.scale_lo / SCALE_SLACK, self.scale_hi * SCALE_SLACK
         if lo <= s <= hi:
             return rec, False

@@ -75,6 +75,7 @@ class AppearanceScore:
     def __init__(self, vol, profile, norm, scale, backend, sigma_mm, band_mm,
                  window=None, inside_brighter=True):
         self.level = LevelImage(vol, norm, sigma_mm, backend, scale)
+        self.norm = norm
         self.pm = profile
         self.band = float(band_mm)
         self.window = window
@@ -123,12 +124,12 @@ def pm_subset(pm, n_candidates, idx):
                    var=np.tile(pm.var[idx], (n_candidates, 1)))
 
 
-def body_midline_x(vol, norm_scale):
+def body_midline_x(vol, norm):
     """LPS x (mm) of the body's centre: centroid of voxels brighter than air
-    (-500 HU in CT; the image's mean otherwise), on a strided grid."""
-    off, sc = norm_scale
+    (-500 HU with the 'ct' normalisation; the image's mean otherwise), on a
+    strided grid."""
     a = vol.array[::2, ::2, ::2].astype(np.float32)
-    thr = -500.0 if sc == 1000.0 and off == 0.0 else float(a.mean())
+    thr = -500.0 if norm == "ct" else float(a.mean())
     idx = np.argwhere(a > thr)
     if len(idx) == 0:
         return float(vol.centre()[0])
@@ -206,7 +207,7 @@ def _distinct(cands, scores, k, min_dist):
 
 
 def find_placements(vol, shape0, faces, scorer, n=3, prior_centre=None, side="none",
-                    scales=(1.0,), norm_scale=None):
+                    scales=(1.0,)):
     """Candidate organ positions, best first.
 
     Parameters
@@ -255,7 +256,7 @@ def find_placements(vol, shape0, faces, scorer, n=3, prior_centre=None, side="no
         step = max(extent / 10.0, 2.0 * float(min(vol.spacing)))
         cands, sc = region_score_map(vol, shape0, faces, scorer)
     if side in ("left", "right"):
-        mid = body_midline_x(vol, norm_scale or scorer.level.scale)
+        mid = body_midline_x(vol, scorer.norm)
         keep = cands[:, 0] > mid if side == "left" else cands[:, 0] < mid
         if keep.any():
             cands = cands[keep]
