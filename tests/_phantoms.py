@@ -69,7 +69,7 @@ def write_dicom_series(vol, folder, modality="MR", series_uid="1.2.826.0.1.36800
         sl.SetOrigin([float(v) for v in pos])
         sl.SetDirection([float(v) for v in D.ravel()])
         tags = {"0008|0060": modality, "0020|000e": series_uid,
-                "0020|000d": series_uid + ".0", "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
+                "0020|000d": series_uid + ".0", "0020|0052": series_uid + ".9", "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
                 "0008|0018": f"{series_uid}.{k + 1}", "0020|0013": str(k + 1),
                 "0020|0032": "\\".join(f"{v:.10g}" for v in pos), "0020|0037": orient,
                 "0028|0030": f"{vol.spacing[1]:.10g}\\{vol.spacing[0]:.10g}",

@@ -250,37 +250,58 @@ def read_nifti(path, allow_no_orientation=False):
         ``nifti_version``, ``qform_code``, ``sform_code``, ``xform`` (which one
         placed the image), ``xform_code`` (its code, reused when writing).
     """
-    import nibabel as nib
-
     from ._volume import Volume
 
     p = Path(path)
     name = display_name(p)
-    h = _checked_header(p, name, allow_no_orientation)
+    img, h, spacing, origin, direction = _open_placed(p, name, allow_no_orientation)
     try:
-        img = nib.load(str(p))
-        aff = _affine(img, h, name, allow_no_orientation)
         data = np.asanyarray(img.dataobj)
-    except ImageReadError:
-        raise
     except MemoryError:
         raise ImageReadError(f"{name}: not enough memory to read it") from None
     except Exception as exc:  # noqa: BLE001 - nibabel/gzip/zlib errors on corrupt data
-        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise ImageReadError(f"cannot read {name} as an image: {msg}") from None
+        raise ImageReadError(f"cannot read {name} as an image: {_reason(exc)}") from None
     data = data.reshape(data.shape[:3])
     check_values(name, data)
-    A = _LPS @ aff[:3, :3]
-    spacing = np.linalg.norm(A, axis=0)
-    direction = A / spacing
-    origin = _LPS @ aff[:3, 3]
-    check_geometry(name, spacing, direction, origin)
     arr = native(data.transpose(2, 1, 0))
     code = h.sform_code if h.sform_code > 0 else (h.qform_code if h.qform_code > 0 else 0)
     info = {"nifti_version": h.version, "qform_code": h.qform_code, "sform_code": h.sform_code,
             "xform": "sform" if h.sform_code > 0 else ("qform" if h.qform_code > 0 else "none"),
             "xform_code": int(code)}
     return Volume(arr, spacing, origin, direction), info
+
+
+def _reason(exc):
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def _open_placed(p: Path, name: str, allow_no_orientation: bool):
+    """Header checks and placement without reading the voxels:
+    ``(nibabel image, RawHeader, spacing, origin, direction)`` in LPS."""
+    import nibabel as nib
+
+    h = _checked_header(p, name, allow_no_orientation)
+    try:
+        img = nib.load(str(p))
+        aff = _affine(img, h, name, allow_no_orientation)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - nibabel errors on a corrupt header
+        raise ImageReadError(f"cannot read {name} as an image: {_reason(exc)}") from None
+    A = _LPS @ aff[:3, :3]
+    spacing = np.linalg.norm(A, axis=0)
+    direction = A / spacing
+    origin = _LPS @ aff[:3, 3]
+    check_geometry(name, spacing, direction, origin)
+    return img, h, spacing, origin, direction
+
+
+def nifti_geometry(path, allow_no_orientation=False):
+    """``(shape_zyx, spacing, origin, direction)`` of a NIfTI file as
+    :func:`read_nifti` places it, from the header alone."""
+    p = Path(path)
+    img, _, spacing, origin, direction = _open_placed(p, display_name(p), allow_no_orientation)
+    return tuple(int(n) for n in img.shape[:3][::-1]), spacing, origin, direction
 
 
 def affine_ras(vol) -> np.ndarray:

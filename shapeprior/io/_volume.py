@@ -161,6 +161,42 @@ def read_file(path, allow_no_orientation=False):
     return _read_itk(p, name), {"format": p.suffix.lstrip(".").lower() or "unknown"}
 
 
+def read_geometry(path, allow_no_orientation=False):
+    """Where an image file lies, from its header alone (no voxels are read).
+
+    Returns
+    -------
+    shape_zyx : tuple of 3 int
+    spacing, origin : ndarray, shape (3,)
+        mm, LPS (x, y, z).
+    direction : ndarray, shape (3, 3)
+        Columns: the index axes in LPS; the same placement :func:`read_file` gives.
+    """
+    import SimpleITK as sitk
+
+    from ._nifti import is_nifti, nifti_geometry
+    from ._paths import itk_path
+
+    p = Path(path)
+    name = display_name(p)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such image file: {name}")
+    if is_nifti(p):
+        return nifti_geometry(p, allow_no_orientation)
+    with itk_path(p) as sp:
+        r = sitk.ImageFileReader()
+        r.SetFileName(sp)
+        try:
+            r.ReadImageInformation()
+        except RuntimeError as exc:
+            raise ImageReadError(f"cannot read {name} as an image: {itk_reason(exc)}") from None
+    if r.GetDimension() != 3:
+        raise ImageReadError(f"{name}: expected a 3-D image, got {r.GetDimension()}-D")
+    check_geometry(name, r.GetSpacing(), r.GetDirection(), r.GetOrigin())
+    return (tuple(int(n) for n in r.GetSize()[::-1]), np.array(r.GetSpacing(), float),
+            np.array(r.GetOrigin(), float), np.array(r.GetDirection(), float).reshape(3, 3))
+
+
 def read_volume(path, allow_no_orientation=False) -> Volume:
     """Read a 3-D image file (NIfTI-1/2, NRRD, MHA, ...): see :func:`read_file`."""
     return read_file(path, allow_no_orientation)[0]

@@ -43,22 +43,94 @@ class Surface:
     def to_meshio(self, point_data=None):
         import meshio
 
-        return meshio.Mesh(self.verts, [("triangle", self.faces)],
+        return meshio.Mesh(self.verts, [("triangle", self.faces.astype(np.int32))],
                            point_data=dict(point_data or {}))
 
-    def write(self, path, point_data=None):
-        """Write VTK/PLY/STL/... by extension, atomically.
+    def to_vtk(self, point_data=None):
+        """The mesh as ``vtkPolyData`` with its point data, and the field data
+        ``SPACE = LPS`` and ``UNITS = mm`` that declare its coordinates."""
+        from vtkmodules.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray
+        from vtkmodules.vtkCommonCore import vtkPoints, vtkStringArray
+        from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
 
-        ``point_data``: ``{name: array (N,)}`` per-vertex values, kept by the
-        formats that carry them (VTK, PLY); STL and OBJ drop them."""
+        pts = vtkPoints()
+        pts.SetData(numpy_to_vtk(np.ascontiguousarray(self.verts, dtype=np.float64), deep=True))
+        f = np.asarray(self.faces, dtype=np.int64)
+        offsets = np.arange(0, 3 * len(f) + 1, 3, dtype=np.int64)
+        cells = vtkCellArray()
+        cells.SetData(numpy_to_vtkIdTypeArray(offsets, deep=True),
+                      numpy_to_vtkIdTypeArray(np.ascontiguousarray(f.ravel()), deep=True))
+        poly = vtkPolyData()
+        poly.SetPoints(pts)
+        poly.SetPolys(cells)
+        for name, values in (point_data or {}).items():
+            arr = numpy_to_vtk(np.ascontiguousarray(values, dtype=np.float64), deep=True)
+            arr.SetName(name)
+            poly.GetPointData().AddArray(arr)
+        for key, value in (("SPACE", "LPS"), ("UNITS", "mm")):
+            a = vtkStringArray()
+            a.SetName(key)
+            a.InsertNextValue(value)
+            poly.GetFieldData().AddArray(a)
+        return poly
+
+    def write(self, path, point_data=None):
+        """Write the mesh by extension, atomically.
+
+        ``.vtp`` (VTK XML PolyData) and ``.vtk`` (legacy VTK 4.2 PolyData, the
+        version 3D Slicer and ParaView both read) carry ``point_data`` and
+        declare ``SPACE = LPS``, ``UNITS = mm`` as field data (the legacy header
+        says so too); ``.ply`` keeps ``point_data``; ``.stl`` and ``.obj``
+        hold the geometry only. Coordinates are LPS mm: 3D Slicer, which
+        shows RAS, reads the declaration.
+
+        Parameters
+        ----------
+        path : str or Path
+        point_data : dict of {str: ndarray, shape (N,)}, optional
+            Per-vertex values.
+        """
         import os
         from pathlib import Path
 
         p = Path(path)
+        suffix = p.suffix.lower()
+        if suffix not in MESH_SUFFIXES:
+            raise ValueError(f"mesh file {p.name!r}: format {suffix or '(none)'} is not one "
+                             f"of {', '.join(MESH_SUFFIXES)}")
         tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
-        keep = p.suffix.lower() in (".vtk", ".vtu", ".ply")
-        self.to_meshio(point_data if keep else None).write(tmp)
-        os.replace(tmp, p)
+        try:
+            if suffix in (".vtp", ".vtk"):
+                _write_vtk(self.to_vtk(point_data), tmp, xml=suffix == ".vtp")
+            else:
+                self.to_meshio(point_data if suffix == ".ply" else None).write(tmp)
+            os.replace(tmp, p)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+#: mesh file formats :meth:`Surface.write` writes
+MESH_SUFFIXES = (".vtk", ".vtp", ".ply", ".stl", ".obj")
+
+
+def _write_vtk(poly, path, xml):
+    if xml:
+        from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter
+
+        w = vtkXMLPolyDataWriter()
+        w.SetDataModeToAppended()
+        w.SetCompressorTypeToZLib()
+    else:
+        from vtkmodules.vtkIOLegacy import vtkPolyDataWriter
+
+        w = vtkPolyDataWriter()
+        w.SetFileVersion(42)
+        w.SetFileTypeToBinary()
+        w.SetHeader("shapeprior mesh SPACE=LPS UNITS=mm")
+    w.SetFileName(str(path))
+    w.SetInputData(poly)
+    if not w.Write():
+        raise OSError(f"could not write the mesh {path.name!r}")
 
 
 def label_mask(vol: Volume, labels) -> np.ndarray:

@@ -77,8 +77,13 @@ class BuildParams:
 
 
 def find_label_maps(folder):
-    """Label map files below ``folder`` (sorted; KiTS layout case_*/segmentation.nii.gz too)."""
-    root = Path(folder)
+    """Label map files below ``folder``, sorted.
+
+    Layouts: any tree of label maps (KiTS ``case_*/segmentation.nii.gz`` too);
+    an nnU-Net / Medical Segmentation Decathlon dataset folder, whose label
+    maps are in ``labelsTr`` (the images in ``imagesTr`` are not label maps).
+    """
+    root = label_root(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"no such folder: {root}")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(LABEL_SUFFIXES))
@@ -126,16 +131,90 @@ def surfaces_from_label_map(path, params: BuildParams):
     return out
 
 
-def find_image_for(label_file: Path, labels_root: Path, images_dir: Path):
-    """The training image for a label map: same relative path, else same file name."""
+def label_root(folder) -> Path:
+    """The folder that holds the label maps: ``folder/labelsTr`` for an
+    nnU-Net / MSD dataset folder, else ``folder``."""
+    root = Path(folder)
+    return root / "labelsTr" if (root / "labelsTr").is_dir() else root
+
+
+def image_root(folder) -> Path:
+    """The folder that holds the images: ``folder/imagesTr`` for an nnU-Net /
+    MSD dataset folder, else ``folder``."""
+    root = Path(folder)
+    return root / "imagesTr" if (root / "imagesTr").is_dir() else root
+
+
+def _suffix(name):
+    return next((s for s in LABEL_SUFFIXES if name.endswith(s)), "")
+
+
+def image_candidates(label_file: Path, labels_root: Path, images_dir: Path):
+    """Where the image of a label map may be: the same relative path, the same
+    file name, or the nnU-Net name of its first channel (``X.nii.gz`` ->
+    ``X_0000.nii.gz``)."""
+    label_file, labels_root = Path(label_file), Path(labels_root)
+    images_dir = image_root(images_dir)
     rel = label_file.relative_to(labels_root)
-    for cand in (images_dir / rel, images_dir / label_file.name):
-        if cand.is_file():
-            return cand
-    return None
+    suf = _suffix(label_file.name)
+    stem = label_file.name[: len(label_file.name) - len(suf)]
+    channel0 = f"{stem}_0000{suf}"
+    return [images_dir / rel, images_dir / label_file.name, images_dir / rel.parent / channel0,
+            images_dir / channel0]
 
 
-def _learn_appearance(kept, faces, params, root):
+def find_image_for(label_file: Path, labels_root: Path, images_dir: Path):
+    """The training image for a label map (see :func:`image_candidates`), or None."""
+    return next((c for c in image_candidates(label_file, labels_root, images_dir)
+                 if c.is_file()), None)
+
+
+def pair_images(label_files, labels_root, images_dir, allow_no_orientation=False):
+    """``{label file: image file}``, checked before any slow stage.
+
+    Every label map needs an image on the same grid (shape, spacing, origin,
+    direction, from the headers alone). Raises ValueError naming the first
+    label map without an image, or the first pair whose grids differ.
+    """
+    from ..io import read_geometry
+
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"no such images folder: {images_dir}")
+    pairs, missing = {}, []
+    for f in label_files:
+        img = find_image_for(Path(f), labels_root, images_dir)
+        if img is None:
+            missing.append(Path(f))
+        else:
+            pairs[Path(f)] = img
+    if missing:
+        f = missing[0]
+        tried = ", ".join(sorted({c.name for c in image_candidates(f, labels_root, images_dir)}))
+        raise ValueError(f"{len(missing)} of {len(label_files)} label maps have no image in "
+                         f"{image_root(images_dir)} (first: {f.name}; looked for {tried})")
+    for f, img in pairs.items():
+        gl = read_geometry(f, allow_no_orientation)
+        gi = read_geometry(img, allow_no_orientation)
+        what = _grid_difference(gl, gi)
+        if what:
+            raise ValueError(f"label map {f.name} and image {img.name} are not on the same "
+                             f"grid ({what})")
+    return pairs
+
+
+def _grid_difference(a, b, atol=1e-3):
+    """The first geometry field in which two ``read_geometry`` results differ, or ''."""
+    if tuple(a[0]) != tuple(b[0]):
+        return f"shape {tuple(a[0])} vs {tuple(b[0])}"
+    for name, x, y in (("spacing", a[1], b[1]), ("origin", a[2], b[2]),
+                       ("direction", a[3], b[3])):
+        if not np.allclose(x, y, atol=atol):
+            return f"{name} {np.round(x, 3).tolist()} vs {np.round(y, 3).tolist()}"
+    return ""
+
+
+def _learn_appearance(kept, faces, params, pairs):
     from ..appearance import learn_profiles
     from ..io import read_volume
 
@@ -143,9 +222,7 @@ def _learn_appearance(kept, faces, params, root):
     for s, v in kept:
         if s["side"] == "right" and params.mirror_right:
             continue   # mirrored shapes do not sit on their image
-        img = find_image_for(s["file"], Path(root), Path(params.images_dir))
-        if img is None:
-            continue
+        img = pairs[Path(s["file"])]
         vol = read_volume(img, params.allow_no_orientation)
         lab = read_label_map(s["file"], params.allow_no_orientation)
         if not vol.same_grid(lab):
@@ -208,6 +285,9 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
         raise ValueError(f"n_vertices={params.n_vertices} must be >= 12")
     level = level_for_vertices(params.n_vertices)
     sv, sf = icosphere(level)
+    # image/label pairing and geometry, from the headers, before the slow stages
+    pairs = (pair_images(files, root, params.images_dir, params.allow_no_orientation)
+             if params.images_dir else None)
     surf_res = _map(_job_surfaces, [(f, params) for f in files], params.n_jobs,
                     "surfaces", progress)
     shapes_in, rejected = [], []
@@ -264,7 +344,7 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
     profile = None
     n_images = 0
     if params.images_dir:
-        profile, n_images, img_files = _learn_appearance(kept, sf, params, root)
+        profile, n_images, img_files = _learn_appearance(kept, sf, params, pairs)
         profile.n_images = n_images
     hashes = {}
     for s, _ in kept:

@@ -11,8 +11,8 @@ safe, unique cases.
 from ._batch import case_state, run_batch, write_summary
 from ._cases import Case, Deidentifier, discover_cases, safe_name, scrub, unique_names
 from ._refine import refine_case
-from ._run import MESH_FORMATS, input_files, run_case, scrub_argv
+from ._run import MESH_FORMATS, OUTPUT_TYPES, input_files, run_case, scrub_argv
 
 __all__ = ["run_case", "refine_case", "run_batch", "discover_cases", "Case", "Deidentifier", "case_state",
            "write_summary", "safe_name", "unique_names", "scrub", "scrub_argv", "input_files",
-           "MESH_FORMATS"]
+           "MESH_FORMATS", "OUTPUT_TYPES"]

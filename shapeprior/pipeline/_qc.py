@@ -1,26 +1,81 @@
-"""QC picture: the segmentation (and reference) over three orthogonal planes."""
+"""QC picture: the segmentation (and reference) over three orthogonal planes,
+in radiological convention with orientation letters."""
 
 from __future__ import annotations
 
 import numpy as np
 
+#: orientation letters (screen left, right, top, bottom) of each view in
+#: radiological convention: the patient's right on the screen's left,
+#: anterior and superior at the top, anterior on the left of the sagittal view
+LETTERS = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I"),
+           "sagittal": ("A", "P", "S", "I")}
 
-def qc_png(path, vol, label, reference=None, title=""):
-    """Write a PNG with axial, coronal and sagittal slices through the
-    segmentation's centre (voxel grid, aspect from spacing)."""
+
+def lps_axes(direction):
+    """For each LPS axis (L, P, S): the index axis (0 = i, 1 = j, 2 = k)
+    nearest to it and the sign of their alignment. An oblique grid is shown
+    along its nearest axes."""
+    d = np.asarray(direction, dtype=float)          # columns: index axes in LPS
+    axes = []
+    free = [0, 1, 2]
+    for m in np.argsort(-np.abs(d).max(1)):         # most decided LPS axis first
+        n = max(free, key=lambda c: abs(d[m, c]))
+        free.remove(n)
+        axes.append((int(m), n, 1 if d[m, n] > 0 else -1))
+    axes.sort()
+    return [a[1] for a in axes], [a[2] for a in axes]
+
+
+def to_lps_array(a, direction):
+    """``a`` (k, j, i) as an array indexed (S, P, L): the first axis runs to
+    the patient's superior, the second to posterior, the third to left."""
+    ax, sg = lps_axes(direction)
+    c = np.transpose(a, (2 - ax[2], 2 - ax[1], 2 - ax[0]))
+    for dim, s in zip((2, 1, 0), sg):               # L -> axis 2, P -> 1, S -> 0
+        if s < 0:
+            c = np.flip(c, dim)
+    return c
+
+
+def _lps_index(vol, points):
+    """Continuous (S, P, L) indices of LPS points in :func:`to_lps_array`'s array."""
+    ax, sg = lps_axes(vol.direction)
+    idx = vol.physical_to_index(points)               # (i, j, k)
+    n = np.array(vol.array.shape[::-1])
+    out = np.empty((len(points), 3))
+    for m, col in zip(range(3), (2, 1, 0)):
+        v = idx[:, ax[m]]
+        out[:, col] = v if sg[m] > 0 else n[ax[m]] - 1 - v
+    return out
+
+
+def qc_png(path, vol, label, reference=None, title="", verts=None, outliers=None):
+    """Write a PNG with axial, coronal and sagittal planes through the
+    segmentation's centre, zoomed to the organ.
+
+    Radiological convention (the patient's right on the left of the screen),
+    orientation letters on every plane, aspect from the voxel spacing. The
+    segmentation is green, the reference red dashed, and surface vertices
+    that the prior overrode (``outliers``, a boolean per row of ``verts`` in
+    LPS mm) magenta where they lie near the plane.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    a = vol.array
-    sx, sy, sz = vol.spacing
-    if label.any():
-        idx = np.argwhere(label)
+    ax_, _ = lps_axes(vol.direction)
+    sl, sp, ss = (float(vol.spacing[ax_[m]]) for m in range(3))
+    a = to_lps_array(vol.array, vol.direction)
+    lab = to_lps_array(label, vol.direction)
+    ref = None if reference is None else to_lps_array(reference, vol.direction)
+    if lab.any():
+        idx = np.argwhere(lab)
         c = idx.mean(0).round().astype(int)
         # zoom to the organ: its bounding box plus 50 % of its size (at least 30 mm)
         size = idx.max(0) - idx.min(0) + 1
-        pad = np.maximum(0.5 * size, 30.0 / np.array([sz, sy, sx])).astype(int)
+        pad = np.maximum(0.5 * size, 30.0 / np.array([ss, sp, sl])).astype(int)
         lo = np.maximum(idx.min(0) - pad, 0)
         hi = np.minimum(idx.max(0) + pad + 1, a.shape)
     else:
@@ -33,26 +88,45 @@ def qc_png(path, vol, label, reference=None, title=""):
             return None, None, None
         return v[c[0], y, x], v[z, c[1], x], v[z, y, c[2]]
 
-    ia, ic, isg = planes(a)
-    la, lc, ls = planes(label)
-    ra, rc, rs = planes(reference)
+    shown = planes(a)
+    labs, refs = planes(lab), planes(ref)
     # display window from the shown planes only: a whole 512 x 512 x 300 CT
     # would cost seconds of percentile work for the same picture
-    shown = np.concatenate([ia.ravel(), ic.ravel(), isg.ravel()]).astype(np.float32)
-    lo_v, hi_v = np.percentile(shown, [1, 99])
-    views = [("axial", ia, la, ra, sy / sx), ("coronal", ic, lc, rc, sz / sx),
-             ("sagittal", isg, ls, rs, sz / sy)]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
-    for ax, (name, img, lab, ref, aspect) in zip(axes, views):
-        ax.imshow(img, cmap="gray", vmin=lo_v, vmax=hi_v, aspect=aspect, origin="lower")
-        if lab.any():
-            ax.contour(lab, levels=[0.5], colors="lime", linewidths=1.2)
-        if ref is not None and ref.any():
-            ax.contour(ref, levels=[0.5], colors="red", linewidths=0.8, linestyles="--")
+    vals = np.concatenate([p.ravel() for p in shown]).astype(np.float32)
+    lo_v, hi_v = np.percentile(vals, [1, 99])
+    pts = None
+    if verts is not None and outliers is not None and np.any(outliers):
+        pts = _lps_index(vol, np.asarray(verts)[np.asarray(outliers, bool)]) - lo
+    # (name, plane, row axis, column axis, row origin, aspect = row mm / column mm)
+    views = [("axial", 0, 1, 2, "upper", sp / sl), ("coronal", 1, 0, 2, "lower", ss / sl),
+             ("sagittal", 2, 0, 1, "lower", ss / sp)]
+    spacing = np.array([ss, sp, sl])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.6))
+    for k, (ax, (name, normal, row, col, origin, aspect)) in enumerate(zip(axes, views)):
+        ax.imshow(shown[k], cmap="gray", vmin=lo_v, vmax=hi_v, aspect=aspect, origin=origin)
+        if labs[k].any():
+            ax.contour(labs[k], levels=[0.5], colors="lime", linewidths=1.2)
+        if refs[k] is not None and refs[k].any():
+            ax.contour(refs[k], levels=[0.5], colors="red", linewidths=0.8, linestyles="--")
+        if pts is not None:
+            near = np.abs(pts[:, normal] - (c[normal] - lo[normal])) * spacing[normal] <= \
+                max(spacing[normal], 2.0)
+            ax.scatter(pts[near, col], pts[near, row], s=6, c="magenta", linewidths=0)
+        ax.set_xlim(-0.5, shown[k].shape[1] - 0.5)
+        ax.set_ylim(*((shown[k].shape[0] - 0.5, -0.5) if origin == "upper"
+                      else (-0.5, shown[k].shape[0] - 0.5)))
+        left, right, top, bottom = LETTERS[name]
+        style = dict(color="yellow", fontsize=11, fontweight="bold", transform=ax.transAxes)
+        ax.text(0.02, 0.5, left, ha="left", va="center", **style)
+        ax.text(0.98, 0.5, right, ha="right", va="center", **style)
+        ax.text(0.5, 0.98, top, ha="center", va="top", **style)
+        ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
         ax.set_title(name)
         ax.axis("off")
-    fig.suptitle(title + ("  (green: shapeprior, red dashed: reference)" if reference is not None
-                          else "  (green: shapeprior)"), fontsize=9)
+    legend = "green: shapeprior" + (", red dashed: reference" if reference is not None else "")
+    if pts is not None:
+        legend += ", magenta: vertices the prior overrode"
+    fig.suptitle(f"{title}  ({legend}; radiological view)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

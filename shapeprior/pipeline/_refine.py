@@ -5,6 +5,7 @@ published atomically."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from ..io import display_name, read_image, read_label_map, write_label
 from ..mesh import Surface
 from ..segment import SegmentParams, refine_mask
 from ._qc import qc_png
-from ._run import MESH_FORMATS, input_hashes, params_record, vertex_data
+from ._run import MESH_FORMATS, input_hashes, params_record, statistics, vertex_data
 
 
 def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, labels=(1,),
@@ -71,11 +72,13 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
     }
     write_label(mvol, label, out.file("label.nii.gz"), code=1)
     Surface(fit.verts, fit.faces).write(out.file(f"mesh.{mesh_format}"),
-                                        point_data=vertex_data(fit))
+                                        point_data=vertex_data(fit, model))
     bg = img if img is not None and img.same_grid(mvol) else mvol
     qc_png(out.file("qc.png"), bg, label, np.isin(mvol.array, labels),
-           title=f"refined {model.metadata.get('organ', 'organ')} (red dashed: input mask)")
+           title=f"refined {model.metadata.get('organ', 'organ')} (red dashed: input mask)",
+           verts=fit.verts, outliers=fit.overridden)
     out.write_json("report.json", report)
+    out.write_json("statistics.json", statistics(replace(fit, label=label), model, mvol.spacing))
     files, _ = input_hashes(mask_path)
     files = {k.replace("input/", "mask/"): v for k, v in files.items()}
     if image is not None:

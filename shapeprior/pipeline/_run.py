@@ -10,12 +10,16 @@ import numpy as np
 
 from .._outputs import OutputDir, manifest
 from .._profile import StageClock
-from ..io import display_name, image_files, read_image, read_label_map, write_label
+from ..io import (display_name, image_files, read_image, read_label_map, write_dicom_seg,
+                  write_label)
 from ..mesh import Surface
-from ..segment import SegmentParams, dice, refine_mask, segment_volume, surface_distances
+from ..segment import (SegmentParams, dice, distance_to_mean, refine_mask, segment_volume,
+                       shape_statistics, surface_distances)
 from ._qc import qc_png
 
-MESH_FORMATS = ("vtk", "ply", "stl", "obj")
+MESH_FORMATS = ("vtk", "vtp", "ply", "stl", "obj")
+#: label outputs: NIfTI on the input grid, DICOM-SEG referencing a DICOM input, or both
+OUTPUT_TYPES = ("nifti", "dicom-seg", "both")
 
 
 def input_files(p: Path):
@@ -40,7 +44,8 @@ def input_hashes(p: Path, deidentify=False):
 def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, series=None,
              reference=None, reference_labels=(1,), mesh_format="vtk", force=False,
              dictionary=None, argv=None, clock=None, case_name=None, deidentify=False,
-             allow_no_orientation=False, partial_ok=False, init_mask=None, init_labels=(1,)):
+             allow_no_orientation=False, partial_ok=False, init_mask=None, init_labels=(1,),
+             output_type="nifti"):
     """Segment one case and publish ``outdir`` atomically.
 
     ``outdir`` may not equal, contain or lie inside the input, the model or
@@ -51,18 +56,32 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
     file name); with ``deidentify`` no input file name or path reaches the
     outputs. ``init_mask``: an existing label map (``init_labels``) whose
     refined surface (:func:`~shapeprior.segment.refine_mask`) starts the fit
-    instead of the placement search. Returns the report dict. Raises on bad
-    input; nothing is left behind.
+    instead of the placement search. ``output_type``: the label as
+    ``label.nii.gz`` (``'nifti'``), as ``seg.dcm`` (``'dicom-seg'``, DICOM
+    series inputs only; it carries the source's patient and study
+    identifiers, so not with ``deidentify``) or ``'both'``. Returns the
+    report dict. Raises on bad input; nothing is left behind.
     """
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
     input_path = Path(input_path)
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output type {output_type!r} is not one of {OUTPUT_TYPES}")
+    if output_type != "nifti":
+        if not input_path.is_dir():
+            raise ValueError(f"--output-type {output_type} needs a DICOM series folder as "
+                             f"input; {display_name(input_path)} is a file")
+        if deidentify:
+            raise ValueError("--output-type dicom-seg keeps the source's patient and study "
+                             "identifiers (a SEG must refer to its series): not with "
+                             "--deidentify")
     inputs = [input_path, *input_files(input_path), model_path, reference, init_mask]
     out = OutputDir(outdir, force=force, inputs=inputs, partial_ok=partial_ok)
     try:
         return _run_case(out, input_path, model, model_path, params, series, reference,
                          reference_labels, mesh_format, dictionary, argv, clock,
-                         case_name, deidentify, allow_no_orientation, init_mask, init_labels)
+                         case_name, deidentify, allow_no_orientation, init_mask, init_labels,
+                         output_type)
     except BaseException:
         out.discard()          # a failed case leaves nothing behind
         raise
@@ -70,7 +89,7 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
 
 def _run_case(out, input_path, model, model_path, params, series, reference,
               reference_labels, mesh_format, dictionary, argv, clock, case_name, deidentify,
-              allow_no_orientation, init_mask=None, init_labels=(1,)):
+              allow_no_orientation, init_mask=None, init_labels=(1,), output_type="nifti"):
     t0 = time.perf_counter()
     clock = clock or StageClock()     # times only (no sampling thread) for the report
     with clock("read"):
@@ -119,19 +138,25 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
                                **surface_distances(res.label, ref, vol.spacing)}
     with clock("write"):
         _write_outputs(out, vol, res, ref, report, model, model_path, input_path, reference,
-                       mesh_format, params, argv, info, deidentify, init_mask)
+                       mesh_format, params, argv, info, deidentify, init_mask, output_type)
     report["total_time_s"] = time.perf_counter() - t0
     return report
 
 
 def _write_outputs(out, vol, res, ref, report, model, model_path, input_path, reference,
-                   mesh_format, params, argv, info, deidentify, init_mask=None):
-    write_label(vol, res.label, out.file("label.nii.gz"), code=info.get("xform_code") or 1)
+                   mesh_format, params, argv, info, deidentify, init_mask=None,
+                   output_type="nifti"):
+    if output_type in ("nifti", "both"):
+        write_label(vol, res.label, out.file("label.nii.gz"), code=info.get("xform_code") or 1)
+    if output_type in ("dicom-seg", "both"):
+        report["dicom_seg"] = _write_seg(out, vol, res, model, input_path, info, params)
     Surface(res.verts, res.faces).write(out.file(f"mesh.{mesh_format}"),
-                                        point_data=vertex_data(res))
+                                        point_data=vertex_data(res, model))
     qc_png(out.file("qc.png"), vol, res.label, ref,
-           title=f"{model.metadata.get('organ', 'organ')}: {report['volume_ml']:.1f} ml")
+           title=f"{model.metadata.get('organ', 'organ')}: {report['volume_ml']:.1f} ml",
+           verts=res.verts, outliers=res.overridden)
     out.write_json("report.json", report)
+    out.write_json("statistics.json", statistics(res, model, vol.spacing))
     inputs, shown = input_hashes(Path(input_path), deidentify)
     inputs["model"] = Path(model_path)
     if reference is not None:
@@ -150,14 +175,41 @@ def _write_outputs(out, vol, res, ref, report, model, model_path, input_path, re
     out.commit()
 
 
-def vertex_data(res) -> dict:
+def _write_seg(out, vol, res, model, input_path, info, params):
+    """``seg.dcm`` for a DICOM input; a failed (empty) result has none, and
+    the report says why."""
+    if res.status == "failed" or not np.any(res.label):
+        return {"written": False, "reason": "failed result: no organ to store"}
+    side = params.side if params.side in ("left", "right") else None
+    rec = write_dicom_seg(out.file("seg.dcm"), res.label, vol, input_path,
+                          info.get("series_key"), organ=model.metadata.get("organ", "organ"),
+                          side=side)
+    return {"written": True, "file": "seg.dcm", **rec}
+
+
+def vertex_data(res, model) -> dict:
     """Per-vertex results written with the mesh: the gross error |e| (mm), the
-    vertices the prior overrode in any iteration (1/0) and the last search's
-    confidence."""
+    vertices the prior overrode in any iteration (1/0), the last search's
+    confidence, and the signed distance from the model mean shape (mm,
+    positive outward; :func:`~shapeprior.segment.distance_to_mean`)."""
     n = len(res.verts)
     pick = lambda a: np.zeros(n) if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
     return {"gross_error_mm": pick(res.error_mm), "overridden": pick(res.overridden),
-            "confidence": pick(res.confidence)}
+            "confidence": pick(res.confidence),
+            "distance_to_mean_mm": distance_to_mean(model, res.verts, res.faces, res.mirrored)}
+
+
+def statistics(res, model, spacing) -> dict:
+    """``statistics.json`` of a result: status and quality, then the organ's
+    measures and how unusual it is (:func:`~shapeprior.segment.shape_statistics`).
+    A failed result has no organ to measure."""
+    head = {"status": res.status, "quality": round(float(res.quality), 4),
+            "reasons": list(res.reasons), "coordinates": "LPS", "units": "mm, ml, mm^2",
+            "organ": model.metadata.get("organ"), "mirrored": bool(res.mirrored)}
+    if res.status == "failed" or not np.any(res.label):
+        return head
+    return {**head, **shape_statistics(model, res.verts, res.faces, res.label, spacing,
+                                       res.mirrored)}
 
 
 def params_record(params) -> dict:
@@ -179,4 +231,5 @@ def scrub_argv(argv, replace):
     return out
 
 
-__all__ = ["run_case", "input_files", "input_hashes", "params_record", "vertex_data"]
+__all__ = ["run_case", "OUTPUT_TYPES", "input_files", "input_hashes", "params_record", "vertex_data",
+           "statistics"]

@@ -63,14 +63,19 @@ def mahalanobis(model, verts, mirror=False):
     return float(np.sqrt(np.mean(b ** 2 / np.maximum(model.pca_variances, 1e-12))))
 
 
-def training_distance(model):
-    """Largest :func:`mahalanobis` distance among the training shapes, cached
+def training_distances(model):
+    """:func:`mahalanobis` distance of every training shape, shape (S,), cached
     on the model for as long as its shapes array is the same object."""
-    cached = getattr(model, "_training_distance", None)
+    cached = getattr(model, "_training_distances", None)
     if cached is None or cached[0] is not model.shapes:
-        cached = (model.shapes, max(mahalanobis(model, s) for s in model.shapes))
-        model._training_distance = cached
+        cached = (model.shapes, np.array([mahalanobis(model, s) for s in model.shapes]))
+        model._training_distances = cached
     return cached[1]
+
+
+def training_distance(model):
+    """Largest :func:`mahalanobis` distance among the training shapes."""
+    return float(training_distances(model).max())
 
 
 def fov_evidence(vol, verts, label):

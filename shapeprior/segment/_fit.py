@@ -126,6 +126,9 @@ class SegmentResult:
         The measurements behind the status.
     placement : dict or None
         The placement hypotheses tried, their scores, and the one kept.
+    mirrored : bool
+        The surface is a right-side organ fitted with a model of left sides
+        (multiply x by ``MIRROR`` to compare it with the model).
     """
 
     verts: np.ndarray
@@ -146,6 +149,7 @@ class SegmentResult:
     reasons: list = field(default_factory=list)
     evidence: dict = field(default_factory=dict)
     placement: dict | None = None
+    mirrored: bool = False
 
 
 def initial_shape(model, vol, params: SegmentParams):
@@ -288,7 +292,9 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     faces = model.faces[:, ::-1].copy() if mirror else model.faces
     early = early or _cannot_fit(model, vol)
     if early:
-        return _failed(vol, shape0, faces, early, backend, t0)
+        res = _failed(vol, shape0, faces, early, backend, t0)
+        res.mirrored = mirror
+        return res
     extent = float(np.linalg.norm(model.mean.max(0) - model.mean.min(0)))
     scorer = AppearanceScore(vol, pm, norm, scale, backend, params.schedule[0][1],
                              band_mm=float(np.clip(0.04 * extent, 2.0, 4.0)),
@@ -343,7 +349,7 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     res = SegmentResult(v, faces, label, fit.n_iter, fit.converged, fit.overridden,
                         0.0, fit.history, backend, fit.overridden_max, fit.ever,
                         np.asarray(fit.error_mm, dtype=float), np.asarray(fit.conf, dtype=float),
-                        placement=placement)
+                        placement=placement, mirrored=mirror)
     res.status, res.quality, res.reasons, res.evidence = assess(
         res, vol, model, scorer, mirror, scale_clamped=fit.scale_clamped)
     res.time_s = time.perf_counter() - t0

@@ -1,0 +1,84 @@
+"""Helpers shared by the commands: option parsing, case lines, exit codes."""
+
+from __future__ import annotations
+
+import sys
+
+from .._outputs import show_path
+
+
+def numbers(text, name, cast=float, n=None, skip_empty=False):
+    """Comma-separated values of an option; one clear error naming it."""
+    what = "numbers" if cast is float else "integers, e.g. 1,2"
+    try:
+        v = tuple(cast(t) for t in text.split(",") if t.strip() or not skip_empty)
+    except ValueError:
+        v = ()
+    if not v or (n is not None and len(v) != n):
+        count = f"{n} " if n is not None else ""
+        raise ValueError(f"{name}={text!r} must be {count}comma-separated {what}")
+    return v
+
+
+def floats(text, n, name):
+    return numbers(text, name, float, n)
+
+
+def join_negative_values(argv, options):
+    """``--seed -64.4,-12,8`` -> ``--seed=-64.4,-12,8``: argparse would take a
+    value starting with '-' for an option."""
+    import re
+
+    out, i = [], 0
+    argv = list(argv)
+    while i < len(argv):
+        if argv[i] in options and i + 1 < len(argv) and \
+                re.fullmatch(r"-[\d.][\d.eE+-]*(,[-+]?[\d.][\d.eE+-]*)*", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def print_case(name, rep):
+    line = (f"{name}: {rep['status']} (quality {rep['quality']:.2f}), {rep['volume_ml']:.1f} ml, {rep['iterations']} iterations, "
+            f"{rep['time_s']:.2f} s, prior overrode up to "
+            f"{100 * rep['overridden_fraction_max']:.1f}% of vertices "
+            f"({100 * rep['overridden_fraction']:.1f}% at the end)")
+    if "reference" in rep:
+        r = rep["reference"]
+        line += f"; Dice {r['dice']:.3f}, mean surface distance {r['assd_mm']:.2f} mm"
+    print(line)
+    for r in rep["reasons"]:
+        print(f"  {rep['status']}: {r}")
+    for w in rep["warnings"]:
+        print(f"  note: {w}")
+
+
+def finish_case(name, rep, output, strict):
+    """After one case: say where the outputs are; a result that is not
+    trustworthy gets one stderr line and exit code 3."""
+    print(f"wrote {show_path(output)}")
+    code = status_code([rep["status"]], strict)
+    if code:
+        print(f"shapeprior: {name}: {rep['status']}: {'; '.join(rep['reasons'])}",
+              file=sys.stderr)
+    return code
+
+
+def status_code(statuses, strict):
+    """Exit code for case statuses: 3 when a result is not trustworthy
+    ('failed', or 'suspect' with --strict), else 0."""
+    bad = {"failed", "suspect"} if strict else {"failed"}
+    return 3 if any(s in bad for s in statuses) else 0
+
+
+def parse_labels(text, name="--labels"):
+    vals = numbers(text, name, int, skip_empty=True)
+    if any(v <= 0 for v in vals):
+        raise ValueError(f"{name}={text!r} must list label values > 0")
+    return vals
+
+

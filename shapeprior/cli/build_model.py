@@ -1,0 +1,103 @@
+"""``shapeprior build-model``: an SSC shape model from label maps."""
+
+from __future__ import annotations
+
+import argparse
+
+from .._outputs import manifest, show_path
+from ._common import parse_labels
+
+
+def main(argv):
+    """Build an SSC shape model from a folder of label maps."""
+    ap = argparse.ArgumentParser(
+        prog="shapeprior build-model",
+        description="Build an SSC shape model from a folder of label maps "
+                    "(NIfTI/NRRD/MHA; searched recursively).")
+    ap.add_argument("labels_dir", help="folder of label maps, or an nnU-Net/MSD dataset folder "
+                                       "(label maps in labelsTr)")
+    ap.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
+    ap.add_argument("--labels", default="1", help="label values of the organ, e.g. 1,2 (default 1)")
+    ap.add_argument("--organ", default="organ", help="organ name stored in the model")
+    ap.add_argument("--split-sides", action="store_true",
+                    help="paired organ under one label (KiTS kidneys): split by connected "
+                         "component and side")
+    ap.add_argument("--side", choices=("both", "left", "right"), default="both")
+    ap.add_argument("--no-mirror", action="store_true",
+                    help="keep right-side organs as they are (default: mirror onto the left)")
+    ap.add_argument("--vertices", type=int, default=2562,
+                    help="template vertices (icosphere: 642, 2562, 10242; default 2562)")
+    ap.add_argument("--iso-spacing", type=float, default=1.5, help="surface grid, mm (default 1.5)")
+    ap.add_argument("--smooth", type=float, default=1.5, help="Gaussian smoothing, mm (default 1.5)")
+    ap.add_argument("--atoms", type=int, default=0,
+                    help="also learn a K-SVD dictionary of this many atoms (default 0: none)")
+    ap.add_argument("--nonzero", type=int, default=5, help="K-SVD atoms per shape (default 5)")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N label maps")
+    ap.add_argument("--images", default=None,
+                    help="training images: a folder (or an nnU-Net/MSD dataset folder with "
+                         "imagesTr) holding each label map's image under the same relative "
+                         "path or file name, or the nnU-Net name X_0000.nii.gz for X.nii.gz. "
+                         "Learns boundary appearance for segment. Every pair is checked "
+                         "(present, same grid) before the slow stages")
+    ap.add_argument("--normalisation", choices=("percentile", "ct"), default="percentile",
+                    help="intensity scale for appearance: percentile (MR) or ct (HU)")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    ap.add_argument("--random-state", "--seed", dest="random_state", type=int, default=0,
+                    help="seed of the random number generator (default 0)")
+    ap.add_argument("--force", action="store_true",
+                    help="replace a previous shapeprior model file (never an input or a "
+                         "foreign file)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--allow-no-orientation", action="store_true",
+                    help="accept NIfTI/Analyze label maps that record no orientation")
+    a = ap.parse_args(argv)
+
+    from pathlib import Path
+
+    from .._outputs import (
+        OutputDir,
+        check_not_input,
+        check_replaceable,
+        own_model_file,
+        publish_file,
+    )
+    from ..model import (BuildParams, build_model, find_label_maps, label_root, save_model)
+
+    out = Path(a.output)
+    side_path = out.with_name(out.name + ".report")
+    inputs = [a.labels_dir, a.images]
+    check_not_input(out, inputs)
+    check_replaceable(out, a.force, own_model_file)          # before the slow stages
+    labels = parse_labels(a.labels)
+    for name, v in (("--iso-spacing", a.iso_spacing), ("--vertices", a.vertices)):
+        if v <= 0:
+            raise ValueError(f"{name}={v} must be > 0")
+    files = find_label_maps(a.labels_dir)
+    root = label_root(a.labels_dir)
+    if a.limit:
+        files = files[: a.limit]
+    side = OutputDir(side_path, force=a.force, inputs=inputs)   # checked before the slow stages
+    try:
+        params = BuildParams(labels=labels, organ=a.organ, split_sides=a.split_sides,
+                             side=a.side, mirror_right=not a.no_mirror, n_vertices=a.vertices,
+                             iso_spacing=a.iso_spacing, smooth_mm=a.smooth, n_atoms=a.atoms,
+                             n_nonzero=a.nonzero, seed=a.random_state, n_jobs=max(1, a.jobs),
+                             images_dir=a.images, normalisation=a.normalisation,
+                             allow_no_orientation=a.allow_no_orientation)
+        model, report = build_model(files, params, root=root, progress=not a.quiet)
+        # the model file and its report/manifest folder are staged, then renamed into place
+        side.write_json("report.json", report)
+        side.write_json("manifest.json", manifest(
+            command="build-model", parameters=vars(a), seed=a.random_state,
+            inputs={str(f.relative_to(root)): f for f in files}))
+        staged = side.scratch(out.name)
+        save_model(model, staged)
+        publish_file(staged, out, force=a.force, inputs=inputs, own=own_model_file)
+        side.commit()
+    finally:
+        side.discard()
+    print(f"model: {model.shapes.shape[0]} shapes x {model.n_vertices} vertices, "
+          f"{len(model.pca_variances)} PCA modes; {len(report['rejected'])} rejected "
+          f"(see {show_path(side_path)}/report.json)")
+    print(f"wrote {show_path(out)}")
+    return 0

@@ -1,0 +1,47 @@
+"""``shapeprior model-info``: what a model file holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def main(argv):
+    """Describe a model file: organ, shapes, vertices, labels, modes, appearance, provenance."""
+    ap = argparse.ArgumentParser(
+        prog="shapeprior model-info",
+        description="Describe a model file from build-model: organ and side, labels, training "
+                    "shapes, vertices, PCA modes and their variance, learned dictionary, "
+                    "boundary appearance, pose prior and provenance (versions, build "
+                    "parameters). Training file names are not shown.")
+    ap.add_argument("model", help="model file (.npz)")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    a = ap.parse_args(argv)
+
+    from ..model import load_model, model_summary
+
+    s = model_summary(load_model(a.model))
+    if a.json:
+        print(json.dumps(s, indent=1))
+        return 0
+    pca, app, pose, prov = s["pca"], s["appearance"], s["pose"], s["provenance"]
+    print(f"organ        {s['organ']} (side: {s['side']}; labels {s['labels']})")
+    print(f"shapes       {s['n_shapes']} training shapes x {s['n_vertices']} vertices, "
+          f"{s['n_faces']} triangles; {s['coordinates']}")
+    cum = pca["cumulative"]
+    print(f"PCA          {pca['n_modes']} modes; first modes explain "
+          + ", ".join(f"{100 * v:.1f}%" for v in pca["explained_variance"][:5])
+          + (f" (cumulative {100 * cum[min(4, len(cum) - 1)]:.1f}%)" if cum else ""))
+    d = s["dictionary"]
+    print(f"dictionary   {'none (SSC composes from the training shapes)' if d is None else str(d['n_atoms']) + ' learned atoms'}")
+    print(f"appearance   {'none (edge search in an intensity window)' if app is None else 'profiles of ' + str(app['profile_samples']) + ' samples every ' + format(app['step_mm'], 'g') + ' mm, ' + app['normalisation'] + ' normalisation, ' + str(app['n_images']) + ' images'}")
+    if pose is not None:
+        rng = pose["scale_range"]
+        print(f"pose         scale {pose['scale']:.3f}"
+              + (f" (training range {rng[0]:.2f}-{rng[1]:.2f})" if rng else "")
+              + f"; offset from the FOV centre {pose['offset_from_fov_centre_lps_mm']} mm LPS")
+    v = prov["versions"] or {}
+    print(f"provenance   format {prov['format_version']}, built by shapeprior "
+          f"{v.get('shapeprior', '?')} from {prov['n_sources']} files "
+          f"({prov['n_rejected']} rejected); template: {prov['template']}")
+    return 0

@@ -1,0 +1,61 @@
+"""``shapeprior refine``: refine an existing label map with the shape prior."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import finish_case, floats, join_negative_values, parse_labels
+
+
+def main(argv):
+    """Refine an existing label map (any tool's) with the shape prior: leaks, holes, islands."""
+    ap = argparse.ArgumentParser(
+        prog="shapeprior refine",
+        description="Fit the SSC shape model to an existing segmentation (TotalSegmentator, "
+                    "nnU-Net, a rough manual mask) so that leaks, holes, missing or duplicated "
+                    "slices and islands land in the gross-error term; optionally continue "
+                    "against the image. Writes the refined label on the mask's grid, the mesh "
+                    "(point data: gross_error_mm, overridden, confidence; LPS mm) and a report "
+                    "of the regions removed and added.",
+        epilog="Exit codes: 0 ok (suspect too, unless --strict); 1 bad input or an error; 3 a "
+               "failed result (or a suspect one with --strict).")
+    ap.add_argument("mask", help="label map (NIfTI/NRRD/MHA)")
+    ap.add_argument("-o", "--output", required=True, help="output folder")
+    ap.add_argument("--model", required=True, help="model file from build-model")
+    ap.add_argument("--labels", default="1", help="labels of the organ in MASK (default 1)")
+    ap.add_argument("--image", default=None,
+                    help="the scan (file or DICOM folder): continue the fit against it")
+    ap.add_argument("--side", choices=("none", "left", "right"), default="none",
+                    help="side of a paired organ (default: from the mask's position)")
+    ap.add_argument("--window", default=None,
+                    help="with --image and a model without appearance: intensity window lo,hi "
+                         "inside the organ (normalised units; CT: HU/1000)")
+    ap.add_argument("--method", choices=("l1", "l0"), default="l1")
+    ap.add_argument("--mesh-format", default="vtk",
+                    help="vtk (legacy VTK 4.2 PolyData), vtp (VTK XML), ply, stl or obj "
+                         "(default vtk); LPS mm, declared in vtk/vtp files")
+    ap.add_argument("--force", action="store_true",
+                    help="replace a previous shapeprior output (never an input or a foreign file)")
+    ap.add_argument("--strict", action="store_true", help="exit 3 for a 'suspect' result too")
+    ap.add_argument("--allow-no-orientation", action="store_true",
+                    help="accept NIfTI/Analyze files that record no orientation")
+    a = ap.parse_args(join_negative_values(argv, ("--window",)))
+
+    from ..model import load_model
+    from ..pipeline import refine_case
+    from ..segment import SegmentParams
+
+    model = load_model(a.model)
+    labels = parse_labels(a.labels, "--labels")
+    params = SegmentParams(method=a.method, side=a.side,
+                           window=floats(a.window, 2, "--window") if a.window else None)
+    rep = refine_case(a.mask, a.output, model, a.model, params, labels=labels, image=a.image,
+                      mesh_format=a.mesh_format, force=a.force, argv=argv,
+                      allow_no_orientation=a.allow_no_orientation)
+    c = rep["corrections"]
+    print(f"{rep['input']['mask']}: {rep['status']} (quality {rep['quality']:.2f}); "
+          f"{c['input_ml']:.1f} ml -> {c['refined_ml']:.1f} ml: removed {c['removed_ml']:.1f} ml, "
+          f"added {c['added_ml']:.1f} ml in {len(c['regions'])} regions")
+    for r in rep["reasons"]:
+        print(f"  {rep['status']}: {r}")
+    return finish_case(rep["input"]["mask"], rep, a.output, a.strict)

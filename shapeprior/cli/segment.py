@@ -1,0 +1,167 @@
+"""``shapeprior segment``: segment an organ in an image, a DICOM series or a folder of cases."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .._outputs import show_path
+from ._common import (
+    finish_case,
+    floats,
+    join_negative_values,
+    parse_labels,
+    print_case,
+    status_code,
+)
+
+
+def main(argv):
+    """Segment an organ in a NIfTI/NRRD/MHA file, a DICOM series or a folder of cases."""
+    ap = argparse.ArgumentParser(
+        prog="shapeprior segment",
+        description="Segment an organ with an SSC shape model. INPUT: a NIfTI/NRRD/MHA file, "
+                    "a DICOM series folder, or a folder of such cases. Without --seed the "
+                    "organ is searched for in the whole field of view.",
+        epilog="Every case gets a status: ok, suspect or failed (organ not found, cut by the "
+               "field of view, leak, implausible shape), with its reasons in report.json. "
+               "Exit codes: 0 ok (suspect too, unless --strict); 1 bad input or an error; 3 a "
+               "failed result (or a suspect one with --strict); 130/143 interrupted.")
+    ap.add_argument("input")
+    ap.add_argument("-o", "--output", required=True,
+                    help="output folder (one subfolder per case for a folder of cases)")
+    ap.add_argument("--model", required=True, help="model file from build-model")
+    ap.add_argument("--series", default=None, help="DICOM series index or key (see errors)")
+    ap.add_argument("--seed", default=None,
+                    help="organ centre x,y,z: mm in LPS (default) or RAS, or voxel indices "
+                         "i,j,k (see --seed-space); negative numbers work: --seed -64.4,-12,8")
+    ap.add_argument("--seed-space", choices=("lps", "ras", "voxel"), default="lps",
+                    help="coordinates of --seed: lps (ITK/DICOM), ras (3D Slicer/nibabel) or "
+                         "voxel (i,j,k); default lps")
+    ap.add_argument("--side", choices=("none", "left", "right"), default="none",
+                    help="side of a paired organ (model built with mirrored right sides)")
+    ap.add_argument("--reference", default=None, help="reference label map for Dice/distances")
+    ap.add_argument("--reference-labels", default=None,
+                    help="labels of the organ in --reference (default: the labels the model "
+                         "was built from, e.g. 1,2 for hippocampus head and body)")
+    ap.add_argument("--method", choices=("l1", "l0"), default="l1")
+    ap.add_argument("--mesh-format", default="vtk",
+                    help="vtk (legacy VTK 4.2 PolyData), vtp (VTK XML), ply, stl or obj "
+                         "(default vtk); LPS mm, declared in vtk/vtp files")
+    ap.add_argument("--output-type", choices=("nifti", "dicom-seg", "both"), default="nifti",
+                    help="the label as label.nii.gz (default), as a DICOM-SEG seg.dcm "
+                         "referencing the input series (DICOM input only; it keeps the "
+                         "series' patient and study identifiers), or both")
+    ap.add_argument("--normalisation", choices=("percentile", "ct"), default=None,
+                    help="intensity scale (default: the model's, or 'ct' without appearance)")
+    ap.add_argument("--dark-organ", action="store_true",
+                    help="edge fallback: the organ is darker than its surroundings")
+    ap.add_argument("--window", default=None,
+                    help="edge fallback: intensity window lo,hi inside the organ (normalised units)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="folder of cases: run on a local dask cluster with N processes "
+                         "(default 0: sequential)")
+    ap.add_argument("--scheduler", default=None,
+                    help="folder of cases: address of an existing dask scheduler")
+    ap.add_argument("--backend", choices=("auto", "numpy", "numba", "cupy"), default=None,
+                    help="where image smoothing and sampling run (default: $SHAPEPRIOR_BACKEND "
+                         "or auto = numba; cupy needs the 'gpu' extra and an NVIDIA GPU)")
+    ap.add_argument("--force", action="store_true",
+                    help="replace previous shapeprior outputs (never an input or a foreign "
+                         "file); a folder of cases resumes without it")
+    ap.add_argument("--deidentify", action="store_true",
+                    help="replace case names by salted hashes in every output, report, "
+                         "summary, message and folder name (salt: $SHAPEPRIOR_DEID_SALT or "
+                         "~/.config/shapeprior/deid-salt)")
+    ap.add_argument("--allow-no-orientation", action="store_true",
+                    help="accept NIfTI/Analyze files that record no orientation (placed by "
+                         "their voxel sizes alone)")
+    ap.add_argument("--strict", action="store_true",
+                    help="exit 3 for a 'suspect' result too (default: only for 'failed')")
+    ap.add_argument("--placement", choices=("search", "prior"), default="search",
+                    help="without --seed: search the whole field of view (default) or start "
+                         "at the training position relative to the FOV centre")
+    ap.add_argument("--init-mask", default=None,
+                    help="single case: an existing label map (e.g. another tool's) whose "
+                         "refined surface starts the fit instead of the placement search")
+    ap.add_argument("--init-labels", default="1", help="labels of the organ in --init-mask")
+    ap.add_argument("--hypotheses", type=int, default=5,
+                    help="without --seed: placements fitted before the best one continues "
+                         "(default 5)")
+    a = ap.parse_args(join_negative_values(argv, ("--seed", "--window")))
+
+    from pathlib import Path
+
+    from ..model import load_model
+    from ..pipeline import Deidentifier, discover_cases, run_case, scrub
+    from ..segment import SegmentParams
+
+    model = load_model(a.model)
+    params = SegmentParams(method=a.method, side=a.side,
+                           seed_mm=floats(a.seed, 3, "--seed") if a.seed else None,
+                           seed_space=a.seed_space,
+                           inside_brighter=not a.dark_organ,
+                           window=floats(a.window, 2, "--window") if a.window else None,
+                           normalisation=a.normalisation, backend=a.backend,
+                           n_hypotheses=a.hypotheses, placement=a.placement)
+    from ..backend import resolve_backend
+
+    params.backend = resolve_backend(params.backend)   # fail early, and record it resolved
+    cases = discover_cases(a.input)
+    deid = Deidentifier() if a.deidentify else None
+    if deid is not None:
+        from ..pipeline import scrub_argv
+
+        cases = deid.apply(cases)
+        argv = scrub_argv(argv, {a.input: "<input>", a.output: "<output>",
+                                 a.reference: "<reference>"})
+    dic = model.ssc_dictionary("shapes")
+    if a.reference_labels is not None:
+        ref_labels = parse_labels(a.reference_labels, "--reference-labels")
+    else:
+        ref_labels = tuple(int(v) for v in
+                           (model.metadata.get("parameters") or {}).get("labels") or (1,))
+    single = Path(a.input).is_file() or (len(cases) == 1 and cases[0].path == Path(a.input))
+    if single:
+        c = cases[0]
+        try:
+            rep = run_case(c.path, a.output, model, a.model, params, series=a.series,
+                           reference=a.reference, reference_labels=ref_labels,
+                           mesh_format=a.mesh_format, force=a.force, dictionary=dic, argv=argv,
+                           case_name=c.name, deidentify=a.deidentify,
+                           allow_no_orientation=a.allow_no_orientation, init_mask=a.init_mask,
+                           init_labels=parse_labels(a.init_labels, "--init-labels"),
+                           output_type=a.output_type)
+        except (ValueError, OSError) as exc:
+            if deid is not None:
+                raise type(exc)(scrub(str(exc), c.path, c.name)) from None
+            raise
+        print_case(c.name, rep)
+        return finish_case(c.name, rep, a.output, a.strict)
+    if a.reference or a.init_mask:
+        raise ValueError("--reference and --init-mask apply to a single case, not a folder "
+                         "of cases")
+    from ..pipeline import run_batch, write_summary
+
+    root = Path(a.output)
+    summary = run_batch(cases, root, a.model, params, series=a.series,
+                        mesh_format=a.mesh_format, force=a.force, workers=a.workers,
+                        scheduler=a.scheduler, argv=argv, deidentify=a.deidentify,
+                        allow_no_orientation=a.allow_no_orientation, inputs=[a.input],
+                        progress=sys.stderr.isatty(), output_type=a.output_type)
+    write_summary(root, summary, len(cases))
+    errors = sum("error" in r for r in summary)
+    for r in summary:
+        if "error" in r or r["status"] == "skipped":
+            extra = r.get("error") or r.get("reason")
+        else:
+            extra = f"{r['volume_ml']:.1f} ml, quality {r['quality']:.2f}, {r['time_s']:.2f} s"
+            if r.get("reasons"):
+                extra += "; " + "; ".join(r["reasons"])
+        print(f"{r['case']:30s} {r['status']:8s} {extra}")
+    counts = {k: sum(r["status"] == k for r in summary) for k in
+              ("ok", "suspect", "failed", "skipped")}
+    print(f"{len(cases)} cases: {counts['ok']} ok, {counts['suspect']} suspect, "
+          f"{counts['failed']} failed ({errors} with errors), {counts['skipped']} skipped; "
+          f"summary in {show_path(root / 'summary.json')}")
+    return 1 if errors else status_code([r["status"] for r in summary], a.strict)

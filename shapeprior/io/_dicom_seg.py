@@ -1,0 +1,169 @@
+"""DICOM Segmentation (DICOM-SEG) output for a DICOM input series, with highdicom.
+
+The SEG references every frame of the source series it segments; each frame
+of the SEG lies exactly on a source slice (same Image Position/Orientation
+(Patient), same pixel grid), so PACS viewers, 3D Slicer and OHIF overlay it
+on the series without resampling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ._checks import display_name
+from ._dicom import _scan, list_series
+
+#: SNOMED CT concepts of organs shapeprior models are commonly built for
+#: (pydicom's code dictionary name); other organs are coded as "Organ"
+ORGAN_CODES = {"kidney": "Kidney", "hippocampus": "Hippocampus", "liver": "Liver",
+               "spleen": "Spleen", "pancreas": "Pancreas", "adrenal": "AdrenalGland",
+               "adrenal gland": "AdrenalGland", "prostate": "Prostate", "heart": "Heart",
+               "lung": "Lung", "bladder": "UrinaryBladder", "femur": "Femur"}
+#: largest distance (voxels) of a source pixel from a label voxel centre
+GRID_TOL = 0.01
+
+
+def source_datasets(folder, series_key=None):
+    """The header datasets of one DICOM image series (the one
+    :func:`~shapeprior.io.read_dicom_series` read), in file order, and notes
+    on identifiers the files lack.
+
+    An anonymised series may lack the identifiers a SEG refers to. The SOP
+    class and instance UIDs are then taken from the file meta header; a
+    missing study or series instance UID is derived from the frame of
+    reference (deterministically), as is a missing frame of reference UID,
+    with a note: the SEG then may not attach to the series in a PACS.
+    """
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    found = list_series(folder)
+    pick = [f for f in found if series_key in (None, f[1])]
+    if not pick:
+        raise ValueError(f"series {series_key!r} not found in {display_name(folder)}")
+    uid = pick[0][3]
+    out, notes = [], set()
+    for p, _ in _scan(Path(folder))[uid]:
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        meta = getattr(ds, "file_meta", None)
+        for key, meta_key in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                              ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not str(ds.get(key, "") or "") and meta is not None and meta.get(meta_key):
+                setattr(ds, key, meta[meta_key].value)
+                notes.add(f"{key} taken from the file meta header")
+            if not str(ds.get(key, "") or ""):
+                raise ValueError(f"{display_name(p)} has no {key}: a DICOM-SEG cannot refer "
+                                 "to it")
+        for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+            if not str(ds.get(key, "") or ""):
+                seed = [key, str(ds.get("FrameOfReferenceUID", "") or ""), str(uid),
+                        str(ds.get("StudyInstanceUID", "") or "")]
+                setattr(ds, key, generate_uid(entropy_srcs=seed))
+                notes.add(f"the source has no {key}: a derived one is used; the SEG may not "
+                          "attach to the series in a PACS")
+        out.append(ds)
+    return out, sorted(notes)
+
+
+def frame_mask(label, vol, ds):
+    """The label on one source frame's pixel grid, shape (Rows, Columns).
+
+    Each pixel's LPS position (Image Position/Orientation (Patient), Pixel
+    Spacing) is mapped to the label's voxel grid; it must land on a voxel
+    centre (within :data:`GRID_TOL` voxels), else ValueError: the label is
+    not on this series' grid.
+    """
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+    iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+    dr, dc = (float(v) for v in ds.PixelSpacing)       # between rows, between columns
+    idx0 = vol.physical_to_index(ipp[None])[0]
+    step_c = vol.physical_to_index((ipp + dc * iop[:3])[None])[0] - idx0
+    step_r = vol.physical_to_index((ipp + dr * iop[3:])[None])[0] - idx0
+    corners = np.array([idx0, idx0 + (cols - 1) * step_c, idx0 + (rows - 1) * step_r])
+    if np.abs(corners - np.round(corners)).max() > GRID_TOL or \
+            np.abs(step_c - np.round(step_c)).max() > GRID_TOL or \
+            np.abs(step_r - np.round(step_r)).max() > GRID_TOL:
+        raise ValueError("the label is not on the DICOM series' voxel grid")
+    r = np.arange(rows)[:, None, None]
+    c = np.arange(cols)[None, :, None]
+    ijk = np.round(idx0 + c * step_c + r * step_r).astype(np.int64)      # (rows, cols, 3)
+    n = np.array(label.shape[::-1])
+    inside = np.all((ijk >= 0) & (ijk < n), axis=-1)
+    out = np.zeros((rows, cols), dtype=np.uint8)
+    i, j, k = (ijk[..., a][inside] for a in range(3))
+    out[inside] = label[k, j, i] > 0
+    return out
+
+
+def write_dicom_seg(path, label, vol, folder, series_key=None, organ="organ", side=None,
+                    series_description="shapeprior segmentation"):
+    """Write ``label`` as a binary DICOM-SEG referencing the source series.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file (``.dcm``).
+    label : ndarray, shape (z, y, x)
+        Non-zero inside the organ, on the grid of ``vol``.
+    vol : Volume
+        The series as :func:`~shapeprior.io.read_dicom_series` read it (LPS).
+    folder : str or Path
+        The DICOM series folder.
+    series_key : str, optional
+        Which series of the folder (``info['series_key']`` of the reader).
+    organ : str
+        Segment label; coded in SNOMED CT when known (:data:`ORGAN_CODES`).
+    side : {'left', 'right', None}
+        Laterality, added to the segment label.
+
+    Returns
+    -------
+    dict
+        ``frames`` (SEG frames written), ``source_frames``, ``series_instance_uid``
+        and ``sop_instance_uid`` of the SEG, ``notes`` on identifiers the source
+        lacked (:func:`source_datasets`).
+
+    Raises
+    ------
+    ValueError
+        An empty label, a multi-frame source, or a label off the series' grid.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from .. import __version__
+
+    label = np.asarray(label)
+    if not label.any():
+        raise ValueError("the segmentation is empty: there is nothing to store as DICOM-SEG")
+    sources, notes = source_datasets(folder, series_key)
+    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in sources):
+        raise ValueError("DICOM-SEG output for multi-frame (enhanced) source images is not "
+                         "supported; use --output-type nifti")
+    frames = np.stack([frame_mask(label, vol, ds) for ds in sources])
+    if int(frames.sum()) != int(np.count_nonzero(label)):
+        raise ValueError("the DICOM series does not cover the whole segmentation")
+    name = ORGAN_CODES.get(str(organ).lower().strip())
+    prop = getattr(codes.SCT, name) if name else codes.SCT.Organ
+    text = f"{organ} ({side})" if side in ("left", "right") else str(organ)
+    desc = hd.seg.SegmentDescription(
+        segment_number=1, segment_label=text[:64],
+        segmented_property_category=codes.SCT.AnatomicalStructure,
+        segmented_property_type=prop,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="shapeprior", family=codes.cid7162.DeformableModels, version=__version__))
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[desc], series_instance_uid=hd.UID(), series_number=9901,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="shapeprior",
+        manufacturer_model_name="shapeprior SSC", software_versions=__version__,
+        device_serial_number="0", series_description=series_description[:64])
+    seg.save_as(str(path))
+    return {"frames": int(seg.NumberOfFrames), "source_frames": len(sources),
+            "series_instance_uid": str(seg.SeriesInstanceUID),
+            "sop_instance_uid": str(seg.SOPInstanceUID), "notes": notes}

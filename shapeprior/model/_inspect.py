@@ -1,0 +1,79 @@
+"""Looking at a model: a summary of what it holds, and its shapes as meshes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._model import ShapeModel
+
+
+def model_summary(model: ShapeModel) -> dict:
+    """What a model holds, for ``model-info``.
+
+    Returns
+    -------
+    dict
+        ``organ``, ``side`` (``mirrored`` models hold right-side organs
+        mirrored onto the left), ``labels``, ``n_shapes``, ``n_vertices``,
+        ``n_faces``, ``coordinates``; ``pca`` (modes, explained variance of the
+        first ten and their cumulative sum, sd of the first modes in mm);
+        ``dictionary`` (learned atoms); ``appearance`` (profile samples and
+        normalisation, or None); ``pose`` (training scale range, offset from the
+        FOV centre in LPS mm); ``provenance`` (versions, template, number of
+        source files and rejected ones). Training file names are not listed:
+        they may name patients.
+    """
+    meta = model.metadata
+    params = meta.get("parameters") or {}
+    var = np.asarray(model.pca_variances, dtype=float)
+    frac = var / var.sum() if var.size and var.sum() > 0 else var
+    prof = model.profile
+    pose = model.pose
+    return {
+        "organ": meta.get("organ"), "side": meta.get("side"),
+        "labels": params.get("labels"),
+        "n_shapes": int(model.shapes.shape[0]), "n_vertices": model.n_vertices,
+        "n_faces": int(len(model.faces)),
+        "coordinates": meta.get("units", "mm (LPS)"),
+        "pca": {"n_modes": int(var.size),
+                "explained_variance": frac[:10].round(4).tolist(),
+                "cumulative": np.cumsum(frac)[:10].round(4).tolist(),
+                "sd_mm": np.sqrt(var[:10]).round(3).tolist()},
+        "dictionary": None if model.atoms is None else {
+            "n_atoms": int(model.atoms.shape[0]),
+            "learning": meta.get("dictionary_learning")},
+        "appearance": None if prof is None else {
+            "normalisation": prof.normalisation, "n_images": prof.n_images,
+            "profile_samples": 2 * int(prof.half) + 1, "step_mm": float(prof.step)},
+        "pose": None if pose is None else {
+            "scale": float(pose.scale),
+            "scale_range": None if pose.scale_range is None else list(pose.scale_range),
+            "offset_from_fov_centre_lps_mm": np.asarray(pose.offset_from_fov_centre_mm)
+            .round(2).tolist()},
+        "provenance": {"format_version": meta.get("format_version"),
+                       "versions": meta.get("versions"), "template": meta.get("template"),
+                       "n_sources": len(meta.get("sources") or []),
+                       "n_rejected": len(meta.get("rejected") or []),
+                       "build_parameters": params},
+    }
+
+
+def mode_shape(model: ShapeModel, mode: int, sd: float) -> np.ndarray:
+    """The mean shape moved ``sd`` standard deviations along PCA ``mode``.
+
+    Returns
+    -------
+    ndarray, shape (N, 3)
+        Model frame, mm.
+    """
+    if not 0 <= mode < len(model.pca_variances):
+        raise ValueError(f"mode={mode} must be in [0, {len(model.pca_variances)})")
+    step = sd * np.sqrt(model.pca_variances[mode]) * model.pca_components[mode]
+    return model.mean + step.reshape(-1, 3)
+
+
+def vertex_sd(model: ShapeModel) -> np.ndarray:
+    """RMS distance (mm) of each vertex from its mean position over the
+    training shapes, shape (N,): where the organ varies."""
+    d = np.linalg.norm(model.shapes - model.mean[None], axis=2)
+    return np.sqrt(np.mean(d ** 2, axis=0))

@@ -1,0 +1,373 @@
+"""Outputs and interfaces: CLI help, meshes read by VTK, DICOM-SEG round trips,
+statistics.json, model inspection, the QC picture's orientation, nnU-Net
+layouts for build-model."""
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+from shapeprior.cli import COMMANDS, main
+from shapeprior.io import Volume, read_image, read_label_map, write_dicom_seg
+
+
+def _vtk_read(path):
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+    from vtkmodules.vtkIOLegacy import vtkPolyDataReader
+    from vtkmodules.vtkIOXML import vtkXMLPolyDataReader
+
+    r = vtkXMLPolyDataReader() if str(path).endswith(".vtp") else vtkPolyDataReader()
+    r.SetFileName(str(path))
+    r.Update()
+    poly = r.GetOutput()
+    assert poly.GetNumberOfPoints() > 0, f"VTK read no points from {path}"
+    pts = vtk_to_numpy(poly.GetPoints().GetData())
+    data = {poly.GetPointData().GetArrayName(i): vtk_to_numpy(poly.GetPointData().GetArray(i))
+            for i in range(poly.GetPointData().GetNumberOfArrays())}
+    space = poly.GetFieldData().GetAbstractArray("SPACE")
+    return pts, poly.GetNumberOfPolys(), data, space.GetValue(0) if space else None
+
+
+def test_help_lists_every_command_and_each_command_has_help(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert f"\n    {name}" in out, name
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+        assert f"shapeprior {name}" in capsys.readouterr().out
+    assert main(["no-such-command"]) == 2
+
+
+@pytest.fixture(scope="module")
+def segmented(phantom_model, tmp_path_factory):
+    """The held-out phantom segmented, with a .vtp mesh."""
+    d, images, labels, model = phantom_model
+    out = tmp_path_factory.mktemp("seg") / "out"
+    assert main(["segment", str(images / "phantom_006.nii.gz"), "-o", str(out), "--model",
+                 str(model), "--mesh-format", "vtp"]) == 0
+    return out, model
+
+
+def test_vtp_mesh_has_point_data_and_declares_lps(segmented):
+    out, _ = segmented
+    pts, n_polys, data, space = _vtk_read(out / "mesh.vtp")
+    assert space == "LPS"
+    for name in ("gross_error_mm", "overridden", "confidence", "distance_to_mean_mm"):
+        assert name in data and len(data[name]) == len(pts), name
+    # the mesh lies on the label: its centroid is the label's centroid (LPS mm)
+    lab = read_label_map(out / "label.nii.gz")
+    c = lab.index_to_physical(np.argwhere(lab.array > 0).mean(0)[::-1][None])[0]
+    assert np.linalg.norm(pts.mean(0) - c) < 1.0
+    # a phantom of the training family stays close to the mean shape
+    assert np.abs(data["distance_to_mean_mm"]).mean() < 2.0
+
+
+@pytest.mark.parametrize("ext", ["vtk", "vtp", "ply", "stl", "obj"])
+def test_every_mesh_format_writes_without_warnings_and_reads_back(tmp_path, ext):
+    from shapeprior.mesh import Surface, icosphere
+
+    v, f = icosphere(2)
+    s = Surface(v * 10 + np.array([5.0, -3.0, 2.0]), f)
+    pd = {"gross_error_mm": np.linspace(0, 1, len(v))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s.write(tmp_path / f"m.{ext}", point_data=pd)
+    if ext in ("vtk", "vtp"):
+        pts, n_polys, data, space = _vtk_read(tmp_path / f"m.{ext}")
+        assert space == "LPS" and n_polys == len(f)
+        np.testing.assert_allclose(data["gross_error_mm"], pd["gross_error_mm"])
+    else:
+        import meshio
+
+        m = meshio.read(tmp_path / f"m.{ext}")
+        pts = m.points
+        if ext == "stl":        # STL stores triangles, not shared vertices
+            from scipy.spatial import cKDTree
+
+            assert cKDTree(s.verts).query(pts)[0].max() < 1e-4
+            return
+    np.testing.assert_allclose(pts, s.verts, atol=1e-4)
+    if ext == "vtk":   # legacy 4.2: the version 3D Slicer's writer pins
+        assert (tmp_path / "m.vtk").read_bytes().startswith(b"# vtk DataFile Version 4.2\n")
+
+
+def test_statistics_json(segmented):
+    out, model_path = segmented
+    st = json.loads((out / "statistics.json").read_text())
+    rep = json.loads((out / "report.json").read_text())
+    assert st["status"] == rep["status"] and st["quality"] == pytest.approx(rep["quality"])
+    assert st["volume_ml"] == pytest.approx(rep["volume_ml"])
+    assert st["mesh_volume_ml"] == pytest.approx(st["volume_ml"], rel=0.05)
+    ext = st["principal_axes"]["extent_mm"]
+    assert ext == sorted(ext, reverse=True) and ext[0] > 0
+    d = np.array(st["principal_axes"]["direction_lps"])
+    np.testing.assert_allclose(d @ d.T, np.eye(3), atol=1e-8)
+    m = st["mahalanobis"]
+    assert 0 < m["rms_per_mode"] < 1.5 * m["training_max"]     # a typical phantom
+    assert 0 <= m["training_fraction_closer"] <= 1
+    assert len(st["shape_modes"]["coefficients_sd"]) >= 1
+
+
+def test_statistics_flag_an_unusual_shape(phantom_model):
+    """A shape stretched far along its first mode is more unusual than every
+    training shape; the mean shape is more typical than most."""
+    from shapeprior.model import load_model, mode_shape
+    from shapeprior.segment import shape_statistics
+
+    model = load_model(phantom_model[3])
+    typical = shape_statistics(model, model.mean, model.faces)
+    odd = shape_statistics(model, mode_shape(model, 0, 6.0), model.faces)
+    assert typical["mahalanobis"]["training_fraction_closer"] <= 0.2
+    assert odd["mahalanobis"]["training_fraction_closer"] == 1.0
+    # the similarity alignment takes out the size part of the mode: most of it is left
+    b = np.abs(odd["shape_modes"]["coefficients_sd"])
+    assert b[0] > 3.0 and b[0] == b.max()
+
+
+def test_model_info_and_export(phantom_model, tmp_path, capsys):
+    from shapeprior.model import load_model
+
+    model_path = phantom_model[3]
+    before = model_path.read_bytes()
+    assert main(["model-info", str(model_path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    model = load_model(model_path)
+    assert info["n_shapes"] == model.shapes.shape[0] and info["n_vertices"] == model.n_vertices
+    assert info["appearance"] is not None and info["labels"] == [1]
+    assert main(["model-info", str(model_path)]) == 0
+    assert "training shapes" in capsys.readouterr().out
+    out = tmp_path / "export"
+    assert main(["export-model", str(model_path), "-o", str(out), "--modes", "2"]) == 0
+    assert model_path.read_bytes() == before
+    pts, _, data, space = _vtk_read(out / "mean.vtp")
+    np.testing.assert_allclose(pts, model.mean, atol=1e-6)
+    assert space == "LPS" and "training_sd_mm" in data
+    plus, _, d, _ = _vtk_read(out / "mode_1_plus.vtp")
+    minus, _, _, _ = _vtk_read(out / "mode_1_minus.vtp")
+    # +3 sd and -3 sd lie 6 sd apart along the first mode
+    step = (plus - minus).ravel() @ model.pca_components[0]
+    assert step == pytest.approx(6 * np.sqrt(model.pca_variances[0]), rel=1e-6)
+    shapes = sorted((out / "training").iterdir())
+    assert len(shapes) == model.shapes.shape[0]
+    np.testing.assert_allclose(_vtk_read(shapes[2])[0], model.shapes[2], atol=1e-6)
+    assert (out / "variance.png").stat().st_size > 0
+    assert not (out / "mode_3_plus.vtp").exists()
+
+
+@pytest.mark.parametrize("direction", [
+    np.eye(3), np.diag([-1.0, -1.0, 1.0]),                     # LPS, RAS
+    np.array([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]]),             # permuted axes
+    np.array([[0.0, -1, 0], [0, 0, -1], [1, 0, 0]]),           # permuted and flipped
+])
+def test_qc_views_are_radiological(direction):
+    """Whatever the grid's orientation, the QC array runs (S, P, L): a marker
+    at the patient's left, posterior and superior lands at high indices."""
+    from shapeprior.pipeline._qc import _lps_index, to_lps_array
+
+    vol = Volume(np.zeros((20, 24, 28), np.float32), np.array([1.0, 1.5, 2.0]),
+                 np.array([3.0, -7.0, 11.0]), direction)
+    centre = vol.centre()
+    marker = centre + np.array([8.0, 6.0, 5.0])          # left, posterior, superior
+    ijk = np.round(vol.physical_to_index(marker[None])[0]).astype(int)
+    vol.array[ijk[2], ijk[1], ijk[0]] = 1
+    c = to_lps_array(vol.array, vol.direction)
+    where = np.argwhere(c == 1)[0]
+    mid = np.round(_lps_index(vol, centre[None])[0]).astype(int)
+    assert np.all(where > mid), (where, mid)
+    np.testing.assert_allclose(_lps_index(vol, marker[None])[0], where, atol=0.51)
+
+
+def test_qc_picture_with_outliers(segmented, tmp_path):
+    from shapeprior.pipeline._qc import qc_png
+
+    out, _ = segmented
+    lab = read_label_map(out / "label.nii.gz")
+    pts = _vtk_read(out / "mesh.vtp")[0]
+    flags = np.zeros(len(pts), bool)
+    flags[::7] = True
+    qc_png(tmp_path / "qc.png", lab, lab.array, title="t", verts=pts, outliers=flags)
+    assert (tmp_path / "qc.png").stat().st_size > 10_000
+
+
+def _seg_frames(path):
+    """Every frame of a SEG file: (ImagePositionPatient, mask) with the
+    shared orientation and pixel spacing, read with pydicom alone."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    assert ds.Modality == "SEG" and ds.SegmentationType == "BINARY"
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    iop = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    spacing = np.array(shared.PixelMeasuresSequence[0].PixelSpacing, float)
+    frames = ds.pixel_array.reshape(int(ds.NumberOfFrames), ds.Rows, ds.Columns)
+    pos = [np.array(g.PlanePositionSequence[0].ImagePositionPatient, float)
+           for g in ds.PerFrameFunctionalGroupsSequence]
+    refs = [g.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+            for g in ds.PerFrameFunctionalGroupsSequence]
+    return ds, iop, spacing, list(zip(pos, frames, refs))
+
+
+def _check_seg_against(path, folder, label_lps):
+    """Each SEG frame lies on the source slice it references, and its pixels
+    equal ``label_lps(points LPS) -> bool``; every label voxel is stored."""
+    import pydicom
+
+    src = {}
+    for f in sorted(folder.iterdir()):
+        d = pydicom.dcmread(f, stop_before_pixels=True)
+        uid = str(d.get("SOPInstanceUID", "") or "") or str(d.file_meta.MediaStorageSOPInstanceUID)
+        src[uid] = d
+    ds, iop, (dr, dc), frames = _seg_frames(path)
+    total = 0
+    for pos, mask, ref in frames:
+        s = src[str(ref)]
+        np.testing.assert_allclose(pos, np.array(s.ImagePositionPatient, float), atol=1e-3)
+        np.testing.assert_allclose(iop, np.array(s.ImageOrientationPatient, float), atol=1e-5)
+        r, c = np.mgrid[0:ds.Rows, 0:ds.Columns]
+        pts = pos + c[..., None] * dc * iop[:3] + r[..., None] * dr * iop[3:]
+        np.testing.assert_array_equal(mask.astype(bool), label_lps(pts.reshape(-1, 3))
+                                      .reshape(mask.shape))
+        total += int(mask.sum())
+    return ds, total
+
+
+def _nibabel_lookup(path, value=None):
+    """LPS points -> inside the label (non-zero, or == ``value``), through
+    nibabel's own affine: a reader independent of shapeprior's."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj)
+    inside = data > 0 if value is None else data == value
+    inv = np.linalg.inv(img.affine)
+
+    def lookup(p):
+        ras = p * np.array([-1.0, -1.0, 1.0])
+        ijk = np.round(ras @ inv[:3, :3].T + inv[:3, 3]).astype(int)
+        ok = np.all((ijk >= 0) & (ijk < data.shape[:3]), axis=1)
+        out = np.zeros(len(p), bool)
+        out[ok] = inside[ijk[ok, 0], ijk[ok, 1], ijk[ok, 2]]
+        return out
+    return lookup
+
+
+def test_dicom_seg_round_trip_totalsegmentator_series(data_root, tmp_path):
+    folder = data_root / "totalsegmentator_example" / "example_ct_dicom"
+    seg_nii = data_root / "totalsegmentator_example" / "example_seg_dicom.nii.gz"
+    vol, info = read_image(folder)
+    ref = read_label_map(seg_nii)                     # stored y-flipped: same voxels
+    liver = np.zeros(vol.array.shape, np.uint8)
+    centres = vol.index_to_physical(np.argwhere(np.ones(vol.array.shape, bool))[:, ::-1])
+    idx = np.round(ref.physical_to_index(centres)).astype(int)
+    liver.ravel()[:] = ref.array[idx[:, 2], idx[:, 1], idx[:, 0]] == 5
+    rec = write_dicom_seg(tmp_path / "seg.dcm", liver, vol, folder, info["series_key"],
+                          organ="liver")
+    assert rec["source_frames"] == 20 and rec["frames"] >= 1
+    ds, total = _check_seg_against(tmp_path / "seg.dcm", folder,
+                                   lambda p: _nibabel_lookup(seg_nii, value=5)(p))
+    import nibabel as nib
+
+    assert total == int((np.asanyarray(nib.load(str(seg_nii)).dataobj) == 5).sum())
+    assert ds.SegmentSequence[0].SegmentLabel == "liver"
+    assert ds.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Liver"
+    # the anonymised series has no study/series UIDs: the SEG says so in the notes
+    assert any("SeriesInstanceUID" in n for n in rec["notes"])
+
+
+def test_dicom_seg_round_trip_oblique_series(data_root, tmp_path):
+    """The oblique TCIA MR: a SEG frame lies on each source slice it covers."""
+    folder = data_root / "tcia_mr_dicom" / "Study3_T1post_oblique"
+    vol, info = read_image(folder)
+    assert info["oblique"]
+    lab = np.zeros(vol.array.shape, np.uint8)
+    lab[4:11, 90:200, 70:150] = 1
+    lab[6, 120:130, 150:160] = 1                       # an asymmetric notch
+    from shapeprior.io import write_label
+
+    write_label(vol, lab, tmp_path / "label.nii.gz")
+    rec = write_dicom_seg(tmp_path / "seg.dcm", lab, vol, folder, info["series_key"],
+                          organ="tumour")
+    assert rec["frames"] == 7 and rec["notes"] == []
+    lookup = _nibabel_lookup(tmp_path / "label.nii.gz")
+    ds, total = _check_seg_against(tmp_path / "seg.dcm", folder, lookup)
+    assert total == int(lab.sum())
+    assert ds.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Organ"
+
+
+def test_segment_dicom_input_writes_dicom_seg(phantom_model, tmp_path):
+    import hashlib
+
+    from _phantoms import write_dicom_series
+
+    d, images, labels, model = phantom_model
+    vol, _ = read_image(images / "phantom_006.nii.gz")
+    series = write_dicom_series(vol, tmp_path / "dicom")
+    digest = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in series.iterdir()}
+    out = tmp_path / "out"
+    assert main(["segment", str(series), "-o", str(out), "--model", str(model),
+                 "--output-type", "both"]) == 0
+    assert digest == {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+                      for f in series.iterdir()}
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["dicom_seg"]["written"] and rep["dicom_seg"]["source_frames"] == vol.array.shape[0]
+    lookup = _nibabel_lookup(out / "label.nii.gz")
+    _, total = _check_seg_against(out / "seg.dcm", series, lookup)
+    assert total == int(read_label_map(out / "label.nii.gz").array.sum())
+    # a file input has no series to refer to; --deidentify would strip what a SEG needs
+    assert main(["segment", str(images / "phantom_006.nii.gz"), "-o", str(tmp_path / "x"),
+                 "--model", str(model), "--output-type", "dicom-seg"]) == 1
+    assert main(["segment", str(series), "-o", str(tmp_path / "y"), "--model", str(model),
+                 "--output-type", "dicom-seg", "--deidentify"]) == 1
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def _nnunet_dataset(root, data_root, cases):
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    hip = data_root / "msd_hippocampus"
+    for c in cases:
+        shutil.copy(hip / "images" / f"hippocampus_{c}.nii.gz",
+                    root / "imagesTr" / f"hippocampus_{c}_0000.nii.gz")
+        shutil.copy(hip / "labels" / f"hippocampus_{c}.nii.gz", root / "labelsTr")
+    return root
+
+
+def test_build_model_accepts_nnunet_layout(data_root, tmp_path):
+    ds = _nnunet_dataset(tmp_path / "Dataset004_Hippocampus", data_root,
+                         ["001", "003", "004", "006"])
+    out = tmp_path / "m.npz"
+    assert main(["build-model", str(ds), "--images", str(ds), "-o", str(out), "--labels", "1,2",
+                 "--vertices", "162", "--quiet"]) == 0
+    from shapeprior.model import load_model
+
+    m = load_model(out)
+    assert m.shapes.shape[0] == 4 and m.profile is not None and m.profile.n_images == 4
+
+
+def test_build_model_refuses_bad_pairs_before_the_slow_stage(data_root, tmp_path, monkeypatch,
+                                                              capsys):
+    import shapeprior.model._build as build
+
+    def slow_stage(*a, **k):
+        raise AssertionError("the slow stage ran before the pairing check")
+
+    monkeypatch.setattr(build, "_map", slow_stage)
+    ds = _nnunet_dataset(tmp_path / "D", data_root, ["001", "003", "004", "006"])
+    # an image of another case, on another grid
+    shutil.copy(data_root / "msd_hippocampus" / "images" / "hippocampus_007.nii.gz",
+                ds / "imagesTr" / "hippocampus_006_0000.nii.gz")
+    assert main(["build-model", str(ds), "--images", str(ds), "-o", str(tmp_path / "m.npz"),
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "hippocampus_006" in err and "same grid" in err and len(err.strip().splitlines()) == 1
+    (ds / "imagesTr" / "hippocampus_006_0000.nii.gz").unlink()
+    assert main(["build-model", str(ds), "--images", str(ds), "-o", str(tmp_path / "m.npz"),
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "1 of 4 label maps have no image" in err and "hippocampus_006_0000.nii.gz" in err
+    assert not (tmp_path / "m.npz").exists()
