@@ -23,7 +23,7 @@ import numpy as np
 from _common import data_root
 from shapeprior.io import read_label_map, read_volume
 from shapeprior.model import BuildParams, build_model, find_label_maps, load_model, save_model
-from shapeprior.segment import SegmentParams, dice, segment_volume, surface_distances
+from shapeprior.segmentation import SegmentParams, dice, segment_volume, surface_distances
 
 HERE = Path(__file__).resolve().parent
 

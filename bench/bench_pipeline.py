@@ -51,7 +51,7 @@ from shapeprior._profile import StageClock, current_rss_bytes
 from shapeprior.backend import cupy_available
 from shapeprior.io import read_label_map, read_volume
 from shapeprior.model import BuildParams, build_model, find_label_maps, load_model, save_model
-from shapeprior.segment import SegmentParams, dice
+from shapeprior.segmentation import SegmentParams, dice
 from shapeprior.pipeline import run_case
 
 HERE = Path(__file__).resolve().parent

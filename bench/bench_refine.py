@@ -34,7 +34,7 @@ from _common import data_root, machine, write_json
 from shapeprior.io import Volume, read_label_map
 from shapeprior.mesh import kidney_masks
 from shapeprior.model import load_model
-from shapeprior.segment import SegmentParams, dice, refine_mask, surface_distances
+from shapeprior.segmentation import SegmentParams, dice, refine_mask, surface_distances
 
 HERE = Path(__file__).resolve().parent
 KINDS = ("leak", "hole", "missing_slices", "duplicated_slices", "islands", "jitter")

@@ -33,7 +33,7 @@ import numpy as np
 from _common import data_root, machine, write_json
 from shapeprior.io import read_image, read_label_map, read_volume
 from shapeprior.model import load_model
-from shapeprior.segment import (SegmentParams, dice, refine_mask, segment_volume,
+from shapeprior.segmentation import (SegmentParams, dice, refine_mask, segment_volume,
                                 surface_distances)
 
 HERE = Path(__file__).resolve().parent

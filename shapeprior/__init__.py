@@ -1,4 +1,10 @@
-"""shapeprior: sparse shape-prior (SSC) segmentation for CT and MRI."""
+"""shapeprior: sparse shape-prior (SSC) segmentation for CT and MRI.
+
+The facade (:mod:`shapeprior.api`): :func:`read_volume`, :func:`load_model`,
+:func:`build_model`, :func:`segment`, :func:`refine`. SSC itself:
+:func:`sparse_shape_composition` with a :class:`ShapeDictionary`. Coordinates
+are LPS millimetres; arrays are indexed (z, y, x).
+"""
 
 __version__ = "0.1.0"
 
@@ -11,8 +17,26 @@ from .ssc import (  # noqa: E402
     sparse_shape_composition,
 )
 
+_API = ("read_volume", "load_model", "build_model", "segment", "refine")
+_TYPES = {"Volume": "io", "ShapeModel": "model", "BuildParams": "model",
+          "SegmentParams": "segmentation", "SegmentResult": "segmentation",
+          "RefineResult": "segmentation"}
+
 __all__ = [
-    "__version__", "Transform", "procrustes", "generalized_procrustes",
+    "__version__", *_API, *_TYPES,
+    "Transform", "procrustes", "generalized_procrustes",
     "ShapeDictionary", "sparse_composition", "sparse_shape_composition",
     "SparseShapeComposition", "SSCResult",
 ]
+
+
+def __getattr__(name):
+    """The facade and its types, imported when first used (``import shapeprior``
+    stays light)."""
+    import importlib
+
+    if name in _API:
+        return getattr(importlib.import_module(".api", __name__), name)
+    if name in _TYPES:
+        return getattr(importlib.import_module(f".{_TYPES[name]}", __name__), name)
+    raise AttributeError(f"module 'shapeprior' has no attribute {name!r}")

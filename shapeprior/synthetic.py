@@ -213,7 +213,7 @@ def write_phantom_cases(folder, n_cases=12, seed=0, with_leak=()):
 
     from .io import Volume
     from .io import write_label
-    from .segment import voxelize
+    from .segmentation import voxelize
 
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)

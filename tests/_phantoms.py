@@ -93,7 +93,7 @@ def write_paired_phantoms(folder, n_cases, seed=0):
     from scipy import ndimage
 
     from shapeprior.io import Volume, write_label
-    from shapeprior.segment import voxelize
+    from shapeprior.segmentation import voxelize
     from shapeprior.synthetic import ShapePopulation, star_mesh_faces
 
     folder = Path(folder)

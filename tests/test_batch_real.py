@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow       # real data, a dask cluster: about 30 s
 
 from shapeprior.cli import main
 from shapeprior.io import read_label_map, read_volume
-from shapeprior.segment import dice
+from shapeprior.segmentation import dice
 
 
 def _num(p):

@@ -14,7 +14,7 @@ from shapeprior.cli import main
 from shapeprior.io import Volume, read_label_map, read_volume
 from shapeprior.mesh import icosphere
 from shapeprior.model import load_model
-from shapeprior.segment import SegmentParams, dice, segment_volume, voxelize
+from shapeprior.segmentation import SegmentParams, dice, segment_volume, voxelize
 
 
 @pytest.mark.parametrize("method", ["l1", "l0"])
@@ -166,7 +166,7 @@ def test_refinement_holds_back_doubtful_targets():
     neighbours that stay put, moves far less than 10 mm; with full confidence
     it would follow its target much further."""
     from shapeprior.mesh import mean_neighbour_operator
-    from shapeprior.segment._fit import refine_step
+    from shapeprior.segmentation._fit import refine_step
 
     v, f = icosphere(3)
     v = v * 20.0

@@ -117,7 +117,7 @@ def test_statistics_flag_an_unusual_shape(phantom_model):
     """A shape stretched far along its first mode is more unusual than every
     training shape; the mean shape is more typical than most."""
     from shapeprior.model import load_model, mode_shape
-    from shapeprior.segment import shape_statistics
+    from shapeprior.segmentation import shape_statistics
 
     model = load_model(phantom_model[3])
     typical = shape_statistics(model, model.mean, model.faces)

@@ -380,7 +380,7 @@ def test_nibabel_shipped_dicom_pair_is_a_sheared_stack(tmp_path):
 @pytest.mark.parametrize("q,s", [(1, 0), (0, 1), (1, 1), (1, 2), (2, 4), (0, 2), (3, 0)])
 def test_segment_label_lands_on_the_input_voxels_in_nibabel(phantom_model, tmp_path, q, s):
     from shapeprior.cli import main
-    from shapeprior.segment import dice
+    from shapeprior.segmentation import dice
 
     _, images, labels, model = phantom_model
     img = nib.load(str(images / "phantom_006.nii.gz"))

@@ -10,7 +10,7 @@ import numpy as np
 
 from shapeprior.cli import main
 from shapeprior.io import Volume, read_label_map, write_label
-from shapeprior.segment import dice, surface_distances
+from shapeprior.segmentation import dice, surface_distances
 
 
 def _ball(shape, c, r_vox):

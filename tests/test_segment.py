@@ -220,7 +220,7 @@ def test_level_image_crop_equals_whole_image_smoothing():
 def test_segment_backends_agree_and_cupy_fails_clearly(phantom_model, tmp_path, capsys):
     from shapeprior.backend import cupy_available
     from shapeprior.model import load_model
-    from shapeprior.segment import SegmentParams, segment_volume
+    from shapeprior.segmentation import SegmentParams, segment_volume
 
     d, images, labels, model_path = phantom_model
     model = load_model(model_path)

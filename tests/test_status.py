@@ -14,7 +14,7 @@ import pytest
 from shapeprior.cli import main
 from shapeprior.io import Volume, read_label_map, read_volume, write_label
 from shapeprior.model import load_model
-from shapeprior.segment import SegmentParams, dice, segment_volume
+from shapeprior.segmentation import SegmentParams, dice, segment_volume
 
 
 @pytest.fixture(scope="module")

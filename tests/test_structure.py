@@ -11,8 +11,8 @@ import shapeprior
 ROOT = Path(shapeprior.__file__).parent
 #: lower numbers are lower layers; a module may import its own layer or lower ones
 LAYERS = {"io": 0, "mesh": 0, "align": 0, "ssc": 0, "backend": 0, "_validation": 0,
-          "_profile": 0, "_provenance": 0, "correspond": 1, "appearance": 1, "model": 2, "segment": 3,
-          "synthetic": 4, "_outputs": 4, "pipeline": 5, "cli": 6}
+          "_profile": 0, "_provenance": 0, "correspond": 1, "appearance": 1, "model": 2, "segmentation": 3,
+          "synthetic": 4, "_outputs": 4, "api": 4, "pipeline": 5, "cli": 6}
 
 
 def _modules():
@@ -89,7 +89,7 @@ def test_every_subpackage_has_a_layer():
     ({"refine_iter": 1.5}, "refine_iter"), ({"inside_brighter": "yes"}, "inside_brighter"),
 ])
 def test_segment_params_are_validated(kw, name):
-    from shapeprior.segment import SegmentParams
+    from shapeprior.segmentation import SegmentParams
 
     with pytest.raises(ValueError, match=f"{name}.*is invalid: expected"):
         SegmentParams(**kw)
@@ -109,10 +109,35 @@ def test_build_params_are_validated(kw, name):
 
 def test_defaults_are_valid_and_unchanged():
     from shapeprior.model import BuildParams
-    from shapeprior.segment import SegmentParams
-    from shapeprior.segment._fit import DEFAULT_SCHEDULE
+    from shapeprior.segmentation import SegmentParams
+    from shapeprior.segmentation._fit import DEFAULT_SCHEDULE
 
     p = SegmentParams()
     assert p.schedule == DEFAULT_SCHEDULE and p.method == "l1" and p.side == "none"
     b = BuildParams(labels=[1, 2])
     assert b.labels == (1, 2) and b.n_vertices == 2562
+
+
+def test_every_public_name_is_documented():
+    """Each class and function a package exports has its own docstring (not
+    the dataclass's generated signature); the facade's say Parameters/Returns."""
+    import importlib
+    import inspect
+
+    bad = []
+    for pkg in ("", ".io", ".mesh", ".align", ".ssc", ".correspond", ".appearance", ".model",
+                ".segmentation", ".pipeline", ".api"):
+        mod = importlib.import_module("shapeprior" + pkg)
+        for name in getattr(mod, "__all__", []):
+            obj = getattr(mod, name)
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            doc = (obj.__doc__ or "").strip()
+            if not doc or doc.startswith(f"{obj.__name__}("):
+                bad.append(f"shapeprior{pkg}.{name}")
+    assert not bad, bad
+    from shapeprior import api
+
+    for name in api.__all__:
+        doc = getattr(api, name).__doc__
+        assert "Returns\n" in doc and ("Parameters\n" in doc or name == "load_model"), name

@@ -43,7 +43,7 @@ def main(argv):
 
     from ..model import load_model
     from ..pipeline import refine_case
-    from ..segment import SegmentParams
+    from ..segmentation import SegmentParams
 
     model = load_model(a.model)
     labels = parse_labels(a.labels, "--labels")

@@ -94,7 +94,7 @@ def main(argv):
 
     from ..model import load_model
     from ..pipeline import Deidentifier, discover_cases, run_case, scrub
-    from ..segment import SegmentParams
+    from ..segmentation import SegmentParams
 
     model = load_model(a.model)
     params = SegmentParams(method=a.method, side=a.side,

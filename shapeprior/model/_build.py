@@ -33,6 +33,45 @@ LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 @dataclass
 class BuildParams:
+    """Settings of :func:`build_model` (checked on construction).
+
+    Parameters
+    ----------
+    labels : tuple of int
+        Label values of the organ (merged), each > 0.
+    organ : str
+        Organ name stored in the model (and coded in DICOM-SEG output).
+    split_sides : bool
+        A paired organ under one label (KiTS kidneys): split by connected
+        component and side.
+    side : {'both', 'left', 'right'}
+        With ``split_sides``: the sides kept.
+    mirror_right : bool
+        Mirror right-side organs onto the left (LPS x -> -x), so one model
+        serves both sides.
+    n_vertices : int
+        Template vertices (icosphere: 162, 642, 2562, 10242).
+    iso_spacing, smooth_mm : float
+        Surface extraction grid and Gaussian smoothing, mm.
+    n_iter : int
+        Correspondence (template fit) iterations.
+    n_atoms, n_nonzero : int
+        Learned K-SVD dictionary size (0: none) and atoms per shape.
+    seed : int
+        Random state of the dictionary learning.
+    n_jobs : int
+        Worker processes.
+    images_dir : str or None
+        Training images (same relative path or file name, or the nnU-Net
+        ``X_0000`` name, or an nnU-Net dataset folder): learn boundary appearance.
+    profile_step, profile_half : float, int
+        Appearance profiles: sample step (mm) and samples on each side.
+    normalisation : {'percentile', 'ct'}
+        Intensity scale of the appearance (MR percentiles, or CT HU).
+    allow_no_orientation : bool
+        Accept NIfTI/Analyze label maps that record no orientation.
+    """
+
     labels: tuple = (1,)
     organ: str = "organ"
     split_sides: bool = False       # KiTS-style: both kidneys under one label

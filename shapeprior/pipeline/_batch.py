@@ -131,6 +131,8 @@ def own_summary(path):
 
 
 def write_summary(root, rows, n_cases):
+    """Write ``root/summary.json`` (one row per case: status, quality, volume,
+    reasons or error) atomically; only a previous shapeprior summary is replaced."""
     text = json.dumps({"producer": PRODUCER, "command": "segment", "n_cases": n_cases,
                        "cases": rows}, indent=1)
     write_text_atomic(Path(root) / "summary.json", text, own=own_summary)

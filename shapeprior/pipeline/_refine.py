@@ -13,7 +13,7 @@ import numpy as np
 from .._outputs import OutputDir, manifest
 from ..io import display_name, read_image, read_label_map, write_label
 from ..mesh import Surface
-from ..segment import SegmentParams, refine_mask
+from ..segmentation import SegmentParams, refine_mask
 from ._qc import qc_png
 from ._run import MESH_FORMATS, input_hashes, params_record, statistics, vertex_data
 

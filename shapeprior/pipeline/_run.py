@@ -13,7 +13,7 @@ from .._profile import StageClock
 from ..io import (display_name, image_files, read_image, read_label_map, write_dicom_seg,
                   write_label)
 from ..mesh import Surface
-from ..segment import (SegmentParams, dice, distance_to_mean, refine_mask, segment_volume,
+from ..segmentation import (SegmentParams, dice, distance_to_mean, refine_mask, segment_volume,
                        shape_statistics, surface_distances)
 from ._qc import qc_png
 
@@ -55,7 +55,7 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
     ``case_name`` is the name written into the report (default: the input's
     file name); with ``deidentify`` no input file name or path reaches the
     outputs. ``init_mask``: an existing label map (``init_labels``) whose
-    refined surface (:func:`~shapeprior.segment.refine_mask`) starts the fit
+    refined surface (:func:`~shapeprior.segmentation.refine_mask`) starts the fit
     instead of the placement search. ``output_type``: the label as
     ``label.nii.gz`` (``'nifti'``), as ``seg.dcm`` (``'dicom-seg'``, DICOM
     series inputs only; it carries the source's patient and study
@@ -191,7 +191,7 @@ def vertex_data(res, model) -> dict:
     """Per-vertex results written with the mesh: the gross error |e| (mm), the
     vertices the prior overrode in any iteration (1/0), the last search's
     confidence, and the signed distance from the model mean shape (mm,
-    positive outward; :func:`~shapeprior.segment.distance_to_mean`)."""
+    positive outward; :func:`~shapeprior.segmentation.distance_to_mean`)."""
     n = len(res.verts)
     pick = lambda a: np.zeros(n) if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
     return {"gross_error_mm": pick(res.error_mm), "overridden": pick(res.overridden),
@@ -201,7 +201,7 @@ def vertex_data(res, model) -> dict:
 
 def statistics(res, model, spacing) -> dict:
     """``statistics.json`` of a result: status and quality, then the organ's
-    measures and how unusual it is (:func:`~shapeprior.segment.shape_statistics`).
+    measures and how unusual it is (:func:`~shapeprior.segmentation.shape_statistics`).
     A failed result has no organ to measure."""
     head = {"status": res.status, "quality": round(float(res.quality), 4),
             "reasons": list(res.reasons), "coordinates": "LPS", "units": "mm, ml, mm^2",

@@ -31,6 +31,52 @@ PRIOR_MARGIN = 0.05
 
 @dataclass
 class SegmentParams:
+    """Settings of :func:`segment_volume` (checked on construction; an error
+    names the parameter, the bad value and what is allowed).
+
+    Parameters
+    ----------
+    schedule : tuple of (float, float)
+        Coarse to fine levels: (search range along the normals, image
+        smoothing sigma), both mm.
+    max_iter : int
+        Search/projection iterations per level, >= 1.
+    tol_mm : float
+        Mean vertex motion (mm) that ends a level.
+    method : {'l1', 'l0'}
+        SSC sparsity: L1 (convex) or L0 (trimmed, greedy).
+    seed_mm : tuple of 3 float or None
+        Organ centre in ``seed_space`` coordinates; None searches the field of
+        view (``placement``).
+    seed_space : {'lps', 'ras', 'voxel'}
+        ``seed_mm`` in LPS mm (ITK, DICOM), RAS mm (3D Slicer, nibabel) or
+        voxel indices (i, j, k).
+    side : {'none', 'left', 'right'}
+        Side of a paired organ whose model holds left sides (right ones mirrored).
+    inside_brighter : bool
+        Edge search without learned appearance: the organ is brighter than its
+        surroundings.
+    window : tuple of 2 float or None
+        Edge search without learned appearance: intensity window inside the
+        organ, in normalised units (CT: HU / 1000).
+    normalisation : {None, 'percentile', 'ct'}
+        Intensity scale; None takes the model's.
+    outlier_base_mm : float
+        Gross-error threshold = this + search range / 2 (mm).
+    align_rounds : int
+        Alternations of the similarity alignment and SSC per iteration.
+    refine_iter, refine_search_mm, refine_smooth : int, float, int
+        Final local refinement outside the shape space: steps, search range
+        (mm) and Laplacian smoothing passes of the displacement.
+    placement : {'search', 'prior'}
+        Without a seed: search the field of view scored by appearance, or start
+        at the training position relative to the FOV centre.
+    n_hypotheses : int
+        Placements fitted at the first level before the best one continues.
+    backend : {None, 'auto', 'numpy', 'numba', 'cupy'}
+        Where image smoothing and sampling run (None: ``$SHAPEPRIOR_BACKEND``).
+    """
+
     schedule: tuple = DEFAULT_SCHEDULE
     max_iter: int = 12            # per level
     tol_mm: float = 0.05          # mean vertex motion that ends a level

@@ -3,7 +3,7 @@
 Evidence, each with the threshold that makes a result suspect or failed:
 
 * appearance: how well the final surface matches the image
-  (:class:`~shapeprior.segment._place.AppearanceScore`, in [0, 1]);
+  (:class:`~shapeprior.segmentation._place.AppearanceScore`, in [0, 1]);
 * what the prior rejected: the largest fraction of vertices the SSC gross
   error overrode in any iteration, and in the last one;
 * plausibility: the organ's scale against the training range, and the

@@ -64,14 +64,22 @@ class RefineResult:
     mask_fit: SegmentResult
 
 
-def _largest_component(m):
+#: components at least this fraction of the largest are parts of the organ (a
+#: slab of missing slices splits it in two); smaller ones are islands
+PART_FRACTION = 0.2
+
+
+def _organ_parts(m):
+    """The mask without its islands: the largest component and those at least
+    :data:`PART_FRACTION` of its size."""
     from scipy import ndimage
 
     lab, n = ndimage.label(m)
     if n <= 1:
         return m
     sizes = np.bincount(lab.ravel())[1:]
-    return lab == (int(np.argmax(sizes)) + 1)
+    keep = np.flatnonzero(sizes >= PART_FRACTION * sizes.max()) + 1
+    return np.isin(lab, keep)
 
 
 def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionary=None):
@@ -101,7 +109,7 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     m = np.isin(mask_vol.array, np.asarray(labels))
     if not m.any():
         raise ValueError(f"the mask has no voxel with label(s) {list(labels)}")
-    big = _largest_component(m)
+    big = _organ_parts(m)
     centre = mask_vol.index_to_physical(np.argwhere(big).mean(0)[::-1][None])[0]
     side = params.side
     if side == "none" and "mirrored" in str(model.metadata.get("side", "")):

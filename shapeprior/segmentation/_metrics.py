@@ -7,6 +7,7 @@ from scipy import ndimage
 
 
 def dice(a, b) -> float:
+    """Dice overlap of two masks of the same shape, in [0, 1] (1 when both are empty)."""
     a = np.asarray(a, bool)
     b = np.asarray(b, bool)
     s = a.sum() + b.sum()

@@ -1,0 +1,183 @@
+"""The Python API in five calls: read an image, build or load a model, segment,
+refine an existing mask.
+
+>>> import shapeprior as sp
+>>> vol = sp.read_volume("ct.nii.gz")                 # or a DICOM series folder
+>>> model = sp.load_model("kidney.npz")
+>>> res = sp.segment(vol, model, side="left")         # no seed: searched in the FOV
+>>> res.status, res.label.shape, res.verts.shape      # ('ok', (z, y, x), (N, 3) LPS mm)
+
+Coordinates are LPS millimetres throughout (ITK/DICOM convention); arrays are
+indexed (z, y, x). Everything here is a thin layer over the packages
+``shapeprior.io``, ``shapeprior.model`` and ``shapeprior.segmentation``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def read_volume(path, series=None, allow_no_orientation=False):
+    """Read an image with exact geometry.
+
+    Parameters
+    ----------
+    path : str or Path
+        NIfTI (``.nii``, ``.nii.gz``, ``.hdr``/``.img``), NRRD, MetaImage, or a
+        folder holding a DICOM series.
+    series : int or str, optional
+        Which series of a DICOM folder holding several (index or key).
+    allow_no_orientation : bool
+        Accept NIfTI/Analyze files that record no orientation.
+
+    Returns
+    -------
+    Volume
+        ``array`` (z, y, x); ``spacing`` (3,) mm, ``origin`` (3,) mm LPS,
+        ``direction`` (3, 3) with the index axes as columns, in LPS.
+
+    Raises
+    ------
+    shapeprior.io.ImageReadError
+        A file that cannot be trusted (one line saying why).
+    """
+    from .io import read_image
+
+    return read_image(path, series, allow_no_orientation)[0]
+
+
+def load_model(path):
+    """Load a model file written by :func:`build_model` or ``shapeprior build-model``.
+
+    Returns
+    -------
+    ShapeModel
+        ``shapes`` (M, N, 3) mm, ``mean`` (N, 3), ``faces`` (F, 3), PCA modes,
+        appearance and pose prior; ``metadata`` with provenance.
+    """
+    from .model import load_model as _load
+
+    return _load(path)
+
+
+def build_model(labels, output=None, *, images=None, progress=False, **params):
+    """Build a shape model from label maps.
+
+    Parameters
+    ----------
+    labels : str, Path or list of paths
+        A folder of label maps (searched recursively; an nnU-Net/MSD dataset
+        folder uses ``labelsTr``), or the label map files.
+    output : str or Path, optional
+        Write the model there (``.npz``); an existing file is not replaced.
+    images : str or Path, optional
+        Training images (see :class:`~shapeprior.model.BuildParams`
+        ``images_dir``): learns the boundary appearance.
+    progress : bool
+        Show progress bars.
+    **params
+        Fields of :class:`~shapeprior.model.BuildParams` (``labels`` there is
+        called ``label_values`` here), e.g. ``organ='kidney'``,
+        ``n_vertices=642``, ``split_sides=True``.
+
+    Returns
+    -------
+    model : ShapeModel
+    report : dict
+        Per-shape correspondence quality and rejected inputs with reasons.
+    """
+    from .model import BuildParams, find_label_maps, label_root, save_model
+    from .model import build_model as _build
+
+    if "label_values" in params:
+        params["labels"] = tuple(params.pop("label_values"))
+    if isinstance(labels, (str, Path)):
+        files, root = find_label_maps(labels), label_root(labels)
+    else:
+        files = [Path(f) for f in labels]
+        root = None
+    bp = BuildParams(images_dir=None if images is None else str(images), **params)
+    if output is not None and Path(output).exists():
+        raise FileExistsError(f"{output} exists; choose a new model file")
+    model, report = _build(files, bp, root=root, progress=progress)
+    if output is not None:
+        save_model(model, output)
+    return model, report
+
+
+def _volume(image, series=None):
+    from .io import Volume
+
+    return image if isinstance(image, Volume) else read_volume(image, series)
+
+
+def segment(image, model, *, seed=None, seed_space="lps", side="none", init=None, **params):
+    """Segment an organ with the SSC shape prior.
+
+    Parameters
+    ----------
+    image : Volume or str or Path
+        The scan, or a path for :func:`read_volume`.
+    model : ShapeModel or str or Path
+    seed : array-like of 3 float, optional
+        Organ centre in ``seed_space`` ('lps' mm, 'ras' mm or 'voxel' i, j, k);
+        without one the organ is searched for in the whole field of view.
+    side : {'none', 'left', 'right'}
+        Side of a paired organ.
+    init : ndarray, shape (N, 3), optional
+        A starting surface in correspondence with the model (LPS mm), e.g.
+        ``refine(...).fit.verts``.
+    **params
+        Fields of :class:`~shapeprior.segmentation.SegmentParams`, e.g.
+        ``method='l0'``, ``placement='prior'``.
+
+    Returns
+    -------
+    SegmentResult
+        ``label`` (uint8, the image's (z, y, x) grid), ``verts`` (N, 3) LPS mm
+        and ``faces``; ``status`` ('ok', 'suspect', 'failed') with ``quality``,
+        ``reasons`` and ``evidence``; per vertex ``error_mm`` (gross error |e|),
+        ``overridden`` and ``confidence``.
+    """
+    from .segmentation import SegmentParams, segment_volume
+
+    if not hasattr(model, "shapes"):
+        model = load_model(model)
+    p = SegmentParams(seed_mm=None if seed is None else tuple(float(v) for v in seed),
+                      seed_space=seed_space, side=side, **params)
+    return segment_volume(_volume(image), model, p, init=init)
+
+
+def refine(mask, model, *, labels=(1,), image=None, **params):
+    """Refine an existing segmentation (any tool's) with the shape prior.
+
+    Parameters
+    ----------
+    mask : Volume or str or Path
+        Label map.
+    model : ShapeModel or str or Path
+    labels : tuple of int
+        Labels of the organ in ``mask``.
+    image : Volume or str or Path, optional
+        The scan: continue the fit against its boundary appearance.
+    **params
+        Fields of :class:`~shapeprior.segmentation.SegmentParams`.
+
+    Returns
+    -------
+    RefineResult
+        ``label`` (uint8, on the mask's grid), ``fit`` (the final
+        :class:`~shapeprior.segmentation.SegmentResult`, with what the prior
+        overrode) and ``corrections`` (regions removed and added, ml).
+    """
+    from .io import Volume, read_label_map
+    from .segmentation import SegmentParams, refine_mask
+
+    if not hasattr(model, "shapes"):
+        model = load_model(model)
+    mvol = mask if isinstance(mask, Volume) else read_label_map(mask)
+    img = None if image is None else _volume(image)
+    return refine_mask(mvol, model, tuple(labels), SegmentParams(**params), img)
+
+
+__all__ = ["read_volume", "load_model", "build_model", "segment", "refine"]
