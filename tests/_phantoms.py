@@ -129,3 +129,22 @@ def write_paired_phantoms(folder, n_cases, seed=0):
         sitk.WriteImage(vol.to_sitk(), str(folder / "images" / name))
         truth[name] = masks
     return folder / "images", folder / "labels", truth
+
+
+def read_vtk_mesh(path):
+    """A .vtk (legacy PolyData) or .vtp mesh read with VTK itself:
+    ``(points (N, 3), number of triangles, {point data name: (N,)}, SPACE)``."""
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+    from vtkmodules.vtkIOLegacy import vtkPolyDataReader
+    from vtkmodules.vtkIOXML import vtkXMLPolyDataReader
+
+    r = vtkXMLPolyDataReader() if str(path).endswith(".vtp") else vtkPolyDataReader()
+    r.SetFileName(str(path))
+    r.Update()
+    poly = r.GetOutput()
+    assert poly.GetNumberOfPoints() > 0, f"VTK read no points from {path}"
+    pts = vtk_to_numpy(poly.GetPoints().GetData())
+    pd = poly.GetPointData()
+    data = {pd.GetArrayName(i): vtk_to_numpy(pd.GetArray(i)) for i in range(pd.GetNumberOfArrays())}
+    space = poly.GetFieldData().GetAbstractArray("SPACE")
+    return pts, poly.GetNumberOfPolys(), data, space.GetValue(0) if space else None

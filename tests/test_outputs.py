@@ -9,25 +9,10 @@ import warnings
 import numpy as np
 import pytest
 
+from _phantoms import read_vtk_mesh
+
 from shapeprior.cli import COMMANDS, main
 from shapeprior.io import Volume, read_image, read_label_map, write_dicom_seg
-
-
-def _vtk_read(path):
-    from vtkmodules.util.numpy_support import vtk_to_numpy
-    from vtkmodules.vtkIOLegacy import vtkPolyDataReader
-    from vtkmodules.vtkIOXML import vtkXMLPolyDataReader
-
-    r = vtkXMLPolyDataReader() if str(path).endswith(".vtp") else vtkPolyDataReader()
-    r.SetFileName(str(path))
-    r.Update()
-    poly = r.GetOutput()
-    assert poly.GetNumberOfPoints() > 0, f"VTK read no points from {path}"
-    pts = vtk_to_numpy(poly.GetPoints().GetData())
-    data = {poly.GetPointData().GetArrayName(i): vtk_to_numpy(poly.GetPointData().GetArray(i))
-            for i in range(poly.GetPointData().GetNumberOfArrays())}
-    space = poly.GetFieldData().GetAbstractArray("SPACE")
-    return pts, poly.GetNumberOfPolys(), data, space.GetValue(0) if space else None
 
 
 def test_help_lists_every_command_and_each_command_has_help(capsys):
@@ -55,7 +40,7 @@ def segmented(phantom_model, tmp_path_factory):
 
 def test_vtp_mesh_has_point_data_and_declares_lps(segmented):
     out, _ = segmented
-    pts, n_polys, data, space = _vtk_read(out / "mesh.vtp")
+    pts, n_polys, data, space = read_vtk_mesh(out / "mesh.vtp")
     assert space == "LPS"
     for name in ("gross_error_mm", "overridden", "confidence", "distance_to_mean_mm"):
         assert name in data and len(data[name]) == len(pts), name
@@ -78,13 +63,15 @@ def test_every_mesh_format_writes_without_warnings_and_reads_back(tmp_path, ext)
         warnings.simplefilter("error")
         s.write(tmp_path / f"m.{ext}", point_data=pd)
     if ext in ("vtk", "vtp"):
-        pts, n_polys, data, space = _vtk_read(tmp_path / f"m.{ext}")
+        pts, n_polys, data, space = read_vtk_mesh(tmp_path / f"m.{ext}")
         assert space == "LPS" and n_polys == len(f)
         np.testing.assert_allclose(data["gross_error_mm"], pd["gross_error_mm"])
     else:
         import meshio
 
-        m = meshio.read(tmp_path / f"m.{ext}")
+        with warnings.catch_warnings():    # meshio's STL reader overflows a uint32 check
+            warnings.simplefilter("ignore", RuntimeWarning)
+            m = meshio.read(tmp_path / f"m.{ext}")
         pts = m.points
         if ext == "stl":        # STL stores triangles, not shared vertices
             from scipy.spatial import cKDTree
@@ -144,17 +131,17 @@ def test_model_info_and_export(phantom_model, tmp_path, capsys):
     out = tmp_path / "export"
     assert main(["export-model", str(model_path), "-o", str(out), "--modes", "2"]) == 0
     assert model_path.read_bytes() == before
-    pts, _, data, space = _vtk_read(out / "mean.vtp")
+    pts, _, data, space = read_vtk_mesh(out / "mean.vtp")
     np.testing.assert_allclose(pts, model.mean, atol=1e-6)
     assert space == "LPS" and "training_sd_mm" in data
-    plus, _, d, _ = _vtk_read(out / "mode_1_plus.vtp")
-    minus, _, _, _ = _vtk_read(out / "mode_1_minus.vtp")
+    plus, _, d, _ = read_vtk_mesh(out / "mode_1_plus.vtp")
+    minus, _, _, _ = read_vtk_mesh(out / "mode_1_minus.vtp")
     # +3 sd and -3 sd lie 6 sd apart along the first mode
     step = (plus - minus).ravel() @ model.pca_components[0]
     assert step == pytest.approx(6 * np.sqrt(model.pca_variances[0]), rel=1e-6)
     shapes = sorted((out / "training").iterdir())
     assert len(shapes) == model.shapes.shape[0]
-    np.testing.assert_allclose(_vtk_read(shapes[2])[0], model.shapes[2], atol=1e-6)
+    np.testing.assert_allclose(read_vtk_mesh(shapes[2])[0], model.shapes[2], atol=1e-6)
     assert (out / "variance.png").stat().st_size > 0
     assert not (out / "mode_3_plus.vtp").exists()
 
@@ -187,7 +174,7 @@ def test_qc_picture_with_outliers(segmented, tmp_path):
 
     out, _ = segmented
     lab = read_label_map(out / "label.nii.gz")
-    pts = _vtk_read(out / "mesh.vtp")[0]
+    pts = read_vtk_mesh(out / "mesh.vtp")[0]
     flags = np.zeros(len(pts), bool)
     flags[::7] = True
     qc_png(tmp_path / "qc.png", lab, lab.array, title="t", verts=pts, outliers=flags)

@@ -24,7 +24,8 @@ def test_every_subpackage_is_declared_in_pyproject():
 def test_installed_package_imports_every_subpackage():
     import importlib
 
-    for name in ("align", "ssc", "io", "mesh", "correspond", "model", "segment", "cli",
+    for name in ("align", "ssc", "io", "mesh", "correspond", "model", "segmentation", "cli",
+                 "appearance", "pipeline", "api",
                  "synthetic"):
         importlib.import_module(f"shapeprior.{name}")
     importlib.import_module("shapeprior_kernels")

@@ -5,8 +5,9 @@ what was removed, and the inputs are untouched."""
 
 import json
 
-import meshio
 import numpy as np
+
+from _phantoms import read_vtk_mesh
 
 from shapeprior.cli import main
 from shapeprior.io import Volume, read_label_map, write_label
@@ -55,8 +56,8 @@ def test_refine_removes_a_leak_and_an_island(phantom_model, tmp_path, capsys):
     rep = json.loads((out / "report.json").read_text())
     assert rep["status"] in ("ok", "suspect") and rep["corrections"]["removed_ml"] > 0
     assert any(r["kind"] == "removed" for r in rep["corrections"]["regions"])
-    mesh = meshio.read(out / "mesh.vtk")
-    assert set(mesh.point_data) >= {"gross_error_mm", "overridden", "confidence"}
+    assert set(read_vtk_mesh(out / "mesh.vtk")[2]) >= {"gross_error_mm", "overridden",
+                                                       "confidence", "distance_to_mean_mm"}
     man = json.loads((out / "manifest.json").read_text())
     assert man["command"] == "refine" and any(k.startswith("mask/") for k in man["inputs"])
     # the output may not overwrite its input, --force or not
@@ -94,3 +95,46 @@ def test_segment_starts_from_an_existing_mask(phantom_model, tmp_path, capsys):
     assert dice(got, truth) > 0.95 > dice(rough, truth)
     man = json.loads((out / "manifest.json").read_text())
     assert "init_mask" in man["inputs"]
+
+
+def test_missing_slices_are_found_and_interpolated():
+    from shapeprior.segmentation import missing_slices
+
+    sp = (2.0, 1.0, 1.0)
+    g = np.ogrid[0:40, 0:60, 0:60]
+    organ = ((g[0] - 20) * 2.0 / 24) ** 2 + ((g[1] - 30) / 20) ** 2 + ((g[2] - 30) / 14) ** 2 <= 1
+    cut = organ.copy()
+    cut[18:21] = False                        # three slices (6 mm) missing
+    gaps, fill = missing_slices(cut, sp)
+    assert gaps[18:21].all() and not gaps[:18].any() and not gaps[21:].any()
+    assert dice(fill[18:21], organ[18:21]) > 0.9
+    # two objects apart whose cross-sections do not face each other are not a cut organ
+    two = np.zeros_like(organ)
+    two[10:20, 10:25, 10:50] = True
+    two[25:35, 35:50, 10:50] = True
+    assert not missing_slices(two, sp)[0].any()
+    # nor is a gap longer than MAX_GAP_MM (16 mm here)
+    far = organ.copy()
+    far[12:20] = False
+    assert far[11].any() and far[20].any()
+    assert not missing_slices(far, sp)[0].any()
+
+
+def test_refine_fills_missing_slices(phantom_model):
+    from shapeprior.model import load_model
+    from shapeprior.segmentation import refine_mask
+
+    d, images, labels, model_path = phantom_model
+    model = load_model(model_path)
+    vol = read_label_map(labels / "phantom_005.nii.gz")
+    clean = vol.array > 0
+    z = np.flatnonzero(clean.any(axis=(1, 2)))
+    cut = clean.copy()
+    cut[z[len(z) // 2]: z[len(z) // 2] + 3] = False          # 4.5 mm missing
+    res = refine_mask(Volume(cut.astype(np.uint8), vol.spacing, vol.origin, vol.direction),
+                      model)
+    got = res.label > 0
+    # measured: Dice 0.81 -> 0.985 on such a cut (phantom_007 of another family)
+    assert dice(got, clean) > 0.95 > dice(cut, clean)
+    assert res.corrections["added_ml"] > 0 and res.fit.status != "failed"
+    assert (got & ~cut)[z[len(z) // 2]: z[len(z) // 2] + 3].any()

@@ -7,9 +7,10 @@ data."""
 import json
 import shutil
 
-import meshio
 import numpy as np
 import pytest
+
+from _phantoms import read_vtk_mesh
 
 from shapeprior.cli import main
 from shapeprior.io import Volume, read_label_map, read_volume, write_label
@@ -92,11 +93,12 @@ def test_status_in_report_summary_exit_code_and_mesh(phantom_model, tmp_path, ca
     assert len(rep["placement"]["hypotheses"]) >= 1
     assert set(rep["evidence"]) >= {"appearance", "overridden_fraction_max", "scale",
                                     "shape_mahalanobis", "vertices_outside_fov"}
-    mesh = meshio.read(out / "good" / "mesh.vtk")
-    n = len(mesh.points)
-    for k in ("gross_error_mm", "overridden", "confidence"):
-        assert mesh.point_data[k].shape == (n,)
-    assert np.all((mesh.point_data["confidence"] >= 0) & (mesh.point_data["confidence"] <= 1))
+    pts, _, data, space = read_vtk_mesh(out / "good" / "mesh.vtk")
+    n = len(pts)
+    assert space == "LPS"
+    for k in ("gross_error_mm", "overridden", "confidence", "distance_to_mean_mm"):
+        assert data[k].shape == (n,)
+    assert np.all((data["confidence"] >= 0) & (data["confidence"] <= 1))
     capsys.readouterr()
     # single case: ok -> 0; a suspect result is 0 without --strict and 3 with it
     assert main(["segment", str(batch / "good.nii.gz"), "-o", str(tmp_path / "g"),

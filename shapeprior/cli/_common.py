@@ -82,3 +82,11 @@ def parse_labels(text, name="--labels"):
     return vals
 
 
+
+
+def add_mesh_format(ap):
+    """``--mesh-format`` of the commands that write a mesh."""
+    ap.add_argument("--mesh-format", default="vtk",
+                    choices=("vtk", "vtp", "ply", "stl", "obj"),
+                    help="vtk (legacy VTK 4.2 PolyData, the default), vtp (VTK XML), ply, stl "
+                         "or obj; LPS mm, declared in vtk/vtp files")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import finish_case, floats, join_negative_values, parse_labels
+from ._common import (add_mesh_format, finish_case, floats, join_negative_values,
+                      parse_labels)
 
 
 def main(argv):
@@ -31,9 +32,7 @@ def main(argv):
                     help="with --image and a model without appearance: intensity window lo,hi "
                          "inside the organ (normalised units; CT: HU/1000)")
     ap.add_argument("--method", choices=("l1", "l0"), default="l1")
-    ap.add_argument("--mesh-format", default="vtk",
-                    help="vtk (legacy VTK 4.2 PolyData), vtp (VTK XML), ply, stl or obj "
-                         "(default vtk); LPS mm, declared in vtk/vtp files")
+    add_mesh_format(ap)
     ap.add_argument("--force", action="store_true",
                     help="replace a previous shapeprior output (never an input or a foreign file)")
     ap.add_argument("--strict", action="store_true", help="exit 3 for a 'suspect' result too")

@@ -7,6 +7,7 @@ import sys
 
 from .._outputs import show_path
 from ._common import (
+    add_mesh_format,
     finish_case,
     floats,
     join_negative_values,
@@ -45,9 +46,7 @@ def main(argv):
                     help="labels of the organ in --reference (default: the labels the model "
                          "was built from, e.g. 1,2 for hippocampus head and body)")
     ap.add_argument("--method", choices=("l1", "l0"), default="l1")
-    ap.add_argument("--mesh-format", default="vtk",
-                    help="vtk (legacy VTK 4.2 PolyData), vtp (VTK XML), ply, stl or obj "
-                         "(default vtk); LPS mm, declared in vtk/vtp files")
+    add_mesh_format(ap)
     ap.add_argument("--output-type", choices=("nifti", "dicom-seg", "both"), default="nifti",
                     help="the label as label.nii.gz (default), as a DICOM-SEG seg.dcm "
                          "referencing the input series (DICOM input only; it keeps the "

@@ -98,6 +98,21 @@ _ITK_ITEMSIZE = {"8-bit unsigned integer": 1, "8-bit signed integer": 1,
                  "32-bit float": 4, "64-bit float": 8}
 
 
+def _itk_header(sp, name):
+    """A SimpleITK reader of ``sp`` with its header read and checked to be 3-D."""
+    import SimpleITK as sitk
+
+    r = sitk.ImageFileReader()
+    r.SetFileName(sp)
+    try:
+        r.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ImageReadError(f"cannot read {name} as an image: {itk_reason(exc)}") from None
+    if r.GetDimension() != 3:
+        raise ImageReadError(f"{name}: expected a 3-D image, got {r.GetDimension()}-D")
+    return r
+
+
 def _read_itk(p: Path, name: str) -> Volume:
     """NRRD, MetaImage and other ITK formats: header checked before reading."""
     import SimpleITK as sitk
@@ -105,15 +120,7 @@ def _read_itk(p: Path, name: str) -> Volume:
     from ._paths import itk_path
 
     with itk_path(p) as sp:
-        r = sitk.ImageFileReader()
-        r.SetFileName(sp)
-        try:
-            r.ReadImageInformation()
-        except RuntimeError as exc:
-            raise ImageReadError(f"cannot read {name} as an image: {itk_reason(exc)}") from None
-        dim = r.GetDimension()
-        if dim != 3:
-            raise ImageReadError(f"{name}: expected a 3-D image, got {dim}-D")
+        r = _itk_header(sp, name)
         ncomp = r.GetNumberOfComponents()
         if ncomp != 1:
             raise ImageReadError(f"{name} holds {ncomp} values per voxel (colour or vector "
@@ -172,7 +179,6 @@ def read_geometry(path, allow_no_orientation=False):
     direction : ndarray, shape (3, 3)
         Columns: the index axes in LPS; the same placement :func:`read_file` gives.
     """
-    import SimpleITK as sitk
 
     from ._nifti import is_nifti, nifti_geometry
     from ._paths import itk_path
@@ -184,14 +190,7 @@ def read_geometry(path, allow_no_orientation=False):
     if is_nifti(p):
         return nifti_geometry(p, allow_no_orientation)
     with itk_path(p) as sp:
-        r = sitk.ImageFileReader()
-        r.SetFileName(sp)
-        try:
-            r.ReadImageInformation()
-        except RuntimeError as exc:
-            raise ImageReadError(f"cannot read {name} as an image: {itk_reason(exc)}") from None
-    if r.GetDimension() != 3:
-        raise ImageReadError(f"{name}: expected a 3-D image, got {r.GetDimension()}-D")
+        r = _itk_header(sp, name)
     check_geometry(name, r.GetSpacing(), r.GetDirection(), r.GetOrigin())
     return (tuple(int(n) for n in r.GetSize()[::-1]), np.array(r.GetSpacing(), float),
             np.array(r.GetOrigin(), float), np.array(r.GetDirection(), float).reshape(3, 3))

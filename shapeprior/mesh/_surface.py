@@ -212,17 +212,27 @@ def kidney_masks(vol: Volume, labels=(1, 2), min_fraction=0.1):
         ``{'left': mask, 'right': mask}`` (a side may be missing).
     """
     fg = label_mask(vol, labels)
-    lab, n = ndimage.label(fg, structure=np.ones((3, 3, 3)))
-    sizes = ndimage.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
+    # label and measure the components inside the foreground's bounding box
+    # only: a whole abdominal CT grid costs seconds per pass, the box little
+    idx = np.nonzero(fg.any(axis=(1, 2)))[0], np.nonzero(fg.any(axis=(0, 2)))[0], \
+        np.nonzero(fg.any(axis=(0, 1)))[0]
+    box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)
+    offset = np.array([b.start for b in box], dtype=float)
+    lab, n = ndimage.label(fg[box], structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(lab.ravel())[1:]
     order = np.argsort(-sizes)
     keep = [int(i) + 1 for i in order[:2] if sizes[i] >= min_fraction * sizes[order[0]]]
-    cents = []
-    for k in keep:
-        c_zyx = np.array(ndimage.center_of_mass(lab == k))
-        cents.append(vol.index_to_physical(c_zyx[::-1][None])[0])
+    cents_zyx = ndimage.center_of_mass(np.ones(lab.shape), lab, keep)
+    cents = [vol.index_to_physical((np.array(c) + offset)[::-1][None])[0] for c in cents_zyx]
     if len(keep) == 2:
         left_first = cents[0][0] > cents[1][0]
         sides = ["left", "right"] if left_first else ["right", "left"]
     else:
         sides = ["left" if cents[0][0] > vol.centre()[0] else "right"]
-    return {s: lab == k for s, k in zip(sides, keep)}
+
+    def full(k):
+        m = np.zeros(fg.shape, bool)
+        m[box] = lab == k
+        return m
+
+    return {s: full(k) for s, k in zip(sides, keep)}

@@ -3,14 +3,18 @@
 The mask is treated as an image: the model's surface is fitted to the mask's
 boundary with the edge search (inside = the mask), SSC absorbing what no
 plausible organ shape explains (a leak blob, a hole, missing or duplicated
-slices, islands) in its gross-error term e. The fit starts at the centroid of
-the mask's largest connected component. With an image, the fit then
-continues against the image's boundary appearance from that surface.
+slices, islands) in its gross-error term e. Missing slices (empty slabs
+cutting through the organ) are found first and bridged by shape-based
+interpolation for the fit (:func:`missing_slices`). The fit starts at the
+centroid of the organ's parts (components of at least
+:data:`PART_FRACTION` of the largest: islands do not pull it). With an image,
+the fit then continues against the image's boundary appearance from that
+surface.
 
 The refined label is a hybrid (:func:`combine`): the input mask, except
 near the vertices where it departs from the prior (overridden by SSC, or
 with no boundary found), where the fitted shape decides beyond a band of its
-surface. It is
+surface, and in missing slices, where the fitted shape decides. It is
 compared with the input: the regions removed and added are reported.
 """
 
@@ -82,6 +86,66 @@ def _organ_parts(m):
     return np.isin(lab, keep)
 
 
+#: longest run of empty slices (mm) inside an organ read as missing slices
+MAX_GAP_MM = 15.0
+#: overlap (intersection over the smaller) of the two slices bounding a gap that
+#: makes it a cut through one organ rather than the space between two objects
+GAP_OVERLAP = 0.3
+
+
+def missing_slices(m, spacing_zyx):
+    """Slabs of empty slices that cut through an organ, and their fill.
+
+    Along each array axis, a run of empty slices (at most :data:`MAX_GAP_MM`)
+    between two non-empty ones whose cross-sections overlap (at least
+    :data:`GAP_OVERLAP` of the smaller) is a gap: a slab a segmentation
+    network or an annotator skipped. It is filled by shape-based
+    interpolation: the signed distance maps of the two bounding slices are
+    blended linearly across the gap.
+
+    Parameters
+    ----------
+    m : ndarray of bool, shape (nz, ny, nx)
+    spacing_zyx : array-like of 3 floats
+        Voxel size in mm, in array axis order.
+
+    Returns
+    -------
+    gaps : ndarray of bool
+        The voxels of the gap slabs (whole slices).
+    fill : ndarray of bool
+        The interpolated organ inside the gaps.
+    """
+    from scipy import ndimage
+
+    gaps = np.zeros(m.shape, bool)
+    fill = np.zeros(m.shape, bool)
+    for ax in range(3):
+        occupied = m.any(axis=tuple(a for a in range(3) if a != ax))
+        idx = np.flatnonzero(occupied)
+        if idx.size < 2:
+            continue
+        other = [float(spacing_zyx[a]) for a in range(3) if a != ax]
+        for lo, hi in zip(idx[:-1], idx[1:]):
+            n = hi - lo - 1
+            if n < 1 or n * float(spacing_zyx[ax]) > MAX_GAP_MM:
+                continue
+            a, b = np.take(m, lo, axis=ax), np.take(m, hi, axis=ax)
+            if (a & b).sum() < GAP_OVERLAP * min(a.sum(), b.sum()):
+                continue
+            sa = ndimage.distance_transform_edt(~a, sampling=other) - \
+                ndimage.distance_transform_edt(a, sampling=other)
+            sb = ndimage.distance_transform_edt(~b, sampling=other) - \
+                ndimage.distance_transform_edt(b, sampling=other)
+            for k in range(1, n + 1):
+                t = k / (n + 1)
+                sl = [slice(None)] * 3
+                sl[ax] = lo + k
+                gaps[tuple(sl)] = True
+                fill[tuple(sl)] = (1 - t) * sa + t * sb < 0
+    return gaps, fill
+
+
 def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionary=None):
     """Fit the shape model to an existing segmentation.
 
@@ -114,7 +178,9 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     side = params.side
     if side == "none" and "mirrored" in str(model.metadata.get("side", "")):
         side = "right" if centre[0] < mask_vol.centre()[0] else "left"
-    mvol = Volume((m * 1000).astype(np.float32), mask_vol.spacing, mask_vol.origin,
+    # missing slices: fitted as interpolated, and decided by the fitted shape
+    gaps, fill = missing_slices(big, mask_vol.spacing[::-1])
+    mvol = Volume(((m | fill) * 1000).astype(np.float32), mask_vol.spacing, mask_vol.origin,
                   mask_vol.direction)
     # a mask is a clean image: a first level with a long search reaches the
     # far edge of a leak or a gap, so that SSC can reject it (and measure it)
@@ -134,7 +200,7 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
         shape = voxelize(fit.verts, fit.faces, mask_vol) > 0
     else:
         shape = mask_fit.label > 0
-    agree = dice(mask_fit.label > 0, m)
+    agree = dice(mask_fit.label > 0, m | fill)
     fit.evidence["mask_agreement_dice"] = round(agree, 4)
     if agree < MASK_AGREEMENT:
         # a shape the model cannot explain (a kidney with a large tumour): its
@@ -145,7 +211,7 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
         if fit.status == "ok":
             fit.status = "suspect"
     else:
-        label = combine(m, shape, mask_vol, mask_fit).astype(np.uint8)
+        label = combine(m, shape, mask_vol, mask_fit, gaps=gaps).astype(np.uint8)
     return RefineResult(fit, label, describe_corrections(m, label > 0, mask_vol), mask_fit)
 
 
@@ -173,7 +239,7 @@ def suspect_zone(fit, vol, margin_mm=ZONE_MARGIN_MM):
     return d <= radius[order[tuple(near)]]
 
 
-def combine(mask, shape, vol, fit=None, band_mm=BAND_MM):
+def combine(mask, shape, vol, fit=None, band_mm=BAND_MM, gaps=None):
     """The refined mask: the input, except where it departs from the prior.
 
     Inside the suspect zone (:func:`suspect_zone`; everywhere when ``fit`` is
@@ -191,6 +257,8 @@ def combine(mask, shape, vol, fit=None, band_mm=BAND_MM):
         Their grid (spacing for the distances).
     fit : SegmentResult, optional
         The fit behind ``shape`` (its overridden vertices and confidence).
+    gaps : ndarray of bool, optional
+        Missing slices (:func:`missing_slices`): there the fitted shape decides.
     """
     from scipy import ndimage
 
@@ -203,6 +271,8 @@ def combine(mask, shape, vol, fit=None, band_mm=BAND_MM):
     by_shape = core | (mask & (d_out <= band_mm))
     zone = np.ones(mask.shape, bool) if fit is None else suspect_zone(fit, vol)
     out = np.where(zone, by_shape, mask)
+    if gaps is not None:
+        out = np.where(gaps, shape, out)
     # enclosed cavities are filled only where the input departs: an organ's
     # own cavity (a kidney's sinus) stays
     out |= zone & ndimage.binary_fill_holes(out)
