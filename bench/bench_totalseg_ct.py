@@ -34,7 +34,7 @@ from _common import data_root, machine, write_json
 from shapeprior.io import read_image, read_label_map, read_volume
 from shapeprior.model import load_model
 from shapeprior.segmentation import (SegmentParams, dice, refine_mask, segment_volume,
-                                surface_distances)
+                                    surface_distances)
 
 HERE = Path(__file__).resolve().parent
 CT = dict(normalisation="ct", window=(-0.05, 0.15), inside_brighter=True)

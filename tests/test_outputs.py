@@ -122,7 +122,11 @@ def test_model_info_and_export(phantom_model, tmp_path, capsys):
     model_path = phantom_model[3]
     before = model_path.read_bytes()
     assert main(["model-info", str(model_path), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    info = json.loads(printed)
+    # no training file or folder name (they may name patients)
+    assert info["provenance"]["build_parameters"]["images_dir"] is True
+    assert "phantom_00" not in printed and str(phantom_model[0]) not in printed
     model = load_model(model_path)
     assert info["n_shapes"] == model.shapes.shape[0] and info["n_vertices"] == model.n_vertices
     assert info["appearance"] is not None and info["labels"] == [1]

@@ -20,8 +20,8 @@ def model_summary(model: ShapeModel) -> dict:
         ``dictionary`` (learned atoms); ``appearance`` (profile samples and
         normalisation, or None); ``pose`` (training scale range, offset from the
         FOV centre in LPS mm); ``provenance`` (versions, template, number of
-        source files and rejected ones). Training file names are not listed:
-        they may name patients.
+        source files and rejected ones). Training file names and folders are not
+        listed (``images_dir`` becomes True/False): they may name patients.
     """
     meta = model.metadata
     params = meta.get("parameters") or {}
@@ -54,7 +54,8 @@ def model_summary(model: ShapeModel) -> dict:
                        "versions": meta.get("versions"), "template": meta.get("template"),
                        "n_sources": len(meta.get("sources") or []),
                        "n_rejected": len(meta.get("rejected") or []),
-                       "build_parameters": params},
+                       "build_parameters": {k: (v is not None if k == "images_dir" else v)
+                                            for k, v in params.items()}},
     }
 
 

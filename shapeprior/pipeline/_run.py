@@ -14,7 +14,7 @@ from ..io import (display_name, image_files, read_image, read_label_map, write_d
                   write_label)
 from ..mesh import Surface
 from ..segmentation import (SegmentParams, dice, distance_to_mean, refine_mask, segment_volume,
-                       shape_statistics, surface_distances)
+                           shape_statistics, surface_distances)
 from ._qc import qc_png
 
 MESH_FORMATS = ("vtk", "vtp", "ply", "stl", "obj")
