@@ -148,6 +148,11 @@ def test_model_info_and_export(phantom_model, tmp_path, capsys):
     np.testing.assert_allclose(read_vtk_mesh(shapes[2])[0], model.shapes[2], atol=1e-6)
     assert (out / "variance.png").stat().st_size > 0
     assert not (out / "mode_3_plus.vtp").exists()
+    # never into (or over) the model itself; a missing model leaves nothing behind
+    assert main(["export-model", str(model_path), "-o", str(model_path.parent)]) == 1
+    assert main(["export-model", str(model_path), "-o", str(model_path), "--force"]) == 1
+    assert main(["export-model", str(tmp_path / "none.npz"), "-o", str(tmp_path / "x")]) == 1
+    assert model_path.read_bytes() == before and not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("direction", [
