@@ -138,3 +138,14 @@ def test_refine_fills_missing_slices(phantom_model):
     assert dice(got, clean) > 0.95 > dice(cut, clean)
     assert res.corrections["added_ml"] > 0 and res.fit.status != "failed"
     assert (got & ~cut)[z[len(z) // 2]: z[len(z) // 2] + 3].any()
+
+
+def test_side_of_a_mask_is_decided_by_position_or_tried_both_ways():
+    from shapeprior.segmentation._refine import _sides
+
+    vol = Volume(np.zeros((10, 20, 100), np.uint8), np.array([2.0, 2.0, 2.0]),
+                 np.array([-100.0, 0.0, 0.0]), np.eye(3))      # x from -100 to +98 mm LPS
+    assert _sides(vol, np.array([60.0, 10.0, 5.0])) == ["left"]    # LPS +x: patient's left
+    assert _sides(vol, np.array([-70.0, 10.0, 5.0])) == ["right"]
+    # a crop around the organ: its centre says nothing, both sides are fitted
+    assert sorted(_sides(vol, np.array([0.0, 10.0, 5.0]))) == ["left", "right"]

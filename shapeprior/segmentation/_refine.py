@@ -14,7 +14,8 @@ surface.
 The refined label is a hybrid (:func:`combine`): the input mask, except
 near the vertices where it departs from the prior (overridden by SSC, or
 with no boundary found), where the fitted shape decides beyond a band of its
-surface, and in missing slices, where the fitted shape decides. It is
+surface, and in missing slices (there the interpolation decides within the
+band). It is
 compared with the input: the regions removed and added are reported.
 """
 
@@ -86,11 +87,28 @@ def _organ_parts(m):
     return np.isin(lab, keep)
 
 
+#: a paired organ this far (fraction of the FOV width) off the FOV centre
+#: tells its side; nearer the middle both sides are fitted
+SIDE_DECIDED = 0.15
 #: longest run of empty slices (mm) inside an organ read as missing slices
 MAX_GAP_MM = 15.0
 #: overlap (intersection over the smaller) of the two slices bounding a gap that
 #: makes it a cut through one organ rather than the space between two objects
 GAP_OVERLAP = 0.3
+
+
+def _sides(vol, centre):
+    """Sides to try for a paired organ's mask: the one the position in the
+    field of view says, or both when the organ sits near the middle of it (a
+    crop around the organ says nothing)."""
+    lo = vol.index_to_physical(np.zeros((1, 3)))[0]
+    hi = vol.index_to_physical((np.array(vol.array.shape[::-1]) - 1.0)[None])[0]
+    width = abs(hi[0] - lo[0])
+    off = centre[0] - vol.centre()[0]
+    guess = "right" if off < 0 else "left"
+    if abs(off) >= SIDE_DECIDED * width:
+        return [guess]
+    return [guess, "left" if guess == "right" else "right"]
 
 
 def missing_slices(m, spacing_zyx):
@@ -158,7 +176,9 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
         Labels of the organ in ``mask_vol``.
     params : SegmentParams, optional
         Fit settings; ``side`` for a paired organ's mirrored model (default:
-        the side of the field of view's centre the mask lies on, LPS x).
+        the side of the field of view's centre the mask lies on, LPS x; a mask
+        near the middle of its field of view, such as a crop, is fitted as
+        both sides and the side whose shape explains it better is kept).
         Seed, window and normalisation are set here for the mask fit.
     image : Volume, optional
         The scan the mask was made on (any grid): the fit continues against
@@ -175,9 +195,9 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
         raise ValueError(f"the mask has no voxel with label(s) {list(labels)}")
     big = _organ_parts(m)
     centre = mask_vol.index_to_physical(np.argwhere(big).mean(0)[::-1][None])[0]
-    side = params.side
-    if side == "none" and "mirrored" in str(model.metadata.get("side", "")):
-        side = "right" if centre[0] < mask_vol.centre()[0] else "left"
+    sides = [params.side]
+    if params.side == "none" and "mirrored" in str(model.metadata.get("side", "")):
+        sides = _sides(mask_vol, centre)
     # missing slices: fitted as interpolated, and decided by the fitted shape
     gaps, fill = missing_slices(big, mask_vol.spacing[::-1])
     mvol = Volume(((m | fill) * 1000).astype(np.float32), mask_vol.spacing, mask_vol.origin,
@@ -187,20 +207,24 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     sched = params.schedule
     if tuple(sched) == tuple(DEFAULT_SCHEDULE):
         sched = ((MASK_SEARCH_MM, 1.0), *DEFAULT_SCHEDULE)
-    pm = replace(params, seed_mm=tuple(float(c) for c in centre), seed_space="lps",
-                 normalisation="ct", window=(0.5, 1.5), inside_brighter=True, side=side,
-                 schedule=sched)
     bare = replace(model, profile=None)         # the mask has no learned appearance
-    mask_fit = segment_volume(mvol, bare, pm, dictionary)
+    best = None
+    for side in sides:          # an undecided side: the one whose shape explains the mask
+        pm = replace(params, seed_mm=tuple(float(c) for c in centre), seed_space="lps",
+                     normalisation="ct", window=(0.5, 1.5), inside_brighter=True, side=side,
+                     schedule=sched)
+        f = segment_volume(mvol, bare, pm, dictionary)
+        a = dice(f.label > 0, m | fill)
+        if best is None or a > best[0]:
+            best = (a, f, side)
+    agree, mask_fit, side = best
     fit = mask_fit
     if image is not None:
         fit = segment_volume(image, model, replace(params, side=side), dictionary,
                              init=mask_fit.verts)
-        label = voxelize(fit.verts, fit.faces, mask_vol)
         shape = voxelize(fit.verts, fit.faces, mask_vol) > 0
     else:
         shape = mask_fit.label > 0
-    agree = dice(mask_fit.label > 0, m | fill)
     fit.evidence["mask_agreement_dice"] = round(agree, 4)
     if agree < MASK_AGREEMENT:
         # a shape the model cannot explain (a kidney with a large tumour): its
@@ -211,7 +235,7 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
         if fit.status == "ok":
             fit.status = "suspect"
     else:
-        label = combine(m, shape, mask_vol, mask_fit, gaps=gaps).astype(np.uint8)
+        label = combine(m, shape, mask_vol, mask_fit, gaps=gaps, fill=fill).astype(np.uint8)
     return RefineResult(fit, label, describe_corrections(m, label > 0, mask_vol), mask_fit)
 
 
@@ -239,7 +263,7 @@ def suspect_zone(fit, vol, margin_mm=ZONE_MARGIN_MM):
     return d <= radius[order[tuple(near)]]
 
 
-def combine(mask, shape, vol, fit=None, band_mm=BAND_MM, gaps=None):
+def combine(mask, shape, vol, fit=None, band_mm=BAND_MM, gaps=None, fill=None):
     """The refined mask: the input, except where it departs from the prior.
 
     Inside the suspect zone (:func:`suspect_zone`; everywhere when ``fit`` is
@@ -257,8 +281,10 @@ def combine(mask, shape, vol, fit=None, band_mm=BAND_MM, gaps=None):
         Their grid (spacing for the distances).
     fit : SegmentResult, optional
         The fit behind ``shape`` (its overridden vertices and confidence).
-    gaps : ndarray of bool, optional
-        Missing slices (:func:`missing_slices`): there the fitted shape decides.
+    gaps, fill : ndarray of bool, optional
+        Missing slices and their interpolation (:func:`missing_slices`): there
+        the fitted shape decides beyond ``band_mm`` of its surface and the
+        interpolation within it.
     """
     from scipy import ndimage
 
@@ -272,7 +298,7 @@ def combine(mask, shape, vol, fit=None, band_mm=BAND_MM, gaps=None):
     zone = np.ones(mask.shape, bool) if fit is None else suspect_zone(fit, vol)
     out = np.where(zone, by_shape, mask)
     if gaps is not None:
-        out = np.where(gaps, shape, out)
+        out = np.where(gaps, core | (fill & (d_out <= band_mm)), out)
     # enclosed cavities are filled only where the input departs: an organ's
     # own cavity (a kidney's sinus) stays
     out |= zone & ndimage.binary_fill_holes(out)
