@@ -336,6 +336,8 @@ def _nnunet_dataset(root, data_root, cases):
 def test_build_model_accepts_nnunet_layout(data_root, tmp_path):
     ds = _nnunet_dataset(tmp_path / "Dataset004_Hippocampus", data_root,
                          ["001", "003", "004", "006"])
+    # the MSD archives carry macOS resource forks beside each file
+    (ds / "labelsTr" / "._hippocampus_001.nii.gz").write_bytes(b"\x00\x05\x16\x07junk")
     out = tmp_path / "m.npz"
     assert main(["build-model", str(ds), "--images", str(ds), "-o", str(out), "--labels", "1,2",
                  "--vertices", "162", "--quiet"]) == 0

@@ -121,11 +121,14 @@ def find_label_maps(folder):
     Layouts: any tree of label maps (KiTS ``case_*/segmentation.nii.gz`` too);
     an nnU-Net / Medical Segmentation Decathlon dataset folder, whose label
     maps are in ``labelsTr`` (the images in ``imagesTr`` are not label maps).
+    Hidden files and folders (``._X.nii.gz`` in the MSD archives) are skipped.
     """
     root = label_root(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"no such folder: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(LABEL_SUFFIXES))
+    # hidden files are skipped: the MSD archives carry macOS "._X.nii.gz" companions
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(LABEL_SUFFIXES)
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not files:
         raise ValueError(f"no label maps ({', '.join(LABEL_SUFFIXES)}) found under {root}")
     return files
