@@ -149,3 +149,26 @@ def test_side_of_a_mask_is_decided_by_position_or_tried_both_ways():
     assert _sides(vol, np.array([-70.0, 10.0, 5.0])) == ["right"]
     # a crop around the organ: its centre says nothing, both sides are fitted
     assert sorted(_sides(vol, np.array([0.0, 10.0, 5.0]))) == ["left", "right"]
+
+
+def test_a_mask_the_model_cannot_explain_is_kept_with_its_gaps_bridged(phantom_model,
+                                                                         monkeypatch):
+    import shapeprior.segmentation._refine as refine
+    from shapeprior.model import load_model
+    from shapeprior.segmentation import missing_slices, refine_mask
+
+    monkeypatch.setattr(refine, "MASK_AGREEMENT", 1.01)     # no fit is good enough
+    d, images, labels, model_path = phantom_model
+    vol = read_label_map(labels / "phantom_005.nii.gz")
+    clean = vol.array > 0
+    z = np.flatnonzero(clean.any(axis=(1, 2)))
+    cut = clean.copy()
+    cut[z[len(z) // 2]: z[len(z) // 2] + 2] = False
+    cut[1:3, 1:3, 1:3] = True                                 # an island stays
+    res = refine_mask(Volume(cut.astype(np.uint8), vol.spacing, vol.origin, vol.direction),
+                      load_model(model_path))
+    _, fill = missing_slices(cut, vol.spacing[::-1])
+    np.testing.assert_array_equal(res.label > 0, cut | fill)
+    assert fill.any() and res.fit.status != "ok"
+    assert "missing slices interpolated" in res.fit.reasons[-1]
+    assert dice(res.label > 0, clean) > dice(cut, clean)

@@ -228,10 +228,13 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     fit.evidence["mask_agreement_dice"] = round(agree, 4)
     if agree < MASK_AGREEMENT:
         # a shape the model cannot explain (a kidney with a large tumour): its
-        # "corrections" would be guesses, so the input is returned unchanged
-        label = m.astype(np.uint8)
+        # "corrections" would be guesses, so the input is kept; only missing
+        # slices are bridged, by interpolation, which needs no model
+        label = (m | fill).astype(np.uint8)
+        kept = "the input is returned unchanged" if not fill.any() else \
+            "the input is kept, with its missing slices interpolated"
         fit.reasons.append(f"not refined: the model explains the mask poorly (Dice {agree:.2f}"
-                           f" < {MASK_AGREEMENT}); the input is returned unchanged")
+                           f" < {MASK_AGREEMENT}); {kept}")
         if fit.status == "ok":
             fit.status = "suspect"
     else:
