@@ -42,6 +42,9 @@ MASK_SEARCH_MM = 20.0
 MASK_AGREEMENT = 0.85
 #: vertices whose boundary search found (almost) nothing depart from the input too
 LOW_CONFIDENCE = 0.3
+#: vertices this near the edge of the field of view (mm), or beyond it, are no
+#: evidence against the mask: an organ cut by the FOV is cut, not wrong
+BORDER_MM = 3.0
 
 
 @dataclass
@@ -242,13 +245,26 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     return RefineResult(fit, label, describe_corrections(m, label > 0, mask_vol), mask_fit)
 
 
+def border_distance(vol, points):
+    """Distance (mm) of each point (LPS, shape (P, 3)) inside the image from
+    its outer voxel boundary; negative outside."""
+    idx = vol.physical_to_index(points)
+    n = np.array(vol.array.shape[::-1])
+    d = np.minimum(idx + 0.5, n - 0.5 - idx) * np.asarray(vol.spacing, dtype=float)
+    return d.min(axis=1)
+
+
 def suspect_zone(fit, vol, margin_mm=ZONE_MARGIN_MM):
     """Voxels near the vertices where the input departs from the prior: those
     the SSC overrode (gross error e) or found no boundary for (confidence
-    below :data:`LOW_CONFIDENCE`), each within ``|e| + margin_mm`` of it."""
+    below :data:`LOW_CONFIDENCE`), each within ``|e| + margin_mm`` of it.
+    Vertices within :data:`BORDER_MM` of the field of view's edge, or beyond
+    it, do not count."""
     from scipy import ndimage
 
     bad = np.asarray(fit.overridden, bool) | (np.asarray(fit.confidence) < LOW_CONFIDENCE)
+    # at and beyond the edge of the field of view the mask is cut, not wrong
+    bad &= border_distance(vol, fit.verts) > BORDER_MM
     zone = np.zeros(vol.array.shape, bool)
     if not bad.any():
         return zone
