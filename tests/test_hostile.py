@@ -186,8 +186,11 @@ def test_batch_names_are_safe_unique_and_complete(case, tmp_path, capsys):
 def _subprocess(args, env=None, timeout=300):
     e = {k: v for k, v in os.environ.items() if k != "SHAPEPRIOR_TEST_KILL_AT"}
     e.update(env or {})
+    # a background job inherits SIGINT ignored, and Python then keeps it ignored:
+    # the child gets the default disposition, as from an interactive shell
     p = subprocess.run([sys.executable, "-m", "shapeprior.cli", *args], capture_output=True,
-                       env=e, timeout=timeout)
+                       env=e, timeout=timeout,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
 
