@@ -86,7 +86,8 @@ def parse_labels(text, name="--labels"):
 
 def add_mesh_format(ap):
     """``--mesh-format`` of the commands that write a mesh."""
-    ap.add_argument("--mesh-format", default="vtk",
-                    choices=("vtk", "vtp", "ply", "stl", "obj"),
+    from ..mesh import MESH_FORMATS
+
+    ap.add_argument("--mesh-format", default="vtk", choices=MESH_FORMATS,
                     help="vtk (legacy VTK 4.2 PolyData, the default), vtp (VTK XML), ply, stl "
                          "or obj; LPS mm, declared in vtk/vtp files")

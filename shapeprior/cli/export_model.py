@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._outputs import OutputDir, manifest, show_path
+from ..mesh import MESH_FORMATS
 
 
 def main(argv):
@@ -22,7 +23,7 @@ def main(argv):
     ap.add_argument("--modes", type=int, default=3, help="PCA modes to export (default 3)")
     ap.add_argument("--sd", type=float, default=3.0,
                     help="standard deviations for the mode meshes (default 3)")
-    ap.add_argument("--format", choices=("vtp", "vtk", "ply", "stl", "obj"), default="vtp",
+    ap.add_argument("--format", choices=MESH_FORMATS, default="vtp",
                     help="mesh format (default vtp)")
     ap.add_argument("--no-training", action="store_true",
                     help="do not write the training shapes")

@@ -36,7 +36,8 @@ def source_datasets(folder, series_key=None):
     reference (deterministically), as is a missing frame of reference UID,
     with a note: the SEG then may not attach to the series in a PACS.
     """
-    import pydicom
+    import copy
+
     from pydicom.uid import generate_uid
 
     found = list_series(folder)
@@ -45,8 +46,8 @@ def source_datasets(folder, series_key=None):
         raise ValueError(f"series {series_key!r} not found in {display_name(folder)}")
     uid = pick[0][3]
     out, notes = [], set()
-    for p, _ in _scan(Path(folder))[uid]:
-        ds = pydicom.dcmread(p, stop_before_pixels=True)
+    for p, header in _scan(Path(folder))[uid]:
+        ds = copy.deepcopy(header)          # the scan's cache stays as read
         meta = getattr(ds, "file_meta", None)
         for key, meta_key in (("SOPClassUID", "MediaStorageSOPClassUID"),
                               ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):

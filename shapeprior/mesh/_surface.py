@@ -109,8 +109,10 @@ class Surface:
             tmp.unlink(missing_ok=True)
 
 
-#: mesh file formats :meth:`Surface.write` writes
+#: mesh file formats :meth:`Surface.write` writes (file name suffixes)
 MESH_SUFFIXES = (".vtk", ".vtp", ".ply", ".stl", ".obj")
+#: the same, as format names (``--mesh-format``)
+MESH_FORMATS = tuple(s[1:] for s in MESH_SUFFIXES)
 
 
 def _write_vtk(poly, path, xml):
@@ -222,7 +224,7 @@ def kidney_masks(vol: Volume, labels=(1, 2), min_fraction=0.1):
     sizes = np.bincount(lab.ravel())[1:]
     order = np.argsort(-sizes)
     keep = [int(i) + 1 for i in order[:2] if sizes[i] >= min_fraction * sizes[order[0]]]
-    cents_zyx = ndimage.center_of_mass(np.ones(lab.shape), lab, keep)
+    cents_zyx = ndimage.center_of_mass(fg[box], lab, keep)
     cents = [vol.index_to_physical((np.array(c) + offset)[::-1][None])[0] for c in cents_zyx]
     if len(keep) == 2:
         left_first = cents[0][0] > cents[1][0]

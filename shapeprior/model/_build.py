@@ -137,10 +137,8 @@ def find_label_maps(folder):
 def _case_name(path: Path, root: Path):
     rel = path.relative_to(root)
     name = str(rel)
-    for suf in LABEL_SUFFIXES:
-        if name.endswith(suf):
-            return name[: -len(suf)]
-    return name
+    suf = _suffix(name)
+    return name[: len(name) - len(suf)]
 
 
 def surfaces_from_label_map(path, params: BuildParams):

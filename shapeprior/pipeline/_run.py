@@ -12,12 +12,11 @@ from .._outputs import OutputDir, manifest
 from .._profile import StageClock
 from ..io import (display_name, image_files, read_image, read_label_map, write_dicom_seg,
                   write_label)
-from ..mesh import Surface
+from ..mesh import MESH_FORMATS, Surface
 from ..segmentation import (SegmentParams, dice, distance_to_mean, refine_mask, segment_volume,
                            shape_statistics, surface_distances)
 from ._qc import qc_png
 
-MESH_FORMATS = ("vtk", "vtp", "ply", "stl", "obj")
 #: label outputs: NIfTI on the input grid, DICOM-SEG referencing a DICOM input, or both
 OUTPUT_TYPES = ("nifti", "dicom-seg", "both")
 
