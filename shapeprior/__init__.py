@@ -1,7 +1,8 @@
 """shapeprior: sparse shape-prior (SSC) segmentation for CT and MRI.
 
 The facade (:mod:`shapeprior.api`): :func:`read_volume`, :func:`load_model`,
-:func:`build_model`, :func:`segment`, :func:`refine`. SSC itself:
+:func:`build_model`, :func:`update_model`, :func:`segment`, :func:`refine`,
+:func:`reconstruct`. SSC itself:
 :func:`sparse_shape_composition` with a :class:`ShapeDictionary`. Coordinates
 are LPS millimetres; arrays are indexed (z, y, x).
 """
@@ -17,7 +18,8 @@ from .ssc import (  # noqa: E402
     sparse_shape_composition,
 )
 
-_API = ("read_volume", "load_model", "build_model", "segment", "refine")
+_API = ("read_volume", "load_model", "build_model", "update_model", "segment", "refine",
+        "reconstruct")
 _TYPES = {"Volume": "io", "ShapeModel": "model", "BuildParams": "model",
           "SegmentParams": "segmentation", "SegmentResult": "segmentation",
           "RefineResult": "segmentation"}

@@ -339,6 +339,7 @@ def publish_file(src, dest, force=False, inputs=(), own=None):
     dest = Path(dest)
     check_not_input(dest, inputs)
     check_replaceable(dest, force, own or (lambda p: "it is not a shapeprior output"))
+    _kill_point("before-publish")
     os.replace(src, dest)
 
 

@@ -1,5 +1,5 @@
-"""The Python API in five calls: read an image, build or load a model, segment,
-refine an existing mask.
+"""The Python API: read an image, build, load or grow a model, segment, refine an
+existing mask, reconstruct a shape through the prior.
 
 >>> import shapeprior as sp
 >>> vol = sp.read_volume("ct.nii.gz")                 # or a DICOM series folder
@@ -180,4 +180,86 @@ def refine(mask, model, *, labels=(1,), image=None, **params):
     return refine_mask(mvol, model, tuple(labels), SegmentParams(**params), img)
 
 
-__all__ = ["read_volume", "load_model", "build_model", "segment", "refine"]
+def reconstruct(shape, model, *, weights=None, prior="auto", method="l1", **options):
+    """The shape prior's explanation of one shape in correspondence: SSC with
+    its gross errors, in the shape's own frame.
+
+    Parameters
+    ----------
+    shape : array_like, shape (N, 3)
+        Vertices in correspondence with ``model`` (vertex i is the model's
+        vertex i), any frame, mm.
+    model : ShapeModel or str or Path
+    weights : array_like, shape (N,), optional
+        Per-vertex confidence S (0: missing).
+    prior : {'auto', 'shapes', 'dictionary'}
+        Compose from the training shapes or the learned dictionary (see
+        ``ShapeModel.resolve_prior``).
+    method : {'l1', 'l0'}
+    **options
+        Passed to :func:`~shapeprior.ssc.sparse_shape_composition`.
+
+    Returns
+    -------
+    SSCResult
+        ``reconstruction`` (N, 3) in the input's frame, ``error_norm`` (N,) mm,
+        ``overridden`` (N,) bool, ``transform`` (input -> model frame).
+    """
+    from .ssc import sparse_shape_composition
+
+    if not hasattr(model, "shapes"):
+        model = load_model(model)
+    return sparse_shape_composition(shape, model.prior_dictionary(prior), weights,
+                                    method=method, **options)
+
+
+def update_model(model, labels, output=None, *, progress=False, **params):
+    """Add confirmed label maps to a model without rebuilding it.
+
+    Parameters
+    ----------
+    model : ShapeModel or str or Path
+        Left unchanged.
+    labels : str or Path or sequence of them
+        A folder of label maps, or label map files.
+    output : str or Path, optional
+        Also write the new model there (atomically; never over the input model).
+    progress : bool
+    **params
+        Overrides of the model's build settings (``label_values`` for the organ's
+        label values, ``n_jobs``, ``images_dir``, ...; see
+        :func:`shapeprior.model.params_from_model`).
+
+    Returns
+    -------
+    model : ShapeModel
+        The grown model: the old shapes unchanged, the new ones appended;
+        ``metadata['lineage']`` records each shape's content hash, when it was
+        added and the model version.
+    report : dict
+        Added, skipped (duplicates) and refused label maps with reasons.
+    """
+    from .model import (find_label_maps, label_root, params_from_model, save_model,
+                        update_model as _update)
+
+    if "label_values" in params:
+        params["labels"] = tuple(params.pop("label_values"))
+    src = model if isinstance(model, (str, Path)) else None
+    if src is not None:
+        model = load_model(src)
+    if isinstance(labels, (str, Path)) and Path(labels).is_dir():
+        root, files = label_root(labels), find_label_maps(labels)
+    else:
+        files = [Path(labels)] if isinstance(labels, (str, Path)) else [Path(f) for f in labels]
+        root = None
+    new, report = _update(model, files, params_from_model(model, **params), root=root,
+                          progress=progress)
+    if output is not None:
+        if src is not None and Path(output).resolve() == Path(src).resolve():
+            raise ValueError(f"output={output} is the input model; choose another path")
+        save_model(new, output)
+    return new, report
+
+
+__all__ = ["read_volume", "load_model", "build_model", "segment", "refine", "reconstruct",
+           "update_model"]

@@ -11,8 +11,6 @@ import os
 import shutil
 import signal
 import struct
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -20,40 +18,9 @@ import numpy as np
 import pytest
 
 from _phantoms import write_dicom_series
+from _safety import _subprocess, leftovers, tree_state
 from shapeprior.cli import main
 from shapeprior.io import read_label_map, read_volume
-
-LEFTOVER_MARKS = (".shapeprior-staging", ".tmp", ".old")
-
-
-def tree_state(*roots):
-    """{path: sha256 or 'dir'} of everything under ``roots`` (hidden files too)."""
-    out = {}
-    for r in roots:
-        r = Path(r)
-        if r.is_file():
-            out[str(r)] = hashlib.sha256(r.read_bytes()).hexdigest()
-            continue
-        for dirpath, dirs, files in os.walk(os.fsencode(r)):
-            for d in dirs:
-                out[os.path.join(dirpath, d)] = "dir"
-            for f in files:
-                p = os.path.join(dirpath, f)
-                with open(p, "rb") as fh:
-                    out[p] = hashlib.sha256(fh.read()).hexdigest()
-    return out
-
-
-def leftovers(root):
-    """Staging folders and temporary files anywhere under ``root``."""
-    bad = []
-    for dirpath, dirs, files in os.walk(os.fsencode(root)):
-        for n in dirs + files:
-            s = n.decode("utf-8", "backslashreplace")
-            if any(m in s for m in LEFTOVER_MARKS):
-                bad.append(os.path.join(dirpath, n))
-    return bad
-
 
 def one_line_error(capsys, rc, *words):
     err = capsys.readouterr().err
@@ -168,7 +135,8 @@ def test_batch_names_are_safe_unique_and_complete(case, tmp_path, capsys):
     (out / "unrelated").mkdir()
     (out / "unrelated" / "keep.txt").write_text("keep")
     before = tree_state(batch, out / "unrelated")
-    rc = main(["segment", str(batch), "-o", str(out), "--model", str(model), "--force"])
+    rc = main(["segment", str(batch), "-o", str(out), "--model", str(model), "--force",
+               "--placement", "prior"])
     assert rc == 1                                        # the empty folder failed
     rows = json.loads((out / "summary.json").read_text())["cases"]
     names = [r["case"] for r in rows]
@@ -183,17 +151,6 @@ def test_batch_names_are_safe_unique_and_complete(case, tmp_path, capsys):
     assert not leftovers(tmp_path)
 
 
-def _subprocess(args, env=None, timeout=300):
-    e = {k: v for k, v in os.environ.items() if k != "SHAPEPRIOR_TEST_KILL_AT"}
-    e.update(env or {})
-    # a background job inherits SIGINT ignored, and Python then keeps it ignored:
-    # the child gets the default disposition, as from an interactive shell
-    p = subprocess.run([sys.executable, "-m", "shapeprior.cli", *args], capture_output=True,
-                       env=e, timeout=timeout,
-                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
-
-
 def test_non_utf8_file_names_single_and_batch(case, tmp_path):
     scan, model = case
     batch = tmp_path / "batch"
@@ -203,11 +160,13 @@ def test_non_utf8_file_names_single_and_batch(case, tmp_path):
     (batch / os.fsdecode(b"\xfa.nii.gz")).write_bytes(b"\x1f\x8b broken")
     before = tree_state(batch)
     rc, out, err = _subprocess(["segment", str(batch / bad), "-o", str(tmp_path / "one"),
-                                "--model", str(model)])
+                                "--model", str(model),
+                 "--placement", "prior"])
     assert rc == 0, err
     assert read_label_map(tmp_path / "one" / "label.nii.gz").array.sum() > 0
     rc, out, err = _subprocess(["segment", str(batch), "-o", str(tmp_path / "many"),
-                                "--model", str(model)])
+                                "--model", str(model),
+                 "--placement", "prior"])
     assert rc == 1, err                                   # the broken one, as a row
     rows = json.loads((tmp_path / "many" / "summary.json").read_text())["cases"]
     assert sorted(r["status"] for r in rows) == ["failed", "ok"]
@@ -390,7 +349,8 @@ def _three_cases(images, tmp_path):
 def test_resume_trusts_the_manifest_not_the_report(phantom_model, tmp_path, capsys):
     _, images, _, model = phantom_model
     batch, out = _three_cases(images, tmp_path)
-    assert main(["segment", str(batch), "-o", str(out), "--model", str(model)]) == 0
+    assert main(["segment", str(batch), "-o", str(out), "--model", str(model),
+                 "--placement", "prior"]) == 0
 
     def status():
         return {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
@@ -398,7 +358,8 @@ def test_resume_trusts_the_manifest_not_the_report(phantom_model, tmp_path, caps
     (out / "c0" / "label.nii.gz").unlink()                  # an output lost
     (out / "c1" / "report.json").unlink()                   # another
     shutil.copy(images / "phantom_004.nii.gz", batch / "c2.nii.gz")   # input replaced
-    assert main(["segment", str(batch), "-o", str(out), "--model", str(model)]) == 0
+    assert main(["segment", str(batch), "-o", str(out), "--model", str(model),
+                 "--placement", "prior"]) == 0
     rows = status()
     assert {k: r["status"] for k, r in rows.items()} == {"c0": "ok", "c1": "ok", "c2": "ok"}
     assert "missing" in rows["c0"]["note"] and "missing" in rows["c1"]["note"]
@@ -409,13 +370,15 @@ def test_resume_trusts_the_manifest_not_the_report(phantom_model, tmp_path, caps
     assert new["input/c2.nii.gz"]["sha256"] == hashlib.sha256(
         (batch / "c2.nii.gz").read_bytes()).hexdigest()
     # now complete: all skipped
-    assert main(["segment", str(batch), "-o", str(out), "--model", str(model)]) == 0
+    assert main(["segment", str(batch), "-o", str(out), "--model", str(model),
+                 "--placement", "prior"]) == 0
     assert {r["status"] for r in status().values()} == {"skipped"}
     # a folder the user made at a case's place is reported, never replaced
     shutil.rmtree(out / "c1")
     (out / "c1").mkdir()
     (out / "c1" / "mine.txt").write_text("keep")
-    rc = main(["segment", str(batch), "-o", str(out), "--model", str(model), "--force"])
+    rc = main(["segment", str(batch), "-o", str(out), "--model", str(model), "--force",
+               "--placement", "prior"])
     assert rc == 1 and status()["c1"]["status"] == "failed"
     assert (out / "c1" / "mine.txt").read_text() == "keep"
     assert not leftovers(tmp_path)
@@ -428,7 +391,8 @@ def test_resume_trusts_the_manifest_not_the_report(phantom_model, tmp_path, caps
 def test_sigkill_then_rerun_leaves_nothing_behind(case, tmp_path, point):
     scan, model = case
     out = tmp_path / "res" / "case"
-    args = ["segment", str(scan), "-o", str(out), "--model", str(model)]
+    # (the prior placement: these runs test what is left on disk, not where the fit starts)
+    args = ["segment", str(scan), "-o", str(out), "--model", str(model), "--placement", "prior"]
     if point == "mid-replace":          # killed between moving the old output away and
         rc, _, err = _subprocess(args)  # putting the new one in place
         assert rc == 0, err
@@ -451,7 +415,8 @@ def test_signals_give_one_line_and_clean_up(case, tmp_path, sig, code, word):
     scan, model = case
     out = tmp_path / "new" / "deeper" / "case"
     before = tree_state(scan.parent, model)
-    rc, _, err = _subprocess(["segment", str(scan), "-o", str(out), "--model", str(model)],
+    rc, _, err = _subprocess(["segment", str(scan), "-o", str(out), "--model", str(model),
+                              "--placement", "prior"],
                              env={"SHAPEPRIOR_TEST_KILL_AT": f"wrote-report.json:{sig}"})
     assert rc == code and err.count("\n") == 1 and word in err, err
     assert not (tmp_path / "new").exists()          # the parents it made are gone too
@@ -592,10 +557,12 @@ def test_batch_killed_mid_run_resumes_cleanly(phantom_model, tmp_path):
     batch, out = _three_cases(images, tmp_path)
     before = tree_state(batch)
     # the first case's manifest is written, then the process dies before publishing it
-    rc, _, _ = _subprocess(["segment", str(batch), "-o", str(out), "--model", str(model)],
+    rc, _, _ = _subprocess(["segment", str(batch), "-o", str(out), "--model", str(model),
+                 "--placement", "prior"],
                            env={"SHAPEPRIOR_TEST_KILL_AT": "wrote-manifest.json"})
     assert rc == -signal.SIGKILL and leftovers(tmp_path)   # the dead run's staging
-    rc, _, err = _subprocess(["segment", str(batch), "-o", str(out), "--model", str(model)])
+    rc, _, err = _subprocess(["segment", str(batch), "-o", str(out), "--model", str(model),
+                 "--placement", "prior"])
     assert rc == 0, err
     rows = json.loads((out / "summary.json").read_text())["cases"]
     assert [r["status"] for r in rows] == ["ok", "ok", "ok"]

@@ -7,8 +7,8 @@ from _phantoms import ellipsoid_label_map
 from shapeprior.cli import main
 from shapeprior.correspond import fit_template
 from shapeprior.mesh import Surface, icosphere
-from shapeprior.model import (DictionaryLearner, ModelFormatError, ShapeModel, load_model,
-                              pca_from_shapes, pca_reconstruct, save_model)
+from shapeprior.model import (DictionaryLearner, ModelFormatError, ShapeModel, find_label_maps,
+                              load_model, pca_from_shapes, pca_reconstruct, save_model)
 from shapeprior.synthetic import ShapePopulation
 
 
@@ -171,7 +171,8 @@ def test_kits_subset_build(data_root, tmp_path):
         pytest.skip(f"KiTS19 not found under {data_root}")
     out = tmp_path / "kidney.npz"
     rc = main(["build-model", str(kits), "-o", str(out), "--labels", "1,2", "--split-sides",
-               "--organ", "kidney", "--limit", "2", "--jobs", "2", "--quiet"])
+               "--organ", "kidney", "--limit", "2", "--jobs", "2", "--quiet", "--vertices",
+               "642", "--atoms", "3"])
     assert rc == 0
     m = load_model(out)
     rep = json.loads((tmp_path / "kidney.npz.report" / "report.json").read_text())
@@ -181,6 +182,20 @@ def test_kits_subset_build(data_root, tmp_path):
     vols = [r["surface_volume_ml"] for r in rep["per_shape"]]
     assert all(80 < v < 600 for v in vols)      # kidney (+ tumour) volumes in ml
     assert m.metadata["side"] == "left (right mirrored)"
+    # update-model with a third case, in the words of the build: both kidneys split by
+    # side, the right one mirrored, the model's settings taken from the model
+    third = find_label_maps(kits)[2]
+    grown = tmp_path / "kidney_v2.npz"
+    assert main(["update-model", str(out), str(third), "-o", str(grown), "--labels", "1,2",
+                 "--split-sides", "--quiet"]) == 0
+    g = load_model(grown)
+    urep = json.loads((tmp_path / "kidney_v2.npz.report" / "report.json").read_text())
+    assert g.n_shapes == m.n_shapes + len(urep["added"]) and len(urep["added"]) >= 1
+    assert {a["side"] for a in urep["added"]} <= {"left", "right"}
+    assert np.array_equal(g.shapes[:m.n_shapes], m.shapes)
+    assert g.metadata["lineage"]["model_version"] == 2 and g.atoms.shape == m.atoms.shape
+    lo, hi = g.pose.scale_range
+    assert 0.5 < lo <= hi < 2.0
 
 
 def test_built_model_geometry_matches_the_label_maps(tmp_path):

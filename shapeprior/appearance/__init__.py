@@ -9,10 +9,10 @@
 """
 
 from ._levels import LevelImage
-from ._profiles import (ProfileModel, learn_profiles, profile_features, search_edges,
-                        search_profiles)
+from ._profiles import (ProfileModel, learn_profiles, profile_features, profile_stack,
+                        search_edges, search_profiles)
 from ._sampler import NormalSampler, intensity_scale, normalise_intensity
 
 __all__ = ["NormalSampler", "intensity_scale", "normalise_intensity", "LevelImage",
-           "ProfileModel", "learn_profiles", "profile_features", "search_profiles",
+           "ProfileModel", "learn_profiles", "profile_features", "profile_stack", "search_profiles",
            "search_edges"]

@@ -32,6 +32,7 @@ class ProfileModel:
     half: int
     normalisation: str
     n_images: int | None = None     # training images it was learned from
+    var_floor: float | None = None  # added to every variance (few cases per vertex)
 
     def to_arrays(self):
         return {"profile_mean": self.mean, "profile_var": self.var}
@@ -41,14 +42,56 @@ class ProfileModel:
                 "features": "normalised derivative profile"}
         if self.n_images is not None:
             meta["n_images"] = self.n_images
+        if self.var_floor is not None:
+            meta["var_floor"] = self.var_floor
         return meta
 
     @classmethod
     def from_arrays(cls, arrays, meta):
         """Inverse of :meth:`to_arrays` and :meth:`to_meta` (a model file's parts)."""
         n = meta.get("n_images")
+        f = meta.get("var_floor")
         return cls(arrays["profile_mean"], arrays["profile_var"], float(meta["step_mm"]),
-                   int(meta["half"]), meta["normalisation"], None if n is None else int(n))
+                   int(meta["half"]), meta["normalisation"], None if n is None else int(n),
+                   None if f is None else float(f))
+
+    def floor(self) -> float:
+        """The variance floor: recorded, or recovered exactly from the arrays for a
+        model built before it was recorded (see :func:`learn_profiles`)."""
+        if self.var_floor is not None:
+            return float(self.var_floor)
+        spread = float(np.mean(self.mean ** 2) - np.mean(self.mean) ** 2)
+        return max(VAR_FLOOR_MIN, VAR_FLOOR_REL * (float(np.mean(self.var)) + spread)
+                   / (1.0 + VAR_FLOOR_REL))
+
+    def merged(self, features) -> "ProfileModel":
+        """This model updated with the profiles of more training images, as if
+        learned from all of them at once (Chan et al.'s pairwise mean and
+        variance update), without the old images.
+
+        Parameters
+        ----------
+        features : ndarray, shape (M, N, 2*half)
+            Normalised derivative profiles of M new images (see
+            :func:`profile_stack`).
+        """
+        if self.n_images is None:
+            raise ValueError("this model's appearance does not record how many images it "
+                             "was learned from; rebuild it with build-model --images")
+        P = np.asarray(features, dtype=float)
+        if P.ndim != 3 or P.shape[1:] != self.mean.shape:
+            raise ValueError(f"profiles have shape {P.shape}, expected (M, {self.mean.shape[0]}, "
+                             f"{self.mean.shape[1]})")
+        na, nb = int(self.n_images), len(P)
+        n = na + nb
+        raw_a = np.maximum(self.var - self.floor(), 0.0)
+        mb, raw_b = P.mean(0), P.var(0)
+        delta = mb - self.mean
+        mean = self.mean + delta * (nb / n)
+        raw = (raw_a * na + raw_b * nb + delta ** 2 * (na * nb / n)) / n
+        floor = _floor(raw, mean)
+        return ProfileModel(mean, raw + floor, self.step, self.half, self.normalisation, n,
+                            floor)
 
     def check_layout(self):
         """Refuse a profile layout older than the current feature definition."""
@@ -70,8 +113,21 @@ def profile_features(prof):
     return d / (np.sum(np.abs(d), axis=-1, keepdims=True) + 1e-6)
 
 
-def learn_profiles(cases, faces, step=0.75, half=4, normalisation="percentile", backend="numpy"):
-    """Learn a :class:`ProfileModel` from ``[(volume, verts_physical)]``."""
+#: variance floor: this fraction of the variance over all profiles, at least VAR_FLOOR_MIN
+VAR_FLOOR_REL = 0.05
+VAR_FLOOR_MIN = 1e-4
+
+
+def _floor(raw_var, mean) -> float:
+    """Floor of the per-vertex variances (few cases per vertex): a fraction of the
+    variance of all profile values together, from per-vertex means and variances."""
+    total = float(np.mean(raw_var + mean ** 2) - np.mean(mean) ** 2)
+    return max(VAR_FLOOR_MIN, VAR_FLOOR_REL * total)
+
+
+def profile_stack(cases, faces, step=0.75, half=4, normalisation="percentile",
+                  backend="numpy"):
+    """Normalised derivative profiles (M, N, 2*half) of ``[(volume, verts_physical)]``."""
     from ..mesh import Surface
 
     offs = _offsets(half, step)
@@ -80,10 +136,15 @@ def learn_profiles(cases, faces, step=0.75, half=4, normalisation="percentile", 
         img = normalise_intensity(vol, normalisation)
         n = Surface(v, faces).vertex_normals()
         profs.append(profile_features(NormalSampler(vol, img, backend)(v, n, offs)))
-    P = np.stack(profs)                      # (M, N, L-1)
-    mean = P.mean(0)
-    var = P.var(0) + max(1e-4, 0.05 * float(P.var()))    # floor: few cases per vertex
-    return ProfileModel(mean, var, step, half, normalisation)
+    return np.stack(profs)
+
+
+def learn_profiles(cases, faces, step=0.75, half=4, normalisation="percentile", backend="numpy"):
+    """Learn a :class:`ProfileModel` from ``[(volume, verts_physical)]``."""
+    P = profile_stack(cases, faces, step, half, normalisation, backend)   # (M, N, L-1)
+    mean, raw = P.mean(0), P.var(0)
+    floor = _floor(raw, mean)
+    return ProfileModel(mean, raw + floor, step, half, normalisation, len(P), floor)
 
 
 def search_profiles(pm: ProfileModel, sampler, verts, normals, search_mm):

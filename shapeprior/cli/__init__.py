@@ -25,6 +25,8 @@ COMMANDS = {
                            "of cases")),
     "refine": ("refine", "refine an existing label map (any tool's) with the shape prior"),
     "build-model": ("build_model", "build an SSC shape model from label maps (and images)"),
+    "update-model": ("update_model", ("add confirmed label maps to a model without a rebuild, "
+                                     "or rank candidates (--rank-only)")),
     "model-info": ("model_info", ("describe a model file: organ, shapes, labels, appearance, "
                                  "provenance")),
     "export-model": ("export_model", ("write a model's mean, mode and training meshes for "

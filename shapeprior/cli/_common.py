@@ -91,3 +91,11 @@ def add_mesh_format(ap):
     ap.add_argument("--mesh-format", default="vtk", choices=MESH_FORMATS,
                     help="vtk (legacy VTK 4.2 PolyData, the default), vtp (VTK XML), ply, stl "
                          "or obj; LPS mm, declared in vtk/vtp files")
+
+
+def add_prior(ap):
+    """``--prior auto|shapes|dictionary``: what SSC composes from."""
+    ap.add_argument("--prior", choices=("auto", "shapes", "dictionary"), default="auto",
+                    help="SSC composes from the model's training shapes or its learned "
+                         "dictionary (build-model --atoms); auto (default): the dictionary for "
+                         "large models (measured in bench/results/online.json), else the shapes")

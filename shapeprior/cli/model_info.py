@@ -44,4 +44,11 @@ def main(argv):
     print(f"provenance   format {prov['format_version']}, built by shapeprior "
           f"{v.get('shapeprior', '?')} from {prov['n_sources']} files "
           f"({prov['n_rejected']} rejected); template: {prov['template']}")
+    lin = s["lineage"]
+    print(f"lineage      model version {lin['model_version']}; "
+          + "; ".join(f"v{v['model_version']}: {v['n_shapes']} shapes"
+                      + (f" added {v['added']}" if v["added"] else "")
+                      + (f" by shapeprior {v['shapeprior']}" if v["shapeprior"] else "")
+                      for v in lin["versions"])
+          + f"; {lin['hashed_shapes']} of {s['n_shapes']} shapes with a content hash")
     return 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import (add_mesh_format, finish_case, floats, join_negative_values,
-                      parse_labels)
+from ._common import (add_mesh_format, add_prior, finish_case, floats,
+                      join_negative_values, parse_labels)
 
 
 def main(argv):
@@ -38,6 +38,7 @@ def main(argv):
     ap.add_argument("--strict", action="store_true", help="exit 3 for a 'suspect' result too")
     ap.add_argument("--allow-no-orientation", action="store_true",
                     help="accept NIfTI/Analyze files that record no orientation")
+    add_prior(ap)
     a = ap.parse_args(join_negative_values(argv, ("--window",)))
 
     from ..model import load_model
@@ -46,7 +47,7 @@ def main(argv):
 
     model = load_model(a.model)
     labels = parse_labels(a.labels, "--labels")
-    params = SegmentParams(method=a.method, side=a.side,
+    params = SegmentParams(method=a.method, side=a.side, prior=a.prior,
                            window=floats(a.window, 2, "--window") if a.window else None)
     rep = refine_case(a.mask, a.output, model, a.model, params, labels=labels, image=a.image,
                       mesh_format=a.mesh_format, force=a.force, argv=argv,

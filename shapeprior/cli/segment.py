@@ -8,6 +8,7 @@ import sys
 from .._outputs import show_path
 from ._common import (
     add_mesh_format,
+    add_prior,
     finish_case,
     floats,
     join_negative_values,
@@ -87,6 +88,7 @@ def main(argv):
     ap.add_argument("--hypotheses", type=int, default=5,
                     help="without --seed: placements fitted before the best one continues "
                          "(default 5)")
+    add_prior(ap)
     a = ap.parse_args(join_negative_values(argv, ("--seed", "--window")))
 
     from pathlib import Path
@@ -102,7 +104,7 @@ def main(argv):
                            inside_brighter=not a.dark_organ,
                            window=floats(a.window, 2, "--window") if a.window else None,
                            normalisation=a.normalisation, backend=a.backend,
-                           n_hypotheses=a.hypotheses, placement=a.placement)
+                           n_hypotheses=a.hypotheses, placement=a.placement, prior=a.prior)
     from ..backend import resolve_backend
 
     params.backend = resolve_backend(params.backend)   # fail early, and record it resolved
@@ -114,7 +116,7 @@ def main(argv):
         cases = deid.apply(cases)
         argv = scrub_argv(argv, {a.input: "<input>", a.output: "<output>",
                                  a.reference: "<reference>"})
-    dic = model.ssc_dictionary("shapes")
+    dic = model.prior_dictionary(params.prior)
     if a.reference_labels is not None:
         ref_labels = parse_labels(a.reference_labels, "--reference-labels")
     else:

@@ -1,10 +1,13 @@
 """Shape models: build from label maps, PCA, dictionary learning, file format."""
 
-from ._build import (BuildParams, build_model, find_label_maps, label_root, pair_images,
-                     surfaces_from_label_map)
+from ._build import (BuildParams, build_model, find_label_maps, label_root, model_from_shapes,
+                     organ_radius, pair_images, surfaces_from_label_map)
 from ._dictlearn import DictionaryLearner
 from ._inspect import mode_shape, model_summary, vertex_sd
+from ._lineage import lineage_of
 from ._pose import PosePrior, fit_pose_prior
+from ._update import (align_to_model, correspond_to_model, extend_model, new_label_maps,
+                      params_from_model, rank_candidates, update_model)
 from ._model import (
     FORMAT_VERSION,
     read_model_metadata,
@@ -20,4 +23,6 @@ __all__ = ["ShapeModel", "save_model", "load_model", "ModelFormatError", "FORMAT
            "read_model_metadata", "pca_from_shapes", "pca_reconstruct", "DictionaryLearner",
            "BuildParams", "build_model", "find_label_maps", "surfaces_from_label_map",
            "PosePrior", "fit_pose_prior", "model_summary", "mode_shape", "vertex_sd",
-           "label_root", "pair_images"]
+           "label_root", "pair_images", "update_model", "extend_model", "rank_candidates",
+           "params_from_model", "correspond_to_model", "align_to_model", "lineage_of",
+           "new_label_maps", "model_from_shapes", "organ_radius"]

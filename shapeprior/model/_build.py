@@ -25,7 +25,8 @@ from ..correspond import fit_template
 from ..io import read_label_map
 from ..mesh import (Surface, icosphere, kidney_masks, label_mask, level_for_vertices,
                     mask_to_surface)
-from ._model import ShapeModel, pca_from_shapes
+from ._lineage import new_lineage
+from ._model import ShapeModel, pca_from_shapes, total_variance
 from ._pose import fit_pose_prior
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -141,10 +142,32 @@ def _case_name(path: Path, root: Path):
     return name[: len(name) - len(suf)]
 
 
-def surfaces_from_label_map(path, params: BuildParams):
+#: with ``strict_components``: a second component holding at least this fraction
+#: of the largest one's voxels makes the mask ambiguous (refused)
+STRAY_COMPONENT = 0.1
+
+
+def organ_radius(vol, mask, max_points=20000):
+    """RMS distance (mm) of the organ's voxel centres from their centroid: its size,
+    from the mask alone (any orientation)."""
+    idx = np.argwhere(mask)
+    if len(idx) > max_points:
+        idx = idx[:: len(idx) // max_points + 1]
+    pts = vol.index_to_physical(idx[:, ::-1].astype(float))
+    return float(np.sqrt(np.mean(np.sum((pts - pts.mean(0)) ** 2, axis=1))))
+
+
+def surfaces_from_label_map(path, params: BuildParams, strict_components=False,
+                            radius_range=None):
     """[(side, Surface, fov_centre)] for one file; raises ValueError on bad content.
 
-    Right-side organs mirrored onto the left come with a mirrored FOV centre."""
+    Right-side organs mirrored onto the left come with a mirrored FOV centre.
+    An organ in several pieces keeps its largest; with ``strict_components``
+    a second piece of at least ``STRAY_COMPONENT`` of the largest is refused
+    instead (a confirmed case added to a model should be one organ). With
+    ``radius_range`` (lo, hi) in mm, an organ whose :func:`organ_radius` lies
+    outside is refused before its surface is extracted (wrong spacing, wrong
+    organ: a ten times larger surface costs a thousand times more)."""
     vol = read_label_map(path, params.allow_no_orientation)
     centre = vol.centre()
     if params.split_sides:
@@ -157,11 +180,23 @@ def surfaces_from_label_map(path, params: BuildParams):
         m = label_mask(vol, params.labels)
         lab, n = ndimage.label(m, structure=np.ones((3, 3, 3)))
         if n > 1:  # keep the largest component
-            sizes = ndimage.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
-            m = lab == (int(np.argmax(sizes)) + 1)
+            sizes = np.bincount(lab.ravel())[1:]
+            order = np.argsort(-sizes)
+            if strict_components and sizes[order[1]] >= STRAY_COMPONENT * sizes[order[0]]:
+                raise ValueError(f"the organ is in {n} pieces (the second has "
+                                 f"{sizes[order[1]] / sizes[order[0]]:.0%} of the largest's "
+                                 "voxels); one connected organ expected")
+            m = lab == (int(order[0]) + 1)
         masks = {"none": m}
     out = []
     for side, m in masks.items():
+        if radius_range is not None:
+            r = organ_radius(vol, m)
+            lo, hi = radius_range
+            if not lo <= r <= hi:
+                raise ValueError(f"the organ's size (RMS radius {r:.1f} mm) is outside what "
+                                 f"the model's shapes support ({lo:.1f}-{hi:.1f} mm); wrong "
+                                 "spacing or organ?")
         s = mask_to_surface(vol, m, params.iso_spacing, params.smooth_mm)
         c = centre
         if side == "right" and params.mirror_right:
@@ -278,9 +313,9 @@ def _learn_appearance(kept, faces, params, pairs):
 
 
 def _job_surfaces(args):
-    path, params = args
+    path, params, *more = args
     try:
-        return surfaces_from_label_map(path, params), None
+        return surfaces_from_label_map(path, params, *more), None
     except (ValueError, RuntimeError) as exc:
         return None, str(exc)
 
@@ -306,6 +341,54 @@ def _map(fn, items, n_jobs, desc, progress):
             bar.update()
     bar.close()
     return out
+
+
+def model_from_shapes(shapes, faces, *, n_atoms=0, n_nonzero=5, seed=0, fov_centres=None,
+                      ids=None, hashes=None, metadata=None) -> ShapeModel:
+    """A model (without appearance) from shapes already in correspondence.
+
+    GPA (similarity), PCA, an optional K-SVD dictionary, the pose prior (with
+    ``fov_centres``) and a fresh lineage: the steps of :func:`build_model` after
+    correspondence.
+
+    Parameters
+    ----------
+    shapes : ndarray, shape (M, N, 3)
+        Shapes in correspondence; in their scans' physical space (LPS mm) when
+        ``fov_centres`` is given.
+    faces : ndarray, shape (F, 3)
+    n_atoms, n_nonzero, seed : int
+        Dictionary size (0: none), atoms per shape, random state.
+    fov_centres : sequence of ndarray (3,), optional
+        Centre of each shape's field of view: learns the pose prior.
+    ids, hashes : sequence of str, optional
+        Shape ids and content hashes for the lineage.
+    metadata : dict, optional
+        Extra metadata (organ, parameters, ...).
+    """
+    shapes = np.asarray(shapes, dtype=float)
+    M = len(shapes)
+    gpa = generalized_procrustes(shapes, max_iter=50, tol=1e-8)
+    mean, comps, var = pca_from_shapes(gpa.aligned)
+    atoms = dl_info = dl_state = None
+    if n_atoms:
+        from ._dictlearn import DictionaryLearner
+
+        k = min(n_atoms, M)
+        dl = DictionaryLearner(k, min(n_nonzero, k), n_iter=10, seed=seed)
+        dl.fit(gpa.aligned)
+        atoms = dl.components_.T.reshape(k, -1, 3)
+        dl_state = {"A": dl.A_, "B": dl.B_}
+        dl_info = {"n_atoms": k, "n_atoms_requested": int(n_atoms), "n_nonzero": dl.n_nonzero,
+                   "relative_error": dl.error_, "n_seen": M}
+    pose = None if fov_centres is None else fit_pose_prior(mean, shapes, fov_centres)
+    ids = [f"shape_{i}" for i in range(M)] if ids is None else list(ids)
+    hashes = [None] * M if hashes is None else list(hashes)
+    meta = {**(metadata or {}), "n_vertices": int(mean.shape[0]), "n_shapes": M,
+            "shape_ids": ids, "dictionary_learning": dl_info,
+            "pca_total_variance_mm2": total_variance(gpa.aligned),
+            "lineage": new_lineage(list(zip(ids, hashes)))}
+    return ShapeModel(gpa.aligned, mean, faces, comps, var, atoms, meta, None, pose, dl_state)
 
 
 def build_model(label_files, params: BuildParams, root=None, progress=True):
@@ -368,44 +451,31 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
     if len(kept) < 3:
         raise ValueError(f"only {len(kept)} shapes passed the correspondence check; "
                          f"see the report for reasons")
-    gpa = generalized_procrustes(np.stack([v for _, v in kept]), max_iter=50, tol=1e-8)
-    mean, comps, var = pca_from_shapes(gpa.aligned)
-    atoms = None
-    dl_info = None
-    if params.n_atoms:
-        from ._dictlearn import DictionaryLearner
-
-        k = min(params.n_atoms, len(kept))
-        dl = DictionaryLearner(k, min(params.n_nonzero, k), n_iter=10, seed=params.seed)
-        dl.fit(gpa.aligned)
-        atoms = dl.components_.T.reshape(k, -1, 3)
-        dl_info = {"n_atoms": k, "n_nonzero": dl.n_nonzero, "relative_error": dl.error_}
-    pose = fit_pose_prior(mean, [v for _, v in kept], [s["fov_centre"] for s, _ in kept])
     profile = None
-    n_images = 0
     if params.images_dir:
-        profile, n_images, img_files = _learn_appearance(kept, sf, params, pairs)
-        profile.n_images = n_images
+        profile, _, _ = _learn_appearance(kept, sf, params, pairs)
     hashes = {}
     for s, _ in kept:
         if s["source"] not in hashes:
             hashes[s["source"]] = sha256_file(s["file"])
+    ids = [f"{s['source']}:{s['side']}" for s, _ in kept]
     meta = {
         "organ": params.organ,
         "side": "left (right mirrored)" if params.split_sides and params.mirror_right
         and params.side == "both" else params.side,
-        "n_vertices": int(mean.shape[0]),
-        "n_shapes": len(kept),
         "units": "mm (LPS physical space, GPA frame)",
-        "shape_ids": [f"{s['source']}:{s['side']}" for s, _ in kept],
         "sources": [{"name": k, "sha256": v} for k, v in hashes.items()],
         "parameters": {k: (list(v) if isinstance(v, tuple) else v)
                        for k, v in vars(params).items()},
         "versions": {"shapeprior": __version__, **package_versions()},
         "template": f"icosphere level {level}, refined by the pass-1 mean",
-        "dictionary_learning": dl_info,
     }
-    model = ShapeModel(gpa.aligned, mean, sf, comps, var, atoms, meta, profile, pose)
+    model = model_from_shapes(np.stack([v for _, v in kept]), sf, n_atoms=params.n_atoms,
+                              n_nonzero=params.n_nonzero, seed=params.seed,
+                              fov_centres=[s["fov_centre"] for s, _ in kept], ids=ids,
+                              hashes=[hashes[s["source"]] for s, _ in kept], metadata=meta)
+    model.profile = profile
+    var = model.pca_variances
     d = np.array([r["mean_target_to_fit"] for r in per_shape])
     report = {
         "n_inputs": len(files), "n_shapes_extracted": len(shapes_in), "n_shapes_kept": len(kept),

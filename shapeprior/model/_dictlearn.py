@@ -107,6 +107,28 @@ class DictionaryLearner:
         self.n_seen_ += Y.shape[1]
         return self
 
+    def grow(self, shapes, n_new):
+        """Add up to ``n_new`` atoms: the new shapes (M', N, 3) worst represented by
+        the current atoms, unit-normalised (a dictionary started on few shapes
+        reaches its requested size as shapes arrive). Their statistics start
+        at zero; :meth:`partial_fit` then learns them."""
+        Y = self._check(shapes)
+        D = self.components_
+        n_new = int(min(n_new, Y.shape[1]))
+        if n_new <= 0:
+            return self
+        res = np.linalg.norm(Y - D @ _codes(D, Y, min(self.n_nonzero, D.shape[1])), axis=0)
+        pick = np.argsort(-res)[:n_new]
+        new = Y[:, pick] / np.linalg.norm(Y[:, pick], axis=0)
+        k = D.shape[1]
+        self.components_ = np.concatenate([D, new], axis=1)
+        A = np.zeros((k + n_new, k + n_new))
+        A[:k, :k] = self.A_
+        self.A_ = A
+        self.B_ = np.concatenate([self.B_, np.zeros((self.B_.shape[0], n_new))], axis=1)
+        self.n_atoms = k + n_new
+        return self
+
     def transform(self, shapes):
         """Sparse codes (M, n_atoms) of shapes."""
         return _codes(self.components_, self._check(shapes), self.n_nonzero).T

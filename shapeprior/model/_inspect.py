@@ -20,15 +20,25 @@ def model_summary(model: ShapeModel) -> dict:
         ``dictionary`` (learned atoms); ``appearance`` (profile samples and
         normalisation, or None); ``pose`` (training scale range, offset from the
         FOV centre in LPS mm); ``provenance`` (versions, template, number of
-        source files and rejected ones). Training file names and folders are not
-        listed (``images_dir`` becomes True/False): they may name patients.
+        source files and rejected ones); ``lineage`` (model version, shapes
+        added per version with when and by which shapeprior, online updates).
+        Training file names and folders are not listed (``images_dir`` becomes
+        True/False): they may name patients.
     """
+    from ._lineage import lineage_of
+
     meta = model.metadata
     params = meta.get("parameters") or {}
     var = np.asarray(model.pca_variances, dtype=float)
     frac = var / var.sum() if var.size and var.sum() > 0 else var
     prof = model.profile
     pose = model.pose
+    lin = lineage_of(meta)
+    per_version = {}
+    for sh in lin["shapes"]:
+        v = per_version.setdefault(int(sh.get("model_version") or 1), {
+            "n_shapes": 0, "added": sh.get("added"), "shapeprior": sh.get("shapeprior")})
+        v["n_shapes"] += 1
     return {
         "organ": meta.get("organ"), "side": meta.get("side"),
         "labels": params.get("labels"),
@@ -56,6 +66,14 @@ def model_summary(model: ShapeModel) -> dict:
                        "n_rejected": len(meta.get("rejected") or []),
                        "build_parameters": {k: (v is not None if k == "images_dir" else v)
                                             for k, v in params.items()}},
+        "lineage": {"model_version": int(lin.get("model_version", 1)),
+                    "created": lin.get("created"),
+                    "hashed_shapes": sum(1 for sh in lin["shapes"] if sh.get("sha256")),
+                    "versions": [{"model_version": k, **v}
+                                 for k, v in sorted(per_version.items())],
+                    "updates": [{k: u.get(k) for k in ("model_version", "when", "shapeprior",
+                                                       "n_added", "n_skipped", "n_rejected")}
+                                for u in lin.get("updates", [])]},
     }
 
 

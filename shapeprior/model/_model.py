@@ -19,6 +19,11 @@ from ._pose import PosePrior
 FORMAT = "shapeprior-shape-model"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
+#: prior 'auto' composes from the learned dictionary (when there is one) from this
+#: many training shapes on: there it is as accurate as the shapes and faster
+#: (bench/results/online.json)
+DICTIONARY_MIN_SHAPES = 500
+PRIORS = ("auto", "shapes", "dictionary")
 
 
 class ModelFormatError(ValueError):
@@ -50,6 +55,11 @@ class ShapeModel:
         normals), when the model was built with training images.
     pose : PosePrior or None
         Where the organ sits in a training scan (initial placement).
+    dictionary_state : dict or None
+        The online dictionary learner's running statistics ``A`` (k, k) =
+        sum of x x^T and ``B`` (3N, k) = sum of y x^T over the coded shapes,
+        with which :func:`update_model` updates ``atoms`` without
+        revisiting the old shapes.
     """
 
     shapes: np.ndarray
@@ -61,6 +71,11 @@ class ShapeModel:
     metadata: dict = field(default_factory=dict)
     profile: ProfileModel | None = None
     pose: PosePrior | None = None
+    dictionary_state: dict | None = None
+
+    @property
+    def n_shapes(self) -> int:
+        return self.shapes.shape[0]
 
     @property
     def n_vertices(self) -> int:
@@ -92,6 +107,9 @@ class ShapeModel:
         }
         if self.atoms is not None:
             arrays["atoms"] = np.asarray(self.atoms, dtype=np.float64)
+            if self.dictionary_state is not None:
+                arrays["dictionary_A"] = np.asarray(self.dictionary_state["A"], dtype=np.float64)
+                arrays["dictionary_B"] = np.asarray(self.dictionary_state["B"], dtype=np.float64)
         if self.profile is not None:
             arrays.update({k: np.asarray(v, dtype=np.float64)
                            for k, v in self.profile.to_arrays().items()})
@@ -106,9 +124,12 @@ class ShapeModel:
         profile = None
         if arrays.get("profile_mean") is not None:
             profile = ProfileModel.from_arrays(arrays, app)
+        state = None
+        if arrays.get("dictionary_A") is not None:
+            state = {"A": arrays["dictionary_A"], "B": arrays["dictionary_B"]}
         return cls(arrays["shapes"], arrays["mean"], arrays["faces"], arrays["pca_components"],
                    arrays["pca_variances"], arrays.get("atoms"), meta, profile,
-                   None if pose is None else PosePrior.from_dict(pose))
+                   None if pose is None else PosePrior.from_dict(pose), state)
 
     def ssc_dictionary(self, which="shapes", backend=None):
         """:class:`~shapeprior.ssc.ShapeDictionary` from the training shapes
@@ -122,6 +143,27 @@ class ShapeModel:
                 raise ValueError("this model has no learned dictionary (build with --atoms)")
             return ShapeDictionary(self.atoms, self.mean, backend=backend)
         raise ValueError(f"which={which!r} is not 'shapes' or 'atoms'")
+
+    def resolve_prior(self, prior="auto") -> str:
+        """``'shapes'`` or ``'dictionary'``: what SSC composes from for ``prior``.
+
+        'auto' is the dictionary when the model has learned atoms and at least
+        ``DICTIONARY_MIN_SHAPES`` training shapes, else the shapes."""
+        if prior not in PRIORS:
+            raise ValueError(f"prior={prior!r} is invalid: expected one of {list(PRIORS)}")
+        if prior == "auto":
+            return ("dictionary" if self.atoms is not None
+                    and self.n_shapes >= DICTIONARY_MIN_SHAPES else "shapes")
+        if prior == "dictionary" and self.atoms is None:
+            raise ValueError("prior='dictionary': this model has no learned dictionary "
+                             "(build it with --atoms)")
+        return prior
+
+    def prior_dictionary(self, prior="auto", backend=None):
+        """The :class:`~shapeprior.ssc.ShapeDictionary` SSC composes from for
+        ``prior`` (see :meth:`resolve_prior`)."""
+        which = self.resolve_prior(prior)
+        return self.ssc_dictionary("shapes" if which == "shapes" else "atoms", backend)
 
     def save(self, path):
         save_model(self, path)
@@ -137,6 +179,13 @@ def pca_from_shapes(shapes, var_kept=0.98):
     keep = int(np.searchsorted(np.cumsum(var) / max(var.sum(), 1e-300), var_kept) + 1)
     keep = max(1, min(keep, len(var)))
     return mean.reshape(shapes.shape[1:]), vt[:keep], var[:keep]
+
+
+def total_variance(shapes) -> float:
+    """Summed variance of aligned shapes (M, N, 3) over all 3N coordinates, mm^2
+    (the denominator of the variance PCA keeps)."""
+    X = np.asarray(shapes, dtype=float).reshape(len(shapes), -1)
+    return float(np.sum((X - X.mean(0)) ** 2) / max(len(X) - 1, 1))
 
 
 def pca_reconstruct(model: ShapeModel, shape, weights=None, clamp=3.0, n_align=10):
@@ -314,7 +363,8 @@ def load_model(path) -> ShapeModel:
         comps = _array(z, "pca_components", name, ndim=2)
         var = _array(z, "pca_variances", name, ndim=1)
         opt = {k: (_array(z, k, name, ndim=3 if k == "atoms" else 2) if k in z.files else None)
-               for k in ("atoms", "profile_mean", "profile_var")}
+               for k in ("atoms", "profile_mean", "profile_var", "dictionary_A",
+                         "dictionary_B")}
     _check_meta_types(meta, name)
     N = mean.shape[0]
     bad = []
@@ -328,6 +378,11 @@ def load_model(path) -> ShapeModel:
         bad.append(f"pca {comps.shape}/{var.shape}")
     if opt["atoms"] is not None and opt["atoms"].shape[1:] != (N, 3):
         bad.append(f"atoms {opt['atoms'].shape}")
+    dA, dB = opt["dictionary_A"], opt["dictionary_B"]
+    if (dA is None) != (dB is None) or (dA is not None and (
+            opt["atoms"] is None or dA.shape != (opt["atoms"].shape[0],) * 2
+            or dB.shape != (3 * N, opt["atoms"].shape[0]))):
+        bad.append("dictionary state")
     pm, pv = opt["profile_mean"], opt["profile_var"]
     if (pm is None) != (pv is None) or (pm is not None and (
             pm.shape[0] != N or pm.shape != pv.shape or pm.shape[1] < 1)):

@@ -23,15 +23,15 @@ from ._cases import scrub
 _MODELS = {}
 
 
-def _model(path):
+def _model(path, prior="auto"):
     from ..model import load_model
 
     p = Path(path)
-    key = (str(p.resolve()), p.stat().st_mtime_ns)
+    key = (str(p.resolve()), p.stat().st_mtime_ns, prior)
     if key not in _MODELS:
         m = load_model(p)
         _MODELS.clear()
-        _MODELS[key] = (m, m.ssc_dictionary("shapes"))
+        _MODELS[key] = (m, m.prior_dictionary(prior))
     return _MODELS[key]
 
 
@@ -76,7 +76,7 @@ def run_one(case, outdir, model_path, params, series, mesh_format, force, argv, 
     from ._run import run_case
 
     try:
-        model, dic = _model(model_path)
+        model, dic = _model(model_path, params.prior)
         rep = run_case(case.path, outdir, model, model_path, params, series=series,
                        mesh_format=mesh_format, force=force or redo, dictionary=dic, argv=argv,
                        case_name=case.name, deidentify=deidentify,

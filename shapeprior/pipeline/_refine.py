@@ -15,6 +15,7 @@ from ..io import display_name, read_image, read_label_map, write_label
 from ..mesh import Surface
 from ..segmentation import SegmentParams, refine_mask
 from ._qc import qc_png
+from ._run import model_version, prior_record
 from ._run import MESH_FORMATS, input_hashes, params_record, statistics, vertex_data
 
 
@@ -61,7 +62,8 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
                   "origin_mm": mvol.origin.tolist(), "direction": mvol.direction.ravel().tolist(),
                   "coordinates": "LPS"},
         "model": {"organ": model.metadata.get("organ"), "n_shapes": int(model.shapes.shape[0]),
-                  "n_vertices": model.n_vertices},
+                  "n_vertices": model.n_vertices, "version": model_version(model)},
+        "prior": prior_record(model, params),
         "corrections": res.corrections,
         "overridden_fraction_max": fit.overridden_fraction_max,
         "overridden_vertices": int(fit.overridden.sum()),

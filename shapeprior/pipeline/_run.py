@@ -40,6 +40,20 @@ def input_hashes(p: Path, deidentify=False):
     return dict(zip(keys, files)), {}
 
 
+def model_version(model) -> int:
+    """The model's version counter (1 for a model as built; +1 per update-model)."""
+    lin = model.metadata.get("lineage")
+    return int(lin.get("model_version", 1)) if isinstance(lin, dict) else 1
+
+
+def prior_record(model, params, dictionary=None) -> dict:
+    """What SSC composed from: the prior asked for, the one used, and its atoms."""
+    used = model.resolve_prior(params.prior)
+    n = dictionary.n_atoms if dictionary is not None else (
+        model.n_shapes if used == "shapes" else int(model.atoms.shape[0]))
+    return {"requested": params.prior, "used": used, "n_atoms": int(n)}
+
+
 def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, series=None,
              reference=None, reference_labels=(1,), mesh_format="vtk", force=False,
              dictionary=None, argv=None, clock=None, case_name=None, deidentify=False,
@@ -120,7 +134,9 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
                   "shape_zyx": list(vol.array.shape), "spacing_mm": vol.spacing.tolist(),
                   "origin_mm": vol.origin.tolist(), "direction": vol.direction.ravel().tolist()},
         "model": {"organ": model.metadata.get("organ"), "n_shapes": int(model.shapes.shape[0]),
-                  "n_vertices": model.n_vertices, "appearance": model.profile is not None},
+                  "n_vertices": model.n_vertices, "appearance": model.profile is not None,
+                  "version": model_version(model)},
+        "prior": prior_record(model, params, dictionary),
         "volume_ml": float(res.label.sum()) * voxel_ml,
         "mesh_volume_ml": Surface(res.verts, res.faces).volume() / 1000.0,
         "iterations": res.n_iter, "converged": res.converged,

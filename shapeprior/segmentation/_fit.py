@@ -75,6 +75,10 @@ class SegmentParams:
         Placements fitted at the first level before the best one continues.
     backend : {None, 'auto', 'numpy', 'numba', 'cupy'}
         Where image smoothing and sampling run (None: ``$SHAPEPRIOR_BACKEND``).
+    prior : {'auto', 'shapes', 'dictionary'}
+        What SSC composes from: the training shapes, the model's learned
+        dictionary, or 'auto' (the dictionary when the model has one and at
+        least ``DICTIONARY_MIN_SHAPES`` shapes; see ``ShapeModel.resolve_prior``).
     """
 
     schedule: tuple = DEFAULT_SCHEDULE
@@ -95,6 +99,7 @@ class SegmentParams:
     placement: str = "search"     # without a seed: 'search' the FOV, or 'prior' (training offset)
     n_hypotheses: int = 5         # placements fitted at the first level (best one continues)
     backend: str | None = None    # image smoothing + sampling: auto/numpy/numba/cupy ($SHAPEPRIOR_BACKEND)
+    prior: str = "auto"           # SSC composes from 'shapes', the learned 'dictionary', or 'auto'
 
     def __post_init__(self):
         from .._validation import (check_bool, check_choice, check_number, check_vector)
@@ -112,6 +117,7 @@ class SegmentParams:
         self.max_iter = check_number("max_iter", self.max_iter, 1, integer=True)
         self.tol_mm = check_number("tol_mm", self.tol_mm, 0, low_open=True)
         check_choice("method", self.method, ("l1", "l0"))
+        check_choice("prior", self.prior, ("auto", "shapes", "dictionary"))
         if self.seed_mm is not None:
             self.seed_mm = check_vector("seed_mm", self.seed_mm, 3)
         check_choice("seed_space", self.seed_space, ("lps", "ras", "voxel"))
@@ -262,7 +268,7 @@ def seed_lps(vol, params):
 
 def _prepare(model, vol, params, dictionary):
     """What every fit of this image and model shares."""
-    dic = dictionary or model.ssc_dictionary("shapes")
+    dic = dictionary or model.prior_dictionary(params.prior)
     pm = model.profile
     if pm is not None:
         pm.check_layout()

@@ -19,6 +19,11 @@ METHODS = ("l1", "l0")
 ALPHA1 = 1e-3
 #: default gross-error threshold, in robust standard deviations of the residual
 OUTLIER_SIGMAS = 3.0
+#: lower bound of the residual scale, relative to the shape's size (RMS coordinate
+#: spread; 0.2 mm for a kidney): a shape the dictionary reproduces almost exactly
+#: (a training shape) would otherwise get a threshold of the size of the L1
+#: shrinkage, and e, nearly free, would absorb the whole shape
+SIGMA_FLOOR = 1e-2
 #: lower bound of the reweighted lambda2, relative to lambda2
 REWEIGHT_FLOOR = 0.05
 
@@ -152,6 +157,11 @@ def _auto_lambda1(dic, z, w):
     return 2.0 * ALPHA1 * float(xp.max(xp.abs(c)))
 
 
+def _size(z, xp):
+    """RMS distance of the shape's coordinates from their mean (> 0)."""
+    return float(xp.sqrt(xp.mean((z - xp.mean(z)) ** 2))) + 1e-300
+
+
 def _robust_sigma(r, w, xp):
     a = xp.abs(r[w > 0])
     return 1.4826 * float(xp.median(a)) if a.size else 0.0
@@ -171,7 +181,7 @@ def _auto_lambda2(dic, z, w, lam1, x0):
             r = z - dic.matvec(x)
         else:
             r = sol.residual
-        sigma = max(_robust_sigma(r, w, xp), 1e-12 * (1.0 + float(xp.max(xp.abs(z)))))
+        sigma = max(_robust_sigma(r, w, xp), SIGMA_FLOOR * _size(z, xp))
         lam2 = 2.0 * OUTLIER_SIGMAS * sigma * wmax
         sol = solve_l1(dic, z, w, lam1, lam2, x0=x0)
     return lam2, sol

@@ -157,11 +157,16 @@ def solve_l1(dic, z, w, lam1, lam2, x0=None, tol=1e-10, max_iter=100, max_add=32
             H = _update_hessian(H, DS, w, O, O_prev, xp)
         O_prev = O
         b = _newton_rhs(bS, DS, w, z, rows, sigma, l2[rows] if per_row else l2, xp)
-        xn, _ = lasso(H, b, l1, xS, tol)
-        rn = z - DS @ xn
-        fn = F(xn, rn)
-        full_step = fn <= f_cur
-        if not full_step:
+        if not bool(xp.any(xp.diag(H) > 0)):
+            # every weighted row an outlier: the Newton model has no curvature
+            xn, rn, fn = _mm_step(F, lasso, GW, DS, S, xS, r, z, w, tau, l1, f_cur, tol, xp)
+            full_step = False
+        else:
+            xn, _ = lasso(H, b, l1, xS, tol)
+            rn = z - DS @ xn
+            fn = F(xn, rn)
+            full_step = fn <= f_cur
+        if not full_step and fn > f_cur:
             xn, rn, fn = _line_search(F, xS, r, xn, rn, f_cur)
             if xn is None:
                 xn, rn, fn = _mm_step(F, lasso, GW, DS, S, xS, r, z, w, tau, l1, f_cur, tol, xp)

@@ -1,0 +1,372 @@
+"""Online learning benchmark: a model that grows by update-model vs one rebuilt
+from scratch, the learned dictionary at 1,000+ shapes, and ranking candidates.
+
+Data (through SHAPEPRIOR_DATA):
+
+* AdrenalMNIST3D train (1,188 masks) for the learning curve, its val split
+  (98 masks) held out: half to choose the dictionary (size, sparsity), half to
+  report. Masks are 64 mm crops at 1 mm; left and right glands are mixed.
+* KiTS19 kidneys: the training shapes of bench/cache/kidney_model.npz (cases
+  % 5 != 0, see bench_robustness.py) for the curve, the held-out cases
+  (% 5 == 0) to report.
+
+Correspondence (the per-shape template fit, the same for both models and
+excluded from the cost comparison, as the issue states): adrenal masks are
+fitted to the mean of a model built from the first 50 training masks (icosphere
+pass, then that mean as the template), as update-model does; the KiTS shapes
+come from the cached model's own correspondence.
+
+Learning curve: start from 50 shapes, add batches of 50. After each batch the
+online model (extend_model) and a model rebuilt from the same shapes
+(model_from_shapes: GPA, PCA, K-SVD) reconstruct the held-out shapes: clean, 30 %
+of vertices displaced 10-30 mm along the normal, 50 % missing (a contiguous
+patch). Error: RMS vertex distance (mm) to the clean shape, in its own frame.
+Ranking: the same curve with batches chosen by rank_candidates vs random order
+(several seeds).
+
+    python bench/bench_online.py        # writes results/online_adrenal.json, online_kits.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from _common import data_root, machine, write_json
+from shapeprior.align import generalized_procrustes
+from shapeprior.correspond import fit_template
+from shapeprior.io import Volume
+from shapeprior.mesh import Surface, icosphere, mask_to_surface
+from shapeprior.model import extend_model, load_model, model_from_shapes, rank_candidates
+from shapeprior.ssc import sparse_shape_composition
+from shapeprior.synthetic import corrupt_patches
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / "cache"
+BATCH = 50
+CORRUPTIONS = {"clean": (0.0, 0.0), "displaced_30": (0.3, 0.0), "missing_50": (0.0, 0.5)}
+
+
+# -- correspondence --------------------------------------------------------------------------
+
+def _adrenal_surface(mask):
+    vol = Volume(mask.astype(np.uint8), np.ones(3), np.zeros(3), np.eye(3))
+    return mask_to_surface(vol, mask, 1.0, 1.0)
+
+
+def _fit_job(args):
+    template, faces, mask = args
+    v, q = fit_template(template, faces, _adrenal_surface(mask))
+    return v, q.ok, q.mean_target_to_fit
+
+
+def adrenal_shapes(n_jobs, level=3):
+    """Adrenal masks in correspondence: (train shapes, ok), (val shapes, ok), fit info."""
+    path = CACHE / f"adrenal_corr_l{level}.npz"
+    if path.exists():
+        z = np.load(path)
+        return {k: z[k] for k in z.files}
+    src = np.load(data_root() / "adrenal3d" / "adrenalmnist3d_64.npz")
+    train = src["train_images"] > 127
+    val = src["val_images"] > 127
+    sv, sf = icosphere(level)
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(n_jobs) as ex:
+        first = list(ex.map(_fit_job, [(sv * 10.0, sf, m) for m in train[:BATCH]]))
+        ok = [v for v, good, _ in first if good]
+        template = generalized_procrustes(np.stack(ok), max_iter=30, tol=1e-7).mean
+        res_t = list(ex.map(_fit_job, [(template, sf, m) for m in train], chunksize=8))
+        res_v = list(ex.map(_fit_job, [(template, sf, m) for m in val], chunksize=8))
+    out = {"train": np.stack([r[0] for r in res_t]), "train_ok": np.array([r[1] for r in res_t]),
+           "train_dist": np.array([r[2] for r in res_t]),
+           "val": np.stack([r[0] for r in res_v]), "val_ok": np.array([r[1] for r in res_v]),
+           "val_dist": np.array([r[2] for r in res_v]), "faces": sf,
+           "seconds": np.array(time.perf_counter() - t0)}
+    CACHE.mkdir(exist_ok=True)
+    np.savez(path, **out)
+    return out
+
+
+def kits_shapes():
+    mpath, hpath = CACHE / "kidney_model.npz", CACHE / "heldout.npz"
+    if not (mpath.exists() and hpath.exists()):
+        raise FileNotFoundError("bench/cache/kidney_model.npz and heldout.npz are missing: "
+                                "run bench/bench_robustness.py once (it builds them)")
+    m = load_model(mpath)
+    held = np.load(hpath)["shapes"]
+    return m.shapes, held, m.faces
+
+
+# -- evaluation -------------------------------------------------------------------------------
+
+def _rms(a, b):
+    return float(np.sqrt(np.mean(np.sum((a - b) ** 2, axis=1))))
+
+
+def corrupted(held, faces, seed):
+    """Per corruption: [(observed shape, weights)] for each held-out shape."""
+    out = {}
+    for name, (gross, missing) in CORRUPTIONS.items():
+        rows = []
+        for i, clean in enumerate(held):
+            r = np.random.default_rng([seed, i, int(gross * 100), int(missing * 100)])
+            y, _ = corrupt_patches(clean, gross, r, magnitude=(10.0, 30.0),
+                                   normals=Surface(clean, faces).vertex_normals())
+            w = np.ones(len(clean))
+            n = int(round(missing * len(clean)))
+            if n:
+                c = clean[r.integers(len(clean))]
+                w[np.argsort(np.linalg.norm(clean - c, axis=1))[:n]] = 0.0
+            rows.append((y, w))
+        out[name] = rows
+    return out
+
+
+def evaluate(dic, held, cases):
+    """Mean and worst RMS error (mm) per corruption, and seconds per solve."""
+    res = {}
+    for name, rows in cases.items():
+        errs, t = [], 0.0
+        for clean, (y, w) in zip(held, rows):
+            t0 = time.perf_counter()
+            rec = sparse_shape_composition(y, dic, w).reconstruction
+            t += time.perf_counter() - t0
+            errs.append(_rms(rec, clean))
+        res[name] = {"mean_mm": float(np.mean(errs)), "max_mm": float(np.max(errs)),
+                     "s_per_solve": t / len(rows)}
+    return res
+
+
+# -- the experiments --------------------------------------------------------------------------
+
+def choose_dictionary(train, faces, tune, tune_cases, sizes, sparsities, seed):
+    """(n_atoms, n_nonzero) with the lowest mean error over the corruptions on the
+    tuning half, among those at least 5x faster than the full repository."""
+    full = model_from_shapes(train, faces)
+    ref = evaluate(full.prior_dictionary("shapes"), tune, tune_cases)
+    rows = []
+    for k in sizes:
+        for nz in sparsities:
+            t0 = time.perf_counter()
+            m = model_from_shapes(train, faces, n_atoms=k, n_nonzero=nz, seed=seed)
+            t_learn = time.perf_counter() - t0
+            ev = evaluate(m.prior_dictionary("dictionary"), tune, tune_cases)
+            rows.append({"n_atoms": k, "n_nonzero": nz, "learn_s": t_learn, **ev})
+            print(f"  tune K={k} nz={nz}: " + "  ".join(
+                f"{c} {ev[c]['mean_mm']:.3f}" for c in CORRUPTIONS), flush=True)
+
+    def score(r):
+        return np.mean([r[c]["mean_mm"] / ref[c]["mean_mm"] for c in CORRUPTIONS])
+
+    best = min(rows, key=score)
+    return best, rows, ref
+
+
+def learning_curve(pool, faces, held, cases, order, k, nz, seed, rebuild=True,
+                   eval_shapes_at=()):
+    """Online vs rebuilt along ``order`` (indices into pool)."""
+    steps = []
+    online = None
+    for start in range(0, len(order), BATCH):
+        idx = order[: start + BATCH]
+        new = pool[order[start: start + BATCH]]
+        t0 = time.perf_counter()
+        if online is None:
+            online = model_from_shapes(new, faces, n_atoms=k,
+                                       n_nonzero=nz, seed=seed)
+            t_update = None
+        else:
+            online = extend_model(online, new)
+            t_update = time.perf_counter() - t0
+        row = {"n_shapes": int(len(idx)), "update_s": t_update,
+               "online": evaluate(online.prior_dictionary("dictionary"), held, cases)}
+        if rebuild:
+            t0 = time.perf_counter()
+            rebuilt = model_from_shapes(pool[idx], faces, n_atoms=k,
+                                        n_nonzero=nz, seed=seed)
+            row["rebuild_s"] = time.perf_counter() - t0
+            row["rebuilt"] = evaluate(rebuilt.prior_dictionary("dictionary"), held, cases)
+            row["online_over_rebuilt"] = {
+                c: row["online"][c]["mean_mm"] / row["rebuilt"][c]["mean_mm"]
+                for c in CORRUPTIONS}
+            if t_update is not None:
+                row["update_over_rebuild"] = t_update / row["rebuild_s"]
+        if len(idx) in eval_shapes_at or len(idx) == len(order):
+            row["online_shapes_prior"] = evaluate(online.prior_dictionary("shapes"), held,
+                                                  cases)
+        steps.append(row)
+        print(f"  {len(idx):5d} shapes: online " + " ".join(
+            f"{row['online'][c]['mean_mm']:.3f}" for c in CORRUPTIONS)
+            + ("" if not rebuild else "  rebuilt " + " ".join(
+                f"{row['rebuilt'][c]['mean_mm']:.3f}" for c in CORRUPTIONS)
+               + (f"  update/rebuild {row.get('update_over_rebuild', 0):.3f}")), flush=True)
+    return steps, online
+
+
+def ranked_order(pool, faces, k, nz, seed, first):
+    """Batches chosen by rank_candidates against the model grown so far."""
+    order = list(first)
+    left = np.setdiff1d(np.arange(len(pool)), order)
+    model = model_from_shapes(pool[order], faces, n_atoms=k, n_nonzero=nz,
+                              seed=seed)
+    while left.size:
+        ranking, _, _ = rank_candidates(model, pool[left])
+        pick = left[ranking[:BATCH]]
+        order += pick.tolist()
+        model = extend_model(model, pool[pick])
+        left = np.setdiff1d(left, pick)
+    return np.array(order)
+
+
+def run_set(name, pool, faces, held_tune, held_eval, a, sizes, sparsities, shapes_at):
+    print(f"{name}: {len(pool)} training shapes, {len(held_tune)}+{len(held_eval)} held out",
+          flush=True)
+    tune_cases = corrupted(held_tune, faces, a.seed)
+    eval_cases = corrupted(held_eval, faces, a.seed + 1)
+    best, tune_rows, tune_ref = choose_dictionary(pool, faces, held_tune, tune_cases, sizes,
+                                                  sparsities, a.seed)
+    k, nz = best["n_atoms"], best["n_nonzero"]
+    print(f"  chosen K={k} nz={nz}", flush=True)
+    rng = np.random.default_rng(a.seed)
+    base = rng.permutation(len(pool))
+    curve, final = learning_curve(pool, faces, held_eval, eval_cases, base, k, nz, a.seed,
+                                  eval_shapes_at=shapes_at)
+    out = {"n_train": int(len(pool)), "n_tune": int(len(held_tune)),
+           "n_eval": int(len(held_eval)), "n_vertices": int(pool.shape[1]),
+           "dictionary_choice": {"chosen": {"n_atoms": k, "n_nonzero": nz},
+                                 "criterion": "lowest mean error ratio to full-repository "
+                                              "SSC over the corruptions, tuning half",
+                                 "full_repository": tune_ref, "candidates": tune_rows},
+           "learning_curve": curve}
+    # ranking vs random: online models only (the rebuilt ones are compared above)
+    first = base[:BATCH]
+    t0 = time.perf_counter()
+    ranked = ranked_order(pool, faces, k, nz, a.seed, first)
+    t_rank = time.perf_counter() - t0
+    print("  ranked order", flush=True)
+    r_curve, _ = learning_curve(pool, faces, held_eval, eval_cases, ranked, k, nz, a.seed,
+                                rebuild=False)
+    randoms = []
+    for s in range(a.random_orders):
+        rest = np.random.default_rng([a.seed, 100 + s]).permutation(
+            np.setdiff1d(np.arange(len(pool)), first))
+        print(f"  random order {s}", flush=True)
+        c, _ = learning_curve(pool, faces, held_eval, eval_cases,
+                              np.concatenate([first, rest]), k, nz, a.seed, rebuild=False)
+        randoms.append(c)
+    out["ranking"] = {"ranking_s": t_rank, "ranked": r_curve, "random": randoms}
+    return out
+
+
+def plot(paths, out):
+    """Learning curves of every result file: online vs rebuilt, ranked vs random."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = [json.loads(Path(p).read_text()) for p in paths if Path(p).exists()]
+    fig, axes = plt.subplots(len(sets), 2, figsize=(12, 4 * len(sets)), squeeze=False)
+    colours = dict(zip(CORRUPTIONS, ("tab:blue", "tab:red", "tab:green")))
+    for row, res in zip(axes, sets):
+        curve = res["learning_curve"]
+        n = [c["n_shapes"] for c in curve]
+        for c, col in colours.items():
+            row[0].plot(n, [s["online"][c]["mean_mm"] for s in curve], "-", color=col,
+                        label=f"{c} online")
+            row[0].plot(n, [s["rebuilt"][c]["mean_mm"] for s in curve], "--", color=col,
+                        label=f"{c} rebuilt")
+        row[0].set_title(f"{res['set']}: online update vs rebuild "
+                         f"(K={res['dictionary_choice']['chosen']['n_atoms']})")
+        rk = res["ranking"]
+        for c, col in colours.items():
+            n = [s["n_shapes"] for s in rk["ranked"]]
+            row[1].plot(n, [s["online"][c]["mean_mm"] for s in rk["ranked"]], "-", color=col,
+                        label=f"{c} ranked")
+            rnd = np.array([[s["online"][c]["mean_mm"] for s in r] for r in rk["random"]])
+            row[1].plot(n, rnd.mean(0), ":", color=col, label=f"{c} random (mean)")
+        row[1].set_title(f"{res['set']}: ranked vs random order")
+        for ax in row:
+            ax.set_xlabel("training shapes")
+            ax.set_ylabel("held-out RMS error (mm)")
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sets", nargs="+", default=["adrenal", "kits"])
+    ap.add_argument("--n-jobs", type=int, default=2)
+    ap.add_argument("--random-orders", type=int, default=3)
+    ap.add_argument("--max-eval", type=int, default=24,
+                    help="held-out shapes in each half (tuning, report)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prepare-only", action="store_true")
+    ap.add_argument("--plot-only", action="store_true",
+                    help="only draw results/online.png from the result files")
+    ap.add_argument("--out", default=str(HERE / "results" / "online_{set}.json"),
+                    help="result file per set ({set} is replaced by its name)")
+    a = ap.parse_args(argv)
+    files = [a.out.format(set=s) for s in ("adrenal", "kits")]
+    if a.plot_only:
+        print(f"wrote {plot(files, HERE / 'results' / 'online.png')}")
+        return 0
+    root = data_root()
+    header = {"benchmark": "online learning", "machine": machine(), "batch": BATCH,
+              "corruptions": {k: {"displaced_fraction": g, "missing_fraction": m}
+                              for k, (g, m) in CORRUPTIONS.items()},
+              "metric": "RMS vertex distance (mm) of the reconstruction to the clean "
+                        "held-out shape; SSC-L1 with the learned dictionary unless named"}
+    if "adrenal" in a.sets:
+        if not (root / "adrenal3d").is_dir():
+            print(f"AdrenalMNIST3D not found under {root}", file=sys.stderr)
+            return 2
+        z = adrenal_shapes(a.n_jobs)
+        if a.prepare_only:
+            print(f"adrenal: {z['train_ok'].sum()}/{len(z['train_ok'])} train, "
+                  f"{z['val_ok'].sum()}/{len(z['val_ok'])} val fits ok, "
+                  f"{float(z['seconds']):.0f} s")
+            return 0
+        pool = z["train"][z["train_ok"]]
+        val = z["val"][z["val_ok"]]
+        res = {**header, "set": "adrenal", "data": "AdrenalMNIST3D 64^3 train (curve), val "
+               "(even: tuning, odd: report)",
+               "correspondence": {
+                   "template": "mean of the first 50 training masks' icosphere fits "
+                               "(642 vertices)",
+                   "train_ok": int(z["train_ok"].sum()), "train_total": int(len(z["train_ok"])),
+                   "val_ok": int(z["val_ok"].sum()), "val_total": int(len(z["val_ok"])),
+                   "median_target_to_fit_mm": float(np.median(z["train_dist"])),
+                   "seconds": float(z["seconds"])},
+               **run_set("adrenal", pool, z["faces"], val[0::2][:a.max_eval],
+                         val[1::2][:a.max_eval], a, sizes=(64, 128), sparsities=(5, 10),
+                         shapes_at=(100, 400))}
+        out = write_json(a.out.format(set="adrenal"), res)
+        print(f"wrote {out}")
+    if "kits" in a.sets:
+        train, held, faces = kits_shapes()
+        res = {**header, "set": "kits", "data": "KiTS19 kidneys: training shapes of "
+               "bench/cache/kidney_model.npz (cases % 5 != 0; curve), held-out cases % 5 == 0 "
+               "(even: tuning, odd: report)",
+               **run_set("kits", train, faces, held[0::2][:a.max_eval],
+                         held[1::2][:a.max_eval], a, sizes=(64, 128), sparsities=(5, 10),
+                         shapes_at=(100, 200))}
+        out = write_json(a.out.format(set="kits"), res)
+        print(f"wrote {out}")
+    print(f"wrote {plot(files, HERE / 'results' / 'online.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""``shapeprior update-model``: add confirmed label maps to a model without a rebuild,
+or rank candidate label maps by how much each would add."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _inputs(paths, limit):
+    """``[(file, case name)]`` from files and folders of label maps."""
+    from pathlib import Path
+
+    from ..model import find_label_maps, label_root
+
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            root = label_root(p)
+            out += [(f, str(f.relative_to(root))) for f in find_label_maps(p)]
+        elif p.is_file():
+            out.append((p, p.name))
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        out = [(f, n[: -len(suffix)] if n.endswith(suffix) else n) for f, n in out]
+    return out[:limit] if limit else out
+
+
+def main(argv):
+    """Add label maps to a model (online update), or rank candidates (--rank-only)."""
+    ap = argparse.ArgumentParser(
+        prog="shapeprior update-model",
+        description="Add confirmed label maps to a shape model without rebuilding it: each "
+                    "is put in correspondence with the model, aligned into its frame and "
+                    "appended; mean, PCA, learned dictionary, pose prior (and appearance, "
+                    "with --images) are updated from running statistics. The old shapes are "
+                    "kept bit for bit, the input model is never modified, duplicates (same "
+                    "content hash) are skipped, and a bad label map is refused with its "
+                    "reason while the others are added. With --rank-only, nothing is "
+                    "written: the candidates are listed, most informative first.")
+    ap.add_argument("model", help="model file (.npz) from build-model or update-model")
+    ap.add_argument("labels", nargs="+", help="label map files or folders (as build-model)")
+    ap.add_argument("-o", "--output", help="new model file to write (.npz)")
+    ap.add_argument("--rank-only", action="store_true",
+                    help="write nothing: order the candidates by how much each would add "
+                         "(what the model cannot yet express)")
+    ap.add_argument("--labels", dest="label_values", default=None,
+                    help="label values of the organ in the new maps (default: the model's)")
+    ap.add_argument("--organ", default=None, help="must match the model's organ")
+    ap.add_argument("--split-sides", action="store_true", default=None,
+                    help="must match how the model was built (default: the model's setting)")
+    ap.add_argument("--images", default=None,
+                    help="training images of the new label maps (as build-model): update the "
+                         "model's boundary appearance too")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N label maps")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    ap.add_argument("--json", action="store_true", help="with --rank-only: print JSON")
+    ap.add_argument("--force", action="store_true",
+                    help="replace a previous shapeprior model file (never the input model, "
+                         "an input or a foreign file)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--allow-no-orientation", action="store_true",
+                    help="accept NIfTI/Analyze label maps that record no orientation")
+    a = ap.parse_args(argv)
+
+    from pathlib import Path
+
+    from .._outputs import show_path
+    from ..model import load_model, params_from_model
+    from ._common import parse_labels
+
+    if a.rank_only == bool(a.output):
+        raise ValueError("give -o NEW_MODEL to add the label maps, or --rank-only to rank "
+                         "them (not both)")
+    if a.jobs < 1:
+        raise ValueError(f"--jobs={a.jobs} must be >= 1")
+    out = Path(a.output) if a.output else None
+    inputs = [a.model, *a.labels, a.images]
+    if out is not None:
+        from .._outputs import check_not_input, check_replaceable, own_model_file
+
+        check_not_input(out, inputs)
+        check_replaceable(out, a.force, own_model_file)          # before the slow stages
+    model = load_model(a.model)
+    params = params_from_model(
+        model, labels=None if a.label_values is None else parse_labels(a.label_values),
+        organ=a.organ, split_sides=a.split_sides, n_jobs=a.jobs, images_dir=a.images,
+        allow_no_orientation=a.allow_no_orientation or None)
+    items = _inputs(a.labels, a.limit)
+    if not items:
+        raise ValueError("no label maps given")
+    if a.rank_only:
+        return _rank(model, items, params, a)
+    return _update(model, items, params, a, out, inputs, show_path)
+
+
+def _rank(model, items, params, a):
+    import numpy as np
+
+    from ..model import correspond_to_model, new_label_maps, rank_candidates
+
+    todo, skipped = new_label_maps(model, [f for f, _ in items], [n for _, n in items])
+    accepted, rejected = correspond_to_model(model, todo, params, not a.quiet)
+    rows = []
+    if accepted:
+        order, novelty, gain = rank_candidates(model, np.stack([c["verts"] for c in accepted]))
+        rows = [{"rank": r + 1, "candidate": accepted[i]["source"],
+                 "side": accepted[i]["side"], "gain_mm": round(float(g), 4),
+                 "novelty_mm": round(float(novelty[i]), 4)}
+                for r, (i, g) in enumerate(zip(order, gain))]
+    if a.json:
+        print(json.dumps({"ranking": rows, "skipped": skipped, "rejected": rejected}, indent=1))
+        return 0
+    print("rank  gain_mm  novelty_mm  candidate")
+    for r in rows:
+        side = "" if r["side"] == "none" else f" ({r['side']})"
+        print(f"{r['rank']:4d}  {r['gain_mm']:7.3f}  {r['novelty_mm']:10.3f}  "
+              f"{r['candidate']}{side}")
+    for s in skipped:
+        print(f"skipped   {s['source']}: {s['reason']}")
+    for r in rejected:
+        print(f"refused   {r['source']}: {r['reason']}")
+    print("gain_mm: RMS per vertex of what the candidate adds beyond the model and the "
+          "candidates ranked above it; novelty_mm: the same against the model alone")
+    return 0
+
+
+def _update(model, items, params, a, out, inputs, show_path):
+    from .._outputs import OutputDir, manifest, own_model_file, publish_file
+    from ..model import save_model, update_model
+
+    side_path = out.with_name(out.name + ".report")
+    side = OutputDir(side_path, force=a.force, inputs=inputs)   # checked before the slow stages
+    try:
+        new, report = update_model(model, [f for f, _ in items], params,
+                                   progress=not a.quiet, names=[n for _, n in items])
+        side.write_json("report.json", report)
+        side.write_json("manifest.json", manifest(
+            command="update-model", parameters=vars(a), seed=None,
+            inputs={"model": a.model, **{n: f for f, n in items}}))
+        staged = side.scratch(out.name)
+        save_model(new, staged)
+        publish_file(staged, out, force=a.force, inputs=inputs, own=own_model_file)
+        side.commit()
+    finally:
+        side.discard()
+    for s in report["skipped"]:
+        print(f"skipped  {s['source']}: {s['reason']}")
+    for r in report["rejected"]:
+        print(f"refused  {r['source']}: {r['reason']}")
+    print(f"model version {report['model_version']}: {report['n_shapes_before']} -> "
+          f"{report['n_shapes']} shapes ({len(report['added'])} added, "
+          f"{len(report['skipped'])} skipped, {len(report['rejected'])} refused"
+          + ("; appearance updated" if report["appearance_updated"] else "") + ")")
+    print(f"wrote {show_path(out)}")
+    return 0

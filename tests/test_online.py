@@ -1,0 +1,296 @@
+"""Online learning: update-model (round trip, refusals, duplicates, lineage, atomic
+write), the online update against a batch rebuild, closing the loop, ranking
+candidates, and the prior option (shapes or learned dictionary)."""
+
+import hashlib
+import json
+import shutil
+import signal
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from _safety import _subprocess, leftovers
+from shapeprior.api import reconstruct
+from shapeprior.appearance import ProfileModel
+from shapeprior.cli import main
+from shapeprior.model import (extend_model, fit_pose_prior, load_model, model_from_shapes,
+                              rank_candidates, save_model)
+from shapeprior.model._pose import add_pose_stats, pose_from_stats, pose_stats
+from shapeprior.ssc import sparse_shape_composition
+from shapeprior.synthetic import ShapePopulation, fibonacci_sphere, star_mesh_faces
+
+
+def _sha(p):
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def _rms(a, b):
+    return float(np.sqrt(np.mean(np.sum((a - b) ** 2, axis=1))))
+
+
+@pytest.fixture(scope="module")
+def small_model(phantom_model, tmp_path_factory):
+    """A model with a learned dictionary from five phantom label maps."""
+    _, images, labels, _ = phantom_model
+    d = tmp_path_factory.mktemp("online")
+    train = d / "train"
+    train.mkdir()
+    for f in sorted(labels.iterdir())[:5]:
+        shutil.copy(f, train / f.name)
+    model = d / "model.npz"
+    assert main(["build-model", str(train), "-o", str(model), "--images", str(images),
+                 "--vertices", "642", "--iso-spacing", "0.75", "--smooth", "0.75",
+                 "--atoms", "4", "--nonzero", "2", "--quiet"]) == 0
+    return model, images, labels
+
+
+def _bad_masks(labels, folder):
+    """Label maps a model must refuse, each for its own reason."""
+    folder.mkdir()
+    img = nib.load(labels / "phantom_006.nii.gz")
+    a = np.asarray(img.dataobj).astype(np.uint8)
+    nib.save(nib.Nifti1Image(np.zeros_like(a), img.affine), folder / "empty.nii.gz")
+    nib.save(nib.Nifti1Image(np.where(a > 0, 7, 0).astype(np.uint8), img.affine),
+             folder / "wrong_label.nii.gz")
+    idx = np.argwhere(a > 0)
+    lo, hi = idx.min(0), idx.max(0) + 1
+    organ = a[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    two = np.zeros_like(a)
+    two[:organ.shape[0], :organ.shape[1], :organ.shape[2]] = organ
+    two[-organ.shape[0]:, -organ.shape[1]:, -organ.shape[2]:] |= organ
+    nib.save(nib.Nifti1Image(two, img.affine), folder / "two_pieces.nii.gz")
+    aff = img.affine.copy()
+    aff[:3, :3] *= 10.0                                     # 10x the voxel size
+    nib.save(nib.Nifti1Image(a, aff), folder / "spacing_x10.nii.gz")
+    return {"empty": "not present", "wrong_label": "not present", "two_pieces": "2 pieces",
+            "spacing_x10": "size"}
+
+
+def test_update_model_round_trip_refusals_and_lineage(small_model, tmp_path, capsys):
+    model_path, images, labels = small_model
+    bad = _bad_masks(labels, tmp_path / "bad")
+    new_map = labels / "phantom_005.nii.gz"
+    dup = labels / "phantom_000.nii.gz"                      # already in the model
+    inputs = [model_path, new_map, dup, *sorted((tmp_path / "bad").iterdir())]
+    before = {str(p): _sha(p) for p in inputs}
+    out = tmp_path / "grown.npz"
+    capsys.readouterr()
+    assert main(["update-model", str(model_path), str(new_map), str(dup),
+                 str(tmp_path / "bad"), "-o", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert {str(p): _sha(p) for p in inputs} == before         # inputs untouched
+    old, new = load_model(model_path), load_model(out)
+    # the file grows by exactly the new shape; the old ones are bit for bit the same
+    assert new.n_shapes == old.n_shapes + 1
+    assert np.array_equal(new.shapes[:old.n_shapes], old.shapes)
+    assert np.array_equal(new.faces, old.faces)
+    assert new.atoms.shape == old.atoms.shape and not np.array_equal(new.atoms, old.atoms)
+    assert new.profile.n_images == old.profile.n_images          # no images given
+    # lineage: version 2, one record for the new shape with its content hash
+    lin_old, lin = old.metadata["lineage"], new.metadata["lineage"]
+    assert lin_old["model_version"] == 1 and lin["model_version"] == 2
+    assert lin["shapes"][:old.n_shapes] == lin_old["shapes"]
+    added = lin["shapes"][old.n_shapes:]
+    assert [s["sha256"] for s in added] == [_sha(new_map)]
+    assert all(s["model_version"] == 2 and s["added"] and s["shapeprior"] for s in added)
+    assert lin["updates"][-1]["n_added"] == 1 and lin["updates"][-1]["n_rejected"] == len(bad)
+    # each bad map refused with its reason, the duplicate skipped with a note
+    rep = json.loads((tmp_path / "grown.npz.report" / "report.json").read_text())
+    reasons = {r["source"]: r["reason"] for r in rep["rejected"]}
+    assert set(reasons) == set(bad)
+    for name, word in bad.items():
+        assert word in reasons[name], (name, reasons[name])
+        assert f"refused  {name}:" in printed
+    assert [s["source"] for s in rep["skipped"]] == ["phantom_000"]
+    assert "already in the model" in rep["skipped"][0]["reason"]
+    # with images: the appearance learns from the new image too; a map without an
+    # image is refused, the other added
+    out3 = tmp_path / "grown3.npz"
+    assert main(["update-model", str(out), str(labels / "phantom_006.nii.gz"),
+                 str(tmp_path / "bad" / "empty.nii.gz"), "-o", str(out3), "--images",
+                 str(images), "--quiet"]) == 0
+    assert "refused  empty: no image in" in capsys.readouterr().out
+    third = load_model(out3)
+    assert third.n_shapes == new.n_shapes + 1 and np.array_equal(third.shapes[:-1], new.shapes)
+    assert third.profile.n_images == new.profile.n_images + 1
+    assert not np.array_equal(third.profile.mean, new.profile.mean)
+    # model-info shows the lineage without file names
+    assert main(["model-info", str(out3)]) == 0
+    info = capsys.readouterr().out
+    assert "model version 3" in info and "v2: 1 shapes" in info and "phantom_00" not in info
+    # adding the same maps again adds nothing: one line, exit 1, nothing written
+    out2 = tmp_path / "again.npz"
+    assert main(["update-model", str(out3), str(new_map), str(labels / "phantom_006.nii.gz"),
+                 "-o", str(out2)]) == 1
+    assert "no shape added (2 duplicates" in capsys.readouterr().err and not out2.exists()
+
+
+def test_update_model_never_writes_over_its_input_or_a_foreign_file(small_model, tmp_path,
+                                                                    capsys):
+    model_path, _, labels = small_model
+    m = tmp_path / "m.npz"
+    shutil.copy(model_path, m)
+    foreign = tmp_path / "notes.npz"
+    foreign.write_bytes(b"mine")
+    before = {p: _sha(p) for p in (m, foreign)}
+    new_map = str(labels / "phantom_006.nii.gz")
+    for target, force in ((m, []), (m, ["--force"]), (foreign, ["--force"])):
+        capsys.readouterr()
+        assert main(["update-model", str(m), new_map, "-o", str(target), *force]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("is the input" in err or "never replaces" in err), err
+    assert {p: _sha(p) for p in (m, foreign)} == before
+    assert main(["update-model", str(m), new_map]) == 1          # neither -o nor --rank-only
+    assert "-o NEW_MODEL" in capsys.readouterr().err
+
+
+def test_update_model_killed_while_writing_leaves_the_old_model(small_model, tmp_path):
+    model_path, _, labels = small_model
+    m = tmp_path / "m.npz"
+    shutil.copy(model_path, m)
+    out = tmp_path / "m2.npz"
+    before = _sha(m)
+    args = ["update-model", str(m), str(labels / "phantom_006.nii.gz"), "-o", str(out),
+            "--quiet"]
+    rc, _, _ = _subprocess(args, env={"SHAPEPRIOR_TEST_KILL_AT": "before-publish"})
+    assert rc == -signal.SIGKILL
+    assert _sha(m) == before and not out.exists()
+    rc, _, err = _subprocess(args)                          # a rerun cleans up and finishes
+    assert rc == 0, err
+    assert load_model(out).n_shapes == load_model(m).n_shapes + 1
+    assert not leftovers(tmp_path) and _sha(m) == before
+
+
+def _population(n, seed=0, n_points=300):
+    pop = ShapePopulation(n_points=n_points, seed=seed)
+    faces = star_mesh_faces(fibonacci_sphere(n_points))
+    rng = np.random.default_rng(seed + 1)
+    shapes = pop.sample(n)
+    # each in its own pose: GPA and the online alignment must undo it
+    out = []
+    for s in shapes:
+        q, _ = np.linalg.qr(np.eye(3) + 0.1 * rng.normal(size=(3, 3)))
+        q *= np.sign(np.linalg.det(q))
+        out.append(rng.uniform(0.9, 1.1) * s @ q.T + rng.uniform(-20, 20, 3))
+    return np.stack(out), faces
+
+
+def test_online_update_equals_a_batch_rebuild():
+    shapes, faces = _population(130)
+    train, held = shapes[:100], shapes[100:]
+    online = model_from_shapes(train[:40], faces, n_atoms=12, n_nonzero=3)
+    for b in range(40, 100, 20):
+        online = extend_model(online, train[b:b + 20])
+    batch = model_from_shapes(train, faces, n_atoms=12, n_nonzero=3)
+    assert online.n_shapes == batch.n_shapes == 100
+    assert online.metadata["lineage"]["model_version"] == 4
+    # the leading PCA subspace is the same (cosines of the principal angles)
+    k = 5
+    cos = np.linalg.svd(online.pca_components[:k] @ batch.pca_components[:k].T,
+                        compute_uv=False)
+    assert cos.min() > 0.98, cos
+    # so is what either model explains of unseen shapes, clean and with a leak
+    for prior in ("shapes", "dictionary"):
+        errs = {"online": [], "batch": []}
+        for y in held:
+            w = np.ones(len(y))
+            for name, m in (("online", online), ("batch", batch)):
+                rec = reconstruct(y, m, weights=w, prior=prior).reconstruction
+                errs[name].append(_rms(rec, y))
+        a, b = np.mean(errs["online"]), np.mean(errs["batch"])
+        assert a <= 1.05 * b + 0.05, (prior, a, b)
+
+
+def test_a_dictionary_started_on_few_shapes_grows_to_its_requested_size():
+    shapes, faces = _population(60, seed=5)
+    m = model_from_shapes(shapes[:8], faces, n_atoms=20, n_nonzero=3)
+    assert m.atoms.shape[0] == 8
+    grown = extend_model(m, shapes[8:30])
+    assert grown.atoms.shape[0] == 20 and grown.dictionary_state["A"].shape == (20, 20)
+    norms = np.linalg.norm(grown.atoms.reshape(20, -1), axis=1)
+    assert np.all((norms > 0.5) & (norms <= 1.0 + 1e-9)), norms
+    held = shapes[30:40]
+    err = [np.mean([_rms(reconstruct(y, mm, prior="dictionary").reconstruction, y)
+                    for y in held]) for mm in (m, grown)]
+    assert err[1] < err[0], err
+
+
+def test_pose_and_appearance_updates_equal_learning_from_all():
+    rng = np.random.default_rng(0)
+    shapes, _ = _population(12)
+    centres = rng.normal(scale=30, size=(12, 3))
+    mean = shapes.mean(0)
+    whole = fit_pose_prior(mean, shapes, centres)
+    a, b = pose_stats(mean, shapes[:7], centres[:7]), pose_stats(mean, shapes[7:], centres[7:])
+    s = np.concatenate([a["scales"], b["scales"]])
+    part = pose_from_stats(add_pose_stats(a, b), (s.min(), s.max()))
+    for f in ("rotation", "offset_from_fov_centre_mm", "offset_sd_mm"):
+        assert np.allclose(getattr(part, f), getattr(whole, f), atol=1e-10)
+    assert part.scale == pytest.approx(whole.scale) and part.scale_range == whole.scale_range
+    # appearance: merging new images' profiles equals learning from all of them, also
+    # for a model that did not record its variance floor (recovered from its arrays)
+    from shapeprior.appearance._profiles import _floor
+
+    P = rng.normal(size=(9, 50, 8)) * rng.uniform(0.1, 1, (1, 50, 8))
+
+    def learned(X, record_floor=True):
+        f = _floor(X.var(0), X.mean(0))
+        return ProfileModel(X.mean(0), X.var(0) + f, 0.75, 4, "percentile", len(X),
+                            f if record_floor else None)
+
+    for record in (True, False):
+        got = learned(P[:6], record).merged(P[6:])
+        want = learned(P)
+        assert np.allclose(got.mean, want.mean) and np.allclose(got.var, want.var)
+        assert got.n_images == 9
+
+
+def test_closing_the_loop_a_badly_fitted_case_is_fitted_well_once_added():
+    """A shape family whose initial model never saw one kind of variation: a case
+    with it is fitted badly; once it is added, it is fitted well."""
+    shapes, faces = _population(41, seed=3)
+    base = shapes[:40].copy()
+    odd = shapes[40].copy()
+    odd[:, 0] *= np.where(odd[:, 0] > 0, 1.6, 1.0)           # one lobe far longer
+    m = model_from_shapes(base, faces)
+    before = _rms(reconstruct(odd, m, prior="shapes").reconstruction, odd)
+    grown = extend_model(m, odd[None])
+    after = _rms(reconstruct(odd, grown, prior="shapes").reconstruction, odd)
+    assert before > 3.0 and after < 0.2 * before, (before, after)
+    # rank: the odd case ranks first among typical candidates, and its copy falls back
+    cands = np.concatenate([_population(6, seed=9)[0], odd[None], odd[None] * 1.001])
+    order, novelty, gain = rank_candidates(m, cands)
+    assert order[0] in (6, 7) and set(order[-1:]) <= {6, 7}
+    assert novelty[6] > 2 * np.median(novelty[:6]) and gain[-1] < 0.05 * gain[0]
+
+
+def test_prior_option_shapes_or_dictionary(small_model, phantom_model, tmp_path, capsys):
+    model_path, images, _ = small_model
+    m = load_model(model_path)
+    assert m.resolve_prior("auto") == "shapes"                # few shapes: the raw shapes
+    assert m.resolve_prior("dictionary") == "dictionary"
+    assert m.prior_dictionary("dictionary").n_atoms == m.atoms.shape[0]
+    scan = str(images / "phantom_006.nii.gz")
+    out = tmp_path / "seg"
+    assert main(["segment", scan, "-o", str(out), "--model", str(model_path), "--prior",
+                 "dictionary", "--placement", "prior"]) in (0, 3)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["prior"] == {"requested": "dictionary", "used": "dictionary", "n_atoms": 4}
+    # a model without a dictionary: one line, exit 1
+    _, _, _, plain = phantom_model
+    capsys.readouterr()
+    assert main(["segment", scan, "-o", str(tmp_path / "x"), "--model", str(plain),
+                 "--prior", "dictionary"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no learned dictionary" in err
+    with pytest.raises(ValueError, match="prior="):
+        reconstruct(m.mean, m, prior="atoms")
+    # a saved and reloaded model keeps the online dictionary state
+    p = tmp_path / "copy.npz"
+    save_model(m, p)
+    again = load_model(p)
+    assert np.array_equal(again.dictionary_state["B"], m.dictionary_state["B"])
+    res = sparse_shape_composition(m.shapes[0], again.prior_dictionary("dictionary"))
+    assert _rms(res.reconstruction, m.shapes[0]) < 1.0
