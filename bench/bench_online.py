@@ -183,7 +183,9 @@ def learning_curve(pool, faces, held, cases, order, k, nz, seed, rebuild=True,
         else:
             online = extend_model(online, new)
             t_update = time.perf_counter() - t0
+        arrays, _ = online.to_file_parts()
         row = {"n_shapes": int(len(idx)), "update_s": t_update,
+               "model_mb": sum(a.nbytes for a in arrays.values()) / 2**20,
                "online": evaluate(online.prior_dictionary("dictionary"), held, cases)}
         if rebuild:
             t0 = time.perf_counter()
@@ -221,6 +223,30 @@ def ranked_order(pool, faces, k, nz, seed, first):
         model = extend_model(model, pool[pick])
         left = np.setdiff1d(left, pick)
     return np.array(order)
+
+
+def cli_update(model, case_dirs, tmp):
+    """``shapeprior update-model`` on real label maps: wall time, peak RSS, what it added."""
+    import json
+    import resource
+    import subprocess
+
+    out = Path(tmp) / "grown.npz"
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "shapeprior.cli", "update-model", str(model),
+                        *map(str, case_dirs), "-o", str(out), "--quiet"],
+                       capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr)
+    rep = json.loads((Path(tmp) / "grown.npz.report" / "report.json").read_text())
+    return {"command": "shapeprior update-model kidney_model.npz CASE_DIR x"
+                       f"{len(case_dirs)} -o grown.npz",
+            "wall_s": wall, "peak_rss_mb": resource.getrusage(
+                resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            "n_shapes_before": rep["n_shapes_before"], "n_shapes_after": rep["n_shapes"],
+            "added": len(rep["added"]), "refused": len(rep["rejected"]),
+            "model_version": rep["model_version"], "time_s": rep["time_s"]}
 
 
 def run_set(name, pool, faces, held_tune, held_eval, a, sizes, sparsities, shapes_at):
@@ -362,6 +388,13 @@ def main(argv=None):
                **run_set("kits", train, faces, held[0::2][:a.max_eval],
                          held[1::2][:a.max_eval], a, sizes=(64, 128), sparsities=(5, 10),
                          shapes_at=(100, 200))}
+        import tempfile
+
+        cases = sorted(p for p in (root / "kits19").glob("case_*")
+                       if int(p.name.split("_")[1]) % 5 == 0)[:10]
+        with tempfile.TemporaryDirectory() as tmp:
+            res["cli_update"] = cli_update(CACHE / "kidney_model.npz", cases, tmp)
+        print(f"  update-model CLI: {res['cli_update']}", flush=True)
         out = write_json(a.out.format(set="kits"), res)
         print(f"wrote {out}")
     print(f"wrote {plot(files, HERE / 'results' / 'online.png')}")

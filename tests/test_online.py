@@ -99,10 +99,10 @@ def test_update_model_round_trip_refusals_and_lineage(small_model, tmp_path, cap
     # each bad map refused with its reason, the duplicate skipped with a note
     rep = json.loads((tmp_path / "grown.npz.report" / "report.json").read_text())
     reasons = {r["source"]: r["reason"] for r in rep["rejected"]}
-    assert set(reasons) == set(bad)
+    assert set(reasons) == {f"bad/{name}" for name in bad}      # named with their folder
     for name, word in bad.items():
-        assert word in reasons[name], (name, reasons[name])
-        assert f"refused  {name}:" in printed
+        assert word in reasons[f"bad/{name}"], (name, reasons[f"bad/{name}"])
+        assert f"refused  bad/{name}:" in printed
     assert [s["source"] for s in rep["skipped"]] == ["phantom_000"]
     assert "already in the model" in rep["skipped"][0]["reason"]
     # with images: the appearance learns from the new image too; a map without an

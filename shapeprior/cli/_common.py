@@ -99,3 +99,14 @@ def add_prior(ap):
                     help="SSC composes from the model's training shapes or its learned "
                          "dictionary (build-model --atoms); auto (default): the dictionary for "
                          "large models (measured in bench/results/online.json), else the shapes")
+
+
+def add_label_map_options(ap):
+    """The options shared by the commands that read training label maps
+    (``build-model``, ``update-model``): ``--limit``, ``--jobs``, ``--quiet``,
+    ``--allow-no-orientation``."""
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N label maps")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--allow-no-orientation", action="store_true",
+                    help="accept NIfTI/Analyze label maps that record no orientation")

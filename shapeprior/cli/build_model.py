@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._outputs import manifest, show_path
-from ._common import parse_labels
+from ._common import add_label_map_options, parse_labels
 
 
 def main(argv):
@@ -32,7 +32,6 @@ def main(argv):
     ap.add_argument("--atoms", type=int, default=0,
                     help="also learn a K-SVD dictionary of this many atoms (default 0: none)")
     ap.add_argument("--nonzero", type=int, default=5, help="K-SVD atoms per shape (default 5)")
-    ap.add_argument("--limit", type=int, default=None, help="use only the first N label maps")
     ap.add_argument("--images", default=None,
                     help="training images: a folder (or an nnU-Net/MSD dataset folder with "
                          "imagesTr) holding each label map's image under the same relative "
@@ -41,15 +40,12 @@ def main(argv):
                          "(present, same grid) before the slow stages")
     ap.add_argument("--normalisation", choices=("percentile", "ct"), default="percentile",
                     help="intensity scale for appearance: percentile (MR) or ct (HU)")
-    ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     ap.add_argument("--random-state", "--seed", dest="random_state", type=int, default=0,
                     help="seed of the random number generator (default 0)")
     ap.add_argument("--force", action="store_true",
                     help="replace a previous shapeprior model file (never an input or a "
                          "foreign file)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
-    ap.add_argument("--allow-no-orientation", action="store_true",
-                    help="accept NIfTI/Analyze label maps that record no orientation")
+    add_label_map_options(ap)
     a = ap.parse_args(argv)
 
     from pathlib import Path

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ._common import add_label_map_options
+
 
 def _inputs(paths, limit):
     """``[(file, case name)]`` from files and folders of label maps."""
@@ -17,7 +19,8 @@ def _inputs(paths, limit):
     for p in map(Path, paths):
         if p.is_dir():
             root = label_root(p)
-            out += [(f, str(f.relative_to(root))) for f in find_label_maps(p)]
+            # named with the folder given: case_00001/segmentation, not segmentation
+            out += [(f, f"{p.name}/{f.relative_to(root)}") for f in find_label_maps(p)]
         elif p.is_file():
             out.append((p, p.name))
         else:
@@ -53,15 +56,11 @@ def main(argv):
     ap.add_argument("--images", default=None,
                     help="training images of the new label maps (as build-model): update the "
                          "model's boundary appearance too")
-    ap.add_argument("--limit", type=int, default=None, help="use only the first N label maps")
-    ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     ap.add_argument("--json", action="store_true", help="with --rank-only: print JSON")
     ap.add_argument("--force", action="store_true",
                     help="replace a previous shapeprior model file (never the input model, "
                          "an input or a foreign file)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
-    ap.add_argument("--allow-no-orientation", action="store_true",
-                    help="accept NIfTI/Analyze label maps that record no orientation")
+    add_label_map_options(ap)
     a = ap.parse_args(argv)
 
     from pathlib import Path
