@@ -210,14 +210,14 @@ def learning_curve(pool, faces, held, cases, order, k, nz, seed, rebuild=True,
     return steps, online
 
 
-def ranked_order(pool, faces, k, nz, seed, first):
+def ranked_order(pool, faces, k, nz, seed, first, criterion):
     """Batches chosen by rank_candidates against the model grown so far."""
     order = list(first)
     left = np.setdiff1d(np.arange(len(pool)), order)
     model = model_from_shapes(pool[order], faces, n_atoms=k, n_nonzero=nz,
                               seed=seed)
     while left.size:
-        ranking, _, _ = rank_candidates(model, pool[left])
+        ranking, _, _ = rank_candidates(model, pool[left], criterion)
         pick = left[ranking[:BATCH]]
         order += pick.tolist()
         model = extend_model(model, pool[pick])
@@ -249,6 +249,41 @@ def cli_update(model, case_dirs, tmp):
             "model_version": rep["model_version"], "time_s": rep["time_s"]}
 
 
+def ranking_section(pool, faces, held, cases, base, k, nz, a):
+    """Online learning curves in ranked order (each criterion) and in random orders,
+    all from the same first batch."""
+    first = base[:BATCH]
+    out = {"ranking_s": {}, "ranked": {}, "random": []}
+    for crit in ("coverage", "novelty"):
+        t0 = time.perf_counter()
+        order = ranked_order(pool, faces, k, nz, a.seed, first, crit)
+        out["ranking_s"][crit] = time.perf_counter() - t0
+        print(f"  ranked order ({crit})", flush=True)
+        out["ranked"][crit], _ = learning_curve(pool, faces, held, cases, order, k, nz,
+                                                a.seed, rebuild=False)
+    for s in range(a.random_orders):
+        rest = np.random.default_rng([a.seed, 100 + s]).permutation(
+            np.setdiff1d(np.arange(len(pool)), first))
+        print(f"  random order {s}", flush=True)
+        c, _ = learning_curve(pool, faces, held, cases, np.concatenate([first, rest]), k, nz,
+                              a.seed, rebuild=False)
+        out["random"].append(c)
+    return out
+
+
+def rerun_ranking(path, pool, faces, held_eval, a):
+    """Recompute only the ranking section of an existing result file."""
+    import json
+
+    res = json.loads(Path(path).read_text())
+    ch = res["dictionary_choice"]["chosen"]
+    base = np.random.default_rng(a.seed).permutation(len(pool))
+    cases = corrupted(held_eval, faces, a.seed + 1)
+    res["ranking"] = ranking_section(pool, faces, held_eval, cases, base, ch["n_atoms"],
+                                     ch["n_nonzero"], a)
+    return res
+
+
 def run_set(name, pool, faces, held_tune, held_eval, a, sizes, sparsities, shapes_at):
     print(f"{name}: {len(pool)} training shapes, {len(held_tune)}+{len(held_eval)} held out",
           flush=True)
@@ -269,23 +304,7 @@ def run_set(name, pool, faces, held_tune, held_eval, a, sizes, sparsities, shape
                                               "SSC over the corruptions, tuning half",
                                  "full_repository": tune_ref, "candidates": tune_rows},
            "learning_curve": curve}
-    # ranking vs random: online models only (the rebuilt ones are compared above)
-    first = base[:BATCH]
-    t0 = time.perf_counter()
-    ranked = ranked_order(pool, faces, k, nz, a.seed, first)
-    t_rank = time.perf_counter() - t0
-    print("  ranked order", flush=True)
-    r_curve, _ = learning_curve(pool, faces, held_eval, eval_cases, ranked, k, nz, a.seed,
-                                rebuild=False)
-    randoms = []
-    for s in range(a.random_orders):
-        rest = np.random.default_rng([a.seed, 100 + s]).permutation(
-            np.setdiff1d(np.arange(len(pool)), first))
-        print(f"  random order {s}", flush=True)
-        c, _ = learning_curve(pool, faces, held_eval, eval_cases,
-                              np.concatenate([first, rest]), k, nz, a.seed, rebuild=False)
-        randoms.append(c)
-    out["ranking"] = {"ranking_s": t_rank, "ranked": r_curve, "random": randoms}
+    out["ranking"] = ranking_section(pool, faces, held_eval, eval_cases, base, k, nz, a)
     return out
 
 
@@ -313,9 +332,10 @@ def plot(paths, out):
                          f"(K={res['dictionary_choice']['chosen']['n_atoms']})")
         rk = res["ranking"]
         for c, col in colours.items():
-            n = [s["n_shapes"] for s in rk["ranked"]]
-            row[1].plot(n, [s["online"][c]["mean_mm"] for s in rk["ranked"]], "-", color=col,
-                        label=f"{c} ranked")
+            ranked = rk["ranked"]["coverage"]
+            n = [s["n_shapes"] for s in ranked]
+            row[1].plot(n, [s["online"][c]["mean_mm"] for s in ranked], "-", color=col,
+                        label=f"{c} ranked (coverage)")
             rnd = np.array([[s["online"][c]["mean_mm"] for s in r] for r in rk["random"]])
             row[1].plot(n, rnd.mean(0), ":", color=col, label=f"{c} random (mean)")
         row[1].set_title(f"{res['set']}: ranked vs random order")
@@ -341,6 +361,8 @@ def main(argv=None):
     ap.add_argument("--prepare-only", action="store_true")
     ap.add_argument("--plot-only", action="store_true",
                     help="only draw results/online.png from the result files")
+    ap.add_argument("--ranking-only", action="store_true",
+                    help="recompute only the ranking curves of existing result files")
     ap.add_argument("--out", default=str(HERE / "results" / "online_{set}.json"),
                     help="result file per set ({set} is replaced by its name)")
     a = ap.parse_args(argv)
@@ -366,6 +388,11 @@ def main(argv=None):
             return 0
         pool = z["train"][z["train_ok"]]
         val = z["val"][z["val_ok"]]
+        if a.ranking_only:
+            path = a.out.format(set="adrenal")
+            res = rerun_ranking(path, pool, z["faces"], val[1::2][:a.max_eval], a)
+            print(f"wrote {write_json(path, res)}")
+    if "adrenal" in a.sets and not a.ranking_only:
         res = {**header, "set": "adrenal", "data": "AdrenalMNIST3D 64^3 train (curve), val "
                "(even: tuning, odd: report)",
                "correspondence": {
@@ -380,7 +407,12 @@ def main(argv=None):
                          shapes_at=(100, 400))}
         out = write_json(a.out.format(set="adrenal"), res)
         print(f"wrote {out}")
-    if "kits" in a.sets:
+    if "kits" in a.sets and a.ranking_only:
+        train, held, faces = kits_shapes()
+        path = a.out.format(set="kits")
+        res = rerun_ranking(path, train, faces, held[1::2][:a.max_eval], a)
+        print(f"wrote {write_json(path, res)}")
+    elif "kits" in a.sets:
         train, held, faces = kits_shapes()
         res = {**header, "set": "kits", "data": "KiTS19 kidneys: training shapes of "
                "bench/cache/kidney_model.npz (cases % 5 != 0; curve), held-out cases % 5 == 0 "

@@ -247,8 +247,8 @@ def run_mutant(m, timeout):
         env = dict(os.environ, PYTHONPATH=str(work), NUMBA_CACHE_DIR=str(work / ".numba"))
         t0 = time.perf_counter()
         try:
-            p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                                "-m", "not slow", *tests], cwd=work, env=env,
+            p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p",
+                                "no:cacheprovider", "-m", "not slow", *tests], cwd=work, env=env,
                                capture_output=True, text=True, timeout=timeout)
             status = "survived" if p.returncode == 0 else "killed"
             tail = p.stdout.strip().splitlines()[-1:] if p.stdout else []

@@ -127,6 +127,27 @@ def test_update_model_round_trip_refusals_and_lineage(small_model, tmp_path, cap
     assert "no shape added (2 duplicates" in capsys.readouterr().err and not out2.exists()
 
 
+def test_rank_only_lists_new_candidates_and_writes_nothing(small_model, tmp_path, capsys):
+    model_path, _, labels = small_model
+    before = {p.name: _sha(p) for p in [model_path, *labels.iterdir()]}
+    files_before = sorted(tmp_path.iterdir())
+    capsys.readouterr()
+    assert main(["update-model", "--rank-only", str(model_path), str(labels), "--json",
+                 "--quiet"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    ranked = [row["candidate"] for row in r["ranking"]]
+    # the two maps the model lacks are ranked, the five it holds are skipped
+    assert sorted(ranked) == ["labels/phantom_005", "labels/phantom_006"]
+    assert [row["rank"] for row in r["ranking"]] == [1, 2]
+    assert r["ranking"][0]["gain_mm"] >= r["ranking"][1]["gain_mm"] > 0
+    assert len(r["skipped"]) == 5 and not r["rejected"]
+    assert {p.name: _sha(p) for p in [model_path, *labels.iterdir()]} == before
+    assert sorted(tmp_path.iterdir()) == files_before
+    assert main(["update-model", "--rank-only", str(model_path), str(labels), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("rank  gain_mm") and "labels/phantom_005" in out
+
+
 def test_update_model_never_writes_over_its_input_or_a_foreign_file(small_model, tmp_path,
                                                                     capsys):
     model_path, _, labels = small_model

@@ -48,6 +48,10 @@ def main(argv):
     ap.add_argument("--rank-only", action="store_true",
                     help="write nothing: order the candidates by how much each would add "
                          "(what the model cannot yet express)")
+    ap.add_argument("--criterion", choices=("coverage", "novelty"), default="coverage",
+                    help="with --rank-only: first the candidates whose new variation the most "
+                         "candidates share (coverage, default), or the most unusual ones "
+                         "(novelty)")
     ap.add_argument("--labels", dest="label_values", default=None,
                     help="label values of the organ in the new maps (default: the model's)")
     ap.add_argument("--organ", default=None, help="must match the model's organ")
@@ -103,7 +107,8 @@ def _rank(model, items, params, a):
     accepted, rejected = correspond_to_model(model, todo, params, not a.quiet)
     rows = []
     if accepted:
-        order, novelty, gain = rank_candidates(model, np.stack([c["verts"] for c in accepted]))
+        order, novelty, gain = rank_candidates(model, np.stack([c["verts"] for c in accepted]),
+                                               a.criterion)
         rows = [{"rank": r + 1, "candidate": accepted[i]["source"],
                  "side": accepted[i]["side"], "gain_mm": round(float(g), 4),
                  "novelty_mm": round(float(novelty[i]), 4)}
@@ -120,8 +125,10 @@ def _rank(model, items, params, a):
         print(f"skipped   {s['source']}: {s['reason']}")
     for r in rejected:
         print(f"refused   {r['source']}: {r['reason']}")
-    print("gain_mm: RMS per vertex of what the candidate adds beyond the model and the "
-          "candidates ranked above it; novelty_mm: the same against the model alone")
+    print("gain_mm: RMS per vertex of the new variation the candidate brings (" + (
+        "summed over all candidates it explains" if a.criterion == "coverage" else "its own")
+        + ") beyond the model and the candidates ranked above it; novelty_mm: its own "
+        "residual against the model alone")
     return 0
 
 

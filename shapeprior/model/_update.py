@@ -387,21 +387,27 @@ def update_model(model: ShapeModel, label_files, params: BuildParams | None = No
     return new, report
 
 
-def rank_candidates(model: ShapeModel, shapes):
+def rank_candidates(model: ShapeModel, shapes, criterion="coverage"):
     """Order candidate shapes by how much each would add to the model.
 
-    Greedy selection on what the model cannot express: each candidate's
-    residual outside the span of the model's mean and PCA modes (in the model
-    frame, after similarity alignment); the candidate with the largest
-    residual comes first, and the others' residuals are then taken outside
-    its direction too, so a near-copy of a chosen candidate adds little and
-    falls back.
+    Both criteria work on what the model cannot express: each candidate's
+    residual outside the span of the model's mean and PCA modes (model frame,
+    after similarity alignment), and select greedily; after each pick, the
+    others' residuals are taken outside the chosen one's direction, so a
+    near-copy of a chosen candidate adds little and falls back.
+
+    * ``'coverage'`` (default): the candidate whose direction explains the most
+      residual energy of all candidates (itself included) comes first: new
+      variation that many candidates share, so a lone outlier (a bad
+      annotation or correspondence) is not preferred over a common gap.
+    * ``'novelty'``: the candidate with the largest own residual comes first.
 
     Parameters
     ----------
     model : ShapeModel
     shapes : ndarray, shape (M, N, 3)
         Candidates in correspondence with the model.
+    criterion : {'coverage', 'novelty'}
 
     Returns
     -------
@@ -411,24 +417,40 @@ def rank_candidates(model: ShapeModel, shapes):
         RMS per vertex (mm) of each candidate's residual under the current
         model (before any selection).
     gain_mm : ndarray, shape (M,)
-        RMS residual of each candidate when it was selected (in ``order``).
+        At its selection, in ``order``: for 'coverage' the RMS per vertex (mm)
+        of the residual energy of all candidates that it explains, for
+        'novelty' its own RMS residual.
     """
+    if criterion not in ("coverage", "novelty"):
+        raise ValueError(f"criterion={criterion!r} is not 'coverage' or 'novelty'")
     aligned, _ = align_to_model(model, shapes)
     m = len(aligned)
     R = aligned.reshape(m, -1) - model.mean.ravel()
     P = model.pca_components
     R = R - (R @ P.T) @ P
     nv = model.n_vertices
-    novelty = np.linalg.norm(R, axis=1) / np.sqrt(nv)
+    G = R @ R.T                                  # residual inner products (m, m)
+    novelty = np.sqrt(np.maximum(np.diag(G), 0.0) / nv)
     order, gains = [], []
     left = np.ones(m, dtype=bool)
+    scale = max(float(np.max(np.diag(G))), 1e-300)
     for _ in range(m):
-        norms = np.where(left, np.linalg.norm(R, axis=1), -1.0)
-        k = int(np.argmax(norms))
+        d = np.maximum(np.diag(G), 0.0)
+        ok = left & (d > 1e-12 * scale)
+        if not ok.any():                         # nothing left to explain
+            rest = np.flatnonzero(left)
+            order += rest.tolist()
+            gains += [0.0] * rest.size
+            break
+        if criterion == "novelty":
+            score = np.where(ok, d, -1.0)
+        else:
+            # energy of all candidates along candidate i's residual direction
+            score = np.where(ok, np.sum(G ** 2, axis=0) / np.where(ok, d, 1.0), -1.0)
+        k = int(np.argmax(score))
         order.append(k)
-        gains.append(norms[k] / np.sqrt(nv))
+        gains.append(float(np.sqrt(max(score[k], 0.0) / nv)))
         left[k] = False
-        if norms[k] > 1e-9:
-            q = R[k] / norms[k]
-            R = R - np.outer(R @ q, q)
+        g = G[:, k].copy()
+        G = G - np.outer(g, g) / d[k]            # deflate: residuals outside its direction
     return np.array(order), novelty, np.array(gains)
