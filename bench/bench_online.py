@@ -332,10 +332,10 @@ def plot(paths, out):
                          f"(K={res['dictionary_choice']['chosen']['n_atoms']})")
         rk = res["ranking"]
         for c, col in colours.items():
-            ranked = rk["ranked"]["coverage"]
+            ranked = rk["ranked"]["novelty"]
             n = [s["n_shapes"] for s in ranked]
             row[1].plot(n, [s["online"][c]["mean_mm"] for s in ranked], "-", color=col,
-                        label=f"{c} ranked (coverage)")
+                        label=f"{c} ranked (novelty)")
             rnd = np.array([[s["online"][c]["mean_mm"] for s in r] for r in rk["random"]])
             row[1].plot(n, rnd.mean(0), ":", color=col, label=f"{c} random (mean)")
         row[1].set_title(f"{res['set']}: ranked vs random order")

@@ -387,7 +387,7 @@ def update_model(model: ShapeModel, label_files, params: BuildParams | None = No
     return new, report
 
 
-def rank_candidates(model: ShapeModel, shapes, criterion="coverage"):
+def rank_candidates(model: ShapeModel, shapes, criterion="novelty"):
     """Order candidate shapes by how much each would add to the model.
 
     Both criteria work on what the model cannot express: each candidate's
@@ -396,11 +396,17 @@ def rank_candidates(model: ShapeModel, shapes, criterion="coverage"):
     others' residuals are taken outside the chosen one's direction, so a
     near-copy of a chosen candidate adds little and falls back.
 
-    * ``'coverage'`` (default): the candidate whose direction explains the most
-      residual energy of all candidates (itself included) comes first: new
-      variation that many candidates share, so a lone outlier (a bad
-      annotation or correspondence) is not preferred over a common gap.
-    * ``'novelty'``: the candidate with the largest own residual comes first.
+    * ``'novelty'`` (default): the candidate with the largest own residual
+      comes first.
+    * ``'coverage'``: the candidate whose direction explains the most residual
+      energy of all candidates (itself included) comes first: new variation
+      that many candidates share, so a lone outlier (a bad annotation or
+      correspondence) is not preferred over a common gap.
+
+    Measured (bench/results/online_*.json, held-out error after adding batches
+    of 50 in ranked vs random order): on KiTS kidneys both reach the full set's
+    clean and missing-part accuracy with 150-200 shapes instead of 250; on
+    AdrenalMNIST3D neither beats random order (novelty is the less bad).
 
     Parameters
     ----------

@@ -15,8 +15,8 @@ from ..io import display_name, read_image, read_label_map, write_label
 from ..mesh import Surface
 from ..segmentation import SegmentParams, refine_mask
 from ._qc import qc_png
-from ._run import model_version, prior_record
-from ._run import MESH_FORMATS, input_hashes, params_record, statistics, vertex_data
+from ._run import (MESH_FORMATS, input_hashes, model_version, params_record, prior_record,
+                   statistics, vertex_data)
 
 
 def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, labels=(1,),
