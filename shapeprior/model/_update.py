@@ -212,14 +212,18 @@ def new_label_maps(model: ShapeModel, files, names):
     for s in lineage_of(model.metadata)["shapes"]:
         if s.get("sha256"):
             known.setdefault(s["sha256"], str(s["id"]).rsplit(":", 1)[0])
-    todo, skipped = [], []
+    todo, skipped, batch = [], [], {}
     for f, name in zip(files, names):
         h = sha256_file(f)
-        if h in known:
-            skipped.append({"source": name, "reason": f"same content as {known[h]}, already "
-                            "in the model" if known[h] != name else "already in the model"})
+        if h in batch:
+            skipped.append({"source": name, "reason": f"same content as {batch[h]}, given "
+                                                      "earlier"})
             continue
-        known[h] = name
+        if h in known:
+            skipped.append({"source": name, "reason": "already in the model" if known[h] == name
+                            else f"same content as {known[h]}, already in the model"})
+            continue
+        batch[h] = name
         todo.append((f, name, h))
     return todo, skipped
 
