@@ -110,3 +110,18 @@ def add_label_map_options(ap):
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--allow-no-orientation", action="store_true",
                     help="accept NIfTI/Analyze label maps that record no orientation")
+
+
+def publish_model(side, out, model, report, record, force, inputs):
+    """Stage ``report.json`` and ``manifest.json`` (``record``) in the side folder
+    and the model file beside them, rename the model into place at ``out`` (never
+    over an input or a foreign file), then commit the side folder."""
+    from .._outputs import own_model_file, publish_file
+    from ..model import save_model
+
+    side.write_json("report.json", report)
+    side.write_json("manifest.json", record)
+    staged = side.scratch(out.name)
+    save_model(model, staged)
+    publish_file(staged, out, force=force, inputs=inputs, own=own_model_file)
+    side.commit()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._outputs import manifest, show_path
-from ._common import add_label_map_options, parse_labels
+from ._common import add_label_map_options, parse_labels, publish_model
 
 
 def main(argv):
@@ -50,14 +50,8 @@ def main(argv):
 
     from pathlib import Path
 
-    from .._outputs import (
-        OutputDir,
-        check_not_input,
-        check_replaceable,
-        own_model_file,
-        publish_file,
-    )
-    from ..model import (BuildParams, build_model, find_label_maps, label_root, save_model)
+    from .._outputs import OutputDir, check_not_input, check_replaceable, own_model_file
+    from ..model import BuildParams, build_model, find_label_maps, label_root
 
     out = Path(a.output)
     side_path = out.with_name(out.name + ".report")
@@ -82,14 +76,9 @@ def main(argv):
                              allow_no_orientation=a.allow_no_orientation)
         model, report = build_model(files, params, root=root, progress=not a.quiet)
         # the model file and its report/manifest folder are staged, then renamed into place
-        side.write_json("report.json", report)
-        side.write_json("manifest.json", manifest(
+        publish_model(side, out, model, report, manifest(
             command="build-model", parameters=vars(a), seed=a.random_state,
-            inputs={str(f.relative_to(root)): f for f in files}))
-        staged = side.scratch(out.name)
-        save_model(model, staged)
-        publish_file(staged, out, force=a.force, inputs=inputs, own=own_model_file)
-        side.commit()
+            inputs={str(f.relative_to(root)): f for f in files}), a.force, inputs)
     finally:
         side.discard()
     print(f"model: {model.shapes.shape[0]} shapes x {model.n_vertices} vertices, "

@@ -133,22 +133,18 @@ def _rank(model, items, params, a):
 
 
 def _update(model, items, params, a, out, inputs, show_path):
-    from .._outputs import OutputDir, manifest, own_model_file, publish_file
-    from ..model import save_model, update_model
+    from .._outputs import OutputDir, manifest
+    from ..model import update_model
+    from ._common import publish_model
 
     side_path = out.with_name(out.name + ".report")
     side = OutputDir(side_path, force=a.force, inputs=inputs)   # checked before the slow stages
     try:
         new, report = update_model(model, [f for f, _ in items], params,
                                    progress=not a.quiet, names=[n for _, n in items])
-        side.write_json("report.json", report)
-        side.write_json("manifest.json", manifest(
+        publish_model(side, out, new, report, manifest(
             command="update-model", parameters=vars(a), seed=None,
-            inputs={"model": a.model, **{n: f for f, n in items}}))
-        staged = side.scratch(out.name)
-        save_model(new, staged)
-        publish_file(staged, out, force=a.force, inputs=inputs, own=own_model_file)
-        side.commit()
+            inputs={"model": a.model, **{n: f for f, n in items}}), a.force, inputs)
     finally:
         side.discard()
     for s in report["skipped"]:
