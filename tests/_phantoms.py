@@ -148,3 +148,22 @@ def read_vtk_mesh(path):
     data = {pd.GetArrayName(i): vtk_to_numpy(pd.GetArray(i)) for i in range(pd.GetNumberOfArrays())}
     space = poly.GetFieldData().GetAbstractArray("SPACE")
     return pts, poly.GetNumberOfPolys(), data, space.GetValue(0) if space else None
+
+
+def build_phantom_model(folder, images, labels, n_train, *extra):
+    """Build a model (CLI, with appearance, 642 vertices) from the first ``n_train``
+    phantom label maps, copied into ``folder/train``; ``extra`` adds options.
+    Returns the model file."""
+    import shutil
+
+    from shapeprior.cli import main
+
+    train = folder / "train"
+    train.mkdir()
+    for f in sorted(labels.iterdir())[:n_train]:
+        shutil.copy(f, train / f.name)
+    model = folder / "model.npz"
+    assert main(["build-model", str(train), "-o", str(model), "--images", str(images),
+                 "--vertices", "642", "--iso-spacing", "0.75", "--smooth", "0.75",
+                 "--quiet", *extra]) == 0
+    return model

@@ -34,19 +34,9 @@ def requires_gpu(test):
 def phantom_model(tmp_path_factory):
     """Seven phantom MR image/label pairs (case 6 with a planted leak) and a
     model with appearance built from the first six: ``(dir, images, labels, model)``."""
-    import shutil
-
-    from shapeprior.cli import main
+    from _phantoms import build_phantom_model
     from shapeprior.synthetic import write_phantom_cases
 
     d = tmp_path_factory.mktemp("phantoms")
     images, labels = write_phantom_cases(d, n_cases=7, seed=3, with_leak=(6,))
-    train = d / "train"
-    train.mkdir()
-    for f in sorted(labels.iterdir())[:6]:
-        shutil.copy(f, train / f.name)
-    model = d / "model.npz"
-    assert main(["build-model", str(train), "-o", str(model), "--images", str(images),
-                 "--vertices", "642", "--iso-spacing", "0.75", "--smooth", "0.75",
-                 "--quiet"]) == 0
-    return d, images, labels, model
+    return d, images, labels, build_phantom_model(d, images, labels, 6)

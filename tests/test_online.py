@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from _phantoms import build_phantom_model
 from _safety import _subprocess, leftovers
 from shapeprior.api import reconstruct
 from shapeprior.appearance import ProfileModel
@@ -34,15 +35,8 @@ def _rms(a, b):
 def small_model(phantom_model, tmp_path_factory):
     """A model with a learned dictionary from five phantom label maps."""
     _, images, labels, _ = phantom_model
-    d = tmp_path_factory.mktemp("online")
-    train = d / "train"
-    train.mkdir()
-    for f in sorted(labels.iterdir())[:5]:
-        shutil.copy(f, train / f.name)
-    model = d / "model.npz"
-    assert main(["build-model", str(train), "-o", str(model), "--images", str(images),
-                 "--vertices", "642", "--iso-spacing", "0.75", "--smooth", "0.75",
-                 "--atoms", "4", "--nonzero", "2", "--quiet"]) == 0
+    model = build_phantom_model(tmp_path_factory.mktemp("online"), images, labels, 5,
+                                "--atoms", "4", "--nonzero", "2")
     return model, images, labels
 
 

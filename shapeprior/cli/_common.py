@@ -97,8 +97,9 @@ def add_prior(ap):
     """``--prior auto|shapes|dictionary``: what SSC composes from."""
     ap.add_argument("--prior", choices=("auto", "shapes", "dictionary"), default="auto",
                     help="SSC composes from the model's training shapes or its learned "
-                         "dictionary (build-model --atoms); auto (default): the dictionary for "
-                         "large models (measured in bench/results/online.json), else the shapes")
+                         "dictionary (build-model --atoms); auto (default): the dictionary from "
+                         "1,000 shapes on (measured in bench/results/online_*.json), else the "
+                         "shapes")
 
 
 def add_label_map_options(ap):

@@ -13,20 +13,18 @@ def _inputs(paths, limit):
     """``[(file, case name)]`` from files and folders of label maps."""
     from pathlib import Path
 
-    from ..model import find_label_maps, label_root
+    from ..model import case_name, find_label_maps, label_root
 
     out = []
     for p in map(Path, paths):
         if p.is_dir():
             root = label_root(p)
             # named with the folder given: case_00001/segmentation, not segmentation
-            out += [(f, f"{p.name}/{f.relative_to(root)}") for f in find_label_maps(p)]
+            out += [(f, f"{p.name}/{case_name(f, root)}") for f in find_label_maps(p)]
         elif p.is_file():
-            out.append((p, p.name))
+            out.append((p, case_name(p, p.parent)))
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
-        out = [(f, n[: -len(suffix)] if n.endswith(suffix) else n) for f, n in out]
     return out[:limit] if limit else out
 
 
@@ -69,7 +67,6 @@ def main(argv):
 
     from pathlib import Path
 
-    from .._outputs import show_path
     from ..model import load_model, params_from_model
     from ._common import parse_labels
 
@@ -95,7 +92,7 @@ def main(argv):
         raise ValueError("no label maps given")
     if a.rank_only:
         return _rank(model, items, params, a)
-    return _update(model, items, params, a, out, inputs, show_path)
+    return _update(model, items, params, a, out, inputs)
 
 
 def _rank(model, items, params, a):
@@ -132,8 +129,8 @@ def _rank(model, items, params, a):
     return 0
 
 
-def _update(model, items, params, a, out, inputs, show_path):
-    from .._outputs import OutputDir, manifest
+def _update(model, items, params, a, out, inputs):
+    from .._outputs import OutputDir, manifest, show_path
     from ..model import update_model
     from ._common import publish_model
 

@@ -135,8 +135,9 @@ def find_label_maps(folder):
     return files
 
 
-def _case_name(path: Path, root: Path):
-    rel = path.relative_to(root)
+def case_name(path: Path, root: Path) -> str:
+    """A label map's case name: its path below ``root`` without the image suffix."""
+    rel = Path(path).relative_to(root)
     name = str(rel)
     suf = _suffix(name)
     return name[: len(name) - len(suf)]
@@ -153,8 +154,13 @@ def organ_radius(vol, mask, max_points=20000):
     idx = np.argwhere(mask)
     if len(idx) > max_points:
         idx = idx[:: len(idx) // max_points + 1]
-    pts = vol.index_to_physical(idx[:, ::-1].astype(float))
-    return float(np.sqrt(np.mean(np.sum((pts - pts.mean(0)) ** 2, axis=1))))
+    return rms_radius(vol.index_to_physical(idx[:, ::-1].astype(float)))
+
+
+def rms_radius(points) -> float:
+    """RMS distance (mm) of points (P, 3) from their centroid."""
+    p = np.asarray(points, dtype=float)
+    return float(np.sqrt(np.mean(np.sum((p - p.mean(0)) ** 2, axis=1))))
 
 
 def surfaces_from_label_map(path, params: BuildParams, strict_components=False,
@@ -293,7 +299,7 @@ def _learn_appearance(kept, faces, params, pairs):
     from ..appearance import learn_profiles
     from ..io import read_volume
 
-    cases, used = [], []
+    cases = []
     for s, v in kept:
         if s["side"] == "right" and params.mirror_right:
             continue   # mirrored shapes do not sit on their image
@@ -303,13 +309,11 @@ def _learn_appearance(kept, faces, params, pairs):
         if not vol.same_grid(lab):
             raise ValueError(f"{img.name}: image and label map differ in geometry")
         cases.append((vol, v))
-        used.append(img)
     if len(cases) < 3:
         raise ValueError(f"only {len(cases)} training images matched the label maps under "
                          f"{params.images_dir} (same relative path or file name); need >= 3")
-    pm = learn_profiles(cases, faces, params.profile_step, params.profile_half,
-                        params.normalisation)
-    return pm, len(cases), used
+    return learn_profiles(cases, faces, params.profile_step, params.profile_half,
+                          params.normalisation)
 
 
 def _job_surfaces(args):
@@ -415,7 +419,7 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
                     "surfaces", progress)
     shapes_in, rejected = [], []
     for f, (res, err) in zip(files, surf_res):
-        name = _case_name(f, root)
+        name = case_name(f, root)
         if err is not None:
             rejected.append({"source": name, "stage": "surface", "reason": err})
             continue
@@ -451,9 +455,7 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
     if len(kept) < 3:
         raise ValueError(f"only {len(kept)} shapes passed the correspondence check; "
                          f"see the report for reasons")
-    profile = None
-    if params.images_dir:
-        profile, _, _ = _learn_appearance(kept, sf, params, pairs)
+    profile = _learn_appearance(kept, sf, params, pairs) if params.images_dir else None
     hashes = {}
     for s, _ in kept:
         if s["source"] not in hashes:

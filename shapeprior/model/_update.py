@@ -27,8 +27,8 @@ import numpy as np
 
 from .._provenance import sha256_file
 from ..align import procrustes
-from ._build import (BuildParams, _case_name, _job_fit, _job_surfaces, _map, find_image_for,
-                     image_candidates, image_root, pair_images)
+from ._build import (BuildParams, case_name, _job_fit, _job_surfaces, _map, find_image_for,
+                     image_candidates, image_root, pair_images, rms_radius)
 from ._lineage import extend_lineage, lineage_of
 from ._model import ShapeModel, total_variance
 from ._pose import add_pose_stats, pose_from_stats, pose_stats
@@ -120,13 +120,9 @@ def _dictionary_update(model: ShapeModel, aligned, n_sweeps):
 
 def align_to_model(model: ShapeModel, shapes):
     """Shapes (M, N, 3) in correspondence, similarity-aligned onto the model mean
-    (the model frame), and the scale each needed."""
-    out, scales = [], []
-    for v in np.asarray(shapes, dtype=float):
-        T = procrustes(v, model.mean)
-        out.append(T.apply(v))
-        scales.append(1.0 / T.scale)
-    return np.stack(out), np.array(scales)
+    (the model frame)."""
+    return np.stack([procrustes(v, model.mean).apply(v)
+                     for v in np.asarray(shapes, dtype=float)])
 
 
 def extend_model(model: ShapeModel, shapes, ids=None, hashes=None, *, fov_centres=None,
@@ -168,7 +164,7 @@ def extend_model(model: ShapeModel, shapes, ids=None, hashes=None, *, fov_centre
     m = len(Y)
     ids = [f"added_{model.n_shapes + i}" for i in range(m)] if ids is None else list(ids)
     hashes = [None] * m if hashes is None else list(hashes)
-    aligned, _ = align_to_model(model, Y)
+    aligned = align_to_model(model, Y)
     meta = dict(model.metadata)
     total_old = meta.get("pca_total_variance_mm2")
     if total_old is None:   # a model from before it was stored
@@ -253,7 +249,7 @@ def correspond_to_model(model: ShapeModel, label_files, params: BuildParams, pro
               else (1.0, 1.0))
     # a cheap size check before surfaces: the mean's vertices are on the surface, a
     # solid organ's voxels inside it (RMS radius about 0.6-0.8 of the surface's)
-    r_mean = float(np.sqrt(np.mean(np.sum((model.mean - model.mean.mean(0)) ** 2, axis=1))))
+    r_mean = rms_radius(model.mean)
     radius = (0.5 * r_mean * lo / SCALE_MARGIN, r_mean * hi * SCALE_MARGIN)
     res = _map(_job_surfaces, [(f, params, True, radius) for f, _, _ in items], params.n_jobs,
                "surfaces", progress)
@@ -341,7 +337,7 @@ def update_model(model: ShapeModel, label_files, params: BuildParams | None = No
     if not files:
         raise ValueError("no label maps given")
     root = Path(root) if root else Path(files[0]).parent
-    names = [_case_name(f, root) for f in files] if names is None else list(names)
+    names = [case_name(f, root) for f in files] if names is None else list(names)
     todo, skipped = new_label_maps(model, files, names)
     pairs, unpaired = None, []
     if params.images_dir and todo:
@@ -433,7 +429,7 @@ def rank_candidates(model: ShapeModel, shapes, criterion="novelty"):
     """
     if criterion not in ("coverage", "novelty"):
         raise ValueError(f"criterion={criterion!r} is not 'coverage' or 'novelty'")
-    aligned, _ = align_to_model(model, shapes)
+    aligned = align_to_model(model, shapes)
     m = len(aligned)
     R = aligned.reshape(m, -1) - model.mean.ravel()
     P = model.pca_components

@@ -39,12 +39,20 @@ SHAPE_SUSPECT, SHAPE_FAILED = 1.5, 3.0
 MIRROR = np.array([-1.0, 1.0, 1.0])
 
 
-def outside_fov(vol, points):
-    """Boolean per point (LPS mm, shape (P, 3)): beyond the image's outer voxel
-    boundaries (half a voxel past the first and last voxel centres)."""
+def border_distance(vol, points):
+    """Distance (mm) of each point (LPS, shape (P, 3)) inside the image from its
+    outer voxel boundary (half a voxel past the first and last voxel centres);
+    negative outside."""
     idx = vol.physical_to_index(points)
     n = np.array(vol.array.shape[::-1])
-    return np.any((idx < -0.5) | (idx > n - 0.5), axis=-1)
+    d = np.minimum(idx + 0.5, n - 0.5 - idx) * np.asarray(vol.spacing, dtype=float)
+    return d.min(axis=-1)
+
+
+def outside_fov(vol, points):
+    """Boolean per point (LPS mm, shape (P, 3)): beyond the image's outer voxel
+    boundaries (see :func:`border_distance`)."""
+    return border_distance(vol, points) < 0
 
 
 def organ_scale(mean_centred, verts, mirror=False):
@@ -54,13 +62,20 @@ def organ_scale(mean_centred, verts, mirror=False):
     return procrustes(mean_centred, v * MIRROR if mirror else v).scale
 
 
+def mode_coefficients(model, verts, mirror=False):
+    """A surface's PCA mode coefficients in standard deviations, shape (r,), after
+    similarity alignment onto the model mean, and that alignment."""
+    v = verts * MIRROR if mirror else verts
+    T = procrustes(v, model.mean)
+    sd = np.sqrt(np.maximum(model.pca_variances, 1e-12))
+    return model.pca_components @ (T(v) - model.mean).ravel() / sd, T
+
+
 def mahalanobis(model, verts, mirror=False):
     """RMS Mahalanobis distance (per PCA component) of a surface's shape from
     the model mean, after similarity alignment; 1 is typical of training."""
-    v = verts * MIRROR if mirror else verts
-    T = procrustes(v, model.mean)
-    b = model.pca_components @ (T(v) - model.mean).ravel()
-    return float(np.sqrt(np.mean(b ** 2 / np.maximum(model.pca_variances, 1e-12))))
+    b, _ = mode_coefficients(model, verts, mirror)
+    return float(np.sqrt(np.mean(b ** 2)))
 
 
 def training_distances(model):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..io import Volume
+from ._assess import border_distance
 from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, segment_volume
 from ._metrics import dice
 from ._voxelize import voxelize
@@ -243,15 +244,6 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     else:
         label = combine(m, shape, mask_vol, mask_fit, gaps=gaps, fill=fill).astype(np.uint8)
     return RefineResult(fit, label, describe_corrections(m, label > 0, mask_vol), mask_fit)
-
-
-def border_distance(vol, points):
-    """Distance (mm) of each point (LPS, shape (P, 3)) inside the image from
-    its outer voxel boundary; negative outside."""
-    idx = vol.physical_to_index(points)
-    n = np.array(vol.array.shape[::-1])
-    d = np.minimum(idx + 0.5, n - 0.5 - idx) * np.asarray(vol.spacing, dtype=float)
-    return d.min(axis=1)
 
 
 def suspect_zone(fit, vol, margin_mm=ZONE_MARGIN_MM):

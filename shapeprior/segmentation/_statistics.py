@@ -8,7 +8,7 @@ import numpy as np
 
 from ..align import procrustes
 from ..mesh import Surface
-from ._assess import MIRROR, training_distances
+from ._assess import MIRROR, mode_coefficients, training_distances
 
 #: shape-mode coefficients reported (the first modes carry most variance)
 N_MODES_REPORTED = 10
@@ -78,10 +78,7 @@ def shape_statistics(model, verts, faces, label=None, spacing=None, mirrored=Fal
     axes = evecs[:, order].T
     proj = centred @ axes.T
     extents = proj.max(0) - proj.min(0)
-    v = verts * MIRROR if mirrored else verts
-    T = procrustes(v, model.mean)
-    sd = np.sqrt(np.maximum(model.pca_variances, 1e-12))
-    b = model.pca_components @ (T(v) - model.mean).ravel() / sd
+    b, T = mode_coefficients(model, verts, mirrored)
     dist = float(np.sqrt(np.mean(b ** 2)))       # :func:`mahalanobis`, from the same b
     train = training_distances(model)
     out = {
