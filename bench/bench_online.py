@@ -30,6 +30,7 @@ Ranking: the same curve with batches chosen by rank_candidates vs random order
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -210,6 +211,30 @@ def learning_curve(pool, faces, held, cases, order, k, nz, seed, rebuild=True,
     return steps, online
 
 
+def cost_curve(pool, faces, order, k, nz, seed, steps, repeats=3):
+    """Seconds of each online update of BATCH shapes vs the rebuild on the same
+    shapes (best of ``repeats`` each), for the first ``steps`` updates."""
+    rows = []
+    online = model_from_shapes(pool[order[:BATCH]], faces, n_atoms=k, n_nonzero=nz, seed=seed)
+    for start in range(BATCH, min(len(order), BATCH * (steps + 1)), BATCH):
+        idx = order[: start + BATCH]
+        new = pool[order[start: start + BATCH]]
+        t_up, t_re = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            grown = extend_model(online, new)
+            t_up.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            model_from_shapes(pool[idx], faces, n_atoms=k, n_nonzero=nz, seed=seed)
+            t_re.append(time.perf_counter() - t0)
+        online = grown
+        rows.append({"n_shapes": int(len(idx)), "update_s": min(t_up), "rebuild_s": min(t_re),
+                     "update_over_rebuild": min(t_up) / min(t_re)})
+        print(f"  {len(idx):5d} shapes: update {min(t_up):.3f} s, rebuild {min(t_re):.2f} s "
+              f"({rows[-1]['update_over_rebuild']:.1%})", flush=True)
+    return rows
+
+
 def ranked_order(pool, faces, k, nz, seed, first, criterion):
     """Batches chosen by rank_candidates against the model grown so far."""
     order = list(first)
@@ -350,6 +375,26 @@ def plot(paths, out):
     return out
 
 
+def cost_only(a):
+    """The cost rows alone: update vs rebuild with each set's chosen dictionary."""
+    out = {"benchmark": "online learning: update cost", "machine": machine(), "batch": BATCH,
+           "timing": "best of 3 per step; the correspondence fit, the same for both, is "
+                     "excluded", "sets": {}}
+    for name in a.sets:
+        ch = json.loads(Path(a.out.format(set=name)).read_text())["dictionary_choice"]["chosen"]
+        if name == "adrenal":
+            z = adrenal_shapes(a.n_jobs)
+            pool, faces = z["train"][z["train_ok"]], z["faces"]
+        else:
+            pool, _, faces = kits_shapes()
+        print(f"{name}: K={ch['n_atoms']} nz={ch['n_nonzero']}", flush=True)
+        order = np.random.default_rng(a.seed).permutation(len(pool))
+        out["sets"][name] = {"dictionary": ch, "steps": cost_curve(
+            pool, faces, order, ch["n_atoms"], ch["n_nonzero"], a.seed, a.cost_only)}
+    print(f"wrote {write_json(HERE / 'results' / 'online_cost.json', out)}")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", nargs="+", default=["adrenal", "kits"])
@@ -363,6 +408,9 @@ def main(argv=None):
                     help="only draw results/online.png from the result files")
     ap.add_argument("--ranking-only", action="store_true",
                     help="recompute only the ranking curves of existing result files")
+    ap.add_argument("--cost-only", type=int, default=0, metavar="STEPS",
+                    help="only time the first STEPS updates against their rebuilds (best of "
+                         "3 each) and write results/online_cost.json")
     ap.add_argument("--out", default=str(HERE / "results" / "online_{set}.json"),
                     help="result file per set ({set} is replaced by its name)")
     a = ap.parse_args(argv)
@@ -371,6 +419,8 @@ def main(argv=None):
         print(f"wrote {plot(files, HERE / 'results' / 'online.png')}")
         return 0
     root = data_root()
+    if a.cost_only:
+        return cost_only(a)
     header = {"benchmark": "online learning", "machine": machine(), "batch": BATCH,
               "corruptions": {k: {"displaced_fraction": g, "missing_fraction": m}
                               for k, (g, m) in CORRUPTIONS.items()},

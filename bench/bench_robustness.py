@@ -4,9 +4,12 @@ Builds a kidney model from the training cases (case number % 5 != 0), fits
 the same template to the held-out cases (case number % 5 == 0, never used
 for training), then reconstructs each held-out shape from corrupted versions:
 contiguous patches displaced 10-30 mm along the normal (leaks) and/or
-contiguous patches missing (weight 0). Methods: SSC-L1, SSC-L0,
-dictionary-SSC (K-SVD atoms), PCA projection (ASM, +-3 sd clamp),
-RANSAC-ASM, and the nearest training shape. Error: symmetric surface
+contiguous patches missing (weight 0). Methods: SSC-L1, SSC-L0, SSC-L1
+with a dense refit of its inliers, the hybrid (SSC-L0 finds the gross
+errors, SSC-L1 with a small lambda1 fits the inliers), dictionary-SSC
+(K-SVD atoms), PCA projection (ASM, +-3 sd clamp), RANSAC-ASM, and the
+nearest training shape. The refit's lambda1 fraction is chosen on held-out
+shapes outside the report set (the tuning split). Error: symmetric surface
 distance (mm) between reconstruction and the clean held-out surface.
 
     python bench/bench_robustness.py            # writes results/robustness.json and .png
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import data_root
+from _common import data_root, machine
 from shapeprior.align import procrustes
 from shapeprior.correspond import fit_template, surface_distances
 from shapeprior.mesh import Surface
@@ -107,13 +110,121 @@ def nearest_shape(model, y, w):
     return best
 
 
+#: refit candidates (fraction of the automatic lambda1 for the dense L1 fit of the
+#: inliers), chosen on the tuning split
+REFIT_CANDIDATES = (0.1, 0.03)
+#: conditions the refit is chosen on: clean, 30 % displaced, 50 % missing
+TUNE_CONDITIONS = [(0.0, 0.0), (0.3, 0.0), (0.0, 0.5)]
+
+_W = {}
+
+
+def _init(cache, n_jobs, limit, threads=None):
+    if threads:     # one worker per core: no nested BLAS or Numba threads
+        import numba
+        from threadpoolctl import threadpool_limits
+
+        numba.set_num_threads(threads)
+        _W["limits"] = threadpool_limits(threads)
+    model, _, held, _ = prepare(cache, n_jobs, limit)
+    _W.update(model=model, held=held, dic=model.ssc_dictionary("shapes"),
+              atoms=model.ssc_dictionary("atoms") if model.atoms is not None else None)
+
+
+def _methods(refits):
+    """name -> fn(y, w, rng) for the report, or the tuning candidates."""
+    model, dic, atoms = _W["model"], _W["dic"], _W["atoms"]
+    ssc = sparse_shape_composition
+    if refits == "tune":
+        out = {"ssc_l1": lambda y, w, r: ssc(y, dic, w).reconstruction}
+        for a in REFIT_CANDIDATES:
+            out[f"ssc_l1_refit_{a:g}"] = (lambda a: lambda y, w, r: ssc(
+                y, dic, w, refit=a).reconstruction)(a)
+            out[f"ssc_hybrid_{a:g}"] = (lambda a: lambda y, w, r: ssc(
+                y, dic, w, method="l0", n_nonzero=20, refit=a).reconstruction)(a)
+        return out
+    out = {
+        "ssc_l1": lambda y, w, r: ssc(y, dic, w).reconstruction,
+        "ssc_l0": lambda y, w, r: ssc(y, dic, w, method="l0", n_nonzero=20).reconstruction,
+        "ssc_l1_refit": lambda y, w, r: ssc(y, dic, w, refit=refits["ssc_l1_refit"]
+                                            ).reconstruction,
+        "ssc_hybrid": lambda y, w, r: ssc(y, dic, w, method="l0", n_nonzero=20,
+                                          refit=refits["ssc_hybrid"]).reconstruction,
+        "dict_ssc_l1": (lambda y, w, r: ssc(y, atoms, w).reconstruction)
+        if atoms is not None else None,
+        "pca_asm": lambda y, w, r: pca_reconstruct(model, y, w),
+        "ransac_asm": lambda y, w, r: ransac_asm(model, y, w, r),
+        "nearest_shape": lambda y, w, r: nearest_shape(model, y, w),
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _one(job):
+    """Errors of every method on one held-out shape under one condition."""
+    i, gross, missing, seed, refits, skip = job
+    model = _W["model"]
+    clean = _W["held"][i]
+    surf = Surface(clean, model.faces)
+    r = np.random.default_rng([seed, int(i), int(gross * 100), int(missing * 100)])
+    y, _ = corrupt_patches(clean, gross, r, magnitude=(10.0, 30.0),
+                           normals=surf.vertex_normals())
+    w = missing_patch(clean, missing, r)
+    res = {}
+    for m, fn in _methods(refits).items():
+        if m in skip:
+            continue
+        t0 = time.perf_counter()
+        rec = fn(y, w, r)
+        t = time.perf_counter() - t0
+        d1, d2 = surface_distances(Surface(rec, model.faces), surf)
+        res[m] = (0.5 * (d1.mean() + d2.mean()), max(d1.max(), d2.max()), t)
+    return gross, missing, res
+
+
+def _run(pool, shapes, conditions, seed, refits, skip=()):
+    jobs = [(int(i), g, m, seed, refits, tuple(skip)) for g, m in conditions for i in shapes]
+    acc = {}
+    for g, m, res in pool.map(_one, jobs):
+        for k, v in res.items():
+            acc.setdefault((g, m), {}).setdefault(k, []).append(v)
+    rows = []
+    for g, m in conditions:
+        row = {"gross_fraction": g, "missing_fraction": m, "n_shapes": len(shapes)}
+        for k, v in acc[(g, m)].items():
+            v = np.array(v)
+            row[k] = {"mean_surface_mm": float(v[:, 0].mean()),
+                      "worst_mean_surface_mm": float(v[:, 0].max()),
+                      "max_surface_mm": float(v[:, 1].mean()),
+                      "time_s_per_shape": float(v[:, 2].mean())}
+        rows.append(row)
+        print(f"gross {g:.1f} missing {m:.2f}: " + "  ".join(
+            f"{k} {row[k]['mean_surface_mm']:.2f}/{row[k]['max_surface_mm']:.1f}mm"
+            for k in acc[(g, m)]), flush=True)
+    return rows
+
+
+def _choose(rows, family):
+    """The refit of ``family`` with the lowest mean error over the tuning conditions."""
+    def score(a):
+        return float(np.mean([r[f"{family}_{a:g}"]["mean_surface_mm"] for r in rows]))
+    return min(REFIT_CANDIDATES, key=score), {f"{a:g}": score(a) for a in REFIT_CANDIDATES}
+
+
 def main(argv=None):
+    from concurrent.futures import ProcessPoolExecutor
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--max-heldout", type=int, default=24)
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="use only the first N label maps")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-tune", type=int, default=23,
+                    help="held-out shapes outside the report set that choose the refit")
     ap.add_argument("--out", default=str(HERE / "results" / "robustness.json"))
+    ap.add_argument("--reuse", nargs="*", default=[], metavar="METHOD",
+                    help="take these methods' rows from the existing --out file instead of "
+                         "recomputing them (same held-out shapes and corruptions; only for "
+                         "methods whose code did not change)")
     a = ap.parse_args(argv)
     if not (data_root() / "kits19").is_dir():
         print(f"KiTS19 data not found under {data_root()} (set SHAPEPRIOR_DATA)", file=sys.stderr)
@@ -123,52 +234,41 @@ def main(argv=None):
     model, build_report, held, ids = prepare(cache, a.n_jobs, a.limit)
     rng = np.random.default_rng(a.seed)
     pick = rng.choice(len(held), min(a.max_heldout, len(held)), replace=False)
-    dic = model.ssc_dictionary("shapes")
-    dic_atoms = model.ssc_dictionary("atoms") if model.atoms is not None else None
-    methods = {
-        "ssc_l1": lambda y, w, r: sparse_shape_composition(y, dic, w).reconstruction,
-        "ssc_l0": lambda y, w, r: sparse_shape_composition(y, dic, w, method="l0",
-                                                           n_nonzero=20).reconstruction,
-        "dict_ssc_l1": (lambda y, w, r: sparse_shape_composition(y, dic_atoms, w).reconstruction)
-        if dic_atoms is not None else None,
-        "pca_asm": lambda y, w, r: pca_reconstruct(model, y, w),
-        "ransac_asm": lambda y, w, r: ransac_asm(model, y, w, r),
-        "nearest_shape": lambda y, w, r: nearest_shape(model, y, w),
-    }
-    methods = {k: v for k, v in methods.items() if v is not None}
-    rows = []
-    for gross, missing in CONDITIONS:
-        acc = {m: {"mean": [], "max": [], "time": []} for m in methods}
-        for i in pick:
-            clean = held[i]
-            surf = Surface(clean, model.faces)
-            r = np.random.default_rng([a.seed, int(i), int(gross * 100), int(missing * 100)])
-            y, _ = corrupt_patches(clean, gross, r, magnitude=(10.0, 30.0),
-                                   normals=surf.vertex_normals())
-            w = missing_patch(clean, missing, r)
-            for m, fn in methods.items():
-                t0 = time.perf_counter()
-                rec = fn(y, w, r)
-                acc[m]["time"].append(time.perf_counter() - t0)
-                d1, d2 = surface_distances(Surface(rec, model.faces), surf)
-                acc[m]["mean"].append(0.5 * (d1.mean() + d2.mean()))
-                acc[m]["max"].append(max(d1.max(), d2.max()))
-        row = {"gross_fraction": gross, "missing_fraction": missing, "n_shapes": len(pick)}
-        for m in methods:
-            row[m] = {"mean_surface_mm": float(np.mean(acc[m]["mean"])),
-                      "max_surface_mm": float(np.mean(acc[m]["max"])),
-                      "time_s_per_shape": float(np.mean(acc[m]["time"]))}
-        rows.append(row)
-        print(f"gross {gross:.1f} missing {missing:.2f}: " + "  ".join(
-            f"{m} {row[m]['mean_surface_mm']:.2f}/{row[m]['max_surface_mm']:.1f}mm"
-            for m in methods), flush=True)
-    out = {"benchmark": "robustness", "data": "KiTS19 label maps (kidney, tumour included)",
+    tune = np.setdiff1d(np.arange(len(held)), pick)[::2][:a.max_tune]
+    old = json.loads(Path(a.out).read_text()) if a.reuse else None
+    if old is not None and old["heldout_ids"] != [ids[i] for i in pick]:
+        raise SystemExit("--reuse: the existing result file has other held-out shapes")
+    with ProcessPoolExecutor(a.n_jobs, initializer=_init,
+                             initargs=(cache, a.n_jobs, a.limit,
+                                       1 if a.n_jobs > 1 else None)) as pool:
+        print(f"tuning the refit on {len(tune)} held-out shapes outside the report set",
+              flush=True)
+        tune_rows = _run(pool, tune, TUNE_CONDITIONS, a.seed + 1, "tune")
+        refits, scores = {}, {}
+        for fam in ("ssc_l1_refit", "ssc_hybrid"):
+            refits[fam], scores[fam] = _choose(tune_rows, fam)
+        print(f"chosen refit: {refits}", flush=True)
+        rows = _run(pool, pick, CONDITIONS, a.seed, refits, a.reuse)
+    for row in rows:
+        for m in a.reuse:
+            prev = next(r for r in old["conditions"]
+                        if (r["gross_fraction"], r["missing_fraction"])
+                        == (row["gross_fraction"], row["missing_fraction"]))
+            row[m] = {**prev[m], "reused_from_previous_run": True}
+    methods = list(rows[0].keys())[3:]
+    out = {"benchmark": "robustness", "machine": machine(), "data": "KiTS19 label maps (kidney, tumour included)",
            "split": "train: case % 5 != 0, held out: case % 5 == 0",
            "model": {"n_shapes": int(model.shapes.shape[0]), "n_vertices": model.n_vertices,
                      "n_atoms": None if model.atoms is None else int(model.atoms.shape[0]),
                      "rejected": build_report.get("rejected"),
                      "fit_mean_target_to_fit_mm": build_report.get("fit_mean_target_to_fit_mm")},
-           "heldout_ids": [ids[i] for i in pick], "conditions": rows,
+           "heldout_ids": [ids[i] for i in pick],
+           "reused_from_previous_run": a.reuse,
+           "refit": {"chosen": refits, "criterion": "lowest mean surface error over clean, "
+                     "30 % displaced and 50 % missing on the tuning split",
+                     "mean_error_by_candidate": scores,
+                     "tuning_ids": [ids[i] for i in tune], "tuning": tune_rows},
+           "conditions": rows,
            "metric": "symmetric surface distance to the clean held-out surface; mean = "
                      "average of the two mean one-sided distances, max = Hausdorff; "
                      "both averaged over shapes"}

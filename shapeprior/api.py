@@ -197,7 +197,11 @@ def reconstruct(shape, model, *, weights=None, prior="auto", method="l1", **opti
         ``ShapeModel.resolve_prior``).
     method : {'l1', 'l0'}
     **options
-        Passed to :func:`~shapeprior.ssc.sparse_shape_composition`.
+        Passed to :func:`~shapeprior.ssc.sparse_shape_composition`; e.g.
+        ``method='l0', refit=0.03``: trimmed OMP finds the gross errors, then
+        SSC-L1 with 3 % of the automatic lambda1 fits the inliers (the most
+        accurate on held-out KiTS kidneys, clean or corrupted; see
+        ``bench/README.md``).
 
     Returns
     -------

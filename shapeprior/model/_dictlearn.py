@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ssc import omp_gram
+from ..ssc import omp_gram_many
 
 
 def _codes(D, Y, k):
-    G = D.T @ D
-    C = D.T @ Y
-    return np.stack([omp_gram(G, C[:, j], k) for j in range(Y.shape[1])], axis=1)
+    return omp_gram_many(D.T @ D, D.T @ Y, k)
 
 
 class DictionaryLearner:

@@ -17,9 +17,10 @@ from ._compose import (
     sparse_shape_composition,
 )
 from ._dictionary import ShapeDictionary
-from ._l0 import omp_gram
+from ._l0 import omp_gram, omp_gram_many
 
 __all__ = [
     "ShapeDictionary", "sparse_composition", "sparse_shape_composition",
     "SparseShapeComposition", "SSCResult", "CompositionResult", "omp_gram",
+    "omp_gram_many",
 ]

@@ -275,7 +275,8 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
                              lambda1="auto", lambda2="auto", n_nonzero=10,
                              outlier_threshold=None, reweight=3,
                              alignment="similarity", max_align_iter=20,
-                             align_tol=1e-6, x0=None, tol=1e-10, max_iter=100):
+                             align_tol=1e-6, x0=None, tol=1e-10, max_iter=100,
+                             refit=None):
     """Explain an observed shape by a sparse composition of training shapes.
 
     Alternates the alignment beta (weighted Procrustes of the shape onto the
@@ -300,6 +301,14 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     align_tol : float
         Stop when aligned vertices move less than ``align_tol`` times the
         shape's centroid size between rounds.
+    refit : float in (0, 1], optional
+        After the robust solve, fit again by SSC-L1 on its inliers alone (the
+        vertices it found to be gross errors get weight 0 and stay fully
+        overridden in e) with ``refit`` times the automatic (or given)
+        ``lambda1``: the robust solve finds the gross errors, the refit keeps
+        the detail a large L1 weight shrinks away. With ``method='l0'`` this
+        is the hybrid "trimmed OMP finds the gross errors, a dense L1 fit of
+        the inliers" (lambda2 then 'auto' on the inliers). ``None``: one solve.
 
     Returns
     -------
@@ -312,6 +321,8 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     check_choice("alignment", alignment, ("similarity", "rigid", "affine", "none"))
     check_number("max_align_iter", max_align_iter, 1, integer=True)
     check_number("reweight", reweight, 0, integer=True)
+    if refit is not None:
+        check_number("refit", refit, 0.0, 1.0, low_open=True)
     y = _check_shape(shape, dic)
     s = _check_vertex_weights(weights, dic.n_points)
     visible = s > 0
@@ -365,9 +376,12 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     z = beta.apply(y)
     recon_model = (dic.atoms.reshape(dic.n_atoms, -1).T @ sol.x).reshape(
         dic.n_points, dic.n_dims)
-    inv = beta.inverse()
     e = sol.e
     overridden = np.any(e != 0, axis=1) & visible
+    if refit is not None and np.count_nonzero(visible & ~overridden) > dic.n_dims:
+        return _refit_inliers(y, dic, s, overridden, sol, method, refit, reweight, alignment,
+                              max_align_iter, align_tol, tol, max_iter)
+    inv = beta.inverse()
     return SSCResult(
         x=sol.x, error=e, error_norm=np.linalg.norm(e, axis=1) / beta.scale,
         overridden=overridden, visible=visible, transform=beta, aligned=z,
@@ -376,6 +390,39 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
         n_align_iter=k, converged=bool(sol.converged and converged_align),
         method=method, info=sol.info,
     )
+
+
+def _refit_inliers(y, dic, s, outliers, sol, method, refit, reweight, alignment,
+                   max_align_iter, align_tol, tol, max_iter):
+    """Second stage of ``refit``: SSC-L1 on the first stage's inliers with a
+    smaller lambda1; the first stage's gross errors stay in e (their residual)."""
+    s2 = np.where(outliers, 0.0, s)
+    if method == "l1":              # an L1 first stage: its penalties
+        lam1, lam2 = sol.lambda1 * refit, sol.lambda2
+    else:                           # L0 (trimming): automatic ones on the inliers
+        z = procrustes(y, dic.mean, s2 * s2, kind=alignment).apply(y) \
+            if alignment != "none" else y
+        w = dic.xp.asarray(np.repeat(s2 * s2, dic.n_dims))
+        lam1, lam2 = _auto_lambda1(dic, dic.xp.asarray(z.ravel()), w) * refit, "auto"
+    res = sparse_shape_composition(
+        y, dic, s2, method="l1", lambda1=lam1, lambda2=lam2, reweight=reweight,
+        alignment=alignment, max_align_iter=max_align_iter, align_tol=align_tol,
+        x0=sol.x if method == "l1" else None, tol=tol, max_iter=max_iter)
+    beta = res.transform
+    z = beta.apply(y)
+    recon_model = (dic.atoms.reshape(dic.n_atoms, -1).T @ res.x).reshape(
+        dic.n_points, dic.n_dims)
+    e = np.where(outliers[:, None], z - recon_model, res.error)
+    visible = s > 0
+    return SSCResult(
+        x=res.x, error=e, error_norm=np.linalg.norm(e, axis=1) / beta.scale,
+        overridden=(outliers | res.overridden) & visible, visible=visible,
+        transform=beta, aligned=z, reconstruction=res.reconstruction,
+        objective=res.objective, lambda1=res.lambda1, lambda2=res.lambda2,
+        n_iter=sol.n_iter + res.n_iter, n_align_iter=res.n_align_iter,
+        converged=res.converged, method=method,
+        info={**res.info, "refit": float(refit),
+              "first_stage_outliers": int(np.count_nonzero(outliers))})
 
 
 class SparseShapeComposition:

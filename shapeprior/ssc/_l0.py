@@ -61,6 +61,67 @@ def omp_gram(H, b, k, xp=np, atom_tol=1e-12):
     return _omp(lambda j: H[:, j], xp.diag(H), b, k, xp, atom_tol)
 
 
+def omp_gram_many(G, C, k, atom_tol=1e-12):
+    """Batch-OMP for many signals at once: ``omp_gram(G, C[:, m], k)`` for
+    every column m of ``C``, vectorised over the signals (NumPy).
+
+    Parameters
+    ----------
+    G : ndarray, shape (K, K)
+        Gram matrix of the atoms.
+    C : ndarray, shape (K, M)
+        Atom correlations ``D^T Y`` of the M signals.
+    k : int
+        Atoms per signal at most.
+
+    Returns
+    -------
+    X : ndarray, shape (K, M)
+        Codes; each column equals ``omp_gram``'s for that signal (same greedy
+        choices and stopping rule, least squares on the chosen atoms).
+    """
+    G = np.asarray(G, dtype=float)
+    B = np.asarray(C, dtype=float).T                      # (M, K)
+    M, K = B.shape
+    X = np.zeros((K, M))
+    if M == 0 or K == 0:
+        return X
+    norm = np.sqrt(np.maximum(np.diag(G), 1e-300))
+    tol = atom_tol * np.maximum(np.abs(B).max(axis=1), 1e-300)
+    corr = B.copy()
+    S = np.zeros((M, 0), dtype=np.intp)
+    xs = np.zeros((M, 0))
+    live = np.ones(M, dtype=bool)
+    rows = np.arange(M)
+    for _ in range(min(k, K)):
+        score = np.abs(corr) / norm
+        score[rows[:, None], S] = -1.0
+        j = np.argmax(score, axis=1)
+        live &= np.abs(corr[rows, j]) > tol
+        if not live.any():
+            break
+        idx = np.flatnonzero(live)
+        Sn = np.concatenate([S[idx], j[idx, None]], axis=1)   # (m, s)
+        H = G[Sn[:, :, None], Sn[:, None, :]]                 # (m, s, s)
+        b = B[idx[:, None], Sn]                               # (m, s)
+        try:
+            sol = np.linalg.solve(H, b[..., None])[..., 0]
+        except np.linalg.LinAlgError:                         # a (near) dependent atom
+            sol = np.stack([np.linalg.lstsq(h, v, rcond=None)[0] for h, v in zip(H, b)])
+        # signals that stopped keep their support and solution from the last step
+        S_new = np.concatenate([S, j[:, None]], axis=1)
+        xs_new = np.concatenate([xs, np.zeros((M, 1))], axis=1)
+        dead = np.flatnonzero(~live)
+        S_new[dead] = np.concatenate([S[dead], S[dead, :1] if S.shape[1] else
+                                      np.zeros((dead.size, 1), np.intp)], axis=1)
+        xs_new[dead, :-1] = xs[dead]
+        xs_new[idx] = sol
+        S, xs = S_new, xs_new
+        corr[idx] = B[idx] - np.einsum("msk,ms->mk", G[Sn], sol)
+    np.add.at(X, (S, rows[:, None]), xs)
+    return X
+
+
 def _omp_implicit(GW, Dr, wr, b, k, xp, atom_tol=1e-12):
     """Batch-OMP on ``H = GW - Dr^T diag(wr) Dr`` without forming H: only the
     columns of selected atoms are computed (m K work per atom instead of m K^2)."""
