@@ -95,13 +95,16 @@ class DictionaryLearner:
         X = _codes(D, Y, self.n_nonzero)
         self.A_ += X @ X.T
         self.B_ += Y @ X.T
+        # atoms as contiguous rows: each block-coordinate step reads and writes one
+        Dt, Bt, A = np.ascontiguousarray(D.T), np.ascontiguousarray(self.B_.T), self.A_
         for _ in range(n_sweeps):
-            for j in range(D.shape[1]):
-                ajj = self.A_[j, j]
+            for j in range(Dt.shape[0]):
+                ajj = A[j, j]
                 if ajj <= 1e-12:
                     continue
-                u = (self.B_[:, j] - D @ self.A_[:, j]) / ajj + D[:, j]
-                D[:, j] = u / max(np.linalg.norm(u), 1.0)
+                u = (Bt[j] - A[j] @ Dt) / ajj + Dt[j]
+                Dt[j] = u / max(np.linalg.norm(u), 1.0)
+        self.components_ = np.ascontiguousarray(Dt.T)
         self.n_seen_ += Y.shape[1]
         return self
 

@@ -308,7 +308,8 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
         ``lambda1``: the robust solve finds the gross errors, the refit keeps
         the detail a large L1 weight shrinks away. With ``method='l0'`` this
         is the hybrid "trimmed OMP finds the gross errors, a dense L1 fit of
-        the inliers" (lambda2 then 'auto' on the inliers). ``None``: one solve.
+        the inliers" (lambda2 as given, 'auto': from the inliers' residual).
+        ``None``: one solve.
 
     Returns
     -------
@@ -379,8 +380,8 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     e = sol.e
     overridden = np.any(e != 0, axis=1) & visible
     if refit is not None and np.count_nonzero(visible & ~overridden) > dic.n_dims:
-        return _refit_inliers(y, dic, s, overridden, sol, method, refit, reweight, alignment,
-                              max_align_iter, align_tol, tol, max_iter)
+        return _refit_inliers(y, dic, s, overridden, sol, method, refit, lambda2, reweight,
+                              alignment, max_align_iter, align_tol, tol, max_iter)
     inv = beta.inverse()
     return SSCResult(
         x=sol.x, error=e, error_norm=np.linalg.norm(e, axis=1) / beta.scale,
@@ -392,18 +393,18 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     )
 
 
-def _refit_inliers(y, dic, s, outliers, sol, method, refit, reweight, alignment,
+def _refit_inliers(y, dic, s, outliers, sol, method, refit, lambda2, reweight, alignment,
                    max_align_iter, align_tol, tol, max_iter):
     """Second stage of ``refit``: SSC-L1 on the first stage's inliers with a
     smaller lambda1; the first stage's gross errors stay in e (their residual)."""
     s2 = np.where(outliers, 0.0, s)
     if method == "l1":              # an L1 first stage: its penalties
         lam1, lam2 = sol.lambda1 * refit, sol.lambda2
-    else:                           # L0 (trimming): automatic ones on the inliers
+    else:                           # L0 (trimming): lambda1 automatic on the inliers
         z = procrustes(y, dic.mean, s2 * s2, kind=alignment).apply(y) \
             if alignment != "none" else y
         w = dic.xp.asarray(np.repeat(s2 * s2, dic.n_dims))
-        lam1, lam2 = _auto_lambda1(dic, dic.xp.asarray(z.ravel()), w) * refit, "auto"
+        lam1, lam2 = _auto_lambda1(dic, dic.xp.asarray(z.ravel()), w) * refit, lambda2
     res = sparse_shape_composition(
         y, dic, s2, method="l1", lambda1=lam1, lambda2=lam2, reweight=reweight,
         alignment=alignment, max_align_iter=max_align_iter, align_tol=align_tol,
