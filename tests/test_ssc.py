@@ -232,6 +232,10 @@ def test_estimator_fit_transform_and_warm_start():
     r = est.transform(obs)
     err = np.linalg.norm(r.reconstruction - clean, axis=1)
     assert np.median(err) < 0.1 and r.overridden[bad].mean() > 0.8
+    # the hybrid through the facade: as accurate, and the refit is recorded
+    rh = SparseShapeComposition(method="l0", n_nonzero=10, refit=0.03).fit(train).transform(obs)
+    assert rh.info["refit"] == 0.03 and rh.overridden[bad].mean() > 0.8
+    assert np.median(np.linalg.norm(rh.reconstruction - clean, axis=1)) < 0.1
     with pytest.raises(RuntimeError):
         SparseShapeComposition().transform(p.observed)
 
