@@ -30,3 +30,10 @@ def test_example_script_runs(tmp_path):
     dice, before, fixed = ns["main"](tmp_path / "again")
     assert dice > 0.95                  # the held-out phantom, no seed
     assert fixed > before               # the damaged mask came back closer to the truth
+
+
+@pytest.mark.parametrize("refit", [0.0, 1.5, float("nan"), "0.1"])
+def test_segment_params_refuse_a_bad_refit(refit):
+    with pytest.raises(ValueError, match="refit"):
+        sp.SegmentParams(refit=refit)
+    assert sp.SegmentParams(refit=0.3).refit == 0.3 and sp.SegmentParams().refit is None

@@ -79,6 +79,9 @@ class SegmentParams:
         What SSC composes from: the training shapes, the model's learned
         dictionary, or 'auto' (the dictionary when the model has one and at
         least ``DICTIONARY_MIN_SHAPES`` shapes; see ``ShapeModel.resolve_prior``).
+    refit : float in (0, 1] or None
+        Each SSC projection fits its inliers again with this fraction of
+        lambda1 (``sparse_shape_composition``'s ``refit``); None: off.
     """
 
     schedule: tuple = DEFAULT_SCHEDULE
@@ -100,6 +103,7 @@ class SegmentParams:
     n_hypotheses: int = 5         # placements fitted at the first level (best one continues)
     backend: str | None = None    # image smoothing + sampling: auto/numpy/numba/cupy ($SHAPEPRIOR_BACKEND)
     prior: str = "auto"           # SSC composes from 'shapes', the learned 'dictionary', or 'auto'
+    refit: float | None = None    # SSC refit of the inliers with this fraction of lambda1 (None: off)
 
     def __post_init__(self):
         from .._validation import (check_bool, check_choice, check_number, check_vector)
@@ -118,6 +122,8 @@ class SegmentParams:
         self.tol_mm = check_number("tol_mm", self.tol_mm, 0, low_open=True)
         check_choice("method", self.method, ("l1", "l0"))
         check_choice("prior", self.prior, ("auto", "shapes", "dictionary"))
+        if self.refit is not None:
+            self.refit = check_number("refit", self.refit, 0, 1, low_open=True)
         if self.seed_mm is not None:
             self.seed_mm = check_vector("seed_mm", self.seed_mm, 3)
         check_choice("seed_space", self.seed_space, ("lps", "ras", "voxel"))
@@ -468,7 +474,7 @@ class _Fitter:
                                                x0=f.x_prev, lambda2=2.0 * tau,
                                                outlier_threshold=tau,
                                                n_nonzero=min(20, self.dic.n_atoms),
-                                               max_align_iter=p.align_rounds)
+                                               max_align_iter=p.align_rounds, refit=p.refit)
             f.x_prev = res.x if p.method == "l1" else None
             new = res.reconstruction * MIRROR if self.mirror else res.reconstruction
             new, clamped = self.plausible_scale(new)
