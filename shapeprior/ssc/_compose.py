@@ -409,8 +409,7 @@ def _refit_inliers(y, dic, s, outliers, sol, method, refit, lambda2, reweight, a
         y, dic, s2, method="l1", lambda1=lam1, lambda2=lam2, reweight=reweight,
         alignment=alignment, max_align_iter=max_align_iter, align_tol=align_tol,
         x0=sol.x if method == "l1" else None, tol=tol, max_iter=max_iter)
-    beta = res.transform
-    z = beta.apply(y)
+    beta, z = res.transform, res.aligned
     recon_model = (dic.atoms.reshape(dic.n_atoms, -1).T @ res.x).reshape(
         dic.n_points, dic.n_dims)
     e = np.where(outliers[:, None], z - recon_model, res.error)

@@ -101,22 +101,17 @@ def omp_gram_many(G, C, k, atom_tol=1e-12):
         if not live.any():
             break
         idx = np.flatnonzero(live)
-        Sn = np.concatenate([S[idx], j[idx, None]], axis=1)   # (m, s)
+        # every signal gets a column; a stopped one keeps its solution and a 0 there
+        S = np.concatenate([S, j[:, None]], axis=1)
+        xs = np.concatenate([xs, np.zeros((M, 1))], axis=1)
+        Sn = S[idx]                                           # (m, s)
         H = G[Sn[:, :, None], Sn[:, None, :]]                 # (m, s, s)
         b = B[idx[:, None], Sn]                               # (m, s)
         try:
             sol = np.linalg.solve(H, b[..., None])[..., 0]
         except np.linalg.LinAlgError:                         # a (near) dependent atom
             sol = np.stack([np.linalg.lstsq(h, v, rcond=None)[0] for h, v in zip(H, b)])
-        # signals that stopped keep their support and solution from the last step
-        S_new = np.concatenate([S, j[:, None]], axis=1)
-        xs_new = np.concatenate([xs, np.zeros((M, 1))], axis=1)
-        dead = np.flatnonzero(~live)
-        S_new[dead] = np.concatenate([S[dead], S[dead, :1] if S.shape[1] else
-                                      np.zeros((dead.size, 1), np.intp)], axis=1)
-        xs_new[dead, :-1] = xs[dead]
-        xs_new[idx] = sol
-        S, xs = S_new, xs_new
+        xs[idx] = sol
         corr[idx] = B[idx] - np.einsum("msk,ms->mk", G[Sn], sol)
     np.add.at(X, (S, rows[:, None]), xs)
     return X
