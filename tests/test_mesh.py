@@ -3,7 +3,8 @@ import pytest
 
 from _phantoms import ellipsoid_area, ellipsoid_label_map, rotation
 from shapeprior.io import read_label_map
-from shapeprior.mesh import Surface, icosphere, kidney_masks, label_mask, mask_to_surface
+from shapeprior.mesh import (Surface, crop_to_labels, icosphere, kidney_masks, label_mask,
+                             mask_to_surface)
 
 A = (30.0, 20.0, 15.0)
 C = np.array([10.0, -40.0, 25.0])
@@ -80,6 +81,46 @@ def test_single_kidney_side_from_the_field_of_view_centre(tmp_path, x, side):
                         size=(140, 90, 40), origin=(-70.0, -45.0, -20.0))
     masks = kidney_masks(read_label_map(tmp_path / "k.nii.gz"), (1, 2))
     assert list(masks) == [side]
+
+
+@pytest.mark.parametrize("x,side", [(40.0, "left"), (-40.0, "right")])
+def test_the_crop_gives_the_same_masks_surfaces_and_sides(tmp_path, x, side):
+    """build-model works on the organ's bounding box: the same surface in the same
+    physical place, and a lone kidney's side from the whole scan's centre."""
+    ellipsoid_label_map(tmp_path / "k.nii.gz", (12, 10, 8), (x, 0.0, 0.0), spacing=(1, 1.5, 2),
+                        size=(140, 90, 40), origin=(-70.0, -45.0, -20.0))
+    vol = read_label_map(tmp_path / "k.nii.gz")
+    box = crop_to_labels(vol, (1, 2), slab=7)      # slabs that do not divide the depth
+    idx = np.argwhere(vol.array > 0)
+    assert box.array.shape == tuple(idx.max(0) - idx.min(0) + 1)
+    assert np.count_nonzero(box.array) == len(idx)
+    first = idx.min(0)
+    assert np.allclose(box.index_to_physical(np.zeros((1, 3))),
+                       vol.index_to_physical(first[::-1][None].astype(float)))
+    whole, cropped = kidney_masks(vol, (1, 2)), kidney_masks(box, (1, 2), fov_centre=vol.centre())
+    assert list(whole) == list(cropped) == [side]
+    a = mask_to_surface(vol, whole[side], 1.0, 1.0)
+    b = mask_to_surface(box, cropped[side], 1.0, 1.0)
+    assert np.array_equal(a.faces, b.faces) and np.allclose(a.verts, b.verts, atol=1e-9)
+    with pytest.raises(ValueError, match=r"label\(s\) \[7\] not present"):
+        crop_to_labels(vol, 7)
+
+
+def test_dense_samples_are_the_lattice_without_repeats():
+    """The quality check's surface samples: every barycentric lattice point of every
+    triangle once (the sort that removed repeats is gone, the set is the same)."""
+    from shapeprior.correspond._nicp import _dense_samples
+
+    v, f = icosphere(2)
+    v = v * np.array([30.0, 20.0, 10.0])
+    for order in (1, 3, 6):
+        ij = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
+        bary = np.array([(i, j, order - i - j) for i, j in ij], dtype=float) / order
+        full = np.unique(np.round(np.einsum("bk,fkd->fbd", bary, v[f]).reshape(-1, 3), 6),
+                         axis=0)
+        got = _dense_samples(Surface(v, f), order)
+        assert len(got) == len(full)
+        assert np.array_equal(np.unique(np.round(got, 6), axis=0), full)
 
 
 def test_missing_label_and_empty_mask_are_clear_errors(tmp_path):

@@ -7,7 +7,8 @@ from _phantoms import ellipsoid_label_map
 from shapeprior.cli import main
 from shapeprior.correspond import fit_template
 from shapeprior.mesh import Surface, icosphere
-from shapeprior.model import (DictionaryLearner, ModelFormatError, ShapeModel, find_label_maps,
+from shapeprior.model import (BuildParams, DictionaryLearner, ModelFormatError, ShapeModel,
+                              find_label_maps,
                               load_model, pca_from_shapes, pca_reconstruct, save_model)
 from shapeprior.synthetic import ShapePopulation
 
@@ -142,6 +143,31 @@ def test_cli_build_model_in_process(tmp_path, capsys):
     assert main(["build-model", str(tmp_path / "labels"), "-o", str(out), "--quiet"]) == 1
     assert out.read_bytes() == before
     assert "--force" in capsys.readouterr().err
+
+
+def test_template_from_a_sample_of_the_shapes(tmp_path, monkeypatch):
+    """--template-shapes: pass 1 fits only an even sample; pass 2 still fits every
+    shape, and the model keeps them all."""
+    from shapeprior.model import _build
+
+    assert _build.template_sample(10, 0) == list(range(10))
+    assert _build.template_sample(10, 3) == [0, 4, 9]         # spread over the order
+    assert _build.template_sample(4, 9) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="template_shapes=2"):
+        BuildParams(template_shapes=2)
+    _ellipsoid_folder(tmp_path / "labels", n=6)
+    calls = []
+    real = _build._job_fit
+    monkeypatch.setattr(_build, "_job_fit", lambda args: calls.append(args[0]) or real(args))
+    out = tmp_path / "m.npz"
+    assert main(["build-model", str(tmp_path / "labels"), "-o", str(out), "--quiet",
+                 "--vertices", "162", "--template-shapes", "3"]) == 0
+    # 3 pass-1 fits from the icosphere, then 6 from the provisional mean
+    sphere = [c for c in calls if np.allclose(np.linalg.norm(c, axis=1), 1.0)]
+    assert len(calls) == 9 and len(sphere) == 3
+    m = load_model(out)
+    assert m.n_shapes == 6 and m.metadata["parameters"]["template_shapes"] == 3
+    assert "mean of 3 shapes" in m.metadata["template"]
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -29,6 +29,10 @@ def main(argv):
                     help="template vertices (icosphere: 642, 2562, 10242; default 2562)")
     ap.add_argument("--iso-spacing", type=float, default=1.5, help="surface grid, mm (default 1.5)")
     ap.add_argument("--smooth", type=float, default=1.5, help="Gaussian smoothing, mm (default 1.5)")
+    ap.add_argument("--template-shapes", type=int, default=0,
+                    help="fit only this many shapes (evenly spread) in the first "
+                         "correspondence pass, whose mean is the template of the second; "
+                         "0 (default): every shape. 32 builds a large model about 1.7x faster")
     ap.add_argument("--atoms", type=int, default=0,
                     help="also learn a K-SVD dictionary of this many atoms (default 0: none)")
     ap.add_argument("--nonzero", type=int, default=5, help="K-SVD atoms per shape (default 5)")
@@ -70,7 +74,8 @@ def main(argv):
     try:
         params = BuildParams(labels=labels, organ=a.organ, split_sides=a.split_sides,
                              side=a.side, mirror_right=not a.no_mirror, n_vertices=a.vertices,
-                             iso_spacing=a.iso_spacing, smooth_mm=a.smooth, n_atoms=a.atoms,
+                             iso_spacing=a.iso_spacing, smooth_mm=a.smooth,
+                             template_shapes=a.template_shapes, n_atoms=a.atoms,
                              n_nonzero=a.nonzero, seed=a.random_state, n_jobs=max(1, a.jobs),
                              images_dir=a.images, normalisation=a.normalisation,
                              allow_no_orientation=a.allow_no_orientation)

@@ -1,14 +1,17 @@
 """Surface meshes from label maps, templates, mesh measures and mesh files."""
 
 from ._operators import mean_neighbour_operator
+from ._read import READ_SUFFIXES, read_mesh
 from ._sphere import icosphere, level_for_vertices
 from ._surface import (
     MESH_FORMATS,
     Surface,
+    crop_to_labels,
     kidney_masks,
     label_mask,
     mask_to_surface,
 )
 
-__all__ = ["Surface", "MESH_FORMATS", "mask_to_surface", "label_mask", "kidney_masks", "icosphere",
-           "level_for_vertices", "mean_neighbour_operator"]
+__all__ = ["Surface", "MESH_FORMATS", "mask_to_surface", "label_mask", "kidney_masks", "crop_to_labels",
+           "icosphere",
+           "level_for_vertices", "mean_neighbour_operator", "read_mesh", "READ_SUFFIXES"]

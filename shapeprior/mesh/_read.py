@@ -1,0 +1,128 @@
+"""Read a triangle mesh file, keeping its vertices in file order.
+
+Vertex order is what makes meshes in correspondence: vertex i of every file
+is the same anatomical point. The readers here keep it: VTK's own readers
+for ``.vtk`` (legacy) and ``.vtp`` (XML PolyData), meshio for ``.ply`` and
+``.obj``. STL is refused: it stores each triangle's corners separately, and
+merging them back into vertices loses the order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ._surface import Surface
+
+#: formats :func:`read_mesh` reads (file name suffixes)
+READ_SUFFIXES = (".vtk", ".vtp", ".ply", ".obj")
+
+
+def _display(p: Path) -> str:
+    import os
+
+    return os.fsencode(p.name).decode("utf-8", "backslashreplace")
+
+
+def _read_vtk(p: Path, xml: bool):
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+    from vtkmodules.vtkCommonCore import vtkObject
+
+    if xml:
+        from vtkmodules.vtkIOXML import vtkXMLPolyDataReader as Reader
+    else:
+        from vtkmodules.vtkIOLegacy import vtkPolyDataReader as Reader
+    warn = vtkObject.GetGlobalWarningDisplay()
+    vtkObject.GlobalWarningDisplayOff()   # a corrupt file gets our one line, not VTK's
+    try:
+        r = Reader()
+        r.SetFileName(str(p))
+        r.Update()
+        poly = r.GetOutput()
+    finally:
+        vtkObject.SetGlobalWarningDisplay(warn)
+    if poly is None or poly.GetPoints() is None or poly.GetNumberOfPoints() == 0:
+        raise ValueError("no points (not a PolyData mesh, or a damaged file)")
+    verts = vtk_to_numpy(poly.GetPoints().GetData()).astype(np.float64)
+    polys = poly.GetPolys()
+    faces = np.zeros((0, 3), np.int64)
+    if polys is not None and polys.GetNumberOfCells() > 0:
+        off = vtk_to_numpy(polys.GetOffsetsArray()).astype(np.int64)
+        conn = vtk_to_numpy(polys.GetConnectivityArray()).astype(np.int64)
+        if np.all(np.diff(off) == 3):
+            faces = conn.reshape(-1, 3)
+    return verts, faces
+
+
+def _check_ply_header(p: Path):
+    """meshio loops forever on a PLY header that never ends: check it first."""
+    with open(p, "rb") as fh:
+        head = fh.read(65536)
+    if not head.startswith(b"ply"):
+        raise ValueError("not a PLY file (no 'ply' magic)")
+    if b"end_header" not in head:
+        raise ValueError("truncated or damaged PLY header (no end_header)")
+
+
+def _read_meshio(p: Path):
+    import meshio
+
+    if p.suffix.lower() == ".ply":
+        _check_ply_header(p)
+
+    m = meshio.read(p)
+    faces = [c.data for c in m.cells if c.type == "triangle"]
+    faces = np.concatenate(faces).astype(np.int64) if faces else np.zeros((0, 3), np.int64)
+    return np.asarray(m.points, dtype=np.float64)[:, :3], faces
+
+
+def read_mesh(path) -> Surface:
+    """Read a mesh file with its vertices in file order.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.vtk`` (legacy), ``.vtp``, ``.ply`` or ``.obj``. Coordinates are
+        returned as stored (meshes written by shapeprior are LPS mm).
+
+    Returns
+    -------
+    Surface
+        ``verts`` (V, 3) in file order; ``faces`` (F, 3), empty when the file
+        holds no triangles (a point set in correspondence is still a shape).
+
+    Raises
+    ------
+    ValueError
+        One line naming the file: unknown format, unreadable or damaged
+        file, no points, or non-finite coordinates.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".stl":
+        raise ValueError(f"mesh {_display(p)!r}: STL stores triangle corners, not vertices, so "
+                         "the vertex order (the correspondence) cannot be read back; use vtk, "
+                         "vtp, ply or obj")
+    if suffix not in READ_SUFFIXES:
+        raise ValueError(f"mesh {_display(p)!r}: format {suffix or '(none)'} is not one of "
+                         f"{', '.join(READ_SUFFIXES)}")
+    if not p.is_file():
+        raise FileNotFoundError(f"no such mesh file: {_display(p)}")
+    try:
+        if suffix in (".vtk", ".vtp"):
+            verts, faces = _read_vtk(p, xml=suffix == ".vtp")
+        else:
+            verts, faces = _read_meshio(p)
+    except ValueError as exc:
+        raise ValueError(f"mesh {_display(p)!r}: {' '.join(str(exc).split())}") from None
+    except Exception as exc:  # noqa: BLE001 - meshio raises many kinds on damaged files
+        raise ValueError(f"mesh {_display(p)!r} could not be read "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+    if verts.ndim != 2 or verts.shape[0] == 0:
+        raise ValueError(f"mesh {_display(p)!r} has no points")
+    if not np.all(np.isfinite(verts)):
+        raise ValueError(f"mesh {_display(p)!r} has non-finite (NaN or infinite) coordinates")
+    if faces.size and (faces.min() < 0 or faces.max() >= len(verts)):
+        raise ValueError(f"mesh {_display(p)!r}: triangles refer to vertices that do not exist")
+    return Surface(verts, faces)
