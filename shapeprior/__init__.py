@@ -2,7 +2,7 @@
 
 The facade (:mod:`shapeprior.api`): :func:`read_volume`, :func:`load_model`,
 :func:`build_model`, :func:`update_model`, :func:`segment`, :func:`refine`,
-:func:`reconstruct`. SSC itself:
+:func:`reconstruct`, :func:`reconstruct_many`. SSC itself:
 :func:`sparse_shape_composition` with a :class:`ShapeDictionary`. Coordinates
 are LPS millimetres; arrays are indexed (z, y, x).
 """
@@ -19,7 +19,7 @@ from .ssc import (  # noqa: E402
 )
 
 _API = ("read_volume", "load_model", "build_model", "update_model", "segment", "refine",
-        "reconstruct")
+        "reconstruct", "reconstruct_many")
 _TYPES = {"Volume": "io", "ShapeModel": "model", "BuildParams": "model",
           "SegmentParams": "segmentation", "SegmentResult": "segmentation",
           "RefineResult": "segmentation"}

@@ -217,6 +217,47 @@ def reconstruct(shape, model, *, weights=None, prior="auto", method="l1", **opti
                                     method=method, **options)
 
 
+def reconstruct_many(shapes, model, *, weights=None, prior="auto", method="l1", n_jobs=1,
+                     progress=False, client=None, **options):
+    """:func:`reconstruct` for many shapes in correspondence (a population study).
+
+    Parameters
+    ----------
+    shapes : array_like, shape (M, N, 3), or a sequence of M arrays (N, 3)
+        Vertices in correspondence with ``model``, each in any frame, mm.
+    model : ShapeModel or str or Path
+    weights : array_like, shape (N,) or (M, N), optional
+        Per-vertex confidence (0: missing): one vector for all shapes or one
+        row per shape.
+    prior : {'auto', 'shapes', 'dictionary'}
+    method : {'l1', 'l0'}
+    n_jobs : int
+        Worker processes (-1: every core); each shape's result is the same
+        whatever the number.
+    progress : bool
+        A progress bar over shapes.
+    client : dask.distributed.Client, optional
+        Solve on a dask cluster instead of local processes.
+    **options
+        Passed to :func:`~shapeprior.ssc.sparse_shape_composition` (e.g.
+        ``refit=0.03`` with ``method='l0'``).
+
+    Returns
+    -------
+    list of SSCResult
+        One per shape, in order: ``reconstruction`` (N, 3) in that shape's
+        frame, ``error_norm`` (N,) mm, ``overridden`` (N,) bool, ``x`` (K,),
+        ``transform``.
+    """
+    from .ssc import sparse_shape_composition_many
+
+    if not hasattr(model, "shapes"):
+        model = load_model(model)
+    return sparse_shape_composition_many(shapes, model.prior_dictionary(prior), weights,
+                                         method=method, n_jobs=n_jobs, progress=progress,
+                                         client=client, **options)
+
+
 def update_model(model, labels, output=None, *, progress=False, **params):
     """Add confirmed label maps to a model without rebuilding it.
 
@@ -266,4 +307,4 @@ def update_model(model, labels, output=None, *, progress=False, **params):
 
 
 __all__ = ["read_volume", "load_model", "build_model", "segment", "refine", "reconstruct",
-           "update_model"]
+           "reconstruct_many", "update_model"]

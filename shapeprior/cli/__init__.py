@@ -24,6 +24,8 @@ COMMANDS = {
     "segment": ("segment", ("segment an organ in a NIfTI/NRRD/MHA file, DICOM series or folder "
                            "of cases")),
     "refine": ("refine", "refine an existing label map (any tool's) with the shape prior"),
+    "reconstruct": ("reconstruct", ("SSC for a folder of shapes in correspondence (population "
+                                   "studies): reconstructions and gross errors")),
     "build-model": ("build_model", "build an SSC shape model from label maps (and images)"),
     "update-model": ("update_model", ("add confirmed label maps to a model without a rebuild, "
                                      "or rank candidates (--rank-only)")),

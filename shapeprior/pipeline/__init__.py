@@ -1,6 +1,7 @@
 """Runs: one case or a folder of cases, from input files to published outputs.
 
 :func:`refine_case` refines an existing label map with the shape prior;
+:func:`reconstruct_shapes` explains a folder of shapes in correspondence by SSC;
 :func:`run_case` reads an image (file or DICOM series), segments it and
 publishes the outputs atomically (label, mesh, report, QC picture,
 manifest); :func:`run_batch` runs many cases sequentially or on
@@ -10,9 +11,10 @@ safe, unique cases.
 
 from ._batch import case_state, run_batch, write_summary
 from ._cases import Case, Deidentifier, discover_cases, safe_name, scrub, unique_names
+from ._reconstruct import reconstruct_shapes
 from ._refine import refine_case
 from ._run import MESH_FORMATS, OUTPUT_TYPES, input_files, run_case, scrub_argv
 
-__all__ = ["run_case", "refine_case", "run_batch", "discover_cases", "Case", "Deidentifier", "case_state",
+__all__ = ["run_case", "refine_case", "reconstruct_shapes", "run_batch", "discover_cases", "Case", "Deidentifier", "case_state",
            "write_summary", "safe_name", "unique_names", "scrub", "scrub_argv", "input_files",
            "MESH_FORMATS", "OUTPUT_TYPES"]

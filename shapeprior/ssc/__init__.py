@@ -5,6 +5,7 @@ Public API
 ShapeDictionary           aligned training shapes with cached Gram matrices
 sparse_composition        sparse solve (x, e) for a shape in the model frame
 sparse_shape_composition  full SSC: alternates similarity alignment and solve
+sparse_shape_composition_many  the same for many shapes, one dictionary (process pool or dask)
 SparseShapeComposition    estimator facade (fit training shapes, transform)
 SSCResult                 what the above return
 """
@@ -17,10 +18,11 @@ from ._compose import (
     sparse_shape_composition,
 )
 from ._dictionary import ShapeDictionary
+from ._many import sparse_shape_composition_many
 from ._l0 import omp_gram, omp_gram_many
 
 __all__ = [
     "ShapeDictionary", "sparse_composition", "sparse_shape_composition",
     "SparseShapeComposition", "SSCResult", "CompositionResult", "omp_gram",
-    "omp_gram_many",
+    "omp_gram_many", "sparse_shape_composition_many",
 ]

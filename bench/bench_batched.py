@@ -1,0 +1,142 @@
+"""Benchmark: SSC for many shapes and one dictionary (issue #13).
+
+Solves per second of :func:`shapeprior.ssc.sparse_shape_composition_many`
+(a process pool, one BLAS/Numba thread per worker) against the baseline in the
+same run: the single-shape loop in this process (BLAS with its own threads).
+Every batched result is compared with the loop's: x, the reconstruction and
+the gross-error flags must be identical (the batch runs the same solver), and
+the largest relative KKT violation of the L1 solves is recorded.
+
+Workloads:
+
+* ``synthetic``: (N, K) = (5000, 300), the size the issue names; a fresh shape
+  of the same population per observation, 10 % of the vertices displaced
+  10-30 mm in patches; aligned (``alignment='none'``: the sparse solve alone)
+  and unaligned (similarity alignment rounds: full SSC).
+* ``kidney``: the cached KiTS model (2562 vertices, its training shapes as the
+  dictionary) on the cached held-out kidneys, SSC-L1 with alignment.
+
+    python bench/bench_batched.py                   # writes bench/results/batched.json
+    python bench/bench_batched.py --shapes 16 --out /tmp/b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, machine, write_json  # noqa: E402
+
+from shapeprior.ssc import (ShapeDictionary, sparse_shape_composition,  # noqa: E402
+                            sparse_shape_composition_many)
+from shapeprior.synthetic import ShapePopulation, corrupt_patches, random_similarity  # noqa: E402
+
+CACHE = Path(__file__).resolve().parent / "cache"
+
+
+def synthetic(n_points, n_atoms, n_shapes, aligned, seed=0):
+    """Dictionary atoms (GPA-aligned) and observations (M, N, 3)."""
+    from shapeprior.align import generalized_procrustes
+
+    rng = np.random.default_rng(seed)
+    pop = ShapePopulation(n_points=n_points, seed=seed)
+    atoms = generalized_procrustes(pop.sample(n_atoms), max_iter=20, tol=1e-8).aligned
+    obs = []
+    for _ in range(n_shapes):
+        y = pop.sample(1, rng)[0]
+        if not aligned:
+            R, s, t = random_similarity(rng)
+            y = s * y @ R.T + t
+        y = y + rng.normal(0, 0.3, y.shape)
+        y, _ = corrupt_patches(y, 0.10, rng)
+        obs.append(y)
+    return atoms, np.stack(obs)
+
+
+def kidney(n_shapes):
+    from shapeprior.model import load_model
+
+    mp, hp = CACHE / "kidney_model.npz", CACHE / "heldout.npz"
+    if not (mp.exists() and hp.exists()):
+        return None
+    model = load_model(mp)
+    held = np.load(hp)["shapes"] if "shapes" in np.load(hp).files else None
+    if held is None:
+        return None
+    return model.shapes, np.asarray(held[:n_shapes], dtype=float)
+
+
+def run(name, atoms, obs, options, n_jobs):
+    dic = ShapeDictionary(atoms)
+    sparse_shape_composition(obs[0], dic, **options)          # warm caches and JIT
+    t0 = time.perf_counter()
+    loop = [sparse_shape_composition(y, dic, **options) for y in obs]
+    t_loop = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    many = sparse_shape_composition_many(obs, dic, n_jobs=n_jobs, **options)
+    t_many = time.perf_counter() - t0
+    same = all(np.array_equal(a.x, b.x) and np.array_equal(a.reconstruction, b.reconstruction)
+               and np.array_equal(a.overridden, b.overridden) for a, b in zip(loop, many))
+    kkt = [r.info.get("kkt") for r in many if r.info.get("kkt") is not None]
+    row = {"workload": name, "n_points": int(atoms.shape[1]), "n_atoms": int(atoms.shape[0]),
+           "n_shapes": len(obs), "options": options, "n_jobs": n_jobs,
+           "loop_solves_per_s": len(obs) / t_loop, "many_solves_per_s": len(obs) / t_many,
+           "speedup": t_loop / t_many, "identical_to_loop": bool(same),
+           "max_relative_kkt": float(max(kkt)) if kkt else None,
+           "mean_alignment_rounds": float(np.mean([r.n_align_iter for r in many]))}
+    print(f"{name:28s} loop {row['loop_solves_per_s']:7.1f}/s  many({n_jobs}) "
+          f"{row['many_solves_per_s']:7.1f}/s  x{row['speedup']:.2f}  identical={same}  "
+          f"kkt={row['max_relative_kkt']}", flush=True)
+    return row
+
+
+def _previous():
+    try:
+        txt = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "show",
+                              "HEAD:bench/results/batched.json"], check=True,
+                             capture_output=True, text=True).stdout
+    except subprocess.CalledProcessError:
+        return None
+    return json.loads(txt)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", type=int, default=64)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--out", default=str(RESULTS / "batched.json"))
+    a = ap.parse_args(argv)
+    rows = []
+    atoms, obs = synthetic(5000, 300, a.shapes, aligned=True)
+    rows.append(run("synthetic aligned (solve)", atoms, obs, {"alignment": "none"}, a.jobs))
+    atoms, obs = synthetic(5000, 300, a.shapes, aligned=False, seed=1)
+    rows.append(run("synthetic similarity (SSC)", atoms, obs, {}, a.jobs))
+    k = kidney(a.shapes)
+    if k is None:
+        print("kidney: SKIP (bench/cache/kidney_model.npz and heldout.npz are built by "
+              "bench/bench_robustness.py)")
+    else:
+        rows.append(run("kidney SSC-L1", k[0], k[1], {}, a.jobs))
+    out = {"benchmark": "batched_ssc", "machine": machine(), "rows": rows,
+           "targets": {"solves_per_s_2_cores_5000x300": 300,
+                       "solves_per_s_h100_5000x300": 10000},
+           "gpu": "not measured (no GPU in this session)"}
+    prev = _previous()
+    if prev:
+        old = {r["workload"]: r for r in prev["rows"]}
+        out["comparison"] = {r["workload"]: r["many_solves_per_s"]
+                             / old[r["workload"]]["many_solves_per_s"]
+                             for r in rows if r["workload"] in old}
+    print(f"wrote {write_json(a.out, out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""``shapeprior reconstruct``: SSC for a folder of shapes in correspondence."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_mesh_format, add_prior, status_code
+
+
+def main(argv):
+    """Explain many shapes in correspondence with the model by SSC (population studies)."""
+    ap = argparse.ArgumentParser(
+        prog="shapeprior reconstruct",
+        description="Fit the SSC shape prior to every shape in correspondence with the model "
+                    "(meshes whose vertex i is the model's vertex i, e.g. written by segment, "
+                    "refine or export-model; or a .npy array of shapes (M, N, 3)). Each shape "
+                    "is aligned by a similarity transform and explained as D x + e; vertices "
+                    "the prior overrode are reported. Writes reconstructions.npz, one mesh per "
+                    "input mesh (point data gross_error_mm, overridden; in the input's frame), "
+                    "summary.csv, report.json and manifest.json.",
+        epilog="Exit codes: 0 done (suspect shapes too, unless --strict); 1 bad input or an "
+               "error; 3 with --strict when a shape is suspect.")
+    ap.add_argument("input", help="folder of meshes (vtk, vtp, ply, obj; searched "
+                                  "recursively), one mesh, or a .npy array (M, N, 3)")
+    ap.add_argument("-o", "--output", required=True, help="output folder")
+    ap.add_argument("--model", required=True, help="model file from build-model")
+    ap.add_argument("--method", choices=("l1", "l0"), default="l1",
+                    help="l1 (default) or l0 (trimmed OMP: most robust to large gross errors)")
+    ap.add_argument("--refit", type=float, default=None,
+                    help="after the robust solve, fit its inliers again with this fraction "
+                         "of lambda1, e.g. 0.03 with --method l0 (the most accurate on "
+                         "held-out KiTS kidneys; see bench/README.md)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="worker processes (-1: every core; default 1)")
+    ap.add_argument("--scheduler", default=None,
+                    help="address of a dask.distributed scheduler to solve on instead")
+    add_mesh_format(ap)
+    add_prior(ap)
+    ap.add_argument("--force", action="store_true",
+                    help="replace a previous shapeprior output (never an input or a foreign file)")
+    ap.add_argument("--strict", action="store_true", help="exit 3 when a shape is suspect")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = ap.parse_args(argv)
+    if a.jobs < 1 and a.jobs != -1:
+        raise ValueError(f"--jobs={a.jobs} must be a positive number of processes or -1")
+    if a.refit is not None and not 0 < a.refit <= 1:
+        raise ValueError(f"--refit={a.refit} must be in (0, 1]")
+
+    from .._outputs import show_path
+    from ..model import load_model
+    from ..pipeline import reconstruct_shapes
+
+    model = load_model(a.model)
+    client = None
+    if a.scheduler:
+        from distributed import Client
+
+        client = Client(a.scheduler)
+    try:
+        rep = reconstruct_shapes(a.input, a.output, model, a.model, prior=a.prior,
+                                 method=a.method, refit=a.refit, n_jobs=a.jobs,
+                                 mesh_format=a.mesh_format, force=a.force,
+                                 progress=not a.quiet, argv=argv, client=client)
+    finally:
+        if client is not None:
+            client.close()
+    c = rep["status_counts"]
+    print(f"{rep['n_shapes']} shapes: {c['ok']} ok, {c['suspect']} suspect; "
+          f"{rep['shapes_per_s']:.1f} shapes/s")
+    for s in rep["suspect"][:20]:
+        print(f"  suspect: {s['name']}: {s['reasons']}")
+    print(f"wrote {show_path(a.output)}")
+    return status_code(["suspect"] if c["suspect"] else [], a.strict)

@@ -1,0 +1,213 @@
+"""Many shapes, one dictionary: ``sparse_shape_composition_many``,
+``shapeprior.reconstruct_many`` and ``shapeprior reconstruct``."""
+
+import csv
+import hashlib
+
+import numpy as np
+import pytest
+
+from shapeprior.cli import main
+from shapeprior.mesh import Surface, read_mesh
+from shapeprior.model import model_from_shapes, save_model
+from shapeprior.ssc import (ShapeDictionary, sparse_shape_composition,
+                            sparse_shape_composition_many)
+from shapeprior.synthetic import (ShapePopulation, corrupt_patches, random_similarity,
+                                  star_mesh_faces)
+
+N = 162
+
+
+@pytest.fixture(scope="module")
+def population():
+    """Training shapes, and observed ones: transformed, noisy, some with gross errors."""
+    pop = ShapePopulation(n_points=N, seed=11)
+    train = pop.sample(40)
+    rng = np.random.default_rng(5)
+    clean, observed = [], []
+    for i in range(7):
+        R, s, t = random_similarity(rng)
+        c = s * pop.sample(1, rng)[0] @ R.T + t
+        y = c + rng.normal(0, 0.2, c.shape)
+        if i % 2:
+            y, _ = corrupt_patches(y, 0.15, rng)
+        clean.append(c)
+        observed.append(y)
+    return train, np.stack(clean), np.stack(observed), star_mesh_faces(pop.directions)
+
+
+def _same(a, b):
+    assert np.array_equal(a.x, b.x)
+    assert np.array_equal(a.reconstruction, b.reconstruction)
+    assert np.array_equal(a.overridden, b.overridden)
+    assert a.n_align_iter == b.n_align_iter
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+@pytest.mark.parametrize("options", [{"method": "l1"}, {"method": "l0", "refit": 0.1}])
+def test_many_equals_the_single_solves(population, n_jobs, options):
+    train, _, obs, _ = population
+    dic = ShapeDictionary(train)
+    w = np.ones((len(obs), N))
+    w[2, :20] = 0.0                                     # one shape with missing vertices
+    many = sparse_shape_composition_many(obs, dic, w, n_jobs=n_jobs, chunk_size=2, **options)
+    assert len(many) == len(obs)
+    for y, wi, r in zip(obs, w, many):
+        _same(r, sparse_shape_composition(y, dic, wi, **options))
+    assert not many[2].visible[:20].any()
+
+
+def test_many_checks_its_inputs(population):
+    train, _, obs, _ = population
+    dic = ShapeDictionary(train)
+    bad = obs.copy()
+    bad[3, 5, 0] = np.nan
+    with pytest.raises(ValueError, match=r"shapes\[3\].*NaN"):
+        sparse_shape_composition_many(bad, dic)
+    with pytest.raises(ValueError, match=r"shapes\[0\].*expects"):
+        sparse_shape_composition_many(obs[:, :100], dic)
+    with pytest.raises(ValueError, match="n_jobs=0"):
+        sparse_shape_composition_many(obs, dic, n_jobs=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        sparse_shape_composition_many(obs, dic, chunk_size=0)
+    with pytest.raises(ValueError, match=r"weights has shape \(3, 162\)"):
+        sparse_shape_composition_many(obs, dic, np.ones((3, N)))
+    with pytest.raises(ValueError, match="method"):     # the single solver's own message
+        sparse_shape_composition_many(obs, dic, method="l2", n_jobs=2)
+    assert sparse_shape_composition_many([], dic) == []
+
+
+def test_many_on_dask(population):
+    distributed = pytest.importorskip("distributed")
+    train, _, obs, _ = population
+    dic = ShapeDictionary(train)
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1,
+                            dashboard_address=None) as client:
+        many = sparse_shape_composition_many(obs, dic, client=client, chunk_size=3)
+    for y, r in zip(obs, many):
+        _same(r, sparse_shape_composition(y, dic))
+
+
+def test_api_reconstruct_many(population, tmp_path):
+    import shapeprior
+
+    train, clean, obs, faces = population
+    model = model_from_shapes(train, faces)
+    save_model(model, tmp_path / "m.npz")
+    res = shapeprior.reconstruct_many(obs, tmp_path / "m.npz", method="l0", refit=0.1,
+                                      n_jobs=2)
+    dic = model.prior_dictionary("auto")
+    for y, r in zip(obs, res):
+        _same(r, sparse_shape_composition(y, dic, method="l0", refit=0.1))
+    # the uncorrupted shapes (even indices) come back in their own frame
+    for r, c in list(zip(res, clean))[::2]:
+        assert np.linalg.norm(r.reconstruction - c, axis=1).mean() < 0.5
+
+
+def _digest(folder):
+    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def mesh_folder(population, tmp_path):
+    train, clean, obs, faces = population
+    save_model(model_from_shapes(train, faces, metadata={"organ": "blob"}), tmp_path / "m.npz")
+    d = tmp_path / "meshes"
+    (d / "sub").mkdir(parents=True)
+    for i, y in enumerate(obs[:3]):
+        Surface(y, faces).write(d / f"case {i}.{('vtk', 'ply', 'obj')[i]}")
+    Surface(obs[3], faces).write(d / "sub" / "case 0.vtp")     # same stem elsewhere
+    return tmp_path / "m.npz", d
+
+
+def test_cli_reconstruct_writes_everything(population, mesh_folder, tmp_path, capsys):
+    _, clean, obs, faces = population
+    model, d = mesh_folder
+    before = _digest(d)
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(d), "-o", str(out), "--model", str(model), "--quiet",
+                 "--refit", "0.1"]) == 0
+    assert _digest(d) == before
+    with open(out / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    n_ok = sum(r["status"] == "ok" for r in rows)
+    assert f"4 shapes: {n_ok} ok, {4 - n_ok} suspect" in capsys.readouterr().out
+    for r in rows:    # the status says what the evidence says
+        bad = r["converged"] == "False" or float(r["overridden_fraction"]) > 0.5
+        assert (r["status"] == "suspect") == bad
+    assert [r["name"] for r in rows] == ["case 0.vtk", "case 1.ply", "case 2.obj",
+                                         "sub/case 0.vtp"]
+    z = np.load(out / "reconstructions.npz")
+    assert z["reconstructions"].shape == (4, N, 3) and z["coefficients"].shape == (4, 40)
+    assert list(z["names"]) == [r["name"] for r in rows]
+    import shapeprior
+
+    api = shapeprior.reconstruct_many(obs[:4], model, refit=0.1)   # what the files hold
+    assert np.array_equal(z["reconstructions"], np.stack([r.reconstruction for r in api]))
+    assert np.array_equal(z["gross_error_mm"], np.stack([r.error_norm for r in api]))
+    for i in (0, 2):   # uncorrupted: in the input's frame, near the clean shape (~50 mm)
+        assert np.linalg.norm(z["reconstructions"][i] - clean[i], axis=1).mean() < 2.0
+    m = read_mesh(out / "mesh_sub_case_0.vtk")
+    assert np.allclose(m.verts, z["reconstructions"][3])
+    assert {p.name for p in out.iterdir()} == {
+        "reconstructions.npz", "summary.csv", "report.json", "manifest.json",
+        "mesh_case_0.vtk", "mesh_case_1.vtk", "mesh_case_2.vtk", "mesh_sub_case_0.vtk"}
+    # a second run: refused without --force, replaces its own output with it
+    assert main(["reconstruct", str(d), "-o", str(out), "--model", str(model), "--quiet"]) == 1
+    assert main(["reconstruct", str(d), "-o", str(out), "--model", str(model), "--quiet",
+                 "--force", "--jobs", "2"]) == 0
+    assert _digest(d) == before
+
+
+def test_cli_reconstruct_npy_and_strict(population, mesh_folder, tmp_path, capsys):
+    _, clean, obs, _ = population
+    model, _ = mesh_folder
+    arr = obs[:2].copy()
+    rng = np.random.default_rng(1)
+    arr[1, : int(0.6 * N)] += rng.normal(0, 40.0, (int(0.6 * N), 3))   # mostly garbage
+    np.save(tmp_path / "shapes.npy", arr)
+    out = tmp_path / "o"
+    assert main(["reconstruct", str(tmp_path / "shapes.npy"), "-o", str(out), "--model",
+                 str(model), "--quiet", "--strict"]) == 3
+    with open(out / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["status"] for r in rows] == ["ok", "suspect"]
+    assert "overrode" in rows[1]["reasons"]
+    assert "suspect: shape_00001" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d, y, f: Surface(y[:100], f[:0]).write(d / "few.vtk"), "has 100 vertices"),
+    (lambda d, y, f: Surface(y, f).write(d / "a.stl"), "STL"),
+    (lambda d, y, f: (d / "bad.ply").write_bytes(b"ply\nformat ascii 1.0\n"), "PLY header"),
+    (lambda d, y, f: (d / "bad.vtk").write_bytes(b"# vtk DataFile\nrubbish"), "no points"),
+    (lambda d, y, f: (d / "nan.obj").write_text("v nan 0 0\nv 1 0 0\nv 0 1 0\n"),
+     "non-finite"),
+])
+def test_cli_reconstruct_refuses_bad_meshes(population, mesh_folder, tmp_path, capsys,
+                                            make, message):
+    _, _, obs, faces = population
+    model, _ = mesh_folder
+    d = tmp_path / "in"
+    d.mkdir()
+    Surface(obs[0], faces).write(d / "good.vtk")
+    make(d, obs[0], faces)
+    before = _digest(d)
+    out = tmp_path / "o"
+    assert main(["reconstruct", str(d), "-o", str(out), "--model", str(model), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists() and _digest(d) == before
+    staging = tmp_path / ".shapeprior-staging"
+    assert not staging.exists() or not any(staging.iterdir())
+
+
+def test_cli_reconstruct_never_writes_into_its_input(mesh_folder, capsys):
+    model, d = mesh_folder
+    before = _digest(d)
+    assert main(["reconstruct", str(d), "-o", str(d / "out"), "--model", str(model),
+                 "--quiet", "--force"]) == 1
+    assert main(["reconstruct", str(d), "-o", str(d), "--model", str(model), "--quiet",
+                 "--force"]) == 1
+    assert _digest(d) == before
