@@ -3,9 +3,10 @@
 Solves per second of :func:`shapeprior.ssc.sparse_shape_composition_many`
 (a process pool, one BLAS/Numba thread per worker) against the baseline in the
 same run: the single-shape loop in this process (BLAS with its own threads).
-Every batched result is compared with the loop's: x, the reconstruction and
-the gross-error flags must be identical (the batch runs the same solver), and
-the largest relative KKT violation of the L1 solves is recorded.
+Every batched result is compared with the loop's (the batch runs the same
+solver; only BLAS's summation order differs, threads here and one per worker):
+the largest relative difference of x and of the objective, the gross-error
+flags that differ, and the largest relative KKT violation of the L1 solves.
 
 Workloads:
 
@@ -82,17 +83,24 @@ def run(name, atoms, obs, options, n_jobs):
     t0 = time.perf_counter()
     many = sparse_shape_composition_many(obs, dic, n_jobs=n_jobs, **options)
     t_many = time.perf_counter() - t0
-    same = all(np.array_equal(a.x, b.x) and np.array_equal(a.reconstruction, b.reconstruction)
-               and np.array_equal(a.overridden, b.overridden) for a, b in zip(loop, many))
+    # the same solver; only BLAS's summation order differs (threads in this process,
+    # one per worker), so the optimum agrees to rounding
+    dx = max(float(np.abs(a.x - b.x).max() / max(np.abs(a.x).max(), 1e-300))
+             for a, b in zip(loop, many))
+    dobj = max(abs(a.objective - b.objective) / max(abs(a.objective), 1e-300)
+               for a, b in zip(loop, many))
+    flags = sum(int(np.count_nonzero(a.overridden != b.overridden)) for a, b in zip(loop, many))
     kkt = [r.info.get("kkt") for r in many if r.info.get("kkt") is not None]
     row = {"workload": name, "n_points": int(atoms.shape[1]), "n_atoms": int(atoms.shape[0]),
            "n_shapes": len(obs), "options": options, "n_jobs": n_jobs,
            "loop_solves_per_s": len(obs) / t_loop, "many_solves_per_s": len(obs) / t_many,
-           "speedup": t_loop / t_many, "identical_to_loop": bool(same),
+           "speedup": t_loop / t_many, "max_relative_x_difference": dx,
+           "max_relative_objective_difference": dobj, "overridden_flags_differing": flags,
            "max_relative_kkt": float(max(kkt)) if kkt else None,
            "mean_alignment_rounds": float(np.mean([r.n_align_iter for r in many]))}
     print(f"{name:28s} loop {row['loop_solves_per_s']:7.1f}/s  many({n_jobs}) "
-          f"{row['many_solves_per_s']:7.1f}/s  x{row['speedup']:.2f}  identical={same}  "
+          f"{row['many_solves_per_s']:7.1f}/s  x{row['speedup']:.2f}  dx={dx:.1e} "
+          f"dobj={dobj:.1e} flags={flags}  "
           f"kkt={row['max_relative_kkt']}", flush=True)
     return row
 

@@ -233,7 +233,7 @@ def reconstruct_many(shapes, model, *, weights=None, prior="auto", method="l1", 
     method : {'l1', 'l0'}
     n_jobs : int
         Worker processes (-1: every core); each shape's result is the same
-        whatever the number.
+        whatever the number (to rounding).
     progress : bool
         A progress bar over shapes.
     client : dask.distributed.Client, optional

@@ -37,8 +37,9 @@ def population():
 
 
 def _same(a, b):
-    assert np.array_equal(a.x, b.x)
-    assert np.array_equal(a.reconstruction, b.reconstruction)
+    """The same solve (workers sum with one BLAS thread: equal to rounding)."""
+    assert np.allclose(a.x, b.x, rtol=1e-9, atol=1e-9 * np.abs(a.x).max())
+    assert np.allclose(a.reconstruction, b.reconstruction, rtol=0, atol=1e-8)
     assert np.array_equal(a.overridden, b.overridden)
     assert a.n_align_iter == b.n_align_iter
 
@@ -144,8 +145,10 @@ def test_cli_reconstruct_writes_everything(population, mesh_folder, tmp_path, ca
     import shapeprior
 
     api = shapeprior.reconstruct_many(obs[:4], model, refit=0.1)   # what the files hold
-    assert np.array_equal(z["reconstructions"], np.stack([r.reconstruction for r in api]))
-    assert np.array_equal(z["gross_error_mm"], np.stack([r.error_norm for r in api]))
+    assert np.allclose(z["reconstructions"], np.stack([r.reconstruction for r in api]),
+                       rtol=0, atol=1e-8)
+    assert np.allclose(z["gross_error_mm"], np.stack([r.error_norm for r in api]),
+                       rtol=0, atol=1e-8)
     for i in (0, 2):   # uncorrupted: in the input's frame, near the clean shape (~50 mm)
         assert np.linalg.norm(z["reconstructions"][i] - clean[i], axis=1).mean() < 2.0
     m = read_mesh(out / "mesh_sub_case_0.vtk")

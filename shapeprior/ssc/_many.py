@@ -1,9 +1,10 @@
 """SSC for many observed shapes against one dictionary (population studies).
 
-Each shape gets exactly the solve :func:`sparse_shape_composition` gives it
-alone (the same alignment rounds, penalties and stopping rules), so a result
-never depends on which other shapes were in the batch or on how the batch was
-split. The batch runs on a local process pool (one BLAS and Numba thread per
+Each shape gets the solve :func:`sparse_shape_composition` gives it alone
+(the same alignment rounds, penalties and stopping rules), so a result never
+depends on which other shapes were in the batch or on how the batch was split;
+between a worker (one BLAS thread) and a multi-threaded BLAS in this process
+only the summation order differs (the optimum agrees to rounding, ~1e-13). The batch runs on a local process pool (one BLAS and Numba thread per
 worker, the dictionary sent once per worker and rebuilt there on the same
 backend) or on a dask.distributed cluster.
 """
@@ -98,7 +99,8 @@ def sparse_shape_composition_many(shapes, dictionary, weights=None, *, n_jobs=1,
     Returns
     -------
     list of SSCResult
-        In the order of ``shapes``; each equal to the single-shape solve.
+        In the order of ``shapes``; each the single-shape solve's result (to
+        rounding: BLAS sums in another order with other thread counts).
 
     Notes
     -----
