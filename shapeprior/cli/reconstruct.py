@@ -53,9 +53,12 @@ def main(argv):
     model = load_model(a.model)
     client = None
     if a.scheduler:
-        from distributed import Client
-
-        client = Client(a.scheduler)
+        try:
+            from distributed import Client
+        except ImportError:
+            raise RuntimeError("--scheduler needs dask.distributed: "
+                               "pip install 'shapeprior[dist]'") from None
+        client = Client(a.scheduler, timeout=30)
     try:
         rep = reconstruct_shapes(a.input, a.output, model, a.model, prior=a.prior,
                                  method=a.method, refit=a.refit, n_jobs=a.jobs,

@@ -47,9 +47,18 @@ def _solve_chunk(items):
     return [sparse_shape_composition(y, dic, w, **options) for y, w in items]
 
 
-def _solve_chunk_with(dic_parts, options, items):
-    """dask task: the dictionary arrives once per worker (scattered)."""
-    key = id(dic_parts)
+def _fingerprint(dic):
+    import hashlib
+
+    h = hashlib.sha1(np.ascontiguousarray(dic.atoms).tobytes())
+    h.update(np.ascontiguousarray(dic.mean).tobytes())
+    h.update(dic.backend.encode())
+    return h.hexdigest()
+
+
+def _solve_chunk_with(dic_parts, key, options, items):
+    """dask task: the dictionary arrives once per worker (scattered) and is
+    prepared once per worker (``key``: its content fingerprint)."""
     if _W.get("dask_key") != key:
         _W["dask_key"] = key
         _W["dask_dic"] = ShapeDictionary(dic_parts[0], dic_parts[1], backend=dic_parts[2])
@@ -152,7 +161,8 @@ def sparse_shape_composition_many(shapes, dictionary, weights=None, *, n_jobs=1,
     try:
         if client is not None:
             parts = client.scatter((dic.atoms, dic.mean, dic.backend), broadcast=True)
-            futures = [client.submit(_solve_chunk_with, parts, options, c, pure=False)
+            key = _fingerprint(dic)
+            futures = [client.submit(_solve_chunk_with, parts, key, options, c, pure=False)
                        for c in chunks]
             for f in futures:          # in order; the bar moves as each chunk lands
                 res = f.result()
