@@ -37,3 +37,26 @@ def test_segment_params_refuse_a_bad_refit(refit):
     with pytest.raises(ValueError, match="refit"):
         sp.SegmentParams(refit=refit)
     assert sp.SegmentParams(refit=0.3).refit == 0.3 and sp.SegmentParams().refit is None
+
+
+@pytest.mark.parametrize("tol", [0.0, -1e-3, float("nan"), "1e-3"])
+def test_segment_params_refuse_a_bad_align_tol(tol):
+    with pytest.raises(ValueError, match="align_tol"):
+        sp.SegmentParams(align_tol=tol)
+
+
+def test_align_rounds_and_tol_reach_every_ssc_call(phantom_model, monkeypatch):
+    """The fit loop passes its alignment settings to every SSC solve."""
+    from shapeprior.segmentation import _fit
+
+    seen = []
+    real = _fit.sparse_shape_composition
+
+    def spy(*args, **kw):
+        seen.append((kw["max_align_iter"], kw["align_tol"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(_fit, "sparse_shape_composition", spy)
+    sp.segment(phantom_model[1] / "phantom_006.nii.gz", phantom_model[3], align_rounds=2,
+               align_tol=1e-2, max_iter=2)
+    assert seen and set(seen) == {(2, 1e-2)}

@@ -65,6 +65,10 @@ class SegmentParams:
         Gross-error threshold = this + search range / 2 (mm).
     align_rounds : int
         Alternations of the similarity alignment and SSC per iteration.
+    align_tol : float
+        The alternations of an iteration stop once the aligned shape moves
+        less than this fraction of its size (``sparse_shape_composition``'s
+        ``align_tol``).
     refine_iter, refine_search_mm, refine_smooth : int, float, int
         Final local refinement outside the shape space: steps, search range
         (mm) and Laplacian smoothing passes of the displacement.
@@ -96,6 +100,7 @@ class SegmentParams:
     normalisation: str | None = None
     outlier_base_mm: float = 1.0  # gross-error threshold = this + search range / 2
     align_rounds: int = 5         # beta/SSC alternations per iteration (the loop iterates too)
+    align_tol: float = 1e-6       # ... stopped once the aligned shape moves less (relative)
     refine_iter: int = 3          # final local refinement steps outside the shape space (chosen on a validation split)
     refine_search_mm: float = 1.5
     refine_smooth: int = 5        # Laplacian passes on the refinement displacement
@@ -135,6 +140,7 @@ class SegmentParams:
         self.outlier_base_mm = check_number("outlier_base_mm", self.outlier_base_mm, 0,
                                             low_open=True)
         self.align_rounds = check_number("align_rounds", self.align_rounds, 1, integer=True)
+        self.align_tol = check_number("align_tol", self.align_tol, 0, low_open=True)
         self.refine_iter = check_number("refine_iter", self.refine_iter, 0, integer=True)
         self.refine_search_mm = check_number("refine_search_mm", self.refine_search_mm, 0,
                                              low_open=True)
@@ -474,7 +480,8 @@ class _Fitter:
                                                x0=f.x_prev, lambda2=2.0 * tau,
                                                outlier_threshold=tau,
                                                n_nonzero=min(20, self.dic.n_atoms),
-                                               max_align_iter=p.align_rounds, refit=p.refit)
+                                               max_align_iter=p.align_rounds,
+                                               align_tol=p.align_tol, refit=p.refit)
             f.x_prev = res.x if p.method == "l1" else None
             new = res.reconstruction * MIRROR if self.mirror else res.reconstruction
             new, clamped = self.plausible_scale(new)
