@@ -190,6 +190,21 @@ def test_qc_picture_with_outliers(segmented, tmp_path):
     assert (tmp_path / "qc.png").stat().st_size > 10_000
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_qc_finds_the_label_like_argwhere(seed):
+    """The QC picture's organ voxels come from the label's bounding box: the same
+    indices, in the same order, as a scan of the whole grid."""
+    from shapeprior.pipeline._qc import _foreground_indices
+
+    rng = np.random.default_rng(seed)
+    lab = np.zeros((17, 23, 29), bool)
+    lab[tuple(rng.integers(0, n, 40) for n in lab.shape)] = True   # scattered, corners too
+    lab[0, 0, 0] = seed % 2 == 0
+    lab[-1, -1, -1] = seed % 2 == 1
+    assert np.array_equal(_foreground_indices(lab), np.argwhere(lab))
+    assert np.array_equal(_foreground_indices(lab.astype(np.uint8)), np.argwhere(lab))
+
+
 def _seg_frames(path):
     """Every frame of a SEG file: (ImagePositionPatient, mask) with the
     shared orientation and pixel spacing, read with pydicom alone."""

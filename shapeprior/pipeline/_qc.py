@@ -50,6 +50,15 @@ def _lps_index(vol, points):
     return out
 
 
+def _foreground_indices(lab):
+    """``np.argwhere(lab)``, found inside the label's bounding box: on a whole CT
+    grid the full scan costs ~0.4 s, the three projections and the box little."""
+    hits = [np.flatnonzero(lab.any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1))]
+    lo = np.array([int(h[0]) for h in hits])
+    box = tuple(slice(int(h[0]), int(h[-1]) + 1) for h in hits)
+    return np.argwhere(lab[box]) + lo
+
+
 def qc_png(path, vol, label, reference=None, title="", verts=None, outliers=None):
     """Write a PNG with axial, coronal and sagittal planes through the
     segmentation's centre, zoomed to the organ.
@@ -71,7 +80,7 @@ def qc_png(path, vol, label, reference=None, title="", verts=None, outliers=None
     lab = to_lps_array(label, vol.direction)
     ref = None if reference is None else to_lps_array(reference, vol.direction)
     if lab.any():
-        idx = np.argwhere(lab)
+        idx = _foreground_indices(lab)
         c = idx.mean(0).round().astype(int)
         # zoom to the organ: its bounding box plus 50 % of its size (at least 30 mm)
         size = idx.max(0) - idx.min(0) + 1
