@@ -178,6 +178,15 @@ def test_cli_reconstruct_npy_and_strict(population, mesh_folder, tmp_path, capsy
     assert [r["status"] for r in rows] == ["ok", "suspect"]
     assert "overrode" in rows[1]["reasons"]
     assert "suspect: shape_00001" in capsys.readouterr().out
+    import json
+
+    man = json.loads((out / "manifest.json").read_text())
+    assert [v["path"] for k, v in man["inputs"].items() if k.startswith("input/")] == \
+        ["shapes.npy"]
+    np.save(tmp_path / "complex.npy", arr.astype(complex))
+    assert main(["reconstruct", str(tmp_path / "complex.npy"), "-o", str(tmp_path / "c"),
+                 "--model", str(model), "--quiet"]) == 1
+    assert "holds an array" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("make, message", [

@@ -64,7 +64,8 @@ def load_shapes(path, n_points):
             raise ValueError(f"{show_path(p.name)} is not a readable .npy array ({exc})") from None
         if a.ndim == 2:
             a = a[None]
-        if a.ndim != 3 or a.shape[1:] != (n_points, 3) or not np.issubdtype(a.dtype, np.number):
+        real = np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
+        if a.ndim != 3 or a.shape[1:] != (n_points, 3) or not real:
             raise ValueError(f"{show_path(p.name)} holds an array of shape {a.shape}; expected "
                              f"(M, {n_points}, 3) shapes in correspondence with the model")
         a = a.astype(np.float64)
@@ -164,7 +165,8 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
             command="reconstruct",
             parameters={"argv": argv, "prior": prior, "method": method, "refit": refit},
             seed=None, inputs=inputs,
-            input_paths={f"input/{i:05d}": show_path(n) for i, n in enumerate(names)}))
+            input_paths={f"input/{i:05d}": show_path(names[i] if meshes else f.name)
+                         for i, f in enumerate(files)}))
         out.commit()
         return report
     except BaseException:

@@ -142,23 +142,23 @@ def sparse_shape_composition_many(shapes, dictionary, weights=None, *, n_jobs=1,
     if n_jobs == -1:
         n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else (os.cpu_count() or 1)
-    bar = tqdm(total=M, desc="SSC", unit="shape", disable=not progress)
-    out = [sparse_shape_composition(ys[0], dic, ws[0], **options)]
-    bar.update()
-    rest = list(zip(ys[1:], ws[1:]))
     workers = n_jobs if client is None else max(len(client.scheduler_info()["workers"]), 1)
-    if not rest or (client is None and n_jobs == 1):
-        for y, w in rest:
-            out.append(sparse_shape_composition(y, dic, w, **options))
-            bar.update()
-        bar.close()
-        return out
-    if dic.backend == "cupy":
+    parallel = M > 1 and (client is not None or n_jobs > 1)
+    if parallel and dic.backend == "cupy":
         raise ValueError("n_jobs > 1 or a dask client needs a CPU dictionary (backend numpy "
                          "or numba); on a GPU solve in one process (n_jobs=1)")
-    size = chunk_size or max(1, -(-len(rest) // (4 * workers)))
-    chunks = [rest[i:i + size] for i in range(0, len(rest), size)]
+    bar = tqdm(total=M, desc="SSC", unit="shape", disable=not progress)
     try:
+        out = [sparse_shape_composition(ys[0], dic, ws[0], **options)]
+        bar.update()
+        rest = list(zip(ys[1:], ws[1:]))
+        if not parallel:
+            for y, w in rest:
+                out.append(sparse_shape_composition(y, dic, w, **options))
+                bar.update()
+            return out
+        size = chunk_size or max(1, -(-len(rest) // (4 * workers)))
+        chunks = [rest[i:i + size] for i in range(0, len(rest), size)]
         if client is not None:
             parts = client.scatter((dic.atoms, dic.mean, dic.backend), broadcast=True)
             key = _fingerprint(dic)
