@@ -136,6 +136,16 @@ def test_report_states_what_the_prior_rejected(phantom_model, tmp_path, capsys):
     assert rep["placement"]["chosen"]["source"] == "prior"
     assert rep["overridden_fraction_max"] >= 0.02 and rep["overridden_vertices"] >= 5
     assert "prior overrode up to" in capsys.readouterr().out
+    assert (out / "qc.png").is_file()
+    # --no-qc: the same case without the picture, and the manifest lists what is there
+    o2 = tmp_path / "noqc"
+    assert main(["segment", str(images / "phantom_006.nii.gz"), "-o", str(o2), "--model",
+                 str(model), "--placement", "prior", "--no-qc"]) == 0
+    man = json.loads((o2 / "manifest.json").read_text())
+    assert not (o2 / "qc.png").exists() and "qc.png" not in man["outputs"]
+    assert set(man["outputs"]) == {p.name for p in o2.iterdir()} - {"manifest.json"}
+    assert np.array_equal(read_label_map(o2 / "label.nii.gz").array,
+                          read_label_map(out / "label.nii.gz").array)
 
 
 def test_seed_in_lps_ras_and_voxel_lands_on_the_same_point(phantom_model, tmp_path, capsys):

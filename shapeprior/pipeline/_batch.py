@@ -71,7 +71,7 @@ def case_state(folder, case_path, model_path, params, deidentify=False):
 
 
 def run_one(case, outdir, model_path, params, series, mesh_format, force, argv, deidentify,
-            allow_no_orientation, redo, output_type="nifti"):
+            allow_no_orientation, redo, output_type="nifti", qc=True):
     """Segment one case; never raises (returns a summary row)."""
     from ._run import run_case
 
@@ -81,7 +81,7 @@ def run_one(case, outdir, model_path, params, series, mesh_format, force, argv, 
                        mesh_format=mesh_format, force=force or redo, dictionary=dic, argv=argv,
                        case_name=case.name, deidentify=deidentify,
                        allow_no_orientation=allow_no_orientation, partial_ok=True,
-                       output_type=output_type)
+                       output_type=output_type, qc=qc)
         row = {"case": case.name, "status": rep["status"], "quality": rep["quality"],
                "volume_ml": rep["volume_ml"], "iterations": rep["iterations"],
                "time_s": rep["time_s"]}
@@ -140,7 +140,7 @@ def write_summary(root, rows, n_cases):
 
 def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk", force=False,
               workers=0, scheduler=None, progress=True, argv=None, deidentify=False,
-              allow_no_orientation=False, inputs=(), output_type="nifti"):
+              allow_no_orientation=False, inputs=(), output_type="nifti", qc=True):
     """Run ``cases`` (``[Case]``) into ``root``; returns summary rows, one per case.
 
     ``workers=0`` and no ``scheduler``: sequential in this process. Otherwise
@@ -172,7 +172,8 @@ def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk"
         remove_created(created)
         raise
     args = [(c, root / c.name, model_path, params, series, mesh_format, force, argv,
-             deidentify, allow_no_orientation, redo or None, output_type) for c, redo in todo]
+             deidentify, allow_no_orientation, redo or None, output_type, qc)
+            for c, redo in todo]
     bar = tqdm(total=len(args), desc="cases", unit="case", disable=not progress)
     if not workers and scheduler is None:
         for a in args:

@@ -58,7 +58,7 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
              reference=None, reference_labels=(1,), mesh_format="vtk", force=False,
              dictionary=None, argv=None, clock=None, case_name=None, deidentify=False,
              allow_no_orientation=False, partial_ok=False, init_mask=None, init_labels=(1,),
-             output_type="nifti"):
+             output_type="nifti", qc=True):
     """Segment one case and publish ``outdir`` atomically.
 
     ``outdir`` may not equal, contain or lie inside the input, the model or
@@ -72,7 +72,8 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
     instead of the placement search. ``output_type``: the label as
     ``label.nii.gz`` (``'nifti'``), as ``seg.dcm`` (``'dicom-seg'``, DICOM
     series inputs only; it carries the source's patient and study
-    identifiers, so not with ``deidentify``) or ``'both'``. Returns the
+    identifiers, so not with ``deidentify``) or ``'both'``. ``qc=False``
+    skips the QC picture ``qc.png`` (about a second on a whole CT). Returns the
     report dict. Raises on bad input; nothing is left behind.
     """
     if mesh_format not in MESH_FORMATS:
@@ -94,7 +95,7 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
         return _run_case(out, input_path, model, model_path, params, series, reference,
                          reference_labels, mesh_format, dictionary, argv, clock,
                          case_name, deidentify, allow_no_orientation, init_mask, init_labels,
-                         output_type)
+                         output_type, qc)
     except BaseException:
         out.discard()          # a failed case leaves nothing behind
         raise
@@ -102,7 +103,8 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
 
 def _run_case(out, input_path, model, model_path, params, series, reference,
               reference_labels, mesh_format, dictionary, argv, clock, case_name, deidentify,
-              allow_no_orientation, init_mask=None, init_labels=(1,), output_type="nifti"):
+              allow_no_orientation, init_mask=None, init_labels=(1,), output_type="nifti",
+              qc=True):
     t0 = time.perf_counter()
     clock = clock or StageClock()     # times only (no sampling thread) for the report
     with clock("read"):
@@ -153,23 +155,24 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
                                **surface_distances(res.label, ref, vol.spacing)}
     with clock("write"):
         _write_outputs(out, vol, res, ref, report, model, model_path, input_path, reference,
-                       mesh_format, params, argv, info, deidentify, init_mask, output_type)
+                       mesh_format, params, argv, info, deidentify, init_mask, output_type, qc)
     report["total_time_s"] = time.perf_counter() - t0
     return report
 
 
 def _write_outputs(out, vol, res, ref, report, model, model_path, input_path, reference,
                    mesh_format, params, argv, info, deidentify, init_mask=None,
-                   output_type="nifti"):
+                   output_type="nifti", qc=True):
     if output_type in ("nifti", "both"):
         write_label(vol, res.label, out.file("label.nii.gz"), code=info.get("xform_code") or 1)
     if output_type in ("dicom-seg", "both"):
         report["dicom_seg"] = _write_seg(out, vol, res, model, input_path, info, params)
     Surface(res.verts, res.faces).write(out.file(f"mesh.{mesh_format}"),
                                         point_data=vertex_data(res, model))
-    qc_png(out.file("qc.png"), vol, res.label, ref,
-           title=f"{model.metadata.get('organ', 'organ')}: {report['volume_ml']:.1f} ml",
-           verts=res.verts, outliers=res.overridden)
+    if qc:
+        qc_png(out.file("qc.png"), vol, res.label, ref,
+               title=f"{model.metadata.get('organ', 'organ')}: {report['volume_ml']:.1f} ml",
+               verts=res.verts, outliers=res.overridden)
     out.write_json("report.json", report)
     out.write_json("statistics.json", statistics(res, model, vol.spacing))
     inputs, shown = input_hashes(Path(input_path), deidentify)
