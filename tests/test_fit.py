@@ -196,3 +196,22 @@ def test_refinement_holds_back_doubtful_targets():
     move_sure = np.linalg.norm(sure[k] - v[k])
     # measured: 0.056 mm vs 1.13 mm
     assert move_doubtful < 0.15 and move_sure > 0.9
+
+
+def test_mode_clamp_keeps_the_shape_within_the_bound(phantom_model):
+    """SegmentParams.mode_clamp: after every SSC projection no PCA mode leaves
+    +-k standard deviations (checked on the last projection: no refinement)."""
+    import shapeprior as sp
+    from shapeprior.segmentation._assess import mode_coefficients
+
+    d, images, labels, model_path = phantom_model
+    model = load_model(model_path)
+    img = images / "phantom_006.nii.gz"
+    free = sp.segment(img, model, refine_iter=0)
+    b_free, _ = mode_coefficients(model, free.verts)
+    k = 0.5 * float(np.abs(b_free).max())
+    held = sp.segment(img, model, refine_iter=0, mode_clamp=k)
+    b_held, _ = mode_coefficients(model, held.verts)
+    assert np.abs(b_held).max() <= 1.05 * k
+    with pytest.raises(ValueError, match="mode_clamp"):
+        sp.SegmentParams(mode_clamp=0.0)

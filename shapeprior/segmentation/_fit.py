@@ -13,7 +13,8 @@ from ..backend import resolve_backend
 from ..appearance import LevelImage, intensity_scale, search_edges, search_profiles
 from ..mesh import Surface, mean_neighbour_operator
 from ..ssc import sparse_shape_composition
-from ._assess import MIRROR, SCALE_SLACK, assess, organ_scale, outside_fov
+from ._assess import (MIRROR, SCALE_SLACK, assess, mode_coefficients, organ_scale,
+                      outside_fov)
 from ._place import AppearanceScore, Hypothesis, find_placements
 from ._voxelize import voxelize
 
@@ -86,6 +87,10 @@ class SegmentParams:
     refit : float in (0, 1] or None
         Each SSC projection fits its inliers again with this fraction of
         lambda1 (``sparse_shape_composition``'s ``refit``); None: off.
+    mode_clamp : float or None
+        After each SSC projection, clamp every PCA mode coefficient to
+        +- this many standard deviations (ASM's plausibility bound); only the
+        clamped part of the shape moves. None: off.
     """
 
     schedule: tuple = DEFAULT_SCHEDULE
@@ -109,6 +114,7 @@ class SegmentParams:
     backend: str | None = None    # image smoothing + sampling: auto/numpy/numba/cupy ($SHAPEPRIOR_BACKEND)
     prior: str = "auto"           # SSC composes from 'shapes', the learned 'dictionary', or 'auto'
     refit: float | None = None    # SSC refit of the inliers with this fraction of lambda1 (None: off)
+    mode_clamp: float | None = None   # PCA mode coefficients clamped to +- this many SDs (None: off)
 
     def __post_init__(self):
         from .._validation import (check_bool, check_choice, check_number, check_vector)
@@ -141,6 +147,8 @@ class SegmentParams:
                                             low_open=True)
         self.align_rounds = check_number("align_rounds", self.align_rounds, 1, integer=True)
         self.align_tol = check_number("align_tol", self.align_tol, 0, low_open=True)
+        if self.mode_clamp is not None:
+            self.mode_clamp = check_number("mode_clamp", self.mode_clamp, 0, low_open=True)
         self.refine_iter = check_number("refine_iter", self.refine_iter, 0, integer=True)
         self.refine_search_mm = check_number("refine_search_mm", self.refine_search_mm, 0,
                                              low_open=True)
@@ -451,6 +459,24 @@ class _Fitter:
             conf = np.where(out, 0.0, conf)
         return tgt, conf
 
+    def plausible_modes(self, rec):
+        """Clamp each PCA mode coefficient of the shape to +-``mode_clamp``
+        standard deviations (ASM); the part of the shape outside the modes is
+        kept. Returns (shape, clamped)."""
+        k = self.params.mode_clamp
+        m = self.model
+        if k is None or m.pca_components is None or not len(m.pca_variances):
+            return rec, False
+        b, T = mode_coefficients(m, rec, self.mirror)
+        over = np.abs(b) > k
+        if not over.any():
+            return rec, False
+        sd = np.sqrt(np.maximum(m.pca_variances, 1e-12))
+        shift = ((np.clip(b, -k, k) - b) * sd) @ m.pca_components    # model frame
+        v = rec * MIRROR if self.mirror else rec
+        new = T.inverse().apply(T.apply(v) + shift.reshape(-1, 3))
+        return (new * MIRROR if self.mirror else new), True
+
     def plausible_scale(self, rec):
         """Keep the organ's size within the training range (widened by
         :data:`SCALE_SLACK`): a shape grown into a neighbour of similar
@@ -484,6 +510,7 @@ class _Fitter:
                                                align_tol=p.align_tol, refit=p.refit)
             f.x_prev = res.x if p.method == "l1" else None
             new = res.reconstruction * MIRROR if self.mirror else res.reconstruction
+            new, _ = self.plausible_modes(new)
             new, clamped = self.plausible_scale(new)
             f.scale_clamped += int(clamped)
             move = float(np.mean(np.linalg.norm(new - f.v, axis=1)))
