@@ -223,3 +223,34 @@ def test_cli_reconstruct_never_writes_into_its_input(mesh_folder, capsys):
     assert main(["reconstruct", str(d), "-o", str(d), "--model", str(model), "--quiet",
                  "--force"]) == 1
     assert _digest(d) == before
+
+
+def test_cli_reconstruct_deidentify(population, mesh_folder, tmp_path, capsys):
+    """--deidentify: no input file name reaches an output file, the screen or an error."""
+    _, _, obs, faces = population
+    model, _ = mesh_folder
+    d = tmp_path / "Doe_John_1970"
+    d.mkdir()
+    Surface(obs[0], faces).write(d / "Doe_John_MRN12345.vtk")
+    Surface(obs[1], faces).write(d / "Roe_Jane_MRN67890.ply")
+    out = tmp_path / "o"
+    assert main(["reconstruct", str(d), "-o", str(out), "--model", str(model), "--quiet",
+                 "--deidentify"]) == 0
+    shown = capsys.readouterr()
+    secrets = (b"Doe_John", b"Roe_Jane", b"MRN12345", b"MRN67890")
+    for f in out.iterdir():
+        data = f.read_bytes()
+        if f.suffix == ".npz":
+            z = np.load(f)
+            assert list(z["names"]) == ["shape_00000", "shape_00001"]
+            continue
+        assert not any(s in data for s in secrets), f.name
+    assert not any(s.decode() in shown.out + shown.err for s in secrets)
+    assert {p.name for p in out.glob("mesh_*")} == {"mesh_shape_00000.vtk",
+                                                      "mesh_shape_00001.vtk"}
+    # a bad mesh is named by its index in the one error line
+    Surface(obs[2][:100], faces[:0]).write(d / "Poe_Ann_MRN11111.obj")
+    assert main(["reconstruct", str(d), "-o", str(tmp_path / "o2"), "--model", str(model),
+                 "--quiet", "--deidentify"]) == 1
+    err = capsys.readouterr().err
+    assert "shape_00001" in err and "Poe_Ann" not in err and "MRN11111" not in err

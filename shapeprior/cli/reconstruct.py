@@ -38,6 +38,9 @@ def main(argv):
     add_prior(ap)
     ap.add_argument("--force", action="store_true",
                     help="replace a previous shapeprior output (never an input or a foreign file)")
+    ap.add_argument("--deidentify", action="store_true",
+                    help="name shapes shape_00000, ... in input order: no input file name or "
+                         "path reaches the outputs or an error message")
     ap.add_argument("--strict", action="store_true", help="exit 3 when a shape is suspect")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
@@ -63,7 +66,8 @@ def main(argv):
         rep = reconstruct_shapes(a.input, a.output, model, a.model, prior=a.prior,
                                  method=a.method, refit=a.refit, n_jobs=a.jobs,
                                  mesh_format=a.mesh_format, force=a.force,
-                                 progress=not a.quiet, argv=argv, client=client)
+                                 progress=not a.quiet, argv=argv, client=client,
+                                 deidentify=a.deidentify)
     finally:
         if client is not None:
             client.close()

@@ -99,20 +99,44 @@ def _status(r):
     return ("suspect" if reasons else "ok"), frac, reasons
 
 
+def _load_deidentified(input_path, n_points):
+    """:func:`load_shapes` with every input named by its index, in the names
+    and in an error message alike."""
+    from ._cases import scrub
+
+    try:
+        names, shapes, meshes, files = load_shapes(input_path, n_points)
+    except (ValueError, OSError) as exc:
+        msg = scrub(str(exc), input_path, "<input>")
+        p = Path(input_path)
+        found = find_shape_inputs(p) if p.is_dir() else [(p.name, p)]
+        for i, (_, f) in enumerate(found):
+            msg = scrub(msg, f, f"shape_{i:05d}")
+        raise type(exc)(msg) from None
+    return [f"shape_{i:05d}" for i in range(len(shapes))], shapes, meshes, files
+
+
 def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", method="l1",
                        refit=None, n_jobs=1, mesh_format="vtk", force=False, progress=False,
-                       argv=None, client=None):
+                       argv=None, client=None, deidentify=False):
     """Reconstruct every shape under ``input_path`` with the model; publish ``outdir``.
 
     Returns the report dict. Every input is read and checked before any solve;
     nothing is left behind on error; ``outdir`` may not overlap an input.
+    With ``deidentify`` no input file name or path reaches the outputs or an
+    error message: shapes are ``shape_00000``, ... in input order.
     """
     from ..ssc import sparse_shape_composition_many
+    from ._run import scrub_argv
 
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
     t0 = time.perf_counter()
-    names, shapes, meshes, files = load_shapes(input_path, model.n_vertices)
+    if deidentify:
+        names, shapes, meshes, files = _load_deidentified(input_path, model.n_vertices)
+        argv = scrub_argv(argv, {input_path: "<input>", outdir: "<output>"})
+    else:
+        names, shapes, meshes, files = load_shapes(input_path, model.n_vertices)
     out = OutputDir(outdir, force=force, inputs=[Path(input_path), Path(model_path)])
     try:
         dic = model.prior_dictionary(prior)
@@ -165,8 +189,10 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
             command="reconstruct",
             parameters={"argv": argv, "prior": prior, "method": method, "refit": refit},
             seed=None, inputs=inputs,
-            input_paths={f"input/{i:05d}": show_path(names[i] if meshes else f.name)
-                         for i, f in enumerate(files)}))
+            input_paths={f"input/{i:05d}": (f"input/{i:05d}" if deidentify else
+                                            show_path(names[i] if meshes else f.name))
+                         for i, f in enumerate(files)}
+            | ({"model": Path(model_path).name} if deidentify else {})))
         out.commit()
         return report
     except BaseException:
