@@ -254,3 +254,9 @@ def test_cli_reconstruct_deidentify(population, mesh_folder, tmp_path, capsys):
                  "--quiet", "--deidentify"]) == 1
     err = capsys.readouterr().err
     assert "shape_00001" in err and "Poe_Ann" not in err and "MRN11111" not in err
+    empty = tmp_path / "Moe_Max_MRN22222"
+    empty.mkdir()
+    assert main(["reconstruct", str(empty), "-o", str(tmp_path / "o3"), "--model", str(model),
+                 "--quiet", "--deidentify"]) == 1
+    err = capsys.readouterr().err
+    assert "no meshes" in err and "Moe_Max" not in err

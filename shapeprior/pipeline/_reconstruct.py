@@ -109,7 +109,10 @@ def _load_deidentified(input_path, n_points):
     except (ValueError, OSError) as exc:
         msg = scrub(str(exc), input_path, "<input>")
         p = Path(input_path)
-        found = find_shape_inputs(p) if p.is_dir() else [(p.name, p)]
+        try:
+            found = find_shape_inputs(p) if p.is_dir() else [(p.name, p)]
+        except (ValueError, OSError):     # an empty folder: its path is scrubbed above
+            found = []
         for i, (_, f) in enumerate(found):
             msg = scrub(msg, f, f"shape_{i:05d}")
         raise type(exc)(msg) from None
