@@ -42,12 +42,16 @@ def test_segment_batch_reports_failures_and_continues(phantom_model, tmp_path, c
     shutil.copy(images / "phantom_000.nii.gz", batch / "a.nii.gz")
     shutil.copy(images / "phantom_001.nii.gz", batch / "b.nii.gz")
     (batch / "broken.nii.gz").write_bytes(b"\x1f\x8b corrupt")
-    rc = main(["segment", str(batch), "-o", str(tmp_path / "out"), "--model", str(model)])
+    rc = main(["segment", str(batch), "-o", str(tmp_path / "out"), "--model", str(model),
+               "--no-qc"])
     assert rc == 1
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())["cases"]
     status = {r["case"]: r["status"] for r in summary}
     assert status == {"a": "ok", "b": "ok", "broken": "failed"}
     assert not (tmp_path / "out" / "broken").exists()     # nothing partial
+    for case in ("a", "b"):                               # --no-qc reaches every case
+        assert (tmp_path / "out" / case / "label.nii.gz").is_file()
+        assert not (tmp_path / "out" / case / "qc.png").exists()
 
 
 def _bad_inputs(tmp_path):
