@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -41,3 +42,19 @@ def write_json(path, obj) -> Path:
     tmp.write_text(json.dumps(obj, indent=1, default=str))
     os.replace(tmp, p)
     return p
+
+
+def previous_results(path):
+    """The committed version of a result file (``git show HEAD:...``), else the
+    file on disk: ``(results, where)``, or ``(None, None)`` when there is none."""
+    repo = RESULTS.parent.parent
+    try:
+        rel = Path(path).resolve().relative_to(repo)
+        txt = subprocess.run(["git", "show", f"HEAD:{rel.as_posix()}"], cwd=repo,
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(txt), f"git HEAD:{rel.as_posix()}"
+    except Exception:  # noqa: BLE001 - not a git checkout, not committed, outside the repo
+        p = Path(path)
+        if p.exists():
+            return json.loads(p.read_text()), str(p)
+    return None, None

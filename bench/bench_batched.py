@@ -24,8 +24,6 @@ Workloads:
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, write_json  # noqa: E402
+from _common import RESULTS, machine, previous_results, write_json  # noqa: E402
 
 from shapeprior.ssc import (ShapeDictionary, sparse_shape_composition,  # noqa: E402
                             sparse_shape_composition_many)
@@ -105,16 +103,6 @@ def run(name, atoms, obs, options, n_jobs):
     return row
 
 
-def _previous():
-    try:
-        txt = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "show",
-                              "HEAD:bench/results/batched.json"], check=True,
-                             capture_output=True, text=True).stdout
-    except subprocess.CalledProcessError:
-        return None
-    return json.loads(txt)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", type=int, default=64)
@@ -136,7 +124,7 @@ def main(argv=None):
            "targets": {"solves_per_s_2_cores_5000x300": 300,
                        "solves_per_s_h100_5000x300": 10000},
            "gpu": "not measured (no GPU in this session)"}
-    prev = _previous()
+    prev, _ = previous_results(a.out)
     if prev:
         old = {r["workload"]: r for r in prev["rows"]}
         out["comparison"] = {r["workload"]: r["many_solves_per_s"]

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_root, machine, write_json  # noqa: E402
+from _common import RESULTS, data_root, machine, previous_results, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE_REV = "fbb62a3"   # before the build speedups
@@ -147,15 +147,6 @@ def _summary(res, n_maps, jobs):
             "s_per_shape_per_core": res["wall_s"] * jobs / max(shapes, 1)}
 
 
-def _previous():
-    try:
-        txt = subprocess.run(["git", "-C", str(REPO), "show", "HEAD:bench/results/build.json"],
-                             check=True, capture_output=True, text=True).stdout
-    except subprocess.CalledProcessError:
-        return None
-    return json.loads(txt)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--maps", type=int, default=180, help="KiTS maps in the full run")
@@ -217,7 +208,7 @@ def main(argv=None):
                                     "speedup_vs_full": out["full"]["wall_s"] / res_t["wall_s"]}
             print(f"  {res_t['wall_s']:.1f} s, PSS {res_t['peak_pss_mb']:.0f} MiB, fit "
                   f"{res_t['fit_mean_target_to_fit_mm']}", flush=True)
-    prev = _previous()
+    prev, _ = previous_results(a.out) if not a.reuse else (None, None)
     if prev and prev.get("full", {}).get("n_maps") == out["full"]["n_maps"] and not a.reuse:
         out["comparison"] = {"previous_wall_s": prev["full"]["wall_s"],
                              "ratio": out["full"]["wall_s"] / prev["full"]["wall_s"]}

@@ -36,7 +36,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import data_root
+from _common import data_root, previous_results
 from shapeprior.testing import available_backends
 from shapeprior import __version__
 from shapeprior._profile import StageClock, current_rss_bytes
@@ -245,19 +244,6 @@ def batch_workload(n_cases, work):
 
 
 # ------------------------------------------------------------ comparison ---
-
-def previous_results(path):
-    try:
-        rel = Path(path).resolve().relative_to(HERE.parent)
-        txt = subprocess.run(["git", "show", f"HEAD:{rel.as_posix()}"], cwd=HERE.parent,
-                             capture_output=True, text=True, check=True).stdout
-        return json.loads(txt), f"git HEAD:{rel.as_posix()}"
-    except Exception:
-        p = Path(path)
-        if p.exists():
-            return json.loads(p.read_text()), str(p)
-    return None, None
-
 
 def compare(new, old, threshold):
     rows = []
