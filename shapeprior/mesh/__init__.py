@@ -9,9 +9,11 @@ from ._surface import (
     crop_to_labels,
     kidney_masks,
     label_mask,
+    mask_box,
     mask_to_surface,
 )
 
 __all__ = ["Surface", "MESH_FORMATS", "mask_to_surface", "label_mask", "kidney_masks", "crop_to_labels",
+           "mask_box",
            "icosphere",
            "level_for_vertices", "mean_neighbour_operator", "read_mesh", "READ_SUFFIXES"]

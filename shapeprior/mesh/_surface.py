@@ -150,6 +150,12 @@ def _raise_absent(vol, labels):
                      f"(values present: {present})")
 
 
+def mask_box(mask) -> tuple:
+    """The bounding box of a non-empty 3-D mask, as a tuple of slices (z, y, x)."""
+    hits = [np.flatnonzero(mask.any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1))]
+    return tuple(slice(int(h[0]), int(h[-1]) + 1) for h in hits)
+
+
 def crop_to_labels(vol: Volume, labels, slab=16) -> Volume:
     """The bounding box of ``labels`` in ``vol``, as a :class:`Volume` (a view,
     with its origin moved so that physical positions are unchanged).
@@ -261,9 +267,7 @@ def kidney_masks(vol: Volume, labels=(1, 2), min_fraction=0.1, fov_centre=None):
     fg = label_mask(vol, labels)
     # label and measure the components inside the foreground's bounding box
     # only: a whole abdominal CT grid costs seconds per pass, the box little
-    idx = np.nonzero(fg.any(axis=(1, 2)))[0], np.nonzero(fg.any(axis=(0, 2)))[0], \
-        np.nonzero(fg.any(axis=(0, 1)))[0]
-    box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)
+    box = mask_box(fg)
     offset = np.array([b.start for b in box], dtype=float)
     lab, n = ndimage.label(fg[box], structure=np.ones((3, 3, 3)))
     sizes = np.bincount(lab.ravel())[1:]

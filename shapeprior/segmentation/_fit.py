@@ -462,20 +462,19 @@ class _Fitter:
     def plausible_modes(self, rec):
         """Clamp each PCA mode coefficient of the shape to +-``mode_clamp``
         standard deviations (ASM); the part of the shape outside the modes is
-        kept. Returns (shape, clamped)."""
+        kept."""
         k = self.params.mode_clamp
         m = self.model
         if k is None or m.pca_components is None or not len(m.pca_variances):
-            return rec, False
+            return rec
         b, T = mode_coefficients(m, rec, self.mirror)
-        over = np.abs(b) > k
-        if not over.any():
-            return rec, False
+        if not np.any(np.abs(b) > k):
+            return rec
         sd = np.sqrt(np.maximum(m.pca_variances, 1e-12))
         shift = ((np.clip(b, -k, k) - b) * sd) @ m.pca_components    # model frame
         v = rec * MIRROR if self.mirror else rec
         new = T.inverse().apply(T.apply(v) + shift.reshape(-1, 3))
-        return (new * MIRROR if self.mirror else new), True
+        return new * MIRROR if self.mirror else new
 
     def plausible_scale(self, rec):
         """Keep the organ's size within the training range (widened by
@@ -510,7 +509,7 @@ class _Fitter:
                                                align_tol=p.align_tol, refit=p.refit)
             f.x_prev = res.x if p.method == "l1" else None
             new = res.reconstruction * MIRROR if self.mirror else res.reconstruction
-            new, _ = self.plausible_modes(new)
+            new = self.plausible_modes(new)
             new, clamped = self.plausible_scale(new)
             f.scale_clamped += int(clamped)
             move = float(np.mean(np.linalg.norm(new - f.v, axis=1)))

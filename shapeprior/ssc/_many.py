@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from .._validation import check_number
 from ._compose import _check_shape, _check_vertex_weights, sparse_shape_composition
 from ._dictionary import ShapeDictionary
 
@@ -125,10 +126,8 @@ def sparse_shape_composition_many(shapes, dictionary, weights=None, *, n_jobs=1,
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or \
             (n_jobs < 1 and n_jobs != -1):
         raise ValueError(f"n_jobs={n_jobs!r} must be a positive integer or -1 (every core)")
-    if chunk_size is not None and (isinstance(chunk_size, bool)
-                                   or not isinstance(chunk_size, (int, np.integer))
-                                   or chunk_size < 1):
-        raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
+    if chunk_size is not None:
+        check_number("chunk_size", chunk_size, 1, integer=True)
     ys = []
     for i, y in enumerate(shapes):
         try:
