@@ -1,0 +1,89 @@
+"""Hippocampus settings on the validation split (issues #11, #13).
+
+The model is built from the cases whose number % 5 is not 0 or 1 (cached in
+bench/cache); the 38 cases with number % 5 == 1 are segmented with the
+default settings and with each candidate setting. The test split (% 5 == 0,
+bench_hippocampus.py) is never used here. Numba backend; Dice against the
+manual label (label > 0) and the time of the SSC stage per case.
+
+    python bench/bench_hippocampus_validation.py     # writes results/hippocampus_validation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, data_root, machine, write_json  # noqa: E402
+
+from shapeprior._profile import StageClock  # noqa: E402
+from shapeprior.io import read_label_map, read_volume  # noqa: E402
+from shapeprior.model import (BuildParams, build_model, find_label_maps, load_model,  # noqa: E402
+                              save_model)
+from shapeprior.segmentation import SegmentParams, dice, segment_volume  # noqa: E402
+
+CACHE = Path(__file__).resolve().parent / "cache"
+#: candidate settings (SegmentParams overrides); {} is the default
+CANDIDATES = [{}, {"align_tol": 1e-3}, {"align_tol": 1e-2}, {"align_rounds": 2},
+              {"mode_clamp": 3.0}, {"mode_clamp": 2.0}]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(RESULTS / "hippocampus_validation.json"))
+    a = ap.parse_args(argv)
+    root = data_root() / "msd_hippocampus"
+    if not root.is_dir():
+        print(f"SKIP: MSD hippocampus not found under {root} (set SHAPEPRIOR_DATA)")
+        return 0
+    num = lambda f: int(re.findall(r"\d+", f.name)[0])  # noqa: E731
+    files = find_label_maps(root / "labels")
+    train = [f for f in files if num(f) % 5 not in (0, 1)]
+    val = [f for f in files if num(f) % 5 == 1]
+    mp = CACHE / "hippocampus_val_642.npz"
+    if mp.exists():
+        model = load_model(mp)
+    else:
+        model, _ = build_model(train, BuildParams(
+            labels=(1, 2), organ="hippocampus", n_vertices=642, iso_spacing=0.5,
+            smooth_mm=0.75, images_dir=str(root / "images"), n_jobs=2),
+            root=root / "labels", progress=False)
+        CACHE.mkdir(exist_ok=True)
+        save_model(model, mp)
+    dic = model.ssc_dictionary("shapes")
+    cases = [(f.name, read_volume(root / "images" / f.name), read_label_map(f).array > 0)
+             for f in val]
+    rows = []
+    for cfg in CANDIDATES:
+        p = SegmentParams(backend="numba", **cfg)
+        d, ssc = [], 0.0
+        t0 = time.perf_counter()
+        for _, img, ref in cases:
+            clock = StageClock()
+            d.append(dice(segment_volume(img, model, p, dic, clock=clock).label, ref))
+            ssc += clock.as_dict().get("ssc", {}).get("seconds", 0.0)
+        d = np.array(d)
+        row = {"settings": cfg, "dice_mean": float(d.mean()), "dice_min": float(d.min()),
+               "dice_median": float(np.median(d)), "ssc_s_per_case": ssc / len(cases),
+               "s_per_case": (time.perf_counter() - t0) / len(cases),
+               "dice": [round(float(x), 6) for x in d]}
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "dice"}), flush=True)
+    out = {"benchmark": "hippocampus_validation_split", "machine": machine(),
+           "split": {"model": "cases % 5 not in (0, 1)", "n_model_shapes": model.n_shapes,
+                     "validation": "cases % 5 == 1", "n_cases": len(cases),
+                     "cases": [c[0] for c in cases]},
+           "backend": "numba", "rows": rows}
+    print(f"wrote {write_json(a.out, out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
