@@ -7,7 +7,11 @@ three severities each:
 * ``leak``: a ball attached to the surface (radius 8 / 14 / 20 mm);
 * ``hole``: a cavity inside (radius 4 / 7 / 10 mm);
 * ``missing_slices``: 2 / 4 / 6 consecutive slices emptied (KiTS19's slice axis);
-* ``duplicated_slices``: 2 / 4 / 6 slices repeated (the rest shifted);
+* ``duplicated_slices``: 2 / 4 / 6 slices inserted as copies of the one before
+  them (the rest of the organ shifted: without the image, the refinement cannot
+  tell which side moved);
+* ``copied_slices``: 2 / 4 / 6 slices replaced by copies of the one before
+  them (an outline carried forward by an annotator or a slice-wise network);
 * ``islands``: 2 / 4 / 8 separate blobs (radius 3-6 mm) 10-40 mm away;
 * ``jitter``: the boundary moved by smooth noise of 1 / 2 / 3 mm.
 
@@ -37,7 +41,8 @@ from shapeprior.model import load_model
 from shapeprior.segmentation import SegmentParams, dice, refine_mask, surface_distances
 
 HERE = Path(__file__).resolve().parent
-KINDS = ("leak", "hole", "missing_slices", "duplicated_slices", "islands", "jitter")
+KINDS = ("leak", "hole", "missing_slices", "duplicated_slices", "copied_slices", "islands",
+         "jitter")
 
 
 def crop(vol, mask, margin_mm=40.0):
@@ -74,7 +79,7 @@ def degrade(mask, sp_zyx, kind, sev, rng):
         deep = np.argwhere(dist_in >= min(r + 2.0, dist_in.max() * 0.8))
         p = deep[rng.integers(len(deep))]
         m &= ~ball(m.shape, p, r, sp_zyx)
-    elif kind in ("missing_slices", "duplicated_slices"):
+    elif kind in ("missing_slices", "duplicated_slices", "copied_slices"):
         # KiTS19 stores the acquired slices along the first NIfTI axis: ITK's x,
         # the last array axis
         k = (2, 4, 6)[sev - 1]
@@ -83,6 +88,8 @@ def degrade(mask, sp_zyx, kind, sev, rng):
         a = int(rng.integers(zs[0] + len(zs) // 4, zs[0] + 3 * len(zs) // 4 - k + 1))
         if kind == "missing_slices":
             mt[a:a + k] = False
+        elif kind == "copied_slices":
+            mt[a + 1:a + k + 1] = tt[a]
         else:
             mt[a + k:] = tt[a:len(tt) - k]
             mt[a:a + k] = tt[a]

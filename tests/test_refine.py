@@ -151,11 +151,103 @@ def test_side_of_a_mask_is_decided_by_position_or_tried_both_ways():
     assert sorted(_sides(vol, np.array([0.0, 10.0, 5.0]))) == ["left", "right"]
 
 
+def _ellipsoid():
+    g = np.ogrid[0:40, 0:60, 0:60]
+    return ((g[0] - 20) * 2.0 / 24) ** 2 + ((g[1] - 30) / 20) ** 2 + ((g[2] - 30) / 14) ** 2 <= 1
+
+
+def test_copied_slices_are_found_and_interpolated():
+    from shapeprior.segmentation import repeated_slices
+
+    sp = (2.0, 1.0, 1.0)
+    organ = _ellipsoid()
+    copied = organ.copy()
+    copied[12:15] = organ[11]                  # an outline carried forward three slices
+    gaps, fill = repeated_slices(copied, sp)
+    assert gaps[12:15].all() and not gaps[11, 0, 0] and not gaps[15, 0, 0]
+    assert dice(fill[12:15], organ[12:15]) > 0.95 > dice(copied[12:15], organ[12:15])
+    fixed = (copied & ~gaps) | fill
+    assert dice(fixed, organ) > 0.99 > dice(copied, organ)
+    # an outline that happens to repeat (a smooth organ's widest slices) is
+    # bridged to a near copy of itself: nothing a user would notice
+    gaps, fill = repeated_slices(organ, sp)
+    assert (((organ & ~gaps) | fill) ^ organ).sum() < 1e-3 * organ.sum()
+    # a run that ends the organ has nothing to bridge to, and tiny slices do not count
+    tail = organ.copy()
+    last = np.flatnonzero(organ.any(axis=(1, 2)))[-1]
+    tail[last + 1:last + 3] = organ[last]
+    assert not repeated_slices(tail, sp)[0][last + 1:, 0, 0].any()
+
+
+def test_the_boundary_share_tells_a_fit_on_the_mask_from_one_off_it():
+    from shapeprior.mesh import icosphere
+    from shapeprior.segmentation._refine import ON_BOUNDARY_MM, _BoundaryDistance
+
+    g = np.ogrid[0:50, 0:50, 0:50]
+    ball = ((g[0] - 25) ** 2 + (g[1] - 25) ** 2 + (g[2] - 25) ** 2) <= 15 ** 2
+    vol = Volume(ball.astype(np.uint8), np.ones(3), np.zeros(3), np.eye(3))
+    sphere, _ = icosphere(3)
+    bd = _BoundaryDistance(ball, vol)
+    on = 15.0 * sphere + 25.0
+    assert np.nanmax(bd.distance(on)) < 0.6 and bd.on_fraction(on) == 1.0
+    shifted = on + [6.0, 0.0, 0.0]
+    assert bd.on_fraction(shifted) < 0.5
+    assert bd.tol == ON_BOUNDARY_MM + 0.5
+    # beyond the field of view's edge a point is no evidence either way
+    assert np.isnan(bd.distance(np.array([[-5.0, 25.0, 25.0]]))).all()
+
+
+def test_no_boundary_outside_the_mask_is_a_concavity_not_a_defect():
+    from types import SimpleNamespace
+
+    from shapeprior.segmentation._refine import suspect_zone
+
+    m = np.zeros((30, 30, 30), bool)
+    m[5:25, 5:25, 5:25] = True
+    vol = Volume(m.astype(np.uint8), np.ones(3), np.zeros(3), np.eye(3))
+    verts = np.array([[15.0, 15.0, 15.0], [3.6, 15.0, 15.0]])        # inside; outside
+    fit = SimpleNamespace(verts=verts, overridden=np.zeros(2, bool),
+                          confidence=np.zeros(2), error_mm=np.zeros(2))
+    with_mask = suspect_zone(fit, vol, margin_mm=2.0, mask=m)
+    assert with_mask[15, 15, 15] and not with_mask[15, 15, 4]
+    without = suspect_zone(fit, vol, margin_mm=2.0)
+    assert without[15, 15, 15] and without[15, 15, 4]
+    # a vertex the prior overrode counts wherever it is
+    fit.overridden = np.array([False, True])
+    assert suspect_zone(fit, vol, margin_mm=2.0, mask=m)[15, 15, 4]
+
+
+def test_a_fit_off_the_mask_is_tried_again_with_the_short_search(phantom_model, monkeypatch):
+    import shapeprior.segmentation._refine as refine
+    from shapeprior.model import load_model
+
+    d, images, labels, model_path = phantom_model
+    vol = read_label_map(labels / "phantom_002.nii.gz")
+    model = load_model(model_path)
+    calls = []
+    real = refine.segment_volume
+
+    def spy(v, mdl, params, *a, **k):
+        calls.append(params.schedule)
+        return real(v, mdl, params, *a, **k)
+
+    monkeypatch.setattr(refine, "segment_volume", spy)
+    monkeypatch.setattr(refine, "ON_BOUNDARY_GOOD", 1.01)       # never good enough
+    res = refine.refine_mask(vol, model)
+    assert calls == [((refine.MASK_SEARCH_MM, 1.0), *refine.DEFAULT_SCHEDULE),
+                     tuple(refine.DEFAULT_SCHEDULE)]
+    assert 0.0 <= res.fit.evidence["mask_boundary_fraction"] <= 1.0
+    calls.clear()
+    monkeypatch.setattr(refine, "ON_BOUNDARY_GOOD", 0.0)        # the first fit is kept
+    refine.refine_mask(vol, model)
+    assert len(calls) == 1
+
+
 def test_a_mask_the_model_cannot_explain_is_kept_with_its_gaps_bridged(phantom_model,
                                                                          monkeypatch):
     import shapeprior.segmentation._refine as refine
     from shapeprior.model import load_model
-    from shapeprior.segmentation import missing_slices, refine_mask
+    from shapeprior.segmentation import missing_slices, refine_mask, repeated_slices
 
     monkeypatch.setattr(refine, "MASK_AGREEMENT", 1.01)     # no fit is good enough
     d, images, labels, model_path = phantom_model
@@ -167,8 +259,10 @@ def test_a_mask_the_model_cannot_explain_is_kept_with_its_gaps_bridged(phantom_m
     cut[1:3, 1:3, 1:3] = True                                 # an island stays
     res = refine_mask(Volume(cut.astype(np.uint8), vol.spacing, vol.origin, vol.direction),
                       load_model(model_path))
-    _, fill = missing_slices(cut, vol.spacing[::-1])
-    np.testing.assert_array_equal(res.label > 0, cut | fill)
+    gaps, fill = missing_slices(cut, vol.spacing[::-1])
+    copies, copy_fill = repeated_slices(cut, vol.spacing[::-1])
+    expected = (cut & ~copies) | np.where(copies, copy_fill, fill)
+    np.testing.assert_array_equal(res.label > 0, expected)
     assert fill.any() and res.fit.status != "ok"
-    assert "missing slices interpolated" in res.fit.reasons[-1]
+    assert "missing or copied slices interpolated" in res.fit.reasons[-1]
     assert dice(res.label > 0, clean) > dice(cut, clean)

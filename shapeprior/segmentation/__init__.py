@@ -5,11 +5,12 @@ SSC projection -> repeat, coarse to fine -> voxelise -> status from evidence."""
 from ._fit import SegmentParams, SegmentResult, segment_volume
 from ._metrics import dice, surface_distances
 from ._place import Hypothesis, find_placements
-from ._refine import RefineResult, describe_corrections, missing_slices, refine_mask
+from ._refine import (RefineResult, describe_corrections, missing_slices, refine_mask,
+                      repeated_slices)
 from ._statistics import distance_to_mean, shape_statistics
 from ._voxelize import voxelize
 
 __all__ = ["SegmentParams", "SegmentResult", "segment_volume", "voxelize", "dice",
            "surface_distances", "refine_mask", "RefineResult", "describe_corrections",
            "Hypothesis", "find_placements", "shape_statistics", "distance_to_mean",
-           "missing_slices"]
+           "missing_slices", "repeated_slices"]

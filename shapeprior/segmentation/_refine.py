@@ -4,8 +4,11 @@ The mask is treated as an image: the model's surface is fitted to the mask's
 boundary with the edge search (inside = the mask), SSC absorbing what no
 plausible organ shape explains (a leak blob, a hole, missing or duplicated
 slices, islands) in its gross-error term e. Missing slices (empty slabs
-cutting through the organ) are found first and bridged by shape-based
-interpolation for the fit (:func:`missing_slices`). The fit starts at the
+cutting through the organ) and copied ones (a slice repeated exactly) are
+found first and bridged by shape-based interpolation for the fit
+(:func:`missing_slices`, :func:`repeated_slices`). A large leak can pull a
+fit with a long search into it: the fit whose surface lies more on the
+mask's boundary is kept (:class:`_BoundaryDistance`). The fit starts at the
 centroid of the organ's parts (components of at least
 :data:`PART_FRACTION` of the largest: islands do not pull it). With an image,
 the fit then continues against the image's boundary appearance from that
@@ -31,6 +34,12 @@ from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, segment_volume
 from ._metrics import dice
 from ._voxelize import voxelize
 
+#: a fitted vertex this near the mask's boundary (mm, plus half the largest
+#: voxel size) lies on it
+ON_BOUNDARY_MM = 1.0
+#: below this share of the fitted surface on the mask's boundary, the fit with
+#: the short search is tried too (a good fit of a kidney mask has 0.93)
+ON_BOUNDARY_GOOD = 0.9
 #: regions smaller than this (ml) are counted in the totals but not listed
 MIN_REGION_ML = 0.05
 #: where the input departs, it is kept within this distance (mm) of the fitted surface
@@ -115,6 +124,29 @@ def _sides(vol, centre):
     return [guess, "left" if guess == "right" else "right"]
 
 
+def _signed_distance(sl, sampling):
+    from scipy import ndimage
+
+    return ndimage.distance_transform_edt(~sl, sampling=sampling) - \
+        ndimage.distance_transform_edt(sl, sampling=sampling)
+
+
+def _bridge(m, ax, lo, hi, spacing_zyx, gaps, fill):
+    """Slices ``lo+1 .. hi-1`` along ``ax`` marked in ``gaps`` and filled in
+    ``fill`` by shape-based interpolation between slices ``lo`` and ``hi``
+    (their signed distance maps blended linearly)."""
+    other = [float(spacing_zyx[a]) for a in range(3) if a != ax]
+    sa = _signed_distance(np.take(m, lo, axis=ax), other)
+    sb = _signed_distance(np.take(m, hi, axis=ax), other)
+    n = hi - lo - 1
+    for k in range(1, n + 1):
+        t = k / (n + 1)
+        sl = [slice(None)] * 3
+        sl[ax] = lo + k
+        gaps[tuple(sl)] = True
+        fill[tuple(sl)] = (1 - t) * sa + t * sb < 0
+
+
 def missing_slices(m, spacing_zyx):
     """Slabs of empty slices that cut through an organ, and their fill.
 
@@ -138,8 +170,6 @@ def missing_slices(m, spacing_zyx):
     fill : ndarray of bool
         The interpolated organ inside the gaps.
     """
-    from scipy import ndimage
-
     gaps = np.zeros(m.shape, bool)
     fill = np.zeros(m.shape, bool)
     for ax in range(3):
@@ -147,7 +177,6 @@ def missing_slices(m, spacing_zyx):
         idx = np.flatnonzero(occupied)
         if idx.size < 2:
             continue
-        other = [float(spacing_zyx[a]) for a in range(3) if a != ax]
         for lo, hi in zip(idx[:-1], idx[1:]):
             n = hi - lo - 1
             if n < 1 or n * float(spacing_zyx[ax]) > MAX_GAP_MM:
@@ -155,16 +184,59 @@ def missing_slices(m, spacing_zyx):
             a, b = np.take(m, lo, axis=ax), np.take(m, hi, axis=ax)
             if (a & b).sum() < GAP_OVERLAP * min(a.sum(), b.sum()):
                 continue
-            sa = ndimage.distance_transform_edt(~a, sampling=other) - \
-                ndimage.distance_transform_edt(a, sampling=other)
-            sb = ndimage.distance_transform_edt(~b, sampling=other) - \
-                ndimage.distance_transform_edt(b, sampling=other)
-            for k in range(1, n + 1):
-                t = k / (n + 1)
-                sl = [slice(None)] * 3
-                sl[ax] = lo + k
-                gaps[tuple(sl)] = True
-                fill[tuple(sl)] = (1 - t) * sa + t * sb < 0
+            _bridge(m, ax, lo, hi, spacing_zyx, gaps, fill)
+    return gaps, fill
+
+
+#: a cross-section of at least this many voxels repeated exactly on the next
+#: slice is a copy: no organ keeps the same outline voxel for voxel from one
+#: slice to the next (none of 80 KiTS19 kidney masks does, on any axis)
+MIN_REPEAT_VOXELS = 20
+
+
+def repeated_slices(m, spacing_zyx):
+    """Slices that repeat the one before them exactly, and their fill.
+
+    A slice identical to its predecessor (at least :data:`MIN_REPEAT_VOXELS`
+    voxels) is a copy: an annotator's or a slice-wise network's outline
+    carried forward. The first slice of a run of identical ones is kept; the
+    copies after it are bridged by shape-based interpolation to the next
+    different slice, as :func:`missing_slices` bridges a gap (at most
+    :data:`MAX_GAP_MM`, and only when that slice is not empty).
+
+    Parameters
+    ----------
+    m : ndarray of bool, shape (nz, ny, nx)
+    spacing_zyx : array-like of 3 floats
+        Voxel size in mm, in array axis order.
+
+    Returns
+    -------
+    gaps : ndarray of bool
+        The copied slices.
+    fill : ndarray of bool
+        The interpolated organ in them.
+    """
+    gaps = np.zeros(m.shape, bool)
+    fill = np.zeros(m.shape, bool)
+    for ax in range(3):
+        t = np.moveaxis(m, ax, 0)
+        area = t.sum(axis=(1, 2))
+        same = np.array([area[i] >= MIN_REPEAT_VOXELS and np.array_equal(t[i], t[i + 1])
+                         for i in range(len(t) - 1)], bool)
+        i = 0
+        while i < len(same):
+            if not same[i]:
+                i += 1
+                continue
+            j = i
+            while j < len(same) and same[j]:
+                j += 1
+            # slices i+1 .. j copy slice i; j+1 is the next different one
+            if j + 1 < len(t) and area[j + 1] > 0 and \
+                    (j - i) * float(spacing_zyx[ax]) <= MAX_GAP_MM:
+                _bridge(m, ax, i, j + 1, spacing_zyx, gaps, fill)
+            i = j
     return gaps, fill
 
 
@@ -204,7 +276,10 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
         sides = _sides(mask_vol, centre)
     # missing slices: fitted as interpolated, and decided by the fitted shape
     gaps, fill = missing_slices(big, mask_vol.spacing[::-1])
-    mvol = Volume(((m | fill) * 1000).astype(np.float32), mask_vol.spacing, mask_vol.origin,
+    copies, copy_fill = repeated_slices(big, mask_vol.spacing[::-1])
+    gaps, fill = gaps | copies, np.where(copies, copy_fill, fill)
+    target = (m & ~gaps) | fill             # the mask as fitted: gaps and copies bridged
+    mvol = Volume((target * 1000).astype(np.float32), mask_vol.spacing, mask_vol.origin,
                   mask_vol.direction)
     # a mask is a clean image: a first level with a long search reaches the
     # far edge of a leak or a gap, so that SSC can reject it (and measure it)
@@ -212,16 +287,23 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     if tuple(sched) == tuple(DEFAULT_SCHEDULE):
         sched = ((MASK_SEARCH_MM, 1.0), *DEFAULT_SCHEDULE)
     bare = replace(model, profile=None)         # the mask has no learned appearance
+    boundary = _BoundaryDistance(target, mask_vol)
     best = None
     for side in sides:          # an undecided side: the one whose shape explains the mask
         pm = replace(params, seed_mm=tuple(float(c) for c in centre), seed_space="lps",
-                     normalisation="ct", window=(0.5, 1.5), inside_brighter=True, side=side,
-                     schedule=sched)
-        f = segment_volume(mvol, bare, pm, dictionary)
-        a = dice(f.label > 0, m | fill)
-        if best is None or a > best[0]:
-            best = (a, f, side)
-    agree, mask_fit, side = best
+                     normalisation="ct", window=(0.5, 1.5), inside_brighter=True, side=side)
+        # a large leak can pull the long first search into it: then a fit with the
+        # short search is tried, and the fit with more of its surface on the
+        # mask's boundary is kept
+        for k, sch in enumerate(dict.fromkeys((tuple(sched), tuple(params.schedule)))):
+            if k and best[0] >= ON_BOUNDARY_GOOD:
+                break
+            f = segment_volume(mvol, bare, replace(pm, schedule=sch), dictionary)
+            on = boundary.on_fraction(f.verts)
+            if best is None or on > best[0]:
+                best = (on, f, side)
+    on_boundary, mask_fit, side = best
+    agree = dice(mask_fit.label > 0, target)
     fit = mask_fit
     if image is not None:
         fit = segment_volume(image, model, replace(params, side=side), dictionary,
@@ -230,13 +312,14 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     else:
         shape = mask_fit.label > 0
     fit.evidence["mask_agreement_dice"] = round(agree, 4)
+    fit.evidence["mask_boundary_fraction"] = round(on_boundary, 4)
     if agree < MASK_AGREEMENT:
         # a shape the model cannot explain (a kidney with a large tumour): its
         # "corrections" would be guesses, so the input is kept; only missing
         # slices are bridged, by interpolation, which needs no model
-        label = (m | fill).astype(np.uint8)
-        kept = "the input is returned unchanged" if not fill.any() else \
-            "the input is kept, with its missing slices interpolated"
+        label = target.astype(np.uint8)
+        kept = "the input is returned unchanged" if not gaps.any() else \
+            "the input is kept, with its missing or copied slices interpolated"
         fit.reasons.append(f"not refined: the model explains the mask poorly (Dice {agree:.2f}"
                            f" < {MASK_AGREEMENT}); {kept}")
         if fit.status == "ok":
@@ -246,15 +329,63 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     return RefineResult(fit, label, describe_corrections(m, label > 0, mask_vol), mask_fit)
 
 
-def suspect_zone(fit, vol, margin_mm=ZONE_MARGIN_MM):
+class _BoundaryDistance:
+    """Distance (mm) from points to a mask's boundary: the signed distance map
+    of the mask, interpolated. Points within :data:`BORDER_MM` of the field of
+    view's edge, or beyond it, are left out (a mask cut by the field of view
+    has no boundary there)."""
+
+    def __init__(self, mask, vol):
+        from scipy import ndimage
+
+        sampling = tuple(float(s) for s in vol.spacing[::-1])
+        self.vol = vol
+        self.sd = (ndimage.distance_transform_edt(~mask, sampling=sampling)
+                   - ndimage.distance_transform_edt(mask, sampling=sampling)).astype(np.float32)
+        self.tol = ON_BOUNDARY_MM + 0.5 * float(max(vol.spacing))
+
+    def distance(self, points):
+        """Unsigned distance of each point (LPS mm, shape (P, 3)); NaN where left out."""
+        from scipy import ndimage
+
+        idx = self.vol.physical_to_index(points)[:, ::-1].T
+        d = np.abs(ndimage.map_coordinates(self.sd, idx, order=1, mode="nearest"))
+        # the map is 0.5 voxel off at the boundary: a voxel centre is the sample
+        d = np.maximum(d - 0.5 * float(min(self.vol.spacing)), 0.0)
+        return np.where(border_distance(self.vol, points) > BORDER_MM, d, np.nan)
+
+    def on_fraction(self, points):
+        """Share of the points (away from the field of view's edge) within the
+        tolerance of the boundary."""
+        d = self.distance(points)
+        d = d[np.isfinite(d)]
+        return float(np.mean(d <= self.tol)) if d.size else 0.0
+
+
+def _inside(mask, vol, points):
+    """Whether each point (LPS mm) lies in a voxel of ``mask``."""
+    idx = np.round(vol.physical_to_index(points)[:, ::-1]).astype(int)      # zyx
+    ok = np.all((idx >= 0) & (idx < np.array(mask.shape)), axis=1)
+    out = np.zeros(len(points), bool)
+    out[ok] = mask[tuple(idx[ok].T)]
+    return out
+
+
+def suspect_zone(fit, vol, margin_mm=ZONE_MARGIN_MM, mask=None):
     """Voxels near the vertices where the input departs from the prior: those
     the SSC overrode (gross error e) or found no boundary for (confidence
     below :data:`LOW_CONFIDENCE`), each within ``|e| + margin_mm`` of it.
     Vertices within :data:`BORDER_MM` of the field of view's edge, or beyond
-    it, do not count."""
+    it, do not count. With ``mask``, a vertex without a boundary counts only
+    inside the mask (the mask goes on beyond the fitted surface: a leak);
+    outside it, the mask's boundary lies deeper than the search reached: a
+    concavity the model smooths over (a kidney's hilum), which is kept."""
     from scipy import ndimage
 
-    bad = np.asarray(fit.overridden, bool) | (np.asarray(fit.confidence) < LOW_CONFIDENCE)
+    low = np.asarray(fit.confidence) < LOW_CONFIDENCE
+    if mask is not None:
+        low &= _inside(mask, vol, fit.verts)
+    bad = np.asarray(fit.overridden, bool) | low
     # at and beyond the edge of the field of view the mask is cut, not wrong
     bad &= border_distance(vol, fit.verts) > BORDER_MM
     zone = np.zeros(vol.array.shape, bool)
@@ -306,10 +437,10 @@ def combine(mask, shape, vol, fit=None, band_mm=BAND_MM, gaps=None, fill=None):
     d_in = ndimage.distance_transform_edt(shape, sampling=sampling)
     core = shape & (d_in > band_mm)
     by_shape = core | (mask & (d_out <= band_mm))
-    zone = np.ones(mask.shape, bool) if fit is None else suspect_zone(fit, vol)
+    zone = np.ones(mask.shape, bool) if fit is None else suspect_zone(fit, vol, mask=mask)
     out = np.where(zone, by_shape, mask)
     if gaps is not None:
-        out = np.where(gaps, core | (fill & (d_out <= band_mm)), out)
+        out = np.where(gaps, fill & (d_out <= band_mm), out)
     # enclosed cavities are filled only where the input departs: an organ's
     # own cavity (a kidney's sinus) stays
     out |= zone & ndimage.binary_fill_holes(out)
