@@ -336,12 +336,9 @@ class _BoundaryDistance:
     has no boundary there)."""
 
     def __init__(self, mask, vol):
-        from scipy import ndimage
-
-        sampling = tuple(float(s) for s in vol.spacing[::-1])
         self.vol = vol
-        self.sd = (ndimage.distance_transform_edt(~mask, sampling=sampling)
-                   - ndimage.distance_transform_edt(mask, sampling=sampling)).astype(np.float32)
+        self.sd = _signed_distance(mask, tuple(float(s) for s in vol.spacing[::-1])).astype(
+            np.float32)
         self.tol = ON_BOUNDARY_MM + 0.5 * float(max(vol.spacing))
 
     def distance(self, points):
@@ -362,10 +359,16 @@ class _BoundaryDistance:
         return float(np.mean(d <= self.tol)) if d.size else 0.0
 
 
+def _nearest_voxel(vol, points):
+    """Each point's (LPS mm, shape (P, 3)) nearest voxel, as array indices (z, y,
+    x), and whether it lies in the grid."""
+    idx = np.round(vol.physical_to_index(points)[:, ::-1]).astype(int)
+    return idx, np.all((idx >= 0) & (idx < np.array(vol.array.shape)), axis=1)
+
+
 def _inside(mask, vol, points):
-    """Whether each point (LPS mm) lies in a voxel of ``mask``."""
-    idx = np.round(vol.physical_to_index(points)[:, ::-1]).astype(int)      # zyx
-    ok = np.all((idx >= 0) & (idx < np.array(mask.shape)), axis=1)
+    """Whether each point (LPS mm) lies in a voxel of ``mask`` (on ``vol``'s grid)."""
+    idx, ok = _nearest_voxel(vol, points)
     out = np.zeros(len(points), bool)
     out[ok] = mask[tuple(idx[ok].T)]
     return out
@@ -391,8 +394,7 @@ def suspect_zone(fit, vol, margin_mm=ZONE_MARGIN_MM, mask=None):
     zone = np.zeros(vol.array.shape, bool)
     if not bad.any():
         return zone
-    idx = np.round(vol.physical_to_index(fit.verts[bad])[:, ::-1]).astype(int)     # zyx
-    inside = np.all((idx >= 0) & (idx < np.array(zone.shape)), axis=1)
+    idx, inside = _nearest_voxel(vol, fit.verts[bad])
     if not inside.any():
         return zone
     radius = np.asarray(fit.error_mm)[bad][inside] + margin_mm
