@@ -192,6 +192,21 @@ def main(argv=None):
         "targets": {"N5000_K300_cold_ms": 20.0, "N5000_K300_warm_ms": 5.0},
         "cases": cases,
     }
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import previous_results
+
+    prev, where = previous_results(a.out)
+    if prev:   # this run against the committed one, case by case (time ratio new / old)
+        key = lambda c: (c["N"], c["K"], c["gross_fraction"])  # noqa: E731
+        old = {key(c): c for c in prev["cases"]}
+        out["comparison"] = {"previous": where, "time_ratio_new_over_previous": [
+            {"N": c["N"], "K": c["K"], "gross_fraction": c["gross_fraction"],
+             **{k: c["solvers"][k]["time_s"] / old[key(c)]["solvers"][k]["time_s"]
+                for k in ("ours_cold", "ours_warm")}}
+            for c in cases if key(c) in old]}
+        for r in out["comparison"]["time_ratio_new_over_previous"]:
+            print(f"vs previous: N={r['N']} K={r['K']} gross={r['gross_fraction']:.2f} "
+                  f"cold x{r['ours_cold']:.2f} warm x{r['ours_warm']:.2f}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(a.out).with_suffix(".tmp")
     tmp.write_text(json.dumps(out, indent=1))

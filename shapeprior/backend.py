@@ -12,7 +12,9 @@ The backend is chosen with a ``backend=`` argument or the environment variable
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 
 import numpy as np
 
@@ -90,12 +92,15 @@ def resolve_backend(backend: str | None = None) -> str:
 
 
 #: the one dispatch table: operation -> backend -> twin in :mod:`shapeprior_kernels`
-#: (the NumPy reference of ``gram_lasso`` is array-namespace code and runs on CuPy)
+#: (the NumPy references of ``gram_lasso`` and ``huber_lasso`` are array-namespace code and
+#: run on CuPy)
 KERNELS = {
     "sample_normals": {"numpy": "sample_normals_numpy", "numba": "sample_normals_numba",
                        "cupy": "sample_normals_cupy"},
     "gram_lasso": {"numpy": "gram_lasso_numpy", "numba": "gram_lasso_numba",
                    "cupy": "gram_lasso_numpy"},
+    "huber_lasso": {"numpy": "huber_lasso_numpy", "numba": "huber_lasso_numba",
+                    "cupy": "huber_lasso_numpy"},
 }
 
 
@@ -142,3 +147,60 @@ def to_numpy(a):
     if type(a).__module__.startswith("cupy"):
         return a.get()
     return np.asarray(a)
+
+
+_BLAS = {"depth": 0, "limiter": None}
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """Context manager: the BLAS libraries on one thread, in the main thread.
+
+    The compiled SSC kernels run on one core and call BLAS for their larger
+    products; NumPy and SciPy each bring their own OpenBLAS with its own
+    threads, and a worker thread of one pool that spins after its last call
+    takes the core (or its hyperthread) from the kernel. Measured on the
+    2-core development machine, the SSC calls of a kidney segmentation took
+    48 ms each with two BLAS threads and 30-38 ms with one, and a cold solve
+    at 5000 x 300 twice as long with two.
+
+    Only the main thread sets the limit (nested calls share it; the outermost
+    restores the previous limits, about 30 microseconds). BLAS thread limits
+    are process-wide in some OpenBLAS builds and per thread in others, so a
+    limit set from concurrent threads could outlive them; elsewhere (a
+    threaded scheduler) BLAS keeps its settings. Worker processes of
+    ``sparse_shape_composition_many`` run on one BLAS thread anyway.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if _BLAS["depth"] == 0:
+        ctl = _BLAS.get("ctl")
+        if ctl is None:
+            from threadpoolctl import ThreadpoolController
+
+            import scipy.linalg
+
+            _BLAS["scipy"] = scipy.linalg    # SciPy's BLAS is loaded before the controller looks
+            ctl = _BLAS["ctl"] = ThreadpoolController()
+        _BLAS["limiter"] = ctl.limit(limits=1, user_api="blas")
+    _BLAS["depth"] += 1
+    try:
+        yield
+    finally:
+        _BLAS["depth"] -= 1
+        if _BLAS["depth"] == 0:
+            _BLAS["limiter"].restore_original_limits()
+            _BLAS["limiter"] = None
+
+
+def on_one_blas_thread(fn):
+    """Decorator: run ``fn`` inside :func:`one_blas_thread`."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with one_blas_thread():
+            return fn(*args, **kwargs)
+
+    return wrapper

@@ -292,6 +292,45 @@ def test_numpy_and_numba_backends_agree():
     assert np.allclose(a.x, b.x, atol=1e-8)
 
 
+@pytest.mark.parametrize("kind", ["similarity", "affine"])
+def test_correlation_from_moments_equals_the_direct_product(kind):
+    """D^T W z for z = beta(y), from the moments of y, equals the product
+    computed from z (every alignment round reuses one pass over D)."""
+    from shapeprior.align import Transform
+
+    p = make_ssc_problem(300, 25, seed=4)
+    dic = ShapeDictionary(p.atoms)
+    rng = np.random.default_rng(1)
+    y = p.observed
+    s2 = rng.uniform(0, 1, len(y)) ** 2
+    L = rng.normal(size=(3, 3)) if kind == "affine" else 1.3 * np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    beta = Transform(L, rng.normal(size=3) * 10, kind)
+    c = dic.correlation(dic.moments(y, s2), beta)
+    direct = dic.DF.T @ (np.repeat(s2, 3) * beta.apply(y).ravel())
+    assert np.allclose(c, direct, rtol=1e-11, atol=1e-11 * np.abs(direct).max())
+
+
+def test_transform0_starts_the_rounds_at_a_given_alignment():
+    """Started from its own converged alignment (and its penalties: 'auto'
+    ones depend on the first round's alignment), SSC stops after the first
+    round at the same solution; a wrong transform0 is refused."""
+    from shapeprior.align import Transform
+
+    p = make_ssc_problem(600, 40, gross_fraction=0.1, seed=5)
+    dic = ShapeDictionary(p.atoms)
+    a = sparse_shape_composition(p.observed, dic)
+    b = sparse_shape_composition(p.observed, dic, transform0=a.transform, x0=a.x,
+                                 lambda1=a.lambda1, lambda2=a.lambda2)
+    assert a.converged and b.converged
+    assert a.n_align_iter > 1 and b.n_align_iter == 1
+    assert np.allclose(b.reconstruction, a.reconstruction, atol=1e-4)
+    far = Transform(np.eye(3), np.array([200.0, 0, 0]))
+    c = sparse_shape_composition(p.observed, dic, transform0=far, max_align_iter=1)
+    assert np.abs(c.reconstruction - a.reconstruction).max() > 1.0   # it was used
+    with pytest.raises(ValueError, match="transform0"):
+        sparse_shape_composition(p.observed, dic, transform0=np.eye(3))
+
+
 @pytest.mark.parametrize("K,M,k", [(40, 30, 6), (8, 12, 8), (6, 5, 10)])
 def test_omp_many_equals_one_signal_at_a_time(K, M, k):
     """The vectorised Batch-OMP (dictionary learning) makes the same greedy
@@ -312,3 +351,41 @@ def test_omp_many_equals_one_signal_at_a_time(K, M, k):
     assert np.allclose(X, ref, atol=1e-10)
     assert np.count_nonzero(X[:, 0]) == 1 and not X[:, 1].any()
     assert (np.count_nonzero(X, axis=0) <= min(k, K)).all()
+
+
+def test_one_blas_thread_limits_the_main_thread_and_restores():
+    """In the main thread BLAS runs on one thread inside the section (nested
+    sections too) and gets its old limits back after the outermost one; from
+    another thread the section leaves every limit as it is."""
+    import threading
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    pytest.importorskip("scipy.linalg")     # SciPy's own BLAS, loaded before the controller looks
+    from shapeprior.backend import one_blas_thread
+
+    libs = [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
+            if lib.user_api == "blas"]
+
+    def limits():
+        return [lib.get_num_threads() for lib in libs]
+
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = limits()
+        assert set(before) == {2}
+        with one_blas_thread():
+            assert set(limits()) == {1}
+            with one_blas_thread():
+                assert set(limits()) == {1}
+            assert set(limits()) == {1}
+        assert limits() == before
+        seen = {}
+
+        def other():
+            with one_blas_thread():
+                seen["inside"] = limits()
+            seen["after"] = limits()
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(10)
+        assert seen == {"inside": before, "after": before}

@@ -9,7 +9,7 @@ import numpy as np
 
 from .._validation import check_choice, check_number
 from ..align import Transform, generalized_procrustes, procrustes
-from ..backend import to_numpy
+from ..backend import on_one_blas_thread, to_numpy
 from ._dictionary import ShapeDictionary
 from ._l0 import solve_l0
 from ._l1 import _lasso_fn, solve_l1
@@ -151,9 +151,10 @@ def _check_vertex_weights(weights, n_points):
     return s
 
 
-def _auto_lambda1(dic, z, w):
+def _auto_lambda1(dic, z, w, c=None):
     xp = dic.xp
-    c = dic.DF.T @ (w * z)
+    if c is None:
+        c = dic.DF.T @ (w * z)
     return 2.0 * ALPHA1 * float(xp.max(xp.abs(c)))
 
 
@@ -167,7 +168,7 @@ def _robust_sigma(r, w, xp):
     return 1.4826 * float(xp.median(a)) if a.size else 0.0
 
 
-def _auto_lambda2(dic, z, w, lam1, x0):
+def _auto_lambda2(dic, z, w, lam1, x0, c):
     """lam2 such that the gross-error threshold is OUTLIER_SIGMAS robust
     standard deviations of the residual (two robust rounds, so that gross
     errors do not inflate the scale). Per unit weight, tau = lam2 / 2."""
@@ -177,13 +178,13 @@ def _auto_lambda2(dic, z, w, lam1, x0):
     sigma = None
     for _ in range(2):
         if sol is None:
-            x, _ = _lasso_fn(dic)(dic.weighted_gram(w), dic.DF.T @ (w * z), 0.5 * lam1)
+            x, _ = _lasso_fn(dic)(dic.weighted_gram(w), c, 0.5 * lam1)
             r = z - dic.matvec(x)
         else:
             r = sol.residual
         sigma = max(_robust_sigma(r, w, xp), SIGMA_FLOOR * _size(z, xp))
         lam2 = 2.0 * OUTLIER_SIGMAS * sigma * wmax
-        sol = solve_l1(dic, z, w, lam1, lam2, x0=x0)
+        sol = solve_l1(dic, z, w, lam1, lam2, x0=x0, c=c)
     return lam2, sol
 
 
@@ -233,7 +234,7 @@ def sparse_composition(aligned_shape, dictionary, weights=None, *, method="l1",
 
 
 def _sparse_composition(dic, y, s, method, lambda1, lambda2, n_nonzero,
-                        outlier_threshold, reweight, x0, tol, max_iter, l0_init=None):
+                        outlier_threshold, reweight, x0, tol, max_iter, l0_init=None, c=None):
     xp = dic.xp
     z = xp.asarray(y.ravel())
     w = xp.asarray(np.repeat(s * s, dic.n_dims))
@@ -244,16 +245,18 @@ def _sparse_composition(dic, y, s, method, lambda1, lambda2, n_nonzero,
     if method == "l1":
         lam1 = _positive("lambda1", lambda1)
         lam2 = _positive("lambda2", lambda2)
+        if c is None:                   # one pass over D serves every solve of this z
+            c = dic.DF.T @ (w * z)
         if lam1 == "auto":
-            lam1 = _auto_lambda1(dic, z, w)
+            lam1 = _auto_lambda1(dic, z, w, c)
         if lam2 == "auto":
-            lam2, sol = _auto_lambda2(dic, z, w, lam1, x0)
+            lam2, sol = _auto_lambda2(dic, z, w, lam1, x0, c)
         else:
-            sol = solve_l1(dic, z, w, lam1, lam2, x0=x0, tol=tol, max_iter=max_iter)
+            sol = solve_l1(dic, z, w, lam1, lam2, x0=x0, tol=tol, max_iter=max_iter, c=c)
         for _ in range(reweight):
             tau = 0.5 * lam2 / float(xp.max(w))
             l2w = lam2 * xp.maximum(tau / (xp.abs(sol.e) + tau), REWEIGHT_FLOOR)
-            sol = solve_l1(dic, z, w, lam1, l2w, x0=sol.x, tol=tol, max_iter=max_iter)
+            sol = solve_l1(dic, z, w, lam1, l2w, x0=sol.x, tol=tol, max_iter=max_iter, c=c)
         info = {"kkt": sol.kkt, "reweight": int(reweight)}
     else:
         check_number("n_nonzero", n_nonzero, 1, dic.n_atoms, integer=True)
@@ -271,12 +274,13 @@ def _sparse_composition(dic, y, s, method, lambda1, lambda2, n_nonzero,
         converged=sol.converged, info=info)
 
 
+@on_one_blas_thread
 def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
                              lambda1="auto", lambda2="auto", n_nonzero=10,
                              outlier_threshold=None, reweight=3,
                              alignment="similarity", max_align_iter=20,
                              align_tol=1e-6, x0=None, tol=1e-10, max_iter=100,
-                             refit=None):
+                             refit=None, transform0=None):
     """Explain an observed shape by a sparse composition of training shapes.
 
     Alternates the alignment beta (weighted Procrustes of the shape onto the
@@ -310,6 +314,12 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
         is the hybrid "trimmed OMP finds the gross errors, a dense L1 fit of
         the inliers" (lambda2 as given, 'auto': from the inliers' residual).
         ``None``: one solve.
+    transform0 : Transform, optional
+        The first round's beta (e.g. the previous call's ``transform`` when
+        the same organ is fitted again, as in the iterations of a
+        segmentation: the rounds then start near their fixed point). Default:
+        Procrustes of the shape onto the dictionary's mean. Ignored with
+        ``alignment='none'``.
 
     Returns
     -------
@@ -330,9 +340,16 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     w_align = s * s
     if alignment == "none":
         beta = Transform.identity(dic.n_dims)
+    elif transform0 is not None:
+        if not isinstance(transform0, Transform) or transform0.ndim != dic.n_dims:
+            raise ValueError(f"transform0 must be a {dic.n_dims}-D Transform, "
+                             f"got {transform0!r}")
+        beta = transform0
     else:
         beta = procrustes(y, dic.mean, w_align, kind=alignment)
     size = max(float(np.sqrt(np.sum((dic.mean - dic.mean.mean(0)) ** 2))), 1e-12)
+    # D^T W z of every round from one pass over D (z is linear in y)
+    moments = dic.moments(y, w_align) if method == "l1" else None
     lam1, lam2 = lambda1, lambda2
     sol = None
     l0_prev = None
@@ -342,7 +359,7 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
         z = beta.apply(y)
         sol = _sparse_composition(dic, z, s, method, lam1, lam2, n_nonzero,
                                   outlier_threshold, reweight, x0, tol, max_iter,
-                                  l0_init=l0_prev)
+                                  l0_init=l0_prev, c=_corr(dic, moments, beta))
         # (warm-starting the L0 trimmed set across rounds was tried: vertices
         # trimmed under an early, poor alignment then stay trimmed; each round
         # restarts the trimming instead)
@@ -351,8 +368,7 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
         x0 = sol.x if method == "l1" else None
         if alignment == "none":
             break
-        recon = (np.asarray(dic.atoms.reshape(dic.n_atoms, -1).T @ sol.x)).reshape(
-            dic.n_points, dic.n_dims)
+        recon = _compose(dic, sol.x)
         # fix the gauge: beta's scale and the size of D x trade off freely
         # (and the L1 term rewards shrinking both), so the Procrustes target
         # is D x rescaled to the model's centroid size, as in ASM
@@ -372,11 +388,10 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
             z = beta.apply(y)
             sol = _sparse_composition(dic, z, s, method, lam1, lam2, n_nonzero,
                                       outlier_threshold, reweight, x0, tol, max_iter,
-                                      l0_init=l0_prev)
+                                      l0_init=l0_prev, c=_corr(dic, moments, beta))
             break
     z = beta.apply(y)
-    recon_model = (dic.atoms.reshape(dic.n_atoms, -1).T @ sol.x).reshape(
-        dic.n_points, dic.n_dims)
+    recon_model = _compose(dic, sol.x)
     e = sol.e
     overridden = np.any(e != 0, axis=1) & visible
     if refit is not None and np.count_nonzero(visible & ~overridden) > dic.n_dims:
@@ -391,6 +406,15 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
         n_align_iter=k, converged=bool(sol.converged and converged_align),
         method=method, info=sol.info,
     )
+
+
+def _corr(dic, moments, beta):
+    return None if moments is None else dic.correlation(moments, beta)
+
+
+def _compose(dic, x):
+    """``D x`` as an (N, d) shape on the host, from x's nonzero atoms only."""
+    return to_numpy(dic.matvec(dic.xp.asarray(x))).reshape(dic.n_points, dic.n_dims)
 
 
 def _refit_inliers(y, dic, s, outliers, sol, method, refit, lambda2, reweight, alignment,
@@ -410,8 +434,7 @@ def _refit_inliers(y, dic, s, outliers, sol, method, refit, lambda2, reweight, a
         alignment=alignment, max_align_iter=max_align_iter, align_tol=align_tol,
         x0=sol.x if method == "l1" else None, tol=tol, max_iter=max_iter)
     beta, z = res.transform, res.aligned
-    recon_model = (dic.atoms.reshape(dic.n_atoms, -1).T @ res.x).reshape(
-        dic.n_points, dic.n_dims)
+    recon_model = _compose(dic, res.x)
     e = np.where(outliers[:, None], z - recon_model, res.error)
     visible = s > 0
     return SSCResult(

@@ -53,6 +53,9 @@ class ShapeDictionary:
         self.gram = self.DF.T @ self.DF
         self._wkey = None
         self._wgram = None
+        self._pkey = None
+        self._partial = None
+        self._cols = (None, None)
 
     @property
     def n_rows(self) -> int:
@@ -89,6 +92,75 @@ class ShapeDictionary:
                 G = Dp.T @ (w[pos][:, None] * Dp)
             self._wkey, self._wgram = key, G
         return self._wgram
+
+    def moments(self, y, s2):
+        """Weighted first moments of every atom against a shape, for
+        ``D^T W z`` under any linear-plus-translation map ``z = y L^T + t``.
+
+        Parameters
+        ----------
+        y : ndarray, shape (N, d)
+        s2 : ndarray, shape (N,)
+            Per-vertex weights (``w`` repeats them over the d coordinates).
+
+        Returns
+        -------
+        ndarray, shape (K, d*d + d)
+            ``M[k, a*d + b] = sum_i s2_i atom_k[i, a] y[i, b]`` and
+            ``M[k, d*d + a] = sum_i s2_i atom_k[i, a]``; with them
+            ``D^T W z = M[:, :d*d] @ L.ravel() + M[:, d*d:] @ t``
+            (:meth:`correlation`). One pass over D serves every alignment
+            round of a shape.
+        """
+        N, d = self.n_points, self.n_dims
+        V = np.zeros((N, d, d * d + d))
+        for a in range(d):
+            V[:, a, a * d:(a + 1) * d] = s2[:, None] * y
+            V[:, a, d * d + a] = s2
+        return self.DF.T @ self.xp.asarray(V.reshape(N * d, d * d + d))
+
+    def correlation(self, moments, transform):
+        """``D^T W z`` for ``z = transform(y)`` from :meth:`moments` of y (K,)."""
+        xp = self.xp
+        coef = np.concatenate([np.asarray(transform.linear, dtype=float).ravel(),
+                               np.asarray(transform.translation, dtype=float)])
+        return moments @ xp.asarray(coef)
+
+    def columns(self, support):
+        """``D[:, support]`` as a C-ordered (n, |support|) block, kept for
+        the last support asked for (consecutive solves of a shape share it)."""
+        xp = self.xp
+        key = _host(support).tobytes()
+        if key != self._cols[0]:
+            self._cols = (key, xp.ascontiguousarray(self.DF[:, support]))
+        return self._cols[1]
+
+    def weighted_gram_partial(self, w):
+        """``D^T diag(w) D`` filled column by column as a solver needs it.
+
+        Returns ``(GW, known)``: a (K, K) buffer and a (K,) bool mask of the
+        columns (and, by symmetry, rows) that hold their values. The
+        ``huber_lasso`` kernels fill the columns of their working set
+        (``D^T (w * D[:, S])``, one pass over D for all of them), so a solve
+        on a new weight vector costs ``n K |S|`` instead of ``n K^2``: in a
+        segmentation every iteration brings new confidences, and |S| is
+        about 25 of 280 atoms. The buffer is kept for the last weight vector
+        (the alignment rounds and reweighted solves of one call share it).
+        """
+        xp = self.xp
+        w0 = float(w[0])
+        if bool(xp.all(w == w0)):      # complete: the kernels only read it
+            if w0 == 1.0:
+                return self.gram, xp.ones(self.n_atoms, dtype=bool)
+            return self.gram * w0, xp.ones(self.n_atoms, dtype=bool)
+        key = hashlib.sha1(np.ascontiguousarray(_host(w)).tobytes()).hexdigest()
+        if key == self._wkey:
+            return self._wgram, xp.ones(self.n_atoms, dtype=bool)
+        if key != self._pkey:
+            self._pkey = key
+            self._partial = (xp.zeros((self.n_atoms, self.n_atoms)),
+                             xp.zeros(self.n_atoms, dtype=bool))
+        return self._partial
 
     def to(self, backend):
         """Copy of this dictionary on another backend."""

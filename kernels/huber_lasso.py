@@ -1,0 +1,644 @@
+"""Huber regression with an L1 penalty on a dictionary: the SSC-L1 inner solve.
+
+Solves, in halved units (``l1 = lambda1/2``, ``l2_j = lambda2_j/2``,
+``tau_j = l2_j / w_j``)::
+
+    min_x  sum_j h_j(z_j - (D x)_j) + l1 ||x||_1,
+    h_j(r) = w_j r^2 / 2            for |r| <= tau_j,
+             l2_j |r| - l2_j tau_j / 2  beyond,
+
+which is ``sum w (z - Dx - e)^2 + lambda1 |x|_1 + sum lambda2 |e|`` with ``e``
+eliminated (halved). Semismooth Newton on the outlier set with a working set of
+atoms; each Newton system is an exact Lasso on the working set's Gram
+(feature-sign, :mod:`.gram_lasso`). The method and its stopping rules are
+described in ``shapeprior/ssc/_l1.py``.
+
+Twins:
+
+* :func:`huber_lasso_numpy`: the reference, array code for any namespace
+  (NumPy in CI, CuPy on a GPU);
+* :func:`huber_lasso_numba`: one compiled loop for the CPU hot path. It never
+  forms ``D_S`` or the outlier rows as temporaries: residuals stream the
+  working set's columns of ``D`` (Fortran order), the Hessian and the gradient
+  read the outlier rows of ``D`` (C order) in place.
+
+Both take the same arguments and return ``(x, r, kkt, n_iter, converged)``:
+the coefficients (K,), the residual ``z - D x`` (n,), the relative KKT
+violation of the full problem, the Newton iterations and whether the KKT
+conditions hold to ``1e3 * tol``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .gram_lasso import _xp, gram_lasso_numpy
+
+try:
+    import numba
+except Exception:  # pragma: no cover
+    numba = None
+
+
+# --------------------------------------------------------------------------
+# reference (array namespace)
+# --------------------------------------------------------------------------
+
+def _huber_xp(r, w, tau, l2, xp):
+    a = xp.abs(r)
+    quad = 0.5 * w * r * r
+    lin = l2 * a - 0.5 * l2 * xp.where(xp.isfinite(tau), tau, 0.0)
+    return float(xp.sum(xp.where(a <= tau, quad, lin)))
+
+
+def _soft(r, tau, xp):
+    return xp.sign(r) * xp.maximum(xp.abs(r) - tau, 0.0)
+
+
+def _gradient_xp(D, DF, GW, c, S, xS, r, w, tau, l2, xp):
+    """``g = -D^T psi`` for every atom without a pass over D: inlier rows have
+    ``psi = w r``, outlier rows ``psi = l2 sign(r)``, so
+    ``D^T psi = c - (D^T W D) x - D_O^T (w_O r_O - l2_O sign(r_O))``."""
+    rows = xp.flatnonzero(xp.abs(r) > tau)
+    if 4 * rows.size > r.shape[0]:       # many outliers: one pass over D is cheaper
+        psi = w * (r - _soft(r, tau, xp))
+        return -(DF.T @ psi)
+    g = GW[:, S] @ xS - c
+    if rows.size:
+        g += D[rows].T @ (w[rows] * r[rows] - l2[rows] * xp.sign(r[rows]))
+    return g
+
+
+def _kkt_xp(g, x, l1, scale, xp):
+    act = x != 0
+    viol = xp.where(act, xp.abs(g + l1 * xp.sign(x)), xp.abs(g) - l1)
+    return max(float(xp.max(viol)), 0.0) / scale
+
+
+def _hessian_xp(GW, DS, S, w, O, rows, xp):
+    if 2 * rows.size <= DS.shape[0]:
+        DO = DS[rows]
+        return GW[S][:, S] - DO.T @ (w[rows][:, None] * DO)
+    inl = xp.flatnonzero(~O)
+    DI = DS[inl]
+    return DI.T @ (w[inl][:, None] * DI)
+
+
+def _update_hessian_xp(H, DS, w, O, O_prev, xp):
+    add = xp.flatnonzero(O & ~O_prev)
+    rem = xp.flatnonzero(O_prev & ~O)
+    if add.size:
+        Da = DS[add]
+        H = H - Da.T @ (w[add][:, None] * Da)
+    if rem.size:
+        Dm = DS[rem]
+        H = H + Dm.T @ (w[rem][:, None] * Dm)
+    return H
+
+
+def _fill_columns_xp(GW, known, D, w, S, xp):
+    """Compute the columns of ``D^T W D`` in S that ``known`` lacks (in place)."""
+    miss = S[~known[S]]
+    if miss.size:
+        G = D.T @ (w[:, None] * D[:, miss])
+        GW[:, miss] = G
+        GW[miss, :] = G.T
+        known[miss] = True
+
+
+def huber_lasso_numpy(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max_iter=100,
+                      max_add=32, DS0=None):
+    """Reference solve (NumPy or CuPy arrays).
+
+    Parameters
+    ----------
+    D, DF : ndarray, shape (n, K)
+        The dictionary in C and Fortran order (the same values).
+    GW : ndarray, shape (K, K)
+        ``D^T diag(w) D``, possibly filled only in the columns (and rows)
+        that ``known`` marks; the solve fills the columns it needs, in place.
+    known : ndarray of bool, shape (K,)
+    c : ndarray, shape (K,)
+        ``D^T (w * z)``.
+    z, w : ndarray, shape (n,)
+        Target and per-row weights (>= 0).
+    l1 : float
+        Halved L1 weight on x (> 0).
+    l2 : ndarray, shape (n,)
+        Halved L1 weight on e per row (> 0).
+    x0 : ndarray, shape (K,), optional
+        Warm start; default: the outlier-free Lasso fit.
+    tol, max_iter, max_add
+        Relative KKT tolerance, Newton iterations, atoms added per check.
+    DS0 : ndarray, shape (n, m), optional
+        ``DF[:, S0]`` (C order) for the nonzeros ``S0`` of ``x0``, when the
+        caller keeps it from an earlier solve (consecutive solves of one
+        shape share their working set); gathered here otherwise.
+
+    Returns
+    -------
+    x, r, kkt, n_iter, converged
+    """
+    xp = _xp(D)
+    K = GW.shape[0]
+    tau = xp.where(w > 0, l2 / xp.where(w > 0, w, 1.0), xp.inf)
+    if x0 is None:
+        _fill_columns_xp(GW, known, D, w, xp.arange(K), xp)
+        x, _ = gram_lasso_numpy(GW, c, l1, None, tol)
+        S = xp.flatnonzero(x)
+        if S.size == 0:
+            S = xp.argsort(-xp.abs(c))[: min(max_add, K)]
+    else:
+        x = xp.array(x0, dtype=np.float64, copy=True)
+        S = xp.flatnonzero(x)
+    S = xp.sort(S)
+    _fill_columns_xp(GW, known, D, w, S, xp)
+
+    def F(xS_, r_):
+        return _huber_xp(r_, w, tau, l2, xp) + l1 * float(xp.sum(xp.abs(xS_)))
+
+    DS = DS0 if DS0 is not None and x0 is not None and DS0.shape[1] == S.size else DF[:, S]
+    xS = x[S]
+    r = z - DS @ xS
+    f_cur = F(xS, r)
+    H = None
+    O_prev = None
+    converged = False
+    kkt = float("inf")
+    it = 0
+    for it in range(1, max_iter + 1):
+        O = xp.abs(r) > tau
+        rows = xp.flatnonzero(O)
+        sigma = xp.sign(r[rows])
+        bS = c[S]
+        if H is None:
+            H = _hessian_xp(GW, DS, S, w, O, rows, xp)
+        else:
+            H = _update_hessian_xp(H, DS, w, O, O_prev, xp)
+        O_prev = O
+        b = bS
+        if rows.size:
+            b = bS - DS[rows].T @ (w[rows] * z[rows] - l2[rows] * sigma)
+        if not bool(xp.any(xp.diag(H) > 0)):
+            xn, rn, fn = _mm_step_xp(F, GW, DS, S, xS, r, c, w, tau, l1, f_cur, tol, xp)
+            full_step = False
+        else:
+            xn, _ = gram_lasso_numpy(H, b, l1, xS, tol)
+            rn = z - DS @ xn
+            fn = F(xn, rn)
+            full_step = fn <= f_cur
+        if not full_step and fn > f_cur:
+            xn, rn, fn = _line_search_xp(F, xS, r, xn, rn, f_cur)
+            if xn is None:
+                xn, rn, fn = _mm_step_xp(F, GW, DS, S, xS, r, c, w, tau, l1, f_cur, tol, xp)
+        same = bool(xp.array_equal(xp.abs(rn) > tau, O)) and bool(
+            xp.array_equal(xp.sign(rn[rows]), sigma))
+        xS, r, f_cur = xn, rn, fn
+        if not same:
+            continue
+        scale = max(float(xp.max(xp.abs(bS))) if S.size else 0.0, l1)
+        xfull = xp.zeros(K)
+        xfull[S] = xS
+        g = _gradient_xp(D, DF, GW, c, S, xS, r, w, tau, l2, xp)
+        kkt = _kkt_xp(g, xfull, l1, scale, xp)
+        outside = xp.ones(K, dtype=bool)
+        outside[S] = False
+        cand = xp.flatnonzero(outside & (xp.abs(g) - l1 > tol * scale))
+        if cand.size == 0:
+            converged = full_step or kkt <= 1e3 * tol
+            if converged:
+                break
+            continue
+        cand = cand[xp.argsort(-xp.abs(g[cand]))[:max_add]]
+        S_new = xp.sort(xp.concatenate([S, cand]))
+        x_new = xp.zeros(S_new.size)
+        x_new[xp.searchsorted(S_new, S)] = xS
+        S, xS = S_new, x_new
+        _fill_columns_xp(GW, known, D, w, S, xp)
+        DS = DF[:, S]
+        H = None
+    x = xp.zeros(K)
+    x[S] = xS
+    if not converged:
+        scale = max(float(xp.max(xp.abs(c[S]))) if S.size else 0.0, l1)
+        kkt = _kkt_xp(_gradient_xp(D, DF, GW, c, S, xS, r, w, tau, l2, xp), x, l1, scale, xp)
+        converged = kkt <= 1e3 * tol
+    return x, r, kkt, it, converged
+
+
+def _line_search_xp(F, xS, r, xn, rn, f_cur):
+    d, dr = xn - xS, rn - r
+    t = 0.5
+    while t > 1e-6:
+        xt, rt = xS + t * d, r + t * dr
+        ft = F(xt, rt)
+        if ft <= f_cur:
+            return xt, rt, ft
+        t *= 0.5
+    return None, None, None
+
+
+def _mm_step_xp(F, GW, DS, S, xS, r, c, w, tau, l1, f_cur, tol, xp):
+    """e fixed at soft(r, tau), exact Lasso in x on the weighted Gram; never
+    increases F (for a near-singular Newton model)."""
+    we = w * _soft(r, tau, xp)
+    xn, _ = gram_lasso_numpy(GW[S][:, S], c[S] - DS.T @ we, l1, xS, tol)
+    rn = r - DS @ (xn - xS)
+    fn = F(xn, rn)
+    if fn > f_cur:
+        return xS, r, f_cur
+    return xn, rn, fn
+
+
+# --------------------------------------------------------------------------
+# Numba twin
+# --------------------------------------------------------------------------
+
+if numba is not None:
+    from .gram_lasso import _fss_numba
+
+    @numba.njit(cache=True)
+    def _fill_columns_nb(GW, known, DF, w, S):  # pragma: no cover - jitted
+        """The columns of ``D^T W D`` in S that ``known`` lacks, in one BLAS
+        product over D (in place; rows too, by symmetry)."""
+        m = 0
+        for p in range(S.shape[0]):
+            if not known[S[p]]:
+                m += 1
+        if m == 0:
+            return
+        miss = np.empty(m, dtype=np.int64)
+        m = 0
+        for p in range(S.shape[0]):
+            if not known[S[p]]:
+                miss[m] = S[p]
+                m += 1
+        n = DF.shape[0]
+        WB = np.empty((m, n))      # rows: the weighted columns of D
+        for q in range(m):
+            k = miss[q]
+            for j in range(n):
+                WB[q, j] = w[j] * DF[j, k]
+        G = np.dot(DF.T, WB.T)
+        for q in range(m):
+            k = miss[q]
+            for i in range(GW.shape[0]):
+                GW[i, k] = G[i, q]
+                GW[k, i] = G[i, q]
+            known[k] = True
+
+    @numba.njit(cache=True)
+    def _huber_nb(r, w, tau, l2):  # pragma: no cover - jitted
+        s = 0.0
+        for j in range(r.shape[0]):
+            a = abs(r[j])
+            if a <= tau[j]:
+                s += 0.5 * w[j] * r[j] * r[j]
+            else:
+                s += l2[j] * a - 0.5 * l2[j] * tau[j]
+        return s
+
+    @numba.njit(cache=True)
+    def _objective_nb(xS, r, w, tau, l1, l2):  # pragma: no cover - jitted
+        s = 0.0
+        for p in range(xS.shape[0]):
+            s += abs(xS[p])
+        return _huber_nb(r, w, tau, l2) + l1 * s
+
+    @numba.njit(cache=True)
+    def _columns_nb(DF, S):  # pragma: no cover - jitted
+        """The working set's columns as a compact (n, |S|) C-order block: the
+        Newton steps read it row by row (outlier rows) and stay in cache."""
+        n = DF.shape[0]
+        s = S.shape[0]
+        DS = np.empty((n, s))
+        B = 256                    # a block of rows of DS stays in cache while
+        for j0 in range(0, n, B):  # each column segment of DF is copied in
+            j1 = min(n, j0 + B)
+            for p in range(s):
+                k = S[p]
+                for j in range(j0, j1):
+                    DS[j, p] = DF[j, k]
+        return DS
+
+    @numba.njit(cache=True)
+    def _residual_nb(z, DS, xS, r):  # pragma: no cover - jitted
+        n, s = DS.shape
+        for j in range(n):
+            acc = z[j]
+            for p in range(s):
+                acc -= DS[j, p] * xS[p]
+            r[j] = acc
+
+    @numba.njit(cache=True)
+    def _rows_nb(r, tau):  # pragma: no cover - jitted
+        m = 0
+        for j in range(r.shape[0]):
+            if abs(r[j]) > tau[j]:
+                m += 1
+        rows = np.empty(m, dtype=np.int64)
+        m = 0
+        for j in range(r.shape[0]):
+            if abs(r[j]) > tau[j]:
+                rows[m] = j
+                m += 1
+        return rows
+
+    @numba.njit(cache=True)
+    def _rank_update_nb(H, DS, w, rows, sign):  # pragma: no cover - jitted
+        """H += sign * sum_j w_j DS[j] DS[j]^T over ``rows`` (gathered in
+        blocks so that the product runs in BLAS)."""
+        s = DS.shape[1]
+        if s == 0 or rows.shape[0] == 0:
+            return
+        B = 512
+        for b0 in range(0, rows.shape[0], B):
+            b1 = min(rows.shape[0], b0 + B)
+            A = np.empty((b1 - b0, s))
+            WA = np.empty((b1 - b0, s))
+            for i in range(b1 - b0):
+                j = rows[b0 + i]
+                for p in range(s):
+                    v = DS[j, p]
+                    A[i, p] = v
+                    WA[i, p] = w[j] * v
+            H += sign * (A.T @ WA)
+
+    @numba.njit(cache=True)
+    def _hessian_nb(GW, DS, S, w, r, tau):  # pragma: no cover - jitted
+        s = S.shape[0]
+        n = r.shape[0]
+        rows = _rows_nb(r, tau)
+        if 2 * rows.shape[0] <= n:
+            H = np.empty((s, s))
+            for p in range(s):
+                for q in range(s):
+                    H[p, q] = GW[S[p], S[q]]
+            _rank_update_nb(H, DS, w, rows, -1.0)
+        else:
+            inl = np.empty(n - rows.shape[0], dtype=np.int64)
+            m = 0
+            for j in range(n):
+                if not abs(r[j]) > tau[j]:
+                    inl[m] = j
+                    m += 1
+            H = np.zeros((s, s))
+            _rank_update_nb(H, DS, w, inl, 1.0)
+        return H
+
+    @numba.njit(cache=True)
+    def _newton_rhs_nb(c, DS, S, w, z, r, tau, l2, rows):  # pragma: no cover - jitted
+        s = S.shape[0]
+        b = np.empty(s)
+        for p in range(s):
+            b[p] = c[S[p]]
+        for i in range(rows.shape[0]):
+            j = rows[i]
+            v = w[j] * z[j] - l2[j] * np.sign(r[j])
+            for p in range(s):
+                b[p] -= DS[j, p] * v
+        return b
+
+    @numba.njit(cache=True)
+    def _gradient_nb(D, DF, GW, c, S, xS, r, w, tau, l2):  # pragma: no cover - jitted
+        n, K = DF.shape
+        rows = _rows_nb(r, tau)
+        if 4 * rows.shape[0] > n:
+            # many outlier rows: one BLAS pass over all of D is cheaper
+            psi = np.empty(n)
+            for j in range(n):
+                if abs(r[j]) > tau[j]:
+                    psi[j] = l2[j] * np.sign(r[j])
+                else:
+                    psi[j] = w[j] * r[j]
+            return -np.dot(DF.T, psi)
+        g = np.empty(K)
+        for k in range(K):
+            acc = -c[k]
+            for p in range(S.shape[0]):
+                acc += GW[k, S[p]] * xS[p]
+            g[k] = acc
+        for i in range(rows.shape[0]):     # the outlier rows of D, each contiguous
+            j = rows[i]
+            v = w[j] * r[j] - l2[j] * np.sign(r[j])
+            for k in range(K):
+                g[k] += D[j, k] * v
+        return g
+
+    @numba.njit(cache=True)
+    def _kkt_nb(g, S, xS, l1, scale):  # pragma: no cover - jitted
+        K = g.shape[0]
+        inS = np.zeros(K, dtype=np.bool_)
+        viol = 0.0
+        for p in range(S.shape[0]):
+            inS[S[p]] = True
+            if xS[p] != 0.0:
+                viol = max(viol, abs(g[S[p]] + l1 * np.sign(xS[p])))
+            else:
+                viol = max(viol, abs(g[S[p]]) - l1)
+        for k in range(K):
+            if not inS[k]:
+                viol = max(viol, abs(g[k]) - l1)
+        return max(viol, 0.0) / scale, inS
+
+    @numba.njit(cache=True)
+    def _same_status_nb(rn, r_rows_sign, O, rows, tau):  # pragma: no cover - jitted
+        for j in range(rn.shape[0]):
+            if (abs(rn[j]) > tau[j]) != O[j]:
+                return False
+        for i in range(rows.shape[0]):
+            if np.sign(rn[rows[i]]) != r_rows_sign[i]:
+                return False
+        return True
+
+    @numba.njit(cache=True)
+    def _mm_step_nb(GW, DS, S, xS, r, c, z, w, tau, l1, l2, f_cur, tol):  # pragma: no cover
+        s = S.shape[0]
+        Hs = np.empty((s, s))
+        b = np.empty(s)
+        for p in range(s):
+            for q in range(s):
+                Hs[p, q] = GW[S[p], S[q]]
+            b[p] = c[S[p]]
+        for j in range(r.shape[0]):
+            a = abs(r[j])
+            if a > tau[j]:
+                we = w[j] * np.sign(r[j]) * (a - tau[j])
+                for p in range(s):
+                    b[p] -= DS[j, p] * we
+        xn, _ = _fss_numba(Hs, b, l1, xS.copy(), tol, 2000)
+        rn = np.empty(r.shape[0])
+        _residual_nb(z, DS, xn, rn)
+        fn = _objective_nb(xn, rn, w, tau, l1, l2)
+        if fn > f_cur:
+            return xS, r, f_cur
+        return xn, rn, fn
+
+    @numba.njit(cache=True)
+    def _huber_lasso_nb(D, DF, GW, known, c, z, w, l1, l2, x, cold, tol, max_iter,
+                        max_add, DS0):  # pragma: no cover - jitted
+        n, K = D.shape
+        tau = np.empty(n)
+        for j in range(n):
+            tau[j] = l2[j] / w[j] if w[j] > 0 else np.inf
+        if cold:
+            _fill_columns_nb(GW, known, DF, w, np.arange(K))
+            x, _ = _fss_numba(GW, c.copy(), l1, np.zeros(K), tol, 2000)
+        S = np.flatnonzero(x)
+        if S.shape[0] == 0 and cold:
+            S = np.sort(np.argsort(-np.abs(c))[: min(max_add, K)])
+        xS = np.empty(S.shape[0])
+        for p in range(S.shape[0]):
+            xS[p] = x[S[p]]
+        _fill_columns_nb(GW, known, DF, w, S)
+        if not cold and DS0.shape[0] == n and DS0.shape[1] == S.shape[0]:
+            DS = DS0
+        else:
+            DS = _columns_nb(DF, S)
+        r = np.empty(n)
+        _residual_nb(z, DS, xS, r)
+        f_cur = _objective_nb(xS, r, w, tau, l1, l2)
+        H = np.empty((0, 0))
+        have_H = False
+        O_prev = np.zeros(n, dtype=np.bool_)
+        O = np.zeros(n, dtype=np.bool_)
+        converged = False
+        kkt = np.inf
+        it = 0
+        rn = np.empty(n)
+        for it in range(1, max_iter + 1):
+            for j in range(n):
+                O[j] = abs(r[j]) > tau[j]
+            rows = _rows_nb(r, tau)
+            sigma = np.empty(rows.shape[0])
+            for i in range(rows.shape[0]):
+                sigma[i] = np.sign(r[rows[i]])
+            if not have_H:
+                H = _hessian_nb(GW, DS, S, w, r, tau)
+                have_H = True
+            else:
+                na = 0
+                nr = 0
+                for j in range(n):
+                    if O[j] and not O_prev[j]:
+                        na += 1
+                    elif O_prev[j] and not O[j]:
+                        nr += 1
+                add = np.empty(na, dtype=np.int64)
+                rem = np.empty(nr, dtype=np.int64)
+                na = 0
+                nr = 0
+                for j in range(n):
+                    if O[j] and not O_prev[j]:
+                        add[na] = j
+                        na += 1
+                    elif O_prev[j] and not O[j]:
+                        rem[nr] = j
+                        nr += 1
+                _rank_update_nb(H, DS, w, add, -1.0)
+                _rank_update_nb(H, DS, w, rem, 1.0)
+            O_prev[:] = O
+            b = _newton_rhs_nb(c, DS, S, w, z, r, tau, l2, rows)
+            curv = False
+            for p in range(S.shape[0]):
+                if H[p, p] > 0:
+                    curv = True
+                    break
+            if not curv:
+                xn, rn2, fn = _mm_step_nb(GW, DS, S, xS, r, c, z, w, tau, l1, l2, f_cur, tol)
+                rn = rn2.copy()
+                full_step = False
+            else:
+                xn, _ = _fss_numba(H, b, l1, xS.copy(), tol, 2000)
+                _residual_nb(z, DS, xn, rn)
+                fn = _objective_nb(xn, rn, w, tau, l1, l2)
+                full_step = fn <= f_cur
+            if not full_step and fn > f_cur:
+                # backtracking along the Newton direction
+                d = xn - xS
+                dr = rn - r
+                t = 0.5
+                found = False
+                while t > 1e-6:
+                    xt = xS + t * d
+                    rt = r + t * dr
+                    ft = _objective_nb(xt, rt, w, tau, l1, l2)
+                    if ft <= f_cur:
+                        xn, rn, fn = xt, rt, ft
+                        found = True
+                        break
+                    t *= 0.5
+                if not found:
+                    xn, rn2, fn = _mm_step_nb(GW, DS, S, xS, r, c, z, w, tau, l1, l2, f_cur,
+                                              tol)
+                    rn = rn2.copy()
+            same = _same_status_nb(rn, sigma, O, rows, tau)
+            xS = xn
+            r, rn = rn, r      # r takes the new residual; rn becomes scratch
+            f_cur = fn
+            if not same:
+                continue
+            scale = l1
+            for p in range(S.shape[0]):
+                scale = max(scale, abs(c[S[p]]))
+            g = _gradient_nb(D, DF, GW, c, S, xS, r, w, tau, l2)
+            kkt, inS = _kkt_nb(g, S, xS, l1, scale)
+            nc = 0
+            for k in range(K):
+                if not inS[k] and abs(g[k]) - l1 > tol * scale:
+                    nc += 1
+            if nc == 0:
+                converged = full_step or kkt <= 1e3 * tol
+                if converged:
+                    break
+                continue
+            cand = np.empty(nc, dtype=np.int64)
+            nc = 0
+            for k in range(K):
+                if not inS[k] and abs(g[k]) - l1 > tol * scale:
+                    cand[nc] = k
+                    nc += 1
+            order = np.argsort(-np.abs(g[cand]))
+            cand = cand[order[: min(max_add, nc)]]
+            S_new = np.sort(np.concatenate((S, cand)))
+            x_new = np.zeros(S_new.shape[0])
+            pos = np.searchsorted(S_new, S)
+            for p in range(S.shape[0]):
+                x_new[pos[p]] = xS[p]
+            S, xS = S_new, x_new
+            _fill_columns_nb(GW, known, DF, w, S)
+            DS = _columns_nb(DF, S)
+            have_H = False
+        x = np.zeros(K)
+        for p in range(S.shape[0]):
+            x[S[p]] = xS[p]
+        if not converged:
+            scale = l1
+            for p in range(S.shape[0]):
+                scale = max(scale, abs(c[S[p]]))
+            g = _gradient_nb(D, DF, GW, c, S, xS, r, w, tau, l2)
+            kkt, _ = _kkt_nb(g, S, xS, l1, scale)
+            converged = kkt <= 1e3 * tol
+        return x, r.copy(), kkt, it, converged
+
+
+def huber_lasso_numba(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max_iter=100,
+                      max_add=32, DS0=None):
+    """Numba twin of :func:`huber_lasso_numpy` (same arguments and results)."""
+    if numba is None:  # pragma: no cover
+        raise RuntimeError("numba is not installed")
+    D = np.ascontiguousarray(D, dtype=np.float64)
+    DF = np.asfortranarray(DF, dtype=np.float64)
+    n, K = D.shape
+    l2 = np.broadcast_to(np.asarray(l2, dtype=np.float64), (n,)).copy()
+    cold = x0 is None
+    x = np.zeros(K) if cold else np.array(x0, dtype=np.float64)
+    if not (GW.flags.c_contiguous and GW.dtype == np.float64 and known.dtype == np.bool_):
+        raise ValueError("GW must be a C-ordered float64 array and known a bool array "
+                         "(both are filled in place)")
+    x, r, kkt, it, conv = _huber_lasso_nb(
+        D, DF, GW, known, np.asarray(c, dtype=np.float64),
+        np.asarray(z, dtype=np.float64), np.asarray(w, dtype=np.float64), float(l1), l2, x,
+        cold, float(tol), int(max_iter), int(max_add),
+        np.empty((0, 0)) if DS0 is None else np.ascontiguousarray(DS0, dtype=np.float64))
+    return x, r, float(kkt), int(it), bool(conv)
