@@ -60,15 +60,6 @@ def soft_threshold(r, tau):
     return xp.sign(r) * xp.maximum(xp.abs(r) - tau, 0.0)
 
 
-def huber_value(r, w, tau, l2, xp=np):
-    """Sum of the halved-unit Huber terms (w = 0 rows contribute 0)."""
-    a = xp.abs(r)
-    inl = a <= tau
-    quad = 0.5 * w * r * r
-    lin = l2 * a - 0.5 * l2 * xp.where(xp.isfinite(tau), tau, 0.0)  # l2 may be per row
-    return float(xp.sum(xp.where(inl, quad, lin)))
-
-
 def full_objective(z, Dx, x, w, lam1, lam2, xp=np):
     """Objective in the stated units, with the optimal e for this x."""
     r = z - Dx
@@ -80,13 +71,6 @@ def full_objective(z, Dx, x, w, lam1, lam2, xp=np):
 def _tau(w, l2, xp):
     """Per-row soft threshold l2 / w (inf where w = 0); l2 scalar or (n,)."""
     return xp.where(w > 0, l2 / xp.where(w > 0, w, 1.0), xp.inf)
-
-
-def _e_and_psi(r, w, tau, xp):
-    """Optimal e for residual r and psi = w (r - e) (minus the data gradient
-    with respect to D x)."""
-    e = soft_threshold(r, tau)
-    return e, w * (r - e)
 
 
 @on_one_blas_thread
