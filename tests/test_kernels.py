@@ -178,6 +178,23 @@ def test_huber_lasso_twins_agree_cold_and_warm(seed, partial):
                        atol=1e-9 * np.abs(out["numba"][0][0]).max())
 
 
+@each_backend(atol=1e-8, rtol=1e-7)
+def test_ssc_l1_solve_twins_agree(backend):
+    """``solve_l1`` through each backend's ``huber_lasso`` twin (the CuPy case
+    runs the array reference on the GPU), cold then warm on a partial Gram."""
+    dic, z, w, l1, l2 = _huber_problem(5)
+    from shapeprior.ssc import ShapeDictionary
+    from shapeprior.ssc._l1 import solve_l1
+
+    d = ShapeDictionary(dic.atoms, backend=backend)
+    xp = xp_for(backend)
+    zz, ww, ll2 = xp.asarray(z), xp.asarray(w), xp.asarray(2 * l2)
+    cold = solve_l1(d, zz, ww, 2 * l1, ll2)
+    warm = solve_l1(d, zz, ww, 2 * l1, ll2, x0=0.7 * cold.x)
+    assert cold.converged and warm.converged and cold.kkt < 1e-8 and warm.kkt < 1e-8
+    return cold.x, warm.x, cold.residual
+
+
 def test_huber_lasso_optimum_is_the_huber_lasso_optimum():
     """Independent check of the optimum: the objective at the kernel's x is
     not above the objective at any nearby point (random probes), and the
