@@ -17,12 +17,16 @@ Twins:
 
 * :func:`huber_lasso_numpy`: the reference, array code for any namespace
   (NumPy in CI, CuPy on a GPU);
-* :func:`huber_lasso_numba`: one compiled loop for the CPU hot path. It never
-  forms ``D_S`` or the outlier rows as temporaries: residuals stream the
-  working set's columns of ``D`` (Fortran order), the Hessian and the gradient
-  read the outlier rows of ``D`` (C order) in place.
+* :func:`huber_lasso_numba`: the whole Newton loop compiled, for the CPU hot
+  path. The working set's columns are copied once per working set into a
+  compact C-order block (residuals, Hessian and right-hand side read it row by
+  row, in cache), the KKT gradient reads the outlier rows of ``D`` (C order)
+  in place, and the columns of ``D^T W D`` it lacks are filled by one BLAS
+  product over ``D`` (Fortran order).
 
-Both take the same arguments and return ``(x, r, kkt, n_iter, converged)``:
+Both fill the missing columns of the weighted Gram they are given (``known``
+marks the filled ones), accept the working set's columns from the caller
+(``DS0``), and return ``(x, r, kkt, n_iter, converged)``:
 the coefficients (K,), the residual ``z - D x`` (n,), the relative KKT
 violation of the full problem, the Newton iterations and whether the KKT
 conditions hold to ``1e3 * tol``.
