@@ -13,6 +13,7 @@ The backend is chosen with a ``backend=`` argument or the environment variable
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 
@@ -196,8 +197,6 @@ def one_blas_thread():
 
 def on_one_blas_thread(fn):
     """Decorator: run ``fn`` inside :func:`one_blas_thread`."""
-    import functools
-
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         with one_blas_thread():

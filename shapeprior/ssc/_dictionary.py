@@ -78,7 +78,7 @@ class ShapeDictionary:
         w0 = float(w[0])
         if bool(xp.all(w == w0)):
             return self.gram * w0
-        key = hashlib.sha1(np.ascontiguousarray(_host(w)).tobytes()).hexdigest()
+        key = _weight_key(w)
         if key != self._wkey:
             # update from D^T D over the rows whose weight is not 1, or build
             # directly from the rows with weight > 0, whichever is fewer rows
@@ -153,7 +153,7 @@ class ShapeDictionary:
             if w0 == 1.0:
                 return self.gram, xp.ones(self.n_atoms, dtype=bool)
             return self.gram * w0, xp.ones(self.n_atoms, dtype=bool)
-        key = hashlib.sha1(np.ascontiguousarray(_host(w)).tobytes()).hexdigest()
+        key = _weight_key(w)
         if key == self._wkey:
             return self._wgram, xp.ones(self.n_atoms, dtype=bool)
         if key != self._pkey:
@@ -165,6 +165,11 @@ class ShapeDictionary:
     def to(self, backend):
         """Copy of this dictionary on another backend."""
         return ShapeDictionary(self.atoms, self.mean, backend=backend)
+
+
+def _weight_key(w):
+    """Content key of a weight vector (the cached Gram belongs to it)."""
+    return hashlib.sha1(np.ascontiguousarray(_host(w)).tobytes()).hexdigest()
 
 
 def _host(a):

@@ -30,10 +30,8 @@ def _limit_threads():
         numba.set_num_threads(1)
     except (ImportError, ValueError):
         pass
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:   # optional: without it BLAS keeps its own threads
-        return None
+    from threadpoolctl import threadpool_limits
+
     return threadpool_limits(1)
 
 
