@@ -10,6 +10,11 @@ ct512         The TotalSegmentator example CT (real, non-contrast) resampled
               left kidney is segmented with the KiTS19 kidney model (cache of
               bench_robustness.py, else a small model from 12 training cases),
               seeded at the reference kidney's centroid.
+ct512_noseed  The same without a seed: the default placement search over the
+              whole field of view (stage 'place').
+io            Reading the ct512 image and writing a whole-grid label, through
+              ISA-L (python-isal) and through zlib in the same run (the
+              baseline: what nibabel alone does), best of 3 each.
 batch         ``shapeprior segment`` on a folder of hippocampus cases plus one
               deliberately corrupt file: sequential against a dask LocalCluster
               (2 processes on 127.0.0.1); the corrupt case must fail alone.
@@ -54,7 +59,8 @@ from shapeprior.segmentation import SegmentParams, dice
 from shapeprior.pipeline import run_case
 
 HERE = Path(__file__).resolve().parent
-STAGES = ("read", "prepare", "search", "ssc", "refine", "voxelize", "write")
+STAGES = ("read", "prepare", "place", "search", "ssc", "refine", "voxelize", "write")
+WORKLOADS = ("hippocampus", "ct512", "ct512_noseed")
 CT_SHAPE_XYZ = (512, 512, 300)
 
 
@@ -191,13 +197,15 @@ def hippocampus_workload(n_cases, n_jobs, work):
             "runs": [run_cases(cases, mpath, params_for, b, work, "hip") for b in backends()]}
 
 
-def ct512_workload(n_jobs, work):
+def ct512_workload(n_jobs, work, seeded=True):
     mpath, model_note = kidney_model(n_jobs)
-    ip, lp = make_ct512(work)
+    ip, lp = work / "ct512.nii.gz", work / "ct512_seg.nii.gz"
+    if not ip.exists():
+        ip, lp = make_ct512(work)
     vol = read_volume(ip)
     ref = read_label_map(lp).array == 3           # left kidney
     c = np.argwhere(ref).mean(0)[::-1]
-    seed = tuple(vol.index_to_physical(c[None])[0])
+    seed = tuple(vol.index_to_physical(c[None])[0]) if seeded else None
     cases = [("ct512_left_kidney", ip, ref, seed)]
 
     def params_for(seed, backend):
@@ -206,10 +214,51 @@ def ct512_workload(n_jobs, work):
 
     return {"data": "TotalSegmentator example CT (non-contrast) resampled to "
                     f"{CT_SHAPE_XYZ[0]}x{CT_SHAPE_XYZ[1]}x{CT_SHAPE_XYZ[2]} (xyz), left kidney, "
-                    "oracle centroid seed; reference: TotalSegmentator labels",
+                    + ("oracle centroid seed" if seeded else "no seed (placement search)")
+                    + "; reference: TotalSegmentator labels",
             "model": model_note, "image_shape_zyx": list(vol.array.shape),
             "spacing_mm": vol.spacing.tolist(),
-            "runs": [run_cases(cases, mpath, params_for, b, work, "ct") for b in backends()]}
+            "runs": [run_cases(cases, mpath, params_for, b, work, "ct" if seeded else "ctn")
+                     for b in backends()]}
+
+
+def io_workload(work, repeats=3):
+    """read_image and write_label on the ct512 grid: ISA-L against zlib, same run."""
+    from shapeprior.io import _gzip, read_image, write_label
+
+    ip = work / "ct512.nii.gz"
+    if not ip.exists():
+        ip, _ = make_ct512(work)
+    vol = read_image(ip)[0]
+    lab = np.zeros(vol.array.shape, np.uint8)
+    lab[100:200, 150:300, 250:350] = 1
+    out = {"image": "ct512.nii.gz (int16, " + "x".join(map(str, vol.array.shape[::-1]))
+                    + f", {ip.stat().st_size / 2**20:.1f} MiB gzip)",
+           "label": "uint8 on the same grid, one block", "repeats": repeats}
+    saved = _gzip._igzip
+    try:
+        for name in ("isal", "zlib"):
+            if name == "isal" and saved is None:
+                out[name] = None
+                continue
+            _gzip._igzip = saved if name == "isal" else None
+            reads, writes = [], []
+            for k in range(repeats):
+                t0 = time.perf_counter()
+                read_image(ip)
+                reads.append(time.perf_counter() - t0)
+                dst = work / f"io_{name}_{k}.nii.gz"
+                t0 = time.perf_counter()
+                write_label(vol, lab, dst)
+                writes.append(time.perf_counter() - t0)
+            out[name] = {"read_s": min(reads), "write_s": min(writes),
+                         "label_bytes": dst.stat().st_size}
+    finally:
+        _gzip._igzip = saved
+    if out.get("isal"):
+        out["read_speedup"] = out["zlib"]["read_s"] / out["isal"]["read_s"]
+        out["write_speedup"] = out["zlib"]["write_s"] / out["isal"]["write_s"]
+    return out
 
 
 def batch_workload(n_cases, work):
@@ -249,7 +298,7 @@ def compare(new, old, threshold):
     rows = []
     same_machine = (old.get("machine", {}).get("cpu_count") == new["machine"]["cpu_count"]
                     and old.get("machine", {}).get("gpu") == new["machine"]["gpu"])
-    for wl in ("hippocampus", "ct512"):
+    for wl in WORKLOADS:
         if wl not in new.get("workloads", {}) or wl not in old.get("workloads", {}):
             continue
         prev = {r["backend"]: r for r in old["workloads"][wl]["runs"]}
@@ -288,7 +337,7 @@ def plot(result, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [(wl, r) for wl in ("hippocampus", "ct512") for r in
+    runs = [(wl, r) for wl in WORKLOADS for r in
             result["workloads"].get(wl, {}).get("runs", [])]
     if not runs:
         return
@@ -298,7 +347,7 @@ def plot(result, path):
     left = np.zeros(len(runs))
     colors = plt.cm.tab10(np.arange(len(STAGES)))
     for s, col in zip(STAGES, colors):
-        w = np.array([r["stages"][s]["seconds_mean"] for _, r in runs])
+        w = np.array([r["stages"].get(s, {}).get("seconds_mean", 0.0) for _, r in runs])
         ax1.barh(y, w, left=left, color=col, label=s)
         left += w
     ax1.set_yticks(y, labels)
@@ -308,7 +357,8 @@ def plot(result, path):
     ax1.set_title("time per stage")
     width = 0.8 / len(STAGES)
     for k, (s, col) in enumerate(zip(STAGES, colors)):
-        ax2.barh(y + (k - len(STAGES) / 2) * width, [r["stages"][s]["peak_rss_mb"] for _, r in runs],
+        ax2.barh(y + (k - len(STAGES) / 2) * width,
+                 [r["stages"].get(s, {}).get("peak_rss_mb", 0.0) for _, r in runs],
                  height=width, color=col, label=s)
     ax2.set_yticks(y, labels)
     ax2.set_xlabel("peak RSS during the stage (MiB)")
@@ -325,7 +375,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=10, help="hippocampus cases (default 10)")
     ap.add_argument("--batch-cases", type=int, default=12)
-    ap.add_argument("--skip", nargs="*", default=[], choices=("hippocampus", "ct512", "batch"))
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=("hippocampus", "ct512", "ct512_noseed", "io", "batch"))
     ap.add_argument("--n-jobs", type=int, default=2, help="model builds (when not cached)")
     ap.add_argument("--slowdown", type=float, default=1.25)
     ap.add_argument("--out", default=str(HERE / "results" / "pipeline.json"))
@@ -344,6 +395,10 @@ def main(argv=None):
             result["workloads"]["hippocampus"] = hippocampus_workload(a.cases, a.n_jobs, work)
         if "ct512" not in a.skip:
             result["workloads"]["ct512"] = ct512_workload(a.n_jobs, work)
+        if "ct512_noseed" not in a.skip:
+            result["workloads"]["ct512_noseed"] = ct512_workload(a.n_jobs, work, seeded=False)
+        if "io" not in a.skip:
+            result["io"] = io_workload(work)
         if "batch" not in a.skip:
             result["batch"] = batch_workload(a.batch_cases, work)
     old, src = previous_results(a.out)
@@ -359,6 +414,10 @@ def main(argv=None):
             print(f"{wl:12s} {r['backend']:6s} {r['total_s_mean']:.3f} s/case "
                   f"(Dice {r['dice_mean']:.3f}); ms: {st}; peak RSS "
                   f"{max(v['peak_rss_mb'] for v in r['stages'].values()):.0f} MiB")
+    if result.get("io") and result["io"].get("isal"):
+        io = result["io"]
+        print(f"io (ct512): read {io['zlib']['read_s']:.3f} s (zlib) -> {io['isal']['read_s']:.3f} s "
+              f"(isal), write label {io['zlib']['write_s']:.3f} -> {io['isal']['write_s']:.3f} s")
     if "batch" in result:
         b = result["batch"]
         print(f"batch of {b['n_cases']}: sequential {b['sequential']['wall_s']:.1f} s, dask(2) "

@@ -215,3 +215,49 @@ def test_mode_clamp_keeps_the_shape_within_the_bound(phantom_model):
     assert np.abs(b_held).max() <= 1.05 * k
     with pytest.raises(ValueError, match="mode_clamp"):
         sp.SegmentParams(mode_clamp=0.0)
+
+
+def test_profile_search_equals_sampling_every_candidate_profile():
+    """Sampling each offset along the normal once gives the same best offsets
+    and confidences as sampling every candidate's whole profile."""
+    from shapeprior.appearance import (NormalSampler, ProfileModel, profile_features,
+                                       search_profiles)
+
+    rng = np.random.default_rng(5)
+    img = rng.normal(size=(30, 32, 34)).cumsum(0).astype(np.float32)
+    vol = Volume(img, np.array([0.9, 1.1, 1.3]), np.array([4.0, -7.0, 2.0]), np.eye(3))
+    sampler = NormalSampler(vol, img, "numpy")
+    n = 50
+    verts = vol.centre() + rng.normal(scale=5.0, size=(n, 3))
+    normals = rng.normal(size=(n, 3))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    half, step = 3, 0.75
+    pm = ProfileModel(rng.normal(scale=0.2, size=(n, 2 * half)),
+                      rng.uniform(0.05, 0.3, (n, 2 * half)), step, half, "percentile", 10, 1e-4)
+    for search_mm in (0.75, 3.0, 4.6):
+        tgt, conf = search_profiles(pm, sampler, verts, normals, search_mm)
+        m = max(1, int(round(search_mm / step)))
+        cand = np.arange(-m, m + 1) * step
+        t = cand[:, None] + (np.arange(-half, half + 1) * step)[None, :]
+        prof = profile_features(sampler(verts, normals, t).reshape(n, *t.shape))
+        cost = np.sum((prof - pm.mean[:, None]) ** 2 / pm.var[:, None], axis=2) / prof.shape[2]
+        best = np.argmin(cost + 1e-3 * np.abs(cand)[None], axis=1)
+        want = np.clip(np.exp(-0.5 * (cost[np.arange(n), best] - 1.0)), 0.05, 1.0)
+        assert np.allclose(tgt, verts + cand[best][:, None] * normals, atol=1e-9)
+        assert np.allclose(conf, want, atol=1e-9)
+
+
+def test_body_midline_is_the_centroid_of_the_body_voxels():
+    from shapeprior.segmentation._place import body_midline_x
+
+    rng = np.random.default_rng(2)
+    a = np.full((40, 50, 60), -1000, np.int16)
+    a[5:35, 10:45, 8:30] = rng.integers(-400, 400, (30, 35, 22))
+    D = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    vol = Volume(a, np.array([0.7, 0.8, 2.0]), np.array([10.0, -20.0, 5.0]), D)
+    for norm in ("ct", "percentile"):
+        sub = a[::2, ::2, ::2].astype(np.float32)
+        thr = -500.0 if norm == "ct" else float(sub.mean())
+        c = np.argwhere(sub > thr).mean(0)[::-1] * 2.0
+        want = vol.index_to_physical(c[None])[0, 0]
+        assert body_midline_x(vol, norm) == pytest.approx(want, abs=1e-9)

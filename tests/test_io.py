@@ -40,6 +40,66 @@ def test_volume_geometry_equals_the_nifti_affine(tmp_path):
     assert np.array_equal(vol.array, data.transpose(2, 1, 0))
 
 
+@pytest.fixture(params=["isal", "zlib"])
+def gzip_backend(request, monkeypatch):
+    """Inflate and deflate through ISA-L, and through zlib as without ``isal``."""
+    from shapeprior.io import _gzip
+
+    if request.param == "isal":
+        if not _gzip.accelerated():
+            pytest.skip("isal is not installed")
+    else:
+        monkeypatch.setattr(_gzip, "_igzip", None)
+    return request.param
+
+
+@pytest.mark.parametrize("kind", ["scaled_int16", "big_endian_float", "nifti2"])
+def test_gzipped_nifti_reads_as_nibabel_does(tmp_path, gzip_backend, kind):
+    A = _oblique_affine()
+    rng = np.random.default_rng(3)
+    data = rng.integers(-1000, 1000, (9, 7, 5)).astype(np.int16)
+    if kind == "big_endian_float":
+        data = (data / 7.0).astype(">f4")
+    klass = nib.Nifti2Image if kind == "nifti2" else nib.Nifti1Image
+    img = klass(data, A)
+    img.set_sform(A, code=2)
+    if kind == "scaled_int16":
+        img.header.set_slope_inter(0.5, -1024.0)
+    nib.save(img, str(tmp_path / "s.nii.gz"))
+    vol, info = read_image(tmp_path / "s.nii.gz")
+    ref = nib.load(str(tmp_path / "s.nii.gz"))
+    want = np.asanyarray(ref.dataobj).transpose(2, 1, 0)
+    assert vol.array.dtype == want.dtype.newbyteorder("=")
+    assert np.array_equal(vol.array, want)
+    assert info["nifti_version"] == (2 if kind == "nifti2" else 1)
+    assert np.allclose(vol.index_to_physical(np.zeros((1, 3)))[0], A[:3, 3] @ LPS)
+
+
+def test_gzipped_label_is_standard_deterministic_and_nameless(tmp_path, gzip_backend):
+    import gzip
+
+    import SimpleITK as sitk
+
+    from shapeprior.io import write_label
+
+    vol = Volume(np.zeros((6, 7, 8), np.int16), np.array([0.5, 0.9, 2.0]),
+                 np.array([3.0, -1.0, 2.0]), _oblique_affine()[:3, :3] / [0.7, 1.3, 2.9])
+    lab = np.zeros((6, 7, 8), bool)
+    lab[2:5, 1:6, 3:7] = True
+    out = tmp_path / "patient_name_label.nii.gz"
+    write_label(vol, lab, out)
+    first = out.read_bytes()
+    assert first[3] == 0                       # gzip FLG: no file name in the header
+    assert first[4:8] == b"\0\0\0\0"          # and no time stamp
+    assert b"patient_name" not in gzip.decompress(first)
+    write_label(vol, lab, out)
+    assert out.read_bytes() == first           # same label, same bytes
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), lab)
+    back = read_image(out)[0]
+    assert back.array.dtype == np.uint8 and np.array_equal(back.array, lab)
+    assert np.allclose(back.direction, vol.direction) and np.allclose(back.origin, vol.origin)
+
+
 def test_volume_crop_keeps_physical_positions():
     vol = Volume(np.zeros((6, 7, 8)), np.array([0.5, 0.9, 2.0]), np.array([3.0, -1.0, 2.0]),
                  _oblique_affine()[:3, :3] / np.array([0.7, 1.3, 2.9]))

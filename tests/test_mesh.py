@@ -4,7 +4,7 @@ import pytest
 from _phantoms import ellipsoid_area, ellipsoid_label_map, rotation
 from shapeprior.io import read_label_map
 from shapeprior.mesh import (Surface, crop_to_labels, icosphere, kidney_masks, label_mask,
-                             mask_to_surface)
+                             mask_box, mask_to_surface)
 
 A = (30.0, 20.0, 15.0)
 C = np.array([10.0, -40.0, 25.0])
@@ -162,3 +162,22 @@ def test_surface_of_a_sphere_on_an_anisotropic_grid_is_round(tmp_path):
     s = mask_to_surface(vol, label_mask(vol, (1,)), 1.0, 1.5)
     r = np.linalg.norm(s.verts - s.verts.mean(0), axis=1)
     assert r.std() < 0.2 and abs(r.mean() - 12.0) < 0.4
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "flipped"])
+def test_mask_box_is_the_tight_box_of_the_foreground(layout):
+    rng = np.random.default_rng(11)
+    for trial in range(30):
+        shape = tuple(int(n) for n in rng.integers(1, 12, 3))
+        m = rng.random(shape) < rng.choice([0.002, 0.05, 0.5])
+        m.flat[rng.integers(m.size)] = True
+        if layout == "transposed":
+            m = m.transpose(2, 0, 1)
+        elif layout == "flipped":
+            m = m[::-1, :, ::-1]
+        idx = np.argwhere(m)
+        want = tuple(slice(int(a), int(b) + 1) for a, b in zip(idx.min(0), idx.max(0)))
+        assert mask_box(m) == want
+        assert mask_box(m.astype(np.uint8)) == want
+    with pytest.raises(ValueError, match="empty"):
+        mask_box(np.zeros((3, 4, 5), bool))

@@ -191,18 +191,37 @@ def test_qc_picture_with_outliers(segmented, tmp_path):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_qc_finds_the_label_like_argwhere(seed):
-    """The QC picture's organ voxels come from the label's bounding box: the same
-    indices, in the same order, as a scan of the whole grid."""
-    from shapeprior.pipeline._qc import _foreground_indices
+def test_qc_draws_from_a_crop_that_holds_the_whole_label(seed):
+    """The QC picture is drawn from a crop of the grid: every labelled voxel
+    (and the reference's voxels nearby) is in it, at the same physical place,
+    with the margin asked for (50 % of the organ's size, at least 30 mm)."""
+    from shapeprior.io import Volume
+    from shapeprior.pipeline._qc import _organ_view
 
     rng = np.random.default_rng(seed)
-    lab = np.zeros((17, 23, 29), bool)
-    lab[tuple(rng.integers(0, n, 40) for n in lab.shape)] = True   # scattered, corners too
-    lab[0, 0, 0] = seed % 2 == 0
-    lab[-1, -1, -1] = seed % 2 == 1
-    assert np.array_equal(_foreground_indices(lab), np.argwhere(lab))
-    assert np.array_equal(_foreground_indices(lab.astype(np.uint8)), np.argwhere(lab))
+    shape = (60, 70, 80)
+    lab = np.zeros(shape, bool)
+    lo = rng.integers(0, 30, 3)
+    size = rng.integers(1, 25, 3)
+    lab[tuple(rng.integers(a, a + n, 40) for a, n in zip(lo, size))] = True
+    ref = np.roll(lab, 2, axis=int(seed % 3))
+    D = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    vol = Volume(rng.normal(size=shape).astype(np.float32), np.array([0.8, 1.1, 2.5]),
+                 rng.normal(size=3) * 50, D)
+    sub, sl, sr = _organ_view(vol, lab.astype(np.uint8), ref)
+    shift = np.rint(vol.physical_to_index(sub.origin[None])[0][::-1]).astype(int)   # zyx
+    assert np.allclose(vol.index_to_physical(shift[::-1][None].astype(float))[0], sub.origin)
+    assert np.array_equal(np.argwhere(sl) + shift, np.argwhere(lab))
+    assert np.array_equal(sub.array, vol.array[tuple(slice(a, a + n) for a, n in
+                                                     zip(shift, sl.shape))])
+    assert np.array_equal(sr, ref[tuple(slice(a, a + n) for a, n in zip(shift, sl.shape))])
+    box_lo, box_hi = np.argwhere(lab).min(0), np.argwhere(lab).max(0) + 1
+    want = np.maximum(0.5 * (box_hi - box_lo), 30.0 / vol.spacing[::-1]).astype(int)
+    assert np.array_equal(shift, np.maximum(box_lo - want, 0))
+    assert np.array_equal(shift + sl.shape, np.minimum(box_hi + want, shape))
+    # an empty label: the whole grid
+    whole, el, _ = _organ_view(vol, np.zeros(shape, bool), None)
+    assert whole is vol and el.shape == shape
 
 
 def _seg_frames(path):

@@ -2,17 +2,18 @@
 
 * :class:`NormalSampler`, :func:`intensity_scale`, :func:`normalise_intensity`:
   trilinear samples along normals on a backend, in a comparable intensity scale;
-* :class:`LevelImage`: the smoothed image around the mesh, per resolution level;
+* :class:`LevelImage`: the smoothed image around the mesh, per resolution level
+  (a new region reaches :data:`SLACK_MM` beyond the mesh unless told otherwise);
 * :class:`ProfileModel`, :func:`learn_profiles`: per-vertex profile statistics learned
   from training images; :func:`search_profiles` / :func:`search_edges`: the best
   boundary position along each normal (learned profiles, or the strongest edge).
 """
 
-from ._levels import LevelImage
+from ._levels import SLACK_MM, LevelImage
 from ._profiles import (ProfileModel, learn_profiles, profile_features, profile_stack,
                         search_edges, search_profiles)
 from ._sampler import NormalSampler, intensity_scale, normalise_intensity
 
-__all__ = ["NormalSampler", "intensity_scale", "normalise_intensity", "LevelImage",
+__all__ = ["NormalSampler", "intensity_scale", "normalise_intensity", "LevelImage", "SLACK_MM",
            "ProfileModel", "learn_profiles", "profile_features", "profile_stack", "search_profiles",
            "search_edges"]

@@ -60,13 +60,14 @@ class LevelImage:
         lo = np.minimum(lo, hi - 1)
         return lo, hi
 
-    def sampler(self, verts, reach_mm):
+    def sampler(self, verts, reach_mm, slack_mm=SLACK_MM):
         """A :class:`NormalSampler` valid for samples within ``reach_mm`` of
-        ``verts`` (recrops and resmooths when they leave the current region)."""
+        ``verts`` (recrops and resmooths when they leave the current region;
+        a new region reaches ``slack_mm`` further, for the motion to come)."""
         lo, hi = self._required_box(verts, reach_mm, 0.0)
         if self._box is not None and np.all(lo >= self._box[0]) and np.all(hi <= self._box[1]):
             return self._sampler
-        lo, hi = self._required_box(verts, reach_mm, SLACK_MM)
+        lo, hi = self._required_box(verts, reach_mm, slack_mm)
         self._box = (lo, hi)
         self._sampler = self._build(lo, hi)
         self.n_crops += 1

@@ -166,9 +166,12 @@ def search_profiles(pm: ProfileModel, sampler, verts, normals, search_mm):
     """
     m = max(1, int(round(search_mm / pm.step)))
     cand = np.arange(-m, m + 1) * pm.step
-    offs = _offsets(pm.half, pm.step)
-    t = cand[:, None] + offs[None, :]                         # (C, L)
-    prof = profile_features(sampler(verts, normals, t).reshape(len(verts), *t.shape))  # (N, C, L-1)
+    # the candidates' profiles overlap (both are pm.step apart): each offset
+    # along the normal is sampled once, C + L - 1 samples instead of C x L
+    L = 2 * pm.half + 1
+    samples = sampler(verts, normals, np.arange(-m - pm.half, m + pm.half + 1) * pm.step)
+    window = np.arange(2 * m + 1)[:, None] + np.arange(L)[None, :]    # (C, L)
+    prof = profile_features(samples[:, window])                        # (N, C, L-1)
     cost = np.sum((prof - pm.mean[:, None, :]) ** 2 / pm.var[:, None, :], axis=2) / prof.shape[2]
     best = np.argmin(cost + 1e-3 * np.abs(cand)[None, :], axis=1)   # tie-break: stay
     c = cost[np.arange(len(verts)), best]

@@ -19,10 +19,9 @@ reader agrees on where they lie.
 
 from __future__ import annotations
 
-import gzip
+import contextlib
 import os
 import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from ._checks import (ImageReadError, check_geometry, check_size, check_values, display_name,
                       native)
+from ._gzip import GZIP_ERRORS, open_gzip_read, open_gzip_write
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii", ".hdr", ".img", ".hdr.gz", ".img.gz")
 
@@ -91,8 +91,12 @@ def parse_header(raw: bytes, name: str) -> RawHeader:
                          "(bad or truncated header)")
 
 
+def _gzipped(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
+
+
 def _open(path: Path):
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+    return open_gzip_read(path) if _gzipped(path) else open(path, "rb")
 
 
 def image_files(path):
@@ -120,7 +124,7 @@ def _stored_length(path: Path, expected: int, name: str) -> int:
     the trailer's ISIZE of a single-member file is a fast exact answer below
     4 GiB; otherwise the stream is decompressed and counted."""
     size = path.stat().st_size
-    if not path.name.lower().endswith(".gz"):
+    if not _gzipped(path):
         return size
     if size < 18:
         raise ImageReadError(f"{name} is truncated or corrupt (gzip stream of {size} bytes)")
@@ -133,12 +137,12 @@ def _stored_length(path: Path, expected: int, name: str) -> int:
         return expected
     n = 0
     try:
-        with gzip.open(path, "rb") as f:
+        with open_gzip_read(path) as f:
             while chunk := f.read(1 << 22):
                 n += len(chunk)
                 if n > expected + (1 << 24):
                     break
-    except (EOFError, OSError, zlib.error) as exc:
+    except GZIP_ERRORS as exc:
         raise ImageReadError(f"{name} is truncated or corrupt ({exc})") from None
     return n
 
@@ -152,7 +156,7 @@ def _checked_header(p: Path, name: str, allow_no_orientation: bool) -> RawHeader
     try:
         with _open(hdr_path) as f:
             raw = f.read(540)
-    except (EOFError, OSError, zlib.error) as exc:
+    except GZIP_ERRORS as exc:
         raise ImageReadError(f"cannot read {name} as an image: {exc}") from None
     h = parse_header(raw, name)
     if h.version == 0 and not allow_no_orientation:
@@ -254,13 +258,14 @@ def read_nifti(path, allow_no_orientation=False):
 
     p = Path(path)
     name = display_name(p)
-    img, h, spacing, origin, direction = _open_placed(p, name, allow_no_orientation)
-    try:
-        data = np.asanyarray(img.dataobj)
-    except MemoryError:
-        raise ImageReadError(f"{name}: not enough memory to read it") from None
-    except Exception as exc:  # noqa: BLE001 - nibabel/gzip/zlib errors on corrupt data
-        raise ImageReadError(f"cannot read {name} as an image: {_reason(exc)}") from None
+    with _voxel_stream(p) as stream:
+        img, h, spacing, origin, direction = _open_placed(p, name, allow_no_orientation, stream)
+        try:
+            data = np.asanyarray(img.dataobj)
+        except MemoryError:
+            raise ImageReadError(f"{name}: not enough memory to read it") from None
+        except Exception as exc:  # noqa: BLE001 - nibabel/gzip/zlib errors on corrupt data
+            raise ImageReadError(f"cannot read {name} as an image: {_reason(exc)}") from None
     data = data.reshape(data.shape[:3])
     check_values(name, data)
     arr = native(data.transpose(2, 1, 0))
@@ -275,14 +280,39 @@ def _reason(exc):
     return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
-def _open_placed(p: Path, name: str, allow_no_orientation: bool):
-    """Header checks and placement without reading the voxels:
-    ``(nibabel image, RawHeader, spacing, origin, direction)`` in LPS."""
+def _voxel_stream(p: Path):
+    """The inflating stream nibabel reads a single-file ``.nii.gz`` through
+    (ISA-L where installed); nothing for other files, which nibabel opens."""
+    h, d = _pair_files(p)
+    if h == d and _gzipped(p):
+        try:
+            return open_gzip_read(p)
+        except OSError as exc:
+            raise ImageReadError(f"cannot read {display_name(p)} as an image: {exc}") from None
+    return contextlib.nullcontext(None)
+
+
+def _load(p: Path, h: RawHeader, stream):
+    """The nibabel image of ``p``: read through ``stream`` (a single-file
+    NIfTI-1/-2 being inflated) when given, else as ``nibabel.load`` opens it."""
     import nibabel as nib
 
+    if stream is None or h.version not in (1, 2):
+        return nib.load(str(p))
+    from nibabel.fileholders import FileHolder
+
+    klass = nib.Nifti1Image if h.version == 1 else nib.Nifti2Image
+    holder = FileHolder(fileobj=stream)
+    return klass.from_file_map({"header": holder, "image": holder})
+
+
+def _open_placed(p: Path, name: str, allow_no_orientation: bool, stream=None):
+    """Header checks and placement without reading the voxels:
+    ``(nibabel image, RawHeader, spacing, origin, direction)`` in LPS.
+    ``stream``: see :func:`_load` (it must stay open while the voxels are read)."""
     h = _checked_header(p, name, allow_no_orientation)
     try:
-        img = nib.load(str(p))
+        img = _load(p, h, stream)
         aff = _affine(img, h, name, allow_no_orientation)
     except ImageReadError:
         raise
@@ -316,8 +346,10 @@ def write_nifti(vol, path, code=1) -> None:
     """Write ``vol`` as NIfTI-1 with qform = sform (both ``code``), atomically.
 
     The array is written as it is (x fastest); ``path`` ending ``.gz`` is
-    compressed (nibabel's fast level)."""
+    compressed at the fastest level (ISA-L where installed; no file name and
+    a zero time in the gzip header, so equal labels give equal bytes)."""
     import nibabel as nib
+    from nibabel.fileholders import FileHolder
 
     p = Path(path)
     code = int(code) if code else 1
@@ -328,7 +360,12 @@ def write_nifti(vol, path, code=1) -> None:
     img.header.set_xyzt_units("mm")
     tmp = p.with_name(".tmp_" + p.name)
     try:
-        nib.save(img, str(tmp))
+        if _gzipped(p):
+            with open(tmp, "wb") as raw, open_gzip_write(raw) as gz:
+                holder = FileHolder(fileobj=gz)
+                img.to_file_map({"header": holder, "image": holder})
+        else:
+            nib.save(img, str(tmp))
         os.replace(tmp, p)
     except BaseException:
         if tmp.exists():

@@ -221,7 +221,9 @@ def write_label(vol: Volume, label, path, code=1):
 
     from ._nifti import is_nifti, write_nifti
 
-    lab = Volume(np.asarray(label).astype(np.uint8), vol.spacing, vol.origin, vol.direction)
+    a = np.asarray(label)
+    a = a.view(np.uint8) if a.dtype == bool else a.astype(np.uint8, copy=False)   # no copy
+    lab = Volume(a, vol.spacing, vol.origin, vol.direction)
     p = Path(path)
     if is_nifti(p):
         write_nifti(lab, p, code)

@@ -52,11 +52,24 @@ def _lps_index(vol, points):
     return out
 
 
-def _foreground_indices(lab):
-    """``np.argwhere(lab)``, found inside the label's bounding box: on a whole CT
-    grid the full scan costs ~0.4 s, the three projections and the box little."""
+def _organ_view(vol, label, reference):
+    """``(vol, label, reference)`` cropped to the organ's bounding box plus
+    50 % of its size on each side (at least 30 mm), clipped to the grid; the
+    whole grid when the label is empty. The picture is drawn from the crop:
+    on a whole CT nothing after this touches more than the organ's region."""
+    lab = np.asarray(label)
+    if not lab.any():
+        return vol, lab, reference
     box = mask_box(lab)
-    return np.argwhere(lab[box]) + np.array([b.start for b in box])
+    spacing_zyx = np.asarray(vol.spacing, dtype=float)[::-1]
+    lo = np.array([b.start for b in box])
+    hi = np.array([b.stop for b in box])
+    pad = np.maximum(0.5 * (hi - lo), 30.0 / spacing_zyx).astype(int)
+    lo = np.maximum(lo - pad, 0)
+    hi = np.minimum(hi + pad, lab.shape)
+    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
+    ref = None if reference is None else np.asarray(reference)[crop]
+    return vol.crop(lo, hi), lab[crop], ref
 
 
 def qc_png(path, vol, label, reference=None, title="", verts=None, outliers=None):
@@ -69,48 +82,41 @@ def qc_png(path, vol, label, reference=None, title="", verts=None, outliers=None
     that the prior overrode (``outliers``, a boolean per row of ``verts`` in
     LPS mm) magenta where they lie near the plane.
     """
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    vol, label, reference = _organ_view(vol, label, reference)
     ax_, _ = lps_axes(vol.direction)
     sl, sp, ss = (float(vol.spacing[ax_[m]]) for m in range(3))
     a = to_lps_array(vol.array, vol.direction)
     lab = to_lps_array(label, vol.direction)
     ref = None if reference is None else to_lps_array(reference, vol.direction)
-    if lab.any():
-        idx = _foreground_indices(lab)
-        c = idx.mean(0).round().astype(int)
-        # zoom to the organ: its bounding box plus 50 % of its size (at least 30 mm)
-        size = idx.max(0) - idx.min(0) + 1
-        pad = np.maximum(0.5 * size, 30.0 / np.array([ss, sp, sl])).astype(int)
-        lo = np.maximum(idx.min(0) - pad, 0)
-        hi = np.minimum(idx.max(0) + pad + 1, a.shape)
-    else:
-        c = np.array(a.shape) // 2
-        lo, hi = np.zeros(3, int), np.array(a.shape)
-    z, y, x = (slice(lo[k], hi[k]) for k in range(3))
+    idx = np.argwhere(lab)
+    c = idx.mean(0).round().astype(int) if len(idx) else np.array(a.shape) // 2
 
     def planes(v):
         if v is None:
             return None, None, None
-        return v[c[0], y, x], v[z, c[1], x], v[z, y, c[2]]
+        return v[c[0]], v[:, c[1]], v[:, :, c[2]]
 
     shown = planes(a)
     labs, refs = planes(lab), planes(ref)
-    # display window from the shown planes only: a whole 512 x 512 x 300 CT
-    # would cost seconds of percentile work for the same picture
+    # display window from the shown planes only
     vals = np.concatenate([p.ravel() for p in shown]).astype(np.float32)
     lo_v, hi_v = np.percentile(vals, [1, 99])
     pts = None
     if verts is not None and outliers is not None and np.any(outliers):
-        pts = _lps_index(vol, np.asarray(verts)[np.asarray(outliers, bool)]) - lo
+        pts = _lps_index(vol, np.asarray(verts)[np.asarray(outliers, bool)])
     # (name, plane, row axis, column axis, row origin, aspect = row mm / column mm)
     views = [("axial", 0, 1, 2, "upper", sp / sl), ("coronal", 1, 0, 2, "lower", ss / sl),
              ("sagittal", 2, 0, 1, "lower", ss / sp)]
     spacing = np.array([ss, sp, sl])
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.6))
+    # the object-oriented figure (no pyplot state): safe off the main thread,
+    # and fixed margins instead of tight_layout's text measuring (a third of the time)
+    fig = Figure(figsize=(12, 4.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.88, wspace=0.04)
     for k, (ax, (name, normal, row, col, origin, aspect)) in enumerate(zip(axes, views)):
         ax.imshow(shown[k], cmap="gray", vmin=lo_v, vmax=hi_v, aspect=aspect, origin=origin)
         if labs[k].any():
@@ -118,7 +124,7 @@ def qc_png(path, vol, label, reference=None, title="", verts=None, outliers=None
         if refs[k] is not None and refs[k].any():
             ax.contour(refs[k], levels=[0.5], colors="red", linewidths=0.8, linestyles="--")
         if pts is not None:
-            near = np.abs(pts[:, normal] - (c[normal] - lo[normal])) * spacing[normal] <= \
+            near = np.abs(pts[:, normal] - c[normal]) * spacing[normal] <= \
                 max(spacing[normal], 2.0)
             ax.scatter(pts[near, col], pts[near, row], s=6, c="magenta", linewidths=0)
         ax.set_xlim(-0.5, shown[k].shape[1] - 0.5)
@@ -136,6 +142,4 @@ def qc_png(path, vol, label, reference=None, title="", verts=None, outliers=None
     if pts is not None:
         legend += ", magenta: vertices the prior overrode"
     fig.suptitle(f"{title}  ({legend}; radiological view)", fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)

@@ -405,7 +405,8 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     hyps = [h for h in hyps if not h.score < HYPOTHESIS_MARGIN * top or h.source == "prior"]
     fits = [_Fit(init if h.source == "init" else h.scale * (shape0 - centre0) + h.centre, h)
             for h in hyps[:params.n_hypotheses]]
-    fitter = _Fitter(vol, model, params, dic, pm, norm, scale, backend, faces, mirror, clock)
+    fitter = _Fitter(vol, model, params, dic, pm, norm, scale, backend, faces, mirror, clock,
+                     shared=[scorer.level])
     levels = list(params.schedule)
     if len(fits) > 1:
         for f in fits:
@@ -440,13 +441,25 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
 class _Fitter:
     """Runs resolution levels and the final refinement on a :class:`_Fit`."""
 
-    def __init__(self, vol, model, params, dic, pm, norm, scale, backend, faces, mirror, clock):
+    def __init__(self, vol, model, params, dic, pm, norm, scale, backend, faces, mirror, clock,
+                 shared=()):
         self.vol, self.model, self.params, self.dic, self.pm = vol, model, params, dic, pm
         self.norm, self.scale, self.backend, self.faces = norm, scale, backend, faces
         self.mirror, self.clock = mirror, clock
+        # one smoothed image per sigma for the whole fit (every hypothesis, every
+        # level, the appearance score of ``shared``): it recrops only when a mesh
+        # leaves its region, and its values inside do not depend on the crop
+        self.images = {im.sigma_mm: im for im in shared}
         self.edge_step = 0.5 * min(vol.spacing)
         self.scale_lo, self.scale_hi = _scale_range(model)
         self.mean_c = model.mean - model.mean.mean(0)
+
+    def level(self, sigma):
+        """The smoothed image of ``sigma`` mm (:class:`LevelImage`), made once."""
+        sigma = float(sigma)
+        if sigma not in self.images:
+            self.images[sigma] = LevelImage(self.vol, self.norm, sigma, self.backend, self.scale)
+        return self.images[sigma]
 
     def search(self, level, v, search_mm):
         pm, clock = self.pm, self.clock
@@ -500,7 +513,7 @@ class _Fitter:
 
     def run_level(self, f, search_mm, sigma, max_iter=None):
         p = self.params
-        level = LevelImage(self.vol, self.norm, sigma, self.backend, self.scale)
+        level = self.level(sigma)
         f.converged = False
         for _ in range(max_iter or p.max_iter):
             f.n_iter += 1
@@ -541,7 +554,7 @@ class _Fitter:
         Zhang et al.): confidence-weighted boundary displacements, smoothed on
         the mesh, with the SSC shape's gross-error vertices held back."""
         p = self.params
-        level = LevelImage(self.vol, self.norm, 0.0, self.backend, self.scale)
+        level = self.level(0.0)
         L = mean_neighbour_operator(self.faces, len(f.v))
         for _ in range(p.refine_iter):
             f.n_iter += 1

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..appearance import LevelImage, search_profiles
+from ..appearance import SLACK_MM, LevelImage, search_profiles
 from ..mesh import Surface
 
 #: vertices used to score a placement candidate (a fixed subset of the mesh)
@@ -82,20 +82,22 @@ class AppearanceScore:
         self.sign = 1.0 if inside_brighter else -1.0
         self.kind = "profile" if profile is not None else "region"
 
-    def per_candidate(self, verts, normals, idx, search_mm=0.0):
+    def per_candidate(self, verts, normals, idx, search_mm=0.0, slack_mm=SLACK_MM):
         """Scores of C candidate surfaces: ``verts``/``normals`` (C, n, 3) at the
-        model vertices ``idx`` (n,) -> (C,)."""
+        model vertices ``idx`` (n,) -> (C,). ``slack_mm``: how far beyond these
+        surfaces a new smoothed region reaches (see :class:`LevelImage`); the
+        scores do not depend on it."""
         C, n, _ = verts.shape
         v = verts.reshape(-1, 3)
         nn = normals.reshape(-1, 3)
         if self.pm is not None:
             pm = self.pm
-            sampler = self.level.sampler(v, search_mm + pm.half * pm.step)
+            sampler = self.level.sampler(v, search_mm + pm.half * pm.step, slack_mm)
             _, conf = search_profiles(pm_subset(pm, C, idx), sampler, v, nn,
                                       max(search_mm, pm.step))
             return conf.reshape(C, n).mean(1)
         offs = np.array([-1.0, -0.5, 0.5, 1.0]) * self.band
-        sampler = self.level.sampler(v, self.band)
+        sampler = self.level.sampler(v, self.band, slack_mm)
         s = sampler(v, nn, offs).reshape(C, n, 4)
         inside, outside = s[..., :2], s[..., 2:]
         if self.window is not None:
@@ -128,12 +130,16 @@ def body_midline_x(vol, norm):
     """LPS x (mm) of the body's centre: centroid of voxels brighter than air
     (-500 HU with the 'ct' normalisation; the image's mean otherwise), on a
     strided grid."""
-    a = vol.array[::2, ::2, ::2].astype(np.float32)
-    thr = -500.0 if norm == "ct" else float(a.mean())
-    idx = np.argwhere(a > thr)
-    if len(idx) == 0:
+    a = vol.array[::2, ::2, ::2]
+    thr = -500.0 if norm == "ct" else float(a.mean(dtype=np.float32))
+    body = a > thr
+    n = np.count_nonzero(body)
+    if n == 0:
         return float(vol.centre()[0])
-    c = idx.mean(0)[::-1] * 2.0
+    # the centroid from the mask's marginal counts (no list of millions of indices)
+    c = [np.dot(np.count_nonzero(body, axis=tuple(k for k in range(3) if k != ax)),
+                np.arange(body.shape[ax], dtype=float)) / n for ax in range(3)]
+    c = np.array(c)[::-1] * 2.0
     return float(vol.index_to_physical(c[None])[0, 0])
 
 
@@ -162,8 +168,10 @@ def region_score_map(vol, shape0, faces, scorer, res_mm=4.0):
     f = np.maximum(1, np.round(res_mm / vol.spacing)).astype(int)          # x, y, z
     fz = f[::-1]
     n = np.array(vol.array.shape) // fz
-    a = vol.array[:n[0] * fz[0], :n[1] * fz[1], :n[2] * fz[2]].astype(np.float32)
-    a = a.reshape(n[0], fz[0], n[1], fz[1], n[2], fz[2]).mean((1, 3, 5))
+    # block means accumulated in float32 straight from the stored voxels: no
+    # float copy of the whole scan (315 MB on a 512 x 512 x 300 CT)
+    a = vol.array[:n[0] * fz[0], :n[1] * fz[1], :n[2] * fz[2]]
+    a = a.reshape(n[0], fz[0], n[1], fz[1], n[2], fz[2]).mean((1, 3, 5), dtype=np.float32)
     sub = Volume(a, vol.spacing * f, vol.index_to_physical(((f - 1) / 2.0)[None])[0],
                  vol.direction)
     off, sc = scorer.level.scale
@@ -237,12 +245,12 @@ def find_placements(vol, shape0, faces, scorer, n=3, prior_centre=None, side="no
     normals0 = Surface(shape0, faces).vertex_normals()[idx]
     v0 = shape0[idx]
 
-    def score(centres, s=1.0, search=0.0):
+    def score(centres, s=1.0, search=0.0, slack=SLACK_MM):
         out = np.empty(len(centres))
         for a in range(0, len(centres), 512):        # bounded memory
             c = centres[a:a + 512]
             out[a:a + 512] = scorer.per_candidate(s * v0[None] + c[:, None], np.broadcast_to(
-                normals0, (len(c), *normals0.shape)), idx, search)
+                normals0, (len(c), *normals0.shape)), idx, search, slack)
         return out
 
     # profiles tolerate a misplacement of half a step (their search); the
@@ -270,13 +278,19 @@ def find_placements(vol, shape0, faces, scorer, n=3, prior_centre=None, side="no
     best = [(cands[i], 1.0, sc[i]) for i in _distinct(cands, sc, N_COARSE_KEEP, 0.5 * step)]
     # refine each: local 3x3x3 grids at half and quarter step, over the scales
     rel = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    # a candidate's smoothed region also holds its finer grid (a quarter step
+    # further): one smoothing per candidate, not one per grid and scale
+    slack = 0.25 * step
     refined = []
     for c, s, _ in best:
         for h in (0.5 * step, 0.25 * step):
             local = c + rel * h
+            # the largest scale first: its region holds the smaller ones
+            by_scale = {s2: score(local, s2, search=0.5 * h, slack=slack)
+                        for s2 in sorted(scales, reverse=True)}
             top = (c, s, -np.inf)
             for s2 in scales:
-                ls = score(local, s2, search=0.5 * h)
+                ls = by_scale[s2]
                 i = int(np.argmax(ls))
                 if ls[i] > top[2]:
                     top = (local[i], s2, ls[i])
