@@ -340,3 +340,49 @@ def test_cuda_sources_compile_with_nvrtc(source):
     lib.nvrtcGetProgramLog(prog, log)
     lib.nvrtcDestroyProgram(ctypes.byref(prog))
     assert rc == 0, log.value.decode(errors="replace")
+
+
+def _profile_problem(seed, N=300, C=13, P=8):
+    rng = np.random.default_rng(seed)
+    samples = rng.normal(size=(N, C + P)).cumsum(1)
+    samples[:5] = 0.0                                         # flat: every window ties
+    mean = rng.normal(scale=0.2, size=(N, P))
+    var = rng.uniform(0.05, 0.3, (N, P))
+    return samples, mean, var, 1e-3 * np.abs(np.arange(C) - C // 2)
+
+
+@each_backend(atol=1e-12, rtol=1e-12)
+def test_profile_search_twins_agree(backend):
+    best, cost = kernel("profile_search", backend)(*_profile_problem(4))
+    return best.astype(float), cost
+
+
+@pytest.mark.parametrize("P", [1, 5, 8, 17])
+def test_profile_search_reference_is_the_windowed_profile_cost(P):
+    """The reference against a direct loop over candidate windows (and the tie
+    rule: the first minimum of cost + penalty)."""
+    from shapeprior_kernels import profile_search_numpy
+
+    samples, mean, var, pen = _profile_problem(P, N=40, P=P)
+    best, cost = profile_search_numpy(samples, mean, var, pen)
+    C = samples.shape[1] - P
+    for n in range(len(samples)):
+        costs = []
+        for c in range(C):
+            d = np.diff(samples[n, c:c + P + 1])
+            prof = d / (np.abs(d).sum() + 1e-6)
+            costs.append(np.mean((prof - mean[n]) ** 2 / var[n]))
+        costs = np.array(costs)
+        want = int(np.argmin(costs + pen))
+        assert best[n] == want and cost[n] == pytest.approx(costs[want], rel=1e-12)
+    assert np.all(best[:5] == C // 2)                          # flat profile: stay
+
+
+def test_profile_search_refuses_inconsistent_shapes():
+    from shapeprior_kernels import profile_search_numpy
+
+    s, m, v, pen = _profile_problem(1, N=4)
+    with pytest.raises(ValueError, match="candidates"):
+        profile_search_numpy(s, m, v, pen[:-1])
+    with pytest.raises(ValueError, match="expected"):
+        profile_search_numpy(s, m[:3], v[:3], pen)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..backend import kernel
 from ._sampler import NormalSampler, normalise_intensity
 
 
@@ -168,13 +169,10 @@ def search_profiles(pm: ProfileModel, sampler, verts, normals, search_mm):
     cand = np.arange(-m, m + 1) * pm.step
     # the candidates' profiles overlap (both are pm.step apart): each offset
     # along the normal is sampled once, C + L - 1 samples instead of C x L
-    L = 2 * pm.half + 1
     samples = sampler(verts, normals, np.arange(-m - pm.half, m + pm.half + 1) * pm.step)
-    window = np.arange(2 * m + 1)[:, None] + np.arange(L)[None, :]    # (C, L)
-    prof = profile_features(samples[:, window])                        # (N, C, L-1)
-    cost = np.sum((prof - pm.mean[:, None, :]) ** 2 / pm.var[:, None, :], axis=2) / prof.shape[2]
-    best = np.argmin(cost + 1e-3 * np.abs(cand)[None, :], axis=1)   # tie-break: stay
-    c = cost[np.arange(len(verts)), best]
+    backend = getattr(sampler, "backend", "numpy")
+    best, c = kernel("profile_search", backend)(samples, pm.mean, pm.var,
+                                                1e-3 * np.abs(cand))   # tie-break: stay
     conf = np.clip(np.exp(-0.5 * (c - 1.0)), 0.05, 1.0)
     return verts + cand[best][:, None] * normals, conf
 
