@@ -141,7 +141,7 @@ MUTANTS = [
      "if np.issubdtype(array.dtype, np.floating) and np.all(np.isnan(array)):",
      "only all-NaN images refused"),
     # -- segment -------------------------------------------------------------------------------
-    ("seg-voxelize-half-voxel", "segment", "shapeprior/segmentation/_voxelize.py",
+    ("seg-voxelize-half-voxel", "segment", "shapeprior/mesh/_voxelize.py",
      "V = volume.physical_to_index(verts)          # continuous (x, y, z) indices",
      "V = volume.physical_to_index(verts) + 0.5", "voxelisation shifted by half a voxel"),
     ("seg-mirror-targets", "segment", "shapeprior/segmentation/_fit.py",

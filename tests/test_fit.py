@@ -200,17 +200,18 @@ def test_refinement_holds_back_doubtful_targets():
 
 def test_mode_clamp_keeps_the_shape_within_the_bound(phantom_model):
     """SegmentParams.mode_clamp: after every SSC projection no PCA mode leaves
-    +-k standard deviations (checked on the last projection: no refinement)."""
+    +-k standard deviations (checked on the last projection: no refinement, no
+    surface offset)."""
     import shapeprior as sp
     from shapeprior.segmentation._assess import mode_coefficients
 
     d, images, labels, model_path = phantom_model
     model = load_model(model_path)
     img = images / "phantom_006.nii.gz"
-    free = sp.segment(img, model, refine_iter=0)
+    free = sp.segment(img, model, refine_iter=0, surface_offset_mm=0.0)
     b_free, _ = mode_coefficients(model, free.verts)
     k = 0.5 * float(np.abs(b_free).max())
-    held = sp.segment(img, model, refine_iter=0, mode_clamp=k)
+    held = sp.segment(img, model, refine_iter=0, mode_clamp=k, surface_offset_mm=0.0)
     b_held, _ = mode_coefficients(model, held.verts)
     assert np.abs(b_held).max() <= 1.05 * k
     with pytest.raises(ValueError, match="mode_clamp"):
@@ -261,3 +262,63 @@ def test_body_midline_is_the_centroid_of_the_body_voxels():
         c = np.argwhere(sub > thr).mean(0)[::-1] * 2.0
         want = vol.index_to_physical(c[None])[0, 0]
         assert body_midline_x(vol, norm) == pytest.approx(want, abs=1e-9)
+
+
+def test_build_calibrates_the_surface_offset_on_its_own_training_shapes(phantom_model):
+    """The model records the offset at which its voxelised training surfaces
+    best cover their labels, and that offset is the best of its grid."""
+    d, images, labels, model_path = phantom_model
+    cal = load_model(model_path).metadata["surface_offset"]
+    assert cal["n_shapes"] == 6 and len(cal["grid_mm"]) == len(cal["mean_dice"])
+    k = int(np.argmax(cal["mean_dice"]))
+    assert cal["mm"] == cal["grid_mm"][k] and cal["dice_at_offset"] >= cal["dice_at_0"]
+    assert 0.8 < cal["dice_at_0"] <= 1.0
+
+
+def test_offset_dice_finds_the_radius_a_sphere_lacks():
+    """A sphere voxelised 1 mm inside a ball's boundary: the best offset is +1 mm."""
+    from shapeprior.model._calibrate import choose_offset, offset_dice
+
+    vol = Volume(np.zeros((50, 50, 50), np.uint8), np.full(3, 0.5), np.zeros(3), np.eye(3))
+    c = vol.centre()
+    v, f = icosphere(4)
+    ijk = np.stack(np.meshgrid(*[np.arange(50)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    ball = (np.linalg.norm(vol.index_to_physical(ijk[:, ::-1]) - c, axis=1) <= 8.0)
+    ball = ball.reshape(50, 50, 50)
+    grid = np.round(np.arange(-1.0, 2.01, 0.25), 2)
+    row = offset_dice(c + 7.0 * v, f, vol, ball, grid)
+    cal = choose_offset(grid, [row])
+    assert cal["mm"] == 1.0 and cal["dice_at_offset"] > 0.97 > cal["dice_at_0"]
+
+
+def test_segmentation_applies_the_model_offset_and_reports_it(phantom_model):
+    import shapeprior as sp
+
+    d, images, labels, model_path = phantom_model
+    model = load_model(model_path)
+    img = images / "phantom_006.nii.gz"
+    model.metadata["surface_offset"] = {"mm": 0.6}
+    grown = sp.segment(img, model, refine_iter=0)
+    plain = sp.segment(img, model, refine_iter=0, surface_offset_mm=0.0)
+    assert grown.surface_offset_mm == 0.6 and plain.surface_offset_mm == 0.0
+    # the same fit, moved outward along its normals: more voxels, the plain label inside
+    assert grown.label.sum() > plain.label.sum()
+    assert np.all(grown.label[plain.label > 0] > 0)
+    with pytest.raises(ValueError, match="surface_offset_mm"):
+        sp.SegmentParams(surface_offset_mm=9.0)
+
+
+def test_edge_search_moves_nothing_without_being_asked(phantom_model):
+    """Without learned appearance the surface lies on the edge: the model's
+    calibration is not applied (an explicit offset still is)."""
+    from dataclasses import replace
+
+    import shapeprior as sp
+
+    d, images, labels, model_path = phantom_model
+    model = load_model(model_path)
+    model.metadata["surface_offset"] = {"mm": 0.6}
+    bare = replace(model, profile=None)
+    img = images / "phantom_006.nii.gz"
+    assert sp.segment(img, bare, refine_iter=0).surface_offset_mm == 0.0
+    assert sp.segment(img, bare, refine_iter=0, surface_offset_mm=0.3).surface_offset_mm == 0.3

@@ -35,6 +35,11 @@ def main(argv):
     d = s["dictionary"]
     print(f"dictionary   {'none (SSC composes from the training shapes)' if d is None else str(d['n_atoms']) + ' learned atoms'}")
     print(f"appearance   {'none (edge search in an intensity window)' if app is None else 'profiles of ' + str(app['profile_samples']) + ' samples every ' + format(app['step_mm'], 'g') + ' mm, ' + app['normalisation'] + ' normalisation, ' + str(app['n_images']) + ' images'}")
+    so = s.get("surface_offset")
+    print("surface      " + ("no calibrated offset (segment moves nothing)" if so is None else
+                             f"final surface moved {so['mm']:+g} mm outward: training surfaces "
+                             f"then cover their labels with Dice {so['dice_at_offset']:.3f} "
+                             f"(vs {so['dice_at_0']:.3f}; {so['n_shapes']} shapes)"))
     if pose is not None:
         rng = pose["scale_range"]
         print(f"pose         scale {pose['scale']:.3f}"

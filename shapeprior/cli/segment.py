@@ -90,8 +90,12 @@ def main(argv):
     ap.add_argument("--hypotheses", type=int, default=5,
                     help="without --seed: placements fitted before the best one continues "
                          "(default 5)")
+    ap.add_argument("--surface-offset", type=float, default=None, metavar="MM",
+                    help="move the final surface this far outward along its normals before "
+                         "voxelising (negative: inward; default: the model's calibration, "
+                         "see model-info)")
     add_prior(ap)
-    a = ap.parse_args(join_negative_values(argv, ("--seed", "--window")))
+    a = ap.parse_args(join_negative_values(argv, ("--seed", "--window", "--surface-offset")))
 
     from pathlib import Path
 
@@ -106,7 +110,8 @@ def main(argv):
                            inside_brighter=not a.dark_organ,
                            window=floats(a.window, 2, "--window") if a.window else None,
                            normalisation=a.normalisation, backend=a.backend,
-                           n_hypotheses=a.hypotheses, placement=a.placement, prior=a.prior)
+                           n_hypotheses=a.hypotheses, placement=a.placement, prior=a.prior,
+                           surface_offset_mm=a.surface_offset)
     from ..backend import resolve_backend
 
     params.backend = resolve_backend(params.backend)   # fail early, and record it resolved

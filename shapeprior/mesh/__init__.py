@@ -1,8 +1,10 @@
-"""Surface meshes from label maps, templates, mesh measures and mesh files."""
+"""Surface meshes from label maps (and back: :func:`voxelize`), templates, mesh
+measures and mesh files."""
 
 from ._operators import mean_neighbour_operator
 from ._read import READ_SUFFIXES, read_mesh
 from ._sphere import icosphere, level_for_vertices
+from ._voxelize import voxelize
 from ._surface import (
     MESH_FORMATS,
     Surface,
@@ -14,6 +16,6 @@ from ._surface import (
 )
 
 __all__ = ["Surface", "MESH_FORMATS", "mask_to_surface", "label_mask", "kidney_masks", "crop_to_labels",
-           "mask_box",
+           "mask_box", "voxelize",
            "icosphere",
            "level_for_vertices", "mean_neighbour_operator", "read_mesh", "READ_SUFFIXES"]

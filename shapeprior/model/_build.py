@@ -25,6 +25,7 @@ from ..correspond import fit_template
 from ..io import read_label_map
 from ..mesh import (Surface, crop_to_labels, icosphere, kidney_masks, label_mask,
                     level_for_vertices, mask_to_surface)
+from ._calibrate import calibration_sample, choose_offset, offset_dice, offset_grid
 from ._lineage import new_lineage
 from ._model import ShapeModel, pca_from_shapes, total_variance
 from ._pose import fit_pose_prior
@@ -177,6 +178,36 @@ def rms_radius(points) -> float:
     return float(np.sqrt(np.mean(np.sum((p - p.mean(0)) ** 2, axis=1))))
 
 
+def organ_masks(path, params: BuildParams, strict_components=False):
+    """``(volume, {side: mask}, fov_centre)`` of one label map as the build sees
+    the organ: the volume cropped to the labels' box, a mask per side kept
+    (``split_sides``) or the largest component, and the whole scan's FOV centre.
+    ``strict_components``: see :func:`surfaces_from_label_map`."""
+    vol = read_label_map(path, params.allow_no_orientation)
+    centre = vol.centre()
+    # everything below works on the organ's bounding box (same physical
+    # positions): on a whole CT grid each pass over the voxels costs ~0.1 s
+    vol = crop_to_labels(vol, params.labels)
+    if params.split_sides:
+        masks = kidney_masks(vol, params.labels, fov_centre=centre)
+        if params.side != "both":
+            masks = {k: v for k, v in masks.items() if k == params.side}
+        return vol, masks, centre
+    from scipy import ndimage
+
+    m = label_mask(vol, params.labels)
+    lab, n = ndimage.label(m, structure=np.ones((3, 3, 3)))
+    if n > 1:  # keep the largest component
+        sizes = np.bincount(lab.ravel())[1:]
+        order = np.argsort(-sizes)
+        if strict_components and sizes[order[1]] >= STRAY_COMPONENT * sizes[order[0]]:
+            raise ValueError(f"the organ is in {n} pieces (the second has "
+                             f"{sizes[order[1]] / sizes[order[0]]:.0%} of the largest's "
+                             "voxels); one connected organ expected")
+        m = lab == (int(order[0]) + 1)
+    return vol, {"none": m}, centre
+
+
 def surfaces_from_label_map(path, params: BuildParams, strict_components=False,
                             radius_range=None):
     """[(side, Surface, fov_centre)] for one file; raises ValueError on bad content.
@@ -188,29 +219,7 @@ def surfaces_from_label_map(path, params: BuildParams, strict_components=False,
     ``radius_range`` (lo, hi) in mm, an organ whose :func:`organ_radius` lies
     outside is refused before its surface is extracted (wrong spacing, wrong
     organ: a ten times larger surface costs a thousand times more)."""
-    vol = read_label_map(path, params.allow_no_orientation)
-    centre = vol.centre()
-    # everything below works on the organ's bounding box (same physical
-    # positions): on a whole CT grid each pass over the voxels costs ~0.1 s
-    vol = crop_to_labels(vol, params.labels)
-    if params.split_sides:
-        masks = kidney_masks(vol, params.labels, fov_centre=centre)
-        if params.side != "both":
-            masks = {k: v for k, v in masks.items() if k == params.side}
-    else:
-        from scipy import ndimage
-
-        m = label_mask(vol, params.labels)
-        lab, n = ndimage.label(m, structure=np.ones((3, 3, 3)))
-        if n > 1:  # keep the largest component
-            sizes = np.bincount(lab.ravel())[1:]
-            order = np.argsort(-sizes)
-            if strict_components and sizes[order[1]] >= STRAY_COMPONENT * sizes[order[0]]:
-                raise ValueError(f"the organ is in {n} pieces (the second has "
-                                 f"{sizes[order[1]] / sizes[order[0]]:.0%} of the largest's "
-                                 "voxels); one connected organ expected")
-            m = lab == (int(order[0]) + 1)
-        masks = {"none": m}
+    vol, masks, centre = organ_masks(path, params, strict_components)
     out = []
     for side, m in masks.items():
         if radius_range is not None:
@@ -354,6 +363,32 @@ def _job_fit(args):
     return fit_template(tv, tf, surf, n_iter=n_iter)
 
 
+def _job_offset(args):
+    """Dice over the offset grid of one fitted training surface against its label."""
+    path, side, verts, faces, params, grid = args
+    vol, masks, _ = organ_masks(path, params)
+    if side not in masks:
+        return None
+    if side == "right" and params.mirror_right:       # back onto the scan's own side
+        verts, faces = verts * np.array([-1.0, 1.0, 1.0]), faces[:, ::-1].copy()
+    return offset_dice(verts, faces, vol, masks[side], grid)
+
+
+def surface_calibration(kept, faces, params, n_jobs=1, progress=False):
+    """The model's surface offset (:mod:`._calibrate`) from fitted training
+    shapes ``kept`` ``[(record, verts)]``; None without any measurable shape."""
+    from ..io import read_geometry
+
+    sample = [kept[i] for i in calibration_sample(len(kept))]
+    if not sample:
+        return None
+    grid = offset_grid(read_geometry(sample[0][0]["file"], params.allow_no_orientation)[1])
+    rows = _map(_job_offset, [(s["file"], s["side"], v, faces, params, grid)
+                              for s, v in sample], n_jobs, "surface offset", progress)
+    rows = [r for r in rows if r is not None]
+    return choose_offset(grid, rows) if rows else None
+
+
 def _map(fn, items, n_jobs, desc, progress):
     from tqdm import tqdm
 
@@ -484,6 +519,10 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
                          f"see the report for reasons")
     t_pass2 = time.perf_counter() - t0 - t_surf - t_pass1
     profile = _learn_appearance(kept, sf, params, pairs) if params.images_dir else None
+    # the offset serves fits that follow learned appearance (see segment's
+    # surface_offset): measured when the model learns it
+    offset = (surface_calibration(kept, sf, params, params.n_jobs, progress)
+              if profile is not None else None)
     hashes = {}
     for s, _ in kept:
         if s["source"] not in hashes:
@@ -501,6 +540,8 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
         "template": f"icosphere level {level}, refined by the pass-1 mean of "
                     f"{len(sample)} shapes",
     }
+    if offset is not None:
+        meta["surface_offset"] = offset
     model = model_from_shapes(np.stack([v for _, v in kept]), sf, n_atoms=params.n_atoms,
                               n_nonzero=params.n_nonzero, seed=params.seed,
                               fov_centres=[s["fov_centre"] for s, _ in kept], ids=ids,
@@ -513,6 +554,7 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
         "rejected": rejected, "per_shape": per_shape,
         "fit_mean_target_to_fit_mm": {"median": float(np.median(d)), "max": float(d.max())},
         "pca_modes": int(len(var)), "pca_variance_mm2_top5": var[:5].tolist(),
+        "surface_offset": offset,
         "time_s": {"surfaces": t_surf, "fit_pass1": t_pass1, "fit_pass2": t_pass2,
                    "total": time.perf_counter() - t0},
     }

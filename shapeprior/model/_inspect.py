@@ -18,7 +18,9 @@ def model_summary(model: ShapeModel) -> dict:
         ``n_faces``, ``coordinates``; ``pca`` (modes, explained variance of the
         first ten and their cumulative sum, sd of the first modes in mm);
         ``dictionary`` (learned atoms); ``appearance`` (profile samples and
-        normalisation, or None); ``pose`` (training scale range, offset from the
+        normalisation, or None); ``surface_offset`` (the calibrated outward offset of
+        the final surface, mm, and the training Dice without and with it, or
+        None); ``pose`` (training scale range, offset from the
         FOV centre in LPS mm); ``provenance`` (versions, template, number of
         source files and rejected ones); ``lineage`` (model version, shapes
         added per version with when and by which shapeprior, online updates).
@@ -55,6 +57,9 @@ def model_summary(model: ShapeModel) -> dict:
         "appearance": None if prof is None else {
             "normalisation": prof.normalisation, "n_images": prof.n_images,
             "profile_samples": 2 * int(prof.half) + 1, "step_mm": float(prof.step)},
+        "surface_offset": None if not isinstance(meta.get("surface_offset"), dict) else {
+            k: meta["surface_offset"].get(k) for k in ("mm", "dice_at_0", "dice_at_offset",
+                                                        "n_shapes")},
         "pose": None if pose is None else {
             "scale": float(pose.scale),
             "scale_range": None if pose.scale_range is None else list(pose.scale_range),

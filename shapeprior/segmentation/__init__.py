@@ -8,7 +8,7 @@ from ._place import Hypothesis, find_placements
 from ._refine import (RefineResult, describe_corrections, missing_slices, refine_mask,
                       repeated_slices)
 from ._statistics import distance_to_mean, shape_statistics
-from ._voxelize import voxelize
+from ..mesh import voxelize
 
 __all__ = ["SegmentParams", "SegmentResult", "segment_volume", "voxelize", "dice",
            "surface_distances", "refine_mask", "RefineResult", "describe_corrections",

@@ -11,12 +11,11 @@ import numpy as np
 from .._profile import NULL_CLOCK
 from ..backend import resolve_backend
 from ..appearance import LevelImage, intensity_scale, search_edges, search_profiles
-from ..mesh import Surface, mean_neighbour_operator
+from ..mesh import Surface, mean_neighbour_operator, voxelize
 from ..ssc import sparse_shape_composition
 from ._assess import (MIRROR, SCALE_SLACK, assess, mode_coefficients, organ_scale,
                       outside_fov)
 from ._place import AppearanceScore, Hypothesis, find_placements
-from ._voxelize import voxelize
 
 #: (search range mm, image smoothing sigma mm) per resolution level
 DEFAULT_SCHEDULE = ((6.0, 1.0), (3.0, 0.5), (1.5, 0.0))
@@ -96,6 +95,12 @@ class SegmentParams:
         After each SSC projection, clamp every PCA mode coefficient to
         +- this many standard deviations (ASM's plausibility bound); only the
         clamped part of the shape moves. None: off.
+    surface_offset_mm : float or None
+        Move the final surface this far along its outward normals (mm) before
+        it is voxelised and written. None: the model's own calibration (the
+        offset at which its training surfaces best cover their labels,
+        ``model.metadata['surface_offset']``) when the model has learned
+        appearance; 0 for an edge search or a model without a calibration.
     """
 
     schedule: tuple = DEFAULT_SCHEDULE
@@ -122,6 +127,7 @@ class SegmentParams:
     prior: str = "auto"           # SSC composes from 'shapes', the learned 'dictionary', or 'auto'
     refit: float | None = None    # SSC refit of the inliers with this fraction of lambda1 (None: off)
     mode_clamp: float | None = None   # PCA mode coefficients clamped to +- this many SDs (None: off)
+    surface_offset_mm: float | None = None   # final surface along its normals (None: the model's)
 
     def __post_init__(self):
         from .._validation import (check_bool, check_choice, check_number, check_vector)
@@ -157,6 +163,9 @@ class SegmentParams:
         self.warm_align = check_bool("warm_align", self.warm_align)
         if self.mode_clamp is not None:
             self.mode_clamp = check_number("mode_clamp", self.mode_clamp, 0, low_open=True)
+        if self.surface_offset_mm is not None:
+            self.surface_offset_mm = check_number("surface_offset_mm", self.surface_offset_mm,
+                                                  -5.0, 5.0)
         self.refine_iter = check_number("refine_iter", self.refine_iter, 0, integer=True)
         self.refine_search_mm = check_number("refine_search_mm", self.refine_search_mm, 0,
                                              low_open=True)
@@ -230,6 +239,24 @@ class SegmentResult:
     evidence: dict = field(default_factory=dict)
     placement: dict | None = None
     mirrored: bool = False
+    surface_offset_mm: float = 0.0
+
+
+def surface_offset(model, params) -> float:
+    """The offset (mm, outward) applied to the final surface: ``params``'s, else
+    the model's calibration (:mod:`shapeprior.model._calibrate`) when the fit
+    followed its learned appearance, else 0.
+
+    Learned profiles place the surface where the training surfaces lay relative
+    to the image, so the fit inherits their bias, which the calibration measures.
+    An edge search (a model without appearance, or a mask refined as an image)
+    places it on the strongest edge instead, where that bias does not apply."""
+    if params.surface_offset_mm is not None:
+        return float(params.surface_offset_mm)
+    cal = model.metadata.get("surface_offset")
+    if model.profile is None or not isinstance(cal, dict):
+        return 0.0
+    return float(cal.get("mm", 0.0))
 
 
 def initial_shape(model, vol, params: SegmentParams):
@@ -422,6 +449,9 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     v = fit.v
     if Surface(v, faces).volume() < 0:
         faces = faces[:, ::-1].copy()
+    offset = surface_offset(model, params)
+    if offset:
+        v = v + offset * Surface(v, faces).vertex_normals()
     with clock("voxelize"):
         label = voxelize(v, faces, vol)
     placement = {"chosen": fit.hypothesis.to_dict(),
@@ -431,7 +461,7 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     res = SegmentResult(v, faces, label, fit.n_iter, fit.converged, fit.overridden,
                         0.0, fit.history, backend, fit.overridden_max, fit.ever,
                         np.asarray(fit.error_mm, dtype=float), np.asarray(fit.conf, dtype=float),
-                        placement=placement, mirrored=mirror)
+                        placement=placement, mirrored=mirror, surface_offset_mm=offset)
     res.status, res.quality, res.reasons, res.evidence = assess(
         res, vol, model, scorer, mirror, scale_clamped=fit.scale_clamped)
     res.time_s = time.perf_counter() - t0

@@ -163,7 +163,7 @@ def region_score_map(vol, shape0, faces, scorer, res_mm=4.0):
     from scipy import ndimage, signal
 
     from ..io import Volume
-    from ._voxelize import voxelize
+    from ..mesh import voxelize
 
     f = np.maximum(1, np.round(res_mm / vol.spacing)).astype(int)          # x, y, z
     fz = f[::-1]
