@@ -9,6 +9,7 @@ from ._surface import (
     MESH_FORMATS,
     Surface,
     crop_to_labels,
+    dice,
     kidney_masks,
     label_mask,
     mask_box,
@@ -16,6 +17,6 @@ from ._surface import (
 )
 
 __all__ = ["Surface", "MESH_FORMATS", "mask_to_surface", "label_mask", "kidney_masks", "crop_to_labels",
-           "mask_box", "voxelize",
+           "mask_box", "voxelize", "dice",
            "icosphere",
            "level_for_vertices", "mean_neighbour_operator", "read_mesh", "READ_SUFFIXES"]

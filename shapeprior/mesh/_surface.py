@@ -166,6 +166,14 @@ def mask_box(mask) -> tuple:
     return tuple(slice(int(h[0]), int(h[-1]) + 1) for h in hits)
 
 
+def dice(a, b) -> float:
+    """Dice overlap of two masks of the same shape, in [0, 1] (1 when both are empty)."""
+    a = np.asarray(a, bool)
+    b = np.asarray(b, bool)
+    s = a.sum() + b.sum()
+    return float(2.0 * np.logical_and(a, b).sum() / s) if s else 1.0
+
+
 def crop_to_labels(vol: Volume, labels, slab=16) -> Volume:
     """The bounding box of ``labels`` in ``vol``, as a :class:`Volume` (a view,
     with its origin moved so that physical positions are unchanged).

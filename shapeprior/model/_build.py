@@ -25,7 +25,7 @@ from ..correspond import fit_template
 from ..io import read_label_map
 from ..mesh import (Surface, crop_to_labels, icosphere, kidney_masks, label_mask,
                     level_for_vertices, mask_to_surface)
-from ._calibrate import calibration_sample, choose_offset, offset_dice, offset_grid
+from ._calibrate import MAX_SHAPES, choose_offset, offset_dice, offset_grid
 from ._lineage import new_lineage
 from ._model import ShapeModel, pca_from_shapes, total_variance
 from ._pose import fit_pose_prior
@@ -343,8 +343,9 @@ def _learn_appearance(kept, faces, params, pairs):
 
 
 def template_sample(n_shapes, template_shapes):
-    """Indices of the pass-1 shapes: all (``template_shapes`` 0 or >= ``n_shapes``), or
-    ``template_shapes`` of them evenly spread over the input order (deterministic)."""
+    """Indices of the pass-1 shapes (and of those the surface calibration
+    measures): all (``template_shapes`` 0 or >= ``n_shapes``), or ``template_shapes``
+    of them evenly spread over the input order (deterministic)."""
     if not template_shapes or template_shapes >= n_shapes:
         return list(range(n_shapes))
     return sorted({int(round(i)) for i in np.linspace(0, n_shapes - 1, template_shapes)})
@@ -379,7 +380,7 @@ def surface_calibration(kept, faces, params, n_jobs=1, progress=False):
     shapes ``kept`` ``[(record, verts)]``; None without any measurable shape."""
     from ..io import read_geometry
 
-    sample = [kept[i] for i in calibration_sample(len(kept))]
+    sample = [kept[i] for i in template_sample(len(kept), MAX_SHAPES)]
     if not sample:
         return None
     grid = offset_grid(read_geometry(sample[0][0]["file"], params.allow_no_orientation)[1])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..mesh import Surface, voxelize
+from ..mesh import Surface, dice, voxelize
 
 #: offsets tried, in units of the label maps' finest voxel spacing
 OFFSET_GRID = np.round(np.arange(-0.4, 0.8001, 0.05), 2)
@@ -27,25 +27,12 @@ OFFSET_GRID = np.round(np.arange(-0.4, 0.8001, 0.05), 2)
 MAX_SHAPES = 40
 
 
-def _dice(a, b) -> float:
-    n = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    return 2.0 * int(np.count_nonzero(a & b)) / n if n else 1.0
-
-
 def offset_dice(verts, faces, vol, mask, offsets_mm):
     """Dice of ``voxelize(verts + t n)`` against ``mask`` on ``vol``'s grid, for
     every offset ``t`` (mm, along the outward vertex normals ``n``)."""
     normals = Surface(verts, faces).vertex_normals()
-    m = np.asarray(mask, dtype=bool)
-    return np.array([_dice(voxelize(verts + t * normals, faces, vol).view(bool), m)
+    return np.array([dice(voxelize(verts + t * normals, faces, vol), mask)
                      for t in offsets_mm])
-
-
-def calibration_sample(n_shapes, max_shapes=MAX_SHAPES):
-    """Indices of the shapes measured: all, or ``max_shapes`` evenly spread."""
-    if n_shapes <= max_shapes:
-        return list(range(n_shapes))
-    return sorted({int(round(i)) for i in np.linspace(0, n_shapes - 1, max_shapes)})
 
 
 def offset_grid(spacing_mm):
@@ -69,5 +56,4 @@ def choose_offset(grid_mm, dice_rows):
                    "against its own label; the best offset"}
 
 
-__all__ = ["OFFSET_GRID", "MAX_SHAPES", "offset_dice", "offset_grid", "calibration_sample",
-           "choose_offset"]
+__all__ = ["OFFSET_GRID", "MAX_SHAPES", "offset_dice", "offset_grid", "choose_offset"]

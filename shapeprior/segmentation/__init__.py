@@ -3,12 +3,12 @@ existing mask, or a search over the field of view) -> search along normals ->
 SSC projection -> repeat, coarse to fine -> voxelise -> status from evidence."""
 
 from ._fit import SegmentParams, SegmentResult, segment_volume
-from ._metrics import dice, surface_distances
+from ._metrics import surface_distances
 from ._place import Hypothesis, find_placements
 from ._refine import (RefineResult, describe_corrections, missing_slices, refine_mask,
                       repeated_slices)
 from ._statistics import distance_to_mean, shape_statistics
-from ..mesh import voxelize
+from ..mesh import dice, voxelize
 
 __all__ = ["SegmentParams", "SegmentResult", "segment_volume", "voxelize", "dice",
            "surface_distances", "refine_mask", "RefineResult", "describe_corrections",

@@ -6,14 +6,6 @@ import numpy as np
 from scipy import ndimage
 
 
-def dice(a, b) -> float:
-    """Dice overlap of two masks of the same shape, in [0, 1] (1 when both are empty)."""
-    a = np.asarray(a, bool)
-    b = np.asarray(b, bool)
-    s = a.sum() + b.sum()
-    return float(2.0 * np.logical_and(a, b).sum() / s) if s else 1.0
-
-
 def _border(m):
     return m & ~ndimage.binary_erosion(m, structure=np.ones((3, 3, 3)))
 

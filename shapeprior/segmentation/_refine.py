@@ -29,10 +29,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..io import Volume
-from ..mesh import voxelize
+from ..mesh import dice, voxelize
 from ._assess import border_distance
 from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, segment_volume
-from ._metrics import dice
 
 #: a fitted vertex this near the mask's boundary (mm, plus half the largest
 #: voxel size) lies on it
