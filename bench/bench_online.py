@@ -211,7 +211,7 @@ def learning_curve(pool, faces, held, cases, order, k, nz, seed, rebuild=True,
     return steps, online
 
 
-def cost_curve(pool, faces, order, k, nz, seed, steps, repeats=3):
+def cost_curve(pool, faces, order, k, nz, seed, steps, repeats=5):
     """Seconds of each online update of BATCH shapes vs the rebuild on the same
     shapes (best of ``repeats`` each), for the first ``steps`` updates."""
     rows = []
@@ -378,7 +378,7 @@ def plot(paths, out):
 def cost_only(a):
     """The cost rows alone: update vs rebuild with each set's chosen dictionary."""
     out = {"benchmark": "online learning: update cost", "machine": machine(), "batch": BATCH,
-           "timing": "best of 3 per step; the correspondence fit, the same for both, is "
+           "timing": "best of 5 per step (interleaved); the correspondence fit, the same for both, is "
                      "excluded", "sets": {}}
     for name in a.sets:
         ch = json.loads(Path(a.out.format(set=name)).read_text())["dictionary_choice"]["chosen"]
@@ -410,7 +410,7 @@ def main(argv=None):
                     help="recompute only the ranking curves of existing result files")
     ap.add_argument("--cost-only", type=int, default=0, metavar="STEPS",
                     help="only time the first STEPS updates against their rebuilds (best of "
-                         "3 each) and write results/online_cost.json")
+                         "5 each) and write results/online_cost.json")
     ap.add_argument("--out", default=str(HERE / "results" / "online_{set}.json"),
                     help="result file per set ({set} is replaced by its name)")
     a = ap.parse_args(argv)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from shapeprior import Transform, generalized_procrustes, procrustes
+from shapeprior.align import apply_many, procrustes_many
 from shapeprior.synthetic import ShapePopulation, random_similarity
 
 
@@ -107,3 +108,43 @@ def test_gpa_removes_similarity_transforms(rng):
 def test_gpa_rejects_single_shape(rng):
     with pytest.raises(ValueError, match="at least 2"):
         generalized_procrustes(rng.normal(size=(1, 10, 3)))
+
+
+@pytest.mark.parametrize("kind", ["similarity", "rigid", "affine"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reflection", [False, True])
+def test_procrustes_many_equals_one_at_a_time(rng, kind, weighted, reflection):
+    target = rng.normal(size=(40, 3)) * 20
+    shapes = []
+    for i in range(7):
+        R, s, t = random_similarity(rng)
+        if i == 3:   # a mirrored shape: the reflection flag matters
+            R = R @ np.diag([1.0, 1.0, -1.0])
+        shapes.append(s * (target + rng.normal(size=target.shape)) @ R.T + t)
+    shapes = np.stack(shapes)
+    w = rng.uniform(0, 1, 40) if weighted else None
+    if kind == "affine" and reflection:
+        reflection = False
+    many = procrustes_many(shapes, target, w, kind=kind, reflection=reflection)
+    for T, s in zip(many, shapes):
+        ref = procrustes(s, target, w, kind=kind, reflection=reflection)
+        assert T.kind == ref.kind
+        np.testing.assert_allclose(T.linear, ref.linear, atol=1e-12)
+        np.testing.assert_allclose(T.translation, ref.translation, atol=1e-9)
+    np.testing.assert_allclose(apply_many(many, shapes),
+                               np.stack([T.apply(s) for T, s in zip(many, shapes)]), atol=1e-12)
+
+
+def test_procrustes_many_rejects_bad_input(rng):
+    target = rng.normal(size=(10, 3))
+    with pytest.raises(ValueError, match="sources must have shape"):
+        procrustes_many(target, target)
+    with pytest.raises(ValueError, match="differ in shape"):
+        procrustes_many(rng.normal(size=(2, 9, 3)), target)
+    bad = rng.normal(size=(2, 10, 3))
+    bad[1, 4, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        procrustes_many(bad, target)
+    flat = np.zeros((2, 10, 3))
+    with pytest.raises(ValueError, match="all identical"):
+        procrustes_many(flat, target)

@@ -116,6 +116,56 @@ def test_ksvd_and_online_update():
         DictionaryLearner(n_atoms=100).fit(train)
 
 
+def _mairal_reference(D, A, B, Y, k, n_sweeps):
+    """Online dictionary update written out densely (Mairal et al. 2009, alg. 2):
+    OMP codes of the new columns, A += x x^T, B += y x^T, block-coordinate steps."""
+    from shapeprior.ssc import omp_gram_many
+
+    D = D.copy()
+    X = omp_gram_many(D.T @ D, D.T @ Y, k)
+    A, B = A + X @ X.T, B + Y @ X.T
+    for _ in range(n_sweeps):
+        for j in range(D.shape[1]):
+            if A[j, j] <= 1e-12:
+                continue
+            u = (B[:, j] - D @ A[:, j]) / A[j, j] + D[:, j]
+            D[:, j] = u / max(np.linalg.norm(u), 1.0)
+    return D, A, B
+
+
+def test_online_update_follows_the_dense_reference():
+    pop = ShapePopulation(n_points=60, seed=7)
+    train, new, more = pop.sample(30), pop.sample(12), pop.sample(9)
+    dl = DictionaryLearner(n_atoms=10, n_nonzero=3, n_iter=4, seed=0).fit(train)
+    D0, A0, B0 = dl.components_.copy(), dl.A_.copy(), dl.B_.copy()
+    dl.partial_fit(new, n_sweeps=2)
+    D, A, B = _mairal_reference(D0, A0, B0, new.reshape(12, -1).T, 3, 2)
+    np.testing.assert_allclose(dl.components_, D, atol=1e-10)
+    np.testing.assert_allclose(dl.A_, A, rtol=1e-10)
+    np.testing.assert_allclose(dl.B_, B, rtol=1e-10)
+    # grow: every new shape becomes an atom (coded by itself), then the same update
+    D0, A0, B0 = dl.components_.copy(), dl.A_.copy(), dl.B_.copy()
+    dl.grow(more, 9)
+    assert dl.atoms_.shape[0] == 19
+    Dg = np.concatenate([D0, more.reshape(9, -1).T / np.linalg.norm(more.reshape(9, -1), axis=1)],
+                        axis=1)
+    Ag = np.zeros((19, 19))
+    Ag[:10, :10] = A0
+    Bg = np.concatenate([B0, np.zeros((B0.shape[0], 9))], axis=1)
+    dl.partial_fit(more, n_sweeps=1)
+    D, A, B = _mairal_reference(Dg, Ag, Bg, more.reshape(9, -1).T, 3, 1)
+    np.testing.assert_allclose(dl.components_, D, atol=1e-10)
+    np.testing.assert_allclose(dl.A_, A, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(dl.B_, B, rtol=1e-9, atol=1e-9)
+    # shapes other than those just grown are coded by OMP, not assumed
+    dl.grow(new[:3], 3)
+    before = dl.atoms_.copy()
+    Ab, Bb = dl.A_.copy(), dl.B_.copy()
+    dl.partial_fit(more[:3], n_sweeps=1)
+    D, A, B = _mairal_reference(before.T, Ab, Bb, more[:3].reshape(3, -1).T, 3, 1)
+    np.testing.assert_allclose(dl.components_, D, atol=1e-10)
+
+
 def _ellipsoid_folder(folder, n=5):
     rng = np.random.default_rng(0)
     folder.mkdir()

@@ -154,6 +154,88 @@ def procrustes(source, target, weights=None, *, kind="similarity", reflection=Fa
     return Transform(lin, mu_t - lin @ mu_s, kind)
 
 
+def procrustes_many(sources, target, weights=None, *, kind="similarity", reflection=False):
+    """:func:`procrustes` of every shape in ``sources`` onto one ``target``, vectorised.
+
+    Parameters
+    ----------
+    sources : array_like, shape (M, N, d)
+        M shapes of N points corresponding to ``target``'s (physical units, e.g. mm).
+    target : array_like, shape (N, d)
+    weights : array_like, shape (N,), optional
+        Non-negative per-point weights, shared by all shapes.
+    kind : {'rigid', 'similarity', 'affine'}
+        'affine' aligns one shape at a time.
+    reflection : bool
+
+    Returns
+    -------
+    list of Transform
+        ``result[m]`` equals ``procrustes(sources[m], target, weights, kind=kind)``
+        to rounding; :func:`apply_many` maps the shapes with them.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {KINDS}")
+    src = np.asarray(sources, dtype=float)
+    if src.ndim != 3 or src.shape[2] not in (2, 3):
+        raise ValueError(f"sources must have shape (M, N, 2|3), got {src.shape}")
+    if not np.all(np.isfinite(src)):
+        raise ValueError("sources contain NaN or infinite coordinates")
+    dst = _check_points(target, "target")
+    if src.shape[1:] != dst.shape:
+        raise ValueError(f"sources {src.shape} and target {dst.shape} differ in shape")
+    if kind == "affine":
+        return [procrustes(s, dst, weights, kind=kind) for s in src]
+    w = _check_weights(weights, dst.shape[0])
+    if np.count_nonzero(w) < 2:
+        raise ValueError(f"{kind} alignment needs at least 2 points with weight > 0, "
+                         f"got {np.count_nonzero(w)}")
+    M, _, d = src.shape
+    wsum = w.sum()
+    wn = w / wsum
+    mu_s = src.transpose(0, 2, 1) @ wn
+    mu_t = wn @ dst
+    xt = (dst - mu_t) * wn[:, None]
+    # cov[m] = sum_n w_n xt_n xs_n^T (the source centroid drops out against the
+    # centred target): one small product per shape, without copying the stack
+    cov = xt.T[None] @ src
+    u, sv, vt = np.linalg.svd(cov)
+    sign = np.ones((M, d))
+    if not reflection:
+        flip = np.linalg.det(u) * np.linalg.det(vt) < 0
+        sign[flip, -1] = -1.0
+    rot = (u * sign[:, None, :]) @ vt
+    if kind == "similarity":
+        var_s = np.einsum("mnd,mnd,n->m", src, src, wn) - np.einsum("md,md->m", mu_s, mu_s)
+        if np.any(var_s <= 0):
+            raise ValueError("source points are all identical: scale is undefined")
+        scale = np.einsum("md,md->m", sv, sign) / var_s
+    else:
+        scale = np.ones(M)
+    lin = scale[:, None, None] * rot
+    trans = mu_t - np.einsum("mab,mb->ma", lin, mu_s)
+    return [Transform(lin[m], trans[m], kind) for m in range(M)]
+
+
+def apply_many(transforms, shapes):
+    """``np.stack([t.apply(s) for t, s in zip(transforms, shapes)])`` in one pass
+    (shapes (M, N, d) -> (M, N, d))."""
+    x = np.asarray(shapes, dtype=float)
+    lin = np.stack([t.linear for t in transforms])
+    trans = np.stack([t.translation for t in transforms])
+    return x @ lin.transpose(0, 2, 1) + trans[:, None, :]
+
+
+def _mean_applied(transforms, shapes):
+    """``apply_many(transforms, shapes).mean(0)`` without the (M, N, d) stack."""
+    acc = np.zeros(shapes.shape[1:])
+    for t, s in zip(transforms, shapes):
+        acc += s @ t.linear.T
+    acc /= len(shapes)
+    acc += np.mean([t.translation for t in transforms], axis=0)
+    return acc
+
+
 def centroid_size(points, weights=None) -> float:
     """Root of the summed squared distances to the (weighted) centroid."""
     p = np.asarray(points, dtype=float)
@@ -217,7 +299,10 @@ def generalized_procrustes(shapes, weights=None, *, kind="similarity", max_iter=
     if size not in ("mean", "unit"):
         raise ValueError(f"size={size!r} is not 'mean' or 'unit'")
     w = _check_weights(weights, x.shape[1])
-    sizes = np.array([centroid_size(s, w) for s in x])
+    wn = w / w.sum()
+    cent = x.transpose(0, 2, 1) @ wn
+    sizes = np.sqrt(np.maximum(np.einsum("mnd,mnd,n->m", x, x, wn)
+                               - np.einsum("md,md->m", cent, cent), 0.0) * w.sum())
     if np.any(sizes <= 0):
         raise ValueError("a shape has zero size (all points identical)")
     target_size = float(sizes.mean()) if size == "mean" else 1.0
@@ -230,9 +315,8 @@ def generalized_procrustes(shapes, weights=None, *, kind="similarity", max_iter=
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
-        tfs = [procrustes(s, mean, w, kind=kind) for s in x]
-        aligned = np.stack([t.apply(s) for t, s in zip(tfs, x)])
-        new_mean = aligned.mean(axis=0)
+        tfs = procrustes_many(x, mean, w, kind=kind)
+        new_mean = _mean_applied(tfs, x)
         # fix the gauge: keep the mean centred, of fixed size, and oriented
         # like the previous mean
         new_mean = normalise(new_mean)
@@ -243,6 +327,6 @@ def generalized_procrustes(shapes, weights=None, *, kind="similarity", max_iter=
         if delta < tol:
             converged = True
             break
-    tfs = [procrustes(s, mean, w, kind=kind) for s in x]
-    aligned = np.stack([t.apply(s) for t, s in zip(tfs, x)])
+    tfs = procrustes_many(x, mean, w, kind=kind)
+    aligned = apply_many(tfs, x)
     return GPAResult(aligned, aligned.mean(axis=0), tfs, it, converged)

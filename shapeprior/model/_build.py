@@ -442,7 +442,7 @@ def model_from_shapes(shapes, faces, *, n_atoms=0, n_nonzero=5, seed=0, fov_cent
         k = min(n_atoms, M)
         dl = DictionaryLearner(k, min(n_nonzero, k), n_iter=10, seed=seed)
         dl.fit(gpa.aligned)
-        atoms = dl.components_.T.reshape(k, -1, 3)
+        atoms = dl.atoms_.reshape(k, -1, 3)
         dl_state = {"A": dl.A_, "B": dl.B_}
         dl_info = {"n_atoms": k, "n_atoms_requested": int(n_atoms), "n_nonzero": dl.n_nonzero,
                    "relative_error": dl.error_, "n_seen": M}

@@ -14,8 +14,15 @@ import numpy as np
 from ..ssc import omp_gram_many
 
 
-def _codes(D, Y, k):
-    return omp_gram_many(D.T @ D, D.T @ Y, k)
+def _fingerprint(Y):
+    """Column sums and sums of squares of Y (n, M): tells whether :meth:`partial_fit`
+    got the shapes :meth:`grow` just made atoms."""
+    return np.concatenate([Y.sum(0), np.einsum("ij,ij->j", Y, Y)])
+
+
+def _codes(R, Y, k):
+    """Batch-OMP codes (K, M) of the columns of Y (n, M) over atom rows R (K, n)."""
+    return omp_gram_many(R @ R.T, R @ Y, k)
 
 
 class DictionaryLearner:
@@ -32,7 +39,15 @@ class DictionaryLearner:
 
     Attributes
     ----------
+    atoms_ : ndarray, shape (n_atoms, n_features)
+        The atoms as rows (the layout of a model's ``atoms``; the online update
+        reads and writes one row per block-coordinate step).
     components_ : ndarray, shape (n_features, n_atoms)
+        ``atoms_.T`` (a view): the atoms as the columns of D.
+    A_ : ndarray, shape (n_atoms, n_atoms)
+        ``sum x x^T`` over the codes of the shapes seen.
+    Bt_ : ndarray, shape (n_atoms, n_features)
+        ``sum x y^T``; ``B_`` (a view) is its transpose ``sum y x^T``.
     error_ : list of float
         Relative representation error after each K-SVD iteration.
     """
@@ -42,6 +57,25 @@ class DictionaryLearner:
         self.n_nonzero = n_nonzero
         self.n_iter = n_iter
         self.seed = seed
+
+    @property
+    def components_(self):
+        return self.atoms_.T
+
+    @property
+    def B_(self):
+        return self.Bt_.T
+
+    def set_state(self, atoms, A, B, n_seen):
+        """Continue from a stored dictionary: ``atoms`` (K, n) rows, statistics A (K, K)
+        and B (n, K). The atoms are copied (the online update writes them in
+        place); A and B are only read (updates make new arrays)."""
+        self.atoms_ = np.array(atoms, dtype=float, order="C")
+        self.A_ = np.asarray(A, dtype=float)
+        self.Bt_ = np.ascontiguousarray(np.asarray(B, dtype=float).T)
+        self.n_atoms = self.atoms_.shape[0]
+        self.n_seen_ = int(n_seen)
+        return self
 
     def _check(self, Y):
         Y = np.asarray(Y, dtype=float)
@@ -64,7 +98,7 @@ class DictionaryLearner:
         ynorm = np.linalg.norm(Y)
         self.error_ = []
         for _ in range(self.n_iter):
-            X = _codes(D, Y, self.n_nonzero)
+            X = _codes(D.T, Y, self.n_nonzero)
             for j in range(self.n_atoms):
                 users = np.flatnonzero(X[j])
                 if users.size == 0:
@@ -77,34 +111,49 @@ class DictionaryLearner:
                 D[:, j] = u[:, 0]
                 X[j, users] = s[0] * vt[0]
             self.error_.append(float(np.linalg.norm(Y - D @ X) / ynorm))
-        X = _codes(D, Y, self.n_nonzero)
-        self.components_ = D
+        self.atoms_ = np.ascontiguousarray(D.T)
+        X = _codes(self.atoms_, Y, self.n_nonzero)
         self.A_ = X @ X.T
-        self.B_ = Y @ X.T
+        self.Bt_ = X @ Y.T
         self.n_seen_ = M
         return self
 
     def partial_fit(self, shapes, n_sweeps=3):
         """Add shapes (M', N, 3) to a fitted dictionary without refitting."""
-        if not hasattr(self, "components_"):
+        if not hasattr(self, "atoms_"):
             return self.fit(shapes)
         Y = self._check(shapes)
-        D = self.components_
-        if Y.shape[0] != D.shape[0]:
-            raise ValueError(f"new shapes have {Y.shape[0]} coordinates, the dictionary {D.shape[0]}")
-        X = _codes(D, Y, self.n_nonzero)
-        self.A_ += X @ X.T
-        self.B_ += Y @ X.T
-        # atoms as contiguous rows: each block-coordinate step reads and writes one
-        Dt, Bt, A = np.ascontiguousarray(D.T), np.ascontiguousarray(self.B_.T), self.A_
+        Dt = self.atoms_
+        if Y.shape[0] != Dt.shape[1]:
+            raise ValueError(f"new shapes have {Y.shape[0]} coordinates, the dictionary "
+                             f"{Dt.shape[1]}")
+        own = self._grown_codes(Y)
+        if own is None:
+            X = _codes(Dt, Y, self.n_nonzero)
+            self.A_ = self.A_ + X @ X.T
+            self.Bt_ = self.Bt_ + X @ Y.T
+        else:   # one nonzero per shape: x x^T and x y^T touch one atom each
+            rows, cols, vals = own
+            self.A_ = self.A_.copy()
+            self.A_[rows, rows] += vals ** 2
+            self.Bt_ = self.Bt_.copy()
+            self.Bt_[rows] += vals[:, None] * Y[:, cols].T
+        # atoms as contiguous rows: each block-coordinate step reads and writes one;
+        # a row of A with few nonzeros (an atom used with few others) reads only those
+        Bt, A = self.Bt_, self.A_
+        K = Dt.shape[0]
         for _ in range(n_sweeps):
-            for j in range(Dt.shape[0]):
+            for j in range(K):
                 ajj = A[j, j]
                 if ajj <= 1e-12:
                     continue
-                u = (Bt[j] - A[j] @ Dt) / ajj + Dt[j]
+                nz = np.flatnonzero(A[j])
+                if 2 * nz.size < K:
+                    ad = A[j, nz] @ Dt[nz]
+                else:
+                    ad = A[j] @ Dt
+                u = (Bt[j] - ad) / ajj + Dt[j]
                 Dt[j] = u / max(np.linalg.norm(u), 1.0)
-        self.components_ = np.ascontiguousarray(Dt.T)
         self.n_seen_ += Y.shape[1]
         return self
 
@@ -114,27 +163,46 @@ class DictionaryLearner:
         reaches its requested size as shapes arrive). Their statistics start
         at zero; :meth:`partial_fit` then learns them."""
         Y = self._check(shapes)
-        D = self.components_
+        Dt = self.atoms_
         n_new = int(min(n_new, Y.shape[1]))
         if n_new <= 0:
             return self
-        res = np.linalg.norm(Y - D @ _codes(D, Y, min(self.n_nonzero, D.shape[1])), axis=0)
-        pick = np.argsort(-res)[:n_new]
-        new = Y[:, pick] / np.linalg.norm(Y[:, pick], axis=0)
-        k = D.shape[1]
-        self.components_ = np.concatenate([D, new], axis=1)
+        if n_new == Y.shape[1]:     # every new shape becomes an atom: no ranking needed
+            pick = np.arange(n_new)
+        else:
+            res = np.linalg.norm(Y - Dt.T @ _codes(Dt, Y, min(self.n_nonzero, Dt.shape[0])),
+                                 axis=0)
+            pick = np.argsort(-res)[:n_new]
+        norms = np.linalg.norm(Y[:, pick], axis=0)
+        new = Y[:, pick] / norms
+        k = Dt.shape[0]
+        # the shapes just made atoms, for :meth:`partial_fit` of the same shapes
+        self._grown = (pick, k, norms, _fingerprint(Y))
+        self.atoms_ = np.concatenate([Dt, new.T])
         A = np.zeros((k + n_new, k + n_new))
         A[:k, :k] = self.A_
         self.A_ = A
-        self.B_ = np.concatenate([self.B_, np.zeros((self.B_.shape[0], n_new))], axis=1)
+        self.Bt_ = np.concatenate([self.Bt_, np.zeros((n_new, self.Bt_.shape[1]))])
         self.n_atoms = k + n_new
         return self
 
+    def _grown_codes(self, Y):
+        """``(atom rows, shape columns, values)`` of the codes of ``Y`` when :meth:`grow`
+        just made every one of these shapes an atom: each is its own atom times
+        its norm (what OMP finds: one step, zero residual); else None."""
+        grown, self._grown = getattr(self, "_grown", None), None
+        if grown is None:
+            return None
+        pick, k, norms, fp = grown
+        if pick.size != Y.shape[1] or not np.array_equal(fp, _fingerprint(Y)):
+            return None
+        return k + np.arange(pick.size), pick, norms
+
     def transform(self, shapes):
         """Sparse codes (M, n_atoms) of shapes."""
-        return _codes(self.components_, self._check(shapes), self.n_nonzero).T
+        return _codes(self.atoms_, self._check(shapes), self.n_nonzero).T
 
     def reconstruction_error(self, shapes):
         Y = self._check(shapes)
-        X = _codes(self.components_, Y, self.n_nonzero)
+        X = _codes(self.atoms_, Y, self.n_nonzero)
         return float(np.linalg.norm(Y - self.components_ @ X) / np.linalg.norm(Y))

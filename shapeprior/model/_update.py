@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .._provenance import sha256_file
-from ..align import procrustes
+from ..align import apply_many, procrustes, procrustes_many
 from ._build import (BuildParams, case_name, _job_fit, _job_surfaces, _map, find_image_for,
                      image_candidates, image_root, pair_images, rms_radius)
 from ._lineage import extend_lineage, lineage_of
@@ -83,13 +83,14 @@ def _pca_update(model: ShapeModel, Z, total_old):
     s = np.sqrt(lam)
     good = s > 1e-9 * max(float(s[0]), 1e-300)
     s, u = s[good], u[:, good]
-    vt = (u.T @ A) / s[:, None]
-    total = (total_old * (n_old - 1) + float(np.sum((Z - mu_b) ** 2))
+    # the rows of A for the new shapes hold Z - mu_b: its squared norm is their scatter
+    total = (total_old * (n_old - 1) + float(np.einsum("ij,ij->", A[-m - 1:-1], A[-m - 1:-1]))
              + float(shift @ shift)) / (n - 1)
     var = s ** 2 / (n - 1)
     keep = int(np.searchsorted(np.cumsum(var) / max(total, 1e-300), VAR_KEPT) + 1)
     keep = max(1, min(keep, len(var), n - 1))
-    return mean.reshape(-1, 3), vt[:keep], var[:keep], total
+    vt = (u[:, :keep].T @ A) / s[:keep, None]
+    return mean.reshape(-1, 3), vt, var[:keep], total
 
 
 def _dictionary_update(model: ShapeModel, aligned, n_sweeps):
@@ -98,31 +99,30 @@ def _dictionary_update(model: ShapeModel, aligned, n_sweeps):
     info = dict(model.metadata.get("dictionary_learning") or {})
     k = model.atoms.shape[0]
     dl = DictionaryLearner(k, int(info.get("n_nonzero", min(5, k))))
-    dl.components_ = model.atoms.reshape(k, -1).T.copy()
+    atoms = model.atoms.reshape(k, -1)
     if model.dictionary_state is not None:
-        dl.A_ = np.array(model.dictionary_state["A"], dtype=float)
-        dl.B_ = np.array(model.dictionary_state["B"], dtype=float)
+        A, B = model.dictionary_state["A"], model.dictionary_state["B"]
     else:   # a model from before the state was stored: code its shapes once
+        dl.atoms_ = atoms
         X = dl.transform(model.shapes).T
-        dl.A_ = X @ X.T
-        dl.B_ = model.shapes.reshape(model.n_shapes, -1).T @ X.T
-    dl.n_seen_ = int(info.get("n_seen", model.n_shapes))
+        A, B = X @ X.T, model.shapes.reshape(model.n_shapes, -1).T @ X.T
+    dl.set_state(atoms, A, B, int(info.get("n_seen", model.n_shapes)))
     # a dictionary started on fewer shapes than its requested size grows with them
     want = int(info.get("n_atoms_requested", k))
     if want > k:
         dl.grow(aligned, want - k)
     dl.partial_fit(aligned, n_sweeps=n_sweeps)
-    k = dl.components_.shape[1]
+    k = dl.atoms_.shape[0]
     info.update({"n_atoms": k, "n_nonzero": dl.n_nonzero, "n_seen": dl.n_seen_,
                  "online_updates": int(info.get("online_updates", 0)) + 1})
-    return dl.components_.T.reshape(k, -1, 3), {"A": dl.A_, "B": dl.B_}, info
+    return dl.atoms_.reshape(k, -1, 3), {"A": dl.A_, "B": dl.B_}, info
 
 
 def align_to_model(model: ShapeModel, shapes):
     """Shapes (M, N, 3) in correspondence, similarity-aligned onto the model mean
     (the model frame)."""
-    return np.stack([procrustes(v, model.mean).apply(v)
-                     for v in np.asarray(shapes, dtype=float)])
+    Y = np.asarray(shapes, dtype=float)
+    return apply_many(procrustes_many(Y, model.mean), Y)
 
 
 def extend_model(model: ShapeModel, shapes, ids=None, hashes=None, *, fov_centres=None,
