@@ -223,6 +223,7 @@ def test_template_from_a_sample_of_the_shapes(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args,msg", [
     (["--labels", "x"], "--labels"),
     (["--labels", "9"], "not present"),
+    (["--atoms", "1"], "n_atoms=1"),
 ])
 def test_cli_build_model_bad_input(tmp_path, capsys, args, msg):
     _ellipsoid_folder(tmp_path / "labels", n=3)

@@ -192,13 +192,16 @@ def _population(n, seed=0, n_points=300):
     return np.stack(out), faces
 
 
-def test_online_update_equals_a_batch_rebuild():
+@pytest.mark.parametrize("kind", ["shapes", "deviations"])
+def test_online_update_equals_a_batch_rebuild(kind):
     shapes, faces = _population(130)
     train, held = shapes[:100], shapes[100:]
-    online = model_from_shapes(train[:40], faces, n_atoms=12, n_nonzero=3)
+    online = model_from_shapes(train[:40], faces, n_atoms=12, n_nonzero=3,
+                               dictionary_kind=kind)
     for b in range(40, 100, 20):
         online = extend_model(online, train[b:b + 20])
-    batch = model_from_shapes(train, faces, n_atoms=12, n_nonzero=3)
+    batch = model_from_shapes(train, faces, n_atoms=12, n_nonzero=3, dictionary_kind=kind)
+    assert online.metadata["dictionary_learning"]["kind"] == kind
     assert online.n_shapes == batch.n_shapes == 100
     assert online.metadata["lineage"]["model_version"] == 4
     # the leading PCA subspace is the same (cosines of the principal angles)
@@ -220,16 +223,63 @@ def test_online_update_equals_a_batch_rebuild():
 
 def test_a_dictionary_started_on_few_shapes_grows_to_its_requested_size():
     shapes, faces = _population(60, seed=5)
-    m = model_from_shapes(shapes[:8], faces, n_atoms=20, n_nonzero=3)
-    assert m.atoms.shape[0] == 8
+    m = model_from_shapes(shapes[:8], faces, n_atoms=20, n_nonzero=3,
+                          dictionary_kind="deviations")
+    # the unit mean shape and one deviation atom per shape
+    assert m.atoms.shape[0] == 9 and m.dictionary_state["A"].shape == (8, 8)
+    np.testing.assert_allclose(m.atoms[0], m.mean / np.linalg.norm(m.mean), atol=1e-12)
     grown = extend_model(m, shapes[8:30])
-    assert grown.atoms.shape[0] == 20 and grown.dictionary_state["A"].shape == (20, 20)
+    assert grown.atoms.shape[0] == 20 and grown.dictionary_state["A"].shape == (19, 19)
+    # the centre the deviations are taken from stays put (the statistics refer to it)
+    np.testing.assert_array_equal(grown.atoms[0], m.atoms[0])
     norms = np.linalg.norm(grown.atoms.reshape(20, -1), axis=1)
     assert np.all((norms > 0.5) & (norms <= 1.0 + 1e-9)), norms
     held = shapes[30:40]
     err = [np.mean([_rms(reconstruct(y, mm, prior="dictionary").reconstruction, y)
                     for y in held]) for mm in (m, grown)]
     assert err[1] < err[0], err
+
+
+def test_a_model_with_raw_shape_atoms_still_updates_and_a_bad_record_is_refused(tmp_path):
+    """Models written before the centred dictionary keep atoms of the raw shapes and
+    no 'centre': they load and grow as before; a damaged record is refused."""
+    from shapeprior.model import DictionaryLearner, ModelFormatError, ShapeModel
+
+    shapes, faces = _population(50, seed=9)
+    m = model_from_shapes(shapes[:30], faces)
+    dl = DictionaryLearner(6, 2, n_iter=3, seed=0).fit(m.shapes)
+    meta = {**m.metadata, "dictionary_learning": {"n_atoms": 6, "n_atoms_requested": 6,
+                                                  "n_nonzero": 2, "n_seen": 30}}
+    old = ShapeModel(m.shapes, m.mean, m.faces, m.pca_components, m.pca_variances,
+                     dl.atoms_.reshape(6, -1, 3), meta, None, None,
+                     {"A": dl.A_, "B": dl.B_})
+    save_model(old, tmp_path / "old.npz")
+    old = load_model(tmp_path / "old.npz")
+    grown = extend_model(old, shapes[30:45])
+    assert grown.atoms.shape == (6, m.n_vertices, 3)
+    assert grown.dictionary_state["A"].shape == (6, 6)
+    assert not np.allclose(grown.atoms, old.atoms)
+    # the same update as the learner's own, on the aligned raw shapes
+    from shapeprior.model import align_to_model
+
+    dl.partial_fit(align_to_model(old, shapes[30:45]), n_sweeps=1)
+    np.testing.assert_allclose(grown.atoms.reshape(6, -1), dl.atoms_, atol=1e-10)
+    # a centred record without its centre's norm is refused at load, in one line
+    bad = model_from_shapes(shapes[:30], faces, n_atoms=5, n_nonzero=2,
+                            dictionary_kind="deviations")
+    bad.metadata["dictionary_learning"].pop("centre_norm")
+    save_model(bad, tmp_path / "bad.npz")
+    with pytest.raises(ModelFormatError, match="dictionary_learning"):
+        load_model(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="n_atoms=1"):
+        model_from_shapes(shapes[:30], faces, n_atoms=1)
+    # the raw-shape kind is the default, and grows the same way
+    raw = model_from_shapes(shapes[:30], faces, n_atoms=6, n_nonzero=2)
+    assert raw.metadata["dictionary_learning"]["kind"] == "shapes"
+    assert raw.atoms.shape[0] == 6 and raw.dictionary_state["A"].shape == (6, 6)
+    assert extend_model(raw, shapes[30:45]).dictionary_state["A"].shape == (6, 6)
+    with pytest.raises(ValueError, match="kind"):
+        model_from_shapes(shapes[:30], faces, n_atoms=6, dictionary_kind="pca")
 
 
 def test_pose_and_appearance_updates_equal_learning_from_all():

@@ -35,8 +35,14 @@ def main(argv):
                          "0 (default): every shape. 32 built the 180 KiTS maps 2.2x faster "
                          "(bench/results/build.json)")
     ap.add_argument("--atoms", type=int, default=0,
-                    help="also learn a K-SVD dictionary of this many atoms (default 0: none)")
+                    help="also learn a dictionary of this many atoms for --prior dictionary "
+                         "(default 0: none; otherwise at least 2)")
     ap.add_argument("--nonzero", type=int, default=5, help="K-SVD atoms per shape (default 5)")
+    ap.add_argument("--dictionary-kind", choices=("deviations", "shapes"), default="shapes",
+                    help="what the atoms code: shapes (default): atoms of the aligned "
+                         "shapes (robust to displaced patches); deviations: the mean shape "
+                         "and atoms of the deviations from it (closer on clean and partly "
+                         "missing shapes). bench/README.md compares them")
     ap.add_argument("--images", default=None,
                     help="training images: a folder (or an nnU-Net/MSD dataset folder with "
                          "imagesTr) holding each label map's image under the same relative "
@@ -77,7 +83,8 @@ def main(argv):
                              side=a.side, mirror_right=not a.no_mirror, n_vertices=a.vertices,
                              iso_spacing=a.iso_spacing, smooth_mm=a.smooth,
                              template_shapes=a.template_shapes, n_atoms=a.atoms,
-                             n_nonzero=a.nonzero, seed=a.random_state, n_jobs=max(1, a.jobs),
+                             n_nonzero=a.nonzero, dictionary_kind=a.dictionary_kind,
+                             seed=a.random_state, n_jobs=max(1, a.jobs),
                              images_dir=a.images, normalisation=a.normalisation,
                              allow_no_orientation=a.allow_no_orientation)
         model, report = build_model(files, params, root=root, progress=not a.quiet)

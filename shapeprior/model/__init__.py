@@ -2,7 +2,7 @@
 
 from ._build import (BuildParams, build_model, case_name, find_label_maps, label_root,
                      model_from_shapes, organ_radius, pair_images, surfaces_from_label_map)
-from ._dictlearn import DictionaryLearner
+from ._dictlearn import DictionaryLearner, learn_shape_dictionary, update_shape_dictionary
 from ._inspect import mode_shape, model_summary, vertex_sd
 from ._lineage import lineage_of
 from ._pose import PosePrior, fit_pose_prior
@@ -21,6 +21,7 @@ from ._model import (
 
 __all__ = ["ShapeModel", "save_model", "load_model", "ModelFormatError", "FORMAT_VERSION",
            "read_model_metadata", "pca_from_shapes", "pca_reconstruct", "DictionaryLearner",
+           "learn_shape_dictionary", "update_shape_dictionary",
            "BuildParams", "build_model", "find_label_maps", "surfaces_from_label_map",
            "PosePrior", "fit_pose_prior", "model_summary", "mode_shape", "vertex_sd",
            "label_root", "pair_images", "update_model", "extend_model", "rank_candidates",

@@ -66,7 +66,11 @@ class BuildParams:
         instead of 352
         (``bench/results/build.json``).
     n_atoms, n_nonzero : int
-        Learned K-SVD dictionary size (0: none) and atoms per shape.
+        Learned dictionary size (0: none, else >= 2) and learned atoms per shape.
+    dictionary_kind : {'deviations', 'shapes'}
+        What the atoms code: the aligned shapes themselves (default), or the
+        unit mean shape and K-SVD atoms of the deviations from it
+        (:func:`~shapeprior.model.learn_shape_dictionary`).
     seed : int
         Random state of the dictionary learning.
     n_jobs : int
@@ -94,6 +98,7 @@ class BuildParams:
     template_shapes: int = 0        # pass-1 shapes for the template (0: all)
     n_atoms: int = 0                # learned dictionary size (0: none)
     n_nonzero: int = 5
+    dictionary_kind: str = "shapes"
     seed: int = 0
     n_jobs: int = 1
     images_dir: str | None = None   # training images (same relative path or file name)
@@ -121,7 +126,11 @@ class BuildParams:
             raise ValueError(f"template_shapes={self.template_shapes} is invalid: expected 0 "
                              "(every shape) or at least 3")
         self.n_atoms = check_number("n_atoms", self.n_atoms, 0, integer=True)
+        if self.n_atoms == 1:
+            raise ValueError("n_atoms=1 is invalid: expected 0 (no dictionary) or at least 2 "
+                             "(the mean and one learned atom)")
         self.n_nonzero = check_number("n_nonzero", self.n_nonzero, 1, integer=True)
+        check_choice("dictionary_kind", self.dictionary_kind, ("deviations", "shapes"))
         self.seed = check_number("seed", self.seed, integer=True)
         self.n_jobs = check_number("n_jobs", self.n_jobs, 1, integer=True)
         self.profile_step = check_number("profile_step", self.profile_step, 0, low_open=True)
@@ -409,7 +418,8 @@ def _map(fn, items, n_jobs, desc, progress):
 
 
 def model_from_shapes(shapes, faces, *, n_atoms=0, n_nonzero=5, seed=0, fov_centres=None,
-                      ids=None, hashes=None, metadata=None) -> ShapeModel:
+                      ids=None, hashes=None, metadata=None,
+                      dictionary_kind="shapes") -> ShapeModel:
     """A model (without appearance) from shapes already in correspondence.
 
     GPA (similarity), PCA, an optional K-SVD dictionary, the pose prior (with
@@ -424,6 +434,8 @@ def model_from_shapes(shapes, faces, *, n_atoms=0, n_nonzero=5, seed=0, fov_cent
     faces : ndarray, shape (F, 3)
     n_atoms, n_nonzero, seed : int
         Dictionary size (0: none), atoms per shape, random state.
+    dictionary_kind : {'deviations', 'shapes'}
+        What the atoms code (:func:`learn_shape_dictionary`).
     fov_centres : sequence of ndarray (3,), optional
         Centre of each shape's field of view: learns the pose prior.
     ids, hashes : sequence of str, optional
@@ -437,15 +449,11 @@ def model_from_shapes(shapes, faces, *, n_atoms=0, n_nonzero=5, seed=0, fov_cent
     mean, comps, var = pca_from_shapes(gpa.aligned)
     atoms = dl_info = dl_state = None
     if n_atoms:
-        from ._dictlearn import DictionaryLearner
+        from ._dictlearn import learn_shape_dictionary
 
-        k = min(n_atoms, M)
-        dl = DictionaryLearner(k, min(n_nonzero, k), n_iter=10, seed=seed)
-        dl.fit(gpa.aligned)
-        atoms = dl.atoms_.reshape(k, -1, 3)
-        dl_state = {"A": dl.A_, "B": dl.B_}
-        dl_info = {"n_atoms": k, "n_atoms_requested": int(n_atoms), "n_nonzero": dl.n_nonzero,
-                   "relative_error": dl.error_, "n_seen": M}
+        atoms, dl_state, dl_info = learn_shape_dictionary(gpa.aligned, mean, n_atoms,
+                                                          n_nonzero, seed,
+                                                          kind=dictionary_kind)
     pose = None if fov_centres is None else fit_pose_prior(mean, shapes, fov_centres)
     ids = [f"shape_{i}" for i in range(M)] if ids is None else list(ids)
     hashes = [None] * M if hashes is None else list(hashes)
@@ -545,6 +553,7 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
         meta["surface_offset"] = offset
     model = model_from_shapes(np.stack([v for _, v in kept]), sf, n_atoms=params.n_atoms,
                               n_nonzero=params.n_nonzero, seed=params.seed,
+                              dictionary_kind=params.dictionary_kind,
                               fov_centres=[s["fov_centre"] for s, _ in kept], ids=ids,
                               hashes=[hashes[s["source"]] for s, _ in kept], metadata=meta)
     model.profile = profile

@@ -322,6 +322,16 @@ def _check_meta_types(meta, name):
             PosePrior.from_dict(pose)
         except ValueError:
             raise ModelFormatError(f"{name}: model metadata 'pose_prior' is malformed") from None
+    dl = meta.get("dictionary_learning")
+    if dl is not None:
+        try:
+            ok = isinstance(dl, dict) and (dl.get("centre") is None or (
+                dl["centre"] == "mean" and np.isfinite(float(dl["centre_norm"]))
+                and float(dl["centre_norm"]) > 0))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ModelFormatError(f"{name}: model metadata 'dictionary_learning' is malformed")
     app = meta.get("appearance")
     if app is not None:
         try:
@@ -381,9 +391,12 @@ def load_model(path) -> ShapeModel:
     if opt["atoms"] is not None and opt["atoms"].shape[1:] != (N, 3):
         bad.append(f"atoms {opt['atoms'].shape}")
     dA, dB = opt["dictionary_A"], opt["dictionary_B"]
+    # the statistics cover the learned atoms: all, or all but the mean of a centred one
+    learned = None if opt["atoms"] is None else opt["atoms"].shape[0] - (
+        1 if (meta.get("dictionary_learning") or {}).get("centre") == "mean" else 0)
     if (dA is None) != (dB is None) or (dA is not None and (
-            opt["atoms"] is None or dA.shape != (opt["atoms"].shape[0],) * 2
-            or dB.shape != (3 * N, opt["atoms"].shape[0]))):
+            opt["atoms"] is None or dA.shape != (learned,) * 2
+            or dB.shape != (3 * N, learned))):
         bad.append("dictionary state")
     pm, pv = opt["profile_mean"], opt["profile_var"]
     if (pm is None) != (pv is None) or (pm is not None and (

@@ -94,28 +94,18 @@ def _pca_update(model: ShapeModel, Z, total_old):
 
 
 def _dictionary_update(model: ShapeModel, aligned, n_sweeps):
-    from ._dictlearn import DictionaryLearner
+    from ._dictlearn import DictionaryLearner, update_shape_dictionary
 
     info = dict(model.metadata.get("dictionary_learning") or {})
-    k = model.atoms.shape[0]
-    dl = DictionaryLearner(k, int(info.get("n_nonzero", min(5, k))))
-    atoms = model.atoms.reshape(k, -1)
-    if model.dictionary_state is not None:
-        A, B = model.dictionary_state["A"], model.dictionary_state["B"]
-    else:   # a model from before the state was stored: code its shapes once
-        dl.atoms_ = atoms
+    info.setdefault("n_seen", model.n_shapes)
+    state = model.dictionary_state
+    if state is None:   # a model from before the state was stored: code its shapes once
+        k = model.atoms.shape[0]
+        dl = DictionaryLearner(k, int(info.get("n_nonzero", min(5, k))))
+        dl.atoms_ = model.atoms.reshape(k, -1)
         X = dl.transform(model.shapes).T
-        A, B = X @ X.T, model.shapes.reshape(model.n_shapes, -1).T @ X.T
-    dl.set_state(atoms, A, B, int(info.get("n_seen", model.n_shapes)))
-    # a dictionary started on fewer shapes than its requested size grows with them
-    want = int(info.get("n_atoms_requested", k))
-    if want > k:
-        dl.grow(aligned, want - k)
-    dl.partial_fit(aligned, n_sweeps=n_sweeps)
-    k = dl.atoms_.shape[0]
-    info.update({"n_atoms": k, "n_nonzero": dl.n_nonzero, "n_seen": dl.n_seen_,
-                 "online_updates": int(info.get("online_updates", 0)) + 1})
-    return dl.atoms_.reshape(k, -1, 3), {"A": dl.A_, "B": dl.B_}, info
+        state = {"A": X @ X.T, "B": model.shapes.reshape(model.n_shapes, -1).T @ X.T}
+    return update_shape_dictionary(model.atoms, state, info, aligned, n_sweeps)
 
 
 def align_to_model(model: ShapeModel, shapes):
