@@ -22,8 +22,9 @@ SUPPORTED_VERSIONS = (1,)
 #: prior 'auto' composes from the learned dictionary (when there is one) from this
 #: many training shapes on. Measured (bench/results/online_*.json, held-out shapes,
 #: mean error ratio over clean / 30 % displaced / 50 % missing): 1,150 adrenal shapes,
-#: 64 atoms: 0.99 (1.20 / 0.69 / 1.08) at 6-47x the speed; 280 kidneys, 128 atoms:
-#: 1.02 (1.03 / 0.99 / 1.03) at about 2x. Below this size the shapes stay the default.
+#: 64 raw-shape atoms (the default kind): 0.99 (1.20 / 0.69 / 1.08) at 6-47x the speed;
+#: 96 deviation atoms: 1.06 (1.01 / 1.09 / 1.09); 280 kidneys, 128 atoms: 1.02
+#: (1.03 / 0.99 / 1.03) at about 2x. Below this size the shapes stay the default.
 DICTIONARY_MIN_SHAPES = 1000
 PRIORS = ("auto", "shapes", "dictionary")
 
