@@ -407,6 +407,42 @@ def cost_only(a):
     return 0
 
 
+def speed_only(a):
+    """Per-solve time and error of each set's chosen dictionary, rebuilt on the whole
+    training set, vs full-repository SSC on the report half, alone on the machine
+    (the learning-curve runs may share it) -> results/online_speed.json."""
+    out = {"benchmark": "online learning: dictionary vs full repository, per solve",
+           "machine": machine(), "timing": "each solve timed once after one untimed warm-up solve per "
+           "dictionary and corruption, 24 held-out shapes per corruption; the dictionary "
+           "rebuilt on the whole training set", "sets": {}}
+    for name in a.sets:
+        ch = json.loads(Path(a.out.format(set=name)).read_text())["dictionary_choice"]["chosen"]
+        if name == "adrenal":
+            z = adrenal_shapes(a.n_jobs)
+            pool, faces = z["train"][z["train_ok"]], z["faces"]
+            held = z["val"][z["val_ok"]][1::2][:a.max_eval]
+        else:
+            pool, held, faces = kits_shapes()
+            held = held[1::2][:a.max_eval]
+        cases = corrupted(held, faces, a.seed + 1)
+        m = model_from_shapes(pool, faces, **_spec(ch), seed=a.seed)
+        for prior in ("dictionary", "shapes"):      # compile and warm the kernels first
+            for rows in cases.values():
+                sparse_shape_composition(rows[0][0], m.prior_dictionary(prior), rows[0][1])
+        dic = evaluate(m.prior_dictionary("dictionary"), held, cases)
+        full = evaluate(m.prior_dictionary("shapes"), held, cases)
+        out["sets"][name] = {"n_shapes": int(len(pool)), "dictionary": _spec(ch),
+                             "dictionary_errors": dic, "full_repository": full,
+                             "error_ratio": {c: dic[c]["mean_mm"] / full[c]["mean_mm"]
+                                             for c in CORRUPTIONS},
+                             "speedup": {c: full[c]["s_per_solve"] / dic[c]["s_per_solve"]
+                                         for c in CORRUPTIONS}}
+        print(f"{name}: {out['sets'][name]['error_ratio']} {out['sets'][name]['speedup']}",
+              flush=True)
+    print(f"wrote {write_json(HERE / 'results' / 'online_speed.json', out)}")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", nargs="+", default=["adrenal", "kits"])
@@ -426,6 +462,10 @@ def main(argv=None):
     ap.add_argument("--cost-only", type=int, default=0, metavar="STEPS",
                     help="only time the first STEPS updates against their rebuilds (best of "
                          "5 each) and write results/online_cost.json")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="only time each set's chosen dictionary (rebuilt on the whole "
+                         "training set) against the full repository on the report half "
+                         "and write results/online_speed.json")
     ap.add_argument("--out", default=str(HERE / "results" / "online_{set}.json"),
                     help="result file per set ({set} is replaced by its name)")
     a = ap.parse_args(argv)
@@ -436,6 +476,8 @@ def main(argv=None):
     root = data_root()
     if a.cost_only:
         return cost_only(a)
+    if a.speed_only:
+        return speed_only(a)
     header = {"benchmark": "online learning", "machine": machine(), "batch": BATCH,
               "corruptions": {k: {"displaced_fraction": g, "missing_fraction": m}
                               for k, (g, m) in CORRUPTIONS.items()},
