@@ -387,18 +387,25 @@ def plot(paths, out):
     return out
 
 
+def _chosen_and_data(name, a):
+    """A set's chosen dictionary (from its result file), training shapes, faces and
+    report half of the held-out shapes."""
+    ch = json.loads(Path(a.out.format(set=name)).read_text())["dictionary_choice"]["chosen"]
+    if name == "adrenal":
+        z = adrenal_shapes(a.n_jobs)
+        pool, faces, held = z["train"][z["train_ok"]], z["faces"], z["val"][z["val_ok"]]
+    else:
+        pool, held, faces = kits_shapes()
+    return ch, pool, faces, held[1::2][:a.max_eval]
+
+
 def cost_only(a):
     """The cost rows alone: update vs rebuild with each set's chosen dictionary."""
     out = {"benchmark": "online learning: update cost", "machine": machine(), "batch": BATCH,
            "timing": "best of 5 per step (interleaved); the correspondence fit, the same for both, is "
                      "excluded", "sets": {}}
     for name in a.sets:
-        ch = json.loads(Path(a.out.format(set=name)).read_text())["dictionary_choice"]["chosen"]
-        if name == "adrenal":
-            z = adrenal_shapes(a.n_jobs)
-            pool, faces = z["train"][z["train_ok"]], z["faces"]
-        else:
-            pool, _, faces = kits_shapes()
+        ch, pool, faces, _ = _chosen_and_data(name, a)
         print(f"{name}: {_spec(ch)}", flush=True)
         order = np.random.default_rng(a.seed).permutation(len(pool))
         out["sets"][name] = {"dictionary": ch, "steps": cost_curve(
@@ -416,14 +423,7 @@ def speed_only(a):
            "dictionary and corruption, 24 held-out shapes per corruption; the dictionary "
            "rebuilt on the whole training set", "sets": {}}
     for name in a.sets:
-        ch = json.loads(Path(a.out.format(set=name)).read_text())["dictionary_choice"]["chosen"]
-        if name == "adrenal":
-            z = adrenal_shapes(a.n_jobs)
-            pool, faces = z["train"][z["train_ok"]], z["faces"]
-            held = z["val"][z["val_ok"]][1::2][:a.max_eval]
-        else:
-            pool, held, faces = kits_shapes()
-            held = held[1::2][:a.max_eval]
+        ch, pool, faces, held = _chosen_and_data(name, a)
         cases = corrupted(held, faces, a.seed + 1)
         m = model_from_shapes(pool, faces, **_spec(ch), seed=a.seed)
         for prior in ("dictionary", "shapes"):      # compile and warm the kernels first

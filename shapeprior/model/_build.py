@@ -130,7 +130,9 @@ class BuildParams:
             raise ValueError("n_atoms=1 is invalid: expected 0 (no dictionary) or at least 2 "
                              "(the mean and one learned atom)")
         self.n_nonzero = check_number("n_nonzero", self.n_nonzero, 1, integer=True)
-        check_choice("dictionary_kind", self.dictionary_kind, ("deviations", "shapes"))
+        from ._dictlearn import DICTIONARY_KINDS
+
+        check_choice("dictionary_kind", self.dictionary_kind, DICTIONARY_KINDS)
         self.seed = check_number("seed", self.seed, integer=True)
         self.n_jobs = check_number("n_jobs", self.n_jobs, 1, integer=True)
         self.profile_step = check_number("profile_step", self.profile_step, 0, low_open=True)

@@ -266,21 +266,24 @@ def learn_shape_dictionary(aligned, mean, n_atoms, n_nonzero, seed=0, n_iter=10,
     if n_atoms < 2:
         raise ValueError(f"n_atoms={n_atoms} is invalid: a shape dictionary needs at least 2 "
                          "atoms")
-    if kind == "shapes":
-        k = min(n_atoms, M)
-        dl = DictionaryLearner(k, min(n_nonzero, k), n_iter=n_iter, seed=seed).fit(aligned)
-        info = {"n_atoms": k, "n_atoms_requested": int(n_atoms), "n_nonzero": dl.n_nonzero,
-                "relative_error": dl.error_, "n_seen": M, "kind": "shapes"}
-        return dl.atoms_.reshape(k, -1, 3), {"A": dl.A_, "B": dl.B_}, info
-    k = min(n_atoms - 1, M)
+    centred = kind == "deviations"
+    k = min(n_atoms - 1 if centred else n_atoms, M)
     dl = DictionaryLearner(k, min(n_nonzero, k), n_iter=n_iter, seed=seed)
-    dl.fit(aligned - mean)
-    norm = float(np.linalg.norm(mean))
-    atoms = np.concatenate([(mean / norm).reshape(1, -1), dl.atoms_]).reshape(k + 1, -1, 3)
-    info = {"n_atoms": k + 1, "n_atoms_requested": int(n_atoms), "n_nonzero": dl.n_nonzero,
-            "relative_error": dl.error_, "n_seen": M, "kind": "deviations",
-            "centre": CENTRE_MEAN, "centre_norm": norm}
-    return atoms, {"A": dl.A_, "B": dl.B_}, info
+    dl.fit(aligned - mean if centred else aligned)
+    info = {"n_atoms": k, "n_atoms_requested": int(n_atoms), "n_nonzero": dl.n_nonzero,
+            "relative_error": dl.error_, "n_seen": M, "kind": kind}
+    atoms = dl.atoms_
+    if centred:
+        norm = float(np.linalg.norm(mean))
+        atoms = np.concatenate([(mean / norm).reshape(1, -1), atoms])
+        info.update({"n_atoms": k + 1, "centre": CENTRE_MEAN, "centre_norm": norm})
+    return atoms.reshape(len(atoms), -1, 3), {"A": dl.A_, "B": dl.B_}, info
+
+
+def is_centred(info) -> bool:
+    """Whether a ``dictionary_learning`` record describes a dictionary whose first
+    atom is the unit mean shape (kept out of the online statistics)."""
+    return isinstance(info, dict) and info.get("centre") == CENTRE_MEAN
 
 
 def update_shape_dictionary(atoms, state, info, aligned, n_sweeps=1):
@@ -296,7 +299,7 @@ def update_shape_dictionary(atoms, state, info, aligned, n_sweeps=1):
     """
     info = dict(info or {})
     K = atoms.shape[0]
-    centred = info.get("centre") == CENTRE_MEAN
+    centred = is_centred(info)
     Y = np.asarray(aligned, dtype=float).reshape(len(aligned), -1)
     flat = atoms.reshape(K, -1)
     if centred:

@@ -14,6 +14,7 @@ import numpy as np
 from ..align import procrustes
 from ..appearance import ProfileModel
 from ..io import available_memory
+from ._dictlearn import is_centred
 from ._pose import PosePrior
 
 FORMAT = "shapeprior-shape-model"
@@ -327,7 +328,7 @@ def _check_meta_types(meta, name):
     if dl is not None:
         try:
             ok = isinstance(dl, dict) and (dl.get("centre") is None or (
-                dl["centre"] == "mean" and np.isfinite(float(dl["centre_norm"]))
+                is_centred(dl) and np.isfinite(float(dl["centre_norm"]))
                 and float(dl["centre_norm"]) > 0))
         except (KeyError, TypeError, ValueError):
             ok = False
@@ -394,7 +395,7 @@ def load_model(path) -> ShapeModel:
     dA, dB = opt["dictionary_A"], opt["dictionary_B"]
     # the statistics cover the learned atoms: all, or all but the mean of a centred one
     learned = None if opt["atoms"] is None else opt["atoms"].shape[0] - (
-        1 if (meta.get("dictionary_learning") or {}).get("centre") == "mean" else 0)
+        1 if is_centred(meta.get("dictionary_learning")) else 0)
     if (dA is None) != (dB is None) or (dA is not None and (
             opt["atoms"] is None or dA.shape != (learned,) * 2
             or dB.shape != (3 * N, learned))):
