@@ -96,7 +96,7 @@ def gram_lasso_numpy(H, b, lam, x0=None, tol=1e-10, max_iter=2000):
 
 if numba is not None:
 
-    @numba.njit(cache=True)
+    @numba.njit(cache=True, nogil=True)
     def _fss_numba(H, b, lam, x, tol, max_iter):  # pragma: no cover - jitted
         K = b.shape[0]
         ridge = 0.0

@@ -18,15 +18,18 @@ Twins:
 * :func:`huber_lasso_numpy`: the reference, array code for any namespace
   (NumPy in CI, CuPy on a GPU);
 * :func:`huber_lasso_numba`: the whole Newton loop compiled, for the CPU hot
-  path. The working set's columns are copied once per working set into a
-  compact C-order block (residuals, Hessian and right-hand side read it row by
-  row, in cache), the KKT gradient reads the outlier rows of ``D`` (C order)
-  in place, and the columns of ``D^T W D`` it lacks are filled by one BLAS
-  product over ``D`` (Fortran order).
+  path, and releasing the GIL (threads solve different shapes at once). It
+  copies nothing per working set: the working set's columns are read in
+  place, each a contiguous column of ``D`` in Fortran order (residuals skip
+  the zero coefficients; the Hessian and right-hand side gather the outlier
+  rows column by column), the KKT gradient reads the outlier rows of ``D`` (C
+  order) in place, and the columns of ``D^T W D`` it lacks are filled by one
+  BLAS product over ``D`` (Fortran order).
 
 Both fill the missing columns of the weighted Gram they are given (``known``
 marks the filled ones), accept the working set's columns from the caller
-(``DS0``), and return ``(x, r, kkt, n_iter, converged)``:
+(``DS0``; the reference uses them, the Numba twin has no need), and return
+``(x, r, kkt, n_iter, converged)``:
 the coefficients (K,), the residual ``z - D x`` (n,), the relative KKT
 violation of the full problem, the Newton iterations and whether the KKT
 conditions hold to ``1e3 * tol``.
@@ -261,7 +264,7 @@ def _mm_step_xp(F, GW, DS, S, xS, r, c, w, tau, l1, f_cur, tol, xp):
 if numba is not None:
     from .gram_lasso import _fss_numba
 
-    @numba.njit(cache=True)
+    @numba.njit(cache=True, nogil=True)
     def _fill_columns_nb(GW, known, DF, w, S):  # pragma: no cover - jitted
         """The columns of ``D^T W D`` in S that ``known`` lacks, in one BLAS
         product over D (in place; rows too, by symmetry)."""
@@ -291,7 +294,7 @@ if numba is not None:
                 GW[k, i] = G[i, q]
             known[k] = True
 
-    @numba.njit(cache=True)
+    @numba.njit(cache=True, nogil=True)
     def _huber_nb(r, w, tau, l2):  # pragma: no cover - jitted
         s = 0.0
         for j in range(r.shape[0]):
@@ -302,39 +305,28 @@ if numba is not None:
                 s += l2[j] * a - 0.5 * l2[j] * tau[j]
         return s
 
-    @numba.njit(cache=True)
+    @numba.njit(cache=True, nogil=True)
     def _objective_nb(xS, r, w, tau, l1, l2):  # pragma: no cover - jitted
         s = 0.0
         for p in range(xS.shape[0]):
             s += abs(xS[p])
         return _huber_nb(r, w, tau, l2) + l1 * s
 
-    @numba.njit(cache=True)
-    def _columns_nb(DF, S):  # pragma: no cover - jitted
-        """The working set's columns as a compact (n, |S|) C-order block: the
-        Newton steps read it row by row (outlier rows) and stay in cache."""
-        n = DF.shape[0]
-        s = S.shape[0]
-        DS = np.empty((n, s))
-        B = 256                    # a block of rows of DS stays in cache while
-        for j0 in range(0, n, B):  # each column segment of DF is copied in
-            j1 = min(n, j0 + B)
-            for p in range(s):
-                k = S[p]
-                for j in range(j0, j1):
-                    DS[j, p] = DF[j, k]
-        return DS
-
-    @numba.njit(cache=True)
-    def _residual_nb(z, DS, xS, r):  # pragma: no cover - jitted
-        n, s = DS.shape
+    @numba.njit(cache=True, nogil=True)
+    def _residual_nb(z, DT, S, xS, r):  # pragma: no cover - jitted
+        """``r = z - D[:, S] xS``, one contiguous column of D (a row of DT) per
+        nonzero coefficient."""
+        n = z.shape[0]
         for j in range(n):
-            acc = z[j]
-            for p in range(s):
-                acc -= DS[j, p] * xS[p]
-            r[j] = acc
+            r[j] = z[j]
+        for p in range(S.shape[0]):
+            v = xS[p]
+            if v != 0.0:
+                col = DT[S[p]]
+                for j in range(n):
+                    r[j] -= col[j] * v
 
-    @numba.njit(cache=True)
+    @numba.njit(cache=True, nogil=True)
     def _rows_nb(r, tau):  # pragma: no cover - jitted
         m = 0
         for j in range(r.shape[0]):
@@ -348,28 +340,29 @@ if numba is not None:
                 m += 1
         return rows
 
-    @numba.njit(cache=True)
-    def _rank_update_nb(H, DS, w, rows, sign):  # pragma: no cover - jitted
-        """H += sign * sum_j w_j DS[j] DS[j]^T over ``rows`` (gathered in
-        blocks so that the product runs in BLAS)."""
-        s = DS.shape[1]
+    @numba.njit(cache=True, nogil=True)
+    def _rank_update_nb(H, DT, S, w, rows, sign):  # pragma: no cover - jitted
+        """H += sign * sum_j w_j D[j, S] D[j, S]^T over ``rows`` (gathered in
+        blocks, column by column, so that the product runs in BLAS)."""
+        s = S.shape[0]
         if s == 0 or rows.shape[0] == 0:
             return
         B = 512
         for b0 in range(0, rows.shape[0], B):
             b1 = min(rows.shape[0], b0 + B)
-            A = np.empty((b1 - b0, s))
-            WA = np.empty((b1 - b0, s))
-            for i in range(b1 - b0):
-                j = rows[b0 + i]
-                for p in range(s):
-                    v = DS[j, p]
-                    A[i, p] = v
-                    WA[i, p] = w[j] * v
-            H += sign * (A.T @ WA)
+            A = np.empty((s, b1 - b0))
+            WA = np.empty((s, b1 - b0))
+            for p in range(s):
+                col = DT[S[p]]
+                for i in range(b1 - b0):
+                    j = rows[b0 + i]
+                    v = col[j]
+                    A[p, i] = v
+                    WA[p, i] = w[j] * v
+            H += sign * (A @ WA.T)
 
-    @numba.njit(cache=True)
-    def _hessian_nb(GW, DS, S, w, r, tau):  # pragma: no cover - jitted
+    @numba.njit(cache=True, nogil=True)
+    def _hessian_nb(GW, DT, S, w, r, tau):  # pragma: no cover - jitted
         s = S.shape[0]
         n = r.shape[0]
         rows = _rows_nb(r, tau)
@@ -378,7 +371,7 @@ if numba is not None:
             for p in range(s):
                 for q in range(s):
                     H[p, q] = GW[S[p], S[q]]
-            _rank_update_nb(H, DS, w, rows, -1.0)
+            _rank_update_nb(H, DT, S, w, rows, -1.0)
         else:
             inl = np.empty(n - rows.shape[0], dtype=np.int64)
             m = 0
@@ -387,23 +380,27 @@ if numba is not None:
                     inl[m] = j
                     m += 1
             H = np.zeros((s, s))
-            _rank_update_nb(H, DS, w, inl, 1.0)
+            _rank_update_nb(H, DT, S, w, inl, 1.0)
         return H
 
-    @numba.njit(cache=True)
-    def _newton_rhs_nb(c, DS, S, w, z, r, tau, l2, rows):  # pragma: no cover - jitted
+    @numba.njit(cache=True, nogil=True)
+    def _newton_rhs_nb(c, DT, S, w, z, r, tau, l2, rows):  # pragma: no cover - jitted
         s = S.shape[0]
+        m = rows.shape[0]
+        v = np.empty(m)
+        for i in range(m):
+            j = rows[i]
+            v[i] = w[j] * z[j] - l2[j] * np.sign(r[j])
         b = np.empty(s)
         for p in range(s):
-            b[p] = c[S[p]]
-        for i in range(rows.shape[0]):
-            j = rows[i]
-            v = w[j] * z[j] - l2[j] * np.sign(r[j])
-            for p in range(s):
-                b[p] -= DS[j, p] * v
+            col = DT[S[p]]
+            acc = c[S[p]]
+            for i in range(m):
+                acc -= col[rows[i]] * v[i]
+            b[p] = acc
         return b
 
-    @numba.njit(cache=True)
+    @numba.njit(cache=True, nogil=True)
     def _gradient_nb(D, DF, GW, c, S, xS, r, w, tau, l2):  # pragma: no cover - jitted
         n, K = DF.shape
         rows = _rows_nb(r, tau)
@@ -429,7 +426,7 @@ if numba is not None:
                 g[k] += D[j, k] * v
         return g
 
-    @numba.njit(cache=True)
+    @numba.njit(cache=True, nogil=True)
     def _kkt_nb(g, S, xS, l1, scale):  # pragma: no cover - jitted
         K = g.shape[0]
         inS = np.zeros(K, dtype=np.bool_)
@@ -445,7 +442,7 @@ if numba is not None:
                 viol = max(viol, abs(g[k]) - l1)
         return max(viol, 0.0) / scale, inS
 
-    @numba.njit(cache=True)
+    @numba.njit(cache=True, nogil=True)
     def _same_status_nb(rn, r_rows_sign, O, rows, tau):  # pragma: no cover - jitted
         for j in range(rn.shape[0]):
             if (abs(rn[j]) > tau[j]) != O[j]:
@@ -455,32 +452,35 @@ if numba is not None:
                 return False
         return True
 
-    @numba.njit(cache=True)
-    def _mm_step_nb(GW, DS, S, xS, r, c, z, w, tau, l1, l2, f_cur, tol):  # pragma: no cover
+    @numba.njit(cache=True, nogil=True)
+    def _mm_step_nb(GW, DT, S, xS, r, c, z, w, tau, l1, l2, f_cur, tol):  # pragma: no cover
         s = S.shape[0]
         Hs = np.empty((s, s))
         b = np.empty(s)
         for p in range(s):
             for q in range(s):
                 Hs[p, q] = GW[S[p], S[q]]
-            b[p] = c[S[p]]
+        we = np.empty(r.shape[0])
         for j in range(r.shape[0]):
             a = abs(r[j])
-            if a > tau[j]:
-                we = w[j] * np.sign(r[j]) * (a - tau[j])
-                for p in range(s):
-                    b[p] -= DS[j, p] * we
+            we[j] = w[j] * np.sign(r[j]) * (a - tau[j]) if a > tau[j] else 0.0
+        for p in range(s):
+            col = DT[S[p]]
+            acc = c[S[p]]
+            for j in range(r.shape[0]):
+                acc -= col[j] * we[j]
+            b[p] = acc
         xn, _ = _fss_numba(Hs, b, l1, xS.copy(), tol, 2000)
         rn = np.empty(r.shape[0])
-        _residual_nb(z, DS, xn, rn)
+        _residual_nb(z, DT, S, xn, rn)
         fn = _objective_nb(xn, rn, w, tau, l1, l2)
         if fn > f_cur:
             return xS, r, f_cur
         return xn, rn, fn
 
-    @numba.njit(cache=True)
+    @numba.njit(cache=True, nogil=True)
     def _huber_lasso_nb(D, DF, GW, known, c, z, w, l1, l2, x, cold, tol, max_iter,
-                        max_add, DS0):  # pragma: no cover - jitted
+                        max_add):  # pragma: no cover - jitted
         n, K = D.shape
         tau = np.empty(n)
         for j in range(n):
@@ -495,12 +495,9 @@ if numba is not None:
         for p in range(S.shape[0]):
             xS[p] = x[S[p]]
         _fill_columns_nb(GW, known, DF, w, S)
-        if not cold and DS0.shape[0] == n and DS0.shape[1] == S.shape[0]:
-            DS = DS0
-        else:
-            DS = _columns_nb(DF, S)
+        DT = DF.T                  # (K, n), C order: column k of D is DT[k]
         r = np.empty(n)
-        _residual_nb(z, DS, xS, r)
+        _residual_nb(z, DT, S, xS, r)
         f_cur = _objective_nb(xS, r, w, tau, l1, l2)
         H = np.empty((0, 0))
         have_H = False
@@ -518,7 +515,7 @@ if numba is not None:
             for i in range(rows.shape[0]):
                 sigma[i] = np.sign(r[rows[i]])
             if not have_H:
-                H = _hessian_nb(GW, DS, S, w, r, tau)
+                H = _hessian_nb(GW, DT, S, w, r, tau)
                 have_H = True
             else:
                 na = 0
@@ -539,22 +536,22 @@ if numba is not None:
                     elif O_prev[j] and not O[j]:
                         rem[nr] = j
                         nr += 1
-                _rank_update_nb(H, DS, w, add, -1.0)
-                _rank_update_nb(H, DS, w, rem, 1.0)
+                _rank_update_nb(H, DT, S, w, add, -1.0)
+                _rank_update_nb(H, DT, S, w, rem, 1.0)
             O_prev[:] = O
-            b = _newton_rhs_nb(c, DS, S, w, z, r, tau, l2, rows)
+            b = _newton_rhs_nb(c, DT, S, w, z, r, tau, l2, rows)
             curv = False
             for p in range(S.shape[0]):
                 if H[p, p] > 0:
                     curv = True
                     break
             if not curv:
-                xn, rn2, fn = _mm_step_nb(GW, DS, S, xS, r, c, z, w, tau, l1, l2, f_cur, tol)
+                xn, rn2, fn = _mm_step_nb(GW, DT, S, xS, r, c, z, w, tau, l1, l2, f_cur, tol)
                 rn = rn2.copy()
                 full_step = False
             else:
                 xn, _ = _fss_numba(H, b, l1, xS.copy(), tol, 2000)
-                _residual_nb(z, DS, xn, rn)
+                _residual_nb(z, DT, S, xn, rn)
                 fn = _objective_nb(xn, rn, w, tau, l1, l2)
                 full_step = fn <= f_cur
             if not full_step and fn > f_cur:
@@ -573,7 +570,7 @@ if numba is not None:
                         break
                     t *= 0.5
                 if not found:
-                    xn, rn2, fn = _mm_step_nb(GW, DS, S, xS, r, c, z, w, tau, l1, l2, f_cur,
+                    xn, rn2, fn = _mm_step_nb(GW, DT, S, xS, r, c, z, w, tau, l1, l2, f_cur,
                                               tol)
                     rn = rn2.copy()
             same = _same_status_nb(rn, sigma, O, rows, tau)
@@ -611,7 +608,6 @@ if numba is not None:
                 x_new[pos[p]] = xS[p]
             S, xS = S_new, x_new
             _fill_columns_nb(GW, known, DF, w, S)
-            DS = _columns_nb(DF, S)
             have_H = False
         x = np.zeros(K)
         for p in range(S.shape[0]):
@@ -628,7 +624,8 @@ if numba is not None:
 
 def huber_lasso_numba(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max_iter=100,
                       max_add=32, DS0=None):
-    """Numba twin of :func:`huber_lasso_numpy` (same arguments and results)."""
+    """Numba twin of :func:`huber_lasso_numpy` (same arguments and results;
+    ``DS0`` is accepted and not needed: the columns are read in place)."""
     if numba is None:  # pragma: no cover
         raise RuntimeError("numba is not installed")
     D = np.ascontiguousarray(D, dtype=np.float64)
@@ -643,6 +640,5 @@ def huber_lasso_numba(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max
     x, r, kkt, it, conv = _huber_lasso_nb(
         D, DF, GW, known, np.asarray(c, dtype=np.float64),
         np.asarray(z, dtype=np.float64), np.asarray(w, dtype=np.float64), float(l1), l2, x,
-        cold, float(tol), int(max_iter), int(max_add),
-        np.empty((0, 0)) if DS0 is None else np.ascontiguousarray(DS0, dtype=np.float64))
+        cold, float(tol), int(max_iter), int(max_add))
     return x, r, float(kkt), int(it), bool(conv)

@@ -232,12 +232,13 @@ def reconstruct_many(shapes, model, *, weights=None, prior="auto", method="l1", 
     prior : {'auto', 'shapes', 'dictionary'}
     method : {'l1', 'l0'}
     n_jobs : int
-        Worker processes (-1: every core); each shape's result is the same
-        whatever the number (to rounding).
+        Parallel workers (-1: every core): threads of this process, or worker
+        processes with ``executor='processes'`` (passed on in ``options``);
+        each shape's result is the same whatever the number (to rounding).
     progress : bool
         A progress bar over shapes.
     client : dask.distributed.Client, optional
-        Solve on a dask cluster instead of local processes.
+        Solve on a dask cluster instead of this machine.
     **options
         Passed to :func:`~shapeprior.ssc.sparse_shape_composition` (e.g.
         ``refit=0.03`` with ``method='l0'``).

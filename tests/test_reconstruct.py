@@ -44,14 +44,18 @@ def _same(a, b):
     assert a.n_align_iter == b.n_align_iter
 
 
-@pytest.mark.parametrize("n_jobs", [1, 2])
-@pytest.mark.parametrize("options", [{"method": "l1"}, {"method": "l0", "refit": 0.1}])
-def test_many_equals_the_single_solves(population, n_jobs, options):
+@pytest.mark.parametrize("n_jobs,executor", [(1, "threads"), (2, "threads"),
+                                             (2, "processes")])
+@pytest.mark.parametrize("options", [{"method": "l1"}, {"method": "l0", "refit": 0.1},
+                                     {"method": "l1", "alignment": "none"}])
+def test_many_equals_the_single_solves(population, n_jobs, executor, options):
     train, _, obs, _ = population
     dic = ShapeDictionary(train)
     w = np.ones((len(obs), N))
     w[2, :20] = 0.0                                     # one shape with missing vertices
-    many = sparse_shape_composition_many(obs, dic, w, n_jobs=n_jobs, chunk_size=2, **options)
+    w[4] = np.linspace(0.2, 1.0, N)                     # and one with graded confidence
+    many = sparse_shape_composition_many(obs, dic, w, n_jobs=n_jobs, chunk_size=2,
+                                         executor=executor, **options)
     assert len(many) == len(obs)
     for y, wi, r in zip(obs, w, many):
         _same(r, sparse_shape_composition(y, dic, wi, **options))
@@ -71,6 +75,8 @@ def test_many_checks_its_inputs(population):
         sparse_shape_composition_many(obs, dic, n_jobs=0)
     with pytest.raises(ValueError, match="chunk_size"):
         sparse_shape_composition_many(obs, dic, chunk_size=0)
+    with pytest.raises(ValueError, match="executor='fork'.*'threads', 'processes'"):
+        sparse_shape_composition_many(obs, dic, n_jobs=2, executor="fork")
     with pytest.raises(ValueError, match=r"weights has shape \(3, 162\)"):
         sparse_shape_composition_many(obs, dic, np.ones((3, N)))
     with pytest.raises(ValueError, match="method"):     # the single solver's own message

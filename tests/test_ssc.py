@@ -310,6 +310,39 @@ def test_correlation_from_moments_equals_the_direct_product(kind):
     assert np.allclose(c, direct, rtol=1e-11, atol=1e-11 * np.abs(direct).max())
 
 
+def test_prepared_passes_equal_the_single_ones_and_views_keep_their_own():
+    """One matrix product over D for many shapes (``prepare``) gives each
+    shape's moments and D^T W y as its own pass does; a result is found by
+    content (other weights miss), the next ``prepare`` replaces the store,
+    and a view shares D but neither the store nor the solver's caches."""
+    p = make_ssc_problem(300, 25, seed=4)
+    dic = ShapeDictionary(p.atoms)
+    rng = np.random.default_rng(2)
+    ys = [p.observed + rng.normal(0, 1, p.observed.shape) for _ in range(3)]
+    s2 = [rng.uniform(0, 1, len(p.observed)) ** 2 for _ in range(3)]
+    plain_m = [dic.moments(y, w) for y, w in zip(ys, s2)]
+    plain_c = [dic.correlation_aligned(y, w) for y, w in zip(ys, s2)]
+    assert np.allclose(plain_c[1], dic.DF.T @ (np.repeat(s2[1], 3) * ys[1].ravel()),
+                       rtol=1e-12, atol=1e-12 * np.abs(plain_c[1]).max())
+    view = dic.view()
+    for aligned, plain, get in ((False, plain_m, dic.moments),
+                                (True, plain_c, dic.correlation_aligned)):
+        dic.prepare(ys, s2, aligned)
+        for y, w, ref in zip(ys, s2, plain):
+            got = get(y, w)
+            assert got.shape == ref.shape and got.flags.c_contiguous
+            assert np.allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+            assert got is get(y, w)                         # stored, not recomputed
+        assert get(ys[0], s2[1]) is not get(ys[0], s2[1])   # other weights: computed
+        assert view._prepared == {}
+    dic.prepare(ys[:1], s2[:1], True)
+    assert dic.moments(ys[0], s2[0]) is not dic.moments(ys[0], s2[0])
+    assert view.D is dic.D and view.gram is dic.gram
+    sol = sparse_shape_composition(ys[0], view, np.sqrt(s2[0]), alignment="none")
+    assert sol.converged and (view._wkey, view._pkey) != (None, None)
+    assert (dic._wkey, dic._pkey) == (None, None)
+
+
 def test_transform0_starts_the_rounds_at_a_given_alignment():
     """Started from its own converged alignment (and its penalties: 'auto'
     ones depend on the first round's alignment), SSC stops after the first

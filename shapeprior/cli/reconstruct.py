@@ -31,7 +31,7 @@ def main(argv):
                          "of lambda1, e.g. 0.03 with --method l0 (the most accurate on "
                          "held-out KiTS kidneys; see bench/README.md)")
     ap.add_argument("--jobs", type=int, default=1,
-                    help="worker processes (-1: every core; default 1)")
+                    help="parallel solver threads (-1: every core; default 1)")
     ap.add_argument("--scheduler", default=None,
                     help="address of a dask.distributed scheduler to solve on instead")
     add_mesh_format(ap)

@@ -180,8 +180,8 @@ def _auto_lambda2(dic, z, w, lam1, x0, c):
         if sol is None:
             x, _ = _lasso_fn(dic)(dic.weighted_gram(w), c, 0.5 * lam1)
             r = z - dic.matvec(x)
-        else:
-            r = sol.residual
+        else:               # the second round starts from the first's optimum
+            r, x0 = sol.residual, sol.x
         sigma = max(_robust_sigma(r, w, xp), SIGMA_FLOOR * _size(z, xp))
         lam2 = 2.0 * OUTLIER_SIGMAS * sigma * wmax
         sol = solve_l1(dic, z, w, lam1, lam2, x0=x0, c=c)
@@ -348,8 +348,12 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     else:
         beta = procrustes(y, dic.mean, w_align, kind=alignment)
     size = max(float(np.sqrt(np.sum((dic.mean - dic.mean.mean(0)) ** 2))), 1e-12)
-    # D^T W z of every round from one pass over D (z is linear in y)
-    moments = dic.moments(y, w_align) if method == "l1" else None
+    # D^T W z of every round from one pass over D (z is linear in y); without
+    # alignment the one round needs only D^T W y (one column instead of twelve)
+    moments = None
+    if method == "l1":
+        moments = dic.correlation_aligned(y, w_align) if alignment == "none" \
+            else dic.moments(y, w_align)
     lam1, lam2 = lambda1, lambda2
     sol = None
     l0_prev = None
@@ -409,7 +413,9 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
 
 
 def _corr(dic, moments, beta):
-    return None if moments is None else dic.correlation(moments, beta)
+    if moments is None or moments.ndim == 1:    # none, or already D^T W z (no alignment)
+        return moments
+    return dic.correlation(moments, beta)
 
 
 def _compose(dic, x):

@@ -56,6 +56,7 @@ class ShapeDictionary:
         self._pkey = None
         self._partial = None
         self._cols = (None, None)
+        self._prepared = {}
 
     @property
     def n_rows(self) -> int:
@@ -93,6 +94,66 @@ class ShapeDictionary:
             self._wkey, self._wgram = key, G
         return self._wgram
 
+    def prepare(self, shapes, s2, aligned):
+        """Make the one pass over D that each SSC call starts with for many
+        shapes at once (a matrix product reads D once for all of them, where
+        one call per shape reads it once each: on a machine whose caches
+        cannot hold D, that pass is bound by memory bandwidth).
+
+        Parameters
+        ----------
+        shapes : sequence of ndarray, shape (N, d)
+        s2 : sequence of ndarray, shape (N,)
+            Per-vertex weights of each shape.
+        aligned : bool
+            True: :meth:`correlation_aligned` of each shape (SSC without
+            alignment); False: :meth:`moments`.
+
+        Later calls with the same shape and weights (compared by content)
+        return the stored result; the next ``prepare`` replaces the store.
+        """
+        N, d = self.n_points, self.n_dims
+        cols = [self._weighted(y, w) if aligned else self._moment_rhs(y, w)
+                for y, w in zip(shapes, s2)]
+        if not cols:
+            self._prepared = {}
+            return
+        width = 1 if aligned else d * d + d
+        rhs = np.concatenate([c.reshape(N * d, width) for c in cols], axis=1)
+        out = self.DF.T @ self.xp.asarray(rhs)
+        xp = self.xp
+        self._prepared = {
+            (aligned, _pair_key(y, w)): xp.ascontiguousarray(
+                out[:, i * width:(i + 1) * width].reshape(-1) if aligned
+                else out[:, i * width:(i + 1) * width])
+            for i, (y, w) in enumerate(zip(shapes, s2))}
+
+    def _lookup(self, aligned, y, s2):
+        if not self._prepared:
+            return None
+        return self._prepared.get((aligned, _pair_key(y, s2)))
+
+    @staticmethod
+    def _weighted(y, s2):
+        return (np.asarray(s2, dtype=np.float64)[:, None] * y).reshape(-1)
+
+    def _moment_rhs(self, y, s2):
+        N, d = self.n_points, self.n_dims
+        V = np.zeros((N, d, d * d + d))
+        for a in range(d):
+            V[:, a, a * d:(a + 1) * d] = s2[:, None] * y
+            V[:, a, d * d + a] = s2
+        return V.reshape(N * d, d * d + d)
+
+    def correlation_aligned(self, y, s2):
+        """``D^T W z`` for the shape itself (``z = y.ravel()``, no alignment):
+        (K,), one matrix-vector pass over D (or the stored result of
+        :meth:`prepare`)."""
+        got = self._lookup(True, y, s2)
+        if got is not None:
+            return got
+        return self.DF.T @ self.xp.asarray(self._weighted(y, s2))
+
     def moments(self, y, s2):
         """Weighted first moments of every atom against a shape, for
         ``D^T W z`` under any linear-plus-translation map ``z = y L^T + t``.
@@ -112,12 +173,10 @@ class ShapeDictionary:
             (:meth:`correlation`). One pass over D serves every alignment
             round of a shape.
         """
-        N, d = self.n_points, self.n_dims
-        V = np.zeros((N, d, d * d + d))
-        for a in range(d):
-            V[:, a, a * d:(a + 1) * d] = s2[:, None] * y
-            V[:, a, d * d + a] = s2
-        return self.DF.T @ self.xp.asarray(V.reshape(N * d, d * d + d))
+        got = self._lookup(False, y, s2)
+        if got is not None:
+            return got
+        return self.DF.T @ self.xp.asarray(self._moment_rhs(y, s2))
 
     def correlation(self, moments, transform):
         """``D^T W z`` for ``z = transform(y)`` from :meth:`moments` of y (K,)."""
@@ -162,6 +221,18 @@ class ShapeDictionary:
                              xp.zeros(self.n_atoms, dtype=bool))
         return self._partial
 
+    def view(self):
+        """This dictionary with its own caches: the arrays (``D``, ``DF``,
+        ``gram``, atoms, mean) are shared, read-only, and the per-call caches
+        (weighted Gram, working-set columns) start empty, so that threads can
+        solve against one dictionary at once, one view each."""
+        v = object.__new__(ShapeDictionary)
+        v.__dict__.update(self.__dict__)
+        v._wkey = v._wgram = v._pkey = v._partial = None
+        v._cols = (None, None)
+        v._prepared = {}
+        return v
+
     def to(self, backend):
         """Copy of this dictionary on another backend."""
         return ShapeDictionary(self.atoms, self.mean, backend=backend)
@@ -170,6 +241,13 @@ class ShapeDictionary:
 def _weight_key(w):
     """Content key of a weight vector (the cached Gram belongs to it)."""
     return hashlib.sha1(np.ascontiguousarray(_host(w)).tobytes()).hexdigest()
+
+
+def _pair_key(y, s2):
+    """Content key of a shape and its weights (a stored pass belongs to them)."""
+    h = hashlib.sha1(np.ascontiguousarray(y, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(s2, dtype=np.float64).tobytes())
+    return h.hexdigest()
 
 
 def _host(a):

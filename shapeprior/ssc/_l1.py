@@ -113,7 +113,10 @@ def solve_l1(dic, z, w, lam1, lam2, x0=None, tol=1e-10, max_iter=100, max_add=32
     if c is None:
         c = dic.DF.T @ (w * z)
     l2v = xp.broadcast_to(xp.asarray(l2, dtype=xp.float64), z.shape)
-    DS0 = None if x0 is None else dic.columns(xp.flatnonzero(xp.asarray(x0)))
+    # the reference starts from the warm start's columns (kept by the dictionary
+    # across consecutive solves); the Numba twin reads them in place
+    DS0 = None if x0 is None or dic.backend == "numba" else \
+        dic.columns(xp.flatnonzero(xp.asarray(x0)))
     x, r, kkt, it, converged = kernel("huber_lasso", dic.backend)(
         dic.D, dic.DF, GW, known, c, z, w, l1, l2v, x0, tol, max_iter, max_add, DS0)
     tau = _tau(w, l2, xp)

@@ -4,18 +4,24 @@ Each shape gets the solve :func:`sparse_shape_composition` gives it alone
 (the same alignment rounds, penalties and stopping rules), so a result never
 depends on which other shapes were in the batch or on how the batch was split;
 between a worker (one BLAS thread) and a multi-threaded BLAS in this process
-only the summation order differs (the optimum agrees to rounding, ~1e-13). The batch runs on a local process pool (one BLAS and Numba thread per
-worker, the dictionary sent once per worker and rebuilt there on the same
+only the summation order differs (the optimum agrees to rounding, ~1e-13).
+
+The batch runs on threads of this process (the default: the compiled solver
+releases the GIL, every thread solves against its own view of the one
+dictionary, BLAS on one thread each, nothing is copied or pickled), on a local
+process pool (the dictionary sent once per worker and rebuilt there on the same
 backend) or on a dask.distributed cluster.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
-from .._validation import check_number
+from .._validation import check_choice, check_number
+from ..backend import one_blas_thread
 from ._compose import _check_shape, _check_vertex_weights, sparse_shape_composition
 from ._dictionary import ShapeDictionary
 
@@ -41,9 +47,53 @@ def _init_worker(atoms, mean, backend, options):
     _W["options"] = options
 
 
+# shapes whose pass over D is made at once (:meth:`ShapeDictionary.prepare`):
+# D is read once per group instead of once per shape; the group's right-hand
+# sides (12 columns per 3-D shape with alignment) stay a few MB
+PREPARE_GROUP = 16
+
+
+def _solve_items(dic, items, options, bar=None):
+    """The single-shape solve of each (shape, weights) item, the pass over D
+    prepared for a group of them at a time."""
+    out = []
+    l1 = options.get("method", "l1") == "l1"
+    aligned = options.get("alignment", "similarity") == "none"
+    for g in range(0, len(items), PREPARE_GROUP):
+        group = items[g:g + PREPARE_GROUP]
+        if l1 and len(group) > 1:
+            s2 = [np.square(_check_vertex_weights(w, dic.n_points)) for _, w in group]
+            dic.prepare([y for y, _ in group], s2, aligned)
+        for y, w in group:
+            out.append(sparse_shape_composition(y, dic, w, **options))
+            if bar is not None:
+                bar.update()
+        dic.prepare([], [], aligned)
+    return out
+
+
 def _solve_chunk(items):
-    dic, options = _W["dic"], _W["options"]
-    return [sparse_shape_composition(y, dic, w, **options) for y, w in items]
+    return _solve_items(_W["dic"], items, _W["options"])
+
+
+def _solve_threaded(dic, options, chunks, n_threads, bar):
+    """Chunks on a thread pool, one dictionary view per thread, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    local = threading.local()
+
+    def solve(items):
+        view = getattr(local, "dic", None)
+        if view is None:
+            view = local.dic = dic.view()
+        return _solve_items(view, items, options)
+
+    out = []
+    with one_blas_thread(), ThreadPoolExecutor(n_threads) as pool:
+        for res in pool.map(solve, chunks):
+            out.extend(res)
+            bar.update(len(res))
+    return out
 
 
 def _fingerprint(dic):
@@ -61,7 +111,7 @@ def _solve_chunk_with(dic_parts, key, options, items):
     if _W.get("dask_key") != key:
         _W["dask_key"] = key
         _W["dask_dic"] = ShapeDictionary(dic_parts[0], dic_parts[1], backend=dic_parts[2])
-    return [sparse_shape_composition(y, _W["dask_dic"], w, **options) for y, w in items]
+    return _solve_items(_W["dask_dic"], items, options)
 
 
 def _weights_for(weights, n_shapes, n_points):
@@ -79,7 +129,8 @@ def _weights_for(weights, n_shapes, n_points):
 
 
 def sparse_shape_composition_many(shapes, dictionary, weights=None, *, n_jobs=1,
-                                  chunk_size=None, progress=False, client=None, **options):
+                                  chunk_size=None, progress=False, client=None,
+                                  executor="threads", **options):
     """:func:`sparse_shape_composition` for many shapes and one dictionary.
 
     Parameters
@@ -91,15 +142,21 @@ def sparse_shape_composition_many(shapes, dictionary, weights=None, *, n_jobs=1,
     weights : array_like, shape (N,) or (M, N), optional
         Per-vertex confidence: one vector for every shape, or one row per shape.
     n_jobs : int
-        Worker processes (-1: every core this process may use). 1 solves in
-        this process.
+        Parallel workers (-1: every core this process may use). 1 solves in
+        this thread.
     chunk_size : int, optional
         Shapes per task (default: about four tasks per worker).
     progress : bool
         A progress bar (tqdm) over shapes.
     client : dask.distributed.Client, optional
-        Solve on this cluster instead of a local pool (``n_jobs`` is then
-        ignored); the dictionary is scattered to every worker once.
+        Solve on this cluster instead of a local pool (``n_jobs`` and
+        ``executor`` are then ignored); the dictionary is scattered to every
+        worker once.
+    executor : {'threads', 'processes'}
+        The local pool for ``n_jobs > 1``: threads of this process (the
+        solver releases the GIL; no start-up cost) or worker processes (each
+        rebuilds the dictionary; for option combinations whose Python share
+        is large, e.g. many alignment rounds of small shapes).
     **options
         Passed to :func:`sparse_shape_composition` (``method``, ``lambda1``,
         ``refit``, ...).
@@ -126,6 +183,7 @@ def sparse_shape_composition_many(shapes, dictionary, weights=None, *, n_jobs=1,
         raise ValueError(f"n_jobs={n_jobs!r} must be a positive integer or -1 (every core)")
     if chunk_size is not None:
         check_number("chunk_size", chunk_size, 1, integer=True)
+    check_choice("executor", executor, ("threads", "processes"))
     ys = []
     for i, y in enumerate(shapes):
         try:
@@ -150,9 +208,7 @@ def sparse_shape_composition_many(shapes, dictionary, weights=None, *, n_jobs=1,
         bar.update()
         rest = list(zip(ys[1:], ws[1:]))
         if not parallel:
-            for y, w in rest:
-                out.append(sparse_shape_composition(y, dic, w, **options))
-                bar.update()
+            out.extend(_solve_items(dic, rest, options, bar))
             return out
         size = chunk_size or max(1, -(-len(rest) // (4 * workers)))
         chunks = [rest[i:i + size] for i in range(0, len(rest), size)]
@@ -165,6 +221,8 @@ def sparse_shape_composition_many(shapes, dictionary, weights=None, *, n_jobs=1,
                 res = f.result()
                 out.extend(res)
                 bar.update(len(res))
+        elif executor == "threads":
+            out.extend(_solve_threaded(dic, options, chunks, min(n_jobs, len(chunks)), bar))
         else:
             from concurrent.futures import ProcessPoolExecutor
 
