@@ -47,7 +47,9 @@ class Transform:
         return u @ vt
 
     def apply(self, points: np.ndarray) -> np.ndarray:
-        """Map points of shape ``(N, d)``."""
+        """Map points of shape ``(N, d)`` (a new array)."""
+        if not self.translation.any() and np.array_equal(self.linear, np.eye(self.ndim)):
+            return np.array(points, dtype=float)       # the identity: a copy, no product
         return np.asarray(points, dtype=float) @ self.linear.T + self.translation
 
     __call__ = apply

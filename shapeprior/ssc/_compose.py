@@ -347,7 +347,7 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
         beta = transform0
     else:
         beta = procrustes(y, dic.mean, w_align, kind=alignment)
-    size = max(float(np.sqrt(np.sum((dic.mean - dic.mean.mean(0)) ** 2))), 1e-12)
+    size = dic.mean_size
     # D^T W z of every round from one pass over D (z is linear in y); without
     # alignment the one round needs only D^T W y (one column instead of twelve)
     moments = None

@@ -47,6 +47,8 @@ class ShapeDictionary:
         if m.shape != a.shape[1:]:
             raise ValueError(f"mean must have shape {a.shape[1:]}, got {m.shape}")
         self.mean = m
+        #: centroid size of the mean shape (the gauge of the alignment rounds), > 0
+        self.mean_size = max(float(np.sqrt(np.sum((m - m.mean(0)) ** 2))), 1e-12)
         D = a.reshape(self.n_atoms, -1).T
         self.D = xp.ascontiguousarray(xp.asarray(D))
         self.DF = xp.asfortranarray(self.D)
