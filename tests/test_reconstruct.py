@@ -62,6 +62,34 @@ def test_many_equals_the_single_solves(population, n_jobs, executor, options):
     assert not many[2].visible[:20].any()
 
 
+@pytest.mark.parametrize("limit,sizes", [(None, [3, 3]), (1, [])])
+def test_many_prepares_the_pass_over_d_in_bounded_groups(population, monkeypatch, limit,
+                                                          sizes):
+    """The pass over D is made for a group of shapes at once, groups of at most
+    PREPARE_GROUP and PREPARE_BYTES (a large model: one shape at a time, no
+    product to share); every result is still the single solve's."""
+    import shapeprior.ssc._many as many_mod
+
+    train, _, obs, _ = population
+    dic = ShapeDictionary(train)
+    monkeypatch.setattr(many_mod, "PREPARE_GROUP", 3)
+    if limit is not None:
+        monkeypatch.setattr(many_mod, "PREPARE_BYTES", limit)
+    seen = []
+    real = ShapeDictionary.prepare
+
+    def spy(self, shapes, s2, aligned):
+        if len(shapes):
+            seen.append(len(shapes))
+        return real(self, shapes, s2, aligned)
+
+    monkeypatch.setattr(ShapeDictionary, "prepare", spy)
+    many = sparse_shape_composition_many(obs, dic)
+    assert seen == sizes                        # the first shape is solved alone
+    for y, r in zip(obs, many):
+        _same(r, sparse_shape_composition(y, dic))
+
+
 def test_many_checks_its_inputs(population):
     train, _, obs, _ = population
     dic = ShapeDictionary(train)

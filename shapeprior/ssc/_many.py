@@ -49,8 +49,15 @@ def _init_worker(atoms, mean, backend, options):
 
 # shapes whose pass over D is made at once (:meth:`ShapeDictionary.prepare`):
 # D is read once per group instead of once per shape; the group's right-hand
-# sides (12 columns per 3-D shape with alignment) stay a few MB
+# sides (12 columns per 3-D shape with alignment) stay under PREPARE_BYTES
 PREPARE_GROUP = 16
+PREPARE_BYTES = 32 * 2**20
+
+
+def _group_size(dic, aligned):
+    width = 1 if aligned else dic.n_dims * dic.n_dims + dic.n_dims
+    per_shape = 8 * dic.n_rows * width
+    return int(max(1, min(PREPARE_GROUP, PREPARE_BYTES // per_shape)))
 
 
 def _solve_items(dic, items, options, bar=None):
@@ -59,8 +66,9 @@ def _solve_items(dic, items, options, bar=None):
     out = []
     l1 = options.get("method", "l1") == "l1"
     aligned = options.get("alignment", "similarity") == "none"
-    for g in range(0, len(items), PREPARE_GROUP):
-        group = items[g:g + PREPARE_GROUP]
+    size = _group_size(dic, aligned)
+    for g in range(0, len(items), size):
+        group = items[g:g + size]
         if l1 and len(group) > 1:
             s2 = [np.square(_check_vertex_weights(w, dic.n_points)) for _, w in group]
             dic.prepare([y for y, _ in group], s2, aligned)
