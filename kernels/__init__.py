@@ -12,17 +12,20 @@ gram_lasso       exact Lasso on an explicit Gram (feature-sign active set);
                  the reference runs on NumPy and CuPy arrays
 huber_lasso      Huber regression with an L1 penalty on a dictionary (the
                  SSC-L1 inner solve: semismooth Newton on the outlier set);
-                 the reference runs on NumPy and CuPy arrays
+                 the reference runs on NumPy and CuPy arrays; with reweighted
+                 solves on e (``huber_lasso_reweighted``) in one call
 normal_sampling  trilinear image samples along vertex normals
 profile_search   the best learned-profile match along each normal
 """
 
 from .gram_lasso import gram_lasso_numba, gram_lasso_numpy, lasso_objective
-from .huber_lasso import huber_lasso_numba, huber_lasso_numpy
+from .huber_lasso import (huber_lasso_numba, huber_lasso_numpy, huber_lasso_reweighted_numba,
+                          huber_lasso_reweighted_numpy)
 from .normal_sampling import sample_normals_cupy, sample_normals_numba, sample_normals_numpy
 from .profile_search import profile_search_numba, profile_search_numpy
 
 __all__ = ["gram_lasso_numpy", "gram_lasso_numba", "lasso_objective",
            "huber_lasso_numpy", "huber_lasso_numba",
+           "huber_lasso_reweighted_numpy", "huber_lasso_reweighted_numba",
            "sample_normals_numpy", "sample_normals_numba", "sample_normals_cupy",
            "profile_search_numpy", "profile_search_numba"]

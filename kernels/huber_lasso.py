@@ -257,6 +257,44 @@ def _mm_step_xp(F, GW, DS, S, xS, r, c, w, tau, l1, f_cur, tol, xp):
     return xn, rn, fn
 
 
+def _reweight_xp(r, w, lam2, lam2_cur, tau_s, floor, xp):
+    """Per-row L1 weights on e for the next reweighted solve (Candes, Wakin &
+    Boyd): ``lam2 * max(tau_s / (|e| + tau_s), floor)`` with ``e`` the gross
+    error of the current solve (its weights ``lam2_cur``, un-halved)."""
+    tau = xp.where(w > 0, (0.5 * lam2_cur) / xp.where(w > 0, w, 1.0), xp.inf)
+    e = _soft(r, tau, xp)
+    return lam2 * xp.maximum(tau_s / (xp.abs(e) + tau_s), floor)
+
+
+def huber_lasso_reweighted_numpy(D, DF, GW, known, c, z, w, l1, lam2, reweight, floor,
+                                 x0=None, tol=1e-10, max_iter=100, max_add=32, DS0=None):
+    """One solve at the scalar (un-halved) ``lam2`` and ``reweight`` reweighted
+    solves, each started from the previous optimum (reference, NumPy or CuPy).
+
+    Each reweighted solve puts ``lam2_j = lam2 * max(tau / (|e_j| + tau),
+    floor)`` on coordinate j, with ``tau = 0.5 * lam2 / max(w)`` and ``e`` the
+    previous solve's gross error, so that large gross errors stop pulling x.
+
+    Returns
+    -------
+    x, r, kkt, n_iter, converged
+        Of the last solve (as :func:`huber_lasso_numpy`).
+    lam2 : ndarray, shape (n,)
+        The last solve's (un-halved) weights on e.
+    """
+    xp = _xp(D)
+    n = z.shape[0]
+    lam2_cur = xp.full(n, float(lam2))
+    x, r, kkt, it, conv = huber_lasso_numpy(D, DF, GW, known, c, z, w, l1, 0.5 * lam2_cur,
+                                            x0, tol, max_iter, max_add, DS0)
+    tau_s = 0.5 * lam2 / float(xp.max(w))
+    for _ in range(reweight):
+        lam2_cur = _reweight_xp(r, w, lam2, lam2_cur, tau_s, floor, xp)
+        x, r, kkt, it, conv = huber_lasso_numpy(D, DF, GW, known, c, z, w, l1, 0.5 * lam2_cur,
+                                                x, tol, max_iter, max_add)
+    return x, r, kkt, it, conv, lam2_cur
+
+
 # --------------------------------------------------------------------------
 # Numba twin
 # --------------------------------------------------------------------------
@@ -622,21 +660,68 @@ if numba is not None:
         return x, r.copy(), kkt, it, converged
 
 
+if numba is not None:
+    @numba.njit(cache=True, nogil=True)
+    def _huber_lasso_rw_nb(D, DF, GW, known, c, z, w, l1, lam2, x, cold, tol, max_iter,
+                           max_add, reweight, floor):  # pragma: no cover - jitted
+        n = z.shape[0]
+        lam2_cur = np.empty(n)
+        l2 = np.empty(n)
+        for j in range(n):
+            lam2_cur[j] = lam2
+            l2[j] = 0.5 * lam2_cur[j]
+        x, r, kkt, it, conv = _huber_lasso_nb(D, DF, GW, known, c, z, w, l1, l2, x, cold,
+                                              tol, max_iter, max_add)
+        wmax = w[0]
+        for j in range(n):
+            wmax = max(wmax, w[j])
+        tau_s = 0.5 * lam2 / wmax
+        for _ in range(reweight):
+            for j in range(n):       # the formula of _reweight_xp, coordinate by coordinate
+                tau = (0.5 * lam2_cur[j]) / w[j] if w[j] > 0 else np.inf
+                a = max(abs(r[j]) - tau, 0.0)
+                e = np.sign(r[j]) * a
+                lam2_cur[j] = lam2 * max(tau_s / (abs(e) + tau_s), floor)
+                l2[j] = 0.5 * lam2_cur[j]
+            x, r, kkt, it, conv = _huber_lasso_nb(D, DF, GW, known, c, z, w, l1, l2, x,
+                                                  False, tol, max_iter, max_add)
+        return x, r, kkt, it, conv, lam2_cur
+
+
+def huber_lasso_reweighted_numba(D, DF, GW, known, c, z, w, l1, lam2, reweight, floor,
+                                 x0=None, tol=1e-10, max_iter=100, max_add=32, DS0=None):
+    """Numba twin of :func:`huber_lasso_reweighted_numpy`: every solve in one
+    compiled call (same arguments and results; ``DS0`` not needed)."""
+    if numba is None:  # pragma: no cover
+        raise RuntimeError("numba is not installed")
+    D, DF, x, cold = _numba_args(D, DF, GW, known, x0)
+    x, r, kkt, it, conv, lam2_cur = _huber_lasso_rw_nb(
+        D, DF, GW, known, np.asarray(c, dtype=np.float64), np.asarray(z, dtype=np.float64),
+        np.asarray(w, dtype=np.float64), float(l1), float(lam2), x, cold, float(tol),
+        int(max_iter), int(max_add), int(reweight), float(floor))
+    return x, r, float(kkt), int(it), bool(conv), lam2_cur
+
+
+def _numba_args(D, DF, GW, known, x0):
+    """The arrays as the compiled twins take them, and the warm start."""
+    D = np.ascontiguousarray(D, dtype=np.float64)
+    DF = np.asfortranarray(DF, dtype=np.float64)
+    if not (GW.flags.c_contiguous and GW.dtype == np.float64 and known.dtype == np.bool_):
+        raise ValueError("GW must be a C-ordered float64 array and known a bool array "
+                         "(both are filled in place)")
+    cold = x0 is None
+    x = np.zeros(D.shape[1]) if cold else np.array(x0, dtype=np.float64)
+    return D, DF, x, cold
+
+
 def huber_lasso_numba(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max_iter=100,
                       max_add=32, DS0=None):
     """Numba twin of :func:`huber_lasso_numpy` (same arguments and results;
     ``DS0`` is accepted and not needed: the columns are read in place)."""
     if numba is None:  # pragma: no cover
         raise RuntimeError("numba is not installed")
-    D = np.ascontiguousarray(D, dtype=np.float64)
-    DF = np.asfortranarray(DF, dtype=np.float64)
-    n, K = D.shape
-    l2 = np.broadcast_to(np.asarray(l2, dtype=np.float64), (n,)).copy()
-    cold = x0 is None
-    x = np.zeros(K) if cold else np.array(x0, dtype=np.float64)
-    if not (GW.flags.c_contiguous and GW.dtype == np.float64 and known.dtype == np.bool_):
-        raise ValueError("GW must be a C-ordered float64 array and known a bool array "
-                         "(both are filled in place)")
+    D, DF, x, cold = _numba_args(D, DF, GW, known, x0)
+    l2 = np.broadcast_to(np.asarray(l2, dtype=np.float64), (D.shape[0],)).copy()
     x, r, kkt, it, conv = _huber_lasso_nb(
         D, DF, GW, known, np.asarray(c, dtype=np.float64),
         np.asarray(z, dtype=np.float64), np.asarray(w, dtype=np.float64), float(l1), l2, x,

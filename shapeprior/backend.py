@@ -102,6 +102,9 @@ KERNELS = {
                    "cupy": "gram_lasso_numpy"},
     "huber_lasso": {"numpy": "huber_lasso_numpy", "numba": "huber_lasso_numba",
                     "cupy": "huber_lasso_numpy"},
+    "huber_lasso_reweighted": {"numpy": "huber_lasso_reweighted_numpy",
+                               "numba": "huber_lasso_reweighted_numba",
+                               "cupy": "huber_lasso_reweighted_numpy"},
     # samples come back to the host from every sampler: the search runs there
     "profile_search": {"numpy": "profile_search_numpy", "numba": "profile_search_numba",
                        "cupy": "profile_search_numba"},

@@ -178,6 +178,46 @@ def test_huber_lasso_twins_agree_cold_and_warm(seed, partial):
                        atol=1e-9 * np.abs(out["numba"][0][0]).max())
 
 
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("weights", [False, True])
+def test_reweighted_twins_equal_the_solves_one_by_one(seed, weights):
+    """One call of ``huber_lasso_reweighted`` (both twins) equals the first
+    solve followed by the reweighted solves done one by one with the
+    single-solve twin (each from the previous optimum, lam2_j = lam2 *
+    max(tau / (|e_j| + tau), floor)): same x bit for bit on the Numba twin,
+    to 1e-8 between twins, and the last weights on e."""
+    from shapeprior_kernels import (huber_lasso_numba, huber_lasso_numpy,
+                                    huber_lasso_reweighted_numba,
+                                    huber_lasso_reweighted_numpy)
+
+    dic, z, w, l1, _ = _huber_problem(seed, weights=weights)
+    lam2, floor, rounds = 1.8, 0.05, 3
+    out = {}
+    for name, single, fused in (("numpy", huber_lasso_numpy, huber_lasso_reweighted_numpy),
+                                ("numba", huber_lasso_numba, huber_lasso_reweighted_numba)):
+        GW, known, c = _huber_args(dic, z, w, True)
+        x, r, kkt, it, conv = single(dic.D, dic.DF, GW, known, c, z, w, l1,
+                                     np.full(z.size, 0.5 * lam2))
+        cur = np.full(z.size, lam2)
+        tau_s = 0.5 * lam2 / w.max()
+        for _ in range(rounds):
+            tau = np.where(w > 0, 0.5 * cur / np.where(w > 0, w, 1.0), np.inf)
+            e = np.sign(r) * np.maximum(np.abs(r) - tau, 0.0)
+            cur = lam2 * np.maximum(tau_s / (np.abs(e) + tau_s), floor)
+            x, r, kkt, it, conv = single(dic.D, dic.DF, GW, known, c, z, w, l1, 0.5 * cur, x0=x)
+        GW, known, c = _huber_args(dic, z, w, True)
+        got = fused(dic.D, dic.DF, GW, known, c, z, w, l1, lam2, rounds, floor)
+        assert got[4] and got[2] < 1e-8
+        assert np.allclose(got[5], cur, rtol=1e-12) and cur.min() < lam2 * 0.5
+        if name == "numba":
+            assert np.array_equal(got[0], x) and np.array_equal(got[5], cur)
+        assert np.allclose(got[0], x, rtol=1e-9, atol=1e-12 * np.abs(x).max())
+        out[name] = got
+    a, b = out["numpy"], out["numba"]
+    assert np.allclose(a[0], b[0], rtol=1e-8, atol=1e-10 * np.abs(a[0]).max())
+    assert np.allclose(a[5], b[5], rtol=1e-8)
+
+
 @each_backend(atol=1e-8, rtol=1e-7)
 def test_ssc_l1_solve_twins_agree(backend):
     """``solve_l1`` through each backend's ``huber_lasso`` twin (the CuPy case

@@ -168,15 +168,16 @@ def _robust_sigma(r, w, xp):
     return 1.4826 * float(xp.median(a)) if a.size else 0.0
 
 
-def _auto_lambda2(dic, z, w, lam1, x0, c):
+def _auto_lambda2(dic, z, w, lam1, x0, c, reweight=0, tol=1e-10, max_iter=100):
     """lam2 such that the gross-error threshold is OUTLIER_SIGMAS robust
     standard deviations of the residual (two robust rounds, so that gross
-    errors do not inflate the scale). Per unit weight, tau = lam2 / 2."""
+    errors do not inflate the scale). Per unit weight, tau = lam2 / 2. The
+    second round's solve carries the ``reweight`` reweighted solves."""
     xp = dic.xp
     wmax = float(xp.max(w))
     sol = None
     sigma = None
-    for _ in range(2):
+    for k in range(2):
         if sol is None:
             x, _ = _lasso_fn(dic)(dic.weighted_gram(w), c, 0.5 * lam1)
             r = z - dic.matvec(x)
@@ -184,7 +185,11 @@ def _auto_lambda2(dic, z, w, lam1, x0, c):
             r, x0 = sol.residual, sol.x
         sigma = max(_robust_sigma(r, w, xp), SIGMA_FLOOR * _size(z, xp))
         lam2 = 2.0 * OUTLIER_SIGMAS * sigma * wmax
-        sol = solve_l1(dic, z, w, lam1, lam2, x0=x0, c=c)
+        if k == 0:
+            sol = solve_l1(dic, z, w, lam1, lam2, x0=x0, c=c)
+        else:
+            sol = solve_l1(dic, z, w, lam1, lam2, x0=x0, tol=tol, max_iter=max_iter, c=c,
+                           reweight=reweight, floor=REWEIGHT_FLOOR)
     return lam2, sol
 
 
@@ -249,14 +254,12 @@ def _sparse_composition(dic, y, s, method, lambda1, lambda2, n_nonzero,
             c = dic.DF.T @ (w * z)
         if lam1 == "auto":
             lam1 = _auto_lambda1(dic, z, w, c)
+        # the reweighted solves run inside the kernel call of the last solve
         if lam2 == "auto":
-            lam2, sol = _auto_lambda2(dic, z, w, lam1, x0, c)
+            lam2, sol = _auto_lambda2(dic, z, w, lam1, x0, c, reweight, tol, max_iter)
         else:
-            sol = solve_l1(dic, z, w, lam1, lam2, x0=x0, tol=tol, max_iter=max_iter, c=c)
-        for _ in range(reweight):
-            tau = 0.5 * lam2 / float(xp.max(w))
-            l2w = lam2 * xp.maximum(tau / (xp.abs(sol.e) + tau), REWEIGHT_FLOOR)
-            sol = solve_l1(dic, z, w, lam1, l2w, x0=sol.x, tol=tol, max_iter=max_iter, c=c)
+            sol = solve_l1(dic, z, w, lam1, lam2, x0=x0, tol=tol, max_iter=max_iter, c=c,
+                           reweight=reweight, floor=REWEIGHT_FLOOR)
         info = {"kkt": sol.kkt, "reweight": int(reweight)}
     else:
         check_number("n_nonzero", n_nonzero, 1, dic.n_atoms, integer=True)

@@ -74,7 +74,8 @@ def _tau(w, l2, xp):
 
 
 @on_one_blas_thread
-def solve_l1(dic, z, w, lam1, lam2, x0=None, tol=1e-10, max_iter=100, max_add=32, c=None):
+def solve_l1(dic, z, w, lam1, lam2, x0=None, tol=1e-10, max_iter=100, max_add=32, c=None,
+             reweight=0, floor=0.05):
     """Exact L1 SSC solve for an aligned shape vector.
 
     Parameters
@@ -95,6 +96,12 @@ def solve_l1(dic, z, w, lam1, lam2, x0=None, tol=1e-10, max_iter=100, max_add=32
     c : ndarray, shape (K,), optional
         ``D^T (w * z)``, when the caller has it (several solves of one shape
         share it); computed here otherwise.
+    reweight : int
+        Reweighted solves after this one (scalar ``lam2`` only), each started
+        from the previous optimum with ``lam2_j = lam2 * max(tau / (|e_j| +
+        tau), floor)``, ``tau = lam2 / (2 max(w))``; the solution is the last
+        one's (its ``e`` and objective under its own weights). All of them run
+        in one kernel call.
 
     Notes
     -----
@@ -117,8 +124,14 @@ def solve_l1(dic, z, w, lam1, lam2, x0=None, tol=1e-10, max_iter=100, max_add=32
     # across consecutive solves); the Numba twin reads them in place
     DS0 = None if x0 is None or dic.backend == "numba" else \
         dic.columns(xp.flatnonzero(xp.asarray(x0)))
-    x, r, kkt, it, converged = kernel("huber_lasso", dic.backend)(
-        dic.D, dic.DF, GW, known, c, z, w, l1, l2v, x0, tol, max_iter, max_add, DS0)
+    if reweight:
+        x, r, kkt, it, converged, lam2 = kernel("huber_lasso_reweighted", dic.backend)(
+            dic.D, dic.DF, GW, known, c, z, w, l1, float(lam2), int(reweight), float(floor),
+            x0, tol, max_iter, max_add, DS0)
+        l2 = 0.5 * lam2
+    else:
+        x, r, kkt, it, converged = kernel("huber_lasso", dic.backend)(
+            dic.D, dic.DF, GW, known, c, z, w, l1, l2v, x0, tol, max_iter, max_add, DS0)
     tau = _tau(w, l2, xp)
     e = soft_threshold(r, tau)
     obj = float(xp.sum(w * (r - e) ** 2) + lam1 * xp.sum(xp.abs(x)) + xp.sum(lam2 * xp.abs(e)))
