@@ -659,8 +659,6 @@ if numba is not None:
             converged = kkt <= 1e3 * tol
         return x, r.copy(), kkt, it, converged
 
-
-if numba is not None:
     @numba.njit(cache=True, nogil=True)
     def _huber_lasso_rw_nb(D, DF, GW, known, c, z, w, l1, lam2, x, cold, tol, max_iter,
                            max_add, reweight, floor):  # pragma: no cover - jitted

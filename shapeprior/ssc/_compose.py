@@ -24,8 +24,6 @@ OUTLIER_SIGMAS = 3.0
 #: (a training shape) would otherwise get a threshold of the size of the L1
 #: shrinkage, and e, nearly free, would absorb the whole shape
 SIGMA_FLOOR = 1e-2
-#: lower bound of the reweighted lambda2, relative to lambda2
-REWEIGHT_FLOOR = 0.05
 
 
 @dataclass
@@ -189,7 +187,7 @@ def _auto_lambda2(dic, z, w, lam1, x0, c, reweight=0, tol=1e-10, max_iter=100):
             sol = solve_l1(dic, z, w, lam1, lam2, x0=x0, c=c)
         else:
             sol = solve_l1(dic, z, w, lam1, lam2, x0=x0, tol=tol, max_iter=max_iter, c=c,
-                           reweight=reweight, floor=REWEIGHT_FLOOR)
+                           reweight=reweight)
     return lam2, sol
 
 
@@ -218,7 +216,7 @@ def sparse_composition(aligned_shape, dictionary, weights=None, *, method="l1",
     reweight : int
         'l1' only: rounds of reweighted L1 on e (Candes, Wakin & Boyd 2008)
         after the convex solve: lambda2_j <- lambda2 * max(tau / (|e_j| + tau),
-        REWEIGHT_FLOOR). Each round is an exact warm-started solve; large gross
+        REWEIGHT_FLOOR = 0.05). Each round is an exact warm-started solve; large gross
         errors then stop pulling x (0 = the plain convex objective).
     x0 : array_like, shape (K,), optional
         Warm start ('l1').
@@ -259,7 +257,7 @@ def _sparse_composition(dic, y, s, method, lambda1, lambda2, n_nonzero,
             lam2, sol = _auto_lambda2(dic, z, w, lam1, x0, c, reweight, tol, max_iter)
         else:
             sol = solve_l1(dic, z, w, lam1, lam2, x0=x0, tol=tol, max_iter=max_iter, c=c,
-                           reweight=reweight, floor=REWEIGHT_FLOOR)
+                           reweight=reweight)
         info = {"kkt": sol.kkt, "reweight": int(reweight)}
     else:
         check_number("n_nonzero", n_nonzero, 1, dic.n_atoms, integer=True)
@@ -351,12 +349,22 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     else:
         beta = procrustes(y, dic.mean, w_align, kind=alignment)
     size = dic.mean_size
-    # D^T W z of every round from one pass over D (z is linear in y); without
-    # alignment the one round needs only D^T W y (one column instead of twelve)
-    moments = None
-    if method == "l1":
-        moments = dic.correlation_aligned(y, w_align) if alignment == "none" \
-            else dic.moments(y, w_align)
+    # D^T W z of a round's z = beta(y) (L1): every round's from one pass over D
+    # (z is linear in y); without alignment the one round needs only D^T W y (one
+    # column instead of twelve)
+    if method != "l1":
+        def correlation(beta):
+            return None
+    elif alignment == "none":
+        c_aligned = dic.correlation_aligned(y, w_align)
+
+        def correlation(beta):
+            return c_aligned
+    else:
+        moments = dic.moments(y, w_align)
+
+        def correlation(beta):
+            return dic.correlation(moments, beta)
     lam1, lam2 = lambda1, lambda2
     sol = None
     l0_prev = None
@@ -366,7 +374,7 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
         z = beta.apply(y)
         sol = _sparse_composition(dic, z, s, method, lam1, lam2, n_nonzero,
                                   outlier_threshold, reweight, x0, tol, max_iter,
-                                  l0_init=l0_prev, c=_corr(dic, moments, beta))
+                                  l0_init=l0_prev, c=correlation(beta))
         # (warm-starting the L0 trimmed set across rounds was tried: vertices
         # trimmed under an early, poor alignment then stay trimmed; each round
         # restarts the trimming instead)
@@ -395,7 +403,7 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
             z = beta.apply(y)
             sol = _sparse_composition(dic, z, s, method, lam1, lam2, n_nonzero,
                                       outlier_threshold, reweight, x0, tol, max_iter,
-                                      l0_init=l0_prev, c=_corr(dic, moments, beta))
+                                      l0_init=l0_prev, c=correlation(beta))
             break
     z = beta.apply(y)
     recon_model = _compose(dic, sol.x)
@@ -413,12 +421,6 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
         n_align_iter=k, converged=bool(sol.converged and converged_align),
         method=method, info=sol.info,
     )
-
-
-def _corr(dic, moments, beta):
-    if moments is None or moments.ndim == 1:    # none, or already D^T W z (no alignment)
-        return moments
-    return dic.correlation(moments, beta)
 
 
 def _compose(dic, x):

@@ -37,6 +37,10 @@ import numpy as np
 from ..backend import get_array_module, kernel, on_one_blas_thread
 
 
+#: lower bound of the factor on lambda2 in a reweighted solve (``solve_l1(reweight=k)``)
+REWEIGHT_FLOOR = 0.05
+
+
 @dataclass
 class L1Solution:
     x: np.ndarray          # (K,)
@@ -75,7 +79,7 @@ def _tau(w, l2, xp):
 
 @on_one_blas_thread
 def solve_l1(dic, z, w, lam1, lam2, x0=None, tol=1e-10, max_iter=100, max_add=32, c=None,
-             reweight=0, floor=0.05):
+             reweight=0, floor=REWEIGHT_FLOOR):
     """Exact L1 SSC solve for an aligned shape vector.
 
     Parameters
@@ -119,7 +123,6 @@ def solve_l1(dic, z, w, lam1, lam2, x0=None, tol=1e-10, max_iter=100, max_add=32
     GW, known = dic.weighted_gram_partial(w)
     if c is None:
         c = dic.DF.T @ (w * z)
-    l2v = xp.broadcast_to(xp.asarray(l2, dtype=xp.float64), z.shape)
     # the reference starts from the warm start's columns (kept by the dictionary
     # across consecutive solves); the Numba twin reads them in place
     DS0 = None if x0 is None or dic.backend == "numba" else \
@@ -130,6 +133,7 @@ def solve_l1(dic, z, w, lam1, lam2, x0=None, tol=1e-10, max_iter=100, max_add=32
             x0, tol, max_iter, max_add, DS0)
         l2 = 0.5 * lam2
     else:
+        l2v = xp.broadcast_to(xp.asarray(l2, dtype=xp.float64), z.shape)
         x, r, kkt, it, converged = kernel("huber_lasso", dic.backend)(
             dic.D, dic.DF, GW, known, c, z, w, l1, l2v, x0, tol, max_iter, max_add, DS0)
     tau = _tau(w, l2, xp)
