@@ -23,7 +23,8 @@ import numpy as np
 from _common import data_root
 from shapeprior.io import read_label_map, read_volume
 from shapeprior.model import BuildParams, build_model, find_label_maps, load_model, save_model
-from shapeprior.segmentation import SegmentParams, dice, segment_volume, surface_distances
+from shapeprior.segmentation import (SegmentParams, dice, segment_volume, surface_distances,
+                                     voxelize)
 
 HERE = Path(__file__).resolve().parent
 
@@ -67,7 +68,10 @@ def main(argv=None):
         ref = read_label_map(f).array > 0
         r = segment_volume(img, model, params, dic)
         sd = surface_distances(r.label, ref, img.spacing)
+        # the voxelised surface alone (before the model's voxel classifier)
+        surface = voxelize(r.verts, r.faces, img)
         rows.append({"case": f.name, "dice": dice(r.label, ref), **sd, "time_s": r.time_s,
+                     "dice_surface_only": dice(surface, ref), "voxels_changed": r.voxels_changed,
                      "iterations": r.n_iter, "converged": r.converged,
                      "overridden_fraction": r.overridden_fraction})
         print(f"{f.name}: Dice {rows[-1]['dice']:.3f} ASSD {sd['assd_mm']:.2f} mm "
@@ -81,10 +85,13 @@ def main(argv=None):
         "rejected_in_build": build.get("rejected"), "build_time_s": t_build,
         "dice": {"mean": float(d.mean()), "median": float(np.median(d)), "min": float(d.min()),
                  "fraction_ge_0.85": float(np.mean(d >= 0.85))},
+        "dice_surface_only": {"mean": float(np.mean([r["dice_surface_only"] for r in rows])),
+                              "min": float(np.min([r["dice_surface_only"] for r in rows]))},
+        "voxel_classifier": model.voxels.info if model.voxels is not None else None,
         "assd_mm_mean": float(np.mean([r["assd_mm"] for r in rows])),
         "hd95_mm_mean": float(np.mean([r["hd95_mm"] for r in rows])),
         "time_s": {"mean": float(t.mean()), "max": float(t.max())},
-        "goal": {"dice_mean": 0.85, "time_s_per_case": 1.0},
+        "goal": {"dice_mean": 0.88, "dice_min": 0.80, "time_s_per_case": 1.0},
         "cpu": os.cpu_count(), "cases": rows,
     }
     Path(a.out).write_text(json.dumps(out, indent=1))

@@ -59,7 +59,7 @@ from shapeprior.segmentation import SegmentParams, dice
 from shapeprior.pipeline import run_case
 
 HERE = Path(__file__).resolve().parent
-STAGES = ("read", "prepare", "place", "search", "ssc", "refine", "voxelize", "write")
+STAGES = ("read", "prepare", "place", "search", "ssc", "refine", "voxelize", "voxels", "write")
 WORKLOADS = ("hippocampus", "ct512", "ct512_noseed")
 CT_SHAPE_XYZ = (512, 512, 300)
 

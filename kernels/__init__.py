@@ -16,6 +16,7 @@ huber_lasso      Huber regression with an L1 penalty on a dictionary (the
                  solves on e (``huber_lasso_reweighted``) in one call
 normal_sampling  trilinear image samples along vertex normals
 profile_search   the best learned-profile match along each normal
+tree_ensemble    the summed leaf values of boosted decision trees
 """
 
 from .gram_lasso import gram_lasso_numba, gram_lasso_numpy, lasso_objective
@@ -23,9 +24,11 @@ from .huber_lasso import (huber_lasso_numba, huber_lasso_numpy, huber_lasso_rewe
                           huber_lasso_reweighted_numpy)
 from .normal_sampling import sample_normals_cupy, sample_normals_numba, sample_normals_numpy
 from .profile_search import profile_search_numba, profile_search_numpy
+from .tree_ensemble import tree_ensemble_numba, tree_ensemble_numpy
 
 __all__ = ["gram_lasso_numpy", "gram_lasso_numba", "lasso_objective",
            "huber_lasso_numpy", "huber_lasso_numba",
            "huber_lasso_reweighted_numpy", "huber_lasso_reweighted_numba",
            "sample_normals_numpy", "sample_normals_numba", "sample_normals_cupy",
-           "profile_search_numpy", "profile_search_numba"]
+           "profile_search_numpy", "profile_search_numba",
+           "tree_ensemble_numpy", "tree_ensemble_numba"]

@@ -108,6 +108,9 @@ KERNELS = {
     # samples come back to the host from every sampler: the search runs there
     "profile_search": {"numpy": "profile_search_numpy", "numba": "profile_search_numba",
                        "cupy": "profile_search_numba"},
+    # the band voxels' features are computed on the host: the trees run there
+    "tree_ensemble": {"numpy": "tree_ensemble_numpy", "numba": "tree_ensemble_numba",
+                      "cupy": "tree_ensemble_numba"},
 }
 
 

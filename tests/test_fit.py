@@ -298,8 +298,10 @@ def test_segmentation_applies_the_model_offset_and_reports_it(phantom_model):
     model = load_model(model_path)
     img = images / "phantom_006.nii.gz"
     model.metadata["surface_offset"] = {"mm": 0.6}
-    grown = sp.segment(img, model, refine_iter=0)
-    plain = sp.segment(img, model, refine_iter=0, surface_offset_mm=0.0)
+    # the voxelised surfaces (the voxel classifier re-decides the boundary: off here)
+    grown = sp.segment(img, model, refine_iter=0, voxel_refine=False)
+    plain = sp.segment(img, model, refine_iter=0, surface_offset_mm=0.0, voxel_refine=False)
+    assert grown.voxels_changed is None and model.voxels is not None
     assert grown.surface_offset_mm == 0.6 and plain.surface_offset_mm == 0.0
     # the same fit, moved outward along its normals: more voxels, the plain label inside
     assert grown.label.sum() > plain.label.sum()
@@ -322,3 +324,30 @@ def test_edge_search_moves_nothing_without_being_asked(phantom_model):
     img = images / "phantom_006.nii.gz"
     assert sp.segment(img, bare, refine_iter=0).surface_offset_mm == 0.0
     assert sp.segment(img, bare, refine_iter=0, surface_offset_mm=0.3).surface_offset_mm == 0.3
+
+
+def test_segmentation_decides_the_boundary_voxels_with_the_models_classifier(phantom_model):
+    """A model built with images carries a voxel classifier; segment applies it to
+    the voxels next to the surface only, and reports how many it changed."""
+    from scipy import ndimage
+
+    import shapeprior as sp
+    from shapeprior.io import read_label_map
+    from shapeprior.segmentation import dice, voxelize
+
+    d, images, labels, model_path = phantom_model
+    model = load_model(model_path)
+    assert model.voxels is not None and model.voxels.info["n_cases"] == 6
+    vol = sp.read_volume(images / "phantom_005.nii.gz")
+    ref = read_label_map(labels / "phantom_005.nii.gz").array > 0
+    r = sp.segment(vol, model)
+    surface = voxelize(r.verts, r.faces, vol)
+    diff = r.label != surface
+    assert r.voxels_changed == int(diff.sum()) > 0
+    dist = (ndimage.distance_transform_edt(surface == 0)
+            - ndimage.distance_transform_edt(surface > 0))
+    assert np.all(np.abs(dist[diff]) <= 1.5)
+    assert dice(r.label, ref) >= dice(surface, ref) - 0.005
+    off = sp.segment(vol, model, voxel_refine=False)
+    assert off.voxels_changed is None
+    np.testing.assert_array_equal(off.label, voxelize(off.verts, off.faces, vol))

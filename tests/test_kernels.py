@@ -426,3 +426,52 @@ def test_profile_search_refuses_inconsistent_shapes():
         profile_search_numpy(s, m, v, pen[:-1])
     with pytest.raises(ValueError, match="expected"):
         profile_search_numpy(s, m[:3], v[:3], pen)
+
+
+def _random_trees(seed, n_trees=40, n_features=6, max_nodes=31):
+    """Random valid trees (children after parents, breadth first)."""
+    rng = np.random.default_rng(seed)
+    feat, thr, left, right, val, roots = [], [], [], [], [], []
+    for _ in range(n_trees):
+        base = len(feat)
+        roots.append(base)
+        n_inner = int(rng.integers(0, (max_nodes - 1) // 2 + 1))
+        size = 2 * n_inner + 1
+        for j in range(size):
+            inner = j < n_inner
+            feat.append(int(rng.integers(n_features)) if inner else 0)
+            thr.append(float(rng.normal()) if inner else 0.0)
+            left.append(base + 2 * j + 1 if inner else -1)
+            right.append(base + 2 * j + 2 if inner else -1)
+            val.append(0.0 if inner else float(rng.normal()))
+    X = rng.normal(size=(500, n_features))
+    X[:20, 0] = 0.0
+    return X, *map(np.array, (feat, thr, left, right, val, roots))
+
+
+@each_backend(atol=0, rtol=0)
+def test_tree_ensemble_twins_agree(backend):
+    return kernel("tree_ensemble", backend)(*_random_trees(5))
+
+
+def test_tree_ensemble_reference_walks_each_tree():
+    from shapeprior_kernels import tree_ensemble_numpy
+
+    X, feat, thr, left, right, val, roots = _random_trees(6)
+    got = tree_ensemble_numpy(X, feat, thr, left, right, val, roots, chunk=64)
+    for p in range(0, len(X), 37):
+        want = 0.0
+        for r in roots:
+            k = r
+            while left[k] >= 0:
+                k = left[k] if X[p, feat[k]] <= thr[k] else right[k]
+            want += val[k]
+        assert got[p] == pytest.approx(want, abs=1e-12)
+
+
+def test_tree_ensemble_refuses_inconsistent_arrays():
+    from shapeprior_kernels import tree_ensemble_numpy
+
+    X, feat, thr, left, right, val, roots = _random_trees(7)
+    with pytest.raises(ValueError, match="one length"):
+        tree_ensemble_numpy(X, feat, thr[:-1], left, right, val, roots)

@@ -21,6 +21,8 @@ def test_segment_phantom_outputs_and_geometry(phantom_model, tmp_path):
     # a leak touches the organ; measured Dice 0.97-0.98 (seed 3), a half-voxel
     # shift of the label drops it to about 0.92
     assert rep["reference"]["dice"] > 0.95
+    # the model learned its voxel classifier from the training images: applied
+    assert isinstance(rep["voxels_changed"], int) and rep["voxels_changed"] > 0
     src, lab = read_volume(img), read_label_map(out / "label.nii.gz")
     # the label overlays the input exactly: same grid, spacing, origin, direction
     assert lab.array.shape == src.array.shape
@@ -31,6 +33,9 @@ def test_segment_phantom_outputs_and_geometry(phantom_model, tmp_path):
     assert {"input/phantom_006.nii.gz", "model", "reference"} <= set(man["inputs"])
     # refuses to overwrite
     assert main(["segment", str(img), "-o", str(out), "--model", str(model)]) == 1
+    assert main(["segment", str(img), "-o", str(tmp_path / "plain"), "--model", str(model),
+                 "--no-voxel-refine", "--no-qc"]) == 0
+    assert json.loads((tmp_path / "plain" / "report.json").read_text())["voxels_changed"] is None
 
 
 def test_segment_batch_reports_failures_and_continues(phantom_model, tmp_path, capsys):

@@ -6,14 +6,17 @@
   (a new region reaches :data:`SLACK_MM` beyond the mesh unless told otherwise);
 * :class:`ProfileModel`, :func:`learn_profiles`: per-vertex profile statistics learned
   from training images; :func:`search_profiles` / :func:`search_edges`: the best
-  boundary position along each normal (learned profiles, or the strongest edge).
+  boundary position along each normal (learned profiles, or the strongest edge);
+* :class:`VoxelClassifier`, :func:`learn_voxel_classifier`, :func:`band_features`: the
+  voxels next to a fitted surface decided one by one from their appearance.
 """
 
 from ._levels import SLACK_MM, LevelImage
 from ._profiles import (ProfileModel, learn_profiles, profile_features, profile_stack,
                         search_edges, search_profiles)
 from ._sampler import NormalSampler, intensity_scale, normalise_intensity
+from ._voxels import VoxelClassifier, band_features, learn_voxel_classifier
 
 __all__ = ["NormalSampler", "intensity_scale", "normalise_intensity", "LevelImage", "SLACK_MM",
            "ProfileModel", "learn_profiles", "profile_features", "profile_stack", "search_profiles",
-           "search_edges"]
+           "search_edges", "VoxelClassifier", "band_features", "learn_voxel_classifier"]

@@ -51,6 +51,9 @@ def main(argv):
                          "(present, same grid) before the slow stages")
     ap.add_argument("--normalisation", choices=("percentile", "ct"), default="percentile",
                     help="intensity scale for appearance: percentile (MR) or ct (HU)")
+    ap.add_argument("--no-voxel-classifier", action="store_true",
+                    help="with --images: do not learn the classifier that decides the voxels "
+                         "next to a fitted surface (it needs scikit-learn)")
     ap.add_argument("--random-state", "--seed", dest="random_state", type=int, default=0,
                     help="seed of the random number generator (default 0)")
     ap.add_argument("--force", action="store_true",
@@ -86,6 +89,7 @@ def main(argv):
                              n_nonzero=a.nonzero, dictionary_kind=a.dictionary_kind,
                              seed=a.random_state, n_jobs=max(1, a.jobs),
                              images_dir=a.images, normalisation=a.normalisation,
+                             voxel_classifier=not a.no_voxel_classifier,
                              allow_no_orientation=a.allow_no_orientation)
         model, report = build_model(files, params, root=root, progress=not a.quiet)
         # the model file and its report/manifest folder are staged, then renamed into place

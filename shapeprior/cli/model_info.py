@@ -35,6 +35,11 @@ def main(argv):
     d = s["dictionary"]
     print(f"dictionary   {'none (SSC composes from the training shapes)' if d is None else str(d['n_atoms']) + ' learned atoms'}")
     print(f"appearance   {'none (edge search in an intensity window)' if app is None else 'profiles of ' + str(app['profile_samples']) + ' samples every ' + format(app['step_mm'], 'g') + ' mm, ' + app['normalisation'] + ' normalisation, ' + str(app['n_images']) + ' images'}")
+    vc = s.get("voxel_classifier")
+    print("voxels       " + ("the voxelised surface is the label" if vc is None else
+                             f"{vc['n_trees']} boosted trees decide the voxels next to the "
+                             f"surface (learned from {vc['n_cases']} images, "
+                             f"{vc['n_voxels']} voxels)"))
     so = s.get("surface_offset")
     print("surface      " + ("no calibrated offset (segment moves nothing)" if so is None else
                              f"final surface moved {so['mm']:+g} mm outward: training surfaces "

@@ -94,6 +94,10 @@ def main(argv):
                     help="move the final surface this far outward along its normals before "
                          "voxelising (negative: inward; default: the model's calibration, "
                          "see model-info)")
+    ap.add_argument("--no-voxel-refine", action="store_true",
+                    help="keep the voxelised surface as the label: do not decide the voxels "
+                         "next to it with the model's voxel classifier (models built with "
+                         "--images have one)")
     add_prior(ap)
     a = ap.parse_args(join_negative_values(argv, ("--seed", "--window", "--surface-offset")))
 
@@ -111,7 +115,8 @@ def main(argv):
                            window=floats(a.window, 2, "--window") if a.window else None,
                            normalisation=a.normalisation, backend=a.backend,
                            n_hypotheses=a.hypotheses, placement=a.placement, prior=a.prior,
-                           surface_offset_mm=a.surface_offset)
+                           surface_offset_mm=a.surface_offset,
+                           voxel_refine=not a.no_voxel_refine)
     from ..backend import resolve_backend
 
     params.backend = resolve_backend(params.backend)   # fail early, and record it resolved

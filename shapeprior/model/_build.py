@@ -82,6 +82,10 @@ class BuildParams:
         Appearance profiles: sample step (mm) and samples on each side.
     normalisation : {'percentile', 'ct'}
         Intensity scale of the appearance (MR percentiles, or CT HU).
+    voxel_classifier : bool
+        With ``images_dir``: also learn the classifier that decides the voxels
+        next to a fitted surface (:class:`~shapeprior.appearance.VoxelClassifier`;
+        needs scikit-learn).
     allow_no_orientation : bool
         Accept NIfTI/Analyze label maps that record no orientation.
     """
@@ -105,6 +109,7 @@ class BuildParams:
     profile_step: float = 0.75
     profile_half: int = 4
     normalisation: str = "percentile"   # 'percentile' (MR) or 'ct' (HU)
+    voxel_classifier: bool = True   # with images: learn the boundary-voxel classifier
     allow_no_orientation: bool = False  # accept NIfTI/Analyze without q/sform
 
     def __post_init__(self):
@@ -140,6 +145,7 @@ class BuildParams:
         check_choice("normalisation", self.normalisation, ("percentile", "ct"))
         self.allow_no_orientation = check_bool("allow_no_orientation",
                                                self.allow_no_orientation)
+        self.voxel_classifier = check_bool("voxel_classifier", self.voxel_classifier)
 
 
 def find_label_maps(folder):
@@ -332,25 +338,49 @@ def _grid_difference(a, b, atol=1e-3):
     return ""
 
 
-def _learn_appearance(kept, faces, params, pairs):
-    from ..appearance import learn_profiles
+def _training_images(kept, params, pairs):
+    """``(record, verts, image Volume, label Volume)`` of each kept shape with its
+    image, read one at a time; the grids must agree."""
     from ..io import read_volume
 
-    cases = []
     for s, v in kept:
-        if s["side"] == "right" and params.mirror_right:
-            continue   # mirrored shapes do not sit on their image
         img = pairs[Path(s["file"])]
         vol = read_volume(img, params.allow_no_orientation)
         lab = read_label_map(s["file"], params.allow_no_orientation)
         if not vol.same_grid(lab):
             raise ValueError(f"{img.name}: image and label map differ in geometry")
-        cases.append((vol, v))
+        yield s, v, vol, lab
+
+
+def _learn_appearance(kept, faces, params, pairs):
+    from ..appearance import learn_profiles
+
+    cases = [(vol, v) for s, v, vol, _ in _training_images(kept, params, pairs)
+             if not (s["side"] == "right" and params.mirror_right)]  # mirrored: not on their image
     if len(cases) < 3:
         raise ValueError(f"only {len(cases)} training images matched the label maps under "
                          f"{params.images_dir} (same relative path or file name); need >= 3")
     return learn_profiles(cases, faces, params.profile_step, params.profile_half,
                           params.normalisation)
+
+
+def _voxel_cases(kept, faces, params, pairs):
+    """(image, organ mask, surface, faces) of every kept shape for
+    :func:`learn_voxel_classifier`, cropped to the organ (a mirrored shape goes
+    back onto its own scan's side)."""
+    for s, v, vol, lab in _training_images(kept, params, pairs):
+        f = faces
+        if s["side"] == "right" and params.mirror_right:
+            v, f = v * np.array([-1.0, 1.0, 1.0]), faces[:, ::-1].copy()
+        idx = np.round(vol.physical_to_index(v)[:, ::-1]).astype(int)
+        pad = np.ceil(12.0 / np.asarray(vol.spacing)[::-1]).astype(int)
+        lo = np.clip(idx.min(0) - pad, 0, vol.array.shape)
+        hi = np.clip(idx.max(0) + 1 + pad, 0, vol.array.shape)
+        if np.any(hi <= lo):
+            continue
+        crop = vol.crop(lo, hi)
+        mask = label_mask(lab, params.labels)[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        yield crop, mask, v, f
 
 
 def template_sample(n_shapes, template_shapes):
@@ -534,6 +564,14 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
     # surface_offset): measured when the model learns it
     offset = (surface_calibration(kept, sf, params, params.n_jobs, progress)
               if profile is not None else None)
+    t_vox = time.perf_counter()
+    voxels = None
+    if profile is not None and params.voxel_classifier:
+        from ..appearance import learn_voxel_classifier
+
+        voxels = learn_voxel_classifier(_voxel_cases(kept, sf, params, pairs), seed=params.seed,
+                                        n_cases=len(kept))
+    t_vox = time.perf_counter() - t_vox
     hashes = {}
     for s, _ in kept:
         if s["source"] not in hashes:
@@ -559,6 +597,7 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
                               fov_centres=[s["fov_centre"] for s, _ in kept], ids=ids,
                               hashes=[hashes[s["source"]] for s, _ in kept], metadata=meta)
     model.profile = profile
+    model.voxels = voxels
     var = model.pca_variances
     d = np.array([r["mean_target_to_fit"] for r in per_shape])
     report = {
@@ -567,7 +606,8 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
         "fit_mean_target_to_fit_mm": {"median": float(np.median(d)), "max": float(d.max())},
         "pca_modes": int(len(var)), "pca_variance_mm2_top5": var[:5].tolist(),
         "surface_offset": offset,
+        "voxel_classifier": None if voxels is None else voxels.info,
         "time_s": {"surfaces": t_surf, "fit_pass1": t_pass1, "fit_pass2": t_pass2,
-                   "total": time.perf_counter() - t0},
+                   "voxel_classifier": t_vox, "total": time.perf_counter() - t0},
     }
     return model, report

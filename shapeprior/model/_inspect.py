@@ -18,7 +18,8 @@ def model_summary(model: ShapeModel) -> dict:
         ``n_faces``, ``coordinates``; ``pca`` (modes, explained variance of the
         first ten and their cumulative sum, sd of the first modes in mm);
         ``dictionary`` (learned atoms); ``appearance`` (profile samples and
-        normalisation, or None); ``surface_offset`` (the calibrated outward offset of
+        normalisation, or None); ``voxel_classifier`` (trees, training cases and
+        voxels, or None); ``surface_offset`` (the calibrated outward offset of
         the final surface, mm, and the training Dice without and with it, or
         None); ``pose`` (training scale range, offset from the
         FOV centre in LPS mm); ``provenance`` (versions, template, number of
@@ -57,6 +58,9 @@ def model_summary(model: ShapeModel) -> dict:
         "appearance": None if prof is None else {
             "normalisation": prof.normalisation, "n_images": prof.n_images,
             "profile_samples": 2 * int(prof.half) + 1, "step_mm": float(prof.step)},
+        "voxel_classifier": None if model.voxels is None else {
+            k: model.voxels.info.get(k) for k in ("n_trees", "n_cases", "n_voxels",
+                                                  "displacement_sd_mm", "training_agreement")},
         "surface_offset": None if not isinstance(meta.get("surface_offset"), dict) else {
             k: meta["surface_offset"].get(k) for k in ("mm", "dice_at_0", "dice_at_offset",
                                                         "n_shapes")},

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..align import procrustes
-from ..appearance import ProfileModel
+from ..appearance import ProfileModel, VoxelClassifier
 from ..io import available_memory
 from ._dictlearn import is_centred
 from ._pose import PosePrior
@@ -64,6 +64,9 @@ class ShapeModel:
         sum of x x^T and ``B`` (3N, k) = sum of y x^T over the coded shapes,
         with which :func:`update_model` updates ``atoms`` without
         revisiting the old shapes.
+    voxels : VoxelClassifier or None
+        Decides the voxels next to a fitted surface from their appearance
+        (learned with the boundary appearance from training images).
     """
 
     shapes: np.ndarray
@@ -76,6 +79,7 @@ class ShapeModel:
     profile: ProfileModel | None = None
     pose: PosePrior | None = None
     dictionary_state: dict | None = None
+    voxels: VoxelClassifier | None = None
 
     @property
     def n_shapes(self) -> int:
@@ -102,6 +106,7 @@ class ShapeModel:
         meta["format_version"] = FORMAT_VERSION
         meta["pose_prior"] = None if self.pose is None else self.pose.to_dict()
         meta["appearance"] = None if self.profile is None else self.profile.to_meta()
+        meta["voxel_classifier"] = None if self.voxels is None else self.voxels.to_meta()
         arrays = {
             "shapes": np.asarray(self.shapes, dtype=np.float64),
             "mean": np.asarray(self.mean, dtype=np.float64),
@@ -117,6 +122,8 @@ class ShapeModel:
         if self.profile is not None:
             arrays.update({k: np.asarray(v, dtype=np.float64)
                            for k, v in self.profile.to_arrays().items()})
+        if self.voxels is not None:
+            arrays.update(self.voxels.to_arrays())
         return arrays, meta
 
     @classmethod
@@ -125,6 +132,8 @@ class ShapeModel:
         meta = dict(meta)
         pose = meta.pop("pose_prior", None)
         app = meta.pop("appearance", None)
+        vox = meta.pop("voxel_classifier", None)
+        voxels = None if vox is None else VoxelClassifier.from_parts(arrays, vox)
         profile = None
         if arrays.get("profile_mean") is not None:
             profile = ProfileModel.from_arrays(arrays, app)
@@ -133,7 +142,7 @@ class ShapeModel:
             state = {"A": arrays["dictionary_A"], "B": arrays["dictionary_B"]}
         return cls(arrays["shapes"], arrays["mean"], arrays["faces"], arrays["pca_components"],
                    arrays["pca_variances"], arrays.get("atoms"), meta, profile,
-                   None if pose is None else PosePrior.from_dict(pose), state)
+                   None if pose is None else PosePrior.from_dict(pose), state, voxels)
 
     def ssc_dictionary(self, which="shapes", backend=None):
         """:class:`~shapeprior.ssc.ShapeDictionary` from the training shapes
@@ -379,6 +388,10 @@ def load_model(path) -> ShapeModel:
         opt = {k: (_array(z, k, name, ndim=3 if k == "atoms" else 2) if k in z.files else None)
                for k in ("atoms", "profile_mean", "profile_var", "dictionary_A",
                          "dictionary_B")}
+        vox = {f"voxel_{k}": _array(z, f"voxel_{k}", name, kind=kind, ndim=1)
+               for k, kind in (("feature", "i"), ("threshold", "f"), ("left", "i"),
+                               ("right", "i"), ("value", "f"), ("roots", "i"))
+               if f"voxel_{k}" in z.files}
     _check_meta_types(meta, name)
     N = mean.shape[0]
     bad = []
@@ -414,6 +427,11 @@ def load_model(path) -> ShapeModel:
         raise ModelFormatError(f"{name}: appearance variances must be > 0")
     if pm is not None and not isinstance(meta.get("appearance"), dict):
         raise ModelFormatError(f"{name}: appearance arrays without their metadata")
-    return ShapeModel.from_file_parts(
-        {"shapes": shapes, "mean": mean, "faces": faces.astype(np.int64),
-         "pca_components": comps, "pca_variances": var, **opt}, meta)
+    if (meta.get("voxel_classifier") is not None) != bool(vox) or (vox and len(vox) != 6):
+        raise ModelFormatError(f"{name}: voxel classifier arrays and metadata do not match")
+    try:
+        return ShapeModel.from_file_parts(
+            {"shapes": shapes, "mean": mean, "faces": faces.astype(np.int64),
+             "pca_components": comps, "pca_variances": var, **opt, **vox}, meta)
+    except ValueError as exc:       # the voxel classifier's own checks
+        raise ModelFormatError(f"{name}: {exc}") from None

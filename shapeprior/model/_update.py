@@ -187,8 +187,10 @@ def extend_model(model: ShapeModel, shapes, ids=None, hashes=None, *, fov_centre
     meta["pca_total_variance_mm2"] = total
     meta["lineage"] = extend_lineage(lineage_of(model.metadata), list(zip(ids, hashes)),
                                      {"n_added": m, **(summary or {})})
+    # the voxel classifier decides voxels from appearance and the distance to the
+    # fitted surface, not from the shapes: it is kept as learned
     return ShapeModel(np.concatenate([model.shapes, aligned]), mean, model.faces, comps, var,
-                      atoms, meta, profile, pose, state)
+                      atoms, meta, profile, pose, state, model.voxels)
 
 
 def new_label_maps(model: ShapeModel, files, names):

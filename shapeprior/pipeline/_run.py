@@ -140,6 +140,9 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
                   "version": model_version(model)},
         "prior": prior_record(model, params, dictionary),
         "surface_offset_mm": res.surface_offset_mm,
+        # voxels next to the surface the model's voxel classifier decided otherwise
+        # (null: the model has none, or --no-voxel-refine)
+        "voxels_changed": res.voxels_changed,
         "volume_ml": float(res.label.sum()) * voxel_ml,
         "mesh_volume_ml": Surface(res.verts, res.faces).volume() / 1000.0,
         "iterations": res.n_iter, "converged": res.converged,

@@ -101,6 +101,11 @@ class SegmentParams:
         offset at which its training surfaces best cover their labels,
         ``model.metadata['surface_offset']``) when the model has learned
         appearance; 0 for an edge search or a model without a calibration.
+    voxel_refine : bool
+        Decide the voxels next to the final surface again with the model's
+        voxel classifier (:class:`~shapeprior.appearance.VoxelClassifier`), when
+        it has one. On the hippocampus validation split (38 cases) Dice went
+        from 0.882 (worst 0.782) to 0.899 (worst 0.826), no case worse.
     """
 
     schedule: tuple = DEFAULT_SCHEDULE
@@ -128,6 +133,7 @@ class SegmentParams:
     refit: float | None = None    # SSC refit of the inliers with this fraction of lambda1 (None: off)
     mode_clamp: float | None = None   # PCA mode coefficients clamped to +- this many SDs (None: off)
     surface_offset_mm: float | None = None   # final surface along its normals (None: the model's)
+    voxel_refine: bool = True     # boundary voxels decided by the model's voxel classifier
 
     def __post_init__(self):
         from .._validation import (check_bool, check_choice, check_number, check_vector)
@@ -170,6 +176,7 @@ class SegmentParams:
         self.refine_search_mm = check_number("refine_search_mm", self.refine_search_mm, 0,
                                              low_open=True)
         self.refine_smooth = check_number("refine_smooth", self.refine_smooth, 0, integer=True)
+        self.voxel_refine = check_bool("voxel_refine", self.voxel_refine)
         check_choice("placement", self.placement, ("search", "prior"))
         self.n_hypotheses = check_number("n_hypotheses", self.n_hypotheses, 1, integer=True)
         if self.backend is not None:
@@ -218,6 +225,12 @@ class SegmentResult:
     mirrored : bool
         The surface is a right-side organ fitted with a model of left sides
         (multiply x by ``MIRROR`` to compare it with the model).
+    surface_offset_mm : float
+        How far the final surface was moved along its normals (mm).
+    voxels_changed : int or None
+        Voxels next to the surface that the model's voxel classifier decided
+        otherwise than the voxelised surface (None: not run). ``label`` holds
+        its decision; ``verts`` stay the surface.
     """
 
     verts: np.ndarray
@@ -240,6 +253,7 @@ class SegmentResult:
     placement: dict | None = None
     mirrored: bool = False
     surface_offset_mm: float = 0.0
+    voxels_changed: int | None = None
 
 
 def surface_offset(model, params) -> float:
@@ -377,7 +391,7 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
         Prepared dictionary (reuse across cases); default the model's shapes.
     clock : shapeprior._profile.StageClock, optional
         Receives per-stage time (and peak RSS): prepare, place, search, ssc,
-        refine, voxelize.
+        refine, voxelize, voxels (the voxel classifier).
     init : ndarray, shape (N, 3), optional
         A starting surface (LPS mm, the model's vertex order), e.g. from
         :func:`refine_mask` on an existing segmentation; replaces placement.
@@ -454,6 +468,10 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
         v = v + offset * Surface(v, faces).vertex_normals()
     with clock("voxelize"):
         label = voxelize(v, faces, vol)
+    changed = None
+    if model.voxels is not None and params.voxel_refine:
+        with clock("voxels"):
+            label, changed = model.voxels.refine(vol, label, v, faces, backend)
     placement = {"chosen": fit.hypothesis.to_dict(),
                  "hypotheses": [dict(f.hypothesis.to_dict(), **(
                      {} if f.trial_score is None else {"trial_score": round(f.trial_score, 4)}))
@@ -461,7 +479,8 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     res = SegmentResult(v, faces, label, fit.n_iter, fit.converged, fit.overridden,
                         0.0, fit.history, backend, fit.overridden_max, fit.ever,
                         np.asarray(fit.error_mm, dtype=float), np.asarray(fit.conf, dtype=float),
-                        placement=placement, mirrored=mirror, surface_offset_mm=offset)
+                        placement=placement, mirrored=mirror, surface_offset_mm=offset,
+                        voxels_changed=changed)
     res.status, res.quality, res.reasons, res.evidence = assess(
         res, vol, model, scorer, mirror, scale_clamped=fit.scale_clamped)
     res.time_s = time.perf_counter() - t0

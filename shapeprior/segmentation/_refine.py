@@ -285,7 +285,7 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     sched = params.schedule
     if tuple(sched) == tuple(DEFAULT_SCHEDULE):
         sched = ((MASK_SEARCH_MM, 1.0), *DEFAULT_SCHEDULE)
-    bare = replace(model, profile=None)         # the mask has no learned appearance
+    bare = replace(model, profile=None, voxels=None)   # the mask has no learned appearance
     boundary = _BoundaryDistance(target, mask_vol)
     best = None
     for side in sides:          # an undecided side: the one whose shape explains the mask

@@ -1,0 +1,86 @@
+"""Sum of the leaf values of boosted decision trees for many samples.
+
+The trees are plain arrays over all nodes (K): ``feature`` and
+``threshold`` (a sample goes left when ``X[feature] <= threshold``), the
+children ``left``/``right`` (-1 at a leaf), the leaf ``value`` and each
+tree's first node ``roots`` (T). Every child comes after its parent, so a
+walk ends. Returns, per sample (row of ``X`` (P, F)), the sum over the trees
+of the value of the leaf it reaches.
+
+* :func:`tree_ensemble_numpy` -- NumPy reference: every sample walks every
+  tree at once, one level per pass (temporaries of P x T);
+* :func:`tree_ensemble_numba` -- Numba twin, parallel over samples, no
+  temporaries; the sum runs tree by tree in the same order: equal bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import numba
+except Exception:  # pragma: no cover
+    numba = None
+
+
+def _check(X, feature, threshold, left, right, value, roots):
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    ints = [np.ascontiguousarray(a, dtype=np.int64) for a in (feature, left, right, roots)]
+    threshold = np.ascontiguousarray(threshold, dtype=np.float64)
+    value = np.ascontiguousarray(value, dtype=np.float64)
+    K = len(threshold)
+    if X.ndim != 2 or any(a.ndim != 1 for a in (*ints, threshold, value)) \
+            or not (len(ints[0]) == len(ints[1]) == len(ints[2]) == len(value) == K):
+        raise ValueError(f"X (P, F) and node arrays of one length expected, got X {X.shape}, "
+                         f"{[len(a) for a in (*ints, threshold, value)]}")
+    return X, ints[0], threshold, ints[1], ints[2], value, ints[3]
+
+
+def tree_ensemble_numpy(X, feature, threshold, left, right, value, roots, chunk=20000):
+    """NumPy reference. Returns the sum of leaf values, shape (P,) float64."""
+    X, feature, threshold, left, right, value, roots = _check(
+        X, feature, threshold, left, right, value, roots)
+    out = np.empty(len(X))
+    leaf = left < 0
+    feat = np.where(leaf, 0, feature)
+    for s in range(0, len(X), chunk):
+        x = X[s:s + chunk]
+        node = np.broadcast_to(roots, (len(x), len(roots))).copy()
+        rows = np.arange(len(x))[:, None]
+        while True:
+            inner = ~leaf[node]
+            if not inner.any():
+                break
+            go_left = x[rows, feat[node]] <= threshold[node]
+            node = np.where(inner, np.where(go_left, left[node], right[node]), node)
+        acc = np.zeros(len(x))
+        for t in range(len(roots)):     # tree by tree, as the Numba twin adds
+            acc += value[node[:, t]]
+        out[s:s + chunk] = acc
+    return out
+
+
+if numba is not None:
+    @numba.njit(cache=True, parallel=True, nogil=True)
+    def _tree_ensemble_nb(X, feature, threshold, left, right, value, roots):  # pragma: no cover
+        P = X.shape[0]
+        out = np.empty(P)
+        for p in numba.prange(P):
+            acc = 0.0
+            for t in range(roots.shape[0]):
+                k = roots[t]
+                while left[k] >= 0:
+                    if X[p, feature[k]] <= threshold[k]:
+                        k = left[k]
+                    else:
+                        k = right[k]
+                acc += value[k]
+            out[p] = acc
+        return out
+
+
+def tree_ensemble_numba(X, feature, threshold, left, right, value, roots):
+    """Numba twin of :func:`tree_ensemble_numpy` (equal bit for bit)."""
+    if numba is None:  # pragma: no cover
+        raise RuntimeError("numba is not installed")
+    return _tree_ensemble_nb(*_check(X, feature, threshold, left, right, value, roots))

@@ -1,0 +1,146 @@
+"""The voxel classifier: features that follow physical space, trees that stay
+valid, and a learned classifier that sharpens a displaced fit."""
+
+import numpy as np
+import pytest
+
+from shapeprior.appearance import VoxelClassifier, band_features, learn_voxel_classifier
+from shapeprior.appearance._voxels import FEATURES
+from shapeprior.io import Volume
+from shapeprior.mesh import dice, icosphere, voxelize
+
+
+def _blob_case(rng, centre_shift=(0.0, 0.0, 0.0), direction=None, spacing=(1.0, 1.0, 1.0)):
+    """A bright ellipsoidal organ with bumps (LPS mm), blurred, with noise; the
+    true surface and mask."""
+    from scipy import ndimage
+
+    v, f = icosphere(3)
+    u = v / np.linalg.norm(v, axis=1, keepdims=True)
+    bump = 1.0 + 0.12 * np.sin(3 * u[:, 0] + rng.uniform(0, 6)) * np.cos(2 * u[:, 1])
+    verts = u * np.array([14.0, 9.0, 7.0]) * bump[:, None] + np.asarray(centre_shift)
+    D = np.eye(3) if direction is None else np.asarray(direction, float)
+    sp = np.asarray(spacing, float)
+    size = np.array([48, 40, 36])
+    origin = -D @ (sp * (size - 1) / 2.0)
+    grid = Volume(np.zeros(size[::-1], np.float32), sp, origin, D)
+    mask = voxelize(verts, f, grid).astype(bool)
+    img = 100.0 + 60.0 * mask + 25.0 * ndimage.binary_dilation(mask, iterations=3) * (~mask)
+    img = ndimage.gaussian_filter(img, 0.8) + rng.normal(0, 6.0, img.shape)
+    return Volume(img.astype(np.float32), sp, origin, D), mask, verts, f
+
+
+def _displaced(verts, faces, rng, sd):
+    from shapeprior.appearance._voxels import perturbed_surface
+
+    return perturbed_surface(verts, faces, rng, sd)
+
+
+def test_band_features_follow_physical_space_not_array_storage():
+    """The same scan stored with flipped and permuted axes (direction and origin
+    matching) gives the same features for the same physical voxels."""
+    rng = np.random.default_rng(0)
+    vol, mask, verts, faces = _blob_case(rng)
+    fit = _displaced(verts, faces, rng, 0.5)
+    lab = voxelize(fit, faces, vol)
+    X, idx = band_features(vol, lab, fit, faces)
+    # array (z, y, x) -> (x, z', y) with z flipped: index (i, j, k) -> (j, nz-1-k, i)
+    arr = vol.array[::-1].transpose(2, 0, 1)            # axes: x, z(flipped), y -> new (k', j', i')
+    # new index order (xyz): i' = y, j' = z flipped, k' = x
+    M = vol.index_to_physical_matrix                     # columns: x, y, z index steps
+    nz = vol.array.shape[0]
+    newM = np.column_stack([M[:, 1], -M[:, 2], M[:, 0]])
+    origin = vol.origin + M[:, 2] * (nz - 1)
+    sp = np.linalg.norm(newM, axis=0)
+    vol2 = Volume(np.ascontiguousarray(arr), sp, origin, newM / sp)
+    lab2 = voxelize(fit, faces, vol2)
+    X2, idx2 = band_features(vol2, lab2, fit, faces)
+    p1 = vol.index_to_physical(np.stack(idx, 1)[:, ::-1].astype(float))
+    p2 = vol2.index_to_physical(np.stack(idx2, 1)[:, ::-1].astype(float))
+    o1 = np.lexsort(np.round(p1, 4).T)
+    o2 = np.lexsort(np.round(p2, 4).T)
+    assert len(X) == len(X2) > 500
+    np.testing.assert_allclose(p1[o1], p2[o2], atol=1e-9)
+    np.testing.assert_allclose(X[o1], X2[o2], rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def learned():
+    rng = np.random.default_rng(1)
+    cases = [_blob_case(rng, rng.uniform(-2, 2, 3)) for _ in range(6)]
+    return learn_voxel_classifier(cases, seed=0, max_iter=60)
+
+
+def test_learned_classifier_sharpens_a_displaced_fit(learned):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    before, after = [], []
+    for _ in range(3):
+        vol, mask, verts, faces = _blob_case(rng, rng.uniform(-2, 2, 3))
+        fit = _displaced(verts, faces, rng, 0.8)
+        lab = voxelize(fit, faces, vol)
+        new, changed = learned.refine(vol, lab, fit, faces)
+        assert changed == int(np.count_nonzero(new != lab)) > 0
+        # only voxels next to the fitted label's boundary change
+        d = (ndimage.distance_transform_edt(lab == 0) - ndimage.distance_transform_edt(lab > 0))
+        assert np.all(np.abs(d[new != lab]) <= 1.5)
+        before.append(dice(lab, mask))
+        after.append(dice(new, mask))
+    assert np.mean(after) > np.mean(before) + 0.02, (before, after)
+    assert min(a - b for a, b in zip(after, before)) > 0
+
+
+def test_empty_label_is_left_alone(learned):
+    rng = np.random.default_rng(2)
+    vol, mask, verts, faces = _blob_case(rng)
+    empty = np.zeros(vol.array.shape, np.uint8)
+    new, changed = learned.refine(vol, empty, verts, faces)
+    assert changed == 0 and not new.any()
+
+
+def _tree_arrays(clf):
+    return {k: getattr(clf, k).copy() for k in VoxelClassifier.ARRAYS}
+
+
+@pytest.mark.parametrize("damage, msg", [
+    (lambda a: a["left"].__setitem__(np.flatnonzero(a["left"] >= 0)[0], 0), "child outside"),
+    (lambda a: a["feature"].__setitem__(np.flatnonzero(a["left"] >= 0)[0], 99), "feature index"),
+    (lambda a: a["value"].__setitem__(0, np.nan), "NaN"),
+    (lambda a: a["right"].__setitem__(np.flatnonzero(a["left"] >= 0)[0], -1), "one child"),
+    (lambda a: a.__setitem__("roots", a["roots"][::-1].copy()), "roots"),
+])
+def test_malformed_trees_are_refused(learned, damage, msg):
+    a = _tree_arrays(learned)
+    damage(a)
+    bad = VoxelClassifier(**a, baseline=learned.baseline, info={})
+    with pytest.raises(ValueError, match=msg):
+        bad.check()
+
+
+def test_model_file_keeps_the_classifier_and_refuses_a_damaged_one(learned, tmp_path):
+    from shapeprior.model import ModelFormatError, load_model, model_from_shapes, save_model
+
+    rng = np.random.default_rng(3)
+    v, f = icosphere(2)
+    shapes = v[None] * (10 + rng.normal(0, 0.5, (5, 1, 3)))
+    m = model_from_shapes(shapes, f)
+    m.voxels = learned
+    save_model(m, tmp_path / "m.npz")
+    back = load_model(tmp_path / "m.npz")
+    X = rng.normal(size=(200, len(FEATURES)))
+    np.testing.assert_array_equal(back.voxels.decision(X), learned.decision(X))
+    assert back.voxels.info == learned.info
+    # a child that points back at its parent would walk forever: refused on load
+    z = dict(np.load(tmp_path / "m.npz"))
+    left = z["voxel_left"].copy()
+    left[np.flatnonzero(left >= 0)[0]] = 0
+    z["voxel_left"] = left
+    np.savez(tmp_path / "bad.npz", **z)
+    with pytest.raises(ModelFormatError, match="bad.npz: voxel classifier child outside"):
+        load_model(tmp_path / "bad.npz")
+    z = dict(np.load(tmp_path / "m.npz"))
+    del z["voxel_value"]
+    np.savez(tmp_path / "bad2.npz", **z)
+    with pytest.raises(ModelFormatError, match="do not match"):
+        load_model(tmp_path / "bad2.npz")
