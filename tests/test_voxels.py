@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from shapeprior.appearance import VoxelClassifier, band_features, learn_voxel_classifier
-from shapeprior.appearance._voxels import FEATURES
+from shapeprior.appearance._voxels import BAND_VOX, FEATURES
 from shapeprior.io import Volume
 from shapeprior.mesh import dice, icosphere, voxelize
 
@@ -84,7 +84,7 @@ def test_learned_classifier_sharpens_a_displaced_fit(learned):
         assert changed == int(np.count_nonzero(new != lab)) > 0
         # only voxels next to the fitted label's boundary change
         d = (ndimage.distance_transform_edt(lab == 0) - ndimage.distance_transform_edt(lab > 0))
-        assert np.all(np.abs(d[new != lab]) <= 1.5)
+        assert np.all(np.abs(d[new != lab]) <= BAND_VOX)
         before.append(dice(lab, mask))
         after.append(dice(new, mask))
     assert np.mean(after) > np.mean(before) + 0.02, (before, after)
