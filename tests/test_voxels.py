@@ -144,3 +144,28 @@ def test_model_file_keeps_the_classifier_and_refuses_a_damaged_one(learned, tmp_
     np.savez(tmp_path / "bad2.npz", **z)
     with pytest.raises(ModelFormatError, match="do not match"):
         load_model(tmp_path / "bad2.npz")
+
+
+def test_build_without_enough_to_learn_keeps_the_model_and_says_why(tmp_path, monkeypatch):
+    """The voxel classifier is an extra of a build with images: when it cannot be
+    learned (here scikit-learn is missing) the model is built without it and the
+    report says why."""
+    import builtins
+
+    from shapeprior.model import BuildParams, build_model
+    from shapeprior.synthetic import write_phantom_cases
+
+    images, labels = write_phantom_cases(tmp_path, n_cases=4, seed=5)
+    real_import = builtins.__import__
+
+    def no_sklearn(name, *args, **kwargs):
+        if name.startswith("sklearn"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    model, report = build_model(sorted(labels.glob("*.nii.gz")), BuildParams(
+        n_vertices=162, iso_spacing=1.0, images_dir=str(images), n_iter=20), root=labels,
+        progress=False)
+    assert model.profile is not None and model.voxels is None
+    assert "scikit-learn" in report["voxel_classifier"]["skipped"]

@@ -101,5 +101,8 @@ def main(argv):
     print(f"model: {model.shapes.shape[0]} shapes x {model.n_vertices} vertices, "
           f"{len(model.pca_variances)} PCA modes; {len(report['rejected'])} rejected "
           f"(see {show_path(side_path)}/report.json)")
+    vc = report.get("voxel_classifier") or {}
+    if "skipped" in vc:
+        print(f"no voxel classifier: {vc['skipped']}")
     print(f"wrote {show_path(out)}")
     return 0

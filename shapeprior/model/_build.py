@@ -565,12 +565,16 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
     offset = (surface_calibration(kept, sf, params, params.n_jobs, progress)
               if profile is not None else None)
     t_vox = time.perf_counter()
-    voxels = None
+    voxels, vox_report = None, None
     if profile is not None and params.voxel_classifier:
         from ..appearance import learn_voxel_classifier
 
-        voxels = learn_voxel_classifier(_voxel_cases(kept, sf, params, pairs), seed=params.seed,
-                                        n_cases=len(kept))
+        try:
+            voxels = learn_voxel_classifier(_voxel_cases(kept, sf, params, pairs),
+                                            seed=params.seed, n_cases=len(kept))
+            vox_report = voxels.info
+        except ValueError as exc:   # too little to learn from, or no scikit-learn:
+            vox_report = {"skipped": str(exc)}     # the model works without it
     t_vox = time.perf_counter() - t_vox
     hashes = {}
     for s, _ in kept:
@@ -606,7 +610,7 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
         "fit_mean_target_to_fit_mm": {"median": float(np.median(d)), "max": float(d.max())},
         "pca_modes": int(len(var)), "pca_variance_mm2_top5": var[:5].tolist(),
         "surface_offset": offset,
-        "voxel_classifier": None if voxels is None else voxels.info,
+        "voxel_classifier": vox_report,
         "time_s": {"surfaces": t_surf, "fit_pass1": t_pass1, "fit_pass2": t_pass2,
                    "voxel_classifier": t_vox, "total": time.perf_counter() - t0},
     }
