@@ -422,3 +422,28 @@ def test_one_blas_thread_limits_the_main_thread_and_restores():
         t.start()
         t.join(10)
         assert seen == {"inside": before, "after": before}
+
+
+def test_l0_trimming_stops_when_its_outlier_sets_cycle():
+    """The trimmed OMP alternation can go round a cycle of outlier sets; it stops
+    at the first set it has seen before instead of running to max_iter, and says
+    so. A restart from the set it returns is not a fixed point either."""
+    from shapeprior.ssc import ShapeDictionary
+    from shapeprior.ssc._l0 import solve_l0
+    from shapeprior.synthetic import make_ssc_problem
+
+    p = make_ssc_problem(n_points=300, n_atoms=40, gross_fraction=0.4, seed=0, transform=False)
+    dic = ShapeDictionary(p.atoms, p.atoms.mean(0))
+    z = p.observed.ravel()
+    w = np.ones_like(z)
+    s = solve_l0(dic, z, w, 8, max_iter=100)
+    assert s.cycled and not s.converged and s.n_iter < 100
+    out = np.abs(s.e.reshape(-1, 3)).sum(1) > 0
+    again = solve_l0(dic, z, w, 8, max_iter=100, outliers_init=out)
+    assert not again.converged and again.cycled
+    # a problem whose alternation settles reports convergence, not a cycle
+    p = make_ssc_problem(n_points=300, n_atoms=40, gross_fraction=0.1, seed=1, transform=False)
+    dic = ShapeDictionary(p.atoms, p.atoms.mean(0))
+    z = p.observed.ravel()
+    s = solve_l0(dic, z, np.ones_like(z), 8, max_iter=100)
+    assert s.converged and not s.cycled

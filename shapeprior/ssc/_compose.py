@@ -266,7 +266,7 @@ def _sparse_composition(dic, y, s, method, lambda1, lambda2, n_nonzero,
         sol = solve_l0(dic, z, w, int(n_nonzero), outlier_threshold, max_iter=max_iter,
                        outliers_init=l0_init)
         lam1, lam2 = float("nan"), float("nan")
-        info = {"threshold": sol.threshold}
+        info = {"threshold": sol.threshold, "cycled": sol.cycled}
     N, d = dic.n_points, dic.n_dims
     return CompositionResult(
         x=to_numpy(sol.x), e=to_numpy(sol.e).reshape(N, d),
