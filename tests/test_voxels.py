@@ -169,3 +169,32 @@ def test_build_without_enough_to_learn_keeps_the_model_and_says_why(tmp_path, mo
         progress=False)
     assert model.profile is not None and model.voxels is None
     assert "scikit-learn" in report["voxel_classifier"]["skipped"]
+
+
+def test_refined_label_is_one_piece_without_holes():
+    """Whatever the trees decide, the label stays the largest connected piece with
+    its holes filled: a shell of band voxels cut off from the organ is dropped."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(11)
+    vol, mask, verts, faces = _blob_case(rng)
+    fit = _displaced(verts, faces, rng, 0.5)
+    lab = voxelize(fit, faces, vol)
+    # inside where the distance to the surface is <= -0.5 mm or in (1.6, 2.2] mm: a
+    # detached shell around the organ
+    shell = VoxelClassifier(feature=np.zeros(7, int),
+                            threshold=np.array([-0.5, 0, 1.6, 0, 2.2, 0, 0]),
+                            left=np.array([1, -1, 3, -1, 5, -1, -1]),
+                            right=np.array([2, -1, 4, -1, 6, -1, -1]),
+                            value=np.array([0, 1.0, 0, -1.0, 0, 1.0, -1.0]),
+                            roots=np.array([0]), baseline=0.0, info={})
+    shell.check()
+    X, index = band_features(vol, lab, fit, faces)
+    raw = lab.copy()
+    raw[index] = shell.decision(X) > 0
+    assert ndimage.label(raw, structure=np.ones((3, 3, 3)))[1] > 1     # the shell is apart
+    new, changed = shell.refine(vol, lab, fit, faces)
+    comp, n = ndimage.label(new > 0, structure=np.ones((3, 3, 3)))
+    assert n == 1 and changed == int(np.count_nonzero(new != lab)) > 0
+    assert np.array_equal(ndimage.binary_fill_holes(new > 0), new > 0)
+    assert new.sum() < raw.sum()                                      # the shell is gone
