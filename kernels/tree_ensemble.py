@@ -7,8 +7,8 @@ tree's first node ``roots`` (T). Every child comes after its parent, so a
 walk ends. Returns, per sample (row of ``X`` (P, F)), the sum over the trees
 of the value of the leaf it reaches.
 
-* :func:`tree_ensemble_numpy` -- NumPy reference: every sample walks every
-  tree at once, one level per pass (temporaries of P x T);
+* :func:`tree_ensemble_numpy` -- NumPy reference: tree by tree, the samples
+  not yet at a leaf move one level per pass;
 * :func:`tree_ensemble_numba` -- Numba twin, parallel over blocks of samples, each
   block walked tree by tree, no temporaries; each sample's sum runs tree by tree in
   the same order: equal bit for bit.
@@ -40,27 +40,22 @@ def _check(X, feature, threshold, left, right, value, roots):
     return X, ints[0], threshold, ints[1], ints[2], value, ints[3]
 
 
-def tree_ensemble_numpy(X, feature, threshold, left, right, value, roots, chunk=20000):
+def tree_ensemble_numpy(X, feature, threshold, left, right, value, roots):
     """NumPy reference. Returns the sum of leaf values, shape (P,) float64."""
     X, feature, threshold, left, right, value, roots = _check(
         X, feature, threshold, left, right, value, roots)
-    out = np.empty(len(X))
+    out = np.zeros(len(X))
     leaf = left < 0
-    feat = np.where(leaf, 0, feature)
-    for s in range(0, len(X), chunk):
-        x = X[s:s + chunk]
-        node = np.broadcast_to(roots, (len(x), len(roots))).copy()
-        rows = np.arange(len(x))[:, None]
-        while True:
-            inner = ~leaf[node]
-            if not inner.any():
-                break
-            go_left = x[rows, feat[node]] <= threshold[node]
-            node = np.where(inner, np.where(go_left, left[node], right[node]), node)
-        acc = np.zeros(len(x))
-        for t in range(len(roots)):     # tree by tree, as the Numba twin adds
-            acc += value[node[:, t]]
-        out[s:s + chunk] = acc
+    rows = np.arange(len(X))
+    for r in roots:                     # tree by tree, as the Numba twin adds
+        node = np.full(len(X), r)
+        walking = rows[~leaf[node]]
+        while walking.size:             # the samples not yet at a leaf, one level
+            k = node[walking]
+            go_left = X[walking, feature[k]] <= threshold[k]
+            node[walking] = np.where(go_left, left[k], right[k])
+            walking = walking[~leaf[node[walking]]]
+        out += value[node]
     return out
 
 

@@ -458,7 +458,7 @@ def test_tree_ensemble_reference_walks_each_tree():
     from shapeprior_kernels import tree_ensemble_numpy
 
     X, feat, thr, left, right, val, roots = _random_trees(6)
-    got = tree_ensemble_numpy(X, feat, thr, left, right, val, roots, chunk=64)
+    got = tree_ensemble_numpy(X, feat, thr, left, right, val, roots)
     for p in range(0, len(X), 37):
         want = 0.0
         for r in roots:
