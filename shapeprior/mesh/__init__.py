@@ -14,9 +14,10 @@ from ._surface import (
     label_mask,
     mask_box,
     mask_to_surface,
+    signed_distance,
 )
 
 __all__ = ["Surface", "MESH_FORMATS", "mask_to_surface", "label_mask", "kidney_masks", "crop_to_labels",
-           "mask_box", "voxelize", "dice",
+           "mask_box", "signed_distance", "voxelize", "dice",
            "icosphere",
            "level_for_vertices", "mean_neighbour_operator", "read_mesh", "READ_SUFFIXES"]

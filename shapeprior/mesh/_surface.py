@@ -150,6 +150,24 @@ def _raise_absent(vol, labels):
                      f"(values present: {present})")
 
 
+def signed_distance(mask, sampling=None) -> np.ndarray:
+    """Signed distance of every voxel centre to the other side of a mask's
+    boundary: > 0 outside (distance to the nearest inside voxel), < 0 inside
+    (minus the distance to the nearest outside voxel); never 0.
+
+    Parameters
+    ----------
+    mask : ndarray of bool
+    sampling : sequence of float, optional
+        Voxel size along each array axis (mm, in array order); default 1
+        (distances in voxels).
+    """
+    from scipy import ndimage
+
+    return (ndimage.distance_transform_edt(~mask, sampling=sampling)
+            - ndimage.distance_transform_edt(mask, sampling=sampling))
+
+
 def mask_box(mask) -> tuple:
     """The bounding box of a non-empty 3-D mask, as a tuple of slices (z, y, x).
 

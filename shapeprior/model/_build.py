@@ -338,39 +338,31 @@ def _grid_difference(a, b, atol=1e-3):
     return ""
 
 
-def _training_images(kept, params, pairs):
-    """``(record, verts, image Volume, label Volume)`` of each kept shape with its
-    image, read one at a time; the grids must agree."""
+def _appearance_cases(kept, faces, params, pairs):
+    """One read of each kept shape's image and label map (the grids must agree):
+    ``(profile cases, voxel cases)``.
+
+    Profile cases are ``(image, verts)`` of the shapes that sit on their image (not
+    the mirrored ones). Voxel cases are, with ``params.voxel_classifier``,
+    ``(image, organ mask, verts, faces)`` of every shape for
+    :func:`learn_voxel_classifier`, cropped to the organ and copied, so that they
+    hold no whole scan (a mirrored shape goes back onto its own scan's side)."""
     from ..io import read_volume
 
+    profile, voxel = [], []
     for s, v in kept:
         img = pairs[Path(s["file"])]
         vol = read_volume(img, params.allow_no_orientation)
         lab = read_label_map(s["file"], params.allow_no_orientation)
         if not vol.same_grid(lab):
             raise ValueError(f"{img.name}: image and label map differ in geometry")
-        yield s, v, vol, lab
-
-
-def _learn_appearance(kept, faces, params, pairs):
-    from ..appearance import learn_profiles
-
-    cases = [(vol, v) for s, v, vol, _ in _training_images(kept, params, pairs)
-             if not (s["side"] == "right" and params.mirror_right)]  # mirrored: not on their image
-    if len(cases) < 3:
-        raise ValueError(f"only {len(cases)} training images matched the label maps under "
-                         f"{params.images_dir} (same relative path or file name); need >= 3")
-    return learn_profiles(cases, faces, params.profile_step, params.profile_half,
-                          params.normalisation)
-
-
-def _voxel_cases(kept, faces, params, pairs):
-    """(image, organ mask, surface, faces) of every kept shape for
-    :func:`learn_voxel_classifier`, cropped to the organ (a mirrored shape goes
-    back onto its own scan's side)."""
-    for s, v, vol, lab in _training_images(kept, params, pairs):
+        mirrored = s["side"] == "right" and params.mirror_right
+        if not mirrored:
+            profile.append((vol, v))
+        if not params.voxel_classifier:
+            continue
         f = faces
-        if s["side"] == "right" and params.mirror_right:
+        if mirrored:
             v, f = v * np.array([-1.0, 1.0, 1.0]), faces[:, ::-1].copy()
         idx = np.round(vol.physical_to_index(v)[:, ::-1]).astype(int)
         pad = np.ceil(12.0 / np.asarray(vol.spacing)[::-1]).astype(int)
@@ -378,9 +370,14 @@ def _voxel_cases(kept, faces, params, pairs):
         hi = np.clip(idx.max(0) + 1 + pad, 0, vol.array.shape)
         if np.any(hi <= lo):
             continue
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
         crop = vol.crop(lo, hi)
-        mask = label_mask(lab, params.labels)[tuple(slice(a, b) for a, b in zip(lo, hi))]
-        yield crop, mask, v, f
+        crop.array = crop.array.copy()
+        voxel.append((crop, label_mask(lab, params.labels)[box].copy(), v, f))
+    if len(profile) < 3:
+        raise ValueError(f"only {len(profile)} training images matched the label maps under "
+                         f"{params.images_dir} (same relative path or file name); need >= 3")
+    return profile, voxel
 
 
 def template_sample(n_shapes, template_shapes):
@@ -559,7 +556,14 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
         raise ValueError(f"only {len(kept)} shapes passed the correspondence check; "
                          f"see the report for reasons")
     t_pass2 = time.perf_counter() - t0 - t_surf - t_pass1
-    profile = _learn_appearance(kept, sf, params, pairs) if params.images_dir else None
+    profile = voxel_cases = None
+    if params.images_dir:
+        from ..appearance import learn_profiles
+
+        profile_cases, voxel_cases = _appearance_cases(kept, sf, params, pairs)
+        profile = learn_profiles(profile_cases, sf, params.profile_step, params.profile_half,
+                                 params.normalisation)
+        del profile_cases
     # the offset serves fits that follow learned appearance (see segment's
     # surface_offset): measured when the model learns it
     offset = (surface_calibration(kept, sf, params, params.n_jobs, progress)
@@ -570,8 +574,7 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
         from ..appearance import learn_voxel_classifier
 
         try:
-            voxels = learn_voxel_classifier(_voxel_cases(kept, sf, params, pairs),
-                                            seed=params.seed, n_cases=len(kept))
+            voxels = learn_voxel_classifier(voxel_cases, seed=params.seed, n_cases=len(kept))
             vox_report = voxels.info
         except ValueError as exc:   # too little to learn from, or no scikit-learn:
             vox_report = {"skipped": str(exc)}     # the model works without it

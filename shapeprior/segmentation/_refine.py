@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..io import Volume
-from ..mesh import dice, voxelize
+from ..mesh import dice, signed_distance, voxelize
 from ._assess import border_distance
 from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, segment_volume
 
@@ -123,20 +123,13 @@ def _sides(vol, centre):
     return [guess, "left" if guess == "right" else "right"]
 
 
-def _signed_distance(sl, sampling):
-    from scipy import ndimage
-
-    return ndimage.distance_transform_edt(~sl, sampling=sampling) - \
-        ndimage.distance_transform_edt(sl, sampling=sampling)
-
-
 def _bridge(m, ax, lo, hi, spacing_zyx, gaps, fill):
     """Slices ``lo+1 .. hi-1`` along ``ax`` marked in ``gaps`` and filled in
     ``fill`` by shape-based interpolation between slices ``lo`` and ``hi``
     (their signed distance maps blended linearly)."""
     other = [float(spacing_zyx[a]) for a in range(3) if a != ax]
-    sa = _signed_distance(np.take(m, lo, axis=ax), other)
-    sb = _signed_distance(np.take(m, hi, axis=ax), other)
+    sa = signed_distance(np.take(m, lo, axis=ax), other)
+    sb = signed_distance(np.take(m, hi, axis=ax), other)
     n = hi - lo - 1
     for k in range(1, n + 1):
         t = k / (n + 1)
@@ -336,7 +329,7 @@ class _BoundaryDistance:
 
     def __init__(self, mask, vol):
         self.vol = vol
-        self.sd = _signed_distance(mask, tuple(float(s) for s in vol.spacing[::-1])).astype(
+        self.sd = signed_distance(mask, tuple(float(s) for s in vol.spacing[::-1])).astype(
             np.float32)
         self.tol = ON_BOUNDARY_MM + 0.5 * float(max(vol.spacing))
 

@@ -173,21 +173,15 @@ def _auto_lambda2(dic, z, w, lam1, x0, c, reweight=0, tol=1e-10, max_iter=100):
     second round's solve carries the ``reweight`` reweighted solves."""
     xp = dic.xp
     wmax = float(xp.max(w))
-    sol = None
-    sigma = None
-    for k in range(2):
-        if sol is None:
-            x, _ = _lasso_fn(dic)(dic.weighted_gram(w), c, 0.5 * lam1)
-            r = z - dic.matvec(x)
-        else:               # the second round starts from the first's optimum
-            r, x0 = sol.residual, sol.x
-        sigma = max(_robust_sigma(r, w, xp), SIGMA_FLOOR * _size(z, xp))
-        lam2 = 2.0 * OUTLIER_SIGMAS * sigma * wmax
-        if k == 0:
-            sol = solve_l1(dic, z, w, lam1, lam2, x0=x0, c=c)
-        else:
-            sol = solve_l1(dic, z, w, lam1, lam2, x0=x0, tol=tol, max_iter=max_iter, c=c,
-                           reweight=reweight)
+    # round 1: the scale of a plain lasso's residual
+    x, _ = _lasso_fn(dic)(dic.weighted_gram(w), c, 0.5 * lam1)
+    sigma = max(_robust_sigma(z - dic.matvec(x), w, xp), SIGMA_FLOOR * _size(z, xp))
+    sol = solve_l1(dic, z, w, lam1, 2.0 * OUTLIER_SIGMAS * sigma * wmax, x0=x0, c=c)
+    # round 2: the scale of that robust solve's residual, started from its optimum
+    sigma = max(_robust_sigma(sol.residual, w, xp), SIGMA_FLOOR * _size(z, xp))
+    lam2 = 2.0 * OUTLIER_SIGMAS * sigma * wmax
+    sol = solve_l1(dic, z, w, lam1, lam2, x0=sol.x, tol=tol, max_iter=max_iter, c=c,
+                   reweight=reweight)
     return lam2, sol
 
 

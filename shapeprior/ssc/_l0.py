@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..backend import to_numpy
+
 
 @dataclass
 class L0Solution:
@@ -145,7 +147,7 @@ def solve_l0(dic, z, w, k, threshold=None, max_outlier_fraction=0.5, max_iter=50
     out_v = xp.zeros(N, dtype=bool) if outliers_init is None else \
         xp.asarray(outliers_init, dtype=bool).copy()
     converged = cycled = False
-    seen = {to_bytes(out_v)}
+    seen = {to_numpy(out_v).tobytes()}     # the outlier sets met so far
     thr = float("nan")
     it = 0
     x = xp.zeros(dic.n_atoms)
@@ -172,7 +174,7 @@ def solve_l0(dic, z, w, k, threshold=None, max_outlier_fraction=0.5, max_iter=50
         if bool(xp.array_equal(cand, out_v)):
             converged = True
             break
-        key = to_bytes(cand)
+        key = to_numpy(cand).tobytes()
         if key in seen:             # a cycle: the same sets would come round again
             cycled = True
             break
@@ -181,10 +183,3 @@ def solve_l0(dic, z, w, k, threshold=None, max_outlier_fraction=0.5, max_iter=50
     e = xp.where(xp.repeat(out_v & visible, d), r, 0.0)
     obj = float(xp.sum(w * (r - e) ** 2))
     return L0Solution(x, e, r, obj, thr, it, converged, cycled)
-
-
-def to_bytes(mask) -> bytes:
-    """A boolean mask (NumPy or CuPy) as bytes on the host, to remember it."""
-    from ..backend import to_numpy
-
-    return to_numpy(mask).tobytes()
