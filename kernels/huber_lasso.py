@@ -41,6 +41,12 @@ import numpy as np
 
 from .gram_lasso import _xp, gram_lasso_numpy
 
+#: a Newton step that lowers the objective by less than this fraction counts as
+#: stalled: the atoms outside the working set are checked then, without waiting
+#: for the outlier set to settle (a set that settles on too few atoms costs
+#: iterations that make no progress)
+STALL = 1e-4
+
 try:
     import numba
 except Exception:  # pragma: no cover
@@ -114,7 +120,7 @@ def _fill_columns_xp(GW, known, D, w, S, xp):
 
 
 def huber_lasso_numpy(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max_iter=100,
-                      max_add=32, DS0=None):
+                      max_add=8, DS0=None):
     """Reference solve (NumPy or CuPy arrays).
 
     Parameters
@@ -200,8 +206,9 @@ def huber_lasso_numpy(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max
                 xn, rn, fn = _mm_step_xp(F, GW, DS, S, xS, r, c, w, tau, l1, f_cur, tol, xp)
         same = bool(xp.array_equal(xp.abs(rn) > tau, O)) and bool(
             xp.array_equal(xp.sign(rn[rows]), sigma))
+        stalled = f_cur - fn <= STALL * abs(f_cur)
         xS, r, f_cur = xn, rn, fn
-        if not same:
+        if not (same or stalled):
             continue
         scale = max(float(xp.max(xp.abs(bS))) if S.size else 0.0, l1)
         xfull = xp.zeros(K)
@@ -212,11 +219,13 @@ def huber_lasso_numpy(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max
         outside[S] = False
         cand = xp.flatnonzero(outside & (xp.abs(g) - l1 > tol * scale))
         if cand.size == 0:
-            converged = full_step or kkt <= 1e3 * tol
+            converged = same and (full_step or kkt <= 1e3 * tol)
             if converged:
                 break
             continue
         cand = cand[xp.argsort(-xp.abs(g[cand]))[:max_add]]
+        keep = (xS != 0) | (xp.abs(g[S]) > l1)      # atoms at zero that do not violate leave
+        S, xS = S[keep], xS[keep]
         S_new = xp.sort(xp.concatenate([S, cand]))
         x_new = xp.zeros(S_new.size)
         x_new[xp.searchsorted(S_new, S)] = xS
@@ -267,7 +276,7 @@ def _reweight_xp(r, w, lam2, lam2_cur, tau_s, floor, xp):
 
 
 def huber_lasso_reweighted_numpy(D, DF, GW, known, c, z, w, l1, lam2, reweight, floor,
-                                 x0=None, tol=1e-10, max_iter=100, max_add=32, DS0=None):
+                                 x0=None, tol=1e-10, max_iter=100, max_add=8, DS0=None):
     """One solve at the scalar (un-halved) ``lam2`` and ``reweight`` reweighted
     solves, each started from the previous optimum (reference, NumPy or CuPy).
 
@@ -612,10 +621,11 @@ if numba is not None:
                                               tol)
                     rn = rn2.copy()
             same = _same_status_nb(rn, sigma, O, rows, tau)
+            stalled = f_cur - fn <= STALL * abs(f_cur)
             xS = xn
             r, rn = rn, r      # r takes the new residual; rn becomes scratch
             f_cur = fn
-            if not same:
+            if not (same or stalled):
                 continue
             scale = l1
             for p in range(S.shape[0]):
@@ -627,7 +637,7 @@ if numba is not None:
                 if not inS[k] and abs(g[k]) - l1 > tol * scale:
                     nc += 1
             if nc == 0:
-                converged = full_step or kkt <= 1e3 * tol
+                converged = same and (full_step or kkt <= 1e3 * tol)
                 if converged:
                     break
                 continue
@@ -639,11 +649,23 @@ if numba is not None:
                     nc += 1
             order = np.argsort(-np.abs(g[cand]))
             cand = cand[order[: min(max_add, nc)]]
-            S_new = np.sort(np.concatenate((S, cand)))
-            x_new = np.zeros(S_new.shape[0])
-            pos = np.searchsorted(S_new, S)
+            # atoms at zero that do not violate leave the working set
+            nk = 0
             for p in range(S.shape[0]):
-                x_new[pos[p]] = xS[p]
+                if xS[p] != 0.0 or abs(g[S[p]]) > l1:
+                    nk += 1
+            keep = np.empty(nk, dtype=np.int64)
+            nk = 0
+            for p in range(S.shape[0]):
+                if xS[p] != 0.0 or abs(g[S[p]]) > l1:
+                    keep[nk] = p
+                    nk += 1
+            S_kept = S[keep]
+            S_new = np.sort(np.concatenate((S_kept, cand)))
+            x_new = np.zeros(S_new.shape[0])
+            pos = np.searchsorted(S_new, S_kept)
+            for p in range(nk):
+                x_new[pos[p]] = xS[keep[p]]
             S, xS = S_new, x_new
             _fill_columns_nb(GW, known, DF, w, S)
             have_H = False
@@ -687,7 +709,7 @@ if numba is not None:
 
 
 def huber_lasso_reweighted_numba(D, DF, GW, known, c, z, w, l1, lam2, reweight, floor,
-                                 x0=None, tol=1e-10, max_iter=100, max_add=32, DS0=None):
+                                 x0=None, tol=1e-10, max_iter=100, max_add=8, DS0=None):
     """Numba twin of :func:`huber_lasso_reweighted_numpy`: every solve in one
     compiled call (same arguments and results; ``DS0`` not needed)."""
     if numba is None:  # pragma: no cover
@@ -713,7 +735,7 @@ def _numba_args(D, DF, GW, known, x0):
 
 
 def huber_lasso_numba(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max_iter=100,
-                      max_add=32, DS0=None):
+                      max_add=8, DS0=None):
     """Numba twin of :func:`huber_lasso_numpy` (same arguments and results;
     ``DS0`` is accepted and not needed: the columns are read in place)."""
     if numba is None:  # pragma: no cover

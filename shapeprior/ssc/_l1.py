@@ -78,7 +78,7 @@ def _tau(w, l2, xp):
 
 
 @on_one_blas_thread
-def solve_l1(dic, z, w, lam1, lam2, x0=None, tol=1e-10, max_iter=100, max_add=32, c=None,
+def solve_l1(dic, z, w, lam1, lam2, x0=None, tol=1e-10, max_iter=100, max_add=8, c=None,
              reweight=0, floor=REWEIGHT_FLOOR):
     """Exact L1 SSC solve for an aligned shape vector.
 
@@ -112,7 +112,10 @@ def solve_l1(dic, z, w, lam1, lam2, x0=None, tol=1e-10, max_iter=100, max_add=32
     Working-set form of the semismooth Newton method: the Newton steps only
     use ``H`` restricted to a working set S of atoms (``m |S|^2`` work for m
     outlier rows); atoms outside S are checked with the full gradient
-    ``D^T psi`` once the outlier set is stable, and violators join S. That
+    ``D^T psi`` once the outlier set is stable or a Newton step stalls
+    (lowers the objective by less than 1e-4 of it, ``STALL`` in the kernel: the set has settled on
+    too few atoms), and the ``max_add`` worst violators join S while the atoms
+    at zero that do not violate leave it. That
     gradient needs no pass over D: ``D^T psi = c - D^T W D x - D_O^T v_O``
     with ``c = D^T W z`` and ``v_O`` on the outlier rows alone, so a solve
     reads D once (for ``c``, or not at all when ``c`` is given) plus the
