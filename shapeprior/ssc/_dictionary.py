@@ -59,6 +59,7 @@ class ShapeDictionary:
         self._partial = None
         self._cols = (None, None)
         self._prepared = {}
+        self._trimmed = None
 
     @property
     def n_rows(self) -> int:
@@ -223,6 +224,17 @@ class ShapeDictionary:
                              xp.zeros(self.n_atoms, dtype=bool))
         return self._partial
 
+    def trimmed_gram(self, w):
+        """The :class:`~shapeprior.ssc._l0.TrimmedGram` of SSC-L0 for row
+        weights ``w`` (n,), kept for the last weight vector: the trimming
+        and alignment rounds of a shape share it."""
+        from ._l0 import TrimmedGram
+
+        key = _weight_key(w)
+        if self._trimmed is None or self._trimmed[0] != key:
+            self._trimmed = (key, TrimmedGram(self, w))
+        return self._trimmed[1]
+
     def view(self):
         """This dictionary with its own caches: the arrays (``D``, ``DF``,
         ``gram``, atoms, mean) are shared, read-only, and the per-call caches
@@ -233,6 +245,7 @@ class ShapeDictionary:
         v._wkey = v._wgram = v._pkey = v._partial = None
         v._cols = (None, None)
         v._prepared = {}
+        v._trimmed = None
         return v
 
     def to(self, backend):

@@ -10,6 +10,12 @@ cycle, which further rounds would only go around; stopping there halved the
 rounds on held-out KiTS kidneys at the same error, bench/README.md). ``e``
 equals the residual on outlier vertices and 0 elsewhere, i.e. the prior fully
 overrides trimmed vertices.
+
+The OMP reads the Gram of the kept rows column by column from a
+:class:`TrimmedGram`, which follows the trimmed set from round to round by the
+rows that joined and left, and ``b = D^T W z`` of the kept rows is moved the
+same way; each least-squares step solves the selected atoms' system directly
+(least squares only when atoms repeat).
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ def _omp(column, diag, b, k, xp, atom_tol):
     K = b.shape[0]
     norm = xp.sqrt(xp.maximum(diag, 1e-300))
     scale = float(xp.max(xp.abs(b))) if K else 0.0
-    S, cols = [], []
+    S = []
+    HS = xp.empty((K, min(k, K)))                   # the selected columns
     corr = b.copy()
     xs = xp.zeros(0)
     for _ in range(min(k, K)):
@@ -48,11 +55,18 @@ def _omp(column, diag, b, k, xp, atom_tol):
         j = int(xp.argmax(score))
         if float(xp.abs(corr[j])) <= atom_tol * max(scale, 1e-300):
             break
-        cols.append(column(j))
+        HS[:, len(S)] = column(j)
         S.append(j)
-        HS = xp.stack(cols, axis=1)                 # (K, s)
-        xs = xp.linalg.lstsq(HS[xp.asarray(S)], b[xp.asarray(S)], rcond=None)[0]
-        corr = b - HS @ xs
+        Sa = xp.asarray(S)
+        H_SS, b_S = HS[Sa, :len(S)], b[Sa]
+        try:                # symmetric positive definite unless atoms repeat
+            xs = xp.linalg.solve(H_SS, b_S)
+            ok = bool(xp.all(xp.isfinite(xs)))
+        except xp.linalg.LinAlgError:
+            ok = False
+        if not ok:
+            xs = xp.linalg.lstsq(H_SS, b_S, rcond=None)[0]
+        corr = b - HS[:, :len(S)] @ xs
     x = xp.zeros(K)
     if S:
         x[xp.asarray(S)] = xs
@@ -123,11 +137,88 @@ def omp_gram_many(G, C, k, atom_tol=1e-12):
     return X
 
 
-def _omp_implicit(GW, Dr, wr, b, k, xp, atom_tol=1e-12):
-    """Batch-OMP on ``H = GW - Dr^T diag(wr) Dr`` without forming H: only the
-    columns of selected atoms are computed (m K work per atom instead of m K^2)."""
-    diag = xp.diag(GW) - xp.sum(wr[:, None] * Dr * Dr, axis=0)
-    return _omp(lambda j: GW[:, j] - Dr.T @ (wr * Dr[:, j]), diag, b, k, xp, atom_tol)
+class TrimmedGram:
+    """The Gram of the kept rows, ``H = D^T W D - D_O^T W_O D_O``, for a set O
+    of trimmed rows that changes a little at a time.
+
+    Only what the OMP asks for is held: ``diag(H)`` and the columns of the
+    atoms it has selected, for the current set. Moving to another set updates
+    them from the rows that joined and left (``|delta| K`` work per held
+    column instead of ``|O| K``); a new atom's column is computed from the
+    set's rows. Trimming rounds move O by a few rows, and consecutive
+    alignment rounds end near each other's sets, so one object serves every
+    round of a shape (the dictionary keeps it for its weights,
+    :meth:`ShapeDictionary.trimmed_gram`). The values equal the direct
+    products up to rounding.
+
+    Parameters
+    ----------
+    dic : ShapeDictionary
+    w : array, shape (n,)
+        Row weights.
+    """
+
+    def __init__(self, dic, w):
+        xp = dic.xp
+        self.xp, self.D, self.w = xp, dic.D, w
+        self.GW = dic.weighted_gram(w)
+        self.rows = xp.zeros(w.shape[0], dtype=bool)
+        self.diag = xp.diag(self.GW).copy()
+        self.cols = {}
+        self._Dr = None
+        # the state before the last start from the full Gram: the first
+        # trimmed set of an alignment round is far from the last one's final
+        # set, its later sets come back near it
+        self._saved = None
+
+    def _move(self, idx, sign):
+        """Move ``idx`` rows into (sign -1) or out of (sign +1) the trimmed set."""
+        if idx.size == 0:
+            return
+        xp = self.xp
+        Dr = self.D[idx]
+        wr = self.w[idx]
+        self.diag += sign * xp.sum(wr[:, None] * Dr * Dr, axis=0)
+        if self.cols:
+            J = list(self.cols)
+            upd = Dr.T @ (wr[:, None] * Dr[:, J])
+            for i, j in enumerate(J):
+                self.cols[j] += sign * upd[:, i]
+
+    def set_rows(self, rows):
+        """Make ``rows`` (bool, (n,)) the trimmed set."""
+        xp = self.xp
+        change = int(xp.count_nonzero(rows != self.rows))
+        if change == 0:
+            return
+        n_new = int(xp.count_nonzero(rows))
+        if self._saved is not None and \
+                int(xp.count_nonzero(rows != self._saved[0])) < min(change, n_new):
+            here = (self.rows, self.diag, self.cols)
+            self.rows, self.diag, self.cols = self._saved
+            self._saved = here
+        elif change > n_new:                       # cheaper from the full Gram
+            if bool(xp.any(self.rows)):
+                self._saved = (self.rows, self.diag, self.cols)
+            self.rows = xp.zeros_like(rows)
+            self.diag = xp.diag(self.GW).copy()
+            self.cols = {}
+        self._move(xp.flatnonzero(rows & ~self.rows), -1.0)
+        self._move(xp.flatnonzero(self.rows & ~rows), 1.0)
+        self.rows = rows.copy()
+        self._Dr = None
+
+    def column(self, j):
+        """Column ``j`` of H for the current set."""
+        got = self.cols.get(j)
+        if got is None:
+            if self._Dr is None:
+                idx = self.xp.flatnonzero(self.rows)
+                self._Dr = (self.D[idx], self.w[idx])
+            Dr, wr = self._Dr
+            got = self.GW[:, j] - Dr.T @ (wr * Dr[:, j])
+            self.cols[j] = got
+        return got
 
 
 def solve_l0(dic, z, w, k, threshold=None, max_outlier_fraction=0.5, max_iter=50,
@@ -139,8 +230,12 @@ def solve_l0(dic, z, w, k, threshold=None, max_outlier_fraction=0.5, max_iter=50
     xp = dic.xp
     d = dic.n_dims
     N = dic.n_points
-    GW = dic.weighted_gram(w)
+    tg = dic.trimmed_gram(w)
+    GW = tg.GW
     c = dic.DF.T @ (w * z)
+    wz = w * z
+    b_rows = xp.zeros(z.shape[0], dtype=bool)   # the rows b is computed for
+    b = c
     wv = w.reshape(N, d).max(axis=1)
     visible = wv > 0
     n_vis = int(xp.count_nonzero(visible))
@@ -152,11 +247,20 @@ def solve_l0(dic, z, w, k, threshold=None, max_outlier_fraction=0.5, max_iter=50
     it = 0
     x = xp.zeros(dic.n_atoms)
     for it in range(1, max_iter + 1):
-        rows = xp.flatnonzero(xp.repeat(out_v & visible, d))
-        if rows.size:
-            Dr = dic.D[rows]
-            b = c - Dr.T @ (w[rows] * z[rows])
-            x = _omp_implicit(GW, Dr, w[rows], b, k, xp)
+        trim = xp.repeat(out_v & visible, d)
+        if bool(xp.any(trim)):
+            # b = c - D_O^T (w z)_O, moved with the rows that joined and left
+            join = xp.flatnonzero(trim & ~b_rows)
+            leave = xp.flatnonzero(b_rows & ~trim)
+            if join.size + leave.size > int(xp.count_nonzero(trim)):
+                b, join, leave = c, xp.flatnonzero(trim), join[:0]
+            if join.size:
+                b = b - dic.D[join].T @ wz[join]
+            if leave.size:
+                b = b + dic.D[leave].T @ wz[leave]
+            b_rows = trim
+            tg.set_rows(trim)
+            x = _omp(tg.column, tg.diag, b, k, xp, 1e-12)
         else:
             x = omp_gram(GW, c, k, xp)
         r = z - dic.matvec(x)
