@@ -299,7 +299,13 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     max_align_iter : int
     align_tol : float
         Stop when aligned vertices move less than ``align_tol`` times the
-        shape's centroid size between rounds.
+        shape's centroid size between rounds. With ``method='l0'`` the rounds
+        also stop when a round's trimmed set and support come back from two
+        or more rounds before (a cycle; ``info['alignment_cycle']`` gives its
+        length), and the answer is then the cycle's round with the least
+        median residual norm over the visible vertices (least median of
+        squares); without a fixed point or a cycle within ``max_align_iter``,
+        the round with the least median residual of all.
     refit : float in (0, 1], optional
         After the robust solve, fit again by SSC-L1 on its inliers alone (the
         vertices it found to be gross errors get weight 0 and stay fully
@@ -363,12 +369,28 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     sol = None
     l0_prev = None
     converged_align = alignment == "none"
+    rounds = []         # L0: (trimmed set and support, LMedS score, beta, solution) per round
     k = 0
     for k in range(1, max_align_iter + 1):
         z = beta.apply(y)
         sol = _sparse_composition(dic, z, s, method, lam1, lam2, n_nonzero,
                                   outlier_threshold, reweight, x0, tol, max_iter,
                                   l0_init=l0_prev, c=correlation(beta))
+        if method == "l0" and alignment != "none":
+            # trimming is discrete: the rounds can go round a cycle of trimmed
+            # sets (seen on held-out kidneys: alignments 6 mm apart, period 6)
+            # instead of settling; then the round whose trimmed fit has the
+            # least median residual (LMedS) among the cycle's is the answer
+            key = (np.any(sol.e != 0, axis=1)[visible].tobytes(), (sol.x != 0).tobytes())
+            score = float(np.median(np.linalg.norm(sol.residual, axis=1)[visible]))
+            earlier = [i for i, r in enumerate(rounds) if r[0] == key]
+            rounds.append((key, score, beta, sol))
+            if earlier and earlier[-1] < len(rounds) - 2:
+                cycle = rounds[earlier[-1]:]
+                _, _, beta, sol = min(cycle, key=lambda r: r[1])
+                sol.info["alignment_cycle"] = len(cycle) - 1
+                converged_align = True
+                break
         # (warm-starting the L0 trimmed set across rounds was tried: vertices
         # trimmed under an early, poor alignment then stay trimmed; each round
         # restarts the trimming instead)
@@ -399,6 +421,9 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
                                       outlier_threshold, reweight, x0, tol, max_iter,
                                       l0_init=l0_prev, c=correlation(beta))
             break
+    else:
+        if rounds:          # no fixed point within max_align_iter: the best round
+            _, _, beta, sol = min(rounds, key=lambda r: r[1])
     z = beta.apply(y)
     recon_model = _compose(dic, sol.x)
     e = sol.e
