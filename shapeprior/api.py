@@ -180,7 +180,7 @@ def refine(mask, model, *, labels=(1,), image=None, **params):
     return refine_mask(mvol, model, tuple(labels), SegmentParams(**params), img)
 
 
-def reconstruct(shape, model, *, weights=None, prior="auto", method="l1", **options):
+def reconstruct(shape, model, *, weights=None, prior="auto", method="auto", **options):
     """The shape prior's explanation of one shape in correspondence: SSC with
     its gross errors, in the shape's own frame.
 
@@ -195,13 +195,17 @@ def reconstruct(shape, model, *, weights=None, prior="auto", method="l1", **opti
     prior : {'auto', 'shapes', 'dictionary'}
         Compose from the training shapes or the learned dictionary (see
         ``ShapeModel.resolve_prior``).
-    method : {'l1', 'l0'}
+    method : {'auto', 'hybrid', 'l1', 'l0'}
+        'hybrid': trimmed OMP (L0) finds the gross errors, then SSC-L1 with
+        ``refit`` (default 0.03) times the automatic lambda1 fits the inliers:
+        the most accurate on held-out KiTS kidneys composed from their
+        training shapes, chosen on their tuning split (``bench/README.md``).
+        'l1' and 'l0': one solver alone (with ``refit``, its inliers fitted
+        again). 'auto' (default): the hybrid when the prior is the training
+        shapes, 'l1' when it is a learned dictionary.
     **options
-        Passed to :func:`~shapeprior.ssc.sparse_shape_composition`; e.g.
-        ``method='l0', refit=0.03``: trimmed OMP finds the gross errors, then
-        SSC-L1 with 3 % of the automatic lambda1 fits the inliers (the most
-        accurate on held-out KiTS kidneys, clean or corrupted; see
-        ``bench/README.md``).
+        Passed to :func:`~shapeprior.ssc.sparse_shape_composition` (e.g.
+        ``refit``, ``lambda1``, ``max_align_iter``).
 
     Returns
     -------
@@ -209,15 +213,17 @@ def reconstruct(shape, model, *, weights=None, prior="auto", method="l1", **opti
         ``reconstruction`` (N, 3) in the input's frame, ``error_norm`` (N,) mm,
         ``overridden`` (N,) bool, ``transform`` (input -> model frame).
     """
-    from .ssc import sparse_shape_composition
+    from .ssc import solver_method, sparse_shape_composition
 
     if not hasattr(model, "shapes"):
         model = load_model(model)
+    method, refit = solver_method(method, options.pop("refit", None),
+                                  model.resolve_prior(prior))
     return sparse_shape_composition(shape, model.prior_dictionary(prior), weights,
-                                    method=method, **options)
+                                    method=method, refit=refit, **options)
 
 
-def reconstruct_many(shapes, model, *, weights=None, prior="auto", method="l1", n_jobs=1,
+def reconstruct_many(shapes, model, *, weights=None, prior="auto", method="auto", n_jobs=1,
                      progress=False, client=None, **options):
     """:func:`reconstruct` for many shapes in correspondence (a population study).
 
@@ -230,7 +236,8 @@ def reconstruct_many(shapes, model, *, weights=None, prior="auto", method="l1", 
         Per-vertex confidence (0: missing): one vector for all shapes or one
         row per shape.
     prior : {'auto', 'shapes', 'dictionary'}
-    method : {'l1', 'l0'}
+    method : {'auto', 'hybrid', 'l1', 'l0'}
+        As in :func:`reconstruct` (default 'auto').
     n_jobs : int
         Parallel workers (-1: every core): threads of this process, or worker
         processes with ``executor='processes'`` (passed on in ``options``);
@@ -241,7 +248,7 @@ def reconstruct_many(shapes, model, *, weights=None, prior="auto", method="l1", 
         Solve on a dask cluster instead of this machine.
     **options
         Passed to :func:`~shapeprior.ssc.sparse_shape_composition` (e.g.
-        ``refit=0.03`` with ``method='l0'``).
+        ``refit``).
 
     Returns
     -------
@@ -250,13 +257,15 @@ def reconstruct_many(shapes, model, *, weights=None, prior="auto", method="l1", 
         frame, ``error_norm`` (N,) mm, ``overridden`` (N,) bool, ``x`` (K,),
         ``transform``.
     """
-    from .ssc import sparse_shape_composition_many
+    from .ssc import solver_method, sparse_shape_composition_many
 
     if not hasattr(model, "shapes"):
         model = load_model(model)
+    method, refit = solver_method(method, options.pop("refit", None),
+                                  model.resolve_prior(prior))
     return sparse_shape_composition_many(shapes, model.prior_dictionary(prior), weights,
-                                         method=method, n_jobs=n_jobs, progress=progress,
-                                         client=client, **options)
+                                         method=method, refit=refit, n_jobs=n_jobs,
+                                         progress=progress, client=client, **options)
 
 
 def update_model(model, labels, output=None, *, progress=False, **params):

@@ -511,3 +511,24 @@ def test_l0_alignment_rounds_stop_at_a_cycle_with_the_lmeds_round(monkeypatch):
     monkeypatch.undo()
     again = sparse_composition(res.aligned, dic, method="l0", n_nonzero=8)
     assert np.allclose(again.x, res.x, rtol=1e-10, atol=1e-12)
+
+
+def test_l0_says_when_its_trimming_hit_the_cap():
+    """With a fixed threshold that most vertices exceed, the trimmed set stops at
+    ``max_outlier_fraction`` and the solution says so (the reconstruction
+    status uses it); a threshold few exceed leaves it unset."""
+    from shapeprior.ssc import ShapeDictionary
+    from shapeprior.ssc._l0 import solve_l0
+    from shapeprior.synthetic import make_ssc_problem
+
+    p = make_ssc_problem(n_points=300, n_atoms=40, gross_fraction=0.1, seed=0, transform=False)
+    dic = ShapeDictionary(p.atoms)
+    z = p.observed.ravel()
+    w = np.ones_like(z)
+    tight = solve_l0(dic, z, w, 8, threshold=1e-6)
+    assert tight.capped
+    assert np.count_nonzero(np.any(tight.e.reshape(-1, 3) != 0, axis=1)) == 150
+    assert not solve_l0(dic, z, w, 8, threshold=5.0).capped
+    res = sparse_shape_composition(p.observed, dic, method="l0", outlier_threshold=1e-6,
+                                   alignment="none")
+    assert res.info["trimming_capped"]

@@ -24,12 +24,16 @@ def main(argv):
                                   "recursively), one mesh, or a .npy array (M, N, 3)")
     ap.add_argument("-o", "--output", required=True, help="output folder")
     ap.add_argument("--model", required=True, help="model file from build-model")
-    ap.add_argument("--method", choices=("l1", "l0"), default="l1",
-                    help="l1 (default) or l0 (trimmed OMP: most robust to large gross errors)")
+    ap.add_argument("--method", choices=("auto", "hybrid", "l1", "l0"), default="auto",
+                    help="hybrid (trimmed OMP finds the gross errors, then SSC-L1 fits the "
+                         "inliers; the most accurate on held-out KiTS kidneys composed from "
+                         "their training shapes, see bench/README.md), l1, l0 (trimmed OMP "
+                         "alone), or auto (default: hybrid with the training shapes as "
+                         "prior, l1 with a learned dictionary)")
     ap.add_argument("--refit", type=float, default=None,
-                    help="after the robust solve, fit its inliers again with this fraction "
-                         "of lambda1, e.g. 0.03 with --method l0 (the most accurate on "
-                         "held-out KiTS kidneys; see bench/README.md)")
+                    help="fraction of the automatic lambda1 for the fit of the inliers "
+                         "(hybrid: default 0.03; with l1 or l0, a second fit of the first "
+                         "one's inliers; default: none)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="parallel solver threads (-1: every core; default 1)")
     ap.add_argument("--scheduler", default=None,

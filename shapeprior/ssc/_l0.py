@@ -37,6 +37,7 @@ class L0Solution:
     n_iter: int
     converged: bool
     cycled: bool = False   # stopped because the outlier set came back to an earlier one
+    capped: bool = False   # the last round had more candidates than max_outlier_fraction allows
 
 
 def _omp(column, diag, b, k, xp, atom_tol):
@@ -246,6 +247,7 @@ def solve_l0(dic, z, w, k, threshold=None, max_outlier_fraction=0.5, max_iter=50
     thr = float("nan")
     it = 0
     x = xp.zeros(dic.n_atoms)
+    capped = False
     for it in range(1, max_iter + 1):
         trim = xp.repeat(out_v & visible, d)
         if bool(xp.any(trim)):
@@ -271,7 +273,8 @@ def solve_l0(dic, z, w, k, threshold=None, max_outlier_fraction=0.5, max_iter=50
             thr = float(threshold)
         cand = visible & (rn > thr)
         cap = int(max_outlier_fraction * n_vis)
-        if int(xp.count_nonzero(cand)) > cap:
+        capped = int(xp.count_nonzero(cand)) > cap
+        if capped:
             order = xp.argsort(-xp.where(visible, rn, -1.0))
             cand = xp.zeros(N, dtype=bool)
             cand[order[:cap]] = True
@@ -286,4 +289,4 @@ def solve_l0(dic, z, w, k, threshold=None, max_outlier_fraction=0.5, max_iter=50
         out_v = cand
     e = xp.where(xp.repeat(out_v & visible, d), r, 0.0)
     obj = float(xp.sum(w * (r - e) ** 2))
-    return L0Solution(x, e, r, obj, thr, it, converged, cycled)
+    return L0Solution(x, e, r, obj, thr, it, converged, cycled, capped)
