@@ -101,9 +101,9 @@ def _status(r, y):
     near = np.linalg.norm(rec - y, axis=1)[r.visible]
     median = float(np.median(near)) if near.size else 0.0
     if median > SUSPECT_MEDIAN_RESIDUAL * radius:
-        reasons.append(f"the median vertex lies {median:.1f} from its reconstruction (> "
-                       f"{100 * SUSPECT_MEDIAN_RESIDUAL:.0f}% of the shape's RMS radius, "
-                       f"{radius:.1f}): the model explains less than half of this shape")
+        reasons.append(f"the median vertex lies {median:.1f} mm from its reconstruction "
+                       f"(> {100 * SUSPECT_MEDIAN_RESIDUAL:.0f}% of the shape's RMS radius, "
+                       f"{radius:.1f} mm): the model explains less than half of this shape")
     if frac > SUSPECT_OVERRIDDEN:
         reasons.append(f"the prior overrode {100 * frac:.0f}% of the vertices (> "
                        f"{100 * SUSPECT_OVERRIDDEN:.0f}%): the model explains less than half "

@@ -40,6 +40,8 @@ def solver_method(method, refit=None, prior="shapes"):
     if method == "hybrid":
         return "l0", HYBRID_REFIT if refit is None else refit
     return method, refit
+
+
 #: default relative L1 weight on x: lam1 = 2 * ALPHA1 * max|D^T W z|
 ALPHA1 = 1e-3
 #: default gross-error threshold, in robust standard deviations of the residual
@@ -326,10 +328,10 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     align_tol : float
         Stop when aligned vertices move (RMS) less than ``align_tol`` times the
         RMS radius of the dictionary's mean between rounds (default 1e-4:
-        0.004 mm on a kidney; 1e-6 until issue #13's solver work, which took
-        two to three more rounds per shape for moves of 1e-5 mm). With ``method='l0'`` the rounds
-        also stop when a round's trimmed set and support come back from two
-        or more rounds before (a cycle; ``info['alignment_cycle']`` gives its
+        0.004 mm on a kidney; it was 1e-6, which took two to three more rounds
+        per shape for moves of 1e-5 mm). With ``method='l0'`` the rounds also
+        stop when a round's trimmed set and support come back from two or
+        more rounds before (a cycle; ``info['alignment_cycle']`` gives its
         length), and the answer is then the cycle's round with the least
         median residual norm over the visible vertices (least median of
         squares). Without a fixed point or a cycle within ``max_align_iter``

@@ -63,7 +63,7 @@ def _omp(column, diag, b, k, xp, atom_tol):
         try:                # symmetric positive definite unless atoms repeat
             xs = xp.linalg.solve(H_SS, b_S)
             ok = bool(xp.all(xp.isfinite(xs)))
-        except xp.linalg.LinAlgError:
+        except np.linalg.LinAlgError:     # (CuPy raises NumPy's too)
             ok = False
         if not ok:
             xs = xp.linalg.lstsq(H_SS, b_S, rcond=None)[0]
