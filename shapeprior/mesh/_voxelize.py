@@ -47,19 +47,22 @@ def _crossings(V, F, x0, x1, y0, y1):  # pragma: no cover - jitted
 
 
 @numba.njit(cache=True)
-def _fill(out, zs, cnt, x0, y0, ny, nz):  # pragma: no cover - jitted
+def _fill(buf, zs, cnt, ny, z0, z1):  # pragma: no cover - jitted
+    """Mark the voxels between crossing pairs of each ray in ``buf`` (x, y, z
+    over the mesh's box: a ray's voxels are contiguous there, where the
+    volume's (z, y, x) array puts them a slice apart)."""
     for k in range(cnt.shape[0]):
         n = cnt[k]
         if n < 2:
             continue
         z = np.sort(zs[k, :n])
-        ix = x0 + k // ny
-        iy = y0 + k % ny
+        kx = k // ny
+        ky = k % ny
         for p in range(0, n - 1, 2):
-            lo = max(int(np.ceil(z[p])), 0)
-            hi = min(int(np.floor(z[p + 1])), nz - 1)
+            lo = max(int(np.ceil(z[p])), z0)
+            hi = min(int(np.floor(z[p + 1])), z1)
             for iz in range(lo, hi + 1):
-                out[iz, iy, ix] = 1
+                buf[kx, ky, iz - z0] = 1
 
 
 def voxelize(verts, faces, volume):
@@ -82,7 +85,13 @@ def voxelize(verts, faces, volume):
     y1 = min(int(np.ceil(V[:, 1].max())), ny - 1)
     if x1 < x0 or y1 < y0:
         return out
+    z0 = max(int(np.floor(V[:, 2].min())), 0)
+    z1 = min(int(np.ceil(V[:, 2].max())), nz - 1)
+    if z1 < z0:
+        return out
     zs, cnt = _crossings(np.ascontiguousarray(V), np.ascontiguousarray(faces, dtype=np.int64),
                          x0, x1, y0, y1)
-    _fill(out, zs, cnt, x0, y0, y1 - y0 + 1, nz)
+    buf = np.zeros((x1 - x0 + 1, y1 - y0 + 1, z1 - z0 + 1), dtype=np.uint8)
+    _fill(buf, zs, cnt, y1 - y0 + 1, z0, z1)
+    out[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1] = buf.transpose(2, 1, 0)
     return out
