@@ -83,7 +83,15 @@ class SSCResult:
         Sparse-solver iterations in the last alignment round.
     n_align_iter : int
     converged : bool
+        The sparse solve converged and the alignment rounds settled (within
+        ``align_tol``, or at a cycle for L0).
     method : str
+    info : dict
+        Solver details: ``solver_converged`` (the last sparse solve alone),
+        ``alignment_move`` (the last round's move, RMS over vertices, in RMS
+        radii of the dictionary's mean: how far from settled the alignment
+        stopped), and per method ``kkt``, ``reweight``, ``threshold``,
+        ``cycled``, ``trimming_capped``, ``alignment_cycle``, ``refit``.
     """
 
     x: np.ndarray
@@ -401,6 +409,7 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     l0_prev = None
     converged_align = alignment == "none"
     rounds = []         # L0: (trimmed set and support, LMedS score, beta, solution) per round
+    last_move = None    # the last round's move, in RMS radii of the mean
     k = 0
     for k in range(1, max_align_iter + 1):
         z = beta.apply(y)
@@ -444,6 +453,7 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
             wk = w_align
         new_beta = procrustes(y, recon, wk, kind=alignment)
         move = np.sqrt(np.mean(np.sum((new_beta.apply(y) - z) ** 2, axis=1)))
+        last_move = float(move / (size / np.sqrt(dic.n_points)))
         beta = new_beta
         if move <= align_tol * size / np.sqrt(dic.n_points):
             converged_align = True
@@ -457,16 +467,19 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     e = sol.e
     overridden = np.any(e != 0, axis=1) & visible
     if refit is not None and np.count_nonzero(visible & ~overridden) > dic.n_dims:
-        return _refit_inliers(y, dic, s, overridden, sol, method, refit, lambda2, reweight,
+        return _refit_inliers(y, dic, s, overridden, sol, beta, method, refit, lambda2, reweight,
                               alignment, max_align_iter, align_tol, tol, max_iter)
     inv = beta.inverse()
+    info = {**sol.info, "solver_converged": bool(sol.converged)}
+    if last_move is not None:
+        info["alignment_move"] = last_move
     return SSCResult(
         x=sol.x, error=e, error_norm=np.linalg.norm(e, axis=1) / beta.scale,
         overridden=overridden, visible=visible, transform=beta, aligned=z,
         reconstruction=inv.apply(recon_model), objective=sol.objective,
         lambda1=sol.lambda1, lambda2=sol.lambda2, n_iter=sol.n_iter,
         n_align_iter=k, converged=bool(sol.converged and converged_align),
-        method=method, info=sol.info,
+        method=method, info=info,
     )
 
 
@@ -475,10 +488,11 @@ def _compose(dic, x):
     return to_numpy(dic.matvec(dic.xp.asarray(x))).reshape(dic.n_points, dic.n_dims)
 
 
-def _refit_inliers(y, dic, s, outliers, sol, method, refit, lambda2, reweight, alignment,
-                   max_align_iter, align_tol, tol, max_iter):
+def _refit_inliers(y, dic, s, outliers, sol, beta0, method, refit, lambda2, reweight,
+                   alignment, max_align_iter, align_tol, tol, max_iter):
     """Second stage of ``refit``: SSC-L1 on the first stage's inliers with a
-    smaller lambda1; the first stage's gross errors stay in e (their residual)."""
+    smaller lambda1, its alignment rounds started from the first stage's
+    ``beta0``; the first stage's gross errors stay in e (their residual)."""
     s2 = np.where(outliers, 0.0, s)
     if method == "l1":              # an L1 first stage: its penalties
         lam1, lam2 = sol.lambda1 * refit, sol.lambda2
@@ -490,7 +504,8 @@ def _refit_inliers(y, dic, s, outliers, sol, method, refit, lambda2, reweight, a
     res = sparse_shape_composition(
         y, dic, s2, method="l1", lambda1=lam1, lambda2=lam2, reweight=reweight,
         alignment=alignment, max_align_iter=max_align_iter, align_tol=align_tol,
-        x0=sol.x if method == "l1" else None, tol=tol, max_iter=max_iter)
+        x0=sol.x if method == "l1" else None, tol=tol, max_iter=max_iter,
+        transform0=beta0 if alignment != "none" else None)
     beta, z = res.transform, res.aligned
     recon_model = _compose(dic, res.x)
     e = np.where(outliers[:, None], z - recon_model, res.error)
