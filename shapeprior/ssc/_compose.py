@@ -21,7 +21,7 @@ RECONSTRUCTION_METHODS = ("auto", "hybrid", "l1", "l0")
 #: the hybrid's refit: trimmed OMP (L0) finds the gross errors, then SSC-L1 with
 #: this fraction of the automatic lambda1 fits its inliers. Chosen on the tuning
 #: split of held-out KiTS kidneys (bench_robustness.py: lowest mean error over
-#: clean, 30 % displaced and 50 % missing, 1.06 mm against 1.60 for L1 with a
+#: clean, 30 % displaced and 50 % missing, 1.04 mm against 1.59 for L1 with a
 #: refit and 2.10 for plain L1)
 HYBRID_REFIT = 0.03
 
