@@ -9,6 +9,8 @@ from ._common import add_mesh_format, add_prior, status_code
 
 def main(argv):
     """Explain many shapes in correspondence with the model by SSC (population studies)."""
+    from ..ssc import RECONSTRUCTION_METHODS
+
     ap = argparse.ArgumentParser(
         prog="shapeprior reconstruct",
         description="Fit the SSC shape prior to every shape in correspondence with the model "
@@ -24,7 +26,7 @@ def main(argv):
                                   "recursively), one mesh, or a .npy array (M, N, 3)")
     ap.add_argument("-o", "--output", required=True, help="output folder")
     ap.add_argument("--model", required=True, help="model file from build-model")
-    ap.add_argument("--method", choices=("auto", "hybrid", "l1", "l0"), default="auto",
+    ap.add_argument("--method", choices=RECONSTRUCTION_METHODS, default="auto",
                     help="hybrid (trimmed OMP finds the gross errors, then SSC-L1 fits the "
                          "inliers; the most accurate on held-out KiTS kidneys composed from "
                          "their training shapes, see bench/README.md), l1, l0 (trimmed OMP "

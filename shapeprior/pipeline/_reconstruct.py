@@ -158,7 +158,8 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
     from ..ssc import solver_method, sparse_shape_composition_many
     from ._run import scrub_argv
 
-    solver, refit = solver_method(method, refit, model.resolve_prior(prior))
+    used = model.resolve_prior(prior)
+    solver, refit = solver_method(method, refit, used)
 
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
@@ -208,7 +209,7 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
                         if r["status"] != "ok"],
             "model": {"organ": model.metadata.get("organ"), "n_shapes": int(model.n_shapes),
                       "n_vertices": int(model.n_vertices)},
-            "prior": {"requested": prior, "used": model.resolve_prior(prior),
+            "prior": {"requested": prior, "used": used,
                       "n_atoms": int(dic.n_atoms)},
             "method": method, "solver": solver, "refit": refit, "n_jobs": n_jobs,
             "coordinates": "each reconstruction in its input's frame (shapeprior meshes: LPS mm)",
@@ -220,7 +221,8 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
         inputs["model"] = Path(model_path)
         out.write_json("manifest.json", manifest(
             command="reconstruct",
-            parameters={"argv": argv, "prior": prior, "method": method, "solver": solver, "refit": refit},
+            parameters={"argv": argv, "prior": prior, "method": method, "solver": solver,
+                        "refit": refit},
             seed=None, inputs=inputs,
             input_paths={f"input/{i:05d}": (f"input/{i:05d}" if deidentify else
                                             show_path(names[i] if meshes else f.name))

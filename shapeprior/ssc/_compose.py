@@ -409,7 +409,8 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     l0_prev = None
     converged_align = alignment == "none"
     rounds = []         # L0: (trimmed set and support, LMedS score, beta, solution) per round
-    last_move = None    # the last round's move, in RMS radii of the mean
+    radius = size / np.sqrt(dic.n_points)   # RMS radius of the mean: the unit of a move
+    last_move = None    # the last round's move, in radii
     k = 0
     for k in range(1, max_align_iter + 1):
         z = beta.apply(y)
@@ -453,9 +454,9 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
             wk = w_align
         new_beta = procrustes(y, recon, wk, kind=alignment)
         move = np.sqrt(np.mean(np.sum((new_beta.apply(y) - z) ** 2, axis=1)))
-        last_move = float(move / (size / np.sqrt(dic.n_points)))
+        last_move = float(move / radius)
         beta = new_beta
-        if move <= align_tol * size / np.sqrt(dic.n_points):
+        if last_move <= align_tol:
             converged_align = True
             z = beta.apply(y)
             sol = _sparse_composition(dic, z, s, method, lam1, lam2, n_nonzero,
@@ -504,8 +505,7 @@ def _refit_inliers(y, dic, s, outliers, sol, beta0, method, refit, lambda2, rewe
     res = sparse_shape_composition(
         y, dic, s2, method="l1", lambda1=lam1, lambda2=lam2, reweight=reweight,
         alignment=alignment, max_align_iter=max_align_iter, align_tol=align_tol,
-        x0=sol.x if method == "l1" else None, tol=tol, max_iter=max_iter,
-        transform0=beta0 if alignment != "none" else None)
+        x0=sol.x if method == "l1" else None, tol=tol, max_iter=max_iter, transform0=beta0)
     beta, z = res.transform, res.aligned
     recon_model = _compose(dic, res.x)
     e = np.where(outliers[:, None], z - recon_model, res.error)

@@ -233,8 +233,8 @@ def solve_l0(dic, z, w, k, threshold=None, max_outlier_fraction=0.5, max_iter=50
     N = dic.n_points
     tg = dic.trimmed_gram(w)
     GW = tg.GW
-    c = dic.DF.T @ (w * z)
     wz = w * z
+    c = dic.DF.T @ wz
     b_rows = xp.zeros(z.shape[0], dtype=bool)   # the rows b is computed for
     b = c
     wv = w.reshape(N, d).max(axis=1)
