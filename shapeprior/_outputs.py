@@ -398,21 +398,24 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def manifest(command, parameters, seed, inputs, input_paths=None):
+def manifest(command, parameters, seed, inputs, input_paths=None, digests=None):
     """Reproducibility record: parameters, versions, input hashes, seed.
 
-    ``inputs`` maps a label to a file path (hashed here); ``input_paths``
-    optionally maps the same labels to the path text to record (e.g.
-    relative or de-identified). No header content of any input is recorded.
+    ``inputs`` maps a label to a file path (hashed here, or taken from
+    ``digests``, a :class:`~shapeprior._provenance.FileDigests` that hashed
+    them ahead); ``input_paths`` optionally maps the same labels to the path
+    text to record (e.g. relative or de-identified). No header content of
+    any input is recorded.
     """
     shown = input_paths or {}
+    digest = sha256_file if digests is None else digests.sha256
     return {
         "producer": PRODUCER,
         "command": command,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "parameters": parameters,
         "seed": seed,
-        "inputs": {k: {"path": shown.get(k, show_path(v)), "sha256": sha256_file(v)}
+        "inputs": {k: {"path": shown.get(k, show_path(v)), "sha256": digest(v)}
                    for k, v in inputs.items()},
         "versions": package_versions(),
         "python": sys.version.split()[0],

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
 
 
 def sha256_file(path, chunk=1 << 20) -> str:
@@ -11,6 +14,58 @@ def sha256_file(path, chunk=1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class FileDigests:
+    """sha256 of files, started on a background thread while other work runs.
+
+    A run's manifest hashes its inputs; a whole CT's ``.nii.gz`` takes about
+    50 ms to hash, which overlaps for free with reading it (ISA-L and
+    hashlib both release the GIL). Only regular files are hashed ahead (a
+    FIFO or device given as input is never opened here); :meth:`sha256` of
+    any other path hashes it when asked, as :func:`sha256_file` does.
+
+    Parameters
+    ----------
+    paths : iterable of path-like or None
+        Files to hash ahead (``None`` entries are skipped).
+    """
+
+    def __init__(self, paths=()):
+        self._futures = {}
+        todo = []
+        for p in paths:
+            if p is None:
+                continue
+            key = os.path.realpath(p)
+            if key in self._futures or not _regular_file(key):
+                continue
+            todo.append(key)
+            self._futures[key] = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shapeprior-sha256") if todo \
+            else None
+        for key in todo:
+            self._futures[key] = self._pool.submit(sha256_file, key)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+    def sha256(self, path) -> str:
+        """The hex digest of ``path`` (hashed ahead when it was listed)."""
+        f = self._futures.get(os.path.realpath(path))
+        return f.result() if f is not None else sha256_file(path)
+
+    def cancel(self):
+        """Drop the hashes not yet started (a failed run needs none)."""
+        for f in self._futures.values():
+            if f is not None:
+                f.cancel()
+
+
+def _regular_file(path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def package_versions():

@@ -31,6 +31,12 @@ def test_segment_phantom_outputs_and_geometry(phantom_model, tmp_path):
     assert rep["volume_ml"] == pytest.approx(lab.array.sum() * np.prod(lab.spacing) / 1000)
     man = json.loads((out / "manifest.json").read_text())
     assert {"input/phantom_006.nii.gz", "model", "reference"} <= set(man["inputs"])
+    # the input hashes (computed on a thread while the image was read) are the files'
+    import hashlib
+
+    for key, path in (("input/phantom_006.nii.gz", img), ("model", model),
+                      ("reference", labels / "phantom_006.nii.gz")):
+        assert man["inputs"][key]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     # refuses to overwrite
     assert main(["segment", str(img), "-o", str(out), "--model", str(model)]) == 1
     assert main(["segment", str(img), "-o", str(tmp_path / "plain"), "--model", str(model),

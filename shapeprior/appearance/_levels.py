@@ -10,11 +10,18 @@ level crops and smooths again. Inside the region the values are those of the
 whole-image filter (the filter support is inside the crop); at the image's
 own border both reflect the same way.
 
-On the 'cupy' backend the crop is copied to the GPU once and smoothed there
-(``cupyx.scipy.ndimage``); the samplers then read it in place.
+On the CPU the separable filter runs one axis at a time, each pass split
+into slabs along another axis over a few threads (scipy's filters release
+the GIL): the values are scipy's ``gaussian_filter`` bit for bit, since a
+1-D pass treats every line on its own. On the 'cupy' backend the crop is
+copied to the GPU once and smoothed there (``cupyx.scipy.ndimage``); the
+samplers then read it in place.
 """
 
 from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -22,6 +29,56 @@ from ._sampler import NormalSampler, intensity_scale
 
 TRUNCATE = 4.0      # Gaussian support in sigmas (scipy's default)
 SLACK_MM = 20.0     # extra margin so that small mesh motion needs no new crop
+#: most threads of one smoothing, and the fewest voxels worth splitting
+SMOOTH_THREADS = 4
+SMOOTH_SPLIT_VOXELS = 1 << 18
+
+
+def smooth_threads() -> int:
+    """Threads for :func:`gaussian_filter` (the CPUs this process may use, at most
+    :data:`SMOOTH_THREADS`)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:                     # pragma: no cover - macOS, Windows
+        n = os.cpu_count() or 1
+    return max(1, min(SMOOTH_THREADS, n))
+
+
+def gaussian_filter(img, sigma, truncate=TRUNCATE, threads=None):
+    """``scipy.ndimage.gaussian_filter(img, sigma, truncate=truncate,
+    mode='reflect')`` of a 3-D float array, the same values, in place.
+
+    Parameters
+    ----------
+    img : ndarray, shape (Z, Y, X), float32 or float64
+        Smoothed in place and returned.
+    sigma : sequence of 3 float
+        Gaussian sigma per axis in voxels (an axis with sigma 0 is not filtered).
+    threads : int, optional
+        Default :func:`smooth_threads`; 1 calls scipy directly.
+    """
+    from scipy import ndimage
+
+    threads = smooth_threads() if threads is None else int(threads)
+    if threads < 2 or img.size < SMOOTH_SPLIT_VOXELS:
+        ndimage.gaussian_filter(img, sigma, truncate=truncate, mode="reflect", output=img)
+        return img
+    with ThreadPoolExecutor(threads, thread_name_prefix="shapeprior-smooth") as pool:
+        for axis, s in enumerate(sigma):
+            if s <= 1e-15:                     # scipy's own test for an unfiltered axis
+                continue
+            split = 1 if axis == 0 else 0      # slabs across the filtered axis
+            edges = np.linspace(0, img.shape[split], threads + 1).astype(int)
+
+            def run(k, axis=axis, s=s, split=split, edges=edges):
+                sl = [slice(None)] * img.ndim
+                sl[split] = slice(edges[k], edges[k + 1])
+                part = img[tuple(sl)]
+                ndimage.gaussian_filter1d(part, s, axis=axis, truncate=truncate,
+                                          mode="reflect", output=part)
+
+            list(pool.map(run, range(threads)))
+    return img
 
 
 class LevelImage:
@@ -86,9 +143,7 @@ class LevelImage:
             if self.sigma_mm > 0:
                 img = cnd.gaussian_filter(img, tuple(sig), truncate=TRUNCATE, mode="reflect")
         else:
-            from scipy import ndimage
-
             img = (a.astype(np.float32) - np.float32(off)) / np.float32(sc)
             if self.sigma_mm > 0:
-                img = ndimage.gaussian_filter(img, sig, truncate=TRUNCATE, mode="reflect")
+                gaussian_filter(img, sig)
         return NormalSampler(sub, img, self.backend)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._background import background
 from .._outputs import OutputDir, manifest
 from ..io import display_name, read_image, read_label_map, write_label
 from ..mesh import Surface
@@ -72,25 +73,27 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
         "evidence": fit.evidence, "iterations": fit.n_iter, "converged": fit.converged,
         "time_s": round(time.perf_counter() - t0, 3),
     }
-    write_label(mvol, label, out.file("label.nii.gz"), code=1)
-    Surface(fit.verts, fit.faces).write(out.file(f"mesh.{mesh_format}"),
-                                        point_data=vertex_data(fit, model))
     bg = img if img is not None and img.same_grid(mvol) else mvol
-    qc_png(out.file("qc.png"), bg, label, np.isin(mvol.array, labels),
-           title=f"refined {model.metadata.get('organ', 'organ')} (red dashed: input mask)",
-           verts=fit.verts, outliers=fit.overridden)
-    out.write_json("report.json", report)
-    out.write_json("statistics.json", statistics(replace(fit, label=label), model, mvol.spacing))
-    files, _ = input_hashes(mask_path)
-    files = {k.replace("input/", "mask/"): v for k, v in files.items()}
-    if image is not None:
-        img_files, _ = input_hashes(Path(image))
-        files.update({k.replace("input/", "image/"): v for k, v in img_files.items()})
-    files["model"] = Path(model_path)
-    out.write_json("manifest.json", manifest(
-        command="refine", parameters={"argv": argv, "labels": [int(v) for v in labels],
-                                      **params_record(params)},
-        seed=None, inputs=files))
+    with background(qc_png, out.file("qc.png"), bg, label, np.isin(mvol.array, labels),
+                    title=f"refined {model.metadata.get('organ', 'organ')} "
+                          "(red dashed: input mask)",
+                    verts=fit.verts, outliers=fit.overridden):
+        write_label(mvol, label, out.file("label.nii.gz"), code=1)
+        Surface(fit.verts, fit.faces).write(out.file(f"mesh.{mesh_format}"),
+                                            point_data=vertex_data(fit, model))
+        out.write_json("report.json", report)
+        out.write_json("statistics.json",
+                       statistics(replace(fit, label=label), model, mvol.spacing))
+        files, _ = input_hashes(mask_path)
+        files = {k.replace("input/", "mask/"): v for k, v in files.items()}
+        if image is not None:
+            img_files, _ = input_hashes(Path(image))
+            files.update({k.replace("input/", "image/"): v for k, v in img_files.items()})
+        files["model"] = Path(model_path)
+        out.write_json("manifest.json", manifest(
+            command="refine", parameters={"argv": argv, "labels": [int(v) for v in labels],
+                                          **params_record(params)},
+            seed=None, inputs=files))
     out.commit()
     return report
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .._background import background
 from .._outputs import OutputDir, manifest
 from .._profile import StageClock
+from .._provenance import FileDigests
 from ..io import (display_name, image_files, read_image, read_label_map, write_dicom_seg,
                   write_label)
 from ..mesh import MESH_FORMATS, Surface
@@ -91,12 +93,15 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
                              "--deidentify")
     inputs = [input_path, *input_files(input_path), model_path, reference, init_mask]
     out = OutputDir(outdir, force=force, inputs=inputs, partial_ok=partial_ok)
+    # the manifest's input hashes, computed while the image is read
+    digests = FileDigests(inputs[1:])
     try:
         return _run_case(out, input_path, model, model_path, params, series, reference,
                          reference_labels, mesh_format, dictionary, argv, clock,
                          case_name, deidentify, allow_no_orientation, init_mask, init_labels,
-                         output_type, qc)
+                         output_type, qc, digests)
     except BaseException:
+        digests.cancel()
         out.discard()          # a failed case leaves nothing behind
         raise
 
@@ -104,7 +109,7 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
 def _run_case(out, input_path, model, model_path, params, series, reference,
               reference_labels, mesh_format, dictionary, argv, clock, case_name, deidentify,
               allow_no_orientation, init_mask=None, init_labels=(1,), output_type="nifti",
-              qc=True):
+              qc=True, digests=None):
     t0 = time.perf_counter()
     clock = clock or StageClock()     # times only (no sampling thread) for the report
     with clock("read"):
@@ -159,41 +164,46 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
                                **surface_distances(res.label, ref, vol.spacing)}
     with clock("write"):
         _write_outputs(out, vol, res, ref, report, model, model_path, input_path, reference,
-                       mesh_format, params, argv, info, deidentify, init_mask, output_type, qc)
+                       mesh_format, params, argv, info, deidentify, init_mask, output_type, qc,
+                       digests)
     report["total_time_s"] = time.perf_counter() - t0
     return report
 
 
 def _write_outputs(out, vol, res, ref, report, model, model_path, input_path, reference,
                    mesh_format, params, argv, info, deidentify, init_mask=None,
-                   output_type="nifti", qc=True):
-    if output_type in ("nifti", "both"):
-        write_label(vol, res.label, out.file("label.nii.gz"), code=info.get("xform_code") or 1)
-    if output_type in ("dicom-seg", "both"):
-        report["dicom_seg"] = _write_seg(out, vol, res, model, input_path, info, params)
-    Surface(res.verts, res.faces).write(out.file(f"mesh.{mesh_format}"),
-                                        point_data=vertex_data(res, model))
-    if qc:
-        qc_png(out.file("qc.png"), vol, res.label, ref,
-               title=f"{model.metadata.get('organ', 'organ')}: {report['volume_ml']:.1f} ml",
-               verts=res.verts, outliers=res.overridden)
-    out.write_json("report.json", report)
-    out.write_json("statistics.json", statistics(res, model, vol.spacing))
-    inputs, shown = input_hashes(Path(input_path), deidentify)
-    inputs["model"] = Path(model_path)
-    if reference is not None:
-        inputs["reference"] = Path(reference)
-    if init_mask is not None:
-        inputs["init_mask"] = Path(init_mask)
-    if deidentify:
-        shown["model"] = display_name(model_path)
-        shown["reference"] = "reference"
-        shown["init_mask"] = "init_mask"
-        argv = scrub_argv(argv, {input_path: "<input>", reference: "<reference>",
-                                 out.path: "<output>"})
-    out.write_json("manifest.json", manifest(
-        command="segment", parameters={"argv": argv, **params_record(params)},
-        seed=None, inputs=inputs, input_paths=shown))
+                   output_type="nifti", qc=True, digests=None):
+    def picture():
+        if qc:
+            qc_png(out.file("qc.png"), vol, res.label, ref,
+                   title=f"{model.metadata.get('organ', 'organ')}: {report['volume_ml']:.1f} ml",
+                   verts=res.verts, outliers=res.overridden)
+
+    with background(picture):          # drawn on a thread while the other files are written
+        if output_type in ("nifti", "both"):
+            write_label(vol, res.label, out.file("label.nii.gz"),
+                        code=info.get("xform_code") or 1)
+        if output_type in ("dicom-seg", "both"):
+            report["dicom_seg"] = _write_seg(out, vol, res, model, input_path, info, params)
+        Surface(res.verts, res.faces).write(out.file(f"mesh.{mesh_format}"),
+                                            point_data=vertex_data(res, model))
+        out.write_json("report.json", report)
+        out.write_json("statistics.json", statistics(res, model, vol.spacing))
+        inputs, shown = input_hashes(Path(input_path), deidentify)
+        inputs["model"] = Path(model_path)
+        if reference is not None:
+            inputs["reference"] = Path(reference)
+        if init_mask is not None:
+            inputs["init_mask"] = Path(init_mask)
+        if deidentify:
+            shown["model"] = display_name(model_path)
+            shown["reference"] = "reference"
+            shown["init_mask"] = "init_mask"
+            argv = scrub_argv(argv, {input_path: "<input>", reference: "<reference>",
+                                     out.path: "<output>"})
+        out.write_json("manifest.json", manifest(
+            command="segment", parameters={"argv": argv, **params_record(params)},
+            seed=None, inputs=inputs, input_paths=shown, digests=digests))
     out.commit()
 
 

@@ -1,0 +1,84 @@
+"""Work overlapped on threads: hashes ahead of the manifest, the QC picture
+beside the other writes, the smoothing split in slabs. Each must give what
+the sequential code gives."""
+
+import hashlib
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from shapeprior._background import background
+from shapeprior._provenance import FileDigests, sha256_file
+from shapeprior.appearance._levels import gaussian_filter
+
+
+@pytest.mark.parametrize("shape", [(40, 50, 60), (1, 600, 600), (600, 1, 500), (3, 2, 90000)])
+@pytest.mark.parametrize("sigma", [(1.0, 2.0, 2.0), (0.0, 3.0, 1.5), (2.2, 0.5, 0.0)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_gaussian_filter_is_scipys_bit_for_bit(shape, sigma, threads, monkeypatch):
+    import shapeprior.appearance._levels as levels
+
+    monkeypatch.setattr(levels, "SMOOTH_SPLIT_VOXELS", 0)     # split even small arrays
+    rng = np.random.default_rng(sum(shape))
+    a = rng.normal(size=shape).astype(np.float32)
+    ref = ndimage.gaussian_filter(a, sigma, truncate=4.0, mode="reflect")
+    b = a.copy()
+    out = gaussian_filter(b, sigma, threads=threads)
+    assert out is b                                          # in place
+    assert np.array_equal(b, ref)
+
+
+def test_file_digests_match_and_skip_what_is_not_a_regular_file(tmp_path):
+    files = []
+    for i in range(3):
+        f = tmp_path / f"f{i}.bin"
+        f.write_bytes(os.urandom(100_000 * (i + 1)))
+        files.append(f)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    t0 = time.perf_counter()
+    d = FileDigests([*files, None, files[0], fifo, tmp_path / "missing"])
+    for f in files:
+        assert d.sha256(f) == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert time.perf_counter() - t0 < 5          # the FIFO was never opened (it would block)
+    other = tmp_path / "later.bin"
+    other.write_bytes(b"x")
+    assert d.sha256(other) == sha256_file(other)  # not listed: hashed when asked
+    with pytest.raises(FileNotFoundError):
+        d.sha256(tmp_path / "missing")
+    d.cancel()
+
+
+def test_background_waits_and_raises():
+    done = threading.Event()
+
+    def slow():
+        time.sleep(0.2)
+        done.set()
+        return 7
+
+    with background(slow) as job:
+        pass
+    assert done.is_set() and job.result() == 7       # the block's end waited for it
+
+    def broken():
+        raise RuntimeError("picture failed")
+
+    with pytest.raises(RuntimeError, match="picture failed"):
+        with background(broken):
+            pass
+    finished = threading.Event()
+
+    def slow_ok():
+        time.sleep(0.2)
+        finished.set()
+
+    # the block's own error wins, and the job has finished before it propagates
+    with pytest.raises(KeyError):
+        with background(slow_ok):
+            raise KeyError("write failed")
+    assert finished.is_set()
