@@ -82,3 +82,19 @@ def test_background_waits_and_raises():
         with background(slow_ok):
             raise KeyError("write failed")
     assert finished.is_set()
+
+
+def test_qc_centre_from_counts_is_the_voxel_centroid():
+    from shapeprior.pipeline._qc import _centre_index
+
+    rng = np.random.default_rng(5)
+    for k in range(6):
+        m = np.zeros((17, 23, 29), np.uint8)
+        lo = rng.integers(0, 10, 3)
+        hi = lo + rng.integers(1, 7, 3)
+        m[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1
+        m[tuple(rng.integers(0, 17, 3))] = 1                 # a stray voxel off the block
+        view = np.transpose(m, (2, 0, 1))[::-1, :, ::-1] if k % 2 else m
+        want = np.argwhere(view).mean(0).round().astype(int)
+        assert np.array_equal(_centre_index(view), want)
+    assert np.array_equal(_centre_index(np.zeros((4, 6, 8), bool)), [2, 3, 4])

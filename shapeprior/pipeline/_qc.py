@@ -72,6 +72,18 @@ def _organ_view(vol, label, reference):
     return vol.crop(lo, hi), lab[crop], ref
 
 
+def _centre_index(lab):
+    """The label's centroid as rounded array indices (the array's centre when it
+    is empty), from per-axis counts (a whole-CT crop: no list of voxels)."""
+    b = np.asarray(lab, dtype=bool)
+    n = np.count_nonzero(b)
+    if not n:
+        return np.array(b.shape) // 2
+    c = [(b.sum(axis=tuple(o for o in range(3) if o != ax), dtype=np.int64)
+          * np.arange(b.shape[ax])).sum() / n for ax in range(3)]
+    return np.round(c).astype(int)
+
+
 def qc_png(path, vol, label, reference=None, title="", verts=None, outliers=None):
     """Write a PNG with axial, coronal and sagittal planes through the
     segmentation's centre, zoomed to the organ.
@@ -91,8 +103,7 @@ def qc_png(path, vol, label, reference=None, title="", verts=None, outliers=None
     a = to_lps_array(vol.array, vol.direction)
     lab = to_lps_array(label, vol.direction)
     ref = None if reference is None else to_lps_array(reference, vol.direction)
-    idx = np.argwhere(lab)
-    c = idx.mean(0).round().astype(int) if len(idx) else np.array(a.shape) // 2
+    c = _centre_index(lab)
 
     def planes(v):
         if v is None:

@@ -127,6 +127,31 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
             init = refine_mask(mvol, model, init_labels, params, None, dictionary).mask_fit.verts
     res = segment_volume(vol, model, params, dictionary, clock=clock, init=init)
     voxel_ml = float(np.prod(vol.spacing)) / 1000.0
+    volume_ml = float(np.count_nonzero(res.label)) * voxel_ml
+    organ = model.metadata.get("organ", "organ")
+
+    def picture():
+        if qc:
+            qc_png(out.file("qc.png"), vol, res.label, ref, title=f"{organ}: {volume_ml:.1f} ml",
+                   verts=res.verts, outliers=res.overridden)
+
+    # the QC picture draws on a thread while the report is measured and the other
+    # files are written; the folder is published once it is done
+    with clock("write"):
+        with background(picture):
+            report = _report(res, vol, ref, info, model, params, dictionary, clock, case_name,
+                             input_path, volume_ml)
+            _write_outputs(out, vol, res, report, model, model_path, input_path, reference,
+                           mesh_format, params, argv, info, deidentify, init_mask, output_type,
+                           digests)
+        out.commit()
+    report["total_time_s"] = time.perf_counter() - t0
+    return report
+
+
+def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, input_path,
+            volume_ml):
+    """The case's report.json (without the output files' own entries)."""
     warnings = []
     if info.get("slice_gap_mm", 0) > 0:
         warnings.append(f"slices are {info['slice_gap_mm']} mm apart beyond their thickness "
@@ -148,7 +173,7 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
         # voxels next to the surface the model's voxel classifier decided otherwise
         # (null: the model has none, or --no-voxel-refine)
         "voxels_changed": res.voxels_changed,
-        "volume_ml": float(res.label.sum()) * voxel_ml,
+        "volume_ml": volume_ml,
         "mesh_volume_ml": Surface(res.verts, res.faces).volume() / 1000.0,
         "iterations": res.n_iter, "converged": res.converged,
         "overridden_fraction": res.overridden_fraction,
@@ -162,49 +187,36 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
     if ref is not None:
         report["reference"] = {"dice": dice(res.label, ref),
                                **surface_distances(res.label, ref, vol.spacing)}
-    with clock("write"):
-        _write_outputs(out, vol, res, ref, report, model, model_path, input_path, reference,
-                       mesh_format, params, argv, info, deidentify, init_mask, output_type, qc,
-                       digests)
-    report["total_time_s"] = time.perf_counter() - t0
     return report
 
 
-def _write_outputs(out, vol, res, ref, report, model, model_path, input_path, reference,
+def _write_outputs(out, vol, res, report, model, model_path, input_path, reference,
                    mesh_format, params, argv, info, deidentify, init_mask=None,
-                   output_type="nifti", qc=True, digests=None):
-    def picture():
-        if qc:
-            qc_png(out.file("qc.png"), vol, res.label, ref,
-                   title=f"{model.metadata.get('organ', 'organ')}: {report['volume_ml']:.1f} ml",
-                   verts=res.verts, outliers=res.overridden)
-
-    with background(picture):          # drawn on a thread while the other files are written
-        if output_type in ("nifti", "both"):
-            write_label(vol, res.label, out.file("label.nii.gz"),
-                        code=info.get("xform_code") or 1)
-        if output_type in ("dicom-seg", "both"):
-            report["dicom_seg"] = _write_seg(out, vol, res, model, input_path, info, params)
-        Surface(res.verts, res.faces).write(out.file(f"mesh.{mesh_format}"),
-                                            point_data=vertex_data(res, model))
-        out.write_json("report.json", report)
-        out.write_json("statistics.json", statistics(res, model, vol.spacing))
-        inputs, shown = input_hashes(Path(input_path), deidentify)
-        inputs["model"] = Path(model_path)
-        if reference is not None:
-            inputs["reference"] = Path(reference)
-        if init_mask is not None:
-            inputs["init_mask"] = Path(init_mask)
-        if deidentify:
-            shown["model"] = display_name(model_path)
-            shown["reference"] = "reference"
-            shown["init_mask"] = "init_mask"
-            argv = scrub_argv(argv, {input_path: "<input>", reference: "<reference>",
-                                     out.path: "<output>"})
-        out.write_json("manifest.json", manifest(
-            command="segment", parameters={"argv": argv, **params_record(params)},
-            seed=None, inputs=inputs, input_paths=shown, digests=digests))
-    out.commit()
+                   output_type="nifti", digests=None):
+    if output_type in ("nifti", "both"):
+        write_label(vol, res.label, out.file("label.nii.gz"),
+                    code=info.get("xform_code") or 1)
+    if output_type in ("dicom-seg", "both"):
+        report["dicom_seg"] = _write_seg(out, vol, res, model, input_path, info, params)
+    Surface(res.verts, res.faces).write(out.file(f"mesh.{mesh_format}"),
+                                        point_data=vertex_data(res, model))
+    out.write_json("report.json", report)
+    out.write_json("statistics.json", statistics(res, model, vol.spacing))
+    inputs, shown = input_hashes(Path(input_path), deidentify)
+    inputs["model"] = Path(model_path)
+    if reference is not None:
+        inputs["reference"] = Path(reference)
+    if init_mask is not None:
+        inputs["init_mask"] = Path(init_mask)
+    if deidentify:
+        shown["model"] = display_name(model_path)
+        shown["reference"] = "reference"
+        shown["init_mask"] = "init_mask"
+        argv = scrub_argv(argv, {input_path: "<input>", reference: "<reference>",
+                                 out.path: "<output>"})
+    out.write_json("manifest.json", manifest(
+        command="segment", parameters={"argv": argv, **params_record(params)},
+        seed=None, inputs=inputs, input_paths=shown, digests=digests))
 
 
 def _write_seg(out, vol, res, model, input_path, info, params):
