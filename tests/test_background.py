@@ -98,3 +98,24 @@ def test_qc_centre_from_counts_is_the_voxel_centroid():
         want = np.argwhere(view).mean(0).round().astype(int)
         assert np.array_equal(_centre_index(view), want)
     assert np.array_equal(_centre_index(np.zeros((4, 6, 8), bool)), [2, 3, 4])
+
+
+def test_single_threaded_limits_this_threads_helpers_and_restores():
+    numba = pytest.importorskip("numba")
+    from threadpoolctl import threadpool_info
+
+    from shapeprior.appearance._levels import smooth_threads
+    from shapeprior.backend import single_threaded, thread_budget
+
+    before = numba.get_num_threads()
+    assert thread_budget() is None
+    with single_threaded():
+        assert numba.get_num_threads() == 1 and thread_budget() == 1
+        assert smooth_threads() == 1
+        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(thread_budget()))
+        t.start()
+        t.join()
+        assert seen == [None]                  # another thread keeps its own budget
+    assert numba.get_num_threads() == before and thread_budget() is None

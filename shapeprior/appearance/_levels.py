@@ -35,13 +35,16 @@ SMOOTH_SPLIT_VOXELS = 1 << 18
 
 
 def smooth_threads() -> int:
-    """Threads for :func:`gaussian_filter` (the CPUs this process may use, at most
-    :data:`SMOOTH_THREADS`)."""
+    """Threads for :func:`gaussian_filter`: the CPUs this process may use, at
+    most :data:`SMOOTH_THREADS` (one inside :func:`~shapeprior.backend.single_threaded`)."""
+    from ..backend import thread_budget
+
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:                     # pragma: no cover - macOS, Windows
         n = os.cpu_count() or 1
-    return max(1, min(SMOOTH_THREADS, n))
+    budget = thread_budget()
+    return max(1, min(SMOOTH_THREADS, n, budget or n))
 
 
 def gaussian_filter(img, sigma, truncate=TRUNCATE, threads=None):

@@ -12,6 +12,7 @@ discovered case gets a row in the summary.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -71,17 +72,21 @@ def case_state(folder, case_path, model_path, params, deidentify=False):
 
 
 def run_one(case, outdir, model_path, params, series, mesh_format, force, argv, deidentify,
-            allow_no_orientation, redo, output_type="nifti", qc=True):
-    """Segment one case; never raises (returns a summary row)."""
+            allow_no_orientation, redo, output_type="nifti", qc=True, one_thread=False):
+    """Segment one case; never raises (returns a summary row). ``one_thread``:
+    on one core (:func:`~shapeprior.backend.single_threaded`), as a worker of a
+    process pool runs it."""
+    from ..backend import single_threaded
     from ._run import run_case
 
     try:
         model, dic = _model(model_path, params.prior)
-        rep = run_case(case.path, outdir, model, model_path, params, series=series,
-                       mesh_format=mesh_format, force=force or redo, dictionary=dic, argv=argv,
-                       case_name=case.name, deidentify=deidentify,
-                       allow_no_orientation=allow_no_orientation, partial_ok=True,
-                       output_type=output_type, qc=qc)
+        with single_threaded() if one_thread else contextlib.nullcontext():
+            rep = run_case(case.path, outdir, model, model_path, params, series=series,
+                           mesh_format=mesh_format, force=force or redo, dictionary=dic,
+                           argv=argv, case_name=case.name, deidentify=deidentify,
+                           allow_no_orientation=allow_no_orientation, partial_ok=True,
+                           output_type=output_type, qc=qc)
         row = {"case": case.name, "status": rep["status"], "quality": rep["quality"],
                "volume_ml": rep["volume_ml"], "iterations": rep["iterations"],
                "time_s": rep["time_s"]}
@@ -171,8 +176,9 @@ def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk"
     except BaseException:
         remove_created(created)
         raise
+    parallel = bool(workers) or scheduler is not None
     args = [(c, root / c.name, model_path, params, series, mesh_format, force, argv,
-             deidentify, allow_no_orientation, redo or None, output_type, qc)
+             deidentify, allow_no_orientation, redo or None, output_type, qc, parallel)
             for c, redo in todo]
     bar = tqdm(total=len(args), desc="cases", unit="case", disable=not progress)
     if not workers and scheduler is None:
