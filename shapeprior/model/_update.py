@@ -93,7 +93,7 @@ def _pca_update(model: ShapeModel, Z, total_old):
     return mean.reshape(-1, 3), vt, var[:keep], total
 
 
-def _dictionary_update(model: ShapeModel, aligned, n_sweeps):
+def _dictionary_update(model: ShapeModel, aligned, n_sweeps, centre=None):
     from ._dictlearn import DictionaryLearner, update_shape_dictionary
 
     info = dict(model.metadata.get("dictionary_learning") or {})
@@ -105,7 +105,7 @@ def _dictionary_update(model: ShapeModel, aligned, n_sweeps):
         dl.atoms_ = model.atoms.reshape(k, -1)
         X = dl.transform(model.shapes).T
         state = {"A": X @ X.T, "B": model.shapes.reshape(model.n_shapes, -1).T @ X.T}
-    return update_shape_dictionary(model.atoms, state, info, aligned, n_sweeps)
+    return update_shape_dictionary(model.atoms, state, info, aligned, n_sweeps, centre)
 
 
 def align_to_model(model: ShapeModel, shapes):
@@ -162,7 +162,8 @@ def extend_model(model: ShapeModel, shapes, ids=None, hashes=None, *, fov_centre
     mean, comps, var, total = _pca_update(model, aligned.reshape(m, -1), float(total_old))
     atoms, state = model.atoms, model.dictionary_state
     if model.atoms is not None:
-        atoms, state, meta["dictionary_learning"] = _dictionary_update(model, aligned, n_sweeps)
+        atoms, state, meta["dictionary_learning"] = _dictionary_update(model, aligned, n_sweeps,
+                                                                      centre=mean)
     pose = model.pose
     if pose is not None and fov_centres is not None:
         new = pose_stats(mean, Y, fov_centres)
