@@ -61,8 +61,8 @@ def main(argv):
     ap.add_argument("--window", default=None,
                     help="edge fallback: intensity window lo,hi inside the organ (normalised units)")
     ap.add_argument("--workers", type=int, default=0,
-                    help="folder of cases: run on a local dask cluster with N processes "
-                         "(default 0: sequential)")
+                    help="folder of cases: run on a local dask cluster with N processes, "
+                         "each case on one core (default 0: sequential, all cores per case)")
     ap.add_argument("--scheduler", default=None,
                     help="folder of cases: address of an existing dask scheduler")
     ap.add_argument("--backend", choices=("auto", "numpy", "numba", "cupy"), default=None,
