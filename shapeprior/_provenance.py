@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 
@@ -42,20 +43,34 @@ class FileDigests:
                 continue
             todo.append(key)
             self._futures[key] = None
+        self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="shapeprior-sha256") if todo \
             else None
         for key in todo:
-            self._futures[key] = self._pool.submit(sha256_file, key)
+            self._futures[key] = self._pool.submit(self._hash, key)
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+
+    def _hash(self, path, chunk=1 << 20):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(chunk), b""):
+                if self._stop.is_set():
+                    return None
+                h.update(block)
+        return h.hexdigest()
 
     def sha256(self, path) -> str:
         """The hex digest of ``path`` (hashed ahead when it was listed)."""
         f = self._futures.get(os.path.realpath(path))
-        return f.result() if f is not None else sha256_file(path)
+        got = f.result() if f is not None and not self._stop.is_set() else None
+        return got if got is not None else sha256_file(path)
 
     def cancel(self):
-        """Drop the hashes not yet started (a failed run needs none)."""
+        """Stop hashing (a failed run needs no hash): the file being hashed is
+        left at its next megabyte, so a huge input given by mistake does not
+        keep the process from exiting."""
+        self._stop.set()
         for f in self._futures.values():
             if f is not None:
                 f.cancel()

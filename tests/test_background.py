@@ -119,3 +119,16 @@ def test_single_threaded_limits_this_threads_helpers_and_restores():
         t.join()
         assert seen == [None]                  # another thread keeps its own budget
     assert numba.get_num_threads() == before and thread_budget() is None
+
+
+def test_file_digests_cancel_stops_a_long_hash(tmp_path):
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:               # sparse: 64 GiB that read as zeros
+        f.truncate(64 << 30)
+    d = FileDigests([big])
+    time.sleep(0.05)
+    t0 = time.perf_counter()
+    d.cancel()
+    for f in d._futures.values():
+        f.result(timeout=5)                  # returns within a megabyte's read
+    assert time.perf_counter() - t0 < 5
