@@ -138,7 +138,7 @@ class DictionaryLearner:
             X = _codes(Dt, Y, self.n_nonzero)
             self.A_ = self.A_ + X @ X.T
             self.Bt_ = self.Bt_ + X @ Y.T
-            if self.s_ is not None:
+            if getattr(self, "s_", None) is not None:
                 self.s_ = self.s_ + X.sum(1)
         else:   # one nonzero per shape: x x^T and x y^T touch one atom each
             rows, cols, vals = own
@@ -146,7 +146,7 @@ class DictionaryLearner:
             self.A_[rows, rows] += vals ** 2
             self.Bt_ = self.Bt_.copy()
             self.Bt_[rows] += vals[:, None] * Y[:, cols].T
-            if self.s_ is not None:
+            if getattr(self, "s_", None) is not None:
                 self.s_ = self.s_.copy()
                 self.s_[rows] += vals
         # atoms as contiguous rows: each block-coordinate step reads and writes one;
