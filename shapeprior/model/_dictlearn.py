@@ -300,7 +300,17 @@ def is_centred(info) -> bool:
     return isinstance(info, dict) and info.get("centre") == CENTRE_MEAN
 
 
-def update_shape_dictionary(atoms, state, info, aligned, n_sweeps=1, centre=None):
+#: block-coordinate sweeps of an online update whose centre moved (a deviations
+#: dictionary): chosen on the AdrenalMNIST3D tuning half (96 atoms, 50 shapes then 22
+#: updates of 50), worst online/rebuilt ratio over the steps (clean / missing half /
+#: displaced): 1 sweep 1.038 / 1.058 / 1.016, 2 sweeps 1.042 / 1.057 / 1.018, **5 sweeps
+#: 1.042 / 1.034 / 1.020** (the only one within 5 % at every step); about 12 ms more per
+#: update of 50 shapes (a rebuild of 550 takes 10 s). A dictionary whose centre stays
+#: (raw-shape atoms) keeps one sweep: three gave the same held-out error on KiTS kidneys.
+MOVED_CENTRE_SWEEPS = 5
+
+
+def update_shape_dictionary(atoms, state, info, aligned, n_sweeps=None, centre=None):
     """The online update of a model's dictionary with new aligned shapes (M', N, 3):
     ``(atoms, state, info)`` as :func:`learn_shape_dictionary` returns them.
 
@@ -318,8 +328,9 @@ def update_shape_dictionary(atoms, state, info, aligned, n_sweeps=1, centre=None
     (a state stored before it was kept) the centre stays where it was learned.
     A dictionary with fewer atoms than requested first grows by the new shapes
     it represents worst. A dictionary of raw shapes (no ``centre`` recorded;
-    models from before) is updated the same way on the raw shapes. The inputs
-    are not modified.
+    models from before) is updated the same way on the raw shapes. ``n_sweeps``
+    (block-coordinate sweeps): default :data:`MOVED_CENTRE_SWEEPS` when the
+    centre moved, else 1. The inputs are not modified.
     """
     info = dict(info or {})
     K = atoms.shape[0]
@@ -329,6 +340,7 @@ def update_shape_dictionary(atoms, state, info, aligned, n_sweeps=1, centre=None
     S = state.get("S")
     B = state["B"]
     head = flat[:1]
+    moved = False
     if centred:
         c = flat[0] * float(info["centre_norm"])
         if centre is not None and S is not None:
@@ -338,6 +350,7 @@ def update_shape_dictionary(atoms, state, info, aligned, n_sweeps=1, centre=None
             norm = float(np.linalg.norm(c))
             head = (c / norm)[None]
             info["centre_norm"] = norm
+            moved = True
         Y = Y - c
         flat = flat[1:]
     k = flat.shape[0]
@@ -346,6 +359,8 @@ def update_shape_dictionary(atoms, state, info, aligned, n_sweeps=1, centre=None
     want = int(info.get("n_atoms_requested", K)) - (1 if centred else 0)
     if want > k:
         dl.grow(Y, want - k)
+    if n_sweeps is None:
+        n_sweeps = MOVED_CENTRE_SWEEPS if moved else 1
     dl.partial_fit(Y, n_sweeps=n_sweeps)
     learned = dl.atoms_
     if centred:

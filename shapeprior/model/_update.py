@@ -116,7 +116,7 @@ def align_to_model(model: ShapeModel, shapes):
 
 
 def extend_model(model: ShapeModel, shapes, ids=None, hashes=None, *, fov_centres=None,
-                 profiles=None, n_sweeps=1, summary=None) -> ShapeModel:
+                 profiles=None, n_sweeps=None, summary=None) -> ShapeModel:
     """A new model: ``model`` plus shapes already in correspondence with it.
 
     Parameters
@@ -133,10 +133,12 @@ def extend_model(model: ShapeModel, shapes, ids=None, hashes=None, *, fov_centre
         Centre of each new shape's field of view: updates the pose prior.
     profiles : ndarray, shape (M', N, 2*half), optional
         Appearance profiles of new training images: updates the appearance.
-    n_sweeps : int
-        Block-coordinate sweeps of the online dictionary update (one, as in
-        Mairal et al.; three gave the same held-out error on KiTS kidneys at
-        twice the cost).
+    n_sweeps : int, optional
+        Block-coordinate sweeps of the online dictionary update. Default: one
+        (as in Mairal et al.) for raw-shape atoms (three gave the same held-out
+        error on KiTS kidneys at twice the cost); for a deviations dictionary,
+        whose centre moves to the new mean, ``MOVED_CENTRE_SWEEPS`` (see
+        :func:`~shapeprior.model._dictlearn.update_shape_dictionary`).
     summary : dict, optional
         Stored in the lineage's update record.
 
