@@ -393,6 +393,17 @@ def test_moving_the_centre_shifts_the_statistics_exactly(tmp_path):
                                rtol=1e-10, atol=1e-8)
     np.testing.assert_allclose(st2["S"], st["S"] + X.sum(1), rtol=1e-12)
     np.testing.assert_allclose(st2["A"], st["A"] + X @ X.T, rtol=1e-12)
+    # the default sweeps: MOVED_CENTRE_SWEEPS once the centre moved, one otherwise
+    from shapeprior.model._dictlearn import MOVED_CENTRE_SWEEPS
+
+    for centre, sweeps in ((c_new, MOVED_CENTRE_SWEEPS), (None, 1)):
+        got = update_shape_dictionary(m.atoms, st, info, new, centre=centre)[0]
+        want = update_shape_dictionary(m.atoms, st, info, new, n_sweeps=sweeps,
+                                       centre=centre)[0]
+        other = update_shape_dictionary(m.atoms, st, info, new, n_sweeps=sweeps + 1,
+                                        centre=centre)[0]
+        np.testing.assert_array_equal(got, want)
+        assert not np.array_equal(got, other)
     # a state from before S was kept: the centre stays, B is not shifted
     legacy = {"A": st["A"], "B": st["B"]}
     atoms3, st3, _ = update_shape_dictionary(m.atoms, legacy, info, new, n_sweeps=0,
