@@ -304,9 +304,11 @@ def is_centred(info) -> bool:
 #: dictionary): chosen on the AdrenalMNIST3D tuning half (96 atoms, 50 shapes then 22
 #: updates of 50), worst online/rebuilt ratio over the steps (clean / missing half /
 #: displaced): 1 sweep 1.038 / 1.058 / 1.016, 2 sweeps 1.042 / 1.057 / 1.018, **5 sweeps
-#: 1.042 / 1.034 / 1.020** (the only one within 5 % at every step); about 12 ms more per
-#: update of 50 shapes (a rebuild of 550 takes 10 s). A dictionary whose centre stays
-#: (raw-shape atoms) keeps one sweep: three gave the same held-out error on KiTS kidneys.
+#: 1.042 / 1.034 / 1.020** (the only one within 5 % at every step there; the report
+#: half did not confirm it: worst missing 1.072 vs 1.077 with one sweep, bench/README);
+#: about 12 ms more per update of 50 shapes (a rebuild of 550 takes 10 s). A dictionary
+#: whose centre stays (raw-shape atoms) keeps one sweep: three gave the same held-out
+#: error on KiTS kidneys.
 MOVED_CENTRE_SWEEPS = 5
 
 
