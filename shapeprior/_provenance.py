@@ -9,10 +9,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 
-def sha256_file(path, chunk=1 << 20) -> str:
+def sha256_file(path, chunk=1 << 20, stop=None):
+    """The hex sha256 of a file; with ``stop`` (a :class:`threading.Event`) None
+    once it is set, checked before each ``chunk`` bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
+            if stop is not None and stop.is_set():
+                return None
             h.update(block)
     return h.hexdigest()
 
@@ -33,32 +37,14 @@ class FileDigests:
     """
 
     def __init__(self, paths=()):
-        self._futures = {}
-        todo = []
-        for p in paths:
-            if p is None:
-                continue
-            key = os.path.realpath(p)
-            if key in self._futures or not _regular_file(key):
-                continue
-            todo.append(key)
-            self._futures[key] = None
+        keys = dict.fromkeys(os.path.realpath(p) for p in paths if p is not None)
+        todo = [k for k in keys if _regular_file(k)]
         self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shapeprior-sha256") if todo \
-            else None
-        for key in todo:
-            self._futures[key] = self._pool.submit(self._hash, key)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-
-    def _hash(self, path, chunk=1 << 20):
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(chunk), b""):
-                if self._stop.is_set():
-                    return None
-                h.update(block)
-        return h.hexdigest()
+        self._futures = {}
+        if todo:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="shapeprior-sha256")
+            self._futures = {k: pool.submit(sha256_file, k, stop=self._stop) for k in todo}
+            pool.shutdown(wait=False)
 
     def sha256(self, path) -> str:
         """The hex digest of ``path`` (hashed ahead when it was listed)."""
@@ -72,8 +58,7 @@ class FileDigests:
         keep the process from exiting."""
         self._stop.set()
         for f in self._futures.values():
-            if f is not None:
-                f.cancel()
+            f.cancel()
 
 
 def _regular_file(path) -> bool:
