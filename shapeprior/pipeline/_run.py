@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -130,15 +131,13 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
     volume_ml = float(np.count_nonzero(res.label)) * voxel_ml
     organ = model.metadata.get("organ", "organ")
 
-    def picture():
-        if qc:
-            qc_png(out.file("qc.png"), vol, res.label, ref, title=f"{organ}: {volume_ml:.1f} ml",
-                   verts=res.verts, outliers=res.overridden)
-
     # the QC picture draws on a thread while the report is measured and the other
     # files are written; the folder is published once it is done
+    picture = background(qc_png, out.file("qc.png"), vol, res.label, ref,
+                         title=f"{organ}: {volume_ml:.1f} ml", verts=res.verts,
+                         outliers=res.overridden) if qc else contextlib.nullcontext()
     with clock("write"):
-        with background(picture):
+        with picture:
             report = _report(res, vol, ref, info, model, params, dictionary, clock, case_name,
                              input_path, volume_ml)
             _write_outputs(out, vol, res, report, model, model_path, input_path, reference,
