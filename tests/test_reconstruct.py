@@ -250,6 +250,19 @@ def test_cli_reconstruct_refuses_bad_meshes(population, mesh_folder, tmp_path, c
     assert not staging.exists() or not any(staging.iterdir())
 
 
+def test_cli_reconstruct_refuses_a_named_pipe_without_opening_it(mesh_folder, tmp_path, capsys):
+    import os
+
+    model, _ = mesh_folder
+    pipe = tmp_path / "shape.vtk"
+    os.mkfifo(pipe)                       # opening it would block the run
+    out = tmp_path / "o"
+    assert main(["reconstruct", str(pipe), "-o", str(out), "--model", str(model), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "named pipe" in err[0]
+    assert not out.exists()
+
+
 def test_cli_reconstruct_never_writes_into_its_input(mesh_folder, capsys):
     model, d = mesh_folder
     before = _digest(d)

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -82,6 +83,7 @@ def _bad_inputs(tmp_path):
     nodcm = tmp_path / "notdicom"
     nodcm.mkdir()
     (nodcm / "x.dcm").write_bytes(b"\x00" * 200)
+    os.mkfifo(tmp_path / "pipe.nii.gz")        # never opened: reading it would block
     return tmp_path
 
 
@@ -94,6 +96,7 @@ def _bad_inputs(tmp_path):
     ("empty", "no image files"),
     ("notdicom", "no image files"),
     ("missing.nii.gz", "no such"),
+    ("pipe.nii.gz", "named pipe"),
 ])
 def test_segment_bad_input_one_clear_error(phantom_model, tmp_path, capsys, name, msg):
     _, _, _, model = phantom_model

@@ -13,6 +13,7 @@ def _inputs(paths, limit):
     """``[(file, case name)]`` from files and folders of label maps."""
     from pathlib import Path
 
+    from ..io import input_path_error
     from ..model import case_name, find_label_maps, label_root
 
     out = []
@@ -24,7 +25,7 @@ def _inputs(paths, limit):
         elif p.is_file():
             out.append((p, case_name(p, p.parent)))
         else:
-            raise FileNotFoundError(f"no such file or folder: {p}")
+            raise input_path_error(p, str(p))
     return out[:limit] if limit else out
 
 

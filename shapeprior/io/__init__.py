@@ -6,7 +6,7 @@ it allocates and refuses, in one line, what it cannot trust
 (:class:`ImageReadError`).
 """
 
-from ._checks import ImageReadError, available_memory, display_name
+from ._checks import ImageReadError, available_memory, display_name, input_path_error
 from ._dicom import list_series, read_dicom_series, read_image
 from ._dicom_seg import write_dicom_seg
 from ._nifti import affine_ras, image_files
@@ -14,5 +14,5 @@ from ._volume import Volume, read_file, read_geometry, read_label_map, read_volu
 
 __all__ = ["Volume", "read_volume", "read_file", "read_label_map", "read_image",
            "read_dicom_series", "list_series", "write_label", "affine_ras", "ImageReadError",
-           "available_memory", "display_name", "image_files", "read_geometry",
+           "available_memory", "display_name", "input_path_error", "image_files", "read_geometry",
            "write_dicom_seg"]

@@ -28,6 +28,23 @@ def display_name(path) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
+def input_path_error(path, shown=None) -> Exception:
+    """The error for an input that is neither a regular file nor a folder: not
+    found (FileNotFoundError), or a named pipe, socket or device (ValueError),
+    which are never read. ``shown`` is the name used in the message (default:
+    :func:`display_name`)."""
+    import stat
+
+    shown = display_name(path) if shown is None else shown
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return FileNotFoundError(f"no such file or folder: {shown}")
+    kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+    return ValueError(f"{shown} is {kind}, not an image file or folder: it is not read")
+
+
 def available_memory() -> int:
     """Bytes this process may allocate for an image: ``$SHAPEPRIOR_MAX_IMAGE_BYTES``
     when set, else the kernel's MemAvailable (total physical memory as fallback)."""

@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import display_name
+from ..io import display_name, input_path_error
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
 #: names a case folder may not take inside a batch output folder
@@ -108,7 +108,7 @@ def discover_cases(path, list_series=None):
     if p.is_file():
         return [Case(unique_names([p.name])[0], p, display_name(p))]
     if not p.is_dir():
-        raise FileNotFoundError(f"no such file or folder: {display_name(p)}")
+        raise input_path_error(p)
     if list_series(p):
         return [Case(unique_names([p.name])[0] if p.name else "case", p, display_name(p))]
     entries = sorted(p.iterdir(), key=lambda e: os.fsencode(e.name))

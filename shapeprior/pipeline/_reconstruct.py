@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .._outputs import OutputDir, manifest, show_path
+from ..io import input_path_error
 from ..mesh import MESH_FORMATS, READ_SUFFIXES, Surface, read_mesh
 from ._cases import unique_names
 
@@ -51,7 +52,7 @@ def find_shape_inputs(path):
     if p.is_file():
         return [(p.name, p)]
     if not p.is_dir():
-        raise FileNotFoundError(f"no such file or folder: {show_path(p)}")
+        raise input_path_error(p, show_path(p))
     files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _FOUND
                    and not any(part.startswith(".") for part in f.relative_to(p).parts))
     if not files:
