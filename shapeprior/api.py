@@ -148,7 +148,7 @@ def segment(image, model, *, seed=None, seed_space="lps", side="none", init=None
     return segment_volume(_volume(image), model, p, init=init)
 
 
-def refine(mask, model, *, labels=(1,), image=None, **params):
+def refine(mask, model, *, labels=(1,), image=None, keep=(), **params):
     """Refine an existing segmentation (any tool's) with the shape prior.
 
     Parameters
@@ -160,6 +160,9 @@ def refine(mask, model, *, labels=(1,), image=None, **params):
         Labels of the organ in ``mask``.
     image : Volume or str or Path, optional
         The scan: continue the fit against its boundary appearance.
+    keep : tuple of int
+        Labels fitted as part of the organ but never removed, kept with their
+        own value (a lesion the model does not know: KiTS tumour label 2).
     **params
         Fields of :class:`~shapeprior.segmentation.SegmentParams`.
 
@@ -177,7 +180,8 @@ def refine(mask, model, *, labels=(1,), image=None, **params):
         model = load_model(model)
     mvol = mask if isinstance(mask, Volume) else read_label_map(mask)
     img = None if image is None else _volume(image)
-    return refine_mask(mvol, model, tuple(labels), SegmentParams(**params), img)
+    return refine_mask(mvol, model, tuple(labels), SegmentParams(**params), img,
+                       keep=tuple(keep))
 
 
 def reconstruct(shape, model, *, weights=None, prior="auto", method="auto", **options):

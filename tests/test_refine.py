@@ -65,6 +65,50 @@ def test_refine_removes_a_leak_and_an_island(phantom_model, tmp_path, capsys):
     assert rc == 1 and mask.read_bytes() == before
 
 
+def test_refine_keeps_a_lesion_label_it_would_otherwise_remove(phantom_model, tmp_path, capsys):
+    """The planted bulge labelled as a lesion (3) with --keep-labels 3: fitted as
+    organ, never removed, written with its own value; an island of the organ's
+    label still goes. Without --keep-labels the same bulge is removed."""
+    d, images, labels, model = phantom_model
+    clean_vol = read_label_map(labels / "phantom_005.nii.gz")
+    clean = clean_vol.array > 0
+    idx = np.argwhere(clean)
+    lo, hi = idx.min(0), idx.max(0)
+    tip = idx[idx[:, 2] == hi[2]].mean(0).round().astype(int)
+    tip[2] = min(tip[2] + 3, clean.shape[2] - 5)
+    lesion = _ball(clean.shape, tip, 4) & ~clean
+    far = np.array([lo[0], lo[1], lo[2]]) // 2
+    arr = np.where(clean | _ball(clean.shape, far, 2), 2, 0).astype(np.uint8)
+    arr[lesion] = 3
+    mask = tmp_path / "mask.nii.gz"
+    mvol = Volume(arr, clean_vol.spacing, clean_vol.origin, clean_vol.direction)
+    write_label(mvol, arr, mask)
+    before = mask.read_bytes()
+    runs = {}
+    for name, extra in (("keep", ["--keep-labels", "3"]), ("plain", ["--labels", "2,3"])):
+        out = tmp_path / name
+        args = ["refine", str(mask), "-o", str(out), "--model", str(model), *extra]
+        if name == "keep":
+            args += ["--labels", "2"]
+        assert main(args) == 0
+        runs[name] = read_label_map(out / "label.nii.gz").array
+    assert mask.read_bytes() == before
+    kept = runs["keep"]
+    assert np.array_equal(kept[lesion], np.full(lesion.sum(), 3))      # all of it, as 3
+    assert set(np.unique(kept)) == {0, 1, 3}
+    assert not kept[tuple(far)]                                        # the island went
+    assert dice(kept == 1, clean) > 0.95
+    rep = json.loads((tmp_path / "keep" / "report.json").read_text())
+    assert rep["input"]["keep_labels"] == [3] and rep["input"]["labels"] == [2]
+    # the same bulge as organ label: removed (at least most of it)
+    assert (runs["plain"][lesion] > 0).mean() < 0.5
+    # a kept label may not also be an organ label
+    rc = main(["refine", str(mask), "-o", str(tmp_path / "x"), "--model", str(model),
+               "--labels", "2,3", "--keep-labels", "3"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "keep label 3" in err and err.count("\n") == 1
+
+
 def test_refine_rejects_a_mask_without_the_label(phantom_model, tmp_path, capsys):
     d, images, labels, model = phantom_model
     rc = main(["refine", str(labels / "phantom_005.nii.gz"), "-o", str(tmp_path / "o"),

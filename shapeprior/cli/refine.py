@@ -24,6 +24,10 @@ def main(argv):
     ap.add_argument("-o", "--output", required=True, help="output folder")
     ap.add_argument("--model", required=True, help="model file from build-model")
     ap.add_argument("--labels", default="1", help="labels of the organ in MASK (default 1)")
+    ap.add_argument("--keep-labels", default=None, metavar="L[,L...]",
+                    help="labels in MASK that are part of the organ but never removed, kept "
+                         "with their own value: a lesion the model does not know (KiTS: "
+                         "--labels 1 --keep-labels 2 keeps the tumour)")
     ap.add_argument("--image", default=None,
                     help="the scan (file or DICOM folder): continue the fit against it")
     ap.add_argument("--side", choices=("none", "left", "right"), default="none",
@@ -47,11 +51,12 @@ def main(argv):
 
     model = load_model(a.model)
     labels = parse_labels(a.labels, "--labels")
+    keep = parse_labels(a.keep_labels, "--keep-labels") if a.keep_labels else ()
     params = SegmentParams(method=a.method, side=a.side, prior=a.prior,
                            window=floats(a.window, 2, "--window") if a.window else None)
     rep = refine_case(a.mask, a.output, model, a.model, params, labels=labels, image=a.image,
                       mesh_format=a.mesh_format, force=a.force, argv=argv,
-                      allow_no_orientation=a.allow_no_orientation)
+                      allow_no_orientation=a.allow_no_orientation, keep=keep)
     c = rep["corrections"]
     print(f"{rep['input']['mask']}: {rep['status']} (quality {rep['quality']:.2f}); "
           f"{c['input_ml']:.1f} ml -> {c['refined_ml']:.1f} ml: removed {c['removed_ml']:.1f} ml, "

@@ -10,6 +10,7 @@ from ._surface import (
     Surface,
     crop_to_labels,
     dice,
+    grown_box,
     kidney_masks,
     label_mask,
     mask_box,
@@ -18,6 +19,6 @@ from ._surface import (
 )
 
 __all__ = ["Surface", "MESH_FORMATS", "mask_to_surface", "label_mask", "kidney_masks", "crop_to_labels",
-           "mask_box", "signed_distance", "voxelize", "dice",
+           "mask_box", "grown_box", "signed_distance", "voxelize", "dice",
            "icosphere",
            "level_for_vertices", "mean_neighbour_operator", "read_mesh", "READ_SUFFIXES"]

@@ -184,6 +184,20 @@ def mask_box(mask) -> tuple:
     return tuple(slice(int(h[0]), int(h[-1]) + 1) for h in hits)
 
 
+def grown_box(box, margin, shape) -> tuple:
+    """``box`` (a tuple of slices) grown by ``margin`` voxels on each side (an
+    int, or one per axis), clipped to an array of ``shape``.
+
+    A distance transform computed on a box that holds all of its feature
+    voxels is exact at every voxel of the box; one computed from inside a
+    mask needs one voxel of margin outside it (the nearest outside voxel of
+    any inside voxel is then in the box too): the refinement and the metrics
+    measure on such boxes, not on the whole grid."""
+    m = np.broadcast_to(np.asarray(margin, int), (len(box),))
+    return tuple(slice(max(b.start - int(k), 0), min(b.stop + int(k), int(n)))
+                 for b, k, n in zip(box, m, shape))
+
+
 def dice(a, b) -> float:
     """Dice overlap of two masks of the same shape, in [0, 1] (1 when both are empty)."""
     a = np.asarray(a, bool)

@@ -22,10 +22,11 @@ from ._run import (MESH_FORMATS, input_hashes, model_version, params_record, pri
 
 def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, labels=(1,),
                 image=None, mesh_format="vtk", force=False, argv=None,
-                allow_no_orientation=False):
+                allow_no_orientation=False, keep=()):
     """Refine the label map ``mask_path`` with the shape model; publish ``outdir``.
 
-    The refined label (value 1) is written on the mask's grid, with the mesh
+    The refined label (value 1; labels in ``keep`` never removed and written
+    with their own value) is written on the mask's grid, with the mesh
     (point data: gross error |e| in mm, overridden flag, confidence), a
     report of the regions removed and added, a QC picture and a manifest.
     ``image`` (a file or DICOM folder) continues the fit against the scan's
@@ -39,25 +40,26 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
     out = OutputDir(outdir, force=force, inputs=inputs)
     try:
         return _refine_case(out, mask_path, model, model_path, params, labels, image,
-                            mesh_format, argv, allow_no_orientation)
+                            mesh_format, argv, allow_no_orientation, tuple(keep))
     except BaseException:
         out.discard()
         raise
 
 
 def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_format, argv,
-                 allow_no_orientation):
+                 allow_no_orientation, keep):
     t0 = time.perf_counter()
     mvol = read_label_map(mask_path, allow_no_orientation)
     img = None
     if image is not None:
         img, _ = read_image(image, None, allow_no_orientation)
-    res = refine_mask(mvol, model, labels, params, img)
+    res = refine_mask(mvol, model, labels, params, img, keep=keep)
     fit = res.fit
     label = res.label.astype(np.uint8)
     report = {
         "status": fit.status, "quality": round(fit.quality, 4), "reasons": fit.reasons,
         "input": {"mask": display_name(mask_path), "labels": [int(v) for v in labels],
+                  "keep_labels": [int(v) for v in keep],
                   "image": display_name(image) if image is not None else None,
                   "shape_zyx": list(mvol.array.shape), "spacing_mm": mvol.spacing.tolist(),
                   "origin_mm": mvol.origin.tolist(), "direction": mvol.direction.ravel().tolist(),
@@ -74,7 +76,7 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
         "time_s": round(time.perf_counter() - t0, 3),
     }
     bg = img if img is not None and img.same_grid(mvol) else mvol
-    with background(qc_png, out.file("qc.png"), bg, label, np.isin(mvol.array, labels),
+    with background(qc_png, out.file("qc.png"), bg, label, np.isin(mvol.array, tuple(labels) + keep),
                     title=f"refined {model.metadata.get('organ', 'organ')} "
                           "(red dashed: input mask)",
                     verts=fit.verts, outliers=fit.overridden):
@@ -92,6 +94,7 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
         files["model"] = Path(model_path)
         out.write_json("manifest.json", manifest(
             command="refine", parameters={"argv": argv, "labels": [int(v) for v in labels],
+                                          "keep_labels": [int(v) for v in keep],
                                           **params_record(params)},
             seed=None, inputs=files))
     out.commit()

@@ -14,6 +14,9 @@ centroid of the organ's parts (components of at least
 the fit then continues against the image's boundary appearance from that
 surface.
 
+Labels passed as ``keep`` (a lesion the model does not know, such as a
+kidney tumour) are fitted as organ and never removed.
+
 The refined label is a hybrid (:func:`combine`): the input mask, except
 near the vertices where it departs from the prior (overridden by SSC, or
 with no boundary found), where the fitted shape decides beyond a band of its
@@ -29,7 +32,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..io import Volume
-from ..mesh import dice, signed_distance, voxelize
+from ..mesh import dice, grown_box, mask_box, signed_distance, voxelize
 from ._assess import border_distance
 from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, segment_volume
 
@@ -232,7 +235,8 @@ def repeated_slices(m, spacing_zyx):
     return gaps, fill
 
 
-def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionary=None):
+def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionary=None,
+                keep=()):
     """Fit the shape model to an existing segmentation.
 
     Parameters
@@ -252,15 +256,29 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
         The scan the mask was made on (any grid): the fit continues against
         its boundary appearance.
     dictionary : ShapeDictionary, optional
+    keep : sequence of int
+        Labels that are part of the organ but never removed: a lesion the
+        shape model does not know (a kidney tumour in a KiTS-style map,
+        labels 1 = kidney, 2 = tumour) bulges beyond any plausible organ
+        shape, exactly as a leak does; without the image only the label can
+        tell them apart. These voxels are fitted as organ and keep their
+        label in the result.
 
     Returns
     -------
     RefineResult
+        ``label`` holds 1 for the refined organ and each kept label's own
+        value on its voxels.
     """
     params = params or SegmentParams()
-    m = np.isin(mask_vol.array, np.asarray(labels))
+    keep = tuple(int(v) for v in keep)
+    bad = [v for v in keep if not 1 <= v <= 255 or v in tuple(labels)]
+    if bad:
+        raise ValueError(f"keep label {bad[0]} is not allowed: kept labels lie in 1..255 and "
+                         f"are not among the organ's labels {list(labels)}")
+    m = np.isin(mask_vol.array, np.asarray(tuple(labels) + keep))
     if not m.any():
-        raise ValueError(f"the mask has no voxel with label(s) {list(labels)}")
+        raise ValueError(f"the mask has no voxel with label(s) {list(labels) + list(keep)}")
     big = _organ_parts(m)
     centre = mask_vol.index_to_physical(np.argwhere(big).mean(0)[::-1][None])[0]
     sides = [params.side]
@@ -318,6 +336,10 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
             fit.status = "suspect"
     else:
         label = combine(m, shape, mask_vol, mask_fit, gaps=gaps, fill=fill).astype(np.uint8)
+    if keep:
+        # kept labels are never removed, and stay what they were
+        kept = np.isin(mask_vol.array, np.asarray(keep))
+        label = np.where(kept, mask_vol.array, label).astype(np.uint8)
     return RefineResult(fit, label, describe_corrections(m, label > 0, mask_vol), mask_fit)
 
 
@@ -329,18 +351,29 @@ class _BoundaryDistance:
 
     def __init__(self, mask, vol):
         self.vol = vol
-        self.sd = signed_distance(mask, tuple(float(s) for s in vol.spacing[::-1])).astype(
-            np.float32)
+        sp = vol.spacing[::-1]
         self.tol = ON_BOUNDARY_MM + 0.5 * float(max(vol.spacing))
+        # the map is exact in the mask's box grown by the tolerance and two
+        # voxels; points beyond it are farther than the tolerance
+        margin = np.ceil(self.tol / sp).astype(int) + 2
+        self.box = grown_box(mask_box(mask), margin, mask.shape) if mask.any() else \
+            tuple(slice(0, n) for n in mask.shape)
+        self.sd = signed_distance(mask[self.box], tuple(float(s) for s in sp)).astype(
+            np.float32)
 
     def distance(self, points):
-        """Unsigned distance of each point (LPS mm, shape (P, 3)); NaN where left out."""
+        """Unsigned distance of each point (LPS mm, shape (P, 3)); NaN where left
+        out; infinite beyond the map's box (farther than the tolerance)."""
         from scipy import ndimage
 
-        idx = self.vol.physical_to_index(points)[:, ::-1].T
-        d = np.abs(ndimage.map_coordinates(self.sd, idx, order=1, mode="nearest"))
+        idx = self.vol.physical_to_index(points)[:, ::-1]
+        lo = np.array([b.start for b in self.box])
+        hi = np.array([b.stop - 1 for b in self.box])
+        idx = idx - lo
+        d = np.abs(ndimage.map_coordinates(self.sd, idx.T, order=1, mode="nearest"))
         # the map is 0.5 voxel off at the boundary: a voxel centre is the sample
         d = np.maximum(d - 0.5 * float(min(self.vol.spacing)), 0.0)
+        d = np.where(np.all((idx >= 0) & (idx <= hi - lo), axis=1), d, np.inf)
         return np.where(border_distance(self.vol, points) > BORDER_MM, d, np.nan)
 
     def on_fraction(self, points):
@@ -390,13 +423,21 @@ def suspect_zone(fit, vol, margin_mm=ZONE_MARGIN_MM, mask=None):
     if not inside.any():
         return zone
     radius = np.asarray(fit.error_mm)[bad][inside] + margin_mm
-    seeds = np.zeros(zone.shape, bool)
-    seeds[tuple(idx[inside].T)] = True
-    order = np.full(zone.shape, -1)
-    order[tuple(idx[inside].T)] = np.arange(inside.sum())
-    sampling = tuple(float(v) for v in vol.spacing[::-1])
+    idx = idx[inside]
+    sp = vol.spacing[::-1]
+    # no voxel beyond the seeds' box grown by the largest radius is in the zone
+    box = grown_box(tuple(slice(int(a), int(b) + 1) for a, b in zip(idx.min(0), idx.max(0))),
+                    np.ceil(radius.max() / sp).astype(int) + 1, zone.shape)
+    idx = idx - np.array([b.start for b in box])
+    shape = tuple(b.stop - b.start for b in box)
+    seeds = np.zeros(shape, bool)
+    seeds[tuple(idx.T)] = True
+    order = np.full(shape, -1)
+    order[tuple(idx.T)] = np.arange(len(idx))
+    sampling = tuple(float(v) for v in sp)
     d, near = ndimage.distance_transform_edt(~seeds, sampling=sampling, return_indices=True)
-    return d <= radius[order[tuple(near)]]
+    zone[box] = d <= radius[order[tuple(near)]]
+    return zone
 
 
 def combine(mask, shape, vol, fit=None, band_mm=BAND_MM, gaps=None, fill=None):
@@ -426,15 +467,21 @@ def combine(mask, shape, vol, fit=None, band_mm=BAND_MM, gaps=None, fill=None):
 
     if not shape.any():
         return shape
-    sampling = tuple(float(s) for s in vol.spacing[::-1])
+    sp = vol.spacing[::-1]
+    sampling = tuple(float(s) for s in sp)
+    zone = np.ones(mask.shape, bool) if fit is None else suspect_zone(fit, vol, mask=mask)
+    # nothing is kept or added beyond the box of the mask and the shape grown by
+    # the band: all of it is decided on that box (exact distances there)
+    grid = mask.shape
+    box = grown_box(mask_box(mask | shape), np.ceil(band_mm / sp).astype(int) + 1, grid)
+    mask, shape, zone = mask[box], shape[box], zone[box]
     d_out = ndimage.distance_transform_edt(~shape, sampling=sampling)
     d_in = ndimage.distance_transform_edt(shape, sampling=sampling)
     core = shape & (d_in > band_mm)
     by_shape = core | (mask & (d_out <= band_mm))
-    zone = np.ones(mask.shape, bool) if fit is None else suspect_zone(fit, vol, mask=mask)
     out = np.where(zone, by_shape, mask)
     if gaps is not None:
-        out = np.where(gaps, fill & (d_out <= band_mm), out)
+        out = np.where(gaps[box], fill[box] & (d_out <= band_mm), out)
     # enclosed cavities are filled only where the input departs: an organ's
     # own cavity (a kidney's sinus) stays
     out |= zone & ndimage.binary_fill_holes(out)
@@ -442,7 +489,9 @@ def combine(mask, shape, vol, fit=None, band_mm=BAND_MM, gaps=None, fill=None):
     if n > 1:
         keep = np.unique(lab[core & out])
         out = np.isin(lab, keep[keep > 0]) if keep.any() else out
-    return out
+    whole = np.zeros(grid, bool)
+    whole[box] = out
+    return whole
 
 
 def describe_corrections(before, after, vol, min_ml=MIN_REGION_ML, max_regions=20):
@@ -463,6 +512,14 @@ def describe_corrections(before, after, vol, min_ml=MIN_REGION_ML, max_regions=2
     out = {"input_ml": round(float(before.sum()) * voxel_ml, 3),
            "refined_ml": round(float(after.sum()) * voxel_ml, 3)}
     regions = []
+    if not (before | after).any():
+        out.update(removed_ml=0.0, added_ml=0.0, regions=[])
+        return out
+    # every changed voxel and every voxel of either mask lies in their joint
+    # box: the depths measured there are exact
+    box = grown_box(mask_box(before | after), 1, before.shape)
+    lo = np.array([b.start for b in box])
+    before, after = before[box], after[box]
     for kind, diff, other in (("removed", before & ~after, after),
                               ("added", after & ~before, before)):
         out[f"{kind}_ml"] = round(float(diff.sum()) * voxel_ml, 3)
@@ -470,16 +527,17 @@ def describe_corrections(before, after, vol, min_ml=MIN_REGION_ML, max_regions=2
             continue
         lab, n = ndimage.label(diff)
         sizes = np.bincount(lab.ravel())[1:]
-        depth = ndimage.distance_transform_edt(~other, sampling=sampling) if kind == "removed" \
-            else ndimage.distance_transform_edt(~before, sampling=sampling)
+        depth = ndimage.distance_transform_edt(~other, sampling=sampling)
+        where = ndimage.find_objects(lab)
         for i in np.argsort(-sizes)[:max_regions]:
             if sizes[i] * voxel_ml < min_ml:
                 break
-            r = lab == i + 1
-            c = vol.index_to_physical(np.argwhere(r).mean(0)[::-1][None])[0]
+            r = lab[where[i]] == i + 1
+            at = np.argwhere(r).mean(0) + lo + [w.start for w in where[i]]
+            c = vol.index_to_physical(at[::-1][None])[0]
             regions.append({"kind": kind, "volume_ml": round(float(sizes[i]) * voxel_ml, 3),
                             "centroid_lps_mm": [round(float(x), 1) for x in c],
-                            "depth_mm": round(float(depth[r].max()), 2)})
+                            "depth_mm": round(float(depth[where[i]][r].max()), 2)})
     regions.sort(key=lambda r: -r["volume_ml"])
     out["regions"] = regions[:max_regions]
     return out
