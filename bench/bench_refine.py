@@ -237,8 +237,9 @@ def main(argv=None):
         "columns": {"refined": "refine_mask with labels (1, 2): the organ as one label",
                     "refined_keep_tumour": "refine_mask with labels (1,), keep (2,): the "
                                            "tumour label is fitted as organ, never removed",
-                    "worse_than_input": "cases whose ASSD rose by more than 0.05 mm"}, "model": "bench/cache/kidney_model.npz (KiTS19 training "
-                "split)", "baseline": "largest component + fill holes + closing (3 mm ball)",
+                    "worse_than_input": "cases whose ASSD rose by more than 0.05 mm"},
+        "model": "bench/cache/kidney_model.npz (KiTS19 training split)",
+        "baseline": "largest component + fill holes + closing (3 mm ball)",
         "time_s": time.perf_counter() - t0, "table": table, "cases": rows})
     return 0
 

@@ -76,7 +76,8 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
         "time_s": round(time.perf_counter() - t0, 3),
     }
     bg = img if img is not None and img.same_grid(mvol) else mvol
-    with background(qc_png, out.file("qc.png"), bg, label, np.isin(mvol.array, tuple(labels) + keep),
+    organ_in = np.isin(mvol.array, tuple(labels) + keep)
+    with background(qc_png, out.file("qc.png"), bg, label, organ_in,
                     title=f"refined {model.metadata.get('organ', 'organ')} "
                           "(red dashed: input mask)",
                     verts=fit.verts, outliers=fit.overridden):
