@@ -256,9 +256,13 @@ def test_no_boundary_outside_the_mask_is_a_concavity_not_a_defect():
     assert with_mask[15, 15, 15] and not with_mask[15, 15, 4]
     without = suspect_zone(fit, vol, margin_mm=2.0)
     assert without[15, 15, 15] and without[15, 15, 4]
-    # a vertex the prior overrode counts wherever it is
-    fit.overridden = np.array([False, True])
+    # a vertex the last projection overrode counts wherever it is
+    fit.error_mm = np.array([0.0, 1.0])
     assert suspect_zone(fit, vol, margin_mm=2.0, mask=m)[15, 15, 4]
+    # one overridden only by an earlier projection (in the union, |e| now 0) does not
+    early = SimpleNamespace(verts=verts, overridden=np.array([False, True]),
+                            confidence=np.ones(2), error_mm=np.zeros(2))
+    assert not suspect_zone(early, vol, margin_mm=2.0, mask=m).any()
 
 
 def test_a_fit_off_the_mask_is_tried_again_with_the_short_search(phantom_model, monkeypatch):

@@ -54,7 +54,7 @@ def _full_zone(fit, vol, mask, margin_mm=ZONE_MARGIN_MM):
     from shapeprior.segmentation._refine import LOW_CONFIDENCE, _inside, _nearest_voxel
 
     low = (np.asarray(fit.confidence) < LOW_CONFIDENCE) & _inside(mask, vol, fit.verts)
-    bad = (np.asarray(fit.overridden, bool) | low) & (border_distance(vol, fit.verts) > 3.0)
+    bad = ((np.asarray(fit.error_mm) > 0) | low) & (border_distance(vol, fit.verts) > 3.0)
     zone = np.zeros(vol.array.shape, bool)
     idx, inside = _nearest_voxel(vol, fit.verts[bad])
     if not inside.any():
@@ -90,8 +90,10 @@ def _fit(rng, vol, mask, n=300):
     idx = np.argwhere(mask)
     pick = idx[rng.integers(len(idx), size=n)][:, ::-1] + rng.normal(0, 2.0, (n, 3))
     verts = vol.index_to_physical(pick)
-    return SimpleNamespace(verts=verts, overridden=rng.random(n) < 0.05,
-                           confidence=rng.random(n), error_mm=rng.uniform(0, 8, n))
+    last = rng.random(n) < 0.05                  # overridden by the last projection
+    return SimpleNamespace(verts=verts, overridden=last | (rng.random(n) < 0.2),
+                           confidence=rng.random(n),
+                           error_mm=np.where(last, rng.uniform(0.1, 8, n), 0.0))
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -111,9 +113,11 @@ def test_box_distances_equal_the_whole_grid(seed):
         full = ndimage.distance_transform_edt(~after if kind == "removed" else ~mask,
                                               sampling=np.array(SPACING_XYZ)[::-1])
         lab, _ = ndimage.label(diff)
-        depths = sorted(round(float(full[lab == i].max()), 2) for i in range(1, lab.max() + 1))
-        listed = sorted(r["depth_mm"] for r in c["regions"] if r["kind"] == kind)
-        assert listed == depths[-len(listed):] if listed else not depths
+        voxel_ml = float(np.prod(SPACING_XYZ)) / 1000.0
+        regions = {(round(float((lab == i).sum()) * voxel_ml, 3), round(float(full[lab == i].max()), 2))
+                   for i in range(1, lab.max() + 1)}
+        listed = {(r["volume_ml"], r["depth_mm"]) for r in c["regions"] if r["kind"] == kind}
+        assert listed <= regions and (listed or not regions or len(c["regions"]) == 20)
     # the boundary distance: exact near the mask, "far" beyond its box
     bd = _BoundaryDistance(mask, vol)
     sd = (ndimage.distance_transform_edt(~mask, sampling=np.array(SPACING_XYZ)[::-1])

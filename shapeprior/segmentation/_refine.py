@@ -401,8 +401,17 @@ def _inside(mask, vol, points):
 
 def suspect_zone(fit, vol, margin_mm=ZONE_MARGIN_MM, mask=None):
     """Voxels near the vertices where the input departs from the prior: those
-    the SSC overrode (gross error e) or found no boundary for (confidence
-    below :data:`LOW_CONFIDENCE`), each within ``|e| + margin_mm`` of it.
+    the last SSC projection overrode (gross error ``fit.error_mm`` > 0) or
+    whose search found no boundary (confidence below :data:`LOW_CONFIDENCE`),
+    each within ``|e| + margin_mm`` of it. Vertices overridden only in an
+    earlier iteration (``fit.overridden`` is the union over all of them) do
+    not count: an early projection, under a poorer pose and the long first
+    search, overrides where the final surface agrees with the mask. On the
+    TotalSegmentator example's network masks the union marked the renal sinus
+    and refinement added 5-6 ml there (ASSD to the reference 0.41 -> 0.70 mm,
+    0.25 -> 0.48); with the last projection, 0.41 -> 0.39 and 0.25 -> 0.25.
+    On 56 degraded masks of the KiTS training split the two agree (mean ASSD
+    0.319 / 0.320 mm, none made worse).
     Vertices within :data:`BORDER_MM` of the field of view's edge, or beyond
     it, do not count. With ``mask``, a vertex without a boundary counts only
     inside the mask (the mask goes on beyond the fitted surface: a leak);
@@ -413,7 +422,7 @@ def suspect_zone(fit, vol, margin_mm=ZONE_MARGIN_MM, mask=None):
     low = np.asarray(fit.confidence) < LOW_CONFIDENCE
     if mask is not None:
         low &= _inside(mask, vol, fit.verts)
-    bad = np.asarray(fit.overridden, bool) | low
+    bad = (np.asarray(fit.error_mm) > 0) | low
     # at and beyond the edge of the field of view the mask is cut, not wrong
     bad &= border_distance(vol, fit.verts) > BORDER_MM
     zone = np.zeros(vol.array.shape, bool)
