@@ -107,22 +107,19 @@ def _degrade(mask, sp_zyx, kind, sev, rng, lab):
         mt, tt = np.moveaxis(m, 2, 0), np.moveaxis(mask, 2, 0)     # views
         zs = np.where(tt.any((1, 2)))[0]
         a = int(rng.integers(zs[0] + len(zs) // 4, zs[0] + 3 * len(zs) // 4 - k + 1))
-        if kind == "missing_slices":
-            mt[a:a + k] = False
-        elif kind == "copied_slices":
-            mt[a + 1:a + k + 1] = tt[a]
-        else:
-            mt[a + k:] = tt[a:len(tt) - k]
-            mt[a:a + k] = tt[a]
-        if lt is not None:
-            lab_t = np.moveaxis(lab, 2, 0)
+
+        def move(t, src):       # the same slice operation on the mask and the labels
             if kind == "missing_slices":
-                lt[a:a + k] = 0
+                t[a:a + k] = 0
             elif kind == "copied_slices":
-                lt[a + 1:a + k + 1] = lab_t[a]
+                t[a + 1:a + k + 1] = src[a]
             else:
-                lt[a + k:] = lab_t[a:len(lab_t) - k]
-                lt[a:a + k] = lab_t[a]
+                t[a + k:] = src[a:len(src) - k]
+                t[a:a + k] = src[a]
+
+        move(mt, tt)
+        if lt is not None:
+            move(lt, np.moveaxis(lab, 2, 0))
     elif kind == "islands":
         n = (2, 4, 8)[sev - 1]
         for _ in range(n):

@@ -366,14 +366,12 @@ class _BoundaryDistance:
         out; infinite beyond the map's box (farther than the tolerance)."""
         from scipy import ndimage
 
-        idx = self.vol.physical_to_index(points)[:, ::-1]
-        lo = np.array([b.start for b in self.box])
-        hi = np.array([b.stop - 1 for b in self.box])
-        idx = idx - lo
+        idx = self.vol.physical_to_index(points)[:, ::-1] - [b.start for b in self.box]
         d = np.abs(ndimage.map_coordinates(self.sd, idx.T, order=1, mode="nearest"))
         # the map is 0.5 voxel off at the boundary: a voxel centre is the sample
         d = np.maximum(d - 0.5 * float(min(self.vol.spacing)), 0.0)
-        d = np.where(np.all((idx >= 0) & (idx <= hi - lo), axis=1), d, np.inf)
+        in_box = np.all((idx >= 0) & (idx <= np.array(self.sd.shape) - 1), axis=1)
+        d = np.where(in_box, d, np.inf)
         return np.where(border_distance(self.vol, points) > BORDER_MM, d, np.nan)
 
     def on_fraction(self, points):
