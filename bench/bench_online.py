@@ -25,6 +25,9 @@ Ranking: the same curve with batches chosen by rank_candidates vs random order
 (several seeds).
 
     python bench/bench_online.py        # writes results/online_adrenal.json, online_kits.json
+    python bench/bench_online.py --methods-only   # results/online_methods.json: plain L1,
+        # the dictionary hybrid (its settings chosen on the tuning halves) and the
+        # training-shape hybrid, from the chosen dictionary and from the full repository
 """
 
 from __future__ import annotations
@@ -128,14 +131,15 @@ def corrupted(held, faces, seed):
     return out
 
 
-def evaluate(dic, held, cases):
-    """Mean and worst RMS error (mm) per corruption, and seconds per solve."""
+def evaluate(dic, held, cases, **options):
+    """Mean and worst RMS error (mm) per corruption, and seconds per solve
+    (``options``: of sparse_shape_composition; default plain SSC-L1)."""
     res = {}
     for name, rows in cases.items():
         errs, t = [], 0.0
         for clean, (y, w) in zip(held, rows):
             t0 = time.perf_counter()
-            rec = sparse_shape_composition(y, dic, w).reconstruction
+            rec = sparse_shape_composition(y, dic, w, **options).reconstruction
             t += time.perf_counter() - t0
             errs.append(_rms(rec, clean))
         res[name] = {"mean_mm": float(np.mean(errs)), "max_mm": float(np.max(errs)),
@@ -387,16 +391,23 @@ def plot(paths, out):
     return out
 
 
-def _chosen_and_data(name, a):
-    """A set's chosen dictionary (from its result file), training shapes, faces and
-    report half of the held-out shapes."""
+def _halves(name, a):
+    """A set's chosen dictionary, training shapes, faces, and the tuning and report
+    halves of its held-out shapes."""
     ch = json.loads(Path(a.out.format(set=name)).read_text())["dictionary_choice"]["chosen"]
     if name == "adrenal":
         z = adrenal_shapes(a.n_jobs)
         pool, faces, held = z["train"][z["train_ok"]], z["faces"], z["val"][z["val_ok"]]
     else:
         pool, held, faces = kits_shapes()
-    return ch, pool, faces, held[1::2][:a.max_eval]
+    return ch, pool, faces, held[0::2][:a.max_eval], held[1::2][:a.max_eval]
+
+
+def _chosen_and_data(name, a):
+    """A set's chosen dictionary (from its result file), training shapes, faces and
+    report half of the held-out shapes."""
+    ch, pool, faces, _, report = _halves(name, a)
+    return ch, pool, faces, report
 
 
 def cost_only(a):
@@ -443,6 +454,121 @@ def speed_only(a):
     return 0
 
 
+#: the dictionary hybrid settings the tuning halves choose from: (alpha1, refit), the
+#: refit's weight alpha1 * refit being 1e-3 (the default ALPHA1) or 3e-4
+HYBRID_GRID = [(a1, eff / a1) for a1 in (1e-2, 3e-2, 1e-1, 3e-1) for eff in (1e-3, 3e-4)]
+
+
+def span_bound(dic, held, rounds=5):
+    """RMS error (mm) of the least-squares fit of each clean shape by the
+    dictionary's atoms, alternating with its similarity alignment: what no
+    sparse or robust solve from these atoms can beat (mean and worst)."""
+    from shapeprior.align import procrustes
+
+    D = np.asarray(dic.D)
+    errs = []
+    for c in held:
+        target = dic.mean
+        for _ in range(rounds):
+            T = procrustes(c, target)
+            z = T.apply(c).ravel()
+            x = np.linalg.lstsq(D, z, rcond=None)[0]
+            target = (D @ x).reshape(-1, 3)
+        errs.append(_rms(T.inverse().apply(target), c))
+    return {"mean_mm": float(np.mean(errs)), "max_mm": float(np.max(errs))}
+
+
+def _ratios(a, b, key="mean_mm"):
+    return {c: a[c][key] / b[c][key] for c in CORRUPTIONS}
+
+
+def methods_only(a):
+    """The reconstruction methods from a learned dictionary and from the full
+    repository: the dictionary hybrid's settings chosen on the tuning halves of
+    every set together, then every method on the report halves ->
+    results/online_methods.json."""
+    from shapeprior.ssc import solver_options
+
+    data, tune = {}, {}
+    for name in a.sets:
+        ch, pool, faces, held_t, held_r = _halves(name, a)
+        m = model_from_shapes(pool, faces, **_spec(ch), seed=a.seed)
+        data[name] = (ch, m, faces, held_t, held_r)
+        dic = m.prior_dictionary("dictionary")
+        cases = corrupted(held_t, faces, a.seed)
+        plain = evaluate(dic, held_t, cases)
+        rows = []
+        for a1, refit in HYBRID_GRID:
+            ev = evaluate(dic, held_t, cases, alpha1=a1, refit=refit)
+            rows.append({"alpha1": a1, "refit": refit, **ev, "over_plain_l1": _ratios(ev, plain)})
+            print(f"  tune {name} alpha1={a1:g} refit={refit:.4g}: " + "  ".join(
+                f"{c} {ev[c]['mean_mm']:.3f}" for c in CORRUPTIONS), flush=True)
+        tune[name] = {"plain_l1": plain, "hybrid": rows}
+
+    def worst(i):
+        return max(max(tune[n]["hybrid"][i]["over_plain_l1"].values()) for n in tune)
+
+    def mean(i):
+        return float(np.mean([list(tune[n]["hybrid"][i]["over_plain_l1"].values())
+                              for n in tune]))
+
+    never_worse = [i for i in range(len(HYBRID_GRID)) if worst(i) <= 1.0]
+    best = min(never_worse or range(len(HYBRID_GRID)), key=mean)
+    a1, refit = HYBRID_GRID[best]
+    lib = solver_options("auto", None, "dictionary")
+    out = {"benchmark": "reconstruction methods: learned dictionary vs full repository",
+           "machine": machine(),
+           "metric": "RMS vertex distance (mm) of the reconstruction to the clean held-out "
+                     "shape; s_per_solve: each solve timed once after one untimed warm-up",
+           "corruptions": {k: {"displaced_fraction": g, "missing_fraction": m}
+                           for k, (g, m) in CORRUPTIONS.items()},
+           "hybrid_choice": {
+               "criterion": "lowest mean error ratio to plain SSC-L1 over every set and "
+                            "corruption (tuning halves) among the settings never worse than "
+                            "it on any",
+               "chosen": {"alpha1": a1, "refit": refit},
+               "library_default": lib,
+               "library_default_matches": bool(np.isclose(lib["alpha1"], a1)
+                                                and np.isclose(lib["refit"], refit)),
+               "tuning": tune},
+           "sets": {}}
+    methods = {"l1": {}, "dictionary_hybrid": {"alpha1": a1, "refit": refit},
+               "shapes_hybrid": {k: v for k, v in solver_options("auto").items()
+                                 if v is not None}}
+    for name, (ch, m, faces, _, held) in data.items():
+        cases = corrupted(held, faces, a.seed + 1)
+        res = {"dictionary": _spec(ch), "n_shapes": int(m.n_shapes),
+               "n_vertices": int(m.n_vertices), "n_report": int(len(held))}
+        for prior in ("dictionary", "shapes"):
+            dic = m.prior_dictionary(prior)
+            for meth, opt in methods.items():
+                if prior == "dictionary" and meth == "shapes_hybrid":
+                    continue
+                for rows in cases.values():         # compile and warm the kernels first
+                    sparse_shape_composition(rows[0][0], dic, rows[0][1], **opt)
+                res[f"{prior}_{meth}"] = evaluate(dic, held, cases, **opt)
+                print(f"  {name} {prior} {meth}: " + "  ".join(
+                    f"{c} {res[f'{prior}_{meth}'][c]['mean_mm']:.3f} "
+                    f"({res[f'{prior}_{meth}'][c]['s_per_solve'] * 1e3:.0f} ms)"
+                    for c in CORRUPTIONS), flush=True)
+        res["dictionary_span_bound"] = span_bound(m.prior_dictionary("dictionary"), held)
+        d = res["dictionary_dictionary_hybrid"]
+        res["ratios"] = {
+            "dictionary_hybrid_over_dictionary_l1": _ratios(d, res["dictionary_l1"]),
+            "dictionary_hybrid_over_shapes_same_method": _ratios(
+                d, res["shapes_dictionary_hybrid"]),
+            "dictionary_hybrid_over_shapes_default": _ratios(d, res["shapes_shapes_hybrid"]),
+            "dictionary_l1_over_shapes_l1": _ratios(res["dictionary_l1"], res["shapes_l1"])}
+        res["speedup"] = {
+            "dictionary_hybrid_vs_shapes_same_method": _ratios(
+                res["shapes_dictionary_hybrid"], d, "s_per_solve"),
+            "dictionary_hybrid_vs_shapes_default": _ratios(
+                res["shapes_shapes_hybrid"], d, "s_per_solve")}
+        out["sets"][name] = res
+    print(f"wrote {write_json(HERE / 'results' / 'online_methods.json', out)}")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", nargs="+", default=["adrenal", "kits"])
@@ -466,6 +592,11 @@ def main(argv=None):
                     help="only time each set's chosen dictionary (rebuilt on the whole "
                          "training set) against the full repository on the report half "
                          "and write results/online_speed.json")
+    ap.add_argument("--methods-only", action="store_true",
+                    help="only compare the reconstruction methods (plain SSC-L1, the "
+                         "dictionary hybrid chosen on the tuning halves, the training-shape "
+                         "hybrid) from each set's chosen dictionary and from the full "
+                         "repository, and write results/online_methods.json")
     ap.add_argument("--out", default=str(HERE / "results" / "online_{set}.json"),
                     help="result file per set ({set} is replaced by its name)")
     a = ap.parse_args(argv)
@@ -478,6 +609,8 @@ def main(argv=None):
         return cost_only(a)
     if a.speed_only:
         return speed_only(a)
+    if a.methods_only:
+        return methods_only(a)
     header = {"benchmark": "online learning", "machine": machine(), "batch": BATCH,
               "corruptions": {k: {"displaced_fraction": g, "missing_fraction": m}
                               for k, (g, m) in CORRUPTIONS.items()},

@@ -200,13 +200,16 @@ def reconstruct(shape, model, *, weights=None, prior="auto", method="auto", **op
         Compose from the training shapes or the learned dictionary (see
         ``ShapeModel.resolve_prior``).
     method : {'auto', 'hybrid', 'l1', 'l0'}
-        'hybrid': trimmed OMP (L0) finds the gross errors, then SSC-L1 with
-        ``refit`` (default 0.03) times the automatic lambda1 fits the inliers:
-        the most accurate on held-out KiTS kidneys composed from their
-        training shapes, chosen on their tuning split (``bench/README.md``).
-        'l1' and 'l0': one solver alone (with ``refit``, its inliers fitted
-        again). 'auto' (default): the hybrid when the prior is the training
-        shapes, 'l1' when it is a learned dictionary.
+        'hybrid': a robust first solve finds the gross errors, then SSC-L1 fits
+        the inliers (:func:`~shapeprior.ssc.solver_options`). Composing from the
+        training shapes, the first solve is trimmed OMP (L0) and the refit uses
+        ``refit`` (default 0.03) times the automatic lambda1: the most accurate
+        on held-out KiTS kidneys, chosen on their tuning split. Composing from a
+        learned dictionary, the first solve is SSC-L1 with 30 times the default
+        weight on x and the refit uses ``refit`` (default 0.01) times its
+        lambda1: chosen on the tuning halves of AdrenalMNIST3D and KiTS
+        (``bench/README.md``). 'l1' and 'l0': one solver alone (with
+        ``refit``, its inliers fitted again). 'auto' (default): the hybrid.
     **options
         Passed to :func:`~shapeprior.ssc.sparse_shape_composition` (e.g.
         ``refit``, ``lambda1``, ``max_align_iter``).
@@ -217,14 +220,16 @@ def reconstruct(shape, model, *, weights=None, prior="auto", method="auto", **op
         ``reconstruction`` (N, 3) in the input's frame, ``error_norm`` (N,) mm,
         ``overridden`` (N,) bool, ``transform`` (input -> model frame).
     """
-    from .ssc import solver_method, sparse_shape_composition
+    from .ssc import solver_options, sparse_shape_composition
 
     if not hasattr(model, "shapes"):
         model = load_model(model)
-    method, refit = solver_method(method, options.pop("refit", None),
-                                  model.resolve_prior(prior))
+    solver = solver_options(method, options.pop("refit", None), model.resolve_prior(prior))
+    if options.get("alpha1") is not None:
+        solver["alpha1"] = options["alpha1"]
+    options.pop("alpha1", None)
     return sparse_shape_composition(shape, model.prior_dictionary(prior), weights,
-                                    method=method, refit=refit, **options)
+                                    **solver, **options)
 
 
 def reconstruct_many(shapes, model, *, weights=None, prior="auto", method="auto", n_jobs=1,
@@ -261,15 +266,17 @@ def reconstruct_many(shapes, model, *, weights=None, prior="auto", method="auto"
         frame, ``error_norm`` (N,) mm, ``overridden`` (N,) bool, ``x`` (K,),
         ``transform``.
     """
-    from .ssc import solver_method, sparse_shape_composition_many
+    from .ssc import solver_options, sparse_shape_composition_many
 
     if not hasattr(model, "shapes"):
         model = load_model(model)
-    method, refit = solver_method(method, options.pop("refit", None),
-                                  model.resolve_prior(prior))
+    solver = solver_options(method, options.pop("refit", None), model.resolve_prior(prior))
+    if options.get("alpha1") is not None:
+        solver["alpha1"] = options["alpha1"]
+    options.pop("alpha1", None)
     return sparse_shape_composition_many(shapes, model.prior_dictionary(prior), weights,
-                                         method=method, refit=refit, n_jobs=n_jobs,
-                                         progress=progress, client=client, **options)
+                                         **solver, n_jobs=n_jobs, progress=progress,
+                                         client=client, **options)
 
 
 def update_model(model, labels, output=None, *, progress=False, **params):

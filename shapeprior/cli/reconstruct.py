@@ -27,15 +27,17 @@ def main(argv):
     ap.add_argument("-o", "--output", required=True, help="output folder")
     ap.add_argument("--model", required=True, help="model file from build-model")
     ap.add_argument("--method", choices=RECONSTRUCTION_METHODS, default="auto",
-                    help="hybrid (trimmed OMP finds the gross errors, then SSC-L1 fits the "
-                         "inliers; the most accurate on held-out KiTS kidneys composed from "
-                         "their training shapes, see bench/README.md), l1, l0 (trimmed OMP "
-                         "alone), or auto (default: hybrid with the training shapes as "
-                         "prior, l1 with a learned dictionary)")
+                    help="hybrid (a robust first solve finds the gross errors, then SSC-L1 "
+                         "fits the inliers: trimmed OMP first with the training shapes as "
+                         "prior, strongly sparse SSC-L1 first with a learned dictionary; "
+                         "the most accurate on the held-out tuning splits, see "
+                         "bench/README.md), l1, l0 (trimmed OMP alone), or auto (default: "
+                         "hybrid)")
     ap.add_argument("--refit", type=float, default=None,
-                    help="fraction of the automatic lambda1 for the fit of the inliers "
-                         "(hybrid: default 0.03; with l1 or l0, a second fit of the first "
-                         "one's inliers; default: none)")
+                    help="fraction of the first solve's (automatic) lambda1 for the fit of "
+                         "the inliers (hybrid: default 0.03 with the training shapes, 0.01 "
+                         "with a dictionary; with l1 or l0, a second fit of the first one's "
+                         "inliers; default: none)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="parallel solver threads (-1: every core; default 1)")
     ap.add_argument("--scheduler", default=None,

@@ -156,11 +156,12 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
     With ``deidentify`` no input file name or path reaches the outputs or an
     error message: shapes are ``shape_00000``, ... in input order.
     """
-    from ..ssc import solver_method, sparse_shape_composition_many
+    from ..ssc import solver_options, sparse_shape_composition_many
     from ._run import scrub_argv
 
     used = model.resolve_prior(prior)
-    solver, refit = solver_method(method, refit, used)
+    options = solver_options(method, refit, used)
+    solver, refit = options["method"], options["refit"]
 
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
@@ -174,8 +175,8 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
     try:
         dic = model.prior_dictionary(prior)
         t1 = time.perf_counter()
-        res = sparse_shape_composition_many(shapes, dic, method=solver, refit=refit,
-                                            n_jobs=n_jobs, progress=progress, client=client)
+        res = sparse_shape_composition_many(shapes, dic, **options, n_jobs=n_jobs,
+                                            progress=progress, client=client)
         t_solve = time.perf_counter() - t1
         rows = []
         for name, r, y in zip(names, res, shapes):
@@ -212,7 +213,8 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
                       "n_vertices": int(model.n_vertices)},
             "prior": {"requested": prior, "used": used,
                       "n_atoms": int(dic.n_atoms)},
-            "method": method, "solver": solver, "refit": refit, "n_jobs": n_jobs,
+            "method": method, "solver": solver, "refit": refit,
+            "alpha1": options["alpha1"], "n_jobs": n_jobs,
             "coordinates": "each reconstruction in its input's frame (shapeprior meshes: LPS mm)",
             "time_s": {"solve": round(t_solve, 3), "total": round(time.perf_counter() - t0, 3)},
             "shapes_per_s": round(len(rows) / max(t_solve, 1e-9), 2),
@@ -223,7 +225,7 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
         out.write_json("manifest.json", manifest(
             command="reconstruct",
             parameters={"argv": argv, "prior": prior, "method": method, "solver": solver,
-                        "refit": refit},
+                        "refit": refit, "alpha1": options["alpha1"]},
             seed=None, inputs=inputs,
             input_paths={f"input/{i:05d}": (f"input/{i:05d}" if deidentify else
                                             show_path(names[i] if meshes else f.name))

@@ -8,17 +8,18 @@ sparse_shape_composition  full SSC: alternates similarity alignment and solve
 sparse_shape_composition_many  the same for many shapes, one dictionary (process pool or dask)
 SparseShapeComposition    estimator facade (fit training shapes, transform)
 SSCResult                 what the above return
-solver_method             the solver settings of a reconstruction method ('hybrid', 'l1', 'l0')
+solver_options            the solver settings of a reconstruction method ('hybrid', 'l1', 'l0')
 """
 
 from ._compose import (
+    DICTIONARY_HYBRID_ALPHA1,
     HYBRID_REFIT,
     RECONSTRUCTION_METHODS,
     CompositionResult,
     SparseShapeComposition,
     SSCResult,
     sparse_composition,
-    solver_method,
+    solver_options,
     sparse_shape_composition,
 )
 from ._dictionary import ShapeDictionary
@@ -28,6 +29,6 @@ from ._l0 import omp_gram, omp_gram_many
 __all__ = [
     "ShapeDictionary", "sparse_composition", "sparse_shape_composition",
     "SparseShapeComposition", "SSCResult", "CompositionResult", "omp_gram",
-    "omp_gram_many", "sparse_shape_composition_many", "solver_method", "HYBRID_REFIT",
-    "RECONSTRUCTION_METHODS",
+    "omp_gram_many", "sparse_shape_composition_many", "solver_options", "HYBRID_REFIT",
+    "DICTIONARY_HYBRID_ALPHA1", "RECONSTRUCTION_METHODS",
 ]
