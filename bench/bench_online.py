@@ -28,6 +28,7 @@ Ranking: the same curve with batches chosen by rank_candidates vs random order
     python bench/bench_online.py --methods-only   # results/online_methods.json: plain L1,
         # the dictionary hybrid (its settings chosen on the tuning halves) and the
         # training-shape hybrid, from the chosen dictionary and from the full repository
+    python bench/bench_online.py --hybrid-curve   # results/online_curve_hybrid.json
 """
 
 from __future__ import annotations
@@ -177,8 +178,10 @@ def choose_dictionary(train, faces, tune, tune_cases, sizes, sparsities, kinds, 
 
 
 def learning_curve(pool, faces, held, cases, order, spec, seed, rebuild=True,
-                   eval_shapes_at=()):
-    """Online vs rebuilt along ``order`` (indices into pool)."""
+                   eval_shapes_at=(), options=None):
+    """Online vs rebuilt along ``order`` (indices into pool); ``options`` of
+    sparse_shape_composition for the dictionary's solves (default plain SSC-L1)."""
+    options = options or {}
     steps = []
     online = None
     for start in range(0, len(order), BATCH):
@@ -194,12 +197,14 @@ def learning_curve(pool, faces, held, cases, order, spec, seed, rebuild=True,
         arrays, _ = online.to_file_parts()
         row = {"n_shapes": int(len(idx)), "update_s": t_update,
                "model_mb": sum(a.nbytes for a in arrays.values()) / 2**20,
-               "online": evaluate(online.prior_dictionary("dictionary"), held, cases)}
+               "online": evaluate(online.prior_dictionary("dictionary"), held, cases,
+                                  **options)}
         if rebuild:
             t0 = time.perf_counter()
             rebuilt = model_from_shapes(pool[idx], faces, **spec, seed=seed)
             row["rebuild_s"] = time.perf_counter() - t0
-            row["rebuilt"] = evaluate(rebuilt.prior_dictionary("dictionary"), held, cases)
+            row["rebuilt"] = evaluate(rebuilt.prior_dictionary("dictionary"), held, cases,
+                                      **options)
             row["online_over_rebuilt"] = {
                 c: row["online"][c]["mean_mm"] / row["rebuilt"][c]["mean_mm"]
                 for c in CORRUPTIONS}
@@ -569,6 +574,32 @@ def methods_only(a):
     return 0
 
 
+def hybrid_curve(a):
+    """The learning curve (online vs rebuilt, no ranking) with the dictionary's
+    default reconstruction method, the hybrid -> results/online_curve_hybrid.json."""
+    from shapeprior.ssc import solver_options
+
+    opt = {k: v for k, v in solver_options("auto", None, "dictionary").items()
+           if v is not None}
+    out = {"benchmark": "online learning curve, dictionary hybrid", "machine": machine(),
+           "method": opt, "batch": BATCH,
+           "metric": "RMS vertex distance (mm) to the clean held-out shape (report half)",
+           "sets": {}}
+    for name in a.sets:
+        ch, pool, faces, _, held = _halves(name, a)
+        cases = corrupted(held, faces, a.seed + 1)
+        order = np.random.default_rng(a.seed).permutation(len(pool))
+        print(f"{name}: {_spec(ch)}", flush=True)
+        curve, _ = learning_curve(pool, faces, held, cases, order, _spec(ch), a.seed,
+                                  options=opt)
+        worst = {c: max(r["online_over_rebuilt"][c] for r in curve) for c in CORRUPTIONS}
+        out["sets"][name] = {"dictionary": _spec(ch), "worst_online_over_rebuilt": worst,
+                             "curve": curve}
+        print(f"  worst online/rebuilt {worst}", flush=True)
+    print(f"wrote {write_json(HERE / 'results' / 'online_curve_hybrid.json', out)}")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", nargs="+", default=["adrenal", "kits"])
@@ -597,6 +628,9 @@ def main(argv=None):
                          "dictionary hybrid chosen on the tuning halves, the training-shape "
                          "hybrid) from each set's chosen dictionary and from the full "
                          "repository, and write results/online_methods.json")
+    ap.add_argument("--hybrid-curve", action="store_true",
+                    help="only the learning curve (online vs rebuilt) with the dictionary's "
+                         "default method, the hybrid -> results/online_curve_hybrid.json")
     ap.add_argument("--out", default=str(HERE / "results" / "online_{set}.json"),
                     help="result file per set ({set} is replaced by its name)")
     a = ap.parse_args(argv)
@@ -611,6 +645,8 @@ def main(argv=None):
         return speed_only(a)
     if a.methods_only:
         return methods_only(a)
+    if a.hybrid_curve:
+        return hybrid_curve(a)
     header = {"benchmark": "online learning", "machine": machine(), "batch": BATCH,
               "corruptions": {k: {"displaced_fraction": g, "missing_fraction": m}
                               for k, (g, m) in CORRUPTIONS.items()},
