@@ -47,7 +47,8 @@ def _same(a, b):
 @pytest.mark.parametrize("n_jobs,executor", [(1, "threads"), (2, "threads"),
                                              (2, "processes")])
 @pytest.mark.parametrize("options", [{"method": "l1"}, {"method": "l0", "refit": 0.1},
-                                     {"method": "l1", "alignment": "none"}])
+                                     {"method": "l1", "alignment": "none"},
+                                     {"method": "l1", "alpha1": 0.03, "refit": 0.01}])
 def test_many_equals_the_single_solves(population, n_jobs, executor, options):
     train, _, obs, _ = population
     dic = ShapeDictionary(train)
