@@ -466,8 +466,9 @@ HYBRID_GRID = [(a1, eff / a1) for a1 in (1e-2, 3e-2, 1e-1, 3e-1) for eff in (1e-
 
 def span_bound(dic, held, rounds=5):
     """RMS error (mm) of the least-squares fit of each clean shape by the
-    dictionary's atoms, alternating with its similarity alignment: what no
-    sparse or robust solve from these atoms can beat (mean and worst)."""
+    dictionary's atoms, alternating with its similarity alignment (mean and worst):
+    about the least error any solve from these atoms can reach on that shape (the
+    alternation finds a local optimum of the alignment, not a certified one)."""
     from shapeprior.align import procrustes
 
     D = np.asarray(dic.D)
