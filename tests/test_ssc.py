@@ -236,6 +236,12 @@ def test_estimator_fit_transform_and_warm_start():
     rh = SparseShapeComposition(method="l0", n_nonzero=10, refit=0.03).fit(train).transform(obs)
     assert rh.info["refit"] == 0.03 and rh.overridden[bad].mean() > 0.8
     assert np.median(np.linalg.norm(rh.reconstruction - clean, axis=1)) < 0.1
+    # the dictionary hybrid's settings through the facade: the function's solve
+    est2 = SparseShapeComposition(alpha1=0.03, refit=0.01).fit(train)
+    r2 = est2.transform(obs)
+    r2f = sparse_shape_composition(obs, est2.dictionary_, alpha1=0.03, refit=0.01)
+    assert np.array_equal(r2.x, r2f.x) and r2.overridden[bad].mean() > 0.8
+    assert not np.allclose(r2.x, sparse_shape_composition(obs, est2.dictionary_).x)
     with pytest.raises(RuntimeError):
         SparseShapeComposition().transform(p.observed)
 

@@ -566,7 +566,7 @@ class SparseShapeComposition:
 
     Parameters
     ----------
-    method, lambda1, lambda2, n_nonzero, outlier_threshold, reweight, alignment, refit
+    method, lambda1, lambda2, n_nonzero, outlier_threshold, reweight, alignment, refit, alpha1
         As in :func:`sparse_shape_composition`.
     warm_start : bool
         Reuse the previous x as the starting point (e.g. across the
@@ -581,7 +581,7 @@ class SparseShapeComposition:
 
     def __init__(self, method="l1", lambda1="auto", lambda2="auto", n_nonzero=10,
                  outlier_threshold=None, reweight=3, alignment="similarity",
-                 warm_start=False, backend=None, refit=None):
+                 warm_start=False, backend=None, refit=None, alpha1=None):
         self.method = method
         self.lambda1 = lambda1
         self.lambda2 = lambda2
@@ -592,6 +592,7 @@ class SparseShapeComposition:
         self.warm_start = warm_start
         self.backend = backend
         self.refit = refit
+        self.alpha1 = alpha1
 
     def fit(self, shapes, weights=None):
         """Align training shapes (M, N, d) by GPA and build the dictionary."""
@@ -610,7 +611,7 @@ class SparseShapeComposition:
             shape, self.dictionary_, weights, method=self.method, lambda1=self.lambda1,
             lambda2=self.lambda2, n_nonzero=self.n_nonzero,
             outlier_threshold=self.outlier_threshold, reweight=self.reweight,
-            alignment=self.alignment, refit=self.refit,
+            alignment=self.alignment, refit=self.refit, alpha1=self.alpha1,
             x0=self._x if self.warm_start else None)
         if self.warm_start and self.method == "l1":
             self._x = res.x
