@@ -224,10 +224,8 @@ def reconstruct(shape, model, *, weights=None, prior="auto", method="auto", **op
 
     if not hasattr(model, "shapes"):
         model = load_model(model)
-    solver = solver_options(method, options.pop("refit", None), model.resolve_prior(prior))
-    if options.get("alpha1") is not None:
-        solver["alpha1"] = options["alpha1"]
-    options.pop("alpha1", None)
+    solver = solver_options(method, options.pop("refit", None), model.resolve_prior(prior),
+                            options.pop("alpha1", None))
     return sparse_shape_composition(shape, model.prior_dictionary(prior), weights,
                                     **solver, **options)
 
@@ -270,10 +268,8 @@ def reconstruct_many(shapes, model, *, weights=None, prior="auto", method="auto"
 
     if not hasattr(model, "shapes"):
         model = load_model(model)
-    solver = solver_options(method, options.pop("refit", None), model.resolve_prior(prior))
-    if options.get("alpha1") is not None:
-        solver["alpha1"] = options["alpha1"]
-    options.pop("alpha1", None)
+    solver = solver_options(method, options.pop("refit", None), model.resolve_prior(prior),
+                            options.pop("alpha1", None))
     return sparse_shape_composition_many(shapes, model.prior_dictionary(prior), weights,
                                          **solver, n_jobs=n_jobs, progress=progress,
                                          client=client, **options)

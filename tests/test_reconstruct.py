@@ -329,6 +329,8 @@ def test_reconstruct_default_is_the_hybrid_on_training_shapes(population, tmp_pa
         "method": "l1", "refit": 0.01, "alpha1": DICTIONARY_HYBRID_ALPHA1}
     assert solver_options("l0", 0.2, "dictionary") == {"method": "l0", "refit": 0.2,
                                                         "alpha1": None}
+    assert solver_options("auto", None, "dictionary", 0.1)["alpha1"] == 0.1
+    assert solver_options("l1", None, "shapes", 0.1)["alpha1"] == 0.1
     train, clean, obs, faces = population
     model = model_from_shapes(train, faces)
     dic = model.prior_dictionary("auto")

@@ -38,7 +38,7 @@ DICTIONARY_HYBRID_ALPHA1 = 0.03
 DICTIONARY_HYBRID_REFIT = 0.01
 
 
-def solver_options(method, refit=None, prior="shapes"):
+def solver_options(method, refit=None, prior="shapes", alpha1=None):
     """The solver settings of :func:`sparse_shape_composition` for a reconstruction
     method: a dict with ``method``, ``refit`` and ``alpha1``.
 
@@ -51,16 +51,18 @@ def solver_options(method, refit=None, prior="shapes"):
     follow a displaced patch (e takes it), and the refit uses ``refit``
     (default :data:`DICTIONARY_HYBRID_REFIT`) times that first stage's lambda1.
     'l1' and 'l0' pass through with ``refit`` as given. 'auto' is the hybrid.
+    An ``alpha1`` that is given replaces the method's (None: the method's).
     """
     check_choice("method", method, RECONSTRUCTION_METHODS)
     check_choice("prior", prior, ("shapes", "dictionary"))
     if method in ("auto", "hybrid"):
         if prior == "shapes":
             return {"method": "l0", "refit": HYBRID_REFIT if refit is None else refit,
-                    "alpha1": None}
-        return {"method": "l1", "alpha1": DICTIONARY_HYBRID_ALPHA1,
+                    "alpha1": alpha1}
+        return {"method": "l1",
+                "alpha1": DICTIONARY_HYBRID_ALPHA1 if alpha1 is None else alpha1,
                 "refit": DICTIONARY_HYBRID_REFIT if refit is None else refit}
-    return {"method": method, "refit": refit, "alpha1": None}
+    return {"method": method, "refit": refit, "alpha1": alpha1}
 
 
 #: default relative L1 weight on x: lam1 = 2 * ALPHA1 * max|D^T W z|
@@ -205,11 +207,11 @@ def _check_vertex_weights(weights, n_points):
     return s
 
 
-def _auto_lambda1(dic, z, w, c=None, alpha1=None):
+def _auto_lambda1(dic, z, w, c=None, alpha1=ALPHA1):
     xp = dic.xp
     if c is None:
         c = dic.DF.T @ (w * z)
-    return 2.0 * (ALPHA1 if alpha1 is None else alpha1) * float(xp.max(xp.abs(c)))
+    return 2.0 * alpha1 * float(xp.max(xp.abs(c)))
 
 
 def _size(z, xp):
