@@ -17,6 +17,9 @@ huber_lasso      Huber regression with an L1 penalty on a dictionary (the
 normal_sampling  trilinear image samples along vertex normals
 profile_search   the best learned-profile match along each normal
 tree_ensemble    the summed leaf values of boosted decision trees
+trimmed_omp      trimmed OMP (the SSC-L0 inner solve: OMP on the kept rows,
+                 trimming by residual norm); the reference runs on NumPy and
+                 CuPy arrays
 """
 
 from .gram_lasso import gram_lasso_numba, gram_lasso_numpy, lasso_objective
@@ -25,10 +28,14 @@ from .huber_lasso import (huber_lasso_numba, huber_lasso_numpy, huber_lasso_rewe
 from .normal_sampling import sample_normals_cupy, sample_normals_numba, sample_normals_numpy
 from .profile_search import profile_search_numba, profile_search_numpy
 from .tree_ensemble import tree_ensemble_numba, tree_ensemble_numpy
+from .trimmed_omp import (new_state, omp_columns_numpy, trimmed_gram_column,
+                          trimmed_gram_set_rows, trimmed_omp_numba, trimmed_omp_numpy)
 
 __all__ = ["gram_lasso_numpy", "gram_lasso_numba", "lasso_objective",
            "huber_lasso_numpy", "huber_lasso_numba",
            "huber_lasso_reweighted_numpy", "huber_lasso_reweighted_numba",
            "sample_normals_numpy", "sample_normals_numba", "sample_normals_cupy",
            "profile_search_numpy", "profile_search_numba",
-           "tree_ensemble_numpy", "tree_ensemble_numba"]
+           "tree_ensemble_numpy", "tree_ensemble_numba",
+           "trimmed_omp_numpy", "trimmed_omp_numba", "omp_columns_numpy",
+           "trimmed_gram_set_rows", "trimmed_gram_column", "new_state"]

@@ -93,8 +93,8 @@ def resolve_backend(backend: str | None = None) -> str:
 
 
 #: the one dispatch table: operation -> backend -> twin in :mod:`shapeprior_kernels`
-#: (the NumPy references of ``gram_lasso`` and ``huber_lasso`` are array-namespace code and
-#: run on CuPy)
+#: (the NumPy references of ``gram_lasso``, ``huber_lasso`` and ``trimmed_omp`` are
+#: array-namespace code and run on CuPy)
 KERNELS = {
     "sample_normals": {"numpy": "sample_normals_numpy", "numba": "sample_normals_numba",
                        "cupy": "sample_normals_cupy"},
@@ -105,6 +105,8 @@ KERNELS = {
     "huber_lasso_reweighted": {"numpy": "huber_lasso_reweighted_numpy",
                                "numba": "huber_lasso_reweighted_numba",
                                "cupy": "huber_lasso_reweighted_numpy"},
+    "trimmed_omp": {"numpy": "trimmed_omp_numpy", "numba": "trimmed_omp_numba",
+                    "cupy": "trimmed_omp_numpy"},
     # samples come back to the host from every sampler: the search runs there
     "profile_search": {"numpy": "profile_search_numpy", "numba": "profile_search_numba",
                        "cupy": "profile_search_numba"},

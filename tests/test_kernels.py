@@ -235,6 +235,104 @@ def test_ssc_l1_solve_twins_agree(backend):
     return cold.x, warm.x, cold.residual
 
 
+def _trimmed_problem(seed, gross):
+    from shapeprior.ssc import ShapeDictionary
+    from shapeprior.synthetic import make_ssc_problem
+
+    p = make_ssc_problem(300, 40, gross_fraction=gross, noise=0.3, seed=seed, transform=False)
+    rng = np.random.default_rng(seed)
+    dic = ShapeDictionary(p.atoms, backend="numpy")
+    z = p.observed.ravel()
+    w = np.repeat(rng.uniform(0.3, 1.0, 300) ** 2, 3)
+    w[:30] = 0.0                               # ten invisible vertices
+    return dic, z, w
+
+
+@pytest.mark.parametrize("seed, gross, threshold", [(0, 0.1, None), (1, 0.3, None),
+                                                    (2, 0.4, None), (3, 0.2, 1e-6)])
+def test_trimmed_omp_twins_agree_over_a_sequence_of_calls(seed, gross, threshold):
+    """The Numba twin follows the reference: the same rounds, trimmed sets,
+    stopping reason and (to rounding) coefficients, over several calls on one
+    state (a cold start, a warm start from the trimmed set found, cold starts
+    on a second shape and the first again: the state is moved, jumps to the
+    other slot and comes back near the saved set), and the state's Gram
+    values equal the direct products afterwards."""
+    from shapeprior_kernels import new_state, trimmed_omp_numba, trimmed_omp_numpy
+
+    dic, z, w, = _trimmed_problem(seed, gross)
+    z2 = z + np.random.default_rng(seed + 10).normal(0.0, 2.0, z.size)
+    D = dic.D
+    GW = D.T @ (w[:, None] * D)
+    thr = float("nan") if threshold is None else threshold
+    out = {}
+    for name, fn in (("numpy", trimmed_omp_numpy), ("numba", trimmed_omp_numba)):
+        state = new_state(z.size, dic.n_atoms)
+        state[1][:] = np.diag(GW)
+        calls, slots = [], []
+        for zz, warm in ((z, False), (z, True), (z2, False), (z, False)):
+            init = calls[-1][2] if warm else np.zeros(dic.n_points, bool)
+            calls.append(fn(D, dic.DF, GW, dic.DF.T @ (w * zz), zz, w, 8, 3, thr, 2.5, 0.5,
+                            50, init, *state))
+            slots.append(int(state[4][0]))
+        out[name] = calls, state
+        if threshold is None:               # a cold start jumped, the next came back
+            assert slots == [0, 0, 1, 0], name
+    for a, b in zip(out["numpy"][0], out["numba"][0]):
+        assert np.allclose(a[0], b[0], rtol=1e-9, atol=1e-10 * np.abs(a[0]).max())
+        assert np.allclose(a[1], b[1], atol=1e-8)
+        assert np.array_equal(a[2], b[2])
+        assert a[3] == pytest.approx(b[3], rel=1e-9, nan_ok=True)
+        assert a[4:] == b[4:]                      # rounds, converged, cycled, capped
+    assert out["numba"][0][0][7] == (threshold is not None)
+    for name, (_, (rows, diag, cols, held, slot)) in out.items():
+        c = int(slot[0])
+        H = D.T @ ((w * ~rows[c])[:, None] * D)
+        assert np.allclose(diag[c], np.diag(H), rtol=1e-10, atol=1e-8), name
+        J = np.flatnonzero(held[c])
+        assert J.size and np.allclose(cols[:, J, c], H[:, J], rtol=1e-10, atol=1e-8), name
+    # the trimmed vertices are those whose residual exceeds the returned threshold
+    x, r, trimmed, t = out["numba"][0][-1][:4]
+    rn = np.linalg.norm(r.reshape(-1, 3), axis=1)
+    visible = w.reshape(-1, 3).max(1) > 0
+    if threshold is None and out["numba"][0][-1][5]:
+        assert np.array_equal(trimmed, visible & (rn > t))
+        assert t == pytest.approx(2.5 * np.median(rn[visible]))
+
+
+@requires_gpu
+def test_trimmed_omp_reference_runs_on_cupy():
+    """The reference is array-namespace code: on CuPy arrays (the ``cupy``
+    backend's twin) it gives the NumPy run's trimmed set and coefficients."""
+    import cupy as cp
+    from shapeprior_kernels import new_state, trimmed_omp_numpy
+
+    dic, z, w = _trimmed_problem(1, 0.3)
+    D = dic.D
+    GW = D.T @ (w[:, None] * D)
+    got = {}
+    for name, xp in (("numpy", np), ("cupy", cp)):
+        state = new_state(z.size, dic.n_atoms, xp)
+        state[1][:] = xp.diag(xp.asarray(GW))
+        a = [xp.asarray(v) for v in (D, dic.DF, GW, dic.DF.T @ (w * z), z, w)]
+        got[name] = trimmed_omp_numpy(*a, 8, 3, float("nan"), 2.5, 0.5, 50,
+                                      xp.zeros(dic.n_points, dtype=bool), *state)
+    a, b = got["numpy"], got["cupy"]
+    assert np.allclose(cp.asnumpy(b[0]), a[0], rtol=1e-9, atol=1e-10 * np.abs(a[0]).max())
+    assert np.array_equal(cp.asnumpy(b[2]), a[2]) and a[4:] == b[4:]
+
+
+def test_trimmed_omp_numba_refuses_a_state_it_cannot_update_in_place():
+    from shapeprior_kernels import new_state, trimmed_omp_numba
+
+    dic, z, w = _trimmed_problem(0, 0.1)
+    GW = dic.D.T @ (w[:, None] * dic.D)
+    rows, diag, cols, held, slot = new_state(z.size, dic.n_atoms)
+    with pytest.raises(ValueError, match="new_state"):
+        trimmed_omp_numba(dic.D, dic.DF, GW, dic.DF.T @ (w * z), z, w, 8, 3, float("nan"),
+                          2.5, 0.5, 50, np.zeros(dic.n_points, bool), rows, diag,
+                          np.ascontiguousarray(cols), held, slot)
+
+
 def test_huber_lasso_optimum_is_the_huber_lasso_optimum():
     """Independent check of the optimum: the objective at the kernel's x is
     not above the objective at any nearby point (random probes), and the
