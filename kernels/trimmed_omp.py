@@ -141,13 +141,21 @@ def trimmed_gram_set_rows(D, w, GW, trim, rows, diag, cols, held, slot):
     rows[c] = trim
 
 
-def trimmed_gram_column(D, w, GW, j, rows, cols, held, slot):
+def trimmed_gram_column(D, w, GW, j, rows, cols, held, slot, trimmed_rows=None):
     """Column ``j`` of the kept rows' Gram (module docstring): held, or
-    computed from the trimmed rows and held from now on."""
+    computed from the trimmed rows and held from now on. ``trimmed_rows``,
+    a dict, keeps the trimmed rows of D and w gathered for the next column of
+    the same set."""
     c = int(slot[0])
     if not bool(held[c, j]):
-        idx = _xp(cols).flatnonzero(rows[c])
-        cols[:, j, c] = GW[:, j] - D[idx].T @ (w[idx] * D[idx, j])
+        got = None if trimmed_rows is None else trimmed_rows.get("rows")
+        if got is None:
+            idx = _xp(cols).flatnonzero(rows[c])
+            got = (D[idx], w[idx])
+            if trimmed_rows is not None:
+                trimmed_rows["rows"] = got
+        Dr, wr = got
+        cols[:, j, c] = GW[:, j] - Dr.T @ (wr * Dr[:, j])
         held[c, j] = True
     return cols[:, j, c]
 
@@ -210,8 +218,9 @@ def trimmed_omp_numpy(D, DF, GW, c, z, w, k, d, threshold, threshold_factor,
                 b = b + D[leave].T @ wz[leave]
             b_rows = trim
             trimmed_gram_set_rows(D, w, GW, trim, rows, diag, cols, held, slot)
+            gathered = {}
             x = omp_columns_numpy(
-                lambda j: trimmed_gram_column(D, w, GW, j, rows, cols, held, slot),
+                lambda j: trimmed_gram_column(D, w, GW, j, rows, cols, held, slot, gathered),
                 diag[int(slot[0])], b, k)
         else:
             x = omp_columns_numpy(lambda j: GW[:, j], xp.diag(GW), c, k)
@@ -247,21 +256,6 @@ def _key(v):
 # --------------------------------------------------------------------------
 
 if numba is not None:
-
-    @numba.njit(cache=True, nogil=True)
-    def _move_nb(D, w, i, sign, diag, cols, c, held_idx, n_held):  # pragma: no cover - jitted
-        K = D.shape[1]
-        wi = sign * w[i]
-        if wi == 0.0:
-            return
-        for a in range(K):
-            diag[c, a] += wi * D[i, a] * D[i, a]
-        for h in range(n_held):
-            j = held_idx[h]
-            f = wi * D[i, j]
-            if f != 0.0:
-                for a in range(K):
-                    cols[a, j, c] += f * D[i, a]
 
     @numba.njit(cache=True, nogil=True)
     def _set_rows_nb(D, w, GW, trim, n_trim, rows, diag, cols, held,
@@ -305,12 +299,33 @@ if numba is not None:
             if held[c, a]:
                 held_idx[n_held] = a
                 n_held += 1
+        # the rows that move, signed and weighted: the held columns take one
+        # matrix product (BLAS) instead of a row-by-row update
+        moved = np.empty(n, np.int64)
+        n_moved = 0
         for i in range(n):
-            if trim[i] and not rows[c, i]:
-                _move_nb(D, w, i, -1.0, diag, cols, c, held_idx, n_held)
-            elif rows[c, i] and not trim[i]:
-                _move_nb(D, w, i, 1.0, diag, cols, c, held_idx, n_held)
+            if trim[i] != rows[c, i]:
+                moved[n_moved] = i
+                n_moved += 1
             rows[c, i] = trim[i]
+        if n_moved == 0:
+            return
+        Dm = np.empty((n_moved, K))
+        Am = np.empty((n_moved, n_held))
+        for t in range(n_moved):
+            i = moved[t]
+            sw = -w[i] if trim[i] else w[i]
+            for a in range(K):
+                Dm[t, a] = D[i, a]
+                diag[c, a] += sw * D[i, a] * D[i, a]
+            for h in range(n_held):
+                Am[t, h] = sw * D[i, held_idx[h]]
+        if n_held:
+            U = np.dot(Dm.T, Am)
+            for h in range(n_held):
+                j = held_idx[h]
+                for a in range(K):
+                    cols[a, j, c] += U[a, h]
 
     @numba.njit(cache=True, nogil=True)
     def _column_nb(D, w, GW, trim_idx, j, cols, held, c):  # pragma: no cover - jitted
