@@ -30,6 +30,13 @@ KiTS19 kidney masks hold enclosed cavities of up to 2 ml (renal sinus), as
 large as the planted holes, so a hole alone is no evidence of an error.
 
     python bench/bench_refine.py [--cases 8]   # needs bench/cache/kidney_model.npz
+
+Settings are chosen on training-split cases (``--split validation``, written
+to ``results/refine_validation.json``), e.g. the gap rule::
+
+    python bench/bench_refine.py --split validation --min-slice-mm 3 --cases 10 \\
+        --kinds missing_slices,duplicated_slices,copied_slices \\
+        --gap-fractions 0,0.2,0.3,0.4,0.5,1
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from shapeprior.io import Volume, read_label_map
 from shapeprior.mesh import grown_box, kidney_masks, mask_box
 from shapeprior.model import load_model
 from shapeprior.segmentation import SegmentParams, dice, refine_mask, surface_distances
+from shapeprior.segmentation import _refine as _refine_mod
 
 HERE = Path(__file__).resolve().parent
 KINDS = ("leak", "hole", "missing_slices", "duplicated_slices", "copied_slices", "islands",
@@ -155,10 +163,103 @@ def morphology(m, sp_zyx):
     return out
 
 
+def _cases(root, split, n, min_slice_mm):
+    """Held-out cases (``test``: case number a multiple of 5, never in the
+    model) or training-split cases (``validation``: in the model, for choosing
+    settings), in order, keeping those whose slices are at least
+    ``min_slice_mm`` thick."""
+    held = split == "test"
+    out = []
+    for case in sorted(root.glob("case_*")):
+        if (int(case.name.split("_")[1]) % 5 == 0) != held:
+            continue
+        if min_slice_mm > 0:
+            # KiTS19 stores the acquired slices along the first NIfTI axis
+            if read_label_map(sorted(case.glob("*.nii*"))[0]).spacing[0] < min_slice_mm:
+                continue
+        out.append(case)
+        if len(out) == n:
+            break
+    return out
+
+
+def _refine_both(bvol, model, dic, side):
+    """The two refinements of a degraded label map: the organ as one label,
+    and with the tumour label kept."""
+    # the organ as one label (what a tool without a lesion label gives) ...
+    res = refine_mask(bvol, model, (1, 2), SegmentParams(side=side), None, dic)
+    # ... and with the tumour label kept (--labels 1 --keep-labels 2)
+    res_keep = refine_mask(bvol, model, (1,), SegmentParams(side=side), None, dic, keep=(2,))
+    return res, res_keep
+
+
+def _bridged(mask, sp):
+    """What the refinement bridges in ``mask`` under the current rules (a key:
+    refinements with the same bridges are the same)."""
+    parts, gaps, fill = _refine_mod.bridged_target(mask, sp)
+    return b"".join(np.packbits(v).tobytes() for v in (parts, gaps, fill))
+
+
+def clean_bridges(root, split, sweep):
+    """For each value of the swept setting, the clean kidney masks (kidney and
+    tumour, both sides, every case of the split) in which the refinement
+    bridges anything, and the voxels it would change: a clean mask has no
+    missing slices, so every bridge is a false alarm."""
+    name, values = sweep
+    out = {f"{v:g}": {"masks": 0, "masks_changed": 0, "voxels_changed": 0} for v in values}
+    n = 0
+    for case in _cases(root, split, -1, 0.0):
+        vol = read_label_map(sorted(case.glob("*.nii*"))[0])
+        for side, m in kidney_masks(vol).items():
+            m = crop(vol, m).array > 0
+            sp = vol.spacing[::-1]
+            n += 1
+            for v in values:
+                setattr(_refine_mod, name, v)
+                _, gaps, fill = _refine_mod.bridged_target(m, sp)
+                changed = int((((m & ~gaps) | fill) ^ m).sum())
+                o = out[f"{v:g}"]
+                o["masks"] += int(gaps.any())
+                o["masks_changed"] += int(changed > 0)
+                o["voxels_changed"] += changed
+    return {"setting": name, "kidneys": n, "by_value": out}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cases", type=int, default=8, help="held-out cases (default 8)")
+    ap.add_argument("--cases", type=int, default=8, help="cases (default 8)")
+    ap.add_argument("--split", choices=("test", "validation"), default="test",
+                    help="test: held-out cases (case %% 5 == 0); validation: training-split "
+                         "cases, to choose settings (default test)")
+    ap.add_argument("--kinds", default=",".join(KINDS),
+                    help=f"degradations, comma-separated (default all: {','.join(KINDS)})")
+    ap.add_argument("--min-slice-mm", type=float, default=0.0,
+                    help="only cases whose slices are at least this thick (default: all)")
+    ap.add_argument("--gap-fractions", default=None,
+                    help="sweep MAX_GAP_FRACTION over these comma-separated values (each "
+                         "variant is reported as refined@F); default: the library's value")
+    ap.add_argument("--part-fractions", default=None,
+                    help="sweep GAP_PART_FRACTION over these comma-separated values (each "
+                         "variant is reported as refined@part=F); default: the library's "
+                         "value")
+    ap.add_argument("--output", default=None,
+                    help="result file (default results/refine.json, or "
+                         "results/refine_validation.json for --split validation)")
     a = ap.parse_args(argv)
+    kinds = tuple(k for k in a.kinds.split(",") if k)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        ap.error(f"--kinds: unknown degradation {bad[0]!r}; allowed: {', '.join(KINDS)}")
+    if a.gap_fractions is not None and a.part_fractions is not None:
+        ap.error("--gap-fractions and --part-fractions: one sweep at a time")
+    sweep = None
+    if a.gap_fractions is not None:
+        sweep = ("MAX_GAP_FRACTION", "@", [float(v) for v in a.gap_fractions.split(",")])
+    elif a.part_fractions is not None:
+        sweep = ("GAP_PART_FRACTION", "@part=",
+                 [float(v) for v in a.part_fractions.split(",")])
+    out_path = Path(a.output) if a.output else HERE / "results" / (
+        "refine.json" if a.split == "test" else "refine_validation.json")
     root = data_root() / "kits19"
     mpath = HERE / "cache" / "kidney_model.npz"
     if not root.is_dir() or not mpath.exists():
@@ -166,11 +267,13 @@ def main(argv=None):
         return 2
     model = load_model(mpath)
     dic = model.ssc_dictionary("shapes")
-    cases = sorted(p for p in root.glob("case_*") if int(p.name.split("_")[1]) % 5 == 0)
+    cases = _cases(root, a.split, a.cases, a.min_slice_mm)
+    variants = [""] if sweep is None else [f"{sweep[1]}{f:g}" for f in sweep[2]]
+    refined_names = [f"{n}{v}" for v in variants for n in ("refined", "refined_keep_tumour")]
     rows = []
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    for i, case in enumerate(cases[:a.cases]):
+    for i, case in enumerate(cases):
         files = sorted(case.glob("*.nii*"))
         vol = read_label_map(files[0])
         masks = kidney_masks(vol)
@@ -181,40 +284,48 @@ def main(argv=None):
         sp = clean_vol.spacing[::-1]
         for kind in KINDS:
             for sev in (1, 2, 3):
+                # every kind draws from the generator, so that a subset of kinds
+                # degrades each mask as the whole run does
                 bad, bad_lab = degrade(clean, sp, kind, sev, rng, lab=clean_vol.array)
+                if kind not in kinds:
+                    continue
                 bvol = Volume(bad_lab, clean_vol.spacing, clean_vol.origin, clean_vol.direction)
-                # the organ as one label (what a tool without a lesion label gives) ...
-                res = refine_mask(bvol, model, (1, 2), SegmentParams(side=side), None, dic)
-                # ... and with the tumour label kept (--labels 1 --keep-labels 2)
-                res_keep = refine_mask(bvol, model, (1,), SegmentParams(side=side), None, dic,
-                                       keep=(2,))
-                ref, ref_keep = res.label > 0, res_keep.label > 0
-                mor = morphology(bad, sp)
                 row = {"case": case.name, "side": side, "kind": kind, "severity": sev,
-                       "tumour_ml": float(tumour.sum() * np.prod(sp) / 1000.0),
-                       "status": res.fit.status, "status_keep_tumour": res_keep.fit.status}
-                for name, m in (("degraded", bad), ("refined", ref),
-                                ("refined_keep_tumour", ref_keep), ("morphology", mor)):
+                       "slice_mm": float(clean_vol.spacing[0]),
+                       "tumour_ml": float(tumour.sum() * np.prod(sp) / 1000.0)}
+                masks_out = {"degraded": bad, "morphology": morphology(bad, sp)}
+                done = {}
+                for v, f in zip(variants, [None] if sweep is None else sweep[2]):
+                    if f is not None:
+                        setattr(_refine_mod, sweep[0], f)
+                    key = _bridged(bad, sp)
+                    if key not in done:
+                        done[key] = _refine_both(bvol, model, dic, side)
+                    res, res_keep = done[key]
+                    masks_out[f"refined{v}"] = res.label > 0
+                    masks_out[f"refined_keep_tumour{v}"] = res_keep.label > 0
+                    row[f"status{v}"] = res.fit.status
+                    row[f"status_keep_tumour{v}"] = res_keep.fit.status
+                for name, m in masks_out.items():
                     row[name] = {"dice": dice(m, clean),
                                  "assd_mm": surface_distances(m, clean, clean_vol.spacing)[
                                      "assd_mm"]}
                 rows.append(row)
                 print(f"{case.name} {side:5s} {kind:17s} {sev}: ASSD "
-                      f"{row['degraded']['assd_mm']:.2f} -> refined {row['refined']['assd_mm']:.2f}"
-                      f", tumour kept {row['refined_keep_tumour']['assd_mm']:.2f}"
-                      f" / morphology {row['morphology']['assd_mm']:.2f} mm "
-                      f"({res.fit.status})", flush=True)
+                      f"{row['degraded']['assd_mm']:.2f} -> "
+                      + ", ".join(f"{n} {row[n]['assd_mm']:.2f}" for n in refined_names)
+                      + f" / morphology {row['morphology']['assd_mm']:.2f} mm", flush=True)
     table = []
-    for kind in KINDS:
+    for kind in kinds:
         for sev in (1, 2, 3):
             rs = [r for r in rows if r["kind"] == kind and r["severity"] == sev]
             t = {"kind": kind, "severity": sev, "n": len(rs)}
-            for name in ("degraded", "refined", "refined_keep_tumour", "morphology"):
+            for name in ["degraded", *refined_names, "morphology"]:
                 a_ = np.array([r[name]["assd_mm"] for r in rs])
                 d_ = np.array([r[name]["dice"] for r in rs])
                 t[name] = {"assd_mm_mean": float(a_.mean()), "assd_mm_worst": float(a_.max()),
                            "dice_mean": float(d_.mean()), "dice_worst": float(d_.min())}
-            for name in ("refined", "refined_keep_tumour"):
+            for name in refined_names:
                 t[f"{name}_halves_error"] = bool(t[name]["assd_mm_mean"]
                                                  <= 0.5 * t["degraded"]["assd_mm_mean"])
                 t[f"{name}_beats_morphology"] = bool(t[name]["assd_mm_mean"]
@@ -222,22 +333,40 @@ def main(argv=None):
                 t[f"{name}_worse_than_input"] = int(sum(
                     r[name]["assd_mm"] > r["degraded"]["assd_mm"] + 0.05 for r in rs))
             table.append(t)
-            print(f"{kind:17s} {sev}: ASSD {t['degraded']['assd_mm_mean']:.2f} -> refined "
-                  f"{t['refined']['assd_mm_mean']:.2f} (worst {t['refined']['assd_mm_worst']:.2f})"
-                  f", tumour kept {t['refined_keep_tumour']['assd_mm_mean']:.2f} (worst "
-                  f"{t['refined_keep_tumour']['assd_mm_worst']:.2f})"
-                  f", morphology {t['morphology']['assd_mm_mean']:.2f}")
-    write_json(HERE / "results" / "refine.json", {
+            print(f"{kind:17s} {sev}: ASSD {t['degraded']['assd_mm_mean']:.2f} -> "
+                  + ", ".join(f"{n} {t[n]['assd_mm_mean']:.2f} (worst "
+                              f"{t[n]['assd_mm_worst']:.2f})" for n in refined_names)
+                  + f", morphology {t['morphology']['assd_mm_mean']:.2f}")
+    clean = None
+    if sweep is not None:
+        clean = clean_bridges(root, a.split, (sweep[0], sweep[2]))
+        print(f"clean {a.split}-split kidneys ({clean['kidneys']}) with a bridge / changed: "
+              + ", ".join(f"{sweep[1]}{k} {v['masks']} / {v['masks_changed']}"
+                          for k, v in clean["by_value"].items()))
+    write_json(out_path, {
         "benchmark": "refine_degraded_kidney_masks", "machine": machine(),
-        "data": "KiTS19 held-out cases (case number % 5 == 0), one kidney each (kidney and "
-                "tumour), cropped with a 40 mm margin",
+        "command": "python bench/bench_refine.py " + " ".join(argv if argv is not None
+                                                              else sys.argv[1:]),
+        "data": ("KiTS19 held-out cases (case number % 5 == 0)" if a.split == "test" else
+                 "KiTS19 training-split cases (case number % 5 != 0; in the model: for "
+                 "choosing settings only)")
+                + (f" with slices of at least {a.min_slice_mm:g} mm" if a.min_slice_mm else "")
+                + ", one kidney each (kidney and tumour), cropped with a 40 mm margin",
+        "cases_used": [c.name for c in cases],
+        "max_gap_fraction": sweep[2] if sweep and sweep[0] == "MAX_GAP_FRACTION"
+        else _refine_mod.MAX_GAP_FRACTION,
+        "gap_part_fraction": sweep[2] if sweep and sweep[0] == "GAP_PART_FRACTION"
+        else _refine_mod.GAP_PART_FRACTION,
         "columns": {"refined": "refine_mask with labels (1, 2): the organ as one label",
                     "refined_keep_tumour": "refine_mask with labels (1,), keep (2,): the "
                                            "tumour label is fitted as organ, never removed",
+                    "@F": "with MAX_GAP_FRACTION = F",
+                    "@part=F": "with GAP_PART_FRACTION = F",
                     "worse_than_input": "cases whose ASSD rose by more than 0.05 mm"},
         "model": "bench/cache/kidney_model.npz (KiTS19 training split)",
         "baseline": "largest component + fill holes + closing (3 mm ball)",
-        "time_s": time.perf_counter() - t0, "table": table, "cases": rows})
+        "time_s": time.perf_counter() - t0, "table": table,
+        "clean_masks_bridged": clean, "cases": rows})
     return 0
 
 

@@ -6,6 +6,7 @@ what was removed, and the inputs are untouched."""
 import json
 
 import numpy as np
+import pytest
 
 from _phantoms import read_vtk_mesh
 
@@ -157,11 +158,67 @@ def test_missing_slices_are_found_and_interpolated():
     two[10:20, 10:25, 10:50] = True
     two[25:35, 35:50, 10:50] = True
     assert not missing_slices(two, sp)[0].any()
-    # nor is a gap longer than MAX_GAP_MM (16 mm here)
+    # nor is a gap longer than MAX_GAP_MM (16 mm here) and a large part of the organ
+    # (8 of its 25 slices)
     far = organ.copy()
     far[12:20] = False
     assert far[11].any() and far[20].any()
     assert not missing_slices(far, sp)[0].any()
+
+
+@pytest.mark.parametrize("fraction, bridged", [(0.0, False), (0.3, False), (0.33, True)])
+def test_a_gap_longer_than_max_gap_mm_is_bridged_up_to_a_fraction_of_the_organ(
+        monkeypatch, fraction, bridged):
+    from shapeprior.segmentation import _refine, missing_slices, repeated_slices
+
+    monkeypatch.setattr(_refine, "MAX_GAP_FRACTION", fraction)
+    sp = (2.0, 1.0, 1.0)
+    organ = _ellipsoid()                     # 25 slices along the first axis
+    z = np.flatnonzero(organ.any(axis=(1, 2)))
+    assert z.size == 25
+    cut = organ.copy()
+    cut[12:20] = False                       # 8 slices: 16 mm, 0.32 of the organ
+    gaps, fill = missing_slices(cut, sp)
+    assert gaps[12:20].all() == bridged and gaps.any() == bridged
+    if bridged:
+        assert dice(fill[12:20], organ[12:20]) > 0.85
+    # the same length of copies carried forward
+    copied = organ.copy()
+    copied[12:20] = organ[11]
+    assert repeated_slices(copied, sp)[0][12:20].all() == bridged
+
+
+def test_a_pole_cut_off_by_missing_slices_is_part_of_the_organ_an_island_is_not():
+    from shapeprior.segmentation._refine import (GAP_PART_FRACTION, PART_FRACTION,
+                                                 bridged_target)
+
+    sp = (2.0, 1.0, 1.0)
+    organ = _ellipsoid()                     # slices 8..32
+    cut = organ.copy()
+    cut[25:28] = False                       # the pole beyond: 12 % of the organ
+    parts, gaps, fill = bridged_target(cut, sp)
+    assert GAP_PART_FRACTION < 0.12 < PART_FRACTION
+    assert parts[28:].any() and gaps[25:28].all()
+    assert dice((cut & ~gaps) | fill, organ) > 0.98 > dice(cut, organ)
+    # a blob of that size beside the organ, whose cross-sections face none of the
+    # organ's across a gap, is an island
+    beside = organ.copy()
+    blob = (slice(10, 20), slice(0, 10), slice(0, 16))
+    assert not organ[blob].any()
+    beside[blob] = True
+    assert GAP_PART_FRACTION < beside[blob].sum() / organ.sum() < PART_FRACTION
+    parts, gaps, _ = bridged_target(beside, sp)
+    assert not parts[blob].any() and not gaps[blob].any()
+
+
+def test_two_objects_stacked_far_apart_are_not_bridged():
+    from shapeprior.segmentation import missing_slices
+
+    sp = (5.0, 1.0, 1.0)                     # thick slices: the millimetre limit is 3 slices
+    two = np.zeros((40, 30, 30), bool)
+    two[2:14, 5:25, 5:25] = True             # 60 mm
+    two[26:38, 8:22, 8:22] = True            # 60 mm below a 60 mm gap: 12 of 36 slices
+    assert not missing_slices(two, sp)[0].any()
 
 
 def test_refine_fills_missing_slices(phantom_model):
@@ -182,6 +239,29 @@ def test_refine_fills_missing_slices(phantom_model):
     assert dice(got, clean) > 0.95 > dice(cut, clean)
     assert res.corrections["added_ml"] > 0 and res.fit.status != "failed"
     assert (got & ~cut)[z[len(z) // 2]: z[len(z) // 2] + 3].any()
+
+
+def test_a_gap_too_long_to_bridge_is_reported_not_hidden(phantom_model):
+    """A slab of missing slices longer than any bridge leaves the organ in two
+    pieces: the refinement says so (suspect, with the reason) instead of ok."""
+    from shapeprior.model import load_model
+    from shapeprior.segmentation import refine_mask
+
+    d, images, labels, model_path = phantom_model
+    model = load_model(model_path)
+    vol = read_label_map(labels / "phantom_005.nii.gz")
+    clean = vol.array > 0
+    x = np.flatnonzero(clean.any(axis=(0, 1)))               # its longest axis, 1 mm
+    cut = clean.copy()
+    n = int(0.45 * x.size)                                   # 45 % of the organ's slices
+    a = x[0] + (x.size - n) // 2
+    cut[:, :, a:a + n] = False
+    assert n * float(vol.spacing[0]) > 15.0
+    res = refine_mask(Volume(cut.astype(np.uint8), vol.spacing, vol.origin, vol.direction),
+                      model)
+    assert res.fit.evidence["refined_pieces"] == 2
+    assert res.fit.status in ("suspect", "failed")
+    assert any("pieces" in r for r in res.fit.reasons)
 
 
 def test_side_of_a_mask_is_decided_by_position_or_tried_both_ways():
