@@ -203,7 +203,7 @@ def trimmed_omp_numpy(D, DF, GW, c, z, w, k, d, threshold, threshold_factor,
     seen = {_key(out_v)}                           # the trimmed sets met so far
     thr = float("nan")
     it = 0
-
+    x, r = xp.zeros(GW.shape[0]), z.copy()      # (what no round leaves with max_iter 0)
     for it in range(1, max_iter + 1):
         trim = xp.repeat(out_v & visible, d)
         if bool(xp.any(trim)):
