@@ -115,13 +115,14 @@ class TrimmedGram:
     atoms it has selected, for the set ``rows``. Moving to another set
     updates them from the rows that joined and left (``|delta| K`` work per
     held column instead of ``|O| K``); a new atom's column is computed from
-    the set's rows. ``state`` holds the arrays (``shapeprior_kernels.new_state``),
-    in two slots: the current set's and the one before the last jump to a far
-    set, which the later rounds of an alignment round come back near. Trimming rounds move O by a
-    few rows, and consecutive alignment rounds end near each other's sets, so
-    one object serves every round of a shape (the dictionary keeps it for its
-    weights, :meth:`ShapeDictionary.trimmed_gram`). The values equal the
-    direct products up to rounding.
+    the set's rows. ``state`` holds the arrays
+    (``shapeprior_kernels.new_state``) in two slots: the current set's, and
+    the one before the last jump to a far set, which the later rounds of an
+    alignment round come back near. Trimming rounds move O by a few rows, and
+    consecutive alignment rounds end near each other's sets, so one object
+    serves every round of a shape (the dictionary keeps it for its weights,
+    :meth:`ShapeDictionary.trimmed_gram`). The values equal the direct
+    products up to rounding.
 
     Parameters
     ----------
@@ -131,11 +132,11 @@ class TrimmedGram:
     """
 
     def __init__(self, dic, w):
+        from shapeprior_kernels import new_state
+
         xp = dic.xp
         self.xp, self.D, self.w = xp, dic.D, w
         self.GW = dic.weighted_gram(w)
-        from shapeprior_kernels import new_state
-
         self.state = new_state(w.shape[0], self.GW.shape[0], xp)
         self.state[1][:] = xp.diag(self.GW)
 
