@@ -10,6 +10,11 @@ new test or explained as equivalent in ``EQUIVALENT``.
 
     python bench/mutation.py                  # all mutants, JSON in bench/results
     python bench/mutation.py --only align     # one module's mutants
+    python bench/mutation.py --only seg-dice,mesh-kidney-side   # some mutants
+
+Every mutant's original text must occur exactly once in its file; a mutant
+whose text moved or repeats is *invalid* and fails the run (exit 1), and
+``tests/test_mutation_anchors.py`` checks this in CI.
     python bench/mutation.py --jobs 2
 
 Runs outside CI (about 20 minutes on 2 cores).
@@ -55,8 +60,13 @@ MUTANTS = [
      "scale = float(sv @ sign) / var_s", "scale = float(sv.sum()) / var_s",
      "similarity scale without the reflection sign"),
     ("align-det-test", "align", "shapeprior/align/_procrustes.py",
-     "np.linalg.det(u) * np.linalg.det(vt) < 0", "np.linalg.det(u) * np.linalg.det(vt) > 0",
+     "if not reflection and np.linalg.det(u) * np.linalg.det(vt) < 0:",
+     "if not reflection and np.linalg.det(u) * np.linalg.det(vt) > 0:",
      "reflection test inverted"),
+    ("align-det-test-batched", "align", "shapeprior/align/_procrustes.py",
+     "flip = np.linalg.det(u) * np.linalg.det(vt) < 0",
+     "flip = np.linalg.det(u) * np.linalg.det(vt) > 0",
+     "reflection test inverted in the batched alignment"),
     ("align-unweighted-centroid", "align", "shapeprior/align/_procrustes.py",
      "mu_s = w @ src / wsum", "mu_s = src.mean(0)", "source centroid ignores weights"),
     ("align-unweighted-cov", "align", "shapeprior/align/_procrustes.py",
@@ -77,8 +87,13 @@ MUTANTS = [
     ("ssc-align-weights", "ssc", "shapeprior/ssc/_compose.py",
      "w_align = s * s", "w_align = s", "alignment weights s instead of s^2"),
     ("ssc-error-norm-units", "ssc", "shapeprior/ssc/_compose.py",
-     "error_norm=np.linalg.norm(e, axis=1) / beta.scale",
-     "error_norm=np.linalg.norm(e, axis=1)", "error_norm in model units, not input mm"),
+     "x=sol.x, error=e, error_norm=np.linalg.norm(e, axis=1) / beta.scale,",
+     "x=sol.x, error=e, error_norm=np.linalg.norm(e, axis=1),",
+     "error_norm in model units, not input mm"),
+    ("ssc-error-norm-units-refit", "ssc", "shapeprior/ssc/_compose.py",
+     "x=res.x, error=e, error_norm=np.linalg.norm(e, axis=1) / beta.scale,",
+     "x=res.x, error=e, error_norm=np.linalg.norm(e, axis=1),",
+     "error_norm of the inlier refit in model units, not input mm"),
     ("ssc-overridden-invisible", "ssc", "shapeprior/ssc/_compose.py",
      "overridden = np.any(e != 0, axis=1) & visible", "overridden = np.any(e != 0, axis=1)",
      "unseen vertices counted as overridden"),
@@ -157,14 +172,14 @@ MUTANTS = [
      "V = volume.physical_to_index(verts)          # continuous (x, y, z) indices",
      "V = volume.physical_to_index(verts) + 0.5", "voxelisation shifted by half a voxel"),
     ("seg-mirror-targets", "segment", "shapeprior/segmentation/_fit.py",
-     "y = tgt * MIRROR if mirror else tgt", "y = tgt",
+     "y = tgt * MIRROR if self.mirror else tgt", "y = tgt",
      "search targets not mirrored for a right-side organ"),
     ("seg-lambda2-half", "segment", "shapeprior/segmentation/_fit.py",
-     "lambda2=2.0 * tau, outlier_threshold=tau,", "lambda2=tau, outlier_threshold=tau,",
+     "x0=f.x_prev, lambda2=2.0 * tau,", "x0=f.x_prev, lambda2=tau,",
      "lambda2 halved in the fit"),
     ("seg-tau-scale", "segment", "shapeprior/segmentation/_fit.py",
-     "tau = params.outlier_base_mm + 0.5 * search_mm",
-     "tau = params.outlier_base_mm + 5.0 * search_mm", "gross-error threshold 10x too loose"),
+     "tau = p.outlier_base_mm + 0.5 * search_mm",
+     "tau = p.outlier_base_mm + 5.0 * search_mm", "gross-error threshold 10x too loose"),
     ("seg-refine-conf", "segment", "shapeprior/segmentation/_fit.py",
      "    d = (tgt - v) * conf[:, None]", "    d = (tgt - v)",
      "refinement ignores search confidence"),
@@ -173,17 +188,17 @@ MUTANTS = [
      "mirrored shape searched along inward normals"),
     ("seg-mirror-offset", "segment", "shapeprior/segmentation/_fit.py",
      "        off = off * MIRROR\n", "", "pose offset not mirrored for the right side"),
-    ("seg-dice", "segment", "shapeprior/segmentation/_metrics.py",
+    ("seg-dice", "segment", "shapeprior/mesh/_surface.py",
      "return float(2.0 * np.logical_and(a, b).sum() / s) if s else 1.0",
      "return float(np.logical_and(a, b).sum() / s) if s else 1.0", "Dice without the 2"),
     ("seg-overridden-last", "segment", "shapeprior/segmentation/_fit.py",
-     "overridden_max = max(overridden_max, res.outlier_fraction)",
-     "overridden_max = res.outlier_fraction",
+     "f.overridden_max = max(f.overridden_max, res.outlier_fraction)",
+     "f.overridden_max = res.outlier_fraction",
      "overridden fraction from the last iteration only"),
     # -- mesh ------------------------------------------------------------------------------------
     ("mesh-kidney-side", "mesh", "shapeprior/mesh/_surface.py",
-     'sides = ["left" if cents[0][0] > vol.centre()[0] else "right"]',
-     'sides = ["left" if cents[0][0] < vol.centre()[0] else "right"]',
+     'sides = ["left" if cents[0][0] > centre[0] else "right"]',
+     'sides = ["left" if cents[0][0] < centre[0] else "right"]',
      "a single kidney assigned to the wrong side"),
     ("mesh-iso-step", "mesh", "shapeprior/mesh/_surface.py",
      "step = iso_spacing / sp_zyx", "step = iso_spacing / sp_zyx[::-1]",
@@ -195,7 +210,8 @@ MUTANTS = [
     ("model-pca-ddof", "model", "shapeprior/model/_model.py",
      "var = s ** 2 / max(M - 1, 1)", "var = s ** 2 / M", "PCA variance with ddof 0"),
     ("model-pose-offset-sign", "model", "shapeprior/model/_pose.py",
-     "offs.append(v.mean(0) - c)", "offs.append(c - v.mean(0))", "pose offset sign flipped"),
+     "offs.append(v.mean(0) - np.asarray(c, dtype=float))",
+     "offs.append(np.asarray(c, dtype=float) - v.mean(0))", "pose offset sign flipped"),
     ("model-mirror-centre", "model", "shapeprior/model/_build.py",
      "c = centre * np.array([-1.0, 1.0, 1.0])", "c = centre",
      "mirrored shape keeps the unmirrored FOV centre"),
@@ -220,12 +236,19 @@ MUTANTS = [
      "    return 1 <= n and (n * float(spacing) <= MAX_GAP_MM and n <= MAX_GAP_FRACTION * extent)",
      "a gap must be short in mm and a small part of the organ (thick slices never bridged)"),
     ("refine-part-without-gap", "refine", "shapeprior/segmentation/_refine.py",
-     "            if g > n_gap:", "            if g >= n_gap:",
+     "        if g > n_gap:", "        if g >= n_gap:",
      "any component of 10 % counts as a part, gap or not"),
     ("refine-pieces-never", "refine", "shapeprior/segmentation/_refine.py",
      "    return int(np.count_nonzero(sizes >= GAP_PART_FRACTION * sizes.max()))",
      "    return int(np.count_nonzero(sizes > sizes.max()))",
      "a refined organ in pieces is never reported"),
+    ("refine-keep-carried", "refine", "shapeprior/segmentation/_refine.py",
+     "            kept = np.where(gaps, 0, kept)\n", "",
+     "a kept label's outline carried through copied slices"),
+    ("refine-empty-side-inside", "refine", "shapeprior/segmentation/_refine.py",
+     "sb = np.full(a.shape, -sa.min()) if sb is None else sb",
+     "sb = np.full(a.shape, sa.min()) if sb is None else sb",
+     "a region on one side of a gap fills the whole slab"),
     ("pipe-within", "pipeline", "shapeprior/_outputs.py",
      "        if _within(o, r):", "        if False and _within(o, r):",
      "an output inside an input folder is allowed"),
@@ -255,14 +278,21 @@ def _copy_tree(dst: Path):
     (dst / "shapeprior_kernels").symlink_to("kernels")
 
 
+def anchor_count(m, root=REPO):
+    """How often mutant ``m``'s original text occurs in its file under ``root``
+    (valid: exactly once)."""
+    f = Path(root) / m[2]
+    return f.read_text().count(m[3]) if f.is_file() else 0
+
+
 def run_mutant(m, timeout):
     mid, module, rel, find, repl, why = m
     work = Path(tempfile.mkdtemp(prefix=f"mut-{mid}-"))
     try:
         _copy_tree(work)
+        n = anchor_count(m, work)
         f = work / rel
-        src = f.read_text()
-        n = src.count(find)
+        src = f.read_text() if f.is_file() else ""
         if n != 1:
             return {"id": mid, "module": module, "status": "invalid",
                     "reason": f"original text found {n} times"}
@@ -287,12 +317,17 @@ def run_mutant(m, timeout):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default=None, help="module or mutant id")
+    ap.add_argument("--only", default=None,
+                    help="modules or mutant ids, comma-separated (default: all)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--out", default=str(RESULTS / "mutation.json"))
     a = ap.parse_args(argv)
-    todo = [m for m in MUTANTS if a.only in (None, m[0], m[1])]
+    only = None if a.only is None else set(a.only.split(","))
+    unknown = only - {m[0] for m in MUTANTS} - {m[1] for m in MUTANTS} if only else set()
+    if unknown:
+        ap.error(f"--only: no module or mutant {sorted(unknown)[0]!r}")
+    todo = [m for m in MUTANTS if only is None or only & {m[0], m[1]}]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(a.jobs) as ex:
         rows = list(ex.map(lambda m: run_mutant(m, a.timeout), todo))
@@ -312,6 +347,10 @@ def main(argv=None):
     write_json(a.out, result)
     print(f"score {killed}/{len(valid)} = {result['score']:.0%}; survivors: "
           f"{[r['id'] for r in result['survivors']]}")
+    if result["invalid"]:
+        print(f"invalid mutants (their original text moved or repeats): "
+              f"{[r['id'] for r in result['invalid']]}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -394,3 +394,59 @@ def test_a_mask_the_model_cannot_explain_is_kept_with_its_gaps_bridged(phantom_m
     assert fill.any() and res.fit.status != "ok"
     assert "missing or copied slices interpolated" in res.fit.reasons[-1]
     assert dice(res.label > 0, clean) > dice(cut, clean)
+
+
+def test_a_kept_label_is_interpolated_across_copied_slices_not_carried():
+    """A lesion label across a copied slab: interpolated between the slices
+    that bound the slab, as the organ is; a lesion absent from the far slice
+    shrinks and vanishes by the middle of the slab instead of being carried
+    to its far side."""
+    from shapeprior.segmentation._refine import bridged_target, interpolate_gaps
+
+    sp = (2.0, 1.0, 1.0)
+    organ = _ellipsoid()
+    g = np.ogrid[0:40, 0:60, 0:60]
+    lesion = organ & (((g[0] - 10) * 2.0 / 8) ** 2 + ((g[1] - 30) / 7) ** 2
+                      + ((g[2] - 38) / 5) ** 2 <= 1)        # z 6..14: ends inside the slab
+    copied, les = organ.copy(), lesion.copy()
+    copied[12:19], les[12:19] = organ[11], lesion[11]   # outlines carried 7 slices
+    _, gaps, _ = bridged_target(copied, sp)
+    # the copied slab (a symmetric phantom also repeats two y slices)
+    assert np.array_equal(np.flatnonzero(gaps.all(axis=(1, 2))), np.arange(12, 19))
+    gaps = np.zeros_like(gaps)
+    gaps[12:19] = True
+    got = interpolate_gaps(les, gaps, sp)
+    np.testing.assert_array_equal(got[~gaps], les[~gaps])       # nothing else moves
+    assert dice(got, lesion) > dice(les, lesion) + 0.1
+    area = got.sum(axis=(1, 2))
+    assert area[11] >= area[12] > area[14] and area[15:19].sum() == 0   # gone by mid-slab
+    # both bounding slices empty: nothing in the slab
+    assert not interpolate_gaps(np.zeros_like(les), gaps, sp).any()
+
+
+def test_refine_interpolates_a_kept_label_in_copied_slices(phantom_model):
+    """``keep``: a kept label is never removed, except that its copies in a
+    copied slab are not evidence; there it is interpolated like the organ."""
+    from shapeprior.model import load_model
+    from shapeprior.segmentation import refine_mask, repeated_slices
+
+    d, images, labels, model_path = phantom_model
+    vol = read_label_map(labels / "phantom_005.nii.gz")
+    clean = vol.array > 0
+    z = np.flatnonzero(clean.any(axis=(1, 2)))
+    c = np.argwhere(clean).mean(0).round().astype(int)
+    lab = clean.astype(np.uint8)
+    a = z[len(z) // 2] - 3
+    lesion = clean & _ball(clean.shape, (a - 1, c[1], c[2]), 4)    # ends at slice a + 3
+    lab[lesion] = 3
+    bad = lab.copy()
+    bad[a + 1:a + 6] = lab[a]                   # five slices copy slice a
+    gaps = repeated_slices(bad > 0, vol.spacing[::-1])[0]
+    assert gaps[a + 1:a + 6].all() and lesion[a].any() and not lesion[a + 5].any()
+    res = refine_mask(Volume(bad, vol.spacing, vol.origin, vol.direction),
+                      load_model(model_path), labels=(1,), keep=(3,))
+    got = res.label == 3
+    np.testing.assert_array_equal(got[~gaps], bad[~gaps] == 3)     # kept as it was
+    carried = bad == 3
+    assert dice(got, lesion) > dice(carried, lesion)
+    assert (res.label > 0)[got].all() and set(np.unique(res.label)) <= {0, 1, 3}

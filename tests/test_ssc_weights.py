@@ -47,10 +47,12 @@ def test_alignment_uses_squared_weights():
     assert not np.allclose(wrong.rotation, ref.rotation, atol=1e-6)   # the test can tell
 
 
-@pytest.mark.parametrize("method", ["l1", "l0"])
-def test_error_norm_is_the_planted_leak_in_input_mm(method):
+@pytest.mark.parametrize("method, refit", [("l1", None), ("l0", None), ("l0", 0.5),
+                                           ("l1", 0.5)])
+def test_error_norm_is_the_planted_leak_in_input_mm(method, refit):
     """Shapes given at 3x the model's scale with a 20 mm leak on 8 % of the
-    vertices: error_norm reads about 20 there (input mm, not model units)."""
+    vertices: error_norm reads about 20 there (input mm, not model units),
+    with and without the refit of the inliers (the hybrid)."""
     p = make_ssc_problem(400, 30, gross_fraction=0.0, seed=5, transform=False)
     dic = ShapeDictionary(p.atoms)
     y = 3.0 * p.clean
@@ -58,7 +60,7 @@ def test_error_norm_is_the_planted_leak_in_input_mm(method):
     leak = rng.choice(400, 32, replace=False)
     d = rng.normal(size=(32, 3))
     y[leak] += 20.0 * d / np.linalg.norm(d, axis=1)[:, None]
-    res = sparse_shape_composition(y, dic, method=method, n_nonzero=10)
+    res = sparse_shape_composition(y, dic, method=method, n_nonzero=10, refit=refit)
     assert res.transform.scale == pytest.approx(1 / 3, rel=0.05)
     flagged = res.overridden
     assert flagged[leak].mean() >= 0.9

@@ -27,7 +27,8 @@ def main(argv):
     ap.add_argument("--keep-labels", default=None, metavar="L[,L...]",
                     help="labels in MASK that are part of the organ but never removed, kept "
                          "with their own value: a lesion the model does not know (KiTS: "
-                         "--labels 1 --keep-labels 2 keeps the tumour)")
+                         "--labels 1 --keep-labels 2 keeps the tumour); in missing or "
+                         "copied slices they are interpolated as the organ is")
     ap.add_argument("--image", default=None,
                     help="the scan (file or DICOM folder): continue the fit against it")
     ap.add_argument("--side", choices=("none", "left", "right"), default="none",

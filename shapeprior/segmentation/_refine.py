@@ -16,7 +16,8 @@ the fit then continues against the image's boundary appearance from that
 surface.
 
 Labels passed as ``keep`` (a lesion the model does not know, such as a
-kidney tumour) are fitted as organ and never removed.
+kidney tumour) are fitted as organ and never removed; in missing and copied
+slices they are interpolated as the organ is (:func:`interpolate_gaps`).
 
 The refined label is a hybrid (:func:`combine`): the input mask, except
 near the vertices where it departs from the prior (overridden by SSC, or
@@ -103,24 +104,29 @@ GAP_PART_FRACTION = 0.1
 def _organ_parts(m, spacing_zyx):
     """The mask without its islands: the largest component, those at least
     :data:`PART_FRACTION` of its size, and those at least
-    :data:`GAP_PART_FRACTION` of it that lie across a gap from them."""
+    :data:`GAP_PART_FRACTION` of it that lie across a gap from them; and
+    :func:`missing_slices` of those parts when it was computed on the way
+    (else None)."""
     from scipy import ndimage
 
     lab, n = ndimage.label(m)
     if n <= 1:
-        return m
+        return m, None
     sizes = np.bincount(lab.ravel())[1:]
     part = sizes >= PART_FRACTION * sizes.max()
     parts = np.isin(lab, np.flatnonzero(part) + 1)
     cand = np.flatnonzero(~part & (sizes >= GAP_PART_FRACTION * sizes.max()))
-    if cand.size:
-        n_gap = int(missing_slices(parts, spacing_zyx)[0].sum())
-        for c in cand[np.argsort(-sizes[cand])] + 1:
-            more = parts | (lab == c)
-            g = int(missing_slices(more, spacing_zyx)[0].sum())
-            if g > n_gap:
-                parts, n_gap = more, g
-    return parts
+    if not cand.size:
+        return parts, None
+    found = missing_slices(parts, spacing_zyx)
+    n_gap = int(found[0].sum())
+    for c in cand[np.argsort(-sizes[cand])] + 1:
+        more = parts | (lab == c)
+        more_found = missing_slices(more, spacing_zyx)
+        g = int(more_found[0].sum())
+        if g > n_gap:
+            parts, n_gap, found = more, g, more_found
+    return parts, found
 
 
 def bridged_target(m, spacing_zyx):
@@ -135,8 +141,8 @@ def bridged_target(m, spacing_zyx):
     fill : ndarray of bool
         The interpolated organ in them.
     """
-    parts = _organ_parts(m, spacing_zyx)
-    gaps, fill = missing_slices(parts, spacing_zyx)
+    parts, found = _organ_parts(m, spacing_zyx)
+    gaps, fill = missing_slices(parts, spacing_zyx) if found is None else found
     copies, copy_fill = repeated_slices(parts, spacing_zyx)
     return parts, gaps | copies, np.where(copies, copy_fill, fill)
 
@@ -179,10 +185,21 @@ def _sides(vol, centre):
 def _bridge(m, ax, lo, hi, spacing_zyx, gaps, fill):
     """Slices ``lo+1 .. hi-1`` along ``ax`` marked in ``gaps`` and filled in
     ``fill`` by shape-based interpolation between slices ``lo`` and ``hi``
-    (their signed distance maps blended linearly)."""
+    (their signed distance maps blended linearly). A region on one side only
+    shrinks and vanishes by the middle of the gap (the empty side's map is
+    the region's largest depth everywhere): where it ends is unknown."""
     other = [float(spacing_zyx[a]) for a in range(3) if a != ax]
-    sa = signed_distance(np.take(m, lo, axis=ax), other)
-    sb = signed_distance(np.take(m, hi, axis=ax), other)
+    a, b = np.take(m, lo, axis=ax), np.take(m, hi, axis=ax)
+    if not (a.any() or b.any()):
+        sl = [slice(None)] * 3
+        sl[ax] = slice(lo + 1, hi)
+        gaps[tuple(sl)] = True
+        return
+    sa = signed_distance(a, other) if a.any() else None
+    sb = signed_distance(b, other) if b.any() else None
+    # an empty side: positive everywhere, by the other side's largest depth
+    sa = np.full(b.shape, -sb.min()) if sa is None else sa
+    sb = np.full(a.shape, -sa.min()) if sb is None else sb
     n = hi - lo - 1
     for k in range(1, n + 1):
         t = k / (n + 1)
@@ -190,6 +207,30 @@ def _bridge(m, ax, lo, hi, spacing_zyx, gaps, fill):
         sl[ax] = lo + k
         gaps[tuple(sl)] = True
         fill[tuple(sl)] = (1 - t) * sa + t * sb < 0
+
+
+def interpolate_gaps(m, gaps, spacing_zyx):
+    """``m`` with the slabs of ``gaps`` refilled by shape-based interpolation
+    between the slices that bound each slab (as :func:`bridged_target` fills
+    the organ): another label (a kept lesion) across the organ's missing or
+    copied slices.
+
+    Parameters
+    ----------
+    m : ndarray of bool, shape (nz, ny, nx)
+    gaps : ndarray of bool
+        Whole slices, as :func:`bridged_target` returns them.
+    spacing_zyx : array-like of 3 floats
+        Voxel size in mm, in array axis order.
+    """
+    done = np.zeros(m.shape, bool)
+    fill = np.zeros(m.shape, bool)
+    for ax in range(3):
+        whole = np.flatnonzero(gaps.all(axis=tuple(a for a in range(3) if a != ax)))
+        for run in np.split(whole, np.flatnonzero(np.diff(whole) > 1) + 1):
+            if run.size and run[0] >= 1 and run[-1] + 1 < m.shape[ax]:
+                _bridge(m, ax, int(run[0]) - 1, int(run[-1]) + 1, spacing_zyx, done, fill)
+    return np.where(done, fill, m)
 
 
 def _bridgeable(n, spacing, extent):
@@ -322,7 +363,8 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
         labels 1 = kidney, 2 = tumour) bulges beyond any plausible organ
         shape, exactly as a leak does; without the image only the label can
         tell them apart. These voxels are fitted as organ and keep their
-        label in the result.
+        label in the result, except in missing or copied slices: there each
+        kept label is interpolated between the slices bounding the gap.
 
     Returns
     -------
@@ -394,9 +436,17 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     else:
         label = combine(m, shape, mask_vol, mask_fit, gaps=gaps, fill=fill).astype(np.uint8)
     if keep:
-        # kept labels are never removed, and stay what they were
-        kept = np.isin(mask_vol.array, np.asarray(keep))
-        label = np.where(kept, mask_vol.array, label).astype(np.uint8)
+        # kept labels are never removed, and stay what they were; in missing
+        # and copied slices the input is no evidence (a lesion's outline carried
+        # forward), so each kept label is interpolated across them as the organ is
+        kept = np.where(np.isin(mask_vol.array, np.asarray(keep)), mask_vol.array, 0)
+        if gaps.any():
+            across = [(v, interpolate_gaps(mask_vol.array == v, gaps, mask_vol.spacing[::-1]))
+                      for v in keep]
+            kept = np.where(gaps, 0, kept)
+            for v, iv in across:
+                kept = np.where(gaps & iv, v, kept)
+        label = np.where(kept > 0, kept, label).astype(np.uint8)
     pieces = _pieces(label > 0)
     fit.evidence["refined_pieces"] = pieces
     if pieces > 1:
