@@ -112,3 +112,117 @@ def test_status_in_report_summary_exit_code_and_mesh(phantom_model, tmp_path, ca
     rc = main(["segment", str(tmp_path / "cut.nii.gz"), "-o", str(tmp_path / "c2"),
                "--model", str(model_path), "--strict"])
     assert rc == 3 and "field of view" in capsys.readouterr().err
+
+
+class _Score:
+    """An appearance score that says what it is told (``assess`` alone is tested)."""
+    kind = "profile"
+
+    def __init__(self, quality):
+        self.quality = quality
+
+    def __call__(self, verts, faces, search_mm=1.5):
+        return self.quality
+
+
+def _assessed(model, vol, verts=None, quality=0.95, label=None, last=0.0, most=0.0):
+    """``assess`` of a result whose surface is ``verts`` (default: the model mean
+    at the centre of ``vol``): ``(status, reasons, evidence)``."""
+    from types import SimpleNamespace
+
+    from shapeprior.segmentation import voxelize
+    from shapeprior.segmentation._assess import assess
+
+    if verts is None:
+        verts = model.mean - model.mean.mean(0) + vol.centre()
+    if label is None:
+        label = voxelize(verts, model.faces, vol)
+    res = SimpleNamespace(verts=verts, faces=model.faces, label=label,
+                          overridden_fraction=last, overridden_fraction_max=most)
+    status, _, reasons, ev = assess(res, vol, model, _Score(quality))
+    return status, reasons, ev
+
+
+def _scaled(model, vol, f):
+    c = model.mean - model.mean.mean(0)
+    return f * c + vol.centre()
+
+
+def test_assess_each_piece_of_evidence_alone(model, scan):
+    """Each threshold of the status, one piece of evidence at a time, against
+    the model mean placed in the middle of the scan (``ok``)."""
+    vol, _ = scan
+    status, reasons, ev = _assessed(model, vol)
+    assert status == "ok" and reasons == [] and ev["vertices_outside_fov"] == 0.0
+    # what the prior overrode: the largest fraction over the fit counts, not only the last
+    status, reasons, _ = _assessed(model, vol, most=0.4, last=0.0)
+    assert status == "suspect" and "during the fit" in reasons[0]
+    status, reasons, _ = _assessed(model, vol, most=0.2, last=0.2)
+    assert status == "suspect" and "last projection" in reasons[0]
+    # an empty label
+    status, reasons, _ = _assessed(model, vol, label=np.zeros(vol.array.shape, np.uint8))
+    assert status == "failed" and "empty segmentation" in reasons
+    # a label touching the image's border, the surface inside it
+    touching = _assessed(model, vol)[2]
+    lab = np.zeros(vol.array.shape, np.uint8)
+    lab[0, 5:8, 5:8] = 1
+    status, reasons, ev = _assessed(model, vol, label=lab)
+    assert status == "suspect" and "cut by the field of view" in reasons[0]
+    assert ev["label_touches_fov_border"] and not touching["label_touches_fov_border"]
+
+
+def test_assess_fov_scale_and_shape_thresholds(model, scan):
+    vol, _ = scan
+    # most of the surface beyond the image: failed
+    ext = model.mean.max(0) - model.mean.min(0)
+    lo_edge = vol.index_to_physical(np.zeros((1, 3)))[0]
+    v = model.mean - model.mean.mean(0) + vol.centre()
+    far = v.copy()
+    far[:, 2] += lo_edge[2] - v[:, 2].max() + 0.3 * ext[2]   # 70 % of it below the first slice
+    status, reasons, ev = _assessed(model, vol, verts=far)
+    assert status == "failed" and ev["vertices_outside_fov"] > 0.5
+    assert any("outside the field of view" in r for r in reasons)
+    # the organ's size against the training range (the slack is 1.1 squared)
+    lo, hi = model.pose.scale_range
+    s0 = _assessed(model, vol)[2]["scale"]
+    status, reasons, ev = _assessed(model, vol, verts=_scaled(model, vol, 1.3 * hi / s0))
+    assert status == "failed" and any("organ size" in r for r in reasons), reasons
+    status, reasons, ev = _assessed(model, vol, verts=_scaled(model, vol, 0.7 * lo / s0))
+    assert status == "failed" and any("organ size" in r for r in reasons), reasons
+    # the shape's Mahalanobis distance against the training shapes' largest
+    from shapeprior.segmentation._assess import training_distance
+
+    from shapeprior.segmentation._assess import mahalanobis
+
+    dmax = training_distance(model)
+    # an unusual shape reaches further: a grid with room for it
+    ext = model.mean.max(0) - model.mean.min(0)
+    n = int(np.ceil(6 * ext.max() / vol.spacing.min()))
+    room = Volume(np.zeros((n, n, n), np.uint8), np.full(3, vol.spacing.min()),
+                  np.zeros(3), np.eye(3))
+    # along the last mode (the alignment absorbs little of it; measured: the
+    # distance grows monotonically up to 16 standard deviations, to 5.3 dmax)
+    mode = model.pca_components[-1].reshape(-1, 3) * np.sqrt(model.pca_variances[-1])
+    for k, want, words in ((2.2, "suspect", "unusual shape"), (4.5, "failed", "implausible")):
+        lo_t, hi_t = 0.0, 16.0                  # standard deviations, to k * dmax
+        for _ in range(60):
+            t = 0.5 * (lo_t + hi_t)
+            lo_t, hi_t = (t, hi_t) if mahalanobis(model, model.mean + t * mode) < k * dmax \
+                else (lo_t, t)
+        v = model.mean + t * mode
+        v = v - v.mean(0) + room.centre()
+        status, reasons, ev = _assessed(model, room, verts=v)
+        assert ev["shape_mahalanobis"] == pytest.approx(k * dmax, rel=0.1)
+        assert status == want and any(words in s for s in reasons), (k, reasons)
+
+
+def test_border_distance_is_to_the_outer_voxel_boundary():
+    """The field of view ends half a voxel beyond the first and last voxel centres."""
+    from shapeprior.segmentation._assess import border_distance, outside_fov
+
+    vol = Volume(np.zeros((4, 6, 10), np.uint8), np.array([2.0, 1.0, 3.0]),
+                 np.array([10.0, 0.0, 0.0]), np.eye(3))
+    # x: centres 10 .. 28 mm, boundary 9 .. 29; y and z well inside
+    p = np.array([[9.2, 2.5, 4.5], [8.8, 2.5, 4.5], [28.8, 2.5, 4.5], [29.2, 2.5, 4.5]])
+    np.testing.assert_allclose(border_distance(vol, p), [0.2, -0.2, 0.2, -0.2], atol=1e-9)
+    assert outside_fov(vol, p).tolist() == [False, True, False, True]
