@@ -51,6 +51,8 @@ TESTS = {
     "refine": ["tests/test_refine.py", "tests/test_refine_boxes.py"],
     "assess": ["tests/test_status.py", "tests/test_fit.py", "tests/test_refine.py"],
     "place": ["tests/test_fit.py", "tests/test_status.py", "tests/test_segment.py"],
+    "online": ["tests/test_online.py", "tests/test_model.py"],
+    "outputs": ["tests/test_outputs.py"],
 }
 
 # (id, module, file, original text (must occur exactly once), mutated text, the bug)
@@ -294,6 +296,35 @@ MUTANTS = [
      "        grad = np.where((a >= lo) & (a <= hi), grad, -np.inf)",
      "        grad = np.where((b >= lo) & (b <= hi), grad, -np.inf)",
      "the organ's intensity window tested outside the edge instead of inside"),
+    # -- online update of a model ----------------------------------------------------------
+    ("online-mean-weights", "online", "shapeprior/model/_update.py",
+     "    mean = (n_old * mu_a + m * mu_b) / n", "    mean = 0.5 * (mu_a + mu_b)",
+     "the updated mean ignores how many shapes each side holds"),
+    ("online-mean-shift", "online", "shapeprior/model/_update.py",
+     "    shift = np.sqrt(n_old * m / n) * (mu_a - mu_b)", "    shift = 0.0 * (mu_a - mu_b)",
+     "the PCA update forgets the scatter between the old and the new means"),
+    ("online-old-variances", "online", "shapeprior/model/_update.py",
+     "np.sqrt(model.pca_variances * (n_old - 1))[:, None]",
+     "np.sqrt(model.pca_variances)[:, None]",
+     "the old modes enter the update with variances, not scatter"),
+    ("online-var-ddof", "online", "shapeprior/model/_update.py",
+     "    var = s ** 2 / (n - 1)", "    var = s ** 2 / n", "updated variances with ddof 0"),
+    ("online-scale-margin", "online", "shapeprior/model/_update.py",
+     "        if not lo / SCALE_MARGIN <= scale <= hi * SCALE_MARGIN:",
+     "        if not lo / SCALE_MARGIN <= scale:",
+     "a new map of ten times the organ's size is added"),
+    # -- DICOM-SEG output ---------------------------------------------------------------------
+    ("dicomseg-frame-rows-cols", "outputs", "shapeprior/io/_dicom_seg.py",
+     "    step_c = vol.physical_to_index((ipp + dc * iop[:3])[None])[0] - idx0",
+     "    step_c = vol.physical_to_index((ipp + dr * iop[:3])[None])[0] - idx0",
+     "column step taken from the row spacing"),
+    ("dicomseg-frame-index-order", "outputs", "shapeprior/io/_dicom_seg.py",
+     "    out[inside] = label[k, j, i] > 0", "    out[inside] = label[i, j, k] > 0",
+     "label indexed (x, y, z) instead of (z, y, x)"),
+    ("dicomseg-grid-check", "outputs", "shapeprior/io/_dicom_seg.py",
+     "        raise ValueError(\"the label is not on the DICOM series' voxel grid\")",
+     "        pass",
+     "a label off the series' grid written as if it were on it"),
     # -- pipeline / outputs ------------------------------------------------------------------------
     # -- refine --------------------------------------------------------------------------
     ("refine-gap-both-limits", "refine", "shapeprior/segmentation/_refine.py",

@@ -58,8 +58,12 @@ def _bad_masks(labels, folder):
     aff = img.affine.copy()
     aff[:3, :3] *= 10.0                                     # 10x the voxel size
     nib.save(nib.Nifti1Image(a, aff), folder / "spacing_x10.nii.gz")
+    # 2.5x: past the voxels' size check, refused once fitted (2.4 times the mean's size)
+    aff = img.affine.copy()
+    aff[:3, :3] *= 2.5
+    nib.save(nib.Nifti1Image(a, aff), folder / "spacing_x2.5.nii.gz")
     return {"empty": "not present", "wrong_label": "not present", "two_pieces": "2 pieces",
-            "spacing_x10": "size"}
+            "spacing_x10": "size", "spacing_x2.5": "times the model mean's size"}
 
 
 def test_update_model_round_trip_refusals_and_lineage(small_model, tmp_path, capsys):
@@ -420,3 +424,28 @@ def test_moving_the_centre_shifts_the_statistics_exactly(tmp_path):
     np.savez(tmp_path / "bad.npz", **z)
     with pytest.raises(ModelFormatError, match="dictionary state"):
         load_model(tmp_path / "bad.npz")
+
+
+def test_online_pca_update_is_exact_when_nothing_is_truncated(monkeypatch):
+    """With every mode kept (before and after), the incremental PCA of an update
+    is the PCA of all the stored shapes: the same mean, variances (ddof 1),
+    subspace and total variance, to rounding."""
+    import shapeprior.model._model as model_mod
+    import shapeprior.model._update as update_mod
+    from shapeprior.model._model import pca_from_shapes, total_variance
+
+    monkeypatch.setattr(update_mod, "VAR_KEPT", 1.0 + 1e-9)
+    monkeypatch.setattr(model_mod.pca_from_shapes, "__defaults__", (1.0 + 1e-9,))
+    shapes, faces = _population(40, seed=11)
+    m = model_from_shapes(shapes[:25], faces)
+    grown = extend_model(m, shapes[25:])
+    assert grown.n_shapes == 40
+    mean, vt, var = pca_from_shapes(grown.shapes)
+    np.testing.assert_allclose(grown.mean, mean, atol=1e-9)
+    k = int(np.sum(var > 1e-9 * var[0]))
+    assert len(grown.pca_variances) >= k
+    np.testing.assert_allclose(grown.pca_variances[:k], var[:k], rtol=1e-7)
+    cos = np.linalg.svd(grown.pca_components[:k] @ vt[:k].T, compute_uv=False)
+    assert cos.min() > 1 - 1e-7
+    assert grown.metadata["pca_total_variance_mm2"] == pytest.approx(
+        total_variance(grown.shapes), rel=1e-9)

@@ -403,3 +403,31 @@ def test_build_model_refuses_bad_pairs_before_the_slow_stage(data_root, tmp_path
     err = capsys.readouterr().err
     assert "1 of 4 label maps have no image" in err and "hippocampus_006_0000.nii.gz" in err
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_dicom_seg_frame_on_non_square_pixels_and_off_grid_refused():
+    """A source frame with rectangular pixels (0.5 mm between columns, 0.8 mm
+    between rows) takes the label's slice voxel for voxel; a frame half a
+    voxel off the label's grid is refused."""
+    from pydicom.dataset import Dataset
+
+    from shapeprior.io._dicom_seg import frame_mask
+
+    rng = np.random.default_rng(0)
+    lab = (rng.random((5, 12, 9)) > 0.5).astype(np.uint8)            # z, y, x
+    vol = Volume(np.zeros(lab.shape, np.int16), np.array([0.5, 0.8, 2.0]),
+                 np.array([-10.0, 20.0, 30.0]), np.eye(3))
+
+    def frame(z, shift=(0.0, 0.0, 0.0)):
+        ds = Dataset()
+        ds.Rows, ds.Columns = lab.shape[1], lab.shape[2]
+        ds.ImagePositionPatient = [float(v) for v in vol.index_to_physical(
+            np.array([[0.0, 0.0, z]]))[0] + np.asarray(shift)]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [0.8, 0.5]                        # between rows, between columns
+        return ds
+
+    for z in range(lab.shape[0]):
+        np.testing.assert_array_equal(frame_mask(lab, vol, frame(z)), lab[z])
+    with pytest.raises(ValueError, match="not on the DICOM series' voxel grid"):
+        frame_mask(lab, vol, frame(2, shift=(0.25, 0.0, 0.0)))
