@@ -359,7 +359,7 @@ def test_segmentation_decides_the_boundary_voxels_with_the_models_classifier(pha
 def _placement_scan(model, organs, slab=None, sp=2.0):
     """A CT-like scan (fat -100 HU) centred at LPS 0 with the model's mean shape,
     scaled by 0.85, at each centre of ``organs`` (40 HU), and optionally a
-    uniform 40 HU slab over the LPS x range ``slab``: ``(volume, shape0)``."""
+    uniform 40 HU slab over the LPS x range ``slab``."""
     from shapeprior.io import Volume
     from shapeprior.segmentation import voxelize
 
@@ -373,7 +373,7 @@ def _placement_scan(model, organs, slab=None, sp=2.0):
     if slab is not None:
         x = origin[0] + sp * np.arange(n[0])
         vol.array[:, :, (x >= slab[0]) & (x <= slab[1])] = 40
-    return vol, shape0, ext
+    return vol
 
 
 def _placements(model, vol, shape0, side="none"):
@@ -397,7 +397,7 @@ def test_placement_scores_the_boundary_contrast_not_brightness(phantom_model):
     shape0 = model.mean - model.mean.mean(0)
     ext = shape0.max(0) - shape0.min(0)
     organ = np.array([3.0 * ext[0], 0.0, 0.0])
-    vol, shape0, _ = _placement_scan(model, [organ], slab=(-4.8 * ext[0], -0.5 * ext[0]))
+    vol = _placement_scan(model, [organ], slab=(-4.8 * ext[0], -0.5 * ext[0]))
     best = _placements(model, vol, shape0)[0]
     assert np.linalg.norm(best.centre - organ) < 0.25 * ext.max(), (best.centre, organ)
 
@@ -411,7 +411,7 @@ def test_placement_of_a_paired_organ_keeps_to_its_side(phantom_model):
     shape0 = model.mean - model.mean.mean(0)
     ext = shape0.max(0) - shape0.min(0)
     left, right = np.array([2.5 * ext[0], 0, 0]), np.array([-2.5 * ext[0], 0, 0])
-    vol, shape0, _ = _placement_scan(model, [left, right])
+    vol = _placement_scan(model, [left, right])
     for side, want in (("left", left), ("right", right)):
         hyps = _placements(model, vol, shape0, side=side)
         assert np.linalg.norm(hyps[0].centre - want) < 0.25 * ext.max(), (side, hyps[0])

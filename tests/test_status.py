@@ -134,7 +134,7 @@ def _assessed(model, vol, verts=None, quality=0.95, label=None, last=0.0, most=0
     from shapeprior.segmentation._assess import assess
 
     if verts is None:
-        verts = model.mean - model.mean.mean(0) + vol.centre()
+        verts = _scaled(model, vol, 1.0)
     if label is None:
         label = voxelize(verts, model.faces, vol)
     res = SimpleNamespace(verts=verts, faces=model.faces, label=label,
@@ -176,7 +176,7 @@ def test_assess_fov_scale_and_shape_thresholds(model, scan):
     # most of the surface beyond the image: failed
     ext = model.mean.max(0) - model.mean.min(0)
     lo_edge = vol.index_to_physical(np.zeros((1, 3)))[0]
-    v = model.mean - model.mean.mean(0) + vol.centre()
+    v = _scaled(model, vol, 1.0)
     far = v.copy()
     far[:, 2] += lo_edge[2] - v[:, 2].max() + 0.3 * ext[2]   # 70 % of it below the first slice
     status, reasons, ev = _assessed(model, vol, verts=far)
