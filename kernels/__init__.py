@@ -13,7 +13,9 @@ gram_lasso       exact Lasso on an explicit Gram (feature-sign active set);
 huber_lasso      Huber regression with an L1 penalty on a dictionary (the
                  SSC-L1 inner solve: semismooth Newton on the outlier set);
                  the reference runs on NumPy and CuPy arrays; with reweighted
-                 solves on e (``huber_lasso_reweighted``) in one call
+                 solves on e (``huber_lasso_reweighted``) in one call; and its
+                 start, the Lasso on a working set of the weighted Gram's
+                 columns (``lasso_partial``)
 normal_sampling  trilinear image samples along vertex normals
 profile_search   the best learned-profile match along each normal
 tree_ensemble    the summed leaf values of boosted decision trees
@@ -24,7 +26,7 @@ trimmed_omp      trimmed OMP (the SSC-L0 inner solve: OMP on the kept rows,
 
 from .gram_lasso import gram_lasso_numba, gram_lasso_numpy, lasso_objective
 from .huber_lasso import (huber_lasso_numba, huber_lasso_numpy, huber_lasso_reweighted_numba,
-                          huber_lasso_reweighted_numpy)
+                          huber_lasso_reweighted_numpy, lasso_partial_numba, lasso_partial_numpy)
 from .normal_sampling import sample_normals_cupy, sample_normals_numba, sample_normals_numpy
 from .profile_search import profile_search_numba, profile_search_numpy
 from .tree_ensemble import tree_ensemble_numba, tree_ensemble_numpy
@@ -34,6 +36,7 @@ from .trimmed_omp import (new_state, omp_columns_numpy, trimmed_gram_column,
 __all__ = ["gram_lasso_numpy", "gram_lasso_numba", "lasso_objective",
            "huber_lasso_numpy", "huber_lasso_numba",
            "huber_lasso_reweighted_numpy", "huber_lasso_reweighted_numba",
+           "lasso_partial_numpy", "lasso_partial_numba",
            "sample_normals_numpy", "sample_normals_numba", "sample_normals_cupy",
            "profile_search_numpy", "profile_search_numba",
            "tree_ensemble_numpy", "tree_ensemble_numba",

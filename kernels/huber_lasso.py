@@ -119,6 +119,50 @@ def _fill_columns_xp(GW, known, D, w, S, xp):
         known[miss] = True
 
 
+def _cold_lasso_xp(GW, known, D, w, c, l1, tol, max_add, xp):
+    """The outlier-free Lasso ``min 0.5 x^T GW x - c^T x + l1 |x|_1``, the start of
+    a cold solve, on a working set of atoms: the ``max_add`` largest ``|c|`` first,
+    then each round the worst violators outside it (as many as the set holds, at
+    least ``max_add``: the set at most doubles), until none is left (the optimum
+    of the whole problem, to ``tol``). Only the working set's columns of ``GW``
+    are filled: a few passes over ``D`` for its few dozen atoms instead of the
+    whole Gram (K columns)."""
+    K = c.shape[0]
+    scale = max(float(xp.max(xp.abs(c))) if K else 0.0, l1)
+    S = xp.sort(xp.argsort(-xp.abs(c))[: min(max_add, K)])
+    xS = xp.zeros(S.size)
+    while True:
+        _fill_columns_xp(GW, known, D, w, S, xp)
+        xS, _ = gram_lasso_numpy(GW[S][:, S], c[S], l1, xS, tol)
+        g = GW[:, S] @ xS - c
+        outside = xp.ones(K, dtype=bool)
+        outside[S] = False
+        cand = xp.flatnonzero(outside & (xp.abs(g) - l1 > tol * scale))
+        if cand.size == 0:
+            break
+        cand = cand[xp.argsort(-xp.abs(g[cand]))[:max(max_add, S.size)]]
+        S_new = xp.sort(xp.concatenate([S, cand]))
+        x_new = xp.zeros(S_new.size)
+        x_new[xp.searchsorted(S_new, S)] = xS
+        S, xS = S_new, x_new
+    x = xp.zeros(K)
+    x[S] = xS
+    return x
+
+
+def lasso_partial_numpy(D, DF, GW, known, c, w, l1, tol=1e-10, max_add=8):
+    """The Lasso ``min 0.5 x^T (D^T W D) x - c^T x + l1 |x|_1`` on a working set,
+    filling only the columns of the weighted Gram ``GW`` it needs (``known``
+    marks the filled ones; both in place). The start of a cold
+    :func:`huber_lasso_numpy` solve (any array namespace).
+
+    Returns
+    -------
+    x : ndarray, shape (K,)
+    """
+    return _cold_lasso_xp(GW, known, D, w, c, l1, tol, max_add, _xp(D))
+
+
 def huber_lasso_numpy(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max_iter=100,
                       max_add=8, DS0=None):
     """Reference solve (NumPy or CuPy arrays).
@@ -156,8 +200,7 @@ def huber_lasso_numpy(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max
     K = GW.shape[0]
     tau = xp.where(w > 0, l2 / xp.where(w > 0, w, 1.0), xp.inf)
     if x0 is None:
-        _fill_columns_xp(GW, known, D, w, xp.arange(K), xp)
-        x, _ = gram_lasso_numpy(GW, c, l1, None, tol)
+        x = _cold_lasso_xp(GW, known, D, w, c, l1, tol, max_add, xp)
         S = xp.flatnonzero(x)
         if S.size == 0:
             S = xp.argsort(-xp.abs(c))[: min(max_add, K)]
@@ -340,6 +383,59 @@ if numba is not None:
                 GW[i, k] = G[i, q]
                 GW[k, i] = G[i, q]
             known[k] = True
+
+    @numba.njit(cache=True, nogil=True)
+    def _cold_lasso_nb(GW, known, DF, w, c, l1, tol, max_add):  # pragma: no cover - jitted
+        """Twin of :func:`_cold_lasso_xp`."""
+        K = c.shape[0]
+        scale = l1
+        for k in range(K):
+            scale = max(scale, abs(c[k]))
+        S = np.sort(np.argsort(-np.abs(c))[: min(max_add, K)])
+        xS = np.zeros(S.shape[0])
+        g = np.empty(K)
+        inS = np.zeros(K, dtype=np.bool_)
+        while True:
+            _fill_columns_nb(GW, known, DF, w, S)
+            s = S.shape[0]
+            Hs = np.empty((s, s))
+            bs = np.empty(s)
+            for p in range(s):
+                bs[p] = c[S[p]]
+                for q in range(s):
+                    Hs[p, q] = GW[S[p], S[q]]
+            xS, _ = _fss_numba(Hs, bs, l1, xS, tol, 2000)
+            for k in range(K):
+                acc = -c[k]
+                for p in range(s):
+                    acc += GW[k, S[p]] * xS[p]
+                g[k] = acc
+                inS[k] = False
+            for p in range(s):
+                inS[S[p]] = True
+            nc = 0
+            for k in range(K):
+                if not inS[k] and abs(g[k]) - l1 > tol * scale:
+                    nc += 1
+            if nc == 0:
+                break
+            cand = np.empty(nc, dtype=np.int64)
+            nc = 0
+            for k in range(K):
+                if not inS[k] and abs(g[k]) - l1 > tol * scale:
+                    cand[nc] = k
+                    nc += 1
+            cand = cand[np.argsort(-np.abs(g[cand]))[: min(max(max_add, s), nc)]]
+            S_new = np.sort(np.concatenate((S, cand)))
+            x_new = np.zeros(S_new.shape[0])
+            pos = np.searchsorted(S_new, S)
+            for p in range(s):
+                x_new[pos[p]] = xS[p]
+            S, xS = S_new, x_new
+        x = np.zeros(K)
+        for p in range(S.shape[0]):
+            x[S[p]] = xS[p]
+        return x
 
     @numba.njit(cache=True, nogil=True)
     def _huber_nb(r, w, tau, l2):  # pragma: no cover - jitted
@@ -533,8 +629,7 @@ if numba is not None:
         for j in range(n):
             tau[j] = l2[j] / w[j] if w[j] > 0 else np.inf
         if cold:
-            _fill_columns_nb(GW, known, DF, w, np.arange(K))
-            x, _ = _fss_numba(GW, c.copy(), l1, np.zeros(K), tol, 2000)
+            x = _cold_lasso_nb(GW, known, DF, w, c, l1, tol, max_add)
         S = np.flatnonzero(x)
         if S.shape[0] == 0 and cold:
             S = np.sort(np.argsort(-np.abs(c))[: min(max_add, K)])
@@ -720,6 +815,15 @@ def huber_lasso_reweighted_numba(D, DF, GW, known, c, z, w, l1, lam2, reweight, 
         np.asarray(w, dtype=np.float64), float(l1), float(lam2), x, cold, float(tol),
         int(max_iter), int(max_add), int(reweight), float(floor))
     return x, r, float(kkt), int(it), bool(conv), lam2_cur
+
+
+def lasso_partial_numba(D, DF, GW, known, c, w, l1, tol=1e-10, max_add=8):
+    """Numba twin of :func:`lasso_partial_numpy`."""
+    if numba is None:  # pragma: no cover
+        raise RuntimeError("numba is not installed")
+    D, DF, _, _ = _numba_args(D, DF, GW, known, None)
+    return _cold_lasso_nb(GW, known, DF, np.asarray(w, dtype=np.float64),
+                          np.asarray(c, dtype=np.float64), float(l1), float(tol), int(max_add))
 
 
 def _numba_args(D, DF, GW, known, x0):

@@ -93,7 +93,7 @@ def resolve_backend(backend: str | None = None) -> str:
 
 
 #: the one dispatch table: operation -> backend -> twin in :mod:`shapeprior_kernels`
-#: (the NumPy references of ``gram_lasso``, ``huber_lasso`` and ``trimmed_omp`` are
+#: (the NumPy references of ``gram_lasso``, ``huber_lasso``, ``lasso_partial`` and ``trimmed_omp`` are
 #: array-namespace code and run on CuPy)
 KERNELS = {
     "sample_normals": {"numpy": "sample_normals_numpy", "numba": "sample_normals_numba",
@@ -105,6 +105,8 @@ KERNELS = {
     "huber_lasso_reweighted": {"numpy": "huber_lasso_reweighted_numpy",
                                "numba": "huber_lasso_reweighted_numba",
                                "cupy": "huber_lasso_reweighted_numpy"},
+    "lasso_partial": {"numpy": "lasso_partial_numpy", "numba": "lasso_partial_numba",
+                      "cupy": "lasso_partial_numpy"},
     "trimmed_omp": {"numpy": "trimmed_omp_numpy", "numba": "trimmed_omp_numba",
                     "cupy": "trimmed_omp_numpy"},
     # samples come back to the host from every sampler: the search runs there

@@ -382,6 +382,34 @@ def test_huber_lasso_fills_only_the_columns_it_needs():
         assert np.allclose(x, x_ref, rtol=1e-8, atol=1e-10 * np.abs(x_ref).max())
 
 
+@pytest.mark.parametrize("K", [40, 200])
+def test_cold_start_is_the_lasso_optimum_from_a_few_columns(K):
+    """A cold solve starts from the outlier-free Lasso, found on a working set
+    of atoms: both twins reach the optimum of the whole Gram (feature-sign on
+    all K columns) while filling only some columns, each exactly."""
+    from shapeprior_kernels import (gram_lasso_numpy, huber_lasso_numba, huber_lasso_numpy,
+                                    lasso_partial_numba, lasso_partial_numpy)
+
+    dic, z, w, l1, l2 = _huber_problem(3, K=K)
+    full = dic.D.T @ (w[:, None] * dic.D)
+    c = dic.DF.T @ (w * z)
+    x_ref, _ = gram_lasso_numpy(full, c, l1)
+    for fn in (lasso_partial_numpy, lasso_partial_numba):
+        GW, known = np.zeros((K, K)), np.zeros(K, dtype=bool)
+        x = fn(dic.D, dic.DF, GW, known, c, w, l1)
+        assert np.allclose(x, x_ref, rtol=1e-9, atol=1e-11 * np.abs(x_ref).max())
+        assert np.all(known[x != 0]) and known.sum() < K
+        assert np.allclose(GW[:, known], full[:, known], rtol=1e-12, atol=1e-9)
+    # the whole cold solve: the same optimum on an empty buffer as on the full Gram
+    for fn in (huber_lasso_numpy, huber_lasso_numba):
+        GW, known, c = _huber_args(dic, z, w, False)
+        x_full = fn(dic.D, dic.DF, GW, known, c, z, w, l1, l2)[0]
+        GW, known, c = _huber_args(dic, z, w, True)
+        x = fn(dic.D, dic.DF, GW, known, c, z, w, l1, l2)[0]
+        assert known.sum() < K
+        assert np.allclose(x, x_full, rtol=1e-8, atol=1e-10 * np.abs(x_full).max())
+
+
 @requires_gpu
 def test_gpu_batched_cd_parity():
     import cupy as cp

@@ -316,6 +316,44 @@ def test_correlation_from_moments_equals_the_direct_product(kind):
     assert np.allclose(c, direct, rtol=1e-11, atol=1e-11 * np.abs(direct).max())
 
 
+def test_few_rounds_take_a_pass_per_round_with_the_same_result(monkeypatch):
+    """With ``max_align_iter`` up to ``DIRECT_ROUNDS`` each round's D^T W z
+    comes from its own pass over D, not from the moments: the same solution
+    as the moments give (forced with DIRECT_ROUNDS = 0), and no moments pass."""
+    import shapeprior.ssc._compose as compose
+
+    p = make_ssc_problem(300, 40, gross_fraction=0.1, seed=4)
+    rng = np.random.default_rng(3)
+    s = rng.uniform(0.3, 1, len(p.observed))
+    calls = []
+    dic = ShapeDictionary(p.atoms)
+    moments = dic.moments
+    monkeypatch.setattr(dic, "moments", lambda *a: calls.append(1) or moments(*a))
+    direct = sparse_shape_composition(p.observed, dic, s, max_align_iter=compose.DIRECT_ROUNDS)
+    assert calls == [] and direct.n_align_iter >= 2
+    monkeypatch.setattr(compose, "DIRECT_ROUNDS", 0)
+    via = sparse_shape_composition(p.observed, dic.view(), s, max_align_iter=3)
+    assert calls == [1]
+    assert np.allclose(direct.x, via.x, rtol=1e-8, atol=1e-10 * np.abs(via.x).max())
+    assert np.allclose(direct.reconstruction, via.reconstruction, atol=1e-8)
+
+
+def test_weighted_gram_comes_whole_when_few_rows_are_reweighted():
+    """Few rows away from weight 1: the whole weighted Gram (a low-rank update,
+    exact) instead of an empty buffer for the solver to fill column by column;
+    many rows on a dictionary of more than PARTIAL_COLUMNS atoms: the buffer."""
+    p = make_ssc_problem(300, 100, seed=4)
+    dic = ShapeDictionary(p.atoms)
+    w = np.ones(900)
+    w[:60] = 0.25                       # 60 rows x 100 atoms <= 64 columns x 900 rows
+    GW, known = dic.weighted_gram_partial(w)
+    assert known.all()
+    assert np.allclose(GW, dic.D.T @ (w[:, None] * dic.D), rtol=1e-12, atol=1e-9)
+    w[:600] = 0.25
+    GW, known = dic.weighted_gram_partial(w)
+    assert not known.any()
+
+
 def test_prepared_passes_equal_the_single_ones_and_views_keep_their_own():
     """One matrix product over D for many shapes (``prepare``) gives each
     shape's moments and D^T W y as its own pass does; a result is found by

@@ -12,7 +12,7 @@ from ..align import Transform, generalized_procrustes, procrustes
 from ..backend import on_one_blas_thread, to_numpy
 from ._dictionary import ShapeDictionary
 from ._l0 import solve_l0
-from ._l1 import _lasso_fn, solve_l1
+from ._l1 import outlier_free_lasso, solve_l1
 
 METHODS = ("l1", "l0")
 #: what a user may ask a reconstruction for: the solver methods, 'hybrid', and
@@ -64,6 +64,13 @@ def solver_options(method, refit=None, prior="shapes", alpha1=None):
                 "refit": DICTIONARY_HYBRID_REFIT if refit is None else refit}
     return {"method": method, "refit": refit, "alpha1": alpha1}
 
+
+#: up to this many alignment rounds (``max_align_iter``), SSC-L1 computes each
+#: round's ``D^T W z`` by its own matrix-vector pass over D; beyond, from the
+#: shape's moments (:meth:`ShapeDictionary.moments`: one pass of d*d + d = 12
+#: columns in 3-D for every round). A 12-column pass took 4.3 times a 1-column
+#: one on a kidney dictionary (7686 x 280, one core)
+DIRECT_ROUNDS = 3
 
 #: default relative L1 weight on x: lam1 = 2 * ALPHA1 * max|D^T W z|
 ALPHA1 = 1e-3
@@ -231,10 +238,12 @@ def _auto_lambda2(dic, z, w, lam1, x0, c, reweight=0, tol=1e-10, max_iter=100):
     second round's solve carries the ``reweight`` reweighted solves."""
     xp = dic.xp
     wmax = float(xp.max(w))
-    # round 1: the scale of a plain lasso's residual
-    x, _ = _lasso_fn(dic)(dic.weighted_gram(w), c, 0.5 * lam1)
+    # round 1: the scale of a plain lasso's residual (that lasso is also where a
+    # cold robust solve starts: it is handed over instead of being solved again)
+    x = outlier_free_lasso(dic, w, lam1, c)
     sigma = max(_robust_sigma(z - dic.matvec(x), w, xp), SIGMA_FLOOR * _size(z, xp))
-    sol = solve_l1(dic, z, w, lam1, 2.0 * OUTLIER_SIGMAS * sigma * wmax, x0=x0, c=c)
+    sol = solve_l1(dic, z, w, lam1, 2.0 * OUTLIER_SIGMAS * sigma * wmax,
+                   x0=x if x0 is None and bool(xp.any(x != 0)) else x0, c=c)
     # round 2: the scale of that robust solve's residual, started from its optimum
     sigma = max(_robust_sigma(sol.residual, w, xp), SIGMA_FLOOR * _size(z, xp))
     lam2 = 2.0 * OUTLIER_SIGMAS * sigma * wmax
@@ -429,9 +438,9 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     else:
         beta = procrustes(y, dic.mean, w_align, kind=alignment)
     size = dic.mean_size
-    # D^T W z of a round's z = beta(y) (L1): every round's from one pass over D
-    # (z is linear in y); without alignment the one round needs only D^T W y (one
-    # column instead of twelve)
+    # D^T W z of a round's z = beta(y) (L1): for many rounds every round's from
+    # one pass over D (z is linear in y); without alignment the one round needs
+    # only D^T W y (one column instead of twelve)
     if method != "l1":
         def correlation(beta):
             return None
@@ -440,11 +449,16 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
 
         def correlation(beta):
             return c_aligned
-    else:
+    elif max_align_iter > DIRECT_ROUNDS or dic._lookup(False, y, w_align) is not None:
         moments = dic.moments(y, w_align)
 
         def correlation(beta):
             return dic.correlation(moments, beta)
+    else:
+        # few rounds: a matrix-vector pass per round costs less than the
+        # moments' d*d + d columns (a segmentation iteration: 2 or 3 rounds)
+        def correlation(beta):
+            return dic.correlation_aligned(beta.apply(y), w_align)
     lam1, lam2 = lambda1, lambda2
     sol = None
     l0_prev = None

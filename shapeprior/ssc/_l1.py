@@ -52,9 +52,13 @@ class L1Solution:
     converged: bool
 
 
-def _lasso_fn(dic):
-    """The Gram-Lasso twin for the dictionary's backend."""
-    return kernel("gram_lasso", dic.backend)
+def outlier_free_lasso(dic, w, lam1, c, tol=1e-10):
+    """``argmin_x sum w (z - D x)^2 + lam1 |x|_1`` (no gross errors) from
+    ``c = D^T W z``, on a working set: only the columns of ``D^T W D`` it
+    visits are computed (and kept for the solves of the same weights that
+    follow), not the whole weighted Gram."""
+    GW, known = dic.weighted_gram_partial(w)
+    return kernel("lasso_partial", dic.backend)(dic.D, dic.DF, GW, known, c, w, 0.5 * lam1, tol)
 
 
 def soft_threshold(r, tau):
