@@ -385,6 +385,23 @@ if numba is not None:
             known[k] = True
 
     @numba.njit(cache=True, nogil=True)
+    def _violators_nb(g, inS, l1, thresh, n_max):  # pragma: no cover - jitted
+        """The atoms outside the working set (``inS`` False) whose ``|g| - l1``
+        exceeds ``thresh``, the ``n_max`` largest ``|g|`` first."""
+        nc = 0
+        for k in range(g.shape[0]):
+            if not inS[k] and abs(g[k]) - l1 > thresh:
+                nc += 1
+        cand = np.empty(nc, dtype=np.int64)
+        nc = 0
+        for k in range(g.shape[0]):
+            if not inS[k] and abs(g[k]) - l1 > thresh:
+                cand[nc] = k
+                nc += 1
+        order = np.argsort(-np.abs(g[cand]))
+        return cand[order[: min(n_max, nc)]]
+
+    @numba.njit(cache=True, nogil=True)
     def _cold_lasso_nb(GW, known, DF, w, c, l1, tol, max_add):  # pragma: no cover - jitted
         """Twin of :func:`_cold_lasso_xp`."""
         K = c.shape[0]
@@ -413,19 +430,9 @@ if numba is not None:
                 inS[k] = False
             for p in range(s):
                 inS[S[p]] = True
-            nc = 0
-            for k in range(K):
-                if not inS[k] and abs(g[k]) - l1 > tol * scale:
-                    nc += 1
-            if nc == 0:
+            cand = _violators_nb(g, inS, l1, tol * scale, max(max_add, s))
+            if cand.shape[0] == 0:
                 break
-            cand = np.empty(nc, dtype=np.int64)
-            nc = 0
-            for k in range(K):
-                if not inS[k] and abs(g[k]) - l1 > tol * scale:
-                    cand[nc] = k
-                    nc += 1
-            cand = cand[np.argsort(-np.abs(g[cand]))[: min(max(max_add, s), nc)]]
             S_new = np.sort(np.concatenate((S, cand)))
             x_new = np.zeros(S_new.shape[0])
             pos = np.searchsorted(S_new, S)
@@ -727,23 +734,12 @@ if numba is not None:
                 scale = max(scale, abs(c[S[p]]))
             g = _gradient_nb(D, DF, GW, c, S, xS, r, w, tau, l2)
             kkt, inS = _kkt_nb(g, S, xS, l1, scale)
-            nc = 0
-            for k in range(K):
-                if not inS[k] and abs(g[k]) - l1 > tol * scale:
-                    nc += 1
-            if nc == 0:
+            cand = _violators_nb(g, inS, l1, tol * scale, max_add)
+            if cand.shape[0] == 0:
                 converged = same and (full_step or kkt <= 1e3 * tol)
                 if converged:
                     break
                 continue
-            cand = np.empty(nc, dtype=np.int64)
-            nc = 0
-            for k in range(K):
-                if not inS[k] and abs(g[k]) - l1 > tol * scale:
-                    cand[nc] = k
-                    nc += 1
-            order = np.argsort(-np.abs(g[cand]))
-            cand = cand[order[: min(max_add, nc)]]
             # atoms at zero that do not violate leave the working set
             nk = 0
             for p in range(S.shape[0]):
