@@ -238,6 +238,10 @@ MUTANTS = [
      "b = np.clip(b, -clamp * sd, clamp * sd)", "b = np.clip(b, -clamp * sd ** 2, clamp * sd ** 2)",
      "ASM clamp in variances, not standard deviations"),
     # -- kernels ---------------------------------------------------------------------------------
+    ("appearance-one-region", "appearance", "shapeprior/appearance/_levels.py",
+     "self._regions = [(lo, hi, sampler)] + self._regions[:MAX_REGIONS - 1]",
+     "self._regions = [(lo, hi, sampler)]",
+     "a level keeps one smoothed region: each placement hypothesis recrops"),
     ("kernels-lerp-clamp", "kernels", "kernels/normal_sampling.py",
      "        if c >= size - 1:\n            return size - 2, 1.0",
      "        if c >= size - 1:\n            return size - 2, 0.0", "upper edge clamps to the wrong voxel"),

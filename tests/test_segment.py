@@ -233,6 +233,19 @@ def test_level_image_crop_equals_whole_image_smoothing():
     s2 = level.sampler(far, 4.0)
     assert level.n_crops == 2
     assert np.allclose(s2(far, n, t), NormalSampler(vol, whole, "numpy")(far, n, t), atol=1e-5)
+    # going back (another placement hypothesis) finds the first region kept
+    assert level.sampler(v, 4.0) is s and level.n_crops == 2
+    # at most MAX_REGIONS are kept: the least recently used one goes
+    from shapeprior.appearance._levels import MAX_REGIONS
+
+    away = [(40, 0, 0), (-40, 0, 0), (0, 40, 0), (0, -40, 0), (0, 0, -50)]
+    assert len(away) == MAX_REGIONS - 1
+    for d in away:                                          # tight regions, apart
+        level.sampler(v + np.array(d, dtype=float), 4.0, slack_mm=0.0)
+    assert level.n_crops == MAX_REGIONS + 1
+    assert level.sampler(v, 4.0) is s                       # used last, kept
+    level.sampler(far, 4.0)
+    assert level.n_crops == MAX_REGIONS + 2                 # far was the oldest
 
 
 def test_segment_backends_agree_and_cupy_fails_clearly(phantom_model, tmp_path, capsys):

@@ -29,6 +29,10 @@ from ._sampler import NormalSampler, intensity_scale
 
 TRUNCATE = 4.0      # Gaussian support in sigmas (scipy's default)
 SLACK_MM = 20.0     # extra margin so that small mesh motion needs no new crop
+#: smoothed regions a level keeps (most recently used first): the placement
+#: hypotheses of a fit without a seed each have their own, so that going from
+#: one to the next does not crop and smooth again
+MAX_REGIONS = 6
 #: most threads of one smoothing, and the fewest voxels worth splitting
 SMOOTH_THREADS = 4
 SMOOTH_SPLIT_VOXELS = 1 << 18
@@ -104,8 +108,7 @@ class LevelImage:
         self.sigma_mm = float(sigma_mm)
         self.backend = backend
         self.scale = scale or intensity_scale(vol, normalisation)
-        self._box = None            # (lo, hi) inclusive voxel bounds, zyx
-        self._sampler = None
+        self._regions = []          # (lo, hi, sampler): inclusive voxel bounds, zyx
         self.n_crops = 0
 
     def _required_box(self, verts, reach_mm, slack_mm):
@@ -125,13 +128,15 @@ class LevelImage:
         ``verts`` (recrops and resmooths when they leave the current region;
         a new region reaches ``slack_mm`` further, for the motion to come)."""
         lo, hi = self._required_box(verts, reach_mm, 0.0)
-        if self._box is not None and np.all(lo >= self._box[0]) and np.all(hi <= self._box[1]):
-            return self._sampler
+        for i, (rlo, rhi, sampler) in enumerate(self._regions):
+            if np.all(lo >= rlo) and np.all(hi <= rhi):
+                self._regions.insert(0, self._regions.pop(i))
+                return sampler
         lo, hi = self._required_box(verts, reach_mm, slack_mm)
-        self._box = (lo, hi)
-        self._sampler = self._build(lo, hi)
+        sampler = self._build(lo, hi)
+        self._regions = [(lo, hi, sampler)] + self._regions[:MAX_REGIONS - 1]
         self.n_crops += 1
-        return self._sampler
+        return sampler
 
     def _build(self, lo, hi):
         sub = self.vol.crop(lo, hi + 1)
