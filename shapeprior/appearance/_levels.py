@@ -125,8 +125,9 @@ class LevelImage:
 
     def sampler(self, verts, reach_mm, slack_mm=SLACK_MM):
         """A :class:`NormalSampler` valid for samples within ``reach_mm`` of
-        ``verts`` (recrops and resmooths when they leave the current region;
-        a new region reaches ``slack_mm`` further, for the motion to come)."""
+        ``verts``: the most recently used kept region that holds them, else a
+        new crop, smoothed, that reaches ``slack_mm`` further for the motion to
+        come (up to :data:`MAX_REGIONS` are kept)."""
         lo, hi = self._required_box(verts, reach_mm, 0.0)
         for i, (rlo, rhi, sampler) in enumerate(self._regions):
             if np.all(lo >= rlo) and np.all(hi <= rhi):

@@ -497,7 +497,8 @@ class _Fitter:
         self.mirror, self.clock = mirror, clock
         # one smoothed image per sigma for the whole fit (every hypothesis, every
         # level, the appearance score of ``shared``): it recrops only when a mesh
-        # leaves its region, and its values inside do not depend on the crop
+        # leaves the regions it keeps (one per hypothesis), and its values inside
+        # do not depend on the crop
         self.images = {im.sigma_mm: im for im in shared}
         self.edge_step = 0.5 * min(vol.spacing)
         self.scale_lo, self.scale_hi = _scale_range(model)
