@@ -102,7 +102,7 @@ MUTANTS = [
      "overridden = np.any(e != 0, axis=1) & visible", "overridden = np.any(e != 0, axis=1)",
      "unseen vertices counted as overridden"),
     ("ssc-direct-round-unaligned", "ssc", "shapeprior/ssc/_compose.py",
-     "return dic.correlation_aligned(beta.apply(y), w_align)",
+     "return dic.correlation_aligned(z, w_align)",
      "return dic.correlation_aligned(y, w_align)",
      "a round's direct D^T W z from the shape before its alignment"),
     ("ssc-partial-gram-rows", "ssc", "shapeprior/ssc/_dictionary.py",

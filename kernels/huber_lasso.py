@@ -119,6 +119,23 @@ def _fill_columns_xp(GW, known, D, w, S, xp):
         known[miss] = True
 
 
+def _violators_xp(g, S, l1, thresh, n_max, xp):
+    """The atoms outside S whose ``|g| - l1`` exceeds ``thresh``, the ``n_max``
+    largest ``|g|`` first (empty: none)."""
+    outside = xp.ones(g.shape[0], dtype=bool)
+    outside[S] = False
+    cand = xp.flatnonzero(outside & (xp.abs(g) - l1 > thresh))
+    return cand[xp.argsort(-xp.abs(g[cand]))[:n_max]]
+
+
+def _joined_xp(S, xS, cand, xp):
+    """The sorted working set ``S`` plus the atoms ``cand`` (coefficients 0)."""
+    S_new = xp.sort(xp.concatenate([S, cand]))
+    x_new = xp.zeros(S_new.size)
+    x_new[xp.searchsorted(S_new, S)] = xS
+    return S_new, x_new
+
+
 def _cold_lasso_xp(GW, known, D, w, c, l1, tol, max_add, xp):
     """The outlier-free Lasso ``min 0.5 x^T GW x - c^T x + l1 |x|_1``, the start of
     a cold solve, on a working set of atoms: the ``max_add`` largest ``|c|`` first,
@@ -135,16 +152,10 @@ def _cold_lasso_xp(GW, known, D, w, c, l1, tol, max_add, xp):
         _fill_columns_xp(GW, known, D, w, S, xp)
         xS, _ = gram_lasso_numpy(GW[S][:, S], c[S], l1, xS, tol)
         g = GW[:, S] @ xS - c
-        outside = xp.ones(K, dtype=bool)
-        outside[S] = False
-        cand = xp.flatnonzero(outside & (xp.abs(g) - l1 > tol * scale))
+        cand = _violators_xp(g, S, l1, tol * scale, max(max_add, S.size), xp)
         if cand.size == 0:
             break
-        cand = cand[xp.argsort(-xp.abs(g[cand]))[:max(max_add, S.size)]]
-        S_new = xp.sort(xp.concatenate([S, cand]))
-        x_new = xp.zeros(S_new.size)
-        x_new[xp.searchsorted(S_new, S)] = xS
-        S, xS = S_new, x_new
+        S, xS = _joined_xp(S, xS, cand, xp)
     x = xp.zeros(K)
     x[S] = xS
     return x
@@ -258,21 +269,14 @@ def huber_lasso_numpy(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max
         xfull[S] = xS
         g = _gradient_xp(D, DF, GW, c, S, xS, r, w, tau, l2, xp)
         kkt = _kkt_xp(g, xfull, l1, scale, xp)
-        outside = xp.ones(K, dtype=bool)
-        outside[S] = False
-        cand = xp.flatnonzero(outside & (xp.abs(g) - l1 > tol * scale))
+        cand = _violators_xp(g, S, l1, tol * scale, max_add, xp)
         if cand.size == 0:
             converged = same and (full_step or kkt <= 1e3 * tol)
             if converged:
                 break
             continue
-        cand = cand[xp.argsort(-xp.abs(g[cand]))[:max_add]]
         keep = (xS != 0) | (xp.abs(g[S]) > l1)      # atoms at zero that do not violate leave
-        S, xS = S[keep], xS[keep]
-        S_new = xp.sort(xp.concatenate([S, cand]))
-        x_new = xp.zeros(S_new.size)
-        x_new[xp.searchsorted(S_new, S)] = xS
-        S, xS = S_new, x_new
+        S, xS = _joined_xp(S[keep], xS[keep], cand, xp)
         _fill_columns_xp(GW, known, D, w, S, xp)
         DS = DF[:, S]
         H = None
@@ -386,8 +390,7 @@ if numba is not None:
 
     @numba.njit(cache=True, nogil=True)
     def _violators_nb(g, inS, l1, thresh, n_max):  # pragma: no cover - jitted
-        """The atoms outside the working set (``inS`` False) whose ``|g| - l1``
-        exceeds ``thresh``, the ``n_max`` largest ``|g|`` first."""
+        """Twin of :func:`_violators_xp`, the working set given as the mask ``inS``."""
         nc = 0
         for k in range(g.shape[0]):
             if not inS[k] and abs(g[k]) - l1 > thresh:
@@ -400,6 +403,16 @@ if numba is not None:
                 nc += 1
         order = np.argsort(-np.abs(g[cand]))
         return cand[order[: min(n_max, nc)]]
+
+    @numba.njit(cache=True, nogil=True)
+    def _joined_nb(S, xS, cand):  # pragma: no cover - jitted
+        """Twin of :func:`_joined_xp`."""
+        S_new = np.sort(np.concatenate((S, cand)))
+        x_new = np.zeros(S_new.shape[0])
+        pos = np.searchsorted(S_new, S)
+        for p in range(S.shape[0]):
+            x_new[pos[p]] = xS[p]
+        return S_new, x_new
 
     @numba.njit(cache=True, nogil=True)
     def _cold_lasso_nb(GW, known, DF, w, c, l1, tol, max_add):  # pragma: no cover - jitted
@@ -433,12 +446,7 @@ if numba is not None:
             cand = _violators_nb(g, inS, l1, tol * scale, max(max_add, s))
             if cand.shape[0] == 0:
                 break
-            S_new = np.sort(np.concatenate((S, cand)))
-            x_new = np.zeros(S_new.shape[0])
-            pos = np.searchsorted(S_new, S)
-            for p in range(s):
-                x_new[pos[p]] = xS[p]
-            S, xS = S_new, x_new
+            S, xS = _joined_nb(S, xS, cand)
         x = np.zeros(K)
         for p in range(S.shape[0]):
             x[S[p]] = xS[p]
@@ -751,13 +759,7 @@ if numba is not None:
                 if xS[p] != 0.0 or abs(g[S[p]]) > l1:
                     keep[nk] = p
                     nk += 1
-            S_kept = S[keep]
-            S_new = np.sort(np.concatenate((S_kept, cand)))
-            x_new = np.zeros(S_new.shape[0])
-            pos = np.searchsorted(S_new, S_kept)
-            for p in range(nk):
-                x_new[pos[p]] = xS[keep[p]]
-            S, xS = S_new, x_new
+            S, xS = _joined_nb(S[keep], xS[keep], cand)
             _fill_columns_nb(GW, known, DF, w, S)
             have_H = False
         x = np.zeros(K)

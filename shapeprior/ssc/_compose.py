@@ -438,27 +438,27 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     else:
         beta = procrustes(y, dic.mean, w_align, kind=alignment)
     size = dic.mean_size
-    # D^T W z of a round's z = beta(y) (L1): for many rounds every round's from
-    # one pass over D (z is linear in y); without alignment the one round needs
-    # only D^T W y (one column instead of twelve)
+    # D^T W z of a round's z = beta(y) (L1), given beta and z: for many rounds
+    # every round's from one pass over D (z is linear in y); without alignment
+    # the one round needs only D^T W y (one column instead of twelve)
     if method != "l1":
-        def correlation(beta):
+        def correlation(beta, z):
             return None
     elif alignment == "none":
         c_aligned = dic.correlation_aligned(y, w_align)
 
-        def correlation(beta):
+        def correlation(beta, z):
             return c_aligned
     elif max_align_iter > DIRECT_ROUNDS or dic._lookup(False, y, w_align) is not None:
         moments = dic.moments(y, w_align)
 
-        def correlation(beta):
+        def correlation(beta, z):
             return dic.correlation(moments, beta)
     else:
         # few rounds: a matrix-vector pass per round costs less than the
         # moments' d*d + d columns (a segmentation iteration: 2 or 3 rounds)
-        def correlation(beta):
-            return dic.correlation_aligned(beta.apply(y), w_align)
+        def correlation(beta, z):
+            return dic.correlation_aligned(z, w_align)
     lam1, lam2 = lambda1, lambda2
     sol = None
     l0_prev = None
@@ -471,7 +471,7 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
         z = beta.apply(y)
         sol = _sparse_composition(dic, z, s, method, lam1, lam2, n_nonzero,
                                   outlier_threshold, reweight, x0, tol, max_iter,
-                                  l0_init=l0_prev, c=correlation(beta), alpha1=alpha1)
+                                  l0_init=l0_prev, c=correlation(beta, z), alpha1=alpha1)
         if method == "l0" and alignment != "none":
             # trimming is discrete: the rounds can go round a cycle of trimmed
             # sets (seen on held-out kidneys: alignments 6 mm apart, period 6)
@@ -516,7 +516,7 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
             z = beta.apply(y)
             sol = _sparse_composition(dic, z, s, method, lam1, lam2, n_nonzero,
                                       outlier_threshold, reweight, x0, tol, max_iter,
-                                      l0_init=l0_prev, c=correlation(beta), alpha1=alpha1)
+                                      l0_init=l0_prev, c=correlation(beta, z), alpha1=alpha1)
             break
     z = beta.apply(y)
     recon_model = _compose(dic, sol.x)
