@@ -25,6 +25,7 @@ import numpy as np
 from .._outputs import OutputDir, manifest, show_path
 from ..io import input_path_error
 from ..mesh import MESH_FORMATS, READ_SUFFIXES, Surface, read_mesh
+from ..ssc import ALIGN_TOL
 from ._cases import unique_names
 
 #: a shape is 'suspect' when the prior overrode more than this fraction of its
@@ -39,8 +40,9 @@ SUSPECT_MEDIAN_RESIDUAL = 0.25
 #: alignment rounds that ran out while still moving less than this (RMS, in RMS
 #: radii of the model's mean; 0.04 mm on a kidney) have settled for any use of
 #: the result: half-visible kidneys creep by 0.006-0.01 mm per round after 20
-#: rounds (the L1 fit of the hybrid's inliers slides slowly along the surface)
-SETTLED_MOVE = 1e-3
+#: rounds (the L1 fit of the hybrid's inliers slides slowly along the surface).
+#: The default tolerance of the rounds is the same move
+SETTLED_MOVE = ALIGN_TOL
 #: what a folder is searched for (STL is listed so that it is refused by name)
 _FOUND = READ_SUFFIXES + (".stl",)
 

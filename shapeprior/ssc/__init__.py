@@ -9,9 +9,11 @@ sparse_shape_composition_many  the same for many shapes, one dictionary (process
 SparseShapeComposition    estimator facade (fit training shapes, transform)
 SSCResult                 what the above return
 solver_options            the solver settings of a reconstruction method ('hybrid', 'l1', 'l0')
+ALIGN_TOL                 default alignment tolerance of the rounds (RMS radii of the mean)
 """
 
 from ._compose import (
+    ALIGN_TOL,
     DICTIONARY_HYBRID_ALPHA1,
     HYBRID_REFIT,
     RECONSTRUCTION_METHODS,
@@ -30,5 +32,5 @@ __all__ = [
     "ShapeDictionary", "sparse_composition", "sparse_shape_composition",
     "SparseShapeComposition", "SSCResult", "CompositionResult", "omp_gram",
     "omp_gram_many", "sparse_shape_composition_many", "solver_options", "HYBRID_REFIT",
-    "DICTIONARY_HYBRID_ALPHA1", "RECONSTRUCTION_METHODS",
+    "DICTIONARY_HYBRID_ALPHA1", "RECONSTRUCTION_METHODS", "ALIGN_TOL",
 ]
