@@ -107,7 +107,7 @@ MUTANTS = [
      "a round's direct D^T W z from the shape before its alignment"),
     ("ssc-align-tol-old", "ssc", "shapeprior/ssc/_compose.py",
      "ALIGN_TOL = 1e-3", "ALIGN_TOL = 1e-4",
-     "the default alignment tolerance back at 1e-4 (twice the rounds)"),
+     "the default alignment tolerance back at 1e-4 (up to 4x the rounds)"),
     ("ssc-l0-one-calm-round", "ssc", "shapeprior/ssc/_compose.py",
      "need = L0_SETTLED_ROUNDS if method == \"l0\" else 1", "need = 1",
      "L0's rounds stop at the first small move (a stall, not settled)"),

@@ -395,11 +395,12 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
         Stop when aligned vertices move (RMS) less than ``align_tol`` times the
         RMS radius of the dictionary's mean between rounds (default
         :data:`ALIGN_TOL`, 1e-3: 0.04 mm on a kidney; it was 1e-4, which took
-        up to twice the rounds at the same error). With ``method='l0'`` it takes
+        up to four times the rounds at the same error). With ``method='l0'`` it takes
         :data:`L0_SETTLED_ROUNDS` (2) such rounds in a row: the trimmed set
         changes from round to round, and one small move can be followed by
-        larger ones. L0's rounds also stop when a round's trimmed set and support come back from two or
-        more rounds before (a cycle; ``info['alignment_cycle']`` gives its
+        larger ones. L0's rounds also stop when a round's trimmed set and
+        support come back from two or more rounds before (a cycle;
+        ``info['alignment_cycle']`` gives its
         length), and the answer is then the cycle's round with the least
         median residual norm over the visible vertices (least median of
         squares). Without a fixed point or a cycle within ``max_align_iter``
