@@ -389,6 +389,16 @@ if numba is not None:
             known[k] = True
 
     @numba.njit(cache=True, nogil=True)
+    def _gram_block_nb(GW, S):  # pragma: no cover - jitted
+        """``GW[S][:, S]``: the working set's block of the weighted Gram."""
+        s = S.shape[0]
+        H = np.empty((s, s))
+        for p in range(s):
+            for q in range(s):
+                H[p, q] = GW[S[p], S[q]]
+        return H
+
+    @numba.njit(cache=True, nogil=True)
     def _violators_nb(g, inS, l1, thresh, n_max):  # pragma: no cover - jitted
         """Twin of :func:`_violators_xp`, the working set given as the mask ``inS``."""
         nc = 0
@@ -428,13 +438,10 @@ if numba is not None:
         while True:
             _fill_columns_nb(GW, known, DF, w, S)
             s = S.shape[0]
-            Hs = np.empty((s, s))
             bs = np.empty(s)
             for p in range(s):
                 bs[p] = c[S[p]]
-                for q in range(s):
-                    Hs[p, q] = GW[S[p], S[q]]
-            xS, _ = _fss_numba(Hs, bs, l1, xS, tol, 2000)
+            xS, _ = _fss_numba(_gram_block_nb(GW, S), bs, l1, xS, tol, 2000)
             for k in range(K):
                 acc = -c[k]
                 for p in range(s):
@@ -525,10 +532,7 @@ if numba is not None:
         n = r.shape[0]
         rows = _rows_nb(r, tau)
         if 2 * rows.shape[0] <= n:
-            H = np.empty((s, s))
-            for p in range(s):
-                for q in range(s):
-                    H[p, q] = GW[S[p], S[q]]
+            H = _gram_block_nb(GW, S)
             _rank_update_nb(H, DT, S, w, rows, -1.0)
         else:
             inl = np.empty(n - rows.shape[0], dtype=np.int64)
@@ -613,11 +617,8 @@ if numba is not None:
     @numba.njit(cache=True, nogil=True)
     def _mm_step_nb(GW, DT, S, xS, r, c, z, w, tau, l1, l2, f_cur, tol):  # pragma: no cover
         s = S.shape[0]
-        Hs = np.empty((s, s))
+        Hs = _gram_block_nb(GW, S)
         b = np.empty(s)
-        for p in range(s):
-            for q in range(s):
-                Hs[p, q] = GW[S[p], S[q]]
         we = np.empty(r.shape[0])
         for j in range(r.shape[0]):
             a = abs(r[j])

@@ -323,8 +323,7 @@ def _alpha1(alpha1):
 
 
 def _sparse_composition(dic, y, s, method, lambda1, lambda2, n_nonzero,
-                        outlier_threshold, reweight, x0, tol, max_iter, l0_init=None, c=None,
-                        alpha1=ALPHA1):
+                        outlier_threshold, reweight, x0, tol, max_iter, c=None, alpha1=ALPHA1):
     xp = dic.xp
     z = xp.asarray(y.ravel())
     w = xp.asarray(np.repeat(s * s, dic.n_dims))
@@ -350,8 +349,7 @@ def _sparse_composition(dic, y, s, method, lambda1, lambda2, n_nonzero,
         check_number("n_nonzero", n_nonzero, 1, dic.n_atoms, integer=True)
         if outlier_threshold is not None:
             outlier_threshold = _positive("outlier_threshold", outlier_threshold, False)
-        sol = solve_l0(dic, z, w, int(n_nonzero), outlier_threshold, max_iter=max_iter,
-                       outliers_init=l0_init)
+        sol = solve_l0(dic, z, w, int(n_nonzero), outlier_threshold, max_iter=max_iter)
         lam1, lam2 = float("nan"), float("nan")
         info = {"threshold": sol.threshold, "cycled": sol.cycled,
                 "trimming_capped": sol.capped}
@@ -479,7 +477,6 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
             return dic.correlation_aligned(z, w_align)
     lam1, lam2 = lambda1, lambda2
     sol = None
-    l0_prev = None
     converged_align = alignment == "none"
     rounds = []         # L0: (trimmed set and support, LMedS score, beta, solution) per round
     radius = size / np.sqrt(dic.n_points)   # RMS radius of the mean: the unit of a move
@@ -487,11 +484,11 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     calm = 0            # consecutive rounds that moved at most align_tol
     need = L0_SETTLED_ROUNDS if method == "l0" else 1
     k = 0
+    z = beta.apply(y)       # the round's aligned shape, carried from the move that made it
     for k in range(1, max_align_iter + 1):
-        z = beta.apply(y)
         sol = _sparse_composition(dic, z, s, method, lam1, lam2, n_nonzero,
                                   outlier_threshold, reweight, x0, tol, max_iter,
-                                  l0_init=l0_prev, c=correlation(beta, z), alpha1=alpha1)
+                                  c=correlation(beta, z), alpha1=alpha1)
         if method == "l0" and alignment != "none":
             # trimming is discrete: the rounds can go round a cycle of trimmed
             # sets (seen on held-out kidneys: alignments 6 mm apart, period 6)
@@ -504,6 +501,7 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
             if earlier and earlier[-1] < len(rounds) - 2:
                 cycle = rounds[earlier[-1]:]
                 _, _, beta, sol = min(cycle, key=lambda r: r[1])
+                z = beta.apply(y)
                 sol.info["alignment_cycle"] = len(cycle) - 1
                 converged_align = True
                 break
@@ -528,18 +526,17 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
         if np.count_nonzero(wk) < dic.n_dims + 1:
             wk = w_align
         new_beta = procrustes(y, recon, wk, kind=alignment)
-        move = np.sqrt(np.mean(np.sum((new_beta.apply(y) - z) ** 2, axis=1)))
+        z_new = new_beta.apply(y)
+        move = np.sqrt(np.mean(np.sum((z_new - z) ** 2, axis=1)))
         last_move = float(move / radius)
-        beta = new_beta
+        beta, z = new_beta, z_new
         calm = calm + 1 if last_move <= align_tol else 0
         if calm >= need:
             converged_align = True
-            z = beta.apply(y)
             sol = _sparse_composition(dic, z, s, method, lam1, lam2, n_nonzero,
                                       outlier_threshold, reweight, x0, tol, max_iter,
-                                      l0_init=l0_prev, c=correlation(beta, z), alpha1=alpha1)
+                                      c=correlation(beta, z), alpha1=alpha1)
             break
-    z = beta.apply(y)
     recon_model = _compose(dic, sol.x)
     e = sol.e
     overridden = np.any(e != 0, axis=1) & visible
