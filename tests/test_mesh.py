@@ -123,6 +123,20 @@ def test_dense_samples_are_the_lattice_without_repeats():
         assert np.array_equal(np.unique(np.round(got, 6), axis=0), full)
 
 
+def test_vertex_normals_are_the_area_weighted_sums_of_the_face_normals():
+    """Each vertex normal is the unit sum of its faces' area-weighted normals,
+    summed corner by corner in face order (np.add.at's order, to the last bit)."""
+    rng = np.random.default_rng(1)
+    v, f = icosphere(3)
+    s = Surface(v * np.array([30.0, 20.0, 10.0]) + rng.normal(scale=0.5, size=v.shape), f)
+    fn = s.face_normals(unit=False)
+    ref = np.zeros_like(s.verts)
+    for k in range(3):
+        np.add.at(ref, f[:, k], fn)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    assert np.array_equal(s.vertex_normals(), ref)
+
+
 def test_missing_label_and_empty_mask_are_clear_errors(tmp_path):
     ellipsoid_label_map(tmp_path / "e.nii.gz")
     vol = read_label_map(tmp_path / "e.nii.gz")

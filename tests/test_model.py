@@ -30,6 +30,35 @@ def test_template_fit_quality_and_consistency():
     assert np.allclose(v2 - v1, [15, -7, 30], atol=0.5)
 
 
+def test_closest_points_of_moving_vertices_are_the_trees_answers():
+    """The template fit's closest target points, kept for the vertices whose
+    small steps cannot have changed them, equal a KD-tree query at every step:
+    small steps (most kept) and large jumps (asked again) alike."""
+    from scipy.spatial import cKDTree
+
+    from shapeprior.correspond._nicp import _NearestFromMoving
+
+    asked = []
+
+    class Counting(cKDTree):
+        def query(self, x, *args, **kw):
+            asked.append(len(x))
+            return super().query(x, *args, **kw)
+
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(2000, 3))
+    tree = Counting(pts)
+    q = rng.normal(size=(500, 3))
+    nearest = _NearestFromMoving(tree, pts)
+    for step in range(40):
+        q = q + rng.normal(scale=0.5 if step % 10 == 9 else 0.002, size=q.shape)
+        asked.clear()
+        got = nearest(q)
+        assert np.array_equal(got, cKDTree(pts).query(q)[1])
+        if step % 10 not in (0, 9):
+            assert sum(asked) < 0.5 * len(q)      # small steps: most answers kept
+
+
 def test_template_fit_flags_failure():
     sv, sf = icosphere(2)
     a = _ellipsoid_surface(10, 10, 10, centre=(-40, 0, 0), level=4)

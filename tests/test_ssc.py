@@ -629,3 +629,20 @@ def test_l0_rounds_stop_after_two_small_moves_in_a_row():
     err = np.linalg.norm(res.reconstruction - p.clean, axis=1).mean()
     early = sparse_shape_composition(p.observed, dic, max_align_iter=2, **kw)
     assert err < 0.2 < 2.0 < np.linalg.norm(early.reconstruction - p.clean, axis=1).mean()
+
+
+@pytest.mark.parametrize("method, extra", [("l1", {}), ("l0", {"n_nonzero": 10}),
+                                           ("l1", {"refit": 0.03})])
+@pytest.mark.parametrize("rounds", ["run out", "settle"])
+def test_reconstruction_is_the_composition_of_x_in_the_shapes_frame(method, extra, rounds):
+    """``reconstruction`` is ``D x`` taken back to the shape's frame by the
+    inverse of the returned transform, whether the alignment rounds settle or
+    run out (then the last solve was made before the last move: composing D x
+    from that solve's residual and the moved shape would be off)."""
+    p = make_ssc_problem(n_points=300, n_atoms=40, gross_fraction=0.1, seed=3)
+    dic = ShapeDictionary(p.atoms)
+    kw = {"align_tol": 1e-300, "max_align_iter": 2} if rounds == "run out" else {}
+    res = sparse_shape_composition(p.observed, dic, method=method, **kw, **extra)
+    assert (res.n_align_iter == 2) if rounds == "run out" else res.converged
+    dx = np.tensordot(res.x, p.atoms, axes=1)
+    assert np.abs(res.reconstruction - res.transform.inverse().apply(dx)).max() < 1e-9

@@ -54,8 +54,11 @@ def _dense_samples(surf: Surface, order: int = 6):
     training surface)."""
     v, f = surf.verts, surf.faces
     w = np.arange(1, order) / order                                   # (order-1,)
-    edges = np.unique(np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]),
-                              axis=1), axis=0)
+    # the edges once each, in lexicographic order (as np.unique(..., axis=0)
+    # gives them, through one integer key per edge)
+    pairs = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    key = np.unique(pairs[:, 0].astype(np.int64) * len(v) + pairs[:, 1])
+    edges = np.stack([key // len(v), key % len(v)], axis=1)
     a, b = v[edges[:, 0]], v[edges[:, 1]]
     on_edges = (a[:, None, :] * (1.0 - w)[None, :, None] + b[:, None, :] * w[None, :, None])
     ij = [(i, j) for i in range(1, order) for j in range(1, order - i)]
@@ -73,6 +76,38 @@ def surface_distances(fit: Surface, target: Surface, target_tree=None):
     d_tf, _ = cKDTree(fit_samples, balanced_tree=False).query(target.verts)
     # (fit -> target uses the dense target, whose vertices are ~1 mm apart)
     return d_ft, d_tf
+
+
+#: relative slack of the certificates below (rounding of the distances)
+_CERTIFY_SLACK = 1e-9
+
+
+class _NearestFromMoving:
+    """Nearest point of a fixed cloud for query points that move a little
+    between calls, exactly as ``tree.query`` answers it.
+
+    A query point keeps its previous answer when its distance to that point,
+    plus the distance it has moved since it was last asked, is below the
+    second-nearest distance it had then: by the triangle inequality every
+    other point is still farther. Only the others are asked again (k = 2)."""
+
+    def __init__(self, tree, points):
+        self.tree, self.points = tree, points
+        self.q0 = None
+
+    def __call__(self, q):
+        if self.q0 is None:
+            ask = np.arange(len(q))
+            self.q0, self.d2 = np.empty_like(q), np.empty(len(q))
+            self.idx = np.empty(len(q), dtype=np.intp)
+        else:
+            near = np.linalg.norm(q - self.points[self.idx], axis=1)
+            moved = np.linalg.norm(q - self.q0, axis=1)
+            ask = np.flatnonzero(~(near + moved + _CERTIFY_SLACK * self.d2 < self.d2))
+        if ask.size:
+            d, i = self.tree.query(q[ask], k=2)
+            self.q0[ask], self.d2[ask], self.idx[ask] = q[ask], d[:, 1], i[:, 0]
+        return self.idx.copy()
 
 
 def _affine_lsq(src, dst):
@@ -118,9 +153,12 @@ def fit_template(template_verts, faces, target: Surface, n_iter=80, stiffness=(4
         v = (v - v.mean(0)) / v.std(0) * tv.std(0) + tv.mean(0)
     elif init != "none":
         raise ValueError(f"init={init!r} is not 'moments' or 'none'")
+    # the steps shrink as the fit settles: most vertices' closest target points
+    # are certified unchanged instead of searched again (the same answers)
+    nearest_target = _NearestFromMoving(tree, tv)
     # affine ICP, symmetric correspondences
     for _ in range(15):
-        _, fi = tree.query(v)
+        fi = nearest_target(v)
         _, bi = cKDTree(v).query(tv)
         src = np.concatenate([v, v[bi]])
         dst = np.concatenate([tv[fi], tv])
@@ -129,7 +167,7 @@ def fit_template(template_verts, faces, target: Surface, n_iter=80, stiffness=(4
     s0, s1 = stiffness
     for it in range(n_iter):
         k = int(round(s0 * (s1 / s0) ** (it / max(n_iter - 1, 1))))
-        _, fi = tree.query(v)
+        fi = nearest_target(v)
         fwd = tv[fi] - v
         _, bi = cKDTree(v).query(tv)
         acc = np.zeros_like(v)

@@ -26,9 +26,11 @@ class Surface:
 
     def vertex_normals(self):
         n = self.face_normals(unit=False)   # area weighted
-        vn = np.zeros_like(self.verts)
-        for k in range(3):
-            np.add.at(vn, self.faces[:, k], n)
+        # the sums of np.add.at over the three corners in turn, in the same
+        # order (so to the last bit), in one bincount per coordinate
+        idx = self.faces.T.ravel()
+        vn = np.stack([np.bincount(idx, weights=np.tile(n[:, c], 3), minlength=len(self.verts))
+                       for c in range(3)], axis=1)
         return vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-300)
 
     def area(self) -> float:
