@@ -123,6 +123,20 @@ def test_dense_samples_are_the_lattice_without_repeats():
         assert np.array_equal(np.unique(np.round(got, 6), axis=0), full)
 
 
+def test_mesh_edges_are_each_edge_once_in_lexicographic_order():
+    """Every edge of a closed mesh once (E = 3F/2 on an icosphere), as the
+    sorted unique vertex pairs."""
+    from shapeprior.mesh import mesh_edges
+
+    v, f = icosphere(3)
+    f = np.random.default_rng(0).permutation(f)
+    ref = np.unique(np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]),
+                            axis=1), axis=0)
+    got = mesh_edges(f, len(v))
+    assert len(got) == 3 * len(f) // 2
+    assert np.array_equal(got, ref)
+
+
 def test_vertex_normals_are_the_area_weighted_sums_of_the_face_normals():
     """Each vertex normal is the unit sum of its faces' area-weighted normals,
     summed corner by corner in face order (np.add.at's order, to the last bit)."""

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ..mesh import Surface, mean_neighbour_operator
+from ..mesh import Surface, mean_neighbour_operator, mesh_edges
 
 
 @dataclass
@@ -54,11 +54,7 @@ def _dense_samples(surf: Surface, order: int = 6):
     training surface)."""
     v, f = surf.verts, surf.faces
     w = np.arange(1, order) / order                                   # (order-1,)
-    # the edges once each, in lexicographic order (as np.unique(..., axis=0)
-    # gives them, through one integer key per edge)
-    pairs = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
-    key = np.unique(pairs[:, 0].astype(np.int64) * len(v) + pairs[:, 1])
-    edges = np.stack([key // len(v), key % len(v)], axis=1)
+    edges = mesh_edges(f, len(v))
     a, b = v[edges[:, 0]], v[edges[:, 1]]
     on_edges = (a[:, None, :] * (1.0 - w)[None, :, None] + b[:, None, :] * w[None, :, None])
     ij = [(i, j) for i in range(1, order) for j in range(1, order - i)]

@@ -6,6 +6,23 @@ import numpy as np
 from scipy import sparse
 
 
+def mesh_edges(faces, n):
+    """The edges of a triangle mesh, each once, as (E, 2) vertex index pairs
+    ``(i, j)``, ``i < j``, in lexicographic order (as ``np.unique(..., axis=0)``
+    of the sorted pairs gives them), through one integer key per edge.
+
+    Parameters
+    ----------
+    faces : ndarray, shape (F, 3)
+    n : int
+        Number of vertices.
+    """
+    pairs = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]),
+                    axis=1)
+    key = np.unique(pairs[:, 0].astype(np.int64) * n + pairs[:, 1])
+    return np.stack([key // n, key % n], axis=1)
+
+
 def mean_neighbour_operator(faces, n):
     """Row-stochastic (n, n) sparse matrix: each vertex -> the mean of its edge
     neighbours (``L @ values`` averages a per-vertex quantity over neighbours).
