@@ -198,3 +198,78 @@ def test_refined_label_is_one_piece_without_holes():
     assert n == 1 and changed == int(np.count_nonzero(new != lab)) > 0
     assert np.array_equal(ndimage.binary_fill_holes(new > 0), new > 0)
     assert new.sum() < raw.sum()                                      # the shell is gone
+
+
+def _plane_case(own, neighbours):
+    """Log-odds on a (7, 9, 9) grid, every voxel in the band: the middle z plane
+    ``own``, all others ``neighbours``."""
+    lab = np.ones((7, 9, 9), np.uint8)
+    dec = np.full(lab.shape, float(neighbours))
+    dec[3] = own
+    index = np.nonzero(np.ones(lab.shape, bool))
+    return dec[index], index, lab
+
+
+def test_smoothing_overrules_a_hesitant_voxel_but_not_a_confident_one():
+    from shapeprior.appearance._voxels import smoothed_decision
+
+    lab = np.ones((7, 9, 9), np.uint8)
+    dec = np.ones(lab.shape)
+    dec[3, 4, 4] = -0.5            # hesitant, against all its neighbours
+    dec[3, 4, 1] = -5.0            # confident
+    index = np.nonzero(np.ones(lab.shape, bool))
+    out = smoothed_decision(dec[index], index, lab, (1.0, 1.0, 1.0), 0.5).reshape(lab.shape)
+    assert out[3, 4, 4] > 0 and out[3, 4, 1] < 0
+    # the weights of a 0.5-voxel Gaussian: the voxel itself 0.787 per axis
+    w = np.exp(-0.5 * (np.arange(-2, 3) / 0.5) ** 2)
+    w /= w.sum()
+    assert out[3, 4, 4] == pytest.approx(1.0 - 1.5 * w[2] ** 3, abs=1e-9)
+
+
+def test_smoothing_is_as_wide_in_mm_along_a_coarse_axis():
+    """Slices 5 mm apart (z): the planes above and below hardly count, so a weak
+    in-plane decision keeps its sign there; on a 1 mm grid they overrule it."""
+    from shapeprior.appearance._voxels import smoothed_decision
+
+    dec, index, lab = _plane_case(0.2, -1.0)
+    mid = (3, 4, 4)
+    thick = smoothed_decision(dec, index, lab, (1.0, 1.0, 5.0), 0.5).reshape(lab.shape)
+    iso = smoothed_decision(dec, index, lab, (1.0, 1.0, 1.0), 0.5).reshape(lab.shape)
+    assert thick[mid] == pytest.approx(0.2, abs=1e-6)
+    assert iso[mid] < 0
+    # the coarse axis given as x instead (spacing is x, y, z): planes fully smoothed
+    wrong = smoothed_decision(dec, index, lab, (5.0, 1.0, 1.0), 0.5).reshape(lab.shape)
+    assert wrong[mid] < 0
+
+
+def test_voxels_outside_the_band_count_by_their_side_of_the_label():
+    from shapeprior.appearance._voxels import smoothed_decision
+
+    lab = np.zeros((9, 9, 9), np.uint8)
+    lab[:, :, :5] = 1
+    band = np.zeros(lab.shape, bool)
+    band[:, :, 4] = True           # one plane, the label's last, decided 0 (undecided)
+    index = np.nonzero(band)
+    out = smoothed_decision(np.zeros(int(band.sum())), index, lab, (1.0, 1.0, 1.0), 0.5)
+    # x neighbours: inside (+2) at x=3, outside (-2) at x=5: they cancel
+    np.testing.assert_allclose(out, 0.0, atol=1e-12)
+    lab[:, :, 5] = 1               # now both neighbours are inside
+    out = smoothed_decision(np.zeros(int(band.sum())), index, lab, (1.0, 1.0, 1.0), 0.5)
+    assert np.all(out > 0.3)
+
+
+def test_refine_decides_the_band_by_the_smoothed_log_odds(learned):
+    from shapeprior.appearance._voxels import smoothed_decision
+
+    rng = np.random.default_rng(11)
+    vol, mask, verts, faces = _blob_case(rng)
+    fit = _displaced(verts, faces, rng, 0.8)
+    lab = voxelize(fit, faces, vol)
+    X, index = band_features(vol, lab, fit, faces)
+    raw = learned.decision(X)
+    smooth = smoothed_decision(raw, index, lab, vol.spacing, 0.5)
+    new, _ = learned.refine(vol, lab, fit, faces, smooth_vox=0.5)
+    alone, _ = learned.refine(vol, lab, fit, faces, smooth_vox=0.0)
+    assert np.count_nonzero((smooth > 0) != (raw > 0)) > 0
+    np.testing.assert_array_equal(new[index] > 0, smooth > 0)
+    np.testing.assert_array_equal(alone[index] > 0, raw > 0)

@@ -53,6 +53,17 @@ PERTURB_DENSITY = 6.0
 MAX_VOXELS = 300_000
 #: format of the features and trees in a model file
 VERSION = 1
+#: the band's log-odds are smoothed by a Gaussian of this SD (voxels along the finest
+#: axis; the same width in mm along coarser ones) before they decide: the trees decide
+#: each voxel alone, so a lone voxel against all its neighbours is more often wrong than
+#: right. Chosen on the hippocampus validation split (38 cases, Dice mean / min):
+#: 0 (off) 0.8987 / 0.8358; 0.3 0.8989 / 0.8360; 0.4 0.9005 / 0.8372;
+#: **0.5 0.9016 / 0.8376**; 0.6 0.9013 / 0.8361; 0.7 0.8999 / 0.8331; 1.0 0.8933 / 0.8307
+#: (27 cases gain more than 0.001, 3 lose, by 0.0026 at most)
+SMOOTH_VOX = 0.5
+#: log-odds given to the voxels outside the band while smoothing: inside the label
+#: +this, outside -this (1, 2 and 4 within 0.0007 of each other on that split)
+OUTSIDE_BAND_LOGODDS = 2.0
 
 
 def _surface_points(verts, faces):
@@ -215,9 +226,10 @@ class VoxelClassifier:
         return self.baseline + walk(X, self.feature, self.threshold, self.left, self.right,
                                     self.value, self.roots)
 
-    def refine(self, vol, label, verts, faces, backend=None):
+    def refine(self, vol, label, verts, faces, backend=None, smooth_vox=SMOOTH_VOX):
         """``label`` with its band voxels decided by the classifier (trees
-        evaluated on ``backend``), kept in one piece: the largest connected
+        evaluated on ``backend``; log-odds smoothed over ``smooth_vox`` voxels by
+        :func:`smoothed_decision`, 0: each voxel alone), kept in one piece: the largest connected
         component (26-neighbourhood), holes filled. (On the hippocampus
         validation split the decisions left 0.1 islands and 0.5 hole voxels per
         case; removing them moved Dice by 6e-5.)
@@ -234,7 +246,10 @@ class VoxelClassifier:
         out = np.asarray(label, dtype=np.uint8).copy()
         if not len(X):
             return out, 0
-        out[index] = (self.decision(X, backend) > 0).astype(np.uint8)
+        dec = self.decision(X, backend)
+        if smooth_vox > 0:
+            dec = smoothed_decision(dec, index, label, vol.spacing, smooth_vox)
+        out[index] = (dec > 0).astype(np.uint8)
         # the band holds every boundary voxel of the label: its box holds the label
         idx = np.stack(index, axis=1)
         sl = tuple(slice(max(a - 1, 0), b + 2) for a, b in zip(idx.min(0), idx.max(0)))
@@ -274,6 +289,48 @@ class VoxelClassifier:
                   baseline, info)
         clf.check()
         return clf
+
+
+def smoothed_decision(dec, index, label, spacing, sigma_vox=SMOOTH_VOX,
+                      outside=OUTSIDE_BAND_LOGODDS):
+    """Band log-odds smoothed over their neighbours.
+
+    Parameters
+    ----------
+    dec : ndarray, shape (P,)
+        Log-odds of inside of the band voxels ``index``.
+    index : tuple of 3 ndarray, each shape (P,)
+        The band voxels (z, y, x indices into ``label``).
+    label : ndarray, shape (Z, Y, X)
+        The label whose band they are; voxels outside the band count as
+        ``+outside`` inside it and ``-outside`` outside it.
+    spacing : sequence of 3 float
+        Voxel size (x, y, z), mm.
+    sigma_vox : float
+        Gaussian SD in voxels along the finest axis; along each axis
+        ``sigma_vox * min(spacing) / spacing`` voxels (the same width in mm).
+
+    Returns
+    -------
+    ndarray, shape (P,)
+        The smoothed log-odds of the same voxels.
+    """
+    from scipy import ndimage as ndi
+
+    dec = np.asarray(dec, dtype=np.float64)
+    if not len(dec):
+        return dec
+    sp = np.asarray(spacing, dtype=float)[::-1]              # zyx
+    sigma = sigma_vox * sp.min() / sp
+    pad = int(np.ceil(4.0 * sigma.max())) + 1                # the filter's reach
+    idx = np.stack(index, axis=1)
+    lo = np.maximum(idx.min(0) - pad, 0)
+    hi = np.minimum(idx.max(0) + 1 + pad, np.asarray(label).shape)
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    L = np.where(np.asarray(label)[sl] > 0, float(outside), -float(outside))
+    at = tuple((idx - lo).T)
+    L[at] = dec
+    return ndi.gaussian_filter(L, sigma, mode="nearest")[at]
 
 
 def perturbed_surface(verts, faces, rng, sd_mm=PERTURB_MM):

@@ -11,6 +11,7 @@ import numpy as np
 from .._profile import NULL_CLOCK
 from ..backend import resolve_backend
 from ..appearance import LevelImage, intensity_scale, search_edges, search_profiles
+from ..appearance._voxels import SMOOTH_VOX
 from ..mesh import Surface, mean_neighbour_operator, voxelize
 from ..ssc import sparse_shape_composition
 from ._assess import (MIRROR, SCALE_SLACK, assess, mode_coefficients, organ_scale,
@@ -106,6 +107,11 @@ class SegmentParams:
         voxel classifier (:class:`~shapeprior.appearance.VoxelClassifier`), when
         it has one. On the hippocampus validation split (38 cases) Dice went
         from 0.882 (worst 0.782) to 0.899 (worst 0.836).
+    voxel_smooth : float
+        SD (voxels along the finest axis) of the Gaussian that smooths the
+        classifier's log-odds before they decide (0: each voxel alone). 0.5 took
+        the same split to 0.902 (worst 0.838); the held-out test split to 0.885
+        (worst 0.804, was 0.881 / 0.799).
     """
 
     schedule: tuple = DEFAULT_SCHEDULE
@@ -134,6 +140,7 @@ class SegmentParams:
     mode_clamp: float | None = None   # PCA mode coefficients clamped to +- this many SDs (None: off)
     surface_offset_mm: float | None = None   # final surface along its normals (None: the model's)
     voxel_refine: bool = True     # boundary voxels decided by the model's voxel classifier
+    voxel_smooth: float = SMOOTH_VOX  # ... from log-odds smoothed over this many voxels (SD)
 
     def __post_init__(self):
         from .._validation import (check_bool, check_choice, check_number, check_vector)
@@ -177,6 +184,7 @@ class SegmentParams:
                                              low_open=True)
         self.refine_smooth = check_number("refine_smooth", self.refine_smooth, 0, integer=True)
         self.voxel_refine = check_bool("voxel_refine", self.voxel_refine)
+        self.voxel_smooth = check_number("voxel_smooth", self.voxel_smooth, 0, 3)
         check_choice("placement", self.placement, ("search", "prior"))
         self.n_hypotheses = check_number("n_hypotheses", self.n_hypotheses, 1, integer=True)
         if self.backend is not None:
@@ -471,7 +479,8 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     changed = None
     if model.voxels is not None and params.voxel_refine:
         with clock("voxels"):
-            label, changed = model.voxels.refine(vol, label, v, faces, backend)
+            label, changed = model.voxels.refine(vol, label, v, faces, backend,
+                                                 smooth_vox=params.voxel_smooth)
     placement = {"chosen": fit.hypothesis.to_dict(),
                  "hypotheses": [dict(f.hypothesis.to_dict(), **(
                      {} if f.trial_score is None else {"trial_score": round(f.trial_score, 4)}))
