@@ -7,7 +7,8 @@
 * :class:`ProfileModel`, :func:`learn_profiles`: per-vertex profile statistics learned
   from training images; :func:`search_profiles` / :func:`search_edges`: the best
   boundary position along each normal (learned profiles, or the strongest edge);
-* :class:`VoxelClassifier`, :func:`learn_voxel_classifier`, :func:`band_features`: the
+* :class:`VoxelClassifier`, :func:`learn_voxel_classifier`, :func:`band_features`,
+  :func:`smoothed_decision`: the
   voxels next to a fitted surface decided one by one from their appearance.
 """
 
@@ -15,8 +16,10 @@ from ._levels import SLACK_MM, LevelImage
 from ._profiles import (ProfileModel, learn_profiles, profile_features, profile_stack,
                         search_edges, search_profiles)
 from ._sampler import NormalSampler, intensity_scale, normalise_intensity
-from ._voxels import VoxelClassifier, band_features, learn_voxel_classifier
+from ._voxels import (SMOOTH_VOX, VoxelClassifier, band_features, learn_voxel_classifier,
+                      smoothed_decision)
 
 __all__ = ["NormalSampler", "intensity_scale", "normalise_intensity", "LevelImage", "SLACK_MM",
            "ProfileModel", "learn_profiles", "profile_features", "profile_stack", "search_profiles",
-           "search_edges", "VoxelClassifier", "band_features", "learn_voxel_classifier"]
+           "search_edges", "VoxelClassifier", "band_features", "learn_voxel_classifier",
+           "smoothed_decision", "SMOOTH_VOX"]

@@ -10,8 +10,8 @@ import numpy as np
 
 from .._profile import NULL_CLOCK
 from ..backend import resolve_backend
-from ..appearance import LevelImage, intensity_scale, search_edges, search_profiles
-from ..appearance._voxels import SMOOTH_VOX
+from ..appearance import (SMOOTH_VOX, LevelImage, intensity_scale, search_edges,
+                          search_profiles)
 from ..mesh import Surface, mean_neighbour_operator, voxelize
 from ..ssc import sparse_shape_composition
 from ._assess import (MIRROR, SCALE_SLACK, assess, mode_coefficients, organ_scale,
