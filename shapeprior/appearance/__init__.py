@@ -8,8 +8,8 @@
   from training images; :func:`search_profiles` / :func:`search_edges`: the best
   boundary position along each normal (learned profiles, or the strongest edge);
 * :class:`VoxelClassifier`, :func:`learn_voxel_classifier`, :func:`band_features`,
-  :func:`smoothed_decision`: the
-  voxels next to a fitted surface decided one by one from their appearance.
+  :func:`smoothed_decision`: the voxels next to a fitted surface decided one by one
+  from their appearance, then by their neighbours.
 """
 
 from ._levels import SLACK_MM, LevelImage
