@@ -95,7 +95,9 @@ def main(argv=None):
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return cmd(argv[1:])
+        rc = cmd(argv[1:])
+        sys.stdout.flush()      # a block-buffered pipe's reader may have left (below)
+        return rc
     except KeyboardInterrupt:
         print(f"shapeprior {argv[0]}: interrupted; nothing partial was kept", file=sys.stderr)
         return 130
@@ -108,6 +110,18 @@ def main(argv=None):
     except MemoryError:
         print(f"shapeprior {argv[0]}: error: out of memory", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # the reader of stdout left (``| head``): end quietly, as SIGPIPE would; the
+        # interpreter's last flush then writes to nothing. Unbuffered, the run stops
+        # at its next line and keeps nothing; block-buffered, it has finished
+        # (its outputs are published) before the lines leave
+        import os
+
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"shapeprior {argv[0]}: error: {one_line(exc)}", file=sys.stderr)
         return 1
