@@ -29,6 +29,8 @@ Ranking: the same curve with batches chosen by rank_candidates vs random order
         # the dictionary hybrid (its settings chosen on the tuning halves) and the
         # training-shape hybrid, from the chosen dictionary and from the full repository
     python bench/bench_online.py --hybrid-curve   # results/online_curve_hybrid.json
+    python bench/bench_online.py --ranking-tune   # results/online_ranking_tune.json: the
+        # default ranking criterion, chosen on the tuning halves (clean and missing)
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ HERE = Path(__file__).resolve().parent
 CACHE = HERE / "cache"
 BATCH = 50
 CORRUPTIONS = {"clean": (0.0, 0.0), "displaced_30": (0.3, 0.0), "missing_50": (0.0, 0.5)}
+#: the ranking criteria of rank_candidates that are compared with random orders
+CRITERIA = ("coverage", "novelty")
 
 
 # -- correspondence --------------------------------------------------------------------------
@@ -207,7 +211,7 @@ def learning_curve(pool, faces, held, cases, order, spec, seed, rebuild=True,
                                       **options)
             row["online_over_rebuilt"] = {
                 c: row["online"][c]["mean_mm"] / row["rebuilt"][c]["mean_mm"]
-                for c in CORRUPTIONS}
+                for c in cases}
             if t_update is not None:
                 row["update_over_rebuild"] = t_update / row["rebuild_s"]
         if len(idx) in eval_shapes_at or len(idx) == len(order):
@@ -215,9 +219,9 @@ def learning_curve(pool, faces, held, cases, order, spec, seed, rebuild=True,
                                                   cases)
         steps.append(row)
         print(f"  {len(idx):5d} shapes: online " + " ".join(
-            f"{row['online'][c]['mean_mm']:.3f}" for c in CORRUPTIONS)
+            f"{row['online'][c]['mean_mm']:.3f}" for c in cases)
             + ("" if not rebuild else "  rebuilt " + " ".join(
-                f"{row['rebuilt'][c]['mean_mm']:.3f}" for c in CORRUPTIONS)
+                f"{row['rebuilt'][c]['mean_mm']:.3f}" for c in cases)
                + (f"  update/rebuild {row.get('update_over_rebuild', 0):.3f}")), flush=True)
     return steps, online
 
@@ -246,12 +250,13 @@ def cost_curve(pool, faces, order, spec, seed, steps, repeats=5):
     return rows
 
 
-def ranked_order(pool, faces, spec, seed, first, criterion):
-    """Batches chosen by rank_candidates against the model grown so far."""
+def ranked_order(pool, faces, spec, seed, first, criterion, max_shapes=None):
+    """Batches chosen by rank_candidates against the model grown so far (up to
+    ``max_shapes`` shapes in all; default every shape of the pool)."""
     order = list(first)
     left = np.setdiff1d(np.arange(len(pool)), order)
     model = model_from_shapes(pool[order], faces, **spec, seed=seed)
-    while left.size:
+    while left.size and (max_shapes is None or len(order) < max_shapes):
         ranking, _, _ = rank_candidates(model, pool[left], criterion)
         pick = left[ranking[:BATCH]]
         order += pick.tolist()
@@ -289,7 +294,7 @@ def ranking_section(pool, faces, held, cases, base, spec, a):
     all from the same first batch."""
     first = base[:BATCH]
     out = {"ranking_s": {}, "ranked": {}, "random": []}
-    for crit in ("coverage", "novelty"):
+    for crit in CRITERIA:
         t0 = time.perf_counter()
         order = ranked_order(pool, faces, spec, a.seed, first, crit)
         out["ranking_s"][crit] = time.perf_counter() - t0
@@ -303,6 +308,62 @@ def ranking_section(pool, faces, held, cases, base, spec, a):
         c, _ = learning_curve(pool, faces, held, cases, np.concatenate([first, rest]), spec,
                               a.seed, rebuild=False)
         out["random"].append(c)
+    return out
+
+
+#: the corruptions that rank the ranking criteria: under 30 % displaced every order's
+#: error rises as the dictionary grows more flexible, so it cannot tell them apart
+RANKING_CORRUPTIONS = ("clean", "missing_50")
+
+
+def ranking_tune(a):
+    """The default ranking criterion, chosen on the tuning halves: learning curves
+    of the online model (up to ``--ranking-steps`` batches) for each criterion and
+    for ``--random-orders`` random orders, from the same first batch, scored on
+    the tuning half's clean and missing shapes. The criterion below the random
+    orders' mean error at the most (set, corruption, step) points is chosen."""
+    out = {"benchmark": "online learning: ranking criterion on the tuning halves",
+           "machine": machine(), "batch": BATCH, "corruptions": list(RANKING_CORRUPTIONS),
+           "rule": "the criterion below the mean of the random orders at the most "
+                   "(set, corruption, step) points after the first batch",
+           "sets": {}}
+    wins = {c: 0 for c in CRITERIA}
+    for name in a.sets:
+        ch, pool, faces, tune, _ = _halves(name, a)
+        spec = _spec(ch)
+        cases = {k: v for k, v in corrupted(tune, faces, a.seed + 1).items()
+                 if k in RANKING_CORRUPTIONS}
+        first = np.random.default_rng(a.seed).permutation(len(pool))[:BATCH]
+        top = a.ranking_steps * BATCH
+
+        def curve(order):
+            steps, _ = learning_curve(pool, faces, tune, cases, order[:top], spec, a.seed,
+                                      rebuild=False)
+            return {c: [r["online"][c]["mean_mm"] for r in steps] for c in cases}
+
+        res = {"n_tune": len(tune), "n_pool": len(pool), "random": [], "ranked": {}}
+        for s_ in range(a.random_orders):
+            rest = np.random.default_rng([a.seed, 100 + s_]).permutation(
+                np.setdiff1d(np.arange(len(pool)), first))
+            print(f"{name}: random order {s_}", flush=True)
+            res["random"].append(curve(np.concatenate([first, rest])))
+        for crit in CRITERIA:
+            print(f"{name}: ranked order ({crit})", flush=True)
+            res["ranked"][crit] = curve(
+                ranked_order(pool, faces, spec, a.seed, first, crit, max_shapes=top))
+        res["below_random_mean"] = {}
+        for crit in CRITERIA:
+            n = 0
+            for c in cases:
+                mean = np.mean([r[c] for r in res["random"]], axis=0)
+                n += int(np.sum(np.array(res["ranked"][crit][c])[1:] < mean[1:]))
+            res["below_random_mean"][crit] = n
+            wins[crit] += n
+        res["points"] = len(cases) * (len(res["random"][0]["clean"]) - 1)
+        out["sets"][name] = res
+    out["below_random_mean"] = wins
+    out["chosen"] = max(CRITERIA, key=lambda c: wins[c])
+    print(f"below the random mean: {wins}; chosen: {out['chosen']}", flush=True)
     return out
 
 
@@ -615,6 +676,11 @@ def main(argv=None):
     ap.add_argument("--prepare-only", action="store_true")
     ap.add_argument("--plot-only", action="store_true",
                     help="only draw results/online.png from the result files")
+    ap.add_argument("--ranking-tune", action="store_true",
+                    help="choose the default ranking criterion on the tuning halves "
+                         "(writes results/online_ranking_tune.json)")
+    ap.add_argument("--ranking-steps", type=int, default=8,
+                    help="batches of the --ranking-tune curves (default 8: 400 shapes)")
     ap.add_argument("--ranking-only", action="store_true",
                     help="recompute only the ranking curves of existing result files")
     ap.add_argument("--cost-only", type=int, default=0, metavar="STEPS",
@@ -648,6 +714,9 @@ def main(argv=None):
         return methods_only(a)
     if a.hybrid_curve:
         return hybrid_curve(a)
+    if a.ranking_tune:
+        print(f"wrote {write_json(HERE / 'results' / 'online_ranking_tune.json', ranking_tune(a))}")
+        return 0
     header = {"benchmark": "online learning", "machine": machine(), "batch": BATCH,
               "corruptions": {k: {"displaced_fraction": g, "missing_fraction": m}
                               for k, (g, m) in CORRUPTIONS.items()},

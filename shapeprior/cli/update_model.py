@@ -47,10 +47,10 @@ def main(argv):
     ap.add_argument("--rank-only", action="store_true",
                     help="write nothing: order the candidates by how much each would add "
                          "(what the model cannot yet express)")
-    ap.add_argument("--criterion", choices=("novelty", "coverage"), default="novelty",
-                    help="with --rank-only: first the most unusual candidates (novelty, "
-                         "default), or those whose new variation the most candidates share "
-                         "(coverage)")
+    ap.add_argument("--criterion", choices=("coverage", "novelty"), default="coverage",
+                    help="with --rank-only: first the candidates whose new variation the "
+                         "most candidates share (coverage, default), or the most unusual "
+                         "ones (novelty)")
     ap.add_argument("--labels", dest="label_values", default=None,
                     help="label values of the organ in the new maps (default: the model's)")
     ap.add_argument("--organ", default=None, help="must match the model's organ")
