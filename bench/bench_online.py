@@ -715,7 +715,8 @@ def main(argv=None):
     if a.hybrid_curve:
         return hybrid_curve(a)
     if a.ranking_tune:
-        print(f"wrote {write_json(HERE / 'results' / 'online_ranking_tune.json', ranking_tune(a))}")
+        out = write_json(HERE / "results" / "online_ranking_tune.json", ranking_tune(a))
+        print(f"wrote {out}")
         return 0
     header = {"benchmark": "online learning", "machine": machine(), "batch": BATCH,
               "corruptions": {k: {"displaced_fraction": g, "missing_fraction": m}

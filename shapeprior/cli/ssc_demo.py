@@ -10,7 +10,8 @@ import numpy as np
 from .._outputs import OutputDir, manifest
 
 
-LABELS = {"l1": "SSC-L1", "l0": "SSC-L0", "hybrid": "hybrid (SSC-L0, then SSC-L1 on its inliers)"}
+LABELS = {"l1": "SSC-L1", "l0": "SSC-L0",
+          "hybrid": "hybrid (SSC-L0, then SSC-L1 on its inliers)"}
 
 
 def main(argv):
