@@ -230,9 +230,9 @@ class VoxelClassifier:
         """``label`` with its band voxels decided by the classifier (trees
         evaluated on ``backend``; log-odds smoothed over ``smooth_vox`` voxels by
         :func:`smoothed_decision`, 0: each voxel alone), kept in one piece: the
-        largest connected component (26-neighbourhood), holes filled. (On the hippocampus
-        validation split the decisions left 0.1 islands and 0.5 hole voxels per
-        case; removing them moved Dice by 6e-5.)
+        largest connected component (26-neighbourhood), holes filled. (On the
+        hippocampus validation split the decisions left 0.1 islands and 0.5 hole
+        voxels per case; removing them moved Dice by 6e-5.)
 
         Returns
         -------
