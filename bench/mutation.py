@@ -330,6 +330,10 @@ MUTANTS = [
      "        grad = np.where((a >= lo) & (a <= hi), grad, -np.inf)",
      "        grad = np.where((b >= lo) & (b <= hi), grad, -np.inf)",
      "the organ's intensity window tested outside the edge instead of inside"),
+    ("online-api-overwrites", "online", "shapeprior/api.py",
+     "    if output is not None:      # checked before the slow stages; never overwritten",
+     "    if False:      # checked before the slow stages; never overwritten",
+     "the Python update_model reads everything before it finds its output taken"),
     # -- the voxel classifier's smoothed decisions -----------------------------------------
     ("voxels-smooth-axis-order", "voxels", "shapeprior/appearance/_voxels.py",
      "    sp = np.asarray(spacing, dtype=float)[::-1]              # zyx",

@@ -97,10 +97,12 @@ def build_model(labels, output=None, *, images=None, progress=False, **params):
         files = [Path(f) for f in labels]
         root = None
     bp = BuildParams(images_dir=None if images is None else str(images), **params)
-    if output is not None and Path(output).exists():
+    if output is not None and (Path(output).exists() or Path(output).is_symlink()):
         raise FileExistsError(f"{output} exists; choose a new model file")
     model, report = _build(files, bp, root=root, progress=progress)
     if output is not None:
+        if Path(output).exists() or Path(output).is_symlink():      # appeared meanwhile
+            raise FileExistsError(f"{output} exists; choose a new model file")
         save_model(model, output)
     return model, report
 
@@ -285,7 +287,9 @@ def update_model(model, labels, output=None, *, progress=False, **params):
     labels : str or Path or sequence of them
         A folder of label maps, or label map files.
     output : str or Path, optional
-        Also write the new model there (atomically; never over the input model).
+        Also write the new model there, atomically. An existing file there is
+        never replaced (``FileExistsError``; ``ValueError`` when it is the input
+        model), checked before the label maps are read.
     progress : bool
     **params
         Overrides of the model's build settings (``label_values`` for the organ's
@@ -307,6 +311,11 @@ def update_model(model, labels, output=None, *, progress=False, **params):
     if "label_values" in params:
         params["labels"] = tuple(params.pop("label_values"))
     src = model if isinstance(model, (str, Path)) else None
+    if output is not None:      # checked before the slow stages; never overwritten
+        if src is not None and Path(output).resolve() == Path(src).resolve():
+            raise ValueError(f"output={output} is the input model; choose another path")
+        if Path(output).exists() or Path(output).is_symlink():
+            raise FileExistsError(f"{output} exists; choose a new model file")
     if src is not None:
         model = load_model(src)
     if isinstance(labels, (str, Path)) and Path(labels).is_dir():
@@ -317,8 +326,8 @@ def update_model(model, labels, output=None, *, progress=False, **params):
     new, report = _update(model, files, params_from_model(model, **params), root=root,
                           progress=progress)
     if output is not None:
-        if src is not None and Path(output).resolve() == Path(src).resolve():
-            raise ValueError(f"output={output} is the input model; choose another path")
+        if Path(output).exists() or Path(output).is_symlink():   # appeared meanwhile
+            raise FileExistsError(f"{output} exists; choose a new model file")
         save_model(new, output)
     return new, report
 

@@ -165,6 +165,33 @@ def test_update_model_never_writes_over_its_input_or_a_foreign_file(small_model,
     assert "-o NEW_MODEL" in capsys.readouterr().err
 
 
+def test_python_update_model_never_writes_over_an_existing_file(small_model, tmp_path):
+    """The Python API as the CLI: a foreign file or the input model at ``output``
+    is refused before anything is read, and left as it was."""
+    import shapeprior as sp
+
+    model_path, _, labels = small_model
+    m = tmp_path / "m.npz"
+    shutil.copy(model_path, m)
+    foreign = tmp_path / "notes.npz"
+    foreign.write_bytes(b"mine")
+    before = {p: _sha(p) for p in (m, foreign)}
+    new_map = labels / "phantom_006.nii.gz"
+    with pytest.raises(FileExistsError, match="notes.npz exists"):
+        sp.update_model(str(m), new_map, output=foreign)
+    with pytest.raises(FileExistsError, match="notes.npz exists"):      # before any reading
+        sp.update_model(str(m), tmp_path / "no_such_folder", output=foreign)
+    with pytest.raises(ValueError, match="is the input model"):
+        sp.update_model(m, new_map, output=m)
+    with pytest.raises(FileExistsError, match="notes.npz exists"):
+        sp.build_model(labels, output=foreign)
+    assert {p: _sha(p) for p in (m, foreign)} == before
+    grown, report = sp.update_model(m, new_map, output=tmp_path / "grown.npz")
+    assert len(report["added"]) == 1
+    assert load_model(tmp_path / "grown.npz").n_shapes == load_model(m).n_shapes + 1
+    assert _sha(m) == before[m]
+
+
 def test_update_model_killed_while_writing_leaves_the_old_model(small_model, tmp_path):
     model_path, _, labels = small_model
     m = tmp_path / "m.npz"
