@@ -3,6 +3,7 @@ built-in phantoms, its result, and what it refuses to overwrite."""
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -15,16 +16,26 @@ def _hashes(folder):
 
 
 @pytest.fixture(scope="module")
-def demo_out(tmp_path_factory):
+def demo_run(tmp_path_factory):
+    import contextlib
+    import io
+
     out = tmp_path_factory.mktemp("demo") / "out"
-    assert main(["demo", "--output", str(out), "--cases", "4"]) == 0
-    return out
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["demo", "--output", str(out), "--cases", "4"]) == 0
+    return out, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo_out(demo_run):
+    return demo_run[0]
 
 
 def test_demo_segments_the_leaking_phantom_and_says_so(demo_out):
     names = {p.name for p in demo_out.iterdir()}
     assert {"label.nii.gz", "mesh.vtk", "model.npz", "report.json", "manifest.json",
-            "statistics.json"} <= names
+            "statistics.json", "model_build_report.json"} <= names
     assert not [n for n in names if n.startswith(".")]        # nothing staged left behind
     rep = json.loads((demo_out / "report.json").read_text())
     assert rep["status"] == "ok", rep.get("reasons")
@@ -33,6 +44,20 @@ def test_demo_segments_the_leaking_phantom_and_says_so(demo_out):
     # the held-out phantom has a bright leak beside the organ: the prior overrode
     # part of the search on the way
     assert rep["overridden_fraction_max"] > 0.0
+
+
+def test_demo_names_only_files_that_exist_after_it(demo_run):
+    """Its scratch folder is removed at the end: the lines it prints name the
+    published files."""
+    import re
+
+    out, text = demo_run
+    paths = re.findall(r"(?:see |wrote )(\S+?)\)?$", text, flags=re.M)
+    assert len(paths) >= 3, text
+    for p in paths:
+        assert p.startswith(str(out)) and Path(p).exists(), (p, text)
+    build = json.loads((out / "model_build_report.json").read_text())
+    assert build["n_shapes_kept"] == 4 and not build["rejected"]
 
 
 def test_demo_never_replaces_its_output_without_force(demo_out, capsys):

@@ -3,9 +3,31 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .._outputs import OutputDir, show_path
 from . import build_model, segment
+
+
+#: the model build's report, published beside the model
+BUILD_REPORT = "model_build_report.json"
+
+
+def _run(command, work, output, argv):
+    """``command(argv)`` with its printed lines naming the files where the demo
+    publishes them (``output``), not in its scratch folder ``work``, which is
+    removed at the end."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            return command(argv)
+    finally:
+        text = buf.getvalue().replace(str(work / "seg"), str(output)).replace(
+            str(work / "model.npz.report" / "report.json"), str(Path(output) / BUILD_REPORT))
+        print(text.replace(str(work), str(output)), end="")
 
 
 def main(argv):
@@ -26,7 +48,6 @@ def main(argv):
         ap.error(f"--cases={a.cases} must be >= 4")
     import shutil
     import tempfile
-    from pathlib import Path
 
     from ..synthetic import write_phantom_cases
 
@@ -41,19 +62,21 @@ def main(argv):
             if f.name != test:
                 shutil.copy(f, work / "train_labels" / f.name)
         print(f"[1/2] building a model from {a.cases} synthetic image/label pairs")
-        rc = build_model.main([str(work / "train_labels"), "-o", str(work / "model.npz"),
-                           "--images", str(images), "--vertices", "642", "--iso-spacing", "0.75",
-                           "--smooth", "0.75", "--organ", "phantom", "--quiet",
-                           "--random-state", str(a.seed)])
+        rc = _run(build_model.main, work, a.output, [
+            str(work / "train_labels"), "-o", str(work / "model.npz"), "--images", str(images),
+            "--vertices", "642", "--iso-spacing", "0.75", "--smooth", "0.75",
+            "--organ", "phantom", "--quiet", "--random-state", str(a.seed)])
         if rc:
             return rc
         print("[2/2] segmenting a held-out phantom with a bright leak beside the organ")
-        rc = segment.main([str(images / test), "-o", str(work / "seg"), "--model",
-                       str(work / "model.npz"), "--reference", str(labels / test)])
+        rc = _run(segment.main, work, a.output, [
+            str(images / test), "-o", str(work / "seg"), "--model", str(work / "model.npz"),
+            "--reference", str(labels / test)])
         if rc == 0:
             for f in sorted((work / "seg").iterdir()):
                 shutil.copy(f, out.file(f.name))
             shutil.copy(work / "model.npz", out.file("model.npz"))
+            shutil.copy(work / "model.npz.report" / "report.json", out.file(BUILD_REPORT))
             out.commit()
             print(f"published {show_path(a.output)}")
         return rc
