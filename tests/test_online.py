@@ -146,15 +146,21 @@ def test_rank_only_lists_new_candidates_and_writes_nothing(small_model, tmp_path
     assert out.startswith("rank  gain_mm") and "labels/phantom_005" in out
 
 
-def test_update_model_never_writes_over_its_input_or_a_foreign_file(small_model, tmp_path,
-                                                                    capsys):
+def _model_and_foreign_file(small_model, tmp_path):
+    """A copy of the small model, a foreign file beside it, their hashes, and a
+    new label map: ``(model, foreign, hashes, label map)``."""
     model_path, _, labels = small_model
     m = tmp_path / "m.npz"
     shutil.copy(model_path, m)
     foreign = tmp_path / "notes.npz"
     foreign.write_bytes(b"mine")
-    before = {p: _sha(p) for p in (m, foreign)}
-    new_map = str(labels / "phantom_006.nii.gz")
+    return m, foreign, {p: _sha(p) for p in (m, foreign)}, labels / "phantom_006.nii.gz"
+
+
+def test_update_model_never_writes_over_its_input_or_a_foreign_file(small_model, tmp_path,
+                                                                    capsys):
+    m, foreign, before, new_map = _model_and_foreign_file(small_model, tmp_path)
+    new_map = str(new_map)
     for target, force in ((m, []), (m, ["--force"]), (foreign, ["--force"])):
         capsys.readouterr()
         assert main(["update-model", str(m), new_map, "-o", str(target), *force]) == 1
@@ -170,13 +176,8 @@ def test_python_update_model_never_writes_over_an_existing_file(small_model, tmp
     is refused before anything is read, and left as it was."""
     import shapeprior as sp
 
-    model_path, _, labels = small_model
-    m = tmp_path / "m.npz"
-    shutil.copy(model_path, m)
-    foreign = tmp_path / "notes.npz"
-    foreign.write_bytes(b"mine")
-    before = {p: _sha(p) for p in (m, foreign)}
-    new_map = labels / "phantom_006.nii.gz"
+    m, foreign, before, new_map = _model_and_foreign_file(small_model, tmp_path)
+    labels = new_map.parent
     with pytest.raises(FileExistsError, match="notes.npz exists"):
         sp.update_model(str(m), new_map, output=foreign)
     with pytest.raises(FileExistsError, match="notes.npz exists"):      # before any reading
