@@ -289,14 +289,15 @@ def cli_update(model, case_dirs, tmp):
             "model_version": rep["model_version"], "time_s": rep["time_s"]}
 
 
-def ranking_section(pool, faces, held, cases, base, spec, a):
+def ranking_section(pool, faces, held, cases, base, spec, a, max_shapes=None):
     """Online learning curves in ranked order (each criterion) and in random orders,
-    all from the same first batch."""
+    all from the same first batch (up to ``max_shapes`` shapes; default all)."""
     first = base[:BATCH]
+    top = len(pool) if max_shapes is None else max_shapes
     out = {"ranking_s": {}, "ranked": {}, "random": []}
     for crit in CRITERIA:
         t0 = time.perf_counter()
-        order = ranked_order(pool, faces, spec, a.seed, first, crit)
+        order = ranked_order(pool, faces, spec, a.seed, first, crit, max_shapes)
         out["ranking_s"][crit] = time.perf_counter() - t0
         print(f"  ranked order ({crit})", flush=True)
         out["ranked"][crit], _ = learning_curve(pool, faces, held, cases, order, spec,
@@ -305,8 +306,8 @@ def ranking_section(pool, faces, held, cases, base, spec, a):
         rest = np.random.default_rng([a.seed, 100 + s]).permutation(
             np.setdiff1d(np.arange(len(pool)), first))
         print(f"  random order {s}", flush=True)
-        c, _ = learning_curve(pool, faces, held, cases, np.concatenate([first, rest]), spec,
-                              a.seed, rebuild=False)
+        c, _ = learning_curve(pool, faces, held, cases, np.concatenate([first, rest])[:top],
+                              spec, a.seed, rebuild=False)
         out["random"].append(c)
     return out
 
@@ -333,24 +334,16 @@ def ranking_tune(a):
         spec = _spec(ch)
         cases = {k: v for k, v in corrupted(tune, faces, a.seed + 1).items()
                  if k in RANKING_CORRUPTIONS}
-        first = np.random.default_rng(a.seed).permutation(len(pool))[:BATCH]
-        top = a.ranking_steps * BATCH
+        base = np.random.default_rng(a.seed).permutation(len(pool))
+        sec = ranking_section(pool, faces, tune, cases, base, spec, a,
+                              max_shapes=a.ranking_steps * BATCH)
 
-        def curve(order):
-            steps, _ = learning_curve(pool, faces, tune, cases, order[:top], spec, a.seed,
-                                      rebuild=False)
+        def means(steps):
             return {c: [r["online"][c]["mean_mm"] for r in steps] for c in cases}
 
-        res = {"n_tune": len(tune), "n_pool": len(pool), "random": [], "ranked": {}}
-        for s_ in range(a.random_orders):
-            rest = np.random.default_rng([a.seed, 100 + s_]).permutation(
-                np.setdiff1d(np.arange(len(pool)), first))
-            print(f"{name}: random order {s_}", flush=True)
-            res["random"].append(curve(np.concatenate([first, rest])))
-        for crit in CRITERIA:
-            print(f"{name}: ranked order ({crit})", flush=True)
-            res["ranked"][crit] = curve(
-                ranked_order(pool, faces, spec, a.seed, first, crit, max_shapes=top))
+        res = {"n_tune": len(tune), "n_pool": len(pool),
+               "random": [means(c) for c in sec["random"]],
+               "ranked": {crit: means(c) for crit, c in sec["ranked"].items()}}
         res["below_random_mean"] = {}
         for crit in CRITERIA:
             n = 0
