@@ -60,6 +60,13 @@ def load_model(path):
     return _load(path)
 
 
+def _refuse_existing(output):
+    """FileExistsError when anything (a file, a folder, a link) is at ``output``:
+    the model functions never write over it."""
+    if Path(output).exists() or Path(output).is_symlink():
+        raise FileExistsError(f"{output} exists; choose a new model file")
+
+
 def build_model(labels, output=None, *, images=None, progress=False, **params):
     """Build a shape model from label maps.
 
@@ -97,12 +104,11 @@ def build_model(labels, output=None, *, images=None, progress=False, **params):
         files = [Path(f) for f in labels]
         root = None
     bp = BuildParams(images_dir=None if images is None else str(images), **params)
-    if output is not None and (Path(output).exists() or Path(output).is_symlink()):
-        raise FileExistsError(f"{output} exists; choose a new model file")
+    if output is not None:
+        _refuse_existing(output)
     model, report = _build(files, bp, root=root, progress=progress)
     if output is not None:
-        if Path(output).exists() or Path(output).is_symlink():      # appeared meanwhile
-            raise FileExistsError(f"{output} exists; choose a new model file")
+        _refuse_existing(output)        # appeared meanwhile
         save_model(model, output)
     return model, report
 
@@ -314,8 +320,7 @@ def update_model(model, labels, output=None, *, progress=False, **params):
     if output is not None:      # checked before the slow stages; never overwritten
         if src is not None and Path(output).resolve() == Path(src).resolve():
             raise ValueError(f"output={output} is the input model; choose another path")
-        if Path(output).exists() or Path(output).is_symlink():
-            raise FileExistsError(f"{output} exists; choose a new model file")
+        _refuse_existing(output)
     if src is not None:
         model = load_model(src)
     if isinstance(labels, (str, Path)) and Path(labels).is_dir():
@@ -326,8 +331,7 @@ def update_model(model, labels, output=None, *, progress=False, **params):
     new, report = _update(model, files, params_from_model(model, **params), root=root,
                           progress=progress)
     if output is not None:
-        if Path(output).exists() or Path(output).is_symlink():   # appeared meanwhile
-            raise FileExistsError(f"{output} exists; choose a new model file")
+        _refuse_existing(output)        # appeared meanwhile
         save_model(new, output)
     return new, report
 
