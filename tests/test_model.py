@@ -59,6 +59,34 @@ def test_closest_points_of_moving_vertices_are_the_trees_answers():
             assert sum(asked) < 0.5 * len(q)      # small steps: most answers kept
 
 
+def test_closest_vertices_of_a_moving_cloud_are_the_trees_answers():
+    """The template fit's backward correspondences (each fixed target point's
+    closest template vertex), kept for the points that the template's small
+    steps cannot have changed, equal a fresh KD-tree query at every step:
+    small steps (most kept), a few vertices moving far, and whole jumps."""
+    from scipy.spatial import cKDTree
+
+    from shapeprior.correspond._nicp import _NearestToMoving
+
+    rng = np.random.default_rng(1)
+    pts = rng.normal(size=(3000, 3))
+    cloud = rng.normal(size=(400, 3))
+    nearest = _NearestToMoving(pts)
+    kept = []
+    for step in range(40):
+        move = rng.normal(scale=0.5 if step % 10 == 9 else 0.002, size=cloud.shape)
+        if step % 10 == 5:
+            move[:3] += 1.0                  # a few vertices jump: the others stay put
+        cloud = cloud + move
+        before = None if nearest.cloud is None else nearest.spent.copy()
+        got = nearest(cloud)
+        assert np.array_equal(got, cKDTree(cloud).query(pts)[1]), step
+        if before is not None:
+            kept.append(np.mean(nearest.spent > 0))
+    assert np.mean(kept) > 0.5                 # small steps: most answers kept
+    assert min(kept) < 0.05                    # a jump: asked again
+
+
 def test_template_fit_flags_failure():
     sv, sf = icosphere(2)
     a = _ellipsoid_surface(10, 10, 10, centre=(-40, 0, 0), level=4)

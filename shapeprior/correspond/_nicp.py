@@ -106,6 +106,43 @@ class _NearestFromMoving:
         return self.idx.copy()
 
 
+class _NearestToMoving:
+    """Nearest point of a moving cloud for fixed query points, exactly as
+    ``cKDTree(cloud).query(points)`` answers it.
+
+    A query point keeps its previous answer ``i`` when its distance to the
+    moved ``cloud[i]``, plus the sum of the largest moves of any cloud point
+    since it was last asked, is below the second-nearest distance it had then:
+    every other point can have come closer by at most that sum (triangle
+    inequality). Only the others are asked again (k = 2). The template fit's
+    backward correspondences (each target vertex's closest template vertex)
+    took 60 % of a KiTS kidney's fit when asked afresh at every step; late in
+    the fit, when the steps are small, half or more are kept."""
+
+    def __init__(self, points):
+        self.points = points
+        self.cloud = None
+
+    def __call__(self, cloud):
+        q = self.points
+        if self.cloud is None:
+            ask = np.arange(len(q))
+            self.d2, self.spent = np.empty(len(q)), np.zeros(len(q))
+            self.idx = np.empty(len(q), dtype=np.intp)
+        else:
+            self.spent += float(np.sqrt(np.max(np.sum((cloud - self.cloud) ** 2, axis=1))))
+            near = np.linalg.norm(q - cloud[self.idx], axis=1)
+            ask = np.flatnonzero(~(near + self.spent + _CERTIFY_SLACK * self.d2 < self.d2))
+        self.cloud = np.array(cloud, dtype=float, copy=True)
+        if ask.size:
+            # (uncompacted leaves of 32 answer the same, faster while the
+            # template is still millimetres off the target)
+            tree = cKDTree(self.cloud, leafsize=32, balanced_tree=False, compact_nodes=False)
+            d, i = tree.query(q[ask], k=2)
+            self.d2[ask], self.idx[ask], self.spent[ask] = d[:, 1], i[:, 0], 0.0
+        return self.idx.copy()
+
+
 def _affine_lsq(src, dst):
     X = np.c_[src, np.ones(len(src))]
     M, *_ = np.linalg.lstsq(X, dst, rcond=None)
@@ -149,13 +186,14 @@ def fit_template(template_verts, faces, target: Surface, n_iter=80, stiffness=(4
         v = (v - v.mean(0)) / v.std(0) * tv.std(0) + tv.mean(0)
     elif init != "none":
         raise ValueError(f"init={init!r} is not 'moments' or 'none'")
-    # the steps shrink as the fit settles: most vertices' closest target points
-    # are certified unchanged instead of searched again (the same answers)
+    # the steps shrink as the fit settles: most closest points, both ways, are
+    # certified unchanged instead of searched again (the same answers)
     nearest_target = _NearestFromMoving(tree, tv)
+    nearest_vertex = _NearestToMoving(tv)
     # affine ICP, symmetric correspondences
     for _ in range(15):
         fi = nearest_target(v)
-        _, bi = cKDTree(v).query(tv)
+        bi = nearest_vertex(v)
         src = np.concatenate([v, v[bi]])
         dst = np.concatenate([tv[fi], tv])
         M = _affine_lsq(src, dst)
@@ -165,7 +203,7 @@ def fit_template(template_verts, faces, target: Surface, n_iter=80, stiffness=(4
         k = int(round(s0 * (s1 / s0) ** (it / max(n_iter - 1, 1))))
         fi = nearest_target(v)
         fwd = tv[fi] - v
-        _, bi = cKDTree(v).query(tv)
+        bi = nearest_vertex(v)
         acc = np.zeros_like(v)
         cnt = np.bincount(bi, minlength=n).astype(float)
         for c in range(3):
