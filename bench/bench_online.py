@@ -187,9 +187,11 @@ def choose_dictionary(train, faces, tune, tune_cases, sizes, sparsities, kinds, 
 
 
 def learning_curve(pool, faces, held, cases, order, spec, seed, rebuild=True,
-                   eval_shapes_at=(), options=None):
+                   eval_shapes_at=(), options=None, shapes_prior=True):
     """Online vs rebuilt along ``order`` (indices into pool); ``options`` of
-    sparse_shape_composition for the dictionary's solves (default plain SSC-L1)."""
+    sparse_shape_composition for the dictionary's solves (default plain SSC-L1).
+    With ``shapes_prior`` the online model also composes from its raw shapes at
+    ``eval_shapes_at`` and at the last step."""
     options = options or {}
     steps = []
     online = None
@@ -219,7 +221,7 @@ def learning_curve(pool, faces, held, cases, order, spec, seed, rebuild=True,
                 for c in cases}
             if t_update is not None:
                 row["update_over_rebuild"] = t_update / row["rebuild_s"]
-        if len(idx) in eval_shapes_at or len(idx) == len(order):
+        if shapes_prior and (len(idx) in eval_shapes_at or len(idx) == len(order)):
             row["online_shapes_prior"] = evaluate(online.prior_dictionary("shapes"), held,
                                                   cases)
         steps.append(row)
@@ -232,9 +234,10 @@ def learning_curve(pool, faces, held, cases, order, spec, seed, rebuild=True,
 
 
 def _curve_job(args):
-    pool, faces, held, cases, order, spec, seed, shapes_at, options = args
+    pool, faces, held, cases, order, spec, seed, shapes_at, options, shapes_prior = args
     return learning_curve(pool, faces, held, cases, order, spec, seed,
-                          eval_shapes_at=shapes_at, options=options)[0]
+                          eval_shapes_at=shapes_at, options=options,
+                          shapes_prior=shapes_prior)[0]
 
 
 def seeded_curve(pool, faces, held, cases, order, spec, seeds, eval_shapes_at=(),
@@ -247,8 +250,9 @@ def seeded_curve(pool, faces, held, cases, order, spec, seeds, eval_shapes_at=()
     than the 5 % the comparison is asked to resolve, so one seed against another
     measures the draw. Each seed's errors and ratios are kept
     (``*_per_seed``)."""
-    jobs = [(pool, faces, held, cases, order, spec, s, eval_shapes_at if i == 0 else (),
-             options) for i, s in enumerate(seeds)]
+    # the raw shapes do not depend on the seed: composed from once
+    jobs = [(pool, faces, held, cases, order, spec, s, eval_shapes_at, options, i == 0)
+            for i, s in enumerate(seeds)]
     if n_jobs > 1 and len(seeds) > 1:
         with ProcessPoolExecutor(min(n_jobs, len(seeds))) as ex:
             runs = list(ex.map(_curve_job, jobs))
