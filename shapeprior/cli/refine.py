@@ -30,7 +30,9 @@ def main(argv):
                          "--labels 1 --keep-labels 2 keeps the tumour); in missing or "
                          "copied slices they are interpolated as the organ is")
     ap.add_argument("--image", default=None,
-                    help="the scan (file or DICOM folder): continue the fit against it")
+                    help="the scan (file or DICOM folder): continue the fit against it, and "
+                         "fill the mask's enclosed holes that have the organ's own intensity "
+                         "(a cavity that differs, such as sinus fat, is kept)")
     ap.add_argument("--side", choices=("none", "left", "right"), default="none",
                     help="side of a paired organ (default: from the mask's position)")
     ap.add_argument("--window", default=None,

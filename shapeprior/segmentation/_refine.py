@@ -13,7 +13,10 @@ centroid of the organ's parts (components of at least
 :data:`PART_FRACTION` of the largest, or of :data:`GAP_PART_FRACTION` across
 a gap from them: islands do not pull it). With an image,
 the fit then continues against the image's boundary appearance from that
-surface.
+surface, and the refined mask's enclosed cavities with the organ's own
+intensity are filled (a hole the segmentation left); without the image a
+cavity stays unless the fit departs from the mask around it (a kidney's sinus
+is a cavity too).
 
 Labels passed as ``keep`` (a lesion the model does not know, such as a
 kidney tumour) are fitted as organ and never removed; in missing and copied
@@ -36,6 +39,7 @@ import numpy as np
 from ..io import Volume
 from ..mesh import dice, grown_box, mask_box, signed_distance, voxelize
 from ._assess import border_distance
+from . import _cavities
 from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, segment_volume
 
 #: a fitted vertex this near the mask's boundary (mm, plus half the largest
@@ -355,7 +359,10 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
         Seed, window and normalisation are set here for the mask fit.
     image : Volume, optional
         The scan the mask was made on (any grid): the fit continues against
-        its boundary appearance.
+        its boundary appearance, and the refined mask's enclosed cavities
+        with the organ's own intensity are filled
+        (:func:`~shapeprior.segmentation._cavities.fill_organ_like_cavities`;
+        ``fit.evidence["cavities"]`` says how many were filled and kept).
     dictionary : ShapeDictionary, optional
     keep : sequence of int
         Labels that are part of the organ but never removed: a lesion the
@@ -447,6 +454,11 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
             for v, iv in across:
                 kept = np.where(gaps & iv, v, kept)
         label = np.where(kept > 0, kept, label).astype(np.uint8)
+    if image is not None and agree >= MASK_AGREEMENT:
+        # with the image a hole is evidence: one with the organ's own intensity
+        # is filled, one that differs (sinus fat) is the organ's and stays
+        label, fit.evidence["cavities"] = _cavities.fill_organ_like_cavities(
+            label, mask_vol, image, percentiles=_cavities.CAVITY_PERCENTILES)
     pieces = _pieces(label > 0)
     fit.evidence["refined_pieces"] = pieces
     if pieces > 1:
