@@ -37,6 +37,9 @@ to ``results/refine_validation.json``), e.g. the gap rule::
     python bench/bench_refine.py --split validation --min-slice-mm 3 --cases 10 \\
         --kinds missing_slices,duplicated_slices,copied_slices \\
         --gap-fractions 0,0.2,0.3,0.4,0.5,1
+
+and the interpolation across gaps (one run per ``--interpolation linear|chord|cubic``,
+``results/refine_validation_interp_<mode>.json``).
 """
 
 from __future__ import annotations
@@ -242,6 +245,9 @@ def main(argv=None):
                     help="sweep GAP_PART_FRACTION over these comma-separated values (each "
                          "variant is reported as refined@part=F); default: the library's "
                          "value")
+    ap.add_argument("--interpolation", choices=("linear", "chord", "cubic"), default=None,
+                    help="shape-based interpolation across missing and copied slices "
+                         "(GAP_INTERPOLATION; default: the library's value)")
     ap.add_argument("--output", default=None,
                     help="result file (default results/refine.json, or "
                          "results/refine_validation.json for --split validation)")
@@ -258,6 +264,8 @@ def main(argv=None):
     elif a.part_fractions is not None:
         sweep = ("GAP_PART_FRACTION", "@part=",
                  [float(v) for v in a.part_fractions.split(",")])
+    if a.interpolation is not None:
+        _refine_mod.GAP_INTERPOLATION = a.interpolation
     out_path = Path(a.output) if a.output else HERE / "results" / (
         "refine.json" if a.split == "test" else "refine_validation.json")
     root = data_root() / "kits19"
@@ -357,6 +365,7 @@ def main(argv=None):
         else _refine_mod.MAX_GAP_FRACTION,
         "gap_part_fraction": sweep[2] if sweep and sweep[0] == "GAP_PART_FRACTION"
         else _refine_mod.GAP_PART_FRACTION,
+        "gap_interpolation": _refine_mod.GAP_INTERPOLATION,
         "columns": {"refined": "refine_mask with labels (1, 2): the organ as one label",
                     "refined_keep_tumour": "refine_mask with labels (1,), keep (2,): the "
                                            "tumour label is fitted as organ, never removed",

@@ -166,6 +166,33 @@ def test_missing_slices_are_found_and_interpolated():
     assert not missing_slices(far, sp)[0].any()
 
 
+@pytest.mark.parametrize("start, n", [(18, 3), (25, 3), (26, 4)])
+def test_a_gap_follows_an_organ_narrowing_towards_its_pole(start, n, monkeypatch):
+    """The default interpolation (Catmull-Rom on the signed distance maps)
+    follows the curvature the slices beyond the gap show: fewer wrong voxels
+    than the linear blend of the two bounding slices on an ellipsoid, and the
+    same, exact, fill for a cylinder (no curvature: no overshoot)."""
+    from shapeprior.segmentation import _refine, missing_slices
+
+    sp = (2.0, 1.0, 1.0)
+    g = np.ogrid[0:40, 0:60, 0:60]
+    organ = ((g[0] - 20) * 2.0 / 24) ** 2 + ((g[1] - 30) / 20) ** 2 + ((g[2] - 30) / 14) ** 2 <= 1
+    cyl = np.zeros(organ.shape, bool)
+    cyl[5:35] = (g[1] - 30) ** 2 + (g[2] - 30) ** 2 <= 15 ** 2
+    wrong = {}
+    for mode in ("linear", _refine.GAP_INTERPOLATION):
+        monkeypatch.setattr(_refine, "GAP_INTERPOLATION", mode)
+        for name, m in (("ellipsoid", organ), ("cylinder", cyl)):
+            cut = m.copy()
+            cut[start:start + n] = False
+            gaps, fill = missing_slices(cut, sp)
+            assert gaps[start:start + n].all()
+            wrong[mode, name] = int((fill[start:start + n] ^ m[start:start + n]).sum())
+    assert _refine.GAP_INTERPOLATION != "linear"
+    assert wrong["chord", "ellipsoid"] <= 0.85 * wrong["linear", "ellipsoid"], wrong
+    assert wrong["chord", "cylinder"] == wrong["linear", "cylinder"] == 0
+
+
 @pytest.mark.parametrize("fraction, bridged", [(0.0, False), (0.3, False), (0.33, True)])
 def test_a_gap_longer_than_max_gap_mm_is_bridged_up_to_a_fraction_of_the_organ(
         monkeypatch, fraction, bridged):

@@ -167,6 +167,18 @@ MAX_GAP_MM = 15.0
 #: slices); none of them bridges anything more in the 287 clean kidneys of that
 #: split. 0 keeps the millimetre limit alone
 MAX_GAP_FRACTION = 0.3
+#: shape-based interpolation across a gap: "linear" blends the signed distance
+#: maps of the two slices bounding it; "cubic" and "chord" follow a cubic
+#: Hermite curve whose slopes at the ends come from the slice beyond each end
+#: ("cubic") or from the chord across the gap and that slice (Catmull-Rom,
+#: "chord"), so that an organ narrowing towards a pole is followed. Chosen on
+#: degraded KiTS19 training-split masks (``bench/bench_refine.py --split
+#: validation --interpolation``, 10 kidneys with 3-5 mm slices): "chord" has the
+#: lowest mean error over the missing- and copied-slice rows (0.838 mm summed
+#: over the six, linear 0.911, cubic 0.881), below linear in each of them;
+#: "cubic" follows one-slice differences, which the voxel staircase makes noisy
+#: (missing 1: 0.045 against 0.037 mm)
+GAP_INTERPOLATION = "chord"
 #: overlap (intersection over the smaller) of the two slices bounding a gap that
 #: makes it a cut through one organ rather than the space between two objects
 GAP_OVERLAP = 0.3
@@ -189,7 +201,9 @@ def _sides(vol, centre):
 def _bridge(m, ax, lo, hi, spacing_zyx, gaps, fill):
     """Slices ``lo+1 .. hi-1`` along ``ax`` marked in ``gaps`` and filled in
     ``fill`` by shape-based interpolation between slices ``lo`` and ``hi``
-    (their signed distance maps blended linearly). A region on one side only
+    (their signed distance maps blended along a cubic curve whose end slopes
+    come from the slices beyond, :data:`GAP_INTERPOLATION`; linearly where
+    those are empty). A region on one side only
     shrinks and vanishes by the middle of the gap (the empty side's map is
     the region's largest depth everywhere): where it ends is unknown."""
     other = [float(spacing_zyx[a]) for a in range(3) if a != ax]
@@ -201,6 +215,7 @@ def _bridge(m, ax, lo, hi, spacing_zyx, gaps, fill):
         return
     sa = signed_distance(a, other) if a.any() else None
     sb = signed_distance(b, other) if b.any() else None
+    slopes = _end_slopes(m, ax, lo, hi, other, sa, sb)
     # an empty side: positive everywhere, by the other side's largest depth
     sa = np.full(b.shape, -sb.min()) if sa is None else sa
     sb = np.full(a.shape, -sa.min()) if sb is None else sb
@@ -210,7 +225,32 @@ def _bridge(m, ax, lo, hi, spacing_zyx, gaps, fill):
         sl = [slice(None)] * 3
         sl[ax] = lo + k
         gaps[tuple(sl)] = True
-        fill[tuple(sl)] = (1 - t) * sa + t * sb < 0
+        if slopes is None:
+            v = (1 - t) * sa + t * sb
+        else:       # cubic Hermite over the n + 1 slice steps (linear for equal slopes)
+            ma, mb = slopes
+            v = (2 * t ** 3 - 3 * t ** 2 + 1) * sa + (-2 * t ** 3 + 3 * t ** 2) * sb \
+                + (n + 1) * ((t ** 3 - 2 * t ** 2 + t) * ma + (t ** 3 - t ** 2) * mb)
+        fill[tuple(sl)] = v < 0
+
+
+def _end_slopes(m, ax, lo, hi, other, sa, sb):
+    """Slopes (per slice) of the signed distance at the two ends of a gap,
+    from the slice beyond each end (:data:`GAP_INTERPOLATION` ``"chord"`` or
+    ``"cubic"``); None (linear) for ``"linear"``, or when a bounding slice or
+    the one beyond it is empty or outside the grid."""
+    if GAP_INTERPOLATION == "linear" or sa is None or sb is None:
+        return None
+    if lo < 1 or hi + 1 >= m.shape[ax]:
+        return None
+    a0, b1 = np.take(m, lo - 1, axis=ax), np.take(m, hi + 1, axis=ax)
+    if not (a0.any() and b1.any()):
+        return None
+    s0, s3 = signed_distance(a0, other), signed_distance(b1, other)
+    if GAP_INTERPOLATION == "chord":        # Catmull-Rom: across the gap and one slice
+        L = hi - lo + 1
+        return (sb - s0) / L, (s3 - sa) / L
+    return sa - s0, s3 - sb
 
 
 def interpolate_gaps(m, gaps, spacing_zyx):
@@ -253,7 +293,8 @@ def missing_slices(m, spacing_zyx):
     :data:`GAP_OVERLAP` of the smaller) is a gap: a slab a segmentation
     network or an annotator skipped. It is filled by shape-based
     interpolation: the signed distance maps of the two bounding slices are
-    blended linearly across the gap.
+    blended across the gap, along a cubic curve that follows the slices
+    beyond it (:data:`GAP_INTERPOLATION`).
 
     Parameters
     ----------
