@@ -50,15 +50,19 @@ def sample_image(image, vol, idx_zyx):
     if len(idx_zyx) == 0:
         return np.zeros(0)
     if image.same_grid(vol):
-        return np.asarray(image.array, float)[tuple(np.asarray(idx_zyx).T)]
+        return image.array[tuple(np.asarray(idx_zyx).T)].astype(float)
     pts = vol.index_to_physical(np.asarray(idx_zyx, float)[:, ::-1])
     at = image.physical_to_index(pts)[:, ::-1]
     hi = np.array(image.array.shape) - 1
     inside = np.all((at >= -1e-6) & (at <= hi + 1e-6), axis=1)
     out = np.full(len(at), np.nan)
     if inside.any():
-        out[inside] = ndimage.map_coordinates(np.asarray(image.array, np.float32),
-                                              np.clip(at[inside], 0, hi).T, order=1)
+        at = np.clip(at[inside], 0, hi)
+        # only the box the samples need is converted (a whole CT would be GBs)
+        lo = np.floor(at.min(0)).astype(int)
+        top = np.minimum(np.ceil(at.max(0)).astype(int), hi) + 1
+        box = np.asarray(image.array[tuple(slice(a, b) for a, b in zip(lo, top))], np.float32)
+        out[inside] = ndimage.map_coordinates(box, (at - lo).T, order=1)
     return out
 
 
