@@ -2,7 +2,7 @@
 
 Without the image a hole in a mask is no evidence of an error: clean KiTS19
 kidney masks hold enclosed cavities as large as a network's holes (renal
-sinus fat, up to 2 ml). With the image it is: a cavity whose intensity is the
+sinus fat, up to 3 ml). With the image it is: a cavity whose intensity is the
 organ's own is a hole the segmentation left in the organ, and is filled; one
 whose intensity differs (fat in the sinus, fluid, air) is the organ's own
 cavity, and is kept. The organ's range is taken from the refined mask
