@@ -188,8 +188,9 @@ def choose_dictionary(train, faces, tune, tune_cases, sizes, sparsities, kinds, 
 
 def learning_curve(pool, faces, held, cases, order, spec, seed, rebuild=True,
                    eval_shapes_at=(), options=None, shapes_prior=True):
-    """Online vs rebuilt along ``order`` (indices into pool); ``options`` of
-    sparse_shape_composition for the dictionary's solves (default plain SSC-L1).
+    """Online vs rebuilt along ``order`` (indices into pool), a row per step;
+    ``options`` of sparse_shape_composition for the dictionary's solves (default
+    plain SSC-L1).
     With ``shapes_prior`` the online model also composes from its raw shapes at
     ``eval_shapes_at`` and at the last step."""
     options = options or {}
@@ -230,14 +231,14 @@ def learning_curve(pool, faces, held, cases, order, spec, seed, rebuild=True,
             + ("" if not rebuild else "  rebuilt " + " ".join(
                 f"{row['rebuilt'][c]['mean_mm']:.3f}" for c in cases)
                + (f"  update/rebuild {row.get('update_over_rebuild', 0):.3f}")), flush=True)
-    return steps, online
+    return steps
 
 
 def _curve_job(args):
     pool, faces, held, cases, order, spec, seed, shapes_at, options, shapes_prior = args
     return learning_curve(pool, faces, held, cases, order, spec, seed,
                           eval_shapes_at=shapes_at, options=options,
-                          shapes_prior=shapes_prior)[0]
+                          shapes_prior=shapes_prior)
 
 
 def seeded_curve(pool, faces, held, cases, order, spec, seeds, eval_shapes_at=(),
@@ -367,14 +368,14 @@ def ranking_section(pool, faces, held, cases, base, spec, a, max_shapes=None):
         order = ranked_order(pool, faces, spec, a.seed, first, crit, max_shapes)
         out["ranking_s"][crit] = time.perf_counter() - t0
         print(f"  ranked order ({crit})", flush=True)
-        out["ranked"][crit], _ = learning_curve(pool, faces, held, cases, order, spec,
-                                                a.seed, rebuild=False)
+        out["ranked"][crit] = learning_curve(pool, faces, held, cases, order, spec,
+                                             a.seed, rebuild=False)
     for s in range(a.random_orders):
         rest = np.random.default_rng([a.seed, 100 + s]).permutation(
             np.setdiff1d(np.arange(len(pool)), first))
         print(f"  random order {s}", flush=True)
-        c, _ = learning_curve(pool, faces, held, cases, np.concatenate([first, rest])[:top],
-                              spec, a.seed, rebuild=False)
+        c = learning_curve(pool, faces, held, cases, np.concatenate([first, rest])[:top],
+                           spec, a.seed, rebuild=False)
         out["random"].append(c)
     return out
 

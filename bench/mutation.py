@@ -419,7 +419,7 @@ MUTANTS = [
      "lo <= np.median(v) <= hi)", "lo <= np.median(v) or np.median(v) <= hi)",
      "every enclosed cavity is filled, sinus fat included"),
     ("cavity-kept-labels-in-range", "refine", "shapeprior/segmentation/_cavities.py",
-     "    organ = label == organ_value\n", "    organ = label > 0\n",
+     "    organ = label[box] == organ_value\n", "    organ = label[box] > 0\n",
      "a kept lesion's intensity widens the organ's range"),
     ("cavity-grid-axes", "refine", "shapeprior/segmentation/_cavities.py",
      "    at = image.physical_to_index(pts)[:, ::-1]", "    at = image.physical_to_index(pts)",

@@ -98,18 +98,19 @@ def fill_organ_like_cavities(label, vol, image, organ_value=1,
     info = {"filled": 0, "filled_ml": 0.0, "kept": 0, "kept_ml": 0.0,
             "organ_range": None, "percentiles": None if percentiles is None
             else [float(p) for p in percentiles]}
-    organ = label == organ_value
-    if percentiles is None or not organ.any():
+    if percentiles is None or not label.any():
         return label, info
+    # every cavity and every organ voxel lies in the label's box
     box = grown_box(mask_box(label > 0), 1, label.shape)
+    organ = label[box] == organ_value
     sub = label[box] > 0
     holes = ndimage.binary_fill_holes(sub) & ~sub
-    if not holes.any():
+    if not (organ.any() and holes.any()):
         return label, info
     lo_box = np.array([b.start for b in box])
-    inner = ndimage.binary_erosion(organ[box])
+    inner = ndimage.binary_erosion(organ)
     if np.count_nonzero(inner) < MIN_INTERIOR_VOXELS:
-        inner = organ[box]
+        inner = organ
     at = np.argwhere(inner)
     at = at[::max(1, -(-len(at) // MAX_ORGAN_SAMPLES))]
     vals = sample_image(image, vol, at + lo_box)
