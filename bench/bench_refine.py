@@ -80,18 +80,19 @@ def ball(shape, centre_zyx, r_mm, sp_zyx):
     return d2 <= r_mm ** 2
 
 
-def degrade(mask, sp_zyx, kind, sev, rng, lab=None):
+def degrade(mask, sp_zyx, kind, sev, rng, lab=None, slice_axis=2):
     """A degraded copy of ``mask`` (bool, zyx); ``sev`` in 1..3. With ``lab``
     (the clean label map: 1 kidney, 2 tumour), also that label map degraded
     the same way (new voxels are kidney, moved slices keep their labels):
-    ``(mask, labels)``."""
-    out = _degrade(mask, sp_zyx, kind, sev, rng, lab)
+    ``(mask, labels)``. Slice degradations act along the array axis
+    ``slice_axis`` (KiTS19: 2, its acquired slices; an axial NIfTI: 0)."""
+    out = _degrade(mask, sp_zyx, kind, sev, rng, lab, slice_axis)
     return out if lab is not None else out[0]
 
 
-def _degrade(mask, sp_zyx, kind, sev, rng, lab):
+def _degrade(mask, sp_zyx, kind, sev, rng, lab, ax=2):
     m = mask.copy()
-    lt = None if lab is None else np.moveaxis(lab.copy(), 2, 0)     # slice ops, as mt
+    lt = None if lab is None else np.moveaxis(lab.copy(), ax, 0)    # slice ops, as mt
     # inside distances on the mask's box (exact there); outside ones only when used
     box = grown_box(mask_box(mask), 1, mask.shape)
     dist_in = np.zeros(mask.shape)
@@ -113,9 +114,9 @@ def _degrade(mask, sp_zyx, kind, sev, rng, lab):
         m &= ~ball(m.shape, p, r, sp_zyx)
     elif kind in ("missing_slices", "duplicated_slices", "copied_slices"):
         # KiTS19 stores the acquired slices along the first NIfTI axis: ITK's x,
-        # the last array axis
+        # the last array axis (the default ax)
         k = (2, 4, 6)[sev - 1]
-        mt, tt = np.moveaxis(m, 2, 0), np.moveaxis(mask, 2, 0)     # views
+        mt, tt = np.moveaxis(m, ax, 0), np.moveaxis(mask, ax, 0)   # views
         zs = np.where(tt.any((1, 2)))[0]
         a = int(rng.integers(zs[0] + len(zs) // 4, zs[0] + 3 * len(zs) // 4 - k + 1))
 
@@ -130,7 +131,7 @@ def _degrade(mask, sp_zyx, kind, sev, rng, lab):
 
         move(mt, tt)
         if lt is not None:
-            move(lt, np.moveaxis(lab, 2, 0))
+            move(lt, np.moveaxis(lab, ax, 0))
     elif kind == "islands":
         n = (2, 4, 8)[sev - 1]
         for _ in range(n):
@@ -145,7 +146,7 @@ def _degrade(mask, sp_zyx, kind, sev, rng, lab):
     if lab is None:
         return m, None
     if kind in ("missing_slices", "duplicated_slices", "copied_slices"):
-        out = np.moveaxis(lt, 0, 2)
+        out = np.moveaxis(lt, 0, ax)
     else:               # voxels added are kidney, voxels removed are gone
         out = np.where(m, np.where(lab > 0, lab, 1), 0)
     return m, np.where(m, out, 0).astype(np.uint8)

@@ -167,9 +167,11 @@ def refine(mask, model, *, labels=(1,), image=None, keep=(), **params):
     labels : tuple of int
         Labels of the organ in ``mask``.
     image : Volume or str or Path, optional
-        The scan: continue the fit against its boundary appearance, and fill
+        The scan: continue the fit against its boundary appearance, fill
         the enclosed holes that have the organ's own intensity (a cavity that
-        differs, such as sinus fat, is kept; ``fit.evidence["cavities"]``).
+        differs, such as sinus fat, is kept; ``fit.evidence["cavities"]``),
+        and undo runs of identical slices the scan shows to be inserted rather
+        than copied (``fit.evidence["inserted_slices"]``).
     keep : tuple of int
         Labels fitted as part of the organ but never removed, kept with their
         own value (a lesion the model does not know: KiTS tumour label 2).

@@ -30,9 +30,11 @@ def main(argv):
                          "--labels 1 --keep-labels 2 keeps the tumour); in missing or "
                          "copied slices they are interpolated as the organ is")
     ap.add_argument("--image", default=None,
-                    help="the scan (file or DICOM folder): continue the fit against it, and "
+                    help="the scan (file or DICOM folder): continue the fit against it, "
                          "fill the mask's enclosed holes that have the organ's own intensity "
-                         "(a cavity that differs, such as sinus fat, is kept)")
+                         "(a cavity that differs, such as sinus fat, is kept), and remove a "
+                         "run of identical slices the scan shows to be inserted rather than "
+                         "copied (the displaced side of the organ moved back)")
     ap.add_argument("--side", choices=("none", "left", "right"), default="none",
                     help="side of a paired organ (default: from the mask's position)")
     ap.add_argument("--window", default=None,

@@ -16,7 +16,9 @@ the fit then continues against the image's boundary appearance from that
 surface, and the refined mask's enclosed cavities with the organ's own
 intensity are filled (a hole the segmentation left); without the image a
 cavity stays unless the fit departs from the mask around it (a kidney's sinus
-is a cavity too).
+is a cavity too). With an image, a run of identical slices is also read
+first as copied (bridged) or inserted (the copies removed and one side of the
+organ moved back, :mod:`._inserted`): without the image, as copied.
 
 Labels passed as ``keep`` (a lesion the model does not know, such as a
 kidney tumour) are fitted as organ and never removed; in missing and copied
@@ -39,7 +41,7 @@ import numpy as np
 from ..io import Volume
 from ..mesh import dice, grown_box, mask_box, signed_distance, voxelize
 from ._assess import border_distance
-from . import _cavities
+from . import _cavities, _inserted
 from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, segment_volume
 
 #: a fitted vertex this near the mask's boundary (mm, plus half the largest
@@ -328,9 +330,8 @@ def missing_slices(m, spacing_zyx):
 
 
 #: a cross-section of at least this many voxels repeated exactly on the next
-#: slice is a copy: no organ keeps the same outline voxel for voxel from one
-#: slice to the next (none of 80 KiTS19 kidney masks does, on any axis)
-MIN_REPEAT_VOXELS = 20
+#: slice is a copy (:data:`._inserted.MIN_REPEAT_VOXELS`)
+MIN_REPEAT_VOXELS = _inserted.MIN_REPEAT_VOXELS
 
 
 def repeated_slices(m, spacing_zyx):
@@ -359,25 +360,14 @@ def repeated_slices(m, spacing_zyx):
     gaps = np.zeros(m.shape, bool)
     fill = np.zeros(m.shape, bool)
     for ax in range(3):
-        t = np.moveaxis(m, ax, 0)
-        area = t.sum(axis=(1, 2))
+        area = np.moveaxis(m, ax, 0).reshape(m.shape[ax], -1).sum(axis=1)
         occupied = np.flatnonzero(area)
         extent = occupied[-1] - occupied[0] + 1 if occupied.size else 0
-        same = np.array([area[i] >= MIN_REPEAT_VOXELS and np.array_equal(t[i], t[i + 1])
-                         for i in range(len(t) - 1)], bool)
-        i = 0
-        while i < len(same):
-            if not same[i]:
-                i += 1
-                continue
-            j = i
-            while j < len(same) and same[j]:
-                j += 1
+        for i, j in _inserted.identical_runs(m, ax, MIN_REPEAT_VOXELS):
             # slices i+1 .. j copy slice i; j+1 is the next different one
-            if j + 1 < len(t) and area[j + 1] > 0 and \
+            if j + 1 < len(area) and area[j + 1] > 0 and \
                     _bridgeable(j - i, spacing_zyx[ax], extent):
                 _bridge(m, ax, i, j + 1, spacing_zyx, gaps, fill)
-            i = j
     return gaps, fill
 
 
@@ -399,7 +389,11 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
         both sides and the side whose shape explains it better is kept).
         Seed, window and normalisation are set here for the mask fit.
     image : Volume, optional
-        The scan the mask was made on (any grid): the fit continues against
+        The scan the mask was made on (any grid): runs of identical slices
+        that the image reads as inserted rather than copied are removed and
+        the organ beyond them moved back
+        (:func:`~shapeprior.segmentation._inserted.undo_inserted_slices`;
+        ``fit.evidence["inserted_slices"]``), the fit continues against
         its boundary appearance, and the refined mask's enclosed cavities
         with the organ's own intensity are filled
         (:func:`~shapeprior.segmentation._cavities.fill_organ_like_cavities`;
@@ -429,6 +423,16 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     m = np.isin(mask_vol.array, np.asarray(tuple(labels) + keep))
     if not m.any():
         raise ValueError(f"the mask has no voxel with label(s) {list(labels) + list(keep)}")
+    m_input, inserted = m, None
+    if image is not None:
+        # with the image a run of identical slices is read as copies or as
+        # inserted slices (one side of the organ displaced): inserted ones go
+        arr, inserted = _inserted.undo_inserted_slices(
+            mask_vol.array, tuple(labels) + keep, mask_vol, image,
+            margin=_inserted.INSERTED_MARGIN, junction=_inserted.JUNCTION_FRACTION)
+        if inserted["moved"]:
+            mask_vol = Volume(arr, mask_vol.spacing, mask_vol.origin, mask_vol.direction)
+            m = arr > 0
     # missing and copied slices: fitted as interpolated, and decided by the fitted shape
     big, gaps, fill = bridged_target(m, mask_vol.spacing[::-1])
     centre = mask_vol.index_to_physical(np.argwhere(big).mean(0)[::-1][None])[0]
@@ -469,6 +473,8 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     else:
         shape = mask_fit.label > 0
     fit.evidence["mask_agreement_dice"] = round(agree, 4)
+    if inserted is not None:
+        fit.evidence["inserted_slices"] = inserted
     fit.evidence["mask_boundary_fraction"] = round(on_boundary, 4)
     if agree < MASK_AGREEMENT:
         # a shape the model cannot explain (a kidney with a large tumour): its
@@ -512,7 +518,8 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
                            f"two organs under one label)")
         if fit.status == "ok":
             fit.status = "suspect"
-    return RefineResult(fit, label, describe_corrections(m, label > 0, mask_vol), mask_fit)
+    return RefineResult(fit, label, describe_corrections(m_input, label > 0, mask_vol),
+                        mask_fit)
 
 
 def _pieces(m):
