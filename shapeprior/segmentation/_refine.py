@@ -28,7 +28,11 @@ The refined label is a hybrid (:func:`combine`): the input mask, except
 near the vertices where it departs from the prior (overridden by SSC, or
 with no boundary found), where the fitted shape decides beyond a band of its
 surface, and in missing slices (there the interpolation decides within the
-band). It is
+band). Without the image that shape is the fitted surface moved onto the
+mask's boundary where the mask is trusted, its offset bridged across where
+the mask departs (:mod:`._inpaint`): a leak is cut where the organ's own
+boundary around it runs, and a region the fit merely falls short of stays as
+the mask has it. It is
 compared with the input: the regions removed and added are reported.
 """
 
@@ -41,7 +45,7 @@ import numpy as np
 from ..io import Volume
 from ..mesh import dice, grown_box, mask_box, signed_distance, voxelize
 from ._assess import border_distance
-from . import _cavities, _inserted
+from . import _cavities, _inpaint, _inserted
 from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, segment_volume
 
 #: a fitted vertex this near the mask's boundary (mm, plus half the largest
@@ -329,6 +333,11 @@ def missing_slices(m, spacing_zyx):
     return gaps, fill
 
 
+#: without the image, the fitted surface is moved onto the mask's boundary
+#: where the mask is trusted and bridged across where it departs
+#: (:func:`._inpaint.inpainted_surface`) before it decides the suspect zone
+INPAINT = True
+
 #: a cross-section of at least this many voxels repeated exactly on the next
 #: slice is a copy (:data:`._inserted.MIN_REPEAT_VOXELS`)
 MIN_REPEAT_VOXELS = _inserted.MIN_REPEAT_VOXELS
@@ -472,6 +481,15 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
         shape = voxelize(fit.verts, fit.faces, mask_vol) > 0
     else:
         shape = mask_fit.label > 0
+        if INPAINT:
+            # the fit's own offset from the mask where the mask is trusted, bridged
+            # across where it departs: a leak is cut where the organ's boundary
+            # around it runs, not at the fit's (up to millimetres off)
+            verts, unknown = _inpaint.inpainted_surface(
+                mask_fit.verts, mask_fit.faces, boundary, np.asarray(mask_fit.error_mm) > 0,
+                slack_mm=0.5 * float(max(mask_vol.spacing)))
+            shape = voxelize(verts, mask_fit.faces, mask_vol) > 0
+            fit.evidence["inpainted_vertices"] = int(unknown.sum())
     fit.evidence["mask_agreement_dice"] = round(agree, 4)
     if inserted is not None:
         fit.evidence["inserted_slices"] = inserted
@@ -554,15 +572,42 @@ class _BoundaryDistance:
     def distance(self, points):
         """Unsigned distance of each point (LPS mm, shape (P, 3)); NaN where left
         out; infinite beyond the map's box (farther than the tolerance)."""
+        # the map is 0.5 voxel off at the boundary: a voxel centre is the sample
+        d = np.maximum(np.abs(self.signed(points)) - 0.5 * float(min(self.vol.spacing)), 0.0)
+        return np.where(border_distance(self.vol, points) > BORDER_MM, d, np.nan)
+
+    def along(self, points, normals, reach_mm, step_mm=0.25):
+        """Offset (mm) of the mask's boundary from each point along its normal:
+        the first crossing of the boundary outwards from a point inside the
+        mask (> 0), inwards from one outside it (< 0); +-``reach_mm`` where none
+        is crossed within it; NaN near the field of view's edge."""
+        t = np.arange(0.0, reach_mm + step_mm / 2, step_mm)
+        s0 = self.signed(points)
+        sgn = np.where(s0 < 0, 1.0, -1.0)             # inside: march out
+        pts = points[:, None, :] + (sgn[:, None] * t[None, :])[..., None] * normals[:, None, :]
+        s = self.signed(pts.reshape(-1, 3)).reshape(len(points), len(t))
+        crossed = np.where(s0[:, None] < 0, s >= 0, s <= 0)
+        first = np.where(crossed.any(1), crossed.argmax(1), len(t) - 1)
+        # linear interpolation of the crossing between the two samples around it
+        k = np.maximum(first, 1)
+        rows = np.arange(len(points))
+        a, b = s[rows, k - 1], s[rows, k]
+        ok_ab = np.isfinite(a) & np.isfinite(b) & (a != b)
+        a, b = np.where(ok_ab, a, 1.0), np.where(ok_ab, b, 0.0)   # else: at the sample
+        frac = np.clip(a / (a - b), 0.0, 1.0)
+        d = np.where(crossed.any(1), t[k - 1] + frac * step_mm, reach_mm)
+        ok = border_distance(self.vol, points) > BORDER_MM
+        return np.where(ok, sgn * d, np.nan)
+
+    def signed(self, points):
+        """The signed distance map interpolated at the points (LPS mm, shape
+        (P, 3)): mm, > 0 outside the mask; +inf beyond the map's box."""
         from scipy import ndimage
 
         idx = self.vol.physical_to_index(points)[:, ::-1] - [b.start for b in self.box]
-        d = np.abs(ndimage.map_coordinates(self.sd, idx.T, order=1, mode="nearest"))
-        # the map is 0.5 voxel off at the boundary: a voxel centre is the sample
-        d = np.maximum(d - 0.5 * float(min(self.vol.spacing)), 0.0)
+        s = ndimage.map_coordinates(self.sd, idx.T, order=1, mode="nearest").astype(float)
         in_box = np.all((idx >= 0) & (idx <= np.array(self.sd.shape) - 1), axis=1)
-        d = np.where(in_box, d, np.inf)
-        return np.where(border_distance(self.vol, points) > BORDER_MM, d, np.nan)
+        return np.where(in_box, s, np.inf)
 
     def on_fraction(self, points):
         """Share of the points (away from the field of view's edge) within the
