@@ -8,8 +8,9 @@ mask is wrong (a leak, copied slices, an island's pull) the fitted surface
 decides the refined mask (:func:`._refine.combine`), and cutting there at the
 fit's own surface removes or adds the fit's local error along with the
 defect. Here the offset of the mask's boundary from each vertex along its
-normal is measured; where it is plausible (no gross error, and no farther
-than a tolerance) the vertex moves onto the boundary, and elsewhere the
+normal is measured; where it is plausible (no gross error, no farther than a
+tolerance, and not standing out of its neighbourhood's offsets) the vertex
+moves onto the boundary, and elsewhere the
 offset is the harmonic interpolation of the plausible offsets around it: the
 surface follows the organ's own boundary and bridges a departing region
 smoothly from its rim.
@@ -29,22 +30,24 @@ from ..mesh import Surface, mean_neighbour_operator
 #: plus half the largest voxel size) departs: the mask goes on beyond it
 #: (a leak) or stops short of it (a concavity the model smooths over).
 #: Chosen on a validation split (KiTS19 cases 1, 6, 11, ... against a model
-#: without them) from 5 / 6 / 8 / 10 / 12 mm
+#: without them; ``bench/bench_refine_inpaint.py``) from 8 / 10 mm, after
+#: scratch grids over 3 / 5 / 6 / 12 mm
 OFFSET_TOLERANCE_MM = 8.0
 
 #: the departing vertices grown by this many rings of mesh neighbours: their
 #: rim (the crease where a leak meets the organ) is no evidence either.
-#: Chosen with :data:`OFFSET_TOLERANCE_MM` from 1 / 2 / 3 / 4
+#: Chosen with :data:`OFFSET_TOLERANCE_MM` from 1 / 2 (3 and 4 in scratch grids)
 RINGS = 2
 
 #: a vertex whose offset departs from the median offset of its neighbourhood
 #: (:data:`LOCAL_RINGS` rings) by more than this (mm, plus half the largest
 #: voxel size) departs too: a leak smaller than :data:`OFFSET_TOLERANCE_MM`
 #: stands out of the organ's own boundary around it, a fit that falls short of
-#: the mask over a broad region does not. None: no such test
+#: the mask over a broad region does not. None: no such test. Chosen on the
+#: same validation split from none / 2 / 3 / 4 mm
 LOCAL_MM = 4.0
 
-#: the rings of neighbours over which :data:`LOCAL_MM` takes the median
+#: the rings of neighbours over which :data:`LOCAL_MM` takes the median (2 or 3)
 LOCAL_RINGS = 3
 
 
