@@ -382,6 +382,69 @@ def test_huber_lasso_fills_only_the_columns_it_needs():
         assert np.allclose(x, x_ref, rtol=1e-8, atol=1e-10 * np.abs(x_ref).max())
 
 
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("weights", [False, True])
+def test_robust_start_is_the_newton_model_of_the_far_rows(seed, weights):
+    """With a small gross-error threshold (most rows beyond tau under the
+    outlier-free Lasso), a cold solve first takes as outlier set only the rows
+    beyond ROBUST_SIGMAS robust standard deviations of that Lasso's weighted
+    residual, and starts from the exact optimum of that set's Newton model.
+    Both twins' starts equal that model's optimum computed here on the whole
+    Gram; it lowers the objective; the cold solve from it reaches the plain
+    cold solve's optimum in fewer Newton steps, the same count in both twins."""
+    from shapeprior_kernels import gram_lasso_numpy, huber_lasso_numba, huber_lasso_numpy
+    from shapeprior_kernels import huber_lasso as hl
+
+    dic, z, w, l1, l2 = _huber_problem(seed, N=300, K=60, weights=weights)
+    l2 = 0.3 * l2                              # tau about one noise sigma
+    D = dic.D
+    tau = np.where(w > 0, l2 / np.where(w > 0, w, 1.0), np.inf)
+    full = D.T @ (w[:, None] * D)
+    c = dic.DF.T @ (w * z)
+    x_lasso, _ = gram_lasso_numpy(full, c, l1)
+    r = z - D @ x_lasso
+    vis = w > 0
+    q = hl.ROBUST_SIGMAS * 1.4826 * np.median(np.sqrt(w[vis]) * np.abs(r[vis]))
+    thr = np.where(vis, np.maximum(tau, q / np.sqrt(np.where(vis, w, 1.0))), np.inf)
+    T = np.flatnonzero(np.abs(r) > thr)
+    assert 0 < T.size < np.count_nonzero(np.abs(r) > tau) // 4
+    DT_ = D[T]
+    H = full - DT_.T @ (w[T][:, None] * DT_)
+    b = c - DT_.T @ (w[T] * z[T] - l2[T] * np.sign(r[T]))
+    x_model, _ = gram_lasso_numpy(H, b, l1)
+
+    def f(x_):
+        rr = z - D @ x_
+        a = np.abs(rr)
+        return float(np.sum(np.where(a <= tau, 0.5 * w * rr * rr, l2 * a - 0.5 * l2 *
+                                     np.where(np.isfinite(tau), tau, 0.0)))
+                     + l1 * np.abs(x_).sum())
+
+    assert f(x_model) < f(x_lasso)
+    Dc, DF = np.ascontiguousarray(D), np.asfortranarray(dic.DF)
+    for start in (
+            lambda GW, known: hl._robust_start_xp(GW, known, D, dic.DF, c, z, w, l1, l2, tau,
+                                                  x_lasso, 1e-10, 8, hl.ROBUST_SIGMAS, 1, np),
+            lambda GW, known: hl._robust_start_nb(Dc, DF, GW, known, c, z, w, l1, l2, tau,
+                                                  x_lasso, 1e-10, 8, hl.ROBUST_SIGMAS, 1)):
+        GW, known = np.zeros_like(full), np.zeros(dic.n_atoms, dtype=bool)
+        x = start(GW, known)
+        assert np.allclose(x, x_model, rtol=1e-8, atol=1e-10 * np.abs(x_model).max())
+        assert np.array_equal(x != 0, x_model != 0)
+    iters = {}
+    for name, fn in (("numpy", huber_lasso_numpy), ("numba", huber_lasso_numba)):
+        sols = []
+        for steps in (0, 1):
+            GW, known, c_ = _huber_args(dic, z, w, True)
+            sols.append(fn(D, dic.DF, GW, known, c_, z, w, l1, l2, robust_steps=steps))
+        plain, robust = sols
+        assert plain[4] and robust[4] and robust[2] < 1e-8
+        assert np.allclose(robust[0], plain[0], rtol=1e-8, atol=1e-10 * np.abs(plain[0]).max())
+        assert robust[3] < plain[3]
+        iters[name] = (plain[3], robust[3])
+    assert iters["numpy"] == iters["numba"]
+
+
 @pytest.mark.parametrize("K", [40, 200])
 def test_cold_start_is_the_lasso_optimum_from_a_few_columns(K):
     """A cold solve starts from the outlier-free Lasso, found on a working set
