@@ -22,8 +22,9 @@ solved exactly by feature-sign search (kernels/gram_lasso) on a working set
 of atoms (``D^T W D`` cached, H formed only on the working set). A cold solve
 starts from the outlier-free Lasso and then from the exact optimum of the
 Newton model whose outlier set is the rows beyond 3 robust standard
-deviations of that Lasso's residual (a robust first outlier set: with a small
-threshold, most rows lie beyond it under the Lasso). The iteration stops
+deviations of that Lasso's residual, where the Lasso puts many rows beyond a
+small threshold (a robust first outlier set; ``kernels/huber_lasso.py``,
+``ROBUST_*``). The iteration stops
 when the outlier set and its signs reproduce themselves, at which point the
 KKT conditions of the full problem hold exactly; a backtracking line search
 on the true objective keeps every step a descent step.
