@@ -835,13 +835,7 @@ if numba is not None:
                 s = S.shape[0]
                 H = _gram_block_nb(GW, S)
                 _rank_update_nb(H, DT, S, w, T, -1.0)
-                b = np.empty(s)
-                for p in range(s):
-                    col = DT[S[p]]
-                    acc = c[S[p]]
-                    for i in range(m):
-                        acc -= col[T[i]] * v[i]
-                    b[p] = acc
+                b = _newton_rhs_nb(c, DT, S, w, z, r, tau, l2, T)
                 xS, _ = _fss_numba(H, b, l1, xS, tol, 2000)
                 # the model's gradient: GW x - c + D_T^T (v - W_T D_T x)
                 u = np.empty(m)
