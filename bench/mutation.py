@@ -137,9 +137,11 @@ MUTANTS = [
      "        g = GW[:, S] @ xS - c\n", "        g = GW[:, S] @ xS + c\n",
      "the cold start's violators from a gradient of the wrong sign (reference)"),
     ("kernels-cold-gradient-nb", "kernels", "kernels/huber_lasso.py",
-     "                acc = -c[k]\n                for p in range(s):",
-     "                acc = c[k]\n                for p in range(s):",
-     "the Numba cold start's gradient with c added, not subtracted"),
+     "            acc = -c[k]\n            for p in range(S.shape[0]):\n"
+     "                acc += GW[k, S[p]] * xS[p]\n            g[k] = acc\n            inS[k] = False",
+     "            acc = c[k]\n            for p in range(S.shape[0]):\n"
+     "                acc += GW[k, S[p]] * xS[p]\n            g[k] = acc\n            inS[k] = False",
+     "the Numba cold start's gradient (and the robust start's) with c added, not subtracted"),
     ("kernels-robust-rhs-sign", "kernels", "kernels/huber_lasso.py",
      "        v_T = w[T] * z[T] - l2[T] * s_T\n", "        v_T = w[T] * z[T] + l2[T] * s_T\n",
      "the robust start's Newton model with the gross rows' sign term reversed (reference)"),

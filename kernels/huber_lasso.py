@@ -540,6 +540,18 @@ if numba is not None:
         return S_new, x_new
 
     @numba.njit(cache=True, nogil=True)
+    def _gram_gradient_nb(GW, c, S, xS, g, inS):  # pragma: no cover - jitted
+        """``g = GW[:, S] xS - c`` and ``inS``, the working set as a mask (in place)."""
+        for k in range(g.shape[0]):
+            acc = -c[k]
+            for p in range(S.shape[0]):
+                acc += GW[k, S[p]] * xS[p]
+            g[k] = acc
+            inS[k] = False
+        for p in range(S.shape[0]):
+            inS[S[p]] = True
+
+    @numba.njit(cache=True, nogil=True)
     def _cold_lasso_nb(GW, known, DF, w, c, l1, tol, max_add):  # pragma: no cover - jitted
         """Twin of :func:`_cold_lasso_xp`."""
         K = c.shape[0]
@@ -557,14 +569,7 @@ if numba is not None:
             for p in range(s):
                 bs[p] = c[S[p]]
             xS, _ = _fss_numba(_gram_block_nb(GW, S), bs, l1, xS, tol, 2000)
-            for k in range(K):
-                acc = -c[k]
-                for p in range(s):
-                    acc += GW[k, S[p]] * xS[p]
-                g[k] = acc
-                inS[k] = False
-            for p in range(s):
-                inS[S[p]] = True
+            _gram_gradient_nb(GW, c, S, xS, g, inS)
             cand = _violators_nb(g, inS, l1, tol * scale, max(max_add, s))
             if cand.shape[0] == 0:
                 break
@@ -847,19 +852,12 @@ if numba is not None:
                         xp_ = xS[p]
                         for i in range(m):
                             u[i] -= w[T[i]] * col[T[i]] * xp_
-                for k in range(K):
-                    acc = -c[k]
-                    for p in range(s):
-                        acc += GW[k, S[p]] * xS[p]
-                    g[k] = acc
-                    inS[k] = False
+                _gram_gradient_nb(GW, c, S, xS, g, inS)
                 for i in range(m):
                     row = D[T[i]]
                     ui = u[i]
                     for k in range(K):
                         g[k] += row[k] * ui
-                for p in range(s):
-                    inS[S[p]] = True
                 cand = _violators_nb(g, inS, l1, tol * scale, max(max_add, s))
                 if cand.shape[0] == 0:
                     break
