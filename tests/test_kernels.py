@@ -230,10 +230,19 @@ def test_reweighted_twins_equal_the_solves_one_by_one(seed, weights):
 @each_backend(atol=1e-8, rtol=1e-7)
 def test_ssc_l1_solve_twins_agree(backend):
     """``solve_l1`` through each backend's ``huber_lasso`` twin (the CuPy case
-    runs the array reference on the GPU), cold then warm on a partial Gram."""
+    runs the array reference on the GPU), cold then warm on a partial Gram.
+    The cold solve takes the robust start (checked here), so that start runs
+    on every backend too."""
     dic, z, w, l1, l2 = _huber_problem(5)
     from shapeprior.ssc import ShapeDictionary
     from shapeprior.ssc._l1 import solve_l1
+    from shapeprior_kernels import gram_lasso_numpy
+    from shapeprior_kernels import huber_lasso as hl
+
+    tau = np.where(w > 0, l2 / np.where(w > 0, w, 1.0), np.inf)
+    r = z - dic.D @ gram_lasso_numpy(dic.D.T @ (w[:, None] * dic.D), dic.DF.T @ (w * z), l1)[0]
+    T, beyond = hl._robust_rows_xp(r, w, tau, hl.ROBUST_SIGMAS, np)
+    assert 0 < T.size <= hl.ROBUST_SHARE * beyond
 
     d = ShapeDictionary(dic.atoms, backend=backend)
     xp = xp_for(backend)
