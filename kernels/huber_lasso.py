@@ -211,11 +211,18 @@ def _robust_rows_xp(r, w, tau, sigmas, xp):
     return xp.flatnonzero(xp.abs(r) > thr), beyond
 
 
-def _robust_start_xp(GW, known, D, DF, c, z, w, l1, l2, tau, x, tol, max_add, sigmas, steps,
-                     xp):
+def _objective_xp(xS, r, w, tau, l1, l2, xp):
+    """The halved objective at coefficients ``xS`` with residual ``r`` (twin of
+    ``_objective_nb``)."""
+    return _huber_xp(r, w, tau, l2, xp) + l1 * float(xp.sum(xp.abs(xS)))
+
+
+def _robust_start_xp(GW, known, D, DF, c, z, w, l1, l2, tau, S, xS, r, f_cur, tol, max_add,
+                     sigmas, steps, xp):
     """A start for a cold solve that already discounts the gross errors.
 
-    From ``x`` (the outlier-free Lasso), each round takes as outlier set ``T``
+    From the outlier-free Lasso (working set ``S``, coefficients ``xS``,
+    residual ``r``, objective ``f_cur``), each round takes as outlier set ``T``
     the rows whose weighted residual is beyond ``sigmas`` robust standard
     deviations (:func:`_robust_rows_xp`) and solves the Newton model of that
     set exactly, on a working set of atoms grown by the worst violators of
@@ -226,17 +233,15 @@ def _robust_start_xp(GW, known, D, DF, c, z, w, l1, l2, tau, x, tol, max_add, si
     A round runs only if ``T`` holds at most ``ROBUST_SHARE`` of the rows
     beyond ``tau`` (a larger set makes nearly the model of the Newton phase's
     own first step) and is kept only if it lowers the true objective; the
-    rounds stop when ``T`` repeats or after ``steps``. The
-    result only seeds the Newton phase, whose stopping rule certifies the
-    optimum whatever the start."""
-    S = xp.flatnonzero(x)
-    if S.size == 0 or steps <= 0:
-        return x
-    xS = x[S]
-    r = z - DF[:, S] @ xS
-    f_best = _huber_xp(r, w, tau, l2, xp) + l1 * float(xp.sum(xp.abs(xS)))
-    best = x
+    rounds stop when ``T`` repeats or after ``steps``. Returns ``(S, xS, r,
+    f)``: the kept round's nonzeros, residual and objective, or the input
+    unchanged. The result only seeds the Newton phase, whose stopping rule
+    certifies the optimum whatever the start."""
+    best = (S, xS, r, f_cur)
+    if steps <= 0 or not bool(xp.any(xS != 0)):
+        return best
     T_prev = None
+    scale = max(float(xp.max(xp.abs(c))), l1)
     for _ in range(steps):
         T, beyond = _robust_rows_xp(r, w, tau, sigmas, xp)
         if T.size == 0 or T.size > ROBUST_SHARE * beyond or (
@@ -245,7 +250,6 @@ def _robust_start_xp(GW, known, D, DF, c, z, w, l1, l2, tau, x, tol, max_add, si
         T_prev = T
         s_T = xp.sign(r[T])
         v_T = w[T] * z[T] - l2[T] * s_T
-        scale = max(float(xp.max(xp.abs(c))), l1)
         while True:
             _fill_columns_xp(GW, known, D, w, S, xp)
             DT_S = DF[T][:, S]
@@ -256,13 +260,13 @@ def _robust_start_xp(GW, known, D, DF, c, z, w, l1, l2, tau, x, tol, max_add, si
             if cand.size == 0:
                 break
             S, xS = _joined_xp(S, xS, cand, xp)
-        r = z - DF[:, S] @ xS
-        f = _huber_xp(r, w, tau, l2, xp) + l1 * float(xp.sum(xp.abs(xS)))
-        if not f < f_best:
+        rn = z - DF[:, S] @ xS
+        f = _objective_xp(xS, rn, w, tau, l1, l2, xp)
+        if not f < best[3]:
             break
-        f_best = f
-        best = xp.zeros(x.shape[0])
-        best[S] = xS
+        keep = xS != 0                  # the start's nonzeros
+        S, xS, r = S[keep], xS[keep], rn
+        best = (S, xS, r, f)
     return best
 
 
@@ -323,8 +327,6 @@ def huber_lasso_numpy(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max
     tau = xp.where(w > 0, l2 / xp.where(w > 0, w, 1.0), xp.inf)
     if x0 is None:
         x = _cold_lasso_xp(GW, known, D, w, c, l1, tol, max_add, xp)
-        x = _robust_start_xp(GW, known, D, DF, c, z, w, l1, l2, tau, x, tol, max_add,
-                             robust_sigmas, robust_steps, xp)
         S = xp.flatnonzero(x)
         if S.size == 0:
             S = xp.argsort(-xp.abs(c))[: min(max_add, K)]
@@ -335,12 +337,19 @@ def huber_lasso_numpy(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max
     _fill_columns_xp(GW, known, D, w, S, xp)
 
     def F(xS_, r_):
-        return _huber_xp(r_, w, tau, l2, xp) + l1 * float(xp.sum(xp.abs(xS_)))
+        return _objective_xp(xS_, r_, w, tau, l1, l2, xp)
 
     DS = DS0 if DS0 is not None and x0 is not None and DS0.shape[1] == S.size else DF[:, S]
     xS = x[S]
     r = z - DS @ xS
     f_cur = F(xS, r)
+    if x0 is None:
+        S_lasso = S
+        S, xS, r, f_cur = _robust_start_xp(GW, known, D, DF, c, z, w, l1, l2, tau, S, xS, r,
+                                           f_cur, tol, max_add, robust_sigmas, robust_steps,
+                                           xp)
+        if S is not S_lasso:
+            DS = DF[:, S]
     H = None
     O_prev = None
     converged = False
@@ -797,10 +806,7 @@ if numba is not None:
     @numba.njit(cache=True, nogil=True)
     def _robust_start_nb(D, DF, GW, known, c, z, w, l1, l2, tau, S, xS, r, f_cur, tol, max_add,
                          sigmas, steps):  # pragma: no cover - jitted
-        """Twin of :func:`_robust_start_xp`, on the working set ``S``, ``xS`` of
-        the outlier-free Lasso, its residual ``r`` and objective ``f_cur``
-        (those of the Newton phase's start, returned unchanged when no round
-        is kept; otherwise the kept round's nonzeros, residual and objective)."""
+        """Twin of :func:`_robust_start_xp` (its arguments in the Numba order)."""
         n, K = D.shape
         nz = 0
         for p in range(xS.shape[0]):

@@ -433,22 +433,15 @@ def test_robust_start_is_the_newton_model_of_the_far_rows(seed, weights):
     assert f(x_model) < f(x_lasso)
     Dc, DF = np.ascontiguousarray(D), np.asfortranarray(dic.DF)
     S0 = np.flatnonzero(x_lasso)
-
-    def numba_start(GW, known):      # the Numba twin works on the Lasso's working set
-        S, xS, r_, f_ = hl._robust_start_nb(Dc, DF, GW, known, c, z, w, l1, l2, tau, S0,
-                                            x_lasso[S0].copy(), r.copy(), f(x_lasso), 1e-10, 8,
-                                            hl.ROBUST_SIGMAS, 1)
+    twins = (lambda GW, known, *a: hl._robust_start_xp(GW, known, D, dic.DF, *a, np),
+             lambda GW, known, *a: hl._robust_start_nb(Dc, DF, GW, known, *a))
+    for start in twins:              # both work on the Lasso's working set and residual
+        GW, known = np.zeros_like(full), np.zeros(dic.n_atoms, dtype=bool)
+        S, xS, r_, f_ = start(GW, known, c, z, w, l1, l2, tau, S0, x_lasso[S0].copy(),
+                              r.copy(), f(x_lasso), 1e-10, 8, hl.ROBUST_SIGMAS, 1)
         x = np.zeros(dic.n_atoms)
         x[S] = xS
         assert np.allclose(r_, z - D @ x) and np.isclose(f_, f(x))
-        return x
-
-    for start in (
-            lambda GW, known: hl._robust_start_xp(GW, known, D, dic.DF, c, z, w, l1, l2, tau,
-                                                  x_lasso, 1e-10, 8, hl.ROBUST_SIGMAS, 1, np),
-            numba_start):
-        GW, known = np.zeros_like(full), np.zeros(dic.n_atoms, dtype=bool)
-        x = start(GW, known)
         assert np.allclose(x, x_model, rtol=1e-8, atol=1e-10 * np.abs(x_model).max())
         assert np.array_equal(x != 0, x_model != 0)
     iters = {}
