@@ -109,6 +109,10 @@ KERNELS = {
                       "cupy": "lasso_partial_numpy"},
     "trimmed_omp": {"numpy": "trimmed_omp_numpy", "numba": "trimmed_omp_numba",
                     "cupy": "trimmed_omp_numpy"},
+    # the template fit (model building) runs on the host
+    "nearest_in_list": {"numpy": "nearest_in_list_numpy", "numba": "nearest_in_list_numba",
+                        "cupy": "nearest_in_list_numba"},
+    "knn": {"numpy": "knn_numpy", "numba": "knn_numba", "cupy": "knn_numba"},
     # samples come back to the host from every sampler: the search runs there
     "profile_search": {"numpy": "profile_search_numpy", "numba": "profile_search_numba",
                        "cupy": "profile_search_numba"},

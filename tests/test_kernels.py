@@ -677,3 +677,113 @@ def test_tree_ensemble_refuses_inconsistent_arrays():
     X, feat, thr, left, right, val, roots = _random_trees(7)
     with pytest.raises(ValueError, match="one length"):
         tree_ensemble_numpy(X, feat, thr[:-1], left, right, val, roots)
+
+
+# -- neighbour lists (the template fit's closest points) -------------------------------------
+
+def _surface_cloud(m, rng, scale=(30.0, 25.0, 60.0)):
+    """Points on an ellipsoid: a mesh's vertices, as the template fit gives them."""
+    v = rng.normal(size=(m, 3))
+    return v / np.linalg.norm(v, axis=1, keepdims=True) * np.array(scale)
+
+
+def _knn_queries(rng):
+    cloud = _surface_cloud(600, rng)
+    near = _surface_cloud(1500, rng) * 1.03 + rng.normal(0, 0.5, (1500, 3))
+    far = rng.normal(size=(100, 3)) * 300.0             # far outside the cloud's box
+    return cloud, np.concatenate([near, far])
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 9])
+@each_backend(atol=0, rtol=0)
+def test_knn_twins_agree(backend, k):
+    """The grid twin finds the KD-tree's neighbours, in its order, and the same
+    distances bit for bit (query points near the cloud and far outside its box)."""
+    cloud, q = _knn_queries(np.random.default_rng(k))
+    d, i = kernel("knn", backend)(cloud, q, k)
+    assert d.shape == i.shape == (len(q), k)
+    return d, i.astype(float)
+
+
+@pytest.mark.parametrize("cloud", ["flat", "line", "one point", "duplicates"])
+@each_backend(atol=0, rtol=0)
+def test_knn_twins_agree_on_degenerate_clouds(backend, cloud):
+    """Clouds without extent along some axis (a plane, a line, one point) and
+    repeated points: cells of the grid twin still cover them."""
+    rng = np.random.default_rng(3)
+    pts = _surface_cloud(300, rng)
+    if cloud == "flat":
+        pts[:, 2] = 5.0
+    elif cloud == "line":
+        pts[:, 1:] = 0.0
+    elif cloud == "one point":
+        pts = pts[:1]
+    else:
+        pts = np.concatenate([pts, pts[:50]])
+    q = _surface_cloud(400, rng) + rng.normal(0, 2.0, (400, 3))
+    k = min(3, len(pts))
+    d, i = kernel("knn", backend)(pts, q, k)
+    if cloud == "duplicates":       # equal distances may come in either order
+        return d
+    return d, i.astype(float)
+
+
+def test_knn_reference_is_the_brute_force_answer():
+    from shapeprior_kernels import knn_numpy
+
+    rng = np.random.default_rng(5)
+    cloud, q = _knn_queries(rng)
+    d, i = knn_numpy(cloud, q, 4)
+    full = np.linalg.norm(q[:, None, :] - cloud[None, :, :], axis=2)
+    want = np.argsort(full, axis=1, kind="stable")[:, :4]
+    assert np.array_equal(i, want)
+    assert np.allclose(d, np.take_along_axis(full, want, axis=1), rtol=1e-14)
+
+
+def test_knn_refuses_bad_arguments():
+    from shapeprior_kernels import knn_numpy
+
+    cloud = np.zeros((5, 3))
+    with pytest.raises(ValueError, match="k=6"):
+        knn_numpy(cloud, np.zeros((2, 3)), 6)
+    with pytest.raises(ValueError, match=r"\(n, 3\)"):
+        knn_numpy(cloud, np.zeros((2, 2)), 1)
+
+
+def _list_problem(rng, k=4):
+    """Lists made from a cloud that then moved: some still certified, some not."""
+    from shapeprior_kernels import knn_numpy
+
+    cloud, q = _knn_queries(rng)
+    d, i = knn_numpy(cloud, q, k + 1)
+    moved_by = np.where(rng.random(len(cloud)) < 0.1, 1.5, 0.02)[:, None]
+    cloud2 = cloud + rng.normal(size=cloud.shape) * moved_by
+    moved = np.full(len(q), float(np.max(np.linalg.norm(cloud2 - cloud, axis=1))))
+    return q, cloud2, i[:, :k], d[:, k], moved
+
+
+@each_backend(atol=0, rtol=0)
+def test_nearest_in_list_twins_agree(backend):
+    idx, ok = kernel("nearest_in_list", backend)(*_list_problem(np.random.default_rng(7)),
+                                                  1e-9)
+    return idx.astype(float), ok.astype(float)
+
+
+def test_nearest_in_list_certifies_only_the_true_nearest():
+    """A certified answer is the nearest point of the whole cloud; the lists'
+    nearest are checked against a brute-force search, and both outcomes occur."""
+    from shapeprior_kernels import nearest_in_list_numpy
+
+    q, cloud, cand, reach, moved = _list_problem(np.random.default_rng(8))
+    idx, ok = nearest_in_list_numpy(q, cloud, cand, reach, moved)
+    truth = np.argmin(np.linalg.norm(q[:, None, :] - cloud[None, :, :], axis=2), axis=1)
+    assert np.array_equal(idx[ok], truth[ok])
+    assert 0.2 < ok.mean() < 1.0
+    # an uncertified answer may be wrong: the caller asks again
+    assert np.any(idx[~ok] != truth[~ok]) or not np.any(~ok)
+    # nothing moved: every list answers, and correctly
+    idx0, ok0 = nearest_in_list_numpy(q, cloud, np.argsort(
+        np.linalg.norm(q[:, None, :] - cloud[None, :, :], axis=2), axis=1)[:, :4],
+        np.sort(np.linalg.norm(q[:, None, :] - cloud[None, :, :], axis=2), axis=1)[:, 4],
+        np.zeros(len(q)))
+    assert np.array_equal(idx0, truth) and ok0.mean() > 0.99
