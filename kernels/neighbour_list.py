@@ -156,7 +156,11 @@ if numba is not None:
         return count, order
 
     @numba.njit(cache=True, nogil=True)
-    def _knn_grid_nb(cloud, q, k, lo, h, dims, start, order):  # pragma: no cover - jitted
+    def _knn_grid_nb(cs, q, k, lo, h, dims, start, order, qorder):  # pragma: no cover - jitted
+        """``cs``: the cloud in cell order (``cloud[order]``), so that a cell's
+        points lie together in memory; the query points are taken in
+        ``qorder`` (by home cell), so that neighbouring queries read the same
+        cells."""
         n = q.shape[0]
         out_d = np.empty((n, k))
         out_i = np.empty((n, k), dtype=np.int64)
@@ -164,7 +168,8 @@ if numba is not None:
         bi = np.empty(k, dtype=np.int64)
         home = np.empty(3, dtype=np.int64)
         rmax = max(dims[0], max(dims[1], dims[2]))
-        for j in range(n):
+        for jj in range(n):
+            j = qorder[jj]
             filled = 0
             # the home cell (clamped onto the grid) and the query point's
             # distance to its nearest face: the points of shell r + 1 and
@@ -193,10 +198,9 @@ if numba is not None:
                                 continue
                             cell = (c0 * dims[1] + c1) * dims[2] + c2
                             for s in range(start[cell], start[cell + 1]):
-                                p = order[s]
-                                d2 = (cloud[p, 0] - q[j, 0]) * (cloud[p, 0] - q[j, 0])
-                                d2 = d2 + (cloud[p, 1] - q[j, 1]) * (cloud[p, 1] - q[j, 1])
-                                d2 = d2 + (cloud[p, 2] - q[j, 2]) * (cloud[p, 2] - q[j, 2])
+                                d2 = (cs[s, 0] - q[j, 0]) * (cs[s, 0] - q[j, 0])
+                                d2 = d2 + (cs[s, 1] - q[j, 1]) * (cs[s, 1] - q[j, 1])
+                                d2 = d2 + (cs[s, 2] - q[j, 2]) * (cs[s, 2] - q[j, 2])
                                 if filled < k or d2 < bd[filled - 1]:
                                     # insertion into the sorted list (ties: first come first)
                                     t = filled if filled < k else k - 1
@@ -205,7 +209,7 @@ if numba is not None:
                                         bi[t] = bi[t - 1]
                                         t -= 1
                                     bd[t] = d2
-                                    bi[t] = p
+                                    bi[t] = order[s]
                                     if filled < k:
                                         filled += 1
                 if filled == k:
@@ -240,4 +244,9 @@ def knn_numba(cloud, q, k):
         h *= 1.25
         dims = np.maximum(np.ceil(span / h).astype(np.int64), 1)
     start, order = _grid_nb(cloud, lo, h, dims)
-    return _knn_grid_nb(cloud, q, k, lo, h, dims, start, order)
+    cell = np.zeros(len(q), dtype=np.int64)
+    for a in range(3):
+        t = np.clip(np.floor((q[:, a] - lo[a]) / h), 0, dims[a] - 1).astype(np.int64)
+        cell = cell * dims[a] + t
+    return _knn_grid_nb(np.ascontiguousarray(cloud[order]), q, k, lo, h, dims, start, order,
+                        np.argsort(cell, kind="stable"))
