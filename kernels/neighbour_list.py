@@ -224,10 +224,11 @@ if numba is not None:
 
 def knn_numba(cloud, q, k):
     """Numba twin of :func:`knn_numpy`: the cloud sorted into a grid of cells
-    (about :data:`GRID_POINTS_PER_CELL` points per cell of its box), each query
-    point searching shells of cells outward from its own until the k-th
-    nearest is nearer than anything further out can be. The same neighbours;
-    distances equal to rounding (the tree sums the squares in its own order)."""
+    (:data:`GRID_POINTS_PER_CELL`, at most :data:`GRID_MAX_CELLS` cells), each
+    query point searching shells of cells outward from its own until the k-th
+    nearest is nearer than anything further out can be. The same neighbours and
+    distances (bit for bit on the tests' clouds; the tree sums the squares in
+    its own order, so a last-bit difference is possible elsewhere)."""
     if numba is None:  # pragma: no cover
         raise RuntimeError("numba is not installed")
     cloud, q, k = _check_knn(cloud, q, k)
