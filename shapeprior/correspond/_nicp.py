@@ -115,8 +115,8 @@ class _NeighbourList:
     inequality) and the list answers; only the others ask the tree again.
     ``asked`` counts the query points that did."""
 
-    def __init__(self, n_cloud, k, backend):
-        self.k = max(0, min(int(NEIGHBOURS if k is None else k), n_cloud - 1))
+    def __init__(self, k, backend):
+        self.k = int(NEIGHBOURS if k is None else k)
         backend = resolve_backend(backend)
         self.find = kernel("nearest_in_list", backend)
         self.knn = kernel("knn", backend)
@@ -124,8 +124,10 @@ class _NeighbourList:
         self.asked = 0
 
     def _answer(self, q, cloud, moved):
-        """Answers from the lists, and the query points to ask again."""
+        """Answers from the lists, and the query points to ask again (all of
+        them at the first call, which also fits the lists to the cloud's size)."""
         if self.idx is None:
+            self.k = max(0, min(self.k, len(cloud) - 1))
             n = len(q)
             self.idx = np.empty(n, dtype=np.intp)
             self.cand = np.zeros((n, max(self.k, 1)), dtype=np.intp)
@@ -155,7 +157,7 @@ class _NearestFromMoving(_NeighbourList):
     point below the reach (:class:`_NeighbourList`)."""
 
     def __init__(self, tree, points, k=None, backend=None):
-        super().__init__(len(points), k, backend)
+        super().__init__(k, backend)
         self.tree, self.points = tree, points
         self.q0 = None
 
@@ -184,17 +186,16 @@ class _NearestToMoving(_NeighbourList):
     lists of two (the nearest and the second)."""
 
     def __init__(self, points, k=None, backend=None):
+        super().__init__(k, backend)
         self.points = np.asarray(points, dtype=float)
-        self.k_wanted, self.backend = k, backend
         self.cloud = None
+        self.spent_total = 0.0
+        self.spent_at = np.zeros(len(self.points))
 
     def __call__(self, cloud):
         q = self.points
         cloud = np.array(cloud, dtype=float, copy=True)
         if self.cloud is None:
-            super().__init__(len(cloud), self.k_wanted, self.backend)
-            self.spent_total = 0.0
-            self.spent_at = np.zeros(len(q))
             moved = None
         else:
             step = np.sqrt(np.max(np.sum((cloud - self.cloud) ** 2, axis=1)))

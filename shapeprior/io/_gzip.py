@@ -13,6 +13,7 @@ reaches an output through the gzip header.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import zlib
 
@@ -40,6 +41,7 @@ def accelerated() -> bool:
 READ_PIECE = 1 << 24
 
 
+@functools.cache
 def _readinto_in_pieces(base):
     """``base`` (a gzip file class) whose ``readinto`` fills the buffer piece by
     piece. Both gzip's and ISA-L's file objects inherit ``readinto`` from
@@ -64,16 +66,11 @@ def _readinto_in_pieces(base):
     return Reader
 
 
-_READERS: dict = {}
-
-
 def open_gzip_read(path):
     """A binary file object that inflates the gzip file ``path`` (seekable;
     ``readinto`` holds at most :data:`READ_PIECE` bytes besides its buffer)."""
     base = _igzip.IGzipFile if _igzip is not None else gzip.GzipFile
-    if base not in _READERS:
-        _READERS[base] = _readinto_in_pieces(base)
-    return _READERS[base](path, "rb")
+    return _readinto_in_pieces(base)(path, "rb")
 
 
 def open_gzip_write(raw):
