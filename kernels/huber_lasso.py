@@ -51,14 +51,19 @@ STALL = 1e-4
 
 #: a stalled step checks the atoms outside the working set at once, except
 #: where the working set is "clean": a check found no violator since it last
-#: changed, or it came with a warm start. Then the check waits for the outlier
+#: changed, or it came with a warm start near the optimum (``settled``, by
+#: default any warm start; SSC's automatic lambda2 hands its first robust solve
+#: the outlier-free Lasso with ``settled=False``). Then the check waits for the outlier
 #: set to reproduce itself (which the solve needs anyway to converge) or for
 #: this many stalled steps in a row (no progress with these atoms). Near the
 #: optimum every step stalls: a warm solve checked at its first stalled step
 #: and again when the set settled, one step later. Chosen (2 or 3) on
 #: synthetic (5000, 300) problems, seeds 0 and 100-105, 5 and 20 % gross
 #: errors; confirmed on seeds 200-205 (same-run A/B, kernel alone): the same
-#: optima, warm solves 32 % (5 %) and 56 % (20 %) faster, cold ones unchanged
+#: optima, warm solves 32 % (5 %) and 56 % (20 %) faster, cold ones unchanged.
+#: The batched bench's robust solves (automatic lambda2, 3 reweighted) on 2
+#: threads: 166 -> 166 solves/s with the Lasso start counted as settled, 182
+#: with ``settled=False`` there (6 alternating runs, medians)
 CLEAN_STALLS = 3
 
 #: robust start of a cold solve: rows whose weighted residual under the
@@ -297,7 +302,7 @@ def lasso_partial_numpy(D, DF, GW, known, c, w, l1, tol=1e-10, max_add=8):
 
 def huber_lasso_numpy(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max_iter=100,
                       max_add=8, DS0=None, robust_sigmas=ROBUST_SIGMAS,
-                      robust_steps=ROBUST_STEPS):
+                      robust_steps=ROBUST_STEPS, settled=None):
     """Reference solve (NumPy or CuPy arrays).
 
     Parameters
@@ -329,6 +334,10 @@ def huber_lasso_numpy(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max
         The cold start's outlier threshold in robust standard deviations and
         its rounds (``ROBUST_SIGMAS``, ``ROBUST_STEPS``; 0 rounds: start from
         the outlier-free Lasso). Not used with ``x0``.
+    settled : bool, optional
+        Whether ``x0``'s atoms count as a settled working set (``CLEAN_STALLS``);
+        default: whenever ``x0`` is given. False for a start that is not near
+        this problem's optimum (e.g. the outlier-free Lasso).
 
     Returns
     -------
@@ -367,7 +376,7 @@ def huber_lasso_numpy(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max
     converged = False
     kkt = float("inf")
     it = 0
-    clean = x0 is not None     # see CLEAN_STALLS
+    clean = x0 is not None if settled is None else bool(settled)   # see CLEAN_STALLS
     stalls = 0
     for it in range(1, max_iter + 1):
         O = xp.abs(r) > tau
@@ -463,7 +472,8 @@ def _reweight_xp(r, w, lam2, lam2_cur, tau_s, floor, xp):
 
 def huber_lasso_reweighted_numpy(D, DF, GW, known, c, z, w, l1, lam2, reweight, floor,
                                  x0=None, tol=1e-10, max_iter=100, max_add=8, DS0=None,
-                                 robust_sigmas=ROBUST_SIGMAS, robust_steps=ROBUST_STEPS):
+                                 robust_sigmas=ROBUST_SIGMAS, robust_steps=ROBUST_STEPS,
+                                 settled=None):
     """One solve at the scalar (un-halved) ``lam2`` and ``reweight`` reweighted
     solves, each started from the previous optimum (reference, NumPy or CuPy).
 
@@ -483,7 +493,7 @@ def huber_lasso_reweighted_numpy(D, DF, GW, known, c, z, w, l1, lam2, reweight, 
     lam2_cur = xp.full(n, float(lam2))
     x, r, kkt, it, conv = huber_lasso_numpy(D, DF, GW, known, c, z, w, l1, 0.5 * lam2_cur,
                                             x0, tol, max_iter, max_add, DS0, robust_sigmas,
-                                            robust_steps)
+                                            robust_steps, settled)
     tau_s = 0.5 * lam2 / float(xp.max(w))
     for _ in range(reweight):
         lam2_cur = _reweight_xp(r, w, lam2, lam2_cur, tau_s, floor, xp)
@@ -899,7 +909,7 @@ if numba is not None:
 
     @numba.njit(cache=True, nogil=True)
     def _huber_lasso_nb(D, DF, GW, known, c, z, w, l1, l2, x, cold, tol, max_iter,
-                        max_add, robust_sigmas, robust_steps):  # pragma: no cover - jitted
+                        max_add, robust_sigmas, robust_steps, settled):  # pragma: no cover - jitted
         n, K = D.shape
         tau = np.empty(n)
         for j in range(n):
@@ -929,7 +939,7 @@ if numba is not None:
         kkt = np.inf
         it = 0
         rn = np.empty(n)
-        clean = not cold
+        clean = settled
         stalls = 0
         for it in range(1, max_iter + 1):
             for j in range(n):
@@ -1047,7 +1057,7 @@ if numba is not None:
     @numba.njit(cache=True, nogil=True)
     def _huber_lasso_rw_nb(D, DF, GW, known, c, z, w, l1, lam2, x, cold, tol, max_iter,
                            max_add, reweight, floor, robust_sigmas,
-                           robust_steps):  # pragma: no cover - jitted
+                           robust_steps, settled):  # pragma: no cover - jitted
         n = z.shape[0]
         lam2_cur = np.empty(n)
         l2 = np.empty(n)
@@ -1056,7 +1066,7 @@ if numba is not None:
             l2[j] = 0.5 * lam2_cur[j]
         x, r, kkt, it, conv = _huber_lasso_nb(D, DF, GW, known, c, z, w, l1, l2, x, cold,
                                               tol, max_iter, max_add, robust_sigmas,
-                                              robust_steps)
+                                              robust_steps, settled)
         wmax = w[0]
         for j in range(n):
             wmax = max(wmax, w[j])
@@ -1069,13 +1079,14 @@ if numba is not None:
                 lam2_cur[j] = lam2 * max(tau_s / (abs(e) + tau_s), floor)
                 l2[j] = 0.5 * lam2_cur[j]
             x, r, kkt, it, conv = _huber_lasso_nb(D, DF, GW, known, c, z, w, l1, l2, x,
-                                                  False, tol, max_iter, max_add, 0.0, 0)
+                                                  False, tol, max_iter, max_add, 0.0, 0, True)
         return x, r, kkt, it, conv, lam2_cur
 
 
 def huber_lasso_reweighted_numba(D, DF, GW, known, c, z, w, l1, lam2, reweight, floor,
                                  x0=None, tol=1e-10, max_iter=100, max_add=8, DS0=None,
-                                 robust_sigmas=ROBUST_SIGMAS, robust_steps=ROBUST_STEPS):
+                                 robust_sigmas=ROBUST_SIGMAS, robust_steps=ROBUST_STEPS,
+                                 settled=None):
     """Numba twin of :func:`huber_lasso_reweighted_numpy`: every solve in one
     compiled call (same arguments and results; ``DS0`` not needed)."""
     if numba is None:  # pragma: no cover
@@ -1085,7 +1096,7 @@ def huber_lasso_reweighted_numba(D, DF, GW, known, c, z, w, l1, lam2, reweight, 
         D, DF, GW, known, np.asarray(c, dtype=np.float64), np.asarray(z, dtype=np.float64),
         np.asarray(w, dtype=np.float64), float(l1), float(lam2), x, cold, float(tol),
         int(max_iter), int(max_add), int(reweight), float(floor), float(robust_sigmas),
-        int(robust_steps))
+        int(robust_steps), not cold if settled is None else bool(settled))
     return x, r, float(kkt), int(it), bool(conv), lam2_cur
 
 
@@ -1112,7 +1123,7 @@ def _numba_args(D, DF, GW, known, x0):
 
 def huber_lasso_numba(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max_iter=100,
                       max_add=8, DS0=None, robust_sigmas=ROBUST_SIGMAS,
-                      robust_steps=ROBUST_STEPS):
+                      robust_steps=ROBUST_STEPS, settled=None):
     """Numba twin of :func:`huber_lasso_numpy` (same arguments and results;
     ``DS0`` is accepted and not needed: the columns are read in place)."""
     if numba is None:  # pragma: no cover
@@ -1122,5 +1133,6 @@ def huber_lasso_numba(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max
     x, r, kkt, it, conv = _huber_lasso_nb(
         D, DF, GW, known, np.asarray(c, dtype=np.float64),
         np.asarray(z, dtype=np.float64), np.asarray(w, dtype=np.float64), float(l1), l2, x,
-        cold, float(tol), int(max_iter), int(max_add), float(robust_sigmas), int(robust_steps))
+        cold, float(tol), int(max_iter), int(max_add), float(robust_sigmas), int(robust_steps),
+        not cold if settled is None else bool(settled))
     return x, r, float(kkt), int(it), bool(conv)
