@@ -53,8 +53,8 @@ STALL = 1e-4
 #: where the working set is "clean": a check found no violator since it last
 #: changed, or it came with a warm start near the optimum (``settled``, by
 #: default any warm start; SSC's automatic lambda2 hands its first robust solve
-#: the outlier-free Lasso with ``settled=False``). Then the check waits for the outlier
-#: set to reproduce itself (which the solve needs anyway to converge) or for
+#: the outlier-free Lasso with ``settled=False``). Then the check waits for the
+#: outlier set to reproduce itself (which the solve needs anyway to converge) or for
 #: this many stalled steps in a row (no progress with these atoms). Near the
 #: optimum every step stalls: a warm solve checked at its first stalled step
 #: and again when the set settled, one step later. Chosen (2 or 3) on
@@ -909,7 +909,8 @@ if numba is not None:
 
     @numba.njit(cache=True, nogil=True)
     def _huber_lasso_nb(D, DF, GW, known, c, z, w, l1, l2, x, cold, tol, max_iter,
-                        max_add, robust_sigmas, robust_steps, settled):  # pragma: no cover - jitted
+                        max_add, robust_sigmas, robust_steps,
+                        settled):  # pragma: no cover - jitted
         n, K = D.shape
         tau = np.empty(n)
         for j in range(n):
