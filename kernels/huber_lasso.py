@@ -300,6 +300,12 @@ def lasso_partial_numpy(D, DF, GW, known, c, w, l1, tol=1e-10, max_add=8):
     return _cold_lasso_xp(GW, known, D, w, c, l1, tol, max_add, _xp(D))
 
 
+def _settled(x0, settled):
+    """Whether a solve starts from a settled working set (``CLEAN_STALLS``):
+    ``settled`` as given, by default whenever there is a warm start ``x0``."""
+    return x0 is not None if settled is None else bool(settled)
+
+
 def huber_lasso_numpy(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max_iter=100,
                       max_add=8, DS0=None, robust_sigmas=ROBUST_SIGMAS,
                       robust_steps=ROBUST_STEPS, settled=None):
@@ -376,7 +382,7 @@ def huber_lasso_numpy(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max
     converged = False
     kkt = float("inf")
     it = 0
-    clean = x0 is not None if settled is None else bool(settled)   # see CLEAN_STALLS
+    clean = _settled(x0, settled)   # see CLEAN_STALLS
     stalls = 0
     for it in range(1, max_iter + 1):
         O = xp.abs(r) > tau
@@ -1097,7 +1103,7 @@ def huber_lasso_reweighted_numba(D, DF, GW, known, c, z, w, l1, lam2, reweight, 
         D, DF, GW, known, np.asarray(c, dtype=np.float64), np.asarray(z, dtype=np.float64),
         np.asarray(w, dtype=np.float64), float(l1), float(lam2), x, cold, float(tol),
         int(max_iter), int(max_add), int(reweight), float(floor), float(robust_sigmas),
-        int(robust_steps), not cold if settled is None else bool(settled))
+        int(robust_steps), _settled(x0, settled))
     return x, r, float(kkt), int(it), bool(conv), lam2_cur
 
 
@@ -1135,5 +1141,5 @@ def huber_lasso_numba(D, DF, GW, known, c, z, w, l1, l2, x0=None, tol=1e-10, max
         D, DF, GW, known, np.asarray(c, dtype=np.float64),
         np.asarray(z, dtype=np.float64), np.asarray(w, dtype=np.float64), float(l1), l2, x,
         cold, float(tol), int(max_iter), int(max_add), float(robust_sigmas), int(robust_steps),
-        not cold if settled is None else bool(settled))
+        _settled(x0, settled))
     return x, r, float(kkt), int(it), bool(conv)
