@@ -398,6 +398,15 @@ MUTANTS = [
      "        if smooth_vox > 0:\n            dec = smoothed_decision(",
      "        if smooth_vox > 1:\n            dec = smoothed_decision(",
      "refine decides by the raw log-odds at the default width"),
+    ("voxels-later-pass-on-first-band", "voxels", "shapeprior/appearance/_voxels.py",
+     "            out, box = self._refine_once(vol, out, verts, faces, backend, smooth_vox)",
+     "            out, box = self._refine_once(vol, start, verts, faces, backend, smooth_vox)",
+     "every pass decides the band of the given label: the second pass repeats the first"),
+    ("voxels-changed-against-last-pass", "voxels", "shapeprior/appearance/_voxels.py",
+     "        return out, int(np.count_nonzero(out[sl] != start[sl]))",
+     "        return out, int(np.count_nonzero(out[sl] != np.asarray(label)[sl]) if passes == 1 "
+     "else len(np.flatnonzero(out[sl])) - int(np.count_nonzero(start[sl])))",
+     "changed voxels counted as the net growth of the label, not the voxels that changed"),
     # -- online update of a model ----------------------------------------------------------
     ("online-mean-weights", "online", "shapeprior/model/_update.py",
      "    mean = (n_old * mu_a + m * mu_b) / n", "    mean = 0.5 * (mu_a + mu_b)",

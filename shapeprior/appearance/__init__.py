@@ -18,8 +18,9 @@ from ._profiles import (ProfileModel, learn_profiles, profile_features, profile_
 from ._sampler import NormalSampler, intensity_scale, normalise_intensity
 from ._voxels import (SMOOTH_VOX, VoxelClassifier, band_features, learn_voxel_classifier,
                       smoothed_decision)
+from ._voxels import PASSES as VOXEL_PASSES
 
 __all__ = ["NormalSampler", "intensity_scale", "normalise_intensity", "LevelImage", "SLACK_MM",
            "ProfileModel", "learn_profiles", "profile_features", "profile_stack", "search_profiles",
            "search_edges", "VoxelClassifier", "band_features", "learn_voxel_classifier",
-           "smoothed_decision", "SMOOTH_VOX"]
+           "smoothed_decision", "SMOOTH_VOX", "VOXEL_PASSES"]

@@ -10,7 +10,7 @@ import numpy as np
 
 from .._profile import NULL_CLOCK
 from ..backend import resolve_backend
-from ..appearance import (SMOOTH_VOX, LevelImage, intensity_scale, search_edges,
+from ..appearance import (SMOOTH_VOX, VOXEL_PASSES, LevelImage, intensity_scale, search_edges,
                           search_profiles)
 from ..mesh import Surface, mean_neighbour_operator, voxelize
 from ..ssc import sparse_shape_composition
@@ -112,6 +112,12 @@ class SegmentParams:
         classifier's log-odds before they decide (0: each voxel alone). 0.5 took
         the same split to 0.902 (worst 0.838); the held-out test split to 0.885
         (worst 0.804, was 0.881 / 0.799).
+    voxel_passes : int >= 1
+        Passes of that decision, each on the band of the label the pass before
+        left (:data:`~shapeprior.appearance.VOXEL_PASSES`, 2): where the fit was
+        further off than the band is wide, the second pass moves the boundary
+        further. On the validation split 1 → 2 passes took the worst case from
+        0.838 to 0.849 at the same mean (0.902).
     """
 
     schedule: tuple = DEFAULT_SCHEDULE
@@ -141,6 +147,7 @@ class SegmentParams:
     surface_offset_mm: float | None = None   # final surface along its normals (None: the model's)
     voxel_refine: bool = True     # boundary voxels decided by the model's voxel classifier
     voxel_smooth: float = SMOOTH_VOX  # ... from log-odds smoothed over this many voxels (SD)
+    voxel_passes: int = VOXEL_PASSES  # ... in this many passes (each on the last one's band)
 
     def __post_init__(self):
         from .._validation import (check_bool, check_choice, check_number, check_vector)
@@ -185,6 +192,7 @@ class SegmentParams:
         self.refine_smooth = check_number("refine_smooth", self.refine_smooth, 0, integer=True)
         self.voxel_refine = check_bool("voxel_refine", self.voxel_refine)
         self.voxel_smooth = check_number("voxel_smooth", self.voxel_smooth, 0, 3)
+        self.voxel_passes = check_number("voxel_passes", self.voxel_passes, 1, 10, integer=True)
         check_choice("placement", self.placement, ("search", "prior"))
         self.n_hypotheses = check_number("n_hypotheses", self.n_hypotheses, 1, integer=True)
         if self.backend is not None:
@@ -480,7 +488,8 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     if model.voxels is not None and params.voxel_refine:
         with clock("voxels"):
             label, changed = model.voxels.refine(vol, label, v, faces, backend,
-                                                 smooth_vox=params.voxel_smooth)
+                                                 smooth_vox=params.voxel_smooth,
+                                                 passes=params.voxel_passes)
     placement = {"chosen": fit.hypothesis.to_dict(),
                  "hypotheses": [dict(f.hypothesis.to_dict(), **(
                      {} if f.trial_score is None else {"trial_score": round(f.trial_score, 4)}))
