@@ -34,10 +34,11 @@ CACHE = Path(__file__).resolve().parent / "cache"
 #: alignment rounds, 5 cold-started rounds before issue #13's SSC work; the final
 #: surface moved by the model's own calibrated offset, 0 before; the voxels next to it
 #: decided by the model's voxel classifier, from log-odds smoothed over 0.5 voxel;
-#: voxel_smooth 0 before; in two passes, each on the band the last one left, one
-#: pass before). Earlier candidates (align_tol 1e-3/1e-2,
+#: voxel_smooth 0 before; in two passes, the second from the label the first left and
+#: within the first's band, one pass before). Earlier candidates (align_tol 1e-3/1e-2,
 #: mode_clamp 3/2, more alignment rounds, other offsets) are in bench/README.md.
-CANDIDATES = [{}, {"voxel_passes": 1}, {"voxel_passes": 3}, {"voxel_smooth": 0.0}, {"voxel_refine": False},
+CANDIDATES = [{}, {"voxel_passes": 1}, {"voxel_passes": 3}, {"voxel_smooth": 0.0},
+              {"voxel_refine": False},
               {"voxel_refine": False, "surface_offset_mm": 0.0},
               {"align_rounds": 5, "warm_align": False}]
 

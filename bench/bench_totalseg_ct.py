@@ -14,6 +14,16 @@ Rows:
 * ``absent``: scans without the organ: the example DICOM series (an upper
   abdomen slab of another subject, 20 slices, no kidney) and an MSD
   hippocampus MR crop. The status must be ``failed``, never ``ok``.
+* ``variants``: the same scan as other scanners and protocols would give it, each
+  kidney without a seed: fields of view cropped on every axis (the lower third of
+  the slices kept: the kidneys are cut, so ``ok`` is wrong there), resampled to
+  1.5 mm isotropic and to 0.9 x 0.9 x 5 mm slices, 30 HU of noise added, and a
+  calibration 40 HU off (no real CT is: the status is expected to doubt it); and
+  five slabs of its lower slices without any kidney (the status must be
+  ``failed``). The status thresholds of the CT region score were chosen on these
+  rows (``shapeprior/segmentation/_assess.py``).
+* ``cut``: each kidney on ``example_ct_sm`` (30 slices of the same scan: both
+  kidneys cut by the field of view): found, and ``suspect`` for the cut.
 * ``refine``: ``example_seg_fast`` kidneys (the 3 mm network) refined with the
   model (mask alone, and with the image), Dice and distances against
   ``example_seg`` (the full-resolution network) before and after.
@@ -53,6 +63,68 @@ def _row(r, ref, vol):
     return row
 
 
+def _crop(vol, lab, sl):
+    """``vol`` and ``lab`` cut to the index box ``sl`` (z, y, x slices), placed where
+    they were."""
+    from shapeprior.io import Volume
+
+    lo = np.array([b.start or 0 for b in sl], float)[::-1]
+    origin = vol.index_to_physical(lo[None])[0]
+    return Volume(np.ascontiguousarray(vol.array[sl]), vol.spacing, origin,
+                  vol.direction), lab[sl]
+
+
+def _resampled(vol, lab, spacing):
+    """``vol`` (linear) and ``lab`` (nearest) on a grid of ``spacing`` (x, y, z mm)
+    over the same extent, by SimpleITK."""
+    import SimpleITK as sitk
+
+    from shapeprior.io import Volume
+
+    def image(a):
+        im = sitk.GetImageFromArray(a)
+        im.SetSpacing([float(v) for v in vol.spacing])
+        im.SetOrigin([float(v) for v in vol.origin])
+        im.SetDirection([float(v) for v in np.asarray(vol.direction).ravel()])
+        return im
+
+    img, L = image(vol.array.astype(np.float32)), image(lab.astype(np.uint8))
+    size = [int(round(n * s / t)) for n, s, t in zip(img.GetSize(), img.GetSpacing(), spacing)]
+
+    def to(im, interp, fill):
+        return sitk.GetArrayFromImage(sitk.Resample(
+            im, size, sitk.Transform(), interp, img.GetOrigin(), [float(t) for t in spacing],
+            img.GetDirection(), fill))
+
+    return (Volume(to(img, sitk.sitkLinear, -1024.0), np.asarray(spacing, float), vol.origin,
+                   vol.direction), to(L, sitk.sitkNearestNeighbor, 0))
+
+
+def variants(ct, lab):
+    """(name, volume, label map) of the example scan as other protocols give it."""
+    from shapeprior.io import Volume
+
+    nz, ny, nx = ct.array.shape
+    full = slice(None)
+    noise = np.random.default_rng(0).normal(0.0, 30.0, ct.array.shape)
+    return [
+        ("upper two thirds of the slices", *_crop(ct, lab, (slice(nz // 3, None), full, full))),
+        ("lower two thirds of the slices (kidneys cut)",
+         *_crop(ct, lab, (slice(0, 2 * nz // 3), full, full))),
+        ("30 mm off front and back", *_crop(ct, lab, (full, slice(10, ny - 10), full))),
+        ("45 mm off the first x columns", *_crop(ct, lab, (full, full, slice(15, None)))),
+        ("45 mm off the last x columns", *_crop(ct, lab, (full, full, slice(0, nx - 15)))),
+        ("resampled to 1.5 mm isotropic", *_resampled(ct, lab, (1.5, 1.5, 1.5))),
+        ("resampled to 0.9 x 0.9 x 5 mm", *_resampled(ct, lab, (0.9, 0.9, 5.0))),
+        ("30 HU noise", Volume((ct.array + noise).astype(np.float32), ct.spacing, ct.origin,
+                               ct.direction), lab),
+        ("calibration +40 HU", Volume((ct.array + 40.0).astype(np.float32), ct.spacing,
+                                      ct.origin, ct.direction), lab),
+    ] + [(f"no kidney: slices {z0}-{z1 - 1} (of {nz})",
+          *_crop(ct, lab, (slice(z0, z1), full, full)))
+         for z0, z1 in ((0, 60), (0, 45), (10, 55), (20, 64), (30, 64))]
+
+
 def main(argv=None):
     root = data_root()
     d = root / "totalsegmentator_example"
@@ -86,6 +158,23 @@ def main(argv=None):
         print(f"{r['kidney']:5s} {r['input']:5s} seed={r['seed'] is not None!s:5s} "
               f"Dice {r['dice']:.3f} ASSD {r['assd_mm']:.2f} mm {r['status']} "
               f"(quality {r['quality']:.2f}) {r['time_s']:.1f} s", flush=True)
+    varied = []
+    for name, vol, lab in variants(ct, seg.array):
+        for side, value in SIDES:
+            ref = lab == value
+            r = segment_volume(vol, model, SegmentParams(side=side, **CT), dic)
+            varied.append({"variant": name, "kidney": side, **_row(r, ref, vol)})
+            print(f"variant {name}, {side}: Dice {varied[-1]['dice']:.3f} ({r.status}, "
+                  f"{varied[-1]['volume_ml']:.0f} ml, reference "
+                  f"{varied[-1]['reference_ml']:.0f} ml)", flush=True)
+    cut = []
+    ct_sm = read_volume(d / "example_ct_sm.nii.gz")
+    full_seg = read_label_map(d / "example_seg.nii.gz")
+    for side, value in SIDES:
+        r = segment_volume(ct_sm, model, SegmentParams(side=side, **CT), dic)
+        cut.append({"kidney": side, **_row(r, full_seg.array == value, ct_sm)})
+        print(f"cut: example_ct_sm {side}: Dice {cut[-1]['dice']:.3f} ({r.status}; "
+              f"{'; '.join(r.reasons)})", flush=True)
     absent = []
     slab, _ = read_image(d / "example_ct_dicom")
     hip = root / "msd_hippocampus" / "images" / "hippocampus_001.nii.gz"
@@ -100,7 +189,6 @@ def main(argv=None):
     refine = []
     fast = read_label_map(d / "example_seg_fast.nii.gz")
     full = read_label_map(d / "example_seg.nii.gz")
-    ct_sm = read_volume(d / "example_ct_sm.nii.gz")
     for side, lab in SIDES:
         ref = full.array == lab
         before = fast.array == lab
@@ -128,7 +216,7 @@ def main(argv=None):
            "model": {"source": "KiTS19 training split (bench_robustness)",
                      "n_shapes": int(model.shapes.shape[0])},
            "appearance": "CT intensity model: window -50..150 HU, organ brighter than fat",
-           "kidneys": rows, "absent": absent,
+           "kidneys": rows, "variants": varied, "cut": cut, "absent": absent,
            "refine": {"input": "example_seg_fast.nii.gz (3 mm network) on example_ct_sm "
                                "(30 slices: both kidneys cut by the field of view)",
                       "reference": "example_seg.nii.gz", "rows": refine}}

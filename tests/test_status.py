@@ -115,13 +115,20 @@ def test_status_in_report_summary_exit_code_and_mesh(phantom_model, tmp_path, ca
 
 
 class _Score:
-    """An appearance score that says what it is told (``assess`` alone is tested)."""
+    """An appearance score that says what it is told (``assess`` alone is tested)
+    and records which vertices it was asked about."""
     kind = "profile"
 
-    def __init__(self, quality):
+    def __init__(self, quality, reach_mm=0.0):
         self.quality = quality
+        self.reach_mm = reach_mm
+        self.asked = None
 
-    def __call__(self, verts, faces, search_mm=1.5):
+    def reach(self, search_mm=1.5):
+        return self.reach_mm
+
+    def __call__(self, verts, faces, search_mm=1.5, vertices=None):
+        self.asked = np.arange(len(verts)) if vertices is None else np.asarray(vertices)
         return self.quality
 
 
@@ -214,6 +221,87 @@ def test_assess_fov_scale_and_shape_thresholds(model, scan):
         status, reasons, ev = _assessed(model, room, verts=v)
         assert ev["shape_mahalanobis"] == pytest.approx(k * dmax, rel=0.1)
         assert status == want and any(words in s for s in reasons), (k, reasons)
+
+
+def test_appearance_is_judged_on_the_vertices_the_image_shows(model, scan):
+    """Only vertices whose samples (``reach`` mm along the normal) lie inside the
+    image are scored; with none of them, the quality is 0 (no evidence)."""
+    from types import SimpleNamespace
+
+    from shapeprior.segmentation import voxelize
+    from shapeprior.segmentation._assess import assess, border_distance
+
+    vol, _ = scan
+    ext = model.mean.max(0) - model.mean.min(0)
+    lo_edge = vol.index_to_physical(np.zeros((1, 3)))[0]
+    v = _scaled(model, vol, 1.0)
+    v[:, 2] += lo_edge[2] - v[:, 2].min() - 0.3 * ext[2]     # 30 % of it below the image
+    res = SimpleNamespace(verts=v, faces=model.faces, label=voxelize(v, model.faces, vol),
+                          overridden_fraction=0.0, overridden_fraction_max=0.0)
+    score = _Score(0.95, reach_mm=2.0)
+    status, q, _, ev = assess(res, vol, model, score)
+    want = np.flatnonzero(border_distance(vol, v) >= 2.0)
+    assert 0 < len(want) < len(v) and np.array_equal(np.sort(score.asked), want)
+    assert ev["appearance_vertices_seen"] == pytest.approx(len(want) / len(v), abs=1e-4)
+    assert q == 0.95 and status == "suspect"                 # cut by the field of view
+    v2 = v + np.array([0.0, 0.0, lo_edge[2] - v[:, 2].max() - 10.0])   # wholly below it
+    res.verts, res.label = v2, np.zeros(vol.array.shape, np.uint8)
+    status, q, reasons, ev = assess(res, vol, model, _Score(0.95))
+    assert q == 0.0 and ev["appearance_vertices_seen"] == 0.0 and status == "failed"
+    assert any("does not match the image" in r for r in reasons)
+
+
+@pytest.mark.parametrize("kind, quality, want", [
+    ("region", 0.45, "failed"), ("region", 0.55, "suspect"), ("region", 0.65, "ok"),
+    ("profile", 0.55, "failed"), ("profile", 0.7, "suspect"), ("profile", 0.85, "ok")])
+def test_appearance_thresholds_per_score_kind(model, scan, kind, quality, want):
+    """The region score (CT intensity model) fails below 0.5 and is suspect below
+    0.6: a kidney-free CT crop scored 0.30-0.43 and found kidneys 0.67-0.89."""
+    from types import SimpleNamespace
+
+    from shapeprior.segmentation import voxelize
+    from shapeprior.segmentation._assess import assess
+
+    vol, _ = scan
+    v = _scaled(model, vol, 1.0)
+    res = SimpleNamespace(verts=v, faces=model.faces, label=voxelize(v, model.faces, vol),
+                          overridden_fraction=0.0, overridden_fraction_max=0.0)
+    score = _Score(quality)
+    score.kind = kind
+    status, _, reasons, _ = assess(res, vol, model, score)
+    assert status == want, reasons
+
+
+def test_region_score_of_a_cut_organ_counts_the_part_in_view():
+    """The CT region score of a bright ellipsoid cut by the image's last slices:
+    over the vertices whose samples lie inside the image it is the score of the
+    whole organ in a larger image; over all vertices it is diluted."""
+    from shapeprior.appearance import intensity_scale
+    from shapeprior.mesh import icosphere
+    from shapeprior.segmentation import voxelize
+    from shapeprior.segmentation._assess import border_distance
+    from shapeprior.segmentation._place import AppearanceScore
+
+    v, f = icosphere(3)
+    verts = v * np.array([25.0, 18.0, 30.0]) + np.array([0.0, 0.0, 0.0])
+    big = Volume(np.zeros((80, 60, 70), np.float32), np.full(3, 1.5),
+                 np.array([-52.0, -44.0, -59.0]), np.eye(3))
+    inside = voxelize(verts, f, big) > 0
+    big.array[:] = np.where(inside, 40.0, -100.0)
+    # the same scan with its top slices (z > 15 mm) gone: the organ reaches 30 mm
+    nz = int(np.floor((15.0 - big.origin[2]) / 1.5)) + 1
+    cut = Volume(np.ascontiguousarray(big.array[:nz]), big.spacing, big.origin, big.direction)
+
+    def score(vol):
+        return AppearanceScore(vol, None, "ct", intensity_scale(vol, "ct"), "numpy", 1.0,
+                               3.0, window=(-0.05, 0.15))
+
+    whole = score(big)(verts, f)
+    sc = score(cut)
+    seen = np.flatnonzero(border_distance(cut, verts) >= sc.reach())
+    assert 0.3 * len(verts) < len(seen) < 0.9 * len(verts)
+    assert sc(verts, f, vertices=seen) == pytest.approx(whole, abs=0.05)
+    assert sc(verts, f) < whole - 0.1
 
 
 def test_border_distance_is_to_the_outer_voxel_boundary():

@@ -91,11 +91,13 @@ def test_learned_classifier_sharpens_a_displaced_fit(learned):
     assert min(a - b for a, b in zip(after, before)) > 0
 
 
-def test_second_pass_reaches_a_boundary_beyond_the_band(learned):
-    """A fit 2.5 mm inside the organ (1 mm voxels): one pass moves the boundary
-    by at most the band's width; the second decides the band of the label the
-    first left and gets closer to the organ; ``changed`` counts against the
-    given label."""
+def test_later_passes_stay_in_the_first_band(learned):
+    """A fit 2.5 mm inside the organ (1 mm voxels), so that the organ's boundary
+    lies beyond the band: later passes decide the band of the label the pass
+    before left, but change no voxel outside the first pass's band (a bright
+    neighbour is never followed further than the band); the second pass still
+    decides differently from the first; ``changed`` counts against the given
+    label."""
     from scipy import ndimage
 
     from shapeprior.mesh import Surface
@@ -106,11 +108,15 @@ def test_second_pass_reaches_a_boundary_beyond_the_band(learned):
     lab = voxelize(fit, faces, vol)
     d = ndimage.distance_transform_edt(lab == 0) - ndimage.distance_transform_edt(lab > 0)
     one, c1 = learned.refine(vol, lab, fit, faces, passes=1)
-    two, c2 = learned.refine(vol, lab, fit, faces, passes=2)
-    assert c1 == int(np.count_nonzero(one != lab)) and c2 == int(np.count_nonzero(two != lab))
-    assert np.abs(d[one != lab]).max() <= BAND_VOX < np.abs(d[two != lab]).max()
-    assert dice(two, mask) > dice(one, mask) + 0.03 > dice(lab, mask) + 0.03
+    assert c1 == int(np.count_nonzero(one != lab))
+    for passes in (2, 3):
+        more, c = learned.refine(vol, lab, fit, faces, passes=passes)
+        assert c == int(np.count_nonzero(more != lab)) > 0
+        assert np.abs(d[more != lab]).max() <= BAND_VOX
+        assert np.count_nonzero(more != one) > 0
+        assert dice(more, mask) > dice(lab, mask) + 0.1
     # the default is two passes
+    two = learned.refine(vol, lab, fit, faces, passes=2)[0]
     assert np.array_equal(learned.refine(vol, lab, fit, faces)[0], two)
     with pytest.raises(ValueError, match="passes"):
         learned.refine(vol, lab, fit, faces, passes=0)

@@ -113,11 +113,11 @@ class SegmentParams:
         the same split to 0.902 (worst 0.838); the held-out test split to 0.885
         (worst 0.804, was 0.881 / 0.799).
     voxel_passes : int >= 1
-        Passes of that decision, each on the band of the label the pass before
-        left (:data:`~shapeprior.appearance.VOXEL_PASSES`, 2): where the fit was
-        further off than the band is wide, the second pass moves the boundary
-        further. On the validation split 1 → 2 passes took the worst case from
-        0.838 to 0.849 at the same mean (0.902).
+        Passes of that decision (:data:`~shapeprior.appearance.VOXEL_PASSES`, 2),
+        each from the label the pass before left, changing only voxels of the
+        first pass's band (never further from the fitted surface). On the
+        validation split 1 → 2 passes took the worst case from 0.838 to 0.846 at
+        the same mean (0.902).
     """
 
     schedule: tuple = DEFAULT_SCHEDULE

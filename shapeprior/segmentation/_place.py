@@ -110,11 +110,18 @@ class AppearanceScore:
         agree = (self.sign * (inside.mean(2) - outside.mean(2)) > 0).mean(1)
         return np.clip(2.0 * agree - 1.0, 0.0, 1.0)
 
-    def __call__(self, verts, faces, search_mm=1.5):
-        """Score of one surface (all its vertices)."""
+    def __call__(self, verts, faces, search_mm=1.5, vertices=None):
+        """Score of one surface: the mean over ``vertices`` (indices; default all)."""
         normals = Surface(verts, faces).vertex_normals()
-        return float(self.per_candidate(verts[None], normals[None], np.arange(len(verts)),
+        idx = np.arange(len(verts)) if vertices is None else np.asarray(vertices)
+        return float(self.per_candidate(verts[idx][None], normals[idx][None], idx,
                                         search_mm)[0])
+
+    def reach(self, search_mm=1.5):
+        """How far (mm) along its normal a vertex's samples reach."""
+        if self.pm is not None:
+            return search_mm + self.pm.half * self.pm.step
+        return self.band
 
 
 def pm_subset(pm, n_candidates, idx):
