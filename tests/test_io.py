@@ -196,3 +196,21 @@ def test_dicom_spacing_tolerance_is_honoured(tmp_path):
         read_dicom_series(folder)
     vol, _ = read_dicom_series(folder, spacing_tol=0.05)
     assert vol.array.shape[0] == 4
+
+
+def test_same_grid_needs_the_same_voxel_positions():
+    """Two volumes are on the same grid only when shape, spacing, direction and
+    origin all agree (to ``atol`` mm): one voxel of origin apart is another grid."""
+    a = Volume(np.zeros((4, 5, 6), np.uint8), np.array([0.8, 0.8, 2.0]),
+               np.array([10.0, -20.0, 30.0]), np.eye(3))
+    same = Volume(np.ones((4, 5, 6), np.uint8), a.spacing.copy(), a.origin + 1e-4, np.eye(3))
+    assert a.same_grid(same) and same.same_grid(a)
+    for origin, spacing, direction, shape in (
+            (a.origin + np.array([0.8, 0.0, 0.0]), a.spacing, np.eye(3), (4, 5, 6)),
+            (a.origin + np.array([0.0, 0.0, 2.0]), a.spacing, np.eye(3), (4, 5, 6)),
+            (a.origin, np.array([0.8, 0.8, 2.5]), np.eye(3), (4, 5, 6)),
+            (a.origin, a.spacing, np.diag([1.0, -1.0, -1.0]), (4, 5, 6)),
+            (a.origin, a.spacing, np.eye(3), (4, 5, 7))):
+        b = Volume(np.zeros(shape, np.uint8), np.asarray(spacing), np.asarray(origin),
+                   np.asarray(direction))
+        assert not a.same_grid(b) and not b.same_grid(a)

@@ -232,6 +232,9 @@ def test_cli_reconstruct_npy_and_strict(population, mesh_folder, tmp_path, capsy
     (lambda d, y, f: (d / "bad.vtk").write_bytes(b"# vtk DataFile\nrubbish"), "no points"),
     (lambda d, y, f: (d / "nan.obj").write_text("v nan 0 0\nv 1 0 0\nv 0 1 0\n"),
      "non-finite"),
+    # a triangle naming the vertex one past the last (OBJ counts from 1)
+    (lambda d, y, f: (d / "past.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 4\n"),
+     "vertices that do not exist"),
 ])
 def test_cli_reconstruct_refuses_bad_meshes(population, mesh_folder, tmp_path, capsys,
                                             make, message):
