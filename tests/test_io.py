@@ -214,3 +214,20 @@ def test_same_grid_needs_the_same_voxel_positions():
         b = Volume(np.zeros(shape, np.uint8), np.asarray(spacing), np.asarray(origin),
                    np.asarray(direction))
         assert not a.same_grid(b) and not b.same_grid(a)
+
+
+def test_header_checks_refuse_an_empty_grid_and_too_little_memory(monkeypatch):
+    """check_size: a zero-length axis is refused, and so is an image whose
+    working copies (three times its voxels) would not fit in the memory left,
+    even where the voxels alone would."""
+    from shapeprior.io._checks import ImageReadError, check_size
+
+    for size in ((0, 10, 10), (10, 0, 10), (10, 10, 0)):
+        with pytest.raises(ImageReadError, match="empty grid"):
+            check_size("scan.nii", size, 2)
+    nbytes = 100 * 100 * 50 * 2
+    monkeypatch.setenv("SHAPEPRIOR_MAX_IMAGE_BYTES", str(int(2.5 * nbytes)))
+    with pytest.raises(ImageReadError, match="needs about"):
+        check_size("scan.nii", (100, 100, 50), 2)
+    monkeypatch.setenv("SHAPEPRIOR_MAX_IMAGE_BYTES", str(int(3.5 * nbytes)))
+    check_size("scan.nii", (100, 100, 50), 2)
