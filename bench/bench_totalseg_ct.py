@@ -15,8 +15,8 @@ Rows:
   abdomen slab of another subject, 20 slices, no kidney) and an MSD
   hippocampus MR crop. The status must be ``failed``, never ``ok``.
 * ``variants``: the same scan as other scanners and protocols would give it, each
-  kidney without a seed: fields of view cropped on every axis (the lower third of
-  the slices kept: the kidneys are cut, so ``ok`` is wrong there), resampled to
+  kidney without a seed: fields of view cropped on every axis (with the lower two
+  thirds of the slices kept the kidneys are cut, so ``ok`` is wrong there), resampled to
   1.5 mm isotropic and to 0.9 x 0.9 x 5 mm slices, 30 HU of noise added, and a
   calibration 40 HU off (no real CT is: the status is expected to doubt it); and
   five slabs of its lower slices without any kidney (the status must be
@@ -169,10 +169,10 @@ def main(argv=None):
                   f"{varied[-1]['reference_ml']:.0f} ml)", flush=True)
     cut = []
     ct_sm = read_volume(d / "example_ct_sm.nii.gz")
-    full_seg = read_label_map(d / "example_seg.nii.gz")
+    full = read_label_map(d / "example_seg.nii.gz")
     for side, value in SIDES:
         r = segment_volume(ct_sm, model, SegmentParams(side=side, **CT), dic)
-        cut.append({"kidney": side, **_row(r, full_seg.array == value, ct_sm)})
+        cut.append({"kidney": side, **_row(r, full.array == value, ct_sm)})
         print(f"cut: example_ct_sm {side}: Dice {cut[-1]['dice']:.3f} ({r.status}; "
               f"{'; '.join(r.reasons)})", flush=True)
     absent = []
@@ -188,7 +188,6 @@ def main(argv=None):
             print(f"absent: {name} {side}: {r.status} ({'; '.join(r.reasons)})", flush=True)
     refine = []
     fast = read_label_map(d / "example_seg_fast.nii.gz")
-    full = read_label_map(d / "example_seg.nii.gz")
     for side, lab in SIDES:
         ref = full.array == lab
         before = fast.array == lab

@@ -147,7 +147,7 @@ class SegmentParams:
     surface_offset_mm: float | None = None   # final surface along its normals (None: the model's)
     voxel_refine: bool = True     # boundary voxels decided by the model's voxel classifier
     voxel_smooth: float = SMOOTH_VOX  # ... from log-odds smoothed over this many voxels (SD)
-    voxel_passes: int = VOXEL_PASSES  # ... in this many passes (each on the last one's band)
+    voxel_passes: int = VOXEL_PASSES  # ... in this many passes (later ones in the first band)
 
     def __post_init__(self):
         from .._validation import (check_bool, check_choice, check_number, check_vector)
