@@ -19,6 +19,7 @@ import pytest
 
 from _phantoms import write_dicom_series
 from _safety import _subprocess, leftovers, tree_state
+from shapeprior._outputs import OutputExistsError
 from shapeprior.cli import main
 from shapeprior.io import read_label_map, read_volume
 
@@ -382,6 +383,58 @@ def test_resume_trusts_the_manifest_not_the_report(phantom_model, tmp_path, caps
     assert rc == 1 and status()["c1"]["status"] == "failed"
     assert (out / "c1" / "mine.txt").read_text() == "keep"
     assert not leftovers(tmp_path)
+
+
+def test_resume_redoes_edited_outputs_other_parameters_and_force(phantom_model, tmp_path):
+    """A resumed batch skips a case only when its outputs are as written, its
+    inputs unchanged and its parameters the same; --force redoes complete cases."""
+    _, images, _, model = phantom_model
+    batch, out = tmp_path / "batch", tmp_path / "out"
+    batch.mkdir()
+    for i in range(2):
+        shutil.copy(images / f"phantom_00{i}.nii.gz", batch / f"c{i}.nii.gz")
+    args = ["segment", str(batch), "-o", str(out), "--model", str(model), "--placement",
+            "prior"]
+
+    def rows():
+        return {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
+
+    assert main(args) == 0
+    with open(out / "c0" / "label.nii.gz", "ab") as f:     # an output edited since
+        f.write(b"\0")
+    assert main(args) == 0
+    r = rows()
+    assert r["c0"]["status"] == "ok" and "changed since it was written" in r["c0"]["note"]
+    assert r["c1"]["status"] == "skipped"
+    assert main(args + ["--hypotheses", "2"]) == 0            # other parameters
+    assert all(x["status"] == "ok" and "parameters differ" in x["note"] for x in rows().values())
+    assert main(args + ["--hypotheses", "2"]) == 0
+    assert {x["status"] for x in rows().values()} == {"skipped"}
+    assert main(args + ["--hypotheses", "2", "--force"]) == 0  # --force redoes them
+    assert {x["status"] for x in rows().values()} == {"ok"}
+
+
+@pytest.mark.parametrize("content, ours", [
+    ([{"case": "c0", "status": "ok"}], True),                   # an older version's summary
+    ({"producer": "shapeprior", "cases": []}, True),
+    ([{"name": "c0", "result": "fine"}], False),                # another tool's list
+    ({"cases": []}, False),
+    ("not json", False),
+])
+def test_only_a_shapeprior_summary_is_replaced(tmp_path, content, ours):
+    from shapeprior.pipeline._batch import own_summary, write_summary
+
+    s = tmp_path / "summary.json"
+    s.write_text(content if isinstance(content, str) else json.dumps(content))
+    before = s.read_bytes()
+    assert (own_summary(s) is None) == ours
+    if ours:
+        write_summary(tmp_path, [{"case": "c1", "status": "ok"}], 1)
+        assert json.loads(s.read_text())["cases"] == [{"case": "c1", "status": "ok"}]
+    else:
+        with pytest.raises(OutputExistsError):
+            write_summary(tmp_path, [{"case": "c1", "status": "ok"}], 1)
+        assert s.read_bytes() == before
 
 
 # -- leftovers: kills and signals ------------------------------------------------------------
