@@ -65,13 +65,10 @@ def _row(r, ref, vol):
 
 def _crop(vol, lab, sl):
     """``vol`` and ``lab`` cut to the index box ``sl`` (z, y, x slices), placed where
-    they were."""
-    from shapeprior.io import Volume
-
-    lo = np.array([b.start or 0 for b in sl], float)[::-1]
-    origin = vol.index_to_physical(lo[None])[0]
-    return Volume(np.ascontiguousarray(vol.array[sl]), vol.spacing, origin,
-                  vol.direction), lab[sl]
+    they were (:meth:`Volume.crop`)."""
+    lo = [b.start or 0 for b in sl]
+    hi = [n if b.stop is None else b.stop for b, n in zip(sl, vol.array.shape)]
+    return vol.crop(lo, hi), lab[sl]
 
 
 def _resampled(vol, lab, spacing):
@@ -82,11 +79,7 @@ def _resampled(vol, lab, spacing):
     from shapeprior.io import Volume
 
     def image(a):
-        im = sitk.GetImageFromArray(a)
-        im.SetSpacing([float(v) for v in vol.spacing])
-        im.SetOrigin([float(v) for v in vol.origin])
-        im.SetDirection([float(v) for v in np.asarray(vol.direction).ravel()])
-        return im
+        return Volume(a, vol.spacing, vol.origin, vol.direction).to_sitk()
 
     img, L = image(vol.array.astype(np.float32)), image(lab.astype(np.uint8))
     size = [int(round(n * s / t)) for n, s, t in zip(img.GetSize(), img.GetSpacing(), spacing)]

@@ -3,23 +3,15 @@ refuse is left byte for byte as it was (hashed before and after). The CLI
 tests (test_hostile.py) go through them end to end; these pin each rule
 down where a command may check something else first."""
 
-import hashlib
 import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from _safety import tree_state as _digest
 from shapeprior._outputs import (OutputDir, OutputExistsError, UnsafeOutputError, own_output,
                                  publish_file, write_text_atomic)
-
-
-def _digest(path):
-    """SHA-256 of every file under ``path`` (or of the file), by relative name."""
-    if path.is_file():
-        return {".": hashlib.sha256(path.read_bytes()).hexdigest()}
-    return {str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(path.rglob("*")) if f.is_file()}
 
 
 def _our_output(path):

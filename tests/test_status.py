@@ -283,7 +283,7 @@ def test_region_score_of_a_cut_organ_counts_the_part_in_view():
     from shapeprior.segmentation._place import AppearanceScore
 
     v, f = icosphere(3)
-    verts = v * np.array([25.0, 18.0, 30.0]) + np.array([0.0, 0.0, 0.0])
+    verts = v * np.array([25.0, 18.0, 30.0])
     big = Volume(np.zeros((80, 60, 70), np.float32), np.full(3, 1.5),
                  np.array([-52.0, -44.0, -59.0]), np.eye(3))
     inside = voxelize(verts, f, big) > 0

@@ -279,13 +279,13 @@ class VoxelClassifier:
     def _refine_once(self, vol, label, verts, faces, backend, smooth_vox, start, first):
         """One pass of :meth:`refine` on ``label``: the new label, the index box
         (slices) it differs from ``label`` in (None where it does not differ) and
-        this pass's band (sorted flat indices). With ``first`` (the first pass's
-        band), band voxels outside it keep their value in ``start``."""
+        this pass's band (flat indices). With ``first`` (the first pass's band),
+        band voxels outside it keep their value in ``start``."""
         from scipy import ndimage as ndi
 
         X, index = band_features(vol, label, verts, faces)
         out = np.asarray(label, dtype=np.uint8).copy()
-        band = np.sort(np.ravel_multi_index(index, out.shape))
+        band = np.ravel_multi_index(index, out.shape)
         if not len(X):
             return out, None, band
         dec = self.decision(X, backend)
@@ -293,9 +293,8 @@ class VoxelClassifier:
             dec = smoothed_decision(dec, index, label, vol.spacing, smooth_vox)
         new = (dec > 0).astype(np.uint8)
         if first is not None:
-            beyond = ~np.isin(np.ravel_multi_index(index, out.shape), first,
-                              assume_unique=True)
-            new[beyond] = start[tuple(i[beyond] for i in index)]
+            beyond = ~np.isin(band, first, assume_unique=True)
+            new[beyond] = start.flat[band[beyond]]
         out[index] = new
         # the band holds every boundary voxel of the label: its box holds the label
         idx = np.stack(index, axis=1)
