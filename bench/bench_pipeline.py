@@ -71,8 +71,13 @@ def _num(path):
     return int(re.findall(r"\d+", Path(path).name)[0])
 
 
+_BACKENDS = []         # --backends; empty: every available one
+_MESH_FORMAT = ["vtk"]  # --mesh-format
+
+
 def backends():
-    return available_backends()
+    have = available_backends()
+    return [b for b in _BACKENDS if b in have] if _BACKENDS else have
 
 
 def _gpu_name():
@@ -122,33 +127,42 @@ def kidney_model(n_jobs):
     return small, "12 KiTS19 training cases (small fallback model)"
 
 
+def _upsample(a, shape_zyx, linear):
+    """``a`` on a finer grid with the same corners (first and last samples kept),
+    one axis at a time: linear interpolation truncated toward zero (what
+    SimpleITK's linear resampler gives for an integer image: equal on all but
+    about 1e-7 of the ct512 voxels, by one HU), or the nearest sample."""
+    out = a.astype(np.float64) if linear else a
+    for ax, n in enumerate(shape_zyx):
+        c = np.linspace(0, a.shape[ax] - 1, n)
+        if not linear:
+            out = np.take(out, np.floor(c + 0.5).astype(int), axis=ax)
+            continue
+        i0 = np.minimum(np.floor(c).astype(int), a.shape[ax] - 2)
+        f = (c - i0).reshape([-1 if k == ax else 1 for k in range(3)])
+        out = np.take(out, i0, axis=ax) * (1 - f) + np.take(out, i0 + 1, axis=ax) * f
+    return np.trunc(out) if linear else out
+
+
 def make_ct512(work):
-    """The example CT and its labels resampled to a 512 x 512 x 300 grid."""
-    import SimpleITK as sitk
+    """The example CT and its labels resampled to a 512 x 512 x 300 grid with the
+    same origin, direction and physical extent (NumPy only, so that it runs where
+    SimpleITK is not installed, e.g. a GPU machine)."""
+    from shapeprior.io import Volume
+    from shapeprior.io._nifti import write_nifti
 
     d = data_root() / "totalsegmentator_example"
-    ct = sitk.ReadImage(str(d / "example_ct.nii.gz"))
-    seg = sitk.ReadImage(str(d / "example_seg_fast_force_split.nii.gz"))
-    size = np.array(ct.GetSize())
-    extent = (size - 1) * np.array(ct.GetSpacing())
+    ct = read_volume(d / "example_ct.nii.gz")
+    seg = read_label_map(d / "example_seg_fast_force_split.nii.gz")
+    shape_zyx = CT_SHAPE_XYZ[::-1]
+    extent = (np.array(ct.array.shape[::-1]) - 1) * ct.spacing
     spacing = extent / (np.array(CT_SHAPE_XYZ) - 1)
-
-    def resample(img, interp, pixel):
-        f = sitk.ResampleImageFilter()
-        f.SetSize([int(s) for s in CT_SHAPE_XYZ])
-        f.SetOutputSpacing(spacing.tolist())
-        f.SetOutputOrigin(img.GetOrigin())
-        f.SetOutputDirection(img.GetDirection())
-        f.SetInterpolator(interp)
-        f.SetOutputPixelType(pixel)
-        f.SetDefaultPixelValue(-1024 if pixel == sitk.sitkInt16 else 0)
-        return f.Execute(img)
-
-    img = resample(ct, sitk.sitkLinear, sitk.sitkInt16)
-    lab = resample(seg, sitk.sitkNearestNeighbor, sitk.sitkUInt8)
     ip, lp = work / "ct512.nii.gz", work / "ct512_seg.nii.gz"
-    sitk.WriteImage(img, str(ip), True)
-    sitk.WriteImage(lab, str(lp), True)
+    img = _upsample(ct.array, shape_zyx, True).astype(np.int16)
+    write_nifti(Volume(img, spacing, ct.origin, ct.direction), ip)
+    del img
+    lab = _upsample(seg.array, shape_zyx, False).astype(np.uint8)
+    write_nifti(Volume(lab, spacing, ct.origin, ct.direction), lp)
     return ip, lp
 
 
@@ -167,13 +181,13 @@ def run_cases(cases, model_path, params_for, backend, work, label, repeats=1):
     # warm-up (Numba JIT, CUDA module load, caches): first case, not recorded
     name, img, ref, p = cases[0]
     run_case(img, work / f"warm_{label}_{backend}", model, model_path, params_for(p, backend),
-             dictionary=dic, force=True)
+             dictionary=dic, mesh_format=_MESH_FORMAT[0], force=True)
     per_case = []
     for name, img, ref, p in cases:
         dst = work / f"{label}_{backend}_{name}"
         clock = StageClock(rss=True, sync=_sync_for(backend))
         rep = run_case(img, dst, model, model_path, params_for(p, backend), dictionary=dic,
-                       force=True, clock=clock)
+                       mesh_format=_MESH_FORMAT[0], force=True, clock=clock)
         clock.close()
         rss = {s: v["peak_rss_mb"] for s, v in clock.as_dict().items()}
         seg = read_label_map(dst / "label.nii.gz").array > 0
@@ -182,7 +196,7 @@ def run_cases(cases, model_path, params_for, backend, work, label, repeats=1):
             clock = StageClock(sync=_sync_for(backend))
             t0 = time.perf_counter()
             run_case(img, dst, model, model_path, params_for(p, backend), dictionary=dic,
-                     force=True, clock=clock)
+                     mesh_format=_MESH_FORMAT[0], force=True, clock=clock)
             timed.append((time.perf_counter() - t0, clock.as_dict()))
         timed.sort(key=lambda t: t[0])
         total, stages = timed[len(timed) // 2]
@@ -400,8 +414,14 @@ def main(argv=None):
                     choices=("hippocampus", "ct512", "ct512_noseed", "io", "batch"))
     ap.add_argument("--n-jobs", type=int, default=2, help="model builds (when not cached)")
     ap.add_argument("--slowdown", type=float, default=1.25)
+    ap.add_argument("--backends", default="",
+                    help="comma-separated subset of numpy,numba,cupy (default: every available)")
+    ap.add_argument("--mesh-format", default="vtk",
+                    help="mesh output of each case (ply: meshio alone, no VTK)")
     ap.add_argument("--out", default=str(HERE / "results" / "pipeline.json"))
     a = ap.parse_args(argv)
+    _BACKENDS[:] = [b for b in a.backends.split(",") if b]
+    _MESH_FORMAT[0] = a.mesh_format
     if not data_root().is_dir():
         print(f"no data under {data_root()} (set SHAPEPRIOR_DATA)", file=sys.stderr)
         return 2

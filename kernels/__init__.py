@@ -16,6 +16,8 @@ huber_lasso      Huber regression with an L1 penalty on a dictionary (the
                  solves on e (``huber_lasso_reweighted``) in one call; and its
                  start, the Lasso on a working set of the weighted Gram's
                  columns (``lasso_partial``)
+outlier_hessian  the Newton systems of the batched SSC-L1 solve (one per shape:
+                 the Gram on its working set minus its outlier rows' part)
 neighbour_list   the k nearest cloud points of each query point (``knn``),
                  and the nearest from each query point's list of them with
                  whether it is certified the nearest of the whole cloud
@@ -32,6 +34,8 @@ from .gram_lasso import gram_lasso_numba, gram_lasso_numpy, lasso_objective
 from .huber_lasso import (huber_lasso_numba, huber_lasso_numpy, huber_lasso_reweighted_numba,
                           huber_lasso_reweighted_numpy, lasso_partial_numba, lasso_partial_numpy)
 from .neighbour_list import knn_numba, knn_numpy, nearest_in_list_numba, nearest_in_list_numpy
+from .outlier_hessian import (outlier_hessian_cupy, outlier_hessian_numba,
+                              outlier_hessian_numpy)
 from .normal_sampling import sample_normals_cupy, sample_normals_numba, sample_normals_numpy
 from .profile_search import profile_search_numba, profile_search_numpy
 from .tree_ensemble import tree_ensemble_numba, tree_ensemble_numpy
@@ -43,6 +47,7 @@ __all__ = ["gram_lasso_numpy", "gram_lasso_numba", "lasso_objective",
            "huber_lasso_reweighted_numpy", "huber_lasso_reweighted_numba",
            "lasso_partial_numpy", "lasso_partial_numba",
            "nearest_in_list_numpy", "nearest_in_list_numba", "knn_numpy", "knn_numba",
+           "outlier_hessian_numpy", "outlier_hessian_numba", "outlier_hessian_cupy",
            "sample_normals_numpy", "sample_normals_numba", "sample_normals_cupy",
            "profile_search_numpy", "profile_search_numba",
            "tree_ensemble_numpy", "tree_ensemble_numba",

@@ -107,6 +107,8 @@ KERNELS = {
                                "cupy": "huber_lasso_reweighted_numpy"},
     "lasso_partial": {"numpy": "lasso_partial_numpy", "numba": "lasso_partial_numba",
                       "cupy": "lasso_partial_numpy"},
+    "outlier_hessian": {"numpy": "outlier_hessian_numpy", "numba": "outlier_hessian_numba",
+                        "cupy": "outlier_hessian_cupy"},
     "trimmed_omp": {"numpy": "trimmed_omp_numpy", "numba": "trimmed_omp_numba",
                     "cupy": "trimmed_omp_numpy"},
     # the template fit (model building) runs on the host

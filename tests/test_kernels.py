@@ -812,3 +812,49 @@ def test_nearest_in_list_certifies_only_the_true_nearest():
         np.sort(np.linalg.norm(q[:, None, :] - cloud[None, :, :], axis=2), axis=1)[:, 4],
         np.zeros(len(q)))
     assert np.array_equal(idx0, truth) and ok0.mean() > 0.99
+
+
+def _outlier_hessian_problem(seed=0, n=90, K=25, M=7):
+    """Padded outlier rows and working sets of a batch, as the batched SSC-L1
+    solve builds them (row n / atom K: padding)."""
+    rng = np.random.default_rng(seed)
+    D = rng.normal(size=(n, K))
+    w = rng.uniform(0.0, 1.0, n)
+    w[:5] = 0.0
+    GW = D.T @ (w[:, None] * D)
+    o, s = 30, 9
+    Oidx = np.full((M, o), n)
+    Sidx = np.full((M, s), K)
+    for m in range(M):
+        no, ns = rng.integers(0, o + 1), rng.integers(1, s + 1)
+        Oidx[m, :no] = np.sort(rng.choice(n, no, replace=False))
+        Sidx[m, :ns] = np.sort(rng.choice(K, ns, replace=False))
+    v = rng.normal(size=(M, o)) * (Oidx < n)
+    return D, GW, w, Oidx, Sidx, v
+
+
+@each_backend(atol=1e-11, rtol=1e-11)
+def test_outlier_hessian_twins_agree(backend):
+    xp = xp_for(backend)
+    args = [xp.asarray(a) for a in _outlier_hessian_problem()]
+    return kernel("outlier_hessian", backend)(*args)
+
+
+def test_outlier_hessian_reference_is_the_system_of_the_kept_rows():
+    """H = D_S^T W_in D_S over the rows that are not outliers; padded slots are
+    identity rows; bc = D_{O,S}^T v."""
+    D, GW, w, Oidx, Sidx, v = _outlier_hessian_problem(seed=1)
+    n, K = D.shape
+    H, bc = kernel("outlier_hessian", "numpy")(D, GW, w, Oidx, Sidx, v)
+    for m in range(len(Oidx)):
+        S = Sidx[m][Sidx[m] < K]
+        O = Oidx[m][Oidx[m] < n]
+        keep = np.setdiff1d(np.arange(n), O)
+        want = D[keep][:, S].T @ (w[keep, None] * D[keep][:, S])
+        s = S.size
+        np.testing.assert_allclose(H[m, :s, :s], want, atol=1e-10)
+        pad = H[m, s:, :]
+        assert np.array_equal(pad[:, :s], np.zeros((pad.shape[0], s)))
+        assert np.array_equal(pad[:, s:], np.eye(pad.shape[0]))
+        np.testing.assert_allclose(bc[m, :s], D[O][:, S].T @ v[m, :O.size], atol=1e-12)
+        assert (bc[m, s:] == 0).all()

@@ -1,0 +1,423 @@
+"""Batched L1 SSC: many aligned shapes, one dictionary, one array program.
+
+The problem of each shape m is the one :func:`~shapeprior.ssc._l1.solve_l1`
+solves (halved units, ``l1 = lam1/2``, ``l2 = lam2/2``, weights ``w`` shared
+by the batch)::
+
+    min_x  sum_j h_j(z_mj - (D x)_j) + l1_m ||x||_1,
+    h_j(r) = w_j r^2 / 2 (|r| <= tau_mj),  l2_m |r| - l2_m tau_mj / 2 (beyond),
+    tau_mj = l2_m / w_j
+
+and the method is the same semismooth Newton on the outlier set with a
+working set of atoms, written for a whole batch at once so that a GPU runs it
+as a few large products instead of many small solves:
+
+* the residuals ``Z - X D^T`` and gradients ``-Psi D`` of every shape are two
+  matrix products with the shared ``D``;
+* each shape's Newton system lives on its own working set (support plus the
+  ``max_add`` worst KKT violators), padded to the batch's largest set, and
+  its Hessian ``D_S^T W D_S - D_{O,S}^T W_O D_{O,S}`` comes from the cached
+  ``D^T W D`` and the shape's outlier rows alone (padded likewise);
+* the Lasso of that Newton system (fixed outlier set) is solved exactly on
+  the working set by feature-sign search, every shape at once
+  (:func:`feature_sign_batched`: small batched solves only);
+* the step goes to that solution where the true objective decreases, else
+  to the longest of a few halvings that lowers it (evaluated at once).
+
+The first iterations solve the outlier-free Lasso (every row an inlier; the
+start of the single solver too); once it satisfies its KKT conditions the
+shape switches to the Huber problem. A shape is *certified* when the relative
+KKT violation of its full problem (the single solver's measure) is at most
+``tol_certify``; a shape that is not certified within ``max_iter`` iterations
+or stalls is reported as such (the public function solves it again with the
+single solver). Everything is written against an array namespace ``xp``:
+NumPy in CI, CuPy on a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validation import check_number
+from ..backend import kernel
+from ._compose import ALPHA1, _check_vertex_weights
+from ._dictionary import ShapeDictionary
+
+#: step lengths the line search tries: 1, then 1/2 ... 2**-(LINE_SEARCH_STEPS - 1) at once
+LINE_SEARCH_STEPS = 8
+
+
+def _huber_objective(R, tau, l2, w, X, l1, xp):
+    """Per-shape objective in halved units; ``R`` (M, n), ``tau`` (M, n)."""
+    a = xp.abs(R)
+    inl = a <= tau
+    h = xp.where(inl, 0.5 * w * R * R, l2[:, None] * (a - 0.5 * tau))
+    return h.sum(axis=1) + l1 * xp.abs(X).sum(axis=1)
+
+
+def _gather_rows(A, idx, pad, xp):
+    """``A[m, idx[m, :]]`` with index ``pad`` meaning 0 (A of shape (M, P))."""
+    got = xp.take_along_axis(A, xp.minimum(idx, A.shape[1] - 1), axis=1)
+    return xp.where(idx == pad, 0, got)
+
+
+def _padded_sets(mask, xp):
+    """Indices of the True entries of each row of ``mask`` (M, P), in order,
+    padded with P to the batch's largest count (a stream compaction: one
+    cumulative sum and one scatter)."""
+    M, P = mask.shape
+    count = mask.sum(axis=1)
+    width = max(int(count.max()) if M else 0, 1)
+    slot = xp.where(mask, xp.cumsum(mask, axis=1) - 1, width)   # column width: discarded
+    out = xp.full((M, width + 1), P, dtype=xp.int64)
+    out[xp.arange(M)[:, None], slot] = xp.arange(P)[None, :]
+    out[:, width] = P
+    return out[:, :width], count
+
+
+def feature_sign_batched(H, b, l1, x, allowed, tol, xp=np, max_steps=None):
+    """Exact solutions of the Lasso problems ``min 0.5 x^T H_m x - b_m^T x + l1_m |x|_1``
+    (H of shape (m, s, s), positive definite on ``allowed``) by feature-sign
+    search (Lee, Battle, Raina & Ng 2007), every problem at once.
+
+    From ``x`` (zero where not ``allowed``): while the active coefficients are
+    not optimal, a Newton step on the active set with their signs, stopped at
+    the first coefficient that reaches zero (which leaves the set); once they
+    are, the worst violator at zero (``|q_i| > l1 + tol``) joins with the sign
+    that lowers the objective. Each step lowers the objective; a problem stops
+    when no coefficient violates its optimality condition by more than
+    ``tol`` (shape (m,)).
+    """
+    m, s = b.shape
+    x = xp.where(allowed, x, 0.0)
+    act = x != 0
+    theta = xp.sign(x)
+    eye = xp.eye(s)[None]
+    rows = xp.arange(m)
+    cols = xp.arange(s)
+    steps = max_steps if max_steps is not None else 4 * s + 20
+    for _ in range(steps):
+        q = xp.matmul(H, x[:, :, None])[:, :, 0] - b
+        nz = xp.where(act, xp.abs(q + l1[:, None] * theta), 0.0).max(axis=1)
+        zv = xp.where(allowed & ~act, xp.abs(q) - l1[:, None], -xp.inf)
+        j = xp.argmax(zv, axis=1)
+        zmax = zv[rows, j]
+        settled = nz <= tol
+        if not bool((~settled | (zmax > tol)).any()):
+            break
+        enter = settled & (zmax > tol)
+        joins = enter[:, None] & (cols[None, :] == j[:, None])
+        act = act | joins
+        theta = xp.where(joins, -xp.sign(q), theta)
+        move = ~settled | enter
+        both = act[:, :, None] & act[:, None, :]
+        Hm = xp.where(both, H, 0.0) + (~act)[:, :, None] * eye
+        rhs = xp.where(act, b - l1[:, None] * theta, 0.0)
+        xn = xp.linalg.solve(Hm, rhs[:, :, None])[:, :, 0]
+        cross = act & (x != 0) & (xn * theta < 0)
+        tc = xp.where(cross, x / xp.where(cross, x - xn, 1.0), xp.inf)
+        t = xp.minimum(tc.min(axis=1), 1.0)
+        t = xp.where(move, t, 0.0)
+        xnew = x + t[:, None] * (xn - x)
+        hit = cross & (tc <= t[:, None])
+        xnew = xp.where(hit | ~act, 0.0, xnew)
+        act = act & ~hit
+        theta = xp.where(act, theta, 0.0)
+        x = xnew
+    return x
+
+
+def solve_l1_batched_core(D, GW, Z, C, w, l1, l2, X0=None, tol_certify=1e-7, max_iter=100,
+                          max_add=8, xp=np, backend=None):
+    """Batched exact L1 solves (see the module docstring).
+
+    Parameters
+    ----------
+    D : array, shape (n, K)
+        Dictionary, C order.
+    GW : array, shape (K, K)
+        ``D^T diag(w) D``.
+    Z : array, shape (M, n)
+        Aligned shapes, flattened.
+    C : array, shape (M, K)
+        ``(Z * w) @ D``.
+    w : array, shape (n,)
+        Weights shared by the batch (>= 0).
+    l1, l2 : array, shape (M,)
+        Halved penalties (> 0).
+    X0 : array, shape (M, K), optional
+        Warm start (the Huber problem from the first iteration).
+    backend : {'numpy', 'numba', 'cupy'}, optional
+        Twin of the ``outlier_hessian`` kernel (default: the reference on
+        NumPy, the CUDA kernel on CuPy).
+
+    Returns
+    -------
+    X : (M, K) coefficients; R : (M, n) residuals ``Z - X D^T``;
+    kkt : (M,) relative KKT violation; certified : (M,) bool;
+    n_iter : (M,) iterations used.
+    """
+    M, n = Z.shape
+    K = D.shape[1]
+    wpos = w > 0
+    tau_full = xp.where(wpos[None, :], l2[:, None] / xp.where(wpos, w, 1.0)[None, :], xp.inf)
+    scale = xp.maximum(xp.abs(C).max(axis=1), l1)
+    if backend is None:
+        backend = "numpy" if xp is np else "cupy"
+    hessian = kernel("outlier_hessian", backend)
+    wp = xp.concatenate([w, xp.zeros(1)])               # w[n] = 0: a padded row
+
+    X = xp.zeros((M, K)) if X0 is None else xp.array(X0, dtype=xp.float64, copy=True)
+    huber = xp.full(M, X0 is not None)
+    live = xp.ones(M, dtype=bool)
+    certified = xp.zeros(M, dtype=bool)
+    kkt = xp.full(M, xp.inf)
+    n_iter = xp.zeros(M, dtype=xp.int64)
+    R = Z - X @ D.T
+
+    for _ in range(max_iter):
+        idx = xp.flatnonzero(live)
+        if idx.size == 0:
+            break
+        n_iter[idx] += 1
+        Xa, Ra, Za = X[idx], R[idx], Z[idx]
+        l1a, l2a, ha = l1[idx], l2[idx], huber[idx]
+        tau = xp.where(ha[:, None], tau_full[idx], xp.inf)
+        out = xp.abs(Ra) > tau
+        psi = xp.where(out, l2a[:, None] * xp.sign(Ra), w * Ra)
+        g = -(psi @ D)                                    # gradient of the smooth part
+        sx = xp.sign(Xa)
+        viol = xp.where(Xa != 0, xp.abs(g + l1a[:, None] * sx), xp.abs(g) - l1a[:, None])
+        k = xp.maximum(viol.max(axis=1), 0.0) / scale[idx]
+        kkt[idx] = xp.where(ha, k, kkt[idx])
+        done = k <= tol_certify
+        # a converged Lasso moves on to the Huber problem; a converged Huber
+        # problem is certified and leaves the batch
+        finish = done & ha
+        certified[idx[finish]] = True
+        live[idx[finish]] = False
+        switch = done & ~ha
+        huber[idx[switch]] = True
+        keep = ~done
+        if not bool(keep.any()):
+            continue
+        idx, Xa, Ra, Za, g, sx = idx[keep], Xa[keep], Ra[keep], Za[keep], g[keep], sx[keep]
+        l1a, l2a, tau, out = l1a[keep], l2a[keep], tau[keep], out[keep]
+        m = idx.size
+
+        # working set: the support plus the max_add worst violators at zero
+        supp = Xa != 0
+        excess = xp.where(supp, -xp.inf, xp.abs(g) - l1a[:, None])
+        order = xp.argsort(-excess, axis=1)[:, :max_add]
+        new = xp.zeros_like(supp)
+        rows = xp.arange(m)[:, None]
+        new[rows, order] = xp.take_along_axis(excess, order, axis=1) > \
+            tol_certify * scale[idx][:, None]
+        S = supp | new
+        Sidx, _ = _padded_sets(S, xp)                      # (m, s), pad K
+        Oidx, _ = _padded_sets(out, xp)                    # (m, o), pad n
+        # Newton system of the current outlier set on the working set
+        zO = _gather_rows(Za, Oidx, n, xp)
+        sO = _gather_rows(xp.sign(Ra), Oidx, n, xp)
+        v = wp[Oidx] * zO - l2a[:, None] * sO
+        H, bc = hessian(D, GW, w, Oidx, Sidx, v)
+        Cp = xp.concatenate([C[idx], xp.zeros((m, 1))], axis=1)
+        b = xp.take_along_axis(Cp, Sidx, axis=1) - bc
+        pad = Sidx == K
+        xcur = _gather_rows(Xa, Sidx, K, xp)
+        xs = feature_sign_batched(H, b, l1a, xcur, ~pad, tol_certify * scale[idx], xp)
+        d = xs - xcur
+        # dense step and its residual change (one product with D)
+        dX = xp.zeros((m, K + 1))
+        dX[xp.arange(m)[:, None], Sidx] = d
+        dX = dX[:, :K]
+        dR = -(dX @ D.T)
+        # the full step (the Lasso solution of this outlier set) where it lowers
+        # the true objective, else the longest of LINE_SEARCH_STEPS halvings
+        # within rounding of the best of them; no step at all when none lowers it
+        f0 = _huber_objective(Ra, tau, l2a, w, Xa, l1a, xp)
+        slack = 1e-13 * xp.abs(f0)
+        f1 = _huber_objective(Ra + dR, tau, l2a, w, Xa + dX, l1a, xp)
+        t = xp.ones(m)
+        stalled = xp.zeros(m, dtype=bool)
+        short = f1 > f0 + slack
+        if bool(short.any()):
+            k = xp.flatnonzero(short)
+            halves = [0.5 ** j for j in range(1, LINE_SEARCH_STEPS)]
+            Rk, dRk, Xk, dXk = Ra[k], dR[k], Xa[k], dX[k]
+            fs = xp.stack([_huber_objective(Rk + h * dRk, tau[k], l2a[k], w, Xk + h * dXk,
+                                            l1a[k], xp) for h in halves], axis=1)
+            best = fs.min(axis=1)
+            ok = fs <= xp.minimum(best, f0[k])[:, None] + slack[k][:, None]
+            j = xp.argmax(ok.astype(xp.int8), axis=1)     # the first acceptable halving
+            st = best > f0[k] + slack[k]
+            t[k] = xp.where(st, 0.0, xp.asarray(halves)[j])
+            stalled[k] = st
+        # a full step lands on the Lasso solution, zeros included
+        Xn = xp.where((t == 1.0)[:, None], Xa + dX, Xa + t[:, None] * dX)
+        X[idx] = Xn
+        R[idx] = Za - Xn @ D.T
+        live[idx[stalled]] = False
+    # the last iteration's updates are not yet checked: measure them
+    rest = xp.flatnonzero(~certified)
+    if rest.size:
+        Ra, Xa = R[rest], X[rest]
+        l1a, l2a = l1[rest], l2[rest]
+        tau = tau_full[rest]
+        psi = xp.where(xp.abs(Ra) > tau, l2a[:, None] * xp.sign(Ra), w * Ra)
+        g = -(psi @ D)
+        viol = xp.where(Xa != 0, xp.abs(g + l1a[:, None] * xp.sign(Xa)),
+                        xp.abs(g) - l1a[:, None])
+        kkt[rest] = xp.maximum(viol.max(axis=1), 0.0) / scale[rest]
+        certified[rest] = kkt[rest] <= tol_certify
+    return X, R, kkt, certified, n_iter
+
+
+@dataclass
+class BatchedComposition:
+    """What :func:`sparse_composition_batched` returns (NumPy arrays; M shapes,
+    K atoms, N vertices in d dimensions; lambda in model units)."""
+
+    x: np.ndarray           # (M, K) coefficients
+    e: np.ndarray           # (M, N, d) gross errors
+    residual: np.ndarray    # (M, N, d) y - D x
+    objective: np.ndarray   # (M,) sum s^2 (y - Dx - e)^2 + lambda1 |x|_1 + lambda2 |e|_1
+    kkt: np.ndarray         # (M,) relative KKT violation of the full problem
+    certified: np.ndarray   # (M,) bool: kkt <= the tolerance after the batched solve
+    solved_alone: np.ndarray  # (M,) bool: solved again by the single-shape solver
+    n_iter: np.ndarray      # (M,) batched iterations
+    lambda1: np.ndarray     # (M,)
+    lambda2: np.ndarray     # (M,)
+
+
+def _per_shape(name, value, M):
+    v = np.asarray(value, dtype=np.float64)
+    if v.ndim == 0:
+        v = np.full(M, float(v))
+    if v.shape != (M,) or not np.all(np.isfinite(v)) or np.any(v <= 0):
+        raise ValueError(f"{name} must be a finite number > 0 or {M} of them (one per shape); "
+                         f"got {np.array2string(np.asarray(value), threshold=6)}")
+    return v
+
+
+def sparse_composition_batched(shapes, dictionary, weights=None, *, lambda1="auto",
+                               lambda2, alpha1=ALPHA1, tol=1e-10, max_iter=100, max_add=8,
+                               chunk_size=None, solve_alone=True):
+    """Exact SSC-L1 solves of many shapes in the model frame, batched.
+
+    The problem of :func:`sparse_composition` (``method='l1'``, no reweighting)
+    for every shape, solved together (see the module notes) so that a GPU
+    dictionary (``backend='cupy'``) runs it as large array operations. Each
+    answer is checked against the KKT conditions of its own problem; the
+    optimum is the single-shape solver's.
+
+    Parameters
+    ----------
+    shapes : array_like, shape (M, N, d)
+        Observed shapes, aligned to the model frame (no alignment is done).
+    dictionary : ShapeDictionary
+    weights : array_like, shape (N,), optional
+        Visibility/confidence per vertex, shared by every shape (``s``; the
+        objective weights are ``s**2``). Shapes with their own weights are
+        solved by :func:`sparse_shape_composition_many`.
+    lambda1 : float, array of shape (M,), or 'auto'
+        'auto': ``2 alpha1 max|D^T S^2 y|`` per shape, as the single solver.
+    lambda2 : float or array of shape (M,)
+        L1 weight of the gross errors (no automatic choice here: it takes
+        extra solves per shape).
+    alpha1 : float
+        Relative weight of an automatic lambda1.
+    tol : float
+        A shape is certified when its relative KKT violation is at most ``tol``.
+    max_iter : int
+        Batched Newton iterations.
+    max_add : int
+        Atoms joining a shape's working set per iteration.
+    chunk_size : int, optional
+        Shapes per batch (memory: about ``10 * chunk_size * N * d`` doubles;
+        default 4096 on a GPU, 64 on the CPU).
+    solve_alone : bool
+        Solve shapes the batch did not certify again with the single-shape
+        solver (cold start), so that every answer is certified or says why not.
+
+    Returns
+    -------
+    BatchedComposition
+    """
+    from ..backend import to_numpy
+    from ._l1 import solve_l1
+
+    dic = dictionary
+    if not isinstance(dic, ShapeDictionary):
+        raise TypeError(f"dictionary must be a ShapeDictionary, got {type(dic).__name__}")
+    Y = np.asarray(shapes, dtype=np.float64)
+    want = (dic.n_points, dic.n_dims)
+    if Y.ndim != 3 or Y.shape[1:] != want:
+        raise ValueError(f"shapes has shape {Y.shape}; expected (M, {want[0]}, {want[1]})")
+    if not np.all(np.isfinite(Y)):
+        bad = int(np.flatnonzero(~np.isfinite(Y).all(axis=(1, 2)))[0])
+        raise ValueError(f"shapes[{bad}] contains NaN or infinite coordinates")
+    M = Y.shape[0]
+    s = _check_vertex_weights(weights, dic.n_points)
+    if isinstance(lambda2, str):
+        raise ValueError(f"lambda2={lambda2!r} is not supported here: give a number > 0 "
+                         "(sparse_shape_composition_many chooses it per shape)")
+    lam2 = _per_shape("lambda2", lambda2, M)
+    auto1 = isinstance(lambda1, str)
+    if auto1 and lambda1 != "auto":
+        raise ValueError(f"lambda1={lambda1!r} is invalid: expected 'auto' or numbers > 0")
+    lam1 = None if auto1 else _per_shape("lambda1", lambda1, M)
+    check_number("alpha1", alpha1, 0, 1, low_open=True)
+    check_number("tol", tol, 0, 1, low_open=True)
+    check_number("max_iter", max_iter, 1, integer=True)
+    check_number("max_add", max_add, 1, dic.n_atoms, integer=True)
+    gpu = dic.backend == "cupy"
+    if chunk_size is None:
+        chunk_size = 4096 if gpu else 64
+    check_number("chunk_size", chunk_size, 1, integer=True)
+    xp = dic.xp
+    K = dic.n_atoms
+    out = {k: np.zeros((M, K)) if k == "x" else np.zeros((M,) + want) if k in ("e", "r")
+           else np.zeros(M) for k in ("x", "e", "r", "obj", "kkt", "it")}
+    cert = np.zeros(M, dtype=bool)
+    alone = np.zeros(M, dtype=bool)
+    lam1_all = np.zeros(M)
+    w = xp.asarray(np.repeat(s * s, dic.n_dims))
+    GW = dic.weighted_gram(w)
+    D = dic.D
+    for lo in range(0, M, chunk_size):
+        hi = min(lo + chunk_size, M)
+        Z = xp.asarray(Y[lo:hi].reshape(hi - lo, -1))
+        C = (Z * w) @ D
+        l1 = 2.0 * alpha1 * xp.abs(C).max(axis=1) if auto1 else xp.asarray(lam1[lo:hi])
+        l2 = xp.asarray(lam2[lo:hi])
+        X, R, kkt, ok, it = solve_l1_batched_core(D, GW, Z, C, w, 0.5 * l1, 0.5 * l2,
+                                                  tol_certify=tol, max_iter=max_iter,
+                                                  max_add=max_add, xp=xp, backend=dic.backend)
+        tau = xp.where(w > 0, 0.5 * l2[:, None] / xp.where(w > 0, w, 1.0), xp.inf)
+        E = xp.sign(R) * xp.maximum(xp.abs(R) - tau, 0.0)
+        obj = (w * (R - E) ** 2).sum(axis=1) + l1 * xp.abs(X).sum(axis=1) + \
+            l2 * xp.abs(E).sum(axis=1)
+        sl = slice(lo, hi)
+        out["x"][sl] = to_numpy(X)
+        out["e"][sl] = to_numpy(E).reshape(hi - lo, *want)
+        out["r"][sl] = to_numpy(R).reshape(hi - lo, *want)
+        out["obj"][sl] = to_numpy(obj)
+        out["kkt"][sl] = to_numpy(kkt)
+        out["it"][sl] = to_numpy(it)
+        cert[sl] = to_numpy(ok)
+        lam1_all[sl] = to_numpy(l1)
+    if solve_alone:
+        for m in np.flatnonzero(~cert):
+            z = xp.asarray(Y[m].ravel())
+            sol = solve_l1(dic, z, w, float(lam1_all[m]), float(lam2[m]), tol=tol)
+            out["x"][m] = to_numpy(sol.x)
+            out["e"][m] = to_numpy(sol.e).reshape(want)
+            out["r"][m] = to_numpy(sol.residual).reshape(want)
+            out["obj"][m] = sol.objective
+            out["kkt"][m] = sol.kkt
+            alone[m] = True
+    return BatchedComposition(out["x"], out["e"], out["r"], out["obj"], out["kkt"], cert, alone,
+                              out["it"].astype(np.int64), lam1_all, lam2)
