@@ -209,3 +209,15 @@ def test_mask_box_is_the_tight_box_of_the_foreground(layout):
         assert mask_box(m.astype(np.uint8)) == want
     with pytest.raises(ValueError, match="empty"):
         mask_box(np.zeros((3, 4, 5), bool))
+
+
+def test_dice_values():
+    from shapeprior.mesh import dice
+
+    a = np.zeros((4, 5, 6), bool)
+    b = np.zeros_like(a)
+    assert dice(a, b) == 1.0                   # two empty masks agree
+    a[1:3, 1:3, 1:3] = True                    # 8 voxels
+    assert dice(a, b) == 0.0
+    b[1:3, 1:3, 1:2] = True                    # 4 of them
+    assert dice(a, b) == pytest.approx(2 * 4 / (8 + 4))

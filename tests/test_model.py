@@ -388,3 +388,34 @@ def test_built_model_geometry_matches_the_label_maps(tmp_path):
     X = m.shapes.reshape(len(m.shapes), -1)
     proj = (X - X.mean(0)) @ m.pca_components.T
     assert np.allclose(m.pca_variances, proj.var(axis=0, ddof=1), rtol=1e-8)
+
+
+def test_ksvd_replaces_a_dead_atom_by_the_worst_represented_shape():
+    """Two identical initial atoms: OMP always takes the first, the second has no
+    users, and K-SVD makes it the shape the atoms represent worst."""
+    rng = np.random.default_rng(0)
+    a, c, d = rng.normal(size=(3, 30))
+    Y = np.stack([a, a, c, 5.0 * d])           # d: far from a and c
+    for seed in range(50):                      # a seed whose first pick is a, a, c
+        dl = DictionaryLearner(n_atoms=3, n_nonzero=1, n_iter=1, seed=seed)
+        pick = np.random.default_rng(seed).choice(4, 3, replace=False)
+        if sorted(pick.tolist()) == [0, 1, 2]:
+            break
+    else:  # pragma: no cover
+        pytest.fail("no seed picks both copies of a")
+    dl.fit(Y)
+    # the atom holding c takes 5d as well and turns towards d; the dead atom then
+    # becomes c, the shape represented worst: every distinct shape has its atom
+    for v in (a, c, d):
+        assert max(abs(float(atom @ v)) / np.linalg.norm(v) for atom in dl.atoms_) > 0.999
+
+
+def test_grow_adds_the_worst_represented_new_shapes():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(4, 30))
+    dl = DictionaryLearner(n_atoms=4, n_nonzero=2, n_iter=2, seed=0).fit(base)
+    novel = 3.0 * rng.normal(size=30)
+    new = np.stack([base[0], base[2], novel, base[1]])    # one new shape is novel
+    dl.grow(new, 1)
+    assert dl.atoms_.shape[0] == 5
+    assert abs(float(dl.atoms_[-1] @ novel / np.linalg.norm(novel))) == pytest.approx(1.0)

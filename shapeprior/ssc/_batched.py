@@ -45,16 +45,65 @@ from ..backend import kernel
 from ._compose import ALPHA1, _check_vertex_weights
 from ._dictionary import ShapeDictionary
 
-#: step lengths the line search tries: 1, then 1/2 ... 2**-(LINE_SEARCH_STEPS - 1) at once
+#: consecutive iterations without a descending Newton step (each then a proximal
+#: gradient step) after which a shape leaves the batch uncertified
+MAX_STALLS = 20
+
+#: step lengths the line search tries at once after the full step: LINE_SEARCH_STEPS
+#: halvings per round, in up to LINE_SEARCH_ROUNDS rounds (down to 2**-40)
 LINE_SEARCH_STEPS = 8
+LINE_SEARCH_ROUNDS = 5
 
 
 def _huber_objective(R, tau, l2, w, X, l1, xp):
-    """Per-shape objective in halved units; ``R`` (M, n), ``tau`` (M, n)."""
-    a = xp.abs(R)
-    inl = a <= tau
-    h = xp.where(inl, 0.5 * w * R * R, l2[:, None] * (a - 0.5 * tau))
-    return h.sum(axis=1) + l1 * xp.abs(X).sum(axis=1)
+    """Per-shape objective in halved units; ``R`` (M, n), ``tau`` (M, n). A trial
+    step without curvature can overflow: +inf then, without a warning."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = xp.abs(R)
+        inl = a <= tau
+        h = xp.where(inl, 0.5 * w * R * R, l2[:, None] * (a - 0.5 * tau))
+        return h.sum(axis=1) + l1 * xp.abs(X).sum(axis=1)
+
+
+def _finite(f, xp):
+    """``f`` with NaN and infinity replaced by +inf (a step to an unusable point)."""
+    return xp.where(xp.isfinite(f), f, xp.inf)
+
+
+def _line_search(R, dR, X, dX, tau, l2, w, l1, xp):
+    """Step lengths ``t`` (m,) along ``(dX, dR)`` and which shapes found none.
+
+    The full step where it lowers the true objective (within rounding: 1e-13
+    relative); else the longest of the halvings 1/2 ... 2**-LINE_SEARCH_STEPS that
+    comes within rounding of the best of them, evaluated at once, provided the
+    best is strictly lower than the start; shapes where none is try the next
+    LINE_SEARCH_STEPS halvings, down to 2**-(LINE_SEARCH_ROUNDS * LINE_SEARCH_STEPS).
+    A Newton direction descends when its model has curvature; where it has
+    none (every row an outlier) its step can be useless at every length, and
+    the shape ends with ``t = 0`` and ``stalled``.
+    """
+    m = R.shape[0]
+    f0 = _huber_objective(R, tau, l2, w, X, l1, xp)
+    slack = 1e-13 * xp.abs(f0)
+    f1 = _finite(_huber_objective(R + dR, tau, l2, w, X + dX, l1, xp), xp)
+    t = xp.ones(m)
+    left = f1 > f0 + slack
+    for r in range(LINE_SEARCH_ROUNDS):
+        if not bool(left.any()):
+            break
+        k = xp.flatnonzero(left)
+        halves = [0.5 ** j for j in range(r * LINE_SEARCH_STEPS + 1,
+                                          (r + 1) * LINE_SEARCH_STEPS + 1)]
+        Rk, dRk, Xk, dXk = R[k], dR[k], X[k], dX[k]
+        fs = _finite(xp.stack([_huber_objective(Rk + h * dRk, tau[k], l2[k], w, Xk + h * dXk,
+                                                l1[k], xp) for h in halves], axis=1), xp)
+        best = fs.min(axis=1)
+        ok = fs <= xp.minimum(best, f0[k])[:, None] + slack[k][:, None]
+        j = xp.argmax(ok.astype(xp.int8), axis=1)         # the first acceptable halving
+        found = best < f0[k]                              # strictly lower
+        t[k] = xp.where(found, xp.asarray(halves)[j], 0.0)
+        left[k] = ~found
+    return t, left
 
 
 def _gather_rows(A, idx, pad, xp):
@@ -98,6 +147,9 @@ def feature_sign_batched(H, b, l1, x, allowed, tol, xp=np, max_steps=None):
     rows = xp.arange(m)
     cols = xp.arange(s)
     steps = max_steps if max_steps is not None else 4 * s + 20
+    # a ridge at rounding level (1e-15 of the largest diagonal entry) keeps a system
+    # without curvature (every row an outlier) solvable; its step is then rejected
+    ridge = 1e-15 * xp.abs(xp.diagonal(H, axis1=1, axis2=2)).max(axis=1) + 1e-300
     for _ in range(steps):
         q = xp.matmul(H, x[:, :, None])[:, :, 0] - b
         nz = xp.where(act, xp.abs(q + l1[:, None] * theta), 0.0).max(axis=1)
@@ -113,7 +165,7 @@ def feature_sign_batched(H, b, l1, x, allowed, tol, xp=np, max_steps=None):
         theta = xp.where(joins, -xp.sign(q), theta)
         move = ~settled | enter
         both = act[:, :, None] & act[:, None, :]
-        Hm = xp.where(both, H, 0.0) + (~act)[:, :, None] * eye
+        Hm = xp.where(both, H, 0.0) + ((~act)[:, :, None] + ridge[:, None, None]) * eye
         rhs = xp.where(act, b - l1[:, None] * theta, 0.0)
         xn = xp.linalg.solve(Hm, rhs[:, :, None])[:, :, 0]
         cross = act & (x != 0) & (xn * theta < 0)
@@ -168,6 +220,9 @@ def solve_l1_batched_core(D, GW, Z, C, w, l1, l2, X0=None, tol_certify=1e-7, max
         backend = "numpy" if xp is np else "cupy"
     hessian = kernel("outlier_hessian", backend)
     wp = xp.concatenate([w, xp.zeros(1)])               # w[n] = 0: a padded row
+    # Lipschitz constant of the smooth part's gradient (every shape's: h'' <= w)
+    lip = float(xp.linalg.eigvalsh(GW)[-1])
+    stalls = xp.zeros(M, dtype=xp.int64)
 
     X = xp.zeros((M, K)) if X0 is None else xp.array(X0, dtype=xp.float64, copy=True)
     huber = xp.full(M, X0 is not None)
@@ -234,32 +289,19 @@ def solve_l1_batched_core(D, GW, Z, C, w, l1, l2, X0=None, tol_certify=1e-7, max
         dX[xp.arange(m)[:, None], Sidx] = d
         dX = dX[:, :K]
         dR = -(dX @ D.T)
-        # the full step (the Lasso solution of this outlier set) where it lowers
-        # the true objective, else the longest of LINE_SEARCH_STEPS halvings
-        # within rounding of the best of them; no step at all when none lowers it
-        f0 = _huber_objective(Ra, tau, l2a, w, Xa, l1a, xp)
-        slack = 1e-13 * xp.abs(f0)
-        f1 = _huber_objective(Ra + dR, tau, l2a, w, Xa + dX, l1a, xp)
-        t = xp.ones(m)
-        stalled = xp.zeros(m, dtype=bool)
-        short = f1 > f0 + slack
-        if bool(short.any()):
-            k = xp.flatnonzero(short)
-            halves = [0.5 ** j for j in range(1, LINE_SEARCH_STEPS)]
-            Rk, dRk, Xk, dXk = Ra[k], dR[k], Xa[k], dX[k]
-            fs = xp.stack([_huber_objective(Rk + h * dRk, tau[k], l2a[k], w, Xk + h * dXk,
-                                            l1a[k], xp) for h in halves], axis=1)
-            best = fs.min(axis=1)
-            ok = fs <= xp.minimum(best, f0[k])[:, None] + slack[k][:, None]
-            j = xp.argmax(ok.astype(xp.int8), axis=1)     # the first acceptable halving
-            st = best > f0[k] + slack[k]
-            t[k] = xp.where(st, 0.0, xp.asarray(halves)[j])
-            stalled[k] = st
+        t, stalled = _line_search(Ra, dR, Xa, dX, tau, l2a, w, l1a, xp)
         # a full step lands on the Lasso solution, zeros included
         Xn = xp.where((t == 1.0)[:, None], Xa + dX, Xa + t[:, None] * dX)
+        # where the Newton direction does not descend (an outlier set far from
+        # the final one: most rows beyond tau), a proximal gradient step with
+        # step 1/L, which always does, moves the outlier set on
+        prox = Xa - g / lip
+        prox = xp.sign(prox) * xp.maximum(xp.abs(prox) - l1a[:, None] / lip, 0.0)
+        Xn = xp.where(stalled[:, None], prox, Xn)
         X[idx] = Xn
         R[idx] = Za - Xn @ D.T
-        live[idx[stalled]] = False
+        stalls[idx] = xp.where(stalled, stalls[idx] + 1, 0)
+        live[idx[stalls[idx] > MAX_STALLS]] = False
     # the last iteration's updates are not yet checked: measure them
     rest = xp.flatnonzero(~certified)
     if rest.size:
@@ -286,7 +328,7 @@ class BatchedComposition:
     objective: np.ndarray   # (M,) sum s^2 (y - Dx - e)^2 + lambda1 |x|_1 + lambda2 |e|_1
     kkt: np.ndarray         # (M,) relative KKT violation of the full problem
     certified: np.ndarray   # (M,) bool: kkt <= the tolerance after the batched solve
-    solved_alone: np.ndarray  # (M,) bool: solved again by the single-shape solver
+    solved_alone: np.ndarray  # (M,) bool: the answer is the single-shape solver's
     n_iter: np.ndarray      # (M,) batched iterations
     lambda1: np.ndarray     # (M,)
     lambda2: np.ndarray     # (M,)
@@ -340,7 +382,9 @@ def sparse_composition_batched(shapes, dictionary, weights=None, *, lambda1="aut
         default 4096 on a GPU, 64 on the CPU).
     solve_alone : bool
         Solve shapes the batch did not certify again with the single-shape
-        solver (cold start), so that every answer is certified or says why not.
+        solver (cold start) and keep its answer where its objective is lower.
+        Either way ``kkt`` says how far the answer kept is from optimal: the
+        single solver too can stop short of its tolerance (``max_iter``).
 
     Returns
     -------
@@ -413,6 +457,8 @@ def sparse_composition_batched(shapes, dictionary, weights=None, *, lambda1="aut
         for m in np.flatnonzero(~cert):
             z = xp.asarray(Y[m].ravel())
             sol = solve_l1(dic, z, w, float(lam1_all[m]), float(lam2[m]), tol=tol)
+            if not sol.objective < out["obj"][m] and np.isfinite(out["obj"][m]):
+                continue            # the single solver did no better: the batch's answer stays
             out["x"][m] = to_numpy(sol.x)
             out["e"][m] = to_numpy(sol.e).reshape(want)
             out["r"][m] = to_numpy(sol.residual).reshape(want)
