@@ -58,3 +58,21 @@ def previous_results(path):
         if p.exists():
             return json.loads(p.read_text()), str(p)
     return None, None
+
+
+def cached_hippocampus_model(path, train, root):
+    """The hippocampus model of bench_hippocampus*.py (642 vertices, learned
+    appearance) built from the label maps ``train`` under ``root`` (the MSD
+    folder), or loaded from ``path`` where an earlier run cached it."""
+    from shapeprior.model import BuildParams, build_model, load_model, save_model
+
+    path = Path(path)
+    if path.exists():
+        return load_model(path)
+    model, _ = build_model(train, BuildParams(
+        labels=(1, 2), organ="hippocampus", n_vertices=642, iso_spacing=0.5,
+        smooth_mm=0.75, images_dir=str(Path(root) / "images"), n_jobs=2),
+        root=Path(root) / "labels", progress=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(model, path)
+    return model

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_root, machine, write_json  # noqa: E402
+from _common import (RESULTS, cached_hippocampus_model, data_root, machine,  # noqa: E402
+                     write_json)
 
 from shapeprior._profile import StageClock  # noqa: E402
 from shapeprior.io import read_label_map, read_volume  # noqa: E402
-from shapeprior.model import (BuildParams, build_model, find_label_maps, load_model,  # noqa: E402
-                              save_model)
+from shapeprior.model import find_label_maps  # noqa: E402
 from shapeprior.segmentation import SegmentParams, dice, segment_volume  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / "cache"
@@ -55,16 +55,7 @@ def main(argv=None):
     files = find_label_maps(root / "labels")
     train = [f for f in files if num(f) % 5 not in (0, 1)]
     val = [f for f in files if num(f) % 5 == 1]
-    mp = CACHE / "hippocampus_val_642.npz"
-    if mp.exists():
-        model = load_model(mp)
-    else:
-        model, _ = build_model(train, BuildParams(
-            labels=(1, 2), organ="hippocampus", n_vertices=642, iso_spacing=0.5,
-            smooth_mm=0.75, images_dir=str(root / "images"), n_jobs=2),
-            root=root / "labels", progress=False)
-        CACHE.mkdir(exist_ok=True)
-        save_model(model, mp)
+    model = cached_hippocampus_model(CACHE / "hippocampus_val_642.npz", train, root)
     dic = model.ssc_dictionary("shapes")
     cases = [(f.name, read_volume(root / "images" / f.name), read_label_map(f).array > 0)
              for f in val]

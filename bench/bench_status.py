@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_root, machine, write_json  # noqa: E402
+from _common import (RESULTS, cached_hippocampus_model, data_root, machine,  # noqa: E402
+                     write_json)
 
 from shapeprior.io import Volume, read_label_map, read_volume  # noqa: E402
-from shapeprior.model import (BuildParams, build_model, find_label_maps, load_model,  # noqa: E402
-                              save_model)
+from shapeprior.model import find_label_maps  # noqa: E402
 from shapeprior.segmentation import SegmentParams, dice, segment_volume  # noqa: E402
 from shapeprior.segmentation import _assess  # noqa: E402
 
@@ -53,19 +53,10 @@ def _num(f):
 def _model(split, root):
     files = find_label_maps(root / "labels")
     if split == "validation":
-        mp = CACHE / "hippocampus_val_642.npz"
-        train = [f for f in files if _num(f) % 5 not in (0, 1)]
-    else:
-        mp = CACHE / "hippocampus_642.npz"
-        train = [f for f in files if _num(f) % 5 != 0]
-    if not mp.exists():
-        model, _ = build_model(train, BuildParams(
-            labels=(1, 2), organ="hippocampus", n_vertices=642, iso_spacing=0.5,
-            smooth_mm=0.75, images_dir=str(root / "images"), n_jobs=2),
-            root=root / "labels", progress=False)
-        CACHE.mkdir(exist_ok=True)
-        save_model(model, mp)
-    return load_model(mp)
+        return cached_hippocampus_model(CACHE / "hippocampus_val_642.npz",
+                                        [f for f in files if _num(f) % 5 not in (0, 1)], root)
+    return cached_hippocampus_model(CACHE / "hippocampus_642.npz",
+                                    [f for f in files if _num(f) % 5 != 0], root)
 
 
 def _runs(name, img, ref, rng):

@@ -22,15 +22,17 @@ as a few large products instead of many small solves:
   the working set by feature-sign search, every shape at once
   (:func:`feature_sign_batched`: small batched solves only);
 * the step goes to that solution where the true objective decreases, else
-  to the longest of a few halvings that lowers it (evaluated at once).
+  to the longest of a few halvings that lowers it (evaluated at once); where
+  none does (a Newton model without curvature: every row an outlier), a
+  proximal gradient step, which always descends.
 
 The first iterations solve the outlier-free Lasso (every row an inlier; the
 start of the single solver too); once it satisfies its KKT conditions the
 shape switches to the Huber problem. A shape is *certified* when the relative
 KKT violation of its full problem (the single solver's measure) is at most
-``tol_certify``; a shape that is not certified within ``max_iter`` iterations
-or stalls is reported as such (the public function solves it again with the
-single solver). Everything is written against an array namespace ``xp``:
+``tol_certify``; a shape that is not certified within ``max_iter`` iterations,
+or after ``MAX_STALLS`` proximal steps in a row, is reported as such (the
+public function solves it again with the single solver). Everything is written against an array namespace ``xp``:
 NumPy in CI, CuPy on a GPU.
 """
 
@@ -292,9 +294,9 @@ def solve_l1_batched_core(D, GW, Z, C, w, l1, l2, X0=None, tol_certify=1e-7, max
         t, stalled = _line_search(Ra, dR, Xa, dX, tau, l2a, w, l1a, xp)
         # a full step lands on the Lasso solution, zeros included
         Xn = xp.where((t == 1.0)[:, None], Xa + dX, Xa + t[:, None] * dX)
-        # where the Newton direction does not descend (an outlier set far from
-        # the final one: most rows beyond tau), a proximal gradient step with
-        # step 1/L, which always does, moves the outlier set on
+        # where no step along the Newton direction descends (its model has no
+        # curvature: most rows beyond tau), a proximal gradient step with step
+        # 1/L, which always does, moves the outlier set on
         prox = Xa - g / lip
         prox = xp.sign(prox) * xp.maximum(xp.abs(prox) - l1a[:, None] / lip, 0.0)
         Xn = xp.where(stalled[:, None], prox, Xn)
