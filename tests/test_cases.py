@@ -1,0 +1,68 @@
+"""Case discovery, safe unique names and de-identification (pipeline/_cases.py)."""
+
+import os
+import stat
+
+import pytest
+
+from shapeprior.pipeline._cases import (RESERVED, Deidentifier, discover_cases, safe_name, scrub,
+                                        unique_names)
+
+
+@pytest.mark.parametrize("raw, want", [
+    ("case 01", "case_01"), ("../../etc", "_.._etc"), (".hidden", "hidden"),
+    ("...", "unnamed"), ("", "unnamed"), ("Müller, Hans", "M_ller_Hans"),
+    ("summary.json", "summary.json_case"), ("manifest.json", "manifest.json_case")])
+def test_safe_name(raw, want):
+    got = safe_name(raw)
+    assert got == want
+    assert not got.startswith(".") and "/" not in got and got not in RESERVED
+
+
+def test_unique_names_are_unique_and_deterministic():
+    raw = ["x.nii", "x.nii.gz", "x.mha", "y.nii", "y.nii", "x_nii-2.nii", "x_nii.nii"]
+    got = unique_names(raw)
+    assert len(set(got)) == len(got) == len(raw)
+    assert got == unique_names(raw)
+    assert got[3] == "y_nii" and got[4] == "y_nii-2"
+    # a counter that recreates a name taken by another file keeps counting
+    clash = unique_names(["x.nii", "x.nii", "x_nii-2.nii"])
+    assert len(set(clash)) == 3
+
+
+def test_deidentified_names_are_salted_stable_and_hide_the_source(tmp_path, monkeypatch):
+    monkeypatch.delenv("SHAPEPRIOR_DEID_SALT", raising=False)
+    salt_file = tmp_path / "cfg" / "deid-salt"
+    a = Deidentifier(salt_file)
+    assert salt_file.exists()
+    if os.name == "posix":
+        assert stat.S_IMODE(salt_file.stat().st_mode) == 0o600     # a secret
+    b = Deidentifier(salt_file)                                   # the stored salt again
+    p = tmp_path / "Smith_John.nii.gz"
+    assert a.name(p) == b.name(p) and a.name(p).startswith("case-")
+    assert "Smith" not in a.name(p)
+    monkeypatch.setenv("SHAPEPRIOR_DEID_SALT", "another salt")
+    c = Deidentifier(salt_file)
+    assert c.name(p) != a.name(p)                                 # the salt matters
+    monkeypatch.setenv("SHAPEPRIOR_DEID_SALT", "another salt!")
+    assert Deidentifier(salt_file).name(p) != c.name(p)
+
+
+def test_scrub_removes_every_form_of_the_name(tmp_path):
+    p = tmp_path / "Smith_John.nii.gz"
+    text = (f"cannot read {p}: Smith_John.nii.gz is truncated (Smith_John, "
+            f"{os.path.basename(str(p))})")
+    got = scrub(text, p, "(withheld)")
+    assert "Smith" not in got and "John" not in got and "(withheld)" in got
+
+
+def test_discover_cases_lists_images_and_reports_empty_folders(tmp_path):
+    (tmp_path / "b.nii.gz").write_bytes(b"x")
+    (tmp_path / "a.mha").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / "empty").mkdir()
+    cases = discover_cases(tmp_path, list_series=lambda d: [])
+    assert [c.name for c in cases] == ["a", "b", "empty"]
+    assert [c.error for c in cases][:2] == [None, None]
+    assert cases[2].error == "no DICOM image series in this folder"
