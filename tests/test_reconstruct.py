@@ -399,3 +399,56 @@ def test_status_tells_a_creeping_alignment_from_an_unsettled_one(population):
     assert not cut.converged and cut.info["alignment_move"] > SETTLED_MOVE
     status, _, reasons = _status(cut, y)
     assert status == "suspect" and any("did not settle" in r for r in reasons)
+
+
+def test_load_shapes_checks_every_input(population, mesh_folder, tmp_path):
+    from shapeprior.pipeline._reconstruct import load_shapes
+
+    train, clean, obs, faces = population
+    _, d = mesh_folder
+    (d / ".hidden.vtk").write_bytes(b"not read")                  # hidden: skipped
+    (d / ".cache").mkdir()
+    Surface(obs[4], faces).write(d / ".cache" / "old.vtk")
+    names, shapes, meshes, _ = load_shapes(d, N)
+    assert meshes and len(names) == 4 and not any(n.startswith(".") for n in names)
+    one = tmp_path / "one.npy"
+    np.save(one, obs[0])                                          # one (N, 3) shape
+    names, shapes, meshes, _ = load_shapes(one, N)
+    assert shapes.shape == (1, N, 3) and not meshes and names == ["shape_00000"]
+    bad = obs[:3].copy()
+    bad[1, 5, 2] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(ValueError, match="shape 1 has non-finite"):
+        load_shapes(tmp_path / "bad.npy", N)
+    few = tmp_path / "few"
+    few.mkdir()
+    Surface(obs[0][: N - 2], faces[np.all(faces < N - 2, axis=1)]).write(few / "few.vtk")
+    with pytest.raises(ValueError, match=f"has {N - 2} vertices"):
+        load_shapes(few, N)
+
+
+def test_status_reasons():
+    """The median residual is judged against the shape's own radius; the
+    overridden fraction over the visible vertices; an unconverged solve is
+    suspect."""
+    from types import SimpleNamespace
+
+    from shapeprior.pipeline._reconstruct import _status
+
+    rng = np.random.default_rng(0)
+    rec = rng.normal(0.0, 100.0, (200, 3))                         # RMS radius ~170 mm
+    visible = np.ones(200, bool)
+    visible[:100] = False
+    over = np.zeros(200, bool)
+    over[100:160] = True                                          # 60 % of the visible
+    r = SimpleNamespace(reconstruction=rec, visible=visible, overridden=over,
+                        converged=True, info={"solver_converged": True})
+    y = rec + 10.0 * rng.normal(size=rec.shape) / np.sqrt(3)      # ~10 mm: 6 % of the radius
+    status, frac, reasons = _status(r, y)
+    assert frac == pytest.approx(0.6) and status == "suspect"
+    assert len(reasons) == 1 and "overrode 60%" in reasons[0]
+    r.overridden = np.zeros(200, bool)
+    assert _status(r, y)[0] == "ok"                               # 10 mm is small here
+    r.info = {"solver_converged": False}
+    status, _, reasons = _status(r, y)
+    assert status == "suspect" and reasons == ["the sparse solve did not converge"]
