@@ -46,6 +46,7 @@ from .._validation import check_number
 from ..backend import kernel
 from ._compose import ALPHA1, _check_vertex_weights
 from ._dictionary import ShapeDictionary
+from ._l1 import _tau, soft_threshold, solve_l1
 
 #: consecutive iterations without a descending Newton step (each then a proximal
 #: gradient step) after which a shape leaves the batch uncertified
@@ -65,6 +66,18 @@ def _huber_objective(R, tau, l2, w, X, l1, xp):
         inl = a <= tau
         h = xp.where(inl, 0.5 * w * R * R, l2[:, None] * (a - 0.5 * tau))
         return h.sum(axis=1) + l1 * xp.abs(X).sum(axis=1)
+
+
+def _gradient(R, X, tau, l1, l2, w, D, scale, xp):
+    """The smooth part's gradient ``g = -Psi D`` (M, K) at residuals ``R`` (M, n)
+    (``Psi``: ``w r`` on inlier rows, ``l2 sign(r)`` beyond ``tau``), the outlier
+    rows (M, n) and each shape's relative KKT violation of the full problem
+    (the single solver's measure: violation over ``max(max|D^T W z|, l1)``)."""
+    out = xp.abs(R) > tau
+    psi = xp.where(out, l2[:, None] * xp.sign(R), w * R)
+    g = -(psi @ D)
+    viol = xp.where(X != 0, xp.abs(g + l1[:, None] * xp.sign(X)), xp.abs(g) - l1[:, None])
+    return g, out, xp.maximum(viol.max(axis=1), 0.0) / scale
 
 
 def _finite(f, xp):
@@ -215,8 +228,7 @@ def solve_l1_batched_core(D, GW, Z, C, w, l1, l2, X0=None, tol_certify=1e-7, max
     """
     M, n = Z.shape
     K = D.shape[1]
-    wpos = w > 0
-    tau_full = xp.where(wpos[None, :], l2[:, None] / xp.where(wpos, w, 1.0)[None, :], xp.inf)
+    tau_full = _tau(w, l2[:, None], xp)                 # (M, n)
     scale = xp.maximum(xp.abs(C).max(axis=1), l1)
     if backend is None:
         backend = "numpy" if xp is np else "cupy"
@@ -242,12 +254,7 @@ def solve_l1_batched_core(D, GW, Z, C, w, l1, l2, X0=None, tol_certify=1e-7, max
         Xa, Ra, Za = X[idx], R[idx], Z[idx]
         l1a, l2a, ha = l1[idx], l2[idx], huber[idx]
         tau = xp.where(ha[:, None], tau_full[idx], xp.inf)
-        out = xp.abs(Ra) > tau
-        psi = xp.where(out, l2a[:, None] * xp.sign(Ra), w * Ra)
-        g = -(psi @ D)                                    # gradient of the smooth part
-        sx = xp.sign(Xa)
-        viol = xp.where(Xa != 0, xp.abs(g + l1a[:, None] * sx), xp.abs(g) - l1a[:, None])
-        k = xp.maximum(viol.max(axis=1), 0.0) / scale[idx]
+        g, out, k = _gradient(Ra, Xa, tau, l1a, l2a, w, D, scale[idx], xp)
         kkt[idx] = xp.where(ha, k, kkt[idx])
         done = k <= tol_certify
         # a converged Lasso moves on to the Huber problem; a converged Huber
@@ -260,7 +267,7 @@ def solve_l1_batched_core(D, GW, Z, C, w, l1, l2, X0=None, tol_certify=1e-7, max
         keep = ~done
         if not bool(keep.any()):
             continue
-        idx, Xa, Ra, Za, g, sx = idx[keep], Xa[keep], Ra[keep], Za[keep], g[keep], sx[keep]
+        idx, Xa, Ra, Za, g = idx[keep], Xa[keep], Ra[keep], Za[keep], g[keep]
         l1a, l2a, tau, out = l1a[keep], l2a[keep], tau[keep], out[keep]
         m = idx.size
 
@@ -307,14 +314,8 @@ def solve_l1_batched_core(D, GW, Z, C, w, l1, l2, X0=None, tol_certify=1e-7, max
     # the last iteration's updates are not yet checked: measure them
     rest = xp.flatnonzero(~certified)
     if rest.size:
-        Ra, Xa = R[rest], X[rest]
-        l1a, l2a = l1[rest], l2[rest]
-        tau = tau_full[rest]
-        psi = xp.where(xp.abs(Ra) > tau, l2a[:, None] * xp.sign(Ra), w * Ra)
-        g = -(psi @ D)
-        viol = xp.where(Xa != 0, xp.abs(g + l1a[:, None] * xp.sign(Xa)),
-                        xp.abs(g) - l1a[:, None])
-        kkt[rest] = xp.maximum(viol.max(axis=1), 0.0) / scale[rest]
+        kkt[rest] = _gradient(R[rest], X[rest], tau_full[rest], l1[rest], l2[rest], w, D,
+                              scale[rest], xp)[2]
         certified[rest] = kkt[rest] <= tol_certify
     return X, R, kkt, certified, n_iter
 
@@ -393,7 +394,6 @@ def sparse_composition_batched(shapes, dictionary, weights=None, *, lambda1="aut
     BatchedComposition
     """
     from ..backend import to_numpy
-    from ._l1 import solve_l1
 
     dic = dictionary
     if not isinstance(dic, ShapeDictionary):
@@ -425,8 +425,8 @@ def sparse_composition_batched(shapes, dictionary, weights=None, *, lambda1="aut
     check_number("chunk_size", chunk_size, 1, integer=True)
     xp = dic.xp
     K = dic.n_atoms
-    out = {k: np.zeros((M, K)) if k == "x" else np.zeros((M,) + want) if k in ("e", "r")
-           else np.zeros(M) for k in ("x", "e", "r", "obj", "kkt", "it")}
+    out = {"x": np.zeros((M, K)), "e": np.zeros((M,) + want), "r": np.zeros((M,) + want),
+           "obj": np.zeros(M), "kkt": np.zeros(M), "it": np.zeros(M)}
     cert = np.zeros(M, dtype=bool)
     alone = np.zeros(M, dtype=bool)
     lam1_all = np.zeros(M)
@@ -442,8 +442,7 @@ def sparse_composition_batched(shapes, dictionary, weights=None, *, lambda1="aut
         X, R, kkt, ok, it = solve_l1_batched_core(D, GW, Z, C, w, 0.5 * l1, 0.5 * l2,
                                                   tol_certify=tol, max_iter=max_iter,
                                                   max_add=max_add, xp=xp, backend=dic.backend)
-        tau = xp.where(w > 0, 0.5 * l2[:, None] / xp.where(w > 0, w, 1.0), xp.inf)
-        E = xp.sign(R) * xp.maximum(xp.abs(R) - tau, 0.0)
+        E = soft_threshold(R, _tau(w, 0.5 * l2[:, None], xp))
         obj = (w * (R - E) ** 2).sum(axis=1) + l1 * xp.abs(X).sum(axis=1) + \
             l2 * xp.abs(E).sum(axis=1)
         sl = slice(lo, hi)
