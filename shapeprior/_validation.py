@@ -40,7 +40,7 @@ def _range_text(low, high, low_open, high_open):
         return f"{'>' if low_open else '>='} {low}"
     if high is not None:
         return f"{'<' if high_open else '<='} {high}"
-    return "finite"
+    return ""
 
 
 def check_number(name, value, low=None, high=None, *, low_open=False, high_open=False,
@@ -49,13 +49,13 @@ def check_number(name, value, low=None, high=None, *, low_open=False, high_open=
     kind = "an integer" if integer else "a finite number"
     ok_type = isinstance(value, Integral) if integer else isinstance(value, Real)
     if isinstance(value, (bool, np.bool_)) or not ok_type:
-        _fail(name, value, f"{kind} {_range_text(low, high, low_open, high_open)}")
+        _fail(name, value, f"{kind} {_range_text(low, high, low_open, high_open)}".rstrip())
     v = int(value) if integer else float(value)
     bad = not np.isfinite(v) \
         or (low is not None and (v <= low if low_open else v < low)) \
         or (high is not None and (v >= high if high_open else v > high))
     if bad:
-        _fail(name, value, f"{kind} {_range_text(low, high, low_open, high_open)}")
+        _fail(name, value, f"{kind} {_range_text(low, high, low_open, high_open)}".rstrip())
     return v
 
 

@@ -3,6 +3,7 @@
 import runpy
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import shapeprior as sp
@@ -60,3 +61,28 @@ def test_align_rounds_and_tol_reach_every_ssc_call(phantom_model, monkeypatch):
     sp.segment(phantom_model[1] / "phantom_006.nii.gz", phantom_model[3], align_rounds=2,
                align_tol=1e-2, max_iter=2)
     assert seen and set(seen) == {(2, 1e-2)}
+
+
+def test_parameter_checks_name_the_value_and_the_allowed_range():
+    from shapeprior._validation import check_labels, check_number, check_vector
+
+    assert check_number("lambda1", 0.5, 0, low_open=True) == 0.5
+    assert check_number("n_iter", 3, 1, integer=True) == 3
+    cases = [
+        (lambda: check_number("lambda1", 0.0, 0, low_open=True), "lambda1=0.0", "> 0"),
+        (lambda: check_number("lambda1", -1e-9, 0), "lambda1=-1e-09", ">= 0"),
+        (lambda: check_number("refit", 1.0, 0, 1, high_open=True), "refit=1.0", "in [0, 1)"),
+        (lambda: check_number("n_iter", True, 1, integer=True), "n_iter=True", "an integer"),
+        (lambda: check_number("tol", np.bool_(True)), "tol=", "expected a finite number"),
+        (lambda: check_number("tol", float("inf"), 0), "tol=inf", "a finite number >= 0"),
+        (lambda: check_number("tol", float("nan")), "tol=nan", "expected a finite number"),
+        (lambda: check_labels("labels", (0, 1)), "labels=(0, 1)", "label values > 0"),
+        (lambda: check_labels("labels", (1, True)), "labels=(1, True)", "integer"),
+        (lambda: check_vector("window", (0.2, 0.2), 2, increasing=True), "window=(0.2, 0.2)",
+         "increasing"),
+        (lambda: check_vector("seed", (1.0, float("inf"), 2.0), 3), "seed=", "3 finite"),
+    ]
+    for call, named, allowed in cases:
+        with pytest.raises(ValueError) as err:
+            call()
+        assert named in str(err.value) and allowed in str(err.value), str(err.value)

@@ -3,6 +3,7 @@ intensity is filled, one that differs (fat, fluid) is the organ's and stays,
 one the image does not cover stays; ``shapeprior refine --image`` does it and
 reports it, and without the image no cavity is touched."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -123,6 +124,12 @@ def test_refine_with_the_image_fills_a_hole_and_keeps_a_dark_cavity(phantom_mode
                      *extra]) == 0
         runs[name] = (read_label_map(out / "label.nii.gz").array,
                       json.loads((out / "report.json").read_text()))
+        # the manifest hashes the mask, and the scan when it was used
+        man = json.loads((out / "manifest.json").read_text())["inputs"]
+        digests = {k.split("/")[0]: v["sha256"] for k, v in man.items() if "/" in k}
+        assert digests["mask"] == hashlib.sha256(hashes[mask]).hexdigest()
+        assert digests.get("image") == (hashlib.sha256(hashes[scan]).hexdigest()
+                                        if name == "image" else None)
     assert all(p.read_bytes() == h for p, h in hashes.items())
     got, rep = runs["image"]
     assert got[a].all() and not got[b].any()

@@ -125,3 +125,21 @@ def test_a_failed_result_gets_no_dicom_seg():
     rec = _write_seg(_Out(), None, _failed_result(), SimpleNamespace(metadata={}), None, {},
                      SimpleNamespace(side="none"))
     assert rec["written"] is False and "failed" in rec["reason"]
+
+
+def test_digests_asked_after_cancel_are_still_hashed(tmp_path):
+    """A digest asked after the background hashing was stopped is computed
+    then, never left out of a manifest."""
+    import hashlib
+
+    from shapeprior._provenance import FileDigests
+
+    files = [tmp_path / f"f{i}.bin" for i in range(3)]
+    for i, f in enumerate(files):
+        f.write_bytes(bytes([i]) * (3 << 20))
+    dig = FileDigests(files + [None])
+    dig.cancel()
+    for f in files:
+        assert dig.sha256(f) == hashlib.sha256(f.read_bytes()).hexdigest()
+    # an unlisted file is hashed when asked
+    assert FileDigests([]).sha256(files[0]) == hashlib.sha256(files[0].read_bytes()).hexdigest()

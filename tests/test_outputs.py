@@ -431,3 +431,65 @@ def test_dicom_seg_frame_on_non_square_pixels_and_off_grid_refused():
         np.testing.assert_array_equal(frame_mask(lab, vol, frame(z)), lab[z])
     with pytest.raises(ValueError, match="not on the DICOM series' voxel grid"):
         frame_mask(lab, vol, frame(2, shift=(0.25, 0.0, 0.0)))
+
+
+def _small_series(tmp_path, drop=()):
+    """A 6-slice phantom DICOM series (SimpleITK) with the tags ``drop`` removed
+    from every dataset (file meta kept): ``(folder, volume)``."""
+    import pydicom
+
+    from _phantoms import write_dicom_series
+
+    arr = np.zeros((6, 10, 12), np.int16)
+    arr[1:5, 2:8, 3:9] = 100
+    vol = Volume(arr, np.array([0.7, 0.9, 2.5]), np.array([-20.0, 15.0, 40.0]), np.eye(3))
+    folder = write_dicom_series(vol, tmp_path / "dicom")
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        for tag in drop:
+            delattr(ds, tag)
+        ds.save_as(f)
+    vol, _ = read_image(folder)
+    return folder, vol
+
+
+def test_dicom_seg_codes_organ_and_side_and_refuses_uncovered_voxels(tmp_path):
+    import pydicom
+
+    folder, vol = _small_series(tmp_path)
+    lab = (vol.array > 0).astype(np.uint8)
+    rec = write_dicom_seg(tmp_path / "seg.dcm", lab, vol, folder, organ="Kidney", side="left")
+    ds = pydicom.dcmread(tmp_path / "seg.dcm")
+    seg = ds.SegmentSequence[0]
+    assert seg.SegmentLabel == "Kidney (left)"
+    assert seg.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Kidney"
+    assert rec["frames"] == 4 and rec["notes"] == []
+    # a source slice that holds label voxels is gone from the series: refused, not truncated
+    (folder / "IM0003.dcm").unlink()
+    with pytest.raises(ValueError, match="does not cover the whole segmentation"):
+        write_dicom_seg(tmp_path / "seg2.dcm", lab, vol, folder, organ="kidney")
+    assert not (tmp_path / "seg2.dcm").exists()
+
+
+def test_dicom_seg_of_an_anonymised_series(tmp_path):
+    """SOP instance UIDs only in the file meta, no series or frame-of-reference
+    UID: the SEG refers to the instances by their meta UIDs and derives distinct
+    series and frame-of-reference UIDs, with notes saying so."""
+    import pydicom
+
+    folder, vol = _small_series(tmp_path, drop=("SOPInstanceUID", "SeriesInstanceUID",
+                                                "FrameOfReferenceUID"))
+    lab = (vol.array > 0).astype(np.uint8)
+    rec = write_dicom_seg(tmp_path / "seg.dcm", lab, vol, folder, organ="kidney")
+    notes = " ".join(rec["notes"])
+    assert "SOPInstanceUID taken from the file meta header" in notes
+    assert "SeriesInstanceUID" in notes and "FrameOfReferenceUID" in notes
+    ds = pydicom.dcmread(tmp_path / "seg.dcm")
+    metas = {str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID)
+             for f in folder.iterdir()}
+    refs = {str(r.ReferencedSOPInstanceUID)
+            for r in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert refs == metas
+    series = str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
+    assert series != str(ds.FrameOfReferenceUID)
+    assert series != str(ds.StudyInstanceUID)

@@ -57,8 +57,12 @@ def test_refine_removes_a_leak_and_an_island(phantom_model, tmp_path, capsys):
     rep = json.loads((out / "report.json").read_text())
     assert rep["status"] in ("ok", "suspect") and rep["corrections"]["removed_ml"] > 0
     assert any(r["kind"] == "removed" for r in rep["corrections"]["regions"])
-    assert set(read_vtk_mesh(out / "mesh.vtk")[2]) >= {"gross_error_mm", "overridden",
-                                                       "confidence", "distance_to_mean_mm"}
+    point_data = read_vtk_mesh(out / "mesh.vtk")[2]
+    assert set(point_data) >= {"gross_error_mm", "overridden", "confidence",
+                               "distance_to_mean_mm"}
+    # the report counts the vertices the mesh marks as overridden
+    n_over = int(np.count_nonzero(point_data["overridden"]))
+    assert rep["overridden_vertices"] == n_over and 0 < n_over < len(point_data["overridden"])
     man = json.loads((out / "manifest.json").read_text())
     assert man["command"] == "refine" and any(k.startswith("mask/") for k in man["inputs"])
     # the output may not overwrite its input, --force or not

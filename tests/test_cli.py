@@ -1,0 +1,204 @@
+"""The command line's own logic: option parsing, what reaches the pipeline, exit codes.
+
+The pipeline is replaced by recorders here (its results are tested elsewhere,
+end to end): these tests check that each option the user typed arrives where
+it acts, and that the exit code says what happened.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+import shapeprior.model
+import shapeprior.pipeline
+from shapeprior.cli import main
+from shapeprior.cli._common import (finish_case, join_negative_values, parse_labels,
+                                    status_code)
+
+
+def test_exit_code_follows_status_and_strict():
+    assert status_code(["ok"], False) == 0 and status_code(["ok"], True) == 0
+    assert status_code(["suspect"], False) == 0
+    assert status_code(["suspect"], True) == 3
+    assert status_code(["failed"], False) == 3 and status_code(["ok", "failed"], False) == 3
+    assert status_code(["ok", "suspect"], True) == 3
+
+
+def test_finish_case_strict_makes_a_suspect_case_an_error(tmp_path, capsys):
+    rep = {"status": "suspect", "reasons": ["weak boundary"]}
+    assert finish_case("case", rep, tmp_path, strict=False) == 0
+    assert capsys.readouterr().err == ""
+    assert finish_case("case", rep, tmp_path, strict=True) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "case: suspect: weak boundary" in err
+
+
+def test_negative_values_join_their_option():
+    argv = ["in.nii", "--seed", "-64.4,-125.3,118.2", "--window", "-1,2.5e-1", "--other",
+            "-3", "--seed-space", "ras"]
+    assert join_negative_values(argv, ("--seed", "--window")) == [
+        "in.nii", "--seed=-64.4,-125.3,118.2", "--window=-1,2.5e-1", "--other", "-3",
+        "--seed-space", "ras"]
+    # every value of the list may be negative, and only a number list is joined
+    assert join_negative_values(["--seed", "1,-2,-3"], ("--seed",)) == ["--seed", "1,-2,-3"]
+    assert join_negative_values(["--seed", "-1,-2,-3"], ("--seed",)) == ["--seed=-1,-2,-3"]
+    assert join_negative_values(["--seed", "-o", "x"], ("--seed",)) == ["--seed", "-o", "x"]
+
+
+def test_labels_must_be_positive_integers():
+    assert parse_labels("1,2") == (1, 2) and parse_labels("3, ,4") == (3, 4)
+    for bad in ("0", "1,0", "-1", "a", ""):
+        with pytest.raises(ValueError, match="--labels"):
+            parse_labels(bad)
+
+
+# -- what reaches the pipeline --------------------------------------------------------------
+
+def _stub_model(labels=(1, 2)):
+    return types.SimpleNamespace(metadata={"parameters": {"labels": list(labels)}},
+                                 prior_dictionary=lambda prior: None)
+
+
+@pytest.fixture
+def recorded(monkeypatch, tmp_path):
+    """``segment`` and ``refine`` with the pipeline replaced by recorders:
+    ``(calls, image, model)``; each call's keyword arguments land in ``calls``."""
+    calls = []
+    monkeypatch.setattr(shapeprior.model, "load_model", lambda path: _stub_model())
+
+    def run_case(path, out, model, model_path, params, **kw):
+        calls.append({"params": params, **kw})
+        return {"status": "ok", "quality": 0.9, "volume_ml": 1.0, "iterations": 1,
+                "time_s": 0.1, "overridden_fraction_max": 0.0, "overridden_fraction": 0.0,
+                "reasons": [], "warnings": []}
+
+    def refine_case(mask, out, model, model_path, params, **kw):
+        calls.append({"params": params, **kw})
+        return {"status": "ok", "quality": 0.9, "reasons": [], "input": {"mask": "m"},
+                "corrections": {"input_ml": 1.0, "refined_ml": 1.0, "removed_ml": 0.0,
+                                "added_ml": 0.0, "regions": []}}
+
+    monkeypatch.setattr(shapeprior.pipeline, "run_case", run_case)
+    monkeypatch.setattr(shapeprior.pipeline, "refine_case", refine_case)
+    image = tmp_path / "case.nii.gz"
+    image.write_bytes(b"not read: the pipeline is a recorder")
+    return calls, image, tmp_path / "model.npz"
+
+
+def test_segment_options_reach_the_fit(recorded, tmp_path):
+    calls, image, model = recorded
+    assert main(["segment", str(image), "-o", str(tmp_path / "o"), "--model", str(model),
+                 "--seed", "-64.4,-12,8", "--seed-space", "ras", "--dark-organ",
+                 "--window", "-0.2,0.3"]) == 0
+    p = calls[-1]["params"]
+    assert p.seed_mm == (-64.4, -12.0, 8.0) and p.seed_space == "ras"
+    assert p.inside_brighter is False and p.window == (-0.2, 0.3)
+    # the reference is compared on the labels the model was built from
+    assert calls[-1]["reference_labels"] == (1, 2)
+    assert main(["segment", str(image), "-o", str(tmp_path / "o2"), "--model", str(model),
+                 "--reference-labels", "2"]) == 0
+    p = calls[-1]["params"]
+    assert p.seed_mm is None and p.seed_space == "lps" and p.inside_brighter is True
+    assert calls[-1]["reference_labels"] == (2,)
+
+
+def test_segment_strict_exit_code_for_a_suspect_case(recorded, tmp_path, monkeypatch, capsys):
+    calls, image, model = recorded
+    suspect = {"status": "suspect", "quality": 0.5, "volume_ml": 1.0, "iterations": 1,
+               "time_s": 0.1, "overridden_fraction_max": 0.0, "overridden_fraction": 0.0,
+               "reasons": ["weak boundary"], "warnings": []}
+    monkeypatch.setattr(shapeprior.pipeline, "run_case", lambda *a, **k: suspect)
+    args = ["segment", str(image), "-o", str(tmp_path / "o"), "--model", str(model)]
+    assert main(args) == 0
+    assert main(args + ["--strict"]) == 3
+    assert "suspect: weak boundary" in capsys.readouterr().err
+
+
+def test_segment_folder_with_an_unreadable_case_exits_1(recorded, tmp_path, monkeypatch,
+                                                         capsys):
+    _, _, model = recorded
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    for n in ("a.nii.gz", "b.nii.gz"):
+        (folder / n).write_bytes(b"x")
+    summary = [{"case": "a", "status": "failed", "error": "a: not a NIfTI file"},
+               {"case": "b", "status": "ok", "volume_ml": 3.0, "quality": 0.9, "time_s": 1.0,
+                "reasons": []}]
+    monkeypatch.setattr(shapeprior.pipeline, "run_batch", lambda *a, **k: summary)
+    monkeypatch.setattr(shapeprior.pipeline, "write_summary", lambda *a, **k: None)
+    rc = main(["segment", str(folder), "-o", str(tmp_path / "out"), "--model", str(model)])
+    out = capsys.readouterr().out
+    assert rc == 1 and "not a NIfTI file" in out and "(1 with errors)" in out
+    summary[0] = {"case": "a", "status": "ok", "volume_ml": 2.0, "quality": 0.9,
+                  "time_s": 1.0, "reasons": []}
+    assert main(["segment", str(folder), "-o", str(tmp_path / "out2"), "--model",
+                 str(model)]) == 0
+
+
+def test_refine_passes_kept_labels_and_method(recorded, tmp_path):
+    calls, image, model = recorded
+    assert main(["refine", str(image), "-o", str(tmp_path / "r"), "--model", str(model),
+                 "--labels", "1", "--keep-labels", "2,3", "--method", "l0"]) == 0
+    c = calls[-1]
+    assert c["labels"] == (1,) and c["keep"] == (2, 3) and c["params"].method == "l0"
+    assert main(["refine", str(image), "-o", str(tmp_path / "r2"), "--model", str(model),
+                 "--labels", "1,2"]) == 0
+    assert calls[-1]["labels"] == (1, 2) and calls[-1]["keep"] == ()
+
+
+def test_label_zero_is_refused_with_one_line(recorded, tmp_path, capsys):
+    _, image, model = recorded
+    rc = main(["refine", str(image), "-o", str(tmp_path / "r"), "--model", str(model),
+               "--labels", "0"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "--labels" in err
+    assert not (tmp_path / "r").exists()
+    assert np.all([not p.name.startswith(".") for p in tmp_path.iterdir()])
+
+
+def test_update_model_needs_exactly_one_of_output_and_rank_only(tmp_path, capsys):
+    lab = tmp_path / "new.nii.gz"
+    lab.write_bytes(b"x")
+    for extra in ([], ["-o", str(tmp_path / "m2.npz"), "--rank-only"]):
+        rc = main(["update-model", str(tmp_path / "m.npz"), str(lab), *extra])
+        err = capsys.readouterr().err
+        assert rc == 1 and "give -o NEW_MODEL" in err and err.count("\n") == 1
+
+
+def test_update_model_refuses_a_taken_output_before_reading_anything(tmp_path, monkeypatch,
+                                                                     capsys):
+    """A foreign file where the new model should go: refused before the model
+    is even read (the correspondence fits of the label maps take minutes)."""
+    def read(path):
+        raise AssertionError("the model was read before the output was checked")
+
+    monkeypatch.setattr(shapeprior.model, "load_model", read)
+    taken = tmp_path / "new_model.npz"
+    taken.write_bytes(b"someone else's file")
+    lab = tmp_path / "new.nii.gz"
+    lab.write_bytes(b"x")
+    rc = main(["update-model", str(tmp_path / "m.npz"), str(lab), "-o", str(taken), "--force"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "never replaces it" in err and "was read before" not in err
+    assert taken.read_bytes() == b"someone else's file"
+
+
+def test_reconstruct_exit_codes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(shapeprior.model, "load_model", lambda path: _stub_model())
+    rep = {"n_shapes": 3, "status_counts": {"ok": 2, "suspect": 1}, "shapes_per_s": 10.0,
+           "suspect": [{"name": "s2", "reasons": ["40% of vertices overridden"]}]}
+    monkeypatch.setattr(shapeprior.pipeline, "reconstruct_shapes", lambda *a, **k: rep)
+    args = ["reconstruct", str(tmp_path / "meshes"), "-o", str(tmp_path / "o"), "--model",
+            str(tmp_path / "m.npz")]
+    assert main(args) == 0
+    assert main(args + ["--strict"]) == 3
+    rep["status_counts"] = {"ok": 3, "suspect": 0}
+    rep["suspect"] = []
+    assert main(args + ["--strict"]) == 0
+    capsys.readouterr()
+    for bad in ("0", "1.5", "-0.1"):
+        assert main(args + ["--refit", bad]) == 1
+        assert "--refit" in capsys.readouterr().err

@@ -1,0 +1,87 @@
+"""Small pieces every run goes through: the backend choice, the voxel trees' split
+rule, and what ``model-info`` reports (values checked against their definitions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shapeprior.backend import numba_available, resolve_backend
+
+
+def test_backend_choice_reads_the_environment_in_any_case(monkeypatch):
+    monkeypatch.delenv("SHAPEPRIOR_BACKEND", raising=False)
+    auto = "numba" if numba_available() else "numpy"
+    assert resolve_backend(None) == auto and resolve_backend("AUTO") == auto
+    monkeypatch.setenv("SHAPEPRIOR_BACKEND", "NumPy")
+    assert resolve_backend(None) == "numpy"
+    assert resolve_backend("Numpy") == "numpy"          # an argument wins over the variable
+    monkeypatch.setenv("SHAPEPRIOR_BACKEND", "tpu")
+    with pytest.raises(ValueError, match=r"backend='tpu'.*SHAPEPRIOR_BACKEND"):
+        resolve_backend(None)
+
+
+def test_auto_backend_is_the_compiled_one_when_numba_imports():
+    pytest.importorskip("numba")
+    assert resolve_backend("auto") == "numba"
+
+
+@pytest.mark.parametrize("twin", ["tree_ensemble_numpy", "tree_ensemble_numba"])
+def test_trees_send_a_sample_equal_to_the_threshold_left(twin):
+    """scikit-learn's split rule, ``x <= threshold`` goes left, in both twins: two
+    stumps (feature 0 at 1.0; feature 1 at -2.0) summed."""
+    import shapeprior_kernels
+
+    fn = getattr(shapeprior_kernels, twin)
+    feature = np.array([0, -1, -1, 1, -1, -1])
+    threshold = np.array([1.0, 0, 0, -2.0, 0, 0])
+    left = np.array([1, -1, -1, 4, -1, -1])
+    right = np.array([2, -1, -1, 5, -1, -1])
+    value = np.array([0.0, 10.0, 20.0, 0.0, 1.0, 2.0])
+    roots = np.array([0, 3])
+    X = np.array([[1.0, -2.0], [np.nextafter(1.0, 2.0), -2.0], [0.5, np.nextafter(-2.0, 0)]])
+    np.testing.assert_array_equal(fn(X, feature, threshold, left, right, value, roots),
+                                  [11.0, 21.0, 12.0])
+
+
+@pytest.fixture(scope="module")
+def family_model():
+    """A model of 12 shapes: an ellipsoid whose three semi-axes vary by known amounts."""
+    from shapeprior.mesh import icosphere
+    from shapeprior.model import model_from_shapes
+
+    v, f = icosphere(2)
+    rng = np.random.default_rng(0)
+    shapes = [v * np.array([20.0, 14.0, 9.0]) * (1 + rng.normal(0, [0.12, 0.05, 0.02]))
+              for _ in range(12)]
+    m = model_from_shapes(np.stack(shapes), f)
+    m.metadata["parameters"] = {"labels": [1], "images_dir": "/data/DOE_JOHN/images"}
+    return m
+
+
+def test_model_info_hides_the_training_folders(family_model):
+    from shapeprior.model import model_summary
+
+    s = model_summary(family_model)
+    assert s["provenance"]["build_parameters"]["images_dir"] is True
+    assert "DOE_JOHN" not in repr(s)
+
+
+def test_model_info_variance_mode_shapes_and_vertex_spread(family_model):
+    from shapeprior.model import mode_shape, model_summary, vertex_sd
+
+    m = family_model
+    var = np.asarray(m.pca_variances)
+    s = model_summary(m)["pca"]
+    np.testing.assert_allclose(s["explained_variance"], (var / var.sum())[:10].round(4))
+    assert s["cumulative"][-1] <= 1.0 and s["explained_variance"][0] > 0.5
+    np.testing.assert_allclose(s["sd_mm"], np.sqrt(var[:10]).round(3))
+    # two standard deviations along the first mode: 2 sd away from the mean in all
+    step = mode_shape(m, 0, 2.0) - m.mean
+    assert np.sqrt((step ** 2).sum()) == pytest.approx(2.0 * np.sqrt(var[0]), rel=1e-9)
+    # the spread of each vertex: RMS distance from its mean position
+    d2 = ((m.shapes - m.mean[None]) ** 2).sum(axis=2)
+    np.testing.assert_allclose(vertex_sd(m), np.sqrt(d2.mean(axis=0)), rtol=1e-12)
+    assert not np.allclose(vertex_sd(m), np.sqrt(d2).mean(axis=0), rtol=1e-3)
+    with pytest.raises(ValueError, match="mode="):
+        mode_shape(m, len(var), 1.0)
