@@ -45,7 +45,7 @@ TESTS = {
     "segment": ["tests/test_fit.py", "tests/test_segment.py", "tests/test_io.py"],
     "mesh": ["tests/test_mesh.py", "tests/test_model.py", "tests/test_fit.py"],
     "model": ["tests/test_model.py", "tests/test_fit.py"],
-    "kernels": ["tests/test_kernels.py", "tests/test_segment.py"],
+    "kernels": ["tests/test_kernels.py", "tests/test_segment.py", "tests/test_infra.py"],
     "pipeline": ["tests/test_hostile.py", "tests/test_segment.py"],
     "appearance": ["tests/test_fit.py", "tests/test_segment.py"],
     "voxels": ["tests/test_voxels.py"],
