@@ -1138,6 +1138,26 @@ MUTANTS = [
     ("inspect-vertex-sd", "infra", "shapeprior/model/_inspect.py",
      "    return np.sqrt(np.mean(d ** 2, axis=0))\n", "    return np.mean(d, axis=0)\n",
      "the vertex spread as a mean distance, not an RMS one"),
+    # -- export-model (2026-12-04 #16, fourth round) -----------------------------------------
+    ("export-mode-sign", "outputs", "shapeprior/cli/export_model.py",
+     "            for sign, name in ((-1, \"minus\"), (1, \"plus\")):\n",
+     "            for sign, name in ((1, \"minus\"), (-1, \"plus\")):\n",
+     "mode meshes named the wrong way round (plus is minus)"),
+    ("export-modes-cap", "outputs", "shapeprior/cli/export_model.py",
+     "        n_modes = min(a.modes, len(model.pca_variances))\n",
+     "        n_modes = a.modes\n",
+     "--modes beyond the model's modes fails half-way instead of exporting them all"),
+    ("export-displacement-squared", "outputs", "shapeprior/cli/export_model.py",
+     "                    point_data={\"displacement_mm\": (disp ** 2).sum(1) ** 0.5})\n",
+     "                    point_data={\"displacement_mm\": (disp ** 2).sum(1)})\n",
+     "a mode mesh's displacement in mm squared"),
+    ("export-sd-zero", "outputs", "shapeprior/cli/export_model.py",
+     "    if not 0 < a.sd <= 10:\n", "    if not 0 <= a.sd <= 10:\n",
+     "--sd 0 accepted: every mode mesh is the mean"),
+    ("export-no-training-count", "outputs", "shapeprior/cli/export_model.py",
+     "                             \"training_shapes\": 0 if a.no_training else len(model.shapes)}\n",
+     "                             \"training_shapes\": len(model.shapes)}\n",
+     "the export summary counts training meshes it did not write"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -493,3 +493,39 @@ def test_dicom_seg_of_an_anonymised_series(tmp_path):
     series = str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
     assert series != str(ds.FrameOfReferenceUID)
     assert series != str(ds.StudyInstanceUID)
+
+
+def test_export_model_modes_displacements_and_options(tmp_path, capsys):
+    """``export-model`` on a model with 2 PCA modes asked for 5: both modes
+    exported, nothing beyond; each mode mesh carries its displacement from
+    the mean in mm; --no-training writes no training mesh and says so; --sd 0
+    is refused."""
+    from shapeprior.mesh import icosphere
+    from shapeprior.model import model_from_shapes, save_model
+
+    v, f = icosphere(1)
+    rng = np.random.default_rng(0)
+    m = model_from_shapes(np.stack([v * [20.0, 14.0, 9.0] * (1 + rng.normal(0, [0.1, 0.05, 0.02]))
+                                    for _ in range(5)]), f)
+    n = len(m.pca_variances)
+    path = tmp_path / "m.npz"
+    save_model(m, path)
+    out = tmp_path / "export"
+    assert main(["export-model", str(path), "-o", str(out), "--modes", str(n + 3), "--sd", "2",
+                 "--format", "vtk", "--no-training"]) == 0
+    for k in range(1, n + 1):
+        for side, sign in (("plus", 1.0), ("minus", -1.0)):
+            pts, _, data, _ = read_vtk_mesh(out / f"mode_{k}_{side}.vtk")
+            disp = pts - m.mean
+            np.testing.assert_allclose(disp.ravel() @ m.pca_components[k - 1],
+                                       sign * 2.0 * np.sqrt(m.pca_variances[k - 1]), rtol=1e-5)
+            np.testing.assert_allclose(data["displacement_mm"], np.linalg.norm(disp, axis=1),
+                                       rtol=1e-5, atol=1e-5)
+    assert not (out / f"mode_{n + 1}_plus.vtk").exists() and not (out / "training").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["export"] == {"format": "vtk", "modes": n, "sd": 2.0, "training_shapes": 0}
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["export-model", str(path), "-o", str(tmp_path / "zero"), "--sd", "0"])
+    assert "--sd=0.0 must be in (0, 10]" in capsys.readouterr().err
+    assert not (tmp_path / "zero").exists()
