@@ -681,7 +681,9 @@ def test_many_shapes_equal_their_single_solves_with_row_weights(n_jobs, monkeypa
     last chunk holds one shape): each result is its own single solve's, and
     every solve in a group found its share of the group's pass over D."""
     from shapeprior.ssc import ShapeDictionary, sparse_shape_composition
+    from shapeprior.ssc import sparse_shape_composition_many as many
     from shapeprior.ssc._dictionary import ShapeDictionary as _D
+    from shapeprior.synthetic import make_ssc_problem
 
     hits = []
     lookup = _D._lookup
@@ -693,9 +695,6 @@ def test_many_shapes_equal_their_single_solves_with_row_weights(n_jobs, monkeypa
         return got
 
     monkeypatch.setattr(_D, "_lookup", counted)
-    from shapeprior.ssc import sparse_shape_composition_many as many
-    from shapeprior.synthetic import make_ssc_problem
-
     rng = np.random.default_rng(7)
     probs = [make_ssc_problem(n_points=150, n_atoms=30, gross_fraction=0.1, seed=s)
              for s in range(8)]
