@@ -69,6 +69,7 @@ TESTS = {
     "api": ["tests/test_api.py", "tests/test_fit.py", "tests/test_ssc.py", "tests/test_model.py"],
     "infra": ["tests/test_infra.py", "tests/test_model.py", "tests/test_online.py",
               "tests/test_outputs.py", "tests/test_ssc.py"],
+    "qc": ["tests/test_outputs.py", "tests/test_background.py"],
     "cli": ["tests/test_cli.py", "tests/test_segment.py", "tests/test_status.py",
             "tests/test_refine.py", "tests/test_fit.py", "tests/test_hostile.py"],
     "safety": ["tests/test_output_safety.py", "tests/test_hostile.py", "tests/test_outputs.py",
@@ -1158,6 +1159,23 @@ MUTANTS = [
      "                             \"training_shapes\": 0 if a.no_training else len(model.shapes)}\n",
      "                             \"training_shapes\": len(model.shapes)}\n",
      "the export summary counts training meshes it did not write"),
+    # -- the QC picture's orientation (2026-12-04 #16, fifth round) --------------------------
+    ("qc-never-flip", "qc", "shapeprior/pipeline/_qc.py",
+     "        axes.append((int(m), n, 1 if d[m, n] > 0 else -1))\n",
+     "        axes.append((int(m), n, 1))\n",
+     "a RAS-stored scan shown unflipped: the patient's right on the screen's right"),
+    ("qc-flip-wrong-axis", "qc", "shapeprior/pipeline/_qc.py",
+     "    for dim, s in zip((2, 1, 0), sg):               # L -> axis 2, P -> 1, S -> 0\n",
+     "    for dim, s in zip((0, 1, 2), sg):               # L -> axis 2, P -> 1, S -> 0\n",
+     "the left-right flip applied to the superior-inferior axis"),
+    ("qc-marker-off-by-one", "qc", "shapeprior/pipeline/_qc.py",
+     "        out[:, col] = v if sg[m] > 0 else n[ax[m]] - 1 - v\n",
+     "        out[:, col] = v if sg[m] > 0 else n[ax[m]] - v\n",
+     "overridden vertices drawn one voxel off on a flipped axis"),
+    ("qc-crop-no-margin", "qc", "shapeprior/pipeline/_qc.py",
+     "    pad = np.maximum(0.5 * (hi - lo), 30.0 / spacing_zyx).astype(int)\n",
+     "    pad = (0.5 * (hi - lo)).astype(int)\n",
+     "a small organ's picture cropped without the 30 mm of context"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour
