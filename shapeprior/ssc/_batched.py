@@ -304,8 +304,7 @@ def solve_l1_batched_core(D, GW, Z, C, w, l1, l2, X0=None, tol_certify=1e-7, max
         # where no step along the Newton direction descends (its model has no
         # curvature: most rows beyond tau), a proximal gradient step with step
         # 1/L, which always does, moves the outlier set on
-        prox = Xa - g / lip
-        prox = xp.sign(prox) * xp.maximum(xp.abs(prox) - l1a[:, None] / lip, 0.0)
+        prox = soft_threshold(Xa - g / lip, l1a[:, None] / lip)
         Xn = xp.where(stalled[:, None], prox, Xn)
         X[idx] = Xn
         R[idx] = Za - Xn @ D.T
