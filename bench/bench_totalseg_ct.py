@@ -22,6 +22,13 @@ Rows:
   five slabs of its lower slices without any kidney (the status must be
   ``failed``). The status thresholds of the CT region score were chosen on these
   rows (``shapeprior/segmentation/_assess.py``).
+* ``kidneys`` also runs each kidney with segment's defaults (no window given: the
+  CT intensity model's soft-tissue window, -50..250 HU).
+* ``modality``: each kidney on the example MR (``example_mr_sm``, kidneys in view):
+  the model has no learned appearance and the CT intensity model reads
+  intensities as HU, which an MR is not, so the status must be ``failed``; and the
+  MSD hippocampus model (appearance learned on MR, ``bench_hippocampus.py``'s cache)
+  on this CT: ``failed`` too.
 * ``cut``: each kidney on ``example_ct_sm`` (30 slices of the same scan: both
   kidneys cut by the field of view): found, and ``suspect`` for the cut.
 * ``refine``: ``example_seg_fast`` kidneys (the 3 mm network) refined with the
@@ -36,11 +43,13 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from _common import data_root, machine, write_json
+from shapeprior.appearance import hounsfield_share
 from shapeprior.io import read_image, read_label_map, read_volume
 from shapeprior.model import load_model
 from shapeprior.segmentation import (SegmentParams, dice, refine_mask, segment_volume,
@@ -56,9 +65,12 @@ def _row(r, ref, vol):
            "volume_ml": float(r.label.sum() * np.prod(vol.spacing) / 1000),
            "time_s": round(r.time_s, 2), "iterations": r.n_iter,
            "overridden_fraction_max": r.overridden_fraction_max,
-           "placement": r.placement and r.placement["chosen"]}
+           "placement": r.placement and r.placement["chosen"],
+           "hounsfield_share_below": r.evidence.get("hounsfield_share_below")}
     if ref is not None:
-        row = {"dice": dice(r.label, ref), **surface_distances(r.label, ref, vol.spacing),
+        dist = {k: (v if np.isfinite(v) else None)      # None: an empty label
+                for k, v in surface_distances(r.label, ref, vol.spacing).items()}
+        row = {"dice": dice(r.label, ref), **dist,
                "reference_ml": float(ref.sum() * np.prod(vol.spacing) / 1000), **row}
     return row
 
@@ -140,16 +152,24 @@ def main(argv=None):
         for side, lab in SIDES:
             ref = seg.array == lab
             r = segment_volume(vol, model, SegmentParams(side=side, **CT), dic)
-            rows.append({"kidney": side, "input": src, "seed": None, **_row(r, ref, vol)})
+            rows.append({"kidney": side, "input": src, "seed": None,
+                         "settings": "CT window -50..150 HU", **_row(r, ref, vol)})
+    # segment's defaults (no --window: the CT intensity model's soft-tissue window);
+    # the previous release searched "brighter inside" alone there: Dice 0.00 on both
+    for side, lab in SIDES:
+        ref = seg.array == lab
+        r = segment_volume(ct, model, SegmentParams(side=side), dic)
+        rows.append({"kidney": side, "input": "nifti", "seed": None, "settings": "defaults",
+                     **_row(r, ref, ct)})
     for side, lab in SIDES:
         ref = seg.array == lab
         seed = ct.index_to_physical(np.argwhere(ref).mean(0)[::-1][None])[0]
         r = segment_volume(ct, model, SegmentParams(side=side, seed_mm=tuple(seed), **CT), dic)
         rows.append({"kidney": side, "input": "nifti", "seed": "oracle: reference centroid",
-                     **_row(r, ref, ct)})
+                     "settings": "CT window -50..150 HU", **_row(r, ref, ct)})
     for r in rows:
         print(f"{r['kidney']:5s} {r['input']:5s} seed={r['seed'] is not None!s:5s} "
-              f"Dice {r['dice']:.3f} ASSD {r['assd_mm']:.2f} mm {r['status']} "
+              f"{r['settings']:22s} Dice {r['dice']:.3f} ASSD {r['assd_mm']:.2f} mm {r['status']} "
               f"(quality {r['quality']:.2f}) {r['time_s']:.1f} s", flush=True)
     varied = []
     for name, vol, lab in variants(ct, seg.array):
@@ -179,6 +199,41 @@ def main(argv=None):
             r = segment_volume(vol, model, SegmentParams(side=side, **CT), dic)
             absent.append({"scan": name, "kidney": side, **_row(r, None, vol)})
             print(f"absent: {name} {side}: {r.status} ({'; '.join(r.reasons)})", flush=True)
+    modality = []
+    mr = d / "example_mr_sm.nii.gz"
+    if mr.exists():
+        mr_vol, mr_seg = read_volume(mr), read_label_map(d / "example_seg_mr.nii.gz")
+        share = hounsfield_share(mr_vol)
+        # with this bench's CT settings, and with segment's defaults (no window),
+        # which the previous release called 'suspect' (Dice 0.00, 69-94 ml)
+        for settings, over in (("CT window -50..150 HU", CT), ("defaults", {})):
+            for side, lab in SIDES:     # 'total_mr' labels: 2 right, 3 left, as in CT
+                r = segment_volume(mr_vol, model, SegmentParams(side=side, **over), dic)
+                modality.append({"scan": "example_mr_sm (abdominal MR, kidneys in view)",
+                                 "settings": settings, "kidney": side,
+                                 "share_below_hu": share,
+                                 **_row(r, mr_seg.array == lab, mr_vol)})
+                print(f"modality: example_mr_sm {settings} {side}: {r.status} "
+                      f"({'; '.join(r.reasons)})", flush=True)
+    # a model whose appearance was learned on MR (the MSD hippocampus model of
+    # bench_hippocampus.py) given this CT: the previous release fitted a 2.9 ml
+    # "hippocampus" and called it 'suspect' (an unusual shape), after 41 s of search
+    hpath = HERE / "cache" / "hippocampus_642.npz"
+    if hpath.exists():
+        hip = load_model(hpath)
+        trained = hip.profile.hu_share_range
+        if trained is None:     # a cache built before build-model recorded it
+            images = root / "msd_hippocampus" / "images"
+            shares = [hounsfield_share(read_volume(images / f"{s['name']}.nii.gz"))
+                      for s in hip.metadata["sources"]]
+            trained = (min(shares), max(shares))
+            hip = replace(hip, profile=replace(hip.profile, hu_share_range=trained))
+        r = segment_volume(ct, hip, SegmentParams())
+        modality.append({"scan": "example_ct.nii.gz", "model": "MSD hippocampus (appearance "
+                         "learned on MR)", "training_hounsfield_share": list(trained),
+                         "share_below_hu": hounsfield_share(ct), **_row(r, None, ct)})
+        print(f"modality: hippocampus model on example_ct: {r.status} ({'; '.join(r.reasons)})",
+              flush=True)
     refine = []
     fast = read_label_map(d / "example_seg_fast.nii.gz")
     for side, lab in SIDES:
@@ -209,6 +264,7 @@ def main(argv=None):
                      "n_shapes": int(model.shapes.shape[0])},
            "appearance": "CT intensity model: window -50..150 HU, organ brighter than fat",
            "kidneys": rows, "variants": varied, "cut": cut, "absent": absent,
+           "modality": modality,
            "refine": {"input": "example_seg_fast.nii.gz (3 mm network) on example_ct_sm "
                                "(30 slices: both kidneys cut by the field of view)",
                       "reference": "example_seg.nii.gz", "rows": refine}}

@@ -79,7 +79,8 @@ def recorded(monkeypatch, tmp_path):
         calls.append({"params": params, **kw})
         return {"status": "ok", "quality": 0.9, "reasons": [], "input": {"mask": "m"},
                 "corrections": {"input_ml": 1.0, "refined_ml": 1.0, "removed_ml": 0.0,
-                                "added_ml": 0.0, "regions": []}}
+                                "added_ml": 0.0, "regions": []},
+                "warnings": [] if kw["labels_given"] else ["the mask holds other labels"]}
 
     monkeypatch.setattr(shapeprior.pipeline, "run_case", run_case)
     monkeypatch.setattr(shapeprior.pipeline, "refine_case", refine_case)
@@ -147,6 +148,15 @@ def test_refine_passes_kept_labels_and_method(recorded, tmp_path):
     assert main(["refine", str(image), "-o", str(tmp_path / "r2"), "--model", str(model),
                  "--labels", "1,2"]) == 0
     assert calls[-1]["labels"] == (1, 2) and calls[-1]["keep"] == ()
+    assert calls[-1]["labels_given"] is True
+
+
+def test_refine_without_labels_takes_1_and_says_it_was_the_default(recorded, tmp_path,
+                                                                   capsys):
+    calls, image, model = recorded
+    assert main(["refine", str(image), "-o", str(tmp_path / "r"), "--model", str(model)]) == 0
+    assert calls[-1]["labels"] == (1,) and calls[-1]["labels_given"] is False
+    assert "  note: the mask holds other labels" in capsys.readouterr().out
 
 
 def test_label_zero_is_refused_with_one_line(recorded, tmp_path, capsys):

@@ -322,8 +322,11 @@ def test_edge_search_moves_nothing_without_being_asked(phantom_model):
     model.metadata["surface_offset"] = {"mm": 0.6}
     bare = replace(model, profile=None)
     img = images / "phantom_006.nii.gz"
-    assert sp.segment(img, bare, refine_iter=0).surface_offset_mm == 0.0
-    assert sp.segment(img, bare, refine_iter=0, surface_offset_mm=0.3).surface_offset_mm == 0.3
+    # (an MR phantom: intensities scaled by percentiles, not read as HU)
+    assert sp.segment(img, bare, refine_iter=0,
+                      normalisation="percentile").surface_offset_mm == 0.0
+    assert sp.segment(img, bare, refine_iter=0, normalisation="percentile",
+                      surface_offset_mm=0.3).surface_offset_mm == 0.3
 
 
 def test_segmentation_decides_the_boundary_voxels_with_the_models_classifier(phantom_model):

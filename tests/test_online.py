@@ -113,11 +113,13 @@ def test_update_model_round_trip_refusals_and_lineage(small_model, tmp_path, cap
     third = load_model(out3)
     assert third.n_shapes == new.n_shapes + 1 and np.array_equal(third.shapes[:-1], new.shapes)
     assert third.profile.n_images == new.profile.n_images + 1
+    assert third.profile.hu_share_range == new.profile.hu_share_range == (0.0, 0.0)
     assert not np.array_equal(third.profile.mean, new.profile.mean)
     # model-info shows the lineage without file names
     assert main(["model-info", str(out3)]) == 0
     info = capsys.readouterr().out
     assert "model version 3" in info and "v2: 1 shapes" in info and "phantom_00" not in info
+    assert "learned on images not in HU (MR): 0-0 % of voxels below -20 HU" in info
     # adding the same maps again adds nothing: one line, exit 1, nothing written
     out2 = tmp_path / "again.npz"
     assert main(["update-model", str(out3), str(new_map), str(labels / "phantom_006.nii.gz"),

@@ -481,3 +481,71 @@ def test_refine_interpolates_a_kept_label_in_copied_slices(phantom_model):
     carried = bad == 3
     assert dice(got, lesion) > dice(carried, lesion)
     assert (res.label > 0)[got].all() and set(np.unique(res.label)) <= {0, 1, 3}
+
+
+def test_an_image_nothing_can_be_fitted_on_leaves_the_mask_alone_to_decide(phantom_model):
+    """Refinement with an image that cannot be fitted (flat; an MR under a model
+    without appearance, which reads intensities as HU): the refined label is the
+    mask-only one, not the unplaced mean shape, and the status says the image
+    was not used."""
+    from dataclasses import replace
+
+    from shapeprior.io import read_volume
+    from shapeprior.model import load_model
+    from shapeprior.segmentation import SegmentParams, refine_mask
+
+    d, images, labels, model_path = phantom_model
+    model = load_model(model_path)
+    mvol = read_label_map(labels / "phantom_005.nii.gz")
+    clean = mvol.array > 0
+    idx = np.argwhere(clean)
+    tip = idx[idx[:, 2] == idx[:, 2].max()].mean(0).round().astype(int)
+    tip[2] = min(tip[2] + 3, clean.shape[2] - 5)
+    bad = clean | _ball(clean.shape, tip, 4)          # a leak for the refinement to remove
+    bvol = Volume(bad.astype(np.uint8), mvol.spacing, mvol.origin, mvol.direction)
+    alone = refine_mask(bvol, model, (1,), SegmentParams())
+    assert "image_used" not in alone.fit.evidence
+    img = read_volume(images / "phantom_005.nii.gz")
+    flat = Volume(np.full_like(img.array, 7), img.spacing, img.origin, img.direction)
+    bare = replace(model, profile=None, voxels=None)
+    for m, image, why in ((model, flat, "flat image"), (bare, img, "Hounsfield")):
+        res = refine_mask(bvol, m, (1,), SegmentParams(), image)
+        assert np.array_equal(res.label, alone.label if m is model else
+                              refine_mask(bvol, m, (1,), SegmentParams()).label)
+        assert res.fit.evidence["image_used"] is False
+        assert res.fit.status in ("suspect", "failed")
+        assert any("image was not used" in r and why in r for r in res.fit.reasons)
+    assert dice(alone.label > 0, clean) > dice(bad, clean)
+
+
+def test_a_multi_label_mask_refined_with_the_default_label_says_so(phantom_model, tmp_path,
+                                                                   capsys):
+    """A multi-organ map (TotalSegmentator) refined without --labels: label 1 is
+    refined, and the report and the output name the other labels, so that a
+    wrong organ label is noticed; with --labels given there is no such note."""
+    from shapeprior.pipeline._refine import other_labels
+
+    _, _, labels, model = phantom_model
+    vol = read_label_map(labels / "phantom_005.nii.gz")
+    organ = vol.array > 0
+    lab = organ.astype(np.uint8)
+    far = np.array(organ.shape) // 8
+    lab[_ball(organ.shape, far, 2) & ~organ] = 7             # another organ's label
+    mask = tmp_path / "multi.nii.gz"
+    write_label(vol, lab, mask)
+    assert main(["refine", str(mask), "-o", str(tmp_path / "a"), "--model", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "note: the mask holds 1 other label (7) besides the one refined (1, the default)" \
+        in out and "name it with --labels" in out
+    rep = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert rep["input"]["other_labels"] == 1 and len(rep["warnings"]) == 1
+    assert main(["refine", str(mask), "-o", str(tmp_path / "b"), "--model", str(model),
+                 "--labels", "1"]) == 0
+    assert "note:" not in capsys.readouterr().out
+    rep = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert rep["input"]["other_labels"] == 1 and rep["warnings"] == []
+    # counted a slab at a time: labels in the last, partial slab too; none outside range
+    a = np.zeros((35, 4, 4), np.uint16)
+    a[34, 0, 0], a[0, 1, 1], a[17, 2, 2] = 300, 1, 2
+    assert other_labels(a, (1,), slab=16) == [2, 300]
+    assert other_labels(a.astype(np.float32), (1,)) == []

@@ -64,6 +64,71 @@ def test_organ_absent_is_failed(model, scan):
     assert any("not found" in s for s in r.reasons)
 
 
+def test_image_not_in_hounsfield_units_is_failed_under_the_ct_model(model, scan):
+    """A model without learned appearance reads intensities as HU (the CT
+    intensity model). On an MR (no voxel below -20 HU: no fat, no air) that
+    cannot apply: failed before any fit, with the reason, and no label. The same
+    image mapped to HU (background as fat, the organ as soft tissue) is fitted,
+    with the soft-tissue window when none is given; and the MR is fitted with its
+    intensities scaled by percentiles."""
+    from dataclasses import replace
+
+    from shapeprior.pipeline._run import _report
+    from shapeprior.appearance import HU_MIN_SHARE, hounsfield_share
+    from shapeprior.segmentation._fit import CT_SOFT_TISSUE
+
+    vol, truth = scan
+    bare = replace(model, profile=None, voxels=None)
+    assert vol.array.min() >= 0 and hounsfield_share(vol) < HU_MIN_SHARE
+    r = segment_volume(vol, bare, SegmentParams())
+    assert r.status == "failed" and r.n_iter == 0 and not r.label.any()
+    assert "Hounsfield" in r.reasons[0] and "--normalisation percentile" in r.reasons[0]
+    # the same with the CT model asked for explicitly
+    r = segment_volume(vol, bare, SegmentParams(normalisation="ct"))
+    assert r.status == "failed" and "Hounsfield" in r.reasons[0]
+    # in HU (background -100, the organ about 0-80): the check passes, the share is
+    # reported, and without a window the soft-tissue one finds the organ
+    bg = float(np.median(vol.array[~truth]))
+    hu = Volume((vol.array.astype(np.float32) - np.float32(bg)) * 2 - 100, vol.spacing,
+                vol.origin, vol.direction)
+    r = segment_volume(hu, bare, SegmentParams(refine_iter=0))
+    assert r.status == "ok" and not any("Hounsfield" in x for x in r.reasons)
+    assert dice(r.label, truth) > 0.95
+    assert r.evidence["hounsfield_share_below"] == pytest.approx(hounsfield_share(hu), abs=1e-4)
+    assert r.evidence["hounsfield_share_below"] > 0.5
+    assert r.evidence["ct_window_hu"] == [-50, 250]
+    assert r.evidence["ct_window_source"] == "default (soft tissue)"
+    report = _report(r, hu, None, {}, bare, SegmentParams(), None, _Clock(), "c", None, 1.0)
+    assert any("no --window given" in w and "-50..250 HU" in w for w in report["warnings"])
+    given = segment_volume(hu, bare, SegmentParams(refine_iter=0, window=CT_SOFT_TISSUE))
+    assert np.array_equal(given.verts, r.verts) and "ct_window_source" not in given.evidence
+    # (a window that takes every intensity: the organ is not found)
+    wide = segment_volume(hu, bare, SegmentParams(refine_iter=0, window=(-5.0, 5.0)))
+    assert dice(wide.label, truth) < 0.5
+    # percentile scaling reads no HU: no check, no share in the evidence
+    r = segment_volume(vol, bare, SegmentParams(normalisation="percentile", refine_iter=0))
+    assert r.n_iter > 0 and "hounsfield_share_below" not in r.evidence
+
+
+class _Clock:
+    seconds = {}
+
+
+def test_hounsfield_share_counts_a_subsample_of_a_large_image():
+    from shapeprior.appearance import HU_BELOW, HU_SAMPLE, hounsfield_share
+
+    a = np.zeros((40, 50, 60), np.int16)
+    a[:4] = -1000                                   # 10 % air
+    a[4:6, :25] = int(HU_BELOW)                     # at the threshold: not below
+    vol = Volume(a, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    assert hounsfield_share(vol) == pytest.approx(0.1)
+    big = np.zeros((240, 240, 240), np.int16)       # 13.8 M voxels: read one in 8
+    assert big.size > 3 * HU_SAMPLE
+    big[:24] = -100
+    share = hounsfield_share(Volume(big, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3)))
+    assert share == pytest.approx(0.1)
+
+
 def test_organ_cut_by_the_field_of_view_is_not_ok(model, scan):
     """Half of the organ cropped away: the result says so."""
     vol, truth = scan
@@ -316,3 +381,55 @@ def test_border_distance_is_to_the_outer_voxel_boundary():
     p = np.array([[9.2, 2.5, 4.5], [8.8, 2.5, 4.5], [28.8, 2.5, 4.5], [29.2, 2.5, 4.5]])
     np.testing.assert_allclose(border_distance(vol, p), [0.2, -0.2, 0.2, -0.2], atol=1e-9)
     assert outside_fov(vol, p).tolist() == [False, True, False, True]
+
+
+def test_a_ct_given_to_a_model_learned_on_mr_is_failed_and_the_other_way(model, scan):
+    """The phantom model's appearance was learned on MR-like images (none in HU):
+    the same scan mapped to HU is a CT to it, failed before any fit. A model that
+    says it learned on CT refuses the MR; one that does not say (built before the
+    range was recorded) fits both."""
+    from dataclasses import replace
+
+    from shapeprior.appearance import HU_CT_SHARE, hounsfield_share
+
+    vol, truth = scan
+    assert model.profile.hu_share_range == (0.0, 0.0)
+    bg = float(np.median(vol.array[~truth]))
+    hu = Volume((vol.array.astype(np.float32) - np.float32(bg)) * 2 - 100, vol.spacing,
+                vol.origin, vol.direction)
+    r = segment_volume(hu, model, SegmentParams())
+    assert r.status == "failed" and r.n_iter == 0 and not r.label.any()
+    assert "learned on images that are not" in r.reasons[0] and "a CT" in r.reasons[0]
+    assert r.evidence["hounsfield_share_below"] > 0.5
+    ct_model = replace(model, profile=replace(model.profile, hu_share_range=(0.6, 0.7)))
+    r = segment_volume(vol, ct_model, SegmentParams(refine_iter=0))
+    assert r.status == "failed" and "learned on CT" in r.reasons[0]
+    old = replace(model, profile=replace(model.profile, hu_share_range=None))
+    assert segment_volume(hu, old, SegmentParams(refine_iter=0)).n_iter > 0
+    # training images of both kinds: no refusal either way
+    mixed = replace(model, profile=replace(model.profile, hu_share_range=(0.0, 0.7)))
+    assert segment_volume(hu, mixed, SegmentParams(refine_iter=0)).n_iter > 0
+    # the model's own kind of image is fitted, also with a few negative values
+    # (5 % below -20: no conclusion under HU_CT_SHARE)
+    assert segment_volume(vol, model, SegmentParams(refine_iter=0)).status == "ok"
+    a = vol.array.astype(np.float32)
+    a.reshape(-1)[::20] = -50.0
+    few = Volume(a, vol.spacing, vol.origin, vol.direction)
+    assert 0.04 < hounsfield_share(few) < HU_CT_SHARE
+    assert segment_volume(few, model, SegmentParams(refine_iter=0)).n_iter > 0
+
+
+def test_the_appearance_records_its_images_hu_share_through_save_and_update():
+    from shapeprior.appearance import ProfileModel
+
+    rng = np.random.default_rng(0)
+    pm = ProfileModel(rng.random((5, 4)), rng.random((5, 4)) + 0.1, 0.75, 2, "percentile", 3,
+                      0.01, (0.0, 0.001))
+    back = ProfileModel.from_arrays(pm.to_arrays(), pm.to_meta())
+    assert back.hu_share_range == (0.0, 0.001)
+    new = rng.random((2, 5, 4))
+    assert pm.merged(new, [0.0, 0.004]).hu_share_range == (0.0, 0.004)
+    assert pm.merged(new).hu_share_range == (0.0, 0.001)
+    none = ProfileModel.from_arrays(pm.to_arrays(), {**pm.to_meta(),
+                                                     "image_hounsfield_share": None})
+    assert none.hu_share_range is None and none.merged(new, [0.5]).hu_share_range is None

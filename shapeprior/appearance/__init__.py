@@ -2,6 +2,7 @@
 
 * :class:`NormalSampler`, :func:`intensity_scale`, :func:`normalise_intensity`:
   trilinear samples along normals on a backend, in a comparable intensity scale;
+  :func:`hounsfield_share`: whether an image is in HU (a CT) at all;
 * :class:`LevelImage`: the smoothed image around the mesh, per resolution level
   (a new region reaches :data:`SLACK_MM` beyond the mesh unless told otherwise);
 * :class:`ProfileModel`, :func:`learn_profiles`: per-vertex profile statistics learned
@@ -15,12 +16,14 @@
 from ._levels import SLACK_MM, LevelImage
 from ._profiles import (ProfileModel, learn_profiles, profile_features, profile_stack,
                         search_edges, search_profiles)
-from ._sampler import NormalSampler, intensity_scale, normalise_intensity
+from ._sampler import (HU_BELOW, HU_CT_SHARE, HU_MIN_SHARE, HU_SAMPLE, NormalSampler,
+                       hounsfield_share, intensity_scale, normalise_intensity)
 from ._voxels import (SMOOTH_VOX, VoxelClassifier, band_features, learn_voxel_classifier,
                       smoothed_decision)
 from ._voxels import PASSES as VOXEL_PASSES
 
-__all__ = ["NormalSampler", "intensity_scale", "normalise_intensity", "LevelImage", "SLACK_MM",
+__all__ = ["NormalSampler", "intensity_scale", "normalise_intensity", "hounsfield_share",
+           "HU_BELOW", "HU_CT_SHARE", "HU_MIN_SHARE", "HU_SAMPLE", "LevelImage", "SLACK_MM",
            "ProfileModel", "learn_profiles", "profile_features", "profile_stack", "search_profiles",
            "search_edges", "VoxelClassifier", "band_features", "learn_voxel_classifier",
            "smoothed_decision", "SMOOTH_VOX", "VOXEL_PASSES"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import kernel
-from ._sampler import NormalSampler, normalise_intensity
+from ._sampler import NormalSampler, hounsfield_share, normalise_intensity
 
 
 @dataclass
@@ -34,6 +34,9 @@ class ProfileModel:
     normalisation: str
     n_images: int | None = None     # training images it was learned from
     var_floor: float | None = None  # added to every variance (few cases per vertex)
+    #: (min, max) over the training images of :func:`hounsfield_share`: whether they
+    #: were in HU (CT) or not (MR); None for a model from before it was recorded
+    hu_share_range: tuple | None = None
 
     def to_arrays(self):
         return {"profile_mean": self.mean, "profile_var": self.var}
@@ -45,6 +48,8 @@ class ProfileModel:
             meta["n_images"] = self.n_images
         if self.var_floor is not None:
             meta["var_floor"] = self.var_floor
+        if self.hu_share_range is not None:
+            meta["image_hounsfield_share"] = [float(x) for x in self.hu_share_range]
         return meta
 
     @classmethod
@@ -52,9 +57,11 @@ class ProfileModel:
         """Inverse of :meth:`to_arrays` and :meth:`to_meta` (a model file's parts)."""
         n = meta.get("n_images")
         f = meta.get("var_floor")
+        hu = meta.get("image_hounsfield_share")
         return cls(arrays["profile_mean"], arrays["profile_var"], float(meta["step_mm"]),
                    int(meta["half"]), meta["normalisation"], None if n is None else int(n),
-                   None if f is None else float(f))
+                   None if f is None else float(f),
+                   None if hu is None else (float(hu[0]), float(hu[1])))
 
     def floor(self) -> float:
         """The variance floor: recorded, or recovered exactly from the arrays for a
@@ -65,7 +72,7 @@ class ProfileModel:
         return max(VAR_FLOOR_MIN, VAR_FLOOR_REL * (float(np.mean(self.var)) + spread)
                    / (1.0 + VAR_FLOOR_REL))
 
-    def merged(self, features) -> "ProfileModel":
+    def merged(self, features, hu_shares=None) -> "ProfileModel":
         """This model updated with the profiles of more training images, as if
         learned from all of them at once (Chan et al.'s pairwise mean and
         variance update), without the old images.
@@ -75,6 +82,9 @@ class ProfileModel:
         features : ndarray, shape (M, N, 2*half)
             Normalised derivative profiles of M new images (see
             :func:`profile_stack`).
+        hu_shares : sequence of float, optional
+            :func:`hounsfield_share` of the new images: widens
+            ``hu_share_range`` (which stays None when this model has none).
         """
         if self.n_images is None:
             raise ValueError("this model's appearance does not record how many images it "
@@ -91,8 +101,11 @@ class ProfileModel:
         mean = self.mean + delta * (nb / n)
         raw = (raw_a * na + raw_b * nb + delta ** 2 * (na * nb / n)) / n
         floor = _floor(raw, mean)
+        hu = self.hu_share_range
+        if hu is not None and hu_shares is not None and len(hu_shares):
+            hu = (min(hu[0], float(np.min(hu_shares))), max(hu[1], float(np.max(hu_shares))))
         return ProfileModel(mean, raw + floor, self.step, self.half, self.normalisation, n,
-                            floor)
+                            floor, hu)
 
     def check_layout(self):
         """Refuse a profile layout older than the current feature definition."""
@@ -141,11 +154,14 @@ def profile_stack(cases, faces, step=0.75, half=4, normalisation="percentile",
 
 
 def learn_profiles(cases, faces, step=0.75, half=4, normalisation="percentile", backend="numpy"):
-    """Learn a :class:`ProfileModel` from ``[(volume, verts_physical)]``."""
+    """Learn a :class:`ProfileModel` from ``[(volume, verts_physical)]``; it records
+    the range of the images' :func:`hounsfield_share` (CT or not)."""
     P = profile_stack(cases, faces, step, half, normalisation, backend)   # (M, N, L-1)
     mean, raw = P.mean(0), P.var(0)
     floor = _floor(raw, mean)
-    return ProfileModel(mean, raw + floor, step, half, normalisation, len(P), floor)
+    shares = [hounsfield_share(vol) for vol, _ in cases]
+    return ProfileModel(mean, raw + floor, step, half, normalisation, len(P), floor,
+                        (min(shares), max(shares)))
 
 
 def search_profiles(pm: ProfileModel, sampler, verts, normals, search_mm):

@@ -18,6 +18,7 @@ def main(argv):
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     a = ap.parse_args(argv)
 
+    from ..appearance import HU_BELOW, HU_MIN_SHARE
     from ..model import load_model, model_summary
 
     s = model_summary(load_model(a.model))
@@ -35,6 +36,12 @@ def main(argv):
     d = s["dictionary"]
     print(f"dictionary   {'none (SSC composes from the training shapes)' if d is None else str(d['n_atoms']) + ' learned atoms'}")
     print(f"appearance   {'none (edge search in an intensity window)' if app is None else 'profiles of ' + str(app['profile_samples']) + ' samples every ' + format(app['step_mm'], 'g') + ' mm, ' + app['normalisation'] + ' normalisation, ' + str(app['n_images']) + ' images'}")
+    hu = app and app.get("images_hounsfield_share")
+    if hu is not None:
+        kind = "in HU (CT)" if hu[0] >= HU_MIN_SHARE else "not in HU (MR)" \
+            if hu[1] < HU_MIN_SHARE else "of both kinds"
+        print(f"             learned on images {kind}: {100 * hu[0]:.2g}-{100 * hu[1]:.2g} % of "
+              f"voxels below {HU_BELOW:g} HU")
     vc = s.get("voxel_classifier")
     print("voxels       " + ("the voxelised surface is the label" if vc is None else
                              f"{vc['n_trees']} boosted trees decide the voxels next to the "

@@ -23,7 +23,7 @@ def main(argv):
     ap.add_argument("mask", help="label map (NIfTI/NRRD/MHA)")
     ap.add_argument("-o", "--output", required=True, help="output folder")
     ap.add_argument("--model", required=True, help="model file from build-model")
-    ap.add_argument("--labels", default="1", help="labels of the organ in MASK (default 1)")
+    ap.add_argument("--labels", default=None, help="labels of the organ in MASK (default 1)")
     ap.add_argument("--keep-labels", default=None, metavar="L[,L...]",
                     help="labels in MASK that are part of the organ but never removed, kept "
                          "with their own value: a lesion the model does not know (KiTS: "
@@ -39,7 +39,8 @@ def main(argv):
                     help="side of a paired organ (default: from the mask's position)")
     ap.add_argument("--window", default=None,
                     help="with --image and a model without appearance: intensity window lo,hi "
-                         "inside the organ (normalised units; CT: HU/1000)")
+                         "inside the organ (normalised units; CT: HU/1000, default -0.05,0.25: "
+                         "soft tissue)")
     ap.add_argument("--method", choices=("l1", "l0"), default="l1")
     add_mesh_format(ap)
     ap.add_argument("--force", action="store_true",
@@ -55,17 +56,20 @@ def main(argv):
     from ..segmentation import SegmentParams
 
     model = load_model(a.model)
-    labels = parse_labels(a.labels, "--labels")
+    labels = parse_labels("1" if a.labels is None else a.labels, "--labels")
     keep = parse_labels(a.keep_labels, "--keep-labels") if a.keep_labels else ()
     params = SegmentParams(method=a.method, side=a.side, prior=a.prior,
                            window=floats(a.window, 2, "--window") if a.window else None)
     rep = refine_case(a.mask, a.output, model, a.model, params, labels=labels, image=a.image,
                       mesh_format=a.mesh_format, force=a.force, argv=argv,
-                      allow_no_orientation=a.allow_no_orientation, keep=keep)
+                      allow_no_orientation=a.allow_no_orientation, keep=keep,
+                      labels_given=a.labels is not None)
     c = rep["corrections"]
     print(f"{rep['input']['mask']}: {rep['status']} (quality {rep['quality']:.2f}); "
           f"{c['input_ml']:.1f} ml -> {c['refined_ml']:.1f} ml: removed {c['removed_ml']:.1f} ml, "
           f"added {c['added_ml']:.1f} ml in {len(c['regions'])} regions")
     for r in rep["reasons"]:
         print(f"  {rep['status']}: {r}")
+    for w in rep["warnings"]:
+        print(f"  note: {w}")
     return finish_case(rep["input"]["mask"], rep, a.output, a.strict)

@@ -59,7 +59,8 @@ def main(argv):
     ap.add_argument("--dark-organ", action="store_true",
                     help="edge fallback: the organ is darker than its surroundings")
     ap.add_argument("--window", default=None,
-                    help="edge fallback: intensity window lo,hi inside the organ (normalised units)")
+                    help="edge fallback: intensity window lo,hi inside the organ (normalised "
+                         "units; CT: HU/1000, default for CT -0.05,0.25: soft tissue)")
     ap.add_argument("--workers", type=int, default=0,
                     help="folder of cases: run on a local dask cluster with N processes, "
                          "each case on one core (default 0: sequential, all cores per case)")

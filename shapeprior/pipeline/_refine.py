@@ -22,7 +22,7 @@ from ._run import (MESH_FORMATS, input_hashes, model_version, params_record, pri
 
 def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, labels=(1,),
                 image=None, mesh_format="vtk", force=False, argv=None,
-                allow_no_orientation=False, keep=()):
+                allow_no_orientation=False, keep=(), labels_given=True):
     """Refine the label map ``mask_path`` with the shape model; publish ``outdir``.
 
     The refined label (value 1; labels in ``keep`` never removed and written
@@ -31,7 +31,9 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
     report of the regions removed and added, a QC picture and a manifest.
     ``image`` (a file or DICOM folder) continues the fit against the scan's
     boundary appearance. Returns the report dict. Nothing is left behind on
-    error; ``outdir`` may not overlap an input.
+    error; ``outdir`` may not overlap an input. With ``labels_given`` False (the
+    labels are the default, not the user's), a mask that holds other labels too
+    gets a warning naming them (a multi-organ map whose organ label was not given).
     """
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
@@ -40,14 +42,37 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
     out = OutputDir(outdir, force=force, inputs=inputs)
     try:
         return _refine_case(out, mask_path, model, model_path, params, labels, image,
-                            mesh_format, argv, allow_no_orientation, tuple(keep))
+                            mesh_format, argv, allow_no_orientation, tuple(keep),
+                            labels_given)
     except BaseException:
         out.discard()
         raise
 
 
+def other_labels(array, labels, slab=16):
+    """Sorted nonzero label values of ``array`` (an integer label map, zyx) that
+    are not in ``labels``; counted a slab of ``slab`` slices at a time, so a
+    whole-CT map is not copied."""
+    a = np.asarray(array)
+    if a.dtype.kind not in "iu" or not a.size:
+        return []
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0 or hi > 65535:
+        return []
+    counts = np.zeros(hi + 1, dtype=np.int64)
+    for z in range(0, a.shape[0], slab):
+        counts += np.bincount(a[z:z + slab].reshape(-1), minlength=hi + 1)
+    present = np.flatnonzero(counts[1:]) + 1
+    return [int(v) for v in present if int(v) not in set(int(x) for x in labels)]
+
+
+def _label_list(values, shown=8):
+    v = [str(int(x)) for x in values]
+    return ", ".join(v[:shown]) + (f", ... ({len(v)} in all)" if len(v) > shown else "")
+
+
 def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_format, argv,
-                 allow_no_orientation, keep):
+                 allow_no_orientation, keep, labels_given=True):
     t0 = time.perf_counter()
     mvol = read_label_map(mask_path, allow_no_orientation)
     img = None
@@ -74,7 +99,17 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
                      "reasons": res.mask_fit.reasons},
         "evidence": fit.evidence, "iterations": fit.n_iter, "converged": fit.converged,
         "time_s": round(time.perf_counter() - t0, 3),
+        "warnings": [],
     }
+    others = other_labels(mvol.array, tuple(labels) + tuple(keep))
+    report["input"]["other_labels"] = len(others)
+    if others and not labels_given:
+        organ = model.metadata.get("organ", "organ")
+        report["warnings"].append(
+            f"the mask holds {len(others)} other label{'s' * (len(others) > 1)} "
+            f"({_label_list(others)}) besides the one{'s' * (len(labels) > 1)} refined "
+            f"({_label_list(labels)}, the default); the model's organ is the {organ}: if "
+            "that is another label, name it with --labels")
     bg = img if img is not None and img.same_grid(mvol) else mvol
     organ_in = np.isin(mvol.array, tuple(labels) + keep)
     with background(qc_png, out.file("qc.png"), bg, label, organ_in,

@@ -159,6 +159,10 @@ def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, in
         warnings.append("oblique acquisition: handled exactly in physical space")
     if not res.converged and res.n_iter:
         warnings.append("did not converge within the iteration limit")
+    if res.evidence.get("ct_window_source", "").startswith("default"):
+        lo, hi = res.evidence["ct_window_hu"]
+        warnings.append(f"no --window given: the CT intensity model took the soft-tissue "
+                        f"window {lo}..{hi} HU (give --window for another organ or phase)")
     report = {
         "status": res.status, "quality": round(res.quality, 4), "reasons": res.reasons,
         "input": {"name": case_name or display_name(input_path), **info,

@@ -407,6 +407,10 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
         with the organ's own intensity are filled
         (:func:`~shapeprior.segmentation._cavities.fill_organ_like_cavities`;
         ``fit.evidence["cavities"]`` says how many were filled and kept).
+        When nothing can be fitted on the image (a flat one; one that is not
+        in HU under the CT intensity model), the mask alone decides, and the
+        status is at most ``suspect``, with that reason
+        (``fit.evidence["image_used"]`` is False).
     dictionary : ShapeDictionary, optional
     keep : sequence of int
         Labels that are part of the organ but never removed: a lesion the
@@ -468,18 +472,25 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
         for k, sch in enumerate(dict.fromkeys((tuple(sched), tuple(params.schedule)))):
             if k and best[0] >= ON_BOUNDARY_GOOD:
                 break
-            f = segment_volume(mvol, bare, replace(pm, schedule=sch), dictionary)
+            f = segment_volume(mvol, bare, replace(pm, schedule=sch), dictionary,
+                               check_units=False)
             on = boundary.on_fraction(f.verts)
             if best is None or on > best[0]:
                 best = (on, f, side)
     on_boundary, mask_fit, side = best
     agree = dice(mask_fit.label > 0, target)
     fit = mask_fit
+    unused = None
     if image is not None:
         fit = segment_volume(image, model, replace(params, side=side), dictionary,
                              init=mask_fit.verts)
-        shape = voxelize(fit.verts, fit.faces, mask_vol) > 0
-    else:
+        if fit.status == "failed" and fit.n_iter == 0:
+            # nothing could be fitted on the image (flat, not in HU for the CT
+            # intensity model, ...): its surface is no fit, so the mask alone decides
+            unused, image, fit = fit.reasons[0], None, mask_fit
+        else:
+            shape = voxelize(fit.verts, fit.faces, mask_vol) > 0
+    if image is None:
         shape = mask_fit.label > 0
         if INPAINT:
             # the fit's own offset from the mask where the mask is trusted, bridged
@@ -491,6 +502,11 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
             shape = voxelize(verts, mask_fit.faces, mask_vol) > 0
             fit.evidence["inpainted_vertices"] = int(unknown.sum())
     fit.evidence["mask_agreement_dice"] = round(agree, 4)
+    if unused is not None:
+        fit.evidence["image_used"] = False
+        fit.reasons.append(f"the image was not used ({unused}); refined from the mask alone")
+        if fit.status == "ok":
+            fit.status = "suspect"
     if inserted is not None:
         fit.evidence["inserted_slices"] = inserted
     fit.evidence["mask_boundary_fraction"] = round(on_boundary, 4)
