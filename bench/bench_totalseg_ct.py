@@ -23,7 +23,8 @@ Rows:
   ``failed``). The status thresholds of the CT region score were chosen on these
   rows (``shapeprior/segmentation/_assess.py``).
 * ``kidneys`` also runs each kidney with segment's defaults (no window given: the
-  CT intensity model's soft-tissue window, -50..250 HU).
+  CT intensity model's soft-tissue window, -50..250 HU), and once without a side
+  (both fitted, the better kept; scored against the side kept).
 * ``modality``: each kidney on the example MR (``example_mr_sm``, kidneys in view):
   the model has no learned appearance and the CT intensity model reads
   intensities as HU, which an MR is not, so the status must be ``failed``; and the
@@ -161,6 +162,12 @@ def main(argv=None):
         r = segment_volume(ct, model, SegmentParams(side=side), dic)
         rows.append({"kidney": side, "input": "nifti", "seed": None, "settings": "defaults",
                      **_row(r, ref, ct)})
+    # no --side either: both sides fitted, the better kept (scored against its side)
+    r = segment_volume(ct, model, SegmentParams(), dic)
+    kept = r.evidence["side"]
+    rows.append({"kidney": kept, "input": "nifti", "seed": None,
+                 "settings": "defaults, no side", "other_side": r.evidence["other_side"],
+                 **_row(r, seg.array == dict(SIDES)[kept], ct)})
     for side, lab in SIDES:
         ref = seg.array == lab
         seed = ct.index_to_physical(np.argwhere(ref).mean(0)[::-1][None])[0]

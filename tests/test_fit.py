@@ -89,6 +89,15 @@ def test_paired_organ_both_sides_through_the_mirrored_model(paired, tmp_path):
     for side, other in (("left", "right"), ("right", "left")):
         assert dice(out[side], truth[name][side]) > 0.95, side
         assert dice(out[side], truth[name][other]) < 0.05, side
+    # without --side: both fitted, one kept (the same label as asking for it), and
+    # the report says which, and how the other ended
+    o = tmp_path / "none"
+    assert main(["segment", str(images / name), "-o", str(o), "--model", str(model)]) == 0
+    rep = json.loads((o / "report.json").read_text())
+    kept = rep["side"]
+    assert np.array_equal(read_label_map(o / "label.nii.gz").array > 0, out[kept])
+    assert rep["evidence"]["other_side"]["side"] == {"left": "right", "right": "left"}[kept]
+    assert any("both sides were fitted" in w for w in rep["warnings"])
 
 
 def _convex_mesh():

@@ -433,3 +433,39 @@ def test_the_appearance_records_its_images_hu_share_through_save_and_update():
     none = ProfileModel.from_arrays(pm.to_arrays(), {**pm.to_meta(),
                                                      "image_hounsfield_share": None})
     assert none.hu_share_range is None and none.merged(new, [0.5]).hu_share_range is None
+
+
+def test_a_paired_organ_without_a_side_is_fitted_as_each_side_and_the_better_kept(model,
+                                                                                  scan):
+    """A model of one side of a paired organ (the other mirrored onto it) and no
+    side given: both sides are fitted, the one with the better status (then
+    quality) is returned, the same as asking for that side, and the evidence and
+    the report say which side was kept and how the other ended."""
+    from dataclasses import replace
+
+    from shapeprior.pipeline._run import _report
+    from shapeprior.segmentation import paired_model
+    from shapeprior.segmentation._fit import STATUS_RANK
+
+    vol, truth = scan
+    paired = replace(model, metadata={**model.metadata, "side": "left (right mirrored)"})
+    assert paired_model(paired) and not paired_model(model)
+    p = SegmentParams(refine_iter=0)
+    r = segment_volume(vol, paired, p)
+    kept, other = r.evidence["side"], r.evidence["other_side"]
+    assert {kept, other["side"]} == {"left", "right"}
+    assert r.evidence["side_source"] == "both fitted, the better kept"
+    same = segment_volume(vol, paired, replace(p, side=kept))
+    alt = segment_volume(vol, paired, replace(p, side=other["side"]))
+    assert np.array_equal(r.verts, same.verts) and r.status == same.status
+    assert r.mirrored == (kept == "right") and "other_side" not in same.evidence
+    assert (alt.status, round(alt.quality, 4)) == (other["status"], other["quality"])
+    assert (STATUS_RANK[r.status], -r.quality) <= (STATUS_RANK[alt.status], -alt.quality)
+    report = _report(r, vol, None, {}, paired, p, None, _Clock(), "c", None, 1.0)
+    assert report["side"] == kept
+    assert any(f"both sides were fitted and the {kept} kept" in w
+               and f"--side {other['side']}" in w for w in report["warnings"])
+    # a model of an unpaired organ is fitted once, its side 'none'
+    one = segment_volume(vol, model, p)
+    assert "side" not in one.evidence
+    assert _report(one, vol, None, {}, model, p, None, _Clock(), "c", None, 1.0)["side"] == "none"

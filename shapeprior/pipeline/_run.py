@@ -16,8 +16,8 @@ from .._provenance import FileDigests
 from ..io import (display_name, image_files, read_image, read_label_map, write_dicom_seg,
                   write_label)
 from ..mesh import MESH_FORMATS, Surface
-from ..segmentation import (SegmentParams, dice, distance_to_mean, refine_mask, segment_volume,
-                           shape_statistics, surface_distances)
+from ..segmentation import (SegmentParams, dice, distance_to_mean, paired_model, refine_mask,
+                           segment_volume, shape_statistics, surface_distances)
 from ._qc import qc_png
 
 #: label outputs: NIfTI on the input grid, DICOM-SEG referencing a DICOM input, or both
@@ -159,6 +159,11 @@ def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, in
         warnings.append("oblique acquisition: handled exactly in physical space")
     if not res.converged and res.n_iter:
         warnings.append("did not converge within the iteration limit")
+    other = res.evidence.get("other_side")
+    if other is not None:
+        warnings.append(f"no --side given: both sides were fitted and the "
+                        f"{res.evidence['side']} kept (the {other['side']}: {other['status']}, "
+                        f"quality {other['quality']:.2f}); give --side {other['side']} for it")
     if res.evidence.get("ct_window_source", "").startswith("default"):
         lo, hi = res.evidence["ct_window_hu"]
         warnings.append(f"no --window given: the CT intensity model took the soft-tissue "
@@ -172,6 +177,8 @@ def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, in
                   "n_vertices": model.n_vertices, "appearance": model.profile is not None,
                   "version": model_version(model)},
         "prior": prior_record(model, params, dictionary),
+        # the side fitted: of a paired organ's model, or 'none'
+        "side": ("right" if res.mirrored else "left") if paired_model(model) else "none",
         "surface_offset_mm": res.surface_offset_mm,
         # voxels next to the surface the model's voxel classifier decided otherwise
         # (null: the model has none, or --no-voxel-refine)

@@ -290,6 +290,16 @@ def surface_offset(model, params) -> float:
     return float(cal.get("mm", 0.0))
 
 
+#: order of the statuses, best first (which of two fits to keep)
+STATUS_RANK = {"ok": 0, "suspect": 1, "failed": 2}
+
+
+def paired_model(model):
+    """Whether the model holds one side of a paired organ, the other mirrored
+    onto it (``build-model --split-sides``): then a fit needs a side."""
+    return "mirrored" in str(model.metadata.get("side", ""))
+
+
 def initial_shape(model, vol, params: SegmentParams):
     """Model mean in the image: mean pose from training (rotation, scale) and
     position from the seed, else from the training offset to the FOV centre."""
@@ -302,7 +312,7 @@ def initial_shape(model, vol, params: SegmentParams):
     else:
         R, s, off = np.eye(3), 1.0, np.zeros(3)
     shape = s * mean @ R.T
-    mirror = params.side == "right" and "mirrored" in str(model.metadata.get("side", ""))
+    mirror = params.side == "right" and paired_model(model)
     if mirror:
         shape = shape * MIRROR
         off = off * MIRROR
@@ -412,6 +422,12 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     init : ndarray, shape (N, 3), optional
         A starting surface (LPS mm, the model's vertex order), e.g. from
         :func:`refine_mask` on an existing segmentation; replaces placement.
+
+    A model of one side of a paired organ (:func:`paired_model`, e.g. left
+    kidneys with the right ones mirrored) fitted with ``params.side`` 'none'
+    (and no ``init``) is fitted as each side; the result with the better status,
+    then quality, is returned, and its evidence names the side kept and how the
+    other side's fit ended (``side``, ``side_source``, ``other_side``).
     check_units : bool
         With the CT intensity model (normalisation 'ct'), give a ``failed``
         result without fitting when the image is not in Hounsfield units
@@ -421,10 +437,22 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
         for an image made from a mask.
     """
     t0 = time.perf_counter()
-    clock = clock or NULL_CLOCK
-    backend = resolve_backend(params.backend)
     if min(vol.array.shape) < 2:
         raise ValueError(f"image of shape {vol.array.shape} is not a 3-D volume")
+    if params.side == "none" and init is None and paired_model(model):
+        # a paired organ and no side given: each side fitted, the better kept
+        fits = [segment_volume(vol, model, replace(params, side=side), dictionary, clock,
+                               None, check_units) for side in ("left", "right")]
+        best, other = sorted(fits, key=lambda r: (STATUS_RANK[r.status], -r.quality))
+        sides = {id(f): side for f, side in zip(fits, ("left", "right"))}
+        best.evidence["side"] = sides[id(best)]
+        best.evidence["side_source"] = "both fitted, the better kept"
+        best.evidence["other_side"] = {"side": sides[id(other)], "status": other.status,
+                                       "quality": round(other.quality, 4)}
+        best.time_s = time.perf_counter() - t0
+        return best
+    clock = clock or NULL_CLOCK
+    backend = resolve_backend(params.backend)
     with clock("prepare"):
         dic, pm, norm, scale = _prepare(model, vol, params, dictionary)
         early = None

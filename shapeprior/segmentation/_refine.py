@@ -46,7 +46,7 @@ from ..io import Volume
 from ..mesh import dice, grown_box, mask_box, signed_distance, voxelize
 from ._assess import border_distance
 from . import _cavities, _inpaint, _inserted
-from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, segment_volume
+from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, paired_model, segment_volume
 
 #: a fitted vertex this near the mask's boundary (mm, plus half the largest
 #: voxel size) lies on it
@@ -450,7 +450,7 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     big, gaps, fill = bridged_target(m, mask_vol.spacing[::-1])
     centre = mask_vol.index_to_physical(np.argwhere(big).mean(0)[::-1][None])[0]
     sides = [params.side]
-    if params.side == "none" and "mirrored" in str(model.metadata.get("side", "")):
+    if params.side == "none" and paired_model(model):
         sides = _sides(mask_vol, centre)
     target = (m & ~gaps) | fill             # the mask as fitted: gaps and copies bridged
     mvol = Volume((target * 1000).astype(np.float32), mask_vol.spacing, mask_vol.origin,
