@@ -24,7 +24,8 @@ Rows:
   rows (``shapeprior/segmentation/_assess.py``).
 * ``kidneys`` also runs each kidney with segment's defaults (no window given: the
   CT intensity model's soft-tissue window, -50..250 HU), and once without a side
-  (both fitted, the better kept; scored against the side kept).
+  (both fitted, the better kept; scored against the side kept). Each ``variants``
+  row is run with the defaults too (``settings``).
 * ``modality``: each kidney on the example MR (``example_mr_sm``, kidneys in view):
   the model has no learned appearance and the CT intensity model reads
   intensities as HU, which an MR is not, so the status must be ``failed``; and the
@@ -187,6 +188,10 @@ def main(argv=None):
             print(f"variant {name}, {side}: Dice {varied[-1]['dice']:.3f} ({r.status}, "
                   f"{varied[-1]['volume_ml']:.0f} ml, reference "
                   f"{varied[-1]['reference_ml']:.0f} ml)", flush=True)
+            # and with segment's defaults (the soft-tissue window -50..250 HU)
+            r = segment_volume(vol, model, SegmentParams(side=side), dic)
+            varied.append({"variant": name, "kidney": side, "settings": "defaults",
+                           **_row(r, ref, vol)})
     cut = []
     ct_sm = read_volume(d / "example_ct_sm.nii.gz")
     full = read_label_map(d / "example_seg.nii.gz")
