@@ -62,8 +62,8 @@ def other_labels(array, labels, slab=16):
     counts = np.zeros(hi + 1, dtype=np.int64)
     for z in range(0, a.shape[0], slab):
         counts += np.bincount(a[z:z + slab].reshape(-1), minlength=hi + 1)
-    present = np.flatnonzero(counts[1:]) + 1
-    return [int(v) for v in present if int(v) not in set(int(x) for x in labels)]
+    named = {int(x) for x in labels}
+    return [int(v) for v in np.flatnonzero(counts[1:]) + 1 if int(v) not in named]
 
 
 def _label_list(values, shown=8):

@@ -422,12 +422,6 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     init : ndarray, shape (N, 3), optional
         A starting surface (LPS mm, the model's vertex order), e.g. from
         :func:`refine_mask` on an existing segmentation; replaces placement.
-
-    A model of one side of a paired organ (:func:`paired_model`, e.g. left
-    kidneys with the right ones mirrored) fitted with ``params.side`` 'none'
-    (and no ``init``) is fitted as each side; the result with the better status,
-    then quality, is returned, and its evidence names the side kept and how the
-    other side's fit ended (``side``, ``side_source``, ``other_side``).
     check_units : bool
         With the CT intensity model (normalisation 'ct'), give a ``failed``
         result without fitting when the image is not in Hounsfield units
@@ -435,6 +429,14 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
         in HU, or all not (``ProfileModel.hu_share_range``), also when this
         image is the other kind (a CT given to a model learned on MR). False
         for an image made from a mask.
+
+    Notes
+    -----
+    A model of one side of a paired organ (:func:`paired_model`, e.g. left
+    kidneys with the right ones mirrored) fitted with ``params.side`` 'none'
+    (and no ``init``) is fitted as each side; the result with the better status,
+    then quality, is returned, and its evidence names the side kept and how the
+    other side's fit ended (``side``, ``side_source``, ``other_side``).
     """
     t0 = time.perf_counter()
     if min(vol.array.shape) < 2:
@@ -720,6 +722,7 @@ def _cannot_fit(model, vol):
 #: tissue (Dice 0.00, one 'suspect'); with this one they are found as with the
 #: benchmark's -50..150 HU (Dice 0.928 / 0.903, bench/README.md)
 CT_SOFT_TISSUE = (-0.05, 0.25)
+
 
 def _not_hounsfield(vol):
     """``(why the CT intensity model cannot apply to this image or None, the
