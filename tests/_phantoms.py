@@ -167,3 +167,13 @@ def build_phantom_model(folder, images, labels, n_train, *extra):
                  "--vertices", "642", "--iso-spacing", "0.75", "--smooth", "0.75",
                  "--quiet", *extra]) == 0
     return model
+
+
+def leak_at_tip(clean, r_vox=4, gap=3):
+    """``clean`` (bool, zyx) with a leak: a ball of ``r_vox`` voxels centred
+    ``gap`` voxels beyond the organ's +x end (array axis 2), kept inside the grid."""
+    idx = np.argwhere(clean)
+    tip = idx[idx[:, 2] == idx[:, 2].max()].mean(0).round().astype(int)
+    tip[2] = min(tip[2] + gap, clean.shape[2] - 5)
+    g = np.ogrid[tuple(slice(0, n) for n in clean.shape)]
+    return clean | (sum((g[k] - tip[k]) ** 2 for k in range(3)) <= r_vox ** 2)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from _phantoms import read_vtk_mesh
+from _phantoms import leak_at_tip, read_vtk_mesh
 
 from shapeprior.cli import main
 from shapeprior.io import Volume, read_label_map, write_label
@@ -498,10 +498,7 @@ def test_an_image_nothing_can_be_fitted_on_leaves_the_mask_alone_to_decide(phant
     model = load_model(model_path)
     mvol = read_label_map(labels / "phantom_005.nii.gz")
     clean = mvol.array > 0
-    idx = np.argwhere(clean)
-    tip = idx[idx[:, 2] == idx[:, 2].max()].mean(0).round().astype(int)
-    tip[2] = min(tip[2] + 3, clean.shape[2] - 5)
-    bad = clean | _ball(clean.shape, tip, 4)          # a leak for the refinement to remove
+    bad = leak_at_tip(clean)                          # a leak for the refinement to remove
     bvol = Volume(bad.astype(np.uint8), mvol.spacing, mvol.origin, mvol.direction)
     alone = refine_mask(bvol, model, (1,), SegmentParams())
     assert "image_used" not in alone.fit.evidence
