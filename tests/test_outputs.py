@@ -471,6 +471,34 @@ def test_dicom_seg_codes_organ_and_side_and_refuses_uncovered_voxels(tmp_path):
     assert not (tmp_path / "seg2.dcm").exists()
 
 
+def test_dicom_seg_of_a_paired_organ_names_the_side_the_fit_took(tmp_path):
+    """A paired organ's model fitted without --side (both sides tried): the
+    DICOM-SEG and the report carry the side the kept fit took, not 'none'."""
+    import pydicom
+    from types import SimpleNamespace
+
+    from shapeprior.pipeline._run import _write_seg, fitted_side
+    from shapeprior._outputs import OutputDir
+    from shapeprior.segmentation import SegmentParams
+
+    folder, vol = _small_series(tmp_path)
+    lab = (vol.array > 0).astype(np.uint8)
+    paired = SimpleNamespace(metadata={"organ": "kidney", "side": "left (right mirrored)"})
+    single = SimpleNamespace(metadata={"organ": "liver", "side": "none"})
+    none, left = SegmentParams(), SegmentParams(side="left")
+    for mirrored, want in ((True, "right"), (False, "left")):
+        res = SimpleNamespace(status="ok", label=lab, mirrored=mirrored)
+        assert fitted_side(res, paired, none) == want
+        out = OutputDir(tmp_path / f"out_{want}")
+        _write_seg(out, vol, res, paired, folder, {}, none)
+        out.commit()
+        seg = pydicom.dcmread(tmp_path / f"out_{want}" / "seg.dcm").SegmentSequence[0]
+        assert seg.SegmentLabel == f"kidney ({want})"
+    res = SimpleNamespace(status="ok", label=lab, mirrored=False)
+    assert fitted_side(res, single, none) is None
+    assert fitted_side(res, single, left) == "left"
+
+
 def test_dicom_seg_of_an_anonymised_series(tmp_path):
     """SOP instance UIDs only in the file meta, no series or frame-of-reference
     UID: the SEG refers to the instances by their meta UIDs and derives distinct

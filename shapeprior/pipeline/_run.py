@@ -178,7 +178,7 @@ def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, in
                   "version": model_version(model)},
         "prior": prior_record(model, params, dictionary),
         # the side fitted: of a paired organ's model, or 'none'
-        "side": ("right" if res.mirrored else "left") if paired_model(model) else "none",
+        "side": fitted_side(res, model, params) or "none",
         "surface_offset_mm": res.surface_offset_mm,
         # voxels next to the surface the model's voxel classifier decided otherwise
         # (null: the model has none, or --no-voxel-refine)
@@ -229,12 +229,21 @@ def _write_outputs(out, vol, res, report, model, model_path, input_path, referen
         seed=None, inputs=inputs, input_paths=shown, digests=digests))
 
 
+def fitted_side(res, model, params):
+    """The side of the organ fitted: of a paired organ's model the side its fit
+    took (also when both were tried, no side being given), else the side the
+    user gave; None when there is none."""
+    if paired_model(model):
+        return "right" if res.mirrored else "left"
+    return params.side if params.side in ("left", "right") else None
+
+
 def _write_seg(out, vol, res, model, input_path, info, params):
     """``seg.dcm`` for a DICOM input; a failed (empty) result has none, and
     the report says why."""
     if res.status == "failed" or not np.any(res.label):
         return {"written": False, "reason": "failed result: no organ to store"}
-    side = params.side if params.side in ("left", "right") else None
+    side = fitted_side(res, model, params)
     rec = write_dicom_seg(out.file("seg.dcm"), res.label, vol, input_path,
                           info.get("series_key"), organ=model.metadata.get("organ", "organ"),
                           side=side)
