@@ -24,7 +24,8 @@ from ..backend import kernel, to_numpy
 HU_BELOW, HU_MIN_SHARE = -20.0, 0.005
 #: and an image with at least this share is taken for a CT where it matters which
 #: (a model whose appearance was learned on images that are not in HU): between the
-#: two, nothing is concluded (an MR with some negative values, an image of noise)
+#: two, nothing is concluded (an MR with some negative values, an image of noise: the
+#: status bench's Gaussian noise of 40 hippocampus MRs' own mean and SD 0.04-1.9 %)
 HU_CT_SHARE = 0.10
 #: voxels read for that share at most (a regular subsample of a larger image)
 HU_SAMPLE = 4_000_000
