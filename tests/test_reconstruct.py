@@ -3,6 +3,7 @@
 
 import csv
 import hashlib
+import re
 
 import numpy as np
 import pytest
@@ -223,6 +224,30 @@ def test_cli_reconstruct_npy_and_strict(population, mesh_folder, tmp_path, capsy
     assert main(["reconstruct", str(tmp_path / "complex.npy"), "-o", str(tmp_path / "c"),
                  "--model", str(model), "--quiet"]) == 1
     assert "holds an array" in capsys.readouterr().err
+
+
+def test_cli_reconstruct_calls_a_shape_in_other_units_suspect(population, tmp_path):
+    """Shapes given in cm (a tenth of their size in mm) are explained as well after
+    the similarity alignment, but their size is far outside the training range:
+    suspect, naming the units; the same shapes in mm are not."""
+    train, _, obs, faces = population
+    model = model_from_shapes(train, faces, fov_centres=np.zeros((len(train), 3)))
+    lo, hi = model.pose.scale_range
+    save_model(model, tmp_path / "m.npz")
+    np.save(tmp_path / "shapes.npy", np.concatenate([obs[:2], obs[:2] / 10.0]))
+    out = tmp_path / "o"
+    assert main(["reconstruct", str(tmp_path / "shapes.npy"), "-o", str(out), "--model",
+                 str(tmp_path / "m.npz"), "--quiet"]) == 0
+    with open(out / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows[:2]:
+        assert "times the size" not in r["reasons"]
+        assert lo / 1.21 <= 1.0 / float(r["scale"]) <= hi * 1.21
+    for r in rows[2:]:
+        assert r["status"] == "suspect" and "other units than mm (cm, m?)" in r["reasons"]
+        assert 0.05 < 1.0 / float(r["scale"]) < 0.15
+        size = float(re.search(r"the shape is ([0-9.e+-]+) times the size", r["reasons"])[1])
+        assert size == pytest.approx(1.0 / float(r["scale"]), rel=1e-2)   # a tenth
 
 
 @pytest.mark.parametrize("make, message", [

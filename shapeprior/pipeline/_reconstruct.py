@@ -25,6 +25,7 @@ import numpy as np
 from .._outputs import OutputDir, manifest, show_path
 from ..io import input_path_error
 from ..mesh import MESH_FORMATS, READ_SUFFIXES, Surface, read_mesh
+from ..segmentation import SCALE_SLACK
 from ..ssc import ALIGN_TOL
 from ._cases import unique_names
 
@@ -101,9 +102,17 @@ def load_shapes(path, n_points):
     return names, np.stack(shapes), True, [f for _, f in found]
 
 
-def _status(r, y):
+def _status(r, y, scale_range=None):
     frac = float(np.count_nonzero(r.overridden)) / max(int(np.count_nonzero(r.visible)), 1)
     reasons = []
+    if scale_range is not None:
+        # the alignment scales the shape onto the model's mean: its size relative
+        # to the mean is the inverse, as the segmentation's status measures it
+        size, (lo, hi) = 1.0 / float(r.transform.scale), scale_range
+        if size < lo / SCALE_SLACK ** 2 or size > hi * SCALE_SLACK ** 2:
+            reasons.append(f"the shape is {size:.3g} times the size of the model's mean "
+                           f"(training shapes {lo:.2f}-{hi:.2f}): other units than mm (cm, "
+                           "m?) or another organ")
     rec = r.reconstruction
     radius = float(np.sqrt(np.mean(np.sum((rec - rec.mean(0)) ** 2, axis=1))))
     near = np.linalg.norm(rec - y, axis=1)[r.visible]
@@ -181,8 +190,10 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
                                             progress=progress, client=client)
         t_solve = time.perf_counter() - t1
         rows = []
+        pose = model.pose
+        scale_range = None if pose is None else pose.scale_range
         for name, r, y in zip(names, res, shapes):
-            status, frac, reasons = _status(r, np.asarray(y, dtype=float))
+            status, frac, reasons = _status(r, np.asarray(y, dtype=float), scale_range)
             rows.append({"name": name, "status": status, "overridden_fraction": round(frac, 4),
                          "gross_error_mean_mm": round(float(r.error_norm.mean()), 4),
                          "gross_error_max_mm": round(float(r.error_norm.max()), 4),
