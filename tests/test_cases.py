@@ -66,3 +66,23 @@ def test_discover_cases_lists_images_and_reports_empty_folders(tmp_path):
     assert [c.name for c in cases] == ["a", "b", "empty"]
     assert [c.error for c in cases][:2] == [None, None]
     assert cases[2].error == "no DICOM image series in this folder"
+
+
+@pytest.mark.parametrize("side", ["left", "right", "none"])
+def test_a_batch_summary_row_names_the_side_of_a_paired_organ(side, monkeypatch, tmp_path):
+    """A folder segmented with a paired organ's model: each summary row says which
+    side the case's fit took (both are tried when no --side is given); a model of
+    an unpaired organ adds nothing."""
+    from types import SimpleNamespace
+
+    from shapeprior.pipeline import _batch, _run
+    from shapeprior.segmentation import SegmentParams
+
+    rep = {"status": "ok", "quality": 0.9, "volume_ml": 150.0, "iterations": 20,
+           "time_s": 1.0, "reasons": [], "side": side}
+    monkeypatch.setattr(_batch, "_model", lambda path, prior: (None, None))
+    monkeypatch.setattr(_run, "run_case", lambda *a, **k: rep)
+    case = SimpleNamespace(name="case_1", path=tmp_path / "case_1.nii.gz")
+    row = _batch.run_one(case, tmp_path / "out", tmp_path / "m.npz", SegmentParams(), None,
+                         "vtk", False, [], False, False, None)
+    assert row["status"] == "ok" and row.get("side") == (None if side == "none" else side)

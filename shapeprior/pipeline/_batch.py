@@ -90,6 +90,8 @@ def run_one(case, outdir, model_path, params, series, mesh_format, force, argv, 
         row = {"case": case.name, "status": rep["status"], "quality": rep["quality"],
                "volume_ml": rep["volume_ml"], "iterations": rep["iterations"],
                "time_s": rep["time_s"]}
+        if rep.get("side", "none") != "none":      # the side of a paired organ fitted
+            row["side"] = rep["side"]
         if rep["reasons"]:
             row["reasons"] = rep["reasons"]
         if redo:
