@@ -73,8 +73,8 @@ def test_image_not_in_hounsfield_units_is_failed_under_the_ct_model(model, scan)
     intensities scaled by percentiles."""
     from dataclasses import replace
 
-    from shapeprior.pipeline._run import _report
     from shapeprior.appearance import HU_MIN_SHARE, hounsfield_share
+    from shapeprior.pipeline._run import _report
     from shapeprior.segmentation._fit import CT_SOFT_TISSUE
 
     vol, truth = scan
@@ -111,6 +111,7 @@ def test_image_not_in_hounsfield_units_is_failed_under_the_ct_model(model, scan)
 
 
 class _Clock:
+    """What ``_report`` reads of a stage clock."""
     seconds = {}
 
 
