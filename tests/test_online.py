@@ -479,3 +479,21 @@ def test_online_pca_update_is_exact_when_nothing_is_truncated(monkeypatch):
     assert cos.min() > 1 - 1e-7
     assert grown.metadata["pca_total_variance_mm2"] == pytest.approx(
         total_variance(grown.shapes), rel=1e-9)
+
+
+def test_update_model_widens_the_recorded_hu_share_with_its_new_images(small_model, tmp_path):
+    """The appearance records the range of its images' share below -20 HU (CT or
+    not); an image added by update-model with some such voxels widens it."""
+    model_path, images, labels = small_model
+    assert load_model(model_path).profile.hu_share_range == (0.0, 0.0)
+    img = nib.load(images / "phantom_006.nii.gz")
+    a = np.ascontiguousarray(img.dataobj, dtype=np.float32)
+    a.reshape(-1)[::20] = -50.0                         # 5 % of the voxels below -20
+    folder = tmp_path / "images"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(a, img.affine, img.header), folder / "phantom_006.nii.gz")
+    out = tmp_path / "grown.npz"
+    assert main(["update-model", str(model_path), str(labels / "phantom_006.nii.gz"), "-o",
+                 str(out), "--images", str(folder), "--quiet"]) == 0
+    lo, hi = load_model(out).profile.hu_share_range
+    assert lo == 0.0 and hi == pytest.approx(0.05, abs=0.005)

@@ -413,7 +413,7 @@ def test_a_ct_given_to_a_model_learned_on_mr_is_failed_and_the_other_way(model, 
     # the model's own kind of image is fitted, also with a few negative values
     # (5 % below -20: no conclusion under HU_CT_SHARE)
     assert segment_volume(vol, model, SegmentParams(refine_iter=0)).status == "ok"
-    a = vol.array.astype(np.float32)
+    a = np.ascontiguousarray(vol.array, dtype=np.float32)
     a.reshape(-1)[::20] = -50.0
     few = Volume(a, vol.spacing, vol.origin, vol.direction)
     assert 0.04 < hounsfield_share(few) < HU_CT_SHARE
