@@ -419,3 +419,88 @@ def test_grow_adds_the_worst_represented_new_shapes():
     dl.grow(new, 1)
     assert dl.atoms_.shape[0] == 5
     assert abs(float(dl.atoms_[-1] @ novel / np.linalg.norm(novel))) == pytest.approx(1.0)
+
+
+def _kits_like(root, n, image_root=None):
+    """KiTS19's layout: ``case_i/segmentation.nii.gz`` (every file the same name);
+    with ``image_root``, each one's image under the same relative path (an
+    ellipsoid image: 100 inside, 0 outside, on the label map's grid)."""
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(3)
+    files = []
+    for i in range(n):
+        f = root / f"case_{i}" / "segmentation.nii.gz"
+        f.parent.mkdir(parents=True)
+        a = (26 + 4 * rng.random(), 17 + 3 * rng.random(), 12 + 3 * rng.random())
+        img = ellipsoid_label_map(f, a, (0, 0, 0), spacing=(1.2, 1.2, 2.0), size=(60, 46, 22))
+        if image_root is not None:
+            g = image_root / f"case_{i}" / "segmentation.nii.gz"
+            g.parent.mkdir(parents=True)
+            im = sitk.Cast(img, sitk.sitkFloat32) * 100.0
+            im.CopyInformation(img)
+            sitk.WriteImage(im, str(g))
+        files.append(f)
+    return files
+
+
+def test_label_map_inputs_names_and_roots(tmp_path):
+    """Files and folders together: each file once, unique names (files of the same
+    name named by their path below the common folder), the root of a file given
+    one by one the files' common folder; a missing path is named."""
+    from shapeprior.model import label_map_inputs
+
+    files = _kits_like(tmp_path / "kits", 2)
+    _ellipsoid_folder(tmp_path / "more", n=2)
+    items = label_map_inputs([*map(str, files), str(tmp_path / "more")])
+    assert [n for _, n, _ in items] == ["kits/case_0/segmentation", "kits/case_1/segmentation",
+                                         "more/case_0", "more/case_1"]
+    assert [r for _, _, r in items][:2] == [tmp_path / "kits"] * 2
+    assert [r for _, _, r in items][2:] == [tmp_path / "more"] * 2
+    # no collision: a file by its own name, a folder's files prefixed only when asked
+    # or when several paths are given; a file also inside a given folder: once
+    assert [n for _, n, _ in label_map_inputs([files[0]])] == ["segmentation"]
+    assert [n for _, n, _ in label_map_inputs([tmp_path / "more"])] == ["case_0", "case_1"]
+    assert [n for _, n, _ in label_map_inputs([tmp_path / "more"], prefix_folders=True)] == [
+        "more/case_0", "more/case_1"]
+    both = label_map_inputs([tmp_path / "more" / "case_1.nii.gz", tmp_path / "more"])
+    assert [n for _, n, _ in both] == ["case_1", "more/case_0"]
+    with pytest.raises(FileNotFoundError, match="nope.nii.gz"):
+        label_map_inputs([files[0], tmp_path / "nope.nii.gz"])
+
+
+def test_cli_build_model_from_files(tmp_path, monkeypatch):
+    """build-model takes label map files as a shell lists them (KiTS19's
+    case_*/segmentation.nii.gz, every file the same name), as update-model does:
+    each case kept under its own name, its image found under the same relative
+    path; the manifest hashes every file."""
+    files = _kits_like(tmp_path / "kits", 4, image_root=tmp_path / "images")
+    out = tmp_path / "m.npz"
+    monkeypatch.chdir(tmp_path)                     # relative paths, as typed
+    rel = [str(f.relative_to(tmp_path)) for f in files]
+    assert main(["build-model", *rel, "-o", str(out), "--vertices", "162", "--quiet",
+                 "--images", "images", "--no-voxel-classifier"]) == 0
+    m = load_model(out)
+    man = json.loads((tmp_path / "m.npz.report" / "manifest.json").read_text())
+    names = [f"case_{i}/segmentation" for i in range(4)]     # below their common folder
+    assert sorted(man["inputs"]) == names and m.n_shapes == 4
+    assert sorted(s["name"] for s in m.metadata["sources"]) == names
+    assert m.profile is not None and m.profile.n_images == 4     # every image paired
+
+
+def test_cli_update_model_images_of_a_case_tree(tmp_path):
+    """update-model with a folder of KiTS19-style cases and --images: each new
+    label map's image is found under its path below the folder given (as in
+    build-model), not only by file name; cases already in the model are skipped."""
+    files = _kits_like(tmp_path / "kits", 4, image_root=tmp_path / "images")
+    m3 = tmp_path / "m3.npz"
+    assert main(["build-model", *map(str, files[:3]), "-o", str(m3), "--vertices", "162",
+                 "--quiet", "--images", str(tmp_path / "images"),
+                 "--no-voxel-classifier"]) == 0
+    m4 = tmp_path / "m4.npz"
+    assert main(["update-model", str(m3), str(tmp_path / "kits"), "-o", str(m4), "--quiet",
+                 "--images", str(tmp_path / "images")]) == 0
+    rep = json.loads((tmp_path / "m4.npz.report" / "report.json").read_text())
+    assert [a["source"] for a in rep["added"]] == ["kits/case_3/segmentation"]
+    assert len(rep["skipped"]) == 3 and rep["rejected"] == []
+    assert rep["appearance_updated"] and load_model(m4).profile.n_images == 4

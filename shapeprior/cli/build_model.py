@@ -9,13 +9,15 @@ from ._common import add_label_map_options, parse_labels, publish_model
 
 
 def main(argv):
-    """Build an SSC shape model from a folder of label maps."""
+    """Build an SSC shape model from label maps (files and folders)."""
     ap = argparse.ArgumentParser(
         prog="shapeprior build-model",
-        description="Build an SSC shape model from a folder of label maps "
-                    "(NIfTI/NRRD/MHA; searched recursively).")
-    ap.add_argument("labels_dir", help="folder of label maps, or an nnU-Net/MSD dataset folder "
-                                       "(label maps in labelsTr)")
+        description="Build an SSC shape model from label maps (NIfTI/NRRD/MHA): files, "
+                    "folders (searched recursively) or both.")
+    ap.add_argument("label_maps", nargs="+", metavar="labels",
+                    help="label map files or folders of them (an nnU-Net/MSD dataset "
+                         "folder: label maps in labelsTr); a case is named by its path below "
+                         "the folder given")
     ap.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
     ap.add_argument("--labels", default="1", help="label values of the organ, e.g. 1,2 (default 1)")
     ap.add_argument("--organ", default="organ", help="organ name stored in the model")
@@ -65,21 +67,21 @@ def main(argv):
     from pathlib import Path
 
     from .._outputs import OutputDir, check_not_input, check_replaceable, own_model_file
-    from ..model import BuildParams, build_model, find_label_maps, label_root
+    from ..model import BuildParams, build_model, label_map_inputs
 
     out = Path(a.output)
     side_path = out.with_name(out.name + ".report")
-    inputs = [a.labels_dir, a.images]
+    inputs = [*a.label_maps, a.images]
     check_not_input(out, inputs)
     check_replaceable(out, a.force, own_model_file)          # before the slow stages
     labels = parse_labels(a.labels)
     for name, v in (("--iso-spacing", a.iso_spacing), ("--vertices", a.vertices)):
         if v <= 0:
             raise ValueError(f"{name}={v} must be > 0")
-    files = find_label_maps(a.labels_dir)
-    root = label_root(a.labels_dir)
+    items = label_map_inputs(a.label_maps)
     if a.limit:
-        files = files[: a.limit]
+        items = items[: a.limit]
+    files = [f for f, _, _ in items]
     side = OutputDir(side_path, force=a.force, inputs=inputs)   # checked before the slow stages
     try:
         params = BuildParams(labels=labels, organ=a.organ, split_sides=a.split_sides,
@@ -91,11 +93,12 @@ def main(argv):
                              images_dir=a.images, normalisation=a.normalisation,
                              voxel_classifier=not a.no_voxel_classifier,
                              allow_no_orientation=a.allow_no_orientation)
-        model, report = build_model(files, params, root=root, progress=not a.quiet)
+        model, report = build_model(files, params, progress=not a.quiet,
+                                    names=[n for _, n, _ in items], roots=[r for _, _, r in items])
         # the model file and its report/manifest folder are staged, then renamed into place
         publish_model(side, out, model, report, manifest(
             command="build-model", parameters=vars(a), seed=a.random_state,
-            inputs={str(f.relative_to(root)): f for f in files}), a.force, inputs)
+            inputs={n: f for f, n, _ in items}), a.force, inputs)
     finally:
         side.discard()
     print(f"model: {model.shapes.shape[0]} shapes x {model.n_vertices} vertices, "

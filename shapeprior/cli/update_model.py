@@ -10,22 +10,12 @@ from ._common import add_label_map_options
 
 
 def _inputs(paths, limit):
-    """``[(file, case name)]`` from files and folders of label maps."""
-    from pathlib import Path
+    """``[(file, case name, root)]`` from files and folders of label maps (a
+    folder's named with the folder given: case_00001/segmentation, not
+    segmentation; the root: where its image is looked for from)."""
+    from ..model import label_map_inputs
 
-    from ..io import input_path_error
-    from ..model import case_name, find_label_maps, label_root
-
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            root = label_root(p)
-            # named with the folder given: case_00001/segmentation, not segmentation
-            out += [(f, f"{p.name}/{case_name(f, root)}") for f in find_label_maps(p)]
-        elif p.is_file():
-            out.append((p, case_name(p, p.parent)))
-        else:
-            raise input_path_error(p, str(p))
+    out = label_map_inputs(paths, prefix_folders=True)
     return out[:limit] if limit else out
 
 
@@ -101,7 +91,7 @@ def _rank(model, items, params, a):
 
     from ..model import correspond_to_model, new_label_maps, rank_candidates
 
-    todo, skipped = new_label_maps(model, [f for f, _ in items], [n for _, n in items])
+    todo, skipped = new_label_maps(model, [f for f, _, _ in items], [n for _, n, _ in items])
     accepted, rejected = correspond_to_model(model, todo, params, not a.quiet)
     rows = []
     if accepted:
@@ -138,11 +128,12 @@ def _update(model, items, params, a, out, inputs):
     side_path = out.with_name(out.name + ".report")
     side = OutputDir(side_path, force=a.force, inputs=inputs)   # checked before the slow stages
     try:
-        new, report = update_model(model, [f for f, _ in items], params,
-                                   progress=not a.quiet, names=[n for _, n in items])
+        new, report = update_model(model, [f for f, _, _ in items], params,
+                                   progress=not a.quiet, names=[n for _, n, _ in items],
+                                   roots=[r for _, _, r in items])
         publish_model(side, out, new, report, manifest(
             command="update-model", parameters=vars(a), seed=None,
-            inputs={"model": a.model, **{n: f for f, n in items}}), a.force, inputs)
+            inputs={"model": a.model, **{n: f for f, n, _ in items}}), a.force, inputs)
     finally:
         side.discard()
     for s in report["skipped"]:

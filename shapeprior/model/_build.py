@@ -11,6 +11,7 @@ optional learned dictionary.
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -167,6 +168,63 @@ def find_label_maps(folder):
     return files
 
 
+def label_map_inputs(paths, prefix_folders=False):
+    """Label map files from files and folders, each named and with its root.
+
+    Parameters
+    ----------
+    paths : sequence of str or Path
+        Label map files and folders of them (searched as :func:`find_label_maps`).
+    prefix_folders : bool
+        Name a folder's label maps with the folder's name first
+        (``new_cases/case_00001/segmentation``); also whenever several paths are given.
+
+    Returns
+    -------
+    list of (Path, str, Path)
+        ``(file, case name, root)``: the root is the folder its image's
+        relative path is taken from (a folder's label root; for files given
+        one by one, their common folder). A file given twice
+        (itself and within a folder) is listed once. Names are unique: where
+        two would be the same (``segmentation`` of two case folders), every
+        name is the file's path below the files' common folder.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        A path that is neither a file nor a folder (named), or a folder
+        without label maps.
+    """
+    from ..io import input_path_error
+
+    paths = [Path(p) for p in paths]
+    prefix = prefix_folders or len(paths) > 1
+    for p in paths:
+        if not (p.is_dir() or p.is_file()):
+            raise input_path_error(p, str(p))
+    # files given one by one (a shell's case_*/segmentation.nii.gz): their images are
+    # looked for from their common folder, as for the files of a folder
+    parents = [os.path.abspath(p.parent) for p in paths if p.is_file()]
+    file_root = Path(os.path.commonpath(parents)) if parents else None
+    out, seen = [], set()
+    for p in paths:
+        if p.is_dir():
+            root = label_root(p)
+            found = [(f, f"{p.name}/{case_name(f, root)}" if prefix else case_name(f, root), root)
+                     for f in find_label_maps(p)]
+        else:
+            found = [(p, case_name(p, p.parent), file_root)]
+        for item in found:
+            key = os.path.realpath(item[0])
+            if key not in seen:
+                seen.add(key)
+                out.append(item)
+    if len({n for _, n, _ in out}) < len(out):    # distinct files: distinct paths below
+        common = Path(os.path.commonpath([os.path.abspath(f) for f, _, _ in out]))
+        out = [(f, case_name(Path(os.path.abspath(f)), common), r) for f, _, r in out]
+    return out
+
+
 def case_name(path: Path, root: Path) -> str:
     """A label map's case name: its path below ``root`` without the image suffix."""
     rel = Path(path).relative_to(root)
@@ -277,12 +335,14 @@ def image_candidates(label_file: Path, labels_root: Path, images_dir: Path):
     """Where the image of a label map may be: the same relative path, the same
     file name, or the nnU-Net name of its first channel (``X.nii.gz`` ->
     ``X_0000.nii.gz``)."""
-    label_file, labels_root = Path(label_file), Path(labels_root)
+    label_file = Path(label_file)
     images_dir = image_root(images_dir)
-    rel = label_file.relative_to(labels_root)
+    rel = Path(os.path.relpath(os.path.abspath(label_file), os.path.abspath(labels_root)))
     suf = _suffix(label_file.name)
     stem = label_file.name[: len(label_file.name) - len(suf)]
     channel0 = f"{stem}_0000{suf}"
+    if rel.parts[0] == os.pardir:       # not below the root: by name only
+        return [images_dir / label_file.name, images_dir / channel0]
     return [images_dir / rel, images_dir / label_file.name, images_dir / rel.parent / channel0,
             images_dir / channel0]
 
@@ -296,6 +356,9 @@ def find_image_for(label_file: Path, labels_root: Path, images_dir: Path):
 def pair_images(label_files, labels_root, images_dir, allow_no_orientation=False):
     """``{label file: image file}``, checked before any slow stage.
 
+    ``labels_root`` is the folder the label maps' relative paths are taken
+    from, or one such folder per label map.
+
     Every label map needs an image on the same grid (shape, spacing, origin,
     direction, from the headers alone). Raises ValueError naming the first
     label map without an image, or the first pair whose grids differ.
@@ -305,16 +368,18 @@ def pair_images(label_files, labels_root, images_dir, allow_no_orientation=False
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"no such images folder: {images_dir}")
+    roots = ([Path(labels_root)] * len(label_files) if isinstance(labels_root, (str, Path))
+             else [Path(r) for r in labels_root])
     pairs, missing = {}, []
-    for f in label_files:
-        img = find_image_for(Path(f), labels_root, images_dir)
+    for f, r in zip(label_files, roots):
+        img = find_image_for(Path(f), r, images_dir)
         if img is None:
-            missing.append(Path(f))
+            missing.append((Path(f), r))
         else:
             pairs[Path(f)] = img
     if missing:
-        f = missing[0]
-        tried = ", ".join(sorted({c.name for c in image_candidates(f, labels_root, images_dir)}))
+        f, r = missing[0]
+        tried = ", ".join(sorted({c.name for c in image_candidates(f, r, images_dir)}))
         raise ValueError(f"{len(missing)} of {len(label_files)} label maps have no image in "
                          f"{image_root(images_dir)} (first: {f.name}; looked for {tried})")
     for f, img in pairs.items():
@@ -493,8 +558,21 @@ def model_from_shapes(shapes, faces, *, n_atoms=0, n_nonzero=5, seed=0, fov_cent
     return ShapeModel(gpa.aligned, mean, faces, comps, var, atoms, meta, None, pose, dl_state)
 
 
-def build_model(label_files, params: BuildParams, root=None, progress=True):
+def build_model(label_files, params: BuildParams, root=None, progress=True, names=None,
+                roots=None):
     """Build a :class:`ShapeModel` from label map files.
+
+    Parameters
+    ----------
+    label_files : sequence of Path
+    params : BuildParams
+    root : Path, optional
+        The folder the files are named from and their images looked for from
+        (default: the first file's parent).
+    progress : bool
+    names, roots : sequence, optional
+        Per file: its case name and its root, instead of ``root``
+        (:func:`label_map_inputs` gives both, for files from several folders).
 
     Returns
     -------
@@ -505,19 +583,22 @@ def build_model(label_files, params: BuildParams, root=None, progress=True):
     """
     t0 = time.perf_counter()
     files = [Path(f) for f in label_files]
+    if not files:
+        raise ValueError("no label maps given")
     root = Path(root) if root else Path(files[0]).parent
+    roots = [root] * len(files) if roots is None else [Path(r) for r in roots]
+    names = [case_name(f, r) for f, r in zip(files, roots)] if names is None else list(names)
     if params.n_vertices < 12:
         raise ValueError(f"n_vertices={params.n_vertices} must be >= 12")
     level = level_for_vertices(params.n_vertices)
     sv, sf = icosphere(level)
     # image/label pairing and geometry, from the headers, before the slow stages
-    pairs = (pair_images(files, root, params.images_dir, params.allow_no_orientation)
+    pairs = (pair_images(files, roots, params.images_dir, params.allow_no_orientation)
              if params.images_dir else None)
     surf_res = _map(_job_surfaces, [(f, params) for f in files], params.n_jobs,
                     "surfaces", progress)
     shapes_in, rejected = [], []
-    for f, (res, err) in zip(files, surf_res):
-        name = case_name(f, root)
+    for f, name, (res, err) in zip(files, names, surf_res):
         if err is not None:
             rejected.append({"source": name, "stage": "surface", "reason": err})
             continue

@@ -299,7 +299,7 @@ def _new_profiles(model, accepted, params, pairs):
 
 
 def update_model(model: ShapeModel, label_files, params: BuildParams | None = None, root=None,
-                 progress=True, names=None):
+                 progress=True, names=None, roots=None):
     """Add label maps to a model (see the module docstring).
 
     Parameters
@@ -316,6 +316,10 @@ def update_model(model: ShapeModel, label_files, params: BuildParams | None = No
     progress : bool
     names : sequence of str, optional
         Case names of the files (instead of ``root``).
+    roots : sequence of path, optional
+        Per file, the folder its image is looked for from (as in
+        :func:`~shapeprior.model.build_model`; default: ``root`` for the
+        files below it, else each file's folder).
 
     Returns
     -------
@@ -343,8 +347,11 @@ def update_model(model: ShapeModel, label_files, params: BuildParams | None = No
         if model.profile is None:
             raise ValueError("the model has no boundary appearance; images cannot update it")
         pairs, paired = {}, []
+        root_of = dict(zip(files, roots)) if roots is not None else {}
         for f, name, h in todo:   # each file pairs from its own folder unless under root
-            r = root if f.resolve().is_relative_to(root.resolve()) else f.parent
+            r = root_of.get(f) or (root if f.resolve().is_relative_to(root.resolve())
+                                   else f.parent)
+            r = Path(r)
             try:
                 pairs.update(pair_images([f], r, params.images_dir, params.allow_no_orientation))
                 paired.append((f, name, h))
