@@ -49,6 +49,25 @@ def test_seed_outside_the_image_is_failed(model, scan):
     vol, _ = scan
     r = segment_volume(vol, model, SegmentParams(seed_mm=(900.0, 900.0, 900.0)))
     assert r.status == "failed" and "outside the image" in r.reasons[0] and not r.label.any()
+    assert "--seed-space" not in r.reasons[0]       # in no space inside: no hint
+
+
+@pytest.mark.parametrize("given,meant", [("lps", "ras"), ("ras", "lps"), ("lps", "voxel")])
+def test_seed_in_the_wrong_space_is_named(model, scan, given, meant):
+    """A seed outside the image that lies inside read in another space (Slicer's RAS
+    numbers given as LPS, the usual slip) fails naming that space; one that lies
+    inside in no space (above) gets no such hint."""
+    from shapeprior.segmentation._fit import _seed_position
+
+    vol, truth = scan
+    ijk = np.argwhere(truth)[:, ::-1].mean(0)
+    lps = vol.index_to_physical(ijk[None])[0]
+    numbers = {"lps": lps, "ras": lps * np.array([-1.0, -1.0, 1.0]), "voxel": ijk}[meant]
+    assert np.allclose(_seed_position(vol, numbers, meant), lps)
+    # (the phantom's origin is far from 0: read in ``given`` the numbers lie outside)
+    r = segment_volume(vol, model, SegmentParams(seed_mm=tuple(numbers), seed_space=given))
+    assert r.status == "failed" and not r.label.any()
+    assert "outside the image" in r.reasons[0] and f"--seed-space {meant}?" in r.reasons[0]
 
 
 def test_organ_absent_is_failed(model, scan):

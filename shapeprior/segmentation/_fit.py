@@ -348,18 +348,27 @@ def seed_lps(vol, params):
     negated) or ``'voxel'`` (continuous indices i, j, k along the image's x, y, z
     axes, as ITK, Slicer and nibabel number them)."""
     s = np.asarray(params.seed_mm, dtype=float)
-    if params.seed_space == "ras":
-        p = s * np.array([-1.0, -1.0, 1.0])
-    elif params.seed_space == "voxel":
-        p = vol.index_to_physical(s[None])[0]
-    else:
-        p = s
+    p = _seed_position(vol, s, params.seed_space)
     if outside_fov(vol, p[None])[0]:
         idx = vol.physical_to_index(p[None])[0]
+        # the usual slip: Slicer's RAS numbers given as LPS (or voxel indices as mm)
+        inside = [sp for sp in ("lps", "ras", "voxel") if sp != params.seed_space
+                  and not outside_fov(vol, _seed_position(vol, s, sp)[None])[0]]
+        hint = ("; read as " + " or ".join(inside) + " it would lie inside: --seed-space "
+                + " or ".join(inside) + "?") if inside else ""
         raise SeedOutsideError(f"the seed {tuple(np.round(s, 2).tolist())} ({params.seed_space}) "
                          f"lies outside the image (voxel index {np.round(idx, 1).tolist()} "
-                         f"of {list(vol.array.shape[::-1])})")
+                         f"of {list(vol.array.shape[::-1])}){hint}")
     return p
+
+
+def _seed_position(vol, s, space):
+    """LPS position (mm) of seed numbers ``s`` read in ``space``."""
+    if space == "ras":
+        return s * np.array([-1.0, -1.0, 1.0])
+    if space == "voxel":
+        return vol.index_to_physical(s[None])[0]
+    return s
 
 
 def _prepare(model, vol, params, dictionary):
