@@ -184,6 +184,39 @@ def test_seed_in_lps_ras_and_voxel_lands_on_the_same_point(phantom_model, tmp_pa
     assert rep["status"] == "failed" and "outside the image" in rep["reasons"][0]
 
 
+def test_reference_on_another_grid_is_refused_naming_the_difference(phantom_model, tmp_path,
+                                                                    capsys):
+    """--reference on another grid (another size, or the same size moved) is refused
+    before any fit, naming what differs (x, y, z; the reference's value first), with
+    no output left and the inputs unchanged."""
+    import hashlib
+
+    import SimpleITK as sitk
+
+    d, images, labels, model = phantom_model
+    img = images / "phantom_006.nii.gz"
+    lab = sitk.ReadImage(str(labels / "phantom_006.nii.gz"))
+    cropped = lab[:, :, 1:]
+    moved = sitk.Image(lab)
+    moved.SetOrigin(tuple(np.add(lab.GetOrigin(), (0.0, 0.0, 4.0))))
+    for name, ref, what in (("cropped", cropped, "size"), ("moved", moved, "origin (LPS)")):
+        f = tmp_path / f"{name}.nii.gz"
+        sitk.WriteImage(ref, str(f))
+        before = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (img, f, model)]
+        out = tmp_path / f"out_{name}"
+        assert main(["segment", str(img), "-o", str(out), "--model", str(model),
+                     "--reference", str(f)]) == 1
+        err = capsys.readouterr().err
+        assert "not on the image's grid" in err and f"({what} " in err, err
+        assert err.count("\n") == 1 and not out.exists()
+        assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in (img, f, model)] == before
+    vol, ref = read_volume(img), read_label_map(tmp_path / "cropped.nii.gz")
+    n = list(vol.array.shape[::-1])
+    assert vol.grid_difference(ref) == f"size {[n[0], n[1], n[2] - 1]} vs {n}"
+    assert vol.grid_difference(vol) == "" and vol.same_grid(read_label_map(
+        labels / "phantom_006.nii.gz"))
+
+
 def test_refinement_holds_back_doubtful_targets():
     """A vertex whose target is 10 mm off with confidence 0.05, among confident
     neighbours that stay put, moves far less than 10 mm; with full confidence

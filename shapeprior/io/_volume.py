@@ -62,6 +62,21 @@ class Volume:
                                 atol=atol)
                 and np.allclose(self.origin, other.origin, atol=atol))
 
+    def grid_difference(self, other: "Volume", atol: float = 1e-3) -> str:
+        """'' when :meth:`same_grid`; else how ``other``'s grid differs from this
+        one's, the first difference only (size, spacing, direction or origin:
+        x, y, z, mm and LPS), ``other``'s value first."""
+        if self.same_grid(other, atol):
+            return ""
+        if self.array.shape != other.array.shape:
+            return f"size {list(other.array.shape[::-1])} vs {list(self.array.shape[::-1])}"
+        for name, a, b in (("spacing", other.spacing, self.spacing),
+                           ("direction", other.direction.ravel(), self.direction.ravel()),
+                           ("origin (LPS)", other.origin, self.origin)):
+            if not np.allclose(a, b, atol=atol):
+                return f"{name} {np.round(a, 3).tolist()} vs {np.round(b, 3).tolist()}"
+        return "voxel positions"      # spacing and direction each within atol, not both
+
     def crop(self, lo_zyx, hi_zyx) -> "Volume":
         """Sub-volume ``array[lo:hi]`` with its origin moved accordingly."""
         lo = np.asarray(lo_zyx, dtype=int)

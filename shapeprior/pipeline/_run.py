@@ -118,8 +118,10 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
         ref = None
         if reference is not None:
             rvol = read_label_map(reference, allow_no_orientation)
-            if not rvol.same_grid(vol):
-                raise ValueError("the reference label map does not share the image's grid")
+            what = vol.grid_difference(rvol)
+            if what:
+                raise ValueError(f"the reference label map is not on the image's grid "
+                                 f"({what}; reference vs image): resample it onto the image")
             ref = np.isin(rvol.array, reference_labels)
     init = None
     if init_mask is not None:
