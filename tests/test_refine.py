@@ -123,6 +123,37 @@ def test_refine_rejects_a_mask_without_the_label(phantom_model, tmp_path, capsys
     assert not (tmp_path / "o").exists()
 
 
+def test_refine_of_a_folder_names_the_organ_files_in_it(phantom_model, tmp_path, capsys):
+    """MASK a folder (TotalSegmentator writes one file per organ into one): refused in
+    one line, naming the files named like the model's organ; a folder without them
+    says how many image files it holds; a label map argument that is a folder
+    (segment --reference) says so rather than 'no such file'."""
+    import shutil
+
+    from shapeprior.model import load_model
+
+    d, images, labels, model = phantom_model
+    organ = load_model(model).metadata["organ"]
+    per_organ = tmp_path / "seg"
+    per_organ.mkdir()
+    for name in (f"{organ}_left.nii.gz", "liver.nii.gz", "spleen.nii.gz"):
+        shutil.copy(labels / "phantom_005.nii.gz", per_organ / name)
+    rc = main(["refine", str(per_organ), "-o", str(tmp_path / "o"), "--model", str(model)])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and not (tmp_path / "o").exists()
+    assert "is a folder; refine takes one label map file" in err
+    assert f"organ '{organ}': {organ}_left.nii.gz)" in err and "liver" not in err
+    (per_organ / f"{organ}_left.nii.gz").unlink()
+    assert main(["refine", str(per_organ), "-o", str(tmp_path / "o"), "--model",
+                 str(model)]) == 1
+    assert "(it holds 2 image files)" in capsys.readouterr().err
+    rc = main(["segment", str(images / "phantom_005.nii.gz"), "-o", str(tmp_path / "o"),
+               "--model", str(model), "--reference", str(per_organ)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "seg is a folder; an image file is expected here" in err, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_segment_starts_from_an_existing_mask(phantom_model, tmp_path, capsys):
     """--init-mask: a rough mask from another tool (shifted by 3 voxels, with a
     leak ball) places the fit; the result matches the truth and says where it

@@ -56,6 +56,7 @@ def main(argv):
     from ..segmentation import SegmentParams
 
     model = load_model(a.model)
+    _check_mask_is_a_file(a.mask, model.metadata.get("organ", ""))
     labels = parse_labels("1" if a.labels is None else a.labels, "--labels")
     keep = parse_labels(a.keep_labels, "--keep-labels") if a.keep_labels else ()
     params = SegmentParams(method=a.method, side=a.side, prior=a.prior,
@@ -73,3 +74,26 @@ def main(argv):
     for w in rep["warnings"]:
         print(f"  note: {w}")
     return finish_case(rep["input"]["mask"], rep, a.output, a.strict)
+
+
+def _check_mask_is_a_file(mask, organ):
+    """A folder given as MASK (TotalSegmentator writes one file per organ into one)
+    is refused naming its label maps of the model's organ, when it holds any."""
+    from pathlib import Path
+
+    from ..io import display_name
+    from ..model import LABEL_SUFFIXES
+
+    p = Path(mask)
+    if not p.is_dir():
+        return
+    files = sorted(f.name for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
+                   and f.name.endswith(LABEL_SUFFIXES))
+    named = [f for f in files if organ and organ.lower() in f.lower()] if organ else []
+    why = f"{display_name(p)} is a folder; refine takes one label map file"
+    if named:
+        why += (f" (in it, named like the model's organ '{organ}': " + ", ".join(named[:4])
+                + (", ..." if len(named) > 4 else "") + ")")
+    elif files:
+        why += f" (it holds {len(files)} image files)"
+    raise IsADirectoryError(why)

@@ -175,8 +175,7 @@ def read_file(path, allow_no_orientation=False):
 
     p = Path(path)
     name = display_name(p)
-    if not p.is_file():
-        raise FileNotFoundError(f"no such image file: {name}")
+    _check_file(p, name)
     if is_nifti(p):
         vol, info = read_nifti(p, allow_no_orientation)
         return vol, {"format": "nifti", **info}
@@ -200,8 +199,7 @@ def read_geometry(path, allow_no_orientation=False):
 
     p = Path(path)
     name = display_name(p)
-    if not p.is_file():
-        raise FileNotFoundError(f"no such image file: {name}")
+    _check_file(p, name)
     if is_nifti(p):
         return nifti_geometry(p, allow_no_orientation)
     with itk_path(p) as sp:
@@ -209,6 +207,14 @@ def read_geometry(path, allow_no_orientation=False):
     check_geometry(name, r.GetSpacing(), r.GetDirection(), r.GetOrigin())
     return (tuple(int(n) for n in r.GetSize()[::-1]), np.array(r.GetSpacing(), float),
             np.array(r.GetOrigin(), float), np.array(r.GetDirection(), float).reshape(3, 3))
+
+
+def _check_file(p, name):
+    """A regular file, or the one-line error for what ``p`` is instead."""
+    if p.is_dir():
+        raise IsADirectoryError(f"{name} is a folder; an image file is expected here")
+    if not p.is_file():
+        raise FileNotFoundError(f"no such image file: {name}")
 
 
 def read_volume(path, allow_no_orientation=False) -> Volume:
