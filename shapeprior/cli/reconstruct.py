@@ -44,6 +44,11 @@ def main(argv):
                     help="address of a dask.distributed scheduler to solve on instead")
     add_mesh_format(ap)
     add_prior(ap)
+    ap.add_argument("--side", choices=("auto", "left", "right"), default="auto",
+                    help="a model of one side of a paired organ (build-model --split-sides: "
+                         "right organs mirrored onto the left): the side of the shapes; "
+                         "auto (default): each shape fitted as given and mirrored, the "
+                         "closer fit kept (summary.csv names the side)")
     ap.add_argument("--force", action="store_true",
                     help="replace a previous shapeprior output (never an input or a foreign file)")
     ap.add_argument("--deidentify", action="store_true",
@@ -75,13 +80,15 @@ def main(argv):
                                  method=a.method, refit=a.refit, n_jobs=a.jobs,
                                  mesh_format=a.mesh_format, force=a.force,
                                  progress=not a.quiet, argv=argv, client=client,
-                                 deidentify=a.deidentify)
+                                 deidentify=a.deidentify, side=a.side)
     finally:
         if client is not None:
             client.close()
     c = rep["status_counts"]
+    sides = {k: n for k, n in rep["side"]["counts"].items() if n and k != "none"}
     print(f"{rep['n_shapes']} shapes: {c['ok']} ok, {c['suspect']} suspect; "
-          f"{rep['shapes_per_s']:.1f} shapes/s")
+          + "".join(f"{n} {k}, " for k, n in sides.items())
+          + f"{rep['shapes_per_s']:.1f} shapes/s")
     for s in rep["suspect"][:20]:
         print(f"  suspect: {s['name']}: {s['reasons']}")
     print(f"wrote {show_path(a.output)}")
