@@ -100,6 +100,34 @@ def test_paired_organ_both_sides_through_the_mirrored_model(paired, tmp_path):
     assert any("both sides were fitted" in w for w in rep["warnings"])
 
 
+def test_paired_organ_init_mask_decides_the_side(paired, tmp_path):
+    """--init-mask of a right organ with a paired model and no --side: the starting
+    surface is the model mirrored, so the fit runs on the right side (before, it ran
+    the unmirrored model from the right organ's surface: the left model's vertex
+    order on a right organ). The API's starting_side says the same of each side's
+    surface."""
+    from shapeprior.io import write_label
+    from shapeprior.segmentation._fit import starting_side
+
+    d, images, truth, model = paired
+    name = "pair_006.nii.gz"
+    vol = read_volume(images / name)
+    m = load_model(model)
+    for side in ("right", "left"):
+        mask = tmp_path / f"{side}_mask.nii.gz"
+        write_label(vol, truth[name][side].astype(np.uint8), mask)
+        o = tmp_path / f"from_{side}"
+        assert main(["segment", str(images / name), "-o", str(o), "--model", str(model),
+                     "--init-mask", str(mask)]) == 0
+        rep = json.loads((o / "report.json").read_text())
+        assert rep["side"] == side and rep["evidence"]["side_source"] == "the starting surface"
+        assert rep["status"] == "ok"
+        assert dice(read_label_map(o / "label.nii.gz").array > 0, truth[name][side]) > 0.95
+        fit = segment_volume(vol, m, SegmentParams(side=side))
+        assert starting_side(fit.verts, m.prior_dictionary("auto")) == side
+    assert starting_side(np.zeros((5, 3)), m.prior_dictionary("auto")) is None
+
+
 def _convex_mesh():
     v, f = icosphere(4)
     return v * np.array([18.0, 11.0, 7.5]) + np.array([3.0, -4.0, 6.0]), f

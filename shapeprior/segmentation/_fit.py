@@ -320,6 +320,22 @@ def initial_shape(model, vol, params: SegmentParams):
     return shape + centre, mirror
 
 
+def starting_side(init, dic):
+    """'left' or 'right': the side of a paired organ whose model (one side, the
+    other mirrored onto it) explains the starting surface ``init`` (N, 3) (the
+    model's vertex order) closer, as given or mirrored (median vertex residual
+    of an L1 SSC solve each); None for a surface of another shape. A starting
+    surface fitted to a right organ's mask is the model mirrored, which no
+    similarity transform undoes."""
+    init = np.asarray(init, dtype=float)
+    if init.shape != (dic.n_points, 3) or not np.all(np.isfinite(init)):
+        return None     # refused with its reason by segment_volume
+    res = [np.median(np.linalg.norm(r.reconstruction - y, axis=1))
+           for y in (init, init * MIRROR)
+           for r in [sparse_shape_composition(y, dic, method="l1")]]
+    return "right" if res[1] < res[0] else "left"
+
+
 class SeedOutsideError(ValueError):
     """The seed lies outside the image."""
 
@@ -445,7 +461,9 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     kidneys with the right ones mirrored) fitted with ``params.side`` 'none'
     (and no ``init``) is fitted as each side; the result with the better status,
     then quality, is returned, and its evidence names the side kept and how the
-    other side's fit ended (``side``, ``side_source``, ``other_side``).
+    other side's fit ended (``side``, ``side_source``, ``other_side``). With
+    ``init`` and side 'none', the side is the one whose model explains the
+    starting surface (:func:`starting_side`).
     """
     t0 = time.perf_counter()
     if min(vol.array.shape) < 2:
@@ -466,6 +484,12 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     backend = resolve_backend(params.backend)
     with clock("prepare"):
         dic, pm, norm, scale = _prepare(model, vol, params, dictionary)
+        side_source = None
+        if params.side == "none" and init is not None and paired_model(model):
+            # a starting surface (an existing mask's fit) of a paired organ: its side
+            side = starting_side(init, dic)
+            if side is not None:
+                params, side_source = replace(params, side=side), "the starting surface"
         early = None
         try:
             shape0, mirror = initial_shape(model, vol, params)
@@ -562,6 +586,8 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
         res, vol, model, scorer, mirror, scale_clamped=fit.scale_clamped)
     if hu_share is not None:
         res.evidence["hounsfield_share_below"] = round(hu_share, 4)
+    if side_source:
+        res.evidence["side"], res.evidence["side_source"] = params.side, side_source
     if default_window:
         res.evidence["ct_window_hu"] = [round(1000.0 * w) for w in CT_SOFT_TISSUE]
         res.evidence["ct_window_source"] = "default (soft tissue)"
