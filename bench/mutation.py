@@ -1306,6 +1306,9 @@ MUTANTS = [
     ("init-side-ignored", "segment", "shapeprior/segmentation/_fit.py",
      "            if side is not None:", "            if False:",
      "--init-mask of a right kidney without --side: the left model fitted from its surface"),
+    ("window-hu-unchecked", "segment", "shapeprior/segmentation/_fit.py",
+     "    if max(abs(float(v)) for v in w) > CT_WINDOW_LIMIT:", "    if False:",
+     "--window -50,250 (HU for HU / 1000) runs the fit and reports 'organ not found'"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -245,6 +245,34 @@ def test_reference_on_another_grid_is_refused_naming_the_difference(phantom_mode
         labels / "phantom_006.nii.gz"))
 
 
+def test_a_window_in_hu_is_refused_under_the_ct_model(phantom_model, tmp_path, capsys):
+    """--window -50,250 (HU, where HU / 1000 are meant) under the CT intensity model:
+    refused before anything is read, saying what it means and what to give; the
+    same numbers under percentile normalisation, and -0.05,0.25 under ct, are not."""
+    d, images, labels, model = phantom_model
+    img = images / "phantom_006.nii.gz"
+    for cmd in (["segment", str(img)], ["refine", str(labels / "phantom_006.nii.gz")]):
+        out = tmp_path / cmd[0]
+        rc = main([*cmd, "-o", str(out), "--model", str(model), "--window", "-50,250",
+                   *(["--normalisation", "ct"] if cmd[0] == "segment" else [])])
+        err = capsys.readouterr().err
+        if cmd[0] == "refine":      # the phantom model learned MR appearance: no check
+            assert rc == 0 and "HU / 1000" not in err
+            continue
+        assert rc == 1 and err.count("\n") == 1 and not out.exists()
+        assert "means -50000..250000 HU; for -50..250 HU give -0.05,0.25" in err
+    from shapeprior.segmentation import check_window
+
+    m = load_model(model)
+    with pytest.raises(ValueError, match="HU / 1000"):
+        segment_volume(read_volume(img), m, SegmentParams(normalisation="ct",
+                                                          window=(-50.0, 250.0)))
+    check_window(m, SegmentParams(normalisation="ct", window=(-0.05, 0.25)))
+    check_window(m, SegmentParams(window=(-50.0, 250.0)))     # the model's percentile
+    with pytest.raises(ValueError, match="4.5,5"):
+        check_window(m, SegmentParams(normalisation="ct", window=(4.5, 5.0)))
+
+
 def test_refinement_holds_back_doubtful_targets():
     """A vertex whose target is 10 mm off with confidence 0.05, among confident
     neighbours that stay put, moves far less than 10 mm; with full confidence

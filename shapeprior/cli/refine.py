@@ -53,7 +53,7 @@ def main(argv):
 
     from ..model import load_model
     from ..pipeline import refine_case
-    from ..segmentation import SegmentParams
+    from ..segmentation import SegmentParams, check_window
 
     model = load_model(a.model)
     _check_mask_is_a_file(a.mask, model.metadata.get("organ", ""))
@@ -61,6 +61,7 @@ def main(argv):
     keep = parse_labels(a.keep_labels, "--keep-labels") if a.keep_labels else ()
     params = SegmentParams(method=a.method, side=a.side, prior=a.prior,
                            window=floats(a.window, 2, "--window") if a.window else None)
+    check_window(model, params)
     rep = refine_case(a.mask, a.output, model, a.model, params, labels=labels, image=a.image,
                       mesh_format=a.mesh_format, force=a.force, argv=argv,
                       allow_no_orientation=a.allow_no_orientation, keep=keep,

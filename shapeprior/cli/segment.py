@@ -119,7 +119,9 @@ def main(argv):
                            surface_offset_mm=a.surface_offset,
                            voxel_refine=not a.no_voxel_refine)
     from ..backend import resolve_backend
+    from ..segmentation import check_window
 
+    check_window(model, params)                        # before any case is read
     params.backend = resolve_backend(params.backend)   # fail early, and record it resolved
     cases = discover_cases(a.input)
     deid = Deidentifier() if a.deidentify else None

@@ -387,13 +387,40 @@ def _seed_position(vol, s, space):
     return s
 
 
+#: under the CT intensity model a window bound beyond this (HU / 1000) lies outside
+#: any CT's values (-1024 HU up to 3071, 4095 with an extended scale): HU given as
+#: they are, not divided by 1000
+CT_WINDOW_LIMIT = 4.1
+
+
+def normalisation_of(model, params):
+    """The intensity normalisation a fit of ``model`` uses: ``params``' own, else
+    the learned appearance's, else 'ct'."""
+    pm = model.profile
+    return params.normalisation or (pm.normalisation if pm is not None else "ct")
+
+
+def check_window(model, params):
+    """Raise ValueError for a ``window`` no CT can hold under the CT intensity model
+    (a bound beyond :data:`CT_WINDOW_LIMIT`): HU given where HU / 1000 are meant."""
+    w = params.window
+    if w is None or normalisation_of(model, params) != "ct":
+        return
+    if max(abs(float(v)) for v in w) > CT_WINDOW_LIMIT:
+        lo, hi = (float(v) for v in w)
+        raise ValueError(f"window {lo:g},{hi:g} is in HU / 1000 under the CT intensity model "
+                         f"(allowed: within +-{CT_WINDOW_LIMIT}), so it means "
+                         f"{1000 * lo:g}..{1000 * hi:g} HU; for {lo:g}..{hi:g} HU give "
+                         f"{lo / 1000:g},{hi / 1000:g}")
+
+
 def _prepare(model, vol, params, dictionary):
     """What every fit of this image and model shares."""
     dic = dictionary or model.prior_dictionary(params.prior)
     pm = model.profile
     if pm is not None:
         pm.check_layout()
-    norm = params.normalisation or (pm.normalisation if pm else "ct")
+    norm = normalisation_of(model, params)
     scale = intensity_scale(vol, norm)
     return dic, pm, norm, scale
 
@@ -468,6 +495,7 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     t0 = time.perf_counter()
     if min(vol.array.shape) < 2:
         raise ValueError(f"image of shape {vol.array.shape} is not a 3-D volume")
+    check_window(model, params)
     if params.side == "none" and init is None and paired_model(model):
         # a paired organ and no side given: each side fitted, the better kept
         fits = [segment_volume(vol, model, replace(params, side=side), dictionary, clock,
