@@ -196,7 +196,8 @@ def refine(mask, model, *, labels=(1,), image=None, keep=(), **params):
                        keep=tuple(keep))
 
 
-def reconstruct(shape, model, *, weights=None, prior="auto", method="auto", **options):
+def reconstruct(shape, model, *, weights=None, prior="auto", method="auto", side="auto",
+                **options):
     """The shape prior's explanation of one shape in correspondence: SSC with
     its gross errors, in the shape's own frame.
 
@@ -222,6 +223,12 @@ def reconstruct(shape, model, *, weights=None, prior="auto", method="auto", **op
         lambda1: chosen on the tuning halves of AdrenalMNIST3D and KiTS
         (``bench/README.md``). 'l1' and 'l0': one solver alone (with
         ``refit``, its inliers fitted again). 'auto' (default): the hybrid.
+    side : {'auto', 'left', 'right'}
+        A model of one side of a paired organ (``build-model --split-sides``:
+        right organs mirrored onto the left) explains the other side's shapes
+        only mirrored: the shape's side, or 'auto' (default): solved as given
+        and mirrored, the closer kept (:func:`~shapeprior.segmentation.solve_sides`;
+        ``info['side']`` and ``info['mirrored']`` say which). Other models: 'auto'.
     **options
         Passed to :func:`~shapeprior.ssc.sparse_shape_composition` (e.g.
         ``refit``, ``lambda1``, ``max_align_iter``).
@@ -232,18 +239,25 @@ def reconstruct(shape, model, *, weights=None, prior="auto", method="auto", **op
         ``reconstruction`` (N, 3) in the input's frame, ``error_norm`` (N,) mm,
         ``overridden`` (N,) bool, ``transform`` (input -> model frame).
     """
+    import numpy as np
+
+    from .segmentation import solve_sides
     from .ssc import solver_options, sparse_shape_composition
 
     if not hasattr(model, "shapes"):
         model = load_model(model)
     solver = solver_options(method, options.pop("refit", None), model.resolve_prior(prior),
                             options.pop("alpha1", None))
-    return sparse_shape_composition(shape, model.prior_dictionary(prior), weights,
-                                    **solver, **options)
+    dic = model.prior_dictionary(prior)
+    shape = np.asarray(shape, dtype=float)
+    if shape.ndim != 2:
+        raise ValueError(f"shape has shape {shape.shape}; expected (N, 3) vertices")
+    return solve_sides(shape[None], model, side, lambda a, w: [
+        sparse_shape_composition(y, dic, w, **solver, **options) for y in a], weights)[0][0]
 
 
 def reconstruct_many(shapes, model, *, weights=None, prior="auto", method="auto", n_jobs=1,
-                     progress=False, client=None, **options):
+                     progress=False, client=None, side="auto", **options):
     """:func:`reconstruct` for many shapes in correspondence (a population study).
 
     Parameters
@@ -265,6 +279,9 @@ def reconstruct_many(shapes, model, *, weights=None, prior="auto", method="auto"
         A progress bar over shapes.
     client : dask.distributed.Client, optional
         Solve on a dask cluster instead of this machine.
+    side : {'auto', 'left', 'right'}
+        As in :func:`reconstruct` ('auto' solves each shape of a paired
+        organ's model twice).
     **options
         Passed to :func:`~shapeprior.ssc.sparse_shape_composition` (e.g.
         ``refit``).
@@ -276,15 +293,25 @@ def reconstruct_many(shapes, model, *, weights=None, prior="auto", method="auto"
         frame, ``error_norm`` (N,) mm, ``overridden`` (N,) bool, ``x`` (K,),
         ``transform``.
     """
+    import numpy as np
+
+    from .segmentation import solve_sides
     from .ssc import solver_options, sparse_shape_composition_many
 
     if not hasattr(model, "shapes"):
         model = load_model(model)
     solver = solver_options(method, options.pop("refit", None), model.resolve_prior(prior),
                             options.pop("alpha1", None))
-    return sparse_shape_composition_many(shapes, model.prior_dictionary(prior), weights,
-                                         **solver, n_jobs=n_jobs, progress=progress,
-                                         client=client, **options)
+    dic = model.prior_dictionary(prior)
+    if isinstance(shapes, (list, tuple)):
+        shapes = [np.asarray(s, dtype=float) for s in shapes]
+        if len({s.shape for s in shapes}) > 1:      # the solver names the bad one
+            return sparse_shape_composition_many(shapes, dic, weights, **solver, **options)
+    return [r for r, _, _ in solve_sides(
+        np.asarray(shapes, dtype=float), model, side,
+        lambda a, w: sparse_shape_composition_many(a, dic, w, **solver, n_jobs=n_jobs,
+                                                   progress=progress, client=client,
+                                                   **options), weights)]
 
 
 def update_model(model, labels, output=None, *, progress=False, **params):

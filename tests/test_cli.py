@@ -59,7 +59,7 @@ def test_labels_must_be_positive_integers():
 
 def _stub_model(labels=(1, 2)):
     return types.SimpleNamespace(metadata={"parameters": {"labels": list(labels)}},
-                                 prior_dictionary=lambda prior: None)
+                                 prior_dictionary=lambda prior: None, profile=None)
 
 
 @pytest.fixture
@@ -199,7 +199,8 @@ def test_update_model_refuses_a_taken_output_before_reading_anything(tmp_path, m
 def test_reconstruct_exit_codes(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(shapeprior.model, "load_model", lambda path: _stub_model())
     rep = {"n_shapes": 3, "status_counts": {"ok": 2, "suspect": 1}, "shapes_per_s": 10.0,
-           "suspect": [{"name": "s2", "reasons": ["40% of vertices overridden"]}]}
+           "suspect": [{"name": "s2", "reasons": ["40% of vertices overridden"]}],
+           "side": {"counts": {"left": 0, "right": 0, "none": 3}}}
     monkeypatch.setattr(shapeprior.pipeline, "reconstruct_shapes", lambda *a, **k: rep)
     args = ["reconstruct", str(tmp_path / "meshes"), "-o", str(tmp_path / "o"), "--model",
             str(tmp_path / "m.npz")]

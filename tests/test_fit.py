@@ -107,7 +107,7 @@ def test_paired_organ_init_mask_decides_the_side(paired, tmp_path):
     order on a right organ). The API's starting_side says the same of each side's
     surface."""
     from shapeprior.io import write_label
-    from shapeprior.segmentation._fit import starting_side
+    from shapeprior.segmentation import starting_side
 
     d, images, truth, model = paired
     name = "pair_006.nii.gz"

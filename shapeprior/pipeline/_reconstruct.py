@@ -25,7 +25,7 @@ import numpy as np
 from .._outputs import OutputDir, manifest, show_path
 from ..io import input_path_error
 from ..mesh import MESH_FORMATS, READ_SUFFIXES, Surface, read_mesh
-from ..segmentation import SCALE_SLACK, paired_model
+from ..segmentation import SCALE_SLACK, check_side, median_residual, solve_sides
 from ..ssc import ALIGN_TOL
 from ._cases import unique_names
 
@@ -46,10 +46,6 @@ SUSPECT_MEDIAN_RESIDUAL = 0.25
 SETTLED_MOVE = ALIGN_TOL
 #: what a folder is searched for (STL is listed so that it is refused by name)
 _FOUND = READ_SUFFIXES + (".stl",)
-#: a paired organ's mirror (x negated): as segment mirrors the other side
-_MIRROR = np.array([-1.0, 1.0, 1.0])
-#: ``side`` choices of :func:`reconstruct_shapes`
-SIDES = ("auto", "left", "right")
 
 
 def find_shape_inputs(path):
@@ -161,43 +157,6 @@ def _load_deidentified(input_path, n_points):
     return [f"shape_{i:05d}" for i in range(len(shapes))], shapes, meshes, files
 
 
-def median_residual(r, y):
-    """Median distance (mm) of the visible vertices of ``y`` (N, 3) from their
-    reconstruction in ``r``."""
-    near = np.linalg.norm(r.reconstruction - y, axis=1)[r.visible]
-    return float(np.median(near)) if near.size else 0.0
-
-
-def model_side(model):
-    """The side a paired organ's model holds (``'left'`` for ``build-model
-    --split-sides``: right organs mirrored onto the left), or None."""
-    return str(model.metadata.get("side", "")).split()[0] if paired_model(model) else None
-
-
-def _solve_sides(shapes, side, kept, solve):
-    """Per shape ``(result, mirrored, other median residual or None)``.
-
-    A model of one side of a paired organ (``kept``) explains the other side's
-    shapes only mirrored: vertex i of a right kidney from ``segment --side right``
-    is the model's vertex i mirrored, which no similarity transform undoes.
-    ``side`` 'auto' solves each shape as given and mirrored and keeps the one
-    whose visible vertices lie closer to their reconstruction (median). A
-    mirrored result is in the mirrored frame (the caller mirrors it back)."""
-    if kept is None:
-        return [(r, False, None) for r in solve(shapes)]
-    if side != "auto":
-        mirrored = side != kept
-        res = solve(shapes * _MIRROR if mirrored else shapes)
-        return [(r, mirrored, None) for r in res]
-    both = solve(np.concatenate([shapes, shapes * _MIRROR]))
-    out = []
-    for i, y in enumerate(shapes):
-        a, b = both[i], both[len(shapes) + i]
-        ma, mb = median_residual(a, y), median_residual(b, y * _MIRROR)
-        out.append((b, True, ma) if mb < ma else (a, False, mb))
-    return out
-
-
 def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", method="auto",
                        refit=None, n_jobs=1, mesh_format="vtk", force=False, progress=False,
                        argv=None, client=None, deidentify=False, side="auto"):
@@ -211,10 +170,11 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
     ``side`` (a model of one side of a paired organ, the other mirrored onto
     it: :func:`~shapeprior.segmentation.paired_model`): the side of the
     shapes, 'left' or 'right', or 'auto' (default): each shape is solved as
-    given and mirrored, and the closer fit kept (see :func:`_solve_sides`).
+    given and mirrored, and the closer fit kept
+    (:func:`~shapeprior.segmentation.solve_sides`).
     A mirrored fit's reconstruction, mesh and |e| are in the input's frame;
     its stored transform maps the input with x negated into the model frame.
-    For other models only 'auto' and the model's own side are accepted.
+    For other models only 'auto' is accepted.
     """
     from ..ssc import solver_options, sparse_shape_composition_many
     from ._run import scrub_argv
@@ -222,13 +182,7 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
     used = model.resolve_prior(prior)
     options = solver_options(method, refit, used)
     solver, refit = options["method"], options["refit"]
-    kept = model_side(model)
-    if side not in SIDES:
-        raise ValueError(f"side={side!r} is not one of {SIDES}")
-    if kept is None and side != "auto":
-        raise ValueError(f"--side {side}: the model is not of a paired organ with one side "
-                         "mirrored onto the other (build-model --split-sides); leave it out")
-
+    check_side(model, side)
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
     t0 = time.perf_counter()
@@ -241,25 +195,18 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
     try:
         dic = model.prior_dictionary(prior)
         t1 = time.perf_counter()
-        picked = _solve_sides(np.asarray(shapes, dtype=float), side, kept,
-                              lambda a: sparse_shape_composition_many(
-                                  a, dic, **options, n_jobs=n_jobs, progress=progress,
-                                  client=client))
+        picked = solve_sides(shapes, model, side, lambda a, w: sparse_shape_composition_many(
+            a, dic, w, **options, n_jobs=n_jobs, progress=progress, client=client))
         t_solve = time.perf_counter() - t1
         rows, res = [], []
         pose = model.pose
         scale_range = None if pose is None else pose.scale_range
-        other = {"left": "right", "right": "left"}
         for name, (r, mirrored, other_mm), y in zip(names, picked, shapes):
-            y = np.asarray(y, dtype=float) * (_MIRROR if mirrored else 1.0)   # as solved
+            y = np.asarray(y, dtype=float)     # the reconstruction is in its frame
             status, frac, reasons = _status(r, y, scale_range)
-            median = median_residual(r, y)
-            if mirrored:        # back into the input's frame
-                r.reconstruction = r.reconstruction * _MIRROR
             res.append(r)
-            row_side = "none" if kept is None else other[kept] if mirrored else kept
-            rows.append({"name": name, "status": status, "side": row_side,
-                         "median_residual_mm": round(median, 4),
+            rows.append({"name": name, "status": status, "side": r.info["side"],
+                         "median_residual_mm": round(median_residual(r, y), 4),
                          "other_side_median_residual_mm": (None if other_mm is None
                                                            else round(other_mm, 4)),
                          "overridden_fraction": round(frac, 4),
@@ -326,4 +273,4 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
 
 
 __all__ = ["reconstruct_shapes", "find_shape_inputs", "load_shapes", "mesh_file_names",
-           "SUSPECT_OVERRIDDEN", "SIDES"]
+           "SUSPECT_OVERRIDDEN"]

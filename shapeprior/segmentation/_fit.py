@@ -18,6 +18,7 @@ from ..ssc import sparse_shape_composition
 from ._assess import (MIRROR, SCALE_SLACK, assess, mode_coefficients, organ_scale,
                       outside_fov)
 from ._place import AppearanceScore, Hypothesis, find_placements
+from ._sides import paired_model, starting_side
 
 #: (search range mm, image smoothing sigma mm) per resolution level
 DEFAULT_SCHEDULE = ((6.0, 1.0), (3.0, 0.5), (1.5, 0.0))
@@ -294,12 +295,6 @@ def surface_offset(model, params) -> float:
 STATUS_RANK = {"ok": 0, "suspect": 1, "failed": 2}
 
 
-def paired_model(model):
-    """Whether the model holds one side of a paired organ, the other mirrored
-    onto it (``build-model --split-sides``): then a fit needs a side."""
-    return "mirrored" in str(model.metadata.get("side", ""))
-
-
 def initial_shape(model, vol, params: SegmentParams):
     """Model mean in the image: mean pose from training (rotation, scale) and
     position from the seed, else from the training offset to the FOV centre."""
@@ -318,22 +313,6 @@ def initial_shape(model, vol, params: SegmentParams):
         off = off * MIRROR
     centre = seed_lps(vol, params) if params.seed_mm is not None else vol.centre() + off
     return shape + centre, mirror
-
-
-def starting_side(init, dic):
-    """'left' or 'right': the side of a paired organ whose model (one side, the
-    other mirrored onto it) explains the starting surface ``init`` (N, 3) (the
-    model's vertex order) closer, as given or mirrored (median vertex residual
-    of an L1 SSC solve each); None for a surface of another shape. A starting
-    surface fitted to a right organ's mask is the model mirrored, which no
-    similarity transform undoes."""
-    init = np.asarray(init, dtype=float)
-    if init.shape != (dic.n_points, 3) or not np.all(np.isfinite(init)):
-        return None     # refused with its reason by segment_volume
-    res = [np.median(np.linalg.norm(r.reconstruction - y, axis=1))
-           for y in (init, init * MIRROR)
-           for r in [sparse_shape_composition(y, dic, method="l1")]]
-    return "right" if res[1] < res[0] else "left"
 
 
 class SeedOutsideError(ValueError):

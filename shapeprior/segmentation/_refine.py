@@ -46,7 +46,8 @@ from ..io import Volume
 from ..mesh import dice, grown_box, mask_box, signed_distance, voxelize
 from ._assess import border_distance
 from . import _cavities, _inpaint, _inserted
-from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, paired_model, segment_volume
+from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, segment_volume
+from ._sides import paired_model
 
 #: a fitted vertex this near the mask's boundary (mm, plus half the largest
 #: voxel size) lies on it
