@@ -1310,6 +1310,10 @@ MUTANTS = [
     ("window-hu-unchecked", "segment", "shapeprior/segmentation/_fit.py",
      "    if max(abs(float(v)) for v in w) > CT_WINDOW_LIMIT:", "    if False:",
      "--window -50,250 (HU for HU / 1000) runs the fit and reports 'organ not found'"),
+    ("side-note-dropped", "cli", "shapeprior/pipeline/_run.py",
+     '    if params.side in ("left", "right") and not paired_model(model):',
+     "    if False:",
+     "--side with a model of no paired organ: nothing says it changed no fit"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -100,6 +100,32 @@ def test_paired_organ_both_sides_through_the_mirrored_model(paired, tmp_path):
     assert any("both sides were fitted" in w for w in rep["warnings"])
 
 
+def test_side_for_a_model_of_no_paired_organ_is_noted(phantom_model, paired, tmp_path):
+    """--side with a model of no paired organ changes no fit (the same label as
+    without it) and the report says so; with a paired organ's model, no such note."""
+    d, images, labels, model = phantom_model
+    img = images / "phantom_005.nii.gz"
+    note = "--side right names the side in the outputs only"
+    for args in ([], ["--side", "right"]):
+        assert main(["segment", str(img), "-o", str(tmp_path / f"s{len(args)}"), "--model",
+                     str(model), *args]) == 0
+    rep = json.loads((tmp_path / "s2" / "report.json").read_text())
+    assert any(note in w for w in rep["warnings"]) and rep["side"] == "right"
+    assert not any(note in w for w in json.loads(
+        (tmp_path / "s0" / "report.json").read_text())["warnings"])
+    assert np.array_equal(read_label_map(tmp_path / "s0" / "label.nii.gz").array,
+                          read_label_map(tmp_path / "s2" / "label.nii.gz").array)
+    assert main(["refine", str(labels / "phantom_005.nii.gz"), "-o", str(tmp_path / "r"),
+                 "--model", str(model), "--side", "right"]) == 0
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert any(note in w for w in rep["warnings"])
+    pd, pimages, _, pmodel = paired
+    assert main(["segment", str(pimages / "pair_006.nii.gz"), "-o", str(tmp_path / "p"),
+                 "--model", str(pmodel), "--side", "right"]) == 0
+    rep = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert not any("outputs only" in w for w in rep["warnings"])
+
+
 def test_paired_organ_init_mask_decides_the_side(paired, tmp_path):
     """--init-mask of a right organ with a paired model and no --side: the starting
     surface is the model mirrored, so the fit runs on the right side (before, it ran

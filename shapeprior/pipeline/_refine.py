@@ -17,7 +17,7 @@ from ..mesh import Surface
 from ..segmentation import SegmentParams, refine_mask
 from ._qc import qc_png
 from ._run import (MESH_FORMATS, input_hashes, model_version, params_record, prior_record,
-                   statistics, vertex_data)
+                   side_note, statistics, vertex_data)
 
 
 def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, labels=(1,),
@@ -101,6 +101,8 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
         "time_s": round(time.perf_counter() - t0, 3),
         "warnings": [],
     }
+    if side_note(model, params):
+        report["warnings"].append(side_note(model, params))
     others = other_labels(mvol.array, tuple(labels) + tuple(keep))
     report["input"]["other_labels"] = len(others)
     if others and not labels_given:

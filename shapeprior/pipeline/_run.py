@@ -166,6 +166,8 @@ def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, in
         warnings.append(f"no --side given: both sides were fitted and the "
                         f"{res.evidence['side']} kept (the {other['side']}: {other['status']}, "
                         f"quality {other['quality']:.2f}); give --side {other['side']} for it")
+    if side_note(model, params):
+        warnings.append(side_note(model, params))
     if res.evidence.get("ct_window_source", "").startswith("default"):
         lo, hi = res.evidence["ct_window_hu"]
         warnings.append(f"no --window given: the CT intensity model took the soft-tissue "
@@ -229,6 +231,16 @@ def _write_outputs(out, vol, res, report, model, model_path, input_path, referen
     out.write_json("manifest.json", manifest(
         command="segment", parameters={"argv": argv, **params_record(params)},
         seed=None, inputs=inputs, input_paths=shown, digests=digests))
+
+
+def side_note(model, params):
+    """The report's note for a ``--side`` given with a model of no paired organ
+    (it changes no fit), or None."""
+    if params.side in ("left", "right") and not paired_model(model):
+        return (f"--side {params.side} names the side in the outputs only: the model is not "
+                "of a paired organ with one side mirrored onto the other (build-model "
+                "--split-sides), so it fitted as it was built")
+    return None
 
 
 def fitted_side(res, model, params):
