@@ -1314,6 +1314,14 @@ MUTANTS = [
      '    if params.side in ("left", "right") and not paired_model(model):',
      "    if False:",
      "--side with a model of no paired organ: nothing says it changed no fit"),
+    ("label-map-image-unchecked", "io", "shapeprior/io/_volume.py",
+     "        if len(u) > MAX_LABEL_VALUES or (u[0] < 0 and len(u) > MAX_NEGATIVE_LABELS):",
+     "        if len(u) > MAX_LABEL_VALUES * 100:",
+     "a CT given as a label map is read: its voxels of 1 HU become the organ"),
+    ("label-map-negatives-unchecked", "io", "shapeprior/io/_volume.py",
+     "        if len(u) > MAX_LABEL_VALUES or (u[0] < 0 and len(u) > MAX_NEGATIVE_LABELS):",
+     "        if len(u) > MAX_LABEL_VALUES:",
+     "an MR (hundreds of values, some negative) given as a label map is read"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

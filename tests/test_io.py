@@ -231,3 +231,50 @@ def test_header_checks_refuse_an_empty_grid_and_too_little_memory(monkeypatch):
         check_size("scan.nii", (100, 100, 50), 2)
     monkeypatch.setenv("SHAPEPRIOR_MAX_IMAGE_BYTES", str(int(3.5 * nbytes)))
     check_size("scan.nii", (100, 100, 50), 2)
+
+
+def test_an_image_given_as_a_label_map_is_refused(tmp_path, capsys):
+    """An image where a label map belongs (KiTS19's imaging.nii.gz beside its
+    segmentation.nii.gz; a CT or an MR given to refine) is refused in one line,
+    naming what it holds; label maps of many labels, of 8 bits, or with a negative
+    'ignore' value are read."""
+    import hashlib
+
+    from shapeprior.cli import main
+    from shapeprior.io import ImageReadError, read_label_map
+    from shapeprior.io._nifti import write_nifti
+    from shapeprior.mesh import icosphere
+    from shapeprior.model import model_from_shapes, save_model
+
+    rng = np.random.default_rng(0)
+    grid = (24, 40, 40)
+
+    def write(name, a):
+        f = tmp_path / name
+        write_nifti(Volume(a, np.array([1.0, 1.0, 2.0]), np.zeros(3), np.eye(3)), f)
+        return f
+
+    ct = write("ct.nii.gz", rng.integers(-1024, 2000, grid).astype(np.int16))
+    mr = write("mr.nii.gz", rng.integers(-30, 800, grid).astype(np.int16))
+    for f in (ct, mr):       # the sample's extremes: near -1024 / -30
+        with pytest.raises(ImageReadError, match=r"an image, not a label map \(\d+ distinct "
+                                                 r"values from -\d+ to \d+"):
+            read_label_map(f)
+    many = write("parcels.nii.gz", (np.arange(np.prod(grid)) % 900).reshape(grid)
+                 .astype(np.int16))
+    ignore = np.zeros(grid, np.int16)
+    ignore[:4] = -1
+    ignore[8:12, 10:20, 10:20] = 2
+    for f in (many, write("ignore.nii.gz", ignore),
+              write("bytes.nii.gz", rng.integers(0, 256, grid).astype(np.uint8))):
+        assert read_label_map(f).array.shape == grid
+    # the command line: one line, exit 1, the input untouched
+    v, faces = icosphere(2)
+    save_model(model_from_shapes(np.stack([v * (10 + i) for i in range(4)]), faces),
+               tmp_path / "m.npz")
+    before = hashlib.sha256(ct.read_bytes()).hexdigest()
+    rc = main(["refine", str(ct), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "m.npz")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "ct.nii.gz: an image, not a label map" in err
+    assert err.count("\n") == 1 and not (tmp_path / "o").exists()
+    assert hashlib.sha256(ct.read_bytes()).hexdigest() == before

@@ -504,3 +504,24 @@ def test_cli_update_model_images_of_a_case_tree(tmp_path):
     assert [a["source"] for a in rep["added"]] == ["kits/case_3/segmentation"]
     assert len(rep["skipped"]) == 3 and rep["rejected"] == []
     assert rep["appearance_updated"] and load_model(m4).profile.n_images == 4
+
+
+def test_build_model_refuses_the_images_of_a_case_tree_by_name(tmp_path):
+    """KiTS19's own layout holds imaging.nii.gz beside each segmentation.nii.gz: a
+    build over the tree refuses each image as 'an image, not a label map' (before:
+    'mask is too thin to contour', after reading it whole) and builds from the rest."""
+    from shapeprior.io import Volume
+    from shapeprior.io._nifti import write_nifti
+
+    files = _kits_like(tmp_path / "kits", 4)
+    rng = np.random.default_rng(0)
+    ct = rng.integers(-1024, 2000, (22, 46, 60)).astype(np.int16)
+    write_nifti(Volume(ct, np.array([1.2, 1.2, 2.0]), np.zeros(3), np.eye(3)),
+                files[0].parent / "imaging.nii.gz")
+    out = tmp_path / "m.npz"
+    assert main(["build-model", str(tmp_path / "kits"), "-o", str(out), "--vertices", "162",
+                 "--quiet"]) == 0
+    rep = json.loads((tmp_path / "m.npz.report" / "report.json").read_text())
+    assert [r["source"] for r in rep["rejected"]] == ["case_0/imaging"]
+    assert "an image, not a label map" in rep["rejected"][0]["reason"]
+    assert load_model(out).n_shapes == 4

@@ -222,14 +222,32 @@ def read_volume(path, allow_no_orientation=False) -> Volume:
     return read_file(path, allow_no_orientation)[0]
 
 
+#: a "label map" with more distinct values than this (in a regular subsample of
+#: every 4th voxel along each axis), or with negative values and more than
+#: :data:`MAX_NEGATIVE_LABELS`, is an image: a CT holds thousands (the example CT
+#: 1881, -1068..3211 HU), an MR hundreds with negatives from its bias correction
+#: (the example MR 779, from -28); TotalSegmentator's label maps hold 118, a
+#: parcellation up to ~1000
+MAX_LABEL_VALUES = 1000
+MAX_NEGATIVE_LABELS = 64
+
+
 def read_label_map(path, allow_no_orientation=False) -> Volume:
-    """Read a label map; rejects non-integer or non-finite voxel values."""
+    """Read a label map; rejects non-integer or non-finite voxel values, and an
+    image given as a label map (:data:`MAX_LABEL_VALUES`)."""
     vol = read_volume(path, allow_no_orientation)
     a = vol.array
     if not np.issubdtype(a.dtype, np.integer):
         if not np.all(a == np.round(a)):
             raise ImageReadError(f"{display_name(path)}: label map has non-integer values")
-        vol.array = a.astype(np.int32)
+        vol.array = a = a.astype(np.int32)
+    if a.dtype.itemsize > 1 and a.size:       # 8-bit: at most 256 values, labels or not
+        u = np.unique(a[::4, ::4, ::4])
+        if len(u) > MAX_LABEL_VALUES or (u[0] < 0 and len(u) > MAX_NEGATIVE_LABELS):
+            raise ImageReadError(
+                f"{display_name(path)}: an image, not a label map ({len(u)} distinct values "
+                f"from {u[0]} to {u[-1]} in a sample of its voxels; a label map holds a few "
+                "non-negative integers)")
     return vol
 
 
