@@ -76,3 +76,20 @@ def cached_hippocampus_model(path, train, root):
     path.parent.mkdir(parents=True, exist_ok=True)
     save_model(model, path)
     return model
+
+
+def cached_kidney_heldout():
+    """``(model path, model, held-out shapes (69, 2562, 3))`` from the cache of
+    ``bench_robustness.py``, or None (after saying so) when it has not run."""
+    import sys
+
+    import numpy as np
+
+    from shapeprior.model import load_model
+
+    cache = Path(__file__).resolve().parent / "cache"
+    mpath, hpath = cache / "kidney_model.npz", cache / "heldout.npz"
+    if not mpath.exists() or not hpath.exists():
+        print(f"needs {mpath} and {hpath} (run bench_robustness.py first)", file=sys.stderr)
+        return None
+    return mpath, load_model(mpath), np.load(hpath)["shapes"]

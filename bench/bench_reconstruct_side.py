@@ -32,9 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import data_root, machine, write_json
+from _common import cached_kidney_heldout, data_root, machine, write_json
 from shapeprior.mesh import Surface, read_mesh
-from shapeprior.model import load_model
 from shapeprior.pipeline._reconstruct import reconstruct_shapes
 from shapeprior.synthetic import corrupt_patches
 
@@ -51,12 +50,10 @@ def _run(path, out, model, mpath, side):
 
 
 def main(argv=None):
-    mpath, hpath = HERE / "cache" / "kidney_model.npz", HERE / "cache" / "heldout.npz"
-    if not mpath.exists() or not hpath.exists():
-        print(f"needs {mpath} and {hpath} (run bench_robustness.py first)", file=sys.stderr)
+    cached = cached_kidney_heldout()
+    if cached is None:
         return 2
-    model = load_model(mpath)
-    held = np.load(hpath)["shapes"]
+    mpath, model, held = cached
     out = {"benchmark": "reconstruct: the side of a paired organ's shapes",
            "machine": machine(), "model_side": model.metadata.get("side"),
            "n_shapes": int(len(held)), "sets": [], "real": []}

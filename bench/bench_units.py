@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import machine, write_json
-from shapeprior.model import load_model
+from _common import cached_kidney_heldout, machine, write_json
 from shapeprior.pipeline._reconstruct import reconstruct_shapes
 from shapeprior.segmentation import SCALE_SLACK
 
@@ -32,12 +31,10 @@ UNITS = (("mm", 1.0, None), ("cm", 0.1, 4), ("m", 0.001, 4))
 
 
 def main(argv=None):
-    mpath, hpath = HERE / "cache" / "kidney_model.npz", HERE / "cache" / "heldout.npz"
-    if not mpath.exists() or not hpath.exists():
-        print(f"needs {mpath} and {hpath} (run bench_robustness.py first)", file=sys.stderr)
+    cached = cached_kidney_heldout()
+    if cached is None:
         return 2
-    model = load_model(mpath)
-    shapes = np.load(hpath)["shapes"]
+    mpath, model, shapes = cached
     lo, hi = model.pose.scale_range
     out = {"benchmark": "reconstruct: shapes in other units", "machine": machine(),
            "model": {"n_shapes": int(model.n_shapes), "scale_range": [lo, hi],
