@@ -224,10 +224,9 @@ def read_volume(path, allow_no_orientation=False) -> Volume:
 
 #: a "label map" with more distinct values than this (in a regular subsample of
 #: every 4th voxel along each axis), or with negative values and more than
-#: :data:`MAX_NEGATIVE_LABELS`, is an image: a CT holds thousands (the example CT
-#: 1881, -1068..3211 HU), an MR hundreds with negatives from its bias correction
-#: (the example MR 779, from -28); TotalSegmentator's label maps hold 118, a
-#: parcellation up to ~1000
+#: :data:`MAX_NEGATIVE_LABELS`, is an image. In that sample the TotalSegmentator
+#: example CT holds 1350 values (-1068..3112 HU) and its MR 639 (-11..763); its
+#: label maps (8-bit, not checked) up to 118 classes; a brain parcellation ~1000
 MAX_LABEL_VALUES = 1000
 MAX_NEGATIVE_LABELS = 64
 

@@ -101,8 +101,8 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
         "time_s": round(time.perf_counter() - t0, 3),
         "warnings": [],
     }
-    if side_note(model, params):
-        report["warnings"].append(side_note(model, params))
+    if note := side_note(model, params):
+        report["warnings"].append(note)
     others = other_labels(mvol.array, tuple(labels) + tuple(keep))
     report["input"]["other_labels"] = len(others)
     if others and not labels_given:

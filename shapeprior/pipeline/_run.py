@@ -166,8 +166,8 @@ def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, in
         warnings.append(f"no --side given: both sides were fitted and the "
                         f"{res.evidence['side']} kept (the {other['side']}: {other['status']}, "
                         f"quality {other['quality']:.2f}); give --side {other['side']} for it")
-    if side_note(model, params):
-        warnings.append(side_note(model, params))
+    if note := side_note(model, params):
+        warnings.append(note)
     if res.evidence.get("ct_window_source", "").startswith("default"):
         lo, hi = res.evidence["ct_window_hu"]
         warnings.append(f"no --window given: the CT intensity model took the soft-tissue "
