@@ -1322,6 +1322,10 @@ MUTANTS = [
      "        if len(u) > MAX_LABEL_VALUES or (u[0] < 0 and len(u) > MAX_NEGATIVE_LABELS):",
      "        if len(u) > MAX_LABEL_VALUES:",
      "an MR (hundreds of values, some negative) given as a label map is read"),
+    ("images-label-map-itself", "model", "shapeprior/model/_build.py",
+     "                 if c.is_file() and not os.path.samefile(c, label_file)), None)",
+     "                 if c.is_file()), None)",
+     "--images naming the labels' folder: each label map taken for its own image"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -525,3 +525,16 @@ def test_build_model_refuses_the_images_of_a_case_tree_by_name(tmp_path):
     assert [r["source"] for r in rep["rejected"]] == ["case_0/imaging"]
     assert "an image, not a label map" in rep["rejected"][0]["reason"]
     assert load_model(out).n_shapes == 4
+
+
+def test_build_model_never_takes_a_label_map_for_its_own_image(tmp_path, capsys):
+    """--images naming the label maps' own folder: each label map would be its own
+    "image" (same name, same grid) and the appearance learned from masks. Refused
+    before the slow stages, saying so; nothing is written."""
+    _ellipsoid_folder(tmp_path / "labels", n=4)
+    out = tmp_path / "m.npz"
+    assert main(["build-model", str(tmp_path / "labels"), "-o", str(out), "--vertices", "162",
+                 "--quiet", "--images", str(tmp_path / "labels")]) == 1
+    err = capsys.readouterr().err
+    assert "4 of 4 label maps have no image" in err and "found the label map itself" in err
+    assert not out.exists() and not (tmp_path / "m.npz.report").exists()

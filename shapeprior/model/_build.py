@@ -348,9 +348,11 @@ def image_candidates(label_file: Path, labels_root: Path, images_dir: Path):
 
 
 def find_image_for(label_file: Path, labels_root: Path, images_dir: Path):
-    """The training image for a label map (see :func:`image_candidates`), or None."""
+    """The training image for a label map (see :func:`image_candidates`), or None.
+    The label map itself is never its image (``--images`` naming the labels'
+    own folder)."""
     return next((c for c in image_candidates(label_file, labels_root, images_dir)
-                 if c.is_file()), None)
+                 if c.is_file() and not os.path.samefile(c, label_file)), None)
 
 
 def pair_images(label_files, labels_root, images_dir, allow_no_orientation=False):
@@ -379,9 +381,13 @@ def pair_images(label_files, labels_root, images_dir, allow_no_orientation=False
             pairs[Path(f)] = img
     if missing:
         f, r = missing[0]
-        tried = ", ".join(sorted({c.name for c in image_candidates(f, r, images_dir)}))
+        cands = image_candidates(f, r, images_dir)
+        tried = ", ".join(sorted({c.name for c in cands}))
+        itself = any(c.is_file() and os.path.samefile(c, f) for c in cands)
         raise ValueError(f"{len(missing)} of {len(label_files)} label maps have no image in "
-                         f"{image_root(images_dir)} (first: {f.name}; looked for {tried})")
+                         f"{image_root(images_dir)} (first: {f.name}; looked for {tried}"
+                         + ("; found the label map itself: --images names the folder of "
+                            "the scans, not of the label maps" if itself else "") + ")")
     for f, img in pairs.items():
         gl = read_geometry(f, allow_no_orientation)
         gi = read_geometry(img, allow_no_orientation)
