@@ -538,3 +538,13 @@ def test_build_model_never_takes_a_label_map_for_its_own_image(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "4 of 4 label maps have no image" in err and "found the label map itself" in err
     assert not out.exists() and not (tmp_path / "m.npz.report").exists()
+    # update-model: each such map is refused with that reason (here: none left to add)
+    files = _kits_like(tmp_path / "kits", 4, image_root=tmp_path / "images")
+    m3 = tmp_path / "m3.npz"
+    assert main(["build-model", *map(str, files[:3]), "-o", str(m3), "--vertices", "162",
+                 "--quiet", "--images", str(tmp_path / "images"),
+                 "--no-voxel-classifier"]) == 0
+    assert main(["update-model", str(m3), str(files[3]), "-o", str(tmp_path / "m4.npz"),
+                 "--quiet", "--images", str(files[3].parent)]) == 1
+    err = capsys.readouterr().err
+    assert "no image in" in err and "found the label map itself" in err, err

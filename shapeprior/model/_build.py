@@ -355,6 +355,18 @@ def find_image_for(label_file: Path, labels_root: Path, images_dir: Path):
                  if c.is_file() and not os.path.samefile(c, label_file)), None)
 
 
+def looked_for(label_file, labels_root, images_dir):
+    """Where a label map's image was looked for (:func:`image_candidates`), and
+    whether the label map itself was found there (``--images`` naming the label
+    maps' own folder)."""
+    cands = image_candidates(label_file, labels_root, images_dir)
+    text = "looked for " + ", ".join(sorted({c.name for c in cands}))
+    if any(c.is_file() and os.path.samefile(c, label_file) for c in cands):
+        text += ("; found the label map itself: --images names the folder of the scans, "
+                 "not of the label maps")
+    return text
+
+
 def pair_images(label_files, labels_root, images_dir, allow_no_orientation=False):
     """``{label file: image file}``, checked before any slow stage.
 
@@ -381,13 +393,9 @@ def pair_images(label_files, labels_root, images_dir, allow_no_orientation=False
             pairs[Path(f)] = img
     if missing:
         f, r = missing[0]
-        cands = image_candidates(f, r, images_dir)
-        tried = ", ".join(sorted({c.name for c in cands}))
-        itself = any(c.is_file() and os.path.samefile(c, f) for c in cands)
         raise ValueError(f"{len(missing)} of {len(label_files)} label maps have no image in "
-                         f"{image_root(images_dir)} (first: {f.name}; looked for {tried}"
-                         + ("; found the label map itself: --images names the folder of "
-                            "the scans, not of the label maps" if itself else "") + ")")
+                         f"{image_root(images_dir)} (first: {f.name}; "
+                         f"{looked_for(f, r, images_dir)})")
     for f, img in pairs.items():
         gl = read_geometry(f, allow_no_orientation)
         gi = read_geometry(img, allow_no_orientation)

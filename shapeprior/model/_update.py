@@ -28,7 +28,7 @@ import numpy as np
 from .._provenance import sha256_file
 from ..align import apply_many, procrustes, procrustes_many
 from ._build import (BuildParams, case_name, _job_fit, _job_surfaces, _map, find_image_for,
-                     image_candidates, image_root, pair_images, rms_radius)
+                     image_root, looked_for, pair_images, rms_radius)
 from ._lineage import extend_lineage, lineage_of
 from ._model import ShapeModel, total_variance
 from ._pose import add_pose_stats, pose_from_stats, pose_stats
@@ -358,9 +358,8 @@ def update_model(model: ShapeModel, label_files, params: BuildParams | None = No
             except ValueError as exc:   # no image, or not on the label map's grid
                 why = str(exc)
                 if find_image_for(f, r, Path(params.images_dir)) is None:
-                    tried = ", ".join(sorted({c.name for c in image_candidates(
-                        f, r, Path(params.images_dir))}))
-                    why = f"no image in {image_root(params.images_dir)} (looked for {tried})"
+                    why = (f"no image in {image_root(params.images_dir)} "
+                           f"({looked_for(f, r, Path(params.images_dir))})")
                 unpaired.append({"source": name, "stage": "image", "reason": why})
         todo = paired
     accepted, rejected = (correspond_to_model(model, todo, params, progress)
