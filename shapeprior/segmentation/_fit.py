@@ -477,13 +477,13 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     check_window(model, params)
     if params.side == "none" and init is None and paired_model(model):
         # a paired organ and no side given: each side fitted, the better kept
-        fits = [segment_volume(vol, model, replace(params, side=side), dictionary, clock,
-                               None, check_units) for side in ("left", "right")]
-        best, other = sorted(fits, key=lambda r: (STATUS_RANK[r.status], -r.quality))
-        sides = {id(f): side for f, side in zip(fits, ("left", "right"))}
-        best.evidence["side"] = sides[id(best)]
+        fits = {side: segment_volume(vol, model, replace(params, side=side), dictionary,
+                                     clock, None, check_units) for side in ("left", "right")}
+        (side, best), (other_side, other) = sorted(
+            fits.items(), key=lambda kv: (STATUS_RANK[kv[1].status], -kv[1].quality))
+        best.evidence["side"] = side
         best.evidence["side_source"] = "both fitted, the better kept"
-        best.evidence["other_side"] = {"side": sides[id(other)], "status": other.status,
+        best.evidence["other_side"] = {"side": other_side, "status": other.status,
                                        "quality": round(other.quality, 4)}
         best.time_s = time.perf_counter() - t0
         return best
