@@ -86,3 +86,75 @@ def test_batch_of_real_cases_with_one_corrupt_case_on_dask(hippocampus, tmp_path
     rows = {r["case"]: r["status"] for r in json.loads((out / "summary.json").read_text())["cases"]}
     assert rc == 1 and rows.pop("hippocampus_cut") == "failed"
     assert set(rows.values()) == {"skipped"}
+
+
+def _digests(folder):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def test_batch_with_a_folder_of_references_reports_dice_per_case_and_the_worst(
+        hippocampus, tmp_path, capsys):
+    """``segment IMAGES --reference LABELS``: each case's label map is found by
+    its name (one under nnU-Net's x_0000 name, one without a label map); each
+    row's Dice is the Dice of the label written against that map, and the
+    summary names the mean, median and worst case. A rerun keeps the cases and
+    their numbers; a changed reference redoes its case only; the inputs and
+    the references are never touched."""
+    root, test, model = hippocampus
+    cases, labels = tmp_path / "images", tmp_path / "labels"
+    cases.mkdir()
+    labels.mkdir()
+    test = test[:4]
+    for i, p in enumerate(test):
+        name = p.name.replace(".nii.gz", "_0000.nii.gz") if i == 0 else p.name
+        shutil.copy(root / "images" / p.name, cases / name)
+        if i != 3:                                           # the last one has no label map
+            shutil.copy(p, labels / p.name)
+    before = {**_digests(cases), **{"labels/" + k: v for k, v in _digests(labels).items()}}
+    out = tmp_path / "out"
+    rc = main(["segment", str(cases), "-o", str(out), "--model", str(model),
+               "--reference", str(labels)])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {r["case"]: r for r in summary["cases"]}
+    names = [test[0].name.replace(".nii.gz", "_0000")] + [p.name[:-7] for p in test[1:]]
+    assert sorted(rows) == sorted(names)
+    assert "dice" not in rows[names[3]]
+    for name, p in zip(names[:3], test[:3]):
+        seg = read_label_map(out / name / "label.nii.gz").array > 0
+        want = dice(seg, np.isin(read_label_map(p).array, (1, 2)))
+        assert abs(rows[name]["dice"] - want) < 1e-9, (name, rows[name]["dice"], want)
+        assert rows[name]["assd_mm"] >= 0 and rows[name]["hd95_mm"] >= 0
+    ref = summary["reference"]
+    worst = min(names[:3], key=lambda n: rows[n]["dice"])
+    assert ref["n_cases_with_reference"] == 3 and ref["n_compared"] == 3
+    assert ref["dice"]["worst_case"] == worst and ref["dice"]["worst"] == rows[worst]["dice"]
+    assert f"({worst})" in printed and "3 of 4 cases compared (3 have one)" in printed
+    # a rerun keeps every case, with its results
+    rc = main(["segment", str(cases), "-o", str(out), "--model", str(model),
+               "--reference", str(labels)])
+    again = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
+    assert rc == 0 and {r["status"] for r in again.values()} == {"skipped"}
+    assert all(again[n]["dice"] == rows[n]["dice"] for n in names[:3])
+    assert {again[n]["result"] for n in names} == {rows[n]["status"] for n in names}
+    # another reference for one case: that case alone is redone against it
+    other = tmp_path / "labels2"
+    shutil.copytree(labels, other)
+    lab = read_label_map(other / test[1].name)
+    from shapeprior.io import write_label
+    arr = lab.array.copy()
+    arr[:, :, : arr.shape[2] // 2] = 0                       # half of it erased
+    (other / test[1].name).unlink()
+    write_label(lab, arr, other / test[1].name)
+    rc = main(["segment", str(cases), "-o", str(out), "--model", str(model),
+               "--reference", str(other)])
+    third = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
+    assert third[names[1]]["status"] != "skipped"
+    assert "reference differs" in third[names[1]]["note"]
+    assert third[names[1]]["dice"] < rows[names[1]]["dice"] - 0.1
+    assert [third[n]["status"] for n in (names[0], names[2], names[3])] == ["skipped"] * 3
+    after = {**_digests(cases), **{"labels/" + k: v for k, v in _digests(labels).items()}}
+    assert after == before

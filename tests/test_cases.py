@@ -86,3 +86,70 @@ def test_a_batch_summary_row_names_the_side_of_a_paired_organ(side, monkeypatch,
     row = _batch.run_one(case, tmp_path / "out", tmp_path / "m.npz", SegmentParams(), None,
                          "vtk", False, [], False, False, None)
     assert row["status"] == "ok" and row.get("side") == (None if side == "none" else side)
+
+
+def _touch(folder, *names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (folder / n).write_bytes(b"x")
+
+
+def test_references_are_matched_by_the_case_file_name(tmp_path):
+    """images/x.nii.gz takes labels/x.<any image suffix>, a DICOM folder takes
+    the label map named like it, nnU-Net's x_0000 takes x; a case without one
+    gets None; files that are not label maps by suffix are ignored."""
+    from shapeprior.pipeline import match_references
+
+    _touch(tmp_path / "img", "a.nii.gz", "b.mha", "c_0000.nii.gz", "d.nii.gz", "e_0001.nii")
+    (tmp_path / "img" / "dicom_case").mkdir()
+    _touch(tmp_path / "lab", "a.nii.gz", "b.nii", "c.nii.gz", "dicom_case.nrrd", "e.nii.gz",
+           "d.txt", ".d.nii.gz")
+    cases = discover_cases(tmp_path / "img",
+                           list_series=lambda d: ["s"] if d.name == "dicom_case" else [])
+    assert [c.name for c in cases] == ["a", "b", "c_0000", "d", "e_0001", "dicom_case"]
+    got = match_references(cases, tmp_path / "lab")
+    assert [p.name if p else None for p in got] == [
+        "a.nii.gz", "b.nii", "c.nii.gz", None, "e.nii.gz", "dicom_case.nrrd"]
+    # an exact name wins over the channel-less one
+    _touch(tmp_path / "lab", "c_0000.mha")
+    assert match_references(cases, tmp_path / "lab")[2].name == "c_0000.mha"
+
+
+def test_reference_folder_refusals_name_the_cause(tmp_path):
+    from shapeprior.pipeline import match_references
+
+    _touch(tmp_path / "img", "Smith_John.nii.gz")
+    cases = discover_cases(tmp_path / "img", list_series=lambda d: [])
+    _touch(tmp_path / "other", "x.nii.gz")
+    with pytest.raises(ValueError, match=r"holds no label map named like a case \(for "
+                                         r"Smith_John.nii.gz it looked for Smith_John.nii.gz"):
+        match_references(cases, tmp_path / "other")
+    with pytest.raises(ValueError, match="is a file; with a folder of cases it names a folder"):
+        match_references(cases, tmp_path / "other" / "x.nii.gz")
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        match_references(cases, tmp_path / "nowhere")
+    _touch(tmp_path / "two", "Smith_John.nii.gz", "Smith_John.mha")
+    with pytest.raises(ValueError, match="2 files could be the reference of Smith_John.nii.gz: "
+                                         "Smith_John.mha, Smith_John.nii.gz"):
+        match_references(cases, tmp_path / "two")
+    # de-identified: neither message names the case or its files
+    hidden = Deidentifier(tmp_path / "salt").apply(cases)
+    for folder in ("other", "two"):
+        with pytest.raises(ValueError) as e:
+            match_references(hidden, tmp_path / folder, deidentify=True)
+        assert "Smith" not in str(e.value) and "John" not in str(e.value), str(e.value)
+
+
+def test_reference_summary_reports_mean_median_and_the_worst_case():
+    from shapeprior.pipeline import reference_summary
+
+    rows = [{"case": "a", "dice": 0.9, "assd_mm": 0.5, "hd95_mm": 1.0},
+            {"case": "b", "dice": 0.6, "assd_mm": 0.4, "hd95_mm": 3.0},
+            {"case": "c", "dice": 0.8, "assd_mm": 2.0, "hd95_mm": 2.0},
+            {"case": "d", "status": "failed", "error": "truncated"}]
+    s = reference_summary(rows)
+    assert s["n_compared"] == 3
+    assert s["dice"]["worst"] == 0.6 and s["dice"]["worst_case"] == "b"
+    assert s["dice"]["median"] == 0.8 and abs(s["dice"]["mean"] - 2.3 / 3) < 1e-12
+    assert s["assd_mm"]["worst_case"] == "c" and s["hd95_mm"]["worst_case"] == "b"
+    assert reference_summary(rows[3:]) is None

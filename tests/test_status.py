@@ -173,6 +173,13 @@ def test_status_in_report_summary_exit_code_and_mesh(phantom_model, tmp_path, ca
     rows = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
     assert rows["good"]["status"] == "ok" and rows["flat"]["status"] == "failed"
     assert "flat image" in rows["flat"]["reasons"][0]
+    # a rerun keeps both cases: their rows and the exit code still say what they got
+    assert main(["segment", str(batch), "-o", str(out), "--model", str(model_path)]) == 3
+    kept = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
+    assert {r["status"] for r in kept.values()} == {"skipped"}
+    assert kept["flat"]["result"] == "failed" and kept["good"]["result"] == "ok"
+    assert kept["flat"]["reasons"] == rows["flat"]["reasons"]
+    assert "1 ok, 0 suspect, 1 failed" in capsys.readouterr().out
     rep = json.loads((out / "good" / "report.json").read_text())
     assert rep["status"] == "ok" and rep["placement"]["chosen"]["source"] in ("search", "prior")
     assert len(rep["placement"]["hypotheses"]) >= 1

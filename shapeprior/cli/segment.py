@@ -42,7 +42,12 @@ def main(argv):
                          "voxel (i,j,k); default lps")
     ap.add_argument("--side", choices=("none", "left", "right"), default="none",
                     help="side of a paired organ (model built with mirrored right sides)")
-    ap.add_argument("--reference", default=None, help="reference label map for Dice/distances")
+    ap.add_argument("--reference", default=None,
+                    help="reference label map for Dice/distances; for a folder of cases, a "
+                         "folder of label maps named like the cases (images/x.nii.gz takes "
+                         "labels/x.nii.gz, nnU-Net's x_0000.nii.gz takes x.nii.gz): every "
+                         "row and the summary get Dice, mean and 95%% surface distances, "
+                         "mean, median and the worst case")
     ap.add_argument("--reference-labels", default=None,
                     help="labels of the organ in --reference (default: the labels the model "
                          "was built from, e.g. 1,2 for hippocampus head and body)")
@@ -154,31 +159,68 @@ def main(argv):
             raise
         print_case(c.name, rep)
         return finish_case(c.name, rep, a.output, a.strict)
-    if a.reference or a.init_mask:
-        raise ValueError("--reference and --init-mask apply to a single case, not a folder "
-                         "of cases")
-    from ..pipeline import run_batch, write_summary
+    if a.init_mask:
+        raise ValueError("--init-mask applies to a single case, not a folder of cases")
+    from ..pipeline import match_references, run_batch, write_summary
 
+    refs = None
+    if a.reference:
+        if Path(a.reference).resolve() == Path(a.input).resolve():
+            raise ValueError("--reference names the folder of the cases themselves; it names "
+                             "the folder of their label maps")
+        refs = match_references(cases, a.reference, deidentify=a.deidentify)
     root = Path(a.output)
     summary = run_batch(cases, root, a.model, params, series=a.series,
                         mesh_format=a.mesh_format, force=a.force, workers=a.workers,
                         scheduler=a.scheduler, argv=argv, deidentify=a.deidentify,
-                        allow_no_orientation=a.allow_no_orientation, inputs=[a.input],
+                        allow_no_orientation=a.allow_no_orientation,
+                        inputs=[a.input] + ([a.reference] if a.reference else []),
                         progress=sys.stderr.isatty(), output_type=a.output_type,
-                        qc=not a.no_qc)
-    write_summary(root, summary, len(cases))
+                        qc=not a.no_qc, references=refs, reference_labels=ref_labels)
+    n_refs = None if refs is None else sum(r is not None for r in refs)
+    write_summary(root, summary, len(cases), n_refs)
+    print_batch(summary, len(cases), root, refs)
     errors = sum("error" in r for r in summary)
+    return 1 if errors else status_code([r.get("result", r["status"]) for r in summary],
+                                        a.strict)
+
+
+def print_batch(summary, n_cases, root, refs):
+    """One line per case, then the counts (cases kept from an earlier run
+    counted by the result they got) and, with references, Dice and distances
+    over the cases compared."""
+    from ..pipeline import reference_summary
+
     for r in summary:
-        if "error" in r or r["status"] == "skipped":
-            extra = r.get("error") or r.get("reason")
+        if "error" in r:
+            extra = r["error"]
+        elif "volume_ml" not in r:
+            extra = r.get("reason")
         else:
             extra = f"{r['volume_ml']:.1f} ml, quality {r['quality']:.2f}, {r['time_s']:.2f} s"
+            if "dice" in r:
+                extra += f", Dice {r['dice']:.3f}, {r['assd_mm']:.2f} mm"
+            if "result" in r:
+                extra = f"{r['result']} (kept: inputs unchanged), {extra}"
             if r.get("reasons"):
                 extra += "; " + "; ".join(r["reasons"])
         print(f"{r['case']:30s} {r['status']:8s} {extra}")
-    counts = {k: sum(r["status"] == k for r in summary) for k in
-              ("ok", "suspect", "failed", "skipped")}
-    print(f"{len(cases)} cases: {counts['ok']} ok, {counts['suspect']} suspect, "
-          f"{counts['failed']} failed ({errors} with errors), {counts['skipped']} skipped; "
-          f"summary in {show_path(root / 'summary.json')}")
-    return 1 if errors else status_code([r["status"] for r in summary], a.strict)
+    errors = sum("error" in r for r in summary)
+    result = [r.get("result", r["status"]) for r in summary]
+    counts = {k: result.count(k) for k in ("ok", "suspect", "failed", "skipped")}
+    kept = sum("result" in r for r in summary)
+    print(f"{n_cases} cases: {counts['ok']} ok, {counts['suspect']} suspect, "
+          f"{counts['failed']} failed ({errors} with errors), {counts['skipped']} skipped"
+          + (f"; {kept} of them kept from an earlier run" if kept else "")
+          + f"; summary in {show_path(root / 'summary.json')}")
+    if refs is not None:
+        st = reference_summary(summary)
+        n_refs = sum(r is not None for r in refs)
+        if st is None:
+            print(f"reference: {n_refs} of {n_cases} cases have one; none was compared")
+        else:
+            d, s = st["dice"], st["assd_mm"]
+            print(f"reference: {st['n_compared']} of {n_cases} cases compared ({n_refs} have "
+                  f"one): Dice mean {d['mean']:.3f}, median {d['median']:.3f}, worst "
+                  f"{d['worst']:.3f} ({d['worst_case']}); mean surface distance "
+                  f"{s['mean']:.2f} mm, worst {s['worst']:.2f} mm ({s['worst_case']})")

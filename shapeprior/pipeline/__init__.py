@@ -9,12 +9,14 @@ dask.distributed, resumably; :func:`discover_cases` turns an input path into
 safe, unique cases.
 """
 
-from ._batch import case_state, run_batch, write_summary
-from ._cases import Case, Deidentifier, discover_cases, safe_name, scrub, unique_names
+from ._batch import case_state, reference_summary, run_batch, write_summary
+from ._cases import (Case, Deidentifier, case_key, discover_cases, match_references, safe_name,
+                     scrub, unique_names)
 from ._reconstruct import reconstruct_shapes
 from ._refine import refine_case
 from ._run import MESH_FORMATS, OUTPUT_TYPES, input_files, run_case, scrub_argv
 
-__all__ = ["run_case", "refine_case", "reconstruct_shapes", "run_batch", "discover_cases", "Case", "Deidentifier", "case_state",
-           "write_summary", "safe_name", "unique_names", "scrub", "scrub_argv", "input_files",
-           "MESH_FORMATS", "OUTPUT_TYPES"]
+__all__ = ["run_case", "refine_case", "reconstruct_shapes", "run_batch", "discover_cases",
+           "Case", "Deidentifier", "case_state", "write_summary", "reference_summary",
+           "match_references", "case_key", "safe_name", "unique_names", "scrub", "scrub_argv",
+           "input_files", "MESH_FORMATS", "OUTPUT_TYPES"]

@@ -36,8 +36,9 @@ def _model(path, prior="auto"):
     return _MODELS[key]
 
 
-def case_state(folder, case_path, model_path, params, deidentify=False):
-    """``('complete' | 'stale' | 'absent' | 'foreign', reason)`` of a case folder."""
+def case_state(folder, case_path, model_path, params, deidentify=False, reference=None):
+    """``('complete' | 'stale' | 'absent' | 'foreign', reason)`` of a case folder.
+    A ``reference`` given now must be the one its Dice was computed against."""
     from ._run import input_hashes, params_record
 
     f = Path(folder)
@@ -65,6 +66,12 @@ def case_state(folder, case_path, model_path, params, deidentify=False):
     was = {k: (v or {}).get("sha256") for k, v in rec.items() if k != "reference"}
     if now != was:
         return "stale", "the input or the model changed since it was segmented"
+    if reference is not None:
+        was_ref = (rec.get("reference") or {}).get("sha256")
+        if was_ref is None:
+            return "stale", "it was not compared with a reference"
+        if sha256_file(reference) != was_ref:
+            return "stale", "the reference differs from the one it was compared with"
     recorded = {k: v for k, v in (m.get("parameters") or {}).items() if k != "argv"}
     if recorded != json.loads(json.dumps(params_record(params))):
         return "stale", "segmentation parameters differ"
@@ -72,10 +79,12 @@ def case_state(folder, case_path, model_path, params, deidentify=False):
 
 
 def run_one(case, outdir, model_path, params, series, mesh_format, force, argv, deidentify,
-            allow_no_orientation, redo, output_type="nifti", qc=True, one_thread=False):
+            allow_no_orientation, redo, output_type="nifti", qc=True, one_thread=False,
+            reference=None, reference_labels=(1,)):
     """Segment one case; never raises (returns a summary row). ``one_thread``:
     on one core (:func:`~shapeprior.backend.single_threaded`), as a worker of a
-    process pool runs it."""
+    process pool runs it. ``reference``: its label map, for Dice and surface
+    distances in the row."""
     from ..backend import single_threaded
     from ._run import run_case
 
@@ -86,26 +95,57 @@ def run_one(case, outdir, model_path, params, series, mesh_format, force, argv, 
                            mesh_format=mesh_format, force=force or redo, dictionary=dic,
                            argv=argv, case_name=case.name, deidentify=deidentify,
                            allow_no_orientation=allow_no_orientation, partial_ok=True,
-                           output_type=output_type, qc=qc)
-        row = {"case": case.name, "status": rep["status"], "quality": rep["quality"],
-               "volume_ml": rep["volume_ml"], "iterations": rep["iterations"],
-               "time_s": rep["time_s"]}
-        if rep.get("side", "none") != "none":      # the side of a paired organ fitted
-            row["side"] = rep["side"]
-        if rep["reasons"]:
-            row["reasons"] = rep["reasons"]
+                           output_type=output_type, qc=qc, reference=reference,
+                           reference_labels=reference_labels)
+        row = {"case": case.name, **result_fields(rep)}
         if redo:
             row["note"] = f"redone: {redo}"
         return row
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
-        return failed_row(case, exc, deidentify)
+        return failed_row(case, exc, deidentify, reference)
 
 
-def failed_row(case, exc, deidentify):
+def result_fields(rep):
+    """A summary row's fields from a case's report: status, quality, volume,
+    iterations, time, side, reasons, and Dice and distances against its
+    reference."""
+    row = {k: rep[k] for k in ("status", "quality", "volume_ml", "iterations", "time_s")}
+    if rep.get("side", "none") != "none":      # the side of a paired organ fitted
+        row["side"] = rep["side"]
+    if rep.get("reasons"):
+        row["reasons"] = rep["reasons"]
+    if "reference" in rep:
+        row.update({k: rep["reference"][k] for k in ("dice", "assd_mm", "hd95_mm")})
+    return row
+
+
+def kept_row(case, folder, compared=False):
+    """The row of a case whose complete outputs are kept: ``skipped``, with the
+    results its report holds (``result``: the status it got then). Its Dice and
+    distances only when ``compared``: this run gave the reference they were
+    computed against (:func:`case_state` checked it is the same)."""
+    row = {"case": case.name, "status": "skipped",
+           "reason": "complete outputs exist (inputs unchanged)"}
+    try:
+        rep = json.loads((Path(folder) / "report.json").read_bytes())
+        fields = result_fields(rep)
+    except (OSError, ValueError, KeyError, TypeError):
+        return row                      # the manifest vouched for it; older report layout
+    row["result"] = fields.pop("status")
+    if not compared:
+        for k in ("dice", "assd_mm", "hd95_mm"):
+            fields.pop(k, None)
+    row.update(fields)
+    return row
+
+
+def failed_row(case, exc, deidentify, reference=None):
     msg = one_line(exc)
     if isinstance(exc, Exception) and not isinstance(exc, (ValueError, OSError)):
         msg = f"{type(exc).__name__}: {msg}"
     if deidentify:
+        if reference is not None:
+            msg = scrub(msg, reference, "(withheld reference)")
         msg = scrub(msg, case.path, case.name)
     return {"case": case.name, "status": "failed", "error": msg}
 
@@ -137,18 +177,48 @@ def own_summary(path):
     return "is not a shapeprior summary"
 
 
-def write_summary(root, rows, n_cases):
+def reference_summary(rows):
+    """Dice and surface distances over the rows compared with a reference:
+    mean, median and the worst case (the lowest Dice, the largest distance),
+    or None when no row was. Rows without a result (an error) are counted,
+    never averaged."""
+    import numpy as np
+
+    scored = [r for r in rows if "dice" in r]
+    if not scored:
+        return None
+    out = {"n_compared": len(scored)}
+    for key, worst in (("dice", min), ("assd_mm", max), ("hd95_mm", max)):
+        v = np.array([r[key] for r in scored], float)
+        w = worst(scored, key=lambda r: r[key])
+        out[key] = {"mean": float(v.mean()), "median": float(np.median(v)),
+                    "worst": float(w[key]), "worst_case": w["case"]}
+    return out
+
+
+def write_summary(root, rows, n_cases, n_references=None):
     """Write ``root/summary.json`` (one row per case: status, quality, volume,
-    reasons or error) atomically; only a previous shapeprior summary is replaced."""
-    text = json.dumps({"producer": PRODUCER, "command": "segment", "n_cases": n_cases,
-                       "cases": rows}, indent=1)
+    reasons or error, Dice and distances against a reference) atomically, with
+    :func:`reference_summary` when references were given (``n_references``:
+    how many cases had one); only a previous shapeprior summary is replaced."""
+    doc = {"producer": PRODUCER, "command": "segment", "n_cases": n_cases}
+    if n_references is not None:
+        doc["reference"] = {"n_cases_with_reference": n_references,
+                            **(reference_summary(rows) or {"n_compared": 0})}
+    text = json.dumps({**doc, "cases": rows}, indent=1)
     write_text_atomic(Path(root) / "summary.json", text, own=own_summary)
 
 
 def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk", force=False,
               workers=0, scheduler=None, progress=True, argv=None, deidentify=False,
-              allow_no_orientation=False, inputs=(), output_type="nifti", qc=True):
+              allow_no_orientation=False, inputs=(), output_type="nifti", qc=True,
+              references=None, reference_labels=(1,)):
     """Run ``cases`` (``[Case]``) into ``root``; returns summary rows, one per case.
+
+    ``references``: one reference label map (or None) per case, from
+    :func:`~shapeprior.pipeline.match_references`; its ``reference_labels``
+    are the organ. A case already complete keeps its outputs, and its row the
+    results of its report (status ``skipped``, ``result`` the status it had).
 
     ``workers=0`` and no ``scheduler``: sequential in this process. Otherwise
     a dask.distributed LocalCluster with ``workers`` processes on 127.0.0.1,
@@ -160,28 +230,31 @@ def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk"
     root = Path(root)
     check_root(root, [*inputs, model_path])
     created = make_dirs(root)
+    refs = list(references) if references is not None else [None] * len(cases)
+    if len(refs) != len(cases):
+        raise ValueError(f"references: {len(refs)} for {len(cases)} cases")
     rows, todo = [], []
     try:
-        for c in cases:
+        for c, ref in zip(cases, refs):
             if c.error is not None:
                 rows.append(failed_row(c, c.error, deidentify))
                 continue
             folder = root / c.name
-            state, why = case_state(folder, c.path, model_path, params, deidentify)
+            state, why = case_state(folder, c.path, model_path, params, deidentify, ref)
             if state == "foreign":
                 rows.append({"case": c.name, "status": "failed", "error": why})
             elif state == "complete" and not force:
-                rows.append({"case": c.name, "status": "skipped",
-                             "reason": "complete outputs exist (inputs unchanged)"})
+                rows.append(kept_row(c, folder, compared=ref is not None))
             else:
-                todo.append((c, state == "stale" and why))
+                todo.append((c, state == "stale" and why, ref))
     except BaseException:
         remove_created(created)
         raise
     parallel = bool(workers) or scheduler is not None
     args = [(c, root / c.name, model_path, params, series, mesh_format, force, argv,
-             deidentify, allow_no_orientation, redo or None, output_type, qc, parallel)
-            for c, redo in todo]
+             deidentify, allow_no_orientation, redo or None, output_type, qc, parallel, ref,
+             tuple(reference_labels))
+            for c, redo, ref in todo]
     bar = tqdm(total=len(args), desc="cases", unit="case", disable=not progress)
     if not workers and scheduler is None:
         for a in args:

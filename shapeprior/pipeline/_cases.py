@@ -136,6 +136,57 @@ def discover_cases(path, list_series=None):
     return cases
 
 
+#: nnU-Net's channel suffix on image files (``case_0000.nii.gz`` beside a
+#: label map ``case.nii.gz``)
+_CHANNEL = re.compile(r"_\d{4}$")
+
+
+def case_key(path) -> str:
+    """The name a case's reference label map carries: an image file's name
+    without its suffix, a DICOM folder's name."""
+    p = Path(path)
+    return p.name if p.is_dir() else _stem(p.name)
+
+
+def match_references(cases, folder, deidentify=False):
+    """One reference label map per case (``Path`` or None), found in ``folder``
+    by the case's file name (:func:`case_key`): ``images/x.nii.gz`` and
+    ``dicom/x/`` take ``folder/x.<any image suffix>``; nnU-Net's
+    ``x_0000.nii.gz`` takes ``folder/x.nii.gz`` when no ``x_0000`` is there.
+
+    Raises ValueError when ``folder`` is not a folder, when two files could be
+    one case's reference, or when no case has one (the wrong folder); with
+    ``deidentify`` the messages name no case and no file of a case."""
+    f = Path(folder)
+    if not f.is_dir():
+        if f.exists():
+            raise ValueError(f"--reference {display_name(f)} is a file; with a folder of cases "
+                             "it names a folder of label maps, one per case, named like the "
+                             "cases")
+        raise input_path_error(f)
+    by_stem = {}
+    for e in sorted(f.iterdir(), key=lambda e: os.fsencode(e.name)):
+        if e.is_file() and _suffix(e.name) and not e.name.startswith("."):
+            by_stem.setdefault(_stem(e.name), []).append(e)
+    out = []
+    for c in cases:
+        key = case_key(c.path)
+        found = by_stem.get(key) or by_stem.get(_CHANNEL.sub("", key)) or []
+        if len(found) > 1:
+            shown = ("the suffixes " + ", ".join(_suffix(x.name) for x in found) if deidentify
+                     else ", ".join(display_name(x) for x in found))
+            raise ValueError(f"--reference: {len(found)} files could be the reference of "
+                             f"{c.source}: {shown}")
+        out.append(found[0] if found else None)
+    if cases and not any(out):
+        example = "" if deidentify else \
+            f" (for {cases[0].source} it looked for {case_key(cases[0].path)}.nii.gz or another " \
+            "image suffix)"
+        raise ValueError(f"--reference {display_name(f)} holds no label map named like a "
+                         f"case{example}")
+    return out
+
+
 class Deidentifier:
     """Stable salted hashes in place of case names.
 
