@@ -153,3 +153,50 @@ def test_reference_summary_reports_mean_median_and_the_worst_case():
     assert s["dice"]["median"] == 0.8 and abs(s["dice"]["mean"] - 2.3 / 3) < 1e-12
     assert s["assd_mm"]["worst_case"] == "c" and s["hd95_mm"]["worst_case"] == "b"
     assert reference_summary(rows[3:]) is None
+
+
+def test_batch_reference_rows_and_resume_follow_the_reference_given(phantom_model, tmp_path):
+    """Phantoms against their label maps: a row's Dice is the written label's
+    Dice; a rerun with no --reference keeps the cases but shows no Dice; one
+    given to cases compared with none before, or with another map, redoes them."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from shapeprior.cli import main
+    from shapeprior.io import read_label_map, write_label
+    from shapeprior.segmentation import dice
+
+    d, images, labels, model = phantom_model
+    cases, refs = tmp_path / "cases", tmp_path / "refs"
+    cases.mkdir()
+    refs.mkdir()
+    for i in (5, 6):                                # 6 holds the planted leak
+        shutil.copy(images / f"phantom_00{i}.nii.gz", cases / f"c{i}.nii.gz")
+        shutil.copy(labels / f"phantom_00{i}.nii.gz", refs / f"c{i}.nii.gz")
+    out = tmp_path / "out"
+
+    def run(*extra):
+        rc = main(["segment", str(cases), "-o", str(out), "--model", str(model), *extra])
+        doc = json.loads((out / "summary.json").read_text())
+        return rc, doc, {r["case"]: r for r in doc["cases"]}
+
+    rc, doc, rows = run()
+    assert "reference" not in doc and all("dice" not in r for r in rows.values())
+    rc, doc, rows = run("--reference", str(refs))
+    assert all("not compared with a reference" in r["note"] for r in rows.values()), rows
+    for c in ("c5", "c6"):
+        seg = read_label_map(out / c / "label.nii.gz").array > 0
+        assert rows[c]["dice"] == dice(seg, read_label_map(refs / f"{c}.nii.gz").array > 0)
+    assert doc["reference"]["dice"]["worst"] == min(r["dice"] for r in rows.values())
+    rc, doc, kept = run()
+    assert {r["status"] for r in kept.values()} == {"skipped"}
+    assert all("dice" not in r for r in kept.values()) and "reference" not in doc
+    lab = read_label_map(refs / "c5.nii.gz")
+    (refs / "c5.nii.gz").unlink()
+    write_label(lab, np.zeros(lab.array.shape, np.uint8), refs / "c5.nii.gz")
+    rc, doc, again = run("--reference", str(refs))
+    assert "reference differs" in again["c5"]["note"] and again["c5"]["dice"] == 0.0
+    assert again["c6"]["status"] == "skipped" and again["c6"]["dice"] == rows["c6"]["dice"]
+    assert doc["reference"]["dice"]["worst_case"] == "c5"

@@ -100,7 +100,7 @@ def test_segment_options_reach_the_fit(recorded, tmp_path):
     # the reference is compared on the labels the model was built from
     assert calls[-1]["reference_labels"] == (1, 2)
     assert main(["segment", str(image), "-o", str(tmp_path / "o2"), "--model", str(model),
-                 "--reference-labels", "2"]) == 0
+                 "--reference", str(tmp_path / "ref.nii.gz"), "--reference-labels", "2"]) == 0
     p = calls[-1]["params"]
     assert p.seed_mm is None and p.seed_space == "lps" and p.inside_brighter is True
     assert calls[-1]["reference_labels"] == (2,)
@@ -213,3 +213,43 @@ def test_reconstruct_exit_codes(tmp_path, monkeypatch, capsys):
     for bad in ("0", "1.5", "-0.1"):
         assert main(args + ["--refit", bad]) == 1
         assert "--refit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--reference-labels", "1"], "--reference-labels has no effect without --reference"),
+    (["--init-labels", "3"], "--init-labels has no effect without --init-mask"),
+    (["--seed-space", "lps"], "--seed-space has no effect without --seed"),
+    (["--seed", "1,2,3", "--init-mask", "m.nii.gz"], "--seed and --init-mask both place"),
+    (["--seed", "1,2,3", "--placement", "search"], "--placement has no effect with --seed"),
+    (["--init-mask", "m.nii.gz", "--hypotheses", "3"],
+     "--hypotheses has no effect with --init-mask"),
+    (["--placement", "prior", "--hypotheses", "3"],
+     "--hypotheses has no effect with --placement prior"),
+    (["--series", "1"], "--series picks a series in a DICOM folder; the input is a file"),
+    (["--workers", "2"], "--workers and --scheduler run a folder of cases; the input is one"),
+    (["--scheduler", "tcp://127.0.0.1:1"], "--workers and --scheduler run a folder of cases"),
+])
+def test_segment_refuses_options_that_would_change_nothing(extra, message, phantom_model,
+                                                            tmp_path, capsys):
+    """An option given where it has no effect is one error line and exit 1,
+    before anything is read or written; the same option where it acts runs."""
+    d, images, labels, model = phantom_model
+    out = tmp_path / "out"
+    rc = main(["segment", str(images / "phantom_000.nii.gz"), "-o", str(out), "--model",
+               str(model), *extra])
+    err = capsys.readouterr().err
+    assert rc == 1 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_options_that_act_are_accepted_and_refine_window_needs_an_image(phantom_model,
+                                                                       tmp_path, capsys):
+    d, images, labels, model = phantom_model
+    scan = str(images / "phantom_000.nii.gz")
+    assert main(["segment", scan, "-o", str(tmp_path / "a"), "--model", str(model),
+                 "--placement", "search", "--hypotheses", "2"]) == 0
+    capsys.readouterr()
+    rc = main(["refine", str(labels / "phantom_000.nii.gz"), "-o", str(tmp_path / "r"),
+               "--model", str(model), "--window", "0,0.2"])
+    assert rc == 1 and "--window has no effect without --image" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -277,7 +277,8 @@ def test_a_window_in_hu_is_refused_under_the_ct_model(phantom_model, tmp_path, c
     same numbers under percentile normalisation, and -0.05,0.25 under ct, are not."""
     d, images, labels, model = phantom_model
     img = images / "phantom_006.nii.gz"
-    for cmd in (["segment", str(img)], ["refine", str(labels / "phantom_006.nii.gz")]):
+    for cmd in (["segment", str(img)],
+                ["refine", str(labels / "phantom_006.nii.gz"), "--image", str(img)]):
         out = tmp_path / cmd[0]
         rc = main([*cmd, "-o", str(out), "--model", str(model), "--window", "-50,250",
                    *(["--normalisation", "ct"] if cmd[0] == "segment" else [])])

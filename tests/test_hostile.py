@@ -406,11 +406,11 @@ def test_resume_redoes_edited_outputs_other_parameters_and_force(phantom_model, 
     r = rows()
     assert r["c0"]["status"] == "ok" and "changed since it was written" in r["c0"]["note"]
     assert r["c1"]["status"] == "skipped"
-    assert main(args + ["--hypotheses", "2"]) == 0            # other parameters
+    assert main(args + ["--surface-offset", "0.2"]) == 0      # other parameters
     assert all(x["status"] == "ok" and "parameters differ" in x["note"] for x in rows().values())
-    assert main(args + ["--hypotheses", "2"]) == 0
+    assert main(args + ["--surface-offset", "0.2"]) == 0
     assert {x["status"] for x in rows().values()} == {"skipped"}
-    assert main(args + ["--hypotheses", "2", "--force"]) == 0  # --force redoes them
+    assert main(args + ["--surface-offset", "0.2", "--force"]) == 0  # --force redoes them
     assert {x["status"] for x in rows().values()} == {"ok"}
 
 

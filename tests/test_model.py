@@ -159,6 +159,10 @@ def test_model_file_errors(tmp_path):
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     with pytest.raises(ModelFormatError, match="no metadata"):
         load_model(tmp_path / "other.npz")
+    with pytest.raises(IsADirectoryError, match="is a folder; a model file"):
+        load_model(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such model file: none.npz"):
+        load_model(tmp_path / "none.npz")
 
 
 def test_pca_reconstruct_training_shape_and_clamp():

@@ -24,6 +24,14 @@ def floats(text, n, name):
     return numbers(text, name, float, n)
 
 
+def refuse_unused(*checks):
+    """Options given where they change nothing are refused, not ignored: the
+    first ``(given, message)`` whose ``given`` holds raises ValueError(message)."""
+    for given, message in checks:
+        if given:
+            raise ValueError(message)
+
+
 def join_negative_values(argv, options):
     """``--seed -64.4,-12,8`` -> ``--seed=-64.4,-12,8``: argparse would take a
     value starting with '-' for an option."""

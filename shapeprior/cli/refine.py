@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ._common import (add_mesh_format, add_prior, finish_case, floats,
-                      join_negative_values, parse_labels)
+                      join_negative_values, parse_labels, refuse_unused)
 
 
 def main(argv):
@@ -55,6 +55,7 @@ def main(argv):
     from ..pipeline import refine_case
     from ..segmentation import SegmentParams, check_window
 
+    refuse_unused((a.window and not a.image, "--window has no effect without --image"))
     model = load_model(a.model)
     _check_mask_is_a_file(a.mask, model.metadata.get("organ", ""))
     labels = parse_labels("1" if a.labels is None else a.labels, "--labels")

@@ -14,6 +14,7 @@ from ._common import (
     join_negative_values,
     parse_labels,
     print_case,
+    refuse_unused,
     status_code,
 )
 
@@ -37,7 +38,7 @@ def main(argv):
     ap.add_argument("--seed", default=None,
                     help="organ centre x,y,z: mm in LPS (default) or RAS, or voxel indices "
                          "i,j,k (see --seed-space); negative numbers work: --seed -64.4,-12,8")
-    ap.add_argument("--seed-space", choices=("lps", "ras", "voxel"), default="lps",
+    ap.add_argument("--seed-space", choices=("lps", "ras", "voxel"), default=None,
                     help="coordinates of --seed: lps (ITK/DICOM), ras (3D Slicer/nibabel) or "
                          "voxel (i,j,k); default lps")
     ap.add_argument("--side", choices=("none", "left", "right"), default="none",
@@ -86,14 +87,15 @@ def main(argv):
                          "their voxel sizes alone)")
     ap.add_argument("--strict", action="store_true",
                     help="exit 3 for a 'suspect' result too (default: only for 'failed')")
-    ap.add_argument("--placement", choices=("search", "prior"), default="search",
+    ap.add_argument("--placement", choices=("search", "prior"), default=None,
                     help="without --seed: search the whole field of view (default) or start "
                          "at the training position relative to the FOV centre")
     ap.add_argument("--init-mask", default=None,
                     help="single case: an existing label map (e.g. another tool's) whose "
                          "refined surface starts the fit instead of the placement search")
-    ap.add_argument("--init-labels", default="1", help="labels of the organ in --init-mask")
-    ap.add_argument("--hypotheses", type=int, default=5,
+    ap.add_argument("--init-labels", default=None,
+                    help="labels of the organ in --init-mask (default 1)")
+    ap.add_argument("--hypotheses", type=int, default=None,
                     help="without --seed: placements fitted before the best one continues "
                          "(default 5)")
     ap.add_argument("--surface-offset", type=float, default=None, metavar="MM",
@@ -113,14 +115,30 @@ def main(argv):
     from ..pipeline import Deidentifier, discover_cases, run_case, scrub
     from ..segmentation import SegmentParams
 
+    placed = "--seed" if a.seed else "--init-mask" if a.init_mask else None
+    refuse_unused(
+        (a.reference_labels is not None and not a.reference,
+         "--reference-labels has no effect without --reference"),
+        (a.init_labels is not None and not a.init_mask,
+         "--init-labels has no effect without --init-mask"),
+        (a.seed_space is not None and not a.seed, "--seed-space has no effect without --seed"),
+        (a.seed and a.init_mask, "--seed and --init-mask both place the fit: give one"),
+        (a.placement is not None and placed,
+         f"--placement has no effect with {placed} (it places the fit)"),
+        (a.hypotheses is not None and (placed or a.placement == "prior"),
+         f"--hypotheses has no effect with {placed or '--placement prior'} (one placement is "
+         "fitted)"),
+        (a.series is not None and Path(a.input).is_file(),
+         "--series picks a series in a DICOM folder; the input is a file"))
     model = load_model(a.model)
     params = SegmentParams(method=a.method, side=a.side,
                            seed_mm=floats(a.seed, 3, "--seed") if a.seed else None,
-                           seed_space=a.seed_space,
+                           seed_space=a.seed_space or "lps",
                            inside_brighter=not a.dark_organ,
                            window=floats(a.window, 2, "--window") if a.window else None,
                            normalisation=a.normalisation, backend=a.backend,
-                           n_hypotheses=a.hypotheses, placement=a.placement, prior=a.prior,
+                           n_hypotheses=5 if a.hypotheses is None else a.hypotheses,
+                           placement=a.placement or "search", prior=a.prior,
                            surface_offset_mm=a.surface_offset,
                            voxel_refine=not a.no_voxel_refine)
     from ..backend import resolve_backend
@@ -144,6 +162,8 @@ def main(argv):
                            (model.metadata.get("parameters") or {}).get("labels") or (1,))
     single = Path(a.input).is_file() or (len(cases) == 1 and cases[0].path == Path(a.input))
     if single:
+        refuse_unused((a.workers or a.scheduler is not None,
+                       "--workers and --scheduler run a folder of cases; the input is one case"))
         c = cases[0]
         try:
             rep = run_case(c.path, a.output, model, a.model, params, series=a.series,
@@ -151,7 +171,7 @@ def main(argv):
                            mesh_format=a.mesh_format, force=a.force, dictionary=dic, argv=argv,
                            case_name=c.name, deidentify=a.deidentify,
                            allow_no_orientation=a.allow_no_orientation, init_mask=a.init_mask,
-                           init_labels=parse_labels(a.init_labels, "--init-labels"),
+                           init_labels=parse_labels(a.init_labels or "1", "--init-labels"),
                            output_type=a.output_type, qc=not a.no_qc)
         except (ValueError, OSError) as exc:
             if deid is not None:

@@ -379,6 +379,9 @@ def load_model(path) -> ShapeModel:
     """
     p = Path(path)
     name = _name(p)
+    if p.is_dir():
+        raise IsADirectoryError(f"{name} is a folder; a model file (.npz from build-model) "
+                                "is expected here")
     if not p.is_file():
         raise FileNotFoundError(f"no such model file: {name}")
     z = _open_npz(p)
