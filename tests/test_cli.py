@@ -253,3 +253,37 @@ def test_options_that_act_are_accepted_and_refine_window_needs_an_image(phantom_
                "--model", str(model), "--window", "0,0.2"])
     assert rc == 1 and "--window has no effect without --image" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--side", "left"], "--side has no effect without --split-sides"),
+    (["--no-mirror"], "--no-mirror has no effect without --split-sides"),
+    (["--nonzero", "3"], "--nonzero has no effect without --atoms"),
+    (["--dictionary-kind", "deviations"], "--dictionary-kind has no effect without --atoms"),
+    (["--normalisation", "ct"], "--normalisation has no effect without --images"),
+    (["--no-voxel-classifier"], "--no-voxel-classifier has no effect without --images"),
+])
+def test_build_model_refuses_options_that_would_change_nothing(extra, message, tmp_path,
+                                                               capsys):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    out = tmp_path / "m.npz"
+    assert main(["build-model", str(labels), "-o", str(out), *extra]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and list(tmp_path.iterdir()) == [labels]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["-o", "new.npz", "--criterion", "novelty"], "--criterion has no effect without --rank-only"),
+    (["-o", "new.npz", "--json"], "--json has no effect without --rank-only"),
+    (["--rank-only", "--force"], "--force has no effect with --rank-only"),
+    (["--rank-only", "--images", "imgs"], "--images has no effect with --rank-only"),
+])
+def test_update_model_refuses_options_that_would_change_nothing(extra, message, tmp_path,
+                                                                capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["update-model", "m.npz", "labels", *extra]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []

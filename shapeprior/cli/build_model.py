@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._outputs import manifest, show_path
-from ._common import add_label_map_options, parse_labels, publish_model
+from ._common import add_label_map_options, parse_labels, publish_model, refuse_unused
 
 
 def main(argv):
@@ -24,7 +24,8 @@ def main(argv):
     ap.add_argument("--split-sides", action="store_true",
                     help="paired organ under one label (KiTS kidneys): split by connected "
                          "component and side")
-    ap.add_argument("--side", choices=("both", "left", "right"), default="both")
+    ap.add_argument("--side", choices=("both", "left", "right"), default=None,
+                    help="with --split-sides: keep one side's organs (default both)")
     ap.add_argument("--no-mirror", action="store_true",
                     help="keep right-side organs as they are (default: mirror onto the left)")
     ap.add_argument("--vertices", type=int, default=2562,
@@ -39,8 +40,9 @@ def main(argv):
     ap.add_argument("--atoms", type=int, default=0,
                     help="also learn a dictionary of this many atoms for --prior dictionary "
                          "(default 0: none; otherwise at least 2)")
-    ap.add_argument("--nonzero", type=int, default=5, help="K-SVD atoms per shape (default 5)")
-    ap.add_argument("--dictionary-kind", choices=("deviations", "shapes"), default="shapes",
+    ap.add_argument("--nonzero", type=int, default=None,
+                    help="with --atoms: K-SVD atoms per shape (default 5)")
+    ap.add_argument("--dictionary-kind", choices=("deviations", "shapes"), default=None,
                     help="what the atoms code: shapes (default): atoms of the aligned "
                          "shapes (robust to displaced patches); deviations: the mean shape "
                          "and atoms of the deviations from it (closer on clean and partly "
@@ -51,8 +53,9 @@ def main(argv):
                          "path or file name, or the nnU-Net name X_0000.nii.gz for X.nii.gz. "
                          "Learns boundary appearance for segment. Every pair is checked "
                          "(present, same grid) before the slow stages")
-    ap.add_argument("--normalisation", choices=("percentile", "ct"), default="percentile",
-                    help="intensity scale for appearance: percentile (MR) or ct (HU)")
+    ap.add_argument("--normalisation", choices=("percentile", "ct"), default=None,
+                    help="with --images: intensity scale for appearance, percentile (MR, "
+                         "the default) or ct (HU)")
     ap.add_argument("--no-voxel-classifier", action="store_true",
                     help="with --images: do not learn the classifier that decides the voxels "
                          "next to a fitted surface (it needs scikit-learn)")
@@ -63,6 +66,20 @@ def main(argv):
                          "foreign file)")
     add_label_map_options(ap)
     a = ap.parse_args(argv)
+    refuse_unused(
+        (a.side is not None and not a.split_sides, "--side has no effect without --split-sides"),
+        (a.no_mirror and not a.split_sides,
+         "--no-mirror has no effect without --split-sides (no organ is taken as a right one)"),
+        (a.nonzero is not None and not a.atoms, "--nonzero has no effect without --atoms"),
+        (a.dictionary_kind is not None and not a.atoms,
+         "--dictionary-kind has no effect without --atoms"),
+        (a.normalisation is not None and not a.images,
+         "--normalisation has no effect without --images (it scales the training images)"),
+        (a.no_voxel_classifier and not a.images,
+         "--no-voxel-classifier has no effect without --images"))
+    a.side, a.nonzero = a.side or "both", 5 if a.nonzero is None else a.nonzero
+    a.dictionary_kind = a.dictionary_kind or "shapes"
+    a.normalisation = a.normalisation or "percentile"
 
     from pathlib import Path
 

@@ -37,7 +37,7 @@ def main(argv):
     ap.add_argument("--rank-only", action="store_true",
                     help="write nothing: order the candidates by how much each would add "
                          "(what the model cannot yet express)")
-    ap.add_argument("--criterion", choices=("coverage", "novelty"), default="coverage",
+    ap.add_argument("--criterion", choices=("coverage", "novelty"), default=None,
                     help="with --rank-only: first the candidates whose new variation the "
                          "most candidates share (coverage, default), or the most unusual "
                          "ones (novelty)")
@@ -59,11 +59,19 @@ def main(argv):
     from pathlib import Path
 
     from ..model import load_model, params_from_model
-    from ._common import parse_labels
+    from ._common import parse_labels, refuse_unused
 
     if a.rank_only == bool(a.output):
         raise ValueError("give -o NEW_MODEL to add the label maps, or --rank-only to rank "
                          "them (not both)")
+    refuse_unused(
+        (a.criterion is not None and not a.rank_only, "--criterion has no effect without "
+                                                      "--rank-only (it orders the ranking)"),
+        (a.json and not a.rank_only, "--json has no effect without --rank-only"),
+        (a.force and a.rank_only, "--force has no effect with --rank-only (nothing is written)"),
+        (a.images and a.rank_only, "--images has no effect with --rank-only (the ranking reads "
+                                   "the label maps only)"))
+    a.criterion = a.criterion or "coverage"
     if a.jobs < 1:
         raise ValueError(f"--jobs={a.jobs} must be >= 1")
     out = Path(a.output) if a.output else None
