@@ -200,3 +200,16 @@ def test_batch_reference_rows_and_resume_follow_the_reference_given(phantom_mode
     assert "reference differs" in again["c5"]["note"] and again["c5"]["dice"] == 0.0
     assert again["c6"]["status"] == "skipped" and again["c6"]["dice"] == rows["c6"]["dice"]
     assert doc["reference"]["dice"]["worst_case"] == "c5"
+
+
+def test_a_dataset_root_names_its_folders_of_images(tmp_path):
+    """An nnU-Net/MSD dataset root given as the input: the error names the
+    subfolders that hold the scans and the label maps."""
+    _touch(tmp_path / "ds" / "imagesTs", "a_0000.nii.gz")
+    _touch(tmp_path / "ds" / "labelsTs", "a.nii.gz")
+    (tmp_path / "ds" / "notes").mkdir()
+    with pytest.raises(ValueError, match="no DICOM series; its subfolders imagesTs, labelsTs "
+                                         "hold image files: give the scans' folder"):
+        discover_cases(tmp_path / "ds", list_series=lambda d: [])
+    with pytest.raises(ValueError, match="no DICOM series$"):
+        discover_cases(tmp_path / "ds" / "notes", list_series=lambda d: [])

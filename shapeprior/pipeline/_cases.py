@@ -132,8 +132,26 @@ def discover_cases(path, list_series=None):
         cases.append(Case(n, e, display_name(e), err))
     if not any(c.error is None for c in cases) and not files:
         raise ValueError(f"{display_name(p)} holds no image files "
-                         f"({', '.join(IMAGE_SUFFIXES)}) and no DICOM series")
+                         f"({', '.join(IMAGE_SUFFIXES)}) and no DICOM series"
+                         + _image_subfolders(dirs))
     return cases
+
+
+def _image_subfolders(dirs):
+    """The hint for a dataset root (``imagesTs/``, ``labelsTs/``): which of its
+    subfolders hold image files, or ''."""
+    hold = []
+    for d in dirs:
+        try:
+            if any(f.is_file() and _suffix(f.name) for f in d.iterdir()):
+                hold.append(display_name(d))
+        except OSError:
+            continue
+    if not hold:
+        return ""
+    return (f"; its subfolders {', '.join(hold[:4])}{' ...' if len(hold) > 4 else ''} hold "
+            "image files: give the scans' folder as the input (and the label maps' folder as "
+            "--reference)")
 
 
 #: nnU-Net's channel suffix on image files (``case_0000.nii.gz`` beside a
