@@ -331,6 +331,20 @@ def test_cli_reconstruct_deidentify(population, mesh_folder, tmp_path, capsys):
                  "--quiet", "--deidentify"]) == 1
     err = capsys.readouterr().err
     assert "shape_00001" in err and "Poe_Ann" not in err and "MRN11111" not in err
+    # meshes of the same name in patients' folders (segment's outputs): the bad one is
+    # named by its path below the input, or by its index alone
+    (d / "Poe_Ann_MRN11111.obj").unlink()
+    for i, who in enumerate(("Doe_John", "Roe_Jane")):
+        (d / who).mkdir()
+        Surface(obs[i] if i == 0 else obs[i][:100], faces if i == 0 else faces[:0]).write(
+            d / who / "mesh.vtk")
+    assert main(["reconstruct", str(d), "-o", str(tmp_path / "o4"), "--model", str(model),
+                 "--quiet"]) == 1
+    assert "mesh 'Roe_Jane/mesh.vtk' has 100 vertices" in capsys.readouterr().err
+    assert main(["reconstruct", str(d), "-o", str(tmp_path / "o4"), "--model", str(model),
+                 "--quiet", "--deidentify"]) == 1
+    err = capsys.readouterr().err
+    assert "mesh 'shape_00002' has 100" in err and "Roe" not in err and "Doe" not in err, err
     empty = tmp_path / "Moe_Max_MRN22222"
     empty.mkdir()
     assert main(["reconstruct", str(empty), "-o", str(tmp_path / "o3"), "--model", str(model),

@@ -94,7 +94,7 @@ def load_shapes(path, n_points):
     for name, f in found:
         s = read_mesh(f)
         if s.verts.shape[0] != n_points:
-            raise ValueError(f"mesh {show_path(f.name)!r} has {s.verts.shape[0]} vertices; the "
+            raise ValueError(f"mesh {show_path(name)!r} has {s.verts.shape[0]} vertices; the "
                              f"model's shapes have {n_points} (meshes must be in correspondence "
                              "with the model, e.g. written by segment or export-model)")
         names.append(name)
@@ -151,6 +151,9 @@ def _load_deidentified(input_path, n_points):
             found = find_shape_inputs(p) if p.is_dir() else [(p.name, p)]
         except (ValueError, OSError):     # an empty folder: its path is scrubbed above
             found = []
+        # the names below the folder first, longest first (a/b/x.vtk before b/x.vtk)
+        for i, (name, _) in sorted(enumerate(found), key=lambda t: -len(t[1][0])):
+            msg = msg.replace(repr(name), repr(f"shape_{i:05d}"))
         for i, (_, f) in enumerate(found):
             msg = scrub(msg, f, f"shape_{i:05d}")
         raise type(exc)(msg) from None
