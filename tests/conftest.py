@@ -40,3 +40,26 @@ def phantom_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("phantoms")
     images, labels = write_phantom_cases(d, n_cases=7, seed=3, with_leak=(6,))
     return d, images, labels, build_phantom_model(d, images, labels, 6)
+
+
+@pytest.fixture(scope="session")
+def paired(tmp_path_factory):
+    """Seven paired-organ phantoms (an organ left and right of the midline) and a
+    model built with --split-sides from the first six: ``(dir, images, truth, model)``
+    (``truth[name][side]``: the organ's mask)."""
+    import shutil
+
+    from _phantoms import write_paired_phantoms
+    from shapeprior.cli import main
+
+    d = tmp_path_factory.mktemp("paired")
+    images, labels, truth = write_paired_phantoms(d, n_cases=7, seed=11)
+    train = d / "train"
+    train.mkdir()
+    for f in sorted(labels.iterdir())[:6]:
+        shutil.copy(f, train / f.name)
+    model = d / "model.npz"
+    assert main(["build-model", str(train), "-o", str(model), "--split-sides",
+                 "--images", str(images), "--vertices", "642", "--iso-spacing", "0.75",
+                 "--smooth", "0.75", "--quiet"]) == 0
+    return d, images, truth, model

@@ -86,3 +86,66 @@ def test_parameter_checks_name_the_value_and_the_allowed_range():
         with pytest.raises(ValueError) as err:
             call()
         assert named in str(err.value) and allowed in str(err.value), str(err.value)
+
+
+def test_segment_facade_passes_the_seed_space_and_the_side(phantom_model, paired):
+    """sp.segment(seed=..., seed_space='ras') starts at the seed read as RAS, and
+    side='right' fits the mirrored model on a paired organ's right one."""
+    from shapeprior.io import read_label_map
+    from shapeprior.segmentation import dice
+
+    d, images, labels, model = phantom_model
+    img = sp.read_volume(images / "phantom_006.nii.gz")
+    truth = read_label_map(labels / "phantom_006.nii.gz").array > 0
+    zyx = np.argwhere(truth).mean(0)
+    lps = img.index_to_physical(zyx[::-1][None])[0]
+    ras = lps * np.array([-1.0, -1.0, 1.0])
+    r = sp.segment(img, model, seed=ras, seed_space="ras")
+    assert np.allclose(r.placement["chosen"]["centre_lps_mm"], lps, atol=0.01)
+    assert r.placement["chosen"]["source"] == "seed" and dice(r.label, truth) > 0.95
+    _, pimages, ptruth, pmodel = paired
+    name = "pair_006.nii.gz"
+    right = sp.segment(pimages / name, pmodel, side="right")
+    assert dice(right.label, ptruth[name]["right"]) > 0.95
+    assert dice(right.label, ptruth[name]["left"]) < 0.05
+
+
+def test_refine_facade_keeps_labels_and_reads_the_image(phantom_model):
+    """sp.refine(keep=(2,)) never removes label 2 and writes it with its value;
+    image= continues the fit against the scan (its evidence says what it did)."""
+    from shapeprior.io import Volume, read_label_map
+
+    d, images, labels, model = phantom_model
+    mask = read_label_map(labels / "phantom_005.nii.gz")
+    arr = (mask.array > 0).astype(np.uint8)
+    zs = np.flatnonzero(arr.any((1, 2)))
+    arr[zs[len(zs) // 2]][arr[zs[len(zs) // 2]] > 0] = 2     # one slice as a "lesion"
+    lesion = arr == 2
+    mv = Volume(arr, mask.spacing, mask.origin, mask.direction)
+    kept = sp.refine(mv, model, labels=(1,), keep=(2,))
+    assert np.all(kept.label[lesion] == 2)
+    alone = sp.refine(mv, model, labels=(1, 2))
+    assert not np.any(alone.label == 2)
+    with_image = sp.refine(mv, model, labels=(1, 2), image=images / "phantom_005.nii.gz")
+    assert "cavities" in with_image.fit.evidence and "cavities" not in alone.fit.evidence
+    assert with_image.fit is not with_image.mask_fit
+
+
+def test_reconstruct_facade_carries_the_weights():
+    """sp.reconstruct(weights=w): vertices of weight 0 are missing (not visible),
+    so a displaced patch given weight 0 leaves the reconstruction where the
+    clean shape is."""
+    from shapeprior.model import model_from_shapes
+    from shapeprior.synthetic import ShapePopulation, star_mesh_faces
+
+    pop = ShapePopulation(n_points=162, seed=4)
+    train = pop.sample(30)
+    model = model_from_shapes(train, star_mesh_faces(pop.directions))
+    clean = pop.sample(1, np.random.default_rng(9))[0]
+    y = clean.copy()
+    y[:30] += 15.0                                          # a displaced patch
+    w = np.ones(len(y))
+    w[:30] = 0.0
+    r = sp.reconstruct(y, model, weights=w, method="l1")
+    assert not r.visible[:30].any() and r.visible[30:].all()
+    assert np.linalg.norm(r.reconstruction[:30] - clean[:30], axis=1).mean() < 3.0

@@ -4,12 +4,10 @@ paired organ through the mirrored model, and voxelisation against a direct
 inside test."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
-from _phantoms import write_paired_phantoms
 from shapeprior.cli import main
 from shapeprior.io import Volume, read_label_map, read_volume
 from shapeprior.mesh import icosphere
@@ -53,21 +51,6 @@ def test_planted_leak_is_overridden_where_it_is(phantom_model, method):
     hyps = searched.placement["hypotheses"]
     assert any(h["source"] == "search" for h in hyps) and any(h["source"] == "prior" for h in hyps)
     assert dice(searched.label, truth) > 0.95 and searched.status == "ok"
-
-
-@pytest.fixture(scope="module")
-def paired(tmp_path_factory):
-    d = tmp_path_factory.mktemp("paired")
-    images, labels, truth = write_paired_phantoms(d, n_cases=7, seed=11)
-    train = d / "train"
-    train.mkdir()
-    for f in sorted(labels.iterdir())[:6]:
-        shutil.copy(f, train / f.name)
-    model = d / "model.npz"
-    assert main(["build-model", str(train), "-o", str(model), "--split-sides",
-                 "--images", str(images), "--vertices", "642", "--iso-spacing", "0.75",
-                 "--smooth", "0.75", "--quiet"]) == 0
-    return d, images, truth, model
 
 
 def test_paired_organ_both_sides_through_the_mirrored_model(paired, tmp_path):

@@ -278,3 +278,31 @@ def test_an_image_given_as_a_label_map_is_refused(tmp_path, capsys):
     assert rc == 1 and "ct.nii.gz: an image, not a label map" in err
     assert err.count("\n") == 1 and not (tmp_path / "o").exists()
     assert hashlib.sha256(ct.read_bytes()).hexdigest() == before
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+def test_itk_formats_under_non_utf8_names_are_read_and_leave_no_link(suffix, tmp_path,
+                                                                     monkeypatch):
+    """SimpleITK aborts the process on a path that is not UTF-8; such a file is
+    read through a link with a clean name that keeps its suffix (the reader
+    picks the format by it), and the link's folder is removed afterwards."""
+    import os
+    import tempfile
+
+    import SimpleITK as sitk
+
+    arr = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.7, 0.8, 2.5))
+    img.SetOrigin((-10.0, 20.0, 5.0))
+    clean = tmp_path / f"clean{suffix}"
+    sitk.WriteImage(img, str(clean))
+    bad = tmp_path / os.fsdecode(b"\xff\xfe-scan" + suffix.encode())
+    bad.write_bytes(clean.read_bytes())
+    links = tmp_path / "tmp"
+    links.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(links))
+    a, b = read_volume(clean), read_volume(bad)
+    assert np.array_equal(a.array, arr) and np.array_equal(b.array, arr)
+    assert np.allclose(b.spacing, (0.7, 0.8, 2.5)) and np.allclose(b.origin, (-10, 20, 5))
+    assert list(links.iterdir()) == []

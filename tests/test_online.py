@@ -330,6 +330,22 @@ def test_pose_and_appearance_updates_equal_learning_from_all():
     for f in ("rotation", "offset_from_fov_centre_mm", "offset_sd_mm"):
         assert np.allclose(getattr(part, f), getattr(whole, f), atol=1e-10)
     assert part.scale == pytest.approx(whole.scale) and part.scale_range == whole.scale_range
+    # against direct statistics: the offset is the organ's centre minus the FOV centre,
+    # its spread a standard deviation; the mean pose a rotation, never a reflection
+    offsets = shapes.mean(1) - centres
+    assert np.allclose(whole.offset_from_fov_centre_mm, offsets.mean(0), atol=1e-9)
+    assert np.allclose(whole.offset_sd_mm, offsets.std(0), atol=1e-9)
+    flip = {**a, "rotation_sum": a["n"] * np.diag([1.0, 1.0, -1.0])}
+    R = pose_from_stats(flip, (1.0, 1.0)).rotation
+    assert np.allclose(R @ R.T, np.eye(3)) and np.linalg.det(R) == pytest.approx(1.0)
+    # a prior recorded without running sums (an older model) grows like one with them
+    from shapeprior.model._pose import PosePrior
+
+    old = PosePrior(whole.rotation, whole.scale, whole.offset_from_fov_centre_mm,
+                    whole.offset_sd_mm, whole.scale_range)
+    grown = pose_from_stats(add_pose_stats(old.running_stats(12), b), whole.scale_range)
+    with_sums = pose_from_stats(add_pose_stats(whole.running_stats(12), b), whole.scale_range)
+    assert np.allclose(grown.offset_sd_mm, with_sums.offset_sd_mm, atol=1e-9)
     # appearance: merging new images' profiles equals learning from all of them, also
     # for a model that did not record its variance floor (recovered from its arrays)
     from shapeprior.appearance._profiles import _floor
