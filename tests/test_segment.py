@@ -227,6 +227,9 @@ def test_level_image_crop_equals_whole_image_smoothing():
     s = level.sampler(v, reach_mm=4.0)
     assert s.image.size < arr.size / 2              # it did crop
     assert np.allclose(s(v, n, t), ref, atol=1e-5)
+    # with no slack the crop still holds the filter's support around every sample
+    tight = LevelImage(vol, "percentile", 1.5, "numba").sampler(v, reach_mm=4.0, slack_mm=0.0)
+    assert tight.image.size < s.image.size and np.allclose(tight(v, n, t), ref, atol=1e-5)
     # a small move reuses the crop; leaving it recrops, with the same values
     assert level.sampler(v + 1.0, 4.0) is s and level.n_crops == 1
     far = v + np.array([0.0, 0.0, 25.0])
