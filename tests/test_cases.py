@@ -200,6 +200,12 @@ def test_batch_reference_rows_and_resume_follow_the_reference_given(phantom_mode
     assert "reference differs" in again["c5"]["note"] and again["c5"]["dice"] == 0.0
     assert again["c6"]["status"] == "skipped" and again["c6"]["dice"] == rows["c6"]["dice"]
     assert doc["reference"]["dice"]["worst_case"] == "c5"
+    # one case with the folder as --reference: its own label map is found in it
+    one = tmp_path / "one"
+    assert main(["segment", str(cases / "c6.nii.gz"), "-o", str(one), "--model", str(model),
+                 "--reference", str(refs)]) == 0
+    rep = json.loads((one / "report.json").read_text())
+    assert rep["reference"]["dice"] == rows["c6"]["dice"]
 
 
 def test_a_dataset_root_names_its_folders_of_images(tmp_path):

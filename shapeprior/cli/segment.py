@@ -44,8 +44,8 @@ def main(argv):
     ap.add_argument("--side", choices=("none", "left", "right"), default="none",
                     help="side of a paired organ (model built with mirrored right sides)")
     ap.add_argument("--reference", default=None,
-                    help="reference label map for Dice/distances; for a folder of cases, a "
-                         "folder of label maps named like the cases (images/x.nii.gz takes "
+                    help="reference label map for Dice/distances; or a folder of label "
+                         "maps named like the cases (images/x.nii.gz takes "
                          "labels/x.nii.gz, nnU-Net's x_0000.nii.gz takes x.nii.gz): every "
                          "row and the summary get Dice, mean and 95%% surface distances, "
                          "mean, median and the worst case")
@@ -167,7 +167,8 @@ def main(argv):
         c = cases[0]
         try:
             rep = run_case(c.path, a.output, model, a.model, params, series=a.series,
-                           reference=a.reference, reference_labels=ref_labels,
+                           reference=_single_reference(a.reference, c, a.deidentify),
+                           reference_labels=ref_labels,
                            mesh_format=a.mesh_format, force=a.force, dictionary=dic, argv=argv,
                            case_name=c.name, deidentify=a.deidentify,
                            allow_no_orientation=a.allow_no_orientation, init_mask=a.init_mask,
@@ -203,6 +204,18 @@ def main(argv):
     errors = sum("error" in r for r in summary)
     return 1 if errors else status_code([r.get("result", r["status"]) for r in summary],
                                         a.strict)
+
+
+def _single_reference(reference, case, deidentify):
+    """One case's ``--reference``: the file given, or in a folder given, the label
+    map named like the case (:func:`~shapeprior.pipeline.match_references`)."""
+    from pathlib import Path
+
+    if reference is None or not Path(reference).is_dir():
+        return reference
+    from ..pipeline import match_references
+
+    return match_references([case], reference, deidentify)[0]
 
 
 def print_batch(summary, n_cases, root, refs):

@@ -197,9 +197,10 @@ def match_references(cases, folder, deidentify=False):
                              f"{c.source}: {shown}")
         out.append(found[0] if found else None)
     if cases and not any(out):
+        key = case_key(cases[0].path)
+        names = " or ".join(f"{k}.nii.gz" for k in dict.fromkeys((key, _CHANNEL.sub("", key))))
         example = "" if deidentify else \
-            f" (for {cases[0].source} it looked for {case_key(cases[0].path)}.nii.gz or another " \
-            "image suffix)"
+            f" (for {cases[0].source} it looked for {names}, or another image suffix)"
         raise ValueError(f"--reference {display_name(f)} holds no label map named like a "
                          f"case{example}")
     return out
