@@ -190,6 +190,13 @@ def test_batch_reference_rows_and_resume_follow_the_reference_given(phantom_mode
         seg = read_label_map(out / c / "label.nii.gz").array > 0
         assert rows[c]["dice"] == dice(seg, read_label_map(refs / f"{c}.nii.gz").array > 0)
     assert doc["reference"]["dice"]["worst"] == min(r["dice"] for r in rows.values())
+    import csv
+
+    table = {r["case"]: r for r in csv.DictReader(open(out / "summary.csv", newline=""))}
+    assert sorted(table) == ["c5", "c6"]
+    for c in ("c5", "c6"):
+        assert float(table[c]["dice"]) == pytest.approx(rows[c]["dice"], abs=1e-6)
+        assert table[c]["status"] == rows[c]["status"] and table[c]["result"] == ""
     rc, doc, kept = run()
     assert {r["status"] for r in kept.values()} == {"skipped"}
     assert all("dice" not in r for r in kept.values()) and "reference" not in doc
@@ -219,3 +226,13 @@ def test_a_dataset_root_names_its_folders_of_images(tmp_path):
         discover_cases(tmp_path / "ds", list_series=lambda d: [])
     with pytest.raises(ValueError, match="no DICOM series$"):
         discover_cases(tmp_path / "ds" / "notes", list_series=lambda d: [])
+
+
+def test_summary_csv_cells_never_start_a_formula():
+    """A reason or error that starts like a spreadsheet formula is written as text."""
+    from shapeprior.pipeline._batch import summary_csv
+
+    text = summary_csv([{"case": "c", "status": "failed", "error": "=HYPERLINK(\"x\")",
+                         "reasons": ["+1", "@SUM(A1)"], "volume_ml": -0.5}])
+    row = text.splitlines()[1]
+    assert "'=HYPERLINK" in row and "'+1; @SUM" in row and ",-0.5," in row

@@ -435,6 +435,32 @@ def test_only_a_shapeprior_summary_is_replaced(tmp_path, content, ours):
         with pytest.raises(OutputExistsError):
             write_summary(tmp_path, [{"case": "c1", "status": "ok"}], 1)
         assert s.read_bytes() == before
+        assert not (tmp_path / "summary.csv").exists()        # nothing written beside it
+
+
+@pytest.mark.parametrize("content, ours", [
+    ("case,status,result,quality,volume_ml,iterations,time_s,side,dice,assd_mm,hd95_mm,"
+     "reasons,error,note\nc0,ok\n", True),
+    ("case,status\nc0,ok\n", False),                           # another tool's table
+    ("patient,dice\nDoe,0.9\n", False),
+    (b"\xff\xfe binary", False),
+])
+def test_only_a_shapeprior_summary_csv_is_replaced(tmp_path, content, ours):
+    from shapeprior.pipeline._batch import own_summary_csv, write_summary
+
+    s = tmp_path / "summary.csv"
+    s.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = s.read_bytes()
+    assert (own_summary_csv(s) is None) == ours
+    rows = [{"case": "c1", "status": "ok", "reasons": ["a", "b"], "dice": 0.91234567}]
+    if ours:
+        write_summary(tmp_path, rows, 1)
+        lines = s.read_text().splitlines()
+        assert lines[1].startswith("c1,ok,,") and "a; b" in lines[1] and ",0.912346," in lines[1]
+    else:
+        with pytest.raises(OutputExistsError, match="summary.csv exists"):
+            write_summary(tmp_path, rows, 1)
+        assert s.read_bytes() == before and not (tmp_path / "summary.json").exists()
 
 
 # -- leftovers: kills and signals ------------------------------------------------------------

@@ -245,7 +245,7 @@ def print_batch(summary, n_cases, root, refs):
     print(f"{n_cases} cases: {counts['ok']} ok, {counts['suspect']} suspect, "
           f"{counts['failed']} failed ({errors} with errors), {counts['skipped']} skipped"
           + (f"; {kept} of them kept from an earlier run" if kept else "")
-          + f"; summary in {show_path(root / 'summary.json')}")
+          + f"; summary in {show_path(root / 'summary.json')} and summary.csv")
     if refs is not None:
         st = reference_summary(summary)
         n_refs = sum(r is not None for r in refs)

@@ -151,15 +151,60 @@ def failed_row(case, exc, deidentify, reference=None):
 
 
 def check_root(root, inputs):
-    """The batch output folder may not overlap an input; a summary.json there
-    must be ours."""
+    """The batch output folder may not overlap an input; a summary.json or
+    summary.csv there must be ours."""
     root = Path(root)
     check_not_input(root, inputs)
-    s = root / "summary.json"
-    if s.exists() or s.is_symlink():
-        why = own_summary(s)
-        if why is not None:
-            raise OutputExistsError(f"{s} exists and {why}; shapeprior never replaces it")
+    for name, own in (("summary.json", own_summary), ("summary.csv", own_summary_csv)):
+        s = root / name
+        if s.exists() or s.is_symlink():
+            why = own(s)
+            if why is not None:
+                raise OutputExistsError(f"{s} exists and {why}; shapeprior never replaces it")
+
+
+#: the columns of a batch's summary.csv (a row per case; empty where a row has none)
+SUMMARY_COLUMNS = ("case", "status", "result", "quality", "volume_ml", "iterations", "time_s",
+                   "side", "dice", "assd_mm", "hd95_mm", "reasons", "error", "note")
+
+
+def own_summary_csv(path):
+    """Why ``path`` is not a shapeprior batch summary.csv (its exact header), or None."""
+    p = Path(path)
+    try:
+        if p.is_file() and not p.is_symlink():
+            with open(p, newline="") as f:
+                if f.readline().rstrip("\r\n") == ",".join(SUMMARY_COLUMNS):
+                    return None
+    except (OSError, UnicodeDecodeError):
+        pass
+    return "is not a shapeprior summary"
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        value = "; ".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = str(value)
+    # a spreadsheet would take a cell starting with one of these for a formula
+    return "'" + text if text[:1] in ("=", "+", "@", "\t", "\r") else text
+
+
+def summary_csv(rows):
+    """The text of summary.csv: :data:`SUMMARY_COLUMNS`, one line per row."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SUMMARY_COLUMNS)
+    for r in rows:
+        r = {**r, "note": r.get("note") or r.get("reason")}
+        w.writerow([_cell(r.get(k)) for k in SUMMARY_COLUMNS])
+    return buf.getvalue()
 
 
 def own_summary(path):
@@ -200,11 +245,14 @@ def write_summary(root, rows, n_cases, n_references=None):
     """Write ``root/summary.json`` (one row per case: status, quality, volume,
     reasons or error, Dice and distances against a reference) atomically, with
     :func:`reference_summary` when references were given (``n_references``:
-    how many cases had one); only a previous shapeprior summary is replaced."""
+    how many cases had one), and the rows as ``root/summary.csv``
+    (:data:`SUMMARY_COLUMNS`); only a previous shapeprior summary is replaced."""
     doc = {"producer": PRODUCER, "command": "segment", "n_cases": n_cases}
     if n_references is not None:
         doc["reference"] = {"n_cases_with_reference": n_references,
                             **(reference_summary(rows) or {"n_compared": 0})}
+    check_root(root, ())                 # both must be ours before either is written
+    write_text_atomic(Path(root) / "summary.csv", summary_csv(rows), own=own_summary_csv)
     text = json.dumps({**doc, "cases": rows}, indent=1)
     write_text_atomic(Path(root) / "summary.json", text, own=own_summary)
 

@@ -21,7 +21,7 @@ from ..io import display_name, input_path_error
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
 #: names a case folder may not take inside a batch output folder
-RESERVED = frozenset({"summary.json", "manifest.json"})
+RESERVED = frozenset({"summary.json", "summary.csv", "manifest.json"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
