@@ -552,7 +552,7 @@ def test_export_model_modes_displacements_and_options(tmp_path, capsys):
     assert not (out / f"mode_{n + 1}_plus.vtk").exists() and not (out / "training").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["export"] == {"format": "vtk", "modes": n, "sd": 2.0, "training_shapes": 0}
-    capsys.readouterr()
+    assert f"note: --modes {n + 3}: the model has {n} PCA modes" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["export-model", str(path), "-o", str(tmp_path / "zero"), "--sd", "0"])
     assert "--sd=0.0 must be in (0, 10]" in capsys.readouterr().err

@@ -70,6 +70,8 @@ def main(argv):
     print(f"wrote {show_path(a.output)}: mean, {2 * n_modes} mode meshes"
           + ("" if a.no_training else f", {len(model.shapes)} training meshes")
           + f" (.{ext}), variance.png, summary.json")
+    if n_modes < a.modes:
+        print(f"note: --modes {a.modes}: the model has {n_modes} PCA modes; all were written")
     return 0
 
 
