@@ -150,7 +150,8 @@ def test_refine_of_a_folder_names_the_organ_files_in_it(phantom_model, tmp_path,
     rc = main(["segment", str(images / "phantom_005.nii.gz"), "-o", str(tmp_path / "o"),
                "--model", str(model), "--reference", str(per_organ)])
     err = capsys.readouterr().err
-    assert rc == 1 and "seg is a folder; an image file is expected here" in err, err
+    # a folder as one case's --reference: the label map named like the case, none here
+    assert rc == 1 and "--reference seg holds no label map named like a case" in err, err
     assert not (tmp_path / "o").exists()
 
 
