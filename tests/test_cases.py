@@ -152,7 +152,16 @@ def test_reference_summary_reports_mean_median_and_the_worst_case():
     assert s["dice"]["worst"] == 0.6 and s["dice"]["worst_case"] == "b"
     assert s["dice"]["median"] == 0.8 and abs(s["dice"]["mean"] - 2.3 / 3) < 1e-12
     assert s["assd_mm"]["worst_case"] == "c" and s["hd95_mm"]["worst_case"] == "b"
+    assert s["assd_mm"]["n_without_surface"] == 0
     assert reference_summary(rows[3:]) is None
+    # an empty label (a failed fit) has Dice 0 and no distance: counted, never averaged
+    empty = {"case": "e", "dice": 0.0, "assd_mm": None, "hd95_mm": None}
+    s = reference_summary(rows + [empty])
+    assert s["n_compared"] == 4 and s["dice"]["worst_case"] == "e"
+    assert s["assd_mm"]["n_without_surface"] == 1 and s["assd_mm"]["worst_case"] == "c"
+    assert s["assd_mm"]["mean"] == pytest.approx(2.9 / 3)
+    alone = reference_summary([empty])["assd_mm"]
+    assert alone == {"n_without_surface": 1}
 
 
 def test_batch_reference_rows_and_resume_follow_the_reference_given(phantom_model, tmp_path):

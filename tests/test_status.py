@@ -180,6 +180,20 @@ def test_status_in_report_summary_exit_code_and_mesh(phantom_model, tmp_path, ca
     assert kept["flat"]["result"] == "failed" and kept["good"]["result"] == "ok"
     assert kept["flat"]["reasons"] == rows["flat"]["reasons"]
     assert "1 ok, 0 suspect, 1 failed" in capsys.readouterr().out
+    # against references: the flat case's empty label has Dice 0 and no distance,
+    # which the summary counts instead of averaging an infinity
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for c in ("good", "flat"):
+        shutil.copy(labels / "phantom_005.nii.gz", refs / f"{c}.nii.gz")
+    assert main(["segment", str(batch), "-o", str(tmp_path / "scored"), "--model",
+                 str(model_path), "--reference", str(refs)]) == 3
+    printed = capsys.readouterr().out
+    assert "Dice 0.000, no surface to compare" in printed
+    assert "1 with an empty label or reference" in printed
+    doc = json.loads((tmp_path / "scored" / "summary.json").read_text())
+    assert doc["reference"]["assd_mm"]["n_without_surface"] == 1
+    assert "Infinity" not in (tmp_path / "scored" / "summary.json").read_text()
     rep = json.loads((out / "good" / "report.json").read_text())
     assert rep["status"] == "ok" and rep["placement"]["chosen"]["source"] in ("search", "prior")
     assert len(rep["placement"]["hypotheses"]) >= 1

@@ -232,7 +232,9 @@ def print_batch(summary, n_cases, root, refs):
         else:
             extra = f"{r['volume_ml']:.1f} ml, quality {r['quality']:.2f}, {r['time_s']:.2f} s"
             if "dice" in r:
-                extra += f", Dice {r['dice']:.3f}, {r['assd_mm']:.2f} mm"
+                extra += f", Dice {r['dice']:.3f}" + (
+                    f", {r['assd_mm']:.2f} mm" if r.get("assd_mm") is not None else
+                    ", no surface to compare")
             if "result" in r:
                 extra = f"{r['result']} (kept: inputs unchanged), {extra}"
             if r.get("reasons"):
@@ -253,7 +255,10 @@ def print_batch(summary, n_cases, root, refs):
             print(f"reference: {n_refs} of {n_cases} cases have one; none was compared")
         else:
             d, s = st["dice"], st["assd_mm"]
+            dist = (f"mean surface distance {s['mean']:.2f} mm, worst {s['worst']:.2f} mm "
+                    f"({s['worst_case']})" if "mean" in s else "no surface distance")
+            if s["n_without_surface"]:
+                dist += f"; {s['n_without_surface']} with an empty label or reference"
             print(f"reference: {st['n_compared']} of {n_cases} cases compared ({n_refs} have "
                   f"one): Dice mean {d['mean']:.3f}, median {d['median']:.3f}, worst "
-                  f"{d['worst']:.3f} ({d['worst_case']}); mean surface distance "
-                  f"{s['mean']:.2f} mm, worst {s['worst']:.2f} mm ({s['worst_case']})")
+                  f"{d['worst']:.3f} ({d['worst_case']}); {dist}")

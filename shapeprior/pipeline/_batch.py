@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from pathlib import Path
 
 from .._outputs import (PRODUCER, OutputExistsError, check_not_input, make_dirs, own_output,
@@ -115,7 +116,10 @@ def result_fields(rep):
     if rep.get("reasons"):
         row["reasons"] = rep["reasons"]
     if "reference" in rep:
-        row.update({k: rep["reference"][k] for k in ("dice", "assd_mm", "hd95_mm")})
+        ref = rep["reference"]
+        row["dice"] = ref["dice"]
+        for k in ("assd_mm", "hd95_mm"):    # no surface (an empty label): no distance
+            row[k] = ref[k] if ref[k] is not None and math.isfinite(ref[k]) else None
     return row
 
 
@@ -225,8 +229,9 @@ def own_summary(path):
 def reference_summary(rows):
     """Dice and surface distances over the rows compared with a reference:
     mean, median and the worst case (the lowest Dice, the largest distance),
-    or None when no row was. Rows without a result (an error) are counted,
-    never averaged."""
+    or None when no row was. Rows without a result (an error) are not
+    compared; a distance is left out where a label or its reference is empty
+    (``n_without_surface`` counts those rows; their Dice is 0)."""
     import numpy as np
 
     scored = [r for r in rows if "dice" in r]
@@ -234,10 +239,14 @@ def reference_summary(rows):
         return None
     out = {"n_compared": len(scored)}
     for key, worst in (("dice", min), ("assd_mm", max), ("hd95_mm", max)):
-        v = np.array([r[key] for r in scored], float)
-        w = worst(scored, key=lambda r: r[key])
-        out[key] = {"mean": float(v.mean()), "median": float(np.median(v)),
-                    "worst": float(w[key]), "worst_case": w["case"]}
+        have = [r for r in scored if r.get(key) is not None]
+        entry = {} if key == "dice" else {"n_without_surface": len(scored) - len(have)}
+        if have:
+            v = np.array([r[key] for r in have], float)
+            w = worst(have, key=lambda r: r[key])
+            entry.update({"mean": float(v.mean()), "median": float(np.median(v)),
+                          "worst": float(w[key]), "worst_case": w["case"]})
+        out[key] = entry
     return out
 
 
@@ -276,11 +285,11 @@ def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk"
     from tqdm import tqdm
 
     root = Path(root)
-    check_root(root, [*inputs, model_path])
-    created = make_dirs(root)
     refs = list(references) if references is not None else [None] * len(cases)
     if len(refs) != len(cases):
         raise ValueError(f"references: {len(refs)} for {len(cases)} cases")
+    check_root(root, [*inputs, model_path])
+    created = make_dirs(root)
     rows, todo = [], []
     try:
         for c, ref in zip(cases, refs):
