@@ -1,4 +1,5 @@
-"""Cases of a run: discovery, safe unique names, de-identification.
+"""Cases of a run: discovery, safe unique names, their reference label maps,
+de-identification.
 
 A case name becomes a folder name and appears in reports, so it must be
 safe (no path separators, no empty or dot names, printable on any
