@@ -552,3 +552,51 @@ def test_build_model_never_takes_a_label_map_for_its_own_image(tmp_path, capsys)
                  "--quiet", "--images", str(files[3].parent)]) == 1
     err = capsys.readouterr().err
     assert "no image in" in err and "found the label map itself" in err, err
+
+
+def _edit_meta(z, **changes):
+    meta = json.loads(str(z["metadata_json"]))
+    for key, value in changes.items():
+        if "." in key:
+            outer, inner = key.split(".")
+            meta[outer][inner] = value
+        else:
+            meta[key] = value
+    z["metadata_json"] = np.array(json.dumps(meta))
+
+
+def _set(key, index, value):
+    def edit(z):
+        a = z[key].copy()
+        a[index] = value
+        z[key] = a
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set("faces", (0, 0), 10 ** 6), r"face indices outside 0\.\.641"),
+    (_set("pca_variances", 0, -1.0), "negative PCA variances"),
+    (_set("mean", (0, 0), np.nan), "'mean' holds NaN or infinite values"),
+    (lambda z: z.update(shapes=z["shapes"][:, :-1]), r"inconsistent shapes \(shapes"),
+    (lambda z: z.update(pca_components=z["pca_components"][:, :-3]),
+     r"inconsistent shapes \(pca"),
+    (lambda z: z.update(profile_mean=z["profile_mean"][:-1], profile_var=z["profile_var"][:-1]),
+     r"inconsistent shapes \(appearance profiles"),
+    (lambda z: z.update(faces=z["faces"].astype(float)),
+     "'faces' has dtype float64, expected integer"),
+    (lambda z: _edit_meta(z, organ=5), "'organ' is not a text"),
+    (lambda z: _edit_meta(z, **{"appearance.step_mm": 0}), "'appearance' is malformed"),
+    (_set("profile_var", (0, 0), 0.0), "appearance variances must be > 0"),
+])
+def test_a_damaged_model_file_is_refused_with_its_reason(phantom_model, tmp_path, edit,
+                                                         message):
+    """Each schema check of load_model on a real model (appearance and voxel
+    classifier included), one damage at a time: the file is refused, naming it."""
+    z = dict(np.load(phantom_model[3], allow_pickle=False))
+    save = dict(z)
+    np.savez(tmp_path / "same.npz", **save)
+    load_model(tmp_path / "same.npz")                  # re-saved untouched: still a model
+    edit(z)
+    np.savez(tmp_path / "bad.npz", **z)
+    with pytest.raises(ModelFormatError, match=message):
+        load_model(tmp_path / "bad.npz")
