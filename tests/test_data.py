@@ -30,3 +30,12 @@ def test_verify_reports_missing_and_changed_files(data_root, tmp_path):
     assert len(quick["missing"]) == 1 and quick["changed"] == []
     full = verify(tmp_path, REGISTRY, datasets=["tcia_mr_dicom"], hashes=True)["tcia_mr_dicom"]
     assert len(full["missing"]) == 1 and len(full["changed"]) == 1
+
+
+def test_the_data_root_is_the_environment_variable_when_set(tmp_path, monkeypatch):
+    from shapeprior.data import ENV_VAR, data_root
+
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "elsewhere"))
+    assert data_root() == tmp_path / "elsewhere"
+    monkeypatch.delenv(ENV_VAR)
+    assert data_root() != tmp_path / "elsewhere"

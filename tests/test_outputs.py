@@ -557,3 +557,29 @@ def test_export_model_modes_displacements_and_options(tmp_path, capsys):
         main(["export-model", str(path), "-o", str(tmp_path / "zero"), "--sd", "0"])
     assert "--sd=0.0 must be in (0, 10]" in capsys.readouterr().err
     assert not (tmp_path / "zero").exists()
+
+
+def test_model_info_text_says_what_the_summary_holds(phantom_model, capsys, monkeypatch):
+    """The human-readable model-info: the cumulative variance of the first five modes,
+    the training scale range, the calibrated surface offset with its sign, and the
+    kind of images the appearance was learned on (CT, MR, or both)."""
+    import shapeprior.model
+    from shapeprior.model import load_model, model_summary
+
+    s = model_summary(load_model(phantom_model[3]))
+    cum = s["pca"]["cumulative"]
+    s["surface_offset"] = {**(s.get("surface_offset") or {"dice_at_offset": 0.9,
+                                                         "dice_at_0": 0.8, "n_shapes": 6}),
+                           "mm": -0.3}
+    s["appearance"]["images_hounsfield_share"] = [0.0, 0.8]      # MR and CT images
+    monkeypatch.setattr(shapeprior.model, "model_summary", lambda m: s)
+    assert main(["model-info", str(phantom_model[3])]) == 0
+    out = capsys.readouterr().out
+    assert f"(cumulative {100 * cum[min(4, len(cum) - 1)]:.1f}%)" in out
+    lo, hi = s["pose"]["scale_range"]
+    assert f"(training range {lo:.2f}-{hi:.2f})" in out
+    assert "final surface moved -0.3 mm outward" in out
+    assert "learned on images of both kinds: 0-80 %" in out
+    s["appearance"]["images_hounsfield_share"] = [0.7, 0.9]
+    assert main(["model-info", str(phantom_model[3])]) == 0
+    assert "learned on images in HU (CT)" in capsys.readouterr().out
