@@ -72,7 +72,7 @@ TESTS = {
     "pose": ["tests/test_online.py", "tests/test_model.py", "tests/test_status.py",
              "tests/test_fit.py"],
     "infra": ["tests/test_infra.py", "tests/test_model.py", "tests/test_online.py",
-              "tests/test_outputs.py", "tests/test_ssc.py"],
+              "tests/test_outputs.py", "tests/test_ssc.py", "tests/test_data.py"],
     "qc": ["tests/test_outputs.py", "tests/test_background.py"],
     "cli": ["tests/test_cli.py", "tests/test_segment.py", "tests/test_status.py",
             "tests/test_refine.py", "tests/test_fit.py", "tests/test_hostile.py"],
