@@ -567,7 +567,8 @@ def test_model_info_text_says_what_the_summary_holds(phantom_model, capsys, monk
     from shapeprior.model import load_model, model_summary
 
     s = model_summary(load_model(phantom_model[3]))
-    cum = s["pca"]["cumulative"]
+    ev = [0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05]              # more modes than shown
+    s["pca"].update(n_modes=8, explained_variance=ev, cumulative=np.cumsum(ev).tolist())
     s["surface_offset"] = {**(s.get("surface_offset") or {"dice_at_offset": 0.9,
                                                          "dice_at_0": 0.8, "n_shapes": 6}),
                            "mm": -0.3}
@@ -575,7 +576,8 @@ def test_model_info_text_says_what_the_summary_holds(phantom_model, capsys, monk
     monkeypatch.setattr(shapeprior.model, "model_summary", lambda m: s)
     assert main(["model-info", str(phantom_model[3])]) == 0
     out = capsys.readouterr().out
-    assert f"(cumulative {100 * cum[min(4, len(cum) - 1)]:.1f}%)" in out
+    assert "8 modes; first modes explain 30.0%, 20.0%, 10.0%, 10.0%, 10.0% (cumulative " \
+        "80.0%)" in out
     lo, hi = s["pose"]["scale_range"]
     assert f"(training range {lo:.2f}-{hi:.2f})" in out
     assert "final surface moved -0.3 mm outward" in out
