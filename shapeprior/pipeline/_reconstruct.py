@@ -103,6 +103,8 @@ def load_shapes(path, n_points):
 
 
 def _status(r, y, scale_range=None):
+    """``(status, overridden fraction, reasons)`` of the solve ``r`` of the shape
+    ``y`` (N, 3), in whose frame its reconstruction is."""
     frac = float(np.count_nonzero(r.overridden)) / max(int(np.count_nonzero(r.visible)), 1)
     reasons = []
     if scale_range is not None:
@@ -115,8 +117,7 @@ def _status(r, y, scale_range=None):
                            "m?) or another organ")
     rec = r.reconstruction
     radius = float(np.sqrt(np.mean(np.sum((rec - rec.mean(0)) ** 2, axis=1))))
-    near = np.linalg.norm(rec - y, axis=1)[r.visible]
-    median = float(np.median(near)) if near.size else 0.0
+    median = median_residual(r, y)
     if median > SUSPECT_MEDIAN_RESIDUAL * radius:
         reasons.append(f"the median vertex lies {median:.1f} mm from its reconstruction "
                        f"(> {100 * SUSPECT_MEDIAN_RESIDUAL:.0f}% of the shape's RMS radius, "
