@@ -199,8 +199,7 @@ def main(argv):
                         progress=sys.stderr.isatty(), output_type=a.output_type,
                         qc=not a.no_qc, references=refs, reference_labels=ref_labels)
     n_refs = None if refs is None else sum(r is not None for r in refs)
-    write_summary(root, summary, len(cases), n_refs)
-    print_batch(summary, len(cases), root, refs)
+    print_batch(summary, len(cases), root, write_summary(root, summary, len(cases), n_refs))
     errors = sum("error" in r for r in summary)
     return 1 if errors else status_code([r.get("result", r["status"]) for r in summary],
                                         a.strict)
@@ -218,12 +217,11 @@ def _single_reference(reference, case, deidentify):
     return match_references([case], reference, deidentify)[0]
 
 
-def print_batch(summary, n_cases, root, refs):
+def print_batch(summary, n_cases, root, st):
     """One line per case, then the counts (cases kept from an earlier run
     counted by the result they got) and, with references, Dice and distances
-    over the cases compared."""
-    from ..pipeline import reference_summary
-
+    over the cases compared (``st``: the summary's ``reference`` block, from
+    :func:`~shapeprior.pipeline.write_summary`)."""
     for r in summary:
         if "error" in r:
             extra = r["error"]
@@ -248,10 +246,9 @@ def print_batch(summary, n_cases, root, refs):
           f"{counts['failed']} failed ({errors} with errors), {counts['skipped']} skipped"
           + (f"; {kept} of them kept from an earlier run" if kept else "")
           + f"; summary in {show_path(root / 'summary.json')} and summary.csv")
-    if refs is not None:
-        st = reference_summary(summary)
-        n_refs = sum(r is not None for r in refs)
-        if st is None:
+    if st is not None:
+        n_refs = st["n_cases_with_reference"]
+        if not st["n_compared"]:
             print(f"reference: {n_refs} of {n_cases} cases have one; none was compared")
         else:
             d, s = st["dice"], st["assd_mm"]

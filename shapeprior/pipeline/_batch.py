@@ -255,7 +255,8 @@ def write_summary(root, rows, n_cases, n_references=None):
     reasons or error, Dice and distances against a reference) atomically, with
     :func:`reference_summary` when references were given (``n_references``:
     how many cases had one), and the rows as ``root/summary.csv``
-    (:data:`SUMMARY_COLUMNS`); only a previous shapeprior summary is replaced."""
+    (:data:`SUMMARY_COLUMNS`); only a previous shapeprior summary is replaced.
+    Returns the summary's ``reference`` block, or None without references."""
     doc = {"producer": PRODUCER, "command": "segment", "n_cases": n_cases}
     if n_references is not None:
         doc["reference"] = {"n_cases_with_reference": n_references,
@@ -264,6 +265,7 @@ def write_summary(root, rows, n_cases, n_references=None):
     write_text_atomic(Path(root) / "summary.csv", summary_csv(rows), own=own_summary_csv)
     text = json.dumps({**doc, "cases": rows}, indent=1)
     write_text_atomic(Path(root) / "summary.json", text, own=own_summary)
+    return doc.get("reference")
 
 
 def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk", force=False,
