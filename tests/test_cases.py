@@ -68,6 +68,26 @@ def test_discover_cases_lists_images_and_reports_empty_folders(tmp_path):
     assert cases[2].error == "no DICOM image series in this folder"
 
 
+def test_cases_and_label_maps_are_found_by_one_list_of_suffixes(tmp_path):
+    """segment's folder scan and build-model's label-map scan take the same
+    files: every suffix the readers read, in any case (a converter's
+    ``X.NII.GZ``, a detached NRRD header), and never a volume's data file."""
+    from shapeprior.model import case_name, find_label_maps
+    from shapeprior.model._build import image_candidates
+
+    for name in ("a.NII.GZ", "b.nhdr", "b.raw", "c.mha", "d.img", "e.Nii", "f.nrrd.bak",
+                 "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    cases = discover_cases(tmp_path, list_series=lambda d: [])
+    assert [c.name for c in cases] == ["a", "b", "c", "e"]
+    labels = find_label_maps(tmp_path)
+    assert [f.name for f in labels] == ["a.NII.GZ", "b.nhdr", "c.mha", "e.Nii"]
+    assert [case_name(f, tmp_path) for f in labels] == ["a", "b", "c", "e"]
+    # the image of an upper-case label map: its nnU-Net channel keeps the suffix as written
+    assert (tmp_path / "img" / "a_0000.NII.GZ") in image_candidates(
+        tmp_path / "a.NII.GZ", tmp_path, tmp_path / "img")
+
+
 @pytest.mark.parametrize("side", ["left", "right", "none"])
 def test_a_batch_summary_row_names_the_side_of_a_paired_organ(side, monkeypatch, tmp_path):
     """A folder segmented with a paired organ's model: each summary row says which

@@ -83,14 +83,13 @@ def _check_mask_is_a_file(mask, organ):
     is refused naming its label maps of the model's organ, when it holds any."""
     from pathlib import Path
 
-    from ..io import display_name
-    from ..model import LABEL_SUFFIXES
+    from ..io import display_name, volume_suffix
 
     p = Path(mask)
     if not p.is_dir():
         return
     files = sorted(f.name for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
-                   and f.name.endswith(LABEL_SUFFIXES))
+                   and volume_suffix(f.name))
     named = [f for f in files if organ and organ.lower() in f.lower()] if organ else []
     why = f"{display_name(p)} is a folder; refine takes one label map file"
     if named:

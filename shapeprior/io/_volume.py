@@ -182,6 +182,20 @@ def read_file(path, allow_no_orientation=False):
     return _read_itk(p, name), {"format": p.suffix.lstrip(".").lower() or "unknown"}
 
 
+#: names of the files the readers take as one volume, matched case-insensitively
+#: (a NIfTI pair's ``.img`` and a detached header's ``.raw`` are its data, not
+#: volumes of their own): the one list for every folder scan (cases, label maps)
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def volume_suffix(name: str) -> str:
+    """The volume suffix ``name`` ends with (:data:`VOLUME_SUFFIXES`, any case),
+    as written in it; '' when it has none."""
+    low = str(name).lower()
+    s = next((s for s in VOLUME_SUFFIXES if low.endswith(s)), "")
+    return str(name)[len(str(name)) - len(s):] if s else ""
+
+
 def read_geometry(path, allow_no_orientation=False):
     """Where an image file lies, from its header alone (no voxels are read).
 

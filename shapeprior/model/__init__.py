@@ -1,6 +1,6 @@
 """Shape models: build from label maps, PCA, dictionary learning, file format."""
 
-from ._build import (LABEL_SUFFIXES, BuildParams, build_model, case_name, find_label_maps, label_map_inputs,
+from ._build import (BuildParams, build_model, case_name, find_label_maps, label_map_inputs,
                      label_root, model_from_shapes, organ_radius, pair_images, surfaces_from_label_map)
 from ._dictlearn import DictionaryLearner, learn_shape_dictionary, update_shape_dictionary
 from ._inspect import mode_shape, model_summary, vertex_sd
@@ -27,4 +27,4 @@ __all__ = ["ShapeModel", "save_model", "load_model", "ModelFormatError", "FORMAT
            "label_root", "pair_images", "update_model", "extend_model", "rank_candidates",
            "params_from_model", "correspond_to_model", "align_to_model", "lineage_of",
            "new_label_maps", "model_from_shapes", "organ_radius", "case_name",
-           "label_map_inputs", "LABEL_SUFFIXES"]
+           "label_map_inputs"]

@@ -23,7 +23,7 @@ from .. import __version__
 from .._provenance import package_versions, sha256_file
 from ..align import generalized_procrustes
 from ..correspond import fit_template
-from ..io import read_label_map
+from ..io import VOLUME_SUFFIXES, read_label_map, volume_suffix
 from ..mesh import (Surface, crop_to_labels, icosphere, kidney_masks, label_mask,
                     level_for_vertices, mask_to_surface)
 from ._calibrate import MAX_SHAPES, choose_offset, offset_dice, offset_grid
@@ -31,7 +31,6 @@ from ._lineage import new_lineage
 from ._model import ShapeModel, pca_from_shapes, total_variance
 from ._pose import fit_pose_prior
 
-LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
 @dataclass
@@ -161,10 +160,10 @@ def find_label_maps(folder):
     if not root.is_dir():
         raise FileNotFoundError(f"no such folder: {root}")
     # hidden files are skipped: the MSD archives carry macOS "._X.nii.gz" companions
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(LABEL_SUFFIXES)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and volume_suffix(p.name)
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not files:
-        raise ValueError(f"no label maps ({', '.join(LABEL_SUFFIXES)}) found under {root}")
+        raise ValueError(f"no label maps ({', '.join(VOLUME_SUFFIXES)}) found under {root}")
     return files
 
 
@@ -229,7 +228,7 @@ def case_name(path: Path, root: Path) -> str:
     """A label map's case name: its path below ``root`` without the image suffix."""
     rel = Path(path).relative_to(root)
     name = str(rel)
-    suf = _suffix(name)
+    suf = volume_suffix(name)
     return name[: len(name) - len(suf)]
 
 
@@ -327,10 +326,6 @@ def image_root(folder) -> Path:
     return root / "imagesTr" if (root / "imagesTr").is_dir() else root
 
 
-def _suffix(name):
-    return next((s for s in LABEL_SUFFIXES if name.endswith(s)), "")
-
-
 def image_candidates(label_file: Path, labels_root: Path, images_dir: Path):
     """Where the image of a label map may be: the same relative path, the same
     file name, or the nnU-Net name of its first channel (``X.nii.gz`` ->
@@ -338,7 +333,7 @@ def image_candidates(label_file: Path, labels_root: Path, images_dir: Path):
     label_file = Path(label_file)
     images_dir = image_root(images_dir)
     rel = Path(os.path.relpath(os.path.abspath(label_file), os.path.abspath(labels_root)))
-    suf = _suffix(label_file.name)
+    suf = volume_suffix(label_file.name)
     stem = label_file.name[: len(label_file.name) - len(suf)]
     channel0 = f"{stem}_0000{suf}"
     if rel.parts[0] == os.pardir:       # not below the root: by name only

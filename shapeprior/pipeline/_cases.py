@@ -18,9 +18,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import display_name, input_path_error
+from ..io import VOLUME_SUFFIXES, display_name, input_path_error, volume_suffix
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
 #: names a case folder may not take inside a batch output folder
 RESERVED = frozenset({"summary.json", "summary.csv", "manifest.json"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -50,16 +49,8 @@ class Case:
     error: str | None = None
 
 
-def _suffix(name: str) -> str:
-    low = name.lower()
-    for s in IMAGE_SUFFIXES:
-        if low.endswith(s):
-            return s
-    return ""
-
-
 def _stem(name: str) -> str:
-    s = _suffix(name)
+    s = volume_suffix(name)
     return name[: len(name) - len(s)] if s else name
 
 
@@ -78,7 +69,8 @@ def unique_names(raw):
     counts = {}
     for b in base:
         counts[b] = counts.get(b, 0) + 1
-    names = [b if counts[b] == 1 else safe_name(f"{b}_{_suffix(r).lstrip('.').replace('.', '_')}")
+    names = [b if counts[b] == 1 else
+             safe_name(f"{b}_{volume_suffix(r).lstrip('.').replace('.', '_')}")
              for b, r in zip(base, raw)]
     seen, out = {}, []
     for n in names:
@@ -113,11 +105,10 @@ def discover_cases(path, list_series=None):
     if list_series(p):
         return [Case(unique_names([p.name])[0] if p.name else "case", p, display_name(p))]
     entries = sorted(p.iterdir(), key=lambda e: os.fsencode(e.name))
-    files = [f for f in entries if f.is_file() and _suffix(f.name)
-             and not f.name.lower().endswith((".img", ".raw"))]
+    files = [f for f in entries if f.is_file() and volume_suffix(f.name)]
     dirs = [d for d in entries if d.is_dir() and not d.name.startswith(".")]
     if not files and not dirs:
-        raise ValueError(f"{display_name(p)} holds no image files ({', '.join(IMAGE_SUFFIXES)}) "
+        raise ValueError(f"{display_name(p)} holds no image files ({', '.join(VOLUME_SUFFIXES)}) "
                          "and no DICOM series")
     items = files + dirs
     names = unique_names([e.name for e in items])
@@ -133,7 +124,7 @@ def discover_cases(path, list_series=None):
         cases.append(Case(n, e, display_name(e), err))
     if not any(c.error is None for c in cases) and not files:
         raise ValueError(f"{display_name(p)} holds no image files "
-                         f"({', '.join(IMAGE_SUFFIXES)}) and no DICOM series"
+                         f"({', '.join(VOLUME_SUFFIXES)}) and no DICOM series"
                          + _image_subfolders(dirs))
     return cases
 
@@ -144,7 +135,7 @@ def _image_subfolders(dirs):
     hold = []
     for d in dirs:
         try:
-            if any(f.is_file() and _suffix(f.name) for f in d.iterdir()):
+            if any(f.is_file() and volume_suffix(f.name) for f in d.iterdir()):
                 hold.append(display_name(d))
         except OSError:
             continue
@@ -185,14 +176,14 @@ def match_references(cases, folder, deidentify=False):
         raise input_path_error(f)
     by_stem = {}
     for e in sorted(f.iterdir(), key=lambda e: os.fsencode(e.name)):
-        if e.is_file() and _suffix(e.name) and not e.name.startswith("."):
+        if e.is_file() and volume_suffix(e.name) and not e.name.startswith("."):
             by_stem.setdefault(_stem(e.name), []).append(e)
     out = []
     for c in cases:
         key = case_key(c.path)
         found = by_stem.get(key) or by_stem.get(_CHANNEL.sub("", key)) or []
         if len(found) > 1:
-            shown = ("the suffixes " + ", ".join(_suffix(x.name) for x in found) if deidentify
+            shown = ("the suffixes " + ", ".join(volume_suffix(x.name) for x in found) if deidentify
                      else ", ".join(display_name(x) for x in found))
             raise ValueError(f"--reference: {len(found)} files could be the reference of "
                              f"{c.source}: {shown}")
