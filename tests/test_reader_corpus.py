@@ -136,6 +136,34 @@ def test_bit_depth_and_byte_order(tmp_path, base_image, dtype, endian):
     assert read_volume(p).array.dtype == np.dtype(dtype)
 
 
+def test_compression_is_read_by_content_as_itk_does(tmp_path, base_image):
+    """A ``.nii.gz`` that holds an uncompressed NIfTI is read as ITK reads it
+    (zlib's gzopen passes plain bytes through; nibabel refuses it), voxels and
+    geometry as its plain twin; a gzip stream named ``.nii`` is refused in one
+    line naming the fix, as ITK and nibabel refuse it."""
+    sitk = pytest.importorskip("SimpleITK")
+    from shapeprior.io import read_geometry
+
+    data, aff = base_image
+    plain = _save(tmp_path / "plain.nii", data, aff, 1, aff, 1)
+    named_gz = tmp_path / "plain_bytes.nii.gz"
+    named_gz.write_bytes(plain.read_bytes())
+    ref = read_volume(plain)
+    vol = read_volume(named_gz)
+    assert np.array_equal(vol.array, ref.array)
+    assert vol.same_grid(ref) and np.allclose(vol.origin, ref.origin, atol=0)
+    assert read_geometry(named_gz)[0] == ref.array.shape
+    itk = sitk.ReadImage(str(named_gz))                 # ITK reads it, to the same voxels
+    assert np.array_equal(sitk.GetArrayFromImage(itk), vol.array)
+    assert np.allclose(itk.GetOrigin(), vol.origin, atol=1e-4)
+    named_plain = tmp_path / "stream.nii"
+    named_plain.write_bytes(gzip.compress(plain.read_bytes()))
+    msg = compare_nifti(named_plain)
+    assert "gzip stream" in msg and "stream.nii.gz" in msg
+    with pytest.raises(RuntimeError):                   # ITK refuses it too
+        sitk.ReadImage(str(named_plain))
+
+
 def test_scaling_nan_and_truncation(tmp_path, base_image):
     data, aff = base_image
     img = nib.Nifti1Image(np.clip(data, 0, 200).astype(np.int16), aff)

@@ -92,6 +92,21 @@ def parse_header(raw: bytes, name: str) -> RawHeader:
 
 
 def _gzipped(path: Path) -> bool:
+    """Whether ``path`` holds a gzip stream: by its first bytes, not its name.
+    ITK, FSL and AFNI open a ``.gz`` name through zlib's ``gzopen``, which reads
+    plain bytes as they are, so a ``.nii.gz`` holding an uncompressed NIfTI is
+    read there (nibabel refuses it); so it is here. A gzip stream under a name
+    without ``.gz`` is refused by all of them, and here in one line
+    (:func:`_checked_header`)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"\x1f\x8b"
+    except OSError:
+        return path.name.lower().endswith(".gz")
+
+
+def _named_gzipped(path: Path) -> bool:
+    """Whether nibabel, which goes by the name, would inflate ``path``."""
     return path.name.lower().endswith(".gz")
 
 
@@ -153,6 +168,10 @@ def _checked_header(p: Path, name: str, allow_no_orientation: bool) -> RawHeader
         raise ImageReadError(f"{name}: its header file {display_name(hdr_path)} is missing")
     if not data_path.is_file():
         raise ImageReadError(f"{name}: its data file {display_name(data_path)} is missing")
+    for f in dict.fromkeys((hdr_path, data_path)):
+        if _gzipped(f) and not _named_gzipped(f):
+            raise ImageReadError(f"{display_name(f)} holds a gzip stream under a name without "
+                                 f".gz; no NIfTI reader opens it so: name it {f.name}.gz")
     try:
         with _open(hdr_path) as f:
             raw = f.read(540)
@@ -281,12 +300,14 @@ def _reason(exc):
 
 
 def _voxel_stream(p: Path):
-    """The inflating stream nibabel reads a single-file ``.nii.gz`` through
-    (ISA-L where installed); nothing for other files, which nibabel opens."""
+    """The stream nibabel reads a single file through: inflating a gzip stream
+    (ISA-L where installed), or the plain bytes of a file named ``.gz`` that
+    holds no gzip stream; nothing for other files, which nibabel opens (and
+    memory-maps) itself."""
     h, d = _pair_files(p)
-    if h == d and _gzipped(p):
+    if h == d and (_gzipped(p) or _named_gzipped(p)):
         try:
-            return open_gzip_read(p)
+            return open_gzip_read(p) if _gzipped(p) else open(p, "rb")
         except OSError as exc:
             raise ImageReadError(f"cannot read {display_name(p)} as an image: {exc}") from None
     return contextlib.nullcontext(None)
@@ -330,7 +351,9 @@ def nifti_geometry(path, allow_no_orientation=False):
     """``(shape_zyx, spacing, origin, direction)`` of a NIfTI file as
     :func:`read_nifti` places it, from the header alone."""
     p = Path(path)
-    img, _, spacing, origin, direction = _open_placed(p, display_name(p), allow_no_orientation)
+    with _voxel_stream(p) as stream:
+        img, _, spacing, origin, direction = _open_placed(p, display_name(p),
+                                                          allow_no_orientation, stream)
     return tuple(int(n) for n in img.shape[:3][::-1]), spacing, origin, direction
 
 
