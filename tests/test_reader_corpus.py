@@ -360,6 +360,20 @@ def test_rt_dose_beside_a_ct_series_is_skipped(tmp_path):
     assert vol.array.shape[0] == 4
 
 
+def test_a_series_mixing_pixel_spacings_is_refused(tmp_path):
+    """ITK and GDCM read such a series with the first slice's spacing for all
+    (one slice stretched onto the grid): it is refused instead."""
+    from pydicom.data import get_testdata_file
+
+    folder = _series_from(get_testdata_file("CT_small.dcm"), tmp_path / "s")
+    assert compare_dicom_folder(folder) == ["read"]
+    ds = pydicom.dcmread(folder / "s2.dcm")
+    ds.PixelSpacing = [0.9, 0.9]
+    ds.save_as(folder / "s2.dcm")
+    with pytest.raises(ImageReadError, match="mixes pixel spacings"):
+        read_image(folder)
+
+
 def test_rt_dose_alone_is_not_segmented(tmp_path):
     from pydicom.data import get_testdata_file
 

@@ -289,17 +289,21 @@ def _read_single_frames(items, key, spacing_tol):
     iop = _floats(first, "ImageOrientationPatient", 6, what)
     rows, cols = int(first.Rows), int(first.Columns)
     bits = _pixel_check(first, what)
+    ps = _floats(first, "PixelSpacing", 2, what)
     pos = []
     for _, ds in items:
         if np.abs(_floats(ds, "ImageOrientationPatient", 6, what) - iop).max() > 1e-4:
             raise ImageReadError(f"series {key} mixes slice orientations; not a single volume")
         if int(ds.Rows) != rows or int(ds.Columns) != cols:
             raise ImageReadError(f"series {key} mixes image sizes; not a single volume")
+        # ITK and GDCM take the first slice's spacing for all: a slice with its own
+        # would be stretched onto the grid
+        if np.abs(_floats(ds, "PixelSpacing", 2, what) - ps).max() > 1e-4 * ps.max():
+            raise ImageReadError(f"series {key} mixes pixel spacings; not a single volume")
         _pixel_check(ds, what)
         pos.append(_floats(ds, "ImagePositionPatient", 3, what))
     row, col, normal = _axes(iop, key)
     order, step = _sorted_positions(pos, normal, key, spacing_tol)
-    ps = _floats(first, "PixelSpacing", 2, what)
     check_size(what, [cols, rows, len(items)], max(bits // 8, 4))
     files = [items[i][0] for i in order]
     ts = {str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
