@@ -374,6 +374,24 @@ def test_a_series_mixing_pixel_spacings_is_refused(tmp_path):
         read_image(folder)
 
 
+def test_a_series_with_several_images_per_position_is_refused_saying_so(tmp_path):
+    """Two echoes stored as one series (each position twice) are no single
+    volume; one slice stored twice is named as a duplicate."""
+    from pydicom.data import get_testdata_file
+
+    folder = _series_from(get_testdata_file("CT_small.dcm"), tmp_path / "s")
+    for k in range(4):
+        ds = pydicom.dcmread(folder / f"s{k}.dcm")
+        ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.2"
+        ds.save_as(folder / f"echo2_{k}.dcm")
+    with pytest.raises(ImageReadError, match=r"8 images at 4 positions \(2 per position"):
+        read_image(folder)
+    for k in range(1, 4):
+        (folder / f"echo2_{k}.dcm").unlink()
+    with pytest.raises(ImageReadError, match=r"duplicate slice positions \(5 images at 4"):
+        read_image(folder)
+
+
 def test_rt_dose_alone_is_not_segmented(tmp_path):
     from pydicom.data import get_testdata_file
 

@@ -257,7 +257,14 @@ def _sorted_positions(pos, normal, key, spacing_tol):
             "gantry tilt); it is not a rectilinear grid: refusing to guess the geometry")
     gaps = np.diff(d[order])
     if np.any(gaps < 1e-6):
-        raise ImageReadError(f"series {key} has duplicate slice positions")
+        # several images at one position: echoes, b-values, phases or time points
+        # stored as one series, or a slice stored twice
+        n_pos = int(np.sum(gaps >= 1e-6)) + 1
+        each = len(d) / n_pos
+        many = (f"holds {len(d)} images at {n_pos} positions ({each:g} per position: "
+                "echoes, b-values, phases or time points?)" if each == int(each) and each > 1
+                else f"has duplicate slice positions ({len(d)} images at {n_pos} positions)")
+        raise ImageReadError(f"series {key} {many}; not a single volume")
     step = float(np.median(gaps))
     if np.abs(gaps - step).max() > spacing_tol * step + 1e-3:
         raise ImageReadError(
