@@ -36,6 +36,37 @@ def test_finish_case_strict_makes_a_suspect_case_an_error(tmp_path, capsys):
     assert err.count("\n") == 1 and "case: suspect: weak boundary" in err
 
 
+@pytest.mark.parametrize("exc,code,words", [
+    (ValueError("bad value"), 1, "model-info: error: bad value"),
+    (OSError("disk full"), 1, "model-info: error: disk full"),
+    (RuntimeError("solver stalled"), 1, "model-info: error: solver stalled"),
+    (KeyError("oops"), 1, "model-info: internal error: KeyError"),
+    (MemoryError(), 1, "model-info: error: out of memory"),
+    (KeyboardInterrupt(), 130, "interrupted; nothing partial was kept"),
+    (BrokenPipeError(), 141, None),
+])
+def test_every_way_a_command_ends_has_its_code_and_one_line(exc, code, words, monkeypatch,
+                                                            capsys):
+    """What ``main`` makes of each exception a command raises: bad input (also a
+    RuntimeError from a library) is one 'error:' line and 1, a bug is an
+    'internal error' line, Ctrl-C is 130, a reader of stdout that left is 141
+    (as SIGPIPE), quietly."""
+    import shapeprior.cli as cli
+
+    def command(argv):
+        raise exc
+
+    monkeypatch.setattr(cli, "command", lambda name: command)
+    monkeypatch.delenv("SHAPEPRIOR_DEBUG", raising=False)
+    assert main(["model-info", "x"]) == code
+    err = capsys.readouterr().err
+    if words is None:
+        assert err == ""
+    else:
+        assert words in err and err.count("\n") == 1, err
+        assert ("internal error" in err) == isinstance(exc, KeyError)
+
+
 def test_negative_values_join_their_option():
     argv = ["in.nii", "--seed", "-64.4,-125.3,118.2", "--window", "-1,2.5e-1", "--other",
             "-3", "--seed-space", "ras"]

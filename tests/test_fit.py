@@ -173,6 +173,35 @@ def test_voxelize_equals_a_direct_inside_test_on_oblique_grids(case):
     assert np.linalg.norm(c_got - c_want) <= 0.05
 
 
+def test_voxelize_two_bodies_on_one_ray_and_a_body_cut_by_the_grid():
+    """Rays that cross the surface four times (two ellipsoids one above the
+    other: the gap between them stays empty) and a body that goes on beyond
+    the grid's last column, row and slice (those are voxelised as inside)."""
+    v, f = _convex_mesh()
+    low, high = v - [0.0, 0.0, 12.0], v + [0.0, 0.0, 12.0]      # 9 mm apart along z
+    verts, faces = np.vstack([low, high]), np.vstack([f, f + len(v)])
+    spacing = np.array([0.7, 0.9, 0.8])
+    size = np.array([40, 24, 45])                               # x, y, z voxels
+    # bodies: x -15..21, y -15..7, z -13.5..1.5 and 10.5..25.5 mm; the grid's
+    # last column, row and slice (x 5.1, y 2.3, z 17.2 mm) lie inside them
+    origin = np.array([-22.2, -18.4, -18.0])
+    vol = Volume(np.zeros(size[::-1], np.uint8), spacing, origin, np.eye(3))
+    got = voxelize(verts, faces, vol).astype(bool)
+    pts = vol.index_to_physical(np.argwhere(np.ones(vol.array.shape, bool))[:, ::-1]
+                                .astype(float))
+    want = (_inside_convex(pts, low, f) | _inside_convex(pts, high, f)).reshape(got.shape)
+    assert dice(got, want) >= 0.995
+    for edge in (got[:, :, -1], got[:, -1, :], got[-1]):        # last column, row, slice
+        assert edge.any()
+    for a, b in ((got[:, :, -1], want[:, :, -1]), (got[:, -1, :], want[:, -1, :]),
+                 (got[-1], want[-1])):
+        assert abs(int(a.sum()) - int(b.sum())) <= 0.02 * b.sum()
+    # between the bodies (centre line, z within 2 mm of the middle) nothing is inside
+    zc = (vol.physical_to_index(verts.mean(0)[None])[0]).round().astype(int)
+    gap = got[zc[2] - 2:zc[2] + 3, :, :]
+    assert not gap.any() and not want[zc[2] - 2:zc[2] + 3].any()
+
+
 def test_report_states_what_the_prior_rejected(phantom_model, tmp_path, capsys):
     d, images, labels, model = phantom_model
     out = tmp_path / "o"

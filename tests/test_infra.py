@@ -85,3 +85,24 @@ def test_model_info_variance_mode_shapes_and_vertex_spread(family_model):
     assert not np.allclose(vertex_sd(m), np.sqrt(d2).mean(axis=0), rtol=1e-3)
     with pytest.raises(ValueError, match="mode="):
         mode_shape(m, len(var), 1.0)
+
+
+def test_stage_clock_sums_the_calls_of_each_stage(monkeypatch):
+    """A stage entered several times reports the sum of its times and its call
+    count; nested stages each get their own time."""
+    from shapeprior import _profile
+
+    now = [0.0]
+    monkeypatch.setattr(_profile.time, "perf_counter", lambda: now[0])
+    clock = _profile.StageClock()
+    for dt in (1.5, 2.0, 0.25):
+        with clock("search"):
+            now[0] += dt
+    with clock("ssc"):
+        now[0] += 1.0
+        with clock("inner"):
+            now[0] += 0.5
+    got = clock.as_dict()
+    assert got["search"] == {"seconds": 3.75, "calls": 3}
+    assert got["ssc"] == {"seconds": 1.5, "calls": 1}
+    assert got["inner"] == {"seconds": 0.5, "calls": 1}

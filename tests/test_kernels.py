@@ -57,6 +57,24 @@ def test_gram_lasso_matches_sklearn(seed, correlated):
     assert np.allclose(x_nb, ref, atol=1e-6 * max(1, np.abs(ref).max()))
 
 
+def test_gram_lasso_twins_take_the_same_steps():
+    """The Numba twin follows the reference step for step (same atom
+    additions, same line-search stops), not only to the same optimum: on
+    problems whose sign changes make the line search choose among crossing
+    points (warm starts from a wrong sign pattern), the step counts agree."""
+    steps = []
+    for seed in range(30):
+        A, y = _problem(seed, correlated=seed % 2 == 1)
+        H, b = A.T @ A, A.T @ y
+        lam = 0.02 * np.abs(b).max()
+        x0 = -np.linalg.lstsq(A, y, rcond=None)[0]      # every sign wrong: crossings
+        x_xp, n_xp = gram_lasso_numpy(H, b, lam, x0=x0)
+        x_nb, n_nb = gram_lasso_numba(H, b, lam, x0=x0)
+        assert np.allclose(x_xp, x_nb, atol=1e-10)
+        steps.append((n_xp, n_nb))
+    assert all(a == b for a, b in steps), steps
+
+
 def test_gram_lasso_warm_start_reaches_same_optimum():
     A, y = _problem(7)
     H, b = A.T @ A, A.T @ y

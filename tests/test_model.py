@@ -360,6 +360,37 @@ def test_kits_subset_build(data_root, tmp_path):
     assert 0.5 < lo <= hi < 2.0
 
 
+def test_a_shape_that_fails_correspondence_is_left_out_and_reported(tmp_path, monkeypatch):
+    """A shape whose template fit fails the quality check (here: marked failed)
+    is not in the model: the report lists it, with its reason, as rejected at
+    the correspondence stage, and the model holds the others only."""
+    from shapeprior.model import _build, build_model
+
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    for i in range(5):
+        ellipsoid_label_map(folder / f"c{i}.nii.gz", (20 + i, 14, 10), (0.0, 0.0, 0.0),
+                            spacing=np.array([1.5, 1.5, 2.0]), size=np.array([40, 32, 20]))
+    fit = _build._job_fit
+    calls = []
+
+    def failing_third(args):
+        v, q = fit(args)
+        calls.append(1)
+        if len(calls) > 5 and len(calls) == 5 + 3:          # pass 2, third shape
+            q.ok, q.reason = False, "planted failure"
+        return v, q
+
+    monkeypatch.setattr(_build, "_job_fit", failing_third)
+    files = sorted(folder.glob("*.nii.gz"))
+    model, report = build_model(files, BuildParams(n_vertices=162, n_jobs=1), progress=False)
+    assert report["n_shapes_extracted"] == 5 and report["n_shapes_kept"] == 4
+    assert report["rejected"] == [{"source": "c2", "side": "none", "stage": "correspondence",
+                                   "reason": "planted failure"}]
+    assert len(model.shapes) == 4 and "c2:none" not in model.metadata["shape_ids"]
+    assert [r["ok"] for r in report["per_shape"]] == [True, True, False, True, True]
+
+
 def test_built_model_geometry_matches_the_label_maps(tmp_path):
     """The model's mean shape has the ellipsoids' size, and the pose prior puts
     it where the organs sit in their scans (known offset from the FOV centre)."""

@@ -267,6 +267,9 @@ def compare_multiframe(path, vol):
     po = (g0 if "PlaneOrientationSequence" in g0 else sh).PlaneOrientationSequence[0]
     iop = np.array([float(v) for v in po.ImageOrientationPatient])
     order = np.argsort(pos @ np.cross(iop[:3], iop[3:]))
+    pm = (g0 if "PixelMeasuresSequence" in g0 else sh).PixelMeasuresSequence[0]
+    ps = [float(v) for v in pm.PixelSpacing]            # (row step, column step)
+    n, r, c = a.shape
     assert vol.array.shape == a.shape
     # values: the frames in slice order (with each frame's modality LUT)
     for k, f in enumerate(order):
@@ -277,6 +280,9 @@ def compare_multiframe(path, vol):
         assert np.allclose(vol.array[k], a[f] * slope + inter, atol=1e-3)
         assert np.abs(vol.index_to_physical(np.array([[0.0, 0.0, k]]))[0] - pos[f]).max() \
             <= 1e-3
+        far = pos[f] + (c - 1) * ps[1] * iop[:3] + (r - 1) * ps[0] * iop[3:]
+        assert np.abs(vol.index_to_physical(np.array([[c - 1.0, r - 1.0, k]]))[0]
+                      - far).max() <= 1e-3
 
 
 def pydicom_files():
@@ -392,6 +398,83 @@ def test_a_series_with_several_images_per_position_is_refused_saying_so(tmp_path
         read_image(folder)
 
 
+def test_a_fractional_rescale_intercept_gives_float_values(tmp_path):
+    """RescaleIntercept -1024.5 (slope 1): the values keep their half, as
+    pydicom's modality LUT gives them, instead of being cut to integers."""
+    from pydicom.data import get_testdata_file
+
+    folder = _series_from(get_testdata_file("CT_small.dcm"), tmp_path / "s")
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.RescaleSlope, ds.RescaleIntercept = "1", "-1024.5"
+        ds.save_as(f)
+    assert compare_dicom_folder(folder) == ["read"]
+    vol, _ = read_image(folder)
+    assert vol.array.dtype.kind == "f" and np.allclose(vol.array % 1.0, 0.5)
+
+
+@pytest.mark.parametrize("photometric", ["PALETTE COLOR", "YBR_FULL"])
+def test_one_sample_colour_is_refused(tmp_path, photometric):
+    """A palette image holds one sample per pixel, but its samples are indices
+    into a colour table, not grey values."""
+    from pydicom.data import get_testdata_file
+
+    folder = _series_from(get_testdata_file("CT_small.dcm"), tmp_path / "s")
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.PhotometricInterpretation = photometric
+        ds.save_as(f)
+    with pytest.raises(ImageReadError, match="colour data"):
+        read_image(folder)
+
+
+def test_an_rt_or_seg_object_without_a_modality_is_no_image_series(tmp_path):
+    """Objects are told apart by their SOP class even when their Modality is
+    blank: a segmentation or RT object with rows and columns is no CT."""
+    from pydicom.data import get_testdata_file
+
+    from shapeprior.io import list_series
+
+    folder = _series_from(get_testdata_file("CT_small.dcm"), tmp_path / "ct")
+    for k, sop in enumerate(("1.2.840.10008.5.1.4.1.1.66.4",       # segmentation
+                             "1.2.840.10008.5.1.4.1.1.481.1")):    # RT image
+        ds = pydicom.dcmread(folder / "s0.dcm")
+        ds.SOPClassUID, ds.Modality = sop, ""
+        ds.SeriesInstanceUID = f"{ds.SeriesInstanceUID}.9{k}"
+        ds.save_as(folder / f"other{k}.dcm")
+    assert len(list_series(folder)) == 1
+    assert read_image(folder)[0].array.shape[0] == 4
+
+
+def test_a_folder_is_listed_again_after_its_files_change(tmp_path):
+    """The listing of a folder's headers is reused only while its files are
+    the same: a slice added later is read."""
+    from pydicom.data import get_testdata_file
+
+    folder = _series_from(get_testdata_file("CT_small.dcm"), tmp_path / "s", n=5)
+    (folder / "s4.dcm").rename(tmp_path / "s4.dcm")
+    assert read_image(folder)[0].array.shape[0] == 4
+    (tmp_path / "s4.dcm").rename(folder / "s4.dcm")
+    assert read_image(folder)[0].array.shape[0] == 5
+
+
+@pytest.mark.parametrize("thickness,gap", [(1.0, 1.5), (2.5, 0.0), (4.0, 0.0)])
+def test_slice_gap_is_the_step_beyond_the_thickness(tmp_path, thickness, gap):
+    """Slices 2.5 mm apart: 1 mm thick leaves a 1.5 mm gap between them;
+    touching (2.5 mm) or overlapping (4 mm) slices leave none."""
+    from pydicom.data import get_testdata_file
+
+    folder = _series_from(get_testdata_file("CT_small.dcm"), tmp_path / "s")
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SliceThickness = f"{thickness:g}"
+        ds.save_as(f)
+    _, info = read_image(folder)
+    assert info["slice_spacing_mm"] == pytest.approx(2.5, abs=1e-4)
+    assert info["slice_thickness_mm"] == thickness
+    assert info["slice_gap_mm"] == pytest.approx(gap, abs=1e-4)
+
+
 def test_rt_dose_alone_is_not_segmented(tmp_path):
     from pydicom.data import get_testdata_file
 
@@ -424,6 +507,39 @@ def test_enhanced_multiframe_mr_in_a_folder(tmp_path):
     assert compare_dicom_folder(tmp_path) == ["read"]
     vol, info = read_image(tmp_path)
     assert info["multiframe"] and vol.array.shape == (176, 256, 256)
+
+
+@pytest.mark.parametrize("luts", ["own", "identity"])
+def test_enhanced_multiframe_shuffled_frames_own_luts_and_rectangular_pixels(tmp_path, luts):
+    """nibabel's enhanced MR rewritten with its frames in a shuffled order,
+    rectangular pixels (0.9 mm between rows, 1.2 mm between columns), and each
+    frame with its own rescale slope (or none: the raw values): read in slice
+    order, each frame through its own modality LUT, every corner where
+    pydicom's headers put it."""
+    src = NIB_NICOM / "philips_mprage.dcm.gz"
+    if not src.is_file():
+        pytest.skip("nibabel's enhanced MR test file is not installed")
+    import io
+
+    ds = pydicom.dcmread(io.BytesIO(gzip.decompress(src.read_bytes())))
+    keep = np.arange(0, int(ds.NumberOfFrames), 8)          # 22 frames: a small file
+    perm = np.random.default_rng(3).permutation(keep)
+    groups = ds.PerFrameFunctionalGroupsSequence
+    ds.PerFrameFunctionalGroupsSequence = pydicom.Sequence([groups[int(i)] for i in perm])
+    # the shipped pixels are all 0: each frame gets its own pattern
+    r, c = np.mgrid[:int(ds.Rows), :int(ds.Columns)]
+    pix = np.stack([300 * int(i) + (r + 2 * c) % 256 for i in perm]).astype(np.uint16)
+    ds.PixelData = pix.tobytes()
+    ds.NumberOfFrames = len(perm)
+    for k, g in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        g.PixelMeasuresSequence[0].PixelSpacing = [0.9, 1.2]
+        own = luts == "own"
+        g.PixelValueTransformationSequence[0].RescaleSlope = f"{1.0 + 0.25 * k * own:g}"
+        g.PixelValueTransformationSequence[0].RescaleIntercept = f"{-3 * k * own}"
+    ds.save_as(tmp_path / "mf.dcm")
+    assert compare_dicom_folder(tmp_path) == ["read"]
+    vol, _ = read_image(tmp_path)
+    assert np.allclose(vol.spacing[:2], [1.2, 0.9])
 
 
 def test_nibabel_shipped_dicom_pair_is_a_sheared_stack(tmp_path):
