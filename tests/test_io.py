@@ -123,6 +123,13 @@ def test_gzipped_label_is_standard_deterministic_and_nameless(tmp_path, gzip_bac
     back = read_image(out)[0]
     assert back.array.dtype == np.uint8 and np.array_equal(back.array, lab)
     assert np.allclose(back.direction, vol.direction) and np.allclose(back.origin, vol.origin)
+    # written as named, whatever a file of that name held before
+    plain, packed = tmp_path / "l.nii", tmp_path / "m.nii.gz"
+    plain.write_bytes(gzip.compress(b"x" * 400))
+    packed.write_bytes(b"x" * 400)
+    write_label(vol, lab, plain)
+    write_label(vol, lab, packed)
+    assert plain.read_bytes()[:2] != b"\x1f\x8b" and packed.read_bytes()[:2] == b"\x1f\x8b"
 
 
 def test_volume_crop_keeps_physical_positions():

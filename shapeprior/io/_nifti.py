@@ -383,7 +383,7 @@ def write_nifti(vol, path, code=1) -> None:
     img.header.set_xyzt_units("mm")
     tmp = p.with_name(".tmp_" + p.name)
     try:
-        if _gzipped(p):
+        if _named_gzipped(p):           # written as named (it need not exist yet)
             with open(tmp, "wb") as raw, open_gzip_write(raw) as gz:
                 holder = FileHolder(fileobj=gz)
                 img.to_file_map({"header": holder, "image": holder})
