@@ -236,6 +236,13 @@ def test_batch_reference_rows_and_resume_follow_the_reference_given(phantom_mode
     assert "reference differs" in again["c5"]["note"] and again["c5"]["dice"] == 0.0
     assert again["c6"]["status"] == "skipped" and again["c6"]["dice"] == rows["c6"]["dice"]
     assert doc["reference"]["dice"]["worst_case"] == "c5"
+    # other labels of the same maps: no case keeps a Dice computed on label 1
+    rc, doc, other = run("--reference", str(refs), "--reference-labels", "2")
+    assert "compared with the reference's labels [1], not [2]" in other["c6"]["note"]
+    assert other["c6"]["dice"] == 0.0            # the phantoms' maps hold label 1 only
+    assert json.loads((out / "c6" / "report.json").read_text())["reference"]["labels"] == [2]
+    rc, doc, same = run("--reference", str(refs), "--reference-labels", "2")
+    assert {r["status"] for r in same.values()} == {"skipped"}
     # one case with the folder as --reference: its own label map is found in it
     one = tmp_path / "one"
     assert main(["segment", str(cases / "c6.nii.gz"), "-o", str(one), "--model", str(model),

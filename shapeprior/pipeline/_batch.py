@@ -37,9 +37,11 @@ def _model(path, prior="auto"):
     return _MODELS[key]
 
 
-def case_state(folder, case_path, model_path, params, deidentify=False, reference=None):
+def case_state(folder, case_path, model_path, params, deidentify=False, reference=None,
+               reference_labels=(1,)):
     """``('complete' | 'stale' | 'absent' | 'foreign', reason)`` of a case folder.
-    A ``reference`` given now must be the one its Dice was computed against."""
+    A ``reference`` given now must be the one its Dice was computed against, and
+    ``reference_labels`` the labels it was computed on."""
     from ._run import input_hashes, params_record
 
     f = Path(folder)
@@ -73,7 +75,12 @@ def case_state(folder, case_path, model_path, params, deidentify=False, referenc
             return "stale", "it was not compared with a reference"
         if sha256_file(reference) != was_ref:
             return "stale", "the reference differs from the one it was compared with"
-    recorded = {k: v for k, v in (m.get("parameters") or {}).items() if k != "argv"}
+        was_labels = (m.get("parameters") or {}).get("reference_labels")
+        if was_labels != [int(v) for v in reference_labels]:
+            return "stale", (f"it was compared with the reference's labels {was_labels}, "
+                             f"not {[int(v) for v in reference_labels]}")
+    recorded = {k: v for k, v in (m.get("parameters") or {}).items()
+                if k not in ("argv", "reference_labels")}
     if recorded != json.loads(json.dumps(params_record(params))):
         return "stale", "segmentation parameters differ"
     return "complete", None
@@ -299,7 +306,8 @@ def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk"
                 rows.append(failed_row(c, c.error, deidentify))
                 continue
             folder = root / c.name
-            state, why = case_state(folder, c.path, model_path, params, deidentify, ref)
+            state, why = case_state(folder, c.path, model_path, params, deidentify, ref,
+                                    reference_labels)
             if state == "foreign":
                 rows.append({"case": c.name, "status": "failed", "error": why})
             elif state == "complete" and not force:

@@ -142,6 +142,8 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
         with picture:
             report = _report(res, vol, ref, info, model, params, dictionary, clock, case_name,
                              input_path, volume_ml)
+            if ref is not None:
+                report["reference"]["labels"] = [int(v) for v in reference_labels]
             _write_outputs(out, vol, res, report, model, model_path, input_path, reference,
                            mesh_format, params, argv, info, deidentify, init_mask, output_type,
                            digests)
@@ -228,8 +230,9 @@ def _write_outputs(out, vol, res, report, model, model_path, input_path, referen
         shown["init_mask"] = "init_mask"
         argv = scrub_argv(argv, {input_path: "<input>", reference: "<reference>",
                                  out.path: "<output>"})
+    compared = {"reference_labels": report["reference"]["labels"]} if reference is not None else {}
     out.write_json("manifest.json", manifest(
-        command="segment", parameters={"argv": argv, **params_record(params)},
+        command="segment", parameters={"argv": argv, **params_record(params), **compared},
         seed=None, inputs=inputs, input_paths=shown, digests=digests))
 
 
