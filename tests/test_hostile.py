@@ -412,6 +412,16 @@ def test_resume_redoes_edited_outputs_other_parameters_and_force(phantom_model, 
     assert {x["status"] for x in rows().values()} == {"skipped"}
     assert main(args + ["--surface-offset", "0.2", "--force"]) == 0  # --force redoes them
     assert {x["status"] for x in rows().values()} == {"ok"}
+    # other outputs asked for: a case without them is redone, and holds them after
+    args += ["--surface-offset", "0.2"]
+    for extra, there, gone in ((["--mesh-format", "ply"], "mesh.ply", "mesh.vtk"),
+                               (["--mesh-format", "ply", "--no-qc"], "mesh.ply", "qc.png")):
+        assert main(args + extra) == 0
+        assert all(x["status"] == "ok" and "other outputs were asked for" in x["note"]
+                   for x in rows().values()), rows()
+        assert (out / "c0" / there).is_file() and not (out / "c0" / gone).exists()
+        assert main(args + extra) == 0
+        assert {x["status"] for x in rows().values()} == {"skipped"}
 
 
 @pytest.mark.parametrize("content, ours", [

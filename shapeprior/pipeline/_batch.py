@@ -38,11 +38,12 @@ def _model(path, prior="auto"):
 
 
 def case_state(folder, case_path, model_path, params, deidentify=False, reference=None,
-               reference_labels=(1,)):
+               reference_labels=(1,), outputs=None):
     """``('complete' | 'stale' | 'absent' | 'foreign', reason)`` of a case folder.
     A ``reference`` given now must be the one its Dice was computed against, and
-    ``reference_labels`` the labels it was computed on."""
-    from ._run import input_hashes, params_record
+    ``reference_labels`` the labels it was computed on. ``outputs``: the file
+    names asked for now (:func:`~._run.output_names`; default: the defaults')."""
+    from ._run import input_hashes, output_names, params_record
 
     f = Path(folder)
     if not f.exists() and not f.is_symlink():
@@ -62,6 +63,10 @@ def case_state(folder, case_path, model_path, params, deidentify=False, referenc
             return "stale", f"output {name} is missing"
         if sha256_file(p) != digest:
             return "stale", f"output {name} changed since it was written"
+    asked = output_names() if outputs is None else set(outputs)
+    if set(outs) != asked:
+        return "stale", ("other outputs were asked for (now: " + ", ".join(sorted(asked))
+                         + "; written: " + ", ".join(sorted(outs)) + ")")
     files, _ = input_hashes(Path(case_path), deidentify)
     files["model"] = Path(model_path)
     rec = m.get("inputs") or {}
@@ -293,6 +298,8 @@ def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk"
     """
     from tqdm import tqdm
 
+    from ._run import output_names
+
     root = Path(root)
     refs = list(references) if references is not None else [None] * len(cases)
     if len(refs) != len(cases):
@@ -307,7 +314,7 @@ def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk"
                 continue
             folder = root / c.name
             state, why = case_state(folder, c.path, model_path, params, deidentify, ref,
-                                    reference_labels)
+                                    reference_labels, output_names(output_type, mesh_format, qc))
             if state == "foreign":
                 rows.append({"case": c.name, "status": "failed", "error": why})
             elif state == "complete" and not force:

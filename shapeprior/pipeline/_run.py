@@ -292,6 +292,18 @@ def statistics(res, model, spacing) -> dict:
                                        res.mirrored)}
 
 
+def output_names(output_type="nifti", mesh_format="vtk", qc=True) -> set:
+    """The files a case's folder holds besides its manifest, for these options."""
+    names = {"report.json", "statistics.json", f"mesh.{mesh_format}"}
+    if output_type in ("nifti", "both"):
+        names.add("label.nii.gz")
+    if output_type in ("dicom-seg", "both"):
+        names.add("seg.dcm")
+    if qc:
+        names.add("qc.png")
+    return names
+
+
 def params_record(params) -> dict:
     """The segmentation parameters as recorded (and compared when resuming)."""
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(params).items()}
@@ -311,5 +323,5 @@ def scrub_argv(argv, replace):
     return out
 
 
-__all__ = ["run_case", "OUTPUT_TYPES", "input_files", "input_hashes", "params_record", "vertex_data",
+__all__ = ["run_case", "OUTPUT_TYPES", "output_names", "input_files", "input_hashes", "params_record", "vertex_data",
            "statistics"]
