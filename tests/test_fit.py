@@ -572,6 +572,28 @@ def _two_edges(noise=0.0, contrast=1.0, seed=0):
                   np.eye(3))
 
 
+def test_mr_intensity_scale_ignores_a_few_extreme_voxels():
+    """The MR scale (1st and 99th percentiles) of a scan is that of the same scan
+    with a few extreme voxels (a bright vessel, a metal artefact, a dead pixel):
+    profiles learned on one compare with the other."""
+    from shapeprior.appearance import intensity_scale, normalise_intensity
+
+    rng = np.random.default_rng(2)
+    arr = rng.gamma(4.0, 60.0, (30, 40, 50)).astype(np.float32)
+    vol = Volume(arr, np.ones(3), np.zeros(3), np.eye(3))
+    off, sc = intensity_scale(vol, "percentile")
+    assert (off, off + sc) == pytest.approx(tuple(np.percentile(arr, [1, 99])))
+    spiky = arr.copy()
+    spiky.flat[rng.choice(arr.size, 20, replace=False)] = 60000.0
+    spiky.flat[rng.choice(arr.size, 20, replace=False)] = -3000.0
+    off2, sc2 = intensity_scale(Volume(spiky, np.ones(3), np.zeros(3), np.eye(3)),
+                                "percentile")
+    assert off2 == pytest.approx(off, rel=0.02) and sc2 == pytest.approx(sc, rel=0.02)
+    n = normalise_intensity(vol, "percentile")
+    assert np.mean(n < 0) == pytest.approx(0.01, abs=0.002)
+    assert np.mean(n > 1) == pytest.approx(0.01, abs=0.002)
+
+
 def test_edge_search_polarity_and_intensity_window():
     """From 11 mm (between the edges): the strongest falling edge is the inner
     one; with the ring's intensity window only an edge whose inside lies in the

@@ -227,6 +227,10 @@ def _hostile_images(d):
     _patch(p, 280, "<4f", [1.0, 0.5, 0.0, 0.0])  # srow_x with shear
     p = _nifti(d / "noorient.nii", arr)
     _patch(p, 252, "<2h", [0, 0])
+    p = _nifti(d / "slope_nan.nii", arr)
+    _patch(p, 112, "<f", np.nan)                 # scl_slope: NaN (ITK: every voxel NaN)
+    p = _nifti(d / "offset_in_header.nii", arr)
+    _patch(p, 108, "<f", 100.0)                  # vox_offset inside the 348-byte header
     _nifti(d / "fourd.nii", np.stack([arr, arr, arr], -1))
     p = _nifti(d / "trunc.nii", arr)
     p.write_bytes(p.read_bytes()[:-500])
@@ -256,6 +260,8 @@ def _hostile_images(d):
     ("spacing_zero.nii", ["spacing"]), ("spacing_nan.nii", ["spacing"]),
     ("spacing_neg.nii", ["spacing"]), ("sform_degenerate.nii", ["degenerate"]),
     ("sheared.nii", ["sheared", "sform_code"]), ("noorient.nii", ["no orientation"]),
+    ("slope_nan.nii", ["scaling", "scl_slope nan"]),
+    ("offset_in_header.nii", ["vox_offset 100.0", "at least 352"]),
     ("fourd.nii", ["3 volumes"]), ("trunc.nii", ["truncated"]), ("pair.img", ["truncated"]),
     ("rgb.mha", ["values per voxel"]), ("spacing0.mha", ["spacing"]),
     ("empty.nii.gz", ["empty.nii.gz"]),

@@ -412,6 +412,34 @@ def test_region_score_of_a_cut_organ_counts_the_part_in_view():
     assert sc(verts, f) < whole - 0.1
 
 
+def test_scale_free_score_is_zero_for_chance_and_one_for_a_boundary():
+    """Without an intensity window the region score is 2 f - 1 (clipped), f the
+    share of vertices brighter inside than outside: a surface on the organ's
+    boundary scores about 1; one in noise (f about 0.5), about 0, not 0.5;
+    with the contrast reversed (a darker organ asked for), 0."""
+    from shapeprior.appearance import intensity_scale
+    from shapeprior.mesh import icosphere
+    from shapeprior.segmentation import voxelize
+    from shapeprior.segmentation._place import AppearanceScore
+
+    v, f = icosphere(3)
+    verts = v * np.array([14.0, 10.0, 12.0])
+    vol = Volume(np.zeros((60, 50, 110), np.float32), np.full(3, 1.0),
+                 np.array([-25.0, -25.0, -30.0]), np.eye(3))
+    organ = voxelize(verts, f, vol) > 0
+    noise = np.random.default_rng(4).normal(0.0, 20.0, vol.array.shape)
+    vol.array[:] = np.where(organ, 100.0, 0.0) + noise
+
+    def score(brighter, at):
+        sc = AppearanceScore(vol, None, "percentile", intensity_scale(vol, "percentile"),
+                             "numpy", 0.0, 2.0, window=None, inside_brighter=brighter)
+        return sc(verts + np.asarray(at, float), f)
+
+    assert score(True, (0, 0, 0)) >= 0.9
+    assert score(True, (50, 0, 0)) <= 0.25            # in the noise, 50 mm away
+    assert score(False, (0, 0, 0)) == 0.0
+
+
 def test_border_distance_is_to_the_outer_voxel_boundary():
     """The field of view ends half a voxel beyond the first and last voxel centres."""
     from shapeprior.segmentation._assess import border_distance, outside_fov
