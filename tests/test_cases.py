@@ -76,13 +76,13 @@ def test_cases_and_label_maps_are_found_by_one_list_of_suffixes(tmp_path):
     from shapeprior.model._build import image_candidates
 
     for name in ("a.NII.GZ", "b.nhdr", "b.raw", "c.mha", "d.img", "e.Nii", "f.nrrd.bak",
-                 "notes.txt"):
+                 "g.hdr", "g.img", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
     cases = discover_cases(tmp_path, list_series=lambda d: [])
-    assert [c.name for c in cases] == ["a", "b", "c", "e"]
+    assert [c.name for c in cases] == ["a", "b", "c", "e", "g"]
     labels = find_label_maps(tmp_path)
-    assert [f.name for f in labels] == ["a.NII.GZ", "b.nhdr", "c.mha", "e.Nii"]
-    assert [case_name(f, tmp_path) for f in labels] == ["a", "b", "c", "e"]
+    assert [f.name for f in labels] == ["a.NII.GZ", "b.nhdr", "c.mha", "e.Nii", "g.hdr"]
+    assert [case_name(f, tmp_path) for f in labels] == ["a", "b", "c", "e", "g"]
     # the image of an upper-case label map: its nnU-Net channel keeps the suffix as written
     assert (tmp_path / "img" / "a_0000.NII.GZ") in image_candidates(
         tmp_path / "a.NII.GZ", tmp_path, tmp_path / "img")

@@ -185,7 +185,7 @@ def read_file(path, allow_no_orientation=False):
 #: names of the files the readers take as one volume, matched case-insensitively
 #: (a NIfTI pair's ``.img`` and a detached header's ``.raw`` are its data, not
 #: volumes of their own): the one list for every folder scan (cases, label maps)
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".hdr", ".hdr.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def volume_suffix(name: str) -> str:
