@@ -201,8 +201,22 @@ def test_huber_lasso_twins_agree_cold_and_warm(seed, partial):
         assert np.allclose(a[0], b[0], rtol=1e-8, atol=1e-10 * np.abs(a[0]).max())
         assert np.allclose(a[1], b[1], atol=1e-8)
         assert np.array_equal(a[0] != 0, b[0] != 0)
+        assert a[3] == b[3]                                    # the same Newton steps
     assert np.allclose(out["numba"][0][0], out["numba"][1][0], rtol=1e-7,
                        atol=1e-9 * np.abs(out["numba"][0][0]).max())
+
+
+def test_a_grown_working_set_keeps_each_coefficient_at_its_atom():
+    """Atoms joining the working set (before, between and after its atoms) start
+    at 0; the atoms already in it keep their coefficients (both twins' helper)."""
+    from shapeprior_kernels import huber_lasso as hl
+
+    S, xS = np.array([2, 5, 9]), np.array([1.5, -2.0, 0.25])
+    cand = np.array([7, 0, 11])
+    for joined in (lambda: hl._joined_xp(S, xS, cand, np), lambda: hl._joined_nb(S, xS, cand)):
+        S_new, x_new = joined()
+        assert S_new.tolist() == [0, 2, 5, 7, 9, 11]
+        assert x_new.tolist() == [0.0, 1.5, -2.0, 0.0, 0.25, 0.0]
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -30,6 +30,30 @@ def test_template_fit_quality_and_consistency():
     assert np.allclose(v2 - v1, [15, -7, 30], atol=0.5)
 
 
+def test_template_fit_reaches_into_a_protrusion_and_a_dent():
+    """A kidney-like body (an ellipsoid with a thumb 20 mm long and a dent) is
+    fitted closely both ways: the target's points pull the template into the
+    thumb (the template's own closest points never reach it), and the
+    relaxation keeps the surface where it is (it moves vertices within the
+    tangent plane only, so the fit does not shrink). Measured: 0.15 / 0.33 mm
+    mean, 1.2 mm 99th percentile; without the backward pull 0.85 mm and 9.7 mm,
+    with a relaxation along the normal 0.32 / 0.52 mm and 2.7 mm."""
+    from shapeprior.io import Volume
+    from shapeprior.mesh import mask_to_surface
+
+    z, y, x = np.mgrid[-50:50:1.0, -40:40:1.0, -40:40:1.0]
+    body = (x / 38) ** 2 + (y / 24) ** 2 + (z / 18) ** 2 <= 1
+    thumb = ((x - 30) / 22) ** 2 + ((y - 22) / 7) ** 2 + (z / 7) ** 2 <= 1
+    dent = ((x + 5) / 12) ** 2 + ((y + 24) / 10) ** 2 + (z / 9) ** 2 <= 1
+    m = (body | thumb) & ~dent
+    vol = Volume(m.astype(np.uint8), np.ones(3), np.array([-40.0, -40.0, -50.0]), np.eye(3))
+    sv, sf = icosphere(3)
+    _, q = fit_template(sv, sf, mask_to_surface(vol, m, 1.0, 1.0))
+    assert q.ok
+    assert q.mean_fit_to_target < 0.22 and q.mean_target_to_fit < 0.42
+    assert q.p99_symmetric < 1.8
+
+
 def test_closest_points_of_moving_vertices_are_the_trees_answers():
     """The template fit's closest target points, kept for the vertices whose
     small steps cannot have changed them, equal a KD-tree query at every step:
