@@ -76,6 +76,8 @@ TESTS = {
     "qc": ["tests/test_outputs.py", "tests/test_background.py"],
     "cli": ["tests/test_cli.py", "tests/test_segment.py", "tests/test_status.py",
             "tests/test_refine.py", "tests/test_fit.py", "tests/test_hostile.py"],
+    "synthetic": ["tests/test_ssc.py", "tests/test_ssc_weights.py", "tests/test_align.py",
+                  "tests/test_fit.py", "tests/test_demo.py"],
     "safety": ["tests/test_output_safety.py", "tests/test_hostile.py", "tests/test_outputs.py",
                "tests/test_reconstruct.py", "tests/test_segment.py"],
 }
@@ -1753,6 +1755,28 @@ MUTANTS = [
     ("nicp-relax-normal", "model", "shapeprior/correspond/_nicp.py",
      "        lap -= np.sum(lap * nrm, axis=1, keepdims=True) * nrm\n", "",
      "the relaxation also moves along the normal (the template shrinks)"),
+    # -- round 23: the synthetic data every test and benchmark stands on --------------------
+    ("synthetic-patches-overlap", "synthetic", "shapeprior/synthetic.py",
+     "        d[mask] = np.inf\n", "",
+     "later leak patches land on earlier ones: fewer vertices corrupted than asked"),
+    ("synthetic-patch-direction", "synthetic", "shapeprior/synthetic.py",
+     "        pts[idx] += amp * normals[idx]", "        pts[idx] += amp",
+     "a leak patch moved along (1, 1, 1), not its normals: sqrt(3) times too far"),
+    ("synthetic-similarity-reflects", "synthetic", "shapeprior/synthetic.py",
+     "    if np.linalg.det(q) < 0:\n        q[:, 0] = -q[:, 0]\n", "",
+     "a random 'rotation' that may be a reflection"),
+    ("synthetic-planted-weights", "synthetic", "shapeprior/synthetic.py",
+     "        x[idx] = rng.dirichlet(np.ones(planted_sparsity))",
+     "        x[idx] = rng.uniform(0.0, 1.0, planted_sparsity)",
+     "a planted combination whose weights do not sum to 1 (a shape off the atoms' scale)"),
+    ("synthetic-phantom-image-offset", "synthetic", "shapeprior/synthetic.py",
+     "        vol = Volume(img.astype(np.float32), spacing, origin, direction)",
+     "        vol = Volume(img.astype(np.float32), spacing, origin + 1.5, direction)",
+     "the phantom image written 1.5 mm off its label map"),
+    ("synthetic-leak-side", "synthetic", "shapeprior/synthetic.py",
+     "            inside = np.linalg.norm(pts - (n + np.array([5.0, 0, 0])), axis=1) < 7.0",
+     "            inside = np.linalg.norm(pts - (n + np.array([25.0, 0, 0])), axis=1) < 7.0",
+     "the planted leak blob detached from the organ (no leak at all)"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour
