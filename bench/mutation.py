@@ -76,8 +76,8 @@ TESTS = {
     "qc": ["tests/test_outputs.py", "tests/test_background.py"],
     "cli": ["tests/test_cli.py", "tests/test_segment.py", "tests/test_status.py",
             "tests/test_refine.py", "tests/test_fit.py", "tests/test_hostile.py"],
-    "synthetic": ["tests/test_ssc.py", "tests/test_ssc_weights.py", "tests/test_align.py",
-                  "tests/test_fit.py", "tests/test_demo.py"],
+    "synthetic": ["tests/test_synthetic.py", "tests/test_ssc.py", "tests/test_ssc_weights.py",
+                  "tests/test_align.py", "tests/test_fit.py", "tests/test_demo.py"],
     "safety": ["tests/test_output_safety.py", "tests/test_hostile.py", "tests/test_outputs.py",
                "tests/test_reconstruct.py", "tests/test_segment.py"],
 }
