@@ -305,9 +305,12 @@ def _voxel_stream(p: Path):
     holds no gzip stream; nothing for other files, which nibabel opens (and
     memory-maps) itself."""
     h, d = _pair_files(p)
-    if h == d and (_gzipped(p) or _named_gzipped(p)):
+    if h != d:
+        return contextlib.nullcontext(None)
+    gz = _gzipped(p)
+    if gz or _named_gzipped(p):
         try:
-            return open_gzip_read(p) if _gzipped(p) else open(p, "rb")
+            return open_gzip_read(p) if gz else open(p, "rb")
         except OSError as exc:
             raise ImageReadError(f"cannot read {display_name(p)} as an image: {exc}") from None
     return contextlib.nullcontext(None)

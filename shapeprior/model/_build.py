@@ -32,7 +32,6 @@ from ._model import ShapeModel, pca_from_shapes, total_variance
 from ._pose import fit_pose_prior
 
 
-
 @dataclass
 class BuildParams:
     """Settings of :func:`build_model` (checked on construction).
