@@ -187,6 +187,18 @@ def _cases(root, split, n, min_slice_mm):
     return out
 
 
+def kidney_inputs():
+    """``(KiTS19 root, kidney model, its shapes dictionary)``, or None (said on
+    stderr) when the data or the cached model is missing."""
+    root = data_root() / "kits19"
+    mpath = HERE / "cache" / "kidney_model.npz"
+    if not root.is_dir() or not mpath.exists():
+        print(f"needs {root} and {mpath} (run bench_robustness.py first)", file=sys.stderr)
+        return None
+    model = load_model(mpath)
+    return root, model, model.ssc_dictionary("shapes")
+
+
 def _refine_both(bvol, model, dic, side):
     """The two refinements of a degraded label map: the organ as one label,
     and with the tumour label kept."""
@@ -269,13 +281,10 @@ def main(argv=None):
         _refine_mod.GAP_INTERPOLATION = a.interpolation
     out_path = Path(a.output) if a.output else HERE / "results" / (
         "refine.json" if a.split == "test" else "refine_validation.json")
-    root = data_root() / "kits19"
-    mpath = HERE / "cache" / "kidney_model.npz"
-    if not root.is_dir() or not mpath.exists():
-        print(f"needs {root} and {mpath} (run bench_robustness.py first)", file=sys.stderr)
+    inputs = kidney_inputs()
+    if inputs is None:
         return 2
-    model = load_model(mpath)
-    dic = model.ssc_dictionary("shapes")
+    root, model, dic = inputs
     cases = _cases(root, a.split, a.cases, a.min_slice_mm)
     variants = [""] if sweep is None else [f"{sweep[1]}{f:g}" for f in sweep[2]]
     refined_names = [f"{n}{v}" for v in variants for n in ("refined", "refined_keep_tumour")]

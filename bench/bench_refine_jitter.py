@@ -28,12 +28,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from _common import data_root, machine, write_json
-from bench_refine import _cases, crop, degrade
+from _common import machine, write_json
+from bench_refine import _cases, crop, degrade, kidney_inputs
 from shapeprior.io import Volume, read_label_map
 from shapeprior.mesh import (Surface, kidney_masks, mean_neighbour_operator, signed_distance,
                              voxelize)
-from shapeprior.model import load_model
 from shapeprior.segmentation import SegmentParams, refine_mask, surface_distances
 from shapeprior.segmentation import _refine as _refine_mod
 
@@ -68,13 +67,10 @@ def main(argv=None):
     ap.add_argument("--cases", type=int, default=6)
     ap.add_argument("--output", default=str(HERE / "results" / "refine_jitter.json"))
     a = ap.parse_args(argv)
-    root = data_root() / "kits19"
-    mpath = HERE / "cache" / "kidney_model.npz"
-    if not root.is_dir() or not mpath.exists():
-        print(f"needs {root} and {mpath} (run bench_robustness.py first)", file=sys.stderr)
+    inputs = kidney_inputs()
+    if inputs is None:
         return 2
-    model = load_model(mpath)
-    dic = model.ssc_dictionary("shapes")
+    root, model, dic = inputs
     cases = _cases(root, "validation", a.cases, 0.0)
     rng = np.random.default_rng(1)
     rows, t0 = [], time.perf_counter()
