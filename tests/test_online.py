@@ -513,3 +513,32 @@ def test_update_model_widens_the_recorded_hu_share_with_its_new_images(small_mod
                  str(out), "--images", str(folder), "--quiet"]) == 0
     lo, hi = load_model(out).profile.hu_share_range
     assert lo == 0.0 and hi == pytest.approx(0.05, abs=0.005)
+
+
+def test_extend_model_bookkeeping_pose_range_sources_frame_and_classifier(tmp_path):
+    """What extend_model carries over besides the statistics: the pose prior's
+    scale range widens to a smaller new organ; a label map holding two shapes
+    (both kidneys) is one source, named by its case; new shapes are stored in the
+    model frame (aligned), not their scans'; the learned voxel classifier is
+    kept; the same file given twice in one update is added once."""
+    from shapeprior.model import align_to_model, new_label_maps
+
+    shapes, faces = _population(10)
+    centres = np.random.default_rng(5).normal(scale=20, size=(10, 3))
+    model = model_from_shapes(shapes, faces, fov_centres=centres)
+    model.voxels = sentinel = object()
+    lo, hi = model.pose.scale_range
+    small = 0.6 * shapes[:2]                                  # smaller than any trained
+    grown = extend_model(model, small, ids=["c7:left", "c7:right"], hashes=["h7", "h7"],
+                         fov_centres=centres[:2])
+    assert grown.pose.scale_range[0] < 0.7 * lo and grown.pose.scale_range[1] == hi
+    assert [s["name"] for s in grown.metadata["sources"]][-1:] == ["c7"]
+    assert len(grown.metadata["sources"]) == len(model.metadata.get("sources", [])) + 1
+    assert np.allclose(grown.shapes[-2:], align_to_model(model, small))
+    assert np.abs(grown.shapes[-2:].mean(1) - model.mean.mean(0)).max() < 1e-6
+    assert grown.voxels is sentinel
+    f = tmp_path / "m.nii.gz"
+    f.write_bytes(b"a label map")
+    todo, skipped = new_label_maps(grown, [f, f], ["m", "m_again"])
+    assert [t[1] for t in todo] == ["m"]
+    assert skipped == [{"source": "m_again", "reason": "same content as m, given earlier"}]
