@@ -335,6 +335,16 @@ def _series_from(src, folder, n=4, bits32=False, offset=0):
     return folder
 
 
+def _edit_series(folder, **tags):
+    """Set DICOM attributes (keyword=value) in every file of ``folder``."""
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        for k, v in tags.items():
+            setattr(ds, k, v)
+        ds.save_as(f)
+    return folder
+
+
 @pytest.mark.parametrize("name", ["MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_expb.dcm",
                                   "MR_small_implicit.dcm", "CT_small.dcm", "MR_small_RLE.dcm",
                                   "MR_small_padded.dcm"])
@@ -403,11 +413,8 @@ def test_a_fractional_rescale_intercept_gives_float_values(tmp_path):
     pydicom's modality LUT gives them, instead of being cut to integers."""
     from pydicom.data import get_testdata_file
 
-    folder = _series_from(get_testdata_file("CT_small.dcm"), tmp_path / "s")
-    for f in folder.iterdir():
-        ds = pydicom.dcmread(f)
-        ds.RescaleSlope, ds.RescaleIntercept = "1", "-1024.5"
-        ds.save_as(f)
+    folder = _edit_series(_series_from(get_testdata_file("CT_small.dcm"), tmp_path / "s"),
+                          RescaleSlope="1", RescaleIntercept="-1024.5")
     assert compare_dicom_folder(folder) == ["read"]
     vol, _ = read_image(folder)
     assert vol.array.dtype.kind == "f" and np.allclose(vol.array % 1.0, 0.5)
@@ -419,11 +426,8 @@ def test_one_sample_colour_is_refused(tmp_path, photometric):
     into a colour table, not grey values."""
     from pydicom.data import get_testdata_file
 
-    folder = _series_from(get_testdata_file("CT_small.dcm"), tmp_path / "s")
-    for f in folder.iterdir():
-        ds = pydicom.dcmread(f)
-        ds.PhotometricInterpretation = photometric
-        ds.save_as(f)
+    folder = _edit_series(_series_from(get_testdata_file("CT_small.dcm"), tmp_path / "s"),
+                          PhotometricInterpretation=photometric)
     with pytest.raises(ImageReadError, match="colour data"):
         read_image(folder)
 
@@ -464,11 +468,8 @@ def test_slice_gap_is_the_step_beyond_the_thickness(tmp_path, thickness, gap):
     touching (2.5 mm) or overlapping (4 mm) slices leave none."""
     from pydicom.data import get_testdata_file
 
-    folder = _series_from(get_testdata_file("CT_small.dcm"), tmp_path / "s")
-    for f in folder.iterdir():
-        ds = pydicom.dcmread(f)
-        ds.SliceThickness = f"{thickness:g}"
-        ds.save_as(f)
+    folder = _edit_series(_series_from(get_testdata_file("CT_small.dcm"), tmp_path / "s"),
+                          SliceThickness=f"{thickness:g}")
     _, info = read_image(folder)
     assert info["slice_spacing_mm"] == pytest.approx(2.5, abs=1e-4)
     assert info["slice_thickness_mm"] == thickness
