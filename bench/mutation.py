@@ -1800,6 +1800,25 @@ MUTANTS = [
      "    return ShapeModel(np.concatenate([model.shapes, aligned]), mean,",
      "    return ShapeModel(np.concatenate([model.shapes, Y]), mean,",
      "new shapes stored in their scans' frame, not the model frame"),
+    # -- round 25: the dictionary's caches -------------------------------------------------
+    ("dict-columns-stale", "ssc", "shapeprior/ssc/_dictionary.py",
+     "        if key != self._cols[0]:", "        if self._cols[0] is None:",
+     "the working set's columns of the first support reused for another"),
+    ("dict-trimmed-stale", "ssc", "shapeprior/ssc/_dictionary.py",
+     "        if self._trimmed is None or self._trimmed[0] != key:",
+     "        if self._trimmed is None:",
+     "the L0 kept rows' Gram of the first weights reused for new ones"),
+    ("dict-prepare-slice", "ssc", "shapeprior/ssc/_dictionary.py",
+     "                else out[:, i * width:(i + 1) * width])",
+     "                else out[:, i:i + width])",
+     "a prepared shape's moments read from the wrong columns of the shared pass"),
+    ("dict-moment-translation-unweighted", "ssc", "shapeprior/ssc/_dictionary.py",
+     "            V[:, a, d * d + a] = s2", "            V[:, a, d * d + a] = 1.0",
+     "the translation moments ignore the vertex weights"),
+    ("dict-uniform-weight", "ssc", "shapeprior/ssc/_dictionary.py",
+     "            if w0 == 1.0:\n                return self.gram, xp.ones(self.n_atoms, dtype=bool)",
+     "            if True:\n                return self.gram, xp.ones(self.n_atoms, dtype=bool)",
+     "a uniform weight other than 1 taken for 1"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour
