@@ -387,6 +387,24 @@ def test_prepared_passes_equal_the_single_ones_and_views_keep_their_own():
     assert (dic._wkey, dic._pkey) == (None, None)
 
 
+def test_dictionary_caches_answer_for_the_inputs_given_now():
+    """Each cache of a dictionary belongs to the input it was made for: the
+    working set's columns to their support, the L0 kept rows' Gram to its
+    weights, a uniform weight's Gram to that weight (2 is not 1)."""
+    p = make_ssc_problem(300, 40, seed=4)
+    dic = ShapeDictionary(p.atoms)
+    for S in (np.array([1, 5, 9]), np.array([2, 3]), np.array([1, 5, 9])):
+        assert np.array_equal(dic.columns(S), dic.DF[:, S])
+    rng = np.random.default_rng(6)
+    for w in (rng.uniform(0.2, 1.0, 900), rng.uniform(0.2, 1.0, 900)):
+        tg = dic.trimmed_gram(w)
+        assert np.array_equal(tg.w, w)
+        assert np.allclose(tg.GW, dic.D.T @ (w[:, None] * dic.D), rtol=1e-12, atol=1e-9)
+    for c in (1.0, 2.0, 0.5):
+        GW, known = dic.weighted_gram_partial(np.full(900, c))
+        assert known.all() and np.allclose(GW, c * dic.gram, rtol=1e-12)
+
+
 def test_transform0_starts_the_rounds_at_a_given_alignment():
     """Started from its own converged alignment (and its penalties: 'auto'
     ones depend on the first round's alignment), SSC stops after the first
