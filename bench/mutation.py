@@ -1819,6 +1819,26 @@ MUTANTS = [
      "            if w0 == 1.0:\n                return self.gram, xp.ones(self.n_atoms, dtype=bool)",
      "            if True:\n                return self.gram, xp.ones(self.n_atoms, dtype=bool)",
      "a uniform weight other than 1 taken for 1"),
+    # -- round 26: mesh files and boxes ----------------------------------------------------
+    ("mesh-ply-point-data", "mesh", "shapeprior/mesh/_surface.py",
+     "                self.to_meshio(point_data if suffix == \".ply\" else None).write(tmp)",
+     "                self.to_meshio(None).write(tmp)",
+     "a PLY mesh written without its per-vertex values (|e|, outlier flags)"),
+    ("mesh-space-declared", "mesh", "shapeprior/mesh/_surface.py",
+     "        for key, value in ((\"SPACE\", \"LPS\"), (\"UNITS\", \"mm\")):",
+     "        for key, value in ((\"SPACE\", \"RAS\"), (\"UNITS\", \"mm\")):",
+     "a VTK mesh in LPS declared as RAS (3D Slicer would flip it)"),
+    ("mesh-vtk-version", "mesh", "shapeprior/mesh/_surface.py",
+     "        w.SetFileVersion(42)\n", "",
+     "a legacy VTK file in VTK 9's 5.1 layout, which older Slicer and ParaView cannot read"),
+    ("mesh-box-y-axis", "mesh", "shapeprior/mesh/_surface.py",
+     "    hits = [z, np.flatnonzero(slab.any(axis=(0, 2))), np.flatnonzero(slab.any(axis=(0, 1)))]",
+     "    hits = [z, np.flatnonzero(slab.any(axis=(0, 1))), np.flatnonzero(slab.any(axis=(0, 1)))]",
+     "a mask's box takes its y range from the x axis"),
+    ("mesh-grown-box-stop", "mesh", "shapeprior/mesh/_surface.py",
+     "    return tuple(slice(max(b.start - int(k), 0), min(b.stop + int(k), int(n)))",
+     "    return tuple(slice(max(b.start - int(k), 0), min(b.stop + int(k) - 1, int(n)))",
+     "a grown box one voxel short at its far side"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour
