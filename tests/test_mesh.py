@@ -221,3 +221,21 @@ def test_dice_values():
     assert dice(a, b) == 0.0
     b[1:3, 1:3, 1:2] = True                    # 4 of them
     assert dice(a, b) == pytest.approx(2 * 4 / (8 + 4))
+
+
+def test_grown_box_grows_each_side_and_stops_at_the_array():
+    """A box grown by a margin (one for all axes, or one per axis) holds every
+    voxel within that many voxels of the box, clipped to the array."""
+    from shapeprior.mesh import grown_box, mask_box
+
+    box = (slice(2, 5), slice(0, 3), slice(7, 10))
+    assert grown_box(box, 2, (10, 10, 10)) == (slice(0, 7), slice(0, 5), slice(5, 10))
+    assert grown_box(box, (1, 0, 3), (10, 10, 12)) == (slice(1, 6), slice(0, 3), slice(4, 12))
+    m = np.zeros((9, 11, 13), bool)
+    m[3:5, 4:7, 5:6] = True
+    b = grown_box(mask_box(m), 2, m.shape)
+    near = np.zeros_like(m)
+    near[1:7, 2:9, 3:8] = True                       # the mask grown by 2 along each axis
+    inside = np.zeros_like(m)
+    inside[b] = True
+    assert np.array_equal(inside, near)

@@ -73,6 +73,8 @@ def test_every_mesh_format_writes_without_warnings_and_reads_back(tmp_path, ext)
             warnings.simplefilter("ignore", RuntimeWarning)
             m = meshio.read(tmp_path / f"m.{ext}")
         pts = m.points
+        if ext == "ply":        # PLY keeps the per-vertex values
+            np.testing.assert_allclose(m.point_data["gross_error_mm"], pd["gross_error_mm"])
         if ext == "stl":        # STL stores triangles, not shared vertices
             from scipy.spatial import cKDTree
 
