@@ -74,18 +74,18 @@ def case_state(folder, case_path, model_path, params, deidentify=False, referenc
     was = {k: (v or {}).get("sha256") for k, v in rec.items() if k != "reference"}
     if now != was:
         return "stale", "the input or the model changed since it was segmented"
+    recorded = m.get("parameters") or {}
     if reference is not None:
         was_ref = (rec.get("reference") or {}).get("sha256")
         if was_ref is None:
             return "stale", "it was not compared with a reference"
         if sha256_file(reference) != was_ref:
             return "stale", "the reference differs from the one it was compared with"
-        was_labels = (m.get("parameters") or {}).get("reference_labels")
-        if was_labels != [int(v) for v in reference_labels]:
+        was_labels, labels = recorded.get("reference_labels"), [int(v) for v in reference_labels]
+        if was_labels != labels:
             return "stale", (f"it was compared with the reference's labels {was_labels}, "
-                             f"not {[int(v) for v in reference_labels]}")
-    recorded = {k: v for k, v in (m.get("parameters") or {}).items()
-                if k not in ("argv", "reference_labels")}
+                             f"not {labels}")
+    recorded = {k: v for k, v in recorded.items() if k not in ("argv", "reference_labels")}
     if recorded != json.loads(json.dumps(params_record(params))):
         return "stale", "segmentation parameters differ"
     return "complete", None
