@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from .._outputs import show_path
@@ -92,6 +93,25 @@ def parse_labels(text, name="--labels"):
 
 
 
+def _workers(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return n
+
+
+def add_batch_options(ap):
+    """``--workers`` and ``--scheduler``: where the cases of a folder run."""
+    ap.add_argument("--workers", type=_workers, default=0,
+                    help="folder of cases: run on a local dask cluster with N processes, "
+                         "each case on one core (default 0: sequential, all cores per case)")
+    ap.add_argument("--scheduler", default=None,
+                    help="folder of cases: address of an existing dask scheduler")
+
+
 def add_mesh_format(ap):
     """``--mesh-format`` of the commands that write a mesh."""
     from ..mesh import MESH_FORMATS
@@ -134,3 +154,56 @@ def publish_model(side, out, model, report, record, force, inputs):
     save_model(model, staged)
     publish_file(staged, out, force=force, inputs=inputs, own=own_model_file)
     side.commit()
+
+
+def print_batch(summary, n_cases, root, st):
+    """One line per case, then the counts (cases kept from an earlier run
+    counted by the result they got) and, with references, Dice and distances
+    over the cases compared (``st``: the summary's ``reference`` block, from
+    :func:`~shapeprior.pipeline.write_summary`)."""
+    for r in summary:
+        if "error" in r:
+            extra = r["error"]
+        elif "volume_ml" not in r:
+            extra = r.get("reason")
+        else:
+            extra = f"{r['volume_ml']:.1f} ml"
+            if "input_ml" in r:          # a refinement: from the mask's volume
+                extra = (f"{r['input_ml']:.1f} -> {extra} (removed {r['removed_ml']:.1f} ml, "
+                         f"added {r['added_ml']:.1f} ml)")
+            extra += f", quality {r['quality']:.2f}, {r['time_s']:.2f} s"
+            if "dice" in r:
+                before = f"{r['input_dice']:.3f} -> " if "input_dice" in r else ""
+                extra += f", Dice {before}{r['dice']:.3f}" + (
+                    f", {r['assd_mm']:.2f} mm" if r.get("assd_mm") is not None else
+                    ", no surface to compare")
+            if "result" in r:
+                extra = f"{r['result']} (kept: inputs unchanged), {extra}"
+            if r.get("reasons"):
+                extra += "; " + "; ".join(r["reasons"])
+        print(f"{r['case']:30s} {r['status']:8s} {extra}")
+    errors = sum("error" in r for r in summary)
+    result = [r.get("result", r["status"]) for r in summary]
+    counts = {k: result.count(k) for k in ("ok", "suspect", "failed", "skipped")}
+    kept = sum("result" in r for r in summary)
+    print(f"{n_cases} cases: {counts['ok']} ok, {counts['suspect']} suspect, "
+          f"{counts['failed']} failed ({errors} with errors), {counts['skipped']} skipped"
+          + (f"; {kept} of them kept from an earlier run" if kept else "")
+          + f"; summary in {show_path(root / 'summary.json')} and summary.csv")
+    if st is not None:
+        n_refs = st["n_cases_with_reference"]
+        if not st["n_compared"]:
+            print(f"reference: {n_refs} of {n_cases} cases have one; none was compared")
+        else:
+            d, s = st["dice"], st["assd_mm"]
+            dist = (f"mean surface distance {s['mean']:.2f} mm, worst {s['worst']:.2f} mm "
+                    f"({s['worst_case']})" if "mean" in s else "no surface distance")
+            if s["n_without_surface"]:
+                dist += f"; {s['n_without_surface']} with an empty label or reference"
+            print(f"reference: {st['n_compared']} of {n_cases} cases compared ({n_refs} have "
+                  f"one): Dice mean {d['mean']:.3f}, median {d['median']:.3f}, worst "
+                  f"{d['worst']:.3f} ({d['worst_case']}); {dist}")
+            if "input_dice" in st:
+                b = st["input_dice"]
+                print(f"the masks as given: Dice mean {b['mean']:.3f}, median {b['median']:.3f}, "
+                      f"worst {b['worst']:.3f} ({b['worst_case']})")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-from ._common import (add_mesh_format, add_prior, finish_case, floats,
-                      join_negative_values, parse_labels, refuse_unused)
+from ._common import (add_batch_options, add_mesh_format, add_prior, finish_case, floats,
+                      join_negative_values, parse_labels, print_batch, refuse_unused,
+                      status_code)
 
 
 def main(argv):
@@ -17,10 +20,15 @@ def main(argv):
                     "slices and islands land in the gross-error term; optionally continue "
                     "against the image. Writes the refined label on the mask's grid, the mesh "
                     "(point data: gross_error_mm, overridden, confidence; LPS mm) and a report "
-                    "of the regions removed and added.",
-        epilog="Exit codes: 0 ok (suspect too, unless --strict); 1 bad input or an error; 3 a "
-               "failed result (or a suspect one with --strict).")
-    ap.add_argument("mask", help="label map (NIfTI/NRRD/MHA)")
+                    "of the regions removed and added. Given a folder of masks (a network's "
+                    "predictions), refines each into OUTPUT/<mask name>/ and writes "
+                    "summary.json and summary.csv; a rerun keeps the masks already refined "
+                    "with the same inputs and parameters.",
+        epilog="Exit codes: 0 ok (suspect too, unless --strict); 1 bad input or an error (in a "
+               "folder: any mask that could not be refined); 3 a failed result (or a suspect "
+               "one with --strict).")
+    ap.add_argument("mask", help="label map (NIfTI/NRRD/MHA), or a folder of them (one mask "
+                                 "per case)")
     ap.add_argument("-o", "--output", required=True, help="output folder")
     ap.add_argument("--model", required=True, help="model file from build-model")
     ap.add_argument("--labels", default=None, help="labels of the organ in MASK (default 1)")
@@ -34,7 +42,17 @@ def main(argv):
                          "fill the mask's enclosed holes that have the organ's own intensity "
                          "(a cavity that differs, such as sinus fat, is kept), and remove a "
                          "run of identical slices the scan shows to be inserted rather than "
-                         "copied (the displaced side of the organ moved back)")
+                         "copied (the displaced side of the organ moved back). With a folder "
+                         "of masks: a folder of scans named like the masks (x.nii.gz takes "
+                         "x.nii.gz, nnU-Net's x_0000.nii.gz or a DICOM folder x/)")
+    ap.add_argument("--reference", default=None,
+                    help="reference label map on the mask's grid: the report gets Dice and "
+                         "surface distances of the refined label and of the mask as given; "
+                         "with a folder of masks, a folder of label maps named like them (the "
+                         "summary: mean, median and the worst case, before and after)")
+    ap.add_argument("--reference-labels", default=None,
+                    help="labels of the organ in --reference (default: the labels the model "
+                         "was built from)")
     ap.add_argument("--side", choices=("none", "left", "right"), default="none",
                     help="side of a paired organ (default: from the mask's position)")
     ap.add_argument("--window", default=None,
@@ -46,6 +64,7 @@ def main(argv):
     ap.add_argument("--force", action="store_true",
                     help="replace a previous shapeprior output (never an input or a foreign file)")
     ap.add_argument("--strict", action="store_true", help="exit 3 for a 'suspect' result too")
+    add_batch_options(ap)
     ap.add_argument("--allow-no-orientation", action="store_true",
                     help="accept NIfTI/Analyze files that record no orientation")
     add_prior(ap)
@@ -55,18 +74,31 @@ def main(argv):
     from ..pipeline import refine_case
     from ..segmentation import SegmentParams, check_window
 
-    refuse_unused((a.window and not a.image, "--window has no effect without --image"))
+    refuse_unused((a.window and not a.image, "--window has no effect without --image"),
+                  (a.reference_labels and not a.reference,
+                   "--reference-labels has no effect without --reference"))
     model = load_model(a.model)
-    _check_mask_is_a_file(a.mask, model.metadata.get("organ", ""))
     labels = parse_labels("1" if a.labels is None else a.labels, "--labels")
     keep = parse_labels(a.keep_labels, "--keep-labels") if a.keep_labels else ()
     params = SegmentParams(method=a.method, side=a.side, prior=a.prior,
                            window=floats(a.window, 2, "--window") if a.window else None)
     check_window(model, params)
+    if a.reference_labels is not None:
+        ref_labels = parse_labels(a.reference_labels, "--reference-labels")
+    else:
+        ref_labels = tuple(int(v) for v in
+                           (model.metadata.get("parameters") or {}).get("labels") or (1,))
+    if Path(a.mask).is_dir():
+        return _refine_folder(a, argv, model, params, labels, keep, ref_labels)
+    refuse_unused((a.workers or a.scheduler is not None,
+                   "--workers and --scheduler refine a folder of masks; MASK is one file"))
+    if a.reference is not None and Path(a.reference).is_dir():
+        raise ValueError("--reference is a folder; with one mask it names one label map")
     rep = refine_case(a.mask, a.output, model, a.model, params, labels=labels, image=a.image,
                       mesh_format=a.mesh_format, force=a.force, argv=argv,
                       allow_no_orientation=a.allow_no_orientation, keep=keep,
-                      labels_given=a.labels is not None)
+                      labels_given=a.labels is not None, reference=a.reference,
+                      reference_labels=ref_labels)
     c = rep["corrections"]
     print(f"{rep['input']['mask']}: {rep['status']} (quality {rep['quality']:.2f}); "
           f"{c['input_ml']:.1f} ml -> {c['refined_ml']:.1f} ml: removed {c['removed_ml']:.1f} ml, "
@@ -75,26 +107,37 @@ def main(argv):
         print(f"  {rep['status']}: {r}")
     for w in rep["warnings"]:
         print(f"  note: {w}")
+    if "reference" in rep:
+        r = rep["reference"]
+        print(f"  against the reference: Dice {r['input']['dice']:.3f} -> {r['dice']:.3f}, "
+              f"mean surface distance {r['input']['assd_mm']:.2f} -> {r['assd_mm']:.2f} mm")
     return finish_case(rep["input"]["mask"], rep, a.output, a.strict)
 
 
-def _check_mask_is_a_file(mask, organ):
-    """A folder given as MASK (TotalSegmentator writes one file per organ into one)
-    is refused naming its label maps of the model's organ, when it holds any."""
-    from pathlib import Path
+def _refine_folder(a, argv, model, params, labels, keep, ref_labels):
+    """MASK is a folder: each of its label maps is a case, refined into
+    OUTPUT/<case>/, with a summary; exit 1 when any could not be refined."""
+    from ..pipeline import (discover_masks, match_images, match_references, run_refine_batch,
+                            write_summary)
 
-    from ..io import display_name, volume_suffix
-
-    p = Path(mask)
-    if not p.is_dir():
-        return
-    files = sorted(f.name for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
-                   and volume_suffix(f.name))
-    named = [f for f in files if organ and organ.lower() in f.lower()] if organ else []
-    why = f"{display_name(p)} is a folder; refine takes one label map file"
-    if named:
-        why += (f" (in it, named like the model's organ '{organ}': " + ", ".join(named[:4])
-                + (", ..." if len(named) > 4 else "") + ")")
-    elif files:
-        why += f" (it holds {len(files)} image files)"
-    raise IsADirectoryError(why)
+    cases = discover_masks(a.mask, model.metadata.get("organ", ""))
+    images = match_images(cases, a.image) if a.image else None
+    refs = None
+    if a.reference:
+        if Path(a.reference).resolve() == Path(a.mask).resolve():
+            raise ValueError("--reference names the folder of the masks themselves; it names "
+                             "the folder of the reference label maps")
+        refs = match_references(cases, a.reference)
+    root = Path(a.output)
+    rows = run_refine_batch(cases, root, a.model, params, labels=labels, keep=keep,
+                            images=images, references=refs, reference_labels=ref_labels,
+                            mesh_format=a.mesh_format, force=a.force, workers=a.workers,
+                            scheduler=a.scheduler, progress=sys.stderr.isatty(), argv=argv,
+                            allow_no_orientation=a.allow_no_orientation,
+                            inputs=[p for p in (a.mask, a.image, a.reference) if p])
+    n_refs = None if refs is None else sum(r is not None for r in refs)
+    print_batch(rows, len(cases), root,
+                write_summary(root, rows, len(cases), n_refs, command="refine"))
+    if any("error" in r for r in rows):
+        return 1
+    return status_code([r.get("result", r["status"]) for r in rows], a.strict)

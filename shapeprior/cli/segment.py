@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .._outputs import show_path
 from ._common import (
+    add_batch_options,
     add_mesh_format,
     add_prior,
     finish_case,
     floats,
     join_negative_values,
     parse_labels,
+    print_batch,
     print_case,
     refuse_unused,
     status_code,
@@ -67,11 +68,7 @@ def main(argv):
     ap.add_argument("--window", default=None,
                     help="edge fallback: intensity window lo,hi inside the organ (normalised "
                          "units; CT: HU/1000, default for CT -0.05,0.25: soft tissue)")
-    ap.add_argument("--workers", type=int, default=0,
-                    help="folder of cases: run on a local dask cluster with N processes, "
-                         "each case on one core (default 0: sequential, all cores per case)")
-    ap.add_argument("--scheduler", default=None,
-                    help="folder of cases: address of an existing dask scheduler")
+    add_batch_options(ap)
     ap.add_argument("--backend", choices=("auto", "numpy", "numba", "cupy"), default=None,
                     help="where image smoothing and sampling run (default: $SHAPEPRIOR_BACKEND "
                          "or auto = numba; cupy needs the 'gpu' extra and an NVIDIA GPU)")
@@ -215,47 +212,3 @@ def _single_reference(reference, case, deidentify):
     from ..pipeline import match_references
 
     return match_references([case], reference, deidentify)[0]
-
-
-def print_batch(summary, n_cases, root, st):
-    """One line per case, then the counts (cases kept from an earlier run
-    counted by the result they got) and, with references, Dice and distances
-    over the cases compared (``st``: the summary's ``reference`` block, from
-    :func:`~shapeprior.pipeline.write_summary`)."""
-    for r in summary:
-        if "error" in r:
-            extra = r["error"]
-        elif "volume_ml" not in r:
-            extra = r.get("reason")
-        else:
-            extra = f"{r['volume_ml']:.1f} ml, quality {r['quality']:.2f}, {r['time_s']:.2f} s"
-            if "dice" in r:
-                extra += f", Dice {r['dice']:.3f}" + (
-                    f", {r['assd_mm']:.2f} mm" if r.get("assd_mm") is not None else
-                    ", no surface to compare")
-            if "result" in r:
-                extra = f"{r['result']} (kept: inputs unchanged), {extra}"
-            if r.get("reasons"):
-                extra += "; " + "; ".join(r["reasons"])
-        print(f"{r['case']:30s} {r['status']:8s} {extra}")
-    errors = sum("error" in r for r in summary)
-    result = [r.get("result", r["status"]) for r in summary]
-    counts = {k: result.count(k) for k in ("ok", "suspect", "failed", "skipped")}
-    kept = sum("result" in r for r in summary)
-    print(f"{n_cases} cases: {counts['ok']} ok, {counts['suspect']} suspect, "
-          f"{counts['failed']} failed ({errors} with errors), {counts['skipped']} skipped"
-          + (f"; {kept} of them kept from an earlier run" if kept else "")
-          + f"; summary in {show_path(root / 'summary.json')} and summary.csv")
-    if st is not None:
-        n_refs = st["n_cases_with_reference"]
-        if not st["n_compared"]:
-            print(f"reference: {n_refs} of {n_cases} cases have one; none was compared")
-        else:
-            d, s = st["dice"], st["assd_mm"]
-            dist = (f"mean surface distance {s['mean']:.2f} mm, worst {s['worst']:.2f} mm "
-                    f"({s['worst_case']})" if "mean" in s else "no surface distance")
-            if s["n_without_surface"]:
-                dist += f"; {s['n_without_surface']} with an empty label or reference"
-            print(f"reference: {st['n_compared']} of {n_cases} cases compared ({n_refs} have "
-                  f"one): Dice mean {d['mean']:.3f}, median {d['median']:.3f}, worst "
-                  f"{d['worst']:.3f} ({d['worst_case']}); {dist}")

@@ -5,18 +5,21 @@
 :func:`run_case` reads an image (file or DICOM series), segments it and
 publishes the outputs atomically (label, mesh, report, QC picture,
 manifest); :func:`run_batch` runs many cases sequentially or on
-dask.distributed, resumably; :func:`discover_cases` turns an input path into
-safe, unique cases.
+dask.distributed, resumably, and :func:`run_refine_batch` a folder of masks
+(:func:`discover_masks`, their images by name: :func:`match_images`);
+:func:`discover_cases` turns an input path into safe, unique cases.
 """
 
 from ._batch import case_state, reference_summary, run_batch, write_summary
-from ._cases import (Case, Deidentifier, case_key, discover_cases, match_references, safe_name,
-                     scrub, unique_names)
+from ._cases import (Case, Deidentifier, case_key, discover_cases, discover_masks, match_images,
+                     match_references, safe_name, scrub, unique_names)
 from ._reconstruct import reconstruct_shapes
 from ._refine import refine_case
+from ._refine_batch import run_refine_batch
 from ._run import MESH_FORMATS, OUTPUT_TYPES, input_files, run_case, scrub_argv
 
 __all__ = ["run_case", "refine_case", "reconstruct_shapes", "run_batch", "discover_cases",
            "Case", "Deidentifier", "case_state", "write_summary", "reference_summary",
            "match_references", "case_key", "safe_name", "unique_names", "scrub", "scrub_argv",
-           "input_files", "MESH_FORMATS", "OUTPUT_TYPES"]
+           "input_files", "MESH_FORMATS", "OUTPUT_TYPES", "run_refine_batch", "discover_masks",
+           "match_images"]

@@ -45,6 +45,23 @@ def case_state(folder, case_path, model_path, params, deidentify=False, referenc
     names asked for now (:func:`~._run.output_names`; default: the defaults')."""
     from ._run import input_hashes, output_names, params_record
 
+    files, _ = input_hashes(Path(case_path), deidentify)
+    files["model"] = Path(model_path)
+    return folder_state(folder, files, params_record(params),
+                        output_names() if outputs is None else outputs, reference,
+                        reference_labels)
+
+
+def folder_state(folder, files, record, outputs, reference=None, reference_labels=(1,),
+                 done="segmented", what="segmentation"):
+    """``('complete' | 'stale' | 'absent' | 'foreign', reason)`` of a job's output
+    folder. Complete: ours, holding exactly the ``outputs`` (file names besides
+    the manifest) with the hashes its manifest records, written from the input
+    ``files`` (``{manifest key: path}``, the model among them) as they are now,
+    with the parameters ``record`` (the manifest's parameters but ``argv`` and
+    ``reference_labels``), and compared with this ``reference`` on these
+    ``reference_labels`` when one is given. ``done``/``what`` name the job in
+    the reasons ("since it was segmented", "segmentation parameters differ")."""
     f = Path(folder)
     if not f.exists() and not f.is_symlink():
         return "absent", None
@@ -63,17 +80,17 @@ def case_state(folder, case_path, model_path, params, deidentify=False, referenc
             return "stale", f"output {name} is missing"
         if sha256_file(p) != digest:
             return "stale", f"output {name} changed since it was written"
-    asked = output_names() if outputs is None else set(outputs)
+    asked = set(outputs)
     if set(outs) != asked:
         return "stale", ("other outputs were asked for (now: " + ", ".join(sorted(asked))
                          + "; written: " + ", ".join(sorted(outs)) + ")")
-    files, _ = input_hashes(Path(case_path), deidentify)
-    files["model"] = Path(model_path)
     rec = m.get("inputs") or {}
     now = {k: sha256_file(v) for k, v in files.items()}
     was = {k: (v or {}).get("sha256") for k, v in rec.items() if k != "reference"}
+    if set(now) != set(was):
+        return "stale", f"it was {done} from other input files"
     if now != was:
-        return "stale", "the input or the model changed since it was segmented"
+        return "stale", f"the input or the model changed since it was {done}"
     recorded = m.get("parameters") or {}
     if reference is not None:
         was_ref = (rec.get("reference") or {}).get("sha256")
@@ -86,8 +103,8 @@ def case_state(folder, case_path, model_path, params, deidentify=False, referenc
             return "stale", (f"it was compared with the reference's labels {was_labels}, "
                              f"not {labels}")
     recorded = {k: v for k, v in recorded.items() if k not in ("argv", "reference_labels")}
-    if recorded != json.loads(json.dumps(params_record(params))):
-        return "stale", "segmentation parameters differ"
+    if recorded != json.loads(json.dumps(record)):
+        return "stale", f"{what} parameters differ"
     return "complete", None
 
 
@@ -135,21 +152,22 @@ def result_fields(rep):
     return row
 
 
-def kept_row(case, folder, compared=False):
+def kept_row(case, folder, compared=False, fields=None):
     """The row of a case whose complete outputs are kept: ``skipped``, with the
-    results its report holds (``result``: the status it got then). Its Dice and
+    results its report holds (``result``: the status it got then; ``fields``:
+    the function that reads them, default :func:`result_fields`). Its Dice and
     distances only when ``compared``: this run gave the reference they were
     computed against (:func:`case_state` checked it is the same)."""
     row = {"case": case.name, "status": "skipped",
            "reason": "complete outputs exist (inputs unchanged)"}
     try:
         rep = json.loads((Path(folder) / "report.json").read_bytes())
-        fields = result_fields(rep)
+        fields = (fields or result_fields)(rep)
     except (OSError, ValueError, KeyError, TypeError):
         return row                      # the manifest vouched for it; older report layout
     row["result"] = fields.pop("status")
     if not compared:
-        for k in ("dice", "assd_mm", "hd95_mm"):
+        for k in ("dice", "assd_mm", "hd95_mm", "input_dice"):
             fields.pop(k, None)
     row.update(fields)
     return row
@@ -182,6 +200,14 @@ def check_root(root, inputs):
 #: the columns of a batch's summary.csv (a row per case; empty where a row has none)
 SUMMARY_COLUMNS = ("case", "status", "result", "quality", "volume_ml", "iterations", "time_s",
                    "side", "dice", "assd_mm", "hd95_mm", "reasons", "error", "note")
+#: the columns of a refinement batch's summary.csv: the input mask's volume, the
+#: refined one (``volume_ml``), what was removed and added, and against a
+#: reference the input mask's Dice beside the refined label's
+REFINE_COLUMNS = ("case", "status", "result", "quality", "input_ml", "volume_ml", "removed_ml",
+                  "added_ml", "iterations", "time_s", "input_dice", "dice", "assd_mm",
+                  "hd95_mm", "reasons", "error", "note")
+_COLUMNS = {"segment": SUMMARY_COLUMNS, "refine": REFINE_COLUMNS}
+_HEADERS = frozenset(",".join(c) for c in _COLUMNS.values())
 
 
 def own_summary_csv(path):
@@ -190,7 +216,7 @@ def own_summary_csv(path):
     try:
         if p.is_file() and not p.is_symlink():
             with open(p, newline="") as f:
-                if f.readline().rstrip("\r\n") == ",".join(SUMMARY_COLUMNS):
+                if f.readline().rstrip("\r\n") in _HEADERS:
                     return None
     except (OSError, UnicodeDecodeError):
         pass
@@ -209,17 +235,18 @@ def _cell(value):
     return "'" + text if text[:1] in ("=", "+", "@", "\t", "\r") else text
 
 
-def summary_csv(rows):
-    """The text of summary.csv: :data:`SUMMARY_COLUMNS`, one line per row."""
+def summary_csv(rows, columns=SUMMARY_COLUMNS):
+    """The text of summary.csv: ``columns`` (:data:`SUMMARY_COLUMNS` of a
+    segmentation batch), one line per row."""
     import csv
     import io
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(SUMMARY_COLUMNS)
+    w.writerow(columns)
     for r in rows:
         r = {**r, "note": r.get("note") or r.get("reason")}
-        w.writerow([_cell(r.get(k)) for k in SUMMARY_COLUMNS])
+        w.writerow([_cell(r.get(k)) for k in columns])
     return buf.getvalue()
 
 
@@ -259,22 +286,29 @@ def reference_summary(rows):
             entry.update({"mean": float(v.mean()), "median": float(np.median(v)),
                           "worst": float(w[key]), "worst_case": w["case"]})
         out[key] = entry
+    before = [r["input_dice"] for r in scored if r.get("input_dice") is not None]
+    if before:                          # a refinement batch: the input masks' Dice
+        w = min((r for r in scored if r.get("input_dice") is not None),
+                key=lambda r: r["input_dice"])
+        out["input_dice"] = {"mean": float(np.mean(before)), "median": float(np.median(before)),
+                             "worst": float(w["input_dice"]), "worst_case": w["case"]}
     return out
 
 
-def write_summary(root, rows, n_cases, n_references=None):
+def write_summary(root, rows, n_cases, n_references=None, command="segment"):
     """Write ``root/summary.json`` (one row per case: status, quality, volume,
     reasons or error, Dice and distances against a reference) atomically, with
     :func:`reference_summary` when references were given (``n_references``:
     how many cases had one), and the rows as ``root/summary.csv``
-    (:data:`SUMMARY_COLUMNS`); only a previous shapeprior summary is replaced.
-    Returns the summary's ``reference`` block, or None without references."""
-    doc = {"producer": PRODUCER, "command": "segment", "n_cases": n_cases}
+    (:data:`SUMMARY_COLUMNS`, or :data:`REFINE_COLUMNS` for ``command``
+    'refine'); only a previous shapeprior summary is replaced. Returns the summary's ``reference`` block, or None without references."""
+    doc = {"producer": PRODUCER, "command": command, "n_cases": n_cases}
     if n_references is not None:
         doc["reference"] = {"n_cases_with_reference": n_references,
                             **(reference_summary(rows) or {"n_compared": 0})}
     check_root(root, ())                 # both must be ours before either is written
-    write_text_atomic(Path(root) / "summary.csv", summary_csv(rows), own=own_summary_csv)
+    write_text_atomic(Path(root) / "summary.csv", summary_csv(rows, _COLUMNS[command]),
+                      own=own_summary_csv)
     text = json.dumps({**doc, "cases": rows}, indent=1)
     write_text_atomic(Path(root) / "summary.json", text, own=own_summary)
     return doc.get("reference")
@@ -296,8 +330,6 @@ def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk"
     or the existing cluster at ``scheduler`` (e.g. ``tcp://host:8786``).
     ``inputs``: paths ``root`` may not overlap (the input folder, the model).
     """
-    from tqdm import tqdm
-
     from ._run import output_names
 
     root = Path(root)
@@ -329,31 +361,44 @@ def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk"
              deidentify, allow_no_orientation, redo or None, output_type, qc, parallel, ref,
              tuple(reference_labels))
             for c, redo, ref in todo]
+    rows += dispatch(run_one, args, workers, scheduler, progress)
+    order = {c.name: i for i, c in enumerate(cases)}
+    return sorted(rows, key=lambda r: order[r["case"]])
+
+
+def dispatch(job, args, workers=0, scheduler=None, progress=True):
+    """``[job(*a) for a in args]`` (in the order they finish): in this process
+    when ``workers`` is 0 and there is no ``scheduler``, else on a dask.distributed
+    LocalCluster of ``workers`` one-thread processes on 127.0.0.1, or on the
+    existing cluster at ``scheduler``. ``job`` must not raise (it returns a row)."""
+    from tqdm import tqdm
+
+    rows = []
     bar = tqdm(total=len(args), desc="cases", unit="case", disable=not progress)
     if not workers and scheduler is None:
         for a in args:
-            rows.append(run_one(*a))
+            rows.append(job(*a))
             bar.update()
-    else:
-        try:
-            from distributed import Client, LocalCluster, as_completed
-        except ImportError:
-            raise RuntimeError("parallel batches need dask.distributed: "
-                               "pip install 'shapeprior[dist]'") from None
-        cluster = None
-        if scheduler is None:
-            cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                                   host="127.0.0.1", dashboard_address=None)
-        client = Client(scheduler or cluster)
-        try:
-            futs = [client.submit(run_one, *a, pure=False) for a in args]
-            for fut in as_completed(futs):
-                rows.append(fut.result())
-                bar.update()
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+        bar.close()
+        return rows
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise RuntimeError("parallel batches need dask.distributed: "
+                           "pip install 'shapeprior[dist]'") from None
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                               host="127.0.0.1", dashboard_address=None)
+    client = Client(scheduler or cluster)
+    try:
+        futs = [client.submit(job, *a, pure=False) for a in args]
+        for fut in as_completed(futs):
+            rows.append(fut.result())
+            bar.update()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
     bar.close()
-    order = {c.name: i for i, c in enumerate(cases)}
-    return sorted(rows, key=lambda r: order[r["case"]])
+    return rows

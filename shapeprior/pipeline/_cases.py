@@ -129,9 +129,10 @@ def discover_cases(path, list_series=None):
     return cases
 
 
-def _image_subfolders(dirs):
+def _image_subfolders(dirs, masks=False):
     """The hint for a dataset root (``imagesTs/``, ``labelsTs/``): which of its
-    subfolders hold image files, or ''."""
+    subfolders hold image files, or ''. ``masks``: the hint of a folder of
+    masks to refine."""
     hold = []
     for d in dirs:
         try:
@@ -141,6 +142,9 @@ def _image_subfolders(dirs):
             continue
     if not hold:
         return ""
+    if masks:
+        return (f"; its subfolders {', '.join(hold[:4])}{' ...' if len(hold) > 4 else ''} hold "
+                "image files: give the folder of the masks")
     return (f"; its subfolders {', '.join(hold[:4])}{' ...' if len(hold) > 4 else ''} hold "
             "image files: give the scans' folder as the input (and the label maps' folder as "
             "--reference)")
@@ -174,10 +178,7 @@ def match_references(cases, folder, deidentify=False):
                              "it names a folder of label maps, one per case, named like the "
                              "cases")
         raise input_path_error(f)
-    by_stem = {}
-    for e in sorted(f.iterdir(), key=lambda e: os.fsencode(e.name)):
-        if e.is_file() and volume_suffix(e.name) and not e.name.startswith("."):
-            by_stem.setdefault(_stem(e.name), []).append(e)
+    by_stem = _files_by_stem(f)
     out = []
     for c in cases:
         key = case_key(c.path)
@@ -195,6 +196,121 @@ def match_references(cases, folder, deidentify=False):
             f" (for {cases[0].source} it looked for {names}, or another image suffix)"
         raise ValueError(f"--reference {display_name(f)} holds no label map named like a "
                          f"case{example}")
+    return out
+
+
+def _files_by_stem(folder):
+    """``{stem: [file, ...]}`` of the visible image files in ``folder``."""
+    by_stem = {}
+    for e in sorted(Path(folder).iterdir(), key=lambda e: os.fsencode(e.name)):
+        if e.is_file() and volume_suffix(e.name) and not e.name.startswith("."):
+            by_stem.setdefault(_stem(e.name), []).append(e)
+    return by_stem
+
+
+def discover_masks(folder, organ=None):
+    """``[Case]``: the label maps in ``folder`` (its visible files with an image
+    suffix; subfolders are not searched), one case each, for a refinement batch.
+
+    Raises ValueError when it holds none, and, given the model's ``organ``,
+    when only some of its files are named like the organ: one scan's masks, a
+    file per organ, as TotalSegmentator writes them, not a folder of cases."""
+    p = Path(folder)
+    if not p.is_dir():
+        raise input_path_error(p)
+    files = [e for e in sorted(p.iterdir(), key=lambda e: os.fsencode(e.name))
+             if e.is_file() and volume_suffix(e.name) and not e.name.startswith(".")]
+    if not files:
+        dirs = [d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        raise ValueError(f"{display_name(p)} holds no label map files "
+                         f"({', '.join(VOLUME_SUFFIXES)})" + _image_subfolders(dirs, masks=True))
+    named = [f.name for f in files if organ and organ.lower() in f.name.lower()]
+    if named and len(named) < len(files):
+        raise ValueError(
+            f"{display_name(p)} holds {len(files)} label maps, {len(named)} of them named like "
+            f"the model's organ '{organ}' (" + ", ".join(named[:4])
+            + (", ..." if len(named) > 4 else "") + "): one scan's masks, a file per organ "
+            "(TotalSegmentator)? Refine the organ's file; a folder is refined as a batch when "
+            "each of its files is one case's mask")
+    if len(files) >= 3 and _one_scans_organs(files):
+        raise ValueError(
+            f"{display_name(p)} holds {len(files)} label maps on one grid whose organs do not "
+            "overlap: one scan's masks, a file per organ (TotalSegmentator)? Refine the "
+            "organ's file; a folder is refined as a batch when each of its files is one "
+            "case's mask")
+    names = unique_names([f.name for f in files])
+    return [Case(n, f, display_name(f)) for f, n in zip(files, names)]
+
+
+def _one_scans_organs(files, n=3):
+    """Whether ``files`` look like one scan's masks, a file per organ: all on one
+    grid (from the headers), and the first ``n`` with a foreground pairwise
+    disjoint. Masks of different cases lie on different grids, or, registered
+    to one, overlap. A file that cannot be read answers False (the batch
+    reports it)."""
+    import numpy as np
+
+    from ..io import read_geometry, read_label_map
+
+    try:
+        geoms = [read_geometry(f, True) for f in files]
+    except (OSError, ValueError):
+        return False
+    g0 = geoms[0]
+    if any(tuple(g[0]) != tuple(g0[0]) or
+           not all(np.allclose(x, y, atol=1e-3) for x, y in zip(g[1:], g0[1:]))
+           for g in geoms[1:]):
+        return False
+    seen = None
+    found = 0
+    for f in files:
+        try:
+            fg = read_label_map(f, True).array != 0
+        except (OSError, ValueError):
+            return False
+        if not fg.any():
+            continue
+        if seen is not None and (seen & fg).any():
+            return False
+        seen = fg if seen is None else seen | fg
+        found += 1
+        if found == n:
+            return True
+    return False
+
+
+def match_images(cases, folder):
+    """One image per mask case (``Path`` or None), found in ``folder`` by the
+    mask's name (:func:`case_key`): ``masks/x.nii.gz`` takes
+    ``folder/x.<any image suffix>``, nnU-Net's first channel
+    ``folder/x_0000.<suffix>`` or a DICOM series folder ``folder/x/``.
+
+    Raises ValueError when ``folder`` is not a folder, is the masks' own
+    folder, when two entries could be one mask's image, or when no mask has
+    one (the wrong folder)."""
+    f = Path(folder)
+    if not f.is_dir():
+        raise ValueError(f"--image {display_name(f)} is not a folder; with a folder of masks "
+                         "it names a folder of images, one per mask, named like the masks")
+    if cases and any(f.resolve() == c.path.resolve().parent for c in cases):
+        raise ValueError("--image names the masks' own folder; it names the folder of the "
+                         "scans")
+    by_stem = _files_by_stem(f)
+    out = []
+    for c in cases:
+        key = case_key(c.path)
+        found = by_stem.get(key, []) + by_stem.get(f"{key}_0000", [])
+        if (f / key).is_dir() and not key.startswith("."):
+            found.append(f / key)
+        if len(found) > 1:
+            raise ValueError(f"--image: {len(found)} entries could be the image of {c.source}: "
+                             + ", ".join(display_name(x) for x in found))
+        out.append(found[0] if found else None)
+    if cases and not any(out):
+        key = case_key(cases[0].path)
+        raise ValueError(f"--image {display_name(f)} holds no image named like a mask (for "
+                         f"{cases[0].source} it looked for {key}.nii.gz, {key}_0000.nii.gz "
+                         f"(or another image suffix) and a DICOM folder {key}/)")
     return out
 
 

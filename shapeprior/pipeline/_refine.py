@@ -14,15 +14,41 @@ from .._background import background
 from .._outputs import OutputDir, manifest
 from ..io import display_name, read_image, read_label_map, write_label
 from ..mesh import Surface
-from ..segmentation import SegmentParams, refine_mask
+from ..segmentation import SegmentParams, dice, refine_mask, surface_distances
 from ._qc import qc_png
 from ._run import (MESH_FORMATS, input_hashes, model_version, params_record, prior_record,
                    side_note, statistics, vertex_data)
 
 
+def refine_output_names(mesh_format="vtk") -> set:
+    """The files a refinement's folder holds besides its manifest."""
+    return {"label.nii.gz", f"mesh.{mesh_format}", "report.json", "statistics.json", "qc.png"}
+
+
+def refine_inputs(mask_path, image, model_path) -> dict:
+    """``{manifest key: path}`` of the files a refinement reads: the mask
+    (``mask/<name>``, with an Analyze partner), the image's files
+    (``image/<name>``; every file of a DICOM folder) and the model."""
+    files, _ = input_hashes(Path(mask_path))
+    files = {k.replace("input/", "mask/"): v for k, v in files.items()}
+    if image is not None:
+        img_files, _ = input_hashes(Path(image))
+        files.update({k.replace("input/", "image/"): v for k, v in img_files.items()})
+    files["model"] = Path(model_path)
+    return files
+
+
+def refine_record(params, labels, keep) -> dict:
+    """A refinement's parameters as recorded (and compared when a batch resumes),
+    ``argv`` and ``reference_labels`` aside."""
+    return {"labels": [int(v) for v in labels], "keep_labels": [int(v) for v in keep],
+            **params_record(params)}
+
+
 def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, labels=(1,),
                 image=None, mesh_format="vtk", force=False, argv=None,
-                allow_no_orientation=False, keep=(), labels_given=True):
+                allow_no_orientation=False, keep=(), labels_given=True, reference=None,
+                reference_labels=(1,)):
     """Refine the label map ``mask_path`` with the shape model; publish ``outdir``.
 
     The refined label (value 1; labels in ``keep`` never removed and written
@@ -34,16 +60,19 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
     error; ``outdir`` may not overlap an input. With ``labels_given`` False (the
     labels are the default, not the user's), a mask that holds other labels too
     gets a warning naming them (a multi-organ map whose organ label was not given).
+    ``reference``: a label map on the mask's grid whose ``reference_labels`` are
+    the organ; the report's ``reference`` block gives Dice and surface distances
+    of the refined label and (``input``) of the mask as given.
     """
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
     mask_path = Path(mask_path)
-    inputs = [mask_path, model_path, image]
+    inputs = [mask_path, model_path, image, reference]
     out = OutputDir(outdir, force=force, inputs=inputs)
     try:
         return _refine_case(out, mask_path, model, model_path, params, labels, image,
                             mesh_format, argv, allow_no_orientation, tuple(keep),
-                            labels_given)
+                            labels_given, reference, tuple(reference_labels))
     except BaseException:
         out.discard()
         raise
@@ -72,9 +101,19 @@ def _label_list(values, shown=8):
 
 
 def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_format, argv,
-                 allow_no_orientation, keep, labels_given=True):
+                 allow_no_orientation, keep, labels_given=True, reference=None,
+                 reference_labels=(1,)):
     t0 = time.perf_counter()
     mvol = read_label_map(mask_path, allow_no_orientation)
+    ref = None
+    if reference is not None:
+        rvol = read_label_map(reference, allow_no_orientation)
+        what = mvol.grid_difference(rvol)
+        if what:
+            raise ValueError(f"the reference label map is not on the mask's grid ({what}; "
+                             "reference vs mask): resample it onto the mask")
+        ref = np.isin(rvol.array, reference_labels)
+        del rvol
     img = None
     if image is not None:
         img, _ = read_image(image, None, allow_no_orientation)
@@ -114,6 +153,12 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
             "that is another label, name it with --labels")
     bg = img if img is not None and img.same_grid(mvol) else mvol
     organ_in = np.isin(mvol.array, tuple(labels) + keep)
+    if ref is not None:
+        report["reference"] = {
+            "labels": [int(v) for v in reference_labels],
+            "dice": dice(label > 0, ref), **surface_distances(label > 0, ref, mvol.spacing),
+            "input": {"dice": dice(organ_in, ref),
+                      **surface_distances(organ_in, ref, mvol.spacing)}}
     with background(qc_png, out.file("qc.png"), bg, label, organ_in,
                     title=f"refined {model.metadata.get('organ', 'organ')} "
                           "(red dashed: input mask)",
@@ -124,19 +169,17 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
         out.write_json("report.json", report)
         out.write_json("statistics.json",
                        statistics(replace(fit, label=label), model, mvol.spacing))
-        files, _ = input_hashes(mask_path)
-        files = {k.replace("input/", "mask/"): v for k, v in files.items()}
-        if image is not None:
-            img_files, _ = input_hashes(Path(image))
-            files.update({k.replace("input/", "image/"): v for k, v in img_files.items()})
-        files["model"] = Path(model_path)
+        files = refine_inputs(mask_path, image, model_path)
+        compared = {}
+        if reference is not None:
+            files["reference"] = Path(reference)
+            compared = {"reference_labels": report["reference"]["labels"]}
         out.write_json("manifest.json", manifest(
-            command="refine", parameters={"argv": argv, "labels": [int(v) for v in labels],
-                                          "keep_labels": [int(v) for v in keep],
-                                          **params_record(params)},
+            command="refine", parameters={"argv": argv, **refine_record(params, labels, keep),
+                                          **compared},
             seed=None, inputs=files))
     out.commit()
     return report
 
 
-__all__ = ["refine_case"]
+__all__ = ["refine_case", "refine_inputs", "refine_record", "refine_output_names"]

@@ -1,0 +1,279 @@
+"""``shapeprior refine FOLDER``: a folder of masks (a network's predictions)
+refined as one run: each mask with its image and reference found by name,
+one summary with Dice before and after, resumable, failures isolated, and one
+scan's per-organ folder told apart from a folder of cases."""
+
+import csv
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+from _phantoms import leak_at_tip
+
+from shapeprior.cli import main
+from shapeprior.io import read_label_map, write_label
+from shapeprior.pipeline import Case, discover_masks, match_images
+from shapeprior.pipeline._batch import REFINE_COLUMNS
+
+CASES = ("phantom_004", "phantom_005", "phantom_006")
+
+
+def _hashes(folder):
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+@pytest.fixture
+def masks(phantom_model, tmp_path):
+    """Three of the phantoms' label maps as masks to refine, phantom_005's with a
+    leak ball at its tip: ``(masks folder, images, labels, model)``."""
+    d, images, labels, model = phantom_model
+    m = tmp_path / "masks"
+    m.mkdir()
+    for c in CASES:
+        shutil.copy(labels / f"{c}.nii.gz", m / f"{c}.nii.gz")
+    vol = read_label_map(m / "phantom_005.nii.gz")
+    write_label(vol, leak_at_tip(vol.array > 0).astype(np.uint8), m / "phantom_005.nii.gz")
+    return m, images, labels, model
+
+
+def _refine(*args):
+    return main(["refine", *map(str, args)])
+
+
+def _rows(out):
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["command"] == "refine" and doc["n_cases"] == len(doc["cases"])
+    return doc, {r["case"]: r for r in doc["cases"]}
+
+
+def test_a_folder_of_masks_is_refined_case_by_case(masks, tmp_path, capsys):
+    """Every mask gets its folder (label, mesh, report, statistics, QC, manifest)
+    with the image and reference named like it; the leak is removed (Dice against
+    the reference rises, in the row and the summary's before/after block), the
+    clean masks stay; summary.csv has the refinement's columns; the label is the
+    one a single refine of that mask writes; no input changes."""
+    m, images, labels, model = masks
+    before = {k: _hashes(v) for k, v in (("m", m), ("i", images), ("l", labels))}
+    out = tmp_path / "out"
+    assert _refine(m, "-o", out, "--model", model, "--image", images,
+                   "--reference", labels) == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "3 cases: 3 ok" in text and "the masks as given: Dice mean" in text
+    doc, rows = _rows(out)
+    assert list(rows) == list(CASES)
+    for c in CASES:
+        assert {f.name for f in (out / c).iterdir()} == {
+            "label.nii.gz", "mesh.vtk", "report.json", "statistics.json", "qc.png",
+            "manifest.json"}
+        rep = json.loads((out / c / "report.json").read_text())
+        assert rep["input"]["image"] == f"{c}.nii.gz"
+        assert rows[c]["dice"] == rep["reference"]["dice"]
+        assert rows[c]["input_dice"] == rep["reference"]["input"]["dice"]
+    leak = rows["phantom_005"]
+    assert leak["input_dice"] < 0.98 and leak["dice"] > leak["input_dice"] + 0.01
+    assert leak["removed_ml"] > 0.1 and leak["volume_ml"] < leak["input_ml"]
+    for c in ("phantom_004", "phantom_006"):
+        assert rows[c]["input_dice"] == 1.0 and rows[c]["dice"] > 0.98
+    ref = doc["reference"]
+    assert ref["n_compared"] == 3 and ref["input_dice"]["worst_case"] == "phantom_005"
+    assert ref["dice"]["mean"] > ref["input_dice"]["mean"]
+    with open(out / "summary.csv", newline="") as f:
+        table = list(csv.reader(f))
+    assert tuple(table[0]) == REFINE_COLUMNS and len(table) == 4
+    assert {k: _hashes(v) for k, v in (("m", m), ("i", images), ("l", labels))} == before
+    one = tmp_path / "one"
+    assert _refine(m / "phantom_005.nii.gz", "-o", one, "--model", model, "--image",
+                   images / "phantom_005.nii.gz", "--reference",
+                   labels / "phantom_005.nii.gz") == 0
+    assert "against the reference: Dice" in capsys.readouterr().out
+    np.testing.assert_array_equal(read_label_map(one / "label.nii.gz").array,
+                                  read_label_map(out / "phantom_005" / "label.nii.gz").array)
+
+
+def test_a_rerun_keeps_what_is_complete_and_redoes_what_changed(masks, tmp_path, capsys):
+    """A rerun keeps every case (skipped, with the result it had) and touches no
+    output; --force redoes them all; a changed mask, a dropped image, other labels or another mesh format
+    redo exactly the cases they concern, each saying why."""
+    m, images, labels, model = masks
+    out = tmp_path / "out"
+    base = [m, "-o", out, "--model", model, "--image", images]
+    assert _refine(*base) == 0
+    first = _hashes(out)
+    assert _refine(*base) == 0
+    _, rows = _rows(out)
+    assert all(r["status"] == "skipped" and r["result"] == "ok" for r in rows.values())
+    assert {k: v for k, v in _hashes(out).items() if not k.startswith("summary")} == \
+        {k: v for k, v in first.items() if not k.startswith("summary")}
+    assert _refine(*base, "--force") == 0                # --force redoes every case
+    _, rows = _rows(out)
+    assert all(r["status"] == "ok" and "note" not in r for r in rows.values())
+    vol = read_label_map(m / "phantom_004.nii.gz")
+    write_label(vol, np.roll(vol.array, 1, axis=2), m / "phantom_004.nii.gz")
+    assert _refine(*base) == 0
+    _, rows = _rows(out)
+    assert rows["phantom_004"]["note"] == \
+        "redone: the input or the model changed since it was refined"
+    assert [r["status"] for r in rows.values()] == ["ok", "skipped", "skipped"]
+    assert _refine(m, "-o", out, "--model", model) == 0
+    _, rows = _rows(out)
+    assert all(r["note"] == "redone: it was refined from other input files"
+               for r in rows.values())
+    for extra in (["--keep-labels", "2"], ["--labels", "1,2"]):   # one change at a time
+        assert _refine(m, "-o", out, "--model", model, *extra) == 0
+        _, rows = _rows(out)
+        assert all(r["note"] == "redone: refinement parameters differ" for r in rows.values())
+    assert _refine(m, "-o", out, "--model", model, "--labels", "1,2", "--mesh-format",
+                   "stl") == 0
+    _, rows = _rows(out)
+    assert all("other outputs were asked for" in r["note"] for r in rows.values())
+    assert not (out / "phantom_004" / "mesh.vtk").exists()
+    capsys.readouterr()
+
+
+def test_a_rerun_with_a_reference_compares_again(masks, tmp_path, capsys):
+    """A case refined without a reference is redone when one is given (its Dice
+    needs computing); kept when the same reference is given again, with its
+    Dice; redone when the reference's labels change."""
+    m, images, labels, model = masks
+    out = tmp_path / "out"
+    assert _refine(m, "-o", out, "--model", model) == 0
+    assert _refine(m, "-o", out, "--model", model, "--reference", labels) == 0
+    _, rows = _rows(out)
+    assert all(r["note"] == "redone: it was not compared with a reference" and "dice" in r
+               for r in rows.values())
+    assert _refine(m, "-o", out, "--model", model, "--reference", labels) == 0
+    _, rows = _rows(out)
+    assert all(r["status"] == "skipped" and "input_dice" in r for r in rows.values())
+    assert _refine(m, "-o", out, "--model", model, "--reference", labels,
+                   "--reference-labels", "1,7") == 0
+    _, rows = _rows(out)
+    assert all("compared with the reference's labels" in r["note"] for r in rows.values())
+    capsys.readouterr()
+
+
+def test_one_bad_mask_fails_alone(masks, tmp_path, capsys):
+    """A truncated mask, a mask with no image in the --image folder and a case
+    folder shapeprior did not write each fail in their own row; the other cases
+    are refined; the exit code is 1; the foreign folder is untouched."""
+    m, images, labels, model = masks
+    data = (m / "phantom_006.nii.gz").read_bytes()
+    (m / "phantom_006.nii.gz").write_bytes(data[: len(data) // 2])
+    shutil.copy(m / "phantom_004.nii.gz", m / "no_image.nii.gz")
+    shutil.copy(m / "phantom_004.nii.gz", m / "foreign.nii.gz")
+    imgs = tmp_path / "imgs"
+    shutil.copytree(images, imgs)
+    shutil.copy(images / "phantom_004.nii.gz", imgs / "foreign.nii.gz")
+    out = tmp_path / "out"
+    (out / "foreign").mkdir(parents=True)
+    (out / "foreign" / "notes.txt").write_text("mine")
+    assert _refine(m, "-o", out, "--model", model, "--image", imgs) == 1
+    _, rows = _rows(out)
+    assert rows["phantom_004"]["status"] == "ok" and rows["phantom_005"]["status"] == "ok"
+    assert rows["phantom_006"]["status"] == "failed" and "\n" not in rows["phantom_006"]["error"]
+    assert rows["no_image"]["error"] == "no image named like it in the --image folder"
+    assert "shapeprior never replaces it" in rows["foreign"]["error"]
+    assert (out / "foreign" / "notes.txt").read_text() == "mine"
+    assert not (out / "phantom_006").exists() and not (out / "no_image").exists()
+    capsys.readouterr()
+
+
+def test_one_scans_per_organ_folder_is_not_a_batch(masks, tmp_path, capsys):
+    """Masks on one grid whose organs do not overlap (a file per organ of one scan,
+    as TotalSegmentator writes) are refused in one line, whatever their names;
+    copies of one mask on one grid (cases registered to one space) overlap and are
+    a batch."""
+    m, images, labels, model = masks
+    vol = read_label_map(m / "phantom_004.nii.gz")
+    organs = tmp_path / "organs"
+    organs.mkdir()
+    n = vol.array.shape[2]
+    for i, name in enumerate(("liver", "spleen", "aorta")):
+        a = np.zeros_like(vol.array)
+        a[:, :, i * n // 3:(i + 1) * n // 3][vol.array[:, :, i * n // 3:(i + 1) * n // 3] > 0] = 1
+        a[0, 0, i] = 1
+        write_label(vol, a, organs / f"{name}.nii.gz")
+    out = tmp_path / "o"
+    assert _refine(organs, "-o", out, "--model", model) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "3 label maps on one grid whose organs do not overlap" in err
+    assert not out.exists()
+    for k, name in enumerate(("liver", "spleen", "aorta")):      # on three grids: cases
+        part = read_label_map(organs / f"{name}.nii.gz")
+        part = part.crop((0, 0, k), part.array.shape)
+        write_label(part, part.array, organs / f"{name}.nii.gz")
+    assert [c.name for c in discover_masks(organs, "organ")] == ["aorta", "liver", "spleen"]
+    for name in ("liver", "spleen", "aorta"):
+        shutil.copy(m / "phantom_004.nii.gz", organs / f"{name}.nii.gz")
+    assert len(discover_masks(organs, "organ")) == 3
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    shutil.copy(m / "phantom_004.nii.gz", empty / "sub" / "x.nii.gz")
+    with pytest.raises(ValueError, match="holds no label map files .*subfolders sub hold"):
+        discover_masks(empty)
+
+
+def test_images_are_found_by_the_masks_names(tmp_path):
+    """x.nii.gz takes x.<suffix>, nnU-Net's x_0000.<suffix> or a DICOM folder x/;
+    two candidates, the masks' own folder and a folder with none are refused."""
+    m, i = tmp_path / "m", tmp_path / "i"
+    m.mkdir()
+    i.mkdir()
+    cases = [Case(n, m / f"{n}.nii.gz", f"{n}.nii.gz") for n in ("a", "b", "c", "d")]
+    for c in cases:
+        c.path.write_bytes(b"x")
+    (i / "a.mha").write_bytes(b"x")
+    (i / "b_0000.nii.gz").write_bytes(b"x")
+    (i / "c").mkdir()
+    (i / ".hidden.nii.gz").write_bytes(b"x")
+    assert match_images(cases, i) == [i / "a.mha", i / "b_0000.nii.gz", i / "c", None]
+    (i / "a_0000.nii.gz").write_bytes(b"x")
+    with pytest.raises(ValueError, match="2 entries could be the image of a.nii.gz"):
+        match_images(cases, i)
+    with pytest.raises(ValueError, match="the masks' own folder"):
+        match_images(cases, m)
+    with pytest.raises(ValueError, match="is not a folder"):
+        match_images(cases, i / "a.mha")
+    with pytest.raises(ValueError, match="holds no image named like a mask .*d.nii.gz, "
+                                         "d_0000.nii.gz"):
+        match_images(cases[3:], i)
+
+
+def test_refine_refuses_what_does_not_fit_the_input(masks, tmp_path, capsys):
+    """Batch options with one mask, a folder reference with one mask, a
+    reference on another grid, a negative worker count (refine's and segment's)
+    and an output inside
+    the masks' folder: one line each, exit 1 (2 from the argument parser),
+    nothing written."""
+    m, images, labels, model = masks
+    one = m / "phantom_004.nii.gz"
+    out = tmp_path / "o"
+    for args, msg in (
+            ([one, "--workers", "2"], "--workers and --scheduler refine a folder of masks"),
+            ([one, "--reference", labels], "--reference is a folder; with one mask"),
+            ([one, "--reference-labels", "1"], "--reference-labels has no effect without"),
+            ([m, "--image", images / "phantom_004.nii.gz"], "--image phantom_004.nii.gz is "
+                                                           "not a folder"),
+            ([m, "--reference", m], "names the folder of the masks themselves")):
+        assert _refine(*args, "-o", out, "--model", model) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and msg in err, err
+        assert not out.exists()
+    vol = read_label_map(one)
+    shifted = vol.crop((0, 0, 1), vol.array.shape)
+    write_label(shifted, shifted.array, tmp_path / "ref.nii.gz")
+    assert _refine(one, "-o", out, "--model", model, "--reference", tmp_path / "ref.nii.gz") == 1
+    assert "the reference label map is not on the mask's grid" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit) as e:
+        _refine(m, "-o", out, "--model", model, "--workers", "-1")
+    assert e.value.code == 2 and "'-1' is not a whole number >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:       # segment's too (dask waited forever on -1)
+        main(["segment", str(images), "-o", str(out), "--model", str(model), "--workers", "-1"])
+    assert e.value.code == 2 and "'-1' is not a whole number >= 0" in capsys.readouterr().err
+    before = _hashes(m)
+    assert _refine(m, "-o", m / "out", "--model", model) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+    assert _hashes(m) == before and not (m / "out").exists()
