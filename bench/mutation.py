@@ -1899,6 +1899,10 @@ MUTANTS = [
      "                            images=images, references=refs, reference_labels=ref_labels,",
      "                            images=images, references=refs,",
      "a folder's references compared on label 1 whatever --reference-labels says"),
+    ("json-infinity-written", "cases", "shapeprior/_outputs.py",
+     "    return json.dumps(_finite(obj), indent=1, default=_json_default, allow_nan=False)",
+     "    return json.dumps(obj, indent=1, default=_json_default)",
+     "a report holds Infinity (an empty label's distance), which strict JSON parsers refuse"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

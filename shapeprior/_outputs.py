@@ -267,7 +267,7 @@ class OutputDir:
         return self._run / name
 
     def write_json(self, name, obj):
-        self.file(name).write_text(json.dumps(obj, indent=1, default=_json_default))
+        self.file(name).write_text(json_text(obj))
         _kill_point(f"wrote-{name}")
 
     def write_npz(self, name, **arrays):
@@ -372,7 +372,7 @@ def _seal_manifest(stage: Path):
     m["producer"] = PRODUCER
     m["outputs"] = {f.name: sha256_file(f) for f in sorted(stage.iterdir())
                     if f.is_file() and f.name != "manifest.json"}
-    mf.write_text(json.dumps(m, indent=1, default=_json_default))
+    mf.write_text(json_text(m))
 
 
 def _kill_point(name):
@@ -384,6 +384,26 @@ def _kill_point(name):
         import signal
 
         os.kill(os.getpid(), getattr(signal, sig or "SIGKILL"))
+
+
+def json_text(obj) -> str:
+    """``obj`` as standard JSON (RFC 8259, indented): numpy scalars and arrays
+    as numbers and lists, paths as strings, and a non-finite float (an
+    infinite distance to an empty label, a NaN) as null, never as the
+    ``Infinity``/``NaN`` that JavaScript, jq and strict parsers refuse."""
+    return json.dumps(_finite(obj), indent=1, default=_json_default, allow_nan=False)
+
+
+def _finite(o):
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _finite(o.tolist())
+    if isinstance(o, (float, np.floating)):
+        return float(o) if np.isfinite(o) else None
+    return o
 
 
 def _json_default(o):

@@ -194,6 +194,12 @@ def test_status_in_report_summary_exit_code_and_mesh(phantom_model, tmp_path, ca
     doc = json.loads((tmp_path / "scored" / "summary.json").read_text())
     assert doc["reference"]["assd_mm"]["n_without_surface"] == 1
     assert "Infinity" not in (tmp_path / "scored" / "summary.json").read_text()
+    # the flat case's report and every other JSON file are standard JSON: its
+    # infinite distance is null (JavaScript and jq refuse Infinity and NaN)
+    for f in (tmp_path / "scored").rglob("*.json"):
+        json.loads(f.read_text(), parse_constant=lambda c: pytest.fail(f"{f.name}: {c}"))
+    flat = json.loads((tmp_path / "scored" / "flat" / "report.json").read_text())
+    assert flat["reference"]["dice"] == 0.0 and flat["reference"]["assd_mm"] is None
     rep = json.loads((out / "good" / "report.json").read_text())
     assert rep["status"] == "ok" and rep["placement"]["chosen"]["source"] in ("search", "prior")
     assert len(rep["placement"]["hypotheses"]) >= 1

@@ -91,8 +91,6 @@ def parse_labels(text, name="--labels"):
     return vals
 
 
-
-
 def _workers(text):
     try:
         n = int(text)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from .._outputs import json_text
 
 
 def main(argv):
@@ -23,7 +24,7 @@ def main(argv):
 
     s = model_summary(load_model(a.model))
     if a.json:
-        print(json.dumps(s, indent=1))
+        print(json_text(s))
         return 0
     pca, app, pose, prov = s["pca"], s["appearance"], s["pose"], s["provenance"]
     print(f"organ        {s['organ']} (side: {s['side']}; labels {s['labels']})")

@@ -4,8 +4,8 @@ or rank candidate label maps by how much each would add."""
 from __future__ import annotations
 
 import argparse
-import json
 
+from .._outputs import json_text
 from ._common import add_label_map_options
 
 
@@ -110,7 +110,7 @@ def _rank(model, items, params, a):
                  "novelty_mm": round(float(novelty[i]), 4)}
                 for r, (i, g) in enumerate(zip(order, gain))]
     if a.json:
-        print(json.dumps({"ranking": rows, "skipped": skipped, "rejected": rejected}, indent=1))
+        print(json_text({"ranking": rows, "skipped": skipped, "rejected": rejected}))
         return 0
     print("rank  gain_mm  novelty_mm  candidate")
     for r in rows:

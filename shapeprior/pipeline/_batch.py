@@ -17,8 +17,8 @@ import json
 import math
 from pathlib import Path
 
-from .._outputs import (PRODUCER, OutputExistsError, check_not_input, make_dirs, own_output,
-                        one_line, read_manifest, remove_created, sha256_file,
+from .._outputs import (PRODUCER, OutputExistsError, check_not_input, json_text, make_dirs,
+                        one_line, own_output, read_manifest, remove_created, sha256_file,
                         write_text_atomic)
 from ._cases import scrub
 
@@ -309,7 +309,7 @@ def write_summary(root, rows, n_cases, n_references=None, command="segment"):
     check_root(root, ())                 # both must be ours before either is written
     write_text_atomic(Path(root) / "summary.csv", summary_csv(rows, _COLUMNS[command]),
                       own=own_summary_csv)
-    text = json.dumps({**doc, "cases": rows}, indent=1)
+    text = json_text({**doc, "cases": rows})
     write_text_atomic(Path(root) / "summary.json", text, own=own_summary)
     return doc.get("reference")
 
