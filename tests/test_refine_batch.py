@@ -236,8 +236,8 @@ def test_images_are_found_by_the_masks_names(tmp_path):
         match_images(cases, m)
     with pytest.raises(ValueError, match="is not a folder"):
         match_images(cases, i / "a.mha")
-    with pytest.raises(ValueError, match="holds no image named like a mask .*d.nii.gz, "
-                                         "d_0000.nii.gz"):
+    with pytest.raises(ValueError, match="holds no image named like a mask .*for d.nii.gz "
+                                         "for d.nii.gz, d_0000.nii.gz"):
         match_images(cases[3:], i)
 
 
@@ -277,3 +277,60 @@ def test_refine_refuses_what_does_not_fit_the_input(masks, tmp_path, capsys):
     assert _refine(m, "-o", m / "out", "--model", model) == 1
     assert capsys.readouterr().err.count("\n") == 1
     assert _hashes(m) == before and not (m / "out").exists()
+
+
+def test_deidentify_keeps_mask_names_out_of_every_output(masks, tmp_path, monkeypatch, capsys):
+    """--deidentify, for a folder and for one mask: no mask, image or reference
+    name in any output file, folder name, summary, message or manifest (the
+    errors of an unreadable mask and of an unreadable image included); the same
+    mask hashes the same way in both."""
+    import os
+    from pathlib import Path
+
+    m, images, labels, model = masks
+    monkeypatch.setenv("SHAPEPRIOR_DEID_SALT", "test-salt")
+    src = tmp_path / "DOE^JOHN_masks"
+    imgs = tmp_path / "DOE^JOHN_images"
+    refs = tmp_path / "DOE^JOHN_refs"
+    for d in (src, imgs, refs):
+        d.mkdir()
+    shutil.copy(m / "phantom_005.nii.gz", src / "DOE^JOHN.nii.gz")
+    shutil.copy(images / "phantom_005.nii.gz", imgs / "DOE^JOHN_0000.nii.gz")
+    shutil.copy(labels / "phantom_005.nii.gz", refs / "DOE^JOHN.nii.gz")
+    (src / "SMITH^JANE.nii.gz").write_bytes(b"\x1f\x8b broken")
+    shutil.copy(images / "phantom_004.nii.gz", imgs / "SMITH^JANE.nii.gz")
+    shutil.copy(m / "phantom_004.nii.gz", src / "ROE^RICHARD.nii.gz")  # its image is broken
+    (imgs / "ROE^RICHARD_0000.nii.gz").write_bytes(b"\x1f\x8b broken")
+    out = tmp_path / "out"
+    assert _refine(src, "-o", out, "--model", model, "--image", imgs, "--reference", refs,
+                   "--deidentify") == 1                        # SMITH^JANE is broken
+    printed = capsys.readouterr()
+    single = tmp_path / "single"
+    assert _refine(src / "DOE^JOHN.nii.gz", "-o", single, "--model", model, "--image",
+                   imgs / "DOE^JOHN_0000.nii.gz", "--reference", refs / "DOE^JOHN.nii.gz",
+                   "--deidentify") == 0
+    printed2 = capsys.readouterr()
+    assert _refine(src / "SMITH^JANE.nii.gz", "-o", tmp_path / "s2", "--model", model,
+                   "--deidentify") == 1
+    printed3 = capsys.readouterr()
+    text = "".join(p.out + p.err for p in (printed, printed2, printed3))
+    for dirpath, dirs, files in os.walk(tmp_path):
+        if Path(dirpath) in (src, imgs, refs, tmp_path, m):
+            continue                                          # the inputs, named by the user
+        text += " ".join(dirs + files)
+        for f in files:
+            text += Path(dirpath, f).read_bytes().decode("latin-1")
+    for name in ("DOE", "JOHN", "SMITH", "JANE", "ROE", "RICHARD"):
+        assert name not in text, name
+    _, rows = _rows(out)
+    assert len(rows) == 3 and all(c.startswith("case-") for c in rows)
+    assert sorted(r["status"] for r in rows.values()) == ["failed", "failed", "ok"]
+    rep = json.loads((single / "report.json").read_text())
+    assert rep["input"]["mask"] in rows and rep["input"]["image"] == "(withheld)"
+    assert rep["reference"]["dice"] > rep["reference"]["input"]["dice"]
+    # a rerun keeps the case: the numbered manifest keys compare as they were written
+    assert _refine(src, "-o", out, "--model", model, "--image", imgs, "--reference", refs,
+                   "--deidentify") == 1
+    _, rows = _rows(out)
+    assert sorted(r["status"] for r in rows.values()) == ["failed", "failed", "skipped"]
+    capsys.readouterr()

@@ -64,6 +64,10 @@ def main(argv):
     ap.add_argument("--force", action="store_true",
                     help="replace a previous shapeprior output (never an input or a foreign file)")
     ap.add_argument("--strict", action="store_true", help="exit 3 for a 'suspect' result too")
+    ap.add_argument("--deidentify", action="store_true",
+                    help="replace mask names by salted hashes in every output, report, "
+                         "summary, message and folder name (salt: $SHAPEPRIOR_DEID_SALT or "
+                         "~/.config/shapeprior/deid-salt), as segment does")
     add_batch_options(ap)
     ap.add_argument("--allow-no-orientation", action="store_true",
                     help="accept NIfTI/Analyze files that record no orientation")
@@ -88,17 +92,37 @@ def main(argv):
     else:
         ref_labels = tuple(int(v) for v in
                            (model.metadata.get("parameters") or {}).get("labels") or (1,))
+    deid = None
+    if a.deidentify:
+        from ..pipeline import Deidentifier, scrub_argv
+
+        deid = Deidentifier()
+        argv = scrub_argv(argv, {a.mask: "<mask>", a.image: "<image>",
+                                 a.reference: "<reference>", a.output: "<output>"})
     if Path(a.mask).is_dir():
-        return _refine_folder(a, argv, model, params, labels, keep, ref_labels)
+        return _refine_folder(a, argv, model, params, labels, keep, ref_labels, deid)
     refuse_unused((a.workers or a.scheduler is not None,
                    "--workers and --scheduler refine a folder of masks; MASK is one file"))
     if a.reference is not None and Path(a.reference).is_dir():
         raise ValueError("--reference is a folder; with one mask it names one label map")
-    rep = refine_case(a.mask, a.output, model, a.model, params, labels=labels, image=a.image,
-                      mesh_format=a.mesh_format, force=a.force, argv=argv,
-                      allow_no_orientation=a.allow_no_orientation, keep=keep,
-                      labels_given=a.labels is not None, reference=a.reference,
-                      reference_labels=ref_labels)
+    try:
+        rep = refine_case(a.mask, a.output, model, a.model, params, labels=labels,
+                          image=a.image, mesh_format=a.mesh_format, force=a.force, argv=argv,
+                          allow_no_orientation=a.allow_no_orientation, keep=keep,
+                          labels_given=a.labels is not None, reference=a.reference,
+                          reference_labels=ref_labels, deidentify=deid is not None,
+                          case_name=deid.name(Path(a.mask)) if deid else None)
+    except (ValueError, OSError) as exc:
+        if deid is None:
+            raise
+        from ..pipeline import scrub
+
+        msg = str(exc)
+        for path, shown in ((a.mask, deid.name(Path(a.mask))), (a.image, "(withheld image)"),
+                            (a.reference, "(withheld reference)")):
+            if path is not None:
+                msg = scrub(msg, path, shown)
+        raise type(exc)(msg) from None
     c = rep["corrections"]
     print(f"{rep['input']['mask']}: {rep['status']} (quality {rep['quality']:.2f}); "
           f"{c['input_ml']:.1f} ml -> {c['refined_ml']:.1f} ml: removed {c['removed_ml']:.1f} ml, "
@@ -114,27 +138,30 @@ def main(argv):
     return finish_case(rep["input"]["mask"], rep, a.output, a.strict)
 
 
-def _refine_folder(a, argv, model, params, labels, keep, ref_labels):
+def _refine_folder(a, argv, model, params, labels, keep, ref_labels, deid=None):
     """MASK is a folder: each of its label maps is a case, refined into
     OUTPUT/<case>/, with a summary; exit 1 when any could not be refined."""
     from ..pipeline import (discover_masks, match_images, match_references, run_refine_batch,
                             write_summary)
 
-    cases = discover_masks(a.mask, model.metadata.get("organ", ""))
-    images = match_images(cases, a.image) if a.image else None
+    cases = discover_masks(a.mask, model.metadata.get("organ", ""), deid is not None)
+    if deid is not None:
+        cases = deid.apply(cases)
+    images = match_images(cases, a.image, deid is not None) if a.image else None
     refs = None
     if a.reference:
         if Path(a.reference).resolve() == Path(a.mask).resolve():
             raise ValueError("--reference names the folder of the masks themselves; it names "
                              "the folder of the reference label maps")
-        refs = match_references(cases, a.reference)
+        refs = match_references(cases, a.reference, deidentify=deid is not None)
     root = Path(a.output)
     rows = run_refine_batch(cases, root, a.model, params, labels=labels, keep=keep,
                             images=images, references=refs, reference_labels=ref_labels,
                             mesh_format=a.mesh_format, force=a.force, workers=a.workers,
                             scheduler=a.scheduler, progress=sys.stderr.isatty(), argv=argv,
                             allow_no_orientation=a.allow_no_orientation,
-                            inputs=[p for p in (a.mask, a.image, a.reference) if p])
+                            inputs=[p for p in (a.mask, a.image, a.reference) if p],
+                            deidentify=deid is not None)
     n_refs = None if refs is None else sum(r is not None for r in refs)
     print_batch(rows, len(cases), root,
                 write_summary(root, rows, len(cases), n_refs, command="refine"))

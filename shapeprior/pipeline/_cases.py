@@ -208,13 +208,14 @@ def _files_by_stem(folder):
     return by_stem
 
 
-def discover_masks(folder, organ=None):
+def discover_masks(folder, organ=None, deidentify=False):
     """``[Case]``: the label maps in ``folder`` (its visible files with an image
     suffix; subfolders are not searched), one case each, for a refinement batch.
 
     Raises ValueError when it holds none, and, given the model's ``organ``,
     when only some of its files are named like the organ: one scan's masks, a
-    file per organ, as TotalSegmentator writes them, not a folder of cases."""
+    file per organ, as TotalSegmentator writes them, not a folder of cases
+    (with ``deidentify`` that message names no file)."""
     p = Path(folder)
     if not p.is_dir():
         raise input_path_error(p)
@@ -228,8 +229,9 @@ def discover_masks(folder, organ=None):
     if named and len(named) < len(files):
         raise ValueError(
             f"{display_name(p)} holds {len(files)} label maps, {len(named)} of them named like "
-            f"the model's organ '{organ}' (" + ", ".join(named[:4])
-            + (", ..." if len(named) > 4 else "") + "): one scan's masks, a file per organ "
+            f"the model's organ '{organ}'" + ("" if deidentify else " (" + ", ".join(named[:4])
+                                              + (", ..." if len(named) > 4 else "") + ")")
+            + ": one scan's masks, a file per organ "
             "(TotalSegmentator)? Refine the organ's file; a folder is refined as a batch when "
             "each of its files is one case's mask")
     if len(files) >= 3 and _one_scans_organs(files):
@@ -279,7 +281,7 @@ def _one_scans_organs(files, n=3):
     return False
 
 
-def match_images(cases, folder):
+def match_images(cases, folder, deidentify=False):
     """One image per mask case (``Path`` or None), found in ``folder`` by the
     mask's name (:func:`case_key`): ``masks/x.nii.gz`` takes
     ``folder/x.<any image suffix>``, nnU-Net's first channel
@@ -287,7 +289,8 @@ def match_images(cases, folder):
 
     Raises ValueError when ``folder`` is not a folder, is the masks' own
     folder, when two entries could be one mask's image, or when no mask has
-    one (the wrong folder)."""
+    one (the wrong folder); with ``deidentify`` the messages name no mask and
+    no image."""
     f = Path(folder)
     if not f.is_dir():
         raise ValueError(f"--image {display_name(f)} is not a folder; with a folder of masks "
@@ -303,14 +306,17 @@ def match_images(cases, folder):
         if (f / key).is_dir() and not key.startswith("."):
             found.append(f / key)
         if len(found) > 1:
+            shown = ("a folder or the suffixes " + ", ".join(volume_suffix(x.name) for x in found)
+                     if deidentify else ", ".join(display_name(x) for x in found))
             raise ValueError(f"--image: {len(found)} entries could be the image of {c.source}: "
-                             + ", ".join(display_name(x) for x in found))
+                             + shown)
         out.append(found[0] if found else None)
     if cases and not any(out):
-        key = case_key(cases[0].path)
-        raise ValueError(f"--image {display_name(f)} holds no image named like a mask (for "
-                         f"{cases[0].source} it looked for {key}.nii.gz, {key}_0000.nii.gz "
-                         f"(or another image suffix) and a DICOM folder {key}/)")
+        key = "x" if deidentify else case_key(cases[0].path)
+        where = "" if deidentify else f" for {cases[0].source}"
+        raise ValueError(f"--image {display_name(f)} holds no image named like a mask (it "
+                         f"looked{where} for {key}.nii.gz, {key}_0000.nii.gz (or another image "
+                         f"suffix) and a DICOM folder {key}/)")
     return out
 
 

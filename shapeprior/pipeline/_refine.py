@@ -17,7 +17,7 @@ from ..mesh import Surface
 from ..segmentation import SegmentParams, dice, refine_mask, surface_distances
 from ._qc import qc_png
 from ._run import (MESH_FORMATS, input_hashes, model_version, params_record, prior_record,
-                   side_note, statistics, vertex_data)
+                   scrub_argv, side_note, statistics, vertex_data)
 
 
 def refine_output_names(mesh_format="vtk") -> set:
@@ -25,14 +25,15 @@ def refine_output_names(mesh_format="vtk") -> set:
     return {"label.nii.gz", f"mesh.{mesh_format}", "report.json", "statistics.json", "qc.png"}
 
 
-def refine_inputs(mask_path, image, model_path) -> dict:
+def refine_inputs(mask_path, image, model_path, deidentify=False) -> dict:
     """``{manifest key: path}`` of the files a refinement reads: the mask
     (``mask/<name>``, with an Analyze partner), the image's files
-    (``image/<name>``; every file of a DICOM folder) and the model."""
-    files, _ = input_hashes(Path(mask_path))
+    (``image/<name>``; every file of a DICOM folder) and the model. With
+    ``deidentify`` the keys number the files (``mask/0000``) instead."""
+    files, _ = input_hashes(Path(mask_path), deidentify)
     files = {k.replace("input/", "mask/"): v for k, v in files.items()}
     if image is not None:
-        img_files, _ = input_hashes(Path(image))
+        img_files, _ = input_hashes(Path(image), deidentify)
         files.update({k.replace("input/", "image/"): v for k, v in img_files.items()})
     files["model"] = Path(model_path)
     return files
@@ -48,7 +49,7 @@ def refine_record(params, labels, keep) -> dict:
 def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, labels=(1,),
                 image=None, mesh_format="vtk", force=False, argv=None,
                 allow_no_orientation=False, keep=(), labels_given=True, reference=None,
-                reference_labels=(1,)):
+                reference_labels=(1,), deidentify=False, case_name=None):
     """Refine the label map ``mask_path`` with the shape model; publish ``outdir``.
 
     The refined label (value 1; labels in ``keep`` never removed and written
@@ -62,7 +63,11 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
     gets a warning naming them (a multi-organ map whose organ label was not given).
     ``reference``: a label map on the mask's grid whose ``reference_labels`` are
     the organ; the report's ``reference`` block gives Dice and surface distances
-    of the refined label and (``input``) of the mask as given.
+    of the refined label and (``input``) of the mask as given. With
+    ``deidentify`` no input's file name or path reaches the outputs: the report
+    names the mask ``case_name`` (a hash, :class:`~._cases.Deidentifier`), the
+    manifest numbers the files and withholds their paths, and ``argv`` is
+    scrubbed of them.
     """
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
@@ -70,9 +75,13 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
     inputs = [mask_path, model_path, image, reference]
     out = OutputDir(outdir, force=force, inputs=inputs)
     try:
+        if deidentify:
+            argv = scrub_argv(argv, {mask_path: "<mask>", image: "<image>",
+                                     reference: "<reference>", out.path: "<output>"})
         return _refine_case(out, mask_path, model, model_path, params, labels, image,
                             mesh_format, argv, allow_no_orientation, tuple(keep),
-                            labels_given, reference, tuple(reference_labels))
+                            labels_given, reference, tuple(reference_labels),
+                            (case_name or "(withheld)") if deidentify else None)
     except BaseException:
         out.discard()
         raise
@@ -102,7 +111,7 @@ def _label_list(values, shown=8):
 
 def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_format, argv,
                  allow_no_orientation, keep, labels_given=True, reference=None,
-                 reference_labels=(1,)):
+                 reference_labels=(1,), withheld=None):
     t0 = time.perf_counter()
     mvol = read_label_map(mask_path, allow_no_orientation)
     ref = None
@@ -122,9 +131,11 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
     label = res.label.astype(np.uint8)
     report = {
         "status": fit.status, "quality": round(fit.quality, 4), "reasons": fit.reasons,
-        "input": {"mask": display_name(mask_path), "labels": [int(v) for v in labels],
+        "input": {"mask": withheld or display_name(mask_path),
+                  "labels": [int(v) for v in labels],
                   "keep_labels": [int(v) for v in keep],
-                  "image": display_name(image) if image is not None else None,
+                  "image": None if image is None else
+                  "(withheld)" if withheld else display_name(image),
                   "shape_zyx": list(mvol.array.shape), "spacing_mm": mvol.spacing.tolist(),
                   "origin_mm": mvol.origin.tolist(), "direction": mvol.direction.ravel().tolist(),
                   "coordinates": "LPS"},
@@ -169,15 +180,19 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
         out.write_json("report.json", report)
         out.write_json("statistics.json",
                        statistics(replace(fit, label=label), model, mvol.spacing))
-        files = refine_inputs(mask_path, image, model_path)
+        files = refine_inputs(mask_path, image, model_path, withheld is not None)
         compared = {}
         if reference is not None:
             files["reference"] = Path(reference)
             compared = {"reference_labels": report["reference"]["labels"]}
+        shown = None
+        if withheld is not None:
+            shown = {k: k for k in files}
+            shown["model"] = display_name(model_path)
         out.write_json("manifest.json", manifest(
             command="refine", parameters={"argv": argv, **refine_record(params, labels, keep),
                                           **compared},
-            seed=None, inputs=files))
+            seed=None, inputs=files, input_paths=shown))
     out.commit()
     return report
 

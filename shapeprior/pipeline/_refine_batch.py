@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .._outputs import make_dirs, remove_created
 from ._batch import _model, check_root, dispatch, failed_row, folder_state, kept_row
+from ._cases import scrub
 
 
 def refine_fields(rep):
@@ -34,8 +35,9 @@ def refine_fields(rep):
 
 def refine_one(case, outdir, model_path, params, labels, keep, image, reference,
                reference_labels, mesh_format, force, argv, allow_no_orientation, redo,
-               one_thread=False):
-    """Refine one mask; never raises (returns a summary row)."""
+               one_thread=False, deidentify=False):
+    """Refine one mask; never raises (returns a summary row, whose error names
+    no input file with ``deidentify``)."""
     from ..backend import single_threaded
     from ._refine import refine_case
 
@@ -45,19 +47,23 @@ def refine_one(case, outdir, model_path, params, labels, keep, image, reference,
             rep = refine_case(case.path, outdir, model, model_path, params, labels=labels,
                               image=image, mesh_format=mesh_format, force=force or redo,
                               argv=argv, allow_no_orientation=allow_no_orientation, keep=keep,
-                              reference=reference, reference_labels=reference_labels)
+                              reference=reference, reference_labels=reference_labels,
+                              deidentify=deidentify, case_name=case.name)
         row = {"case": case.name, **refine_fields(rep)}
         if redo:
             row["note"] = f"redone: {redo}"
         return row
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
-        return failed_row(case, exc, False)
+        row = failed_row(case, exc, deidentify, reference)
+        if deidentify and image is not None:
+            row["error"] = scrub(row["error"], image, "(withheld image)")
+        return row
 
 
 def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), images=None,
                      references=None, reference_labels=(1,), mesh_format="vtk", force=False,
                      workers=0, scheduler=None, progress=True, argv=None,
-                     allow_no_orientation=False, inputs=()):
+                     allow_no_orientation=False, inputs=(), deidentify=False):
     """Refine the masks ``cases`` (``[Case]``, :func:`~._cases.discover_masks`)
     into ``root``; returns summary rows, one per case, in the cases' order.
 
@@ -69,6 +75,8 @@ def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), i
     ``skipped``, ``result`` the status it had); ``force`` redoes it. ``workers``
     and ``scheduler`` as in :func:`~._batch.run_batch`; ``inputs``: paths
     ``root`` may not overlap (the masks' folder, the images', the references').
+    ``deidentify``: the cases' names are hashes (:meth:`~._cases.Deidentifier.apply`)
+    and no input's file name reaches an output or a row.
     """
     from ._refine import refine_inputs, refine_output_names, refine_record
 
@@ -90,9 +98,9 @@ def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), i
                              "error": "no image named like it in the --image folder"})
                 continue
             folder = root / c.name
-            state, why = folder_state(folder, refine_inputs(c.path, img, model_path), record,
-                                      refine_output_names(mesh_format), ref, reference_labels,
-                                      done="refined", what="refinement")
+            files = refine_inputs(c.path, img, model_path, deidentify)
+            state, why = folder_state(folder, files, record, refine_output_names(mesh_format),
+                                      ref, reference_labels, done="refined", what="refinement")
             if state == "foreign":
                 rows.append({"case": c.name, "status": "failed", "error": why})
             elif state == "complete" and not force:
@@ -104,7 +112,8 @@ def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), i
         raise
     parallel = bool(workers) or scheduler is not None
     args = [(c, root / c.name, model_path, params, labels, keep, img, ref, reference_labels,
-             mesh_format, force, argv, allow_no_orientation, redo or None, parallel)
+             mesh_format, force, argv, allow_no_orientation, redo or None, parallel,
+             deidentify)
             for c, img, ref, redo in todo]
     rows += dispatch(refine_one, args, workers, scheduler, progress)
     order = {c.name: i for i, c in enumerate(cases)}
