@@ -1,6 +1,28 @@
+import logging
+import sys
 
+import nibabel  # noqa: F401  - its stderr handler is made to follow sys.stderr below
 import numpy as np
 import pytest
+
+
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is now (a test's capsys stream, the session's)."""
+
+    def write(self, text):
+        return sys.stderr.write(text)
+
+    def flush(self):
+        sys.stderr.flush()
+
+
+# nibabel's handler writes to the sys.stderr of its import: a capsys stream when a
+# test imported it first, closed after that test, so later messages failed ("Logging
+# error") and which test saw them depended on the order the tests ran. Following the
+# current sys.stderr, a stray nibabel line reaches capsys as it reaches a user.
+for _h in logging.getLogger("nibabel.global").handlers:
+    if isinstance(_h, logging.StreamHandler):
+        _h.setStream(_CurrentStderr())
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ built-in phantoms, its result, and what it refuses to overwrite."""
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,15 @@ def demo_run(tmp_path_factory):
     import io
 
     out = tmp_path_factory.mktemp("demo") / "out"
+    scratch = tmp_path_factory.mktemp("scratch")      # the demo's temporary folder
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main(["demo", "--output", str(out), "--cases", "4"]) == 0
-    return out, buf.getvalue()
+    old, tempfile.tempdir = tempfile.tempdir, str(scratch)
+    try:
+        with contextlib.redirect_stdout(buf):
+            assert main(["demo", "--output", str(out), "--cases", "4"]) == 0
+    finally:
+        tempfile.tempdir = old
+    return out, buf.getvalue(), sorted(f.name for f in scratch.iterdir())
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +53,13 @@ def test_demo_segments_the_leaking_phantom_and_says_so(demo_out):
 
 
 def test_demo_names_only_files_that_exist_after_it(demo_run):
-    """Its scratch folder is removed at the end: the lines it prints name the
-    published files."""
+    """Its scratch folder is removed at the end (nothing is left in the temporary
+    folder): the lines it prints name the published files; the held-out phantom
+    is not among the training shapes."""
     import re
 
-    out, text = demo_run
+    out, text, left = demo_run
+    assert left == []
     paths = re.findall(r"(?:see |wrote )(\S+?)\)?$", text, flags=re.M)
     assert len(paths) >= 3, text
     for p in paths:

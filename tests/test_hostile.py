@@ -288,6 +288,45 @@ def test_no_orientation_is_read_when_allowed(tmp_path):
     assert np.allclose(vol.spacing, [1.0, 1.0, 1.5])     # nibabel's fallback: pixdim
 
 
+def test_a_header_nibabel_repairs_prints_nothing(case, tmp_path, capsys):
+    """pixdim 0 under a valid sform: the sform places the voxels (as ITK does), and
+    nibabel's repair message ("pixdim[1,2,3] should be non-zero") stays off
+    stderr, reading alone and through segment, whose stderr holds its own lines
+    only."""
+    _, model = case
+    rng = np.random.default_rng(0)
+    p = _nifti(tmp_path / "pix0.nii", rng.normal(100, 10, (24, 24, 20)))
+    _patch(p, 80, "<f", 0.0)                                  # pixdim[1], sform_code 1
+    capsys.readouterr()
+    vol = read_volume(p)
+    assert np.allclose(vol.spacing, [1.0, 1.0, 1.5])
+    assert capsys.readouterr().err == ""
+    assert main(["segment", str(p), "-o", str(tmp_path / "o"), "--model", str(model)]) in (0, 3)
+    err = capsys.readouterr().err
+    assert "pixdim" not in err and "should be non-zero" not in err, err
+
+
+def test_a_truncated_metaimage_is_one_line_on_the_process_stderr(case, tmp_path, capfd):
+    """MetaIO printed two lines of its own on file descriptor 2 (which capsys never
+    sees) before SimpleITK's "No such file or directory": now the process's stderr
+    holds the one error line, and it says what is wrong."""
+    import SimpleITK as sitk
+
+    _, model = case
+    img = sitk.GetImageFromArray(np.random.default_rng(0).random((10, 10, 10)).astype("f4"))
+    sitk.WriteImage(img, str(tmp_path / "ok.mha"))
+    data = (tmp_path / "ok.mha").read_bytes()
+    (tmp_path / "trunc.mha").write_bytes(data[:-100])
+    before = (tmp_path / "trunc.mha").read_bytes()
+    capfd.readouterr()
+    assert main(["segment", str(tmp_path / "trunc.mha"), "-o", str(tmp_path / "o"), "--model",
+                 str(model)]) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "data not read completely" in err and "No such file" not in err, err
+    assert (tmp_path / "trunc.mha").read_bytes() == before and not (tmp_path / "o").exists()
+
+
 # -- model files ---------------------------------------------------------------------------
 
 def _model_variants(model, d):

@@ -655,3 +655,32 @@ def test_a_damaged_model_file_is_refused_with_its_reason(phantom_model, tmp_path
     np.savez(tmp_path / "bad.npz", **z)
     with pytest.raises(ModelFormatError, match=message):
         load_model(tmp_path / "bad.npz")
+
+
+def test_cli_build_model_passes_each_option_to_the_build(tmp_path, capsys):
+    """What build-model is asked for is what is built and recorded: --limit
+    takes the first N label maps (and the manifest hashes exactly those),
+    --no-mirror keeps right organs unmirrored, --random-state seeds the build,
+    and without --dictionary-kind / --normalisation the defaults the help names
+    (shapes, percentile); --vertices 0 is refused naming the option."""
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    for i in range(4):
+        ellipsoid_label_map(folder / f"c{i}.nii.gz", (12 + i, 9, 7), (30.0, 0.0, 0.0),
+                            spacing=np.array([1.5, 1.5, 1.5]), size=np.array([24, 20, 16]))
+    out = tmp_path / "m.npz"
+    assert main(["build-model", str(folder), "-o", str(out), "--vertices", "162", "--quiet",
+                 "--limit", "3", "--random-state", "7", "--atoms", "2", "--split-sides",
+                 "--no-mirror"]) == 0, capsys.readouterr().err
+    m = load_model(out)
+    p = m.metadata["parameters"]
+    assert m.n_shapes == 3 and p["seed"] == 7 and p["mirror_right"] is False
+    assert m.metadata["side"] == "both"
+    assert p["dictionary_kind"] == "shapes" and p["normalisation"] == "percentile"
+    man = json.loads((tmp_path / "m.npz.report" / "manifest.json").read_text())
+    assert sorted(man["inputs"]) == ["c0", "c1", "c2"]
+    assert all(len(v["sha256"]) == 64 for v in man["inputs"].values())
+    capsys.readouterr()
+    assert main(["build-model", str(folder), "-o", str(tmp_path / "z.npz"), "--vertices",
+                 "0", "--quiet"]) == 1
+    assert "--vertices=0 must be > 0" in capsys.readouterr().err

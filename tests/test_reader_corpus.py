@@ -585,7 +585,7 @@ def test_itk_errors_keep_the_reason(tmp_path):
     (tmp_path / "x.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\n"
                                     "ElementType = MET_FLOAT\nElementDataFile = missing.raw\n")
     (tmp_path / "y.mha").write_text("garbage")
-    for name, why in (("x.mhd", "No such file"), ("y.mha", "Unable to determine ImageIO")):
+    for name, why in (("x.mhd", "Cannot open data file"), ("y.mha", "Unable to determine ImageIO")):
         with pytest.raises(ImageReadError) as e:
             read_volume(tmp_path / name)
         msg = _refused_cleanly(e.value)

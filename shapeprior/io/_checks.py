@@ -7,6 +7,7 @@ into a silently wrong geometry or an allocation the machine cannot hold.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -105,11 +106,47 @@ def native(array) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
 
 
-def itk_reason(exc) -> str:
+@contextlib.contextmanager
+def native_stderr():
+    """Keep what native code (ITK's MetaIO, GDCM) prints on the process's stderr
+    (file descriptor 2) off the terminal while the block runs; yields a list that
+    holds those lines, stripped and non-empty, once the block ends.
+
+    A truncated MetaImage made MetaIO print two lines of its own before
+    SimpleITK's misleading "No such file or directory": a command's stderr is
+    its own one line, whose reason these lines give (:func:`itk_reason`)."""
+    import sys
+    import tempfile
+
+    lines = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield lines                     # no descriptor 2 to borrow: nothing to keep off
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", "replace")
+            lines.extend(ln.strip() for ln in text.splitlines() if ln.strip())
+
+
+def itk_reason(exc, native=()) -> str:
     """The reason in a SimpleITK exception, on one line.
 
     SimpleITK messages start with a source location (``...sitkImageReaderBase.cxx:99:``)
-    and put the reason on later lines, often after ``ERROR:``."""
+    and put the reason on later lines, often after ``ERROR:``. ``native``: the
+    lines the library printed itself (:func:`native_stderr`), which name the
+    actual problem where the exception does not (a truncated MetaImage's data);
+    they come first."""
+    if native:
+        return re.sub(r"\s+", " ", "; ".join(native))[:300]
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     keep = []
     for ln in lines:

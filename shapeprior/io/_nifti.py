@@ -330,14 +330,45 @@ def _load(p: Path, h: RawHeader, stream):
     return klass.from_file_map({"header": holder, "image": holder})
 
 
+class _Drop:
+    """A logging filter that drops every record."""
+
+    @staticmethod
+    def filter(record):
+        return False
+
+
+@contextlib.contextmanager
+def _nibabel_quiet():
+    """nibabel's header messages kept off stderr while a file is opened.
+
+    nibabel logs what it repairs in a header ("pixdim[1,2,3] should be
+    non-zero; setting 0 dims to 1") on its own stderr handler; a command's
+    output is its own lines only, and the header checks here refuse, in one
+    line, what cannot be placed (the sform or the qform we use says where the
+    voxels are, whatever nibabel repaired). The filter sits on nibabel's
+    logger for the open only, so an application's own nibabel use is not
+    silenced."""
+    import logging
+
+    log = logging.getLogger("nibabel.global")
+    drop = _Drop()
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
+
+
 def _open_placed(p: Path, name: str, allow_no_orientation: bool, stream=None):
     """Header checks and placement without reading the voxels:
     ``(nibabel image, RawHeader, spacing, origin, direction)`` in LPS.
     ``stream``: see :func:`_load` (it must stay open while the voxels are read)."""
     h = _checked_header(p, name, allow_no_orientation)
     try:
-        img = _load(p, h, stream)
-        aff = _affine(img, h, name, allow_no_orientation)
+        with _nibabel_quiet():
+            img = _load(p, h, stream)
+            aff = _affine(img, h, name, allow_no_orientation)
     except ImageReadError:
         raise
     except Exception as exc:  # noqa: BLE001 - nibabel errors on a corrupt header

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import (ImageReadError, check_geometry, check_size, check_values, display_name,
-                      itk_reason)
+                      itk_reason, native_stderr)
 
 
 @dataclass
@@ -120,9 +120,11 @@ def _itk_header(sp, name):
     r = sitk.ImageFileReader()
     r.SetFileName(sp)
     try:
-        r.ReadImageInformation()
+        with native_stderr() as said:
+            r.ReadImageInformation()
     except RuntimeError as exc:
-        raise ImageReadError(f"cannot read {name} as an image: {itk_reason(exc)}") from None
+        raise ImageReadError(f"cannot read {name} as an image: {itk_reason(exc, said)}") \
+            from None
     if r.GetDimension() != 3:
         raise ImageReadError(f"{name}: expected a 3-D image, got {r.GetDimension()}-D")
     return r
@@ -146,9 +148,11 @@ def _read_itk(p: Path, name: str) -> Volume:
         check_size(name, r.GetSize(), _ITK_ITEMSIZE[ptype])
         check_geometry(name, r.GetSpacing(), r.GetDirection(), r.GetOrigin())
         try:
-            img = r.Execute()
+            with native_stderr() as said:
+                img = r.Execute()
         except RuntimeError as exc:
-            raise ImageReadError(f"cannot read {name} as an image: {itk_reason(exc)}") from None
+            raise ImageReadError(f"cannot read {name} as an image: {itk_reason(exc, said)}") \
+                from None
     vol = _from_sitk(img)
     check_values(name, vol.array)
     return vol
