@@ -177,3 +177,23 @@ def leak_at_tip(clean, r_vox=4, gap=3):
     tip[2] = min(tip[2] + gap, clean.shape[2] - 5)
     g = np.ogrid[tuple(slice(0, n) for n in clean.shape)]
     return clean | (sum((g[k] - tip[k]) ** 2 for k in range(3)) <= r_vox ** 2)
+
+
+def written_text(root, inputs=(), printed=""):
+    """``printed`` followed by everything a run left under ``root`` outside the
+    ``inputs`` folders (and ``root``'s own entries, named by the user): folder and
+    file names and the files' bytes (as latin-1), for a search for names that
+    must not be there."""
+    import os
+    from pathlib import Path
+
+    text = printed
+    skip = [Path(i) for i in inputs]
+    for dirpath, dirs, files in os.walk(root):
+        d = Path(dirpath)
+        if d == Path(root) or any(d.is_relative_to(i) for i in skip):
+            continue
+        text += " ".join(dirs + files)
+        for f in files:
+            text += (d / f).read_bytes().decode("latin-1")
+    return text

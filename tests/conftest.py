@@ -1,7 +1,7 @@
 import logging
 import sys
 
-import nibabel  # noqa: F401  - its stderr handler is made to follow sys.stderr below
+import nibabel.imageglobals
 import numpy as np
 import pytest
 
@@ -20,7 +20,7 @@ class _CurrentStderr:
 # test imported it first, closed after that test, so later messages failed ("Logging
 # error") and which test saw them depended on the order the tests ran. Following the
 # current sys.stderr, a stray nibabel line reaches capsys as it reaches a user.
-for _h in logging.getLogger("nibabel.global").handlers:
+for _h in nibabel.imageglobals.logger.handlers:
     if isinstance(_h, logging.StreamHandler):
         _h.setStream(_CurrentStderr())
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _phantoms import write_dicom_series
+from _phantoms import write_dicom_series, written_text
 from _safety import _subprocess, leftovers, tree_state
 from shapeprior._outputs import OutputExistsError
 from shapeprior.cli import main
@@ -590,13 +590,8 @@ def test_deidentify_keeps_names_out_of_every_output(case, tmp_path, monkeypatch,
                "--model", str(model), "--deidentify"])
     printed3 = capsys.readouterr()
     assert rc == 1
-    text = printed.out + printed.err + printed2.out + printed2.err + printed3.out + printed3.err
-    for dirpath, dirs, files in os.walk(tmp_path):
-        if Path(dirpath).is_relative_to(batch) or Path(dirpath) == tmp_path:
-            continue                                          # the inputs, named by the user
-        text += " ".join(dirs + files)
-        for f in files:
-            text += Path(dirpath, f).read_bytes().decode("latin-1")
+    printed = "".join(p.out + p.err for p in (printed, printed2, printed3))
+    text = written_text(tmp_path, [batch], printed)         # the inputs, named by the user
     for name in ("DOE", "JOHN", "SMITH", "JANE", "ROE", "RICHARD"):
         assert name not in text, name
     rows = json.loads((out / "summary.json").read_text())["cases"]

@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from _phantoms import leak_at_tip
+from _phantoms import leak_at_tip, written_text
 
 from shapeprior.cli import main
 from shapeprior.io import read_label_map, write_label
@@ -284,9 +284,6 @@ def test_deidentify_keeps_mask_names_out_of_every_output(masks, tmp_path, monkey
     name in any output file, folder name, summary, message or manifest (the
     errors of an unreadable mask and of an unreadable image included); the same
     mask hashes the same way in both."""
-    import os
-    from pathlib import Path
-
     m, images, labels, model = masks
     monkeypatch.setenv("SHAPEPRIOR_DEID_SALT", "test-salt")
     src = tmp_path / "DOE^JOHN_masks"
@@ -313,13 +310,8 @@ def test_deidentify_keeps_mask_names_out_of_every_output(masks, tmp_path, monkey
     assert _refine(src / "SMITH^JANE.nii.gz", "-o", tmp_path / "s2", "--model", model,
                    "--deidentify") == 1
     printed3 = capsys.readouterr()
-    text = "".join(p.out + p.err for p in (printed, printed2, printed3))
-    for dirpath, dirs, files in os.walk(tmp_path):
-        if Path(dirpath) in (src, imgs, refs, tmp_path, m):
-            continue                                          # the inputs, named by the user
-        text += " ".join(dirs + files)
-        for f in files:
-            text += Path(dirpath, f).read_bytes().decode("latin-1")
+    printed = "".join(p.out + p.err for p in (printed, printed2, printed3))
+    text = written_text(tmp_path, [src, imgs, refs, m], printed)   # inputs: named by the user
     for name in ("DOE", "JOHN", "SMITH", "JANE", "ROE", "RICHARD"):
         assert name not in text, name
     _, rows = _rows(out)

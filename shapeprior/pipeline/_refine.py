@@ -17,7 +17,7 @@ from ..mesh import Surface
 from ..segmentation import SegmentParams, dice, refine_mask, surface_distances
 from ._qc import qc_png
 from ._run import (MESH_FORMATS, input_hashes, model_version, params_record, prior_record,
-                   scrub_argv, side_note, statistics, vertex_data)
+                   reference_mask, scrub_argv, side_note, statistics, vertex_data)
 
 
 def refine_output_names(mesh_format="vtk") -> set:
@@ -114,15 +114,7 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
                  reference_labels=(1,), withheld=None):
     t0 = time.perf_counter()
     mvol = read_label_map(mask_path, allow_no_orientation)
-    ref = None
-    if reference is not None:
-        rvol = read_label_map(reference, allow_no_orientation)
-        what = mvol.grid_difference(rvol)
-        if what:
-            raise ValueError(f"the reference label map is not on the mask's grid ({what}; "
-                             "reference vs mask): resample it onto the mask")
-        ref = np.isin(rvol.array, reference_labels)
-        del rvol
+    ref = reference_mask(reference, reference_labels, mvol, "mask", allow_no_orientation)
     img = None
     if image is not None:
         img, _ = read_image(image, None, allow_no_orientation)

@@ -115,14 +115,7 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
     clock = clock or StageClock()     # times only (no sampling thread) for the report
     with clock("read"):
         vol, info = read_image(input_path, series, allow_no_orientation)
-        ref = None
-        if reference is not None:
-            rvol = read_label_map(reference, allow_no_orientation)
-            what = vol.grid_difference(rvol)
-            if what:
-                raise ValueError(f"the reference label map is not on the image's grid "
-                                 f"({what}; reference vs image): resample it onto the image")
-            ref = np.isin(rvol.array, reference_labels)
+        ref = reference_mask(reference, reference_labels, vol, "image", allow_no_orientation)
     init = None
     if init_mask is not None:
         with clock("place"):
@@ -150,6 +143,21 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
         out.commit()
     report["total_time_s"] = time.perf_counter() - t0
     return report
+
+
+def reference_mask(reference, labels, grid, what, allow_no_orientation=False):
+    """The organ (``labels``) of the reference label map ``reference`` as a bool
+    array on ``grid`` (a :class:`~shapeprior.io.Volume`; ``what`` names it:
+    'image', 'mask'), or None without a reference. A reference on another grid
+    is refused naming the first difference."""
+    if reference is None:
+        return None
+    rvol = read_label_map(reference, allow_no_orientation)
+    diff = grid.grid_difference(rvol)
+    if diff:
+        raise ValueError(f"the reference label map is not on the {what}'s grid ({diff}; "
+                         f"reference vs {what}): resample it onto the {what}")
+    return np.isin(rvol.array, labels)
 
 
 def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, input_path,
