@@ -212,10 +212,11 @@ def discover_masks(folder, organ=None, deidentify=False):
     """``[Case]``: the label maps in ``folder`` (its visible files with an image
     suffix; subfolders are not searched), one case each, for a refinement batch.
 
-    Raises ValueError when it holds none, and, given the model's ``organ``,
-    when only some of its files are named like the organ: one scan's masks, a
-    file per organ, as TotalSegmentator writes them, not a folder of cases
-    (with ``deidentify`` that message names no file)."""
+    Raises ValueError when it holds none, and when it looks like one scan's
+    masks, a file per organ, as TotalSegmentator writes them, rather than a
+    folder of cases: only some of its files named like the model's ``organ``
+    (with ``deidentify`` that message names no file), or three or more files on
+    one grid whose organs do not overlap (:func:`_one_scans_organs`)."""
     p = Path(folder)
     if not p.is_dir():
         raise input_path_error(p)
