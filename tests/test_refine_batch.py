@@ -236,8 +236,8 @@ def test_images_are_found_by_the_masks_names(tmp_path):
         match_images(cases, m)
     with pytest.raises(ValueError, match="is not a folder"):
         match_images(cases, i / "a.mha")
-    with pytest.raises(ValueError, match="holds no image named like a mask .*for d.nii.gz "
-                                         "for d.nii.gz, d_0000.nii.gz"):
+    with pytest.raises(ValueError, match="holds no image named like a mask .for d.nii.gz it "
+                                         "looked for d.nii.gz, d_0000.nii.gz"):
         match_images(cases[3:], i)
 
 
@@ -326,3 +326,51 @@ def test_deidentify_keeps_mask_names_out_of_every_output(masks, tmp_path, monkey
     _, rows = _rows(out)
     assert sorted(r["status"] for r in rows.values()) == ["failed", "failed", "skipped"]
     capsys.readouterr()
+
+
+def test_case_folders_with_one_mask_name(masks, tmp_path, monkeypatch, capsys):
+    """--mask-name: a folder of case folders as TotalSegmentator writes them
+    (caseA/segmentations/<organ>.nii.gz, or the file in the case folder itself):
+    each case named by its folder, its scan and reference found by that name,
+    a folder without the mask a failed row; the case folders are never taken for
+    scans; with --deidentify the folder names (a patient's) appear nowhere."""
+    m, images, labels, model = masks
+    root, imgs, refs = tmp_path / "ts", tmp_path / "imgs", tmp_path / "refs"
+    for d in (imgs, refs):
+        d.mkdir()
+    for i, c in enumerate(CASES):
+        case = root / f"DOE^{i}"
+        (case / "segmentations").mkdir(parents=True)
+        target = case / "segmentations" if i else case           # both layouts
+        shutil.copy(m / f"{c}.nii.gz", target / "organ.nii.gz")
+        shutil.copy(m / "phantom_004.nii.gz", target / "liver.nii.gz")   # another organ
+        shutil.copy(images / f"{c}.nii.gz", imgs / f"DOE^{i}_0000.nii.gz")
+        shutil.copy(labels / f"{c}.nii.gz", refs / f"DOE^{i}.nii.gz")
+    (root / "DOE^empty").mkdir()
+    out = tmp_path / "out"
+    assert _refine(root, "-o", out, "--model", model, "--mask-name", "organ.nii.gz",
+                   "--image", imgs, "--reference", refs) == 1       # DOE^empty
+    _, rows = _rows(out)
+    assert list(rows) == ["DOE_0", "DOE_1", "DOE_2", "DOE_empty"]
+    assert rows["DOE_empty"]["error"] == "no organ.nii.gz in this folder or its segmentations/"
+    leak = rows["DOE_1"]                                  # phantom_005, with the leak
+    assert leak["input_dice"] < 0.98 and leak["dice"] > leak["input_dice"] + 0.01
+    rep = json.loads((out / "DOE_2" / "report.json").read_text())
+    assert rep["input"]["image"] == "DOE^2_0000.nii.gz"
+    assert _refine(root, "-o", tmp_path / "o2", "--model", model, "--mask-name",
+                   "organ.nii.gz", "--image", root) == 1
+    assert "holds no image named like a mask" in capsys.readouterr().err
+    for bad in ("segmentations/organ.nii.gz", "organ.txt"):
+        assert _refine(root, "-o", tmp_path / "o3", "--model", model, "--mask-name", bad) == 1
+        assert "is not a label map's file name" in capsys.readouterr().err
+    monkeypatch.setenv("SHAPEPRIOR_DEID_SALT", "test-salt")
+    hidden = tmp_path / "hidden"
+    assert _refine(root, "-o", hidden, "--model", model, "--mask-name", "organ.nii.gz",
+                   "--image", imgs, "--reference", refs, "--deidentify") == 1
+    printed = capsys.readouterr()
+    text = written_text(hidden, (), printed.out + printed.err) + " ".join(
+        f.name for f in hidden.iterdir())
+    assert "DOE" not in text
+    _, rows = _rows(hidden)
+    assert len(rows) == 4 and all(c.startswith("case-") for c in rows)
+    assert sorted(r["status"] for r in rows.values()) == ["failed", "ok", "ok", "ok"]

@@ -45,6 +45,11 @@ def main(argv):
                          "copied (the displaced side of the organ moved back). With a folder "
                          "of masks: a folder of scans named like the masks (x.nii.gz takes "
                          "x.nii.gz, nnU-Net's x_0000.nii.gz or a DICOM folder x/)")
+    ap.add_argument("--mask-name", default=None, metavar="NAME",
+                    help="MASK is a folder of case folders, each holding its mask as NAME "
+                         "(in it or in its segmentations/, as TotalSegmentator writes a case: "
+                         "--mask-name kidney_left.nii.gz); cases, scans and references take "
+                         "the case folders' names")
     ap.add_argument("--reference", default=None,
                     help="reference label map on the mask's grid: the report gets Dice and "
                          "surface distances of the refined label and of the mask as given; "
@@ -102,7 +107,9 @@ def main(argv):
     if Path(a.mask).is_dir():
         return _refine_folder(a, argv, model, params, labels, keep, ref_labels, deid)
     refuse_unused((a.workers or a.scheduler is not None,
-                   "--workers and --scheduler refine a folder of masks; MASK is one file"))
+                   "--workers and --scheduler refine a folder of masks; MASK is one file"),
+                  (a.mask_name is not None, "--mask-name names the mask in each case folder "
+                                            "of a folder; MASK is one file"))
     if a.reference is not None and Path(a.reference).is_dir():
         raise ValueError("--reference is a folder; with one mask it names one label map")
     try:
@@ -144,7 +151,8 @@ def _refine_folder(a, argv, model, params, labels, keep, ref_labels, deid=None):
     from ..pipeline import (discover_masks, match_images, match_references, run_refine_batch,
                             write_summary)
 
-    cases = discover_masks(a.mask, model.metadata.get("organ", ""), deid is not None)
+    cases = discover_masks(a.mask, model.metadata.get("organ", ""), deid is not None,
+                           a.mask_name)
     if deid is not None:
         cases = deid.apply(cases)
     images = match_images(cases, a.image, deid is not None) if a.image else None

@@ -181,6 +181,8 @@ def failed_row(case, exc, deidentify, reference=None):
         if reference is not None:
             msg = scrub(msg, reference, "(withheld reference)")
         msg = scrub(msg, case.path, case.name)
+        if getattr(case, "folder", None) is not None:
+            msg = scrub(msg, case.folder, case.name)
     return {"case": case.name, "status": "failed", "error": msg}
 
 

@@ -41,12 +41,18 @@ class Case:
     error : str or None
         Why the case cannot run (e.g. a subfolder with no DICOM series): it
         is still listed, as a failed row.
+    folder : Path or None
+        The case's own folder, when the case is a file inside it named like
+        every other case's (``caseA/segmentations/kidney_left.nii.gz``): its
+        name is the case's key (:func:`case_key`), hashed and withheld as the
+        file's is.
     """
 
     name: str
     path: Path
     source: str
     error: str | None = None
+    folder: Path | None = None
 
 
 def _stem(name: str) -> str:
@@ -157,7 +163,10 @@ _CHANNEL = re.compile(r"_\d{4}$")
 
 def case_key(path) -> str:
     """The name a case's reference label map carries: an image file's name
-    without its suffix, a DICOM folder's name."""
+    without its suffix, a DICOM folder's name; of a :class:`Case` with its own
+    ``folder``, that folder's name."""
+    if isinstance(path, Case):
+        return path.folder.name if path.folder is not None else case_key(path.path)
     p = Path(path)
     return p.name if p.is_dir() else _stem(p.name)
 
@@ -181,7 +190,7 @@ def match_references(cases, folder, deidentify=False):
     by_stem = _files_by_stem(f)
     out = []
     for c in cases:
-        key = case_key(c.path)
+        key = case_key(c)
         found = by_stem.get(key) or by_stem.get(_CHANNEL.sub("", key)) or []
         if len(found) > 1:
             shown = ("the suffixes " + ", ".join(volume_suffix(x.name) for x in found) if deidentify
@@ -190,7 +199,7 @@ def match_references(cases, folder, deidentify=False):
                              f"{c.source}: {shown}")
         out.append(found[0] if found else None)
     if cases and not any(out):
-        key = case_key(cases[0].path)
+        key = case_key(cases[0])
         names = " or ".join(f"{k}.nii.gz" for k in dict.fromkeys((key, _CHANNEL.sub("", key))))
         example = "" if deidentify else \
             f" (for {cases[0].source} it looked for {names}, or another image suffix)"
@@ -208,7 +217,7 @@ def _files_by_stem(folder):
     return by_stem
 
 
-def discover_masks(folder, organ=None, deidentify=False):
+def discover_masks(folder, organ=None, deidentify=False, mask_name=None):
     """``[Case]``: the label maps in ``folder`` (its visible files with an image
     suffix; subfolders are not searched), one case each, for a refinement batch.
 
@@ -216,10 +225,18 @@ def discover_masks(folder, organ=None, deidentify=False):
     masks, a file per organ, as TotalSegmentator writes them, rather than a
     folder of cases: only some of its files named like the model's ``organ``
     (with ``deidentify`` that message names no file), or three or more files on
-    one grid whose organs do not overlap (:func:`_one_scans_organs`)."""
+    one grid whose organs do not overlap (:func:`_one_scans_organs`).
+
+    ``mask_name``: ``folder`` holds one folder per case, and each case's mask
+    is the file of that name in it or in its ``segmentations/`` (as
+    TotalSegmentator writes a case: ``caseA/segmentations/kidney_left.nii.gz``);
+    the case takes its folder's name. A case folder without it is a case with
+    an ``error``; none with it raises ValueError."""
     p = Path(folder)
     if not p.is_dir():
         raise input_path_error(p)
+    if mask_name is not None:
+        return _masks_in_case_folders(p, mask_name)
     files = [e for e in sorted(p.iterdir(), key=lambda e: os.fsencode(e.name))
              if e.is_file() and volume_suffix(e.name) and not e.name.startswith(".")]
     if not files:
@@ -243,6 +260,26 @@ def discover_masks(folder, organ=None, deidentify=False):
             "case's mask")
     names = unique_names([f.name for f in files])
     return [Case(n, f, display_name(f)) for f, n in zip(files, names)]
+
+
+def _masks_in_case_folders(p, mask_name):
+    """:func:`discover_masks` of a folder of case folders, each holding ``mask_name``."""
+    if not mask_name or Path(mask_name).name != mask_name or not volume_suffix(mask_name):
+        raise ValueError(f"--mask-name {mask_name!r} is not a label map's file name "
+                         f"(a name ending {', '.join(VOLUME_SUFFIXES)}, without a folder)")
+    dirs = sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                  key=lambda d: os.fsencode(d.name))
+    names = unique_names([d.name for d in dirs])
+    cases = []
+    for d, n in zip(dirs, names):
+        f = next((c for c in (d / mask_name, d / "segmentations" / mask_name) if c.is_file()),
+                 None)
+        err = None if f is not None else f"no {mask_name} in this folder or its segmentations/"
+        cases.append(Case(n, f if f is not None else d / mask_name, display_name(d), err, d))
+    if not any(c.error is None for c in cases):
+        raise ValueError(f"{display_name(p)}: no case folder in it holds {mask_name} (in it or "
+                         "in its segmentations/)")
+    return cases
 
 
 def _one_scans_organs(files, n=3):
@@ -296,16 +333,18 @@ def match_images(cases, folder, deidentify=False):
     if not f.is_dir():
         raise ValueError(f"--image {display_name(f)} is not a folder; with a folder of masks "
                          "it names a folder of images, one per mask, named like the masks")
-    if cases and any(f.resolve() == c.path.resolve().parent for c in cases):
+    if cases and any(f.resolve() in (c.path.resolve().parent, (c.folder or c.path).resolve())
+                     for c in cases):
         raise ValueError("--image names the masks' own folder; it names the folder of the "
                          "scans")
     by_stem = _files_by_stem(f)
     out = []
     for c in cases:
-        key = case_key(c.path)
+        key = case_key(c)
         found = by_stem.get(key, []) + by_stem.get(f"{key}_0000", [])
-        if (f / key).is_dir() and not key.startswith("."):
-            found.append(f / key)
+        if (f / key).is_dir() and not key.startswith(".") and \
+                (c.folder is None or (f / key).resolve() != c.folder.resolve()):
+            found.append(f / key)                  # a DICOM folder (not the case's own)
         if len(found) > 1:
             shown = ("a folder or the suffixes " + ", ".join(volume_suffix(x.name) for x in found)
                      if deidentify else ", ".join(display_name(x) for x in found))
@@ -313,10 +352,10 @@ def match_images(cases, folder, deidentify=False):
                              + shown)
         out.append(found[0] if found else None)
     if cases and not any(out):
-        key = "x" if deidentify else case_key(cases[0].path)
-        where = "" if deidentify else f" for {cases[0].source}"
-        raise ValueError(f"--image {display_name(f)} holds no image named like a mask (it "
-                         f"looked{where} for {key}.nii.gz, {key}_0000.nii.gz (or another image "
+        key = "x" if deidentify else case_key(cases[0])
+        where = "" if deidentify else f"for {cases[0].source} "
+        raise ValueError(f"--image {display_name(f)} holds no image named like a mask ({where}"
+                         f"it looked for {key}.nii.gz, {key}_0000.nii.gz (or another image "
                          f"suffix) and a DICOM folder {key}/)")
     return out
 
@@ -347,8 +386,10 @@ class Deidentifier:
         """Cases with hashed names; sources withheld."""
         out = []
         for c in cases:
-            out.append(Case(self.name(c.path), c.path, "(withheld)",
-                            None if c.error is None else scrub(c.error, c.path, "(withheld)")))
+            err = c.error if c.error is None else scrub(c.error, c.path, "(withheld)")
+            if err is not None and c.folder is not None:
+                err = scrub(err, c.folder, "(withheld)")
+            out.append(Case(self.name(c.folder or c.path), c.path, "(withheld)", err, c.folder))
         return out
 
 

@@ -93,6 +93,9 @@ def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), i
     record = refine_record(params, labels, keep)
     try:
         for c, img, ref in zip(cases, imgs, refs):
+            if c.error is not None:
+                rows.append(failed_row(c, c.error, deidentify))
+                continue
             if images is not None and img is None:
                 rows.append({"case": c.name, "status": "failed",
                              "error": "no image named like it in the --image folder"})
