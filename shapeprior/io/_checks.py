@@ -137,6 +137,18 @@ def native_stderr():
             lines.extend(ln.strip() for ln in text.splitlines() if ln.strip())
 
 
+def itk_call(call, what):
+    """``call()`` (a SimpleITK read) with what native code prints held off stderr
+    (:func:`native_stderr`); its RuntimeError becomes one ImageReadError line,
+    "cannot read ``what``: <reason>", the reason from those lines or the
+    exception (:func:`itk_reason`)."""
+    try:
+        with native_stderr() as said:
+            return call()
+    except RuntimeError as exc:
+        raise ImageReadError(f"cannot read {what}: {itk_reason(exc, said)}") from None
+
+
 def itk_reason(exc, native=()) -> str:
     """The reason in a SimpleITK exception, on one line.
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import (ImageReadError, check_geometry, check_size, check_values, display_name,
-                      itk_reason, native, native_stderr)
+                      itk_call, native)
 from ._paths import itk_path
 from ._volume import Volume
 
@@ -355,11 +355,7 @@ def _pixels_itk(files, what, shape):
         names = [stack.enter_context(itk_path(f)) for f in files]
         r = sitk.ImageSeriesReader()
         r.SetFileNames(names)
-        try:
-            with native_stderr() as said:
-                img = r.Execute()
-        except RuntimeError as exc:
-            raise ImageReadError(f"cannot read {what}: {itk_reason(exc, said)}") from None
+        img = itk_call(r.Execute, what)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise ImageReadError(f"{what} holds colour data; a grey-value CT or MR series is needed")
     arr = sitk.GetArrayFromImage(img)

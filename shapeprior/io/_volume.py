@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import (ImageReadError, check_geometry, check_size, check_values, display_name,
-                      itk_reason, native_stderr)
+                      itk_call)
 
 
 @dataclass
@@ -119,12 +119,7 @@ def _itk_header(sp, name):
 
     r = sitk.ImageFileReader()
     r.SetFileName(sp)
-    try:
-        with native_stderr() as said:
-            r.ReadImageInformation()
-    except RuntimeError as exc:
-        raise ImageReadError(f"cannot read {name} as an image: {itk_reason(exc, said)}") \
-            from None
+    itk_call(r.ReadImageInformation, f"{name} as an image")
     if r.GetDimension() != 3:
         raise ImageReadError(f"{name}: expected a 3-D image, got {r.GetDimension()}-D")
     return r
@@ -147,12 +142,7 @@ def _read_itk(p: Path, name: str) -> Volume:
             raise ImageReadError(f"{name}: pixel type {ptype!r} is not supported")
         check_size(name, r.GetSize(), _ITK_ITEMSIZE[ptype])
         check_geometry(name, r.GetSpacing(), r.GetDirection(), r.GetOrigin())
-        try:
-            with native_stderr() as said:
-                img = r.Execute()
-        except RuntimeError as exc:
-            raise ImageReadError(f"cannot read {name} as an image: {itk_reason(exc, said)}") \
-                from None
+        img = itk_call(r.Execute, f"{name} as an image")
     vol = _from_sitk(img)
     check_values(name, vol.array)
     return vol
@@ -225,6 +215,19 @@ def read_geometry(path, allow_no_orientation=False):
     check_geometry(name, r.GetSpacing(), r.GetDirection(), r.GetOrigin())
     return (tuple(int(n) for n in r.GetSize()[::-1]), np.array(r.GetSpacing(), float),
             np.array(r.GetOrigin(), float), np.array(r.GetDirection(), float).reshape(3, 3))
+
+
+def geometry_difference(a, b, atol=1e-3) -> str:
+    """The first field in which two :func:`read_geometry` results differ (shape,
+    spacing, origin, direction; ``a``'s value first), or '' when they agree
+    within ``atol``."""
+    if tuple(a[0]) != tuple(b[0]):
+        return f"shape {tuple(a[0])} vs {tuple(b[0])}"
+    for name, x, y in (("spacing", a[1], b[1]), ("origin", a[2], b[2]),
+                       ("direction", a[3], b[3])):
+        if not np.allclose(x, y, atol=atol):
+            return f"{name} {np.round(x, 3).tolist()} vs {np.round(y, 3).tolist()}"
+    return ""
 
 
 def _check_file(p, name):

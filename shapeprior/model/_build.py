@@ -371,7 +371,7 @@ def pair_images(label_files, labels_root, images_dir, allow_no_orientation=False
     direction, from the headers alone). Raises ValueError naming the first
     label map without an image, or the first pair whose grids differ.
     """
-    from ..io import read_geometry
+    from ..io import geometry_difference, read_geometry
 
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
@@ -393,22 +393,11 @@ def pair_images(label_files, labels_root, images_dir, allow_no_orientation=False
     for f, img in pairs.items():
         gl = read_geometry(f, allow_no_orientation)
         gi = read_geometry(img, allow_no_orientation)
-        what = _grid_difference(gl, gi)
+        what = geometry_difference(gl, gi)
         if what:
             raise ValueError(f"label map {f.name} and image {img.name} are not on the same "
                              f"grid ({what})")
     return pairs
-
-
-def _grid_difference(a, b, atol=1e-3):
-    """The first geometry field in which two ``read_geometry`` results differ, or ''."""
-    if tuple(a[0]) != tuple(b[0]):
-        return f"shape {tuple(a[0])} vs {tuple(b[0])}"
-    for name, x, y in (("spacing", a[1], b[1]), ("origin", a[2], b[2]),
-                       ("direction", a[3], b[3])):
-        if not np.allclose(x, y, atol=atol):
-            return f"{name} {np.round(x, 3).tolist()} vs {np.round(y, 3).tolist()}"
-    return ""
 
 
 def _appearance_cases(kept, faces, params, pairs):

@@ -279,21 +279,18 @@ def reference_summary(rows):
     if not scored:
         return None
     out = {"n_compared": len(scored)}
-    for key, worst in (("dice", min), ("assd_mm", max), ("hd95_mm", max)):
+    keys = (("dice", min), ("assd_mm", max), ("hd95_mm", max))
+    if any(r.get("input_dice") is not None for r in scored):
+        keys += (("input_dice", min),)  # a refinement batch: the masks as given
+    for key, worst in keys:
         have = [r for r in scored if r.get(key) is not None]
-        entry = {} if key == "dice" else {"n_without_surface": len(scored) - len(have)}
+        entry = {} if "dice" in key else {"n_without_surface": len(scored) - len(have)}
         if have:
             v = np.array([r[key] for r in have], float)
             w = worst(have, key=lambda r: r[key])
             entry.update({"mean": float(v.mean()), "median": float(np.median(v)),
                           "worst": float(w[key]), "worst_case": w["case"]})
         out[key] = entry
-    before = [r["input_dice"] for r in scored if r.get("input_dice") is not None]
-    if before:                          # a refinement batch: the input masks' Dice
-        w = min((r for r in scored if r.get("input_dice") is not None),
-                key=lambda r: r["input_dice"])
-        out["input_dice"] = {"mean": float(np.mean(before)), "median": float(np.median(before)),
-                             "worst": float(w["input_dice"]), "worst_case": w["case"]}
     return out
 
 
@@ -303,7 +300,8 @@ def write_summary(root, rows, n_cases, n_references=None, command="segment"):
     :func:`reference_summary` when references were given (``n_references``:
     how many cases had one), and the rows as ``root/summary.csv``
     (:data:`SUMMARY_COLUMNS`, or :data:`REFINE_COLUMNS` for ``command``
-    'refine'); only a previous shapeprior summary is replaced. Returns the summary's ``reference`` block, or None without references."""
+    'refine'); only a previous shapeprior summary is replaced. Returns the
+    summary's ``reference`` block, or None without references."""
     doc = {"producer": PRODUCER, "command": command, "n_cases": n_cases}
     if n_references is not None:
         doc["reference"] = {"n_cases_with_reference": n_references,

@@ -208,12 +208,17 @@ def match_references(cases, folder, deidentify=False):
     return out
 
 
+def _volume_files(folder):
+    """The visible image files in ``folder``, in byte order of their names."""
+    return [e for e in sorted(Path(folder).iterdir(), key=lambda e: os.fsencode(e.name))
+            if e.is_file() and volume_suffix(e.name) and not e.name.startswith(".")]
+
+
 def _files_by_stem(folder):
     """``{stem: [file, ...]}`` of the visible image files in ``folder``."""
     by_stem = {}
-    for e in sorted(Path(folder).iterdir(), key=lambda e: os.fsencode(e.name)):
-        if e.is_file() and volume_suffix(e.name) and not e.name.startswith("."):
-            by_stem.setdefault(_stem(e.name), []).append(e)
+    for e in _volume_files(folder):
+        by_stem.setdefault(_stem(e.name), []).append(e)
     return by_stem
 
 
@@ -237,8 +242,7 @@ def discover_masks(folder, organ=None, deidentify=False, mask_name=None):
         raise input_path_error(p)
     if mask_name is not None:
         return _masks_in_case_folders(p, mask_name)
-    files = [e for e in sorted(p.iterdir(), key=lambda e: os.fsencode(e.name))
-             if e.is_file() and volume_suffix(e.name) and not e.name.startswith(".")]
+    files = _volume_files(p)
     if not files:
         dirs = [d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")]
         raise ValueError(f"{display_name(p)} holds no label map files "
@@ -288,18 +292,13 @@ def _one_scans_organs(files, n=3):
     disjoint. Masks of different cases lie on different grids, or, registered
     to one, overlap. A file that cannot be read answers False (the batch
     reports it)."""
-    import numpy as np
-
-    from ..io import read_geometry, read_label_map
+    from ..io import geometry_difference, read_geometry, read_label_map
 
     try:
         geoms = [read_geometry(f, True) for f in files]
     except (OSError, ValueError):
         return False
-    g0 = geoms[0]
-    if any(tuple(g[0]) != tuple(g0[0]) or
-           not all(np.allclose(x, y, atol=1e-3) for x, y in zip(g[1:], g0[1:]))
-           for g in geoms[1:]):
+    if any(geometry_difference(g, geoms[0]) for g in geoms[1:]):
         return False
     seen = None
     found = 0
