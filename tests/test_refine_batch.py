@@ -217,7 +217,8 @@ def test_one_scans_per_organ_folder_is_not_a_batch(masks, tmp_path, capsys):
 
 def test_images_are_found_by_the_masks_names(tmp_path):
     """x.nii.gz takes x.<suffix>, nnU-Net's x_0000.<suffix> or a DICOM folder x/;
-    two candidates, the masks' own folder and a folder with none are refused."""
+    two candidates, the masks' own folder and a folder with none are refused; a
+    hidden file is neither an image nor a mask."""
     m, i = tmp_path / "m", tmp_path / "i"
     m.mkdir()
     i.mkdir()
@@ -229,6 +230,8 @@ def test_images_are_found_by_the_masks_names(tmp_path):
     (i / "c").mkdir()
     (i / ".hidden.nii.gz").write_bytes(b"x")
     assert match_images(cases, i) == [i / "a.mha", i / "b_0000.nii.gz", i / "c", None]
+    (m / "._a.nii.gz").write_bytes(b"\0\x05\x16\x07")     # macOS's AppleDouble twin: no case
+    assert [c.name for c in discover_masks(m)] == ["a", "b", "c", "d"]
     (i / "a_0000.nii.gz").write_bytes(b"x")
     with pytest.raises(ValueError, match="2 entries could be the image of a.nii.gz"):
         match_images(cases, i)
