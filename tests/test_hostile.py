@@ -717,3 +717,31 @@ def test_concurrent_runs_in_one_folder_never_take_each_other_for_dead(tmp_path):
     assert done == list(range(80))
     assert all((tmp_path / f"case{i:03d}" / "label.nii.gz").is_file() for i in range(80))
     assert not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("deidentify", [False, True])
+def test_a_case_gone_before_its_turn_fails_its_row_not_the_batch(phantom_model, tmp_path,
+                                                                 deidentify):
+    """A case found, then removed (or made unreadable) before the batch reaches
+    it: its row fails with the cause, the other cases run, the summary is
+    written; de-identified, the row names neither the file nor its folder."""
+    from shapeprior.pipeline import Deidentifier, discover_cases, run_batch, write_summary
+    from shapeprior.segmentation import SegmentParams
+
+    _, images, _, model = phantom_model
+    batch, out = _three_cases(images, tmp_path)
+    cases = discover_cases(batch)
+    if deidentify:
+        cases = Deidentifier(tmp_path / "salt").apply(cases)
+    (batch / "c1.nii.gz").unlink()
+    rows = run_batch(cases, out, model, SegmentParams(placement="prior"), progress=False,
+                     deidentify=deidentify, inputs=[batch])
+    write_summary(out, rows, len(cases))
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    err = rows[1]["error"]
+    assert "No such file" in err
+    if deidentify:
+        assert "c1" not in err and str(batch) not in err and cases[1].name in err
+    assert not (out / cases[1].name).exists() and not leftovers(tmp_path)
+    assert [r["case"] for r in json.loads((out / "summary.json").read_text())["cases"]] == [
+        c.name for c in cases]

@@ -377,3 +377,31 @@ def test_case_folders_with_one_mask_name(masks, tmp_path, monkeypatch, capsys):
     _, rows = _rows(hidden)
     assert len(rows) == 4 and all(c.startswith("case-") for c in rows)
     assert sorted(r["status"] for r in rows.values()) == ["failed", "ok", "ok", "ok"]
+
+
+@pytest.mark.parametrize("deidentify", [False, True])
+def test_an_image_gone_before_its_turn_fails_its_row_not_the_batch(masks, tmp_path, deidentify):
+    """A mask's image found, then removed before the batch reaches it: that row
+    fails with the cause, the other masks are refined, nothing is left for it;
+    de-identified, the row names neither the mask nor the image."""
+    from shapeprior.pipeline import Deidentifier, run_refine_batch
+    from shapeprior.segmentation import SegmentParams
+
+    m, images, labels, model = masks
+    imgs = tmp_path / "imgs"
+    shutil.copytree(images, imgs)
+    cases = discover_masks(m)
+    found = match_images(cases, imgs)
+    if deidentify:
+        cases = Deidentifier(tmp_path / "salt").apply(cases)
+    (imgs / "phantom_005.nii.gz").unlink()
+    out = tmp_path / "out"
+    rows = run_refine_batch(cases, out, model, SegmentParams(), images=found, progress=False,
+                            deidentify=deidentify, inputs=[m, imgs])
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    err = rows[1]["error"]
+    assert "No such file" in err and not (out / cases[1].name).exists()
+    if deidentify:
+        assert "phantom" not in err and str(imgs) not in err and "(withheld image)" in err
+    else:
+        assert str(imgs / "phantom_005.nii.gz") in err

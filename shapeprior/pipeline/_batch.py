@@ -173,13 +173,17 @@ def kept_row(case, folder, compared=False, fields=None):
     return row
 
 
-def failed_row(case, exc, deidentify, reference=None):
+def failed_row(case, exc, deidentify, reference=None, image=None):
+    """The summary row of a case that failed with ``exc``; with ``deidentify``
+    its error names neither the case's file or folder, nor its ``reference``
+    or ``image`` (a mask's, in a refinement batch)."""
     msg = one_line(exc)
     if isinstance(exc, Exception) and not isinstance(exc, (ValueError, OSError)):
         msg = f"{type(exc).__name__}: {msg}"
     if deidentify:
-        if reference is not None:
-            msg = scrub(msg, reference, "(withheld reference)")
+        for path, shown in ((reference, "(withheld reference)"), (image, "(withheld image)")):
+            if path is not None:
+                msg = scrub(msg, path, shown)
         msg = scrub(msg, case.path, case.name)
         if getattr(case, "folder", None) is not None:
             msg = scrub(msg, case.folder, case.name)
@@ -345,8 +349,13 @@ def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk"
                 rows.append(failed_row(c, c.error, deidentify))
                 continue
             folder = root / c.name
-            state, why = case_state(folder, c.path, model_path, params, deidentify, ref,
-                                    reference_labels, output_names(output_type, mesh_format, qc))
+            try:
+                state, why = case_state(folder, c.path, model_path, params, deidentify, ref,
+                                        reference_labels,
+                                        output_names(output_type, mesh_format, qc))
+            except OSError as exc:      # gone or unreadable since it was found: this row
+                rows.append(failed_row(c, exc, deidentify, ref))
+                continue
             if state == "foreign":
                 rows.append({"case": c.name, "status": "failed", "error": why})
             elif state == "complete" and not force:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from .._outputs import make_dirs, remove_created
 from ._batch import _model, check_root, dispatch, failed_row, folder_state, kept_row
-from ._cases import scrub
 
 
 def refine_fields(rep):
@@ -54,10 +53,7 @@ def refine_one(case, outdir, model_path, params, labels, keep, image, reference,
             row["note"] = f"redone: {redo}"
         return row
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
-        row = failed_row(case, exc, deidentify, reference)
-        if deidentify and image is not None:
-            row["error"] = scrub(row["error"], image, "(withheld image)")
-        return row
+        return failed_row(case, exc, deidentify, reference, image)
 
 
 def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), images=None,
@@ -101,9 +97,14 @@ def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), i
                              "error": "no image named like it in the --image folder"})
                 continue
             folder = root / c.name
-            files = refine_inputs(c.path, img, model_path, deidentify)
-            state, why = folder_state(folder, files, record, refine_output_names(mesh_format),
-                                      ref, reference_labels, done="refined", what="refinement")
+            try:
+                files = refine_inputs(c.path, img, model_path, deidentify)
+                state, why = folder_state(folder, files, record,
+                                          refine_output_names(mesh_format), ref,
+                                          reference_labels, done="refined", what="refinement")
+            except OSError as exc:      # gone or unreadable since it was found: this row
+                rows.append(failed_row(c, exc, deidentify, ref, img))
+                continue
             if state == "foreign":
                 rows.append({"case": c.name, "status": "failed", "error": why})
             elif state == "complete" and not force:
