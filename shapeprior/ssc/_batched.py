@@ -23,8 +23,9 @@ as a few large products instead of many small solves:
   (:func:`feature_sign_batched`: small batched solves only);
 * the step goes to that solution where the true objective decreases, else
   to the longest of a few halvings that lowers it (evaluated at once); where
-  none does (a Newton model without curvature: every row an outlier), a
-  proximal gradient step, which always descends.
+  none does (a Newton model without curvature: every row an outlier), the
+  best of a few proximal gradient steps of growing length (1/L among them,
+  which always descends).
 
 The first iterations solve the outlier-free Lasso (every row an inlier; the
 start of the single solver too); once it satisfies its KKT conditions the
@@ -51,6 +52,12 @@ from ._l1 import _tau, soft_threshold, solve_l1
 #: consecutive iterations without a descending Newton step (each then a proximal
 #: gradient step) after which a shape leaves the batch uncertified
 MAX_STALLS = 20
+#: step sizes PROX_BASE**j / L (j < PROX_STEPS: 1/L ... 1e7/L) a stalled shape's
+#: proximal gradient step tries at once: the most shapes certified in the batch
+#: on the validation seeds of bench/bench_batched_stall.py (1620 of 1620; 1534
+#: with the 1/L step alone)
+PROX_STEPS = 8
+PROX_BASE = 10.0
 
 #: step lengths the line search tries at once after the full step: LINE_SEARCH_STEPS
 #: halvings per round, in up to LINE_SEARCH_ROUNDS rounds (down to 2**-40)
@@ -121,6 +128,23 @@ def _line_search(R, dR, X, dX, tau, l2, w, l1, xp):
     return t, left
 
 
+def _prox_step(X, Z, g, tau, l1, l2, w, D, lip, xp):
+    """Proximal gradient steps (m, K) from ``X`` (gradient ``g``): of the step
+    sizes ``PROX_BASE**j / lip`` (j < PROX_STEPS, evaluated at once), the one whose
+    objective is lowest. ``1 / lip`` always descends (``lip`` bounds the
+    curvature everywhere); where most rows are outliers the objective is
+    nearly linear and a longer step moves the outlier set on faster."""
+    f = []
+    cands = []
+    for j in range(PROX_STEPS):
+        step = PROX_BASE ** j / lip
+        Xj = soft_threshold(X - step * g, l1[:, None] * step)
+        cands.append(Xj)
+        f.append(_huber_objective(Z - Xj @ D.T, tau, l2, w, Xj, l1, xp))
+    best = xp.argmin(_finite(xp.stack(f, axis=1), xp), axis=1)
+    return xp.stack(cands, axis=1)[xp.arange(X.shape[0]), best]
+
+
 def _gather_rows(A, idx, pad, xp):
     """``A[m, idx[m, :]]`` with index ``pad`` meaning 0 (A of shape (M, P))."""
     got = xp.take_along_axis(A, xp.minimum(idx, A.shape[1] - 1), axis=1)
@@ -141,6 +165,24 @@ def _padded_sets(mask, xp):
     return out[:, :width], count
 
 
+def _solve(A, b, xp):
+    """``A_m^-1 b_m`` (m, s) for every problem; NaN for a problem whose system
+    is singular in floating point (LU meets an exact zero pivot: a Newton
+    model without curvature, rounding making it indefinite), so that one
+    problem's step is rejected (the line search takes NaN for no descent)
+    instead of the whole batch failing."""
+    try:
+        return xp.linalg.solve(A, b[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:
+        out = xp.full(b.shape, xp.nan)
+        for k in range(b.shape[0]):
+            try:
+                out[k] = xp.linalg.solve(A[k], b[k])
+            except np.linalg.LinAlgError:
+                pass
+        return out
+
+
 def feature_sign_batched(H, b, l1, x, allowed, tol, xp=np, max_steps=None):
     """Exact solutions of the Lasso problems ``min 0.5 x^T H_m x - b_m^T x + l1_m |x|_1``
     (H of shape (m, s, s), positive definite on ``allowed``) by feature-sign
@@ -152,7 +194,8 @@ def feature_sign_batched(H, b, l1, x, allowed, tol, xp=np, max_steps=None):
     are, the worst violator at zero (``|q_i| > l1 + tol``) joins with the sign
     that lowers the objective. Each step lowers the objective; a problem stops
     when no coefficient violates its optimality condition by more than
-    ``tol`` (shape (m,)).
+    ``tol`` (shape (m,)). A problem whose active system turns out singular in
+    floating point returns NaN (its step is unusable; the others are solved).
     """
     m, s = b.shape
     x = xp.where(allowed, x, 0.0)
@@ -171,7 +214,8 @@ def feature_sign_batched(H, b, l1, x, allowed, tol, xp=np, max_steps=None):
         zv = xp.where(allowed & ~act, xp.abs(q) - l1[:, None], -xp.inf)
         j = xp.argmax(zv, axis=1)
         zmax = zv[rows, j]
-        settled = nz <= tol
+        # a problem whose system was singular (x NaN, :func:`_solve`) is done
+        settled = (nz <= tol) | xp.isnan(nz)
         if not bool((~settled | (zmax > tol)).any()):
             break
         enter = settled & (zmax > tol)
@@ -182,8 +226,12 @@ def feature_sign_batched(H, b, l1, x, allowed, tol, xp=np, max_steps=None):
         both = act[:, :, None] & act[:, None, :]
         Hm = xp.where(both, H, 0.0) + ((~act)[:, :, None] + ridge[:, None, None]) * eye
         rhs = xp.where(act, b - l1[:, None] * theta, 0.0)
-        xn = xp.linalg.solve(Hm, rhs[:, :, None])[:, :, 0]
-        cross = act & (x != 0) & (xn * theta < 0)
+        xn = _solve(Hm, rhs, xp)
+        # a coefficient whose Newton value has the other sign stops the step where
+        # it reaches zero; one that just joined (at zero) then stops it at once:
+        # in exact arithmetic its sign is right, but a system without curvature
+        # (rounding-level ridge) can flip it, and x must keep the signs theta
+        cross = act & (xn * theta < 0)
         tc = xp.where(cross, x / xp.where(cross, x - xn, 1.0), xp.inf)
         t = xp.minimum(tc.min(axis=1), 1.0)
         t = xp.where(move, t, 0.0)
@@ -302,10 +350,12 @@ def solve_l1_batched_core(D, GW, Z, C, w, l1, l2, X0=None, tol_certify=1e-7, max
         # a full step lands on the Lasso solution, zeros included
         Xn = xp.where((t == 1.0)[:, None], Xa + dX, Xa + t[:, None] * dX)
         # where no step along the Newton direction descends (its model has no
-        # curvature: most rows beyond tau), a proximal gradient step with step
-        # 1/L, which always does, moves the outlier set on
-        prox = soft_threshold(Xa - g / lip, l1a[:, None] / lip)
-        Xn = xp.where(stalled[:, None], prox, Xn)
+        # curvature: most rows beyond tau), proximal gradient steps (1/L, which
+        # always does, and longer ones) move the outlier set on
+        st = xp.flatnonzero(stalled)
+        if st.size:
+            Xn[st] = _prox_step(Xa[st], Za[st], g[st], tau[st], l1a[st], l2a[st], w, D, lip,
+                                xp)
         X[idx] = Xn
         R[idx] = Za - Xn @ D.T
         stalls[idx] = xp.where(stalled, stalls[idx] + 1, 0)
