@@ -81,3 +81,26 @@ def check_labels(name, value):
     if not v or any(isinstance(x, bool) or not isinstance(x, Integral) or x <= 0 for x in v):
         _fail(name, value, "a sequence of integer label values > 0")
     return tuple(int(x) for x in v)
+
+
+#: coordinates beyond this (mm; 1000 km) are no shape in millimetres, and their
+#: squares would overflow the alignment's sums
+MAX_ABS_COORD_MM = 1e9
+
+
+def shape_problem(points):
+    """What makes ``points`` (N, 3), a shape in mm, unusable, or None: not
+    finite, coordinates beyond :data:`MAX_ABS_COORD_MM`, or degenerate (every
+    point at one place: no size and no orientation to align). The text
+    continues a sentence whose subject names the shape."""
+    y = np.asarray(points, dtype=np.float64)
+    if not np.all(np.isfinite(y)):
+        return "has non-finite coordinates"
+    big = float(np.abs(y).max(initial=0.0))
+    if big > MAX_ABS_COORD_MM:
+        return (f"has coordinates up to {big:.3g} mm (beyond {MAX_ABS_COORD_MM:.0e} mm): "
+                "not a shape in millimetres")
+    spread = float(np.sqrt(np.mean(np.sum((y - y.mean(0)) ** 2, axis=1)))) if len(y) else 0.0
+    if not spread > 1e-9 * max(big, 1.0):
+        return "is degenerate: all its points lie at one place (no size, no orientation to align)"
+    return None

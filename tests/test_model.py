@@ -642,6 +642,10 @@ def _set(key, index, value):
     (lambda z: _edit_meta(z, organ=5), "'organ' is not a text"),
     (lambda z: _edit_meta(z, **{"appearance.step_mm": 0}), "'appearance' is malformed"),
     (_set("profile_var", (0, 0), 0.0), "appearance variances must be > 0"),
+    # segment divided by zero on these (an internal error, not a reason)
+    (lambda z: z.update(mean=np.zeros_like(z["mean"])), "the mean shape is degenerate"),
+    (_set("shapes", 3, 7.0), "training shape 3 is degenerate"),
+    (_set("shapes", (1, 0, 0), 1e300), r"training shape 1 has coordinates up to 1e\+300 mm"),
 ])
 def test_a_damaged_model_file_is_refused_with_its_reason(phantom_model, tmp_path, edit,
                                                          message):

@@ -223,7 +223,33 @@ def test_cli_reconstruct_npy_and_strict(population, mesh_folder, tmp_path, capsy
     np.save(tmp_path / "complex.npy", arr.astype(complex))
     assert main(["reconstruct", str(tmp_path / "complex.npy"), "-o", str(tmp_path / "c"),
                  "--model", str(model), "--quiet"]) == 1
-    assert "holds an array" in capsys.readouterr().err
+    assert "holds complex128 values; expected real coordinates" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda y: y[:0], "holds no shapes (shape (0, "),
+    (lambda y: y[0, :5], "holds an array of shape (5, 3); expected"),
+    (lambda y: np.full(y.shape, "x"), "holds <U1 values"),
+    (lambda y: np.concatenate([y[:1], np.zeros_like(y[:1])]),
+     "shape 1 is degenerate: all its points lie at one place"),
+    (lambda y: y * 1e300, "shape 0 has coordinates up to "),
+])
+def test_cli_reconstruct_refuses_bad_arrays_in_one_line(population, tmp_path, capsys, make,
+                                                        message):
+    """An array of shapes that is empty, of another shape, not numbers, with a
+    shape whose points coincide (nothing to align) or with coordinates no
+    millimetre shape has (their squares overflow): one line naming the
+    array and the shape, nothing written."""
+    train, _, obs, faces = population
+    model = model_from_shapes(train, faces)
+    save_model(model, tmp_path / "m.npz")
+    np.save(tmp_path / "a.npy", make(obs[:2]))
+    out = tmp_path / "o"
+    assert main(["reconstruct", str(tmp_path / "a.npy"), "-o", str(out), "--model",
+                 str(tmp_path / "m.npz"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a.npy" in err[0] and message in err[0], err
+    assert not out.exists()
 
 
 def test_cli_reconstruct_calls_a_shape_in_other_units_suspect(population, tmp_path):
@@ -260,6 +286,10 @@ def test_cli_reconstruct_calls_a_shape_in_other_units_suspect(population, tmp_pa
     # a triangle naming the vertex one past the last (OBJ counts from 1)
     (lambda d, y, f: (d / "past.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 4\n"),
      "vertices that do not exist"),
+    (lambda d, y, f: Surface(np.ones_like(y), f).write(d / "point.vtk"),
+     "mesh 'point.vtk' is degenerate"),
+    (lambda d, y, f: Surface(y * 1e12, f).write(d / "far.vtp"),
+     "mesh 'far.vtp' has coordinates up to"),
 ])
 def test_cli_reconstruct_refuses_bad_meshes(population, mesh_folder, tmp_path, capsys,
                                             make, message):
@@ -290,6 +320,17 @@ def test_cli_reconstruct_refuses_a_named_pipe_without_opening_it(mesh_folder, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "named pipe" in err[0]
     assert not out.exists()
+
+
+def test_cli_reconstruct_tells_a_label_map_from_a_mesh(mesh_folder, tmp_path, capsys):
+    """A new user's first try, reconstruct on segment's label map: one line
+    saying what reconstruct takes instead."""
+    model, _ = mesh_folder
+    (tmp_path / "label.nii.gz").write_bytes(b"\x1f\x8b")
+    assert main(["reconstruct", str(tmp_path / "label.nii.gz"), "-o", str(tmp_path / "o"),
+                 "--model", str(model), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "label.nii.gz is an image or label map" in err[0]
 
 
 def test_cli_reconstruct_never_writes_into_its_input(mesh_folder, capsys):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validation import shape_problem
 from ..align import procrustes
 from ..appearance import ProfileModel, VoxelClassifier
 from ..io import available_memory
@@ -436,6 +437,11 @@ def load_model(path) -> ShapeModel:
         raise ModelFormatError(f"{name}: face indices outside 0..{N - 1}")
     if np.any(var < 0):
         raise ModelFormatError(f"{name}: negative PCA variances")
+    for what, y in (("the mean shape", mean), *((f"training shape {k}", s)
+                                                for k, s in enumerate(shapes))):
+        why = shape_problem(y)
+        if why is not None:
+            raise ModelFormatError(f"{name}: {what} {why}")
     if pv is not None and np.any(pv <= 0):
         raise ModelFormatError(f"{name}: appearance variances must be > 0")
     if pm is not None and not isinstance(meta.get("appearance"), dict):

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from .._outputs import OutputDir, manifest, show_path
-from ..io import input_path_error
+from .._validation import shape_problem
+from ..io import VOLUME_SUFFIXES, input_path_error
 from ..mesh import MESH_FORMATS, READ_SUFFIXES, Surface, read_mesh
 from ..segmentation import SCALE_SLACK, check_side, median_residual, solve_sides
 from ..ssc import ALIGN_TOL
@@ -53,6 +54,10 @@ def find_shape_inputs(path):
     a name is the file's path below the folder."""
     p = Path(path)
     if p.is_file():
+        if p.name.lower().endswith(VOLUME_SUFFIXES):
+            raise ValueError(f"{show_path(p.name)} is an image or label map; reconstruct "
+                             "takes meshes in correspondence with the model (segment, refine "
+                             "and export-model write them) or a .npy array of shapes")
         return [(p.name, p)]
     if not p.is_dir():
         raise input_path_error(p, show_path(p))
@@ -70,25 +75,32 @@ def mesh_file_names(names):
 
 
 def load_shapes(path, n_points):
-    """``(names, shapes (M, N, 3), mesh_inputs, files)`` from a folder, mesh or ``.npy``."""
+    """``(names, shapes (M, N, 3), mesh_inputs, files)`` from a folder, mesh or
+    ``.npy``. A shape :func:`~shapeprior._validation.shape_problem` finds
+    unusable (not finite, beyond 1e9 mm, its points all at one place) is
+    refused in one line naming it."""
     p = Path(path)
     if p.is_file() and p.suffix.lower() == ".npy":
         try:
             a = np.load(p, allow_pickle=False)
         except (ValueError, OSError) as exc:
             raise ValueError(f"{show_path(p.name)} is not a readable .npy array ({exc})") from None
+        real = np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
+        if not real:
+            raise ValueError(f"{show_path(p.name)} holds {a.dtype} values; expected real "
+                             "coordinates in mm")
+        shape = a.shape
         if a.ndim == 2:
             a = a[None]
-        real = np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
-        if a.ndim != 3 or a.shape[1:] != (n_points, 3) or not real:
-            raise ValueError(f"{show_path(p.name)} holds an array of shape {a.shape}; expected "
+        if a.ndim != 3 or a.shape[1:] != (n_points, 3):
+            raise ValueError(f"{show_path(p.name)} holds an array of shape {shape}; expected "
                              f"(M, {n_points}, 3) shapes in correspondence with the model")
+        if a.shape[0] == 0:
+            raise ValueError(f"{show_path(p.name)} holds no shapes (shape {shape})")
         a = a.astype(np.float64)
-        bad = np.flatnonzero(~np.all(np.isfinite(a), axis=(1, 2)))
-        if bad.size:
-            raise ValueError(f"{show_path(p.name)}: shape {int(bad[0])} has non-finite "
-                             "coordinates")
-        return [f"shape_{i:05d}" for i in range(len(a))], a, False, [p]
+        names = [f"shape_{i:05d}" for i in range(len(a))]
+        _check_shapes(a, [f"{show_path(p.name)}: shape {i}" for i in range(len(a))])
+        return names, a, False, [p]
     found = find_shape_inputs(p)
     names, shapes = [], []
     for name, f in found:
@@ -99,7 +111,18 @@ def load_shapes(path, n_points):
                              "with the model, e.g. written by segment or export-model)")
         names.append(name)
         shapes.append(s.verts)
-    return names, np.stack(shapes), True, [f for _, f in found]
+    a = np.stack(shapes)
+    _check_shapes(a, [f"mesh {show_path(n)!r}" for n in names])
+    return names, a, True, [f for _, f in found]
+
+
+def _check_shapes(a, labels):
+    """Refuse the first shape of ``a`` (M, N, 3) that :func:`shape_problem`
+    finds unusable, in one line led by its label."""
+    for i, y in enumerate(a):
+        why = shape_problem(y)
+        if why is not None:
+            raise ValueError(f"{labels[i]} {why}")
 
 
 def _status(r, y, scale_range=None):
