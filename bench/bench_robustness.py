@@ -67,7 +67,7 @@ def prepare(cache, n_jobs, limit=None):
     else:
         held, ids = [], []
         for f in test:
-            for side, s, _ in surfaces_from_label_map(f, params):
+            for side, s, _, _ in surfaces_from_label_map(f, params):
                 v, q = fit_template(model.mean, model.faces, s)
                 if q.ok:
                     held.append(v)

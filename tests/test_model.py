@@ -688,3 +688,78 @@ def test_cli_build_model_passes_each_option_to_the_build(tmp_path, capsys):
     assert main(["build-model", str(folder), "-o", str(tmp_path / "z.npz"), "--vertices",
                  "0", "--quiet"]) == 1
     assert "--vertices=0 must be > 0" in capsys.readouterr().err
+
+
+def _cut_ellipsoid(path, flip=False, semi=(10.0, 8.0, 6.0)):
+    """An ellipsoid whose field of view ends at z = 3 mm, through the organ (its
+    superior part is outside the scan); ``flip``: k runs from superior to
+    inferior, so the cut is at k = 0 instead of the last k."""
+    D = np.diag([1.0, 1.0, -1.0]) if flip else np.eye(3)
+    origin = (-19.5, -19.5, 3.0) if flip else (-19.5, -19.5, -16.0)
+    img = ellipsoid_label_map(path, semi, (0.0, 0.0, 0.0), spacing=(1.0, 1.0, 1.0),
+                              size=(40, 40, 20), direction=D, origin=origin)
+    import SimpleITK as sitk
+
+    return int(sitk.GetArrayFromImage(img)[0 if flip else -1].sum())
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_an_organ_cut_by_the_field_of_view_is_named_by_its_edge(tmp_path, flip):
+    """The edge a cut organ reaches is named anatomically (LPS) whichever way
+    the index axis runs, with its plane and voxel count; a whole organ is not cut."""
+    from shapeprior.model._build import organ_masks
+
+    n = _cut_ellipsoid(tmp_path / "cut.nii.gz", flip)
+    ellipsoid_label_map(tmp_path / "whole.nii.gz", (10.0, 8.0, 6.0), (0.0, 0.0, 0.0),
+                        spacing=(1.0, 1.0, 1.0), size=(40, 40, 20))
+    *_, cuts = organ_masks(tmp_path / "cut.nii.gz", BuildParams())
+    assert n > 50 and cuts == {"none": f"the scan's superior edge (k = {0 if flip else 19}): "
+                                       f"{n} voxels"}
+    *_, cuts = organ_masks(tmp_path / "whole.nii.gz", BuildParams())
+    assert cuts == {"none": None}
+
+
+def test_build_and_update_model_on_an_organ_cut_by_the_field_of_view(tmp_path, capsys):
+    """build-model keeps a cut organ but names it (printed, and report.json's
+    cut_by_fov); --exclude-cut rejects it with its edge; update-model refuses
+    it as a confirmed case (a whole organ expected), in one line."""
+    d = tmp_path / "labels"
+    d.mkdir()
+    for i in range(3):
+        ellipsoid_label_map(d / f"whole{i}.nii.gz", (10.0 + i, 8.0, 6.0), (0.0, 0.0, 0.0),
+                            spacing=(1.0, 1.0, 1.0), size=(40, 40, 20))
+    _cut_ellipsoid(d / "cut.nii.gz")
+    out = tmp_path / "m.npz"
+    assert main(["build-model", str(d), "-o", str(out), "--vertices", "162", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "note: 1 kept shapes are cut by their scan's field of view" in printed
+    rep = json.loads((tmp_path / "m.npz.report" / "report.json").read_text())
+    assert [c["source"] for c in rep["cut_by_fov"]] == ["cut"] and not rep["rejected"]
+    assert rep["cut_by_fov"][0]["where"].startswith("the scan's superior edge (k = 19)")
+    assert load_model(out).n_shapes == 4
+    out2 = tmp_path / "m2.npz"
+    assert main(["build-model", str(d), "-o", str(out2), "--vertices", "162", "--quiet",
+                 "--exclude-cut"]) == 0
+    rep = json.loads((tmp_path / "m2.npz.report" / "report.json").read_text())
+    assert rep["cut_by_fov"] == [] and load_model(out2).n_shapes == 3
+    assert [r["source"] for r in rep["rejected"]] == ["cut"]
+    assert "cut by the scan's field of view (it reaches the scan's superior edge" in \
+        rep["rejected"][0]["reason"]
+    capsys.readouterr()
+    assert main(["update-model", str(out2), str(d / "cut.nii.gz"), "-o",
+                 str(tmp_path / "m3.npz"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the organ is cut by the scan's field of view" in err[0]
+    assert not (tmp_path / "m3.npz").exists()
+
+
+def test_kits_kidneys_cut_by_the_scan_are_found_on_their_side(data_root):
+    """KiTS19 case_00010: its right kidney reaches the scan's last axial plane
+    (the files' i axis runs head to foot), the left lies whole inside."""
+    from shapeprior.model._build import organ_masks
+
+    f = data_root / "kits19" / "case_00010" / "segmentation.nii.gz"
+    if not f.is_file():
+        pytest.skip(f"{f} not found")
+    *_, cuts = organ_masks(f, BuildParams(labels=(1, 2), split_sides=True))
+    assert cuts == {"right": "the scan's inferior edge (i = 49): 77 voxels", "left": None}

@@ -59,6 +59,11 @@ def main(argv):
     ap.add_argument("--no-voxel-classifier", action="store_true",
                     help="with --images: do not learn the classifier that decides the voxels "
                          "next to a fitted surface (it needs scikit-learn)")
+    ap.add_argument("--exclude-cut", action="store_true",
+                    help="reject organs cut by their scan's field of view (reaching its "
+                         "first or last slice, row or column): their surface closes at the "
+                         "scan's edge. Kept by default; either way report.json lists them "
+                         "under cut_by_fov")
     ap.add_argument("--random-state", "--seed", dest="random_state", type=int, default=0,
                     help="seed of the random number generator (default 0)")
     ap.add_argument("--force", action="store_true",
@@ -109,7 +114,8 @@ def main(argv):
                              seed=a.random_state, n_jobs=max(1, a.jobs),
                              images_dir=a.images, normalisation=a.normalisation,
                              voxel_classifier=not a.no_voxel_classifier,
-                             allow_no_orientation=a.allow_no_orientation)
+                             allow_no_orientation=a.allow_no_orientation,
+                             exclude_cut=a.exclude_cut)
         model, report = build_model(files, params, progress=not a.quiet,
                                     names=[n for _, n, _ in items], roots=[r for _, _, r in items])
         # the model file and its report/manifest folder are staged, then renamed into place
@@ -121,6 +127,13 @@ def main(argv):
     print(f"model: {model.shapes.shape[0]} shapes x {model.n_vertices} vertices, "
           f"{len(model.pca_variances)} PCA modes; {len(report['rejected'])} rejected "
           f"(see {show_path(side_path)}/report.json)")
+    cut = report.get("cut_by_fov") or []
+    if cut:
+        print(f"note: {len(cut)} kept shapes are cut by their scan's field of view (their "
+              f"surface closes at the scan's edge; report.json lists them under cut_by_fov; "
+              f"--exclude-cut rejects them): " + ", ".join(
+                  c["source"] + ("" if c["side"] == "none" else f" ({c['side']})")
+                  for c in cut[:5]) + (", ..." if len(cut) > 5 else ""))
     vc = report.get("voxel_classifier") or {}
     if "skipped" in vc:
         print(f"no voxel classifier: {vc['skipped']}")

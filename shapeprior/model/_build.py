@@ -87,6 +87,11 @@ class BuildParams:
         needs scikit-learn).
     allow_no_orientation : bool
         Accept NIfTI/Analyze label maps that record no orientation.
+    exclude_cut : bool
+        Reject organs cut by their scan's field of view (they reach its first
+        or last slice, row or column; :func:`cut_by_fov`): their surface is
+        closed at the scan's edge, not the organ's. Kept by default, and listed
+        in the build report's ``cut_by_fov`` either way.
     """
 
     labels: tuple = (1,)
@@ -110,6 +115,7 @@ class BuildParams:
     normalisation: str = "percentile"   # 'percentile' (MR) or 'ct' (HU)
     voxel_classifier: bool = True   # with images: learn the boundary-voxel classifier
     allow_no_orientation: bool = False  # accept NIfTI/Analyze without q/sform
+    exclude_cut: bool = False       # reject organs cut by the scan's field of view
 
     def __post_init__(self):
         from .._validation import check_bool, check_choice, check_labels, check_number
@@ -144,6 +150,7 @@ class BuildParams:
         check_choice("normalisation", self.normalisation, ("percentile", "ct"))
         self.allow_no_orientation = check_bool("allow_no_orientation",
                                                self.allow_no_orientation)
+        self.exclude_cut = check_bool("exclude_cut", self.exclude_cut)
         self.voxel_classifier = check_bool("voxel_classifier", self.voxel_classifier)
 
 
@@ -251,21 +258,58 @@ def rms_radius(points) -> float:
     return float(np.sqrt(np.mean(np.sum((p - p.mean(0)) ** 2, axis=1))))
 
 
+def _edge_name(direction, index_axis, last):
+    """The anatomical side (LPS) of a grid's first or last plane along the index
+    axis ``index_axis`` (0: i, 1: j, 2: k): where its direction points most."""
+    d = np.asarray(direction, float)[:, index_axis] * (1.0 if last else -1.0)
+    a = int(np.argmax(np.abs(d)))
+    return (("right", "left"), ("anterior", "posterior"), ("inferior", "superior"))[a][
+        int(d[a] > 0)]
+
+
+def cut_by_fov(full, crop, mask):
+    """Where the organ ``mask`` (on ``crop``, a box of the grid ``full``)
+    reaches the edge of the scan's field of view: text naming each edge, its
+    plane and voxel count (e.g. "the scan's superior edge (i = 49): 77 voxels"),
+    or None when the whole organ lies inside. An organ cut by the edge is not
+    the organ's shape."""
+    off = np.rint(full.physical_to_index(crop.origin[None])[0][::-1]).astype(int)
+    size = np.array(full.array.shape)
+    cut = []
+    for ax in range(3):                     # array axis (k, j, i); index axis 2 - ax
+        for end, last in ((0, False), (-1, True)):
+            at = off[ax] + mask.shape[ax] - 1 if last else off[ax]
+            if at != (size[ax] - 1 if last else 0):
+                continue
+            n = int(np.count_nonzero(mask.take(end, axis=ax)))
+            if n:
+                side = _edge_name(full.direction, 2 - ax, last)
+                cut.append(f"the scan's {side} edge ({'ijk'[2 - ax]} = {at}): {n} voxels")
+    return "; ".join(cut) or None
+
+
 def organ_masks(path, params: BuildParams, strict_components=False):
-    """``(volume, {side: mask}, fov_centre)`` of one label map as the build sees
-    the organ: the volume cropped to the labels' box, a mask per side kept
-    (``split_sides``) or the largest component, and the whole scan's FOV centre.
-    ``strict_components``: see :func:`surfaces_from_label_map`."""
-    vol = read_label_map(path, params.allow_no_orientation)
-    centre = vol.centre()
+    """``(volume, {side: mask}, fov_centre, {side: cut})`` of one label map as
+    the build sees the organ: the volume cropped to the labels' box, a mask per
+    side kept (``split_sides``) or the largest component, the whole scan's FOV
+    centre, and where each side's organ is cut by the field of view
+    (:func:`cut_by_fov`; None: not cut). ``strict_components``: see
+    :func:`surfaces_from_label_map`."""
+    vol, masks, centre, full = _organ_masks(path, params, strict_components)
+    return vol, masks, centre, {k: cut_by_fov(full, vol, m) for k, m in masks.items()}
+
+
+def _organ_masks(path, params, strict_components):
+    full = read_label_map(path, params.allow_no_orientation)
+    centre = full.centre()
     # everything below works on the organ's bounding box (same physical
     # positions): on a whole CT grid each pass over the voxels costs ~0.1 s
-    vol = crop_to_labels(vol, params.labels)
+    vol = crop_to_labels(full, params.labels)
     if params.split_sides:
         masks = kidney_masks(vol, params.labels, fov_centre=centre)
         if params.side != "both":
             masks = {k: v for k, v in masks.items() if k == params.side}
-        return vol, masks, centre
+        return vol, masks, centre, full
     from scipy import ndimage
 
     m = label_mask(vol, params.labels)
@@ -278,23 +322,30 @@ def organ_masks(path, params: BuildParams, strict_components=False):
                              f"{sizes[order[1]] / sizes[order[0]]:.0%} of the largest's "
                              "voxels); one connected organ expected")
         m = lab == (int(order[0]) + 1)
-    return vol, {"none": m}, centre
+    return vol, {"none": m}, centre, full
 
 
 def surfaces_from_label_map(path, params: BuildParams, strict_components=False,
                             radius_range=None):
-    """[(side, Surface, fov_centre)] for one file; raises ValueError on bad content.
+    """[(side, Surface, fov_centre, cut)] for one file (``cut``: where the organ
+    is cut by the field of view, :func:`cut_by_fov`, or None); raises
+    ValueError on bad content.
 
     Right-side organs mirrored onto the left come with a mirrored FOV centre.
     An organ in several pieces keeps its largest; with ``strict_components``
-    a second piece of at least ``STRAY_COMPONENT`` of the largest is refused
-    instead (a confirmed case added to a model should be one organ). With
+    a second piece of at least ``STRAY_COMPONENT`` of the largest, or an organ
+    cut by the field of view, is refused instead (a confirmed case added to a
+    model should be one whole organ). With
     ``radius_range`` (lo, hi) in mm, an organ whose :func:`organ_radius` lies
     outside is refused before its surface is extracted (wrong spacing, wrong
     organ: a ten times larger surface costs a thousand times more)."""
-    vol, masks, centre = organ_masks(path, params, strict_components)
+    vol, masks, centre, cuts = organ_masks(path, params, strict_components)
     out = []
     for side, m in masks.items():
+        if strict_components and cuts[side]:
+            raise ValueError(f"the {'' if side == 'none' else side + ' '}organ is cut by the "
+                             f"scan's field of view (it reaches {cuts[side]}); a whole organ "
+                             "expected")
         if radius_range is not None:
             r = organ_radius(vol, m)
             lo, hi = radius_range
@@ -307,7 +358,7 @@ def surfaces_from_label_map(path, params: BuildParams, strict_components=False,
         if side == "right" and params.mirror_right:
             s = Surface(s.verts * np.array([-1.0, 1.0, 1.0]), s.faces[:, ::-1].copy())
             c = centre * np.array([-1.0, 1.0, 1.0])
-        out.append((side, s, c))
+        out.append((side, s, c, cuts[side]))
     return out
 
 
@@ -467,7 +518,7 @@ def _job_fit(args):
 def _job_offset(args):
     """Dice over the offset grid of one fitted training surface against its label."""
     path, side, verts, faces, params, grid = args
-    vol, masks, _ = organ_masks(path, params)
+    vol, masks, _, _ = organ_masks(path, params)
     if side not in masks:
         return None
     if side == "right" and params.mirror_right:       # back onto the scan's own side
@@ -599,9 +650,13 @@ def build_model(label_files, params: BuildParams, root=None, progress=True, name
         if err is not None:
             rejected.append({"source": name, "stage": "surface", "reason": err})
             continue
-        for side, s, c in res:
+        for side, s, c, cut in res:
+            if cut and params.exclude_cut:
+                rejected.append({"source": name, "side": side, "stage": "surface",
+                                 "reason": f"cut by the scan's field of view (it reaches {cut})"})
+                continue
             shapes_in.append({"source": name, "side": side, "surface": s, "file": f,
-                              "fov_centre": c})
+                              "fov_centre": c, "cut_by_fov": cut})
     if len(shapes_in) < 3:
         why = "; ".join(f"{r['source']}: {r['reason']}" for r in rejected[:3])
         raise ValueError(f"only {len(shapes_in)} usable shapes; a model needs at least 3"
@@ -623,7 +678,8 @@ def build_model(label_files, params: BuildParams, root=None, progress=True, name
     kept, per_shape = [], []
     for s, (v, q) in zip(shapes_in, fits):
         rec = {"source": s["source"], "side": s["side"], **q.to_dict(),
-               "surface_volume_ml": s["surface"].volume() / 1000.0}
+               "surface_volume_ml": s["surface"].volume() / 1000.0,
+               "cut_by_fov": s["cut_by_fov"]}
         per_shape.append(rec)
         if q.ok:
             kept.append((s, v))
@@ -688,6 +744,9 @@ def build_model(label_files, params: BuildParams, root=None, progress=True, name
     report = {
         "n_inputs": len(files), "n_shapes_extracted": len(shapes_in), "n_shapes_kept": len(kept),
         "rejected": rejected, "per_shape": per_shape,
+        # kept shapes whose organ reaches the edge of its scan (exclude_cut rejects them)
+        "cut_by_fov": [{"source": s["source"], "side": s["side"], "where": s["cut_by_fov"]}
+                       for s, _ in kept if s["cut_by_fov"]],
         "fit_mean_target_to_fit_mm": {"median": float(np.median(d)), "max": float(d.max())},
         "pca_modes": int(len(var)), "pca_variance_mm2_top5": var[:5].tolist(),
         "surface_offset": offset,

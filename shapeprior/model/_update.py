@@ -256,7 +256,7 @@ def correspond_to_model(model: ShapeModel, label_files, params: BuildParams, pro
         if err is not None:
             rejected.append({"source": name, "stage": "surface", "reason": err})
             continue
-        for side, s, c in out:
+        for side, s, c, _ in out:
             shapes_in.append({"source": name, "side": side, "surface": s, "file": f,
                               "sha256": h, "fov_centre": c})
     fits = _map(_job_fit, [(model.mean, model.faces, s["surface"], params.n_iter)
