@@ -53,7 +53,10 @@ def each_backend(fn=None, *, reference="numpy", atol=1e-9, rtol=1e-7):
             if reference is None or backend == reference:
                 return
             want = test(*args, backend=reference, **kwargs)
-            for g, w in zip(_as_tuple(got), _as_tuple(want)):
+            got, want = _as_tuple(got), _as_tuple(want)
+            assert len(got) == len(want), (f"{backend} returned {len(got)} arrays, "
+                                           f"{reference} {len(want)}")
+            for g, w in zip(got, want):
                 np.testing.assert_allclose(to_numpy(g), to_numpy(w), atol=atol, rtol=rtol,
                                            err_msg=f"{backend} differs from {reference}")
 

@@ -106,3 +106,31 @@ def test_stage_clock_sums_the_calls_of_each_stage(monkeypatch):
     assert got["search"] == {"seconds": 3.75, "calls": 3}
     assert got["ssc"] == {"seconds": 1.5, "calls": 1}
     assert got["inner"] == {"seconds": 0.5, "calls": 1}
+
+
+def _fake_backend_test(results):
+    """An each_backend test body returning ``results[backend]``, undecorated."""
+    from shapeprior.testing import each_backend
+
+    def body(backend):
+        return results[backend]
+
+    return each_backend(body)
+
+
+@pytest.mark.skipif(not numba_available(), reason="needs numba")
+@pytest.mark.parametrize("numba_result, message", [
+    ((np.ones(3), np.zeros(2)), None),                       # agrees: passes
+    ((np.ones(3) + 1e-3, np.zeros(2)), "numba differs from numpy"),
+    ((np.ones(3), np.zeros(2) + 1e-3), "numba differs from numpy"),   # the second array
+    ((np.ones(3),), "numba returned 1 arrays, numpy 2"),
+])
+def test_each_backend_compares_every_array_with_the_reference(numba_result, message):
+    """The parity harness itself: a backend whose first or second array differs,
+    or that returns fewer arrays, fails; one that agrees passes."""
+    run = _fake_backend_test({"numpy": (np.ones(3), np.zeros(2)), "numba": numba_result})
+    if message is None:
+        run(backend="numba")
+    else:
+        with pytest.raises(AssertionError, match=message):
+            run(backend="numba")

@@ -239,3 +239,28 @@ def test_grown_box_grows_each_side_and_stops_at_the_array():
     inside = np.zeros_like(m)
     inside[b] = True
     assert np.array_equal(inside, near)
+
+
+@pytest.mark.parametrize("fmt", ["vtk", "vtp", "ply", "obj"])
+def test_a_mesh_is_read_back_in_vertex_order_with_its_triangles(tmp_path, fmt):
+    """Every format read_mesh takes gives back what Surface.write wrote: the
+    vertices in file order (the correspondence) and the triangles."""
+    from shapeprior.mesh import read_mesh
+
+    v, f = icosphere(2)
+    v = v * np.array([30.0, 20.0, 15.0]) + np.array([1.5, -2.0, 3.25])
+    Surface(v, f).write(tmp_path / f"m.{fmt}")
+    s = read_mesh(tmp_path / f"m.{fmt}")
+    np.testing.assert_allclose(s.verts, v, rtol=1e-6, atol=1e-5)
+    np.testing.assert_array_equal(s.faces, f)
+
+
+def test_a_ply_whose_header_never_ends_is_refused_at_once(tmp_path):
+    """meshio loops forever on a PLY header without end_header: read_mesh
+    refuses it first, naming the file."""
+    from shapeprior.mesh import read_mesh
+
+    p = tmp_path / "cut.ply"
+    p.write_bytes(b"ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\n")
+    with pytest.raises(ValueError, match=r"mesh 'cut.ply': truncated or damaged PLY header"):
+        read_mesh(p)

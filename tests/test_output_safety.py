@@ -143,3 +143,32 @@ def test_digests_asked_after_cancel_are_still_hashed(tmp_path):
         assert dig.sha256(f) == hashlib.sha256(f.read_bytes()).hexdigest()
     # an unlisted file is hashed when asked
     assert FileDigests([]).sha256(files[0]) == hashlib.sha256(files[0].read_bytes()).hexdigest()
+
+
+def test_inputs_are_hashed_ahead_only_when_regular_files(tmp_path):
+    """A named pipe among a run's inputs is never opened by the hashing thread
+    (the open would block until a writer came); regular files are hashed ahead
+    and agree with hashlib."""
+    import hashlib
+    import os
+    import threading
+    import time
+
+    from shapeprior._provenance import FileDigests
+
+    f = tmp_path / "a.bin"
+    f.write_bytes(os.urandom(3 << 20))
+    pipe = tmp_path / "p.nii.gz"
+    os.mkfifo(pipe)
+    d = FileDigests([f, pipe, None])
+    try:
+        assert d.sha256(f) == hashlib.sha256(f.read_bytes()).hexdigest()
+        time.sleep(0.3)
+        assert not any(t.name.startswith("shapeprior-sha256") and t.is_alive()
+                       for t in threading.enumerate())
+    finally:
+        d.cancel()
+        try:        # a reader blocked on the pipe (the bug this test is for): release it
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass

@@ -729,3 +729,23 @@ def test_many_shapes_equal_their_single_solves_with_row_weights(n_jobs, monkeypa
         ref = sparse_shape_composition(y, dic, w)
         np.testing.assert_allclose(r.reconstruction, ref.reconstruction, rtol=0, atol=1e-6)
         np.testing.assert_allclose(r.x, ref.x, rtol=1e-6, atol=1e-9 * np.abs(ref.x).max())
+
+
+def test_a_dask_worker_tells_dictionaries_apart_by_atoms_mean_and_backend():
+    """The fingerprint a dask worker keys its cached dictionary on changes with
+    the atoms, the mean and the backend."""
+    from shapeprior.ssc import ShapeDictionary
+    from shapeprior.ssc._many import _fingerprint
+
+    rng = np.random.default_rng(0)
+    atoms, mean = rng.normal(size=(5, 20, 3)), rng.normal(size=(20, 3))
+    base = _fingerprint(ShapeDictionary(atoms, mean, backend="numpy"))
+    assert base == _fingerprint(ShapeDictionary(atoms.copy(), mean.copy(), backend="numpy"))
+    assert base != _fingerprint(ShapeDictionary(atoms, mean + 1e-9, backend="numpy"))
+    other = atoms.copy()
+    other[0, 0, 0] += 1e-9
+    assert base != _fingerprint(ShapeDictionary(other, mean, backend="numpy"))
+    from shapeprior.backend import numba_available
+
+    if numba_available():
+        assert base != _fingerprint(ShapeDictionary(atoms, mean, backend="numba"))
