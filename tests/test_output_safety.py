@@ -160,12 +160,13 @@ def test_inputs_are_hashed_ahead_only_when_regular_files(tmp_path):
     f.write_bytes(os.urandom(3 << 20))
     pipe = tmp_path / "p.nii.gz"
     os.mkfifo(pipe)
+    before = set(threading.enumerate())       # other tests' hash threads are not ours
     d = FileDigests([f, pipe, None])
     try:
         assert d.sha256(f) == hashlib.sha256(f.read_bytes()).hexdigest()
         time.sleep(0.3)
         assert not any(t.name.startswith("shapeprior-sha256") and t.is_alive()
-                       for t in threading.enumerate())
+                       for t in set(threading.enumerate()) - before)
     finally:
         d.cancel()
         try:        # a reader blocked on the pipe (the bug this test is for): release it
