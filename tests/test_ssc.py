@@ -749,3 +749,49 @@ def test_a_dask_worker_tells_dictionaries_apart_by_atoms_mean_and_backend():
 
     if numba_available():
         assert base != _fingerprint(ShapeDictionary(atoms, mean, backend="numba"))
+
+
+def test_shape_and_weight_checks_hold_without_alignment():
+    """NaN coordinates are refused before any solver (also without an
+    alignment, whose own check would otherwise catch them), and fewer than 3
+    visible vertices (no similarity is defined) are refused, naming the count."""
+    p, dic = _shape_problem(0, 0.0, N=50, K=5)
+    bad = p.observed.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="shape contains NaN or infinite coordinates"):
+        sparse_shape_composition(bad, dic, alignment="none")
+    w = np.zeros(50)
+    w[:2] = 1.0
+    with pytest.raises(ValueError, match="at least 3 vertices need weight > 0, got 2"):
+        sparse_shape_composition(p.observed, dic, w)
+
+
+def test_unseen_vertices_do_not_move_the_automatic_lambda2():
+    """Vertices of weight 0 carry no evidence: whatever their coordinates, the
+    robust scale behind the automatic lambda2, and so the solve, is the same."""
+    p, dic = _shape_problem(3, 0.05)
+    w = np.ones(len(p.observed))
+    w[:90] = 0.0
+    far = p.observed.copy()
+    far[:90] += 80.0                                   # garbage where nothing is seen
+    a = sparse_shape_composition(p.observed, dic, w, alignment="none")
+    b = sparse_shape_composition(far, dic, w, alignment="none")
+    assert b.lambda2 == pytest.approx(a.lambda2, rel=1e-9)
+    np.testing.assert_allclose(b.x, a.x, atol=1e-9)
+
+
+def test_the_refit_fits_only_the_first_stages_inliers():
+    """refit: an SSC-L1 solve with the first stage's gross errors at weight 0,
+    lambda1 times refit, the first stage's lambda2, started from its x and
+    transform; it equals that solve made by hand."""
+    p, dic = _shape_problem(5, 0.15)
+    y = p.observed
+    first = sparse_shape_composition(y, dic)
+    assert first.overridden.sum() >= 20
+    got = sparse_shape_composition(y, dic, refit=0.1)
+    s2 = np.where(first.overridden, 0.0, 1.0)
+    want = sparse_shape_composition(y, dic, s2, lambda1=first.lambda1 * 0.1,
+                                    lambda2=first.lambda2, x0=first.x,
+                                    transform0=first.transform)
+    np.testing.assert_allclose(got.x, want.x, rtol=1e-9, atol=1e-12)
+    assert got.info["first_stage_outliers"] == int(first.overridden.sum())
