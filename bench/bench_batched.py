@@ -45,8 +45,9 @@ from shapeprior.synthetic import ShapePopulation, corrupt_patches, random_simila
 CACHE = Path(__file__).resolve().parent / "cache"
 
 
-def synthetic(n_points, n_atoms, n_shapes, aligned, seed=0):
-    """Dictionary atoms (GPA-aligned) and observations (M, N, 3)."""
+def synthetic(n_points, n_atoms, n_shapes, aligned, seed=0, frac=0.10):
+    """Dictionary atoms (GPA-aligned) and observations (M, N, 3): 0.3 mm noise,
+    ``frac`` of the vertices displaced in patches."""
     from shapeprior.align import generalized_procrustes
 
     rng = np.random.default_rng(seed)
@@ -59,7 +60,7 @@ def synthetic(n_points, n_atoms, n_shapes, aligned, seed=0):
             R, s, t = random_similarity(rng)
             y = s * y @ R.T + t
         y = y + rng.normal(0, 0.3, y.shape)
-        y, _ = corrupt_patches(y, 0.10, rng)
+        y, _ = corrupt_patches(y, frac, rng)
         obs.append(y)
     return atoms, np.stack(obs)
 

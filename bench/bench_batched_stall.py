@@ -34,26 +34,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, write_json  # noqa: E402
 
+from bench_batched import synthetic  # noqa: E402
+
 import shapeprior.ssc._batched as batched  # noqa: E402
 from shapeprior.ssc import ShapeDictionary, sparse_composition_batched  # noqa: E402
-from shapeprior.synthetic import ShapePopulation, corrupt_patches  # noqa: E402
 
 #: (PROX_STEPS, PROX_BASE): the baseline (one step of 1/L) first
 CONFIGS = [(1, 2.0), (8, 2.0), (6, 4.0), (6, 16.0), (8, 10.0)]
 FRACS = (0.3, 0.5, 0.7)
 ALPHA1 = (1e-4, 1e-3, 1e-2)
 LAMBDA2 = (0.1, 0.3, 3.0)
-
-
-def problem(seed, frac, n_points=300, n_atoms=40, n_shapes=6):
-    from shapeprior.align import generalized_procrustes
-
-    rng = np.random.default_rng(seed)
-    pop = ShapePopulation(n_points=n_points, seed=seed)
-    atoms = generalized_procrustes(pop.sample(n_atoms), max_iter=20, tol=1e-8).aligned
-    obs = [corrupt_patches(pop.sample(1, rng)[0] + rng.normal(0, 0.3, (n_points, 3)),
-                           frac, rng)[0] for _ in range(n_shapes)]
-    return atoms, np.stack(obs)
 
 
 def run_split(seeds, configs):
@@ -63,7 +53,7 @@ def run_split(seeds, configs):
                "warnings": 0, "objective": []} for c in configs}
     for seed in seeds:
         for frac in FRACS:
-            atoms, obs = problem(seed, frac)
+            atoms, obs = synthetic(300, 40, 6, aligned=True, seed=seed, frac=frac)
             dic = ShapeDictionary(atoms, backend="numpy")
             c0 = np.abs(np.einsum("mnd,knd->mk", obs, atoms)).max(axis=1)
             for a1 in ALPHA1:
