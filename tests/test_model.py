@@ -746,11 +746,13 @@ def test_build_and_update_model_on_an_organ_cut_by_the_field_of_view(tmp_path, c
     assert "cut by the scan's field of view (it reaches the scan's superior edge" in \
         rep["rejected"][0]["reason"]
     capsys.readouterr()
+    before = {p: p.read_bytes() for p in (out2, d / "cut.nii.gz")}
     assert main(["update-model", str(out2), str(d / "cut.nii.gz"), "-o",
                  str(tmp_path / "m3.npz"), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the organ is cut by the scan's field of view" in err[0]
-    assert not (tmp_path / "m3.npz").exists()
+    assert not (tmp_path / "m3.npz").exists() and not (tmp_path / "m3.npz.report").exists()
+    assert {p: p.read_bytes() for p in before} == before
 
 
 def test_kits_kidneys_cut_by_the_scan_are_found_on_their_side(data_root):

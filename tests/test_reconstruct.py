@@ -244,12 +244,14 @@ def test_cli_reconstruct_refuses_bad_arrays_in_one_line(population, tmp_path, ca
     model = model_from_shapes(train, faces)
     save_model(model, tmp_path / "m.npz")
     np.save(tmp_path / "a.npy", make(obs[:2]))
+    before = {f: (tmp_path / f).read_bytes() for f in ("a.npy", "m.npz")}
     out = tmp_path / "o"
     assert main(["reconstruct", str(tmp_path / "a.npy"), "-o", str(out), "--model",
                  str(tmp_path / "m.npz"), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "a.npy" in err[0] and message in err[0], err
     assert not out.exists()
+    assert {f: (tmp_path / f).read_bytes() for f in before} == before
 
 
 def test_cli_reconstruct_calls_a_shape_in_other_units_suspect(population, tmp_path):
