@@ -59,14 +59,17 @@ def check_number(name, value, low=None, high=None, *, low_open=False, high_open=
     return v
 
 
-def check_vector(name, value, n, *, increasing=False):
-    """``n`` finite numbers (a seed position, a window ...) as a tuple of floats."""
+def check_vector(name, value, n, *, increasing=False, bound=None):
+    """``n`` finite numbers (a seed position, a window ...) as a tuple of floats;
+    with ``bound``, each at most that in magnitude."""
+    within = "" if bound is None else f" within +-{bound:.0e}"
     try:
         v = tuple(float(x) for x in value)
     except (TypeError, ValueError):
-        _fail(name, value, f"{n} finite numbers")
-    if len(v) != n or not all(np.isfinite(v)):
-        _fail(name, value, f"{n} finite numbers")
+        _fail(name, value, f"{n} finite numbers{within}")
+    if len(v) != n or not all(np.isfinite(v)) or (
+            bound is not None and any(abs(x) > bound for x in v)):
+        _fail(name, value, f"{n} finite numbers{within}")
     if increasing and any(b <= a for a, b in zip(v, v[1:])):
         _fail(name, value, f"{n} increasing numbers")
     return v

@@ -81,7 +81,13 @@ def test_parameter_checks_name_the_value_and_the_allowed_range():
         (lambda: check_vector("window", (0.2, 0.2), 2, increasing=True), "window=(0.2, 0.2)",
          "increasing"),
         (lambda: check_vector("seed", (1.0, float("inf"), 2.0), 3), "seed=", "3 finite"),
+        (lambda: check_vector("seed", (1e308, 0.0, 0.0), 3, bound=1e9), "seed=(1e+308",
+         "within +-1e+09"),
+        # a segmentation's seed: beyond 1000 km it is a typo (and 1e308 overflowed to inf)
+        (lambda: sp.SegmentParams(seed_mm=(-2e9, 0.0, 0.0)), "seed_mm=(-2000000000.0",
+         "3 finite numbers within +-1e+09"),
     ]
+    assert check_vector("seed", (-1e9, 0.0, 1e9), 3, bound=1e9) == (-1e9, 0.0, 1e9)
     for call, named, allowed in cases:
         with pytest.raises(ValueError) as err:
             call()

@@ -152,7 +152,8 @@ class SegmentParams:
     voxel_passes: int = VOXEL_PASSES  # ... in this many passes (later ones in the first band)
 
     def __post_init__(self):
-        from .._validation import (check_bool, check_choice, check_number, check_vector)
+        from .._validation import (MAX_ABS_COORD_MM, check_bool, check_choice, check_number,
+                                   check_vector)
         from ..backend import BACKENDS
 
         try:
@@ -171,7 +172,9 @@ class SegmentParams:
         if self.refit is not None:
             self.refit = check_number("refit", self.refit, 0, 1, low_open=True)
         if self.seed_mm is not None:
-            self.seed_mm = check_vector("seed_mm", self.seed_mm, 3)
+            # a position in mm (or voxels) beyond 1000 km is a typo, and beyond
+            # ~1e300 its products overflow to inf
+            self.seed_mm = check_vector("seed_mm", self.seed_mm, 3, bound=MAX_ABS_COORD_MM)
         check_choice("seed_space", self.seed_space, ("lps", "ras", "voxel"))
         check_choice("side", self.side, ("none", "left", "right"))
         self.inside_brighter = check_bool("inside_brighter", self.inside_brighter)
