@@ -51,6 +51,10 @@ def test_offsets_are_measured_along_the_normal_both_ways():
     pts = np.array([[30.0, 25.0, 25.0], [45.0, 25.0, 25.0], [25.0, 25.0, 25.0]])
     got = bd.along(pts, n, 30.0)
     assert got == pytest.approx([10.5, -4.5, 15.5], abs=0.15)
+    # between the samples (0.25 mm apart) the crossing is interpolated, not rounded
+    # to the next sample: exact here, where the map is linear across the boundary
+    off = bd.along(pts + [[0.13, 0.0, 0.0], [-0.07, 0.0, 0.0], [0.0, 0.0, 0.0]], n, 30.0)
+    assert off == pytest.approx([10.37, -4.43, 15.5], abs=1e-6)
     # no crossing within reach: the reach, signed; at the field of view's edge: unknown
     assert bd.along(pts[2:], n[2:], 5.0)[0] == pytest.approx(5.0)
     assert np.isnan(bd.along(np.array([[1.0, 25.0, 25.0]]), n[:1], 30.0)).all()

@@ -272,6 +272,35 @@ def test_a_pole_cut_off_by_missing_slices_is_part_of_the_organ_an_island_is_not(
     assert not parts[blob].any() and not gaps[blob].any()
 
 
+def test_the_largest_piece_sets_the_scale_of_the_parts_whichever_comes_first():
+    """An island that comes first in the array (a low slice) is still an island:
+    the organ's parts are measured against the largest piece."""
+    from shapeprior.segmentation._refine import bridged_target
+
+    sp = (2.0, 1.0, 1.0)
+    organ = _ellipsoid()                     # slices 8..32
+    speck = organ.copy()
+    speck[1:3, 0:4, 0:4] = True              # 32 voxels, labelled first
+    parts, _, _ = bridged_target(speck, sp)
+    assert not parts[1:3].any() and np.array_equal(parts, organ)
+
+
+def test_copies_that_end_a_cut_organ_are_not_bridged_into_the_empty_slice():
+    """An organ cut flat (a wide last slice) whose last outline is carried over
+    two more slices: nothing lies beyond them to interpolate to, so they stay
+    (the pole is not erased)."""
+    from shapeprior.segmentation import repeated_slices
+
+    sp = (2.0, 1.0, 1.0)
+    cut = _ellipsoid()
+    cut[21:] = False                         # a wide last slice (20)
+    cut[21:23] = cut[20]
+    assert cut[20].sum() > 100 and not cut[23:].any()
+    gaps, _ = repeated_slices(cut, sp)
+    # (a gap is whole slices; the ellipsoid's own repeats along y are others)
+    assert not gaps[21].all() and not gaps[22].all()
+
+
 def test_two_objects_stacked_far_apart_are_not_bridged():
     from shapeprior.segmentation import missing_slices
 

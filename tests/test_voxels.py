@@ -137,6 +137,14 @@ def _tree_arrays(clf):
 @pytest.mark.parametrize("damage, msg", [
     (lambda a: a["left"].__setitem__(np.flatnonzero(a["left"] >= 0)[0], 0), "child outside"),
     (lambda a: a["feature"].__setitem__(np.flatnonzero(a["left"] >= 0)[0], 99), "feature index"),
+    # one past the last feature: the walk would read beyond each row
+    (lambda a: a["feature"].__setitem__(np.flatnonzero(a["left"] >= 0)[0], len(FEATURES)),
+     "feature index"),
+    # a node that is its own child (the walk would never end), at a root and below one
+    (lambda a: a["left"].__setitem__(a["roots"][0], a["roots"][0]), "child outside"),
+    (lambda a: a["right"].__setitem__(a["roots"][1], a["roots"][1]), "child outside"),
+    (lambda a: a["left"].__setitem__(np.flatnonzero(a["left"] >= 0)[1],
+                                     np.flatnonzero(a["left"] >= 0)[1]), "child outside"),
     (lambda a: a["value"].__setitem__(0, np.nan), "NaN"),
     (lambda a: a["right"].__setitem__(np.flatnonzero(a["left"] >= 0)[0], -1), "one child"),
     (lambda a: a.__setitem__("roots", a["roots"][::-1].copy()), "roots"),
@@ -229,6 +237,10 @@ def test_refined_label_is_one_piece_without_holes():
     assert n == 1 and changed == int(np.count_nonzero(new != lab)) > 0
     assert np.array_equal(ndimage.binary_fill_holes(new > 0), new > 0)
     assert new.sum() < raw.sum()                                      # the shell is gone
+    # and the organ stays: the piece kept is the largest, not the shell or the outside
+    pieces, _ = ndimage.label(raw, structure=np.ones((3, 3, 3)))
+    organ = pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+    assert dice(new, organ) > 0.98 and dice(new, mask) > 0.9
 
 
 def _plane_case(own, neighbours):
@@ -304,3 +316,57 @@ def test_refine_decides_the_band_by_the_smoothed_log_odds(learned):
     assert np.count_nonzero((smooth > 0) != (raw > 0)) > 0
     np.testing.assert_array_equal(new[index] > 0, smooth > 0)
     np.testing.assert_array_equal(alone[index] > 0, raw > 0)
+
+
+def test_training_displacements_are_smooth_and_along_the_normals():
+    """The surfaces the classifier learns from move each vertex along its own
+    normal (as a fit errs: in or out), by bumps whose size follows ``sd_mm``."""
+    from shapeprior.appearance._voxels import PERTURB_WIDTH_MM, perturbed_surface
+    from shapeprior.mesh import Surface, mesh_edges
+
+    v, f = icosphere(4)
+    v = v / np.linalg.norm(v, axis=1, keepdims=True) * np.array([30.0, 20.0, 15.0])
+    n = Surface(v, f).vertex_normals()
+    sizes = []
+    for seed in range(3):
+        w = perturbed_surface(v, f, np.random.default_rng(seed), sd_mm=1.0)
+        d = w - v
+        along = np.sum(d * n, axis=1)
+        np.testing.assert_allclose(d, along[:, None] * n, atol=1e-9)
+        sizes.append(along.std())
+        # smooth: vertices one edge apart (at most 2.5 mm, well within a bump's
+        # width) move alike (measured: at most 0.74 mm; independent moves of the
+        # same SD: 3.6-4.6 mm)
+        e = mesh_edges(f, len(v))
+        assert np.abs(along[e[:, 0]] - along[e[:, 1]]).max() < 1.5 * along.std()
+        assert np.linalg.norm(v[e[:, 0]] - v[e[:, 1]], axis=1).max() < 0.5 * PERTURB_WIDTH_MM
+    assert 0.3 < np.mean(sizes) < 3.0, sizes
+    w2 = perturbed_surface(v, f, np.random.default_rng(0), sd_mm=2.0)
+    assert np.sum((w2 - v) * n, axis=1).std() == pytest.approx(2.0 * sizes[0], rel=1e-9)
+
+
+def test_changed_counts_every_pass_even_where_a_later_pass_no_longer_looks():
+    """A classifier that grows the label by one voxel per pass, on a label with a
+    detached speck: the first pass drops the speck (largest piece kept) and
+    grows the organ, the second grows it again, and its band no longer reaches
+    the speck. ``changed`` counts the speck's voxels too."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    vol, mask, verts, faces = _blob_case(rng)
+    lab = voxelize(verts, faces, vol)
+    lo = np.argwhere(lab).min(0)
+    assert np.all(lo >= 8)
+    lab[1:4, 1:4, 1:4] = 1                          # a speck far below the organ's box
+    grow = VoxelClassifier(feature=np.array([1, 0, 0]), threshold=np.array([1.0, 0.0, 0.0]),
+                           left=np.array([1, -1, -1]), right=np.array([2, -1, -1]),
+                           value=np.array([0.0, 1.0, -1.0]), roots=np.array([0]),
+                           baseline=0.0, info={})
+    grow.check()
+    one, c1 = grow.refine(vol, lab, verts, faces, passes=1)
+    two, c2 = grow.refine(vol, lab, verts, faces, passes=2)
+    assert not one[1:4, 1:4, 1:4].any() and not two[1:4, 1:4, 1:4].any()
+    assert two.sum() > one.sum() > lab.sum() - 27
+    assert c1 == int(np.count_nonzero(one != lab)) and c2 == int(np.count_nonzero(two != lab))
+    # the second pass's band (the grown organ's, 2.5 voxels) is far from the speck
+    assert ndimage.distance_transform_edt(one == 0)[1:4, 1:4, 1:4].min() > 4

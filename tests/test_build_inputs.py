@@ -1,0 +1,147 @@
+"""What model building takes from each label map and image: the organ's
+pieces, its size, the sides asked for, the image paired with it and the crops
+the voxel classifier learns from."""
+
+import numpy as np
+import pytest
+
+from _phantoms import ellipsoid_label_map
+from shapeprior.model import BuildParams
+from shapeprior.model._build import _appearance_cases, organ_masks, organ_radius, pair_images
+
+SPACING = (0.8, 0.9, 2.5)      # x, y, z mm: anisotropic, so axis-order mistakes show
+
+
+def _with_blob(lo, hi):
+    """An ``extra`` for :func:`ellipsoid_label_map`: a box of label 1 at index
+    (i, j, k) ``lo`` .. ``hi``."""
+    def add(arr):
+        arr[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1
+    return add
+
+
+def test_a_second_piece_is_refused_by_its_size_and_the_largest_is_kept(tmp_path):
+    """A confirmed case (``strict_components``) in two pieces is refused when the
+    second holds at least a tenth of the first, not only when they are equal;
+    a speck is dropped. Without the check the largest piece is the organ,
+    whichever piece comes first in the array."""
+    kw = dict(semi_axes=(12.0, 10.0, 9.0), centre=(0.0, 0.0, 0.0), spacing=(1.0, 1.0, 1.0),
+              size=(60, 40, 40))
+    whole = tmp_path / "whole.nii.gz"
+    ellipsoid_label_map(whole, **kw)
+    n_organ = int(organ_masks(whole, BuildParams())[1]["none"].sum())
+    # a 10 x 10 x 13 box (1300 voxels, 29 % of the organ) at the array's start
+    ellipsoid_label_map(tmp_path / "big.nii.gz", extra=_with_blob((1, 1, 1), (11, 11, 14)), **kw)
+    ellipsoid_label_map(tmp_path / "speck.nii.gz", extra=_with_blob((1, 1, 1), (4, 4, 4)), **kw)
+    with pytest.raises(ValueError, match=r"2 pieces \(the second has 29% of the largest"):
+        organ_masks(tmp_path / "big.nii.gz", BuildParams(), strict_components=True)
+    _, masks, _, _ = organ_masks(tmp_path / "speck.nii.gz", BuildParams(), strict_components=True)
+    assert int(masks["none"].sum()) == n_organ
+    _, masks, _, _ = organ_masks(tmp_path / "big.nii.gz", BuildParams())
+    assert int(masks["none"].sum()) == n_organ
+
+
+def test_organ_size_from_a_subsample_is_the_whole_organs():
+    """The RMS radius from an even subsample of a large organ's voxels equals the
+    whole organ's: sqrt((a^2 + b^2 + c^2) / 5) for a solid ellipsoid."""
+    from shapeprior.io import Volume
+
+    a, b, c = 30.0, 20.0, 15.0
+    n = np.array([90, 60, 16])
+    sp = np.array(SPACING)
+    vol = Volume(np.zeros(n[::-1], np.uint8), sp, -sp * (n - 1) / 2.0, np.eye(3))
+    zz, yy, xx = np.meshgrid(*[(np.arange(k) - (k - 1) / 2.0) * s
+                               for k, s in zip(n[::-1], sp[::-1])], indexing="ij")
+    mask = (xx / a) ** 2 + (yy / b) ** 2 + (zz / c) ** 2 <= 1.0
+    want = np.sqrt((a * a + b * b + c * c) / 5.0)
+    assert organ_radius(vol, mask) == pytest.approx(want, rel=0.03)
+    assert organ_radius(vol, mask, max_points=2000) == pytest.approx(
+        organ_radius(vol, mask, max_points=10 ** 9), rel=0.02)
+
+
+def _pair_map(path):
+    """Two organs, 45 mm either side of the FOV centre (LPS x; +x is the patient's left)."""
+    sp, size = np.array([1.0, 1.0, 2.0]), np.array([130, 40, 20])
+    origin = -sp * (size - 1) / 2.0
+
+    def right(arr):                                 # arr indexed (i, j, k)
+        p = np.stack(np.meshgrid(*[o + s * np.arange(n) for o, s, n in zip(origin, sp, size)],
+                                 indexing="ij"), -1)
+        arr[np.sum(((p - [-45.0, 0.0, 0.0]) / [12.0, 9.0, 9.0]) ** 2, -1) <= 1.0] = 1
+
+    ellipsoid_label_map(path, (12.0, 9.0, 9.0), (45.0, 0.0, 0.0), spacing=sp, size=size,
+                        origin=origin, extra=right)
+
+
+@pytest.mark.parametrize("side, want", [("left", ["left"]), ("right", ["right"]),
+                                        ("both", ["left", "right"])])
+def test_split_sides_keeps_the_sides_asked_for(tmp_path, side, want):
+    f = tmp_path / "pair.nii.gz"
+    _pair_map(f)
+    _, masks, _, _ = organ_masks(f, BuildParams(split_sides=True, side=side))
+    assert sorted(masks) == want
+    assert all(m.sum() > 500 for m in masks.values())
+
+
+def _image_for(label_file, image_file, spacing=None):
+    """A CT-like image on the label map's grid (or with another ``spacing``)."""
+    import SimpleITK as sitk
+
+    lab = sitk.ReadImage(str(label_file))
+    img = sitk.Cast(lab, sitk.sitkFloat32) * 60.0 - 100.0
+    img.CopyInformation(lab)
+    if spacing is not None:
+        img.SetSpacing(spacing)
+    sitk.WriteImage(img, str(image_file))
+
+
+def test_an_image_on_another_grid_is_not_paired(tmp_path):
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "img").mkdir()
+    f = tmp_path / "lab" / "a.nii.gz"
+    ellipsoid_label_map(f, spacing=SPACING)
+    _image_for(f, tmp_path / "img" / "a.nii.gz")
+    assert pair_images([f], tmp_path / "lab", tmp_path / "img") == {
+        f: tmp_path / "img" / "a.nii.gz"}
+    _image_for(f, tmp_path / "img" / "a.nii.gz", spacing=(0.8, 0.9, 2.0))
+    with pytest.raises(ValueError, match="a.nii.gz and image a.nii.gz are not on the same grid"):
+        pair_images([f], tmp_path / "lab", tmp_path / "img")
+
+
+def test_training_crops_hold_the_organ_with_12_mm_around_and_mirrored_shapes_go_back(tmp_path):
+    """The voxel classifier's crops reach 12 mm beyond the fitted surface along
+    every axis (anisotropic voxels), hold the organ's mask, and a right organ
+    mirrored onto the left for the model goes back onto its own side; only
+    unmirrored shapes give boundary profiles (a mirrored one is not on its scan)."""
+    from shapeprior.mesh import icosphere
+
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "img").mkdir()
+    u, _ = icosphere(2)
+    u = u / np.linalg.norm(u, axis=1, keepdims=True)
+    kept = []
+    pairs = {}
+    for i, x in enumerate((45.0, 45.0, 45.0, -45.0)):
+        f = tmp_path / "lab" / f"c{i}.nii.gz"
+        ellipsoid_label_map(f, (12.0, 9.0, 9.0), (x, 0.0, 0.0), spacing=SPACING,
+                            size=(180, 60, 20), origin=-np.array(SPACING) * (
+                                np.array([180, 60, 20]) - 1) / 2.0)
+        _image_for(f, tmp_path / "img" / f.name)
+        pairs[f] = tmp_path / "img" / f.name
+        v = u * [12.0, 9.0, 9.0] + [x, 0.0, 0.0]
+        side = "left" if x > 0 else "right"
+        if side == "right":                         # as the model holds it: mirrored
+            v = v * [-1.0, 1.0, 1.0]
+        kept.append(({"file": str(f), "side": side}, v))
+    _, faces = icosphere(2)
+    params = BuildParams(labels=(1,), split_sides=True, images_dir=str(tmp_path / "img"))
+    profile, voxel = _appearance_cases(kept, faces, params, pairs)
+    assert len(profile) == 3 and all(np.all(v[:, 0] > 0) for _, v in profile)
+    assert len(voxel) == 4
+    for (crop, mask, v, f), x in zip(voxel, (45.0, 45.0, 45.0, -45.0)):
+        assert np.sign(v[:, 0].mean()) == np.sign(x)                  # on its own side
+        lo = crop.index_to_physical(np.zeros((1, 3)))[0]
+        hi = crop.index_to_physical((np.array(crop.array.shape[::-1]) - 1.0)[None])[0]
+        assert np.all(v.min(0) - lo >= 12.0 - np.array(SPACING))
+        assert np.all(hi - v.max(0) >= 12.0 - np.array(SPACING))
+        assert mask.shape == crop.array.shape and mask.sum() > 1000

@@ -1,0 +1,113 @@
+"""Placement without a seed, measured exactly: the search grid, the matched
+filter's peaks, the refined position and scale, and the order and spread of
+the hypotheses (on anisotropic grids, where axis-order and unit mistakes
+show)."""
+
+import numpy as np
+import pytest
+
+from shapeprior.appearance import intensity_scale
+from shapeprior.io import Volume
+from shapeprior.mesh import icosphere, voxelize
+from shapeprior.segmentation._place import (AppearanceScore, find_placements, grid_centres,
+                                            region_score_map)
+
+#: semi-axes (mm) of the test organ: elongated along x, flat along z, so that
+#: its template box differs along every axis
+AXES_MM = np.array([20.0, 12.0, 8.0])
+#: anisotropic voxels (x, y, z), mm
+SPACING = np.array([0.8, 1.0, 2.0])
+
+
+def _organ():
+    v, f = icosphere(3)
+    return v / np.linalg.norm(v, axis=1, keepdims=True) * AXES_MM, f
+
+
+def _scan(organs, size=(150, 110, 50), spacing=SPACING, direction=None):
+    """A CT-like scan (fat -100 HU) with the organ (40 HU) scaled by ``s`` at
+    each ``(centre, s)`` of ``organs``; origin such that LPS 0 is the FOV centre."""
+    shape0, faces = _organ()
+    n = np.asarray(size)
+    D = np.eye(3) if direction is None else np.asarray(direction, float)
+    sp = np.asarray(spacing, float)
+    origin = -D @ (sp * (n - 1) / 2.0)
+    vol = Volume(np.full(n[::-1], -100, np.int16), sp, origin, D)
+    for c, s in organs:
+        vol.array[voxelize(s * shape0 + np.asarray(c, float), faces, vol) > 0] = 40
+    return vol
+
+
+def _scorer(vol):
+    return AppearanceScore(vol, None, "ct", intensity_scale(vol, "ct"), "numpy", 0.0,
+                           band_mm=3.0, window=(-0.05, 0.15), inside_brighter=True)
+
+
+def test_grid_is_centred_on_the_field_of_view_and_spaced_in_mm():
+    D = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])     # rotated in-plane
+    vol = Volume(np.zeros((31, 60, 81), np.int16), np.array([0.5, 2.0, 3.0]),
+                 np.array([10.0, -20.0, 5.0]), D)
+    c = grid_centres(vol, 6.0)
+    idx = vol.physical_to_index(c)
+    steps = []
+    for ax in range(3):
+        u = np.unique(np.round(idx[:, ax], 6))
+        steps.append(np.diff(u))
+        # centred: as far from the first voxel as from the last
+        assert u[0] == pytest.approx(vol.array.shape[::-1][ax] - 1 - u[-1], abs=1e-6)
+    # 6 mm apart along x and y (12 and 3 voxels); along z the 3 mm voxels give 2
+    np.testing.assert_allclose(steps[0] * 0.5, 6.0)
+    np.testing.assert_allclose(steps[1] * 2.0, 6.0)
+    np.testing.assert_allclose(steps[2] * 3.0, 6.0)
+    np.testing.assert_allclose(c.mean(0), vol.centre(), atol=1e-9)
+    # a step finer than a voxel: one position per voxel, never less
+    fine = vol.physical_to_index(grid_centres(vol, 0.1))
+    assert len(np.unique(np.round(fine[:, 2], 6))) == vol.array.shape[0]
+
+
+def test_matched_filter_peaks_at_the_organ_on_an_anisotropic_grid():
+    """The organ centred on a block of the downsampled grid: the filter's best
+    peak is that block's centre (in mm), not a block or half a block off."""
+    vol0 = _scan([])
+    f = np.maximum(1, np.round(4.0 / SPACING)).astype(int)
+    block = np.array([13, 9, 9])                                  # x, y, z block index
+    want = vol0.index_to_physical((block * f + (f - 1) / 2.0)[None])[0]
+    vol = _scan([(want, 1.0)])
+    shape0, faces = _organ()
+    centres, scores = region_score_map(vol, shape0, faces, _scorer(vol))
+    best = centres[np.argmax(scores)]
+    assert np.linalg.norm(best - want) < 0.5, (best, want)
+
+
+def test_search_finds_position_and_scale_and_returns_distinct_hypotheses_best_first():
+    """An organ 1.2 times the mean shape off every grid position, and a
+    smaller decoy elsewhere: the best hypothesis is the organ, at its scale,
+    within a voxel; the hypotheses are ordered by score and a quarter of the
+    organ's extent apart."""
+    shape0, faces = _organ()
+    organ = np.array([-22.3, 7.1, -3.3])
+    decoy = np.array([32.0, -25.0, 6.0])
+    vol = _scan([(organ, 1.2), (decoy, 0.7)])
+    hyps = find_placements(vol, shape0, faces, _scorer(vol), n=3, scales=(0.9, 1.0, 1.2))
+    best = hyps[0]
+    assert best.source == "search" and best.scale == 1.2, best
+    assert np.linalg.norm(best.centre - organ) < 1.5, (best.centre, organ)
+    scores = [h.score for h in hyps]
+    assert scores == sorted(scores, reverse=True) and len(hyps) >= 2
+    extent = float(np.linalg.norm(shape0.max(0) - shape0.min(0)))
+    for i in range(len(hyps)):
+        for j in range(i):
+            assert np.linalg.norm(hyps[i].centre - hyps[j].centre) >= 0.25 * extent
+
+
+def test_one_organ_gives_one_hypothesis_even_where_the_filter_peaks_twice():
+    """An organ 6 mm longer than the template (two overlapping copies) makes the
+    filter peak at either end: both refine onto the same organ, which must
+    count once, leaving the other hypotheses to other places."""
+    shape0, faces = _organ()
+    organ = np.array([-22.3, 7.1, -3.3])
+    vol = _scan([(organ, 1.0), (organ + [6.0, 0.0, 0.0], 1.0), ([32.0, -25.0, 6.0], 0.7)])
+    hyps = find_placements(vol, shape0, faces, _scorer(vol), n=3)
+    extent = float(np.linalg.norm(shape0.max(0) - shape0.min(0)))
+    near = [h for h in hyps if np.linalg.norm(h.centre - organ - [3.0, 0.0, 0.0]) < 0.25 * extent]
+    assert len(near) == 1 and near[0] is hyps[0], [h.to_dict() for h in hyps]
