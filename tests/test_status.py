@@ -158,6 +158,13 @@ def test_organ_cut_by_the_field_of_view_is_not_ok(model, scan):
     assert r.status in ("suspect", "failed")
     assert any("field of view" in s for s in r.reasons), r.reasons
     assert r.evidence["vertices_outside_fov"] > 0.1
+    # the vertices beyond the field of view had no evidence (visibility 0: the prior
+    # completes the organ there), not the border's replicated values
+    from shapeprior.segmentation._assess import outside_fov
+
+    out = outside_fov(cut, r.verts)
+    assert out.sum() > 0.1 * len(out)
+    assert np.all(r.confidence[out] == 0.0) and r.confidence[~out].mean() > 0.3
 
 
 def test_status_in_report_summary_exit_code_and_mesh(phantom_model, tmp_path, capsys):
