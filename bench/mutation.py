@@ -6,12 +6,16 @@ For each one the source tree is copied, the mutant applied, and the tests
 that cover the module run against the copy (``PYTHONPATH`` puts the copy
 first, subprocesses included). A mutant is *killed* when those tests fail
 (or time out), and *survives* when they pass. Survivors must be killed by a
-new test or explained as equivalent in ``EQUIVALENT``.
+new test or explained as equivalent in ``EQUIVALENT``. A module's tests are a
+subset of the suite: ``--recheck`` runs each survivor again against the whole
+suite (slow tests left out), so that a test elsewhere that catches it is found
+before a new one is written.
 
     python bench/mutation.py                  # all mutants, JSON in bench/results
     python bench/mutation.py --only align     # one module's mutants
     python bench/mutation.py --only seg-dice,mesh-kidney-side   # some mutants
     python bench/mutation.py --jobs 2
+    python bench/mutation.py --only model --recheck   # survivors against the whole suite too
 
 Every mutant's original text must occur exactly once in its file; a mutant
 whose text moved or repeats is *invalid* and fails the run (exit 1), and
@@ -2353,7 +2357,14 @@ def anchor_count(m, root=REPO):
     return _source(m, root).count(m[3])
 
 
-def run_mutant(m, timeout):
+#: the whole suite, for ``--recheck`` (two xdist workers: the survivors run one at a
+#: time), without the anchor check, which fails on every applied mutant
+WHOLE_SUITE = ["-n", "2", "--ignore=tests/test_mutation_anchors.py", "tests"]
+
+
+def run_mutant(m, timeout, tests=None):
+    """Apply mutant ``m`` to a copy of the tree and run ``tests`` (default: its
+    module's, one process) against it."""
     mid, module, rel, find, repl, why = m
     work = Path(tempfile.mkdtemp(prefix=f"mut-{mid}-"))
     try:
@@ -2365,11 +2376,12 @@ def run_mutant(m, timeout):
             return {"id": mid, "module": module, "status": "invalid",
                     "reason": f"original text found {n} times"}
         f.write_text(src.replace(find, repl))
-        tests = [t for t in TESTS[module] if (work / t).is_file()]
+        if tests is None:
+            tests = ["-n", "0", *(t for t in TESTS[module] if (work / t).is_file())]
         env = dict(os.environ, PYTHONPATH=str(work), NUMBA_CACHE_DIR=str(work / ".numba"))
         t0 = time.perf_counter()
         try:
-            p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p",
+            p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
                                 "no:cacheprovider", "-m", "not slow", *tests], cwd=work, env=env,
                                capture_output=True, text=True, timeout=timeout)
             status = "survived" if p.returncode == 0 else "killed"
@@ -2377,7 +2389,8 @@ def run_mutant(m, timeout):
         except subprocess.TimeoutExpired:
             status, tail = "killed", ["timeout"]
         return {"id": mid, "module": module, "file": rel, "bug": why, "status": status,
-                "tests": tests, "seconds": round(time.perf_counter() - t0, 1),
+                "tests": [t for t in tests if t.startswith("tests") or t.startswith("--ignore")],
+                "seconds": round(time.perf_counter() - t0, 1),
                 "last_line": tail[0] if tail else ""}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -2390,6 +2403,9 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--out", default=str(RESULTS / "mutation.json"))
+    ap.add_argument("--recheck", action="store_true",
+                    help="run each survivor again against the whole suite (slow tests "
+                         "left out): 'whole_suite' says whether a test elsewhere catches it")
     a = ap.parse_args(argv)
     only = None if a.only is None else set(a.only.split(","))
     unknown = only - {m[0] for m in MUTANTS} - {m[1] for m in MUTANTS} if only else set()
@@ -2399,10 +2415,16 @@ def main(argv=None):
     t0 = time.perf_counter()
     with ThreadPoolExecutor(a.jobs) as ex:
         rows = list(ex.map(lambda m: run_mutant(m, a.timeout), todo))
+    by_id = {m[0]: m for m in todo}
     for r in rows:
         if r["status"] == "survived" and r["id"] in EQUIVALENT:
             r["status"], r["equivalent_because"] = "equivalent", EQUIVALENT[r["id"]]
-        print(f"{r['status']:10s} {r['id']:28s} {r.get('seconds', '')}", flush=True)
+        if a.recheck and r["status"] in ("survived", "equivalent"):
+            again = run_mutant(by_id[r["id"]], 3 * a.timeout, tests=WHOLE_SUITE)
+            r["whole_suite"] = again["status"]
+            r["whole_suite_last_line"] = again.get("last_line", "")
+        whole = f" (whole suite: {r['whole_suite']})" if "whole_suite" in r else ""
+        print(f"{r['status']:10s} {r['id']:28s} {r.get('seconds', '')}{whole}", flush=True)
     valid = [r for r in rows if r["status"] in ("killed", "survived")]
     killed = sum(r["status"] == "killed" for r in valid)
     result = {"benchmark": "mutation", "machine": machine(), "n_mutants": len(rows),

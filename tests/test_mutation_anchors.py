@@ -28,3 +28,29 @@ def test_mutant_text_occurs_once(m):
 def test_mutant_ids_are_unique():
     ids = [m[0] for m in mutation.MUTANTS]
     assert len(ids) == len(set(ids))
+
+
+def test_recheck_runs_each_survivor_against_the_whole_suite(tmp_path, monkeypatch):
+    """``--recheck``: a mutant its module's tests miss is run again against the
+    whole suite, and the JSON says whether a test elsewhere catches it; a killed
+    mutant is not run again."""
+    import json
+
+    calls = []
+
+    def fake(m, timeout, tests=None):
+        calls.append((m[0], tests))
+        caught = m[0] == "data-sizes-unchecked" or tests == mutation.WHOLE_SUITE and \
+            m[0] == "build-channel-name"
+        return {"id": m[0], "module": m[1], "status": "killed" if caught else "survived",
+                "last_line": "1 failed" if caught else "9 passed"}
+
+    monkeypatch.setattr(mutation, "run_mutant", fake)
+    out = tmp_path / "m.json"
+    ids = "build-channel-name,build-side-option-ignored,data-sizes-unchecked"
+    assert mutation.main(["--only", ids, "--recheck", "--jobs", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["killed"] == 1 and {r["id"]: r["whole_suite"] for r in res["survivors"]} == {
+        "build-channel-name": "killed", "build-side-option-ignored": "survived"}
+    assert sorted(i for i, tests in calls if tests == mutation.WHOLE_SUITE) == [
+        "build-channel-name", "build-side-option-ignored"]
