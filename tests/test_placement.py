@@ -24,23 +24,27 @@ def _organ():
     return v / np.linalg.norm(v, axis=1, keepdims=True) * AXES_MM, f
 
 
-def _scan(organs, size=(150, 110, 50), spacing=SPACING, direction=None):
-    """A CT-like scan (fat -100 HU) with the organ (40 HU) scaled by ``s`` at
-    each ``(centre, s)`` of ``organs``; origin such that LPS 0 is the FOV centre."""
-    shape0, faces = _organ()
+def _scan(organs, size=(150, 110, 50), spacing=SPACING, shape=None, slab=None):
+    """A CT-like scan (fat -100 HU), LPS 0 at the FOV centre, with the organ
+    (40 HU) scaled by ``s`` at each ``(centre, s)`` of ``organs``. ``shape``:
+    ``(verts centred at 0, faces)`` of the organ (default :func:`_organ`);
+    ``slab``: an LPS x range filled with 40 HU too."""
+    shape0, faces = _organ() if shape is None else shape
     n = np.asarray(size)
-    D = np.eye(3) if direction is None else np.asarray(direction, float)
-    sp = np.asarray(spacing, float)
-    origin = -D @ (sp * (n - 1) / 2.0)
-    vol = Volume(np.full(n[::-1], -100, np.int16), sp, origin, D)
+    sp = np.broadcast_to(np.asarray(spacing, float), (3,))
+    origin = -sp * (n - 1) / 2.0
+    vol = Volume(np.full(n[::-1], -100, np.int16), sp, origin, np.eye(3))
     for c, s in organs:
         vol.array[voxelize(s * shape0 + np.asarray(c, float), faces, vol) > 0] = 40
+    if slab is not None:
+        x = origin[0] + sp[0] * np.arange(n[0])
+        vol.array[:, :, (x >= slab[0]) & (x <= slab[1])] = 40
     return vol
 
 
-def _scorer(vol):
+def _scorer(vol, band_mm=3.0):
     return AppearanceScore(vol, None, "ct", intensity_scale(vol, "ct"), "numpy", 0.0,
-                           band_mm=3.0, window=(-0.05, 0.15), inside_brighter=True)
+                           band_mm=band_mm, window=(-0.05, 0.15), inside_brighter=True)
 
 
 def test_grid_is_centred_on_the_field_of_view_and_spaced_in_mm():
@@ -111,3 +115,44 @@ def test_one_organ_gives_one_hypothesis_even_where_the_filter_peaks_twice():
     extent = float(np.linalg.norm(shape0.max(0) - shape0.min(0)))
     near = [h for h in hyps if np.linalg.norm(h.centre - organ - [3.0, 0.0, 0.0]) < 0.25 * extent]
     assert len(near) == 1 and near[0] is hyps[0], [h.to_dict() for h in hyps]
+
+
+def _phantom_mean(phantom_model):
+    """The phantom model's mean shape centred at 0, its faces and extent (x, y, z mm)."""
+    from shapeprior.model import load_model
+
+    model = load_model(phantom_model[3])
+    shape0 = model.mean - model.mean.mean(0)
+    return shape0, model.faces, shape0.max(0) - shape0.min(0)
+
+
+def _phantom_scan(shape0, faces, organs, slab=None):
+    """A 2 mm scan of 10 x 3 x 3 the mean's extent, with the mean scaled by 0.85
+    at each centre of ``organs``, and the region score's band for that extent."""
+    ext = shape0.max(0) - shape0.min(0)
+    size = np.ceil(np.array([10.0, 3.0, 3.0]) * ext / 2.0).astype(int)          # x, y, z
+    vol = _scan([(c, 0.85) for c in organs], size, 2.0, (shape0, faces), slab)
+    return vol, _scorer(vol, float(np.clip(0.04 * np.linalg.norm(ext), 2.0, 4.0)))
+
+
+def test_placement_scores_the_boundary_contrast_not_brightness(phantom_model):
+    """A large uniform region in the organ's intensity window is brighter inside
+    any placed surface than the (smaller) organ itself, but has no boundary
+    there: the placement goes to the organ."""
+    shape0, faces, ext = _phantom_mean(phantom_model)
+    organ = np.array([3.0 * ext[0], 0.0, 0.0])
+    vol, scorer = _phantom_scan(shape0, faces, [organ], slab=(-4.8 * ext[0], -0.5 * ext[0]))
+    best = find_placements(vol, shape0, faces, scorer, n=3)[0]
+    assert np.linalg.norm(best.centre - organ) < 0.25 * ext.max(), (best.centre, organ)
+
+
+def test_placement_of_a_paired_organ_keeps_to_its_side(phantom_model):
+    """Two identical organs either side of the body's midline (LPS x = 0):
+    side 'left' (LPS +x) finds the one at +x, 'right' the one at -x."""
+    shape0, faces, ext = _phantom_mean(phantom_model)
+    left, right = np.array([2.5 * ext[0], 0, 0]), np.array([-2.5 * ext[0], 0, 0])
+    vol, scorer = _phantom_scan(shape0, faces, [left, right])
+    for side, want in (("left", left), ("right", right)):
+        hyps = find_placements(vol, shape0, faces, scorer, n=3, side=side)
+        assert np.linalg.norm(hyps[0].centre - want) < 0.25 * ext.max(), (side, hyps[0])
+        assert all(np.sign(h.centre[0]) == np.sign(want[0]) for h in hyps)
