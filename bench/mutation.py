@@ -2362,14 +2362,15 @@ def anchor_count(m, root=REPO):
     return _source(m, root).count(m[3])
 
 
-#: the whole suite, for ``--recheck`` (two xdist workers: the survivors run one at a
-#: time), without the anchor check, which fails on every applied mutant
+#: pytest arguments of the whole suite, for ``--recheck`` (two xdist workers: the
+#: survivors run one at a time), without the anchor check, which fails on every
+#: applied mutant
 WHOLE_SUITE = ["-n", "2", "--ignore=tests/test_mutation_anchors.py", "tests"]
 
 
-def run_mutant(m, timeout, tests=None):
-    """Apply mutant ``m`` to a copy of the tree and run ``tests`` (default: its
-    module's, one process) against it."""
+def run_mutant(m, timeout, whole_suite=False):
+    """Apply mutant ``m`` to a copy of the tree and run its module's tests (one
+    process) against it, or :data:`WHOLE_SUITE`."""
     mid, module, rel, find, repl, why = m
     work = Path(tempfile.mkdtemp(prefix=f"mut-{mid}-"))
     try:
@@ -2381,20 +2382,20 @@ def run_mutant(m, timeout, tests=None):
             return {"id": mid, "module": module, "status": "invalid",
                     "reason": f"original text found {n} times"}
         f.write_text(src.replace(find, repl))
-        if tests is None:
-            tests = ["-n", "0", *(t for t in TESTS[module] if (work / t).is_file())]
+        tests = ["tests"] if whole_suite else [t for t in TESTS[module] if (work / t).is_file()]
+        args = WHOLE_SUITE if whole_suite else ["-n", "0", *tests]
         env = dict(os.environ, PYTHONPATH=str(work), NUMBA_CACHE_DIR=str(work / ".numba"))
         t0 = time.perf_counter()
         try:
             p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
-                                "no:cacheprovider", "-m", "not slow", *tests], cwd=work, env=env,
+                                "no:cacheprovider", "-m", "not slow", *args], cwd=work, env=env,
                                capture_output=True, text=True, timeout=timeout)
             status = "survived" if p.returncode == 0 else "killed"
             tail = p.stdout.strip().splitlines()[-1:] if p.stdout else []
         except subprocess.TimeoutExpired:
             status, tail = "killed", ["timeout"]
         return {"id": mid, "module": module, "file": rel, "bug": why, "status": status,
-                "tests": [t for t in tests if t.startswith("tests") or t.startswith("--ignore")],
+                "tests": tests,
                 "seconds": round(time.perf_counter() - t0, 1),
                 "last_line": tail[0] if tail else ""}
     finally:
@@ -2425,7 +2426,7 @@ def main(argv=None):
         if r["status"] == "survived" and r["id"] in EQUIVALENT:
             r["status"], r["equivalent_because"] = "equivalent", EQUIVALENT[r["id"]]
         if a.recheck and r["status"] in ("survived", "equivalent"):
-            again = run_mutant(by_id[r["id"]], 3 * a.timeout, tests=WHOLE_SUITE)
+            again = run_mutant(by_id[r["id"]], 3 * a.timeout, whole_suite=True)
             r["whole_suite"] = again["status"]
             r["whole_suite_last_line"] = again.get("last_line", "")
         whole = f" (whole suite: {r['whole_suite']})" if "whole_suite" in r else ""

@@ -1,7 +1,8 @@
 """Placement without a seed, measured exactly: the search grid, the matched
 filter's peaks, the refined position and scale, and the order and spread of
 the hypotheses (on anisotropic grids, where axis-order and unit mistakes
-show)."""
+show); and on the phantom model's mean, the boundary contrast that scores a
+placement and the side of a paired organ."""
 
 import numpy as np
 import pytest
