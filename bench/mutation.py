@@ -2441,7 +2441,8 @@ def main(argv=None):
               "invalid": [r for r in rows if r["status"] == "invalid"],
               "time_s": round(time.perf_counter() - t0, 1), "mutants": rows}
     write_json(a.out, result)
-    print(f"score {killed}/{len(valid)} = {result['score']:.0%}; survivors: "
+    score = "n/a" if result["score"] is None else f"{result['score']:.0%}"
+    print(f"score {killed}/{len(valid)} = {score}; survivors: "
           f"{[r['id'] for r in result['survivors']]}")
     if result["invalid"]:
         print(f"invalid mutants (their original text moved or repeats): "

@@ -53,3 +53,21 @@ def test_recheck_runs_each_survivor_against_the_whole_suite(tmp_path, monkeypatc
         "build-channel-name": "killed", "build-side-option-ignored": "survived"}
     assert sorted(i for i, whole in calls if whole) == [
         "build-channel-name", "build-side-option-ignored"]
+
+
+def test_a_run_of_equivalent_mutants_alone_reports_no_score(tmp_path, monkeypatch, capsys):
+    """Only equivalent mutants (e.g. rechecking one): no valid mutant, so no
+    score; the run still writes its JSON and ends normally."""
+    import json
+
+    def fake(m, timeout, whole_suite=False):
+        return {"id": m[0], "module": m[1], "status": "survived", "last_line": "9 passed"}
+
+    monkeypatch.setattr(mutation, "run_mutant", fake)
+    out = tmp_path / "m.json"
+    assert mutation.main(["--only", "ssc-overridden-invisible", "--recheck", "--jobs", "1",
+                          "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["score"] is None and res["n_valid"] == 0
+    assert res["equivalent"][0]["whole_suite"] == "survived"
+    assert "score 0/0 = n/a" in capsys.readouterr().out
