@@ -313,3 +313,33 @@ def test_itk_formats_under_non_utf8_names_are_read_and_leave_no_link(suffix, tmp
     assert np.array_equal(a.array, arr) and np.array_equal(b.array, arr)
     assert np.allclose(b.spacing, (0.7, 0.8, 2.5)) and np.allclose(b.origin, (-10, 20, 5))
     assert list(links.iterdir()) == []
+
+
+def test_geometry_difference_names_the_first_field_and_agrees_with_volumes():
+    """One implementation for header tuples and volumes: size in x, y, z order,
+    the first argument's value first; spacing, direction, origin each within
+    1e-3; "voxel positions" when each agrees alone but together they place the
+    far voxels apart; '' on the same grid."""
+    from shapeprior.io import geometry_difference
+
+    a = Volume(np.zeros((4, 5, 6), np.uint8), np.array([0.5, 0.5, 10.0]),
+               np.array([1.0, 2.0, 3.0]), np.eye(3))
+    assert geometry_difference(a.geometry, a.geometry) == ""
+    b = Volume(np.zeros((4, 5, 7), np.uint8), a.spacing, a.origin, a.direction)
+    assert geometry_difference(b.geometry, a.geometry) == "size [7, 5, 4] vs [6, 5, 4]"
+    assert a.grid_difference(b) == "size [7, 5, 4] vs [6, 5, 4]"
+    moved = Volume(a.array, a.spacing, a.origin + [0, 0, 0.5], a.direction)
+    assert a.grid_difference(moved) == "origin (LPS) [1.0, 2.0, 3.5] vs [1.0, 2.0, 3.0]"
+    wider = Volume(a.array, a.spacing + [0, 0.01, 0], a.origin, a.direction)
+    assert geometry_difference(wider.geometry, a.geometry).startswith("spacing [0.5, 0.51, 10.0]")
+    # a tilt of 8e-4 rad: each direction entry within 1e-3, but 10 mm slices move 8e-3 mm
+    t = 8e-4
+    tilt = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+    tilted = Volume(a.array, a.spacing, a.origin, tilt)
+    assert geometry_difference(tilted.geometry, a.geometry) == "voxel positions"
+    assert a.grid_difference(tilted) == "voxel positions" and not a.same_grid(tilted)
+    # the same tilt on 0.5 mm voxels everywhere: within 1e-3 mm, the same grid
+    fine = Volume(a.array, np.full(3, 0.5), a.origin, np.eye(3))
+    fine_tilted = Volume(a.array, fine.spacing, a.origin, tilt)
+    assert geometry_difference(fine_tilted.geometry, fine.geometry) == ""
+    assert fine.grid_difference(fine_tilted) == "" and fine.same_grid(fine_tilted)

@@ -62,20 +62,18 @@ class Volume:
                                 atol=atol)
                 and np.allclose(self.origin, other.origin, atol=atol))
 
+    @property
+    def geometry(self):
+        """``(shape_zyx, spacing, origin, direction)``, as :func:`read_geometry`
+        gives them for a file."""
+        return self.array.shape, self.spacing, self.origin, self.direction
+
     def grid_difference(self, other: "Volume", atol: float = 1e-3) -> str:
         """'' when :meth:`same_grid`; else how ``other``'s grid differs from this
-        one's, the first difference only (size, spacing, direction or origin:
-        x, y, z, mm and LPS), ``other``'s value first."""
+        one's (:func:`geometry_difference`, ``other``'s value first)."""
         if self.same_grid(other, atol):
             return ""
-        if self.array.shape != other.array.shape:
-            return f"size {list(other.array.shape[::-1])} vs {list(self.array.shape[::-1])}"
-        for name, a, b in (("spacing", other.spacing, self.spacing),
-                           ("direction", other.direction.ravel(), self.direction.ravel()),
-                           ("origin (LPS)", other.origin, self.origin)):
-            if not np.allclose(a, b, atol=atol):
-                return f"{name} {np.round(a, 3).tolist()} vs {np.round(b, 3).tolist()}"
-        return "voxel positions"      # spacing and direction each within atol, not both
+        return geometry_difference(other.geometry, self.geometry, atol) or "voxel positions"
 
     def crop(self, lo_zyx, hi_zyx) -> "Volume":
         """Sub-volume ``array[lo:hi]`` with its origin moved accordingly."""
@@ -218,15 +216,22 @@ def read_geometry(path, allow_no_orientation=False):
 
 
 def geometry_difference(a, b, atol=1e-3) -> str:
-    """The first field in which two :func:`read_geometry` results differ (shape,
-    spacing, origin, direction; ``a``'s value first), or '' when they agree
-    within ``atol``."""
+    """How grid ``a`` differs from grid ``b``, each ``(shape_zyx, spacing, origin,
+    direction)`` as :func:`read_geometry` or :attr:`Volume.geometry` give them: the
+    first difference only (size, spacing, direction or origin: x, y, z, mm and
+    LPS), ``a``'s value first; '' when they place every voxel within ``atol`` mm.
+    "voxel positions" when spacing and direction each agree within ``atol`` but
+    together (``direction * spacing``) they do not."""
     if tuple(a[0]) != tuple(b[0]):
-        return f"shape {tuple(a[0])} vs {tuple(b[0])}"
-    for name, x, y in (("spacing", a[1], b[1]), ("origin", a[2], b[2]),
-                       ("direction", a[3], b[3])):
+        return f"size {list(a[0][::-1])} vs {list(b[0][::-1])}"
+    sa, sb = np.asarray(a[1], float), np.asarray(b[1], float)
+    da, db = np.asarray(a[3], float).reshape(3, 3), np.asarray(b[3], float).reshape(3, 3)
+    for name, x, y in (("spacing", sa, sb), ("direction", da.ravel(), db.ravel()),
+                       ("origin (LPS)", a[2], b[2])):
         if not np.allclose(x, y, atol=atol):
             return f"{name} {np.round(x, 3).tolist()} vs {np.round(y, 3).tolist()}"
+    if not np.allclose(da * sa[None, :], db * sb[None, :], atol=atol):
+        return "voxel positions"
     return ""
 
 
