@@ -33,10 +33,6 @@ import numpy as np
 
 from ._provenance import package_versions, sha256_file
 
-#: the process umask, read once at import (reading it means setting it, which would
-#: race with threads creating files)
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 PRODUCER = "shapeprior"
 STAGING = ".shapeprior-staging"
@@ -147,10 +143,11 @@ def own_model_file(path):
 
 def _lock(path: Path, create=True):
     """An exclusive ``flock`` on ``path`` (its fd), or None when another process
-    holds it or (``create=False``) the file is gone."""
+    holds it or (``create=False``) the file is gone or not ours to open (another
+    user's run in a shared folder: never taken for a dead one's)."""
     try:
         fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         if create:
             raise
         return None
@@ -255,7 +252,7 @@ class OutputDir:
         clean_stale_staging(self.path.parent)
         self._run, self._fd = _new_run(self.path.parent)
         self.stage = self._run / "out"
-        self.stage.mkdir()
+        self.stage.mkdir()        # under the umask; the run folder around it is private
 
     def file(self, name) -> Path:
         """Path of an output file inside the staged folder."""
@@ -323,7 +320,6 @@ def _new_run(parent: Path):
         except FileNotFoundError:
             if attempt == 19:
                 raise
-    os.chmod(new, 0o777 & ~_UMASK)  # mkdtemp makes it 0700; the published folder keeps this
     fd = _lock(new / "lock")
     run = new.with_name("run-" + new.name[len("new-"):])
     os.rename(new, run)

@@ -173,3 +173,117 @@ def test_inputs_are_hashed_ahead_only_when_regular_files(tmp_path):
             os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
         except OSError:
             pass
+
+
+def test_an_output_beside_an_input_is_not_inside_it(tmp_path):
+    """Inside means below the input's folder, not sharing the start of its name:
+    ``case1_out`` beside ``case1`` is a free output; ``case1/out`` and ``case1``
+    itself are refused, and so is a folder that would contain the input."""
+    from shapeprior._outputs import check_not_input
+
+    case = tmp_path / "case1"
+    case.mkdir()
+    check_not_input(tmp_path / "case1_out", [case])
+    check_not_input(tmp_path / "case1.seg", [tmp_path / "case1.nii.gz"])
+    with pytest.raises(UnsafeOutputError, match="lies inside the input"):
+        check_not_input(case / "out", [case])
+    with pytest.raises(UnsafeOutputError, match="is the input"):
+        check_not_input(case, [case])
+    with pytest.raises(UnsafeOutputError, match="contains the input"):
+        check_not_input(tmp_path, [case])
+
+
+def test_a_small_text_write_that_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """The rename of a small text output fails (a full disk, a folder in the
+    way): the error reaches the caller, the target is as it was and no
+    temporary file is left beside it."""
+    import os
+
+    target = tmp_path / "summary.json"
+    target.write_text("the previous summary")
+    before = _digest(tmp_path)
+
+    def refuse(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(OSError, match="No space left"):
+        write_text_atomic(target, "{}", own=lambda p: None)
+    monkeypatch.undo()
+    assert _digest(tmp_path) == before
+    assert [f.name for f in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_another_users_staging_is_left_alone(tmp_path, monkeypatch):
+    """A shared results folder: another user's run staged there, and its lock file
+    cannot be opened (their file, mode 0600). A run here takes it neither for a
+    dead run's (it leaves it) nor for an error (it writes its own output)."""
+    import os
+
+    from shapeprior._outputs import STAGING
+
+    theirs = tmp_path / STAGING / "run-777-abc"
+    (theirs / "out").mkdir(parents=True)
+    (theirs / "lock").write_text("")
+    (theirs / "out" / "label.nii.gz").write_bytes(b"their partial output")
+    before = _digest(theirs)
+    real_open = os.open
+
+    def as_another_user(path, *args, **kw):
+        if str(path).startswith(str(theirs)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(os, "open", as_another_user)
+    out = _our_output(tmp_path / "mine")
+    monkeypatch.undo()
+    assert own_output(out) is None and _digest(theirs) == before
+
+
+def test_a_fresh_unlocked_staging_folder_is_another_runs(tmp_path):
+    """A ``new-*`` staging folder is another run between making it and locking it:
+    a second run leaves it while it is young and removes it only once it is old
+    (its run died in that instant); ``run-*`` folders go by their lock."""
+    import os
+    import time
+
+    from shapeprior._outputs import STAGING, clean_stale_staging
+
+    root = tmp_path / STAGING
+    young = root / "new-123-abc"
+    old = root / "new-456-def"
+    for d in (young, old):
+        d.mkdir(parents=True)
+        (d / "lock").write_text("")
+    t = time.time() - 3600
+    os.utime(old, (t, t))
+    clean_stale_staging(tmp_path)
+    assert young.is_dir() and not old.exists()
+
+
+def test_a_folder_is_ours_only_with_our_manifest_and_our_plain_files(tmp_path):
+    """A manifest of another tool with a 'command' key is not ours (only an older
+    shapeprior's, which names shapeprior among its versions); a folder our
+    manifest names is not ours when one of the names it lists is now a folder
+    (the user's), so --force leaves it."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({"command": "predict",
+                                                     "versions": {"nnunet": "2.5"}}))
+    (other / "label.nii.gz").write_bytes(b"their label")
+    assert "no shapeprior manifest" in own_output(other)
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "manifest.json").write_text(json.dumps({"command": "segment",
+                                                     "versions": {"shapeprior": "0.0.9"}}))
+    (older / "label.nii.gz").write_bytes(b"our label")
+    assert own_output(older) is None
+    ours = _our_output(tmp_path / "ours")
+    (ours / "label.nii.gz").unlink()
+    (ours / "label.nii.gz").mkdir()
+    (ours / "label.nii.gz" / "notes.txt").write_text("the user's notes")
+    before = _digest(ours)
+    assert "which shapeprior did not write" in own_output(ours)
+    with pytest.raises(OutputExistsError, match="never replaces it"):
+        OutputDir(ours, force=True)
+    assert _digest(ours) == before
