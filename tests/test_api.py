@@ -155,3 +155,47 @@ def test_reconstruct_facade_carries_the_weights():
     r = sp.reconstruct(y, model, weights=w, method="l1")
     assert not r.visible[:30].any() and r.visible[30:].all()
     assert np.linalg.norm(r.reconstruction[:30] - clean[:30], axis=1).mean() < 3.0
+
+
+def test_facades_hand_every_argument_on(tmp_path, monkeypatch):
+    """What sp.build_model, sp.segment and sp.refine are given reaches the
+    functions that do the work: label values and training images (a model
+    built from label 1 without appearance otherwise), the starting surface and
+    the organ's labels."""
+    import shapeprior.model as spm
+    import shapeprior.segmentation as sps
+    from shapeprior.io import Volume
+
+    seen = {}
+
+    def build(files, params, root=None, progress=False):
+        seen["build"] = (files, params)
+        return "model", {"report": 1}
+
+    monkeypatch.setattr(spm, "build_model", build)
+    maps = [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"]
+    assert sp.build_model(maps, label_values=(2, 3), images=tmp_path / "imgs",
+                          organ="kidney") == ("model", {"report": 1})
+    files, params = seen["build"]
+    assert files == maps and params.labels == (2, 3) and params.organ == "kidney"
+    assert params.images_dir == str(tmp_path / "imgs")
+    sp.build_model(maps)
+    assert seen["build"][1].images_dir is None and seen["build"][1].labels == (1,)
+
+    class Model:
+        shapes = np.zeros((2, 4, 3))
+
+    vol = Volume(np.zeros((3, 4, 5), np.uint8), np.ones(3), np.zeros(3), np.eye(3))
+    start = np.ones((4, 3))
+    monkeypatch.setattr(sps, "segment_volume",
+                        lambda v, m, p, init=None: seen.update(segment=(v, m, p, init)))
+    sp.segment(vol, Model, seed=(1, 2, 3), init=start)
+    v, m, p, init = seen["segment"]
+    assert v is vol and m is Model and init is start and p.seed_mm == (1.0, 2.0, 3.0)
+
+    def refine_mask(mask, model, labels, params, image, keep=()):
+        seen["refine"] = (mask, labels, image, keep)
+
+    monkeypatch.setattr(sps, "refine_mask", refine_mask)
+    sp.refine(vol, Model, labels=[2, 5], keep=[7])
+    assert seen["refine"] == (vol, (2, 5), None, (7,))
