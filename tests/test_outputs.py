@@ -587,3 +587,25 @@ def test_model_info_text_says_what_the_summary_holds(phantom_model, capsys, monk
     s["appearance"]["images_hounsfield_share"] = [0.7, 0.9]
     assert main(["model-info", str(phantom_model[3])]) == 0
     assert "learned on images in HU (CT)" in capsys.readouterr().out
+
+
+def test_statistics_principal_axes_of_a_known_ellipsoid():
+    """An ellipsoid with semi-axes 30, 20, 10 mm along a known rotated frame:
+    the principal axes are that frame's columns, longest first, and the extents
+    about twice the semi-axes."""
+    from scipy.spatial.transform import Rotation
+
+    from shapeprior.model import model_from_shapes
+    from shapeprior.segmentation import shape_statistics
+    from shapeprior.synthetic import ShapePopulation, star_mesh_faces
+
+    pop = ShapePopulation(n_points=642, seed=4)
+    faces = star_mesh_faces(pop.directions)
+    model = model_from_shapes(pop.sample(20), faces)
+    R = Rotation.from_euler("zyx", [35, -20, 50], degrees=True).as_matrix()
+    verts = (pop.directions * [30.0, 20.0, 10.0]) @ R.T + [100.0, -50.0, 20.0]
+    st = shape_statistics(model, verts, faces)
+    d = np.array(st["principal_axes"]["direction_lps"])
+    np.testing.assert_allclose(np.abs(np.sum(d * R.T, axis=1)), 1.0, atol=1e-6)
+    np.testing.assert_allclose(st["principal_axes"]["extent_mm"], [60, 40, 20], rtol=0.03)
+    np.testing.assert_allclose(st["centroid_lps_mm"], [100, -50, 20], atol=0.5)
