@@ -2495,8 +2495,14 @@ def main(argv=None):
         ap.error(f"--only: no module or mutant {sorted(unknown)[0]!r}")
     todo = [m for m in MUTANTS if only is None or only & {m[0], m[1]}]
     t0 = time.perf_counter()
+    def one(m):         # each module-test result printed as it comes (a run takes hours)
+        r = run_mutant(m, a.timeout)
+        print(f"  {r['status']:10s} {r['id']:28s} {r.get('seconds', '')} (module tests)",
+              flush=True)
+        return r
+
     with ThreadPoolExecutor(a.jobs) as ex:
-        rows = list(ex.map(lambda m: run_mutant(m, a.timeout), todo))
+        rows = list(ex.map(one, todo))
     by_id = {m[0]: m for m in todo}
     for r in rows:
         if r["status"] == "survived" and r["id"] in EQUIVALENT:
