@@ -542,3 +542,26 @@ def test_extend_model_bookkeeping_pose_range_sources_frame_and_classifier(tmp_pa
     todo, skipped = new_label_maps(grown, [f, f], ["m", "m_again"])
     assert [t[1] for t in todo] == ["m"]
     assert skipped == [{"source": "m_again", "reason": "same content as m, given earlier"}]
+
+
+def test_new_maps_are_processed_with_the_models_side_handling():
+    """update-model takes the model's build settings: organ, --split-sides and the
+    mirroring of right organs must agree with the model's (shapes of unsplit
+    pairs, or unmirrored right organs, would not correspond with its shapes);
+    the label values and the worker count may differ."""
+    from shapeprior.model import model_from_shapes, params_from_model
+    from shapeprior.synthetic import ShapePopulation, star_mesh_faces
+
+    pop = ShapePopulation(n_points=42, seed=1)
+    stored = {"organ": "kidney", "split_sides": True, "mirror_right": True, "labels": [1, 2],
+              "n_iter": 40}
+    model = model_from_shapes(pop.sample(6), star_mesh_faces(pop.directions),
+                              metadata={"organ": "kidney", "parameters": stored})
+    p = params_from_model(model, labels=(3,), n_jobs=2)
+    assert (p.organ, p.split_sides, p.mirror_right, p.labels, p.n_jobs, p.n_iter) == (
+        "kidney", True, True, (3,), 2, 40)
+    assert p.n_vertices == 42
+    for key, other in (("organ", "liver"), ("split_sides", False), ("mirror_right", False)):
+        with pytest.raises(ValueError, match=f"{key}={other!r} disagrees with the model"):
+            params_from_model(model, **{key: other})
+    assert params_from_model(model, split_sides=True).split_sides is True
