@@ -219,9 +219,9 @@ def geometry_difference(a, b, atol=1e-3) -> str:
     """How grid ``a`` differs from grid ``b``, each ``(shape_zyx, spacing, origin,
     direction)`` as :func:`read_geometry` or :attr:`Volume.geometry` give them: the
     first difference only (size, spacing, direction or origin: x, y, z, mm and
-    LPS), ``a``'s value first; '' when they place every voxel within ``atol`` mm.
-    "voxel positions" when spacing and direction each agree within ``atol`` but
-    together (``direction * spacing``) they do not."""
+    LPS), ``a``'s value first; '' when the size is the same and spacing,
+    direction, origin and ``direction * spacing`` each agree within ``atol``.
+    "voxel positions" when only the last does not (a small tilt of thick slices)."""
     if tuple(a[0]) != tuple(b[0]):
         return f"size {list(a[0][::-1])} vs {list(b[0][::-1])}"
     sa, sb = np.asarray(a[1], float), np.asarray(b[1], float)
