@@ -238,6 +238,10 @@ def test_header_checks_refuse_an_empty_grid_and_too_little_memory(monkeypatch):
         check_size("scan.nii", (100, 100, 50), 2)
     monkeypatch.setenv("SHAPEPRIOR_MAX_IMAGE_BYTES", str(int(3.5 * nbytes)))
     check_size("scan.nii", (100, 100, 50), 2)
+    for bad in ("2G", "0", "-5", "1.5e9"):       # names the variable, not int()'s words
+        monkeypatch.setenv("SHAPEPRIOR_MAX_IMAGE_BYTES", bad)
+        with pytest.raises(ValueError, match=r"^\$SHAPEPRIOR_MAX_IMAGE_BYTES='.*' must be a"):
+            check_size("scan.nii", (100, 100, 50), 2)
 
 
 def test_an_image_given_as_a_label_map_is_refused(tmp_path, capsys):

@@ -51,7 +51,14 @@ def available_memory() -> int:
     when set, else the kernel's MemAvailable (total physical memory as fallback)."""
     env = os.environ.get("SHAPEPRIOR_MAX_IMAGE_BYTES")
     if env:
-        return int(env)
+        try:
+            n = int(env)
+        except ValueError:
+            n = -1
+        if n < 1:
+            raise ValueError(f"$SHAPEPRIOR_MAX_IMAGE_BYTES={env!r} must be a whole number of "
+                             "bytes >= 1 (e.g. 2147483648 for 2 GiB)")
+        return n
     try:
         with open("/proc/meminfo") as f:
             for line in f:
