@@ -123,6 +123,29 @@ def test_refine_rejects_a_mask_without_the_label(phantom_model, tmp_path, capsys
     assert not (tmp_path / "o").exists()
 
 
+def test_a_mask_the_model_cannot_fit_fails_in_words_of_the_mask(phantom_model):
+    """Refined without an image, the fit runs on the mask rendered as an image;
+    a failure is told in the mask's terms: a mask that fills its whole grid has
+    no boundary, and one far smaller than the organ does not match the mask (not
+    "the image", which the user never gave). Either way the input comes back
+    unchanged and the result is failed."""
+    from shapeprior.api import refine
+
+    d, images, labels, model = phantom_model
+    mask = read_label_map(labels / "phantom_005.nii.gz")
+    full = Volume(np.ones_like(mask.array), mask.spacing, mask.origin, mask.direction)
+    tiny = np.zeros_like(mask.array)
+    c = np.array(tiny.shape) // 2
+    tiny[c[0] - 1:c[0] + 1, c[1] - 1:c[1] + 1, c[2] - 1:c[2] + 1] = 1
+    small = Volume(tiny, mask.spacing, mask.origin, mask.direction)
+    for vol, words in ((full, "in every voxel of its grid: no boundary"),
+                       (small, "the surface does not match the mask")):
+        r = refine(vol, model)
+        assert r.fit.status == "failed" and any(words in x for x in r.fit.reasons), r.fit.reasons
+        assert not any("image" in x for x in r.fit.reasons), r.fit.reasons
+        assert np.array_equal(r.label, vol.array)
+
+
 def test_refine_of_a_folder_names_the_organ_files_in_it(phantom_model, tmp_path, capsys):
     """MASK one scan's folder of per-organ masks (TotalSegmentator writes one file per
     organ into one): refused in one line, naming the files named like the model's

@@ -191,6 +191,15 @@ GAP_INTERPOLATION = "chord"
 GAP_OVERLAP = 0.3
 
 
+def _of_the_mask(reason):
+    """A reason of the fit to the mask (which :func:`refine_mask` renders as an
+    image of 1000 inside, 0 outside) in the words of the mask the user gave."""
+    if reason.startswith("flat image: every voxel is"):
+        return "the mask holds the organ's label in every voxel of its grid: no boundary to fit"
+    return reason.replace("the surface does not match the image",
+                          "the surface does not match the mask")
+
+
 def _sides(vol, centre):
     """Sides to try for a paired organ's mask: the one the position in the
     field of view says, or both when the organ sits near the middle of it (a
@@ -479,6 +488,7 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
             if best is None or on > best[0]:
                 best = (on, f, side)
     on_boundary, mask_fit, side = best
+    mask_fit.reasons = [_of_the_mask(r) for r in mask_fit.reasons]
     agree = dice(mask_fit.label > 0, target)
     fit = mask_fit
     unused = None
