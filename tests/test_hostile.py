@@ -250,6 +250,17 @@ def _hostile_images(d):
     t = (d / "spacing0.mha").read_bytes().replace(b"ElementSpacing = 1 1 1",
                                                   b"ElementSpacing = 1 0 1")
     (d / "spacing0.mha").write_bytes(t)
+    # MetaIO reads a value it cannot parse, or one missing, as 0: a silent origin of 0
+    m.SetOrigin([5.0, 6.0, 7.0])
+    sitk.WriteImage(m, str(d / "placed.mha"))
+    ok = (d / "placed.mha").read_bytes()
+    assert b"Offset = 5 6 7" in ok
+    for name, text in (("offset_text.mha", b"Offset = abc 6 7"),
+                       ("offset_short.mha", b"Offset = 5 6"),
+                       ("offset_nan.mha", b"Offset = nan 6 7")):
+        (d / name).write_bytes(ok.replace(b"Offset = 5 6 7", text))
+    (d / "matrix_nan.mha").write_bytes(ok.replace(b"TransformMatrix = 1 0 0",
+                                                  b"TransformMatrix = nan 0 0"))
     (d / "empty.nii.gz").write_bytes(b"")
     return d
 
@@ -264,6 +275,9 @@ def _hostile_images(d):
     ("offset_in_header.nii", ["vox_offset 100.0", "at least 352"]),
     ("fourd.nii", ["3 volumes"]), ("trunc.nii", ["truncated"]), ("pair.img", ["truncated"]),
     ("rgb.mha", ["values per voxel"]), ("spacing0.mha", ["spacing"]),
+    ("offset_text.mha", ["Offset = 'abc 6 7'", "not 3 finite numbers"]),
+    ("offset_short.mha", ["Offset = '5 6'"]), ("offset_nan.mha", ["Offset = 'nan 6 7'"]),
+    ("matrix_nan.mha", ["TransformMatrix", "not 9 finite numbers"]),
     ("empty.nii.gz", ["empty.nii.gz"]),
 ])
 def test_readers_refuse_lying_headers(case, tmp_path, capsys, name, words):
@@ -278,6 +292,16 @@ def test_readers_refuse_lying_headers(case, tmp_path, capsys, name, words):
     assert tree_state(d, model) == before
     assert not (tmp_path / "out").exists()                # no new parent folders either
     assert not leftovers(tmp_path)
+
+
+def test_a_metaimage_placed_by_its_header_is_read_as_written(tmp_path):
+    """The header check refuses only what MetaIO would misread: the file the
+    refused ones were made from reads with its origin as written."""
+    d = tmp_path / "bad"
+    d.mkdir()
+    _hostile_images(d)
+    vol = read_volume(d / "placed.mha")
+    assert np.allclose(vol.origin, [5.0, 6.0, 7.0]) and np.allclose(vol.spacing, 1.0)
 
 
 def test_no_orientation_is_read_when_allowed(tmp_path):

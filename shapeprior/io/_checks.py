@@ -101,6 +101,51 @@ def check_geometry(name, spacing, direction, origin) -> None:
                              "(sheared or degenerate axes); refusing to guess the geometry")
 
 
+#: MetaImage header fields that place the grid, with how many numbers each holds
+#: for NDims n: ITK's MetaIO reads a value it cannot parse, and a missing one, as
+#: 0 without a word ("Offset = abc 0 0" gave the origin (0, 0, 0); "Offset = 5 0"
+#: gave (5, 0, 0)), so they are checked on the header's own text
+_META_FIELDS = {"Offset": 1, "Origin": 1, "Position": 1, "ElementSpacing": 1,
+                "ElementSize": 1, "DimSize": 1, "TransformMatrix": 2, "Rotation": 2,
+                "Orientation": 2}
+#: the header's text is read up to this many bytes (it ends at ElementDataFile)
+_META_HEADER_BYTES = 1 << 16
+
+
+def check_metaimage_header(path, name) -> None:
+    """Refuse a MetaImage (``.mha``/``.mhd``) whose header states its grid with a
+    value that is not a finite number, or with too few or too many numbers for
+    its ``NDims``: :data:`_META_FIELDS`."""
+    with open(path, "rb") as fh:
+        head = fh.read(_META_HEADER_BYTES)
+    fields = {}
+    for raw in head.split(b"\n"):
+        key, eq, value = raw.decode("latin-1").partition("=")
+        if not eq:
+            continue
+        key = key.strip()
+        fields[key] = value.strip()
+        if key == "ElementDataFile":
+            break
+    try:
+        ndims = int(fields.get("NDims", "3"))
+    except ValueError:
+        raise ImageReadError(f"{name}: its header's NDims = {fields['NDims']!r} is not a "
+                             "whole number") from None
+    for key, power in _META_FIELDS.items():
+        if key not in fields:
+            continue
+        tokens = fields[key].split()
+        try:
+            ok = len(tokens) == ndims ** power and all(np.isfinite(float(t)) for t in tokens)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ImageReadError(
+                f"{name}: its header's {key} = {fields[key][:60]!r} is not {ndims ** power} "
+                "finite numbers (MetaIO would read it as zeros); refusing to guess the geometry")
+
+
 def check_values(name, array) -> None:
     """Refuse NaN or infinite voxel values (from the raw data, any format)."""
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._checks import (ImageReadError, check_geometry, check_size, check_values, display_name,
-                      itk_call)
+from ._checks import (ImageReadError, check_geometry, check_metaimage_header, check_size,
+                      check_values, display_name, itk_call)
 
 
 @dataclass
@@ -115,6 +115,8 @@ def _itk_header(sp, name):
     """A SimpleITK reader of ``sp`` with its header read and checked to be 3-D."""
     import SimpleITK as sitk
 
+    if str(sp).lower().endswith((".mha", ".mhd")):
+        check_metaimage_header(sp, name)
     r = sitk.ImageFileReader()
     r.SetFileName(sp)
     itk_call(r.ReadImageInformation, f"{name} as an image")
