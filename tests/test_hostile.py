@@ -261,6 +261,11 @@ def _hostile_images(d):
         (d / name).write_bytes(ok.replace(b"Offset = 5 6 7", text))
     (d / "matrix_nan.mha").write_bytes(ok.replace(b"TransformMatrix = 1 0 0",
                                                   b"TransformMatrix = nan 0 0"))
+    # NRRD: no space directions (ITK: unrotated at 0), an unknown (NaN) spacing (ITK: 1 mm)
+    raw = arr.astype("<i2").tobytes()
+    head = "NRRD0004\ntype: short\ndimension: 3\nsizes: 20 24 24\nendian: little\nencoding: raw\n"
+    (d / "nrrd_unoriented.nrrd").write_bytes(f"{head}spacings: 1 1 1.5\n\n".encode() + raw)
+    (d / "nrrd_spacing_nan.nrrd").write_bytes(f"{head}spacings: nan 1 1.5\n\n".encode() + raw)
     (d / "empty.nii.gz").write_bytes(b"")
     return d
 
@@ -278,6 +283,8 @@ def _hostile_images(d):
     ("offset_text.mha", ["Offset = 'abc 6 7'", "not 3 finite numbers"]),
     ("offset_short.mha", ["Offset = '5 6'"]), ("offset_nan.mha", ["Offset = 'nan 6 7'"]),
     ("matrix_nan.mha", ["TransformMatrix", "not 9 finite numbers"]),
+    ("nrrd_unoriented.nrrd", ["no orientation", "--allow-no-orientation"]),
+    ("nrrd_spacing_nan.nrrd", ["spacings: 'nan 1 1.5'"]),
     ("empty.nii.gz", ["empty.nii.gz"]),
 ])
 def test_readers_refuse_lying_headers(case, tmp_path, capsys, name, words):
@@ -310,6 +317,8 @@ def test_no_orientation_is_read_when_allowed(tmp_path):
     _hostile_images(d)
     vol = read_volume(d / "noorient.nii", allow_no_orientation=True)
     assert np.allclose(vol.spacing, [1.0, 1.0, 1.5])     # nibabel's fallback: pixdim
+    vol = read_volume(d / "nrrd_unoriented.nrrd", allow_no_orientation=True)
+    assert np.allclose(vol.spacing, [1.0, 1.0, 1.5]) and vol.array.shape == (24, 24, 20)
 
 
 def test_a_header_nibabel_repairs_prints_nothing(case, tmp_path, capsys):

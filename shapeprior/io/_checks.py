@@ -146,6 +146,36 @@ def check_metaimage_header(path, name) -> None:
                 "finite numbers (MetaIO would read it as zeros); refusing to guess the geometry")
 
 
+def check_nrrd_header(path, name, allow_no_orientation=False) -> None:
+    """Refuse a NRRD (``.nrrd``/``.nhdr``) whose grid ITK would have to guess:
+    no ``space directions`` (no orientation: ITK takes the identity, in LPS, at
+    the origin 0) unless ``allow_no_orientation``, and a ``spacings`` value that
+    is not a finite number > 0 (NRRD's "unknown" NaN, which ITK reads as 1 mm)."""
+    with open(path, "rb") as fh:
+        head = fh.read(_META_HEADER_BYTES)
+    fields = {}
+    for raw in head.split(b"\n")[1:]:
+        line = raw.decode("latin-1").strip()
+        if not line:
+            break                   # the blank line that ends the header
+        key, colon, value = line.partition(": ")
+        if colon and not line.startswith("#") and not key.endswith(":"):
+            fields[key.strip()] = value.strip()
+    if "spacings" in fields:
+        try:
+            ok = all(np.isfinite(float(t)) and float(t) > 0 for t in fields["spacings"].split())
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ImageReadError(f"{name}: its header's spacings: {fields['spacings'][:60]!r} "
+                                 "are not all finite and positive (ITK would read an unknown "
+                                 "one as 1 mm); refusing to guess the geometry")
+    if "space directions" not in fields and not allow_no_orientation:
+        raise ImageReadError(f"{name}: its header records no orientation (no 'space "
+                             "directions'); ITK would place it unrotated at the origin 0. Give "
+                             "--allow-no-orientation to read it so")
+
+
 def check_values(name, array) -> None:
     """Refuse NaN or infinite voxel values (from the raw data, any format)."""
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._checks import (ImageReadError, check_geometry, check_metaimage_header, check_size,
-                      check_values, display_name, itk_call)
+from ._checks import (ImageReadError, check_geometry, check_metaimage_header, check_nrrd_header,
+                      check_size, check_values, display_name, itk_call)
 
 
 @dataclass
@@ -111,12 +111,16 @@ _ITK_ITEMSIZE = {"8-bit unsigned integer": 1, "8-bit signed integer": 1,
                  "32-bit float": 4, "64-bit float": 8}
 
 
-def _itk_header(sp, name):
-    """A SimpleITK reader of ``sp`` with its header read and checked to be 3-D."""
+def _itk_header(sp, name, allow_no_orientation=False):
+    """A SimpleITK reader of ``sp`` with its header read and checked to be 3-D;
+    MetaImage and NRRD headers checked on their own text first (where ITK
+    would guess a value of the grid)."""
     import SimpleITK as sitk
 
     if str(sp).lower().endswith((".mha", ".mhd")):
         check_metaimage_header(sp, name)
+    if str(sp).lower().endswith((".nrrd", ".nhdr")):
+        check_nrrd_header(sp, name, allow_no_orientation)
     r = sitk.ImageFileReader()
     r.SetFileName(sp)
     itk_call(r.ReadImageInformation, f"{name} as an image")
@@ -125,14 +129,14 @@ def _itk_header(sp, name):
     return r
 
 
-def _read_itk(p: Path, name: str) -> Volume:
+def _read_itk(p: Path, name: str, allow_no_orientation=False) -> Volume:
     """NRRD, MetaImage and other ITK formats: header checked before reading."""
     import SimpleITK as sitk
 
     from ._paths import itk_path
 
     with itk_path(p) as sp:
-        r = _itk_header(sp, name)
+        r = _itk_header(sp, name, allow_no_orientation)
         ncomp = r.GetNumberOfComponents()
         if ncomp != 1:
             raise ImageReadError(f"{name} holds {ncomp} values per voxel (colour or vector "
@@ -173,7 +177,7 @@ def read_file(path, allow_no_orientation=False):
     if is_nifti(p):
         vol, info = read_nifti(p, allow_no_orientation)
         return vol, {"format": "nifti", **info}
-    return _read_itk(p, name), {"format": p.suffix.lstrip(".").lower() or "unknown"}
+    return _read_itk(p, name, allow_no_orientation), {"format": p.suffix.lstrip(".").lower() or "unknown"}
 
 
 #: names of the files the readers take as one volume, matched case-insensitively
@@ -211,7 +215,7 @@ def read_geometry(path, allow_no_orientation=False):
     if is_nifti(p):
         return nifti_geometry(p, allow_no_orientation)
     with itk_path(p) as sp:
-        r = _itk_header(sp, name)
+        r = _itk_header(sp, name, allow_no_orientation)
     check_geometry(name, r.GetSpacing(), r.GetDirection(), r.GetOrigin())
     return (tuple(int(n) for n in r.GetSize()[::-1]), np.array(r.GetSpacing(), float),
             np.array(r.GetOrigin(), float), np.array(r.GetDirection(), float).reshape(3, 3))
