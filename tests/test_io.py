@@ -347,3 +347,37 @@ def test_geometry_difference_names_the_first_field_and_agrees_with_volumes():
     fine_tilted = Volume(a.array, fine.spacing, a.origin, tilt)
     assert geometry_difference(fine_tilted.geometry, fine.geometry) == ""
     assert fine.grid_difference(fine_tilted) == "" and fine.same_grid(fine_tilted)
+
+
+def test_geometry_checks_refuse_what_cannot_place_a_voxel(tmp_path):
+    """check_geometry, the check every ITK-read header goes through: spacing 0,
+    below 0 or not finite; an origin not finite; a direction matrix sheared by
+    3 degrees. A rotated orthonormal matrix within float32 rounding passes. A
+    MetaImage with a 3-degree shear, which MetaIO reads as given, is refused."""
+    import SimpleITK as sitk
+
+    from shapeprior.io import ImageReadError
+    from shapeprior.io._checks import check_geometry
+
+    t = np.deg2rad(25.0)
+    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1.0]])
+    check_geometry("ok.mha", [0.7, 0.7, 3.0], rot.astype(np.float32).astype(float), [1, 2, 3])
+    shear = rot.copy()
+    shear[0, 1] += np.sin(np.deg2rad(3.0))
+    for spacing, direction, origin, words in (
+            ([1.0, 0.0, 1.0], rot, [0, 0, 0], "spacing"),
+            ([1.0, -1.0, 1.0], rot, [0, 0, 0], "spacing"),
+            ([1.0, np.nan, 1.0], rot, [0, 0, 0], "spacing"),
+            ([1.0, 1.0, 1.0], rot, [0, np.nan, 0], "origin"),
+            ([1.0, 1.0, 1.0], rot, [np.inf, 0, 0], "origin"),
+            ([1.0, 1.0, 1.0], shear, [0, 0, 0], "not orthonormal")):
+        with pytest.raises(ImageReadError, match=words):
+            check_geometry("bad.mha", spacing, direction, origin)
+    img = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.float32))
+    sitk.WriteImage(img, str(tmp_path / "a.mha"))
+    text = (tmp_path / "a.mha").read_bytes()
+    m = " ".join(f"{v:.6f}" for v in shear.T.ravel()).encode()
+    (tmp_path / "sheared.mha").write_bytes(text.replace(b"TransformMatrix = 1 0 0 0 1 0 0 0 1",
+                                                        b"TransformMatrix = " + m))
+    with pytest.raises(ImageReadError, match="sheared.mha: the direction matrix is not orthonormal"):
+        read_volume(tmp_path / "sheared.mha")
