@@ -266,6 +266,10 @@ def _hostile_images(d):
     head = "NRRD0004\ntype: short\ndimension: 3\nsizes: 20 24 24\nendian: little\nencoding: raw\n"
     (d / "nrrd_unoriented.nrrd").write_bytes(f"{head}spacings: 1 1 1.5\n\n".encode() + raw)
     (d / "nrrd_spacing_nan.nrrd").write_bytes(f"{head}spacings: nan 1 1.5\n\n".encode() + raw)
+    # formats without orientation: TIFF (ITK: origin 0, 1 mm slices), VTK legacy images
+    m.SetSpacing([0.7, 0.7, 2.5])
+    for name in ("stack.tif", "grid.vtk"):
+        sitk.WriteImage(sitk.Cast(m, sitk.sitkUInt16), str(d / name))
     (d / "empty.nii.gz").write_bytes(b"")
     return d
 
@@ -285,6 +289,8 @@ def _hostile_images(d):
     ("matrix_nan.mha", ["TransformMatrix", "not 9 finite numbers"]),
     ("nrrd_unoriented.nrrd", ["no orientation", "--allow-no-orientation"]),
     ("nrrd_spacing_nan.nrrd", ["spacings: 'nan 1 1.5'"]),
+    ("stack.tif", ["a .tif image records no orientation", "1 mm slices"]),
+    ("grid.vtk", ["a .vtk image records no orientation", "--allow-no-orientation"]),
     ("empty.nii.gz", ["empty.nii.gz"]),
 ])
 def test_readers_refuse_lying_headers(case, tmp_path, capsys, name, words):
@@ -319,6 +325,8 @@ def test_no_orientation_is_read_when_allowed(tmp_path):
     assert np.allclose(vol.spacing, [1.0, 1.0, 1.5])     # nibabel's fallback: pixdim
     vol = read_volume(d / "nrrd_unoriented.nrrd", allow_no_orientation=True)
     assert np.allclose(vol.spacing, [1.0, 1.0, 1.5]) and vol.array.shape == (24, 24, 20)
+    vol = read_volume(d / "grid.vtk", allow_no_orientation=True)
+    assert np.allclose(vol.spacing, [0.7, 0.7, 2.5]) and np.allclose(vol.origin, [5, 6, 7])
 
 
 def test_a_header_nibabel_repairs_prints_nothing(case, tmp_path, capsys):

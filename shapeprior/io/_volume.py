@@ -111,6 +111,11 @@ _ITK_ITEMSIZE = {"8-bit unsigned integer": 1, "8-bit signed integer": 1,
                  "32-bit float": 4, "64-bit float": 8}
 
 
+#: the formats read with ITK that record an orientation (others are read only with
+#: ``allow_no_orientation``)
+ORIENTED_ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+
+
 def _itk_header(sp, name, allow_no_orientation=False):
     """A SimpleITK reader of ``sp`` with its header read and checked to be 3-D;
     MetaImage and NRRD headers checked on their own text first (where ITK
@@ -126,6 +131,17 @@ def _itk_header(sp, name, allow_no_orientation=False):
     itk_call(r.ReadImageInformation, f"{name} as an image")
     if r.GetDimension() != 3:
         raise ImageReadError(f"{name}: expected a 3-D image, got {r.GetDimension()}-D")
+    if not str(sp).lower().endswith(ORIENTED_ITK_SUFFIXES) and not allow_no_orientation:
+        # TIFF, VTK, GIPL, ...: no direction (TIFF no origin either, and ITK gives
+        # its slices 1 mm): read only when the user takes that placement
+        tiff = str(sp).lower().endswith((".tif", ".tiff"))
+        suffix = Path(str(sp)).suffix.lower()
+        kind = f"a {suffix} image" if suffix else "an image file without a suffix"
+        raise ImageReadError(
+            f"{name}: {kind} records no orientation "
+            f"(ITK would place it unrotated{', at the origin 0, with 1 mm slices' if tiff else ''}"
+            "); convert it to NIfTI, NRRD or MetaImage, or give --allow-no-orientation to "
+            "read it so")
     return r
 
 
