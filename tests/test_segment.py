@@ -298,3 +298,29 @@ def test_reference_labels_default_to_the_models(phantom_model, tmp_path):
                      "--reference", str(tmp_path / "ref12.nii.gz")] + extra) == 0
         scores[name] = json.loads((out / "report.json").read_text())["reference"]["dice"]
     assert scores["default"] > 0.95 and scores["one"] < 0.8
+
+
+def test_level_image_crop_at_the_far_corner_keeps_the_last_voxels():
+    """A mesh against the image's far corner (the last voxel along every axis
+    inside its reach): the crop's upper bound is inclusive, so the samples there
+    equal the whole image smoothed, the last voxel layer included."""
+    from scipy import ndimage
+
+    from shapeprior.appearance import LevelImage, NormalSampler, intensity_scale
+    from shapeprior.io import Volume
+
+    rng = np.random.default_rng(3)
+    arr = rng.normal(100, 30, size=(40, 44, 48)).astype(np.int16)
+    vol = Volume(arr, np.array([0.9, 1.0, 2.0]), np.array([5.0, -3.0, 12.0]), np.eye(3))
+    corner = np.array(arr.shape[::-1]) - 1.0                    # x, y, z of the last voxel
+    v = vol.index_to_physical(corner - 1.5 + rng.uniform(-0.5, 0.5, size=(50, 3)))
+    n = rng.normal(size=(50, 3))
+    n /= np.linalg.norm(n, axis=1)[:, None]
+    t = np.linspace(-1.0, 1.0, 5)
+    off, sc = intensity_scale(vol, "percentile")
+    whole = ndimage.gaussian_filter((arr.astype(np.float32) - np.float32(off)) / np.float32(sc),
+                                    1.0 / vol.spacing[::-1])
+    ref = NormalSampler(vol, whole, "numpy")(v, n, t)
+    s = LevelImage(vol, "percentile", 1.0, "numpy").sampler(v, reach_mm=1.0, slack_mm=0.0)
+    assert s.image.shape != arr.shape                          # it did crop
+    assert np.allclose(s(v, n, t), ref, atol=1e-5)
