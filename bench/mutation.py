@@ -2418,7 +2418,7 @@ MUTANTS = [
     ("be-reweighted-twin", "kernels", "shapeprior/backend.py",
      '"numba": "huber_lasso_reweighted_numba",', '"numba": "huber_lasso_numba",',
      "the reweighted robust solve dispatched to the plain solve's Numba twin"),
-    ("run-label-code-scanner", "outputs", "shapeprior/pipeline/_run.py",
+    ("run-label-code-scanner", "io", "shapeprior/pipeline/_run.py",
      'code=info.get("xform_code") or 1)', "code=1)",
      "the label written with the scanner code whatever the input's placing transform said"),
     ("run-reference-spacing-zyx", "segment", "shapeprior/pipeline/_run.py",

@@ -30,6 +30,16 @@ def test_segment_phantom_outputs_and_geometry(phantom_model, tmp_path):
     assert np.allclose(lab.spacing, src.spacing) and np.allclose(lab.origin, src.origin, atol=1e-4)
     assert np.allclose(lab.direction, src.direction, atol=1e-6)
     assert rep["volume_ml"] == pytest.approx(lab.array.sum() * np.prod(lab.spacing) / 1000)
+    # the distances to the reference are the written label's, on the input's voxel
+    # sizes (1 x 1 x 1.5 mm: read in z, y, x order they come out other)
+    from shapeprior.segmentation import surface_distances
+
+    ref = read_label_map(labels / "phantom_006.nii.gz").array > 0
+    dist = surface_distances(lab.array > 0, ref, src.spacing)
+    for k in ("assd_mm", "hd95_mm", "hd_mm"):
+        assert rep["reference"][k] == pytest.approx(dist[k], rel=1e-9), k
+    other = surface_distances(lab.array > 0, ref, src.spacing[::-1])["assd_mm"]
+    assert other != pytest.approx(dist["assd_mm"], rel=1e-6)
     man = json.loads((out / "manifest.json").read_text())
     assert {"input/phantom_006.nii.gz", "model", "reference"} <= set(man["inputs"])
     # the input hashes (computed on a thread while the image was read) are the files'
