@@ -213,11 +213,25 @@ def test_segment_batch_on_dask_local_cluster_resumes(phantom_model, tmp_path):
                                 "zz_broken": "failed"}
 
 
-def test_level_image_crop_equals_whole_image_smoothing():
+def _unit_vectors(rng, k):
+    n = rng.normal(size=(k, 3))
+    return n / np.linalg.norm(n, axis=1)[:, None]
+
+
+def _smoothed_whole(vol, sigma_mm):
+    """The whole image normalised and smoothed as a level does it, by scipy."""
     from scipy import ndimage
 
+    from shapeprior.appearance import intensity_scale
+
+    off, sc = intensity_scale(vol, "percentile")
+    img = (vol.array.astype(np.float32) - np.float32(off)) / np.float32(sc)
+    return ndimage.gaussian_filter(img, sigma_mm / vol.spacing[::-1])
+
+
+def test_level_image_crop_equals_whole_image_smoothing():
     from shapeprior.io import Volume
-    from shapeprior.appearance import LevelImage, NormalSampler, intensity_scale
+    from shapeprior.appearance import LevelImage, NormalSampler
 
     rng = np.random.default_rng(0)
     arr = rng.normal(100, 30, size=(120, 130, 140)).astype(np.int16)
@@ -226,12 +240,9 @@ def test_level_image_crop_equals_whole_image_smoothing():
     vol = Volume(arr, np.array([0.8, 0.9, 1.5]), np.array([-30.0, 10.0, 40.0]), R)
     centre = vol.centre()
     v = centre + rng.normal(size=(200, 3)) * 2
-    n = rng.normal(size=(200, 3))
-    n /= np.linalg.norm(n, axis=1)[:, None]
+    n = _unit_vectors(rng, 200)
     t = np.linspace(-4, 4, 9)
-    off, sc = intensity_scale(vol, "percentile")
-    whole = ndimage.gaussian_filter((arr.astype(np.float32) - np.float32(off)) / np.float32(sc),
-                                    1.5 / vol.spacing[::-1])
+    whole = _smoothed_whole(vol, 1.5)
     ref = NormalSampler(vol, whole, "numpy")(v, n, t)
     level = LevelImage(vol, "percentile", 1.5, "numba")
     s = level.sampler(v, reach_mm=4.0)
@@ -314,9 +325,7 @@ def test_level_image_crop_at_the_far_corner_keeps_the_last_voxels():
     """A mesh against the image's far corner (the last voxel along every axis
     inside its reach): the crop's upper bound is inclusive, so the samples there
     equal the whole image smoothed, the last voxel layer included."""
-    from scipy import ndimage
-
-    from shapeprior.appearance import LevelImage, NormalSampler, intensity_scale
+    from shapeprior.appearance import LevelImage, NormalSampler
     from shapeprior.io import Volume
 
     rng = np.random.default_rng(3)
@@ -324,13 +333,9 @@ def test_level_image_crop_at_the_far_corner_keeps_the_last_voxels():
     vol = Volume(arr, np.array([0.9, 1.0, 2.0]), np.array([5.0, -3.0, 12.0]), np.eye(3))
     corner = np.array(arr.shape[::-1]) - 1.0                    # x, y, z of the last voxel
     v = vol.index_to_physical(corner - 1.5 + rng.uniform(-0.5, 0.5, size=(50, 3)))
-    n = rng.normal(size=(50, 3))
-    n /= np.linalg.norm(n, axis=1)[:, None]
+    n = _unit_vectors(rng, 50)
     t = np.linspace(-1.0, 1.0, 5)
-    off, sc = intensity_scale(vol, "percentile")
-    whole = ndimage.gaussian_filter((arr.astype(np.float32) - np.float32(off)) / np.float32(sc),
-                                    1.0 / vol.spacing[::-1])
-    ref = NormalSampler(vol, whole, "numpy")(v, n, t)
+    ref = NormalSampler(vol, _smoothed_whole(vol, 1.0), "numpy")(v, n, t)
     s = LevelImage(vol, "percentile", 1.0, "numpy").sampler(v, reach_mm=1.0, slack_mm=0.0)
     assert s.image.shape != arr.shape                          # it did crop
     assert np.allclose(s(v, n, t), ref, atol=1e-5)
