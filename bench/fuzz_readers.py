@@ -2,7 +2,9 @@
 
 Seeds are real files: MSD hippocampus MR NIfTI (as stored, gzipped, and
 uncompressed so header mutations reach the header), a TotalSegmentator
-label map, the TCIA DICOM series (one slice of a copied series mutated at a
+label map, the same scans written as MetaImage and NRRD (text headers: a
+geometry or layout field given an unparsable, short, long or non-finite value,
+or dropped), the TCIA DICOM series (one slice of a copied series mutated at a
 time), and a shapeprior model file built from the demo phantoms. Each
 mutation is a seeded byte flip, truncation, header-field edit or (models)
 array edit; each mutated input is read in a forked child with an
@@ -15,7 +17,7 @@ ValueError / OSError subclasses, single line), ``crash`` (any other
 exception, a multi-line message, or the child dying by a signal),
 ``hang`` (over the timeout). The target is zero crashes and zero hangs.
 
-    python bench/fuzz_readers.py                 # 3,000+ mutants, JSON in bench/results
+    python bench/fuzz_readers.py                 # 4,000 mutants, JSON in bench/results
     python bench/fuzz_readers.py --n 200 --out /tmp/f.json   # a quick run
 """
 
@@ -107,6 +109,42 @@ def dicom_tag(b: bytes, rng) -> tuple[bytes, str]:
         if j + k < len(a):
             a[j + k] = int(rng.choice([0, 1, 0x7F, 0x80, 0xFF, 0x10, 0x20]))
     return bytes(a), f"tag {tag.hex()} value bytes x{n}"
+
+
+#: geometry fields of the text headers, and values to put there: unparsable, short,
+#: long, non-finite, degenerate (ITK's readers guess on some of these: the checks of
+#: ``shapeprior.io`` must refuse them in one line, never crash)
+TEXT_FIELDS = {
+    "mha": (b" = ", [b"Offset", b"ElementSpacing", b"DimSize", b"TransformMatrix", b"NDims",
+                     b"ElementType", b"ElementNumberOfChannels"],
+            [b"abc 1 2", b"nan 0 0", b"1 2", b"1 2 3 4", b"inf 0 0", b"0 0 0", b"-1 1 1",
+             b"1e308 1e308 1e308", b"", b"1 0 0 0 1 0 0 0", b"0 0 0 0 0 0 0 0 0", b"2"]),
+    "nrrd": (b": ", [b"space origin", b"space directions", b"sizes", b"spacings", b"space",
+                     b"dimension", b"type", b"encoding", b"endian"],
+             [b"(nan,0,0)", b"(abc,0,0)", b"(1,2)", b"1 2", b"none (1,0,0) (0,1,0)", b"",
+              b"(0,0,0) (0,0,0) (0,0,0)", b"nan 1 1", b"left-posterior-superior", b"4",
+              b"gzip", b"big", b"(1e308,0,0) (0,1,0) (0,0,1)"]),
+}
+
+
+def text_header_field(b: bytes, family: str, rng) -> tuple[bytes, str]:
+    """Give one geometry or layout field of a MetaImage or NRRD header another
+    value, or drop it."""
+    sep, keys, values = TEXT_FIELDS[family]
+    end = b.find(b"ElementDataFile") if family == "mha" else b.find(b"\n\n")
+    head, rest = (b[:end], b[end:]) if end > 0 else (b, b"")
+    lines = head.split(b"\n")
+    hits = [i for i, ln in enumerate(lines) if ln.split(sep)[0].strip() in keys]
+    if not hits:
+        return flip_bytes(b, rng, len(head))
+    i = hits[int(rng.integers(len(hits)))]
+    key = lines[i].split(sep)[0]
+    if rng.random() < 0.15:
+        del lines[i]
+        return b"\n".join(lines) + rest, f"drop {key.decode()}"
+    v = values[int(rng.integers(len(values)))]
+    lines[i] = key + sep + v
+    return b"\n".join(lines) + rest, f"{key.decode()} = {v.decode()!r}"
 
 
 def model_array_edit(z: dict, rng) -> tuple[dict, str]:
@@ -234,7 +272,7 @@ def run_one(kind, path):
 
 def seeds(work: Path):
     root = data_root()
-    out = {"nifti_gz": [], "nifti": [], "dicom": [], "model": []}
+    out = {"nifti_gz": [], "nifti": [], "dicom": [], "model": [], "mha": [], "nrrd": []}
     hip = sorted((root / "msd_hippocampus" / "images").glob("*.nii.gz"))[:6]
     lab = sorted((root / "msd_hippocampus" / "labels").glob("*.nii.gz"))[:2]
     ts = root / "totalsegmentator_example" / "example_seg_roi_subset_mr.nii.gz"
@@ -244,6 +282,14 @@ def seeds(work: Path):
         raw.parent.mkdir(parents=True, exist_ok=True)
         raw.write_bytes(gzip.decompress(f.read_bytes()))
         out["nifti"].append(raw)
+    import SimpleITK as sitk
+
+    for f in hip[:2] + lab[:1]:           # the same scans as MetaImage and NRRD (uncompressed)
+        img = sitk.ReadImage(str(f))
+        for fam in ("mha", "nrrd"):
+            dst = work / "seeds" / (f.name[: -len(".nii.gz")] + "." + fam)
+            sitk.WriteImage(img, str(dst), useCompression=False)
+            out[fam].append(dst)
     for d in ("Study3_HCropVolume", "Study3_T1post_oblique"):
         p = root / "tcia_mr_dicom" / d
         if p.is_dir():
@@ -289,6 +335,22 @@ def mutate(family, seed_path, rng, work: Path, i: int):
             b, what = (flip_bytes(b, rng, len(b)) if op == 1 else truncate(b, rng))
             p.write_bytes(b)
         return "model", p, what
+    if family in TEXT_FIELDS:
+        b = seed_path.read_bytes()
+        op = int(rng.integers(4))
+        if op == 0:
+            b, what = text_header_field(b, family, rng)
+        elif op == 1:
+            b, what = text_header_field(b, family, rng)
+            b, w2 = text_header_field(b, family, rng)
+            what += "; " + w2
+        elif op == 2:
+            b, what = flip_bytes(b, rng, 400)
+        else:
+            b, what = truncate(b, rng)
+        p = dst / f"x.{family}"
+        p.write_bytes(b)
+        return "image", p, what
     raw = gzip.decompress(seed_path.read_bytes()) if family == "nifti_gz" else \
         seed_path.read_bytes()
     op = int(rng.integers(4))
@@ -317,7 +379,7 @@ def mutate(family, seed_path, rng, work: Path, i: int):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=3200, help="mutants in all (default 3200)")
+    ap.add_argument("--n", type=int, default=4000, help="mutants in all (default 4000)")
     ap.add_argument("--seed", type=int, default=20261201)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "fuzz_readers.json"))
     a = ap.parse_args(argv)
@@ -328,7 +390,8 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="shapeprior-fuzz-"))
     try:
         s = seeds(work)
-        weights = {"nifti_gz": 0.3, "nifti": 0.3, "dicom": 0.2, "model": 0.2}
+        weights = {"nifti_gz": 0.24, "nifti": 0.24, "dicom": 0.16, "model": 0.16, "mha": 0.1,
+                   "nrrd": 0.1}
         fams = [f for f in weights if s[f]]
         p = np.array([weights[f] for f in fams])
         p /= p.sum()
