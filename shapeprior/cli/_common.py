@@ -136,7 +136,8 @@ def add_label_map_options(ap):
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--allow-no-orientation", action="store_true",
-                    help="accept NIfTI/Analyze and NRRD label maps that record no orientation")
+                    help="accept label maps that record no orientation (NIfTI/Analyze, "
+                         "NRRD, TIFF, VTK, ...)")
 
 
 def publish_model(side, out, model, report, record, force, inputs):

@@ -75,7 +75,8 @@ def main(argv):
                          "~/.config/shapeprior/deid-salt), as segment does")
     add_batch_options(ap)
     ap.add_argument("--allow-no-orientation", action="store_true",
-                    help="accept NIfTI/Analyze and NRRD files that record no orientation")
+                    help="accept images that record no orientation (NIfTI/Analyze, NRRD, "
+                         "TIFF, VTK, ...)")
     add_prior(ap)
     a = ap.parse_args(join_negative_values(argv, ("--window",)))
 

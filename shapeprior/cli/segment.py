@@ -80,8 +80,8 @@ def main(argv):
                          "summary, message and folder name (salt: $SHAPEPRIOR_DEID_SALT or "
                          "~/.config/shapeprior/deid-salt)")
     ap.add_argument("--allow-no-orientation", action="store_true",
-                    help="accept NIfTI/Analyze and NRRD files that record no orientation (placed by "
-                         "their voxel sizes alone)")
+                    help="accept images that record no orientation: NIfTI/Analyze, NRRD, TIFF, "
+                         "VTK, ... (placed by their voxel sizes alone)")
     ap.add_argument("--strict", action="store_true",
                     help="exit 3 for a 'suspect' result too (default: only for 'failed')")
     ap.add_argument("--placement", choices=("search", "prior"), default=None,
