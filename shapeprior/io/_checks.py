@@ -112,6 +112,16 @@ _META_FIELDS = {"Offset": 1, "Origin": 1, "Position": 1, "ElementSpacing": 1,
 _META_HEADER_BYTES = 1 << 16
 
 
+def _numbers(text):
+    """A header field's white-space separated values as floats; None when one of
+    them is not a finite number."""
+    try:
+        values = [float(t) for t in text.split()]
+    except ValueError:
+        return None
+    return values if all(np.isfinite(v) for v in values) else None
+
+
 def check_metaimage_header(path, name) -> None:
     """Refuse a MetaImage (``.mha``/``.mhd``) whose header states its grid with a
     value that is not a finite number, or with too few or too many numbers for
@@ -135,12 +145,8 @@ def check_metaimage_header(path, name) -> None:
     for key, power in _META_FIELDS.items():
         if key not in fields:
             continue
-        tokens = fields[key].split()
-        try:
-            ok = len(tokens) == ndims ** power and all(np.isfinite(float(t)) for t in tokens)
-        except ValueError:
-            ok = False
-        if not ok:
+        values = _numbers(fields[key])
+        if values is None or len(values) != ndims ** power:
             raise ImageReadError(
                 f"{name}: its header's {key} = {fields[key][:60]!r} is not {ndims ** power} "
                 "finite numbers (MetaIO would read it as zeros); refusing to guess the geometry")
@@ -162,11 +168,8 @@ def check_nrrd_header(path, name, allow_no_orientation=False) -> None:
         if colon and not line.startswith("#") and not key.endswith(":"):
             fields[key.strip()] = value.strip()
     if "spacings" in fields:
-        try:
-            ok = all(np.isfinite(float(t)) and float(t) > 0 for t in fields["spacings"].split())
-        except ValueError:
-            ok = False
-        if not ok:
+        values = _numbers(fields["spacings"])
+        if values is None or any(v <= 0 for v in values):
             raise ImageReadError(f"{name}: its header's spacings: {fields['spacings'][:60]!r} "
                                  "are not all finite and positive (ITK would read an unknown "
                                  "one as 1 mm); refusing to guess the geometry")

@@ -111,9 +111,11 @@ _ITK_ITEMSIZE = {"8-bit unsigned integer": 1, "8-bit signed integer": 1,
                  "32-bit float": 4, "64-bit float": 8}
 
 
+_METAIMAGE_SUFFIXES = (".mha", ".mhd")
+_NRRD_SUFFIXES = (".nrrd", ".nhdr")
 #: the formats read with ITK that record an orientation (others are read only with
 #: ``allow_no_orientation``)
-ORIENTED_ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+ORIENTED_ITK_SUFFIXES = _METAIMAGE_SUFFIXES + _NRRD_SUFFIXES
 
 
 def _itk_header(sp, name, allow_no_orientation=False):
@@ -122,20 +124,21 @@ def _itk_header(sp, name, allow_no_orientation=False):
     would guess a value of the grid)."""
     import SimpleITK as sitk
 
-    if str(sp).lower().endswith((".mha", ".mhd")):
+    low = str(sp).lower()
+    if low.endswith(_METAIMAGE_SUFFIXES):
         check_metaimage_header(sp, name)
-    if str(sp).lower().endswith((".nrrd", ".nhdr")):
+    elif low.endswith(_NRRD_SUFFIXES):
         check_nrrd_header(sp, name, allow_no_orientation)
     r = sitk.ImageFileReader()
     r.SetFileName(sp)
     itk_call(r.ReadImageInformation, f"{name} as an image")
     if r.GetDimension() != 3:
         raise ImageReadError(f"{name}: expected a 3-D image, got {r.GetDimension()}-D")
-    if not str(sp).lower().endswith(ORIENTED_ITK_SUFFIXES) and not allow_no_orientation:
+    if not low.endswith(ORIENTED_ITK_SUFFIXES) and not allow_no_orientation:
         # TIFF, VTK, GIPL, ...: no direction (TIFF no origin either, and ITK gives
         # its slices 1 mm): read only when the user takes that placement
-        tiff = str(sp).lower().endswith((".tif", ".tiff"))
-        suffix = Path(str(sp)).suffix.lower()
+        tiff = low.endswith((".tif", ".tiff"))
+        suffix = Path(low).suffix
         kind = f"a {suffix} image" if suffix else "an image file without a suffix"
         raise ImageReadError(
             f"{name}: {kind} records no orientation "
