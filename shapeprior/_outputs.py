@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -121,10 +121,22 @@ def own_output(path, partial_ok=False):
     allowed = set(OWN_FILES)
     if m is not None and isinstance(m.get("outputs"), dict):
         allowed = set(m["outputs"]) | {"manifest.json"}
-    for e in entries:
-        if e.is_symlink() or not e.is_file() or e.name not in allowed:
-            return f"it holds {show_path(e.name)!r}, which shapeprior did not write"
+    folders = {str(PurePosixPath(n).parent) for n in allowed} - {"."}
+    folders |= {str(q) for n in folders for q in PurePosixPath(n).parents} - {"."}
+    for e in _entries(p):
+        name = e.relative_to(p).as_posix()
+        ok = (e.is_dir() and name in folders) or (e.is_file() and name in allowed)
+        if e.is_symlink() or not ok:
+            return f"it holds {show_path(name)!r}, which shapeprior did not write"
     return None
+
+
+def _entries(folder: Path):
+    """Everything under ``folder``, depth first; never follows a link."""
+    for e in sorted(folder.iterdir()):
+        yield e
+        if e.is_dir() and not e.is_symlink():
+            yield from _entries(e)
 
 
 def own_model_file(path):
@@ -366,8 +378,8 @@ def _seal_manifest(stage: Path):
         return
     m = json.loads(mf.read_bytes())
     m["producer"] = PRODUCER
-    m["outputs"] = {f.name: sha256_file(f) for f in sorted(stage.iterdir())
-                    if f.is_file() and f.name != "manifest.json"}
+    m["outputs"] = {f.relative_to(stage).as_posix(): sha256_file(f) for f in _entries(stage)
+                    if f.is_file() and not f.is_symlink() and f != mf}
     mf.write_text(json_text(m))
 
 

@@ -782,7 +782,10 @@ def test_a_case_gone_before_its_turn_fails_its_row_not_the_batch(phantom_model, 
     err = rows[1]["error"]
     assert "No such file" in err
     if deidentify:
-        assert "c1" not in err and str(batch) not in err and cases[1].name in err
+        # the pseudonym is random hex and may itself hold "c1"
+        assert cases[1].name in err
+        rest = err.replace(cases[1].name, "")
+        assert "c1" not in rest and str(batch) not in rest
     assert not (out / cases[1].name).exists() and not leftovers(tmp_path)
     assert [r["case"] for r in json.loads((out / "summary.json").read_text())["cases"]] == [
         c.name for c in cases]

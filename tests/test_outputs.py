@@ -157,6 +157,42 @@ def test_model_info_and_export(phantom_model, tmp_path, capsys):
     assert model_path.read_bytes() == before and not (tmp_path / "x").exists()
 
 
+def test_export_model_force_replaces_its_own_training_folder_only(phantom_model, tmp_path,
+                                                                    capsys):
+    """The training meshes sit in a subfolder: the manifest lists them by their
+    path, so ``--force`` replaces a previous export whole, while a file, folder
+    or link of the user's inside that subfolder makes the export foreign."""
+    model_path = phantom_model[3]
+    out = tmp_path / "export"
+    assert main(["export-model", str(model_path), "-o", str(out), "--modes", "1"]) == 0
+    listed = json.loads((out / "manifest.json").read_text())["outputs"]
+    assert "training/shape_0000.vtp" in listed
+    assert main(["export-model", str(model_path), "-o", str(out), "--modes", "1"]) == 1
+    assert "use --force" in capsys.readouterr().err
+    assert main(["export-model", str(model_path), "-o", str(out), "--modes", "2", "--force"]) == 0
+    assert (out / "mode_2_plus.vtp").is_file()
+    for plant in ("file", "folder", "link"):
+        theirs = out / "training" / "theirs"
+        if plant == "file":
+            theirs.write_text("notes")
+        elif plant == "folder":
+            theirs.mkdir()
+        else:
+            theirs.symlink_to(out / "mean.vtp")
+        capsys.readouterr()
+        assert main(["export-model", str(model_path), "-o", str(out), "--force"]) == 1
+        err = capsys.readouterr().err
+        assert "training/theirs" in err and "did not write" in err
+        assert theirs.exists() or theirs.is_symlink()
+        theirs.unlink() if plant != "folder" else theirs.rmdir()
+    # a listed mesh swapped for a link is not ours either
+    shape = out / "training" / "shape_0001.vtp"
+    shape.unlink()
+    shape.symlink_to(out / "mean.vtp")
+    assert main(["export-model", str(model_path), "-o", str(out), "--force"]) == 1
+    assert shape.is_symlink()
+
+
 @pytest.mark.parametrize("direction", [
     np.eye(3), np.diag([-1.0, -1.0, 1.0]),                     # LPS, RAS
     np.array([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]]),             # permuted axes
