@@ -305,6 +305,39 @@ def test_build_model_refuses_options_that_would_change_nothing(extra, message, t
     assert not out.exists() and list(tmp_path.iterdir()) == [labels]
 
 
+@pytest.mark.parametrize("argv, option, value", [
+    (["build-model", "labels", "-o", "m.npz", "--limit"], "--limit", "0"),
+    (["build-model", "labels", "-o", "m.npz", "--limit"], "--limit", "-1"),
+    (["build-model", "labels", "-o", "m.npz", "--jobs"], "--jobs", "0"),
+    (["build-model", "labels", "-o", "m.npz", "--random-state"], "--random-state", "-5"),
+    (["update-model", "m.npz", "labels", "-o", "new.npz", "--limit"], "--limit", "-1"),
+    (["update-model", "m.npz", "labels", "-o", "new.npz", "--jobs"], "--jobs", "-2"),
+    (["demo", "-o", "out", "--seed"], "--seed", "-1"),
+    (["ssc-demo", "-o", "out", "--seed"], "--seed", "-1"),
+])
+def test_counts_and_seeds_out_of_range_are_refused_naming_the_option(argv, option, value,
+                                                                     tmp_path, capsys,
+                                                                     monkeypatch):
+    """``--limit -1`` used to drop the last label map and ``--limit 0`` meant no limit;
+    ``--jobs 0`` ran one process; a negative seed got numpy's "expected non-negative
+    integer" once the slow stages were done (or not at all without --atoms)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "labels").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, value])
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert option in last and repr(value) in last, last
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels"]
+
+
+def test_a_build_seed_below_zero_is_refused_by_the_api():
+    from shapeprior.model import BuildParams
+
+    with pytest.raises(ValueError, match="seed=-1 is invalid"):
+        BuildParams(seed=-1)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["-o", "new.npz", "--criterion", "novelty"], "--criterion has no effect without --rank-only"),
     (["-o", "new.npz", "--json"], "--json has no effect without --rank-only"),

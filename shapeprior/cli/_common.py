@@ -91,14 +91,22 @@ def parse_labels(text, name="--labels"):
     return vals
 
 
-def _workers(text):
+def _whole(text, least):
     try:
         n = int(text)
     except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+        n = least - 1
+    if n < least:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {least}")
     return n
+
+
+def _workers(text):
+    return _whole(text, 0)
+
+
+def _positive(text):
+    return _whole(text, 1)
 
 
 def add_batch_options(ap):
@@ -108,6 +116,13 @@ def add_batch_options(ap):
                          "each case on one core (default 0: sequential, all cores per case)")
     ap.add_argument("--scheduler", default=None,
                     help="folder of cases: address of an existing dask scheduler")
+
+
+def add_random_state(ap, dest="seed"):
+    """``--random-state``/``--seed``: the seed of the random number generator."""
+    ap.add_argument("--random-state", "--seed", dest=dest, type=_workers, default=0,
+                    help="seed of the random number generator, a whole number >= 0 "
+                         "(default 0)")
 
 
 def add_mesh_format(ap):
@@ -132,8 +147,9 @@ def add_label_map_options(ap):
     """The options shared by the commands that read training label maps
     (``build-model``, ``update-model``): ``--limit``, ``--jobs``, ``--quiet``,
     ``--allow-no-orientation``."""
-    ap.add_argument("--limit", type=int, default=None, help="use only the first N label maps")
-    ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    ap.add_argument("--limit", type=_positive, default=None,
+                    help="use only the first N label maps (N >= 1)")
+    ap.add_argument("--jobs", type=_positive, default=1, help="worker processes (default 1)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--allow-no-orientation", action="store_true",
                     help="accept label maps that record no orientation (NIfTI/Analyze, "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from .._outputs import manifest, show_path
-from ._common import add_label_map_options, parse_labels, publish_model, refuse_unused
+from ._common import (add_label_map_options, add_random_state, parse_labels, publish_model,
+                      refuse_unused)
 
 
 def main(argv):
@@ -64,8 +65,7 @@ def main(argv):
                          "first or last slice, row or column): their surface closes at the "
                          "scan's edge. Kept by default; either way report.json lists them "
                          "under cut_by_fov")
-    ap.add_argument("--random-state", "--seed", dest="random_state", type=int, default=0,
-                    help="seed of the random number generator (default 0)")
+    add_random_state(ap, dest="random_state")
     ap.add_argument("--force", action="store_true",
                     help="replace a previous shapeprior model file (never an input or a "
                          "foreign file)")
@@ -101,7 +101,7 @@ def main(argv):
         if v <= 0:
             raise ValueError(f"{name}={v} must be > 0")
     items = label_map_inputs(a.label_maps)
-    if a.limit:
+    if a.limit is not None:
         items = items[: a.limit]
     files = [f for f, _, _ in items]
     side = OutputDir(side_path, force=a.force, inputs=inputs)   # checked before the slow stages
@@ -111,7 +111,7 @@ def main(argv):
                              iso_spacing=a.iso_spacing, smooth_mm=a.smooth,
                              template_shapes=a.template_shapes, n_atoms=a.atoms,
                              n_nonzero=a.nonzero, dictionary_kind=a.dictionary_kind,
-                             seed=a.random_state, n_jobs=max(1, a.jobs),
+                             seed=a.random_state, n_jobs=a.jobs,
                              images_dir=a.images, normalisation=a.normalisation,
                              voxel_classifier=not a.no_voxel_classifier,
                              allow_no_orientation=a.allow_no_orientation,

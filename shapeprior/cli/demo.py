@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .._outputs import OutputDir, show_path
 from . import build_model, segment
+from ._common import add_random_state
 
 
 #: the model build's report, published beside the model
@@ -39,8 +40,7 @@ def main(argv):
                     "segment a held-out phantom that has a bright leak next to the organ.")
     ap.add_argument("-o", "--output", required=True, help="output folder")
     ap.add_argument("--cases", type=int, default=12, help="training phantoms (default 12)")
-    ap.add_argument("--random-state", "--seed", dest="seed", type=int, default=0,
-                    help="seed of the random number generator (default 0)")
+    add_random_state(ap)
     ap.add_argument("--force", action="store_true",
                     help="replace a previous demo output (never a foreign folder)")
     a = ap.parse_args(argv)

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from .._outputs import OutputDir, manifest
+from ._common import add_random_state
 
 
 LABELS = {"l1": "SSC-L1", "l0": "SSC-L0",
@@ -23,8 +24,7 @@ def main(argv):
                     help="fraction of vertices displaced 10-30 mm, in [0, 0.5) (default 0.15)")
     ap.add_argument("--missing", type=float, default=0.1,
                     help="fraction of vertices with weight 0, in [0, 0.5) (default 0.1)")
-    ap.add_argument("--random-state", "--seed", dest="seed", type=int, default=0,
-                    help="seed of the random number generator (default 0)")
+    add_random_state(ap)
     ap.add_argument("--force", action="store_true", help="replace an existing output folder")
     a = ap.parse_args(argv)
     for name, v, lo, hi in (("--gross", a.gross, 0.0, 0.5), ("--missing", a.missing, 0.0, 0.5)):

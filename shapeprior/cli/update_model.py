@@ -72,8 +72,6 @@ def main(argv):
         (a.images and a.rank_only, "--images has no effect with --rank-only (the ranking reads "
                                    "the label maps only)"))
     a.criterion = a.criterion or "coverage"
-    if a.jobs < 1:
-        raise ValueError(f"--jobs={a.jobs} must be >= 1")
     out = Path(a.output) if a.output else None
     inputs = [a.model, *a.labels, a.images]
     if out is not None:

@@ -143,7 +143,7 @@ class BuildParams:
         from ._dictlearn import DICTIONARY_KINDS
 
         check_choice("dictionary_kind", self.dictionary_kind, DICTIONARY_KINDS)
-        self.seed = check_number("seed", self.seed, integer=True)
+        self.seed = check_number("seed", self.seed, 0, integer=True)
         self.n_jobs = check_number("n_jobs", self.n_jobs, 1, integer=True)
         self.profile_step = check_number("profile_step", self.profile_step, 0, low_open=True)
         self.profile_half = check_number("profile_half", self.profile_half, 1, integer=True)
