@@ -11,6 +11,9 @@ from .._outputs import OutputDir, manifest
 from ._common import add_random_state
 
 
+#: largest --points and --atoms (the training shapes then take 240 MB)
+MAX_POINTS, MAX_ATOMS = 50_000, 200
+
 LABELS = {"l1": "SSC-L1", "l0": "SSC-L0",
           "hybrid": "hybrid (SSC-L0, then SSC-L1 on its inliers)"}
 
@@ -18,8 +21,10 @@ LABELS = {"l1": "SSC-L1", "l0": "SSC-L0",
 def main(argv):
     ap = argparse.ArgumentParser(prog="shapeprior ssc-demo", description=main.__doc__)
     ap.add_argument("-o", "--output", required=True, help="output folder (created)")
-    ap.add_argument("--points", type=int, default=2000, help="vertices per shape (default 2000)")
-    ap.add_argument("--atoms", type=int, default=150, help="training shapes (default 150)")
+    ap.add_argument("--points", type=int, default=2000,
+                    help=f"vertices per shape, 50 to {MAX_POINTS} (default 2000)")
+    ap.add_argument("--atoms", type=int, default=150,
+                    help=f"training shapes, 5 to {MAX_ATOMS} (default 150)")
     ap.add_argument("--gross", type=float, default=0.15,
                     help="fraction of vertices displaced 10-30 mm, in [0, 0.5) (default 0.15)")
     ap.add_argument("--missing", type=float, default=0.1,
@@ -30,8 +35,10 @@ def main(argv):
     for name, v, lo, hi in (("--gross", a.gross, 0.0, 0.5), ("--missing", a.missing, 0.0, 0.5)):
         if not lo <= v < hi:
             ap.error(f"{name}={v} is outside [{lo}, {hi})")
-    if a.points < 50 or a.atoms < 5:
-        ap.error(f"--points={a.points} must be >= 50 and --atoms={a.atoms} >= 5")
+    for name, v, lo, hi in (("--points", a.points, 50, MAX_POINTS),
+                            ("--atoms", a.atoms, 5, MAX_ATOMS)):
+        if not lo <= v <= hi:       # a demo: sizes a laptop holds (300 MB of shapes at most)
+            ap.error(f"{name}={v} must be in [{lo}, {hi}]")
 
     from ..ssc import ShapeDictionary, solver_options, sparse_shape_composition
     from ..synthetic import make_ssc_problem
