@@ -74,7 +74,8 @@ class SegmentParams:
         ``align_tol``).
     warm_align : bool
         Start each iteration's alignment rounds from the previous iteration's
-        beta instead of a Procrustes fit to the model mean. With
+        beta instead of a fresh start (``sparse_shape_composition``'s
+        ``start``: for L1 the Procrustes fit to the model mean). With
         ``align_rounds=2`` (the default) this cut the SSC stage by 38 % on the
         hippocampus validation split at the same Dice (``bench/README.md``).
     refine_iter, refine_search_mm, refine_smooth : int, float, int
