@@ -115,6 +115,15 @@ def test_ssc_demo_compares_the_methods_and_the_hybrid_absorbs_the_leak(tmp_path)
         assert z[k].shape == (n, 3)
     err = np.linalg.norm(z["reconstruction_hybrid"] - z["clean"], axis=1)
     assert err.mean() == pytest.approx(hybrid["surface_error_mm"]["mean"])
+    # --missing (default 0.1) of the vertices get weight 0; the error on them is reported
+    missing = z["weights"] == 0
+    assert missing.sum() == int(rep["missing_fraction"] * n)
+    assert hybrid["surface_error_mm"]["mean_on_missing"] == pytest.approx(err[missing].mean())
+    # recall: the share of the displaced vertices flagged; precision: of the flagged
+    gross, flagged = z["gross"].astype(bool), z["overridden_hybrid"].astype(bool)
+    assert hybrid["gross_recall"] == pytest.approx((gross & flagged).sum() / gross.sum())
+    assert hybrid["gross_precision"] == pytest.approx((gross & flagged).sum() / flagged.sum())
+    assert hybrid["gross_recall"] != pytest.approx(hybrid["gross_precision"])
 
 
 @pytest.mark.parametrize("unbuffered", [True, False])

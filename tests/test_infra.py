@@ -108,6 +108,30 @@ def test_stage_clock_sums_the_calls_of_each_stage(monkeypatch):
     assert got["inner"] == {"seconds": 0.5, "calls": 1}
 
 
+def test_stage_clock_samples_the_peak_inside_a_stage():
+    """With ``rss=True`` the sampler keeps the highest resident size seen while a
+    stage runs: 160 MB touched and freed inside the stage show in its peak,
+    though the process is back below it at the stage's end."""
+    import time
+
+    from shapeprior import _profile
+
+    clock = _profile.StageClock(rss=True, interval=0.001)
+    try:
+        before = _profile.current_rss_bytes()
+        with clock("spike"):
+            a = np.ones(20_000_000)             # 160 MB, every page touched
+            time.sleep(0.05)
+            del a
+            time.sleep(0.01)
+        after = _profile.current_rss_bytes()
+    finally:
+        clock.close()
+    peak = clock.as_dict()["spike"]["peak_rss_mb"] * 2**20
+    assert after < before + 80e6                # freed: the end sample alone misses it
+    assert peak > before + 120e6
+
+
 def _fake_backend_test(results):
     """An each_backend test body returning ``results[backend]``, undecorated."""
     from shapeprior.testing import each_backend

@@ -6,6 +6,7 @@ does not cover stays; ``shapeprior refine --image`` does it and reports it."""
 import json
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from shapeprior.cli import main
@@ -186,3 +187,22 @@ def test_repeated_slices_reads_runs_as_before():
     bad = _copy(organ, 16, 3)
     gaps, _ = _refine.repeated_slices(bad, SPACING[::-1])
     assert gaps[17:20].all() and not gaps[:17].any() and not gaps[20:].any()
+
+
+def test_continuity_is_measured_against_the_organ_outside_the_run():
+    """The organ's typical overlap of consecutive slices leaves out the run, whose
+    copies overlap perfectly: a long run would otherwise raise the median to 1 and
+    make every insertion look like a jump."""
+    sides = [4, 5, 6, 7, 7, 7, 7, 7, 7, 7, 8, 9]      # slices 4-9 repeat slice 3
+    t = np.zeros((len(sides), 12, 12), bool)
+    for q, s in enumerate(sides):
+        t[q, :s, :s] = True
+
+    def iou(a, b):
+        return min(a, b) ** 2 / max(a, b) ** 2
+
+    typical = np.median([iou(4, 5), iou(5, 6), iou(6, 7), iou(8, 9)])
+    got = _inserted._continuity(t, 3, 9)
+    assert got == pytest.approx(iou(7, 8) / typical) and got > 1.0
+    # a run that ends the organ is continuous by definition
+    assert _inserted._continuity(t[:10], 3, 9) == 1.0

@@ -216,6 +216,38 @@ def test_qc_views_are_radiological(direction):
     np.testing.assert_allclose(_lps_index(vol, marker[None])[0], where, atol=0.51)
 
 
+@pytest.mark.parametrize("direction, lps_spacing", [
+    (np.eye(3), (0.6, 0.9, 3.0)),
+    (np.array([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]]), (3.0, 0.6, 0.9)),   # i: P, j: S, k: L
+])
+def test_qc_views_keep_the_voxels_physical_proportions(direction, lps_spacing, tmp_path,
+                                                       monkeypatch):
+    """Each plane is drawn with the aspect of its voxels, row mm over column mm, so
+    that 3 mm slices under 0.6 mm pixels are not drawn squashed: axial rows run
+    posterior (columns left), coronal and sagittal rows run superior (columns left,
+    posterior)."""
+    import matplotlib.axes
+
+    from shapeprior.pipeline._qc import qc_png
+
+    vol = Volume(np.zeros((20, 24, 28), np.float32), np.array([0.6, 0.9, 3.0]),
+                 np.zeros(3), direction)
+    vol.array[...] = np.random.default_rng(0).random(vol.array.shape)
+    lab = np.zeros(vol.array.shape, np.uint8)
+    lab[8:12, 10:14, 12:16] = 1
+    seen = []
+    real = matplotlib.axes.Axes.imshow
+
+    def spy(self, x, *args, **kwargs):
+        seen.append(kwargs["aspect"])
+        return real(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", spy)
+    qc_png(tmp_path / "qc.png", vol, lab)
+    sl, sp, ss = lps_spacing
+    assert seen == [pytest.approx(sp / sl), pytest.approx(ss / sl), pytest.approx(ss / sp)]
+
+
 def test_qc_picture_with_outliers(segmented, tmp_path):
     from shapeprior.pipeline._qc import qc_png
 

@@ -636,3 +636,20 @@ def test_api_reconstruct_finds_the_side_of_a_paired_organ(population):
     assert shapeprior.reconstruct(obs[0], one).info["side"] == "none"
     with pytest.raises(ValueError, match="not of a paired organ"):
         shapeprior.reconstruct(obs[0], one, side="right")
+
+
+def test_the_side_is_judged_by_the_visible_vertices_alone():
+    """The median residual that picks a paired organ's side ignores the vertices
+    of weight 0: they are not fitted, and a mesh may carry anything there."""
+    from types import SimpleNamespace
+
+    from shapeprior.segmentation._sides import median_residual
+
+    recon = np.zeros((10, 3))
+    y = recon.copy()
+    y[:, 0] = [1.0, 2.0, 3.0, 4.0, 100, 100, 100, 100, 100, 100]
+    visible = np.arange(10) < 4
+    assert median_residual(SimpleNamespace(reconstruction=recon, visible=visible), y) == 2.5
+    assert median_residual(SimpleNamespace(reconstruction=recon, visible=~visible), y) == 100
+    assert median_residual(SimpleNamespace(reconstruction=recon,
+                                           visible=np.zeros(10, bool)), y) == 0.0
