@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = {
     "align": ["tests/test_align.py", "tests/test_align_properties.py",
               "tests/test_ssc_weights.py"],
-    "ssc": ["tests/test_ssc_weights.py", "tests/test_ssc.py"],
+    "ssc": ["tests/test_ssc_weights.py", "tests/test_ssc.py", "tests/test_reconstruct.py"],
     "io": ["tests/test_io.py", "tests/test_reader_corpus.py", "tests/test_hostile.py",
            "tests/test_segment.py"],
     "segment": ["tests/test_fit.py", "tests/test_placement.py", "tests/test_segment.py",

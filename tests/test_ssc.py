@@ -765,6 +765,14 @@ def test_shape_and_weight_checks_hold_without_alignment():
     w[:2] = 1.0
     with pytest.raises(ValueError, match="at least 3 vertices need weight > 0, got 2"):
         sparse_shape_composition(p.observed, dic, w)
+    # weights whose squares overflow or underflow are refused, naming the range;
+    # 1e300 was "not finite" and 1e-300 "no point with weight > 0"
+    for scale in (1e300, 1e-300):
+        with pytest.raises(ValueError, match=r"weights must be 0 or within \[1e-100, 1e\+100\]"):
+            sparse_shape_composition(p.observed, dic, np.full(50, scale))
+    a = sparse_shape_composition(p.observed, dic, np.full(50, 1e-6))
+    b = sparse_shape_composition(p.observed, dic)
+    np.testing.assert_allclose(a.reconstruction, b.reconstruction, atol=1e-6)
 
 
 def test_unseen_vertices_do_not_move_the_automatic_lambda2():

@@ -18,6 +18,9 @@ METHODS = ("l1", "l0")
 #: what a user may ask a reconstruction for: the solver methods, 'hybrid', and
 #: 'auto' (the hybrid)
 RECONSTRUCTION_METHODS = ("auto", "hybrid", "l1", "l0")
+#: a vertex weight that is not 0 lies within this range: its square, and the
+#: weighted sums of squares of millimetre residuals, stay ordinary doubles
+WEIGHT_RANGE = (1e-100, 1e100)
 #: where the alignment rounds start without a ``transform0``
 #: (:func:`sparse_shape_composition`'s ``start``)
 STARTS = ("auto", "mean", "l1")
@@ -227,6 +230,11 @@ def _check_vertex_weights(weights, n_points):
         raise ValueError(f"weights must have shape ({n_points},), got {s.shape}")
     if not np.all(np.isfinite(s)) or np.any(s < 0):
         raise ValueError("weights must be finite and >= 0")
+    pos = s[s > 0]
+    if pos.size and (pos.min() < WEIGHT_RANGE[0] or pos.max() > WEIGHT_RANGE[1]):
+        raise ValueError(f"weights must be 0 or within [{WEIGHT_RANGE[0]:g}, "
+                         f"{WEIGHT_RANGE[1]:g}] (their squares weigh the residuals), got "
+                         f"{pos.min():.3g} to {pos.max():.3g}")
     if np.count_nonzero(s) < 3:
         raise ValueError(f"at least 3 vertices need weight > 0, got {np.count_nonzero(s)}")
     return s
