@@ -105,6 +105,15 @@ def test_refine_keeps_a_lesion_label_it_would_otherwise_remove(phantom_model, tm
     assert dice(kept == 1, clean) > 0.95
     rep = json.loads((tmp_path / "keep" / "report.json").read_text())
     assert rep["input"]["keep_labels"] == [3] and rep["input"]["labels"] == [2]
+    assert not any("--keep-labels" in w for w in rep["warnings"])
+    # a kept label the mask does not hold (a typo) is noted, on screen and in the report
+    capsys.readouterr()
+    assert main(["refine", str(mask), "-o", str(tmp_path / "typo"), "--model", str(model),
+                 "--labels", "2", "--keep-labels", "3,7"]) == 0
+    shown = capsys.readouterr().out
+    rep = json.loads((tmp_path / "typo" / "report.json").read_text())
+    assert [w for w in rep["warnings"] if w.startswith("--keep-labels 7: no voxel")]
+    assert "--keep-labels 7: no voxel" in shown and "--keep-labels 3" not in shown
     # the same bulge as organ label: removed (at least most of it)
     assert (runs["plain"][lesion] > 0).mean() < 0.5
     # a kept label may not also be an organ label

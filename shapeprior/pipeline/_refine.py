@@ -154,6 +154,12 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
             f"({_label_list(others)}) besides the one{'s' * (len(labels) > 1)} refined "
             f"({_label_list(labels)}, the default); the model's organ is the {organ}: if "
             "that is another label, name it with --labels")
+    absent = [int(v) for v in keep if not np.any(mvol.array == v)]
+    if absent:
+        report["warnings"].append(
+            f"--keep-labels {_label_list(absent)}: no voxel of the mask has "
+            f"{'this label' if len(absent) == 1 else 'these labels'} (a mistyped label "
+            "leaves the lesion it should keep to be cut as a leak)")
     bg = img if img is not None and img.same_grid(mvol) else mvol
     organ_in = np.isin(mvol.array, tuple(labels) + keep)
     if ref is not None:
