@@ -40,6 +40,9 @@ import numpy as np
 from _common import RESULTS, machine, write_json
 
 STARTS = ("mean", "l1", "best")
+#: trimmed OMP's atoms (``--nonzero``; 'auto': the library's default); a list, so that
+#: the worker processes (forked) see the value main() set
+NONZERO = ["auto"]
 KIDNEY_CONDITIONS = [(0.0, 0.0), (0.2, 0.0), (0.3, 0.0), (0.4, 0.0), (0.0, 0.5), (0.2, 0.25)]
 _W = {}
 
@@ -56,7 +59,7 @@ def _three(y, dic, w):
     out = {}
     for start in ("mean", "l1"):
         t0 = time.perf_counter()
-        res = sparse_shape_composition(y, dic, w, n_nonzero=20, start=start, **opts)
+        res = sparse_shape_composition(y, dic, w, n_nonzero=NONZERO[0], start=start, **opts)
         out[start] = (res, time.perf_counter() - t0)
     best = min(("mean", "l1"), key=lambda s: _lmeds(out[s][0], y))
     out["best"] = (out[best][0], out["mean"][1] + out["l1"][1])
@@ -132,11 +135,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "l0_start.json"))
+    ap.add_argument("--nonzero", default="auto",
+                    help="atoms of trimmed OMP (default 'auto': the library's default)")
     a = ap.parse_args(argv)
+    NONZERO[0] = a.nonzero if a.nonzero == "auto" else int(a.nonzero)
     t0 = time.perf_counter()
     result = {"benchmark": "l0_start", "machine": machine(), "starts": list(STARTS),
-              "method": "hybrid: trimmed OMP (20 atoms), then SSC-L1 with 3 % of lambda1 on "
-                        "its inliers", "synthetic": {}, "kidneys": {}}
+              "method": "hybrid: trimmed OMP, then SSC-L1 with 3 % of lambda1 on its inliers",
+              "n_nonzero": NONZERO[0], "synthetic": {}, "kidneys": {}}
     with ProcessPoolExecutor(a.n_jobs) as pool:
         for split, seeds in (("validation", range(0, 40)), ("report", range(100, 140))):
             rows = list(pool.map(_synthetic, seeds))

@@ -32,6 +32,7 @@ from shapeprior.mesh import Surface
 from shapeprior.model import (BuildParams, build_model, find_label_maps, load_model,
                               pca_reconstruct, save_model, surfaces_from_label_map)
 from shapeprior.ssc import sparse_shape_composition
+from shapeprior.ssc._compose import HYBRID_REFIT, L0_NONZERO
 from shapeprior.synthetic import corrupt_patches
 
 HERE = Path(__file__).resolve().parent
@@ -113,6 +114,9 @@ def nearest_shape(model, y, w):
 #: refit candidates (fraction of the automatic lambda1 for the dense L1 fit of the
 #: inliers), chosen on the tuning split
 REFIT_CANDIDATES = (0.1, 0.03)
+#: atoms of the hybrid's trimmed OMP (``n_nonzero``), chosen on the tuning split with
+#: the library's refit (``HYBRID_REFIT``); the library's default is ``L0_NONZERO``
+NONZERO_CANDIDATES = (10, 20, 30, 40, 60)
 #: conditions the refit is chosen on: clean, 30 % displaced, 50 % missing
 TUNE_CONDITIONS = [(0.0, 0.0), (0.3, 0.0), (0.0, 0.5)]
 
@@ -141,14 +145,18 @@ def _methods(refits):
             out[f"ssc_l1_refit_{a:g}"] = (lambda a: lambda y, w, r: ssc(
                 y, dic, w, refit=a).reconstruction)(a)
             out[f"ssc_hybrid_{a:g}"] = (lambda a: lambda y, w, r: ssc(
-                y, dic, w, method="l0", n_nonzero=20, refit=a).reconstruction)(a)
+                y, dic, w, method="l0", refit=a).reconstruction)(a)
+        for k in NONZERO_CANDIDATES:
+            out[f"ssc_hybrid_k{k}"] = (lambda k: lambda y, w, r: ssc(
+                y, dic, w, method="l0", n_nonzero=k, refit=HYBRID_REFIT).reconstruction)(k)
         return out
     out = {
         "ssc_l1": lambda y, w, r: ssc(y, dic, w).reconstruction,
-        "ssc_l0": lambda y, w, r: ssc(y, dic, w, method="l0", n_nonzero=20).reconstruction,
+        "ssc_l0": lambda y, w, r: ssc(y, dic, w, method="l0",
+                                      n_nonzero=refits["nonzero"]).reconstruction,
         "ssc_l1_refit": lambda y, w, r: ssc(y, dic, w, refit=refits["ssc_l1_refit"]
                                             ).reconstruction,
-        "ssc_hybrid": lambda y, w, r: ssc(y, dic, w, method="l0", n_nonzero=20,
+        "ssc_hybrid": lambda y, w, r: ssc(y, dic, w, method="l0", n_nonzero=refits["nonzero"],
                                           refit=refits["ssc_hybrid"]).reconstruction,
         "dict_ssc_l1": (lambda y, w, r: ssc(y, atoms, w).reconstruction)
         if atoms is not None else None,
@@ -203,11 +211,11 @@ def _run(pool, shapes, conditions, seed, refits, skip=()):
     return rows
 
 
-def _choose(rows, family):
-    """The refit of ``family`` with the lowest mean error over the tuning conditions."""
+def _choose(rows, family, candidates=REFIT_CANDIDATES, prefix=""):
+    """The candidate of ``family`` with the lowest mean error over the tuning conditions."""
     def score(a):
-        return float(np.mean([r[f"{family}_{a:g}"]["mean_surface_mm"] for r in rows]))
-    return min(REFIT_CANDIDATES, key=score), {f"{a:g}": score(a) for a in REFIT_CANDIDATES}
+        return float(np.mean([r[f"{family}_{prefix}{a:g}"]["mean_surface_mm"] for r in rows]))
+    return min(candidates, key=score), {f"{a:g}": score(a) for a in candidates}
 
 
 def main(argv=None):
@@ -247,6 +255,11 @@ def main(argv=None):
         refits, scores = {}, {}
         for fam in ("ssc_l1_refit", "ssc_hybrid"):
             refits[fam], scores[fam] = _choose(tune_rows, fam)
+        refits["nonzero"], scores["nonzero"] = _choose(tune_rows, "ssc_hybrid",
+                                                       NONZERO_CANDIDATES, "k")
+        if refits["nonzero"] != L0_NONZERO:
+            print(f"note: the tuning split chose n_nonzero={refits['nonzero']}, the library's "
+                  f"default is {L0_NONZERO}", flush=True)
         print(f"chosen refit: {refits}", flush=True)
         rows = _run(pool, pick, CONDITIONS, a.seed, refits, a.reuse)
     for row in rows:

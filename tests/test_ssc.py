@@ -845,3 +845,20 @@ def test_start_is_checked_and_l1_starts_from_the_mean():
     assert sparse_shape_composition(p.observed, dic).info["start"] == "mean"
     assert sparse_shape_composition(p.observed, dic, method="l0", alignment="none"
                                     ).info["start"] == "none"
+
+
+def test_trimmed_omp_takes_up_to_forty_atoms_or_every_atom_of_a_small_dictionary():
+    from shapeprior.ssc._compose import L0_NONZERO
+
+    assert L0_NONZERO == 40
+    for n_atoms in (12, 150):
+        p = make_ssc_problem(600, n_atoms, gross_fraction=0.1, seed=5)
+        dic = ShapeDictionary(p.atoms)
+        res = sparse_composition(p.observed, dic, method="l0", n_nonzero="auto")
+        used = np.count_nonzero(res.x)
+        assert used == min(L0_NONZERO, n_atoms) if n_atoms < L0_NONZERO else \
+            20 < used <= L0_NONZERO
+        again = sparse_composition(p.observed, dic, method="l0")
+        np.testing.assert_array_equal(again.x, res.x)
+    with pytest.raises(ValueError, match="n_nonzero"):
+        sparse_composition(p.observed, dic, method="l0", n_nonzero=151)

@@ -58,8 +58,7 @@ def main(argv):
     # gross errors, then SSC-L1 with a small lambda1 fits the inliers
     for method in ("l1", "l0", "hybrid"):
         t0 = time.perf_counter()
-        res = sparse_shape_composition(p.observed, dic, weights, n_nonzero=20,
-                                       **solver_options(method))
+        res = sparse_shape_composition(p.observed, dic, weights, **solver_options(method))
         dt = time.perf_counter() - t0
         err = np.linalg.norm(res.reconstruction - p.clean, axis=1)
         flagged = res.overridden
