@@ -101,7 +101,7 @@ def _whole(text, least):
     return n
 
 
-def _workers(text):
+def _non_negative(text):
     return _whole(text, 0)
 
 
@@ -111,7 +111,7 @@ def _positive(text):
 
 def add_batch_options(ap):
     """``--workers`` and ``--scheduler``: where the cases of a folder run."""
-    ap.add_argument("--workers", type=_workers, default=0,
+    ap.add_argument("--workers", type=_non_negative, default=0,
                     help="folder of cases: run on a local dask cluster with N processes, "
                          "each case on one core (default 0: sequential, all cores per case)")
     ap.add_argument("--scheduler", default=None,
@@ -120,7 +120,7 @@ def add_batch_options(ap):
 
 def add_random_state(ap, dest="seed"):
     """``--random-state``/``--seed``: the seed of the random number generator."""
-    ap.add_argument("--random-state", "--seed", dest=dest, type=_workers, default=0,
+    ap.add_argument("--random-state", "--seed", dest=dest, type=_non_negative, default=0,
                     help="seed of the random number generator, a whole number >= 0 "
                          "(default 0)")
 

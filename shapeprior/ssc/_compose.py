@@ -450,9 +450,9 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
         errors pulled off, trimmed OMP's rounds settle on (or cycle among)
         trimmed sets that hold part of the leak: on synthetic shapes with 15 %
         of the vertices displaced in patches and a random similarity, the
-        hybrid from the mean's pose reconstructed 14 of 24 validation shapes
-        with a mean error above 1 mm, from SSC-L1's pose 1 of 24
-        (``bench/bench_l0_start.py``).
+        hybrid from the mean's pose reconstructed 9 of 40 validation shapes
+        with a mean error above 1 mm, from SSC-L1's pose none
+        (``bench/results/l0_start.json``).
     alpha1 : float > 0, optional
         Relative weight of an automatic ``lambda1`` (see :func:`sparse_composition`;
         default :data:`ALPHA1`). With ``refit``, a large ``alpha1`` makes the first
