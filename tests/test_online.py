@@ -118,8 +118,9 @@ def test_update_model_round_trip_refusals_and_lineage(small_model, tmp_path, cap
     # model-info shows the lineage without file names
     assert main(["model-info", str(out3)]) == 0
     info = capsys.readouterr().out
-    assert "model version 3" in info and "v2: 1 shapes" in info and "phantom_00" not in info
-    assert "learned on images not in HU (MR): 0-0 % of voxels below -20 HU" in info
+    assert "model version 3" in info and "v2: 1 shape added" in info and "phantom_00" not in info
+    assert "learned on images not in HU (MR): 0 % of the voxels below -20 HU in every image" \
+        in info
     # adding the same maps again adds nothing: one line, exit 1, nothing written
     out2 = tmp_path / "again.npz"
     assert main(["update-model", str(out3), str(new_map), str(labels / "phantom_006.nii.gz"),

@@ -41,8 +41,11 @@ def main(argv):
     if hu is not None:
         kind = "in HU (CT)" if hu[0] >= HU_MIN_SHARE else "not in HU (MR)" \
             if hu[1] < HU_MIN_SHARE else "of both kinds"
-        print(f"             learned on images {kind}: {100 * hu[0]:.2g}-{100 * hu[1]:.2g} % of "
-              f"voxels below {HU_BELOW:g} HU")
+        lo, hi = f"{100 * hu[0]:.2g}", f"{100 * hu[1]:.2g}"
+        share = f"{lo} %" if lo == hi else f"{lo}-{hi} %"
+        where = "in every image" if lo == hi else "per image"
+        print(f"             learned on images {kind}: {share} of the voxels below "
+              f"{HU_BELOW:g} HU {where}")
     vc = s.get("voxel_classifier")
     print("voxels       " + ("the voxelised surface is the label" if vc is None else
                              f"{vc['n_trees']} boosted trees decide the voxels next to the "
@@ -64,7 +67,8 @@ def main(argv):
           f"({prov['n_rejected']} rejected); template: {prov['template']}")
     lin = s["lineage"]
     print(f"lineage      model version {lin['model_version']}; "
-          + "; ".join(f"v{v['model_version']}: {v['n_shapes']} shapes"
+          + "; ".join(f"v{v['model_version']}: {v['n_shapes']} shape"
+                      + ("s" if v["n_shapes"] != 1 else "")
                       + (f" added {v['added']}" if v["added"] else "")
                       + (f" by shapeprior {v['shapeprior']}" if v["shapeprior"] else "")
                       for v in lin["versions"])
