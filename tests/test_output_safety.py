@@ -287,3 +287,7 @@ def test_a_folder_is_ours_only_with_our_manifest_and_our_plain_files(tmp_path):
     with pytest.raises(OutputExistsError, match="never replaces it"):
         OutputDir(ours, force=True)
     assert _digest(ours) == before
+    # an empty folder of the user's under a listed name counts too (nothing under it
+    # is unlisted, but it is no file of ours)
+    (ours / "label.nii.gz" / "notes.txt").unlink()
+    assert "'label.nii.gz', which shapeprior did not write" in own_output(ours)
