@@ -206,6 +206,13 @@ def test_segment_starts_from_an_existing_mask(phantom_model, tmp_path, capsys):
     assert dice(got, truth) > 0.95 > dice(rough, truth)
     man = json.loads((out / "manifest.json").read_text())
     assert "init_mask" in man["inputs"]
+    # an init mask without the organ's label: one line that names the option
+    capsys.readouterr()
+    assert main(["segment", str(images / "phantom_006.nii.gz"), "-o", str(tmp_path / "none"),
+                 "--model", str(model), "--init-mask", str(mask), "--init-labels", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "--init-mask: the mask has no voxel with label(s) [4]" in err
+    assert err.count("\n") == 1 and not (tmp_path / "none").exists()
 
 
 def test_missing_slices_are_found_and_interpolated():

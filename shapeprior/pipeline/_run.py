@@ -120,7 +120,11 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
     if init_mask is not None:
         with clock("place"):
             mvol = read_label_map(init_mask, allow_no_orientation)
-            init = refine_mask(mvol, model, init_labels, params, None, dictionary).mask_fit.verts
+            try:
+                init = refine_mask(mvol, model, init_labels, params, None,
+                                   dictionary).mask_fit.verts
+            except ValueError as e:     # the mask's own words: name the option
+                raise ValueError(f"--init-mask: {e}") from None
     res = segment_volume(vol, model, params, dictionary, clock=clock, init=init)
     voxel_ml = float(np.prod(vol.spacing)) / 1000.0
     volume_ml = float(np.count_nonzero(res.label)) * voxel_ml
