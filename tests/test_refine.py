@@ -152,7 +152,42 @@ def test_a_mask_the_model_cannot_fit_fails_in_words_of_the_mask(phantom_model):
         r = refine(vol, model)
         assert r.fit.status == "failed" and any(words in x for x in r.fit.reasons), r.fit.reasons
         assert not any("image" in x for x in r.fit.reasons), r.fit.reasons
+        assert not any("field of view" in x for x in r.fit.reasons), r.fit.reasons
         assert np.array_equal(r.label, vol.array)
+
+
+def test_a_fit_that_leaves_the_grid_of_a_mask_inside_it_is_no_cut_organ(phantom_model):
+    """The fitted surface of a mask well inside its grid may leave the grid (a mask
+    far smaller than the organ, on a 24 mm grid): that is the fit's failure, not an
+    organ cut by the field of view; a mask that reaches the grid's edge keeps the
+    words."""
+    from shapeprior.api import refine
+    from shapeprior.segmentation._refine import _at_edge, _of_the_mask
+
+    a = np.zeros((24, 24, 24), np.uint8)
+    a[11:13, 11:13, 11:13] = 1
+    r = refine(Volume(a, np.ones(3), np.zeros(3), np.eye(3)), phantom_model[3])
+    assert r.fit.status == "failed"
+    assert "the fitted surface leaves the mask's grid, though the mask does not reach its " \
+        "edge" in r.fit.reasons and not any("field of view" in x for x in r.fit.reasons)
+
+    inside = np.zeros((6, 7, 8), bool)
+    inside[2:4, 3:5, 3:5] = True
+    assert not _at_edge(inside)
+    for ax in range(3):
+        for end in (0, -1):
+            edge = inside.copy()
+            idx = [slice(2, 4), slice(3, 5), slice(3, 5)]
+            idx[ax] = end
+            edge[tuple(idx)] = True
+            assert _at_edge(edge)
+    cut = "the organ is cut by the field of view"
+    out = "40 % of the surface lies outside the field of view"
+    assert _of_the_mask(cut, True) == cut and _of_the_mask(out, True) == out
+    assert _of_the_mask(cut, False) == ("the fitted surface leaves the mask's grid, though "
+                                        "the mask does not reach its edge")
+    assert _of_the_mask(out, False) == ("40 % of the surface lies outside the mask's grid, "
+                                        "though the mask does not reach its edge")
 
 
 def test_refine_of_a_folder_names_the_organ_files_in_it(phantom_model, tmp_path, capsys):

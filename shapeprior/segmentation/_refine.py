@@ -191,13 +191,25 @@ GAP_INTERPOLATION = "chord"
 GAP_OVERLAP = 0.3
 
 
-def _of_the_mask(reason):
+def _of_the_mask(reason, mask_at_edge=True):
     """A reason of the fit to the mask (which :func:`refine_mask` renders as an
-    image of 1000 inside, 0 outside) in the words of the mask the user gave."""
+    image of 1000 inside, 0 outside) in the words of the mask the user gave.
+    ``mask_at_edge``: whether the mask reaches the edge of its grid; where it does
+    not, a fitted surface that leaves the grid says nothing of a cut organ."""
     if reason.startswith("flat image: every voxel is"):
         return "the mask holds the organ's label in every voxel of its grid: no boundary to fit"
+    if not mask_at_edge and reason == "the organ is cut by the field of view":
+        return "the fitted surface leaves the mask's grid, though the mask does not reach its edge"
+    if not mask_at_edge and reason.endswith(" of the surface lies outside the field of view"):
+        return reason.replace("the field of view", "the mask's grid, though the mask does not "
+                              "reach its edge")
     return reason.replace("the surface does not match the image",
                           "the surface does not match the mask")
+
+
+def _at_edge(m):
+    """Whether the bool array ``m`` holds a voxel on any face of its grid."""
+    return any(np.take(m, i, axis=ax).any() for ax in range(m.ndim) for i in (0, -1))
 
 
 def _sides(vol, centre):
@@ -488,7 +500,8 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
             if best is None or on > best[0]:
                 best = (on, f, side)
     on_boundary, mask_fit, side = best
-    mask_fit.reasons = [_of_the_mask(r) for r in mask_fit.reasons]
+    at_edge = _at_edge(target)
+    mask_fit.reasons = [_of_the_mask(r, at_edge) for r in mask_fit.reasons]
     agree = dice(mask_fit.label > 0, target)
     fit = mask_fit
     unused = None
