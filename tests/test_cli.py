@@ -331,6 +331,19 @@ def test_counts_and_seeds_out_of_range_are_refused_naming_the_option(argv, optio
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels"]
 
 
+@pytest.mark.parametrize("option, value", [("--points", "50001"), ("--points", "49"),
+                                           ("--atoms", "201"), ("--atoms", "4")])
+def test_ssc_demo_sizes_are_bounded(option, value, tmp_path, capsys):
+    """--points 100000000 allocated until the machine gave up: sizes outside the
+    demo's range are refused naming the option and the range, nothing written."""
+    with pytest.raises(SystemExit) as exc:
+        main(["ssc-demo", "-o", str(tmp_path / "out"), option, value])
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{option}={value} must be in [" in last, last
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_build_seed_below_zero_is_refused_by_the_api():
     from shapeprior.model import BuildParams
 
