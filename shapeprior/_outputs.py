@@ -121,8 +121,7 @@ def own_output(path, partial_ok=False):
     allowed = set(OWN_FILES)
     if m is not None and isinstance(m.get("outputs"), dict):
         allowed = set(m["outputs"]) | {"manifest.json"}
-    folders = {str(PurePosixPath(n).parent) for n in allowed} - {"."}
-    folders |= {str(q) for n in folders for q in PurePosixPath(n).parents} - {"."}
+    folders = {str(q) for n in allowed for q in PurePosixPath(n).parents} - {"."}
     for e in _entries(p):
         name = e.relative_to(p).as_posix()
         ok = (e.is_dir() and name in folders) or (e.is_file() and name in allowed)

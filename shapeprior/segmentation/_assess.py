@@ -48,6 +48,9 @@ QUALITY_SUSPECT = {"profile": 0.85, "region": 0.60}
 OVERRIDDEN_SUSPECT = (0.30, 0.15)
 #: fraction of vertices outside the image: suspect (cut by the FOV) / failed
 OUTSIDE_SUSPECT, OUTSIDE_FAILED = 0.01, 0.5
+#: the reasons those give (refine words them for a mask inside its grid)
+CUT_BY_FOV = "the organ is cut by the field of view"
+OUTSIDE_FOV = "of the surface lies outside the field of view"
 #: Mahalanobis distance relative to the largest training distance: suspect / failed
 SHAPE_SUSPECT, SHAPE_FAILED = 1.5, 3.0
 
@@ -165,9 +168,9 @@ def assess(res, vol, model, scorer, mirror=False, scale_clamped=0):
     ev["vertices_outside_fov"] = round(outside, 4)
     ev["label_touches_fov_border"] = touches
     if outside > OUTSIDE_FAILED:
-        failed.append(f"{100 * outside:.0f} % of the surface lies outside the field of view")
+        failed.append(f"{100 * outside:.0f} % {OUTSIDE_FOV}")
     elif outside > OUTSIDE_SUSPECT or touches:
-        suspect.append("the organ is cut by the field of view")
+        suspect.append(CUT_BY_FOV)
     if not res.label.any():
         failed.append("empty segmentation")
     status = "failed" if failed else "suspect" if suspect else "ok"

@@ -44,7 +44,7 @@ import numpy as np
 
 from ..io import Volume
 from ..mesh import dice, grown_box, mask_box, signed_distance, voxelize
-from ._assess import border_distance
+from ._assess import CUT_BY_FOV, OUTSIDE_FOV, border_distance
 from . import _cavities, _inpaint, _inserted
 from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, segment_volume
 from ._sides import paired_model
@@ -198,9 +198,9 @@ def _of_the_mask(reason, mask_at_edge=True):
     not, a fitted surface that leaves the grid says nothing of a cut organ."""
     if reason.startswith("flat image: every voxel is"):
         return "the mask holds the organ's label in every voxel of its grid: no boundary to fit"
-    if not mask_at_edge and reason == "the organ is cut by the field of view":
+    if not mask_at_edge and reason == CUT_BY_FOV:
         return "the fitted surface leaves the mask's grid, though the mask does not reach its edge"
-    if not mask_at_edge and reason.endswith(" of the surface lies outside the field of view"):
+    if not mask_at_edge and reason.endswith(OUTSIDE_FOV):
         return reason.replace("the field of view", "the mask's grid, though the mask does not "
                               "reach its edge")
     return reason.replace("the surface does not match the image",
