@@ -151,9 +151,14 @@ def add_label_map_options(ap):
                     help="use only the first N label maps (N >= 1)")
     ap.add_argument("--jobs", type=_positive, default=1, help="worker processes (default 1)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_allow_no_orientation(ap, "label maps")
+
+
+def add_allow_no_orientation(ap, what="images"):
+    """``--allow-no-orientation``: read files that record no orientation."""
     ap.add_argument("--allow-no-orientation", action="store_true",
-                    help="accept label maps that record no orientation (NIfTI/Analyze, "
-                         "NRRD, TIFF, VTK, ...)")
+                    help=f"accept {what} that record no orientation (NIfTI/Analyze, NRRD, "
+                         "TIFF, VTK, ...), placed by their voxel sizes alone")
 
 
 def publish_model(side, out, model, report, record, force, inputs):

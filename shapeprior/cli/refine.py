@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import (add_batch_options, add_mesh_format, add_prior, finish_case, floats,
-                      join_negative_values, parse_labels, print_batch, refuse_unused,
-                      status_code)
+from ._common import (add_allow_no_orientation, add_batch_options, add_mesh_format, add_prior,
+                      finish_case, floats, join_negative_values, parse_labels, print_batch,
+                      refuse_unused, status_code)
 
 
 def main(argv):
@@ -74,9 +74,7 @@ def main(argv):
                          "summary, message and folder name (salt: $SHAPEPRIOR_DEID_SALT or "
                          "~/.config/shapeprior/deid-salt), as segment does")
     add_batch_options(ap)
-    ap.add_argument("--allow-no-orientation", action="store_true",
-                    help="accept images that record no orientation (NIfTI/Analyze, NRRD, "
-                         "TIFF, VTK, ...)")
+    add_allow_no_orientation(ap)
     add_prior(ap)
     a = ap.parse_args(join_negative_values(argv, ("--window",)))
 

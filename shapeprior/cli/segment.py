@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ._common import (
+    add_allow_no_orientation,
     add_batch_options,
     add_mesh_format,
     add_prior,
@@ -79,9 +80,7 @@ def main(argv):
                     help="replace case names by salted hashes in every output, report, "
                          "summary, message and folder name (salt: $SHAPEPRIOR_DEID_SALT or "
                          "~/.config/shapeprior/deid-salt)")
-    ap.add_argument("--allow-no-orientation", action="store_true",
-                    help="accept images that record no orientation: NIfTI/Analyze, NRRD, TIFF, "
-                         "VTK, ... (placed by their voxel sizes alone)")
+    add_allow_no_orientation(ap)
     ap.add_argument("--strict", action="store_true",
                     help="exit 3 for a 'suspect' result too (default: only for 'failed')")
     ap.add_argument("--placement", choices=("search", "prior"), default=None,
