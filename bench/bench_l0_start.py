@@ -94,15 +94,12 @@ def _kidney(job):
     import bench_robustness as rb
     from shapeprior.correspond import surface_distances
     from shapeprior.mesh import Surface
-    from shapeprior.synthetic import corrupt_patches, random_similarity
+    from shapeprior.synthetic import random_similarity
 
     i, gross, missing, seed, pose = job
     model = _W["model"]
     clean = _W["held"][i]
-    r = np.random.default_rng([seed, i, int(gross * 100), int(missing * 100)])
-    y, _ = corrupt_patches(clean, gross, r, magnitude=(10.0, 30.0),
-                           normals=Surface(clean, model.faces).vertex_normals())
-    w = rb.missing_patch(clean, missing, r)
+    y, w, r = rb.corrupt(clean, model.faces, i, gross, missing, seed)
     if pose:
         R, s, t = random_similarity(r)
         y, clean = s * y @ R.T + t, s * clean @ R.T + t
@@ -155,9 +152,7 @@ def main(argv=None):
                 flush=True)
     if (data_root() / "kits19").is_dir():
         model, _, held, ids = rb.prepare(Path(__file__).resolve().parent / "cache", a.n_jobs)
-        rng = np.random.default_rng(0)          # bench_robustness's report and tuning split
-        pick = rng.choice(len(held), 24, replace=False)
-        tune = np.setdiff1d(np.arange(len(held)), pick)[::2][:23]
+        _, tune = rb.splits(len(held))          # bench_robustness's tuning split
         jobs = [(int(i), g, m, 1, pose) for pose in (False, True)
                 for g, m in KIDNEY_CONDITIONS for i in tune]
         acc = {}

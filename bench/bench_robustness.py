@@ -167,16 +167,30 @@ def _methods(refits):
     return {k: v for k, v in out.items() if v is not None}
 
 
+def splits(n_held, seed=0, max_heldout=24, max_tune=23):
+    """Indices of the report set and the tuning split among ``n_held`` held-out shapes."""
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(n_held, min(max_heldout, n_held), replace=False)
+    return pick, np.setdiff1d(np.arange(n_held), pick)[::2][:max_tune]
+
+
+def corrupt(clean, faces, i, gross, missing, seed):
+    """Held-out shape ``i`` with ``gross`` of its vertices displaced 10-30 mm in
+    patches and ``missing`` in patches of weight 0: ``(y, weights, rng)``, the
+    generator seeded by the shape and the condition (drawn from no further)."""
+    r = np.random.default_rng([seed, int(i), int(gross * 100), int(missing * 100)])
+    y, _ = corrupt_patches(clean, gross, r, magnitude=(10.0, 30.0),
+                           normals=Surface(clean, faces).vertex_normals())
+    return y, missing_patch(clean, missing, r), r
+
+
 def _one(job):
     """Errors of every method on one held-out shape under one condition."""
     i, gross, missing, seed, refits, skip = job
     model = _W["model"]
     clean = _W["held"][i]
     surf = Surface(clean, model.faces)
-    r = np.random.default_rng([seed, int(i), int(gross * 100), int(missing * 100)])
-    y, _ = corrupt_patches(clean, gross, r, magnitude=(10.0, 30.0),
-                           normals=surf.vertex_normals())
-    w = missing_patch(clean, missing, r)
+    y, w, r = corrupt(clean, model.faces, i, gross, missing, seed)
     res = {}
     for m, fn in _methods(refits).items():
         if m in skip:
@@ -240,9 +254,7 @@ def main(argv=None):
     cache = HERE / "cache"
     cache.mkdir(exist_ok=True)
     model, build_report, held, ids = prepare(cache, a.n_jobs, a.limit)
-    rng = np.random.default_rng(a.seed)
-    pick = rng.choice(len(held), min(a.max_heldout, len(held)), replace=False)
-    tune = np.setdiff1d(np.arange(len(held)), pick)[::2][:a.max_tune]
+    pick, tune = splits(len(held), a.seed, a.max_heldout, a.max_tune)
     old = json.loads(Path(a.out).read_text()) if a.reuse else None
     if old is not None and old["heldout_ids"] != [ids[i] for i in pick]:
         raise SystemExit("--reuse: the existing result file has other held-out shapes")
