@@ -7,6 +7,7 @@ import argparse
 from .._outputs import manifest, show_path
 from ._common import (add_label_map_options, add_random_state, parse_labels, publish_model,
                       refuse_unused)
+from ._deidentify import add_deidentify, deidentified
 
 
 def main(argv):
@@ -70,6 +71,7 @@ def main(argv):
                     help="replace a previous shapeprior model file (never an input or a "
                          "foreign file)")
     add_label_map_options(ap)
+    add_deidentify(ap)
     a = ap.parse_args(argv)
     refuse_unused(
         (a.side is not None and not a.split_sides, "--side has no effect without --split-sides"),
@@ -88,10 +90,34 @@ def main(argv):
 
     from pathlib import Path
 
+    out = Path(a.output)
+    with deidentified(a.deidentify, {**{p: "<labels>" for p in a.label_maps},
+                                     a.images: "<images>", out: "<output>"}) as deid:
+        model, report, side_path = _build(a, out, deid)
+    print(f"model: {model.shapes.shape[0]} shapes x {model.n_vertices} vertices, "
+          f"{len(model.pca_variances)} PCA modes; {len(report['rejected'])} rejected "
+          f"(see {show_path(side_path)}/report.json)")
+    cut = report.get("cut_by_fov") or []
+    if cut:
+        print(f"note: {len(cut)} kept shapes are cut by their scan's field of view (their "
+              f"surface closes at the scan's edge; report.json lists them under cut_by_fov; "
+              f"--exclude-cut rejects them): " + ", ".join(
+                  c["source"] + ("" if c["side"] == "none" else f" ({c['side']})")
+                  for c in cut[:5]) + (", ..." if len(cut) > 5 else ""))
+    vc = report.get("voxel_classifier") or {}
+    if "skipped" in vc:
+        print(f"no voxel classifier: {vc['skipped']}")
+    print(f"wrote {show_path(out)}")
+    return 0
+
+
+def _build(a, out, deid):
+    """Build and publish the model; ``(model, report, report folder)``. With
+    ``deid`` (:class:`~._deidentify.RunDeidentifier` holder) the label maps are
+    named by their pseudonyms and every text that leaves is scrubbed."""
     from .._outputs import OutputDir, check_not_input, check_replaceable, own_model_file
     from ..model import BuildParams, build_model, label_map_inputs
 
-    out = Path(a.output)
     side_path = out.with_name(out.name + ".report")
     inputs = [*a.label_maps, a.images]
     check_not_input(out, inputs)
@@ -100,7 +126,7 @@ def main(argv):
     for name, v in (("--iso-spacing", a.iso_spacing), ("--vertices", a.vertices)):
         if v <= 0:
             raise ValueError(f"{name}={v} must be > 0")
-    items = label_map_inputs(a.label_maps)
+    items = deid.start(label_map_inputs(a.label_maps))
     if a.limit is not None:
         items = items[: a.limit]
     files = [f for f, _, _ in items]
@@ -118,24 +144,11 @@ def main(argv):
                              exclude_cut=a.exclude_cut)
         model, report = build_model(files, params, progress=not a.quiet,
                                     names=[n for _, n, _ in items], roots=[r for _, _, r in items])
+        model.metadata, report = deid.data(model.metadata), deid.data(report)
         # the model file and its report/manifest folder are staged, then renamed into place
         publish_model(side, out, model, report, manifest(
-            command="build-model", parameters=vars(a), seed=a.random_state,
-            inputs={n: f for f, n, _ in items}), a.force, inputs)
+            command="build-model", parameters=deid.data(vars(a)), seed=a.random_state,
+            inputs={n: f for f, n, _ in items}, input_paths=deid.shown(items)), a.force, inputs)
     finally:
         side.discard()
-    print(f"model: {model.shapes.shape[0]} shapes x {model.n_vertices} vertices, "
-          f"{len(model.pca_variances)} PCA modes; {len(report['rejected'])} rejected "
-          f"(see {show_path(side_path)}/report.json)")
-    cut = report.get("cut_by_fov") or []
-    if cut:
-        print(f"note: {len(cut)} kept shapes are cut by their scan's field of view (their "
-              f"surface closes at the scan's edge; report.json lists them under cut_by_fov; "
-              f"--exclude-cut rejects them): " + ", ".join(
-                  c["source"] + ("" if c["side"] == "none" else f" ({c['side']})")
-                  for c in cut[:5]) + (", ..." if len(cut) > 5 else ""))
-    vc = report.get("voxel_classifier") or {}
-    if "skipped" in vc:
-        print(f"no voxel classifier: {vc['skipped']}")
-    print(f"wrote {show_path(out)}")
-    return 0
+    return model, report, side_path

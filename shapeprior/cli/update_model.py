@@ -7,6 +7,7 @@ import argparse
 
 from .._outputs import json_text
 from ._common import add_label_map_options
+from ._deidentify import add_deidentify, deidentified
 
 
 def _inputs(paths, limit):
@@ -54,6 +55,7 @@ def main(argv):
                     help="replace a previous shapeprior model file (never the input model, "
                          "an input or a foreign file)")
     add_label_map_options(ap)
+    add_deidentify(ap)
     a = ap.parse_args(argv)
 
     from pathlib import Path
@@ -79,26 +81,30 @@ def main(argv):
 
         check_not_input(out, inputs)
         check_replaceable(out, a.force, own_model_file)          # before the slow stages
-    model = load_model(a.model)
-    params = params_from_model(
-        model, labels=None if a.label_values is None else parse_labels(a.label_values),
-        organ=a.organ, split_sides=a.split_sides, n_jobs=a.jobs, images_dir=a.images,
-        allow_no_orientation=a.allow_no_orientation or None)
-    items = _inputs(a.labels, a.limit)
-    if not items:
-        raise ValueError("no label maps given")
-    if a.rank_only:
-        return _rank(model, items, params, a)
-    return _update(model, items, params, a, out, inputs)
+    with deidentified(a.deidentify, {**{p: "<labels>" for p in a.labels},
+                                     a.images: "<images>", a.model: "<model>",
+                                     out: "<output>"}) as deid:
+        model = load_model(a.model)
+        params = params_from_model(
+            model, labels=None if a.label_values is None else parse_labels(a.label_values),
+            organ=a.organ, split_sides=a.split_sides, n_jobs=a.jobs, images_dir=a.images,
+            allow_no_orientation=a.allow_no_orientation or None)
+        items = deid.start(_inputs(a.labels, a.limit))
+        if not items:
+            raise ValueError("no label maps given")
+        if a.rank_only:
+            return _rank(model, items, params, a, deid)
+        return _update(model, items, params, a, out, inputs, deid)
 
 
-def _rank(model, items, params, a):
+def _rank(model, items, params, a, deid):
     import numpy as np
 
     from ..model import correspond_to_model, new_label_maps, rank_candidates
 
     todo, skipped = new_label_maps(model, [f for f, _, _ in items], [n for _, n, _ in items])
     accepted, rejected = correspond_to_model(model, todo, params, not a.quiet)
+    skipped, rejected = deid.data(skipped), deid.data(rejected)
     rows = []
     if accepted:
         order, novelty, gain = rank_candidates(model, np.stack([c["verts"] for c in accepted]),
@@ -126,7 +132,7 @@ def _rank(model, items, params, a):
     return 0
 
 
-def _update(model, items, params, a, out, inputs):
+def _update(model, items, params, a, out, inputs, deid):
     from .._outputs import OutputDir, manifest, show_path
     from ..model import update_model
     from ._common import publish_model
@@ -137,9 +143,12 @@ def _update(model, items, params, a, out, inputs):
         new, report = update_model(model, [f for f, _, _ in items], params,
                                    progress=not a.quiet, names=[n for _, n, _ in items],
                                    roots=[r for _, _, r in items])
+        report = deid.data(report)    # (the model records the new maps by pseudonym)
         publish_model(side, out, new, report, manifest(
-            command="update-model", parameters=vars(a), seed=None,
-            inputs={"model": a.model, **{n: f for f, n, _ in items}}), a.force, inputs)
+            command="update-model", parameters=deid.data(vars(a)), seed=None,
+            inputs={"model": a.model, **{n: f for f, n, _ in items}},
+            input_paths=None if not a.deidentify else
+            {"model": "<model>", **deid.shown(items)}), a.force, inputs)
     finally:
         side.discard()
     for s in report["skipped"]:

@@ -378,7 +378,13 @@ class Deidentifier:
             self.salt = _read_or_create_salt(f)
 
     def name(self, case_source: Path) -> str:
-        key = os.fsencode(Path(case_source).name)
+        """The pseudonym of a case named after its file or folder (its last part)."""
+        return self.token(Path(case_source).name)
+
+    def token(self, text) -> str:
+        """The pseudonym of a whole name (``case_00001/segmentation``: a label map
+        named by its path below a folder, whose last part many cases share)."""
+        key = os.fsencode(str(text))
         return "case-" + hmac.new(self.salt, key, hashlib.sha256).hexdigest()[:12]
 
     def apply(self, cases):
