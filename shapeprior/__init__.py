@@ -32,6 +32,12 @@ __all__ = [
 ]
 
 
+def __dir__():
+    """The module's names with the facade's, which load when first used (so that
+    tab completion offers ``shapeprior.segment``)."""
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name):
     """The facade and its types, imported when first used (``import shapeprior``
     stays light)."""

@@ -199,3 +199,46 @@ def test_facades_hand_every_argument_on(tmp_path, monkeypatch):
     monkeypatch.setattr(sps, "refine_mask", refine_mask)
     sp.refine(vol, Model, labels=[2, 5], keep=[7])
     assert seen["refine"] == (vol, (2, 5), None, (7,))
+
+
+def test_tab_completion_offers_the_facade_before_it_is_loaded():
+    names = dir(sp)
+    for name in ("segment", "refine", "reconstruct", "load_model", "read_volume", "Volume",
+                 "ShapeModel", "__version__"):
+        assert name in names, name
+
+
+def test_results_and_inputs_print_as_one_short_line(phantom_model):
+    """An interactive session prints these: one line each, their facts, no arrays."""
+    from shapeprior.io import Volume
+    from shapeprior.segmentation import RefineResult, SegmentResult
+
+    _, images, _, model_path = phantom_model
+    model = sp.load_model(model_path)
+    vol = sp.read_volume(sorted(images.iterdir())[0])
+    fit = sp.reconstruct(model.shapes[0], model)
+    seg = SegmentResult(verts=model.mean, faces=model.faces, label=np.ones((4, 5, 6), np.uint8),
+                        n_iter=7, converged=False, overridden_fraction=0.25, time_s=1.5,
+                        status="suspect", quality=0.61, reasons=["a leak"])
+    ref = RefineResult(fit=seg, label=np.zeros((3, 3, 3), np.uint8),
+                       corrections={"removed_ml": 1.25, "added_ml": 0.5}, mask_fit=seg)
+    plain = Volume(np.zeros((2, 3, 4), np.int16), np.array([0.5, 0.5, 2.0]),
+                   np.array([1.0, -2.0, 3.0]), np.eye(3))
+    texts = {
+        "volume": (repr(vol), ["shape(z,y,x)=", "mm LPS", "direction=("]),
+        "plain": (repr(plain), ["shape(z,y,x)=(2, 3, 4)", "spacing(x,y,z)=(0.5, 0.5, 2) mm",
+                                "origin=(1, -2, 3) mm LPS)"]),
+        "model": (repr(model), [f"shapes={model.n_shapes}", f"vertices={model.n_vertices}",
+                                "appearance=yes", "version=1"]),
+        "ssc": (repr(fit), ["method='l0'", f"vertices={model.n_vertices}", "converged="]),
+        "segment": (repr(seg), ["status='suspect'", "reasons=['a leak']", "label_voxels=120",
+                                "overridden_fraction=0.250"]),
+        "refine": (repr(ref), ["status='suspect'", "removed_ml=1.25", "added_ml=0.5",
+                               "label_voxels=0"]),
+    }
+    for what, (text, facts) in texts.items():
+        assert "\n" not in text and len(text) < 400, (what, text)
+        assert "array(" not in text, (what, text)
+        for fact in facts:
+            assert fact in text, (what, fact, text)
+    assert "direction" not in repr(plain)

@@ -17,7 +17,12 @@ from ._checks import (ImageReadError, check_geometry, check_metaimage_header, ch
                       check_size, check_values, display_name, itk_call)
 
 
-@dataclass
+def _triple(v, digits=6):
+    """Numbers as ``(a, b, c)`` with ``digits`` significant digits (row by row)."""
+    return "(" + ", ".join(f"{float(x):.{digits}g}" for x in np.asarray(v).ravel()) + ")"
+
+
+@dataclass(repr=False)
 class Volume:
     """A 3-D array with ITK geometry.
 
@@ -36,6 +41,15 @@ class Volume:
     spacing: np.ndarray
     origin: np.ndarray
     direction: np.ndarray
+
+    def __repr__(self):
+        """One line: the grid and its geometry, never the voxels (an interactive
+        session would print a wall of numbers)."""
+        d = np.asarray(self.direction, dtype=float)
+        oblique = "" if np.array_equal(d, np.eye(3)) else f", direction={_triple(d, 4)}"
+        return (f"Volume(shape(z,y,x)={tuple(self.array.shape)}, dtype={self.array.dtype}, "
+                f"spacing(x,y,z)={_triple(self.spacing)} mm, "
+                f"origin={_triple(self.origin)} mm LPS{oblique})")
 
     @property
     def index_to_physical_matrix(self) -> np.ndarray:

@@ -86,6 +86,20 @@ class ShapeModel:
     dictionary_state: dict | None = None
     voxels: VoxelClassifier | None = None
 
+    def __repr__(self):
+        """One line: what the model is, never its arrays or metadata (an interactive
+        session would print thousands of lines)."""
+        m = self.metadata if isinstance(self.metadata, dict) else {}
+        lin = m.get("lineage")
+        version = lin.get("model_version", 1) if isinstance(lin, dict) else 1
+        atoms = "none" if self.atoms is None else str(int(np.shape(self.atoms)[0]))
+        return (f"ShapeModel(organ={m.get('organ', '?')!r}, side={m.get('side', '?')!r}, "
+                f"shapes={self.n_shapes}, vertices={self.n_vertices}, "
+                f"pca_modes={len(self.pca_variances)}, atoms={atoms}, "
+                f"appearance={'yes' if self.profile is not None else 'no'}, "
+                f"voxel_classifier={'yes' if self.voxels is not None else 'no'}, "
+                f"pose_prior={'yes' if self.pose is not None else 'no'}, version={version})")
+
     @property
     def n_shapes(self) -> int:
         return self.shapes.shape[0]

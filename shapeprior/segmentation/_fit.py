@@ -277,6 +277,16 @@ class SegmentResult:
     surface_offset_mm: float = 0.0
     voxels_changed: int | None = None
 
+    def __repr__(self):
+        """One line: the status and its reasons, the fit's size and numbers,
+        never the arrays."""
+        vox = int(np.count_nonzero(self.label)) if self.label is not None else 0
+        return (f"SegmentResult(status={self.status!r}, reasons={self.reasons!r}, "
+                f"quality={self.quality:.3f}, vertices={len(self.verts)}, "
+                f"label_voxels={vox}, iterations={self.n_iter}, converged={self.converged}, "
+                f"overridden_fraction={self.overridden_fraction:.3f}, "
+                f"time_s={self.time_s:.2f})")
+
 
 def surface_offset(model, params) -> float:
     """The offset (mm, outward) applied to the final surface: ``params``'s, else

@@ -96,6 +96,14 @@ class RefineResult:
     corrections: dict
     mask_fit: SegmentResult
 
+    def __repr__(self):
+        """One line: the final fit's status and reasons and what was corrected."""
+        c = self.corrections if isinstance(self.corrections, dict) else {}
+        ml = ", ".join(f"{k}={c[k]:.3g}" for k in ("removed_ml", "added_ml")
+                       if isinstance(c.get(k), (int, float)))
+        return (f"RefineResult(status={self.fit.status!r}, reasons={self.fit.reasons!r}"
+                + (f", {ml}" if ml else "") + f", label_voxels={int(np.count_nonzero(self.label))})")
+
 
 #: components at least this fraction of the largest are parts of the organ (a
 #: slab of missing slices splits it in two); smaller ones are islands

@@ -176,6 +176,15 @@ class SSCResult:
         nv = int(self.visible.sum())
         return float(self.overridden[self.visible].sum()) / nv if nv else 0.0
 
+    def __repr__(self):
+        """One line: the solve's outcome, never the arrays."""
+        return (f"SSCResult(method={self.method!r}, vertices={len(self.visible)}, "
+                f"visible={int(np.count_nonzero(self.visible))}, "
+                f"atoms_used={int(np.count_nonzero(self.x))}, "
+                f"outlier_fraction={self.outlier_fraction:.3f}, "
+                f"scale={float(self.transform.scale):.4g}, objective={self.objective:.4g}, "
+                f"alignment_rounds={self.n_align_iter}, converged={self.converged})")
+
 
 @dataclass
 class CompositionResult:
