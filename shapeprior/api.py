@@ -113,10 +113,26 @@ def build_model(labels, output=None, *, images=None, progress=False, **params):
     return model, report
 
 
-def _volume(image, series=None):
+def _volume(image, series=None, name="image", read=None):
+    """``image`` as a :class:`~shapeprior.io.Volume`: itself, checked as a reader
+    checks what it returns (:meth:`~shapeprior.io.Volume.check`: one made by hand
+    may hold anything), or read from its path (by ``read``, default
+    :func:`read_volume`). Anything else is refused naming ``name``: a bare array
+    has no spacing, origin or direction."""
+    import os
+
     from .io import Volume
 
-    return image if isinstance(image, Volume) else read_volume(image, series)
+    if isinstance(image, Volume):
+        return image.check(name)
+    if not isinstance(image, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"{name} must be a Volume (shapeprior.read_volume) or a path to one, got "
+            f"{type(image).__name__}" + (
+                ": an array has no spacing, origin or direction; wrap it as "
+                "shapeprior.Volume(array, spacing, origin, direction) with (z, y, x) axes "
+                "and LPS mm" if hasattr(image, "shape") else ""))
+    return read_volume(image, series) if read is None else read(image)
 
 
 def segment(image, model, *, seed=None, seed_space="lps", side="none", init=None, **params):
@@ -185,12 +201,12 @@ def refine(mask, model, *, labels=(1,), image=None, keep=(), **params):
         :class:`~shapeprior.segmentation.SegmentResult`, with what the prior
         overrode) and ``corrections`` (regions removed and added, ml).
     """
-    from .io import Volume, read_label_map
+    from .io import read_label_map
     from .segmentation import SegmentParams, refine_mask
 
     if not hasattr(model, "shapes"):
         model = load_model(model)
-    mvol = mask if isinstance(mask, Volume) else read_label_map(mask)
+    mvol = _volume(mask, name="mask", read=read_label_map)
     img = None if image is None else _volume(image)
     return refine_mask(mvol, model, tuple(labels), SegmentParams(**params), img,
                        keep=tuple(keep))
@@ -307,6 +323,10 @@ def reconstruct_many(shapes, model, *, weights=None, prior="auto", method="auto"
         shapes = [np.asarray(s, dtype=float) for s in shapes]
         if len({s.shape for s in shapes}) > 1:      # the solver names the bad one
             return sparse_shape_composition_many(shapes, dic, weights, **solver, **options)
+    elif np.ndim(shapes) == 2:
+        raise ValueError(f"shapes has shape {np.shape(shapes)}: expected (M, "
+                         f"{model.n_vertices}, 3), many shapes; for one, use reconstruct "
+                         "(or shapes[None])")
     return [r for r, _, _ in solve_sides(
         np.asarray(shapes, dtype=float), model, side,
         lambda a, w: sparse_shape_composition_many(a, dic, w, **solver, n_jobs=n_jobs,

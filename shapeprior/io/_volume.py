@@ -42,6 +42,35 @@ class Volume:
     origin: np.ndarray
     direction: np.ndarray
 
+    def __post_init__(self):
+        # the geometry as float arrays, whatever sequences a caller gave
+        self.spacing = np.asarray(self.spacing, dtype=float)
+        self.origin = np.asarray(self.origin, dtype=float)
+        self.direction = np.asarray(self.direction, dtype=float)
+
+    def check(self, name="image"):
+        """Refuse a volume no reader would have returned (one made by hand, e.g.
+        from an array): a grid that is not 3-D with two voxels or more along each
+        axis, spacing (3,) not finite and > 0, origin (3,) not finite, a
+        direction (3, 3) not orthonormal, NaN or infinite voxels. The errors
+        (:class:`ImageReadError`) name ``name``. Returns the volume."""
+        a = np.asarray(self.array)
+        if a.ndim != 3 or min(a.shape) < 2:
+            raise ImageReadError(f"{name}: the array must be 3-D (z, y, x) with at least 2 "
+                                 f"voxels along each axis, got shape {a.shape}")
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or \
+                np.issubdtype(a.dtype, np.complexfloating):
+            raise ImageReadError(f"{name}: the array holds {a.dtype} values; expected real "
+                                 "numbers")
+        for what, v, shape in (("spacing", self.spacing, (3,)), ("origin", self.origin, (3,)),
+                               ("direction", self.direction, (3, 3))):
+            if np.shape(v) != shape:
+                raise ImageReadError(f"{name}: {what} must have shape {shape} (x, y, z), got "
+                                     f"{np.shape(v)}")
+        check_geometry(name, self.spacing, self.direction, self.origin)
+        check_values(name, a)
+        return self
+
     def __repr__(self):
         """One line: the grid and its geometry, never the voxels (an interactive
         session would print a wall of numbers)."""
