@@ -829,8 +829,11 @@ def test_trimmed_omp_starts_from_the_pose_of_ssc_l1(seed):
     assert res.overridden[p.gross & (w > 0)].mean() > 0.85
     old = sparse_shape_composition(p.observed, dic, w, n_nonzero=20, start="mean", **opts)
     assert old.info["start"] == "mean" and error(old) > 3.0
-    # the start is the pose of SSC-L1: given as transform0, the same solve
-    l1 = sparse_shape_composition(p.observed, dic, w)
+    # the start is the pose of SSC-L1 (in the hybrid's first-stage rounds): given as
+    # transform0, the same solve
+    from shapeprior.ssc._compose import HYBRID_FIRST_ROUNDS
+
+    l1 = sparse_shape_composition(p.observed, dic, w, max_align_iter=HYBRID_FIRST_ROUNDS)
     same = sparse_shape_composition(p.observed, dic, w, n_nonzero=20,
                                     transform0=l1.transform, **opts)
     assert same.info["start"] == "transform0"
@@ -862,3 +865,37 @@ def test_trimmed_omp_takes_up_to_forty_atoms_or_every_atom_of_a_small_dictionary
         np.testing.assert_array_equal(again.x, res.x)
     with pytest.raises(ValueError, match="n_nonzero"):
         sparse_composition(p.observed, dic, method="l0", n_nonzero=151)
+
+
+def test_the_hybrids_first_stage_runs_at_most_its_own_rounds(monkeypatch):
+    """The hybrid's trimmed OMP (and the SSC-L1 solve it starts from) stops after
+    HYBRID_FIRST_ROUNDS alignment rounds, while trimmed OMP alone and the refit
+    of the inliers keep ``max_align_iter`` (bench/bench_hybrid_rounds.py)."""
+    import shapeprior.ssc._compose as compose
+
+    p = make_ssc_problem(800, 60, gross_fraction=0.1, seed=11)
+    dic = ShapeDictionary(p.atoms)
+    kw = dict(method="l0", n_nonzero=20, start="mean")
+    calls, refits = [], []
+    inner_l0, inner_refit = compose.solve_l0, compose._refit_inliers
+
+    def l0(*args, **kwargs):
+        calls.append(1)
+        return inner_l0(*args, **kwargs)
+
+    def refit(*args, **kwargs):
+        refits.append(args[11])                     # its max_align_iter
+        return inner_refit(*args, **kwargs)
+
+    monkeypatch.setattr(compose, "solve_l0", l0)
+    monkeypatch.setattr(compose, "_refit_inliers", refit)
+    alone = sparse_shape_composition(p.observed, dic, **kw)
+    n_alone, calls[:] = len(calls), []
+    assert alone.n_align_iter > compose.HYBRID_FIRST_ROUNDS     # the case needs the cap
+    hybrid = sparse_shape_composition(p.observed, dic, refit=0.03, **kw)
+    assert len(calls) == compose.HYBRID_FIRST_ROUNDS < n_alone
+    assert refits == [20]
+    assert np.linalg.norm(hybrid.reconstruction - p.clean, axis=1).mean() < 0.5
+    calls[:] = []
+    sparse_shape_composition(p.observed, dic, refit=0.03, max_align_iter=3, **kw)
+    assert len(calls) == 3                          # a smaller max_align_iter still holds
