@@ -242,6 +242,11 @@ def test_results_and_inputs_print_as_one_short_line(phantom_model):
         for fact in facts:
             assert fact in text, (what, fact, text)
     assert "direction" not in repr(plain)
+    # each part the model has, and only those
+    from dataclasses import replace
+
+    assert "appearance=yes, voxel_classifier=no" in repr(replace(model, voxels=None))
+    assert "appearance=no, voxel_classifier=yes" in repr(replace(model, profile=None))
 
 
 def _hand_made(vol, **change):

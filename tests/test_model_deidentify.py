@@ -39,6 +39,9 @@ def named(tmp_path_factory):
     for (lf, _), name in zip(pairs[5:], NEW):
         (new / name).mkdir()
         shutil.copy(lf, new / name / "segmentation.nii.gz")
+    # the image of the first new case only
+    (d / "PATIENTS_new_images" / NEW[0]).mkdir(parents=True)
+    shutil.copy(pairs[5][1], d / "PATIENTS_new_images" / NEW[0] / "segmentation.nii.gz")
     return d, lab, img, new
 
 
@@ -102,29 +105,39 @@ def test_build_model_deidentify_keeps_names_out_of_an_error_line(named, tmp_path
 
 def test_update_model_deidentify_names_new_maps_by_pseudonym(named, tmp_path, monkeypatch,
                                                              capsys):
-    d, lab, _, new = named
+    d, lab, img, new = named
     monkeypatch.setenv("SHAPEPRIOR_DEID_SALT", "test-salt")
     base = tmp_path / "base.npz"
-    assert main(["build-model", str(lab), "-o", str(base), "--deidentify", *FAST]) == 0
+    assert main(["build-model", str(lab), "--images", str(img), "--no-voxel-classifier",
+                 "-o", str(base), "--deidentify", *FAST]) == 0
     capsys.readouterr()
     assert main(["update-model", str(base), str(new), "--rank-only", "--deidentify",
                  "--quiet"]) == 0
     ranked = capsys.readouterr().out
+    # the image of one new case only: the other is refused, its reason naming the
+    # images' folder
+    new_img = d / "PATIENTS_new_images"
     out = tmp_path / "grown.npz"
-    assert main(["update-model", str(base), str(new), "-o", str(out), "--deidentify",
-                 "--quiet"]) == 0
+    args = ["update-model", str(base), str(new), "--images", str(new_img), "--quiet"]
+    assert main([*args, "--rank-only"]) == 1          # --images is refused there
+    capsys.readouterr()
+    assert main([*args, "-o", str(out), "--deidentify"]) == 0
     printed = capsys.readouterr()
     meta = json.loads(_model_text(out))
+    report = json.loads((tmp_path / "grown.npz.report" / "report.json").read_text())
+    assert [r["stage"] for r in report["rejected"]] == ["image"]
+    assert "<images>" in report["rejected"][0]["reason"]
     text = written_text(tmp_path, [], ranked + printed.out + printed.err) + _model_text(out)
     for word in _words(PATIENTS + NEW) | {"NEW_cases", "PATIENTS", str(d)}:
         assert word not in text, word
     added = [s["id"] for s in meta["lineage"]["shapes"] if s["model_version"] == 2]
     # two case folders, one file name: two pseudonyms, each in the ranking
-    assert len(added) == 2 and len({a.split(":")[0] for a in added}) == 2
-    for a in added:
-        assert a.split(":")[0] in ranked
+    assert len(added) == 1 and added[0].split(":")[0] in ranked
+    assert report["rejected"][0]["source"] in ranked
+    assert added[0].split(":")[0] != report["rejected"][0]["source"]
     record = json.loads((tmp_path / "grown.npz.report" / "manifest.json").read_text())
     assert record["inputs"]["model"]["path"] == "<model>"
+    assert record["parameters"]["images"] == "<images>"
 
 
 def test_run_deidentifier_leaves_shared_and_short_parts_and_numbers(tmp_path, monkeypatch):
@@ -135,13 +148,17 @@ def test_run_deidentifier_leaves_shared_and_short_parts_and_numbers(tmp_path, mo
     items = [(root / c / "segmentation.nii.gz", f"{c}/segmentation", root)
              for c in ("case_00001", "case_00002")]
     items.append((root / "01.nii.gz", "01", root))
+    items.append((root / "123.nii.gz", "123", root))         # numbered cases
     deid = RunDeidentifier(items, {tmp_path / "imgs": "<images>"})
-    p1, p2, p3 = (deid.pseudonym[n] for _, n, _ in items)
-    assert len({p1, p2, p3}) == 3 and p1.startswith("case-")
+    p1, p2, p3, p4 = (deid.pseudonym[n] for _, n, _ in items)
+    assert len({p1, p2, p3, p4}) == 4 and p1.startswith("case-")
     said = deid.text(f"{items[0][0]} and case_00002_0000.nii.gz in {tmp_path / 'imgs'}: "
                      "segmentation.nii.gz is 0.01 mm off, 01 slices")
     assert said == (f"{p1} and {p2}_0000.nii.gz in <images>: segmentation.nii.gz is 0.01 mm "
                     "off, 01 slices")
+    # a case's name inside a number or a longer name stays; on its own it goes
+    assert deid.text("123.nii.gz: 0.123 mm, 1234 voxels, 123 of them") == \
+        f"{p4}: 0.123 mm, 1234 voxels, {p4} of them"
     assert deid.data({"a": [str(items[1][0]), 3, None]}) == {"a": [p2, 3, None]}
     assert deid.items(items)[0] == (items[0][0], p1, root)
     err = deid.error(FileNotFoundError(f"no such file: {items[0][0]}"))
