@@ -16,6 +16,10 @@ displaced (beyond what the hybrid recovers: 3 mm and more from any cap, it
 only moves the mean by chance). Times are per shape on one core, each shape
 run at every cap in turn in the same worker.
 
+A second comparison, at the library's cap, on the same shapes: every alignment
+round of trimmed OMP starting its trimming from no vertex (as before), or from
+the gross errors of the SSC-L1 solve it starts from (``L0_TRIM_FROM_START``).
+
     python bench/bench_hybrid_rounds.py   # needs bench/cache (bench_robustness.py)
 """
 
@@ -34,6 +38,8 @@ CAPS = (2, 4, 6, 8, 10, 12, 20)
 CONDITIONS = ((0.0, 0.0), (0.3, 0.0), (0.4, 0.0), (0.0, 0.5), (0.2, 0.25))
 #: conditions the choice is not made on
 UNJUDGED = ((0.4, 0.0),)
+#: where trimmed OMP's rounds start trimming (the second comparison)
+TRIM_STARTS = ("no_vertex", "l1_gross_errors")
 _W = {}
 
 
@@ -63,17 +69,25 @@ def _shape(job):
     surf = Surface(clean, model.faces)
     opts = solver_options("hybrid")
     out = {}
-    saved = _compose.HYBRID_FIRST_ROUNDS
+    saved = _compose.HYBRID_FIRST_ROUNDS, _compose.L0_TRIM_FROM_START
+
+    def run():
+        t0 = time.perf_counter()
+        res = sparse_shape_composition(y, _W["dic"], w, **opts)
+        sec = time.perf_counter() - t0
+        d1, d2 = surface_distances(Surface(res.reconstruction, model.faces), surf)
+        return float(0.5 * (d1.mean() + d2.mean())), sec
+
     try:
         for cap in CAPS:
             _compose.HYBRID_FIRST_ROUNDS = cap
-            t0 = time.perf_counter()
-            res = sparse_shape_composition(y, _W["dic"], w, **opts)
-            sec = time.perf_counter() - t0
-            d1, d2 = surface_distances(Surface(res.reconstruction, model.faces), surf)
-            out[cap] = (float(0.5 * (d1.mean() + d2.mean())), sec)
+            out[cap] = run()
+        _compose.HYBRID_FIRST_ROUNDS = saved[0]
+        for trim in TRIM_STARTS:
+            _compose.L0_TRIM_FROM_START = trim == "l1_gross_errors"
+            out[trim] = run()
     finally:
-        _compose.HYBRID_FIRST_ROUNDS = saved
+        _compose.HYBRID_FIRST_ROUNDS, _compose.L0_TRIM_FROM_START = saved
     return (gross, missing), out
 
 
@@ -103,16 +117,21 @@ def main(argv=None):
     rows = []
     for (g, m), values in acc.items():
         row = {"gross_fraction": g, "missing_fraction": m, "n": len(values)}
-        for cap in CAPS:
+        for cap in (*CAPS, *TRIM_STARTS):
             e = np.array([v[cap][0] for v in values])
             t = np.array([v[cap][1] for v in values])
             row[str(cap)] = {"mean_mm": round(float(e.mean()), 4),
                              "worst_mm": round(float(e.max()), 3),
                              "time_s": round(float(t.mean()), 4)}
+        row["trim_time_ratio"] = round(float(np.mean(
+            [v["no_vertex"][1] / v["l1_gross_errors"][1] for v in values])), 3)
         rows.append(row)
         print(f"gross {g} missing {m}: " + "  ".join(
             f"{cap}: {row[str(cap)]['mean_mm']:.3f} mm {row[str(cap)]['time_s']:.3f} s"
             for cap in CAPS), flush=True)
+        print(f"  trimming from no vertex / from the L1 start's gross errors: "
+              f"{row['no_vertex']['mean_mm']:.3f} / {row['l1_gross_errors']['mean_mm']:.3f} mm, "
+              f"time ratio {row['trim_time_ratio']:.2f}", flush=True)
     ref = str(CAPS[-1])
     judged = [r for r in rows if (r["gross_fraction"], r["missing_fraction"]) not in UNJUDGED]
     passing = [cap for cap in CAPS if all(
@@ -130,6 +149,11 @@ def main(argv=None):
                            f"{ref} rounds' on every condition but "
                            + ", ".join(f"{g:.0%} displaced" for g, _ in UNJUDGED),
               "chosen": chosen, "library": _compose.HYBRID_FIRST_ROUNDS,
+              "trim_start": {"variants": list(TRIM_STARTS),
+                             "at_rounds": _compose.HYBRID_FIRST_ROUNDS,
+                             "library": "l1_gross_errors" if _compose.L0_TRIM_FROM_START
+                             else "no_vertex",
+                             "time_ratio": "per shape, no_vertex / l1_gross_errors, averaged"},
               "speedup_vs_20_rounds_mean_over_conditions": speed,
               "time_s": round(time.perf_counter() - t0, 1)}
     if chosen != _compose.HYBRID_FIRST_ROUNDS:

@@ -899,3 +899,42 @@ def test_the_hybrids_first_stage_runs_at_most_its_own_rounds(monkeypatch):
     calls[:] = []
     sparse_shape_composition(p.observed, dic, refit=0.03, max_align_iter=3, **kw)
     assert len(calls) == 3                          # a smaller max_align_iter still holds
+
+
+def test_trimmed_omp_rounds_start_trimming_from_the_l1_starts_gross_errors_when_asked(
+        monkeypatch):
+    """With L0_TRIM_FROM_START (off: bench/bench_hybrid_rounds.py compares both), each
+    alignment round of trimmed OMP from an SSC-L1 pose starts its trimming from that
+    solve's gross errors (the same set every round); from the mean's pose, a given
+    transform0, or with the switch off (the default), from no vertex."""
+    import shapeprior.ssc._compose as compose
+
+    assert compose.L0_TRIM_FROM_START is False
+    monkeypatch.setattr(compose, "L0_TRIM_FROM_START", True)
+
+    p = make_ssc_problem(800, 60, gross_fraction=0.15, seed=5)
+    dic = ShapeDictionary(p.atoms)
+    starts = []
+    inner = compose.solve_l0
+
+    def l0(*args, **kwargs):
+        init = kwargs.get("outliers_init")
+        starts.append(None if init is None else np.asarray(init, dtype=bool).copy())
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(compose, "solve_l0", l0)
+    res = sparse_shape_composition(p.observed, dic, method="l0", n_nonzero=20, refit=0.03)
+    first = sparse_shape_composition(p.observed, dic,
+                                     max_align_iter=compose.HYBRID_FIRST_ROUNDS)
+    assert res.info["start"] == "l1" and len(starts) >= 2
+    assert first.overridden.sum() > 0.5 * p.gross.sum()       # the case has gross errors
+    for s in starts:
+        assert np.array_equal(s, first.overridden)
+    for kw in ({"start": "mean"}, {"transform0": first.transform}):
+        starts[:] = []
+        sparse_shape_composition(p.observed, dic, method="l0", n_nonzero=20, **kw)
+        assert starts and all(s is None for s in starts)
+    monkeypatch.setattr(compose, "L0_TRIM_FROM_START", False)
+    starts[:] = []
+    sparse_shape_composition(p.observed, dic, method="l0", n_nonzero=20)
+    assert starts and all(s is None for s in starts)

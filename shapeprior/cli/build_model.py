@@ -112,9 +112,10 @@ def main(argv):
 
 
 def _build(a, out, deid):
-    """Build and publish the model; ``(model, report, report folder)``. With
-    ``deid`` (:class:`~._deidentify.RunDeidentifier` holder) the label maps are
-    named by their pseudonyms and every text that leaves is scrubbed."""
+    """Build and publish the model; ``(model, report, report folder)``. ``deid`` is
+    the run's de-identification (:func:`~._deidentify.deidentified`): with
+    ``--deidentify`` the label maps are named by their pseudonyms and every text
+    that leaves is scrubbed, else it passes everything through."""
     from .._outputs import OutputDir, check_not_input, check_replaceable, own_model_file
     from ..model import BuildParams, build_model, label_map_inputs
 

@@ -108,6 +108,15 @@ L0_SETTLED_ROUNDS = 2
 #: each condition; trimmed OMP's rounds rarely settle (its trimmed set changes
 #: from round to round) and ran out at 20 on half-visible kidneys
 HYBRID_FIRST_ROUNDS = 8
+#: True: trimmed OMP started from an SSC-L1 solve's pose (``start='l1'``) starts
+#: the trimming of every alignment round from that solve's gross errors instead of
+#: from no vertex. Off: on the tuning split of bench/bench_hybrid_rounds.py it made
+#: the hybrid 1.09-1.14x faster at the same or lower mean error, but on the report
+#: split the displaced rows lost 0.3-2.3 %, and on a synthetic shape with 40 of
+#: 400 vertices scattered 15 mm off, the L1 solve flagged 126 vertices, which
+#: stayed trimmed (the fit without them does not come back to them): mean error
+#: 0.17 -> 0.79 mm, one vertex 6 mm off (tests/test_ssc.py, test_refit_keeps_detail)
+L0_TRIM_FROM_START = False
 
 #: default relative L1 weight on x: lam1 = 2 * ALPHA1 * max|D^T W z|
 ALPHA1 = 1e-3
@@ -361,7 +370,8 @@ def _alpha1(alpha1):
 
 
 def _sparse_composition(dic, y, s, method, lambda1, lambda2, n_nonzero,
-                        outlier_threshold, reweight, x0, tol, max_iter, c=None, alpha1=ALPHA1):
+                        outlier_threshold, reweight, x0, tol, max_iter, c=None, alpha1=ALPHA1,
+                        trimmed0=None):
     xp = dic.xp
     z = xp.asarray(y.ravel())
     w = xp.asarray(np.repeat(s * s, dic.n_dims))
@@ -389,7 +399,8 @@ def _sparse_composition(dic, y, s, method, lambda1, lambda2, n_nonzero,
         check_number("n_nonzero", n_nonzero, 1, dic.n_atoms, integer=True)
         if outlier_threshold is not None:
             outlier_threshold = _positive("outlier_threshold", outlier_threshold, False)
-        sol = solve_l0(dic, z, w, int(n_nonzero), outlier_threshold, max_iter=max_iter)
+        sol = solve_l0(dic, z, w, int(n_nonzero), outlier_threshold, max_iter=max_iter,
+                       outliers_init=trimmed0)
         lam1, lam2 = float("nan"), float("nan")
         info = {"threshold": sol.threshold, "cycled": sol.cycled,
                 "trimming_capped": sol.capped}
@@ -471,7 +482,8 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
         of the vertices displaced in patches and a random similarity, the
         hybrid from the mean's pose reconstructed 9 of 40 validation shapes
         with a mean error above 1 mm, from SSC-L1's pose none
-        (``bench/results/l0_start.json``).
+        (``bench/results/l0_start.json``). Each of trimmed OMP's rounds starts
+        trimming from no vertex (see :data:`L0_TRIM_FROM_START`).
     alpha1 : float > 0, optional
         Relative weight of an automatic ``lambda1`` (see :func:`sparse_composition`;
         default :data:`ALPHA1`). With ``refit``, a large ``alpha1`` makes the first
@@ -498,6 +510,7 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     s = _check_vertex_weights(weights, dic.n_points)
     visible = s > 0
     w_align = s * s
+    trimmed0 = None         # L0: the vertices each round's trimming starts from
     # this solve's alignment rounds (the hybrid's first stage: fewer, its refit realigns)
     n_rounds = min(max_align_iter, HYBRID_FIRST_ROUNDS) if method == "l0" and refit is not None \
         else max_align_iter
@@ -512,9 +525,12 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
         started = "transform0"
     elif start == "l1" or (start == "auto" and method == "l0"):
         started = "l1"
-        beta = sparse_shape_composition(
+        first = sparse_shape_composition(
             y, dic, s, method="l1", alignment=alignment, max_align_iter=n_rounds,
-            align_tol=align_tol, tol=tol, max_iter=max_iter).transform
+            align_tol=align_tol, tol=tol, max_iter=max_iter)
+        beta = first.transform
+        if method == "l0" and L0_TRIM_FROM_START:   # where each round's trimming starts
+            trimmed0 = first.overridden
     else:
         started = "mean"
         beta = procrustes(y, dic.mean, w_align, kind=alignment)
@@ -553,7 +569,7 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     for k in range(1, n_rounds + 1):
         sol = _sparse_composition(dic, z, s, method, lam1, lam2, n_nonzero,
                                   outlier_threshold, reweight, x0, tol, max_iter,
-                                  c=correlation(beta, z), alpha1=alpha1)
+                                  c=correlation(beta, z), alpha1=alpha1, trimmed0=trimmed0)
         if method == "l0" and alignment != "none":
             # trimming is discrete: the rounds can go round a cycle of trimmed
             # sets (seen on held-out kidneys: alignments 6 mm apart, period 6)
@@ -572,10 +588,12 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
                 break
         # (warm-starting the L0 trimmed set across rounds was tried: vertices
         # trimmed under an early, poor alignment then stay trimmed; each round
-        # restarts the trimming instead. Warm-starting only the rounds after a
-        # move under 3e-3 radii was tried too, 2026-12-04: 1.5-2x faster, better
-        # on the tuning split, but on the report split one kidney at 30 %
-        # displaced went from 1.19 to 4.24 mm, bench/README.md)
+        # restarts the trimming instead; from the SSC-L1 start's gross errors, a
+        # set fixed before the rounds, it was faster but stuck to the start's
+        # false alarms, L0_TRIM_FROM_START. Warm-starting only the
+        # rounds after a move under 3e-3 radii was tried too, 2026-12-04: 1.5-2x
+        # faster, better on the tuning split, but on the report split one kidney
+        # at 30 % displaced went from 1.19 to 4.24 mm, bench/README.md)
         if method == "l1":  # keep penalties fixed after the first 'auto' round
             lam1, lam2 = sol.lambda1, sol.lambda2
         x0 = sol.x if method == "l1" else None
@@ -603,7 +621,8 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
             converged_align = True
             sol = _sparse_composition(dic, z, s, method, lam1, lam2, n_nonzero,
                                       outlier_threshold, reweight, x0, tol, max_iter,
-                                      c=correlation(beta, z), alpha1=alpha1)
+                                      c=correlation(beta, z), alpha1=alpha1,
+                                      trimmed0=trimmed0)
             break
     recon_model = _compose(dic, sol.x)
     e = sol.e
