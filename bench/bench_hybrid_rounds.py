@@ -40,19 +40,6 @@ CONDITIONS = ((0.0, 0.0), (0.3, 0.0), (0.4, 0.0), (0.0, 0.5), (0.2, 0.25))
 UNJUDGED = ((0.4, 0.0),)
 #: where trimmed OMP's rounds start trimming (the second comparison)
 TRIM_STARTS = ("no_vertex", "l1_gross_errors")
-_W = {}
-
-
-def _init():
-    import numba
-    from threadpoolctl import threadpool_limits
-
-    import bench_robustness as rb
-
-    numba.set_num_threads(1)
-    _W["limits"] = threadpool_limits(1)
-    model, _, held, _ = rb.prepare(Path(__file__).resolve().parent / "cache", 1)
-    _W.update(model=model, held=held, dic=model.ssc_dictionary("shapes"))
 
 
 def _shape(job):
@@ -63,8 +50,8 @@ def _shape(job):
     from shapeprior.ssc import _compose, solver_options, sparse_shape_composition
 
     i, gross, missing, seed = job
-    model = _W["model"]
-    clean = _W["held"][i]
+    model = rb.WORKER["model"]
+    clean = rb.WORKER["held"][i]
     y, w, _ = rb.corrupt(clean, model.faces, i, gross, missing, seed)
     surf = Surface(clean, model.faces)
     opts = solver_options("hybrid")
@@ -73,7 +60,7 @@ def _shape(job):
 
     def run():
         t0 = time.perf_counter()
-        res = sparse_shape_composition(y, _W["dic"], w, **opts)
+        res = sparse_shape_composition(y, rb.WORKER["dic"], w, **opts)
         sec = time.perf_counter() - t0
         d1, d2 = surface_distances(Surface(res.reconstruction, model.faces), surf)
         return float(0.5 * (d1.mean() + d2.mean())), sec
@@ -111,7 +98,7 @@ def main(argv=None):
     _, tune = rb.splits(len(held))
     jobs = [(int(i), g, m, 1) for g, m in CONDITIONS for i in tune]
     acc = {}
-    with ProcessPoolExecutor(a.n_jobs, initializer=_init) as pool:
+    with ProcessPoolExecutor(a.n_jobs, initializer=rb.init_worker) as pool:
         for key, out in pool.map(_shape, jobs):
             acc.setdefault(key, []).append(out)
     rows = []

@@ -44,7 +44,6 @@ STARTS = ("mean", "l1", "best")
 #: the worker processes (forked) see the value main() set
 NONZERO = ["auto"]
 KIDNEY_CONDITIONS = [(0.0, 0.0), (0.2, 0.0), (0.3, 0.0), (0.4, 0.0), (0.0, 0.5), (0.2, 0.25)]
-_W = {}
 
 
 def _lmeds(res, y):
@@ -78,18 +77,6 @@ def _synthetic(seed):
             for s, (r, t) in runs.items()}
 
 
-def _init_kidneys():
-    import numba
-    from threadpoolctl import threadpool_limits
-
-    import bench_robustness as rb
-
-    numba.set_num_threads(1)
-    _W["limits"] = threadpool_limits(1)
-    model, _, held, _ = rb.prepare(Path(__file__).resolve().parent / "cache", 1)
-    _W.update(model=model, held=held, dic=model.ssc_dictionary("shapes"))
-
-
 def _kidney(job):
     import bench_robustness as rb
     from shapeprior.correspond import surface_distances
@@ -97,15 +84,15 @@ def _kidney(job):
     from shapeprior.synthetic import random_similarity
 
     i, gross, missing, seed, pose = job
-    model = _W["model"]
-    clean = _W["held"][i]
+    model = rb.WORKER["model"]
+    clean = rb.WORKER["held"][i]
     y, w, r = rb.corrupt(clean, model.faces, i, gross, missing, seed)
     if pose:
         R, s, t = random_similarity(r)
         y, clean = s * y @ R.T + t, s * clean @ R.T + t
     surf = Surface(clean, model.faces)
     out = {}
-    for start, (res, sec) in _three(y, _W["dic"], w).items():
+    for start, (res, sec) in _three(y, rb.WORKER["dic"], w).items():
         d1, d2 = surface_distances(Surface(res.reconstruction, model.faces), surf)
         out[start] = (float(0.5 * (d1.mean() + d2.mean())), sec)
     return (gross, missing, pose), out
@@ -156,7 +143,7 @@ def main(argv=None):
         jobs = [(int(i), g, m, 1, pose) for pose in (False, True)
                 for g, m in KIDNEY_CONDITIONS for i in tune]
         acc = {}
-        with ProcessPoolExecutor(a.n_jobs, initializer=_init_kidneys) as pool:
+        with ProcessPoolExecutor(a.n_jobs, initializer=rb.init_worker) as pool:
             for key, out in pool.map(_kidney, jobs):
                 acc.setdefault(key, []).append(out)
         result["kidneys"] = {"split": "bench_robustness.py's tuning split",

@@ -135,6 +135,24 @@ def _init(cache, n_jobs, limit, threads=None):
               atoms=model.ssc_dictionary("atoms") if model.atoms is not None else None)
 
 
+#: what :func:`init_worker` loads in a worker process of a benchmark on the
+#: tuning split (bench_l0_start.py, bench_hybrid_rounds.py)
+WORKER = {}
+
+
+def init_worker():
+    """Initializer of such a worker process: one thread (Numba and BLAS), and the
+    cached model, held-out shapes and the dictionary of the training shapes in
+    :data:`WORKER`."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    numba.set_num_threads(1)
+    WORKER["limits"] = threadpool_limits(1)
+    model, _, held, _ = prepare(HERE / "cache", 1)
+    WORKER.update(model=model, held=held, dic=model.ssc_dictionary("shapes"))
+
+
 def _methods(refits):
     """name -> fn(y, w, rng) for the report, or the tuning candidates."""
     model, dic, atoms = _W["model"], _W["dic"], _W["atoms"]
