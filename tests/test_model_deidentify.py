@@ -138,6 +138,27 @@ def test_update_model_deidentify_names_new_maps_by_pseudonym(named, tmp_path, mo
     record = json.loads((tmp_path / "grown.npz.report" / "manifest.json").read_text())
     assert record["inputs"]["model"]["path"] == "<model>"
     assert record["parameters"]["images"] == "<images>"
+    assert "warnings" not in report and "note:" not in printed.out   # nothing was left
+
+
+def test_update_model_deidentify_says_what_it_left_in_a_model_built_with_names(
+        named, tmp_path, monkeypatch, capsys):
+    d, lab, _, new = named
+    monkeypatch.setenv("SHAPEPRIOR_DEID_SALT", "test-salt")
+    plain = tmp_path / "plain.npz"
+    assert main(["build-model", str(lab), "-o", str(plain), *FAST]) == 0
+    capsys.readouterr()
+    out = tmp_path / "grown.npz"
+    assert main(["update-model", str(plain), str(new), "-o", str(out), "--deidentify",
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "grown.npz.report" / "report.json").read_text())
+    said = "the model's 5 earlier shapes keep the names it was built with"
+    assert said in report["warnings"][0] and f"note: {said}" in printed
+    meta = json.loads(_model_text(out))
+    assert "SMITH_ANNA_1970" in _model_text(out)             # what the note is about
+    assert all(not s["id"].startswith(("GARCIA", "KOWALSKI", "NEW"))
+               for s in meta["lineage"]["shapes"])
 
 
 def test_run_deidentifier_leaves_shared_and_short_parts_and_numbers(tmp_path, monkeypatch):

@@ -18,6 +18,9 @@ import os
 import re
 from pathlib import Path
 
+#: a shape id that names no file: a pseudonym (``case-`` and 12 hex digits) or a
+#: model's own numbering (``shape_12``), with or without its side (``:left``)
+_ANONYMOUS_ID = re.compile(r"(case-[0-9a-f]{12}|shape_[0-9]+)(:[a-z]+)?")
 #: names and parts of a path below its folder shorter than this are left in the
 #: text: ``01`` or ``a`` would replace digits and letters of unrelated words (the
 #: run names its label maps by their pseudonyms itself; this scrubs what readers
@@ -173,3 +176,12 @@ class deidentified:
                 and not isinstance(exc, OutputExistsError)):
             raise self.run.deid.error(exc) from None
         return False
+
+
+def named_shapes(model) -> int:
+    """How many of a model's shapes are recorded by a name that may be a file's
+    (not a pseudonym nor the model's own numbering): what ``update-model
+    --deidentify`` leaves as it was."""
+    meta = model.metadata if isinstance(model.metadata, dict) else {}
+    ids = meta.get("shape_ids") or []
+    return sum(1 for i in ids if not _ANONYMOUS_ID.fullmatch(str(i)))

@@ -7,7 +7,7 @@ import argparse
 
 from .._outputs import json_text
 from ._common import add_label_map_options
-from ._deidentify import add_deidentify, deidentified
+from ._deidentify import add_deidentify, deidentified, named_shapes
 
 
 def _inputs(paths, limit):
@@ -144,6 +144,12 @@ def _update(model, items, params, a, out, inputs, deid):
                                    progress=not a.quiet, names=[n for _, n, _ in items],
                                    roots=[r for _, _, r in items])
         report = deid.data(report)    # (the model records the new maps by pseudonym)
+        named = named_shapes(model) if a.deidentify else 0
+        if named:
+            report["warnings"] = [
+                f"the model's {named} earlier shapes keep the names it was built with "
+                "(--deidentify renames the new label maps only; build the model with "
+                "--deidentify to leave every name out)"]
         publish_model(side, out, new, report, manifest(
             command="update-model", parameters=deid.data(vars(a)), seed=None,
             inputs={"model": a.model, **{n: f for f, n, _ in items}},
@@ -155,6 +161,8 @@ def _update(model, items, params, a, out, inputs, deid):
         print(f"skipped  {s['source']}: {s['reason']}")
     for r in report["rejected"]:
         print(f"refused  {r['source']}: {r['reason']}")
+    for w in report.get("warnings", []):
+        print(f"note: {w}")
     print(f"model version {report['model_version']}: {report['n_shapes_before']} -> "
           f"{report['n_shapes']} shapes ({len(report['added'])} added, "
           f"{len(report['skipped'])} skipped, {len(report['rejected'])} refused"
