@@ -141,7 +141,8 @@ def segment(image, model, *, seed=None, seed_space="lps", side="none", init=None
     Parameters
     ----------
     image : Volume or str or Path
-        The scan, or a path for :func:`read_volume`.
+        The scan, or a path for :func:`read_volume`. A Volume made by hand is
+        checked as a file is (:meth:`~shapeprior.io.Volume.check`).
     model : ShapeModel or str or Path
     seed : array-like of 3 float, optional
         Organ centre in ``seed_space`` ('lps' mm, 'ras' mm or 'voxel' i, j, k);
@@ -178,7 +179,7 @@ def refine(mask, model, *, labels=(1,), image=None, keep=(), **params):
     Parameters
     ----------
     mask : Volume or str or Path
-        Label map.
+        Label map (a Volume made by hand is checked as a file is).
     model : ShapeModel or str or Path
     labels : tuple of int
         Labels of the organ in ``mask``.
