@@ -162,7 +162,8 @@ def test_a_fit_that_leaves_the_grid_of_a_mask_inside_it_is_no_cut_organ(phantom_
     organ cut by the field of view; a mask that reaches the grid's edge keeps the
     words."""
     from shapeprior.api import refine
-    from shapeprior.segmentation._refine import _at_edge, _of_the_mask
+    from shapeprior.segmentation._assess import touches_border as _at_edge
+    from shapeprior.segmentation._refine import _of_the_mask
 
     a = np.zeros((24, 24, 24), np.uint8)
     a[11:13, 11:13, 11:13] = 1

@@ -36,11 +36,10 @@ def _forms(path) -> set:
 
 
 def _stem(name: str) -> str:
-    low = name.lower()
-    for suffix in (".nii.gz", ".nii", ".gz"):
-        if low.endswith(suffix):
-            return name[: len(name) - len(suffix)]
-    return Path(name).stem
+    """A label map's file name without its volume suffix (``.nii.gz``, ``.nrrd``, ...)."""
+    from ..io import volume_suffix
+
+    return name[: len(name) - len(volume_suffix(name))]
 
 
 class RunDeidentifier:

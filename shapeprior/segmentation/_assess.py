@@ -112,12 +112,16 @@ def training_distance(model):
     return float(training_distances(model).max())
 
 
+def touches_border(label):
+    """Whether the array ``label`` holds a nonzero voxel on any face of its grid."""
+    return any(bool(np.take(label, i, axis=ax).any()) for ax in range(label.ndim)
+               for i in (0, -1))
+
+
 def fov_evidence(vol, verts, label):
     """Fraction of vertices outside the image and whether the label touches its border."""
     outside = float(np.mean(outside_fov(vol, verts)))
-    touches = bool(label[0].any() or label[-1].any() or label[:, 0].any()
-                   or label[:, -1].any() or label[:, :, 0].any() or label[:, :, -1].any())
-    return outside, touches
+    return outside, touches_border(label)
 
 
 def assess(res, vol, model, scorer, mirror=False, scale_clamped=0):

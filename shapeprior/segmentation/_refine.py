@@ -44,7 +44,7 @@ import numpy as np
 
 from ..io import Volume
 from ..mesh import dice, grown_box, mask_box, signed_distance, voxelize
-from ._assess import CUT_BY_FOV, OUTSIDE_FOV, border_distance
+from ._assess import CUT_BY_FOV, OUTSIDE_FOV, border_distance, touches_border
 from . import _cavities, _inpaint, _inserted
 from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, segment_volume
 from ._sides import paired_model
@@ -213,11 +213,6 @@ def _of_the_mask(reason, mask_at_edge=True):
                               "reach its edge")
     return reason.replace("the surface does not match the image",
                           "the surface does not match the mask")
-
-
-def _at_edge(m):
-    """Whether the bool array ``m`` holds a voxel on any face of its grid."""
-    return any(np.take(m, i, axis=ax).any() for ax in range(m.ndim) for i in (0, -1))
 
 
 def _sides(vol, centre):
@@ -508,7 +503,7 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
             if best is None or on > best[0]:
                 best = (on, f, side)
     on_boundary, mask_fit, side = best
-    at_edge = _at_edge(target)
+    at_edge = touches_border(target)
     mask_fit.reasons = [_of_the_mask(r, at_edge) for r in mask_fit.reasons]
     agree = dice(mask_fit.label > 0, target)
     fit = mask_fit
