@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from _safety import leftovers, tree_state
 from shapeprior.cli import main
 
 PATIENTS = ["DOE^JOHN_1965", "SMITH_ANNA_1970", "MILLER_BOB_1980", "BROWN_EVE_1990",
@@ -100,6 +101,7 @@ def test_build_model_deidentify_keeps_names_out_of_an_error_line(named, tmp_path
              other / "SMITH_ANNA_1970.nii.gz")
     args = ["build-model", str(lab), "--images", str(other), "-o", str(tmp_path / "m.npz"),
             *FAST]
+    before = tree_state(lab, other)
     assert main(args) == 1
     assert "SMITH_ANNA_1970" in capsys.readouterr().err      # named without the option
     assert main([*args, "--deidentify"]) == 1
@@ -112,6 +114,7 @@ def test_build_model_deidentify_keeps_names_out_of_an_error_line(named, tmp_path
     err = capsys.readouterr().err
     assert "<labels>" in err and "NOBODY" not in err
     assert not (tmp_path / "m.npz").exists() and not (tmp_path / "n.npz").exists()
+    assert tree_state(lab, other) == before and not leftovers(tmp_path)
 
 
 def test_update_model_deidentify_names_new_maps_by_pseudonym(named, tmp_path, monkeypatch,
