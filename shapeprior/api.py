@@ -202,12 +202,14 @@ def refine(mask, model, *, labels=(1,), image=None, keep=(), **params):
         :class:`~shapeprior.segmentation.SegmentResult`, with what the prior
         overrode) and ``corrections`` (regions removed and added, ml).
     """
-    from .io import read_label_map
+    from .io import Volume, as_label_map, read_label_map
     from .segmentation import SegmentParams, refine_mask
 
     if not hasattr(model, "shapes"):
         model = load_model(model)
     mvol = _volume(mask, name="mask", read=read_label_map)
+    if isinstance(mask, Volume):        # a hand-made one: checked as a read label map is
+        mvol = as_label_map(mvol, "mask")
     img = None if image is None else _volume(image)
     return refine_mask(mvol, model, tuple(labels), SegmentParams(**params), img,
                        keep=tuple(keep))

@@ -309,3 +309,31 @@ def test_an_array_or_one_shape_is_refused_with_what_to_give_instead(phantom_mode
     with pytest.raises(ValueError, match=r"shapes has shape \(\d+, 3\): expected \(M, \d+, 3\)"
                                          ".*use reconstruct"):
         sp.reconstruct_many(model.shapes[0], model)
+
+
+def test_a_hand_made_mask_is_checked_as_a_read_label_map(phantom_model):
+    """A probability map given to sp.refine as a Volume said 'the mask has no voxel
+    with label(s) [1]' (no voxel is exactly 1.0); the file said 'non-integer
+    values'. Both now say the latter; a bool mask and a float mask of whole
+    numbers refine as the integer mask does, and the caller's Volume is left as
+    it was."""
+    from shapeprior.io import ImageReadError, Volume
+
+    _, _, labels, model_path = phantom_model
+    model = sp.load_model(model_path)
+    mask = sp.read_volume(sorted(labels.iterdir())[0])
+    organ = mask.array > 0
+    soft = Volume(np.where(organ, 0.9, 0.1).astype(np.float32), mask.spacing, mask.origin,
+                  mask.direction)
+    with pytest.raises(ImageReadError, match="^mask: label map has non-integer values"):
+        sp.refine(soft, model)
+    image_like = Volume(np.arange(organ.size, dtype=np.int16).reshape(organ.shape),
+                        mask.spacing, mask.origin, mask.direction)
+    with pytest.raises(ImageReadError, match="^mask: an image, not a label map"):
+        sp.refine(image_like, model)
+    as_int = sp.refine(Volume(organ.astype(np.uint8), mask.spacing, mask.origin,
+                              mask.direction), model)
+    whole = Volume(organ.astype(np.float64), mask.spacing, mask.origin, mask.direction)
+    for given in (Volume(organ, mask.spacing, mask.origin, mask.direction), whole):
+        assert np.array_equal(sp.refine(given, model).label, as_int.label)
+    assert whole.array.dtype == np.float64

@@ -111,6 +111,27 @@ class Volume:
         gives them for a file."""
         return self.array.shape, self.spacing, self.origin, self.direction
 
+    def placed_on(self, grid: "Volume", atol: float = 1e-3):
+        """This volume's voxels on ``grid``'s, when both sample one lattice (the
+        same spacing and direction, origins a whole number of voxels apart: one
+        is a crop or an extension of the other), zeros where this volume has no
+        voxel; None on any other grid (that would need interpolation)."""
+        if not np.allclose(self.index_to_physical_matrix, grid.index_to_physical_matrix,
+                           atol=atol):
+            return None
+        at = grid.physical_to_index(self.origin[None])[0]      # (x, y, z) on grid
+        shift = np.round(at)
+        if not np.all(np.abs(at - shift) * grid.spacing <= atol):
+            return None
+        shift = shift.astype(int)[::-1]                          # (z, y, x)
+        out = np.zeros(grid.array.shape, self.array.dtype)
+        lo = np.maximum(shift, 0)
+        hi = np.minimum(shift + self.array.shape, grid.array.shape)
+        if np.all(hi > lo):
+            out[tuple(slice(a, b) for a, b in zip(lo, hi))] = \
+                self.array[tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, shift))]
+        return out
+
     def grid_difference(self, other: "Volume", atol: float = 1e-3) -> str:
         """'' when :meth:`same_grid`; else how ``other``'s grid differs from this
         one's (:func:`geometry_difference`, ``other``'s value first)."""
@@ -328,17 +349,29 @@ MAX_NEGATIVE_LABELS = 64
 def read_label_map(path, allow_no_orientation=False) -> Volume:
     """Read a label map; rejects non-integer or non-finite voxel values, and an
     image given as a label map (:data:`MAX_LABEL_VALUES`)."""
-    vol = read_volume(path, allow_no_orientation)
+    return as_label_map(read_volume(path, allow_no_orientation), display_name(path))
+
+
+def as_label_map(vol: Volume, name="mask") -> Volume:
+    """``vol`` as a label map: integer voxels (a float map of whole numbers
+    converted, on a new Volume: ``vol`` is left as it is); refuses non-integer
+    values (a probability map) and an image (:data:`MAX_LABEL_VALUES`), with
+    :class:`ImageReadError` naming ``name``."""
     a = vol.array
     if not np.issubdtype(a.dtype, np.integer):
-        if not np.all(a == np.round(a)):
-            raise ImageReadError(f"{display_name(path)}: label map has non-integer values")
-        vol.array = a = a.astype(np.int32)
+        if a.dtype == bool:
+            a = a.astype(np.uint8)
+        elif not np.all(a == np.round(a)):
+            raise ImageReadError(f"{name}: label map has non-integer values (a probability "
+                                 "map? threshold it first)")
+        else:
+            a = a.astype(np.int32)
+        vol = Volume(a, vol.spacing, vol.origin, vol.direction)
     if a.dtype.itemsize > 1 and a.size:       # 8-bit: at most 256 values, labels or not
         u = np.unique(a[::4, ::4, ::4])
         if len(u) > MAX_LABEL_VALUES or (u[0] < 0 and len(u) > MAX_NEGATIVE_LABELS):
             raise ImageReadError(
-                f"{display_name(path)}: an image, not a label map ({len(u)} distinct values "
+                f"{name}: an image, not a label map ({len(u)} distinct values "
                 f"from {u[0]} to {u[-1]} in a sample of its voxels; a label map holds a few "
                 "non-negative integers)")
     return vol
