@@ -252,20 +252,31 @@ def test_seed_in_lps_ras_and_voxel_lands_on_the_same_point(phantom_model, tmp_pa
 
 def test_reference_on_another_grid_is_refused_naming_the_difference(phantom_model, tmp_path,
                                                                     capsys):
-    """--reference on another grid (another size, or the same size moved) is refused
-    before any fit, naming what differs (x, y, z; the reference's value first), with
-    no output left and the inputs unchanged."""
+    """--reference on another grid (moved by part of a voxel, another spacing, or a
+    crop that cuts its organ) is refused before any fit, naming what differs (x, y,
+    z; the reference's value first), with no output left and the inputs unchanged.
+    A crop that keeps the whole organ, or an extension, samples the image's own
+    voxels: it is placed on the image's grid and compares as the whole reference."""
     import hashlib
+    import json
 
     import SimpleITK as sitk
 
     d, images, labels, model = phantom_model
     img = images / "phantom_006.nii.gz"
     lab = sitk.ReadImage(str(labels / "phantom_006.nii.gz"))
-    cropped = lab[:, :, 1:]
+    arr = sitk.GetArrayFromImage(lab)
+    zs = np.flatnonzero(arr.any((1, 2)))
+    kept = lab[:, :, max(int(zs[0]) - 1, 0):]                 # the organ whole
+    extended = sitk.ConstantPad(lab, (0, 0, 3), (2, 0, 0), 0)
+    spilled = sitk.Image(extended)                            # organ beyond the image
+    spilled[4, 5, 1] = 1
     moved = sitk.Image(lab)
-    moved.SetOrigin(tuple(np.add(lab.GetOrigin(), (0.0, 0.0, 4.0))))
-    for name, ref, what in (("cropped", cropped, "size"), ("moved", moved, "origin (LPS)")):
+    moved.SetOrigin(tuple(np.add(lab.GetOrigin(), (0.0, 0.0, 0.4 * lab.GetSpacing()[2]))))
+    coarse = sitk.Image(lab)
+    coarse.SetSpacing(tuple(np.multiply(lab.GetSpacing(), (1.0, 1.0, 2.0))))
+    for name, ref, what in (("spilled", spilled, "size"), ("moved", moved, "origin (LPS)"),
+                            ("coarse", coarse, "spacing")):
         f = tmp_path / f"{name}.nii.gz"
         sitk.WriteImage(ref, str(f))
         before = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (img, f, model)]
@@ -273,12 +284,24 @@ def test_reference_on_another_grid_is_refused_naming_the_difference(phantom_mode
         assert main(["segment", str(img), "-o", str(out), "--model", str(model),
                      "--reference", str(f)]) == 1
         err = capsys.readouterr().err
-        assert "not on the image's grid" in err and f"({what} " in err, err
+        assert f"({what} " in err, err
+        assert ("part of its organ lies outside the image" if name == "spilled"
+                else "not on the image's grid") in err, err
         assert err.count("\n") == 1 and not out.exists()
         assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in (img, f, model)] == before
-    vol, ref = read_volume(img), read_label_map(tmp_path / "cropped.nii.gz")
+    scores = {}
+    for name, ref in (("whole", lab), ("kept", kept), ("extended", extended)):
+        f = tmp_path / f"{name}.nii.gz"
+        sitk.WriteImage(ref, str(f))
+        out = tmp_path / f"out_{name}"
+        assert main(["segment", str(img), "-o", str(out), "--model", str(model),
+                     "--reference", str(f), "--no-qc"]) in (0, 3)
+        scores[name] = json.loads((out / "report.json").read_text())["reference"]["dice"]
+    assert scores["kept"] == scores["whole"] == scores["extended"] > 0.5, scores
+    vol = read_volume(img)
+    ref = read_label_map(tmp_path / "spilled.nii.gz")
     n = list(vol.array.shape[::-1])
-    assert vol.grid_difference(ref) == f"size {[n[0], n[1], n[2] - 1]} vs {n}"
+    assert vol.grid_difference(ref) == f"size {[n[0] + 2, n[1], n[2] + 3]} vs {n}"
     assert vol.grid_difference(vol) == "" and vol.same_grid(read_label_map(
         labels / "phantom_006.nii.gz"))
 

@@ -13,7 +13,7 @@ import pytest
 from _phantoms import leak_at_tip, written_text
 
 from shapeprior.cli import main
-from shapeprior.io import read_label_map, write_label
+from shapeprior.io import Volume, read_label_map, write_label
 from shapeprior.pipeline import Case, discover_masks, match_images
 from shapeprior.pipeline._batch import REFINE_COLUMNS
 
@@ -265,8 +265,16 @@ def test_refine_refuses_what_does_not_fit_the_input(masks, tmp_path, capsys):
         assert err.count("\n") == 1 and msg in err, err
         assert not out.exists()
     vol = read_label_map(one)
-    shifted = vol.crop((0, 0, 1), vol.array.shape)
-    write_label(shifted, shifted.array, tmp_path / "ref.nii.gz")
+    spilled = np.pad(vol.array, ((0, 0), (0, 0), (2, 0)))       # organ beyond the mask
+    spilled[3, 4, 0] = 1
+    at = vol.index_to_physical(np.array([[-2.0, 0.0, 0.0]]))[0]
+    write_label(Volume(spilled, vol.spacing, at, vol.direction), spilled,
+                tmp_path / "ref.nii.gz")
+    assert _refine(one, "-o", out, "--model", model, "--reference", tmp_path / "ref.nii.gz") == 1
+    assert "part of its organ lies outside the mask" in capsys.readouterr().err
+    assert not out.exists()
+    moved = Volume(vol.array, vol.spacing, vol.origin + 0.5 * vol.spacing, vol.direction)
+    write_label(moved, moved.array, tmp_path / "ref.nii.gz")
     assert _refine(one, "-o", out, "--model", model, "--reference", tmp_path / "ref.nii.gz") == 1
     assert "the reference label map is not on the mask's grid" in capsys.readouterr().err
     assert not out.exists()

@@ -51,7 +51,8 @@ def main(argv):
                          "--mask-name kidney_left.nii.gz); cases, scans and references take "
                          "the case folders' names")
     ap.add_argument("--reference", default=None,
-                    help="reference label map on the mask's grid: the report gets Dice and "
+                    help="reference label map on the mask's grid (or a crop or extension of "
+                         "it, the same voxels): the report gets Dice and "
                          "surface distances of the refined label and of the mask as given; "
                          "with a folder of masks, a folder of label maps named like them (the "
                          "summary: mean, median and the worst case, before and after)")

@@ -46,7 +46,8 @@ def main(argv):
     ap.add_argument("--side", choices=("none", "left", "right"), default="none",
                     help="side of a paired organ (model built with mirrored right sides)")
     ap.add_argument("--reference", default=None,
-                    help="reference label map for Dice/distances; or a folder of label "
+                    help="reference label map for Dice/distances, on the image's grid (or a "
+                         "crop or extension of it, the same voxels); or a folder of label "
                          "maps named like the cases (images/x.nii.gz takes "
                          "labels/x.nii.gz, nnU-Net's x_0000.nii.gz takes x.nii.gz): every "
                          "row and the summary get Dice, mean and 95%% surface distances, "

@@ -13,8 +13,8 @@ from .._background import background
 from .._outputs import OutputDir, manifest
 from .._profile import StageClock
 from .._provenance import FileDigests
-from ..io import (display_name, image_files, read_image, read_label_map, write_dicom_seg,
-                  write_label)
+from ..io import (Volume, display_name, image_files, read_image, read_label_map,
+                  write_dicom_seg, write_label)
 from ..mesh import MESH_FORMATS, Surface
 from ..segmentation import (SegmentParams, dice, distance_to_mean, paired_model, refine_mask,
                            segment_volume, shape_statistics, surface_distances)
@@ -152,16 +152,26 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
 def reference_mask(reference, labels, grid, what, allow_no_orientation=False):
     """The organ (``labels``) of the reference label map ``reference`` as a bool
     array on ``grid`` (a :class:`~shapeprior.io.Volume`; ``what`` names it:
-    'image', 'mask'), or None without a reference. A reference on another grid
-    is refused naming the first difference."""
+    'image', 'mask'), or None without a reference. A reference that is a crop
+    (or an extension) of the grid, the same voxels with another extent, is
+    placed on it when all of its organ lies on the grid; a reference on
+    another grid is refused naming the first difference."""
     if reference is None:
         return None
     rvol = read_label_map(reference, allow_no_orientation)
     diff = grid.grid_difference(rvol)
-    if diff:
+    if not diff:
+        return np.isin(rvol.array, labels)
+    organ = np.isin(rvol.array, labels)
+    placed = Volume(organ, rvol.spacing, rvol.origin, rvol.direction).placed_on(grid)
+    if placed is None:
         raise ValueError(f"the reference label map is not on the {what}'s grid ({diff}; "
                          f"reference vs {what}): resample it onto the {what}")
-    return np.isin(rvol.array, labels)
+    if np.count_nonzero(placed) != np.count_nonzero(organ):
+        raise ValueError(f"the reference label map is a crop or an extension of the {what}'s "
+                         f"grid ({diff}; reference vs {what}), and part of its organ lies "
+                         f"outside the {what}: the two cannot be compared")
+    return placed
 
 
 def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, input_path,
