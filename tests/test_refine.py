@@ -132,6 +132,39 @@ def test_refine_rejects_a_mask_without_the_label(phantom_model, tmp_path, capsys
     assert not (tmp_path / "o").exists()
 
 
+def test_refine_refuses_an_image_that_holds_none_of_the_organ(phantom_model, tmp_path, capsys):
+    """An image placed elsewhere (another scan): the fit found nothing, and the run
+    wrote the mask's refinement with 'failed: empty segmentation' beside '6.8 ml ->
+    6.8 ml'. Now one line, exit 1, nothing written, the inputs unchanged; an image
+    that holds part of the organ is used."""
+    import hashlib
+
+    import SimpleITK as sitk
+
+    d, images, labels, model = phantom_model
+    mask = labels / "phantom_005.nii.gz"
+    img = sitk.ReadImage(str(images / "phantom_005.nii.gz"))
+    far = sitk.Image(img)
+    far.SetOrigin(tuple(np.add(img.GetOrigin(), (400.0, 0.0, 0.0))))
+    sitk.WriteImage(far, str(tmp_path / "far.nii.gz"))
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(mask)))
+    zs = np.flatnonzero(arr.any((1, 2)))
+    part = img[:, :, : int(zs[len(zs) // 2])]                # half the organ in view
+    sitk.WriteImage(part, str(tmp_path / "part.nii.gz"))
+    files = (mask, model, tmp_path / "far.nii.gz")
+    before = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    rc = main(["refine", str(mask), "-o", str(tmp_path / "o"), "--model", str(model),
+               "--image", str(tmp_path / "far.nii.gz")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "the image holds none of the mask's organ" in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "o").exists()
+    assert [hashlib.sha256(f.read_bytes()).hexdigest() for f in files] == before
+    rc = main(["refine", str(mask), "-o", str(tmp_path / "p"), "--model", str(model),
+               "--image", str(tmp_path / "part.nii.gz")])
+    capsys.readouterr()
+    assert rc in (0, 3) and (tmp_path / "p" / "label.nii.gz").exists()
+
+
 def test_a_mask_the_model_cannot_fit_fails_in_words_of_the_mask(phantom_model):
     """Refined without an image, the fit runs on the mask rendered as an image;
     a failure is told in the mask's terms: a mask that fills its whole grid has

@@ -405,6 +405,26 @@ def repeated_slices(m, spacing_zyx):
     return gaps, fill
 
 
+#: at most this many of the mask's organ voxels (evenly spaced) are checked to lie
+#: in the image (:func:`check_image_covers`)
+COVER_SAMPLES = 20_000
+
+
+def check_image_covers(image, mask_vol, m):
+    """Refuse an image that holds none of the mask's organ (another scan, or one
+    placed elsewhere): a fit against it finds nothing, and the refinement
+    would say 'empty segmentation' of a mask it kept. ``m``: the organ (bool,
+    on ``mask_vol``'s grid). An image that covers part of the organ is used (an
+    organ cut by the field of view)."""
+    at = np.argwhere(m)
+    at = at[::max(1, -(-len(at) // COVER_SAMPLES))]
+    idx = image.physical_to_index(mask_vol.index_to_physical(at[:, ::-1].astype(float)))
+    hi = np.array(image.array.shape[::-1]) - 0.5
+    if not np.any(np.all((idx >= -0.5) & (idx <= hi), axis=1)):
+        raise ValueError("the image holds none of the mask's organ (another scan, or one "
+                         "placed elsewhere: its voxels and the mask's lie apart in LPS)")
+
+
 def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionary=None,
                 keep=()):
     """Fit the shape model to an existing segmentation.
@@ -463,6 +483,7 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
         raise ValueError(f"the mask has no voxel with label(s) {list(labels) + list(keep)}")
     m_input, inserted = m, None
     if image is not None:
+        check_image_covers(image, mask_vol, m)
         # with the image a run of identical slices is read as copies or as
         # inserted slices (one side of the organ displaced): inserted ones go
         arr, inserted = _inserted.undo_inserted_slices(
