@@ -713,3 +713,24 @@ def test_a_multi_label_mask_refined_with_the_default_label_says_so(phantom_model
     a[34, 0, 0], a[0, 1, 1], a[17, 2, 2] = 300, 1, 2
     assert other_labels(a, (1,), slab=16) == [2, 300]
     assert other_labels(a.astype(np.float32), (1,)) == []
+
+
+def test_a_reference_without_the_organ_is_said_to_be_empty(phantom_model, tmp_path, capsys):
+    """--reference whose organ labels are absent (a mistyped --reference-labels, or
+    a scan without the organ) printed 'Dice 0.000, mean surface distance inf mm'
+    as if the fit had missed; segment and refine now say the reference is empty."""
+    d, images, labels, model = phantom_model
+    ref = labels / "phantom_005.nii.gz"
+    for cmd, given in (("segment", images / "phantom_005.nii.gz"), ("refine", ref)):
+        for ref_labels, empty in (("7", True), ("1", False)):
+            out = tmp_path / f"{cmd}_{ref_labels}"
+            args = [cmd, str(given), "-o", str(out), "--model", str(model), "--reference",
+                    str(ref), "--reference-labels", ref_labels]
+            assert main(args + (["--no-qc"] if cmd == "segment" else [])) in (0, 3)
+            said = capsys.readouterr().out
+            rep = json.loads((out / "report.json").read_text())
+            assert rep["reference"].get("empty", False) is empty
+            assert any("the reference holds no voxel with label(s) [7]" in w
+                       for w in rep["warnings"]) is empty
+            assert ("Dice 0." in said or "Dice 1." in said) is not empty, said
+            assert ("inf mm" in said) is False, said

@@ -58,7 +58,8 @@ def print_case(name, rep):
             f"({100 * rep['overridden_fraction']:.1f}% at the end)")
     if "reference" in rep:
         r = rep["reference"]
-        line += f"; Dice {r['dice']:.3f}, mean surface distance {r['assd_mm']:.2f} mm"
+        line += ("; the reference holds no organ" if r.get("empty") else
+                 f"; Dice {r['dice']:.3f}, mean surface distance {r['assd_mm']:.2f} mm")
     print(line)
     for r in rep["reasons"]:
         print(f"  {rep['status']}: {r}")

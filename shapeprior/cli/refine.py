@@ -138,7 +138,7 @@ def main(argv):
         print(f"  {rep['status']}: {r}")
     for w in rep["warnings"]:
         print(f"  note: {w}")
-    if "reference" in rep:
+    if "reference" in rep and not rep["reference"].get("empty"):
         r = rep["reference"]
         print(f"  against the reference: Dice {r['input']['dice']:.3f} -> {r['dice']:.3f}, "
               f"mean surface distance {r['input']['assd_mm']:.2f} -> {r['assd_mm']:.2f} mm")

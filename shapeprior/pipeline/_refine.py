@@ -17,7 +17,8 @@ from ..mesh import Surface
 from ..segmentation import SegmentParams, dice, refine_mask, surface_distances
 from ._qc import qc_png
 from ._run import (MESH_FORMATS, input_hashes, model_version, params_record, prior_record,
-                   reference_mask, scrub_argv, side_note, statistics, vertex_data)
+                   note_empty_reference, reference_mask, scrub_argv, side_note, statistics,
+                   vertex_data)
 
 
 def refine_output_names(mesh_format="vtk") -> set:
@@ -168,6 +169,7 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
             "dice": dice(label > 0, ref), **surface_distances(label > 0, ref, mvol.spacing),
             "input": {"dice": dice(organ_in, ref),
                       **surface_distances(organ_in, ref, mvol.spacing)}}
+        note_empty_reference(report, ref)
     with background(qc_png, out.file("qc.png"), bg, label, organ_in,
                     title=f"refined {model.metadata.get('organ', 'organ')} "
                           "(red dashed: input mask)",

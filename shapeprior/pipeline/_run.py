@@ -141,6 +141,7 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
                              input_path, volume_ml)
             if ref is not None:
                 report["reference"]["labels"] = [int(v) for v in reference_labels]
+                note_empty_reference(report, ref)
             _write_outputs(out, vol, res, report, model, model_path, input_path, reference,
                            mesh_format, params, argv, info, deidentify, init_mask, output_type,
                            digests)
@@ -172,6 +173,20 @@ def reference_mask(reference, labels, grid, what, allow_no_orientation=False):
                          f"grid ({diff}; reference vs {what}), and part of its organ lies "
                          f"outside the {what}: the two cannot be compared")
     return placed
+
+
+def note_empty_reference(report, ref):
+    """A reference without the organ (``ref`` all False): the report's reference
+    block says ``empty`` and a warning says what its numbers mean (Dice 0 and
+    no surface distance whenever anything was segmented)."""
+    if ref.any():
+        return
+    labels = report["reference"].get("labels")
+    report["reference"]["empty"] = True
+    report["warnings"].append(
+        f"the reference holds no voxel with label(s) {labels}: its Dice and surface "
+        "distances say only whether anything was segmented (a scan without the organ; "
+        "else check --reference-labels)")
 
 
 def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, input_path,
