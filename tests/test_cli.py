@@ -180,6 +180,11 @@ def test_refine_passes_kept_labels_and_method(recorded, tmp_path):
                  "--labels", "1,2"]) == 0
     assert calls[-1]["labels"] == (1, 2) and calls[-1]["keep"] == ()
     assert calls[-1]["labels_given"] is True
+    # the reference is compared on the labels the model was built from, as segment's
+    assert calls[-1]["reference_labels"] == (1, 2)
+    assert main(["refine", str(image), "-o", str(tmp_path / "r3"), "--model", str(model),
+                 "--reference", str(image), "--reference-labels", "2"]) == 0
+    assert calls[-1]["reference_labels"] == (2,)
 
 
 def test_refine_without_labels_takes_1_and_says_it_was_the_default(recorded, tmp_path,

@@ -266,6 +266,7 @@ def _hostile_images(d):
     head = "NRRD0004\ntype: short\ndimension: 3\nsizes: 20 24 24\nendian: little\nencoding: raw\n"
     (d / "nrrd_unoriented.nrrd").write_bytes(f"{head}spacings: 1 1 1.5\n\n".encode() + raw)
     (d / "nrrd_spacing_nan.nrrd").write_bytes(f"{head}spacings: nan 1 1.5\n\n".encode() + raw)
+    (d / "nrrd_spacing_neg.nrrd").write_bytes(f"{head}spacings: 1 -1 1.5\n\n".encode() + raw)
     # formats without orientation: TIFF (ITK: origin 0, 1 mm slices), VTK legacy images
     m.SetSpacing([0.7, 0.7, 2.5])
     for name in ("stack.tif", "grid.vtk"):
@@ -289,6 +290,7 @@ def _hostile_images(d):
     ("matrix_nan.mha", ["TransformMatrix", "not 9 finite numbers"]),
     ("nrrd_unoriented.nrrd", ["no orientation", "--allow-no-orientation"]),
     ("nrrd_spacing_nan.nrrd", ["spacings: 'nan 1 1.5'"]),
+    ("nrrd_spacing_neg.nrrd", ["spacings: '1 -1 1.5'", "finite and positive"]),
     ("stack.tif", ["a .tif image records no orientation", "1 mm slices"]),
     ("grid.vtk", ["a .vtk image records no orientation", "--allow-no-orientation"]),
     ("empty.nii.gz", ["empty.nii.gz"]),

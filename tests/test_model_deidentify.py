@@ -198,3 +198,22 @@ def test_run_deidentifier_leaves_shared_and_short_parts_and_numbers(tmp_path, mo
     assert deid.items(items)[0] == (items[0][0], p1, root)
     err = deid.error(FileNotFoundError(f"no such file: {items[0][0]}"))
     assert isinstance(err, FileNotFoundError) and str(err) == f"no such file: {p1}"
+    # two scans of one patient: the patient's folder is shared by both (no part
+    # of a path names it alone), so only each whole case name replaces it
+    scans = [(root / "SMITH_ANNA" / f"scan{i}.nii.gz", f"SMITH_ANNA/scan{i}", root)
+             for i in (1, 2)]
+    deid = RunDeidentifier(scans, {})
+    q1, q2 = (deid.pseudonym[n] for _, n, _ in scans)
+    assert deid.text("SMITH_ANNA/scan1: empty label; SMITH_ANNA/scan2: 2 pieces") == \
+        f"{q1}: empty label; {q2}: 2 pieces"
+
+
+def test_named_shapes_counts_every_id_that_is_not_wholly_a_pseudonym_or_a_number():
+    from types import SimpleNamespace
+
+    from shapeprior.cli._deidentify import named_shapes
+
+    ids = ["case-0123456789ab", "case-0123456789ab:left", "shape_12", "shape_3:right",
+           "case-0123456789ab_SMITH", "SMITH_ANNA/scan1", "shape_12x", "case-0123"]
+    assert named_shapes(SimpleNamespace(metadata={"shape_ids": ids})) == 4
+    assert named_shapes(SimpleNamespace(metadata=None)) == 0
