@@ -455,7 +455,8 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
         When nothing can be fitted on the image (a flat one; one that is not
         in HU under the CT intensity model), the mask alone decides, and the
         status is at most ``suspect``, with that reason
-        (``fit.evidence["image_used"]`` is False).
+        (``fit.evidence["image_used"]`` is False). An image that holds none
+        of the mask's organ is refused (ValueError, :func:`check_image_covers`).
     dictionary : ShapeDictionary, optional
     keep : sequence of int
         Labels that are part of the organ but never removed: a lesion the
