@@ -12,6 +12,7 @@ optional learned dictionary.
 from __future__ import annotations
 
 import os
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -606,6 +607,29 @@ def model_from_shapes(shapes, faces, *, n_atoms=0, n_nonzero=5, seed=0, fov_cent
     return ShapeModel(gpa.aligned, mean, faces, comps, var, atoms, meta, None, pose, dl_state)
 
 
+def correspondence_failure(kept, shapes_in, rejected, n_template):
+    """The error line of a build whose fits mostly failed: how many passed, the
+    commonest reason with an example, and for faces flipped on surfaces coarser
+    than the template (a small organ at the default resolution: MSD hippocampus,
+    ~900 surface vertices against 2562) what to give instead. No report is
+    written for a failed build: this line is all the user gets."""
+    fits = [r for r in rejected if r.get("stage") == "correspondence"]
+    kinds = {}
+    for r in fits:
+        kinds.setdefault(re.sub(r"[0-9.]+", "N", r["reason"]), []).append(r)
+    msg = f"only {len(kept)} of {len(shapes_in)} shapes passed the correspondence check"
+    if kinds:
+        common = max(kinds.values(), key=len)
+        msg += f" ({len(common)} of them: {common[0]['reason']}, e.g. {common[0]['source']})"
+    coarse = [len(s["surface"].verts) for s in shapes_in]
+    if any("flipped" in r["reason"] for r in fits) and np.median(coarse) < 2 * n_template:
+        msg += (f"; the label maps' surfaces (median {int(np.median(coarse))} vertices) are "
+                f"too coarse for a {n_template}-vertex template: for a small organ give a "
+                "finer surface and a smaller template, e.g. --iso-spacing 0.5 --smooth 0.75 "
+                "--vertices 642")
+    return msg
+
+
 def build_model(label_files, params: BuildParams, root=None, progress=True, names=None,
                 roots=None):
     """Build a :class:`ShapeModel` from label map files.
@@ -687,8 +711,7 @@ def build_model(label_files, params: BuildParams, root=None, progress=True, name
             rejected.append({"source": s["source"], "side": s["side"], "stage": "correspondence",
                              "reason": q.reason})
     if len(kept) < 3:
-        raise ValueError(f"only {len(kept)} shapes passed the correspondence check; "
-                         f"see the report for reasons")
+        raise ValueError(correspondence_failure(kept, shapes_in, rejected, len(sv)))
     t_pass2 = time.perf_counter() - t0 - t_surf - t_pass1
     profile = voxel_cases = None
     if params.images_dir:
