@@ -85,7 +85,10 @@ def build_model(labels, output=None, *, images=None, progress=False, **params):
     **params
         Fields of :class:`~shapeprior.model.BuildParams` (``labels`` there is
         called ``label_values`` here), e.g. ``organ='kidney'``,
-        ``n_vertices=642``, ``split_sides=True``.
+        ``n_vertices=642``, ``split_sides=True``. The template vertices,
+        surface grid and smoothing not given follow the organ's size
+        (:func:`~shapeprior.model._build.resolve_resolution`; the report's
+        ``resolution`` says what was chosen).
 
     Returns
     -------

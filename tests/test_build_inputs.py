@@ -176,3 +176,57 @@ def test_a_build_whose_fits_failed_says_why_on_its_one_line():
     assert msg.startswith("only 1 of 4 shapes") and "too coarse" not in msg
     assert correspondence_failure([], fine, [], 2562) == \
         "only 0 of 4 shapes passed the correspondence check"
+
+
+def test_the_resolution_left_open_is_chosen_by_the_organs_size(tmp_path):
+    """Template vertices, surface grid and smoothing left None follow the organ's
+    RMS radius over the first readable label maps: a kidney-sized organ gets
+    2562 / 1.5 / 1.5, one below SMALL_ORGAN_MM 642 / 0.5 / 0.75; values given
+    are kept; a map that cannot be read is passed over."""
+    from shapeprior.model._build import RESOLUTIONS, SMALL_ORGAN_MM, resolve_resolution
+
+    kw = dict(centre=(0.0, 0.0, 0.0), spacing=(1.0, 1.0, 1.0), size=(60, 44, 36))
+    small = tmp_path / "small.nii.gz"
+    ellipsoid_label_map(small, semi_axes=(20.0, 12.0, 10.0), **kw)     # RMS radius 11.3
+    big = tmp_path / "big.nii.gz"
+    ellipsoid_label_map(big, semi_axes=(50.0, 35.0, 30.0), centre=(0.0, 0.0, 0.0),
+                        spacing=(1.5, 1.5, 1.5), size=(72, 52, 44))      # RMS radius 31.6
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a label map")
+    p, rec = resolve_resolution(BuildParams(), [tmp_path / "broken.nii.gz", small])
+    assert (p.n_vertices, p.iso_spacing, p.smooth_mm) == RESOLUTIONS["small"] == (642, 0.5, 0.75)
+    assert rec["organ_size"] == "small" and rec["label_maps_measured"] == 1
+    assert abs(rec["organ_rms_radius_mm"] - np.sqrt((400 + 144 + 100) / 5)) < 0.3
+    assert rec["organ_rms_radius_mm"] < SMALL_ORGAN_MM
+    p, rec = resolve_resolution(BuildParams(iso_spacing=1.0), [big, big, small, small])
+    assert (p.n_vertices, p.iso_spacing, p.smooth_mm) == (2562, 1.0, 1.5)   # median: big
+    assert rec["organ_size"] == "default" and rec["given"] == ["iso_spacing"]
+    assert rec["label_maps_measured"] == 3
+    given = BuildParams(n_vertices=162, iso_spacing=1.0, smooth_mm=1.0)
+    assert resolve_resolution(given, [small]) == (given, None)
+    # nothing readable: the default
+    p, rec = resolve_resolution(BuildParams(), [tmp_path / "broken.nii.gz"])
+    assert (p.n_vertices, p.iso_spacing, p.smooth_mm) == RESOLUTIONS["default"]
+    assert rec["organ_rms_radius_mm"] is None
+
+
+def test_build_model_of_the_hippocampus_works_with_the_default_settings(data_root, tmp_path,
+                                                                        capsys):
+    """A new user's `build-model labels/ --labels 1,2` on the MSD hippocampus: every
+    shape was rejected for flipped faces at the kidney's resolution; the organ's
+    size now picks 642 vertices and 0.5 mm surfaces, and the run says so."""
+    import json
+
+    from shapeprior.cli import main
+
+    labels = data_root / "msd_hippocampus" / "labels"
+    if not labels.is_dir():
+        pytest.skip(f"MSD hippocampus not found under {data_root}")
+    out = tmp_path / "hippo.npz"
+    assert main(["build-model", str(labels), "--labels", "1,2", "--limit", "4", "-o", str(out),
+                 "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "note: a small organ (RMS radius" in said and "642 template vertices" in said
+    rep = json.loads((tmp_path / "hippo.npz.report" / "report.json").read_text())
+    assert rep["n_shapes_kept"] == 4 and rep["resolution"]["organ_size"] == "small"
+    meta = json.loads(str(np.load(out)["metadata_json"]))
+    assert meta["parameters"]["n_vertices"] == 642 and meta["parameters"]["iso_spacing"] == 0.5

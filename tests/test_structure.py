@@ -115,7 +115,8 @@ def test_defaults_are_valid_and_unchanged():
     p = SegmentParams()
     assert p.schedule == DEFAULT_SCHEDULE and p.method == "l1" and p.side == "none"
     b = BuildParams(labels=[1, 2])
-    assert b.labels == (1, 2) and b.n_vertices == 2562
+    # the template and surface resolution: chosen by the organ's size at build time
+    assert b.labels == (1, 2) and (b.n_vertices, b.iso_spacing, b.smooth_mm) == (None,) * 3
 
 
 def test_every_public_name_is_documented():

@@ -30,10 +30,14 @@ def main(argv):
                     help="with --split-sides: keep one side's organs (default both)")
     ap.add_argument("--no-mirror", action="store_true",
                     help="keep right-side organs as they are (default: mirror onto the left)")
-    ap.add_argument("--vertices", type=int, default=2562,
-                    help="template vertices (icosphere: 642, 2562, 10242; default 2562)")
-    ap.add_argument("--iso-spacing", type=float, default=1.5, help="surface grid, mm (default 1.5)")
-    ap.add_argument("--smooth", type=float, default=1.5, help="Gaussian smoothing, mm (default 1.5)")
+    ap.add_argument("--vertices", type=int, default=None,
+                    help="template vertices (icosphere: 642, 2562, 10242; default by the "
+                         "organ's size: 2562, or 642 for a small organ, RMS radius < 20 mm, "
+                         "such as the hippocampus)")
+    ap.add_argument("--iso-spacing", type=float, default=None,
+                    help="surface grid, mm (default 1.5, or 0.5 for a small organ)")
+    ap.add_argument("--smooth", type=float, default=None,
+                    help="Gaussian smoothing, mm (default 1.5, or 0.75 for a small organ)")
     ap.add_argument("--template-shapes", type=int, default=0,
                     help="fit only this many shapes (evenly spread) in the first "
                          "correspondence pass, whose mean is the template of the second; "
@@ -97,6 +101,12 @@ def main(argv):
     print(f"model: {model.shapes.shape[0]} shapes x {model.n_vertices} vertices, "
           f"{len(model.pca_variances)} PCA modes; {len(report['rejected'])} rejected "
           f"(see {show_path(side_path)}/report.json)")
+    res = report.get("resolution") or {}
+    if res.get("organ_size") == "small":
+        print(f"note: a small organ (RMS radius {res['organ_rms_radius_mm']:.1f} mm < "
+              f"{res['small_below_mm']:g}): {res['n_vertices']} template vertices, "
+              f"{res['iso_spacing']:g} mm surfaces smoothed by {res['smooth_mm']:g} mm "
+              "(--vertices, --iso-spacing and --smooth choose otherwise)")
     cut = report.get("cut_by_fov") or []
     if cut:
         print(f"note: {len(cut)} kept shapes are cut by their scan's field of view (their "
@@ -125,7 +135,7 @@ def _build(a, out, deid):
     check_replaceable(out, a.force, own_model_file)          # before the slow stages
     labels = parse_labels(a.labels)
     for name, v in (("--iso-spacing", a.iso_spacing), ("--vertices", a.vertices)):
-        if v <= 0:
+        if v is not None and v <= 0:
             raise ValueError(f"{name}={v} must be > 0")
     items = deid.start(label_map_inputs(a.label_maps))
     if a.limit is not None:

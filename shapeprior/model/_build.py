@@ -51,10 +51,12 @@ class BuildParams:
     mirror_right : bool
         Mirror right-side organs onto the left (LPS x -> -x), so one model
         serves both sides.
-    n_vertices : int
+    n_vertices : int or None
         Template vertices (icosphere: 162, 642, 2562, 10242).
-    iso_spacing, smooth_mm : float
-        Surface extraction grid and Gaussian smoothing, mm.
+    iso_spacing, smooth_mm : float or None
+        Surface extraction grid and Gaussian smoothing, mm. Any of these three
+        left None is chosen by the organ's size (:func:`resolve_resolution`):
+        2562 / 1.5 / 1.5, or 642 / 0.5 / 0.75 for a small organ.
     n_iter : int
         Correspondence (template fit) iterations.
     template_shapes : int
@@ -100,9 +102,9 @@ class BuildParams:
     split_sides: bool = False       # KiTS-style: both kidneys under one label
     side: str = "both"              # with split_sides: 'left', 'right' or 'both'
     mirror_right: bool = True       # map right organs onto the left (x -> -x)
-    n_vertices: int = 2562
-    iso_spacing: float = 1.5
-    smooth_mm: float = 1.5
+    n_vertices: int | None = None   # None: by the organ's size (resolve_resolution)
+    iso_spacing: float | None = None
+    smooth_mm: float | None = None
     n_iter: int = 80
     template_shapes: int = 0        # pass-1 shapes for the template (0: all)
     n_atoms: int = 0                # learned dictionary size (0: none)
@@ -127,9 +129,12 @@ class BuildParams:
         self.split_sides = check_bool("split_sides", self.split_sides)
         check_choice("side", self.side, ("both", "left", "right"))
         self.mirror_right = check_bool("mirror_right", self.mirror_right)
-        self.n_vertices = check_number("n_vertices", self.n_vertices, 12, integer=True)
-        self.iso_spacing = check_number("iso_spacing", self.iso_spacing, 0, low_open=True)
-        self.smooth_mm = check_number("smooth_mm", self.smooth_mm, 0)
+        if self.n_vertices is not None:
+            self.n_vertices = check_number("n_vertices", self.n_vertices, 12, integer=True)
+        if self.iso_spacing is not None:
+            self.iso_spacing = check_number("iso_spacing", self.iso_spacing, 0, low_open=True)
+        if self.smooth_mm is not None:
+            self.smooth_mm = check_number("smooth_mm", self.smooth_mm, 0)
         self.n_iter = check_number("n_iter", self.n_iter, 1, integer=True)
         self.template_shapes = check_number("template_shapes", self.template_shapes, 0,
                                             integer=True)
@@ -153,6 +158,57 @@ class BuildParams:
                                                self.allow_no_orientation)
         self.exclude_cut = check_bool("exclude_cut", self.exclude_cut)
         self.voxel_classifier = check_bool("voxel_classifier", self.voxel_classifier)
+
+
+#: an organ whose RMS radius (median of the first label maps) is below this (mm)
+#: is small: MSD hippocampus 12-14 mm, KiTS19 kidneys 31-36 mm
+SMALL_ORGAN_MM = 20.0
+#: (template vertices, surface grid mm, smoothing mm) by organ size. The default
+#: is the KiTS19 kidney's (every kidney benchmark). The small organ's was chosen on
+#: the hippocampus validation split (cases 1 mod 5, model from 2-4 mod 5; Dice mean
+#: / min, bench/results/hippocampus_validation.json): 642 / 0.5 / 0.75 0.9017 /
+#: 0.8459; 2562 / 0.5 / 0.75 0.8973 / 0.8177 (16 of 133 shapes rejected, 2.3 s per
+#: case); at the default 2562 / 1.5 / 1.5 every shape was rejected (its 1.5 mm
+#: surfaces of ~900 vertices are coarser than the template: faces flipped)
+RESOLUTIONS = {"default": (2562, 1.5, 1.5), "small": (642, 0.5, 0.75)}
+#: label maps read to measure the organ's size
+SIZE_MAPS = 3
+
+
+def resolve_resolution(params, files):
+    """``params`` with the template vertices, surface grid and smoothing left
+    None chosen by the organ's size, and a record of the choice (None when all
+    three were given).
+
+    The size is the median :func:`organ_radius` of the organs in the first
+    :data:`SIZE_MAPS` label maps that can be read (a map that cannot is
+    reported by the build itself): below :data:`SMALL_ORGAN_MM` the organ is
+    small (:data:`RESOLUTIONS`)."""
+    from dataclasses import replace
+
+    if None not in (params.n_vertices, params.iso_spacing, params.smooth_mm):
+        return params, None
+    radii = []
+    for f in files:
+        if len(radii) >= SIZE_MAPS:
+            break
+        try:
+            vol, masks, _, _ = organ_masks(f, params)
+        except (ValueError, OSError):
+            continue
+        radii.append(float(np.median([organ_radius(vol, m) for m in masks.values()])))
+    r = float(np.median(radii)) if radii else None
+    size = "small" if r is not None and r < SMALL_ORGAN_MM else "default"
+    n, iso, smooth = RESOLUTIONS[size]
+    chosen = replace(params, n_vertices=n if params.n_vertices is None else params.n_vertices,
+                     iso_spacing=iso if params.iso_spacing is None else params.iso_spacing,
+                     smooth_mm=smooth if params.smooth_mm is None else params.smooth_mm)
+    return chosen, {"organ_rms_radius_mm": None if r is None else round(r, 2),
+                    "label_maps_measured": len(radii), "organ_size": size,
+                    "small_below_mm": SMALL_ORGAN_MM, "n_vertices": chosen.n_vertices,
+                    "iso_spacing": chosen.iso_spacing, "smooth_mm": chosen.smooth_mm,
+                    "given": [k for k in ("n_vertices", "iso_spacing", "smooth_mm")
+                              if getattr(params, k) is not None]}
 
 
 def find_label_maps(folder):
@@ -660,6 +716,7 @@ def build_model(label_files, params: BuildParams, root=None, progress=True, name
     root = Path(root) if root else Path(files[0]).parent
     roots = [root] * len(files) if roots is None else [Path(r) for r in roots]
     names = [case_name(f, r) for f, r in zip(files, roots)] if names is None else list(names)
+    params, resolution = resolve_resolution(params, files)
     if params.n_vertices < 12:
         raise ValueError(f"n_vertices={params.n_vertices} must be >= 12")
     level = level_for_vertices(params.n_vertices)
@@ -766,6 +823,7 @@ def build_model(label_files, params: BuildParams, root=None, progress=True, name
     d = np.array([r["mean_target_to_fit"] for r in per_shape])
     report = {
         "n_inputs": len(files), "n_shapes_extracted": len(shapes_in), "n_shapes_kept": len(kept),
+        "resolution": resolution,
         "rejected": rejected, "per_shape": per_shape,
         # kept shapes whose organ reaches the edge of its scan (exclude_cut rejects them)
         "cut_by_fov": [{"source": s["source"], "side": s["side"], "where": s["cut_by_fov"]}
