@@ -94,7 +94,8 @@ TESTS = {
                   "tests/test_align.py", "tests/test_fit.py", "tests/test_placement.py",
                   "tests/test_demo.py"],
     "buildcli": ["tests/test_model.py", "tests/test_cli.py", "tests/test_outputs.py",
-                 "tests/test_hostile.py", "tests/test_model_deidentify.py"],
+                 "tests/test_hostile.py", "tests/test_model_deidentify.py",
+                 "tests/test_build_inputs.py"],
     "demo": ["tests/test_demo.py"],
     "testing": ["tests/test_infra.py", "tests/test_kernels.py", "tests/test_batched_ssc.py"],
     "refinebatch": ["tests/test_refine_batch.py", "tests/test_refine.py",
@@ -2566,6 +2567,17 @@ MUTANTS = [
      "        check_image_covers(image, mask_vol, m)\n", "",
      "an image that holds none of the organ gives 'failed: empty segmentation' beside the "
      "mask it kept"),
+    ("res-never-small", "buildcli", "shapeprior/model/_build.py",
+     '    size = "small" if r is not None and r < SMALL_ORGAN_MM else "default"',
+     '    size = "default"',
+     "build-model of the hippocampus with the defaults rejects every shape again"),
+    ("res-given-overridden", "buildcli", "shapeprior/model/_build.py",
+     "iso_spacing=iso if params.iso_spacing is None else params.iso_spacing,",
+     "iso_spacing=iso,",
+     "an --iso-spacing given is replaced by the one the organ's size picks"),
+    ("build-failure-no-hint", "buildcli", "shapeprior/model/_build.py",
+     "np.median(coarse) < 2 * n_template:", "np.median(coarse) > 2 * n_template:",
+     "a build rejected for flipped faces on coarse surfaces does not say what to give"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -166,10 +166,10 @@ SMALL_ORGAN_MM = 20.0
 #: (template vertices, surface grid mm, smoothing mm) by organ size. The default
 #: is the KiTS19 kidney's (every kidney benchmark). The small organ's was chosen on
 #: the hippocampus validation split (cases 1 mod 5, model from 2-4 mod 5; Dice mean
-#: / min, bench/results/hippocampus_validation.json): 642 / 0.5 / 0.75 0.9017 /
-#: 0.8459; 2562 / 0.5 / 0.75 0.8973 / 0.8177 (16 of 133 shapes rejected, 2.3 s per
-#: case); at the default 2562 / 1.5 / 1.5 every shape was rejected (its 1.5 mm
-#: surfaces of ~900 vertices are coarser than the template: faces flipped)
+#: / min, bench/results/hippocampus_resolution.json): 642 / 0.5 / 0.75 0.9017 /
+#: 0.8459; 2562 / 0.5 / 0.75 0.8973 / 0.8177 (117 of 133 shapes kept, 0.86 against
+#: 0.58 s per case); at the default 2562 / 1.5 / 1.5 every shape was rejected (its
+#: 1.5 mm surfaces of ~950 vertices are coarser than the template: faces flipped)
 RESOLUTIONS = {"default": (2562, 1.5, 1.5), "small": (642, 0.5, 0.75)}
 #: label maps read to measure the organ's size
 SIZE_MAPS = 3
