@@ -60,6 +60,25 @@ def previous_results(path):
     return None, None
 
 
+def hippocampus_validation_split():
+    """``(MSD folder, model label maps, validation label maps)`` of the hippocampus
+    validation benchmarks: the model from the cases whose number % 5 is not 0 or 1,
+    the validation cases % 5 == 1 (the test split, % 5 == 0, is never used); None
+    (after saying SKIP) when the data is absent."""
+    import re
+
+    from shapeprior.model import find_label_maps
+
+    root = data_root() / "msd_hippocampus"
+    if not root.is_dir():
+        print(f"SKIP: MSD hippocampus not found under {root} (set SHAPEPRIOR_DATA)")
+        return None
+    num = lambda f: int(re.findall(r"\d+", f.name)[0])  # noqa: E731
+    files = find_label_maps(root / "labels")
+    return (root, [f for f in files if num(f) % 5 not in (0, 1)],
+            [f for f in files if num(f) % 5 == 1])
+
+
 def cached_hippocampus_model(path, train, root):
     """The hippocampus model of bench_hippocampus*.py (642 vertices, learned
     appearance) built from the label maps ``train`` under ``root`` (the MSD

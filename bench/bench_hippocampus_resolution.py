@@ -15,7 +15,6 @@ against the manual label, label > 0). The test split (% 5 == 0) is never used.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -23,11 +22,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_root, machine, write_json  # noqa: E402
+from _common import RESULTS, hippocampus_validation_split, machine, write_json  # noqa: E402
 
 from shapeprior.io import read_label_map, read_volume  # noqa: E402
-from shapeprior.model import (BuildParams, build_model, find_label_maps, load_model,  # noqa: E402
-                              save_model)
+from shapeprior.model import BuildParams, build_model, load_model, save_model  # noqa: E402
 from shapeprior.segmentation import SegmentParams, dice, segment_volume  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / "cache"
@@ -40,14 +38,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(RESULTS / "hippocampus_resolution.json"))
     a = ap.parse_args(argv)
-    root = data_root() / "msd_hippocampus"
-    if not root.is_dir():
-        print(f"SKIP: MSD hippocampus not found under {root} (set SHAPEPRIOR_DATA)")
+    split = hippocampus_validation_split()
+    if split is None:
         return 0
-    num = lambda f: int(re.findall(r"\d+", f.name)[0])  # noqa: E731
-    files = find_label_maps(root / "labels")
-    train = [f for f in files if num(f) % 5 not in (0, 1)]
-    val = [f for f in files if num(f) % 5 == 1]
+    root, train, val = split
     cases = [(read_volume(root / "images" / f.name), read_label_map(f).array > 0) for f in val]
     rows = []
     for n, iso, smooth in CANDIDATES:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -21,12 +20,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, cached_hippocampus_model, data_root, machine,  # noqa: E402
-                     write_json)
+from _common import (RESULTS, cached_hippocampus_model, hippocampus_validation_split,  # noqa: E402
+                     machine, write_json)
 
 from shapeprior._profile import StageClock  # noqa: E402
 from shapeprior.io import read_label_map, read_volume  # noqa: E402
-from shapeprior.model import find_label_maps  # noqa: E402
 from shapeprior.segmentation import SegmentParams, dice, segment_volume  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / "cache"
@@ -47,14 +45,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(RESULTS / "hippocampus_validation.json"))
     a = ap.parse_args(argv)
-    root = data_root() / "msd_hippocampus"
-    if not root.is_dir():
-        print(f"SKIP: MSD hippocampus not found under {root} (set SHAPEPRIOR_DATA)")
+    split = hippocampus_validation_split()
+    if split is None:
         return 0
-    num = lambda f: int(re.findall(r"\d+", f.name)[0])  # noqa: E731
-    files = find_label_maps(root / "labels")
-    train = [f for f in files if num(f) % 5 not in (0, 1)]
-    val = [f for f in files if num(f) % 5 == 1]
+    root, train, val = split
     model = cached_hippocampus_model(CACHE / "hippocampus_val_642.npz", train, root)
     dic = model.ssc_dictionary("shapes")
     cases = [(f.name, read_volume(root / "images" / f.name), read_label_map(f).array > 0)
