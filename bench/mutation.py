@@ -2578,6 +2578,14 @@ MUTANTS = [
     ("build-failure-no-hint", "buildcli", "shapeprior/model/_build.py",
      "np.median(coarse) < 2 * n_template:", "np.median(coarse) > 2 * n_template:",
      "a build rejected for flipped faces on coarse surfaces does not say what to give"),
+    ("batch-empty-reference-scored", "refinebatch", "shapeprior/pipeline/_batch.py",
+     '    if "reference" in rep and rep["reference"].get("empty"):\n        row["note"]',
+     '    if False:\n        row["note"]',
+     "a segment batch's case whose reference holds no organ counts Dice 0 in the mean"),
+    ("refine-batch-empty-reference-scored", "refinebatch", "shapeprior/pipeline/_refine_batch.py",
+     '    if "reference" in rep and rep["reference"].get("empty"):\n        row["note"]',
+     '    if False:\n        row["note"]',
+     "a refine batch's case whose reference holds no organ counts Dice 0 in the mean"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -154,6 +154,43 @@ def test_a_rerun_with_a_reference_compares_again(masks, tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_a_reference_without_the_organ_leaves_its_case_out_of_the_comparison(masks, tmp_path,
+                                                                             capsys):
+    """A case whose reference holds none of the organ's labels has nothing to be
+    scored against: its row says so and carries no Dice, and the summary's mean
+    and worst case are over the others (its Dice 0 pulled them down)."""
+    from shapeprior.pipeline._batch import EMPTY_REFERENCE_NOTE
+
+    m, images, labels, model = masks
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for c in CASES:
+        shutil.copy(labels / f"{c}.nii.gz", refs / f"{c}.nii.gz")
+    vol = read_label_map(refs / "phantom_006.nii.gz")
+    write_label(vol, np.zeros_like(vol.array), refs / "phantom_006.nii.gz")
+    out = tmp_path / "out"
+    assert _refine(m, "-o", out, "--model", model, "--reference", refs) == 0
+    doc, rows = _rows(out)
+    empty = rows["phantom_006"]
+    assert empty["note"] == EMPTY_REFERENCE_NOTE and "dice" not in empty
+    assert "input_dice" not in empty and empty["status"] in ("ok", "suspect")
+    assert all(rows[c]["dice"] > 0.8 for c in CASES[:2])
+    ref = doc["reference"]
+    assert ref["n_cases_with_reference"] == 3 and ref["n_compared"] == 2
+    assert ref["dice"]["worst_case"] != "phantom_006" and ref["dice"]["worst"] > 0.8
+    assert EMPTY_REFERENCE_NOTE in (out / "summary.csv").read_text()
+    capsys.readouterr()
+    # segment's rows alike
+    from shapeprior.pipeline._batch import result_fields
+
+    rep = {"status": "ok", "quality": 1.0, "volume_ml": 6.8, "iterations": 9, "time_s": 1.0,
+           "reference": {"dice": 0.0, "assd_mm": None, "hd95_mm": None, "empty": True}}
+    row = result_fields(rep)
+    assert row["note"] == EMPTY_REFERENCE_NOTE and "dice" not in row
+    rep["reference"] = {"dice": 0.9, "assd_mm": 0.5, "hd95_mm": 1.0}
+    assert result_fields(rep)["dice"] == 0.9 and "note" not in result_fields(rep)
+
+
 def test_one_bad_mask_fails_alone(masks, tmp_path, capsys):
     """A truncated mask, a mask with no image in the --image folder and a case
     folder shapeprior did not write each fail in their own row; the other cases

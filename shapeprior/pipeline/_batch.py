@@ -135,6 +135,11 @@ def run_one(case, outdir, model_path, params, series, mesh_format, force, argv, 
         return failed_row(case, exc, deidentify, reference)
 
 
+#: a row's note when its reference holds none of the organ: the case is not among
+#: those compared (its Dice would be 0 whatever was segmented)
+EMPTY_REFERENCE_NOTE = "the reference holds no organ: not compared"
+
+
 def result_fields(rep):
     """A summary row's fields from a case's report: status, quality, volume,
     iterations, time, side, reasons, and Dice and distances against its
@@ -144,7 +149,9 @@ def result_fields(rep):
         row["side"] = rep["side"]
     if rep.get("reasons"):
         row["reasons"] = rep["reasons"]
-    if "reference" in rep:
+    if "reference" in rep and rep["reference"].get("empty"):
+        row["note"] = EMPTY_REFERENCE_NOTE      # nothing to score against: not compared
+    elif "reference" in rep:
         ref = rep["reference"]
         row["dice"] = ref["dice"]
         for k in ("assd_mm", "hd95_mm"):    # no surface (an empty label): no distance
@@ -275,8 +282,9 @@ def reference_summary(rows):
     """Dice and surface distances over the rows compared with a reference:
     mean, median and the worst case (the lowest Dice, the largest distance),
     or None when no row was. Rows without a result (an error) are not
-    compared; a distance is left out where a label or its reference is empty
-    (``n_without_surface`` counts those rows; their Dice is 0)."""
+    compared, nor are rows whose reference holds no organ
+    (:data:`EMPTY_REFERENCE_NOTE`); a distance is left out where a label is
+    empty (``n_without_surface`` counts those rows; their Dice is 0)."""
     import numpy as np
 
     scored = [r for r in rows if "dice" in r]

@@ -9,7 +9,8 @@ import math
 from pathlib import Path
 
 from .._outputs import make_dirs, remove_created
-from ._batch import _model, check_root, dispatch, failed_row, folder_state, kept_row
+from ._batch import (EMPTY_REFERENCE_NOTE, _model, check_root, dispatch, failed_row,
+                     folder_state, kept_row)
 
 
 def refine_fields(rep):
@@ -23,7 +24,9 @@ def refine_fields(rep):
            "added_ml": c["added_ml"], "iterations": rep["iterations"], "time_s": rep["time_s"]}
     if rep.get("reasons"):
         row["reasons"] = rep["reasons"]
-    if "reference" in rep:
+    if "reference" in rep and rep["reference"].get("empty"):
+        row["note"] = EMPTY_REFERENCE_NOTE      # nothing to score against: not compared
+    elif "reference" in rep:
         ref = rep["reference"]
         row["input_dice"] = ref["input"]["dice"]
         row["dice"] = ref["dice"]
