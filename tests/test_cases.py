@@ -233,13 +233,16 @@ def test_batch_reference_rows_and_resume_follow_the_reference_given(phantom_mode
     (refs / "c5.nii.gz").unlink()
     write_label(lab, np.zeros(lab.array.shape, np.uint8), refs / "c5.nii.gz")
     rc, doc, again = run("--reference", str(refs))
-    assert "reference differs" in again["c5"]["note"] and again["c5"]["dice"] == 0.0
+    # redone, and not compared: an empty reference scores nothing (its Dice was 0)
+    assert "reference differs" in again["c5"]["note"] and "dice" not in again["c5"]
+    assert again["c5"]["note"].endswith("the reference holds no organ: not compared")
     assert again["c6"]["status"] == "skipped" and again["c6"]["dice"] == rows["c6"]["dice"]
-    assert doc["reference"]["dice"]["worst_case"] == "c5"
+    assert doc["reference"]["dice"]["worst_case"] == "c6" and doc["reference"]["n_compared"] == 1
     # other labels of the same maps: no case keeps a Dice computed on label 1
     rc, doc, other = run("--reference", str(refs), "--reference-labels", "2")
     assert "compared with the reference's labels [1], not [2]" in other["c6"]["note"]
-    assert other["c6"]["dice"] == 0.0            # the phantoms' maps hold label 1 only
+    assert "dice" not in other["c6"]            # the phantoms' maps hold label 1 only
+    assert doc["reference"]["n_compared"] == 0
     assert json.loads((out / "c6" / "report.json").read_text())["reference"]["labels"] == [2]
     rc, doc, same = run("--reference", str(refs), "--reference-labels", "2")
     assert {r["status"] for r in same.values()} == {"skipped"}

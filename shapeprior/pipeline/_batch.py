@@ -129,7 +129,7 @@ def run_one(case, outdir, model_path, params, series, mesh_format, force, argv, 
                            reference_labels=reference_labels)
         row = {"case": case.name, **result_fields(rep)}
         if redo:
-            row["note"] = f"redone: {redo}"
+            row["note"] = "; ".join(filter(None, (f"redone: {redo}", row.get("note"))))
         return row
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
         return failed_row(case, exc, deidentify, reference)

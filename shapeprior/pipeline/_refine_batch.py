@@ -53,7 +53,7 @@ def refine_one(case, outdir, model_path, params, labels, keep, image, reference,
                               deidentify=deidentify, case_name=case.name)
         row = {"case": case.name, **refine_fields(rep)}
         if redo:
-            row["note"] = f"redone: {redo}"
+            row["note"] = "; ".join(filter(None, (f"redone: {redo}", row.get("note"))))
         return row
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
         return failed_row(case, exc, deidentify, reference, image)
