@@ -2586,6 +2586,10 @@ MUTANTS = [
      '    if "reference" in rep and rep["reference"].get("empty"):\n        row["note"]',
      '    if False:\n        row["note"]',
      "a refine batch's case whose reference holds no organ counts Dice 0 in the mean"),
+    ("res-stop-when-unclear", "buildcli", "shapeprior/model/_build.py",
+     "                                       > SIZE_MARGIN * SMALL_ORGAN_MM):",
+     "                                       < SIZE_MARGIN * SMALL_ORGAN_MM):",
+     "the organ's size is taken from one map exactly when it lies near the threshold"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

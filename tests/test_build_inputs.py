@@ -197,10 +197,20 @@ def test_the_resolution_left_open_is_chosen_by_the_organs_size(tmp_path):
     assert rec["organ_size"] == "small" and rec["label_maps_measured"] == 1
     assert abs(rec["organ_rms_radius_mm"] - np.sqrt((400 + 144 + 100) / 5)) < 0.3
     assert rec["organ_rms_radius_mm"] < SMALL_ORGAN_MM
-    p, rec = resolve_resolution(BuildParams(iso_spacing=1.0), [big, big, small, small])
-    assert (p.n_vertices, p.iso_spacing, p.smooth_mm) == (2562, 1.0, 1.5)   # median: big
+    # a first organ clearly above the threshold decides alone
+    p, rec = resolve_resolution(BuildParams(iso_spacing=1.0), [big, small, small])
+    assert (p.n_vertices, p.iso_spacing, p.smooth_mm) == (2562, 1.0, 1.5)
     assert rec["organ_size"] == "default" and rec["given"] == ["iso_spacing"]
-    assert rec["label_maps_measured"] == 3
+    assert rec["label_maps_measured"] == 1
+    # one near it (RMS radius 18.0 mm) does not: the maps are read until the median
+    # is clear of it, or SIZE_MAPS of them
+    mid = tmp_path / "mid.nii.gz"
+    ellipsoid_label_map(mid, semi_axes=(30.0, 20.0, 18.0), centre=(0.0, 0.0, 0.0),
+                        spacing=(1.0, 1.0, 1.0), size=(64, 44, 40))
+    p, rec = resolve_resolution(BuildParams(), [mid, small, big, big])
+    assert rec["label_maps_measured"] == 2 and rec["organ_size"] == "small"
+    p, rec = resolve_resolution(BuildParams(), [mid, mid, big, small])
+    assert rec["label_maps_measured"] == 3 and rec["organ_size"] == "small"   # median 18
     given = BuildParams(n_vertices=162, iso_spacing=1.0, smooth_mm=1.0)
     assert resolve_resolution(given, [small]) == (given, None)
     # nothing readable: the default
