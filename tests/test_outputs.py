@@ -133,7 +133,11 @@ def test_model_info_and_export(phantom_model, tmp_path, capsys):
     assert info["n_shapes"] == model.shapes.shape[0] and info["n_vertices"] == model.n_vertices
     assert info["appearance"] is not None and info["labels"] == [1]
     assert main(["model-info", str(model_path)]) == 0
-    assert "training shapes" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    # the surface resolution it was built with (chosen by the organ's size when not given)
+    bp = info["provenance"]["build_parameters"]
+    assert "training shapes" in said and \
+        f"surfaces on a {bp['iso_spacing']:g} mm grid, smoothed by {bp['smooth_mm']:g} mm" in said
     out = tmp_path / "export"
     assert main(["export-model", str(model_path), "-o", str(out), "--modes", "2"]) == 0
     assert model_path.read_bytes() == before

@@ -62,9 +62,13 @@ def main(argv):
               + (f" (training range {rng[0]:.2f}-{rng[1]:.2f})" if rng else "")
               + f"; offset from the FOV centre {pose['offset_from_fov_centre_lps_mm']} mm LPS")
     v = prov["versions"] or {}
+    bp = prov.get("build_parameters") or {}
+    grid = ("" if bp.get("iso_spacing") is None else
+            f"; surfaces on a {bp['iso_spacing']:g} mm grid, smoothed by "
+            f"{bp.get('smooth_mm', 0):g} mm")
     print(f"provenance   format {prov['format_version']}, built by shapeprior "
           f"{v.get('shapeprior', '?')} from {prov['n_sources']} files "
-          f"({prov['n_rejected']} rejected); template: {prov['template']}")
+          f"({prov['n_rejected']} rejected); template: {prov['template']}{grid}")
     lin = s["lineage"]
     print(f"lineage      model version {lin['model_version']}; "
           + "; ".join(f"v{v['model_version']}: {v['n_shapes']} shape"
