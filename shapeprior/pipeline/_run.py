@@ -160,10 +160,10 @@ def reference_mask(reference, labels, grid, what, allow_no_orientation=False):
     if reference is None:
         return None
     rvol = read_label_map(reference, allow_no_orientation)
+    organ = np.isin(rvol.array, labels)
     diff = grid.grid_difference(rvol)
     if not diff:
-        return np.isin(rvol.array, labels)
-    organ = np.isin(rvol.array, labels)
+        return organ
     placed = Volume(organ, rvol.spacing, rvol.origin, rvol.direction).placed_on(grid)
     if placed is None:
         raise ValueError(f"the reference label map is not on the {what}'s grid ({diff}; "

@@ -44,7 +44,7 @@ import numpy as np
 
 from ..io import Volume
 from ..mesh import dice, grown_box, mask_box, signed_distance, voxelize
-from ._assess import CUT_BY_FOV, OUTSIDE_FOV, border_distance, touches_border
+from ._assess import CUT_BY_FOV, OUTSIDE_FOV, border_distance, outside_fov, touches_border
 from . import _cavities, _inpaint, _inserted
 from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, segment_volume
 from ._sides import paired_model
@@ -418,9 +418,7 @@ def check_image_covers(image, mask_vol, m):
     organ cut by the field of view)."""
     at = np.argwhere(m)
     at = at[::max(1, -(-len(at) // COVER_SAMPLES))]
-    idx = image.physical_to_index(mask_vol.index_to_physical(at[:, ::-1].astype(float)))
-    hi = np.array(image.array.shape[::-1]) - 0.5
-    if not np.any(np.all((idx >= -0.5) & (idx <= hi), axis=1)):
+    if outside_fov(image, mask_vol.index_to_physical(at[:, ::-1].astype(float))).all():
         raise ValueError("the image holds none of the mask's organ (another scan, or one "
                          "placed elsewhere: its voxels and the mask's lie apart in LPS)")
 
