@@ -127,10 +127,7 @@ def run_one(case, outdir, model_path, params, series, mesh_format, force, argv, 
                            allow_no_orientation=allow_no_orientation, partial_ok=True,
                            output_type=output_type, qc=qc, reference=reference,
                            reference_labels=reference_labels)
-        row = {"case": case.name, **result_fields(rep)}
-        if redo:
-            row["note"] = "; ".join(filter(None, (f"redone: {redo}", row.get("note"))))
-        return row
+        return with_redo_note({"case": case.name, **result_fields(rep)}, redo)
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
         return failed_row(case, exc, deidentify, reference)
 
@@ -149,13 +146,28 @@ def result_fields(rep):
         row["side"] = rep["side"]
     if rep.get("reasons"):
         row["reasons"] = rep["reasons"]
-    if "reference" in rep and rep["reference"].get("empty"):
-        row["note"] = EMPTY_REFERENCE_NOTE      # nothing to score against: not compared
-    elif "reference" in rep:
-        ref = rep["reference"]
-        row["dice"] = ref["dice"]
-        for k in ("assd_mm", "hd95_mm"):    # no surface (an empty label): no distance
-            row[k] = ref[k] if ref[k] is not None and math.isfinite(ref[k]) else None
+    row.update(reference_fields(rep))
+    return row
+
+
+def reference_fields(rep):
+    """A row's comparison with the case's reference (segment and refine rows):
+    Dice and distances (None where no surface, an empty label), nothing when
+    the report has no reference, and :data:`EMPTY_REFERENCE_NOTE` without a
+    Dice when the reference holds no organ."""
+    ref = rep.get("reference")
+    if ref is None:
+        return {}
+    if ref.get("empty"):
+        return {"note": EMPTY_REFERENCE_NOTE}    # nothing to score against: not compared
+    return {"dice": ref["dice"], **{k: ref[k] if ref[k] is not None and math.isfinite(ref[k])
+                                    else None for k in ("assd_mm", "hd95_mm")}}
+
+
+def with_redo_note(row, redo):
+    """``row`` with the reason it was redone (``redo``, if any) before its own note."""
+    if redo:
+        row["note"] = "; ".join(filter(None, (f"redone: {redo}", row.get("note"))))
     return row
 
 

@@ -5,12 +5,11 @@ batch is (:func:`~._batch.folder_state`), failures isolated, one summary."""
 from __future__ import annotations
 
 import contextlib
-import math
 from pathlib import Path
 
 from .._outputs import make_dirs, remove_created
-from ._batch import (EMPTY_REFERENCE_NOTE, _model, check_root, dispatch, failed_row,
-                     folder_state, kept_row)
+from ._batch import (_model, check_root, dispatch, failed_row, folder_state, kept_row,
+                     reference_fields, with_redo_note)
 
 
 def refine_fields(rep):
@@ -24,14 +23,10 @@ def refine_fields(rep):
            "added_ml": c["added_ml"], "iterations": rep["iterations"], "time_s": rep["time_s"]}
     if rep.get("reasons"):
         row["reasons"] = rep["reasons"]
-    if "reference" in rep and rep["reference"].get("empty"):
-        row["note"] = EMPTY_REFERENCE_NOTE      # nothing to score against: not compared
-    elif "reference" in rep:
-        ref = rep["reference"]
-        row["input_dice"] = ref["input"]["dice"]
-        row["dice"] = ref["dice"]
-        for k in ("assd_mm", "hd95_mm"):    # no surface (an empty label): no distance
-            row[k] = ref[k] if ref[k] is not None and math.isfinite(ref[k]) else None
+    ref = reference_fields(rep)
+    if "dice" in ref:                   # compared: the input mask's Dice beside it
+        row["input_dice"] = rep["reference"]["input"]["dice"]
+    row.update(ref)
     return row
 
 
@@ -51,10 +46,7 @@ def refine_one(case, outdir, model_path, params, labels, keep, image, reference,
                               argv=argv, allow_no_orientation=allow_no_orientation, keep=keep,
                               reference=reference, reference_labels=reference_labels,
                               deidentify=deidentify, case_name=case.name)
-        row = {"case": case.name, **refine_fields(rep)}
-        if redo:
-            row["note"] = "; ".join(filter(None, (f"redone: {redo}", row.get("note"))))
-        return row
+        return with_redo_note({"case": case.name, **refine_fields(rep)}, redo)
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
         return failed_row(case, exc, deidentify, reference, image)
 
