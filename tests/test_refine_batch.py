@@ -25,15 +25,20 @@ def _hashes(folder):
             for f in sorted(folder.rglob("*")) if f.is_file()}
 
 
+def _copies(labels, folder):
+    """``folder`` (made) holding the label maps of CASES from ``labels``."""
+    folder.mkdir()
+    for c in CASES:
+        shutil.copy(labels / f"{c}.nii.gz", folder / f"{c}.nii.gz")
+    return folder
+
+
 @pytest.fixture
 def masks(phantom_model, tmp_path):
     """Three of the phantoms' label maps as masks to refine, phantom_005's with a
     leak ball at its tip: ``(masks folder, images, labels, model)``."""
     d, images, labels, model = phantom_model
-    m = tmp_path / "masks"
-    m.mkdir()
-    for c in CASES:
-        shutil.copy(labels / f"{c}.nii.gz", m / f"{c}.nii.gz")
+    m = _copies(labels, tmp_path / "masks")
     vol = read_label_map(m / "phantom_005.nii.gz")
     write_label(vol, leak_at_tip(vol.array > 0).astype(np.uint8), m / "phantom_005.nii.gz")
     return m, images, labels, model
@@ -162,10 +167,7 @@ def test_a_reference_without_the_organ_leaves_its_case_out_of_the_comparison(mas
     from shapeprior.pipeline._batch import EMPTY_REFERENCE_NOTE
 
     m, images, labels, model = masks
-    refs = tmp_path / "refs"
-    refs.mkdir()
-    for c in CASES:
-        shutil.copy(labels / f"{c}.nii.gz", refs / f"{c}.nii.gz")
+    refs = _copies(labels, tmp_path / "refs")
     vol = read_label_map(refs / "phantom_006.nii.gz")
     write_label(vol, np.zeros_like(vol.array), refs / "phantom_006.nii.gz")
     out = tmp_path / "out"
