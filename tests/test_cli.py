@@ -234,7 +234,8 @@ def test_update_model_refuses_a_taken_output_before_reading_anything(tmp_path, m
 
 def test_reconstruct_exit_codes(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(shapeprior.model, "load_model", lambda path: _stub_model())
-    rep = {"n_shapes": 3, "status_counts": {"ok": 2, "suspect": 1}, "shapes_per_s": 10.0,
+    rep = {"n_shapes": 3, "status_counts": {"ok": 2, "suspect": 1, "failed": 0},
+           "shapes_per_s": 10.0, "failed": [],
            "suspect": [{"name": "s2", "reasons": ["40% of vertices overridden"]}],
            "side": {"counts": {"left": 0, "right": 0, "none": 3}}}
     monkeypatch.setattr(shapeprior.pipeline, "reconstruct_shapes", lambda *a, **k: rep)
@@ -242,9 +243,16 @@ def test_reconstruct_exit_codes(tmp_path, monkeypatch, capsys):
             str(tmp_path / "m.npz")]
     assert main(args) == 0
     assert main(args + ["--strict"]) == 3
-    rep["status_counts"] = {"ok": 3, "suspect": 0}
+    rep["status_counts"] = {"ok": 3, "suspect": 0, "failed": 0}
     rep["suspect"] = []
     assert main(args + ["--strict"]) == 0
+    # a shape that failed (an unreadable mesh) is an untrustworthy result: 3 without
+    # --strict too, and it is named on screen
+    rep["status_counts"] = {"ok": 2, "suspect": 0, "failed": 1}
+    rep["failed"] = [{"name": "s1", "reasons": "mesh 's1' could not be read"}]
+    capsys.readouterr()
+    assert main(args) == 3
+    assert "  failed: s1: mesh 's1' could not be read" in capsys.readouterr().out
     capsys.readouterr()
     for bad in ("0", "1.5", "-0.1"):
         assert main(args + ["--refit", bad]) == 1

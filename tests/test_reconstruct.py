@@ -2,8 +2,10 @@
 ``shapeprior.reconstruct_many`` and ``shapeprior reconstruct``."""
 
 import csv
+import json
 import hashlib
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,16 +232,15 @@ def test_cli_reconstruct_npy_and_strict(population, mesh_folder, tmp_path, capsy
     (lambda y: y[:0], "holds no shapes (shape (0, "),
     (lambda y: y[0, :5], "holds an array of shape (5, 3); expected"),
     (lambda y: np.full(y.shape, "x"), "holds <U1 values"),
-    (lambda y: np.concatenate([y[:1], np.zeros_like(y[:1])]),
-     "shape 1 is degenerate: all its points lie at one place"),
+    (lambda y: np.zeros_like(y), "shape 0 is degenerate: all its points lie at one place"),
     (lambda y: y * 1e300, "shape 0 has coordinates up to "),
 ])
 def test_cli_reconstruct_refuses_bad_arrays_in_one_line(population, tmp_path, capsys, make,
                                                         message):
-    """An array of shapes that is empty, of another shape, not numbers, with a
-    shape whose points coincide (nothing to align) or with coordinates no
-    millimetre shape has (their squares overflow): one line naming the
-    array and the shape, nothing written."""
+    """An array of shapes that is empty, of another shape, not numbers, or whose
+    shapes are all unusable (points that coincide: nothing to align;
+    coordinates no millimetre shape has: their squares overflow): one line
+    naming the array (and the first shape), nothing written."""
     train, _, obs, faces = population
     model = model_from_shapes(train, faces)
     save_model(model, tmp_path / "m.npz")
@@ -250,7 +251,48 @@ def test_cli_reconstruct_refuses_bad_arrays_in_one_line(population, tmp_path, ca
                  str(tmp_path / "m.npz"), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "a.npy" in err[0] and message in err[0], err
+    if message.startswith("shape 0"):
+        assert "none of the other 1 inputs can be used" in err[0]
     assert not out.exists()
+    assert {f: (tmp_path / f).read_bytes() for f in before} == before
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda y: np.zeros_like(y), "shape 1 is degenerate: all its points lie at one place"),
+    (lambda y: y * 1e300, "shape 1 has coordinates up to "),
+    (lambda y: np.where(np.arange(len(y))[:, None] == 7, np.nan, y), "shape 1 has non-finite"),
+])
+def test_cli_reconstruct_reports_a_bad_shape_of_an_array_failed(population, tmp_path, capsys,
+                                                                bad, message):
+    """One unusable shape among usable ones (a population study of thousands):
+    it is reported failed with its reason, the others are reconstructed as
+    they are alone, and the exit code is 3."""
+    train, _, obs, faces = population
+    model = model_from_shapes(train, faces)
+    save_model(model, tmp_path / "m.npz")
+    np.save(tmp_path / "a.npy", np.stack([obs[0], bad(obs[1]), obs[2]]))
+    np.save(tmp_path / "good.npy", obs[[0, 2]])
+    before = {f: (tmp_path / f).read_bytes() for f in ("a.npy", "m.npz")}
+    out = tmp_path / "o"
+    assert main(["reconstruct", str(tmp_path / "a.npy"), "-o", str(out), "--model",
+                 str(tmp_path / "m.npz"), "--quiet"]) == 3
+    shown = capsys.readouterr().out
+    assert "3 shapes: 2 ok, 0 suspect, 1 failed" in shown
+    assert f"failed: shape_00001: a.npy: {message}" in shown
+    with open(out / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["name"] for r in rows] == ["shape_00000", "shape_00001", "shape_00002"]
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    assert message in rows[1]["reasons"] and rows[1]["scale"] == ""
+    report = json.loads((out / "report.json").read_text())
+    assert report["status_counts"] == {"ok": 2, "suspect": 0, "failed": 1}
+    assert report["failed"] == [{"name": "shape_00001", "reasons": rows[1]["reasons"]}]
+    z = np.load(out / "reconstructions.npz")
+    assert list(z["names"]) == ["shape_00000", "shape_00002"]
+    assert main(["reconstruct", str(tmp_path / "good.npy"), "-o", str(tmp_path / "g"),
+                 "--model", str(tmp_path / "m.npz"), "--quiet"]) == 0
+    alone = np.load(tmp_path / "g" / "reconstructions.npz")
+    np.testing.assert_allclose(z["reconstructions"], alone["reconstructions"], atol=1e-9)
     assert {f: (tmp_path / f).read_bytes() for f in before} == before
 
 
@@ -293,22 +335,78 @@ def test_cli_reconstruct_calls_a_shape_in_other_units_suspect(population, tmp_pa
     (lambda d, y, f: Surface(y * 1e12, f).write(d / "far.vtp"),
      "mesh 'far.vtp' has coordinates up to"),
 ])
-def test_cli_reconstruct_refuses_bad_meshes(population, mesh_folder, tmp_path, capsys,
-                                            make, message):
+def test_cli_reconstruct_reports_bad_meshes_failed(population, mesh_folder, tmp_path, capsys,
+                                                   make, message):
+    """A mesh that cannot be read or used, beside a good one: reported failed in
+    summary.csv, report.json and on screen with one line naming it, the good
+    one reconstructed, exit 3; alone in its folder: one error line, exit 1,
+    nothing written. The inputs are unchanged either way."""
     _, _, obs, faces = population
     model, _ = mesh_folder
     d = tmp_path / "in"
     d.mkdir()
-    Surface(obs[0], faces).write(d / "good.vtk")
     make(d, obs[0], faces)
+    (bad,) = [f.name for f in d.iterdir()]
+    alone = tmp_path / "alone"
+    assert main(["reconstruct", str(d), "-o", str(alone), "--model", str(model),
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "other" not in err[0], err
+    assert not alone.exists()
+    Surface(obs[0], faces).write(d / "good.vtk")
     before = _digest(d)
     out = tmp_path / "o"
-    assert main(["reconstruct", str(d), "-o", str(out), "--model", str(model), "--quiet"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0]
-    assert not out.exists() and _digest(d) == before
+    assert main(["reconstruct", str(d), "-o", str(out), "--model", str(model), "--quiet"]) == 3
+    shown = capsys.readouterr()
+    assert "2 shapes: 1 ok, 0 suspect, 1 failed" in shown.out and not shown.err
+    assert f"  failed: {bad}: " in shown.out and message in shown.out
+    with open(out / "summary.csv") as fh:
+        rows = {r["name"]: r for r in csv.DictReader(fh)}
+    assert rows[bad]["status"] == "failed" and message in rows[bad]["reasons"]
+    assert rows["good.vtk"]["status"] == "ok"
+    assert list(np.load(out / "reconstructions.npz")["names"]) == ["good.vtk"]
+    assert sorted(p.name for p in out.glob("mesh_*")) == ["mesh_good.vtk"]
+    report = json.loads((out / "report.json").read_text())
+    assert [f["name"] for f in report["failed"]] == [bad]
+    hashed = json.loads((out / "manifest.json").read_text())["inputs"]
+    assert {v["path"] for v in hashed.values()} >= {bad, "good.vtk"}
+    assert _digest(d) == before
     staging = tmp_path / ".shapeprior-staging"
     assert not staging.exists() or not any(staging.iterdir())
+
+
+def test_cli_reconstruct_records_the_failed_inputs_it_can_hash(population, mesh_folder,
+                                                               tmp_path, monkeypatch):
+    """A mesh that failed is recorded in the manifest with its hash when it can be
+    read, and left out when it cannot (here it vanished while being read)
+    instead of ending the run in an error."""
+    import shapeprior.pipeline._reconstruct as rec
+
+    _, _, obs, faces = population
+    model, _ = mesh_folder
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("a.vtk", "gone.vtk"):
+        Surface(obs[0], faces).write(d / name)
+    (d / "short.vtk").write_bytes(b"# vtk DataFile\nrubbish")
+    read = rec.read_mesh
+
+    def vanishing(f):
+        if Path(f).name == "gone.vtk":
+            Path(f).unlink()
+            raise FileNotFoundError(f"no such mesh file: {Path(f).name}")
+        return read(f)
+
+    monkeypatch.setattr(rec, "read_mesh", vanishing)
+    out = tmp_path / "o"
+    assert main(["reconstruct", str(d), "-o", str(out), "--model", str(model), "--quiet"]) == 3
+    with open(out / "summary.csv") as fh:
+        status = {r["name"]: r["status"] for r in csv.DictReader(fh)}
+    assert status == {"a.vtk": "ok", "gone.vtk": "failed", "short.vtk": "failed"}
+    hashed = {v["path"]: v["sha256"]
+              for v in json.loads((out / "manifest.json").read_text())["inputs"].values()}
+    assert "gone.vtk" not in hashed
+    assert hashed["short.vtk"] == hashlib.sha256((d / "short.vtk").read_bytes()).hexdigest()
 
 
 def test_cli_reconstruct_refuses_a_named_pipe_without_opening_it(mesh_folder, tmp_path, capsys):
@@ -368,26 +466,38 @@ def test_cli_reconstruct_deidentify(population, mesh_folder, tmp_path, capsys):
     assert not any(s.decode() in shown.out + shown.err for s in secrets)
     assert {p.name for p in out.glob("mesh_*")} == {"mesh_shape_00000.vtk",
                                                       "mesh_shape_00001.vtk"}
-    # a bad mesh is named by its index in the one error line
+    # a bad mesh is named by its index in its failed row, on screen and in every file
     Surface(obs[2][:100], faces[:0]).write(d / "Poe_Ann_MRN11111.obj")
-    assert main(["reconstruct", str(d), "-o", str(tmp_path / "o2"), "--model", str(model),
+    o2 = tmp_path / "o2"
+    assert main(["reconstruct", str(d), "-o", str(o2), "--model", str(model),
+                 "--quiet", "--deidentify"]) == 3
+    shown = capsys.readouterr()
+    assert "failed: shape_00001: mesh 'shape_00001' has 100 vertices" in shown.out
+    secrets += (b"Poe_Ann", b"MRN11111")
+    assert not any(s.decode() in shown.out + shown.err for s in secrets)
+    for f in o2.iterdir():
+        assert not any(s in f.read_bytes() for s in secrets), f.name
+    # ... and in the one error line when no mesh can be used
+    alone = tmp_path / "Zed_Zoe_MRN33333"
+    alone.mkdir()
+    (d / "Poe_Ann_MRN11111.obj").rename(alone / "Poe_Ann_MRN11111.obj")
+    assert main(["reconstruct", str(alone), "-o", str(tmp_path / "o5"), "--model", str(model),
                  "--quiet", "--deidentify"]) == 1
     err = capsys.readouterr().err
-    assert "shape_00001" in err and "Poe_Ann" not in err and "MRN11111" not in err
+    assert "mesh 'shape_00000' has 100" in err and "Poe_Ann" not in err and "MRN" not in err, err
     # meshes of the same name in patients' folders (segment's outputs): the bad one is
     # named by its path below the input, or by its index alone
-    (d / "Poe_Ann_MRN11111.obj").unlink()
     for i, who in enumerate(("Doe_John", "Roe_Jane")):
         (d / who).mkdir()
         Surface(obs[i] if i == 0 else obs[i][:100], faces if i == 0 else faces[:0]).write(
             d / who / "mesh.vtk")
     assert main(["reconstruct", str(d), "-o", str(tmp_path / "o4"), "--model", str(model),
-                 "--quiet"]) == 1
-    assert "mesh 'Roe_Jane/mesh.vtk' has 100 vertices" in capsys.readouterr().err
-    assert main(["reconstruct", str(d), "-o", str(tmp_path / "o4"), "--model", str(model),
-                 "--quiet", "--deidentify"]) == 1
-    err = capsys.readouterr().err
-    assert "mesh 'shape_00002' has 100" in err and "Roe" not in err and "Doe" not in err, err
+                 "--quiet"]) == 3
+    assert "mesh 'Roe_Jane/mesh.vtk' has 100 vertices" in capsys.readouterr().out
+    assert main(["reconstruct", str(d), "-o", str(tmp_path / "o6"), "--model", str(model),
+                 "--quiet", "--deidentify"]) == 3
+    shown = capsys.readouterr().out
+    assert "mesh 'shape_00002' has 100" in shown and "Roe" not in shown and "Doe" not in shown
     empty = tmp_path / "Moe_Max_MRN22222"
     empty.mkdir()
     assert main(["reconstruct", str(empty), "-o", str(tmp_path / "o3"), "--model", str(model),
@@ -491,22 +601,30 @@ def test_load_shapes_checks_every_input(population, mesh_folder, tmp_path):
     (d / ".hidden.vtk").write_bytes(b"not read")                  # hidden: skipped
     (d / ".cache").mkdir()
     Surface(obs[4], faces).write(d / ".cache" / "old.vtk")
-    names, shapes, meshes, _ = load_shapes(d, N)
-    assert meshes and len(names) == 4 and not any(n.startswith(".") for n in names)
+    got = load_shapes(d, N)
+    assert got.meshes and len(got.names) == 4 and not any(n.startswith(".") for n in got.names)
+    assert got.kept == [0, 1, 2, 3] and not got.failed and got.shapes.shape == (4, N, 3)
     one = tmp_path / "one.npy"
     np.save(one, obs[0])                                          # one (N, 3) shape
-    names, shapes, meshes, _ = load_shapes(one, N)
-    assert shapes.shape == (1, N, 3) and not meshes and names == ["shape_00000"]
+    got = load_shapes(one, N)
+    assert got.shapes.shape == (1, N, 3) and not got.meshes and got.names == ["shape_00000"]
     bad = obs[:3].copy()
     bad[1, 5, 2] = np.nan
     np.save(tmp_path / "bad.npy", bad)
-    with pytest.raises(ValueError, match="shape 1 has non-finite"):
-        load_shapes(tmp_path / "bad.npy", N)
+    got = load_shapes(tmp_path / "bad.npy", N)
+    assert got.kept == [0, 2] and list(got.failed) == [1]
+    assert "shape 1 has non-finite" in got.failed[1]
+    np.testing.assert_array_equal(got.shapes, obs[[0, 2]])
     few = tmp_path / "few"
     few.mkdir()
     Surface(obs[0][: N - 2], faces[np.all(faces < N - 2, axis=1)]).write(few / "few.vtk")
     with pytest.raises(ValueError, match=f"has {N - 2} vertices"):
         load_shapes(few, N)
+    Surface(obs[1], faces).write(few / "good.vtk")
+    got = load_shapes(few, N)
+    assert got.names == ["few.vtk", "good.vtk"] and got.kept == [1]
+    assert f"has {N - 2} vertices" in got.failed[0]
+    np.testing.assert_allclose(got.shapes[0], obs[1], atol=1e-5)
 
 
 def test_status_reasons():

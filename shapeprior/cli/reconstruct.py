@@ -20,8 +20,10 @@ def main(argv):
                     "the prior overrode are reported. Writes reconstructions.npz, one mesh per "
                     "input mesh (point data gross_error_mm, overridden; in the input's frame), "
                     "summary.csv, report.json and manifest.json.",
-        epilog="Exit codes: 0 done (suspect shapes too, unless --strict); 1 bad input or an "
-               "error; 3 with --strict when a shape is suspect.")
+        epilog="Exit codes: 0 done (suspect shapes too, unless --strict); 1 bad input (no "
+               "usable shape) or an error; 3 when a shape failed (a mesh that cannot be read "
+               "or is not in correspondence: the others are reconstructed and summary.csv "
+               "says why), or with --strict when one is suspect.")
     ap.add_argument("input", help="folder of meshes (vtk, vtp, ply, obj; searched "
                                   "recursively), one mesh, or a .npy array (M, N, 3)")
     ap.add_argument("-o", "--output", required=True, help="output folder")
@@ -86,10 +88,14 @@ def main(argv):
             client.close()
     c = rep["status_counts"]
     sides = {k: n for k, n in rep["side"]["counts"].items() if n and k != "none"}
-    print(f"{rep['n_shapes']} shapes: {c['ok']} ok, {c['suspect']} suspect; "
+    print(f"{rep['n_shapes']} shapes: {c['ok']} ok, {c['suspect']} suspect"
+          + (f", {c['failed']} failed" if c["failed"] else "") + "; "
           + "".join(f"{n} {k}, " for k, n in sides.items())
           + f"{rep['shapes_per_s']:.1f} shapes/s")
-    for s in rep["suspect"][:20]:
-        print(f"  suspect: {s['name']}: {s['reasons']}")
+    for status in ("failed", "suspect"):
+        for s in rep[status][:20]:
+            print(f"  {status}: {s['name']}: {s['reasons']}")
+        if len(rep[status]) > 20:
+            print(f"  ... {len(rep[status]) - 20} more {status}: see summary.csv")
     print(f"wrote {show_path(a.output)}")
-    return status_code(["suspect"] if c["suspect"] else [], a.strict)
+    return status_code([s for s in ("failed", "suspect") if c[s]], a.strict)

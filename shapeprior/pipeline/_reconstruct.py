@@ -17,7 +17,9 @@ obj; searched recursively, hidden files skipped), one mesh file, or a NumPy
 from __future__ import annotations
 
 import csv
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,12 +76,37 @@ def mesh_file_names(names):
     return unique_names([n[: len(n) - len(Path(n).suffix)] for n in names])
 
 
+@dataclass
+class ShapeInputs:
+    """What :func:`load_shapes` found: every input in order, and the usable ones.
+
+    ``names`` (every input, in order); ``shapes`` (M, N, 3): the usable ones,
+    which are ``names[i]`` for ``i`` in ``kept``; ``failed``: ``{i: reason}``
+    for the others, each reason one line naming its input; ``meshes``: whether
+    the inputs are mesh files; ``files``: the files read (one for ``.npy``).
+    """
+
+    names: list
+    shapes: np.ndarray
+    kept: list
+    failed: dict
+    meshes: bool
+    files: list
+
+
 def load_shapes(path, n_points):
-    """``(names, shapes (M, N, 3), mesh_inputs, files)`` from a folder, mesh or
-    ``.npy``. A shape :func:`~shapeprior._validation.shape_problem` finds
-    unusable (not finite, beyond 1e9 mm, its points all at one place) is
-    refused in one line naming it."""
+    """:class:`ShapeInputs` from a folder, a mesh or a ``.npy`` array.
+
+    A shape that cannot be used (a mesh that cannot be read, or with another
+    vertex count than the model's; a shape that
+    :func:`~shapeprior._validation.shape_problem` finds unusable: not finite,
+    beyond 1e9 mm, all its points at one place) is listed in ``failed`` with
+    one line naming it, and the others are kept, as a batch of cases keeps
+    going past a failed case. A file that is no array of shapes, or inputs of
+    which none can be used, are refused in one line (``ValueError``).
+    """
     p = Path(path)
+    failed = {}
     if p.is_file() and p.suffix.lower() == ".npy":
         try:
             a = np.load(p, allow_pickle=False)
@@ -99,30 +126,51 @@ def load_shapes(path, n_points):
             raise ValueError(f"{show_path(p.name)} holds no shapes (shape {shape})")
         a = a.astype(np.float64)
         names = [f"shape_{i:05d}" for i in range(len(a))]
-        _check_shapes(a, [f"{show_path(p.name)}: shape {i}" for i in range(len(a))])
-        return names, a, False, [p]
-    found = find_shape_inputs(p)
-    names, shapes = [], []
-    for name, f in found:
-        s = read_mesh(f)
-        if s.verts.shape[0] != n_points:
-            raise ValueError(f"mesh {show_path(name)!r} has {s.verts.shape[0]} vertices; the "
-                             f"model's shapes have {n_points} (meshes must be in correspondence "
-                             "with the model, e.g. written by segment or export-model)")
-        names.append(name)
-        shapes.append(s.verts)
-    a = np.stack(shapes)
-    _check_shapes(a, [f"mesh {show_path(n)!r}" for n in names])
-    return names, a, True, [f for _, f in found]
+        for i, y in enumerate(a):
+            why = shape_problem(y)
+            if why is not None:
+                failed[i] = f"{show_path(p.name)}: shape {i} {why}"
+        loaded, meshes, files = a, False, [p]
+    else:
+        found = find_shape_inputs(p)
+        names, loaded = [n for n, _ in found], []
+        for i, (name, f) in enumerate(found):
+            try:
+                s = read_mesh(f)
+            except (ValueError, OSError) as exc:
+                failed[i] = " ".join(str(exc).split())
+                loaded.append(None)
+                continue
+            why = shape_problem(s.verts)
+            if s.verts.shape[0] != n_points:
+                why = (f"has {s.verts.shape[0]} vertices; the model's shapes have {n_points} "
+                       "(meshes must be in correspondence with the model, e.g. written by "
+                       "segment or export-model)")
+            if why is not None:
+                failed[i] = f"mesh {show_path(name)!r} {why}"
+            loaded.append(s.verts)
+        meshes, files = True, [f for _, f in found]
+    kept = [i for i in range(len(names)) if i not in failed]
+    if not kept:
+        first = failed[0]
+        more = "" if len(names) == 1 else \
+            f" (and none of the other {len(names) - 1} inputs can be used either)"
+        raise ValueError(first + more)
+    shapes = np.stack([np.asarray(loaded[i], dtype=np.float64) for i in kept])
+    return ShapeInputs(names, shapes, kept, failed, meshes, files)
 
 
-def _check_shapes(a, labels):
-    """Refuse the first shape of ``a`` (M, N, 3) that :func:`shape_problem`
-    finds unusable, in one line led by its label."""
-    for i, y in enumerate(a):
-        why = shape_problem(y)
-        if why is not None:
-            raise ValueError(f"{labels[i]} {why}")
+def _failed_row(name, why):
+    """The summary row of an input that could not be used."""
+    return {"name": name, "status": "failed", "side": None, "median_residual_mm": None,
+            "other_side_median_residual_mm": None, "overridden_fraction": None,
+            "gross_error_mean_mm": None, "gross_error_max_mm": None, "scale": None,
+            "converged": None, "alignment_move": None, "alignment_rounds": None,
+            "reasons": why}
+
+
+def _readable(path):
+    return Path(path).is_file() and os.access(path, os.R_OK)
 
 
 def _status(r, y, scale_range=None):
@@ -162,15 +210,14 @@ def _status(r, y, scale_range=None):
 
 
 def _load_deidentified(input_path, n_points):
-    """:func:`load_shapes` with every input named by its index, in the names
-    and in an error message alike."""
+    """:func:`load_shapes` with every input named by its index, in the names,
+    the reasons of the shapes that failed and an error message alike."""
     from ._cases import scrub
 
-    try:
-        names, shapes, meshes, files = load_shapes(input_path, n_points)
-    except (ValueError, OSError) as exc:
-        msg = scrub(str(exc), input_path, "<input>")
-        p = Path(input_path)
+    p = Path(input_path)
+
+    def hide(msg):
+        msg = scrub(msg, input_path, "<input>")
         try:
             found = find_shape_inputs(p) if p.is_dir() else [(p.name, p)]
         except (ValueError, OSError):     # an empty folder: its path is scrubbed above
@@ -180,8 +227,15 @@ def _load_deidentified(input_path, n_points):
             msg = msg.replace(repr(name), repr(f"shape_{i:05d}"))
         for i, (_, f) in enumerate(found):
             msg = scrub(msg, f, f"shape_{i:05d}")
-        raise type(exc)(msg) from None
-    return [f"shape_{i:05d}" for i in range(len(shapes))], shapes, meshes, files
+        return msg
+
+    try:
+        got = load_shapes(input_path, n_points)
+    except (ValueError, OSError) as exc:
+        raise type(exc)(hide(str(exc))) from None
+    got.names = [f"shape_{i:05d}" for i in range(len(got.names))]
+    got.failed = {i: hide(why) for i, why in got.failed.items()}
+    return got
 
 
 def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", method="auto",
@@ -189,8 +243,10 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
                        argv=None, client=None, deidentify=False, side="auto"):
     """Reconstruct every shape under ``input_path`` with the model; publish ``outdir``.
 
-    Returns the report dict. Every input is read and checked before any solve;
-    nothing is left behind on error; ``outdir`` may not overlap an input.
+    Returns the report dict. Every input is read and checked before any solve:
+    one that cannot be used (:func:`load_shapes`) is reported ``failed`` with
+    its reason and the others are reconstructed; none usable is an error.
+    Nothing is left behind on error; ``outdir`` may not overlap an input.
     With ``deidentify`` no input file name or path reaches the outputs or an
     error message: shapes are ``shape_00000``, ... in input order.
 
@@ -214,10 +270,11 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
     t0 = time.perf_counter()
     if deidentify:
-        names, shapes, meshes, files = _load_deidentified(input_path, model.n_vertices)
+        got = _load_deidentified(input_path, model.n_vertices)
         argv = scrub_argv(argv, {input_path: "<input>", outdir: "<output>"})
     else:
-        names, shapes, meshes, files = load_shapes(input_path, model.n_vertices)
+        got = load_shapes(input_path, model.n_vertices)
+    names, shapes, meshes, files = got.names, got.shapes, got.meshes, got.files
     out = OutputDir(outdir, force=force, inputs=[Path(input_path), Path(model_path)])
     try:
         dic = model.prior_dictionary(prior)
@@ -225,25 +282,26 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
         picked = solve_sides(shapes, model, side, lambda a, w: sparse_shape_composition_many(
             a, dic, w, **options, n_jobs=n_jobs, progress=progress, client=client))
         t_solve = time.perf_counter() - t1
-        rows, res = [], []
+        rows, res = {i: _failed_row(names[i], why) for i, why in got.failed.items()}, []
         pose = model.pose
         scale_range = None if pose is None else pose.scale_range
-        for name, (r, mirrored, other_mm), y in zip(names, picked, shapes):
+        for i, (r, mirrored, other_mm), y in zip(got.kept, picked, shapes):
             y = np.asarray(y, dtype=float)     # the reconstruction is in its frame
             status, frac, reasons = _status(r, y, scale_range)
             res.append(r)
-            rows.append({"name": name, "status": status, "side": r.info["side"],
-                         "median_residual_mm": round(median_residual(r, y), 4),
-                         "other_side_median_residual_mm": (None if other_mm is None
-                                                           else round(other_mm, 4)),
-                         "overridden_fraction": round(frac, 4),
-                         "gross_error_mean_mm": round(float(r.error_norm.mean()), 4),
-                         "gross_error_max_mm": round(float(r.error_norm.max()), 4),
-                         "scale": round(r.transform.scale, 6), "converged": bool(r.converged),
-                         "alignment_move": (None if r.info.get("alignment_move") is None
-                                            else float(f"{r.info['alignment_move']:.3g}")),
-                         "alignment_rounds": int(r.n_align_iter), "reasons": "; ".join(reasons)})
-        out.write_npz("reconstructions.npz", names=np.array(names),
+            rows[i] = {"name": names[i], "status": status, "side": r.info["side"],
+                       "median_residual_mm": round(median_residual(r, y), 4),
+                       "other_side_median_residual_mm": (None if other_mm is None
+                                                         else round(other_mm, 4)),
+                       "overridden_fraction": round(frac, 4),
+                       "gross_error_mean_mm": round(float(r.error_norm.mean()), 4),
+                       "gross_error_max_mm": round(float(r.error_norm.max()), 4),
+                       "scale": round(r.transform.scale, 6), "converged": bool(r.converged),
+                       "alignment_move": (None if r.info.get("alignment_move") is None
+                                          else float(f"{r.info['alignment_move']:.3g}")),
+                       "alignment_rounds": int(r.n_align_iter), "reasons": "; ".join(reasons)}
+        rows = [rows[i] for i in range(len(names))]
+        out.write_npz("reconstructions.npz", names=np.array([names[i] for i in got.kept]),
                       reconstructions=np.stack([r.reconstruction for r in res]),
                       gross_error_mm=np.stack([r.error_norm for r in res]),
                       overridden=np.stack([r.overridden for r in res]),
@@ -252,20 +310,21 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
                       translation=np.stack([r.transform.translation for r in res]),
                       mirrored=np.array([m for _, m, _ in picked]))
         if meshes:
-            for stem, r, (_, m, _) in zip(mesh_file_names(names), res, picked):
+            stems = mesh_file_names(names)
+            for i, r, (_, m, _) in zip(got.kept, res, picked):
                 # a mirrored reconstruction's triangles turn inside out: reversed
                 Surface(r.reconstruction, model.faces[:, ::-1] if m else model.faces).write(
-                    out.file(f"mesh_{stem}.{mesh_format}"), point_data={"gross_error_mm": r.error_norm,
+                    out.file(f"mesh_{stems[i]}.{mesh_format}"), point_data={"gross_error_mm": r.error_norm,
                                       "overridden": r.overridden.astype(float)})
         with open(out.file("summary.csv"), "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-        counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "suspect")}
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "suspect", "failed")}
         report = {
             "n_shapes": len(rows), "status_counts": counts,
-            "suspect": [{"name": r["name"], "reasons": r["reasons"]} for r in rows
-                        if r["status"] != "ok"],
+            **{s: [{"name": r["name"], "reasons": r["reasons"]} for r in rows
+                   if r["status"] == s] for s in ("suspect", "failed")},
             "model": {"organ": model.metadata.get("organ"), "n_shapes": int(model.n_shapes),
                       "n_vertices": int(model.n_vertices)},
             "prior": {"requested": prior, "used": used,
@@ -277,10 +336,13 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
             "alpha1": options["alpha1"], "n_jobs": n_jobs,
             "coordinates": "each reconstruction in its input's frame (shapeprior meshes: LPS mm)",
             "time_s": {"solve": round(t_solve, 3), "total": round(time.perf_counter() - t0, 3)},
-            "shapes_per_s": round(len(rows) / max(t_solve, 1e-9), 2),
+            "shapes_per_s": round(len(got.kept) / max(t_solve, 1e-9), 2),
         }
         out.write_json("report.json", report)
-        inputs = {f"input/{i:05d}": f for i, f in enumerate(files)}
+        # an input that failed is recorded when it can be read (a mesh that could
+        # not be read for want of permission cannot be hashed either)
+        inputs = {f"input/{i:05d}": f for i, f in enumerate(files)
+                  if i in got.kept or _readable(f)}
         inputs["model"] = Path(model_path)
         out.write_json("manifest.json", manifest(
             command="reconstruct",
@@ -290,7 +352,7 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
             seed=None, inputs=inputs,
             input_paths={f"input/{i:05d}": (f"input/{i:05d}" if deidentify else
                                             show_path(names[i] if meshes else f.name))
-                         for i, f in enumerate(files)}
+                         for i, f in enumerate(files) if f"input/{i:05d}" in inputs}
             | ({"model": Path(model_path).name} if deidentify else {})))
         out.commit()
         return report
