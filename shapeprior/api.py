@@ -200,13 +200,19 @@ def refine(mask, model, *, labels=(1,), image=None, keep=(), **params):
 
     Returns
     -------
-    RefineResult
+    RefineResult or PairedRefineResult
         ``label`` (uint8, on the mask's grid), ``fit`` (the final
         :class:`~shapeprior.segmentation.SegmentResult`, with what the prior
-        overrode) and ``corrections`` (regions removed and added, ml).
+        overrode) and ``corrections`` (regions removed and added, ml). A mask
+        holding both sides of a paired organ (a KiTS-style map, both kidneys
+        under one label) refined with a model of one side (``build-model
+        --split-sides``) gives a
+        :class:`~shapeprior.segmentation.PairedRefineResult`: ``label`` and
+        ``corrections`` of both, and ``sides`` (each side's RefineResult;
+        None for a side kept as given because ``side`` named the other).
     """
     from .io import Volume, as_label_map, read_label_map
-    from .segmentation import SegmentParams, refine_mask
+    from .segmentation import SegmentParams, refine_mask, refine_paired
 
     if not hasattr(model, "shapes"):
         model = load_model(model)
@@ -214,8 +220,9 @@ def refine(mask, model, *, labels=(1,), image=None, keep=(), **params):
     if isinstance(mask, Volume):        # a hand-made one: checked as a read label map is
         mvol = as_label_map(mvol, "mask")
     img = None if image is None else _volume(image)
-    return refine_mask(mvol, model, tuple(labels), SegmentParams(**params), img,
-                       keep=tuple(keep))
+    p = SegmentParams(**params)
+    return refine_paired(mvol, model, tuple(labels), p, img, keep=tuple(keep)) or \
+        refine_mask(mvol, model, tuple(labels), p, img, keep=tuple(keep))
 
 
 def reconstruct(shape, model, *, weights=None, prior="auto", method="auto", side="auto",

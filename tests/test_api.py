@@ -184,6 +184,7 @@ def test_facades_hand_every_argument_on(tmp_path, monkeypatch):
 
     class Model:
         shapes = np.zeros((2, 4, 3))
+        metadata = {}           # of no paired organ: one refine_mask
 
     vol = Volume(np.zeros((3, 4, 5), np.uint8), np.ones(3), np.zeros(3), np.eye(3))
     start = np.ones((4, 3))

@@ -60,7 +60,11 @@ def main(argv):
                     help="labels of the organ in --reference (default: the labels the model "
                          "was built from)")
     ap.add_argument("--side", choices=("none", "left", "right"), default="none",
-                    help="side of a paired organ (default: from the mask's position)")
+                    help="side of a paired organ (default: from the mask's position). A "
+                         "mask holding both sides (a KiTS-style map: both kidneys under one "
+                         "label) is split at the patient's midline and each side refined with "
+                         "its own shape; with left or right only that side is refined and the "
+                         "other kept as given")
     ap.add_argument("--window", default=None,
                     help="with --image and a model without appearance: intensity window lo,hi "
                          "inside the organ (normalised units; CT: HU/1000, default -0.05,0.25: "
@@ -134,6 +138,11 @@ def main(argv):
     print(f"{rep['input']['mask']}: {rep['status']} (quality {rep['quality']:.2f}); "
           f"{c['input_ml']:.1f} ml -> {c['refined_ml']:.1f} ml: removed {c['removed_ml']:.1f} ml, "
           f"added {c['added_ml']:.1f} ml in {len(c['regions'])} regions")
+    if "paired" in rep:
+        pr = rep["paired"]
+        print("  both sides of the paired organ: " + ", ".join(
+            f"{s} {ml:.1f} ml {'refined' if s in pr['refined'] else 'kept as given'}"
+            for s, ml in pr["input_ml"].items()))
     for r in rep["reasons"]:
         print(f"  {rep['status']}: {r}")
     for w in rep["warnings"]:

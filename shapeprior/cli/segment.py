@@ -89,7 +89,8 @@ def main(argv):
                          "at the training position relative to the FOV centre")
     ap.add_argument("--init-mask", default=None,
                     help="single case: an existing label map (e.g. another tool's) whose "
-                         "refined surface starts the fit instead of the placement search")
+                         "refined surface starts the fit instead of the placement search (one "
+                         "holding both sides of a paired organ: the --side given)")
     ap.add_argument("--init-labels", default=None,
                     help="labels of the organ in --init-mask (default 1)")
     ap.add_argument("--hypotheses", type=int, default=None,

@@ -74,14 +74,18 @@ def _organ_view(vol, label, reference):
 
 def _centre_index(lab):
     """The label's centroid as rounded array indices (the array's centre when it
-    is empty), from per-axis counts (a whole-CT crop: no list of voxels)."""
+    is empty), from per-axis counts (a whole-CT crop: no list of voxels). Where
+    the plane through the centroid misses the label (two organs side by side,
+    both kidneys of a paired organ's refinement), the plane of that axis
+    cutting most of the label instead."""
     b = np.asarray(lab, dtype=bool)
     n = np.count_nonzero(b)
     if not n:
         return np.array(b.shape) // 2
-    c = [(b.sum(axis=tuple(o for o in range(3) if o != ax), dtype=np.int64)
-          * np.arange(b.shape[ax])).sum() / n for ax in range(3)]
-    return np.round(c).astype(int)
+    counts = [b.sum(axis=tuple(o for o in range(3) if o != ax), dtype=np.int64)
+              for ax in range(3)]
+    c = np.round([(k * np.arange(len(k))).sum() / n for k in counts]).astype(int)
+    return np.array([ci if k[ci] else int(np.argmax(k)) for ci, k in zip(c, counts)])
 
 
 def qc_png(path, vol, label, reference=None, title="", verts=None, outliers=None):

@@ -14,7 +14,8 @@ from .._background import background
 from .._outputs import OutputDir, manifest
 from ..io import display_name, read_image, read_label_map, write_label
 from ..mesh import Surface
-from ..segmentation import SegmentParams, dice, refine_mask, surface_distances
+from ..segmentation import (PairedRefineResult, SegmentParams, dice, refine_mask,
+                            refine_paired, surface_distances)
 from ._qc import qc_png
 from ._run import (MESH_FORMATS, input_hashes, model_version, params_record, prior_record,
                    note_empty_reference, reference_mask, scrub_argv, side_note, statistics,
@@ -69,6 +70,12 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
     names the mask ``case_name`` (a hash, :class:`~._cases.Deidentifier`), the
     manifest numbers the files and withholds their paths, and ``argv`` is
     scrubbed of them.
+
+    A mask holding both sides of a paired organ, with a model of one side
+    (:func:`~shapeprior.segmentation.refine_paired`), is refined side by side:
+    one label map and one mesh of both (point data ``side``: 1 left, 2
+    right), the report's status the worse side's, each side's account under
+    ``sides``, and ``statistics.json`` per side.
     """
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
@@ -110,6 +117,67 @@ def _label_list(values, shown=8):
     return ", ".join(v[:shown]) + (f", ... ({len(v)} in all)" if len(v) > shown else "")
 
 
+#: the order of statuses from best to worst
+_WORSE = ("ok", "suspect", "failed")
+
+
+def _fit_block(res):
+    """The report's account of one refinement (:class:`RefineResult`)."""
+    fit = res.fit
+    return {"status": fit.status, "quality": round(fit.quality, 4), "reasons": fit.reasons,
+            "corrections": res.corrections,
+            "overridden_fraction_max": fit.overridden_fraction_max,
+            "overridden_vertices": int(fit.overridden.sum()),
+            "mask_fit": {"status": res.mask_fit.status,
+                         "quality": round(res.mask_fit.quality, 4),
+                         "reasons": res.mask_fit.reasons},
+            "evidence": fit.evidence, "iterations": fit.n_iter, "converged": fit.converged}
+
+
+def _paired_block(res):
+    """The report's account of a mask holding both sides of a paired organ
+    (:class:`PairedRefineResult`): the worst side's status, each side's reasons
+    led by its side, and each side's own account under ``sides``."""
+    done = {s: _fit_block(r) for s, r in res.sides.items() if r is not None}
+    kept = [s for s, r in res.sides.items() if r is None]
+    reasons = [f"{s}: {r}" for s, b in done.items() for r in b["reasons"]]
+    block = {
+        "status": max((b["status"] for b in done.values()), key=_WORSE.index),
+        "quality": min(b["quality"] for b in done.values()),
+        "reasons": reasons, "corrections": res.corrections,
+        "overridden_fraction_max": max(b["overridden_fraction_max"] for b in done.values()),
+        "overridden_vertices": sum(b["overridden_vertices"] for b in done.values()),
+        "iterations": max(b["iterations"] for b in done.values()),
+        "converged": all(b["converged"] for b in done.values()),
+        "paired": {"split": "the mask holds both sides of the paired organ: split at the "
+                            "middle of the gap between them (LPS x), each side refined with "
+                            "its own side's shape",
+                   "input_ml": res.volumes_ml, "refined": list(done),
+                   "kept_as_given": kept,
+                   "mesh_side": {"1": "left", "2": "right"}},
+        "sides": {s: done.get(s, {"status": "kept as given"}) for s in res.sides},
+    }
+    return block
+
+
+def _write_mesh(path, fits, model):
+    """The mesh of the fits (``{side or None: SegmentResult}``), one surface or
+    the two sides' one after the other, with point data ``side`` (1 left, 2
+    right) then."""
+    verts, faces, data, start = [], [], {}, 0
+    for side, f in fits.items():
+        verts.append(f.verts)
+        faces.append(f.faces + start)
+        start += len(f.verts)
+        d = vertex_data(f, model)
+        if side is not None:
+            d["side"] = np.full(len(f.verts), 1.0 if side == "left" else 2.0)
+        for k, v in d.items():
+            data.setdefault(k, []).append(v)
+    Surface(np.concatenate(verts), np.concatenate(faces)).write(
+        path, point_data={k: np.concatenate(v) for k, v in data.items()})
+
+
 def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_format, argv,
                  allow_no_orientation, keep, labels_given=True, reference=None,
                  reference_labels=(1,), withheld=None):
@@ -119,11 +187,13 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
     img = None
     if image is not None:
         img, _ = read_image(image, None, allow_no_orientation)
-    res = refine_mask(mvol, model, labels, params, img, keep=keep)
-    fit = res.fit
+    res = refine_paired(mvol, model, labels, params, img, keep=keep) or \
+        refine_mask(mvol, model, labels, params, img, keep=keep)
     label = res.label.astype(np.uint8)
+    paired = isinstance(res, PairedRefineResult)
+    fits = res.fits if paired else {None: res.fit}
     report = {
-        "status": fit.status, "quality": round(fit.quality, 4), "reasons": fit.reasons,
+        **(_paired_block(res) if paired else _fit_block(res)),
         "input": {"mask": withheld or display_name(mask_path),
                   "labels": [int(v) for v in labels],
                   "keep_labels": [int(v) for v in keep],
@@ -135,12 +205,6 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
         "model": {"organ": model.metadata.get("organ"), "n_shapes": int(model.shapes.shape[0]),
                   "n_vertices": model.n_vertices, "version": model_version(model)},
         "prior": prior_record(model, params),
-        "corrections": res.corrections,
-        "overridden_fraction_max": fit.overridden_fraction_max,
-        "overridden_vertices": int(fit.overridden.sum()),
-        "mask_fit": {"status": res.mask_fit.status, "quality": round(res.mask_fit.quality, 4),
-                     "reasons": res.mask_fit.reasons},
-        "evidence": fit.evidence, "iterations": fit.n_iter, "converged": fit.converged,
         "time_s": round(time.perf_counter() - t0, 3),
         "warnings": [],
     }
@@ -173,13 +237,18 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
     with background(qc_png, out.file("qc.png"), bg, label, organ_in,
                     title=f"refined {model.metadata.get('organ', 'organ')} "
                           "(red dashed: input mask)",
-                    verts=fit.verts, outliers=fit.overridden):
+                    verts=np.concatenate([f.verts for f in fits.values()]),
+                    outliers=np.concatenate([f.overridden for f in fits.values()])):
         write_label(mvol, label, out.file("label.nii.gz"), code=1)
-        Surface(fit.verts, fit.faces).write(out.file(f"mesh.{mesh_format}"),
-                                            point_data=vertex_data(fit, model))
+        _write_mesh(out.file(f"mesh.{mesh_format}"), fits, model)
         out.write_json("report.json", report)
-        out.write_json("statistics.json",
-                       statistics(replace(fit, label=label), model, mvol.spacing))
+        if paired:
+            stats = {"status": report["status"], "sides": {
+                side: statistics(replace(r.fit, label=r.label), model, mvol.spacing)
+                for side, r in res.sides.items() if r is not None}}
+        else:
+            stats = statistics(replace(res.fit, label=label), model, mvol.spacing)
+        out.write_json("statistics.json", stats)
         files = refine_inputs(mask_path, image, model_path, withheld is not None)
         compared = {}
         if reference is not None:

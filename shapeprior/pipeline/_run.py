@@ -16,8 +16,8 @@ from .._provenance import FileDigests
 from ..io import (Volume, display_name, image_files, read_image, read_label_map,
                   write_dicom_seg, write_label)
 from ..mesh import MESH_FORMATS, Surface
-from ..segmentation import (SegmentParams, dice, distance_to_mean, paired_model, refine_mask,
-                           segment_volume, shape_statistics, surface_distances)
+from ..segmentation import (SegmentParams, dice, distance_to_mean, paired_model, paired_parts,
+                            refine_mask, segment_volume, shape_statistics, surface_distances)
 from ._qc import qc_png
 
 #: label outputs: NIfTI on the input grid, DICOM-SEG referencing a DICOM input, or both
@@ -119,7 +119,8 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
     init = None
     if init_mask is not None:
         with clock("place"):
-            mvol = read_label_map(init_mask, allow_no_orientation)
+            mvol = one_side_of(read_label_map(init_mask, allow_no_orientation), model,
+                               init_labels, params.side)
             try:
                 init = refine_mask(mvol, model, init_labels, params, None,
                                    dictionary).mask_fit.verts
@@ -271,6 +272,26 @@ def _write_outputs(out, vol, res, report, model, model_path, input_path, referen
     out.write_json("manifest.json", manifest(
         command="segment", parameters={"argv": argv, **params_record(params), **compared},
         seed=None, inputs=inputs, input_paths=shown, digests=digests))
+
+
+def one_side_of(mvol, model, labels, side):
+    """An ``--init-mask`` as the fit starts from: of a paired organ's model and a
+    mask holding both sides (:func:`~shapeprior.segmentation.paired_parts`),
+    the part of ``side`` alone (the other side's organ voxels cleared); a
+    segmentation fits one organ, so without a side such a mask is refused."""
+    if not paired_model(model):
+        return mvol
+    organ = np.isin(mvol.array, np.asarray(tuple(labels)))
+    parts = paired_parts(mvol, organ)
+    if parts is None:
+        return mvol
+    if side not in parts:
+        ml = float(np.prod(mvol.spacing)) / 1000.0
+        raise ValueError("--init-mask holds both sides of the paired organ (" + ", ".join(
+            f"{s} {float(m.sum()) * ml:.1f} ml" for s, m in parts.items()) + "); a "
+            "segmentation fits one: give --side left or --side right")
+    return Volume(np.where(organ & ~parts[side], 0, mvol.array).astype(mvol.array.dtype),
+                  mvol.spacing, mvol.origin, mvol.direction)
 
 
 def side_note(model, params):
