@@ -132,3 +132,18 @@ def test_file_digests_cancel_stops_a_long_hash(tmp_path):
     for f in d._futures.values():
         f.result(timeout=5)                  # returns within a megabyte's read
     assert time.perf_counter() - t0 < 5
+
+
+def test_qc_planes_cut_the_label_when_its_centroid_lies_between_two_organs():
+    """Both kidneys of a paired refinement: the plane through the centroid along the
+    left-right axis lies between them and would show nothing; the plane cutting
+    most of the label is shown instead. Planes that cut it stay at the centroid."""
+    from shapeprior.pipeline._qc import _centre_index
+
+    m = np.zeros((20, 24, 60), bool)
+    m[5:15, 6:18, 5:20] = True              # one organ
+    m[4:16, 5:19, 40:52] = True             # the other, larger in cross-section
+    c = _centre_index(m)
+    assert m[:, :, c[2]].any() and 40 <= c[2] < 52
+    want = np.argwhere(m).mean(0).round().astype(int)
+    assert list(c[:2]) == list(want[:2])
