@@ -2639,6 +2639,13 @@ MUTANTS = [
     ("paired-init-wrong-side", "paired", "shapeprior/pipeline/_run.py",
      "np.where(organ & ~parts[side], 0, mvol.array)", "np.where(organ & parts[side], 0, mvol.array)",
      "segment --init-mask --side right starts from the left organ"),
+    ("refine-crop-slice-offset", "refine", "shapeprior/segmentation/_refine.py",
+     'row["first_slice"] = int(row["first_slice"] + lo[row["axis"]])',
+     'row["first_slice"] = int(row["first_slice"])',
+     "an inserted run on a whole-scan mask is named by its slice in the crop"),
+    ("refine-crop-margin-zero", "refine", "shapeprior/segmentation/_refine.py",
+     "CROP_MARGIN_MM = 40.0", "CROP_MARGIN_MM = 0.0",
+     "a whole-scan mask is refined on its organ's bare box: a fit past it is cut"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

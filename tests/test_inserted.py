@@ -206,3 +206,47 @@ def test_continuity_is_measured_against_the_organ_outside_the_run():
     assert got == pytest.approx(iou(7, 8) / typical) and got > 1.0
     # a run that ends the organ is continuous by definition
     assert _inserted._continuity(t[:10], 3, 9) == 1.0
+
+
+def test_a_whole_scan_grid_refines_as_the_organs_own_grid(phantom_model):
+    """A mask written on a grid much larger than its organ (a network's output on a
+    whole scan: here the phantom's grid with 60 voxels of zeros on every side) is
+    refined on the organ's box with CROP_MARGIN_MM around it and put back on its
+    grid: the same label and surface as on the phantom's own grid, zeros beyond,
+    the fits' labels on the large grid, and an inserted run named by its slice on
+    the large grid."""
+    from shapeprior.segmentation import SegmentParams, refine_mask
+    from shapeprior.segmentation._refine import CROP_MARGIN_MM
+
+    d, images, labels, model = phantom_model
+    from shapeprior.model import load_model
+
+    model = load_model(model)
+    clean_vol = read_label_map(labels / "phantom_005.nii.gz")
+    image = read_volume(images / "phantom_005.nii.gz")
+    clean = clean_vol.array > 0
+    zs = np.flatnonzero(clean.any((1, 2)))
+    bad = _insert(clean, int(zs[len(zs) // 2]), 3).astype(np.uint8)
+    pad = 60
+    assert pad * clean_vol.spacing.min() > CROP_MARGIN_MM + 10      # a crop happens
+    big_arr = np.pad(bad, pad)
+    shift = clean_vol.direction @ (clean_vol.spacing * pad)
+    big = Volume(big_arr, clean_vol.spacing, clean_vol.origin - shift, clean_vol.direction)
+    small = Volume(bad, clean_vol.spacing, clean_vol.origin, clean_vol.direction)
+    inner = tuple(slice(pad, pad + n) for n in bad.shape)
+    for img in (None, image):
+        a = refine_mask(small, model, (1,), SegmentParams(), img)
+        b = refine_mask(big, model, (1,), SegmentParams(), img)
+        assert b.label.shape == big_arr.shape and b.mask_fit.label.shape == big_arr.shape
+        # the final fit: to the mask (on its grid), or to the image (on the image's)
+        assert b.fit.label.shape == (big_arr.shape if img is None else image.array.shape)
+        assert np.array_equal(b.label[inner], a.label)
+        assert b.label.sum() == a.label.sum()                       # zeros beyond
+        np.testing.assert_allclose(b.fit.verts, a.fit.verts, atol=1e-6)
+        assert b.fit.status == a.fit.status
+        assert b.corrections == a.corrections
+        if img is not None:
+            ra = a.fit.evidence["inserted_slices"]["readings"]
+            rb = b.fit.evidence["inserted_slices"]["readings"]
+            assert [r["first_slice"] - pad for r in rb] == [r["first_slice"] for r in ra]
+            assert [r["axis"] for r in rb] == [r["axis"] for r in ra] and rb
