@@ -1,6 +1,7 @@
 """Refining a mask that holds both sides of a paired organ (a KiTS-style map:
 both kidneys under one label) with a model of one side (--split-sides)."""
 
+import csv
 import hashlib
 import json
 
@@ -181,3 +182,44 @@ def test_segment_from_a_mask_of_both_sides_takes_the_side_asked_for(paired, tmp_
     assert main(args + ["--side", "right"]) == 0
     lab = read_label_map(out / "label.nii.gz").array.astype(bool)
     assert dice(lab, truth[name]["right"]) > 0.85
+
+
+def test_reconstruct_takes_both_sides_of_a_refined_mesh(paired, tmp_path, capsys):
+    """The mesh refine writes for a mask of both sides (the left's vertices, then the
+    right's) is two shapes to reconstruct: 'NAME [left]' and 'NAME [right]', each on
+    its own side, with meshes of their own; --deidentify keeps the side. A mesh of
+    twice the model's vertices that is one surface (a triangle joining the halves)
+    is not cut in two: it fails as a mesh of another vertex count."""
+    from shapeprior.mesh import Surface, read_mesh
+
+    d, _, _, model = paired
+    out = tmp_path / "r"
+    assert main(["refine", str(d / "labels" / "pair_006.nii.gz"), "-o", str(out),
+                 "--model", str(model)]) == 0
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    both = read_mesh(out / "mesh.vtk")
+    both.write(meshes / "pair.vtk")
+    joined = Surface(both.verts, np.vstack([both.faces, [[0, 1, 700]]]))
+    joined.write(meshes / "joined.vtk")
+    capsys.readouterr()
+    pop = tmp_path / "pop"
+    assert main(["reconstruct", str(meshes), "-o", str(pop), "--model", str(model),
+                 "--quiet"]) == 3
+    with open(pop / "summary.csv") as fh:
+        rows = {r["name"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"joined.vtk", "pair.vtk [left]", "pair.vtk [right]"}
+    assert rows["joined.vtk"]["status"] == "failed" and "has 1284 vertices" in rows[
+        "joined.vtk"]["reasons"]
+    assert rows["pair.vtk [left]"]["status"] == "ok" and rows["pair.vtk [left]"]["side"] == "left"
+    assert rows["pair.vtk [right]"]["status"] == "ok"
+    assert rows["pair.vtk [right]"]["side"] == "right"
+    assert sorted(p.name for p in pop.glob("mesh_*")) == ["mesh_pair_left.vtk",
+                                                          "mesh_pair_right.vtk"]
+    man = json.loads((pop / "manifest.json").read_text())
+    assert {"joined.vtk", "pair.vtk"} <= {v["path"] for v in man["inputs"].values()}
+    deid = tmp_path / "deid"
+    assert main(["reconstruct", str(meshes), "-o", str(deid), "--model", str(model), "--quiet",
+                 "--deidentify"]) == 3
+    names = list(np.load(deid / "reconstructions.npz")["names"])
+    assert names == ["shape_00001 [left]", "shape_00001 [right]"]

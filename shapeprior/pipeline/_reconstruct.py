@@ -2,7 +2,10 @@
 
 Input: a folder of meshes in correspondence with the model (vtk, vtp, ply,
 obj; searched recursively, hidden files skipped), one mesh file, or a NumPy
-``.npy`` array of shapes (M, N, 3). Output, published atomically in one folder:
+``.npy`` array of shapes (M, N, 3). A mesh of both sides of a paired organ, as
+``refine`` writes one (twice the model's vertices, each side's triangles among
+its own), is two shapes: ``NAME [left]`` and ``NAME [right]``. Output,
+published atomically in one folder:
 
 * ``reconstructions.npz``: names, reconstructions (M, N, 3) in each input's
   frame, gross error |e| (M, N) in mm, overridden flags (M, N), coefficients
@@ -70,20 +73,50 @@ def find_shape_inputs(path):
     return [(str(f.relative_to(p)), f) for f in files]
 
 
+#: how a side of a mesh of both sides of a paired organ is named after its file
+_SIDE_NAME = " [{}]"
+
+
+def _file_stem(name):
+    """``sub/a.vtk`` -> ``sub/a``; ``sub/a.vtk [left]`` -> ``sub/a_left``."""
+    for side in ("left", "right"):
+        if name.endswith(_SIDE_NAME.format(side)):
+            return _file_stem(name[: -len(_SIDE_NAME.format(side))]) + "_" + side
+    return name[: len(name) - len(Path(name).suffix)]
+
+
 def mesh_file_names(names):
     """Flat, safe and unique output file stems for shape names (``sub/a.vtk`` ->
-    ``sub_a``; clashes get a counter)."""
-    return unique_names([n[: len(n) - len(Path(n).suffix)] for n in names])
+    ``sub_a``, ``sub/a.vtk [left]`` -> ``sub_a_left``; clashes get a counter)."""
+    return unique_names([_file_stem(n) for n in names])
+
+
+def paired_halves(surface, n_points):
+    """The two sides of a mesh of both sides of a paired organ, as ``refine``
+    writes one (the left side's ``n_points`` vertices, then the right's, each
+    side's triangles among its own vertices): ``[('left', (N, 3)), ('right',
+    (N, 3))]``, or None for any other mesh."""
+    v, f = surface.verts, surface.faces
+    if len(v) != 2 * n_points or not len(f):
+        return None
+    first = f < n_points
+    if not np.all(first.all(axis=1) | ~first.any(axis=1)):
+        return None         # a triangle joins the two halves: one surface
+    return [("left", v[:n_points]), ("right", v[n_points:])]
 
 
 @dataclass
 class ShapeInputs:
-    """What :func:`load_shapes` found: every input in order, and the usable ones.
+    """What :func:`load_shapes` found: every shape in order, and the usable ones.
 
-    ``names`` (every input, in order); ``shapes`` (M, N, 3): the usable ones,
+    ``names`` (every shape, in order); ``shapes`` (M, N, 3): the usable ones,
     which are ``names[i]`` for ``i`` in ``kept``; ``failed``: ``{i: reason}``
     for the others, each reason one line naming its input; ``meshes``: whether
-    the inputs are mesh files; ``files``: the files read (one for ``.npy``).
+    the inputs are mesh files; ``files``: the files read (one for ``.npy``),
+    ``file_names`` their names below the input, and ``sources`` the index in
+    ``files`` of each shape's file, ``halves`` the side each is of a mesh of
+    both sides of a paired organ or None (such a mesh gives two shapes,
+    ``NAME [left]`` and ``NAME [right]``).
     """
 
     names: list
@@ -92,6 +125,9 @@ class ShapeInputs:
     failed: dict
     meshes: bool
     files: list
+    file_names: list = None
+    sources: list = None
+    halves: list = None
 
 
 def load_shapes(path, n_points):
@@ -130,26 +166,31 @@ def load_shapes(path, n_points):
             why = shape_problem(y)
             if why is not None:
                 failed[i] = f"{show_path(p.name)}: shape {i} {why}"
-        loaded, meshes, files = a, False, [p]
+        loaded, meshes, files, sources = a, False, [p], [0] * len(a)
+        file_names, halves = [p.name], [None] * len(a)
     else:
         found = find_shape_inputs(p)
-        names, loaded = [n for n, _ in found], []
-        for i, (name, f) in enumerate(found):
+        names, loaded, sources, halves = [], [], [], []
+        for j, (name, f) in enumerate(found):
             try:
                 s = read_mesh(f)
             except (ValueError, OSError) as exc:
-                failed[i] = " ".join(str(exc).split())
-                loaded.append(None)
+                failed[len(names)] = " ".join(str(exc).split())
+                names.append(name), loaded.append(None), sources.append(j)
+                halves.append(None)
                 continue
-            why = shape_problem(s.verts)
-            if s.verts.shape[0] != n_points:
-                why = (f"has {s.verts.shape[0]} vertices; the model's shapes have {n_points} "
-                       "(meshes must be in correspondence with the model, e.g. written by "
-                       "segment or export-model)")
-            if why is not None:
-                failed[i] = f"mesh {show_path(name)!r} {why}"
-            loaded.append(s.verts)
-        meshes, files = True, [f for _, f in found]
+            for side, verts in paired_halves(s, n_points) or [(None, s.verts)]:
+                shown = name if side is None else name + _SIDE_NAME.format(side)
+                why = shape_problem(verts)
+                if verts.shape[0] != n_points:
+                    why = (f"has {verts.shape[0]} vertices; the model's shapes have "
+                           f"{n_points} (meshes must be in correspondence with the model, "
+                           "e.g. written by segment, refine or export-model)")
+                if why is not None:
+                    failed[len(names)] = f"mesh {show_path(shown)!r} {why}"
+                names.append(shown), loaded.append(verts), sources.append(j)
+                halves.append(side)
+        meshes, files, file_names = True, [f for _, f in found], [n for n, _ in found]
     kept = [i for i in range(len(names)) if i not in failed]
     if not kept:
         first = failed[0]
@@ -157,7 +198,7 @@ def load_shapes(path, n_points):
             f" (and none of the other {len(names) - 1} inputs can be used either)"
         raise ValueError(first + more)
     shapes = np.stack([np.asarray(loaded[i], dtype=np.float64) for i in kept])
-    return ShapeInputs(names, shapes, kept, failed, meshes, files)
+    return ShapeInputs(names, shapes, kept, failed, meshes, files, file_names, sources, halves)
 
 
 def _failed_row(name, why):
@@ -233,7 +274,10 @@ def _load_deidentified(input_path, n_points):
         got = load_shapes(input_path, n_points)
     except (ValueError, OSError) as exc:
         raise type(exc)(hide(str(exc))) from None
-    got.names = [f"shape_{i:05d}" for i in range(len(got.names))]
+    # shapes by their file's index, the side of a mesh of both sides kept
+    got.names = [f"shape_{j:05d}" + ("" if h is None else _SIDE_NAME.format(h))
+                 for j, h in zip(got.sources, got.halves)]
+    got.file_names = [f"shape_{j:05d}" for j in range(len(got.files))]
     got.failed = {i: hide(why) for i, why in got.failed.items()}
     return got
 
@@ -341,8 +385,9 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
         out.write_json("report.json", report)
         # an input that failed is recorded when it can be read (a mesh that could
         # not be read for want of permission cannot be hashed either)
-        inputs = {f"input/{i:05d}": f for i, f in enumerate(files)
-                  if i in got.kept or _readable(f)}
+        used = {got.sources[i] for i in got.kept}
+        inputs = {f"input/{j:05d}": f for j, f in enumerate(files)
+                  if j in used or _readable(f)}
         inputs["model"] = Path(model_path)
         out.write_json("manifest.json", manifest(
             command="reconstruct",
@@ -350,9 +395,9 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
                         "solver": solver,
                         "refit": refit, "alpha1": options["alpha1"]},
             seed=None, inputs=inputs,
-            input_paths={f"input/{i:05d}": (f"input/{i:05d}" if deidentify else
-                                            show_path(names[i] if meshes else f.name))
-                         for i, f in enumerate(files) if f"input/{i:05d}" in inputs}
+            input_paths={f"input/{j:05d}": (f"input/{j:05d}" if deidentify else
+                                            show_path(got.file_names[j]))
+                         for j, f in enumerate(files) if f"input/{j:05d}" in inputs}
             | ({"model": Path(model_path).name} if deidentify else {})))
         out.commit()
         return report
