@@ -664,7 +664,7 @@ MUTANTS = [
      "(at - lo).T, order=1)", "at.T, order=1)",
      "the image sampled on its cropped box at uncropped indices"),
     ("cavity-unused", "refine", "shapeprior/segmentation/_refine.py",
-     "    if image is not None and agree >= MASK_AGREEMENT:",
+     "    if image is not None and trusted:",
      "    if False:",
      "refine with the image leaves its holes"),
     ("inserted-never", "refine", "shapeprior/segmentation/_inserted.py",
@@ -2656,6 +2656,10 @@ MUTANTS = [
      '    got.names = [f"shape_{j:05d}" + ("" if h is None else _SIDE_NAME.format(h))',
      '    got.names = [f"shape_{j:05d}" + ""',
      "--deidentify names both sides of a mesh the same"),
+    ("refine-failed-fit-cuts", "refine", "shapeprior/segmentation/_refine.py",
+     '    trusted = agree >= MASK_AGREEMENT and fit.status != "failed"',
+     '    trusted = agree >= MASK_AGREEMENT',
+     "a failed fit cuts the mask (KiTS19 case_00030: 156 ml removed)"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -734,3 +734,38 @@ def test_a_reference_without_the_organ_is_said_to_be_empty(phantom_model, tmp_pa
                        for w in rep["warnings"]) is empty
             assert ("Dice 0." in said or "Dice 1." in said) is not empty, said
             assert ("inf mm" in said) is False, said
+
+
+def test_a_failed_fit_does_not_cut_the_mask(phantom_model, monkeypatch):
+    """A fit whose evidence says it failed (KiTS19 case_00030: a 1,670 ml kidney
+    with tumour on 38 slices, 'organ not found', its fitted surface leaving the
+    grid) explains the mask well enough by Dice, but cuts nothing: the input comes
+    back as given (only missing or copied slices bridged), the status stays
+    failed, and the reason says so. Here the mask fit of a phantom mask with an
+    island is made to fail."""
+    from shapeprior.api import refine
+    from shapeprior.segmentation import _refine as mod
+
+    d, images, labels, model = phantom_model
+    clean_vol = read_label_map(labels / "phantom_005.nii.gz")
+    clean = clean_vol.array > 0
+    far = np.argwhere(clean).min(0) // 2                           # an island off the organ
+    bad = (clean | _ball(clean.shape, far, 2)).astype(np.uint8)
+    vol = Volume(bad, clean_vol.spacing, clean_vol.origin, clean_vol.direction)
+    trusted = refine(vol, model)
+    assert not trusted.label[tuple(far)]                            # refined when trusted
+    fit = mod.segment_volume
+
+    def failing(*a, **k):
+        r = fit(*a, **k)
+        r.status = "failed"
+        r.reasons = r.reasons + ["the surface does not match the mask: organ not found"]
+        return r
+
+    monkeypatch.setattr(mod, "segment_volume", failing)
+    r = refine(vol, model)
+    assert r.fit.status == "failed" and r.fit.evidence["mask_agreement_dice"] >= 0.85
+    assert any(x.startswith("not refined: the fit failed; the input is") for x in r.fit.reasons)
+    # the input kept: the island too (only a slice the phantom repeats is bridged)
+    assert r.label[tuple(far)] and np.count_nonzero(r.label != bad) < 0.02 * bad.sum()
+    assert r.corrections["removed_ml"] < 0.1 * trusted.corrections["removed_ml"]

@@ -597,15 +597,19 @@ def _refine_mask(mask_vol, m, model, labels, params, image, dictionary, keep, fo
     if inserted is not None:
         fit.evidence["inserted_slices"] = inserted
     fit.evidence["mask_boundary_fraction"] = round(on_boundary, 4)
-    if agree < MASK_AGREEMENT:
+    # a failed fit is evidence of nothing: a fit that found no organ, or left the
+    # mask's grid, does not get to cut the mask (it removed 156 ml of one KiTS map)
+    trusted = agree >= MASK_AGREEMENT and fit.status != "failed"
+    if not trusted:
         # a shape the model cannot explain (a kidney with a large tumour): its
         # "corrections" would be guesses, so the input is kept; only missing
         # slices are bridged, by interpolation, which needs no model
         label = target.astype(np.uint8)
         kept = "the input is returned unchanged" if not gaps.any() else \
             "the input is kept, with its missing or copied slices interpolated"
-        fit.reasons.append(f"not refined: the model explains the mask poorly (Dice {agree:.2f}"
-                           f" < {MASK_AGREEMENT}); {kept}")
+        why = (f"the model explains the mask poorly (Dice {agree:.2f} < {MASK_AGREEMENT})"
+               if agree < MASK_AGREEMENT else "the fit failed")
+        fit.reasons.append(f"not refined: {why}; {kept}")
         if fit.status == "ok":
             fit.status = "suspect"
     else:
@@ -622,7 +626,7 @@ def _refine_mask(mask_vol, m, model, labels, params, image, dictionary, keep, fo
             for v, iv in across:
                 kept = np.where(gaps & iv, v, kept)
         label = np.where(kept > 0, kept, label).astype(np.uint8)
-    if image is not None and agree >= MASK_AGREEMENT:
+    if image is not None and trusted:
         # with the image a hole is evidence: one with the organ's own intensity
         # is filled, one that differs (sinus fat) is the organ's and stays
         label, fit.evidence["cavities"] = _cavities.fill_organ_like_cavities(
