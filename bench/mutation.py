@@ -2660,6 +2660,24 @@ MUTANTS = [
      '    trusted = agree >= MASK_AGREEMENT and fit.status != "failed"',
      '    trusted = agree >= MASK_AGREEMENT',
      "a failed fit cuts the mask (KiTS19 case_00030: 156 ml removed)"),
+    # round 41: a rerun whose only change is the reference compares again, fitting nothing
+    ("rescore-redoes", "cases", "shapeprior/pipeline/_batch.py",
+     '        return ("rescore" if "label.nii.gz" in outs else "stale"), compare',
+     '        return "stale", compare',
+     "a rerun that only adds a reference segments every case again"),
+    ("rescore-labels-unrecorded", "cases", "shapeprior/pipeline/_rescore.py",
+     '    man["parameters"]["reference_labels"] = labels\n', '',
+     "a case compared again on other labels is compared again at every rerun"),
+    ("rescore-reference-unrecorded", "cases", "shapeprior/pipeline/_rescore.py",
+     '    man["inputs"]["reference"] = {', '    man["inputs"]["reference_was"] = {',
+     "a case compared with a new reference is compared again at every rerun"),
+    ("rescore-empty-warning-kept", "cases", "shapeprior/pipeline/_rescore.py",
+     "                          if not w.startswith(_EMPTY_WARNING)]",
+     "                          if True]",
+     "the empty-reference warning piles up, one per rerun"),
+    ("rescore-input-dice-refined", "refinebatch", "shapeprior/pipeline/_rescore.py",
+     '                 "input": {"dice": dice(organ, ref),', '                 "input": {"dice": dice(label, ref),',
+     "a refinement compared again gives the refined label's Dice as the input mask's"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

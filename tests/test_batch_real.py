@@ -100,8 +100,8 @@ def test_batch_with_a_folder_of_references_reports_dice_per_case_and_the_worst(
     its name (one under nnU-Net's x_0000 name, one without a label map); each
     row's Dice is the Dice of the label written against that map, and the
     summary names the mean, median and worst case. A rerun keeps the cases and
-    their numbers; a changed reference redoes its case only; the inputs and
-    the references are never touched."""
+    their numbers; a changed reference compares its case again, its
+    segmentation kept; the inputs and the references are never touched."""
     root, test, model = hippocampus
     cases, labels = tmp_path / "images", tmp_path / "labels"
     cases.mkdir()
@@ -140,7 +140,8 @@ def test_batch_with_a_folder_of_references_reports_dice_per_case_and_the_worst(
     assert rc == 0 and {r["status"] for r in again.values()} == {"skipped"}
     assert all(again[n]["dice"] == rows[n]["dice"] for n in names[:3])
     assert {again[n]["result"] for n in names} == {rows[n]["status"] for n in names}
-    # another reference for one case: that case alone is redone against it
+    # another reference for one case: that case alone is compared again with it
+    kept = (out / names[1] / "label.nii.gz").read_bytes()
     other = tmp_path / "labels2"
     shutil.copytree(labels, other)
     lab = read_label_map(other / test[1].name)
@@ -152,8 +153,9 @@ def test_batch_with_a_folder_of_references_reports_dice_per_case_and_the_worst(
     rc = main(["segment", str(cases), "-o", str(out), "--model", str(model),
                "--reference", str(other)])
     third = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
-    assert third[names[1]]["status"] != "skipped"
-    assert "reference differs" in third[names[1]]["note"]
+    assert third[names[1]]["status"] == "skipped"
+    assert "compared again: the reference differs" in third[names[1]]["reason"]
+    assert (out / names[1] / "label.nii.gz").read_bytes() == kept
     assert third[names[1]]["dice"] < rows[names[1]]["dice"] - 0.1
     assert [third[n]["status"] for n in (names[0], names[2], names[3])] == ["skipped"] * 3
     after = {**_digests(cases), **{"labels/" + k: v for k, v in _digests(labels).items()}}

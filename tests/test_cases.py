@@ -187,7 +187,9 @@ def test_reference_summary_reports_mean_median_and_the_worst_case():
 def test_batch_reference_rows_and_resume_follow_the_reference_given(phantom_model, tmp_path):
     """Phantoms against their label maps: a row's Dice is the written label's
     Dice; a rerun with no --reference keeps the cases but shows no Dice; one
-    given to cases compared with none before, or with another map, redoes them."""
+    given to cases compared with none before, or with another map or other
+    labels, keeps their segmentations and compares them again (the label, mesh
+    and statistics unchanged byte for byte, the report's reference replaced)."""
     import json
     import shutil
 
@@ -213,8 +215,16 @@ def test_batch_reference_rows_and_resume_follow_the_reference_given(phantom_mode
 
     rc, doc, rows = run()
     assert "reference" not in doc and all("dice" not in r for r in rows.values())
+
+    def written():
+        return {f"{c}/{f.name}": f.read_bytes() for c in ("c5", "c6")
+                for f in (out / c).iterdir() if f.name not in ("report.json", "manifest.json")}
+
+    fitted = written()
     rc, doc, rows = run("--reference", str(refs))
-    assert all("not compared with a reference" in r["note"] for r in rows.values()), rows
+    assert all(r["status"] == "skipped" and r["reason"].endswith(
+        "compared again: it was not compared with a reference") for r in rows.values()), rows
+    assert written() == fitted                  # nothing fitted again
     for c in ("c5", "c6"):
         seg = read_label_map(out / c / "label.nii.gz").array > 0
         assert rows[c]["dice"] == dice(seg, read_label_map(refs / f"{c}.nii.gz").array > 0)
@@ -225,7 +235,8 @@ def test_batch_reference_rows_and_resume_follow_the_reference_given(phantom_mode
     assert sorted(table) == ["c5", "c6"]
     for c in ("c5", "c6"):
         assert float(table[c]["dice"]) == pytest.approx(rows[c]["dice"], abs=1e-6)
-        assert table[c]["status"] == rows[c]["status"] and table[c]["result"] == ""
+        assert table[c]["status"] == rows[c]["status"] == "skipped"
+        assert table[c]["result"] == rows[c]["result"] == "ok"
     rc, doc, kept = run()
     assert {r["status"] for r in kept.values()} == {"skipped"}
     assert all("dice" not in r for r in kept.values()) and "reference" not in doc
@@ -233,19 +244,28 @@ def test_batch_reference_rows_and_resume_follow_the_reference_given(phantom_mode
     (refs / "c5.nii.gz").unlink()
     write_label(lab, np.zeros(lab.array.shape, np.uint8), refs / "c5.nii.gz")
     rc, doc, again = run("--reference", str(refs))
-    # redone, and not compared: an empty reference scores nothing (its Dice was 0)
-    assert "reference differs" in again["c5"]["note"] and "dice" not in again["c5"]
-    assert again["c5"]["note"].endswith("the reference holds no organ: not compared")
+    # compared again, and left out: an empty reference scores nothing (its Dice was 0)
+    assert "reference differs" in again["c5"]["reason"] and "dice" not in again["c5"]
+    assert again["c5"]["note"] == "the reference holds no organ: not compared"
+    rep5 = json.loads((out / "c5" / "report.json").read_text())
+    assert rep5["reference"]["empty"] and any("holds no voxel" in w for w in rep5["warnings"])
     assert again["c6"]["status"] == "skipped" and again["c6"]["dice"] == rows["c6"]["dice"]
     assert doc["reference"]["dice"]["worst_case"] == "c6" and doc["reference"]["n_compared"] == 1
     # other labels of the same maps: no case keeps a Dice computed on label 1
     rc, doc, other = run("--reference", str(refs), "--reference-labels", "2")
-    assert "compared with the reference's labels [1], not [2]" in other["c6"]["note"]
+    assert "compared with the reference's labels [1], not [2]" in other["c6"]["reason"]
     assert "dice" not in other["c6"]            # the phantoms' maps hold label 1 only
     assert doc["reference"]["n_compared"] == 0
-    assert json.loads((out / "c6" / "report.json").read_text())["reference"]["labels"] == [2]
+    rep6 = json.loads((out / "c6" / "report.json").read_text())
+    assert rep6["reference"]["labels"] == [2]
+    assert sum("holds no voxel" in w for w in rep6["warnings"]) == 1
+    rep5 = json.loads((out / "c5" / "report.json").read_text())
+    assert sum("holds no voxel" in w for w in rep5["warnings"]) == 1     # not one per run
     rc, doc, same = run("--reference", str(refs), "--reference-labels", "2")
     assert {r["status"] for r in same.values()} == {"skipped"}
+    assert all(r["reason"] == "complete outputs exist (inputs unchanged)"
+               for r in same.values())              # complete: the manifest agrees
+    assert written() == fitted
     # one case with the folder as --reference: its own label map is found in it
     one = tmp_path / "one"
     assert main(["segment", str(cases / "c6.nii.gz"), "-o", str(one), "--model", str(model),
@@ -275,3 +295,49 @@ def test_summary_csv_cells_never_start_a_formula():
                          "reasons": ["+1", "@SUM(A1)"], "volume_ml": -0.5}])
     row = text.splitlines()[1]
     assert "'=HYPERLINK" in row and "'+1; @SUM" in row and ",-0.5," in row
+
+
+def test_compared_again_safely_or_not_at_all(phantom_model, tmp_path, capsys):
+    """A rerun that only adds a reference: one on another grid fails its row in one
+    line and leaves the case's outputs as they were, byte for byte; with
+    --deidentify the manifest records the reference without its path; a rerun
+    after that is complete."""
+    import json
+    import shutil
+
+    from shapeprior.cli import main
+    from shapeprior.io import Volume, read_label_map, write_label
+
+    d, images, labels, model = phantom_model
+    cases, refs = tmp_path / "cases", tmp_path / "Doe_refs"
+    cases.mkdir()
+    refs.mkdir()
+    for i in (4, 5):
+        shutil.copy(images / f"phantom_00{i}.nii.gz", cases / f"c{i}.nii.gz")
+        shutil.copy(labels / f"phantom_00{i}.nii.gz", refs / f"c{i}.nii.gz")
+    lab = read_label_map(labels / "phantom_004.nii.gz")        # c4's reference: coarser grid
+    (refs / "c4.nii.gz").unlink()
+    write_label(Volume(lab.array, lab.spacing * 2, lab.origin, lab.direction), lab.array,
+                refs / "c4.nii.gz")
+    out = tmp_path / "out"
+    args = ["segment", str(cases), "-o", str(out), "--model", str(model), "--deidentify"]
+    assert main(args) == 0
+    folders = sorted(p for p in out.iterdir() if p.is_dir())
+    before = {f: f.read_bytes() for p in folders for f in p.iterdir()}
+    capsys.readouterr()
+    assert main(args + ["--reference", str(refs)]) == 1
+    doc = json.loads((out / "summary.json").read_text())
+    bad = [r for r in doc["cases"] if r["status"] == "failed"]
+    good = [r for r in doc["cases"] if r["status"] == "skipped"]
+    assert len(bad) == 1 and len(good) == 1 and "dice" in good[0]
+    assert "not on the image's grid" in bad[0]["error"] and "Doe" not in bad[0]["error"]
+    failed_folder = out / bad[0]["case"]
+    assert {f: f.read_bytes() for f in failed_folder.iterdir()} == {
+        f: b for f, b in before.items() if f.parent == failed_folder}
+    man = json.loads((out / good[0]["case"] / "manifest.json").read_text())
+    assert man["inputs"]["reference"]["path"] == "reference"
+    assert "Doe" not in json.dumps(man) and man["parameters"]["reference_labels"] == [1]
+    assert main(args + ["--reference", str(refs)]) == 1
+    again = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
+    assert again[good[0]["case"]]["reason"] == "complete outputs exist (inputs unchanged)"
+    assert again[good[0]["case"]]["dice"] == good[0]["dice"]

@@ -139,23 +139,37 @@ def test_a_rerun_keeps_what_is_complete_and_redoes_what_changed(masks, tmp_path,
 
 
 def test_a_rerun_with_a_reference_compares_again(masks, tmp_path, capsys):
-    """A case refined without a reference is redone when one is given (its Dice
-    needs computing); kept when the same reference is given again, with its
-    Dice; redone when the reference's labels change."""
+    """A case refined without a reference keeps its refinement when one is given,
+    compared with it (the refined label's Dice and the input mask's); kept as it
+    is when the same reference is given again; compared again when the
+    reference's labels change. The refined labels are never rewritten."""
+    from shapeprior.io import read_label_map
+    from shapeprior.segmentation import dice
+
     m, images, labels, model = masks
     out = tmp_path / "out"
     assert _refine(m, "-o", out, "--model", model) == 0
+    refined = {f.parent.name: f.read_bytes() for f in out.glob("*/label.nii.gz")}
     assert _refine(m, "-o", out, "--model", model, "--reference", labels) == 0
     _, rows = _rows(out)
-    assert all(r["note"] == "redone: it was not compared with a reference" and "dice" in r
+    assert all(r["status"] == "skipped" and "dice" in r and "input_dice" in r and
+               r["reason"].endswith("compared again: it was not compared with a reference")
                for r in rows.values())
+    for case, r in rows.items():
+        ref = read_label_map(labels / f"{case}.nii.gz").array > 0
+        got = read_label_map(out / case / "label.nii.gz").array > 0
+        given = read_label_map(m / f"{case}.nii.gz").array > 0
+        assert r["dice"] == pytest.approx(dice(got, ref), abs=1e-12)
+        assert r["input_dice"] == pytest.approx(dice(given, ref), abs=1e-12)
     assert _refine(m, "-o", out, "--model", model, "--reference", labels) == 0
     _, rows = _rows(out)
-    assert all(r["status"] == "skipped" and "input_dice" in r for r in rows.values())
+    assert all(r["status"] == "skipped" and "input_dice" in r and
+               r["reason"] == "complete outputs exist (inputs unchanged)" for r in rows.values())
     assert _refine(m, "-o", out, "--model", model, "--reference", labels,
                    "--reference-labels", "1,7") == 0
     _, rows = _rows(out)
-    assert all("compared with the reference's labels" in r["note"] for r in rows.values())
+    assert all("compared with the reference's labels" in r["reason"] for r in rows.values())
+    assert {f.parent.name: f.read_bytes() for f in out.glob("*/label.nii.gz")} == refined
     capsys.readouterr()
 
 

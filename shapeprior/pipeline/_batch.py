@@ -54,14 +54,17 @@ def case_state(folder, case_path, model_path, params, deidentify=False, referenc
 
 def folder_state(folder, files, record, outputs, reference=None, reference_labels=(1,),
                  done="segmented", what="segmentation"):
-    """``('complete' | 'stale' | 'absent' | 'foreign', reason)`` of a job's output
-    folder. Complete: ours, holding exactly the ``outputs`` (file names besides
-    the manifest) with the hashes its manifest records, written from the input
-    ``files`` (``{manifest key: path}``, the model among them) as they are now,
-    with the parameters ``record`` (the manifest's parameters but ``argv`` and
-    ``reference_labels``), and compared with this ``reference`` on these
-    ``reference_labels`` when one is given. ``done``/``what`` name the job in
-    the reasons ("since it was segmented", "segmentation parameters differ")."""
+    """``('complete' | 'rescore' | 'stale' | 'absent' | 'foreign', reason)`` of a
+    job's output folder. Complete: ours, holding exactly the ``outputs`` (file
+    names besides the manifest) with the hashes its manifest records, written
+    from the input ``files`` (``{manifest key: path}``, the model among them) as
+    they are now, with the parameters ``record`` (the manifest's parameters but
+    ``argv`` and ``reference_labels``), and compared with this ``reference`` on
+    these ``reference_labels`` when one is given. Rescore: complete but for the
+    reference (none compared before, another map or other labels): its written
+    label is compared again (:func:`~._rescore.rescore_outputs`), nothing
+    fitted. ``done``/``what`` name the job in the reasons ("since it was
+    segmented", "segmentation parameters differ")."""
     f = Path(folder)
     if not f.exists() and not f.is_symlink():
         return "absent", None
@@ -92,19 +95,23 @@ def folder_state(folder, files, record, outputs, reference=None, reference_label
     if now != was:
         return "stale", f"the input or the model changed since it was {done}"
     recorded = m.get("parameters") or {}
+    compare = None                  # why the reference given now was not the one compared
     if reference is not None:
         was_ref = (rec.get("reference") or {}).get("sha256")
-        if was_ref is None:
-            return "stale", "it was not compared with a reference"
-        if sha256_file(reference) != was_ref:
-            return "stale", "the reference differs from the one it was compared with"
         was_labels, labels = recorded.get("reference_labels"), [int(v) for v in reference_labels]
-        if was_labels != labels:
-            return "stale", (f"it was compared with the reference's labels {was_labels}, "
-                             f"not {labels}")
+        if was_ref is None:
+            compare = "it was not compared with a reference"
+        elif sha256_file(reference) != was_ref:
+            compare = "the reference differs from the one it was compared with"
+        elif was_labels != labels:
+            compare = f"it was compared with the reference's labels {was_labels}, not {labels}"
     recorded = {k: v for k, v in recorded.items() if k not in ("argv", "reference_labels")}
     if recorded != json.loads(json.dumps(record)):
         return "stale", f"{what} parameters differ"
+    if compare is not None:
+        # the same fit from the same inputs: its written label is compared again
+        # (a label map written as DICOM-SEG alone is fitted again)
+        return ("rescore" if "label.nii.gz" in outs else "stale"), compare
     return "complete", None
 
 
@@ -189,6 +196,24 @@ def kept_row(case, folder, compared=False, fields=None):
         for k in ("dice", "assd_mm", "hd95_mm", "input_dice"):
             fields.pop(k, None)
     row.update(fields)
+    return row
+
+
+def rescore_row(case, folder, why, reference, reference_labels, deidentify,
+                allow_no_orientation, mask=None, fields=None):
+    """The row of a case whose outputs are kept and compared with the reference
+    given now (:func:`~._rescore.rescore_outputs`; ``why``: what differed); a
+    reference that cannot be compared fails its row, the outputs left as they
+    were."""
+    from ._rescore import rescore_outputs
+
+    try:
+        rescore_outputs(folder, reference, reference_labels, mask=mask,
+                        allow_no_orientation=allow_no_orientation, deidentify=deidentify)
+    except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
+        return failed_row(case, exc, deidentify, reference, None)
+    row = kept_row(case, folder, compared=True, fields=fields)
+    row["reason"] = f"complete outputs exist (inputs unchanged); compared again: {why}"
     return row
 
 
@@ -380,8 +405,11 @@ def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk"
                 rows.append({"case": c.name, "status": "failed", "error": why})
             elif state == "complete" and not force:
                 rows.append(kept_row(c, folder, compared=ref is not None))
+            elif state == "rescore" and not force:
+                rows.append(rescore_row(c, folder, why, ref, reference_labels, deidentify,
+                                        allow_no_orientation))
             else:
-                todo.append((c, state == "stale" and why, ref))
+                todo.append((c, state in ("stale", "rescore") and why, ref))
     except BaseException:
         remove_created(created)
         raise

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .._outputs import make_dirs, remove_created
 from ._batch import (_model, check_root, dispatch, failed_row, folder_state, kept_row,
-                     reference_fields, with_redo_note)
+                     reference_fields, rescore_row, with_redo_note)
 
 
 def refine_fields(rep):
@@ -104,8 +104,12 @@ def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), i
                 rows.append({"case": c.name, "status": "failed", "error": why})
             elif state == "complete" and not force:
                 rows.append(kept_row(c, folder, compared=ref is not None, fields=refine_fields))
+            elif state == "rescore" and not force:
+                rows.append(rescore_row(c, folder, why, ref, reference_labels, deidentify,
+                                        allow_no_orientation, mask=c.path,
+                                        fields=refine_fields))
             else:
-                todo.append((c, img, ref, state == "stale" and why))
+                todo.append((c, img, ref, state in ("stale", "rescore") and why))
     except BaseException:
         remove_created(created)
         raise

@@ -1,0 +1,78 @@
+"""A case's outputs compared with another reference, without fitting again.
+
+A batch rerun whose only change is the reference (given now and not before,
+another label map, other ``--reference-labels``) keeps the segmentation or
+refinement: its written label is compared with the reference given now, and
+the case's folder is published again, atomically, with the report's
+``reference`` block and the manifest's reference and labels replaced. Every
+other output is copied as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .._outputs import OutputDir, read_manifest, sha256_file, show_path
+from ..io import read_label_map
+from ..segmentation import dice, surface_distances
+from ._run import note_empty_reference, reference_mask
+
+#: the start of the warning :func:`~._run.note_empty_reference` adds (replaced
+#: with the reference)
+_EMPTY_WARNING = "the reference holds no voxel with label(s)"
+
+
+def rescore_outputs(folder, reference, reference_labels, *, mask=None, allow_no_orientation=False,
+                    deidentify=False):
+    """Compare the label written in ``folder`` with ``reference`` (its
+    ``reference_labels`` the organ) and publish the folder again with that
+    comparison. ``mask``: a refinement's input mask, whose own Dice and
+    distances (the labels and kept labels its manifest records) go under the
+    block's ``input``. Returns the new report. Raises ValueError (the folder
+    left as it was) for a reference that cannot be compared.
+    """
+    folder = Path(folder)
+    labels = [int(v) for v in reference_labels]
+    grid = read_label_map(folder / "label.nii.gz")
+    what = "image" if mask is None else "mask"
+    ref = reference_mask(reference, labels, grid, what, allow_no_orientation)
+    report = json.loads((folder / "report.json").read_bytes())
+    man = read_manifest(folder)
+    label = grid.array > 0
+    block = {"dice": dice(label, ref), **surface_distances(label, ref, grid.spacing)}
+    if mask is None:
+        block["labels"] = labels
+    else:
+        p = man["parameters"]
+        organ = np.isin(read_label_map(mask, allow_no_orientation).array,
+                        tuple(p["labels"]) + tuple(p["keep_labels"]))
+        block = {"labels": labels, **block,
+                 "input": {"dice": dice(organ, ref), **surface_distances(organ, ref,
+                                                                         grid.spacing)}}
+    report["reference"] = block
+    report["warnings"] = [w for w in report.get("warnings", [])
+                          if not w.startswith(_EMPTY_WARNING)]
+    note_empty_reference(report, ref)
+    man.pop("outputs", None)
+    man["inputs"]["reference"] = {"path": "reference" if deidentify else show_path(reference),
+                                  "sha256": sha256_file(reference)}
+    man["parameters"]["reference_labels"] = labels
+    out = OutputDir(folder, force=True, inputs=[Path(reference)] + ([Path(mask)] if mask else []))
+    try:
+        for f in folder.iterdir():
+            if f.name not in ("report.json", "manifest.json"):
+                shutil.copy2(f, out.file(f.name))
+        out.write_json("report.json", report)
+        out.write_json("manifest.json", man)
+        out.commit()
+    except BaseException:
+        out.discard()
+        raise
+    return report
+
+
+__all__ = ["rescore_outputs"]
