@@ -112,3 +112,15 @@ def cached_kidney_heldout():
         print(f"needs {mpath} and {hpath} (run bench_robustness.py first)", file=sys.stderr)
         return None
     return mpath, load_model(mpath), np.load(hpath)["shapes"]
+
+
+def unpack_rev(rev, dest):
+    """The tracked files of the repository at ``rev`` in ``dest`` (``git
+    archive``): a baseline's code, for a comparison in the same run."""
+    repo = Path(__file__).resolve().parents[1]
+    arch = subprocess.run(["git", "-C", str(repo), "archive", rev], check=True,
+                          capture_output=True).stdout
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
+    return dest

@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, data_root, machine, previous_results, write_json  # noqa: E402
+from _common import (RESULTS, data_root, machine, previous_results, unpack_rev,  # noqa: E402
+                     write_json)
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE_REV = "fbb62a3"   # before the build speedups
@@ -119,15 +120,6 @@ def run_build(files, root, jobs, model_path, src=None, **params):
     return res
 
 
-def _unpack(rev, dest):
-    """The tracked files of ``rev`` in ``dest`` (``git archive``)."""
-    arch = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True,
-                          capture_output=True).stdout
-    dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
-    return dest
-
-
 def _model_difference(a, b):
     from shapeprior.model import load_model
 
@@ -179,7 +171,7 @@ def main(argv=None):
         tmp = Path(tmp)
         sub = files[: a.baseline_maps]
         if a.baseline_maps and not a.reuse:
-            src = _unpack(a.baseline_rev, tmp / "baseline")
+            src = unpack_rev(a.baseline_rev, tmp / "baseline")
             print(f"baseline {a.baseline_rev} on {len(sub)} maps ...", flush=True)
             base = _summary(run_build(sub, root, a.jobs, tmp / "base.npz", src), len(sub), a.jobs)
             print(f"  {base['wall_s']:.1f} s, {base['peak_pss_mb']:.0f} MiB", flush=True)

@@ -30,20 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import data_root, machine, write_json
+from _common import data_root, machine, unpack_rev, write_json
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 BASELINE_REV = "1e6f178"
 KITS = ("case_00000", "case_00005", "case_00010", "case_00015", "case_00020", "case_00025")
-
-
-def _unpack(rev, dest):
-    arch = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True,
-                          capture_output=True).stdout
-    dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
-    return dest
 
 
 def _run(tree, mask, labels, out, model):
@@ -81,7 +73,7 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        base = _unpack(a.baseline_rev, tmp / "baseline")
+        base = unpack_rev(a.baseline_rev, tmp / "baseline")
         for i, (name, mask, labels) in enumerate(cases):
             shape = list(read_label_map(mask).array.shape)
             row = {"case": name, "labels": labels, "grid_zyx": shape}
