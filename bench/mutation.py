@@ -2672,7 +2672,7 @@ MUTANTS = [
      '    man["inputs"]["reference"] = {', '    man["inputs"]["reference_was"] = {',
      "a case compared with a new reference is compared again at every rerun"),
     ("rescore-empty-warning-kept", "cases", "shapeprior/pipeline/_rescore.py",
-     "                          if not w.startswith(_EMPTY_WARNING)]",
+     "                          if not w.startswith(EMPTY_REFERENCE_WARNING)]",
      "                          if True]",
      "the empty-reference warning piles up, one per rerun"),
     ("rescore-input-dice-refined", "refinebatch", "shapeprior/pipeline/_rescore.py",

@@ -19,11 +19,7 @@ import numpy as np
 from .._outputs import OutputDir, read_manifest, sha256_file, show_path
 from ..io import read_label_map
 from ..segmentation import dice, surface_distances
-from ._run import note_empty_reference, reference_mask
-
-#: the start of the warning :func:`~._run.note_empty_reference` adds (replaced
-#: with the reference)
-_EMPTY_WARNING = "the reference holds no voxel with label(s)"
+from ._run import EMPTY_REFERENCE_WARNING, note_empty_reference, reference_mask
 
 
 def rescore_outputs(folder, reference, reference_labels, *, mask=None, allow_no_orientation=False,
@@ -55,7 +51,7 @@ def rescore_outputs(folder, reference, reference_labels, *, mask=None, allow_no_
                                                                          grid.spacing)}}
     report["reference"] = block
     report["warnings"] = [w for w in report.get("warnings", [])
-                          if not w.startswith(_EMPTY_WARNING)]
+                          if not w.startswith(EMPTY_REFERENCE_WARNING)]
     note_empty_reference(report, ref)
     man.pop("outputs", None)
     man["inputs"]["reference"] = {"path": "reference" if deidentify else show_path(reference),

@@ -176,6 +176,11 @@ def reference_mask(reference, labels, grid, what, allow_no_orientation=False):
     return placed
 
 
+#: the start of the warning of a reference without the organ (a rerun compared
+#: with another reference replaces it, :mod:`._rescore`)
+EMPTY_REFERENCE_WARNING = "the reference holds no voxel with label(s)"
+
+
 def note_empty_reference(report, ref):
     """A reference without the organ (``ref`` all False): the report's reference
     block says ``empty`` and a warning says what its numbers mean (Dice 0 and
@@ -185,7 +190,7 @@ def note_empty_reference(report, ref):
     labels = report["reference"].get("labels")
     report["reference"]["empty"] = True
     report["warnings"].append(
-        f"the reference holds no voxel with label(s) {labels}: its Dice and surface "
+        f"{EMPTY_REFERENCE_WARNING} {labels}: its Dice and surface "
         "distances say only whether anything was segmented (a scan without the organ; "
         "else check --reference-labels)")
 
