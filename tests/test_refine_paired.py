@@ -147,21 +147,25 @@ def test_the_report_of_both_sides_takes_the_worst_side():
         return NS(fit=fit, corrections={}, mask_fit=NS(status=status, quality=quality,
                                                        reasons=[]))
 
-    res = PairedRefineResult(np.zeros((2, 2, 2), np.uint8), {"removed_ml": 1.0},
+    res = PairedRefineResult(np.zeros((2, 2, 2), np.uint8), {"removed_ml": 1.0, "added_ml": 0.0},
                              {"left": side("ok", 0.9, [], 5, [1, 0]),
                               "right": side("suspect", 0.6, ["cut by the field of view"], 7,
                                             [1, 1])},
                              {"left": 150.0, "right": 160.0})
     b = _paired_block(res)
     assert b["status"] == "suspect" and b["quality"] == 0.6
+    assert res.status == "suspect" and res.reasons == ["right: cut by the field of view"]
+    assert repr(res).startswith("PairedRefineResult(status='suspect', left=ok, right=suspect, "
+                                "removed_ml=1")
     assert b["reasons"] == ["right: cut by the field of view"]
     assert b["overridden_vertices"] == 3 and b["iterations"] == 7 and not b["converged"]
-    assert b["sides"]["right"]["status"] == "suspect" and b["corrections"] == {"removed_ml": 1.0}
+    assert b["sides"]["right"]["status"] == "suspect" and b["corrections"]["removed_ml"] == 1.0
     res.sides["left"] = side("failed", 0.1, ["empty"], 1, [0, 0])
     assert _paired_block(res)["status"] == "failed"
     res.sides["left"] = None
     b = _paired_block(res)
     assert b["status"] == "suspect" and b["paired"]["kept_as_given"] == ["left"]
+    assert "left=kept as given, right=suspect" in repr(res)
     assert b["sides"]["left"] == {"status": "kept as given"}
 
 

@@ -117,10 +117,6 @@ def _label_list(values, shown=8):
     return ", ".join(v[:shown]) + (f", ... ({len(v)} in all)" if len(v) > shown else "")
 
 
-#: the order of statuses from best to worst
-_WORSE = ("ok", "suspect", "failed")
-
-
 def _fit_block(res):
     """The report's account of one refinement (:class:`RefineResult`)."""
     fit = res.fit
@@ -140,11 +136,10 @@ def _paired_block(res):
     led by its side, and each side's own account under ``sides``."""
     done = {s: _fit_block(r) for s, r in res.sides.items() if r is not None}
     kept = [s for s, r in res.sides.items() if r is None]
-    reasons = [f"{s}: {r}" for s, b in done.items() for r in b["reasons"]]
     block = {
-        "status": max((b["status"] for b in done.values()), key=_WORSE.index),
+        "status": res.status,
         "quality": min(b["quality"] for b in done.values()),
-        "reasons": reasons, "corrections": res.corrections,
+        "reasons": res.reasons, "corrections": res.corrections,
         "overridden_fraction_max": max(b["overridden_fraction_max"] for b in done.values()),
         "overridden_vertices": sum(b["overridden_vertices"] for b in done.values()),
         "iterations": max(b["iterations"] for b in done.values()),

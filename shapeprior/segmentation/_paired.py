@@ -109,6 +109,26 @@ class PairedRefineResult:
         """``{side: SegmentResult}`` of the sides refined."""
         return {s: r.fit for s, r in self.sides.items() if r is not None}
 
+    @property
+    def status(self):
+        """The worse status of the sides refined ('ok' < 'suspect' < 'failed')."""
+        order = ("ok", "suspect", "failed")
+        return max((f.status for f in self.fits.values()), key=order.index)
+
+    @property
+    def reasons(self):
+        """The sides' reasons, each led by its side."""
+        return [f"{s}: {r}" for s, f in self.fits.items() for r in f.reasons]
+
+    def __repr__(self):
+        """One line: the status, each side's, and what was corrected."""
+        sides = ", ".join(f"{s}={'kept as given' if r is None else r.fit.status}"
+                          for s, r in self.sides.items())
+        c = self.corrections
+        return (f"PairedRefineResult(status={self.status!r}, {sides}, "
+                f"removed_ml={c['removed_ml']:.3g}, added_ml={c['added_ml']:.3g}, "
+                f"label_voxels={int(np.count_nonzero(self.label))})")
+
 
 def refine_paired(mask_vol, model, labels=(1,), params=None, image=None, dictionary=None,
                   keep=()):
