@@ -2678,6 +2678,14 @@ MUTANTS = [
     ("rescore-input-dice-refined", "refinebatch", "shapeprior/pipeline/_rescore.py",
      '                 "input": {"dice": dice(organ, ref),', '                 "input": {"dice": dice(label, ref),',
      "a refinement compared again gives the refined label's Dice as the input mask's"),
+    ("paired-image-one-side", "paired", "shapeprior/segmentation/_paired.py",
+     "        if image is not None and not _covered(image, mask_vol, part):",
+     "        if False:",
+     "a scan cropped to one kidney refuses the refinement of both"),
+    ("paired-image-neither", "paired", "shapeprior/segmentation/_paired.py",
+     "        check_image_covers(image, mask_vol, organ)     # none of either side: refused",
+     "        pass",
+     "a scan holding neither kidney refines both from their masks, saying nothing wrong"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -227,3 +227,30 @@ def test_reconstruct_takes_both_sides_of_a_refined_mesh(paired, tmp_path, capsys
                  "--deidentify"]) == 3
     names = list(np.load(deid / "reconstructions.npz")["names"])
     assert names == ["shape_00001 [left]", "shape_00001 [right]"]
+
+
+def test_a_scan_holding_one_side_refines_the_other_by_its_mask(paired):
+    """The scan cropped to the left organ: the left side is refined with it, the
+    right from its mask alone (suspect, saying so); a scan holding neither side
+    is refused in one line."""
+    from shapeprior.io import read_volume
+    from shapeprior.model import load_model
+    from shapeprior.segmentation import SegmentParams, refine_paired
+
+    d, images, truth, model = paired
+    model = load_model(model)
+    name = "pair_006.nii.gz"
+    mask = read_label_map(d / "labels" / name)
+    image = read_volume(images / name)
+    nx = image.array.shape[2]
+    left_half = image.crop([0, 0, nx // 2 + 4], list(image.array.shape))   # +x: the left
+    res = refine_paired(mask, model, (1,), SegmentParams(), left_half)
+    assert res.sides["left"].fit.evidence.get("image_used", True)
+    right = res.sides["right"].fit
+    assert right.evidence["image_used"] is False and right.status != "ok"
+    assert "the image holds none of this side's organ; refined from the mask alone" in \
+        right.reasons
+    assert dice(res.sides["right"].label > 0, truth[name]["right"]) > 0.9
+    elsewhere = Volume(image.array, image.spacing, image.origin + 500.0, image.direction)
+    with pytest.raises(ValueError, match="the image holds none of the mask's organ"):
+        refine_paired(mask, model, (1,), SegmentParams(), elsewhere)

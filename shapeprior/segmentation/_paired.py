@@ -17,7 +17,7 @@ import numpy as np
 
 from ..io import Volume
 from ..mesh import mask_box
-from ._refine import describe_corrections, refine_mask
+from ._refine import check_image_covers, describe_corrections, refine_mask
 from ._sides import paired_model
 
 #: a component with at least this share of the largest one's voxels is an
@@ -80,6 +80,15 @@ def _lps_x(vol, box, shape):
             + np.float32(step[1]) * j[None, :, None] + np.float32(step[0]) * i[None, None, :])
 
 
+def _covered(image, mask_vol, part):
+    """Whether ``image`` holds any of the organ ``part`` (:func:`check_image_covers`)."""
+    try:
+        check_image_covers(image, mask_vol, part)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass
 class PairedRefineResult:
     """Result of :func:`refine_paired`.
@@ -137,7 +146,10 @@ def refine_paired(mask_vol, model, labels=(1,), params=None, image=None, diction
     Parameters are those of :func:`~shapeprior.segmentation.refine_mask`.
     ``params.side``: 'none' (default) refines both sides; 'left' or 'right'
     refines that side and keeps the other as given (organ labels written as 1,
-    kept labels with their own value).
+    kept labels with their own value). An ``image`` that holds one side's
+    organ only (a scan cropped to it) refines the other side from its mask
+    alone, which is then at most suspect, saying so; one that holds neither
+    is refused (ValueError).
 
     Returns
     -------
@@ -155,6 +167,8 @@ def refine_paired(mask_vol, model, labels=(1,), params=None, image=None, diction
     parts = paired_parts(mask_vol, organ)
     if parts is None:
         return None
+    if image is not None:
+        check_image_covers(image, mask_vol, organ)     # none of either side: refused
     voxel_ml = float(np.prod(mask_vol.spacing)) / 1000.0
     label = np.zeros(mask_vol.array.shape, dtype=np.uint8)
     sides = {}
@@ -169,8 +183,17 @@ def refine_paired(mask_vol, model, labels=(1,), params=None, image=None, diction
         # this side's part alone: the other side's organ voxels cleared
         arr = np.where(organ & ~part, 0, mask_vol.array).astype(mask_vol.array.dtype)
         one = Volume(arr, mask_vol.spacing, mask_vol.origin, mask_vol.direction)
-        res = refine_mask(one, model, labels, replace(params, side=side), image, dictionary,
+        seen = image
+        if image is not None and not _covered(image, mask_vol, part):
+            seen = None     # a scan cropped to the other side: this side by its mask alone
+        res = refine_mask(one, model, labels, replace(params, side=side), seen, dictionary,
                           keep)
+        if seen is not image:
+            res.fit.reasons.append("the image holds none of this side's organ; refined from "
+                                   "the mask alone")
+            res.fit.evidence["image_used"] = False
+            if res.fit.status == "ok":
+                res.fit.status = "suspect"
         sides[side] = res
         label = np.where(res.label > 0, res.label, label).astype(np.uint8)
     return PairedRefineResult(label, describe_corrections(organ, label > 0, mask_vol), sides,
