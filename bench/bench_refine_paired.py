@@ -11,8 +11,9 @@ shape (``shapeprior.segmentation.refine_paired``).
 Held-out KiTS19 cases (case number a multiple of 5, never in the model), the
 whole map cropped to both kidneys with a 40 mm margin:
 
-* how many held-out maps hold two kidneys side by side (``paired_parts``), and
-  how many one organ (a single kidney, or kidneys joined across the midline);
+* how many held-out maps hold two kidneys side by side (``paired_parts`` with
+  the kidney model's ``organ_min_ml``), and how many one organ (a single
+  kidney, or kidneys joined across the midline);
 * for the first ``--cases`` of those with two: the clean map, and the map with
   a leak blob (``bench_refine.degrade``, leak, severity 2: a 14 mm ball) stuck
   to one kidney, chosen at random; refined as a paired mask
@@ -42,7 +43,7 @@ from bench_refine import degrade, kidney_inputs
 from shapeprior.io import read_label_map
 from shapeprior.segmentation import (SegmentParams, dice, paired_parts, refine_mask,
                                      refine_paired, surface_distances)
-from shapeprior.segmentation._paired import _lps_x
+from shapeprior.segmentation._paired import _lps_x, organ_min_ml
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,11 +60,13 @@ def _crop(vol, margin_mm):
                     np.minimum(idx.max(0) + m + 1, vol.array.shape))
 
 
-def _survey(case):
-    """``(case, whether its map holds two kidneys side by side, ml per side)``."""
+def _survey(args):
+    """``(case, whether its map holds two kidneys side by side, ml per side)``;
+    ``args``: the case and the size from which a piece is a kidney (ml)."""
+    case, min_ml = args
     vol = read_label_map(case / "segmentation.nii.gz")
     organ = vol.array > 0
-    parts = paired_parts(vol, organ)
+    parts = paired_parts(vol, organ, min_ml)
     ml = float(np.prod(vol.spacing)) / 1000.0
     return case.name, parts is not None, (None if parts is None else
                                           {s: round(float(p.sum()) * ml, 1)
@@ -94,7 +97,7 @@ def _one(args):
     vol = read_label_map(root / case / "segmentation.nii.gz")
     cvol = _crop(vol, margin_mm=40.0)
     clean = cvol.array > 0
-    parts = paired_parts(cvol, clean)          # the clean map's sides, for the side scores
+    parts = paired_parts(cvol, clean, organ_min_ml(model))   # the clean map's sides
     halves = _halves(cvol, parts)
     sp = cvol.spacing[::-1]
     rng = np.random.default_rng(seed)
@@ -148,7 +151,8 @@ def main(argv=None):
     root = got[0]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.jobs) as ex:
-        survey = list(ex.map(_survey, _held_out(root)))
+        min_ml = organ_min_ml(got[1])
+        survey = list(ex.map(_survey, [(c, min_ml) for c in _held_out(root)]))
         two = [c for c, p, _ in survey if p][: a.cases]
         rows = [r for rs in ex.map(_one, [(c, i) for i, c in enumerate(two)]) for r in rs]
     summary = {kind: {k: _summary([r for r in rows if r["kind"] == kind], k)

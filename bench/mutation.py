@@ -2619,8 +2619,8 @@ MUTANTS = [
      "    step = vol.direction[0] * vol.spacing", "    step = np.eye(3)[0] * vol.spacing",
      "left and right taken from the voxel index, not the patient's x"),
     ("paired-stray-piece-split", "paired", "shapeprior/segmentation/_paired.py",
-     "    if sizes[second - 1] < PAIRED_MIN_FRACTION * sizes[first - 1]:",
-     "    if sizes[second - 1] < 0 * sizes[first - 1]:",
+     "    if sizes[second - 1] < PAIRED_MIN_FRACTION * sizes[first - 1] and not big:",
+     "    if sizes[second - 1] < 0 * sizes[first - 1] and not big:",
      "a small stray piece beside the organ is refined as the other side"),
     ("paired-other-side-dropped", "paired", "shapeprior/segmentation/_paired.py",
      "            label[part] = 1\n", "            pass\n",
@@ -2686,6 +2686,14 @@ MUTANTS = [
      "        check_image_covers(image, mask_vol, organ)     # none of either side: refused",
      "        pass",
      "a scan holding neither kidney refines both from their masks, saying nothing wrong"),
+    ("paired-organ-size-ignored", "paired", "shapeprior/segmentation/_paired.py",
+     "    big = min_ml is not None and sizes[second - 1] * float(np.prod(vol.spacing)) >= 1000 * min_ml",
+     "    big = False",
+     "a kidney a tenth the size of the other (with its tumour) is taken for a stray piece"),
+    ("paired-smallest-at-mean-size", "paired", "shapeprior/segmentation/_paired.py",
+     "    return ml * float(model.pose.scale_range[0]) ** 3",
+     "    return ml",
+     "the smallest organ of a model taken at the mean's size"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

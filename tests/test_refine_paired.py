@@ -48,9 +48,31 @@ def test_paired_parts_split_side_by_side_organs_at_the_midline(direction):
     one = _ball(shape, (15, 20, 40), 12)
     one[14:17] = False
     assert paired_parts(vol, one) is None
-    # a second piece under a fifth of the largest is a stray piece, not an organ
-    assert paired_parts(vol, a | _ball(shape, (15, 20, 60), 4)) is None
+    # a second piece under a fifth of the largest is a stray piece, not an organ ...
+    small = a | _ball(shape, (15, 20, 60), 4)
+    assert paired_parts(vol, small) is None
+    # ... unless it is as large as an organ of the model (KiTS19 case_00030: a 156 ml
+    # kidney beside 1,514 ml of kidney and tumour)
+    ml = float(np.count_nonzero(_ball(shape, (15, 20, 60), 4))) * np.prod(vol.spacing) / 1000
+    assert paired_parts(vol, small, min_ml=0.9 * ml) is not None
+    assert paired_parts(vol, small, min_ml=1.1 * ml) is None
     assert paired_parts(vol, a) is None and paired_parts(vol, np.zeros(shape, bool)) is None
+
+
+def test_the_smallest_organ_of_a_model_is_its_mean_at_its_smallest_size():
+    """smallest_organ_ml: the mean shape's volume times the cube of the pose
+    prior's smallest scale (the KiTS model's: 41 ml)."""
+    from types import SimpleNamespace as NS
+
+    from shapeprior.mesh import icosphere
+    from shapeprior.segmentation._paired import organ_min_ml, smallest_organ_ml
+
+    v, f = icosphere(3)
+    ball = NS(mean=10.0 * v, faces=f, pose=NS(scale_range=(0.5, 2.0)))
+    want = 4 / 3 * np.pi * 10.0 ** 3 / 1000 * 0.5 ** 3           # a 10 mm ball, halved
+    assert smallest_organ_ml(ball) == pytest.approx(want, rel=0.02)
+    assert organ_min_ml(ball) == pytest.approx(0.5 * want, rel=0.02)
+    assert smallest_organ_ml(NS(mean=v, faces=f, pose=None)) is None
 
 
 def _digest(*paths):

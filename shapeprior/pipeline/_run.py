@@ -18,6 +18,7 @@ from ..io import (Volume, display_name, image_files, read_image, read_label_map,
 from ..mesh import MESH_FORMATS, Surface
 from ..segmentation import (SegmentParams, dice, distance_to_mean, paired_model, paired_parts,
                             refine_mask, segment_volume, shape_statistics, surface_distances)
+from ..segmentation._paired import organ_min_ml
 from ._qc import qc_png
 
 #: label outputs: NIfTI on the input grid, DICOM-SEG referencing a DICOM input, or both
@@ -287,7 +288,7 @@ def one_side_of(mvol, model, labels, side):
     if not paired_model(model):
         return mvol
     organ = np.isin(mvol.array, np.asarray(tuple(labels)))
-    parts = paired_parts(mvol, organ)
+    parts = paired_parts(mvol, organ, organ_min_ml(model))
     if parts is None:
         return mvol
     if side not in parts:

@@ -25,18 +25,39 @@ from ._sides import paired_model
 #: (a kidney that missing slices cut in two lies on one side: its parts overlap
 #: from left to right)
 PAIRED_MIN_FRACTION = 0.2
+#: ... and so is a smaller one of at least this share of the model's smallest
+#: training organ (KiTS19 case_00030: a 156 ml kidney beside 1,514 ml of kidney
+#: and tumour, a tenth of it)
+PAIRED_MIN_ORGAN = 0.5
 
 
-def paired_parts(vol, organ):
+def smallest_organ_ml(model):
+    """Volume (ml) of the model's mean shape at the smallest size its training
+    organs had (its pose prior's scale range), or None without a pose prior."""
+    if model.pose is None:
+        return None
+    v, f = np.asarray(model.mean, float), np.asarray(model.faces)
+    ml = abs(np.einsum("ij,ij->i", v[f[:, 0]], np.cross(v[f[:, 1]], v[f[:, 2]])).sum()) / 6000
+    return ml * float(model.pose.scale_range[0]) ** 3
+
+
+def organ_min_ml(model):
+    """The volume (ml) from which a second piece of a paired organ's mask is an
+    organ: :data:`PAIRED_MIN_ORGAN` of :func:`smallest_organ_ml`, or None."""
+    ml = smallest_organ_ml(model)
+    return None if ml is None else PAIRED_MIN_ORGAN * ml
+
+
+def paired_parts(vol, organ, min_ml=None):
     """``{'left': mask, 'right': mask}`` when ``organ`` (bool, zyx, on ``vol``'s
     grid) holds two organs side by side, else None.
 
     Two organs: the two largest connected components (26-connectivity; the
-    second with at least :data:`PAIRED_MIN_FRACTION` of the largest's voxels)
-    whose extents along the patient's left-right axis (LPS x of the voxel
-    centres) do not overlap. Every voxel of ``organ`` (islands and leaks too)
-    goes to the side of the middle of the gap between the two that it lies on;
-    +x is the patient's left.
+    second with at least :data:`PAIRED_MIN_FRACTION` of the largest's voxels,
+    or at least ``min_ml`` ml) whose extents along the patient's left-right
+    axis (LPS x of the voxel centres) do not overlap. Every voxel of ``organ``
+    (islands and leaks too) goes to the side of the middle of the gap between
+    the two that it lies on; +x is the patient's left.
     """
     from scipy import ndimage
 
@@ -49,7 +70,8 @@ def paired_parts(vol, organ):
         return None
     sizes = np.bincount(lab.ravel())[1:]
     first, second = (int(i) + 1 for i in np.argsort(-sizes)[:2])
-    if sizes[second - 1] < PAIRED_MIN_FRACTION * sizes[first - 1]:
+    big = min_ml is not None and sizes[second - 1] * float(np.prod(vol.spacing)) >= 1000 * min_ml
+    if sizes[second - 1] < PAIRED_MIN_FRACTION * sizes[first - 1] and not big:
         return None
     x = _lps_x(vol, box, sub.shape)
     (lo1, hi1), (lo2, hi2) = ((float(x[lab == k].min()), float(x[lab == k].max()))
@@ -164,7 +186,7 @@ def refine_paired(mask_vol, model, labels=(1,), params=None, image=None, diction
         return None
     organ_values = np.asarray(tuple(labels) + tuple(keep))
     organ = np.isin(mask_vol.array, organ_values)
-    parts = paired_parts(mask_vol, organ)
+    parts = paired_parts(mask_vol, organ, organ_min_ml(model))
     if parts is None:
         return None
     if image is not None:
@@ -200,4 +222,5 @@ def refine_paired(mask_vol, model, labels=(1,), params=None, image=None, diction
                               {s: round(float(p.sum()) * voxel_ml, 3) for s, p in parts.items()})
 
 
-__all__ = ["paired_parts", "refine_paired", "PairedRefineResult", "PAIRED_MIN_FRACTION"]
+__all__ = ["paired_parts", "refine_paired", "PairedRefineResult", "PAIRED_MIN_FRACTION",
+           "organ_min_ml", "smallest_organ_ml"]
