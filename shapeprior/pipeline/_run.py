@@ -16,9 +16,9 @@ from .._provenance import FileDigests
 from ..io import (Volume, display_name, image_files, read_image, read_label_map,
                   write_dicom_seg, write_label)
 from ..mesh import MESH_FORMATS, Surface
-from ..segmentation import (SegmentParams, dice, distance_to_mean, paired_model, paired_parts,
-                            refine_mask, segment_volume, shape_statistics, surface_distances)
-from ..segmentation._paired import organ_min_ml
+from ..segmentation import (SegmentParams, dice, distance_to_mean, organ_min_ml, paired_model,
+                            paired_parts, refine_mask, segment_volume, shape_statistics,
+                            surface_distances)
 from ._qc import qc_png
 
 #: label outputs: NIfTI on the input grid, DICOM-SEG referencing a DICOM input, or both
