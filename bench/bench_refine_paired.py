@@ -41,9 +41,8 @@ import numpy as np
 from _common import machine, write_json
 from bench_refine import degrade, kidney_inputs
 from shapeprior.io import read_label_map
-from shapeprior.segmentation import (SegmentParams, dice, paired_parts, refine_mask,
-                                     refine_paired, surface_distances)
-from shapeprior.segmentation import organ_min_ml
+from shapeprior.segmentation import (SegmentParams, dice, organ_min_ml, paired_parts,
+                                     refine_mask, refine_paired, surface_distances)
 from shapeprior.segmentation._paired import _lps_x
 
 HERE = Path(__file__).resolve().parent
