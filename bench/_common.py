@@ -124,3 +124,22 @@ def unpack_rev(rev, dest):
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
     return dest
+
+
+def run_cli(tree, *args):
+    """``shapeprior ARGS`` in a subprocess with the package of ``tree`` (this
+    checkout, or a baseline from :func:`unpack_rev`): ``(wall seconds, stdout)``.
+    Exit codes 0 and 3 (a result that is not trustworthy) are results; any
+    other raises, with the end of stderr."""
+    import sys
+
+    code = "import sys; from shapeprior.cli import main; sys.exit(main(sys.argv[1:]))"
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", code, *[str(a) for a in args]],
+                       env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin",
+                            "HOME": str(Path.home())}, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode not in (0, 3):
+        raise RuntimeError(f"{tree}: shapeprior {args[0]} exited {p.returncode}: "
+                           f"{p.stderr[-500:]}")
+    return wall, p.stdout

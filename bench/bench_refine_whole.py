@@ -22,15 +22,13 @@ segmentation (its kidneys, labels 2 and 3, both and the left alone).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import data_root, machine, unpack_rev, write_json
+from _common import data_root, machine, run_cli, unpack_rev, write_json
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -39,17 +37,8 @@ KITS = ("case_00000", "case_00005", "case_00010", "case_00015", "case_00020", "c
 
 
 def _run(tree, mask, labels, out, model):
-    code = "import sys; from shapeprior.cli import main; sys.exit(main(sys.argv[1:]))"
-    t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", code, "refine", str(mask), "-o", str(out),
-                        "--model", str(model), "--labels", labels],
-                       env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin",
-                            "HOME": str(Path.home())},
-                       capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if p.returncode not in (0, 3):
-        raise RuntimeError(f"{tree}: refine {mask} exited {p.returncode}: {p.stderr[-500:]}")
-    return wall, p.stdout.strip().splitlines()[0]
+    wall, stdout = run_cli(tree, "refine", mask, "-o", out, "--model", model, "--labels", labels)
+    return wall, stdout.strip().splitlines()[0]
 
 
 def main(argv=None):

@@ -23,14 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from _common import (cached_hippocampus_model, hippocampus_validation_split, machine,
-                     unpack_rev, write_json)
+                     run_cli, unpack_rev, write_json)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -38,15 +36,7 @@ BASELINE_REV = "1e6f178"
 
 
 def _segment(tree, images, out, model, *extra):
-    code = "import sys; from shapeprior.cli import main; sys.exit(main(sys.argv[1:]))"
-    t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", code, "segment", str(images), "-o", str(out),
-                        "--model", str(model), *extra],
-                       env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin",
-                            "HOME": str(Path.home())}, capture_output=True, text=True)
-    if p.returncode not in (0, 3):
-        raise RuntimeError(f"{tree}: segment exited {p.returncode}: {p.stderr[-500:]}")
-    return time.perf_counter() - t0
+    return run_cli(tree, "segment", images, "-o", out, "--model", model, *extra)[0]
 
 
 def main(argv=None):
