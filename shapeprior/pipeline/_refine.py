@@ -14,12 +14,11 @@ from .._background import background
 from .._outputs import OutputDir, manifest
 from ..io import display_name, read_image, read_label_map, write_label
 from ..mesh import Surface
-from ..segmentation import (PairedRefineResult, SegmentParams, dice, refine_mask,
-                            refine_paired, surface_distances)
+from ..segmentation import PairedRefineResult, SegmentParams, refine_mask, refine_paired
 from ._qc import qc_png
-from ._run import (MESH_FORMATS, input_hashes, model_version, params_record, prior_record,
-                   note_empty_reference, reference_mask, scrub_argv, side_note, statistics,
-                   vertex_data)
+from ._run import (MESH_FORMATS, compared_with, input_hashes, model_version, note_empty_reference,
+                   params_record, prior_record, reference_mask, scrub_argv, side_note,
+                   statistics, vertex_data)
 
 
 def refine_output_names(mesh_format="vtk") -> set:
@@ -115,6 +114,14 @@ def other_labels(array, labels, slab=16):
 def _label_list(values, shown=8):
     v = [str(int(x)) for x in values]
     return ", ".join(v[:shown]) + (f", ... ({len(v)} in all)" if len(v) > shown else "")
+
+
+def refine_reference(label, organ_in, ref, spacing, labels):
+    """A refinement's reference block: the reference's ``labels``, the refined
+    ``label``'s Dice and distances against ``ref`` and (``input``) the mask's as
+    given (``organ_in``)."""
+    return {"labels": [int(v) for v in labels], **compared_with(label, ref, spacing),
+            "input": compared_with(organ_in, ref, spacing)}
 
 
 def _fit_block(res):
@@ -223,11 +230,8 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
     bg = img if img is not None and img.same_grid(mvol) else mvol
     organ_in = np.isin(mvol.array, tuple(labels) + keep)
     if ref is not None:
-        report["reference"] = {
-            "labels": [int(v) for v in reference_labels],
-            "dice": dice(label > 0, ref), **surface_distances(label > 0, ref, mvol.spacing),
-            "input": {"dice": dice(organ_in, ref),
-                      **surface_distances(organ_in, ref, mvol.spacing)}}
+        report["reference"] = refine_reference(label > 0, organ_in, ref, mvol.spacing,
+                                               reference_labels)
         note_empty_reference(report, ref)
     with background(qc_png, out.file("qc.png"), bg, label, organ_in,
                     title=f"refined {model.metadata.get('organ', 'organ')} "

@@ -18,8 +18,8 @@ import numpy as np
 
 from .._outputs import OutputDir, read_manifest, sha256_file, show_path
 from ..io import read_label_map
-from ..segmentation import dice, surface_distances
-from ._run import EMPTY_REFERENCE_WARNING, note_empty_reference, reference_mask
+from ._refine import refine_reference
+from ._run import EMPTY_REFERENCE_WARNING, compared_with, note_empty_reference, reference_mask
 
 
 def rescore_outputs(folder, reference, reference_labels, *, mask=None, allow_no_orientation=False,
@@ -39,17 +39,13 @@ def rescore_outputs(folder, reference, reference_labels, *, mask=None, allow_no_
     report = json.loads((folder / "report.json").read_bytes())
     man = read_manifest(folder)
     label = grid.array > 0
-    block = {"dice": dice(label, ref), **surface_distances(label, ref, grid.spacing)}
-    if mask is None:
-        block["labels"] = labels
+    if mask is None:            # the block as run_case writes it
+        report["reference"] = {**compared_with(label, ref, grid.spacing), "labels": labels}
     else:
         p = man["parameters"]
         organ = np.isin(read_label_map(mask, allow_no_orientation).array,
                         tuple(p["labels"]) + tuple(p["keep_labels"]))
-        block = {"labels": labels, **block,
-                 "input": {"dice": dice(organ, ref), **surface_distances(organ, ref,
-                                                                         grid.spacing)}}
-    report["reference"] = block
+        report["reference"] = refine_reference(label, organ, ref, grid.spacing, labels)
     report["warnings"] = [w for w in report.get("warnings", [])
                           if not w.startswith(EMPTY_REFERENCE_WARNING)]
     note_empty_reference(report, ref)

@@ -177,6 +177,12 @@ def reference_mask(reference, labels, grid, what, allow_no_orientation=False):
     return placed
 
 
+def compared_with(label, ref, spacing):
+    """Dice and surface distances (mm) of ``label`` against the reference organ
+    ``ref`` (bool arrays on one grid of ``spacing``): a report's reference block."""
+    return {"dice": dice(label, ref), **surface_distances(label, ref, spacing)}
+
+
 #: the start of the warning of a reference without the organ (a rerun compared
 #: with another reference replaces it, :mod:`._rescore`)
 EMPTY_REFERENCE_WARNING = "the reference holds no voxel with label(s)"
@@ -245,8 +251,7 @@ def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, in
         "history": res.history,
     }
     if ref is not None:
-        report["reference"] = {"dice": dice(res.label, ref),
-                               **surface_distances(res.label, ref, vol.spacing)}
+        report["reference"] = compared_with(res.label, ref, vol.spacing)
     return report
 
 
