@@ -2681,7 +2681,7 @@ MUTANTS = [
      "refine_reference(label, label, ref, grid.spacing, labels)",
      "a refinement compared again gives the refined label's Dice as the input mask's"),
     ("paired-image-one-side", "paired", "shapeprior/segmentation/_paired.py",
-     "        if image is not None and not _covered(image, mask_vol, part):",
+     "        if image is not None and not image_covers(image, mask_vol, part):",
      "        if False:",
      "a scan cropped to one kidney refuses the refinement of both"),
     ("paired-image-neither", "paired", "shapeprior/segmentation/_paired.py",

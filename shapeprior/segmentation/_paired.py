@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..io import Volume
-from ..mesh import mask_box
-from ._refine import check_image_covers, describe_corrections, refine_mask
+from ..mesh import Surface, mask_box
+from ._refine import check_image_covers, describe_corrections, image_covers, refine_mask
 from ._sides import paired_model
 
 #: a component with at least this share of the largest one's voxels is an
@@ -36,8 +36,7 @@ def smallest_organ_ml(model):
     organs had (its pose prior's scale range), or None without a pose prior."""
     if model.pose is None:
         return None
-    v, f = np.asarray(model.mean, float), np.asarray(model.faces)
-    ml = abs(np.einsum("ij,ij->i", v[f[:, 0]], np.cross(v[f[:, 1]], v[f[:, 2]])).sum()) / 6000
+    ml = abs(Surface(np.asarray(model.mean, float), np.asarray(model.faces)).volume()) / 1000
     return ml * float(model.pose.scale_range[0]) ** 3
 
 
@@ -100,15 +99,6 @@ def _lps_x(vol, box, shape):
     k, j, i = (np.arange(n, dtype=np.float32) for n in shape)
     return (np.float32(x0) + np.float32(step[2]) * k[:, None, None]
             + np.float32(step[1]) * j[None, :, None] + np.float32(step[0]) * i[None, None, :])
-
-
-def _covered(image, mask_vol, part):
-    """Whether ``image`` holds any of the organ ``part`` (:func:`check_image_covers`)."""
-    try:
-        check_image_covers(image, mask_vol, part)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass
@@ -206,7 +196,7 @@ def refine_paired(mask_vol, model, labels=(1,), params=None, image=None, diction
         arr = np.where(organ & ~part, 0, mask_vol.array).astype(mask_vol.array.dtype)
         one = Volume(arr, mask_vol.spacing, mask_vol.origin, mask_vol.direction)
         seen = image
-        if image is not None and not _covered(image, mask_vol, part):
+        if image is not None and not image_covers(image, mask_vol, part):
             seen = None     # a scan cropped to the other side: this side by its mask alone
         res = refine_mask(one, model, labels, replace(params, side=side), seen, dictionary,
                           keep)

@@ -415,15 +415,22 @@ def repeated_slices(m, spacing_zyx):
 COVER_SAMPLES = 20_000
 
 
+def image_covers(image, mask_vol, m):
+    """Whether ``image`` holds any of the organ ``m`` (bool, on ``mask_vol``'s
+    grid): whether any of up to :data:`COVER_SAMPLES` of its voxels lies inside
+    the image's field of view."""
+    at = np.argwhere(m)
+    at = at[::max(1, -(-len(at) // COVER_SAMPLES))]
+    return not outside_fov(image, mask_vol.index_to_physical(at[:, ::-1].astype(float))).all()
+
+
 def check_image_covers(image, mask_vol, m):
     """Refuse an image that holds none of the mask's organ (another scan, or one
     placed elsewhere): a fit against it finds nothing, and the refinement
     would say 'empty segmentation' of a mask it kept. ``m``: the organ (bool,
     on ``mask_vol``'s grid). An image that covers part of the organ is used (an
     organ cut by the field of view)."""
-    at = np.argwhere(m)
-    at = at[::max(1, -(-len(at) // COVER_SAMPLES))]
-    if outside_fov(image, mask_vol.index_to_physical(at[:, ::-1].astype(float))).all():
+    if not image_covers(image, mask_vol, m):
         raise ValueError("the image holds none of the mask's organ (another scan, or one "
                          "placed elsewhere: its voxels and the mask's lie apart in LPS)")
 
