@@ -898,7 +898,7 @@ MUTANTS = [
      '        pass\n',
      'a solve that did not converge reported ok'),
     ('rec-deid-files-kept', "reconstruct", 'shapeprior/pipeline/_reconstruct.py',
-     '            msg = scrub(msg, f, f"shape_{i:05d}")\n',
+     '            msg = scrub(msg, found[i][1], f"shape_{i:05d}")\n',
      '            pass\n',
      '--deidentify: an error naming an input file keeps its name'),
     # -- cases, calibration, statistics --------------------------------------------------
@@ -2602,7 +2602,7 @@ MUTANTS = [
      "    if not kept:\n", "    if False:\n",
      "inputs of which none can be used reach the solver (an error that names no input)"),
     ("rec-deid-failed-reasons-kept", "reconstruct", "shapeprior/pipeline/_reconstruct.py",
-     "    got.failed = {i: hide(why) for i, why in got.failed.items()}",
+     "    got.failed = {i: hide(why, [got.sources[i]]) for i, why in got.failed.items()}",
      "    got.failed = dict(got.failed)",
      "--deidentify: a failed mesh's reason keeps its file name in summary.csv and on screen"),
     ("rec-failed-unreadable-hashed", "reconstruct", "shapeprior/pipeline/_reconstruct.py",

@@ -77,18 +77,14 @@ def find_shape_inputs(path):
 _SIDE_NAME = " [{}]"
 
 
-def _file_stem(name):
-    """``sub/a.vtk`` -> ``sub/a``; ``sub/a.vtk [left]`` -> ``sub/a_left``."""
-    for side in ("left", "right"):
-        if name.endswith(_SIDE_NAME.format(side)):
-            return _file_stem(name[: -len(_SIDE_NAME.format(side))]) + "_" + side
-    return name[: len(name) - len(Path(name).suffix)]
-
-
-def mesh_file_names(names):
-    """Flat, safe and unique output file stems for shape names (``sub/a.vtk`` ->
-    ``sub_a``, ``sub/a.vtk [left]`` -> ``sub_a_left``; clashes get a counter)."""
-    return unique_names([_file_stem(n) for n in names])
+def mesh_file_names(names, halves=None):
+    """Flat, safe and unique output file stems for the files ``names`` of the
+    shapes (``sub/a.vtk`` -> ``sub_a``); ``halves``: the side each shape is of a
+    mesh of both sides, or None (``sub/a.vtk`` as its left side -> ``sub_a_left``).
+    Clashes get a counter."""
+    halves = [None] * len(names) if halves is None else halves
+    return unique_names([n[: len(n) - len(Path(n).suffix)] + ("" if h is None else f"_{h}")
+                         for n, h in zip(names, halves)])
 
 
 def paired_halves(surface, n_points):
@@ -256,18 +252,21 @@ def _load_deidentified(input_path, n_points):
     from ._cases import scrub
 
     p = Path(input_path)
+    try:                        # listed once, for every message hidden below
+        found = find_shape_inputs(p) if p.is_dir() else [(p.name, p)]
+    except (ValueError, OSError):     # an empty folder: its path is scrubbed below
+        found = []
 
-    def hide(msg):
+    def hide(msg, which=None):
+        """``msg`` with the input's path and the names of the files ``which``
+        (indices into ``found``; default every file) replaced."""
         msg = scrub(msg, input_path, "<input>")
-        try:
-            found = find_shape_inputs(p) if p.is_dir() else [(p.name, p)]
-        except (ValueError, OSError):     # an empty folder: its path is scrubbed above
-            found = []
+        which = range(len(found)) if which is None else which
         # the names below the folder first, longest first (a/b/x.vtk before b/x.vtk)
-        for i, (name, _) in sorted(enumerate(found), key=lambda t: -len(t[1][0])):
-            msg = msg.replace(repr(name), repr(f"shape_{i:05d}"))
-        for i, (_, f) in enumerate(found):
-            msg = scrub(msg, f, f"shape_{i:05d}")
+        for i in sorted(which, key=lambda i: -len(found[i][0])):
+            msg = msg.replace(repr(found[i][0]), repr(f"shape_{i:05d}"))
+        for i in which:
+            msg = scrub(msg, found[i][1], f"shape_{i:05d}")
         return msg
 
     try:
@@ -278,7 +277,8 @@ def _load_deidentified(input_path, n_points):
     got.names = [f"shape_{j:05d}" + ("" if h is None else _SIDE_NAME.format(h))
                  for j, h in zip(got.sources, got.halves)]
     got.file_names = [f"shape_{j:05d}" for j in range(len(got.files))]
-    got.failed = {i: hide(why) for i, why in got.failed.items()}
+    # a failed shape's reason names its own file alone
+    got.failed = {i: hide(why, [got.sources[i]]) for i, why in got.failed.items()}
     return got
 
 
@@ -354,7 +354,7 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
                       translation=np.stack([r.transform.translation for r in res]),
                       mirrored=np.array([m for _, m, _ in picked]))
         if meshes:
-            stems = mesh_file_names(names)
+            stems = mesh_file_names([got.file_names[j] for j in got.sources], got.halves)
             for i, r, (_, m, _) in zip(got.kept, res, picked):
                 # a mirrored reconstruction's triangles turn inside out: reversed
                 Surface(r.reconstruction, model.faces[:, ::-1] if m else model.faces).write(
