@@ -498,6 +498,18 @@ def test_cli_reconstruct_deidentify(population, mesh_folder, tmp_path, capsys):
                  "--quiet", "--deidentify"]) == 3
     shown = capsys.readouterr().out
     assert "mesh 'shape_00002' has 100" in shown and "Roe" not in shown and "Doe" not in shown
+    # a damaged mesh in a patient's folder: the reader names the file alone (not its path
+    # below the input), and that name is scrubbed from its failed row too
+    (d / "Roe_Jane" / "mesh.vtk").unlink()
+    (d / "Roe_Jane" / "Roe_Jane_MRN67890.vtk").write_bytes(b"# vtk DataFile\nrubbish")
+    o7 = tmp_path / "o7"
+    assert main(["reconstruct", str(d), "-o", str(o7), "--model", str(model), "--quiet",
+                 "--deidentify"]) == 3
+    shown = capsys.readouterr()
+    assert "failed: shape_00002: " in shown.out
+    assert not any(s.decode() in shown.out + shown.err for s in secrets)
+    for f in o7.iterdir():
+        assert not any(s in f.read_bytes() for s in secrets), f.name
     empty = tmp_path / "Moe_Max_MRN22222"
     empty.mkdir()
     assert main(["reconstruct", str(empty), "-o", str(tmp_path / "o3"), "--model", str(model),
