@@ -150,11 +150,13 @@ def segment(image, model, *, seed=None, seed_space="lps", side="none", init=None
     seed : array-like of 3 float, optional
         Organ centre in ``seed_space`` ('lps' mm, 'ras' mm or 'voxel' i, j, k);
         without one the organ is searched for in the whole field of view.
-    side : {'none', 'left', 'right'}
-        Side of a paired organ.
+    side : {'none', 'left', 'right', 'both'}
+        Side of a paired organ ('none': both sides fitted, the better kept;
+        'both': both kept, a :class:`~shapeprior.segmentation.PairedSegmentResult`).
     init : ndarray, shape (N, 3), optional
         A starting surface in correspondence with the model (LPS mm), e.g.
-        ``refine(...).fit.verts``.
+        ``refine(...).fit.verts``; with side 'both' a dict ``{'left': surface,
+        'right': surface}`` (either may be missing: that side is searched for).
     **params
         Fields of :class:`~shapeprior.segmentation.SegmentParams`, e.g.
         ``method='l0'``, ``placement='prior'``.
@@ -165,7 +167,10 @@ def segment(image, model, *, seed=None, seed_space="lps", side="none", init=None
         ``label`` (uint8, the image's (z, y, x) grid), ``verts`` (N, 3) LPS mm
         and ``faces``; ``status`` ('ok', 'suspect', 'failed') with ``quality``,
         ``reasons`` and ``evidence``; per vertex ``error_mm`` (gross error |e|),
-        ``overridden`` and ``confidence``.
+        ``overridden`` and ``confidence``. With side 'both':
+        :class:`~shapeprior.segmentation.PairedSegmentResult`, ``label`` of
+        both sides, each side's SegmentResult in ``sides``, ``status`` from
+        both (a side not found is left out of the label: ``suspect``).
     """
     from .segmentation import SegmentParams, segment_volume
 

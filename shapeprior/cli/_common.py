@@ -61,6 +61,11 @@ def print_case(name, rep):
         line += ("; the reference holds no organ" if r.get("empty") else
                  f"; Dice {r['dice']:.3f}, mean surface distance {r['assd_mm']:.2f} mm")
     print(line)
+    if rep.get("side") == "both":       # segment --side both: each side's result
+        print("  both sides: " + ", ".join(
+            f"{s} {b['status']} ({b['volume_ml']:.1f} ml"
+            + ("" if b["in_label"] else ", left out of the label") + ")"
+            for s, b in rep["sides"].items()))
     for r in rep["reasons"]:
         print(f"  {rep['status']}: {r}")
     for w in rep["warnings"]:

@@ -43,8 +43,12 @@ def main(argv):
     ap.add_argument("--seed-space", choices=("lps", "ras", "voxel"), default=None,
                     help="coordinates of --seed: lps (ITK/DICOM), ras (3D Slicer/nibabel) or "
                          "voxel (i,j,k); default lps")
-    ap.add_argument("--side", choices=("none", "left", "right"), default="none",
-                    help="side of a paired organ (model built with mirrored right sides)")
+    ap.add_argument("--side", choices=("none", "left", "right", "both"), default="none",
+                    help="side of a paired organ (model built with mirrored right sides). "
+                         "none (default): both sides fitted, the better kept; both: both "
+                         "kept, in one label and one mesh (point data side: 1 left, 2 "
+                         "right), each side's status in the report (a side not found is "
+                         "left out of the label, and the result is suspect)")
     ap.add_argument("--reference", default=None,
                     help="reference label map for Dice/distances, on the image's grid (or a "
                          "crop or extension of it, the same voxels); or a folder of label "
@@ -90,7 +94,8 @@ def main(argv):
     ap.add_argument("--init-mask", default=None,
                     help="single case: an existing label map (e.g. another tool's) whose "
                          "refined surface starts the fit instead of the placement search (one "
-                         "holding both sides of a paired organ: the --side given)")
+                         "holding both sides of a paired organ: the --side given, or with "
+                         "--side both each side from its own part)")
     ap.add_argument("--init-labels", default=None,
                     help="labels of the organ in --init-mask (default 1)")
     ap.add_argument("--hypotheses", type=int, default=None,
@@ -140,9 +145,11 @@ def main(argv):
                            surface_offset_mm=a.surface_offset,
                            voxel_refine=not a.no_voxel_refine)
     from ..backend import resolve_backend
-    from ..segmentation import check_window
+    from ..segmentation import check_paired, check_window
 
     check_window(model, params)                        # before any case is read
+    if params.side == "both":
+        check_paired(model, "--side both")
     params.backend = resolve_backend(params.backend)   # fail early, and record it resolved
     cases = discover_cases(a.input)
     deid = Deidentifier() if a.deidentify else None

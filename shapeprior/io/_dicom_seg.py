@@ -107,8 +107,9 @@ def write_dicom_seg(path, label, vol, folder, series_key=None, organ="organ", si
     ----------
     path : str or Path
         Output file (``.dcm``).
-    label : ndarray, shape (z, y, x)
-        Non-zero inside the organ, on the grid of ``vol``.
+    label : ndarray, shape (z, y, x), or a list of them
+        Non-zero inside the organ, on the grid of ``vol``; a list: one segment
+        each (both sides of a paired organ), numbered in order.
     vol : Volume
         The series as :func:`~shapeprior.io.read_dicom_series` read it (LPS).
     folder : str or Path
@@ -117,8 +118,9 @@ def write_dicom_seg(path, label, vol, folder, series_key=None, organ="organ", si
         Which series of the folder (``info['series_key']`` of the reader).
     organ : str
         Segment label; coded in SNOMED CT when known (:data:`ORGAN_CODES`).
-    side : {'left', 'right', None}
-        Laterality, added to the segment label.
+    side : {'left', 'right', None}, or a list of them
+        Laterality, added to the segment label; a list: each segment's, as
+        many as ``label`` lists.
 
     Returns
     -------
@@ -137,30 +139,38 @@ def write_dicom_seg(path, label, vol, folder, series_key=None, organ="organ", si
 
     from .. import __version__
 
-    label = np.asarray(label)
-    if not label.any():
+    many = isinstance(label, (list, tuple))
+    labels = [np.asarray(m) for m in label] if many else [np.asarray(label)]
+    sides = list(side) if many else [side]
+    if len(sides) != len(labels):
+        raise ValueError(f"side lists {len(sides)} sides for {len(labels)} segments")
+    if not labels or not all(m.any() for m in labels):
         raise ValueError("the segmentation is empty: there is nothing to store as DICOM-SEG")
     sources, notes = source_datasets(folder, series_key)
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in sources):
         raise ValueError("DICOM-SEG output for multi-frame (enhanced) source images is not "
                          "supported; use --output-type nifti")
-    frames = np.stack([frame_mask(label, vol, ds) for ds in sources])
-    if int(frames.sum()) != int(np.count_nonzero(label)):
+    frames = np.stack([np.stack([frame_mask(m, vol, ds) for ds in sources], axis=0)
+                       for m in labels], axis=-1)             # (frames, rows, cols, segments)
+    if any(int(frames[..., i].sum()) != int(np.count_nonzero(m)) for i, m in enumerate(labels)):
         raise ValueError("the DICOM series does not cover the whole segmentation")
     name = ORGAN_CODES.get(str(organ).lower().strip())
     prop = getattr(codes.SCT, name) if name else codes.SCT.Organ
-    text = f"{organ} ({side})" if side in ("left", "right") else str(organ)
-    desc = hd.seg.SegmentDescription(
-        segment_number=1, segment_label=text[:64],
-        segmented_property_category=codes.SCT.AnatomicalStructure,
-        segmented_property_type=prop,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name="shapeprior", family=codes.cid7162.DeformableModels, version=__version__))
+    descs = []
+    for number, sd in enumerate(sides, start=1):
+        text = f"{organ} ({sd})" if sd in ("left", "right") else str(organ)
+        descs.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=text[:64],
+            segmented_property_category=codes.SCT.AnatomicalStructure,
+            segmented_property_type=prop,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=hd.AlgorithmIdentificationSequence(
+                name="shapeprior", family=codes.cid7162.DeformableModels,
+                version=__version__)))
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=frames,
+        source_images=sources, pixel_array=frames if many else frames[..., 0],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[desc], series_instance_uid=hd.UID(), series_number=9901,
+        segment_descriptions=descs, series_instance_uid=hd.UID(), series_number=9901,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="shapeprior",
         manufacturer_model_name="shapeprior SSC", software_versions=__version__,
         device_serial_number="0", series_description=series_description[:64])

@@ -13,12 +13,11 @@ import numpy as np
 from .._background import background
 from .._outputs import OutputDir, manifest
 from ..io import display_name, read_image, read_label_map, write_label
-from ..mesh import Surface
 from ..segmentation import PairedRefineResult, SegmentParams, refine_mask, refine_paired
 from ._qc import qc_png
 from ._run import (MESH_FORMATS, compared_with, input_hashes, model_version, note_empty_reference,
                    params_record, prior_record, reference_mask, scrub_argv, side_note,
-                   statistics, vertex_data)
+                   statistics, write_mesh)
 
 
 def refine_output_names(mesh_format="vtk") -> set:
@@ -162,24 +161,6 @@ def _paired_block(res):
     return block
 
 
-def _write_mesh(path, fits, model):
-    """The mesh of the fits (``{side or None: SegmentResult}``), one surface or
-    the two sides' one after the other, with point data ``side`` (1 left, 2
-    right) then."""
-    verts, faces, data, start = [], [], {}, 0
-    for side, f in fits.items():
-        verts.append(f.verts)
-        faces.append(f.faces + start)
-        start += len(f.verts)
-        d = vertex_data(f, model)
-        if side is not None:
-            d["side"] = np.full(len(f.verts), 1.0 if side == "left" else 2.0)
-        for k, v in d.items():
-            data.setdefault(k, []).append(v)
-    Surface(np.concatenate(verts), np.concatenate(faces)).write(
-        path, point_data={k: np.concatenate(v) for k, v in data.items()})
-
-
 def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_format, argv,
                  allow_no_orientation, keep, labels_given=True, reference=None,
                  reference_labels=(1,), withheld=None):
@@ -239,7 +220,7 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
                     verts=np.concatenate([f.verts for f in fits.values()]),
                     outliers=np.concatenate([f.overridden for f in fits.values()])):
         write_label(mvol, label, out.file("label.nii.gz"), code=1)
-        _write_mesh(out.file(f"mesh.{mesh_format}"), fits, model)
+        write_mesh(out.file(f"mesh.{mesh_format}"), fits, model)
         out.write_json("report.json", report)
         if paired:
             stats = {"status": report["status"], "sides": {

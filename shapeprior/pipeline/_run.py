@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,9 @@ from .._provenance import FileDigests
 from ..io import (Volume, display_name, image_files, read_image, read_label_map,
                   write_dicom_seg, write_label)
 from ..mesh import MESH_FORMATS, Surface
-from ..segmentation import (SegmentParams, dice, distance_to_mean, organ_min_ml, paired_model,
-                            paired_parts, refine_mask, segment_volume, shape_statistics,
-                            surface_distances)
+from ..segmentation import (PairedSegmentResult, SegmentParams, dice, distance_to_mean,
+                            organ_min_ml, paired_model, paired_parts, part_alone, refine_mask,
+                            segment_volume, shape_statistics, surface_distances)
 from ._qc import qc_png
 
 #: label outputs: NIfTI on the input grid, DICOM-SEG referencing a DICOM input, or both
@@ -120,27 +121,32 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
     init = None
     if init_mask is not None:
         with clock("place"):
-            mvol = one_side_of(read_label_map(init_mask, allow_no_orientation), model,
-                               init_labels, params.side)
+            mvol = read_label_map(init_mask, allow_no_orientation)
             try:
-                init = refine_mask(mvol, model, init_labels, params, None,
-                                   dictionary).mask_fit.verts
+                init = (both_sides_init(mvol, model, init_labels, params, dictionary)
+                        if params.side == "both" else
+                        refine_mask(one_side_of(mvol, model, init_labels, params.side), model,
+                                    init_labels, params, None, dictionary).mask_fit.verts)
             except ValueError as e:     # the mask's own words: name the option
                 raise ValueError(f"--init-mask: {e}") from None
     res = segment_volume(vol, model, params, dictionary, clock=clock, init=init)
     voxel_ml = float(np.prod(vol.spacing)) / 1000.0
     volume_ml = float(np.count_nonzero(res.label)) * voxel_ml
     organ = model.metadata.get("organ", "organ")
+    fits = res.fits if isinstance(res, PairedSegmentResult) else {None: res}
 
     # the QC picture draws on a thread while the report is measured and the other
     # files are written; the folder is published once it is done
     picture = background(qc_png, out.file("qc.png"), vol, res.label, ref,
-                         title=f"{organ}: {volume_ml:.1f} ml", verts=res.verts,
-                         outliers=res.overridden) if qc else contextlib.nullcontext()
+                         title=f"{organ}: {volume_ml:.1f} ml",
+                         verts=np.concatenate([f.verts for f in fits.values()]),
+                         outliers=np.concatenate([f.overridden for f in fits.values()])) \
+        if qc else contextlib.nullcontext()
     with clock("write"):
         with picture:
-            report = _report(res, vol, ref, info, model, params, dictionary, clock, case_name,
-                             input_path, volume_ml)
+            report = (_paired_report if None not in fits else _report)(
+                res, vol, ref, info, model, params, dictionary, clock, case_name, input_path,
+                volume_ml)
             if ref is not None:
                 report["reference"]["labels"] = [int(v) for v in reference_labels]
                 note_empty_reference(report, ref)
@@ -217,7 +223,8 @@ def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, in
     if other is not None:
         warnings.append(f"no --side given: both sides were fitted and the "
                         f"{res.evidence['side']} kept (the {other['side']}: {other['status']}, "
-                        f"quality {other['quality']:.2f}); give --side {other['side']} for it")
+                        f"quality {other['quality']:.2f}); give --side {other['side']} for it, "
+                        "or --side both for both")
     if note := side_note(model, params):
         warnings.append(note)
     if res.evidence.get("ct_window_source", "").startswith("default"):
@@ -255,6 +262,58 @@ def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, in
     return report
 
 
+#: the keys of a side's own account in a report of both sides (``sides``)
+SIDE_KEYS = ("status", "quality", "reasons", "surface_offset_mm", "voxels_changed", "volume_ml",
+             "mesh_volume_ml", "iterations", "converged", "overridden_fraction",
+             "overridden_fraction_max", "overridden_vertices", "time_s", "evidence",
+             "placement", "history")
+
+
+def _paired_report(res, vol, ref, info, model, params, dictionary, clock, case_name,
+                   input_path, volume_ml):
+    """The report.json of both sides of a paired organ
+    (:class:`~shapeprior.segmentation.PairedSegmentResult`): the status, the
+    whole label's measures and the reference block at the top, each side's
+    own account (a one-side report's fit keys, :data:`SIDE_KEYS`) under
+    ``sides``. A warning both sides give is given once, one side's is led by
+    its side."""
+    voxel_ml = float(np.prod(vol.spacing)) / 1000.0
+    reports = {s: _report(f, vol, None, info, model, replace(params, side=s), dictionary, clock,
+                          case_name, input_path, float(np.count_nonzero(f.label)) * voxel_ml)
+               for s, f in res.sides.items()}
+    warnings = []
+    for s, r in reports.items():
+        for w in r["warnings"]:
+            shared = all(w in o["warnings"] for o in reports.values())
+            text = w if shared else f"{s}: {w}"
+            if text not in warnings:
+                warnings.append(text)
+    first = reports["left"]
+    fits = res.fits
+    report = {
+        "status": res.status, "quality": round(res.quality, 4), "reasons": res.reasons,
+        "input": first["input"], "model": first["model"], "prior": first["prior"],
+        "side": "both", "volume_ml": volume_ml,
+        "mesh_volume_ml": sum(Surface(f.verts, f.faces).volume() for f in fits.values()) / 1000,
+        "iterations": max(f.n_iter for f in fits.values()),
+        "converged": all(f.converged for f in fits.values()),
+        "overridden_fraction": max(f.overridden_fraction for f in fits.values()),
+        "overridden_fraction_max": max(f.overridden_fraction_max for f in fits.values()),
+        "overridden_vertices": sum(int(f.overridden.sum()) for f in fits.values()),
+        "time_s": res.time_s, "backend": res.backend,
+        "stage_seconds": {k: round(v, 4) for k, v in clock.seconds.items()},
+        "warnings": warnings,
+        "paired": {"fitted": "both sides of the paired organ, each with its own side's shape",
+                   "in_label": res.in_label, "overlap_ml": res.evidence.get("overlap_ml"),
+                   "mesh_side": {"1": "left", "2": "right"}},
+        "sides": {s: {**{k: r[k] for k in SIDE_KEYS}, "in_label": s in res.in_label}
+                  for s, r in reports.items()},
+    }
+    if ref is not None:
+        report["reference"] = compared_with(res.label, ref, vol.spacing)
+    return report
+
+
 def _write_outputs(out, vol, res, report, model, model_path, input_path, reference,
                    mesh_format, params, argv, info, deidentify, init_mask=None,
                    output_type="nifti", digests=None):
@@ -263,10 +322,12 @@ def _write_outputs(out, vol, res, report, model, model_path, input_path, referen
                     code=info.get("xform_code") or 1)
     if output_type in ("dicom-seg", "both"):
         report["dicom_seg"] = _write_seg(out, vol, res, model, input_path, info, params)
-    Surface(res.verts, res.faces).write(out.file(f"mesh.{mesh_format}"),
-                                        point_data=vertex_data(res, model))
+    paired = isinstance(res, PairedSegmentResult)
+    write_mesh(out.file(f"mesh.{mesh_format}"), res.fits if paired else {None: res}, model)
     out.write_json("report.json", report)
-    out.write_json("statistics.json", statistics(res, model, vol.spacing))
+    out.write_json("statistics.json", {"status": res.status, "sides": {
+        s: statistics(f, model, vol.spacing) for s, f in res.sides.items()}} if paired
+        else statistics(res, model, vol.spacing))
     inputs, shown = input_hashes(Path(input_path), deidentify)
     inputs["model"] = Path(model_path)
     if reference is not None:
@@ -285,6 +346,40 @@ def _write_outputs(out, vol, res, report, model, model_path, input_path, referen
         seed=None, inputs=inputs, input_paths=shown, digests=digests))
 
 
+def write_mesh(path, fits, model):
+    """The mesh of the fits (``{side or None: SegmentResult}``), with their
+    per-vertex results (:func:`vertex_data`): one surface, or the sides' one
+    after the other with point data ``side`` (1 left, 2 right)."""
+    verts, faces, data, start = [], [], {}, 0
+    for side, f in fits.items():
+        verts.append(f.verts)
+        faces.append(f.faces + start)
+        start += len(f.verts)
+        d = vertex_data(f, model)
+        if side is not None:
+            d["side"] = np.full(len(f.verts), 1.0 if side == "left" else 2.0)
+        for k, v in d.items():
+            data.setdefault(k, []).append(v)
+    Surface(np.concatenate(verts), np.concatenate(faces)).write(
+        path, point_data={k: np.concatenate(v) for k, v in data.items()})
+
+
+def both_sides_init(mvol, model, labels, params, dictionary=None):
+    """Starting surfaces of ``--side both`` from an ``--init-mask``: ``{side:
+    surface}`` of each side it holds (:func:`~shapeprior.segmentation.paired_parts`),
+    each its part's refined surface; a mask holding one organ starts the side
+    its refinement took, and the other side is searched for."""
+    organ = np.isin(mvol.array, np.asarray(tuple(labels)))
+    parts = paired_parts(mvol, organ, organ_min_ml(model)) if paired_model(model) else None
+    if parts is None:
+        fit = refine_mask(mvol, model, labels, replace(params, side="none"), None,
+                          dictionary).mask_fit
+        return {"right" if fit.mirrored else "left": fit.verts}
+    return {side: refine_mask(part_alone(mvol, organ, part), model, labels,
+                              replace(params, side=side), None, dictionary).mask_fit.verts
+            for side, part in parts.items()}
+
+
 def one_side_of(mvol, model, labels, side):
     """An ``--init-mask`` as the fit starts from: of a paired organ's model and a
     mask holding both sides (:func:`~shapeprior.segmentation.paired_parts`),
@@ -301,8 +396,7 @@ def one_side_of(mvol, model, labels, side):
         raise ValueError("--init-mask holds both sides of the paired organ (" + ", ".join(
             f"{s} {float(m.sum()) * ml:.1f} ml" for s, m in parts.items()) + "); a "
             "segmentation fits one: give --side left or --side right")
-    return Volume(np.where(organ & ~parts[side], 0, mvol.array).astype(mvol.array.dtype),
-                  mvol.spacing, mvol.origin, mvol.direction)
+    return part_alone(mvol, organ, parts[side])
 
 
 def side_note(model, params):
@@ -329,8 +423,12 @@ def _write_seg(out, vol, res, model, input_path, info, params):
     the report says why."""
     if res.status == "failed" or not np.any(res.label):
         return {"written": False, "reason": "failed result: no organ to store"}
-    side = fitted_side(res, model, params)
-    rec = write_dicom_seg(out.file("seg.dcm"), res.label, vol, input_path,
+    if isinstance(res, PairedSegmentResult):       # one segment per side in the label
+        found = {s: f.label for s, f in res.fits.items() if np.any(f.label)}
+        label, side = list(found.values()), list(found)
+    else:
+        label, side = res.label, fitted_side(res, model, params)
+    rec = write_dicom_seg(out.file("seg.dcm"), label, vol, input_path,
                           info.get("series_key"), organ=model.metadata.get("organ", "organ"),
                           side=side)
     return {"written": True, "file": "seg.dcm", **rec}

@@ -54,8 +54,11 @@ class SegmentParams:
     seed_space : {'lps', 'ras', 'voxel'}
         ``seed_mm`` in LPS mm (ITK, DICOM), RAS mm (3D Slicer, nibabel) or
         voxel indices (i, j, k).
-    side : {'none', 'left', 'right'}
+    side : {'none', 'left', 'right', 'both'}
         Side of a paired organ whose model holds left sides (right ones mirrored).
+        'none': both sides fitted, the better kept; 'both': both kept
+        (:func:`~shapeprior.segmentation.segment_both`; refinement reads it as
+        'none', which refines every side its mask holds).
     inside_brighter : bool
         Edge search without learned appearance: the organ is brighter than its
         surroundings.
@@ -177,7 +180,7 @@ class SegmentParams:
             # ~1e300 its products overflow to inf
             self.seed_mm = check_vector("seed_mm", self.seed_mm, 3, bound=MAX_ABS_COORD_MM)
         check_choice("seed_space", self.seed_space, ("lps", "ras", "voxel"))
-        check_choice("side", self.side, ("none", "left", "right"))
+        check_choice("side", self.side, ("none", "left", "right", "both"))
         self.inside_brighter = check_bool("inside_brighter", self.inside_brighter)
         if self.window is not None:
             self.window = check_vector("window", self.window, 2, increasing=True)
@@ -440,7 +443,8 @@ class _Fit:
 
 def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=None,
                    init=None, check_units=True):
-    """Fit the model to ``vol``; returns :class:`SegmentResult`.
+    """Fit the model to ``vol``; returns :class:`SegmentResult` (with
+    ``params.side`` 'both': :class:`~shapeprior.segmentation.PairedSegmentResult`).
 
     Without a seed the organ is found by :func:`find_placements` (a search
     over the whole field of view scored by the model's appearance); the
@@ -467,6 +471,7 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     init : ndarray, shape (N, 3), optional
         A starting surface (LPS mm, the model's vertex order), e.g. from
         :func:`refine_mask` on an existing segmentation; replaces placement.
+        With side 'both': ``{'left': surface, 'right': surface}``.
     check_units : bool
         With the CT intensity model (normalisation 'ct'), give a ``failed``
         result without fitting when the image is not in Hounsfield units
@@ -489,6 +494,10 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     if min(vol.array.shape) < 2:
         raise ValueError(f"image of shape {vol.array.shape} is not a 3-D volume")
     check_window(model, params)
+    if params.side == "both":
+        from ._both_sides import segment_both
+
+        return segment_both(vol, model, params, dictionary, clock, init, check_units)
     if params.side == "none" and init is None and paired_model(model):
         # a paired organ and no side given: each side fitted, the better kept
         fits = {side: segment_volume(vol, model, replace(params, side=side), dictionary,

@@ -89,6 +89,14 @@ def paired_parts(vol, organ, min_ml=None):
     return parts
 
 
+def part_alone(mask_vol, organ, part):
+    """The label map ``mask_vol`` with one side's ``part`` of its ``organ`` alone
+    (bool arrays on its grid, :func:`paired_parts`): the other side's organ
+    voxels cleared, every other label kept."""
+    arr = np.where(organ & ~part, 0, mask_vol.array).astype(mask_vol.array.dtype)
+    return Volume(arr, mask_vol.spacing, mask_vol.origin, mask_vol.direction)
+
+
 def _lps_x(vol, box, shape):
     """LPS x (mm) of the voxel centres of ``box`` (zyx slices of ``vol``'s grid),
     float32 of ``shape``."""
@@ -172,6 +180,8 @@ def refine_paired(mask_vol, model, labels=(1,), params=None, image=None, diction
     from ._fit import SegmentParams
 
     params = params or SegmentParams()
+    if params.side == "both":       # a refinement refines every side its mask holds
+        params = replace(params, side="none")
     if not paired_model(model):
         return None
     organ_values = np.asarray(tuple(labels) + tuple(keep))
@@ -192,9 +202,7 @@ def refine_paired(mask_vol, model, labels=(1,), params=None, image=None, diction
             label[kept] = given[kept].astype(np.uint8)
             sides[side] = None
             continue
-        # this side's part alone: the other side's organ voxels cleared
-        arr = np.where(organ & ~part, 0, mask_vol.array).astype(mask_vol.array.dtype)
-        one = Volume(arr, mask_vol.spacing, mask_vol.origin, mask_vol.direction)
+        one = part_alone(mask_vol, organ, part)
         seen = image
         if image is not None and not image_covers(image, mask_vol, part):
             seen = None     # a scan cropped to the other side: this side by its mask alone
@@ -212,5 +220,5 @@ def refine_paired(mask_vol, model, labels=(1,), params=None, image=None, diction
                               {s: round(float(p.sum()) * voxel_ml, 3) for s, p in parts.items()})
 
 
-__all__ = ["paired_parts", "refine_paired", "PairedRefineResult", "PAIRED_MIN_FRACTION",
+__all__ = ["paired_parts", "part_alone", "refine_paired", "PairedRefineResult", "PAIRED_MIN_FRACTION",
            "organ_min_ml", "smallest_organ_ml"]

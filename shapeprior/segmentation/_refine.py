@@ -492,6 +492,8 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     whole field of view.
     """
     params = params or SegmentParams()
+    if params.side == "both":       # a refinement refines every side its mask holds
+        params = replace(params, side="none")
     keep = tuple(int(v) for v in keep)
     bad = [v for v in keep if not 1 <= v <= 255 or v in tuple(labels)]
     if bad:
