@@ -127,10 +127,13 @@ def test_a_side_not_found_is_left_out_and_the_result_is_suspect(paired, tmp_path
 
 
 def _fit(label, status, quality=0.9, reasons=()):
+    """A side's fit as combine_sides reads it; its surface: the label's voxel
+    indices (x along the last axis, LPS x growing with it, as on an identity grid)."""
     from types import SimpleNamespace
 
+    verts = np.argwhere(label)[:, ::-1].astype(float) if label.any() else np.zeros((3, 3))
     return SimpleNamespace(label=label.astype(np.uint8), status=status, quality=quality,
-                           reasons=list(reasons))
+                           reasons=list(reasons), verts=verts)
 
 
 def test_combine_sides_statuses_and_overlap():
@@ -140,10 +143,10 @@ def test_combine_sides_statuses_and_overlap():
     a boundary voxel or two: still ok."""
     from shapeprior.segmentation._both_sides import SIDES_OVERLAP_SUSPECT
 
-    a = np.zeros((10, 10, 40), bool)
+    a = np.zeros((10, 10, 40), bool)      # the left organ: the larger x
     b = a.copy()
-    a[2:8, 2:8, 2:12] = True
-    b[2:8, 2:8, 20:30] = True
+    a[2:8, 2:8, 20:30] = True
+    b[2:8, 2:8, 2:12] = True
     r = combine_sides({"left": _fit(a, "ok"), "right": _fit(b, "ok", 0.7)}, (1.0, 1.0, 1.0))
     assert (r.status, r.in_label, r.reasons, r.quality) == ("ok", ["left", "right"], [], 0.7)
     assert r.evidence["overlap_ml"] == 0.0 and r.label.sum() == a.sum() + b.sum()
@@ -155,7 +158,7 @@ def test_combine_sides_statuses_and_overlap():
     assert r.status == "failed" and r.in_label == ["left", "right"] and r.quality == 0.1
     assert r.reasons == ["left: x"] and r.label.sum() == a.sum() + b.sum()
     # overlap: the right fit shifted onto the left organ
-    c = np.roll(a, 2, axis=2)
+    c = np.roll(a, -2, axis=2)
     r = combine_sides({"left": _fit(a, "ok"), "right": _fit(c, "ok")}, (2.0, 1.0, 1.0))
     assert r.status == "suspect" and "overlap" in r.reasons[-1]
     assert r.evidence["overlap_ml"] == pytest.approx(2.0 * (a & c).sum() / 1000)
@@ -163,6 +166,9 @@ def test_combine_sides_statuses_and_overlap():
     touch.reshape(-1)[np.flatnonzero(a)[:int(SIDES_OVERLAP_SUSPECT * a.sum())]] = True
     r = combine_sides({"left": _fit(a, "ok"), "right": _fit(touch, "ok")}, (1.0, 1.0, 1.0))
     assert r.status == "ok" and r.evidence["overlap_ml"] > 0
+    # the sides swapped: the left fit on the patient's right (smaller LPS x)
+    r = combine_sides({"left": _fit(b, "ok"), "right": _fit(a, "ok")}, (1.0, 1.0, 1.0))
+    assert r.status == "suspect" and "the sides may be swapped" in r.reasons[-1]
 
 
 def test_side_both_needs_a_paired_model(phantom_model, tmp_path, capsys):
@@ -198,6 +204,8 @@ def test_init_mask_of_both_sides_starts_each_side_from_its_part(paired, tmp_path
         ["init", "init"]
     lab = read_label_map(out / "label.nii.gz").array > 0
     assert dice(lab, truth[NAME]["left"] | truth[NAME]["right"]) > 0.9
+    pts, _, data, _ = read_vtk_mesh(out / "mesh.vtk")      # each side on its own side
+    assert pts[data["side"] == 1, 0].mean() > pts[data["side"] == 2, 0].mean()
     given = read_label_map(mask)
     left_only = tmp_path / "left.nii.gz"
     write_label(given, truth[NAME]["left"].astype(np.uint8), left_only)

@@ -46,7 +46,8 @@ class PairedSegmentResult:
         The sides ``label`` (and the written mesh) holds: those whose fit did
         not fail, or both when both failed.
     status : {'ok', 'suspect', 'failed'}
-        ``ok`` when both sides are ok and their labels do not overlap;
+        ``ok`` when both sides are ok, their labels do not overlap and the
+        left one lies on the patient's left of the right one (LPS x);
         ``failed`` when both failed; else ``suspect``.
     quality : float
         The lowest quality of the sides in the label.
@@ -124,9 +125,17 @@ def combine_sides(fits, spacing):
             reasons.append(f"the left and right fits overlap ({both * voxel_ml:.1f} ml, "
                            f"{100 * both / min(sizes):.0f} % of the smaller): both may lie "
                            "on one organ")
+    swapped = False
+    if len(in_label) == 2:
+        # LPS: +x is the patient's left, so the left organ lies at the larger x
+        xl, xr = (float(np.mean(fits[s].verts[:, 0])) for s in ("left", "right"))
+        swapped = xl <= xr
+        if swapped:
+            reasons.append(f"the left fit lies on the patient's right of the right fit (LPS x "
+                           f"{xl:.1f} <= {xr:.1f} mm): the sides may be swapped")
     if len(failed) == len(fits):
         status = "failed"
-    elif failed or overlap or any(fits[s].status != "ok" for s in in_label):
+    elif failed or overlap or swapped or any(fits[s].status != "ok" for s in in_label):
         status = "suspect"
     else:
         status = "ok"
