@@ -187,6 +187,21 @@ def test_side_both_needs_a_paired_model(phantom_model, tmp_path, capsys):
                        SegmentParams(side="both"))
 
 
+def test_one_seed_for_both_sides_is_refused(paired, tmp_path, capsys):
+    """A seed places one organ: with --side both it is refused in one line,
+    nothing written, and the API refuses it naming the parameter."""
+    d, images, _, model = paired
+    out = tmp_path / "o"
+    assert main(["segment", str(images / NAME), "-o", str(out), "--model", str(model),
+                 "--side", "both", "--seed", "1,2,3"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--seed places one organ; --side both fits two" in err[0]
+    assert not out.exists()
+    with pytest.raises(ValueError, match="seed_mm places one organ"):
+        sp.segment(sp.read_volume(images / NAME), sp.load_model(model), side="both",
+                   seed=(1.0, 2.0, 3.0))
+
+
 def test_init_mask_of_both_sides_starts_each_side_from_its_part(paired, tmp_path):
     """--init-mask holding both organs with --side both: no refusal, each side
     starts from its own part (placement 'init' for both) and finds its organ;

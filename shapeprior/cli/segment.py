@@ -126,6 +126,8 @@ def main(argv):
          "--init-labels has no effect without --init-mask"),
         (a.seed_space is not None and not a.seed, "--seed-space has no effect without --seed"),
         (a.seed and a.init_mask, "--seed and --init-mask both place the fit: give one"),
+        (a.seed and a.side == "both", "--seed places one organ; --side both fits two: leave it "
+         "out (each side is searched for on its own side of the body) or give --init-mask"),
         (a.placement is not None and placed,
          f"--placement has no effect with {placed} (it places the fit)"),
         (a.hypotheses is not None and (placed or a.placement == "prior"),

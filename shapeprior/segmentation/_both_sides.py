@@ -158,6 +158,9 @@ def segment_both(vol, model, params, dictionary=None, clock=None, init=None, che
     from ._fit import segment_volume
 
     check_paired(model)
+    if params.seed_mm is not None:
+        raise ValueError("seed_mm places one organ; side='both' fits two: leave it out (each "
+                         "side is searched for on its own side of the body) or give init")
     inits = _side_inits(init)
     t0 = time.perf_counter()
     fits = {s: segment_volume(vol, model, replace(params, side=s), dictionary, clock,
