@@ -134,11 +134,13 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
     volume_ml = float(np.count_nonzero(res.label)) * voxel_ml
     organ = model.metadata.get("organ", "organ")
     fits = res.fits if isinstance(res, PairedSegmentResult) else {None: res}
+    each = "" if None in fits else " (" + ", ".join(
+        f"{s} {float(np.count_nonzero(f.label)) * voxel_ml:.1f} ml" for s, f in fits.items()) + ")"
 
     # the QC picture draws on a thread while the report is measured and the other
     # files are written; the folder is published once it is done
     picture = background(qc_png, out.file("qc.png"), vol, res.label, ref,
-                         title=f"{organ}: {volume_ml:.1f} ml",
+                         title=f"{organ}: {volume_ml:.1f} ml{each}",
                          verts=np.concatenate([f.verts for f in fits.values()]),
                          outliers=np.concatenate([f.overridden for f in fits.values()])) \
         if qc else contextlib.nullcontext()
