@@ -307,3 +307,49 @@ def test_segment_both_on_a_dicom_series_writes_a_segment_per_side(paired, tmp_pa
     assert all(p > 0 for p in per) and sum(per) == lab.sum()      # the sides do not overlap
     ml = rep["sides"]["left"]["volume_ml"] / per[0]
     assert rep["sides"]["right"]["volume_ml"] == pytest.approx(per[1] * ml, rel=1e-6)
+
+
+def test_each_side_is_compared_with_its_side_of_the_reference(paired, tmp_path, capsys):
+    """--reference with --side both: the whole label's comparison, and each side's,
+    the label and the reference cut at the report's midline (halfway between the
+    sides' centroids); a rerun with another reference (the left organ alone)
+    compares both again without fitting: the left side's numbers stay, the right
+    side's reference is now empty."""
+    from shapeprior.io import write_label
+    from shapeprior.segmentation import surface_distances
+
+    d, images, truth, model = paired
+    given = read_label_map(d / "labels" / NAME)
+    both_ref = tmp_path / "ref" / "pair.nii.gz"
+    both_ref.parent.mkdir()
+    write_label(given, (truth[NAME]["left"] | truth[NAME]["right"]).astype(np.uint8), both_ref)
+    src = tmp_path / "in" / "pair.nii.gz"
+    src.parent.mkdir()
+    src.write_bytes((images / NAME).read_bytes())
+    out = tmp_path / "o"
+    args = ["segment", str(src.parent), "-o", str(out), "--model", str(model), "--side", "both",
+            "--reference", str(both_ref.parent)]
+    assert main(args) == 0
+    rep = json.loads((out / "pair" / "report.json").read_text())
+    lab = read_label_map(out / "pair" / "label.nii.gz").array > 0
+    x0 = rep["paired"]["midline_lps_x_mm"]
+    grid = read_label_map(out / "pair" / "label.nii.gz")
+    idx = np.argwhere(np.ones(lab.shape, bool))[:, ::-1].astype(float)
+    x = grid.index_to_physical(idx)[:, 0].reshape(lab.shape)     # LPS x of every voxel
+    assert truth[NAME]["left"][x <= x0].sum() == 0 and truth[NAME]["right"][x > x0].sum() == 0
+    for side, here in (("left", x > x0), ("right", x <= x0)):
+        b = rep["sides"][side]["reference"]
+        assert b["dice"] == pytest.approx(dice(lab & here, truth[NAME][side]), abs=1e-12)
+        assert b["dice"] > 0.9
+        want = surface_distances(lab & here, truth[NAME][side], grid.spacing)
+        assert b["assd_mm"] == pytest.approx(want["assd_mm"], abs=1e-9)
+    assert rep["reference"]["dice"] > 0.9
+    assert "Dice 0." in capsys.readouterr().out
+    # the left organ alone as the reference: compared again, nothing fitted
+    write_label(given, truth[NAME]["left"].astype(np.uint8), both_ref)
+    assert main(args) == 0
+    again = json.loads((out / "pair" / "report.json").read_text())
+    assert again["sides"]["left"]["reference"] == rep["sides"]["left"]["reference"]
+    assert again["sides"]["right"]["reference"]["dice"] == 0.0
+    assert again["sides"]["left"]["placement"] == rep["sides"]["left"]["placement"]
+    assert "compared again" in (out / "summary.csv").read_text()

@@ -64,7 +64,8 @@ def print_case(name, rep):
     if rep.get("side") == "both":       # segment --side both: each side's result
         print("  both sides: " + ", ".join(
             f"{s} {b['status']} ({b['volume_ml']:.1f} ml"
-            + ("" if b["in_label"] else ", left out of the label") + ")"
+            + ("" if b["in_label"] else ", left out of the label")
+            + (f", Dice {b['reference']['dice']:.3f}" if "reference" in b else "") + ")"
             for s, b in rep["sides"].items()))
     for r in rep["reasons"]:
         print(f"  {rep['status']}: {r}")

@@ -19,7 +19,8 @@ import numpy as np
 from .._outputs import OutputDir, read_manifest, sha256_file, show_path
 from ..io import read_label_map
 from ._refine import refine_reference
-from ._run import EMPTY_REFERENCE_WARNING, compared_with, note_empty_reference, reference_mask
+from ._run import (EMPTY_REFERENCE_WARNING, compared_with, note_empty_reference, reference_mask,
+                   side_references)
 
 
 def rescore_outputs(folder, reference, reference_labels, *, mask=None, allow_no_orientation=False,
@@ -41,6 +42,8 @@ def rescore_outputs(folder, reference, reference_labels, *, mask=None, allow_no_
     label = grid.array > 0
     if mask is None:            # the block as run_case writes it
         report["reference"] = {**compared_with(label, ref, grid.spacing), "labels": labels}
+        if report.get("side") == "both":        # and each side's, cut at the same midline
+            side_references(report, label, ref, grid)
     else:
         p = man["parameters"]
         organ = np.isin(read_label_map(mask, allow_no_orientation).array,

@@ -19,7 +19,8 @@ from ..io import (Volume, display_name, image_files, read_image, read_label_map,
 from ..mesh import MESH_FORMATS, Surface
 from ..segmentation import (PairedSegmentResult, SegmentParams, dice, distance_to_mean,
                             organ_min_ml, paired_model, paired_parts, part_alone, refine_mask,
-                            segment_volume, shape_statistics, surface_distances)
+                            segment_volume, shape_statistics, split_at_midline,
+                            surface_distances)
 from ._qc import qc_png
 
 #: label outputs: NIfTI on the input grid, DICOM-SEG referencing a DICOM input, or both
@@ -311,9 +312,29 @@ def _paired_report(res, vol, ref, info, model, params, dictionary, clock, case_n
         "sides": {s: {**{k: r[k] for k in SIDE_KEYS}, "in_label": s in res.in_label}
                   for s, r in reports.items()},
     }
+    if len(res.in_label) == 2:
+        # where the label is cut into its sides: halfway between the sides' centroids
+        report["paired"]["midline_lps_x_mm"] = round(0.5 * sum(
+            float(np.mean(res.sides[s].verts[:, 0])) for s in res.in_label), 3)
     if ref is not None:
         report["reference"] = compared_with(res.label, ref, vol.spacing)
+        side_references(report, res.label > 0, ref, vol)
     return report
+
+
+def side_references(report, label, ref, grid):
+    """A report of both sides, whose label holds both: each side's
+    ``reference`` block, the label and the reference organ (bool arrays on
+    ``grid``) cut at the report's midline (:func:`~shapeprior.segmentation.split_at_midline`).
+    A report without a midline (one side in the label) gets none, and loses a
+    previous comparison's."""
+    x0 = report["paired"].get("midline_lps_x_mm")
+    for b in report["sides"].values():
+        b.pop("reference", None)
+    if x0 is None:
+        return
+    for side, (lab, org) in split_at_midline(grid, [label, ref], x0).items():
+        report["sides"][side]["reference"] = compared_with(lab, org, grid.spacing)
 
 
 def _write_outputs(out, vol, res, report, model, model_path, input_path, reference,
@@ -492,5 +513,5 @@ def scrub_argv(argv, replace):
     return out
 
 
-__all__ = ["run_case", "OUTPUT_TYPES", "output_names", "input_files", "input_hashes", "params_record", "vertex_data",
+__all__ = ["run_case", "side_references", "OUTPUT_TYPES", "output_names", "input_files", "input_hashes", "params_record", "vertex_data",
            "statistics"]

@@ -7,7 +7,7 @@ from ._both_sides import PairedSegmentResult, check_paired, combine_sides, segme
 from ._fit import SegmentParams, SegmentResult, check_window, segment_volume
 from ._metrics import surface_distances
 from ._paired import (PairedRefineResult, organ_min_ml, paired_parts, part_alone,
-                      refine_paired)
+                      refine_paired, split_at_midline)
 from ._place import Hypothesis, find_placements
 from ._refine import (RefineResult, describe_corrections, missing_slices, refine_mask,
                       repeated_slices)
@@ -23,4 +23,4 @@ __all__ = ["SegmentParams", "SegmentResult", "segment_volume", "voxelize", "dice
            "check_window", "SIDES", "check_side", "median_residual", "model_side",
            "solve_sides", "starting_side", "refine_paired", "PairedRefineResult",
            "paired_parts", "organ_min_ml", "PairedSegmentResult", "segment_both",
-           "combine_sides", "part_alone", "check_paired"]
+           "combine_sides", "part_alone", "check_paired", "split_at_midline"]

@@ -97,6 +97,26 @@ def part_alone(mask_vol, organ, part):
     return Volume(arr, mask_vol.spacing, mask_vol.origin, mask_vol.direction)
 
 
+def split_at_midline(vol, masks, midline_x):
+    """Each of ``masks`` (bool arrays on ``vol``'s grid) cut at the LPS x
+    ``midline_x`` (mm): ``{'left': [...], 'right': [...]}``, the left part
+    beyond it (+x: the patient's left). The parts are cut from the masks'
+    common box, padded by a voxel, so a Dice or a surface distance of two
+    parts is the one of the same parts on the whole grid without allocating
+    it."""
+    union = np.logical_or.reduce([np.asarray(m, bool) for m in masks])
+    if union.any():
+        box = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, n))
+                    for b, n in zip(mask_box(union), union.shape))
+    else:
+        box = tuple(slice(0, min(2, n)) for n in union.shape)
+    sub = tuple(b.stop - b.start for b in box)
+    x = _lps_x(vol, box, sub)
+    left = x > midline_x
+    return {"left": [np.asarray(m, bool)[box] & left for m in masks],
+            "right": [np.asarray(m, bool)[box] & ~left for m in masks]}
+
+
 def _lps_x(vol, box, shape):
     """LPS x (mm) of the voxel centres of ``box`` (zyx slices of ``vol``'s grid),
     float32 of ``shape``."""
@@ -220,5 +240,5 @@ def refine_paired(mask_vol, model, labels=(1,), params=None, image=None, diction
                               {s: round(float(p.sum()) * voxel_ml, 3) for s, p in parts.items()})
 
 
-__all__ = ["paired_parts", "part_alone", "refine_paired", "PairedRefineResult", "PAIRED_MIN_FRACTION",
+__all__ = ["paired_parts", "part_alone", "split_at_midline", "refine_paired", "PairedRefineResult", "PAIRED_MIN_FRACTION",
            "organ_min_ml", "smallest_organ_ml"]
