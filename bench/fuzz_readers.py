@@ -4,7 +4,9 @@ Seeds are real files: MSD hippocampus MR NIfTI (as stored, gzipped, and
 uncompressed so header mutations reach the header), a TotalSegmentator
 label map, the same scans written as MetaImage and NRRD (text headers: a
 geometry or layout field given an unparsable, short, long or non-finite value,
-or dropped), the TCIA DICOM series (one slice of a copied series mutated at a
+or dropped), the same scans as TIFF stacks (raw and compressed; bytes of the page
+directories and pixel data changed, or the file cut short: read with
+``allow_no_orientation``, as TIFF records none), the TCIA DICOM series (one slice of a copied series mutated at a
 time), and a shapeprior model file built from the demo phantoms. Each
 mutation is a seeded byte flip, truncation, header-field edit or (models)
 array edit; each mutated input is read in a forked child with an
@@ -200,7 +202,8 @@ def _child(kind, path, wfd):
         else:
             from shapeprior.io import read_image
 
-            vol, _ = read_image(path)
+            # TIFF records no orientation: read as a user who takes that placement
+            vol, _ = read_image(path, None, kind == "tiff")
             a = vol.array
             good = (a.ndim == 3 and min(a.shape) >= 1
                     and (not np.issubdtype(a.dtype, np.floating) or np.all(np.isfinite(a)))
@@ -272,7 +275,8 @@ def run_one(kind, path):
 
 def seeds(work: Path):
     root = data_root()
-    out = {"nifti_gz": [], "nifti": [], "dicom": [], "model": [], "mha": [], "nrrd": []}
+    out = {"nifti_gz": [], "nifti": [], "dicom": [], "model": [], "mha": [], "nrrd": [],
+           "tiff": []}
     hip = sorted((root / "msd_hippocampus" / "images").glob("*.nii.gz"))[:6]
     lab = sorted((root / "msd_hippocampus" / "labels").glob("*.nii.gz"))[:2]
     ts = root / "totalsegmentator_example" / "example_seg_roi_subset_mr.nii.gz"
@@ -290,6 +294,10 @@ def seeds(work: Path):
             dst = work / "seeds" / (f.name[: -len(".nii.gz")] + "." + fam)
             sitk.WriteImage(img, str(dst), useCompression=False)
             out[fam].append(dst)
+        for comp in (False, True):        # and as a TIFF stack, raw and compressed
+            dst = work / "seeds" / (f.name[: -len(".nii.gz")] + f"_{int(comp)}.tif")
+            sitk.WriteImage(img, str(dst), useCompression=comp)
+            out["tiff"].append(dst)
     for d in ("Study3_HCropVolume", "Study3_T1post_oblique"):
         p = root / "tcia_mr_dicom" / d
         if p.is_dir():
@@ -335,6 +343,24 @@ def mutate(family, seed_path, rng, work: Path, i: int):
             b, what = (flip_bytes(b, rng, len(b)) if op == 1 else truncate(b, rng))
             p.write_bytes(b)
         return "model", p, what
+    if family == "tiff":
+        b = seed_path.read_bytes()
+        op = int(rng.integers(3))
+        if op == 0:             # the page directories: the first one and those after it
+            ifd = struct.unpack("<I", b[4:8])[0] if b[:2] == b"II" else 8
+            a = bytearray(b)
+            n = int(rng.integers(1, 5))
+            for _ in range(n):
+                k = int(rng.integers(min(ifd, len(a) - 1), len(a)))
+                a[k] = int(rng.integers(0, 256))
+            b, what = bytes(a), f"flip {n} bytes from the first page directory (byte {ifd}) on"
+        elif op == 1:
+            b, what = flip_bytes(b, rng, len(b))
+        else:
+            b, what = truncate(b, rng)
+        p = dst / "x.tif"
+        p.write_bytes(b)
+        return "tiff", p, what
     if family in TEXT_FIELDS:
         b = seed_path.read_bytes()
         op = int(rng.integers(4))
@@ -390,8 +416,8 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="shapeprior-fuzz-"))
     try:
         s = seeds(work)
-        weights = {"nifti_gz": 0.24, "nifti": 0.24, "dicom": 0.16, "model": 0.16, "mha": 0.1,
-                   "nrrd": 0.1}
+        weights = {"nifti_gz": 0.22, "nifti": 0.22, "dicom": 0.14, "model": 0.14, "mha": 0.09,
+                   "nrrd": 0.09, "tiff": 0.1}
         fams = [f for f in weights if s[f]]
         p = np.array([weights[f] for f in fams])
         p /= p.sum()

@@ -179,6 +179,96 @@ def check_nrrd_header(path, name, allow_no_orientation=False) -> None:
                              "--allow-no-orientation to read it so")
 
 
+#: TIFF tags whose values locate a page's pixel data: (offsets, byte counts) of
+#: its strips and of its tiles
+_TIFF_DATA_TAGS = ((273, 279), (324, 325))
+#: bytes per value of the TIFF field types an offset or a count may have
+#: (SHORT, LONG, LONG8, IFD, IFD8)
+_TIFF_INT_TYPES = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8), 13: ("I", 4), 18: ("Q", 8)}
+#: pages walked at most (a page chain this long is not a volume's)
+_TIFF_MAX_PAGES = 1_000_000
+
+
+def check_tiff_structure(path, name) -> None:
+    """Refuse a TIFF (``.tif``/``.tiff``, classic or BigTIFF) whose page chain or
+    pixel data do not fit in the file: libtiff reads the pages it reaches and
+    stops quietly at the first that is cut off, so a file cut in half is read
+    as a volume of half its slices. Walks the chain of image file directories
+    (IFDs) and checks that each directory, and each strip or tile it points to,
+    ends within the file, and that the chain ends (no loop)."""
+    import struct
+
+    size = os.path.getsize(path)
+
+    def bad(what):
+        return ImageReadError(f"{name}: truncated or corrupt TIFF: {what} (the file has {size} "
+                              "bytes); refusing a volume with slices missing")
+
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        if order is None or len(head) < 8:
+            raise bad("no TIFF header")
+        magic = struct.unpack(order + "H", head[2:4])[0]
+        big = magic == 43
+        if magic not in (42, 43) or (big and len(head) < 16):
+            raise bad(f"magic number {magic}, not 42 or 43")
+        off_fmt, off_size = ("Q", 8) if big else ("I", 4)
+        count_fmt, count_size, entry_size = ("Q", 8, 20) if big else ("H", 2, 12)
+        ifd = struct.unpack(order + off_fmt, head[8:16] if big else head[4:8])[0]
+
+        def read(at, n):
+            if at + n > size:
+                raise bad(f"bytes {at}-{at + n} lie beyond its end")
+            fh.seek(at)
+            return fh.read(n)
+
+        seen, page = set(), 0
+        while ifd:
+            page += 1
+            if ifd in seen:
+                raise bad(f"the chain of pages loops back to page {page - 1}'s directory")
+            if page > _TIFF_MAX_PAGES:
+                raise bad(f"more than {_TIFF_MAX_PAGES} pages")
+            seen.add(ifd)
+            if ifd + count_size > size:
+                raise bad(f"page {page}'s directory at byte {ifd} lies beyond its end")
+            n = struct.unpack(order + count_fmt, read(ifd, count_size))[0]
+            table = read(ifd + count_size, n * entry_size + off_size)
+            fields = {}
+            for k in range(n):
+                e = table[k * entry_size:(k + 1) * entry_size]
+                tag, typ = struct.unpack(order + "HH", e[:4])
+                cnt = struct.unpack(order + off_fmt, e[4:4 + off_size])[0]
+                fields[tag] = (typ, cnt, e[4 + off_size:])
+            for offsets, counts in _TIFF_DATA_TAGS:
+                if offsets in fields and counts in fields:
+                    starts = _tiff_values(fields[offsets], order, off_size, read, bad)
+                    lengths = _tiff_values(fields[counts], order, off_size, read, bad)
+                    if len(starts) != len(lengths):
+                        raise bad(f"page {page} gives {len(starts)} data offsets and "
+                                  f"{len(lengths)} lengths")
+                    ends = [a + b for a, b in zip(starts, lengths)]
+                    if ends and max(ends) > size:
+                        raise bad(f"page {page}'s pixel data end at byte {max(ends)}, beyond "
+                                  "the file's end")
+            ifd = struct.unpack(order + off_fmt, table[n * entry_size:])[0]
+
+
+def _tiff_values(field, order, off_size, read, bad):
+    """The integer values of one TIFF directory entry (offsets or counts): inline
+    when they fit in its value slot, else read from where the slot points."""
+    import struct
+
+    typ, cnt, slot = field
+    if typ not in _TIFF_INT_TYPES:
+        raise bad(f"a data offset or length of field type {typ}")
+    code, width = _TIFF_INT_TYPES[typ]
+    raw = slot[:cnt * width] if cnt * width <= off_size else \
+        read(struct.unpack(order + ("Q" if off_size == 8 else "I"), slot)[0], cnt * width)
+    return struct.unpack(f"{order}{cnt}{code}", raw)
+
+
 def check_values(name, array) -> None:
     """Refuse NaN or infinite voxel values (from the raw data, any format)."""
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):

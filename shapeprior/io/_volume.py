@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import (ImageReadError, check_geometry, check_metaimage_header, check_nrrd_header,
-                      check_size, check_values, display_name, itk_call)
+                      check_size, check_tiff_structure, check_values, display_name, itk_call)
 
 
 def _triple(v, digits=6):
@@ -193,6 +193,8 @@ def _itk_header(sp, name, allow_no_orientation=False):
         check_metaimage_header(sp, name)
     elif low.endswith(_NRRD_SUFFIXES):
         check_nrrd_header(sp, name, allow_no_orientation)
+    elif low.endswith((".tif", ".tiff")):
+        check_tiff_structure(sp, name)
     r = sitk.ImageFileReader()
     r.SetFileName(sp)
     itk_call(r.ReadImageInformation, f"{name} as an image")
