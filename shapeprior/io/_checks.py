@@ -269,6 +269,64 @@ def _tiff_values(field, order, off_size, read, bad):
     return struct.unpack(f"{order}{cnt}{code}", raw)
 
 
+#: bytes of a GIPL file's header: its voxels follow it
+_GIPL_HEADER_BYTES = 256
+
+
+def check_data_extent(path, name, nbytes, nvalues) -> None:
+    """Refuse a VTK legacy (``.vtk``) or GIPL (``.gipl``, ``.gipl.gz``) image that
+    holds fewer voxels than its header describes (``nbytes`` bytes, ``nvalues``
+    values): ITK reads such a file without a word, the missing voxels made up.
+    A binary VTK file must hold ``nbytes`` after its header's ``LOOKUP_TABLE``
+    line, an ASCII one ``nvalues`` numbers; a GIPL file ``nbytes`` after its
+    256-byte header (a gzipped one decompressed, and its stream complete).
+    Other formats are left to their readers' own checks."""
+    import gzip
+    import zlib
+
+    low = str(path).lower()
+
+    def short(have, unit="bytes"):
+        return ImageReadError(f"{name} is truncated: its header describes "
+                              f"{nbytes if unit == 'bytes' else nvalues} {unit} of voxels, the "
+                              f"file holds {have}; refusing to make up the rest")
+
+    if low.endswith((".gipl", ".gipl.gz")):
+        if low.endswith(".gz"):
+            have = 0
+            try:
+                with gzip.open(path, "rb") as fh:
+                    while chunk := fh.read(1 << 20):
+                        have += len(chunk)
+            except (EOFError, OSError, zlib.error) as exc:
+                raise ImageReadError(f"{name}: its gzip stream is cut short or corrupt "
+                                     f"({exc}); refusing to make up the rest") from None
+        else:
+            have = os.path.getsize(path)
+        if have - _GIPL_HEADER_BYTES < nbytes:
+            raise short(max(have - _GIPL_HEADER_BYTES, 0))
+    elif low.endswith(".vtk"):
+        with open(path, "rb") as fh:
+            head = fh.read(_META_HEADER_BYTES)
+            at = head.find(b"LOOKUP_TABLE")
+            if at < 0:
+                return              # a layout ITK does not read as an image: its error stands
+            start = head.find(b"\n", at) + 1
+            binary = b"\nBINARY" in head[:at].upper()
+            if binary:
+                have = os.path.getsize(path) - start
+                if have < nbytes:
+                    raise short(max(have, 0))
+                return
+            fh.seek(start)
+            count = 0
+            while chunk := fh.read(1 << 20):
+                count += len(chunk.split())
+                if count >= nvalues:
+                    return
+            raise short(count, "values")
+
+
 def check_values(name, array) -> None:
     """Refuse NaN or infinite voxel values (from the raw data, any format)."""
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._checks import (ImageReadError, check_geometry, check_metaimage_header, check_nrrd_header,
-                      check_size, check_tiff_structure, check_values, display_name, itk_call)
+from ._checks import (ImageReadError, check_data_extent, check_geometry, check_metaimage_header,
+                      check_nrrd_header, check_size, check_tiff_structure, check_values,
+                      display_name, itk_call)
 
 
 def _triple(v, digits=6):
@@ -230,6 +231,8 @@ def _read_itk(p: Path, name: str, allow_no_orientation=False) -> Volume:
         if ptype not in _ITK_ITEMSIZE:
             raise ImageReadError(f"{name}: pixel type {ptype!r} is not supported")
         check_size(name, r.GetSize(), _ITK_ITEMSIZE[ptype])
+        n = int(np.prod([int(v) for v in r.GetSize()], dtype=object))
+        check_data_extent(sp, name, n * _ITK_ITEMSIZE[ptype], n)
         check_geometry(name, r.GetSpacing(), r.GetDirection(), r.GetOrigin())
         img = itk_call(r.Execute, f"{name} as an image")
     vol = _from_sitk(img)
