@@ -1,6 +1,6 @@
-"""VTK legacy and GIPL images cut short: ITK reads them without a word and
+"""VTK legacy, GIPL and MRC images cut short: ITK reads them without a word and
 makes up the missing voxels. Found as a new user (a binary VTK and a GIPL
-cut to two thirds were read with their last third changed); they are now
+cut to two thirds were read with their last third changed; an MRC too); they are now
 refused in one line (``io._checks.check_data_extent``)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def _image(dtype):
 
 def _write(path, a, kind):
     """``a`` (z, y, x) as ``kind``: 'vtk' (binary, SimpleITK), 'vtk-ascii' (written
-    here), 'gipl' or 'gipl.gz' (SimpleITK)."""
+    here), 'gipl', 'gipl.gz' or 'mrc' (SimpleITK)."""
     import SimpleITK as sitk
 
     if kind == "vtk-ascii":
@@ -40,7 +40,7 @@ def _write(path, a, kind):
 
 
 @pytest.mark.parametrize("dtype", list(VTK_TYPES))
-@pytest.mark.parametrize("kind", ["vtk", "vtk-ascii", "gipl", "gipl.gz"])
+@pytest.mark.parametrize("kind", ["vtk", "vtk-ascii", "gipl", "gipl.gz", "mrc"])
 def test_a_whole_file_reads_and_a_cut_one_is_refused(tmp_path, kind, dtype):
     a = _image(dtype)
     f = tmp_path / ("x." + kind.replace("-ascii", ""))

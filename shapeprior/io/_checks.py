@@ -271,15 +271,20 @@ def _tiff_values(field, order, off_size, read, bad):
 
 #: bytes of a GIPL file's header: its voxels follow it
 _GIPL_HEADER_BYTES = 256
+#: bytes of an MRC file's main header: its extended header (NSYMBT bytes), then
+#: its voxels follow it
+_MRC_HEADER_BYTES = 1024
 
 
 def check_data_extent(path, name, nbytes, nvalues) -> None:
-    """Refuse a VTK legacy (``.vtk``) or GIPL (``.gipl``, ``.gipl.gz``) image that
-    holds fewer voxels than its header describes (``nbytes`` bytes, ``nvalues``
-    values): ITK reads such a file without a word, the missing voxels made up.
-    A binary VTK file must hold ``nbytes`` after its header's ``LOOKUP_TABLE``
-    line, an ASCII one ``nvalues`` numbers; a GIPL file ``nbytes`` after its
-    256-byte header (a gzipped one decompressed, and its stream complete).
+    """Refuse a VTK legacy (``.vtk``), GIPL (``.gipl``, ``.gipl.gz``) or MRC
+    (``.mrc``) image that holds fewer voxels than its header describes
+    (``nbytes`` bytes, ``nvalues`` values): ITK reads such a file without a
+    word, the missing voxels made up. A binary VTK file must hold ``nbytes``
+    after its header's ``LOOKUP_TABLE`` line, an ASCII one ``nvalues`` numbers;
+    a GIPL file ``nbytes`` after its 256-byte header (a gzipped one
+    decompressed, and its stream complete); an MRC file after its 1024-byte
+    header and its extended header.
     Other formats are left to their readers' own checks."""
     import gzip
     import zlib
@@ -305,6 +310,20 @@ def check_data_extent(path, name, nbytes, nvalues) -> None:
             have = os.path.getsize(path)
         if have - _GIPL_HEADER_BYTES < nbytes:
             raise short(max(have - _GIPL_HEADER_BYTES, 0))
+    elif low.endswith(".mrc"):
+        import struct
+
+        with open(path, "rb") as fh:
+            head = fh.read(_MRC_HEADER_BYTES)
+        if len(head) < _MRC_HEADER_BYTES:
+            raise short(0)
+        # the extended header's size (NSYMBT, word 24) in the file's byte order
+        # (the machine stamp at byte 212: 0x11 big-endian, else little-endian)
+        order = ">" if head[212] == 0x11 else "<"
+        extra = struct.unpack(order + "i", head[92:96])[0]
+        have = os.path.getsize(path) - _MRC_HEADER_BYTES - max(extra, 0)
+        if have < nbytes:
+            raise short(max(have, 0))
     elif low.endswith(".vtk"):
         with open(path, "rb") as fh:
             head = fh.read(_META_HEADER_BYTES)
