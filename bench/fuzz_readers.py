@@ -6,7 +6,9 @@ label map, the same scans written as MetaImage and NRRD (text headers: a
 geometry or layout field given an unparsable, short, long or non-finite value,
 or dropped), the same scans as TIFF stacks (raw and compressed; bytes of the page
 directories and pixel data changed, or the file cut short: read with
-``allow_no_orientation``, as TIFF records none), the TCIA DICOM series (one slice of a copied series mutated at a
+``allow_no_orientation``, as TIFF records none), the same as VTK legacy, GIPL
+(raw and gzipped) and MRC (bytes of the first 1 KiB changed, or cut short; also
+read with ``allow_no_orientation``), the TCIA DICOM series (one slice of a copied series mutated at a
 time), and a shapeprior model file built from the demo phantoms. Each
 mutation is a seeded byte flip, truncation, header-field edit or (models)
 array edit; each mutated input is read in a forked child with an
@@ -203,7 +205,7 @@ def _child(kind, path, wfd):
             from shapeprior.io import read_image
 
             # TIFF records no orientation: read as a user who takes that placement
-            vol, _ = read_image(path, None, kind == "tiff")
+            vol, _ = read_image(path, None, kind in ("tiff", "itk_other"))
             a = vol.array
             good = (a.ndim == 3 and min(a.shape) >= 1
                     and (not np.issubdtype(a.dtype, np.floating) or np.all(np.isfinite(a)))
@@ -276,7 +278,7 @@ def run_one(kind, path):
 def seeds(work: Path):
     root = data_root()
     out = {"nifti_gz": [], "nifti": [], "dicom": [], "model": [], "mha": [], "nrrd": [],
-           "tiff": []}
+           "tiff": [], "itk_other": []}
     hip = sorted((root / "msd_hippocampus" / "images").glob("*.nii.gz"))[:6]
     lab = sorted((root / "msd_hippocampus" / "labels").glob("*.nii.gz"))[:2]
     ts = root / "totalsegmentator_example" / "example_seg_roi_subset_mr.nii.gz"
@@ -298,6 +300,10 @@ def seeds(work: Path):
             dst = work / "seeds" / (f.name[: -len(".nii.gz")] + f"_{int(comp)}.tif")
             sitk.WriteImage(img, str(dst), useCompression=comp)
             out["tiff"].append(dst)
+        for ext in ("vtk", "gipl", "gipl.gz", "mrc"):   # formats without orientation
+            dst = work / "seeds" / (f.name[: -len(".nii.gz")] + "." + ext)
+            sitk.WriteImage(img, str(dst), useCompression=ext.endswith(".gz"))
+            out["itk_other"].append(dst)
     for d in ("Study3_HCropVolume", "Study3_T1post_oblique"):
         p = root / "tcia_mr_dicom" / d
         if p.is_dir():
@@ -361,6 +367,12 @@ def mutate(family, seed_path, rng, work: Path, i: int):
         p = dst / "x.tif"
         p.write_bytes(b)
         return "tiff", p, what
+    if family == "itk_other":
+        b = seed_path.read_bytes()
+        b, what = flip_bytes(b, rng, 1024) if rng.random() < 0.5 else truncate(b, rng)
+        p = dst / ("x." + seed_path.name.split(".", 1)[1])
+        p.write_bytes(b)
+        return "itk_other", p, what
     if family in TEXT_FIELDS:
         b = seed_path.read_bytes()
         op = int(rng.integers(4))
@@ -416,8 +428,8 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="shapeprior-fuzz-"))
     try:
         s = seeds(work)
-        weights = {"nifti_gz": 0.22, "nifti": 0.22, "dicom": 0.14, "model": 0.14, "mha": 0.09,
-                   "nrrd": 0.09, "tiff": 0.1}
+        weights = {"nifti_gz": 0.2, "nifti": 0.2, "dicom": 0.13, "model": 0.13, "mha": 0.08,
+                   "nrrd": 0.08, "tiff": 0.09, "itk_other": 0.09}
         fams = [f for f in weights if s[f]]
         p = np.array([weights[f] for f in fams])
         p /= p.sum()
