@@ -25,16 +25,14 @@ status and label.
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from _common import data_root, machine, write_json
-from bench_totalseg_ct import _crop, variants
+from bench_totalseg_ct import _crop, example_ct, variants
 from shapeprior.io import read_image, read_label_map, read_volume
-from shapeprior.model import load_model
 from shapeprior.segmentation import SegmentParams, dice, segment_volume
 
 HERE = Path(__file__).resolve().parent
@@ -79,20 +77,11 @@ def _verdict(row):
 def main(argv=None):
     root = data_root()
     d = root / "totalsegmentator_example"
-    mpath = HERE / "cache" / "kidney_model.npz"
-    if not d.is_dir() or not mpath.exists():
-        print(f"needs {d} and {mpath} (run bench_robustness.py first)", file=sys.stderr)
+    loaded = example_ct()
+    if loaded is None:
         return 2
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from _phantoms import write_dicom_series
-
-    model = load_model(mpath)
-    dic = model.ssc_dictionary("shapes")
-    ct = read_volume(d / "example_ct.nii.gz")
-    seg = read_label_map(d / "example_seg_fast_force_split.nii.gz").array
-    with tempfile.TemporaryDirectory() as tmp:
-        write_dicom_series(ct, Path(tmp) / "ct", modality="CT")
-        ct_dicom, _ = read_image(Path(tmp) / "ct")
+    model, dic, ct, seg, ct_dicom = loaded
+    seg = seg.array
     # the column halfway between the kidneys (index x): each side of it holds one
     cols = {s: np.flatnonzero((seg == v).any((0, 1))) for s, v in LABELS.items()}
     lo, hi = sorted((cols["left"], cols["right"]), key=lambda c: c.min())

@@ -132,24 +132,35 @@ def variants(ct, lab):
          for z0, z1 in ((0, 60), (0, 45), (10, 55), (20, 64), (30, 64))]
 
 
-def main(argv=None):
-    root = data_root()
-    d = root / "totalsegmentator_example"
+def example_ct():
+    """``(model, dictionary, ct, reference, ct as a DICOM series)``: the cached
+    KiTS19 model and the TotalSegmentator example CT with its reference label
+    map (a Volume), or None (saying what is missing) without them."""
+    d = data_root() / "totalsegmentator_example"
     mpath = HERE / "cache" / "kidney_model.npz"
     if not d.is_dir() or not mpath.exists():
         print(f"needs {d} and {mpath} (run bench_robustness.py first)", file=sys.stderr)
-        return 2
+        return None
     sys.path.insert(0, str(HERE.parent / "tests"))
     from _phantoms import write_dicom_series
 
     model = load_model(mpath)
-    dic = model.ssc_dictionary("shapes")
     ct = read_volume(d / "example_ct.nii.gz")
-    seg = read_label_map(d / "example_seg_fast_force_split.nii.gz")
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         write_dicom_series(ct, Path(tmp) / "ct", modality="CT")
         ct_dicom, _ = read_image(Path(tmp) / "ct")
+    return (model, model.ssc_dictionary("shapes"), ct,
+            read_label_map(d / "example_seg_fast_force_split.nii.gz"), ct_dicom)
+
+
+def main(argv=None):
+    root = data_root()
+    d = root / "totalsegmentator_example"
+    loaded = example_ct()
+    if loaded is None:
+        return 2
+    model, dic, ct, seg, ct_dicom = loaded
+    rows = []
     for src, vol in (("nifti", ct), ("dicom", ct_dicom)):
         for side, lab in SIDES:
             ref = seg.array == lab
