@@ -88,3 +88,20 @@ def test_segment_refuses_a_cut_vtk_in_one_line(phantom_model, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "scan.vtk is truncated" in err[0], err
     assert not out.exists() and hashlib.sha256(f.read_bytes()).hexdigest() == before
+
+
+def test_an_ascii_vtk_one_value_short_is_refused_across_read_chunks(tmp_path):
+    """An ASCII file larger than the check's 1 MiB read chunks: a number split
+    between two chunks counts once, so a file one value short is refused."""
+    from shapeprior.io._checks import check_data_extent
+
+    a = (np.arange(300_000) % 997).astype(np.int16).reshape(3, 100, 1000)
+    f = tmp_path / "big.vtk"
+    _write(f, a, "vtk-ascii")
+    assert f.stat().st_size > 1 << 20
+    check_data_extent(f, "big.vtk", a.nbytes, a.size)          # whole: passes
+    text = f.read_text().rstrip("\n")
+    f.write_text(text[:text.rindex(" ")] + "\n")
+    with pytest.raises(ImageReadError, match="describes 300000 values of voxels, the file "
+                                             "holds 299999"):
+        check_data_extent(f, "big.vtk", a.nbytes, a.size)

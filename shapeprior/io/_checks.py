@@ -338,9 +338,10 @@ def check_data_extent(path, name, nbytes, nvalues) -> None:
                     raise short(max(have, 0))
                 return
             fh.seek(start)
-            count = 0
+            count, joined = 0, False      # joined: the last chunk ended inside a number
             while chunk := fh.read(1 << 20):
-                count += len(chunk.split())
+                count += len(chunk.split()) - (joined and not chunk[:1].isspace())
+                joined = not chunk[-1:].isspace()
                 if count >= nvalues:
                     return
             raise short(count, "values")
