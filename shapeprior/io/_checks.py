@@ -223,14 +223,15 @@ def check_tiff_structure(path, name) -> None:
             fh.seek(at)
             return fh.read(n)
 
-        seen, page = set(), 0
+        seen, page = {}, 0          # directory offset: its page
         while ifd:
             page += 1
             if ifd in seen:
-                raise bad(f"the chain of pages loops back to page {page - 1}'s directory")
+                raise bad(f"the chain of pages loops back from page {page - 1} to page "
+                          f"{seen[ifd]}'s directory")
             if page > _TIFF_MAX_PAGES:
                 raise bad(f"more than {_TIFF_MAX_PAGES} pages")
-            seen.add(ifd)
+            seen[ifd] = page
             if ifd + count_size > size:
                 raise bad(f"page {page}'s directory at byte {ifd} lies beyond its end")
             n = struct.unpack(order + count_fmt, read(ifd, count_size))[0]
