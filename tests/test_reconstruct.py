@@ -325,6 +325,10 @@ def test_cli_reconstruct_calls_a_shape_in_other_units_suspect(population, tmp_pa
     (lambda d, y, f: Surface(y, f).write(d / "a.stl"), "STL"),
     (lambda d, y, f: (d / "bad.ply").write_bytes(b"ply\nformat ascii 1.0\n"), "PLY header"),
     (lambda d, y, f: (d / "bad.vtk").write_bytes(b"# vtk DataFile\nrubbish"), "no points"),
+    # a legacy VTK file cut inside its POINTS block: VTK filled the rest (up to 1e307 mm)
+    (lambda d, y, f: (Surface(y, f).write(d / "cut.vtk"),
+                      (d / "cut.vtk").write_bytes((d / "cut.vtk").read_bytes()[:600])),
+     "mesh 'cut.vtk': cut short: its POINTS block declares"),
     (lambda d, y, f: (d / "nan.obj").write_text("v nan 0 0\nv 1 0 0\nv 0 1 0\n"),
      "non-finite"),
     # a triangle naming the vertex one past the last (OBJ counts from 1)

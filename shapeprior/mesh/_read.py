@@ -44,6 +44,8 @@ def _read_vtk(p: Path, xml: bool):
         vtkObject.SetGlobalWarningDisplay(warn)
     if poly is None or poly.GetPoints() is None or poly.GetNumberOfPoints() == 0:
         raise ValueError("no points (not a PolyData mesh, or a damaged file)")
+    if not xml:
+        _check_legacy_extent(p, poly.GetNumberOfPolys())
     verts = vtk_to_numpy(poly.GetPoints().GetData()).astype(np.float64)
     polys = poly.GetPolys()
     faces = np.zeros((0, 3), np.int64)
@@ -53,6 +55,52 @@ def _read_vtk(p: Path, xml: bool):
         if np.all(np.diff(off) == 3):
             faces = conn.reshape(-1, 3)
     return verts, faces
+
+
+#: bytes per value of the legacy VTK data types a POINTS block may have
+_VTK_TYPE_BYTES = {b"float": 4, b"double": 8, b"int": 4, b"unsigned_int": 4, b"short": 2,
+                   b"unsigned_short": 2, b"char": 1, b"unsigned_char": 1, b"long": 8,
+                   b"unsigned_long": 8, b"vtktypeint64": 8, b"vtktypeuint64": 8}
+
+
+def _check_legacy_extent(p: Path, n_polys):
+    """Refuse a legacy VTK file cut short: VTK's reader fills a POINTS block
+    the file does not hold (zeros, or bytes beyond the data read as
+    coordinates: 1e307 mm) and drops a POLYGONS block it cannot finish, without
+    an error. The POINTS block must hold its 3 n values (bytes in a BINARY
+    file, numbers in an ASCII one), and the triangles read must be as many as a
+    POLYGONS line declares (version 5 counts offsets, one more than cells)."""
+    import re
+
+    data = p.read_bytes()
+    pts = re.search(rb"\nPOINTS[ \t]+(\d+)[ \t]+(\w+)[ \t]*\r?\n", data)
+    if pts is None:
+        return                  # VTK found points another way: nothing to compare
+    n, kind, start = int(pts[1]), pts[2].lower(), pts.end()
+    binary = b"\nBINARY" in data[:pts.start() + 1].upper()
+    if binary:
+        need = 3 * n * _VTK_TYPE_BYTES.get(kind, 8)
+        if len(data) < start + need:
+            raise ValueError(f"cut short: its POINTS block declares {n} points "
+                             f"({need} bytes), the file holds {max(len(data) - start, 0)}")
+        rest = start + need
+    else:
+        numbers = 0
+        for m in re.finditer(rb"\S+", data[start:]):
+            if numbers >= 3 * n or not re.fullmatch(rb"[-+.0-9eEinfINFaA]+", m[0]):
+                break
+            numbers += 1
+        if numbers < 3 * n:
+            raise ValueError(f"cut short: its POINTS block declares {n} points ({3 * n} "
+                             f"numbers), the file holds {numbers}")
+        rest = start
+    polys = re.search(rb"\nPOLYGONS[ \t]+(\d+)[ \t]+(\d+)", data[rest:])
+    if polys is not None:
+        version5 = re.match(rb"# vtk DataFile Version ([5-9])", data) is not None
+        declared = int(polys[1]) - (1 if version5 else 0)
+        if n_polys != declared:
+            raise ValueError(f"cut short or damaged: its POLYGONS line declares {declared} "
+                             f"polygons, {n_polys} could be read")
 
 
 def _check_ply_header(p: Path):
