@@ -328,7 +328,7 @@ def test_cli_reconstruct_calls_a_shape_in_other_units_suspect(population, tmp_pa
     # a legacy VTK file cut inside its POINTS block: VTK filled the rest (up to 1e307 mm)
     (lambda d, y, f: (Surface(y, f).write(d / "cut.vtk"),
                       (d / "cut.vtk").write_bytes((d / "cut.vtk").read_bytes()[:600])),
-     "mesh 'cut.vtk': cut short: its POINTS block declares"),
+     "mesh 'cut.vtk': cut short: its POINTS block ("),
     (lambda d, y, f: (d / "nan.obj").write_text("v nan 0 0\nv 1 0 0\nv 0 1 0\n"),
      "non-finite"),
     # a triangle naming the vertex one past the last (OBJ counts from 1)

@@ -64,43 +64,65 @@ _VTK_TYPE_BYTES = {b"float": 4, b"double": 8, b"int": 4, b"unsigned_int": 4, b"s
 
 
 def _check_legacy_extent(p: Path, n_polys):
-    """Refuse a legacy VTK file cut short: VTK's reader fills a POINTS block
-    the file does not hold (zeros, or bytes beyond the data read as
-    coordinates: 1e307 mm) and drops a POLYGONS block it cannot finish, without
-    an error. The POINTS block must hold its 3 n values (bytes in a BINARY
-    file, numbers in an ASCII one), and the triangles read must be as many as a
-    POLYGONS line declares (version 5 counts offsets, one more than cells)."""
+    """Refuse a legacy VTK file cut short: VTK's reader fills a block the file
+    does not hold (zeros, or whatever its memory held: coordinates of 1e307 mm,
+    triangles of arbitrary vertices) without an error. The POINTS block must
+    hold its 3 n values, and a POLYGONS block its cells' values (version 4:
+    the one array of ``size`` values; version 5: its OFFSETS and its
+    CONNECTIVITY arrays), as bytes in a BINARY file and as numbers in an ASCII
+    one; the polygons read must be as many as declared."""
     import re
 
     data = p.read_bytes()
     pts = re.search(rb"\nPOINTS[ \t]+(\d+)[ \t]+(\w+)[ \t]*\r?\n", data)
     if pts is None:
         return                  # VTK found points another way: nothing to compare
-    n, kind, start = int(pts[1]), pts[2].lower(), pts.end()
     binary = b"\nBINARY" in data[:pts.start() + 1].upper()
-    if binary:
-        need = 3 * n * _VTK_TYPE_BYTES.get(kind, 8)
-        if len(data) < start + need:
-            raise ValueError(f"cut short: its POINTS block declares {n} points "
-                             f"({need} bytes), the file holds {max(len(data) - start, 0)}")
-        rest = start + need
+    n = int(pts[1])
+    rest = _block_end(data, pts.end(), 3 * n, pts[2], binary, f"POINTS block ({n} points)")
+    polys = re.compile(rb"POLYGONS[ \t]+(\d+)[ \t]+(\d+)[ \t]*\r?\n").search(data, rest)
+    if polys is None:
+        return
+    version5 = re.match(rb"# vtk DataFile Version ([5-9])", data) is not None
+    if version5:
+        at = polys.end()
+        for name, count in ((b"OFFSETS", int(polys[1])), (b"CONNECTIVITY", int(polys[2]))):
+            line = re.compile(rb"\s*" + name + rb"[ \t]+(\w+)[ \t]*\r?\n").match(data, at)
+            if line is None:
+                raise ValueError(f"cut short or damaged: its POLYGONS block has no "
+                                 f"{name.decode()} array where one is due")
+            at = _block_end(data, line.end(), count, line[1], binary,
+                            f"POLYGONS {name.decode()} array")
+        declared = int(polys[1]) - 1
     else:
-        numbers = 0
-        for m in re.finditer(rb"\S+", data[start:]):
-            if numbers >= 3 * n or not re.fullmatch(rb"[-+.0-9eEinfINFaA]+", m[0]):
-                break
-            numbers += 1
-        if numbers < 3 * n:
-            raise ValueError(f"cut short: its POINTS block declares {n} points ({3 * n} "
-                             f"numbers), the file holds {numbers}")
-        rest = start
-    polys = re.search(rb"\nPOLYGONS[ \t]+(\d+)[ \t]+(\d+)", data[rest:])
-    if polys is not None:
-        version5 = re.match(rb"# vtk DataFile Version ([5-9])", data) is not None
-        declared = int(polys[1]) - (1 if version5 else 0)
-        if n_polys != declared:
-            raise ValueError(f"cut short or damaged: its POLYGONS line declares {declared} "
-                             f"polygons, {n_polys} could be read")
+        _block_end(data, polys.end(), int(polys[2]), b"int", binary, "POLYGONS block")
+        declared = int(polys[1])
+    if n_polys != declared:
+        raise ValueError(f"cut short or damaged: its POLYGONS line declares {declared} "
+                         f"polygons, {n_polys} could be read")
+
+
+def _block_end(data, start, count, kind, binary, what):
+    """Where a legacy VTK data block of ``count`` values of type ``kind``,
+    starting at byte ``start``, ends; ValueError naming ``what`` when the file
+    holds fewer (bytes in a BINARY file, numbers in an ASCII one)."""
+    import re
+
+    if binary:
+        need = count * _VTK_TYPE_BYTES.get(kind.lower(), 8)
+        if len(data) < start + need:
+            raise ValueError(f"cut short: its {what} declares {count} values ({need} bytes), "
+                             f"the file holds {max(len(data) - start, 0)}")
+        return start + need
+    numbers, end = 0, start
+    for m in re.compile(rb"\S+").finditer(data, start):
+        if numbers >= count or not re.fullmatch(rb"[-+.0-9eEinfINFaA]+", m[0]):
+            break
+        numbers, end = numbers + 1, m.end()
+    if numbers < count:
+        raise ValueError(f"cut short: its {what} declares {count} numbers, the file holds "
+                         f"{numbers}")
+    return end
 
 
 def _check_ply_header(p: Path):
