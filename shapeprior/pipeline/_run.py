@@ -292,17 +292,17 @@ def _paired_report(res, vol, ref, info, model, params, dictionary, clock, case_n
             if text not in warnings:
                 warnings.append(text)
     first = reports["left"]
-    fits = res.fits
+    kept = [reports[s] for s in res.in_label]      # the sides the label and the mesh hold
     report = {
         "status": res.status, "quality": round(res.quality, 4), "reasons": res.reasons,
         "input": first["input"], "model": first["model"], "prior": first["prior"],
         "side": "both", "volume_ml": volume_ml,
-        "mesh_volume_ml": sum(Surface(f.verts, f.faces).volume() for f in fits.values()) / 1000,
-        "iterations": max(f.n_iter for f in fits.values()),
-        "converged": all(f.converged for f in fits.values()),
-        "overridden_fraction": max(f.overridden_fraction for f in fits.values()),
-        "overridden_fraction_max": max(f.overridden_fraction_max for f in fits.values()),
-        "overridden_vertices": sum(int(f.overridden.sum()) for f in fits.values()),
+        "mesh_volume_ml": sum(r["mesh_volume_ml"] for r in kept),
+        "iterations": max(r["iterations"] for r in kept),
+        "converged": all(r["converged"] for r in kept),
+        "overridden_fraction": max(r["overridden_fraction"] for r in kept),
+        "overridden_fraction_max": max(r["overridden_fraction_max"] for r in kept),
+        "overridden_vertices": sum(r["overridden_vertices"] for r in kept),
         "time_s": res.time_s, "backend": res.backend,
         "stage_seconds": {k: round(v, 4) for k, v in clock.seconds.items()},
         "warnings": warnings,
