@@ -17,6 +17,7 @@ import numpy as np
 
 from ..io import Volume
 from ..mesh import Surface, mask_box
+from ._fit import STATUS_RANK
 from ._refine import check_image_covers, describe_corrections, image_covers, refine_mask
 from ._sides import paired_model
 
@@ -161,8 +162,7 @@ class PairedRefineResult:
     @property
     def status(self):
         """The worse status of the sides refined ('ok' < 'suspect' < 'failed')."""
-        order = ("ok", "suspect", "failed")
-        return max((f.status for f in self.fits.values()), key=order.index)
+        return max((f.status for f in self.fits.values()), key=STATUS_RANK.get)
 
     @property
     def reasons(self):
