@@ -390,6 +390,33 @@ def test_a_series_mixing_pixel_spacings_is_refused(tmp_path):
         read_image(folder)
 
 
+def test_a_native_slice_short_of_pixel_data_in_a_compressed_series_is_refused(tmp_path):
+    """A series mixing transfer syntaxes is decoded by GDCM, which pads a native
+    slice's short pixel data with zeros (pydicom refuses it): that slice is
+    refused in one line, and the same series with the slice whole reads as the
+    compressed one."""
+    from pydicom.data import get_testdata_file
+
+    folder = _series_from(get_testdata_file("MR_small_RLE.dcm"), tmp_path / "s")
+    whole = read_image(folder)[0].array
+    ds = pydicom.dcmread(folder / "s2.dcm")
+    ds.decompress()
+    ds.save_as(folder / "s2.dcm")
+    assert np.array_equal(read_image(folder)[0].array, whole)
+    for cut in (len(ds.PixelData) // 2, 2):
+        ds.PixelData = ds.PixelData[:-cut]
+        ds.save_as(folder / "s2.dcm")
+        with pytest.raises(ImageReadError, match="s2.dcm holds .* bytes of pixel data") as exc:
+            read_image(folder)
+        _refused_cleanly(exc.value)
+        ds = pydicom.dcmread(folder / "s2.dcm")
+        ds.PixelData = ds.PixelData + b"\0" * cut
+    raw = (folder / "s2.dcm").read_bytes()
+    (folder / "s2.dcm").write_bytes(raw[:-10])          # the file itself cut short
+    with pytest.raises(ImageReadError, match="s2.dcm"):
+        read_image(folder)
+
+
 def test_a_series_with_several_images_per_position_is_refused_saying_so(tmp_path):
     """Two echoes stored as one series (each position twice) are no single
     volume; one slice stored twice is named as a duplicate."""

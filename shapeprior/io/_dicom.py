@@ -313,15 +313,40 @@ def _read_single_frames(items, key, spacing_tol):
     order, step = _sorted_positions(pos, normal, key, spacing_tol)
     check_size(what, [cols, rows, len(items)], max(bits // 8, 4))
     files = [items[i][0] for i in order]
-    ts = {str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-          for _, ds in items}
+    ts = {_syntax(ds) for _, ds in items}
     if ts <= UNCOMPRESSED:
         arr = _pixels_pydicom(files, what, (rows, cols))
     else:
+        # GDCM pads a native slice's short pixel data with zeros: those slices of
+        # a series that mixes transfer syntaxes are measured here first
+        _check_native_lengths([f for f, ds in items if _syntax(ds) in UNCOMPRESSED], what,
+                              rows * cols * (bits // 8))
         arr = _pixels_itk(files, what, (len(files), rows, cols))
     D = np.column_stack([row, col, normal])
     vol = Volume(arr, np.array([ps[1], ps[0], step]), np.asarray(pos[order[0]]), D)
     return vol, (step, _thickness(first))
+
+
+def _syntax(ds):
+    """The transfer syntax UID of a header read by pydicom ('' when it has none)."""
+    return str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+
+
+def _check_native_lengths(files, what, n_bytes):
+    """Refuse a native (uncompressed) slice whose pixel data is shorter than its
+    header's ``n_bytes``: pydicom refuses it, GDCM pads it with zeros."""
+    import pydicom
+
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f)
+            have = len(ds.PixelData)
+        except Exception as exc:  # noqa: BLE001 - cut or corrupt file
+            raise ImageReadError(f"cannot read {what}: slice {display_name(f)}: "
+                                 f"{' '.join(str(exc).split())[:200]}") from None
+        if have < n_bytes:
+            raise ImageReadError(f"cannot read {what}: slice {display_name(f)} holds {have} "
+                                 f"bytes of pixel data, its header says {n_bytes}")
 
 
 def _pixels_pydicom(files, what, shape):
