@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ._provenance import package_versions, sha256_file
+from .io import image_files
 
 
 PRODUCER = "shapeprior"
@@ -70,23 +71,37 @@ def one_line(text) -> str:
     return t.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def check_not_input(output, inputs) -> None:
-    """Refuse an ``output`` path that equals, contains or lies inside an input.
-
-    Symbolic links are resolved first, so a link cannot smuggle an input in."""
-    o = _real(output)
+def _with_data_files(inputs):
+    """``(path, what)`` of the inputs that are given, each file followed by the
+    other files it stands for (named as that file's)."""
     for i in inputs:
         if i is None:
             continue
+        yield i, show_path(i)
+        if Path(i).is_file():
+            for f in image_files(i):
+                if _real(f) != _real(i):
+                    yield f, f"{show_path(f)} (the data of {show_path(i)})"
+
+
+def check_not_input(output, inputs) -> None:
+    """Refuse an ``output`` path that equals, contains or lies inside an input.
+
+    Symbolic links are resolved first, so a link cannot smuggle an input in.
+    An image input stands for all its files: a NIfTI pair's two halves, and
+    the data files a detached MetaImage or NRRD header names, wherever they lie
+    (:func:`shapeprior.io.image_files`)."""
+    o = _real(output)
+    for i, what in _with_data_files(inputs):
         r = _real(i)
         if o == r:
-            raise UnsafeOutputError(f"output {show_path(output)} is the input {show_path(i)}; "
+            raise UnsafeOutputError(f"output {show_path(output)} is the input {what}; "
                                     "choose another output path")
         if _within(o, r):
             raise UnsafeOutputError(f"output {show_path(output)} lies inside the input "
-                                    f"{show_path(i)}; choose a path outside it")
+                                    f"{what}; choose a path outside it")
         if _within(r, o):
-            raise UnsafeOutputError(f"output {show_path(output)} contains the input {show_path(i)}; "
+            raise UnsafeOutputError(f"output {show_path(output)} contains the input {what}; "
                                     "choose a path that does not")
 
 

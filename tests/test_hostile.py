@@ -117,6 +117,124 @@ def test_build_model_output_policy(phantom_model, tmp_path, capsys, target):
     assert tree_state(tmp_path) == before and not leftovers(tmp_path)
 
 
+# -- a detached header's data files are inputs too -------------------------------------
+
+def _detached_header(path, data, fmt):
+    """A detached 8x8x8 uint8 header at ``path`` whose voxels are the last 512
+    bytes of the file ``data`` (any path, named relative to the header)."""
+    rel = os.path.relpath(data, path.parent)
+    if fmt == "mhd":
+        path.write_text("ObjectType = Image\nNDims = 3\nBinaryData = True\n"
+                        "BinaryDataByteOrderMSB = False\nTransformMatrix = 1 0 0 0 1 0 0 0 1\n"
+                        "Offset = 0 0 0\nElementSpacing = 1 1 1\nDimSize = 8 8 8\n"
+                        f"ElementType = MET_UCHAR\nHeaderSize = -1\nElementDataFile = {rel}\n")
+    else:
+        path.write_text("NRRD0004\ntype: uint8\ndimension: 3\nspace: left-posterior-superior\n"
+                        "sizes: 8 8 8\nspace directions: (1,0,0) (0,1,0) (0,0,1)\n"
+                        "space origin: (0,0,0)\nencoding: raw\nbyte skip: -1\n"
+                        f"data file: {rel}\n\n")
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["mhd", "nhdr"])
+@pytest.mark.parametrize("how", ["segment", "segment-batch", "refine"])
+def test_force_never_replaces_the_data_file_of_a_detached_header(case, phantom_model, tmp_path,
+                                                                 capsys, fmt, how):
+    """A detached MetaImage/NRRD header names its voxel data anywhere: a header
+    whose data is a file of an earlier output of ours read as input, and that
+    output replaced with --force, lost the data (probe of 2026-12-06). Its data
+    files are inputs: refused in one line, nothing changed."""
+    scan, model = case
+    out = tmp_path / "out"
+    if how == "refine":
+        mask = phantom_model[2] / "phantom_000.nii.gz"
+        write = ["refine", str(mask), "--model", str(model)]
+    else:
+        write = ["segment", str(scan), "--model", str(model), "--no-qc"]
+    first = out / "evil" if how == "segment-batch" else out
+    assert main([*write[:2], "-o", str(first), *write[2:]]) in (0, 2, 3)
+    data = first / "report.json"
+    assert data.is_file()
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    header = _detached_header(cases / f"evil.{fmt}", data, fmt)
+    arg = cases if how == "segment-batch" else header
+    capsys.readouterr()
+    before = tree_state(tmp_path)
+    rc = main([write[0], str(arg), "-o", str(out if how != "segment" else first),
+               *write[2:], "--force"])
+    one_line_error(capsys, rc, "report.json", f"the data of {header}")
+    assert tree_state(tmp_path) == before and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["build-model", "update-model"])
+def test_force_never_replaces_a_model_that_is_a_label_maps_data(phantom_model, tmp_path, capsys,
+                                                                command):
+    """The model a build or an update would replace is the data of a detached
+    label map among its inputs: refused in one line before anything is read."""
+    _, images, labels, model = phantom_model
+    lab = tmp_path / "labels"
+    shutil.copytree(labels, lab)
+    out = tmp_path / "out.npz"
+    shutil.copy(model, out)                                  # a model file of ours
+    _detached_header(lab / "evil.mhd", out, "mhd")
+    before = tree_state(tmp_path)
+    args = (["build-model", str(lab), "--vertices", "162"] if command == "build-model"
+            else ["update-model", str(model), str(lab)])
+    rc = main([*args, "-o", str(out), "--force", "--quiet"])
+    one_line_error(capsys, rc, "is the input", "the data of")
+    assert tree_state(tmp_path) == before and not leftovers(tmp_path)
+
+
+def test_detached_data_files_every_form(tmp_path):
+    """The data files of each form a MetaImage or NRRD header names them in."""
+    from shapeprior.io import detached_data_files, image_files
+
+    d = tmp_path
+    for n in ("a.raw", "s001.raw", "s003.raw", "s005.raw", "x.raw", "y.raw"):
+        (d / n).write_bytes(b"0")
+
+    def names(text, name):
+        (d / name).write_text(text)
+        return [p.name for p in detached_data_files(d / name)]
+
+    head = "ObjectType = Image\nNDims = 3\nDimSize = 2 2 2\n"
+    assert names(head + "ElementDataFile = a.raw\n", "m.mhd") == ["a.raw"]
+    assert names(head + "ElementDataFile = LOCAL\n", "m.mha") == []
+    assert names(head + "ElementDataFile = LIST 2D\nx.raw\n\ny.raw\n", "m.mhd") == \
+        ["x.raw", "y.raw"]
+    assert names(head + "ElementDataFile = s%03d.raw 1 5 2\n", "m.mhd") == \
+        ["s001.raw", "s003.raw", "s005.raw"]
+    assert names(head + f"ElementDataFile = {d / 'a.raw'}\n", "m.mhd") == ["a.raw"]
+    nrrd = "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 2 2 2\n"
+    assert names(nrrd + "data file: a.raw\n\n", "n.nhdr") == ["a.raw"]
+    assert names(nrrd + "datafile: s%03d.raw 5 1 -2\n\n", "n.nhdr") == \
+        ["s005.raw", "s003.raw", "s001.raw"]
+    assert names(nrrd + "data file: LIST\nx.raw\ny.raw\n", "n.nhdr") == ["x.raw", "y.raw"]
+    assert names(nrrd + "encoding: raw\n\nbinary data: a.raw\n", "n.nrrd") == []
+    assert names(nrrd + "data file:=a.raw\n\n", "n.nhdr") == []       # a key/value pair
+    assert names(head + "ElementDataFile = a.raw\n", "m.nii") == []    # not a header format
+    (d / "m.mhd").write_text(head + "ElementDataFile = a.raw\n")
+    assert [p.name for p in image_files(d / "m.mhd")] == ["m.mhd", "a.raw"]
+    assert [p.name for p in image_files(d / "gone.mhd")] == []
+
+
+def test_the_manifest_hashes_a_detached_headers_data(case, tmp_path):
+    """Changing the voxels behind a detached header changes the run's input
+    hashes (the header alone did not say what was read)."""
+    import SimpleITK as sitk
+
+    scan, model = case
+    hdr = tmp_path / "scan.mhd"
+    sitk.WriteImage(sitk.ReadImage(str(scan)), str(hdr))
+    assert main(["segment", str(hdr), "-o", str(tmp_path / "out"), "--model", str(model),
+                 "--no-qc"]) in (0, 2)
+    inputs = json.loads((tmp_path / "out" / "manifest.json").read_text())["inputs"]
+    raw = tmp_path / "scan.raw"
+    assert {k for k in inputs if k.startswith("input/")} == {"input/scan.mhd", "input/scan.raw"}
+    assert inputs["input/scan.raw"]["sha256"] == hashlib.sha256(raw.read_bytes()).hexdigest()
+
+
 # -- case names in batches -------------------------------------------------------------
 
 def test_batch_names_are_safe_unique_and_complete(case, tmp_path, capsys):

@@ -141,6 +141,8 @@ def _build(a, out, deid):
     if a.limit is not None:
         items = items[: a.limit]
     files = [f for f, _, _ in items]
+    inputs += files                 # a detached header's data files, wherever they lie
+    check_not_input(out, files)
     side = OutputDir(side_path, force=a.force, inputs=inputs)   # checked before the slow stages
     try:
         params = BuildParams(labels=labels, organ=a.organ, split_sides=a.split_sides,

@@ -76,9 +76,9 @@ def main(argv):
     a.criterion = a.criterion or "coverage"
     out = Path(a.output) if a.output else None
     inputs = [a.model, *a.labels, a.images]
-    if out is not None:
-        from .._outputs import check_not_input, check_replaceable, own_model_file
+    from .._outputs import check_not_input, check_replaceable, own_model_file
 
+    if out is not None:
         check_not_input(out, inputs)
         check_replaceable(out, a.force, own_model_file)          # before the slow stages
     with deidentified(a.deidentify, {**{p: "<labels>" for p in a.labels},
@@ -94,7 +94,9 @@ def main(argv):
             raise ValueError("no label maps given")
         if a.rank_only:
             return _rank(model, items, params, a, deid)
-        return _update(model, items, params, a, out, inputs, deid)
+        files = [f for f, _, _ in items]   # a detached header's data files, wherever they lie
+        check_not_input(out, files)
+        return _update(model, items, params, a, out, [*inputs, *files], deid)
 
 
 def _rank(model, items, params, a, deid):

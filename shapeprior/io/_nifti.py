@@ -114,13 +114,6 @@ def _open(path: Path):
     return open_gzip_read(path) if _gzipped(path) else open(path, "rb")
 
 
-def image_files(path):
-    """The files an image path stands for: both halves of a ``.hdr``/``.img``
-    pair, else the file itself (those that exist)."""
-    h, d = _pair_files(Path(path))
-    return [f for f in dict.fromkeys([h, d]) if f.is_file()]
-
-
 def _pair_files(p: Path):
     """(header file, data file) of a NIfTI/Analyze path."""
     low = p.name.lower()

@@ -385,7 +385,7 @@ def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk"
     refs = list(references) if references is not None else [None] * len(cases)
     if len(refs) != len(cases):
         raise ValueError(f"references: {len(refs)} for {len(cases)} cases")
-    check_root(root, [*inputs, model_path])
+    check_root(root, [*inputs, model_path, *(c.path for c in cases if c.error is None), *refs])
     created = make_dirs(root)
     rows, todo = [], []
     try:

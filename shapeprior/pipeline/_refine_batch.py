@@ -78,7 +78,8 @@ def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), i
     if len(imgs) != n or len(refs) != n:
         raise ValueError(f"images/references: {len(imgs)}/{len(refs)} for {n} cases")
     labels, keep, reference_labels = tuple(labels), tuple(keep), tuple(reference_labels)
-    check_root(root, [*inputs, model_path])
+    check_root(root, [*inputs, model_path, *(c.path for c in cases if c.error is None),
+                      *imgs, *refs])
     created = make_dirs(root)
     rows, todo = [], []
     record = refine_record(params, labels, keep)
