@@ -233,6 +233,23 @@ def test_the_manifest_hashes_a_detached_headers_data(case, tmp_path):
     raw = tmp_path / "scan.raw"
     assert {k for k in inputs if k.startswith("input/")} == {"input/scan.mhd", "input/scan.raw"}
     assert inputs["input/scan.raw"]["sha256"] == hashlib.sha256(raw.read_bytes()).hexdigest()
+    # a batch rerun keeps the case while its voxels are the same, and redoes it when
+    # only the data file changed (the header alone had vouched for it)
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    sitk.WriteImage(sitk.ReadImage(str(scan)), str(cases / "c.mhd"))
+    batch = ["segment", str(cases), "-o", str(tmp_path / "b"), "--model", str(model), "--no-qc"]
+
+    def status():
+        assert main(batch) in (0, 2)
+        return json.loads((tmp_path / "b" / "summary.json").read_text())["cases"][0]["status"]
+
+    status()
+    assert status() == "skipped"
+    data = bytearray((cases / "c.raw").read_bytes())
+    data[:64] = bytes(64)
+    (cases / "c.raw").write_bytes(bytes(data))
+    assert status() != "skipped"
 
 
 # -- case names in batches -------------------------------------------------------------
