@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ._provenance import package_versions, sha256_file
-from .io import image_files
+from .io import image_files, image_sha256
 
 
 PRODUCER = "shapeprior"
@@ -443,14 +443,18 @@ def _json_default(o):
 def manifest(command, parameters, seed, inputs, input_paths=None, digests=None):
     """Reproducibility record: parameters, versions, input hashes, seed.
 
-    ``inputs`` maps a label to a file path (hashed here, or taken from
+    ``inputs`` maps a label to a file path (hashed here, as an image path is:
+    :func:`shapeprior.io.image_sha256`, or taken from
     ``digests``, a :class:`~shapeprior._provenance.FileDigests` that hashed
     them ahead); ``input_paths`` optionally maps the same labels to the path
     text to record (e.g. relative or de-identified). No header content of
     any input is recorded.
     """
     shown = input_paths or {}
-    digest = sha256_file if digests is None else digests.sha256
+    base = sha256_file if digests is None else digests.sha256
+
+    def digest(path):      # a detached header or a NIfTI pair: all its files
+        return image_sha256(path, base)
     return {
         "producer": PRODUCER,
         "command": command,

@@ -543,6 +543,19 @@ def test_extend_model_bookkeeping_pose_range_sources_frame_and_classifier(tmp_pa
     todo, skipped = new_label_maps(grown, [f, f], ["m", "m_again"])
     assert [t[1] for t in todo] == ["m"]
     assert skipped == [{"source": "m_again", "reason": "same content as m, given earlier"}]
+    # two detached headers of the same text in two folders name different voxels:
+    # both are new (hashing the header alone skipped the second as a duplicate);
+    # the same voxels behind them are one
+    for d, data in (("a", b"voxels of a"), ("b", b"voxels of b")):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "seg.mhd").write_text("NDims = 3\nElementDataFile = seg.raw\n")
+        (tmp_path / d / "seg.raw").write_bytes(data)
+    pair = [tmp_path / "a" / "seg.mhd", tmp_path / "b" / "seg.mhd"]
+    todo, skipped = new_label_maps(grown, pair, ["a", "b"])
+    assert [t[1] for t in todo] == ["a", "b"] and not skipped
+    (tmp_path / "b" / "seg.raw").write_bytes(b"voxels of a")
+    todo, skipped = new_label_maps(grown, pair, ["a", "b"])
+    assert [t[1] for t in todo] == ["a"] and len(skipped) == 1
 
 
 def test_new_maps_are_processed_with_the_models_side_handling():

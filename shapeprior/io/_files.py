@@ -11,9 +11,11 @@ does not say what was read).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
+from .._provenance import sha256_file
 from ._nifti import _pair_files
 
 #: a detached header's text is read up to this many bytes
@@ -32,6 +34,20 @@ def image_files(path):
     h, d = _pair_files(p)
     files = [h, d, *detached_data_files(p)]
     return [f for f in dict.fromkeys(files) if f.is_file()]
+
+
+def image_sha256(path, digest=sha256_file) -> str:
+    """The hex sha256 of what an image path stands for: the file's own hash when
+    it is one file (``digest(path)``), else the sha256 of its files' hashes in
+    :func:`image_files` order, so that two detached headers of the same text
+    naming different voxels differ, and a change of the voxels alone shows."""
+    files = image_files(path)
+    if len(files) <= 1:
+        return digest(path)
+    h = hashlib.sha256()
+    for f in files:
+        h.update(digest(f).encode())
+    return h.hexdigest()
 
 
 def detached_data_files(path) -> list:

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from .._provenance import package_versions, sha256_file
+from .._provenance import package_versions
 from ..align import generalized_procrustes
 from ..correspond import fit_template
-from ..io import VOLUME_SUFFIXES, read_label_map, volume_suffix
+from ..io import VOLUME_SUFFIXES, image_sha256, read_label_map, volume_suffix
 from ..mesh import (Surface, crop_to_labels, icosphere, kidney_masks, label_mask,
                     level_for_vertices, mask_to_surface)
 from ._calibrate import MAX_SHAPES, choose_offset, offset_dice, offset_grid
@@ -802,7 +802,7 @@ def build_model(label_files, params: BuildParams, root=None, progress=True, name
     hashes = {}
     for s, _ in kept:
         if s["source"] not in hashes:
-            hashes[s["source"]] = sha256_file(s["file"])
+            hashes[s["source"]] = image_sha256(s["file"])
     ids = [f"{s['source']}:{s['side']}" for s, _ in kept]
     meta = {
         "organ": params.organ,

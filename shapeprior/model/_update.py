@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._provenance import sha256_file
+from ..io import image_sha256
 from ..align import apply_many, procrustes, procrustes_many
 from ._build import (BuildParams, case_name, _job_fit, _job_surfaces, _map, find_image_for,
                      image_root, looked_for, pair_images, rms_radius)
@@ -208,7 +208,7 @@ def new_label_maps(model: ShapeModel, files, names):
             known.setdefault(s["sha256"], str(s["id"]).rsplit(":", 1)[0])
     todo, skipped, batch = [], [], {}
     for f, name in zip(files, names):
-        h = sha256_file(f)
+        h = image_sha256(f)
         if h in batch:
             skipped.append({"source": name, "reason": f"same content as {batch[h]}, given "
                                                       "earlier"})

@@ -20,6 +20,7 @@ from pathlib import Path
 from .._outputs import (PRODUCER, OutputExistsError, check_not_input, json_text, make_dirs,
                         one_line, own_output, read_manifest, remove_created, sha256_file,
                         write_text_atomic)
+from ..io import image_sha256
 from ._cases import scrub
 
 _MODELS = {}
@@ -88,7 +89,7 @@ def folder_state(folder, files, record, outputs, reference=None, reference_label
         return "stale", ("other outputs were asked for (now: " + ", ".join(sorted(asked))
                          + "; written: " + ", ".join(sorted(outs)) + ")")
     rec = m.get("inputs") or {}
-    now = {k: sha256_file(v) for k, v in files.items()}
+    now = {k: image_sha256(v) for k, v in files.items()}
     was = {k: (v or {}).get("sha256") for k, v in rec.items() if k != "reference"}
     if set(now) != set(was):
         return "stale", f"it was {done} from other input files"
@@ -101,7 +102,7 @@ def folder_state(folder, files, record, outputs, reference=None, reference_label
         was_labels, labels = recorded.get("reference_labels"), [int(v) for v in reference_labels]
         if was_ref is None:
             compare = "it was not compared with a reference"
-        elif sha256_file(reference) != was_ref:
+        elif image_sha256(reference) != was_ref:
             compare = "the reference differs from the one it was compared with"
         elif was_labels != labels:
             compare = f"it was compared with the reference's labels {was_labels}, not {labels}"

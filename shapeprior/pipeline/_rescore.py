@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._outputs import OutputDir, read_manifest, sha256_file, show_path
-from ..io import read_label_map
+from .._outputs import OutputDir, read_manifest, show_path
+from ..io import image_sha256, read_label_map
 from ._refine import refine_reference
 from ._run import (EMPTY_REFERENCE_WARNING, compared_with, note_empty_reference, reference_mask,
                    side_references)
@@ -54,7 +54,7 @@ def rescore_outputs(folder, reference, reference_labels, *, mask=None, allow_no_
     note_empty_reference(report, ref)
     man.pop("outputs", None)
     man["inputs"]["reference"] = {"path": "reference" if deidentify else show_path(reference),
-                                  "sha256": sha256_file(reference)}
+                                  "sha256": image_sha256(reference)}
     man["parameters"]["reference_labels"] = labels
     out = OutputDir(folder, force=True, inputs=[Path(reference)] + ([Path(mask)] if mask else []))
     try:
