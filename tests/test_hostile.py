@@ -560,6 +560,40 @@ def test_damaged_model_files_one_line_each(case, tmp_path, capsys):
     assert tree_state(d, scan) == before and not leftovers(tmp_path)
 
 
+def _inflating_model(src, dest, key, shape):
+    """``src`` with member ``key`` replaced by zeros of ``shape`` (float64), written
+    as a deflate stream: a small file that inflates to ``8 * prod(shape)`` bytes."""
+    z = dict(np.load(src, allow_pickle=False))
+    z.pop(key)
+    np.savez_compressed(dest, **z)
+    with zipfile.ZipFile(dest, "a", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open(key + ".npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "<f8", "fortran_order": False, "shape": shape})
+            block = bytes(1 << 20)
+            for _ in range(int(np.prod(shape)) * 8 // len(block)):
+                f.write(block)
+    return dest
+
+
+@pytest.mark.parametrize("key", ["shapes", "pca_components"])
+def test_a_model_whose_arrays_inflate_far_beyond_its_metadata_is_refused_unread(
+        case, tmp_path, capsys, key):
+    """A small model file can declare an array of gigabytes (a 9 MB file held 8 GB
+    of shapes, read for 33 s before it was refused): the sizes the .npy headers
+    declare are checked against the metadata and the shapes before any array is
+    inflated."""
+    scan, model = case
+    n, v = np.load(model)["shapes"].shape[:2]
+    shape = (n * 64, v, 3) if key == "shapes" else (256 << 20 >> 3,)
+    bomb = _inflating_model(model, tmp_path / "bomb.npz", key, shape)
+    assert bomb.stat().st_size < 2 << 20
+    before = tree_state(tmp_path)
+    rc = main(["segment", str(scan), "-o", str(tmp_path / "o"), "--model", str(bomb)])
+    one_line_error(capsys, rc, "bomb.npz", "declares")
+    assert tree_state(tmp_path) == before and not leftovers(tmp_path)
+
+
 # -- resume by manifest ------------------------------------------------------------------------
 
 def _three_cases(images, tmp_path):

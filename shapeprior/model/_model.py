@@ -288,6 +288,50 @@ def _open_npz(p: Path):
     return z
 
 
+#: an array other than the shapes may declare at most the shapes' bytes plus this
+#: many (the PCA modes, the dictionary and its statistics are at most as large as
+#: the repository; the appearance and the voxel classifier are a few MB)
+_SLACK_BYTES = 64 << 20
+
+
+def _declared(z, key):
+    """``(shape, bytes)`` that member ``key`` of the archive declares in its .npy
+    header, read without its data; None when the header cannot be read."""
+    try:
+        with z.zip.open(key + ".npy") as f:
+            fmt = np.lib.format
+            read = {(1, 0): fmt.read_array_header_1_0,
+                    (2, 0): fmt.read_array_header_2_0}.get(fmt.read_magic(f))
+            if read is None:
+                return None
+            shape, _, dtype = read(f)
+        return tuple(shape), int(np.prod(shape, dtype=object)) * int(dtype.itemsize)
+    except Exception:  # noqa: BLE001 - judged when the array is read
+        return None
+
+
+def _check_declared(z, meta, name):
+    """Refuse, before any array is inflated, a file whose shapes array declares
+    another size than its metadata (``n_shapes`` x ``n_vertices`` x 3) or whose
+    other arrays declare more than the shapes do: a small file can inflate to
+    gigabytes (a 9 MB file declaring 8 GB of shapes was read for 33 s and 9 GB
+    before the shapes were found degenerate)."""
+    got = _declared(z, "shapes")
+    if got is None:
+        return
+    shape, nbytes = got
+    n, v = meta.get("n_shapes"), meta.get("n_vertices")
+    if isinstance(n, int) and isinstance(v, int) and shape != (n, v, 3):
+        raise ModelFormatError(f"{name}: its shapes array declares {shape}, its metadata "
+                               f"{n} shapes of {v} vertices; corrupt model file?")
+    for key in z.files:
+        other = _declared(z, key) if key != "shapes" else None
+        if other is not None and other[1] > nbytes + _SLACK_BYTES:
+            raise ModelFormatError(f"{name}: model array {key!r} declares "
+                                   f"{other[1] / 2**20:.0f} MiB, more than the shapes "
+                                   f"({nbytes / 2**20:.0f} MiB); corrupt model file?")
+
+
 def _metadata(z, name) -> dict:
     if "metadata_json" not in z.files:
         raise ModelFormatError(f"{name} is not a shapeprior model file (no metadata)")
@@ -406,6 +450,7 @@ def load_model(path) -> ShapeModel:
         missing = [k for k in need if k not in z.files]
         if missing:
             raise ModelFormatError(f"{name} lacks arrays {missing}")
+        _check_declared(z, meta, name)
         shapes = _array(z, "shapes", name, ndim=3)
         mean = _array(z, "mean", name, ndim=2)
         faces = _array(z, "faces", name, kind="i", ndim=2)
