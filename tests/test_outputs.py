@@ -537,7 +537,19 @@ def test_dicom_seg_codes_organ_and_side_and_refuses_uncovered_voxels(tmp_path):
     seg = ds.SegmentSequence[0]
     assert seg.SegmentLabel == "Kidney (left)"
     assert seg.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Kidney"
+    lat = seg.SegmentedPropertyTypeModifierCodeSequence[0]
+    assert (lat.CodeValue, lat.CodingSchemeDesignator, lat.CodeMeaning) == \
+        ("7771000", "SCT", "Left")
     assert rec["frames"] == 4 and rec["notes"] == []
+    # one segment per side, each its own laterality; an unpaired organ has none
+    write_dicom_seg(tmp_path / "both.dcm", [lab, lab], vol, folder, organ="Kidney",
+                    side=["left", "right"])
+    both = pydicom.dcmread(tmp_path / "both.dcm").SegmentSequence
+    assert [s.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue for s in both] == \
+        ["7771000", "24028007"]
+    write_dicom_seg(tmp_path / "liver.dcm", lab, vol, folder, organ="Liver")
+    assert "SegmentedPropertyTypeModifierCodeSequence" not in \
+        pydicom.dcmread(tmp_path / "liver.dcm").SegmentSequence[0]
     # a source slice that holds label voxels is gone from the series: refused, not truncated
     (folder / "IM0003.dcm").unlink()
     with pytest.raises(ValueError, match="does not cover the whole segmentation"):

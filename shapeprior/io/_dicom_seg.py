@@ -159,14 +159,23 @@ def write_dicom_seg(path, label, vol, folder, series_key=None, organ="organ", si
     descs = []
     for number, sd in enumerate(sides, start=1):
         text = f"{organ} ({sd})" if sd in ("left", "right") else str(organ)
-        descs.append(hd.seg.SegmentDescription(
+        desc = hd.seg.SegmentDescription(
             segment_number=number, segment_label=text[:64],
             segmented_property_category=codes.SCT.AnatomicalStructure,
             segmented_property_type=prop,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=hd.AlgorithmIdentificationSequence(
                 name="shapeprior", family=codes.cid7162.DeformableModels,
-                version=__version__)))
+                version=__version__))
+        if sd in ("left", "right"):
+            # the side as the type's laterality modifier (SCT Left / Right), as
+            # dcmqi and the TotalSegmentator SEGs code a paired organ, so that a
+            # viewer or a query finds it without reading the label text
+            lat = codes.SCT.Left if sd == "left" else codes.SCT.Right
+            desc.SegmentedPropertyTypeModifierCodeSequence = [hd.sr.CodedConcept(
+                value=lat.value, scheme_designator=lat.scheme_designator,
+                meaning=lat.meaning)]
+        descs.append(desc)
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=frames if many else frames[..., 0],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
