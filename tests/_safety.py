@@ -24,6 +24,9 @@ def tree_state(*roots):
                 out[os.path.join(dirpath, d)] = "dir"
             for f in files:
                 p = os.path.join(dirpath, f)
+                if not os.path.isfile(p):           # a named pipe is never opened here
+                    out[p] = "special"
+                    continue
                 with open(p, "rb") as fh:
                     out[p] = hashlib.sha256(fh.read()).hexdigest()
     return out

@@ -186,6 +186,28 @@ def test_force_never_replaces_a_model_that_is_a_label_maps_data(phantom_model, t
     assert tree_state(tmp_path) == before and not leftovers(tmp_path)
 
 
+@pytest.mark.parametrize("fmt", ["mhd", "nhdr"])
+@pytest.mark.parametrize("data", ["fifo", "device", "missing", "folder"])
+def test_a_detached_header_whose_data_is_no_regular_file_is_one_line(case, tmp_path, fmt, data):
+    """A detached header naming a named pipe as its data made the run wait for
+    ever (ITK opened it); a device (/dev/urandom) is no data a run can hash or
+    repeat. Each is refused in one line, in a subprocess with a time limit."""
+    scan, model = case
+    target = {"fifo": tmp_path / "pipe.raw", "device": Path("/dev/zero"),
+              "missing": tmp_path / "gone.raw", "folder": tmp_path / "sub"}[data]
+    if data == "fifo":
+        os.mkfifo(target)
+    elif data == "folder":
+        target.mkdir()
+    header = _detached_header(tmp_path / f"x.{fmt}", target, fmt)
+    before = tree_state(tmp_path)
+    rc, _, err = _subprocess(["segment", str(header), "-o", str(tmp_path / "o"), "--model",
+                              str(model)], timeout=120)
+    assert rc == 1 and err.count("\n") == 1, err
+    assert f"x.{fmt}: its data file {target.name} " in err, err
+    assert tree_state(tmp_path) == before and not leftovers(tmp_path)
+
+
 def test_detached_data_files_every_form(tmp_path):
     """The data files of each form a MetaImage or NRRD header names them in."""
     from shapeprior.io import detached_data_files, image_files

@@ -15,7 +15,7 @@ import numpy as np
 
 from ._checks import (ImageReadError, check_data_extent, check_geometry, check_metaimage_header,
                       check_nrrd_header, check_size, check_tiff_structure, check_values,
-                      display_name, itk_call)
+                      display_name, input_path_error, itk_call)
 
 
 def _triple(v, digits=6):
@@ -265,6 +265,7 @@ def read_file(path, allow_no_orientation=False):
     if is_nifti(p):
         vol, info = read_nifti(p, allow_no_orientation)
         return vol, {"format": "nifti", **info}
+    _check_data_files(p, name)
     return _read_itk(p, name, allow_no_orientation), {"format": p.suffix.lstrip(".").lower() or "unknown"}
 
 
@@ -327,6 +328,26 @@ def geometry_difference(a, b, atol=1e-3) -> str:
     if not np.allclose(da * sa[None, :], db * sb[None, :], atol=atol):
         return "voxel positions"
     return ""
+
+
+def _check_data_files(p, name):
+    """Every data file a detached MetaImage or NRRD header names is a regular
+    file: ITK reading a named pipe waited for ever, and a device (/dev/urandom)
+    is no data a run can hash or repeat."""
+    import os
+
+    from ._files import detached_data_files
+
+    for f in detached_data_files(p):
+        if f.is_file():
+            continue
+        shown = display_name(f)
+        if not os.path.exists(f):
+            raise ImageReadError(f"{name}: its data file {shown} is missing")
+        if f.is_dir():
+            raise ImageReadError(f"{name}: its data file {shown} is a folder")
+        err = input_path_error(f, shown)
+        raise ImageReadError(f"{name}: its data file {err}")
 
 
 def _check_file(p, name):
