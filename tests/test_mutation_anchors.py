@@ -30,6 +30,20 @@ def test_mutant_ids_are_unique():
     assert len(ids) == len(set(ids))
 
 
+def test_each_test_key_is_defined_once():
+    """A key written twice in ``TESTS`` silently replaces the first one's test
+    files (round 43's first run: a second 'safety' key sent six mutants to
+    tests that never looked at them)."""
+    import ast
+
+    tree = ast.parse((BENCH / "mutation.py").read_text())
+    found = [n for n in ast.walk(tree) if isinstance(n, ast.Assign)
+             and any(getattr(t, "id", None) == "TESTS" for t in n.targets)]
+    assert len(found) == 1
+    keys = [k.value for k in found[0].value.keys]
+    assert len(keys) == len(set(keys)), sorted(k for k in set(keys) if keys.count(k) > 1)
+
+
 def test_recheck_runs_each_survivor_against_the_whole_suite(tmp_path, monkeypatch):
     """``--recheck``: a mutant its module's tests miss is run again against the
     whole suite, and the JSON says whether a test elsewhere catches it; a killed
