@@ -2866,7 +2866,7 @@ MUTANTS = [
      "a model declaring far more shapes than its metadata is inflated"),
     ("model-declared-others-unchecked", "datafiles", "shapeprior/model/_model.py",
      "        if other is not None and other[1] > nbytes + _SLACK_BYTES:",
-     "        if other is not None and other[1] > 64 * nbytes + _SLACK_BYTES:",
+     "        if other is not None and other[1] > nbytes + 64 * _SLACK_BYTES:",
      "a model's other array declaring gigabytes is inflated"),
     ("seg-laterality-swapped", "datafiles", "shapeprior/io/_dicom_seg.py",
      '            lat = codes.SCT.Left if sd == "left" else codes.SCT.Right',
