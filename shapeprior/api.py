@@ -181,7 +181,7 @@ def segment(image, model, *, seed=None, seed_space="lps", side="none", init=None
     return segment_volume(_volume(image), model, p, init=init)
 
 
-def refine(mask, model, *, labels=(1,), image=None, keep=(), **params):
+def refine(mask, model, *, labels=None, image=None, keep=(), **params):
     """Refine an existing segmentation (any tool's) with the shape prior.
 
     Parameters
@@ -189,8 +189,9 @@ def refine(mask, model, *, labels=(1,), image=None, keep=(), **params):
     mask : Volume or str or Path
         Label map (a Volume made by hand is checked as a file is).
     model : ShapeModel or str or Path
-    labels : tuple of int
-        Labels of the organ in ``mask``.
+    labels : tuple of int, optional
+        Labels of the organ in ``mask``; default: the labels the model was built
+        from (:func:`~shapeprior.model.organ_labels`), less ``keep``.
     image : Volume or str or Path, optional
         The scan: continue the fit against its boundary appearance, fill
         the enclosed holes that have the organ's own intensity (a cavity that
@@ -226,6 +227,11 @@ def refine(mask, model, *, labels=(1,), image=None, keep=(), **params):
         mvol = as_label_map(mvol, "mask")
     img = None if image is None else _volume(image)
     p = SegmentParams(**params)
+    if labels is None:
+        from .model import organ_labels
+
+        labels = tuple(v for v in organ_labels(model) if v not in tuple(keep)) or \
+            organ_labels(model)
     return refine_paired(mvol, model, tuple(labels), p, img, keep=tuple(keep)) or \
         refine_mask(mvol, model, tuple(labels), p, img, keep=tuple(keep))
 

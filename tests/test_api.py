@@ -135,6 +135,15 @@ def test_refine_facade_keeps_labels_and_reads_the_image(phantom_model):
     with_image = sp.refine(mv, model, labels=(1, 2), image=images / "phantom_005.nii.gz")
     assert "cavities" in with_image.fit.evidence and "cavities" not in alone.fit.evidence
     assert with_image.fit is not with_image.mask_fit
+    # without labels=: the model's own (a model built from 1,2 takes the lesion slice as
+    # organ), less what keep= sets aside
+    import copy
+
+    m12 = copy.copy(sp.load_model(model))
+    m12.metadata = {**m12.metadata,
+                    "parameters": {**(m12.metadata.get("parameters") or {}), "labels": [1, 2]}}
+    assert np.array_equal(sp.refine(mv, m12).label, alone.label)
+    assert np.array_equal(sp.refine(mv, m12, keep=(2,)).label, kept.label)
 
 
 def test_reconstruct_facade_carries_the_weights():

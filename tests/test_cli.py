@@ -187,12 +187,22 @@ def test_refine_passes_kept_labels_and_method(recorded, tmp_path):
     assert calls[-1]["reference_labels"] == (2,)
 
 
-def test_refine_without_labels_takes_1_and_says_it_was_the_default(recorded, tmp_path,
-                                                                   capsys):
+def test_refine_without_labels_takes_the_models_and_says_it_was_the_default(recorded, tmp_path,
+                                                                            capsys):
+    """Without --labels the organ is the labels the model was built from (an MSD
+    hippocampus mask, head 1 and body 2, refined with a model built from 1,2 was
+    refined as its head alone, suspect, under the old default of 1), less a label
+    kept aside with --keep-labels; the report's note says they were the default."""
     calls, image, model = recorded
     assert main(["refine", str(image), "-o", str(tmp_path / "r"), "--model", str(model)]) == 0
-    assert calls[-1]["labels"] == (1,) and calls[-1]["labels_given"] is False
+    assert calls[-1]["labels"] == (1, 2) and calls[-1]["labels_given"] is False
     assert "  note: the mask holds other labels" in capsys.readouterr().out
+    assert main(["refine", str(image), "-o", str(tmp_path / "k"), "--model", str(model),
+                 "--keep-labels", "2"]) == 0
+    assert calls[-1]["labels"] == (1,) and calls[-1]["keep"] == (2,)
+    assert main(["refine", str(image), "-o", str(tmp_path / "g"), "--model", str(model),
+                 "--labels", "3"]) == 0
+    assert calls[-1]["labels"] == (3,) and calls[-1]["labels_given"] is True
 
 
 def test_label_zero_is_refused_with_one_line(recorded, tmp_path, capsys):

@@ -31,7 +31,10 @@ def main(argv):
                                  "per case)")
     ap.add_argument("-o", "--output", required=True, help="output folder")
     ap.add_argument("--model", required=True, help="model file from build-model")
-    ap.add_argument("--labels", default=None, help="labels of the organ in MASK (default 1)")
+    ap.add_argument("--labels", default=None,
+                    help="labels of the organ in MASK (default: the labels the model was "
+                         "built from, e.g. 1,2 for hippocampus head and body, less any "
+                         "--keep-labels)")
     ap.add_argument("--keep-labels", default=None, metavar="L[,L...]",
                     help="labels in MASK that are part of the organ but never removed, kept "
                          "with their own value: a lesion the model does not know (KiTS: "
@@ -83,7 +86,7 @@ def main(argv):
     add_prior(ap)
     a = ap.parse_args(join_negative_values(argv, ("--window",)))
 
-    from ..model import load_model
+    from ..model import load_model, organ_labels
     from ..pipeline import refine_case
     from ..segmentation import SegmentParams, check_window
 
@@ -91,16 +94,18 @@ def main(argv):
                   (a.reference_labels and not a.reference,
                    "--reference-labels has no effect without --reference"))
     model = load_model(a.model)
-    labels = parse_labels("1" if a.labels is None else a.labels, "--labels")
     keep = parse_labels(a.keep_labels, "--keep-labels") if a.keep_labels else ()
+    if a.labels is not None:
+        labels = parse_labels(a.labels, "--labels")
+    else:   # the model's, a label kept aside left out (KiTS: --keep-labels 2 alone)
+        labels = tuple(v for v in organ_labels(model) if v not in keep) or organ_labels(model)
     params = SegmentParams(method=a.method, side=a.side, prior=a.prior,
                            window=floats(a.window, 2, "--window") if a.window else None)
     check_window(model, params)
     if a.reference_labels is not None:
         ref_labels = parse_labels(a.reference_labels, "--reference-labels")
     else:
-        ref_labels = tuple(int(v) for v in
-                           (model.metadata.get("parameters") or {}).get("labels") or (1,))
+        ref_labels = organ_labels(model)
     deid = None
     if a.deidentify:
         from ..pipeline import Deidentifier, scrub_argv

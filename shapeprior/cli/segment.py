@@ -114,7 +114,7 @@ def main(argv):
 
     from pathlib import Path
 
-    from ..model import load_model
+    from ..model import load_model, organ_labels
     from ..pipeline import Deidentifier, discover_cases, run_case, scrub
     from ..segmentation import SegmentParams
 
@@ -165,8 +165,7 @@ def main(argv):
     if a.reference_labels is not None:
         ref_labels = parse_labels(a.reference_labels, "--reference-labels")
     else:
-        ref_labels = tuple(int(v) for v in
-                           (model.metadata.get("parameters") or {}).get("labels") or (1,))
+        ref_labels = organ_labels(model)
     single = Path(a.input).is_file() or (len(cases) == 1 and cases[0].path == Path(a.input))
     if single:
         refuse_unused((a.workers or a.scheduler is not None,

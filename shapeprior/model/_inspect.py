@@ -88,6 +88,14 @@ def model_summary(model: ShapeModel) -> dict:
     }
 
 
+def organ_labels(model: ShapeModel) -> tuple:
+    """The label values of the organ in the label maps the model was built from
+    (``build-model --labels``; ``(1,)`` for a model that does not record them):
+    the default organ labels of a mask to refine and of a reference."""
+    values = (model.metadata.get("parameters") or {}).get("labels") or (1,)
+    return tuple(int(v) for v in values)
+
+
 def mode_shape(model: ShapeModel, mode: int, sd: float) -> np.ndarray:
     """The mean shape moved ``sd`` standard deviations along PCA ``mode``.
 
