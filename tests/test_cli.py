@@ -205,6 +205,19 @@ def test_refine_without_labels_takes_the_models_and_says_it_was_the_default(reco
     assert calls[-1]["labels"] == (3,) and calls[-1]["labels_given"] is True
 
 
+def test_init_mask_labels_default_to_the_models(recorded, tmp_path):
+    """--init-mask without --init-labels takes the labels the model was built from."""
+    calls, image, model = recorded
+    mask = tmp_path / "mask.nii.gz"
+    mask.write_bytes(b"not read: the pipeline is a recorder")
+    assert main(["segment", str(image), "-o", str(tmp_path / "s"), "--model", str(model),
+                 "--init-mask", str(mask)]) == 0
+    assert calls[-1]["init_labels"] == (1, 2)
+    assert main(["segment", str(image), "-o", str(tmp_path / "t"), "--model", str(model),
+                 "--init-mask", str(mask), "--init-labels", "4"]) == 0
+    assert calls[-1]["init_labels"] == (4,)
+
+
 def test_label_zero_is_refused_with_one_line(recorded, tmp_path, capsys):
     _, image, model = recorded
     rc = main(["refine", str(image), "-o", str(tmp_path / "r"), "--model", str(model),

@@ -97,7 +97,8 @@ def main(argv):
                          "holding both sides of a paired organ: the --side given, or with "
                          "--side both each side from its own part)")
     ap.add_argument("--init-labels", default=None,
-                    help="labels of the organ in --init-mask (default 1)")
+                    help="labels of the organ in --init-mask (default: the labels the "
+                         "model was built from)")
     ap.add_argument("--hypotheses", type=int, default=None,
                     help="without --seed: placements fitted before the best one continues "
                          "(default 5)")
@@ -178,7 +179,8 @@ def main(argv):
                            mesh_format=a.mesh_format, force=a.force, dictionary=dic, argv=argv,
                            case_name=c.name, deidentify=a.deidentify,
                            allow_no_orientation=a.allow_no_orientation, init_mask=a.init_mask,
-                           init_labels=parse_labels(a.init_labels or "1", "--init-labels"),
+                           init_labels=(parse_labels(a.init_labels, "--init-labels")
+                                        if a.init_labels else organ_labels(model)),
                            output_type=a.output_type, qc=not a.no_qc)
         except (ValueError, OSError) as exc:
             if deid is not None:
