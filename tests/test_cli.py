@@ -218,6 +218,19 @@ def test_init_mask_labels_default_to_the_models(recorded, tmp_path):
     assert calls[-1]["init_labels"] == (4,)
 
 
+@pytest.mark.parametrize("name", sorted(shapeprior.cli.COMMANDS))
+def test_an_option_error_is_one_line_naming_the_help(name, capsys):
+    """An option argparse cannot take is one line (the command, the error and where
+    the help is), exit 2, without argparse's usage block (20 lines for segment)."""
+    with pytest.raises(SystemExit) as exc:
+        main([name, "--no-such-option"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"shapeprior {name}: error: "), err
+    assert err.rstrip().endswith(f"(see 'shapeprior {name} --help')"), err
+
+
 def test_label_zero_is_refused_with_one_line(recorded, tmp_path, capsys):
     _, image, model = recorded
     rc = main(["refine", str(image), "-o", str(tmp_path / "r"), "--model", str(model),

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .._outputs import show_path
+from .._outputs import one_line, show_path
+
+
+class Parser(argparse.ArgumentParser):
+    """A command's option parser whose error is one line on stderr,
+    ``PROG: error: MESSAGE (see 'PROG --help')``, exit 2: argparse's usage block
+    (20 lines for ``segment``) before it is left out."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see '{self.prog} --help')\n")
 
 
 def numbers(text, name, cast=float, n=None, skip_empty=False):

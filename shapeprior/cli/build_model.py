@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
-
 from .._outputs import manifest, show_path
-from ._common import (add_label_map_options, add_random_state, parse_labels, publish_model,
-                      refuse_unused)
+from ._common import (Parser, add_label_map_options, add_random_state, parse_labels,
+                      publish_model, refuse_unused)
 from ._deidentify import add_deidentify, deidentified
 
 
 def main(argv):
     """Build an SSC shape model from label maps (files and folders)."""
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="shapeprior build-model",
         description="Build an SSC shape model from label maps (NIfTI/NRRD/MHA): files, "
                     "folders (searched recursively) or both.")

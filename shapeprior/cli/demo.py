@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from .._outputs import OutputDir, show_path
 from . import build_model, segment
-from ._common import add_random_state
+from ._common import Parser, add_random_state
 
 
 #: the model build's report, published beside the model
@@ -33,7 +32,7 @@ def _run(command, work, output, argv):
 
 def main(argv):
     """Whole pipeline on built-in synthetic phantoms (no download)."""
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="shapeprior demo",
         description="Whole pipeline on built-in synthetic phantoms (no download): write "
                     "phantom image/label pairs, build a small model with appearance, and "

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-
 from .._outputs import OutputDir, manifest, show_path
 from ..mesh import MESH_FORMATS
+from ._common import Parser
 
 
 def main(argv):
     """Write a model's mean, mode and training meshes for ParaView/Slicer."""
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="shapeprior export-model",
         description="Write a model's shapes as meshes (model frame, mm; LPS axes, declared in "
                     "the files): mean.EXT with the per-vertex training sd (point data "

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
-
 from .._outputs import json_text
+from ._common import Parser
 
 
 def main(argv):
     """Describe a model file: organ, shapes, vertices, labels, modes, appearance, provenance."""
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="shapeprior model-info",
         description="Describe a model file from build-model: organ and side, labels, training "
                     "shapes, vertices, PCA modes and their variance, learned dictionary, "

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-
-from ._common import add_mesh_format, add_prior, status_code
+from ._common import Parser, add_mesh_format, add_prior, status_code
 
 
 def main(argv):
     """Explain many shapes in correspondence with the model by SSC (population studies)."""
     from ..ssc import RECONSTRUCTION_METHODS
 
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="shapeprior reconstruct",
         description="Fit the SSC shape prior to every shape in correspondence with the model "
                     "(meshes whose vertex i is the model's vertex i, e.g. written by segment, "

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from ._common import (add_allow_no_orientation, add_batch_options, add_mesh_format, add_prior,
-                      finish_case, floats, join_negative_values, parse_labels, print_batch,
-                      refuse_unused, status_code)
+from ._common import (Parser, add_allow_no_orientation, add_batch_options, add_mesh_format,
+                      add_prior, finish_case, floats, join_negative_values, parse_labels,
+                      print_batch, refuse_unused, status_code)
 
 
 def main(argv):
     """Refine an existing label map (any tool's) with the shape prior: leaks, holes, islands."""
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="shapeprior refine",
         description="Fit the SSC shape model to an existing segmentation (TotalSegmentator, "
                     "nnU-Net, a rough manual mask) so that leaks, holes, missing or duplicated "

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from ._common import (
+    Parser,
     add_allow_no_orientation,
     add_batch_options,
     add_mesh_format,
@@ -23,7 +23,7 @@ from ._common import (
 
 def main(argv):
     """Segment an organ in a NIfTI/NRRD/MHA file, a DICOM series or a folder of cases."""
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="shapeprior segment",
         description="Segment an organ with an SSC shape model. INPUT: a NIfTI/NRRD/MHA file, "
                     "a DICOM series folder, or a folder of such cases. Without --seed the "

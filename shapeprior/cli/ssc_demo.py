@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
 from .._outputs import OutputDir, manifest
-from ._common import add_random_state
+from ._common import Parser, add_random_state
 
 
 #: largest --points and --atoms (the training shapes then take 240 MB)
@@ -19,7 +18,7 @@ LABELS = {"l1": "SSC-L1", "l0": "SSC-L0",
 
 
 def main(argv):
-    ap = argparse.ArgumentParser(prog="shapeprior ssc-demo", description=main.__doc__)
+    ap = Parser(prog="shapeprior ssc-demo", description=main.__doc__)
     ap.add_argument("-o", "--output", required=True, help="output folder (created)")
     ap.add_argument("--points", type=int, default=2000,
                     help=f"vertices per shape, 50 to {MAX_POINTS} (default 2000)")

@@ -3,10 +3,8 @@ or rank candidate label maps by how much each would add."""
 
 from __future__ import annotations
 
-import argparse
-
 from .._outputs import json_text
-from ._common import add_label_map_options
+from ._common import Parser, add_label_map_options
 from ._deidentify import add_deidentify, deidentified, named_shapes
 
 
@@ -22,7 +20,7 @@ def _inputs(paths, limit):
 
 def main(argv):
     """Add label maps to a model (online update), or rank candidates (--rank-only)."""
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="shapeprior update-model",
         description="Add confirmed label maps to a shape model without rebuilding it: each "
                     "is put in correspondence with the model, aligned into its frame and "
