@@ -230,8 +230,7 @@ def refine(mask, model, *, labels=None, image=None, keep=(), **params):
     if labels is None:
         from .model import organ_labels
 
-        labels = tuple(v for v in organ_labels(model) if v not in tuple(keep)) or \
-            organ_labels(model)
+        labels = organ_labels(model, keep)
     return refine_paired(mvol, model, tuple(labels), p, img, keep=tuple(keep)) or \
         refine_mask(mvol, model, tuple(labels), p, img, keep=tuple(keep))
 

@@ -97,7 +97,7 @@ def main(argv):
     if a.labels is not None:
         labels = parse_labels(a.labels, "--labels")
     else:   # the model's, a label kept aside left out (KiTS: --keep-labels 2 alone)
-        labels = tuple(v for v in organ_labels(model) if v not in keep) or organ_labels(model)
+        labels = organ_labels(model, keep)
     params = SegmentParams(method=a.method, side=a.side, prior=a.prior,
                            window=floats(a.window, 2, "--window") if a.window else None)
     check_window(model, params)

@@ -55,18 +55,16 @@ def detached_data_files(path) -> list:
     the header's own file, another format, or a header that cannot be read)."""
     p = Path(path)
     low = p.name.lower()
+    parse = (_metaimage_names if low.endswith((".mhd", ".mha")) else
+             _nrrd_names if low.endswith((".nhdr", ".nrrd")) else None)
+    if parse is None or not p.is_file():       # (a named pipe is never opened)
+        return []
     try:
         with open(p, "rb") as fh:
             head = fh.read(_HEADER_BYTES)
     except OSError:
         return []
-    if low.endswith((".mhd", ".mha")):
-        names = _metaimage_names(head)
-    elif low.endswith((".nhdr", ".nrrd")):
-        names = _nrrd_names(head)
-    else:
-        return []
-    return [p.parent / n for n in names]
+    return [p.parent / n for n in parse(head)]
 
 
 def _lines(head: bytes):

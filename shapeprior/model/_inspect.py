@@ -88,12 +88,15 @@ def model_summary(model: ShapeModel) -> dict:
     }
 
 
-def organ_labels(model: ShapeModel) -> tuple:
+def organ_labels(model: ShapeModel, kept=()) -> tuple:
     """The label values of the organ in the label maps the model was built from
-    (``build-model --labels``; ``(1,)`` for a model that does not record them):
-    the default organ labels of a mask to refine and of a reference."""
-    values = (model.metadata.get("parameters") or {}).get("labels") or (1,)
-    return tuple(int(v) for v in values)
+    (``build-model --labels``; ``(1,)`` for a model that does not record them),
+    less those in ``kept`` (labels a refinement keeps aside, KiTS' tumour) unless
+    that leaves none: the default organ labels of a mask to refine, of an initial
+    mask and of a reference."""
+    values = tuple(int(v) for v in
+                   (model.metadata.get("parameters") or {}).get("labels") or (1,))
+    return tuple(v for v in values if v not in tuple(kept)) or values
 
 
 def mode_shape(model: ShapeModel, mode: int, sd: float) -> np.ndarray:

@@ -118,6 +118,12 @@ HYBRID_FIRST_ROUNDS = 8
 #: 0.17 -> 0.79 mm, one vertex 6 mm off (tests/test_ssc.py, test_refit_keeps_detail)
 L0_TRIM_FROM_START = False
 
+#: the SSC-L1 solve trimmed OMP starts from (``start='l1'``): at most this many
+#: alignment rounds (None: as many as trimmed OMP may), with this many reweighting
+#: rounds (``bench/bench_l0_start_rounds.py``)
+L0_START_ROUNDS = None
+L0_START_REWEIGHT = 3
+
 #: default relative L1 weight on x: lam1 = 2 * ALPHA1 * max|D^T W z|
 ALPHA1 = 1e-3
 #: default gross-error threshold, in robust standard deviations of the residual
@@ -526,8 +532,9 @@ def sparse_shape_composition(shape, dictionary, weights=None, *, method="l1",
     elif start == "l1" or (start == "auto" and method == "l0"):
         started = "l1"
         first = sparse_shape_composition(
-            y, dic, s, method="l1", alignment=alignment, max_align_iter=n_rounds,
-            align_tol=align_tol, tol=tol, max_iter=max_iter)
+            y, dic, s, method="l1", alignment=alignment,
+            max_align_iter=min(n_rounds, L0_START_ROUNDS or n_rounds),
+            align_tol=align_tol, tol=tol, max_iter=max_iter, reweight=L0_START_REWEIGHT)
         beta = first.transform
         if method == "l0" and L0_TRIM_FROM_START:   # where each round's trimming starts
             trimmed0 = first.overridden
