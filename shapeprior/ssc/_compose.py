@@ -123,7 +123,8 @@ L0_TRIM_FROM_START = False
 #: rounds. Fewer of either (4, 2 or 1 rounds; 1 or 0 reweightings) were tried on
 #: the tuning split (bench/bench_l0_start_rounds.py, results/l0_start_rounds.json):
 #: none kept SSC-L0's mean error within 1 % on half-missing kidneys (+1.8-2.3 %),
-#: and the time saved was 0-20 % (trimmed OMP takes more rounds from a rougher pose)
+#: and the time saved was at most 12 % averaged over the conditions (trimmed OMP
+#: takes more rounds from a rougher pose)
 L0_START_ROUNDS = None
 L0_START_REWEIGHT = 3
 
