@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -79,8 +78,6 @@ def _shape(job):
 
 
 def main(argv=None):
-    from concurrent.futures import ProcessPoolExecutor
-
     import bench_robustness as rb
     from _common import data_root
     from shapeprior.ssc import _compose
@@ -94,13 +91,7 @@ def main(argv=None):
         print(f"KiTS19 not found under {data_root()} (set SHAPEPRIOR_DATA)", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    model, _, held, ids = rb.prepare(Path(__file__).resolve().parent / "cache", a.n_jobs)
-    _, tune = rb.splits(len(held))
-    jobs = [(int(i), g, m, 1) for g, m in CONDITIONS for i in tune]
-    acc = {}
-    with ProcessPoolExecutor(a.n_jobs, initializer=rb.init_worker) as pool:
-        for key, out in pool.map(_shape, jobs):
-            acc.setdefault(key, []).append(out)
+    acc, tune_ids = rb.on_tuning_split(_shape, CONDITIONS, a.n_jobs)
     rows = []
     for (g, m), values in acc.items():
         row = {"gross_fraction": g, "missing_fraction": m, "n": len(values)}
@@ -128,7 +119,7 @@ def main(argv=None):
                                             for r in rows])), 3) for cap in CAPS}
     result = {"benchmark": "hybrid_rounds", "machine": machine(),
               "split": "bench_robustness.py's tuning split (held-out KiTS19 kidneys outside "
-                       "its report set)", "ids": [ids[i] for i in tune],
+                       "its report set)", "ids": tune_ids,
               "method": "hybrid: trimmed OMP (40 atoms) from an SSC-L1 pose, then SSC-L1 "
                         "with 3 % of lambda1 on its inliers",
               "caps": list(CAPS), "rows": rows,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -75,8 +74,6 @@ def _shape(job):
 
 
 def main(argv=None):
-    from concurrent.futures import ProcessPoolExecutor
-
     import bench_robustness as rb
     from _common import data_root
     from shapeprior.ssc import _compose
@@ -90,13 +87,7 @@ def main(argv=None):
         print(f"KiTS19 not found under {data_root()} (set SHAPEPRIOR_DATA)", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    model, _, held, ids = rb.prepare(Path(__file__).resolve().parent / "cache", a.n_jobs)
-    _, tune = rb.splits(len(held))
-    jobs = [(int(i), g, m, 1) for g, m in CONDITIONS for i in tune]
-    acc = {}
-    with ProcessPoolExecutor(a.n_jobs, initializer=rb.init_worker) as pool:
-        for key, out in pool.map(_shape, jobs):
-            acc.setdefault(key, []).append(out)
+    acc, tune_ids = rb.on_tuning_split(_shape, CONDITIONS, a.n_jobs)
     keys = [_key(v) for v in VARIANTS]
     ref = keys[0]
     rows = []
@@ -126,7 +117,7 @@ def main(argv=None):
     library = _key((_compose.L0_START_ROUNDS, _compose.L0_START_REWEIGHT))
     result = {"benchmark": "l0_start_rounds", "machine": machine(),
               "split": "bench_robustness.py's tuning split (held-out KiTS19 kidneys outside "
-                       "its report set)", "ids": [ids[i] for i in tune],
+                       "its report set)", "ids": tune_ids,
               "methods": {"ssc_l0": "trimmed OMP, 40 atoms, from an SSC-L1 pose",
                           "hybrid": "reconstruct's default: trimmed OMP (40 atoms) from an "
                                     "SSC-L1 pose, then SSC-L1 with 3 % of lambda1 on its "

@@ -185,6 +185,22 @@ def _methods(refits):
     return {k: v for k, v in out.items() if v is not None}
 
 
+def on_tuning_split(shape_fn, conditions, n_jobs, seed=1):
+    """``shape_fn((i, gross, missing, seed))`` -> ``(key, out)`` for every tuning
+    kidney under every ``(gross, missing)`` condition, in ``n_jobs`` worker
+    processes (:func:`init_worker`): ``({key: [out, ...]}, tuning ids)``."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    _, _, held, ids = prepare(HERE / "cache", n_jobs)
+    _, tune = splits(len(held))
+    jobs = [(int(i), g, m, seed) for g, m in conditions for i in tune]
+    acc = {}
+    with ProcessPoolExecutor(n_jobs, initializer=init_worker) as pool:
+        for key, out in pool.map(shape_fn, jobs):
+            acc.setdefault(key, []).append(out)
+    return acc, [ids[i] for i in tune]
+
+
 def splits(n_held, seed=0, max_heldout=24, max_tune=23):
     """Indices of the report set and the tuning split among ``n_held`` held-out shapes."""
     rng = np.random.default_rng(seed)

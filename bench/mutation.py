@@ -1192,8 +1192,7 @@ MUTANTS = [
      "                           inside_brighter=a.dark_organ,\n",
      "--dark-organ inverted"),
     ("cli-reference-labels", "cli", "shapeprior/cli/segment.py",
-     "        ref_labels = tuple(int(v) for v in\n"
-     "                           (model.metadata.get(\"parameters\") or {}).get(\"labels\") or (1,))\n",
+     "        ref_labels = organ_labels(model)\n",
      "        ref_labels = (1,)\n",
      "the reference compared on label 1 only, not the labels the model was built from"),
     ("cli-batch-errors-exit", "cli", "shapeprior/cli/segment.py",
@@ -2560,7 +2559,7 @@ MUTANTS = [
      "        l2 = 0.5 * lam2\n", "",
      "a reweighted solve splits its gross error with the first solve's threshold"),
     ("refine-ref-labels-one", "cli", "shapeprior/cli/refine.py",
-     "        ref_labels = tuple(int(v) for v in\n", "        ref_labels = (1,) or tuple(int(v) for v in\n",
+     "        ref_labels = organ_labels(model)\n", "        ref_labels = (1,) or organ_labels(model)\n",
      "refine's reference is read as label 1 whatever labels the model was built from"),
     ("api-mask-unchecked", "api", "shapeprior/api.py",
      '        mvol = as_label_map(mvol, "mask")', "        pass",

@@ -609,10 +609,15 @@ def test_segment_label_lands_on_the_input_voxels_in_nibabel(phantom_model, tmp_p
 
 
 def test_itk_errors_keep_the_reason(tmp_path):
-    (tmp_path / "x.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\n"
-                                    "ElementType = MET_FLOAT\nElementDataFile = missing.raw\n")
+    head = "ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_FLOAT\n"
+    (tmp_path / "x.mhd").write_text(head + "ElementDataFile = short.raw\n")
+    (tmp_path / "short.raw").write_bytes(bytes(100))
     (tmp_path / "y.mha").write_text("garbage")
-    for name, why in (("x.mhd", "Cannot open data file"), ("y.mha", "Unable to determine ImageIO")):
+    # a data file that is not there is named before ITK is asked
+    (tmp_path / "z.mhd").write_text(head + "ElementDataFile = missing.raw\n")
+    for name, why in (("x.mhd", "data not read completely"),
+                      ("y.mha", "Unable to determine ImageIO"),
+                      ("z.mhd", "z.mhd: its data file missing.raw is missing")):
         with pytest.raises(ImageReadError) as e:
             read_volume(tmp_path / name)
         msg = _refused_cleanly(e.value)
