@@ -2874,6 +2874,9 @@ MUTANTS = [
     ("detached-data-file-kind-unchecked", "datafiles", "shapeprior/io/_volume.py",
      "    _check_data_files(p, name)\n", "",
      "a detached header naming a named pipe makes the run wait for ever"),
+    ("deid-data-file-name-kept", "datafiles", "shapeprior/pipeline/_cases.py",
+     "    for f in detached_data_files(path):\n", "    for f in ():\n",
+     "--deidentify prints the part of a data file's name the header's does not share"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -208,6 +208,27 @@ def test_a_detached_header_whose_data_is_no_regular_file_is_one_line(case, tmp_p
     assert tree_state(tmp_path) == before and not leftovers(tmp_path)
 
 
+@pytest.mark.parametrize("batch", [False, True])
+def test_deidentify_withholds_the_name_of_a_headers_data_file(case, tmp_path, capsys, batch):
+    """A detached header's data file may be named after the patient: with
+    --deidentify the error of a case whose data file is missing withheld the
+    header's name but printed the rest of the data file's (Doe_John_1957.raw
+    became case-..._1957.raw), in the summary and on the terminal."""
+    scan, model = case
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    header = _detached_header(cases / "Doe_John.mhd", cases / "Doe_John_1957.raw", "mhd")
+    out = tmp_path / "out"
+    rc = main(["segment", str(cases if batch else header), "-o", str(out), "--model",
+               str(model), "--deidentify"])
+    text = capsys.readouterr()
+    assert rc == 1 if not batch else rc in (1, 3), text.err
+    shown = text.out + text.err + "".join(
+        f.read_text() for f in out.rglob("*") if f.suffix in (".json", ".csv"))
+    assert "its data file (withheld) is missing" in shown, shown
+    assert "Doe" not in shown and "John" not in shown and "1957" not in shown, shown
+
+
 def test_detached_data_files_every_form(tmp_path):
     """The data files of each form a MetaImage or NRRD header names them in."""
     from shapeprior.io import detached_data_files, image_files

@@ -18,7 +18,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import VOLUME_SUFFIXES, display_name, input_path_error, volume_suffix
+from ..io import (VOLUME_SUFFIXES, detached_data_files, display_name, input_path_error,
+                  volume_suffix)
 
 #: names a case folder may not take inside a batch output folder
 RESERVED = frozenset({"summary.json", "summary.csv", "manifest.json"})
@@ -415,8 +416,15 @@ def _read_or_create_salt(f: Path) -> bytes:
 
 
 def scrub(text: str, path, replacement: str) -> str:
-    """``text`` with every form of ``path``'s name (full path, name, stem) replaced."""
-    p = Path(path)
+    """``text`` with every form of ``path``'s name (full path, name, stem) replaced,
+    and first those of the data files a detached header at ``path`` names (a name
+    that may say whose scan it is, ``Doe_John_1957.raw``) by ``(withheld)``."""
+    for f in detached_data_files(path):
+        text = _replace_forms(text, Path(f), "(withheld)")
+    return _replace_forms(text, Path(path), replacement)
+
+
+def _replace_forms(text, p, replacement):
     forms = {str(p), display_name(p), p.name, _stem(p.name), str(p.resolve())}
     forms |= {os.fsencode(f).decode("utf-8", "backslashreplace") for f in list(forms)}
     for f in sorted((f for f in forms if len(f) >= 2), key=len, reverse=True):
