@@ -2877,6 +2877,11 @@ MUTANTS = [
     ("deid-data-file-name-kept", "datafiles", "shapeprior/pipeline/_cases.py",
      "    for f in detached_data_files(path):\n", "    for f in ():\n",
      "--deidentify prints the part of a data file's name the header's does not share"),
+    ("build-images-not-inputs", "datafiles", "shapeprior/cli/build_model.py",
+     "    read = files + (training_images(files, [r for _, _, r in items], a.images)\n"
+     "                    if a.images else [])\n",
+     "    read = list(files)\n",
+     "build-model --force replaces a model that a training image's header reads as data"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -167,22 +167,28 @@ def test_force_never_replaces_the_data_file_of_a_detached_header(case, phantom_m
     assert tree_state(tmp_path) == before and not leftovers(tmp_path)
 
 
+@pytest.mark.parametrize("whose", ["label-map", "image"])
 @pytest.mark.parametrize("command", ["build-model", "update-model"])
 def test_force_never_replaces_a_model_that_is_a_label_maps_data(phantom_model, tmp_path, capsys,
-                                                                command):
+                                                                command, whose):
     """The model a build or an update would replace is the data of a detached
-    label map among its inputs: refused in one line before anything is read."""
+    label map among its inputs, or of the training image found for one
+    (``--images``): refused in one line before anything is read."""
     _, images, labels, model = phantom_model
-    lab = tmp_path / "labels"
+    lab, img = tmp_path / "labels", tmp_path / "images"
     shutil.copytree(labels, lab)
+    shutil.copytree(images, img)
     out = tmp_path / "out.npz"
     shutil.copy(model, out)                                  # a model file of ours
-    _detached_header(lab / "evil.mhd", out, "mhd")
+    if whose == "image":
+        (lab / "evil.raw").write_bytes(bytes(512))
+        _detached_header(lab / "evil.mhd", lab / "evil.raw", "mhd")
+    _detached_header((img if whose == "image" else lab) / "evil.mhd", out, "mhd")
     before = tree_state(tmp_path)
     args = (["build-model", str(lab), "--vertices", "162"] if command == "build-model"
             else ["update-model", str(model), str(lab)])
-    rc = main([*args, "-o", str(out), "--force", "--quiet"])
-    one_line_error(capsys, rc, "is the input", "the data of")
+    rc = main([*args, "--images", str(img), "-o", str(out), "--force", "--quiet"])
+    one_line_error(capsys, rc, "is the input", f"the data of {(img if whose == 'image' else lab)}")
     assert tree_state(tmp_path) == before and not leftovers(tmp_path)
 
 

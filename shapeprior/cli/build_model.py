@@ -125,7 +125,7 @@ def _build(a, out, deid):
     ``--deidentify`` the label maps are named by their pseudonyms and every text
     that leaves is scrubbed, else it passes everything through."""
     from .._outputs import OutputDir, check_not_input, check_replaceable, own_model_file
-    from ..model import BuildParams, build_model, label_map_inputs
+    from ..model import BuildParams, build_model, label_map_inputs, training_images
 
     side_path = out.with_name(out.name + ".report")
     inputs = [*a.label_maps, a.images]
@@ -139,8 +139,10 @@ def _build(a, out, deid):
     if a.limit is not None:
         items = items[: a.limit]
     files = [f for f, _, _ in items]
-    inputs += files                 # a detached header's data files, wherever they lie
-    check_not_input(out, files)
+    read = files + (training_images(files, [r for _, _, r in items], a.images)
+                    if a.images else [])
+    inputs += read                  # a detached header's data files, wherever they lie
+    check_not_input(out, read)
     side = OutputDir(side_path, force=a.force, inputs=inputs)   # checked before the slow stages
     try:
         params = BuildParams(labels=labels, organ=a.organ, split_sides=a.split_sides,

@@ -58,7 +58,7 @@ def main(argv):
 
     from pathlib import Path
 
-    from ..model import load_model, params_from_model
+    from ..model import load_model, params_from_model, training_images
     from ._common import parse_labels, refuse_unused
 
     if a.rank_only == bool(a.output):
@@ -92,7 +92,10 @@ def main(argv):
             raise ValueError("no label maps given")
         if a.rank_only:
             return _rank(model, items, params, a, deid)
-        files = [f for f, _, _ in items]   # a detached header's data files, wherever they lie
+        # the files read, a detached header's data files with them, wherever they lie
+        files = [f for f, _, _ in items]
+        if a.images:
+            files += training_images(files, [r for _, _, r in items], a.images)
         check_not_input(out, files)
         return _update(model, items, params, a, out, [*inputs, *files], deid)
 

@@ -463,6 +463,18 @@ def find_image_for(label_file: Path, labels_root: Path, images_dir: Path):
                  if c.is_file() and not os.path.samefile(c, label_file)), None)
 
 
+def training_images(label_files, labels_roots, images_dir) -> list:
+    """The training images found for ``label_files`` (one root each), without any
+    check: the files the output of a build or an update must not touch (a
+    detached image header's data files among them), known before the slow stages."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        return []
+    found = (find_image_for(Path(f), Path(r), images_dir)
+             for f, r in zip(label_files, labels_roots))
+    return [c for c in found if c is not None]
+
+
 def looked_for(label_file, labels_root, images_dir):
     """Where a label map's image was looked for (:func:`image_candidates`), and
     whether the label map itself was found there (``--images`` naming the label
