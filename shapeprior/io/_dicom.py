@@ -335,31 +335,30 @@ def _syntax(ds):
 def _check_native_lengths(files, what, n_bytes):
     """Refuse a native (uncompressed) slice whose pixel data is shorter than its
     header's ``n_bytes``: pydicom refuses it, GDCM pads it with zeros."""
-    import pydicom
-
     for f in files:
-        try:
-            ds = pydicom.dcmread(f)
-            have = len(ds.PixelData)
-        except Exception as exc:  # noqa: BLE001 - cut or corrupt file
-            raise ImageReadError(f"cannot read {what}: slice {display_name(f)}: "
-                                 f"{' '.join(str(exc).split())[:200]}") from None
+        _, have = _read_slice(f, what, lambda ds: len(ds.PixelData))
         if have < n_bytes:
             raise ImageReadError(f"cannot read {what}: slice {display_name(f)} holds {have} "
                                  f"bytes of pixel data, its header says {n_bytes}")
 
 
-def _pixels_pydicom(files, what, shape):
+def _read_slice(f, what, get):
+    """``(dataset, get(dataset))`` of one slice file read whole by pydicom; a cut
+    or corrupt file, or short or undecodable pixel data, is one line naming it."""
     import pydicom
 
+    try:
+        ds = pydicom.dcmread(f)
+        return ds, get(ds)
+    except Exception as exc:  # noqa: BLE001 - short or corrupt pixel data
+        raise ImageReadError(f"cannot read {what}: slice {display_name(f)}: "
+                             f"{' '.join(str(exc).split())[:200]}") from None
+
+
+def _pixels_pydicom(files, what, shape):
     slices, integral = [], True
     for f in files:
-        try:
-            ds = pydicom.dcmread(f)
-            a = ds.pixel_array
-        except Exception as exc:  # noqa: BLE001 - short or corrupt pixel data
-            raise ImageReadError(f"cannot read {what}: slice {display_name(f)}: "
-                                 f"{' '.join(str(exc).split())[:200]}") from None
+        ds, a = _read_slice(f, what, lambda ds: ds.pixel_array)
         if a.shape != shape:
             raise ImageReadError(f"{what}: slice {display_name(f)} holds {a.shape} pixels, "
                                  f"its header says {shape}")
