@@ -25,13 +25,12 @@ the gross errors of the SSC-L1 solve it starts from (``L0_TRIM_FROM_START``).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import numpy as np
 
-from _common import RESULTS, machine, write_json
+from _common import machine, write_json
 
 CAPS = (2, 4, 6, 8, 10, 12, 20)
 CONDITIONS = ((0.0, 0.0), (0.3, 0.0), (0.4, 0.0), (0.0, 0.5), (0.2, 0.25))
@@ -44,51 +43,31 @@ TRIM_STARTS = ("no_vertex", "l1_gross_errors")
 def _shape(job):
     """Error (mm) and seconds of the hybrid at every cap, for one shape and condition."""
     import bench_robustness as rb
-    from shapeprior.correspond import surface_distances
-    from shapeprior.mesh import Surface
-    from shapeprior.ssc import _compose, solver_options, sparse_shape_composition
+    from shapeprior.ssc import _compose, solver_options
 
-    i, gross, missing, seed = job
-    model = rb.WORKER["model"]
-    clean = rb.WORKER["held"][i]
-    y, w, _ = rb.corrupt(clean, model.faces, i, gross, missing, seed)
-    surf = Surface(clean, model.faces)
+    measure = rb.tuning_case(job)
     opts = solver_options("hybrid")
     out = {}
     saved = _compose.HYBRID_FIRST_ROUNDS, _compose.L0_TRIM_FROM_START
-
-    def run():
-        t0 = time.perf_counter()
-        res = sparse_shape_composition(y, rb.WORKER["dic"], w, **opts)
-        sec = time.perf_counter() - t0
-        d1, d2 = surface_distances(Surface(res.reconstruction, model.faces), surf)
-        return float(0.5 * (d1.mean() + d2.mean())), sec
-
     try:
         for cap in CAPS:
             _compose.HYBRID_FIRST_ROUNDS = cap
-            out[cap] = run()
+            out[cap] = measure(**opts)
         _compose.HYBRID_FIRST_ROUNDS = saved[0]
         for trim in TRIM_STARTS:
             _compose.L0_TRIM_FROM_START = trim == "l1_gross_errors"
-            out[trim] = run()
+            out[trim] = measure(**opts)
     finally:
         _compose.HYBRID_FIRST_ROUNDS, _compose.L0_TRIM_FROM_START = saved
-    return (gross, missing), out
+    return job[1:3], out
 
 
 def main(argv=None):
     import bench_robustness as rb
-    from _common import data_root
     from shapeprior.ssc import _compose
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n-jobs", type=int, default=2)
-    ap.add_argument("--within", type=float, default=0.01)
-    ap.add_argument("--out", default=str(RESULTS / "hybrid_rounds.json"))
-    a = ap.parse_args(argv)
-    if not (data_root() / "kits19").is_dir():
-        print(f"KiTS19 not found under {data_root()} (set SHAPEPRIOR_DATA)", file=sys.stderr)
+    a = rb.tuning_options(__doc__, "hybrid_rounds.json", argv)
+    if a is None:
         return 2
     t0 = time.perf_counter()
     acc, tune_ids = rb.on_tuning_split(_shape, CONDITIONS, a.n_jobs)

@@ -22,13 +22,12 @@ the same worker.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import numpy as np
 
-from _common import RESULTS, machine, write_json
+from _common import machine, write_json
 
 #: (alignment rounds at most, reweighting rounds) of the start; the first is the
 #: library's start before this benchmark (None: as many rounds as trimmed OMP)
@@ -47,15 +46,9 @@ def _shape(job):
     """Error (mm) and seconds of both methods with every start, for one shape
     and condition."""
     import bench_robustness as rb
-    from shapeprior.correspond import surface_distances
-    from shapeprior.mesh import Surface
-    from shapeprior.ssc import _compose, solver_options, sparse_shape_composition
+    from shapeprior.ssc import _compose, solver_options
 
-    i, gross, missing, seed = job
-    model = rb.WORKER["model"]
-    clean = rb.WORKER["held"][i]
-    y, w, _ = rb.corrupt(clean, model.faces, i, gross, missing, seed)
-    surf = Surface(clean, model.faces)
+    measure = rb.tuning_case(job)
     opts = {"ssc_l0": {"method": "l0", "n_nonzero": 40}, "hybrid": solver_options("hybrid")}
     out = {}
     saved = _compose.L0_START_ROUNDS, _compose.L0_START_REWEIGHT
@@ -63,28 +56,18 @@ def _shape(job):
         for v in VARIANTS:
             _compose.L0_START_ROUNDS, _compose.L0_START_REWEIGHT = v
             for name, kw in opts.items():
-                t0 = time.perf_counter()
-                res = sparse_shape_composition(y, rb.WORKER["dic"], w, **kw)
-                sec = time.perf_counter() - t0
-                d1, d2 = surface_distances(Surface(res.reconstruction, model.faces), surf)
-                out[name, _key(v)] = (float(0.5 * (d1.mean() + d2.mean())), sec)
+                out[name, _key(v)] = measure(**kw)
     finally:
         _compose.L0_START_ROUNDS, _compose.L0_START_REWEIGHT = saved
-    return (gross, missing), out
+    return job[1:3], out
 
 
 def main(argv=None):
     import bench_robustness as rb
-    from _common import data_root
     from shapeprior.ssc import _compose
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n-jobs", type=int, default=2)
-    ap.add_argument("--within", type=float, default=0.01)
-    ap.add_argument("--out", default=str(RESULTS / "l0_start_rounds.json"))
-    a = ap.parse_args(argv)
-    if not (data_root() / "kits19").is_dir():
-        print(f"KiTS19 not found under {data_root()} (set SHAPEPRIOR_DATA)", file=sys.stderr)
+    a = rb.tuning_options(__doc__, "l0_start_rounds.json", argv)
+    if a is None:
         return 2
     t0 = time.perf_counter()
     acc, tune_ids = rb.on_tuning_split(_shape, CONDITIONS, a.n_jobs)

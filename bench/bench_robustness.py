@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import data_root, machine
+from _common import RESULTS, data_root, machine
 from shapeprior.align import procrustes
 from shapeprior.correspond import fit_template, surface_distances
 from shapeprior.mesh import Surface
@@ -183,6 +183,42 @@ def _methods(refits):
         "nearest_shape": lambda y, w, r: nearest_shape(model, y, w),
     }
     return {k: v for k, v in out.items() if v is not None}
+
+
+def tuning_options(doc, out_name, argv):
+    """The options of a benchmark that chooses a library constant on the tuning
+    split: ``--n-jobs``, ``--within`` (the relative error allowed) and ``--out``
+    (default ``results/OUT_NAME``); None, said on stderr, when KiTS19 is missing."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--n-jobs", type=int, default=2)
+    ap.add_argument("--within", type=float, default=0.01)
+    ap.add_argument("--out", default=str(RESULTS / out_name))
+    a = ap.parse_args(argv)
+    if not (data_root() / "kits19").is_dir():
+        print(f"KiTS19 not found under {data_root()} (set SHAPEPRIOR_DATA)", file=sys.stderr)
+        return None
+    return a
+
+
+def tuning_case(job):
+    """For one job ``(i, gross, missing, seed)`` in a worker (:func:`init_worker`):
+    ``measure(**options)`` -> ``(mean surface error mm, seconds)`` of
+    ``sparse_shape_composition`` with those options on held-out shape ``i`` so
+    corrupted (:func:`corrupt`), against its clean surface."""
+    i, gross, missing, seed = job
+    model = WORKER["model"]
+    clean = WORKER["held"][i]
+    y, w, _ = corrupt(clean, model.faces, i, gross, missing, seed)
+    surf = Surface(clean, model.faces)
+
+    def measure(**options):
+        t0 = time.perf_counter()
+        res = sparse_shape_composition(y, WORKER["dic"], w, **options)
+        sec = time.perf_counter() - t0
+        d1, d2 = surface_distances(Surface(res.reconstruction, model.faces), surf)
+        return float(0.5 * (d1.mean() + d2.mean())), sec
+
+    return measure
 
 
 def on_tuning_split(shape_fn, conditions, n_jobs, seed=1):
