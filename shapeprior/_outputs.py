@@ -339,12 +339,14 @@ def _new_run(parent: Path):
     so that no other run can see it unlocked and take it for a dead one's."""
     root = parent / STAGING
     for attempt in range(20):       # another run may remove the empty root meanwhile
-        root.mkdir(exist_ok=True)
         try:
+            # (mkdir itself raises FileExistsError when the root it found existing
+            # is gone by the time it looks again)
+            root.mkdir(exist_ok=True)
             new = Path(tempfile.mkdtemp(prefix=f"new-{os.getpid()}-", dir=root))
             break
-        except FileNotFoundError:
-            if attempt == 19:
+        except (FileNotFoundError, FileExistsError):
+            if attempt == 19 or (root.exists() and not root.is_dir()):
                 raise
     fd = _lock(new / "lock")
     run = new.with_name("run-" + new.name[len("new-"):])
