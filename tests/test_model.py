@@ -642,6 +642,10 @@ def _set(key, index, value):
      "'faces' has dtype float64, expected integer"),
     (lambda z: _edit_meta(z, organ=5), "'organ' is not a text"),
     (lambda z: _edit_meta(z, **{"appearance.step_mm": 0}), "'appearance' is malformed"),
+    (lambda z: _edit_meta(z, **{"appearance.image_background_share_max": 1.5}),
+     "'appearance' is malformed"),
+    (lambda z: _edit_meta(z, **{"appearance.image_background_share_max": "x"}),
+     "'appearance' is malformed"),
     (_set("profile_var", (0, 0), 0.0), "appearance variances must be > 0"),
     # segment divided by zero on these (an internal error, not a reason)
     (lambda z: z.update(mean=np.zeros_like(z["mean"])), "the mean shape is degenerate"),

@@ -114,6 +114,13 @@ def test_update_model_round_trip_refusals_and_lineage(small_model, tmp_path, cap
     assert third.n_shapes == new.n_shapes + 1 and np.array_equal(third.shapes[:-1], new.shapes)
     assert third.profile.n_images == new.profile.n_images + 1
     assert third.profile.hu_share_range == new.profile.hu_share_range == (0.0, 0.0)
+    assert third.profile.background_share_max == new.profile.background_share_max == 0.0
+    # the training background share rises with new images whose organ lies in the air
+    from shapeprior.model import extend_model
+
+    air = extend_model(third, third.shapes[-1:], profiles=third.profile.mean[None],
+                       background_shares=[0.4])
+    assert air.profile.background_share_max == 0.4
     assert not np.array_equal(third.profile.mean, new.profile.mean)
     # model-info shows the lineage without file names
     assert main(["model-info", str(out3)]) == 0
@@ -121,6 +128,7 @@ def test_update_model_round_trip_refusals_and_lineage(small_model, tmp_path, cap
     assert "model version 3" in info and "v2: 1 shape added" in info and "phantom_00" not in info
     assert "learned on images not in HU (MR): 0 % of the voxels below -20 HU in every image" \
         in info
+    assert "inside the air around the body: the background rule is on" in info
     # adding the same maps again adds nothing: one line, exit 1, nothing written
     out2 = tmp_path / "again.npz"
     assert main(["update-model", str(out3), str(new_map), str(labels / "phantom_006.nii.gz"),

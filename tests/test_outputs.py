@@ -669,8 +669,12 @@ def test_model_info_text_says_what_the_summary_holds(phantom_model, capsys, monk
     assert "final surface moved -0.3 mm outward" in out
     assert "learned on images of both kinds: 0-80 %" in out
     s["appearance"]["images_hounsfield_share"] = [0.7, 0.9]
+    s["appearance"]["training_background_share_max"] = 0.3
     assert main(["model-info", str(phantom_model[3])]) == 0
-    assert "learned on images in HU (CT)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "learned on images in HU (CT)" in out
+    assert "at most 30 % of a training surface inside the air around the body: the " \
+        "background rule is off (an organ in the air)" in out
 
 
 def test_statistics_principal_axes_of_a_known_ellipsoid():

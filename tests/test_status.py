@@ -551,3 +551,105 @@ def test_a_paired_organ_without_a_side_is_fitted_as_each_side_and_the_better_kep
     one = segment_volume(vol, model, p)
     assert "side" not in one.evidence
     assert _report(one, vol, None, {}, model, p, None, _Clock(), "c", None, 1.0)["side"] == "none"
+
+
+def _with_air(vol, n_air=40, seed=1):
+    """``vol`` with ``n_air`` columns of dark noise (the air around a body) added on
+    the low-x side: (volume, LPS centre of the air block)."""
+    rng = np.random.default_rng(seed)
+    nz, ny, _ = vol.array.shape
+    air = np.abs(rng.normal(0.0, 2.0, (nz, ny, n_air))).astype(vol.array.dtype)
+    a = np.concatenate([air, vol.array], axis=2)
+    origin = vol.origin - vol.direction[:, 0] * vol.spacing[0] * n_air
+    out = Volume(a, vol.spacing, origin, vol.direction)
+    centre = out.index_to_physical(np.array([[n_air / 2.0, ny / 2.0, nz / 2.0]]))[0]
+    return out, centre
+
+
+def test_background_is_the_dark_region_connected_to_the_border(scan):
+    from shapeprior.appearance import Background
+
+    vol, truth = scan
+    a = vol.array.astype(np.float64).copy()
+    a[18:22, 26:30, 30:34] = 0.0           # a dark cavity inside the body: not air
+    withcav = Volume(a, vol.spacing, vol.origin, vol.direction)
+    air, centre = _with_air(withcav)
+    bg = Background(air)
+    cavity = air.index_to_physical(np.array([[40 + 31.5, 27.5, 19.5]]))
+    organ = air.index_to_physical(np.argwhere(truth)[:, ::-1][:50] + [40, 0, 0])
+    far = centre + 1000.0
+    assert bg.contains(centre[None])[0]
+    assert not bg.contains(cavity)[0] and not bg.contains(organ).any()
+    assert not bg.contains(far[None])[0]                  # outside the field of view
+    assert 0.35 < bg.fraction < 0.45                        # 40 of 104 columns
+    # the phantom alone holds no air around a body
+    assert Background(vol).fraction < 0.02
+
+
+def test_background_mask_on_a_strided_grid_of_a_large_image(monkeypatch):
+    from shapeprior.appearance import _background
+
+    monkeypatch.setattr(_background, "MAX_VOXELS", 1000)
+    a = np.full((20, 20, 30), 100.0)
+    a[:, :, :10] = 0.0
+    vol = Volume(a, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    bg = _background.Background(vol)
+    assert np.prod(bg.mask.shape) <= 1000 and bg.strides[0] > 1
+    assert bg.contains(np.array([[2.0, 10.0, 10.0]]))[0]
+    assert not bg.contains(np.array([[25.0, 10.0, 10.0]]))[0]
+
+
+def test_a_fit_in_the_air_around_the_body_is_failed_and_the_search_avoids_it(model, scan):
+    """A normalised boundary profile matches the air's noise: seeded there, the fit
+    is failed because its surface encloses the background; without a seed the
+    search finds the organ beside that air, and the result is ok."""
+    vol, truth = scan
+    assert model.profile.background_share_max is not None
+    assert model.profile.background_share_max <= 0.1
+    air, centre = _with_air(vol)
+    r = segment_volume(air, model, SegmentParams(seed_mm=tuple(centre)))
+    assert r.status == "failed", (r.reasons, r.evidence)
+    assert any("background around the body" in s for s in r.reasons)
+    assert r.evidence["surface_inside_background"] > 0.5
+    found = segment_volume(air, model, SegmentParams())
+    assert found.status == "ok", found.reasons
+    assert found.evidence["surface_inside_background"] == 0.0
+    assert dice(found.label[:, :, 40:], truth) > 0.95
+
+
+def test_the_background_rule_is_off_for_an_organ_in_the_air_or_an_older_model(model, scan):
+    """A model whose training surfaces lay in the air (a lung) or that does not
+    record it scores those vertices as before, and reports no background evidence."""
+    from dataclasses import replace
+
+    from shapeprior.segmentation._place import AppearanceScore
+
+    vol, _ = scan
+    air, centre = _with_air(vol)
+    verts = _scaled(model, air, 1.0) - air.centre() + centre
+    scores = {}
+    for bg in (0.0, 0.5, None):
+        pm = replace(model.profile, background_share_max=bg)
+        s = AppearanceScore(air, pm, "percentile", (0.0, 1.0), "numpy", 1.0, 2.0)
+        assert s.uses_background == (bg == 0.0)
+        scores[bg] = s(verts, model.faces)
+    assert scores[0.0] == 0.0 and scores[0.5] == scores[None] > 0.1
+
+
+def test_the_appearance_records_its_training_background_share_through_save_and_update():
+    from shapeprior.appearance import ProfileModel
+
+    rng = np.random.default_rng(0)
+    pm = ProfileModel(rng.random((5, 4)), rng.random((5, 4)) + 0.1, 0.75, 2, "percentile", 3,
+                      0.01, (0.0, 0.001), 0.02)
+    back = ProfileModel.from_arrays(pm.to_arrays(), pm.to_meta())
+    assert back.background_share_max == 0.02
+    new = rng.random((2, 5, 4))
+    assert pm.merged(new, None, [0.0, 0.07]).background_share_max == 0.07
+    assert pm.merged(new, None, [0.01]).background_share_max == 0.02
+    assert pm.merged(new).background_share_max == 0.02
+    meta = pm.to_meta()
+    del meta["image_background_share_max"]
+    old = ProfileModel.from_arrays(pm.to_arrays(), meta)
+    assert old.background_share_max is None
+    assert old.merged(new, None, [0.3]).background_share_max is None

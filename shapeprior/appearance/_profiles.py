@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import kernel
+from ._background import background_share
 from ._sampler import NormalSampler, hounsfield_share, normalise_intensity
 
 
@@ -37,6 +38,10 @@ class ProfileModel:
     #: (min, max) over the training images of :func:`hounsfield_share`: whether they
     #: were in HU (CT) or not (MR); None for a model from before it was recorded
     hu_share_range: tuple | None = None
+    #: the largest share of a training surface's vertices whose inside lies in its
+    #: image's background (:func:`~shapeprior.appearance.background_share`); None for a
+    #: model from before it was recorded (the background rule is then off)
+    background_share_max: float | None = None
 
     def to_arrays(self):
         return {"profile_mean": self.mean, "profile_var": self.var}
@@ -50,6 +55,8 @@ class ProfileModel:
             meta["var_floor"] = self.var_floor
         if self.hu_share_range is not None:
             meta["image_hounsfield_share"] = [float(x) for x in self.hu_share_range]
+        if self.background_share_max is not None:
+            meta["image_background_share_max"] = float(self.background_share_max)
         return meta
 
     @classmethod
@@ -58,10 +65,12 @@ class ProfileModel:
         n = meta.get("n_images")
         f = meta.get("var_floor")
         hu = meta.get("image_hounsfield_share")
+        bg = meta.get("image_background_share_max")
         return cls(arrays["profile_mean"], arrays["profile_var"], float(meta["step_mm"]),
                    int(meta["half"]), meta["normalisation"], None if n is None else int(n),
                    None if f is None else float(f),
-                   None if hu is None else (float(hu[0]), float(hu[1])))
+                   None if hu is None else (float(hu[0]), float(hu[1])),
+                   None if bg is None else float(bg))
 
     def floor(self) -> float:
         """The variance floor: recorded, or recovered exactly from the arrays for a
@@ -72,7 +81,7 @@ class ProfileModel:
         return max(VAR_FLOOR_MIN, VAR_FLOOR_REL * (float(np.mean(self.var)) + spread)
                    / (1.0 + VAR_FLOOR_REL))
 
-    def merged(self, features, hu_shares=None) -> "ProfileModel":
+    def merged(self, features, hu_shares=None, background_shares=None) -> "ProfileModel":
         """This model updated with the profiles of more training images, as if
         learned from all of them at once (Chan et al.'s pairwise mean and
         variance update), without the old images.
@@ -85,6 +94,10 @@ class ProfileModel:
         hu_shares : sequence of float, optional
             :func:`hounsfield_share` of the new images: widens
             ``hu_share_range`` (which stays None when this model has none).
+        background_shares : sequence of float, optional
+            :func:`~shapeprior.appearance.background_share` of the new images'
+            surfaces: raises ``background_share_max`` (which stays None when this
+            model has none).
         """
         if self.n_images is None:
             raise ValueError("this model's appearance does not record how many images it "
@@ -104,8 +117,11 @@ class ProfileModel:
         hu = self.hu_share_range
         if hu is not None and hu_shares is not None and len(hu_shares):
             hu = (min(hu[0], float(np.min(hu_shares))), max(hu[1], float(np.max(hu_shares))))
+        bg = self.background_share_max
+        if bg is not None and background_shares is not None and len(background_shares):
+            bg = max(bg, float(np.max(background_shares)))
         return ProfileModel(mean, raw + floor, self.step, self.half, self.normalisation, n,
-                            floor, hu)
+                            floor, hu, bg)
 
     def check_layout(self):
         """Refuse a profile layout older than the current feature definition."""
@@ -155,13 +171,15 @@ def profile_stack(cases, faces, step=0.75, half=4, normalisation="percentile",
 
 def learn_profiles(cases, faces, step=0.75, half=4, normalisation="percentile", backend="numpy"):
     """Learn a :class:`ProfileModel` from ``[(volume, verts_physical)]``; it records
-    the range of the images' :func:`hounsfield_share` (CT or not)."""
+    the range of the images' :func:`hounsfield_share` (CT or not) and the largest
+    :func:`background_share` of the training surfaces."""
     P = profile_stack(cases, faces, step, half, normalisation, backend)   # (M, N, L-1)
     mean, raw = P.mean(0), P.var(0)
     floor = _floor(raw, mean)
     shares = [hounsfield_share(vol) for vol, _ in cases]
+    bg = max(background_share(vol, v, faces) for vol, v in cases)
     return ProfileModel(mean, raw + floor, step, half, normalisation, len(P), floor,
-                        (min(shares), max(shares)))
+                        (min(shares), max(shares)), bg)
 
 
 def search_profiles(pm: ProfileModel, sampler, verts, normals, search_mm):

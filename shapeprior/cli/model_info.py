@@ -18,7 +18,7 @@ def main(argv):
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     a = ap.parse_args(argv)
 
-    from ..appearance import HU_BELOW, HU_MIN_SHARE
+    from ..appearance import BACKGROUND_TRAINING_MAX, HU_BELOW, HU_MIN_SHARE
     from ..model import load_model, model_summary
 
     s = model_summary(load_model(a.model))
@@ -45,6 +45,11 @@ def main(argv):
         where = "in every image" if lo == hi else "per image"
         print(f"             learned on images {kind}: {share} of the voxels below "
               f"{HU_BELOW:g} HU {where}")
+    bg = app and app.get("training_background_share_max")
+    if bg is not None:
+        rule = "on" if bg <= BACKGROUND_TRAINING_MAX else "off (an organ in the air)"
+        print(f"             at most {100 * bg:.2g} % of a training surface inside the air "
+              f"around the body: the background rule is {rule}")
     vc = s.get("voxel_classifier")
     print("voxels       " + ("the voxelised surface is the label" if vc is None else
                              f"{vc['n_trees']} boosted trees decide the voxels next to the "

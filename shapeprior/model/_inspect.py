@@ -59,7 +59,9 @@ def model_summary(model: ShapeModel) -> dict:
             "normalisation": prof.normalisation, "n_images": prof.n_images,
             "profile_samples": 2 * int(prof.half) + 1, "step_mm": float(prof.step),
             "images_hounsfield_share": None if prof.hu_share_range is None
-            else [round(float(x), 4) for x in prof.hu_share_range]},
+            else [round(float(x), 4) for x in prof.hu_share_range],
+            "training_background_share_max": None if prof.background_share_max is None
+            else round(float(prof.background_share_max), 4)},
         "voxel_classifier": None if model.voxels is None else {
             k: model.voxels.info.get(k) for k in ("n_trees", "n_cases", "n_voxels",
                                                   "displacement_sd_mm", "training_agreement")},

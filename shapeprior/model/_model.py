@@ -415,6 +415,8 @@ def _check_meta_types(meta, name):
         try:
             ok = float(app["step_mm"]) > 0 and int(app["half"]) >= 1 \
                 and app["normalisation"] in ("percentile", "ct")
+            bg = app.get("image_background_share_max")
+            ok = ok and (bg is None or 0.0 <= float(bg) <= 1.0)
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:

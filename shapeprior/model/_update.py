@@ -116,7 +116,8 @@ def align_to_model(model: ShapeModel, shapes):
 
 
 def extend_model(model: ShapeModel, shapes, ids=None, hashes=None, *, fov_centres=None,
-                 profiles=None, n_sweeps=None, summary=None, hu_shares=None) -> ShapeModel:
+                 profiles=None, n_sweeps=None, summary=None, hu_shares=None,
+                 background_shares=None) -> ShapeModel:
     """A new model: ``model`` plus shapes already in correspondence with it.
 
     Parameters
@@ -136,6 +137,9 @@ def extend_model(model: ShapeModel, shapes, ids=None, hashes=None, *, fov_centre
     hu_shares : sequence of float, optional
         :func:`~shapeprior.appearance.hounsfield_share` of those images (CT or
         not): widens the appearance's recorded range.
+    background_shares : sequence of float, optional
+        :func:`~shapeprior.appearance.background_share` of the new shapes on
+        those images: raises the appearance's recorded largest share.
     n_sweeps : int, optional
         Block-coordinate sweeps of the online dictionary update. Default: one
         (as in Mairal et al.) for raw-shape atoms (three gave the same held-out
@@ -180,7 +184,7 @@ def extend_model(model: ShapeModel, shapes, ids=None, hashes=None, *, fov_centre
     if profiles is not None and len(profiles):
         if profile is None:
             raise ValueError("the model has no boundary appearance to update")
-        profile = profile.merged(profiles, hu_shares)
+        profile = profile.merged(profiles, hu_shares, background_shares)
     meta["n_shapes"] = model.n_shapes + m
     meta["shape_ids"] = list(meta.get("shape_ids", [])) + ids
     known = {s.get("sha256") for s in meta.get("sources", []) if isinstance(s, dict)}
@@ -282,7 +286,7 @@ def correspond_to_model(model: ShapeModel, label_files, params: BuildParams, pro
 
 
 def _new_profiles(model, accepted, params, pairs):
-    from ..appearance import hounsfield_share, profile_stack
+    from ..appearance import background_share, hounsfield_share, profile_stack
     from ..io import read_volume
 
     cases = []
@@ -292,10 +296,11 @@ def _new_profiles(model, accepted, params, pairs):
         vol = read_volume(pairs[Path(a["file"])], params.allow_no_orientation)
         cases.append((vol, a["verts"]))
     if not cases:
-        return None, None
+        return None, None, None
     p = model.profile
     return (profile_stack(cases, model.faces, p.step, p.half, p.normalisation),
-            [hounsfield_share(vol) for vol, _ in cases])
+            [hounsfield_share(vol) for vol, _ in cases],
+            [background_share(vol, v, model.faces) for vol, v in cases])
 
 
 def update_model(model: ShapeModel, label_files, params: BuildParams | None = None, root=None,
@@ -369,13 +374,15 @@ def update_model(model: ShapeModel, label_files, params: BuildParams | None = No
         why = "; ".join(f"{r['source']}: {r['reason']}" for r in (skipped + rejected)[:3])
         raise ValueError(f"no shape added ({len(skipped)} duplicates, {len(rejected)} refused"
                          + (f": {why})" if why else ")"))
-    profiles, hu_shares = _new_profiles(model, accepted, params, pairs) if pairs else (None, None)
+    profiles, hu_shares, bg_shares = (_new_profiles(model, accepted, params, pairs) if pairs
+                                      else (None, None, None))
     t_fit = time.perf_counter() - t0
     t1 = time.perf_counter()
     new = extend_model(
         model, np.stack([a["verts"] for a in accepted]),
         [f"{a['source']}:{a['side']}" for a in accepted], [a["sha256"] for a in accepted],
         fov_centres=[a["fov_centre"] for a in accepted], profiles=profiles, hu_shares=hu_shares,
+        background_shares=bg_shares,
         summary={"n_skipped": len(skipped), "n_rejected": len(rejected),
                  "appearance_images": 0 if profiles is None else len(profiles)})
     t_update = time.perf_counter() - t1

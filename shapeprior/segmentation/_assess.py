@@ -12,6 +12,8 @@ Evidence, each with the threshold that makes a result suspect or failed:
   Mahalanobis distance of its shape in the model's PCA space against the
   training shapes' own distances;
 * the field of view: vertices outside the image (an organ cut by the FOV);
+* the background: vertices whose inside is the air around the body (for a model
+  whose training organs never lie there);
 * an empty label.
 
 The thresholds were chosen on validation data: the profile score's on the
@@ -26,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..align import procrustes
+from ..mesh import Surface
 
 #: scale slack around the training range (the fit clamps the scale to it)
 SCALE_SLACK = 1.1
@@ -51,6 +54,10 @@ OUTSIDE_SUSPECT, OUTSIDE_FAILED = 0.01, 0.5
 #: the reasons those give (refine words them for a mask inside its grid)
 CUT_BY_FOV = "the organ is cut by the field of view"
 OUTSIDE_FOV = "of the surface lies outside the field of view"
+#: share of the surface's vertices whose inside lies in the image's background (the air
+#: around the body; only for a model whose training surfaces stayed clear of it) above
+#: which a result is failed. Training surfaces of the MSD hippocampus: at most 0.043
+BACKGROUND_FAILED = 0.5
 #: Mahalanobis distance relative to the largest training distance: suspect / failed
 SHAPE_SUSPECT, SHAPE_FAILED = 1.5, 3.0
 
@@ -137,6 +144,12 @@ def assess(res, vol, model, scorer, mirror=False, scale_clamped=0):
           "appearance_vertices_seen": round(len(seen) / len(res.verts), 4),
           "overridden_fraction_max": round(res.overridden_fraction_max, 4),
           "overridden_fraction_final": round(res.overridden_fraction, 4)}
+    if scorer.uses_background:
+        inbg = scorer.in_background(res.verts, Surface(res.verts, res.faces).vertex_normals())
+        ev["surface_inside_background"] = round(float(np.mean(inbg)), 4)
+        if np.mean(inbg) > BACKGROUND_FAILED:
+            failed.append(f"{100 * np.mean(inbg):.0f} % of the surface encloses the dark "
+                          "background around the body (air): organ not found")
     if quality < QUALITY_FAILED[kind]:
         failed.append(f"the surface does not match the image (appearance {quality:.2f} < "
                       f"{QUALITY_FAILED[kind]}): organ not found")

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..appearance import SLACK_MM, LevelImage, search_profiles
+from ..appearance import (BACKGROUND_TRAINING_MAX, SLACK_MM, Background, LevelImage,
+                          search_profiles)
 from ..mesh import Surface
 
 #: vertices used to score a placement candidate (a fixed subset of the mesh)
@@ -48,7 +49,12 @@ class AppearanceScore:
 
     With a profile model: the mean search confidence of the vertices (the
     Mahalanobis fit of the best normal profile within ``search_mm``, mapped
-    to [0.05, 1] as in :func:`~shapeprior.appearance.search_profiles`).
+    to [0.05, 1] as in :func:`~shapeprior.appearance.search_profiles`). A
+    vertex whose inside lies in the image's background (the air around the
+    body, :class:`~shapeprior.appearance.Background`) scores 0 when the model's
+    training surfaces stayed clear of it (``background_share_max`` at most
+    :data:`~shapeprior.appearance.BACKGROUND_TRAINING_MAX`): a normalised
+    profile cannot tell the air's noise from an organ's boundary.
     Without one: the fraction of samples just inside the surface that lie
     in the organ's intensity ``window`` minus the fraction just outside
     (clipped at 0); without a window, ``2 f - 1`` (clipped at 0) where f is
@@ -81,6 +87,24 @@ class AppearanceScore:
         self.window = window
         self.sign = 1.0 if inside_brighter else -1.0
         self.kind = "profile" if profile is not None else "region"
+        self.vol = vol
+        self._background = None
+        bg = None if profile is None else profile.background_share_max
+        self.uses_background = bg is not None and bg <= BACKGROUND_TRAINING_MAX
+
+    @property
+    def background(self):
+        """The image's :class:`~shapeprior.appearance.Background` (made once, on
+        first use), or None where the rule does not apply."""
+        if self.uses_background and self._background is None:
+            self._background = Background(self.vol)
+        return self._background
+
+    def in_background(self, verts, normals):
+        """Per vertex, whether its inside lies in the background: bool (N,); all
+        False where the rule does not apply."""
+        bg = self.background
+        return np.zeros(len(verts), bool) if bg is None else bg.inside_share(verts, normals)
 
     def per_candidate(self, verts, normals, idx, search_mm=0.0, slack_mm=SLACK_MM):
         """Scores of C candidate surfaces: ``verts``/``normals`` (C, n, 3) at the
@@ -95,6 +119,7 @@ class AppearanceScore:
             sampler = self.level.sampler(v, search_mm + pm.half * pm.step, slack_mm)
             _, conf = search_profiles(pm_subset(pm, C, idx), sampler, v, nn,
                                       max(search_mm, pm.step))
+            conf = np.where(self.in_background(v, nn), 0.0, conf)
             return conf.reshape(C, n).mean(1)
         offs = np.array([-1.0, -0.5, 0.5, 1.0]) * self.band
         sampler = self.level.sampler(v, self.band, slack_mm)
