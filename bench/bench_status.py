@@ -90,6 +90,8 @@ def run_split(split, n_cases, seed=0):
             rows.append({"case": f.name.split(".")[0], "run": run, "organ_present": present,
                          "dice": dsc, "status": res.status, "quality": float(res.quality),
                          "overridden_max": float(res.overridden_fraction_max),
+                         "voxels_kept": res.evidence.get("voxels_kept"),
+                         "inside_background": res.evidence.get("surface_inside_background"),
                          "reasons": list(res.reasons)})
         print(f"{split} {f.name}: " + " ".join(
             f"{r['run']}={r['dice']:.2f}/{r['status'][0]}/{r['quality']:.2f}"
@@ -124,6 +126,16 @@ def sweep(rows):
              "good_below": int(np.sum(good & (q < t)))} for t in SWEEP]
 
 
+def kept_sweep(rows):
+    """What a threshold t on the share of the fitted surface's voxels that the voxel
+    classifier kept would do alone: bad runs keeping >= t, good runs keeping < t."""
+    good, bad = classes(rows)
+    k = np.array([np.nan if r.get("voxels_kept") is None else r["voxels_kept"] for r in rows])
+    return [{"threshold": t, "bad_at_or_above": int(np.sum(bad & (k >= t))),
+             "good_below": int(np.sum(good & (k < t)))}
+            for t in [round(v, 2) for v in np.arange(0.1, 0.951, 0.05)]]
+
+
 def summary(rows):
     good, bad = classes(rows)
     q = np.array([r["quality"] for r in rows])
@@ -131,6 +143,7 @@ def summary(rows):
         if m.any() else None  # noqa: E731
     return {"confusion": confusion(rows), "profile_quality_good_pct_0_5_50_95_100": pct(good),
             "profile_quality_bad_pct_0_5_50_95_100": pct(bad), "sweep": sweep(rows),
+            "voxels_kept_sweep": kept_sweep(rows),
             "by_run": {run: confusion([r for r in rows if r["run"] == run])
                        for run in dict.fromkeys(r["run"] for r in rows)}}
 

@@ -237,6 +237,7 @@ class _Score:
     """An appearance score that says what it is told (``assess`` alone is tested)
     and records which vertices it was asked about."""
     kind = "profile"
+    uses_background = False
 
     def __init__(self, quality, reach_mm=0.0):
         self.quality = quality
@@ -494,7 +495,7 @@ def test_a_ct_given_to_a_model_learned_on_mr_is_failed_and_the_other_way(model, 
     # the model's own kind of image is fitted, also with a few negative values
     # (5 % below -20: no conclusion under HU_CT_SHARE)
     assert segment_volume(vol, model, SegmentParams(refine_iter=0)).status == "ok"
-    a = np.ascontiguousarray(vol.array, dtype=np.float32)
+    a = np.array(vol.array, dtype=np.float32)     # a copy: the scan is the module's
     a.reshape(-1)[::20] = -50.0
     few = Volume(a, vol.spacing, vol.origin, vol.direction)
     assert 0.04 < hounsfield_share(few) < HU_CT_SHARE
@@ -582,8 +583,12 @@ def test_background_is_the_dark_region_connected_to_the_border(scan):
     assert not bg.contains(cavity)[0] and not bg.contains(organ).any()
     assert not bg.contains(far[None])[0]                  # outside the field of view
     assert 0.35 < bg.fraction < 0.45                        # 40 of 104 columns
-    # the phantom alone holds no air around a body
-    assert Background(vol).fraction < 0.02
+    # the phantom alone holds no air around a body; a dark region at the border of
+    # under a tenth of the grid (cerebrospinal fluid cut by a brain crop) is none either
+    assert Background(vol).fraction == 0.0
+    small, _ = _with_air(vol, n_air=6)
+    assert Background(small).fraction == 0.0
+    assert Background(_with_air(vol, n_air=9)[0]).fraction > 0.1
 
 
 def test_background_mask_on_a_strided_grid_of_a_large_image(monkeypatch):
@@ -597,6 +602,26 @@ def test_background_mask_on_a_strided_grid_of_a_large_image(monkeypatch):
     assert np.prod(bg.mask.shape) <= 1000 and bg.strides[0] > 1
     assert bg.contains(np.array([[2.0, 10.0, 10.0]]))[0]
     assert not bg.contains(np.array([[25.0, 10.0, 10.0]]))[0]
+
+
+def test_background_threshold_starts_at_the_darkest_intensity_and_looks_inward():
+    """A CT in HU: air -1000, fat -100 reaching the border, an organ at 40. The dark
+    threshold is a tenth of the range above the darkest values (-896 HU), so the
+    fat is body, not air; a vertex on the skin with its normal pointing into the air
+    has the body inside it."""
+    from shapeprior.appearance import Background
+
+    a = np.full((20, 20, 30), -100.0)
+    a[:, :, :10] = -1000.0
+    a[5:15, 5:15, 15:25] = 40.0
+    vol = Volume(a, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    bg = Background(vol)
+    assert bg.contains(np.array([[3.0, 10.0, 10.0]]))[0]
+    assert not bg.contains(np.array([[12.0, 1.0, 1.0], [20.0, 10.0, 10.0]])).any()
+    skin = np.array([[9.5, 10.0, 10.0], [9.5, 4.0, 4.0]])
+    into_air = np.array([[-1.0, 0.0, 0.0]] * 2)
+    assert not bg.inside_share(skin, into_air).any()
+    assert bg.inside_share(skin, -into_air).all()
 
 
 def test_a_fit_in_the_air_around_the_body_is_failed_and_the_search_avoids_it(model, scan):
@@ -653,3 +678,49 @@ def test_the_appearance_records_its_training_background_share_through_save_and_u
     old = ProfileModel.from_arrays(pm.to_arrays(), meta)
     assert old.background_share_max is None
     assert old.merged(new, None, [0.3]).background_share_max is None
+
+
+def test_kept_share_counts_the_surface_voxels_the_classifier_kept(model, scan):
+    from shapeprior.segmentation import voxelize
+    from shapeprior.segmentation._assess import kept_share, mesh_box
+
+    vol, _ = scan
+    verts = _scaled(model, vol, 1.0)
+    surf = voxelize(verts, model.faces, vol)
+    box = mesh_box(vol, verts)
+    outside = surf.copy()
+    outside[box] = 0
+    assert surf.any() and not outside.any()          # the box holds the whole label
+    assert kept_share(surf, surf, box) == 1.0
+    half = surf.copy()
+    zs = np.flatnonzero(surf.any((1, 2)))
+    half[zs[: len(zs) // 2]] = 0
+    want = np.count_nonzero(half) / np.count_nonzero(surf)
+    assert kept_share(surf, half, box) == pytest.approx(want) and 0.2 < want < 0.8
+    grown = surf.copy()
+    grown[box] = 1                                     # voxels added do not count
+    assert kept_share(surf, grown, box) == 1.0
+    assert kept_share(np.zeros_like(surf), surf) is None
+    r = segment_volume(vol, model, SegmentParams())
+    assert r.voxels_kept is not None and r.evidence["voxels_kept"] == round(r.voxels_kept, 4)
+    assert r.voxels_kept > 0.9
+    assert segment_volume(vol, model, SegmentParams(voxel_refine=False)).voxels_kept is None
+
+
+@pytest.mark.parametrize("kept, failed", [(None, False), (0.66, False), (0.64, True),
+                                          (0.0, True)])
+def test_a_fit_whose_voxels_the_classifier_rejects_is_failed(model, scan, kept, failed):
+    from types import SimpleNamespace
+
+    from shapeprior.segmentation import voxelize
+    from shapeprior.segmentation._assess import assess
+
+    vol, _ = scan
+    verts = _scaled(model, vol, 1.0)
+    res = SimpleNamespace(verts=verts, faces=model.faces, overridden_fraction=0.0,
+                          overridden_fraction_max=0.0, voxels_kept=kept,
+                          label=voxelize(verts, model.faces, vol))
+    status, _, reasons, ev = assess(res, vol, model, _Score(0.95))
+    assert status == ("failed" if failed else "ok"), reasons
+    assert failed == any("voxel classifier kept" in r for r in reasons)
+    assert ev.get("voxels_kept") == kept

@@ -11,6 +11,8 @@ Evidence, each with the threshold that makes a result suspect or failed:
 * plausibility: the organ's scale against the training range, and the
   Mahalanobis distance of its shape in the model's PCA space against the
   training shapes' own distances;
+* the voxels: the share of the fitted surface's voxels that the model's voxel
+  classifier (learned from the training images) kept;
 * the field of view: vertices outside the image (an organ cut by the FOV);
 * the background: vertices whose inside is the air around the body (for a model
   whose training organs never lie there);
@@ -56,8 +58,15 @@ CUT_BY_FOV = "the organ is cut by the field of view"
 OUTSIDE_FOV = "of the surface lies outside the field of view"
 #: share of the surface's vertices whose inside lies in the image's background (the air
 #: around the body; only for a model whose training surfaces stayed clear of it) above
-#: which a result is failed. Training surfaces of the MSD hippocampus: at most 0.043
+#: which a result is failed
 BACKGROUND_FAILED = 0.5
+#: share of the voxelised fitted surface's voxels that the model's voxel classifier kept
+#: in the label, below which a result is failed. Chosen on the hippocampus validation
+#: split (``bench/bench_status.py``, ``voxels_kept_sweep``): good fits (Dice >= 0.75)
+#: kept 0.713-1.0, fits that failed (Dice < 0.5 or no organ) median 0.61; the largest
+#: multiple of 0.05 at least 0.05 below the lowest good fit. A hippocampus model on a
+#: 3 mm abdominal MR kept 9 %
+VOXELS_KEPT_FAILED = 0.65
 #: Mahalanobis distance relative to the largest training distance: suspect / failed
 SHAPE_SUSPECT, SHAPE_FAILED = 1.5, 3.0
 
@@ -117,6 +126,26 @@ def training_distances(model):
 def training_distance(model):
     """Largest :func:`mahalanobis` distance among the training shapes."""
     return float(training_distances(model).max())
+
+
+def mesh_box(vol, verts, margin=1):
+    """Index box (z, y, x slices) of ``vol`` that holds every voxel whose centre
+    lies inside the surface with vertices ``verts`` (LPS mm), ``margin`` voxels wider."""
+    ijk = vol.physical_to_index(verts)[:, ::-1]
+    lo = np.maximum(np.floor(ijk.min(0)).astype(int) - margin, 0)
+    hi = np.minimum(np.ceil(ijk.max(0)).astype(int) + margin + 1, vol.array.shape)
+    return tuple(slice(int(a), int(max(a, b))) for a, b in zip(lo, hi))
+
+
+def kept_share(surface_label, label, box=None):
+    """Share of ``surface_label``'s voxels still in ``label`` (within ``box``, the
+    slices that hold all of ``surface_label``); None when it has none."""
+    box = box if box is not None else tuple(slice(None) for _ in range(label.ndim))
+    before = np.asarray(surface_label[box], dtype=bool)
+    n = int(np.count_nonzero(before))
+    if n == 0:
+        return None
+    return float(np.count_nonzero(before & np.asarray(label[box], dtype=bool))) / n
 
 
 def touches_border(label):
@@ -188,6 +217,13 @@ def assess(res, vol, model, scorer, mirror=False, scale_clamped=0):
         failed.append(f"{100 * outside:.0f} % {OUTSIDE_FOV}")
     elif outside > OUTSIDE_SUSPECT or touches:
         suspect.append(CUT_BY_FOV)
+    kept = getattr(res, "voxels_kept", None)
+    if kept is not None:
+        ev["voxels_kept"] = round(kept, 4)
+        if kept < VOXELS_KEPT_FAILED:
+            failed.append(f"the voxel classifier kept {100 * kept:.0f} % of the fitted "
+                          f"surface's voxels (< {100 * VOXELS_KEPT_FAILED:.0f} %): the inside "
+                          "does not look like the organ")
     if not res.label.any():
         failed.append("empty segmentation")
     status = "failed" if failed else "suspect" if suspect else "ok"

@@ -15,7 +15,7 @@ from ..appearance import (HU_BELOW, HU_CT_SHARE, HU_MIN_SHARE, SMOOTH_VOX, VOXEL
                           search_profiles)
 from ..mesh import Surface, mean_neighbour_operator, voxelize
 from ..ssc import sparse_shape_composition
-from ._assess import (MIRROR, SCALE_SLACK, assess, mode_coefficients, organ_scale,
+from ._assess import (MIRROR, SCALE_SLACK, assess, kept_share, mesh_box, mode_coefficients, organ_scale,
                       outside_fov)
 from ._place import AppearanceScore, Hypothesis, find_placements
 from ._sides import paired_model, starting_side
@@ -256,6 +256,10 @@ class SegmentResult:
         Voxels next to the surface that the model's voxel classifier decided
         otherwise than the voxelised surface (None: not run). ``label`` holds
         its decision; ``verts`` stay the surface.
+    voxels_kept : float or None
+        Share of the voxelised surface's voxels that the voxel classifier kept
+        in the label (None: not run). A fit whose inside does not look like the
+        organ's loses most of them.
     """
 
     verts: np.ndarray
@@ -279,6 +283,7 @@ class SegmentResult:
     mirrored: bool = False
     surface_offset_mm: float = 0.0
     voxels_changed: int | None = None
+    voxels_kept: float | None = None
 
     def __repr__(self):
         """One line: the status and its reasons, the fit's size and numbers,
@@ -597,12 +602,14 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
         v = v + offset * Surface(v, faces).vertex_normals()
     with clock("voxelize"):
         label = voxelize(v, faces, vol)
-    changed = None
+    changed = kept = None
     if model.voxels is not None and params.voxel_refine:
         with clock("voxels"):
+            surface_label = label
             label, changed = model.voxels.refine(vol, label, v, faces, backend,
                                                  smooth_vox=params.voxel_smooth,
                                                  passes=params.voxel_passes)
+            kept = kept_share(surface_label, label, mesh_box(vol, v))
     placement = {"chosen": fit.hypothesis.to_dict(),
                  "hypotheses": [dict(f.hypothesis.to_dict(), **(
                      {} if f.trial_score is None else {"trial_score": round(f.trial_score, 4)}))
@@ -611,7 +618,7 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
                         0.0, fit.history, backend, fit.overridden_max, fit.ever,
                         np.asarray(fit.error_mm, dtype=float), np.asarray(fit.conf, dtype=float),
                         placement=placement, mirrored=mirror, surface_offset_mm=offset,
-                        voxels_changed=changed)
+                        voxels_changed=changed, voxels_kept=kept)
     res.status, res.quality, res.reasons, res.evidence = assess(
         res, vol, model, scorer, mirror, scale_clamped=fit.scale_clamped)
     if hu_share is not None:
