@@ -1,0 +1,100 @@
+"""Scans the hippocampus model was not made for: what does the status say?
+(issue #11).
+
+The hippocampus model of ``bench_hippocampus.py`` (MSD brain MR crops, learned
+appearance and voxel classifier) is run as a new user would run it, without a
+seed, on real scans of other kinds from the shared data:
+
+* ``whole_head_t1``: the TCIA brain T1 series (oblique, 5 mm slices 6.5 mm
+  apart): the hippocampi are in it, at a resolution the model never saw;
+* ``hippocrop_dicom``: a 1 mm hippocampus crop of the same patient stored as
+  DICOM: the kind of image the model was made for (no reference label);
+* ``abdomen_mr``: the TotalSegmentator example MR (3 mm, abdomen): no
+  hippocampus.
+
+Each scan is fitted with the model as built and with the background rule off
+(the model's appearance without ``background_share_max``, as a model built
+before it was recorded), so that the rule's effect is measured in the same run.
+Status, reasons, volume, the evidence behind the two newest checks
+(the share of the surface whose inside is the background, measured for both
+runs, and ``voxels_kept``) and the chosen placement are written to
+``results/wrong_scan.json``.
+
+    python bench/bench_wrong_scan.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (RESULTS, cached_hippocampus_model, data_root, machine,  # noqa: E402
+                     write_json)
+
+from shapeprior.appearance import background_share  # noqa: E402
+from shapeprior.io import read_image  # noqa: E402
+from shapeprior.model import find_label_maps  # noqa: E402
+from shapeprior.segmentation import SegmentParams, segment_volume  # noqa: E402
+
+CACHE = Path(__file__).resolve().parent / "cache"
+SCANS = {
+    "whole_head_t1": "tcia_mr_dicom/Study3_T1post_oblique",
+    "hippocrop_dicom": "tcia_mr_dicom/Study3_HCropVolume",
+    "abdomen_mr": "totalsegmentator_example/example_mr_sm.nii.gz",
+}
+
+
+def _row(res, vol):
+    voxel_ml = float(np.prod(vol.spacing)) / 1000.0
+    ev = res.evidence
+    return {"status": res.status, "reasons": list(res.reasons),
+            "quality": round(float(res.quality), 4),
+            "volume_ml": round(float(np.count_nonzero(res.label)) * voxel_ml, 3),
+            "surface_inside_background": round(background_share(vol, res.verts, res.faces), 4),
+            "voxels_kept": ev.get("voxels_kept"),
+            "placement": res.placement["chosen"] if res.placement else None}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(RESULTS / "wrong_scan.json"))
+    a = ap.parse_args(argv)
+    root = data_root()
+    msd = root / "msd_hippocampus"
+    if not msd.is_dir():
+        print(f"MSD hippocampus not found under {msd} (set SHAPEPRIOR_DATA)", file=sys.stderr)
+        return 2
+    num = lambda f: int(re.findall(r"\d+", f.name)[0])  # noqa: E731
+    train = [f for f in find_label_maps(msd / "labels") if num(f) % 5 != 0]
+    model = cached_hippocampus_model(CACHE / "hippocampus_642.npz", train, msd)
+    older = replace(model, profile=replace(model.profile, background_share_max=None))
+    out = {"benchmark": "wrong_scan", "machine": machine(),
+           "model": "bench/cache/hippocampus_642.npz (bench_hippocampus.py's training split)",
+           "training_background_share_max": model.profile.background_share_max, "scans": {}}
+    for name, rel in SCANS.items():
+        path = root / rel
+        if not path.exists():
+            print(f"{name}: SKIP ({path} not found)")
+            continue
+        vol = read_image(path)[0]
+        row = {}
+        for rule, m in (("rule_on", model), ("rule_off", older)):
+            res = segment_volume(vol, m, SegmentParams(backend="numba"))
+            row[rule] = _row(res, vol)
+            print(f"{name} {rule}: {res.status} {row[rule]['volume_ml']} ml, inside background "
+                  f"{row[rule]['surface_inside_background']}, kept {row[rule]['voxels_kept']}, "
+                  f"{'; '.join(res.reasons)}", flush=True)
+        out["scans"][name] = {"path": rel, **row}
+    write_json(a.out, out)
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
