@@ -620,8 +620,8 @@ def test_background_threshold_starts_at_the_darkest_intensity_and_looks_inward()
     assert not bg.contains(np.array([[12.0, 1.0, 1.0], [20.0, 10.0, 10.0]])).any()
     skin = np.array([[9.5, 10.0, 10.0], [9.5, 4.0, 4.0]])
     into_air = np.array([[-1.0, 0.0, 0.0]] * 2)
-    assert not bg.inside_share(skin, into_air).any()
-    assert bg.inside_share(skin, -into_air).all()
+    assert not bg.insides_in_background(skin, into_air).any()
+    assert bg.insides_in_background(skin, -into_air).all()
 
 
 def test_a_fit_in_the_air_around_the_body_is_failed_and_the_search_avoids_it(model, scan):

@@ -26,7 +26,8 @@ from ._voxels import (SMOOTH_VOX, VoxelClassifier, band_features, learn_voxel_cl
                       smoothed_decision)
 from ._voxels import PASSES as VOXEL_PASSES
 
-__all__ = ["Background", "background_share", "BACKGROUND_TRAINING_MAX", "NormalSampler", "intensity_scale", "normalise_intensity", "hounsfield_share",
+__all__ = ["Background", "background_share", "BACKGROUND_TRAINING_MAX",
+           "NormalSampler", "intensity_scale", "normalise_intensity", "hounsfield_share",
            "HU_BELOW", "HU_CT_SHARE", "HU_MIN_SHARE", "HU_SAMPLE", "LevelImage", "SLACK_MM",
            "ProfileModel", "learn_profiles", "profile_features", "profile_stack", "search_profiles",
            "search_edges", "VoxelClassifier", "band_features", "learn_voxel_classifier",

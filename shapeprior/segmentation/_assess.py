@@ -64,8 +64,8 @@ BACKGROUND_FAILED = 0.5
 #: in the label, below which a result is failed. Chosen on the hippocampus validation
 #: split (``bench/bench_status.py``, ``voxels_kept_sweep``): good fits (Dice >= 0.75)
 #: kept 0.713-1.0, fits that failed (Dice < 0.5 or no organ) median 0.61; the largest
-#: multiple of 0.05 at least 0.05 below the lowest good fit. A hippocampus model on a
-#: 3 mm abdominal MR kept 9 %
+#: multiple of 0.05 at least 0.05 below the lowest good fit. The hippocampus model on a
+#: 3 mm abdominal MR kept 0.58 (``bench/bench_wrong_scan.py``)
 VOXELS_KEPT_FAILED = 0.65
 #: Mahalanobis distance relative to the largest training distance: suspect / failed
 SHAPE_SUSPECT, SHAPE_FAILED = 1.5, 3.0

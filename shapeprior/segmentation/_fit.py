@@ -15,8 +15,8 @@ from ..appearance import (HU_BELOW, HU_CT_SHARE, HU_MIN_SHARE, SMOOTH_VOX, VOXEL
                           search_profiles)
 from ..mesh import Surface, mean_neighbour_operator, voxelize
 from ..ssc import sparse_shape_composition
-from ._assess import (MIRROR, SCALE_SLACK, assess, kept_share, mesh_box, mode_coefficients, organ_scale,
-                      outside_fov)
+from ._assess import (MIRROR, SCALE_SLACK, assess, kept_share, mesh_box, mode_coefficients,
+                      organ_scale, outside_fov)
 from ._place import AppearanceScore, Hypothesis, find_placements
 from ._sides import paired_model, starting_side
 
@@ -606,7 +606,7 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
     if model.voxels is not None and params.voxel_refine:
         with clock("voxels"):
             surface_label = label
-            label, changed = model.voxels.refine(vol, label, v, faces, backend,
+            label, changed = model.voxels.refine(vol, surface_label, v, faces, backend,
                                                  smooth_vox=params.voxel_smooth,
                                                  passes=params.voxel_passes)
             kept = kept_share(surface_label, label, mesh_box(vol, v))
