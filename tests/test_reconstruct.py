@@ -338,6 +338,9 @@ def test_cli_reconstruct_calls_a_shape_in_other_units_suspect(population, tmp_pa
      "mesh 'point.vtk' is degenerate"),
     (lambda d, y, f: Surface(y * 1e12, f).write(d / "far.vtp"),
      "mesh 'far.vtp' has coordinates up to"),
+    # the same surface with its vertices renumbered (a cleaning tool's re-export)
+    (lambda d, y, f: _renumbered(y, f).write(d / "renumbered.vtk"),
+     "mesh 'renumbered.vtk' has the model's vertex count but not its triangles"),
 ])
 def test_cli_reconstruct_reports_bad_meshes_failed(population, mesh_folder, tmp_path, capsys,
                                                    make, message):
@@ -609,6 +612,27 @@ def test_status_tells_a_creeping_alignment_from_an_unsettled_one(population):
     assert status == "suspect" and any("did not settle" in r for r in reasons)
 
 
+def _renumbered(y, faces, seed=0):
+    """The surface (y, faces) with its vertices in another order, its triangles
+    renumbered to match: the same surface, no longer in correspondence."""
+    perm = np.random.default_rng(seed).permutation(len(y))
+    new_index = np.argsort(perm)
+    return Surface(y[perm], new_index[faces])
+
+
+def test_same_triangles_ignores_order_orientation_and_start(population):
+    from shapeprior.mesh import same_triangles
+
+    faces = population[3]
+    rng = np.random.default_rng(1)
+    shuffled = np.roll(faces[rng.permutation(len(faces))], 1, axis=1)[:, ::-1]
+    assert same_triangles(faces, shuffled)
+    assert not same_triangles(faces, _renumbered(np.zeros((N, 3)), faces).faces)
+    assert not same_triangles(faces, faces[:-1])
+    extra = np.array([[0, 0, 1]])                     # a triangle the mesh does not have
+    assert not same_triangles(faces, np.vstack([faces, extra]))
+
+
 def test_load_shapes_checks_every_input(population, mesh_folder, tmp_path):
     from shapeprior.pipeline._reconstruct import load_shapes
 
@@ -641,6 +665,14 @@ def test_load_shapes_checks_every_input(population, mesh_folder, tmp_path):
     assert got.names == ["few.vtk", "good.vtk"] and got.kept == [1]
     assert f"has {N - 2} vertices" in got.failed[0]
     np.testing.assert_allclose(got.shapes[0], obs[1], atol=1e-5)
+    # renumbered vertices are refused given the model's triangles; the model's
+    # triangles in another order, orientation and start are the same mesh
+    _renumbered(obs[2], faces).write(few / "renumbered.vtk")
+    Surface(obs[3], np.roll(faces[::-1], 1, axis=1)[:, ::-1]).write(few / "turned.vtk")
+    got = load_shapes(few, N, faces)
+    assert got.names == ["few.vtk", "good.vtk", "renumbered.vtk", "turned.vtk"]
+    assert got.kept == [1, 3] and "not its triangles" in got.failed[2]
+    assert load_shapes(few, N).kept == [1, 2, 3]         # without the model's triangles
 
 
 def test_status_reasons():

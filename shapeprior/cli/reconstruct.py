@@ -12,8 +12,9 @@ def main(argv):
     ap = Parser(
         prog="shapeprior reconstruct",
         description="Fit the SSC shape prior to every shape in correspondence with the model "
-                    "(meshes whose vertex i is the model's vertex i, e.g. written by segment, "
-                    "refine or export-model; or a .npy array of shapes (M, N, 3)). Each shape "
+                    "(meshes whose vertex i is the model's vertex i and whose triangles are "
+                    "the model's, e.g. written by segment, refine or export-model; or a .npy "
+                    "array of shapes (M, N, 3)). Each shape "
                     "is aligned by a similarity transform and explained as D x + e; vertices "
                     "the prior overrode are reported. Writes reconstructions.npz, one mesh per "
                     "input mesh (point data gross_error_mm, overridden; in the input's frame), "

@@ -40,3 +40,12 @@ def mean_neighbour_operator(faces, n):
     A.data[:] = 1.0
     deg = np.asarray(A.sum(axis=1)).ravel()
     return sparse.diags(1.0 / np.maximum(deg, 1)) @ A
+
+
+def same_triangles(faces_a, faces_b) -> bool:
+    """Whether two triangle lists (F, 3) of vertex indices hold the same triangles,
+    whatever their order in the list, their orientation or the vertex each starts
+    at: the same mesh connectivity on the same vertex numbering."""
+    a = np.unique(np.sort(np.asarray(faces_a, dtype=np.int64), axis=1), axis=0)
+    b = np.unique(np.sort(np.asarray(faces_b, dtype=np.int64), axis=1), axis=0)
+    return a.shape == b.shape and bool(np.array_equal(a, b))

@@ -30,7 +30,7 @@ import numpy as np
 from .._outputs import OutputDir, manifest, show_path
 from .._validation import shape_problem
 from ..io import VOLUME_SUFFIXES, input_path_error
-from ..mesh import MESH_FORMATS, READ_SUFFIXES, Surface, read_mesh
+from ..mesh import MESH_FORMATS, READ_SUFFIXES, Surface, read_mesh, same_triangles
 from ..segmentation import SCALE_SLACK, check_side, median_residual, solve_sides
 from ..ssc import ALIGN_TOL
 from ._cases import unique_names
@@ -90,15 +90,28 @@ def mesh_file_names(names, halves=None):
 def paired_halves(surface, n_points):
     """The two sides of a mesh of both sides of a paired organ, as ``refine``
     writes one (the left side's ``n_points`` vertices, then the right's, each
-    side's triangles among its own vertices): ``[('left', (N, 3)), ('right',
-    (N, 3))]``, or None for any other mesh."""
+    side's triangles among its own vertices): ``[('left', (N, 3), (F, 3)),
+    ('right', (N, 3), (F', 3))]`` (vertices and each side's own triangles), or
+    None for any other mesh."""
     v, f = surface.verts, surface.faces
     if len(v) != 2 * n_points or not len(f):
         return None
     first = f < n_points
-    if not np.all(first.all(axis=1) | ~first.any(axis=1)):
+    left = first.all(axis=1)
+    if not np.all(left | ~first.any(axis=1)):
         return None         # a triangle joins the two halves: one surface
-    return [("left", v[:n_points]), ("right", v[n_points:])]
+    return [("left", v[:n_points], f[left]), ("right", v[n_points:], f[~left] - n_points)]
+
+
+def _not_in_correspondence(faces, model_faces):
+    """Why a mesh with the model's vertex count is not in correspondence with it
+    (its triangles are not the model's on the same vertex numbers), or None."""
+    if model_faces is None or faces is None or not len(faces) or \
+            same_triangles(faces, model_faces):
+        return None
+    return ("has the model's vertex count but not its triangles: its vertices are not "
+            "numbered as the model's (vertex i must be the model's vertex i; a tool that "
+            "reorders vertices when it cleans or re-exports a mesh breaks that)")
 
 
 @dataclass
@@ -126,11 +139,12 @@ class ShapeInputs:
     halves: list = None
 
 
-def load_shapes(path, n_points):
+def load_shapes(path, n_points, faces=None):
     """:class:`ShapeInputs` from a folder, a mesh or a ``.npy`` array.
 
-    A shape that cannot be used (a mesh that cannot be read, or with another
-    vertex count than the model's; a shape that
+    A shape that cannot be used (a mesh that cannot be read, with another
+    vertex count than the model's, or, given the model's ``faces`` (F, 3), with
+    other triangles than the model's: vertices numbered otherwise; a shape that
     :func:`~shapeprior._validation.shape_problem` finds unusable: not finite,
     beyond 1e9 mm, all its points at one place) is listed in ``failed`` with
     one line naming it, and the others are kept, as a batch of cases keeps
@@ -175,13 +189,15 @@ def load_shapes(path, n_points):
                 names.append(name), loaded.append(None), sources.append(j)
                 halves.append(None)
                 continue
-            for side, verts in paired_halves(s, n_points) or [(None, s.verts)]:
+            for side, verts, tri in paired_halves(s, n_points) or [(None, s.verts, s.faces)]:
                 shown = name if side is None else name + _SIDE_NAME.format(side)
                 why = shape_problem(verts)
                 if verts.shape[0] != n_points:
                     why = (f"has {verts.shape[0]} vertices; the model's shapes have "
                            f"{n_points} (meshes must be in correspondence with the model, "
                            "e.g. written by segment, refine or export-model)")
+                else:
+                    why = why or _not_in_correspondence(tri, faces)
                 if why is not None:
                     failed[len(names)] = f"mesh {show_path(shown)!r} {why}"
                 names.append(shown), loaded.append(verts), sources.append(j)
@@ -246,7 +262,7 @@ def _status(r, y, scale_range=None):
     return ("suspect" if reasons else "ok"), frac, reasons
 
 
-def _load_deidentified(input_path, n_points):
+def _load_deidentified(input_path, n_points, faces=None):
     """:func:`load_shapes` with every input named by its index, in the names,
     the reasons of the shapes that failed and an error message alike."""
     from ._cases import scrub
@@ -270,7 +286,7 @@ def _load_deidentified(input_path, n_points):
         return msg
 
     try:
-        got = load_shapes(input_path, n_points)
+        got = load_shapes(input_path, n_points, faces)
     except (ValueError, OSError) as exc:
         raise type(exc)(hide(str(exc))) from None
     # shapes by their file's index, the side of a mesh of both sides kept
@@ -314,10 +330,10 @@ def reconstruct_shapes(input_path, outdir, model, model_path, *, prior="auto", m
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
     t0 = time.perf_counter()
     if deidentify:
-        got = _load_deidentified(input_path, model.n_vertices)
+        got = _load_deidentified(input_path, model.n_vertices, model.faces)
         argv = scrub_argv(argv, {input_path: "<input>", outdir: "<output>"})
     else:
-        got = load_shapes(input_path, model.n_vertices)
+        got = load_shapes(input_path, model.n_vertices, model.faces)
     names, shapes, meshes, files = got.names, got.shapes, got.meshes, got.files
     out = OutputDir(outdir, force=force, inputs=[Path(input_path), Path(model_path)])
     try:
