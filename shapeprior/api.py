@@ -357,7 +357,7 @@ def reconstruct_many(shapes, model, *, weights=None, prior="auto", method="auto"
                                                    **options), weights)]
 
 
-def update_model(model, labels, output=None, *, progress=False, **params):
+def update_model(model, labels, output=None, *, images=None, progress=False, **params):
     """Add confirmed label maps to a model without rebuilding it.
 
     Parameters
@@ -370,10 +370,14 @@ def update_model(model, labels, output=None, *, progress=False, **params):
         Also write the new model there, atomically. An existing file there is
         never replaced (``FileExistsError``; ``ValueError`` when it is the input
         model), checked before the label maps are read.
+    images : str or Path, optional
+        The new label maps' images (a folder, as for :func:`build_model`): the
+        boundary appearance learns from them too. Without them it is not
+        updated, and the report's ``warnings`` say so.
     progress : bool
     **params
         Overrides of the model's build settings (``label_values`` for the organ's
-        label values, ``n_jobs``, ``images_dir``, ...; see
+        label values, ``n_jobs``, ...; see
         :func:`shapeprior.model.params_from_model`).
 
     Returns
@@ -383,13 +387,17 @@ def update_model(model, labels, output=None, *, progress=False, **params):
         ``metadata['lineage']`` records each shape's content hash, when it was
         added and the model version.
     report : dict
-        Added, skipped (duplicates) and refused label maps with reasons.
+        Added, skipped (duplicates) and refused label maps with reasons;
+        ``warnings``: what was not updated (the appearance without ``images``;
+        the voxel classifier, which only a rebuild retrains).
     """
     from .model import (find_label_maps, label_root, params_from_model, save_model,
                         update_model as _update)
 
     if "label_values" in params:
         params["labels"] = tuple(params.pop("label_values"))
+    if images is not None:
+        params["images_dir"] = str(images)
     src = model if isinstance(model, (str, Path)) else None
     if output is not None:      # checked before the slow stages; never overwritten
         if src is not None and Path(output).resolve() == Path(src).resolve():

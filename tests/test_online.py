@@ -86,6 +86,10 @@ def test_update_model_round_trip_refusals_and_lineage(small_model, tmp_path, cap
     assert np.array_equal(new.faces, old.faces)
     assert new.atoms.shape == old.atoms.shape and not np.array_equal(new.atoms, old.atoms)
     assert new.profile.n_images == old.profile.n_images          # no images given
+    # ... which is said, as is the voxel classifier that only a rebuild retrains
+    assert f"note: the boundary appearance (learned from {old.profile.n_images} images) was " \
+        "not updated: no training image was given" in printed
+    assert "note: the voxel classifier stays as built (learned from 5 images)" in printed
     # lineage: version 2, one record for the new shape with its content hash
     lin_old, lin = old.metadata["lineage"], new.metadata["lineage"]
     assert lin_old["model_version"] == 1 and lin["model_version"] == 2
@@ -109,7 +113,9 @@ def test_update_model_round_trip_refusals_and_lineage(small_model, tmp_path, cap
     assert main(["update-model", str(out), str(labels / "phantom_006.nii.gz"),
                  str(tmp_path / "bad" / "empty.nii.gz"), "-o", str(out3), "--images",
                  str(images), "--quiet"]) == 0
-    assert "refused  empty: no image in" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "refused  empty: no image in" in shown
+    assert "note: the boundary appearance" not in shown and "; appearance updated)" in shown
     third = load_model(out3)
     assert third.n_shapes == new.n_shapes + 1 and np.array_equal(third.shapes[:-1], new.shapes)
     assert third.profile.n_images == new.profile.n_images + 1
@@ -202,6 +208,14 @@ def test_python_update_model_never_writes_over_an_existing_file(small_model, tmp
     assert len(report["added"]) == 1
     assert load_model(tmp_path / "grown.npz").n_shapes == load_model(m).n_shapes + 1
     assert _sha(m) == before[m]
+    assert not report["appearance_updated"]
+    assert any("appearance" in w and "images=" in w for w in report["warnings"])
+    # images= as build_model takes them: the appearance learns from the new image too
+    images = small_model[1]
+    with_images, report = sp.update_model(m, new_map, images=images)
+    assert report["appearance_updated"] and not any("appearance" in w
+                                                    for w in report["warnings"])
+    assert with_images.profile.n_images == load_model(m).profile.n_images + 1
 
 
 def test_update_model_killed_while_writing_leaves_the_old_model(small_model, tmp_path):

@@ -149,7 +149,7 @@ def _update(model, items, params, a, out, inputs, deid):
         report = deid.data(report)    # (the model records the new maps by pseudonym)
         named = named_shapes(model) if a.deidentify else 0
         if named:
-            report["warnings"] = [
+            report["warnings"] = list(report.get("warnings", [])) + [
                 f"the model's {named} earlier shapes keep the names it was built with "
                 "(--deidentify renames the new label maps only; build the model with "
                 "--deidentify to leave every name out)"]

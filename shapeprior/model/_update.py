@@ -386,6 +386,17 @@ def update_model(model: ShapeModel, label_files, params: BuildParams | None = No
         summary={"n_skipped": len(skipped), "n_rejected": len(rejected),
                  "appearance_images": 0 if profiles is None else len(profiles)})
     t_update = time.perf_counter() - t1
+    warnings = []
+    if model.profile is not None and profiles is None:
+        warnings.append(
+            f"the boundary appearance (learned from {model.profile.n_images} images) was not "
+            "updated: no training image was given for the new label maps (update-model "
+            "--images; the Python API: images=)")
+    if model.voxels is not None:
+        n = model.voxels.info.get("n_cases")
+        warnings.append(
+            "the voxel classifier stays as built" + (f" (learned from {n} images)" if n else "")
+            + ": update-model does not retrain it; a rebuild with --images does")
     report = {
         "model_version": new.metadata["lineage"]["model_version"],
         "n_shapes_before": model.n_shapes, "n_shapes": new.n_shapes,
@@ -393,6 +404,7 @@ def update_model(model: ShapeModel, label_files, params: BuildParams | None = No
                   for a in accepted],
         "skipped": skipped, "rejected": rejected,
         "appearance_updated": profiles is not None,
+        "warnings": warnings,
         "time_s": {"correspondence": t_fit, "update": t_update,
                    "total": time.perf_counter() - t0},
     }
