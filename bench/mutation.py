@@ -1170,7 +1170,7 @@ MUTANTS = [
      "    obj = float(xp.sum(w * (r - e) ** 2))\n", "    obj = float(xp.sum((r - e) ** 2))\n",
      "L0 objective without the row weights"),
     ("l0-omp-reselect", "kernels", "kernels/trimmed_omp.py",
-     "            score[xp.asarray(S)] = -1.0\n", "",
+     "            score[xp.asarray(S)] = -1.0\n", "            pass\n",
      "the reference OMP may select an atom twice"),
     ("cli-strict-ignored", "cli", "shapeprior/cli/_common.py",
      "    bad = {\"failed\", \"suspect\"} if strict else {\"failed\"}\n",
@@ -2996,6 +2996,14 @@ EQUIVALENT = {
         "atom; a stopped signal's picks are padding whose coefficients stay 0 "
         "(test_omp_many_equals_one_signal_at_a_time, and 20 problems with atoms of unequal "
         "norms, 2026-12-04: the same codes)",
+    "l0-omp-reselect":
+        "the reference OMP's residual correlations are b - H_S x_S with x_S solving "
+        "H_SS x = b_S, so a selected atom's correlation is at rounding level and it can "
+        "win the argmax only when every other atom's is too, where the atom_tol test stops "
+        "first (the same argument as l0-many-reselect). Written first with an empty "
+        "replacement, a syntax error counted as killed (mutation_l0_cli_refine_dicomseg_"
+        "before.json: '1 error in 2.21s'); with 'pass' it survives "
+        "(mutation_round44_reselect.json)",
     "l0-many-revive":
         "a signal stops only when its best |correlation| is at rounding level (1e-12 of its "
         "largest), i.e. an exact fit, where every correlation is at rounding level: none can "
