@@ -152,7 +152,9 @@ def test_update_model_deidentify_names_new_maps_by_pseudonym(named, tmp_path, mo
     record = json.loads((tmp_path / "grown.npz.report" / "manifest.json").read_text())
     assert record["inputs"]["model"]["path"] == "<model>"
     assert record["parameters"]["images"] == "<images>"
-    assert "warnings" not in report and "note:" not in printed.out   # nothing was left
+    # nothing was left (the notes of what an update does not retrain name nothing)
+    assert not any("keep the names" in w for w in report.get("warnings", []))
+    assert "note: the model's" not in printed.out
 
 
 def test_update_model_deidentify_says_what_it_left_in_a_model_built_with_names(
@@ -168,7 +170,7 @@ def test_update_model_deidentify_says_what_it_left_in_a_model_built_with_names(
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "grown.npz.report" / "report.json").read_text())
     said = "the model's 5 earlier shapes keep the names it was built with"
-    assert said in report["warnings"][0] and f"note: {said}" in printed
+    assert any(said in w for w in report["warnings"]) and f"note: {said}" in printed
     meta = json.loads(_model_text(out))
     assert "SMITH_ANNA_1970" in _model_text(out)             # what the note is about
     assert all(not s["id"].startswith(("GARCIA", "KOWALSKI", "NEW"))
