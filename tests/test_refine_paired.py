@@ -276,3 +276,27 @@ def test_a_scan_holding_one_side_refines_the_other_by_its_mask(paired):
     elsewhere = Volume(image.array, image.spacing, image.origin + 500.0, image.direction)
     with pytest.raises(ValueError, match="the image holds none of the mask's organ"):
         refine_paired(mask, model, (1,), SegmentParams(), elsewhere)
+
+
+def test_update_model_says_why_a_right_organ_did_not_teach_the_appearance(paired, tmp_path,
+                                                                          capsys):
+    """A paired model (right organs mirrored onto the left) grown by a label map
+    holding only a right organ, with its image: the shape is added, but a mirrored
+    shape does not sit on its image, so the appearance is not updated, and the note
+    says so (not that no image was given)."""
+    d, images, truth, model = paired
+    name = "pair_006.nii.gz"
+    lab = read_label_map(d / "labels" / name)
+    right = lab.array * truth[name]["right"].astype(lab.array.dtype)
+    assert right.any() and not (right * truth[name]["left"]).any()
+    new = tmp_path / "labels" / name
+    new.parent.mkdir()
+    write_label(Volume(right, lab.spacing, lab.origin, lab.direction), right, new)
+    out = tmp_path / "grown.npz"
+    capsys.readouterr()
+    assert main(["update-model", str(model), str(new), "-o", str(out), "--images", str(images),
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 added" in printed and "appearance updated" not in printed
+    assert "was not updated: the new shapes are right-side organs mirrored" in printed
+    assert "no training image was given" not in printed

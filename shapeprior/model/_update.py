@@ -388,10 +388,12 @@ def update_model(model: ShapeModel, label_files, params: BuildParams | None = No
     t_update = time.perf_counter() - t1
     warnings = []
     if model.profile is not None and profiles is None:
-        warnings.append(
-            f"the boundary appearance (learned from {model.profile.n_images} images) was not "
-            "updated: no training image was given for the new label maps (update-model "
-            "--images; the Python API: images=)")
+        why = ("the new shapes are right-side organs mirrored onto the model's side, which "
+               "do not sit on their images" if pairs else
+               "no training image was given for the new label maps (update-model --images; "
+               "the Python API: images=)")
+        warnings.append(f"the boundary appearance (learned from {model.profile.n_images} "
+                        f"images) was not updated: {why}")
     if model.voxels is not None:
         n = model.voxels.info.get("n_cases")
         warnings.append(
