@@ -451,6 +451,14 @@ def _hostile_images(d):
     (d / "nrrd_unoriented.nrrd").write_bytes(f"{head}spacings: 1 1 1.5\n\n".encode() + raw)
     (d / "nrrd_spacing_nan.nrrd").write_bytes(f"{head}spacings: nan 1 1.5\n\n".encode() + raw)
     (d / "nrrd_spacing_neg.nrrd").write_bytes(f"{head}spacings: 1 -1 1.5\n\n".encode() + raw)
+    # a 3D Slicer segmentation whose segments overlap: one layer per segment
+    layers = np.stack([arr > arr.mean(), arr > 2 * arr.mean()]).astype(np.uint8)
+    seg = ("NRRD0004\ntype: uint8\ndimension: 4\nspace: left-posterior-superior\n"
+           "sizes: 2 20 24 24\nspace directions: none (1,0,0) (0,1,0) (0,0,1.5)\n"
+           "kinds: list domain domain domain\nencoding: raw\nspace origin: (0,0,0)\n"
+           "Segment0_Name:=organ\nSegment1_Name:=lesion\n\n")
+    (d / "slicer.seg.nrrd").write_bytes(
+        seg.encode() + np.ascontiguousarray(np.moveaxis(layers, 0, -1)).tobytes())
     # formats without orientation: TIFF (ITK: origin 0, 1 mm slices), VTK legacy images
     m.SetSpacing([0.7, 0.7, 2.5])
     for name in ("stack.tif", "grid.vtk"):
@@ -469,6 +477,7 @@ def _hostile_images(d):
     ("offset_in_header.nii", ["vox_offset 100.0", "at least 352"]),
     ("fourd.nii", ["3 volumes"]), ("trunc.nii", ["truncated"]), ("pair.img", ["truncated"]),
     ("rgb.mha", ["values per voxel"]), ("spacing0.mha", ["spacing"]),
+    ("slicer.seg.nrrd", ["3D Slicer segmentation in 2 layers", "export the segments"]),
     ("offset_text.mha", ["Offset = 'abc 6 7'", "not 3 finite numbers"]),
     ("offset_short.mha", ["Offset = '5 6'"]), ("offset_nan.mha", ["Offset = 'nan 6 7'"]),
     ("matrix_nan.mha", ["TransformMatrix", "not 9 finite numbers"]),

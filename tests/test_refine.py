@@ -280,7 +280,8 @@ def test_segment_starts_from_an_existing_mask(phantom_model, tmp_path, capsys):
     assert main(["segment", str(images / "phantom_006.nii.gz"), "-o", str(tmp_path / "none"),
                  "--model", str(model), "--init-mask", str(mask), "--init-labels", "4"]) == 1
     err = capsys.readouterr().err
-    assert "--init-mask: the mask has no voxel with label(s) [4]" in err
+    assert "--init-mask: the mask has no voxel with label(s) [4] (values present: [0, 1])" \
+        in err
     assert err.count("\n") == 1 and not (tmp_path / "none").exists()
 
 

@@ -225,6 +225,12 @@ def _read_itk(p: Path, name: str, allow_no_orientation=False) -> Volume:
         r = _itk_header(sp, name, allow_no_orientation)
         ncomp = r.GetNumberOfComponents()
         if ncomp != 1:
+            if any(k.startswith("Segment0_") for k in r.GetMetaDataKeys()):
+                raise ImageReadError(
+                    f"{name} is a 3D Slicer segmentation in {ncomp} layers (segments that "
+                    "overlap); a label map is needed: in Slicer, export the segments to a "
+                    "labelmap (Segmentations module, Export to files or to a labelmap "
+                    "node) and save that")
             raise ImageReadError(f"{name} holds {ncomp} values per voxel (colour or vector "
                                  "data); a scalar grey-value image is needed")
         ptype = sitk.GetPixelIDValueAsString(r.GetPixelID())

@@ -501,7 +501,9 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
                          f"are not among the organ's labels {list(labels)}")
     m = np.isin(mask_vol.array, np.asarray(tuple(labels) + keep))
     if not m.any():
-        raise ValueError(f"the mask has no voxel with label(s) {list(labels) + list(keep)}")
+        present = np.unique(mask_vol.array)[:20].tolist()
+        raise ValueError(f"the mask has no voxel with label(s) {list(labels) + list(keep)} "
+                         f"(values present: {present})")
     # the organ's box with CROP_MARGIN_MM around it (clipped to the grid, so an organ
     # at the grid's edge is at the crop's edge too): nothing beyond it changes
     box = grown_box(mask_box(m), np.ceil(CROP_MARGIN_MM / mask_vol.spacing[::-1]), m.shape)
