@@ -428,6 +428,23 @@ def test_segment_dicom_input_writes_dicom_seg(phantom_model, tmp_path):
     assert main(["segment", str(series), "-o", str(tmp_path / "y"), "--model", str(model),
                  "--output-type", "dicom-seg", "--deidentify"]) == 1
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    # the SEG is a mask another run takes: a reference of the same series (Dice 1), and
+    # a mask to refine, whose label lies on the SEG's grid, the series' own
+    again = tmp_path / "again"
+    assert main(["segment", str(series), "-o", str(again), "--model", str(model),
+                 "--reference", str(out / "seg.dcm")]) == 0
+    assert json.loads((again / "report.json").read_text())["reference"]["dice"] == 1.0
+    seg_digest = hashlib.sha256((out / "seg.dcm").read_bytes()).hexdigest()
+    refined = tmp_path / "refined"
+    assert main(["refine", str(out / "seg.dcm"), "-o", str(refined), "--model",
+                 str(model)]) == 0
+    got = read_label_map(refined / "label.nii.gz")
+    placed = got.placed_on(read_label_map(out / "label.nii.gz"))
+    assert placed is not None
+    from shapeprior.segmentation import dice
+
+    assert dice(placed > 0, read_label_map(out / "label.nii.gz").array > 0) > 0.95
+    assert hashlib.sha256((out / "seg.dcm").read_bytes()).hexdigest() == seg_digest
 
 
 def _nnunet_dataset(root, data_root, cases):
@@ -697,3 +714,68 @@ def test_statistics_principal_axes_of_a_known_ellipsoid():
     np.testing.assert_allclose(np.abs(np.sum(d * R.T, axis=1)), 1.0, atol=1e-6)
     np.testing.assert_allclose(st["principal_axes"]["extent_mm"], [60, 40, 20], rtol=0.03)
     np.testing.assert_allclose(st["centroid_lps_mm"], [100, -50, 20], atol=0.5)
+
+
+def test_a_dicom_seg_reads_back_as_the_label_on_its_series_grid(data_root, tmp_path):
+    """A DICOM-SEG (ours here; TotalSegmentator writes them too) read as a label map:
+    the same voxels at the same LPS positions as the label it was written from, on
+    the series' own grid (slices stacked along x cross y, as the series is read):
+    the cropped slab of the frames it covers, so it places onto the series' grid."""
+    folder = data_root / "tcia_mr_dicom" / "Study3_T1post_oblique"
+    vol, info = read_image(folder)
+    lab = np.zeros(vol.array.shape, np.uint8)
+    lab[4:11, 90:200, 70:150] = 1
+    lab[6, 120:130, 150:160] = 1                       # an asymmetric notch
+    write_dicom_seg(tmp_path / "seg.dcm", lab, vol, folder, info["series_key"], organ="tumour")
+    back, read_info = read_image(tmp_path / "seg.dcm")
+    assert read_info["format"] == "dicom-seg"
+    assert back.array.shape == (7, 320, 280) and back.array.dtype == np.uint8
+    np.testing.assert_allclose(back.direction, vol.direction, atol=1e-6)
+    np.testing.assert_allclose(back.spacing, vol.spacing, rtol=1e-6)
+    placed = back.placed_on(vol)
+    assert placed is not None and np.array_equal(placed, lab)
+    assert np.array_equal(read_label_map(tmp_path / "seg.dcm").array, back.array)
+
+
+def test_a_dicom_seg_that_cannot_be_one_label_map_is_refused_in_one_line(tmp_path):
+    """Overlapping segments (a label map holds one label per voxel), frames off one
+    regular grid, a frame grid too large for memory, and a damaged file: each
+    refused with its reason, nothing allocated for the large one."""
+    import pydicom
+
+    from shapeprior.io import ImageReadError
+
+    folder, vol = _small_series(tmp_path)
+    lab = (vol.array > 0).astype(np.uint8)
+    write_dicom_seg(tmp_path / "two.dcm", [lab, lab], vol, folder, organ="Kidney",
+                    side=["left", "right"])
+    with pytest.raises(ImageReadError, match="segments overlap"):
+        read_image(tmp_path / "two.dcm")
+    write_dicom_seg(tmp_path / "one.dcm", lab, vol, folder, organ="Kidney")
+    ds = pydicom.dcmread(tmp_path / "one.dcm")
+    frames = ds.PerFrameFunctionalGroupsSequence
+    assert len(frames) >= 3
+    # the last frame moved off the slices' spacing along their normal: no regular grid
+    off = ds.copy()
+    pos = off.PerFrameFunctionalGroupsSequence[-1].PlanePositionSequence[0]
+    pos.ImagePositionPatient = [float(v) + 1.3 * n for v, n in zip(
+        pos.ImagePositionPatient, (0.0, 0.0, 1.0))]
+    off.save_as(tmp_path / "off.dcm")
+    with pytest.raises(ImageReadError, match="off.dcm: a DICOM-SEG whose frames do not lie "
+                                             "on one regular grid"):
+        read_image(tmp_path / "off.dcm")
+    # frames 1 mm apart but one a million slices on: a regular grid with gaps that
+    # would hold 10^6 slices; refused by its size before any voxel is decoded
+    gap = ds.copy()
+    first = [float(v) for v in gap.PerFrameFunctionalGroupsSequence[0]
+             .PlanePositionSequence[0].ImagePositionPatient]
+    step = np.array([float(v) for v in gap.PerFrameFunctionalGroupsSequence[1]
+                     .PlanePositionSequence[0].ImagePositionPatient]) - first
+    gap.PerFrameFunctionalGroupsSequence[-1].PlanePositionSequence[0].ImagePositionPatient = \
+        list(first + step * 10 ** 9)
+    gap.save_as(tmp_path / "gap.dcm")
+    with pytest.raises(ImageReadError, match="gap.dcm: its header describes a 12x10x"):
+        read_image(tmp_path / "gap.dcm")
+    (tmp_path / "cut.dcm").write_bytes((tmp_path / "one.dcm").read_bytes()[:2000])
+    with pytest.raises((ImageReadError, ValueError), match="cut.dcm"):
+        read_image(tmp_path / "cut.dcm")

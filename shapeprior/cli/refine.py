@@ -26,8 +26,9 @@ def main(argv):
         epilog="Exit codes: 0 ok (suspect too, unless --strict); 1 bad input or an error (in a "
                "folder: any mask that could not be refined); 3 a failed result (or a suspect "
                "one with --strict).")
-    ap.add_argument("mask", help="label map (NIfTI/NRRD/MHA), or a folder of them (one mask "
-                                 "per case)")
+    ap.add_argument("mask", help="label map (NIfTI/NRRD/MHA, or a DICOM-SEG file: its "
+                                 "segment numbers are the labels), or a folder of them (one "
+                                 "mask per case)")
     ap.add_argument("-o", "--output", required=True, help="output folder")
     ap.add_argument("--model", required=True, help="model file from build-model")
     ap.add_argument("--labels", default=None,

@@ -1,9 +1,15 @@
-"""DICOM Segmentation (DICOM-SEG) output for a DICOM input series, with highdicom.
+"""DICOM Segmentation (DICOM-SEG) with highdicom: written for a DICOM input
+series, and read as a label map (another tool's mask, e.g. TotalSegmentator's
+``--output_type dicom``).
 
-The SEG references every frame of the source series it segments; each frame
-of the SEG lies exactly on a source slice (same Image Position/Orientation
-(Patient), same pixel grid), so PACS viewers, 3D Slicer and OHIF overlay it
-on the series without resampling.
+The SEG written references every frame of the source series it segments; each
+frame of the SEG lies exactly on a source slice (same Image Position/Orientation
+(Patient), same pixel grid), so PACS viewers, 3D Slicer and OHIF overlay it on
+the series without resampling.
+
+A SEG read (:func:`read_dicom_seg`) becomes a label map whose values are the
+segment numbers, on the grid its frames span (LPS, from the frames' positions
+and orientation); its size is checked before any voxel is decoded.
 """
 
 from __future__ import annotations
@@ -23,6 +29,85 @@ ORGAN_CODES = {"kidney": "Kidney", "hippocampus": "Hippocampus", "liver": "Liver
                "lung": "Lung", "bladder": "UrinaryBladder", "femur": "Femur"}
 #: largest distance (voxels) of a source pixel from a label voxel centre
 GRID_TOL = 0.01
+#: the SOP class of a DICOM Segmentation
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def is_dicom_seg(path) -> bool:
+    """Whether ``path`` is a DICOM file of the Segmentation SOP class (only its
+    header is read)."""
+    import pydicom
+
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+        if len(head) < 132 or head[128:132] != b"DICM":
+            return False
+        ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except (OSError, ValueError, EOFError, TypeError, AttributeError):
+        return False
+    meta = getattr(ds, "file_meta", None)
+    sop = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "")
+                                               if meta is not None else ""))
+    return sop == SEG_SOP_CLASS
+
+
+def read_dicom_seg(path):
+    """A DICOM-SEG file as a label map: :class:`~shapeprior.io.Volume` of uint8
+    or uint16 segment numbers (0 outside every segment), on the grid its frames
+    span (LPS mm). Refused in one line (:class:`ImageReadError`): a SEG that
+    highdicom cannot read, whose frames do not lie on one regular grid in the
+    patient's coordinates, whose segments overlap (one label per voxel is
+    needed), or whose grid would not fit in memory."""
+    import highdicom as hd
+
+    from ._checks import ImageReadError, check_geometry, check_size
+    from ._volume import Volume
+
+    name = display_name(path)
+    try:
+        seg = hd.seg.segread(str(path))
+        geom = seg.get_volume_geometry()
+    except Exception as exc:        # highdicom and pydicom raise many kinds
+        raise ImageReadError(f"{name}: not a readable DICOM-SEG ({_first_line(exc)})") from None
+    if geom is None:
+        raise ImageReadError(f"{name}: a DICOM-SEG whose frames do not lie on one regular "
+                             "grid in the patient's coordinates; refusing to guess the "
+                             "geometry")
+    n_slices, rows, cols = (int(v) for v in geom.spatial_shape)
+    check_size(name, (cols, rows, n_slices), 2)
+    try:
+        vol = seg.get_volume(combine_segments=True, dtype=np.uint16)
+    except Exception as exc:
+        why = _first_line(exc)
+        if "overlap" in why.lower():
+            raise ImageReadError(f"{name}: a DICOM-SEG whose segments overlap; a label map "
+                                 "holds one label per voxel (export the segments one by "
+                                 "one)") from None
+        raise ImageReadError(f"{name}: not a readable DICOM-SEG ({why})") from None
+    # highdicom's array is (slice, row, column) and its affine maps those indices
+    # to the patient's LPS coordinates: the columns for x (column), y (row), z (slice)
+    m = np.asarray(vol.affine, dtype=float)[:3, [2, 1, 0]]
+    spacing = np.linalg.norm(m, axis=0)
+    direction = m / np.where(spacing > 0, spacing, 1.0)
+    origin = np.asarray(vol.affine, dtype=float)[:3, 3]
+    check_geometry(name, spacing, direction, origin)
+    a = np.asarray(vol.array)
+    if np.linalg.det(direction) < 0:
+        # slices stacked against the normal of their rows and columns: turned round, as a
+        # DICOM series is read (z = x cross y), so that the grid is the source series' own
+        origin = origin + (a.shape[0] - 1) * spacing[2] * direction[:, 2]
+        direction = direction.copy()
+        direction[:, 2] *= -1.0
+        a = a[::-1]
+    a = a.astype(np.uint8) if a.size and int(a.max()) <= 255 else a
+    return Volume(np.ascontiguousarray(a), spacing, origin, direction)
+
+
+def _first_line(exc):
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
 
 
 def source_datasets(folder, series_key=None):

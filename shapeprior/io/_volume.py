@@ -271,6 +271,10 @@ def read_file(path, allow_no_orientation=False):
     if is_nifti(p):
         vol, info = read_nifti(p, allow_no_orientation)
         return vol, {"format": "nifti", **info}
+    from ._dicom_seg import is_dicom_seg, read_dicom_seg
+
+    if is_dicom_seg(p):
+        return read_dicom_seg(p), {"format": "dicom-seg"}
     _check_data_files(p, name)
     return _read_itk(p, name, allow_no_orientation), {"format": p.suffix.lstrip(".").lower() or "unknown"}
 
