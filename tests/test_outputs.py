@@ -445,6 +445,19 @@ def test_segment_dicom_input_writes_dicom_seg(phantom_model, tmp_path):
 
     assert dice(placed > 0, read_label_map(out / "label.nii.gz").array > 0) > 0.95
     assert hashlib.sha256((out / "seg.dcm").read_bytes()).hexdigest() == seg_digest
+    # ... but never as the scan to segment, or the image of a refinement
+    import contextlib
+    import io
+
+    for args in (["segment", str(out / "seg.dcm"), "-o", str(tmp_path / "s1")],
+                 ["refine", str(out / "label.nii.gz"), "-o", str(tmp_path / "s2"), "--image",
+                  str(out / "seg.dcm")]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert main([*args, "--model", str(model)]) == 1
+        assert "seg.dcm is a DICOM-SEG (a segmentation), not a scan" in err.getvalue()
+        assert err.getvalue().count("\n") == 1
+    assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
 
 
 def _nnunet_dataset(root, data_root, cases):

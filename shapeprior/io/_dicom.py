@@ -455,6 +455,17 @@ def _read_multiframe(item, key, spacing_tol):
     return vol, (step, _thickness(pm0))
 
 
+def read_scan(path, series=None, allow_no_orientation=False):
+    """:func:`read_image` of a scan to segment: a DICOM-SEG file (a mask, which
+    :func:`read_image` reads as a label map) is refused with what to give instead."""
+    vol, info = read_image(path, series, allow_no_orientation)
+    if info.get("format") == "dicom-seg":
+        raise ImageReadError(f"{display_name(path)} is a DICOM-SEG (a segmentation), not a "
+                             "scan: give the series it segments; a SEG is taken as a mask "
+                             "(refine's mask, --reference, --init-mask)")
+    return vol, info
+
+
 def read_image(path, series=None, allow_no_orientation=False):
     """A NIfTI/NRRD/MHA file or a DICOM series folder -> ``(Volume, info)``."""
     from ._volume import read_file

@@ -12,7 +12,7 @@ import numpy as np
 
 from .._background import background
 from .._outputs import OutputDir, manifest
-from ..io import display_name, read_image, read_label_map, write_label
+from ..io import display_name, read_label_map, read_scan, write_label
 from ..segmentation import PairedRefineResult, SegmentParams, refine_mask, refine_paired
 from ._qc import qc_png
 from ._run import (MESH_FORMATS, compared_with, input_hashes, model_version, note_empty_reference,
@@ -169,7 +169,7 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
     ref = reference_mask(reference, reference_labels, mvol, "mask", allow_no_orientation)
     img = None
     if image is not None:
-        img, _ = read_image(image, None, allow_no_orientation)
+        img, _ = read_scan(image, None, allow_no_orientation)
     res = refine_paired(mvol, model, labels, params, img, keep=keep) or \
         refine_mask(mvol, model, labels, params, img, keep=keep)
     label = res.label.astype(np.uint8)

@@ -14,7 +14,7 @@ from .._background import background
 from .._outputs import OutputDir, manifest
 from .._profile import StageClock
 from .._provenance import FileDigests
-from ..io import (Volume, display_name, image_files, read_image, read_label_map,
+from ..io import (Volume, display_name, image_files, read_label_map, read_scan,
                   write_dicom_seg, write_label)
 from ..mesh import MESH_FORMATS, Surface
 from ..segmentation import (PairedSegmentResult, SegmentParams, dice, distance_to_mean,
@@ -117,7 +117,7 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
     t0 = time.perf_counter()
     clock = clock or StageClock()     # times only (no sampling thread) for the report
     with clock("read"):
-        vol, info = read_image(input_path, series, allow_no_orientation)
+        vol, info = read_scan(input_path, series, allow_no_orientation)
         ref = reference_mask(reference, reference_labels, vol, "image", allow_no_orientation)
     init = None
     if init_mask is not None:
