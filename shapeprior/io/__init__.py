@@ -15,7 +15,8 @@ from ._volume import (VOLUME_SUFFIXES, Volume, as_label_map, geometry_difference
                       read_geometry, read_label_map, read_volume, volume_suffix, write_label)
 
 __all__ = ["Volume", "read_volume", "read_file", "read_label_map", "as_label_map",
-           "read_image", "read_scan", "read_dicom_series", "list_series", "write_label", "affine_ras",
+           "read_image", "read_scan", "read_dicom_series", "list_series", "write_label",
+           "affine_ras",
            "ImageReadError", "available_memory", "display_name", "input_path_error",
            "image_files", "detached_data_files", "image_sha256", "read_geometry",
            "write_dicom_seg", "VOLUME_SUFFIXES", "volume_suffix", "geometry_difference"]

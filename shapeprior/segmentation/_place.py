@@ -104,7 +104,9 @@ class AppearanceScore:
         """Per vertex, whether its inside lies in the background: bool (N,); all
         False where the rule does not apply."""
         bg = self.background
-        return np.zeros(len(verts), bool) if bg is None else bg.insides_in_background(verts, normals)
+        if bg is None:
+            return np.zeros(len(verts), bool)
+        return bg.insides_in_background(verts, normals)
 
     def per_candidate(self, verts, normals, idx, search_mm=0.0, slack_mm=SLACK_MM):
         """Scores of C candidate surfaces: ``verts``/``normals`` (C, n, 3) at the
