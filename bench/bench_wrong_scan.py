@@ -12,6 +12,11 @@ seed, on real scans of other kinds from the shared data:
 * ``abdomen_mr``: the TotalSegmentator example MR (3 mm, abdomen): no
   hippocampus.
 
+The background itself is measured too (``background_fraction``: the share of each
+grid it covers): on these scans, on the TotalSegmentator example CT, and over the 220
+MSD hippocampus crops (which hold no air), with the committed rule and with dark
+regions of any size (``MIN_REGION`` = 0), the alternative it was chosen against.
+
 Each scan is fitted with the model as built and with the background rule off
 (the model's appearance without ``background_share_max``, as a model built
 before it was recorded), so that the rule's effect is measured in the same run.
@@ -61,6 +66,32 @@ def _row(res, vol):
             "placement": res.placement["chosen"] if res.placement else None}
 
 
+def _background_fractions(root, msd):
+    """Share of each grid that is background, with the committed smallest region and
+    with any region: the scans here, the TotalSegmentator CT, and the largest over the
+    MSD crops."""
+    from shapeprior.appearance import Background, _background
+
+    paths = {**{k: root / v for k, v in SCANS.items()},
+             "totalsegmentator_ct": root / "totalsegmentator_example" / "example_ct.nii.gz"}
+    crops = sorted((msd / "images").glob("*.nii.gz"))
+    out = {}
+    for rule, region in (("min_region_0.1", _background.MIN_REGION), ("any_region", 0.0)):
+        saved, _background.MIN_REGION = _background.MIN_REGION, region
+        try:
+            row = {k: round(Background(read_image(p)[0]).fraction, 4)
+                   for k, p in paths.items() if p.exists()}
+            fr = [Background(read_image(p)[0]).fraction for p in crops]
+            row["msd_crops_max"] = round(max(fr), 4) if fr else None
+            row["msd_crops_with_any"] = int(sum(f > 0 for f in fr))
+            row["msd_crops"] = len(fr)
+        finally:
+            _background.MIN_REGION = saved
+        out[rule] = row
+        print(f"background, {rule}: {row}", flush=True)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(RESULTS / "wrong_scan.json"))
@@ -91,6 +122,7 @@ def main(argv=None):
                   f"{row[rule]['surface_inside_background']}, kept {row[rule]['voxels_kept']}, "
                   f"{'; '.join(res.reasons)}", flush=True)
         out["scans"][name] = {"path": rel, **row}
+    out["background_fraction"] = _background_fractions(root, msd)
     write_json(a.out, out)
     print(f"wrote {a.out}")
     return 0
