@@ -2981,6 +2981,11 @@ MUTANTS = [
     ("seg-as-scan", "outputs", "shapeprior/io/_dicom.py",
      '    if info.get("format") == "dicom-seg":', "    if False:",
      "a DICOM-SEG given as the scan is segmented as if it were an image"),
+    ("seg-type2-missing", "outputs", "shapeprior/io/_dicom_seg.py",
+     "        for key in PATIENT_STUDY_TYPE2:\n            if key not in ds:",
+     "        for key in PATIENT_STUDY_TYPE2:\n            if False:",
+     "a series without the patient's birth date makes --output-type dicom-seg an "
+     "internal error"),
     ("background-meta-unchecked", "background", "shapeprior/model/_model.py",
      "            ok = ok and (bg is None or 0.0 <= float(bg) <= 1.0)",
      "            ok = ok",

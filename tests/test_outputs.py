@@ -639,6 +639,26 @@ def test_dicom_seg_of_an_anonymised_series(tmp_path):
     assert series != str(ds.StudyInstanceUID)
 
 
+def test_dicom_seg_of_a_series_without_patient_attributes(tmp_path):
+    """A series re-saved by a script without the patient's birth date, sex or the
+    study's ID (the TCIA hippocampus crop lacks the first two): highdicom needs these
+    type-2 attributes present; they are given empty, with a note each, instead of an
+    internal error."""
+    import pydicom
+
+    drop = ("PatientBirthDate", "PatientSex", "StudyID")
+    folder, vol = _small_series(tmp_path, drop=drop)
+    assert not any(k in pydicom.dcmread(f, stop_before_pixels=True)
+                   for f in folder.iterdir() for k in drop)
+    lab = (vol.array > 0).astype(np.uint8)
+    rec = write_dicom_seg(tmp_path / "seg.dcm", lab, vol, folder, organ="kidney")
+    for k in drop:
+        assert f"the source has no {k}: the SEG has it empty" in rec["notes"]
+    ds = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert all(k in ds and not str(ds[k].value or "") for k in drop)
+    assert np.array_equal(read_label_map(tmp_path / "seg.dcm").placed_on(vol), lab)
+
+
 def test_export_model_modes_displacements_and_options(tmp_path, capsys):
     """``export-model`` on a model with 2 PCA modes asked for 5: both modes
     exported, nothing beyond; each mode mesh carries its displacement from

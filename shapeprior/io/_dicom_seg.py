@@ -29,6 +29,11 @@ ORGAN_CODES = {"kidney": "Kidney", "hippocampus": "Hippocampus", "liver": "Liver
                "lung": "Lung", "bladder": "UrinaryBladder", "femur": "Femur"}
 #: largest distance (voxels) of a source pixel from a label voxel centre
 GRID_TOL = 0.01
+#: patient and study attributes a SEG copies from its source, each of type 2 (present,
+#: may be empty): a series without them (a crop re-saved by a script) is given them empty
+PATIENT_STUDY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                       "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
+                       "ReferringPhysicianName")
 #: the SOP class of a DICOM Segmentation
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -142,6 +147,11 @@ def source_datasets(folder, series_key=None):
             if not str(ds.get(key, "") or ""):
                 raise ValueError(f"{display_name(p)} has no {key}: a DICOM-SEG cannot refer "
                                  "to it")
+        # the patient and study attributes a SEG copies (type 2: present, may be empty)
+        for key in PATIENT_STUDY_TYPE2:
+            if key not in ds:
+                setattr(ds, key, "")
+                notes.add(f"the source has no {key}: the SEG has it empty")
         for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
             if not str(ds.get(key, "") or ""):
                 seed = [key, str(ds.get("FrameOfReferenceUID", "") or ""), str(uid),
