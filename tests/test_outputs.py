@@ -640,13 +640,15 @@ def test_dicom_seg_of_an_anonymised_series(tmp_path):
 
 
 def test_dicom_seg_of_a_series_without_patient_attributes(tmp_path):
-    """A series re-saved by a script without the patient's birth date, sex or the
-    study's ID (the TCIA hippocampus crop lacks the first two): highdicom needs these
-    type-2 attributes present; they are given empty, with a note each, instead of an
+    """A series re-saved by a script without the patient's and the study's type-2
+    attributes (the TCIA hippocampus crop lacks the birth date and sex): highdicom
+    needs them present; they are given empty, with a note each, instead of an
     internal error."""
     import pydicom
 
-    drop = ("PatientBirthDate", "PatientSex", "StudyID")
+    drop = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+            "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
+
     folder, vol = _small_series(tmp_path, drop=drop)
     assert not any(k in pydicom.dcmread(f, stop_before_pixels=True)
                    for f in folder.iterdir() for k in drop)
