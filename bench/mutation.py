@@ -2986,6 +2986,9 @@ MUTANTS = [
      "        for key in PATIENT_STUDY_TYPE2:\n            if False:",
      "a series without the patient's birth date makes --output-type dicom-seg an "
      "internal error"),
+    ("seg-folder-unnamed", "outputs", "shapeprior/pipeline/_cases.py",
+     "        if segs:\n", "        if False:\n",
+     "a folder of DICOM-SEG masks is said to hold no label map files"),
     ("background-meta-unchecked", "background", "shapeprior/model/_model.py",
      "            ok = ok and (bg is None or 0.0 <= float(bg) <= 1.0)",
      "            ok = ok",

@@ -458,6 +458,16 @@ def test_segment_dicom_input_writes_dicom_seg(phantom_model, tmp_path):
         assert "seg.dcm is a DICOM-SEG (a segmentation), not a scan" in err.getvalue()
         assert err.getvalue().count("\n") == 1
     assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
+    # a folder of SEGs is no batch of masks: said so, not "no label map files"
+    segs = tmp_path / "segs"
+    segs.mkdir()
+    shutil.copy(out / "seg.dcm", segs / "a.dcm")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["refine", str(segs), "-o", str(tmp_path / "s3"), "--model",
+                     str(model)]) == 1
+    assert "segs holds 1 DICOM-SEG files and no other label map" in err.getvalue()
+    assert "refine each SEG file" in err.getvalue() and not (tmp_path / "s3").exists()
 
 
 def _nnunet_dataset(root, data_root, cases):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import (VOLUME_SUFFIXES, detached_data_files, display_name, input_path_error,
-                  volume_suffix)
+                  is_dicom_seg, volume_suffix)
 
 #: names a case folder may not take inside a batch output folder
 RESERVED = frozenset({"summary.json", "summary.csv", "manifest.json"})
@@ -245,6 +245,13 @@ def discover_masks(folder, organ=None, deidentify=False, mask_name=None):
         return _masks_in_case_folders(p, mask_name)
     files = _volume_files(p)
     if not files:
+        segs = [e for e in sorted(p.iterdir()) if e.is_file() and not e.name.startswith(".")
+                and e.name.lower().endswith(".dcm") and is_dicom_seg(e)]
+        if segs:
+            raise ValueError(f"{display_name(p)} holds {len(segs)} DICOM-SEG files and no "
+                             f"other label map ({', '.join(VOLUME_SUFFIXES)}): a folder of "
+                             "SEGs is not refined as a batch; refine each SEG file, or "
+                             "convert them to label maps")
         dirs = [d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")]
         raise ValueError(f"{display_name(p)} holds no label map files "
                          f"({', '.join(VOLUME_SUFFIXES)})" + _image_subfolders(dirs, masks=True))
