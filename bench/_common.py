@@ -97,6 +97,30 @@ def cached_hippocampus_model(path, train, root):
     return model
 
 
+def case_number(f):
+    """The case number in a file name (``hippocampus_015.nii.gz`` -> 15)."""
+    import re
+
+    return int(re.findall(r"\d+", Path(f).name)[0])
+
+
+def hippocampus_split_model(split, root):
+    """The hippocampus model of a split, built or loaded by
+    :func:`cached_hippocampus_model` from the MSD folder ``root``: 'test', the model
+    of ``bench_hippocampus.py`` (every case whose number is not a multiple of 5);
+    'validation', its own (neither a multiple of 5 nor 1 more)."""
+    from shapeprior.model import find_label_maps
+
+    cache = Path(__file__).resolve().parent / "cache"
+    files = find_label_maps(Path(root) / "labels")
+    if split == "validation":
+        return cached_hippocampus_model(cache / "hippocampus_val_642.npz",
+                                        [f for f in files if case_number(f) % 5 not in (0, 1)],
+                                        root)
+    return cached_hippocampus_model(cache / "hippocampus_642.npz",
+                                    [f for f in files if case_number(f) % 5 != 0], root)
+
+
 def cached_kidney_heldout():
     """``(model path, model, held-out shapes (69, 2562, 3))`` from the cache of
     ``bench_robustness.py``, or None (after saying so) when it has not run."""

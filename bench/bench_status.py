@@ -25,38 +25,23 @@ values on the test split (number % 5 == 0, bench_hippocampus.py's model).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, cached_hippocampus_model, data_root, machine,  # noqa: E402
-                     write_json)
+from _common import (RESULTS, case_number, data_root, hippocampus_split_model,  # noqa: E402
+                     machine, write_json)
 
 from shapeprior.io import Volume, read_label_map, read_volume  # noqa: E402
 from shapeprior.model import find_label_maps  # noqa: E402
 from shapeprior.segmentation import SegmentParams, dice, segment_volume  # noqa: E402
 from shapeprior.segmentation import _assess  # noqa: E402
 
-CACHE = Path(__file__).resolve().parent / "cache"
 OFFSETS_MM = (0.0, 5.0, 10.0, 15.0)
 GOOD_DICE, BAD_DICE = 0.75, 0.5
 SWEEP = [round(v, 2) for v in np.arange(0.30, 0.951, 0.05)]
-
-
-def _num(f):
-    return int(re.findall(r"\d+", Path(f).name)[0])
-
-
-def _model(split, root):
-    files = find_label_maps(root / "labels")
-    if split == "validation":
-        return cached_hippocampus_model(CACHE / "hippocampus_val_642.npz",
-                                        [f for f in files if _num(f) % 5 not in (0, 1)], root)
-    return cached_hippocampus_model(CACHE / "hippocampus_642.npz",
-                                    [f for f in files if _num(f) % 5 != 0], root)
 
 
 def _runs(name, img, ref, rng):
@@ -75,15 +60,15 @@ def _runs(name, img, ref, rng):
 
 def run_split(split, n_cases, seed=0):
     root = data_root() / "msd_hippocampus"
-    model = _model(split, root)
+    model = hippocampus_split_model(split, root)
     dic = model.ssc_dictionary("shapes")
     rem = 1 if split == "validation" else 0
-    files = [f for f in find_label_maps(root / "labels") if _num(f) % 5 == rem][:n_cases]
+    files = [f for f in find_label_maps(root / "labels") if case_number(f) % 5 == rem][:n_cases]
     rows = []
     for f in files:
         img = read_volume(root / "images" / f.name)
         ref = read_label_map(f).array > 0
-        rng = np.random.default_rng([seed, _num(f)])
+        rng = np.random.default_rng([seed, case_number(f)])
         for run, vol, over, present in _runs(f.name, img, ref, rng):
             res = segment_volume(vol, model, SegmentParams(backend="numba", **over), dic)
             dsc = float(dice(res.label, ref)) if present else 0.0

@@ -31,7 +31,6 @@ runs, and ``voxels_kept``) and the chosen placement are written to
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -39,15 +38,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, cached_hippocampus_model, data_root, machine,  # noqa: E402
+from _common import (RESULTS, data_root, hippocampus_split_model, machine,  # noqa: E402
                      write_json)
 
 from shapeprior.appearance import background_share  # noqa: E402
 from shapeprior.io import read_image  # noqa: E402
-from shapeprior.model import find_label_maps  # noqa: E402
 from shapeprior.segmentation import SegmentParams, segment_volume  # noqa: E402
 
-CACHE = Path(__file__).resolve().parent / "cache"
 SCANS = {
     "whole_head_t1": "tcia_mr_dicom/Study3_T1post_oblique",
     "hippocrop_dicom": "tcia_mr_dicom/Study3_HCropVolume",
@@ -101,9 +98,7 @@ def main(argv=None):
     if not msd.is_dir():
         print(f"MSD hippocampus not found under {msd} (set SHAPEPRIOR_DATA)", file=sys.stderr)
         return 2
-    num = lambda f: int(re.findall(r"\d+", f.name)[0])  # noqa: E731
-    train = [f for f in find_label_maps(msd / "labels") if num(f) % 5 != 0]
-    model = cached_hippocampus_model(CACHE / "hippocampus_642.npz", train, msd)
+    model = hippocampus_split_model("test", msd)
     older = replace(model, profile=replace(model.profile, background_share_max=None))
     out = {"benchmark": "wrong_scan", "machine": machine(),
            "model": "bench/cache/hippocampus_642.npz (bench_hippocampus.py's training split)",
