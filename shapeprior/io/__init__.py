@@ -19,4 +19,5 @@ __all__ = ["Volume", "read_volume", "read_file", "read_label_map", "as_label_map
            "affine_ras",
            "ImageReadError", "available_memory", "display_name", "input_path_error",
            "image_files", "detached_data_files", "image_sha256", "read_geometry",
-           "write_dicom_seg", "is_dicom_seg", "VOLUME_SUFFIXES", "volume_suffix", "geometry_difference"]
+           "write_dicom_seg", "is_dicom_seg", "VOLUME_SUFFIXES", "volume_suffix",
+           "geometry_difference"]

@@ -72,6 +72,12 @@ def available_memory() -> int:
         return 1 << 62
 
 
+def reason_text(exc) -> str:
+    """An exception's message on one line, at most 200 characters (its type's name
+    when it has none): the reason a reader quotes from a library."""
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
 def check_size(name, size_xyz, itemsize) -> None:
     """Refuse an image whose header promises more voxels than memory holds."""
     size = [int(s) for s in size_xyz]

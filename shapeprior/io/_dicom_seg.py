@@ -67,7 +67,7 @@ def read_dicom_seg(path):
     needed), or whose grid would not fit in memory."""
     import highdicom as hd
 
-    from ._checks import ImageReadError, check_geometry, check_size
+    from ._checks import ImageReadError, check_geometry, check_size, reason_text
     from ._volume import Volume
 
     name = display_name(path)
@@ -75,7 +75,7 @@ def read_dicom_seg(path):
         seg = hd.seg.segread(str(path))
         geom = seg.get_volume_geometry()
     except Exception as exc:        # highdicom and pydicom raise many kinds
-        raise ImageReadError(f"{name}: not a readable DICOM-SEG ({_first_line(exc)})") from None
+        raise ImageReadError(f"{name}: not a readable DICOM-SEG ({reason_text(exc)})") from None
     if geom is None:
         raise ImageReadError(f"{name}: a DICOM-SEG whose frames do not lie on one regular "
                              "grid in the patient's coordinates; refusing to guess the "
@@ -85,7 +85,7 @@ def read_dicom_seg(path):
     try:
         vol = seg.get_volume(combine_segments=True, dtype=np.uint16)
     except Exception as exc:
-        why = _first_line(exc)
+        why = reason_text(exc)
         if "overlap" in why.lower():
             raise ImageReadError(f"{name}: a DICOM-SEG whose segments overlap; a label map "
                                  "holds one label per voxel (export the segments one by "
@@ -108,11 +108,6 @@ def read_dicom_seg(path):
         a = a[::-1]
     a = a.astype(np.uint8) if a.size and int(a.max()) <= 255 else a
     return Volume(np.ascontiguousarray(a), spacing, origin, direction)
-
-
-def _first_line(exc):
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
 
 
 def source_datasets(folder, series_key=None):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import (ImageReadError, check_geometry, check_size, check_values, display_name,
-                      native)
+                      native, reason_text)
 from ._gzip import GZIP_ERRORS, open_gzip_read, open_gzip_write
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii", ".hdr", ".img", ".hdr.gz", ".img.gz")
@@ -277,7 +277,7 @@ def read_nifti(path, allow_no_orientation=False):
         except MemoryError:
             raise ImageReadError(f"{name}: not enough memory to read it") from None
         except Exception as exc:  # noqa: BLE001 - nibabel/gzip/zlib errors on corrupt data
-            raise ImageReadError(f"cannot read {name} as an image: {_reason(exc)}") from None
+            raise ImageReadError(f"cannot read {name} as an image: {reason_text(exc)}") from None
     data = data.reshape(data.shape[:3])
     check_values(name, data)
     arr = native(data.transpose(2, 1, 0))
@@ -287,9 +287,6 @@ def read_nifti(path, allow_no_orientation=False):
             "xform_code": int(code)}
     return Volume(arr, spacing, origin, direction), info
 
-
-def _reason(exc):
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def _voxel_stream(p: Path):
@@ -365,7 +362,7 @@ def _open_placed(p: Path, name: str, allow_no_orientation: bool, stream=None):
     except ImageReadError:
         raise
     except Exception as exc:  # noqa: BLE001 - nibabel errors on a corrupt header
-        raise ImageReadError(f"cannot read {name} as an image: {_reason(exc)}") from None
+        raise ImageReadError(f"cannot read {name} as an image: {reason_text(exc)}") from None
     A = _LPS @ aff[:3, :3]
     spacing = np.linalg.norm(A, axis=0)
     direction = A / spacing
