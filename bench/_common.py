@@ -65,18 +65,14 @@ def hippocampus_validation_split():
     validation benchmarks: the model from the cases whose number % 5 is not 0 or 1,
     the validation cases % 5 == 1 (the test split, % 5 == 0, is never used); None
     (after saying SKIP) when the data is absent."""
-    import re
-
     from shapeprior.model import find_label_maps
 
     root = data_root() / "msd_hippocampus"
     if not root.is_dir():
         print(f"SKIP: MSD hippocampus not found under {root} (set SHAPEPRIOR_DATA)")
         return None
-    num = lambda f: int(re.findall(r"\d+", f.name)[0])  # noqa: E731
-    files = find_label_maps(root / "labels")
-    return (root, [f for f in files if num(f) % 5 not in (0, 1)],
-            [f for f in files if num(f) % 5 == 1])
+    return (root, hippocampus_model_files("validation", root),
+            [f for f in find_label_maps(root / "labels") if case_number(f) % 5 == 1])
 
 
 def cached_hippocampus_model(path, train, root):
@@ -104,21 +100,23 @@ def case_number(f):
     return int(re.findall(r"\d+", Path(f).name)[0])
 
 
-def hippocampus_split_model(split, root):
-    """The hippocampus model of a split, built or loaded by
-    :func:`cached_hippocampus_model` from the MSD folder ``root``: 'test', the model
-    of ``bench_hippocampus.py`` (every case whose number is not a multiple of 5);
-    'validation', its own (neither a multiple of 5 nor 1 more)."""
+def hippocampus_model_files(split, root):
+    """The MSD label maps under ``root`` a split's hippocampus model is built from:
+    'test', every case whose number is not a multiple of 5 (the test cases are);
+    'validation', neither a multiple of 5 nor 1 more (the validation cases are 1 more)."""
     from shapeprior.model import find_label_maps
 
-    cache = Path(__file__).resolve().parent / "cache"
-    files = find_label_maps(Path(root) / "labels")
-    if split == "validation":
-        return cached_hippocampus_model(cache / "hippocampus_val_642.npz",
-                                        [f for f in files if case_number(f) % 5 not in (0, 1)],
-                                        root)
-    return cached_hippocampus_model(cache / "hippocampus_642.npz",
-                                    [f for f in files if case_number(f) % 5 != 0], root)
+    held = (0,) if split == "test" else (0, 1)
+    return [f for f in find_label_maps(Path(root) / "labels") if case_number(f) % 5 not in held]
+
+
+def hippocampus_split_model(split, root):
+    """The hippocampus model of a split (:func:`hippocampus_model_files`), built or
+    loaded by :func:`cached_hippocampus_model` from the MSD folder ``root``: 'test'
+    is the model of ``bench_hippocampus.py``."""
+    name = "hippocampus_642.npz" if split == "test" else "hippocampus_val_642.npz"
+    return cached_hippocampus_model(Path(__file__).resolve().parent / "cache" / name,
+                                    hippocampus_model_files(split, root), root)
 
 
 def cached_kidney_heldout():

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import data_root
+from _common import case_number, data_root, hippocampus_model_files
 from shapeprior.io import read_label_map, read_volume
 from shapeprior.model import BuildParams, build_model, find_label_maps, load_model, save_model
 from shapeprior.segmentation import (SegmentParams, dice, segment_volume, surface_distances,
@@ -40,10 +39,8 @@ def main(argv=None):
     if not root.is_dir():
         print(f"MSD hippocampus not found under {root} (set SHAPEPRIOR_DATA)", file=sys.stderr)
         return 2
-    files = find_label_maps(root / "labels")
-    num = lambda f: int(re.findall(r"\d+", f.name)[0])  # noqa: E731
-    train = [f for f in files if num(f) % 5 != 0]
-    test = [f for f in files if num(f) % 5 == 0]
+    train = hippocampus_model_files("test", root)
+    test = [f for f in find_label_maps(root / "labels") if case_number(f) % 5 == 0]
     cache = HERE / "cache"
     cache.mkdir(exist_ok=True)
     mpath = cache / f"hippocampus_{a.vertices}.npz"
