@@ -56,6 +56,20 @@ def test_scrub_removes_every_form_of_the_name(tmp_path):
     assert "Smith" not in got and "John" not in got and "(withheld)" in got
 
 
+def test_scrub_replaces_a_short_name_only_where_it_stands_alone(tmp_path):
+    """TotalSegmentator names every scan ``ct.nii.gz``: its stem is in "expected"
+    and "correct", which stay words; the name itself goes wherever it stands
+    alone, or is run on with ``_``, ``.`` or ``/``."""
+    p = tmp_path / "s0011" / "ct.nii.gz"
+    text = (f"ct: expected a 3-D image, got 2-D (ct.nii.gz; {p}; 'ct'; ct_fast, "
+            "correct ACT)")
+    got = scrub(text, p, "case-1")
+    assert got == ("case-1: expected a 3-D image, got 2-D (case-1; case-1; 'case-1'; "
+                   "case-1_fast, correct ACT)")
+    # a path that starts with a separator needs no boundary before it
+    assert scrub(f"file{p}", p, "X") == "fileX"
+
+
 def test_discover_cases_lists_images_and_reports_empty_folders(tmp_path):
     (tmp_path / "b.nii.gz").write_bytes(b"x")
     (tmp_path / "a.mha").write_bytes(b"x")

@@ -871,6 +871,23 @@ def test_deidentify_keeps_names_out_of_every_output(case, tmp_path, monkeypatch,
     assert rep["input"]["name"] in {r["case"] for r in rows}
 
 
+def test_deidentify_leaves_the_words_of_an_error_line_whole(case, tmp_path, monkeypatch, capsys):
+    """A scan named as TotalSegmentator names them (``ct.nii.gz``) whose error line
+    is deidentified: the name goes, "expected" stays a word."""
+    import SimpleITK as sitk
+
+    _, model = case
+    monkeypatch.setenv("SHAPEPRIOR_DEID_SALT", "test-salt")
+    scan = tmp_path / "s0011" / "ct.nii.gz"
+    scan.parent.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 20), np.float32)), str(scan))
+    rc = main(["segment", str(scan), "-o", str(tmp_path / "o"), "--model", str(model),
+               "--deidentify"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "expected a 3-D image, got 2-D" in err, err
+    assert "ct.nii.gz" not in err and "s0011" not in err and "case-" in err
+
+
 # -- the README's list of bad inputs, each with hashes before and after ------------------------
 
 def _readme_bad_inputs(d, scan, model):

@@ -425,7 +425,12 @@ def _read_or_create_salt(f: Path) -> bytes:
 def scrub(text: str, path, replacement: str) -> str:
     """``text`` with every form of ``path``'s name (full path, name, stem) replaced,
     and first those of the data files a detached header at ``path`` names (a name
-    that may say whose scan it is, ``Doe_John_1957.raw``) by ``(withheld)``."""
+    that may say whose scan it is, ``Doe_John_1957.raw``) by ``(withheld)``.
+
+    A form is replaced where it stands as a name of its own, not inside a longer
+    word: the stem of TotalSegmentator's ``ct.nii.gz`` leaves "expected" as it
+    is. An underscore, a dot or a slash ends a word (``Doe_John_seg`` loses
+    ``Doe_John``)."""
     for f in detached_data_files(path):
         text = _replace_forms(text, Path(f), "(withheld)")
     return _replace_forms(text, Path(path), replacement)
@@ -435,5 +440,13 @@ def _replace_forms(text, p, replacement):
     forms = {str(p), display_name(p), p.name, _stem(p.name), str(p.resolve())}
     forms |= {os.fsencode(f).decode("utf-8", "backslashreplace") for f in list(forms)}
     for f in sorted((f for f in forms if len(f) >= 2), key=len, reverse=True):
-        text = text.replace(f, replacement)
+        text = _standalone(f).sub(lambda _: replacement, text)
     return text
+
+
+def _standalone(form):
+    """A pattern of ``form`` not run on from a letter or digit at an end that is
+    itself a letter or digit (a path's ``/`` needs no boundary before it)."""
+    before = r"(?<![^\W_])" if form[0].isalnum() else ""
+    after = r"(?![^\W_])" if form[-1].isalnum() else ""
+    return re.compile(before + re.escape(form) + after)
