@@ -322,6 +322,29 @@ def test_segment_refuses_options_that_would_change_nothing(extra, message, phant
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command, extra, words", [
+    ("segment", ["--surface-offset", "-100"], "--surface-offset -100.0 is invalid"),
+    ("segment", ["--hypotheses", "0"], "--hypotheses 0 is invalid"),
+    ("segment", ["--seed", "nan,1,2"], "--seed (nan, 1.0, 2.0) is invalid"),
+    ("segment", ["--window", "5,1"], "--window (5.0, 1.0) is invalid"),
+    ("refine", ["--window", "5,1", "--image", "IMAGE"], "--window (5.0, 1.0) is invalid"),
+])
+def test_a_bad_value_is_refused_naming_the_option(command, extra, words, phantom_model,
+                                                  tmp_path, capsys):
+    """A value the fit's parameters refuse is named by its option, as typed
+    (it said ``surface_offset_mm=-100.0``, ``n_hypotheses=0``, ``seed_mm=``)."""
+    d, images, labels, model = phantom_model
+    scan = images / "phantom_000.nii.gz"
+    first = scan if command == "segment" else labels / "phantom_000.nii.gz"
+    extra = [str(scan) if e == "IMAGE" else e for e in extra]
+    out = tmp_path / "out"
+    rc = main([command, str(first), "-o", str(out), "--model", str(model), *extra])
+    err = capsys.readouterr().err
+    assert rc == 1 and words in err and len(err.strip().splitlines()) == 1, err
+    assert "_mm" not in err and "n_hypotheses" not in err
+    assert not out.exists()
+
+
 def test_options_that_act_are_accepted_and_refine_window_needs_an_image(phantom_model,
                                                                        tmp_path, capsys):
     d, images, labels, model = phantom_model

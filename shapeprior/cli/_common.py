@@ -34,6 +34,33 @@ def floats(text, n, name):
     return numbers(text, name, float, n)
 
 
+#: the segmentation parameters as segment and refine name them on the command line
+PARAM_OPTIONS = {"seed_mm": "--seed", "seed_space": "--seed-space", "window": "--window",
+                 "n_hypotheses": "--hypotheses", "surface_offset_mm": "--surface-offset",
+                 "method": "--method", "side": "--side", "prior": "--prior",
+                 "normalisation": "--normalisation", "backend": "--backend",
+                 "placement": "--placement"}
+
+
+def segment_params(**kwargs):
+    """``SegmentParams(**kwargs)``, its error naming the command-line option
+    (``--surface-offset -100.0 is invalid``, not the parameter
+    ``surface_offset_mm``)."""
+    from ..segmentation import SegmentParams
+
+    try:
+        return SegmentParams(**kwargs)
+    except ValueError as exc:
+        raise ValueError(option_words(str(exc))) from None
+
+
+def option_words(msg):
+    """``msg`` with a leading ``parameter=`` of :data:`PARAM_OPTIONS` written as
+    its option."""
+    name, eq, rest = msg.partition("=")
+    return f"{PARAM_OPTIONS[name]} {rest}" if eq and name in PARAM_OPTIONS else msg
+
+
 def refuse_unused(*checks):
     """Options given where they change nothing are refused, not ignored: the
     first ``(given, message)`` whose ``given`` holds raises ValueError(message)."""

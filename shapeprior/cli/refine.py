@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ._common import (Parser, add_allow_no_orientation, add_batch_options, add_mesh_format,
                       add_prior, finish_case, floats, join_negative_values, parse_labels,
-                      print_batch, refuse_unused, status_code)
+                      print_batch, refuse_unused, segment_params, status_code)
 
 
 def main(argv):
@@ -88,7 +88,7 @@ def main(argv):
 
     from ..model import load_model, organ_labels
     from ..pipeline import refine_case
-    from ..segmentation import SegmentParams, check_window
+    from ..segmentation import check_window
 
     refuse_unused((a.window and not a.image, "--window has no effect without --image"),
                   (a.reference_labels and not a.reference,
@@ -99,8 +99,8 @@ def main(argv):
         labels = parse_labels(a.labels, "--labels")
     else:   # the model's, a label kept aside left out (KiTS: --keep-labels 2 alone)
         labels = organ_labels(model, keep)
-    params = SegmentParams(method=a.method, side=a.side, prior=a.prior,
-                           window=floats(a.window, 2, "--window") if a.window else None)
+    params = segment_params(method=a.method, side=a.side, prior=a.prior,
+                            window=floats(a.window, 2, "--window") if a.window else None)
     check_window(model, params)
     if a.reference_labels is not None:
         ref_labels = parse_labels(a.reference_labels, "--reference-labels")

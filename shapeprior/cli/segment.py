@@ -17,6 +17,7 @@ from ._common import (
     print_batch,
     print_case,
     refuse_unused,
+    segment_params,
     status_code,
 )
 
@@ -117,8 +118,6 @@ def main(argv):
 
     from ..model import load_model, organ_labels
     from ..pipeline import Deidentifier, discover_cases, run_case, scrub
-    from ..segmentation import SegmentParams
-
     placed = "--seed" if a.seed else "--init-mask" if a.init_mask else None
     refuse_unused(
         (a.reference_labels is not None and not a.reference,
@@ -137,16 +136,16 @@ def main(argv):
         (a.series is not None and Path(a.input).is_file(),
          "--series picks a series in a DICOM folder; the input is a file"))
     model = load_model(a.model)
-    params = SegmentParams(method=a.method, side=a.side,
-                           seed_mm=floats(a.seed, 3, "--seed") if a.seed else None,
-                           seed_space=a.seed_space or "lps",
-                           inside_brighter=not a.dark_organ,
-                           window=floats(a.window, 2, "--window") if a.window else None,
-                           normalisation=a.normalisation, backend=a.backend,
-                           n_hypotheses=5 if a.hypotheses is None else a.hypotheses,
-                           placement=a.placement or "search", prior=a.prior,
-                           surface_offset_mm=a.surface_offset,
-                           voxel_refine=not a.no_voxel_refine)
+    params = segment_params(method=a.method, side=a.side,
+                            seed_mm=floats(a.seed, 3, "--seed") if a.seed else None,
+                            seed_space=a.seed_space or "lps",
+                            inside_brighter=not a.dark_organ,
+                            window=floats(a.window, 2, "--window") if a.window else None,
+                            normalisation=a.normalisation, backend=a.backend,
+                            n_hypotheses=5 if a.hypotheses is None else a.hypotheses,
+                            placement=a.placement or "search", prior=a.prior,
+                            surface_offset_mm=a.surface_offset,
+                            voxel_refine=not a.no_voxel_refine)
     from ..backend import resolve_backend
     from ..segmentation import check_paired, check_window
 
