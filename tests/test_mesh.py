@@ -302,3 +302,67 @@ def test_a_ply_whose_header_never_ends_is_refused_at_once(tmp_path):
     p.write_bytes(b"ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\n")
     with pytest.raises(ValueError, match=r"mesh 'cut.ply': truncated or damaged PLY header"):
         read_mesh(p)
+
+
+def _slicer_mesh(path, surf, space, how):
+    """``surf`` written as 3D Slicer writes a model in ``space`` (its coordinates
+    negated in x and y for RAS): the legacy VTK header, a VTK XML ``SPACE`` field
+    array, a PLY comment or an OBJ comment."""
+    from vtkmodules.vtkCommonCore import vtkStringArray
+    from vtkmodules.vtkIOLegacy import vtkPolyDataWriter
+    from vtkmodules.vtkIOPLY import vtkPLYWriter
+    from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter
+
+    flip = np.array([-1.0, -1.0, 1.0]) if space == "RAS" else np.ones(3)
+    poly = Surface(surf.verts * flip, surf.faces).to_vtk()
+    for key in ("SPACE", "UNITS"):
+        poly.GetFieldData().RemoveArray(key)
+    if how == "vtk":
+        w = vtkPolyDataWriter()
+        w.SetFileVersion(42)
+        w.SetHeader(f"3D Slicer output. SPACE={space}")
+    elif how == "vtp":
+        a = vtkStringArray()
+        a.SetName("SPACE")
+        a.InsertNextValue(space)
+        poly.GetFieldData().AddArray(a)
+        w = vtkXMLPolyDataWriter()
+    elif how == "ply":
+        w = vtkPLYWriter()
+        w.AddComment(f"SPACE={space}")
+    else:                                   # obj: the comment heads the file
+        Surface(surf.verts * flip, surf.faces).write(path)
+        path.write_text(f"# 3D Slicer output. SPACE={space}\n" + path.read_text())
+        return path
+    w.SetFileName(str(path))
+    w.SetInputData(poly)
+    assert w.Write()
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["vtk", "vtp", "ply", "obj"])
+@pytest.mark.parametrize("space", ["RAS", "LPS"])
+def test_a_mesh_declared_ras_is_read_in_lps(tmp_path, fmt, space):
+    """3D Slicer declares the coordinate system of a model it saves (SPACE=RAS in
+    files saved before 4.11 or by choice): read_mesh gives LPS either way, in
+    vertex order, with the triangles' orientation kept (x and y negated is a
+    rotation); a file that declares both is refused."""
+    from shapeprior.mesh import read_mesh
+
+    v, f = icosphere(2)
+    surf = Surface(v * 20.0 + np.array([60.0, -30.0, 12.0]), f)
+    got = read_mesh(_slicer_mesh(tmp_path / f"m.{fmt}", surf, space, fmt))
+    np.testing.assert_allclose(got.verts, surf.verts, atol=1e-4)
+    np.testing.assert_array_equal(got.faces, surf.faces)
+    assert got.volume() > 0
+
+
+def test_a_mesh_declared_both_ras_and_lps_is_refused(tmp_path):
+    from shapeprior.mesh import read_mesh
+
+    v, f = icosphere(1)
+    p = Surface(v * 10.0, f).write(tmp_path / "m.vtk") or tmp_path / "m.vtk"
+    data = p.read_bytes().replace(b"SPACE=LPS", b"SPACE=RAS", 1)    # the header, not the field
+    p.write_bytes(data)
+    with pytest.raises(ValueError, match="both RAS and LPS"):
+        read_mesh(p)

@@ -9,6 +9,7 @@ merging them back into vertices loses the order.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,10 @@ def _read_vtk(p: Path, xml: bool):
     if not xml:
         _check_legacy_extent(p, poly.GetNumberOfPolys())
     verts = vtk_to_numpy(poly.GetPoints().GetData()).astype(np.float64)
+    said = [] if xml else [r.GetHeader() or ""]
+    space = poly.GetFieldData().GetAbstractArray("SPACE")
+    if space is not None and space.GetNumberOfValues():
+        said.append("SPACE=" + str(space.GetVariantValue(0).ToString()))
     polys = poly.GetPolys()
     faces = np.zeros((0, 3), np.int64)
     if polys is not None and polys.GetNumberOfCells() > 0:
@@ -54,7 +59,7 @@ def _read_vtk(p: Path, xml: bool):
         conn = vtk_to_numpy(polys.GetConnectivityArray()).astype(np.int64)
         if np.all(np.diff(off) == 3):
             faces = conn.reshape(-1, 3)
-    return verts, faces
+    return verts, faces, said
 
 
 #: bytes per value of the legacy VTK data types a POINTS block may have
@@ -71,8 +76,6 @@ def _check_legacy_extent(p: Path, n_polys):
     the one array of ``size`` values; version 5: its OFFSETS and its
     CONNECTIVITY arrays), as bytes in a BINARY file and as numbers in an ASCII
     one; the polygons read must be as many as declared."""
-    import re
-
     data = p.read_bytes()
     pts = re.search(rb"\nPOINTS[ \t]+(\d+)[ \t]+(\w+)[ \t]*\r?\n", data)
     if pts is None:
@@ -106,8 +109,6 @@ def _block_end(data, start, count, kind, binary, what):
     """Where a legacy VTK data block of ``count`` values of type ``kind``,
     starting at byte ``start``, ends; ValueError naming ``what`` when the file
     holds fewer (bytes in a BINARY file, numbers in an ASCII one)."""
-    import re
-
     if binary:
         need = count * _VTK_TYPE_BYTES.get(kind.lower(), 8)
         if len(data) < start + need:
@@ -126,25 +127,53 @@ def _block_end(data, start, count, kind, binary, what):
 
 
 def _check_ply_header(p: Path):
-    """meshio loops forever on a PLY header that never ends: check it first."""
+    """meshio loops forever on a PLY header that never ends: check it first.
+    Returns the header's comments."""
     with open(p, "rb") as fh:
         head = fh.read(65536)
     if not head.startswith(b"ply"):
         raise ValueError("not a PLY file (no 'ply' magic)")
     if b"end_header" not in head:
         raise ValueError("truncated or damaged PLY header (no end_header)")
+    lines = head[:head.index(b"end_header")].decode("latin-1").splitlines()
+    return [line for line in lines if line.startswith("comment")]
+
+
+def _obj_comments(p: Path):
+    """The comment lines an OBJ file starts with (3D Slicer writes its header there)."""
+    out = []
+    with open(p, "rb") as fh:
+        for line in fh:
+            if not line.startswith(b"#"):
+                break
+            out.append(line.decode("latin-1"))
+    return out
+
+
+#: the coordinate systems a mesh file may declare, as 3D Slicer does: ``SPACE=RAS``
+#: or ``SPACE=LPS`` in the legacy VTK header, a PLY or OBJ comment, or a ``SPACE``
+#: field data array (VTK XML, and shapeprior's own files); none: LPS
+_SPACE = re.compile(r"(?<![A-Za-z0-9])SPACE\s*=\s*(RAS|LPS)(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+def declared_space(said) -> str | None:
+    """``'RAS'``, ``'LPS'`` or None (nothing declared) from the texts a mesh file
+    holds; ValueError when they declare both."""
+    found = {m.group(1).upper() for t in said for m in _SPACE.finditer(t)}
+    if len(found) > 1:
+        raise ValueError("declares its coordinates both RAS and LPS (SPACE=); which one "
+                         "holds cannot be told")
+    return found.pop() if found else None
 
 
 def _read_meshio(p: Path):
     import meshio
 
-    if p.suffix.lower() == ".ply":
-        _check_ply_header(p)
-
+    said = _check_ply_header(p) if p.suffix.lower() == ".ply" else _obj_comments(p)
     m = meshio.read(p)
     faces = [c.data for c in m.cells if c.type == "triangle"]
     faces = np.concatenate(faces).astype(np.int64) if faces else np.zeros((0, 3), np.int64)
-    return np.asarray(m.points, dtype=np.float64)[:, :3], faces
+    return np.asarray(m.points, dtype=np.float64)[:, :3], faces, said
 
 
 def read_mesh(path) -> Surface:
@@ -153,8 +182,11 @@ def read_mesh(path) -> Surface:
     Parameters
     ----------
     path : str or Path
-        ``.vtk`` (legacy), ``.vtp``, ``.ply`` or ``.obj``. Coordinates are
-        returned as stored (meshes written by shapeprior are LPS mm).
+        ``.vtk`` (legacy), ``.vtp``, ``.ply`` or ``.obj``, in mm. Coordinates
+        are returned in LPS: a file that declares ``SPACE=RAS`` (3D Slicer's
+        tag, in the legacy VTK header, a PLY or OBJ comment, or the VTK XML
+        field data) has x and y negated; one that declares nothing is taken as
+        LPS, as 3D Slicer takes it (shapeprior's meshes declare LPS).
 
     Returns
     -------
@@ -166,7 +198,7 @@ def read_mesh(path) -> Surface:
     ------
     ValueError
         One line naming the file: unknown format, unreadable or damaged
-        file, no points, or non-finite coordinates.
+        file, no points, non-finite coordinates, or both RAS and LPS declared.
     """
     p = Path(path)
     suffix = p.suffix.lower()
@@ -181,9 +213,10 @@ def read_mesh(path) -> Surface:
         raise FileNotFoundError(f"no such mesh file: {_display(p)}")
     try:
         if suffix in (".vtk", ".vtp"):
-            verts, faces = _read_vtk(p, xml=suffix == ".vtp")
+            verts, faces, said = _read_vtk(p, xml=suffix == ".vtp")
         else:
-            verts, faces = _read_meshio(p)
+            verts, faces, said = _read_meshio(p)
+        space = declared_space(said)
     except ValueError as exc:
         raise ValueError(f"mesh {_display(p)!r}: {' '.join(str(exc).split())}") from None
     except Exception as exc:  # noqa: BLE001 - meshio raises many kinds on damaged files
@@ -195,4 +228,6 @@ def read_mesh(path) -> Surface:
         raise ValueError(f"mesh {_display(p)!r} has non-finite (NaN or infinite) coordinates")
     if faces.size and (faces.min() < 0 or faces.max() >= len(verts)):
         raise ValueError(f"mesh {_display(p)!r}: triangles refer to vertices that do not exist")
+    if space == "RAS":          # a rotation about z: the triangles keep their orientation
+        verts = verts * np.array([-1.0, -1.0, 1.0])
     return Surface(verts, faces)
