@@ -331,7 +331,7 @@ def _slicer_mesh(path, surf, space, how):
         w = vtkPLYWriter()
         w.AddComment(f"SPACE={space}")
     else:                                   # obj: the comment heads the file
-        Surface(surf.verts * flip, surf.faces).write(path)
+        Surface(surf.verts * flip, surf.faces).to_meshio().write(path)
         path.write_text(f"# 3D Slicer output. SPACE={space}\n" + path.read_text())
         return path
     w.SetFileName(str(path))
@@ -366,3 +366,35 @@ def test_a_mesh_declared_both_ras_and_lps_is_refused(tmp_path):
     p.write_bytes(data)
     with pytest.raises(ValueError, match="both RAS and LPS"):
         read_mesh(p)
+
+
+@pytest.mark.parametrize("fmt", ["vtk", "vtp", "ply", "stl", "obj"])
+def test_every_mesh_written_declares_lps_where_3d_slicer_reads_it(tmp_path, fmt):
+    """Slicer before 4.11 took a mesh that declares nothing as RAS: each file says
+    SPACE=LPS where Slicer's reader of that format looks (the legacy header, the
+    XML field data, a PLY comment, the STL header, the OBJ comment)."""
+    from vtkmodules.vtkIOGeometry import vtkOBJReader, vtkSTLReader
+    from vtkmodules.vtkIOLegacy import vtkPolyDataReader
+    from vtkmodules.vtkIOPLY import vtkPLYReader
+    from vtkmodules.vtkIOXML import vtkXMLPolyDataReader
+
+    from shapeprior.mesh._read import declared_space
+
+    v, f = icosphere(1)
+    p = tmp_path / f"m.{fmt}"
+    Surface(v * 10.0, f).write(p, point_data={"a": np.arange(len(v), dtype=float)})
+    reader = {"vtk": vtkPolyDataReader, "vtp": vtkXMLPolyDataReader, "ply": vtkPLYReader,
+              "stl": vtkSTLReader, "obj": vtkOBJReader}[fmt]()
+    reader.SetFileName(str(p))
+    reader.Update()
+    assert reader.GetOutput().GetNumberOfPoints() > 0
+    if fmt == "vtp":
+        said = [reader.GetOutput().GetFieldData().GetAbstractArray("SPACE").GetValue(0)]
+        assert said == ["LPS"]
+        return
+    if fmt == "ply":
+        c = reader.GetComments()
+        said = [c.GetValue(i) for i in range(c.GetNumberOfValues())]
+    else:
+        said = [reader.GetComment() if fmt == "obj" else reader.GetHeader()]
+    assert declared_space(said) == "LPS", said

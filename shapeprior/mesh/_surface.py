@@ -83,8 +83,9 @@ class Surface:
         version 3D Slicer and ParaView both read) carry ``point_data`` and
         declare ``SPACE = LPS``, ``UNITS = mm`` as field data (the legacy header
         says so too); ``.ply`` keeps ``point_data``; ``.stl`` and ``.obj``
-        hold the geometry only. Coordinates are LPS mm: 3D Slicer, which
-        shows RAS, reads the declaration.
+        hold the geometry only, and the three say ``SPACE=LPS`` where 3D Slicer
+        looks for it (a PLY or OBJ comment, the STL's solid name). Coordinates
+        are LPS mm: 3D Slicer, which shows RAS, reads the declaration.
 
         Parameters
         ----------
@@ -106,6 +107,7 @@ class Surface:
                 _write_vtk(self.to_vtk(point_data), tmp, xml=suffix == ".vtp")
             else:
                 self.to_meshio(point_data if suffix == ".ply" else None).write(tmp)
+                _declare_lps(tmp, suffix)
             os.replace(tmp, p)
         finally:
             tmp.unlink(missing_ok=True)
@@ -115,6 +117,28 @@ class Surface:
 MESH_SUFFIXES = (".vtk", ".vtp", ".ply", ".stl", ".obj")
 #: the same, as format names (``--mesh-format``)
 MESH_FORMATS = tuple(s[1:] for s in MESH_SUFFIXES)
+
+
+#: what every mesh file shapeprior writes says of its coordinates
+DECLARATION = "shapeprior mesh SPACE=LPS UNITS=mm"
+
+
+def _declare_lps(path, suffix):
+    """Write :data:`DECLARATION` into a meshio-written PLY (a header comment), OBJ
+    (a first comment line) or ASCII STL (the solid's name)."""
+    data = path.read_bytes()
+    tag = DECLARATION.encode()
+    if suffix == ".ply":
+        end = data.index(b"\n") + 1                       # after the magic line
+        end = data.index(b"\n", end) + 1                  # after the format line
+        data = data[:end] + b"comment " + tag + b"\n" + data[end:]
+    elif suffix == ".obj":
+        data = b"# " + tag + b"\n" + data
+    elif suffix == ".stl" and data.startswith(b"solid\n"):
+        data = b"solid " + tag + data[len(b"solid"):]
+    else:
+        return
+    path.write_bytes(data)
 
 
 def _write_vtk(poly, path, xml):
@@ -130,7 +154,7 @@ def _write_vtk(poly, path, xml):
         w = vtkPolyDataWriter()
         w.SetFileVersion(42)
         w.SetFileTypeToBinary()
-        w.SetHeader("shapeprior mesh SPACE=LPS UNITS=mm")
+        w.SetHeader(DECLARATION)
     w.SetFileName(str(path))
     w.SetInputData(poly)
     if not w.Write():
