@@ -18,6 +18,8 @@ huber_lasso      Huber regression with an L1 penalty on a dictionary (the
                  columns (``lasso_partial``)
 outlier_hessian  the Newton systems of the batched SSC-L1 solve (one per shape:
                  the Gram on its working set minus its outlier rows' part)
+dense_samples    points on a barycentric lattice of every triangle (the
+                 template fit's quality check)
 neighbour_list   the k nearest cloud points of each query point (``knn``),
                  and the nearest from each query point's list of them with
                  whether it is certified the nearest of the whole cloud
@@ -30,10 +32,12 @@ trimmed_omp      trimmed OMP (the SSC-L0 inner solve: OMP on the kept rows,
                  CuPy arrays
 """
 
+from .dense_samples import dense_samples_numba, dense_samples_numpy
 from .gram_lasso import gram_lasso_numba, gram_lasso_numpy, lasso_objective
 from .huber_lasso import (huber_lasso_numba, huber_lasso_numpy, huber_lasso_reweighted_numba,
                           huber_lasso_reweighted_numpy, lasso_partial_numba, lasso_partial_numpy)
-from .neighbour_list import knn_numba, knn_numpy, nearest_in_list_numba, nearest_in_list_numpy
+from .neighbour_list import (knn_index_numba, knn_index_numpy, knn_numba, knn_numpy,
+                             nearest_in_list_numba, nearest_in_list_numpy)
 from .outlier_hessian import (outlier_hessian_cupy, outlier_hessian_numba,
                               outlier_hessian_numpy)
 from .normal_sampling import sample_normals_cupy, sample_normals_numba, sample_normals_numpy
@@ -42,11 +46,14 @@ from .tree_ensemble import tree_ensemble_numba, tree_ensemble_numpy
 from .trimmed_omp import (new_state, omp_columns_numpy, trimmed_gram_column,
                           trimmed_gram_set_rows, trimmed_omp_numba, trimmed_omp_numpy)
 
-__all__ = ["gram_lasso_numpy", "gram_lasso_numba", "lasso_objective",
+__all__ = ["dense_samples_numpy", "dense_samples_numba",
+           "gram_lasso_numpy", "gram_lasso_numba", "lasso_objective",
            "huber_lasso_numpy", "huber_lasso_numba",
            "huber_lasso_reweighted_numpy", "huber_lasso_reweighted_numba",
            "lasso_partial_numpy", "lasso_partial_numba",
-           "nearest_in_list_numpy", "nearest_in_list_numba", "knn_numpy", "knn_numba",
+           "nearest_in_list_numpy", "nearest_in_list_numba",
+           "knn_numpy", "knn_numba",
+           "knn_index_numpy", "knn_index_numba",
            "outlier_hessian_numpy", "outlier_hessian_numba", "outlier_hessian_cupy",
            "sample_normals_numpy", "sample_normals_numba", "sample_normals_cupy",
            "profile_search_numpy", "profile_search_numba",

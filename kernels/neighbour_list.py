@@ -120,17 +120,62 @@ def knn_numpy(cloud, q, k):
     """Reference: the ``k`` nearest cloud points of each query point by a
     KD-tree (SciPy). Returns ``(dist (n, k), idx (n, k) int64)``, nearest
     first."""
-    from scipy.spatial import cKDTree
+    return knn_index_numpy(cloud).knn(q, k)
 
-    cloud, q, k = _check_knn(cloud, q, k)
-    # (uncompacted leaves of 32 answer the same, faster for a cloud that a
-    # template fit moves between calls)
-    tree = cKDTree(cloud, leafsize=32, balanced_tree=False, compact_nodes=False)
-    d, i = tree.query(q, k=k)
-    return d.reshape(len(q), k), i.reshape(len(q), k).astype(np.int64)
+
+class _TreeIndex:
+    def __init__(self, cloud):
+        from scipy.spatial import cKDTree
+
+        self.cloud = _check_cloud(cloud)
+        # (uncompacted leaves of 32 answer the same, faster for a cloud that a
+        # template fit moves between calls)
+        self.tree = cKDTree(self.cloud, leafsize=32, balanced_tree=False, compact_nodes=False)
+
+    def knn(self, q, k):
+        _, q, k = _check_knn(self.cloud, q, k)
+        d, i = self.tree.query(q, k=k)
+        return d.reshape(len(q), k), i.reshape(len(q), k).astype(np.int64)
+
+
+def knn_index_numpy(cloud):
+    """Reference index of a fixed cloud: ``.knn(q, k)`` answers as
+    :func:`knn_numpy` (a KD-tree built once, asked many times)."""
+    return _TreeIndex(cloud)
+
+
+def _check_cloud(cloud):
+    cloud = np.ascontiguousarray(cloud, dtype=np.float64)
+    if cloud.ndim != 2 or cloud.shape[1] != 3 or not len(cloud):
+        raise ValueError(f"cloud (m >= 1, 3) expected, got {cloud.shape}")
+    return cloud
 
 
 if numba is not None:
+    @numba.njit(cache=True, nogil=True)
+    def _bounds_nb(cloud):  # pragma: no cover - jitted
+        """The cloud's smallest and largest coordinate on each axis (NumPy's
+        ``min(axis=0)`` and ``max(axis=0)`` in one pass)."""
+        lo = cloud[0].copy()
+        hi = cloud[0].copy()
+        for p in range(1, cloud.shape[0]):
+            for a in range(3):
+                x = cloud[p, a]
+                if x < lo[a]:
+                    lo[a] = x
+                if x > hi[a]:
+                    hi[a] = x
+        return lo, hi
+
+    @numba.njit(cache=True, nogil=True)
+    def _in_order_nb(cloud, order):  # pragma: no cover - jitted
+        """``cloud[order]``."""
+        out = np.empty((order.shape[0], 3))
+        for s in range(order.shape[0]):
+            for a in range(3):
+                out[s, a] = cloud[order[s], a]
+        return out
+
     @numba.njit(cache=True, nogil=True)
     def _grid_nb(cloud, lo, h, dims):  # pragma: no cover - jitted
         """Counting sort of the cloud's points by cell: (start (cells + 1,), order)."""
@@ -229,25 +274,44 @@ def knn_numba(cloud, q, k):
     nearest is nearer than anything further out can be. The same neighbours and
     distances (bit for bit on the tests' clouds; the tree sums the squares in
     its own order, so a last-bit difference is possible elsewhere)."""
-    if numba is None:  # pragma: no cover
-        raise RuntimeError("numba is not installed")
-    cloud, q, k = _check_knn(cloud, q, k)
-    lo = cloud.min(axis=0)
-    span = cloud.max(axis=0) - lo
-    # cells sized for a cloud on a surface (a mesh's vertices) that fills its
-    # box: the box's faces' area shared out among the points; a flat or
-    # collinear cloud gets cells no smaller than its longest side / 1024
-    area = 2.0 * (span[0] * span[1] + span[1] * span[2] + span[2] * span[0])
-    h = float(np.sqrt(area * GRID_POINTS_PER_CELL / (2.0 * len(cloud))))
-    h = max(h, float(span.max()) / 1024.0, 1e-9)
-    dims = np.maximum(np.ceil(span / h).astype(np.int64), 1)
-    while int(np.prod(dims)) > GRID_MAX_CELLS:
-        h *= 1.25
+    return knn_index_numba(cloud).knn(q, k)
+
+
+class _GridIndex:
+    def __init__(self, cloud):
+        if numba is None:  # pragma: no cover
+            raise RuntimeError("numba is not installed")
+        cloud = _check_cloud(cloud)
+        if not np.isfinite(cloud).all():
+            raise ValueError("the cloud holds non-finite coordinates")
+        lo, hi = _bounds_nb(cloud)
+        span = hi - lo
+        # cells sized for a cloud on a surface (a mesh's vertices) that fills its
+        # box: the box's faces' area shared out among the points; a flat or
+        # collinear cloud gets cells no smaller than its longest side / 1024
+        area = 2.0 * (span[0] * span[1] + span[1] * span[2] + span[2] * span[0])
+        h = float(np.sqrt(area * GRID_POINTS_PER_CELL / (2.0 * len(cloud))))
+        h = max(h, float(span.max()) / 1024.0, 1e-9)
         dims = np.maximum(np.ceil(span / h).astype(np.int64), 1)
-    start, order = _grid_nb(cloud, lo, h, dims)
-    cell = np.zeros(len(q), dtype=np.int64)
-    for a in range(3):
-        t = np.clip(np.floor((q[:, a] - lo[a]) / h), 0, dims[a] - 1).astype(np.int64)
-        cell = cell * dims[a] + t
-    return _knn_grid_nb(np.ascontiguousarray(cloud[order]), q, k, lo, h, dims, start, order,
-                        np.argsort(cell, kind="stable"))
+        while int(np.prod(dims)) > GRID_MAX_CELLS:
+            h *= 1.25
+            dims = np.maximum(np.ceil(span / h).astype(np.int64), 1)
+        self.cloud, self.lo, self.h, self.dims = cloud, lo, h, dims
+        self.start, self.order = _grid_nb(cloud, lo, h, dims)
+        self.cs = _in_order_nb(cloud, self.order)     # the cloud in cell order
+
+    def knn(self, q, k):
+        _, q, k = _check_knn(self.cloud, q, k)
+        lo, h, dims = self.lo, self.h, self.dims
+        cell = np.zeros(len(q), dtype=np.int64)
+        for a in range(3):
+            t = np.clip(np.floor((q[:, a] - lo[a]) / h), 0, dims[a] - 1).astype(np.int64)
+            cell = cell * dims[a] + t
+        return _knn_grid_nb(self.cs, q, k, lo, h, dims, self.start, self.order,
+                            np.argsort(cell, kind="stable"))
+
+
+def knn_index_numba(cloud):
+    """Numba twin of :func:`knn_index_numpy`: the grid of :func:`knn_numba`
+    built once, asked many times (the same answers as :func:`knn_numba`)."""
+    return _GridIndex(cloud)

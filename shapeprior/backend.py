@@ -115,6 +115,10 @@ KERNELS = {
     "nearest_in_list": {"numpy": "nearest_in_list_numpy", "numba": "nearest_in_list_numba",
                         "cupy": "nearest_in_list_numba"},
     "knn": {"numpy": "knn_numpy", "numba": "knn_numba", "cupy": "knn_numba"},
+    "knn_index": {"numpy": "knn_index_numpy", "numba": "knn_index_numba",
+                  "cupy": "knn_index_numba"},
+    "dense_samples": {"numpy": "dense_samples_numpy", "numba": "dense_samples_numba",
+                      "cupy": "dense_samples_numba"},
     # samples come back to the host from every sampler: the search runs there
     "profile_search": {"numpy": "profile_search_numpy", "numba": "profile_search_numba",
                        "cupy": "profile_search_numba"},

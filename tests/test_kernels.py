@@ -785,6 +785,59 @@ def test_knn_twins_agree_on_degenerate_clouds(backend, cloud):
     return d, i.astype(float)
 
 
+@each_backend(atol=0, rtol=0)
+def test_knn_index_asked_many_times_answers_as_knn(backend):
+    """An index built once (the template fit's quality check and closest
+    points) answers every later query as ``knn`` does afresh, whatever was asked
+    before."""
+    rng = np.random.default_rng(11)
+    cloud, q = _knn_queries(rng)
+    index = kernel("knn_index", backend)(cloud)
+    out = []
+    for part, k in ((q[:700], 1), (q[700:], 4), (q, 2)):
+        d, i = index.knn(part, k)
+        d0, i0 = kernel("knn", backend)(cloud, part, k)
+        assert np.array_equal(d, d0) and np.array_equal(i, i0)
+        out += [d, i.astype(float)]
+    return tuple(out)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_knn_index_refuses_a_cloud_it_cannot_hold(backend):
+    with pytest.raises(ValueError, match=r"\(m >= 1, 3\)"):
+        kernel("knn_index", backend)(np.zeros((0, 3)))
+    if backend == "numba":          # NaN would fall through the grid's bounds
+        with pytest.raises(ValueError, match="non-finite"):
+            kernel("knn_index", backend)(np.array([[0.0, 1.0, np.nan]]))
+
+
+@pytest.mark.parametrize("order", [1, 2, 6])
+@each_backend(atol=0, rtol=0)
+def test_dense_samples_twins_agree(backend, order):
+    """The quality check's lattice points, in the same order, bit for bit."""
+    from shapeprior.mesh import icosphere, mesh_edges
+
+    v, f = icosphere(2)
+    v = v * np.array([30.0, 20.0, 45.0]) + np.random.default_rng(order).normal(0, 0.3, v.shape)
+    got = kernel("dense_samples", backend)(v, f, mesh_edges(f, len(v)), order)
+    inner = (order - 1) * (order - 2) // 2
+    assert got.shape == (len(v) + len(mesh_edges(f, len(v))) * (order - 1) + len(f) * inner, 3)
+    return got
+
+
+def test_dense_samples_refuses_bad_arguments():
+    from shapeprior_kernels import dense_samples_numpy
+
+    v, f = np.zeros((3, 3)), np.array([[0, 1, 2]])
+    e = np.array([[0, 1], [1, 2], [0, 2]])
+    with pytest.raises(ValueError, match="order=0"):
+        dense_samples_numpy(v, f, e, 0)
+    with pytest.raises(ValueError, match="faces refer"):
+        dense_samples_numpy(v, f + 1, e, 2)
+    with pytest.raises(ValueError, match=r"edges \(E, 2\)"):
+        dense_samples_numpy(v, f, f, 2)
+
+
 def test_knn_reference_is_the_brute_force_answer():
     from shapeprior_kernels import knn_numpy
 

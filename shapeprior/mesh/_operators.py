@@ -17,9 +17,9 @@ def mesh_edges(faces, n):
     n : int
         Number of vertices.
     """
-    pairs = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]),
-                    axis=1)
-    key = np.unique(pairs[:, 0].astype(np.int64) * n + pairs[:, 1])
+    f = np.asarray(faces, dtype=np.int64)
+    a, b = f, f[:, [1, 2, 0]]                     # the three edges of each triangle
+    key = np.unique(np.minimum(a, b) * n + np.maximum(a, b))
     return np.stack([key // n, key % n], axis=1)
 
 
