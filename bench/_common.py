@@ -138,13 +138,20 @@ def cached_kidney_heldout():
 
 def unpack_rev(rev, dest):
     """The tracked files of the repository at ``rev`` in ``dest`` (``git
-    archive``): a baseline's code, for a comparison in the same run."""
+    archive``): a baseline's code, for a comparison in the same run.
+
+    ``dest`` on ``PYTHONPATH`` imports that revision's kernels too: its
+    ``kernels`` folder is linked as ``dest/shapeprior_kernels``, found before the
+    installed (editable) package of this checkout's kernels, which would
+    otherwise give the baseline this checkout's faster kernels."""
     repo = Path(__file__).resolve().parents[1]
     arch = subprocess.run(["git", "-C", str(repo), "archive", rev], check=True,
                           capture_output=True).stdout
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
+    if (dest / "kernels").is_dir() and not (dest / "shapeprior_kernels").exists():
+        (dest / "shapeprior_kernels").symlink_to("kernels", target_is_directory=True)
     return dest
 
 

@@ -40,11 +40,13 @@ from _common import (RESULTS, data_root, machine, previous_results, unpack_rev, 
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE_REV = "fbb62a3"   # before the build speedups
+#: maps of the untimed build that compiles each tree's kernels before the comparison
+WARM_MAPS = 3
 
 # run in the child: build, save, print the report's timings
 _CHILD = r"""
 import json, sys, time
-import shapeprior
+import shapeprior, shapeprior_kernels
 from shapeprior.model import BuildParams, build_model, save_model
 files = json.loads(sys.argv[1])
 params = BuildParams(labels=(1, 2), organ="kidney", split_sides=True, n_atoms=60,
@@ -58,7 +60,8 @@ print(json.dumps({"wall_s": wall, "time_s": report["time_s"],
                   "fit_mean_target_to_fit_mm": {"median": sorted(d)[len(d) // 2], "max": max(d)},
                   "n_shapes_kept": report["n_shapes_kept"],
                   "n_shapes_extracted": report["n_shapes_extracted"],
-                  "shapeprior_file": shapeprior.__file__}))
+                  "shapeprior_file": shapeprior.__file__,
+                  "kernels_file": shapeprior_kernels.__file__}))
 """
 
 
@@ -113,11 +116,22 @@ def run_build(files, root, jobs, model_path, src=None, **params):
         raise RuntimeError(f"build failed ({child.returncode}): {err.strip()[-2000:]}")
     res = json.loads(out.strip().splitlines()[-1])
     want = Path(src or REPO).resolve()
-    if not Path(res["shapeprior_file"]).resolve().is_relative_to(want):
-        raise RuntimeError(f"the build imported {res['shapeprior_file']}, not the tree {want}")
+    for key in ("shapeprior_file", "kernels_file"):     # the tree's package and kernels
+        if not Path(res[key]).resolve().is_relative_to(want):
+            raise RuntimeError(f"the build imported {res[key]}, not the tree {want}")
     res["peak_rss_mb"] = peak[0] / 2**20
     res["peak_pss_mb"] = peak[1] / 2**20
     return res
+
+
+def compare_with(prev, out):
+    """This run's whole-set walls against a previous run's (the same maps)."""
+    cmp = {"previous_wall_s": prev["full"]["wall_s"],
+           "ratio": out["full"]["wall_s"] / prev["full"]["wall_s"]}
+    if "full_template" in prev and "full_template" in out:
+        cmp["template_previous_wall_s"] = prev["full_template"]["wall_s"]
+        cmp["template_ratio"] = out["full_template"]["wall_s"] / prev["full_template"]["wall_s"]
+    return cmp
 
 
 def _model_difference(a, b):
@@ -172,6 +186,10 @@ def main(argv=None):
         sub = files[: a.baseline_maps]
         if a.baseline_maps and not a.reuse:
             src = unpack_rev(a.baseline_rev, tmp / "baseline")
+            # each tree compiles its Numba kernels once, untimed (a fresh unpack has no
+            # cache; this checkout's is warm): the first maps, built and thrown away
+            for tree in (src, None):
+                run_build(files[:WARM_MAPS], root, a.jobs, tmp / "warm.npz", tree)
             print(f"baseline {a.baseline_rev} on {len(sub)} maps ...", flush=True)
             base = _summary(run_build(sub, root, a.jobs, tmp / "base.npz", src), len(sub), a.jobs)
             print(f"  {base['wall_s']:.1f} s, {base['peak_pss_mb']:.0f} MiB", flush=True)
@@ -202,8 +220,7 @@ def main(argv=None):
                   f"{res_t['fit_mean_target_to_fit_mm']}", flush=True)
     prev, _ = previous_results(a.out) if not a.reuse else (None, None)
     if prev and prev.get("full", {}).get("n_maps") == out["full"]["n_maps"] and not a.reuse:
-        out["comparison"] = {"previous_wall_s": prev["full"]["wall_s"],
-                             "ratio": out["full"]["wall_s"] / prev["full"]["wall_s"]}
+        out["comparison"] = compare_with(prev, out)
     t = out["targets"]
     best = min((r for r in (out["full"], out.get("full_template")) if r),
                key=lambda r: r["wall_s"])
