@@ -774,12 +774,48 @@ def test_a_dicom_seg_reads_back_as_the_label_on_its_series_grid(data_root, tmp_p
     write_dicom_seg(tmp_path / "seg.dcm", lab, vol, folder, info["series_key"], organ="tumour")
     back, read_info = read_image(tmp_path / "seg.dcm")
     assert read_info["format"] == "dicom-seg"
-    assert back.array.shape == (7, 320, 280) and back.array.dtype == np.uint8
+    # the 7 frames the label covers, and SEG_MARGIN_MM of empty slices past each end
+    # its segment reaches (the frames it left out): 7 slices of 6.5 mm
+    from shapeprior.io._dicom_seg import SEG_MARGIN_MM
+
+    n = int(np.ceil(SEG_MARGIN_MM / vol.spacing[2]))
+    assert n == 7 and back.array.shape == (7 + 2 * n, 320, 280)
+    assert back.array.dtype == np.uint8
+    assert not back.array[:n].any() and not back.array[-n:].any()
     np.testing.assert_allclose(back.direction, vol.direction, atol=1e-6)
     np.testing.assert_allclose(back.spacing, vol.spacing, rtol=1e-6)
     placed = back.placed_on(vol)
     assert placed is not None and np.array_equal(placed, lab)
     assert np.array_equal(read_label_map(tmp_path / "seg.dcm").array, back.array)
+
+
+def test_a_model_built_from_dicom_seg_masks_is_not_cut_by_their_frames(tmp_path, capsys):
+    """A SEG omits its empty frames, so its frames end where its segment ends. Built
+    into a model, such a mask was an organ cut by the field of view at both ends
+    (every shape listed under cut_by_fov, and all rejected with --exclude-cut); its
+    left-out slices are empty, and the organ is whole."""
+    folder, vol = _small_series(tmp_path)
+    lab = np.zeros(vol.array.shape, np.uint8)
+    lab[2:4, 2:8, 3:9] = 1                       # 2 of 6 slices: frames 2 and 3 only
+    segs = []
+    for i in range(3):
+        (tmp_path / f"c{i}").mkdir()
+        write_dicom_seg(tmp_path / f"c{i}" / "seg.dcm", lab, vol, folder, organ="Kidney")
+        segs.append(str(tmp_path / f"c{i}" / "seg.dcm"))
+    from shapeprior.io import read_label_map
+    from shapeprior.model._build import cut_by_fov
+
+    back = read_label_map(segs[0])
+    assert cut_by_fov(back, back, back.array > 0) is None
+    assert np.array_equal(back.placed_on(vol), lab)
+    out = tmp_path / "m.npz"
+    rc = main(["build-model", *segs, "-o", str(out), "--labels", "1", "--vertices", "42",
+               "--iso-spacing", "0.5", "--smooth", "0.5", "--exclude-cut"])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert "cut by" not in printed.out
+    report = json.loads((tmp_path / "m.npz.report" / "report.json").read_text())
+    assert report["n_shapes_kept"] == 3 and not report.get("cut_by_fov")
 
 
 def test_a_dicom_seg_that_cannot_be_one_label_map_is_refused_in_one_line(tmp_path):
