@@ -35,12 +35,13 @@ PATIENT_STUDY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientS
                        "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
                        "ReferringPhysicianName")
 #: a DICOM-SEG that omits its empty frames (highdicom's default: TotalSegmentator's
-#: SEGs and shapeprior's own) ends where its segments end, so its frames alone would
-#: put the organ against the end of the grid (read as cut by the field of view, and
-#: with no room for a refinement to add a slice the segmentation missed): an end its
-#: segments reach gets this much (mm) of empty slices, which is what the SEG says of
-#: the slices it left out
-SEG_MARGIN_MM = 40.0
+#: SEGs and shapeprior's own) ends where its segments end, so its frames alone put the
+#: organ against the end of the grid, read as cut by the field of view (build-model
+#: listed every such shape as cut, and rejected all of them with --exclude-cut). An
+#: end its segments reach gets this many empty slices: what the SEG says of the next
+#: slice of its series, if the series has one. Only one: where the series ends is not
+#: recorded, and refine takes an organ within 3 mm of the grid's end as cut there
+SEG_MARGIN_SLICES = 1
 #: the SOP class of a DICOM Segmentation
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -68,7 +69,7 @@ def is_dicom_seg(path) -> bool:
 def read_dicom_seg(path):
     """A DICOM-SEG file as a label map: :class:`~shapeprior.io.Volume` of uint8
     or uint16 segment numbers (0 outside every segment), on the grid its frames
-    span (LPS mm), extended by :data:`SEG_MARGIN_MM` of empty slices at an end
+    span (LPS mm), extended by :data:`SEG_MARGIN_SLICES` empty slice at an end
     its segments reach (the grid stays the source series' lattice). Refused in
     one line (:class:`ImageReadError`): a SEG that highdicom cannot read, whose
     frames do not lie on one regular grid in the patient's coordinates, whose
@@ -117,7 +118,7 @@ def read_dicom_seg(path):
         a = a[::-1]
     a = a.astype(np.uint8) if a.size and int(a.max()) <= 255 else a
     # the empty slices the SEG left out, at an end its segments reach
-    n = int(np.ceil(SEG_MARGIN_MM / spacing[2] - 1e-9)) if a.size else 0
+    n = SEG_MARGIN_SLICES
     lo = n if a[:1].any() else 0
     hi = n if a[-1:].any() else 0
     check_size(name, (cols, rows, a.shape[0] + lo + hi), 2)
