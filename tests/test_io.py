@@ -381,3 +381,33 @@ def test_geometry_checks_refuse_what_cannot_place_a_voxel(tmp_path):
                                                         b"TransformMatrix = " + m))
     with pytest.raises(ImageReadError, match="sheared.mha: the direction matrix is not orthon"):
         read_volume(tmp_path / "sheared.mha")
+
+
+def test_a_folder_of_several_series_lists_what_tells_them_apart(tmp_path):
+    """The error that asks for --series names each series' modality, slice size and
+    plane (an axial CT, a sagittal MR, an axial MR tilted 11 degrees), so the user
+    can choose without opening the files; nothing that names anyone."""
+    from _phantoms import rotation, write_dicom_series
+
+    from shapeprior.io import ImageReadError
+
+    arr = np.zeros((4, 6, 8), np.int16)
+    write_dicom_series(Volume(arr, [1.0, 1.0, 2.0], [0.0, 0.0, 0.0], np.eye(3)),
+                       tmp_path / "a", modality="CT", series_uid="1.2.3.1")
+    sag = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])   # rows y, cols z
+    write_dicom_series(Volume(arr, [1.0, 1.0, 2.0], [0.0, 0.0, 0.0], sag),
+                       tmp_path / "b", series_uid="1.2.3.2")
+    write_dicom_series(Volume(arr[:, :5], [1.0, 1.0, 2.0], [0.0, 0.0, 0.0],
+                              rotation(0, 11.0)), tmp_path / "c", series_uid="1.2.3.3")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for sub in "abc":
+        for f in (tmp_path / sub).iterdir():
+            f.rename(mixed / f"{sub}{f.name}")
+    with pytest.raises(ImageReadError) as err:
+        read_image(mixed)
+    msg = str(err.value)
+    assert "holds 3 DICOM series" in msg
+    for words in ("4 files, CT, 6 x 8, axial)", "4 files, MR, 6 x 8, sagittal)",
+                  "4 files, MR, 5 x 8, axial tilted 11 deg)"):
+        assert words in msg, msg

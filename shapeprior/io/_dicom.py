@@ -101,6 +101,40 @@ def list_series(folder):
     return [(i, series_key(u), len(found[u]), u) for i, u in enumerate(sorted(found))]
 
 
+#: a slice plane within this cosine of an axis's normal is named after it (tilted, and
+#: by how much, beyond TILT_DEG); else oblique
+PLANE_COSINE = 0.9
+TILT_DEG = 1.0
+
+
+def _series_summary(entries):
+    """What tells the series of a folder apart without naming anyone: the
+    modality, the slice size and the plane of the first slice, e.g. ``", MR, 320 x
+    280, sagittal"`` ('' where the header does not say)."""
+    ds = entries[0][1]
+    parts = []
+    modality = str(ds.get("Modality", "") or "").strip()
+    if modality.isalnum() and len(modality) <= 8:      # a code (CT, MR, PT), nothing else
+        parts.append(modality)
+    try:
+        parts.append(f"{int(ds.Rows)} x {int(ds.Columns)}")
+    except (AttributeError, TypeError, ValueError):
+        pass
+    try:
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        normal = np.abs(np.cross(iop[:3], iop[3:]))
+        size = float(np.linalg.norm(normal))
+        axis = int(np.argmax(normal))
+        if np.isfinite(size) and size > 1e-6:
+            tilt = float(np.degrees(np.arccos(min(normal[axis] / size, 1.0))))
+            plane = ("sagittal", "coronal", "axial")[axis]
+            parts.append("oblique" if normal[axis] < PLANE_COSINE * size
+                         else plane if tilt < TILT_DEG else f"{plane} tilted {tilt:.0f} deg")
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return "".join(f", {p}" for p in parts)
+
+
 def _floats(ds, name, n, what):
     try:
         v = [float(x) for x in ds[name].value]
@@ -185,7 +219,9 @@ def read_dicom_series(folder, series=None, spacing_tol=0.01):
         raise ImageReadError(f"no DICOM image series found in {fname}{hint}")
     if series is None:
         if len(found) > 1:
-            listing = ", ".join(f"#{i} (key {k}, {n} files)" for i, k, n, _ in found)
+            headers = _scan(folder)
+            listing = ", ".join(f"#{i} (key {k}, {n} files{_series_summary(headers[u])})"
+                                for i, k, n, u in found)
             raise ImageReadError(f"{fname} holds {len(found)} DICOM series: {listing}; "
                                  f"choose one with --series INDEX or KEY")
         pick = found[0]
