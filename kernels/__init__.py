@@ -26,6 +26,8 @@ neighbour_list   the k nearest cloud points of each query point (``knn``),
                  (``nearest_in_list``): the template fit's closest points
 normal_sampling  trilinear image samples along vertex normals
 profile_search   the best learned-profile match along each normal
+template_step    one non-rigid round of the template fit (the pull both ways,
+                 the smoothed displacement, the tangential relaxation)
 tree_ensemble    the summed leaf values of boosted decision trees
 trimmed_omp      trimmed OMP (the SSC-L0 inner solve: OMP on the kept rows,
                  trimming by residual norm); the reference runs on NumPy and
@@ -43,6 +45,7 @@ from .outlier_hessian import (outlier_hessian_cupy, outlier_hessian_numba,
 from .normal_sampling import sample_normals_cupy, sample_normals_numba, sample_normals_numpy
 from .profile_search import profile_search_numba, profile_search_numpy
 from .tree_ensemble import tree_ensemble_numba, tree_ensemble_numpy
+from .template_step import template_step_numba, template_step_numpy
 from .trimmed_omp import (new_state, omp_columns_numpy, trimmed_gram_column,
                           trimmed_gram_set_rows, trimmed_omp_numba, trimmed_omp_numpy)
 
@@ -58,5 +61,6 @@ __all__ = ["dense_samples_numpy", "dense_samples_numba",
            "sample_normals_numpy", "sample_normals_numba", "sample_normals_cupy",
            "profile_search_numpy", "profile_search_numba",
            "tree_ensemble_numpy", "tree_ensemble_numba",
+           "template_step_numpy", "template_step_numba",
            "trimmed_omp_numpy", "trimmed_omp_numba", "omp_columns_numpy",
            "trimmed_gram_set_rows", "trimmed_gram_column", "new_state"]

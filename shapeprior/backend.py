@@ -119,6 +119,8 @@ KERNELS = {
                   "cupy": "knn_index_numba"},
     "dense_samples": {"numpy": "dense_samples_numpy", "numba": "dense_samples_numba",
                       "cupy": "dense_samples_numba"},
+    "template_step": {"numpy": "template_step_numpy", "numba": "template_step_numba",
+                      "cupy": "template_step_numba"},
     # samples come back to the host from every sampler: the search runs there
     "profile_search": {"numpy": "profile_search_numpy", "numba": "profile_search_numba",
                        "cupy": "profile_search_numba"},

@@ -825,6 +825,48 @@ def test_dense_samples_twins_agree(backend, order):
     return got
 
 
+def _template_step_problem(seed):
+    """A template near an ellipsoid target, with its closest points both ways."""
+    from scipy.spatial import cKDTree
+
+    from shapeprior.mesh import icosphere, mean_neighbour_operator
+
+    rng = np.random.default_rng(seed)
+    v, f = icosphere(2)
+    tv = _surface_cloud(400, rng, scale=(12.0, 9.0, 20.0))
+    v = v * np.array([11.0, 10.0, 18.0]) + rng.normal(0, 0.4, v.shape)
+    L = mean_neighbour_operator(f, len(v)).tocsr()
+    return (v, tv, cKDTree(tv).query(v)[1], cKDTree(v).query(tv)[1], L.indptr, L.indices,
+            L.data, f)
+
+
+@pytest.mark.parametrize("k", [0, 3, 40])
+@each_backend(atol=0, rtol=0)
+def test_template_step_twins_agree(backend, k):
+    """One non-rigid round of the template fit, bit for bit on every backend (the
+    template fit's vertices, and so the model, must not depend on it); the
+    vertices move toward the target."""
+    v, tv, fi, bi, indptr, indices, data, f = _template_step_problem(k)
+    out = kernel("template_step", backend)(v, tv, fi, bi, indptr, indices, data, k, f)
+    assert out.shape == v.shape
+    d_before = np.linalg.norm(v - tv[fi], axis=1).mean()
+    d_after = np.linalg.norm(out[:, None, :] - tv[None], axis=2).min(axis=1).mean()
+    assert d_after < d_before
+    return out
+
+
+def test_template_step_refuses_bad_arguments():
+    from shapeprior_kernels import template_step_numpy
+
+    v, tv, fi, bi, indptr, indices, data, f = _template_step_problem(1)
+    with pytest.raises(ValueError, match="k=-1"):
+        template_step_numpy(v, tv, fi, bi, indptr, indices, data, -1, f)
+    with pytest.raises(ValueError, match=r"bi holds indices outside"):
+        template_step_numpy(v, tv, fi, bi + len(v), indptr, indices, data, 2, f)
+    with pytest.raises(ValueError, match=r"fi \(n,\)"):
+        template_step_numpy(v, tv, fi[:-1], bi, indptr, indices, data, 2, f)
+
+
 def test_dense_samples_refuses_bad_arguments():
     from shapeprior_kernels import dense_samples_numpy
 

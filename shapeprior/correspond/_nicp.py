@@ -254,27 +254,16 @@ def fit_template(template_verts, faces, target: Surface, n_iter=80, stiffness=(4
         M = _affine_lsq(src, dst)
         v = np.c_[v, np.ones(n)] @ M
     s0, s1 = stiffness
+    # each round: the pull both ways, the displacement smoothed k times by L, and a
+    # tangential relaxation toward the neighbour mean (regular triangles without
+    # shrinking): the kernel ``template_step``
+    step = kernel("template_step", resolve_backend(None))
+    L = L.tocsr()
     for it in range(n_iter):
         k = int(round(s0 * (s1 / s0) ** (it / max(n_iter - 1, 1))))
         fi = nearest_target(v)
-        fwd = tv[fi] - v
         bi = nearest_vertex(v)
-        acc = np.zeros_like(v)
-        cnt = np.bincount(bi, minlength=n).astype(float)
-        for c in range(3):
-            acc[:, c] = np.bincount(bi, weights=tv[:, c] - v[bi, c], minlength=n)
-        has = cnt > 0
-        d = fwd.copy()
-        d[has] = 0.5 * fwd[has] + 0.5 * acc[has] / cnt[has, None]
-        for _ in range(k):
-            d = 0.5 * d + 0.5 * (L @ d)
-        v = v + d
-        # tangential relaxation: move toward the neighbour mean within the
-        # tangent plane only (keeps triangles regular without shrinking)
-        nrm = Surface(v, faces).vertex_normals()
-        lap = L @ v - v
-        lap -= np.sum(lap * nrm, axis=1, keepdims=True) * nrm
-        v = v + 0.5 * lap
+        v = step(v, tv, fi, bi, L.indptr, L.indices, L.data, k, faces)
     fit = Surface(v, faces)
     d_ft, d_tf = surface_distances(fit, target)
     fn = fit.face_normals()
