@@ -226,6 +226,12 @@ def test_cli_reconstruct_npy_and_strict(population, mesh_folder, tmp_path, capsy
     assert main(["reconstruct", str(tmp_path / "complex.npy"), "-o", str(tmp_path / "c"),
                  "--model", str(model), "--quiet"]) == 1
     assert "holds complex128 values; expected real coordinates" in capsys.readouterr().err
+    # its own output given back: an archive of several arrays, named as one
+    assert main(["reconstruct", str(out / "reconstructions.npz"), "-o", str(tmp_path / "z"),
+                 "--model", str(model), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "reconstructions.npz is an .npz archive" in err and "one .npy array" in err, err
+    assert "not one of .vtk" not in err and not (tmp_path / "z").exists()
 
 
 @pytest.mark.parametrize("make, message", [

@@ -63,6 +63,10 @@ def find_shape_inputs(path):
             raise ValueError(f"{show_path(p.name)} is an image or label map; reconstruct "
                              "takes meshes in correspondence with the model (segment, refine "
                              "and export-model write them) or a .npy array of shapes")
+        if p.suffix.lower() == ".npz":      # reconstruct's own reconstructions.npz, say
+            raise ValueError(f"{show_path(p.name)} is an .npz archive, which holds several "
+                             "arrays; give the shapes as one .npy array (M, N, 3), e.g. "
+                             "numpy.save of the archive's array of shapes, or as meshes")
         return [(p.name, p)]
     if not p.is_dir():
         raise input_path_error(p, show_path(p))
