@@ -105,15 +105,23 @@ GRID_POINTS_PER_CELL = 4.0
 GRID_MAX_CELLS = 1 << 21
 
 
-def _check_knn(cloud, q, k):
+def _check_cloud(cloud):
     cloud = np.ascontiguousarray(cloud, dtype=np.float64)
+    if cloud.ndim != 2 or cloud.shape[1] != 3 or not len(cloud):
+        raise ValueError(f"cloud (m >= 1, 3) expected, got {cloud.shape}")
+    return cloud
+
+
+def _check_queries(q, k, m):
+    """The query points (n, 3) and ``k`` of a search of a cloud of ``m`` points
+    (the cloud itself is checked once, by its index)."""
     q = np.ascontiguousarray(q, dtype=np.float64)
-    if cloud.ndim != 2 or q.ndim != 2 or cloud.shape[1] != 3 or q.shape[1] != 3:
-        raise ValueError(f"cloud (m, 3) and q (n, 3) expected, got {cloud.shape}, {q.shape}")
+    if q.ndim != 2 or q.shape[1] != 3:
+        raise ValueError(f"q (n, 3) expected, got {q.shape}")
     k = int(k)
-    if not 1 <= k <= cloud.shape[0]:
-        raise ValueError(f"k={k} is outside [1, {cloud.shape[0]}] (the cloud's points)")
-    return cloud, q, k
+    if not 1 <= k <= m:
+        raise ValueError(f"k={k} is outside [1, {m}] (the cloud's points)")
+    return q, k
 
 
 def knn_numpy(cloud, q, k):
@@ -133,7 +141,7 @@ class _TreeIndex:
         self.tree = cKDTree(self.cloud, leafsize=32, balanced_tree=False, compact_nodes=False)
 
     def knn(self, q, k):
-        _, q, k = _check_knn(self.cloud, q, k)
+        q, k = _check_queries(q, k, len(self.cloud))
         d, i = self.tree.query(q, k=k)
         return d.reshape(len(q), k), i.reshape(len(q), k).astype(np.int64)
 
@@ -142,13 +150,6 @@ def knn_index_numpy(cloud):
     """Reference index of a fixed cloud: ``.knn(q, k)`` answers as
     :func:`knn_numpy` (a KD-tree built once, asked many times)."""
     return _TreeIndex(cloud)
-
-
-def _check_cloud(cloud):
-    cloud = np.ascontiguousarray(cloud, dtype=np.float64)
-    if cloud.ndim != 2 or cloud.shape[1] != 3 or not len(cloud):
-        raise ValueError(f"cloud (m >= 1, 3) expected, got {cloud.shape}")
-    return cloud
 
 
 if numba is not None:
@@ -301,7 +302,7 @@ class _GridIndex:
         self.cs = _in_order_nb(cloud, self.order)     # the cloud in cell order
 
     def knn(self, q, k):
-        _, q, k = _check_knn(self.cloud, q, k)
+        q, k = _check_queries(q, k, len(self.cloud))
         lo, h, dims = self.lo, self.h, self.dims
         cell = np.zeros(len(q), dtype=np.int64)
         for a in range(3):

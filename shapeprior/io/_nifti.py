@@ -288,7 +288,6 @@ def read_nifti(path, allow_no_orientation=False):
     return Volume(arr, spacing, origin, direction), info
 
 
-
 def _voxel_stream(p: Path):
     """The stream nibabel reads a single file through: inflating a gzip stream
     (ISA-L where installed), or the plain bytes of a file named ``.gz`` that
