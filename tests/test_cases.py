@@ -355,3 +355,151 @@ def test_compared_again_safely_or_not_at_all(phantom_model, tmp_path, capsys):
     again = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
     assert again[good[0]["case"]]["reason"] == "complete outputs exist (inputs unchanged)"
     assert again[good[0]["case"]]["dice"] == good[0]["dice"]
+
+
+def test_a_folder_of_case_folders_takes_image_name(tmp_path):
+    """KiTS19's layout (``case_x/imaging.nii.gz`` beside its
+    ``segmentation.nii.gz``): without --image-name every case folder was a failed
+    'no DICOM image series' and the root's hint said to give the scans' folder;
+    now the hint names the option and the file the folders share (their names
+    counted, not shown, when de-identifying), and with it each folder is a case
+    named after it, the scan a file or a DICOM folder."""
+    from shapeprior.pipeline import discover_cases
+
+    root = tmp_path / "kits"
+    _touch(root / "Doe_John", "imaging.nii.gz", "segmentation.nii.gz")
+    _touch(root / "Roe_Jane", "imaging.nii.gz", "segmentation.nii.gz")
+    _touch(root / "no_scan", "segmentation.nii.gz")
+    (root / "dicom_case" / "imaging.nii.gz").mkdir(parents=True)    # a DICOM folder so named
+    (root / ".cache").mkdir()
+    series = {root / "dicom_case" / "imaging.nii.gz": ["1.2.3"]}
+    ls = lambda d: series.get(d, [])                                 # noqa: E731
+    with pytest.raises(ValueError, match=r"its subfolders Doe_John, Roe_Jane, no_scan hold image "
+                                         r"files, each segmentation.nii.gz: a folder of case "
+                                         r"folders takes --image-name NAME"):
+        discover_cases(root, list_series=ls)
+    with pytest.raises(ValueError, match="3 of its subfolders hold image files") as err:
+        discover_cases(root, list_series=ls, deidentify=True)
+    assert "Doe" not in str(err.value) and "Roe" not in str(err.value)
+    cases = discover_cases(root, list_series=ls, image_name="imaging.nii.gz")
+    assert [c.name for c in cases] == ["Doe_John", "Roe_Jane", "dicom_case", "no_scan"]
+    assert [c.folder for c in cases] == [root / n for n in ("Doe_John", "Roe_Jane", "dicom_case",
+                                                            "no_scan")]
+    assert cases[0].path == root / "Doe_John" / "imaging.nii.gz"
+    assert [c.error for c in cases[:3]] == [None] * 3
+    assert cases[3].error == "no imaging.nii.gz in this folder"
+    series.clear()
+    assert discover_cases(root, list_series=ls, image_name="imaging.nii.gz")[2].error == \
+        "imaging.nii.gz in this folder holds no DICOM image series"
+    (root / "Doe_John" / "notes.txt").write_text("x")
+    (root / "Roe_Jane" / "notes.txt").mkdir()
+    series[root / "Roe_Jane" / "notes.txt"] = ["1.2.3"]
+    assert discover_cases(root, list_series=ls, image_name="notes.txt")[0].error.startswith(
+        "notes.txt is not an image file")
+    series.clear()
+    for bad in ("", "..", "sub/imaging.nii.gz"):
+        with pytest.raises(ValueError, match="--image-name .* is not a file or folder name"):
+            discover_cases(root, list_series=ls, image_name=bad)
+    with pytest.raises(ValueError, match="no case folder in it holds ct.nii.gz"):
+        discover_cases(root, list_series=ls, image_name="ct.nii.gz")
+    with pytest.raises(ValueError, match="is not a folder"):
+        discover_cases(root / "Doe_John" / "imaging.nii.gz", list_series=ls,
+                       image_name="imaging.nii.gz")
+    # beside image files, a case folder is a failed row that names the option, no file
+    _touch(root, "loose.nii.gz")
+    rows = {c.name: c.error for c in discover_cases(root, list_series=ls)}
+    assert rows["loose"] is None
+    assert rows["Doe_John"] == ("no DICOM image series in this folder; it holds 2 image files: a "
+                                "folder of case folders takes --image-name NAME, the scan's file "
+                                "name in each")
+    assert rows["dicom_case"] == "no DICOM image series in this folder"
+
+
+def test_files_in_case_folders_are_matched_by_name(tmp_path):
+    """--reference-name / --image-name: the file in each case's folder, in its
+    segmentations/ (TotalSegmentator's case layout, label maps only), or in
+    FOLDER/<case folder>/; a case without it gets None, none at all, a plain
+    file's cases or the case's own input are refused."""
+    from shapeprior.pipeline import discover_cases, match_in_case_folders
+
+    root, other = tmp_path / "cases", tmp_path / "other"
+    _touch(root / "a", "ct.nii.gz", "ref.nii.gz")
+    _touch(root / "b" / "segmentations", "ref.nii.gz")
+    _touch(root / "b", "ct.nii.gz")
+    _touch(root / "c", "ct.nii.gz")
+    (root / "c" / "ref.nii.gz").mkdir()             # a folder is no label map
+    _touch(other / "b", "ref.nii.gz")
+    (other / "c" / "scan").mkdir(parents=True)
+    cases = discover_cases(root, list_series=lambda d: [], image_name="ct.nii.gz")
+    got = match_in_case_folders(cases, "ref.nii.gz", "--reference-name")
+    assert got == [root / "a" / "ref.nii.gz", root / "b" / "segmentations" / "ref.nii.gz", None]
+    got = match_in_case_folders(cases, "ref.nii.gz", "--reference-name", other)
+    assert got == [None, other / "b" / "ref.nii.gz", None]
+    assert match_in_case_folders(cases, "scan", "--image-name", other, scans=True) == \
+        [None, None, other / "c" / "scan"]
+    with pytest.raises(ValueError, match="--reference-name 'scan' is not a label map file's name"):
+        match_in_case_folders(cases, "scan", "--reference-name", other)
+    with pytest.raises(ValueError, match="--reference-name ct.nii.gz is the case's own input"):
+        match_in_case_folders(cases, "ct.nii.gz", "--reference-name")
+    with pytest.raises(ValueError, match="--reference-name x.nii.gz: no case folder in .*other "
+                                         "holds it"):
+        match_in_case_folders(cases, "x.nii.gz", "--reference-name", other)
+    flat = discover_cases(root / "a", list_series=lambda d: [])
+    with pytest.raises(ValueError, match="the input is not a folder of case folders"):
+        match_in_case_folders(flat, "ref.nii.gz", "--reference-name")
+
+
+def test_segment_and_refine_a_folder_of_case_folders(phantom_model, tmp_path, capsys):
+    """The KiTS19 layout end to end: ``segment --image-name --reference-name``
+    fits each case folder's scan and scores it against the label map beside it
+    (the same Dice as one case with --reference); ``refine --mask-name
+    --image-name --reference-name`` takes the three from each folder; with
+    --deidentify no output names a case folder."""
+    import json
+    import shutil
+
+    from shapeprior.cli import main
+
+    d, images, labels, model = phantom_model
+    root = tmp_path / "kits"
+    for i, name in ((5, "Doe_John"), (6, "Roe_Jane")):
+        (root / name).mkdir(parents=True)
+        shutil.copy(images / f"phantom_00{i}.nii.gz", root / name / "imaging.nii.gz")
+        shutil.copy(labels / f"phantom_00{i}.nii.gz", root / name / "segmentation.nii.gz")
+    out, one = tmp_path / "out", tmp_path / "one"
+    assert main(["segment", str(root), "-o", str(out), "--model", str(model), "--image-name",
+                 "imaging.nii.gz", "--reference-name", "segmentation.nii.gz"]) in (0, 3)
+    rows = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
+    assert sorted(rows) == ["Doe_John", "Roe_Jane"] and all("dice" in r for r in rows.values())
+    doe = root / "Doe_John"
+    assert main(["segment", str(doe / "imaging.nii.gz"), "-o", str(one), "--model", str(model),
+                 "--reference", str(doe / "segmentation.nii.gz")]) in (0, 3)
+    assert json.loads((one / "report.json").read_text())["reference"]["dice"] == \
+        rows["Doe_John"]["dice"]
+    capsys.readouterr()
+    assert main(["segment", str(root), "-o", str(tmp_path / "x"), "--model", str(model),
+                 "--reference-name", "segmentation.nii.gz"]) == 1
+    assert "--reference-name names the reference in each case folder; give --image-name" in \
+        capsys.readouterr().err
+    assert main(["segment", str(root), "-o", str(tmp_path / "x"), "--model", str(model)]) == 1
+    assert "takes --image-name NAME" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    # refine: the masks are the fits just written, as another tool's output would be
+    for name in rows:
+        shutil.copy(out / name / "label.nii.gz", root / name / "pred.nii.gz")
+    ref = tmp_path / "ref"
+    assert main(["refine", str(root), "-o", str(ref), "--model", str(model), "--mask-name",
+                 "pred.nii.gz", "--image-name", "imaging.nii.gz", "--reference-name",
+                 "segmentation.nii.gz"]) in (0, 3)
+    for name in rows:
+        rep = json.loads((ref / name / "report.json").read_text())
+        assert rep["input"]["image"] is not None and rep["reference"]["dice"] > 0.5
+    anon = tmp_path / "anon"
+    assert main(["segment", str(root), "-o", str(anon), "--model", str(model), "--image-name",
+                 "imaging.nii.gz", "--reference-name", "segmentation.nii.gz",
+                 "--deidentify"]) in (0, 3)
+    for f in anon.rglob("*"):
+        assert "Doe" not in f.name and "Roe" not in f.name
+        if f.suffix in (".json", ".csv"):
+            text = f.read_text()
+            assert "Doe" not in text and "Roe" not in text, f

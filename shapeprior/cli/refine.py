@@ -53,6 +53,14 @@ def main(argv):
                          "(in it or in its segmentations/, as TotalSegmentator writes a case: "
                          "--mask-name kidney_left.nii.gz); cases, scans and references take "
                          "the case folders' names")
+    ap.add_argument("--image-name", default=None, metavar="NAME",
+                    help="with --mask-name: each case's scan is NAME in its folder, a file or "
+                         "a DICOM series folder (TotalSegmentator's data set: --image-name "
+                         "ct.nii.gz), or with --image FOLDER, in FOLDER/<case folder>/")
+    ap.add_argument("--reference-name", default=None, metavar="NAME",
+                    help="with --mask-name: each case's reference label map is NAME in its "
+                         "folder or its segmentations/, or with --reference FOLDER, in "
+                         "FOLDER/<case folder>/")
     ap.add_argument("--reference", default=None,
                     help="reference label map on the mask's grid (or a crop or extension of "
                          "it, the same voxels): the report gets Dice and "
@@ -90,9 +98,17 @@ def main(argv):
     from ..pipeline import refine_case
     from ..segmentation import check_window
 
-    refuse_unused((a.window and not a.image, "--window has no effect without --image"),
-                  (a.reference_labels and not a.reference,
-                   "--reference-labels has no effect without --reference"))
+    refuse_unused((a.window and not (a.image or a.image_name),
+                   "--window has no effect without --image"),
+                  (a.reference_labels and not (a.reference or a.reference_name),
+                   "--reference-labels has no effect without --reference"),
+                  *((getattr(a, opt) is not None and a.mask_name is None,
+                     f"--{opt.replace('_', '-')} names a file in each case folder; give "
+                     "--mask-name (MASK a folder of case folders)")
+                    for opt in ("image_name", "reference_name")),
+                  *((getattr(a, opt) is not None and getattr(a, opt) == a.mask_name,
+                     f"--{opt.replace('_', '-')} and --mask-name name the same file")
+                    for opt in ("image_name", "reference_name")))
     model = load_model(a.model)
     keep = parse_labels(a.keep_labels, "--keep-labels") if a.keep_labels else ()
     if a.labels is not None:
@@ -162,16 +178,21 @@ def main(argv):
 def _refine_folder(a, argv, model, params, labels, keep, ref_labels, deid=None):
     """MASK is a folder: each of its label maps is a case, refined into
     OUTPUT/<case>/, with a summary; exit 1 when any could not be refined."""
-    from ..pipeline import (discover_masks, match_images, match_references, run_refine_batch,
-                            write_summary)
+    from ..pipeline import (discover_masks, match_images, match_in_case_folders,
+                            match_references, run_refine_batch, write_summary)
 
     cases = discover_masks(a.mask, model.metadata.get("organ", ""), deid is not None,
                            a.mask_name)
     if deid is not None:
         cases = deid.apply(cases)
-    images = match_images(cases, a.image, deid is not None) if a.image else None
+    if a.image_name is not None:
+        images = match_in_case_folders(cases, a.image_name, "--image-name", a.image, scans=True)
+    else:
+        images = match_images(cases, a.image, deid is not None) if a.image else None
     refs = None
-    if a.reference:
+    if a.reference_name is not None:
+        refs = match_in_case_folders(cases, a.reference_name, "--reference-name", a.reference)
+    elif a.reference:
         if Path(a.reference).resolve() == Path(a.mask).resolve():
             raise ValueError("--reference names the folder of the masks themselves; it names "
                              "the folder of the reference label maps")

@@ -60,6 +60,15 @@ def main(argv):
     ap.add_argument("--reference-labels", default=None,
                     help="labels of the organ in --reference (default: the labels the model "
                          "was built from, e.g. 1,2 for hippocampus head and body)")
+    ap.add_argument("--image-name", default=None, metavar="NAME",
+                    help="INPUT is a folder of case folders, each holding its scan as NAME, a "
+                         "file or a DICOM series folder (KiTS19: --image-name imaging.nii.gz); "
+                         "cases take the case folders' names")
+    ap.add_argument("--reference-name", default=None, metavar="NAME",
+                    help="with --image-name: each case's reference label map is NAME in its "
+                         "folder or its segmentations/ (KiTS19: --reference-name "
+                         "segmentation.nii.gz), or with --reference FOLDER, in "
+                         "FOLDER/<case folder>/")
     ap.add_argument("--method", choices=("l1", "l0"), default="l1")
     add_mesh_format(ap)
     ap.add_argument("--output-type", choices=("nifti", "dicom-seg", "both"), default="nifti",
@@ -120,8 +129,13 @@ def main(argv):
     from ..pipeline import Deidentifier, discover_cases, run_case, scrub
     placed = "--seed" if a.seed else "--init-mask" if a.init_mask else None
     refuse_unused(
-        (a.reference_labels is not None and not a.reference,
+        (a.reference_labels is not None and not (a.reference or a.reference_name),
          "--reference-labels has no effect without --reference"),
+        (a.reference_name is not None and a.image_name is None,
+         "--reference-name names the reference in each case folder; give --image-name (INPUT "
+         "a folder of case folders)"),
+        (a.reference_name is not None and a.reference_name == a.image_name,
+         "--reference-name and --image-name name the same file"),
         (a.init_labels is not None and not a.init_mask,
          "--init-labels has no effect without --init-mask"),
         (a.seed_space is not None and not a.seed, "--seed-space has no effect without --seed"),
@@ -153,7 +167,7 @@ def main(argv):
     if params.side == "both":
         check_paired(model, "--side both")
     params.backend = resolve_backend(params.backend)   # fail early, and record it resolved
-    cases = discover_cases(a.input)
+    cases = discover_cases(a.input, image_name=a.image_name, deidentify=a.deidentify)
     deid = Deidentifier() if a.deidentify else None
     if deid is not None:
         from ..pipeline import scrub_argv
@@ -192,7 +206,11 @@ def main(argv):
     from ..pipeline import match_references, run_batch, write_summary
 
     refs = None
-    if a.reference:
+    if a.reference_name is not None:
+        from ..pipeline import match_in_case_folders
+
+        refs = match_in_case_folders(cases, a.reference_name, "--reference-name", a.reference)
+    elif a.reference:
         if Path(a.reference).resolve() == Path(a.input).resolve():
             raise ValueError("--reference names the folder of the cases themselves; it names "
                              "the folder of their label maps")

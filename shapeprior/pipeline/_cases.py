@@ -97,14 +97,25 @@ def unique_names(raw):
     return final
 
 
-def discover_cases(path, list_series=None):
+def discover_cases(path, list_series=None, image_name=None, deidentify=False):
     """``[Case]``: a file or a DICOM folder is one case; a folder of image files
     and/or DICOM subfolders is many. Every file with an image suffix and every
     visible subfolder is a case; a subfolder without a DICOM series is a case
-    with an ``error`` (so it is reported, not dropped)."""
+    with an ``error`` (so it is reported, not dropped).
+
+    ``image_name``: ``path`` holds one folder per case, and each case's scan is
+    the file (or DICOM folder) of that name in it (KiTS19: ``imaging.nii.gz``;
+    TotalSegmentator's data set: ``ct.nii.gz``); the case takes its folder's
+    name. ``deidentify``: messages name no subfolder of ``path``."""
     if list_series is None:
         from ..io import list_series
     p = Path(path)
+    if image_name is not None:
+        if not p.is_dir():
+            raise ValueError(f"--image-name names the scan in each case folder of a folder; "
+                             f"{display_name(p)} is not a folder") if p.exists() \
+                else input_path_error(p)
+        return _images_in_case_folders(p, image_name, list_series)
     if p.is_file():
         return [Case(unique_names([p.name])[0], p, display_name(p))]
     if not p.is_dir():
@@ -125,36 +136,131 @@ def discover_cases(path, list_series=None):
         if e.is_dir():
             try:
                 if not list_series(e):
-                    err = "no DICOM image series in this folder"
+                    err = "no DICOM image series in this folder" + _case_folder_hint(e)
             except (OSError, ValueError) as exc:
                 err = str(exc)
         cases.append(Case(n, e, display_name(e), err))
     if not any(c.error is None for c in cases) and not files:
         raise ValueError(f"{display_name(p)} holds no image files "
                          f"({', '.join(VOLUME_SUFFIXES)}) and no DICOM series"
-                         + _image_subfolders(dirs))
+                         + _image_subfolders(dirs, deidentify=deidentify))
     return cases
 
 
-def _image_subfolders(dirs, masks=False):
-    """The hint for a dataset root (``imagesTs/``, ``labelsTs/``): which of its
-    subfolders hold image files, or ''. ``masks``: the hint of a folder of
-    masks to refine."""
-    hold = []
+def _volume_names(folder):
+    """The names of the visible image files in ``folder`` (none if unreadable)."""
+    try:
+        return [f.name for f in _volume_files(folder)]
+    except OSError:
+        return []
+
+
+def _case_folder_hint(folder):
+    """The end of a subfolder's error when it holds image files but no DICOM
+    series: it is one case's folder (KiTS19's ``case_00000/imaging.nii.gz``).
+    It names no file (they may carry the patient's name)."""
+    k = len(_volume_names(folder))
+    if not k:
+        return ""
+    return (f"; it holds {k} image file{'s' if k > 1 else ''}: a folder of case folders takes "
+            "--image-name NAME, the scan's file name in each")
+
+
+def _image_subfolders(dirs, masks=False, deidentify=False):
+    """The hint for a dataset root: which of its subfolders hold image files,
+    or ''. Folders of one case each that all hold a file of one name
+    (``case_00000/imaging.nii.gz``) are named by the option that picks that
+    file; others (nnU-Net's ``imagesTs/``, ``labelsTs/``) as the folders to
+    give. ``masks``: the hint of a folder of masks to refine; ``deidentify``:
+    the subfolders are counted, not named (case folders carry case names)."""
+    hold = {}
     for d in dirs:
-        try:
-            if any(f.is_file() and volume_suffix(f.name) for f in d.iterdir()):
-                hold.append(display_name(d))
-        except OSError:
-            continue
+        names = _volume_names(d)
+        if names:
+            hold[display_name(d)] = set(names)
     if not hold:
         return ""
+    common = sorted(set.intersection(*hold.values())) if len(hold) > 1 else []
+    if deidentify:
+        which = f"{len(hold)} of its subfolders hold"
+    else:
+        which = f"its subfolders {', '.join(list(hold)[:4])}{' ...' if len(hold) > 4 else ''} hold"
+    option = "--mask-name" if masks else "--image-name"
+    if common:
+        return (f"; {which} image files, each {', '.join(common[:4])}: a folder of case "
+                f"folders takes {option} NAME (the {'mask' if masks else 'scan'}'s file name in "
+                "each)")
     if masks:
-        return (f"; its subfolders {', '.join(hold[:4])}{' ...' if len(hold) > 4 else ''} hold "
-                "image files: give the folder of the masks")
-    return (f"; its subfolders {', '.join(hold[:4])}{' ...' if len(hold) > 4 else ''} hold "
-            "image files: give the scans' folder as the input (and the label maps' folder as "
-            "--reference)")
+        return f"; {which} image files: give the folder of the masks"
+    return (f"; {which} image files: give the scans' folder as the input (and the label maps' "
+            "folder as --reference)")
+
+
+def _images_in_case_folders(p, image_name, list_series):
+    """:func:`discover_cases` of a folder of case folders, each holding its scan
+    as ``image_name`` (a file or a DICOM series folder)."""
+    if not image_name or Path(image_name).name != image_name or image_name in (".", ".."):
+        raise ValueError(f"--image-name {image_name!r} is not a file or folder name (the "
+                         "scan's name in each case folder, without a folder part: "
+                         "imaging.nii.gz, or a DICOM folder's name)")
+    dirs = sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                  key=lambda d: os.fsencode(d.name))
+    names = unique_names([d.name for d in dirs])
+    cases = []
+    for d, n in zip(dirs, names):
+        f = d / image_name
+        err = None
+        if f.is_dir():
+            try:
+                if not list_series(f):
+                    err = f"{image_name} in this folder holds no DICOM image series"
+            except (OSError, ValueError) as exc:
+                err = str(exc)
+        elif not f.is_file():
+            err = f"no {image_name} in this folder"
+        elif not volume_suffix(f.name):
+            err = (f"{image_name} is not an image file ({', '.join(VOLUME_SUFFIXES)}) or a "
+                   "DICOM series folder")
+        cases.append(Case(n, f, display_name(d), err, d))
+    if not any(c.error is None for c in cases):
+        raise ValueError(f"{display_name(p)}: no case folder in it holds {image_name} (an "
+                         "image file or a DICOM series)")
+    return cases
+
+
+def match_in_case_folders(cases, name, option, folder=None, scans=False):
+    """One file per case (``Path`` or None): ``name`` in the case's own folder
+    (:attr:`Case.folder`), or with ``folder``, in ``folder/<case folder's
+    name>/``; a label map also in that folder's ``segmentations/`` (as
+    TotalSegmentator writes a case). ``scans``: the entry is a scan, an image
+    file or a DICOM series folder.
+
+    Raises ValueError when ``name`` is not a plain file name, when the cases
+    are not case folders (``option`` names the option in the message), or
+    when no case has the file."""
+    if not name or Path(name).name != name or name in (".", "..") or \
+            not (scans or volume_suffix(name)):
+        what = "an image file or DICOM folder" if scans else "a label map file"
+        raise ValueError(f"{option} {name!r} is not {what}'s name (a name ending "
+                         f"{', '.join(VOLUME_SUFFIXES)}{', or a folder' if scans else ''}, "
+                         "without a folder part)")
+    if any(c.folder is None for c in cases):
+        raise ValueError(f"{option} names a file in each case folder; the input is not a "
+                         "folder of case folders (give --image-name, or --mask-name with "
+                         "refine)")
+    out = []
+    for c in cases:
+        base = Path(folder) / c.folder.name if folder is not None else c.folder
+        where = (base / name,) if scans else (base / name, base / "segmentations" / name)
+        found = next((x for x in where if x.is_file() or (scans and x.is_dir())), None)
+        if found is not None and found.resolve() == c.path.resolve():
+            raise ValueError(f"{option} {name} is the case's own input file")
+        out.append(found)
+    if cases and not any(out):
+        where = f" in {display_name(folder)}" if folder is not None else ""
+        raise ValueError(f"{option} {name}: no case folder{where} holds it"
+                         + ("" if scans else " (in it or in its segmentations/)"))
+    return out
 
 
 #: nnU-Net's channel suffix on image files (``case_0000.nii.gz`` beside a
@@ -254,7 +360,8 @@ def discover_masks(folder, organ=None, deidentify=False, mask_name=None):
                              "convert them to label maps")
         dirs = [d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")]
         raise ValueError(f"{display_name(p)} holds no label map files "
-                         f"({', '.join(VOLUME_SUFFIXES)})" + _image_subfolders(dirs, masks=True))
+                         f"({', '.join(VOLUME_SUFFIXES)})"
+                         + _image_subfolders(dirs, masks=True, deidentify=deidentify))
     named = [f.name for f in files if organ and organ.lower() in f.name.lower()]
     if named and len(named) < len(files):
         raise ValueError(
