@@ -14,8 +14,9 @@ from _phantoms import read_vtk_mesh
 
 from shapeprior.cli import main
 from shapeprior.io import Volume, read_label_map, read_volume, write_label
+from shapeprior.io._nifti import write_nifti
 from shapeprior.model import load_model
-from shapeprior.segmentation import SegmentParams, dice, segment_volume
+from shapeprior.segmentation import SegmentParams, dice, reason_levels, segment_volume
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,36 @@ def test_organ_absent_is_failed(model, scan):
                        SegmentParams())
     assert r.status == "failed", (r.quality, r.reasons)
     assert any("not found" in s for s in r.reasons)
+    # each reason keeps its own level: the ones that failed the result first, then
+    # those that alone would make it suspect (here the scale held at its limit and
+    # an unusual shape), not all of them 'failed'
+    levels = reason_levels(r.reasons, r.status)
+    assert levels == sorted(levels) and "suspect" in levels, list(zip(levels, r.reasons))
+    for lv, why in zip(levels, r.reasons):
+        assert (lv == "failed") == any(w in why for w in ("not found", "outside the field",
+                                                          "empty segmentation")), why
+
+
+def test_each_reason_is_shown_and_reported_at_its_level(phantom_model, scan, tmp_path, capsys):
+    """The same organ-free image through the CLI: the screen and report.json give
+    each reason its level (before, every reason of a failed result was printed as
+    'failed:', a scale held at its limit too)."""
+    vol, truth = scan
+    rng = np.random.default_rng(0)
+    bg = vol.array[~truth].astype(np.float64)
+    a = rng.normal(bg.mean(), bg.std(), vol.array.shape).astype(vol.array.dtype)
+    img = tmp_path / "noise.nii.gz"
+    write_nifti(Volume(a, vol.spacing, vol.origin, vol.direction), img)
+    out = tmp_path / "out"
+    assert main(["segment", str(img), "-o", str(out), "--model", str(phantom_model[3])]) == 3
+    shown = capsys.readouterr().out
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["status"] == "failed" and len(rep["reason_levels"]) == len(rep["reasons"])
+    assert "suspect" in rep["reason_levels"] and "failed" in rep["reason_levels"]
+    for lv, why in zip(rep["reason_levels"], rep["reasons"]):
+        assert f"  {lv}: {why}" in shown
+    stats = json.loads((out / "statistics.json").read_text())
+    assert stats["reason_levels"] == rep["reason_levels"]
 
 
 def test_image_not_in_hounsfield_units_is_failed_under_the_ct_model(model, scan):
@@ -724,3 +755,45 @@ def test_a_fit_whose_voxels_the_classifier_rejects_is_failed(model, scan, kept, 
     assert status == ("failed" if failed else "ok"), reasons
     assert failed == any("voxel classifier kept" in r for r in reasons)
     assert ev.get("voxels_kept") == kept
+
+
+def test_a_reason_is_a_string_with_a_level():
+    """A Reason compares, prints and serialises as its text, survives pickling
+    (process pools) with its level, keeps it when reworded, and refuses a level
+    that is no status; a plain string takes the level of its result."""
+    import pickle
+
+    from shapeprior.segmentation import Reason, reason_level
+    from shapeprior.segmentation._assess import reworded
+
+    r = Reason("weak boundary evidence", "suspect")
+    assert r == "weak boundary evidence" and json.dumps([r]) == '["weak boundary evidence"]'
+    back = pickle.loads(pickle.dumps(r))
+    assert back == r and back.level == "suspect" and isinstance(back, Reason)
+    w = reworded(r, "weak mask evidence")
+    assert w == "weak mask evidence" and w.level == "suspect"
+    assert type(reworded("plain", "other")) is str
+    assert reason_level("plain", "failed") == "failed" and reason_level(r, "failed") == "suspect"
+    with pytest.raises(ValueError, match="level='ok' is not 'failed' or 'suspect'"):
+        Reason("x", "ok")
+
+
+def test_both_sides_keep_each_sides_reason_levels(model, scan):
+    """Both sides of a paired organ: a failed side's reasons stay 'failed' in a
+    result that is only suspect, and what makes it suspect (a side left out of
+    the label) is 'suspect'."""
+    from dataclasses import replace
+
+    from shapeprior.segmentation import Reason, combine_sides, reason_levels
+
+    vol, _ = scan
+    good = segment_volume(vol, model, SegmentParams())
+    bad = replace(good, status="failed", label=np.zeros_like(good.label),
+                  reasons=[Reason("the surface does not match the image: organ not found",
+                                  "failed"), Reason("unusual shape", "suspect")])
+    res = combine_sides({"left": good, "right": bad}, vol.spacing)
+    assert res.status == "suspect"
+    assert list(zip(reason_levels(res.reasons, res.status), res.reasons)) == [
+        ("failed", "right: the surface does not match the image: organ not found"),
+        ("suspect", "right: unusual shape"),
+        ("suspect", "right: left out of the label (its fit failed: no such organ found)")]

@@ -103,10 +103,17 @@ def print_case(name, rep):
             + ("" if b["in_label"] else ", left out of the label")
             + (f", Dice {b['reference']['dice']:.3f}" if "reference" in b else "") + ")"
             for s, b in rep["sides"].items()))
-    for r in rep["reasons"]:
-        print(f"  {rep['status']}: {r}")
+    print_reasons(rep)
     for w in rep["warnings"]:
         print(f"  note: {w}")
+
+
+def print_reasons(rep):
+    """A report's reasons, each led by its own level (``reason_levels``): a failed
+    result's suspect-level reasons are shown as suspect, not as what failed it."""
+    levels = rep.get("reason_levels") or []
+    for i, r in enumerate(rep["reasons"]):
+        print(f"  {levels[i] if i < len(levels) else rep['status']}: {r}")
 
 
 def finish_case(name, rep, output, strict):

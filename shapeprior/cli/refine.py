@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ._common import (Parser, add_allow_no_orientation, add_batch_options, add_mesh_format,
                       add_prior, finish_case, floats, join_negative_values, parse_labels,
-                      print_batch, refuse_unused, segment_params, status_code)
+                      print_batch, print_reasons, refuse_unused, segment_params,
+                      status_code)
 
 
 def main(argv):
@@ -164,8 +165,7 @@ def main(argv):
         print("  both sides of the paired organ: " + ", ".join(
             f"{s} {ml:.1f} ml {'refined' if s in pr['refined'] else 'kept as given'}"
             for s, ml in pr["input_ml"].items()))
-    for r in rep["reasons"]:
-        print(f"  {rep['status']}: {r}")
+    print_reasons(rep)
     for w in rep["warnings"]:
         print(f"  note: {w}")
     if "reference" in rep and not rep["reference"].get("empty"):

@@ -13,7 +13,8 @@ import numpy as np
 from .._background import background
 from .._outputs import OutputDir, manifest
 from ..io import display_name, read_label_map, read_scan, write_label
-from ..segmentation import PairedRefineResult, SegmentParams, refine_mask, refine_paired
+from ..segmentation import (PairedRefineResult, SegmentParams, reason_levels, refine_mask,
+                            refine_paired)
 from ._qc import qc_png
 from ._run import (MESH_FORMATS, compared_with, input_hashes, model_version, note_empty_reference,
                    params_record, prior_record, reference_mask, scrub_argv, side_note,
@@ -127,12 +128,15 @@ def _fit_block(res):
     """The report's account of one refinement (:class:`RefineResult`)."""
     fit = res.fit
     return {"status": fit.status, "quality": round(fit.quality, 4), "reasons": fit.reasons,
+            "reason_levels": reason_levels(fit.reasons, fit.status),
             "corrections": res.corrections,
             "overridden_fraction_max": fit.overridden_fraction_max,
             "overridden_vertices": int(fit.overridden.sum()),
             "mask_fit": {"status": res.mask_fit.status,
                          "quality": round(res.mask_fit.quality, 4),
-                         "reasons": res.mask_fit.reasons},
+                         "reasons": res.mask_fit.reasons,
+                         "reason_levels": reason_levels(res.mask_fit.reasons,
+                                                        res.mask_fit.status)},
             "evidence": fit.evidence, "iterations": fit.n_iter, "converged": fit.converged}
 
 
@@ -145,7 +149,8 @@ def _paired_block(res):
     block = {
         "status": res.status,
         "quality": min(b["quality"] for b in done.values()),
-        "reasons": res.reasons, "corrections": res.corrections,
+        "reasons": res.reasons, "reason_levels": reason_levels(res.reasons, res.status),
+        "corrections": res.corrections,
         "overridden_fraction_max": max(b["overridden_fraction_max"] for b in done.values()),
         "overridden_vertices": sum(b["overridden_vertices"] for b in done.values()),
         "iterations": max(b["iterations"] for b in done.values()),

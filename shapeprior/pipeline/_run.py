@@ -18,9 +18,9 @@ from ..io import (Volume, display_name, image_files, read_label_map, read_scan,
                   write_dicom_seg, write_label)
 from ..mesh import MESH_FORMATS, Surface
 from ..segmentation import (PairedSegmentResult, SegmentParams, dice, distance_to_mean,
-                            organ_min_ml, paired_model, paired_parts, part_alone, refine_mask,
-                            segment_volume, shape_statistics, split_at_midline,
-                            surface_distances)
+                            organ_min_ml, paired_model, paired_parts, part_alone,
+                            reason_levels, refine_mask, segment_volume, shape_statistics,
+                            split_at_midline, surface_distances)
 from ._qc import qc_png
 
 #: label outputs: NIfTI on the input grid, DICOM-SEG referencing a DICOM input, or both
@@ -236,6 +236,7 @@ def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, in
                         f"window {lo}..{hi} HU (give --window for another organ or phase)")
     report = {
         "status": res.status, "quality": round(res.quality, 4), "reasons": res.reasons,
+        "reason_levels": reason_levels(res.reasons, res.status),
         "input": {"name": case_name or display_name(input_path), **info,
                   "shape_zyx": list(vol.array.shape), "spacing_mm": vol.spacing.tolist(),
                   "origin_mm": vol.origin.tolist(), "direction": vol.direction.ravel().tolist()},
@@ -266,7 +267,8 @@ def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, in
 
 
 #: the keys of a side's own account in a report of both sides (``sides``)
-SIDE_KEYS = ("status", "quality", "reasons", "surface_offset_mm", "voxels_changed", "volume_ml",
+SIDE_KEYS = ("status", "quality", "reasons", "reason_levels", "surface_offset_mm",
+             "voxels_changed", "volume_ml",
              "mesh_volume_ml", "iterations", "converged", "overridden_fraction",
              "overridden_fraction_max", "overridden_vertices", "time_s", "evidence",
              "placement", "history")
@@ -295,6 +297,7 @@ def _paired_report(res, vol, ref, info, model, params, dictionary, clock, case_n
     kept = [reports[s] for s in res.in_label]      # the sides the label and the mesh hold
     report = {
         "status": res.status, "quality": round(res.quality, 4), "reasons": res.reasons,
+        "reason_levels": reason_levels(res.reasons, res.status),
         "input": first["input"], "model": first["model"], "prior": first["prior"],
         "side": "both", "volume_ml": volume_ml,
         "mesh_volume_ml": sum(r["mesh_volume_ml"] for r in kept),
@@ -474,7 +477,9 @@ def statistics(res, model, spacing) -> dict:
     measures and how unusual it is (:func:`~shapeprior.segmentation.shape_statistics`).
     A failed result has no organ to measure."""
     head = {"status": res.status, "quality": round(float(res.quality), 4),
-            "reasons": list(res.reasons), "coordinates": "LPS", "units": "mm, ml, mm^2",
+            "reasons": list(res.reasons),
+            "reason_levels": reason_levels(res.reasons, res.status), "coordinates": "LPS",
+            "units": "mm, ml, mm^2",
             "organ": model.metadata.get("organ"), "mirrored": bool(res.mirrored)}
     if res.status == "failed" or not np.any(res.label):
         return head

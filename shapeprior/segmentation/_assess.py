@@ -32,6 +32,41 @@ import numpy as np
 from ..align import procrustes
 from ..mesh import Surface
 
+class Reason(str):
+    """A reason a result is not ``ok``: its text (a plain string in reports and
+    comparisons) and ``level``, the status it gives on its own (``'failed'`` or
+    ``'suspect'``). A failed result may hold suspect-level reasons beside the
+    ones that failed it, and a result of both sides of a paired organ a failed
+    side's reasons while it is suspect: the level says which is which."""
+
+    def __new__(cls, text, level):
+        if level not in ("failed", "suspect"):
+            raise ValueError(f"level={level!r} is not 'failed' or 'suspect'")
+        self = super().__new__(cls, text)
+        self.level = level
+        return self
+
+    def __reduce__(self):       # pickled (process pools) with its level
+        return Reason, (str(self), self.level)
+
+
+def reason_level(reason, status):
+    """The level of ``reason``: its own (:class:`Reason`), or for a plain string
+    the status of the result that holds it."""
+    return getattr(reason, "level", status)
+
+
+def reason_levels(reasons, status):
+    """The level of each of ``reasons`` (:func:`reason_level`): the report's
+    ``reason_levels``, beside its ``reasons``."""
+    return [reason_level(r, status) for r in reasons]
+
+
+def reworded(reason, text):
+    """``text`` in place of ``reason``, keeping its level (a plain string stays one)."""
+    return Reason(text, reason.level) if isinstance(reason, Reason) else text
+
+
 #: scale slack around the training range (the fit clamps the scale to it)
 SCALE_SLACK = 1.1
 #: appearance score (over the vertices whose samples lie in the image) below which a
@@ -227,4 +262,5 @@ def assess(res, vol, model, scorer, mirror=False, scale_clamped=0):
     if not res.label.any():
         failed.append("empty segmentation")
     status = "failed" if failed else "suspect" if suspect else "ok"
-    return status, float(quality), failed + suspect, ev
+    reasons = [Reason(r, "failed") for r in failed] + [Reason(r, "suspect") for r in suspect]
+    return status, float(quality), reasons, ev

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ._assess import Reason, reason_level
 from ._sides import paired_model
 
 #: the two sides' labels may share this fraction of the smaller one's voxels
@@ -111,9 +112,12 @@ def combine_sides(fits, spacing):
     for s in in_label:
         label[fits[s].label > 0] = 1
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    reasons = [f"{s}: {r}" for s, f in fits.items() for r in f.reasons]
-    reasons += [f"{s}: left out of the label (its fit failed: no such organ found)"
-                for s in failed if s not in in_label]
+    # each side's reasons at their own level (a failed side of a suspect result);
+    # the rest make the result suspect
+    reasons = [Reason(f"{s}: {r}", reason_level(r, f.status))
+               for s, f in fits.items() for r in f.reasons]
+    reasons += [Reason(f"{s}: left out of the label (its fit failed: no such organ found)",
+                       "suspect") for s in failed if s not in in_label]
     evidence = {"in_label": in_label}
     overlap = False
     sizes = [int(np.count_nonzero(fits[s].label)) for s in in_label]
@@ -122,17 +126,18 @@ def combine_sides(fits, spacing):
         evidence["overlap_ml"] = round(both * voxel_ml, 3)
         overlap = both > SIDES_OVERLAP_SUSPECT * min(sizes)
         if overlap:
-            reasons.append(f"the left and right fits overlap ({both * voxel_ml:.1f} ml, "
-                           f"{100 * both / min(sizes):.0f} % of the smaller): both may lie "
-                           "on one organ")
+            reasons.append(Reason(f"the left and right fits overlap ({both * voxel_ml:.1f} "
+                                  f"ml, {100 * both / min(sizes):.0f} % of the smaller): both "
+                                  "may lie on one organ", "suspect"))
     swapped = False
     if len(in_label) == 2:
         # LPS: +x is the patient's left, so the left organ lies at the larger x
         xl, xr = (float(np.mean(fits[s].verts[:, 0])) for s in ("left", "right"))
         swapped = xl <= xr
         if swapped:
-            reasons.append(f"the left fit lies on the patient's right of the right fit (LPS x "
-                           f"{xl:.1f} <= {xr:.1f} mm): the sides may be swapped")
+            reasons.append(Reason(f"the left fit lies on the patient's right of the right fit "
+                                  f"(LPS x {xl:.1f} <= {xr:.1f} mm): the sides may be swapped",
+                                  "suspect"))
     if len(failed) == len(fits):
         status = "failed"
     elif failed or overlap or swapped or any(fits[s].status != "ok" for s in in_label):

@@ -15,8 +15,8 @@ from ..appearance import (HU_BELOW, HU_CT_SHARE, HU_MIN_SHARE, SMOOTH_VOX, VOXEL
                           search_profiles)
 from ..mesh import Surface, mean_neighbour_operator, voxelize
 from ..ssc import sparse_shape_composition
-from ._assess import (MIRROR, SCALE_SLACK, assess, kept_share, mesh_box, mode_coefficients,
-                      organ_scale, outside_fov)
+from ._assess import (MIRROR, SCALE_SLACK, Reason, assess, kept_share, mesh_box,
+                      mode_coefficients, organ_scale, outside_fov)
 from ._place import AppearanceScore, Hypothesis, find_placements
 from ._sides import paired_model, starting_side
 
@@ -836,4 +836,4 @@ def _failed(vol, verts, faces, reason, backend, t0):
     return SegmentResult(verts, faces, np.zeros(vol.array.shape, np.uint8), 0, False, 0.0,
                          time.perf_counter() - t0, [], backend, 0.0, np.zeros(n, bool),
                          np.zeros(n), np.zeros(n), status="failed", quality=0.0,
-                         reasons=[reason], evidence={}, placement=None)
+                         reasons=[Reason(reason, "failed")], evidence={}, placement=None)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..io import Volume
 from ..mesh import Surface, mask_box
+from ._assess import Reason, reason_level
 from ._fit import STATUS_RANK
 from ._refine import check_image_covers, describe_corrections, image_covers, refine_mask
 from ._sides import paired_model
@@ -167,7 +168,8 @@ class PairedRefineResult:
     @property
     def reasons(self):
         """The sides' reasons, each led by its side."""
-        return [f"{s}: {r}" for s, f in self.fits.items() for r in f.reasons]
+        return [Reason(f"{s}: {r}", reason_level(r, f.status))
+                for s, f in self.fits.items() for r in f.reasons]
 
     def __repr__(self):
         """One line: the status, each side's, and what was corrected."""
@@ -229,8 +231,8 @@ def refine_paired(mask_vol, model, labels=(1,), params=None, image=None, diction
         res = refine_mask(one, model, labels, replace(params, side=side), seen, dictionary,
                           keep)
         if seen is not image:
-            res.fit.reasons.append("the image holds none of this side's organ; refined from "
-                                   "the mask alone")
+            res.fit.reasons.append(Reason("the image holds none of this side's organ; refined "
+                                          "from the mask alone", "suspect"))
             res.fit.evidence["image_used"] = False
             if res.fit.status == "ok":
                 res.fit.status = "suspect"

@@ -44,7 +44,8 @@ import numpy as np
 
 from ..io import Volume
 from ..mesh import dice, grown_box, mask_box, signed_distance, voxelize
-from ._assess import CUT_BY_FOV, OUTSIDE_FOV, border_distance, outside_fov, touches_border
+from ._assess import (CUT_BY_FOV, OUTSIDE_FOV, Reason, border_distance, outside_fov,
+                      reworded, touches_border)
 from . import _cavities, _inpaint, _inserted
 from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, segment_volume
 from ._sides import paired_model
@@ -575,7 +576,7 @@ def _refine_mask(mask_vol, m, model, labels, params, image, dictionary, keep, fo
                 best = (on, f, side)
     on_boundary, mask_fit, side = best
     at_edge = touches_border(target)
-    mask_fit.reasons = [_of_the_mask(r, at_edge) for r in mask_fit.reasons]
+    mask_fit.reasons = [reworded(r, _of_the_mask(r, at_edge)) for r in mask_fit.reasons]
     agree = dice(mask_fit.label > 0, target)
     fit = mask_fit
     unused = None
@@ -602,7 +603,8 @@ def _refine_mask(mask_vol, m, model, labels, params, image, dictionary, keep, fo
     fit.evidence["mask_agreement_dice"] = round(agree, 4)
     if unused is not None:
         fit.evidence["image_used"] = False
-        fit.reasons.append(f"the image was not used ({unused}); refined from the mask alone")
+        fit.reasons.append(Reason(f"the image was not used ({unused}); refined from the mask "
+                                  "alone", "suspect"))
         if fit.status == "ok":
             fit.status = "suspect"
     if inserted is not None:
@@ -620,7 +622,7 @@ def _refine_mask(mask_vol, m, model, labels, params, image, dictionary, keep, fo
             "the input is kept, with its missing or copied slices interpolated"
         why = (f"the model explains the mask poorly (Dice {agree:.2f} < {MASK_AGREEMENT})"
                if agree < MASK_AGREEMENT else "the fit failed")
-        fit.reasons.append(f"not refined: {why}; {kept}")
+        fit.reasons.append(Reason(f"not refined: {why}; {kept}", "suspect"))
         if fit.status == "ok":
             fit.status = "suspect"
     else:
@@ -649,9 +651,9 @@ def _refine_mask(mask_vol, m, model, labels, params, image, dictionary, keep, fo
         # its two sides do not face each other) leaves the organ cut in two;
         # so do two organs under one label (both kidneys of a KiTS map). None
         # of 357 clean KiTS19 kidneys is in more than one such piece
-        fit.reasons.append(f"the refined organ is in {pieces} pieces of at least "
-                           f"{GAP_PART_FRACTION:g} of the largest (a gap not bridged, or "
-                           f"two organs under one label)")
+        fit.reasons.append(Reason(f"the refined organ is in {pieces} pieces of at least "
+                                  f"{GAP_PART_FRACTION:g} of the largest (a gap not bridged, "
+                                  "or two organs under one label)", "suspect"))
         if fit.status == "ok":
             fit.status = "suspect"
     return RefineResult(fit, label, describe_corrections(m_input, label > 0, mask_vol),
