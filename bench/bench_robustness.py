@@ -31,6 +31,7 @@ from shapeprior.correspond import fit_template, surface_distances
 from shapeprior.mesh import Surface
 from shapeprior.model import (BuildParams, build_model, find_label_maps, load_model,
                               pca_reconstruct, save_model, surfaces_from_label_map)
+from shapeprior.model._build import resolve_resolution
 from shapeprior.ssc import sparse_shape_composition
 from shapeprior.ssc._compose import HYBRID_REFIT, L0_NONZERO
 from shapeprior.synthetic import corrupt_patches
@@ -61,6 +62,9 @@ def prepare(cache, n_jobs, limit=None):
         model, report = build_model(train, params, root=root)
         save_model(model, mpath)
         (cache / "kidney_build_report.json").write_text(json.dumps(report, indent=1))
+    # the held-out surfaces at the resolution the build chose (the organ's size decides
+    # it when BuildParams leaves it open)
+    params, _ = resolve_resolution(params, train)
     hpath = cache / "heldout.npz"
     if hpath.exists():
         z = np.load(hpath, allow_pickle=False)
