@@ -96,3 +96,16 @@ def test_a_run_of_equivalent_mutants_alone_reports_no_score(tmp_path, monkeypatc
     assert res["score"] is None and res["n_valid"] == 0
     assert res["equivalent"][0]["whole_suite"] == "survived"
     assert "score 0/0 = n/a" in capsys.readouterr().out
+
+
+def test_the_readme_counts_the_mutants_and_runs():
+    """The README's account of mutation testing states how many mutants the
+    script holds and how many runs' JSON are committed (it said 633 and 87
+    while the script held 788 and 130 files lay in bench/results)."""
+    import re
+
+    text = (BENCH.parent / "README.md").read_text()
+    said = re.search(r"applies (\d+) plausible one-line bugs", text)
+    assert said and int(said.group(1)) == len(mutation.MUTANTS), said
+    runs = re.search(r"`bench/results/mutation\*\.json` \((\d+) runs\)", text)
+    assert runs and int(runs.group(1)) == len(list((BENCH / "results").glob("mutation*.json")))
