@@ -408,6 +408,60 @@ def test_a_folder_of_several_series_lists_what_tells_them_apart(tmp_path):
         read_image(mixed)
     msg = str(err.value)
     assert "holds 3 DICOM series" in msg
-    for words in ("4 files, CT, 6 x 8, axial)", "4 files, MR, 6 x 8, sagittal)",
-                  "4 files, MR, 5 x 8, axial tilted 11 deg)"):
+    for words in ("4 files, CT, 6 x 8, axial, 2 mm slices)",
+                  "4 files, MR, 6 x 8, sagittal, 2 mm slices)",
+                  "4 files, MR, 5 x 8, axial tilted 11 deg, 2 mm slices)"):
         assert words in msg, msg
+
+
+def test_series_without_uids_are_told_apart(tmp_path):
+    """Two series whose anonymiser removed every Series Instance UID (as in
+    TotalSegmentator's example series), a second reconstruction 100 mm higher
+    with thinner slices, in one folder: before, they were one 'series' with
+    non-uniform spacing that no --series could split; now each is its own
+    series, listed with its number and thickness, and each reads as written."""
+    import pydicom
+
+    from _phantoms import write_dicom_series
+
+    from shapeprior.io import ImageReadError
+
+    arr = np.arange(4 * 6 * 8, dtype=np.int16).reshape(4, 6, 8)
+    vols = {"a": Volume(arr, [1.0, 1.0, 2.0], [0.0, 0.0, 0.0], np.eye(3)),
+            "b": Volume(arr[::-1].copy(), [1.0, 1.0, 1.0], [0.0, 0.0, 100.0], np.eye(3))}
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for sub, number in (("a", 1), ("b", 2)):
+        write_dicom_series(vols[sub], tmp_path / sub, modality="CT", series_uid=f"1.2.3.{number}")
+        for f in (tmp_path / sub).iterdir():
+            ds = pydicom.dcmread(f)
+            del ds.SeriesInstanceUID
+            ds.SeriesNumber = number
+            ds.save_as(mixed / f"{sub}{f.name}")
+    with pytest.raises(ImageReadError) as err:
+        read_image(mixed)
+    msg = str(err.value)
+    assert "holds 2 DICOM series" in msg
+    assert "4 files, CT, series 1, 6 x 8, axial, 2 mm slices)" in msg
+    assert "4 files, CT, series 2, 6 x 8, axial, 1 mm slices)" in msg
+    seen = set()
+    for index in (0, 1):
+        vol, info = read_image(mixed, series=index)
+        want = vols["a" if vol.spacing[2] == 2.0 else "b"]
+        assert np.array_equal(vol.array, want.array)
+        assert np.allclose(vol.origin, want.origin) and np.allclose(vol.spacing, want.spacing)
+        seen.add(info["series_key"])
+    assert len(seen) == 2
+    # by key: the same series again; and a SEG of each refers to a derived series UID
+    # of its own
+    from shapeprior.io import write_dicom_seg
+
+    refs = set()
+    for key in sorted(seen):
+        vol, info = read_image(mixed, series=key)
+        assert info["series_key"] == key
+        write_dicom_seg(tmp_path / f"{key}.dcm", (vol.array > 100).astype(np.uint8), vol, mixed,
+                        series_key=key, organ="kidney")
+        seg = pydicom.dcmread(tmp_path / f"{key}.dcm")
+        refs.add(str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID))
+    assert len(refs) == 2

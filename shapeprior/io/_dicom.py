@@ -83,13 +83,42 @@ def _scan(folder: Path):
             ds = pydicom.dcmread(e, stop_before_pixels=True)
             if not _is_image(ds):
                 continue
-            uid = str(ds.get("SeriesInstanceUID", "") or "")
+            uid = str(ds.get("SeriesInstanceUID", "") or "") or _derived_series(ds)
         except Exception:  # noqa: BLE001 - not DICOM, or a header pydicom cannot parse
             continue
         series.setdefault(uid, []).append((e, ds))
     _SCAN_CACHE.clear()
     _SCAN_CACHE[key] = (stamp, series)
     return series
+
+
+#: what tells apart the series of images that carry no Series Instance UID (an
+#: anonymiser removed it, as in TotalSegmentator's example series): images agreeing on
+#: all of these are taken as one series
+DERIVED_SERIES_TAGS = ("Modality", "SeriesNumber", "StudyInstanceUID", "FrameOfReferenceUID",
+                       "Rows", "Columns", "PixelSpacing", "ImageOrientationPatient",
+                       "SliceThickness", "NumberOfFrames")
+
+
+def _derived_series(ds):
+    """The series identity of an image without a Series Instance UID: a string
+    (never a UID; it keys the folder's series and seeds a derived UID) of the
+    values of :data:`DERIVED_SERIES_TAGS`, numbers rounded to 1e-4. Before, every
+    such image of a folder was one series, and two series stored so (two
+    reconstructions, a localizer beside the scan) could not be read apart."""
+    parts = []
+    for name in DERIVED_SERIES_TAGS:
+        v = ds.get(name)
+        if v is None:
+            parts.append("")
+            continue
+        try:
+            vals = [v] if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__") \
+                else list(v)
+            parts.append("\\".join(f"{float(x):.4f}" for x in vals))
+        except (TypeError, ValueError):
+            parts.append(str(v))
+    return "derived:" + "|".join(parts)
 
 
 def list_series(folder):
@@ -109,13 +138,18 @@ TILT_DEG = 1.0
 
 def _series_summary(entries):
     """What tells the series of a folder apart without naming anyone: the
-    modality, the slice size and the plane of the first slice, e.g. ``", MR, 320 x
-    280, sagittal"`` ('' where the header does not say)."""
+    modality, the series number, the slice size, the plane and the slice
+    thickness of the first slice, e.g. ``", MR, series 3, 320 x 280, sagittal, 1 mm
+    slices"`` (each left out where the header does not say it)."""
     ds = entries[0][1]
     parts = []
     modality = str(ds.get("Modality", "") or "").strip()
     if modality.isalnum() and len(modality) <= 8:      # a code (CT, MR, PT), nothing else
         parts.append(modality)
+    try:
+        parts.append(f"series {int(ds.SeriesNumber)}")
+    except (AttributeError, TypeError, ValueError):
+        pass
     try:
         parts.append(f"{int(ds.Rows)} x {int(ds.Columns)}")
     except (AttributeError, TypeError, ValueError):
@@ -130,6 +164,12 @@ def _series_summary(entries):
             plane = ("sagittal", "coronal", "axial")[axis]
             parts.append("oblique" if normal[axis] < PLANE_COSINE * size
                          else plane if tilt < TILT_DEG else f"{plane} tilted {tilt:.0f} deg")
+    except (AttributeError, TypeError, ValueError):
+        pass
+    try:
+        thick = float(ds.SliceThickness)
+        if np.isfinite(thick) and thick > 0:
+            parts.append(f"{thick:g} mm slices")
     except (AttributeError, TypeError, ValueError):
         pass
     return "".join(f", {p}" for p in parts)
