@@ -465,3 +465,17 @@ def test_series_without_uids_are_told_apart(tmp_path):
         seg = pydicom.dcmread(tmp_path / f"{key}.dcm")
         refs.add(str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID))
     assert len(refs) == 2
+    # an oblique series whose direction cosines differ in their last digits (and
+    # signs of zero) from slice to slice stays one series
+    from _phantoms import rotation
+
+    write_dicom_series(Volume(arr, [1.0, 1.0, 2.0], [0.0, 0.0, 0.0], rotation(0, 45.0)),
+                       tmp_path / "obl", series_uid="1.2.3.9")
+    for k, f in enumerate(sorted((tmp_path / "obl").iterdir())):
+        ds = pydicom.dcmread(f)
+        del ds.SeriesInstanceUID
+        ds.ImageOrientationPatient = [float(v) + (-1) ** k * 5e-7
+                                      for v in ds.ImageOrientationPatient]
+        ds.save_as(f)
+    vol, info = read_image(tmp_path / "obl")
+    assert info["n_series_in_folder"] == 1 and vol.array.shape == arr.shape

@@ -94,16 +94,18 @@ def _scan(folder: Path):
 
 #: what tells apart the series of images that carry no Series Instance UID (an
 #: anonymiser removed it, as in TotalSegmentator's example series): images agreeing on
-#: all of these are taken as one series
+#: all of these are taken as one series. Not the orientation: an oblique series'
+#: direction cosines vary in their last digits from slice to slice (the reader checks
+#: them with a tolerance), and two series apart only in orientation stay one, refused
+#: as mixed orientations
 DERIVED_SERIES_TAGS = ("Modality", "SeriesNumber", "StudyInstanceUID", "FrameOfReferenceUID",
-                       "Rows", "Columns", "PixelSpacing", "ImageOrientationPatient",
-                       "SliceThickness", "NumberOfFrames")
+                       "Rows", "Columns", "PixelSpacing", "SliceThickness", "NumberOfFrames")
 
 
 def _derived_series(ds):
     """The series identity of an image without a Series Instance UID: a string
     (never a UID; it keys the folder's series and seeds a derived UID) of the
-    values of :data:`DERIVED_SERIES_TAGS`, numbers rounded to 1e-4. Before, every
+    values of :data:`DERIVED_SERIES_TAGS`, numbers rounded to 1e-4 (-0 as 0). Before, every
     such image of a folder was one series, and two series stored so (two
     reconstructions, a localizer beside the scan) could not be read apart."""
     parts = []
@@ -115,7 +117,7 @@ def _derived_series(ds):
         try:
             vals = [v] if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__") \
                 else list(v)
-            parts.append("\\".join(f"{float(x):.4f}" for x in vals))
+            parts.append("\\".join(f"{round(float(x), 4) + 0.0:.4f}" for x in vals))
         except (TypeError, ValueError):
             parts.append(str(v))
     return "derived:" + "|".join(parts)
