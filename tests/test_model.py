@@ -180,6 +180,11 @@ def test_model_file_errors(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"definitely not a zip")
     with pytest.raises(ModelFormatError, match="not a shapeprior model"):
         load_model(tmp_path / "junk.npz")
+    # an interrupted copy: the archive's start without its central directory
+    whole = (tmp_path / "future.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ModelFormatError, match="cut.npz is a truncated model file"):
+        load_model(tmp_path / "cut.npz")
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     with pytest.raises(ModelFormatError, match="no metadata"):
         load_model(tmp_path / "other.npz")

@@ -270,6 +270,11 @@ def _open_npz(p: Path):
     """The model's NPZ archive; refuses non-zip files and sizes memory cannot hold."""
     name = _name(p)
     if not zipfile.is_zipfile(p):
+        with open(p, "rb") as f:
+            head = f.read(4)
+        if head == b"PK\x03\x04":         # a zip's first member, and no directory at its end
+            raise ModelFormatError(f"{name} is a truncated model file (an .npz archive "
+                                   "without its end: an interrupted copy or download?)")
         raise ModelFormatError(f"{name} is not a shapeprior model file (not an .npz archive)")
     try:
         with zipfile.ZipFile(p) as zf:
