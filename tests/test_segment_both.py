@@ -353,3 +353,58 @@ def test_each_side_is_compared_with_its_side_of_the_reference(paired, tmp_path, 
     assert again["sides"]["right"]["reference"]["dice"] == 0.0
     assert again["sides"]["left"]["placement"] == rep["sides"]["left"]["placement"]
     assert "compared again" in (out / "summary.csv").read_text()
+
+
+def test_a_batch_of_both_sides_gives_each_sides_status_and_dice(paired, tmp_path, capsys):
+    """A folder of cases with --side both and references: each summary row (JSON
+    and CSV) and each screen line carries each side's own status and Dice, so a
+    side that failed in a suspect case shows in the table (before, only the
+    whole case's status and one Dice over both)."""
+    import csv
+    import shutil
+
+    from shapeprior.io import write_label
+    from shapeprior.io._nifti import write_nifti
+
+    d, images, truth, model = paired
+    cases, refs = tmp_path / "cases", tmp_path / "refs"
+    cases.mkdir()
+    refs.mkdir()
+    vol = sp.read_volume(images / NAME)
+    shutil.copy(images / NAME, cases / "whole.nii.gz")
+    write_nifti(_without(vol, truth[NAME]["right"], truth[NAME]["left"]), cases / "gone.nii.gz")
+    both = truth[NAME]["left"] | truth[NAME]["right"]
+    for c in ("whole", "gone"):
+        write_label(vol, both, refs / f"{c}.nii.gz")
+    out = tmp_path / "out"
+    main(["segment", str(cases), "-o", str(out), "--model", str(model), "--side", "both",
+          "--reference", str(refs)])
+    shown = capsys.readouterr().out
+    rows = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
+    table = {r["case"]: r for r in csv.DictReader(open(out / "summary.csv", newline=""))}
+    for c in ("whole", "gone"):
+        rep = json.loads((out / c / "report.json").read_text())
+        for s in ("left", "right"):
+            assert rows[c][f"{s}_status"] == rep["sides"][s]["status"]
+            assert table[c][f"{s}_status"] == rep["sides"][s]["status"]
+    rep = json.loads((out / "whole" / "report.json").read_text())
+    for s in ("left", "right"):
+        assert rows["whole"][f"{s}_dice"] == rep["sides"][s]["reference"]["dice"] > 0.85
+        assert float(table["whole"][f"{s}_dice"]) == pytest.approx(rows["whole"][f"{s}_dice"],
+                                                                   abs=1e-6)
+    # one side left out of the label: no midline to cut the reference at, so no side's
+    # own Dice (the report has none either), only each side's status
+    assert rows["gone"]["status"] == "suspect" and rows["gone"]["right_status"] == "failed"
+    assert rows["gone"]["left_status"] == "ok" and "left_dice" not in rows["gone"]
+    assert table["gone"]["left_dice"] == table["gone"]["right_dice"] == ""
+    line = next(x for x in shown.splitlines() if x.startswith("whole"))
+    assert f"(left ok Dice {rows['whole']['left_dice']:.3f}, right ok Dice " in line
+    assert "(left ok, right failed)" in next(x for x in shown.splitlines()
+                                             if x.startswith("gone"))
+    # a rerun keeps the cases and their rows' sides
+    main(["segment", str(cases), "-o", str(out), "--model", str(model), "--side", "both",
+          "--reference", str(refs)])
+    again = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
+    assert all(again[c]["status"] == "skipped" for c in again)
+    assert again["gone"]["right_status"] == "failed"
+    assert again["whole"]["left_dice"] == rows["whole"]["left_dice"]

@@ -247,6 +247,11 @@ def print_batch(summary, n_cases, root, st):
                 extra += f", Dice {before}{r['dice']:.3f}" + (
                     f", {r['assd_mm']:.2f} mm" if r.get("assd_mm") is not None else
                     ", no surface to compare")
+            sides = [f"{s} {r[s + '_status']}" + (f" Dice {r[s + '_dice']:.3f}"
+                                                  if s + "_dice" in r else "")
+                     for s in ("left", "right") if s + "_status" in r]
+            if sides:
+                extra += " (" + ", ".join(sides) + ")"
             if "result" in r:
                 extra = f"{r['result']} (kept: inputs unchanged), {extra}"
             if r.get("reasons"):

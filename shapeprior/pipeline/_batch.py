@@ -155,7 +155,30 @@ def result_fields(rep):
     if rep.get("reasons"):
         row["reasons"] = rep["reasons"]
     row.update(reference_fields(rep))
+    row.update(side_fields(rep))
     return row
+
+
+#: the sides of a paired organ whose own result a row of ``--side both`` gives
+SIDE_COLUMNS = ("left", "right")
+
+
+def side_fields(rep):
+    """A ``--side both`` row's account of each side (a report's ``sides``): its
+    status and, against a reference, its own Dice (``left_status``,
+    ``left_dice``, ...); nothing for one organ."""
+    out = {}
+    if rep.get("side") != "both":
+        return out
+    for s in SIDE_COLUMNS:
+        b = rep.get("sides", {}).get(s)
+        if b is None:
+            continue
+        out[f"{s}_status"] = b["status"]
+        ref = b.get("reference")
+        if ref is not None and not ref.get("empty") and ref.get("dice") is not None:
+            out[f"{s}_dice"] = ref["dice"]
+    return out
 
 
 def reference_fields(rep):
@@ -250,7 +273,12 @@ def check_root(root, inputs):
 
 #: the columns of a batch's summary.csv (a row per case; empty where a row has none)
 SUMMARY_COLUMNS = ("case", "status", "result", "quality", "volume_ml", "iterations", "time_s",
-                   "side", "dice", "assd_mm", "hd95_mm", "reasons", "error", "note")
+                   "side", "dice", "assd_mm", "hd95_mm", "left_status", "left_dice",
+                   "right_status", "right_dice", "reasons", "error", "note")
+#: the segment summary.csv header before each side had its columns (its file is still
+#: a shapeprior summary, replaced by a rerun)
+_SUMMARY_COLUMNS_1 = ("case", "status", "result", "quality", "volume_ml", "iterations",
+                      "time_s", "side", "dice", "assd_mm", "hd95_mm", "reasons", "error", "note")
 #: the columns of a refinement batch's summary.csv: the input mask's volume, the
 #: refined one (``volume_ml``), what was removed and added, and against a
 #: reference the input mask's Dice beside the refined label's
@@ -258,7 +286,7 @@ REFINE_COLUMNS = ("case", "status", "result", "quality", "input_ml", "volume_ml"
                   "added_ml", "iterations", "time_s", "input_dice", "dice", "assd_mm",
                   "hd95_mm", "reasons", "error", "note")
 _COLUMNS = {"segment": SUMMARY_COLUMNS, "refine": REFINE_COLUMNS}
-_HEADERS = frozenset(",".join(c) for c in _COLUMNS.values())
+_HEADERS = frozenset(",".join(c) for c in (*_COLUMNS.values(), _SUMMARY_COLUMNS_1))
 
 
 def own_summary_csv(path):
