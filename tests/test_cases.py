@@ -378,9 +378,12 @@ def test_a_folder_of_case_folders_takes_image_name(tmp_path):
                                          r"files, each segmentation.nii.gz: a folder of case "
                                          r"folders takes --image-name NAME"):
         discover_cases(root, list_series=ls)
-    with pytest.raises(ValueError, match="3 of its subfolders hold image files") as err:
+    with pytest.raises(ValueError, match="3 of its subfolders hold image files, each a file "
+                                         "of one name: a folder of case folders takes "
+                                         "--image-name NAME") as err:
         discover_cases(root, list_series=ls, deidentify=True)
     assert "Doe" not in str(err.value) and "Roe" not in str(err.value)
+    assert "segmentation.nii.gz" not in str(err.value)
     cases = discover_cases(root, list_series=ls, image_name="imaging.nii.gz")
     assert [c.name for c in cases] == ["Doe_John", "Roe_Jane", "dicom_case", "no_scan"]
     assert [c.folder for c in cases] == [root / n for n in ("Doe_John", "Roe_Jane", "dicom_case",

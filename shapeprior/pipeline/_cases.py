@@ -172,7 +172,8 @@ def _image_subfolders(dirs, masks=False, deidentify=False):
     (``case_00000/imaging.nii.gz``) are named by the option that picks that
     file; others (nnU-Net's ``imagesTs/``, ``labelsTs/``) as the folders to
     give. ``masks``: the hint of a folder of masks to refine; ``deidentify``:
-    the subfolders are counted, not named (case folders carry case names)."""
+    the subfolders are counted, not named (case folders carry case names), and
+    the names they share are not shown."""
     hold = {}
     for d in dirs:
         names = _volume_names(d)
@@ -187,9 +188,11 @@ def _image_subfolders(dirs, masks=False, deidentify=False):
         which = f"its subfolders {', '.join(list(hold)[:4])}{' ...' if len(hold) > 4 else ''} hold"
     option = "--mask-name" if masks else "--image-name"
     if common:
-        return (f"; {which} image files, each {', '.join(common[:4])}: a folder of case "
-                f"folders takes {option} NAME (the {'mask' if masks else 'scan'}'s file name in "
-                "each)")
+        # (with --deidentify the shared names are not shown either: two folders of one
+        # patient may share a file named after them)
+        each = "a file of one name" if deidentify else ", ".join(common[:4])
+        return (f"; {which} image files, each {each}: a folder of case folders takes "
+                f"{option} NAME (the {'mask' if masks else 'scan'}'s file name in each)")
     if masks:
         return f"; {which} image files: give the folder of the masks"
     return (f"; {which} image files: give the scans' folder as the input (and the label maps' "
