@@ -186,14 +186,28 @@ def choose_dictionary(train, faces, tune, tune_cases, sizes, sparsities, kinds, 
     return best, rows, ref
 
 
+def evaluate_default(model, held, cases):
+    """:func:`evaluate` as a user gets it: the prior ``auto`` resolves to (the learned
+    dictionary from :data:`~shapeprior.model._model.DICTIONARY_MIN_SHAPES` shapes on,
+    else the shapes) and that prior's default method, the hybrid; the row names the
+    prior."""
+    from shapeprior.ssc import solver_options
+
+    which = model.resolve_prior("auto")
+    opt = {k: v for k, v in solver_options("auto", None, which).items() if v is not None}
+    return {**evaluate(model.prior_dictionary(which), held, cases, **opt), "prior": which}
+
+
 def learning_curve(pool, faces, held, cases, order, spec, seed, rebuild=True,
                    eval_shapes_at=(), options=None, shapes_prior=True):
     """Online vs rebuilt along ``order`` (indices into pool), a row per step;
     ``options`` of sparse_shape_composition for the dictionary's solves (default
-    plain SSC-L1).
+    plain SSC-L1; ``"default"``: :func:`evaluate_default`, the online model only).
     With ``shapes_prior`` the online model also composes from its raw shapes at
     ``eval_shapes_at`` and at the last step."""
     options = options or {}
+    if options == "default" and rebuild:
+        raise ValueError("the default method is measured on the online model alone")
     steps = []
     online = None
     for start in range(0, len(order), BATCH):
@@ -209,8 +223,8 @@ def learning_curve(pool, faces, held, cases, order, spec, seed, rebuild=True,
         arrays, _ = online.to_file_parts()
         row = {"n_shapes": int(len(idx)), "update_s": t_update,
                "model_mb": sum(a.nbytes for a in arrays.values()) / 2**20,
-               "online": evaluate(online.prior_dictionary("dictionary"), held, cases,
-                                  **options)}
+               "online": evaluate_default(online, held, cases) if options == "default"
+               else evaluate(online.prior_dictionary("dictionary"), held, cases, **options)}
         if rebuild:
             t0 = time.perf_counter()
             rebuilt = model_from_shapes(pool[idx], faces, **spec, seed=seed)
@@ -228,6 +242,7 @@ def learning_curve(pool, faces, held, cases, order, spec, seed, rebuild=True,
         steps.append(row)
         print(f"  {len(idx):5d} shapes: online " + " ".join(
             f"{row['online'][c]['mean_mm']:.3f}" for c in cases)
+            + (f" ({row['online']['prior']})" if "prior" in row["online"] else "")
             + ("" if not rebuild else "  rebuilt " + " ".join(
                 f"{row['rebuilt'][c]['mean_mm']:.3f}" for c in cases)
                + (f"  update/rebuild {row.get('update_over_rebuild', 0):.3f}")), flush=True)
@@ -364,7 +379,7 @@ def ranking_section(pool, faces, held, cases, base, spec, a, max_shapes=None, op
     first = base[:BATCH]
     top = len(pool) if max_shapes is None else max_shapes
     out = {"ranking_s": {}, "ranked": {}, "random": []}
-    for crit in CRITERIA:
+    for crit in getattr(a, "criteria", None) or CRITERIA:
         t0 = time.perf_counter()
         order = ranked_order(pool, faces, spec, a.seed, first, crit, max_shapes)
         out["ranking_s"][crit] = time.perf_counter() - t0
@@ -401,9 +416,11 @@ def _default_options():
 
 
 def _ranking_options(a):
-    """(options, corruptions) of ``--ranking-method``."""
+    """(options, corruptions) of ``--ranking-method``: plain SSC-L1 from the learned
+    dictionary, or ``"default"``, the prior and method a user gets
+    (:func:`evaluate_default`)."""
     if a.ranking_method == "default":
-        return _default_options(), tuple(CORRUPTIONS)
+        return "default", tuple(CORRUPTIONS)
     return None, RANKING_CORRUPTIONS
 
 
@@ -411,7 +428,8 @@ def ranking_summary(sec, corruptions):
     """Per criterion and corruption: the steps after the first batch where the
     ranked curve lies below the random orders' mean, and the shapes each order
     needs to come within ``REACH`` of the full-set error (the random orders' mean
-    error at their last step, where every order holds every shape)."""
+    error at their last step, where every order holds every shape, or with
+    ``--ranking-max-shapes`` the same number of shapes)."""
     out = {}
     for crit, curve in sec["ranked"].items():
         out[crit] = {}
@@ -443,7 +461,7 @@ def ranking_tune(a):
     options, kept = _ranking_options(a)
     out = {"benchmark": "online learning: ranking criterion on the tuning halves",
            "machine": machine(), "batch": BATCH, "corruptions": list(kept),
-           "method": options or {"method": "l1"},
+           "method": _method_record(options),
            "rule": "the criterion below the mean of the random orders at the most "
                    "(set, corruption, step) points after the first batch",
            "sets": {}}
@@ -472,10 +490,35 @@ def ranking_tune(a):
             wins[crit] += n
         res["points"] = len(cases) * (len(res["random"][0]["clean"]) - 1)
         out["sets"][name] = res
+    # the sets of an earlier run of the same method that this one did not redo are kept
+    # (one set per run fits a session), and the choice counts every set
+    path = HERE / "results" / _tune_name(a)
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("method") == out["method"]:
+            for name, res in old["sets"].items():
+                out["sets"].setdefault(name, res)
+    wins = {crit: sum(res["below_random_mean"][crit] for res in out["sets"].values())
+            for crit in CRITERIA}
     out["below_random_mean"] = wins
     out["chosen"] = max(CRITERIA, key=lambda c: wins[c])
     print(f"below the random mean: {wins}; chosen: {out['chosen']}", flush=True)
     return out
+
+
+def _method_record(options):
+    """The result files' account of a ranking run's reconstruction."""
+    if options == "default":
+        return {"method": "auto", "prior": "auto", "as": "the library's default: the "
+                "learned dictionary from DICTIONARY_MIN_SHAPES shapes on, else the shapes, "
+                "each with its hybrid (solver_options('auto'))"}
+    return {"method": "l1", "prior": "dictionary"}
+
+
+def _tune_name(a):
+    """The result file of ``--ranking-tune`` for ``--ranking-method``."""
+    return "online_ranking_tune.json" if a.ranking_method == "l1" else \
+        "online_ranking_tune_default.json"
 
 
 def rerun_ranking(path, pool, faces, held_eval, a):
@@ -489,11 +532,13 @@ def rerun_ranking(path, pool, faces, held_eval, a):
     base = np.random.default_rng(a.seed).permutation(len(pool))
     cases = corrupted(held_eval, faces, a.seed + 1)
     options, kept = _ranking_options(a)
-    sec = ranking_section(pool, faces, held_eval, cases, base, _spec(ch), a, options=options)
+    sec = ranking_section(pool, faces, held_eval, cases, base, _spec(ch), a, options=options,
+                          max_shapes=a.ranking_max_shapes)
     if options is None:
         res["ranking"] = sec
     else:
-        sec.update(method=options, summary=ranking_summary(sec, kept))
+        sec.update(method=_method_record(options), summary=ranking_summary(sec, kept),
+                   max_shapes=a.ranking_max_shapes)
         res["ranking_default_method"] = sec
         print(f"  {json.dumps(sec['summary'])}", flush=True)
     return res
@@ -824,6 +869,12 @@ def main(argv=None):
                     help="batches of the --ranking-tune curves (default 8: 400 shapes)")
     ap.add_argument("--ranking-only", action="store_true",
                     help="recompute only the ranking curves of existing result files")
+    ap.add_argument("--ranking-max-shapes", type=int, default=None, metavar="N",
+                    help="--ranking-only: the curves up to N shapes (default every shape; "
+                         "the 'full set' of the summary is then the random orders' mean at N)")
+    ap.add_argument("--criteria", nargs="+", choices=CRITERIA, default=None,
+                    help="--ranking-only: the ranking criteria to compare with random order "
+                         "(default both)")
     ap.add_argument("--ranking-method", choices=("l1", "default"), default="l1",
                     help="reconstruction of --ranking-tune and --ranking-only: plain SSC-L1 "
                          "(clean and missing shapes; results/online_ranking_tune.json and "
@@ -876,9 +927,7 @@ def main(argv=None):
             print(f"wrote {write_json(path, res)}")
         return 0
     if a.ranking_tune:
-        name = "online_ranking_tune.json" if a.ranking_method == "l1" else \
-            "online_ranking_tune_default.json"
-        out = write_json(HERE / "results" / name, ranking_tune(a))
+        out = write_json(HERE / "results" / _tune_name(a), ranking_tune(a))
         print(f"wrote {out}")
         return 0
     header = {"benchmark": "online learning", "machine": machine(), "batch": BATCH,

@@ -430,11 +430,15 @@ def rank_candidates(model: ShapeModel, shapes, criterion="coverage"):
 
     The default was chosen on the tuning halves of both benchmark sets
     (``bench/results/online_ranking_tune.json``: held-out error after each
-    batch of 50, clean and 50 % missing; below the mean of 3 random orders at
-    23 of 24 points for coverage, 20 for novelty). On the report halves
-    (``bench/results/online_*.json``) both reach KiTS's full-set accuracy with
-    150-200 shapes instead of 250; on AdrenalMNIST3D coverage is better than
-    random order on clean shapes at every step and worse on missing parts.
+    batch of 50, clean and 50 % missing, plain SSC-L1; below the mean of 3
+    random orders at 23 of 24 points for coverage, 20 for novelty), and chosen
+    again with the reconstruction a user gets (prior and method ``auto``, every
+    corruption: ``online_ranking_tune_default.json``, 25 of 36 points against
+    18). On the report halves with that reconstruction
+    (``ranking_default_method`` in ``bench/results/online_*.json``) coverage is
+    below random order at 14 of 15 KiTS points and reaches the full set's
+    accuracy with 250 shapes instead of 250-280; on AdrenalMNIST3D it is better
+    on clean shapes over the first 350 and worse on missing parts.
 
     Parameters
     ----------
