@@ -34,6 +34,14 @@ Ranking: the same curve with batches chosen by rank_candidates vs random order
     python bench/bench_online.py --curve-only     # only the learning curves of the result files
     python bench/bench_online.py --ranking-tune   # results/online_ranking_tune.json: the
         # default ranking criterion, chosen on the tuning halves (clean and missing)
+    python bench/bench_online.py --ranking-tune --ranking-method default --sets kits
+        # the same scored as a user reconstructs (prior and method auto, every corruption)
+        # -> results/online_ranking_tune_default.json (a run per set merges into it)
+    python bench/bench_online.py --ranking-only --ranking-method default --sets kits
+    python bench/bench_online.py --ranking-only --ranking-method default --sets adrenal \
+        --criteria coverage --ranking-max-shapes 600
+        # ranked vs random order on the report halves, scored so: the
+        # ranking_default_method block of results/online_{set}.json
 """
 
 from __future__ import annotations
@@ -458,6 +466,9 @@ def ranking_tune(a):
     the tuning half's clean and missing shapes (plain SSC-L1) or every corruption
     (``--ranking-method default``). The criterion below the random
     orders' mean error at the most (set, corruption, step) points is chosen."""
+    if getattr(a, "criteria", None):
+        raise ValueError("--ranking-tune compares every criterion; --criteria is for "
+                         "--ranking-only")
     options, kept = _ranking_options(a)
     out = {"benchmark": "online learning: ranking criterion on the tuning halves",
            "machine": machine(), "batch": BATCH, "corruptions": list(kept),
