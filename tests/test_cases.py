@@ -506,3 +506,33 @@ def test_segment_and_refine_a_folder_of_case_folders(phantom_model, tmp_path, ca
         if f.suffix in (".json", ".csv"):
             text = f.read_text()
             assert "Doe" not in text and "Roe" not in text, f
+
+
+def test_names_in_case_folders_may_be_patterns(tmp_path):
+    """Scans named per case (``p1/p1_ct.nii.gz``, ``p2/p2_ct.nii.gz``): --image-name,
+    --reference-name and --mask-name take a pattern, each folder's one matching
+    image file (or DICOM folder for a scan); none is a case error, several are an
+    error naming the count."""
+    from shapeprior.pipeline import discover_cases, discover_masks, match_in_case_folders
+
+    root = tmp_path / "cases"
+    _touch(root / "p1", "p1_ct.nii.gz", "p1_seg.nii.gz", "notes_ct.txt")
+    _touch(root / "p2", "p2_ct.nii.gz", "p2_seg.nii.gz", ".p2_ct.nii.gz")
+    _touch(root / "p3" / "segmentations", "p3_seg.nii.gz")
+    (root / "p3" / "p3_ct").mkdir()                      # a DICOM folder
+    _touch(root / "p4", "a_ct.nii.gz", "b_ct.nii.gz")
+    ls = lambda d: ["1.2"] if d.name == "p3_ct" else []     # noqa: E731
+    cases = discover_cases(root, list_series=ls, image_name="*_ct*")
+    got = {c.name: (c.path.name, c.error) for c in cases}
+    assert got["p1"] == ("p1_ct.nii.gz", None) and got["p2"] == ("p2_ct.nii.gz", None)
+    assert got["p3"] == ("p3_ct", None)
+    assert got["p4"][1] == "2 entries in this folder match *_ct*"
+    refs = match_in_case_folders(cases[:3], "*_seg.nii.gz", "--reference-name")
+    assert [r.name for r in refs] == ["p1_seg.nii.gz", "p2_seg.nii.gz", "p3_seg.nii.gz"]
+    assert refs[2].parent.name == "segmentations"
+    with pytest.raises(ValueError, match=r"--reference-name \*.nii.gz: 2 entries in p1 match"):
+        match_in_case_folders(cases[:3], "*.nii.gz", "--reference-name")
+    masks = {c.name: (c.path.name, c.error) for c in
+             discover_masks(root, mask_name="*_seg.nii.gz")}
+    assert masks["p1"] == ("p1_seg.nii.gz", None) and masks["p3"] == ("p3_seg.nii.gz", None)
+    assert masks["p4"][1] == "no *_seg.nii.gz in this folder or its segmentations/"

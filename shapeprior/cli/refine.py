@@ -52,16 +52,18 @@ def main(argv):
     ap.add_argument("--mask-name", default=None, metavar="NAME",
                     help="MASK is a folder of case folders, each holding its mask as NAME "
                          "(in it or in its segmentations/, as TotalSegmentator writes a case: "
-                         "--mask-name kidney_left.nii.gz); cases, scans and references take "
+                         "--mask-name kidney_left.nii.gz; a pattern such as '*_seg.nii.gz' "
+                         "takes each folder's one match); cases, scans and references take "
                          "the case folders' names")
     ap.add_argument("--image-name", default=None, metavar="NAME",
                     help="with --mask-name: each case's scan is NAME in its folder, a file or "
                          "a DICOM series folder (TotalSegmentator's data set: --image-name "
-                         "ct.nii.gz), or with --image FOLDER, in FOLDER/<case folder>/")
-    ap.add_argument("--reference-name", default=None, metavar="NAME",
-                    help="with --mask-name: each case's reference label map is NAME in its "
-                         "folder or its segmentations/, or with --reference FOLDER, in "
+                         "ct.nii.gz; or a pattern), or with --image FOLDER, in "
                          "FOLDER/<case folder>/")
+    ap.add_argument("--reference-name", default=None, metavar="NAME",
+                    help="with --mask-name: each case's reference label map is NAME (or a "
+                         "pattern's one match) in its folder or its segmentations/, or with "
+                         "--reference FOLDER, in FOLDER/<case folder>/")
     ap.add_argument("--reference", default=None,
                     help="reference label map on the mask's grid (or a crop or extension of "
                          "it, the same voxels): the report gets Dice and "

@@ -62,12 +62,13 @@ def main(argv):
                          "was built from, e.g. 1,2 for hippocampus head and body)")
     ap.add_argument("--image-name", default=None, metavar="NAME",
                     help="INPUT is a folder of case folders, each holding its scan as NAME, a "
-                         "file or a DICOM series folder (KiTS19: --image-name imaging.nii.gz); "
+                         "file or a DICOM series folder (KiTS19: --image-name imaging.nii.gz; "
+                         "a pattern such as '*_ct.nii.gz' takes each folder's one match); "
                          "cases take the case folders' names")
     ap.add_argument("--reference-name", default=None, metavar="NAME",
                     help="with --image-name: each case's reference label map is NAME in its "
                          "folder or its segmentations/ (KiTS19: --reference-name "
-                         "segmentation.nii.gz), or with --reference FOLDER, in "
+                         "segmentation.nii.gz; or a pattern), or with --reference FOLDER, in "
                          "FOLDER/<case folder>/")
     ap.add_argument("--method", choices=("l1", "l0"), default="l1")
     add_mesh_format(ap)

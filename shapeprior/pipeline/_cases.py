@@ -105,8 +105,10 @@ def discover_cases(path, list_series=None, image_name=None, deidentify=False):
 
     ``image_name``: ``path`` holds one folder per case, and each case's scan is
     the file (or DICOM folder) of that name in it (KiTS19: ``imaging.nii.gz``;
-    TotalSegmentator's data set: ``ct.nii.gz``); the case takes its folder's
-    name. ``deidentify``: messages name no subfolder of ``path``."""
+    TotalSegmentator's data set: ``ct.nii.gz``), or the one entry matching it
+    when it is a pattern (``*_ct.nii.gz``: :func:`in_case_folder`); the case
+    takes its folder's name. ``deidentify``: messages name no subfolder of
+    ``path``."""
     if list_series is None:
         from ..io import list_series
     p = Path(path)
@@ -199,6 +201,35 @@ def _image_subfolders(dirs, masks=False, deidentify=False):
             "folder as --reference)")
 
 
+#: characters that make a case folder's file name a pattern (``fnmatch``)
+_PATTERN = frozenset("*?[")
+
+
+def in_case_folder(base, name, scans=False):
+    """``(entry, error)``: the file (or with ``scans`` the file or DICOM folder)
+    ``name`` in the case folder ``base``, a label map also in its
+    ``segmentations/``. ``name`` may be a pattern (``*_ct.nii.gz``, for scans
+    named per case): the one visible entry that matches it (an image file, or a
+    folder with ``scans``). ``(None, None)`` when there is none; an error when
+    several match."""
+    places = (base,) if scans else (base, base / "segmentations")
+    if not _PATTERN & set(name):
+        return next((x for x in (d / name for d in places)
+                     if x.is_file() or (scans and x.is_dir())), None), None
+    for d in places:
+        try:
+            hits = sorted((e for e in d.glob(name) if not e.name.startswith(".") and (
+                (e.is_file() and volume_suffix(e.name)) or (scans and e.is_dir()))),
+                key=lambda e: os.fsencode(e.name))
+        except OSError:
+            hits = []
+        if len(hits) > 1:
+            return None, f"{len(hits)} entries in this folder match {name}"
+        if hits:
+            return hits[0], None
+    return None, None
+
+
 def _images_in_case_folders(p, image_name, list_series):
     """:func:`discover_cases` of a folder of case folders, each holding its scan
     as ``image_name`` (a file or a DICOM series folder)."""
@@ -211,16 +242,15 @@ def _images_in_case_folders(p, image_name, list_series):
     names = unique_names([d.name for d in dirs])
     cases = []
     for d, n in zip(dirs, names):
-        f = d / image_name
-        err = None
-        if f.is_dir():
+        f, err = in_case_folder(d, image_name, scans=True)
+        if f is None:
+            f, err = d / image_name, err or f"no {image_name} in this folder"
+        elif f.is_dir():
             try:
                 if not list_series(f):
                     err = f"{image_name} in this folder holds no DICOM image series"
             except (OSError, ValueError) as exc:
                 err = str(exc)
-        elif not f.is_file():
-            err = f"no {image_name} in this folder"
         elif not volume_suffix(f.name):
             err = (f"{image_name} is not an image file ({', '.join(VOLUME_SUFFIXES)}) or a "
                    "DICOM series folder")
@@ -254,8 +284,9 @@ def match_in_case_folders(cases, name, option, folder=None, scans=False):
     out = []
     for c in cases:
         base = Path(folder) / c.folder.name if folder is not None else c.folder
-        where = (base / name,) if scans else (base / name, base / "segmentations" / name)
-        found = next((x for x in where if x.is_file() or (scans and x.is_dir())), None)
+        found, err = in_case_folder(base, name, scans)
+        if err is not None:
+            raise ValueError(f"{option} {name}: {err.replace('this folder', c.source)}")
         if found is not None and found.resolve() == c.path.resolve():
             raise ValueError(f"{option} {name} is the case's own input file")
         out.append(found)
@@ -394,9 +425,9 @@ def _masks_in_case_folders(p, mask_name):
     names = unique_names([d.name for d in dirs])
     cases = []
     for d, n in zip(dirs, names):
-        f = next((c for c in (d / mask_name, d / "segmentations" / mask_name) if c.is_file()),
-                 None)
-        err = None if f is not None else f"no {mask_name} in this folder or its segmentations/"
+        f, err = in_case_folder(d, mask_name)
+        if f is None and err is None:
+            err = f"no {mask_name} in this folder or its segmentations/"
         cases.append(Case(n, f if f is not None else d / mask_name, display_name(d), err, d))
     if not any(c.error is None for c in cases):
         raise ValueError(f"{display_name(p)}: no case folder in it holds {mask_name} (in it or "
