@@ -3150,6 +3150,10 @@ MUTANTS = [
      '            hits = sorted((e for e in d.glob(name) if not e.name.startswith(".") and (',
      "            hits = sorted((e for e in d.glob(name) if (",
      "a hidden file (a macOS ._ copy) matches a case folder's pattern"),
+    ("side-reference-no-fallback", "both", "shapeprior/pipeline/_run.py",
+     "        parts = paired_parts(grid, ref)",
+     "        parts = None",
+     "with one side left out of the label no side gets its own Dice"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -392,19 +392,23 @@ def test_a_batch_of_both_sides_gives_each_sides_status_and_dice(paired, tmp_path
         assert rows["whole"][f"{s}_dice"] == rep["sides"][s]["reference"]["dice"] > 0.85
         assert float(table["whole"][f"{s}_dice"]) == pytest.approx(rows["whole"][f"{s}_dice"],
                                                                    abs=1e-6)
-    # one side left out of the label: no midline to cut the reference at, so no side's
-    # own Dice (the report has none either), only each side's status
+    # one side left out of the label: the label and the reference are cut halfway
+    # between the reference's two kidneys, so the side found keeps its own Dice and the
+    # side left out scores 0 (before, no side had one)
     assert rows["gone"]["status"] == "suspect" and rows["gone"]["right_status"] == "failed"
-    assert rows["gone"]["left_status"] == "ok" and "left_dice" not in rows["gone"]
-    assert table["gone"]["left_dice"] == table["gone"]["right_dice"] == ""
+    assert rows["gone"]["left_status"] == "ok" and rows["gone"]["left_dice"] > 0.85
+    assert rows["gone"]["right_dice"] == 0.0 and float(table["gone"]["right_dice"]) == 0.0
+    rep = json.loads((out / "gone" / "report.json").read_text())
+    assert rep["sides"]["left"]["reference"]["dice"] == rows["gone"]["left_dice"]
+    assert rep["sides"]["right"]["reference"]["assd_mm"] is None       # nothing to measure
     line = next(x for x in shown.splitlines() if x.startswith("whole"))
     assert f"(left ok Dice {rows['whole']['left_dice']:.3f}, right ok Dice " in line
-    assert "(left ok, right failed)" in next(x for x in shown.splitlines()
-                                             if x.startswith("gone"))
+    assert f"(left ok Dice {rows['gone']['left_dice']:.3f}, right failed Dice 0.000)" in \
+        next(x for x in shown.splitlines() if x.startswith("gone"))
     # a rerun keeps the cases and their rows' sides
     main(["segment", str(cases), "-o", str(out), "--model", str(model), "--side", "both",
           "--reference", str(refs)])
     again = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
     assert all(again[c]["status"] == "skipped" for c in again)
     assert again["gone"]["right_status"] == "failed"
-    assert again["whole"]["left_dice"] == rows["whole"]["left_dice"]
+    assert again["gone"]["left_dice"] == rows["gone"]["left_dice"]

@@ -326,16 +326,22 @@ def _paired_report(res, vol, ref, info, model, params, dictionary, clock, case_n
 
 
 def side_references(report, label, ref, grid):
-    """A report of both sides, whose label holds both: each side's
-    ``reference`` block, the label and the reference organ (bool arrays on
-    ``grid``) cut at the report's midline (:func:`~shapeprior.segmentation.split_at_midline`).
-    A report without a midline (one side in the label) gets none, and loses a
-    previous comparison's."""
+    """A report of both sides: each side's ``reference`` block, the label and the
+    reference organ (bool arrays on ``grid``) cut at the report's midline
+    (:func:`~shapeprior.segmentation.split_at_midline`). A report without a
+    midline (one side left out of the label) is cut halfway between the
+    reference's own two organs (:func:`~shapeprior.segmentation.paired_parts`),
+    so the side left out scores Dice 0 and the other its own; a reference of
+    one organ gives no side a block (a previous comparison's is dropped)."""
     x0 = report["paired"].get("midline_lps_x_mm")
     for b in report["sides"].values():
         b.pop("reference", None)
     if x0 is None:
-        return
+        parts = paired_parts(grid, ref)
+        if parts is None:
+            return
+        x0 = 0.5 * sum(float(np.mean(grid.index_to_physical(
+            np.argwhere(m)[:, ::-1].astype(float))[:, 0])) for m in parts.values())
     for side, (lab, org) in split_at_midline(grid, [label, ref], x0).items():
         report["sides"][side]["reference"] = compared_with(lab, org, grid.spacing)
 
