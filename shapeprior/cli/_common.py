@@ -231,6 +231,8 @@ def print_batch(summary, n_cases, root, st):
     counted by the result they got) and, with references, Dice and distances
     over the cases compared (``st``: the summary's ``reference`` block, from
     :func:`~shapeprior.pipeline.write_summary`)."""
+    from ..segmentation._both_sides import BOTH
+
     for r in summary:
         if "error" in r:
             extra = r["error"]
@@ -249,7 +251,7 @@ def print_batch(summary, n_cases, root, st):
                     ", no surface to compare")
             sides = [f"{s} {r[s + '_status']}" + (f" Dice {r[s + '_dice']:.3f}"
                                                   if s + "_dice" in r else "")
-                     for s in ("left", "right") if s + "_status" in r]
+                     for s in BOTH if s + "_status" in r]
             if sides:
                 extra += " (" + ", ".join(sides) + ")"
             if "result" in r:

@@ -159,10 +159,6 @@ def result_fields(rep):
     return row
 
 
-#: the sides of a paired organ whose own result a row of ``--side both`` gives
-SIDE_COLUMNS = ("left", "right")
-
-
 def side_fields(rep):
     """A ``--side both`` row's account of each side (a report's ``sides``): its
     status and, against a reference, its own Dice (``left_status``,
@@ -170,7 +166,9 @@ def side_fields(rep):
     out = {}
     if rep.get("side") != "both":
         return out
-    for s in SIDE_COLUMNS:
+    from ..segmentation._both_sides import BOTH
+
+    for s in BOTH:
         b = rep.get("sides", {}).get(s)
         if b is None:
             continue
