@@ -231,7 +231,7 @@ def print_batch(summary, n_cases, root, st):
     counted by the result they got) and, with references, Dice and distances
     over the cases compared (``st``: the summary's ``reference`` block, from
     :func:`~shapeprior.pipeline.write_summary`)."""
-    from ..segmentation._both_sides import BOTH
+    from ..segmentation import BOTH
 
     for r in summary:
         if "error" in r:

@@ -166,7 +166,7 @@ def side_fields(rep):
     out = {}
     if rep.get("side") != "both":
         return out
-    from ..segmentation._both_sides import BOTH
+    from ..segmentation import BOTH
 
     for s in BOTH:
         b = rep.get("sides", {}).get(s)

@@ -3,7 +3,7 @@ existing mask, or a search over the field of view) -> search along normals ->
 SSC projection -> repeat, coarse to fine -> voxelise -> status from evidence."""
 
 from ._assess import SCALE_SLACK, Reason, reason_level, reason_levels
-from ._both_sides import PairedSegmentResult, check_paired, combine_sides, segment_both
+from ._both_sides import BOTH, PairedSegmentResult, check_paired, combine_sides, segment_both
 from ._fit import SegmentParams, SegmentResult, check_window, segment_volume
 from ._metrics import surface_distances
 from ._paired import (PairedRefineResult, organ_min_ml, paired_parts, part_alone,
@@ -24,4 +24,4 @@ __all__ = ["SegmentParams", "SegmentResult", "segment_volume", "voxelize", "dice
            "solve_sides", "starting_side", "refine_paired", "PairedRefineResult",
            "paired_parts", "organ_min_ml", "PairedSegmentResult", "segment_both",
            "combine_sides", "part_alone", "check_paired", "split_at_midline", "Reason",
-           "reason_level", "reason_levels"]
+           "reason_level", "reason_levels", "BOTH"]
