@@ -1,7 +1,9 @@
 """Case discovery, safe unique names and de-identification (pipeline/_cases.py)."""
 
 import os
+import re
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +78,9 @@ def test_discover_cases_lists_images_and_reports_empty_folders(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / ".hidden").mkdir()
     (tmp_path / "empty").mkdir()
+    # macOS companions (the MSD archives carry them) and Finder files are not cases
+    (tmp_path / "._b.nii.gz").write_bytes(b"\x00\x05\x16\x07")
+    (tmp_path / ".DS_Store").write_bytes(b"x")
     cases = discover_cases(tmp_path, list_series=lambda d: [])
     assert [c.name for c in cases] == ["a", "b", "empty"]
     assert [c.error for c in cases][:2] == [None, None]
@@ -273,6 +278,10 @@ def test_batch_reference_rows_and_resume_follow_the_reference_given(phantom_mode
     rep6 = json.loads((out / "c6" / "report.json").read_text())
     assert rep6["reference"]["labels"] == [2]
     assert sum("holds no voxel" in w for w in rep6["warnings"]) == 1
+    # the label the map does hold is named, once, as another the organ may be
+    other_note = ("the reference holds 1 other label (1) besides the one scored (2); if the "
+                  "organ is another of them, name it with --reference-labels")
+    assert rep6["warnings"].count(other_note) == 1 and rep6["reference"]["other_labels"] == 1
     rep5 = json.loads((out / "c5" / "report.json").read_text())
     assert sum("holds no voxel" in w for w in rep5["warnings"]) == 1     # not one per run
     rc, doc, same = run("--reference", str(refs), "--reference-labels", "2")
@@ -280,6 +289,12 @@ def test_batch_reference_rows_and_resume_follow_the_reference_given(phantom_mode
     assert all(r["reason"] == "complete outputs exist (inputs unchanged)"
                for r in same.values())              # complete: the manifest agrees
     assert written() == fitted
+    # compared again on label 1: the note goes with the comparison it was about
+    rc, doc, back = run("--reference", str(refs))
+    assert "not [1]" in back["c6"]["reason"] and back["c6"]["dice"] == rows["c6"]["dice"]
+    rep6 = json.loads((out / "c6" / "report.json").read_text())
+    assert other_note not in rep6["warnings"] and rep6["reference"]["other_labels"] == 0
+    assert not any("holds no voxel" in w for w in rep6["warnings"])
     # one case with the folder as --reference: its own label map is found in it
     one = tmp_path / "one"
     assert main(["segment", str(cases / "c6.nii.gz"), "-o", str(one), "--model", str(model),
@@ -536,3 +551,47 @@ def test_names_in_case_folders_may_be_patterns(tmp_path):
              discover_masks(root, mask_name="*_seg.nii.gz")}
     assert masks["p1"] == ("p1_seg.nii.gz", None) and masks["p3"] == ("p3_seg.nii.gz", None)
     assert masks["p4"][1] == "no *_seg.nii.gz in this folder or its segmentations/"
+
+
+def test_case_folders_whose_series_lie_deeper_are_cases(tmp_path, monkeypatch):
+    """A TCIA download keeps each patient's series in patient/study/series/; a CD
+    export in DICOM/PA0/ST0/SE0/. Each patient folder that leads to one series is a
+    case, read (and hashed for the manifest) from that series' folder; one that
+    leads to two is a failed row naming them (counted with --deidentify); a CD
+    export is one case, the folder given."""
+    from shapeprior.pipeline._run import input_files
+
+    def series(folder):
+        folder.mkdir(parents=True)
+        for k in range(2):
+            (folder / f"IM{k}").write_bytes(b"x")
+        return folder
+
+    def lister(d):
+        return [(0, "k", 2, "u")] if (Path(d) / "IM0").is_file() else []
+
+    root = tmp_path / "download"
+    series(root / "Pat-1" / "study" / "CT")
+    series(root / "Pat-2" / "study" / "CT")
+    series(root / "Pat-3" / "a" / "CT")
+    series(root / "Pat-3" / "b" / "CT")
+    (root / "Pat-4" / "study").mkdir(parents=True)
+    for deid, shown in ((False, r"2 folders \(a/CT, b/CT\)"), (True, "2 folders")):
+        cases = discover_cases(root, list_series=lister, deidentify=deid)
+        assert [(c.name, c.path.name, c.error is None) for c in cases] == [
+            ("Pat-1", "Pat-1", True), ("Pat-2", "Pat-2", True), ("Pat-3", "Pat-3", False),
+            ("Pat-4", "Pat-4", False)]
+        assert re.fullmatch(f"no DICOM image series in this folder itself; {shown} below "
+                            "it hold one each: give the one to read", cases[2].error)
+        assert cases[3].error == "no DICOM image series in this folder"
+    cd = tmp_path / "cd"
+    se = series(cd / "DICOM" / "PA0" / "ST0" / "SE0")
+    (cd / "DICOMDIR").write_bytes(b"x")
+    cases = discover_cases(cd, list_series=lister)
+    assert [(c.name, c.path, c.error) for c in cases] == [("cd", cd, None)]
+    # the manifest hashes the files of the series read, not the export's DICOMDIR
+    import shapeprior.io._dicom as dicom
+
+    monkeypatch.setattr(dicom, "list_series", lister)
+    assert input_files(cd) == [se / "IM0", se / "IM1"]
+    assert input_files(root / "Pat-3") == []

@@ -309,7 +309,7 @@ def test_batch_names_are_safe_unique_and_complete(case, tmp_path, capsys):
     scan, model = case
     batch = tmp_path / "batch"
     batch.mkdir()
-    shutil.copy(scan, batch / ".nii.gz")                 # empty stem
+    shutil.copy(scan, batch / ".nii.gz")                 # hidden (empty stem): not a case
     shutil.copy(scan, batch / "x.nii.gz")
     sitk.WriteImage(sitk.ReadImage(str(scan)), str(batch / "x.mha"))   # same stem
     shutil.copy(scan, batch / "summary.json.nii.gz")     # would shadow the summary
@@ -325,9 +325,9 @@ def test_batch_names_are_safe_unique_and_complete(case, tmp_path, capsys):
     assert rc == 1                                        # the empty folder failed
     rows = json.loads((out / "summary.json").read_text())["cases"]
     names = [r["case"] for r in rows]
-    assert len(rows) == 5 and len(set(names)) == 5
+    assert len(rows) == 4 and len(set(names)) == 4
     assert sorted(n for n, r in zip(names, rows) if r["status"] == "ok") == \
-        sorted(["unnamed", "x_nii_gz", "x_mha", "summary.json_case"])
+        sorted(["x_nii_gz", "x_mha", "summary.json_case"])
     assert [r for r in rows if r["case"] == "empty_dir"][0]["status"] == "failed"
     for n in names:
         if n != "empty_dir":

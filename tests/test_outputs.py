@@ -519,6 +519,30 @@ def test_build_model_refuses_bad_pairs_before_the_slow_stage(data_root, tmp_path
     assert not (tmp_path / "m.npz").exists()
 
 
+def test_a_cd_export_is_segmented_from_its_one_series(phantom_model, tmp_path):
+    """A CD export (DICOMDIR beside DICOM/PA0/ST0/SE0/) given as the input: the run
+    reads its one series, refers its DICOM-SEG to it and hashes its files in the
+    manifest; before, the folder held "no image files and no DICOM series"."""
+    from _phantoms import write_dicom_series
+
+    d, images, labels, model = phantom_model
+    vol, _ = read_image(images / "phantom_006.nii.gz")
+    cd = tmp_path / "cd"
+    series = write_dicom_series(vol, cd / "DICOM" / "PA0" / "ST0" / "SE0")
+    (cd / "DICOMDIR").write_bytes(b"an index the reader does not need")
+    out = tmp_path / "out"
+    assert main(["segment", str(cd), "-o", str(out), "--model", str(model),
+                 "--output-type", "both"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["input"]["series_levels_below"] == 4 and rep["input"]["name"] == "cd"
+    assert rep["dicom_seg"]["written"]
+    _, total = _check_seg_against(out / "seg.dcm", series, _nibabel_lookup(out / "label.nii.gz"))
+    assert total == int(read_label_map(out / "label.nii.gz").array.sum())
+    hashed = json.loads((out / "manifest.json").read_text())["inputs"]
+    assert sorted(k for k in hashed if k.startswith("input/")) == \
+        sorted(f"input/{f.name}" for f in series.iterdir())
+
+
 def test_dicom_seg_frame_on_non_square_pixels_and_off_grid_refused():
     """A source frame with rectangular pixels (0.5 mm between columns, 0.8 mm
     between rows) takes the label's slice voxel for voxel; a frame half a

@@ -298,6 +298,28 @@ def test_pydicom_shipped_file_alone_in_a_folder(tmp_path, path):
         assert r == "read" or r, r
 
 
+@pytest.mark.parametrize("path", pydicom_files(), ids=lambda p: p.name)
+def test_pydicom_shipped_file_given_as_a_file(tmp_path, path):
+    """A DICOM file given where an image file is expected: read only when it is a
+    volume of its own (an enhanced multi-frame image), then exactly as its folder
+    reads; one slice of a series or a non-image object is refused in one line
+    (ITK read a slice as a one-slice volume "that records no orientation")."""
+    f = tmp_path / path.name
+    shutil.copy(path, f)
+    try:
+        vol, info = read_image(f)
+    except Exception as exc:  # noqa: BLE001 - judged below
+        msg = _refused_cleanly(exc)
+        assert "records no orientation" not in msg, msg
+        return
+    if info["format"] == "dicom-seg":           # a mask: read as a label map
+        return
+    assert info["multiframe"], info
+    ref, _ = read_image(tmp_path)
+    assert np.array_equal(vol.array, ref.array)
+    assert all(np.allclose(a, b) for a, b in zip(vol.geometry[1:], ref.geometry[1:]))
+
+
 def pydicom_series_folders():
     from pydicom.data import get_testdata_files
 
@@ -537,6 +559,46 @@ def test_enhanced_multiframe_mr_in_a_folder(tmp_path):
     assert info["multiframe"] and vol.array.shape == (176, 256, 256)
 
 
+def test_enhanced_multiframe_mr_given_as_a_file(tmp_path):
+    """One enhanced multi-frame file is a volume: given as a file (segment's image,
+    refine's --image) it reads as its folder does; so does its grid."""
+    from shapeprior.io import read_geometry
+
+    src = NIB_NICOM / "philips_mprage.dcm.gz"
+    if not src.is_file():
+        pytest.skip("nibabel's enhanced MR test file is not installed")
+    f = tmp_path / "mf.dcm"
+    f.write_bytes(gzip.decompress(src.read_bytes()))
+    vol, info = read_image(f)
+    ref, ref_info = read_image(tmp_path)
+    assert info["multiframe"] and info["format"] == "dicom"
+    assert info["slice_spacing_mm"] == ref_info["slice_spacing_mm"]
+    assert np.array_equal(vol.array, ref.array)
+    assert all(np.allclose(a, b) for a, b in zip(vol.geometry[1:], ref.geometry[1:]))
+    shape, spacing, origin, direction = read_geometry(f)
+    assert shape == vol.array.shape and np.allclose(spacing, vol.spacing)
+    assert np.allclose(origin, vol.origin) and np.allclose(direction, vol.direction)
+
+
+def test_one_slice_or_a_contour_set_given_as_a_file_says_what_to_give(tmp_path):
+    """A slice of a series given instead of its folder, and an RTSTRUCT given as a
+    mask or reference, are refused naming what they are and what to give."""
+    from pydicom.data import get_testdata_file
+
+    from shapeprior.io import read_label_map
+
+    ct = tmp_path / "slice.dcm"
+    shutil.copy(get_testdata_file("CT_small.dcm"), ct)
+    with pytest.raises(ImageReadError, match=r"slice\.dcm is one slice of a DICOM series "
+                       r"\(a single-frame CT image\); give the folder"):
+        read_image(ct)
+    rt = tmp_path / "rt.dcm"
+    shutil.copy(get_testdata_file("rtstruct.dcm"), rt)
+    with pytest.raises(ImageReadError, match=r"rt\.dcm is a DICOM file holding an RT "
+                       r"Structure Set \(contours, not a label map\): convert"):
+        read_label_map(rt)
+
+
 @pytest.mark.parametrize("luts", ["own", "identity"])
 def test_enhanced_multiframe_shuffled_frames_own_luts_and_rectangular_pixels(tmp_path, luts):
     """nibabel's enhanced MR rewritten with its frames in a shuffled order,
@@ -706,3 +768,35 @@ def test_random_orthogonal_geometries_are_placed_as_nibabel_places_them(tmp_path
             assert np.array_equal(vol.array, data.transpose(2, 1, 0))
 
     check()
+
+
+def test_a_series_kept_deeper_is_read_from_the_one_folder_that_holds_it(tmp_path):
+    """A CD or USB export keeps its series in DICOM/PA0/ST0/SE0/ beside a DICOMDIR: the
+    export's folder reads as that series does. Two series folders below are refused
+    naming both; so is a folder with none, as before."""
+    from pydicom.data import get_testdata_file
+
+    from shapeprior.io import series_folder, series_folders
+
+    cd = tmp_path / "cd"
+    se = _series_from(get_testdata_file("CT_small.dcm"), cd / "DICOM" / "PA0" / "ST0" / "SE0")
+    (cd / "DICOMDIR").write_bytes(b"not parsed")
+    (cd / ".Trashes").mkdir()
+    vol, info = read_image(cd)
+    ref, _ = read_image(se)
+    assert np.array_equal(vol.array, ref.array)
+    assert all(np.allclose(a, b) for a, b in zip(vol.geometry[1:], ref.geometry[1:]))
+    assert info["series_levels_below"] == 4 and info["n_slices"] == 4
+    assert series_folder(cd) == se and series_folders(se) == [se]
+    other = _series_from(get_testdata_file("CT_small.dcm"), cd / "DICOM" / "PA0" / "ST0" / "SE1")
+    assert series_folders(cd) == [se, other] and series_folder(cd) == cd
+    with pytest.raises(ImageReadError, match=r"^cd holds no DICOM image series itself; 2 "
+                       r"folders \(DICOM/PA0/ST0/SE0, DICOM/PA0/ST0/SE1\) below it do: give "
+                       r"the one to read$"):
+        read_image(cd)
+    # deeper than the search goes: not found, and said as before
+    deep = tmp_path / "deep"
+    _series_from(get_testdata_file("CT_small.dcm"), deep.joinpath(*"abcdefg"))
+    assert series_folders(deep) == []
+    with pytest.raises(ImageReadError, match="no DICOM image series found in deep"):
+        read_image(deep)

@@ -733,6 +733,10 @@ def test_a_reference_without_the_organ_is_said_to_be_empty(phantom_model, tmp_pa
             assert rep["reference"].get("empty", False) is empty
             assert any("the reference holds no voxel with label(s) [7]" in w
                        for w in rep["warnings"]) is empty
+            # what it holds instead is named: label 1 beside the 7 scored
+            assert rep["reference"]["other_labels"] == int(empty)
+            assert any("the reference holds 1 other label (1) besides the one scored (7)" in w
+                       for w in rep["warnings"]) is empty
             assert ("Dice 0." in said or "Dice 1." in said) is not empty, said
             assert ("inf mm" in said) is False, said
 

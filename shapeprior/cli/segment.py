@@ -33,7 +33,11 @@ def main(argv):
                "field of view, leak, implausible shape), with its reasons in report.json. "
                "Exit codes: 0 ok (suspect too, unless --strict); 1 bad input or an error; 3 a "
                "failed result (or a suspect one with --strict); 130/143 interrupted.")
-    ap.add_argument("input")
+    ap.add_argument("input", help="an image file (NIfTI/NRRD/MHA, or one enhanced multi-frame "
+                    "DICOM file), a DICOM series folder (or a folder whose one series lies "
+                    "deeper: a CD export's DICOM/PA0/ST0/SE0/), or a folder of cases: image "
+                    "files, DICOM folders (each case's series may lie deeper, as in a TCIA "
+                    "download's patient/study/series/), or with --image-name case folders")
     ap.add_argument("-o", "--output", required=True,
                     help="output folder (one subfolder per case for a folder of cases)")
     ap.add_argument("--model", required=True, help="model file from build-model")

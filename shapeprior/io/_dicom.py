@@ -132,6 +132,73 @@ def list_series(folder):
     return [(i, series_key(u), len(found[u]), u) for i, u in enumerate(sorted(found))]
 
 
+#: how many levels below a folder given as a scan its DICOM series is looked for: a CD
+#: or USB export keeps it in DICOM/PA0/ST0/SE0/ beside a DICOMDIR, a TCIA download in
+#: collection/patient/study/series/
+SERIES_SEARCH_DEPTH = 6
+#: folders looked into at most by one search (a folder given by mistake, such as a home
+#: folder, is not read through)
+SERIES_SEARCH_FOLDERS = 2000
+
+
+def series_folders(folder, depth=SERIES_SEARCH_DEPTH, lister=None):
+    """The folders that hold the DICOM image series at or below ``folder``: ``[folder]``
+    when it holds one itself, else those below it (hidden ones skipped; a series
+    folder's own subfolders not searched), at most ``depth`` levels down, in byte
+    order of their paths. ``[]`` when there are none. ``lister``: what lists a
+    folder's series (default :func:`list_series`)."""
+    list_series_ = lister or list_series
+    top = Path(folder)
+    if list_series_(top):
+        return [top]
+    found, level, seen = [], [top], 0
+    for _ in range(depth):
+        deeper = []
+        for f in level:
+            try:
+                subs = sorted((e for e in f.iterdir() if not e.name.startswith(".")
+                               and e.is_dir()), key=lambda e: os.fsencode(e.name))
+            except OSError:
+                continue
+            for sub in subs:
+                seen += 1
+                if seen > SERIES_SEARCH_FOLDERS:
+                    return sorted(found, key=lambda e: os.fsencode(str(e)))
+                try:
+                    has = bool(list_series_(sub))
+                except (OSError, ValueError):
+                    continue
+                (found if has else deeper).append(sub)
+        level = deeper
+        if not level:
+            break
+    return sorted(found, key=lambda e: os.fsencode(str(e)))
+
+
+def series_folder(folder):
+    """The folder of the DICOM series ``folder`` stands for: itself when it holds one,
+    else the one folder below it that does (:func:`series_folders`: a CD export,
+    a download of one patient); ``folder`` itself when there is none or several
+    (reading it then says so)."""
+    found = series_folders(folder)
+    return found[0] if len(found) == 1 else Path(folder)
+
+
+def _relative(p, top):
+    return display_name(p) if p == top else \
+        os.fsencode(str(p.relative_to(top))).decode("utf-8", "backslashreplace")
+
+
+def folders_below_text(found, top, deidentify=False, most=4):
+    """``found`` (folders below ``top``) for a message: their paths relative to
+    ``top``, the first ``most`` of them; with ``deidentify`` only their number (a
+    folder may carry a patient's name)."""
+    if deidentify:
+        return f"{len(found)} folders"
+    names = ", ".join(_relative(f, top) for f in found[:most])
+    return f"{len(found)} folders ({names}{' ...' if len(found) > most else ''})"
+
+
 #: a slice plane within this cosine of an axis's normal is named after it (tilted, and
 #: by how much, beyond TILT_DEG); else oblique
 PLANE_COSINE = 0.9
@@ -256,6 +323,14 @@ def read_dicom_series(folder, series=None, spacing_tol=0.01):
     fname = display_name(folder)
     found = list_series(folder)
     if not found:
+        below = series_folders(folder)
+        if len(below) == 1:             # a CD export, one patient's download: its one series
+            vol, info = read_dicom_series(below[0], series, spacing_tol)
+            return vol, {**info, "series_levels_below": len(below[0].relative_to(folder).parts)}
+        if below:
+            raise ImageReadError(f"{fname} holds no DICOM image series itself; "
+                                 f"{folders_below_text(below, folder)} below it do: give "
+                                 "the one to read")
         subs = sorted(display_name(p) for p in folder.iterdir() if p.is_dir())
         hint = f" (it has subfolders: {', '.join(subs[:5])}; point at one of them)" if subs else ""
         raise ImageReadError(f"no DICOM image series found in {fname}{hint}")
@@ -287,7 +362,78 @@ def read_dicom_series(folder, series=None, spacing_tol=0.01):
 
 
 def _read_picked(folder, key, uid, n_series, spacing_tol):
-    items = _scan(folder)[uid]
+    return _read_items(_scan(folder)[uid], key, n_series, spacing_tol)
+
+
+#: what a DICOM object that is not an image is called in a message, by modality
+_OBJECT_NAMES = {"RTSTRUCT": "an RT Structure Set (contours, not a label map)",
+                 "RTDOSE": "an RT dose grid", "RTPLAN": "an RT plan",
+                 "SR": "a structured report", "PR": "a presentation state",
+                 "KO": "a key object selection", "REG": "a registration"}
+
+
+#: suffixes of a DICOM file written without the preamble (an older writer's)
+_BARE_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
+
+
+def dicom_header(path):
+    """The header (no pixels) of ``path`` when it is a DICOM file: a 128-byte
+    preamble and ``DICM``, or, named ``.dcm``/``.dicom``/``.ima`` or without a
+    suffix, a bare data set that names its SOP class. Else None."""
+    import pydicom
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+        if len(head) == 132 and head[128:132] == b"DICM":
+            return pydicom.dcmread(path, stop_before_pixels=True)
+        if Path(path).suffix.lower() not in _BARE_DICOM_SUFFIXES:
+            return None
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        return ds if str(ds.get("SOPClassUID", "") or "").startswith("1.2.840.10008.") \
+            else None
+    except Exception:  # noqa: BLE001 - not DICOM after all: left to the other readers
+        return None
+
+
+def read_dicom_file(path, hdr, spacing_tol=0.01):
+    """One DICOM file given where an image file is expected (``hdr``: its header,
+    :func:`dicom_header`) -> ``(Volume, info)``: an enhanced multi-frame CT/MR/PET
+    object is a volume of its own. One slice of a series, a contour set (RTSTRUCT)
+    or another non-image object is refused with what to give instead
+    (:class:`ImageReadError`); ITK would read a slice as a one-slice volume."""
+    name = display_name(path)
+    modality = str(hdr.get("Modality", "") or "").strip().upper()
+    if not _is_image(hdr):
+        what = _OBJECT_NAMES.get(modality, f"a {modality or 'non-image'} object")
+        hint = (": convert its structure to a label map on the scan's grid (3D Slicer, "
+                "plastimatch convert, rt-utils) and give that" if modality == "RTSTRUCT"
+                else "; a 3-D image (a DICOM series folder, NIfTI, NRRD or MetaImage) "
+                     "is needed")
+        raise ImageReadError(f"{name} is a DICOM file holding {what}{hint}")
+    try:
+        frames = int(hdr.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise ImageReadError(f"{name}: invalid NumberOfFrames") from None
+    if frames <= 1:
+        raise ImageReadError(f"{name} is one slice of a DICOM series (a single-frame "
+                             f"{modality or 'DICOM'} image); give the folder that holds the "
+                             "series instead of the file")
+    uid = str(hdr.get("SeriesInstanceUID", "") or "") or _derived_series(hdr)
+    try:
+        return _read_items([(Path(path), hdr)], series_key(uid), 1, spacing_tol)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError(f"{name}: not enough memory to read it") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom parses elements lazily, on access
+        msg = " ".join(str(exc).split())[:200]
+        raise ImageReadError(f"{name}: unreadable DICOM header "
+                             f"({type(exc).__name__}: {msg})") from None
+
+
+def _read_items(items, key, n_series, spacing_tol):
+    """``(Volume, info)`` of one series' ``[(path, header)]``."""
     try:
         nframes = [int(ds.get("NumberOfFrames", 1) or 1) for _, ds in items]
     except (TypeError, ValueError):
@@ -552,6 +698,8 @@ def read_image(path, series=None, allow_no_orientation=False):
     if p.is_dir():
         return read_dicom_series(p, series)
     vol, info = read_file(p, allow_no_orientation)
+    if info.get("format") == "dicom":   # one multi-frame file: placed as a series is
+        return vol, info
     D = vol.direction
     return vol, {"source": "file", **info,
                  "oblique": bool(np.abs(np.abs(D) - np.eye(3)).max() > 1e-3),

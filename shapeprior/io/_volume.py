@@ -275,6 +275,12 @@ def read_file(path, allow_no_orientation=False):
 
     if is_dicom_seg(p):
         return read_dicom_seg(p), {"format": "dicom-seg"}
+    from ._dicom import dicom_header, read_dicom_file
+
+    hdr = dicom_header(p)
+    if hdr is not None:         # an enhanced multi-frame image, or refused with a hint
+        vol, info = read_dicom_file(p, hdr)
+        return vol, {**info, "format": "dicom"}
     _check_data_files(p, name)
     return _read_itk(p, name, allow_no_orientation), {"format": p.suffix.lstrip(".").lower() or "unknown"}
 
@@ -313,6 +319,10 @@ def read_geometry(path, allow_no_orientation=False):
     _check_file(p, name)
     if is_nifti(p):
         return nifti_geometry(p, allow_no_orientation)
+    from ._dicom import dicom_header
+
+    if dicom_header(p) is not None:     # a DICOM-SEG or a multi-frame image: read whole
+        return read_file(p, allow_no_orientation)[0].geometry
     with itk_path(p) as sp:
         r = _itk_header(sp, name, allow_no_orientation)
     check_geometry(name, r.GetSpacing(), r.GetDirection(), r.GetOrigin())

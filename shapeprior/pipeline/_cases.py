@@ -18,8 +18,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import (VOLUME_SUFFIXES, detached_data_files, display_name, input_path_error,
-                  is_dicom_seg, volume_suffix)
+from ..io import (VOLUME_SUFFIXES, detached_data_files, display_name, folders_below_text,
+                  input_path_error, is_dicom_seg, series_folders, volume_suffix)
 
 #: names a case folder may not take inside a batch output folder
 RESERVED = frozenset({"summary.json", "summary.csv", "manifest.json"})
@@ -124,25 +124,47 @@ def discover_cases(path, list_series=None, image_name=None, deidentify=False):
         raise input_path_error(p)
     if list_series(p):
         return [Case(unique_names([p.name])[0] if p.name else "case", p, display_name(p))]
-    entries = sorted(p.iterdir(), key=lambda e: os.fsencode(e.name))
+    # hidden files are skipped, as build-model and refine skip them: the MSD archives
+    # and macOS copies carry "._X.nii.gz" companions that are not images
+    entries = sorted((e for e in p.iterdir() if not e.name.startswith(".")),
+                     key=lambda e: os.fsencode(e.name))
     files = [f for f in entries if f.is_file() and volume_suffix(f.name)]
-    dirs = [d for d in entries if d.is_dir() and not d.name.startswith(".")]
+    dirs = [d for d in entries if d.is_dir()]
     if not files and not dirs:
         raise ValueError(f"{display_name(p)} holds no image files ({', '.join(VOLUME_SUFFIXES)}) "
                          "and no DICOM series")
+    # the series below the subfolders: a case folder may keep its series deeper (one
+    # patient of a TCIA download: patient/study/series/). Not where subfolders hold
+    # image files: case folders of files (KiTS19's) take --image-name
+    below = series_folders(p, lister=list_series) \
+        if dirs and not any(_volume_names(d) for d in dirs) else []
+    if not files and len(below) == 1 and below[0].parent != p:
+        # a CD or USB export (DICOMDIR beside DICOM/PA0/ST0/SE0/, a viewer's folder): one scan
+        return [Case(unique_names([p.name])[0] if p.name else "case", p, display_name(p))]
     items = files + dirs
     names = unique_names([e.name for e in items])
     cases = []
     for e, n in zip(items, names):
         err = None
         if e.is_dir():
-            try:
-                if not list_series(e):
-                    err = "no DICOM image series in this folder" + _case_folder_hint(e)
-            except (OSError, ValueError) as exc:
-                err = str(exc)
+            mine = [b for b in below if b == e or e in b.parents] if below else []
+            if len(mine) > 1:
+                err = (f"no DICOM image series in this folder itself; "
+                       f"{folders_below_text(mine, e, deidentify)} below it hold one each: "
+                       "give the one to read")
+            elif not mine:
+                try:
+                    if not list_series(e):
+                        err = "no DICOM image series in this folder" + _case_folder_hint(e)
+                except (OSError, ValueError) as exc:
+                    err = str(exc)
         cases.append(Case(n, e, display_name(e), err))
     if not any(c.error is None for c in cases) and not files:
+        if below:
+            raise ValueError(f"{display_name(p)} holds no DICOM image series itself; "
+                             f"{folders_below_text(below, p, deidentify)} below it do: give "
+                             "the one to read, or a folder whose subfolders each lead to one "
+                             "case's series")
         raise ValueError(f"{display_name(p)} holds no image files "
                          f"({', '.join(VOLUME_SUFFIXES)}) and no DICOM series"
                          + _image_subfolders(dirs, deidentify=deidentify))

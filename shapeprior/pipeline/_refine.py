@@ -16,7 +16,8 @@ from ..io import display_name, read_label_map, read_scan, write_label
 from ..segmentation import (PairedRefineResult, SegmentParams, reason_levels, refine_mask,
                             refine_paired)
 from ._qc import qc_png
-from ._run import (MESH_FORMATS, compared_with, input_hashes, model_version, note_empty_reference,
+from ._run import (MESH_FORMATS, compared_with, input_hashes, label_list, model_version,
+                   note_reference, other_labels,
                    params_record, prior_record, reference_mask, scrub_argv, side_note,
                    statistics, write_mesh)
 
@@ -94,28 +95,6 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
         raise
 
 
-def other_labels(array, labels, slab=16):
-    """Sorted nonzero label values of ``array`` (an integer label map, zyx) that
-    are not in ``labels``; counted a slab of ``slab`` slices at a time, so a
-    whole-CT map is not copied."""
-    a = np.asarray(array)
-    if a.dtype.kind not in "iu" or not a.size:
-        return []
-    lo, hi = int(a.min()), int(a.max())
-    if lo < 0 or hi > 65535:
-        return []
-    counts = np.zeros(hi + 1, dtype=np.int64)
-    for z in range(0, a.shape[0], slab):
-        counts += np.bincount(a[z:z + slab].reshape(-1), minlength=hi + 1)
-    named = {int(x) for x in labels}
-    return [int(v) for v in np.flatnonzero(counts[1:]) + 1 if int(v) not in named]
-
-
-def _label_list(values, shown=8):
-    v = [str(int(x)) for x in values]
-    return ", ".join(v[:shown]) + (f", ... ({len(v)} in all)" if len(v) > shown else "")
-
-
 def refine_reference(label, organ_in, ref, spacing, labels):
     """A refinement's reference block: the reference's ``labels``, the refined
     ``label``'s Dice and distances against ``ref`` and (``input``) the mask's as
@@ -171,7 +150,9 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
                  reference_labels=(1,), withheld=None):
     t0 = time.perf_counter()
     mvol = read_label_map(mask_path, allow_no_orientation)
-    ref = reference_mask(reference, reference_labels, mvol, "mask", allow_no_orientation)
+    ref_others = []
+    ref = reference_mask(reference, reference_labels, mvol, "mask", allow_no_orientation,
+                         ref_others)
     img = None
     if image is not None:
         img, _ = read_scan(image, None, allow_no_orientation)
@@ -204,13 +185,13 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
         organ = model.metadata.get("organ", "organ")
         report["warnings"].append(
             f"the mask holds {len(others)} other label{'s' * (len(others) > 1)} "
-            f"({_label_list(others)}) besides the one{'s' * (len(labels) > 1)} refined "
-            f"({_label_list(labels)}, the default); the model's organ is the {organ}: if "
+            f"({label_list(others)}) besides the one{'s' * (len(labels) > 1)} refined "
+            f"({label_list(labels)}, the default); the model's organ is the {organ}: if "
             "that is another label, name it with --labels")
     absent = [int(v) for v in keep if not np.any(mvol.array == v)]
     if absent:
         report["warnings"].append(
-            f"--keep-labels {_label_list(absent)}: no voxel of the mask has "
+            f"--keep-labels {label_list(absent)}: no voxel of the mask has "
             f"{'this label' if len(absent) == 1 else 'these labels'} (a mistyped label "
             "leaves the lesion it should keep to be cut as a leak)")
     bg = img if img is not None and img.same_grid(mvol) else mvol
@@ -218,7 +199,7 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
     if ref is not None:
         report["reference"] = refine_reference(label > 0, organ_in, ref, mvol.spacing,
                                                reference_labels)
-        note_empty_reference(report, ref)
+        note_reference(report, ref, ref_others)
     with background(qc_png, out.file("qc.png"), bg, label, organ_in,
                     title=f"refined {model.metadata.get('organ', 'organ')} "
                           "(red dashed: input mask)",

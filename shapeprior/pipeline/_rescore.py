@@ -19,7 +19,7 @@ import numpy as np
 from .._outputs import OutputDir, read_manifest, show_path
 from ..io import image_sha256, read_label_map
 from ._refine import refine_reference
-from ._run import (EMPTY_REFERENCE_WARNING, compared_with, note_empty_reference, reference_mask,
+from ._run import (compared_with, is_reference_warning, note_reference, reference_mask,
                    side_references)
 
 
@@ -36,7 +36,8 @@ def rescore_outputs(folder, reference, reference_labels, *, mask=None, allow_no_
     labels = [int(v) for v in reference_labels]
     grid = read_label_map(folder / "label.nii.gz")
     what = "image" if mask is None else "mask"
-    ref = reference_mask(reference, labels, grid, what, allow_no_orientation)
+    others = []
+    ref = reference_mask(reference, labels, grid, what, allow_no_orientation, others)
     report = json.loads((folder / "report.json").read_bytes())
     man = read_manifest(folder)
     label = grid.array > 0
@@ -49,9 +50,8 @@ def rescore_outputs(folder, reference, reference_labels, *, mask=None, allow_no_
         organ = np.isin(read_label_map(mask, allow_no_orientation).array,
                         tuple(p["labels"]) + tuple(p["keep_labels"]))
         report["reference"] = refine_reference(label, organ, ref, grid.spacing, labels)
-    report["warnings"] = [w for w in report.get("warnings", [])
-                          if not w.startswith(EMPTY_REFERENCE_WARNING)]
-    note_empty_reference(report, ref)
+    report["warnings"] = [w for w in report.get("warnings", []) if not is_reference_warning(w)]
+    note_reference(report, ref, others)
     man.pop("outputs", None)
     man["inputs"]["reference"] = {"path": "reference" if deidentify else show_path(reference),
                                   "sha256": image_sha256(reference)}

@@ -14,7 +14,7 @@ from .._background import background
 from .._outputs import OutputDir, manifest
 from .._profile import StageClock
 from .._provenance import FileDigests
-from ..io import (Volume, display_name, image_files, read_label_map, read_scan,
+from ..io import (Volume, display_name, image_files, read_label_map, read_scan, series_folder,
                   write_dicom_seg, write_label)
 from ..mesh import MESH_FORMATS, Surface
 from ..segmentation import (PairedSegmentResult, SegmentParams, dice, distance_to_mean,
@@ -29,9 +29,12 @@ OUTPUT_TYPES = ("nifti", "dicom-seg", "both")
 
 def input_files(p: Path):
     """The files a case reads: the image file (with its .img/.hdr partner), or
-    every file of a DICOM folder, in a stable order."""
+    every file of a DICOM folder (of the one folder below it that holds its series,
+    :func:`~shapeprior.io.series_folder`), in a stable order."""
     if p.is_file():
         return image_files(p)
+    if p.is_dir():
+        p = series_folder(p)
     return sorted((f for f in p.iterdir() if f.is_file()), key=lambda f: os.fsencode(f.name))
 
 
@@ -118,7 +121,9 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
     clock = clock or StageClock()     # times only (no sampling thread) for the report
     with clock("read"):
         vol, info = read_scan(input_path, series, allow_no_orientation)
-        ref = reference_mask(reference, reference_labels, vol, "image", allow_no_orientation)
+        ref_others = []
+        ref = reference_mask(reference, reference_labels, vol, "image", allow_no_orientation,
+                             ref_others)
     init = None
     if init_mask is not None:
         with clock("place"):
@@ -152,7 +157,7 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
                 volume_ml)
             if ref is not None:
                 report["reference"]["labels"] = [int(v) for v in reference_labels]
-                note_empty_reference(report, ref)
+                note_reference(report, ref, ref_others)
             _write_outputs(out, vol, res, report, model, model_path, input_path, reference,
                            mesh_format, params, argv, info, deidentify, init_mask, output_type,
                            digests)
@@ -161,16 +166,41 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
     return report
 
 
-def reference_mask(reference, labels, grid, what, allow_no_orientation=False):
+def other_labels(array, labels, slab=16):
+    """Sorted nonzero label values of ``array`` (an integer label map, zyx) that
+    are not in ``labels``; counted a slab of ``slab`` slices at a time, so a
+    whole-CT map is not copied."""
+    a = np.asarray(array)
+    if a.dtype.kind not in "iu" or not a.size:
+        return []
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0 or hi > 65535:
+        return []
+    counts = np.zeros(hi + 1, dtype=np.int64)
+    for z in range(0, a.shape[0], slab):
+        counts += np.bincount(a[z:z + slab].reshape(-1), minlength=hi + 1)
+    named = {int(x) for x in labels}
+    return [int(v) for v in np.flatnonzero(counts[1:]) + 1 if int(v) not in named]
+
+
+def label_list(values, shown=8):
+    v = [str(int(x)) for x in values]
+    return ", ".join(v[:shown]) + (f", ... ({len(v)} in all)" if len(v) > shown else "")
+
+
+def reference_mask(reference, labels, grid, what, allow_no_orientation=False, others=None):
     """The organ (``labels``) of the reference label map ``reference`` as a bool
     array on ``grid`` (a :class:`~shapeprior.io.Volume`; ``what`` names it:
     'image', 'mask'), or None without a reference. A reference that is a crop
     (or an extension) of the grid, the same voxels with another extent, is
     placed on it when all of its organ lies on the grid; a reference on
-    another grid is refused naming the first difference."""
+    another grid is refused naming the first difference. ``others``: a list
+    that receives the reference's other labels (:func:`other_labels`)."""
     if reference is None:
         return None
     rvol = read_label_map(reference, allow_no_orientation)
+    if others is not None:
+        others[:] = other_labels(rvol.array, labels)
     organ = np.isin(rvol.array, labels)
     diff = grid.grid_difference(rvol)
     if not diff:
@@ -195,6 +225,35 @@ def compared_with(label, ref, spacing):
 #: the start of the warning of a reference without the organ (a rerun compared
 #: with another reference replaces it, :mod:`._rescore`)
 EMPTY_REFERENCE_WARNING = "the reference holds no voxel with label(s)"
+
+
+#: the start of the warning of a reference that holds other labels than those scored
+#: (a multi-organ map: TotalSegmentator's); replaced as the empty one is
+OTHER_REFERENCE_LABELS_WARNING = "the reference holds"
+#: ... and its end
+_OTHER_LABELS_END = "; if the organ is another of them, name it with --reference-labels"
+
+
+def note_reference(report, ref, others=()):
+    """The reference's notes in ``report``: the number of its ``others`` labels
+    (``reference.other_labels``) and, when it holds any, a warning naming them
+    (a multi-organ map scored on the model's labels compares another organ: Dice 0,
+    distances of 19 cm, and nothing said); :func:`note_empty_reference`."""
+    labels = report["reference"].get("labels") or []
+    report["reference"]["other_labels"] = len(others)
+    if others:
+        report["warnings"].append(
+            f"{OTHER_REFERENCE_LABELS_WARNING} {len(others)} other label"
+            f"{'s' * (len(others) > 1)} ({label_list(others)}) besides the "
+            f"one{'s' * (len(labels) > 1)} scored ({label_list(labels)}){_OTHER_LABELS_END}")
+    note_empty_reference(report, ref)
+
+
+def is_reference_warning(text):
+    """Whether a report's warning is one :func:`note_reference` wrote (a new
+    comparison replaces them)."""
+    return text.startswith(EMPTY_REFERENCE_WARNING) or (
+        text.startswith(OTHER_REFERENCE_LABELS_WARNING) and text.endswith(_OTHER_LABELS_END))
 
 
 def note_empty_reference(report, ref):
@@ -460,7 +519,7 @@ def _write_seg(out, vol, res, model, input_path, info, params):
         label, side = list(found.values()), list(found)
     else:
         label, side = res.label, fitted_side(res, model, params)
-    rec = write_dicom_seg(out.file("seg.dcm"), label, vol, input_path,
+    rec = write_dicom_seg(out.file("seg.dcm"), label, vol, series_folder(input_path),
                           info.get("series_key"), organ=model.metadata.get("organ", "organ"),
                           side=side)
     return {"written": True, "file": "seg.dcm", **rec}
