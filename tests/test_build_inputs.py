@@ -240,3 +240,62 @@ def test_build_model_of_the_hippocampus_works_with_the_default_settings(data_roo
     assert rep["n_shapes_kept"] == 4 and rep["resolution"]["organ_size"] == "small"
     meta = json.loads(str(np.load(out)["metadata_json"]))
     assert meta["parameters"]["n_vertices"] == 642 and meta["parameters"]["iso_spacing"] == 0.5
+
+
+def test_a_totalsegmentator_data_set_is_built_from_the_organ_named(phantom_model, tmp_path,
+                                                                   capsys):
+    """TotalSegmentator's data set keeps each case as ``sNNNN/ct.nii.gz`` beside
+    ``sNNNN/segmentations/<organ>.nii.gz``, a file per organ. `build-model DATASET`
+    took every organ's file as a training shape of one organ (and found no image);
+    it is now refused naming --mask-name, and with --mask-name and --image-name the
+    model is the one built from the same maps and images laid out flat, byte for
+    byte in its shapes and appearance. update-model takes the same options."""
+    import json
+    import shutil
+
+    from shapeprior.cli import main
+    from shapeprior.model import load_model
+
+    d, images, labels, model = phantom_model
+    ds = tmp_path / "Totalsegmentator_dataset"
+    names = sorted(f.name for f in labels.iterdir())
+    for k, name in enumerate(names):
+        case = ds / f"s{k:04d}" / "segmentations"
+        case.mkdir(parents=True)
+        shutil.copy(labels / name, case / "organ.nii.gz")
+        shutil.copy(images / name, case.parent / "ct.nii.gz")
+        ellipsoid_label_map(case / "other.nii.gz", (3.0, 3.0, 3.0))      # another organ
+    (ds / "meta").mkdir()
+    train = tmp_path / "train"
+    train.mkdir()
+    for k in range(6):
+        shutil.move(ds / f"s{k:04d}", train / f"s{k:04d}")
+    opts = ["--vertices", "642", "--iso-spacing", "0.75", "--smooth", "0.75", "--quiet"]
+    assert main(["build-model", str(train), "-o", str(tmp_path / "mixed.npz"), *opts]) == 1
+    err = capsys.readouterr().err
+    assert "train holds case folders whose segmentations/ hold a file per organ " \
+        "(TotalSegmentator's data set): name the organ's file with --mask-name, e.g. " \
+        "--mask-name organ.nii.gz" in err and not (tmp_path / "mixed.npz").exists()
+    out = tmp_path / "ts.npz"
+    assert main(["build-model", str(train), "-o", str(out), "--mask-name", "organ.nii.gz",
+                 "--image-name", "ct.nii.gz", *opts]) == 0
+    built, ref = load_model(out), load_model(model)
+    assert np.array_equal(built.shapes, ref.shapes)
+    assert np.array_equal(built.profile.mean, ref.profile.mean)
+    meta = json.loads(str(np.load(out)["metadata_json"]))
+    assert [s["name"] for s in meta["sources"]] == [f"s{k:04d}" for k in range(6)]
+    capsys.readouterr()
+    assert main(["build-model", str(train), "-o", str(tmp_path / "x.npz"), "--mask-name",
+                 "organ.nii.gz", "--image-name", "scan.nii.gz", *opts]) == 1
+    assert "6 of 6 label maps have no image in the label maps' case folders (first: " \
+        "organ.nii.gz of s0000; looked for scan.nii.gz)" in capsys.readouterr().err
+    # the new case, beside a folder without the organ's file: skipped with a note
+    grown = tmp_path / "grown.npz"
+    assert main(["update-model", str(out), str(ds), "-o", str(grown), "--mask-name",
+                 "organ.nii.gz", "--image-name", "ct.nii.gz", "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "note: 1 case folder holds no organ.nii.gz (in it or its segmentations/), skipped: " \
+           "meta" in said
+    g = load_model(grown)
+    assert g.shapes.shape[0] == 7 and np.array_equal(g.shapes[:6], built.shapes)
+    assert not np.array_equal(g.profile.mean, built.profile.mean)     # its image was read

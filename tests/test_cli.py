@@ -427,7 +427,8 @@ def test_a_build_seed_below_zero_is_refused_by_the_api():
     (["-o", "new.npz", "--criterion", "novelty"], "--criterion has no effect without --rank-only"),
     (["-o", "new.npz", "--json"], "--json has no effect without --rank-only"),
     (["--rank-only", "--force"], "--force has no effect with --rank-only"),
-    (["--rank-only", "--images", "imgs"], "--images has no effect with --rank-only"),
+    (["--rank-only", "--images", "imgs"], "--images and --image-name have no effect with "
+                                           "--rank-only"),
 ])
 def test_update_model_refuses_options_that_would_change_nothing(extra, message, tmp_path,
                                                                 capsys, monkeypatch):

@@ -571,7 +571,7 @@ def test_enhanced_multiframe_mr_given_as_a_file(tmp_path):
     f.write_bytes(gzip.decompress(src.read_bytes()))
     vol, info = read_image(f)
     ref, ref_info = read_image(tmp_path)
-    assert info["multiframe"] and info["format"] == "dicom"
+    assert info["multiframe"] and info["format"] == "dicom" and info["source"] == "dicom"
     assert info["slice_spacing_mm"] == ref_info["slice_spacing_mm"]
     assert np.array_equal(vol.array, ref.array)
     assert all(np.allclose(a, b) for a, b in zip(vol.geometry[1:], ref.geometry[1:]))

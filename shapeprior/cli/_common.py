@@ -204,6 +204,34 @@ def add_label_map_options(ap):
     add_allow_no_orientation(ap, "label maps")
 
 
+def add_case_folder_options(ap):
+    """``--mask-name`` and ``--image-name`` of the commands that learn from label
+    maps (``build-model``, ``update-model``): a data set of case folders."""
+    ap.add_argument("--mask-name", default=None, metavar="NAME",
+                    help="each folder given holds one folder per case, and each case's label "
+                         "map is NAME in it or in its segmentations/ (TotalSegmentator's data "
+                         "set: --mask-name kidney_left.nii.gz; KiTS19's: segmentation.nii.gz; "
+                         "or a pattern, each folder's one match); a case is named by its "
+                         "folder, and folders without NAME are skipped with a note")
+    ap.add_argument("--image-name", default=None, metavar="NAME",
+                    help="each label map's image is NAME in its case folder (the first folder "
+                         "of its path below the folder given; TotalSegmentator's: ct.nii.gz, "
+                         "KiTS19's: imaging.nii.gz), or with --images FOLDER, in "
+                         "FOLDER/<case folder>/; learns appearance as --images does")
+
+
+def note_skipped_case_folders(skipped, mask_name, deidentify):
+    """The note of the case folders that hold no ``--mask-name`` file (counted, not
+    named, with ``--deidentify``)."""
+    if not skipped:
+        return
+    names = "" if deidentify else ": " + ", ".join(d.name for d in skipped[:5]) + (
+        " ..." if len(skipped) > 5 else "")
+    hold = "s hold" if len(skipped) > 1 else " holds"
+    print(f"note: {len(skipped)} case folder{hold} no {mask_name} (in it or its "
+          f"segmentations/), skipped{names}")
+
+
 def add_allow_no_orientation(ap, what="images"):
     """``--allow-no-orientation``: read files that record no orientation."""
     ap.add_argument("--allow-no-orientation", action="store_true",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from .._outputs import manifest, show_path
-from ._common import (Parser, add_label_map_options, add_random_state, parse_labels,
-                      publish_model, refuse_unused)
+from ._common import (Parser, add_case_folder_options, add_label_map_options, add_random_state,
+                      note_skipped_case_folders, parse_labels, publish_model, refuse_unused)
 from ._deidentify import add_deidentify, deidentified
 
 
@@ -72,6 +72,7 @@ def main(argv):
     ap.add_argument("--force", action="store_true",
                     help="replace a previous shapeprior model file (never an input or a "
                          "foreign file)")
+    add_case_folder_options(ap)
     add_label_map_options(ap)
     add_deidentify(ap)
     a = ap.parse_args(argv)
@@ -82,10 +83,11 @@ def main(argv):
         (a.nonzero is not None and not a.atoms, "--nonzero has no effect without --atoms"),
         (a.dictionary_kind is not None and not a.atoms,
          "--dictionary-kind has no effect without --atoms"),
-        (a.normalisation is not None and not a.images,
-         "--normalisation has no effect without --images (it scales the training images)"),
-        (a.no_voxel_classifier and not a.images,
-         "--no-voxel-classifier has no effect without --images"))
+        (a.normalisation is not None and not (a.images or a.image_name),
+         "--normalisation has no effect without --images or --image-name (it scales the "
+         "training images)"),
+        (a.no_voxel_classifier and not (a.images or a.image_name),
+         "--no-voxel-classifier has no effect without --images or --image-name"))
     a.side, a.nonzero = a.side or "both", 5 if a.nonzero is None else a.nonzero
     a.dictionary_kind = a.dictionary_kind or "shapes"
     a.normalisation = a.normalisation or "percentile"
@@ -135,12 +137,14 @@ def _build(a, out, deid):
     for name, v in (("--iso-spacing", a.iso_spacing), ("--vertices", a.vertices)):
         if v is not None and v <= 0:
             raise ValueError(f"{name}={v} must be > 0")
-    items = deid.start(label_map_inputs(a.label_maps))
+    skipped = []
+    items = deid.start(label_map_inputs(a.label_maps, mask_name=a.mask_name, skipped=skipped))
+    note_skipped_case_folders(skipped, a.mask_name, a.deidentify)
     if a.limit is not None:
         items = items[: a.limit]
     files = [f for f, _, _ in items]
-    read = files + (training_images(files, [r for _, _, r in items], a.images)
-                    if a.images else [])
+    read = files + (training_images(files, [r for _, _, r in items], a.images, a.image_name)
+                    if a.images or a.image_name else [])
     inputs += read                  # a detached header's data files, wherever they lie
     check_not_input(out, read)
     side = OutputDir(side_path, force=a.force, inputs=inputs)   # checked before the slow stages
@@ -151,7 +155,8 @@ def _build(a, out, deid):
                              template_shapes=a.template_shapes, n_atoms=a.atoms,
                              n_nonzero=a.nonzero, dictionary_kind=a.dictionary_kind,
                              seed=a.random_state, n_jobs=a.jobs,
-                             images_dir=a.images, normalisation=a.normalisation,
+                             images_dir=a.images, image_name=a.image_name,
+                             normalisation=a.normalisation,
                              voxel_classifier=not a.no_voxel_classifier,
                              allow_no_orientation=a.allow_no_orientation,
                              exclude_cut=a.exclude_cut)

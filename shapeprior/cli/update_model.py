@@ -4,17 +4,21 @@ or rank candidate label maps by how much each would add."""
 from __future__ import annotations
 
 from .._outputs import json_text
-from ._common import Parser, add_label_map_options
+from ._common import (Parser, add_case_folder_options, add_label_map_options,
+                      note_skipped_case_folders)
 from ._deidentify import add_deidentify, deidentified, named_shapes
 
 
-def _inputs(paths, limit):
+def _inputs(paths, limit, mask_name=None, deidentify=False):
     """``[(file, case name, root)]`` from files and folders of label maps (a
     folder's named with the folder given: case_00001/segmentation, not
-    segmentation; the root: where its image is looked for from)."""
+    segmentation; the root: where its image is looked for from); with
+    ``mask_name``, the file of that name in each case folder."""
     from ..model import label_map_inputs
 
-    out = label_map_inputs(paths, prefix_folders=True)
+    skipped = []
+    out = label_map_inputs(paths, prefix_folders=True, mask_name=mask_name, skipped=skipped)
+    note_skipped_case_folders(skipped, mask_name, deidentify)
     return out[:limit] if limit else out
 
 
@@ -52,6 +56,7 @@ def main(argv):
     ap.add_argument("--force", action="store_true",
                     help="replace a previous shapeprior model file (never the input model, "
                          "an input or a foreign file)")
+    add_case_folder_options(ap)
     add_label_map_options(ap)
     add_deidentify(ap)
     a = ap.parse_args(argv)
@@ -69,8 +74,9 @@ def main(argv):
                                                       "--rank-only (it orders the ranking)"),
         (a.json and not a.rank_only, "--json has no effect without --rank-only"),
         (a.force and a.rank_only, "--force has no effect with --rank-only (nothing is written)"),
-        (a.images and a.rank_only, "--images has no effect with --rank-only (the ranking reads "
-                                   "the label maps only)"))
+        ((a.images or a.image_name) and a.rank_only,
+         "--images and --image-name have no effect with --rank-only (the ranking reads "
+         "the label maps only)"))
     a.criterion = a.criterion or "coverage"
     out = Path(a.output) if a.output else None
     inputs = [a.model, *a.labels, a.images]
@@ -86,16 +92,17 @@ def main(argv):
         params = params_from_model(
             model, labels=None if a.label_values is None else parse_labels(a.label_values),
             organ=a.organ, split_sides=a.split_sides, n_jobs=a.jobs, images_dir=a.images,
+            image_name=a.image_name,
             allow_no_orientation=a.allow_no_orientation or None)
-        items = deid.start(_inputs(a.labels, a.limit))
+        items = deid.start(_inputs(a.labels, a.limit, a.mask_name, a.deidentify))
         if not items:
             raise ValueError("no label maps given")
         if a.rank_only:
             return _rank(model, items, params, a, deid)
         # the files read, a detached header's data files with them, wherever they lie
         files = [f for f, _, _ in items]
-        if a.images:
-            files += training_images(files, [r for _, _, r in items], a.images)
+        if a.images or a.image_name:
+            files += training_images(files, [r for _, _, r in items], a.images, a.image_name)
         check_not_input(out, files)
         return _update(model, items, params, a, out, [*inputs, *files], deid)
 

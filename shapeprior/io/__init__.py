@@ -6,6 +6,7 @@ it allocates and refuses, in one line, what it cannot trust
 (:class:`ImageReadError`).
 """
 
+from ._case_folders import in_case_folder
 from ._checks import ImageReadError, available_memory, display_name, input_path_error
 from ._dicom import (folders_below_text, list_series, read_dicom_series, read_image, read_scan,
                      series_folder, series_folders)
@@ -21,4 +22,5 @@ __all__ = ["Volume", "read_volume", "read_file", "read_label_map", "as_label_map
            "ImageReadError", "available_memory", "display_name", "input_path_error",
            "image_files", "detached_data_files", "image_sha256", "read_geometry",
            "write_dicom_seg", "is_dicom_seg", "VOLUME_SUFFIXES", "volume_suffix",
-           "geometry_difference", "series_folder", "series_folders", "folders_below_text"]
+           "geometry_difference", "series_folder", "series_folders", "folders_below_text",
+           "in_case_folder"]

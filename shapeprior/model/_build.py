@@ -80,6 +80,11 @@ class BuildParams:
     images_dir : str or None
         Training images (same relative path or file name, or the nnU-Net
         ``X_0000`` name, or an nnU-Net dataset folder): learn boundary appearance.
+    image_name : str or None
+        Each label map's image is the file of this name (or the one match of this
+        pattern) in its case folder, the first folder of its path below its root
+        (``s0011/segmentations/kidney_left.nii.gz`` -> ``s0011/ct.nii.gz``): in that
+        folder itself, or in ``images_dir/<case folder>/``. Learns appearance too.
     profile_step, profile_half : float, int
         Appearance profiles: sample step (mm) and samples on each side.
     normalisation : {'percentile', 'ct'}
@@ -113,6 +118,7 @@ class BuildParams:
     seed: int = 0
     n_jobs: int = 1
     images_dir: str | None = None   # training images (same relative path or file name)
+    image_name: str | None = None   # or each one's file of this name in its case folder
     profile_step: float = 0.75
     profile_half: int = 4
     normalisation: str = "percentile"   # 'percentile' (MR) or 'ct' (HU)
@@ -158,6 +164,17 @@ class BuildParams:
                                                self.allow_no_orientation)
         self.exclude_cut = check_bool("exclude_cut", self.exclude_cut)
         self.voxel_classifier = check_bool("voxel_classifier", self.voxel_classifier)
+        if self.image_name is not None and (
+                not isinstance(self.image_name, str) or not self.image_name
+                or Path(self.image_name).name != self.image_name
+                or self.image_name in (".", "..")):
+            raise ValueError(f"image_name={self.image_name!r} is invalid: expected a file "
+                             "name (or a pattern) without a folder part, e.g. ct.nii.gz")
+
+    @property
+    def with_images(self) -> bool:
+        """Whether training images are given (``images_dir`` or ``image_name``)."""
+        return bool(self.images_dir or self.image_name)
 
 
 #: an organ whose RMS radius (median of the first label maps) is below this (mm)
@@ -236,7 +253,49 @@ def find_label_maps(folder):
     return files
 
 
-def label_map_inputs(paths, prefix_folders=False):
+def _per_organ_files(files):
+    """The name shared by the label maps of several ``segmentations/`` folders that
+    each hold more than one (TotalSegmentator's data set: ``s0011/segmentations/``
+    holds a file per organ), or None."""
+    by_dir = {}
+    for f in files:
+        if f.parent.name.lower() == "segmentations":
+            by_dir.setdefault(f.parent, []).append(f.name)
+    many = [set(v) for v in by_dir.values() if len(v) > 1]
+    if len(many) < 2:
+        return None
+    shared = sorted(set.intersection(*many))
+    return shared[0] if shared else None
+
+
+def _masks_in_case_folders(p, mask_name, prefix, skipped):
+    """``[(file, case name, root)]``: ``mask_name`` in each visible subfolder of
+    ``p`` (or its ``segmentations/``); the folders without it counted in
+    ``skipped``."""
+    from ..io import in_case_folder
+
+    if not p.is_dir():
+        raise ValueError(f"--mask-name names the label map in each case folder of a folder; "
+                         f"{p.name} is not a folder")
+    dirs = sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                  key=lambda d: os.fsencode(d.name))
+    out = []
+    for d in dirs:
+        f, err = in_case_folder(d, mask_name)
+        if err is not None:
+            raise ValueError(f"--mask-name {mask_name}: "
+                             f"{err.replace('this folder', 'a case folder')}")
+        if f is None:
+            skipped.append(d)
+        else:
+            out.append((f, f"{p.name}/{d.name}" if prefix else d.name, p))
+    if not out:
+        raise ValueError(f"--mask-name {mask_name}: no case folder of {p.name} holds it (in "
+                         "it or in its segmentations/)")
+    return out
+
+
+def label_map_inputs(paths, prefix_folders=False, mask_name=None, skipped=None):
     """Label map files from files and folders, each named and with its root.
 
     Parameters
@@ -246,6 +305,14 @@ def label_map_inputs(paths, prefix_folders=False):
     prefix_folders : bool
         Name a folder's label maps with the folder's name first
         (``new_cases/case_00001/segmentation``); also whenever several paths are given.
+    mask_name : str, optional
+        Each path is a folder of case folders, and each case's label map is the
+        file of this name (or the one match of this pattern) in its folder or its
+        ``segmentations/`` (TotalSegmentator's data set: ``kidney_left.nii.gz``;
+        KiTS19's: ``segmentation.nii.gz``), named by its case folder, the folder
+        given its root (where ``BuildParams.image_name`` looks for its image).
+    skipped : list, optional
+        With ``mask_name``: receives the case folders without the file.
 
     Returns
     -------
@@ -260,8 +327,9 @@ def label_map_inputs(paths, prefix_folders=False):
     Raises
     ------
     FileNotFoundError, ValueError
-        A path that is neither a file nor a folder (named), or a folder
-        without label maps.
+        A path that is neither a file nor a folder (named), a folder without
+        label maps, or, without ``mask_name``, a folder of case folders whose
+        ``segmentations/`` hold a file per organ (TotalSegmentator's).
     """
     from ..io import input_path_error
 
@@ -270,6 +338,14 @@ def label_map_inputs(paths, prefix_folders=False):
     for p in paths:
         if not (p.is_dir() or p.is_file()):
             raise input_path_error(p, str(p))
+    if mask_name is not None:
+        if not mask_name or Path(mask_name).name != mask_name or not volume_suffix(mask_name):
+            raise ValueError(f"--mask-name {mask_name!r} is not a label map's file name (a "
+                             f"name ending {', '.join(VOLUME_SUFFIXES)}, without a folder)")
+        skipped = [] if skipped is None else skipped
+        out = [item for p in paths for item in _masks_in_case_folders(p, mask_name, prefix,
+                                                                       skipped)]
+        return out
     # files given one by one (a shell's case_*/segmentation.nii.gz): their images are
     # looked for from their common folder, as for the files of a folder
     parents = [os.path.abspath(p.parent) for p in paths if p.is_file()]
@@ -278,8 +354,15 @@ def label_map_inputs(paths, prefix_folders=False):
     for p in paths:
         if p.is_dir():
             root = label_root(p)
+            maps = find_label_maps(p)
+            organ_file = _per_organ_files(maps)
+            if organ_file is not None:
+                raise ValueError(f"{p.name} holds case folders whose segmentations/ hold a "
+                                 "file per organ (TotalSegmentator's data set): name the "
+                                 f"organ's file with --mask-name, e.g. --mask-name {organ_file} "
+                                 "(and each case's scan with --image-name, e.g. ct.nii.gz)")
             found = [(f, f"{p.name}/{case_name(f, root)}" if prefix else case_name(f, root), root)
-                     for f in find_label_maps(p)]
+                     for f in maps]
         else:
             found = [(p, case_name(p, p.parent), file_root)]
         for item in found:
@@ -439,13 +522,23 @@ def image_root(folder) -> Path:
     return root / "imagesTr" if (root / "imagesTr").is_dir() else root
 
 
-def image_candidates(label_file: Path, labels_root: Path, images_dir: Path):
+def image_candidates(label_file: Path, labels_root: Path, images_dir, image_name=None):
     """Where the image of a label map may be: the same relative path, the same
     file name, or the nnU-Net name of its first channel (``X.nii.gz`` ->
-    ``X_0000.nii.gz``)."""
+    ``X_0000.nii.gz``). With ``image_name``: that file (or the one match of that
+    pattern) in the label map's case folder, the first folder of its path below
+    ``labels_root``, there or (``images_dir``) in ``images_dir/<case folder>/``."""
     label_file = Path(label_file)
-    images_dir = image_root(images_dir)
     rel = Path(os.path.relpath(os.path.abspath(label_file), os.path.abspath(labels_root)))
+    if image_name:
+        if len(rel.parts) < 2 or rel.parts[0] == os.pardir:     # not in a case folder
+            return []
+        from ..io import in_case_folder
+
+        base = Path(images_dir or labels_root) / rel.parts[0]
+        hit, _ = in_case_folder(base, image_name, scans=True)
+        return [hit if hit is not None else base / image_name]
+    images_dir = image_root(images_dir)
     suf = volume_suffix(label_file.name)
     stem = label_file.name[: len(label_file.name) - len(suf)]
     channel0 = f"{stem}_0000{suf}"
@@ -455,31 +548,34 @@ def image_candidates(label_file: Path, labels_root: Path, images_dir: Path):
             images_dir / channel0]
 
 
-def find_image_for(label_file: Path, labels_root: Path, images_dir: Path):
+def find_image_for(label_file: Path, labels_root: Path, images_dir, image_name=None):
     """The training image for a label map (see :func:`image_candidates`), or None.
     The label map itself is never its image (``--images`` naming the labels'
     own folder)."""
-    return next((c for c in image_candidates(label_file, labels_root, images_dir)
+    return next((c for c in image_candidates(label_file, labels_root, images_dir, image_name)
                  if c.is_file() and not os.path.samefile(c, label_file)), None)
 
 
-def training_images(label_files, labels_roots, images_dir) -> list:
+def training_images(label_files, labels_roots, images_dir, image_name=None) -> list:
     """The training images found for ``label_files`` (one root each), without any
     check: the files the output of a build or an update must not touch (a
     detached image header's data files among them), known before the slow stages."""
-    images_dir = Path(images_dir)
-    if not images_dir.is_dir():
+    if images_dir is not None and not Path(images_dir).is_dir():
         return []
-    found = (find_image_for(Path(f), Path(r), images_dir)
+    if images_dir is None and not image_name:
+        return []
+    found = (find_image_for(Path(f), Path(r), images_dir, image_name)
              for f, r in zip(label_files, labels_roots))
     return [c for c in found if c is not None]
 
 
-def looked_for(label_file, labels_root, images_dir):
+def looked_for(label_file, labels_root, images_dir, image_name=None):
     """Where a label map's image was looked for (:func:`image_candidates`), and
     whether the label map itself was found there (``--images`` naming the label
     maps' own folder)."""
-    cands = image_candidates(label_file, labels_root, images_dir)
+    cands = image_candidates(label_file, labels_root, images_dir, image_name)
+    if image_name and not cands:
+        return "it lies in no case folder below the folder given"
     text = "looked for " + ", ".join(sorted({c.name for c in cands}))
     if any(c.is_file() and os.path.samefile(c, label_file) for c in cands):
         text += ("; found the label map itself: --images names the folder of the scans, "
@@ -487,7 +583,16 @@ def looked_for(label_file, labels_root, images_dir):
     return text
 
 
-def pair_images(label_files, labels_root, images_dir, allow_no_orientation=False):
+def images_place(images_dir, image_name=None) -> str:
+    """Where the training images are looked for, for a message."""
+    if image_name:
+        return (f"{image_root(images_dir)}/<case folder>" if images_dir else
+                "the label maps' case folders")
+    return str(image_root(images_dir))
+
+
+def pair_images(label_files, labels_root, images_dir, allow_no_orientation=False,
+                image_name=None):
     """``{label file: image file}``, checked before any slow stage.
 
     ``labels_root`` is the folder the label maps' relative paths are taken
@@ -499,23 +604,28 @@ def pair_images(label_files, labels_root, images_dir, allow_no_orientation=False
     """
     from ..io import geometry_difference, read_geometry
 
-    images_dir = Path(images_dir)
-    if not images_dir.is_dir():
-        raise FileNotFoundError(f"no such images folder: {images_dir}")
+    if images_dir is not None:
+        images_dir = Path(images_dir)
+        if not images_dir.is_dir():
+            raise FileNotFoundError(f"no such images folder: {images_dir}")
     roots = ([Path(labels_root)] * len(label_files) if isinstance(labels_root, (str, Path))
              else [Path(r) for r in labels_root])
     pairs, missing = {}, []
     for f, r in zip(label_files, roots):
-        img = find_image_for(Path(f), r, images_dir)
+        img = find_image_for(Path(f), r, images_dir, image_name)
         if img is None:
             missing.append((Path(f), r))
         else:
             pairs[Path(f)] = img
     if missing:
         f, r = missing[0]
+        first = f.name
+        if image_name:          # every case's file has one name: its folder tells them apart
+            rel = Path(os.path.relpath(os.path.abspath(f), os.path.abspath(r)))
+            first = f"{f.name} of {rel.parts[0]}" if len(rel.parts) > 1 else first
         raise ValueError(f"{len(missing)} of {len(label_files)} label maps have no image in "
-                         f"{image_root(images_dir)} (first: {f.name}; "
-                         f"{looked_for(f, r, images_dir)})")
+                         f"{images_place(images_dir, image_name)} (first: {first}; "
+                         f"{looked_for(f, r, images_dir, image_name)})")
     for f, img in pairs.items():
         gl = read_geometry(f, allow_no_orientation)
         gi = read_geometry(img, allow_no_orientation)
@@ -564,7 +674,7 @@ def _appearance_cases(kept, faces, params, pairs):
         voxel.append((crop, label_mask(lab, params.labels)[box].copy(), v, f))
     if len(profile) < 3:
         raise ValueError(f"only {len(profile)} training images matched the label maps under "
-                         f"{params.images_dir} (same relative path or file name); need >= 3")
+                         f"{images_place(params.images_dir, params.image_name)}; need >= 3")
     return profile, voxel
 
 
@@ -740,8 +850,8 @@ def build_model(label_files, params: BuildParams, root=None, progress=True, name
     level = level_for_vertices(params.n_vertices)
     sv, sf = icosphere(level)
     # image/label pairing and geometry, from the headers, before the slow stages
-    pairs = (pair_images(files, roots, params.images_dir, params.allow_no_orientation)
-             if params.images_dir else None)
+    pairs = (pair_images(files, roots, params.images_dir, params.allow_no_orientation,
+                         params.image_name) if params.with_images else None)
     surf_res = _map(_job_surfaces, [(f, params) for f in files], params.n_jobs,
                     "surfaces", progress)
     shapes_in, rejected = [], []
@@ -789,7 +899,7 @@ def build_model(label_files, params: BuildParams, root=None, progress=True, name
         raise ValueError(correspondence_failure(kept, shapes_in, rejected, len(sv)))
     t_pass2 = time.perf_counter() - t0 - t_surf - t_pass1
     profile = voxel_cases = None
-    if params.images_dir:
+    if params.with_images:
         from ..appearance import learn_profiles
 
         profile_cases, voxel_cases = _appearance_cases(kept, sf, params, pairs)

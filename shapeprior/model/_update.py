@@ -28,7 +28,7 @@ import numpy as np
 from ..io import image_sha256
 from ..align import apply_many, procrustes, procrustes_many
 from ._build import (BuildParams, case_name, _job_fit, _job_surfaces, _map, find_image_for,
-                     image_root, looked_for, pair_images, rms_radius)
+                     images_place, looked_for, pair_images, rms_radius)
 from ._lineage import extend_lineage, lineage_of
 from ._model import ShapeModel, total_variance
 from ._pose import add_pose_stats, pose_from_stats, pose_stats
@@ -348,7 +348,7 @@ def update_model(model: ShapeModel, label_files, params: BuildParams | None = No
     names = [case_name(f, root) for f in files] if names is None else list(names)
     todo, skipped = new_label_maps(model, files, names)
     pairs, unpaired = None, []
-    if params.images_dir and todo:
+    if params.with_images and todo:
         if model.profile is None:
             raise ValueError("the model has no boundary appearance; images cannot update it")
         pairs, paired = {}, []
@@ -358,13 +358,14 @@ def update_model(model: ShapeModel, label_files, params: BuildParams | None = No
                                    else f.parent)
             r = Path(r)
             try:
-                pairs.update(pair_images([f], r, params.images_dir, params.allow_no_orientation))
+                pairs.update(pair_images([f], r, params.images_dir, params.allow_no_orientation,
+                                         params.image_name))
                 paired.append((f, name, h))
             except ValueError as exc:   # no image, or not on the label map's grid
                 why = str(exc)
-                if find_image_for(f, r, Path(params.images_dir)) is None:
-                    why = (f"no image in {image_root(params.images_dir)} "
-                           f"({looked_for(f, r, Path(params.images_dir))})")
+                if find_image_for(f, r, params.images_dir, params.image_name) is None:
+                    why = (f"no image in {images_place(params.images_dir, params.image_name)} "
+                           f"({looked_for(f, r, params.images_dir, params.image_name)})")
                 unpaired.append({"source": name, "stage": "image", "reason": why})
         todo = paired
     accepted, rejected = (correspond_to_model(model, todo, params, progress)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import (VOLUME_SUFFIXES, detached_data_files, display_name, folders_below_text,
-                  input_path_error, is_dicom_seg, series_folders, volume_suffix)
+                  in_case_folder, input_path_error, is_dicom_seg, series_folders, volume_suffix)
 
 #: names a case folder may not take inside a batch output folder
 RESERVED = frozenset({"summary.json", "summary.csv", "manifest.json"})
@@ -221,35 +221,6 @@ def _image_subfolders(dirs, masks=False, deidentify=False):
         return f"; {which} image files: give the folder of the masks"
     return (f"; {which} image files: give the scans' folder as the input (and the label maps' "
             "folder as --reference)")
-
-
-#: characters that make a case folder's file name a pattern (``fnmatch``)
-_PATTERN = frozenset("*?[")
-
-
-def in_case_folder(base, name, scans=False):
-    """``(entry, error)``: the file (or with ``scans`` the file or DICOM folder)
-    ``name`` in the case folder ``base``, a label map also in its
-    ``segmentations/``. ``name`` may be a pattern (``*_ct.nii.gz``, for scans
-    named per case): the one visible entry that matches it (an image file, or a
-    folder with ``scans``). ``(None, None)`` when there is none; an error when
-    several match."""
-    places = (base,) if scans else (base, base / "segmentations")
-    if not _PATTERN & set(name):
-        return next((x for x in (d / name for d in places)
-                     if x.is_file() or (scans and x.is_dir())), None), None
-    for d in places:
-        try:
-            hits = sorted((e for e in d.glob(name) if not e.name.startswith(".") and (
-                (e.is_file() and volume_suffix(e.name)) or (scans and e.is_dir()))),
-                key=lambda e: os.fsencode(e.name))
-        except OSError:
-            hits = []
-        if len(hits) > 1:
-            return None, f"{len(hits)} entries in this folder match {name}"
-        if hits:
-            return hits[0], None
-    return None, None
 
 
 def _images_in_case_folders(p, image_name, list_series):

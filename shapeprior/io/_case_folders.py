@@ -1,0 +1,39 @@
+"""A file named the same in every case folder of a data set (KiTS19's
+``case_00000/imaging.nii.gz``; TotalSegmentator's ``s0011/ct.nii.gz`` beside
+``s0011/segmentations/kidney_left.nii.gz``): found by one rule wherever a command takes
+a folder of case folders (``segment --image-name``, ``refine --mask-name``,
+``build-model --mask-name``)."""
+
+from __future__ import annotations
+
+import os
+
+from ._volume import volume_suffix
+
+#: characters that make a case folder's file name a pattern (``fnmatch``)
+_PATTERN = frozenset("*?[")
+
+
+def in_case_folder(base, name, scans=False):
+    """``(entry, error)``: the file (or with ``scans`` the file or DICOM folder)
+    ``name`` in the case folder ``base``, a label map also in its
+    ``segmentations/``. ``name`` may be a pattern (``*_ct.nii.gz``, for scans
+    named per case): the one visible entry that matches it (an image file, or a
+    folder with ``scans``). ``(None, None)`` when there is none; an error when
+    several match."""
+    places = (base,) if scans else (base, base / "segmentations")
+    if not _PATTERN & set(name):
+        return next((x for x in (d / name for d in places)
+                     if x.is_file() or (scans and x.is_dir())), None), None
+    for d in places:
+        try:
+            hits = sorted((e for e in d.glob(name) if not e.name.startswith(".") and (
+                (e.is_file() and volume_suffix(e.name)) or (scans and e.is_dir()))),
+                key=lambda e: os.fsencode(e.name))
+        except OSError:
+            hits = []
+        if len(hits) > 1:
+            return None, f"{len(hits)} entries in this folder match {name}"
+        if hits:
+            return hits[0], None
+    return None, None
