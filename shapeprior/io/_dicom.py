@@ -349,20 +349,21 @@ def read_dicom_series(folder, series=None, spacing_tol=0.01):
                                  f"(indices 0..{len(found) - 1})")
         pick = sel[0]
     _, key, _, uid = pick
+    return _read_guarded(_scan(folder)[uid], key, len(found), spacing_tol, f"series {key}")
+
+
+def _read_guarded(items, key, n_series, spacing_tol, what):
+    """:func:`_read_items`, any failure one :class:`ImageReadError` naming ``what``."""
     try:
-        return _read_picked(folder, key, uid, len(found), spacing_tol)
+        return _read_items(items, key, n_series, spacing_tol)
     except ImageReadError:
         raise
     except MemoryError:
-        raise ImageReadError(f"series {key}: not enough memory to read it") from None
+        raise ImageReadError(f"{what}: not enough memory to read it") from None
     except Exception as exc:  # noqa: BLE001 - pydicom parses elements lazily, on access
         msg = " ".join(str(exc).split())[:200]
-        raise ImageReadError(f"series {key}: unreadable DICOM header "
+        raise ImageReadError(f"{what}: unreadable DICOM header "
                              f"({type(exc).__name__}: {msg})") from None
-
-
-def _read_picked(folder, key, uid, n_series, spacing_tol):
-    return _read_items(_scan(folder)[uid], key, n_series, spacing_tol)
 
 
 #: what a DICOM object that is not an image is called in a message, by modality
@@ -420,16 +421,7 @@ def read_dicom_file(path, hdr, spacing_tol=0.01):
                              f"{modality or 'DICOM'} image); give the folder that holds the "
                              "series instead of the file")
     uid = str(hdr.get("SeriesInstanceUID", "") or "") or _derived_series(hdr)
-    try:
-        return _read_items([(Path(path), hdr)], series_key(uid), 1, spacing_tol)
-    except ImageReadError:
-        raise
-    except MemoryError:
-        raise ImageReadError(f"{name}: not enough memory to read it") from None
-    except Exception as exc:  # noqa: BLE001 - pydicom parses elements lazily, on access
-        msg = " ".join(str(exc).split())[:200]
-        raise ImageReadError(f"{name}: unreadable DICOM header "
-                             f"({type(exc).__name__}: {msg})") from None
+    return _read_guarded([(Path(path), hdr)], series_key(uid), 1, spacing_tol, name)
 
 
 def _read_items(items, key, n_series, spacing_tol):
