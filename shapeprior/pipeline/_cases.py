@@ -103,6 +103,13 @@ def discover_cases(path, list_series=None, image_name=None, deidentify=False):
     visible subfolder is a case; a subfolder without a DICOM series is a case
     with an ``error`` (so it is reported, not dropped).
 
+    A folder with no series of its own may keep it deeper: one series below a
+    folder of no image files makes that folder one case (a CD export:
+    ``DICOMDIR`` beside ``DICOM/PA0/ST0/SE0/``), and a subfolder leading to one
+    series is a case read from it (a TCIA download: ``patient/study/series/``;
+    :func:`~shapeprior.io.series_folders`), one leading to several a case with an
+    ``error`` that names them (counted with ``deidentify``).
+
     ``image_name``: ``path`` holds one folder per case, and each case's scan is
     the file (or DICOM folder) of that name in it (KiTS19: ``imaging.nii.gz``;
     TotalSegmentator's data set: ``ct.nii.gz``), or the one entry matching it
@@ -136,8 +143,11 @@ def discover_cases(path, list_series=None, image_name=None, deidentify=False):
     # the series below the subfolders: a case folder may keep its series deeper (one
     # patient of a TCIA download: patient/study/series/). Not where subfolders hold
     # image files: case folders of files (KiTS19's) take --image-name
-    below = series_folders(p, lister=list_series) \
-        if dirs and not any(_volume_names(d) for d in dirs) else []
+    # Each subfolder searched on its own (a large download is not cut short by the
+    # search's bound on the folders it looks into)
+    nested = {d: series_folders(d, lister=list_series) for d in dirs} \
+        if dirs and not any(_volume_names(d) for d in dirs) else {}
+    below = [b for found in nested.values() for b in found]
     if not files and len(below) == 1 and below[0].parent != p:
         # a CD or USB export (DICOMDIR beside DICOM/PA0/ST0/SE0/, a viewer's folder): one scan
         return [Case(unique_names([p.name])[0] if p.name else "case", p, display_name(p))]
@@ -147,7 +157,7 @@ def discover_cases(path, list_series=None, image_name=None, deidentify=False):
     for e, n in zip(items, names):
         err = None
         if e.is_dir():
-            mine = [b for b in below if b == e or e in b.parents] if below else []
+            mine = nested.get(e, [])
             if len(mine) > 1:
                 err = (f"no DICOM image series in this folder itself; "
                        f"{folders_below_text(mine, e, deidentify)} below it hold one each: "
