@@ -399,7 +399,8 @@ def update_model(model: ShapeModel, label_files, params: BuildParams | None = No
         n = model.voxels.info.get("n_cases")
         warnings.append(
             "the voxel classifier stays as built" + (f" (learned from {n} images)" if n else "")
-            + ": update-model does not retrain it; a rebuild with --images does")
+            + ": update-model does not retrain it; a rebuild with --images or --image-name "
+            "does")
     report = {
         "model_version": new.metadata["lineage"]["model_version"],
         "n_shapes_before": model.n_shapes, "n_shapes": new.n_shapes,
