@@ -567,12 +567,19 @@ def test_enhanced_multiframe_mr_given_as_a_file(tmp_path):
     src = NIB_NICOM / "philips_mprage.dcm.gz"
     if not src.is_file():
         pytest.skip("nibabel's enhanced MR test file is not installed")
+    import io
+
+    ds = pydicom.dcmread(io.BytesIO(gzip.decompress(src.read_bytes())))
+    for g in ds.PerFrameFunctionalGroupsSequence:       # slabs thinner than their step
+        g.PixelMeasuresSequence[0].SliceThickness = "0.5"
     f = tmp_path / "mf.dcm"
-    f.write_bytes(gzip.decompress(src.read_bytes()))
+    ds.save_as(f)
     vol, info = read_image(f)
     ref, ref_info = read_image(tmp_path)
     assert info["multiframe"] and info["format"] == "dicom" and info["source"] == "dicom"
-    assert info["slice_spacing_mm"] == ref_info["slice_spacing_mm"]
+    for key in ("slice_spacing_mm", "slice_thickness_mm", "slice_gap_mm", "oblique"):
+        assert info[key] == ref_info[key], key
+    assert info["slice_gap_mm"] > 0
     assert np.array_equal(vol.array, ref.array)
     assert all(np.allclose(a, b) for a, b in zip(vol.geometry[1:], ref.geometry[1:]))
     shape, spacing, origin, direction = read_geometry(f)
