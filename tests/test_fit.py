@@ -290,14 +290,21 @@ def test_reference_on_another_grid_is_refused_naming_the_difference(phantom_mode
         assert err.count("\n") == 1 and not out.exists()
         assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in (img, f, model)] == before
     scores = {}
-    for name, ref in (("whole", lab), ("kept", kept), ("extended", extended)):
+    # the same voxels stored in another axis order and sense (TotalSegmentator writes
+    # its label of a DICOM series y-flipped): placed as they are, not refused
+    code = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(lab.GetDirection())
+    flipped = sitk.DICOMOrient(lab, {"L": "R", "R": "L"}[code[0]] + code[1:])
+    permuted = sitk.DICOMOrient(kept, code[::-1])
+    for name, ref in (("whole", lab), ("kept", kept), ("extended", extended),
+                      ("flipped", flipped), ("permuted", permuted)):
         f = tmp_path / f"{name}.nii.gz"
         sitk.WriteImage(ref, str(f))
         out = tmp_path / f"out_{name}"
         assert main(["segment", str(img), "-o", str(out), "--model", str(model),
                      "--reference", str(f), "--no-qc"]) in (0, 3)
         scores[name] = json.loads((out / "report.json").read_text())["reference"]["dice"]
-    assert scores["kept"] == scores["whole"] == scores["extended"] > 0.5, scores
+    assert scores["kept"] == scores["whole"] == scores["extended"] == scores["flipped"] == \
+        scores["permuted"] > 0.5, scores
     vol = read_volume(img)
     ref = read_label_map(tmp_path / "spilled.nii.gz")
     n = list(vol.array.shape[::-1])

@@ -479,3 +479,38 @@ def test_series_without_uids_are_told_apart(tmp_path):
         ds.save_as(f)
     vol, info = read_image(tmp_path / "obl")
     assert info["n_series_in_folder"] == 1 and vol.array.shape == arr.shape
+
+
+def test_the_same_voxels_in_another_axis_order_are_placed_as_itk_places_them():
+    """A label map that stores the image's voxels in another order and sense of its
+    axes (any of the 48 orientations ITK's DICOMOrient gives, here of an oblique
+    grid) is placed on the image's grid voxel for voxel; a grid rotated by a few
+    degrees is not (it would need interpolation)."""
+    import itertools
+
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(4)
+    a = np.radians(20.0)
+    rot = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0, 0, 1.0]])
+    base = Volume(rng.integers(0, 5, (7, 6, 5)).astype(np.uint8), np.array([0.8, 0.9, 2.5]),
+                  np.array([-12.0, 30.5, 7.25]), rot)
+    img = base.to_sitk()
+    codes = {"".join(p) for p in itertools.product("LR", "PA", "SI")}
+    codes = {"".join(c[i] for i in perm) for c in codes for perm in itertools.permutations(range(3))}
+    assert len(codes) == 48
+    for code in sorted(codes):
+        o = sitk.DICOMOrient(img, code)
+        other = Volume(sitk.GetArrayFromImage(o), np.array(o.GetSpacing()),
+                       np.array(o.GetOrigin()), np.array(o.GetDirection()).reshape(3, 3))
+        assert np.array_equal(other.placed_on(base), base.array), code
+        # and a crop of it: zeros where it holds no voxel
+        crop = other.crop((1, 1, 1), (other.array.shape[0], other.array.shape[1] - 1,
+                                      other.array.shape[2]))
+        placed = crop.placed_on(base)
+        assert placed is not None and np.count_nonzero(placed) == np.count_nonzero(crop.array)
+    b = np.radians(3.0)
+    tilt = np.array([[1.0, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    tilted = Volume(base.array, base.spacing, base.origin, rot @ tilt)
+    assert tilted.reoriented_like(base) is None and tilted.placed_on(base) is None
+    assert base.reoriented_like(base) is base

@@ -383,6 +383,29 @@ def test_dicom_seg_round_trip_totalsegmentator_series(data_root, tmp_path):
     assert any("SeriesInstanceUID" in n for n in rec["notes"])
 
 
+def test_totalsegmentators_label_of_a_dicom_series_is_a_reference_of_it(data_root):
+    """TotalSegmentator writes its label of a DICOM series y-flipped (LAS) beside the
+    series' LPS: the same voxels in another axis order. As a --reference it was
+    refused ("not on the image's grid ... resample it"); it is now placed on the
+    series voxel for voxel, as SimpleITK's nearest-neighbour resampling places it."""
+    import SimpleITK as sitk
+
+    from shapeprior.pipeline._run import reference_mask
+
+    folder = data_root / "totalsegmentator_example" / "example_ct_dicom"
+    seg_nii = data_root / "totalsegmentator_example" / "example_seg_dicom.nii.gz"
+    vol, _ = read_image(folder)
+    ref = read_label_map(seg_nii)
+    assert vol.grid_difference(ref).startswith("direction")
+    want = sitk.GetArrayFromImage(sitk.Resample(ref.to_sitk(), vol.to_sitk(), sitk.Transform(),
+                                                sitk.sitkNearestNeighbor, 0.0,
+                                                ref.to_sitk().GetPixelID()))
+    assert np.array_equal(ref.placed_on(vol), want)
+    others = []
+    liver = reference_mask(seg_nii, (5,), vol, "image", others=others)
+    assert np.array_equal(liver, want == 5) and liver.sum() > 100_000 and 5 not in others
+
+
 def test_dicom_seg_round_trip_oblique_series(data_root, tmp_path):
     """The oblique TCIA MR: a SEG frame lies on each source slice it covers."""
     folder = data_root / "tcia_mr_dicom" / "Study3_T1post_oblique"

@@ -112,11 +112,43 @@ class Volume:
         gives them for a file."""
         return self.array.shape, self.spacing, self.origin, self.direction
 
+    def reoriented_like(self, grid: "Volume", tol: float = 1e-6):
+        """This volume with its index axes permuted and flipped to run as ``grid``'s
+        run: the same voxels, stored in another axis order (TotalSegmentator's label
+        of a DICOM series is stored y-flipped, LAS, beside the series' LPS), or None
+        when no permutation and flip lines the axes up (a rotated grid needs
+        interpolation). ``self`` when they already run alike."""
+        m = np.asarray(self.direction, float).T @ np.asarray(grid.direction, float)
+        j = np.argmax(np.abs(m), axis=0)        # the axis of this volume along grid axis k
+        cos = m[j, np.arange(3)]
+        if len(set(j.tolist())) != 3 or np.any(np.abs(np.abs(cos) - 1.0) > tol):
+            return None
+        sign = np.where(cos > 0, 1.0, -1.0)
+        if np.array_equal(j, [0, 1, 2]) and np.all(sign > 0):
+            return self
+        arr = np.transpose(self.array, [2 - j[2], 2 - j[1], 2 - j[0]])     # (z, y, x)
+        flips = tuple(2 - k for k in range(3) if sign[k] < 0)
+        if flips:
+            arr = np.flip(arr, axis=flips)
+        n_xyz = np.array(self.array.shape[::-1])
+        corner = np.array([0.0 if sign[k] > 0 else n_xyz[j[k]] - 1.0 for k in range(3)])
+        src = np.zeros(3)
+        src[j] = corner                 # this volume's index of the new first voxel
+        return Volume(np.ascontiguousarray(arr), np.asarray(self.spacing, float)[j],
+                      self.index_to_physical(src[None])[0],
+                      np.asarray(self.direction, float)[:, j] * sign)
+
     def placed_on(self, grid: "Volume", atol: float = 1e-3):
         """This volume's voxels on ``grid``'s, when both sample one lattice (the
-        same spacing and direction, origins a whole number of voxels apart: one
+        same spacing and direction, up to the order and sense of the index axes
+        (:meth:`reoriented_like`), origins a whole number of voxels apart: one
         is a crop or an extension of the other), zeros where this volume has no
         voxel; None on any other grid (that would need interpolation)."""
+        same = self.reoriented_like(grid)
+        if same is None:
+            return None
+        if same is not self:
+            return same.placed_on(grid, atol)
         if not np.allclose(self.index_to_physical_matrix, grid.index_to_physical_matrix,
                            atol=atol):
             return None
