@@ -3231,6 +3231,22 @@ MUTANTS = [
      "    note_skipped_case_folders(skipped, mask_name, deidentify)\n",
      "",
      "case folders without the --mask-name file are skipped without a word"),
+    ("reoriented-flip-ignored", "io", "shapeprior/io/_volume.py",
+     "            arr = np.flip(arr, axis=flips)",
+     "            arr = arr",
+     "a label stored y-flipped (TotalSegmentator's of a DICOM series) placed upside down"),
+    ("reoriented-no-permutation", "io", "shapeprior/io/_volume.py",
+     "        arr = np.transpose(self.array, [2 - j[2], 2 - j[1], 2 - j[0]])     # (z, y, x)",
+     "        arr = self.array",
+     "a label stored with its axes in another order placed without reordering them"),
+    ("reoriented-origin-first-voxel", "io", "shapeprior/io/_volume.py",
+     "        corner = np.array([0.0 if sign[k] > 0 else n_xyz[j[k]] - 1.0 for k in range(3)])",
+     "        corner = np.zeros(3)",
+     "a reoriented label keeps the origin of its first stored voxel: shifted by its extent"),
+    ("reoriented-rotation-accepted", "io", "shapeprior/io/_volume.py",
+     "        if len(set(j.tolist())) != 3 or np.any(np.abs(np.abs(cos) - 1.0) > tol):",
+     "        if len(set(j.tolist())) != 3:",
+     "a grid rotated by a few degrees taken for the same voxels in another axis order"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour
