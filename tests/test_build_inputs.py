@@ -293,9 +293,15 @@ def test_a_totalsegmentator_data_set_is_built_from_the_organ_named(phantom_model
     grown = tmp_path / "grown.npz"
     assert main(["update-model", str(out), str(ds), "-o", str(grown), "--mask-name",
                  "organ.nii.gz", "--image-name", "ct.nii.gz", "--quiet"]) == 0
-    said = capsys.readouterr().out
+    said = capsys.readouterr().err
     assert "note: 1 case folder holds no organ.nii.gz (in it or its segmentations/), skipped: " \
            "meta" in said
     g = load_model(grown)
     assert g.shapes.shape[0] == 7 and np.array_equal(g.shapes[:6], built.shapes)
     assert not np.array_equal(g.profile.mean, built.profile.mean)     # its image was read
+    # the ranking's JSON stays JSON beside the note
+    assert main(["update-model", str(out), str(ds), "--rank-only", "--json", "--mask-name",
+                 "organ.nii.gz", "--quiet"]) == 0
+    said = capsys.readouterr()
+    assert [r["candidate"] for r in json.loads(said.out)["ranking"]] == [f"{ds.name}/s0006"]
+    assert "skipped: meta" in said.err

@@ -222,14 +222,15 @@ def add_case_folder_options(ap):
 
 def note_skipped_case_folders(skipped, mask_name, deidentify):
     """The note of the case folders that hold no ``--mask-name`` file (counted, not
-    named, with ``--deidentify``)."""
+    named, with ``--deidentify``), on stderr: ``update-model --rank-only --json``
+    keeps stdout for its JSON."""
     if not skipped:
         return
     names = "" if deidentify else ": " + ", ".join(d.name for d in skipped[:5]) + (
         " ..." if len(skipped) > 5 else "")
     hold = "s hold" if len(skipped) > 1 else " holds"
     print(f"note: {len(skipped)} case folder{hold} no {mask_name} (in it or its "
-          f"segmentations/), skipped{names}")
+          f"segmentations/), skipped{names}", file=sys.stderr)
 
 
 def add_allow_no_orientation(ap, what="images"):

@@ -192,7 +192,8 @@ def reference_mask(reference, labels, grid, what, allow_no_orientation=False, ot
     """The organ (``labels``) of the reference label map ``reference`` as a bool
     array on ``grid`` (a :class:`~shapeprior.io.Volume`; ``what`` names it:
     'image', 'mask'), or None without a reference. A reference that is a crop
-    (or an extension) of the grid, the same voxels with another extent, is
+    (or an extension) of the grid, the same voxels with another extent or in
+    another order and sense of the axes (:meth:`~shapeprior.io.Volume.placed_on`), is
     placed on it when all of its organ lies on the grid; a reference on
     another grid is refused naming the first difference. ``others``: a list
     that receives the reference's other labels (:func:`other_labels`)."""
