@@ -595,3 +595,23 @@ def test_case_folders_whose_series_lie_deeper_are_cases(tmp_path, monkeypatch):
     monkeypatch.setattr(dicom, "list_series", lister)
     assert input_files(cd) == [se / "IM0", se / "IM1"]
     assert input_files(root / "Pat-3") == []
+
+
+def test_a_dicom_seg_is_a_label_map_name_in_case_folders(tmp_path):
+    """A case folder's mask or reference may be a DICOM-SEG (read as a label map
+    wherever one is taken): --mask-name seg.dcm and --reference-name seg.dcm were
+    refused as "not a label map's file name"."""
+    from shapeprior.io import check_mask_name, in_case_folder
+    from shapeprior.pipeline import discover_masks
+
+    for good in ("seg.dcm", "SEG.DCM", "kidney.nii.gz", "*_seg.dcm"):
+        check_mask_name(good)
+    for bad in ("seg.txt", "a/seg.dcm", ""):
+        with pytest.raises(ValueError, match="is not a label map's file name"):
+            check_mask_name(bad)
+    for case in ("p1", "p2"):
+        _touch(tmp_path / case, f"{case}_seg.dcm", "ct.nii.gz")
+    assert in_case_folder(tmp_path / "p1", "*_seg.dcm")[0] == tmp_path / "p1" / "p1_seg.dcm"
+    cases = discover_masks(tmp_path, mask_name="*_seg.dcm")
+    assert [(c.name, c.path.name, c.error) for c in cases] == [
+        ("p1", "p1_seg.dcm", None), ("p2", "p2_seg.dcm", None)]

@@ -861,6 +861,25 @@ def test_a_model_built_from_dicom_seg_masks_is_not_cut_by_their_frames(tmp_path,
     assert "cut by" not in printed.out
     report = json.loads((tmp_path / "m.npz.report" / "report.json").read_text())
     assert report["n_shapes_kept"] == 3 and not report.get("cut_by_fov")
+    # the same SEGs as each case folder's mask (TCIA keeps a case's SEG in its folder):
+    # --mask-name seg.dcm names them, a folder without one skipped with a note
+    import shutil
+
+    ds = tmp_path / "ds"
+    for i in range(3):
+        (ds / f"c{i}").mkdir(parents=True)
+        shutil.copy(segs[i], ds / f"c{i}" / "seg.dcm")
+    (ds / "notes").mkdir()
+    again = tmp_path / "again.npz"
+    rc = main(["build-model", str(ds), "-o", str(again), "--mask-name", "seg.dcm",
+               "--labels", "1", "--vertices", "42", "--iso-spacing", "0.5", "--smooth", "0.5",
+               "--exclude-cut"])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert "holds no seg.dcm (in it or its segmentations/), skipped: notes" in printed.err
+    from shapeprior.model import load_model
+
+    assert np.array_equal(load_model(again).shapes, load_model(out).shapes)
 
 
 def test_a_dicom_seg_that_cannot_be_one_label_map_is_refused_in_one_line(tmp_path):

@@ -7,11 +7,26 @@ a folder of case folders (``segment --image-name``, ``refine --mask-name``,
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from ._volume import volume_suffix
+from ._volume import VOLUME_SUFFIXES, volume_suffix
 
 #: characters that make a case folder's file name a pattern (``fnmatch``)
 _PATTERN = frozenset("*?[")
+
+
+def is_label_map_name(name) -> bool:
+    """Whether a file name is a label map's: an image suffix, or ``.dcm`` (a
+    DICOM-SEG, read as a label map wherever one is taken)."""
+    return bool(volume_suffix(name)) or str(name).lower().endswith(".dcm")
+
+
+def check_mask_name(name):
+    """Refuse a ``--mask-name`` that is no label map's file name (ValueError)."""
+    if not name or Path(name).name != name or not is_label_map_name(name):
+        raise ValueError(f"--mask-name {name!r} is not a label map's file name (a name "
+                         f"ending {', '.join(VOLUME_SUFFIXES)}, or .dcm for a DICOM-SEG, "
+                         "without a folder)")
 
 
 def in_case_folder(base, name, scans=False):
@@ -28,7 +43,8 @@ def in_case_folder(base, name, scans=False):
     for d in places:
         try:
             hits = sorted((e for e in d.glob(name) if not e.name.startswith(".") and (
-                (e.is_file() and volume_suffix(e.name)) or (scans and e.is_dir()))),
+                (e.is_file() and (volume_suffix(e.name) if scans else is_label_map_name(e.name)))
+                or (scans and e.is_dir()))),
                 key=lambda e: os.fsencode(e.name))
         except OSError:
             hits = []

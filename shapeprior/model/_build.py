@@ -331,7 +331,7 @@ def label_map_inputs(paths, prefix_folders=False, mask_name=None, skipped=None):
         label maps, or, without ``mask_name``, a folder of case folders whose
         ``segmentations/`` hold a file per organ (TotalSegmentator's).
     """
-    from ..io import input_path_error
+    from ..io import check_mask_name, input_path_error
 
     paths = [Path(p) for p in paths]
     prefix = prefix_folders or len(paths) > 1
@@ -339,9 +339,7 @@ def label_map_inputs(paths, prefix_folders=False, mask_name=None, skipped=None):
         if not (p.is_dir() or p.is_file()):
             raise input_path_error(p, str(p))
     if mask_name is not None:
-        if not mask_name or Path(mask_name).name != mask_name or not volume_suffix(mask_name):
-            raise ValueError(f"--mask-name {mask_name!r} is not a label map's file name (a "
-                             f"name ending {', '.join(VOLUME_SUFFIXES)}, without a folder)")
+        check_mask_name(mask_name)
         skipped = [] if skipped is None else skipped
         out = [item for p in paths for item in _masks_in_case_folders(p, mask_name, prefix,
                                                                        skipped)]

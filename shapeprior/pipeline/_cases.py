@@ -18,8 +18,9 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import (VOLUME_SUFFIXES, detached_data_files, display_name, folders_below_text,
-                  in_case_folder, input_path_error, is_dicom_seg, series_folders, volume_suffix)
+from ..io import (VOLUME_SUFFIXES, check_mask_name, detached_data_files, display_name,
+                  folders_below_text, in_case_folder, input_path_error, is_dicom_seg,
+                  is_label_map_name, series_folders, volume_suffix)
 
 #: names a case folder may not take inside a batch output folder
 RESERVED = frozenset({"summary.json", "summary.csv", "manifest.json"})
@@ -275,11 +276,11 @@ def match_in_case_folders(cases, name, option, folder=None, scans=False):
     are not case folders (``option`` names the option in the message), or
     when no case has the file."""
     if not name or Path(name).name != name or name in (".", "..") or \
-            not (scans or volume_suffix(name)):
+            not (scans or is_label_map_name(name)):
         what = "an image file or DICOM folder" if scans else "a label map file"
+        also = ", or a folder" if scans else ", or .dcm for a DICOM-SEG"
         raise ValueError(f"{option} {name!r} is not {what}'s name (a name ending "
-                         f"{', '.join(VOLUME_SUFFIXES)}{', or a folder' if scans else ''}, "
-                         "without a folder part)")
+                         f"{', '.join(VOLUME_SUFFIXES)}{also}, without a folder part)")
     if any(c.folder is None for c in cases):
         raise ValueError(f"{option} names a file in each case folder; the input is not a "
                          "folder of case folders (give --image-name, or --mask-name with "
@@ -420,9 +421,7 @@ def discover_masks(folder, organ=None, deidentify=False, mask_name=None):
 
 def _masks_in_case_folders(p, mask_name):
     """:func:`discover_masks` of a folder of case folders, each holding ``mask_name``."""
-    if not mask_name or Path(mask_name).name != mask_name or not volume_suffix(mask_name):
-        raise ValueError(f"--mask-name {mask_name!r} is not a label map's file name "
-                         f"(a name ending {', '.join(VOLUME_SUFFIXES)}, without a folder)")
+    check_mask_name(mask_name)
     dirs = sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")),
                   key=lambda d: os.fsencode(d.name))
     names = unique_names([d.name for d in dirs])
