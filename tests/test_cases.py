@@ -584,6 +584,22 @@ def test_case_folders_whose_series_lie_deeper_are_cases(tmp_path, monkeypatch):
         assert re.fullmatch(f"no DICOM image series in this folder itself; {shown} below "
                             "it hold one each: give the one to read", cases[2].error)
         assert cases[3].error == "no DICOM image series in this folder"
+    # a patient folder that cannot be read fails its own row (as a flat DICOM subfolder
+    # always did); the others run, and one readable series is no CD export
+    def unreadable(d):
+        if Path(d).name == "Pat-1":
+            raise PermissionError(13, "Permission denied")
+        return lister(d)
+
+    cases = discover_cases(root, list_series=unreadable)
+    assert [(c.name, c.error) for c in cases][:2] == [
+        ("Pat-1", "[Errno 13] Permission denied"), ("Pat-2", None)]
+    two = tmp_path / "two"
+    series(two / "Pat-1" / "study" / "CT")
+    series(two / "Pat-2" / "study" / "CT")
+    cases = discover_cases(two, list_series=unreadable)
+    assert [(c.name, c.path, c.error is None) for c in cases] == [
+        ("Pat-1", two / "Pat-1", False), ("Pat-2", two / "Pat-2", True)]
     cd = tmp_path / "cd"
     se = series(cd / "DICOM" / "PA0" / "ST0" / "SE0")
     (cd / "DICOMDIR").write_bytes(b"x")

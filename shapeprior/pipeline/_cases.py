@@ -146,10 +146,11 @@ def discover_cases(path, list_series=None, image_name=None, deidentify=False):
     # image files: case folders of files (KiTS19's) take --image-name
     # Each subfolder searched on its own (a large download is not cut short by the
     # search's bound on the folders it looks into)
-    nested = {d: series_folders(d, lister=list_series) for d in dirs} \
+    nested = {d: _series_below(d, list_series) for d in dirs} \
         if dirs and not any(_volume_names(d) for d in dirs) else {}
-    below = [b for found in nested.values() for b in found]
-    if not files and len(below) == 1 and below[0].parent != p:
+    below = [b for found, _ in nested.values() for b in found]
+    if not files and len(below) == 1 and below[0].parent != p and \
+            not any(why for _, why in nested.values()):
         # a CD or USB export (DICOMDIR beside DICOM/PA0/ST0/SE0/, a viewer's folder): one scan
         return [Case(unique_names([p.name])[0] if p.name else "case", p, display_name(p))]
     items = files + dirs
@@ -158,17 +159,13 @@ def discover_cases(path, list_series=None, image_name=None, deidentify=False):
     for e, n in zip(items, names):
         err = None
         if e.is_dir():
-            mine = nested.get(e, [])
+            mine, err = nested[e] if nested else _series_below(e, list_series, depth=0)
             if len(mine) > 1:
                 err = (f"no DICOM image series in this folder itself; "
                        f"{folders_below_text(mine, e, deidentify)} below it hold one each: "
                        "give the one to read")
-            elif not mine:
-                try:
-                    if not list_series(e):
-                        err = "no DICOM image series in this folder" + _case_folder_hint(e)
-                except (OSError, ValueError) as exc:
-                    err = str(exc)
+            elif not mine and err is None:
+                err = "no DICOM image series in this folder" + _case_folder_hint(e)
         cases.append(Case(n, e, display_name(e), err))
     if not any(c.error is None for c in cases) and not files:
         if below:
@@ -180,6 +177,18 @@ def discover_cases(path, list_series=None, image_name=None, deidentify=False):
                          f"({', '.join(VOLUME_SUFFIXES)}) and no DICOM series"
                          + _image_subfolders(dirs, deidentify=deidentify))
     return cases
+
+
+def _series_below(folder, list_series, depth=None):
+    """``(folders, error)``: :func:`~shapeprior.io.series_folders` of ``folder``
+    (``depth`` 0: the folder itself only), or ``([], why)`` when it cannot be read
+    (the case's row says so; the other cases run)."""
+    try:
+        if depth == 0:
+            return ([folder] if list_series(folder) else []), None
+        return series_folders(folder, lister=list_series), None
+    except (OSError, ValueError) as exc:
+        return [], str(exc)
 
 
 def _volume_names(folder):
