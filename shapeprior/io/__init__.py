@@ -6,7 +6,8 @@ it allocates and refuses, in one line, what it cannot trust
 (:class:`ImageReadError`).
 """
 
-from ._case_folders import check_mask_name, in_case_folder, is_label_map_name
+from ._case_folders import (check_mask_name, in_case_folder, in_case_folders,
+                            is_label_map_name)
 from ._checks import ImageReadError, available_memory, display_name, input_path_error
 from ._dicom import (folders_below_text, list_series, read_dicom_series, read_image, read_scan,
                      series_folder, series_folders)
@@ -23,4 +24,5 @@ __all__ = ["Volume", "read_volume", "read_file", "read_label_map", "as_label_map
            "image_files", "detached_data_files", "image_sha256", "read_geometry",
            "write_dicom_seg", "is_dicom_seg", "VOLUME_SUFFIXES", "volume_suffix",
            "geometry_difference", "series_folder", "series_folders", "folders_below_text",
-           "in_case_folder", "check_mask_name", "is_label_map_name"]
+           "in_case_folder", "in_case_folders", "check_mask_name",
+           "is_label_map_name"]

@@ -53,3 +53,16 @@ def in_case_folder(base, name, scans=False):
         if hits:
             return hits[0], None
     return None, None
+
+
+def case_folders(folder):
+    """The visible subfolders of ``folder`` in byte order of their names: a data
+    set's case folders."""
+    return sorted((d for d in Path(folder).iterdir() if d.is_dir() and not d.name.startswith(".")),
+                  key=lambda d: os.fsencode(d.name))
+
+
+def in_case_folders(folder, name, scans=False):
+    """``[(case folder, entry or None, error or None)]``: :func:`in_case_folder` of
+    ``name`` in each of ``folder``'s :func:`case_folders`."""
+    return [(d, *in_case_folder(d, name, scans)) for d in case_folders(folder)]

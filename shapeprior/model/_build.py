@@ -272,16 +272,13 @@ def _masks_in_case_folders(p, mask_name, prefix, skipped):
     """``[(file, case name, root)]``: ``mask_name`` in each visible subfolder of
     ``p`` (or its ``segmentations/``); the folders without it counted in
     ``skipped``."""
-    from ..io import in_case_folder
+    from ..io import in_case_folders
 
     if not p.is_dir():
         raise ValueError(f"--mask-name names the label map in each case folder of a folder; "
                          f"{p.name} is not a folder")
-    dirs = sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                  key=lambda d: os.fsencode(d.name))
     out = []
-    for d in dirs:
-        f, err = in_case_folder(d, mask_name)
+    for d, f, err in in_case_folders(p, mask_name):
         if err is not None:
             raise ValueError(f"--mask-name {mask_name}: "
                              f"{err.replace('this folder', 'a case folder')}")

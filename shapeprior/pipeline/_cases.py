@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import (VOLUME_SUFFIXES, check_mask_name, detached_data_files, display_name,
-                  folders_below_text, in_case_folder, input_path_error, is_dicom_seg,
-                  is_label_map_name, series_folders, volume_suffix)
+                  folders_below_text, in_case_folder, in_case_folders, input_path_error,
+                  is_dicom_seg, is_label_map_name, series_folders, volume_suffix)
 
 #: names a case folder may not take inside a batch output folder
 RESERVED = frozenset({"summary.json", "summary.csv", "manifest.json"})
@@ -250,12 +250,10 @@ def _images_in_case_folders(p, image_name, list_series):
         raise ValueError(f"--image-name {image_name!r} is not a file or folder name (the "
                          "scan's name in each case folder, without a folder part: "
                          "imaging.nii.gz, or a DICOM folder's name)")
-    dirs = sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                  key=lambda d: os.fsencode(d.name))
-    names = unique_names([d.name for d in dirs])
+    found = in_case_folders(p, image_name, scans=True)
+    names = unique_names([d.name for d, _, _ in found])
     cases = []
-    for d, n in zip(dirs, names):
-        f, err = in_case_folder(d, image_name, scans=True)
+    for (d, f, err), n in zip(found, names):
         if f is None:
             f, err = d / image_name, err or f"no {image_name} in this folder"
         elif f.is_dir():
@@ -431,12 +429,10 @@ def discover_masks(folder, organ=None, deidentify=False, mask_name=None):
 def _masks_in_case_folders(p, mask_name):
     """:func:`discover_masks` of a folder of case folders, each holding ``mask_name``."""
     check_mask_name(mask_name)
-    dirs = sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                  key=lambda d: os.fsencode(d.name))
-    names = unique_names([d.name for d in dirs])
+    found = in_case_folders(p, mask_name)
+    names = unique_names([d.name for d, _, _ in found])
     cases = []
-    for d, n in zip(dirs, names):
-        f, err = in_case_folder(d, mask_name)
+    for (d, f, err), n in zip(found, names):
         if f is None and err is None:
             err = f"no {mask_name} in this folder or its segmentations/"
         cases.append(Case(n, f if f is not None else d / mask_name, display_name(d), err, d))
