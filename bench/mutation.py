@@ -3247,6 +3247,10 @@ MUTANTS = [
      "        if len(set(j.tolist())) != 3 or np.any(np.abs(np.abs(cos) - 1.0) > tol):",
      "        if len(set(j.tolist())) != 3:",
      "a grid rotated by a few degrees taken for the same voxels in another axis order"),
+    ("cases-unreadable-folder-ignored", "cases", "shapeprior/pipeline/_cases.py",
+     "            not any(why for _, why in nested.values()):",
+     "            True:",
+     "one readable series beside a case folder that cannot be read taken for a CD export"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour
