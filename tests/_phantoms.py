@@ -197,3 +197,64 @@ def written_text(root, inputs=(), printed=""):
         for f in files:
             text += (d / f).read_bytes().decode("latin-1")
     return text
+
+
+def write_rtstruct(path, grid, structures, frame_of_reference="1.2.826.0.1.3680043.2.1125.1.9",
+                   decimals=3, slice_axis=0):
+    """Write an RT Structure Set as a planning system would: each structure
+    (``{name: bool mask on grid}``) as closed polygons in LPS mm, one per outline
+    on each slice across array axis ``slice_axis`` (outer outlines and holes
+    alike, traced with marching squares at 0.5), coordinates to ``decimals``
+    places; a structure given as ``None`` has one POINT contour only (an
+    isocentre). ``frame_of_reference``: the UID the structures refer to."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian
+    from skimage.measure import find_contours
+
+    sop = "1.2.840.10008.5.1.4.1.1.481.3"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.2.1125.77.1"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName = "RTSTRUCT", "DOE^JOHN"
+    ds.StructureSetLabel = "plan"
+    ref = Dataset()
+    ref.FrameOfReferenceUID = frame_of_reference
+    ds.ReferencedFrameOfReferenceSequence = Sequence([ref])
+    rois, contours = [], []
+    for number, (name, mask) in enumerate(structures.items(), start=1):
+        roi = Dataset()
+        roi.ROINumber, roi.ROIName = number, name
+        roi.ReferencedFrameOfReferenceUID = frame_of_reference
+        rois.append(roi)
+        items = []
+        if mask is None:
+            c = Dataset()
+            c.ContourGeometricType, c.NumberOfContourPoints = "POINT", 1
+            c.ContourData = [f"{v:.{decimals}f}" for v in grid.centre()]
+            items.append(c)
+        else:
+            m = np.moveaxis(np.asarray(mask, bool), slice_axis, 0)
+            for k in np.flatnonzero(m.any((1, 2))):
+                for line in find_contours(np.pad(m[k], 1).astype(float), 0.5):
+                    rc = line[:-1] - 1.0                  # closed: the first point repeats
+                    zyx = np.insert(rc, slice_axis, float(k), axis=1)
+                    pts = grid.index_to_physical(zyx[:, ::-1])
+                    c = Dataset()
+                    c.ContourGeometricType = "CLOSED_PLANAR"
+                    c.NumberOfContourPoints = len(pts)
+                    c.ContourData = [f"{v:.{decimals}f}" for v in pts.ravel()]
+                    items.append(c)
+        rc_ = Dataset()
+        rc_.ReferencedROINumber = number
+        rc_.ContourSequence = Sequence(items)
+        contours.append(rc_)
+    ds.StructureSetROISequence = Sequence(rois)
+    ds.ROIContourSequence = Sequence(contours)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path

@@ -305,3 +305,44 @@ def test_a_totalsegmentator_data_set_is_built_from_the_organ_named(phantom_model
     said = capsys.readouterr()
     assert [r["candidate"] for r in json.loads(said.out)["ranking"]] == [f"{ds.name}/s0006"]
     assert "skipped: meta" in said.err
+
+
+def test_a_case_folder_where_the_mask_pattern_matches_several_files_is_skipped_and_named(
+        tmp_path, capsys):
+    """``--mask-name '*kidney*.nii.gz'`` in a case folder holding ``kidney_left`` and
+    ``kidney_right``: which one is the organ is not guessed. That folder is
+    skipped with a note naming it (counted with ``--deidentify``), beside the
+    folders without a match; the other cases are taken. Before, the whole build
+    stopped on "2 entries in a case folder match", naming no folder."""
+    from shapeprior.cli._common import note_skipped_case_folders
+    from shapeprior.model import label_map_inputs
+
+    ds = tmp_path / "data"
+    for case, names in (("s0", ["kidney_left.nii.gz"]),
+                        ("s1", ["kidney_left.nii.gz", "kidney_right.nii.gz"]),
+                        ("s2", ["liver.nii.gz"]), ("s3", ["kidney_right.nii.gz"])):
+        (ds / case / "segmentations").mkdir(parents=True)
+        for n in names:
+            ellipsoid_label_map(ds / case / "segmentations" / n, (6.0, 5.0, 4.0))
+    skipped = []
+    items = label_map_inputs([ds], mask_name="*kidney*.nii.gz", skipped=skipped)
+    assert [n for _, n, _ in items] == ["s0", "s3"]
+    assert [(d.name, why) for d, why in skipped] == [
+        ("s1", "2 entries in this folder match *kidney*.nii.gz"), ("s2", None)]
+    note_skipped_case_folders(skipped, "*kidney*.nii.gz", False)
+    err = capsys.readouterr().err
+    assert "note: 1 case folder holds no *kidney*.nii.gz (in it or its segmentations/), " \
+        "skipped: s2" in err and "note: 1 case folder holds several entries matching " \
+        "*kidney*.nii.gz (which is the organ's is not guessed), skipped: s1" in err, err
+    note_skipped_case_folders(skipped, "*kidney*.nii.gz", True)
+    err = capsys.readouterr().err
+    assert err.count("note: 1 case folder") == 2 and "s1" not in err and "s2" not in err
+    # where no case folder has one match, the line says why
+    (ds / "s0" / "segmentations" / "kidney_right.nii.gz").write_bytes(
+        (ds / "s3" / "segmentations" / "kidney_right.nii.gz").read_bytes())
+    (ds / "s3" / "segmentations" / "kidney_left.nii.gz").write_bytes(
+        (ds / "s0" / "segmentations" / "kidney_left.nii.gz").read_bytes())
+    with pytest.raises(ValueError, match=r"--mask-name \*kidney\*\.nii\.gz: no case folder "
+                                         r"of data holds it \(in it or in its segmentations/\); "
+                                         r"in 3 of them several entries match it"):
+        label_map_inputs([ds], mask_name="*kidney*.nii.gz", skipped=[])

@@ -888,6 +888,54 @@ def test_deidentify_leaves_the_words_of_an_error_line_whole(case, tmp_path, monk
     assert "ct.nii.gz" not in err and "s0011" not in err and "case-" in err
 
 
+def test_deidentify_names_no_folder_the_readers_find_below_an_input(phantom_model, tmp_path,
+                                                                    capsys):
+    """A download keeps each patient's series below a folder named after them
+    (``collection/DOE^JOHN/study/series``). With ``--deidentify`` the lines that
+    say where the series lie count those folders, and name neither them nor the
+    folder given; the same commands without it name them (so the withholding
+    ends with the command)."""
+    _, images, labels, model = phantom_model
+    vol = read_volume(images / "phantom_000.nii.gz")
+    dl = tmp_path / "ACME_download"
+    for k, sub in enumerate(("ST_DOE/SE_A", "ST_DOE/SE_B")):
+        write_dicom_series(vol, dl / "DOE^JOHN" / sub, series_uid=f"1.2.3.{k + 1}")
+    (tmp_path / "ROE^RICHARD" / "SMITH^JANE").mkdir(parents=True)   # no series at all
+    (tmp_path / "EMPTY^EVE").mkdir()
+    mask = labels / "phantom_000.nii.gz"
+
+    def said(args):
+        rc = main(args)
+        err = capsys.readouterr().err
+        assert rc == 1, err
+        return err
+
+    runs = [["segment", str(dl), "-o", str(tmp_path / "o1"), "--model", str(model)],
+            ["segment", str(dl / "DOE^JOHN"), "-o", str(tmp_path / "o2"), "--model", str(model)],
+            ["segment", str(tmp_path / "EMPTY^EVE"), "-o", str(tmp_path / "o3"), "--model",
+             str(model)],
+            ["refine", str(mask), "--image", str(dl / "DOE^JOHN"), "-o", str(tmp_path / "o4"),
+             "--model", str(model)],
+            ["refine", str(mask), "--image", str(tmp_path / "ROE^RICHARD"), "-o",
+             str(tmp_path / "o5"), "--model", str(model)]]
+    withheld = [said([*r, "--deidentify"]) for r in runs]
+    text = "".join(withheld)
+    for name in ("ACME", "DOE", "JOHN", "ROE", "RICHARD", "SMITH", "JANE", "EVE", "SE_A"):
+        assert name not in text, (name, text)
+    assert "(withheld input) holds no DICOM image series itself; 2 folders below it do" \
+        in withheld[0] and "(withheld input) holds no DICOM image series itself; 2 folders " \
+        "below it do" in withheld[1], withheld[:2]
+    assert "(withheld input) holds no image files" in withheld[2], withheld[2]
+    assert "(withheld image) holds no DICOM image series itself; 2 folders below it do" \
+        in withheld[3], withheld[3]
+    assert "(it has 1 subfolder; point at the one that holds the series)" in withheld[4]
+    named = [said(r) for r in runs]
+    assert "DOE^JOHN/ST_DOE/SE_A" in named[0] and "ST_DOE/SE_B" in named[1]
+    assert "EMPTY^EVE holds no image files" in named[2]
+    assert "2 folders (ST_DOE/SE_A, ST_DOE/SE_B) below it do" in named[3], named[3]
+    assert "(it has subfolders: SMITH^JANE; point at one of them)" in named[4], named[4]
+
+
 # -- the README's list of bad inputs, each with hashes before and after ------------------------
 
 def _readme_bad_inputs(d, scan, model):

@@ -602,7 +602,9 @@ def test_one_slice_or_a_contour_set_given_as_a_file_says_what_to_give(tmp_path):
     rt = tmp_path / "rt.dcm"
     shutil.copy(get_testdata_file("rtstruct.dcm"), rt)
     with pytest.raises(ImageReadError, match=r"rt\.dcm is a DICOM file holding an RT "
-                       r"Structure Set \(contours, not a label map\): convert"):
+                       r"Structure Set \(contours, not a label map\): convert its "
+                       r"structure to a label map on the scan's grid and give that "
+                       r"\(shapeprior convert-rtstruct rt\.dcm --image SCAN -o FOLDER\)"):
         read_label_map(rt)
 
 

@@ -29,6 +29,8 @@ COMMANDS = {
     "build-model": ("build_model", "build an SSC shape model from label maps (and images)"),
     "update-model": ("update_model", ("add confirmed label maps to a model without a rebuild, "
                                      "or rank candidates (--rank-only)")),
+    "convert-rtstruct": ("convert_rtstruct", ("an RT Structure Set's contours as a label map "
+                                             "on the scan they were drawn on")),
     "model-info": ("model_info", ("describe a model file: organ, shapes, labels, appearance, "
                                  "provenance")),
     "export-model": ("export_model", ("write a model's mean, mode and training meshes for "
@@ -88,6 +90,7 @@ def main(argv=None):
               f"{', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     cmd = command(argv[0])
+    import contextvars
     import signal
     import threading
 
@@ -95,7 +98,9 @@ def main(argv=None):
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        rc = cmd(argv[1:])
+        # in a context of its own: what a command sets for itself (--deidentify's
+        # withheld names) ends with it
+        rc = contextvars.copy_context().run(cmd, argv[1:])
         sys.stdout.flush()      # a block-buffered pipe's reader may have left (below)
         return rc
     except KeyboardInterrupt:

@@ -16,6 +16,18 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see '{self.prog} --help')\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """The options; with ``--deidentify`` the readers' messages name nothing they
+        find below the paths given (:func:`~shapeprior.io.names_withheld`) for the
+        rest of the command, which :func:`shapeprior.cli.main` runs in a context
+        of its own."""
+        a = super().parse_args(args, namespace)
+        if getattr(a, "deidentify", False):
+            from ..io import withhold_names
+
+            withhold_names()
+        return a
+
 
 def numbers(text, name, cast=float, n=None, skip_empty=False):
     """Comma-separated values of an option; one clear error naming it."""
@@ -221,16 +233,25 @@ def add_case_folder_options(ap):
 
 
 def note_skipped_case_folders(skipped, mask_name, deidentify):
-    """The note of the case folders that hold no ``--mask-name`` file (counted, not
+    """The notes of the case folders skipped (``[(folder, why)]``,
+    :func:`~shapeprior.model.label_map_inputs`): those that hold no ``--mask-name``
+    file, and those where its pattern matches several entries (counted, not
     named, with ``--deidentify``), on stderr: ``update-model --rank-only --json``
     keeps stdout for its JSON."""
-    if not skipped:
-        return
-    names = "" if deidentify else ": " + ", ".join(d.name for d in skipped[:5]) + (
-        " ..." if len(skipped) > 5 else "")
-    hold = "s hold" if len(skipped) > 1 else " holds"
-    print(f"note: {len(skipped)} case folder{hold} no {mask_name} (in it or its "
-          f"segmentations/), skipped{names}", file=sys.stderr)
+    def names(folders):
+        return "" if deidentify else ": " + ", ".join(d.name for d in folders[:5]) + (
+            " ..." if len(folders) > 5 else "")
+
+    none = [d for d, why in skipped if why is None]
+    many = [d for d, why in skipped if why is not None]
+    if none:
+        hold = "s hold" if len(none) > 1 else " holds"
+        print(f"note: {len(none)} case folder{hold} no {mask_name} (in it or its "
+              f"segmentations/), skipped{names(none)}", file=sys.stderr)
+    if many:
+        hold = "s hold" if len(many) > 1 else " holds"
+        print(f"note: {len(many)} case folder{hold} several entries matching {mask_name} "
+              f"(which is the organ's is not guessed), skipped{names(many)}", file=sys.stderr)
 
 
 def add_allow_no_orientation(ap, what="images"):

@@ -8,12 +8,14 @@ it allocates and refuses, in one line, what it cannot trust
 
 from ._case_folders import (check_mask_name, in_case_folder, in_case_folders,
                             is_label_map_name)
-from ._checks import ImageReadError, available_memory, display_name, input_path_error
+from ._checks import (ImageReadError, available_memory, display_name, input_path_error,
+                      names_withheld, withhold_names)
 from ._dicom import (folders_below_text, list_series, read_dicom_series, read_image, read_scan,
                      series_folder, series_folders)
 from ._dicom_seg import is_dicom_seg, write_dicom_seg
 from ._files import detached_data_files, image_files, image_sha256
 from ._nifti import affine_ras
+from ._rtstruct import list_structures, read_rtstruct, scan_frame_of_reference
 from ._volume import (VOLUME_SUFFIXES, Volume, as_label_map, geometry_difference, read_file,
                       read_geometry, read_label_map, read_volume, volume_suffix, write_label)
 
@@ -21,8 +23,10 @@ __all__ = ["Volume", "read_volume", "read_file", "read_label_map", "as_label_map
            "read_image", "read_scan", "read_dicom_series", "list_series", "write_label",
            "affine_ras",
            "ImageReadError", "available_memory", "display_name", "input_path_error",
+           "names_withheld", "withhold_names",
            "image_files", "detached_data_files", "image_sha256", "read_geometry",
            "write_dicom_seg", "is_dicom_seg", "VOLUME_SUFFIXES", "volume_suffix",
            "geometry_difference", "series_folder", "series_folders", "folders_below_text",
            "in_case_folder", "in_case_folders", "check_mask_name",
-           "is_label_map_name"]
+           "is_label_map_name", "read_rtstruct", "list_structures",
+           "scan_frame_of_reference"]

@@ -8,6 +8,7 @@ into a silently wrong geometry or an allocation the machine cannot hold.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import re
 from pathlib import Path
@@ -27,6 +28,34 @@ def display_name(path) -> str:
     """A file name fit for a one-line message: undecodable bytes as ``\\xNN``."""
     name = Path(path).name or str(path)
     return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+_NAMES_WITHHELD = contextvars.ContextVar("shapeprior_names_withheld", default=False)
+
+
+@contextlib.contextmanager
+def names_withheld(on=True):
+    """Within it (when ``on``), what a reader finds below a folder it was given
+    (the subfolders of a download, named after patients in many archives) is
+    counted in its messages, never named: ``--deidentify`` runs its reads so.
+    The paths given are the caller's to scrub."""
+    token = _NAMES_WITHHELD.set(bool(on) or _NAMES_WITHHELD.get())
+    try:
+        yield
+    finally:
+        _NAMES_WITHHELD.reset(token)
+
+
+def withhold_names():
+    """Withhold the names the readers find (:func:`names_withheld`) from here on in
+    this context: a command with ``--deidentify``, which the CLI runs in a context
+    of its own."""
+    _NAMES_WITHHELD.set(True)
+
+
+def withholding_names() -> bool:
+    """Whether the readers' messages withhold the names they find (:func:`names_withheld`)."""
+    return _NAMES_WITHHELD.get()
 
 
 def input_path_error(path, shown=None) -> Exception:

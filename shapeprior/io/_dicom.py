@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import (ImageReadError, check_geometry, check_size, check_values, display_name,
-                      itk_call, native)
+                      itk_call, native, withholding_names)
 from ._paths import itk_path
 from ._volume import Volume
 
@@ -193,7 +193,7 @@ def folders_below_text(found, top, deidentify=False, most=4):
     """``found`` (folders below ``top``) for a message: their paths relative to
     ``top``, the first ``most`` of them; with ``deidentify`` only their number (a
     folder may carry a patient's name)."""
-    if deidentify:
+    if deidentify or withholding_names():
         return f"{len(found)} folders"
     names = ", ".join(_relative(f, top) for f in found[:most])
     return f"{len(found)} folders ({names}{' ...' if len(found) > most else ''})"
@@ -332,7 +332,10 @@ def read_dicom_series(folder, series=None, spacing_tol=0.01):
                                  f"{folders_below_text(below, folder)} below it do: give "
                                  "the one to read")
         subs = sorted(display_name(p) for p in folder.iterdir() if p.is_dir())
-        hint = f" (it has subfolders: {', '.join(subs[:5])}; point at one of them)" if subs else ""
+        hint = "" if not subs else (
+            f" (it has {len(subs)} subfolder{'s' if len(subs) > 1 else ''}; point at the one "
+            "that holds the series)" if withholding_names() else
+            f" (it has subfolders: {', '.join(subs[:5])}; point at one of them)")
         raise ImageReadError(f"no DICOM image series found in {fname}{hint}")
     if series is None:
         if len(found) > 1:
@@ -407,8 +410,9 @@ def read_dicom_file(path, hdr, spacing_tol=0.01):
     modality = str(hdr.get("Modality", "") or "").strip().upper()
     if not _is_image(hdr):
         what = _OBJECT_NAMES.get(modality, f"a {modality or 'non-image'} object")
-        hint = (": convert its structure to a label map on the scan's grid (3D Slicer, "
-                "plastimatch convert, rt-utils) and give that" if modality == "RTSTRUCT"
+        hint = (": convert its structure to a label map on the scan's grid and give "
+                f"that (shapeprior convert-rtstruct {name} --image SCAN -o FOLDER)"
+                if modality == "RTSTRUCT"
                 else "; a 3-D image (a DICOM series folder, NIfTI, NRRD or MetaImage) "
                      "is needed")
         raise ImageReadError(f"{name} is a DICOM file holding {what}{hint}")

@@ -270,8 +270,9 @@ def _per_organ_files(files):
 
 def _masks_in_case_folders(p, mask_name, prefix, skipped):
     """``[(file, case name, root)]``: ``mask_name`` in each visible subfolder of
-    ``p`` (or its ``segmentations/``); the folders without it counted in
-    ``skipped``."""
+    ``p`` (or its ``segmentations/``); the folders without it, or where the
+    pattern matches several entries, in ``skipped`` as ``(folder, why)`` (``why``
+    None: no such file)."""
     from ..io import in_case_folders
 
     if not p.is_dir():
@@ -279,16 +280,15 @@ def _masks_in_case_folders(p, mask_name, prefix, skipped):
                          f"{p.name} is not a folder")
     out = []
     for d, f, err in in_case_folders(p, mask_name):
-        if err is not None:
-            raise ValueError(f"--mask-name {mask_name}: "
-                             f"{err.replace('this folder', 'a case folder')}")
-        if f is None:
-            skipped.append(d)
+        if err is not None or f is None:    # which of several is the organ's is not guessed
+            skipped.append((d, err))
         else:
             out.append((f, f"{p.name}/{d.name}" if prefix else d.name, p))
     if not out:
+        many = sum(1 for d, why in skipped if why is not None and d.parent == p)
         raise ValueError(f"--mask-name {mask_name}: no case folder of {p.name} holds it (in "
-                         "it or in its segmentations/)")
+                         "it or in its segmentations/)" + (
+                             f"; in {many} of them several entries match it" if many else ""))
     return out
 
 
@@ -309,7 +309,9 @@ def label_map_inputs(paths, prefix_folders=False, mask_name=None, skipped=None):
         KiTS19's: ``segmentation.nii.gz``), named by its case folder, the folder
         given its root (where ``BuildParams.image_name`` looks for its image).
     skipped : list, optional
-        With ``mask_name``: receives the case folders without the file.
+        With ``mask_name``: receives ``(case folder, why)`` of the case folders
+        skipped: ``why`` None where it holds no such file, else why it is not
+        taken (a pattern that matches several entries).
 
     Returns
     -------

@@ -124,11 +124,13 @@ def run_one(case, outdir, model_path, params, series, mesh_format, force, argv, 
     process pool runs it. ``reference``: its label map, for Dice and surface
     distances in the row."""
     from ..backend import single_threaded
+    from ..io import names_withheld
     from ._run import run_case
 
     try:
         model, dic = _model(model_path, params.prior)
-        with single_threaded() if one_thread else contextlib.nullcontext():
+        with single_threaded() if one_thread else contextlib.nullcontext(), \
+                names_withheld(deidentify):
             rep = run_case(case.path, outdir, model, model_path, params, series=series,
                            mesh_format=mesh_format, force=force or redo, dictionary=dic,
                            argv=argv, case_name=case.name, deidentify=deidentify,

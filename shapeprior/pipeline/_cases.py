@@ -120,16 +120,18 @@ def discover_cases(path, list_series=None, image_name=None, deidentify=False):
     if list_series is None:
         from ..io import list_series
     p = Path(path)
+    # the folder given is named in the errors about it, withheld with deidentify
+    shown = "(withheld input)" if deidentify else display_name(p)
     if image_name is not None:
         if not p.is_dir():
             raise ValueError(f"--image-name names the scan in each case folder of a folder; "
-                             f"{display_name(p)} is not a folder") if p.exists() \
-                else input_path_error(p)
-        return _images_in_case_folders(p, image_name, list_series)
+                             f"{shown} is not a folder") if p.exists() \
+                else input_path_error(p, shown)
+        return _images_in_case_folders(p, image_name, list_series, shown)
     if p.is_file():
         return [Case(unique_names([p.name])[0], p, display_name(p))]
     if not p.is_dir():
-        raise input_path_error(p)
+        raise input_path_error(p, shown)
     if list_series(p):
         return [Case(unique_names([p.name])[0] if p.name else "case", p, display_name(p))]
     # hidden files are skipped, as build-model and refine skip them: the MSD archives
@@ -139,7 +141,7 @@ def discover_cases(path, list_series=None, image_name=None, deidentify=False):
     files = [f for f in entries if f.is_file() and volume_suffix(f.name)]
     dirs = [d for d in entries if d.is_dir()]
     if not files and not dirs:
-        raise ValueError(f"{display_name(p)} holds no image files ({', '.join(VOLUME_SUFFIXES)}) "
+        raise ValueError(f"{shown} holds no image files ({', '.join(VOLUME_SUFFIXES)}) "
                          "and no DICOM series")
     # the series below the subfolders: a case folder may keep its series deeper (one
     # patient of a TCIA download: patient/study/series/). Not where subfolders hold
@@ -169,11 +171,11 @@ def discover_cases(path, list_series=None, image_name=None, deidentify=False):
         cases.append(Case(n, e, display_name(e), err))
     if not any(c.error is None for c in cases) and not files:
         if below:
-            raise ValueError(f"{display_name(p)} holds no DICOM image series itself; "
+            raise ValueError(f"{shown} holds no DICOM image series itself; "
                              f"{folders_below_text(below, p, deidentify)} below it do: give "
                              "the one to read, or a folder whose subfolders each lead to one "
                              "case's series")
-        raise ValueError(f"{display_name(p)} holds no image files "
+        raise ValueError(f"{shown} holds no image files "
                          f"({', '.join(VOLUME_SUFFIXES)}) and no DICOM series"
                          + _image_subfolders(dirs, deidentify=deidentify))
     return cases
@@ -243,9 +245,9 @@ def _image_subfolders(dirs, masks=False, deidentify=False):
             "folder as --reference)")
 
 
-def _images_in_case_folders(p, image_name, list_series):
+def _images_in_case_folders(p, image_name, list_series, shown):
     """:func:`discover_cases` of a folder of case folders, each holding its scan
-    as ``image_name`` (a file or a DICOM series folder)."""
+    as ``image_name`` (a file or a DICOM series folder); ``shown`` names ``p``."""
     if not image_name or Path(image_name).name != image_name or image_name in (".", ".."):
         raise ValueError(f"--image-name {image_name!r} is not a file or folder name (the "
                          "scan's name in each case folder, without a folder part: "
@@ -267,7 +269,7 @@ def _images_in_case_folders(p, image_name, list_series):
                    "DICOM series folder")
         cases.append(Case(n, f, display_name(d), err, d))
     if not any(c.error is None for c in cases):
-        raise ValueError(f"{display_name(p)}: no case folder in it holds {image_name} (an "
+        raise ValueError(f"{shown}: no case folder in it holds {image_name} (an "
                          "image file or a DICOM series)")
     return cases
 
@@ -390,27 +392,28 @@ def discover_masks(folder, organ=None, deidentify=False, mask_name=None):
     the case takes its folder's name. A case folder without it is a case with
     an ``error``; none with it raises ValueError."""
     p = Path(folder)
+    shown = "(withheld input)" if deidentify else display_name(p)
     if not p.is_dir():
-        raise input_path_error(p)
+        raise input_path_error(p, shown)
     if mask_name is not None:
-        return _masks_in_case_folders(p, mask_name)
+        return _masks_in_case_folders(p, mask_name, shown)
     files = _volume_files(p)
     if not files:
         segs = [e for e in sorted(p.iterdir()) if e.is_file() and not e.name.startswith(".")
                 and e.name.lower().endswith(".dcm") and is_dicom_seg(e)]
         if segs:
-            raise ValueError(f"{display_name(p)} holds {len(segs)} DICOM-SEG files and no "
+            raise ValueError(f"{shown} holds {len(segs)} DICOM-SEG files and no "
                              f"other label map ({', '.join(VOLUME_SUFFIXES)}): a folder of "
                              "SEGs is not refined as a batch; refine each SEG file, or "
                              "convert them to label maps")
         dirs = [d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")]
-        raise ValueError(f"{display_name(p)} holds no label map files "
+        raise ValueError(f"{shown} holds no label map files "
                          f"({', '.join(VOLUME_SUFFIXES)})"
                          + _image_subfolders(dirs, masks=True, deidentify=deidentify))
     named = [f.name for f in files if organ and organ.lower() in f.name.lower()]
     if named and len(named) < len(files):
         raise ValueError(
-            f"{display_name(p)} holds {len(files)} label maps, {len(named)} of them named like "
+            f"{shown} holds {len(files)} label maps, {len(named)} of them named like "
             f"the model's organ '{organ}'" + ("" if deidentify else " (" + ", ".join(named[:4])
                                               + (", ..." if len(named) > 4 else "") + ")")
             + ": one scan's masks, a file per organ "
@@ -418,7 +421,7 @@ def discover_masks(folder, organ=None, deidentify=False, mask_name=None):
             "each of its files is one case's mask")
     if len(files) >= 3 and _one_scans_organs(files):
         raise ValueError(
-            f"{display_name(p)} holds {len(files)} label maps on one grid whose organs do not "
+            f"{shown} holds {len(files)} label maps on one grid whose organs do not "
             "overlap: one scan's masks, a file per organ (TotalSegmentator)? Refine the "
             "organ's file; a folder is refined as a batch when each of its files is one "
             "case's mask")
@@ -426,8 +429,9 @@ def discover_masks(folder, organ=None, deidentify=False, mask_name=None):
     return [Case(n, f, display_name(f)) for f, n in zip(files, names)]
 
 
-def _masks_in_case_folders(p, mask_name):
-    """:func:`discover_masks` of a folder of case folders, each holding ``mask_name``."""
+def _masks_in_case_folders(p, mask_name, shown):
+    """:func:`discover_masks` of a folder of case folders, each holding ``mask_name``;
+    ``shown`` names ``p``."""
     check_mask_name(mask_name)
     found = in_case_folders(p, mask_name)
     names = unique_names([d.name for d, _, _ in found])
@@ -437,7 +441,7 @@ def _masks_in_case_folders(p, mask_name):
             err = f"no {mask_name} in this folder or its segmentations/"
         cases.append(Case(n, f if f is not None else d / mask_name, display_name(d), err, d))
     if not any(c.error is None for c in cases):
-        raise ValueError(f"{display_name(p)}: no case folder in it holds {mask_name} (in it or "
+        raise ValueError(f"{shown}: no case folder in it holds {mask_name} (in it or "
                          "in its segmentations/)")
     return cases
 

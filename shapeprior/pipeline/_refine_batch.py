@@ -36,11 +36,13 @@ def refine_one(case, outdir, model_path, params, labels, keep, image, reference,
     """Refine one mask; never raises (returns a summary row, whose error names
     no input file with ``deidentify``)."""
     from ..backend import single_threaded
+    from ..io import names_withheld
     from ._refine import refine_case
 
     try:
         model, _ = _model(model_path, params.prior)
-        with single_threaded() if one_thread else contextlib.nullcontext():
+        with single_threaded() if one_thread else contextlib.nullcontext(), \
+                names_withheld(deidentify):
             rep = refine_case(case.path, outdir, model, model_path, params, labels=labels,
                               image=image, mesh_format=mesh_format, force=force or redo,
                               argv=argv, allow_no_orientation=allow_no_orientation, keep=keep,

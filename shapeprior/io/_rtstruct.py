@@ -1,0 +1,338 @@
+"""RT Structure Sets (DICOM RTSTRUCT): organ contours as radiotherapy planning
+systems store them, rasterised onto the scan they were drawn on.
+
+A structure set holds, per structure (ROI), closed polygons in patient
+coordinates (LPS mm), each on one slice of the scan. It holds no grid of its
+own: the scan gives it. Each polygon is filled on its slice (voxel centres
+inside or on it); polygons of one structure on one slice combine by
+exclusive or, so a polygon inside another is a hole (how planning systems
+store a ring). A contour that does not lie in one of the scan's slice planes
+(a structure set of another scan or reconstruction) is refused, not moved to
+the nearest slice.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ._checks import ImageReadError, display_name
+from ._volume import Volume
+
+#: RT Structure Set Storage
+RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+#: how far (in slices) the points of one contour may lie from their slice's plane:
+#: planning systems write coordinates to 0.01 mm or so; a contour drawn on another
+#: scan's slices lies up to half a slice off
+SLICE_TOLERANCE = 0.1
+
+
+def is_rtstruct(hdr) -> bool:
+    """Whether a DICOM header (:func:`~shapeprior.io._dicom.dicom_header`) is an RT
+    Structure Set's."""
+    return hdr is not None and (
+        str(hdr.get("SOPClassUID", "") or "") == RTSTRUCT_SOP_CLASS
+        or str(hdr.get("Modality", "") or "").strip().upper() == "RTSTRUCT")
+
+
+def _read(path):
+    """The whole data set of an RT Structure Set file (ImageReadError otherwise)."""
+    import pydicom
+
+    from ._dicom import dicom_header
+
+    name = display_name(path)
+    hdr = dicom_header(path)
+    if not is_rtstruct(hdr):
+        raise ImageReadError(f"{name} is not a DICOM RT Structure Set (RTSTRUCT)")
+    try:
+        return pydicom.dcmread(path, force=True)
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt past the header
+        raise ImageReadError(f"{name}: unreadable RT Structure Set "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") \
+            from None
+
+
+def _text(v) -> str:
+    return " ".join(str(v or "").split())
+
+
+def _contour_data(c):
+    """A contour's ContourData as floats: parsed from its bytes where it was not yet
+    decoded (pydicom makes an object per number: a body outline holds 10^5)."""
+    item = c.get_item(0x30060050)
+    if item is None:
+        return np.zeros(0)
+    raw = getattr(item, "value", None)
+    if isinstance(raw, bytes) and getattr(item, "VR", "DS") in ("DS", None):
+        text = raw.replace(b"\0", b"").strip()
+        return np.array(text.split(b"\\"), dtype=float) if text else np.zeros(0)
+    return np.asarray([float(v) for v in (c.get("ContourData") or [])], float)
+
+
+def _structures(ds, name):
+    """``[{number, name, frame_of_reference, contours: [(kind, points (P, 3))]}]``."""
+    try:
+        rois = {}
+        for r in ds.get("StructureSetROISequence", []) or []:
+            number = int(r.ROINumber)
+            rois[number] = {"number": number, "name": _text(r.get("ROIName")),
+                            "frame_of_reference": _text(r.get("ReferencedFrameOfReferenceUID"))
+                            or None, "contours": []}
+        for rc in ds.get("ROIContourSequence", []) or []:
+            number = int(rc.ReferencedROINumber)
+            roi = rois.setdefault(number, {"number": number, "name": "",
+                                           "frame_of_reference": None, "contours": []})
+            for c in rc.get("ContourSequence", []) or []:
+                kind = _text(c.get("ContourGeometricType")).upper()
+                data = _contour_data(c)
+                if data.size % 3:
+                    raise ValueError(f"a contour of structure {number} holds {data.size} "
+                                     "coordinates, not a multiple of 3")
+                roi["contours"].append((kind, data.reshape(-1, 3)))
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ImageReadError(f"{name}: malformed RT Structure Set ({exc})") from None
+    for roi in rois.values():
+        pts = [p for _, p in roi["contours"]]
+        if pts and not all(np.isfinite(p).all() for p in pts):
+            raise ImageReadError(f"{name}: structure {roi['name'] or roi['number']} has "
+                                 "contour coordinates that are not finite numbers")
+    return [rois[k] for k in sorted(rois)]
+
+
+def list_structures(path):
+    """The structures of an RT Structure Set file.
+
+    Returns
+    -------
+    list of dict
+        Per structure, in ROI number order: ``number`` (ROI Number), ``name``
+        (ROI Name), ``closed_contours`` (the polygons that can be filled),
+        ``other_contours`` (points, open polylines: never filled).
+    """
+    ds = _read(path)
+    out = []
+    for roi in _structures(ds, display_name(path)):
+        closed = sum(1 for k, p in roi["contours"] if k == "CLOSED_PLANAR" and len(p) >= 3)
+        out.append({"number": roi["number"], "name": roi["name"],
+                    "closed_contours": closed,
+                    "other_contours": len(roi["contours"]) - closed})
+    return out
+
+
+def _listing(rois, most=12):
+    names = [f"{r['name'] or '(unnamed)'} (#{r['number']})" for r in rois]
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most
+                                      else "")
+
+
+def _choose(rois, structures, name):
+    """The structures asked for (names, case and spacing aside, or ``#N`` for ROI
+    number N), in that order; without any, the one structure that has closed
+    contours."""
+    fillable = [r for r in rois if any(k == "CLOSED_PLANAR" for k, _ in r["contours"])]
+    if not structures:
+        if len(fillable) == 1:
+            return fillable
+        if not fillable:
+            raise ImageReadError(f"{name} holds no closed contour (structures: "
+                                 f"{_listing(rois) or 'none'}): nothing to fill")
+        raise ImageReadError(f"{name} holds {len(fillable)} structures with contours: "
+                             f"{_listing(fillable)}; name those to convert (--structure NAME)")
+    chosen = []
+    for want in structures:
+        w = _text(want)
+        m = re.fullmatch(r"#(\d+)", w)
+        hits = [r for r in rois if r["number"] == int(m.group(1))] if m else \
+            [r for r in rois if r["name"].casefold() == w.casefold()]
+        if not hits:
+            raise ImageReadError(f"{name} holds no structure {want!r}; it holds "
+                                 f"{_listing(rois) or 'none'}")
+        if len(hits) > 1:
+            raise ImageReadError(f"{name} holds {len(hits)} structures named {want!r} "
+                                 f"(ROI numbers {', '.join(str(r['number']) for r in hits)}): "
+                                 "name one by its number, e.g. #"
+                                 f"{hits[0]['number']}")
+        if hits[0] in chosen:
+            raise ImageReadError(f"structure {want!r} is named twice")
+        if not any(k == "CLOSED_PLANAR" for k, _ in hits[0]["contours"]):
+            raise ImageReadError(f"structure {hits[0]['name'] or want!r} of {name} holds no "
+                                 "closed contour (only points or open lines): nothing to fill")
+        chosen.append(hits[0])
+    return chosen
+
+
+def fill_polygon(rows, cols, shape):
+    """The pixels of a ``shape`` (rows, cols) plane whose centres lie inside the
+    closed polygon ``(rows, cols)`` (pixel index units), by the even-odd rule; a
+    centre on its boundary is inside on the left and upper edges, outside on
+    the right and lower ones (each pixel of a tiling of polygons belongs to one).
+
+    A scanline fill: the cost grows with the polygon's points and the rows it
+    spans, not with its area times its points (a body outline of 2,000 points
+    over 500 rows fills in milliseconds)."""
+    out = np.zeros(shape, bool)
+    y0, x0 = np.asarray(rows, float), np.asarray(cols, float)
+    y1, x1 = np.roll(y0, -1), np.roll(x0, -1)
+    lo = np.ceil(np.minimum(y0, y1))
+    hi = np.ceil(np.maximum(y0, y1)) - 1               # rows r with min <= r < max
+    lo, hi = np.maximum(lo, 0), np.minimum(hi, shape[0] - 1)
+    n = np.maximum(hi - lo + 1, 0).astype(np.int64)
+    if not n.sum():
+        return out
+    e = np.repeat(np.arange(y0.size), n)               # one crossing per (edge, row)
+    r = lo[e] + (np.arange(e.size) - np.repeat(np.cumsum(n) - n, n))
+    x = x0[e] + (r - y0[e]) * (x1[e] - x0[e]) / (y1[e] - y0[e])
+    order = np.lexsort((x, r))
+    r, x = r[order].astype(np.int64), x[order]
+    # each row crosses the polygon an even number of times: fill between pairs
+    a, b = x[0::2], x[1::2]
+    rr = r[0::2]
+    c0 = np.maximum(np.ceil(a), 0).astype(np.int64)
+    c1 = np.minimum(np.ceil(b) - 1, shape[1] - 1).astype(np.int64)   # centres c < b
+    keep = c1 >= c0
+    rr, c0, c1 = rr[keep], c0[keep], c1[keep]
+    diff = np.zeros((shape[0], shape[1] + 1), np.int32)
+    np.add.at(diff, (rr, c0), 1)
+    np.add.at(diff, (rr, c1 + 1), -1)
+    out[:] = np.cumsum(diff[:, :-1], axis=1) > 0
+    return out
+
+
+def read_rtstruct(path, grid: Volume, structures=None, frame_of_reference=None):
+    """Fill the contours of an RT Structure Set on a scan's grid.
+
+    Parameters
+    ----------
+    path : str or Path
+        The RTSTRUCT file.
+    grid : Volume
+        The scan the contours were drawn on (its geometry is used, not its voxels).
+    structures : sequence of str, optional
+        The structures to fill, by ROI Name (case aside) or ``#N`` (ROI Number);
+        the first is label 1, the next 2, and so on. Default: the one structure
+        that has closed contours (several: refused, naming them).
+    frame_of_reference : str, optional
+        The scan's Frame of Reference UID, when known (a DICOM scan): a
+        structure set that refers to another is refused.
+
+    Returns
+    -------
+    label : Volume
+        uint8 label map on ``grid`` (array (z, y, x), LPS geometry); where two
+        structures overlap, the later one's label.
+    info : dict
+        ``structures`` (per structure: ``label``, ``name``, ``number``,
+        ``contours`` filled, ``slices``, ``voxels``, ``volume_ml``,
+        ``outside_contours``: contours whose slice lies outside the grid, left
+        out), ``overlap_voxels`` (voxels in more than one structure),
+        ``slice_axis`` ('x', 'y' or 'z': the grid's index axis the contours
+        are drawn across), ``frame_of_reference_checked``, ``coordinates``
+        ('LPS').
+
+    Raises
+    ------
+    ImageReadError
+        Not an RT Structure Set; no such structure; a structure set of another
+        frame of reference; contours not in the grid's slice planes, or all of
+        them outside the grid.
+    """
+    name = display_name(path)
+    ds = _read(path)
+    rois = _structures(ds, name)
+    chosen = _choose(rois, [s for s in (structures or ()) if _text(s)], name)
+    if len(chosen) > 255:
+        raise ImageReadError(f"{len(chosen)} structures: at most 255 fit a label map")
+    theirs = {r["frame_of_reference"] for r in chosen} - {None}
+    if not theirs:              # the ROIs name none: the set's own references
+        theirs = {_text(item.get("FrameOfReferenceUID")) for item in
+                  ds.get("ReferencedFrameOfReferenceSequence", []) or []} - {""}
+    if frame_of_reference is not None and theirs and frame_of_reference not in theirs:
+        raise ImageReadError(f"{name} was drawn in another frame of reference than the scan "
+                             "(its Frame of Reference UID differs from the series'): the "
+                             "contours belong to another scan")
+    shape_zyx = grid.array.shape
+    size_xyz = np.array(shape_zyx[::-1])
+    label = np.zeros(shape_zyx, np.uint8)
+    seen = np.zeros(shape_zyx, np.uint16)
+    axis = None
+    records = []
+    for value, roi in enumerate(chosen, start=1):
+        mask = np.zeros(shape_zyx, bool)
+        slices, filled, outside = set(), 0, 0
+        for kind, pts in roi["contours"]:
+            if kind != "CLOSED_PLANAR" or len(pts) < 3:
+                continue
+            idx = grid.physical_to_index(pts)                  # (P, 3): x, y, z
+            spread = idx.max(0) - idx.min(0)
+            a = int(np.argmin(spread)) if axis is None else axis
+            if spread[a] > 2 * SLICE_TOLERANCE:
+                raise ImageReadError(
+                    f"structure {roi['name'] or roi['number']} of {name}: a contour is not "
+                    f"drawn on the scan's slices (its points span {spread[a]:.2f} slices "
+                    f"across the {'xyz'[a]} axis of the grid): a structure set of another "
+                    "scan or orientation")
+            axis = a
+            c = float(idx[:, a].mean())
+            k = int(np.round(c))
+            if not 0 <= k < size_xyz[a]:
+                outside += 1
+                continue
+            if abs(c - k) > SLICE_TOLERANCE:
+                raise ImageReadError(
+                    f"structure {roi['name'] or roi['number']} of {name}: a contour lies "
+                    f"between two of the scan's slices ({abs(c - k):.2f} of a slice off "
+                    "its nearest): drawn on another scan's slices; give that scan")
+            inplane = [i for i in range(3) if i != a]          # x/y/z index axes, ascending
+            rows, cols = idx[:, inplane[1]], idx[:, inplane[0]]
+            zyx = 2 - np.array([a, *inplane])                  # their array axes
+            plane_shape = (shape_zyx[zyx[2]], shape_zyx[zyx[1]])
+            sl = [slice(None)] * 3
+            sl[zyx[0]] = k
+            plane = mask[tuple(sl)]        # a view, (rows, cols): the lower array axis first
+            plane ^= fill_polygon(rows, cols, plane_shape)
+            slices.add(k)
+            filled += 1
+        if not filled:
+            raise ImageReadError(
+                f"structure {roi['name'] or roi['number']} of {name}: all its {outside} "
+                "contours lie outside the scan's grid: a structure set of another scan?")
+        seen += mask
+        label[mask] = value
+        n = int(np.count_nonzero(mask))
+        records.append({"label": value, "name": roi["name"], "number": roi["number"],
+                        "contours": filled, "slices": len(slices), "voxels": n,
+                        "volume_ml": n * float(np.prod(grid.spacing)) / 1000.0,
+                        "outside_contours": outside})
+    info = {"structures": records, "overlap_voxels": int(np.count_nonzero(seen > 1)),
+            "slice_axis": "xyz"[axis], "frame_of_reference_checked":
+                bool(frame_of_reference is not None and theirs), "coordinates": "LPS"}
+    return Volume(label, grid.spacing.copy(), grid.origin.copy(), grid.direction.copy()), info
+
+
+def scan_frame_of_reference(path, series=None):
+    """The Frame of Reference UID of a DICOM scan (a series folder, one below it, or
+    an enhanced multi-frame file), or None (not DICOM, or not recorded)."""
+    from ._dicom import _scan, dicom_header, list_series, series_folder
+
+    p = Path(path)
+    try:
+        if p.is_file():
+            hdr = dicom_header(p)
+            return _text(hdr.get("FrameOfReferenceUID")) or None if hdr is not None else None
+        folder = series_folder(p)
+        found = list_series(folder)
+        if not found:
+            return None
+        if series is None:
+            pick = found[0] if len(found) == 1 else None
+        else:
+            pick = next((s for s in found if str(series) in (str(s[0]), s[1])), None)
+        if pick is None:
+            return None
+        hdr = _scan(folder)[pick[3]][0][1]
+        return _text(hdr.get("FrameOfReferenceUID")) or None
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,257 @@
+"""RT Structure Sets: contours filled on the scan's grid (``read_rtstruct``,
+``shapeprior convert-rtstruct``)."""
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+from _phantoms import rotation, write_dicom_series, write_rtstruct
+from _safety import tree_state
+from shapeprior.cli import main
+from shapeprior.io import (ImageReadError, Volume, list_structures, read_label_map,
+                           read_rtstruct, read_scan, scan_frame_of_reference)
+from shapeprior.io._rtstruct import fill_polygon
+
+FOR = "1.2.826.0.1.3680043.2.1125.1.9"       # write_dicom_series' Frame of Reference UID
+
+
+def _ellipsoid(shape, centre, radii):
+    zz, yy, xx = np.indices(shape)
+    return sum(((g - c) / r) ** 2 for g, c, r in zip((zz, yy, xx), centre, radii)) < 1
+
+
+# -- the fill --------------------------------------------------------------------------------
+
+def test_fill_polygon_is_the_even_odd_rule_on_voxel_centres():
+    """Random polygons, self-intersecting ones too, at positions where no voxel
+    centre lies on an edge: exactly the centres that matplotlib's point-in-path
+    test puts inside."""
+    from matplotlib.path import Path as MPath
+
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[:40, :37]
+    centres = np.c_[xx.ravel(), yy.ravel()]
+    for _ in range(150):
+        n = int(rng.integers(3, 16))
+        r, c = rng.uniform(-6, 46, n) + 0.123, rng.uniform(-6, 43, n) + 0.377
+        want = MPath(np.c_[c, r]).contains_points(centres).reshape(40, 37)
+        assert np.array_equal(fill_polygon(r, c, (40, 37)), want)
+
+
+def test_fill_polygon_gives_each_voxel_of_a_tiling_to_one_polygon():
+    """Two squares sharing an edge through voxel centres: no centre in both, none
+    in neither (a structure drawn as two touching outlines has no seam)."""
+    a = fill_polygon([2, 2, 8, 8], [1, 5, 5, 1], (12, 12))
+    b = fill_polygon([2, 2, 8, 8], [5, 9, 9, 5], (12, 12))
+    both = fill_polygon([2, 2, 8, 8], [1, 9, 9, 1], (12, 12))
+    assert not (a & b).any() and np.array_equal(a | b, both)
+    assert both.sum() == 6 * 8
+
+
+# -- real scans --------------------------------------------------------------------------------
+
+def test_contours_of_the_example_ct_series_fill_back_to_its_labels(data_root, tmp_path):
+    """TotalSegmentator's example DICOM series, with four organs of its own
+    label map drawn as a planning system stores them (outlines on each slice,
+    holes as inner outlines, 3 decimals): filled back voxel for voxel, in the
+    order asked for, by name (case aside) or ROI number; the Frame of Reference
+    is checked against the series'."""
+    d = data_root / "totalsegmentator_example"
+    series = d / "example_ct_dicom"
+    if not series.is_dir():
+        pytest.skip("the example DICOM series is not in the shared data")
+    vol, _ = read_scan(series)
+    lab = read_label_map(d / "example_seg_dicom.nii.gz").reoriented_like(vol).array
+    organs = {"Liver": lab == 5, "Spleen": lab == 1, "Stomach": lab == 6, "Aorta": lab == 52,
+              "Isocentre": None}
+    fr = scan_frame_of_reference(series)
+    assert fr and fr.startswith("1.3.12.2.1107.5.1.4.60064")
+    rt = write_rtstruct(tmp_path / "rt.dcm", vol, organs, frame_of_reference=fr)
+    got, info = read_rtstruct(rt, vol, ["aorta", "#1", "STOMACH", "Spleen"], fr)
+    assert got.same_grid(vol) and got.array.dtype == np.uint8
+    for value, name in enumerate(("Aorta", "Liver", "Stomach", "Spleen"), start=1):
+        assert np.array_equal(got.array == value, organs[name]), name
+    assert info["frame_of_reference_checked"] and info["slice_axis"] == "z"
+    assert info["overlap_voxels"] == 0
+    liver = info["structures"][1]
+    assert (liver["name"], liver["number"], liver["slices"]) == ("Liver", 1, 20)
+    assert liver["contours"] > 20          # outlines of separate parts and holes
+    assert liver["volume_ml"] == pytest.approx(organs["Liver"].sum() * np.prod(vol.spacing)
+                                               / 1000)
+    assert [(s["name"], s["closed_contours"], s["other_contours"])
+            for s in list_structures(rt)][-1] == ("Isocentre", 0, 1)
+
+
+@pytest.mark.parametrize("slice_axis", [0, 1, 2])
+def test_a_hollow_structure_on_the_oblique_mr_series_in_each_slice_orientation(
+        data_root, tmp_path, slice_axis):
+    """The TCIA oblique MR series (tilted 10.8 degrees): a shell (each slice's
+    outline with a hole in it) drawn on axial-like, coronal-like or
+    sagittal-like planes of its grid is filled back exactly."""
+    series = data_root / "tcia_mr_dicom" / "Study3_T1post_oblique"
+    if not series.is_dir():
+        pytest.skip("the oblique TCIA series is not in the shared data")
+    vol, info = read_scan(series)
+    assert info["oblique"]
+    c = np.array(vol.array.shape) / 2
+    shell = _ellipsoid(vol.array.shape, c, 0.3 * c * [1, 1.3, 0.9]) & \
+        ~_ellipsoid(vol.array.shape, c, 0.15 * c * [1, 1.3, 0.9])
+    fr = scan_frame_of_reference(series)
+    rt = write_rtstruct(tmp_path / "rt.dcm", vol, {"shell": shell}, frame_of_reference=fr,
+                        slice_axis=slice_axis)
+    got, got_info = read_rtstruct(rt, vol, frame_of_reference=fr)
+    assert np.array_equal(got.array == 1, shell)
+    assert got_info["slice_axis"] == "zyx"[slice_axis]
+
+
+def test_pydicoms_structure_set_fills_its_outline_and_lists_its_isocentres():
+    """pydicom's own RTSTRUCT (a 400 x 300 mm outline on three slices, two
+    isocentre points) on a 10 mm grid that covers it."""
+    from pydicom.data import get_testdata_file
+
+    rt = get_testdata_file("rtstruct.dcm")
+    assert [(s["number"], s["name"], s["closed_contours"], s["other_contours"])
+            for s in list_structures(rt)] == [(1, "patient", 3, 0), (2, "Isocenter 1", 0, 1),
+                                              (3, "Isocenter 2", 0, 1)]
+    grid = Volume(np.zeros((5, 64, 64), np.int16), [10, 10, 10], [-300, -300, -200], np.eye(3))
+    got, info = read_rtstruct(rt, grid)             # the one structure with outlines
+    assert [int(n) for n in np.count_nonzero(got.array, axis=(1, 2))] == [1200] * 3 + [0, 0]
+    assert not info["frame_of_reference_checked"]
+
+
+# -- refusals ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def scan():
+    """A 24 x 40 x 36 oblique grid with a ball in it, and the ball's mask."""
+    D = rotation(2, 20) @ rotation(0, 8)
+    vol = Volume(np.zeros((24, 40, 36), np.int16), [0.8, 0.9, 2.5], [10.0, -40.0, 25.0], D)
+    return vol, _ellipsoid(vol.array.shape, (12, 20, 18), (6, 12, 11))
+
+
+def test_each_kind_of_wrong_structure_set_is_refused_in_one_line(scan, tmp_path):
+    import pydicom
+
+    vol, ball = scan
+    rt = write_rtstruct(tmp_path / "rt.dcm", vol, {"Ball": ball, "ball": ball, "Iso": None},
+                        frame_of_reference=FOR)
+    with pytest.raises(ImageReadError, match=r"rt\.dcm holds 2 structures with contours: Ball "
+                       r"\(#1\), ball \(#2\); name those to convert"):
+        read_rtstruct(rt, vol)
+    with pytest.raises(ImageReadError, match=r"holds 2 structures named 'BALL' \(ROI numbers "
+                       r"1, 2\): name one by its number, e\.g\. #1"):
+        read_rtstruct(rt, vol, ["BALL"])
+    with pytest.raises(ImageReadError, match=r"holds no structure 'kidney'; it holds Ball "
+                       r"\(#1\), ball \(#2\), Iso \(#3\)"):
+        read_rtstruct(rt, vol, ["kidney"])
+    with pytest.raises(ImageReadError, match=r"structure 'Iso' of rt\.dcm holds no closed "
+                       r"contour"):
+        read_rtstruct(rt, vol, ["iso"])
+    with pytest.raises(ImageReadError, match=r"structure '#1' is named twice"):
+        read_rtstruct(rt, vol, ["#1", "#1"])
+    with pytest.raises(ImageReadError, match=r"drawn in another frame of reference than the "
+                       r"scan"):
+        read_rtstruct(rt, vol, ["#1"], "1.2.3.4")
+    # drawn on another scan: shifted by 0.4 of a slice, or lying wholly outside
+    for shift, what in ((0.4 * 2.5, r"lies between two of the scan's slices \(0\.40 of a "
+                                     r"slice off"),
+                        (-400.0, r"all its \d+ contours lie outside the scan's grid")):
+        moved = Volume(vol.array, vol.spacing, vol.origin + shift * vol.direction[:, 2],
+                       vol.direction)
+        other = write_rtstruct(tmp_path / "other.dcm", moved, {"Ball": ball})
+        with pytest.raises(ImageReadError, match=what):
+            read_rtstruct(other, vol)
+    # a contour across the slices (drawn on a tilted plane of another scan)
+    tilted = Volume(vol.array, vol.spacing, vol.origin, vol.direction @ rotation(0, 30))
+    write_rtstruct(tmp_path / "tilted.dcm", tilted, {"Ball": ball})
+    with pytest.raises(ImageReadError, match=r"a contour is not drawn on the scan's slices"):
+        read_rtstruct(tmp_path / "tilted.dcm", vol)
+    # broken files
+    ds = pydicom.dcmread(rt)
+    ds.ROIContourSequence[0].ContourSequence[0].ContourData = ["1.0", "2.0"]
+    ds.save_as(tmp_path / "short.dcm")
+    with pytest.raises(ImageReadError, match=r"malformed RT Structure Set \(a contour of "
+                       r"structure 1 holds 2 coordinates, not a multiple of 3\)"):
+        read_rtstruct(tmp_path / "short.dcm", vol, ["#1"])
+    with warnings.catch_warnings():         # pydicom warns of the value it is given
+        warnings.simplefilter("ignore")
+        ds.ROIContourSequence[0].ContourSequence[0].ContourData = ["nan", "2.0", "3.0"] * 3
+        ds.save_as(tmp_path / "nan.dcm")
+    with pytest.raises(ImageReadError, match=r"not finite numbers"):
+        read_rtstruct(tmp_path / "nan.dcm", vol, ["#1"])
+    data = rt.read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match=r"cut\.dcm: (unreadable|malformed) RT Structure "
+                       r"Set"):
+        read_rtstruct(tmp_path / "cut.dcm", vol, ["#1"])
+    write_dicom_series(vol, tmp_path / "series")
+    with pytest.raises(ImageReadError, match=r"IM0001\.dcm is not a DICOM RT Structure Set"):
+        read_rtstruct(tmp_path / "series" / "IM0001.dcm", vol)
+
+
+# -- the command -------------------------------------------------------------------------------
+
+def test_convert_rtstruct_writes_the_label_map_on_the_series_grid(scan, tmp_path, capsys,
+                                                                  phantom_model):
+    """End to end on a DICOM series with its structure set beside it (as a
+    planning system exports them): the label map lies on the series' grid, the
+    report names each structure's label, the inputs are unchanged, and
+    mistakes are one line each with exit 1 or 2."""
+    vol, ball = scan
+    vol = Volume(np.where(ball, 300, 20).astype(np.int16), vol.spacing, vol.origin,
+                 vol.direction)
+    series = write_dicom_series(vol, tmp_path / "export", series_uid="1.2.826.0.1.3680043.2.1125.1")
+    inner = _ellipsoid(vol.array.shape, (12, 20, 18), (3, 5, 5))
+    rt = write_rtstruct(series / "RS.dcm", vol, {"Ball": ball, "Core": inner, "Iso": None},
+                        frame_of_reference=FOR)
+    before = tree_state(tmp_path / "export")
+    out = tmp_path / "out"
+    assert main(["convert-rtstruct", str(rt), "--list"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "#1    Ball: 11 closed contours", "#2    Core: 5 closed contours",
+        "#3    Iso: 0 closed contours, 1 points or open lines"]
+    assert main(["convert-rtstruct", str(rt), "--image", str(series), "-o", str(out),
+                 "--structure", "ball", "--structure", "Core"]) == 0
+    said = capsys.readouterr()
+    assert "label 1: Ball (11 contours on 11 slices" in said.out
+    assert "2 voxels" not in said.err and "in more than one structure" in said.err
+    got = read_label_map(out / "label.nii.gz")
+    assert got.same_grid(read_scan(series)[0])
+    assert np.array_equal(got.array, np.where(inner, 2, np.where(ball, 1, 0)))
+    rep = json.loads((out / "report.json").read_text())
+    assert [(s["label"], s["name"]) for s in rep["structures"]] == [(1, "Ball"), (2, "Core")]
+    assert rep["overlap_voxels"] == int(inner.sum()) and rep["frame_of_reference_checked"]
+    assert rep["coordinates"] == "LPS" and "DOE" not in (out / "report.json").read_text()
+    man = json.loads((out / "manifest.json").read_text())
+    assert "rtstruct" in man["inputs"] and "image/IM0001.dcm" in man["inputs"]
+    assert "image/RS.dcm" in man["inputs"]       # every file of the folder, as segment
+    assert tree_state(tmp_path / "export") == before
+    # an existing output is never replaced without --force; a wrong name; no scan
+    assert main(["convert-rtstruct", str(rt), "--image", str(series), "-o", str(out),
+                 "--structure", "Ball"]) == 1
+    assert "exists" in capsys.readouterr().err
+    assert main(["convert-rtstruct", str(rt), "--image", str(series), "-o",
+                 str(tmp_path / "o2"), "--structure", "Kidney"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no structure 'Kidney'; it holds Ball (#1)" in err
+    assert not (tmp_path / "o2").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["convert-rtstruct", str(rt), "-o", str(tmp_path / "o3")])
+    assert e.value.code == 2 and "--image (the scan) and -o/--output are required" in \
+        capsys.readouterr().err
+    # the structure set of another scan (another frame of reference) is refused
+    other = write_rtstruct(tmp_path / "other.dcm", vol, {"Ball": ball},
+                           frame_of_reference="1.2.3.4.5")
+    assert main(["convert-rtstruct", str(other), "--image", str(series), "-o",
+                 str(tmp_path / "o4")]) == 1
+    assert "another frame of reference" in capsys.readouterr().err
+    assert tree_state(tmp_path / "export") == before
+    # an RT structure set given as refine's mask says how to convert it
+    shutil.copy(rt, tmp_path / "rt.dcm")
+    assert main(["refine", str(tmp_path / "rt.dcm"), "-o", str(tmp_path / "o5"), "--model",
+                 str(phantom_model[3])]) == 1
+    assert "shapeprior convert-rtstruct rt.dcm --image SCAN -o FOLDER" in \
+        capsys.readouterr().err
