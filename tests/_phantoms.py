@@ -200,13 +200,15 @@ def written_text(root, inputs=(), printed=""):
 
 
 def write_rtstruct(path, grid, structures, frame_of_reference="1.2.826.0.1.3680043.2.1125.1.9",
-                   decimals=3, slice_axis=0):
+                   decimals=3, slice_axis=0, series_uid=None):
     """Write an RT Structure Set as a planning system would: each structure
     (``{name: bool mask on grid}``) as closed polygons in LPS mm, one per outline
     on each slice across array axis ``slice_axis`` (outer outlines and holes
     alike, traced with marching squares at 0.5), coordinates to ``decimals``
     places; a structure given as ``None`` has one POINT contour only (an
-    isocentre). ``frame_of_reference``: the UID the structures refer to."""
+    isocentre). ``frame_of_reference``: the UID the structures refer to;
+    ``series_uid``: the series they were drawn on, named as an RT Referenced
+    Series (left out when None)."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
@@ -225,6 +227,11 @@ def write_rtstruct(path, grid, structures, frame_of_reference="1.2.826.0.1.36800
     ds.StructureSetLabel = "plan"
     ref = Dataset()
     ref.FrameOfReferenceUID = frame_of_reference
+    if series_uid is not None:
+        series, study = Dataset(), Dataset()
+        series.SeriesInstanceUID = series_uid
+        study.RTReferencedSeriesSequence = Sequence([series])
+        ref.RTReferencedStudySequence = Sequence([study])
     ds.ReferencedFrameOfReferenceSequence = Sequence([ref])
     rois, contours = [], []
     for number, (name, mask) in enumerate(structures.items(), start=1):

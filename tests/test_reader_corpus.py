@@ -779,6 +779,60 @@ def test_random_orthogonal_geometries_are_placed_as_nibabel_places_them(tmp_path
     check()
 
 
+def test_a_scout_beside_the_scan_is_not_asked_for(tmp_path):
+    """A CT or MR download keeps its scout (one image) or its three-plane survey
+    (ImageType LOCALIZER) beside the scan, in the scan's folder or a sibling:
+    neither can be a volume, so the scan is read without --series and the
+    download's patient folder is one case. Two volumes are still refused, each
+    named; a scout alone is refused as a single slice."""
+    from pydicom.data import get_testdata_file
+
+    from shapeprior.io import series_folder, series_folders
+    from shapeprior.pipeline import discover_cases
+
+    ct = get_testdata_file("CT_small.dcm")
+    scan = _series_from(ct, tmp_path / "both")
+    ref, _ = read_image(scan)
+    scout = _series_from(ct, tmp_path / "scout", n=1)
+    _edit_series(scout, SeriesInstanceUID="1.2.3.4.1")
+    shutil.copy(scout / "s0.dcm", scan / "scout.dcm")
+    survey = _series_from(ct, tmp_path / "survey", n=3)
+    _edit_series(survey, SeriesInstanceUID="1.2.3.4.2", ImageType=["ORIGINAL", "PRIMARY",
+                                                                    "LOCALIZER"])
+    for f in survey.iterdir():
+        shutil.copy(f, scan / f"survey_{f.name}")
+    vol, info = read_image(scan)
+    assert np.array_equal(vol.array, ref.array) and info["n_slices"] == 4
+    assert info["series_skipped_not_volumes"] == 2 and info["n_series_in_folder"] == 3
+    # a download: patient/study/{1-CT, 2-scout}
+    study = tmp_path / "dl" / "P1" / "ST"
+    shutil.copytree(tmp_path / "both", study / "1-CT",
+                    ignore=shutil.ignore_patterns("scout*", "survey*"))
+    shutil.copytree(scout, study / "2-scout")
+    assert series_folders(tmp_path / "dl" / "P1") == [study / "1-CT"]
+    assert series_folder(tmp_path / "dl" / "P1") == study / "1-CT"
+    shutil.copytree(tmp_path / "dl" / "P1", tmp_path / "dl" / "P2")
+    assert [(c.name, c.error) for c in discover_cases(tmp_path / "dl")] == [("P1", None),
+                                                                            ("P2", None)]
+    vol, info = read_image(tmp_path / "dl" / "P1")
+    assert np.array_equal(vol.array, ref.array) and info["series_levels_below"] == 2
+    # two volumes: the user chooses, as before (the scout listed too)
+    other = _series_from(ct, tmp_path / "other")
+    _edit_series(other, SeriesInstanceUID="1.2.3.4.3")
+    for f in other.iterdir():
+        shutil.copy(f, scan / f"other_{f.name}")
+    with pytest.raises(ImageReadError, match=r"both holds 4 DICOM series: .*; choose one") \
+            as e:
+        read_image(scan)
+    assert str(e.value).count("not a volume (a localizer or one image)") == 2
+    shutil.copytree(other, study / "3-CT")
+    assert series_folders(tmp_path / "dl" / "P1") == [study / "1-CT", study / "3-CT"]
+    # a scout alone is no volume: said as before
+    with pytest.raises(ImageReadError, match=r"has a single slice; a 3-D volume is needed"):
+        read_image(scout)
+    assert series_folders(tmp_path / "scout") == [scout]
+
+
 def test_a_series_kept_deeper_is_read_from_the_one_folder_that_holds_it(tmp_path):
     """A CD or USB export keeps its series in DICOM/PA0/ST0/SE0/ beside a DICOMDIR: the
     export's folder reads as that series does. Two series folders below are refused

@@ -2,6 +2,7 @@
 ``shapeprior convert-rtstruct``)."""
 
 import json
+import os
 import shutil
 import warnings
 
@@ -190,6 +191,15 @@ def test_each_kind_of_wrong_structure_set_is_refused_in_one_line(scan, tmp_path)
     write_dicom_series(vol, tmp_path / "series")
     with pytest.raises(ImageReadError, match=r"IM0001\.dcm is not a DICOM RT Structure Set"):
         read_rtstruct(tmp_path / "series" / "IM0001.dcm", vol)
+    # not a file: never opened (a named pipe would block a reader for good)
+    with pytest.raises(ImageReadError, match=r"series is a folder; give the RT Structure Set "
+                       r"file in it"):
+        list_structures(tmp_path / "series")
+    with pytest.raises(FileNotFoundError, match=r"no such file or folder: gone\.dcm"):
+        read_rtstruct(tmp_path / "gone.dcm", vol)
+    os.mkfifo(tmp_path / "pipe.dcm")
+    with pytest.raises(ValueError, match=r"pipe\.dcm is a named pipe"):
+        read_rtstruct(tmp_path / "pipe.dcm", vol)
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -226,8 +236,7 @@ def test_convert_rtstruct_writes_the_label_map_on_the_series_grid(scan, tmp_path
     assert rep["overlap_voxels"] == int(inner.sum()) and rep["frame_of_reference_checked"]
     assert rep["coordinates"] == "LPS" and "DOE" not in (out / "report.json").read_text()
     man = json.loads((out / "manifest.json").read_text())
-    assert "rtstruct" in man["inputs"] and "image/IM0001.dcm" in man["inputs"]
-    assert "image/RS.dcm" in man["inputs"]       # every file of the folder, as segment
+    assert "input/RS.dcm" in man["inputs"] and "input/IM0001.dcm" in man["inputs"]
     assert tree_state(tmp_path / "export") == before
     # an existing output is never replaced without --force; a wrong name; no scan
     assert main(["convert-rtstruct", str(rt), "--image", str(series), "-o", str(out),
@@ -240,8 +249,8 @@ def test_convert_rtstruct_writes_the_label_map_on_the_series_grid(scan, tmp_path
     assert not (tmp_path / "o2").exists()
     with pytest.raises(SystemExit) as e:
         main(["convert-rtstruct", str(rt), "-o", str(tmp_path / "o3")])
-    assert e.value.code == 2 and "--image (the scan) and -o/--output are required" in \
-        capsys.readouterr().err
+    assert e.value.code == 2 and "--image (the scan the contours were drawn on) is required " \
+        "for one structure set file" in capsys.readouterr().err
     # the structure set of another scan (another frame of reference) is refused
     other = write_rtstruct(tmp_path / "other.dcm", vol, {"Ball": ball},
                            frame_of_reference="1.2.3.4.5")
@@ -249,9 +258,116 @@ def test_convert_rtstruct_writes_the_label_map_on_the_series_grid(scan, tmp_path
                  str(tmp_path / "o4")]) == 1
     assert "another frame of reference" in capsys.readouterr().err
     assert tree_state(tmp_path / "export") == before
+    # outlines smaller than a voxel: an empty label, said so
+    import pydicom
+
+    ds = pydicom.dcmread(rt)
+    corner = vol.index_to_physical(np.array([[18.5, 20.5, 12.0]]))[0]   # between centres
+    square = np.array([[0.0, 0, 0], [0.2, 0, 0], [0.2, 0.2, 0], [0, 0.2, 0]])
+    tiny = corner + square @ (vol.direction * vol.spacing).T
+    first = ds.ROIContourSequence[0].ContourSequence[0]
+    first.ContourData = [f"{v:.4f}" for v in tiny.ravel()]
+    first.NumberOfContourPoints = 4
+    ds.ROIContourSequence[0].ContourSequence = pydicom.Sequence([first])
+    ds.save_as(tmp_path / "tiny.dcm")
+    assert main(["convert-rtstruct", str(tmp_path / "tiny.dcm"), "--image", str(series), "-o",
+                 str(tmp_path / "o6"), "--structure", "Ball"]) == 0
+    assert "note: 'Ball' covers no voxel centre of the scan (its outlines are smaller than " \
+        "a voxel): its label is empty" in capsys.readouterr().err
+    assert not read_label_map(tmp_path / "o6" / "label.nii.gz").array.any()
     # an RT structure set given as refine's mask says how to convert it
     shutil.copy(rt, tmp_path / "rt.dcm")
     assert main(["refine", str(tmp_path / "rt.dcm"), "-o", str(tmp_path / "o5"), "--model",
                  str(phantom_model[3])]) == 1
     assert "shapeprior convert-rtstruct rt.dcm --image SCAN -o FOLDER" in \
         capsys.readouterr().err
+
+
+def test_every_structure_set_of_a_download_is_converted_on_the_series_it_names(
+        scan, tmp_path, capsys):
+    """A download laid out as TCIA's (patient/study/series/): each structure set
+    is paired with the series it names (beside an MR of the same frame of
+    reference, and a scout), or with the one volume of its frame of reference;
+    one whose scan is missing, or that lacks the structure, is a failed row
+    and the others are converted. The label maps lie on their own scans'
+    grids, and build-model's --mask-name finds them."""
+    from shapeprior.model import label_map_inputs
+
+    vol, ball = scan
+    small = _ellipsoid(vol.array.shape, (12, 20, 18), (4, 8, 7))
+    dl = tmp_path / "LCTSC"
+
+    def series(patient, folder, uid, grid=vol):
+        return write_dicom_series(grid, dl / patient / "ST1" / folder, series_uid=uid)
+
+    # P1: the CT it names, a scout, and a second observer's structure set
+    ct1 = series("P1", "1-CT", "1.2.9.1")
+    scout = series("P1", "3-scout", "1.2.9.2")
+    for f in sorted(scout.iterdir())[1:]:
+        f.unlink()
+    (dl / "P1" / "ST1" / "2-RT").mkdir()
+    write_rtstruct(dl / "P1" / "ST1" / "2-RT" / "1-1.dcm", vol, {"Ball": ball},
+                   frame_of_reference="1.2.9.1.9", series_uid="1.2.9.1")
+    (dl / "P1" / "ST1" / "4-RT").mkdir()
+    write_rtstruct(dl / "P1" / "ST1" / "4-RT" / "1-1.dcm", vol, {"ball": small},
+                   frame_of_reference="1.2.9.1.9", series_uid="1.2.9.1")
+    # P2: an MR beside the CT in one frame of reference; the CT is named
+    shifted = Volume(vol.array, vol.spacing, vol.origin + 30.0, vol.direction)
+    series("P2", "1-MR", "1.2.8.1", shifted)
+    ct2 = series("P2", "2-CT", "1.2.8.2")
+    import pydicom
+
+    for f in ct2.iterdir():                  # one frame of reference for both
+        ds = pydicom.dcmread(f)
+        ds.FrameOfReferenceUID = "1.2.8.1.9"
+        ds.save_as(f)
+    write_rtstruct(dl / "P2" / "RS.dcm", vol, {"Ball": small},
+                   frame_of_reference="1.2.8.1.9", series_uid="1.2.8.2")
+    # P6: the same two without a series named: which one is not guessed
+    shutil.copytree(dl / "P2" / "ST1", dl / "P6" / "ST1")
+    write_rtstruct(dl / "P6" / "RS.dcm", vol, {"Ball": small}, frame_of_reference="1.2.8.1.9")
+    # P3: no series named, one volume of its frame of reference
+    series("P3", "1-CT", "1.2.7.1")
+    write_rtstruct(dl / "P3" / "ST1" / "RS.dcm", vol, {"BALL": ball},
+                   frame_of_reference="1.2.7.1.9")
+    # P4: its scan was not downloaded; P5: no structure of that name
+    series("P4", "1-CT", "1.2.6.1")
+    write_rtstruct(dl / "P4" / "RS.dcm", vol, {"Ball": ball}, frame_of_reference="9.9.9",
+                   series_uid="9.9.9.1")
+    series("P5", "1-CT", "1.2.5.1")
+    write_rtstruct(dl / "P5" / "RS.dcm", vol, {"Heart": ball}, frame_of_reference="1.2.5.1.9")
+    before = tree_state(dl)
+    out = tmp_path / "labels"
+    assert main(["convert-rtstruct", str(dl), "-o", str(out), "--structure", "Ball"]) == 1
+    said = capsys.readouterr().out
+    assert "7 structure sets: 4 converted, 3 failed" in said, said
+    rows = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
+    assert sorted(rows) == ["P1", "P1-2", "P2", "P3", "P4", "P5", "P6"]
+    assert "RS.dcm: 2 series share its frame of reference and it names none of them" in \
+        rows["P6"]["error"]
+    assert rows["P1"]["image"] == "P1/ST1/1-CT" and rows["P2"]["image"] == "P2/ST1/2-CT"
+    assert rows["P3"]["image"] == "P3/ST1/1-CT"
+    assert rows["P4"]["status"] == "failed" and "the series it names is not in the " \
+        "folder" in rows["P4"]["error"]
+    assert rows["P5"]["status"] == "failed" and "holds no structure 'Ball'; it holds " \
+        "Heart (#1)" in rows["P5"]["error"]
+    for case, want, ct in (("P1", ball, ct1), ("P1-2", small, ct1), ("P2", small, ct2),
+                           ("P3", ball, None)):
+        got = read_label_map(out / case / "label.nii.gz")
+        assert np.array_equal(got.array == 1, want), case
+        if ct is not None:
+            assert got.same_grid(read_scan(ct)[0])
+    assert not (out / "P4").exists() and not (out / "P5").exists()
+    man = json.loads((out / "manifest.json").read_text())
+    assert "input/P1/ST1/2-RT/1-1.dcm" in man["inputs"] and \
+        "input/P2/ST1/2-CT/IM0001.dcm" in man["inputs"]
+    assert not any("1-MR" in k for k in man["inputs"])
+    assert tree_state(dl) == before
+    found = [n for _, n, _ in label_map_inputs([out], mask_name="label.nii.gz")]
+    assert found == ["P1", "P1-2", "P2", "P3"]
+    # a folder without a structure set; options of one file refused with a folder
+    assert main(["convert-rtstruct", str(dl / "P4" / "ST1"), "-o", str(tmp_path / "x")]) == 1
+    assert "holds no DICOM RT Structure Set (RTSTRUCT) file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["convert-rtstruct", str(dl), "--image", str(ct1), "-o", str(tmp_path / "y")])
+    assert "in a folder each structure set's scan is found" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """``shapeprior convert-rtstruct``: an RT Structure Set's contours as a label map
 on the scan they were drawn on, for ``refine``, ``--reference``, ``--init-mask``
-and ``build-model``."""
+and ``build-model``; or every structure set of a download, each on its own scan."""
 
 from __future__ import annotations
 
@@ -22,10 +22,15 @@ def main(argv):
                     "slice; polygons of one structure on one slice combine by exclusive "
                     "or (a polygon inside another is a hole). A structure set of another "
                     "scan (another Frame of Reference UID, or contours between the scan's "
-                    "slices) is refused.")
-    ap.add_argument("rtstruct", help="the RT Structure Set file (.dcm)")
-    ap.add_argument("--image", help="the scan the contours were drawn on: a DICOM series "
-                                    "folder, or a NIfTI/NRRD/MHA file on its grid")
+                    "slices) is refused. RTSTRUCT may be a folder (a download: "
+                    "patient/study/series/): every structure set in it is converted on "
+                    "the series it names (or the one volume of its frame of reference) in "
+                    "its patient folder, into OUTPUT/<patient>/, with summary.json; "
+                    "build-model OUTPUT --mask-name label.nii.gz then learns from them.")
+    ap.add_argument("rtstruct", help="the RT Structure Set file (.dcm), or a folder of them "
+                                     "beside their scans")
+    ap.add_argument("--image", help="the scan the contours were drawn on (one file given): a "
+                                    "DICOM series folder, or a NIfTI/NRRD/MHA file on its grid")
     ap.add_argument("-o", "--output", help="output folder (created)")
     ap.add_argument("--structure", action="append", default=None, metavar="NAME",
                     help="a structure to convert, by its ROI name (case aside) or #N for ROI "
@@ -41,65 +46,129 @@ def main(argv):
     add_allow_no_orientation(ap)
     a = ap.parse_args(argv)
 
+    from pathlib import Path
+
     from ..io import list_structures
 
+    folder = Path(a.rtstruct).is_dir()
     if a.list:
+        if folder:
+            ap.error("--list lists one structure set's structures; RTSTRUCT is a folder")
         for s in list_structures(a.rtstruct):
             other = f", {s['other_contours']} points or open lines" if s["other_contours"] \
                 else ""
             print(f"#{s['number']:<4d} {s['name'] or '(unnamed)'}: {s['closed_contours']} "
                   f"closed contours{other}")
         return 0
-    if a.image is None or a.output is None:
-        ap.error("--image (the scan) and -o/--output are required (or give --list)")
+    if a.output is None:
+        ap.error("-o/--output is required (or give --list)")
+    if folder:
+        if a.image is not None or a.series is not None:
+            ap.error("--image and --series name the scan of one structure set file; in a "
+                     "folder each structure set's scan is found by the series it names")
+        return _convert_folder(a, argv)
+    if a.image is None:
+        ap.error("--image (the scan the contours were drawn on) is required for one "
+                 "structure set file")
     return _convert(a, argv)
 
 
-def _convert(a, argv):
+def _manifest(a, argv, read, top=None):
+    """The manifest: every file read, keyed by its path below ``top`` (a folder
+    given) or its name."""
+    import os
     from pathlib import Path
 
-    from .._outputs import OutputDir, manifest, show_path
-    from ..io import (display_name, read_rtstruct, read_scan, scan_frame_of_reference,
-                      write_label)
-    from ..pipeline import input_files
+    from .._outputs import manifest
+    from ..io import display_name
+
+    def key(f):
+        if top is None:
+            return display_name(f)
+        return os.fsencode(str(Path(f).relative_to(top))).decode("utf-8", "backslashreplace")
+
+    return manifest(command="convert-rtstruct",
+                    parameters={"structures": a.structure, "series": a.series,
+                                "argv": list(argv)},
+                    seed=None, inputs={f"input/{key(f)}": f for f in read})
+
+
+def _convert(a, argv):
+    from .._outputs import OutputDir, show_path
+    from ..pipeline import convert_structure_set
 
     out = OutputDir(a.output, force=a.force, inputs=[a.rtstruct, a.image])
     try:
-        vol, info = read_scan(a.image, a.series, a.allow_no_orientation)
-        label, rinfo = read_rtstruct(a.rtstruct, vol, a.structure,
-                                     scan_frame_of_reference(a.image, a.series))
-        warnings = []
-        for s in rinfo["structures"]:
-            if s["outside_contours"]:
-                warnings.append(f"{s['outside_contours']} contours of {s['name']!r} lie on "
-                                "slices outside the scan and were left out")
-        if rinfo["overlap_voxels"]:
-            warnings.append(f"{rinfo['overlap_voxels']} voxels lie in more than one structure: "
-                            "each holds the label of the later one")
-        if not rinfo["frame_of_reference_checked"]:
-            warnings.append("the scan's frame of reference could not be compared with the "
-                            "structure set's (not a DICOM scan, or a UID missing): only the "
-                            "slice planes were checked")
-        write_label(label, label.array, out.file("label.nii.gz"), code=1)
-        report = {"rtstruct": Path(a.rtstruct).name, "coordinates": "LPS",
-                  "image": {"shape_zyx": list(vol.array.shape),
-                            "spacing_mm": vol.spacing.tolist(), "origin_mm": vol.origin.tolist(),
-                            "direction": vol.direction.ravel().tolist(),
-                            "modality": info.get("modality")},
-                  **rinfo, "warnings": warnings}
-        out.write_json("report.json", report)
-        scan = {f"image/{display_name(f)}": f for f in input_files(Path(a.image))}
-        out.write_json("manifest.json", manifest(
-            command="convert-rtstruct",
-            parameters={"structures": a.structure, "series": a.series, "argv": list(argv)},
-            seed=None, inputs={"rtstruct": a.rtstruct, **scan}))
+        report, read = convert_structure_set(a.rtstruct, a.image, out.file(""), a.structure,
+                                             a.series, a.allow_no_orientation)
+        out.write_json("manifest.json", _manifest(a, argv, read))
         out.commit()
     finally:
         out.discard()
-    for s in rinfo["structures"]:
+    for s in report["structures"]:
         print(f"label {s['label']}: {s['name'] or '#' + str(s['number'])} ({s['contours']} "
               f"contours on {s['slices']} slices, {s['volume_ml']:.1f} ml)")
-    for w in warnings:
+    for w in report["warnings"]:
         print(f"note: {w}", file=sys.stderr)
     print(f"wrote {show_path(a.output)}/label.nii.gz")
     return 0
+
+
+def _convert_folder(a, argv):
+    """Every structure set of a download into OUTPUT/<case>/; one summary row
+    each; exit 1 when any could not be converted."""
+    import os
+    from pathlib import Path
+
+    from .._outputs import OutputDir, json_text, show_path
+    from ..io import ImageReadError
+    from ..pipeline import convert_structure_set, structure_set_cases
+
+    cases = structure_set_cases(a.rtstruct)
+    out = OutputDir(a.output, force=a.force, inputs=[a.rtstruct])
+    rows, read = [], []
+    top = Path(a.rtstruct)
+
+    def rel(p):
+        return os.fsencode(str(Path(p).relative_to(top))).decode("utf-8", "backslashreplace")
+
+    try:
+        for c in cases:
+            row = {"case": c["name"], "rtstruct": rel(c["rtstruct"]),
+                   "image": None if c["image"] is None else rel(c["image"])}
+            if c["error"] is None:
+                folder = out.file(c["name"])
+                folder.mkdir()
+                try:
+                    report, files = convert_structure_set(c["rtstruct"], c["image"], folder,
+                                                          a.structure, c["series"])
+                    read += files
+                    row.update(status="converted", structures=[
+                        {k: s[k] for k in ("label", "name", "volume_ml")}
+                        for s in report["structures"]], warnings=report["warnings"])
+                except (ImageReadError, ValueError, OSError) as exc:
+                    for f in folder.iterdir():
+                        f.unlink()
+                    folder.rmdir()
+                    c["error"] = str(exc)
+            if c["error"] is not None:
+                row.update(status="failed", error=c["error"])
+            rows.append(row)
+        done = sum(r["status"] == "converted" for r in rows)
+        (out.file("summary.json")).write_text(json_text(
+            {"command": "convert-rtstruct", "n_cases": len(rows), "n_converted": done,
+             "cases": rows}))
+        out.write_json("manifest.json", _manifest(a, argv, read, top))
+        out.commit()
+    finally:
+        out.discard()
+    for r in rows:
+        if r["status"] == "converted":
+            what = ", ".join(f"{s['label']}: {s['name']} {s['volume_ml']:.1f} ml"
+                             for s in r["structures"])
+            print(f"{r['case']:30s} converted  {what}")
+        else:
+            print(f"{r['case']:30s} failed     {r['error']}")
+    print(f"{len(rows)} structure sets: {done} converted, {len(rows) - done} failed; "
+          f"summary in {show_path(a.output)}/summary.json")
+    return 0 if done == len(rows) else 1

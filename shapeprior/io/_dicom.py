@@ -141,16 +141,50 @@ SERIES_SEARCH_DEPTH = 6
 SERIES_SEARCH_FOLDERS = 2000
 
 
+def _could_be_volume(entries) -> bool:
+    """Whether one series' ``[(path, header)]`` can be a 3-D volume: a multi-frame
+    object, or two images or more that are not a localizer (a scout or a
+    three-plane survey, ImageType LOCALIZER: a CT or MR download keeps one beside
+    the scan)."""
+    try:
+        if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds in entries):
+            return True
+    except (TypeError, ValueError):
+        return True                     # the reader says what is wrong with it
+    kinds = entries[0][1].get("ImageType", None) if entries else None
+    kinds = [] if kinds is None else ([kinds] if isinstance(kinds, str) else list(kinds))
+    return len(entries) >= 2 and "LOCALIZER" not in {str(k).strip().upper() for k in kinds}
+
+
+def _volume_series(folder, found):
+    """The series of ``found`` (:func:`list_series` of ``folder``) that can be volumes
+    (one whose headers are not at hand is taken for one)."""
+    headers = _scan(Path(folder))
+    return [f for f in found if f[3] not in headers or _could_be_volume(headers[f[3]])]
+
+
 def series_folders(folder, depth=SERIES_SEARCH_DEPTH, lister=None):
     """The folders that hold the DICOM image series at or below ``folder``: ``[folder]``
     when it holds one itself, else those below it (hidden ones skipped; a series
     folder's own subfolders not searched), at most ``depth`` levels down, in byte
     order of their paths. ``[]`` when there are none. ``lister``: what lists a
-    folder's series (default :func:`list_series`)."""
+    folder's series (default :func:`list_series`). With the default, a folder
+    whose only series are localizers or single images (a scout beside the CT in
+    a download) is left out when another holds a volume."""
     list_series_ = lister or list_series
     top = Path(folder)
     if list_series_(top):
         return [top]
+    scouts = set()
+    found = _search_below(top, depth, list_series_, scouts)
+    if list_series_ is list_series and scouts and len(scouts) < len(found):
+        found = [f for f in found if f not in scouts]
+    return found
+
+
+def _search_below(top, depth, list_series_, scouts):
+    """:func:`series_folders` below ``top``; ``scouts`` receives the folders whose
+    series cannot be volumes (read with the default lister only)."""
     found, level, seen = [], [top], 0
     for _ in range(depth):
         deeper = []
@@ -165,10 +199,13 @@ def series_folders(folder, depth=SERIES_SEARCH_DEPTH, lister=None):
                 if seen > SERIES_SEARCH_FOLDERS:
                     return sorted(found, key=lambda e: os.fsencode(str(e)))
                 try:
-                    has = bool(list_series_(sub))
+                    listed = list_series_(sub)
+                    if listed and list_series_ is list_series and \
+                            not _volume_series(sub, listed):
+                        scouts.add(sub)
                 except (OSError, ValueError):
                     continue
-                (found if has else deeper).append(sub)
+                (found if listed else deeper).append(sub)
         level = deeper
         if not level:
             break
@@ -241,6 +278,8 @@ def _series_summary(entries):
             parts.append(f"{thick:g} mm slices")
     except (AttributeError, TypeError, ValueError):
         pass
+    if not _could_be_volume(entries):
+        parts.append("not a volume (a localizer or one image)")
     return "".join(f", {p}" for p in parts)
 
 
@@ -337,6 +376,11 @@ def read_dicom_series(folder, series=None, spacing_tol=0.01):
             "that holds the series)" if withholding_names() else
             f" (it has subfolders: {', '.join(subs[:5])}; point at one of them)")
         raise ImageReadError(f"no DICOM image series found in {fname}{hint}")
+    skipped = 0
+    if series is None and len(found) > 1:
+        volumes = _volume_series(folder, found)     # a scout beside the scan is not asked for
+        if len(volumes) == 1:
+            skipped, found = len(found) - 1, volumes
     if series is None:
         if len(found) > 1:
             headers = _scan(folder)
@@ -352,7 +396,11 @@ def read_dicom_series(folder, series=None, spacing_tol=0.01):
                                  f"(indices 0..{len(found) - 1})")
         pick = sel[0]
     _, key, _, uid = pick
-    return _read_guarded(_scan(folder)[uid], key, len(found), spacing_tol, f"series {key}")
+    vol, info = _read_guarded(_scan(folder)[uid], key, len(found) + skipped, spacing_tol,
+                              f"series {key}")
+    if skipped:
+        info["series_skipped_not_volumes"] = skipped
+    return vol, info
 
 
 def _read_guarded(items, key, n_series, spacing_tol, what):

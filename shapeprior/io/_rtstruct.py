@@ -43,7 +43,13 @@ def _read(path):
 
     from ._dicom import dicom_header
 
+    from ._checks import input_path_error
+
     name = display_name(path)
+    if not Path(path).is_file():            # missing, a folder, a pipe: never opened
+        if Path(path).is_dir():
+            raise ImageReadError(f"{name} is a folder; give the RT Structure Set file in it")
+        raise input_path_error(path)
     hdr = dicom_header(path)
     if not is_rtstruct(hdr):
         raise ImageReadError(f"{name} is not a DICOM RT Structure Set (RTSTRUCT)")
@@ -336,3 +342,88 @@ def scan_frame_of_reference(path, series=None):
         return _text(hdr.get("FrameOfReferenceUID")) or None
     except (OSError, ValueError):
         return None
+
+
+def referenced_series(path):
+    """``(series UIDs, frame of reference UIDs)`` an RT Structure Set says it was
+    drawn on (its Referenced Frame of Reference Sequence, and the RT Referenced
+    Series in it); either may be empty."""
+    ds = _read(path)
+    series, frames = set(), set()
+    for fr in ds.get("ReferencedFrameOfReferenceSequence", []) or []:
+        if _text(fr.get("FrameOfReferenceUID")):
+            frames.add(_text(fr.get("FrameOfReferenceUID")))
+        for study in fr.get("RTReferencedStudySequence", []) or []:
+            for s in study.get("RTReferencedSeriesSequence", []) or []:
+                if _text(s.get("SeriesInstanceUID")):
+                    series.add(_text(s.get("SeriesInstanceUID")))
+    for roi in _structures(ds, display_name(path)):
+        if roi["frame_of_reference"]:
+            frames.add(roi["frame_of_reference"])
+    return series, frames
+
+
+def find_structure_sets(folder, depth=None, most=None):
+    """The RT Structure Set files at or below ``folder`` (hidden entries skipped),
+    at most ``depth`` folder levels down (default: as deep as a DICOM series is
+    looked for, plus one), in byte order of their paths; at most ``most``
+    folders are looked into."""
+    import os
+
+    from ._dicom import SERIES_SEARCH_DEPTH, SERIES_SEARCH_FOLDERS, dicom_header
+
+    depth = SERIES_SEARCH_DEPTH + 1 if depth is None else depth
+    most = SERIES_SEARCH_FOLDERS if most is None else most
+    found, level, seen = [], [Path(folder)], 0
+    for _ in range(depth + 1):
+        deeper = []
+        for f in level:
+            seen += 1
+            if seen > most:
+                break
+            try:
+                entries = sorted((e for e in f.iterdir() if not e.name.startswith(".")),
+                                 key=lambda e: os.fsencode(e.name))
+            except OSError:
+                continue
+            for e in entries:
+                if e.is_dir() and not e.is_symlink():
+                    deeper.append(e)
+                elif e.is_file() and is_rtstruct(dicom_header(e)):
+                    found.append(e)
+        level = deeper
+    return sorted(found, key=lambda e: os.fsencode(str(e)))
+
+
+def scan_of_structure_set(path, root):
+    """The DICOM series a structure set was drawn on, among those at or below
+    ``root``: ``(series folder, series key)``. The series it names (RT
+    Referenced Series), else the one volume series of its frame of reference.
+
+    Raises
+    ------
+    ImageReadError
+        None found, or several of its frame of reference and none named.
+    """
+    from ._dicom import _could_be_volume, _scan, list_series, series_folders
+
+    name = display_name(path)
+    uids, frames = referenced_series(path)
+    candidates = []
+    for folder in series_folders(root):
+        for _, key, _, uid in list_series(folder):
+            entries = _scan(folder)[uid]
+            frame = _text(entries[0][1].get("FrameOfReferenceUID"))
+            candidates.append((folder, key, uid, frame, _could_be_volume(entries)))
+    named = [c for c in candidates if c[2] in uids]
+    if named:
+        return named[0][0], named[0][1]
+    same = [c for c in candidates if c[3] and c[3] in frames and c[4]]
+    if len(same) == 1:
+        return same[0][0], same[0][1]
+    if same:
+        raise ImageReadError(f"{name}: {len(same)} series share its frame of reference and "
+                             "it names none of them: give the scan with --image")
+    what = "the series it names" if uids else "a series of its frame of reference"
+    raise ImageReadError(f"{name}: {what} is not in the folder"
+                         + ("" if candidates else " (it holds no DICOM image series)"))
