@@ -924,3 +924,54 @@ def test_a_dicom_seg_that_cannot_be_one_label_map_is_refused_in_one_line(tmp_pat
     (tmp_path / "cut.dcm").write_bytes((tmp_path / "one.dcm").read_bytes()[:2000])
     with pytest.raises((ImageReadError, ValueError), match="cut.dcm"):
         read_image(tmp_path / "cut.dcm")
+
+
+def test_segment_dicom_input_writes_an_rt_structure_set(phantom_model, tmp_path, capsys):
+    """--output-type nifti,rtstruct on a DICOM series: rtstruct.dcm holds the
+    label's outlines on the series' slices (filled, the label voxel for voxel),
+    beside label.nii.gz; convert-rtstruct reads it back the same. A file input
+    and --deidentify are refused as for the SEG; a bad type is a usage error."""
+    import hashlib
+
+    from _phantoms import write_dicom_series
+    from shapeprior.io import list_structures, read_rtstruct
+    from shapeprior.pipeline._run import output_names
+
+    d, images, labels, model = phantom_model
+    vol, _ = read_image(images / "phantom_006.nii.gz")
+    series = write_dicom_series(vol, tmp_path / "dicom")
+    digest = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in series.iterdir()}
+    out = tmp_path / "out"
+    assert main(["segment", str(series), "-o", str(out), "--model", str(model),
+                 "--output-type", "nifti,rtstruct"]) == 0
+    assert sorted(f.name for f in out.iterdir()) == sorted(
+        output_names("nifti,rtstruct") | {"manifest.json"})
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["rtstruct"]["written"] and rep["rtstruct"]["file"] == "rtstruct.dcm"
+    assert "dicom_seg" not in rep
+    label = read_label_map(out / "label.nii.gz")
+    got, info = read_rtstruct(out / "rtstruct.dcm", read_image(series)[0])
+    assert label.array.any() and np.array_equal(got.array, label.array)
+    assert info["frame_of_reference_checked"] is False       # (not given here)
+    organ = json.loads((out / "report.json").read_text())["model"]["organ"]
+    assert [s["name"] for s in list_structures(out / "rtstruct.dcm")] == [organ]
+    assert main(["convert-rtstruct", str(out / "rtstruct.dcm"), "--image", str(series), "-o",
+                 str(tmp_path / "back")]) == 0
+    assert np.array_equal(read_label_map(tmp_path / "back" / "label.nii.gz").array,
+                          label.array)
+    assert digest == {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+                      for f in series.iterdir()}
+    capsys.readouterr()
+    assert main(["segment", str(images / "phantom_006.nii.gz"), "-o", str(tmp_path / "x"),
+                 "--model", str(model), "--output-type", "rtstruct"]) == 1
+    assert "--output-type rtstruct needs a DICOM series folder" in capsys.readouterr().err
+    assert main(["segment", str(series), "-o", str(tmp_path / "y"), "--model", str(model),
+                 "--output-type", "nifti,rtstruct", "--deidentify"]) == 1
+    assert "--output-type rtstruct keeps the source's patient and study identifiers" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["segment", str(series), "-o", str(tmp_path / "z"), "--model", str(model),
+              "--output-type", "nifti,rt"])
+    assert e.value.code == 2 and "'rt' is not one of nifti, dicom-seg, rtstruct, both" in \
+        capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in "xyz")

@@ -371,3 +371,94 @@ def test_every_structure_set_of_a_download_is_converted_on_the_series_it_names(
     with pytest.raises(SystemExit):
         main(["convert-rtstruct", str(dl), "--image", str(ct1), "-o", str(tmp_path / "y")])
     assert "in a folder each structure set's scan is found" in capsys.readouterr().err
+
+
+def test_convert_rtstruct_deidentify_keeps_names_out_of_every_output(scan, tmp_path, capsys,
+                                                                     monkeypatch):
+    """Patient folders and structure set files named after the patient: with
+    --deidentify no output, screen line or error line names them; the cases are
+    the patient folders' pseudonyms (those of segment --deidentify)."""
+    from _phantoms import written_text
+    from shapeprior.pipeline import Deidentifier
+
+    monkeypatch.setenv("SHAPEPRIOR_DEID_SALT", "test-salt")
+    vol, ball = scan
+    dl = tmp_path / "export"
+    for patient, organ in (("DOE^JOHN", "Ball"), ("SMITH^JANE", "Heart")):
+        ct = write_dicom_series(vol, dl / patient / "CT_SMITH", series_uid="1.2.4.1")
+        write_rtstruct(dl / patient / f"RS.{patient}.dcm", vol, {organ: ball},
+                       frame_of_reference="1.2.4.1.9", series_uid="1.2.4.1")
+    out = tmp_path / "out"
+    assert main(["convert-rtstruct", str(dl), "-o", str(out), "--structure", "Ball",
+                 "--deidentify"]) == 1
+    printed = capsys.readouterr()
+    single = tmp_path / "single"
+    assert main(["convert-rtstruct", str(dl / "DOE^JOHN" / "RS.DOE^JOHN.dcm"), "--image",
+                 str(ct), "-o", str(single), "--deidentify"]) == 0
+    printed2 = capsys.readouterr()
+    assert main(["convert-rtstruct", str(dl / "DOE^JOHN" / "RS.DOE^JOHN.dcm"), "--image",
+                 str(ct), "-o", str(tmp_path / "bad"), "--structure", "Kidney",
+                 "--deidentify"]) == 1
+    printed3 = capsys.readouterr()
+    text = written_text(tmp_path, [dl], "".join(p.out + p.err
+                                               for p in (printed, printed2, printed3)))
+    for name in ("DOE", "JOHN", "SMITH", "JANE", "export"):
+        assert name not in text, name
+    rows = json.loads((out / "summary.json").read_text())["cases"]
+    deid = Deidentifier()
+    assert [r["case"] for r in rows] == [deid.token("DOE^JOHN"), deid.token("SMITH^JANE")]
+    assert rows[1]["error"] == "(withheld) holds no structure 'Ball'; it holds Heart (#1)"
+    assert np.array_equal(read_label_map(out / rows[0]["case"] / "label.nii.gz").array == 1,
+                          ball)
+    assert "(withheld) holds no structure 'Kidney'" in printed3.err
+
+
+# -- writing: a segmentation as an RT Structure Set --------------------------------------------
+
+def test_a_structure_set_written_for_the_example_series_reads_back_voxel_for_voxel(
+        data_root, tmp_path):
+    """write_structure_set on TotalSegmentator's example series (anonymised: no
+    series or study UID, which it derives and notes) and on the oblique TCIA
+    series: every outline refers to its slice, and filling them gives the label
+    back exactly."""
+    import pydicom
+
+    from shapeprior.io import write_structure_set
+
+    d = data_root / "totalsegmentator_example"
+    series = d / "example_ct_dicom"
+    oblique = data_root / "tcia_mr_dicom" / "Study3_T1post_oblique"
+    if not series.is_dir() or not oblique.is_dir():
+        pytest.skip("the example series are not in the shared data")
+    vol, info = read_scan(series)
+    lab = read_label_map(d / "example_seg_dicom.nii.gz").reoriented_like(vol).array
+    rec = write_structure_set(tmp_path / "rs.dcm", [lab == 5, lab == 1], vol, series,
+                              info["series_key"], organ="liver", side=[None, "left"])
+    assert [s["name"] for s in rec["structures"]] == ["liver", "liver (left)"]
+    assert any("SeriesInstanceUID: a derived one is used; the structure set may not attach"
+               in n for n in rec["notes"])
+    got, ginfo = read_rtstruct(tmp_path / "rs.dcm", vol, ["#1", "#2"],
+                               scan_frame_of_reference(series))
+    assert np.array_equal(got.array == 1, lab == 5) and np.array_equal(got.array == 2, lab == 1)
+    assert ginfo["frame_of_reference_checked"]
+    ds = pydicom.dcmread(tmp_path / "rs.dcm")
+    heads = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.iterdir()]
+    slices = {str(h.get("SOPInstanceUID") or h.file_meta.MediaStorageSOPInstanceUID)
+              for h in heads}        # (this anonymised series keeps them in its meta only)
+    refs = {str(c.ContourImageSequence[0].ReferencedSOPInstanceUID)
+            for rc in ds.ROIContourSequence for c in rc.ContourSequence}
+    assert refs <= slices and len(refs) == 20
+    study = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+    assert len(study.RTReferencedSeriesSequence[0].ContourImageSequence) == 20
+    assert [o.RTROIInterpretedType for o in ds.RTROIObservationsSequence] == ["ORGAN"] * 2
+    vol2, info2 = read_scan(oblique)
+    c = np.array(vol2.array.shape) / 2
+    blob = _ellipsoid(vol2.array.shape, c, 0.25 * c * [1.2, 0.8, 1])
+    write_structure_set(tmp_path / "rs2.dcm", blob, vol2, oblique, info2["series_key"],
+                        organ="kidney", side="right")
+    got2, _ = read_rtstruct(tmp_path / "rs2.dcm", vol2, frame_of_reference=
+                            scan_frame_of_reference(oblique))
+    assert np.array_equal(got2.array == 1, blob)
+    assert list_structures(tmp_path / "rs2.dcm")[0]["name"] == "kidney (right)"
+    with pytest.raises(ValueError, match="the segmentation is empty"):
+        write_structure_set(tmp_path / "rs3.dcm", np.zeros_like(blob), vol2, oblique)

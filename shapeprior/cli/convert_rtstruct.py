@@ -43,6 +43,11 @@ def main(argv):
     ap.add_argument("--force", action="store_true",
                     help="replace a previous output of shapeprior (never an input or a "
                          "foreign file)")
+    ap.add_argument("--deidentify", action="store_true",
+                    help="no input's name or path in the outputs, the screen or an error "
+                         "line: a download's cases are named by a salted hash of their "
+                         "patient folder's name (the salt of segment --deidentify), the "
+                         "manifest numbers the files read")
     add_allow_no_orientation(ap)
     a = ap.parse_args(argv)
 
@@ -75,22 +80,44 @@ def main(argv):
 
 def _manifest(a, argv, read, top=None):
     """The manifest: every file read, keyed by its path below ``top`` (a folder
-    given) or its name."""
+    given) or its name; numbered, its path withheld, with ``--deidentify``."""
     import os
     from pathlib import Path
 
     from .._outputs import manifest
     from ..io import display_name
+    from ..pipeline import scrub_argv
 
     def key(f):
         if top is None:
             return display_name(f)
         return os.fsencode(str(Path(f).relative_to(top))).decode("utf-8", "backslashreplace")
 
+    if a.deidentify:
+        inputs = {f"input/{i:04d}": f for i, f in enumerate(dict.fromkeys(read))}
+        shown = {k: k for k in inputs}
+        argv = scrub_argv(argv, {a.rtstruct: "<rtstruct>", a.image: "<image>",
+                                 a.output: "<output>"})
+    else:
+        inputs, shown = {f"input/{key(f)}": f for f in read}, None
     return manifest(command="convert-rtstruct",
                     parameters={"structures": a.structure, "series": a.series,
-                                "argv": list(argv)},
-                    seed=None, inputs={f"input/{key(f)}": f for f in read})
+                                "argv": list(argv), "deidentify": a.deidentify},
+                    seed=None, inputs=inputs, input_paths=shown)
+
+
+def _scrubbed(exc, paths):
+    """``exc`` again, its message with every form of ``paths``' names withheld."""
+    from ..pipeline import scrub
+
+    msg = str(exc)
+    for p in paths:
+        if p is not None:
+            msg = scrub(msg, p, "(withheld)")
+    try:
+        return type(exc)(msg)
+    except Exception:           # an exception type that takes other arguments
+        return ValueError(msg)
 
 
 def _convert(a, argv):
@@ -100,9 +127,13 @@ def _convert(a, argv):
     out = OutputDir(a.output, force=a.force, inputs=[a.rtstruct, a.image])
     try:
         report, read = convert_structure_set(a.rtstruct, a.image, out.file(""), a.structure,
-                                             a.series, a.allow_no_orientation)
+                                             a.series, a.allow_no_orientation, a.deidentify)
         out.write_json("manifest.json", _manifest(a, argv, read))
         out.commit()
+    except (ValueError, OSError) as exc:
+        if not a.deidentify:
+            raise
+        raise _scrubbed(exc, (a.rtstruct, a.image)) from None
     finally:
         out.discard()
     for s in report["structures"]:
@@ -124,24 +155,43 @@ def _convert_folder(a, argv):
     from ..io import ImageReadError
     from ..pipeline import convert_structure_set, structure_set_cases
 
-    cases = structure_set_cases(a.rtstruct)
+    top = Path(a.rtstruct)
+    try:
+        cases = structure_set_cases(top)
+    except (ValueError, OSError) as exc:
+        if not a.deidentify:
+            raise
+        raise _scrubbed(exc, (top,)) from None
+    if a.deidentify:
+        from ..pipeline import Deidentifier
+
+        deid = Deidentifier()
+        for c in cases:                      # the patient folder's pseudonym (-2, -3 kept)
+            c["shown"] = deid.name(c["folder"]) + ("" if c["index"] == 1
+                                                   else f"-{c['index']}")
+            if c["error"] is not None:
+                c["error"] = str(_scrubbed(ValueError(c["error"]), (c["rtstruct"], c["image"],
+                                                                     c["folder"])))
     out = OutputDir(a.output, force=a.force, inputs=[a.rtstruct])
     rows, read = [], []
-    top = Path(a.rtstruct)
 
     def rel(p):
+        if a.deidentify:
+            return "(withheld)"
         return os.fsencode(str(Path(p).relative_to(top))).decode("utf-8", "backslashreplace")
 
     try:
         for c in cases:
-            row = {"case": c["name"], "rtstruct": rel(c["rtstruct"]),
+            name = c.get("shown", c["name"])
+            row = {"case": name, "rtstruct": rel(c["rtstruct"]),
                    "image": None if c["image"] is None else rel(c["image"])}
             if c["error"] is None:
-                folder = out.file(c["name"])
+                folder = out.file(name)
                 folder.mkdir()
                 try:
                     report, files = convert_structure_set(c["rtstruct"], c["image"], folder,
-                                                          a.structure, c["series"])
+                                                          a.structure, c["series"],
+                                                          withheld=a.deidentify)
                     read += files
                     row.update(status="converted", structures=[
                         {k: s[k] for k in ("label", "name", "volume_ml")}
@@ -150,7 +200,8 @@ def _convert_folder(a, argv):
                     for f in folder.iterdir():
                         f.unlink()
                     folder.rmdir()
-                    c["error"] = str(exc)
+                    c["error"] = str(_scrubbed(exc, (c["rtstruct"], c["image"], c["folder"]))
+                                     if a.deidentify else exc)
             if c["error"] is not None:
                 row.update(status="failed", error=c["error"])
             rows.append(row)

@@ -76,10 +76,13 @@ def main(argv):
                          "FOLDER/<case folder>/")
     ap.add_argument("--method", choices=("l1", "l0"), default="l1")
     add_mesh_format(ap)
-    ap.add_argument("--output-type", choices=("nifti", "dicom-seg", "both"), default="nifti",
-                    help="the label as label.nii.gz (default), as a DICOM-SEG seg.dcm "
-                         "referencing the input series (DICOM input only; it keeps the "
-                         "series' patient and study identifiers), or both")
+    ap.add_argument("--output-type", default="nifti", metavar="TYPE[,TYPE]",
+                    help="the label as label.nii.gz (nifti, the default), as a DICOM-SEG "
+                         "seg.dcm (dicom-seg), as an RT Structure Set rtstruct.dcm for a "
+                         "planning system (rtstruct: the outlines on each slice), or both "
+                         "(nifti,dicom-seg); join several with commas. The DICOM ones refer "
+                         "to the input series (DICOM input only) and keep its patient and "
+                         "study identifiers")
     ap.add_argument("--no-qc", action="store_true",
                     help="do not render qc.png (saves about a second per whole CT)")
     ap.add_argument("--normalisation", choices=("percentile", "ct"), default=None,
@@ -129,6 +132,13 @@ def main(argv):
     a = ap.parse_args(join_negative_values(argv, ("--seed", "--window", "--surface-offset")))
 
     from pathlib import Path
+
+    from ..pipeline import output_kinds
+
+    try:
+        output_kinds(a.output_type)
+    except ValueError as exc:
+        ap.error(str(exc))
 
     from ..model import load_model, organ_labels
     from ..pipeline import Deidentifier, discover_cases, run_case, scrub

@@ -128,7 +128,7 @@ def read_dicom_seg(path):
     return Volume(np.ascontiguousarray(a), spacing, origin, direction)
 
 
-def source_datasets(folder, series_key=None):
+def source_datasets(folder, series_key=None, what="the SEG"):
     """The header datasets of one DICOM image series (the one
     :func:`~shapeprior.io.read_dicom_series` read), in file order, and notes
     on identifiers the files lack.
@@ -137,7 +137,8 @@ def source_datasets(folder, series_key=None):
     class and instance UIDs are then taken from the file meta header; a
     missing study or series instance UID is derived from the frame of
     reference (deterministically), as is a missing frame of reference UID,
-    with a note: the SEG then may not attach to the series in a PACS.
+    with a note: the SEG then may not attach to the series in a PACS. ``what``
+    names the object written in the notes (an RT Structure Set's writer says so).
     """
     import copy
 
@@ -158,19 +159,19 @@ def source_datasets(folder, series_key=None):
                 setattr(ds, key, meta[meta_key].value)
                 notes.add(f"{key} taken from the file meta header")
             if not str(ds.get(key, "") or ""):
-                raise ValueError(f"{display_name(p)} has no {key}: a DICOM-SEG cannot refer "
+                raise ValueError(f"{display_name(p)} has no {key}: {what} cannot refer "
                                  "to it")
         # the patient and study attributes a SEG copies (type 2: present, may be empty)
         for key in PATIENT_STUDY_TYPE2:
             if key not in ds:
                 setattr(ds, key, "")
-                notes.add(f"the source has no {key}: the SEG has it empty")
+                notes.add(f"the source has no {key}: {what} has it empty")
         for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
             if not str(ds.get(key, "") or ""):
                 seed = [key, str(ds.get("FrameOfReferenceUID", "") or ""), str(uid),
                         str(ds.get("StudyInstanceUID", "") or "")]
                 setattr(ds, key, generate_uid(entropy_srcs=seed))
-                notes.add(f"the source has no {key}: a derived one is used; the SEG may not "
+                notes.add(f"the source has no {key}: a derived one is used; {what} may not "
                           "attach to the series in a PACS")
         out.append(ds)
     return out, sorted(notes)

@@ -427,3 +427,168 @@ def scan_of_structure_set(path, root):
     what = "the series it names" if uids else "a series of its frame of reference"
     raise ImageReadError(f"{name}: {what} is not in the folder"
                          + ("" if candidates else " (it holds no DICOM image series)"))
+
+
+# -- writing: a segmentation as an RT Structure Set of its DICOM series ------------------------
+
+#: display colours of the structures written, in order (red, blue, green, ...)
+ROI_COLOURS = ([255, 0, 0], [0, 0, 255], [0, 200, 0], [255, 160, 0], [160, 0, 255])
+#: the attributes of the source's patient and study an RT Structure Set copies
+_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+           "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
+
+
+def outline_polygons(mask):
+    """The outlines of a 2-D mask (rows, cols) as closed polygons ``[(P, 2)]`` of
+    (row, col) pixel coordinates, outer outlines and holes alike, traced through
+    the midpoints between inside and outside pixels: filled by the even-odd
+    rule (:func:`fill_polygon`, each polygon toggling) they give back ``mask``."""
+    from skimage.measure import find_contours
+
+    m = np.pad(np.asarray(mask, bool), 1)
+    if not m.any():
+        return []
+    return [line[:-1] - 1.0 for line in find_contours(m.astype(np.float32), 0.5)
+            if len(line) > 3]
+
+
+def write_structure_set(path, label, vol, folder, series_key=None, organ="organ", side=None,
+                        series_description="shapeprior segmentation"):
+    """Write ``label`` as an RT Structure Set referencing the source series: one
+    structure (ROI) per label, its outlines on each slice of the series as closed
+    planar contours in LPS mm, each naming the slice it lies on.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file (``.dcm``).
+    label : ndarray, shape (z, y, x), or a list of them
+        Non-zero inside the organ, on the grid of ``vol``; a list: one structure
+        each (both sides of a paired organ), numbered in order.
+    vol : Volume
+        The series as :func:`~shapeprior.io.read_dicom_series` read it (LPS).
+    folder : str or Path
+        The DICOM series folder.
+    series_key : str, optional
+        Which series of the folder (``info['series_key']`` of the reader).
+    organ : str
+        The structure's name (with the side, ``kidney (left)``).
+    side : {'left', 'right', None}, or a list of them
+
+    Returns
+    -------
+    dict
+        ``structures`` (name, contours), ``source_images``,
+        ``series_instance_uid`` and ``sop_instance_uid`` of the structure set,
+        ``notes`` on identifiers the source lacked.
+
+    Raises
+    ------
+    ValueError
+        An empty label, a multi-frame source, or a label off the series' grid.
+    """
+    import datetime
+
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from .. import __version__
+    from ._dicom_seg import frame_mask, source_datasets
+
+    many = isinstance(label, (list, tuple))
+    labels = [np.asarray(m) for m in label] if many else [np.asarray(label)]
+    sides = list(side) if many else [side]
+    if len(sides) != len(labels):
+        raise ValueError(f"side lists {len(sides)} sides for {len(labels)} structures")
+    if not labels or not all(m.any() for m in labels):
+        raise ValueError("the segmentation is empty: there is nothing to store as an RT "
+                         "Structure Set")
+    sources, notes = source_datasets(folder, series_key, "the structure set")
+    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in sources):
+        raise ValueError("RT Structure Set output for multi-frame (enhanced) source images "
+                         "is not supported; use --output-type nifti")
+    first = sources[0]
+    frame_uid = str(first.FrameOfReferenceUID)
+    now = datetime.datetime.now()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = RTSTRUCT_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = str(first.get("SpecificCharacterSet", "") or "ISO_IR 100")
+    ds.SOPClassUID, ds.SOPInstanceUID = RTSTRUCT_SOP_CLASS, meta.MediaStorageSOPInstanceUID
+    for key in _COPIED:
+        setattr(ds, key, first.get(key, "") or "")
+    ds.Modality = "RTSTRUCT"
+    ds.SeriesInstanceUID, ds.SeriesNumber = generate_uid(), 9902
+    ds.SeriesDescription = series_description[:64]
+    ds.Manufacturer, ds.ManufacturerModelName = "shapeprior", "shapeprior SSC"
+    ds.SoftwareVersions, ds.InstanceNumber = __version__, 1
+    ds.StructureSetLabel, ds.StructureSetName = "shapeprior", str(organ)[:64]
+    ds.StructureSetDate, ds.StructureSetTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.InstanceCreationDate, ds.InstanceCreationTime = ds.StructureSetDate, ds.StructureSetTime
+    ds.ApprovalStatus = "UNAPPROVED"
+
+    def image_ref(src):
+        item = Dataset()
+        item.ReferencedSOPClassUID = src.SOPClassUID
+        item.ReferencedSOPInstanceUID = src.SOPInstanceUID
+        return item
+
+    series_ref = Dataset()
+    series_ref.SeriesInstanceUID = first.SeriesInstanceUID
+    series_ref.ContourImageSequence = Sequence([image_ref(s) for s in sources])
+    study_ref = Dataset()
+    study_ref.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"     # as planning systems do
+    study_ref.ReferencedSOPInstanceUID = first.StudyInstanceUID
+    study_ref.RTReferencedSeriesSequence = Sequence([series_ref])
+    frame_ref = Dataset()
+    frame_ref.FrameOfReferenceUID = frame_uid
+    frame_ref.RTReferencedStudySequence = Sequence([study_ref])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([frame_ref])
+    rois, contours, observations, written = [], [], [], []
+    for number, (m, sd) in enumerate(zip(labels, sides), start=1):
+        name = f"{organ} ({sd})" if sd in ("left", "right") else str(organ)
+        roi = Dataset()
+        roi.ROINumber, roi.ReferencedFrameOfReferenceUID = number, frame_uid
+        roi.ROIName, roi.ROIGenerationAlgorithm = name[:64], "AUTOMATIC"
+        rois.append(roi)
+        items = []
+        for src in sources:
+            plane = frame_mask(m, vol, src)                       # (rows, cols) on the slice
+            if not plane.any():
+                continue
+            ipp = np.array([float(v) for v in src.ImagePositionPatient])
+            iop = np.array([float(v) for v in src.ImageOrientationPatient])
+            dr, dc = (float(v) for v in src.PixelSpacing)
+            for poly in outline_polygons(plane):
+                pts = ipp + np.outer(poly[:, 1] * dc, iop[:3]) + np.outer(poly[:, 0] * dr,
+                                                                         iop[3:])
+                c = Dataset()
+                c.ContourImageSequence = Sequence([image_ref(src)])
+                c.ContourGeometricType = "CLOSED_PLANAR"
+                c.NumberOfContourPoints = len(pts)
+                c.ContourData = [f"{v:.6f}" for v in pts.ravel()]
+                items.append(c)
+        if not items:
+            raise ValueError("the DICOM series does not cover the segmentation")
+        rc = Dataset()
+        rc.ROIDisplayColor = ROI_COLOURS[(number - 1) % len(ROI_COLOURS)]
+        rc.ReferencedROINumber = number
+        rc.ContourSequence = Sequence(items)
+        contours.append(rc)
+        obs = Dataset()
+        obs.ObservationNumber, obs.ReferencedROINumber = number, number
+        obs.RTROIInterpretedType, obs.ROIInterpreter = "ORGAN", ""
+        observations.append(obs)
+        written.append({"name": name, "contours": len(items)})
+    ds.StructureSetROISequence = Sequence(rois)
+    ds.ROIContourSequence = Sequence(contours)
+    ds.RTROIObservationsSequence = Sequence(observations)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return {"structures": written, "source_images": len(sources),
+            "series_instance_uid": str(ds.SeriesInstanceUID),
+            "sop_instance_uid": str(ds.SOPInstanceUID), "notes": notes}

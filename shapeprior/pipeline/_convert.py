@@ -13,12 +13,13 @@ from ._run import input_files
 
 
 def convert_structure_set(rtstruct, image, folder, structures=None, series=None,
-                          allow_no_orientation=False):
+                          allow_no_orientation=False, withheld=False):
     """Fill ``structures`` of the RT Structure Set ``rtstruct`` on the grid of
     ``image`` (a DICOM series folder or an image file; ``series`` picks one of a
     folder) and write ``folder/label.nii.gz`` and ``folder/report.json``
     (``folder`` exists: a staged output). Returns ``(report, files read)``;
-    the report's ``warnings`` say what was left out or could not be checked."""
+    the report's ``warnings`` say what was left out or could not be checked.
+    ``withheld``: the report names no input file."""
     from .._outputs import json_text
 
     vol, info = read_scan(image, series, allow_no_orientation)
@@ -41,7 +42,8 @@ def convert_structure_set(rtstruct, image, folder, structures=None, series=None,
                         "slice planes were checked")
     folder = Path(folder)
     write_label(label, label.array, folder / "label.nii.gz", code=1)
-    report = {"rtstruct": display_name(rtstruct), "coordinates": "LPS",
+    report = {"rtstruct": "(withheld)" if withheld else display_name(rtstruct),
+              "coordinates": "LPS",
               "image": {"shape_zyx": list(vol.array.shape), "spacing_mm": vol.spacing.tolist(),
                         "origin_mm": vol.origin.tolist(),
                         "direction": vol.direction.ravel().tolist(),
@@ -52,12 +54,13 @@ def convert_structure_set(rtstruct, image, folder, structures=None, series=None,
 
 
 def structure_set_cases(folder):
-    """``[{"name", "rtstruct", "image", "series", "error"}]``: every RT Structure Set
-    at or below ``folder`` with the series it was drawn on, looked for in its
-    case folder (the subfolder of ``folder`` it lies in: a download's patient;
-    ``folder`` itself for one lying there). A case is named by its case folder
-    (``-2``, ``-3`` ... where one holds several structure sets). A structure set
-    whose scan is not found is a case with an ``error``.
+    """Every RT Structure Set at or below ``folder`` with the series it was drawn
+    on, looked for in its case folder (the subfolder of ``folder`` it lies in: a
+    download's patient; ``folder`` itself for one lying there): ``[{"name",
+    "rtstruct", "image", "series", "error", "folder", "index"}]``. A case is
+    named by its case folder (``folder``), with ``-2``, ``-3`` ... where one holds
+    several structure sets (``index``, from 1). A structure set whose scan is not
+    found is a case with an ``error``.
 
     Raises ValueError when ``folder`` holds no RT Structure Set."""
     root = Path(folder)
@@ -70,7 +73,7 @@ def structure_set_cases(folder):
         rel = rt.relative_to(root)
         base = root / rel.parts[0] if len(rel.parts) > 1 else root
         case = {"name": base.name or "case", "rtstruct": rt, "image": None, "series": None,
-                "error": None}
+                "error": None, "folder": base}
         try:
             case["image"], case["series"] = scan_of_structure_set(rt, base)
         except (ImageReadError, OSError) as exc:
@@ -80,6 +83,7 @@ def structure_set_cases(folder):
     for case in cases:                  # a case folder's second structure set: NAME-2
         base = safe_name(case["name"])
         seen[base] = seen.get(base, 0) + 1
+        case["index"] = seen[base]
         case["name"] = base if seen[base] == 1 else f"{base}-{seen[base]}"
     return cases
 

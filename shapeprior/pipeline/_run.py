@@ -15,7 +15,7 @@ from .._outputs import OutputDir, manifest
 from .._profile import StageClock
 from .._provenance import FileDigests
 from ..io import (Volume, display_name, image_files, read_label_map, read_scan, series_folder,
-                  write_dicom_seg, write_label)
+                  write_dicom_seg, write_label, write_structure_set)
 from ..mesh import MESH_FORMATS, Surface
 from ..segmentation import (PairedSegmentResult, SegmentParams, dice, distance_to_mean,
                             organ_min_ml, paired_model, paired_parts, part_alone,
@@ -23,8 +23,29 @@ from ..segmentation import (PairedSegmentResult, SegmentParams, dice, distance_t
                             split_at_midline, surface_distances)
 from ._qc import qc_png
 
-#: label outputs: NIfTI on the input grid, DICOM-SEG referencing a DICOM input, or both
-OUTPUT_TYPES = ("nifti", "dicom-seg", "both")
+#: label outputs: NIfTI on the input grid, DICOM-SEG or RT Structure Set referencing a
+#: DICOM input, or "both" (NIfTI and DICOM-SEG); --output-type joins them with commas
+OUTPUT_TYPES = ("nifti", "dicom-seg", "rtstruct", "both")
+#: the file each kind of label output is written to
+OUTPUT_FILES = {"nifti": "label.nii.gz", "dicom-seg": "seg.dcm", "rtstruct": "rtstruct.dcm"}
+
+
+def output_kinds(output_type) -> tuple:
+    """The label outputs an ``--output-type`` asks for, e.g. ``'nifti,rtstruct'`` ->
+    ``('nifti', 'rtstruct')`` (``'both'``: NIfTI and DICOM-SEG), in
+    :data:`OUTPUT_FILES` order; ValueError naming the value and what is allowed."""
+    parts = [t.strip() for t in str(output_type).split(",")]
+    kinds = set()
+    for t in parts:
+        if t == "both":
+            kinds |= {"nifti", "dicom-seg"}
+        elif t in OUTPUT_FILES:
+            kinds.add(t)
+        else:
+            raise ValueError(f"--output-type {output_type!r}: {t!r} is not one of "
+                             f"{', '.join(OUTPUT_TYPES)} (join several with commas, e.g. "
+                             "nifti,rtstruct)")
+    return tuple(k for k in OUTPUT_FILES if k in kinds)
 
 
 def input_files(p: Path):
@@ -88,16 +109,15 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
     input_path = Path(input_path)
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output type {output_type!r} is not one of {OUTPUT_TYPES}")
-    if output_type != "nifti":
+    dicom = [k for k in output_kinds(output_type) if k != "nifti"]
+    if dicom:
         if not input_path.is_dir():
             raise ValueError(f"--output-type {output_type} needs a DICOM series folder as "
                              f"input; {display_name(input_path)} is a file")
         if deidentify:
-            raise ValueError("--output-type dicom-seg keeps the source's patient and study "
-                             "identifiers (a SEG must refer to its series): not with "
-                             "--deidentify")
+            raise ValueError(f"--output-type {dicom[0]} keeps the source's patient and study "
+                             "identifiers (a SEG or a structure set must refer to its "
+                             "series): not with --deidentify")
     inputs = [input_path, *input_files(input_path), model_path, reference, init_mask]
     out = OutputDir(outdir, force=force, inputs=inputs, partial_ok=partial_ok)
     # the manifest's input hashes, computed while the image is read
@@ -409,11 +429,15 @@ def side_references(report, label, ref, grid):
 def _write_outputs(out, vol, res, report, model, model_path, input_path, reference,
                    mesh_format, params, argv, info, deidentify, init_mask=None,
                    output_type="nifti", digests=None):
-    if output_type in ("nifti", "both"):
+    kinds = output_kinds(output_type)
+    if "nifti" in kinds:
         write_label(vol, res.label, out.file("label.nii.gz"),
                     code=info.get("xform_code") or 1)
-    if output_type in ("dicom-seg", "both"):
+    if "dicom-seg" in kinds:
         report["dicom_seg"] = _write_seg(out, vol, res, model, input_path, info, params)
+    if "rtstruct" in kinds:
+        report["rtstruct"] = _write_seg(out, vol, res, model, input_path, info, params,
+                                        rtstruct=True)
     paired = isinstance(res, PairedSegmentResult)
     write_mesh(out.file(f"mesh.{mesh_format}"), res.fits if paired else {None: res}, model)
     out.write_json("report.json", report)
@@ -510,9 +534,9 @@ def fitted_side(res, model, params):
     return params.side if params.side in ("left", "right") else None
 
 
-def _write_seg(out, vol, res, model, input_path, info, params):
-    """``seg.dcm`` for a DICOM input; a failed (empty) result has none, and
-    the report says why."""
+def _write_seg(out, vol, res, model, input_path, info, params, rtstruct=False):
+    """``seg.dcm`` (or with ``rtstruct`` the RT Structure Set ``rtstruct.dcm``) for a
+    DICOM input; a failed (empty) result has none, and the report says why."""
     if res.status == "failed" or not np.any(res.label):
         return {"written": False, "reason": "failed result: no organ to store"}
     if isinstance(res, PairedSegmentResult):       # one segment per side in the label
@@ -520,10 +544,11 @@ def _write_seg(out, vol, res, model, input_path, info, params):
         label, side = list(found.values()), list(found)
     else:
         label, side = res.label, fitted_side(res, model, params)
-    rec = write_dicom_seg(out.file("seg.dcm"), label, vol, series_folder(input_path),
-                          info.get("series_key"), organ=model.metadata.get("organ", "organ"),
-                          side=side)
-    return {"written": True, "file": "seg.dcm", **rec}
+    name = OUTPUT_FILES["rtstruct" if rtstruct else "dicom-seg"]
+    write = write_structure_set if rtstruct else write_dicom_seg
+    rec = write(out.file(name), label, vol, series_folder(input_path), info.get("series_key"),
+                organ=model.metadata.get("organ", "organ"), side=side)
+    return {"written": True, "file": name, **rec}
 
 
 def vertex_data(res, model) -> dict:
@@ -556,10 +581,7 @@ def statistics(res, model, spacing) -> dict:
 def output_names(output_type="nifti", mesh_format="vtk", qc=True) -> set:
     """The files a case's folder holds besides its manifest, for these options."""
     names = {"report.json", "statistics.json", f"mesh.{mesh_format}"}
-    if output_type in ("nifti", "both"):
-        names.add("label.nii.gz")
-    if output_type in ("dicom-seg", "both"):
-        names.add("seg.dcm")
+    names |= {OUTPUT_FILES[k] for k in output_kinds(output_type)}
     if qc:
         names.add("qc.png")
     return names
@@ -584,5 +606,6 @@ def scrub_argv(argv, replace):
     return out
 
 
-__all__ = ["run_case", "side_references", "OUTPUT_TYPES", "output_names", "input_files", "input_hashes", "params_record", "vertex_data",
+__all__ = ["run_case", "side_references", "OUTPUT_TYPES", "OUTPUT_FILES", "output_kinds",
+           "output_names", "input_files", "input_hashes", "params_record", "vertex_data",
            "statistics"]
