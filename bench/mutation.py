@@ -3185,7 +3185,7 @@ MUTANTS = [
      "    if False:\n        p = series_folder(p)",
      "the manifest hashes a CD export's DICOMDIR instead of the series read"),
     ("seg-refers-to-folder-given", "cases", "shapeprior/pipeline/_run.py",
-     "label, vol, series_folder(input_path),",
+     "label, vol, dicom_source(input_path),",
      "label, vol, input_path,",
      "the DICOM-SEG of a CD export looks for the series in the export's top folder"),
     ("cases-cd-export-not-one-case", "cases", "shapeprior/pipeline/_cases.py",
@@ -3332,6 +3332,36 @@ MUTANTS = [
      "        base = root / rel.parts[0] if len(rel.parts) > 1 else root",
      "        base = root",
      "a structure set's scan looked for in the whole download, not its patient's folder"),
+    # -- round 48c: RT Structure Set output (segment --output-type rtstruct)
+    ("rt-write-rows-cols", "rtstruct", "shapeprior/io/_rtstruct.py",
+     "                pts = ipp + np.outer(poly[:, 1] * dc, iop[:3]) + np.outer(poly[:, 0] * dr,",
+     "                pts = ipp + np.outer(poly[:, 0] * dc, iop[:3]) + np.outer(poly[:, 1] * dr,",
+     "an outline written with its rows and columns swapped: the organ transposed on its slice"),
+    ("rt-write-first-slice-ref", "rtstruct", "shapeprior/io/_rtstruct.py",
+     "                c.ContourImageSequence = Sequence([image_ref(src, frame_no)])",
+     "                c.ContourImageSequence = Sequence([image_ref(sources[0], frame_no)])",
+     "every outline referring to the first slice of the series"),
+    ("seg-multiframe-first-frame", "outputs", "shapeprior/io/_dicom_seg.py",
+     "            out.append((f, src, i + 1))",
+     "            out.append((f, src, 1))",
+     "every frame of an enhanced source numbered 1: outlines refer to the wrong frame"),
+    ("seg-multiframe-shared-geometry", "outputs", "shapeprior/io/_dicom_seg.py",
+     "    sources = [_shared_geometry(ds) if int(ds.get(\"NumberOfFrames\", 1) or 1) > 1 else ds\n"
+     "               for ds in sources]",
+     "    sources = list(sources)",
+     "an enhanced source keeping its pixel measures per frame only: highdicom cannot write"),
+    ("output-both-nifti-only", "outputs", "shapeprior/pipeline/_run.py",
+     "            kinds |= {\"nifti\", \"dicom-seg\"}",
+     "            kinds |= {\"nifti\"}",
+     "--output-type both without the DICOM-SEG"),
+    ("output-rtstruct-skipped", "outputs", "shapeprior/pipeline/_run.py",
+     "    if \"rtstruct\" in kinds:",
+     "    if False:",
+     "--output-type rtstruct writes no structure set"),
+    ("output-rtstruct-on-a-file", "outputs", "shapeprior/pipeline/_run.py",
+     "    dicom = [k for k in output_kinds(output_type) if k != \"nifti\"]",
+     "    dicom = [k for k in output_kinds(output_type) if k == \"dicom-seg\"]",
+     "an RT structure set asked of a file input (no series to refer to) not refused"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour
@@ -3396,7 +3426,7 @@ def _copy_tree(dst: Path):
 def _source(m, root=REPO):
     """The text of mutant ``m``'s file under ``root`` ("" when it is gone)."""
     f = Path(root) / m[2]
-    return f.read_text() if f.is_file() else ""
+    return f.read_text(encoding="utf-8") if f.is_file() else ""
 
 
 def anchor_count(m, root=REPO):
@@ -3424,7 +3454,7 @@ def run_mutant(m, timeout, whole_suite=False):
         if n != 1:
             return {"id": mid, "module": module, "status": "invalid",
                     "reason": f"original text found {n} times"}
-        f.write_text(src.replace(find, repl))
+        f.write_text(src.replace(find, repl), encoding="utf-8")
         tests = ["tests"] if whole_suite else [t for t in TESTS[module] if (work / t).is_file()]
         args = WHOLE_SUITE if whole_suite else ["-n", "0", *tests]
         env = dict(os.environ, PYTHONPATH=str(work), NUMBA_CACHE_DIR=str(work / ".numba"))

@@ -265,3 +265,53 @@ def write_rtstruct(path, grid, structures, frame_of_reference="1.2.826.0.1.36800
     ds.ROIContourSequence = Sequence(contours)
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
     return path
+
+
+def write_enhanced_mr(vol, path, order=None):
+    """Write a :class:`~shapeprior.io.Volume` as one enhanced MR image (a
+    multi-frame object: shared orientation and pixel spacing, each frame's
+    position of its own), uint16, frames stored in ``order`` (a permutation of
+    the slices; default as they are), through pydicom."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    arr = np.asarray(vol.array)
+    n = arr.shape[0]
+    order = np.arange(n) if order is None else np.asarray(order)
+    D = np.asarray(vol.direction, dtype=float)
+    sop = "1.2.840.10008.5.1.4.1.1.4.1"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.2.1125.5.1"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName, ds.PatientID = "MR", "DOE^JANE", "P0"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.2.1125.5", \
+        "1.2.826.0.1.3680043.2.1125.5.2"
+    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.2.1125.5.9"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.Rows, ds.Columns, ds.NumberOfFrames = arr.shape[1], arr.shape[2], n
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    orient, measures, shared = Dataset(), Dataset(), Dataset()
+    orient.ImageOrientationPatient = [f"{v:.10g}" for v in np.r_[D[:, 0], D[:, 1]]]
+    measures.PixelSpacing = [f"{vol.spacing[1]:.10g}", f"{vol.spacing[0]:.10g}"]
+    measures.SliceThickness = f"{vol.spacing[2]:.10g}"
+    shared.PlaneOrientationSequence = Sequence([orient])
+    shared.PixelMeasuresSequence = Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for k in order:
+        pos, item = Dataset(), Dataset()
+        pos.ImagePositionPatient = [f"{v:.10g}" for v in
+                                    vol.index_to_physical(np.array([[0.0, 0.0, float(k)]]))[0]]
+        item.PlanePositionSequence = Sequence([pos])
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    ds.PixelData = np.clip(np.round(arr[order]), 0, 65535).astype("<u2").tobytes()
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path

@@ -47,7 +47,7 @@ def test_each_test_key_is_defined_once():
     tests that never looked at them)."""
     import ast
 
-    tree = ast.parse((BENCH / "mutation.py").read_text())
+    tree = ast.parse((BENCH / "mutation.py").read_text(encoding="utf-8"))
     found = [n for n in ast.walk(tree) if isinstance(n, ast.Assign)
              and any(getattr(t, "id", None) == "TESTS" for t in n.targets)]
     assert len(found) == 1
@@ -104,7 +104,7 @@ def test_the_readme_counts_the_mutants_and_runs():
     while the script held 788 and 130 files lay in bench/results)."""
     import re
 
-    text = (BENCH.parent / "README.md").read_text()
+    text = (BENCH.parent / "README.md").read_text(encoding="utf-8")
     said = re.search(r"applies (\d+) plausible one-line bugs", text)
     assert said and int(said.group(1)) == len(mutation.MUTANTS), said
     runs = re.search(r"`bench/results/mutation\*\.json` \((\d+) runs\)", text)

@@ -975,3 +975,44 @@ def test_segment_dicom_input_writes_an_rt_structure_set(phantom_model, tmp_path,
     assert e.value.code == 2 and "'rt' is not one of nifti, dicom-seg, rtstruct, both" in \
         capsys.readouterr().err
     assert not any((tmp_path / n).exists() for n in "xyz")
+
+
+def test_an_enhanced_multiframe_input_gets_its_seg_and_structure_set(phantom_model, tmp_path):
+    """One enhanced MR file (a multi-frame object, its frames stored out of
+    order) segmented with --output-type nifti,dicom-seg,rtstruct: the SEG and
+    the structure set refer to that file's frames (by frame number) and read
+    back as the label voxel for voxel. Before, both were refused: "needs a
+    DICOM series folder"."""
+    import pydicom
+
+    from _phantoms import write_enhanced_mr
+    from shapeprior.io import read_rtstruct
+
+    d, images, labels, model = phantom_model
+    vol, _ = read_image(images / "phantom_006.nii.gz")
+    perm = np.random.default_rng(5).permutation(vol.array.shape[0])
+    enhanced = write_enhanced_mr(vol, tmp_path / "enhanced.dcm", perm)
+    before = enhanced.read_bytes()
+    out = tmp_path / "out"
+    assert main(["segment", str(enhanced), "-o", str(out), "--model", str(model),
+                 "--output-type", "nifti,dicom-seg,rtstruct"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["dicom_seg"]["written"] and rep["rtstruct"]["written"]
+    assert rep["dicom_seg"]["source_frames"] == vol.array.shape[0]
+    label = read_label_map(out / "label.nii.gz")
+    assert label.array.any()
+    seg = read_label_map(out / "seg.dcm").placed_on(label)
+    assert seg is not None and np.array_equal(seg > 0, label.array > 0)
+    got, _ = read_rtstruct(out / "rtstruct.dcm", read_image(enhanced)[0])
+    assert np.array_equal(got.array, label.array)
+    rs = pydicom.dcmread(out / "rtstruct.dcm")
+    refs = [c.ContourImageSequence[0] for c in rs.ROIContourSequence[0].ContourSequence]
+    assert {str(r.ReferencedSOPInstanceUID) for r in refs} == {"1.2.826.0.1.3680043.2.1125.5.1"}
+    z = np.flatnonzero(label.array.any((1, 2)))
+    want = {int(np.flatnonzero(perm == k)[0]) + 1 for k in z}     # the stored frames
+    assert {int(r.ReferencedFrameNumber) for r in refs} == want
+    sg = pydicom.dcmread(out / "seg.dcm")
+    frames = {int(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+              for f in sg.PerFrameFunctionalGroupsSequence}
+    assert frames == want
+    assert enhanced.read_bytes() == before

@@ -214,6 +214,8 @@ def test_convert_rtstruct_writes_the_label_map_on_the_series_grid(scan, tmp_path
     vol = Volume(np.where(ball, 300, 20).astype(np.int16), vol.spacing, vol.origin,
                  vol.direction)
     series = write_dicom_series(vol, tmp_path / "export", series_uid="1.2.826.0.1.3680043.2.1125.1")
+    scout = write_dicom_series(vol, tmp_path / "scout", series_uid="1.2.3.9")
+    shutil.copy(scout / "IM0001.dcm", series / "SCOUT.dcm")  # beside the scan, as exported
     inner = _ellipsoid(vol.array.shape, (12, 20, 18), (3, 5, 5))
     rt = write_rtstruct(series / "RS.dcm", vol, {"Ball": ball, "Core": inner, "Iso": None},
                         frame_of_reference=FOR)

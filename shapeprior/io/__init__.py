@@ -10,8 +10,8 @@ from ._case_folders import (check_mask_name, in_case_folder, in_case_folders,
                             is_label_map_name)
 from ._checks import (ImageReadError, available_memory, display_name, input_path_error,
                       names_withheld, withhold_names)
-from ._dicom import (folders_below_text, list_series, read_dicom_series, read_image, read_scan,
-                     series_folder, series_folders)
+from ._dicom import (dicom_source, folders_below_text, list_series, read_dicom_series,
+                     read_image, read_scan, series_folder, series_folders)
 from ._dicom_seg import is_dicom_seg, write_dicom_seg
 from ._files import detached_data_files, image_files, image_sha256
 from ._nifti import affine_ras
@@ -31,4 +31,4 @@ __all__ = ["Volume", "read_volume", "read_file", "read_label_map", "as_label_map
            "in_case_folder", "in_case_folders", "check_mask_name",
            "is_label_map_name", "read_rtstruct", "list_structures",
            "scan_frame_of_reference", "find_structure_sets", "scan_of_structure_set",
-           "referenced_series", "write_structure_set"]
+           "referenced_series", "write_structure_set", "dicom_source"]

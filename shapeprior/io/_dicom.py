@@ -212,6 +212,22 @@ def _search_below(top, depth, list_series_, scouts):
     return sorted(found, key=lambda e: os.fsencode(str(e)))
 
 
+def dicom_source(path):
+    """What a DICOM-SEG or an RT Structure Set written for the input ``path``
+    refers to: the folder of its series (:func:`series_folder`), or the file
+    itself when it is one enhanced multi-frame image; None for any other input
+    (a NIfTI file, a single slice)."""
+    p = Path(path)
+    if p.is_dir():
+        return series_folder(p)
+    hdr = dicom_header(p) if p.is_file() else None
+    try:
+        frames = int(hdr.get("NumberOfFrames", 1) or 1) if hdr is not None else 0
+    except (TypeError, ValueError):
+        return None
+    return p if frames > 1 and _is_image(hdr) else None
+
+
 def series_folder(folder):
     """The folder of the DICOM series ``folder`` stands for: itself when it holds one,
     else the one folder below it that does (:func:`series_folders`: a CD export,

@@ -130,8 +130,9 @@ def read_dicom_seg(path):
 
 def source_datasets(folder, series_key=None, what="the SEG"):
     """The header datasets of one DICOM image series (the one
-    :func:`~shapeprior.io.read_dicom_series` read), in file order, and notes
-    on identifiers the files lack.
+    :func:`~shapeprior.io.read_dicom_series` read, or the one enhanced
+    multi-frame file ``folder``), in file order, and notes on identifiers the
+    files lack.
 
     An anonymised series may lack the identifiers a SEG refers to. The SOP
     class and instance UIDs are then taken from the file meta header; a
@@ -144,13 +145,21 @@ def source_datasets(folder, series_key=None, what="the SEG"):
 
     from pydicom.uid import generate_uid
 
-    found = list_series(folder)
-    pick = [f for f in found if series_key in (None, f[1])]
-    if not pick:
-        raise ValueError(f"series {series_key!r} not found in {display_name(folder)}")
-    uid = pick[0][3]
+    if Path(folder).is_file():          # an enhanced multi-frame file: the series itself
+        from ._dicom import dicom_header
+
+        items = [(Path(folder), dicom_header(folder))]
+        if items[0][1] is None:
+            raise ValueError(f"{display_name(folder)} is not a DICOM file")
+    else:
+        found = list_series(folder)
+        pick = [f for f in found if series_key in (None, f[1])]
+        if not pick:
+            raise ValueError(f"series {series_key!r} not found in {display_name(folder)}")
+        items = _scan(Path(folder))[pick[0][3]]
+    uid = str(items[0][1].get("SeriesInstanceUID", "") or "")
     out, notes = [], set()
-    for p, header in _scan(Path(folder))[uid]:
+    for p, header in items:
         ds = copy.deepcopy(header)          # the scan's cache stays as read
         meta = getattr(ds, "file_meta", None)
         for key, meta_key in (("SOPClassUID", "MediaStorageSOPClassUID"),
@@ -208,6 +217,57 @@ def frame_mask(label, vol, ds):
     return out
 
 
+def source_frames(sources):
+    """``[(frame, source, number)]``: each frame of the source images, as a header
+    that :func:`frame_mask` takes (its own Image Position/Orientation (Patient)
+    and Pixel Spacing), the data set it belongs to, and its frame number (None
+    for a single-frame image), in source order."""
+    import pydicom
+
+    from ._dicom import _frame_item
+
+    out = []
+    for src in sources:
+        n = int(src.get("NumberOfFrames", 1) or 1)
+        if n <= 1:
+            out.append((src, src, None))
+            continue
+        for i in range(n):
+            f = pydicom.Dataset()
+            f.Rows, f.Columns = src.Rows, src.Columns
+            items = [_frame_item(src, i, name) for name in
+                     ("PlanePositionSequence", "PlaneOrientationSequence",
+                      "PixelMeasuresSequence")]
+            if any(x is None for x in items):
+                raise ValueError(f"frame {i + 1} of the source lacks its position, orientation "
+                                 "or pixel spacing")
+            f.ImagePositionPatient = items[0].ImagePositionPatient
+            f.ImageOrientationPatient = items[1].ImageOrientationPatient
+            f.PixelSpacing = items[2].PixelSpacing
+            out.append((f, src, i + 1))
+    return out
+
+
+def _shared_geometry(src):
+    """A multi-frame source with its orientation and pixel measures in its shared
+    functional groups, where highdicom looks for them (a Philips enhanced MR keeps
+    them per frame; the reader checked that all frames agree)."""
+    import pydicom
+
+    from ._dicom import _frame_item
+
+    if "SharedFunctionalGroupsSequence" not in src or not len(
+            src.SharedFunctionalGroupsSequence):
+        src.SharedFunctionalGroupsSequence = pydicom.Sequence([pydicom.Dataset()])
+    shared = src.SharedFunctionalGroupsSequence[0]
+    for name in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
+        if name not in shared:
+            item = _frame_item(src, 0, name)
+            if item is not None:
+                setattr(shared, name, pydicom.Sequence([item]))
+    return src
+
+
 def write_dicom_seg(path, label, vol, folder, series_key=None, organ="organ", side=None,
                     series_description="shapeprior segmentation"):
     """Write ``label`` as a binary DICOM-SEG referencing the source series.
@@ -222,7 +282,7 @@ def write_dicom_seg(path, label, vol, folder, series_key=None, organ="organ", si
     vol : Volume
         The series as :func:`~shapeprior.io.read_dicom_series` read it (LPS).
     folder : str or Path
-        The DICOM series folder.
+        The DICOM series folder, or the enhanced multi-frame file read.
     series_key : str, optional
         Which series of the folder (``info['series_key']`` of the reader).
     organ : str
@@ -241,7 +301,7 @@ def write_dicom_seg(path, label, vol, folder, series_key=None, organ="organ", si
     Raises
     ------
     ValueError
-        An empty label, a multi-frame source, or a label off the series' grid.
+        An empty label, or a label off the series' grid.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -256,10 +316,10 @@ def write_dicom_seg(path, label, vol, folder, series_key=None, organ="organ", si
     if not labels or not all(m.any() for m in labels):
         raise ValueError("the segmentation is empty: there is nothing to store as DICOM-SEG")
     sources, notes = source_datasets(folder, series_key)
-    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in sources):
-        raise ValueError("DICOM-SEG output for multi-frame (enhanced) source images is not "
-                         "supported; use --output-type nifti")
-    frames = np.stack([np.stack([frame_mask(m, vol, ds) for ds in sources], axis=0)
+    sources = [_shared_geometry(ds) if int(ds.get("NumberOfFrames", 1) or 1) > 1 else ds
+               for ds in sources]
+    planes = source_frames(sources)
+    frames = np.stack([np.stack([frame_mask(m, vol, f) for f, _, _ in planes], axis=0)
                        for m in labels], axis=-1)             # (frames, rows, cols, segments)
     if any(int(frames[..., i].sum()) != int(np.count_nonzero(m)) for i, m in enumerate(labels)):
         raise ValueError("the DICOM series does not cover the whole segmentation")
@@ -293,6 +353,6 @@ def write_dicom_seg(path, label, vol, folder, series_key=None, organ="organ", si
         manufacturer_model_name="shapeprior SSC", software_versions=__version__,
         device_serial_number="0", series_description=series_description[:64])
     seg.save_as(str(path))
-    return {"frames": int(seg.NumberOfFrames), "source_frames": len(sources),
+    return {"frames": int(seg.NumberOfFrames), "source_frames": len(planes),
             "series_instance_uid": str(seg.SeriesInstanceUID),
             "sop_instance_uid": str(seg.SOPInstanceUID), "notes": notes}

@@ -321,7 +321,7 @@ def read_rtstruct(path, grid: Volume, structures=None, frame_of_reference=None):
 def scan_frame_of_reference(path, series=None):
     """The Frame of Reference UID of a DICOM scan (a series folder, one below it, or
     an enhanced multi-frame file), or None (not DICOM, or not recorded)."""
-    from ._dicom import _scan, dicom_header, list_series, series_folder
+    from ._dicom import _scan, _volume_series, dicom_header, list_series, series_folder
 
     p = Path(path)
     try:
@@ -332,8 +332,9 @@ def scan_frame_of_reference(path, series=None):
         found = list_series(folder)
         if not found:
             return None
-        if series is None:
-            pick = found[0] if len(found) == 1 else None
+        if series is None:              # the one series the reader takes, if there is one
+            volumes = found if len(found) == 1 else _volume_series(folder, found)
+            pick = volumes[0] if len(volumes) == 1 else None
         else:
             pick = next((s for s in found if str(series) in (str(s[0]), s[1])), None)
         if pick is None:
@@ -468,7 +469,7 @@ def write_structure_set(path, label, vol, folder, series_key=None, organ="organ"
     vol : Volume
         The series as :func:`~shapeprior.io.read_dicom_series` read it (LPS).
     folder : str or Path
-        The DICOM series folder.
+        The DICOM series folder, or the enhanced multi-frame file read.
     series_key : str, optional
         Which series of the folder (``info['series_key']`` of the reader).
     organ : str
@@ -485,7 +486,7 @@ def write_structure_set(path, label, vol, folder, series_key=None, organ="organ"
     Raises
     ------
     ValueError
-        An empty label, a multi-frame source, or a label off the series' grid.
+        An empty label, or a label off the series' grid.
     """
     import datetime
 
@@ -495,7 +496,7 @@ def write_structure_set(path, label, vol, folder, series_key=None, organ="organ"
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     from .. import __version__
-    from ._dicom_seg import frame_mask, source_datasets
+    from ._dicom_seg import frame_mask, source_datasets, source_frames
 
     many = isinstance(label, (list, tuple))
     labels = [np.asarray(m) for m in label] if many else [np.asarray(label)]
@@ -506,9 +507,7 @@ def write_structure_set(path, label, vol, folder, series_key=None, organ="organ"
         raise ValueError("the segmentation is empty: there is nothing to store as an RT "
                          "Structure Set")
     sources, notes = source_datasets(folder, series_key, "the structure set")
-    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in sources):
-        raise ValueError("RT Structure Set output for multi-frame (enhanced) source images "
-                         "is not supported; use --output-type nifti")
+    planes = source_frames(sources)
     first = sources[0]
     frame_uid = str(first.FrameOfReferenceUID)
     now = datetime.datetime.now()
@@ -532,10 +531,12 @@ def write_structure_set(path, label, vol, folder, series_key=None, organ="organ"
     ds.InstanceCreationDate, ds.InstanceCreationTime = ds.StructureSetDate, ds.StructureSetTime
     ds.ApprovalStatus = "UNAPPROVED"
 
-    def image_ref(src):
+    def image_ref(src, number=None):
         item = Dataset()
         item.ReferencedSOPClassUID = src.SOPClassUID
         item.ReferencedSOPInstanceUID = src.SOPInstanceUID
+        if number is not None:                                    # a frame of an enhanced image
+            item.ReferencedFrameNumber = number
         return item
 
     series_ref = Dataset()
@@ -557,18 +558,18 @@ def write_structure_set(path, label, vol, folder, series_key=None, organ="organ"
         roi.ROIName, roi.ROIGenerationAlgorithm = name[:64], "AUTOMATIC"
         rois.append(roi)
         items = []
-        for src in sources:
-            plane = frame_mask(m, vol, src)                       # (rows, cols) on the slice
+        for frame, src, frame_no in planes:
+            plane = frame_mask(m, vol, frame)                     # (rows, cols) on the slice
             if not plane.any():
                 continue
-            ipp = np.array([float(v) for v in src.ImagePositionPatient])
-            iop = np.array([float(v) for v in src.ImageOrientationPatient])
-            dr, dc = (float(v) for v in src.PixelSpacing)
+            ipp = np.array([float(v) for v in frame.ImagePositionPatient])
+            iop = np.array([float(v) for v in frame.ImageOrientationPatient])
+            dr, dc = (float(v) for v in frame.PixelSpacing)
             for poly in outline_polygons(plane):
                 pts = ipp + np.outer(poly[:, 1] * dc, iop[:3]) + np.outer(poly[:, 0] * dr,
                                                                          iop[3:])
                 c = Dataset()
-                c.ContourImageSequence = Sequence([image_ref(src)])
+                c.ContourImageSequence = Sequence([image_ref(src, frame_no)])
                 c.ContourGeometricType = "CLOSED_PLANAR"
                 c.NumberOfContourPoints = len(pts)
                 c.ContourData = [f"{v:.6f}" for v in pts.ravel()]

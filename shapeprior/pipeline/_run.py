@@ -14,8 +14,8 @@ from .._background import background
 from .._outputs import OutputDir, manifest
 from .._profile import StageClock
 from .._provenance import FileDigests
-from ..io import (Volume, display_name, image_files, read_label_map, read_scan, series_folder,
-                  write_dicom_seg, write_label, write_structure_set)
+from ..io import (Volume, dicom_source, display_name, image_files, read_label_map, read_scan,
+                  series_folder, write_dicom_seg, write_label, write_structure_set)
 from ..mesh import MESH_FORMATS, Surface
 from ..segmentation import (PairedSegmentResult, SegmentParams, dice, distance_to_mean,
                             organ_min_ml, paired_model, paired_parts, part_alone,
@@ -111,9 +111,10 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
     input_path = Path(input_path)
     dicom = [k for k in output_kinds(output_type) if k != "nifti"]
     if dicom:
-        if not input_path.is_dir():
-            raise ValueError(f"--output-type {output_type} needs a DICOM series folder as "
-                             f"input; {display_name(input_path)} is a file")
+        if dicom_source(input_path) is None:
+            raise ValueError(f"--output-type {output_type} needs a DICOM series folder (or "
+                             "an enhanced multi-frame DICOM file) as input; "
+                             f"{display_name(input_path)} is not one")
         if deidentify:
             raise ValueError(f"--output-type {dicom[0]} keeps the source's patient and study "
                              "identifiers (a SEG or a structure set must refer to its "
@@ -546,7 +547,7 @@ def _write_seg(out, vol, res, model, input_path, info, params, rtstruct=False):
         label, side = res.label, fitted_side(res, model, params)
     name = OUTPUT_FILES["rtstruct" if rtstruct else "dicom-seg"]
     write = write_structure_set if rtstruct else write_dicom_seg
-    rec = write(out.file(name), label, vol, series_folder(input_path), info.get("series_key"),
+    rec = write(out.file(name), label, vol, dicom_source(input_path), info.get("series_key"),
                 organ=model.metadata.get("organ", "organ"), side=side)
     return {"written": True, "file": name, **rec}
 
