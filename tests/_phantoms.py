@@ -199,6 +199,21 @@ def written_text(root, inputs=(), printed=""):
     return text
 
 
+def _new_dataset(sop_class, sop_instance):
+    """An empty DICOM data set of that SOP class and instance, with its file meta
+    header (explicit VR little endian)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, sop_instance
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_instance
+    return ds
+
+
 def write_rtstruct(path, grid, structures, frame_of_reference="1.2.826.0.1.3680043.2.1125.1.9",
                    decimals=3, slice_axis=0, series_uid=None):
     """Write an RT Structure Set as a planning system would: each structure
@@ -210,19 +225,11 @@ def write_rtstruct(path, grid, structures, frame_of_reference="1.2.826.0.1.36800
     ``series_uid``: the series they were drawn on, named as an RT Referenced
     Series (left out when None)."""
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian
     from skimage.measure import find_contours
 
-    sop = "1.2.840.10008.5.1.4.1.1.481.3"
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop
-    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.2.1125.77.1"
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop, meta.MediaStorageSOPInstanceUID
+    ds = _new_dataset("1.2.840.10008.5.1.4.1.1.481.3", "1.2.826.0.1.3680043.2.1125.77.1")
     ds.Modality, ds.PatientName = "RTSTRUCT", "DOE^JOHN"
     ds.StructureSetLabel = "plan"
     ref = Dataset()
@@ -267,28 +274,21 @@ def write_rtstruct(path, grid, structures, frame_of_reference="1.2.826.0.1.36800
     return path
 
 
-def write_enhanced_mr(vol, path, order=None):
+def write_enhanced_mr(vol, path, order=None, per_frame=False):
     """Write a :class:`~shapeprior.io.Volume` as one enhanced MR image (a
-    multi-frame object: shared orientation and pixel spacing, each frame's
-    position of its own), uint16, frames stored in ``order`` (a permutation of
-    the slices; default as they are), through pydicom."""
+    multi-frame object: shared orientation and pixel spacing, or with
+    ``per_frame`` each frame's own copy of them as a Philips scanner writes
+    them; each frame's position of its own), uint16, frames stored in ``order``
+    (a permutation of the slices; default as they are), through pydicom."""
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian
 
     arr = np.asarray(vol.array)
     n = arr.shape[0]
     order = np.arange(n) if order is None else np.asarray(order)
     D = np.asarray(vol.direction, dtype=float)
-    sop = "1.2.840.10008.5.1.4.1.1.4.1"
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop
-    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.2.1125.5.1"
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop, meta.MediaStorageSOPInstanceUID
+    ds = _new_dataset("1.2.840.10008.5.1.4.1.1.4.1", "1.2.826.0.1.3680043.2.1125.5.1")
     ds.Modality, ds.PatientName, ds.PatientID = "MR", "DOE^JANE", "P0"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.2.1125.5", \
         "1.2.826.0.1.3680043.2.1125.5.2"
@@ -301,8 +301,9 @@ def write_enhanced_mr(vol, path, order=None):
     orient.ImageOrientationPatient = [f"{v:.10g}" for v in np.r_[D[:, 0], D[:, 1]]]
     measures.PixelSpacing = [f"{vol.spacing[1]:.10g}", f"{vol.spacing[0]:.10g}"]
     measures.SliceThickness = f"{vol.spacing[2]:.10g}"
-    shared.PlaneOrientationSequence = Sequence([orient])
-    shared.PixelMeasuresSequence = Sequence([measures])
+    if not per_frame:
+        shared.PlaneOrientationSequence = Sequence([orient])
+        shared.PixelMeasuresSequence = Sequence([measures])
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
     frames = []
     for k in order:
@@ -310,6 +311,9 @@ def write_enhanced_mr(vol, path, order=None):
         pos.ImagePositionPatient = [f"{v:.10g}" for v in
                                     vol.index_to_physical(np.array([[0.0, 0.0, float(k)]]))[0]]
         item.PlanePositionSequence = Sequence([pos])
+        if per_frame:
+            item.PlaneOrientationSequence = Sequence([orient])
+            item.PixelMeasuresSequence = Sequence([measures])
         frames.append(item)
     ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
     ds.PixelData = np.clip(np.round(arr[order]), 0, 65535).astype("<u2").tobytes()

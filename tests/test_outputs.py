@@ -977,12 +977,15 @@ def test_segment_dicom_input_writes_an_rt_structure_set(phantom_model, tmp_path,
     assert not any((tmp_path / n).exists() for n in "xyz")
 
 
-def test_an_enhanced_multiframe_input_gets_its_seg_and_structure_set(phantom_model, tmp_path):
+@pytest.mark.parametrize("per_frame", [False, True], ids=["shared", "per-frame"])
+def test_an_enhanced_multiframe_input_gets_its_seg_and_structure_set(phantom_model, tmp_path,
+                                                                     per_frame):
     """One enhanced MR file (a multi-frame object, its frames stored out of
-    order) segmented with --output-type nifti,dicom-seg,rtstruct: the SEG and
-    the structure set refer to that file's frames (by frame number) and read
-    back as the label voxel for voxel. Before, both were refused: "needs a
-    DICOM series folder"."""
+    order; its orientation and pixel spacing shared, or repeated in each frame as
+    a Philips scanner writes them, where highdicom does not look) segmented with
+    --output-type nifti,dicom-seg,rtstruct: the SEG and the structure set refer
+    to that file's frames (by frame number) and read back as the label voxel for
+    voxel. Before, both were refused: "needs a DICOM series folder"."""
     import pydicom
 
     from _phantoms import write_enhanced_mr
@@ -991,7 +994,7 @@ def test_an_enhanced_multiframe_input_gets_its_seg_and_structure_set(phantom_mod
     d, images, labels, model = phantom_model
     vol, _ = read_image(images / "phantom_006.nii.gz")
     perm = np.random.default_rng(5).permutation(vol.array.shape[0])
-    enhanced = write_enhanced_mr(vol, tmp_path / "enhanced.dcm", perm)
+    enhanced = write_enhanced_mr(vol, tmp_path / "enhanced.dcm", perm, per_frame)
     before = enhanced.read_bytes()
     out = tmp_path / "out"
     assert main(["segment", str(enhanced), "-o", str(out), "--model", str(model),

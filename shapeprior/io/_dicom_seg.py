@@ -268,6 +268,20 @@ def _shared_geometry(src):
     return src
 
 
+def labels_and_sides(label, side, parts="segments", what="DICOM-SEG"):
+    """``(labels, sides, many)`` of a DICOM output's ``label`` (one array, or a list:
+    one ``parts`` each) and ``side`` (one, or a list as long); ValueError when
+    they disagree or a label is empty (nothing to store as ``what``)."""
+    many = isinstance(label, (list, tuple))
+    labels = [np.asarray(m) for m in label] if many else [np.asarray(label)]
+    sides = list(side) if many else [side]
+    if len(sides) != len(labels):
+        raise ValueError(f"side lists {len(sides)} sides for {len(labels)} {parts}")
+    if not labels or not all(m.any() for m in labels):
+        raise ValueError(f"the segmentation is empty: there is nothing to store as {what}")
+    return labels, sides, many
+
+
 def write_dicom_seg(path, label, vol, folder, series_key=None, organ="organ", side=None,
                     series_description="shapeprior segmentation"):
     """Write ``label`` as a binary DICOM-SEG referencing the source series.
@@ -308,13 +322,7 @@ def write_dicom_seg(path, label, vol, folder, series_key=None, organ="organ", si
 
     from .. import __version__
 
-    many = isinstance(label, (list, tuple))
-    labels = [np.asarray(m) for m in label] if many else [np.asarray(label)]
-    sides = list(side) if many else [side]
-    if len(sides) != len(labels):
-        raise ValueError(f"side lists {len(sides)} sides for {len(labels)} segments")
-    if not labels or not all(m.any() for m in labels):
-        raise ValueError("the segmentation is empty: there is nothing to store as DICOM-SEG")
+    labels, sides, many = labels_and_sides(label, side, "segments", "DICOM-SEG")
     sources, notes = source_datasets(folder, series_key)
     sources = [_shared_geometry(ds) if int(ds.get("NumberOfFrames", 1) or 1) > 1 else ds
                for ds in sources]

@@ -496,16 +496,9 @@ def write_structure_set(path, label, vol, folder, series_key=None, organ="organ"
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     from .. import __version__
-    from ._dicom_seg import frame_mask, source_datasets, source_frames
+    from ._dicom_seg import frame_mask, labels_and_sides, source_datasets, source_frames
 
-    many = isinstance(label, (list, tuple))
-    labels = [np.asarray(m) for m in label] if many else [np.asarray(label)]
-    sides = list(side) if many else [side]
-    if len(sides) != len(labels):
-        raise ValueError(f"side lists {len(sides)} sides for {len(labels)} structures")
-    if not labels or not all(m.any() for m in labels):
-        raise ValueError("the segmentation is empty: there is nothing to store as an RT "
-                         "Structure Set")
+    labels, sides, _ = labels_and_sides(label, side, "structures", "an RT Structure Set")
     sources, notes = source_datasets(folder, series_key, "the structure set")
     planes = source_frames(sources)
     first = sources[0]
