@@ -202,6 +202,27 @@ def test_each_kind_of_wrong_structure_set_is_refused_in_one_line(scan, tmp_path)
         read_rtstruct(tmp_path / "pipe.dcm", vol)
 
 
+def test_structure_names_match_as_data_sets_spell_them(scan, tmp_path):
+    """Planning systems and data sets spell one organ differently (Kidney_L,
+    kidney l, KIDNEY-L): case, spaces, underscores and hyphens are set aside, and
+    alternatives joined by | take the first the set holds (one command for a
+    data set whose sets name it differently)."""
+    vol, ball = scan
+    small = _ellipsoid(vol.array.shape, (12, 20, 18), (4, 8, 7))
+    rt = write_rtstruct(tmp_path / "rt.dcm", vol, {"Kidney_L": ball, "Lung R": small})
+    got, info = read_rtstruct(rt, vol, ["LUNG_R", "kidney-l"])
+    assert np.array_equal(got.array, np.where(ball, 2, 0))     # the later one wins
+    assert info["overlap_voxels"] == int(small.sum())
+    assert [s["name"] for s in info["structures"]] == ["Lung R", "Kidney_L"]
+    for want, name in (("L_Kidney|Kidney L", "Kidney_L"), ("Kidney_L|Lung_R", "Kidney_L"),
+                       ("Liver|#2", "Lung R")):
+        _, info = read_rtstruct(rt, vol, [want])
+        assert info["structures"][0]["name"] == name, want
+    with pytest.raises(ImageReadError, match=r"holds no structure 'Liver\|Spleen'; it holds "
+                       r"Kidney_L \(#1\), Lung R \(#2\)"):
+        read_rtstruct(rt, vol, ["Liver|Spleen"])
+
+
 # -- the command -------------------------------------------------------------------------------
 
 def test_convert_rtstruct_writes_the_label_map_on_the_series_grid(scan, tmp_path, capsys,

@@ -33,9 +33,11 @@ def main(argv):
                                     "DICOM series folder, or a NIfTI/NRRD/MHA file on its grid")
     ap.add_argument("-o", "--output", help="output folder (created)")
     ap.add_argument("--structure", action="append", default=None, metavar="NAME",
-                    help="a structure to convert, by its ROI name (case aside) or #N for ROI "
-                         "number N; repeat for several (label 1, 2, ... in this order). "
-                         "Default: the one structure with contours")
+                    help="a structure to convert, by its ROI name (case, spaces, underscores "
+                         "and hyphens aside: Kidney_L = kidney l) or #N for ROI number N; "
+                         "alternatives joined by | take the first the set holds "
+                         "(Kidney_L|L_Kidney); repeat for several (label 1, 2, ... in this "
+                         "order). Default: the one structure with contours")
     ap.add_argument("--list", action="store_true",
                     help="list the structures (number, name, contours) and stop")
     ap.add_argument("--series", default=None,

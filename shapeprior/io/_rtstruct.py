@@ -134,10 +134,17 @@ def _listing(rois, most=12):
                                       else "")
 
 
+def _name_key(text) -> str:
+    """A ROI name as compared: case, spaces, underscores and hyphens aside
+    (``Kidney_L``, ``kidney l`` and ``KIDNEY-L`` are one name)."""
+    return re.sub(r"[\s_\-]+", " ", str(text)).strip().casefold()
+
+
 def _choose(rois, structures, name):
-    """The structures asked for (names, case and spacing aside, or ``#N`` for ROI
-    number N), in that order; without any, the one structure that has closed
-    contours."""
+    """The structures asked for, in that order: each a ROI name (:func:`_name_key`),
+    ``#N`` for ROI number N, or alternatives joined by ``|`` (``Kidney_L|L_Kidney``:
+    the first that the set holds, for a data set whose sets name it differently);
+    without any, the one structure that has closed contours."""
     fillable = [r for r in rois if any(k == "CLOSED_PLANAR" for k, _ in r["contours"])]
     if not structures:
         if len(fillable) == 1:
@@ -149,10 +156,13 @@ def _choose(rois, structures, name):
                              f"{_listing(fillable)}; name those to convert (--structure NAME)")
     chosen = []
     for want in structures:
-        w = _text(want)
-        m = re.fullmatch(r"#(\d+)", w)
-        hits = [r for r in rois if r["number"] == int(m.group(1))] if m else \
-            [r for r in rois if r["name"].casefold() == w.casefold()]
+        hits = []
+        for w in (_text(x) for x in str(want).split("|")):
+            m = re.fullmatch(r"#(\d+)", w)
+            hits = [r for r in rois if r["number"] == int(m.group(1))] if m else \
+                [r for r in rois if w and _name_key(r["name"]) == _name_key(w)]
+            if hits:
+                break
         if not hits:
             raise ImageReadError(f"{name} holds no structure {want!r}; it holds "
                                  f"{_listing(rois) or 'none'}")
