@@ -140,7 +140,7 @@ def test_each_kind_of_wrong_structure_set_is_refused_in_one_line(scan, tmp_path)
     rt = write_rtstruct(tmp_path / "rt.dcm", vol, {"Ball": ball, "ball": ball, "Iso": None},
                         frame_of_reference=FOR)
     with pytest.raises(ImageReadError, match=r"rt\.dcm holds 2 structures with contours: Ball "
-                       r"\(#1\), ball \(#2\); name those to convert"):
+                       r"\(#1\), ball \(#2\); choose with --structure"):
         read_rtstruct(rt, vol)
     with pytest.raises(ImageReadError, match=r"holds 2 structures named 'BALL' \(ROI numbers "
                        r"1, 2\): name one by its number, e\.g\. #1"):
@@ -298,10 +298,10 @@ def test_convert_rtstruct_writes_the_label_map_on_the_series_grid(scan, tmp_path
     assert "note: 'Ball' covers no voxel centre of the scan (its outlines are smaller than " \
         "a voxel): its label is empty" in capsys.readouterr().err
     assert not read_label_map(tmp_path / "o6" / "label.nii.gz").array.any()
-    # an RT structure set given as refine's mask says how to convert it
+    # an RT structure set given as a reference says how to convert it
     shutil.copy(rt, tmp_path / "rt.dcm")
-    assert main(["refine", str(tmp_path / "rt.dcm"), "-o", str(tmp_path / "o5"), "--model",
-                 str(phantom_model[3])]) == 1
+    assert main(["segment", str(series), "-o", str(tmp_path / "o5"), "--model",
+                 str(phantom_model[3]), "--reference", str(tmp_path / "rt.dcm")]) == 1
     assert "shapeprior convert-rtstruct rt.dcm --image SCAN -o FOLDER" in \
         capsys.readouterr().err
 
@@ -485,3 +485,46 @@ def test_a_structure_set_written_for_the_example_series_reads_back_voxel_for_vox
     assert list_structures(tmp_path / "rs2.dcm")[0]["name"] == "kidney (right)"
     with pytest.raises(ValueError, match="the segmentation is empty"):
         write_structure_set(tmp_path / "rs3.dcm", np.zeros_like(blob), vol2, oblique)
+
+
+def test_refine_takes_a_structure_set_as_its_mask(phantom_model, tmp_path, capsys):
+    """A rough contour from a planning system refined directly: refine RS.dcm
+    --image SERIES --structure NAME gives the label that refining its converted
+    label map gives, on the series' grid; without --image, with --labels, or
+    with --structure for a label map, one line and exit 1 or 2."""
+    d, images, labels, model = phantom_model
+    vol, _ = read_scan(images / "phantom_006.nii.gz")
+    series = write_dicom_series(vol, tmp_path / "series")
+    vol = read_scan(series)[0]
+    organ = read_label_map(labels / "phantom_006.nii.gz").array > 0
+    rt = write_rtstruct(tmp_path / "RS.dcm", vol, {"External": np.ones_like(organ),
+                                                    "Organ_rough": organ}, frame_of_reference=FOR)
+    args = ["--model", str(model), "--image", str(series)]
+    assert main(["refine", str(rt), "-o", str(tmp_path / "direct"), "--structure",
+                 "organ rough", *args]) == 0
+    assert main(["convert-rtstruct", str(rt), "--image", str(series), "-o",
+                 str(tmp_path / "conv"), "--structure", "Organ_rough"]) == 0
+    assert main(["refine", str(tmp_path / "conv" / "label.nii.gz"), "-o",
+                 str(tmp_path / "twostep"), *args]) == 0
+    direct = read_label_map(tmp_path / "direct" / "label.nii.gz")
+    assert direct.same_grid(vol) and direct.array.any()
+    assert np.array_equal(direct.array,
+                          read_label_map(tmp_path / "twostep" / "label.nii.gz").array)
+    rep = json.loads((tmp_path / "direct" / "report.json").read_text())
+    assert rep["input"]["mask"] == "RS.dcm" and rep["status"] in ("ok", "suspect")
+    capsys.readouterr()
+    assert main(["refine", str(rt), "-o", str(tmp_path / "x"), "--model", str(model)]) == 1
+    assert "RS.dcm is an RT Structure Set: its contours are filled on the scan they were " \
+        "drawn on; give it with --image" in capsys.readouterr().err
+    assert main(["refine", str(rt), "-o", str(tmp_path / "x"), *args]) == 1
+    assert "2 structures with contours: External (#1), Organ_rough (#2); choose with " \
+        "--structure" in capsys.readouterr().err
+    assert main(["refine", str(tmp_path / "conv" / "label.nii.gz"), "-o",
+                 str(tmp_path / "x"), "--structure", "Organ_rough", *args]) == 1
+    assert "--structure names a structure of an RT Structure Set; label.nii.gz is a " \
+        "label map" in capsys.readouterr().err
+    assert main(["refine", str(rt), "-o", str(tmp_path / "x"), "--structure", "#2",
+                 "--labels", "1", *args]) == 1
+    assert "--labels names labels of a label map; a structure set's structure is " \
+        "--structure" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

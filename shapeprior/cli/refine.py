@@ -28,10 +28,16 @@ def main(argv):
                "folder: any mask that could not be refined); 3 a failed result (or a suspect "
                "one with --strict).")
     ap.add_argument("mask", help="label map (NIfTI/NRRD/MHA, or a DICOM-SEG file: its "
-                                 "segment numbers are the labels), or a folder of them (one "
-                                 "mask per case)")
+                                 "segment numbers are the labels), an RT Structure Set file "
+                                 "(with --image, the scan it was drawn on; --structure), or a "
+                                 "folder of label maps (one mask per case)")
     ap.add_argument("-o", "--output", required=True, help="output folder")
     ap.add_argument("--model", required=True, help="model file from build-model")
+    ap.add_argument("--structure", default=None, metavar="NAME",
+                    help="MASK an RT Structure Set: the structure to refine, by ROI name "
+                         "(case, spaces, underscores and hyphens aside), #N, or alternatives "
+                         "A|B (default: its one structure with contours); filled on the grid "
+                         "of --image")
     ap.add_argument("--labels", default=None,
                     help="labels of the organ in MASK (default: the labels the model was "
                          "built from, e.g. 1,2 for hippocampus head and body, less any "
@@ -133,9 +139,14 @@ def main(argv):
         argv = scrub_argv(argv, {a.mask: "<mask>", a.image: "<image>",
                                  a.reference: "<reference>", a.output: "<output>"})
     if Path(a.mask).is_dir():
+        refuse_unused((a.structure is not None, "--structure names a structure of one RT "
+                                                "Structure Set given as MASK; MASK is a folder"))
         return _refine_folder(a, argv, model, params, labels, keep, ref_labels, deid)
     refuse_unused((a.workers or a.scheduler is not None,
                    "--workers and --scheduler refine a folder of masks; MASK is one file"),
+                  (a.structure is not None and a.labels is not None,
+                   "--labels names labels of a label map; a structure set's structure is "
+                   "--structure"),
                   (a.mask_name is not None, "--mask-name names the mask in each case folder "
                                             "of a folder; MASK is one file"))
     if a.reference is not None and Path(a.reference).is_dir():
@@ -146,7 +157,8 @@ def main(argv):
                           allow_no_orientation=a.allow_no_orientation, keep=keep,
                           labels_given=a.labels is not None, reference=a.reference,
                           reference_labels=ref_labels, deidentify=deid is not None,
-                          case_name=deid.name(Path(a.mask)) if deid else None)
+                          case_name=deid.name(Path(a.mask)) if deid else None,
+                          structure=a.structure)
     except (ValueError, OSError) as exc:
         if deid is None:
             raise

@@ -37,6 +37,14 @@ def is_rtstruct(hdr) -> bool:
         or str(hdr.get("Modality", "") or "").strip().upper() == "RTSTRUCT")
 
 
+def is_rtstruct_file(path) -> bool:
+    """Whether ``path`` is a regular file holding an RT Structure Set (only its
+    header is read)."""
+    from ._dicom import dicom_header
+
+    return Path(path).is_file() and is_rtstruct(dicom_header(path))
+
+
 def _read(path):
     """The whole data set of an RT Structure Set file (ImageReadError otherwise)."""
     import pydicom
@@ -153,7 +161,7 @@ def _choose(rois, structures, name):
             raise ImageReadError(f"{name} holds no closed contour (structures: "
                                  f"{_listing(rois) or 'none'}): nothing to fill")
         raise ImageReadError(f"{name} holds {len(fillable)} structures with contours: "
-                             f"{_listing(fillable)}; name those to convert (--structure NAME)")
+                             f"{_listing(fillable)}; choose with --structure NAME")
     chosen = []
     for want in structures:
         hits = []

@@ -51,7 +51,7 @@ def refine_record(params, labels, keep) -> dict:
 def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, labels=(1,),
                 image=None, mesh_format="vtk", force=False, argv=None,
                 allow_no_orientation=False, keep=(), labels_given=True, reference=None,
-                reference_labels=(1,), deidentify=False, case_name=None):
+                reference_labels=(1,), deidentify=False, case_name=None, structure=None):
     """Refine the label map ``mask_path`` with the shape model; publish ``outdir``.
 
     The refined label (value 1; labels in ``keep`` never removed and written
@@ -66,6 +66,9 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
     ``reference``: a label map on the mask's grid whose ``reference_labels`` are
     the organ; the report's ``reference`` block gives Dice and surface distances
     of the refined label and (``input``) of the mask as given. With
+    ``structure``: the mask is an RT Structure Set, whose structure of that name
+    (default: its one structure with contours) is filled on the grid of ``image``
+    as label 1. With
     ``deidentify`` no input's file name or path reaches the outputs: the report
     names the mask ``case_name`` (a hash, :class:`~._cases.Deidentifier`), the
     manifest numbers the files and withholds their paths, and ``argv`` is
@@ -89,7 +92,7 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
         return _refine_case(out, mask_path, model, model_path, params, labels, image,
                             mesh_format, argv, allow_no_orientation, tuple(keep),
                             labels_given, reference, tuple(reference_labels),
-                            (case_name or "(withheld)") if deidentify else None)
+                            (case_name or "(withheld)") if deidentify else None, structure)
     except BaseException:
         out.discard()
         raise
@@ -145,17 +148,34 @@ def _paired_block(res):
     return block
 
 
+def refine_inputs_read(mask_path, image, structure=None, allow_no_orientation=False):
+    """``(mask, image or None)`` as volumes: the mask a label map, or an RT Structure
+    Set whose ``structure`` (default: its one structure with contours) is filled on
+    the grid of ``image``, the scan it was drawn on (label 1)."""
+    from ..io import is_rtstruct_file, read_rtstruct, scan_frame_of_reference
+
+    img = None if image is None else read_scan(image, None, allow_no_orientation)[0]
+    if is_rtstruct_file(mask_path):
+        if img is None:
+            raise ValueError(f"{display_name(mask_path)} is an RT Structure Set: its contours "
+                             "are filled on the scan they were drawn on; give it with --image")
+        mvol, _ = read_rtstruct(mask_path, img, [structure] if structure else None,
+                                scan_frame_of_reference(image))
+        return mvol, img
+    if structure is not None:
+        raise ValueError("--structure names a structure of an RT Structure Set; "
+                         f"{display_name(mask_path)} is a label map (--labels)")
+    return read_label_map(mask_path, allow_no_orientation), img
+
+
 def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_format, argv,
                  allow_no_orientation, keep, labels_given=True, reference=None,
-                 reference_labels=(1,), withheld=None):
+                 reference_labels=(1,), withheld=None, structure=None):
     t0 = time.perf_counter()
-    mvol = read_label_map(mask_path, allow_no_orientation)
+    mvol, img = refine_inputs_read(mask_path, image, structure, allow_no_orientation)
     ref_others = []
     ref = reference_mask(reference, reference_labels, mvol, "mask", allow_no_orientation,
                          ref_others)
-    img = None
-    if image is not None:
-        img, _ = read_scan(image, None, allow_no_orientation)
     res = refine_paired(mvol, model, labels, params, img, keep=keep) or \
         refine_mask(mvol, model, labels, params, img, keep=keep)
     label = res.label.astype(np.uint8)
