@@ -16,8 +16,8 @@ from ._dicom_seg import is_dicom_seg, write_dicom_seg
 from ._files import detached_data_files, image_files, image_sha256
 from ._nifti import affine_ras
 from ._rtstruct import (find_structure_sets, is_rtstruct_file, list_structures, read_rtstruct,
-                        referenced_series,
-                        scan_frame_of_reference, scan_of_structure_set, write_structure_set)
+                        referenced_series, scan_frame_of_reference, scan_of_structure_set,
+                        write_structure_set)
 from ._volume import (VOLUME_SUFFIXES, Volume, as_label_map, geometry_difference, read_file,
                       read_geometry, read_label_map, read_volume, volume_suffix, write_label)
 

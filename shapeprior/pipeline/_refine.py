@@ -65,10 +65,9 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
     gets a warning naming them (a multi-organ map whose organ label was not given).
     ``reference``: a label map on the mask's grid whose ``reference_labels`` are
     the organ; the report's ``reference`` block gives Dice and surface distances
-    of the refined label and (``input``) of the mask as given. With
-    ``structure``: the mask is an RT Structure Set, whose structure of that name
-    (default: its one structure with contours) is filled on the grid of ``image``
-    as label 1. With
+    of the refined label and (``input``) of the mask as given. ``structure``: the
+    mask is an RT Structure Set, whose structure of that name (default: its one
+    structure with contours) is filled on the grid of ``image`` as label 1. With
     ``deidentify`` no input's file name or path reaches the outputs: the report
     names the mask ``case_name`` (a hash, :class:`~._cases.Deidentifier`), the
     manifest numbers the files and withholds their paths, and ``argv`` is
