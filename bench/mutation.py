@@ -754,8 +754,8 @@ MUTANTS = [
      "all(isinstance(r, dict) or \"case\" in r and \"status\" in r",
      "any JSON list of objects passes for our summary.json and is replaced"),
     ("privacy-batch-error-unscrubbed", "safety", "shapeprior/pipeline/_batch.py",
-     "    if deidentify:\n        for path, shown in",
-     "    if False:\n        for path, shown in",
+     "    if deidentify:\n        msg = scrub_paths(msg, ((reference,",
+     "    if False:\n        msg = scrub_paths(msg, ((reference,",
      "--deidentify leaves the case's path in a failed row's error"),
     # round 30 (2026-12-05): a case gone before its turn, a refinement's image scrubbed
     ("privacy-batch-image-unscrubbed", "safety", "shapeprior/pipeline/_batch.py",
@@ -3254,8 +3254,8 @@ MUTANTS = [
      "one readable series beside a case folder that cannot be read taken for a CD export"),
     # -- round 48: RT Structure Sets, names withheld below an input, ambiguous --mask-name
     ("rt-holes-filled", "rtstruct", "shapeprior/io/_rtstruct.py",
-     "            plane ^= fill_polygon(rows, cols, plane_shape)",
-     "            plane |= fill_polygon(rows, cols, plane_shape)",
+     "            plane ^= fill_polygon(rows, cols, plane.shape)",
+     "            plane |= fill_polygon(rows, cols, plane.shape)",
      "an outline inside another filled instead of cut out: a ring becomes a disc"),
     ("rt-rows-cols-swapped", "rtstruct", "shapeprior/io/_rtstruct.py",
      "            rows, cols = idx[:, inplane[1]], idx[:, inplane[0]]",

@@ -108,18 +108,11 @@ def _manifest(a, argv, read, top=None):
                     seed=None, inputs=inputs, input_paths=shown)
 
 
-def _scrubbed(exc, paths):
-    """``exc`` again, its message with every form of ``paths``' names withheld."""
-    from ..pipeline import scrub
+def _withheld(text, *paths):
+    """``text`` with every form of ``paths``' names withheld (``--deidentify``)."""
+    from ..pipeline import scrub_paths
 
-    msg = str(exc)
-    for p in paths:
-        if p is not None:
-            msg = scrub(msg, p, "(withheld)")
-    try:
-        return type(exc)(msg)
-    except Exception:           # an exception type that takes other arguments
-        return ValueError(msg)
+    return scrub_paths(str(text), [(p, "(withheld)") for p in paths])
 
 
 def _convert(a, argv):
@@ -135,7 +128,7 @@ def _convert(a, argv):
     except (ValueError, OSError) as exc:
         if not a.deidentify:
             raise
-        raise _scrubbed(exc, (a.rtstruct, a.image)) from None
+        raise type(exc)(_withheld(exc, a.rtstruct, a.image)) from None
     finally:
         out.discard()
     for s in report["structures"]:
@@ -151,10 +144,10 @@ def _convert_folder(a, argv):
     """Every structure set of a download into OUTPUT/<case>/; one summary row
     each; exit 1 when any could not be converted."""
     import os
+    import shutil
     from pathlib import Path
 
     from .._outputs import OutputDir, json_text, show_path
-    from ..io import ImageReadError
     from ..pipeline import convert_structure_set, structure_set_cases
 
     top = Path(a.rtstruct)
@@ -163,7 +156,7 @@ def _convert_folder(a, argv):
     except (ValueError, OSError) as exc:
         if not a.deidentify:
             raise
-        raise _scrubbed(exc, (top,)) from None
+        raise type(exc)(_withheld(exc, top)) from None
     if a.deidentify:
         from ..pipeline import Deidentifier
 
@@ -172,8 +165,7 @@ def _convert_folder(a, argv):
             c["shown"] = deid.name(c["folder"]) + ("" if c["index"] == 1
                                                    else f"-{c['index']}")
             if c["error"] is not None:
-                c["error"] = str(_scrubbed(ValueError(c["error"]), (c["rtstruct"], c["image"],
-                                                                     c["folder"])))
+                c["error"] = _withheld(c["error"], c["rtstruct"], c["image"], c["folder"])
     out = OutputDir(a.output, force=a.force, inputs=[a.rtstruct])
     rows, read = [], []
 
@@ -198,12 +190,10 @@ def _convert_folder(a, argv):
                     row.update(status="converted", structures=[
                         {k: s[k] for k in ("label", "name", "volume_ml")}
                         for s in report["structures"]], warnings=report["warnings"])
-                except (ImageReadError, ValueError, OSError) as exc:
-                    for f in folder.iterdir():
-                        f.unlink()
-                    folder.rmdir()
-                    c["error"] = str(_scrubbed(exc, (c["rtstruct"], c["image"], c["folder"]))
-                                     if a.deidentify else exc)
+                except (ValueError, OSError) as exc:     # ImageReadError among them
+                    shutil.rmtree(folder)       # the staged case's partial files
+                    c["error"] = _withheld(exc, c["rtstruct"], c["image"], c["folder"]) \
+                        if a.deidentify else str(exc)
             if c["error"] is not None:
                 row.update(status="failed", error=c["error"])
             rows.append(row)

@@ -162,14 +162,12 @@ def main(argv):
     except (ValueError, OSError) as exc:
         if deid is None:
             raise
-        from ..pipeline import scrub
+        from ..pipeline import scrub_paths
 
-        msg = str(exc)
-        for path, shown in ((a.mask, deid.name(Path(a.mask))), (a.image, "(withheld image)"),
-                            (a.reference, "(withheld reference)")):
-            if path is not None:
-                msg = scrub(msg, path, shown)
-        raise type(exc)(msg) from None
+        raise type(exc)(scrub_paths(str(exc), ((a.mask, deid.name(Path(a.mask))),
+                                               (a.image, "(withheld image)"),
+                                               (a.reference, "(withheld reference)")))) \
+            from None
     c = rep["corrections"]
     print(f"{rep['input']['mask']}: {rep['status']} (quality {rep['quality']:.2f}); "
           f"{c['input_ml']:.1f} ml -> {c['refined_ml']:.1f} ml: removed {c['removed_ml']:.1f} ml, "

@@ -311,12 +311,10 @@ def read_rtstruct(path, grid: Volume, structures=None, frame_of_reference=None):
                     "its nearest): drawn on another scan's slices; give that scan")
             inplane = [i for i in range(3) if i != a]          # x/y/z index axes, ascending
             rows, cols = idx[:, inplane[1]], idx[:, inplane[0]]
-            zyx = 2 - np.array([a, *inplane])                  # their array axes
-            plane_shape = (shape_zyx[zyx[2]], shape_zyx[zyx[1]])
             sl = [slice(None)] * 3
-            sl[zyx[0]] = k
-            plane = mask[tuple(sl)]        # a view, (rows, cols): the lower array axis first
-            plane ^= fill_polygon(rows, cols, plane_shape)
+            sl[2 - a] = k                                      # the slice's array axis
+            plane = mask[tuple(sl)]        # a view, (rows, cols): the higher index axis first
+            plane ^= fill_polygon(rows, cols, plane.shape)
             slices.add(k)
             filled += 1
         if not filled:

@@ -12,7 +12,8 @@ dask.distributed, resumably, and :func:`run_refine_batch` a folder of masks
 
 from ._batch import case_state, reference_summary, run_batch, write_summary
 from ._cases import (Case, Deidentifier, case_key, discover_cases, discover_masks, match_images,
-                     match_in_case_folders, match_references, safe_name, scrub, unique_names)
+                     match_in_case_folders, match_references, safe_name, scrub, scrub_paths,
+                     unique_names)
 from ._convert import convert_structure_set, structure_set_cases
 from ._reconstruct import reconstruct_shapes
 from ._refine import refine_case
@@ -22,7 +23,7 @@ from ._run import (MESH_FORMATS, OUTPUT_TYPES, input_files, output_kinds, run_ca
 
 __all__ = ["run_case", "refine_case", "reconstruct_shapes", "run_batch", "discover_cases",
            "Case", "Deidentifier", "case_state", "write_summary", "reference_summary",
-           "match_references", "case_key", "safe_name", "unique_names", "scrub", "scrub_argv",
+           "match_references", "case_key", "safe_name", "unique_names", "scrub", "scrub_paths", "scrub_argv",
            "input_files", "MESH_FORMATS", "OUTPUT_TYPES", "run_refine_batch", "discover_masks",
            "match_images", "match_in_case_folders", "convert_structure_set", "output_kinds",
            "structure_set_cases"]

@@ -21,7 +21,7 @@ from .._outputs import (PRODUCER, OutputExistsError, check_not_input, json_text,
                         one_line, own_output, read_manifest, remove_created, sha256_file,
                         write_text_atomic)
 from ..io import image_sha256
-from ._cases import scrub
+from ._cases import scrub_paths
 
 _MODELS = {}
 
@@ -249,12 +249,9 @@ def failed_row(case, exc, deidentify, reference=None, image=None):
     if isinstance(exc, Exception) and not isinstance(exc, (ValueError, OSError)):
         msg = f"{type(exc).__name__}: {msg}"
     if deidentify:
-        for path, shown in ((reference, "(withheld reference)"), (image, "(withheld image)")):
-            if path is not None:
-                msg = scrub(msg, path, shown)
-        msg = scrub(msg, case.path, case.name)
-        if getattr(case, "folder", None) is not None:
-            msg = scrub(msg, case.folder, case.name)
+        msg = scrub_paths(msg, ((reference, "(withheld reference)"),
+                                (image, "(withheld image)"), (case.path, case.name),
+                                (getattr(case, "folder", None), case.name)))
     return {"case": case.name, "status": "failed", "error": msg}
 
 

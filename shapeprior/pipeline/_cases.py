@@ -588,6 +588,15 @@ def scrub(text: str, path, replacement: str) -> str:
     return _replace_forms(text, Path(path), replacement)
 
 
+def scrub_paths(text: str, pairs) -> str:
+    """``text`` through :func:`scrub` for each ``(path, replacement)`` of ``pairs``
+    in turn; a None path is skipped."""
+    for path, replacement in pairs:
+        if path is not None:
+            text = scrub(text, path, replacement)
+    return text
+
+
 def _replace_forms(text, p, replacement):
     forms = {str(p), display_name(p), p.name, _stem(p.name), str(p.resolve())}
     forms |= {os.fsencode(f).decode("utf-8", "backslashreplace") for f in list(forms)}

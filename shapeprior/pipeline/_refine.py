@@ -147,7 +147,7 @@ def _paired_block(res):
     return block
 
 
-def refine_inputs_read(mask_path, image, structure=None, allow_no_orientation=False):
+def _mask_and_image(mask_path, image, structure=None, allow_no_orientation=False):
     """``(mask, image or None)`` as volumes: the mask a label map, or an RT Structure
     Set whose ``structure`` (default: its one structure with contours) is filled on
     the grid of ``image``, the scan it was drawn on (label 1)."""
@@ -171,7 +171,7 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
                  allow_no_orientation, keep, labels_given=True, reference=None,
                  reference_labels=(1,), withheld=None, structure=None):
     t0 = time.perf_counter()
-    mvol, img = refine_inputs_read(mask_path, image, structure, allow_no_orientation)
+    mvol, img = _mask_and_image(mask_path, image, structure, allow_no_orientation)
     ref_others = []
     ref = reference_mask(reference, reference_labels, mvol, "mask", allow_no_orientation,
                          ref_others)
