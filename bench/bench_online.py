@@ -71,7 +71,7 @@ CORRUPTIONS = {"clean": (0.0, 0.0), "displaced_30": (0.3, 0.0), "missing_50": (0
 #: curve steps (shapes) where the online model also composes from its raw shapes
 CURVE_PRIOR_AT = {"adrenal": (100, 400), "kits": (100, 200)}
 #: the ranking criteria of rank_candidates that are compared with random orders
-CRITERIA = ("coverage", "novelty")       # the default first
+CRITERIA = ("coverage", "novelty", "representative")       # the default first
 
 
 # -- correspondence --------------------------------------------------------------------------
@@ -507,8 +507,9 @@ def ranking_tune(a):
     if path.exists():
         old = json.loads(path.read_text())
         if old.get("method") == out["method"]:
-            for name, res in old["sets"].items():
-                out["sets"].setdefault(name, res)
+            for name, res in old["sets"].items():     # a run that compared every criterion
+                if set(res["below_random_mean"]) == set(CRITERIA):
+                    out["sets"].setdefault(name, res)
     wins = {crit: sum(res["below_random_mean"][crit] for res in out["sets"].values())
             for crit in CRITERIA}
     out["below_random_mean"] = wins

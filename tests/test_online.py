@@ -601,3 +601,110 @@ def test_new_maps_are_processed_with_the_models_side_handling():
         with pytest.raises(ValueError, match=f"{key}={other!r} disagrees with the model"):
             params_from_model(model, **{key: other})
     assert params_from_model(model, split_sides=True).split_sides is True
+
+
+def _lobe(shapes, factor):
+    """The shapes with their +x lobe stretched by ``factor`` (another kind of organ)."""
+    out = shapes.copy()
+    x = out[..., 0] - out[..., 0].mean(1, keepdims=True)
+    out[..., 0] += np.where(x > 0, (factor - 1.0) * x, 0.0)
+    return out
+
+
+def test_representative_ranking_adds_the_missing_kind_first_not_the_outlier():
+    """Kernel herding: a model of one kind of shape, candidates of that kind, of a
+    second kind the model lacks and one outlier. The second kind comes first, in
+    turn with the common kind, and the outlier (first for novelty) not early;
+    gain_mm is each pick's RMS distance to the nearest shape held, and a copy of
+    a pick falls far back."""
+    from shapeprior.model import RANKING_CRITERIA
+    from shapeprior.model._update import align_to_model
+
+    base, faces = _population(30, seed=3)
+    m = model_from_shapes(base, faces)
+    common = _population(40, seed=9)[0]
+    other = _lobe(_population(10, seed=11)[0], 1.5)
+    outlier = _lobe(_population(1, seed=13)[0], 3.0)
+    cands = np.concatenate([common, other, outlier])            # 0-39, 40-49, 50
+    kind = np.where(np.arange(51) >= 40, 1, 0)
+    order, novelty, gain = rank_candidates(m, cands, "representative")
+    assert sorted(order) == list(range(51))
+    assert kind[order[0]] == 1 and kind[order[:6]].sum() >= 3, order   # what the model lacks
+    assert list(order).index(50) >= 10, order                 # the outlier: not early
+    assert rank_candidates(m, cands, "novelty")[0][0] == 50   # novelty: the outlier first
+    # each pick is the one that brings the model's shapes closest to all shapes known
+    # in maximum mean discrepancy (Gaussian kernel, bandwidth twice the median squared
+    # RMS distance to the mean shape), computed here by brute force
+    al = align_to_model(m, cands)
+    Z = np.concatenate([m.shapes, al]).reshape(30 + 51, -1)
+    nv = m.n_vertices
+    h = 2 * np.median(((Z - Z.mean(0)) ** 2).sum(1)) / nv
+    sq = (Z ** 2).sum(1)
+    K = np.exp(-np.maximum(sq[:, None] + sq[None] - 2 * Z @ Z.T, 0) / nv / h)
+    chosen = list(range(30))
+    for t in range(6):
+        def mmd2(c):
+            S = chosen + [30 + c]
+            return K[np.ix_(S, S)].mean() - 2 * K[S].mean()
+        rest = [c for c in range(51) if 30 + c not in chosen]
+        assert order[t] == min(rest, key=mmd2), t
+        chosen.append(30 + order[t])
+    # gain_mm: RMS distance to the nearest shape held (the model's, then earlier picks)
+    held = list(m.shapes)
+    for k, g in zip(order[:5], gain[:5]):
+        assert g == pytest.approx(min(_rms(al[k], h) for h in held), rel=1e-6)
+        held.append(al[k])
+    # a copy of a pick adds nothing once the pick is held: it comes last, gain 0;
+    # so does a copy of a model shape
+    order2, _, gain2 = rank_candidates(
+        m, np.concatenate([cands, cands[order[0]][None], base[4][None] * 1.2]),
+        "representative")
+    assert order2[0] in (order[0], 51) and set(order2[-2:]) == {52, {order[0]: 51}.get(
+        order2[0], order[0])}, order2
+    assert gain2[-1] == gain2[-2] == 0.0 and np.all(gain2[:-2] > 0)
+    assert RANKING_CRITERIA[0] == "coverage" and "representative" in RANKING_CRITERIA
+    with pytest.raises(ValueError, match="criterion='typical' is invalid"):
+        rank_candidates(m, cands, "typical")
+
+
+def test_new_shapes_are_aligned_at_the_size_gpa_gives_the_model_shapes():
+    """GPA aligns onto a target larger than the mean of the aligned shapes (averaging
+    shapes that differ shrinks them): a model shape aligned again is itself, and
+    shapes added online keep the sizes, relative to the first ones, that a rebuild
+    gives them (aligned onto the mean, they came out 3 % smaller here)."""
+    from shapeprior.model._update import align_to_model, alignment_target
+
+    shapes, faces = _population(60, seed=3)
+    shapes[::2] = _lobe(shapes[::2], 1.6)            # a variable organ: its mean shrinks
+
+    def size(x):
+        c = x - x.mean(-2, keepdims=True)
+        return np.sqrt((c ** 2).sum((-1, -2)))
+
+    m = model_from_shapes(shapes[:20], faces)
+    assert size(alignment_target(m)) > 1.01 * size(m.mean)
+    again = align_to_model(m, shapes[:20] * 1.3)
+    assert max(_rms(a, b) for a, b in zip(again, m.shapes)) < 1e-6
+    grown = m
+    for k in range(20, 60, 10):
+        grown = extend_model(grown, shapes[k:k + 10])
+    rebuilt = model_from_shapes(shapes, faces)
+    ratio = [size(x.shapes[20:]).mean() / size(x.shapes[:20]).mean() for x in (grown, rebuilt)]
+    assert ratio[0] / ratio[1] == pytest.approx(1.0, abs=0.005), ratio
+
+
+def test_rank_only_criteria_are_the_library_s_and_each_explains_its_gain(small_model,
+                                                                         capsys):
+    """The command lists every criterion of rank_candidates (default first) and
+    says what gain_mm measures under the one used."""
+    from shapeprior.cli import update_model as cmd
+    from shapeprior.model import RANKING_CRITERIA
+
+    assert cmd.RANKING_CRITERIA == RANKING_CRITERIA
+    assert set(cmd.GAIN_MEANING) == set(RANKING_CRITERIA)
+    model_path, _, labels = small_model
+    capsys.readouterr()
+    assert main(["update-model", "--rank-only", str(model_path), str(labels),
+                 "--criterion", "representative", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "labels/phantom_005" in out and "nearest shape of the model" in out

@@ -8,6 +8,21 @@ from ._common import (Parser, add_case_folder_options, add_label_map_options,
                       note_skipped_case_folders)
 from ._deidentify import add_deidentify, deidentified, named_shapes
 
+#: ``shapeprior.model.RANKING_CRITERIA`` (default first), written out so that the
+#: command's help does not import the model package
+RANKING_CRITERIA = ("coverage", "novelty", "representative")
+
+#: what ``gain_mm`` measures under each criterion
+GAIN_MEANING = {
+    "coverage": "gain_mm: RMS per vertex of the new variation the candidate brings (summed "
+                "over all candidates it explains) beyond the model and the candidates ranked "
+                "above it",
+    "novelty": "gain_mm: RMS per vertex of the new variation the candidate brings (its own) "
+               "beyond the model and the candidates ranked above it",
+    "representative": "gain_mm: RMS vertex distance to the nearest shape of the model or of "
+                      "the candidates ranked above it",
+}
+
 
 def _inputs(paths, limit, mask_name=None, deidentify=False):
     """``[(file, case name, root)]`` from files and folders of label maps (a
@@ -40,10 +55,12 @@ def main(argv):
     ap.add_argument("--rank-only", action="store_true",
                     help="write nothing: order the candidates by how much each would add "
                          "(what the model cannot yet express)")
-    ap.add_argument("--criterion", choices=("coverage", "novelty"), default=None,
+    ap.add_argument("--criterion", choices=RANKING_CRITERIA, default=None,
                     help="with --rank-only: first the candidates whose new variation the "
-                         "most candidates share (coverage, default), or the most unusual "
-                         "ones (novelty)")
+                         "most candidates share (coverage), the most unusual ones "
+                         "(novelty), or those that make the model's shapes the closest "
+                         f"sample of all shapes known (representative); default "
+                         f"{RANKING_CRITERIA[0]}")
     ap.add_argument("--labels", dest="label_values", default=None,
                     help="label values of the organ in the new maps (default: the model's)")
     ap.add_argument("--organ", default=None, help="must match the model's organ")
@@ -77,7 +94,7 @@ def main(argv):
         ((a.images or a.image_name) and a.rank_only,
          "--images and --image-name have no effect with --rank-only (the ranking reads "
          "the label maps only)"))
-    a.criterion = a.criterion or "coverage"
+    a.criterion = a.criterion or RANKING_CRITERIA[0]
     out = Path(a.output) if a.output else None
     inputs = [a.model, *a.labels, a.images]
     from .._outputs import check_not_input, check_replaceable, own_model_file
@@ -135,10 +152,8 @@ def _rank(model, items, params, a, deid):
         print(f"skipped   {s['source']}: {s['reason']}")
     for r in rejected:
         print(f"refused   {r['source']}: {r['reason']}")
-    print("gain_mm: RMS per vertex of the new variation the candidate brings (" + (
-        "summed over all candidates it explains" if a.criterion == "coverage" else "its own")
-        + ") beyond the model and the candidates ranked above it; novelty_mm: its own "
-        "residual against the model alone")
+    print(GAIN_MEANING[a.criterion] + "; novelty_mm: its own residual against the model "
+          "alone")
     return 0
 
 

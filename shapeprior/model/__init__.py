@@ -7,8 +7,9 @@ from ._dictlearn import DictionaryLearner, learn_shape_dictionary, update_shape_
 from ._inspect import mode_shape, model_summary, organ_labels, vertex_sd
 from ._lineage import lineage_of
 from ._pose import PosePrior, fit_pose_prior
+from ._ranking import CRITERIA as RANKING_CRITERIA, rank_candidates
 from ._update import (align_to_model, correspond_to_model, extend_model, new_label_maps,
-                      params_from_model, rank_candidates, update_model)
+                      params_from_model, update_model)
 from ._model import (
     FORMAT_VERSION,
     read_model_metadata,
@@ -28,5 +29,5 @@ __all__ = ["ShapeModel", "save_model", "load_model", "ModelFormatError", "FORMAT
            "organ_labels", "training_images",
            "label_root", "pair_images", "update_model", "extend_model", "rank_candidates",
            "params_from_model", "correspond_to_model", "align_to_model", "lineage_of",
-           "new_label_maps", "model_from_shapes", "organ_radius", "case_name",
+           "new_label_maps", "RANKING_CRITERIA", "model_from_shapes", "organ_radius", "case_name",
            "label_map_inputs"]

@@ -2,8 +2,8 @@
 
 Each new label map goes through the steps of :func:`build_model` (surface,
 correspondence with the model's mean as template, quality check), is
-similarity-aligned into the model frame (onto the current mean, as a GPA
-iteration would) and appended to the shape repository. What the model
+similarity-aligned into the model frame (onto the target GPA aligned the model's
+shapes onto: :func:`alignment_target`) and appended to the shape repository. What the model
 derives from the repository is updated from running statistics only:
 
 * mean and PCA: incremental SVD of the old modes (scaled by their variance),
@@ -108,11 +108,35 @@ def _dictionary_update(model: ShapeModel, aligned, n_sweeps, centre=None):
     return update_shape_dictionary(model.atoms, state, info, aligned, n_sweeps, centre)
 
 
+def alignment_target(model: ShapeModel):
+    """The shape (N, 3) that GPA aligned the model's shapes onto: its mean, scaled
+    by ``beta = mean_i |a_i|^2 / |mean|^2`` over the aligned shapes a_i.
+
+    A least-squares similarity fit a_i of a shape onto a target T satisfies
+    <a_i, T> = |a_i|^2, so the target of a converged GPA is ``beta * mean``,
+    not the mean: averaging shapes that differ shrinks them (the mean of 1,150
+    aligned AdrenalMNIST3D glands is smaller than any of them). A new shape
+    aligned onto the mean itself comes out scaled by 1 / beta, and each
+    online update, whose mean mixes both sizes, shrinks the next ones further.
+    ``beta = 1 + (M - 1) / M * total_variance / |mean|^2``, from the model's
+    recorded total variance (its shapes otherwise)."""
+    mean = np.asarray(model.mean, dtype=float)
+    m = model.n_shapes
+    total = model.metadata.get("pca_total_variance_mm2")
+    if total is None:      # a model from before it was recorded
+        total = total_variance(model.shapes)
+    msq = float(np.sum((mean - mean.mean(0)) ** 2))
+    if m < 2 or msq <= 0:
+        return mean
+    return mean * (1.0 + (m - 1) / m * float(total) / msq)
+
+
 def align_to_model(model: ShapeModel, shapes):
-    """Shapes (M, N, 3) in correspondence, similarity-aligned onto the model mean
-    (the model frame)."""
+    """Shapes (M, N, 3) in correspondence, similarity-aligned into the model frame:
+    onto :func:`alignment_target`, as GPA aligned the model's own shapes (a shape
+    of the model, aligned again, is itself)."""
     Y = np.asarray(shapes, dtype=float)
-    return apply_many(procrustes_many(Y, model.mean), Y)
+    return apply_many(procrustes_many(Y, alignment_target(model)), Y)
 
 
 def extend_model(model: ShapeModel, shapes, ids=None, hashes=None, *, fov_centres=None,
@@ -413,84 +437,3 @@ def update_model(model: ShapeModel, label_files, params: BuildParams | None = No
                    "total": time.perf_counter() - t0},
     }
     return new, report
-
-
-def rank_candidates(model: ShapeModel, shapes, criterion="coverage"):
-    """Order candidate shapes by how much each would add to the model.
-
-    Both criteria work on what the model cannot express: each candidate's
-    residual outside the span of the model's mean and PCA modes (model frame,
-    after similarity alignment), and select greedily; after each pick, the
-    others' residuals are taken outside the chosen one's direction, so a
-    near-copy of a chosen candidate adds little and falls back.
-
-    * ``'coverage'`` (default): the candidate whose direction explains the most
-      residual energy of all candidates (itself included) comes first: new
-      variation that many candidates share, so a lone outlier (a bad
-      annotation or correspondence) is not preferred over a common gap.
-    * ``'novelty'``: the candidate with the largest own residual comes first.
-
-    The default was chosen on the tuning halves of both benchmark sets
-    (``bench/results/online_ranking_tune.json``: held-out error after each
-    batch of 50, clean and 50 % missing, plain SSC-L1; below the mean of 3
-    random orders at 23 of 24 points for coverage, 20 for novelty), and chosen
-    again with the reconstruction a user gets (prior and method ``auto``, every
-    corruption: ``online_ranking_tune_default.json``, 25 of 36 points against
-    18). On the report halves with that reconstruction
-    (``ranking_default_method`` in ``bench/results/online_*.json``) coverage is
-    below random order at 14 of 15 KiTS points and reaches the full set's
-    accuracy with 250 shapes instead of 250-280; on AdrenalMNIST3D it is better
-    on clean shapes over the first 350 and worse on missing parts.
-
-    Parameters
-    ----------
-    model : ShapeModel
-    shapes : ndarray, shape (M, N, 3)
-        Candidates in correspondence with the model.
-    criterion : {'coverage', 'novelty'}
-
-    Returns
-    -------
-    order : ndarray of int, shape (M,)
-        Candidate indices, most informative first.
-    novelty_mm : ndarray, shape (M,)
-        RMS per vertex (mm) of each candidate's residual under the current
-        model (before any selection).
-    gain_mm : ndarray, shape (M,)
-        At its selection, in ``order``: for 'coverage' the RMS per vertex (mm)
-        of the residual energy of all candidates that it explains, for
-        'novelty' its own RMS residual.
-    """
-    if criterion not in ("coverage", "novelty"):
-        raise ValueError(f"criterion={criterion!r} is not 'coverage' or 'novelty'")
-    aligned = align_to_model(model, shapes)
-    m = len(aligned)
-    R = aligned.reshape(m, -1) - model.mean.ravel()
-    P = model.pca_components
-    R = R - (R @ P.T) @ P
-    nv = model.n_vertices
-    G = R @ R.T                                  # residual inner products (m, m)
-    novelty = np.sqrt(np.maximum(np.diag(G), 0.0) / nv)
-    order, gains = [], []
-    left = np.ones(m, dtype=bool)
-    scale = max(float(np.max(np.diag(G))), 1e-300)
-    for _ in range(m):
-        d = np.maximum(np.diag(G), 0.0)
-        ok = left & (d > 1e-12 * scale)
-        if not ok.any():                         # nothing left to explain
-            rest = np.flatnonzero(left)
-            order += rest.tolist()
-            gains += [0.0] * rest.size
-            break
-        if criterion == "novelty":
-            score = np.where(ok, d, -1.0)
-        else:
-            # energy of all candidates along candidate i's residual direction
-            score = np.where(ok, np.sum(G ** 2, axis=0) / np.where(ok, d, 1.0), -1.0)
-        k = int(np.argmax(score))
-        order.append(k)
-        gains.append(float(np.sqrt(max(score[k], 0.0) / nv)))
-        left[k] = False
-        g = G[:, k].copy()
-        G = G - np.outer(g, g) / d[k]            # deflate: residuals outside its direction
-    return np.array(order), novelty, np.array(gains)
