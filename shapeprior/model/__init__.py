@@ -29,5 +29,5 @@ __all__ = ["ShapeModel", "save_model", "load_model", "ModelFormatError", "FORMAT
            "organ_labels", "training_images",
            "label_root", "pair_images", "update_model", "extend_model", "rank_candidates",
            "params_from_model", "correspond_to_model", "align_to_model", "lineage_of",
-           "new_label_maps", "RANKING_CRITERIA", "model_from_shapes", "organ_radius", "case_name",
-           "label_map_inputs"]
+           "new_label_maps", "RANKING_CRITERIA", "model_from_shapes", "organ_radius",
+           "case_name", "label_map_inputs"]

@@ -2,9 +2,10 @@
 
 Each new label map goes through the steps of :func:`build_model` (surface,
 correspondence with the model's mean as template, quality check), is
-similarity-aligned into the model frame (onto the target GPA aligned the model's
-shapes onto: :func:`alignment_target`) and appended to the shape repository. What the model
-derives from the repository is updated from running statistics only:
+similarity-aligned into the model frame (onto the target GPA aligned the
+model's shapes onto: :func:`alignment_target`) and appended to the shape
+repository. What the model derives from the repository is updated from running
+statistics only:
 
 * mean and PCA: incremental SVD of the old modes (scaled by their variance),
   the new shapes and the mean shift (Ross et al. 2008); the total variance,
