@@ -615,8 +615,9 @@ def test_representative_ranking_adds_the_missing_kind_first_not_the_outlier():
     """Kernel herding: a model of one kind of shape, candidates of that kind, of a
     second kind the model lacks and one outlier. The second kind comes first, in
     turn with the common kind, and the outlier (first for novelty) not early;
-    gain_mm is each pick's RMS distance to the nearest shape held, and a copy of
-    a pick falls far back."""
+    each pick minimises the maximum mean discrepancy to all shapes known; gain_mm
+    is each pick's RMS distance to the nearest shape held, and a copy of a shape
+    held comes last."""
     from shapeprior.model import RANKING_CRITERIA
     from shapeprior.model._update import align_to_model
 
@@ -652,7 +653,7 @@ def test_representative_ranking_adds_the_missing_kind_first_not_the_outlier():
     # gain_mm: RMS distance to the nearest shape held (the model's, then earlier picks)
     held = list(m.shapes)
     for k, g in zip(order[:5], gain[:5]):
-        assert g == pytest.approx(min(_rms(al[k], h) for h in held), rel=1e-6)
+        assert g == pytest.approx(min(_rms(al[k], x) for x in held), rel=1e-6)
         held.append(al[k])
     # a copy of a pick adds nothing once the pick is held: it comes last, gain 0;
     # so does a copy of a model shape
