@@ -426,20 +426,29 @@ def test_dicom_seg_round_trip_oblique_series(data_root, tmp_path):
     assert ds.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Organ"
 
 
+def _segmented_series(phantom_model, tmp_path, output_type):
+    """A phantom written as a DICOM series and segmented with ``--output-type
+    output_type`` into ``tmp_path/out`` (exit 0, the series unchanged):
+    ``(volume, series folder, output folder, the series' tree_state)``."""
+    from _phantoms import write_dicom_series
+    from _safety import tree_state
+
+    _, images, _, model = phantom_model
+    vol, _ = read_image(images / "phantom_006.nii.gz")
+    series = write_dicom_series(vol, tmp_path / "dicom")
+    state = tree_state(series)
+    out = tmp_path / "out"
+    assert main(["segment", str(series), "-o", str(out), "--model", str(model),
+                 "--output-type", output_type]) == 0
+    assert tree_state(series) == state
+    return vol, series, out, state
+
+
 def test_segment_dicom_input_writes_dicom_seg(phantom_model, tmp_path):
     import hashlib
 
-    from _phantoms import write_dicom_series
-
     d, images, labels, model = phantom_model
-    vol, _ = read_image(images / "phantom_006.nii.gz")
-    series = write_dicom_series(vol, tmp_path / "dicom")
-    digest = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in series.iterdir()}
-    out = tmp_path / "out"
-    assert main(["segment", str(series), "-o", str(out), "--model", str(model),
-                 "--output-type", "both"]) == 0
-    assert digest == {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
-                      for f in series.iterdir()}
+    vol, series, out, _ = _segmented_series(phantom_model, tmp_path, "both")
     rep = json.loads((out / "report.json").read_text())
     assert rep["dicom_seg"]["written"] and rep["dicom_seg"]["source_frames"] == vol.array.shape[0]
     lookup = _nibabel_lookup(out / "label.nii.gz")
@@ -931,19 +940,12 @@ def test_segment_dicom_input_writes_an_rt_structure_set(phantom_model, tmp_path,
     label's outlines on the series' slices (filled, the label voxel for voxel),
     beside label.nii.gz; convert-rtstruct reads it back the same. A file input
     and --deidentify are refused as for the SEG; a bad type is a usage error."""
-    import hashlib
-
-    from _phantoms import write_dicom_series
+    from _safety import tree_state
     from shapeprior.io import list_structures, read_rtstruct
     from shapeprior.pipeline._run import output_names
 
     d, images, labels, model = phantom_model
-    vol, _ = read_image(images / "phantom_006.nii.gz")
-    series = write_dicom_series(vol, tmp_path / "dicom")
-    digest = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in series.iterdir()}
-    out = tmp_path / "out"
-    assert main(["segment", str(series), "-o", str(out), "--model", str(model),
-                 "--output-type", "nifti,rtstruct"]) == 0
+    vol, series, out, state = _segmented_series(phantom_model, tmp_path, "nifti,rtstruct")
     assert sorted(f.name for f in out.iterdir()) == sorted(
         output_names("nifti,rtstruct") | {"manifest.json"})
     rep = json.loads((out / "report.json").read_text())
@@ -959,8 +961,7 @@ def test_segment_dicom_input_writes_an_rt_structure_set(phantom_model, tmp_path,
                  str(tmp_path / "back")]) == 0
     assert np.array_equal(read_label_map(tmp_path / "back" / "label.nii.gz").array,
                           label.array)
-    assert digest == {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
-                      for f in series.iterdir()}
+    assert tree_state(series) == state
     capsys.readouterr()
     assert main(["segment", str(images / "phantom_006.nii.gz"), "-o", str(tmp_path / "x"),
                  "--model", str(model), "--output-type", "rtstruct"]) == 1

@@ -109,6 +109,13 @@ def _dictionary_update(model: ShapeModel, aligned, n_sweeps, centre=None):
     return update_shape_dictionary(model.atoms, state, info, aligned, n_sweeps, centre)
 
 
+def recorded_total_variance(model: ShapeModel) -> float:
+    """The model's total shape variance (mm^2, over all 3N coordinates) as recorded
+    at build or update; computed from its shapes for a model from before it was."""
+    total = model.metadata.get("pca_total_variance_mm2")
+    return float(total_variance(model.shapes) if total is None else total)
+
+
 def alignment_target(model: ShapeModel):
     """The shape (N, 3) that GPA aligned the model's shapes onto: its mean, scaled
     by ``beta = mean_i |a_i|^2 / |mean|^2`` over the aligned shapes a_i.
@@ -123,9 +130,7 @@ def alignment_target(model: ShapeModel):
     recorded total variance (its shapes otherwise)."""
     mean = np.asarray(model.mean, dtype=float)
     m = model.n_shapes
-    total = model.metadata.get("pca_total_variance_mm2")
-    if total is None:      # a model from before it was recorded
-        total = total_variance(model.shapes)
+    total = recorded_total_variance(model)
     msq = float(np.sum((mean - mean.mean(0)) ** 2))
     if m < 2 or msq <= 0:
         return mean
@@ -190,10 +195,8 @@ def extend_model(model: ShapeModel, shapes, ids=None, hashes=None, *, fov_centre
     hashes = [None] * m if hashes is None else list(hashes)
     aligned = align_to_model(model, Y)
     meta = dict(model.metadata)
-    total_old = meta.get("pca_total_variance_mm2")
-    if total_old is None:   # a model from before it was stored
-        total_old = total_variance(model.shapes)
-    mean, comps, var, total = _pca_update(model, aligned.reshape(m, -1), float(total_old))
+    mean, comps, var, total = _pca_update(model, aligned.reshape(m, -1),
+                                          recorded_total_variance(model))
     atoms, state = model.atoms, model.dictionary_state
     if model.atoms is not None:
         atoms, state, meta["dictionary_learning"] = _dictionary_update(model, aligned, n_sweeps,
