@@ -171,6 +171,9 @@ def segment(image, model, *, seed=None, seed_space="lps", side="none", init=None
         :class:`~shapeprior.segmentation.PairedSegmentResult`, ``label`` of
         both sides, each side's SegmentResult in ``sides``, ``status`` from
         both (a side not found is left out of the label: ``suspect``).
+        A failed result's ``label`` is its fit (possibly on another structure):
+        check ``status`` before using it. The files ``shapeprior segment``
+        writes for a failed result hold no organ (the fit stays in the mesh).
     """
     from .segmentation import SegmentParams, segment_volume
 

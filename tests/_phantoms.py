@@ -131,6 +131,17 @@ def write_paired_phantoms(folder, n_cases, seed=0):
     return folder / "images", folder / "labels", truth
 
 
+def with_status(fit, status, reason):
+    """``fit`` (``segment_volume``) wrapped so that its result has ``status``, with
+    ``reason`` added: that status whatever the evidence, for the paths that follow it."""
+    def wrapped(*a, **k):
+        r = fit(*a, **k)
+        r.status = status
+        r.reasons = r.reasons + [reason]
+        return r
+    return wrapped
+
+
 def read_vtk_mesh(path):
     """A .vtk (legacy PolyData) or .vtp mesh read with VTK itself:
     ``(points (N, 3), number of triangles, {point data name: (N,)}, SPACE)``."""

@@ -444,6 +444,32 @@ def _segmented_series(phantom_model, tmp_path, output_type):
     return vol, series, out, state
 
 
+def test_a_suspect_result_says_so_in_its_dicom_series_description(phantom_model, tmp_path,
+                                                                    monkeypatch):
+    """A DICOM-SEG or structure set is read in a viewer, where report.json is not:
+    a suspect result's Series Description says SUSPECT (an ok one's is the plain
+    one), and the report records it."""
+    import pydicom
+    from _phantoms import with_status
+
+    from shapeprior.pipeline import _run
+
+    vol, series, out, _ = _segmented_series(phantom_model, tmp_path, "dicom-seg,rtstruct")
+    for name in ("seg.dcm", "rtstruct.dcm"):
+        assert pydicom.dcmread(out / name).SeriesDescription == "shapeprior segmentation"
+    monkeypatch.setattr(_run, "segment_volume", with_status(
+        _run.segment_volume, "suspect", "weak boundary evidence"))
+    sus = tmp_path / "suspect"
+    assert main(["segment", str(series), "-o", str(sus), "--model", str(phantom_model[3]),
+                 "--output-type", "dicom-seg,rtstruct"]) == 0
+    rep = json.loads((sus / "report.json").read_text())
+    assert rep["status"] == "suspect"
+    for name, key in (("seg.dcm", "dicom_seg"), ("rtstruct.dcm", "rtstruct")):
+        said = pydicom.dcmread(sus / name).SeriesDescription
+        assert "SUSPECT" in said and len(said) <= 64
+        assert rep[key]["series_description"] == said
+
+
 def test_segment_dicom_input_writes_dicom_seg(phantom_model, tmp_path):
     import hashlib
 

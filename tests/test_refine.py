@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from _phantoms import leak_at_tip, read_vtk_mesh
+from _phantoms import leak_at_tip, read_vtk_mesh, with_status
 
 from shapeprior.cli import main
 from shapeprior.io import Volume, read_label_map, write_label
@@ -759,15 +759,8 @@ def test_a_failed_fit_does_not_cut_the_mask(phantom_model, monkeypatch):
     vol = Volume(bad, clean_vol.spacing, clean_vol.origin, clean_vol.direction)
     trusted = refine(vol, model)
     assert not trusted.label[tuple(far)]                            # refined when trusted
-    fit = mod.segment_volume
-
-    def failing(*a, **k):
-        r = fit(*a, **k)
-        r.status = "failed"
-        r.reasons = r.reasons + ["the surface does not match the mask: organ not found"]
-        return r
-
-    monkeypatch.setattr(mod, "segment_volume", failing)
+    monkeypatch.setattr(mod, "segment_volume", with_status(
+        mod.segment_volume, "failed", "the surface does not match the mask: organ not found"))
     r = refine(vol, model)
     assert r.fit.status == "failed" and r.fit.evidence["mask_agreement_dice"] >= 0.85
     assert any(x.startswith("not refined: the fit failed; the input is") for x in r.fit.reasons)

@@ -126,6 +126,40 @@ def test_a_side_not_found_is_left_out_and_the_result_is_suspect(paired, tmp_path
                  "--side", "both", "--strict"]) == 3
 
 
+def test_both_sides_failed_write_no_organ(paired, tmp_path, capsys, monkeypatch):
+    """Both fits failed (here the held-out phantom's two fits, made to fail). The
+    result (Python API) holds both fits, as a failed one-side result holds its
+    fit; the label file holds no organ and no side is listed in it, the mesh
+    keeps both fits, and the report says what was left out."""
+    from shapeprior.pipeline import _run
+
+    d, images, truth, model = paired
+    fit = _run.segment_volume
+
+    def failing(vol, *a, **k):
+        r = fit(vol, *a, **k)
+        for f in r.sides.values():
+            f.status = "failed"
+        return combine_sides(r.sides, vol.spacing)
+
+    monkeypatch.setattr(_run, "segment_volume", failing)
+    out = tmp_path / "o"
+    assert main(["segment", str(images / NAME), "-o", str(out), "--model", str(model),
+                 "--side", "both"]) == 3
+    capsys.readouterr()
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["status"] == "failed", rep["reasons"]
+    assert [rep["sides"][s]["status"] for s in ("left", "right")] == ["failed", "failed"]
+    assert not read_label_map(out / "label.nii.gz").array.any()
+    assert rep["paired"]["in_label"] == [] and rep["volume_ml"] == 0.0
+    assert not any(rep["sides"][s]["in_label"] for s in ("left", "right"))
+    sides_ml = sum(rep["sides"][s]["volume_ml"] for s in ("left", "right"))
+    assert sides_ml > 0 and rep["label_withheld"]["fit_volume_ml"] == pytest.approx(
+        sides_ml, rel=1e-3)
+    pts, _, data, _ = read_vtk_mesh(out / "mesh.vtk")
+    assert len(pts) == 2 * 642 and set(np.unique(data["side"])) == {1.0, 2.0}
+
+
 def _fit(label, status, quality=0.9, reasons=()):
     """A side's fit as combine_sides reads it; its surface: the label's voxel
     indices (x along the last axis, LPS x growing with it, as on an identity grid)."""

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from _phantoms import read_vtk_mesh
+from _phantoms import read_vtk_mesh, with_status
 
 from shapeprior.cli import main
 from shapeprior.io import Volume, read_label_map, read_volume, write_label
@@ -112,6 +112,61 @@ def test_each_reason_is_shown_and_reported_at_its_level(phantom_model, scan, tmp
         assert f"  {lv}: {why}" in shown
     stats = json.loads((out / "statistics.json").read_text())
     assert stats["reason_levels"] == rep["reason_levels"]
+
+
+def test_a_failed_fit_is_not_written_as_the_organ(phantom_model, model, scan, tmp_path,
+                                                  capsys, monkeypatch):
+    """A fit whose evidence says it failed (here the phantom's own fit, made to
+    fail: on an organ-free image the voxel classifier already empties it). The
+    Python API returns that fit beside its status, but label.nii.gz (the file a
+    tool reads alone) holds no organ, on the image's grid; the fit stays in the
+    mesh and the QC picture, and the report and the screen say where. Before,
+    the label held the failed fit (on the TotalSegmentator example's DICOM slab,
+    a 95 ml "kidney"). Dice with a reference scores the label as written."""
+    from shapeprior.pipeline import _run
+
+    vol, truth = scan
+    fit = _run.segment_volume
+    failing = with_status(fit, "failed",
+                          "the surface does not match the image: organ not found")
+    drawn, qc = [], _run.qc_png
+
+    def recorded(path, image, label, *a, **k):             # what the QC picture draws
+        drawn.append(int(np.count_nonzero(label)))
+        return qc(path, image, label, *a, **k)
+
+    monkeypatch.setattr(_run, "segment_volume", failing)
+    monkeypatch.setattr(_run, "qc_png", recorded)
+    r = failing(vol, model, SegmentParams())
+    assert r.status == "failed" and r.label.any()           # the API keeps the fit
+    images, ref = phantom_model[1], phantom_model[2] / "phantom_005.nii.gz"
+    out = tmp_path / "out"
+    assert main(["segment", str(images / "phantom_005.nii.gz"), "-o", str(out), "--model",
+                 str(phantom_model[3]), "--reference", str(ref)]) == 3
+    shown = capsys.readouterr().out
+    lab = read_label_map(out / "label.nii.gz")
+    assert lab.array.shape == vol.array.shape and not lab.array.any()
+    assert np.allclose(lab.spacing, vol.spacing) and np.allclose(lab.origin, vol.origin)
+    rep = json.loads((out / "report.json").read_text())
+    fit_ml = float(np.count_nonzero(r.label)) * float(np.prod(vol.spacing)) / 1000
+    assert rep["status"] == "failed" and rep["volume_ml"] == 0.0
+    assert rep["label_withheld"]["fit_volume_ml"] == pytest.approx(fit_ml, rel=1e-3)
+    assert rep["label_withheld"]["fit_in"] == ["mesh.vtk", "qc.png"]
+    said = [w for w in rep["warnings"] if w.startswith("the label leaves out the failed fit")]
+    assert len(said) == 1 and f"  note: {said[0]}" in shown
+    assert rep["reference"]["dice"] == 0.0                 # the label as written
+    pts, _, data, _ = read_vtk_mesh(out / "mesh.vtk")      # the fit, for a reader to judge
+    assert np.allclose(pts, r.verts, atol=1e-4) and (out / "qc.png").stat().st_size > 0
+    assert drawn == [int(np.count_nonzero(r.label))]       # the QC draws the failed fit
+    assert "volume_ml" not in json.loads((out / "statistics.json").read_text())
+    # an ok result's label is the fit, as before
+    monkeypatch.setattr(_run, "segment_volume", fit)
+    assert main(["segment", str(images / "phantom_005.nii.gz"), "-o", str(tmp_path / "ok"),
+                 "--model", str(phantom_model[3])]) == 0
+    capsys.readouterr()
+    assert np.array_equal(read_label_map(tmp_path / "ok" / "label.nii.gz").array > 0,
+                          r.label > 0)
+    assert "label_withheld" not in json.loads((tmp_path / "ok" / "report.json").read_text())
 
 
 def test_image_not_in_hounsfield_units_is_failed_under_the_ct_model(model, scan):

@@ -157,17 +157,20 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
             except ValueError as e:     # the mask's own words: name the option
                 raise ValueError(f"--init-mask: {e}") from None
     res = segment_volume(vol, model, params, dictionary, clock=clock, init=init)
+    fitted = res.label
+    res = delivered(res)
     voxel_ml = float(np.prod(vol.spacing)) / 1000.0
     volume_ml = float(np.count_nonzero(res.label)) * voxel_ml
     organ = model.metadata.get("organ", "organ")
     fits = res.fits if isinstance(res, PairedSegmentResult) else {None: res}
     each = "" if None in fits else " (" + ", ".join(
         f"{s} {float(np.count_nonzero(f.label)) * voxel_ml:.1f} ml" for s, f in fits.items()) + ")"
+    title = f"{organ}: {volume_ml:.1f} ml{each}" if fitted is res.label else \
+        f"{organ}: failed, label withheld (the fit drawn: {_ml(fitted, voxel_ml):.1f} ml)"
 
     # the QC picture draws on a thread while the report is measured and the other
     # files are written; the folder is published once it is done
-    picture = background(qc_png, out.file("qc.png"), vol, res.label, ref,
-                         title=f"{organ}: {volume_ml:.1f} ml{each}",
+    picture = background(qc_png, out.file("qc.png"), vol, fitted, ref, title=title,
                          verts=np.concatenate([f.verts for f in fits.values()]),
                          outliers=np.concatenate([f.overridden for f in fits.values()])) \
         if qc else contextlib.nullcontext()
@@ -176,6 +179,12 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
             report = (_paired_report if None not in fits else _report)(
                 res, vol, ref, info, model, params, dictionary, clock, case_name, input_path,
                 volume_ml)
+            if fitted is not res.label:
+                withhold_note(report, _ml(fitted, voxel_ml), f"mesh.{mesh_format}")
+            if "paired" in report and res.status == "failed":   # both sides failed
+                report["paired"]["in_label"] = []
+                for side in report["sides"].values():
+                    side["in_label"] = False
             if ref is not None:
                 report["reference"]["labels"] = [int(v) for v in reference_labels]
                 note_reference(report, ref, ref_others)
@@ -185,6 +194,35 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
         out.commit()
     report["total_time_s"] = time.perf_counter() - t0
     return report
+
+
+def _ml(label, voxel_ml) -> float:
+    return float(np.count_nonzero(label)) * voxel_ml
+
+
+def delivered(res):
+    """A result as its label files deliver it: a failed result's label holds no
+    organ (a failed fit lies on something else: the organ was not found), so a
+    tool that reads the label alone never takes it for the organ; its surface
+    stays in the mesh and the QC picture, for a reader to judge. The Python API's
+    result keeps the fit's label, beside its status."""
+    if res.status != "failed" or not np.any(res.label):
+        return res
+    return replace(res, label=np.zeros_like(res.label))
+
+
+#: the start of the warning of a failed fit that the label files leave out
+WITHHELD_WARNING = "the label leaves out the failed fit"
+
+
+def withhold_note(report, fit_ml, mesh):
+    """Say in ``report`` that the failed fit (``fit_ml`` ml) is not in the label:
+    ``label_withheld`` and a warning naming where the fit is."""
+    report["label_withheld"] = {"reason": "the fit failed (see reasons): it is not taken for "
+                                          "the organ",
+                                "fit_volume_ml": round(fit_ml, 3), "fit_in": [mesh, "qc.png"]}
+    report["warnings"].append(f"{WITHHELD_WARNING} ({fit_ml:.1f} ml; it is in {mesh} and drawn "
+                              "in qc.png)")
 
 
 def other_labels(array, labels, slab=16):
@@ -547,9 +585,17 @@ def _write_seg(out, vol, res, model, input_path, info, params, rtstruct=False):
         label, side = res.label, fitted_side(res, model, params)
     name = OUTPUT_FILES["rtstruct" if rtstruct else "dicom-seg"]
     write = write_structure_set if rtstruct else write_dicom_seg
+    desc = SERIES_DESCRIPTION[res.status]
     rec = write(out.file(name), label, vol, dicom_source(input_path), info.get("series_key"),
-                organ=model.metadata.get("organ", "organ"), side=side)
-    return {"written": True, "file": name, **rec}
+                organ=model.metadata.get("organ", "organ"), side=side, series_description=desc)
+    return {"written": True, "file": name, "series_description": desc, **rec}
+
+
+#: the Series Description of the DICOM-SEG or structure set of an ok and of a suspect
+#: result (a failed one writes neither): a viewer shows it beside the series, where
+#: report.json is not at hand, so a suspect result says so where the reader looks
+SERIES_DESCRIPTION = {"ok": "shapeprior segmentation",
+                      "suspect": "shapeprior segmentation - SUSPECT, review before use"}
 
 
 def vertex_data(res, model) -> dict:
