@@ -3441,8 +3441,8 @@ MUTANTS = [
      "                report[\"paired\"][\"in_label\"] = report[\"paired\"][\"in_label\"]",
      "the report lists both failed sides as in the label, which holds none"),
     ("wh-volume-delivered", "withheld", "shapeprior/pipeline/_run.py",
-     "                withhold_note(report, _ml(fitted, voxel_ml), f\"mesh.{mesh_format}\")",
-     "                withhold_note(report, _ml(res.label, voxel_ml), f\"mesh.{mesh_format}\")",
+     "                withhold_note(report, _ml(fitted, voxel_ml), f\"mesh.{mesh_format}\", qc)",
+     "                withhold_note(report, _ml(res.label, voxel_ml), f\"mesh.{mesh_format}\", qc)",
      "the withheld fit's volume measured on the empty label: 0 ml"),
     ("wh-qc-delivered", "withheld", "shapeprior/pipeline/_run.py",
      "    picture = background(qc_png, out.file(\"qc.png\"), vol, fitted, ref, title=title,",
@@ -3457,6 +3457,10 @@ MUTANTS = [
      "series_description=desc)",
      "                organ=model.metadata.get(\"organ\", \"organ\"), side=side)",
      "the report names the SUSPECT description the written file does not hold"),
+    ("wh-qc-named-without-qc", "withheld", "shapeprior/pipeline/_run.py",
+     "    where = [mesh, \"qc.png\"] if qc else [mesh]",
+     "    where = [mesh, \"qc.png\"]",
+     "--no-qc: the report sends the reader to a qc.png that was not written"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -167,6 +167,15 @@ def test_a_failed_fit_is_not_written_as_the_organ(phantom_model, model, scan, tm
     assert np.array_equal(read_label_map(tmp_path / "ok" / "label.nii.gz").array > 0,
                           r.label > 0)
     assert "label_withheld" not in json.loads((tmp_path / "ok" / "report.json").read_text())
+    # without the QC picture the report names the mesh alone
+    monkeypatch.setattr(_run, "segment_volume", failing)
+    assert main(["segment", str(images / "phantom_005.nii.gz"), "-o", str(tmp_path / "noqc"),
+                 "--model", str(phantom_model[3]), "--no-qc"]) == 3
+    capsys.readouterr()
+    rep = json.loads((tmp_path / "noqc" / "report.json").read_text())
+    assert rep["label_withheld"]["fit_in"] == ["mesh.vtk"]
+    assert not (tmp_path / "noqc" / "qc.png").exists()
+    assert not any("qc.png" in w for w in rep["warnings"])
 
 
 def test_image_not_in_hounsfield_units_is_failed_under_the_ct_model(model, scan):

@@ -180,7 +180,7 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
                 res, vol, ref, info, model, params, dictionary, clock, case_name, input_path,
                 volume_ml)
             if fitted is not res.label:
-                withhold_note(report, _ml(fitted, voxel_ml), f"mesh.{mesh_format}")
+                withhold_note(report, _ml(fitted, voxel_ml), f"mesh.{mesh_format}", qc)
             if "paired" in report and res.status == "failed":   # both sides failed
                 report["paired"]["in_label"] = []
                 for side in report["sides"].values():
@@ -215,14 +215,16 @@ def delivered(res):
 WITHHELD_WARNING = "the label leaves out the failed fit"
 
 
-def withhold_note(report, fit_ml, mesh):
+def withhold_note(report, fit_ml, mesh, qc=True):
     """Say in ``report`` that the failed fit (``fit_ml`` ml) is not in the label:
-    ``label_withheld`` and a warning naming where the fit is."""
+    ``label_withheld`` and a warning naming where the fit is (the mesh, and the QC
+    picture when one is drawn)."""
+    where = [mesh, "qc.png"] if qc else [mesh]
     report["label_withheld"] = {"reason": "the fit failed (see reasons): it is not taken for "
                                           "the organ",
-                                "fit_volume_ml": round(fit_ml, 3), "fit_in": [mesh, "qc.png"]}
-    report["warnings"].append(f"{WITHHELD_WARNING} ({fit_ml:.1f} ml; it is in {mesh} and drawn "
-                              "in qc.png)")
+                                "fit_volume_ml": round(fit_ml, 3), "fit_in": where}
+    report["warnings"].append(f"{WITHHELD_WARNING} ({fit_ml:.1f} ml; it is in {mesh}"
+                              + (" and drawn in qc.png)" if qc else ")"))
 
 
 def other_labels(array, labels, slab=16):
