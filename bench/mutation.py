@@ -2437,7 +2437,7 @@ MUTANTS = [
      '"numba": "huber_lasso_reweighted_numba",', '"numba": "huber_lasso_numba",',
      "the reweighted robust solve dispatched to the plain solve's Numba twin"),
     ("run-label-code-scanner", "io", "shapeprior/pipeline/_run.py",
-     'code=info.get("xform_code") or 1)', "code=1)",
+     'code=info.get("xform_code") or 1,', "code=1,",
      "the label written with the scanner code whatever the input's placing transform said"),
     ("run-reference-spacing-zyx", "segment", "shapeprior/pipeline/_run.py",
      "        report[\"reference\"] = compared_with(res.label, ref, vol.spacing)\n    return report\n\n\n#: the keys",
@@ -3461,6 +3461,15 @@ MUTANTS = [
      "    where = [mesh, \"qc.png\"] if qc else [mesh]",
      "    where = [mesh, \"qc.png\"]",
      "--no-qc: the report sends the reader to a qc.png that was not written"),
+    ("wh-descrip-dropped", "withheld", "shapeprior/pipeline/_run.py",
+     "                    description=label_description(res.status, model))",
+     "                    description=None)",
+     "the label's header says nothing of the status a header viewer would show"),
+    ("wh-descrip-refine-as-segment", "refine", "shapeprior/pipeline/_refine.py",
+     "                    description=label_description(report[\"status\"], model, refined=True))",
+     "                    description=label_description(report[\"status\"], model))",
+     "a refined mask described as a segmentation; a failed one as 'no organ written' "
+     "though it is the mask as given"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -461,9 +461,16 @@ def test_a_suspect_result_says_so_in_its_dicom_series_description(phantom_model,
         _run.segment_volume, "suspect", "weak boundary evidence"))
     sus = tmp_path / "suspect"
     assert main(["segment", str(series), "-o", str(sus), "--model", str(phantom_model[3]),
-                 "--output-type", "dicom-seg,rtstruct"]) == 0
+                 "--output-type", "nifti,dicom-seg,rtstruct"]) == 0
     rep = json.loads((sus / "report.json").read_text())
     assert rep["status"] == "suspect"
+    import nibabel as nib                                   # and the NIfTI header's too
+
+    from shapeprior.model import load_model
+
+    organ = load_model(phantom_model[3]).metadata.get("organ") or "organ"
+    assert nib.load(sus / "label.nii.gz").header["descrip"].item().decode() == \
+        f"shapeprior {organ}: SUSPECT, review before use"
     for name, key in (("seg.dcm", "dicom_seg"), ("rtstruct.dcm", "rtstruct")):
         said = pydicom.dcmread(sus / name).SeriesDescription
         assert "SUSPECT" in said and len(said) <= 64

@@ -5,6 +5,7 @@ what was removed, and the inputs are untouched."""
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -56,6 +57,13 @@ def test_refine_removes_a_leak_and_an_island(phantom_model, tmp_path, capsys):
     assert not got[tuple(far)]                                 # the island is gone
     rep = json.loads((out / "report.json").read_text())
     assert rep["status"] in ("ok", "suspect") and rep["corrections"]["removed_ml"] > 0
+    # the header says what the voxels are, as a header viewer shows it
+    from shapeprior.model import load_model
+
+    said = nib.load(out / "label.nii.gz").header["descrip"].item().decode()
+    organ = load_model(model).metadata.get("organ") or "organ"
+    assert said == f"shapeprior refined {organ}: " + (
+        "ok" if rep["status"] == "ok" else "SUSPECT, review before use"), said
     assert any(r["kind"] == "removed" for r in rep["corrections"]["regions"])
     point_data = read_vtk_mesh(out / "mesh.vtk")[2]
     assert set(point_data) >= {"gross_error_mm", "overridden", "confidence",

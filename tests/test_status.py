@@ -114,6 +114,31 @@ def test_each_reason_is_shown_and_reported_at_its_level(phantom_model, scan, tmp
     assert stats["reason_levels"] == rep["reason_levels"]
 
 
+def _descrip(path) -> str:
+    """The NIfTI header's description of ``path``."""
+    import nibabel as nib
+
+    return nib.load(path).header["descrip"].item().decode()
+
+
+def test_label_descriptions_say_the_status_within_the_header_field():
+    """Each status's NIfTI description, of a segmentation and of a refinement,
+    names the status and fits the header's 79 characters; a failed refinement's
+    label is the mask as given, and says so."""
+    from types import SimpleNamespace
+
+    from shapeprior.pipeline._run import label_description
+
+    m = SimpleNamespace(metadata={"organ": "hippocampus"})
+    for refined in (False, True):
+        for status, word in (("ok", ": ok"), ("suspect", "SUSPECT"), ("failed", "FAILED")):
+            said = label_description(status, m, refined)
+            assert word in said and "hippocampus" in said and len(said) <= 79, said
+    assert "mask as given" in label_description("failed", m, True)
+    assert "refined" in label_description("ok", m, True)
+    assert "refined" not in label_description("ok", m)
+
+
 def test_a_failed_fit_is_not_written_as_the_organ(phantom_model, model, scan, tmp_path,
                                                   capsys, monkeypatch):
     """A fit whose evidence says it failed (here the phantom's own fit, made to
@@ -158,6 +183,9 @@ def test_a_failed_fit_is_not_written_as_the_organ(phantom_model, model, scan, tm
     pts, _, data, _ = read_vtk_mesh(out / "mesh.vtk")      # the fit, for a reader to judge
     assert np.allclose(pts, r.verts, atol=1e-4) and (out / "qc.png").stat().st_size > 0
     assert drawn == [int(np.count_nonzero(r.label))]       # the QC draws the failed fit
+    organ = model.metadata.get("organ") or "organ"
+    assert _descrip(out / "label.nii.gz") == \
+        f"shapeprior {organ}: FAILED, no organ written (see report.json)"
     assert "volume_ml" not in json.loads((out / "statistics.json").read_text())
     # an ok result's label is the fit, as before
     monkeypatch.setattr(_run, "segment_volume", fit)
@@ -167,6 +195,7 @@ def test_a_failed_fit_is_not_written_as_the_organ(phantom_model, model, scan, tm
     assert np.array_equal(read_label_map(tmp_path / "ok" / "label.nii.gz").array > 0,
                           r.label > 0)
     assert "label_withheld" not in json.loads((tmp_path / "ok" / "report.json").read_text())
+    assert _descrip(tmp_path / "ok" / "label.nii.gz") == f"shapeprior {organ}: ok"
     # without the QC picture the report names the mesh alone
     monkeypatch.setattr(_run, "segment_volume", failing)
     assert main(["segment", str(images / "phantom_005.nii.gz"), "-o", str(tmp_path / "noqc"),

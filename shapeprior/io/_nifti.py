@@ -388,12 +388,14 @@ def affine_ras(vol) -> np.ndarray:
     return A
 
 
-def write_nifti(vol, path, code=1) -> None:
+def write_nifti(vol, path, code=1, description=None) -> None:
     """Write ``vol`` as NIfTI-1 with qform = sform (both ``code``), atomically.
 
     The array is written as it is (x fastest); ``path`` ending ``.gz`` is
     compressed at the fastest level (ISA-L where installed; no file name and
-    a zero time in the gzip header, so equal labels give equal bytes)."""
+    a zero time in the gzip header, so equal labels give equal bytes).
+    ``description``: the header's ``descrip`` (ASCII, at most 79 characters;
+    longer is cut), which header viewers (``fslhd``, FSLeyes) show."""
     import nibabel as nib
     from nibabel.fileholders import FileHolder
 
@@ -404,6 +406,8 @@ def write_nifti(vol, path, code=1) -> None:
     img.set_qform(A, code=code)
     img.set_sform(A, code=code)
     img.header.set_xyzt_units("mm")
+    if description:
+        img.header["descrip"] = str(description).encode("ascii", "replace")[:79]
     tmp = p.with_name(".tmp_" + p.name)
     try:
         if _named_gzipped(p):           # written as named (it need not exist yet)

@@ -455,11 +455,11 @@ def as_label_map(vol: Volume, name="mask") -> Volume:
     return vol
 
 
-def write_label(vol: Volume, label, path, code=1):
+def write_label(vol: Volume, label, path, code=1, description=None):
     """Label map (uint8) with exactly ``vol``'s geometry, written atomically.
 
-    NIfTI (``.nii``/``.nii.gz``) is written with qform = sform and ``code``;
-    other formats through SimpleITK."""
+    NIfTI (``.nii``/``.nii.gz``) is written with qform = sform and ``code``, and
+    ``description`` in its header's ``descrip``; other formats through SimpleITK."""
     import os
 
     from ._nifti import is_nifti, write_nifti
@@ -469,7 +469,7 @@ def write_label(vol: Volume, label, path, code=1):
     lab = Volume(a, vol.spacing, vol.origin, vol.direction)
     p = Path(path)
     if is_nifti(p):
-        write_nifti(lab, p, code)
+        write_nifti(lab, p, code, description)
         return
     import SimpleITK as sitk
 

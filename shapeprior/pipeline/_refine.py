@@ -16,10 +16,9 @@ from ..io import display_name, read_label_map, read_scan, write_label
 from ..segmentation import (PairedRefineResult, SegmentParams, reason_levels, refine_mask,
                             refine_paired)
 from ._qc import qc_png
-from ._run import (MESH_FORMATS, compared_with, input_hashes, label_list, model_version,
-                   note_reference, other_labels,
-                   params_record, prior_record, reference_mask, scrub_argv, side_note,
-                   statistics, write_mesh)
+from ._run import (MESH_FORMATS, compared_with, input_hashes, label_description, label_list,
+                   model_version, note_reference, other_labels, params_record, prior_record,
+                   reference_mask, scrub_argv, side_note, statistics, write_mesh)
 
 
 def refine_output_names(mesh_format="vtk") -> set:
@@ -224,7 +223,8 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
                           "(red dashed: input mask)",
                     verts=np.concatenate([f.verts for f in fits.values()]),
                     outliers=np.concatenate([f.overridden for f in fits.values()])):
-        write_label(mvol, label, out.file("label.nii.gz"), code=1)
+        write_label(mvol, label, out.file("label.nii.gz"), code=1,
+                    description=label_description(report["status"], model, refined=True))
         write_mesh(out.file(f"mesh.{mesh_format}"), fits, model)
         out.write_json("report.json", report)
         if paired:

@@ -473,7 +473,8 @@ def _write_outputs(out, vol, res, report, model, model_path, input_path, referen
     kinds = output_kinds(output_type)
     if "nifti" in kinds:
         write_label(vol, res.label, out.file("label.nii.gz"),
-                    code=info.get("xform_code") or 1)
+                    code=info.get("xform_code") or 1,
+                    description=label_description(res.status, model))
     if "dicom-seg" in kinds:
         report["dicom_seg"] = _write_seg(out, vol, res, model, input_path, info, params)
     if "rtstruct" in kinds:
@@ -593,6 +594,25 @@ def _write_seg(out, vol, res, model, input_path, info, params, rtstruct=False):
     return {"written": True, "file": name, "series_description": desc, **rec}
 
 
+#: the NIfTI label's header ``descrip`` for a result of each status ({} the organ):
+#: what a header viewer (fslhd, FSLeyes) shows beside the voxels, report.json aside
+LABEL_DESCRIPTION = {"ok": "shapeprior {}: ok",
+                     "suspect": "shapeprior {}: SUSPECT, review before use",
+                     "failed": "shapeprior {}: FAILED, no organ written (see report.json)"}
+
+
+def label_description(status, model, refined=False) -> str:
+    """The ``descrip`` of a label map written for a result of ``status``; of a
+    refinement (``refined``), whose failed result is the mask as given."""
+    organ = str(model.metadata.get("organ") or "organ")
+    if not refined:
+        return LABEL_DESCRIPTION[status].format(organ)
+    if status == "failed":
+        return f"shapeprior: {organ} mask as given, not refined: FAILED (see report.json)"
+    return f"shapeprior refined {organ}: " + ("ok" if status == "ok" else
+                                              "SUSPECT, review before use")
+
+
 #: the Series Description of the DICOM-SEG or structure set of an ok and of a suspect
 #: result (a failed one writes neither): a viewer shows it beside the series, where
 #: report.json is not at hand, so a suspect result says so where the reader looks
@@ -655,6 +675,6 @@ def scrub_argv(argv, replace):
     return out
 
 
-__all__ = ["run_case", "side_references", "OUTPUT_TYPES", "OUTPUT_FILES", "output_kinds",
+__all__ = ["run_case", "side_references", "label_description", "OUTPUT_TYPES", "OUTPUT_FILES", "output_kinds",
            "output_names", "input_files", "input_hashes", "params_record", "vertex_data",
            "statistics"]
