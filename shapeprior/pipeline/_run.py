@@ -202,10 +202,11 @@ def _ml(label, voxel_ml) -> float:
 
 def delivered(res):
     """A result as its label files deliver it: a failed result's label holds no
-    organ (a failed fit lies on something else: the organ was not found), so a
-    tool that reads the label alone never takes it for the organ; its surface
-    stays in the mesh and the QC picture, for a reader to judge. The Python API's
-    result keeps the fit's label, beside its status."""
+    organ (its evidence says the fit is not the organ: on something else, mostly
+    outside the image, or implausible), so a tool that reads the label alone never
+    takes it for the organ; its surface stays in the mesh and the QC picture, for a
+    reader to judge. The Python API's result keeps the fit's label, beside its
+    status."""
     if res.status != "failed" or not np.any(res.label):
         return res
     return replace(res, label=np.zeros_like(res.label))
