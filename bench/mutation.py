@@ -3470,6 +3470,22 @@ MUTANTS = [
      "                    description=label_description(report[\"status\"], model))",
      "a refined mask described as a segmentation; a failed one as 'no organ written' "
      "though it is the mask as given"),
+    ("wh-recon-side-status", "withheld", "shapeprior/pipeline/_reconstruct.py",
+     "                      if isinstance(b, dict) and b.get(\"status\") == \"failed\"}",
+     "                      if isinstance(b, dict) and b.get(\"status\") == \"suspect\"}",
+     "a population study drops the suspect side of a mesh and measures the failed one"),
+    ("wh-recon-whole-ignored", "withheld", "shapeprior/pipeline/_reconstruct.py",
+     "    return (why(r) if r.get(\"status\") == \"failed\" else None), {}",
+     "    return None, {}",
+     "a failed segmentation's fit measured as an organ in a population study"),
+    ("wh-recon-any-name", "withheld", "shapeprior/pipeline/_reconstruct.py",
+     "    if Path(mesh_path).stem != \"mesh\" or not rep.is_file():",
+     "    if not rep.is_file():",
+     "any mesh beside a failed report (a user's own, say) dropped from the study"),
+    ("wh-recon-sides-skipped", "withheld", "shapeprior/pipeline/_reconstruct.py",
+     "                if side in failed_sides:",
+     "                if False:",
+     "a failed side of a mesh of both sides reconstructed as an organ"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

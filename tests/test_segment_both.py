@@ -158,6 +158,13 @@ def test_both_sides_failed_write_no_organ(paired, tmp_path, capsys, monkeypatch)
         sides_ml, rel=1e-3)
     pts, _, data, _ = read_vtk_mesh(out / "mesh.vtk")
     assert len(pts) == 2 * 642 and set(np.unique(data["side"])) == {1.0, 2.0}
+    # a population study leaves both failed fits out, each side saying why: no shape is
+    # left, so it is refused in one line, naming the first side
+    assert main(["reconstruct", str(out), "-o", str(tmp_path / "rec"), "--model", str(model),
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "'mesh.vtk [left]' is the fit of a failed segmentation, not the organ" in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "rec").exists()
 
 
 def _fit(label, status, quality=0.9, reasons=()):

@@ -207,6 +207,66 @@ def test_a_failed_fit_is_not_written_as_the_organ(phantom_model, model, scan, tm
     assert not any("qc.png" in w for w in rep["warnings"])
 
 
+def test_a_population_study_leaves_out_a_failed_segmentations_mesh(phantom_model, tmp_path,
+                                                                   capsys, monkeypatch):
+    """The meshes segment writes feed `reconstruct` (a population study). A failed
+    segmentation's mesh is its failed fit, not the organ: the report beside it says
+    so, and reconstruct lists it as failed with that reason instead of measuring it;
+    an ok segmentation's mesh is reconstructed."""
+    import csv
+
+    from shapeprior.pipeline import _run
+
+    images, model = phantom_model[1], str(phantom_model[3])
+    img = str(images / "phantom_005.nii.gz")
+    runs = tmp_path / "runs"
+    assert main(["segment", img, "-o", str(runs / "ok"), "--model", model]) == 0
+    monkeypatch.setattr(_run, "segment_volume", with_status(
+        _run.segment_volume, "failed", "the surface does not match the image: organ not found"))
+    assert main(["segment", img, "-o", str(runs / "bad"), "--model", model]) == 3
+    capsys.readouterr()
+    rec = tmp_path / "rec"
+    assert main(["reconstruct", str(runs), "-o", str(rec), "--model", model, "--quiet"]) == 3
+    with open(rec / "summary.csv") as fh:
+        rows = {r["name"]: r for r in csv.DictReader(fh)}
+    assert rows["bad/mesh.vtk"]["status"] == "failed"
+    assert "is the fit of a failed segmentation, not the organ" in rows["bad/mesh.vtk"]["reasons"]
+    assert "organ not found" in rows["bad/mesh.vtk"]["reasons"]
+    assert rows["ok/mesh.vtk"]["status"] in ("ok", "suspect")
+
+
+def test_which_meshes_hold_a_failed_fit(tmp_path):
+    """failed_source reads the report beside a mesh that segment or refine wrote:
+    a failed result's whole mesh; of a mesh of both sides, each failed side (a
+    refinement of both kidneys whose right fit failed keeps the left); an ok or
+    suspect result, another file name, a report that is not JSON or no report:
+    nothing."""
+    from shapeprior.pipeline._reconstruct import failed_source
+
+    def folder(name, report):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "mesh.vtk").write_bytes(b"")
+        if report is not None:
+            (d / "report.json").write_text(report if isinstance(report, str)
+                                           else json.dumps(report))
+        return d / "mesh.vtk"
+
+    whole, sides = failed_source(folder("f", {"status": "failed", "reasons": ["organ not found"]}))
+    assert "failed segmentation" in whole and "organ not found" in whole and sides == {}
+    whole, sides = failed_source(folder("p", {"status": "failed", "sides": {
+        "left": {"status": "ok", "reasons": []},
+        "right": {"status": "failed", "reasons": ["empty segmentation"]}}}))
+    assert whole is None and list(sides) == ["right"] and "empty segmentation" in sides["right"]
+    for name, rep in (("ok", {"status": "ok", "reasons": []}),
+                      ("s", {"status": "suspect", "reasons": ["weak boundary"]}),
+                      ("bad", "{not json"), ("none", None)):
+        assert failed_source(folder(name, rep)) == (None, {}), name
+    other = tmp_path / "f" / "shape.vtk"           # not the mesh the report speaks of
+    other.write_bytes(b"")
+    assert failed_source(other) == (None, {})
+
+
 def test_image_not_in_hounsfield_units_is_failed_under_the_ct_model(model, scan):
     """A model without learned appearance reads intensities as HU (the CT
     intensity model). On an MR (no voxel below -20 HU: no fat, no air) that

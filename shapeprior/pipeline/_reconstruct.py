@@ -20,6 +20,7 @@ published atomically in one folder:
 from __future__ import annotations
 
 import csv
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -75,6 +76,33 @@ def find_shape_inputs(path):
     if not files:
         raise ValueError(f"no meshes ({', '.join(READ_SUFFIXES)}) found under {show_path(p)}")
     return [(str(f.relative_to(p)), f) for f in files]
+
+
+def failed_source(mesh_path):
+    """Why a mesh that ``segment`` or ``refine`` wrote holds a failed fit rather than
+    the organ, from the ``report.json`` beside it: ``(why or None, {side: why})``,
+    the second for each failed side of a mesh of both sides. A mesh without such a
+    report (another tool's, export-model's) gives ``(None, {})``."""
+    rep = Path(mesh_path).with_name("report.json")
+    if Path(mesh_path).stem != "mesh" or not rep.is_file():
+        return None, {}
+    try:
+        r = json.loads(rep.read_bytes())
+    except (OSError, ValueError):
+        return None, {}
+
+    def why(block):
+        first = (block.get("reasons") or ["no reason given"])[0]
+        return (f"is the fit of a failed segmentation, not the organ (report.json beside "
+                f"it: {' '.join(str(first).split())})")
+
+    if not isinstance(r, dict):
+        return None, {}
+    sides = r.get("sides")
+    if isinstance(sides, dict) and sides:
+        return None, {s: why(b) for s, b in sides.items()
+                      if isinstance(b, dict) and b.get("status") == "failed"}
+    return (why(r) if r.get("status") == "failed" else None), {}
 
 
 #: how a side of a mesh of both sides of a paired organ is named after its file
@@ -148,7 +176,8 @@ def load_shapes(path, n_points, faces=None):
 
     A shape that cannot be used (a mesh that cannot be read, with another
     vertex count than the model's, or, given the model's ``faces`` (F, 3), with
-    other triangles than the model's: vertices numbered otherwise; a shape that
+    other triangles than the model's: vertices numbered otherwise; the mesh of a
+    failed segmentation or of a failed side, :func:`failed_source`; a shape that
     :func:`~shapeprior._validation.shape_problem` finds unusable: not finite,
     beyond 1e9 mm, all its points at one place) is listed in ``failed`` with
     one line naming it, and the others are kept, as a batch of cases keeps
@@ -186,7 +215,10 @@ def load_shapes(path, n_points, faces=None):
         found = find_shape_inputs(p)
         names, loaded, sources, halves = [], [], [], []
         for j, (name, f) in enumerate(found):
+            whole, failed_sides = failed_source(f)
             try:
+                if whole is not None:
+                    raise ValueError(f"mesh {show_path(name)!r} {whole}")
                 s = read_mesh(f)
             except (ValueError, OSError) as exc:
                 failed[len(names)] = " ".join(str(exc).split())
@@ -195,6 +227,11 @@ def load_shapes(path, n_points, faces=None):
                 continue
             for side, verts, tri in paired_halves(s, n_points) or [(None, s.verts, s.faces)]:
                 shown = name if side is None else name + _SIDE_NAME.format(side)
+                if side in failed_sides:
+                    failed[len(names)] = f"mesh {show_path(shown)!r} {failed_sides[side]}"
+                    names.append(shown), loaded.append(verts), sources.append(j)
+                    halves.append(side)
+                    continue
                 why = shape_problem(verts)
                 if verts.shape[0] != n_points:
                     why = (f"has {verts.shape[0]} vertices; the model's shapes have "
