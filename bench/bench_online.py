@@ -60,7 +60,8 @@ from shapeprior.align import generalized_procrustes
 from shapeprior.correspond import fit_template
 from shapeprior.io import Volume
 from shapeprior.mesh import Surface, icosphere, mask_to_surface
-from shapeprior.model import extend_model, load_model, model_from_shapes, rank_candidates
+from shapeprior.model import (RANKING_CRITERIA, extend_model, load_model, model_from_shapes,
+                              rank_candidates)
 from shapeprior.ssc import sparse_shape_composition
 from shapeprior.synthetic import corrupt_patches
 
@@ -70,8 +71,9 @@ BATCH = 50
 CORRUPTIONS = {"clean": (0.0, 0.0), "displaced_30": (0.3, 0.0), "missing_50": (0.0, 0.5)}
 #: curve steps (shapes) where the online model also composes from its raw shapes
 CURVE_PRIOR_AT = {"adrenal": (100, 400), "kits": (100, 200)}
-#: the ranking criteria of rank_candidates that are compared with random orders
-CRITERIA = ("coverage", "novelty", "representative")       # the default first
+#: the ranking criteria of rank_candidates that are compared with random orders (the
+#: default first)
+CRITERIA = RANKING_CRITERIA
 
 
 # -- correspondence --------------------------------------------------------------------------

@@ -3449,7 +3449,7 @@ MUTANTS = [
      "    picture = background(qc_png, out.file(\"qc.png\"), vol, res.label, ref, title=title,",
      "the QC picture of a failed fit draws nothing: the reader cannot judge it"),
     ("wh-desc-suspect-plain", "outputs", "shapeprior/pipeline/_run.py",
-     "                      \"suspect\": \"shapeprior segmentation - SUSPECT, review before use\"}",
+     "                      \"suspect\": \"shapeprior segmentation - \" + SUSPECT_WORDS}",
      "                      \"suspect\": \"shapeprior segmentation\"}",
      "a suspect SEG or structure set looks like an ok one in the viewer"),
     ("wh-desc-not-passed", "outputs", "shapeprior/pipeline/_run.py",

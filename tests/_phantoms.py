@@ -142,6 +142,13 @@ def with_status(fit, status, reason):
     return wrapped
 
 
+def nifti_description(path) -> str:
+    """The NIfTI header's ``descrip`` of ``path`` (what fslhd shows)."""
+    import nibabel as nib
+
+    return nib.load(path).header["descrip"].item().decode()
+
+
 def read_vtk_mesh(path):
     """A .vtk (legacy PolyData) or .vtp mesh read with VTK itself:
     ``(points (N, 3), number of triangles, {point data name: (N,)}, SPACE)``."""

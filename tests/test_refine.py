@@ -5,11 +5,10 @@ what was removed, and the inputs are untouched."""
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 
-from _phantoms import leak_at_tip, read_vtk_mesh, with_status
+from _phantoms import leak_at_tip, nifti_description, read_vtk_mesh, with_status
 
 from shapeprior.cli import main
 from shapeprior.io import Volume, read_label_map, write_label
@@ -60,7 +59,7 @@ def test_refine_removes_a_leak_and_an_island(phantom_model, tmp_path, capsys):
     # the header says what the voxels are, as a header viewer shows it
     from shapeprior.model import load_model
 
-    said = nib.load(out / "label.nii.gz").header["descrip"].item().decode()
+    said = nifti_description(out / "label.nii.gz")
     organ = load_model(model).metadata.get("organ") or "organ"
     assert said == f"shapeprior refined {organ}: " + (
         "ok" if rep["status"] == "ok" else "SUSPECT, review before use"), said

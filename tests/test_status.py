@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from _phantoms import read_vtk_mesh, with_status
+from _phantoms import nifti_description, read_vtk_mesh, with_status
 
 from shapeprior.cli import main
 from shapeprior.io import Volume, read_label_map, read_volume, write_label
@@ -114,13 +114,6 @@ def test_each_reason_is_shown_and_reported_at_its_level(phantom_model, scan, tmp
     assert stats["reason_levels"] == rep["reason_levels"]
 
 
-def _descrip(path) -> str:
-    """The NIfTI header's description of ``path``."""
-    import nibabel as nib
-
-    return nib.load(path).header["descrip"].item().decode()
-
-
 def test_label_descriptions_say_the_status_within_the_header_field():
     """Each status's NIfTI description, of a segmentation and of a refinement,
     names the status and fits the header's 79 characters; a failed refinement's
@@ -184,7 +177,7 @@ def test_a_failed_fit_is_not_written_as_the_organ(phantom_model, model, scan, tm
     assert np.allclose(pts, r.verts, atol=1e-4) and (out / "qc.png").stat().st_size > 0
     assert drawn == [int(np.count_nonzero(r.label))]       # the QC draws the failed fit
     organ = model.metadata.get("organ") or "organ"
-    assert _descrip(out / "label.nii.gz") == \
+    assert nifti_description(out / "label.nii.gz") == \
         f"shapeprior {organ}: FAILED, no organ written (see report.json)"
     assert "volume_ml" not in json.loads((out / "statistics.json").read_text())
     # an ok result's label is the fit, as before
@@ -195,7 +188,7 @@ def test_a_failed_fit_is_not_written_as_the_organ(phantom_model, model, scan, tm
     assert np.array_equal(read_label_map(tmp_path / "ok" / "label.nii.gz").array > 0,
                           r.label > 0)
     assert "label_withheld" not in json.loads((tmp_path / "ok" / "report.json").read_text())
-    assert _descrip(tmp_path / "ok" / "label.nii.gz") == f"shapeprior {organ}: ok"
+    assert nifti_description(tmp_path / "ok" / "label.nii.gz") == f"shapeprior {organ}: ok"
     # without the QC picture the report names the mesh alone
     monkeypatch.setattr(_run, "segment_volume", failing)
     assert main(["segment", str(images / "phantom_005.nii.gz"), "-o", str(tmp_path / "noqc"),

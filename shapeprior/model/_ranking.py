@@ -163,13 +163,13 @@ def rank_candidates(model, shapes, criterion=CRITERIA[0]):
     R = aligned.reshape(m, -1) - model.mean.ravel()
     P = model.pca_components
     R = R - (R @ P.T) @ P
-    G = R @ R.T                                  # residual inner products (m, m)
-    novelty = np.sqrt(np.maximum(np.diag(G), 0.0) / nv)
+    novelty = np.sqrt(np.einsum("ij,ij->i", R, R) / nv)
     if criterion == "representative":
         order, gains = _herding(aligned.reshape(m, -1),
                                 np.asarray(model.shapes, dtype=float).reshape(
                                     model.n_shapes, -1), nv)
         return order, novelty, gains
+    G = R @ R.T                                  # residual inner products (m, m)
     order, gains = [], []
     left = np.ones(m, dtype=bool)
     scale = max(float(np.max(np.diag(G))), 1e-300)

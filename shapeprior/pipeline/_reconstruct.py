@@ -90,14 +90,14 @@ def failed_source(mesh_path):
         r = json.loads(rep.read_bytes())
     except (OSError, ValueError):
         return None, {}
+    if not isinstance(r, dict):
+        return None, {}
 
     def why(block):
         first = (block.get("reasons") or ["no reason given"])[0]
         return (f"is the fit of a failed segmentation, not the organ (report.json beside "
                 f"it: {' '.join(str(first).split())})")
 
-    if not isinstance(r, dict):
-        return None, {}
     sides = r.get("sides")
     if isinstance(sides, dict) and sides:
         return None, {s: why(b) for s, b in sides.items()

@@ -160,11 +160,11 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
     fitted = res.label
     res = delivered(res)
     voxel_ml = float(np.prod(vol.spacing)) / 1000.0
-    volume_ml = float(np.count_nonzero(res.label)) * voxel_ml
+    volume_ml = _ml(res.label, voxel_ml)
     organ = model.metadata.get("organ", "organ")
     fits = res.fits if isinstance(res, PairedSegmentResult) else {None: res}
     each = "" if None in fits else " (" + ", ".join(
-        f"{s} {float(np.count_nonzero(f.label)) * voxel_ml:.1f} ml" for s, f in fits.items()) + ")"
+        f"{s} {_ml(f.label, voxel_ml):.1f} ml" for s, f in fits.items()) + ")"
     title = f"{organ}: {volume_ml:.1f} ml{each}" if fitted is res.label else \
         f"{organ}: failed, label withheld (the fit drawn: {_ml(fitted, voxel_ml):.1f} ml)"
 
@@ -197,6 +197,7 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
 
 
 def _ml(label, voxel_ml) -> float:
+    """The volume (ml) of the nonzero voxels of ``label``, each ``voxel_ml``."""
     return float(np.count_nonzero(label)) * voxel_ml
 
 
@@ -595,30 +596,34 @@ def _write_seg(out, vol, res, model, input_path, info, params, rtstruct=False):
     return {"written": True, "file": name, "series_description": desc, **rec}
 
 
-#: the NIfTI label's header ``descrip`` for a result of each status ({} the organ):
-#: what a header viewer (fslhd, FSLeyes) shows beside the voxels, report.json aside
-LABEL_DESCRIPTION = {"ok": "shapeprior {}: ok",
-                     "suspect": "shapeprior {}: SUSPECT, review before use",
-                     "failed": "shapeprior {}: FAILED, no organ written (see report.json)"}
+#: what a file a viewer shows says of a suspect result (report.json is not at hand there)
+SUSPECT_WORDS = "SUSPECT, review before use"
+
+#: the NIfTI label's header ``descrip`` for a result of each status ({} the organ),
+#: of a segmentation and of a refinement (whose failed result is the mask as given):
+#: what a header viewer (fslhd, FSLeyes) shows beside the voxels
+LABEL_DESCRIPTION = {
+    "ok": "shapeprior {}: ok",
+    "suspect": "shapeprior {}: " + SUSPECT_WORDS,
+    "failed": "shapeprior {}: FAILED, no organ written (see report.json)"}
+REFINED_DESCRIPTION = {
+    "ok": "shapeprior refined {}: ok",
+    "suspect": "shapeprior refined {}: " + SUSPECT_WORDS,
+    "failed": "shapeprior: {} mask as given, not refined: FAILED (see report.json)"}
 
 
 def label_description(status, model, refined=False) -> str:
     """The ``descrip`` of a label map written for a result of ``status``; of a
-    refinement (``refined``), whose failed result is the mask as given."""
+    refinement with ``refined``."""
     organ = str(model.metadata.get("organ") or "organ")
-    if not refined:
-        return LABEL_DESCRIPTION[status].format(organ)
-    if status == "failed":
-        return f"shapeprior: {organ} mask as given, not refined: FAILED (see report.json)"
-    return f"shapeprior refined {organ}: " + ("ok" if status == "ok" else
-                                              "SUSPECT, review before use")
+    return (REFINED_DESCRIPTION if refined else LABEL_DESCRIPTION)[status].format(organ)
 
 
 #: the Series Description of the DICOM-SEG or structure set of an ok and of a suspect
 #: result (a failed one writes neither): a viewer shows it beside the series, where
 #: report.json is not at hand, so a suspect result says so where the reader looks
 SERIES_DESCRIPTION = {"ok": "shapeprior segmentation",
-                      "suspect": "shapeprior segmentation - SUSPECT, review before use"}
+                      "suspect": "shapeprior segmentation - " + SUSPECT_WORDS}
 
 
 def vertex_data(res, model) -> dict:
