@@ -58,24 +58,11 @@ def weighted_coverage(model, shapes, explained):
     R = aligned.reshape(len(aligned), -1) - model.mean.ravel()
     P = model.pca_components
     R = R - (R @ P.T) @ P
-    G = R @ R.T
-    m = len(R)
-    order, left = [], np.ones(m, bool)
-    scale = max(float(np.max(np.diag(G))), 1e-300)
-    for _ in range(m):
-        d = np.maximum(np.diag(G), 0.0)
-        ok = left & (d > 1e-12 * scale)
-        if not ok.any():
-            order += np.flatnonzero(left).tolist()
-            break
+    def score(G, d, ok):
         energy = (w[:, None] * G ** 2).sum(0) if explained else np.sum(G ** 2, axis=0) * w
-        score = np.where(ok, energy / np.where(ok, d, 1.0), -1.0)
-        k = int(np.argmax(score))
-        order.append(k)
-        left[k] = False
-        g = G[:, k].copy()
-        G = G - np.outer(g, g) / d[k]
-    return np.array(order)
+        return energy / np.where(ok, d, 1.0)
+
+    return _ranking._deflation_order(R @ R.T, score, model.n_vertices)[0]
 
 
 def alternate(model, shapes):

@@ -169,7 +169,24 @@ def rank_candidates(model, shapes, criterion=CRITERIA[0]):
                                 np.asarray(model.shapes, dtype=float).reshape(
                                     model.n_shapes, -1), nv)
         return order, novelty, gains
-    G = R @ R.T                                  # residual inner products (m, m)
+    if criterion == "novelty":
+        def score(G, d, ok):
+            return d
+    else:
+        def score(G, d, ok):     # energy of all candidates along candidate i's direction
+            return np.sum(G ** 2, axis=0) / np.where(ok, d, 1.0)
+    order, gains = _deflation_order(R @ R.T, score, nv)
+    return order, novelty, gains
+
+
+def _deflation_order(G, score, nv):
+    """Greedy order on the candidates' residual inner products ``G`` (m, m): each
+    step picks the candidate of the largest ``score(G, d, ok)`` (``d`` the
+    residuals' squared norms, ``ok`` the candidates still left with a residual),
+    then takes the others' residuals outside its direction, so a near-copy of a
+    pick adds little and falls back. Returns ``(order, gain_mm)``, the gain the
+    RMS per vertex of a pick's score."""
+    m = len(G)
     order, gains = [], []
     left = np.ones(m, dtype=bool)
     scale = max(float(np.max(np.diag(G))), 1e-300)
@@ -181,15 +198,11 @@ def rank_candidates(model, shapes, criterion=CRITERIA[0]):
             order += rest.tolist()
             gains += [0.0] * rest.size
             break
-        if criterion == "novelty":
-            score = np.where(ok, d, -1.0)
-        else:
-            # energy of all candidates along candidate i's residual direction
-            score = np.where(ok, np.sum(G ** 2, axis=0) / np.where(ok, d, 1.0), -1.0)
-        k = int(np.argmax(score))
+        s = np.where(ok, score(G, d, ok), -1.0)
+        k = int(np.argmax(s))
         order.append(k)
-        gains.append(float(np.sqrt(max(score[k], 0.0) / nv)))
+        gains.append(float(np.sqrt(max(s[k], 0.0) / nv)))
         left[k] = False
         g = G[:, k].copy()
         G = G - np.outer(g, g) / d[k]            # deflate: residuals outside its direction
-    return np.array(order), novelty, np.array(gains)
+    return np.array(order), np.array(gains)
