@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import shutil
 import warnings
 
@@ -298,12 +299,19 @@ def test_convert_rtstruct_writes_the_label_map_on_the_series_grid(scan, tmp_path
     assert "note: 'Ball' covers no voxel centre of the scan (its outlines are smaller than " \
         "a voxel): its label is empty" in capsys.readouterr().err
     assert not read_label_map(tmp_path / "o6" / "label.nii.gz").array.any()
-    # an RT structure set given as a reference says how to convert it
+    # a structure set as a segmentation's reference: of several structures, one is
+    # named; one whose outlines enclose no voxel centre is an empty reference
     shutil.copy(rt, tmp_path / "rt.dcm")
-    assert main(["segment", str(series), "-o", str(tmp_path / "o5"), "--model",
-                 str(phantom_model[3]), "--reference", str(tmp_path / "rt.dcm")]) == 1
-    assert "shapeprior convert-rtstruct rt.dcm --image SCAN -o FOLDER" in \
-        capsys.readouterr().err
+    seg = ["segment", str(series), "--model", str(phantom_model[3]), "--reference"]
+    assert main([*seg, str(tmp_path / "rt.dcm"), "-o", str(tmp_path / "o5")]) == 1
+    assert "rt.dcm holds 2 structures with contours: Ball (#1), Core (#2); choose with " \
+        "--reference-structure NAME" in capsys.readouterr().err
+    assert main([*seg, str(tmp_path / "tiny.dcm"), "--reference-structure", "ball", "-o",
+                 str(tmp_path / "o5")]) in (0, 3)
+    rep = json.loads((tmp_path / "o5" / "report.json").read_text())
+    assert rep["reference"]["empty"] and rep["reference"]["structures"][0]["voxels"] == 0
+    assert any("(structure Ball: its outlines enclose no voxel centre)" in w
+               for w in rep["warnings"])
 
 
 def test_every_structure_set_of_a_download_is_converted_on_the_series_it_names(
@@ -483,6 +491,13 @@ def test_a_structure_set_written_for_the_example_series_reads_back_voxel_for_vox
                             scan_frame_of_reference(oblique))
     assert np.array_equal(got2.array == 1, blob)
     assert list_structures(tmp_path / "rs2.dcm")[0]["name"] == "kidney (right)"
+    # the same structure set as a segmentation's reference on that series
+    from shapeprior.pipeline._run import reference_mask
+
+    filled = []
+    ref = reference_mask(tmp_path / "rs2.dcm", ["Kidney (Right)"], vol2, "image",
+                         scan=(oblique, None), structures=filled)
+    assert np.array_equal(ref, blob) and filled[0]["name"] == "kidney (right)"
     with pytest.raises(ValueError, match="the segmentation is empty"):
         write_structure_set(tmp_path / "rs3.dcm", np.zeros_like(blob), vol2, oblique)
 
@@ -528,3 +543,224 @@ def test_refine_takes_a_structure_set_as_its_mask(phantom_model, tmp_path, capsy
     assert "--labels names labels of a label map; a structure set's structure is " \
         "--structure" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+# -- a structure set as the reference -------------------------------------------------------
+
+def _scored(folder):
+    rep = json.loads((folder / "report.json").read_text())
+    return rep["reference"], json.loads((folder / "manifest.json").read_text())
+
+
+def test_segment_and_refine_score_against_a_structure_set(phantom_model, tmp_path, capsys):
+    """Ground truth kept as a planning system's contours is a reference as it is:
+    segment SERIES --reference RS.dcm --reference-structure NAME gives the Dice
+    and distances that the same structure as a label map gives, and so does
+    refine; the report names the structure filled. A set of several structures
+    needs a name, --reference-labels is refused for it, a name for a label map
+    too, a set of another frame of reference, or one that reaches beyond the
+    grid (its part off the grid would count as missed): one line, exit 1,
+    nothing written, no input touched."""
+    d, images, labels, model = phantom_model
+    vol, _ = read_scan(images / "phantom_006.nii.gz")
+    series = write_dicom_series(vol, tmp_path / "series")
+    vol = read_scan(series)[0]
+    organ = read_label_map(labels / "phantom_006.nii.gz").array > 0
+    rt = write_rtstruct(tmp_path / "RS.dcm", vol, {"External": np.ones_like(organ),
+                                                    "Organ_GT": organ}, frame_of_reference=FOR)
+    truth = Volume(organ.astype(np.uint8), vol.spacing, vol.origin, vol.direction)
+    from shapeprior.io import write_label
+
+    write_label(truth, truth.array, tmp_path / "truth.nii.gz")
+    before = tree_state(series, rt, tmp_path / "truth.nii.gz", model)
+    m = ["--model", str(model)]
+    assert main(["segment", str(series), "-o", str(tmp_path / "map"), "--reference",
+                 str(tmp_path / "truth.nii.gz"), *m]) in (0, 3)
+    assert main(["segment", str(series), "-o", str(tmp_path / "rs"), "--reference", str(rt),
+                 "--reference-structure", "organ gt", *m]) in (0, 3)
+    (by_map, _), (by_rs, man) = _scored(tmp_path / "map"), _scored(tmp_path / "rs")
+    assert 0.5 < by_rs["dice"] == by_map["dice"]
+    assert by_rs["assd_mm"] == by_map["assd_mm"] and by_rs["hd95_mm"] == by_map["hd95_mm"]
+    assert by_rs["labels"] == ["organ gt"] and man["parameters"]["reference_labels"] == \
+        ["organ gt"]
+    assert by_rs["structures"] == [{"name": "Organ_GT", "number": 2, "label": 1,
+                                    "voxels": int(organ.sum()),
+                                    "volume_ml": pytest.approx(organ.sum() *
+                                                               np.prod(vol.spacing) / 1e3)}]
+    assert "Dice" in capsys.readouterr().out
+    # refine: a rough mask on the series' grid, scored against the contours
+    rough = Volume(np.pad(organ, 2)[2:-2, 4:, 2:-2].astype(np.uint8), vol.spacing, vol.origin,
+                   vol.direction)
+    write_label(rough, rough.array, tmp_path / "rough.nii.gz")
+    r = [str(tmp_path / "rough.nii.gz"), *m, "--image", str(series)]
+    assert main(["refine", *r, "-o", str(tmp_path / "rmap"), "--reference",
+                 str(tmp_path / "truth.nii.gz")]) in (0, 3)
+    assert main(["refine", *r, "-o", str(tmp_path / "rrs"), "--reference", str(rt),
+                 "--reference-structure", "#2"]) in (0, 3)
+    (rmap, _), (rrs, _) = _scored(tmp_path / "rmap"), _scored(tmp_path / "rrs")
+    assert rrs["dice"] == rmap["dice"] and rrs["input"] == rmap["input"]
+    assert rrs["input"]["dice"] < 0.99 and rrs["structures"][0]["name"] == "Organ_GT"
+    capsys.readouterr()
+    # refusals
+    other = write_rtstruct(tmp_path / "other.dcm", vol, {"Organ": organ},
+                           frame_of_reference="1.2.3.4")
+    big = Volume(np.zeros((vol.array.shape[0], vol.array.shape[1] + 8, vol.array.shape[2]),
+                          np.int16), vol.spacing, vol.origin, vol.direction)
+    grown = np.zeros(big.array.shape, bool)
+    H = organ.shape[1]
+    grown[:, :H] = organ
+    zc, _, xc = np.argwhere(organ).mean(0).astype(int)
+    grown[zc - 2:zc + 3, H - 4:H + 4, xc - 3:xc + 3] = True     # on beyond the scan's rows
+    beyond = write_rtstruct(tmp_path / "beyond.dcm", big, {"Organ": grown},
+                            frame_of_reference=FOR)
+    cases = [
+        (["--reference", str(rt)], r"RS\.dcm holds 2 structures with contours: External "
+                                   r"\(#1\), Organ_GT \(#2\); choose with --reference-structure"),
+        (["--reference", str(rt), "--reference-labels", "1"],
+         r"RS\.dcm is an RT Structure Set: --reference-labels picks labels of a label map; "
+         r"choose its structures with --reference-structure"),
+        (["--reference", str(rt), "--reference-labels", "1", "--reference-structure", "#2"],
+         r"--reference-labels picks labels of a label map, --reference-structure structures"),
+        (["--reference-structure", "#2"], r"--reference-structure has no effect without "
+                                          r"--reference"),
+        (["--reference", str(rt), "--reference-structure", " "],
+         r"--reference-structure is empty"),
+        (["--reference", str(tmp_path / "truth.nii.gz"), "--reference-structure", "Organ"],
+         r"--reference-structure names structures of an RT Structure Set; truth\.nii\.gz is a "
+         r"label map"),
+        (["--reference", str(other)], r"other\.dcm was drawn in another frame of reference"),
+        (["--reference", str(beyond)], r"structure Organ of the reference beyond\.dcm reaches "
+                                       r"beyond the image's grid \(\d+ contours beyond its rows "
+                                       r"or columns\): the two cannot be compared"),
+    ]
+    for extra, words in cases:
+        assert main(["segment", str(series), "-o", str(tmp_path / "x"), *m, *extra]) == 1, extra
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and re.search(words, err), (extra, err)
+        assert not (tmp_path / "x").exists()
+    assert main(["refine", *r, "-o", str(tmp_path / "x"), "--reference", str(rt),
+                 "--reference-labels", "1"]) == 1
+    assert "choose its structures with --reference-structure" in capsys.readouterr().err
+    assert main(["refine", *r, "-o", str(tmp_path / "x"), "--reference", str(other)]) == 1
+    assert "other.dcm was drawn in another frame of reference" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert tree_state(series, rt, tmp_path / "truth.nii.gz", model) == before
+    # converted, the set that runs on beyond the scan says what was cut
+    assert main(["convert-rtstruct", str(beyond), "--image", str(series), "-o",
+                 str(tmp_path / "conv")]) == 0
+    conv = json.loads((tmp_path / "conv" / "report.json").read_text())
+    assert conv["structures"][0]["clipped_contours"] == 5
+    assert "5 contours of 'Organ' reach beyond the scan's rows or columns: filled within the " \
+        "scan only" in conv["warnings"]
+    got = read_label_map(tmp_path / "conv" / "label.nii.gz").array > 0
+    assert np.array_equal(got, grown[:, :H])
+
+
+def test_a_structure_reference_without_a_voxel_says_which_structure():
+    """The warning of an empty reference names the structures filled and the
+    option that chooses them (a label map's: the labels and --reference-labels)."""
+    from shapeprior.pipeline._run import note_empty_reference
+
+    for block, words in (
+            ({"labels": [], "structures": [{"name": "", "number": 4}, {"name": "Cyst",
+                                                                      "number": 2}]},
+             "the reference holds no voxel with label(s) [] (structure #4, Cyst: its outlines "
+             "enclose no voxel centre): its Dice and surface distances say only whether "
+             "anything was segmented (a scan without the organ; else check "
+             "--reference-structure)"),
+            ({"labels": [1, 2]}, "the reference holds no voxel with label(s) [1, 2]: its Dice "
+             "and surface distances say only whether anything was segmented (a scan without "
+             "the organ; else check --reference-labels)")):
+        report = {"reference": block, "warnings": []}
+        note_empty_reference(report, np.zeros(3, bool))
+        assert report["warnings"] == [words] and block["empty"]
+        report = {"reference": {**block, "empty": False}, "warnings": []}
+        note_empty_reference(report, np.ones(3, bool))
+        assert report["warnings"] == [] and not report["reference"]["empty"]
+
+
+def test_a_batch_rescores_against_structure_sets_and_keeps_what_was_compared(
+        phantom_model, tmp_path, capsys):
+    """Case folders each holding a DICOM series and its structure set: a rerun
+    that adds --reference-name RS.dcm compares the written labels again without
+    fitting, one that names another structure compares again, and one that
+    changes nothing keeps the folder as it is; the summary's Dice is the label
+    map's."""
+    from scipy.ndimage import binary_erosion
+
+    d, images, labels, model = phantom_model
+    root = tmp_path / "cases"
+    dice = {}
+    for i in (5, 6):
+        vol, _ = read_scan(images / f"phantom_00{i}.nii.gz")
+        series = write_dicom_series(vol, root / f"case{i}" / "scan")
+        vol = read_scan(series)[0]
+        organ = read_label_map(labels / f"phantom_00{i}.nii.gz").array > 0
+        write_rtstruct(root / f"case{i}" / "RS.dcm", vol,
+                       {"Organ": organ, "Shrunk": binary_erosion(organ)},
+                       frame_of_reference=FOR)
+        dice[f"case{i}"] = organ
+    out = tmp_path / "out"
+    base = ["segment", str(root), "--image-name", "scan", "--model", str(model), "-o", str(out)]
+    assert main(base) in (0, 3)
+    fitted = {c: (out / c / "mesh.vtk").stat().st_mtime_ns for c in dice}
+
+    def summary():
+        return {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
+
+    assert main([*base, "--reference-name", "RS.dcm", "--reference-structure", "organ"]) in (0, 3)
+    rows = summary()
+    for c, organ in dice.items():
+        assert "compared again: it was not compared with a reference" in rows[c]["reason"]
+        lab = read_label_map(out / c / "label.nii.gz").array > 0
+        assert rows[c]["dice"] == pytest.approx(2 * (lab & organ).sum() / (lab.sum() + organ.sum()))
+        assert (out / c / "mesh.vtk").stat().st_mtime_ns == fitted[c]
+    assert main([*base, "--reference-name", "RS.dcm", "--reference-structure", "shrunk"]) in (0, 3)
+    rows2 = summary()
+    for c in dice:
+        assert "compared with the reference's labels ['organ'], not ['shrunk']" in \
+            rows2[c]["reason"] and rows2[c]["dice"] < rows[c]["dice"]
+        assert _scored(out / c)[0]["structures"][0]["name"] == "Shrunk"
+    state = tree_state(out)
+    assert main([*base, "--reference-name", "RS.dcm", "--reference-structure", "shrunk"]) in (0, 3)
+    assert all(r["reason"] == "complete outputs exist (inputs unchanged)"
+               for r in summary().values())
+    assert {k: v for k, v in tree_state(out).items() if b"summary" not in k} == \
+        {k: v for k, v in state.items() if b"summary" not in k}
+    capsys.readouterr()
+    assert main([*base, "--reference-name", "RS.dcm"]) == 1     # two structures, none named
+    rows3 = summary()
+    assert all("choose with --reference-structure" in r["error"] for r in rows3.values())
+    assert main([*base, "--reference-name", "RS.dcm", "--reference-labels", "1"]) == 1
+    assert "RS.dcm is an RT Structure Set: --reference-labels picks labels of a label map" in \
+        capsys.readouterr().err
+    # a set of one structure needs no name, and a rerun keeps what it compared
+    for c, organ in dice.items():
+        vol = read_scan(root / c / "scan")[0]
+        write_rtstruct(root / c / "One.dcm", vol, {"Organ": organ}, frame_of_reference=FOR)
+        write_rtstruct(root / c / "Other.dcm", vol, {"Organ": organ},
+                       frame_of_reference="1.2.3.4")
+    for k in range(2):
+        assert main([*base, "--reference-name", "One.dcm"]) in (0, 3)
+        rows4 = summary()
+        for c in dice:
+            assert ("compared again" in rows4[c]["reason"]) == (k == 0)
+            assert rows4[c]["dice"] == rows[c]["dice"]
+            ref, man = _scored(out / c)
+            assert ref["labels"] == [] == man["parameters"]["reference_labels"]
+            assert ref["structures"][0]["name"] == "Organ"
+    # and so does a batch compared from its first run on
+    fresh = [*base[:-1], str(tmp_path / "fresh"), "--reference-name", "One.dcm"]
+    for k in range(2):
+        assert main(fresh) in (0, 3)
+        for c in dice:
+            ref, man = _scored(tmp_path / "fresh" / c)
+            assert ref["labels"] == [] == man["parameters"]["reference_labels"]
+    assert all(r["reason"] == "complete outputs exist (inputs unchanged)" for r in
+               json.loads((tmp_path / "fresh" / "summary.json").read_text())["cases"])
+    state = tree_state(out)
+    assert main([*base, "--reference-name", "Other.dcm"]) == 1
+    assert all("Other.dcm was drawn in another frame of reference" in r["error"]
+               for r in summary().values())
+    assert {k: v for k, v in tree_state(out).items() if b"summary" not in k} == \
+        {k: v for k, v in state.items() if b"summary" not in k}

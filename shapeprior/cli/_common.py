@@ -153,6 +153,54 @@ def parse_labels(text, name="--labels"):
     return vals
 
 
+def add_reference_structure(ap):
+    """``--reference-structure``: what a reference that is an RT Structure Set is
+    scored on (:func:`reference_selection`)."""
+    ap.add_argument("--reference-structure", action="append", default=None, metavar="NAME",
+                    help="a reference that is an RT Structure Set (RTSTRUCT .dcm, its contours "
+                         "filled on the scan's grid) is scored on this structure: its ROI "
+                         "name (case, spaces, underscores and hyphens aside) or #N for ROI "
+                         "number N; alternatives joined by | take the first the set holds "
+                         "(Kidney_L|L_Kidney); repeat for several (both kidneys with --side "
+                         "both). Default: its one structure with contours")
+
+
+def reference_selection(a, model):
+    """What each reference is scored on: the ``--reference-structure`` names (an
+    RT Structure Set's), the ``--reference-labels`` (a label map's), or the
+    labels the model was built from."""
+    from ..model import organ_labels
+
+    given = a.reference_structure or ()
+    refuse_unused(
+        (given and not (a.reference or a.reference_name),
+         "--reference-structure has no effect without --reference"),
+        (given and a.reference_labels is not None,
+         "--reference-labels picks labels of a label map, --reference-structure structures of "
+         "an RT Structure Set: give the one that fits the reference"),
+        (any(not str(n).strip() for n in given), "--reference-structure is empty: give a "
+                                                 "structure's ROI name or #N"))
+    if given:
+        return tuple(str(n).strip() for n in given)
+    if a.reference_labels is not None:
+        return parse_labels(a.reference_labels, "--reference-labels")
+    return organ_labels(model)
+
+
+def check_reference_kinds(a, references):
+    """``--reference-labels`` with a reference that is an RT Structure Set is
+    refused: its structures are chosen by name (``--reference-structure``)."""
+    if a.reference_labels is None:
+        return
+    from ..io import display_name, is_rtstruct_file
+
+    for r in references:
+        if r is not None and is_rtstruct_file(r):
+            raise ValueError(f"{display_name(r)} is an RT Structure Set: --reference-labels "
+                             "picks labels of a label map; choose its structures with "
+                             "--reference-structure")
+
+
 def _whole(text, least):
     try:
         n = int(text)

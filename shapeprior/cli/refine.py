@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 from ._common import (Parser, add_allow_no_orientation, add_batch_options, add_mesh_format,
-                      add_prior, finish_case, floats, join_negative_values, parse_labels,
-                      print_batch, print_reasons, refuse_unused, segment_params,
-                      status_code)
+                      add_prior, add_reference_structure, check_reference_kinds, finish_case,
+                      floats, join_negative_values, parse_labels, print_batch, print_reasons,
+                      reference_selection, refuse_unused, segment_params, status_code)
 
 
 def main(argv):
@@ -67,18 +67,21 @@ def main(argv):
                          "ct.nii.gz; or a pattern), or with --image FOLDER, in "
                          "FOLDER/<case folder>/")
     ap.add_argument("--reference-name", default=None, metavar="NAME",
-                    help="with --mask-name: each case's reference label map is NAME (or a "
+                    help="with --mask-name: each case's reference label map (or RT "
+                         "Structure Set) is NAME (or a "
                          "pattern's one match) in its folder or its segmentations/, or with "
                          "--reference FOLDER, in FOLDER/<case folder>/")
     ap.add_argument("--reference", default=None,
                     help="reference label map on the mask's grid (or a crop or extension of "
-                         "it, the same voxels): the report gets Dice and "
+                         "it, the same voxels), or an RT Structure Set drawn on that grid's "
+                         "scan (see --reference-structure): the report gets Dice and "
                          "surface distances of the refined label and of the mask as given; "
                          "with a folder of masks, a folder of label maps named like them (the "
                          "summary: mean, median and the worst case, before and after)")
     ap.add_argument("--reference-labels", default=None,
                     help="labels of the organ in --reference (default: the labels the model "
                          "was built from)")
+    add_reference_structure(ap)
     ap.add_argument("--side", choices=("none", "left", "right"), default="none",
                     help="side of a paired organ (default: from the mask's position). A "
                          "mask holding both sides (a KiTS-style map: both kidneys under one "
@@ -127,10 +130,7 @@ def main(argv):
     params = segment_params(method=a.method, side=a.side, prior=a.prior,
                             window=floats(a.window, 2, "--window") if a.window else None)
     check_window(model, params)
-    if a.reference_labels is not None:
-        ref_labels = parse_labels(a.reference_labels, "--reference-labels")
-    else:
-        ref_labels = organ_labels(model)
+    ref_labels = reference_selection(a, model)
     deid = None
     if a.deidentify:
         from ..pipeline import Deidentifier, scrub_argv
@@ -151,6 +151,7 @@ def main(argv):
                                             "of a folder; MASK is one file"))
     if a.reference is not None and Path(a.reference).is_dir():
         raise ValueError("--reference is a folder; with one mask it names one label map")
+    check_reference_kinds(a, [a.reference])
     try:
         rep = refine_case(a.mask, a.output, model, a.model, params, labels=labels,
                           image=a.image, mesh_format=a.mesh_format, force=a.force, argv=argv,
@@ -209,6 +210,7 @@ def _refine_folder(a, argv, model, params, labels, keep, ref_labels, deid=None):
             raise ValueError("--reference names the folder of the masks themselves; it names "
                              "the folder of the reference label maps")
         refs = match_references(cases, a.reference, deidentify=deid is not None)
+    check_reference_kinds(a, refs or ())
     root = Path(a.output)
     rows = run_refine_batch(cases, root, a.model, params, labels=labels, keep=keep,
                             images=images, references=refs, reference_labels=ref_labels,

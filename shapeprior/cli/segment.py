@@ -10,12 +10,15 @@ from ._common import (
     add_batch_options,
     add_mesh_format,
     add_prior,
+    add_reference_structure,
+    check_reference_kinds,
     finish_case,
     floats,
     join_negative_values,
     parse_labels,
     print_batch,
     print_case,
+    reference_selection,
     refuse_unused,
     segment_params,
     status_code,
@@ -56,7 +59,8 @@ def main(argv):
                          "left out of the label, and the result is suspect)")
     ap.add_argument("--reference", default=None,
                     help="reference label map for Dice/distances, on the image's grid (or a "
-                         "crop or extension of it, the same voxels); or a folder of label "
+                         "crop or extension of it, the same voxels), or an RT Structure Set "
+                         "drawn on the scan (see --reference-structure); or a folder of label "
                          "maps named like the cases (images/x.nii.gz takes "
                          "labels/x.nii.gz, nnU-Net's x_0000.nii.gz takes x.nii.gz): every "
                          "row and the summary get Dice, mean and 95%% surface distances, "
@@ -64,16 +68,17 @@ def main(argv):
     ap.add_argument("--reference-labels", default=None,
                     help="labels of the organ in --reference (default: the labels the model "
                          "was built from, e.g. 1,2 for hippocampus head and body)")
+    add_reference_structure(ap)
     ap.add_argument("--image-name", default=None, metavar="NAME",
                     help="INPUT is a folder of case folders, each holding its scan as NAME, a "
                          "file or a DICOM series folder (KiTS19: --image-name imaging.nii.gz; "
                          "a pattern such as '*_ct.nii.gz' takes each folder's one match); "
                          "cases take the case folders' names")
     ap.add_argument("--reference-name", default=None, metavar="NAME",
-                    help="with --image-name: each case's reference label map is NAME in its "
-                         "folder or its segmentations/ (KiTS19: --reference-name "
-                         "segmentation.nii.gz; or a pattern), or with --reference FOLDER, in "
-                         "FOLDER/<case folder>/")
+                    help="with --image-name: each case's reference label map (or RT "
+                         "Structure Set) is NAME in its folder or its segmentations/ (KiTS19: "
+                         "--reference-name segmentation.nii.gz; or a pattern), or with "
+                         "--reference FOLDER, in FOLDER/<case folder>/")
     ap.add_argument("--method", choices=("l1", "l0"), default="l1")
     add_mesh_format(ap)
     ap.add_argument("--output-type", default="nifti", metavar="TYPE[,TYPE]",
@@ -191,18 +196,17 @@ def main(argv):
         argv = scrub_argv(argv, {a.input: "<input>", a.output: "<output>",
                                  a.reference: "<reference>"})
     dic = model.prior_dictionary(params.prior)
-    if a.reference_labels is not None:
-        ref_labels = parse_labels(a.reference_labels, "--reference-labels")
-    else:
-        ref_labels = organ_labels(model)
+    ref_labels = reference_selection(a, model)
     single = Path(a.input).is_file() or (len(cases) == 1 and cases[0].path == Path(a.input))
     if single:
         refuse_unused((a.workers or a.scheduler is not None,
                        "--workers and --scheduler run a folder of cases; the input is one case"))
         c = cases[0]
+        reference = _single_reference(a.reference, c, a.deidentify)
+        check_reference_kinds(a, [reference])
         try:
             rep = run_case(c.path, a.output, model, a.model, params, series=a.series,
-                           reference=_single_reference(a.reference, c, a.deidentify),
+                           reference=reference,
                            reference_labels=ref_labels,
                            mesh_format=a.mesh_format, force=a.force, dictionary=dic, argv=argv,
                            case_name=c.name, deidentify=a.deidentify,
@@ -230,6 +234,7 @@ def main(argv):
             raise ValueError("--reference names the folder of the cases themselves; it names "
                              "the folder of their label maps")
         refs = match_references(cases, a.reference, deidentify=a.deidentify)
+    check_reference_kinds(a, refs or ())
     root = Path(a.output)
     summary = run_batch(cases, root, a.model, params, series=a.series,
                         mesh_format=a.mesh_format, force=a.force, workers=a.workers,

@@ -148,11 +148,12 @@ def _name_key(text) -> str:
     return re.sub(r"[\s_\-]+", " ", str(text)).strip().casefold()
 
 
-def _choose(rois, structures, name):
+def _choose(rois, structures, name, option="--structure"):
     """The structures asked for, in that order: each a ROI name (:func:`_name_key`),
     ``#N`` for ROI number N, or alternatives joined by ``|`` (``Kidney_L|L_Kidney``:
     the first that the set holds, for a data set whose sets name it differently);
-    without any, the one structure that has closed contours."""
+    without any, the one structure that has closed contours (``option``: the
+    command-line option that chooses, named when there are several)."""
     fillable = [r for r in rois if any(k == "CLOSED_PLANAR" for k, _ in r["contours"])]
     if not structures:
         if len(fillable) == 1:
@@ -161,7 +162,7 @@ def _choose(rois, structures, name):
             raise ImageReadError(f"{name} holds no closed contour (structures: "
                                  f"{_listing(rois) or 'none'}): nothing to fill")
         raise ImageReadError(f"{name} holds {len(fillable)} structures with contours: "
-                             f"{_listing(fillable)}; choose with --structure NAME")
+                             f"{_listing(fillable)}; choose with {option} NAME")
     chosen = []
     for want in structures:
         hits = []
@@ -225,7 +226,8 @@ def fill_polygon(rows, cols, shape):
     return out
 
 
-def read_rtstruct(path, grid: Volume, structures=None, frame_of_reference=None):
+def read_rtstruct(path, grid: Volume, structures=None, frame_of_reference=None,
+                  option="--structure"):
     """Fill the contours of an RT Structure Set on a scan's grid.
 
     Parameters
@@ -241,6 +243,9 @@ def read_rtstruct(path, grid: Volume, structures=None, frame_of_reference=None):
     frame_of_reference : str, optional
         The scan's Frame of Reference UID, when known (a DICOM scan): a
         structure set that refers to another is refused.
+    option : str
+        The command-line option that chooses structures, named in the error
+        for a set of several structures and none chosen.
 
     Returns
     -------
@@ -251,7 +256,9 @@ def read_rtstruct(path, grid: Volume, structures=None, frame_of_reference=None):
         ``structures`` (per structure: ``label``, ``name``, ``number``,
         ``contours`` filled, ``slices``, ``voxels``, ``volume_ml``,
         ``outside_contours``: contours whose slice lies outside the grid, left
-        out), ``overlap_voxels`` (voxels in more than one structure),
+        out; ``clipped_contours``: contours on the grid's slices that reach
+        beyond its rows or columns, filled within them), ``overlap_voxels``
+        (voxels in more than one structure),
         ``slice_axis`` ('x', 'y' or 'z': the grid's index axis the contours
         are drawn across), ``frame_of_reference_checked``, ``coordinates``
         ('LPS').
@@ -266,7 +273,7 @@ def read_rtstruct(path, grid: Volume, structures=None, frame_of_reference=None):
     name = display_name(path)
     ds = _read(path)
     rois = _structures(ds, name)
-    chosen = _choose(rois, [s for s in (structures or ()) if _text(s)], name)
+    chosen = _choose(rois, [s for s in (structures or ()) if _text(s)], name, option)
     if len(chosen) > 255:
         raise ImageReadError(f"{len(chosen)} structures: at most 255 fit a label map")
     theirs = {r["frame_of_reference"] for r in chosen} - {None}
@@ -285,7 +292,7 @@ def read_rtstruct(path, grid: Volume, structures=None, frame_of_reference=None):
     records = []
     for value, roi in enumerate(chosen, start=1):
         mask = np.zeros(shape_zyx, bool)
-        slices, filled, outside = set(), 0, 0
+        slices, filled, outside, clipped = set(), 0, 0, 0
         for kind, pts in roi["contours"]:
             if kind != "CLOSED_PLANAR" or len(pts) < 3:
                 continue
@@ -310,6 +317,8 @@ def read_rtstruct(path, grid: Volume, structures=None, frame_of_reference=None):
                     f"between two of the scan's slices ({abs(c - k):.2f} of a slice off "
                     "its nearest): drawn on another scan's slices; give that scan")
             inplane = [i for i in range(3) if i != a]          # x/y/z index axes, ascending
+            reach = idx[:, inplane]
+            clipped += bool((reach < -0.5).any() or (reach > size_xyz[inplane] - 0.5).any())
             rows, cols = idx[:, inplane[1]], idx[:, inplane[0]]
             sl = [slice(None)] * 3
             sl[2 - a] = k                                      # the slice's array axis
@@ -327,7 +336,7 @@ def read_rtstruct(path, grid: Volume, structures=None, frame_of_reference=None):
         records.append({"label": value, "name": roi["name"], "number": roi["number"],
                         "contours": filled, "slices": len(slices), "voxels": n,
                         "volume_ml": n * float(np.prod(grid.spacing)) / 1000.0,
-                        "outside_contours": outside})
+                        "outside_contours": outside, "clipped_contours": clipped})
     info = {"structures": records, "overlap_voxels": int(np.count_nonzero(seen > 1)),
             "slice_axis": "xyz"[axis], "frame_of_reference_checked":
                 bool(frame_of_reference is not None and theirs), "coordinates": "LPS"}

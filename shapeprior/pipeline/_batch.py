@@ -66,6 +66,8 @@ def folder_state(folder, files, record, outputs, reference=None, reference_label
     label is compared again (:func:`~._rescore.rescore_outputs`), nothing
     fitted. ``done``/``what`` name the job in the reasons ("since it was
     segmented", "segmentation parameters differ")."""
+    from ._run import reference_selection
+
     f = Path(folder)
     if not f.exists() and not f.is_symlink():
         return "absent", None
@@ -99,7 +101,8 @@ def folder_state(folder, files, record, outputs, reference=None, reference_label
     compare = None                  # why the reference given now was not the one compared
     if reference is not None:
         was_ref = (rec.get("reference") or {}).get("sha256")
-        was_labels, labels = recorded.get("reference_labels"), [int(v) for v in reference_labels]
+        was_labels = recorded.get("reference_labels")
+        labels = reference_selection(reference_labels, reference)
         if was_ref is None:
             compare = "it was not compared with a reference"
         elif image_sha256(reference) != was_ref:
@@ -224,16 +227,18 @@ def kept_row(case, folder, compared=False, fields=None):
 
 
 def rescore_row(case, folder, why, reference, reference_labels, deidentify,
-                allow_no_orientation, mask=None, fields=None):
+                allow_no_orientation, mask=None, fields=None, scan=None):
     """The row of a case whose outputs are kept and compared with the reference
-    given now (:func:`~._rescore.rescore_outputs`; ``why``: what differed); a
-    reference that cannot be compared fails its row, the outputs left as they
-    were."""
+    given now (:func:`~._rescore.rescore_outputs`; ``why``: what differed,
+    ``scan``: ``(path, series)`` of the scan, for an RT Structure Set's frame of
+    reference); a reference that cannot be compared fails its row, the outputs
+    left as they were."""
     from ._rescore import rescore_outputs
 
     try:
         rescore_outputs(folder, reference, reference_labels, mask=mask,
-                        allow_no_orientation=allow_no_orientation, deidentify=deidentify)
+                        allow_no_orientation=allow_no_orientation, deidentify=deidentify,
+                        scan=scan)
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
         return failed_row(case, exc, deidentify, reference, None)
     row = kept_row(case, folder, compared=True, fields=fields)
@@ -433,7 +438,7 @@ def run_batch(cases, root, model_path, params, *, series=None, mesh_format="vtk"
                 rows.append(kept_row(c, folder, compared=ref is not None))
             elif state == "rescore" and not force:
                 rows.append(rescore_row(c, folder, why, ref, reference_labels, deidentify,
-                                        allow_no_orientation))
+                                        allow_no_orientation, scan=(c.path, series)))
             else:
                 todo.append((c, state in ("stale", "rescore") and why, ref))
     except BaseException:

@@ -33,6 +33,9 @@ def convert_structure_set(rtstruct, image, folder, structures=None, series=None,
         if s["outside_contours"]:
             warnings.append(f"{s['outside_contours']} contours of {s['name']!r} lie on "
                             "slices outside the scan and were left out")
+        if s["clipped_contours"]:
+            warnings.append(f"{s['clipped_contours']} contours of {s['name']!r} reach beyond "
+                            "the scan's rows or columns: filled within the scan only")
     if rinfo["overlap_voxels"]:
         warnings.append(f"{rinfo['overlap_voxels']} voxels lie in more than one structure: "
                         "each holds the label of the later one")

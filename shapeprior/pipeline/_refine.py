@@ -17,8 +17,9 @@ from ..segmentation import (PairedRefineResult, SegmentParams, reason_levels, re
                             refine_paired)
 from ._qc import qc_png
 from ._run import (MESH_FORMATS, compared_with, input_hashes, label_description, label_list,
-                   model_version, note_reference, other_labels, params_record, prior_record,
-                   reference_mask, scrub_argv, side_note, statistics, write_mesh)
+                   model_version, note_reference, note_structures, other_labels, params_record,
+                   prior_record, reference_mask, reference_selection, scrub_argv, side_note,
+                   statistics, write_mesh)
 
 
 def refine_output_names(mesh_format="vtk") -> set:
@@ -63,10 +64,12 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
     labels are the default, not the user's), a mask that holds other labels too
     gets a warning naming them (a multi-organ map whose organ label was not given).
     ``reference``: a label map on the mask's grid whose ``reference_labels`` are
-    the organ; the report's ``reference`` block gives Dice and surface distances
-    of the refined label and (``input``) of the mask as given. ``structure``: the
-    mask is an RT Structure Set, whose structure of that name (default: its one
-    structure with contours) is filled on the grid of ``image`` as label 1. With
+    the organ (or an RT Structure Set drawn on the scan of that grid, whose
+    structures they name as strings); the report's ``reference`` block gives
+    Dice and surface distances of the refined label and (``input``) of the mask
+    as given. ``structure``: the mask is an RT Structure Set, whose structure of
+    that name (default: its one structure with contours) is filled on the grid
+    of ``image`` as label 1. With
     ``deidentify`` no input's file name or path reaches the outputs: the report
     names the mask ``case_name`` (a hash, :class:`~._cases.Deidentifier`), the
     manifest numbers the files and withholds their paths, and ``argv`` is
@@ -100,7 +103,7 @@ def refine_reference(label, organ_in, ref, spacing, labels):
     """A refinement's reference block: the reference's ``labels``, the refined
     ``label``'s Dice and distances against ``ref`` and (``input``) the mask's as
     given (``organ_in``)."""
-    return {"labels": [int(v) for v in labels], **compared_with(label, ref, spacing),
+    return {"labels": reference_selection(labels), **compared_with(label, ref, spacing),
             "input": compared_with(organ_in, ref, spacing)}
 
 
@@ -171,9 +174,9 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
                  reference_labels=(1,), withheld=None, structure=None):
     t0 = time.perf_counter()
     mvol, img = _mask_and_image(mask_path, image, structure, allow_no_orientation)
-    ref_others = []
+    ref_others, ref_structures = [], []
     ref = reference_mask(reference, reference_labels, mvol, "mask", allow_no_orientation,
-                         ref_others)
+                         ref_others, None if image is None else (image, None), ref_structures)
     res = refine_paired(mvol, model, labels, params, img, keep=keep) or \
         refine_mask(mvol, model, labels, params, img, keep=keep)
     label = res.label.astype(np.uint8)
@@ -217,6 +220,7 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
     if ref is not None:
         report["reference"] = refine_reference(label > 0, organ_in, ref, mvol.spacing,
                                                reference_labels)
+        note_structures(report, reference_labels, ref_structures)
         note_reference(report, ref, ref_others)
     with background(qc_png, out.file("qc.png"), bg, label, organ_in,
                     title=f"refined {model.metadata.get('organ', 'organ')} "

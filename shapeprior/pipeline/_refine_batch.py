@@ -110,7 +110,8 @@ def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), i
             elif state == "rescore" and not force:
                 rows.append(rescore_row(c, folder, why, ref, reference_labels, deidentify,
                                         allow_no_orientation, mask=c.path,
-                                        fields=refine_fields))
+                                        fields=refine_fields,
+                                        scan=None if img is None else (img, None)))
             else:
                 todo.append((c, img, ref, state in ("stale", "rescore") and why))
     except BaseException:

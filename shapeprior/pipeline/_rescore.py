@@ -19,30 +19,33 @@ import numpy as np
 from .._outputs import OutputDir, read_manifest, show_path
 from ..io import image_sha256, read_label_map
 from ._refine import refine_reference
-from ._run import (compared_with, is_reference_warning, note_reference, reference_mask,
-                   side_references)
+from ._run import (compared_with, is_reference_warning, note_reference, note_structures,
+                   reference_mask, reference_selection, side_references)
 
 
 def rescore_outputs(folder, reference, reference_labels, *, mask=None, allow_no_orientation=False,
-                    deidentify=False):
+                    deidentify=False, scan=None):
     """Compare the label written in ``folder`` with ``reference`` (its
     ``reference_labels`` the organ) and publish the folder again with that
     comparison. ``mask``: a refinement's input mask, whose own Dice and
     distances (the labels and kept labels its manifest records) go under the
-    block's ``input``. Returns the new report. Raises ValueError (the folder
+    block's ``input``. ``scan``: ``(path, series)`` of the scan the label lies
+    on, whose frame of reference an RT Structure Set reference must share
+    (:func:`~._run.reference_mask`). Returns the new report. Raises ValueError (the folder
     left as it was) for a reference that cannot be compared.
     """
     folder = Path(folder)
-    labels = [int(v) for v in reference_labels]
+    labels = reference_selection(reference_labels, reference)
     grid = read_label_map(folder / "label.nii.gz")
     what = "image" if mask is None else "mask"
-    others = []
-    ref = reference_mask(reference, labels, grid, what, allow_no_orientation, others)
+    others, structures = [], []
+    ref = reference_mask(reference, labels, grid, what, allow_no_orientation, others, scan,
+                         structures)
     report = json.loads((folder / "report.json").read_bytes())
     man = read_manifest(folder)
     label = grid.array > 0
     if mask is None:            # the block as run_case writes it
-        report["reference"] = {**compared_with(label, ref, grid.spacing), "labels": labels}
+        report["reference"] = compared_with(label, ref, grid.spacing)
         if report.get("side") == "both":        # and each side's, cut at the same midline
             side_references(report, label, ref, grid)
     else:
@@ -50,6 +53,7 @@ def rescore_outputs(folder, reference, reference_labels, *, mask=None, allow_no_
         organ = np.isin(read_label_map(mask, allow_no_orientation).array,
                         tuple(p["labels"]) + tuple(p["keep_labels"]))
         report["reference"] = refine_reference(label, organ, ref, grid.spacing, labels)
+    note_structures(report, labels, structures)
     report["warnings"] = [w for w in report.get("warnings", []) if not is_reference_warning(w)]
     note_reference(report, ref, others)
     man.pop("outputs", None)

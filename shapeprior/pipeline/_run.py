@@ -14,7 +14,8 @@ from .._background import background
 from .._outputs import OutputDir, manifest
 from .._profile import StageClock
 from .._provenance import FileDigests
-from ..io import (Volume, dicom_source, display_name, image_files, read_label_map, read_scan,
+from ..io import (Volume, dicom_source, display_name, image_files, is_rtstruct_file,
+                  read_label_map, read_rtstruct, read_scan, scan_frame_of_reference,
                   series_folder, write_dicom_seg, write_label, write_structure_set)
 from ..mesh import MESH_FORMATS, Surface
 from ..segmentation import (PairedSegmentResult, SegmentParams, dice, distance_to_mean,
@@ -103,8 +104,11 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
     ``label.nii.gz`` (``'nifti'``), as ``seg.dcm`` (``'dicom-seg'``, DICOM
     series inputs only; it carries the source's patient and study
     identifiers, so not with ``deidentify``) or ``'both'``. ``qc=False``
-    skips the QC picture ``qc.png`` (about a second on a whole CT). Returns the
-    report dict. Raises on bad input; nothing is left behind.
+    skips the QC picture ``qc.png`` (about a second on a whole CT).
+    ``reference``: a label map whose ``reference_labels`` are the organ, or an
+    RT Structure Set drawn on the scan whose structures ``reference_labels``
+    names (strings, :func:`reference_mask`). Returns the report dict. Raises on
+    bad input; nothing is left behind.
     """
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
@@ -142,9 +146,9 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
     clock = clock or StageClock()     # times only (no sampling thread) for the report
     with clock("read"):
         vol, info = read_scan(input_path, series, allow_no_orientation)
-        ref_others = []
+        ref_others, ref_structures = [], []
         ref = reference_mask(reference, reference_labels, vol, "image", allow_no_orientation,
-                             ref_others)
+                             ref_others, (input_path, series), ref_structures)
     init = None
     if init_mask is not None:
         with clock("place"):
@@ -186,7 +190,7 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
                 for side in report["sides"].values():
                     side["in_label"] = False
             if ref is not None:
-                report["reference"]["labels"] = [int(v) for v in reference_labels]
+                note_structures(report, reference_labels, ref_structures)
                 note_reference(report, ref, ref_others)
             _write_outputs(out, vol, res, report, model, model_path, input_path, reference,
                            mesh_format, params, argv, info, deidentify, init_mask, output_type,
@@ -247,11 +251,23 @@ def other_labels(array, labels, slab=16):
 
 
 def label_list(values, shown=8):
-    v = [str(int(x)) for x in values]
+    v = [x if isinstance(x, str) else str(int(x)) for x in values]
     return ", ".join(v[:shown]) + (f", ... ({len(v)} in all)" if len(v) > shown else "")
 
 
-def reference_mask(reference, labels, grid, what, allow_no_orientation=False, others=None):
+def reference_selection(labels, reference=None) -> list:
+    """What is scored of a reference, as recorded (report, manifest): the organ's
+    labels of a label map (ints), or the structures of an RT Structure Set by
+    name or ``#N`` (strs; :func:`reference_mask`). Of an RT Structure Set
+    ``reference`` only the names count: labels (the model's, by default) do not
+    choose its structures, and none stands for its one structure with contours."""
+    if reference is not None and is_rtstruct_file(reference):
+        return [v for v in labels if isinstance(v, str)]
+    return [v if isinstance(v, str) else int(v) for v in labels]
+
+
+def reference_mask(reference, labels, grid, what, allow_no_orientation=False, others=None,
+                   scan=None, structures=None):
     """The organ (``labels``) of the reference label map ``reference`` as a bool
     array on ``grid`` (a :class:`~shapeprior.io.Volume`; ``what`` names it:
     'image', 'mask'), or None without a reference. A reference that is a crop
@@ -259,9 +275,23 @@ def reference_mask(reference, labels, grid, what, allow_no_orientation=False, ot
     another order and sense of the axes (:meth:`~shapeprior.io.Volume.placed_on`), is
     placed on it when all of its organ lies on the grid; a reference on
     another grid is refused naming the first difference. ``others``: a list
-    that receives the reference's other labels (:func:`other_labels`)."""
+    that receives the reference's other labels (:func:`other_labels`).
+
+    An RT Structure Set reference is filled on ``grid`` (:func:`structure_reference`):
+    ``labels`` that are strings name its structures (ROI name or ``#N``; ints:
+    its one structure with contours); ``scan`` ``(path, series)``, the scan
+    the grid was read from, gives the frame of reference it must share;
+    ``structures``, a list, receives what was filled (name, number, label,
+    voxels, volume)."""
     if reference is None:
         return None
+    names = [v for v in labels if isinstance(v, str)]
+    if is_rtstruct_file(reference):
+        return structure_reference(reference, names, grid, what, scan, structures)
+    if names:
+        raise ValueError(f"--reference-structure names structures of an RT Structure Set; "
+                         f"{display_name(reference)} is a label map (its labels: "
+                         "--reference-labels)")
     rvol = read_label_map(reference, allow_no_orientation)
     if others is not None:
         others[:] = other_labels(rvol.array, labels)
@@ -280,6 +310,35 @@ def reference_mask(reference, labels, grid, what, allow_no_orientation=False, ot
     return placed
 
 
+def structure_reference(reference, names, grid, what, scan=None, filled=None):
+    """The structures ``names`` (default: the one with contours) of the RT
+    Structure Set ``reference`` filled on ``grid`` as one bool array: the
+    reference organ of :func:`reference_mask`. Contours must lie on the grid's
+    slices, in the frame of reference of ``scan`` ``(path, series)`` when it
+    records one; a structure that reaches beyond the grid (slices outside it,
+    outlines beyond its rows or columns) is refused, as a label map whose organ
+    lies partly off the grid is: the part off the grid would count as missed.
+    ``filled``: a list that receives each structure's name, ROI number, label,
+    voxels and volume (ml)."""
+    frame = scan_frame_of_reference(*scan) if scan is not None else None
+    rvol, info = read_rtstruct(reference, grid, names or None, frame,
+                               option="--reference-structure")
+    for s in info["structures"]:
+        off = []
+        if s["outside_contours"]:
+            off.append(f"{s['outside_contours']} contours on slices outside it")
+        if s["clipped_contours"]:
+            off.append(f"{s['clipped_contours']} contours beyond its rows or columns")
+        if off:
+            raise ValueError(f"structure {s['name'] or '#' + str(s['number'])} of the "
+                             f"reference {display_name(reference)} reaches beyond the "
+                             f"{what}'s grid ({'; '.join(off)}): the two cannot be compared")
+    if filled is not None:
+        filled[:] = [{k: s[k] for k in ("name", "number", "label", "voxels", "volume_ml")}
+                     for s in info["structures"]]
+    return rvol.array > 0
+
+
 def compared_with(label, ref, spacing):
     """Dice and surface distances (mm) of ``label`` against the reference organ
     ``ref`` (bool arrays on one grid of ``spacing``): a report's reference block."""
@@ -296,6 +355,18 @@ EMPTY_REFERENCE_WARNING = "the reference holds no voxel with label(s)"
 OTHER_REFERENCE_LABELS_WARNING = "the reference holds"
 #: ... and its end
 _OTHER_LABELS_END = "; if the organ is another of them, name it with --reference-labels"
+
+
+def note_structures(report, selection, structures):
+    """The report's reference block records what was scored: ``labels``, the
+    selection as given (:func:`reference_selection`; the manifest keeps it to
+    tell a rerun's reference apart), and for an RT Structure Set the
+    ``structures`` filled (:func:`structure_reference`)."""
+    if structures:          # an RT Structure Set: the names chosen (none: its one structure)
+        report["reference"]["labels"] = [v for v in selection if isinstance(v, str)]
+        report["reference"]["structures"] = structures
+    else:
+        report["reference"]["labels"] = reference_selection(selection)
 
 
 def note_reference(report, ref, others=()):
@@ -327,11 +398,15 @@ def note_empty_reference(report, ref):
     if ref.any():
         return
     labels = report["reference"].get("labels")
+    structures = report["reference"].get("structures")
+    named = "" if not structures else " (structure " + ", ".join(
+        s["name"] or f"#{s['number']}" for s in structures) + \
+        ": its outlines enclose no voxel centre)"
     report["reference"]["empty"] = True
     report["warnings"].append(
-        f"{EMPTY_REFERENCE_WARNING} {labels}: its Dice and surface "
+        f"{EMPTY_REFERENCE_WARNING} {labels}{named}: its Dice and surface "
         "distances say only whether anything was segmented (a scan without the organ; "
-        "else check --reference-labels)")
+        f"else check --reference-{'structure' if structures else 'labels'})")
 
 
 def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, input_path,
