@@ -3548,6 +3548,32 @@ MUTANTS = [
      "    if names:\n        raise ValueError(f\"--reference-structure names",
      "    if False:\n        raise ValueError(f\"--reference-structure names",
      "--reference-structure with a label map reference silently ignored"),
+    # -- round 52: a structure set cut short is refused, not read as fewer contours
+    ("rtcut-unchecked", "rtstruct", "shapeprior/io/_rtstruct.py",
+     "    cut = _cut_element(ds)\n",
+     "    cut = None\n",
+     "a structure set cut inside its contours read as one with fewer contours"),
+    ("rtcut-compare-flipped", "rtstruct", "shapeprior/io/_rtstruct.py",
+     "isinstance(raw.value, bytes) and len(raw.value) < raw.length:",
+     "isinstance(raw.value, bytes) and len(raw.value) > raw.length:",
+     "the truncation check looks for values longer than their length, never true"),
+    ("rtcut-meta-route", "rtstruct", "shapeprior/io/_rtstruct.py",
+     " or _meta_says_rtstruct(path))\n",
+     " or False)\n",
+     "a structure set cut inside a sequence of undefined length, given as a reference, "
+     "read as a label map: the error talks about images"),
+    ("rtcut-meta-read", "rtstruct", "shapeprior/io/_rtstruct.py",
+     "    if not is_rtstruct(dicom_header(path)) and not _meta_says_rtstruct(path):",
+     "    if not is_rtstruct(dicom_header(path)):",
+     "a cut structure set called 'not a structure set' instead of unreadable"),
+    ("rtcut-no-sequences", "rtstruct", "shapeprior/io/_rtstruct.py",
+     "    if \"StructureSetROISequence\" not in ds and \"ROIContourSequence\" not in ds:",
+     "    if False:",
+     "a structure set cut before its sequences said to hold no closed contour"),
+    ("io-special-file-missing", "rtstruct", "shapeprior/io/_volume.py",
+     "        if p.exists():                  # a named pipe, socket or device: never opened",
+     "        if False:",
+     "a device given as a file reported as missing"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -186,9 +186,28 @@ def test_each_kind_of_wrong_structure_set_is_refused_in_one_line(scan, tmp_path)
         read_rtstruct(tmp_path / "nan.dcm", vol, ["#1"])
     data = rt.read_bytes()
     (tmp_path / "cut.dcm").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageReadError, match=r"cut\.dcm: (unreadable|malformed) RT Structure "
-                       r"Set"):
+    with pytest.raises(ImageReadError, match=r"cut\.dcm: truncated RT Structure Set \(the "
+                       r"file ends inside element \(3006,0039\): \d+ of its \d+ bytes"):
         read_rtstruct(tmp_path / "cut.dcm", vol, ["#1"])
+    # pydicom reads a file cut inside an element without a word: cut anywhere, in the
+    # contours (fewer contours), one byte short, or in the file meta, it is refused;
+    # sequences of undefined length, as some planning systems write them, raise
+    ds = pydicom.dcmread(rt)
+    for sq in (e for e in ds.iterall() if e.VR == "SQ"):
+        sq.is_undefined_length = True
+    ds.save_as(tmp_path / "undefined.dcm")
+    undefined = (tmp_path / "undefined.dcm").read_bytes()
+    assert read_rtstruct(tmp_path / "undefined.dcm", vol, ["#1"])[0].array.any()
+    for whole in (data, undefined):
+        for n in (150, 260, len(whole) // 5, len(whole) // 3, 2 * len(whole) // 3,
+                  len(whole) - 1):
+            (tmp_path / "cut.dcm").write_bytes(whole[:n])
+            words = r"cut\.dcm is not a DICOM RT Structure Set" if n == 150 else \
+                r"cut\.dcm: (truncated|unreadable|malformed) RT Structure Set"
+            with pytest.raises(ImageReadError, match=words):
+                read_rtstruct(tmp_path / "cut.dcm", vol, ["#1"])
+            with pytest.raises(ImageReadError, match=words):
+                list_structures(tmp_path / "cut.dcm")
     write_dicom_series(vol, tmp_path / "series")
     with pytest.raises(ImageReadError, match=r"IM0001\.dcm is not a DICOM RT Structure Set"):
         read_rtstruct(tmp_path / "series" / "IM0001.dcm", vol)
@@ -561,6 +580,8 @@ def test_segment_and_refine_score_against_a_structure_set(phantom_model, tmp_pat
     too, a set of another frame of reference, or one that reaches beyond the
     grid (its part off the grid would count as missed): one line, exit 1,
     nothing written, no input touched."""
+    import pydicom
+
     d, images, labels, model = phantom_model
     vol, _ = read_scan(images / "phantom_006.nii.gz")
     series = write_dicom_series(vol, tmp_path / "series")
@@ -613,6 +634,14 @@ def test_segment_and_refine_score_against_a_structure_set(phantom_model, tmp_pat
     grown[zc - 2:zc + 3, H - 4:H + 4, xc - 3:xc + 3] = True     # on beyond the scan's rows
     beyond = write_rtstruct(tmp_path / "beyond.dcm", big, {"Organ": grown},
                             frame_of_reference=FOR)
+    cut = tmp_path / "RS_cut.dcm"                     # a copy cut short in its contours
+    cut.write_bytes(rt.read_bytes()[:-len(rt.read_bytes()) // 3])
+    ds = pydicom.dcmread(rt)                          # ... and one of undefined lengths
+    for sq in (e for e in ds.iterall() if e.VR == "SQ"):
+        sq.is_undefined_length = True
+    ds.save_as(tmp_path / "RS_undefined.dcm")
+    cut_sq = tmp_path / "RS_cut_sq.dcm"
+    cut_sq.write_bytes((tmp_path / "RS_undefined.dcm").read_bytes()[:len(rt.read_bytes()) // 3])
     cases = [
         (["--reference", str(rt)], r"RS\.dcm holds 2 structures with contours: External "
                                    r"\(#1\), Organ_GT \(#2\); choose with --reference-structure"),
@@ -629,6 +658,11 @@ def test_segment_and_refine_score_against_a_structure_set(phantom_model, tmp_pat
          r"--reference-structure names structures of an RT Structure Set; truth\.nii\.gz is a "
          r"label map"),
         (["--reference", str(other)], r"other\.dcm was drawn in another frame of reference"),
+        (["--reference", str(cut)], r"RS_cut\.dcm: truncated RT Structure Set \(the file ends "
+                                    r"inside element \(3006,0039\)"),
+        (["--reference", str(cut_sq)], r"RS_cut_sq\.dcm: unreadable RT Structure Set"),
+        (["--reference", os.devnull], r"null is a device, not an image file or folder: it is "
+                                      r"not read"),
         (["--reference", str(beyond)], r"structure Organ of the reference beyond\.dcm reaches "
                                        r"beyond the image's grid \(\d+ contours beyond its rows "
                                        r"or columns\): the two cannot be compared"),

@@ -42,7 +42,19 @@ def is_rtstruct_file(path) -> bool:
     header is read)."""
     from ._dicom import dicom_header
 
-    return Path(path).is_file() and is_rtstruct(dicom_header(path))
+    return Path(path).is_file() and (is_rtstruct(dicom_header(path)) or _meta_says_rtstruct(path))
+
+
+def _meta_says_rtstruct(path) -> bool:
+    """Whether the file meta information of ``path`` names an RT Structure Set: all a
+    file cut short inside a sequence still tells (its header no longer reads)."""
+    import pydicom
+
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+    except Exception:  # noqa: BLE001 - not DICOM, or cut inside its meta
+        return False
+    return str(meta.get("MediaStorageSOPClassUID", "") or "") == RTSTRUCT_SOP_CLASS
 
 
 def _read(path):
@@ -58,15 +70,37 @@ def _read(path):
         if Path(path).is_dir():
             raise ImageReadError(f"{name} is a folder; give the RT Structure Set file in it")
         raise input_path_error(path)
-    hdr = dicom_header(path)
-    if not is_rtstruct(hdr):
+    if not is_rtstruct(dicom_header(path)) and not _meta_says_rtstruct(path):
         raise ImageReadError(f"{name} is not a DICOM RT Structure Set (RTSTRUCT)")
     try:
-        return pydicom.dcmread(path, force=True)
+        ds = pydicom.dcmread(path, force=True)
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt past the header
         raise ImageReadError(f"{name}: unreadable RT Structure Set "
                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") \
             from None
+    cut = _cut_element(ds)
+    if cut is not None:
+        tag, got, length = cut
+        raise ImageReadError(f"{name}: truncated RT Structure Set (the file ends inside "
+                             f"element {tag}: {got} of its {length} bytes; a copy or "
+                             "download cut short?)")
+    return ds
+
+
+def _cut_element(ds):
+    """``(tag, bytes read, length)`` of the first element of ``ds`` (as read, not
+    yet decoded) that the file ends inside, or None. pydicom reads a file cut
+    inside an element of defined length without a word, and the element's value
+    then holds what was left: a structure set cut in its contours reads as one
+    with fewer contours (a cut inside a sequence of undefined length raises)."""
+    from pydicom.dataelem import RawDataElement
+
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF and \
+                isinstance(raw.value, bytes) and len(raw.value) < raw.length:
+            return tag, len(raw.value), raw.length
+    return None
 
 
 def _text(v) -> str:
@@ -88,6 +122,9 @@ def _contour_data(c):
 
 def _structures(ds, name):
     """``[{number, name, frame_of_reference, contours: [(kind, points (P, 3))]}]``."""
+    if "StructureSetROISequence" not in ds and "ROIContourSequence" not in ds:
+        raise ImageReadError(f"{name}: malformed RT Structure Set (it holds neither a Structure "
+                             "Set ROI Sequence nor an ROI Contour Sequence; cut short?)")
     try:
         rois = {}
         for r in ds.get("StructureSetROISequence", []) or []:

@@ -407,6 +407,8 @@ def _check_file(p, name):
     if p.is_dir():
         raise IsADirectoryError(f"{name} is a folder; an image file is expected here")
     if not p.is_file():
+        if p.exists():                  # a named pipe, socket or device: never opened
+            raise input_path_error(p, name)
         raise FileNotFoundError(f"no such image file: {name}")
 
 
