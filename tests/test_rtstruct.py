@@ -521,18 +521,27 @@ def test_a_structure_set_written_for_the_example_series_reads_back_voxel_for_vox
         write_structure_set(tmp_path / "rs3.dcm", np.zeros_like(blob), vol2, oblique)
 
 
-def test_refine_takes_a_structure_set_as_its_mask(phantom_model, tmp_path, capsys):
-    """A rough contour from a planning system refined directly: refine RS.dcm
-    --image SERIES --structure NAME gives the label that refining its converted
-    label map gives, on the series' grid; without --image, with --labels, or
-    with --structure for a label map, one line and exit 1 or 2."""
-    d, images, labels, model = phantom_model
+def _phantom_series_and_set(phantom_model, tmp_path, name):
+    """Phantom case 6 written as a DICOM series, and a structure set on it holding an
+    External (the whole grid) and the organ as ``name``: ``(model, series, its
+    grid, the organ's mask, RS.dcm)``."""
+    _, images, labels, model = phantom_model
     vol, _ = read_scan(images / "phantom_006.nii.gz")
     series = write_dicom_series(vol, tmp_path / "series")
     vol = read_scan(series)[0]
     organ = read_label_map(labels / "phantom_006.nii.gz").array > 0
     rt = write_rtstruct(tmp_path / "RS.dcm", vol, {"External": np.ones_like(organ),
-                                                    "Organ_rough": organ}, frame_of_reference=FOR)
+                                                    name: organ}, frame_of_reference=FOR)
+    return model, series, vol, organ, rt
+
+
+def test_refine_takes_a_structure_set_as_its_mask(phantom_model, tmp_path, capsys):
+    """A rough contour from a planning system refined directly: refine RS.dcm
+    --image SERIES --structure NAME gives the label that refining its converted
+    label map gives, on the series' grid; without --image, with --labels, or
+    with --structure for a label map, one line and exit 1 or 2."""
+    model, series, vol, organ, rt = _phantom_series_and_set(phantom_model, tmp_path,
+                                                            "Organ_rough")
     args = ["--model", str(model), "--image", str(series)]
     assert main(["refine", str(rt), "-o", str(tmp_path / "direct"), "--structure",
                  "organ rough", *args]) == 0
@@ -582,13 +591,8 @@ def test_segment_and_refine_score_against_a_structure_set(phantom_model, tmp_pat
     nothing written, no input touched."""
     import pydicom
 
-    d, images, labels, model = phantom_model
-    vol, _ = read_scan(images / "phantom_006.nii.gz")
-    series = write_dicom_series(vol, tmp_path / "series")
-    vol = read_scan(series)[0]
-    organ = read_label_map(labels / "phantom_006.nii.gz").array > 0
-    rt = write_rtstruct(tmp_path / "RS.dcm", vol, {"External": np.ones_like(organ),
-                                                    "Organ_GT": organ}, frame_of_reference=FOR)
+    model, series, vol, organ, rt = _phantom_series_and_set(phantom_model, tmp_path,
+                                                            "Organ_GT")
     truth = Volume(organ.astype(np.uint8), vol.spacing, vol.origin, vol.direction)
     from shapeprior.io import write_label
 
