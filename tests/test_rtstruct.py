@@ -513,10 +513,11 @@ def test_a_structure_set_written_for_the_example_series_reads_back_voxel_for_vox
     # the same structure set as a segmentation's reference on that series
     from shapeprior.pipeline._run import reference_mask
 
-    filled = []
+    filled = {}
     ref = reference_mask(tmp_path / "rs2.dcm", ["Kidney (Right)"], vol2, "image",
-                         scan=(oblique, None), structures=filled)
-    assert np.array_equal(ref, blob) and filled[0]["name"] == "kidney (right)"
+                         scan=(oblique, None), filled=filled)
+    assert np.array_equal(ref, blob) and filled["structures"][0]["name"] == "kidney (right)"
+    assert filled["frame_of_reference_checked"]
     with pytest.raises(ValueError, match="the segmentation is empty"):
         write_structure_set(tmp_path / "rs3.dcm", np.zeros_like(blob), vol2, oblique)
 
@@ -612,7 +613,30 @@ def test_segment_and_refine_score_against_a_structure_set(phantom_model, tmp_pat
                                     "voxels": int(organ.sum()),
                                     "volume_ml": pytest.approx(organ.sum() *
                                                                np.prod(vol.spacing) / 1e3)}]
+    assert by_rs["frame_of_reference_checked"]
+    assert not any("frame of reference could not be" in w for w in
+                   json.loads((tmp_path / "rs" / "report.json").read_text())["warnings"])
     assert "Dice" in capsys.readouterr().out
+    # the scan as NIfTI (converted, as many do, the contours kept): the same fill, and
+    # the report says the frame of reference could not be checked
+    assert main(["segment", str(phantom_model[1] / "phantom_006.nii.gz"), "-o",
+                 str(tmp_path / "nii"), "--reference", str(rt), "--reference-structure",
+                 "organ gt", *m]) in (0, 3)
+    nii = json.loads((tmp_path / "nii" / "report.json").read_text())
+    assert nii["reference"]["frame_of_reference_checked"] is False
+    assert nii["reference"]["dice"] > 0.5
+    assert [(s["name"], s["voxels"]) for s in nii["reference"]["structures"]] == \
+        [("Organ_GT", int(organ.sum()))]
+    assert "the reference structure set's frame of reference could not be compared with the " \
+        "scan's (not a DICOM scan, or a UID missing): only its slice planes were checked" in \
+        nii["warnings"]
+    assert "frame of reference could not be" in capsys.readouterr().out
+    from shapeprior.pipeline._rescore import rescore_outputs
+
+    for _ in range(2):                  # compared again: the warning replaced, not added
+        again = rescore_outputs(tmp_path / "nii", rt, ("organ gt",))
+    assert again["warnings"] == nii["warnings"] and again["reference"]["dice"] == \
+        nii["reference"]["dice"]
     # refine: a rough mask on the series' grid, scored against the contours
     rough = Volume(np.pad(organ, 2)[2:-2, 4:, 2:-2].astype(np.uint8), vol.spacing, vol.origin,
                    vol.direction)

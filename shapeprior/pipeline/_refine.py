@@ -174,9 +174,9 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
                  reference_labels=(1,), withheld=None, structure=None):
     t0 = time.perf_counter()
     mvol, img = _mask_and_image(mask_path, image, structure, allow_no_orientation)
-    ref_others, ref_structures = [], []
+    ref_others, ref_filled = [], {}
     ref = reference_mask(reference, reference_labels, mvol, "mask", allow_no_orientation,
-                         ref_others, None if image is None else (image, None), ref_structures)
+                         ref_others, None if image is None else (image, None), ref_filled)
     res = refine_paired(mvol, model, labels, params, img, keep=keep) or \
         refine_mask(mvol, model, labels, params, img, keep=keep)
     label = res.label.astype(np.uint8)
@@ -220,7 +220,7 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
     if ref is not None:
         report["reference"] = refine_reference(label > 0, organ_in, ref, mvol.spacing,
                                                reference_labels)
-        note_structures(report, reference_labels, ref_structures)
+        note_structures(report, reference_labels, ref_filled)
         note_reference(report, ref, ref_others)
     with background(qc_png, out.file("qc.png"), bg, label, organ_in,
                     title=f"refined {model.metadata.get('organ', 'organ')} "

@@ -38,9 +38,9 @@ def rescore_outputs(folder, reference, reference_labels, *, mask=None, allow_no_
     labels = reference_selection(reference_labels, reference)
     grid = read_label_map(folder / "label.nii.gz")
     what = "image" if mask is None else "mask"
-    others, structures = [], []
+    others, filled = [], {}
     ref = reference_mask(reference, labels, grid, what, allow_no_orientation, others, scan,
-                         structures)
+                         filled)
     report = json.loads((folder / "report.json").read_bytes())
     man = read_manifest(folder)
     label = grid.array > 0
@@ -53,7 +53,7 @@ def rescore_outputs(folder, reference, reference_labels, *, mask=None, allow_no_
         organ = np.isin(read_label_map(mask, allow_no_orientation).array,
                         tuple(p["labels"]) + tuple(p["keep_labels"]))
         report["reference"] = refine_reference(label, organ, ref, grid.spacing, labels)
-    note_structures(report, labels, structures)
+    note_structures(report, labels, filled)
     report["warnings"] = [w for w in report.get("warnings", []) if not is_reference_warning(w)]
     note_reference(report, ref, others)
     man.pop("outputs", None)

@@ -146,9 +146,9 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
     clock = clock or StageClock()     # times only (no sampling thread) for the report
     with clock("read"):
         vol, info = read_scan(input_path, series, allow_no_orientation)
-        ref_others, ref_structures = [], []
+        ref_others, ref_filled = [], {}
         ref = reference_mask(reference, reference_labels, vol, "image", allow_no_orientation,
-                             ref_others, (input_path, series), ref_structures)
+                             ref_others, (input_path, series), ref_filled)
     init = None
     if init_mask is not None:
         with clock("place"):
@@ -190,7 +190,7 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
                 for side in report["sides"].values():
                     side["in_label"] = False
             if ref is not None:
-                note_structures(report, reference_labels, ref_structures)
+                note_structures(report, reference_labels, ref_filled)
                 note_reference(report, ref, ref_others)
             _write_outputs(out, vol, res, report, model, model_path, input_path, reference,
                            mesh_format, params, argv, info, deidentify, init_mask, output_type,
@@ -267,7 +267,7 @@ def reference_selection(labels, reference=None) -> list:
 
 
 def reference_mask(reference, labels, grid, what, allow_no_orientation=False, others=None,
-                   scan=None, structures=None):
+                   scan=None, filled=None):
     """The organ (``labels``) of the reference label map ``reference`` as a bool
     array on ``grid`` (a :class:`~shapeprior.io.Volume`; ``what`` names it:
     'image', 'mask'), or None without a reference. A reference that is a crop
@@ -281,13 +281,12 @@ def reference_mask(reference, labels, grid, what, allow_no_orientation=False, ot
     ``labels`` that are strings name its structures (ROI name or ``#N``; ints:
     its one structure with contours); ``scan`` ``(path, series)``, the scan
     the grid was read from, gives the frame of reference it must share;
-    ``structures``, a list, receives what was filled (name, number, label,
-    voxels, volume)."""
+    ``filled``, a dict, receives what was filled (:func:`structure_reference`)."""
     if reference is None:
         return None
     names = [v for v in labels if isinstance(v, str)]
     if is_rtstruct_file(reference):
-        return structure_reference(reference, names, grid, what, scan, structures)
+        return structure_reference(reference, names, grid, what, scan, filled)
     if names:
         raise ValueError(f"--reference-structure names structures of an RT Structure Set; "
                          f"{display_name(reference)} is a label map (its labels: "
@@ -318,8 +317,9 @@ def structure_reference(reference, names, grid, what, scan=None, filled=None):
     records one; a structure that reaches beyond the grid (slices outside it,
     outlines beyond its rows or columns) is refused, as a label map whose organ
     lies partly off the grid is: the part off the grid would count as missed.
-    ``filled``: a list that receives each structure's name, ROI number, label,
-    voxels and volume (ml)."""
+    ``filled``: a dict that receives ``structures`` (each one's name, ROI
+    number, label, voxels and volume in ml) and ``frame_of_reference_checked``
+    (False where the scan records none: a NIfTI file)."""
     frame = scan_frame_of_reference(*scan) if scan is not None else None
     rvol, info = read_rtstruct(reference, grid, names or None, frame,
                                option="--reference-structure")
@@ -334,8 +334,9 @@ def structure_reference(reference, names, grid, what, scan=None, filled=None):
                              f"reference {display_name(reference)} reaches beyond the "
                              f"{what}'s grid ({'; '.join(off)}): the two cannot be compared")
     if filled is not None:
-        filled[:] = [{k: s[k] for k in ("name", "number", "label", "voxels", "volume_ml")}
-                     for s in info["structures"]]
+        filled["structures"] = [{k: s[k] for k in ("name", "number", "label", "voxels",
+                                                    "volume_ml")} for s in info["structures"]]
+        filled["frame_of_reference_checked"] = info["frame_of_reference_checked"]
     return rvol.array > 0
 
 
@@ -350,6 +351,11 @@ def compared_with(label, ref, spacing):
 EMPTY_REFERENCE_WARNING = "the reference holds no voxel with label(s)"
 
 
+#: the warning of a structure set reference whose frame of reference the scan cannot
+#: confirm (a NIfTI file records none): only the slice planes were checked
+UNCHECKED_FRAME_WARNING = ("the reference structure set's frame of reference could not be "
+                           "compared with the scan's (not a DICOM scan, or a UID missing): "
+                           "only its slice planes were checked")
 #: the start of the warning of a reference that holds other labels than those scored
 #: (a multi-organ map: TotalSegmentator's); replaced as the empty one is
 OTHER_REFERENCE_LABELS_WARNING = "the reference holds"
@@ -357,14 +363,15 @@ OTHER_REFERENCE_LABELS_WARNING = "the reference holds"
 _OTHER_LABELS_END = "; if the organ is another of them, name it with --reference-labels"
 
 
-def note_structures(report, selection, structures):
+def note_structures(report, selection, filled):
     """The report's reference block records what was scored: ``labels``, the
     selection as given (:func:`reference_selection`; the manifest keeps it to
-    tell a rerun's reference apart), and for an RT Structure Set the
-    ``structures`` filled (:func:`structure_reference`)."""
-    if structures:          # an RT Structure Set: the names chosen (none: its one structure)
+    tell a rerun's reference apart), and for an RT Structure Set what
+    :func:`structure_reference` ``filled``: the ``structures`` and whether the
+    frame of reference was checked (:func:`note_reference` warns if not)."""
+    if filled:              # an RT Structure Set: the names chosen (none: its one structure)
         report["reference"]["labels"] = [v for v in selection if isinstance(v, str)]
-        report["reference"]["structures"] = structures
+        report["reference"].update(filled)
     else:
         report["reference"]["labels"] = reference_selection(selection)
 
@@ -376,6 +383,8 @@ def note_reference(report, ref, others=()):
     distances of 19 cm, and nothing said); :func:`note_empty_reference`."""
     labels = report["reference"].get("labels") or []
     report["reference"]["other_labels"] = len(others)
+    if report["reference"].get("frame_of_reference_checked") is False:
+        report["warnings"].append(UNCHECKED_FRAME_WARNING)
     if others:
         report["warnings"].append(
             f"{OTHER_REFERENCE_LABELS_WARNING} {len(others)} other label"
@@ -387,7 +396,7 @@ def note_reference(report, ref, others=()):
 def is_reference_warning(text):
     """Whether a report's warning is one :func:`note_reference` wrote (a new
     comparison replaces them)."""
-    return text.startswith(EMPTY_REFERENCE_WARNING) or (
+    return text.startswith(EMPTY_REFERENCE_WARNING) or text == UNCHECKED_FRAME_WARNING or (
         text.startswith(OTHER_REFERENCE_LABELS_WARNING) and text.endswith(_OTHER_LABELS_END))
 
 
