@@ -3583,6 +3583,10 @@ MUTANTS = [
      " or text == UNCHECKED_FRAME_WARNING or (",
      " or (",
      "a comparison made again adds the unchecked-frame warning once more each time"),
+    ("rtref-refine-batch-frame", "rtstruct", "shapeprior/pipeline/_refine_batch.py",
+     "                                        scan=None if img is None else (img, None)))",
+     "                                        scan=None))",
+     "a refinement batch that only compares again takes a structure set of another scan"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -826,3 +826,52 @@ def test_a_batch_rescores_against_structure_sets_and_keeps_what_was_compared(
                for r in summary().values())
     assert {k: v for k, v in tree_state(out).items() if b"summary" not in k} == \
         {k: v for k, v in state.items() if b"summary" not in k}
+
+
+def test_a_refinement_batch_scores_against_structure_sets_in_their_scans_frame(
+        phantom_model, tmp_path):
+    """refine over case folders (mask, DICOM scan, structure set): the rows are
+    scored against each case's set, a rerun that only adds the reference compares
+    again on the scan's frame of reference, and a set of another frame fails its
+    row, the folder kept as it was."""
+    from scipy.ndimage import binary_dilation
+
+    from shapeprior.io import write_label
+
+    _, images, labels, model = phantom_model
+    root = tmp_path / "cases"
+    organs = {}
+    for i in (5, 6):
+        vol, _ = read_scan(images / f"phantom_00{i}.nii.gz")
+        series = write_dicom_series(vol, root / f"case{i}" / "scan")
+        vol = read_scan(series)[0]
+        organ = read_label_map(labels / f"phantom_00{i}.nii.gz").array > 0
+        rough = binary_dilation(organ, iterations=2).astype(np.uint8)
+        write_label(Volume(rough, vol.spacing, vol.origin, vol.direction), rough,
+                    root / f"case{i}" / "mask.nii.gz")
+        write_rtstruct(root / f"case{i}" / "RS.dcm", vol, {"Organ": organ},
+                       frame_of_reference=FOR)
+        write_rtstruct(root / f"case{i}" / "Other.dcm", vol, {"Organ": organ},
+                       frame_of_reference="1.2.3.4")
+        organs[f"case{i}"] = organ
+    out = tmp_path / "out"
+    base = ["refine", str(root), "--mask-name", "mask.nii.gz", "--image-name", "scan",
+            "--model", str(model), "-o", str(out)]
+    assert main(base) in (0, 3)
+
+    def rows():
+        return {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
+
+    assert main([*base, "--reference-name", "RS.dcm"]) in (0, 3)
+    for c, r in rows().items():
+        lab = read_label_map(out / c / "label.nii.gz").array > 0
+        assert "compared again" in r["reason"] and r["dice"] == pytest.approx(
+            2 * (lab & organs[c]).sum() / (lab.sum() + organs[c].sum())), r
+        ref, man = _scored(out / c)
+        assert ref["frame_of_reference_checked"] and ref["structures"][0]["name"] == "Organ"
+    state = tree_state(out)
+    assert main([*base, "--reference-name", "Other.dcm"]) == 1
+    assert all("Other.dcm was drawn in another frame of reference" in r["error"]
+               for r in rows().values())
+    assert {k: v for k, v in tree_state(out).items() if b"summary" not in k} == \
+        {k: v for k, v in state.items() if b"summary" not in k}
