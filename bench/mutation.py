@@ -3587,6 +3587,14 @@ MUTANTS = [
      "                                        scan=None if img is None else (img, None)))",
      "                                        scan=None))",
      "a refinement batch that only compares again takes a structure set of another scan"),
+    ("ref-seg-frame-unchecked", "outputs", "shapeprior/pipeline/_run.py",
+     "    if scan is not None:\n        check_same_frame(reference, scan, what)\n",
+     "    if False:\n        check_same_frame(reference, scan, what)\n",
+     "a DICOM-SEG of another scan with the same geometry compared voxel for voxel"),
+    ("ref-seg-frame-equal", "outputs", "shapeprior/pipeline/_run.py",
+     "    if frame is not None and frame != theirs:\n",
+     "    if frame is not None and frame == theirs:\n",
+     "the reference's own scan's SEG refused, another scan's taken"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -478,7 +478,11 @@ def test_a_suspect_result_says_so_in_its_dicom_series_description(phantom_model,
 
 
 def test_segment_dicom_input_writes_dicom_seg(phantom_model, tmp_path):
+    import contextlib
     import hashlib
+    import io
+
+    import pydicom
 
     d, images, labels, model = phantom_model
     vol, series, out, _ = _segmented_series(phantom_model, tmp_path, "both")
@@ -499,6 +503,18 @@ def test_segment_dicom_input_writes_dicom_seg(phantom_model, tmp_path):
     assert main(["segment", str(series), "-o", str(again), "--model", str(model),
                  "--reference", str(out / "seg.dcm")]) == 0
     assert json.loads((again / "report.json").read_text())["reference"]["dice"] == 1.0
+    # ... and not one made on another scan of the same geometry (a follow-up acquired
+    # alike: another Frame of Reference UID), which would be compared voxel for voxel
+    other = pydicom.dcmread(out / "seg.dcm")
+    other.FrameOfReferenceUID = "1.2.826.0.1.3680043.2.1125.99.1"
+    other.save_as(tmp_path / "other_seg.dcm")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["segment", str(series), "-o", str(tmp_path / "z"), "--model", str(model),
+                     "--reference", str(tmp_path / "other_seg.dcm")]) == 1
+    assert "the reference other_seg.dcm was made on another scan (its Frame of Reference " \
+        "UID differs from the image's): the two cannot be compared" in err.getvalue()
+    assert not (tmp_path / "z").exists()
     seg_digest = hashlib.sha256((out / "seg.dcm").read_bytes()).hexdigest()
     refined = tmp_path / "refined"
     assert main(["refine", str(out / "seg.dcm"), "-o", str(refined), "--model",
@@ -511,9 +527,6 @@ def test_segment_dicom_input_writes_dicom_seg(phantom_model, tmp_path):
     assert dice(placed > 0, read_label_map(out / "label.nii.gz").array > 0) > 0.95
     assert hashlib.sha256((out / "seg.dcm").read_bytes()).hexdigest() == seg_digest
     # ... but never as the scan to segment, or the image of a refinement
-    import contextlib
-    import io
-
     for args in (["segment", str(out / "seg.dcm"), "-o", str(tmp_path / "s1")],
                  ["refine", str(out / "label.nii.gz"), "-o", str(tmp_path / "s2"), "--image",
                   str(out / "seg.dcm")]):

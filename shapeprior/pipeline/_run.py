@@ -292,6 +292,8 @@ def reference_mask(reference, labels, grid, what, allow_no_orientation=False, ot
                          f"{display_name(reference)} is a label map (its labels: "
                          "--reference-labels)")
     rvol = read_label_map(reference, allow_no_orientation)
+    if scan is not None:
+        check_same_frame(reference, scan, what)
     if others is not None:
         others[:] = other_labels(rvol.array, labels)
     organ = np.isin(rvol.array, labels)
@@ -307,6 +309,22 @@ def reference_mask(reference, labels, grid, what, allow_no_orientation=False, ot
                          f"grid ({diff}; reference vs {what}), and part of its organ lies "
                          f"outside the {what}: the two cannot be compared")
     return placed
+
+
+def check_same_frame(reference, scan, what):
+    """A reference that is a DICOM object (a DICOM-SEG) and names a Frame of
+    Reference UID must share that of ``scan`` ``(path, series)`` when the scan
+    records one: a segmentation of another scan on a grid of the same
+    geometry (a follow-up acquired alike) would be compared voxel for voxel.
+    ValueError otherwise; other references pass."""
+    theirs = scan_frame_of_reference(reference)       # (a file: its own header's)
+    if theirs is None:
+        return
+    frame = scan_frame_of_reference(*scan)
+    if frame is not None and frame != theirs:
+        raise ValueError(f"the reference {display_name(reference)} was made on another scan "
+                         f"(its Frame of Reference UID differs from the {what}'s): the two "
+                         "cannot be compared")
 
 
 def structure_reference(reference, names, grid, what, scan=None, filled=None):
