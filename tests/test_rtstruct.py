@@ -536,6 +536,18 @@ def _phantom_series_and_set(phantom_model, tmp_path, name):
     return model, series, vol, organ, rt
 
 
+def _phantom_case_folders(phantom_model, root):
+    """Phantom cases 5 and 6 as case folders ``root/case5/scan/`` (a DICOM series):
+    ``[(case name, the series' grid, the organ's mask)]``."""
+    _, images, labels, _ = phantom_model
+    out = []
+    for i in (5, 6):
+        vol, _ = read_scan(images / f"phantom_00{i}.nii.gz")
+        vol = read_scan(write_dicom_series(vol, root / f"case{i}" / "scan"))[0]
+        out.append((f"case{i}", vol, read_label_map(labels / f"phantom_00{i}.nii.gz").array > 0))
+    return out
+
+
 def test_refine_takes_a_structure_set_as_its_mask(phantom_model, tmp_path, capsys):
     """A rough contour from a planning system refined directly: refine RS.dcm
     --image SERIES --structure NAME gives the label that refining its converted
@@ -750,18 +762,14 @@ def test_a_batch_rescores_against_structure_sets_and_keeps_what_was_compared(
     map's."""
     from scipy.ndimage import binary_erosion
 
-    d, images, labels, model = phantom_model
+    model = phantom_model[3]
     root = tmp_path / "cases"
     dice = {}
-    for i in (5, 6):
-        vol, _ = read_scan(images / f"phantom_00{i}.nii.gz")
-        series = write_dicom_series(vol, root / f"case{i}" / "scan")
-        vol = read_scan(series)[0]
-        organ = read_label_map(labels / f"phantom_00{i}.nii.gz").array > 0
-        write_rtstruct(root / f"case{i}" / "RS.dcm", vol,
+    for case, vol, organ in _phantom_case_folders(phantom_model, root):
+        write_rtstruct(root / case / "RS.dcm", vol,
                        {"Organ": organ, "Shrunk": binary_erosion(organ)},
                        frame_of_reference=FOR)
-        dice[f"case{i}"] = organ
+        dice[case] = organ
     out = tmp_path / "out"
     base = ["segment", str(root), "--image-name", "scan", "--model", str(model), "-o", str(out)]
     assert main(base) in (0, 3)
@@ -838,22 +846,17 @@ def test_a_refinement_batch_scores_against_structure_sets_in_their_scans_frame(
 
     from shapeprior.io import write_label
 
-    _, images, labels, model = phantom_model
+    model = phantom_model[3]
     root = tmp_path / "cases"
     organs = {}
-    for i in (5, 6):
-        vol, _ = read_scan(images / f"phantom_00{i}.nii.gz")
-        series = write_dicom_series(vol, root / f"case{i}" / "scan")
-        vol = read_scan(series)[0]
-        organ = read_label_map(labels / f"phantom_00{i}.nii.gz").array > 0
+    for case, vol, organ in _phantom_case_folders(phantom_model, root):
         rough = binary_dilation(organ, iterations=2).astype(np.uint8)
         write_label(Volume(rough, vol.spacing, vol.origin, vol.direction), rough,
-                    root / f"case{i}" / "mask.nii.gz")
-        write_rtstruct(root / f"case{i}" / "RS.dcm", vol, {"Organ": organ},
-                       frame_of_reference=FOR)
-        write_rtstruct(root / f"case{i}" / "Other.dcm", vol, {"Organ": organ},
+                    root / case / "mask.nii.gz")
+        write_rtstruct(root / case / "RS.dcm", vol, {"Organ": organ}, frame_of_reference=FOR)
+        write_rtstruct(root / case / "Other.dcm", vol, {"Organ": organ},
                        frame_of_reference="1.2.3.4")
-        organs[f"case{i}"] = organ
+        organs[case] = organ
     out = tmp_path / "out"
     base = ["refine", str(root), "--mask-name", "mask.nii.gz", "--image-name", "scan",
             "--model", str(model), "-o", str(out)]
