@@ -3550,10 +3550,10 @@ MUTANTS = [
      "--reference-structure with a label map reference silently ignored"),
     # -- round 52: a structure set cut short is refused, not read as fewer contours
     ("rtcut-unchecked", "rtstruct", "shapeprior/io/_rtstruct.py",
-     "    cut = _cut_element(ds)\n",
-     "    cut = None\n",
+     "    check_not_cut(ds, name, \"RT Structure Set\")\n",
+     "    pass\n",
      "a structure set cut inside its contours read as one with fewer contours"),
-    ("rtcut-compare-flipped", "rtstruct", "shapeprior/io/_rtstruct.py",
+    ("rtcut-compare-flipped", "rtstruct", "shapeprior/io/_dicom.py",
      "isinstance(raw.value, bytes) and len(raw.value) < raw.length:",
      "isinstance(raw.value, bytes) and len(raw.value) > raw.length:",
      "the truncation check looks for values longer than their length, never true"),
@@ -3595,6 +3595,11 @@ MUTANTS = [
      "    if frame is not None and frame != theirs:\n",
      "    if frame is not None and frame == theirs:\n",
      "the reference's own scan's SEG refused, another scan's taken"),
+    ("seg-cut-unchecked", "outputs", "shapeprior/io/_dicom_seg.py",
+     "    check_not_cut(ds, name, \"DICOM-SEG\")\n",
+     "    pass\n",
+     "a DICOM-SEG cut short read as far as it goes (a missing padding byte passes, a cut "
+     "frame fails with a reshape error)"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

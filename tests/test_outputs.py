@@ -3,6 +3,7 @@ statistics.json, model inspection, the QC picture's orientation, nnU-Net
 layouts for build-model."""
 
 import json
+import re
 import shutil
 import warnings
 
@@ -515,6 +516,20 @@ def test_segment_dicom_input_writes_dicom_seg(phantom_model, tmp_path):
     assert "the reference other_seg.dcm was made on another scan (its Frame of Reference " \
         "UID differs from the image's): the two cannot be compared" in err.getvalue()
     assert not (tmp_path / "z").exists()
+    # a SEG cut short is refused, however short: pydicom reads what is left without a
+    # word (one byte short, only the pixel data's padding byte is missing)
+    whole = (out / "seg.dcm").read_bytes()
+    for cut in (1, 100, len(whole) // 3):
+        (tmp_path / "cut_seg.dcm").write_bytes(whole[:-cut])
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert main(["refine", str(tmp_path / "cut_seg.dcm"), "-o", str(tmp_path / "c"),
+                         "--model", str(model)]) == 1
+        assert re.search(r"^shapeprior refine: error: cut_seg\.dcm: truncated DICOM-SEG \(the "
+                         r"file ends inside element \([0-9A-F]{4},[0-9A-F]{4}\): \d+ of its "
+                         r"\d+ bytes; a copy or download cut short\?\)$", err.getvalue()), \
+            err.getvalue()
+        assert not (tmp_path / "c").exists()
     seg_digest = hashlib.sha256((out / "seg.dcm").read_bytes()).hexdigest()
     refined = tmp_path / "refined"
     assert main(["refine", str(out / "seg.dcm"), "-o", str(refined), "--model",

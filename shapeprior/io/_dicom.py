@@ -444,6 +444,25 @@ _OBJECT_NAMES = {"RTSTRUCT": "an RT Structure Set (contours, not a label map)",
 _BARE_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
 
 
+def check_not_cut(ds, name, what):
+    """Refuse ``ds`` (a data set just read, ``name`` its file, ``what`` the kind of
+    object) when its file ends inside one of its elements: pydicom reads a file cut
+    inside an element of defined length without a word, and the element then
+    holds what was left (an RT Structure Set cut in its contours reads as one with
+    fewer contours; a cut inside a sequence of undefined length raises instead).
+    Each element as read, not yet decoded, is checked against the length its
+    header gives."""
+    from pydicom.dataelem import RawDataElement
+
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF and \
+                isinstance(raw.value, bytes) and len(raw.value) < raw.length:
+            raise ImageReadError(f"{name}: truncated {what} (the file ends inside element "
+                                 f"{tag}: {len(raw.value)} of its {raw.length} bytes; a "
+                                 "copy or download cut short?)")
+
+
 def dicom_header(path):
     """The header (no pixels) of ``path`` when it is a DICOM file: a 128-byte
     preamble and ``DICM``, or, named ``.dcm``/``.dicom``/``.ima`` or without a

@@ -80,9 +80,18 @@ def read_dicom_seg(path):
     from ._checks import ImageReadError, check_geometry, check_size, reason_text
     from ._volume import Volume
 
+    import pydicom
+
+    from ._dicom import check_not_cut
+
     name = display_name(path)
     try:
-        seg = hd.seg.segread(str(path))
+        ds = pydicom.dcmread(str(path))
+    except Exception as exc:        # pydicom raises many kinds
+        raise ImageReadError(f"{name}: not a readable DICOM-SEG ({reason_text(exc)})") from None
+    check_not_cut(ds, name, "DICOM-SEG")
+    try:
+        seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
         geom = seg.get_volume_geometry()
     except Exception as exc:        # highdicom and pydicom raise many kinds
         raise ImageReadError(f"{name}: not a readable DICOM-SEG ({reason_text(exc)})") from None

@@ -61,9 +61,8 @@ def _read(path):
     """The whole data set of an RT Structure Set file (ImageReadError otherwise)."""
     import pydicom
 
-    from ._dicom import dicom_header
-
     from ._checks import input_path_error
+    from ._dicom import check_not_cut, dicom_header
 
     name = display_name(path)
     if not Path(path).is_file():            # missing, a folder, a pipe: never opened
@@ -78,29 +77,8 @@ def _read(path):
         raise ImageReadError(f"{name}: unreadable RT Structure Set "
                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") \
             from None
-    cut = _cut_element(ds)
-    if cut is not None:
-        tag, got, length = cut
-        raise ImageReadError(f"{name}: truncated RT Structure Set (the file ends inside "
-                             f"element {tag}: {got} of its {length} bytes; a copy or "
-                             "download cut short?)")
+    check_not_cut(ds, name, "RT Structure Set")
     return ds
-
-
-def _cut_element(ds):
-    """``(tag, bytes read, length)`` of the first element of ``ds`` (as read, not
-    yet decoded) that the file ends inside, or None. pydicom reads a file cut
-    inside an element of defined length without a word, and the element's value
-    then holds what was left: a structure set cut in its contours reads as one
-    with fewer contours (a cut inside a sequence of undefined length raises)."""
-    from pydicom.dataelem import RawDataElement
-
-    for tag in ds.keys():
-        raw = ds.get_item(tag)
-        if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF and \
-                isinstance(raw.value, bytes) and len(raw.value) < raw.length:
-            return tag, len(raw.value), raw.length
-    return None
 
 
 def _text(v) -> str:
