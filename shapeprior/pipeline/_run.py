@@ -251,8 +251,14 @@ def other_labels(array, labels, slab=16):
 
 
 def label_list(values, shown=8):
-    v = [x if isinstance(x, str) else str(int(x)) for x in values]
+    v = [str(int(x)) for x in values]
     return ", ".join(v[:shown]) + (f", ... ({len(v)} in all)" if len(v) > shown else "")
+
+
+def structure_names(selection) -> list:
+    """The entries of a reference selection that name structures of an RT Structure
+    Set (strings: ROI name or ``#N``); the others are labels of a label map."""
+    return [v for v in selection if isinstance(v, str)]
 
 
 def reference_selection(labels, reference=None) -> list:
@@ -262,7 +268,7 @@ def reference_selection(labels, reference=None) -> list:
     ``reference`` only the names count: labels (the model's, by default) do not
     choose its structures, and none stands for its one structure with contours."""
     if reference is not None and is_rtstruct_file(reference):
-        return [v for v in labels if isinstance(v, str)]
+        return structure_names(labels)
     return [v if isinstance(v, str) else int(v) for v in labels]
 
 
@@ -284,7 +290,7 @@ def reference_mask(reference, labels, grid, what, allow_no_orientation=False, ot
     ``filled``, a dict, receives what was filled (:func:`structure_reference`)."""
     if reference is None:
         return None
-    names = [v for v in labels if isinstance(v, str)]
+    names = structure_names(labels)
     if is_rtstruct_file(reference):
         return structure_reference(reference, names, grid, what, scan, filled)
     if names:
@@ -388,7 +394,7 @@ def note_structures(report, selection, filled):
     :func:`structure_reference` ``filled``: the ``structures`` and whether the
     frame of reference was checked (:func:`note_reference` warns if not)."""
     if filled:              # an RT Structure Set: the names chosen (none: its one structure)
-        report["reference"]["labels"] = [v for v in selection if isinstance(v, str)]
+        report["reference"]["labels"] = structure_names(selection)
         report["reference"].update(filled)
     else:
         report["reference"]["labels"] = reference_selection(selection)
