@@ -51,7 +51,10 @@ def _runs(name, img, ref, rng):
     u /= np.linalg.norm(u)
     out = [("search", img, {}, True)]
     for d in OFFSETS_MM:
-        out.append((f"seed+{d:g}", img, {"seed_mm": tuple(centre + d * u)}, True))
+        # the fit held at the seed (near_start 0: no position near it is tried), so
+        # that the offsets give the misplaced fits the status must tell apart
+        out.append((f"seed+{d:g}", img, {"seed_mm": tuple(centre + d * u), "near_start": 0.0},
+                    True))
     a = img.array.astype(np.float32)
     noise = rng.normal(float(a.mean()), float(a.std()), a.shape).astype(np.float32)
     out.append(("no organ", Volume(noise, img.spacing, img.origin, img.direction), {}, False))

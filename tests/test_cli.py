@@ -301,8 +301,6 @@ def test_reconstruct_exit_codes(tmp_path, monkeypatch, capsys):
     (["--seed-space", "lps"], "--seed-space has no effect without --seed"),
     (["--seed", "1,2,3", "--init-mask", "m.nii.gz"], "--seed and --init-mask both place"),
     (["--seed", "1,2,3", "--placement", "search"], "--placement has no effect with --seed"),
-    (["--init-mask", "m.nii.gz", "--hypotheses", "3"],
-     "--hypotheses has no effect with --init-mask"),
     (["--placement", "prior", "--hypotheses", "3"],
      "--hypotheses has no effect with --placement prior"),
     (["--series", "1"], "--series picks a series in a DICOM folder; the input is a file"),

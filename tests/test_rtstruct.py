@@ -16,6 +16,7 @@ from shapeprior.cli import main
 from shapeprior.io import (ImageReadError, Volume, list_structures, read_label_map,
                            read_rtstruct, read_scan, scan_frame_of_reference)
 from shapeprior.io._rtstruct import fill_polygon
+from shapeprior.pipeline._run import UNCHECKED_INIT_FRAME_WARNING
 
 FOR = "1.2.826.0.1.3680043.2.1125.1.9"       # write_dicom_series' Frame of Reference UID
 
@@ -589,6 +590,65 @@ def test_refine_takes_a_structure_set_as_its_mask(phantom_model, tmp_path, capsy
                  "--labels", "1", *args]) == 1
     assert "--labels names labels of a label map; a structure set's structure is " \
         "--structure" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_segment_starts_from_a_structure_set_as_its_init_mask(phantom_model, tmp_path, capsys):
+    """A planning system's contour as the fit's start: segment SERIES --init-mask
+    RS.dcm --init-structure NAME fits as the converted label map as --init-mask
+    does (the same label), and the report and manifest name the structure; a set
+    of another frame of reference, --init-labels for a set, --init-structure for
+    a label map or without --init-mask, and a set of two structures without a
+    choice: one line, exit 1, nothing written."""
+    model, series, vol, organ, rt = _phantom_series_and_set(phantom_model, tmp_path,
+                                                            "Organ_rough")
+    args = ["--model", str(model), "--no-qc"]
+    assert main(["segment", str(series), "-o", str(tmp_path / "direct"), "--init-mask",
+                 str(rt), "--init-structure", "organ rough", *args]) == 0
+    assert main(["convert-rtstruct", str(rt), "--image", str(series), "-o",
+                 str(tmp_path / "conv"), "--structure", "Organ_rough"]) == 0
+    conv = tmp_path / "conv" / "label.nii.gz"
+    assert main(["segment", str(series), "-o", str(tmp_path / "twostep"), "--init-mask",
+                 str(conv), *args]) == 0
+    direct = read_label_map(tmp_path / "direct" / "label.nii.gz")
+    assert direct.same_grid(vol) and direct.array.any()
+    assert np.array_equal(direct.array,
+                          read_label_map(tmp_path / "twostep" / "label.nii.gz").array)
+    rep = json.loads((tmp_path / "direct" / "report.json").read_text())
+    assert rep["placement"]["chosen"]["source"] in ("init", "near init")
+    assert [s["name"] for s in rep["init_mask"]["structures"]] == ["Organ_rough"]
+    assert rep["init_mask"]["structures"][0]["voxels"] == np.count_nonzero(organ)
+    assert rep["init_mask"]["frame_of_reference_checked"]
+    man = json.loads((tmp_path / "direct" / "manifest.json").read_text())
+    assert man["parameters"]["init_structures"] == ["Organ_rough"]
+    assert "init_mask" not in json.loads((tmp_path / "twostep" / "report.json").read_text())
+    # the scan as a NIfTI file: its frame of reference unknown, the report says so
+    nifti = phantom_model[1] / "phantom_006.nii.gz"
+    assert main(["segment", str(nifti), "-o", str(tmp_path / "nifti"), "--init-mask", str(rt),
+                 "--init-structure", "#2", *args]) == 0
+    rep = json.loads((tmp_path / "nifti" / "report.json").read_text())
+    assert not rep["init_mask"]["frame_of_reference_checked"]
+    assert UNCHECKED_INIT_FRAME_WARNING in rep["warnings"]
+    other = write_rtstruct(tmp_path / "other.dcm", vol, {"Organ_rough": organ},
+                           frame_of_reference="1.2.3.4")
+    capsys.readouterr()
+    for extra, said in [
+            (["--init-mask", str(other)], "other.dcm was drawn in another frame of reference"),
+            (["--init-mask", str(rt)], "2 structures with contours: External (#1), "
+                                 "Organ_rough (#2); choose with --init-structure"),
+            (["--init-mask", str(rt), "--init-labels", "1"],
+             "RS.dcm is an RT Structure Set: --init-labels picks labels of a label map; "
+             "choose its structures with --init-structure"),
+            (["--init-mask", str(conv), "--init-structure", "#1"],
+             "--init-structure names structures of an RT Structure Set; label.nii.gz is a "
+             "label map (its labels: --init-labels)"),
+            (["--init-mask", str(rt), "--init-structure", "#2", "--init-labels", "1"],
+             "--init-labels picks labels of a label map, --init-structure structures"),
+            (["--init-structure", "#2"], "--init-structure has no effect without --init-mask"),
+            (["--init-mask", str(rt), "--init-structure", " "], "--init-structure is empty")]:
+        assert main(["segment", str(series), "-o", str(tmp_path / "x"), *extra, *args]) == 1
+        err = capsys.readouterr().err
+        assert said in err and len(err.strip().splitlines()) == 1, (extra, err)
     assert not (tmp_path / "x").exists()
 
 

@@ -803,13 +803,14 @@ def test_background_threshold_starts_at_the_darkest_intensity_and_looks_inward()
 
 def test_a_fit_in_the_air_around_the_body_is_failed_and_the_search_avoids_it(model, scan):
     """A normalised boundary profile matches the air's noise: seeded there, the fit
-    is failed because its surface encloses the background; without a seed the
-    search finds the organ beside that air, and the result is ok."""
+    is failed because its surface encloses the background (held there: no
+    positions near the seed are tried); without a seed the search finds the organ
+    beside that air, and the result is ok."""
     vol, truth = scan
     assert model.profile.background_share_max is not None
     assert model.profile.background_share_max <= 0.1
     air, centre = _with_air(vol)
-    r = segment_volume(air, model, SegmentParams(seed_mm=tuple(centre)))
+    r = segment_volume(air, model, SegmentParams(seed_mm=tuple(centre), near_start=0.0))
     assert r.status == "failed", (r.reasons, r.evidence)
     assert any("background around the body" in s for s in r.reasons)
     assert r.evidence["surface_inside_background"] > 0.5
@@ -943,3 +944,29 @@ def test_both_sides_keep_each_sides_reason_levels(model, scan):
         ("failed", "right: the surface does not match the image: organ not found"),
         ("suspect", "right: unusual shape"),
         ("suspect", "right: left out of the label (its fit failed: no such organ found)")]
+
+
+def test_a_seed_or_a_start_off_the_organ_is_fitted_from_the_position_near_it(model, scan):
+    """A seed 0.3 of the organ's extent off its centre: fitted from the seed alone
+    (near_start 0) the fit misses and is failed; by default positions near the seed
+    are tried and the one matching the image is kept (its source 'near seed'). A
+    starting surface (``init``: the mean shape placed there) alike, and one on
+    the organ is not led away."""
+    vol, truth = scan
+    c = vol.index_to_physical(np.argwhere(truth).mean(0)[::-1][None])[0]
+    extent = float(np.linalg.norm(model.mean.max(0) - model.mean.min(0)))
+    off = c + [0.0, 0.3 * extent, 0.0]
+    alone = segment_volume(vol, model, SegmentParams(seed_mm=tuple(off), near_start=0.0))
+    assert alone.status == "failed" and dice(alone.label, truth) < 0.5
+    near = segment_volume(vol, model, SegmentParams(seed_mm=tuple(off)))
+    assert near.status == "ok" and dice(near.label, truth) > 0.95
+    assert near.placement["chosen"]["source"] == "near seed"
+    assert near.placement["hypotheses"][0]["source"] == "seed"
+    one = segment_volume(vol, model, SegmentParams(seed_mm=tuple(off), n_hypotheses=1))
+    assert [h["source"] for h in one.placement["hypotheses"]] == ["seed"]
+    mean = model.mean - model.mean.mean(0)
+    for start in (off, c):
+        r = segment_volume(vol, model, SegmentParams(), init=mean + start)
+        assert r.status == "ok" and dice(r.label, truth) > 0.95, start
+        assert r.placement["hypotheses"][0]["source"] == "init"
+    assert r.placement["chosen"]["source"] in ("init", "near init")

@@ -1,6 +1,7 @@
 """``shapeprior convert-rtstruct``: an RT Structure Set's contours as a label map
-on the scan they were drawn on, for ``refine``, ``--reference``, ``--init-mask``
-and ``build-model``; or every structure set of a download, each on its own scan."""
+on the scan they were drawn on, for ``build-model`` or any other tool (``refine``,
+``--reference`` and ``--init-mask`` take a structure set as it is); or every
+structure set of a download, each on its own scan."""
 
 from __future__ import annotations
 

@@ -115,16 +115,23 @@ def main(argv):
                     help="without --seed: search the whole field of view (default) or start "
                          "at the training position relative to the FOV centre")
     ap.add_argument("--init-mask", default=None,
-                    help="single case: an existing label map (e.g. another tool's) whose "
-                         "refined surface starts the fit instead of the placement search (one "
-                         "holding both sides of a paired organ: the --side given, or with "
-                         "--side both each side from its own part)")
+                    help="single case: an existing label map (e.g. another tool's) or an RT "
+                         "Structure Set drawn on the scan (its contours filled on the scan's "
+                         "grid) whose refined surface starts the fit instead of the placement "
+                         "search (one holding both sides of a paired organ: the --side given, "
+                         "or with --side both each side from its own part)")
     ap.add_argument("--init-labels", default=None,
-                    help="labels of the organ in --init-mask (default: the labels the "
-                         "model was built from)")
+                    help="labels of the organ in a label map --init-mask (default: the labels "
+                         "the model was built from)")
+    ap.add_argument("--init-structure", action="append", default=None, metavar="NAME",
+                    help="the structure of an RT Structure Set --init-mask: its ROI name (case, "
+                         "spaces, underscores and hyphens aside) or #N, alternatives joined by "
+                         "|; repeat for several (both kidneys with --side both). Default: its "
+                         "one structure with contours")
     ap.add_argument("--hypotheses", type=int, default=None,
-                    help="without --seed: placements fitted before the best one continues "
-                         "(default 5)")
+                    help="placements fitted before the best one continues (default 5): "
+                         "without --seed, the best of the field of view's; with --seed or "
+                         "--init-mask, the start itself and positions near it")
     ap.add_argument("--surface-offset", type=float, default=None, metavar="MM",
                     help="move the final surface this far outward along its normals before "
                          "voxelising (negative: inward; default: the model's calibration, "
@@ -145,7 +152,7 @@ def main(argv):
     except ValueError as exc:
         ap.error(str(exc))
 
-    from ..model import load_model, organ_labels
+    from ..model import load_model
     from ..pipeline import Deidentifier, discover_cases, run_case, scrub
     placed = "--seed" if a.seed else "--init-mask" if a.init_mask else None
     refuse_unused(
@@ -158,15 +165,21 @@ def main(argv):
          "--reference-name and --image-name name the same file"),
         (a.init_labels is not None and not a.init_mask,
          "--init-labels has no effect without --init-mask"),
+        (a.init_structure and not a.init_mask,
+         "--init-structure has no effect without --init-mask"),
+        (a.init_structure and a.init_labels is not None,
+         "--init-labels picks labels of a label map, --init-structure structures of an RT "
+         "Structure Set: give the one that fits the --init-mask"),
+        (any(not n.strip() for n in a.init_structure or ()),
+         "--init-structure is empty: give a structure's ROI name or #N"),
         (a.seed_space is not None and not a.seed, "--seed-space has no effect without --seed"),
         (a.seed and a.init_mask, "--seed and --init-mask both place the fit: give one"),
         (a.seed and a.side == "both", "--seed places one organ; --side both fits two: leave it "
          "out (each side is searched for on its own side of the body) or give --init-mask"),
         (a.placement is not None and placed,
          f"--placement has no effect with {placed} (it places the fit)"),
-        (a.hypotheses is not None and (placed or a.placement == "prior"),
-         f"--hypotheses has no effect with {placed or '--placement prior'} (one placement is "
-         "fitted)"),
+        (a.hypotheses is not None and a.placement == "prior",
+         "--hypotheses has no effect with --placement prior (one placement is fitted)"),
         (a.series is not None and Path(a.input).is_file(),
          "--series picks a series in a DICOM folder; the input is a file"))
     model = load_model(a.model)
@@ -211,8 +224,7 @@ def main(argv):
                            mesh_format=a.mesh_format, force=a.force, dictionary=dic, argv=argv,
                            case_name=c.name, deidentify=a.deidentify,
                            allow_no_orientation=a.allow_no_orientation, init_mask=a.init_mask,
-                           init_labels=(parse_labels(a.init_labels, "--init-labels")
-                                        if a.init_labels else organ_labels(model)),
+                           init_labels=_init_selection(a, model),
                            output_type=a.output_type, qc=not a.no_qc)
         except (ValueError, OSError) as exc:
             if deid is not None:
@@ -260,3 +272,21 @@ def _single_reference(reference, case, deidentify):
     from ..pipeline import match_references
 
     return match_references([case], reference, deidentify)[0]
+
+
+def _init_selection(a, model):
+    """The organ of the ``--init-mask``: the ``--init-structure`` names (an RT
+    Structure Set's), the ``--init-labels`` (a label map's; refused for a
+    structure set) or the labels the model was built from."""
+    from ..io import display_name, is_rtstruct_file
+    from ..model import organ_labels
+
+    if a.init_structure:
+        return tuple(n.strip() for n in a.init_structure)
+    if a.init_labels is None:
+        return organ_labels(model)
+    if a.init_mask and is_rtstruct_file(a.init_mask):
+        raise ValueError(f"{display_name(a.init_mask)} is an RT Structure Set: --init-labels "
+                         "picks labels of a label map; choose its structures with "
+                         "--init-structure")
+    return parse_labels(a.init_labels, "--init-labels")

@@ -100,7 +100,8 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
     file name); with ``deidentify`` no input file name or path reaches the
     outputs. ``init_mask``: an existing label map (``init_labels``) whose
     refined surface (:func:`~shapeprior.segmentation.refine_mask`) starts the fit
-    instead of the placement search. ``output_type``: the label as
+    instead of the placement search, or an RT Structure Set drawn on the scan
+    whose structures ``init_labels`` names (strings; :func:`init_mask_volume`). ``output_type``: the label as
     ``label.nii.gz`` (``'nifti'``), as ``seg.dcm`` (``'dicom-seg'``, DICOM
     series inputs only; it carries the source's patient and study
     identifiers, so not with ``deidentify``) or ``'both'``. ``qc=False``
@@ -149,10 +150,12 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
         ref_others, ref_filled = [], {}
         ref = reference_mask(reference, reference_labels, vol, "image", allow_no_orientation,
                              ref_others, (input_path, series), ref_filled)
-    init = None
+    init, init_filled = None, {}
     if init_mask is not None:
         with clock("place"):
-            mvol = read_label_map(init_mask, allow_no_orientation)
+            mvol, init_labels = init_mask_volume(init_mask, init_labels, vol,
+                                                 (input_path, series), allow_no_orientation,
+                                                 init_filled)
             try:
                 init = (both_sides_init(mvol, model, init_labels, params, dictionary)
                         if params.side == "both" else
@@ -192,6 +195,8 @@ def _run_case(out, input_path, model, model_path, params, series, reference,
             if ref is not None:
                 note_structures(report, reference_labels, ref_filled)
                 note_reference(report, ref, ref_others)
+            if init_filled:
+                note_init_structures(report, init_filled)
             _write_outputs(out, vol, res, report, model, model_path, input_path, reference,
                            mesh_format, params, argv, info, deidentify, init_mask, output_type,
                            digests)
@@ -317,6 +322,47 @@ def reference_mask(reference, labels, grid, what, allow_no_orientation=False, ot
     return placed
 
 
+def init_mask_volume(init_mask, selection, grid, scan, allow_no_orientation=False,
+                     filled=None):
+    """The ``--init-mask`` as ``(label map, the labels of its organ)``: a label
+    map whose organ is ``selection`` (ints), or an RT Structure Set drawn on the
+    scan whose structures ``selection`` names (strings: ROI name or ``#N``; none:
+    its one structure with contours) filled on ``grid``, the scan's, in the
+    frame of reference of ``scan`` ``(path, series)`` when it records one; its
+    organ is every structure filled. ``filled``, a dict, receives the
+    structures filled and whether the frame of reference was checked
+    (:func:`note_init_structures`). Contours reaching beyond the grid are
+    allowed: the fit starts from the part on it."""
+    names = structure_names(selection)
+    if is_rtstruct_file(init_mask):
+        frame = scan_frame_of_reference(*scan)
+        mvol, info = read_rtstruct(init_mask, grid, names or None, frame,
+                                   option="--init-structure")
+        if filled is not None:
+            filled.update(_what_was_filled(info))
+        return mvol, tuple(s["label"] for s in info["structures"])
+    if names:
+        raise ValueError(f"--init-structure names structures of an RT Structure Set; "
+                         f"{display_name(init_mask)} is a label map (its labels: --init-labels)")
+    return read_label_map(init_mask, allow_no_orientation), tuple(selection)
+
+
+#: the warning of an ``--init-mask`` structure set whose frame of reference the scan
+#: cannot confirm (a NIfTI file records none)
+UNCHECKED_INIT_FRAME_WARNING = ("the --init-mask structure set's frame of reference could not "
+                                "be compared with the scan's (not a DICOM scan, or a UID "
+                                "missing): only its slice planes were checked")
+
+
+def note_init_structures(report, filled):
+    """The report of a fit started from an RT Structure Set ``--init-mask``
+    records the structures filled (``init_mask``), and warns when its frame of
+    reference could not be checked."""
+    report["init_mask"] = filled
+    if not filled["frame_of_reference_checked"]:
+        report["warnings"].append(UNCHECKED_INIT_FRAME_WARNING)
+
+
 def check_same_frame(reference, scan, what):
     """A reference that is a DICOM object (a DICOM-SEG) and names a Frame of
     Reference UID must share that of ``scan`` ``(path, series)`` when the scan
@@ -358,10 +404,17 @@ def structure_reference(reference, names, grid, what, scan=None, filled=None):
                              f"reference {display_name(reference)} reaches beyond the "
                              f"{what}'s grid ({'; '.join(off)}): the two cannot be compared")
     if filled is not None:
-        filled["structures"] = [{k: s[k] for k in ("name", "number", "label", "voxels",
-                                                    "volume_ml")} for s in info["structures"]]
-        filled["frame_of_reference_checked"] = info["frame_of_reference_checked"]
+        filled.update(_what_was_filled(info))
     return rvol.array > 0
+
+
+def _what_was_filled(info):
+    """Of :func:`~shapeprior.io.read_rtstruct`'s ``info``, what a report records:
+    each structure's name, ROI number, label, voxels and volume (ml), and whether
+    the frame of reference was checked."""
+    return {"structures": [{k: s[k] for k in ("name", "number", "label", "voxels", "volume_ml")}
+                           for s in info["structures"]],
+            "frame_of_reference_checked": info["frame_of_reference_checked"]}
 
 
 def compared_with(label, ref, spacing):
@@ -609,6 +662,9 @@ def _write_outputs(out, vol, res, report, model, model_path, input_path, referen
         argv = scrub_argv(argv, {input_path: "<input>", reference: "<reference>",
                                  out.path: "<output>"})
     compared = {"reference_labels": report["reference"]["labels"]} if reference is not None else {}
+    if "init_mask" in report:           # an RT Structure Set: the structures it started from
+        compared["init_structures"] = [s["name"] or f"#{s['number']}"
+                                       for s in report["init_mask"]["structures"]]
     out.write_json("manifest.json", manifest(
         command="segment", parameters={"argv": argv, **params_record(params), **compared},
         seed=None, inputs=inputs, input_paths=shown, digests=digests))

@@ -275,18 +275,7 @@ def find_placements(vol, shape0, faces, scorer, n=3, prior_centre=None, side="no
     list of Hypothesis
     """
     extent = float(np.linalg.norm(shape0.max(0) - shape0.min(0)))
-    idx = np.linspace(0, len(shape0) - 1, min(N_SCORE_VERTICES, len(shape0))).astype(int)
-    normals0 = Surface(shape0, faces).vertex_normals()[idx]
-    v0 = shape0[idx]
-
-    def score(centres, s=1.0, search=0.0, slack=SLACK_MM):
-        out = np.empty(len(centres))
-        for a in range(0, len(centres), 512):        # bounded memory
-            c = centres[a:a + 512]
-            out[a:a + 512] = scorer.per_candidate(s * v0[None] + c[:, None], np.broadcast_to(
-                normals0, (len(c), *normals0.shape)), idx, search, slack)
-        return out
-
+    score = _candidate_score(shape0, faces, scorer)
     # profiles tolerate a misplacement of half a step (their search); the
     # region score only its band, so it needs the finer grid
     if scorer.kind == "profile":
@@ -309,8 +298,81 @@ def find_placements(vol, shape0, faces, scorer, n=3, prior_centre=None, side="no
             np.asarray(prior_centre, float), 1.0, 0.0, "prior")]
     if scorer.kind == "profile":
         sc = score(cands, search=0.5 * step)
+    hyps = _refined(cands, sc, score, step, scales, n, 0.25 * extent, "search")
+    if prior_centre is not None:
+        p = np.asarray(prior_centre, float)
+        ps = float(score(p[None], 1.0, search=0.25 * step)[0])
+        if all(np.linalg.norm(h.centre - p) >= float(min(vol.spacing)) for h in hyps):
+            hyps.append(Hypothesis(p, 1.0, ps, "prior"))
+    hyps.sort(key=lambda h: -h.score)
+    return hyps
+
+
+def local_placements(vol, shape0, faces, scorer, centre, radius_mm, n=3, scales=(1.0,),
+                     source="near start"):
+    """Candidate positions of ``shape0`` near ``centre`` (a seed, or the centre of
+    a starting surface), best first: a grid within ``radius_mm`` of it scored as
+    :func:`find_placements` scores the whole field of view, the best refined.
+
+    Parameters
+    ----------
+    vol : Volume
+    shape0 : ndarray, shape (N, 3)
+        The surface placed, centred at 0, mm.
+    faces : ndarray, shape (F, 3)
+        Outward-oriented faces for ``shape0``.
+    scorer : AppearanceScore
+    centre : ndarray, shape (3,)
+        Where the search is centred (LPS mm).
+    radius_mm : float
+        How far from ``centre`` positions are tried (0: none).
+    n : int
+        Hypotheses returned, at least a tenth of the surface's extent apart.
+    scales : sequence of float
+        Scales (relative to ``shape0``) tried when refining.
+    source : str
+        The hypotheses' ``source``.
+
+    Returns
+    -------
+    list of Hypothesis
+    """
+    extent = float(np.linalg.norm(shape0.max(0) - shape0.min(0)))
+    step = max(extent / 10.0, 2.0 * float(min(vol.spacing)))
+    k = int(radius_mm // step)
+    if k < 1 or n < 1:
+        return []
+    rel = np.stack(np.meshgrid(*[np.arange(-k, k + 1)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    rel = rel[np.linalg.norm(rel, axis=1) <= radius_mm / step] * step
+    cands = np.asarray(centre, float) + rel
+    score = _candidate_score(shape0, faces, scorer)
+    return _refined(cands, score(cands, search=0.5 * step), score, step, scales, n,
+                    0.1 * extent, source)
+
+
+def _candidate_score(shape0, faces, scorer):
+    """``score(centres, scale=1, search=0, slack)``: the appearance score of
+    ``shape0`` (a fixed subset of its vertices) scaled and moved to each centre."""
+    idx = np.linspace(0, len(shape0) - 1, min(N_SCORE_VERTICES, len(shape0))).astype(int)
+    normals0 = Surface(shape0, faces).vertex_normals()[idx]
+    v0 = shape0[idx]
+
+    def score(centres, s=1.0, search=0.0, slack=SLACK_MM):
+        out = np.empty(len(centres))
+        for a in range(0, len(centres), 512):        # bounded memory
+            c = centres[a:a + 512]
+            out[a:a + 512] = scorer.per_candidate(s * v0[None] + c[:, None], np.broadcast_to(
+                normals0, (len(c), *normals0.shape)), idx, search, slack)
+        return out
+
+    return score
+
+
+def _refined(cands, sc, score, step, scales, n, min_dist, source):
+    """The best of the coarse candidates ``cands`` (scores ``sc``, ``step`` mm
+    apart), each refined on 3x3x3 grids at half and quarter step over the
+    ``scales``: up to ``n`` :class:`Hypothesis`, at least ``min_dist`` mm apart."""
     best = [(cands[i], 1.0, sc[i]) for i in _distinct(cands, sc, N_COARSE_KEEP, 0.5 * step)]
-    # refine each: local 3x3x3 grids at half and quarter step, over the scales
     rel = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
     # a candidate's smoothed region also holds its finer grid (a quarter step
     # further): one smoothing per candidate, not one per grid and scale
@@ -330,15 +392,7 @@ def find_placements(vol, shape0, faces, scorer, n=3, prior_centre=None, side="no
                     top = (local[i], s2, ls[i])
             c, s = top[0], top[1]
         refined.append(top)
-    hyps = []
     cs = np.array([r[0] for r in refined])
     ss = np.array([r[2] for r in refined])
-    for i in _distinct(cs, ss, n, 0.25 * extent):
-        hyps.append(Hypothesis(cs[i], float(refined[i][1]), float(ss[i]), "search"))
-    if prior_centre is not None:
-        p = np.asarray(prior_centre, float)
-        ps = float(score(p[None], 1.0, search=0.25 * step)[0])
-        if all(np.linalg.norm(h.centre - p) >= float(min(vol.spacing)) for h in hyps):
-            hyps.append(Hypothesis(p, 1.0, ps, "prior"))
-    hyps.sort(key=lambda h: -h.score)
-    return hyps
+    return [Hypothesis(cs[i], float(refined[i][1]), float(ss[i]), source)
+            for i in _distinct(cs, ss, n, min_dist)]
