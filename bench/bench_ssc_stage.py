@@ -68,9 +68,11 @@ def record_calls(model, dic, work):
 
     fit_module.sparse_shape_composition = recorder
     try:
+        # the fit from the oracle seed alone (near_start 0): the calls its own
+        # iterations make, not those of trial fits near the seed
         res = segment_volume(vol, model, SegmentParams(
             seed_mm=seed, side="left", normalisation="ct", window=(-0.05, 0.15),
-            inside_brighter=True, backend="numba"), dictionary=dic)
+            inside_brighter=True, backend="numba", near_start=0.0), dictionary=dic)
     finally:
         fit_module.sparse_shape_composition = original
     return calls, float(dice(res.label, ref)), list(vol.array.shape)

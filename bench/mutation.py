@@ -3608,7 +3608,7 @@ MUTANTS = [
      "        mvol, info = read_rtstruct(init_mask, grid, names or None, frame,",
      "        mvol, info = read_rtstruct(init_mask, grid, None, frame,",
      "--init-structure ignored: a set of several structures refused whatever is named"),
-    ("init-set-first-label-only", "rtstruct", "shapeprior/pipeline/_run.py",
+    ("init-set-first-label-only", "both", "shapeprior/pipeline/_run.py",
      "        return mvol, tuple(s[\"label\"] for s in info[\"structures\"])",
      "        return mvol, (1,)",
      "of two structures (both kidneys) only the first starts its side, the other is searched"),
@@ -3628,14 +3628,14 @@ MUTANTS = [
      "                                     params.near_start * extent, params.n_hypotheses - 1,",
      "                                     0.0 * extent, params.n_hypotheses - 1,",
      "a seed or a rough contour some way off the organ fitted where it is (Dice 0.3, failed)"),
-    ("near-start-all-hypotheses", "place", "shapeprior/segmentation/_fit.py",
-     "params.n_hypotheses - 1,\n",
-     "params.n_hypotheses,\n",
-     "one hypothesis too many fitted near a seed (n_hypotheses 1 still tries another)"),
     ("near-start-radius-one-step", "place", "shapeprior/segmentation/_place.py",
      "    rel = rel[np.linalg.norm(rel, axis=1) <= radius_mm / step] * step",
      "    rel = rel[np.linalg.norm(rel, axis=1) <= 1] * step",
      "positions near a seed tried only one grid step away"),
+    ("init-seg-frame-unchecked", "outputs", "shapeprior/pipeline/_run.py",
+     "    check_same_frame(init_mask, scan, \"image\", role=\"the --init-mask\")\n",
+     "    pass\n",
+     "another scan's DICOM-SEG starts the fit at coordinates of another frame of reference"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

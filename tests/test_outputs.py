@@ -516,6 +516,17 @@ def test_segment_dicom_input_writes_dicom_seg(phantom_model, tmp_path):
     assert "the reference other_seg.dcm was made on another scan (its Frame of Reference " \
         "UID differs from the image's): the two cannot be compared" in err.getvalue()
     assert not (tmp_path / "z").exists()
+    # as the mask that starts the fit alike: the series' own SEG starts it, another's not
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["segment", str(series), "-o", str(tmp_path / "z"), "--model", str(model),
+                     "--init-mask", str(tmp_path / "other_seg.dcm")]) == 1
+    assert "the --init-mask other_seg.dcm was made on another scan (its Frame of Reference " \
+        "UID differs from the image's): its coordinates do not place a fit on the image" \
+        in err.getvalue()
+    assert not (tmp_path / "z").exists()
+    assert main(["segment", str(series), "-o", str(tmp_path / "z"), "--model", str(model),
+                 "--init-mask", str(out / "seg.dcm"), "--no-qc"]) == 0
     # a SEG cut short is refused, however short: pydicom reads what is left without a
     # word (one byte short, only the pixel data's padding byte is missing)
     whole = (out / "seg.dcm").read_bytes()

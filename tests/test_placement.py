@@ -11,7 +11,7 @@ from shapeprior.appearance import intensity_scale
 from shapeprior.io import Volume
 from shapeprior.mesh import icosphere, voxelize
 from shapeprior.segmentation._place import (AppearanceScore, find_placements, grid_centres,
-                                            region_score_map)
+                                            local_placements, region_score_map)
 
 #: semi-axes (mm) of the test organ: elongated along x, flat along z, so that
 #: its template box differs along every axis
@@ -103,6 +103,26 @@ def test_search_finds_position_and_scale_and_returns_distinct_hypotheses_best_fi
     for i in range(len(hyps)):
         for j in range(i):
             assert np.linalg.norm(hyps[i].centre - hyps[j].centre) >= 0.25 * extent
+
+
+def test_positions_near_a_start_find_the_organ_within_the_radius_only():
+    """A start 30 mm off the organ and a radius of 35 mm: the best position near it
+    is the organ, within a voxel; an organ as bright 80 mm off is beyond the radius
+    (and the refinement's reach) and never returned; no radius or no hypothesis
+    asked: none."""
+    shape0, faces = _organ()
+    organ = np.array([-22.3, 7.1, -3.3])
+    start = organ + [0.0, 30.0, 0.0]
+    far = start + [80.0, 0.0, 0.0]
+    vol = _scan([(organ, 1.0), (far, 1.0)], size=(220, 140, 50))
+    hyps = local_placements(vol, shape0, faces, _scorer(vol), start, 35.0, n=3,
+                            source="near seed")
+    assert hyps and hyps[0].source == "near seed"
+    assert np.linalg.norm(hyps[0].centre - organ) < 1.5, (hyps[0].centre, organ)
+    step = float(np.linalg.norm(shape0.max(0) - shape0.min(0))) / 10.0
+    assert all(np.linalg.norm(h.centre - start) <= 35.0 + 0.75 * step for h in hyps)
+    assert local_placements(vol, shape0, faces, _scorer(vol), start, 0.5 * step) == []
+    assert local_placements(vol, shape0, faces, _scorer(vol), start, 35.0, n=0) == []
 
 
 def test_one_organ_gives_one_hypothesis_even_where_the_filter_peaks_twice():

@@ -344,7 +344,9 @@ def init_mask_volume(init_mask, selection, grid, scan, allow_no_orientation=Fals
     if names:
         raise ValueError(f"--init-structure names structures of an RT Structure Set; "
                          f"{display_name(init_mask)} is a label map (its labels: --init-labels)")
-    return read_label_map(init_mask, allow_no_orientation), tuple(selection)
+    mvol = read_label_map(init_mask, allow_no_orientation)
+    check_same_frame(init_mask, scan, "image", role="the --init-mask")
+    return mvol, tuple(selection)
 
 
 #: the warning of an ``--init-mask`` structure set whose frame of reference the scan
@@ -363,20 +365,23 @@ def note_init_structures(report, filled):
         report["warnings"].append(UNCHECKED_INIT_FRAME_WARNING)
 
 
-def check_same_frame(reference, scan, what):
+def check_same_frame(reference, scan, what, role="the reference"):
     """A reference that is a DICOM object (a DICOM-SEG) and names a Frame of
     Reference UID must share that of ``scan`` ``(path, series)`` when the scan
     records one: a segmentation of another scan on a grid of the same
     geometry (a follow-up acquired alike) would be compared voxel for voxel.
-    ValueError otherwise; other references pass."""
+    ValueError otherwise; other references pass. ``role`` 'the --init-mask':
+    the same for a mask that starts the fit (another scan's coordinates would
+    place it)."""
     theirs = scan_frame_of_reference(reference)       # (a file: its own header's)
     if theirs is None:
         return
     frame = scan_frame_of_reference(*scan)
     if frame is not None and frame != theirs:
-        raise ValueError(f"the reference {display_name(reference)} was made on another scan "
-                         f"(its Frame of Reference UID differs from the {what}'s): the two "
-                         "cannot be compared")
+        why = ("the two cannot be compared" if role == "the reference" else
+               f"its coordinates do not place a fit on the {what}")
+        raise ValueError(f"{role} {display_name(reference)} was made on another scan "
+                         f"(its Frame of Reference UID differs from the {what}'s): {why}")
 
 
 def structure_reference(reference, names, grid, what, scan=None, filled=None):
