@@ -3636,6 +3636,15 @@ MUTANTS = [
      "    check_same_frame(init_mask, scan, \"image\", role=\"the --init-mask\")\n",
      "    pass\n",
      "another scan's DICOM-SEG starts the fit at coordinates of another frame of reference"),
+    ("init-set-empty-unnamed", "rtstruct", "shapeprior/pipeline/_run.py",
+     "            if not s[\"voxels\"]:",
+     "            if False:",
+     "a structure set whose contours all lie off the grid refused as 'the mask has no voxel "
+     "with label(s) [1]', not naming the structure or why"),
+    ("refine-seg-frame-unchecked", "outputs", "shapeprior/pipeline/_refine.py",
+     "        check_same_frame(mask_path, (image, None), \"image\", role=\"the mask\")",
+     "        pass",
+     "another scan's DICOM-SEG refined against this scan's boundaries"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

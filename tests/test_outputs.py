@@ -522,11 +522,22 @@ def test_segment_dicom_input_writes_dicom_seg(phantom_model, tmp_path):
         assert main(["segment", str(series), "-o", str(tmp_path / "z"), "--model", str(model),
                      "--init-mask", str(tmp_path / "other_seg.dcm")]) == 1
     assert "the --init-mask other_seg.dcm was made on another scan (its Frame of Reference " \
-        "UID differs from the image's): its coordinates do not place a fit on the image" \
+        "UID differs from the image's): its coordinates do not place it on the image" \
         in err.getvalue()
     assert not (tmp_path / "z").exists()
     assert main(["segment", str(series), "-o", str(tmp_path / "z"), "--model", str(model),
                  "--init-mask", str(out / "seg.dcm"), "--no-qc"]) == 0
+    # ... and as the mask refine refines against the image: the series' own SEG, not another's
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["refine", str(tmp_path / "other_seg.dcm"), "-o", str(tmp_path / "r"),
+                     "--model", str(model), "--image", str(series)]) == 1
+    assert "the mask other_seg.dcm was made on another scan (its Frame of Reference UID " \
+        "differs from the image's): its coordinates do not place it on the image" \
+        in err.getvalue()
+    assert not (tmp_path / "r").exists()
+    assert main(["refine", str(out / "seg.dcm"), "-o", str(tmp_path / "r"), "--model",
+                 str(model), "--image", str(series)]) == 0
     # a SEG cut short is refused, however short: pydicom reads what is left without a
     # word (one byte short, only the pixel data's padding byte is missing)
     whole = (out / "seg.dcm").read_bytes()

@@ -631,9 +631,19 @@ def test_segment_starts_from_a_structure_set_as_its_init_mask(phantom_model, tmp
     assert UNCHECKED_INIT_FRAME_WARNING in rep["warnings"]
     other = write_rtstruct(tmp_path / "other.dcm", vol, {"Organ_rough": organ},
                            frame_of_reference="1.2.3.4")
+    import pydicom
+
+    beside = pydicom.dcmread(rt)               # the organ's outlines 500 mm to the left
+    for c in beside.ROIContourSequence[1].ContourSequence:
+        pts = np.array(c.ContourData, float).reshape(-1, 3) + [500.0, 0.0, 0.0]
+        c.ContourData = [f"{v:.3f}" for v in pts.ravel()]
+    beside.save_as(tmp_path / "beside.dcm")
     capsys.readouterr()
     for extra, said in [
             (["--init-mask", str(other)], "other.dcm was drawn in another frame of reference"),
+            (["--init-mask", str(tmp_path / "beside.dcm"), "--init-structure", "#2"],
+             "structure Organ_rough of the --init-mask beside.dcm fills no voxel of the "
+             "image's grid ("),
             (["--init-mask", str(rt)], "2 structures with contours: External (#1), "
                                  "Organ_rough (#2); choose with --init-structure"),
             (["--init-mask", str(rt), "--init-labels", "1"],

@@ -16,10 +16,10 @@ from ..io import display_name, read_label_map, read_scan, write_label
 from ..segmentation import (PairedRefineResult, SegmentParams, reason_levels, refine_mask,
                             refine_paired)
 from ._qc import qc_png
-from ._run import (MESH_FORMATS, compared_with, input_hashes, label_description, label_list,
-                   model_version, note_reference, note_structures, other_labels, params_record,
-                   prior_record, reference_mask, reference_selection, scrub_argv, side_note,
-                   statistics, write_mesh)
+from ._run import (MESH_FORMATS, check_same_frame, compared_with, input_hashes,
+                   label_description, label_list, model_version, note_reference,
+                   note_structures, other_labels, params_record, prior_record, reference_mask,
+                   reference_selection, scrub_argv, side_note, statistics, write_mesh)
 
 
 def refine_output_names(mesh_format="vtk") -> set:
@@ -166,7 +166,10 @@ def _mask_and_image(mask_path, image, structure=None, allow_no_orientation=False
     if structure is not None:
         raise ValueError("--structure names a structure of an RT Structure Set; "
                          f"{display_name(mask_path)} is a label map (--labels)")
-    return read_label_map(mask_path, allow_no_orientation), img
+    mvol = read_label_map(mask_path, allow_no_orientation)
+    if image is not None:
+        check_same_frame(mask_path, (image, None), "image", role="the mask")
+    return mvol, img
 
 
 def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_format, argv,

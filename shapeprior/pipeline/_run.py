@@ -338,6 +338,14 @@ def init_mask_volume(init_mask, selection, grid, scan, allow_no_orientation=Fals
         frame = scan_frame_of_reference(*scan)
         mvol, info = read_rtstruct(init_mask, grid, names or None, frame,
                                    option="--init-structure")
+        for s in info["structures"]:
+            if not s["voxels"]:
+                off = [f"{s[k]} {what}" for k, what in (
+                    ("outside_contours", "contours on slices outside it"),
+                    ("clipped_contours", "contours beyond its rows or columns")) if s[k]]
+                raise ValueError(f"structure {s['name'] or '#' + str(s['number'])} of the "
+                                 f"--init-mask {display_name(init_mask)} fills no voxel of "
+                                 "the image's grid" + (f" ({'; '.join(off)})" if off else ""))
         if filled is not None:
             filled.update(_what_was_filled(info))
         return mvol, tuple(s["label"] for s in info["structures"])
@@ -370,16 +378,16 @@ def check_same_frame(reference, scan, what, role="the reference"):
     Reference UID must share that of ``scan`` ``(path, series)`` when the scan
     records one: a segmentation of another scan on a grid of the same
     geometry (a follow-up acquired alike) would be compared voxel for voxel.
-    ValueError otherwise; other references pass. ``role`` 'the --init-mask':
-    the same for a mask that starts the fit (another scan's coordinates would
-    place it)."""
+    ValueError otherwise; other references pass. ``role``: what the object is
+    to the command ('the --init-mask', refine's 'the mask'), the same for a
+    mask that is placed by its coordinates (another scan's would misplace it)."""
     theirs = scan_frame_of_reference(reference)       # (a file: its own header's)
     if theirs is None:
         return
     frame = scan_frame_of_reference(*scan)
     if frame is not None and frame != theirs:
         why = ("the two cannot be compared" if role == "the reference" else
-               f"its coordinates do not place a fit on the {what}")
+               f"its coordinates do not place it on the {what}")
         raise ValueError(f"{role} {display_name(reference)} was made on another scan "
                          f"(its Frame of Reference UID differs from the {what}'s): {why}")
 
