@@ -101,10 +101,10 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
     outputs. ``init_mask``: an existing label map (``init_labels``) whose
     refined surface (:func:`~shapeprior.segmentation.refine_mask`) starts the fit
     instead of the placement search, or an RT Structure Set drawn on the scan
-    whose structures ``init_labels`` names (strings; :func:`init_mask_volume`). ``output_type``: the label as
-    ``label.nii.gz`` (``'nifti'``), as ``seg.dcm`` (``'dicom-seg'``, DICOM
-    series inputs only; it carries the source's patient and study
-    identifiers, so not with ``deidentify``) or ``'both'``. ``qc=False``
+    whose structures ``init_labels`` names (strings; :func:`init_mask_volume`).
+    ``output_type``: the label as ``label.nii.gz`` (``'nifti'``), as ``seg.dcm``
+    (``'dicom-seg'``, DICOM series inputs only; it carries the source's patient
+    and study identifiers, so not with ``deidentify``) or ``'both'``. ``qc=False``
     skips the QC picture ``qc.png`` (about a second on a whole CT).
     ``reference``: a label map whose ``reference_labels`` are the organ, or an
     RT Structure Set drawn on the scan whose structures ``reference_labels``

@@ -11,6 +11,9 @@ then runs from each and keeps the one whose result fits the image best.
 
 For a paired organ (``side`` left/right) only positions on that side of the
 body's midline are considered.
+
+With a seed or a starting surface, :func:`local_placements` scores positions
+near it alike, so that a start some way off the organ still finds it.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ class Hypothesis:
     centre: np.ndarray
     scale: float
     score: float
-    source: str          # 'seed', 'prior' (training offset from the FOV centre), 'search'
+    # 'search', 'prior' (training offset from the FOV centre), 'seed', 'init' (a
+    # starting surface), or 'near seed' / 'near init' (a position near either)
+    source: str
 
     def to_dict(self) -> dict:
         return {"centre_lps_mm": [round(float(c), 2) for c in self.centre],
