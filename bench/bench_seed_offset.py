@@ -42,6 +42,7 @@ from shapeprior.segmentation import SegmentParams, dice, segment_volume  # noqa:
 HERE = Path(__file__).resolve().parent
 NEAR = (0.0, 0.2, 0.4, 0.6)
 MARGINS = (0.0, 0.05)
+FINE_MARGINS = (0.01, 0.02, 0.03)
 HIPPO_OFFSETS = (0.0, 5.0, 10.0)
 KIDNEY_OFFSETS = (0.0, 10.0, 20.0, 30.0)
 AXES = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1],
@@ -154,7 +155,10 @@ def main(argv=None):
                             "start_margin": fit_module.START_MARGIN}})
     t0 = time.perf_counter()
     if a.part in ("validation", "all"):
-        settings = [(0.0, 0.05)] + [(n, m) for n in NEAR[1:] for m in MARGINS]
+        # (the finer margins at 0.2 were added after the first sweep; their rows were
+        # appended to the committed JSON)
+        settings = [(0.0, 0.05)] + [(n, m) for n in NEAR[1:] for m in MARGINS] + \
+            [(0.2, m) for m in FINE_MARGINS]
         rows = _hippocampus("validation", settings, HIPPO_OFFSETS)
         if rows:
             by = {}
