@@ -278,7 +278,6 @@ def test_segment_starts_from_an_existing_mask(phantom_model, tmp_path, capsys):
                  str(model), "--init-mask", str(mask)]) == 0, capsys.readouterr().err
     rep = json.loads((out / "report.json").read_text())
     assert rep["placement"]["hypotheses"][0]["source"] == "init" and rep["status"] == "ok"
-    assert rep["placement"]["chosen"]["source"] in ("init", "near init")
     got = read_label_map(out / "label.nii.gz").array > 0
     assert dice(got, truth) > 0.95 > dice(rough, truth)
     man = json.loads((out / "manifest.json").read_text())

@@ -969,4 +969,3 @@ def test_a_seed_or_a_start_off_the_organ_is_fitted_from_the_position_near_it(mod
         r = segment_volume(vol, model, SegmentParams(), init=mean + start)
         assert r.status == "ok" and dice(r.label, truth) > 0.95, start
         assert r.placement["hypotheses"][0]["source"] == "init"
-    assert r.placement["chosen"]["source"] in ("init", "near init")
