@@ -155,7 +155,7 @@ def parse_labels(text, name="--labels"):
 
 def add_reference_structure(ap):
     """``--reference-structure``: what a reference that is an RT Structure Set is
-    scored on (:func:`reference_selection`)."""
+    scored on (:func:`organ_selection`)."""
     ap.add_argument("--reference-structure", action="append", default=None, metavar="NAME",
                     help="a reference that is an RT Structure Set (RTSTRUCT .dcm, its contours "
                          "filled on the scan's grid) is scored on this structure: its ROI "
@@ -165,40 +165,49 @@ def add_reference_structure(ap):
                          "both). Default: its one structure with contours")
 
 
-def reference_selection(a, model):
-    """What each reference is scored on: the ``--reference-structure`` names (an
-    RT Structure Set's), the ``--reference-labels`` (a label map's), or the
-    labels the model was built from."""
+#: each mask whose organ a command chooses by structure or by label: the option
+#: that gives it, how the messages name it, and the attributes that hold it
+_SELECTIONS = {"reference": ("--reference", "the reference", ("reference", "reference_name")),
+               "init": ("--init-mask", "the --init-mask", ("init_mask",))}
+
+
+def organ_selection(a, model, kind="reference"):
+    """What of a mask is the organ: the ``--KIND-structure`` names (an RT
+    Structure Set's), the ``--KIND-labels`` (a label map's), or the labels the
+    model was built from. ``kind``: 'reference' (what each reference is scored
+    on) or 'init' (segment's ``--init-mask``)."""
     from ..model import organ_labels
 
-    given = a.reference_structure or ()
+    option, noun, attrs = _SELECTIONS[kind]
+    given = getattr(a, f"{kind}_structure") or ()
+    labels = getattr(a, f"{kind}_labels")
     refuse_unused(
-        (given and not (a.reference or a.reference_name),
-         "--reference-structure has no effect without --reference"),
-        (given and a.reference_labels is not None,
-         "--reference-labels picks labels of a label map, --reference-structure structures of "
-         "an RT Structure Set: give the one that fits the reference"),
-        (any(not str(n).strip() for n in given), "--reference-structure is empty: give a "
+        (given and not any(getattr(a, k, None) for k in attrs),
+         f"--{kind}-structure has no effect without {option}"),
+        (given and labels is not None,
+         f"--{kind}-labels picks labels of a label map, --{kind}-structure structures of an "
+         f"RT Structure Set: give the one that fits {noun}"),
+        (any(not str(n).strip() for n in given), f"--{kind}-structure is empty: give a "
                                                  "structure's ROI name or #N"))
     if given:
         return tuple(str(n).strip() for n in given)
-    if a.reference_labels is not None:
-        return parse_labels(a.reference_labels, "--reference-labels")
+    if labels is not None:
+        return parse_labels(labels, f"--{kind}-labels")
     return organ_labels(model)
 
 
-def check_reference_kinds(a, references):
-    """``--reference-labels`` with a reference that is an RT Structure Set is
-    refused: its structures are chosen by name (``--reference-structure``)."""
-    if a.reference_labels is None:
+def check_selection_kinds(a, masks, kind="reference"):
+    """``--KIND-labels`` with a mask that is an RT Structure Set is refused: its
+    structures are chosen by name (``--KIND-structure``; :func:`organ_selection`)."""
+    if getattr(a, f"{kind}_labels") is None:
         return
     from ..io import display_name, is_rtstruct_file
 
-    for r in references:
+    for r in masks:
         if r is not None and is_rtstruct_file(r):
-            raise ValueError(f"{display_name(r)} is an RT Structure Set: --reference-labels "
+            raise ValueError(f"{display_name(r)} is an RT Structure Set: --{kind}-labels "
                              "picks labels of a label map; choose its structures with "
-                             "--reference-structure")
+                             f"--{kind}-structure")
 
 
 def _whole(text, least):

@@ -118,6 +118,7 @@ def _withheld(text, *paths):
 
 def _convert(a, argv):
     from .._outputs import OutputDir, show_path
+    from ..io import structure_title
     from ..pipeline import convert_structure_set
 
     out = OutputDir(a.output, force=a.force, inputs=[a.rtstruct, a.image])
@@ -133,7 +134,7 @@ def _convert(a, argv):
     finally:
         out.discard()
     for s in report["structures"]:
-        print(f"label {s['label']}: {s['name'] or '#' + str(s['number'])} ({s['contours']} "
+        print(f"label {s['label']}: {structure_title(s)} ({s['contours']} "
               f"contours on {s['slices']} slices, {s['volume_ml']:.1f} ml)")
     for w in report["warnings"]:
         print(f"note: {w}", file=sys.stderr)

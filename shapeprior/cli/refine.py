@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 from ._common import (Parser, add_allow_no_orientation, add_batch_options, add_mesh_format,
-                      add_prior, add_reference_structure, check_reference_kinds, finish_case,
-                      floats, join_negative_values, parse_labels, print_batch, print_reasons,
-                      reference_selection, refuse_unused, segment_params, status_code)
+                      add_prior, add_reference_structure, check_selection_kinds, finish_case,
+                      floats, join_negative_values, organ_selection, parse_labels, print_batch,
+                      print_reasons, refuse_unused, segment_params, status_code)
 
 
 def main(argv):
@@ -130,7 +130,7 @@ def main(argv):
     params = segment_params(method=a.method, side=a.side, prior=a.prior,
                             window=floats(a.window, 2, "--window") if a.window else None)
     check_window(model, params)
-    ref_labels = reference_selection(a, model)
+    ref_labels = organ_selection(a, model)
     deid = None
     if a.deidentify:
         from ..pipeline import Deidentifier, scrub_argv
@@ -151,7 +151,7 @@ def main(argv):
                                             "of a folder; MASK is one file"))
     if a.reference is not None and Path(a.reference).is_dir():
         raise ValueError("--reference is a folder; with one mask it names one label map")
-    check_reference_kinds(a, [a.reference])
+    check_selection_kinds(a, [a.reference])
     try:
         rep = refine_case(a.mask, a.output, model, a.model, params, labels=labels,
                           image=a.image, mesh_format=a.mesh_format, force=a.force, argv=argv,
@@ -210,7 +210,7 @@ def _refine_folder(a, argv, model, params, labels, keep, ref_labels, deid=None):
             raise ValueError("--reference names the folder of the masks themselves; it names "
                              "the folder of the reference label maps")
         refs = match_references(cases, a.reference, deidentify=deid is not None)
-    check_reference_kinds(a, refs or ())
+    check_selection_kinds(a, refs or ())
     root = Path(a.output)
     rows = run_refine_batch(cases, root, a.model, params, labels=labels, keep=keep,
                             images=images, references=refs, reference_labels=ref_labels,

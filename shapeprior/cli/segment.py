@@ -11,14 +11,13 @@ from ._common import (
     add_mesh_format,
     add_prior,
     add_reference_structure,
-    check_reference_kinds,
+    check_selection_kinds,
     finish_case,
     floats,
     join_negative_values,
-    parse_labels,
+    organ_selection,
     print_batch,
     print_case,
-    reference_selection,
     refuse_unused,
     segment_params,
     status_code,
@@ -165,13 +164,6 @@ def main(argv):
          "--reference-name and --image-name name the same file"),
         (a.init_labels is not None and not a.init_mask,
          "--init-labels has no effect without --init-mask"),
-        (a.init_structure and not a.init_mask,
-         "--init-structure has no effect without --init-mask"),
-        (a.init_structure and a.init_labels is not None,
-         "--init-labels picks labels of a label map, --init-structure structures of an RT "
-         "Structure Set: give the one that fits the --init-mask"),
-        (any(not n.strip() for n in a.init_structure or ()),
-         "--init-structure is empty: give a structure's ROI name or #N"),
         (a.seed_space is not None and not a.seed, "--seed-space has no effect without --seed"),
         (a.seed and a.init_mask, "--seed and --init-mask both place the fit: give one"),
         (a.seed and a.side == "both", "--seed places one organ; --side both fits two: leave it "
@@ -209,14 +201,16 @@ def main(argv):
         argv = scrub_argv(argv, {a.input: "<input>", a.output: "<output>",
                                  a.reference: "<reference>"})
     dic = model.prior_dictionary(params.prior)
-    ref_labels = reference_selection(a, model)
+    ref_labels = organ_selection(a, model)
+    init_labels = organ_selection(a, model, "init")
+    check_selection_kinds(a, [a.init_mask], "init")
     single = Path(a.input).is_file() or (len(cases) == 1 and cases[0].path == Path(a.input))
     if single:
         refuse_unused((a.workers or a.scheduler is not None,
                        "--workers and --scheduler run a folder of cases; the input is one case"))
         c = cases[0]
         reference = _single_reference(a.reference, c, a.deidentify)
-        check_reference_kinds(a, [reference])
+        check_selection_kinds(a, [reference])
         try:
             rep = run_case(c.path, a.output, model, a.model, params, series=a.series,
                            reference=reference,
@@ -224,7 +218,7 @@ def main(argv):
                            mesh_format=a.mesh_format, force=a.force, dictionary=dic, argv=argv,
                            case_name=c.name, deidentify=a.deidentify,
                            allow_no_orientation=a.allow_no_orientation, init_mask=a.init_mask,
-                           init_labels=_init_selection(a, model),
+                           init_labels=init_labels,
                            output_type=a.output_type, qc=not a.no_qc)
         except (ValueError, OSError) as exc:
             if deid is not None:
@@ -246,7 +240,7 @@ def main(argv):
             raise ValueError("--reference names the folder of the cases themselves; it names "
                              "the folder of their label maps")
         refs = match_references(cases, a.reference, deidentify=a.deidentify)
-    check_reference_kinds(a, refs or ())
+    check_selection_kinds(a, refs or ())
     root = Path(a.output)
     summary = run_batch(cases, root, a.model, params, series=a.series,
                         mesh_format=a.mesh_format, force=a.force, workers=a.workers,
@@ -273,20 +267,3 @@ def _single_reference(reference, case, deidentify):
 
     return match_references([case], reference, deidentify)[0]
 
-
-def _init_selection(a, model):
-    """The organ of the ``--init-mask``: the ``--init-structure`` names (an RT
-    Structure Set's), the ``--init-labels`` (a label map's; refused for a
-    structure set) or the labels the model was built from."""
-    from ..io import display_name, is_rtstruct_file
-    from ..model import organ_labels
-
-    if a.init_structure:
-        return tuple(n.strip() for n in a.init_structure)
-    if a.init_labels is None:
-        return organ_labels(model)
-    if a.init_mask and is_rtstruct_file(a.init_mask):
-        raise ValueError(f"{display_name(a.init_mask)} is an RT Structure Set: --init-labels "
-                         "picks labels of a label map; choose its structures with "
-                         "--init-structure")
-    return parse_labels(a.init_labels, "--init-labels")

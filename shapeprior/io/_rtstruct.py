@@ -131,6 +131,12 @@ def _structures(ds, name):
     return [rois[k] for k in sorted(rois)]
 
 
+def structure_title(s) -> str:
+    """How a structure of :func:`read_rtstruct`'s ``info`` is named to the user:
+    its ROI name, or ``#N`` (its ROI number) for one without a name."""
+    return s["name"] or f"#{s['number']}"
+
+
 def list_structures(path):
     """The structures of an RT Structure Set file.
 

@@ -16,7 +16,8 @@ from .._profile import StageClock
 from .._provenance import FileDigests
 from ..io import (Volume, dicom_source, display_name, image_files, is_rtstruct_file,
                   read_label_map, read_rtstruct, read_scan, scan_frame_of_reference,
-                  series_folder, write_dicom_seg, write_label, write_structure_set)
+                  series_folder, structure_title, write_dicom_seg, write_label,
+                  write_structure_set)
 from ..mesh import MESH_FORMATS, Surface
 from ..segmentation import (PairedSegmentResult, SegmentParams, dice, distance_to_mean,
                             organ_min_ml, paired_model, paired_parts, part_alone,
@@ -340,12 +341,10 @@ def init_mask_volume(init_mask, selection, grid, scan, allow_no_orientation=Fals
                                    option="--init-structure")
         for s in info["structures"]:
             if not s["voxels"]:
-                off = [f"{s[k]} {what}" for k, what in (
-                    ("outside_contours", "contours on slices outside it"),
-                    ("clipped_contours", "contours beyond its rows or columns")) if s[k]]
-                raise ValueError(f"structure {s['name'] or '#' + str(s['number'])} of the "
-                                 f"--init-mask {display_name(init_mask)} fills no voxel of "
-                                 "the image's grid" + (f" ({'; '.join(off)})" if off else ""))
+                off = _off_the_grid(s)
+                raise ValueError(f"structure {structure_title(s)} of the --init-mask "
+                                 f"{display_name(init_mask)} fills no voxel of the image's "
+                                 "grid" + (f" ({off})" if off else ""))
         if filled is not None:
             filled.update(_what_was_filled(info))
         return mvol, tuple(s["label"] for s in info["structures"])
@@ -407,18 +406,21 @@ def structure_reference(reference, names, grid, what, scan=None, filled=None):
     rvol, info = read_rtstruct(reference, grid, names or None, frame,
                                option="--reference-structure")
     for s in info["structures"]:
-        off = []
-        if s["outside_contours"]:
-            off.append(f"{s['outside_contours']} contours on slices outside it")
-        if s["clipped_contours"]:
-            off.append(f"{s['clipped_contours']} contours beyond its rows or columns")
-        if off:
-            raise ValueError(f"structure {s['name'] or '#' + str(s['number'])} of the "
-                             f"reference {display_name(reference)} reaches beyond the "
-                             f"{what}'s grid ({'; '.join(off)}): the two cannot be compared")
+        if off := _off_the_grid(s):
+            raise ValueError(f"structure {structure_title(s)} of the reference "
+                             f"{display_name(reference)} reaches beyond the {what}'s grid "
+                             f"({off}): the two cannot be compared")
     if filled is not None:
         filled.update(_what_was_filled(info))
     return rvol.array > 0
+
+
+def _off_the_grid(s):
+    """What of the structure ``s`` (:func:`~shapeprior.io.read_rtstruct`'s ``info``)
+    lies off the grid it was filled on, in words ('' for nothing)."""
+    return "; ".join(f"{s[k]} {what}" for k, what in (
+        ("outside_contours", "contours on slices outside it"),
+        ("clipped_contours", "contours beyond its rows or columns")) if s[k])
 
 
 def _what_was_filled(info):
@@ -499,7 +501,7 @@ def note_empty_reference(report, ref):
     labels = report["reference"].get("labels")
     structures = report["reference"].get("structures")
     named = "" if not structures else " (structure " + ", ".join(
-        s["name"] or f"#{s['number']}" for s in structures) + \
+        structure_title(s) for s in structures) + \
         ": its outlines enclose no voxel centre)"
     report["reference"]["empty"] = True
     report["warnings"].append(
@@ -676,7 +678,7 @@ def _write_outputs(out, vol, res, report, model, model_path, input_path, referen
                                  out.path: "<output>"})
     compared = {"reference_labels": report["reference"]["labels"]} if reference is not None else {}
     if "init_mask" in report:           # an RT Structure Set: the structures it started from
-        compared["init_structures"] = [s["name"] or f"#{s['number']}"
+        compared["init_structures"] = [structure_title(s)
                                        for s in report["init_mask"]["structures"]]
     out.write_json("manifest.json", manifest(
         command="segment", parameters={"argv": argv, **params_record(params), **compared},

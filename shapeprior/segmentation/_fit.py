@@ -601,7 +601,7 @@ def segment_volume(vol, model, params: SegmentParams, dictionary=None, clock=Non
         hyps = [Hypothesis(centre0, 1.0, float("nan"), "prior")]
     else:
         with clock("place"):
-            hyps = find_placements(vol, shape0 - centre0, faces, scorer, params.n_hypotheses,
+            hyps = find_placements(vol, template, faces, scorer, params.n_hypotheses,
                                    prior_centre=centre0, side=params.side, scales=scales)
     # fit the hypotheses whose placement score comes near the best one's (and
     # the training position), a few iterations of the first level each; the
