@@ -639,6 +639,7 @@ def test_segment_starts_from_a_structure_set_as_its_init_mask(phantom_model, tmp
         c.ContourData = [f"{v:.3f}" for v in pts.ravel()]
     beside.save_as(tmp_path / "beside.dcm")
     capsys.readouterr()
+    before = tree_state(tmp_path, model)       # the series, the sets, the label map, the model
     for extra, said in [
             (["--init-mask", str(other)], "other.dcm was drawn in another frame of reference"),
             (["--init-mask", str(tmp_path / "beside.dcm"), "--init-structure", "#2"],
@@ -659,7 +660,7 @@ def test_segment_starts_from_a_structure_set_as_its_init_mask(phantom_model, tmp
         assert main(["segment", str(series), "-o", str(tmp_path / "x"), *extra, *args]) == 1
         err = capsys.readouterr().err
         assert said in err and len(err.strip().splitlines()) == 1, (extra, err)
-    assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "x").exists() and tree_state(tmp_path, model) == before
 
 
 # -- a structure set as the reference -------------------------------------------------------
