@@ -9,7 +9,13 @@ directories and pixel data changed, or the file cut short: read with
 ``allow_no_orientation``, as TIFF records none), the same as VTK legacy, GIPL
 (raw and gzipped) and MRC (bytes of the first 1 KiB changed, or cut short; also
 read with ``allow_no_orientation``), the TCIA DICOM series (one slice of a copied series mutated at a
-time), and a shapeprior model file built from the demo phantoms. Each
+time), a shapeprior model file built from the demo phantoms, and the DICOM objects
+shapeprior writes and reads back: an RT Structure Set and a DICOM-SEG of a label on
+the TotalSegmentator example series and on the oblique TCIA series (read as
+``--reference``, ``--init-mask`` and ``refine`` read them: ``read_rtstruct`` on the
+series' grid with its frame of reference, ``read_label_map`` for the SEG), and the
+mesh files ``segment`` writes and ``reconstruct`` reads (VTK legacy and XML, PLY, OBJ,
+through ``read_mesh``). Each
 mutation is a seeded byte flip, truncation, header-field edit or (models)
 array edit; each mutated input is read in a forked child with an
 address-space limit and a 30 s timeout, through the public readers
@@ -23,6 +29,7 @@ exception, a multi-line message, or the child dying by a signal),
 
     python bench/fuzz_readers.py                 # 4,000 mutants, JSON in bench/results
     python bench/fuzz_readers.py --n 200 --out /tmp/f.json   # a quick run
+    python bench/fuzz_readers.py --n 300 --families rtstruct,seg --out /tmp/f.json
 """
 
 from __future__ import annotations
@@ -195,17 +202,37 @@ def _child(kind, path, wfd):
     resource.setrlimit(resource.RLIMIT_AS, (soft, soft))
     out = {}
     try:
-        if kind == "model":
+        if kind == "rtstruct":
+            from shapeprior.io import Volume, list_structures, read_rtstruct
+
+            g = np.load(str(path) + ".grid.npz", allow_pickle=False)
+            grid = Volume(np.zeros(tuple(g["shape"]), np.uint8), g["spacing"], g["origin"],
+                          g["direction"])
+            list_structures(path)
+            vol, _ = read_rtstruct(path, grid, ["#1"], str(g["frame"]))
+            ok = vol.array.shape == grid.array.shape and vol.same_grid(grid)
+            out = {"outcome": "read" if ok else "crash",
+                   "detail": "" if ok else "label off the scan's grid"}
+        elif kind == "mesh":
+            from shapeprior.mesh import read_mesh
+
+            m = read_mesh(path)
+            ok = bool(np.all(np.isfinite(m.verts)) and (
+                not m.faces.size or (m.faces.min() >= 0 and m.faces.max() < len(m.verts))))
+            out = {"outcome": "read" if ok else "crash",
+                   "detail": "" if ok else "invalid mesh returned"}
+        elif kind == "model":
             from shapeprior.model import load_model
 
             m = load_model(path)
             ok = bool(np.all(np.isfinite(m.shapes)) and m.faces.max() < m.n_vertices)
             out = {"outcome": "read" if ok else "crash", "detail": "schema hole" * (not ok)}
         else:
-            from shapeprior.io import read_image
+            from shapeprior.io import read_image, read_label_map
 
             # TIFF records no orientation: read as a user who takes that placement
-            vol, _ = read_image(path, None, kind in ("tiff", "itk_other"))
+            vol = read_label_map(path) if kind == "seg" else \
+                read_image(path, None, kind in ("tiff", "itk_other"))[0]
             a = vol.array
             good = (a.ndim == 3 and min(a.shape) >= 1
                     and (not np.issubdtype(a.dtype, np.floating) or np.all(np.isfinite(a)))
@@ -278,7 +305,7 @@ def run_one(kind, path):
 def seeds(work: Path):
     root = data_root()
     out = {"nifti_gz": [], "nifti": [], "dicom": [], "model": [], "mha": [], "nrrd": [],
-           "tiff": [], "itk_other": []}
+           "tiff": [], "itk_other": [], "rtstruct": [], "seg": [], "mesh": []}
     hip = sorted((root / "msd_hippocampus" / "images").glob("*.nii.gz"))[:6]
     lab = sorted((root / "msd_hippocampus" / "labels").glob("*.nii.gz"))[:2]
     ts = root / "totalsegmentator_example" / "example_seg_roi_subset_mr.nii.gz"
@@ -308,6 +335,29 @@ def seeds(work: Path):
         p = root / "tcia_mr_dicom" / d
         if p.is_dir():
             out["dicom"].append(p)
+    _dicom_object_seeds(root, work / "seeds", out)
+    from shapeprior.mesh import Surface, icosphere
+
+    verts, faces = icosphere(2)
+    mesh = Surface(np.asarray(verts) * [20.0, 15.0, 30.0], faces)
+    for ext in ("vtk", "vtp", "ply", "obj"):      # as segment writes them, with point data
+        dst = work / "seeds" / f"mesh.{ext}"
+        mesh.write(dst, point_data={"gross_error_mm": np.linspace(0, 3, len(mesh.verts))})
+        out["mesh"].append(dst)
+    from vtkmodules.vtkIOLegacy import vtkPolyDataReader, vtkPolyDataWriter
+
+    r = vtkPolyDataReader()                        # and legacy VTK as others write it:
+    r.SetFileName(str(work / "seeds" / "mesh.vtk"))  # ASCII (3D Slicer), file version 5.1
+    r.Update()
+    for version, ascii_ in ((42, True), (51, False), (51, True)):
+        dst = work / "seeds" / f"mesh_{version}{'a' if ascii_ else 'b'}.vtk"
+        w = vtkPolyDataWriter()
+        w.SetInputData(r.GetOutput())
+        w.SetFileName(str(dst))
+        w.SetFileTypeToASCII() if ascii_ else w.SetFileTypeToBinary()
+        w.SetFileVersion(version)
+        w.Write()
+        out["mesh"].append(dst)
     model = work / "seeds" / "model.npz"
     from shapeprior.cli import main
     from shapeprior.synthetic import write_phantom_cases
@@ -319,6 +369,60 @@ def seeds(work: Path):
     out["model"].append(model)
     out["nifti_gz"].append(images / "phantom_000.nii.gz")
     return out
+
+
+def _dicom_object_seeds(root, dest, out):
+    """An RT Structure Set and a DICOM-SEG of an ellipsoid on each DICOM series of
+    the shared data (as ``segment --output-type both`` writes them), the series'
+    grid and frame of reference beside each structure set (``NAME.grid.npz``)."""
+    from shapeprior.io import read_scan, scan_frame_of_reference, write_dicom_seg, \
+        write_structure_set
+
+    for d in (root / "totalsegmentator_example" / "example_ct_dicom",
+              root / "tcia_mr_dicom" / "Study3_T1post_oblique"):
+        if not d.is_dir():
+            continue
+        vol, info = read_scan(d)
+        shape = np.array(vol.array.shape)
+        zz, yy, xx = np.indices(vol.array.shape)
+        c, r = shape / 2, np.maximum(shape / 4, 1.5)
+        blob = ((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + \
+            ((xx - c[2]) / r[2]) ** 2 <= 1
+        rs, seg = dest / f"{d.name}_rs.dcm", dest / f"{d.name}_seg.dcm"
+        write_structure_set(rs, blob, vol, d, info["series_key"], organ="kidney",
+                            side="left")
+        write_dicom_seg(seg, blob, vol, d, info["series_key"], organ="kidney", side="left")
+        np.savez(str(rs) + ".grid.npz", shape=np.array(vol.array.shape), spacing=vol.spacing,
+                 origin=vol.origin, direction=vol.direction,
+                 frame=np.array(scan_frame_of_reference(d) or ""))
+        out["rtstruct"].append(rs)
+        out["seg"].append(seg)
+
+
+def dicom_object(b: bytes, rng) -> tuple[bytes, str]:
+    """A structure set or a SEG: a value of a tag that places or sizes what it
+    holds (contour data, frame positions, rows and columns), bytes anywhere, or
+    the file cut short."""
+    op = int(rng.integers(3))
+    if op == 0:
+        tags = [b"\x06\x30\x50\x00", b"\x06\x30\x46\x00", b"\x20\x00\x32\x00",
+                b"\x20\x00\x37\x00", b"\x28\x00\x10\x00", b"\x28\x00\x11\x00",
+                b"\x28\x00\x08\x00", b"\x28\x00\x30\x00", b"\x62\x00\x04\x00",
+                b"\x06\x30\x84\x00", b"\x06\x30\x22\x00", b"\x06\x30\x26\x00"]
+        tag = tags[int(rng.integers(len(tags)))]
+        hits = [i for i in range(len(b)) if b.startswith(tag, i)][:64]
+        if hits:
+            a = bytearray(b)
+            j = hits[int(rng.integers(len(hits)))] + 8
+            n = int(rng.integers(1, 7))
+            for k in range(n):
+                if j + k < len(a):
+                    a[j + k] = int(rng.choice([0x00, 0x2D, 0x2E, 0x30, 0x39, 0x5C, 0x65,
+                                               0x6E, 0xFF]))
+            return bytes(a), f"tag {tag.hex()} value bytes x{n}"
+    if op <= 1:
+        return flip_bytes(b, rng, len(b))
+    return truncate(b, rng)
 
 
 def mutate(family, seed_path, rng, work: Path, i: int):
@@ -337,6 +441,19 @@ def mutate(family, seed_path, rng, work: Path, i: int):
         b, what = (flip_bytes(b, rng, 1024), truncate(b, rng), dicom_tag(b, rng))[op]
         victim.write_bytes(b)
         return "image", folder, f"{victim.name}: {what}"
+    if family == "mesh":
+        b = seed_path.read_bytes()
+        b, what = flip_bytes(b, rng, len(b)) if rng.random() < 0.6 else truncate(b, rng)
+        p = dst / f"x{seed_path.suffix}"
+        p.write_bytes(b)
+        return "mesh", p, what
+    if family in ("rtstruct", "seg"):
+        b, what = dicom_object(seed_path.read_bytes(), rng)
+        p = dst / "x.dcm"
+        p.write_bytes(b)
+        if family == "rtstruct":
+            shutil.copy(str(seed_path) + ".grid.npz", str(p) + ".grid.npz")
+        return family, p, what
     if family == "model":
         z = dict(np.load(seed_path, allow_pickle=False))
         op = int(rng.integers(3))
@@ -420,6 +537,8 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=4000, help="mutants in all (default 4000)")
     ap.add_argument("--seed", type=int, default=20261201)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "fuzz_readers.json"))
+    ap.add_argument("--families", default=None,
+                    help="comma-separated families to mutate (default: all), e.g. rtstruct,seg")
     a = ap.parse_args(argv)
     if not data_root().is_dir():
         print(f"public data not found at {data_root()} (set SHAPEPRIOR_DATA)", file=sys.stderr)
@@ -429,8 +548,10 @@ def main(argv=None):
     try:
         s = seeds(work)
         weights = {"nifti_gz": 0.2, "nifti": 0.2, "dicom": 0.13, "model": 0.13, "mha": 0.08,
-                   "nrrd": 0.08, "tiff": 0.09, "itk_other": 0.09}
-        fams = [f for f in weights if s[f]]
+                   "nrrd": 0.08, "tiff": 0.09, "itk_other": 0.09, "rtstruct": 0.08,
+                   "seg": 0.08, "mesh": 0.08}
+        fams = [f for f in weights if s[f] and (a.families is None
+                                                 or f in a.families.split(","))]
         p = np.array([weights[f] for f in fams])
         p /= p.sum()
         counts = {f: {"read": 0, "refused": 0, "crash": 0, "hang": 0} for f in fams}

@@ -1,5 +1,6 @@
 """A small run of the reader fuzzer (``bench/fuzz_readers.py``) in CI: mutated
-real NIfTI, DICOM and model files never crash, hang or return a bad volume."""
+real NIfTI, DICOM and model files, and structure sets and DICOM-SEGs written on the
+shared DICOM series, never crash, hang or return a bad volume."""
 
 import json
 import os
@@ -22,4 +23,5 @@ def test_reader_fuzz_smoke(data_root, tmp_path):
     r = json.loads(out.read_text())
     assert r["totals"]["crash"] == 0 and r["totals"]["hang"] == 0, r["problems"][:5]
     assert r["totals"]["refused"] > 30 and r["totals"]["read"] > 10   # both paths exercised
+    assert all(sum(r["counts"][f].values()) > 0 for f in ("dicom", "rtstruct", "seg"))
     assert p.returncode == 0, p.stderr[-2000:]

@@ -736,6 +736,33 @@ def test_dicom_seg_codes_organ_and_side_and_refuses_uncovered_voxels(tmp_path):
     assert not (tmp_path / "seg2.dcm").exists()
 
 
+def test_a_seg_whose_header_asks_for_more_memory_than_there_is_is_refused_as_a_seg(
+        tmp_path, monkeypatch):
+    """A corrupt element length makes pydicom ask for gigabytes (found by
+    bench/fuzz_readers.py under a memory limit: a MemoryError escaped the SEG
+    probe). The file meta still says SEG, so the file is refused as an unreadable
+    DICOM-SEG in one line, not passed to the image readers or left to crash."""
+    import pydicom
+
+    from shapeprior.io import ImageReadError, is_dicom_seg
+
+    folder, vol = _small_series(tmp_path)
+    write_dicom_seg(tmp_path / "seg.dcm", (vol.array > 0).astype(np.uint8), vol, folder,
+                    organ="kidney")
+    assert is_dicom_seg(tmp_path / "seg.dcm")
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(pydicom, "dcmread", no_memory)
+    assert is_dicom_seg(tmp_path / "seg.dcm")
+    assert not is_dicom_seg(next(folder.iterdir()))        # an image slice stays one
+    with pytest.raises(ImageReadError) as err:
+        read_label_map(tmp_path / "seg.dcm")
+    assert str(err.value) == ("seg.dcm: not a readable DICOM-SEG (MemoryError: it asks for "
+                              "more memory than there is (a corrupt length?))")
+
+
 def test_dicom_seg_of_a_paired_organ_names_the_side_the_fit_took(tmp_path):
     """A paired organ's model fitted without --side (both sides tried): the
     DICOM-SEG and the report carry the side the kept fit took, not 'none'."""

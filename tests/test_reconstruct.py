@@ -263,6 +263,39 @@ def test_cli_reconstruct_refuses_bad_arrays_in_one_line(population, tmp_path, ca
     assert {f: (tmp_path / f).read_bytes() for f in before} == before
 
 
+def test_cli_reconstruct_refuses_an_array_whose_header_lies_in_one_line(population, tmp_path,
+                                                                         capsys):
+    """A .npy array whose shape field was damaged asks NumPy for gigabytes (a 1
+    KiB file, shape (500000000, 10, 3): 112 GiB, and a MemoryError, "out of
+    memory"); one cut short fails inside NumPy. Both are refused in one line
+    naming the file, the header's promise against what the file holds; nothing is
+    written and the file is left as it was."""
+    import numpy.lib.format as npformat
+
+    train, _, obs, faces = population
+    save_model(model_from_shapes(train, faces), tmp_path / "m.npz")
+    a = obs[:2]
+    with open(tmp_path / "big.npy", "wb") as fh:
+        npformat.write_array_header_1_0(fh, {"descr": "<f8", "fortran_order": False,
+                                             "shape": (500_000_000, *a.shape[1:])})
+        fh.write(a.tobytes())
+    np.save(tmp_path / "whole.npy", a)
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "whole.npy").read_bytes()[:-7])
+    for name, said in (("big.npy", rf"its header promises {500_000_000 * a[0].size * 8} "
+                                   rf"bytes of float64 values, shape \(500000000, "),
+                       ("cut.npy", rf"its header promises {a.size * 8} bytes of float64 "
+                                   rf"values, shape \(2, {a.shape[1]}, 3\); the file holds "
+                                   rf"{a.size * 8 - 7}")):
+        before = (tmp_path / name).read_bytes()
+        out = tmp_path / f"o_{name}"
+        assert main(["reconstruct", str(tmp_path / name), "-o", str(out), "--model",
+                     str(tmp_path / "m.npz"), "--quiet"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(rf"{name} is not a readable \.npy array \(" + said,
+                                           err[0]), err
+        assert not out.exists() and (tmp_path / name).read_bytes() == before
+
+
 @pytest.mark.parametrize("bad, message", [
     (lambda y: np.zeros_like(y), "shape 1 is degenerate: all its points lie at one place"),
     (lambda y: y * 1e300, "shape 1 has coordinates up to "),
@@ -330,7 +363,8 @@ def test_cli_reconstruct_calls_a_shape_in_other_units_suspect(population, tmp_pa
     (lambda d, y, f: Surface(y[:100], f[:0]).write(d / "few.vtk"), "has 100 vertices"),
     (lambda d, y, f: Surface(y, f).write(d / "a.stl"), "STL"),
     (lambda d, y, f: (d / "bad.ply").write_bytes(b"ply\nformat ascii 1.0\n"), "PLY header"),
-    (lambda d, y, f: (d / "bad.vtk").write_bytes(b"# vtk DataFile\nrubbish"), "no points"),
+    (lambda d, y, f: (d / "bad.vtk").write_bytes(b"# vtk DataFile\nrubbish"),
+     "not a legacy VTK file"),
     # a legacy VTK file cut inside its POINTS block: VTK filled the rest (up to 1e307 mm)
     (lambda d, y, f: (Surface(y, f).write(d / "cut.vtk"),
                       (d / "cut.vtk").write_bytes((d / "cut.vtk").read_bytes()[:600])),

@@ -223,6 +223,48 @@ def test_each_kind_of_wrong_structure_set_is_refused_in_one_line(scan, tmp_path)
         read_rtstruct(tmp_path / "pipe.dcm", vol)
 
 
+def test_a_value_pydicom_cannot_decode_is_refused_in_one_line(scan, tmp_path, capsys):
+    """pydicom decodes an element when it is first read, and raises
+    NotImplementedError for a value representation it does not know (found by
+    bench/fuzz_readers.py: a structure set with three bytes changed gave a
+    traceback); in a sequence item it reads on as implicit VR, and one element
+    swallows the rest of the file (a contour's type: its listing said 0 closed
+    contours). At the top level, in the ROI and contour items and in the
+    references to the scan, such an element is refused in one line naming the
+    file, by every reader and by convert-rtstruct, which leaves its inputs alone."""
+    from shapeprior.io import referenced_series
+
+    vol, ball = scan
+    rt = write_rtstruct(tmp_path / "rt.dcm", vol, {"Ball": ball}, frame_of_reference=FOR,
+                        series_uid="1.2.826.0.1.3680043.2.1125.1")
+    series = write_dicom_series(vol, tmp_path / "series",
+                                series_uid="1.2.826.0.1.3680043.2.1125.1")
+    good = rt.read_bytes()
+    before = tree_state(series, rt)
+    # (tag, VR): the frame of reference sequence, its study sequence, an ROI's frame of
+    # reference, a contour's type and its points
+    for tag, vr in (("3006,0010", b"SQ"), ("3006,0012", b"SQ"), ("3006,0024", b"UI"),
+                    ("3006,0042", b"CS"), ("3006,0050", b"DS")):
+        group, element = (int(t, 16) for t in tag.split(","))
+        key = group.to_bytes(2, "little") + element.to_bytes(2, "little") + vr
+        assert good.count(key) >= 1, tag
+        bad = tmp_path / f"bad_{tag.replace(',', '_')}.dcm"
+        bad.write_bytes(good.replace(key, key[:4] + b"\x4c\x90", 1))
+        for read in (lambda: list_structures(bad), lambda: read_rtstruct(bad, vol, ["Ball"], FOR),
+                     lambda: referenced_series(bad)):
+            with pytest.raises(ImageReadError, match=rf"^{bad.name}: (unreadable|truncated|"
+                               rf"malformed) RT Structure Set \(.*\({tag}\)") as err:
+                read()
+            assert str(err.value).isprintable(), err.value
+        out = tmp_path / f"out_{tag.replace(',', '_')}"
+        given = tree_state(bad)
+        assert main(["convert-rtstruct", str(bad), "--image", str(series), "-o", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and bad.name in err and "Traceback" not in err, err
+        assert not out.exists() and tree_state(bad) == given
+    assert tree_state(series, rt) == before
+
+
 def test_structure_names_match_as_data_sets_spell_them(scan, tmp_path):
     """Planning systems and data sets spell one organ differently (Kidney_L,
     kidney l, KIDNEY-L): case, spaces, underscores and hyphens are set aside, and
@@ -286,6 +328,11 @@ def test_convert_rtstruct_writes_the_label_map_on_the_series_grid(scan, tmp_path
     assert main(["convert-rtstruct", str(rt), "--image", str(series), "-o", str(out),
                  "--structure", "Ball"]) == 1
     assert "exists" in capsys.readouterr().err
+    # nor written into the scan's folder, even with --force
+    assert main(["convert-rtstruct", str(rt), "--image", str(series), "-o",
+                 str(series / "labels"), "--structure", "Ball", "--force"]) == 1
+    assert "lies inside the input" in capsys.readouterr().err
+    assert tree_state(tmp_path / "export") == before
     assert main(["convert-rtstruct", str(rt), "--image", str(series), "-o",
                  str(tmp_path / "o2"), "--structure", "Kidney"]) == 1
     err = capsys.readouterr().err
@@ -419,9 +466,15 @@ def test_every_structure_set_of_a_download_is_converted_on_the_series_it_names(
     # a folder without a structure set; options of one file refused with a folder
     assert main(["convert-rtstruct", str(dl / "P4" / "ST1"), "-o", str(tmp_path / "x")]) == 1
     assert "holds no DICOM RT Structure Set (RTSTRUCT) file" in capsys.readouterr().err
+    for given in (["--image", str(ct1)], ["--series", "1"]):
+        with pytest.raises(SystemExit):
+            main(["convert-rtstruct", str(dl), *given, "-o", str(tmp_path / "y")])
+        assert "in a folder each structure set's scan is found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["convert-rtstruct", str(dl), "--image", str(ct1), "-o", str(tmp_path / "y")])
-    assert "in a folder each structure set's scan is found" in capsys.readouterr().err
+        main(["convert-rtstruct", str(dl), "--list"])
+    assert "--list lists one structure set's structures; RTSTRUCT is a folder" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "y").exists() and tree_state(dl) == before
 
 
 def test_convert_rtstruct_deidentify_keeps_names_out_of_every_output(scan, tmp_path, capsys,
@@ -439,6 +492,9 @@ def test_convert_rtstruct_deidentify_keeps_names_out_of_every_output(scan, tmp_p
         ct = write_dicom_series(vol, dl / patient / "CT_SMITH", series_uid="1.2.4.1")
         write_rtstruct(dl / patient / f"RS.{patient}.dcm", vol, {organ: ball},
                        frame_of_reference="1.2.4.1.9", series_uid="1.2.4.1")
+    # a second observer's set for the first patient: its own case, "-2" after the pseudonym
+    write_rtstruct(dl / "DOE^JOHN" / "RS.DOE^JOHN.2.dcm", vol, {"Ball": ball},
+                   frame_of_reference="1.2.4.1.9", series_uid="1.2.4.1")
     out = tmp_path / "out"
     assert main(["convert-rtstruct", str(dl), "-o", str(out), "--structure", "Ball",
                  "--deidentify"]) == 1
@@ -457,8 +513,10 @@ def test_convert_rtstruct_deidentify_keeps_names_out_of_every_output(scan, tmp_p
         assert name not in text, name
     rows = json.loads((out / "summary.json").read_text())["cases"]
     deid = Deidentifier()
-    assert [r["case"] for r in rows] == [deid.token("DOE^JOHN"), deid.token("SMITH^JANE")]
-    assert rows[1]["error"] == "(withheld) holds no structure 'Ball'; it holds Heart (#1)"
+    assert [r["case"] for r in rows] == [deid.token("DOE^JOHN"), deid.token("DOE^JOHN") + "-2",
+                                         deid.token("SMITH^JANE")]
+    assert [r["status"] for r in rows] == ["converted", "converted", "failed"]
+    assert rows[2]["error"] == "(withheld) holds no structure 'Ball'; it holds Heart (#1)"
     assert np.array_equal(read_label_map(out / rows[0]["case"] / "label.nii.gz").array == 1,
                           ball)
     assert "(withheld) holds no structure 'Kidney'" in printed3.err

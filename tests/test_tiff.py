@@ -113,3 +113,54 @@ def test_a_page_chain_that_loops_or_points_past_the_data_is_refused(tmp_path):
     f.write_bytes(bytes(data))
     with pytest.raises(ImageReadError, match="pixel data end at byte"):
         sp.read_volume(f, allow_no_orientation=True)
+
+
+def _set_tag(data, page, tag, value):
+    """``data`` (a classic little-endian TIFF) with the inline value of ``tag`` in
+    the directory of ``page`` (1-based) set to ``value``."""
+    data = bytearray(data)
+    ifd = struct.unpack("<I", data[4:8])[0]
+    for _ in range(page - 1):
+        n = struct.unpack("<H", data[ifd:ifd + 2])[0]
+        ifd = struct.unpack("<I", data[ifd + 2 + 12 * n:ifd + 6 + 12 * n])[0]
+    n = struct.unpack("<H", data[ifd:ifd + 2])[0]
+    for k in range(n):
+        at = ifd + 2 + 12 * k
+        t, typ = struct.unpack("<HH", data[at:at + 4])
+        if t == tag:
+            struct.pack_into("<H" if typ == 3 else "<I", data, at + 8, value)
+            return bytes(data)
+    raise AssertionError(f"page {page} has no tag {tag}")
+
+
+def test_a_page_that_is_not_a_slice_like_the_first_is_refused(tmp_path):
+    """ITK's reader keeps the pages whose NewSubfileType says "page" and sizes its
+    buffer by the first: a SimpleITK stack whose 5th page was marked a
+    reduced-resolution copy (6 bytes changed, found by bench/fuzz_readers.py)
+    made it write past its buffer, and the process aborted ("malloc(): corrupted
+    top size"). A page marked a reduced-resolution copy or a mask, or of another
+    width, height or bit depth than the first, is refused in one line; the whole
+    stack still reads."""
+    import SimpleITK as sitk
+
+    a = (np.random.default_rng(1).random((8, 24, 20)) * 1000).astype(np.int16)
+    whole = tmp_path / "whole.tif"
+    sitk.WriteImage(sitk.GetImageFromArray(a), str(whole))
+    assert np.array_equal(sp.read_volume(whole, allow_no_orientation=True).array, a)
+    data = whole.read_bytes()
+    f = tmp_path / "page.tif"
+    for tag, value, said in ((254, 39, r"page 5 is marked a reduced-resolution copy or a "
+                              r"mask \(NewSubfileType 39\), not a slice"),
+                             (254, 1, r"NewSubfileType 1\)"),
+                             (256, 40, r"page 5 is not a slice like the first: width 40 "
+                              r"\(page 1: 20\)"),
+                             (257, 12, r"height 12 \(page 1: 24\)"),
+                             (258, 8, r"bits per sample 8 \(page 1: 16\)")):
+        f.write_bytes(_set_tag(data, 5, tag, value))
+        with pytest.raises(ImageReadError, match=r"page\.tif: truncated or corrupt TIFF: .*"
+                           + said):
+            sp.read_volume(f, allow_no_orientation=True)
+    # a hand-written stack whose pages say nothing of their subfile type reads too
+    pages = _stack()
+    f.write_bytes(_tiff(pages))
+    assert np.array_equal(sp.read_volume(f, allow_no_orientation=True).array, pages)

@@ -103,8 +103,12 @@ def available_memory() -> int:
 
 def reason_text(exc) -> str:
     """An exception's message on one line, at most 200 characters (its type's name
-    when it has none): the reason a reader quotes from a library."""
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
+    when it has none): the reason a reader quotes from a library. Characters that
+    do not print (the bytes of a corrupt file a library quotes) show as ``?``."""
+    text = "".join(c if c.isprintable() else "?" for c in " ".join(str(exc).split()))
+    if not text and isinstance(exc, MemoryError):   # a corrupt length asks for gigabytes
+        return "MemoryError: it asks for more memory than there is (a corrupt length?)"
+    return text[:200] or type(exc).__name__
 
 
 def check_size(name, size_xyz, itemsize) -> None:
@@ -230,7 +234,12 @@ def check_tiff_structure(path, name) -> None:
     stops quietly at the first that is cut off, so a file cut in half is read
     as a volume of half its slices. Walks the chain of image file directories
     (IFDs) and checks that each directory, and each strip or tile it points to,
-    ends within the file, and that the chain ends (no loop)."""
+    ends within the file, and that the chain ends (no loop). Each page must be a
+    slice like the first: a page marked a reduced-resolution copy or a mask
+    (NewSubfileType), or one of another width, height, bit depth, sample count or
+    sample format is refused: ITK's reader counts the pages it keeps by their
+    subfile type and sizes its buffer by the first page, and such a page made it
+    write past the buffer (the process aborted: found by bench/fuzz_readers.py)."""
     import struct
 
     size = os.path.getsize(path)
@@ -258,7 +267,7 @@ def check_tiff_structure(path, name) -> None:
             fh.seek(at)
             return fh.read(n)
 
-        seen, page = {}, 0          # directory offset: its page
+        seen, page, first = {}, 0, None      # directory offset: its page; page 1's layout
         while ifd:
             page += 1
             if ifd in seen:
@@ -277,6 +286,18 @@ def check_tiff_structure(path, name) -> None:
                 tag, typ = struct.unpack(order + "HH", e[:4])
                 cnt = struct.unpack(order + off_fmt, e[4:4 + off_size])[0]
                 fields[tag] = (typ, cnt, e[4 + off_size:])
+            kind = _tiff_first(fields.get(254), order, off_size, read)
+            if kind not in (None, 0, 2):          # 2: a page of a multi-page file
+                raise bad(f"page {page} is marked a reduced-resolution copy or a mask "
+                          f"(NewSubfileType {kind}), not a slice")
+            layout = {what: _tiff_first(fields.get(tag), order, off_size, read)
+                      for tag, what in _TIFF_LAYOUT_TAGS.items()}
+            if first is None:
+                first = layout
+            elif layout != first:
+                differs = ", ".join(f"{k} {layout[k]} (page 1: {first[k]})" for k in layout
+                                    if layout[k] != first[k])
+                raise bad(f"page {page} is not a slice like the first: {differs}")
             for offsets, counts in _TIFF_DATA_TAGS:
                 if offsets in fields and counts in fields:
                     starts = _tiff_values(fields[offsets], order, off_size, read, bad)
@@ -289,6 +310,27 @@ def check_tiff_structure(path, name) -> None:
                         raise bad(f"page {page}'s pixel data end at byte {max(ends)}, beyond "
                                   "the file's end")
             ifd = struct.unpack(order + off_fmt, table[n * entry_size:])[0]
+
+
+#: TIFF tags every page of a stack must give as the first does
+_TIFF_LAYOUT_TAGS = {256: "width", 257: "height", 258: "bits per sample",
+                     277: "samples per pixel", 339: "sample format"}
+
+
+def _tiff_first(field, order, off_size, read):
+    """The first value of a directory entry of an integer type (None when the
+    page has no such entry; ``(type, count)`` for an entry of another type)."""
+    import struct
+
+    if field is None:
+        return None
+    typ, cnt, slot = field
+    if typ not in _TIFF_INT_TYPES or cnt < 1:
+        return (typ, cnt)
+    code, width = _TIFF_INT_TYPES[typ]
+    raw = slot[:width] if cnt * width <= off_size else \
+        read(struct.unpack(order + ("Q" if off_size == 8 else "I"), slot)[0], width)
+    return struct.unpack(order + code, raw)[0]
 
 
 def _tiff_values(field, order, off_size, read, bad):

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import (ImageReadError, check_geometry, check_size, check_values, display_name,
-                      itk_call, native, withholding_names)
+                      itk_call, native, reason_text, withholding_names)
 from ._paths import itk_path
 from ._volume import Volume
 
@@ -451,16 +451,35 @@ def check_not_cut(ds, name, what):
     holds what was left (an RT Structure Set cut in its contours reads as one with
     fewer contours; a cut inside a sequence of undefined length raises instead).
     Each element as read, not yet decoded, is checked against the length its
-    header gives."""
+    header gives, in the items of every sequence too (where a value representation
+    pydicom does not know makes it read on as implicit VR, one element can swallow
+    the rest of the file). An element that cannot be decoded is refused in one
+    line as well (pydicom raises NotImplementedError there)."""
     from pydicom.dataelem import RawDataElement
+    from pydicom.datadict import dictionary_has_tag, dictionary_VR
 
-    for tag in ds.keys():
-        raw = ds.get_item(tag)
-        if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF and \
-                isinstance(raw.value, bytes) and len(raw.value) < raw.length:
-            raise ImageReadError(f"{name}: truncated {what} (the file ends inside element "
-                                 f"{tag}: {len(raw.value)} of its {raw.length} bytes; a "
-                                 "copy or download cut short?)")
+    todo = [ds]
+    while todo:
+        item = todo.pop()
+        for tag in item.keys():
+            try:
+                raw = item.get_item(tag)
+                if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF and \
+                        isinstance(raw.value, bytes) and len(raw.value) < raw.length:
+                    raise ImageReadError(
+                        f"{name}: truncated {what} (the file ends inside element {tag}: "
+                        f"{len(raw.value)} of its {raw.length} bytes; a copy or download "
+                        "cut short?)")
+                vr = raw.VR
+                if vr is None and dictionary_has_tag(tag):     # implicit VR
+                    vr = dictionary_VR(tag)
+                if vr == "SQ":
+                    todo.extend(item[tag].value or [])
+            except ImageReadError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a value pydicom cannot decode
+                raise ImageReadError(f"{name}: unreadable {what} (element {tag}: "
+                                     f"{reason_text(exc)})") from None
 
 
 def dicom_header(path):

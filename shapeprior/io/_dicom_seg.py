@@ -57,9 +57,18 @@ def is_dicom_seg(path) -> bool:
             head = fh.read(132)
         if len(head) < 132 or head[128:132] != b"DICM":
             return False
-        ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-    except (OSError, ValueError, EOFError, TypeError, AttributeError):
+    except OSError:
         return False
+    try:
+        ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except Exception:  # noqa: BLE001 - a header that does not read (a corrupt length
+        # asks for gigabytes: MemoryError): a SEG as its file meta says, so that
+        # read_dicom_seg refuses it as one
+        try:
+            meta = pydicom.filereader.read_file_meta_info(p)
+        except Exception:  # noqa: BLE001 - not DICOM, or cut inside its meta
+            return False
+        return str(meta.get("MediaStorageSOPClassUID", "") or "") == SEG_SOP_CLASS
     meta = getattr(ds, "file_meta", None)
     sop = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "")
                                                if meta is not None else ""))

@@ -14,11 +14,12 @@ the nearest slice.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from ._checks import ImageReadError, display_name
+from ._checks import ImageReadError, display_name, reason_text
 from ._volume import Volume
 
 #: RT Structure Set Storage
@@ -103,7 +104,7 @@ def _structures(ds, name):
     if "StructureSetROISequence" not in ds and "ROIContourSequence" not in ds:
         raise ImageReadError(f"{name}: malformed RT Structure Set (it holds neither a Structure "
                              "Set ROI Sequence nor an ROI Contour Sequence; cut short?)")
-    try:
+    with _malformed(name):
         rois = {}
         for r in ds.get("StructureSetROISequence", []) or []:
             number = int(r.ROINumber)
@@ -121,8 +122,6 @@ def _structures(ds, name):
                     raise ValueError(f"a contour of structure {number} holds {data.size} "
                                      "coordinates, not a multiple of 3")
                 roi["contours"].append((kind, data.reshape(-1, 3)))
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise ImageReadError(f"{name}: malformed RT Structure Set ({exc})") from None
     for roi in rois.values():
         pts = [p for _, p in roi["contours"]]
         if pts and not all(np.isfinite(p).all() for p in pts):
@@ -299,8 +298,7 @@ def read_rtstruct(path, grid: Volume, structures=None, frame_of_reference=None,
         raise ImageReadError(f"{len(chosen)} structures: at most 255 fit a label map")
     theirs = {r["frame_of_reference"] for r in chosen} - {None}
     if not theirs:              # the ROIs name none: the set's own references
-        theirs = {_text(item.get("FrameOfReferenceUID")) for item in
-                  ds.get("ReferencedFrameOfReferenceSequence", []) or []} - {""}
+        theirs = _references(ds)[1]
     if frame_of_reference is not None and theirs and frame_of_reference not in theirs:
         raise ImageReadError(f"{name} was drawn in another frame of reference than the scan "
                              "(its Frame of Reference UID differs from the series'): the "
@@ -396,18 +394,37 @@ def referenced_series(path):
     drawn on (its Referenced Frame of Reference Sequence, and the RT Referenced
     Series in it); either may be empty."""
     ds = _read(path)
-    series, frames = set(), set()
-    for fr in ds.get("ReferencedFrameOfReferenceSequence", []) or []:
-        if _text(fr.get("FrameOfReferenceUID")):
-            frames.add(_text(fr.get("FrameOfReferenceUID")))
-        for study in fr.get("RTReferencedStudySequence", []) or []:
-            for s in study.get("RTReferencedSeriesSequence", []) or []:
-                if _text(s.get("SeriesInstanceUID")):
-                    series.add(_text(s.get("SeriesInstanceUID")))
+    series, frames = _references(ds)
     for roi in _structures(ds, display_name(path)):
         if roi["frame_of_reference"]:
             frames.add(roi["frame_of_reference"])
     return series, frames
+
+
+def _references(ds):
+    """``(series UIDs, frame of reference UIDs)`` of the set's Referenced Frame of
+    Reference Sequence (its elements were decoded by ``check_not_cut``)."""
+    series, frames = set(), set()
+    for fr in ds.get("ReferencedFrameOfReferenceSequence", []) or []:
+        frames.add(_text(fr.get("FrameOfReferenceUID")))
+        for study in fr.get("RTReferencedStudySequence", []) or []:
+            for s in study.get("RTReferencedSeriesSequence", []) or []:
+                series.add(_text(s.get("SeriesInstanceUID")))
+    return series - {""}, frames - {""}
+
+
+@contextmanager
+def _malformed(name):
+    """An element of the set that cannot be decoded or makes no sense refused in
+    one line naming the file (pydicom decodes an element when it is first read:
+    a value representation it does not know raises NotImplementedError there)."""
+    try:
+        yield
+    except (AttributeError, TypeError, ValueError, KeyError, NotImplementedError) as exc:
+        if isinstance(exc, ImageReadError):
+            raise
+        raise ImageReadError(f"{name}: malformed RT Structure Set ({reason_text(exc)})") \
+            from None
 
 
 def find_structure_sets(folder, depth=None, most=None):

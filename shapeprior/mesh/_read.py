@@ -1,10 +1,15 @@
 """Read a triangle mesh file, keeping its vertices in file order.
 
 Vertex order is what makes meshes in correspondence: vertex i of every file
-is the same anatomical point. The readers here keep it: VTK's own readers
-for ``.vtk`` (legacy) and ``.vtp`` (XML PolyData), meshio for ``.ply`` and
-``.obj``. STL is refused: it stores each triangle's corners separately, and
-merging them back into vertices loses the order.
+is the same anatomical point. The readers here keep it: VTK's own reader for
+``.vtp`` (XML PolyData), meshio's for ``.ply`` and ``.obj``, and for ``.vtk``
+(legacy PolyData) the POINTS and the cell blocks read here with NumPy, each
+checked against what its line declares. VTK's legacy reader is not used: it walks
+a cell block by the counts in it, and a damaged count, or a file cut inside a
+FIELD block, sends it past its buffers and the process dies (segmentation fault,
+found by ``bench/fuzz_readers.py``); meshio does not read legacy PolyData. STL is
+refused: it stores each triangle's corners separately, and merging them back into
+vertices loses the order.
 """
 
 from __future__ import annotations
@@ -26,18 +31,15 @@ def _display(p: Path) -> str:
     return os.fsencode(p.name).decode("utf-8", "backslashreplace")
 
 
-def _read_vtk(p: Path, xml: bool):
+def _read_vtp(p: Path):
     from vtkmodules.util.numpy_support import vtk_to_numpy
     from vtkmodules.vtkCommonCore import vtkObject
+    from vtkmodules.vtkIOXML import vtkXMLPolyDataReader
 
-    if xml:
-        from vtkmodules.vtkIOXML import vtkXMLPolyDataReader as Reader
-    else:
-        from vtkmodules.vtkIOLegacy import vtkPolyDataReader as Reader
     warn = vtkObject.GetGlobalWarningDisplay()
     vtkObject.GlobalWarningDisplayOff()   # a corrupt file gets our one line, not VTK's
     try:
-        r = Reader()
+        r = vtkXMLPolyDataReader()
         r.SetFileName(str(p))
         r.Update()
         poly = r.GetOutput()
@@ -45,10 +47,8 @@ def _read_vtk(p: Path, xml: bool):
         vtkObject.SetGlobalWarningDisplay(warn)
     if poly is None or poly.GetPoints() is None or poly.GetNumberOfPoints() == 0:
         raise ValueError("no points (not a PolyData mesh, or a damaged file)")
-    if not xml:
-        _check_legacy_extent(p, poly.GetNumberOfPolys())
     verts = vtk_to_numpy(poly.GetPoints().GetData()).astype(np.float64)
-    said = [] if xml else [r.GetHeader() or ""]
+    said = []
     space = poly.GetFieldData().GetAbstractArray("SPACE")
     if space is not None and space.GetNumberOfValues():
         said.append("SPACE=" + str(space.GetVariantValue(0).ToString()))
@@ -62,68 +62,147 @@ def _read_vtk(p: Path, xml: bool):
     return verts, faces, said
 
 
-#: bytes per value of the legacy VTK data types a POINTS block may have
-_VTK_TYPE_BYTES = {b"float": 4, b"double": 8, b"int": 4, b"unsigned_int": 4, b"short": 2,
-                   b"unsigned_short": 2, b"char": 1, b"unsigned_char": 1, b"long": 8,
-                   b"unsigned_long": 8, b"vtktypeint64": 8, b"vtktypeuint64": 8}
+#: the legacy VTK data types a block may have, as NumPy reads them from a BINARY file
+#: (big-endian)
+_VTK_DTYPES = {b"float": ">f4", b"double": ">f8", b"int": ">i4", b"unsigned_int": ">u4",
+               b"short": ">i2", b"unsigned_short": ">u2", b"char": "i1",
+               b"unsigned_char": "u1", b"long": ">i8", b"unsigned_long": ">u8",
+               b"vtktypeint64": ">i8", b"vtktypeuint64": ">u8"}
+
+#: the legacy VTK blocks of cells, each a list of point indices
+_CELL_BLOCKS = (b"VERTICES", b"LINES", b"POLYGONS", b"TRIANGLE_STRIPS")
 
 
-def _check_legacy_extent(p: Path, n_polys):
-    """Refuse a legacy VTK file cut short: VTK's reader fills a block the file
-    does not hold (zeros, or whatever its memory held: coordinates of 1e307 mm,
-    triangles of arbitrary vertices) without an error. The POINTS block must
-    hold its 3 n values, and a POLYGONS block its cells' values (version 4:
-    the one array of ``size`` values; version 5: its OFFSETS and its
-    CONNECTIVITY arrays), as bytes in a BINARY file and as numbers in an ASCII
-    one; the polygons read must be as many as declared."""
+def _read_legacy(p: Path):
+    """``(verts (n, 3), faces (f, 3), header lines)`` of a legacy VTK PolyData file:
+    its POINTS, and its POLYGONS when all are triangles (else no faces, as a
+    point set). Every block is checked against its line before it is used:
+
+    * the POINTS block must hold its 3 n values, and each cell block its values
+      (version 4: the one array of ``size`` values; version 5: its OFFSETS and its
+      CONNECTIVITY arrays), as bytes in a BINARY file and as numbers in an ASCII
+      one (VTK's reader filled what a file cut short did not hold: coordinates of
+      1e307 mm, triangles of arbitrary vertices);
+    * each cell block must step through its values exactly, cell by cell, as many
+      cells as its line declares, and name only points the POINTS block holds.
+
+    The header lines returned are the title and, from a FIELD array named SPACE
+    (shapeprior writes one), ``SPACE=...``."""
     data = p.read_bytes()
+    if not data.startswith(b"# vtk DataFile Version"):
+        raise ValueError("not a legacy VTK file (no '# vtk DataFile Version' line)")
+    lines = data.split(b"\n", 4)
+    dataset = re.search(rb"\nDATASET[ \t]+(\w+)", data)
     pts = re.search(rb"\nPOINTS[ \t]+(\d+)[ \t]+(\w+)[ \t]*\r?\n", data)
-    if pts is None:
-        return                  # VTK found points another way: nothing to compare
+    if dataset is None or dataset[1].upper() != b"POLYDATA" or pts is None:
+        raise ValueError("no points (not a PolyData mesh, or a damaged file)")
     binary = b"\nBINARY" in data[:pts.start() + 1].upper()
     n = int(pts[1])
-    rest = _block_end(data, pts.end(), 3 * n, pts[2], binary, f"POINTS block ({n} points)")
-    polys = re.compile(rb"POLYGONS[ \t]+(\d+)[ \t]+(\d+)[ \t]*\r?\n").search(data, rest)
-    if polys is None:
-        return
+    rest, xyz = _block(data, pts.end(), 3 * n, pts[2], binary, f"POINTS block ({n} points)")
     version5 = re.match(rb"# vtk DataFile Version ([5-9])", data) is not None
-    if version5:
-        at = polys.end()
-        for name, count in ((b"OFFSETS", int(polys[1])), (b"CONNECTIVITY", int(polys[2]))):
-            line = re.compile(rb"\s*" + name + rb"[ \t]+(\w+)[ \t]*\r?\n").match(data, at)
-            if line is None:
-                raise ValueError(f"cut short or damaged: its POLYGONS block has no "
-                                 f"{name.decode()} array where one is due")
-            at = _block_end(data, line.end(), count, line[1], binary,
-                            f"POLYGONS {name.decode()} array")
-        declared = int(polys[1]) - 1
-    else:
-        _block_end(data, polys.end(), int(polys[2]), b"int", binary, "POLYGONS block")
-        declared = int(polys[1])
-    if n_polys != declared:
-        raise ValueError(f"cut short or damaged: its POLYGONS line declares {declared} "
-                         f"polygons, {n_polys} could be read")
+    faces = np.zeros((0, 3), np.int64)
+    for key in _CELL_BLOCKS:
+        line = re.compile(rb"\n" + key + rb"[ \t]+(\d+)[ \t]+(\d+)[ \t]*\r?\n").search(
+            data, rest - 1)
+        if line is None:
+            continue
+        what = f"{key.decode()} block"
+        if version5:
+            at, arrays = line.end(), []
+            for name, count in ((b"OFFSETS", int(line[1])), (b"CONNECTIVITY", int(line[2]))):
+                head = re.compile(rb"\s*" + name + rb"[ \t]+(\w+)[ \t]*\r?\n").match(data, at)
+                if head is None:
+                    raise ValueError(f"cut short or damaged: its {what} has no "
+                                     f"{name.decode()} array where one is due")
+                at, vals = _block(data, head.end(), count, head[1], binary,
+                                  f"{what}'s {name.decode()} array")
+                arrays.append(vals)
+            cells, tri = _cells_v5(*arrays, n, what)
+        else:
+            _, vals = _block(data, line.end(), int(line[2]), b"int", binary, what)
+            cells, tri = _cells_v4(vals, n, what)
+        if cells != int(line[1]) - version5:
+            raise ValueError(f"cut short or damaged: its {key.decode()} line declares "
+                             f"{int(line[1]) - version5} cells, its data holds {cells}")
+        if key == b"POLYGONS" and tri is not None:
+            faces = tri
+    said = [lines[1].decode("latin-1").strip() if len(lines) > 1 else ""]
+    space = re.search(rb"\nSPACE[ \t]+1[ \t]+1[ \t]+string[ \t]*\r?\n", data)
+    if space is not None:           # VTK writes a short string after a length byte
+        at = space.end()
+        if binary and at < len(data) and data[at] & 0xC0 == 0xC0:
+            said.append("SPACE=" + data[at + 1:at + 1 + (data[at] & 0x3F)].decode("latin-1"))
+        elif not binary:
+            said.append("SPACE=" + data[at:].split(b"\n", 1)[0].decode("latin-1").strip())
+    return np.asarray(xyz, np.float64).reshape(-1, 3), faces, said
 
 
-def _block_end(data, start, count, kind, binary, what):
-    """Where a legacy VTK data block of ``count`` values of type ``kind``,
-    starting at byte ``start``, ends; ValueError naming ``what`` when the file
-    holds fewer (bytes in a BINARY file, numbers in an ASCII one)."""
+def _indices(vals, n_points, what):
+    """``vals`` as point indices (ValueError unless whole numbers in range)."""
+    if vals.size and not (np.all(np.isfinite(vals)) and np.all(vals == np.floor(vals))
+                          and vals.min() >= 0 and vals.max() < n_points):
+        raise ValueError(f"damaged: its {what} names points that do not exist (of "
+                         f"{n_points})")
+    return vals.astype(np.int64)
+
+
+def _cells_v4(vals, n_points, what):
+    """``(cells, triangles (f, 3) or None)`` of a version 4 block (each cell a
+    count, then that many point indices); ValueError where a count does not land
+    on the block's end."""
+    v = np.asarray(vals, dtype=np.float64)
+    if v.size % 4 == 0 and np.all(v[::4] == 3):         # triangles: at once
+        tri = _indices(v.reshape(-1, 4)[:, 1:], n_points, what)
+        return v.size // 4, tri
+    is_count = np.zeros(v.size, bool)
+    at = cells = 0
+    while at < v.size:
+        c = v[at]
+        if not (c >= 0 and c == int(c) and at + 1 + int(c) <= v.size):
+            raise ValueError(f"damaged: a cell count in its {what} ({c:g}) runs past the "
+                             "block's end")
+        is_count[at] = True
+        at, cells = at + 1 + int(c), cells + 1
+    _indices(v[~is_count], n_points, what)
+    return cells, None
+
+
+def _cells_v5(offsets, conn, n_points, what):
+    """``(cells, triangles (f, 3) or None)`` of a version 5 block (OFFSETS into
+    CONNECTIVITY); ValueError where the offsets do not step through the
+    connectivity."""
+    off = np.asarray(offsets, dtype=np.float64)
+    if off.size == 0 or off[0] != 0 or np.any(np.diff(off) < 0) or off[-1] != len(conn):
+        raise ValueError(f"damaged: its {what}'s OFFSETS do not step through its "
+                         f"CONNECTIVITY ({len(conn)} values)")
+    idx = _indices(np.asarray(conn, dtype=np.float64), n_points, what)
+    tri = idx.reshape(-1, 3) if np.all(np.diff(off) == 3) else None
+    return off.size - 1, tri
+
+
+def _block(data, start, count, kind, binary, what, values=True):
+    """``(end, values)`` of a legacy VTK data block of ``count`` values of type
+    ``kind`` starting at byte ``start`` (``values`` None unless asked for);
+    ValueError naming ``what`` when the file holds fewer (bytes in a BINARY file,
+    numbers in an ASCII one)."""
     if binary:
-        need = count * _VTK_TYPE_BYTES.get(kind.lower(), 8)
+        dtype = np.dtype(_VTK_DTYPES.get(kind.lower(), ">f8"))
+        need = count * dtype.itemsize
         if len(data) < start + need:
             raise ValueError(f"cut short: its {what} declares {count} values ({need} bytes), "
                              f"the file holds {max(len(data) - start, 0)}")
-        return start + need
-    numbers, end = 0, start
+        return start + need, (np.frombuffer(data, dtype, count, start) if values else None)
+    numbers, end, tokens = 0, start, []
     for m in re.compile(rb"\S+").finditer(data, start):
         if numbers >= count or not re.fullmatch(rb"[-+.0-9eEinfINFaA]+", m[0]):
             break
         numbers, end = numbers + 1, m.end()
+        if values:
+            tokens.append(m[0])
     if numbers < count:
         raise ValueError(f"cut short: its {what} declares {count} numbers, the file holds "
                          f"{numbers}")
-    return end
+    return end, (np.array([float(t) for t in tokens]) if values else None)
 
 
 def _check_ply_header(p: Path):
@@ -167,10 +246,17 @@ def declared_space(said) -> str | None:
 
 
 def _read_meshio(p: Path):
-    import meshio
+    # each format's own reader: meshio.read prints a failed read's message with the
+    # file's path to stdout and calls sys.exit(1) (found by bench/fuzz_readers.py)
+    if p.suffix.lower() == ".ply":
+        from meshio.ply import read
 
-    said = _check_ply_header(p) if p.suffix.lower() == ".ply" else _obj_comments(p)
-    m = meshio.read(p)
+        said = _check_ply_header(p)
+    else:
+        from meshio.obj import read
+
+        said = _obj_comments(p)
+    m = read(str(p))
     faces = [c.data for c in m.cells if c.type == "triangle"]
     faces = np.concatenate(faces).astype(np.int64) if faces else np.zeros((0, 3), np.int64)
     return np.asarray(m.points, dtype=np.float64)[:, :3], faces, said
@@ -212,8 +298,10 @@ def read_mesh(path) -> Surface:
     if not p.is_file():
         raise FileNotFoundError(f"no such mesh file: {_display(p)}")
     try:
-        if suffix in (".vtk", ".vtp"):
-            verts, faces, said = _read_vtk(p, xml=suffix == ".vtp")
+        if suffix == ".vtk":
+            verts, faces, said = _read_legacy(p)
+        elif suffix == ".vtp":
+            verts, faces, said = _read_vtp(p)
         else:
             verts, faces, said = _read_meshio(p)
         space = declared_space(said)

@@ -171,6 +171,29 @@ class ShapeInputs:
     halves: list = None
 
 
+def _load_npy(p):
+    """The array of a ``.npy`` file, its header checked against the file first: a
+    damaged shape field asks NumPy for gigabytes (112 GiB for a file of 1 KiB)
+    and ends in a MemoryError; such a file is refused in one line naming it."""
+    try:
+        with open(p, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            fmt = np.lib.format
+            read = fmt.read_array_header_1_0 if version == (1, 0) else \
+                fmt.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            start = fh.tell()
+        size = p.stat().st_size
+        need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if dtype.hasobject or need > size - start:
+            raise ValueError(f"its header promises {need} bytes of {dtype} values, shape "
+                             f"{shape}; the file holds {size - start}")
+        return np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{show_path(p.name)} is not a readable .npy array "
+                         f"({' '.join(str(exc).split())[:200]})") from None
+
+
 def load_shapes(path, n_points, faces=None):
     """:class:`ShapeInputs` from a folder, a mesh or a ``.npy`` array.
 
@@ -187,10 +210,7 @@ def load_shapes(path, n_points, faces=None):
     p = Path(path)
     failed = {}
     if p.is_file() and p.suffix.lower() == ".npy":
-        try:
-            a = np.load(p, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise ValueError(f"{show_path(p.name)} is not a readable .npy array ({exc})") from None
+        a = _load_npy(p)
         real = np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
         if not real:
             raise ValueError(f"{show_path(p.name)} holds {a.dtype} values; expected real "
