@@ -258,6 +258,23 @@ def test_a_mesh_is_read_back_in_vertex_order_with_its_triangles(tmp_path, fmt):
     np.testing.assert_array_equal(s.faces, f)
 
 
+def _written_by_vtk(path, surface, ascii_, version):
+    """``surface`` written to ``path`` as VTK's own legacy writer writes it (ASCII,
+    as 3D Slicer does, or binary; file version 4.2 or 5.1)."""
+    from vtkmodules.vtkIOLegacy import vtkPolyDataReader, vtkPolyDataWriter
+
+    surface.write(path)
+    r = vtkPolyDataReader()
+    r.SetFileName(str(path))
+    r.Update()
+    w = vtkPolyDataWriter()
+    w.SetInputData(r.GetOutput())
+    w.SetFileName(str(path))
+    w.SetFileTypeToASCII() if ascii_ else w.SetFileTypeToBinary()
+    w.SetFileVersion(version)
+    w.Write()
+
+
 @pytest.mark.parametrize("ascii_", [False, True])
 @pytest.mark.parametrize("version", [42, 51])
 def test_a_legacy_vtk_mesh_cut_short_is_refused(tmp_path, ascii_, version):
@@ -268,23 +285,12 @@ def test_a_legacy_vtk_mesh_cut_short_is_refused(tmp_path, ascii_, version):
     file in one line wherever it is cut, binary (as shapeprior writes it) or
     ASCII (as Slicer writes it), file version 4.2 or 5.1, and reads the whole
     one back exactly."""
-    from vtkmodules.vtkIOLegacy import vtkPolyDataReader, vtkPolyDataWriter
-
     from shapeprior.mesh import read_mesh
 
     v, f = icosphere(3)
     v = v * np.array([30.0, 20.0, 15.0])
     p = tmp_path / "m.vtk"
-    Surface(v, f).write(p)
-    r = vtkPolyDataReader()
-    r.SetFileName(str(p))
-    r.Update()
-    w = vtkPolyDataWriter()
-    w.SetInputData(r.GetOutput())
-    w.SetFileName(str(p))
-    w.SetFileTypeToASCII() if ascii_ else w.SetFileTypeToBinary()
-    w.SetFileVersion(version)
-    w.Write()
+    _written_by_vtk(p, Surface(v, f), ascii_, version)
     whole = p.read_bytes()
     s = read_mesh(p)
     np.testing.assert_allclose(s.verts, v, atol=1e-6)
@@ -307,22 +313,11 @@ def test_a_legacy_vtk_mesh_with_damaged_cells_is_refused_not_crashed(tmp_path, a
     a cell naming a point that does not exist and a cell line that declares more
     cells than its data holds; a file cut inside its FIELD block (which also
     crashed VTK) is read from its POINTS on, which it lacks."""
-    from vtkmodules.vtkIOLegacy import vtkPolyDataReader, vtkPolyDataWriter
-
     from shapeprior.mesh import read_mesh
 
     v, f = icosphere(2)
     p = tmp_path / "m.vtk"
-    Surface(v * 20.0, f).write(p)
-    r = vtkPolyDataReader()
-    r.SetFileName(str(p))
-    r.Update()
-    w = vtkPolyDataWriter()
-    w.SetInputData(r.GetOutput())
-    w.SetFileName(str(p))
-    w.SetFileTypeToASCII() if ascii_ else w.SetFileTypeToBinary()
-    w.SetFileVersion(version)
-    w.Write()
+    _written_by_vtk(p, Surface(v * 20.0, f), ascii_, version)
     whole = p.read_bytes()
     np.testing.assert_array_equal(read_mesh(p).faces, f)
     start = whole.index(b"\nPOLYGONS ") + 1
