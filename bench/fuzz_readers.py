@@ -15,7 +15,8 @@ the TotalSegmentator example series and on the oblique TCIA series (read as
 ``--reference``, ``--init-mask`` and ``refine`` read them: ``read_rtstruct`` on the
 series' grid with its frame of reference, ``read_label_map`` for the SEG), and the
 mesh files ``segment`` writes and ``reconstruct`` reads (VTK legacy and XML, PLY, OBJ,
-through ``read_mesh``). Each
+through ``read_mesh``), and ``reconstruct``'s other input, a ``.npy`` array of shapes
+(M, N, 3) (through ``load_shapes``: header fields edited, bytes flipped, cut short). Each
 mutation is a seeded byte flip, truncation, header-field edit or (models)
 array edit; each mutated input is read in a forked child with an
 address-space limit and a 30 s timeout, through the public readers
@@ -39,6 +40,7 @@ import gzip
 import json
 import os
 import platform
+import re
 import resource
 import select
 import shutil
@@ -56,6 +58,7 @@ from shapeprior.data import data_root
 TIMEOUT_S = 30.0
 CHILD_MEMORY = 3 << 30          # address space each reader child may add
 IMAGE_LIMIT = 1 << 30           # SHAPEPRIOR_MAX_IMAGE_BYTES in the children
+NPY_POINTS = 162                # vertices of each shape of the .npy seeds
 
 # interesting values for header fields
 INT_VALUES = [0, 1, -1, 2, 3, 4, 7, 8, 16, 255, 256, 32767, -32768, 348, 352, 540, 1 << 20]
@@ -213,6 +216,13 @@ def _child(kind, path, wfd):
             ok = vol.array.shape == grid.array.shape and vol.same_grid(grid)
             out = {"outcome": "read" if ok else "crash",
                    "detail": "" if ok else "label off the scan's grid"}
+        elif kind == "npy":
+            from shapeprior.pipeline._reconstruct import load_shapes
+
+            got = load_shapes(path, NPY_POINTS)
+            ok = bool(np.all(np.isfinite(got.shapes)))
+            out = {"outcome": "read" if ok else "crash",
+                   "detail": "" if ok else "non-finite shape returned"}
         elif kind == "mesh":
             from shapeprior.mesh import read_mesh
 
@@ -305,7 +315,7 @@ def run_one(kind, path):
 def seeds(work: Path):
     root = data_root()
     out = {"nifti_gz": [], "nifti": [], "dicom": [], "model": [], "mha": [], "nrrd": [],
-           "tiff": [], "itk_other": [], "rtstruct": [], "seg": [], "mesh": []}
+           "tiff": [], "itk_other": [], "rtstruct": [], "seg": [], "mesh": [], "npy": []}
     hip = sorted((root / "msd_hippocampus" / "images").glob("*.nii.gz"))[:6]
     lab = sorted((root / "msd_hippocampus" / "labels").glob("*.nii.gz"))[:2]
     ts = root / "totalsegmentator_example" / "example_seg_roi_subset_mr.nii.gz"
@@ -344,6 +354,12 @@ def seeds(work: Path):
         dst = work / "seeds" / f"mesh.{ext}"
         mesh.write(dst, point_data={"gross_error_mm": np.linspace(0, 3, len(mesh.verts))})
         out["mesh"].append(dst)
+    shapes = np.random.default_rng(0).normal(0, 20, (4, NPY_POINTS, 3))
+    for fmt in ((1, 0), (2, 0)):                  # arrays of shapes, as reconstruct takes
+        dst = work / "seeds" / f"shapes_v{fmt[0]}.npy"
+        with open(dst, "wb") as fh:
+            np.lib.format.write_array(fh, shapes, version=fmt)
+        out["npy"].append(dst)
     from vtkmodules.vtkIOLegacy import vtkPolyDataReader, vtkPolyDataWriter
 
     r = vtkPolyDataReader()                        # and legacy VTK as others write it:
@@ -441,6 +457,24 @@ def mutate(family, seed_path, rng, work: Path, i: int):
         b, what = (flip_bytes(b, rng, 1024), truncate(b, rng), dicom_tag(b, rng))[op]
         victim.write_bytes(b)
         return "image", folder, f"{victim.name}: {what}"
+    if family == "npy":
+        b = seed_path.read_bytes()
+        op = int(rng.integers(3))
+        if op == 0:                                 # the header's shape field
+            head = b[:b.index(b"\n") + 1]
+            v = [0, 1, 3, 4, 162, 163, 10 ** 6, 10 ** 12, -1][int(rng.integers(9))]
+            new = re.sub(rb"'shape': \((\d+), ", b"'shape': (" + str(v).encode() + b", ",
+                         head, count=1)
+            new = new.rstrip(b" \n")
+            new = new.ljust(len(head) - 1) + b"\n" if len(new) < len(head) else head
+            b, what = new + b[len(head):], f"shape[0] = {v}"
+        elif op == 1:
+            b, what = flip_bytes(b, rng, 128)
+        else:
+            b, what = truncate(b, rng)
+        p = dst / "x.npy"
+        p.write_bytes(b)
+        return "npy", p, what
     if family == "mesh":
         b = seed_path.read_bytes()
         b, what = flip_bytes(b, rng, len(b)) if rng.random() < 0.6 else truncate(b, rng)
@@ -549,7 +583,7 @@ def main(argv=None):
         s = seeds(work)
         weights = {"nifti_gz": 0.2, "nifti": 0.2, "dicom": 0.13, "model": 0.13, "mha": 0.08,
                    "nrrd": 0.08, "tiff": 0.09, "itk_other": 0.09, "rtstruct": 0.08,
-                   "seg": 0.08, "mesh": 0.08}
+                   "seg": 0.08, "mesh": 0.08, "npy": 0.04}
         fams = [f for f in weights if s[f] and (a.families is None
                                                  or f in a.families.split(","))]
         p = np.array([weights[f] for f in fams])

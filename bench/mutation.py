@@ -3737,6 +3737,14 @@ MUTANTS = [
      "        if dtype.hasobject or need > size - start:",
      "        if dtype.hasobject:",
      "a .npy whose header promises gigabytes: MemoryError, 'out of memory', the file unnamed"),
+    ("npy-header-length-unchecked", "reconstruct", "shapeprior/pipeline/_reconstruct.py",
+     "            if length is None or fh.tell() + length > size:",
+     "            if length is None:",
+     "a .npy whose header length says gigabytes: NumPy reads that much header"),
+    ("npy-header-parse-escapes", "reconstruct", "shapeprior/pipeline/_reconstruct.py",
+     "            except Exception as exc:  # noqa: BLE001 - ValueError, TokenError, SyntaxError",
+     "            except ValueError as exc:  # noqa: BLE001 - ValueError, TokenError, SyntaxError",
+     "a .npy header with a bracket left open refused with the tokenizer's tuple as its reason"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

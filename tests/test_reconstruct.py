@@ -267,9 +267,10 @@ def test_cli_reconstruct_refuses_an_array_whose_header_lies_in_one_line(populati
                                                                          capsys):
     """A .npy array whose shape field was damaged asks NumPy for gigabytes (a 1
     KiB file, shape (500000000, 10, 3): 112 GiB, and a MemoryError, "out of
-    memory"); one cut short fails inside NumPy. Both are refused in one line
-    naming the file, the header's promise against what the file holds; nothing is
-    written and the file is left as it was."""
+    memory"); one cut short fails inside NumPy; a damaged header text raised
+    tokenize.TokenError and a damaged header length made NumPy read gigabytes of
+    header (both found by bench/fuzz_readers.py). Each is refused in one line
+    naming the file; nothing is written and the file is left as it was."""
     import numpy.lib.format as npformat
 
     train, _, obs, faces = population
@@ -280,12 +281,26 @@ def test_cli_reconstruct_refuses_an_array_whose_header_lies_in_one_line(populati
                                              "shape": (500_000_000, *a.shape[1:])})
         fh.write(a.tobytes())
     np.save(tmp_path / "whole.npy", a)
-    (tmp_path / "cut.npy").write_bytes((tmp_path / "whole.npy").read_bytes()[:-7])
+    whole = (tmp_path / "whole.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(whole[:-7])
+    # the header's text with a bracket left open (NumPy's parser raised TokenError), and
+    # a version 2 header whose length field says 3.5 GB (NumPy read that much header)
+    (tmp_path / "text.npy").write_bytes(whole.replace(b"'shape': (", b"'shape': ((", 1)
+                                        .replace(b"    ", b"   ", 1))
+    with open(tmp_path / "long.npy", "wb") as fh:
+        npformat.write_array(fh, a, version=(2, 0))
+    long_ = bytearray((tmp_path / "long.npy").read_bytes())
+    long_[8:12] = (0xCF000074).to_bytes(4, "little")
+    (tmp_path / "long.npy").write_bytes(bytes(long_))
     for name, said in (("big.npy", rf"its header promises {500_000_000 * a[0].size * 8} "
                                    rf"bytes of float64 values, shape \(500000000, "),
                        ("cut.npy", rf"its header promises {a.size * 8} bytes of float64 "
                                    rf"values, shape \(2, {a.shape[1]}, 3\); the file holds "
-                                   rf"{a.size * 8 - 7}")):
+                                   rf"{a.size * 8 - 7}"),
+                       ("text.npy", r"its header does not parse \((TokenError|SyntaxError|"
+                                    r"ValueError)\)"),
+                       ("long.npy", rf"its header says it is {0xCF000074} bytes long; the "
+                                    rf"file holds {len(long_)}")):
         before = (tmp_path / name).read_bytes()
         out = tmp_path / f"o_{name}"
         assert main(["reconstruct", str(tmp_path / name), "-o", str(out), "--model",

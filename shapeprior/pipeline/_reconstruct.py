@@ -30,6 +30,7 @@ import numpy as np
 
 from .._outputs import OutputDir, manifest, show_path
 from .._validation import shape_problem
+from ..io._checks import reason_text
 from ..io import VOLUME_SUFFIXES, input_path_error
 from ..mesh import MESH_FORMATS, READ_SUFFIXES, Surface, read_mesh, same_triangles
 from ..segmentation import SCALE_SLACK, check_side, median_residual, solve_sides
@@ -174,24 +175,38 @@ class ShapeInputs:
 def _load_npy(p):
     """The array of a ``.npy`` file, its header checked against the file first: a
     damaged shape field asks NumPy for gigabytes (112 GiB for a file of 1 KiB)
-    and ends in a MemoryError; such a file is refused in one line naming it."""
+    and ends in a MemoryError, a damaged header length makes it read gigabytes of
+    header, and a damaged header text raises what Python's tokenizer raises
+    (TokenError; found by bench/fuzz_readers.py). Each is refused in one line
+    naming the file."""
+    fmt = np.lib.format
     try:
+        size = p.stat().st_size
         with open(p, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            fmt = np.lib.format
+            version = fmt.read_magic(fh)
+            width = 2 if version == (1, 0) else 4
+            raw = fh.read(width)
+            length = int.from_bytes(raw, "little") if len(raw) == width else None
+            if length is None or fh.tell() + length > size:
+                raise ValueError(f"its header says it is {length} bytes long; the file "
+                                 f"holds {size}")
+            fh.seek(-width, 1)
             read = fmt.read_array_header_1_0 if version == (1, 0) else \
                 fmt.read_array_header_2_0
-            shape, _, dtype = read(fh)
+            try:
+                shape, _, dtype = read(fh)
+            except Exception as exc:  # noqa: BLE001 - ValueError, TokenError, SyntaxError
+                raise ValueError(f"its header does not parse ({type(exc).__name__})") \
+                    from None
             start = fh.tell()
-        size = p.stat().st_size
         need = int(np.prod(shape, dtype=object)) * dtype.itemsize
         if dtype.hasobject or need > size - start:
             raise ValueError(f"its header promises {need} bytes of {dtype} values, shape "
                              f"{shape}; the file holds {size - start}")
         return np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - NumPy's header parser raises many kinds
         raise ValueError(f"{show_path(p.name)} is not a readable .npy array "
-                         f"({' '.join(str(exc).split())[:200]})") from None
+                         f"({reason_text(exc)})") from None
 
 
 def load_shapes(path, n_points, faces=None):
