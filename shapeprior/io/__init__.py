@@ -9,7 +9,7 @@ it allocates and refuses, in one line, what it cannot trust
 from ._case_folders import (check_mask_name, in_case_folder, in_case_folders,
                             is_label_map_name)
 from ._checks import (ImageReadError, available_memory, display_name, input_path_error,
-                      names_withheld, withhold_names)
+                      names_withheld, reason_text, withhold_names)
 from ._dicom import (dicom_source, folders_below_text, list_series, read_dicom_series,
                      read_image, read_scan, series_folder, series_folders)
 from ._dicom_seg import is_dicom_seg, write_dicom_seg
@@ -25,7 +25,7 @@ __all__ = ["Volume", "read_volume", "read_file", "read_label_map", "as_label_map
            "read_image", "read_scan", "read_dicom_series", "list_series", "write_label",
            "affine_ras",
            "ImageReadError", "available_memory", "display_name", "input_path_error",
-           "names_withheld", "withhold_names",
+           "names_withheld", "withhold_names", "reason_text",
            "image_files", "detached_data_files", "image_sha256", "read_geometry",
            "write_dicom_seg", "is_dicom_seg", "VOLUME_SUFFIXES", "volume_suffix",
            "geometry_difference", "series_folder", "series_folders", "folders_below_text",

@@ -30,8 +30,7 @@ import numpy as np
 
 from .._outputs import OutputDir, manifest, show_path
 from .._validation import shape_problem
-from ..io._checks import reason_text
-from ..io import VOLUME_SUFFIXES, input_path_error
+from ..io import VOLUME_SUFFIXES, input_path_error, reason_text
 from ..mesh import MESH_FORMATS, READ_SUFFIXES, Surface, read_mesh, same_triangles
 from ..segmentation import SCALE_SLACK, check_side, median_residual, solve_sides
 from ..ssc import ALIGN_TOL
