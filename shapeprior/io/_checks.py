@@ -286,11 +286,11 @@ def check_tiff_structure(path, name) -> None:
                 tag, typ = struct.unpack(order + "HH", e[:4])
                 cnt = struct.unpack(order + off_fmt, e[4:4 + off_size])[0]
                 fields[tag] = (typ, cnt, e[4 + off_size:])
-            kind = _tiff_first(fields.get(254), order, off_size, read)
+            kind = _tiff_first(fields.get(254), order, off_size, read, bad)
             if kind not in (None, 0, 2):          # 2: a page of a multi-page file
                 raise bad(f"page {page} is marked a reduced-resolution copy or a mask "
                           f"(NewSubfileType {kind}), not a slice")
-            layout = {what: _tiff_first(fields.get(tag), order, off_size, read)
+            layout = {what: _tiff_first(fields.get(tag), order, off_size, read, bad)
                       for tag, what in _TIFF_LAYOUT_TAGS.items()}
             if first is None:
                 first = layout
@@ -317,20 +317,15 @@ _TIFF_LAYOUT_TAGS = {256: "width", 257: "height", 258: "bits per sample",
                      277: "samples per pixel", 339: "sample format"}
 
 
-def _tiff_first(field, order, off_size, read):
+def _tiff_first(field, order, off_size, read, bad):
     """The first value of a directory entry of an integer type (None when the
     page has no such entry; ``(type, count)`` for an entry of another type)."""
-    import struct
-
     if field is None:
         return None
-    typ, cnt, slot = field
+    typ, cnt, _ = field
     if typ not in _TIFF_INT_TYPES or cnt < 1:
         return (typ, cnt)
-    code, width = _TIFF_INT_TYPES[typ]
-    raw = slot[:width] if cnt * width <= off_size else \
-        read(struct.unpack(order + ("Q" if off_size == 8 else "I"), slot)[0], width)
-    return struct.unpack(order + code, raw)[0]
+    return _tiff_values(field, order, off_size, read, bad)[0]
 
 
 def _tiff_values(field, order, off_size, read, bad):

@@ -14,7 +14,6 @@ the nearest slice.
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +103,7 @@ def _structures(ds, name):
     if "StructureSetROISequence" not in ds and "ROIContourSequence" not in ds:
         raise ImageReadError(f"{name}: malformed RT Structure Set (it holds neither a Structure "
                              "Set ROI Sequence nor an ROI Contour Sequence; cut short?)")
-    with _malformed(name):
+    try:
         rois = {}
         for r in ds.get("StructureSetROISequence", []) or []:
             number = int(r.ROINumber)
@@ -122,6 +121,11 @@ def _structures(ds, name):
                     raise ValueError(f"a contour of structure {number} holds {data.size} "
                                      "coordinates, not a multiple of 3")
                 roi["contours"].append((kind, data.reshape(-1, 3)))
+    except (AttributeError, TypeError, ValueError, KeyError, NotImplementedError) as exc:
+        # (pydicom decodes an element when it is first read: a value representation it
+        # does not know raises NotImplementedError there)
+        raise ImageReadError(f"{name}: malformed RT Structure Set ({reason_text(exc)})") \
+            from None
     for roi in rois.values():
         pts = [p for _, p in roi["contours"]]
         if pts and not all(np.isfinite(p).all() for p in pts):
@@ -411,20 +415,6 @@ def _references(ds):
             for s in study.get("RTReferencedSeriesSequence", []) or []:
                 series.add(_text(s.get("SeriesInstanceUID")))
     return series - {""}, frames - {""}
-
-
-@contextmanager
-def _malformed(name):
-    """An element of the set that cannot be decoded or makes no sense refused in
-    one line naming the file (pydicom decodes an element when it is first read:
-    a value representation it does not know raises NotImplementedError there)."""
-    try:
-        yield
-    except (AttributeError, TypeError, ValueError, KeyError, NotImplementedError) as exc:
-        if isinstance(exc, ImageReadError):
-            raise
-        raise ImageReadError(f"{name}: malformed RT Structure Set ({reason_text(exc)})") \
-            from None
 
 
 def find_structure_sets(folder, depth=None, most=None):

@@ -91,7 +91,6 @@ def _read_legacy(p: Path):
     data = p.read_bytes()
     if not data.startswith(b"# vtk DataFile Version"):
         raise ValueError("not a legacy VTK file (no '# vtk DataFile Version' line)")
-    lines = data.split(b"\n", 4)
     dataset = re.search(rb"\nDATASET[ \t]+(\w+)", data)
     pts = re.search(rb"\nPOINTS[ \t]+(\d+)[ \t]+(\w+)[ \t]*\r?\n", data)
     if dataset is None or dataset[1].upper() != b"POLYDATA" or pts is None:
@@ -126,7 +125,8 @@ def _read_legacy(p: Path):
                              f"{int(line[1]) - version5} cells, its data holds {cells}")
         if key == b"POLYGONS" and tri is not None:
             faces = tri
-    said = [lines[1].decode("latin-1").strip() if len(lines) > 1 else ""]
+    title = re.match(rb"[^\n]*\n([^\n]*)", data)      # the line after the version's
+    said = [title[1].decode("latin-1").strip() if title else ""]
     space = re.search(rb"\nSPACE[ \t]+1[ \t]+1[ \t]+string[ \t]*\r?\n", data)
     if space is not None:           # VTK writes a short string after a length byte
         at = space.end()
