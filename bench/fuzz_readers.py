@@ -23,9 +23,10 @@ address-space limit and a 30 s timeout, through the public readers
 (``read_image`` for images and DICOM folders, ``load_model`` for models).
 
 Outcomes: ``read`` (a valid volume: finite values, orthonormal direction,
-positive spacing), ``refused`` (one of the documented one-line errors:
+positive spacing; a DICOM series with all the slices of its seed), ``refused`` (one of the documented one-line errors:
 ValueError / OSError subclasses, single line), ``crash`` (any other
-exception, a multi-line message, or the child dying by a signal),
+exception, a multi-line message, the child dying by a signal, or a DICOM series
+read without error but short of a slice: one slice damaged and passed over),
 ``hang`` (over the timeout). The target is zero crashes and zero hangs.
 
     python bench/fuzz_readers.py                 # 4,000 mutants, JSON in bench/results
@@ -237,17 +238,23 @@ def _child(kind, path, wfd):
             m = load_model(path)
             ok = bool(np.all(np.isfinite(m.shapes)) and m.faces.max() < m.n_vertices)
             out = {"outcome": "read" if ok else "crash", "detail": "schema hole" * (not ok)}
+        elif kind == "dicom":
+            from shapeprior.io import read_image
+
+            vol = read_image(path)[0]
+            want = int((Path(path).parent / "expected_slices").read_text())
+            got = vol.array.shape[0]
+            out = {"outcome": "read" if got == want and _valid(vol) else "crash",
+                   "detail": "" if got == want and _valid(vol) else
+                   f"read with {got} of the series' {want} slices, no error"
+                   if got != want else "invalid volume returned"}
         else:
             from shapeprior.io import read_image, read_label_map
 
             # TIFF records no orientation: read as a user who takes that placement
             vol = read_label_map(path) if kind == "seg" else \
                 read_image(path, None, kind in ("tiff", "itk_other"))[0]
-            a = vol.array
-            good = (a.ndim == 3 and min(a.shape) >= 1
-                    and (not np.issubdtype(a.dtype, np.floating) or np.all(np.isfinite(a)))
-                    and np.all(vol.spacing > 0) and np.all(np.isfinite(vol.origin))
-                    and np.abs(vol.direction.T @ vol.direction - np.eye(3)).max() < 1e-3)
+            good = _valid(vol)
             out = {"outcome": "read" if good else "crash",
                    "detail": "" if good else "invalid volume returned"}
     except (ValueError, OSError) as exc:
@@ -261,6 +268,27 @@ def _child(kind, path, wfd):
         out = {"outcome": "crash", "detail": f"{type(exc).__name__}: {str(exc)[:300]}"}
     os.write(wfd, json.dumps(out).encode())
     os._exit(0)
+
+
+def _valid(vol) -> bool:
+    """Whether a volume a reader returned is one: 3-D, finite values and geometry."""
+    a = vol.array
+    return bool(a.ndim == 3 and min(a.shape) >= 1
+                and (not np.issubdtype(a.dtype, np.floating) or np.all(np.isfinite(a)))
+                and np.all(vol.spacing > 0) and np.all(np.isfinite(vol.origin))
+                and np.abs(vol.direction.T @ vol.direction - np.eye(3)).max() < 1e-3)
+
+
+_SLICES = {}
+
+
+def _slices(series):
+    """The number of slices of a seed series as read whole (once per seed)."""
+    if series not in _SLICES:
+        from shapeprior.io import read_image
+
+        _SLICES[series] = int(read_image(series)[0].array.shape[0])
+    return _SLICES[series]
 
 
 def _vm_size() -> int:
@@ -456,7 +484,8 @@ def mutate(family, seed_path, rng, work: Path, i: int):
         op = int(rng.integers(3))
         b, what = (flip_bytes(b, rng, 1024), truncate(b, rng), dicom_tag(b, rng))[op]
         victim.write_bytes(b)
-        return "image", folder, f"{victim.name}: {what}"
+        (dst / "expected_slices").write_text(str(_slices(seed_path)))
+        return "dicom", folder, f"{victim.name}: {what}"
     if family == "npy":
         b = seed_path.read_bytes()
         op = int(rng.integers(3))

@@ -2,7 +2,9 @@
 
 Series are listed from headers read with pydicom (pixels are not touched),
 so any object in a folder (an RT dose, a structure set, a report, a file
-that is not DICOM at all) is skipped instead of breaking the listing.
+that is not DICOM at all) is skipped instead of breaking the listing. A
+DICOM file that is damaged (cut short in its header, or empty) is not: the
+series it may belong to is refused naming it, since it may be a slice.
 Only cross-sectional image objects count: RT, segmentation, report and
 presentation objects are left out, and colour data is refused.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +67,52 @@ def _is_image(ds) -> bool:
 
 _SCAN_CACHE = {}
 
+#: the SOP classes of stored objects (images among them); a DICOMDIR's is not one
+_STORAGE_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1."
+#: Deflated Explicit VR Little Endian: pydicom inflates the whole data set on reading
+DEFLATED = "1.2.840.10008.1.2.1.99"
+#: a UID: digits and dots. A file whose series UID is damaged was a series of its
+#: own, passed over as one image beside the scan; an image alone in its series with
+#: a UID of other characters, beside other series, is taken as damaged (a whole
+#: series of such UIDs, as some anonymisers write, is read)
+_UID = re.compile(r"[0-9.]+")
+#: the suffixes of DICOM files
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
-def _scan(folder: Path):
-    """``{series uid: [(path, header dataset)]}`` of the image objects in ``folder``."""
+
+def _damage(ds, fh, size):
+    """Why a DICOM file (Part 10: preamble and ``DICM``) whose header ``ds`` was just
+    read from ``fh`` (``size`` bytes) is damaged, or None: its data set is empty, its
+    SOP class is no UID (bytes flipped in the file meta), or its file meta names an
+    image's SOP class yet the header ran to the end of the file without reaching the
+    pixel data. pydicom reads a file cut anywhere in its header without a word, and
+    the header then lacks what came after the cut (the rows, the series), so such a
+    file used to be passed over as no image, and the series read without that slice."""
+    meta = getattr(ds, "file_meta", None)
+    sop = str((meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+              or ds.get("SOPClassUID", "") or "")
+    if not len(ds):
+        return "its header holds no data set (damaged, or cut short)"
+    if not _UID.fullmatch(sop):
+        return "its SOP Class UID is missing or damaged"
+    if not sop.startswith(_STORAGE_SOP_PREFIX) or sop.startswith(_SKIP_SOP_PREFIXES) or \
+            ("Rows" in ds and "Columns" in ds):
+        return None                     # no image, or one whose pixel data the reader checks
+    if fh.tell() >= size and _syntax(ds) != DEFLATED:
+        return f"its header ends at byte {size}, before its pixel data"
+    return "an image without rows and columns"
+
+
+def _scan_folder(folder: Path):
+    """``(series, damaged)``: ``{series uid: [(path, header dataset)]}`` of the image
+    objects in ``folder``, and ``[(path, series uid or None, reason)]`` of its DICOM
+    files that are damaged: one with the preamble and ``DICM`` whose header does not
+    read or is damaged otherwise (:func:`_damage`: an image cut short before its pixel
+    data, a SOP class that is no UID); one named ``.dcm``/``.dicom``/``.ima`` too short
+    to be DICOM (an empty file: a slice whose copy failed) or without the ``DICM``
+    magic (unless a data set written without the preamble); one image whose series UID
+    is damaged or gone (:func:`_lone_damaged`). The series uid is None where the file
+    names none that can be trusted. Any other file that is not DICOM is passed over."""
     import pydicom
 
     entries = sorted((e for e in folder.iterdir() if e.is_file()),
@@ -77,19 +123,95 @@ def _scan(folder: Path):
     hit = _SCAN_CACHE.get(key)
     if hit is not None and hit[0] == stamp:
         return hit[1]
-    series = {}
-    for e in entries:
+    series, damaged = {}, []
+    for e, (_, size, _) in zip(entries, stamp):
+        part10 = False
+        named = e.suffix.lower() in _DICOM_SUFFIXES and not e.name.startswith(".")
+        if size < 132 and named:
+            damaged.append((e, None, f"it holds {size} bytes" if size else "it is empty"))
+            continue
         try:
-            ds = pydicom.dcmread(e, stop_before_pixels=True)
+            with open(e, "rb") as fh:
+                head = fh.read(132)
+                part10 = len(head) == 132 and head[128:132] == b"DICM"
+                fh.seek(0)
+                ds = pydicom.dcmread(fh, stop_before_pixels=True)
+                cut = _damage(ds, fh, size) if part10 else None
+            uid = str(ds.get("SeriesInstanceUID", "") or "")
+            if cut is not None:
+                # a UID the cut may have shortened (the last element read), or one
+                # damaged too, names no series
+                whole = _UID.fullmatch(uid) and max(ds.keys()) > 0x0020000E
+                damaged.append((e, uid if whole else None, cut))
+                continue
             if not _is_image(ds):
                 continue
-            uid = str(ds.get("SeriesInstanceUID", "") or "") or _derived_series(ds)
-        except Exception:  # noqa: BLE001 - not DICOM, or a header pydicom cannot parse
+            uid = uid or _derived_series(ds)
+        except Exception as exc:  # noqa: BLE001 - not DICOM, or a header pydicom cannot parse
+            if part10:
+                damaged.append((e, None, f"its header does not read: {reason_text(exc)}"))
+            elif named and not _bare_dicom(e):
+                damaged.append((e, None, "named as DICOM, it holds no DICOM header (no DICM "
+                                         "at byte 128)"))
             continue
         series.setdefault(uid, []).append((e, ds))
+    for uid, why in _lone_damaged(series):
+        damaged.append((series.pop(uid)[0][0], None, why))
     _SCAN_CACHE.clear()
-    _SCAN_CACHE[key] = (stamp, series)
-    return series
+    _SCAN_CACHE[key] = (stamp, (series, damaged))
+    return series, damaged
+
+
+def _lone_damaged(series):
+    """``[(uid, reason)]`` of the series of ``series`` (:func:`_scan_folder`'s) that
+    are one image whose series UID is damaged (other characters than a UID) or gone
+    (beside images that have one), when the folder holds other series: such a file
+    was a series of its own, passed over as a localizer beside the scan."""
+    if len(series) < 2:
+        return []
+    named = any(not u.startswith("derived:") for u in series)
+    out = []
+    for uid, got in series.items():
+        if len(got) != 1:
+            continue
+        if uid.startswith("derived:"):
+            if named:
+                out.append((uid, "it has no Series Instance UID, unlike the other images "
+                                 "beside it"))
+        elif not _UID.fullmatch(uid):
+            out.append((uid, "its Series Instance UID holds other characters than a UID"))
+    return out
+
+
+def _bare_dicom(path) -> bool:
+    """Whether ``path`` is a DICOM data set written without the preamble (an older
+    writer's), which the folder scan passes over."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        return _UID.fullmatch(str(ds.get("SOPClassUID", "") or "")) is not None
+    except Exception:  # noqa: BLE001 - not DICOM at all
+        return False
+
+
+def _scan(folder: Path):
+    """``{series uid: [(path, header dataset)]}`` of the image objects in ``folder``."""
+    return _scan_folder(folder)[0]
+
+
+def check_no_damaged_slice(folder, uid, key):
+    """Refuse series ``uid`` (``key`` its short key) of ``folder`` when the folder
+    holds a DICOM file that is damaged (:func:`_scan_folder`) and may be one of its
+    slices: one of that series, or one whose series cannot be read. A slice cut
+    short at either end of the series left no gap for the spacing check to see:
+    the scan was read one slice short, with exit code 0."""
+    for path, of, why in _scan_folder(Path(folder))[1]:
+        if of is None or of == uid:
+            raise ImageReadError(
+                f"series {key}: {display_name(path)} is a damaged DICOM file ({why}); it "
+                "may be a slice of this series, which would be read without it (a copy "
+                "or download cut short? remove the file to read the rest)")
 
 
 #: what tells apart the series of images that carry no Series Instance UID (an
@@ -386,6 +508,12 @@ def read_dicom_series(folder, series=None, spacing_tol=0.01):
             raise ImageReadError(f"{fname} holds no DICOM image series itself; "
                                  f"{folders_below_text(below, folder)} below it do: give "
                                  "the one to read")
+        damaged = _scan_folder(folder)[1]
+        if damaged:
+            more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+            raise ImageReadError(f"no readable DICOM image series in {fname}: "
+                                 f"{display_name(damaged[0][0])} is a damaged DICOM file "
+                                 f"({damaged[0][2]}){more}")
         subs = sorted(display_name(p) for p in folder.iterdir() if p.is_dir())
         hint = "" if not subs else (
             f" (it has {len(subs)} subfolder{'s' if len(subs) > 1 else ''}; point at the one "
@@ -412,6 +540,7 @@ def read_dicom_series(folder, series=None, spacing_tol=0.01):
                                  f"(indices 0..{len(found) - 1})")
         pick = sel[0]
     _, key, _, uid = pick
+    check_no_damaged_slice(folder, uid, key)
     vol, info = _read_guarded(_scan(folder)[uid], key, len(found) + skipped, spacing_tol,
                               f"series {key}")
     if skipped:
@@ -441,7 +570,7 @@ _OBJECT_NAMES = {"RTSTRUCT": "an RT Structure Set (contours, not a label map)",
 
 
 #: suffixes of a DICOM file written without the preamble (an older writer's)
-_BARE_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
+_BARE_DICOM_SUFFIXES = _DICOM_SUFFIXES + ("",)
 
 
 def check_not_cut(ds, name, what):

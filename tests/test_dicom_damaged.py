@@ -1,0 +1,179 @@
+"""A DICOM file of a scan's folder that is damaged is never passed over in silence.
+
+pydicom reads a file cut anywhere in its header without a word: the header then
+lacks what came after the cut (the rows, the series UID), and the folder scan took
+it for an object that is no image and passed it over. A slice cut so at either end
+of a series left no gap for the spacing check: the scan was read one slice short,
+exit code 0 (found on the TCIA oblique MR series, its last slice cut at 300 to
+3,000 bytes: 21 slices of 22). Cut in the middle, the read was refused for
+"non-uniform slice spacing", which did not say which file was at fault.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from shapeprior.cli import main
+from shapeprior.io import ImageReadError, Volume, read_image
+
+N_SLICES = 5
+
+
+def _series(folder, uid="1.2.826.0.1.3680043.2.1125.1"):
+    from _phantoms import write_dicom_series
+
+    arr = (np.arange(N_SLICES * 6 * 8).reshape(N_SLICES, 6, 8) % 97).astype(np.int16)
+    write_dicom_series(Volume(arr, [1.0, 1.0, 2.0], [0.0, 0.0, 0.0], np.eye(3)), folder,
+                       series_uid=uid)
+    return sorted(folder.iterdir())
+
+
+def _offset(data, group, element):
+    """Where the explicit-VR little-endian tag (group, element) starts in ``data``."""
+    tag = group.to_bytes(2, "little") + element.to_bytes(2, "little")
+    at = data.find(tag, 132)
+    assert at > 0
+    return at
+
+
+def _cut_points(data):
+    """Byte counts to cut a slice at: inside its file meta; after the meta, before
+    the series UID; between the series UID and the rows; right before the pixel data."""
+    return {"in the file meta": 150,
+            "before the series UID": _offset(data, 0x0020, 0x000E) - 4,
+            "before the rows": _offset(data, 0x0028, 0x0010),
+            "before the pixel data": _offset(data, 0x7FE0, 0x0010)}
+
+
+@pytest.mark.parametrize("where", ["in the file meta", "before the series UID",
+                                   "before the rows", "before the pixel data"])
+@pytest.mark.parametrize("end", [0, -1, 2])
+def test_a_slice_cut_in_its_header_is_refused_naming_it(tmp_path, where, end):
+    files = _series(tmp_path / "s")
+    assert read_image(tmp_path / "s")[0].array.shape[0] == N_SLICES
+    victim = files[end]
+    data = victim.read_bytes()
+    victim.write_bytes(data[:_cut_points(data)[where]])
+    with pytest.raises(ImageReadError) as err:
+        read_image(tmp_path / "s")
+    msg = str(err.value)
+    assert victim.name in msg and "\n" not in msg, msg
+    assert "spacing" not in msg, msg       # the file at fault, not what its absence did
+
+
+def test_an_empty_slice_file_is_refused_and_a_hidden_companion_passed_over(tmp_path):
+    files = _series(tmp_path / "s")
+    (tmp_path / "s" / f"._{files[0].name}").write_bytes(b"\x00\x05\x16\x07" + bytes(78))
+    assert read_image(tmp_path / "s")[0].array.shape[0] == N_SLICES
+    files[-1].write_bytes(b"")
+    with pytest.raises(ImageReadError, match=f"{files[-1].name} is a damaged DICOM file "
+                                             r"\(it is empty\)"):
+        read_image(tmp_path / "s")
+
+
+def test_a_damaged_file_of_another_series_does_not_stop_this_one(tmp_path):
+    """A cut file whose header still names its series, another one than the scan's,
+    is not one of the scan's slices: the scan reads whole."""
+    files = _series(tmp_path / "s")
+    other = _series(tmp_path / "o", uid="1.2.826.0.1.3680043.2.1125.2")[0]
+    data = other.read_bytes()
+    (tmp_path / "s" / "other.dcm").write_bytes(data[:_offset(data, 0x0028, 0x0010)])
+    vol, info = read_image(tmp_path / "s")
+    assert info["n_slices"] == N_SLICES and vol.array.shape[0] == N_SLICES
+    # cut before its series UID, it could be one of the scan's slices
+    (tmp_path / "s" / "other.dcm").write_bytes(data[:_offset(data, 0x0020, 0x000E) - 4])
+    with pytest.raises(ImageReadError, match="other.dcm is a damaged DICOM file"):
+        read_image(tmp_path / "s")
+    assert len(files) == N_SLICES
+
+
+def test_a_folder_of_damaged_files_only_says_so(tmp_path):
+    files = _series(tmp_path / "s")
+    for f in files:
+        data = f.read_bytes()
+        f.write_bytes(data[:_offset(data, 0x0028, 0x0010)])
+    with pytest.raises(ImageReadError, match=f"no readable DICOM image series in s: "
+                                             f"{files[0].name} is a damaged DICOM file "
+                                             rf"\(.*\) \(and {N_SLICES - 1} more\)"):
+        read_image(tmp_path / "s")
+
+
+def test_segment_refuses_a_scan_with_a_cut_end_slice_and_a_batch_fails_its_row(
+        phantom_model, tmp_path, capsys):
+    """One line and exit code 1 for the scan alone; in a folder of cases the case's
+    row fails with that reason and no output folder, the other case is segmented.
+    The inputs are untouched."""
+    _, images, _, model = phantom_model
+    from _phantoms import write_dicom_series
+    from _safety import tree_state
+
+    vol = read_image(images / "phantom_006.nii.gz")[0]
+
+    cases = tmp_path / "cases"
+    write_dicom_series(vol, cases / "whole")
+    files = sorted(write_dicom_series(vol, cases / "cut", series_uid="1.2.3.4").iterdir())
+    data = files[-1].read_bytes()
+    files[-1].write_bytes(data[:_offset(data, 0x0028, 0x0010)])
+    before = tree_state(cases)
+
+    rc = main(["segment", str(cases / "cut"), "-o", str(tmp_path / "one"), "--model",
+               str(model)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "\n" not in err and f"{files[-1].name} is a damaged DICOM" in err, err
+    assert not (tmp_path / "one").exists()
+
+    rc = main(["segment", str(cases), "-o", str(tmp_path / "batch"), "--model", str(model)])
+    assert rc == 1
+    rows = {r["case"]: r for r in
+            json.loads((tmp_path / "batch" / "summary.json").read_text())["cases"]}
+    assert rows["cut"]["status"] == "failed" and "damaged DICOM file" in rows["cut"]["error"]
+    assert rows["whole"]["status"] in ("ok", "suspect")
+    assert not (tmp_path / "batch" / "cut").exists()
+    assert tree_state(cases) == before
+
+
+def test_a_slice_whose_series_uid_was_damaged_is_refused_not_passed_over(tmp_path):
+    """Bytes flipped in a slice's Series Instance UID made it a series of its own,
+    passed over as one image beside the scan (the fuzzer found it: the series read
+    one slice short). A whole series of UIDs that are not digits and dots, as some
+    anonymisers write them, is still read."""
+    files = _series(tmp_path / "s")
+    data = files[-1].read_bytes()
+    at = _offset(data, 0x0020, 0x000E) + 8 + 3          # a digit inside the UID's value
+    files[-1].write_bytes(data[:at] + b"\x7f" + data[at + 1:])
+    with pytest.raises(ImageReadError, match=f"{files[-1].name} is a damaged DICOM file "
+                                             r"\(its Series Instance UID holds other"):
+        read_image(tmp_path / "s")
+    hexed = _series(tmp_path / "h", uid="1.2.826.0.1.3680043.2.1125.9")
+    for f in hexed:
+        f.write_bytes(f.read_bytes().replace(b"1.2.826.0.1.3680043.2.1125.9",
+                                             b"1.2.826.0.1.3680043.2.1125.a"))
+    assert read_image(tmp_path / "h")[1]["n_slices"] == N_SLICES
+
+
+@pytest.mark.parametrize("damage", ["sop class", "magic", "series uid removed"])
+def test_a_slice_damaged_so_that_it_looked_like_no_image_is_refused(tmp_path, damage):
+    """Bytes flipped in a slice's file meta (its SOP class, or the DICM magic) made
+    pydicom read it as another object or none, and a slice whose Series Instance UID
+    is gone was a series of its own: each was passed over and the scan read short."""
+    import pydicom
+
+    files = _series(tmp_path / "s")
+    victim = files[-1]
+    data = victim.read_bytes()
+    if damage == "sop class":
+        at = data.index(b"1.2.840.10008.5.1.4.1.1.4") + 3
+        victim.write_bytes(data[:at] + b"\xfc" + data[at + 1:])
+        why = r"its SOP Class UID is missing or damaged"
+    elif damage == "magic":
+        victim.write_bytes(data[:128] + b"DXCM" + data[132:])
+        why = r"named as DICOM, it holds no DICOM header"
+    else:
+        ds = pydicom.dcmread(victim)
+        del ds.SeriesInstanceUID
+        ds.save_as(victim)
+        why = r"it has no Series Instance UID, unlike the other images beside it"
+    with pytest.raises(ImageReadError, match=f"{victim.name} is a damaged DICOM file "
+                                             rf"\({why}"):
+        read_image(tmp_path / "s")
