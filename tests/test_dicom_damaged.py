@@ -42,24 +42,37 @@ def _cut_points(data):
     the series UID; between the series UID and the rows; right before the pixel data."""
     return {"in the file meta": 150,
             "before the series UID": _offset(data, 0x0020, 0x000E) - 4,
+            "inside the series UID": _offset(data, 0x0020, 0x000E) + 8 + 10,
             "before the rows": _offset(data, 0x0028, 0x0010),
             "before the pixel data": _offset(data, 0x7FE0, 0x0010)}
 
 
-@pytest.mark.parametrize("where", ["in the file meta", "before the series UID",
-                                   "before the rows", "before the pixel data"])
+#: what the refusal says of each cut (None: the pixel reader's own words)
+_REASONS = {"in the file meta": "its header holds no data set",
+            "before the series UID": "its header ends at byte {n}, before its pixel data",
+            "inside the series UID": "its header ends at byte {n}, before its pixel data",
+            "before the rows": "its header ends at byte {n}, before its pixel data",
+            "before the pixel data": None}
+
+
+@pytest.mark.parametrize("where", list(_REASONS))
 @pytest.mark.parametrize("end", [0, -1, 2])
 def test_a_slice_cut_in_its_header_is_refused_naming_it(tmp_path, where, end):
+    """Cut inside its series UID, the slice names a series that is not the scan's
+    (the UID's first digits): its series is not trusted, and the scan is refused."""
     files = _series(tmp_path / "s")
     assert read_image(tmp_path / "s")[0].array.shape[0] == N_SLICES
     victim = files[end]
     data = victim.read_bytes()
-    victim.write_bytes(data[:_cut_points(data)[where]])
+    n = _cut_points(data)[where]
+    victim.write_bytes(data[:n])
     with pytest.raises(ImageReadError) as err:
         read_image(tmp_path / "s")
     msg = str(err.value)
     assert victim.name in msg and "\n" not in msg, msg
     assert "spacing" not in msg, msg       # the file at fault, not what its absence did
+    if _REASONS[where]:
+        assert f"is a damaged DICOM file ({_REASONS[where].format(n=n)}" in msg, msg
 
 
 def test_an_empty_slice_file_is_refused_and_a_hidden_companion_passed_over(tmp_path):
@@ -177,3 +190,36 @@ def test_a_slice_damaged_so_that_it_looked_like_no_image_is_refused(tmp_path, da
     with pytest.raises(ImageReadError, match=f"{victim.name} is a damaged DICOM file "
                                              rf"\({why}"):
         read_image(tmp_path / "s")
+
+
+def test_a_data_set_without_the_preamble_beside_the_scan_is_passed_over(tmp_path):
+    """An older writer's DICOM file (no preamble, no ``DICM``) of another series is
+    no damage: the scan reads, as before."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    _series(tmp_path / "s")
+    other = pydicom.dcmread(_series(tmp_path / "o", uid="1.2.826.0.1.3680043.2.1125.2")[0])
+    bare = Dataset()
+    bare.update(other)
+    pydicom.dcmwrite(tmp_path / "s" / "old.dcm", bare, enforce_file_format=False,
+                     implicit_vr=True, little_endian=True)
+    assert (tmp_path / "s" / "old.dcm").read_bytes()[128:132] != b"DICM"
+    assert read_image(tmp_path / "s")[1]["n_slices"] == N_SLICES
+
+
+def test_a_damaged_uid_is_never_printed(phantom_model, tmp_path):
+    """pydicom warned about a value that does not fit its value representation,
+    quoting it: segment printed the damaged Series Instance UID on stderr (two lines
+    before its own). Now the one line names the file, never the UID (a fresh
+    process: pydicom's setting is the process's)."""
+    from _safety import _subprocess
+
+    files = _series(tmp_path / "s", uid="1.2.826.0.1.3680043.2.1125.77")
+    data = files[-1].read_bytes()
+    at = _offset(data, 0x0020, 0x000E) + 8 + 3
+    files[-1].write_bytes(data[:at] + b"\x7f" + data[at + 1:])
+    rc, _, err = _subprocess(["segment", str(tmp_path / "s"), "-o", str(tmp_path / "o"),
+                              "--model", str(phantom_model[3])])
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert "damaged DICOM file" in err and "3680043" not in err, err

@@ -113,7 +113,7 @@ def _scan_folder(folder: Path):
     magic (unless a data set written without the preamble); one image whose series UID
     is damaged or gone (:func:`_lone_damaged`). The series uid is None where the file
     names none that can be trusted. Any other file that is not DICOM is passed over."""
-    import pydicom
+    from ._pydicom import pydicom
 
     entries = sorted((e for e in folder.iterdir() if e.is_file()),
                      key=lambda e: os.fsencode(e.name))
@@ -186,7 +186,7 @@ def _lone_damaged(series):
 def _bare_dicom(path) -> bool:
     """Whether ``path`` is a DICOM data set written without the preamble (an older
     writer's), which the folder scan passes over."""
-    import pydicom
+    from ._pydicom import pydicom
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
@@ -615,7 +615,7 @@ def dicom_header(path):
     """The header (no pixels) of ``path`` when it is a DICOM file: a 128-byte
     preamble and ``DICM``, or, named ``.dcm``/``.dicom``/``.ima`` or without a
     suffix, a bare data set that names its SOP class. Else None."""
-    import pydicom
+    from ._pydicom import pydicom
 
     try:
         with open(path, "rb") as fh:
@@ -796,7 +796,7 @@ def _check_native_lengths(files, what, n_bytes):
 def _read_slice(f, what, get):
     """``(dataset, get(dataset))`` of one slice file read whole by pydicom; a cut
     or corrupt file, or short or undecodable pixel data, is one line naming it."""
-    import pydicom
+    from ._pydicom import pydicom
 
     try:
         ds = pydicom.dcmread(f)
@@ -854,7 +854,7 @@ def _frame_item(ds, i, name):
 
 def _read_multiframe(item, key, spacing_tol):
     """An enhanced multi-frame CT/MR/PET object, with per-frame positions."""
-    import pydicom
+    from ._pydicom import pydicom
 
     path, hdr = item
     what = f"series {key}"

@@ -49,7 +49,7 @@ SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 def is_dicom_seg(path) -> bool:
     """Whether ``path`` is a DICOM file of the Segmentation SOP class (only its
     header is read)."""
-    import pydicom
+    from ._pydicom import pydicom
 
     p = Path(path)
     try:
@@ -89,7 +89,7 @@ def read_dicom_seg(path):
     from ._checks import ImageReadError, check_geometry, check_size, reason_text
     from ._volume import Volume
 
-    import pydicom
+    from ._pydicom import pydicom
 
     from ._dicom import check_not_cut
 
@@ -240,7 +240,7 @@ def source_frames(sources):
     that :func:`frame_mask` takes (its own Image Position/Orientation (Patient)
     and Pixel Spacing), the data set it belongs to, and its frame number (None
     for a single-frame image), in source order."""
-    import pydicom
+    from ._pydicom import pydicom
 
     from ._dicom import _frame_item
 
@@ -270,7 +270,7 @@ def _shared_geometry(src):
     """A multi-frame source with its orientation and pixel measures in its shared
     functional groups, where highdicom looks for them (a Philips enhanced MR keeps
     them per frame; the reader checked that all frames agree)."""
-    import pydicom
+    from ._pydicom import pydicom
 
     from ._dicom import _frame_item
 

@@ -48,7 +48,7 @@ def is_rtstruct_file(path) -> bool:
 def _meta_says_rtstruct(path) -> bool:
     """Whether the file meta information of ``path`` names an RT Structure Set: all a
     file cut short inside a sequence still tells (its header no longer reads)."""
-    import pydicom
+    from ._pydicom import pydicom
 
     try:
         meta = pydicom.filereader.read_file_meta_info(path)
@@ -59,7 +59,7 @@ def _meta_says_rtstruct(path) -> bool:
 
 def _read(path):
     """The whole data set of an RT Structure Set file (ImageReadError otherwise)."""
-    import pydicom
+    from ._pydicom import pydicom
 
     from ._checks import input_path_error
     from ._dicom import check_not_cut, dicom_header
@@ -543,7 +543,7 @@ def write_structure_set(path, label, vol, folder, series_key=None, organ="organ"
     """
     import datetime
 
-    import pydicom
+    from ._pydicom import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
