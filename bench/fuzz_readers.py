@@ -23,10 +23,11 @@ address-space limit and a 30 s timeout, through the public readers
 (``read_image`` for images and DICOM folders, ``load_model`` for models).
 
 Outcomes: ``read`` (a valid volume: finite values, orthonormal direction,
-positive spacing; a DICOM series with all the slices of its seed), ``refused`` (one of the documented one-line errors:
-ValueError / OSError subclasses, single line), ``crash`` (any other
-exception, a multi-line message, the child dying by a signal, or a DICOM series
-read without error but short of a slice: one slice damaged and passed over),
+positive spacing; a DICOM series with all the slices of its seed), ``refused``
+(one of the documented one-line errors: ValueError / OSError subclasses, single
+line), ``crash`` (any other exception, a multi-line message, the child dying by a
+signal, or a DICOM series read without error but short of a slice: one slice
+damaged and passed over),
 ``hang`` (over the timeout). The target is zero crashes and zero hangs.
 
     python bench/fuzz_readers.py                 # 4,000 mutants, JSON in bench/results
@@ -243,11 +244,10 @@ def _child(kind, path, wfd):
 
             vol = read_image(path)[0]
             want = int((Path(path).parent / "expected_slices").read_text())
-            got = vol.array.shape[0]
-            out = {"outcome": "read" if got == want and _valid(vol) else "crash",
-                   "detail": "" if got == want and _valid(vol) else
-                   f"read with {got} of the series' {want} slices, no error"
-                   if got != want else "invalid volume returned"}
+            got, good = vol.array.shape[0], _valid(vol)
+            out = {"outcome": "read" if good and got == want else "crash",
+                   "detail": f"read with {got} of the series' {want} slices, no error"
+                   if got != want else "" if good else "invalid volume returned"}
         else:
             from shapeprior.io import read_image, read_label_map
 

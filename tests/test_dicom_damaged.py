@@ -39,7 +39,8 @@ def _offset(data, group, element):
 
 def _cut_points(data):
     """Byte counts to cut a slice at: inside its file meta; after the meta, before
-    the series UID; between the series UID and the rows; right before the pixel data."""
+    the series UID; inside the series UID (its first digits left); between the series
+    UID and the rows; right before the pixel data."""
     return {"in the file meta": 150,
             "before the series UID": _offset(data, 0x0020, 0x000E) - 4,
             "inside the series UID": _offset(data, 0x0020, 0x000E) + 8 + 10,
