@@ -50,6 +50,18 @@ def _stack():
     return (np.arange(6 * 9 * 11) % 251).reshape(6, 9, 11)
 
 
+def _sitk_stack(tmp_path, seed, shape):
+    """A random int16 stack written by SimpleITK as ``tmp_path/whole.tif``, checked to
+    read back whole: ``(path, its bytes)``."""
+    import SimpleITK as sitk
+
+    a = (np.random.default_rng(seed).random(shape) * 1000).astype(np.int16)
+    whole = tmp_path / "whole.tif"
+    sitk.WriteImage(sitk.GetImageFromArray(a), str(whole))
+    assert np.array_equal(sp.read_volume(whole, allow_no_orientation=True).array, a)
+    return whole, whole.read_bytes()
+
+
 @pytest.mark.parametrize("order,big", [("<", False), (">", False), ("<", True), (">", True)])
 def test_a_whole_tiff_reads_and_every_cut_is_refused(tmp_path, order, big):
     """A hand-written stack (classic and BigTIFF, both byte orders) reads whole,
@@ -71,13 +83,7 @@ def test_a_simpleitk_stack_cut_in_half_is_refused_in_one_line(phantom_model, tmp
     """The case found: a SimpleITK-written stack cut in half was read as 4 of its
     8 slices. Now one line, exit 1, nothing written, the input unchanged; the
     whole file still reads."""
-    import SimpleITK as sitk
-
-    a = (np.random.default_rng(0).random((8, 32, 32)) * 1000).astype(np.int16)
-    whole = tmp_path / "whole.tif"
-    sitk.WriteImage(sitk.GetImageFromArray(a), str(whole))
-    assert np.array_equal(sp.read_volume(whole, allow_no_orientation=True).array, a)
-    data = whole.read_bytes()
+    whole, data = _sitk_stack(tmp_path, 0, (8, 32, 32))
     cut = tmp_path / "cut.tif"
     cut.write_bytes(data[:len(data) // 2])
     before = hashlib.sha256(cut.read_bytes()).hexdigest()
@@ -141,13 +147,7 @@ def test_a_page_that_is_not_a_slice_like_the_first_is_refused(tmp_path):
     top size"). A page marked a reduced-resolution copy or a mask, or of another
     width, height or bit depth than the first, is refused in one line; the whole
     stack still reads."""
-    import SimpleITK as sitk
-
-    a = (np.random.default_rng(1).random((8, 24, 20)) * 1000).astype(np.int16)
-    whole = tmp_path / "whole.tif"
-    sitk.WriteImage(sitk.GetImageFromArray(a), str(whole))
-    assert np.array_equal(sp.read_volume(whole, allow_no_orientation=True).array, a)
-    data = whole.read_bytes()
+    _, data = _sitk_stack(tmp_path, 1, (8, 24, 20))
     f = tmp_path / "page.tif"
     for tag, value, said in ((254, 39, r"page 5 is marked a reduced-resolution copy or a "
                               r"mask \(NewSubfileType 39\), not a slice"),

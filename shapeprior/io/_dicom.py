@@ -37,9 +37,10 @@ from ._checks import (ImageReadError, check_geometry, check_size, check_values, 
 from ._paths import itk_path
 from ._volume import Volume
 
+#: Deflated Explicit VR Little Endian: pydicom inflates the whole data set on reading
+DEFLATED = "1.2.840.10008.1.2.1.99"
 #: transfer syntaxes whose pixels pydicom decodes with NumPy alone
-UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
-                "1.2.840.10008.1.2.1.99"}
+UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", DEFLATED}
 #: objects that are not cross-sectional grey-value images
 SKIP_MODALITIES = {"RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE", "RTRECORD", "SEG", "SR", "PR",
                    "KO", "REG", "RWV", "DOC", "PLAN", "FID", "ECG", "HD", "AU"}
@@ -69,8 +70,6 @@ _SCAN_CACHE = {}
 
 #: the SOP classes of stored objects (images among them); a DICOMDIR's is not one
 _STORAGE_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1."
-#: Deflated Explicit VR Little Endian: pydicom inflates the whole data set on reading
-DEFLATED = "1.2.840.10008.1.2.1.99"
 #: a UID: digits and dots. A file whose series UID is damaged was a series of its
 #: own, passed over as one image beside the scan; an image alone in its series with
 #: a UID of other characters, beside other series, is taken as damaged (a whole
@@ -150,7 +149,7 @@ def _scan_folder(folder: Path):
         except Exception as exc:  # noqa: BLE001 - not DICOM, or a header pydicom cannot parse
             if part10:
                 damaged.append((e, None, f"its header does not read: {reason_text(exc)}"))
-            elif named and not _bare_dicom(e):
+            elif named and dicom_header(e) is None:     # not even without the preamble
                 damaged.append((e, None, "named as DICOM, it holds no DICOM header (no DICM "
                                          "at byte 128)"))
             continue
@@ -181,18 +180,6 @@ def _lone_damaged(series):
         elif not _UID.fullmatch(uid):
             out.append((uid, "its Series Instance UID holds other characters than a UID"))
     return out
-
-
-def _bare_dicom(path) -> bool:
-    """Whether ``path`` is a DICOM data set written without the preamble (an older
-    writer's), which the folder scan passes over."""
-    from ._pydicom import pydicom
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        return _UID.fullmatch(str(ds.get("SOPClassUID", "") or "")) is not None
-    except Exception:  # noqa: BLE001 - not DICOM at all
-        return False
 
 
 def _scan(folder: Path):
