@@ -155,6 +155,13 @@ def unpack_rev(rev, dest):
     return dest
 
 
+#: the first line of code run by ``python -c`` in a child with another tree on
+#: ``PYTHONPATH``: ``python -c`` puts the working folder first on ``sys.path``, and a
+#: benchmark run from the repository's root would import this checkout's package as
+#: the baseline's
+CHILD_PATH = "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]\n"
+
+
 def run_cli(tree, *args):
     """``shapeprior ARGS`` in a subprocess with the package of ``tree`` (this
     checkout, or a baseline from :func:`unpack_rev`): ``(wall seconds, stdout)``.
@@ -162,7 +169,7 @@ def run_cli(tree, *args):
     other raises, with the end of stderr."""
     import sys
 
-    code = "import sys; from shapeprior.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = CHILD_PATH + "from shapeprior.cli import main; sys.exit(main(sys.argv[1:]))"
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", code, *[str(a) for a in args]],
                        env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin",

@@ -41,6 +41,10 @@ from ._volume import Volume
 DEFLATED = "1.2.840.10008.1.2.1.99"
 #: transfer syntaxes whose pixels pydicom decodes with NumPy alone
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", DEFLATED}
+#: the native transfer syntax of each encoding pydicom finds in a data set without file
+#: meta: (implicit VR, little endian) -> UID
+_NATIVE_SYNTAX = {(True, True): "1.2.840.10008.1.2", (False, True): "1.2.840.10008.1.2.1",
+                  (False, False): "1.2.840.10008.1.2.2"}
 #: objects that are not cross-sectional grey-value images
 SKIP_MODALITIES = {"RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE", "RTRECORD", "SEG", "SR", "PR",
                    "KO", "REG", "RWV", "DOC", "PLAN", "FID", "ECG", "HD", "AU"}
@@ -68,6 +72,9 @@ def _is_image(ds) -> bool:
 
 _SCAN_CACHE = {}
 
+#: the root of the standard's UIDs: a data set written without the preamble must name
+#: a SOP class under it to be taken for DICOM
+_STANDARD_ROOT = "1.2.840.10008."
 #: the SOP classes of stored objects (images among them); a DICOMDIR's is not one
 _STORAGE_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1."
 #: a UID: digits and dots. A file whose series UID is damaged was a series of its
@@ -80,8 +87,8 @@ _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
 def _damage(ds, fh, size):
-    """Why a DICOM file (Part 10: preamble and ``DICM``) whose header ``ds`` was just
-    read from ``fh`` (``size`` bytes) is damaged, or None: its data set is empty, its
+    """Why a DICOM file (Part 10, or a data set written without the preamble) whose
+    header ``ds`` was just read from ``fh`` (``size`` bytes) is damaged, or None: its data set is empty, its
     SOP class is no UID (bytes flipped in the file meta), or its file meta names an
     image's SOP class yet the header ran to the end of the file without reaching the
     pixel data. pydicom reads a file cut anywhere in its header without a word, and
@@ -111,7 +118,10 @@ def _scan_folder(folder: Path):
     to be DICOM (an empty file: a slice whose copy failed) or without the ``DICM``
     magic (unless a data set written without the preamble); one image whose series UID
     is damaged or gone (:func:`_lone_damaged`). The series uid is None where the file
-    names none that can be trusted. Any other file that is not DICOM is passed over."""
+    names none that can be trusted. A data set written without the preamble
+    (:func:`_bare_data_set`, any name but a hidden one's) is read as any other file,
+    as GDCM reads it: it used to be passed over, and a series with such a slice at
+    one end read one slice short. Any other file that is not DICOM is passed over."""
     from ._pydicom import pydicom
 
     entries = sorted((e for e in folder.iterdir() if e.is_file()),
@@ -134,8 +144,15 @@ def _scan_folder(folder: Path):
                 head = fh.read(132)
                 part10 = len(head) == 132 and head[128:132] == b"DICM"
                 fh.seek(0)
-                ds = pydicom.dcmread(fh, stop_before_pixels=True)
-                cut = _damage(ds, fh, size) if part10 else None
+                if part10:
+                    ds = pydicom.dcmread(fh, stop_before_pixels=True)
+                elif e.name.startswith("."):
+                    continue
+                else:           # an older writer's data set, without the preamble
+                    ds = _bare_data_set(fh)
+                    if ds is None:
+                        raise ValueError("no DICOM data set")
+                cut = _damage(ds, fh, size)
             uid = str(ds.get("SeriesInstanceUID", "") or "")
             if cut is not None:
                 # a UID the cut may have shortened (the last element read), or one
@@ -149,7 +166,7 @@ def _scan_folder(folder: Path):
         except Exception as exc:  # noqa: BLE001 - not DICOM, or a header pydicom cannot parse
             if part10:
                 damaged.append((e, None, f"its header does not read: {reason_text(exc)}"))
-            elif named and dicom_header(e) is None:     # not even without the preamble
+            elif named:         # not even a data set written without the preamble
                 damaged.append((e, None, "named as DICOM, it holds no DICOM header (no DICM "
                                          "at byte 128)"))
             continue
@@ -558,6 +575,10 @@ _OBJECT_NAMES = {"RTSTRUCT": "an RT Structure Set (contours, not a label map)",
 
 #: suffixes of a DICOM file written without the preamble (an older writer's)
 _BARE_DICOM_SUFFIXES = _DICOM_SUFFIXES + ("",)
+#: the groups such a data set starts with (file meta, identifying), in either byte
+#: order: any other file is not force-read as one (pydicom would walk a file of zeros,
+#: a raw volume's data beside its header, eight bytes at a time)
+_BARE_FIRST_GROUPS = frozenset({0x0002, 0x0008})
 
 
 def check_not_cut(ds, name, what):
@@ -611,11 +632,28 @@ def dicom_header(path):
             return pydicom.dcmread(path, stop_before_pixels=True)
         if Path(path).suffix.lower() not in _BARE_DICOM_SUFFIXES:
             return None
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        return ds if str(ds.get("SOPClassUID", "") or "").startswith("1.2.840.10008.") \
-            else None
+        with open(path, "rb") as fh:
+            return _bare_data_set(fh)
     except Exception:  # noqa: BLE001 - not DICOM after all: left to the other readers
         return None
+
+
+def _bare_data_set(fh):
+    """The header (no pixels) of a DICOM data set written without the preamble and
+    ``DICM`` (an older writer's, as ACR-NEMA-era and some PACS exports write), read
+    from the start of ``fh``, or None when it names no SOP class of the standard
+    (any other file read this way is taken for none). pydicom infers its encoding;
+    GDCM reads such a file as a slice of its series too. May raise."""
+    from ._pydicom import pydicom
+
+    start = fh.tell()
+    group = fh.read(2)
+    if len(group) < 2 or _BARE_FIRST_GROUPS.isdisjoint(
+            {int.from_bytes(group, "little"), int.from_bytes(group, "big")}):
+        return None
+    fh.seek(start)
+    ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+    return ds if str(ds.get("SOPClassUID", "") or "").startswith(_STANDARD_ROOT) else None
 
 
 def read_dicom_file(path, hdr, spacing_tol=0.01):
@@ -766,8 +804,14 @@ def _read_single_frames(items, key, spacing_tol):
 
 
 def _syntax(ds):
-    """The transfer syntax UID of a header read by pydicom ('' when it has none)."""
-    return str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    """The transfer syntax UID of a header read by pydicom: its file meta's; for a
+    data set written without the preamble (no file meta at all), the native one of
+    the encoding pydicom found; else '' (a file meta without it: damaged)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and len(meta):
+        return str(meta.get("TransferSyntaxUID", "") or "")
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    return _NATIVE_SYNTAX.get((implicit, little), "")
 
 
 def _check_native_lengths(files, what, n_bytes):
@@ -786,7 +830,9 @@ def _read_slice(f, what, get):
     from ._pydicom import pydicom
 
     try:
-        ds = pydicom.dcmread(f)
+        ds = pydicom.dcmread(f, force=True)     # force: a slice without the preamble
+        if "TransferSyntaxUID" not in ds.file_meta and _syntax(ds):
+            ds.file_meta.TransferSyntaxUID = _syntax(ds)    # its encoding's, as GDCM does
         return ds, get(ds)
     except Exception as exc:  # noqa: BLE001 - short or corrupt pixel data
         raise ImageReadError(f"cannot read {what}: slice {display_name(f)}: "

@@ -1,0 +1,147 @@
+"""A slice written without the DICOM preamble, in the shared DICOM series.
+
+Each series of the shared data whose pixel data is native (uncompressed) is copied,
+and one slice (the lowest, a middle one, the highest along the slice normal) is
+rewritten as its data set alone: no 128-byte preamble, no ``DICM``, no file meta
+(implicit VR little endian, as an older writer stores it). The copy is read by this
+checkout's reader, by a baseline revision's reader in the same run, and by GDCM
+(SimpleITK's series reader, the reference), and each read is compared with the
+unmodified series as this checkout reads it: slices, voxels, origin.
+
+    python bench/bench_dicom_bare.py [--baseline REV]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from _common import CHILD_PATH, RESULTS, data_root, machine, unpack_rev, write_json
+
+SERIES = ("tcia_mr_dicom/Study3_T1post_oblique", "tcia_mr_dicom/Study3_HCropVolume",
+          "totalsegmentator_example/example_ct_dicom")
+
+#: run in a subprocess with a revision's package: the read of one folder as JSON
+_READ = CHILD_PATH + """
+import json
+import numpy as np
+from shapeprior.io import read_image
+import shapeprior
+assert shapeprior.__file__.startswith(sys.argv[3]), shapeprior.__file__
+try:
+    v, i = read_image(sys.argv[1])
+    np.save(sys.argv[2], np.asarray(v.array))
+    print(json.dumps({"n_slices": i["n_slices"], "origin": list(map(float, v.origin))}))
+except Exception as e:
+    print(json.dumps({"refused": str(e)[:200]}))
+"""
+
+
+def _strip(path):
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    ds = pydicom.dcmread(path)
+    bare = Dataset()
+    bare.update(ds)
+    path.unlink()
+    pydicom.dcmwrite(path, bare, enforce_file_format=False, implicit_vr=True,
+                     little_endian=True)
+
+
+def _read(tree, folder, npy):
+    p = subprocess.run([sys.executable, "-c", _READ, str(folder), str(npy),
+                        str(Path(tree).resolve())],
+                       env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
+                       capture_output=True, text=True, check=True)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _gdcm(folder):
+    import SimpleITK as sitk
+
+    try:
+        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder))
+        r = sitk.ImageSeriesReader()
+        r.SetFileNames(names)
+        img = r.Execute()
+        return {"n_slices": img.GetSize()[2], "origin": list(img.GetOrigin())}, \
+            sitk.GetArrayFromImage(img)
+    except RuntimeError as e:
+        return {"refused": " ".join(str(e).split())[-200:]}, None
+
+
+def _compare(got, arr, ref):
+    if "refused" in got:
+        return {**got, "whole": False}
+    same = arr.shape == ref.array.shape and np.array_equal(arr, ref.array)
+    off = float(np.linalg.norm(np.subtract(got["origin"], ref.origin)))
+    return {"n_slices": got["n_slices"], "voxels_equal": bool(same),
+            "origin_off_mm": round(off, 4), "whole": bool(same and off < 1e-3)}
+
+
+def main(argv=None):
+    import pydicom
+
+    from shapeprior.io import read_image
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", default="HEAD", help="revision read in the same run")
+    ap.add_argument("--out", default=str(RESULTS / "dicom_bare.json"))
+    args = ap.parse_args(argv)
+    here = Path(__file__).resolve().parents[1]
+    rev = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", args.baseline],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    rows, skipped = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        base = unpack_rev(args.baseline, tmp / "baseline")
+        for rel in SERIES:
+            src = data_root() / rel
+            if not src.is_dir():
+                skipped.append({"series": rel, "why": "not in the data root"})
+                continue
+            files = sorted(f for f in src.iterdir() if f.is_file())
+            heads = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+            syntax = {str(h.file_meta.TransferSyntaxUID) for h in heads}
+            if not syntax <= {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}:
+                skipped.append({"series": rel, "why": f"compressed pixel data {sorted(syntax)}"
+                                ": a data set without file meta cannot say its syntax"})
+                continue
+            ref, _ = read_image(src)
+            normal = np.cross(*np.reshape(np.asarray(heads[0].ImageOrientationPatient,
+                                                     float), (2, 3)))
+            depth = [float(np.dot(h.ImagePositionPatient, normal)) for h in heads]
+            order = np.argsort(depth)
+            for where, idx in (("lowest", order[0]), ("middle", order[len(order) // 2]),
+                               ("highest", order[-1])):
+                d = tmp / "s"
+                shutil.rmtree(d, ignore_errors=True)
+                shutil.copytree(src, d)
+                _strip(d / files[idx].name)
+                row = {"series": rel, "slices": len(files), "stripped": where}
+                for name, tree in (("baseline", base), ("this", here)):
+                    got = _read(tree, d, tmp / "a.npy")
+                    arr = np.load(tmp / "a.npy") if "refused" not in got else None
+                    row[name] = _compare(got, arr, ref)
+                got, arr = _gdcm(d)
+                row["gdcm"] = _compare(got, arr, ref)
+                rows.append(row)
+                print(json.dumps(row))
+    out = {"benchmark": "bench_dicom_bare.py", "device": machine(), "baseline_rev": rev,
+           "rows": rows, "skipped": skipped,
+           "whole": {k: sum(r[k]["whole"] for r in rows) for k in ("baseline", "this", "gdcm")},
+           "n": len(rows)}
+    write_json(args.out, out)
+    print(json.dumps(out["whole"]), "of", len(rows))
+
+
+if __name__ == "__main__":
+    main()
