@@ -3842,6 +3842,11 @@ MUTANTS = [
      "    if meta is not None and len(meta):",
      "    if meta is not None and meta.get(\"TransferSyntaxUID\"):",
      "a slice whose file meta lost its transfer syntax (bytes flipped) read as if intact"),
+    ("dicom-damaged-case-row-generic", "dicomdamaged", "shapeprior/pipeline/_cases.py",
+     "                damaged = damaged_files_text(e)\n",
+     "                damaged = \"\"\n",
+     "a case folder whose every DICOM file is damaged given the row of a folder without "
+     "DICOM files"),
     ("dicom-bare-hidden-read", "dicombare", "shapeprior/io/_dicom.py",
      '                elif e.name.startswith("."):\n                    continue\n',
      '                elif False:\n                    continue\n',

@@ -116,7 +116,8 @@ def test_a_folder_of_damaged_files_only_says_so(tmp_path):
 def test_segment_refuses_a_scan_with_a_cut_end_slice_and_a_batch_fails_its_row(
         phantom_model, tmp_path, capsys):
     """One line and exit code 1 for the scan alone; in a folder of cases the case's
-    row fails with that reason and no output folder, the other case is segmented.
+    row fails with that reason and no output folder, and so does a case whose every
+    DICOM file is damaged (with the files' reason); the other case is segmented.
     The inputs are untouched."""
     _, images, _, model = phantom_model
     from _phantoms import write_dicom_series
@@ -129,6 +130,11 @@ def test_segment_refuses_a_scan_with_a_cut_end_slice_and_a_batch_fails_its_row(
     files = sorted(write_dicom_series(vol, cases / "cut", series_uid="1.2.3.4").iterdir())
     data = files[-1].read_bytes()
     files[-1].write_bytes(data[:_offset(data, 0x0028, 0x0010)])
+    # a case whose every file is damaged: its row gave the reason of a folder without
+    # DICOM files ("no DICOM image series in this folder")
+    broken = sorted(write_dicom_series(vol, cases / "broken", series_uid="1.2.3.5").iterdir())
+    for f in broken:
+        f.write_bytes(f.read_bytes()[:150])
     before = tree_state(cases)
 
     rc = main(["segment", str(cases / "cut"), "-o", str(tmp_path / "one"), "--model",
@@ -142,6 +148,11 @@ def test_segment_refuses_a_scan_with_a_cut_end_slice_and_a_batch_fails_its_row(
     rows = {r["case"]: r for r in
             json.loads((tmp_path / "batch" / "summary.json").read_text())["cases"]}
     assert rows["cut"]["status"] == "failed" and "damaged DICOM file" in rows["cut"]["error"]
+    assert rows["broken"]["status"] == "failed" and rows["broken"]["error"].endswith(
+        f"no readable DICOM image series in this folder: {broken[0].name} is a damaged DICOM "
+        f"file (its header holds no data set (damaged, or cut short)) (and {len(broken) - 1} "
+        "more)"), rows["broken"]["error"]
+    assert not (tmp_path / "batch" / "broken").exists()
     assert rows["whole"]["status"] in ("ok", "suspect")
     assert not (tmp_path / "batch" / "cut").exists()
     assert tree_state(cases) == before

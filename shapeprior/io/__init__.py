@@ -10,8 +10,8 @@ from ._case_folders import (check_mask_name, in_case_folder, in_case_folders,
                             is_label_map_name)
 from ._checks import (ImageReadError, available_memory, display_name, input_path_error,
                       names_withheld, reason_text, withhold_names)
-from ._dicom import (dicom_source, folders_below_text, list_series, read_dicom_series,
-                     read_image, read_scan, series_folder, series_folders)
+from ._dicom import (damaged_files_text, dicom_source, folders_below_text, list_series,
+                     read_dicom_series, read_image, read_scan, series_folder, series_folders)
 from ._dicom_seg import is_dicom_seg, write_dicom_seg
 from ._files import detached_data_files, image_files, image_sha256
 from ._nifti import affine_ras
@@ -33,4 +33,4 @@ __all__ = ["Volume", "read_volume", "read_file", "read_label_map", "as_label_map
            "is_label_map_name", "read_rtstruct", "list_structures",
            "scan_frame_of_reference", "find_structure_sets", "scan_of_structure_set",
            "referenced_series", "write_structure_set", "dicom_source", "is_rtstruct_file",
-           "structure_title"]
+           "structure_title", "damaged_files_text"]

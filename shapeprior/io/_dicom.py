@@ -204,6 +204,17 @@ def _scan(folder: Path):
     return _scan_folder(folder)[0]
 
 
+def damaged_files_text(folder):
+    """``'NAME is a damaged DICOM file (why)'`` (``' (and N more)'`` after it) for the
+    damaged DICOM files of ``folder`` (:func:`_scan_folder`), or ``''``: why a folder
+    without a readable series has none."""
+    damaged = _scan_folder(Path(folder))[1]
+    if not damaged:
+        return ""
+    more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+    return f"{display_name(damaged[0][0])} is a damaged DICOM file ({damaged[0][2]}){more}"
+
+
 def check_no_damaged_slice(folder, uid, key):
     """Refuse series ``uid`` (``key`` its short key) of ``folder`` when the folder
     holds a DICOM file that is damaged (:func:`_scan_folder`) and may be one of its
@@ -512,12 +523,9 @@ def read_dicom_series(folder, series=None, spacing_tol=0.01):
             raise ImageReadError(f"{fname} holds no DICOM image series itself; "
                                  f"{folders_below_text(below, folder)} below it do: give "
                                  "the one to read")
-        damaged = _scan_folder(folder)[1]
+        damaged = damaged_files_text(folder)
         if damaged:
-            more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
-            raise ImageReadError(f"no readable DICOM image series in {fname}: "
-                                 f"{display_name(damaged[0][0])} is a damaged DICOM file "
-                                 f"({damaged[0][2]}){more}")
+            raise ImageReadError(f"no readable DICOM image series in {fname}: {damaged}")
         subs = sorted(display_name(p) for p in folder.iterdir() if p.is_dir())
         hint = "" if not subs else (
             f" (it has {len(subs)} subfolder{'s' if len(subs) > 1 else ''}; point at the one "

@@ -18,8 +18,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import (VOLUME_SUFFIXES, check_mask_name, detached_data_files, display_name,
-                  folders_below_text, in_case_folder, in_case_folders, input_path_error,
+from ..io import (VOLUME_SUFFIXES, check_mask_name, damaged_files_text, detached_data_files,
+                  display_name, folders_below_text, in_case_folder, in_case_folders, input_path_error,
                   is_dicom_seg, is_label_map_name, series_folders, volume_suffix)
 
 #: names a case folder may not take inside a batch output folder
@@ -167,7 +167,9 @@ def discover_cases(path, list_series=None, image_name=None, deidentify=False):
                        f"{folders_below_text(mine, e, deidentify)} below it hold one each: "
                        "give the one to read")
             elif not mine and err is None:
-                err = "no DICOM image series in this folder" + _case_folder_hint(e)
+                damaged = damaged_files_text(e)
+                err = (f"no readable DICOM image series in this folder: {damaged}" if damaged
+                       else "no DICOM image series in this folder" + _case_folder_hint(e))
         cases.append(Case(n, e, display_name(e), err))
     if not any(c.error is None for c in cases) and not files:
         if below:
