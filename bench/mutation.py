@@ -3076,8 +3076,8 @@ MUTANTS = [
     # level, UID-less DICOM series, each side's columns in a --side both summary, a
     # truncated model file
     ("case-folder-hint-dropped", "cases", "shapeprior/pipeline/_cases.py",
-     '                err = "no DICOM image series in this folder" + _case_folder_hint(e)',
-     '                err = "no DICOM image series in this folder"',
+     '                       else "no DICOM image series in this folder" + _case_folder_hint(e))',
+     '                       else "no DICOM image series in this folder")',
      "a case folder of image files fails without naming --image-name"),
     ("case-folders-common-ignored", "cases", "shapeprior/pipeline/_cases.py",
      "    common = sorted(set.intersection(*hold.values())) if len(hold) > 1 else []",
