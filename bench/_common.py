@@ -179,3 +179,32 @@ def run_cli(tree, *args):
         raise RuntimeError(f"{tree}: shapeprior {args[0]} exited {p.returncode}: "
                            f"{p.stderr[-500:]}")
     return wall, p.stdout
+
+
+#: a child's read of one image (``read_image_in``)
+_READ_IMAGE = CHILD_PATH + """
+import json
+import numpy as np
+import shapeprior
+assert shapeprior.__file__.startswith(sys.argv[3]), shapeprior.__file__
+from shapeprior.io import read_image
+try:
+    v, i = read_image(sys.argv[1])
+    np.save(sys.argv[2], np.asarray(v.array))
+    print(json.dumps({"n_slices": i.get("n_slices"), "origin": list(map(float, v.origin))}))
+except Exception as e:
+    print(json.dumps({"refused": str(e)[:200]}))
+"""
+
+
+def read_image_in(tree, path, npy):
+    """``read_image(path)`` by the package of ``tree`` (this checkout, or a baseline
+    from :func:`unpack_rev`) in a child process: ``{"n_slices", "origin"}`` with the
+    array saved to ``npy``, or ``{"refused": reason}``."""
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", _READ_IMAGE, str(path), str(npy),
+                        str(Path(tree).resolve())],
+                       env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
+                       capture_output=True, text=True, check=True)
+    return json.loads(p.stdout.strip().splitlines()[-1])

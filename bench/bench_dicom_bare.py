@@ -17,32 +17,15 @@ import argparse
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from _common import CHILD_PATH, RESULTS, data_root, machine, unpack_rev, write_json
+from _common import RESULTS, data_root, machine, read_image_in, unpack_rev, write_json
 
 SERIES = ("tcia_mr_dicom/Study3_T1post_oblique", "tcia_mr_dicom/Study3_HCropVolume",
           "totalsegmentator_example/example_ct_dicom")
-
-#: run in a subprocess with a revision's package: the read of one folder as JSON
-_READ = CHILD_PATH + """
-import json
-import numpy as np
-from shapeprior.io import read_image
-import shapeprior
-assert shapeprior.__file__.startswith(sys.argv[3]), shapeprior.__file__
-try:
-    v, i = read_image(sys.argv[1])
-    np.save(sys.argv[2], np.asarray(v.array))
-    print(json.dumps({"n_slices": i["n_slices"], "origin": list(map(float, v.origin))}))
-except Exception as e:
-    print(json.dumps({"refused": str(e)[:200]}))
-"""
-
 
 def _strip(path):
     import pydicom
@@ -54,14 +37,6 @@ def _strip(path):
     path.unlink()
     pydicom.dcmwrite(path, bare, enforce_file_format=False, implicit_vr=True,
                      little_endian=True)
-
-
-def _read(tree, folder, npy):
-    p = subprocess.run([sys.executable, "-c", _READ, str(folder), str(npy),
-                        str(Path(tree).resolve())],
-                       env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
-                       capture_output=True, text=True, check=True)
-    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def _gdcm(folder):
@@ -128,7 +103,7 @@ def main(argv=None):
                 _strip(d / files[idx].name)
                 row = {"series": rel, "slices": len(files), "stripped": where}
                 for name, tree in (("baseline", base), ("this", here)):
-                    got = _read(tree, d, tmp / "a.npy")
+                    got = read_image_in(tree, d, tmp / "a.npy")
                     arr = np.load(tmp / "a.npy") if "refused" not in got else None
                     row[name] = _compare(got, arr, ref)
                 got, arr = _gdcm(d)

@@ -3851,6 +3851,24 @@ MUTANTS = [
      '                elif e.name.startswith("."):\n                    continue\n',
      '                elif False:\n                    continue\n',
      "a hidden file (a macOS companion) force-read as a slice"),
+    # -- round 57: a compressed series whose slices scale differently, which ITK
+    # decoded into the first slice's pixel type (shapeprior/io/_dicom.py)
+    ("dicom-rescale-mixed-ignored", "dicombare", "shapeprior/io/_dicom.py",
+     "    mixed = len(kinds) > 1 and not ts <= UNCOMPRESSED\n",
+     "    mixed = False\n",
+     "a slice with a slope of 20 wrapped round int16 in a compressed series"),
+    ("dicom-rescale-itk-type", "dicombare", "shapeprior/io/_dicom.py",
+     "            r.SetOutputPixelType(sitk.sitkFloat64)\n",
+     "            pass\n",
+     "a compressed series mixing slopes still decoded into the first slice's type"),
+    ("dicom-rescale-fraction-cut", "dicombare", "shapeprior/io/_dicom.py",
+     "            arr = _to_dtype(arr, bool(np.all(luts == np.round(luts))))",
+     "            arr = _to_dtype(arr, True)",
+     "a slice's fractional slope or intercept cut to integers"),
+    ("dicom-rescale-bits-ignored", "dicombare", "shapeprior/io/_dicom.py",
+     "    return _modality_lut(ds) + bits\n",
+     "    return _modality_lut(ds)\n",
+     "an unsigned slice above 32767 among signed compressed ones wrapped round int16"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

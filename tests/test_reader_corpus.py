@@ -412,6 +412,53 @@ def test_a_series_mixing_pixel_spacings_is_refused(tmp_path):
         read_image(folder)
 
 
+@pytest.mark.parametrize("slope, intercept", [(20.0, -100.0), (0.37, 0.0), (1.0, 0.5)])
+def test_a_compressed_series_whose_slices_scale_differently_keeps_each_slices_values(
+        tmp_path, slope, intercept):
+    """ITK decodes a series into the pixel type of its first slice: a later slice
+    with a larger rescale slope wrapped round int16 (MR_small's values × 20, exit 0),
+    one with a fractional slope or intercept was cut to integers. Each slice now gets
+    its own modality LUT exactly, as the uncompressed series (pydicom's path) does:
+    the same values and type."""
+    from pydicom.data import get_testdata_file
+
+    folder = _series_from(get_testdata_file("MR_small_RLE.dcm"), tmp_path / "s")
+    ds = pydicom.dcmread(folder / "s2.dcm")
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.save_as(folder / "s2.dcm")
+    raw = np.stack([pydicom.dcmread(folder / f"s{k}.dcm").pixel_array for k in range(4)])
+    want = raw.astype(np.float64)
+    want[2] = want[2] * slope + intercept
+    assert np.abs(want).max() > 32767 or want[2].round().tolist() != want[2].tolist()
+    got = read_image(folder)[0].array
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+    for f in folder.iterdir():          # the same series uncompressed
+        d = pydicom.dcmread(f)
+        d.decompress()
+        d.save_as(f)
+    native = read_image(folder)[0].array
+    assert native.dtype == got.dtype and np.array_equal(native, got)
+
+
+def test_a_compressed_series_with_an_unsigned_slice_keeps_its_values(tmp_path):
+    """The same for the stored bits: a native unsigned slice (values above 32767)
+    in a series of signed RLE slices, the modality LUT the same throughout, was
+    decoded into the first slice's int16 and wrapped round."""
+    from pydicom.data import get_testdata_file
+
+    folder = _series_from(get_testdata_file("MR_small_RLE.dcm"), tmp_path / "s")
+    ds = pydicom.dcmread(folder / "s2.dcm")
+    ds.decompress()
+    assert ds.PixelRepresentation == 1
+    high = ds.pixel_array.astype(np.int64) + 40000
+    ds.PixelRepresentation = 0
+    ds.PixelData = high.astype("<u2").tobytes()
+    ds.save_as(folder / "s2.dcm")
+    got = read_image(folder)[0].array
+    assert got.dtype == np.int32 and np.array_equal(got[2], high)
+    assert np.array_equal(got[1], pydicom.dcmread(folder / "s1.dcm").pixel_array)
+
+
 def test_a_native_slice_short_of_pixel_data_in_a_compressed_series_is_refused(tmp_path):
     """A series mixing transfer syntaxes is decoded by GDCM, which pads a native
     slice's short pixel data with zeros (pydicom refuses it): that slice is

@@ -795,9 +795,14 @@ def _read_single_frames(items, key, spacing_tol):
         pos.append(_floats(ds, "ImagePositionPatient", 3, what))
     row, col, normal = _axes(iop, key)
     order, step = _sorted_positions(pos, normal, key, spacing_tol)
-    check_size(what, [cols, rows, len(items)], max(bits // 8, 4))
-    files = [items[i][0] for i in order]
     ts = {_syntax(ds) for _, ds in items}
+    # ITK decodes every slice into the first one's pixel type: slices whose modality
+    # LUT or stored bits differ are decoded as float64 here and typed as the pydicom
+    # path types them
+    kinds = {_stored_kind(ds) for _, ds in items}
+    mixed = len(kinds) > 1 and not ts <= UNCOMPRESSED
+    check_size(what, [cols, rows, len(items)], 8 if mixed else max(bits // 8, 4))
+    files = [items[i][0] for i in order]
     if ts <= UNCOMPRESSED:
         arr = _pixels_pydicom(files, what, (rows, cols))
     else:
@@ -805,7 +810,10 @@ def _read_single_frames(items, key, spacing_tol):
         # a series that mixes transfer syntaxes are measured here first
         _check_native_lengths([f for f, ds in items if _syntax(ds) in UNCOMPRESSED], what,
                               rows * cols * (bits // 8))
-        arr = _pixels_itk(files, what, (len(files), rows, cols))
+        arr = _pixels_itk(files, what, (len(files), rows, cols), mixed)
+        if mixed:
+            luts = np.array([k[:2] for k in kinds])
+            arr = _to_dtype(arr, bool(np.all(luts == np.round(luts))))
     D = np.column_stack([row, col, normal])
     vol = Volume(arr, np.array([ps[1], ps[0], step]), np.asarray(pos[order[0]]), D)
     return vol, (step, _thickness(first))
@@ -862,7 +870,23 @@ def _pixels_pydicom(files, what, shape):
     return _to_dtype(arr, integral) if arr.dtype.kind == "f" else native(arr)
 
 
-def _pixels_itk(files, what, shape):
+def _stored_kind(ds):
+    """What decides the pixel type a slice decodes to: its modality LUT (slope,
+    intercept) and its stored bits (allocated, stored, signed)."""
+    try:
+        bits = tuple(int(ds.get(k, 0) or 0) for k in ("BitsAllocated", "BitsStored",
+                                                     "PixelRepresentation"))
+    except (TypeError, ValueError):
+        bits = (-1, -1, -1)         # the pixel reader says what is wrong with it
+    return _modality_lut(ds) + bits
+
+
+def _pixels_itk(files, what, shape, as_float=False):
+    """The slices ``files`` (in order) decoded by SimpleITK/GDCM with the modality LUT
+    applied, shape ``shape``. ITK's series reader decodes every slice into the pixel
+    type of the first: a later slice whose values need another (a larger slope: they
+    wrapped round int16; a fractional one: they were cut to integers) is only right
+    with ``as_float`` (float64 for all)."""
     import SimpleITK as sitk
 
     import contextlib
@@ -871,6 +895,8 @@ def _pixels_itk(files, what, shape):
         names = [stack.enter_context(itk_path(f)) for f in files]
         r = sitk.ImageSeriesReader()
         r.SetFileNames(names)
+        if as_float:
+            r.SetOutputPixelType(sitk.sitkFloat64)
         img = itk_call(r.Execute, what)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise ImageReadError(f"{what} holds colour data; a grey-value CT or MR series is needed")
