@@ -208,3 +208,19 @@ def read_image_in(tree, path, npy):
                        env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
                        capture_output=True, text=True, check=True)
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def baseline_cli(doc, out, argv=None):
+    """Parse a benchmark's ``--baseline REV`` (default HEAD: the commit before a change
+    not yet committed) and ``--out`` (default ``out``): ``(args, the repository's
+    root, the baseline's short hash)``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--baseline", default="HEAD", help="revision read in the same run")
+    ap.add_argument("--out", default=str(out))
+    args = ap.parse_args(argv)
+    here = Path(__file__).resolve().parents[1]
+    rev = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", args.baseline],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    return args, here, rev

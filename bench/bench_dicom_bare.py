@@ -13,16 +13,14 @@ unmodified series as this checkout reads it: slices, voxels, origin.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from _common import RESULTS, data_root, machine, read_image_in, unpack_rev, write_json
+from _common import RESULTS, baseline_cli, data_root, machine, read_image_in, unpack_rev, write_json
 
 SERIES = ("tcia_mr_dicom/Study3_T1post_oblique", "tcia_mr_dicom/Study3_HCropVolume",
           "totalsegmentator_example/example_ct_dicom")
@@ -67,13 +65,7 @@ def main(argv=None):
 
     from shapeprior.io import read_image
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", default="HEAD", help="revision read in the same run")
-    ap.add_argument("--out", default=str(RESULTS / "dicom_bare.json"))
-    args = ap.parse_args(argv)
-    here = Path(__file__).resolve().parents[1]
-    rev = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", args.baseline],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    args, here, rev = baseline_cli(__doc__, RESULTS / "dicom_bare.json", argv)
     rows, skipped = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -14,15 +14,13 @@ be unchanged.
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from _common import RESULTS, data_root, machine, read_image_in, unpack_rev, write_json
+from _common import RESULTS, baseline_cli, data_root, machine, read_image_in, unpack_rev, write_json
 
 SERIES = "totalsegmentator_example/example_ct_dicom"
 #: (slope, intercept) given to one slice
@@ -32,13 +30,7 @@ LUTS = [(20.0, -1024.0), (0.37, -1024.0), (2.0, -1024.0), (1.0, -1000.5), (0.5, 
 def main(argv=None):
     import pydicom
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", default="HEAD", help="revision read in the same run")
-    ap.add_argument("--out", default=str(RESULTS / "dicom_rescale.json"))
-    args = ap.parse_args(argv)
-    here = Path(__file__).resolve().parents[1]
-    rev = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", args.baseline],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    args, here, rev = baseline_cli(__doc__, RESULTS / "dicom_rescale.json", argv)
     src = data_root() / SERIES
     if not src.is_dir():
         print(f"{src} not found (set SHAPEPRIOR_DATA)")

@@ -88,12 +88,13 @@ _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 def _damage(ds, fh, size):
     """Why a DICOM file (Part 10, or a data set written without the preamble) whose
-    header ``ds`` was just read from ``fh`` (``size`` bytes) is damaged, or None: its data set is empty, its
-    SOP class is no UID (bytes flipped in the file meta), or its file meta names an
-    image's SOP class yet the header ran to the end of the file without reaching the
-    pixel data. pydicom reads a file cut anywhere in its header without a word, and
-    the header then lacks what came after the cut (the rows, the series), so such a
-    file used to be passed over as no image, and the series read without that slice."""
+    header ``ds`` was just read from ``fh`` (``size`` bytes) is damaged, or None: its
+    data set is empty, its SOP class is no UID (bytes flipped in the file meta), or its
+    file meta names an image's SOP class yet the header ran to the end of the file
+    without reaching the pixel data. pydicom reads a file cut anywhere in its header
+    without a word, and the header then lacks what came after the cut (the rows, the
+    series), so such a file used to be passed over as no image, and the series read
+    without that slice."""
     meta = getattr(ds, "file_meta", None)
     sop = str((meta.get("MediaStorageSOPClassUID") if meta is not None else None)
               or ds.get("SOPClassUID", "") or "")

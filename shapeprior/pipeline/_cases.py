@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import (VOLUME_SUFFIXES, check_mask_name, damaged_files_text, detached_data_files,
-                  display_name, folders_below_text, in_case_folder, in_case_folders, input_path_error,
-                  is_dicom_seg, is_label_map_name, series_folders, volume_suffix)
+                  display_name, folders_below_text, in_case_folder, in_case_folders,
+                  input_path_error, is_dicom_seg, is_label_map_name, series_folders,
+                  volume_suffix)
 
 #: names a case folder may not take inside a batch output folder
 RESERVED = frozenset({"summary.json", "summary.csv", "manifest.json"})
