@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = {
     "dicomdamaged": ["tests/test_dicom_damaged.py", "tests/test_io.py",
                      "tests/test_reader_corpus.py"],
+    "nrrdspace": ["tests/test_hostile.py"],
     "dicombare": ["tests/test_dicom_bare.py", "tests/test_dicom_damaged.py", "tests/test_io.py",
                   "tests/test_reader_corpus.py"],
     "align": ["tests/test_align.py", "tests/test_align_properties.py",
@@ -3869,6 +3870,28 @@ MUTANTS = [
      "    return _modality_lut(ds) + bits\n",
      "    return _modality_lut(ds)\n",
      "an unsigned slice above 32767 among signed compressed ones wrapped round int16"),
+    # -- round 58: NRRD directions in a space without a patient's axes, which ITK
+    # read as LPS (shapeprior/io/_checks.py: check_nrrd_header)
+    ("nrrd-space-unchecked", "nrrdspace", "shapeprior/io/_checks.py",
+     '    if "space directions" in fields and space not in _NRRD_PATIENT_SPACES and \\\n',
+     '    if False and \\\n',
+     "a NRRD in 3D-left-handed coordinates read as LPS: a mirror image"),
+    ("nrrd-space-short-names", "nrrdspace", "shapeprior/io/_checks.py",
+     '                        "left-posterior-superior", "ras", "las", "lps"}',
+     '                        "left-posterior-superior"}',
+     "a NRRD whose space is teem's short name (RAS) refused"),
+    ("nrrd-space-case", "nrrdspace", "shapeprior/io/_checks.py",
+     '    space = fields.get("space", "").lower()',
+     '    space = fields.get("space", "")',
+     "a NRRD whose space is written with capitals refused"),
+    ("nrrd-space-unnamed", "nrrdspace", "shapeprior/io/_checks.py",
+     '    if "space directions" in fields and space not in _NRRD_PATIENT_SPACES and \\\n',
+     '    if "space directions" in fields and space and space not in _NRRD_PATIENT_SPACES and \\\n',
+     "a NRRD with directions and a space dimension but no named space read as LPS"),
+    ("nrrd-space-allowed-ignored", "nrrdspace", "shapeprior/io/_checks.py",
+     '            not space.endswith("-time") and not allow_no_orientation:',
+     '            not space.endswith("-time"):',
+     "--allow-no-orientation no longer reads a NRRD in a scanner's frame"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

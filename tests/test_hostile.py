@@ -451,6 +451,11 @@ def _hostile_images(d):
     (d / "nrrd_unoriented.nrrd").write_bytes(f"{head}spacings: 1 1 1.5\n\n".encode() + raw)
     (d / "nrrd_spacing_nan.nrrd").write_bytes(f"{head}spacings: nan 1 1.5\n\n".encode() + raw)
     (d / "nrrd_spacing_neg.nrrd").write_bytes(f"{head}spacings: 1 -1 1.5\n\n".encode() + raw)
+    # NRRD directions in a space without a patient's axes: ITK took them for LPS
+    dirs = "space directions: (1,0,0) (0,1,0) (0,0,1.5)\nspace origin: (5,6,7)\n"
+    (d / "nrrd_left_handed.nrrd").write_bytes(
+        f"{head}space: 3D-left-handed\n{dirs}\n".encode() + raw)
+    (d / "nrrd_no_space.nrrd").write_bytes(f"{head}space dimension: 3\n{dirs}\n".encode() + raw)
     # a 3D Slicer segmentation whose segments overlap: one layer per segment
     layers = np.stack([arr > arr.mean(), arr > 2 * arr.mean()]).astype(np.uint8)
     seg = ("NRRD0004\ntype: uint8\ndimension: 4\nspace: left-posterior-superior\n"
@@ -484,6 +489,9 @@ def _hostile_images(d):
     ("nrrd_unoriented.nrrd", ["no orientation", "--allow-no-orientation"]),
     ("nrrd_spacing_nan.nrrd", ["spacings: 'nan 1 1.5'"]),
     ("nrrd_spacing_neg.nrrd", ["spacings: '1 -1 1.5'", "finite and positive"]),
+    ("nrrd_left_handed.nrrd", ["space '3D-left-handed' has no patient axes",
+                               "--allow-no-orientation"]),
+    ("nrrd_no_space.nrrd", ["in no named space", "--allow-no-orientation"]),
     ("stack.tif", ["a .tif image records no orientation", "1 mm slices"]),
     ("grid.vtk", ["a .vtk image records no orientation", "--allow-no-orientation"]),
     ("empty.nii.gz", ["empty.nii.gz"]),
@@ -522,6 +530,26 @@ def test_no_orientation_is_read_when_allowed(tmp_path):
     assert np.allclose(vol.spacing, [1.0, 1.0, 1.5]) and vol.array.shape == (24, 24, 20)
     vol = read_volume(d / "grid.vtk", allow_no_orientation=True)
     assert np.allclose(vol.spacing, [0.7, 0.7, 2.5]) and np.allclose(vol.origin, [5, 6, 7])
+    for name in ("nrrd_left_handed.nrrd", "nrrd_no_space.nrrd"):    # as ITK takes them
+        vol = read_volume(d / name, allow_no_orientation=True)
+        assert np.allclose(vol.origin, [5, 6, 7]) and np.allclose(vol.direction, np.eye(3))
+
+
+@pytest.mark.parametrize("space,sign", [
+    ("left-posterior-superior", [1, 1, 1]), ("right-anterior-superior", [-1, -1, 1]),
+    ("left-anterior-superior", [1, -1, 1]), ("RAS", [-1, -1, 1]),
+    ("Right-Anterior-Superior", [-1, -1, 1]), ("lps", [1, 1, 1])])
+def test_a_nrrd_in_a_patients_space_is_read_in_lps(tmp_path, space, sign):
+    """The spaces of a patient's axes, in teem's full and short names and any case,
+    still read, turned into LPS."""
+    raw = np.arange(4 * 5 * 6, dtype="<i2").tobytes()
+    f = tmp_path / "v.nrrd"
+    f.write_bytes((f"NRRD0004\ntype: short\ndimension: 3\nspace: {space}\nsizes: 4 5 6\n"
+                   "space directions: (1.5,0,0) (0,2,0) (0,0,3)\nendian: little\n"
+                   "encoding: raw\nspace origin: (10,20,30)\n\n").encode() + raw)
+    vol = read_volume(f)
+    assert np.allclose(vol.origin, np.multiply(sign, [10, 20, 30]))
+    assert np.allclose(vol.direction, np.diag(sign)) and np.allclose(vol.spacing, [1.5, 2, 3])
 
 
 def test_a_header_nibabel_repairs_prints_nothing(case, tmp_path, capsys):

@@ -191,11 +191,20 @@ def check_metaimage_header(path, name) -> None:
                 "finite numbers (MetaIO would read it as zeros); refusing to guess the geometry")
 
 
+#: NRRD's spaces of a patient's axes (full names and teem's short ones, any case),
+#: which ITK turns into LPS
+_NRRD_PATIENT_SPACES = {"right-anterior-superior", "left-anterior-superior",
+                        "left-posterior-superior", "ras", "las", "lps"}
+
+
 def check_nrrd_header(path, name, allow_no_orientation=False) -> None:
     """Refuse a NRRD (``.nrrd``/``.nhdr``) whose grid ITK would have to guess:
     no ``space directions`` (no orientation: ITK takes the identity, in LPS, at
-    the origin 0) unless ``allow_no_orientation``, and a ``spacings`` value that
-    is not a finite number > 0 (NRRD's "unknown" NaN, which ITK reads as 1 mm)."""
+    the origin 0) or directions in a space without a patient's axes
+    (``scanner-xyz``, ``3D-right-handed``, ``3D-left-handed``, or a ``space
+    dimension`` alone: ITK takes them for LPS) unless ``allow_no_orientation``,
+    and a ``spacings`` value that is not a finite number > 0 (NRRD's "unknown"
+    NaN, which ITK reads as 1 mm)."""
     with open(path, "rb") as fh:
         head = fh.read(_META_HEADER_BYTES)
     fields = {}
@@ -215,6 +224,16 @@ def check_nrrd_header(path, name, allow_no_orientation=False) -> None:
     if "space directions" not in fields and not allow_no_orientation:
         raise ImageReadError(f"{name}: its header records no orientation (no 'space "
                              "directions'); ITK would place it unrotated at the origin 0. Give "
+                             "--allow-no-orientation to read it so")
+    space = fields.get("space", "").lower()
+    if "space directions" in fields and space not in _NRRD_PATIENT_SPACES and \
+            not space.endswith("-time") and not allow_no_orientation:
+        said = (f"its header's space {fields['space'][:40]!r} has no patient axes (a "
+                "scanner's or a generic 3-D frame)" if space else
+                "its header gives 'space directions' in no named space (a patient's is "
+                "'space: left-posterior-superior', or RAS or LAS)")
+        raise ImageReadError(f"{name}: {said}; ITK would take its coordinates for LPS, a "
+                             "mirror image where the frame is left-handed. Give "
                              "--allow-no-orientation to read it so")
 
 
