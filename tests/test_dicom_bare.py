@@ -109,6 +109,16 @@ def test_a_series_written_without_the_preamble_throughout_reads(tmp_path):
     assert info["n_slices"] == N_SLICES and np.array_equal(vol.array, _volume().array)
 
 
+def test_a_slice_that_kept_its_file_meta_but_lost_the_preamble_is_read(tmp_path):
+    """Its first 132 bytes (preamble and ``DICM``) gone, its file meta (group 0002)
+    first: the transfer syntax is the meta's, and the series reads whole."""
+    files = _series(tmp_path / "s")
+    files[-1].write_bytes(files[-1].read_bytes()[132:])
+    assert files[-1].read_bytes()[:2] == b"\x02\x00"
+    vol, info = read_image(tmp_path / "s")
+    assert info["n_slices"] == N_SLICES and np.array_equal(vol.array, _volume().array)
+
+
 @pytest.mark.parametrize("at", [0, -1], ids=["first", "last"])
 def test_such_a_slice_cut_short_is_refused_naming_it(tmp_path, at):
     """Cut in its header (before its rows), right before its pixel data, or inside
