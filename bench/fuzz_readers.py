@@ -9,7 +9,8 @@ directories and pixel data changed, or the file cut short: read with
 ``allow_no_orientation``, as TIFF records none), the same as VTK legacy, GIPL
 (raw and gzipped) and MRC (bytes of the first 1 KiB changed, or cut short; also
 read with ``allow_no_orientation``), the TCIA DICOM series (one slice of a copied series mutated at a
-time), a shapeprior model file built from the demo phantoms, and the DICOM objects
+time; in the opt-in ``dicom_bare`` family, that slice first written without the
+preamble), a shapeprior model file built from the demo phantoms, and the DICOM objects
 shapeprior writes and reads back: an RT Structure Set and a DICOM-SEG of a label on
 the TotalSegmentator example series and on the oblique TCIA series (read as
 ``--reference``, ``--init-mask`` and ``refine`` read them: ``read_rtstruct`` on the
