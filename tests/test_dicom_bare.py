@@ -140,9 +140,10 @@ def test_such_a_slice_cut_short_is_refused_naming_it(tmp_path, at):
 
 
 def test_files_that_are_not_dicom_beside_the_series_are_still_passed_over(tmp_path):
-    """The scan force-reads only files named as DICOM or without a suffix that start
-    like a data set and name a SOP class of the standard: a text file, a binary
-    without a suffix, a data set of no standard class, a hidden file."""
+    """The scan takes a file without the preamble for a slice only when it is not
+    hidden, starts like a data set and names a SOP class of the standard: a text
+    file, a binary of zeros, a data set of no standard class and a hidden copy of a
+    slice are passed over."""
     import pydicom
 
     files = _series(tmp_path / "s")
