@@ -3836,7 +3836,7 @@ MUTANTS = [
      '                  (False, False): "1.2.840.10008.1.2.1"}',
      "a big-endian slice without the preamble decoded as little endian: its values byte-swapped"),
     ("dicom-bare-syntax-not-set", "dicombare", "shapeprior/io/_dicom.py",
-     "            ds.file_meta.TransferSyntaxUID = _syntax(ds)    # its encoding's, as GDCM does\n",
+     "            ds.file_meta.TransferSyntaxUID = syntax     # its encoding's, as GDCM does\n",
      "            pass\n",
      "a slice without the preamble refused by pydicom's pixel decoder (no transfer syntax)"),
     ("dicom-bare-damaged-meta-inferred", "dicombare", "shapeprior/io/_dicom.py",
@@ -3855,7 +3855,7 @@ MUTANTS = [
     # -- round 57: a compressed series whose slices scale differently, which ITK
     # decoded into the first slice's pixel type (shapeprior/io/_dicom.py)
     ("dicom-rescale-mixed-ignored", "dicombare", "shapeprior/io/_dicom.py",
-     "    mixed = len(kinds) > 1 and not ts <= UNCOMPRESSED\n",
+     "    mixed = len(kinds) > 1\n",
      "    mixed = False\n",
      "a slice with a slope of 20 wrapped round int16 in a compressed series"),
     ("dicom-rescale-itk-type", "dicombare", "shapeprior/io/_dicom.py",

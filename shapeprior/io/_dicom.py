@@ -142,9 +142,7 @@ def _scan_folder(folder: Path):
             continue
         try:
             with open(e, "rb") as fh:
-                head = fh.read(132)
-                part10 = len(head) == 132 and head[128:132] == b"DICM"
-                fh.seek(0)
+                part10 = _part10(fh)
                 if part10:
                     ds = pydicom.dcmread(fh, stop_before_pixels=True)
                 elif e.name.startswith("."):
@@ -636,15 +634,21 @@ def dicom_header(path):
 
     try:
         with open(path, "rb") as fh:
-            head = fh.read(132)
-        if len(head) == 132 and head[128:132] == b"DICM":
-            return pydicom.dcmread(path, stop_before_pixels=True)
-        if Path(path).suffix.lower() not in _BARE_DICOM_SUFFIXES:
-            return None
-        with open(path, "rb") as fh:
+            if _part10(fh):
+                return pydicom.dcmread(fh, stop_before_pixels=True)
+            if Path(path).suffix.lower() not in _BARE_DICOM_SUFFIXES:
+                return None
             return _bare_data_set(fh)
     except Exception:  # noqa: BLE001 - not DICOM after all: left to the other readers
         return None
+
+
+def _part10(fh):
+    """Whether the file ``fh`` (open at its start, left there) is a DICOM Part 10
+    file: a 128-byte preamble and ``DICM``."""
+    head = fh.read(132)
+    fh.seek(0)
+    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _bare_data_set(fh):
@@ -799,9 +803,9 @@ def _read_single_frames(items, key, spacing_tol):
     ts = {_syntax(ds) for _, ds in items}
     # ITK decodes every slice into the first one's pixel type: slices whose modality
     # LUT or stored bits differ are decoded as float64 here and typed as the pydicom
-    # path types them
-    kinds = {_stored_kind(ds) for _, ds in items}
-    mixed = len(kinds) > 1 and not ts <= UNCOMPRESSED
+    # path types them (which applies each slice's LUT itself)
+    kinds = set() if ts <= UNCOMPRESSED else {_stored_kind(ds) for _, ds in items}
+    mixed = len(kinds) > 1
     check_size(what, [cols, rows, len(items)], 8 if mixed else max(bits // 8, 4))
     files = [items[i][0] for i in order]
     if ts <= UNCOMPRESSED:
@@ -848,8 +852,9 @@ def _read_slice(f, what, get):
 
     try:
         ds = pydicom.dcmread(f, force=True)     # force: a slice without the preamble
-        if "TransferSyntaxUID" not in ds.file_meta and _syntax(ds):
-            ds.file_meta.TransferSyntaxUID = _syntax(ds)    # its encoding's, as GDCM does
+        syntax = _syntax(ds)
+        if "TransferSyntaxUID" not in ds.file_meta and syntax:
+            ds.file_meta.TransferSyntaxUID = syntax     # its encoding's, as GDCM does
         return ds, get(ds)
     except Exception as exc:  # noqa: BLE001 - short or corrupt pixel data
         raise ImageReadError(f"cannot read {what}: slice {display_name(f)}: "
