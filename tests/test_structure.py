@@ -11,8 +11,9 @@ import shapeprior
 ROOT = Path(shapeprior.__file__).parent
 #: lower numbers are lower layers; a module may import its own layer or lower ones
 LAYERS = {"io": 0, "mesh": 0, "align": 0, "ssc": 0, "backend": 0, "_validation": 0,
-          "_profile": 0, "_provenance": 0, "correspond": 1, "appearance": 1, "model": 2, "segmentation": 3,
-          "synthetic": 4, "_outputs": 4, "api": 4, "pipeline": 5, "cli": 6}
+          "_profile": 0, "_provenance": 0, "_interrupt": 0, "correspond": 1, "appearance": 1,
+          "model": 2, "segmentation": 3, "synthetic": 4, "_outputs": 4, "api": 4, "pipeline": 5,
+          "cli": 6}
 
 
 def _modules():

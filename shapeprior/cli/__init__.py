@@ -17,6 +17,7 @@ import importlib
 import sys
 
 from .. import __version__
+from .._interrupt import Terminated, interruption
 from .._outputs import OutputExistsError, one_line
 
 #: command name -> (module in this package, one line for ``--help``)
@@ -61,10 +62,6 @@ def parser():
     return ap
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that staged outputs are cleaned up."""
-
-
 def _on_sigterm(signum, frame):
     raise Terminated()
 
@@ -98,11 +95,19 @@ def main(argv=None):
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        # in a context of its own: what a command sets for itself (--deidentify's
-        # withheld names) ends with it
-        rc = contextvars.copy_context().run(cmd, argv[1:])
-        sys.stdout.flush()      # a block-buffered pipe's reader may have left (below)
-        return rc
+        try:
+            # in a context of its own: what a command sets for itself (--deidentify's
+            # withheld names) ends with it
+            rc = contextvars.copy_context().run(cmd, argv[1:])
+            sys.stdout.flush()  # a block-buffered pipe's reader may have left (below)
+            return rc
+        except Exception as exc:
+            # Ctrl-C or SIGTERM inside compiled code's callback: a SystemError
+            # caused by the interruption (shapeprior._interrupt)
+            it = interruption(exc)
+            if it is None:
+                raise
+            raise it from None
     except KeyboardInterrupt:
         print(f"shapeprior {argv[0]}: interrupted; nothing partial was kept", file=sys.stderr)
         return 130

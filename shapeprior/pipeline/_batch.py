@@ -17,6 +17,7 @@ import json
 import math
 from pathlib import Path
 
+from .._interrupt import reraise_interruption
 from .._outputs import (PRODUCER, OutputExistsError, check_not_input, json_text, make_dirs,
                         one_line, own_output, read_manifest, remove_created, sha256_file,
                         write_text_atomic)
@@ -142,6 +143,7 @@ def run_one(case, outdir, model_path, params, series, mesh_format, force, argv, 
                            reference_labels=reference_labels)
         return with_redo_note({"case": case.name, **result_fields(rep)}, redo)
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
+        reraise_interruption(exc)   # Ctrl-C or SIGTERM does
         return failed_row(case, exc, deidentify, reference)
 
 
@@ -240,6 +242,7 @@ def rescore_row(case, folder, why, reference, reference_labels, deidentify,
                         allow_no_orientation=allow_no_orientation, deidentify=deidentify,
                         scan=scan)
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
+        reraise_interruption(exc)   # Ctrl-C or SIGTERM does
         return failed_row(case, exc, deidentify, reference, None)
     row = kept_row(case, folder, compared=True, fields=fields)
     row["reason"] = f"complete outputs exist (inputs unchanged); compared again: {why}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from .._interrupt import reraise_interruption
 from .._outputs import make_dirs, remove_created
 from ._batch import (_model, check_root, dispatch, failed_row, folder_state, kept_row,
                      reference_fields, rescore_row, with_redo_note)
@@ -50,6 +51,7 @@ def refine_one(case, outdir, model_path, params, labels, keep, image, reference,
                               deidentify=deidentify, case_name=case.name)
         return with_redo_note({"case": case.name, **refine_fields(rep)}, redo)
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
+        reraise_interruption(exc)   # Ctrl-C or SIGTERM does
         return failed_row(case, exc, deidentify, reference, image)
 
 
