@@ -20,7 +20,7 @@ import pytest
 from _phantoms import write_dicom_series, written_text
 from _safety import _subprocess, leftovers, tree_state
 from shapeprior._outputs import OutputExistsError
-from shapeprior.cli import main
+from shapeprior.cli import Terminated, main
 from shapeprior.io import read_label_map, read_volume
 
 def one_line_error(capsys, rc, *words):
@@ -413,6 +413,12 @@ def _hostile_images(d):
     _patch(p, 252, "<2h", [0, 0])
     p = _nifti(d / "slope_nan.nii", arr)
     _patch(p, 112, "<f", np.nan)                 # scl_slope: NaN (ITK: every voxel NaN)
+    import SimpleITK as sitk
+
+    p = _nifti(d / "slope_huge.nii", arr)
+    _patch(p, 112, "<f", 1e38)                   # scl_slope: beyond float32 once applied
+    m64 = sitk.GetImageFromArray(np.where(arr > arr.mean(), 1e300, arr).astype(np.float64))
+    sitk.WriteImage(m64, str(d / "float64_huge.mha"))
     p = _nifti(d / "offset_in_header.nii", arr)
     _patch(p, 108, "<f", 100.0)                  # vox_offset inside the 348-byte header
     _nifti(d / "fourd.nii", np.stack([arr, arr, arr], -1))
@@ -424,8 +430,6 @@ def _hostile_images(d):
     pair.set_sform(np.eye(4), code=1)
     nib.save(pair, str(d / "pair.img"))
     (d / "pair.img").write_bytes((d / "pair.img").read_bytes()[:1000])
-    import SimpleITK as sitk
-
     rgb = sitk.Compose([sitk.GetImageFromArray(arr.astype(np.uint8))] * 3)
     sitk.WriteImage(rgb, str(d / "rgb.mha"))
     m = sitk.GetImageFromArray(arr.astype(np.float32))
@@ -479,6 +483,7 @@ def _hostile_images(d):
     ("spacing_neg.nii", ["spacing"]), ("sform_degenerate.nii", ["degenerate"]),
     ("sheared.nii", ["sheared", "sform_code"]), ("noorient.nii", ["no orientation"]),
     ("slope_nan.nii", ["scaling", "scl_slope nan"]),
+    ("slope_huge.nii", ["32-bit float range"]), ("float64_huge.mha", ["reach 1e+300"]),
     ("offset_in_header.nii", ["vox_offset 100.0", "at least 352"]),
     ("fourd.nii", ["3 volumes"]), ("trunc.nii", ["truncated"]), ("pair.img", ["truncated"]),
     ("rgb.mha", ["values per voxel"]), ("spacing0.mha", ["spacing"]),
@@ -1111,3 +1116,67 @@ def test_a_case_gone_before_its_turn_fails_its_row_not_the_batch(phantom_model, 
     assert not (out / cases[1].name).exists() and not leftovers(tmp_path)
     assert [r["case"] for r in json.loads((out / "summary.json").read_text())["cases"]] == [
         c.name for c in cases]
+
+
+# -- Ctrl-C / SIGTERM whose handler ran inside compiled code's callback ----------------------
+
+def _interrupted_inside_compiled_code(kind):
+    """What Numba's dispatcher raises when a signal handler raised ``kind`` in
+    a callback it made: a SystemError caused by the interruption."""
+    try:
+        raise kind()
+    except BaseException as exc:
+        raise SystemError("CPUDispatcher(<function _sample_numba>) returned a result with an "
+                          "exception set") from exc
+
+
+@pytest.mark.parametrize("kind,code,word", [(KeyboardInterrupt, 130, "interrupted"),
+                                            (Terminated, 143, "terminated")])
+def test_an_interruption_inside_compiled_code_is_still_one_line(monkeypatch, capsys, kind,
+                                                                code, word):
+    """A SystemError whose cause is Ctrl-C or SIGTERM is that interruption
+    (its line and exit code), not an internal error."""
+    import shapeprior.cli as cli
+
+    def run(argv):
+        _interrupted_inside_compiled_code(kind)
+
+    monkeypatch.setattr(cli, "command", lambda name: run)
+    rc = cli.main(["segment", "x.nii.gz"])
+    err = capsys.readouterr().err
+    assert rc == code and err.count("\n") == 1 and word in err and "internal" not in err, err
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_an_interruption_inside_compiled_code_stops_the_batch(phantom_model, tmp_path,
+                                                              monkeypatch, refine):
+    """Ctrl-C during one case's compiled kernel stops the batch there: the
+    case is not counted as failed, and no later case runs."""
+    from shapeprior.pipeline import (discover_cases, discover_masks, run_batch,
+                                     run_refine_batch)
+    from shapeprior.pipeline import _refine as refine_mod
+    from shapeprior.pipeline import _run as run_mod
+    from shapeprior.segmentation import SegmentParams
+
+    _, images, labels, model = phantom_model
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[0])
+        _interrupted_inside_compiled_code(KeyboardInterrupt)
+
+    if refine:
+        monkeypatch.setattr(refine_mod, "refine_case", interrupted)
+        batch = tmp_path / "masks"
+        batch.mkdir()
+        for i in range(3):
+            shutil.copy(labels / f"phantom_00{i}.nii.gz", batch / f"c{i}.nii.gz")
+        args = (run_refine_batch, discover_masks(batch), SegmentParams())
+    else:
+        monkeypatch.setattr(run_mod, "run_case", interrupted)
+        batch, _ = _three_cases(images, tmp_path)
+        args = (run_batch, discover_cases(batch), SegmentParams(placement="prior"))
+    run, cases, params = args
+    with pytest.raises(KeyboardInterrupt):
+        run(cases, tmp_path / "out", model, params, progress=False, inputs=[batch])
+    assert len(calls) == 1 and not leftovers(tmp_path)

@@ -439,10 +439,25 @@ def check_data_extent(path, name, nbytes, nvalues) -> None:
             raise short(count, "values")
 
 
+#: the largest voxel magnitude accepted: images are computed on in float32, and a
+#: larger value (a float64 file, or an intensity scaling that multiplies by 1e38)
+#: became infinite there and ended as "weights must be finite" deep in a fit
+MAX_VOXEL_MAGNITUDE = float(np.finfo(np.float32).max)
+
+
 def check_values(name, array) -> None:
-    """Refuse NaN or infinite voxel values (from the raw data, any format)."""
-    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+    """Refuse NaN or infinite voxel values (from the raw data, any format), and
+    values beyond the float32 range (:data:`MAX_VOXEL_MAGNITUDE`)."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    if not np.all(np.isfinite(array)):
         raise ImageReadError(f"{name} contains NaN or infinite voxel values")
+    if array.dtype.itemsize > 4 and array.size:
+        big = max(-float(array.min()), float(array.max()))
+        if big > MAX_VOXEL_MAGNITUDE:
+            raise ImageReadError(f"{name}: voxel values reach {big:.3g} in magnitude, beyond "
+                                 f"the 32-bit float range (±{MAX_VOXEL_MAGNITUDE:.3g}) that "
+                                 "the image is processed in")
 
 
 def native(array) -> np.ndarray:
