@@ -46,6 +46,26 @@ def test_flat_image_is_failed(model, scan):
     assert r.status == "failed" and "flat image" in r.reasons[0] and not r.label.any()
 
 
+@pytest.mark.parametrize("across", [2.9, 3.1])
+def test_an_organ_fewer_than_three_voxels_across_is_failed_before_any_search(model, scan,
+                                                                            across):
+    """A header claiming voxels so large that the organ spans fewer than 3 of
+    them along the finest axis (metres written as millimetres): failed at
+    once with the reason, no placement search (that search scanned for minutes
+    on a 1000 mm grid)."""
+    vol, _ = scan
+    size = float(np.linalg.norm(model.mean.max(0) - model.mean.min(0)))
+    sp = np.asarray(vol.spacing, float) * (size / across / float(np.min(vol.spacing)))
+    big = Volume(vol.array, sp, vol.origin, vol.direction)
+    r = segment_volume(big, model, SegmentParams())
+    why = "spans fewer than 3 voxels"
+    if across < 3:
+        assert r.status == "failed" and why in r.reasons[0] and not r.label.any()
+        assert r.n_iter == 0 and r.placement is None
+    else:
+        assert not any(why in x for x in r.reasons)
+
+
 def test_seed_outside_the_image_is_failed(model, scan):
     vol, _ = scan
     r = segment_volume(vol, model, SegmentParams(seed_mm=(900.0, 900.0, 900.0)))

@@ -800,6 +800,13 @@ def _scale_range(model):
     return tuple(float(a) for a in pose.scale_range)
 
 
+#: an organ spanning fewer voxels than this (along the image's finest axis) cannot be
+#: fitted: a profile search needs samples on both sides of a boundary. A hippocampus
+#: (about 40 mm) on a 5 mm CT spans 8; the limit is for headers that lie about the
+#: voxel size (metres written as millimetres), not tuned
+MIN_VOXELS_ACROSS = 3
+
+
 def _cannot_fit(model, vol):
     """Why no fit can be tried on this image (flat, or the organ cannot fit its
     field of view), or None."""
@@ -810,10 +817,18 @@ def _cannot_fit(model, vol):
     m = model.mean
     size = float(np.linalg.norm(m.max(0) - m.min(0)))
     diag = float(np.linalg.norm(ext_img))
+    organ = model.metadata.get('organ', 'organ')
     if size > 1.5 * diag:
-        return (f"the model's {model.metadata.get('organ', 'organ')} (about {size:.0f} mm "
-                f"across) cannot fit this image's field of view ({diag:.0f} mm diagonal): "
-                "wrong model for this image?")
+        return (f"the model's {organ} (about {size:.3g} mm across) cannot fit this image's "
+                f"field of view ({diag:.3g} mm diagonal): wrong model for this image?")
+    finest = float(np.min(vol.spacing))
+    if size < MIN_VOXELS_ACROSS * finest:
+        # no boundary to search for; the placement grid and the profile search
+        # scale with the voxel, and a header claiming metre-sized voxels made
+        # them scan for minutes
+        return (f"the model's {organ} (about {size:.3g} mm across) spans fewer than "
+                f"{MIN_VOXELS_ACROSS} voxels of this image (finest spacing {finest:g} mm): "
+                "wrong model, or a wrong voxel size in the header?")
     return None
 
 
