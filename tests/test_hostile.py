@@ -1180,3 +1180,44 @@ def test_an_interruption_inside_compiled_code_stops_the_batch(phantom_model, tmp
     with pytest.raises(KeyboardInterrupt):
         run(cases, tmp_path / "out", model, params, progress=False, inputs=[batch])
     assert len(calls) == 1 and not leftovers(tmp_path)
+
+
+def test_ctrl_c_at_a_terminal_stops_a_batch_on_workers_in_one_line(phantom_model, tmp_path):
+    """Ctrl-C at a terminal signals every process of the group: the dask
+    workers too. They start with SIGINT ignored, so the run ends with the
+    interruption's one line (not 40-80 lines of worker tracebacks and dask
+    warnings), and no process of the group is left."""
+    import subprocess
+    import sys
+    import time
+
+    _, images, _, model = phantom_model
+    batch, out = _three_cases(images, tmp_path)
+    before = tree_state(batch)
+    env = {k: v for k, v in os.environ.items() if k != "SHAPEPRIOR_TEST_KILL_AT"}
+    p = subprocess.Popen([sys.executable, "-m", "shapeprior.cli", "segment", str(batch), "-o",
+                          str(out), "--model", str(model), "--workers", "2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                         start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        t0 = time.monotonic()
+        while not (out.is_dir() and any(out.iterdir())) and time.monotonic() - t0 < 120:
+            time.sleep(0.02)        # the first case is staged: the workers run
+        os.killpg(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    err = err.decode(errors="replace")
+    assert p.returncode == 130 and err.count("\n") == 1 and "interrupted" in err, err
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 30:
+        try:
+            os.killpg(p.pid, 0)     # a worker or nanny still alive?
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("worker processes outlived the interrupted run")
+    assert tree_state(batch) == before

@@ -479,8 +479,23 @@ def dispatch(job, args, workers=0, scheduler=None, progress=True):
                            "pip install 'shapeprior[dist]'") from None
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=None)
+        import logging
+        import signal
+        import threading
+
+        # Ctrl-C at a terminal reaches every process of its group: the workers
+        # start with SIGINT ignored (a disposition their interpreters keep), so
+        # that this process alone stops the run and closes them, and dask's
+        # warnings about the tasks it cancels stay off the terminal
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1,
+                                   processes=True, host="127.0.0.1", dashboard_address=None,
+                                   silence_logs=logging.CRITICAL)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, old)
     client = Client(scheduler or cluster)
     try:
         futs = [client.submit(job, *a, pure=False) for a in args]
