@@ -417,7 +417,7 @@ def _hostile_images(d):
 
     p = _nifti(d / "slope_huge.nii", arr)
     _patch(p, 112, "<f", 1e38)                   # scl_slope: beyond float32 once applied
-    m64 = sitk.GetImageFromArray(np.where(arr > arr.mean(), 1e300, arr).astype(np.float64))
+    m64 = sitk.GetImageFromArray(np.where(arr > arr.mean(), -1e300, arr).astype(np.float64))
     sitk.WriteImage(m64, str(d / "float64_huge.mha"))
     p = _nifti(d / "offset_in_header.nii", arr)
     _patch(p, 108, "<f", 100.0)                  # vox_offset inside the 348-byte header
@@ -1128,6 +1128,25 @@ def _interrupted_inside_compiled_code(kind):
     except BaseException as exc:
         raise SystemError("CPUDispatcher(<function _sample_numba>) returned a result with an "
                           "exception set") from exc
+
+
+def test_the_interruption_behind_an_exception_is_found_through_causes_and_contexts():
+    from shapeprior._interrupt import interruption
+
+    with pytest.raises(SystemError) as caused:
+        _interrupted_inside_compiled_code(Terminated)
+    assert isinstance(interruption(caused.value), Terminated)
+    try:                    # an error while cleaning up after Ctrl-C: implicit context
+        try:
+            raise KeyboardInterrupt()
+        except KeyboardInterrupt:
+            raise OSError("cleanup failed")
+    except OSError as exc:
+        assert isinstance(interruption(exc), KeyboardInterrupt)
+    loop = ValueError("a")
+    loop.__context__ = ValueError("b")
+    loop.__context__.__context__ = loop     # a cycle ends the walk
+    assert interruption(loop) is None and interruption(SystemError("x")) is None
 
 
 @pytest.mark.parametrize("kind,code,word", [(KeyboardInterrupt, 130, "interrupted"),
