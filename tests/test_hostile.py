@@ -651,6 +651,21 @@ def test_damaged_model_files_one_line_each(case, tmp_path, capsys):
     assert tree_state(d, scan) == before and not leftovers(tmp_path)
 
 
+def test_a_model_path_that_is_a_pipe_or_device_is_named_so_and_never_opened(case, tmp_path,
+                                                                            capsys):
+    """A named pipe (or /dev/zero) given as the model: one line that says what
+    it is, not "no such model file"; it is never opened (a pipe would block)."""
+    scan, _ = case
+    pipe = tmp_path / "model.npz"
+    os.mkfifo(pipe)
+    for path, kind in ((pipe, "a named pipe"), (Path("/dev/zero"), "a device")):
+        for argv in (["model-info", str(path)],
+                     ["segment", str(scan), "-o", str(tmp_path / "o"), "--model", str(path)]):
+            err = one_line_error(capsys, main(argv), kind, "not a model file")
+            assert "no such" not in err
+    assert not (tmp_path / "o").exists()
+
+
 def _inflating_model(src, dest, key, shape):
     """``src`` with member ``key`` replaced by zeros of ``shape`` (float64), written
     as a deflate stream: a small file that inflates to ``8 * prod(shape)`` bytes."""

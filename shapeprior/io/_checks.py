@@ -58,11 +58,11 @@ def withholding_names() -> bool:
     return _NAMES_WITHHELD.get()
 
 
-def input_path_error(path, shown=None) -> Exception:
+def input_path_error(path, shown=None, expected="an image file or folder") -> Exception:
     """The error for an input that is neither a regular file nor a folder: not
     found (FileNotFoundError), or a named pipe, socket or device (ValueError),
     which are never read. ``shown`` is the name used in the message (default:
-    :func:`display_name`)."""
+    :func:`display_name`); ``expected`` what the input should have been."""
     import stat
 
     shown = display_name(path) if shown is None else shown
@@ -72,7 +72,7 @@ def input_path_error(path, shown=None) -> Exception:
         return FileNotFoundError(f"no such file or folder: {shown}")
     kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
             else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
-    return ValueError(f"{shown} is {kind}, not an image file or folder: it is not read")
+    return ValueError(f"{shown} is {kind}, not {expected}: it is not read")
 
 
 def available_memory() -> int:

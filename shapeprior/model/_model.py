@@ -14,7 +14,7 @@ import numpy as np
 from .._validation import shape_problem
 from ..align import procrustes
 from ..appearance import ProfileModel, VoxelClassifier
-from ..io import available_memory
+from ..io import available_memory, input_path_error
 from ._dictlearn import is_centred
 from ._pose import PosePrior
 
@@ -449,6 +449,8 @@ def load_model(path) -> ShapeModel:
         raise IsADirectoryError(f"{name} is a folder; a model file (.npz from build-model) "
                                 "is expected here")
     if not p.is_file():
+        if p.exists():      # a named pipe, socket or device: never opened
+            raise input_path_error(p, name, "a model file (.npz from build-model)")
         raise FileNotFoundError(f"no such model file: {name}")
     z = _open_npz(p)
     with z:
