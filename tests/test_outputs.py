@@ -1130,3 +1130,74 @@ def test_an_enhanced_multiframe_input_gets_its_seg_and_structure_set(phantom_mod
               for f in sg.PerFrameFunctionalGroupsSequence}
     assert frames == want
     assert enhanced.read_bytes() == before
+
+
+@pytest.mark.parametrize("charset,name,written,note", [
+    ("ISO-IR 100", "Müller^Jörg", "ISO_IR 100", "a misspelt DICOM term"),
+    ("ISO_IR 999", "Albus^Dumbledore", "ISO_IR 192", "no term DICOM defines"),
+    (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎", ["ISO 2022 IR 6", "ISO 2022 IR 87"],
+     None),
+    (["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동", "ISO_IR 192",
+     "one highdicom writes no SEG in"),
+    ("", "Albus^Dumbledore", None, None),
+], ids=["misspelt", "unknown", "japanese", "korean", "empty"])
+def test_dicom_outputs_of_a_series_in_any_character_set(phantom_model, tmp_path, charset, name,
+                                                         written, note):
+    """A series whose Specific Character Set is misspelt ('ISO-IR 100', which
+    pydicom corrects), unknown, Korean (a set highdicom does not write), an empty
+    first value before a code extension (Japanese), or empty: the SEG and the
+    structure set are written, with the patient's name as pydicom read it and a
+    set that says so, and a note where the set changed. highdicom refused every
+    one of them, and the run's outputs were lost after the fit; the structure
+    set declared several terms as their Python list ("['', 'ISO 2022 IR 87']")."""
+    import warnings
+
+    import pydicom
+    from _phantoms import write_dicom_series
+
+    _, images, _, model = phantom_model
+    vol, _ = read_image(images / "phantom_006.nii.gz")
+    series = write_dicom_series(vol, tmp_path / "dicom")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # pydicom on the misspelt and unknown sets
+        for f in sorted(series.iterdir()):
+            ds = pydicom.dcmread(f)
+            ds.SpecificCharacterSet = charset
+            ds.PatientName = name
+            ds.save_as(f)
+    out = tmp_path / "out"
+    assert main(["segment", str(series), "-o", str(out), "--model", str(model),
+                 "--output-type", "nifti,dicom-seg,rtstruct"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    for key, file, what, unset in (("dicom_seg", "seg.dcm", "the SEG", None),
+                                   ("rtstruct", "rtstruct.dcm", "the structure set",
+                                    "ISO_IR 100")):
+        ds = pydicom.dcmread(out / file)
+        assert str(ds.PatientName) == name, file
+        got = ds.get("SpecificCharacterSet", unset)
+        assert (list(got) if isinstance(got, pydicom.multival.MultiValue) else got) == \
+            (written or unset), file
+        said = [n for n in rep[key]["notes"] if "Specific Character Set" in n]
+        assert len(said) == (1 if note else 0), said
+        assert all(f"{note}: {what} declares" in n for n in said), said
+
+
+def test_a_series_in_a_misspelt_character_set_prints_nothing_of_pydicom(phantom_model,
+                                                                         tmp_path):
+    """pydicom warns on the terminal about a Specific Character Set it corrects
+    or does not know, wherever a text element is first read: the command line
+    prints its own lines only."""
+    import pydicom
+    from _phantoms import write_dicom_series
+    from _safety import _subprocess
+
+    _, images, _, model = phantom_model
+    vol, _ = read_image(images / "phantom_006.nii.gz")
+    series = write_dicom_series(vol, tmp_path / "dicom")
+    for f in sorted(series.iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.SpecificCharacterSet = "ISO_IR 999"
+        ds.save_as(f)
+    rc, _, err = _subprocess(["segment", str(series), "-o", str(tmp_path / "out"), "--model",
+                              str(model), "--output-type", "dicom-seg"])
+    assert rc == 0 and "pydicom" not in err and "Warning" not in err, err

@@ -146,6 +146,63 @@ def read_dicom_seg(path):
     return Volume(np.ascontiguousarray(a), spacing, origin, direction)
 
 
+#: what an output declares when the source's Specific Character Set cannot be
+#: written as it is: UTF-8 holds whatever text pydicom read (an unknown set's text
+#: in pydicom's default repertoire, Latin-1, which maps every byte)
+UTF8_CHARSET = "ISO_IR 192"
+
+#: multi-byte sets that may not come first among several (DICOM PS3.3 C.12.1.1.2)
+_MULTI_BYTE = ("ISO 2022 IR 87", "ISO 2022 IR 159", "ISO 2022 IR 149")
+
+
+def dicom_charset(value):
+    """``(terms, why)``: the Specific Character Set the DICOM outputs declare for
+    a source whose value is ``value`` (a string or several), and why it differs
+    from ``value`` (None when it does not, or only by naming the default
+    repertoire that an empty first value stands for).
+
+    A term DICOM defines is kept. A misspelt one that pydicom corrects when it
+    reads ('ISO-IR 100', 'ISO_2022_IR_87') is written corrected (``why``
+    'misspelt'), as pydicom read the text. An unknown one ('ISO_IR 999':
+    'unknown') or a set highdicom writes no SEG in (Korean 'ISO 2022 IR 149',
+    one code-extension term alone: 'unwritable') becomes :data:`UTF8_CHARSET`,
+    the same text. highdicom refused such a value outright, and the run's
+    outputs were lost after the fit.
+    """
+    import re
+
+    from ._pydicom import pydicom
+
+    known = pydicom.charset.python_encoding         # DICOM term -> Python codec
+    given = [t.strip() for t in _charset_terms(value)]
+    terms, why = [], None
+    for i, t in enumerate(given):
+        if i == 0 and t == "" and len(given) > 1:
+            t = "ISO 2022 IR 6"     # what an empty first value stands for
+        elif t == "ISO_IR 6" and len(given) == 1:
+            t = ""                  # the default repertoire, named (no value says it)
+        if t not in known and not (t == "" and len(given) == 1):
+            patched = None          # pydicom's corrections (its charset.py)
+            if re.match("^ISO[^_]IR", t):
+                patched = "ISO_IR" + t[6:]
+            elif re.match("^(?=ISO.2022.IR.)(?!ISO 2022 IR )", t):
+                patched = "ISO 2022 IR " + t[12:]
+            if patched not in known:
+                return [UTF8_CHARSET], "unknown"
+            t, why = patched, "misspelt"
+        terms.append(t)
+    try:
+        from highdicom.enum import SpecificCharacterSetValues
+    except ImportError:     # highdicom before 0.28 copies the source's value unchecked
+        return terms, why
+    writable = {v.value for v in SpecificCharacterSetValues} | {""}
+    several = len(terms) > 1
+    if any(t not in writable for t in terms) or (several and terms[0] in _MULTI_BYTE) or \
+            any(t.startswith("ISO 2022") != several for t in terms):
+        return [UTF8_CHARSET], "unwritable"
+    return terms, why
+
+
 def source_datasets(folder, series_key=None, what="the SEG"):
     """The header datasets of one DICOM image series (the one
     :func:`~shapeprior.io.read_dicom_series` read, or the one enhanced
@@ -200,8 +257,43 @@ def source_datasets(folder, series_key=None, what="the SEG"):
                 setattr(ds, key, generate_uid(entropy_srcs=seed))
                 notes.add(f"the source has no {key}: a derived one is used; {what} may not "
                           "attach to the series in a PACS")
+        charset = ds.get("SpecificCharacterSet")
+        if charset is not None:
+            terms, why = dicom_charset(charset)
+            if terms == [""] or terms != _charset_terms(charset):
+                ds.decode()     # the text as pydicom read it, before the set changes
+                if terms == [""]:
+                    del ds.SpecificCharacterSet         # the default repertoire
+                else:
+                    ds.SpecificCharacterSet = terms if len(terms) > 1 else terms[0]
+            if why is not None:
+                notes.add(f"the source's Specific Character Set {_quoted(charset)} is "
+                          f"{_CHARSET_WHY[why]}: {what} declares {_quoted(terms)}, the text "
+                          "as pydicom read it")
+        for key in PATIENT_STUDY_TYPE2:
+            if "\ufffd" in str(ds.get(key, "")):        # bytes its set cannot decode
+                notes.add(f"the source's {key} holds bytes its Specific Character Set does "
+                          f"not decode: {what} has replacement characters there")
         out.append(ds)
     return out, sorted(notes)
+
+
+_CHARSET_WHY = {"misspelt": "a misspelt DICOM term", "unknown": "no term DICOM defines",
+                "unwritable": "one highdicom writes no SEG in"}
+
+
+def _charset_terms(value):
+    """The terms of a Specific Character Set value (one string, or several)."""
+    from pydicom.multival import MultiValue
+
+    return [str(v) for v in (value if isinstance(value, (list, tuple, MultiValue)) else
+                             [value])]
+
+
+def _quoted(value):
+    """A Specific Character Set value as the notes show it: 'ISO_IR 100' or
+    '\\ISO 2022 IR 87' (DICOM's backslash between several)."""
+    return "'" + "\\".join(_charset_terms(value)) + "'"
 
 
 def frame_mask(label, vol, ds):

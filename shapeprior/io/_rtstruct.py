@@ -563,7 +563,8 @@ def write_structure_set(path, label, vol, folder, series_key=None, organ="organ"
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SpecificCharacterSet = str(first.get("SpecificCharacterSet", "") or "ISO_IR 100")
+    # (several terms stay several: str() of them wrote their Python list)
+    ds.SpecificCharacterSet = first.get("SpecificCharacterSet") or "ISO_IR 100"
     ds.SOPClassUID, ds.SOPInstanceUID = RTSTRUCT_SOP_CLASS, meta.MediaStorageSOPInstanceUID
     for key in _COPIED:
         setattr(ds, key, first.get(key, "") or "")
