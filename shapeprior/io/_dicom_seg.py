@@ -260,8 +260,9 @@ def source_datasets(folder, series_key=None, what="the SEG"):
         charset = ds.get("SpecificCharacterSet")
         if charset is not None:
             terms, why = dicom_charset(charset)
+            # (text not yet read is decoded in the set the file was read with: pydicom
+            # keeps that set, whatever the attribute says afterwards)
             if terms == [""] or terms != _charset_terms(charset):
-                ds.decode()     # the text as pydicom read it, before the set changes
                 if terms == [""]:
                     del ds.SpecificCharacterSet         # the default repertoire
                 else:
