@@ -514,3 +514,37 @@ def test_the_same_voxels_in_another_axis_order_are_placed_as_itk_places_them():
     tilted = Volume(base.array, base.spacing, base.origin, rot @ tilt)
     assert tilted.reoriented_like(base) is None and tilted.placed_on(base) is None
     assert base.reoriented_like(base) is base
+
+
+@pytest.mark.parametrize("qfac", [-1.0, -0.5, -3.0, 0.0, 0.5, 1.0, 2.0])
+def test_a_qform_only_nifti_is_placed_as_itk_places_it_whatever_its_qfac(tmp_path, qfac):
+    """pixdim[0] (qfac) should be 1 or -1. niftilib (ITK, FSL, AFNI) takes any
+    negative value for -1 and any other for 1; nibabel resets every value but
+    -1 to 1, so a qfac of -0.5 was read as the mirror image of what every
+    other reader shows (the third axis flipped). A rotated, qform-only file
+    with each qfac is placed here as SimpleITK places it."""
+    import struct
+
+    import nibabel as nib
+    import SimpleITK as sitk
+    from scipy.spatial.transform import Rotation
+
+    aff = np.eye(4)
+    aff[:3, :3] = Rotation.from_euler("xyz", [10, 20, 30], degrees=True).as_matrix() @ \
+        np.diag([0.8, 0.9, 2.5])
+    aff[:3, 2] *= -1.0                          # a left-handed grid: its qfac is -1
+    aff[:3, 3] = [10.0, -20.0, 30.0]
+    img = nib.Nifti1Image(np.arange(120, dtype=np.int16).reshape(4, 5, 6), None)
+    img.header.set_qform(aff, code=1)
+    img.header.set_sform(None, code=0)
+    p = tmp_path / "q.nii"
+    nib.save(img, p)
+    raw = bytearray(p.read_bytes())
+    struct.pack_into("<f", raw, 76, qfac)       # pixdim[0]
+    p.write_bytes(bytes(raw))
+    vol = read_volume(p)
+    ref = sitk.ReadImage(str(p))
+    assert np.allclose(vol.direction, np.reshape(ref.GetDirection(), (3, 3)), atol=1e-6)
+    assert np.allclose(vol.spacing, ref.GetSpacing(), atol=1e-6)
+    assert np.allclose(vol.origin, ref.GetOrigin(), atol=1e-5)
+    assert np.array_equal(vol.array, sitk.GetArrayFromImage(ref))

@@ -214,6 +214,31 @@ def _checked_header(p: Path, name: str, allow_no_orientation: bool) -> RawHeader
     return h
 
 
+def _niftilib_qform(hdr, qfac, spacing) -> np.ndarray:
+    """The qform (RAS affine) as niftilib computes it (``nifti_quatern_to_mat44``,
+    which ITK, FSL and AFNI use), for a header whose ``pixdim[0]`` (qfac) is
+    negative but not -1: niftilib takes any negative qfac for -1 and flips the
+    third axis; nibabel resets such a qfac to 1, and the image came out as its
+    mirror image. (A quaternion ``(b, c, d)`` longer than 1, which niftilib
+    reads as a rotation by 180 degrees about it, stays refused: nibabel cannot
+    open the file.)"""
+    quat = np.array([float(hdr[k]) for k in ("quatern_b", "quatern_c", "quatern_d")])
+    b, c, d = quat
+    a = 1.0 - float(quat @ quat)
+    if a < 1e-7:                    # niftilib: the vector normalised, a rotation by pi
+        b, c, d = quat / np.sqrt(float(quat @ quat))
+        a = 0.0
+    else:
+        a = np.sqrt(a)
+    R = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                  [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                  [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
+    aff = np.eye(4)
+    aff[:3, :3] = R * (np.asarray(spacing, dtype=float) * [1.0, 1.0, -1.0 if qfac < 0 else 1.0])
+    aff[:3, 3] = [float(hdr[k]) for k in ("qoffset_x", "qoffset_y", "qoffset_z")]
+    return aff
+
+
 def _affine(img, h: RawHeader, name: str, allow_no_orientation: bool) -> np.ndarray:
     """The NIfTI convention's affine (RAS mm): sform, else qform, else refuse."""
     hdr = img.header
@@ -226,10 +251,14 @@ def _affine(img, h: RawHeader, name: str, allow_no_orientation: bool) -> np.ndar
         if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
             raise ImageReadError(f"{name}: voxel spacing (pixdim) {sp.tolist()} mm is not "
                                  f"finite and positive ({codes})")
-        try:
-            aff = np.asarray(hdr.get_qform(), dtype=float)
-        except Exception as exc:  # noqa: BLE001 - nibabel's HeaderDataError and friends
-            raise ImageReadError(f"{name}: invalid qform ({codes}): {exc}") from None
+        qfac = float(h.pixdim[0])       # as the file holds it, not as nibabel repaired it
+        if qfac < 0 and qfac != -1.0:
+            aff = _niftilib_qform(hdr, qfac, sp)
+        else:
+            try:
+                aff = np.asarray(hdr.get_qform(), dtype=float)
+            except Exception as exc:  # noqa: BLE001 - nibabel's HeaderDataError and friends
+                raise ImageReadError(f"{name}: invalid qform ({codes}): {exc}") from None
         what = "qform"
     else:
         if not allow_no_orientation:
