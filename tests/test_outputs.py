@@ -1209,3 +1209,38 @@ def test_a_series_in_a_misspelt_character_set_prints_nothing_of_pydicom(phantom_
     rc, _, err = _subprocess(["segment", str(series), "-o", str(tmp_path / "out"), "--model",
                               str(model), "--output-type", "dicom-seg"])
     assert rc == 0 and "pydicom" not in err and "Warning" not in err, err
+
+
+@pytest.mark.parametrize("sform_code", [1, 2])
+def test_a_label_lies_on_its_image_in_every_reader_when_qform_and_sform_differ(
+        phantom_model, tmp_path, sform_code):
+    """An image whose qform places it 6 mm from where its sform does (a
+    registration written into the sform, sform_code 2): nibabel and FSL use
+    the sform, ITK (3D Slicer, ITK-SNAP) the qform. The label was written
+    with qform = sform, so in ITK it lay 6 mm off its own image. It now holds
+    both of the image's transforms, so each reader puts it on the image; the
+    report says where the readers part (not for sform_code 1, which ITK uses)."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    _, images, _, model = phantom_model
+    src = nib.load(images / "phantom_006.nii.gz")
+    img = nib.Nifti1Image(np.asarray(src.dataobj), None)
+    q = src.affine.copy()
+    s = q.copy()
+    s[:3, 3] += [5.0, -3.0, 2.0]
+    img.header.set_qform(q, code=1)
+    img.header.set_sform(s, code=sform_code)
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(img, scan)
+    out = tmp_path / "out"
+    assert main(["segment", str(scan), "-o", str(out), "--model", str(model)]) == 0
+    lab = nib.load(out / "label.nii.gz").header
+    assert np.allclose(lab.get_qform(), q, atol=1e-5) and int(lab["qform_code"]) == 1
+    assert np.allclose(lab.get_sform(), s, atol=1e-5) and int(lab["sform_code"]) == sform_code
+    a, b = sitk.ReadImage(str(scan)), sitk.ReadImage(str(out / "label.nii.gz"))
+    assert np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+    assert np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+    said = [w for w in json.loads((out / "report.json").read_text())["warnings"]
+            if "qform places the image up to 6.16 mm" in w]
+    assert len(said) == (1 if sform_code != 1 else 0)

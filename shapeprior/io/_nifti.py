@@ -5,11 +5,15 @@ The header is parsed and checked here, from its raw bytes, before anything
 is allocated: data type against bitpix, dimensions, the byte count the
 header promises against what the file holds (ITK zero-fills a truncated
 file without a word), the size against available memory, scale factors,
-and the transform. Geometry follows the convention exactly as nibabel does:
-the sform when ``sform_code > 0``, else the qform when ``qform_code > 0``;
-a file with neither is refused unless ``allow_no_orientation``. A sheared
-sform is refused, never swapped for the qform. Voxel values come from the
-raw data through nibabel, so NaN and infinities are seen (ITK zeroes them).
+and the transform. Geometry follows the convention as nibabel does: the
+sform when ``sform_code > 0``, else the qform when ``qform_code > 0`` (a qform
+whose qfac is negative but not -1 computed as niftilib does, where nibabel
+alone departs from ITK and FSL); a file with neither is refused unless
+``allow_no_orientation``. A sheared sform is refused, never swapped for the
+qform. A qform that places the file elsewhere than its sform is reported
+(``other_qform``) and written into the label, so that a reader that prefers
+the qform (ITK) lays the label on the image. Voxel values come from the raw
+data through nibabel, so NaN and infinities are seen (ITK zeroes them).
 
 Coordinates: NIfTI affines map to RAS mm; :class:`~shapeprior.io.Volume`
 holds LPS mm (ITK's convention), so x and y change sign on the way in and
@@ -239,6 +243,51 @@ def _niftilib_qform(hdr, qfac, spacing) -> np.ndarray:
     return aff
 
 
+def _qform(hdr, h: RawHeader, name: str, codes: str) -> np.ndarray:
+    """The qform (RAS affine) as niftilib, ITK and nibabel agree on it."""
+    sp = np.asarray(h.pixdim[1:4], dtype=float)
+    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise ImageReadError(f"{name}: voxel spacing (pixdim) {sp.tolist()} mm is not "
+                             f"finite and positive ({codes})")
+    qfac = float(h.pixdim[0])       # as the file holds it, not as nibabel repaired it
+    if qfac < 0 and qfac != -1.0:
+        return _niftilib_qform(hdr, qfac, sp)
+    try:
+        return np.asarray(hdr.get_qform(), dtype=float)
+    except Exception as exc:  # noqa: BLE001 - nibabel's HeaderDataError and friends
+        raise ImageReadError(f"{name}: invalid qform ({codes}): {exc}") from None
+
+
+def _other_qform(img, h: RawHeader, name: str, shape) -> dict | None:
+    """Of a file placed by its sform that also holds a qform placing it
+    elsewhere: ``{"affine": qform (RAS, 4x4 list), "code": qform_code,
+    "apart_mm": the largest distance between where the two put a corner of
+    the grid}``; else None. ITK (and 3D Slicer, ITK-SNAP) place such a file by
+    its qform when its sform_code is not 1 (scanner); nibabel, FSL and this
+    reader by its sform. A label written with both transforms lies on the
+    image's voxels in each of them."""
+    if not (h.sform_code > 0 and h.qform_code > 0):
+        return None
+    try:
+        q = _qform(img.header, h, name, "")
+    except ImageReadError:
+        return None
+    if not np.all(np.isfinite(q)):
+        return None
+    s = np.asarray(img.header.get_sform(), dtype=float)
+    n = np.asarray(shape[:3], dtype=float) - 1
+    corners = np.array([[i, j, k, 1.0] for i in (0, n[0]) for j in (0, n[1]) for k in (0, n[2])])
+    apart = float(np.max(np.linalg.norm((corners @ (q - s).T)[:, :3], axis=1)))
+    if apart <= QFORM_APART_MM:
+        return None
+    return {"affine": q.tolist(), "code": int(h.qform_code), "apart_mm": apart}
+
+
+#: a qform this close to the sform (mm, at the grid's corners) places the image where
+#: the sform does, within the float32 rounding of the header's numbers
+QFORM_APART_MM = 1e-3
+
+
 def _affine(img, h: RawHeader, name: str, allow_no_orientation: bool) -> np.ndarray:
     """The NIfTI convention's affine (RAS mm): sform, else qform, else refuse."""
     hdr = img.header
@@ -247,18 +296,7 @@ def _affine(img, h: RawHeader, name: str, allow_no_orientation: bool) -> np.ndar
         aff = np.asarray(hdr.get_sform(), dtype=float)
         what = "sform"
     elif h.qform_code > 0:
-        sp = np.asarray(h.pixdim[1:4], dtype=float)
-        if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-            raise ImageReadError(f"{name}: voxel spacing (pixdim) {sp.tolist()} mm is not "
-                                 f"finite and positive ({codes})")
-        qfac = float(h.pixdim[0])       # as the file holds it, not as nibabel repaired it
-        if qfac < 0 and qfac != -1.0:
-            aff = _niftilib_qform(hdr, qfac, sp)
-        else:
-            try:
-                aff = np.asarray(hdr.get_qform(), dtype=float)
-            except Exception as exc:  # noqa: BLE001 - nibabel's HeaderDataError and friends
-                raise ImageReadError(f"{name}: invalid qform ({codes}): {exc}") from None
+        aff = _qform(hdr, h, name, codes)
         what = "qform"
     else:
         if not allow_no_orientation:
@@ -293,7 +331,9 @@ def read_nifti(path, allow_no_orientation=False):
         Array (z, y, x); LPS geometry from the sform/qform as nibabel places it.
     info : dict
         ``nifti_version``, ``qform_code``, ``sform_code``, ``xform`` (which one
-        placed the image), ``xform_code`` (its code, reused when writing).
+        placed the image), ``xform_code`` (its code, reused when writing), and
+        ``other_qform`` where the file's qform places it elsewhere than its sform
+        (see :func:`_other_qform`).
     """
     from ._volume import Volume
 
@@ -314,6 +354,9 @@ def read_nifti(path, allow_no_orientation=False):
     info = {"nifti_version": h.version, "qform_code": h.qform_code, "sform_code": h.sform_code,
             "xform": "sform" if h.sform_code > 0 else ("qform" if h.qform_code > 0 else "none"),
             "xform_code": int(code)}
+    other = _other_qform(img, h, name, data.shape)
+    if other is not None:
+        info["other_qform"] = other
     return Volume(arr, spacing, origin, direction), info
 
 
@@ -417,8 +460,11 @@ def affine_ras(vol) -> np.ndarray:
     return A
 
 
-def write_nifti(vol, path, code=1, description=None) -> None:
-    """Write ``vol`` as NIfTI-1 with qform = sform (both ``code``), atomically.
+def write_nifti(vol, path, code=1, description=None, qform=None) -> None:
+    """Write ``vol`` as NIfTI-1 with qform = sform (both ``code``), atomically;
+    with ``qform`` (``{"affine": RAS 4x4, "code": int}``, the ``other_qform``
+    of the image the volume's grid came from), that qform instead, so that
+    every reader places the file as it places that image.
 
     The array is written as it is (x fastest); ``path`` ending ``.gz`` is
     compressed at the fastest level (ISA-L where installed; no file name and
@@ -432,7 +478,10 @@ def write_nifti(vol, path, code=1, description=None) -> None:
     code = int(code) if code else 1
     A = affine_ras(vol)
     img = nib.Nifti1Image(np.asarray(vol.array).transpose(2, 1, 0), A)
-    img.set_qform(A, code=code)
+    if qform is None:
+        img.set_qform(A, code=code)
+    else:
+        img.set_qform(np.asarray(qform["affine"], dtype=float), code=int(qform["code"]))
     img.set_sform(A, code=code)
     img.header.set_xyzt_units("mm")
     if description:

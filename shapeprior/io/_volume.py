@@ -457,11 +457,14 @@ def as_label_map(vol: Volume, name="mask") -> Volume:
     return vol
 
 
-def write_label(vol: Volume, label, path, code=1, description=None):
+def write_label(vol: Volume, label, path, code=1, description=None, qform=None):
     """Label map (uint8) with exactly ``vol``'s geometry, written atomically.
 
     NIfTI (``.nii``/``.nii.gz``) is written with qform = sform and ``code``, and
-    ``description`` in its header's ``descrip``; other formats through SimpleITK."""
+    ``description`` in its header's ``descrip``; other formats through SimpleITK.
+    ``qform``: the ``other_qform`` that :func:`read_image` reported for the
+    NIfTI image of this grid, written as the label's qform (see
+    :func:`~shapeprior.io._nifti.write_nifti`)."""
     import os
 
     from ._nifti import is_nifti, write_nifti
@@ -471,7 +474,7 @@ def write_label(vol: Volume, label, path, code=1, description=None):
     lab = Volume(a, vol.spacing, vol.origin, vol.direction)
     p = Path(path)
     if is_nifti(p):
-        write_nifti(lab, p, code, description)
+        write_nifti(lab, p, code, description, qform)
         return
     import SimpleITK as sitk
 

@@ -519,6 +519,12 @@ def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, in
                         "(gaps): boundaries between slabs are interpolated")
     if info.get("oblique"):
         warnings.append("oblique acquisition: handled exactly in physical space")
+    if (other := info.get("other_qform")) and info.get("sform_code", 0) != 1:
+        warnings.append(
+            f"the NIfTI's qform places the image up to {other['apart_mm']:.3g} mm from where "
+            "its sform does: nibabel and FSL place it by the sform (as here), ITK, 3D Slicer "
+            "and ITK-SNAP by the qform; the label holds both, so each overlays it on the "
+            "image, but coordinates (the seed, the report's) are the sform's")
     if not res.converged and res.n_iter:
         warnings.append("did not converge within the iteration limit")
     other = res.evidence.get("other_side")
@@ -652,7 +658,8 @@ def _write_outputs(out, vol, res, report, model, model_path, input_path, referen
     if "nifti" in kinds:
         write_label(vol, res.label, out.file("label.nii.gz"),
                     code=info.get("xform_code") or 1,
-                    description=label_description(res.status, model))
+                    description=label_description(res.status, model),
+                    qform=info.get("other_qform"))
     if "dicom-seg" in kinds:
         report["dicom_seg"] = _write_seg(out, vol, res, model, input_path, info, params)
     if "rtstruct" in kinds:
