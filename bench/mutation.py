@@ -48,6 +48,7 @@ TESTS = {
     "interrupt": ["tests/test_hostile.py", "tests/test_refine_batch.py"],
     "fitearly": ["tests/test_status.py", "tests/test_segment.py"],
     "charset": ["tests/test_outputs.py"],
+    "niftiforms": ["tests/test_io.py", "tests/test_outputs.py"],
     "dicombare": ["tests/test_dicom_bare.py", "tests/test_dicom_damaged.py", "tests/test_io.py",
                   "tests/test_reader_corpus.py"],
     "align": ["tests/test_align.py", "tests/test_align_properties.py",
@@ -1850,11 +1851,11 @@ MUTANTS = [
      "    for h, d in ((\".img\", \".hdr\"), (\".hdr.gz\", \".img.gz\")):",
      "a NIfTI pair's header and data files swapped"),
     ("nifti-qform-spacing-unchecked", "io", "shapeprior/io/_nifti.py",
-     "        sp = np.asarray(h.pixdim[1:4], dtype=float)\n"
-     "        if not np.all(np.isfinite(sp)) or np.any(sp <= 0):\n"
-     "            raise ImageReadError(f\"{name}: voxel spacing (pixdim) {sp.tolist()} mm is not \"\n"
-     "                                 f\"finite and positive ({codes})\")",
-     "        sp = np.asarray(h.pixdim[1:4], dtype=float)",
+     "    sp = np.asarray(h.pixdim[1:4], dtype=float)\n"
+     "    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):\n"
+     "        raise ImageReadError(f\"{name}: voxel spacing (pixdim) {sp.tolist()} mm is not \"\n"
+     "                             f\"finite and positive ({codes})\")",
+     "    sp = np.asarray(h.pixdim[1:4], dtype=float)",
      "a qform with zero or negative pixdim read"),
     ("nifti-shear-tolerance", "io", "shapeprior/io/_nifti.py",
      "    if np.abs(D.T @ D - np.eye(3)).max() > 1e-4:", "    if np.abs(D.T @ D - np.eye(3)).max() > 0.2:",
@@ -3472,8 +3473,9 @@ MUTANTS = [
      "    where = [mesh, \"qc.png\"]",
      "--no-qc: the report sends the reader to a qc.png that was not written"),
     ("wh-descrip-dropped", "withheld", "shapeprior/pipeline/_run.py",
-     "                    description=label_description(res.status, model))",
-     "                    description=None)",
+     "                    description=label_description(res.status, model),\n"
+     "                    qform=info.get(\"other_qform\"))",
+     "                    description=None, qform=info.get(\"other_qform\"))",
      "the label's header says nothing of the status a header viewer would show"),
     ("wh-descrip-refine-as-segment", "refine", "shapeprior/pipeline/_refine.py",
      "                    description=label_description(report[\"status\"], model, refined=True))",
@@ -3964,6 +3966,28 @@ MUTANTS = [
      'warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\\.charset")',
      'pass',
      "pydicom's character-set warnings on the terminal"),
+    # -- round 61: a NIfTI's qfac as niftilib reads it, and a qform that places the image
+    # elsewhere than its sform (shapeprior/io/_nifti.py, pipeline/_run.py)
+    ("nifti-qfac-as-nibabel", "niftiforms", "shapeprior/io/_nifti.py",
+     "    if qfac < 0 and qfac != -1.0:",
+     "    if False:",
+     "a qform-only file with qfac -0.5 read as its mirror image (nibabel's reading)"),
+    ("nifti-qfac-unflipped", "niftiforms", "shapeprior/io/_nifti.py",
+     "[1.0, 1.0, -1.0 if qfac < 0 else 1.0])",
+     "[1.0, 1.0, 1.0])",
+     "niftilib's qform computed without the flip of the third axis"),
+    ("nifti-other-qform-dropped", "niftiforms", "shapeprior/io/_nifti.py",
+     "    if apart <= QFORM_APART_MM:",
+     "    if True:",
+     "a label written with qform = sform: off its image in ITK and Slicer"),
+    ("nifti-other-qform-unwritten", "niftiforms", "shapeprior/io/_nifti.py",
+     '        img.set_qform(np.asarray(qform["affine"], dtype=float), code=int(qform["code"]))',
+     '        img.set_qform(A, code=int(qform["code"]))',
+     "the input's qform code kept but its transform replaced by the sform's"),
+    ("nifti-other-qform-said-for-scanner", "niftiforms", "shapeprior/pipeline/_run.py",
+     '    if (other := info.get("other_qform")) and info.get("sform_code", 0) != 1:',
+     '    if (other := info.get("other_qform")):',
+     "the readers said to part on a file whose sform_code 1 ITK follows too"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour
