@@ -346,6 +346,54 @@ def test_hounsfield_share_counts_a_subsample_of_a_large_image():
     assert share == pytest.approx(0.1)
 
 
+def test_padding_below_air_is_left_out_of_the_image_statistics():
+    """The image's minimum is padding when it lies below -1024 (air in HU) and
+    holds at least 0.1 % of the voxels: an MR padded with -32768 is not a CT;
+    a CT's corners at -2048 leave it a CT and its share counts the field of
+    view only; one stray voxel below air is not padding."""
+    from shapeprior.appearance import hounsfield_share, intensity_scale, padding_value
+
+    mr = np.full((40, 50, 60), 300, np.int16)
+    mr[10:30, 10:40, 10:50] = 600
+    padded = mr.copy()
+    padded[:, :, :24] = -32768                      # 40 % padding
+    vol = Volume(padded, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    assert padding_value(padded) == -32768 and hounsfield_share(vol) == 0.0
+    # the percentiles of the field of view: those of an image of the same mix
+    kept = padded[padded != -32768]
+    assert intensity_scale(vol, "percentile") == pytest.approx(
+        (float(np.percentile(kept, 1)), float(np.percentile(kept, 99) - np.percentile(kept, 1))))
+    ct = np.full((40, 50, 60), 40, np.int16)
+    ct[:, :, :12] = -1000                           # air: 20 %
+    ct[:, :5] = -2048                               # corners outside the circle: 10 %
+    share = hounsfield_share(Volume(ct, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3)))
+    assert share == pytest.approx(np.count_nonzero(ct == -1000) / np.count_nonzero(ct > -2048))
+    stray = ct.copy()
+    stray[stray == -2048] = 40
+    stray[0, 0, 0] = -1207                          # the example CT's one voxel below air
+    assert padding_value(stray) is None
+    clipped = stray.copy()
+    clipped[:, :5] = -1024                          # air clipped at -1024: not padding
+    assert padding_value(clipped) is None
+
+
+def test_an_mr_padded_below_air_is_segmented_as_without_padding(model, scan):
+    """An MR crop whose margin a reformatting tool filled with -32768: it was
+    taken for a CT (more than half of its voxels "below -20 HU") and failed as
+    the wrong modality; it is fitted as with a margin of zeros."""
+    vol, truth = scan
+    a = np.asarray(vol.array)
+    fits = {}
+    for fill in (0, -32768):
+        big = np.pad(a.astype(np.int16), 8, constant_values=fill)
+        v = Volume(big, vol.spacing, vol.index_to_physical(-8.0 * np.ones((1, 3)))[0],
+                   vol.direction)
+        r = segment_volume(v, model, SegmentParams())
+        fits[fill] = (r, dice(r.label[8:-8, 8:-8, 8:-8], truth))
+    (r0, d0), (rp, dp) = fits[0], fits[-32768]
+    assert rp.status == r0.status == "ok" and dp > 0.9 and abs(dp - d0) < 0.02, (d0, dp)
+
+
 def test_organ_cut_by_the_field_of_view_is_not_ok(model, scan):
     """Half of the organ cropped away: the result says so."""
     vol, truth = scan

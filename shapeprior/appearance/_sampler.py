@@ -31,12 +31,37 @@ HU_CT_SHARE = 0.10
 HU_SAMPLE = 4_000_000
 
 
+#: the image's minimum is padding, not anything scanned, when it lies below air in HU
+#: (-1024 HU, the lowest a CT's rescale gives air) and at least ``PADDING_MIN_SHARE``
+#: of the voxels hold it: a CT's corners outside its circular field of view (-2048,
+#: -3024), or what a reformatting tool filled in (-32768). An MR crop padded with
+#: -32768 had 55 % of its voxels "below -20 HU": taken for a CT, failed as the wrong
+#: modality, and its percentiles were the padding's. (The TotalSegmentator example
+#: CT's minimum, -1207, is one voxel: not padding.)
+PADDING_BELOW, PADDING_MIN_SHARE = -1024.0, 0.001
+
+
+def padding_value(a):
+    """The value of ``a`` (an image array, or a subsample of one) that is
+    padding (:data:`PADDING_BELOW`), or None."""
+    if a.size == 0:
+        return None
+    lo = a.min()
+    if float(lo) >= PADDING_BELOW:
+        return None
+    return lo if np.count_nonzero(a == lo) >= PADDING_MIN_SHARE * a.size else None
+
+
 def hounsfield_share(vol):
     """Share of the image's voxels below :data:`HU_BELOW` (a regular subsample of
-    at most about :data:`HU_SAMPLE` voxels)."""
+    at most about :data:`HU_SAMPLE` voxels), padding (:func:`padding_value`)
+    left out."""
     a = vol.array
     step = max(1, int(np.ceil((a.size / HU_SAMPLE) ** (1.0 / 3.0))))
     sub = a[::step, ::step, ::step]
+    pad = padding_value(sub)
+    if pad is not None:
+        sub = sub[sub != pad]
     return float(np.count_nonzero(sub < HU_BELOW)) / max(sub.size, 1)
 
 
@@ -44,13 +69,16 @@ def intensity_scale(vol, mode):
     """``(offset, scale)`` that map the image to a comparable intensity scale,
     ``(I - offset) / scale``.
 
-    ``'percentile'``: offset p1, scale p99 - p1 (whole image), for MR;
-    ``'ct'``: HU / 1000.
+    ``'percentile'``: offset p1, scale p99 - p1 (whole image, padding
+    (:func:`padding_value`) left out), for MR; ``'ct'``: HU / 1000.
     """
     if mode == "ct":
         return 0.0, 1000.0
     if mode == "percentile":
-        lo, hi = np.percentile(vol.array, [1, 99])
+        a = vol.array
+        pad = padding_value(a)
+        kept = a if pad is None else a[a != pad]
+        lo, hi = np.percentile(kept if kept.size else a, [1, 99])
         return float(lo), max(float(hi - lo), 1e-6)
     raise ValueError(f"intensity normalisation {mode!r} is not 'percentile' or 'ct'")
 
