@@ -49,6 +49,7 @@ TESTS = {
     "fitearly": ["tests/test_status.py", "tests/test_segment.py"],
     "charset": ["tests/test_outputs.py"],
     "niftiforms": ["tests/test_io.py", "tests/test_outputs.py"],
+    "padding": ["tests/test_status.py"],
     "dicombare": ["tests/test_dicom_bare.py", "tests/test_dicom_damaged.py", "tests/test_io.py",
                   "tests/test_reader_corpus.py"],
     "align": ["tests/test_align.py", "tests/test_align_properties.py",
@@ -1872,8 +1873,8 @@ MUTANTS = [
      "    min_off = 0",
      "a vox_offset inside the header read (the header's bytes taken for voxels)"),
     ("sampler-percentiles", "appearance", "shapeprior/appearance/_sampler.py",
-     "        lo, hi = np.percentile(vol.array, [1, 99])",
-     "        lo, hi = np.percentile(vol.array, [0, 100])",
+     "        lo, hi = np.percentile(kept if kept.size else a, [1, 99])",
+     "        lo, hi = np.percentile(kept if kept.size else a, [0, 100])",
      "the MR intensity scale from the extremes, not the 1st and 99th percentiles"),
     ("sampler-affine-transpose", "appearance", "shapeprior/appearance/_sampler.py",
      "        self.A = np.linalg.inv(vol.index_to_physical_matrix)",
@@ -3988,6 +3989,25 @@ MUTANTS = [
      '    if (other := info.get("other_qform")) and info.get("sform_code", 0) != 1:',
      '    if (other := info.get("other_qform")):',
      "the readers said to part on a file whose sform_code 1 ITK follows too"),
+    # -- round 62: padding below air left out of the intensity statistics
+    # (shapeprior/appearance/_sampler.py: padding_value)
+    ("padding-at-air", "padding", "shapeprior/appearance/_sampler.py",
+     "    if float(lo) >= PADDING_BELOW:",
+     "    if float(lo) > PADDING_BELOW:",
+     "air clipped at -1024 HU taken for padding"),
+    ("padding-any-share", "padding", "shapeprior/appearance/_sampler.py",
+     "    return lo if np.count_nonzero(a == lo) >= PADDING_MIN_SHARE * a.size else None",
+     "    return lo",
+     "one stray voxel below air taken for padding"),
+    ("padding-counted-as-air", "padding", "shapeprior/appearance/_sampler.py",
+     "        sub = sub[sub != pad]",
+     "        pass",
+     "an MR padded with -32768 taken for a CT"),
+    ("padding-in-percentiles", "padding", "shapeprior/appearance/_sampler.py",
+     "        kept = a if pad is None else a[a != pad]\n        lo, hi = np.percentile(kept if "
+     "kept.size else a, [1, 99])",
+     "        kept = a\n        lo, hi = np.percentile(kept if kept.size else a, [1, 99])",
+     "a padded MR's intensity scale set by its padding"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour
