@@ -18,7 +18,8 @@ data through nibabel, so NaN and infinities are seen (ITK zeroes them).
 Coordinates: NIfTI affines map to RAS mm; :class:`~shapeprior.io.Volume`
 holds LPS mm (ITK's convention), so x and y change sign on the way in and
 out. Labels are written with qform = sform and the same code, so every
-reader agrees on where they lie.
+reader agrees on where they lie; a label of an image whose qform places it
+elsewhere keeps that qform, so that each reader lays the label on the image.
 """
 
 from __future__ import annotations
