@@ -1244,3 +1244,34 @@ def test_a_label_lies_on_its_image_in_every_reader_when_qform_and_sform_differ(
     said = [w for w in json.loads((out / "report.json").read_text())["warnings"]
             if "qform places the image up to 6.16 mm" in w]
     assert len(said) == (1 if sform_code != 1 else 0)
+
+
+def test_a_refined_label_lies_on_its_mask_in_every_reader_when_qform_and_sform_differ(
+        phantom_model, tmp_path):
+    """The refinement of a mask whose qform places it 6 mm from where its sform
+    does (sform_code 2) keeps both of the mask's transforms and codes, as a
+    segmentation keeps its image's: the refined label was written with qform =
+    sform and code 1, so ITK put it 6 mm off the mask and a reader lost the
+    sform's code."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    _, _, labels, model = phantom_model
+    src = nib.load(labels / "phantom_006.nii.gz")
+    img = nib.Nifti1Image(np.asarray(src.dataobj), None)
+    q = src.affine.copy()
+    s = q.copy()
+    s[:3, 3] += [5.0, -3.0, 2.0]
+    img.header.set_qform(q, code=1)
+    img.header.set_sform(s, code=2)
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(img, mask)
+    out = tmp_path / "out"
+    assert main(["refine", str(mask), "-o", str(out), "--model", str(model)]) in (0, 3)
+    lab = nib.load(out / "label.nii.gz").header
+    assert np.allclose(lab.get_qform(), q, atol=1e-5) and int(lab["qform_code"]) == 1
+    assert np.allclose(lab.get_sform(), s, atol=1e-5) and int(lab["sform_code"]) == 2
+    a, b = sitk.ReadImage(str(mask)), sitk.ReadImage(str(out / "label.nii.gz"))
+    assert np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+    rep = json.loads((out / "report.json").read_text())
+    assert any("qform places the mask up to 6.16 mm" in w for w in rep["warnings"])

@@ -12,14 +12,15 @@ import numpy as np
 
 from .._background import background
 from .._outputs import OutputDir, manifest
-from ..io import display_name, read_label_map, read_scan, write_label
+from ..io import display_name, label_transforms, read_label_map, read_scan, write_label
 from ..segmentation import (PairedRefineResult, SegmentParams, reason_levels, refine_mask,
                             refine_paired)
 from ._qc import qc_png
 from ._run import (MESH_FORMATS, check_same_frame, compared_with, input_hashes,
                    label_description, label_list, model_version, note_reference,
-                   note_structures, other_labels, params_record, prior_record, reference_mask,
-                   reference_selection, scrub_argv, side_note, statistics, write_mesh)
+                   note_structures, other_labels, params_record, prior_record, readers_part,
+                   reference_mask, reference_selection, scrub_argv, side_note, statistics,
+                   write_mesh)
 
 
 def refine_output_names(mesh_format="vtk") -> set:
@@ -177,6 +178,9 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
                  reference_labels=(1,), withheld=None, structure=None):
     t0 = time.perf_counter()
     mvol, img = _mask_and_image(mask_path, image, structure, allow_no_orientation)
+    # a NIfTI mask's transforms, which the refined label keeps (readers_part)
+    mask_transforms = {} if structure is not None else label_transforms(
+        mask_path, allow_no_orientation)
     ref_others, ref_filled = [], {}
     ref = reference_mask(reference, reference_labels, mvol, "mask", allow_no_orientation,
                          ref_others, None if image is None else (image, None), ref_filled)
@@ -202,6 +206,8 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
         "warnings": [],
     }
     if note := side_note(model, params):
+        report["warnings"].append(note)
+    if note := readers_part(mask_transforms, "mask"):
         report["warnings"].append(note)
     others = other_labels(mvol.array, tuple(labels) + tuple(keep))
     report["input"]["other_labels"] = len(others)
@@ -230,8 +236,10 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
                           "(red dashed: input mask)",
                     verts=np.concatenate([f.verts for f in fits.values()]),
                     outliers=np.concatenate([f.overridden for f in fits.values()])):
-        write_label(mvol, label, out.file("label.nii.gz"), code=1,
-                    description=label_description(report["status"], model, refined=True))
+        write_label(mvol, label, out.file("label.nii.gz"),
+                    code=mask_transforms.get("xform_code") or 1,
+                    description=label_description(report["status"], model, refined=True),
+                    qform=mask_transforms.get("other_qform"))
         write_mesh(out.file(f"mesh.{mesh_format}"), fits, model)
         out.write_json("report.json", report)
         if paired:

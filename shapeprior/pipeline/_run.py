@@ -510,6 +510,19 @@ def note_empty_reference(report, ref):
         f"else check --reference-{'structure' if structures else 'labels'})")
 
 
+def readers_part(info, what="image"):
+    """The report's warning for a NIfTI (its reader's ``info``) whose qform places
+    it elsewhere than its sform where readers take one or the other (its
+    sform_code is not 1, which ITK follows too), or None."""
+    other = info.get("other_qform")
+    if not other or info.get("sform_code", 0) == 1:
+        return None
+    return (f"the NIfTI's qform places the {what} up to {other['apart_mm']:.3g} mm from where "
+            "its sform does: nibabel and FSL place it by the sform (as here), ITK, 3D Slicer "
+            "and ITK-SNAP by the qform; the label holds both, so each overlays it on the "
+            f"{what}, but coordinates (the seed, the report's) are the sform's")
+
+
 def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, input_path,
             volume_ml):
     """The case's report.json (without the output files' own entries)."""
@@ -519,12 +532,8 @@ def _report(res, vol, ref, info, model, params, dictionary, clock, case_name, in
                         "(gaps): boundaries between slabs are interpolated")
     if info.get("oblique"):
         warnings.append("oblique acquisition: handled exactly in physical space")
-    if (other := info.get("other_qform")) and info.get("sform_code", 0) != 1:
-        warnings.append(
-            f"the NIfTI's qform places the image up to {other['apart_mm']:.3g} mm from where "
-            "its sform does: nibabel and FSL place it by the sform (as here), ITK, 3D Slicer "
-            "and ITK-SNAP by the qform; the label holds both, so each overlays it on the "
-            "image, but coordinates (the seed, the report's) are the sform's")
+    if note := readers_part(info):
+        warnings.append(note)
     if not res.converged and res.n_iter:
         warnings.append("did not converge within the iteration limit")
     other = res.evidence.get("other_side")
