@@ -3479,8 +3479,8 @@ MUTANTS = [
      "                    description=None, qform=info.get(\"other_qform\"))",
      "the label's header says nothing of the status a header viewer would show"),
     ("wh-descrip-refine-as-segment", "refine", "shapeprior/pipeline/_refine.py",
-     "                    description=label_description(report[\"status\"], model, refined=True))",
-     "                    description=label_description(report[\"status\"], model))",
+     "                    description=label_description(report[\"status\"], model, refined=True),",
+     "                    description=label_description(report[\"status\"], model),",
      "a refined mask described as a segmentation; a failed one as 'no organ written' "
      "though it is the mask as given"),
     ("wh-recon-side-status", "withheld", "shapeprior/pipeline/_reconstruct.py",
@@ -3986,8 +3986,8 @@ MUTANTS = [
      '        img.set_qform(A, code=int(qform["code"]))',
      "the input's qform code kept but its transform replaced by the sform's"),
     ("nifti-other-qform-said-for-scanner", "niftiforms", "shapeprior/pipeline/_run.py",
-     '    if (other := info.get("other_qform")) and info.get("sform_code", 0) != 1:',
-     '    if (other := info.get("other_qform")):',
+     '    if not other or info.get("sform_code", 0) == 1:',
+     '    if not other:',
      "the readers said to part on a file whose sform_code 1 ITK follows too"),
     # -- round 62: padding below air left out of the intensity statistics
     # (shapeprior/appearance/_sampler.py: padding_value)
@@ -4008,6 +4008,19 @@ MUTANTS = [
      "kept.size else a, [1, 99])",
      "        kept = a\n        lo, hi = np.percentile(kept if kept.size else a, [1, 99])",
      "a padded MR's intensity scale set by its padding"),
+    # -- round 63: a refined label keeps its mask's transforms (pipeline/_refine.py)
+    ("refine-qform-dropped", "niftiforms", "shapeprior/pipeline/_refine.py",
+     '                    qform=mask_transforms.get("other_qform"))',
+     '                    qform=None)',
+     "a refined label off its mask in ITK and Slicer"),
+    ("refine-code-scanner", "niftiforms", "shapeprior/pipeline/_refine.py",
+     '                    code=mask_transforms.get("xform_code") or 1,',
+     '                    code=1,',
+     "a refined label of an MNI-space mask written as scanner space"),
+    ("refine-readers-unsaid", "niftiforms", "shapeprior/pipeline/_refine.py",
+     '    if note := readers_part(mask_transforms, "mask"):',
+     '    if note := None:',
+     "the report of such a mask's refinement silent on where the readers part"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour
