@@ -1211,6 +1211,23 @@ def test_a_series_in_a_misspelt_character_set_prints_nothing_of_pydicom(phantom_
     assert rc == 0 and "pydicom" not in err and "Warning" not in err, err
 
 
+def _with_a_shifted_sform(src, dest, sform_code):
+    """``src`` written as ``dest`` with its affine as the qform (code 1) and, as
+    the sform (``sform_code``), that affine moved by (5, -3, 2) mm (6.16 mm):
+    ``(qform, sform)``, RAS."""
+    import nibabel as nib
+
+    img = nib.load(src)
+    out = nib.Nifti1Image(np.asarray(img.dataobj), None)
+    q = img.affine.copy()
+    s = q.copy()
+    s[:3, 3] += [5.0, -3.0, 2.0]
+    out.header.set_qform(q, code=1)
+    out.header.set_sform(s, code=sform_code)
+    nib.save(out, dest)
+    return q, s
+
+
 @pytest.mark.parametrize("sform_code", [1, 2])
 def test_a_label_lies_on_its_image_in_every_reader_when_qform_and_sform_differ(
         phantom_model, tmp_path, sform_code):
@@ -1224,15 +1241,8 @@ def test_a_label_lies_on_its_image_in_every_reader_when_qform_and_sform_differ(
     import SimpleITK as sitk
 
     _, images, _, model = phantom_model
-    src = nib.load(images / "phantom_006.nii.gz")
-    img = nib.Nifti1Image(np.asarray(src.dataobj), None)
-    q = src.affine.copy()
-    s = q.copy()
-    s[:3, 3] += [5.0, -3.0, 2.0]
-    img.header.set_qform(q, code=1)
-    img.header.set_sform(s, code=sform_code)
     scan = tmp_path / "scan.nii.gz"
-    nib.save(img, scan)
+    q, s = _with_a_shifted_sform(images / "phantom_006.nii.gz", scan, sform_code)
     out = tmp_path / "out"
     assert main(["segment", str(scan), "-o", str(out), "--model", str(model)]) == 0
     lab = nib.load(out / "label.nii.gz").header
@@ -1257,15 +1267,8 @@ def test_a_refined_label_lies_on_its_mask_in_every_reader_when_qform_and_sform_d
     import SimpleITK as sitk
 
     _, _, labels, model = phantom_model
-    src = nib.load(labels / "phantom_006.nii.gz")
-    img = nib.Nifti1Image(np.asarray(src.dataobj), None)
-    q = src.affine.copy()
-    s = q.copy()
-    s[:3, 3] += [5.0, -3.0, 2.0]
-    img.header.set_qform(q, code=1)
-    img.header.set_sform(s, code=2)
     mask = tmp_path / "mask.nii.gz"
-    nib.save(img, mask)
+    q, s = _with_a_shifted_sform(labels / "phantom_006.nii.gz", mask, 2)
     out = tmp_path / "out"
     assert main(["refine", str(mask), "-o", str(out), "--model", str(model)]) in (0, 3)
     lab = nib.load(out / "label.nii.gz").header
