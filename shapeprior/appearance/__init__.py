@@ -3,7 +3,8 @@
 * :class:`NormalSampler`, :func:`intensity_scale`, :func:`normalise_intensity`:
   trilinear samples along normals on a backend, in a comparable intensity scale;
   :func:`hounsfield_share`: whether an image is in HU (a CT) at all;
-  :func:`padding_value`: the value outside the field of view that no statistic counts;
+  :func:`padding_value`, :func:`unpadded`: the value outside the field of view that no
+  statistic counts, and an image's values without it;
 * :class:`Background`, :func:`background_share`: the dark region around the body
   (border-connected air), where no organ of the model's kind lies;
 * :class:`LevelImage`: the smoothed image around the mesh, per resolution level
@@ -22,14 +23,15 @@ from ._levels import SLACK_MM, LevelImage
 from ._profiles import (ProfileModel, learn_profiles, profile_features, profile_stack,
                         search_edges, search_profiles)
 from ._sampler import (HU_BELOW, HU_CT_SHARE, HU_MIN_SHARE, HU_SAMPLE, NormalSampler,
-                       hounsfield_share, intensity_scale, normalise_intensity, padding_value)
+                       hounsfield_share, intensity_scale, normalise_intensity, padding_value,
+                       unpadded)
 from ._voxels import (SMOOTH_VOX, VoxelClassifier, band_features, learn_voxel_classifier,
                       smoothed_decision)
 from ._voxels import PASSES as VOXEL_PASSES
 
 __all__ = ["Background", "background_share", "BACKGROUND_TRAINING_MAX",
            "NormalSampler", "intensity_scale", "normalise_intensity", "hounsfield_share",
-           "padding_value",
+           "padding_value", "unpadded",
            "HU_BELOW", "HU_CT_SHARE", "HU_MIN_SHARE", "HU_SAMPLE", "LevelImage", "SLACK_MM",
            "ProfileModel", "learn_profiles", "profile_features", "profile_stack", "search_profiles",
            "search_edges", "VoxelClassifier", "band_features", "learn_voxel_classifier",

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ._sampler import padding_value
+from ._sampler import unpadded
 
 #: a voxel is dark when it lies at most this fraction of the image's 0.5-99.5 percentile
 #: range above its 0.5 percentile
@@ -76,9 +76,8 @@ class Background:
         self.strides = _strides(vol.array.shape)
         a = np.asarray(vol.array[tuple(slice(None, None, s) for s in self.strides)],
                        dtype=np.float32)
-        pad = padding_value(a)          # outside the field of view: dark, not counted
-        kept = a if pad is None else a[a != pad]
-        lo, hi = np.percentile(kept if kept.size else a, [0.5, 99.5])
+        # padding (outside the field of view) is dark, and not counted
+        lo, hi = np.percentile(unpadded(a), [0.5, 99.5])
         dark = a <= lo + DARK_FRACTION * (hi - lo) if hi > lo else np.zeros(a.shape, bool)
         lab, _ = ndimage.label(dark)
         border = np.unique(np.concatenate([np.take(lab, i, axis=ax).ravel()

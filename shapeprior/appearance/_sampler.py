@@ -52,6 +52,16 @@ def padding_value(a):
     return lo if np.count_nonzero(a == lo) >= PADDING_MIN_SHARE * a.size else None
 
 
+def unpadded(a):
+    """The values of ``a`` without its padding (:func:`padding_value`), flat; ``a``
+    itself where it has none, or nothing else: what its percentiles are taken of."""
+    pad = padding_value(a)
+    if pad is None:
+        return a
+    kept = a[a != pad]
+    return kept if kept.size else a
+
+
 def hounsfield_share(vol):
     """Share of the image's voxels below :data:`HU_BELOW` (a regular subsample of
     at most about :data:`HU_SAMPLE` voxels), padding (:func:`padding_value`)
@@ -75,10 +85,7 @@ def intensity_scale(vol, mode):
     if mode == "ct":
         return 0.0, 1000.0
     if mode == "percentile":
-        a = vol.array
-        pad = padding_value(a)
-        kept = a if pad is None else a[a != pad]
-        lo, hi = np.percentile(kept if kept.size else a, [1, 99])
+        lo, hi = np.percentile(unpadded(vol.array), [1, 99])
         return float(lo), max(float(hi - lo), 1e-6)
     raise ValueError(f"intensity normalisation {mode!r} is not 'percentile' or 'ct'")
 

@@ -351,19 +351,14 @@ def read_nifti(path, allow_no_orientation=False):
     data = data.reshape(data.shape[:3])
     check_values(name, data)
     arr = native(data.transpose(2, 1, 0))
-    return Volume(arr, spacing, origin, direction), _transforms(img, h, name)
-
-
-def _transforms(img, h: RawHeader, name: str) -> dict:
-    """The ``info`` of :func:`read_nifti` (see there) of an opened file."""
     code = h.sform_code if h.sform_code > 0 else (h.qform_code if h.qform_code > 0 else 0)
     info = {"nifti_version": h.version, "qform_code": h.qform_code, "sform_code": h.sform_code,
             "xform": "sform" if h.sform_code > 0 else ("qform" if h.qform_code > 0 else "none"),
             "xform_code": int(code)}
-    other = _other_qform(img, h, name, img.shape)
+    other = _other_qform(img, h, name, data.shape)
     if other is not None:
         info["other_qform"] = other
-    return info
+    return Volume(arr, spacing, origin, direction), info
 
 
 def _voxel_stream(p: Path):
@@ -456,17 +451,6 @@ def nifti_geometry(path, allow_no_orientation=False):
         img, _, spacing, origin, direction = _open_placed(p, display_name(p),
                                                           allow_no_orientation, stream)
     return tuple(int(n) for n in img.shape[:3][::-1]), spacing, origin, direction
-
-
-def nifti_transforms(path, allow_no_orientation=False) -> dict:
-    """The ``info`` of :func:`read_nifti` (which transform placed the file, its
-    code, and ``other_qform``), from the header alone: what a label written on
-    this file's grid carries (:func:`write_nifti`)."""
-    p = Path(path)
-    name = display_name(p)
-    with _voxel_stream(p) as stream:
-        img, h, *_ = _open_placed(p, name, allow_no_orientation, stream)
-        return _transforms(img, h, name)
 
 
 def affine_ras(vol) -> np.ndarray:

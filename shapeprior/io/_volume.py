@@ -457,26 +457,12 @@ def as_label_map(vol: Volume, name="mask") -> Volume:
     return vol
 
 
-def label_transforms(path, allow_no_orientation=False) -> dict:
-    """What a label written on the grid of the file ``path`` takes from it
-    (:func:`write_label`'s ``code`` and ``qform``): a NIfTI's
-    ``{"xform_code": int, "sform_code": int, "other_qform": dict (only where its
-    qform places it elsewhere than its sform)}``; nothing (``{}``) of another
-    format."""
-    from ._nifti import is_nifti, nifti_transforms
-
-    if not is_nifti(path):
-        return {}
-    info = nifti_transforms(path, allow_no_orientation)
-    return {k: info[k] for k in ("xform_code", "sform_code", "other_qform") if k in info}
-
-
 def write_label(vol: Volume, label, path, code=1, description=None, qform=None):
     """Label map (uint8) with exactly ``vol``'s geometry, written atomically.
 
     NIfTI (``.nii``/``.nii.gz``) is written with qform = sform and ``code``, and
     ``description`` in its header's ``descrip``; other formats through SimpleITK.
-    ``qform``: the ``other_qform`` that :func:`read_image` reported for the
+    ``qform``: the ``other_qform`` that :func:`read_file` reported for the
     NIfTI image of this grid, written as the label's qform (see
     :func:`~shapeprior.io._nifti.write_nifti`)."""
     import os

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..appearance import padding_value
+from ..appearance import unpadded
 from ..mesh import mask_box
 
 #: orientation letters (screen left, right, top, bottom) of each view in
@@ -119,9 +119,7 @@ def qc_png(path, vol, label, reference=None, title="", verts=None, outliers=None
     labs, refs = planes(lab), planes(ref)
     # display window from the shown planes only
     vals = np.concatenate([p.ravel() for p in shown]).astype(np.float32)
-    pad = padding_value(vals)           # (its window is the field of view's)
-    kept = vals if pad is None else vals[vals != pad]
-    lo_v, hi_v = np.percentile(kept if kept.size else vals, [1, 99])
+    lo_v, hi_v = np.percentile(unpadded(vals), [1, 99])     # the field of view's window
     pts = None
     if verts is not None and outliers is not None and np.any(outliers):
         pts = _lps_index(vol, np.asarray(verts)[np.asarray(outliers, bool)])

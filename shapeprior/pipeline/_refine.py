@@ -12,7 +12,7 @@ import numpy as np
 
 from .._background import background
 from .._outputs import OutputDir, manifest
-from ..io import display_name, label_transforms, read_label_map, read_scan, write_label
+from ..io import display_name, read_scan, write_label
 from ..segmentation import (PairedRefineResult, SegmentParams, reason_levels, refine_mask,
                             refine_paired)
 from ._qc import qc_png
@@ -151,10 +151,13 @@ def _paired_block(res):
 
 
 def _mask_and_image(mask_path, image, structure=None, allow_no_orientation=False):
-    """``(mask, image or None)`` as volumes: the mask a label map, or an RT Structure
-    Set whose ``structure`` (default: its one structure with contours) is filled on
-    the grid of ``image``, the scan it was drawn on (label 1)."""
-    from ..io import is_rtstruct_file, read_rtstruct, scan_frame_of_reference
+    """``(mask, image or None, the mask reader's info)``, the first two as volumes:
+    the mask a label map, or an RT Structure Set whose ``structure`` (default: its
+    one structure with contours) is filled on the grid of ``image``, the scan it was
+    drawn on (label 1; its info ``{}``). A NIfTI mask's info holds the transforms
+    the refined label keeps (:func:`~shapeprior.io.read_file`)."""
+    from ..io import as_label_map, is_rtstruct_file, read_file, read_rtstruct
+    from ..io import scan_frame_of_reference
 
     img = None if image is None else read_scan(image, None, allow_no_orientation)[0]
     if is_rtstruct_file(mask_path):
@@ -163,24 +166,24 @@ def _mask_and_image(mask_path, image, structure=None, allow_no_orientation=False
                              "are filled on the scan they were drawn on; give it with --image")
         mvol, _ = read_rtstruct(mask_path, img, [structure] if structure else None,
                                 scan_frame_of_reference(image))
-        return mvol, img
+        return mvol, img, {}
     if structure is not None:
         raise ValueError("--structure names a structure of an RT Structure Set; "
                          f"{display_name(mask_path)} is a label map (--labels)")
-    mvol = read_label_map(mask_path, allow_no_orientation)
+    vol, info = read_file(mask_path, allow_no_orientation)
+    mvol = as_label_map(vol, display_name(mask_path))
     if image is not None:
         check_same_frame(mask_path, (image, None), "image", role="the mask")
-    return mvol, img
+    return mvol, img, info
 
 
 def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_format, argv,
                  allow_no_orientation, keep, labels_given=True, reference=None,
                  reference_labels=(1,), withheld=None, structure=None):
     t0 = time.perf_counter()
-    mvol, img = _mask_and_image(mask_path, image, structure, allow_no_orientation)
-    # a NIfTI mask's transforms, which the refined label keeps (readers_part)
-    mask_transforms = {} if structure is not None else label_transforms(
-        mask_path, allow_no_orientation)
+    # (a NIfTI mask's reader info: the transforms the refined label keeps)
+    mvol, img, mask_transforms = _mask_and_image(mask_path, image, structure,
+                                                 allow_no_orientation)
     ref_others, ref_filled = [], {}
     ref = reference_mask(reference, reference_labels, mvol, "mask", allow_no_orientation,
                          ref_others, None if image is None else (image, None), ref_filled)
