@@ -57,7 +57,10 @@ def test_an_organ_fewer_than_three_voxels_across_is_failed_before_any_search(mod
     size = float(np.linalg.norm(model.mean.max(0) - model.mean.min(0)))
     sp = np.asarray(vol.spacing, float) * (size / across / float(np.min(vol.spacing)))
     big = Volume(vol.array, sp, vol.origin, vol.direction)
-    r = segment_volume(big, model, SegmentParams())
+    # (at 3.1 voxels only the reason's absence is asserted: the model's own placement
+    # spares the search over a grid of such voxels, 15 s of the suite)
+    r = segment_volume(big, model, SegmentParams(
+        placement="search" if across < 3 else "prior"))
     why = "spans fewer than 3 voxels"
     if across < 3:
         assert r.status == "failed" and why in r.reasons[0] and not r.label.any()
