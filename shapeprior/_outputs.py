@@ -190,8 +190,12 @@ def clean_stale_staging(parent) -> int:
     root = Path(parent) / STAGING
     if not root.is_dir() or root.is_symlink():
         return 0
+    try:
+        runs = sorted(root.iterdir())
+    except FileNotFoundError:       # another run removed it, empty, since the check
+        return 0
     n = 0
-    for run in sorted(root.iterdir()):
+    for run in runs:
         if run.is_symlink() or not run.is_dir():
             continue
         if run.name.startswith("new-"):     # died before it could lock: only once old
