@@ -1278,3 +1278,86 @@ def test_a_refined_label_lies_on_its_mask_in_every_reader_when_qform_and_sform_d
     assert np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
     rep = json.loads((out / "report.json").read_text())
     assert any("qform places the mask up to 6.16 mm" in w for w in rep["warnings"])
+
+
+def test_refine_writes_dicom_outputs_on_the_series_of_its_image(phantom_model, tmp_path):
+    """refine --output-type: the refined label as a DICOM-SEG and a structure set on
+    the slices of --image (a DICOM series), referring to it, the description saying
+    it was refined. A SEG mask of that series, which stores only the frames its
+    organ covers, is refined on the series' whole grid (before: on the SEG's frames
+    and one slice each side, so a refined organ reaching further was cut there)."""
+    import contextlib
+    import io
+
+    import pydicom
+    from _safety import tree_state
+
+    from shapeprior.io import read_rtstruct, write_label
+    from shapeprior.segmentation import dice
+
+    vol, series, out, state = _segmented_series(phantom_model, tmp_path, "dicom-seg")
+    model = phantom_model[3]
+    seg_grid = read_label_map(out / "seg.dcm")
+    assert seg_grid.array.shape[0] < vol.array.shape[0]         # the organ's frames only
+    mask_state = tree_state(out)
+    ref = tmp_path / "refined"
+    assert main(["refine", str(out / "seg.dcm"), "-o", str(ref), "--model", str(model),
+                 "--image", str(series), "--output-type", "nifti,dicom-seg,rtstruct"]) == 0
+    assert tree_state(series) == state and tree_state(out) == mask_state
+    rep = json.loads((ref / "report.json").read_text())
+    assert rep["status"] == "ok", rep["reasons"]
+    label = read_label_map(ref / "label.nii.gz")
+    assert label.same_grid(vol)                                 # the series' grid
+    assert rep["input"]["shape_zyx"] == list(vol.array.shape)
+    lookup = _nibabel_lookup(ref / "label.nii.gz")
+    ds, total = _check_seg_against(ref / "seg.dcm", series, lookup)
+    assert total == np.count_nonzero(label.array) > 0
+    assert ds.SeriesDescription == "shapeprior refined segmentation"
+    assert rep["dicom_seg"]["written"] and rep["dicom_seg"]["source_frames"] == \
+        vol.array.shape[0]
+    assert rep["rtstruct"]["series_description"] == \
+        pydicom.dcmread(ref / "rtstruct.dcm").SeriesDescription
+    drawn, _ = read_rtstruct(ref / "rtstruct.dcm", vol)
+    assert dice(drawn.array > 0, label.array > 0) > 0.9
+    # a folder of masks alike, each with its series; a rerun keeps the case (its SEG is
+    # one of the outputs a complete case holds)
+    (tmp_path / "masks").mkdir()
+    shutil.copy(ref / "label.nii.gz", tmp_path / "masks" / "case1.nii.gz")
+    (tmp_path / "scans").mkdir()
+    shutil.copytree(series, tmp_path / "scans" / "case1")
+    batch = tmp_path / "batch"
+    for rerun in (False, True):
+        assert main(["refine", str(tmp_path / "masks"), "-o", str(batch), "--model",
+                     str(model), "--image", str(tmp_path / "scans"), "--output-type",
+                     "dicom-seg,nifti"]) == 0
+        row = json.loads((batch / "summary.json").read_text())["cases"][0]
+        assert row["status"] == ("skipped" if rerun else "ok"), row
+    assert sorted(f.name for f in (batch / "case1").iterdir()) == [
+        "label.nii.gz", "manifest.json", "mesh.vtk", "qc.png", "report.json", "seg.dcm",
+        "statistics.json"]
+    _, total = _check_seg_against(batch / "case1" / "seg.dcm", series,
+                                  _nibabel_lookup(batch / "case1" / "label.nii.gz"))
+    assert total == np.count_nonzero(read_label_map(batch / "case1" / "label.nii.gz").array)
+    # refused before anything is fitted or written: no --image, a mask off the scan's
+    # lattice, a scan that is no DICOM series, --deidentify
+    half = Volume(label.array[:, ::2, ::2], label.spacing * [2, 2, 1], label.origin,
+                  label.direction)
+    write_label(half, half.array, tmp_path / "coarse.nii.gz")
+    for args, said in (
+            ([str(out / "seg.dcm")], "--output-type dicom-seg writes the refined label on "
+                                     "the slices of --image: give the DICOM series"),
+            ([str(tmp_path / "coarse.nii.gz"), "--image", str(series)],
+             "--output-type dicom-seg writes the refined label on the slices of --image, "
+             "and the mask is not on its grid (size [32, 28, 40] vs [64, 56, 40]; mask vs "
+             "image): resample the mask onto the scan"),
+            ([str(ref / "label.nii.gz"), "--image", str(ref / "label.nii.gz")],
+             "--output-type dicom-seg needs a DICOM series folder (or an enhanced "
+             "multi-frame DICOM file) as --image; label.nii.gz is not one"),
+            ([str(out / "seg.dcm"), "--image", str(series), "--deidentify"],
+             "not with --deidentify")):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert main(["refine", *args, "-o", str(tmp_path / "x"), "--model", str(model),
+                         "--output-type", "dicom-seg"]) == 1
+        assert said in err.getvalue() and err.getvalue().count("\n") == 1, err.getvalue()
+        assert not (tmp_path / "x").exists()

@@ -300,3 +300,40 @@ def test_update_model_says_why_a_right_organ_did_not_teach_the_appearance(paired
     assert "1 added" in printed and "appearance updated" not in printed
     assert "was not updated: the new shapes are right-side organs mirrored" in printed
     assert "no training image was given" not in printed
+
+
+def test_a_dicom_seg_of_a_paired_refinement_has_a_segment_per_side(paired, tmp_path):
+    """refine --output-type dicom-seg of a mask of both sides: one segment per side,
+    coded with its laterality; with --side right the left one is the left organ as
+    given, voxel for voxel, and the right one the refined right organ."""
+    import pydicom
+    from _phantoms import write_dicom_series
+
+    from shapeprior.io import read_image
+
+    d, images, truth, model = paired
+    name = "pair_006.nii.gz"
+    vol, _ = read_image(images / name)
+    series = write_dicom_series(vol, tmp_path / "dicom")
+    src = d / "labels" / name
+    out = tmp_path / "o"
+    assert main(["refine", str(src), "-o", str(out), "--model", str(model), "--side", "right",
+                 "--image", str(series), "--output-type", "nifti,dicom-seg"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["dicom_seg"]["written"] and rep["paired"]["kept_as_given"] == ["left"]
+    ds = pydicom.dcmread(out / "seg.dcm")
+    number = {s.SegmentLabel.rsplit("(", 1)[-1].rstrip(")"): s.SegmentNumber
+              for s in ds.SegmentSequence}
+    assert sorted(number) == ["left", "right"]
+    for s in ds.SegmentSequence:
+        assert s.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning.lower() == \
+            s.SegmentLabel.rsplit("(", 1)[-1].rstrip(")")
+    seg = read_label_map(out / "seg.dcm").placed_on(vol)
+    lab = read_label_map(out / "label.nii.gz").array
+    given = read_label_map(src).array.astype(bool)
+    left = truth[name]["left"]
+    half = np.zeros_like(left)
+    half[:, :, left.shape[2] // 2:] = True       # the grid's +x half holds the left organ
+    assert np.array_equal(seg == number["left"], given & half)
+    assert np.array_equal(seg == number["right"], lab.astype(bool) & ~half)
+    assert dice(seg == number["right"], truth[name]["right"]) > 0.9

@@ -94,6 +94,14 @@ def main(argv):
                          "soft tissue)")
     ap.add_argument("--method", choices=("l1", "l0"), default="l1")
     add_mesh_format(ap)
+    ap.add_argument("--output-type", default="nifti", metavar="TYPE[,TYPE]",
+                    help="the refined label as label.nii.gz on the mask's grid (nifti, the "
+                         "default), as a DICOM-SEG seg.dcm (dicom-seg) or an RT Structure "
+                         "Set rtstruct.dcm (rtstruct) on the slices of --image, or both "
+                         "(nifti,dicom-seg); join several with commas. The DICOM ones need "
+                         "--image a DICOM series (the mask on its grid or a crop of it, as a "
+                         "SEG of that series is), refer to it and keep its patient and study "
+                         "identifiers; a failed refinement writes neither")
     ap.add_argument("--force", action="store_true",
                     help="replace a previous shapeprior output (never an input or a foreign file)")
     ap.add_argument("--strict", action="store_true", help="exit 3 for a 'suspect' result too")
@@ -107,7 +115,20 @@ def main(argv):
     a = ap.parse_args(join_negative_values(argv, ("--window",)))
 
     from ..model import load_model, organ_labels
-    from ..pipeline import refine_case
+    from ..pipeline import output_kinds, refine_case
+
+    try:
+        dicom = [k for k in output_kinds(a.output_type) if k != "nifti"]
+    except ValueError as exc:
+        ap.error(str(exc))
+    if dicom:
+        refuse_unused((not (a.image or a.image_name),
+                       f"--output-type {dicom[0]} writes the refined label on the slices of "
+                       "--image: give the DICOM series the mask lies on"),
+                      (a.deidentify,
+                       f"--output-type {dicom[0]} keeps the source's patient and study "
+                       "identifiers (a SEG or a structure set must refer to its series): "
+                       "not with --deidentify"))
     from ..segmentation import check_window
 
     refuse_unused((a.window and not (a.image or a.image_name),
@@ -159,7 +180,7 @@ def main(argv):
                           labels_given=a.labels is not None, reference=a.reference,
                           reference_labels=ref_labels, deidentify=deid is not None,
                           case_name=deid.name(Path(a.mask)) if deid else None,
-                          structure=a.structure)
+                          structure=a.structure, output_type=a.output_type)
     except (ValueError, OSError) as exc:
         if deid is None:
             raise
@@ -218,7 +239,7 @@ def _refine_folder(a, argv, model, params, labels, keep, ref_labels, deid=None):
                             scheduler=a.scheduler, progress=sys.stderr.isatty(), argv=argv,
                             allow_no_orientation=a.allow_no_orientation,
                             inputs=[p for p in (a.mask, a.image, a.reference) if p],
-                            deidentify=deid is not None)
+                            deidentify=deid is not None, output_type=a.output_type)
     n_refs = None if refs is None else sum(r is not None for r in refs)
     print_batch(rows, len(cases), root,
                 write_summary(root, rows, len(cases), n_refs, command="refine"))

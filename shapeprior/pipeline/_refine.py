@@ -12,20 +12,22 @@ import numpy as np
 
 from .._background import background
 from .._outputs import OutputDir, manifest
-from ..io import display_name, read_scan, write_label
+from ..io import Volume, display_name, is_dicom_seg, read_scan, write_label
 from ..segmentation import (PairedRefineResult, SegmentParams, reason_levels, refine_mask,
                             refine_paired)
 from ._qc import qc_png
-from ._run import (MESH_FORMATS, check_same_frame, compared_with, input_hashes,
-                   label_description, label_list, model_version, note_reference,
-                   note_structures, other_labels, params_record, prior_record, readers_part,
-                   reference_mask, reference_selection, scrub_argv, side_note, statistics,
-                   write_mesh)
+from ._run import (MESH_FORMATS, OUTPUT_FILES, check_same_frame, compared_with, dicom_kinds,
+                   fitted_side, input_hashes, label_description, label_list, model_version,
+                   note_reference, note_structures, other_labels, output_kinds,
+                   params_record, prior_record, readers_part, reference_mask,
+                   reference_selection, scrub_argv, side_note, statistics,
+                   write_dicom_label, write_mesh)
 
 
-def refine_output_names(mesh_format="vtk") -> set:
+def refine_output_names(mesh_format="vtk", output_type="nifti") -> set:
     """The files a refinement's folder holds besides its manifest."""
-    return {"label.nii.gz", f"mesh.{mesh_format}", "report.json", "statistics.json", "qc.png"}
+    return {f"mesh.{mesh_format}", "report.json", "statistics.json", "qc.png",
+            *(OUTPUT_FILES[k] for k in output_kinds(output_type))}
 
 
 def refine_inputs(mask_path, image, model_path, deidentify=False) -> dict:
@@ -52,7 +54,8 @@ def refine_record(params, labels, keep) -> dict:
 def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, labels=(1,),
                 image=None, mesh_format="vtk", force=False, argv=None,
                 allow_no_orientation=False, keep=(), labels_given=True, reference=None,
-                reference_labels=(1,), deidentify=False, case_name=None, structure=None):
+                reference_labels=(1,), deidentify=False, case_name=None, structure=None,
+                output_type="nifti"):
     """Refine the label map ``mask_path`` with the shape model; publish ``outdir``.
 
     The refined label (value 1; labels in ``keep`` never removed and written
@@ -76,6 +79,16 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
     manifest numbers the files and withholds their paths, and ``argv`` is
     scrubbed of them.
 
+    ``output_type`` (as segment's, :func:`~._run.output_kinds`): the refined
+    label as ``label.nii.gz`` on the mask's grid ('nifti', the default), and
+    with an ``image`` that is a DICOM series (or an enhanced multi-frame file)
+    as ``seg.dcm`` ('dicom-seg') or ``rtstruct.dcm`` ('rtstruct') on its slices,
+    referring to it (one segment or structure per side of a paired organ; not
+    for a failed refinement, whose label is the mask as given). Such a mask must
+    lie on the scan's lattice (its grid or a crop of it). A DICOM-SEG mask given
+    with the series it segments is read onto that series' grid, so that the
+    refined label is not cut at the frames the SEG stored.
+
     A mask holding both sides of a paired organ, with a model of one side
     (:func:`~shapeprior.segmentation.refine_paired`), is refined side by side:
     one label map and one mesh of both (point data ``side``: 1 left, 2
@@ -85,6 +98,7 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
     mask_path = Path(mask_path)
+    dicom = dicom_kinds(output_type, image, deidentify, "--image")
     inputs = [mask_path, model_path, image, reference]
     out = OutputDir(outdir, force=force, inputs=inputs)
     try:
@@ -94,7 +108,8 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
         return _refine_case(out, mask_path, model, model_path, params, labels, image,
                             mesh_format, argv, allow_no_orientation, tuple(keep),
                             labels_given, reference, tuple(reference_labels),
-                            (case_name or "(withheld)") if deidentify else None, structure)
+                            (case_name or "(withheld)") if deidentify else None, structure,
+                            output_type, dicom)
     except BaseException:
         out.discard()
         raise
@@ -151,22 +166,26 @@ def _paired_block(res):
 
 
 def _mask_and_image(mask_path, image, structure=None, allow_no_orientation=False):
-    """``(mask, image or None, the mask reader's info)``, the first two as volumes:
-    the mask a label map, or an RT Structure Set whose ``structure`` (default: its
-    one structure with contours) is filled on the grid of ``image``, the scan it was
-    drawn on (label 1; its info ``{}``). A NIfTI mask's info holds the transforms
-    the refined label keeps (:func:`~shapeprior.io.read_file`)."""
+    """``(mask, image or None, the mask reader's info, the image reader's info)``, the
+    first two as volumes: the mask a label map, or an RT Structure Set whose
+    ``structure`` (default: its one structure with contours) is filled on the grid
+    of ``image``, the scan it was drawn on (label 1; its info ``{}``). A NIfTI
+    mask's info holds the transforms the refined label keeps
+    (:func:`~shapeprior.io.read_file`). A DICOM-SEG mask, read on the grid its
+    frames span, is placed on the grid of ``image`` when it lies on that scan's
+    lattice (the series it segments)."""
     from ..io import as_label_map, is_rtstruct_file, read_file, read_rtstruct
     from ..io import scan_frame_of_reference
 
-    img = None if image is None else read_scan(image, None, allow_no_orientation)[0]
+    img, img_info = (None, {}) if image is None else \
+        read_scan(image, None, allow_no_orientation)
     if is_rtstruct_file(mask_path):
         if img is None:
             raise ValueError(f"{display_name(mask_path)} is an RT Structure Set: its contours "
                              "are filled on the scan they were drawn on; give it with --image")
         mvol, _ = read_rtstruct(mask_path, img, [structure] if structure else None,
                                 scan_frame_of_reference(image))
-        return mvol, img, {}
+        return mvol, img, {}, img_info
     if structure is not None:
         raise ValueError("--structure names a structure of an RT Structure Set; "
                          f"{display_name(mask_path)} is a label map (--labels)")
@@ -174,16 +193,39 @@ def _mask_and_image(mask_path, image, structure=None, allow_no_orientation=False
     mvol = as_label_map(vol, display_name(mask_path))
     if image is not None:
         check_same_frame(mask_path, (image, None), "image", role="the mask")
-    return mvol, img, info
+        if is_dicom_seg(mask_path) and not img.same_grid(mvol):
+            placed = mvol.placed_on(img)
+            if placed is not None and \
+                    np.count_nonzero(placed) == np.count_nonzero(mvol.array):
+                mvol = Volume(placed, img.spacing, img.origin, img.direction)
+    return mvol, img, info, img_info
+
+
+def on_scan(label, mask, scan, kind):
+    """The refined ``label`` (on the grid of ``mask``) on the grid of ``scan``, for
+    the DICOM output ``kind``; ValueError when the mask's grid is not the scan's
+    lattice (checked before the fit with an empty label)."""
+    if scan.same_grid(mask):
+        return label
+    placed = Volume(label, mask.spacing, mask.origin, mask.direction).placed_on(scan)
+    if placed is None:
+        raise ValueError(f"--output-type {kind} writes the refined label on the slices of "
+                         f"--image, and the mask is not on its grid "
+                         f"({scan.grid_difference(mask)}; mask vs image): resample the mask "
+                         "onto the scan")
+    return placed
 
 
 def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_format, argv,
                  allow_no_orientation, keep, labels_given=True, reference=None,
-                 reference_labels=(1,), withheld=None, structure=None):
+                 reference_labels=(1,), withheld=None, structure=None, output_type="nifti",
+                 dicom=()):
     t0 = time.perf_counter()
     # (a NIfTI mask's reader info: the transforms the refined label keeps)
-    mvol, img, mask_transforms = _mask_and_image(mask_path, image, structure,
-                                                 allow_no_orientation)
+    mvol, img, mask_transforms, img_info = _mask_and_image(mask_path, image, structure,
+                                                           allow_no_orientation)
+    if dicom:       # refused before the fit: a mask off the scan's lattice
+        on_scan(np.zeros(mvol.array.shape, np.uint8), mvol, img, dicom[0])
     ref_others, ref_filled = [], {}
     ref = reference_mask(reference, reference_labels, mvol, "mask", allow_no_orientation,
                          ref_others, None if image is None else (image, None), ref_filled)
@@ -239,10 +281,14 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
                           "(red dashed: input mask)",
                     verts=np.concatenate([f.verts for f in fits.values()]),
                     outliers=np.concatenate([f.overridden for f in fits.values()])):
-        write_label(mvol, label, out.file("label.nii.gz"),
-                    code=mask_transforms.get("xform_code") or 1,
-                    description=label_description(report["status"], model, refined=True),
-                    qform=mask_transforms.get("other_qform"))
+        if "nifti" in output_kinds(output_type):
+            write_label(mvol, label, out.file("label.nii.gz"),
+                        code=mask_transforms.get("xform_code") or 1,
+                        description=label_description(report["status"], model, refined=True),
+                        qform=mask_transforms.get("other_qform"))
+        for kind in dicom:
+            report[kind.replace("-", "_")] = _write_dicom(out, kind, res, mvol, img, image,
+                                                          img_info, model, params, report)
         write_mesh(out.file(f"mesh.{mesh_format}"), fits, model)
         out.write_json("report.json", report)
         if paired:
@@ -267,6 +313,31 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
             seed=None, inputs=files, input_paths=shown))
     out.commit()
     return report
+
+
+def _write_dicom(out, kind, res, mask, scan, source, info, model, params, report):
+    """The refined label as the DICOM output ``kind`` on the slices of ``scan`` (read
+    from ``source`` with reader ``info``): one segment per side of a paired organ
+    (a side kept as given is the rest of the label), else the organ with its side.
+    The report's record; a refined voxel outside the scan is noted in its warnings."""
+    if isinstance(res, PairedRefineResult):
+        refined = {side: r.label > 0 for side, r in res.sides.items() if r is not None}
+        rest = (res.label > 0) & ~np.any(list(refined.values()), axis=0)
+        parts = {side: refined.get(side, rest) for side in res.sides}
+        parts = {side: part for side, part in parts.items() if part.any()}
+        label, side = [on_scan(p, mask, scan, kind) for p in parts.values()], list(parts)
+        kept = sum(int(np.count_nonzero(p)) for p in label)
+    else:
+        label = on_scan(res.label > 0, mask, scan, kind)
+        side = fitted_side(res.fit, model, params)
+        kept = int(np.count_nonzero(label))
+    status = report["status"]
+    lost = int(np.count_nonzero(res.label)) - kept
+    if lost and status != "failed":
+        report["warnings"].append(f"{lost} voxels of the refined label lie outside the scan "
+                                  f"and are not in {OUTPUT_FILES[kind]}")
+    return write_dicom_label(out, kind, label, side, scan, source, info, model, status,
+                             refined=True)
 
 
 __all__ = ["refine_case", "refine_inputs", "refine_record", "refine_output_names"]

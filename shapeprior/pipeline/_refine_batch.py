@@ -33,7 +33,7 @@ def refine_fields(rep):
 
 def refine_one(case, outdir, model_path, params, labels, keep, image, reference,
                reference_labels, mesh_format, force, argv, allow_no_orientation, redo,
-               one_thread=False, deidentify=False):
+               one_thread=False, deidentify=False, output_type="nifti"):
     """Refine one mask; never raises (returns a summary row, whose error names
     no input file with ``deidentify``)."""
     from ..backend import single_threaded
@@ -48,7 +48,8 @@ def refine_one(case, outdir, model_path, params, labels, keep, image, reference,
                               image=image, mesh_format=mesh_format, force=force or redo,
                               argv=argv, allow_no_orientation=allow_no_orientation, keep=keep,
                               reference=reference, reference_labels=reference_labels,
-                              deidentify=deidentify, case_name=case.name)
+                              deidentify=deidentify, case_name=case.name,
+                              output_type=output_type)
         return with_redo_note({"case": case.name, **refine_fields(rep)}, redo)
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
         reraise_interruption(exc)   # Ctrl-C or SIGTERM does
@@ -58,7 +59,8 @@ def refine_one(case, outdir, model_path, params, labels, keep, image, reference,
 def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), images=None,
                      references=None, reference_labels=(1,), mesh_format="vtk", force=False,
                      workers=0, scheduler=None, progress=True, argv=None,
-                     allow_no_orientation=False, inputs=(), deidentify=False):
+                     allow_no_orientation=False, inputs=(), deidentify=False,
+                     output_type="nifti"):
     """Refine the masks ``cases`` (``[Case]``, :func:`~._cases.discover_masks`)
     into ``root``; returns summary rows, one per case, in the cases' order.
 
@@ -71,7 +73,8 @@ def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), i
     and ``scheduler`` as in :func:`~._batch.run_batch`; ``inputs``: paths
     ``root`` may not overlap (the masks' folder, the images', the references').
     ``deidentify``: the cases' names are hashes (:meth:`~._cases.Deidentifier.apply`)
-    and no input's file name reaches an output or a row.
+    and no input's file name reaches an output or a row. ``output_type``: each
+    case's label outputs (:func:`~._refine.refine_case`).
     """
     from ._refine import refine_inputs, refine_output_names, refine_record
 
@@ -100,7 +103,7 @@ def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), i
             try:
                 files = refine_inputs(c.path, img, model_path, deidentify)
                 state, why = folder_state(folder, files, record,
-                                          refine_output_names(mesh_format), ref,
+                                          refine_output_names(mesh_format, output_type), ref,
                                           reference_labels, done="refined", what="refinement")
             except OSError as exc:      # gone or unreadable since it was found: this row
                 rows.append(failed_row(c, exc, deidentify, ref, img))
@@ -122,7 +125,7 @@ def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), i
     parallel = bool(workers) or scheduler is not None
     args = [(c, root / c.name, model_path, params, labels, keep, img, ref, reference_labels,
              mesh_format, force, argv, allow_no_orientation, redo or None, parallel,
-             deidentify)
+             deidentify, output_type)
             for c, img, ref, redo in todo]
     rows += dispatch(refine_one, args, workers, scheduler, progress)
     order = {c.name: i for i, c in enumerate(cases)}

@@ -50,6 +50,26 @@ def output_kinds(output_type) -> tuple:
     return tuple(k for k in OUTPUT_FILES if k in kinds)
 
 
+def dicom_kinds(output_type, source, deidentify=False, what="input") -> list:
+    """The DICOM label outputs (``'dicom-seg'``, ``'rtstruct'``) that ``output_type``
+    asks for, checked against the scan they refer to, ``source`` (``what`` names it
+    in the error: 'input', '--image'): a DICOM series folder or an enhanced
+    multi-frame file, and no ``deidentify`` (they keep the source's patient and
+    study identifiers). ValueError otherwise."""
+    dicom = [k for k in output_kinds(output_type) if k != "nifti"]
+    if dicom:
+        if source is None or dicom_source(source) is None:
+            shown = "none was given" if source is None else \
+                f"{display_name(source)} is not one"
+            raise ValueError(f"--output-type {output_type} needs a DICOM series folder (or "
+                             f"an enhanced multi-frame DICOM file) as {what}; {shown}")
+        if deidentify:
+            raise ValueError(f"--output-type {dicom[0]} keeps the source's patient and study "
+                             "identifiers (a SEG or a structure set must refer to its "
+                             "series): not with --deidentify")
+    return dicom
+
+
 def input_files(p: Path):
     """The files a case reads: the image file (with its .img/.hdr partner), or
     every file of a DICOM folder (of the one folder below it that holds its series,
@@ -115,16 +135,7 @@ def run_case(input_path, outdir, model, model_path, params: SegmentParams, *, se
     if mesh_format not in MESH_FORMATS:
         raise ValueError(f"mesh format {mesh_format!r} is not one of {MESH_FORMATS}")
     input_path = Path(input_path)
-    dicom = [k for k in output_kinds(output_type) if k != "nifti"]
-    if dicom:
-        if dicom_source(input_path) is None:
-            raise ValueError(f"--output-type {output_type} needs a DICOM series folder (or "
-                             "an enhanced multi-frame DICOM file) as input; "
-                             f"{display_name(input_path)} is not one")
-        if deidentify:
-            raise ValueError(f"--output-type {dicom[0]} keeps the source's patient and study "
-                             "identifiers (a SEG or a structure set must refer to its "
-                             "series): not with --deidentify")
+    dicom_kinds(output_type, input_path, deidentify)
     inputs = [input_path, *input_files(input_path), model_path, reference, init_mask]
     out = OutputDir(outdir, force=force, inputs=inputs, partial_ok=partial_ok)
     # the manifest's input hashes, computed while the image is read
@@ -776,18 +787,33 @@ def fitted_side(res, model, params):
 def _write_seg(out, vol, res, model, input_path, info, params, rtstruct=False):
     """``seg.dcm`` (or with ``rtstruct`` the RT Structure Set ``rtstruct.dcm``) for a
     DICOM input; a failed (empty) result has none, and the report says why."""
-    if res.status == "failed" or not np.any(res.label):
-        return {"written": False, "reason": "failed result: no organ to store"}
     if isinstance(res, PairedSegmentResult):       # one segment per side in the label
         found = {s: f.label for s, f in res.fits.items() if np.any(f.label)}
         label, side = list(found.values()), list(found)
     else:
         label, side = res.label, fitted_side(res, model, params)
-    name = OUTPUT_FILES["rtstruct" if rtstruct else "dicom-seg"]
-    write = write_structure_set if rtstruct else write_dicom_seg
-    desc = SERIES_DESCRIPTION[res.status]
-    rec = write(out.file(name), label, vol, dicom_source(input_path), info.get("series_key"),
-                organ=model.metadata.get("organ", "organ"), side=side, series_description=desc)
+    return write_dicom_label(out, "rtstruct" if rtstruct else "dicom-seg", label, side, vol,
+                             input_path, info, model, res.status)
+
+
+def write_dicom_label(out, kind, label, side, vol, source, info, model, status,
+                      refined=False) -> dict:
+    """Write the DICOM label output ``kind`` ('dicom-seg': ``seg.dcm``, 'rtstruct':
+    ``rtstruct.dcm``) of ``label`` (on the grid of ``vol``, the scan read from the
+    DICOM input ``source`` with reader ``info``; or a list, one per side, ``side``
+    then listing the sides) into ``out``; returns the report's record. A failed
+    result, or one with no organ, writes none and the record says why: a failed
+    refinement's label is the mask as given, not a result to store."""
+    parts = label if isinstance(label, list) else [label]
+    if status == "failed" or not any(np.any(a) for a in parts):
+        return {"written": False, "reason": "failed refinement: no refined organ to store"
+                if refined else "failed result: no organ to store"}
+    name = OUTPUT_FILES[kind]
+    write = write_structure_set if kind == "rtstruct" else write_dicom_seg
+    desc = (REFINED_SERIES_DESCRIPTION if refined else SERIES_DESCRIPTION)[status]
+    rec = write(out.file(name), label, vol, dicom_source(source), info.get("series_key"),
+                organ=model.metadata.get("organ", "organ"), side=side,
+                series_description=desc)
     return {"written": True, "file": name, "series_description": desc, **rec}
 
 
@@ -819,6 +845,9 @@ def label_description(status, model, refined=False) -> str:
 #: report.json is not at hand, so a suspect result says so where the reader looks
 SERIES_DESCRIPTION = {"ok": "shapeprior segmentation",
                       "suspect": "shapeprior segmentation - " + SUSPECT_WORDS}
+#: the same of a refinement's (``refine --output-type``)
+REFINED_SERIES_DESCRIPTION = {k: v.replace("shapeprior", "shapeprior refined")
+                              for k, v in SERIES_DESCRIPTION.items()}
 
 
 def vertex_data(res, model) -> dict:
