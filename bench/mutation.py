@@ -3540,7 +3540,7 @@ MUTANTS = [
      "        report[\"reference\"][\"labels\"] = reference_selection(selection)",
      "a structure set's report and manifest record the model's labels: reruns compare again"),
     ("rtref-refine-frame", "rtstruct", "shapeprior/pipeline/_refine.py",
-     "ref_others, None if image is None else (image, None), ref_filled)",
+     "ref_others, None if image is None else (image, series), ref_filled)",
      "ref_others, None, ref_filled)",
      "refine scores against a structure set of another frame of reference"),
     ("rtref-empty-option", "rtstruct", "shapeprior/pipeline/_run.py",
@@ -3599,7 +3599,7 @@ MUTANTS = [
      " or (",
      "a comparison made again adds the unchecked-frame warning once more each time"),
     ("rtref-refine-batch-frame", "rtstruct", "shapeprior/pipeline/_refine_batch.py",
-     "                                        scan=None if img is None else (img, None)))",
+     "                                        scan=None if img is None else (img, series)))",
      "                                        scan=None))",
      "a refinement batch that only compares again takes a structure set of another scan"),
     ("ref-seg-frame-unchecked", "outputs", "shapeprior/pipeline/_run.py",
@@ -3657,7 +3657,7 @@ MUTANTS = [
      "a structure set whose contours all lie off the grid refused as 'the mask has no voxel "
      "with label(s) [1]', not naming the structure or why"),
     ("refine-seg-frame-unchecked", "outputs", "shapeprior/pipeline/_refine.py",
-     "        check_same_frame(mask_path, (image, None), \"image\", role=\"the mask\")",
+     "        check_same_frame(mask_path, (image, series), \"image\", role=\"the mask\")",
      "        pass",
      "another scan's DICOM-SEG refined against this scan's boundaries"),
     # -- round 54: convert-rtstruct's command (shapeprior/cli/convert_rtstruct.py)
@@ -4044,8 +4044,8 @@ MUTANTS = [
      "            \"label.nii.gz\"}",
      "a refinement batch's complete case judged without its DICOM outputs"),
     ("refine-batch-output-type-dropped", "refinedicom", "shapeprior/pipeline/_refine_batch.py",
-     "             deidentify, output_type)",
-     "             deidentify)",
+     "             deidentify, output_type, series)",
+     "             deidentify, series)",
      "a refinement batch writing no DICOM outputs"),
     ("refine-no-image-unsaid", "refinedicom", "shapeprior/cli/refine.py",
      "        refuse_unused((not (a.image or a.image_name),",
@@ -4055,6 +4055,19 @@ MUTANTS = [
      "    except FileNotFoundError:       # another run removed it, empty, since the check",
      "    except NotADirectoryError:",
      "a run failing when another removes the shared staging folder meanwhile"),
+    # -- round 65: refine --series (an --image folder holding several series)
+    ("refine-series-not-read", "refinedicom", "shapeprior/pipeline/_refine.py",
+     "        read_scan(image, series, allow_no_orientation)",
+     "        read_scan(image, None, allow_no_orientation)",
+     "refine's --series ignored: the scan of a folder of several series refused"),
+    ("refine-batch-series-dropped", "refinedicom", "shapeprior/pipeline/_refine_batch.py",
+     "             deidentify, output_type, series)",
+     "             deidentify, output_type)",
+     "a refinement batch's --series ignored"),
+    ("refine-series-on-a-file", "refinedicom", "shapeprior/cli/refine.py",
+     "                  (a.series is not None and a.image is not None and Path(a.image).is_file()",
+     "                  (False",
+     "--series with an --image file passed over without a word"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -1319,17 +1319,37 @@ def test_refine_writes_dicom_outputs_on_the_series_of_its_image(phantom_model, t
         pydicom.dcmread(ref / "rtstruct.dcm").SeriesDescription
     drawn, _ = read_rtstruct(ref / "rtstruct.dcm", vol)
     assert dice(drawn.array > 0, label.array > 0) > 0.9
-    # a folder of masks alike, each with its series; a rerun keeps the case (its SEG is
-    # one of the outputs a complete case holds)
+    # a folder holding another series too: refused, listing them, until --series picks
+    # one (refine had no --series, and the error told the user to give it)
+    from _phantoms import write_dicom_series
+
+    two = tmp_path / "scans" / "case1"
+    shutil.copytree(series, two)
+    decoy = write_dicom_series(Volume(vol.array[:5], vol.spacing, vol.origin, vol.direction),
+                               tmp_path / "decoy", series_uid="1.2.826.0.1.3680043.2.1125.7")
+    for f in decoy.iterdir():
+        shutil.copy(f, two / f"decoy_{f.name}")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["refine", str(out / "seg.dcm"), "-o", str(tmp_path / "t"), "--model",
+                     str(model), "--image", str(two)]) == 1
+    assert "choose one with --series INDEX or KEY" in err.getvalue()
+    index = re.search(rf"#(\d+) \(key \w+, {vol.array.shape[0]} files",
+                      err.getvalue()).group(1)
+    assert main(["refine", str(out / "seg.dcm"), "-o", str(tmp_path / "t"), "--model",
+                 str(model), "--image", str(two), "--series", index, "--output-type",
+                 "dicom-seg"]) == 0
+    assert pydicom.dcmread(tmp_path / "t" / "seg.dcm").ReferencedSeriesSequence[0] \
+        .SeriesInstanceUID == ds.ReferencedSeriesSequence[0].SeriesInstanceUID
+    # a folder of masks alike, each with its series (the same --series); a rerun keeps
+    # the case (its SEG is one of the outputs a complete case holds)
     (tmp_path / "masks").mkdir()
     shutil.copy(ref / "label.nii.gz", tmp_path / "masks" / "case1.nii.gz")
-    (tmp_path / "scans").mkdir()
-    shutil.copytree(series, tmp_path / "scans" / "case1")
     batch = tmp_path / "batch"
     for rerun in (False, True):
         assert main(["refine", str(tmp_path / "masks"), "-o", str(batch), "--model",
-                     str(model), "--image", str(tmp_path / "scans"), "--output-type",
-                     "dicom-seg,nifti"]) == 0
+                     str(model), "--image", str(tmp_path / "scans"), "--series", index,
+                     "--output-type", "dicom-seg,nifti"]) == 0
         row = json.loads((batch / "summary.json").read_text())["cases"][0]
         assert row["status"] == ("skipped" if rerun else "ok"), row
     assert sorted(f.name for f in (batch / "case1").iterdir()) == [
@@ -1354,7 +1374,9 @@ def test_refine_writes_dicom_outputs_on_the_series_of_its_image(phantom_model, t
              "--output-type dicom-seg needs a DICOM series folder (or an enhanced "
              "multi-frame DICOM file) as --image; label.nii.gz is not one"),
             ([str(out / "seg.dcm"), "--image", str(series), "--deidentify"],
-             "not with --deidentify")):
+             "not with --deidentify"),
+            ([str(out / "seg.dcm"), "--image", str(ref / "label.nii.gz"), "--series", "0"],
+             "--series picks a series in a DICOM folder; --image is a file")):
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             assert main(["refine", *args, "-o", str(tmp_path / "x"), "--model", str(model),

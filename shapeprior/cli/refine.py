@@ -55,6 +55,9 @@ def main(argv):
                          "copied (the displaced side of the organ moved back). With a folder "
                          "of masks: a folder of scans named like the masks (x.nii.gz takes "
                          "x.nii.gz, nnU-Net's x_0000.nii.gz or a DICOM folder x/)")
+    ap.add_argument("--series", default=None,
+                    help="which series of an --image folder that holds several (index or "
+                         "key, as the error that lists them says)")
     ap.add_argument("--mask-name", default=None, metavar="NAME",
                     help="MASK is a folder of case folders, each holding its mask as NAME "
                          "(in it or in its segmentations/, as TotalSegmentator writes a case: "
@@ -133,6 +136,11 @@ def main(argv):
 
     refuse_unused((a.window and not (a.image or a.image_name),
                    "--window has no effect without --image"),
+                  (a.series is not None and not (a.image or a.image_name),
+                   "--series picks a series of the --image folder; no --image was given"),
+                  (a.series is not None and a.image is not None and Path(a.image).is_file()
+                   and a.image_name is None,
+                   "--series picks a series in a DICOM folder; --image is a file"),
                   (a.reference_labels and not (a.reference or a.reference_name),
                    "--reference-labels has no effect without --reference"),
                   *((getattr(a, opt) is not None and a.mask_name is None,
@@ -180,7 +188,8 @@ def main(argv):
                           labels_given=a.labels is not None, reference=a.reference,
                           reference_labels=ref_labels, deidentify=deid is not None,
                           case_name=deid.name(Path(a.mask)) if deid else None,
-                          structure=a.structure, output_type=a.output_type)
+                          structure=a.structure, output_type=a.output_type,
+                          series=a.series)
     except (ValueError, OSError) as exc:
         if deid is None:
             raise
@@ -239,7 +248,8 @@ def _refine_folder(a, argv, model, params, labels, keep, ref_labels, deid=None):
                             scheduler=a.scheduler, progress=sys.stderr.isatty(), argv=argv,
                             allow_no_orientation=a.allow_no_orientation,
                             inputs=[p for p in (a.mask, a.image, a.reference) if p],
-                            deidentify=deid is not None, output_type=a.output_type)
+                            deidentify=deid is not None, output_type=a.output_type,
+                            series=a.series)
     n_refs = None if refs is None else sum(r is not None for r in refs)
     print_batch(rows, len(cases), root,
                 write_summary(root, rows, len(cases), n_refs, command="refine"))

@@ -55,7 +55,7 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
                 image=None, mesh_format="vtk", force=False, argv=None,
                 allow_no_orientation=False, keep=(), labels_given=True, reference=None,
                 reference_labels=(1,), deidentify=False, case_name=None, structure=None,
-                output_type="nifti"):
+                output_type="nifti", series=None):
     """Refine the label map ``mask_path`` with the shape model; publish ``outdir``.
 
     The refined label (value 1; labels in ``keep`` never removed and written
@@ -87,7 +87,8 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
     for a failed refinement, whose label is the mask as given). Such a mask must
     lie on the scan's lattice (its grid or a crop of it). A DICOM-SEG mask given
     with the series it segments is read onto that series' grid, so that the
-    refined label is not cut at the frames the SEG stored.
+    refined label is not cut at the frames the SEG stored. ``series``: which
+    series of an ``image`` folder that holds several (index or key).
 
     A mask holding both sides of a paired organ, with a model of one side
     (:func:`~shapeprior.segmentation.refine_paired`), is refined side by side:
@@ -109,7 +110,7 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
                             mesh_format, argv, allow_no_orientation, tuple(keep),
                             labels_given, reference, tuple(reference_labels),
                             (case_name or "(withheld)") if deidentify else None, structure,
-                            output_type, dicom)
+                            output_type, dicom, series)
     except BaseException:
         out.discard()
         raise
@@ -165,7 +166,8 @@ def _paired_block(res):
     return block
 
 
-def _mask_and_image(mask_path, image, structure=None, allow_no_orientation=False):
+def _mask_and_image(mask_path, image, structure=None, allow_no_orientation=False,
+                    series=None):
     """``(mask, image or None, the mask reader's info, the image reader's info)``, the
     first two as volumes: the mask a label map, or an RT Structure Set whose
     ``structure`` (default: its one structure with contours) is filled on the grid
@@ -173,18 +175,19 @@ def _mask_and_image(mask_path, image, structure=None, allow_no_orientation=False
     mask's info holds the transforms the refined label keeps
     (:func:`~shapeprior.io.read_file`). A DICOM-SEG mask, read on the grid its
     frames span, is placed on the grid of ``image`` when it lies on that scan's
-    lattice (the series it segments)."""
+    lattice (the series it segments). ``series``: which series of an ``image``
+    folder that holds several."""
     from ..io import as_label_map, is_rtstruct_file, read_file, read_rtstruct
     from ..io import scan_frame_of_reference
 
     img, img_info = (None, {}) if image is None else \
-        read_scan(image, None, allow_no_orientation)
+        read_scan(image, series, allow_no_orientation)
     if is_rtstruct_file(mask_path):
         if img is None:
             raise ValueError(f"{display_name(mask_path)} is an RT Structure Set: its contours "
                              "are filled on the scan they were drawn on; give it with --image")
         mvol, _ = read_rtstruct(mask_path, img, [structure] if structure else None,
-                                scan_frame_of_reference(image))
+                                scan_frame_of_reference(image, series))
         return mvol, img, {}, img_info
     if structure is not None:
         raise ValueError("--structure names a structure of an RT Structure Set; "
@@ -192,7 +195,7 @@ def _mask_and_image(mask_path, image, structure=None, allow_no_orientation=False
     vol, info = read_file(mask_path, allow_no_orientation)
     mvol = as_label_map(vol, display_name(mask_path))
     if image is not None:
-        check_same_frame(mask_path, (image, None), "image", role="the mask")
+        check_same_frame(mask_path, (image, series), "image", role="the mask")
         if is_dicom_seg(mask_path) and not img.same_grid(mvol):
             placed = mvol.placed_on(img)
             if placed is not None and \
@@ -219,16 +222,16 @@ def on_scan(label, mask, scan, kind):
 def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_format, argv,
                  allow_no_orientation, keep, labels_given=True, reference=None,
                  reference_labels=(1,), withheld=None, structure=None, output_type="nifti",
-                 dicom=()):
+                 dicom=(), series=None):
     t0 = time.perf_counter()
     # (a NIfTI mask's reader info: the transforms the refined label keeps)
     mvol, img, mask_transforms, img_info = _mask_and_image(mask_path, image, structure,
-                                                           allow_no_orientation)
+                                                           allow_no_orientation, series)
     if dicom:       # refused before the fit: a mask off the scan's lattice
         on_scan(np.zeros(mvol.array.shape, np.uint8), mvol, img, dicom[0])
     ref_others, ref_filled = [], {}
     ref = reference_mask(reference, reference_labels, mvol, "mask", allow_no_orientation,
-                         ref_others, None if image is None else (image, None), ref_filled)
+                         ref_others, None if image is None else (image, series), ref_filled)
     res = refine_paired(mvol, model, labels, params, img, keep=keep) or \
         refine_mask(mvol, model, labels, params, img, keep=keep)
     label = res.label.astype(np.uint8)

@@ -33,7 +33,7 @@ def refine_fields(rep):
 
 def refine_one(case, outdir, model_path, params, labels, keep, image, reference,
                reference_labels, mesh_format, force, argv, allow_no_orientation, redo,
-               one_thread=False, deidentify=False, output_type="nifti"):
+               one_thread=False, deidentify=False, output_type="nifti", series=None):
     """Refine one mask; never raises (returns a summary row, whose error names
     no input file with ``deidentify``)."""
     from ..backend import single_threaded
@@ -49,7 +49,7 @@ def refine_one(case, outdir, model_path, params, labels, keep, image, reference,
                               argv=argv, allow_no_orientation=allow_no_orientation, keep=keep,
                               reference=reference, reference_labels=reference_labels,
                               deidentify=deidentify, case_name=case.name,
-                              output_type=output_type)
+                              output_type=output_type, series=series)
         return with_redo_note({"case": case.name, **refine_fields(rep)}, redo)
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
         reraise_interruption(exc)   # Ctrl-C or SIGTERM does
@@ -60,7 +60,7 @@ def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), i
                      references=None, reference_labels=(1,), mesh_format="vtk", force=False,
                      workers=0, scheduler=None, progress=True, argv=None,
                      allow_no_orientation=False, inputs=(), deidentify=False,
-                     output_type="nifti"):
+                     output_type="nifti", series=None):
     """Refine the masks ``cases`` (``[Case]``, :func:`~._cases.discover_masks`)
     into ``root``; returns summary rows, one per case, in the cases' order.
 
@@ -74,7 +74,8 @@ def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), i
     ``root`` may not overlap (the masks' folder, the images', the references').
     ``deidentify``: the cases' names are hashes (:meth:`~._cases.Deidentifier.apply`)
     and no input's file name reaches an output or a row. ``output_type``: each
-    case's label outputs (:func:`~._refine.refine_case`).
+    case's label outputs (:func:`~._refine.refine_case`); ``series``: which series
+    of each image folder that holds several (as segment's batch takes it).
     """
     from ._refine import refine_inputs, refine_output_names, refine_record
 
@@ -116,7 +117,7 @@ def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), i
                 rows.append(rescore_row(c, folder, why, ref, reference_labels, deidentify,
                                         allow_no_orientation, mask=c.path,
                                         fields=refine_fields,
-                                        scan=None if img is None else (img, None)))
+                                        scan=None if img is None else (img, series)))
             else:
                 todo.append((c, img, ref, state in ("stale", "rescore") and why))
     except BaseException:
@@ -125,7 +126,7 @@ def run_refine_batch(cases, root, model_path, params, *, labels=(1,), keep=(), i
     parallel = bool(workers) or scheduler is not None
     args = [(c, root / c.name, model_path, params, labels, keep, img, ref, reference_labels,
              mesh_format, force, argv, allow_no_orientation, redo or None, parallel,
-             deidentify, output_type)
+             deidentify, output_type, series)
             for c, img, ref, redo in todo]
     rows += dispatch(refine_one, args, workers, scheduler, progress)
     order = {c.name: i for i, c in enumerate(cases)}
