@@ -4068,6 +4068,24 @@ MUTANTS = [
      "                  (a.series is not None and a.image is not None and Path(a.image).is_file()",
      "                  (False",
      "--series with an --image file passed over without a word"),
+    # -- round 66: a DICOM mask's own series read from an --image folder of several
+    ("refine-named-series-unused", "refinedicom", "shapeprior/pipeline/_refine.py",
+     "        series = series_named_by(mask_path, image)",
+     "        series = None",
+     "a SEG's own series not read from a folder of several: refused, asking for --series"),
+    ("named-series-never-found", "refinedicom", "shapeprior/io/_rtstruct.py",
+     "    return keys[0] if len(keys) == 1 else None",
+     "    return None",
+     "the series a DICOM mask names never found"),
+    ("named-series-rtstruct-none", "refinedicom", "shapeprior/io/_rtstruct.py",
+     "            uids = referenced_series(mask)[0]",
+     "            uids = set()",
+     "a structure set's series not looked for"),
+    ("refine-series-unreported", "refinedicom", "shapeprior/pipeline/_refine.py",
+     "                  **({\"series\": img_info[\"series_key\"]} if \"series_key\" in img_info "
+     "else {}),",
+     "                  **{},",
+     "the report silent on which series of the folder was refined against"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -1331,16 +1331,27 @@ def test_refine_writes_dicom_outputs_on_the_series_of_its_image(phantom_model, t
         shutil.copy(f, two / f"decoy_{f.name}")
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        assert main(["refine", str(out / "seg.dcm"), "-o", str(tmp_path / "t"), "--model",
-                     str(model), "--image", str(two)]) == 1
+        assert main(["refine", str(ref / "label.nii.gz"), "-o", str(tmp_path / "t"),
+                     "--model", str(model), "--image", str(two)]) == 1
     assert "choose one with --series INDEX or KEY" in err.getvalue()
-    index = re.search(rf"#(\d+) \(key \w+, {vol.array.shape[0]} files",
-                      err.getvalue()).group(1)
-    assert main(["refine", str(out / "seg.dcm"), "-o", str(tmp_path / "t"), "--model",
-                 str(model), "--image", str(two), "--series", index, "--output-type",
+    index, key = re.search(rf"#(\d+) \(key (\w+), {vol.array.shape[0]} files",
+                           err.getvalue()).groups()
+    source_uid = ds.ReferencedSeriesSequence[0].SeriesInstanceUID
+    assert main(["refine", str(ref / "label.nii.gz"), "-o", str(tmp_path / "t"), "--model",
+                 str(model), "--image", str(two), "--series", key, "--output-type",
                  "dicom-seg"]) == 0
     assert pydicom.dcmread(tmp_path / "t" / "seg.dcm").ReferencedSeriesSequence[0] \
-        .SeriesInstanceUID == ds.ReferencedSeriesSequence[0].SeriesInstanceUID
+        .SeriesInstanceUID == source_uid
+    # ... and a SEG names the series it was made on: that one is read, unasked
+    assert main(["refine", str(out / "seg.dcm"), "-o", str(tmp_path / "t2"), "--model",
+                 str(model), "--image", str(two), "--output-type", "dicom-seg"]) == 0
+    assert json.loads((tmp_path / "t2" / "report.json").read_text())["input"]["series"] == key
+    from shapeprior.io import series_named_by           # a structure set names its too
+
+    assert [series_named_by(m, two) for m in (ref / "rtstruct.dcm", out / "seg.dcm",
+                                              ref / "label.nii.gz")] == [key, key, None]
+    assert pydicom.dcmread(tmp_path / "t2" / "seg.dcm").ReferencedSeriesSequence[0] \
+        .SeriesInstanceUID == source_uid
     # a folder of masks alike, each with its series (the same --series); a rerun keeps
     # the case (its SEG is one of the outputs a complete case holds)
     (tmp_path / "masks").mkdir()

@@ -17,7 +17,7 @@ from ._files import detached_data_files, image_files, image_sha256
 from ._nifti import affine_ras
 from ._rtstruct import (find_structure_sets, is_rtstruct_file, list_structures, read_rtstruct,
                         referenced_series, scan_frame_of_reference, scan_of_structure_set,
-                        structure_title, write_structure_set)
+                        series_named_by, structure_title, write_structure_set)
 from ._volume import (VOLUME_SUFFIXES, Volume, as_label_map, geometry_difference, read_file,
                       read_geometry, read_label_map, read_volume, volume_suffix, write_label)
 
@@ -32,5 +32,6 @@ __all__ = ["Volume", "read_volume", "read_file", "read_label_map", "as_label_map
            "in_case_folder", "in_case_folders", "check_mask_name",
            "is_label_map_name", "read_rtstruct", "list_structures",
            "scan_frame_of_reference", "find_structure_sets", "scan_of_structure_set",
-           "referenced_series", "write_structure_set", "dicom_source", "is_rtstruct_file",
+           "referenced_series", "series_named_by", "write_structure_set", "dicom_source",
+           "is_rtstruct_file",
            "structure_title", "damaged_files_text"]

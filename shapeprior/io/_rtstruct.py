@@ -405,6 +405,31 @@ def referenced_series(path):
     return series, frames
 
 
+def series_named_by(mask, folder):
+    """The key of the series of the DICOM folder ``folder`` (or the one folder below
+    it that holds series) that the DICOM mask ``mask``, a DICOM-SEG or an RT
+    Structure Set, names as its source; None for another kind of mask, one that
+    names none of the folder's series, or a header that does not read (its reader
+    says why later)."""
+    from ._dicom import list_series, series_folder
+    from ._dicom_seg import is_dicom_seg
+    from ._pydicom import pydicom
+
+    try:
+        if is_rtstruct_file(mask):
+            uids = referenced_series(mask)[0]
+        elif is_dicom_seg(mask):
+            ds = pydicom.dcmread(str(mask), stop_before_pixels=True)
+            uids = {_text(r.get("SeriesInstanceUID"))
+                    for r in ds.get("ReferencedSeriesSequence", []) or []}
+        else:
+            return None
+        keys = [key for _, key, _, uid in list_series(series_folder(folder)) if uid in uids]
+    except Exception:  # noqa: BLE001 - pydicom raises many kinds; the readers say why later
+        return None
+    return keys[0] if len(keys) == 1 else None
+
+
 def _references(ds):
     """``(series UIDs, frame of reference UIDs)`` of the set's Referenced Frame of
     Reference Sequence (its elements were decoded by ``check_not_cut``)."""

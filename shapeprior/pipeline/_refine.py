@@ -12,7 +12,7 @@ import numpy as np
 
 from .._background import background
 from .._outputs import OutputDir, manifest
-from ..io import Volume, display_name, is_dicom_seg, read_scan, write_label
+from ..io import Volume, display_name, is_dicom_seg, read_scan, series_named_by, write_label
 from ..segmentation import (PairedRefineResult, SegmentParams, reason_levels, refine_mask,
                             refine_paired)
 from ._qc import qc_png
@@ -88,7 +88,9 @@ def refine_case(mask_path, outdir, model, model_path, params: SegmentParams, *, 
     lie on the scan's lattice (its grid or a crop of it). A DICOM-SEG mask given
     with the series it segments is read onto that series' grid, so that the
     refined label is not cut at the frames the SEG stored. ``series``: which
-    series of an ``image`` folder that holds several (index or key).
+    series of an ``image`` folder that holds several (index or key); by default,
+    for a DICOM-SEG or RT Structure Set mask, the one it names (the report's
+    ``input.series``).
 
     A mask holding both sides of a paired organ, with a model of one side
     (:func:`~shapeprior.segmentation.refine_paired`), is refined side by side:
@@ -224,6 +226,9 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
                  reference_labels=(1,), withheld=None, structure=None, output_type="nifti",
                  dicom=(), series=None):
     t0 = time.perf_counter()
+    if series is None and image is not None and Path(image).is_dir():
+        # a DICOM mask names the series it was made on: that one of a folder of several
+        series = series_named_by(mask_path, image)
     # (a NIfTI mask's reader info: the transforms the refined label keeps)
     mvol, img, mask_transforms, img_info = _mask_and_image(mask_path, image, structure,
                                                            allow_no_orientation, series)
@@ -244,6 +249,7 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
                   "keep_labels": [int(v) for v in keep],
                   "image": None if image is None else
                   "(withheld)" if withheld else display_name(image),
+                  **({"series": img_info["series_key"]} if "series_key" in img_info else {}),
                   "shape_zyx": list(mvol.array.shape), "spacing_mm": mvol.spacing.tolist(),
                   "origin_mm": mvol.origin.tolist(), "direction": mvol.direction.ravel().tolist(),
                   "coordinates": "LPS"},
