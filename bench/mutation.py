@@ -4086,6 +4086,12 @@ MUTANTS = [
      "else {}),",
      "                  **{},",
      "the report silent on which series of the folder was refined against"),
+    # -- round 67: a rerun comparing a refined SEG mask again (pipeline/_rescore.py)
+    ("rescore-seg-mask-off-grid", "refinedicom", "shapeprior/pipeline/_rescore.py",
+     "        if not given.same_grid(grid):",
+     "        if False:",
+     "a rerun comparing a SEG mask's refinement again fails: the SEG's frames against "
+     "the series' grid"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

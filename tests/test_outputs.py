@@ -1369,6 +1369,21 @@ def test_refine_writes_dicom_outputs_on_the_series_of_its_image(phantom_model, t
     _, total = _check_seg_against(batch / "case1" / "seg.dcm", series,
                                   _nibabel_lookup(batch / "case1" / "label.nii.gz"))
     assert total == np.count_nonzero(read_label_map(batch / "case1" / "label.nii.gz").array)
+    # case folders holding a SEG and its series; a rerun that only adds a reference
+    # compares the kept refinement, the SEG's organ placed on the series' grid (it failed:
+    # "operands could not be broadcast together")
+    case = tmp_path / "cases" / "caseA"
+    shutil.copytree(series, case / "series")
+    shutil.copy(out / "seg.dcm", case / "seg.dcm")
+    shutil.copy(ref / "label.nii.gz", case / "ref.nii.gz")
+    kept = tmp_path / "kept"
+    for more in ([], ["--reference-name", "ref.nii.gz"]):
+        assert main(["refine", str(tmp_path / "cases"), "--mask-name", "seg.dcm",
+                     "--image-name", "series", "-o", str(kept), "--model", str(model),
+                     *more]) == 0
+    row = json.loads((kept / "summary.json").read_text())["cases"][0]
+    assert row["status"] == "skipped" and "compared again" in row["reason"], row
+    assert row["dice"] > 0.95 and row["input_dice"] == 1.0, row
     # refused before anything is fitted or written: no --image, a mask off the scan's
     # lattice, a scan that is no DICOM series, --deidentify
     half = Volume(label.array[:, ::2, ::2], label.spacing * [2, 2, 1], label.origin,

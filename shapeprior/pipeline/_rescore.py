@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .._outputs import OutputDir, read_manifest, show_path
-from ..io import image_sha256, read_label_map
+from ..io import Volume, image_sha256, read_label_map
 from ._refine import refine_reference
 from ._run import (compared_with, is_reference_warning, note_reference, note_structures,
                    reference_mask, reference_selection, side_references)
@@ -50,8 +50,14 @@ def rescore_outputs(folder, reference, reference_labels, *, mask=None, allow_no_
             side_references(report, label, ref, grid)
     else:
         p = man["parameters"]
-        organ = np.isin(read_label_map(mask, allow_no_orientation).array,
-                        tuple(p["labels"]) + tuple(p["keep_labels"]))
+        given = read_label_map(mask, allow_no_orientation)
+        organ = np.isin(given.array, tuple(p["labels"]) + tuple(p["keep_labels"]))
+        if not given.same_grid(grid):
+            # a DICOM-SEG mask, read on its frames, refined on its series' whole grid
+            organ = Volume(organ, given.spacing, given.origin, given.direction).placed_on(grid)
+            if organ is None:
+                raise ValueError(f"the mask is not on the grid of the refined label "
+                                 f"({grid.grid_difference(given)}; mask vs label)")
         report["reference"] = refine_reference(label, organ, ref, grid.spacing, labels)
     note_structures(report, labels, filled)
     report["warnings"] = [w for w in report.get("warnings", []) if not is_reference_warning(w)]
