@@ -4082,8 +4082,8 @@ MUTANTS = [
      "            uids = set()",
      "a structure set's series not looked for"),
     ("refine-series-unreported", "refinedicom", "shapeprior/pipeline/_refine.py",
-     "                  **({\"series\": img_info[\"series_key\"]} if \"series_key\" in img_info "
-     "else {}),",
+     "                  **({\"series\": img_info[\"series_key\"]}\n"
+     "                     if \"series_key\" in img_info and not withheld else {}),",
      "                  **{},",
      "the report silent on which series of the folder was refined against"),
     # -- round 67: a rerun comparing a refined SEG mask again (pipeline/_rescore.py)

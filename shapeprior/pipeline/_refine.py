@@ -249,7 +249,8 @@ def _refine_case(out, mask_path, model, model_path, params, labels, image, mesh_
                   "keep_labels": [int(v) for v in keep],
                   "image": None if image is None else
                   "(withheld)" if withheld else display_name(image),
-                  **({"series": img_info["series_key"]} if "series_key" in img_info else {}),
+                  **({"series": img_info["series_key"]}
+                     if "series_key" in img_info and not withheld else {}),
                   "shape_zyx": list(mvol.array.shape), "spacing_mm": mvol.spacing.tolist(),
                   "origin_mm": mvol.origin.tolist(), "direction": mvol.direction.ravel().tolist(),
                   "coordinates": "LPS"},
