@@ -4092,6 +4092,11 @@ MUTANTS = [
      "        if False:",
      "a rerun comparing a SEG mask's refinement again fails: the SEG's frames against "
      "the series' grid"),
+    # -- round 68: the refined voxels a scan that cuts the organ leaves out of the SEG
+    ("refine-seg-lost-unsaid", "refinedicom", "shapeprior/pipeline/_refine.py",
+     "    if lost and status != \"failed\":",
+     "    if False:",
+     "refined voxels beyond the scan left out of its SEG without a word"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -1384,6 +1384,24 @@ def test_refine_writes_dicom_outputs_on_the_series_of_its_image(phantom_model, t
     row = json.loads((kept / "summary.json").read_text())["cases"][0]
     assert row["status"] == "skipped" and "compared again" in row["reason"], row
     assert row["dice"] > 0.95 and row["input_dice"] == 1.0, row
+    # a scan that cuts the organ (its top slices gone): the refined voxels beyond it are
+    # not in the SEG, and the report counts them
+    organ = label.array > 0
+    top = int(np.flatnonzero(organ.any((1, 2))).max())
+    short = write_dicom_series(Volume(vol.array[:top - 1], vol.spacing, vol.origin,
+                                      vol.direction), tmp_path / "short",
+                               series_uid="1.2.826.0.1.3680043.2.1125.8")
+    cut = tmp_path / "cut"
+    assert main(["refine", str(ref / "label.nii.gz"), "-o", str(cut), "--model", str(model),
+                 "--image", str(short), "--output-type", "dicom-seg,nifti"]) == 0
+    rep = json.loads((cut / "report.json").read_text())
+    refined = read_label_map(cut / "label.nii.gz").array > 0
+    beyond = int(np.count_nonzero(refined[top - 1:]))
+    assert rep["status"] == "suspect" and beyond > 0, rep["reasons"]
+    assert f"{beyond} voxels of the refined label lie outside the scan and are not in " \
+        "seg.dcm" in rep["warnings"]
+    assert int(np.count_nonzero(read_label_map(cut / "seg.dcm").array)) == \
+        np.count_nonzero(refined) - beyond
     # refused before anything is fitted or written: no --image, a mask off the scan's
     # lattice, a scan that is no DICOM series, --deidentify
     half = Volume(label.array[:, ::2, ::2], label.spacing * [2, 2, 1], label.origin,
