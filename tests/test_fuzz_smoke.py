@@ -17,7 +17,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "fuzz_readers.py"
 def test_reader_fuzz_smoke(data_root, tmp_path):
     out = tmp_path / "fuzz.json"
     env = dict(os.environ, SHAPEPRIOR_DATA=str(data_root))
-    p = subprocess.run([sys.executable, str(BENCH), "--n", "150", "--seed", "7",
+    p = subprocess.run([sys.executable, str(BENCH), "--n", "100", "--seed", "7",
                         "--out", str(out)], capture_output=True, text=True, env=env,
                        timeout=600)
     r = json.loads(out.read_text())

@@ -132,13 +132,23 @@ def test_refine_of_both_sides_refines_each_with_its_own_shape(paired, tmp_path, 
 
 def test_refine_of_one_side_keeps_the_other_as_given(paired, tmp_path):
     """--side right on a mask of both: the right organ is refined, the left one
-    written as given, voxel for voxel."""
-    d, _, truth, model = paired
+    written as given, voxel for voxel. With --output-type dicom-seg and its scan as a
+    DICOM series, the SEG holds one segment per side, coded with its laterality: the
+    left one the left organ as given, the right one the refined right organ."""
+    import pydicom
+    from _phantoms import write_dicom_series
+
+    from shapeprior.io import read_image
+
+    d, images, truth, model = paired
     name = "pair_006.nii.gz"
     src = d / "labels" / name
+    vol, _ = read_image(images / name)
+    series = write_dicom_series(vol, tmp_path / "dicom")
     out = tmp_path / "o"
     assert main(["refine", str(src), "-o", str(out), "--model", str(model),
-                 "--side", "right"]) == 0
+                 "--side", "right", "--image", str(series), "--output-type",
+                 "nifti,dicom-seg"]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["paired"]["refined"] == ["right"]
     assert rep["paired"]["kept_as_given"] == ["left"]
@@ -152,6 +162,17 @@ def test_refine_of_one_side_keeps_the_other_as_given(paired, tmp_path):
     assert dice(lab & ~half, truth[name]["right"]) > 0.9
     pts, _, data, _ = read_vtk_mesh(out / "mesh.vtk")
     assert len(pts) == 642 and np.all(data["side"] == 2)
+    assert rep["dicom_seg"]["written"]
+    ds = pydicom.dcmread(out / "seg.dcm")
+    number = {s.SegmentLabel.rsplit("(", 1)[-1].rstrip(")"): s.SegmentNumber
+              for s in ds.SegmentSequence}
+    assert sorted(number) == ["left", "right"]
+    for s in ds.SegmentSequence:
+        assert s.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning.lower() == \
+            s.SegmentLabel.rsplit("(", 1)[-1].rstrip(")")
+    seg = read_label_map(out / "seg.dcm").placed_on(vol)
+    assert np.array_equal(seg == number["left"], given & half)
+    assert np.array_equal(seg == number["right"], lab & ~half)
 
 
 def test_the_report_of_both_sides_takes_the_worst_side():
@@ -301,39 +322,3 @@ def test_update_model_says_why_a_right_organ_did_not_teach_the_appearance(paired
     assert "was not updated: the new shapes are right-side organs mirrored" in printed
     assert "no training image was given" not in printed
 
-
-def test_a_dicom_seg_of_a_paired_refinement_has_a_segment_per_side(paired, tmp_path):
-    """refine --output-type dicom-seg of a mask of both sides: one segment per side,
-    coded with its laterality; with --side right the left one is the left organ as
-    given, voxel for voxel, and the right one the refined right organ."""
-    import pydicom
-    from _phantoms import write_dicom_series
-
-    from shapeprior.io import read_image
-
-    d, images, truth, model = paired
-    name = "pair_006.nii.gz"
-    vol, _ = read_image(images / name)
-    series = write_dicom_series(vol, tmp_path / "dicom")
-    src = d / "labels" / name
-    out = tmp_path / "o"
-    assert main(["refine", str(src), "-o", str(out), "--model", str(model), "--side", "right",
-                 "--image", str(series), "--output-type", "nifti,dicom-seg"]) == 0
-    rep = json.loads((out / "report.json").read_text())
-    assert rep["dicom_seg"]["written"] and rep["paired"]["kept_as_given"] == ["left"]
-    ds = pydicom.dcmread(out / "seg.dcm")
-    number = {s.SegmentLabel.rsplit("(", 1)[-1].rstrip(")"): s.SegmentNumber
-              for s in ds.SegmentSequence}
-    assert sorted(number) == ["left", "right"]
-    for s in ds.SegmentSequence:
-        assert s.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning.lower() == \
-            s.SegmentLabel.rsplit("(", 1)[-1].rstrip(")")
-    seg = read_label_map(out / "seg.dcm").placed_on(vol)
-    lab = read_label_map(out / "label.nii.gz").array
-    given = read_label_map(src).array.astype(bool)
-    left = truth[name]["left"]
-    half = np.zeros_like(left)
-    half[:, :, left.shape[2] // 2:] = True       # the grid's +x half holds the left organ
-    assert np.array_equal(seg == number["left"], given & half)
-    assert np.array_equal(seg == number["right"], lab.astype(bool) & ~half)
-    assert dice(seg == number["right"], truth[name]["right"]) > 0.9
