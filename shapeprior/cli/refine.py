@@ -118,7 +118,7 @@ def main(argv):
     a = ap.parse_args(join_negative_values(argv, ("--window",)))
 
     from ..model import load_model, organ_labels
-    from ..pipeline import output_kinds, refine_case
+    from ..pipeline import DICOM_KEEPS_IDENTIFIERS, output_kinds, refine_case
 
     try:
         dicom = [k for k in output_kinds(a.output_type) if k != "nifti"]
@@ -128,10 +128,7 @@ def main(argv):
         refuse_unused((not (a.image or a.image_name),
                        f"--output-type {dicom[0]} writes the refined label on the slices of "
                        "--image: give the DICOM series the mask lies on"),
-                      (a.deidentify,
-                       f"--output-type {dicom[0]} keeps the source's patient and study "
-                       "identifiers (a SEG or a structure set must refer to its series): "
-                       "not with --deidentify"))
+                      (a.deidentify, f"--output-type {dicom[0]} {DICOM_KEEPS_IDENTIFIERS}"))
     from ..segmentation import check_window
 
     refuse_unused((a.window and not (a.image or a.image_name),

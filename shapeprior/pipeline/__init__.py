@@ -18,12 +18,12 @@ from ._convert import convert_structure_set, structure_set_cases
 from ._reconstruct import reconstruct_shapes
 from ._refine import refine_case
 from ._refine_batch import run_refine_batch
-from ._run import (MESH_FORMATS, OUTPUT_TYPES, input_files, output_kinds, run_case,
-                   scrub_argv)
+from ._run import (DICOM_KEEPS_IDENTIFIERS, MESH_FORMATS, OUTPUT_TYPES, input_files,
+                   output_kinds, run_case, scrub_argv)
 
 __all__ = ["run_case", "refine_case", "reconstruct_shapes", "run_batch", "discover_cases",
            "Case", "Deidentifier", "case_state", "write_summary", "reference_summary",
            "match_references", "case_key", "safe_name", "unique_names", "scrub", "scrub_paths", "scrub_argv",
            "input_files", "MESH_FORMATS", "OUTPUT_TYPES", "run_refine_batch", "discover_masks",
            "match_images", "match_in_case_folders", "convert_structure_set", "output_kinds",
-           "structure_set_cases"]
+           "structure_set_cases", "DICOM_KEEPS_IDENTIFIERS"]

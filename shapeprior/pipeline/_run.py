@@ -50,6 +50,11 @@ def output_kinds(output_type) -> tuple:
     return tuple(k for k in OUTPUT_FILES if k in kinds)
 
 
+#: why a DICOM output is refused with --deidentify (after "--output-type KIND ")
+DICOM_KEEPS_IDENTIFIERS = ("keeps the source's patient and study identifiers (a SEG or a "
+                           "structure set must refer to its series): not with --deidentify")
+
+
 def dicom_kinds(output_type, source, deidentify=False, what="input") -> list:
     """The DICOM label outputs (``'dicom-seg'``, ``'rtstruct'``) that ``output_type``
     asks for, checked against the scan they refer to, ``source`` (``what`` names it
@@ -64,9 +69,7 @@ def dicom_kinds(output_type, source, deidentify=False, what="input") -> list:
             raise ValueError(f"--output-type {output_type} needs a DICOM series folder (or "
                              f"an enhanced multi-frame DICOM file) as {what}; {shown}")
         if deidentify:
-            raise ValueError(f"--output-type {dicom[0]} keeps the source's patient and study "
-                             "identifiers (a SEG or a structure set must refer to its "
-                             "series): not with --deidentify")
+            raise ValueError(f"--output-type {dicom[0]} {DICOM_KEEPS_IDENTIFIERS}")
     return dicom
 
 
