@@ -1245,7 +1245,10 @@ def test_ctrl_c_at_a_terminal_stops_a_batch_on_workers_in_one_line(phantom_model
     """Ctrl-C at a terminal signals every process of the group: the dask
     workers too. They start with SIGINT ignored, so the run ends with the
     interruption's one line (not 40-80 lines of worker tracebacks and dask
-    warnings), and no process of the group is left."""
+    warnings), and no process of the group is left. Port 8787, dask's default for
+    the scheduler's HTTP server, is held meanwhile, as another run's cluster would
+    hold it: dask printed "Port 8787 is already in use" (a CI run failed so)."""
+    import socket
     import subprocess
     import sys
     import time
@@ -1254,6 +1257,12 @@ def test_ctrl_c_at_a_terminal_stops_a_batch_on_workers_in_one_line(phantom_model
     batch, out = _three_cases(images, tmp_path)
     before = tree_state(batch)
     env = {k: v for k, v in os.environ.items() if k != "SHAPEPRIOR_TEST_KILL_AT"}
+    held = socket.socket()
+    try:
+        held.bind(("127.0.0.1", 8787))
+        held.listen()
+    except OSError:             # taken already: the case this checks
+        pass
     p = subprocess.Popen([sys.executable, "-m", "shapeprior.cli", "segment", str(batch), "-o",
                           str(out), "--model", str(model), "--workers", "2"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
@@ -1266,6 +1275,7 @@ def test_ctrl_c_at_a_terminal_stops_a_batch_on_workers_in_one_line(phantom_model
         os.killpg(p.pid, signal.SIGINT)
         _, err = p.communicate(timeout=120)
     finally:
+        held.close()
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
     err = err.decode(errors="replace")

@@ -490,8 +490,13 @@ def dispatch(job, args, workers=0, scheduler=None, progress=True):
         main = threading.current_thread() is threading.main_thread()
         old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
         try:
+            # no dashboard; the scheduler's HTTP server (which it starts regardless, on
+            # 8787 by default) on a free port of 127.0.0.1: with 8787 taken (another
+            # run's cluster) dask printed a UserWarning about it on the terminal
             cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1,
                                    processes=True, host="127.0.0.1", dashboard_address=None,
+                                   scheduler_kwargs={"dashboard": False,
+                                                     "dashboard_address": "127.0.0.1:0"},
                                    silence_logs=logging.CRITICAL)
         finally:
             if main:
