@@ -13,7 +13,11 @@ three severities each:
 * ``copied_slices``: 2 / 4 / 6 slices replaced by copies of the one before
   them (an outline carried forward by an annotator or a slice-wise network);
 * ``islands``: 2 / 4 / 8 separate blobs (radius 3-6 mm) 10-40 mm away;
-* ``jitter``: the boundary moved by smooth noise of 1 / 2 / 3 mm.
+* ``jitter``: the boundary moved by smooth noise of 1 / 2 / 3 mm;
+* ``end_slices``: the slices of the last 5 / 10 / 20 mm of the organ at one
+  end of the slice axis emptied (at least one; a network that stopped short
+  of a pole). It draws its end from a generator of its own (case, severity),
+  so that the other kinds' masks are those of the runs before it was added.
 
 Each degraded mask is refined with the model alone (``refine_mask``, no
 image: KiTS images are not in the shared data) twice: with kidney and tumour
@@ -57,11 +61,12 @@ from shapeprior.io import Volume, read_label_map
 from shapeprior.mesh import grown_box, kidney_masks, mask_box
 from shapeprior.model import load_model
 from shapeprior.segmentation import SegmentParams, dice, refine_mask, surface_distances
+from shapeprior.segmentation import _cut_ends as _cut_ends_mod
 from shapeprior.segmentation import _refine as _refine_mod
 
 HERE = Path(__file__).resolve().parent
 KINDS = ("leak", "hole", "missing_slices", "duplicated_slices", "copied_slices", "islands",
-         "jitter")
+         "jitter", "end_slices")
 
 
 def crop(vol, mask, margin_mm=40.0):
@@ -78,6 +83,14 @@ def ball(shape, centre_zyx, r_mm, sp_zyx):
     g = np.ogrid[tuple(slice(0, n) for n in shape)]
     d2 = sum(((g[k] - centre_zyx[k]) * sp_zyx[k]) ** 2 for k in range(3))
     return d2 <= r_mm ** 2
+
+
+def end_slab(mask, sp_zyx, mm, rng, ax):
+    """The slices of the last ``mm`` of the organ ``mask`` at one end of array
+    axis ``ax`` (drawn; at least one slice): a slice of the axis moved first."""
+    k = max(1, int(round(mm / sp_zyx[ax])))
+    zs = np.where(np.moveaxis(mask, ax, 0).any((1, 2)))[0]
+    return slice(zs[-1] - k + 1, None) if rng.integers(2) else slice(0, zs[0] + k)
 
 
 def degrade(mask, sp_zyx, kind, sev, rng, lab=None, slice_axis=2):
@@ -132,6 +145,11 @@ def _degrade(mask, sp_zyx, kind, sev, rng, lab, ax=2):
         move(mt, tt)
         if lt is not None:
             move(lt, np.moveaxis(lab, ax, 0))
+    elif kind == "end_slices":
+        cut = end_slab(mask, sp_zyx, (5.0, 10.0, 20.0)[sev - 1], rng, ax)
+        np.moveaxis(m, ax, 0)[cut] = False
+        if lt is not None:
+            lt[cut] = 0
     elif kind == "islands":
         n = (2, 4, 8)[sev - 1]
         for _ in range(n):
@@ -145,7 +163,7 @@ def _degrade(mask, sp_zyx, kind, sev, rng, lab, ax=2):
         m = (np.where(mask, dist_in, -dist_out) + noise) > 0
     if lab is None:
         return m, None
-    if kind in ("missing_slices", "duplicated_slices", "copied_slices"):
+    if kind in ("missing_slices", "duplicated_slices", "copied_slices", "end_slices"):
         out = np.moveaxis(lt, 0, ax)
     else:               # voxels added are kidney, voxels removed are gone
         out = np.where(m, np.where(lab > 0, lab, 1), 0)
@@ -213,28 +231,52 @@ def _bridged(mask, sp):
     """What the refinement bridges in ``mask`` under the current rules (a key:
     refinements with the same bridges are the same)."""
     parts, gaps, fill = _refine_mod.bridged_target(mask, sp)
-    return b"".join(np.packbits(v).tobytes() for v in (parts, gaps, fill))
+    ends = _cut_ends_mod.cut_ends((parts & ~gaps) | fill) if _refine_mod.CUT_ENDS else []
+    return b"".join(np.packbits(v).tobytes() for v in (parts, gaps, fill)) + repr(ends).encode()
 
 
-def clean_bridges(root, split, sweep):
+def _clean_assd(cvol, model, dic, side, ratio):
+    """ASSD (mm) of the refinement of the clean mask ``cvol`` against itself,
+    with END_RATIO = ``ratio``."""
+    _cut_ends_mod.END_RATIO = ratio
+    res = refine_mask(cvol, model, (1,), SegmentParams(side=side), None, dic)
+    return round(float(surface_distances(res.label > 0, cvol.array > 0, cvol.spacing)[
+        "assd_mm"]), 4)
+
+
+def clean_bridges(root, split, sweep, model=None, dic=None):
     """For each value of the swept setting, the clean kidney masks (kidney and
     tumour, both sides, every case of the split) in which the refinement
     bridges anything, and the voxels it would change: a clean mask has no
     missing slices, so every bridge is a false alarm."""
-    name, values = sweep
+    name, values, module = sweep
     out = {f"{v:g}": {"masks": 0, "masks_changed": 0, "voxels_changed": 0} for v in values}
     n = 0
     for case in _cases(root, split, -1, 0.0):
         vol = read_label_map(sorted(case.glob("*.nii*"))[0])
         for side, m in kidney_masks(vol).items():
-            m = crop(vol, m).array > 0
+            cvol = crop(vol, m)
+            m = cvol.array > 0
             sp = vol.spacing[::-1]
             n += 1
+            base = []           # the clean mask refined with no end read as cut, once
             for v in values:
-                setattr(_refine_mod, name, v)
+                setattr(module, name, v)
                 _, gaps, fill = _refine_mod.bridged_target(m, sp)
                 changed = int((((m & ~gaps) | fill) ^ m).sum())
                 o = out[f"{v:g}"]
+                if module is _cut_ends_mod:
+                    # ends read as cut; the fit decides whether its shape carries
+                    # on beyond them: the refinement against the clean mask, with
+                    # the value and with no end read as cut
+                    if _cut_ends_mod.cut_ends((m & ~gaps) | fill):
+                        o["masks"] += 1
+                        base = base or [_clean_assd(cvol, model, dic, side, np.inf)]
+                        o.setdefault("assd_mm", []).append(
+                            [_clean_assd(cvol, model, dic, side, v), base[0]])
+                        setattr(module, name, v)
+                        o["masks_changed"] += int(o["assd_mm"][-1][0] != o["assd_mm"][-1][1])
+                    continue
                 o["masks"] += int(gaps.any())
                 o["masks_changed"] += int(changed > 0)
                 o["voxels_changed"] += changed
@@ -258,6 +300,10 @@ def main(argv=None):
                     help="sweep GAP_PART_FRACTION over these comma-separated values (each "
                          "variant is reported as refined@part=F); default: the library's "
                          "value")
+    ap.add_argument("--end-ratios", default=None,
+                    help="sweep END_RATIO (ends read as cut) over these comma-separated "
+                         "values, inf for none (each variant is reported as refined@end=F); "
+                         "default: the library's value")
     ap.add_argument("--interpolation", choices=("linear", "chord", "cubic"), default=None,
                     help="shape-based interpolation across missing and copied slices "
                          "(GAP_INTERPOLATION; default: the library's value)")
@@ -269,14 +315,18 @@ def main(argv=None):
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         ap.error(f"--kinds: unknown degradation {bad[0]!r}; allowed: {', '.join(KINDS)}")
-    if a.gap_fractions is not None and a.part_fractions is not None:
-        ap.error("--gap-fractions and --part-fractions: one sweep at a time")
+    if sum(v is not None for v in (a.gap_fractions, a.part_fractions, a.end_ratios)) > 1:
+        ap.error("--gap-fractions, --part-fractions and --end-ratios: one sweep at a time")
     sweep = None
     if a.gap_fractions is not None:
-        sweep = ("MAX_GAP_FRACTION", "@", [float(v) for v in a.gap_fractions.split(",")])
+        sweep = ("MAX_GAP_FRACTION", "@", [float(v) for v in a.gap_fractions.split(",")],
+                 _refine_mod)
     elif a.part_fractions is not None:
         sweep = ("GAP_PART_FRACTION", "@part=",
-                 [float(v) for v in a.part_fractions.split(",")])
+                 [float(v) for v in a.part_fractions.split(",")], _refine_mod)
+    elif a.end_ratios is not None:
+        sweep = ("END_RATIO", "@end=", [float(v) for v in a.end_ratios.split(",")],
+                 _cut_ends_mod)
     if a.interpolation is not None:
         _refine_mod.GAP_INTERPOLATION = a.interpolation
     out_path = Path(a.output) if a.output else HERE / "results" / (
@@ -304,7 +354,8 @@ def main(argv=None):
             for sev in (1, 2, 3):
                 # every kind draws from the generator, so that a subset of kinds
                 # degrades each mask as the whole run does
-                bad, bad_lab = degrade(clean, sp, kind, sev, rng, lab=clean_vol.array)
+                gen = np.random.default_rng((i, sev)) if kind == "end_slices" else rng
+                bad, bad_lab = degrade(clean, sp, kind, sev, gen, lab=clean_vol.array)
                 if kind not in kinds:
                     continue
                 bvol = Volume(bad_lab, clean_vol.spacing, clean_vol.origin, clean_vol.direction)
@@ -315,7 +366,7 @@ def main(argv=None):
                 done = {}
                 for v, f in zip(variants, [None] if sweep is None else sweep[2]):
                     if f is not None:
-                        setattr(_refine_mod, sweep[0], f)
+                        setattr(sweep[3], sweep[0], f)
                     key = _bridged(bad, sp)
                     if key not in done:
                         done[key] = _refine_both(bvol, model, dic, side)
@@ -357,7 +408,7 @@ def main(argv=None):
                   + f", morphology {t['morphology']['assd_mm_mean']:.2f}")
     clean = None
     if sweep is not None:
-        clean = clean_bridges(root, a.split, (sweep[0], sweep[2]))
+        clean = clean_bridges(root, a.split, (sweep[0], sweep[2], sweep[3]), model, dic)
         print(f"clean {a.split}-split kidneys ({clean['kidneys']}) with a bridge / changed: "
               + ", ".join(f"{sweep[1]}{k} {v['masks']} / {v['masks_changed']}"
                           for k, v in clean["by_value"].items()))
@@ -376,11 +427,14 @@ def main(argv=None):
         "gap_part_fraction": sweep[2] if sweep and sweep[0] == "GAP_PART_FRACTION"
         else _refine_mod.GAP_PART_FRACTION,
         "gap_interpolation": _refine_mod.GAP_INTERPOLATION,
+        "end_ratio": sweep[2] if sweep and sweep[0] == "END_RATIO" else _cut_ends_mod.END_RATIO,
+        "carry_on_fraction": _cut_ends_mod.CARRY_ON_FRACTION,
         "columns": {"refined": "refine_mask with labels (1, 2): the organ as one label",
                     "refined_keep_tumour": "refine_mask with labels (1,), keep (2,): the "
                                            "tumour label is fitted as organ, never removed",
                     "@F": "with MAX_GAP_FRACTION = F",
                     "@part=F": "with GAP_PART_FRACTION = F",
+                    "@end=F": "with END_RATIO = F (inf: no end read as cut)",
                     "worse_than_input": "cases whose ASSD rose by more than 0.05 mm"},
         "model": "bench/cache/kidney_model.npz (KiTS19 training split)",
         "baseline": "largest component + fill holes + closing (3 mm ball)",

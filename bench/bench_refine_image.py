@@ -65,16 +65,17 @@ import numpy as np
 from scipy import ndimage
 
 from _common import data_root, machine, write_json
-from bench_refine import ball, degrade, morphology
+from bench_refine import ball, degrade, end_slab, morphology
 from shapeprior.io import Volume, read_label_map, read_volume
 from shapeprior.model import load_model
 from shapeprior.segmentation import SegmentParams, dice, refine_mask, surface_distances
 from shapeprior.segmentation import _cavities, _inserted
+from shapeprior.segmentation import _refine as _refine_mod
 
 HERE = Path(__file__).resolve().parent
 CT = dict(normalisation="ct", window=(-0.05, 0.15), inside_brighter=True)
 COLUMNS = ("degraded", "mask_only", "image_rule_off", "image", "morphology")
-KINDS = ("hole", "duplicated_slices", "copied_slices")
+KINDS = ("hole", "duplicated_slices", "copied_slices", "end_slices")
 #: the array axis the slice degradations act along (axial NIfTI: z)
 SLICE_AXIS = 0
 #: the INSERTED_MARGIN and JUNCTION_FRACTION values --validation compares (margin
@@ -118,14 +119,18 @@ class _RulesOff:
         self.kind = kind
 
     def __enter__(self):
-        self.saved = _cavities.CAVITY_PERCENTILES, _inserted.INSERTED_MARGIN
+        self.saved = (_cavities.CAVITY_PERCENTILES, _inserted.INSERTED_MARGIN,
+                      _refine_mod.CUT_ENDS)
+        if self.kind in ("end_slices", "clean"):
+            _refine_mod.CUT_ENDS = False
         if self.kind in ("hole", "clean"):
             _cavities.CAVITY_PERCENTILES = None
-        if self.kind != "hole":
+        if self.kind not in ("hole", "end_slices"):
             _inserted.INSERTED_MARGIN = None
 
     def __exit__(self, *exc):
-        _cavities.CAVITY_PERCENTILES, _inserted.INSERTED_MARGIN = self.saved
+        (_cavities.CAVITY_PERCENTILES, _inserted.INSERTED_MARGIN,
+         _refine_mod.CUT_ENDS) = self.saved
 
 
 def _degraded(kind, clean, sp, sev, size, rng):
@@ -133,6 +138,10 @@ def _degraded(kind, clean, sp, sev, size, rng):
     take this degradation."""
     if kind == "clean":
         return clean.copy(), 0, None
+    if kind == "end_slices":
+        bad = clean.copy()
+        np.moveaxis(bad, SLICE_AXIS, 0)[end_slab(clean, sp, size, rng, SLICE_AXIS)] = False
+        return bad, 1, None
     if kind == "hole":
         bad, draws = plant_hole(clean, sp, size, rng)
         return bad, draws, None if bad is not None else f"no enclosed hole in {MAX_DRAWS} draws"
@@ -142,13 +151,28 @@ def _degraded(kind, clean, sp, sev, size, rng):
         return None, 1, "the organ is too short along the slice axis"
 
 
+class _End:
+    """Stands in for the generator of ``bench_refine.end_slab``: the end it gives."""
+
+    def __init__(self, end):
+        self.end = end
+
+    def integers(self, n):
+        return self.end
+
+
 def run_case(name, clean, vol, image, model, dic, params, plan, rng):
     """Rows for one clean mask; ``plan``: ``(kind, severity, size)`` per row
     (size: the hole's radius in mm, or the slices inserted or copied)."""
     sp = vol.spacing[::-1]
     rows = []
+    draw = {}           # end_slices: the draw of each severity
     for kind, sev, size in plan:
-        bad, draws, why = _degraded(kind, clean, sp, sev, size, rng)
+        # end_slices takes the ends in turn (two draws of a kidney: both ends), not
+        # from the generator: the other kinds' draws stay those of the runs before
+        draw[sev] = draw.get(sev, 0) + 1
+        gen = _End((draw[sev] + sum(name.encode())) % 2) if kind == "end_slices" else rng
+        bad, draws, why = _degraded(kind, clean, sp, sev, size, gen)
         head = {"case": name, "kind": kind, "severity": sev, "size": size}
         if bad is None:
             rows.append({**head, "skipped": why})
@@ -175,9 +199,10 @@ def run_case(name, clean, vol, image, model, dic, params, plan, rng):
     return rows
 
 
-def plan_for(kinds, hole_radii, draws):
+def plan_for(kinds, hole_radii, draws, end_mm=(5.0, 10.0, 20.0)):
     """Severity 0 once, then each kind's three severities ``draws`` times."""
-    sizes = {"hole": hole_radii, "duplicated_slices": (2, 4, 6), "copied_slices": (2, 4, 6)}
+    sizes = {"hole": hole_radii, "duplicated_slices": (2, 4, 6), "copied_slices": (2, 4, 6),
+             "end_slices": end_mm}
     return [("clean", 0, 0)] + [(kind, k + 1, size) for kind in kinds
                                 for k, size in enumerate(sizes[kind]) for _ in range(draws)]
 
@@ -329,13 +354,17 @@ def main(argv=None):
     ap.add_argument("--validation", action="store_true",
                     help="choose INSERTED_MARGIN on the validation cases instead")
     ap.add_argument("--output", default=str(HERE / "results" / "refine_image.json"))
+    ap.add_argument("--hippocampus-model", default=str(HERE / "cache" / "hippocampus_642.npz"),
+                    help="the hippocampus model: built without the held-out cases (default "
+                         "bench_hippocampus.py's; bench_hippocampus_validation.py's "
+                         "hippocampus_val_642.npz leaves out the validation cases too)")
     a = ap.parse_args(argv)
     kinds = [k for k in a.kinds.split(",") if k]
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         ap.error(f"--kinds: {bad[0]!r} is not one of {', '.join(KINDS)}")
     root = data_root()
-    kid, hip = HERE / "cache" / "kidney_model.npz", HERE / "cache" / "hippocampus_642.npz"
+    kid, hip = HERE / "cache" / "kidney_model.npz", Path(a.hippocampus_model)
     ts, msd = root / "totalsegmentator_example", root / "msd_hippocampus"
     needed = (ts, msd) if a.validation else (kid, hip, ts, msd)
     missing = [str(p) for p in needed if not p.exists()]
@@ -357,10 +386,12 @@ def main(argv=None):
            "columns": {"mask_only": "refine_mask without the image",
                        "image_rule_off": "refine_mask with the image, the kind's rule off "
                                          "(hole: CAVITY_PERCENTILES = None; slices: "
-                                         "INSERTED_MARGIN = None; clean: both)",
+                                         "INSERTED_MARGIN = None; end_slices: CUT_ENDS = "
+                                         "False; clean: all three)",
                        "image": "refine_mask with the image (default)",
                        "morphology": "largest component + fill holes + closing (3 mm ball)"},
-           "sizes": "hole: radius (mm); duplicated_slices / copied_slices: slices",
+           "sizes": "hole: radius (mm); duplicated_slices / copied_slices: slices; "
+                    "end_slices: mm of the organ removed at one end of the slice axis",
            "sets": {}}
     # TotalSegmentator example CT, both kidneys
     model = load_model(kid)
@@ -376,14 +407,15 @@ def main(argv=None):
         "data": "TotalSegmentator example_ct.nii.gz (3 mm, non-contrast), kidneys of "
                 "example_seg_fast_force_split.nii.gz (labels 2, 3; network output)",
         "model": "bench/cache/kidney_model.npz (KiTS19 training split)",
-        "hole_radii_mm": [4.0, 7.0, 10.0], "draws_per_severity_per_kidney": a.draws,
+        "hole_radii_mm": [4.0, 7.0, 10.0], "end_slices_mm": [5.0, 10.0, 20.0],
+        "draws_per_severity_per_kidney": a.draws,
         "table": table(rows), "cases": rows}
     # MSD hippocampus MR, held-out cases
     model = load_model(hip)
     dic = model.ssc_dictionary("shapes")
     files = [f for f in sorted((msd / "labels").glob("*.nii*"))
              if int(f.name.split("_")[1].split(".")[0]) % 5 == 0][:a.cases]
-    plan = plan_for(kinds, (1.0, 1.5, 2.0), 1)
+    plan = plan_for(kinds, (1.0, 1.5, 2.0), 1, end_mm=(2.0, 4.0, 6.0))
     rows = []
     for f in files:
         lab = read_label_map(f)
@@ -393,10 +425,11 @@ def main(argv=None):
     out["sets"]["hippocampus_mr"] = {
         "data": "MSD Task04 hippocampus, held-out cases (case number % 5 == 0), "
                 "labels 1 and 2 as one organ (manual)",
-        "model": "bench/cache/hippocampus_642.npz (cases whose number is not a multiple "
-                 "of 5)",
+        "model": f"{hip.name} ({model.n_shapes} shapes; cases whose number % 5 is not "
+                 + ("0 or 1)" if "_val_" in hip.name else "0)"),
         "cases_used": [f.name for f in files],
-        "hole_radii_mm": [1.0, 1.5, 2.0], "draws_per_severity_per_case": 1,
+        "hole_radii_mm": [1.0, 1.5, 2.0], "end_slices_mm": [2.0, 4.0, 6.0],
+        "draws_per_severity_per_case": 1,
         "table": table(rows), "cases": rows}
     out["time_s"] = time.perf_counter() - t0
     write_json(a.output, out)

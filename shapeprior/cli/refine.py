@@ -17,7 +17,9 @@ def main(argv):
         prog="shapeprior refine",
         description="Fit the SSC shape model to an existing segmentation (TotalSegmentator, "
                     "nnU-Net, a rough manual mask) so that leaks, holes, missing or duplicated "
-                    "slices and islands land in the gross-error term; optionally continue "
+                    "slices and islands land in the gross-error term, and an end where the "
+                    "mask stops flat short of its organ is completed by the fitted shape "
+                    "(reported, suspect); optionally continue "
                     "against the image. Writes the refined label on the mask's grid, the mesh "
                     "(point data: gross_error_mm, overridden, confidence; LPS mm) and a report "
                     "of the regions removed and added. Given a folder of masks (a network's "

@@ -18,15 +18,15 @@ from ._nifti import affine_ras
 from ._rtstruct import (find_structure_sets, is_rtstruct_file, list_structures, read_rtstruct,
                         referenced_series, scan_frame_of_reference, scan_of_structure_set,
                         series_named_by, structure_title, write_structure_set)
-from ._volume import (VOLUME_SUFFIXES, Volume, as_label_map, geometry_difference, read_file,
-                      read_geometry, read_label_map, read_volume, volume_suffix, write_label)
+from ._volume import (VOLUME_SUFFIXES, Volume, as_label_map, edge_name, geometry_difference,
+                      read_file, read_geometry, read_label_map, read_volume, volume_suffix, write_label)
 
 __all__ = ["Volume", "read_volume", "read_file", "read_label_map", "as_label_map",
            "read_image", "read_scan", "read_dicom_series", "list_series", "write_label",
            "affine_ras",
            "ImageReadError", "available_memory", "display_name", "input_path_error",
            "names_withheld", "withhold_names", "reason_text",
-           "image_files", "detached_data_files", "image_sha256", "read_geometry",
+           "image_files", "detached_data_files", "image_sha256", "read_geometry", "edge_name",
            "write_dicom_seg", "is_dicom_seg", "VOLUME_SUFFIXES", "volume_suffix",
            "geometry_difference", "series_folder", "series_folders", "folders_below_text",
            "in_case_folder", "in_case_folders", "check_mask_name",

@@ -362,6 +362,30 @@ def read_geometry(path, allow_no_orientation=False):
             np.array(r.GetOrigin(), float), np.array(r.GetDirection(), float).reshape(3, 3))
 
 
+def edge_name(direction, index_axis, last):
+    """The anatomical side of a grid's first or last plane along an index axis.
+
+    Parameters
+    ----------
+    direction : array-like, shape (3, 3)
+        The grid's direction (LPS; columns: the i, j, k index axes).
+    index_axis : int
+        0: i, 1: j, 2: k (array axis ``2 - index_axis``).
+    last : bool
+        The last plane (the high indices) or the first.
+
+    Returns
+    -------
+    str
+        "right", "left", "anterior", "posterior", "inferior" or "superior":
+        where the plane's outward direction points most.
+    """
+    d = np.asarray(direction, float)[:, index_axis] * (1.0 if last else -1.0)
+    a = int(np.argmax(np.abs(d)))
+    return (("right", "left"), ("anterior", "posterior"), ("inferior", "superior"))[a][
+        int(d[a] > 0)]
+
+
 def geometry_difference(a, b, atol=1e-3) -> str:
     """How grid ``a`` differs from grid ``b``, each ``(shape_zyx, spacing, origin,
     direction)`` as :func:`read_geometry` or :attr:`Volume.geometry` give them: the

@@ -24,7 +24,7 @@ from .. import __version__
 from .._provenance import package_versions
 from ..align import generalized_procrustes
 from ..correspond import fit_template
-from ..io import VOLUME_SUFFIXES, image_sha256, read_label_map, volume_suffix
+from ..io import VOLUME_SUFFIXES, edge_name, image_sha256, read_label_map, volume_suffix
 from ..mesh import (Surface, crop_to_labels, icosphere, kidney_masks, label_mask,
                     level_for_vertices, mask_to_surface)
 from ._calibrate import MAX_SHAPES, choose_offset, offset_dice, offset_grid
@@ -401,15 +401,6 @@ def rms_radius(points) -> float:
     return float(np.sqrt(np.mean(np.sum((p - p.mean(0)) ** 2, axis=1))))
 
 
-def _edge_name(direction, index_axis, last):
-    """The anatomical side (LPS) of a grid's first or last plane along the index
-    axis ``index_axis`` (0: i, 1: j, 2: k): where its direction points most."""
-    d = np.asarray(direction, float)[:, index_axis] * (1.0 if last else -1.0)
-    a = int(np.argmax(np.abs(d)))
-    return (("right", "left"), ("anterior", "posterior"), ("inferior", "superior"))[a][
-        int(d[a] > 0)]
-
-
 def cut_by_fov(full, crop, mask):
     """Where the organ ``mask`` (on ``crop``, a box of the grid ``full``)
     reaches the edge of the scan's field of view: text naming each edge, its
@@ -426,7 +417,7 @@ def cut_by_fov(full, crop, mask):
                 continue
             n = int(np.count_nonzero(mask.take(end, axis=ax)))
             if n:
-                side = _edge_name(full.direction, 2 - ax, last)
+                side = edge_name(full.direction, 2 - ax, last)
                 cut.append(f"the scan's {side} edge ({'ijk'[2 - ax]} = {at}): {n} voxels")
     return "; ".join(cut) or None
 

@@ -18,7 +18,11 @@ intensity are filled (a hole the segmentation left); without the image a
 cavity stays unless the fit departs from the mask around it (a kidney's sinus
 is a cavity too). With an image, a run of identical slices is also read
 first as copied (bridged) or inserted (the copies removed and one side of the
-organ moved back, :mod:`._inserted`): without the image, as copied.
+organ moved back, :mod:`._inserted`): without the image, as copied. An end where the mask stops flat, short of its
+organ (a pole a network missed, :func:`._cut_ends.cut_ends`), is fitted as
+the edge of the fit's grid, and the fitted shape beyond it is added where it
+carries the organ on (:func:`._cut_ends.beyond_ends`); an end it does not
+carry on is refined as any other.
 
 Labels passed as ``keep`` (a lesion the model does not know, such as a
 kidney tumour) are fitted as organ and never removed; in missing and copied
@@ -42,11 +46,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..io import Volume
+from ..io import Volume, edge_name
 from ..mesh import dice, grown_box, mask_box, signed_distance, voxelize
 from ._assess import (CUT_BY_FOV, OUTSIDE_FOV, Reason, border_distance, outside_fov,
                       reworded, touches_border)
-from . import _cavities, _inpaint, _inserted
+from . import _cavities, _cut_ends, _inpaint, _inserted
 from ._fit import DEFAULT_SCHEDULE, SegmentParams, SegmentResult, segment_volume
 from ._sides import paired_model
 
@@ -369,6 +373,10 @@ def missing_slices(m, spacing_zyx):
 #: (:func:`._inpaint.inpainted_surface`) before it decides the suspect zone
 INPAINT = True
 
+#: ends where the mask stops flat are read as cut short, and the fitted shape
+#: beyond them is added where it carries on (:mod:`._cut_ends`)
+CUT_ENDS = True
+
 #: a cross-section of at least this many voxels repeated exactly on the next
 #: slice is a copy (:data:`._inserted.MIN_REPEAT_VOXELS`)
 MIN_REPEAT_VOXELS = _inserted.MIN_REPEAT_VOXELS
@@ -482,7 +490,12 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     -------
     RefineResult
         ``label`` holds 1 for the refined organ and each kept label's own
-        value on its voxels.
+        value on its voxels. Where the mask stops flat short of its organ and
+        the fitted shape carries on beyond (:mod:`._cut_ends`),
+        ``fit.evidence["cut_ends"]`` lists each such end (``axis``: the array
+        axis; ``end``: "low" or "high"; ``slice``: the mask's last slice on its
+        grid; ``side``: the anatomical side, LPS; ``carried_on``; ``added_ml``),
+        and the result is ``suspect`` with a reason naming the side.
 
     Notes
     -----
@@ -518,6 +531,8 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     res.mask_fit.label = _on_grid(res.mask_fit.label, box, m.shape)
     for row in res.fit.evidence.get("inserted_slices", {}).get("readings", []):
         row["first_slice"] = int(row["first_slice"] + lo[row["axis"]])
+    for row in res.fit.evidence.get("cut_ends", []):
+        row["slice"] = int(row["slice"] + lo[row["axis"]])
     return RefineResult(res.fit, _on_grid(res.label, box, m.shape), res.corrections,
                         res.mask_fit)
 
@@ -550,56 +565,32 @@ def _refine_mask(mask_vol, m, model, labels, params, image, dictionary, keep, fo
     if params.side == "none" and paired_model(model):
         sides = _sides(fov, centre)       # the whole field of view's centre and width
     target = (m & ~gaps) | fill             # the mask as fitted: gaps and copies bridged
-    mvol = Volume((target * 1000).astype(np.float32), mask_vol.spacing, mask_vol.origin,
-                  mask_vol.direction)
-    # a mask is a clean image: a first level with a long search reaches the
-    # far edge of a leak or a gap, so that SSC can reject it (and measure it)
-    sched = params.schedule
-    if tuple(sched) == tuple(DEFAULT_SCHEDULE):
-        sched = ((MASK_SEARCH_MM, 1.0), *DEFAULT_SCHEDULE)
-    bare = replace(model, profile=None, voxels=None)   # the mask has no learned appearance
-    boundary = _BoundaryDistance(target, mask_vol)
-    best = None
-    for side in sides:          # an undecided side: the one whose shape explains the mask
-        pm = replace(params, seed_mm=tuple(float(c) for c in centre), seed_space="lps",
-                     normalisation="ct", window=(0.5, 1.5), inside_brighter=True, side=side)
-        # a large leak can pull the long first search into it: then a fit with the
-        # short search is tried, and the fit with more of its surface on the
-        # mask's boundary is kept
-        for k, sch in enumerate(dict.fromkeys((tuple(sched), tuple(params.schedule)))):
-            if k and best[0] >= ON_BOUNDARY_GOOD:
-                break
-            f = segment_volume(mvol, bare, replace(pm, schedule=sch), dictionary,
-                               check_units=False)
-            on = boundary.on_fraction(f.verts)
-            if best is None or on > best[0]:
-                best = (on, f, side)
-    on_boundary, mask_fit, side = best
+    # an end where the mask stops flat (a pole missed): fitted on a grid that
+    # ends there, and the fitted shape beyond it added where it carries on
+    ends = _cut_ends.cut_ends(target) if CUT_ENDS else []
+    f = _fit_target(target, mask_vol, ends, model, params, sides, centre, dictionary, image)
+    added, end_rows = None, []
+    if ends:
+        added, end_rows = _cut_ends.beyond_ends(f.shape, target, ends)
+        if not any(r["carried_on"] for r in end_rows):
+            # the organ's own ends: refined as if none had been read as cut
+            f = _fit_target(target, mask_vol, [], model, params, sides, centre, dictionary,
+                            image)
+            added = None
+    on_boundary, mask_fit, fit, shape = f.on_boundary, f.mask_fit, f.fit, f.shape
+    image, unused = f.image, f.unused
     at_edge = touches_border(target)
+    if added is not None:
+        # the fitted grid's edge at a cut end is the fit's own doing, not the field of view's
+        kept = [r for r in mask_fit.reasons
+                if at_edge or not (r == CUT_BY_FOV or r.endswith(OUTSIDE_FOV))]
+        if len(kept) < len(mask_fit.reasons):
+            mask_fit.reasons = kept
+            levels = [getattr(r, "level", mask_fit.status) for r in kept]
+            mask_fit.status = ("failed" if "failed" in levels else
+                               "suspect" if levels else "ok")
     mask_fit.reasons = [reworded(r, _of_the_mask(r, at_edge)) for r in mask_fit.reasons]
     agree = dice(mask_fit.label > 0, target)
-    fit = mask_fit
-    unused = None
-    if image is not None:
-        fit = segment_volume(image, model, replace(params, side=side), dictionary,
-                             init=mask_fit.verts)
-        if fit.status == "failed" and fit.n_iter == 0:
-            # nothing could be fitted on the image (flat, not in HU for the CT
-            # intensity model, ...): its surface is no fit, so the mask alone decides
-            unused, image, fit = fit.reasons[0], None, mask_fit
-        else:
-            shape = voxelize(fit.verts, fit.faces, mask_vol) > 0
-    if image is None:
-        shape = mask_fit.label > 0
-        if INPAINT:
-            # the fit's own offset from the mask where the mask is trusted, bridged
-            # across where it departs: a leak is cut where the organ's boundary
-            # around it runs, not at the fit's (up to millimetres off)
-            verts, unknown = _inpaint.inpainted_surface(
-                mask_fit.verts, mask_fit.faces, boundary, np.asarray(mask_fit.error_mm) > 0,
-                slack_mm=0.5 * float(max(mask_vol.spacing)))
-            shape = voxelize(verts, mask_fit.faces, mask_vol) > 0
-            fit.evidence["inpainted_vertices"] = int(unknown.sum())
     fit.evidence["mask_agreement_dice"] = round(agree, 4)
     if unused is not None:
         fit.evidence["image_used"] = False
@@ -626,7 +617,26 @@ def _refine_mask(mask_vol, m, model, labels, params, image, dictionary, keep, fo
         if fit.status == "ok":
             fit.status = "suspect"
     else:
-        label = combine(m, shape, mask_vol, mask_fit, gaps=gaps, fill=fill).astype(np.uint8)
+        label = combine(m, shape, mask_vol, mask_fit, gaps=gaps, fill=fill)
+        if added is not None:
+            # beyond a cut end the fitted shape is all the evidence there is
+            label |= added
+            vox_ml = float(np.prod(mask_vol.spacing)) / 1000.0
+            for r in end_rows:
+                r["added_ml"] = round(r.pop("voxels") * vox_ml, 3)
+            fit.evidence["cut_ends"] = end_rows
+            for r in end_rows:
+                if r["carried_on"]:
+                    where = edge_name(mask_vol.direction, 2 - r["axis"], r["end"] == "high")
+                    r["side"] = where
+                    fit.reasons.append(Reason(
+                        f"the mask stops flat at its {where} end: read as cut short of the "
+                        f"organ; the {r['added_ml']:.2f} ml added beyond it are the "
+                        + ("fitted surface on the image" if image is not None
+                           else "model's shape"), "suspect"))
+            if fit.status == "ok":
+                fit.status = "suspect"
+        label = label.astype(np.uint8)
     if keep:
         # kept labels are never removed, and stay what they were; in missing
         # and copied slices the input is no evidence (a lesion's outline carried
@@ -658,6 +668,78 @@ def _refine_mask(mask_vol, m, model, labels, params, image, dictionary, keep, fo
             fit.status = "suspect"
     return RefineResult(fit, label, describe_corrections(m_input, label > 0, mask_vol),
                         mask_fit)
+
+
+@dataclass
+class _Fitted:
+    """What :func:`_fit_target` gives: the fit to the mask, the final fit and
+    the fitted organ on the mask's grid."""
+
+    on_boundary: float
+    mask_fit: SegmentResult
+    side: str
+    fit: SegmentResult
+    shape: np.ndarray
+    image: Volume | None
+    unused: str | None
+
+
+def _fit_target(target, mask_vol, ends, model, params, sides, centre, dictionary, image):
+    """The fit to the mask ``target`` (on ``mask_vol``'s grid; fitted on the
+    part of it up to the cut ``ends``), then to ``image`` when given, and the
+    fitted organ on the mask's grid (:class:`_Fitted`)."""
+    fbox = _cut_ends.fit_box(target.shape, ends)
+    fvol = mask_vol.crop([b.start for b in fbox], [b.stop for b in fbox]) if ends else mask_vol
+    mvol = Volume((target[fbox] * 1000).astype(np.float32), fvol.spacing, fvol.origin,
+                  fvol.direction)
+    # a mask is a clean image: a first level with a long search reaches the
+    # far edge of a leak or a gap, so that SSC can reject it (and measure it)
+    sched = params.schedule
+    if tuple(sched) == tuple(DEFAULT_SCHEDULE):
+        sched = ((MASK_SEARCH_MM, 1.0), *DEFAULT_SCHEDULE)
+    bare = replace(model, profile=None, voxels=None)   # the mask has no learned appearance
+    boundary = _BoundaryDistance(target[fbox], fvol)
+    best = None
+    for side in sides:          # an undecided side: the one whose shape explains the mask
+        pm = replace(params, seed_mm=tuple(float(c) for c in centre), seed_space="lps",
+                     normalisation="ct", window=(0.5, 1.5), inside_brighter=True, side=side)
+        # a large leak can pull the long first search into it: then a fit with the
+        # short search is tried, and the fit with more of its surface on the
+        # mask's boundary is kept
+        for k, sch in enumerate(dict.fromkeys((tuple(sched), tuple(params.schedule)))):
+            if k and best[0] >= ON_BOUNDARY_GOOD:
+                break
+            f = segment_volume(mvol, bare, replace(pm, schedule=sch), dictionary,
+                               check_units=False)
+            on = boundary.on_fraction(f.verts)
+            if best is None or on > best[0]:
+                best = (on, f, side)
+    on_boundary, mask_fit, side = best
+    if ends:
+        mask_fit.label = _on_grid(mask_fit.label, fbox, target.shape)
+    fit = mask_fit
+    unused = None
+    if image is not None:
+        fit = segment_volume(image, model, replace(params, side=side), dictionary,
+                             init=mask_fit.verts)
+        if fit.status == "failed" and fit.n_iter == 0:
+            # nothing could be fitted on the image (flat, not in HU for the CT
+            # intensity model, ...): its surface is no fit, so the mask alone decides
+            unused, image, fit = fit.reasons[0], None, mask_fit
+        else:
+            shape = voxelize(fit.verts, fit.faces, mask_vol) > 0
+    if image is None:
+        shape = mask_fit.label > 0
+        if INPAINT:
+            # the fit's own offset from the mask where the mask is trusted, bridged
+            # across where it departs: a leak is cut where the organ's boundary
+            # around it runs, not at the fit's (up to millimetres off)
+            verts, unknown = _inpaint.inpainted_surface(
+                mask_fit.verts, mask_fit.faces, boundary, np.asarray(mask_fit.error_mm) > 0,
+                slack_mm=0.5 * float(max(mask_vol.spacing)))
+            shape = voxelize(verts, mask_fit.faces, mask_vol) > 0
+            fit.evidence["inpainted_vertices"] = int(unknown.sum())
+    return _Fitted(on_boundary, mask_fit, side, fit, shape, image, unused)
 
 
 def _pieces(m):
