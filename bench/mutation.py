@@ -4147,6 +4147,12 @@ MUTANTS = [
      "            if fit.status == \"ok\":\n                fit.status = \"suspect\"\n        label = label.astype(np.uint8)",
      "            pass\n        label = label.astype(np.uint8)",
      "a refinement that added a pole from the model alone reported ok"),
+    # -- round 70: the batch cluster's scheduler on dask's default port
+    ("batch-scheduler-port-default", "interrupt", "shapeprior/pipeline/_batch.py",
+     "                                   scheduler_kwargs={\"dashboard\": False,\n"
+     "                                                     \"dashboard_address\": \"127.0.0.1:0\"},\n",
+     "",
+     "the scheduler's HTTP server on 8787: a second run's terminal warned the port was taken"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour
