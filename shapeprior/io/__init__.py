@@ -19,7 +19,8 @@ from ._rtstruct import (find_structure_sets, is_rtstruct_file, list_structures, 
                         referenced_series, scan_frame_of_reference, scan_of_structure_set,
                         series_named_by, structure_title, write_structure_set)
 from ._volume import (VOLUME_SUFFIXES, Volume, as_label_map, edge_name, geometry_difference,
-                      read_file, read_geometry, read_label_map, read_volume, volume_suffix, write_label)
+                      read_file, read_geometry, read_label_map, read_volume, volume_suffix,
+                      write_label)
 
 __all__ = ["Volume", "read_volume", "read_file", "read_label_map", "as_label_map",
            "read_image", "read_scan", "read_dicom_series", "list_series", "write_label",

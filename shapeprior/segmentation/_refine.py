@@ -18,11 +18,12 @@ intensity are filled (a hole the segmentation left); without the image a
 cavity stays unless the fit departs from the mask around it (a kidney's sinus
 is a cavity too). With an image, a run of identical slices is also read
 first as copied (bridged) or inserted (the copies removed and one side of the
-organ moved back, :mod:`._inserted`): without the image, as copied. An end where the mask stops flat, short of its
-organ (a pole a network missed, :func:`._cut_ends.cut_ends`), is fitted as
-the edge of the fit's grid, and the fitted shape beyond it is added where it
-carries the organ on (:func:`._cut_ends.beyond_ends`); an end it does not
-carry on is refined as any other.
+organ moved back, :mod:`._inserted`): without the image, as copied. An end
+where the mask stops flat, short of its organ (a pole a network missed,
+:func:`._cut_ends.cut_ends`), is fitted as the edge of the fit's grid, and
+the fitted shape beyond it is added where it carries the organ on
+(:func:`._cut_ends.beyond_ends`); an end it does not carry on is refined as
+any other.
 
 Labels passed as ``keep`` (a lesion the model does not know, such as a
 kidney tumour) are fitted as organ and never removed; in missing and copied
