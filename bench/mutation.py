@@ -4120,12 +4120,12 @@ MUTANTS = [
      "            pass",
      "fitted voxels beyond the end that do not touch the mask added too"),
     ("cut-end-no-refit", "cutends", "shapeprior/segmentation/_refine.py",
-     "        if not any(r[\"carried_on\"] for r in end_rows):",
+     "        if not (explained and any(r[\"carried_on\"] for r in end_rows)):",
      "        if False:",
      "an end the shape does not carry on left fitted on the cropped grid"),
     ("cut-end-fov-reasons-kept", "cutends", "shapeprior/segmentation/_refine.py",
-     "                if at_edge or not (r == CUT_BY_FOV or r.endswith(OUTSIDE_FOV))]",
-     "                if True]",
+     "    kept = [r for r in mask_fit.reasons if not (r == CUT_BY_FOV or r.endswith(OUTSIDE_FOV))]",
+     "    kept = list(mask_fit.reasons)",
      "the fit's own cropped grid reported as the field of view cutting the organ"),
     ("cut-end-not-added", "cutends", "shapeprior/segmentation/_refine.py",
      "            label |= added",
@@ -4153,6 +4153,17 @@ MUTANTS = [
      "                                                     \"dashboard_address\": \"127.0.0.1:0\"},\n",
      "",
      "the scheduler's HTTP server on 8787: a second run's terminal warned the port was taken"),
+    # -- round 71: a fit on the cut grid the model cannot explain
+    ("cut-end-unexplained-kept", "cutends", "shapeprior/segmentation/_refine.py",
+     "        explained = f.fit.status != \"failed\" and \\\n",
+     "        explained = True or \\\n",
+     "a fit on the grid cut at the mask's flat ends kept though it failed or explains "
+     "the mask poorly (a box: 'the mask holds the organ's label in every voxel')"),
+    ("cut-end-edge-reasons-decide", "cutends", "shapeprior/segmentation/_refine.py",
+     "        _drop_crop_edge(f.mask_fit, at_edge)\n",
+     "",
+     "the cut grid's own edge fails the fit (most of a completed pole lies beyond it), "
+     "so no end is ever completed where the poles are long"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

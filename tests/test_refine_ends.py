@@ -161,3 +161,26 @@ def test_refine_command_reports_the_cut_end_it_completed(phantom_model, tmp_path
                for r in report["reasons"])
     got = read_label_map(tmp_path / "out" / "label.nii.gz").array > 0
     assert dice(got, clean) > 0.97 > 0.9 > dice(cut_vol.array > 0, clean)
+
+
+def test_a_fit_the_cut_grid_leaves_unexplained_is_done_on_the_whole_grid(phantom_model,
+                                                                        monkeypatch):
+    """A box has a flat end on every side: on the grid cut at all six the mask fills
+    every voxel, and the fit said so ("the mask holds the organ's label in every
+    voxel of its grid") and returned the input. It is refined as without the rule."""
+    from shapeprior.model import load_model
+    from shapeprior.segmentation import refine_mask
+    from shapeprior.segmentation import _refine as mod
+
+    d, images, labels, model_path = phantom_model
+    model = load_model(model_path)
+    vol = read_label_map(labels / "phantom_005.nii.gz")
+    box = np.zeros(vol.array.shape, np.uint8)
+    box[10:30, 15:40, 20:45] = 1
+    bvol = Volume(box, vol.spacing, vol.origin, vol.direction)
+    res = refine_mask(bvol, model)
+    assert not any("every voxel" in r for r in res.fit.reasons)
+    assert "cut_ends" not in res.fit.evidence
+    monkeypatch.setattr(mod, "CUT_ENDS", False)
+    before = refine_mask(bvol, model)
+    assert np.array_equal(res.label, before.label) and res.fit.reasons == before.fit.reasons

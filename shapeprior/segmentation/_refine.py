@@ -571,25 +571,21 @@ def _refine_mask(mask_vol, m, model, labels, params, image, dictionary, keep, fo
     ends = _cut_ends.cut_ends(target) if CUT_ENDS else []
     f = _fit_target(target, mask_vol, ends, model, params, sides, centre, dictionary, image)
     added, end_rows = None, []
+    at_edge = touches_border(target)
     if ends:
+        _drop_crop_edge(f.mask_fit, at_edge)
         added, end_rows = _cut_ends.beyond_ends(f.shape, target, ends)
-        if not any(r["carried_on"] for r in end_rows):
-            # the organ's own ends: refined as if none had been read as cut
+        # the organ's own ends, or a fit the mask cut that way does not let the
+        # model explain (a box: nothing but its flat faces): refined as if none
+        # had been read as cut, with what the whole mask says of it
+        explained = f.fit.status != "failed" and \
+            dice(f.mask_fit.label > 0, target) >= MASK_AGREEMENT
+        if not (explained and any(r["carried_on"] for r in end_rows)):
             f = _fit_target(target, mask_vol, [], model, params, sides, centre, dictionary,
                             image)
             added = None
     on_boundary, mask_fit, fit, shape = f.on_boundary, f.mask_fit, f.fit, f.shape
     image, unused = f.image, f.unused
-    at_edge = touches_border(target)
-    if added is not None:
-        # the fitted grid's edge at a cut end is the fit's own doing, not the field of view's
-        kept = [r for r in mask_fit.reasons
-                if at_edge or not (r == CUT_BY_FOV or r.endswith(OUTSIDE_FOV))]
-        if len(kept) < len(mask_fit.reasons):
-            mask_fit.reasons = kept
-            levels = [getattr(r, "level", mask_fit.status) for r in kept]
-            mask_fit.status = ("failed" if "failed" in levels else
-                               "suspect" if levels else "ok")
     mask_fit.reasons = [reworded(r, _of_the_mask(r, at_edge)) for r in mask_fit.reasons]
     agree = dice(mask_fit.label > 0, target)
     fit.evidence["mask_agreement_dice"] = round(agree, 4)
@@ -669,6 +665,20 @@ def _refine_mask(mask_vol, m, model, labels, params, image, dictionary, keep, fo
             fit.status = "suspect"
     return RefineResult(fit, label, describe_corrections(m_input, label > 0, mask_vol),
                         mask_fit)
+
+
+def _drop_crop_edge(mask_fit, at_edge):
+    """Leave out of a fit on a grid cut at the mask's flat ends (:mod:`._cut_ends`)
+    the reasons that grid's edge gave (the organ cut by the field of view, or
+    leaving it): the fit's own doing, unless the mask reaches its real grid's
+    edge (``at_edge``); the status follows the reasons left."""
+    if at_edge:
+        return
+    kept = [r for r in mask_fit.reasons if not (r == CUT_BY_FOV or r.endswith(OUTSIDE_FOV))]
+    if len(kept) < len(mask_fit.reasons):
+        mask_fit.reasons = kept
+        levels = [getattr(r, "level", mask_fit.status) for r in kept]
+        mask_fit.status = "failed" if "failed" in levels else "suspect" if levels else "ok"
 
 
 @dataclass
