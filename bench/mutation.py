@@ -2684,8 +2684,8 @@ MUTANTS = [
      '    got.names = [f"shape_{j:05d}" + ""',
      "--deidentify names both sides of a mesh the same"),
     ("refine-failed-fit-cuts", "refine", "shapeprior/segmentation/_refine.py",
-     '    trusted = agree >= MASK_AGREEMENT and fit.status != "failed"',
-     '    trusted = agree >= MASK_AGREEMENT',
+     '        return self.agree >= MASK_AGREEMENT and self.fit.status != "failed"',
+     '        return self.agree >= MASK_AGREEMENT',
      "a failed fit cuts the mask (KiTS19 case_00030: 156 ml removed)"),
     # round 41: a rerun whose only change is the reference compares again, fitting nothing
     ("rescore-redoes", "cases", "shapeprior/pipeline/_batch.py",
@@ -4120,7 +4120,7 @@ MUTANTS = [
      "            pass",
      "fitted voxels beyond the end that do not touch the mask added too"),
     ("cut-end-no-refit", "cutends", "shapeprior/segmentation/_refine.py",
-     "        if not (explained and any(r[\"carried_on\"] for r in end_rows)):",
+     "        if not (f.trusted and any(r[\"carried_on\"] for r in end_rows)):",
      "        if False:",
      "an end the shape does not carry on left fitted on the cropped grid"),
     ("cut-end-fov-reasons-kept", "cutends", "shapeprior/segmentation/_refine.py",
@@ -4155,8 +4155,8 @@ MUTANTS = [
      "the scheduler's HTTP server on 8787: a second run's terminal warned the port was taken"),
     # -- round 71: a fit on the cut grid the model cannot explain
     ("cut-end-unexplained-kept", "cutends", "shapeprior/segmentation/_refine.py",
-     "        explained = f.fit.status != \"failed\" and \\\n",
-     "        explained = True or \\\n",
+     "        if not (f.trusted and any(",
+     "        if not (True and any(",
      "a fit on the grid cut at the mask's flat ends kept though it failed or explains "
      "the mask poorly (a box: 'the mask holds the organ's label in every voxel')"),
     ("cut-end-edge-reasons-decide", "cutends", "shapeprior/segmentation/_refine.py",

@@ -187,6 +187,13 @@ def build_phantom_model(folder, images, labels, n_train, *extra):
     return model
 
 
+def ellipsoid_organ():
+    """A smooth organ on a 40 x 60 x 60 grid (bool, zyx): an ellipsoid on slices
+    8..32 of the first axis, narrowing towards its poles."""
+    g = np.ogrid[0:40, 0:60, 0:60]
+    return ((g[0] - 20) * 2.0 / 24) ** 2 + ((g[1] - 30) / 20) ** 2 + ((g[2] - 30) / 14) ** 2 <= 1
+
+
 def leak_at_tip(clean, r_vox=4, gap=3):
     """``clean`` (bool, zyx) with a leak: a ball of ``r_vox`` voxels centred
     ``gap`` voxels beyond the organ's +x end (array axis 2), kept inside the grid."""

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from _phantoms import leak_at_tip, nifti_description, read_vtk_mesh, with_status
+from _phantoms import (ellipsoid_organ, leak_at_tip, nifti_description, read_vtk_mesh,
+                       with_status)
 
 from shapeprior.cli import main
 from shapeprior.io import Volume, read_label_map, write_label
@@ -350,7 +351,7 @@ def test_a_gap_longer_than_max_gap_mm_is_bridged_up_to_a_fraction_of_the_organ(
 
     monkeypatch.setattr(_refine, "MAX_GAP_FRACTION", fraction)
     sp = (2.0, 1.0, 1.0)
-    organ = _ellipsoid()                     # 25 slices along the first axis
+    organ = ellipsoid_organ()                     # 25 slices along the first axis
     z = np.flatnonzero(organ.any(axis=(1, 2)))
     assert z.size == 25
     cut = organ.copy()
@@ -370,7 +371,7 @@ def test_a_pole_cut_off_by_missing_slices_is_part_of_the_organ_an_island_is_not(
                                                  bridged_target)
 
     sp = (2.0, 1.0, 1.0)
-    organ = _ellipsoid()                     # slices 8..32
+    organ = ellipsoid_organ()                     # slices 8..32
     cut = organ.copy()
     cut[25:28] = False                       # the pole beyond: 12 % of the organ
     parts, gaps, fill = bridged_target(cut, sp)
@@ -394,7 +395,7 @@ def test_the_largest_piece_sets_the_scale_of_the_parts_whichever_comes_first():
     from shapeprior.segmentation._refine import bridged_target
 
     sp = (2.0, 1.0, 1.0)
-    organ = _ellipsoid()                     # slices 8..32
+    organ = ellipsoid_organ()                     # slices 8..32
     speck = organ.copy()
     speck[1:3, 0:4, 0:4] = True              # 32 voxels, labelled first
     parts, _, _ = bridged_target(speck, sp)
@@ -408,7 +409,7 @@ def test_copies_that_end_a_cut_organ_are_not_bridged_into_the_empty_slice():
     from shapeprior.segmentation import repeated_slices
 
     sp = (2.0, 1.0, 1.0)
-    cut = _ellipsoid()
+    cut = ellipsoid_organ()
     cut[21:] = False                         # a wide last slice (20)
     cut[21:23] = cut[20]
     assert cut[20].sum() > 100 and not cut[23:].any()
@@ -481,16 +482,11 @@ def test_side_of_a_mask_is_decided_by_position_or_tried_both_ways():
     assert sorted(_sides(vol, np.array([0.0, 10.0, 5.0]))) == ["left", "right"]
 
 
-def _ellipsoid():
-    g = np.ogrid[0:40, 0:60, 0:60]
-    return ((g[0] - 20) * 2.0 / 24) ** 2 + ((g[1] - 30) / 20) ** 2 + ((g[2] - 30) / 14) ** 2 <= 1
-
-
 def test_copied_slices_are_found_and_interpolated():
     from shapeprior.segmentation import repeated_slices
 
     sp = (2.0, 1.0, 1.0)
-    organ = _ellipsoid()
+    organ = ellipsoid_organ()
     copied = organ.copy()
     copied[12:15] = organ[11]                  # an outline carried forward three slices
     gaps, fill = repeated_slices(copied, sp)
@@ -610,7 +606,7 @@ def test_a_kept_label_is_interpolated_across_copied_slices_not_carried():
     from shapeprior.segmentation._refine import bridged_target, interpolate_gaps
 
     sp = (2.0, 1.0, 1.0)
-    organ = _ellipsoid()
+    organ = ellipsoid_organ()
     g = np.ogrid[0:40, 0:60, 0:60]
     lesion = organ & (((g[0] - 10) * 2.0 / 8) ** 2 + ((g[1] - 30) / 7) ** 2
                       + ((g[2] - 38) / 5) ** 2 <= 1)        # z 6..14: ends inside the slab

@@ -7,19 +7,16 @@ import json
 import numpy as np
 import pytest
 
+from _phantoms import ellipsoid_organ
+
 from shapeprior.io import Volume, read_label_map, write_label
 from shapeprior.segmentation import dice
-
-
-def _ellipsoid():
-    g = np.ogrid[0:40, 0:60, 0:60]
-    return ((g[0] - 20) * 2.0 / 24) ** 2 + ((g[1] - 30) / 20) ** 2 + ((g[2] - 30) / 14) ** 2 <= 1
 
 
 def test_a_flat_end_is_read_as_cut_a_rounded_one_or_one_on_the_grid_edge_is_not():
     from shapeprior.segmentation._cut_ends import cut_ends
 
-    organ = _ellipsoid()
+    organ = ellipsoid_organ()
     z = np.flatnonzero(organ.any(axis=(1, 2)))
     assert cut_ends(organ) == []
     top = organ.copy()
@@ -52,7 +49,7 @@ def test_the_fit_grid_stops_at_each_cut_end_and_keeps_its_last_slice():
 def test_only_the_shape_connected_to_a_cut_end_and_carrying_it_on_is_added():
     from shapeprior.segmentation._cut_ends import beyond_ends
 
-    organ = _ellipsoid()
+    organ = ellipsoid_organ()
     z = np.flatnonzero(organ.any(axis=(1, 2)))
     cut = organ.copy()
     cut[z[-1] - 3:] = False

@@ -578,16 +578,13 @@ def _refine_mask(mask_vol, m, model, labels, params, image, dictionary, keep, fo
         # the organ's own ends, or a fit the mask cut that way does not let the
         # model explain (a box: nothing but its flat faces): refined as if none
         # had been read as cut, with what the whole mask says of it
-        explained = f.fit.status != "failed" and \
-            dice(f.mask_fit.label > 0, target) >= MASK_AGREEMENT
-        if not (explained and any(r["carried_on"] for r in end_rows)):
+        if not (f.trusted and any(r["carried_on"] for r in end_rows)):
             f = _fit_target(target, mask_vol, [], model, params, sides, centre, dictionary,
                             image)
             added = None
     on_boundary, mask_fit, fit, shape = f.on_boundary, f.mask_fit, f.fit, f.shape
-    image, unused = f.image, f.unused
+    image, unused, agree = f.image, f.unused, f.agree
     mask_fit.reasons = [reworded(r, _of_the_mask(r, at_edge)) for r in mask_fit.reasons]
-    agree = dice(mask_fit.label > 0, target)
     fit.evidence["mask_agreement_dice"] = round(agree, 4)
     if unused is not None:
         fit.evidence["image_used"] = False
@@ -600,7 +597,7 @@ def _refine_mask(mask_vol, m, model, labels, params, image, dictionary, keep, fo
     fit.evidence["mask_boundary_fraction"] = round(on_boundary, 4)
     # a failed fit is evidence of nothing: a fit that found no organ, or left the
     # mask's grid, does not get to cut the mask (it removed 156 ml of one KiTS map)
-    trusted = agree >= MASK_AGREEMENT and fit.status != "failed"
+    trusted = f.trusted
     if not trusted:
         # a shape the model cannot explain (a kidney with a large tumour): its
         # "corrections" would be guesses, so the input is kept; only missing
@@ -619,10 +616,9 @@ def _refine_mask(mask_vol, m, model, labels, params, image, dictionary, keep, fo
             # beyond a cut end the fitted shape is all the evidence there is
             label |= added
             vox_ml = float(np.prod(mask_vol.spacing)) / 1000.0
-            for r in end_rows:
-                r["added_ml"] = round(r.pop("voxels") * vox_ml, 3)
             fit.evidence["cut_ends"] = end_rows
             for r in end_rows:
+                r["added_ml"] = round(r.pop("voxels") * vox_ml, 3)
                 if r["carried_on"]:
                     where = edge_name(mask_vol.direction, 2 - r["axis"], r["end"] == "high")
                     r["side"] = where
@@ -683,16 +679,24 @@ def _drop_crop_edge(mask_fit, at_edge):
 
 @dataclass
 class _Fitted:
-    """What :func:`_fit_target` gives: the fit to the mask, the final fit and
-    the fitted organ on the mask's grid."""
+    """What :func:`_fit_target` gives: the fit to the mask, the final fit, the
+    fitted organ on the mask's grid, and how well the fit to the mask explains
+    it (``agree``, Dice)."""
 
     on_boundary: float
     mask_fit: SegmentResult
-    side: str
     fit: SegmentResult
     shape: np.ndarray
     image: Volume | None
     unused: str | None
+    agree: float
+
+    @property
+    def trusted(self):
+        """Whether the fit may correct the mask: it explains the mask (Dice at
+        least :data:`MASK_AGREEMENT`) and did not fail (a failed fit is
+        evidence of nothing)."""
+        return self.agree >= MASK_AGREEMENT and self.fit.status != "failed"
 
 
 def _fit_target(target, mask_vol, ends, model, params, sides, centre, dictionary, image):
@@ -750,7 +754,8 @@ def _fit_target(target, mask_vol, ends, model, params, sides, centre, dictionary
                 slack_mm=0.5 * float(max(mask_vol.spacing)))
             shape = voxelize(verts, mask_fit.faces, mask_vol) > 0
             fit.evidence["inpainted_vertices"] = int(unknown.sum())
-    return _Fitted(on_boundary, mask_fit, side, fit, shape, image, unused)
+    return _Fitted(on_boundary, mask_fit, fit, shape, image, unused,
+                   dice(mask_fit.label > 0, target))
 
 
 def _pieces(m):
