@@ -9,7 +9,10 @@ The shapes are those of ``bench_robustness.py`` (the cached held-out kidneys,
 2562 vertices, 280 training shapes), clean and with 30 % of the vertices
 displaced 10-30 mm along the normal. Each method runs on every shape with one
 backend, then the other, ``--repeat`` times interleaved; the table takes the
-median over shapes of each shape's fastest run.
+median over shapes of each shape's fastest run. A third variant,
+``numba_pass_per_round``, is the Numba twin with the code before SSC-L0's
+alignment rounds shared the moments of the SSC-L1 solve they start from (a pass
+over D per round: ``L0_SHARED_MOMENTS = False``), interleaved the same way.
 
     python bench/bench_l0.py [--shapes 12] [--repeat 3]
     # needs bench/cache/kidney_model.npz and heldout.npz (bench_robustness.py)
@@ -28,7 +31,7 @@ from _common import machine, write_json
 from shapeprior.backend import KERNELS, numba_available
 from shapeprior.mesh import Surface
 from shapeprior.model import load_model
-from shapeprior.ssc import sparse_shape_composition
+from shapeprior.ssc import _compose, sparse_shape_composition
 from shapeprior.synthetic import corrupt_patches
 
 HERE = Path(__file__).resolve().parent
@@ -51,7 +54,9 @@ def main(argv=None):
     model = load_model(mpath)
     held = np.load(hpath)["shapes"][:a.shapes]
     dic = model.ssc_dictionary("shapes", backend="numba")
-    twins = {"numpy": "trimmed_omp_numpy", "numba": "trimmed_omp_numba"}
+    # variant: (trimmed_omp twin, SSC-L0 rounds share the start's moments)
+    twins = {"numpy": ("trimmed_omp_numpy", True), "numba": ("trimmed_omp_numba", True),
+             "numba_pass_per_round": ("trimmed_omp_numba", False)}
     w = np.ones(held.shape[1])
     rows = []
     KERNELS["trimmed_omp"] = dict(KERNELS["trimmed_omp"])
@@ -63,31 +68,42 @@ def main(argv=None):
                                    normals=Surface(clean, model.faces).vertex_normals())
             ys.append(y)
         for name, kw in METHODS.items():
-            for twin in twins.values():                    # compile, fill caches
-                KERNELS["trimmed_omp"]["numba"] = twin
+            for twin, shared in twins.values():            # compile, fill caches
+                KERNELS["trimmed_omp"]["numba"], _compose.L0_SHARED_MOMENTS = twin, shared
                 sparse_shape_composition(ys[0], dic, w, **kw)
             best = {b: np.full(len(ys), np.inf) for b in twins}
             recon = {}
             for _ in range(a.repeat):
-                for b, twin in twins.items():
-                    KERNELS["trimmed_omp"]["numba"] = twin
+                for b, (twin, shared) in twins.items():
+                    KERNELS["trimmed_omp"]["numba"], _compose.L0_SHARED_MOMENTS = twin, shared
                     for i, y in enumerate(ys):
                         t0 = time.perf_counter()
                         res = sparse_shape_composition(y, dic, w, **kw)
                         best[b][i] = min(best[b][i], time.perf_counter() - t0)
                         recon[b, i] = res.reconstruction
-            diff = max(float(np.abs(recon["numpy", i] - recon["numba", i]).max())
-                       for i in range(len(ys)))
+            _compose.L0_SHARED_MOMENTS = True
+
+            def differ(b):
+                return max(float(np.abs(recon[b, i] - recon["numba", i]).max())
+                           for i in range(len(ys)))
+
+            diff = differ("numpy")
             row = {"gross_fraction": gross, "method": name, "n_shapes": len(ys),
                    "s_per_shape_median": {b: float(np.median(v)) for b, v in best.items()},
                    "s_per_shape_max": {b: float(np.max(v)) for b, v in best.items()},
                    "speedup_median": float(np.median(best["numpy"] / best["numba"])),
-                   "max_reconstruction_difference_mm": diff}
+                   "max_reconstruction_difference_mm": diff,
+                   "shared_moments_speedup_median": float(np.median(
+                       best["numba_pass_per_round"] / best["numba"])),
+                   "shared_moments_max_difference_mm": differ("numba_pass_per_round")}
             rows.append(row)
             print(f"{name:7s} gross {gross:.1f}: numpy {row['s_per_shape_median']['numpy']:.3f}"
                   f" s, numba {row['s_per_shape_median']['numba']:.3f} s per shape "
                   f"(x{row['speedup_median']:.2f}; worst {row['s_per_shape_max']['numba']:.3f}"
-                  f" s), reconstructions differ by {diff:.1e} mm", flush=True)
+                  f" s), reconstructions differ by {diff:.1e} mm; a pass per round "
+                  f"{row['s_per_shape_median']['numba_pass_per_round']:.3f} s "
+                  f"(x{row['shared_moments_speedup_median']:.2f}, differ by "
+                  f"{row['shared_moments_max_difference_mm']:.1e} mm)", flush=True)
     write_json(HERE / "results" / "l0.json", {
         "benchmark": "ssc_l0_trimmed_omp", "machine": machine(),
         "command": "python bench/bench_l0.py " + " ".join(argv if argv is not None
@@ -95,7 +111,9 @@ def main(argv=None):
         "data": "bench/cache/heldout.npz: held-out KiTS19 kidneys (case % 5 == 0), "
                 "2562 vertices; model bench/cache/kidney_model.npz (280 training shapes)",
         "baseline": "the NumPy reference twin of trimmed_omp in the same run (the rest: "
-                    "the numba backend in both)",
+                    "the numba backend in both); numba_pass_per_round: the numba twin with "
+                    "a pass over D per alignment round (L0_SHARED_MOMENTS = False, the "
+                    "code before the rounds shared the start's moments)",
         "timing": f"fastest of {a.repeat} interleaved runs per shape; median and max over "
                   "shapes",
         "rows": rows})

@@ -4164,6 +4164,23 @@ MUTANTS = [
      "",
      "the cut grid's own edge fails the fit (most of a completed pole lies beyond it), "
      "so no end is ever completed where the poles are long"),
+    # -- round 72: SSC-L0's alignment rounds share the moments of the L1 start
+    ("moments-memo-any-input", "ssc", "shapeprior/ssc/_dictionary.py",
+     "        if last_key == key:\n            return last",
+     "        if last_key is not None:\n            return last",
+     "the kept moments of another shape or other weights returned for this one"),
+    ("moments-memo-view-shared", "ssc", "shapeprior/ssc/_dictionary.py",
+     "        v._trimmed = None\n        v._moments = (None, None)\n",
+     "        v._trimmed = None\n",
+     "a dictionary view starts with its parent's kept moments"),
+    ("l0-moments-flag-ignored", "ssc", "shapeprior/ssc/_compose.py",
+     "                           or not L0_SHARED_MOMENTS):",
+     "                           or not True):",
+     "L0_SHARED_MOMENTS = False (the benchmark's baseline) still shares the moments"),
+    ("l0-correlation-dropped", "ssc", "shapeprior/ssc/_compose.py",
+     "                       outliers_init=trimmed0, c=c)",
+     "                       outliers_init=trimmed0)",
+     "trimmed OMP's rounds make a pass over D each, the moments unused"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -338,6 +338,46 @@ def test_few_rounds_take_a_pass_per_round_with_the_same_result(monkeypatch):
     assert np.allclose(direct.reconstruction, via.reconstruction, atol=1e-8)
 
 
+def test_l0_rounds_share_the_moments_of_the_l1_solve_they_start_from(monkeypatch):
+    """SSC-L0 starts from an SSC-L1 solve of the same shape and weights: the
+    moments pass over D is made once for both (the dictionary keeps its last
+    one, found by content: other weights or another shape miss), and each
+    trimmed-OMP round gets its D^T W z from it, equal to the direct product.
+    The reconstruction equals that of a pass per round (the code before)."""
+    import shapeprior.ssc._compose as compose
+
+    p = make_ssc_problem(300, 40, gross_fraction=0.2, seed=6)
+    rng = np.random.default_rng(2)
+    s = rng.uniform(0.3, 1, len(p.observed))
+    dic = ShapeDictionary(p.atoms)
+    first = dic.moments(p.observed, s * s)
+    assert dic.moments(p.observed, s * s) is first
+    assert dic.moments(p.observed, s) is not first          # other weights
+    assert dic.moments(p.observed + 1.0, s * s) is not first  # another shape
+    assert dic.view()._moments == (None, None)
+    passes, given = [], []
+    rhs = dic._moment_rhs
+    inner = compose.solve_l0
+
+    def spy(dic_, z, w, *args, c=None, **kwargs):
+        given.append(c is not None and np.allclose(c, dic_.DF.T @ (w * z), rtol=1e-10,
+                                                   atol=1e-12 * np.abs(c).max()))
+        return inner(dic_, z, w, *args, c=c, **kwargs)
+
+    monkeypatch.setattr(compose, "solve_l0", spy)
+    fresh = ShapeDictionary(p.atoms)
+    monkeypatch.setattr(fresh, "_moment_rhs", lambda *a: passes.append(1) or rhs(*a))
+    shared = sparse_shape_composition(p.observed, fresh, s, method="l0", n_nonzero=8)
+    assert passes == [1] and len(given) >= 2 and all(given)
+    monkeypatch.setattr(compose, "L0_SHARED_MOMENTS", False)
+    given.clear()
+    per_round = sparse_shape_composition(p.observed, ShapeDictionary(p.atoms), s,
+                                         method="l0", n_nonzero=8)
+    assert given and not any(given)
+    assert np.array_equal(shared.overridden, per_round.overridden)
+    assert np.allclose(shared.reconstruction, per_round.reconstruction, atol=1e-8)
+
+
 def test_weighted_gram_comes_whole_when_few_rows_are_reweighted():
     """Few rows away from weight 1: the whole weighted Gram (a low-rank update,
     exact) instead of an empty buffer for the solver to fill column by column;
@@ -377,10 +417,16 @@ def test_prepared_passes_equal_the_single_ones_and_views_keep_their_own():
             assert got.shape == ref.shape and got.flags.c_contiguous
             assert np.allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
             assert got is get(y, w)                         # stored, not recomputed
-        assert get(ys[0], s2[1]) is not get(ys[0], s2[1])   # other weights: computed
+        miss = get(ys[0], s2[1])                            # other weights: computed
+        rhs = dic._weighted(ys[0], s2[1]) if aligned else dic._moment_rhs(ys[0], s2[1])
+        assert dic._lookup(aligned, ys[0], s2[1]) is None and miss is not get(ys[0], s2[0])
+        assert np.allclose(miss, (dic.DF.T @ rhs).reshape(miss.shape), rtol=1e-12,
+                           atol=1e-12 * np.abs(miss).max())
         assert view._prepared == {}
     dic.prepare(ys[:1], s2[:1], True)
-    assert dic.moments(ys[0], s2[0]) is not dic.moments(ys[0], s2[0])
+    assert dic._lookup(False, ys[0], s2[0]) is None         # the moments' store replaced
+    assert np.allclose(dic.moments(ys[0], s2[0]), plain_m[0], rtol=1e-12,
+                       atol=1e-12 * np.abs(plain_m[0]).max())
     assert view.D is dic.D and view.gram is dic.gram
     sol = sparse_shape_composition(ys[0], view, np.sqrt(s2[0]), alignment="none")
     assert sol.converged and (view._wkey, view._pkey) != (None, None)

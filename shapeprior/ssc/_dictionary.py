@@ -67,6 +67,7 @@ class ShapeDictionary:
         self._cols = (None, None)
         self._prepared = {}
         self._trimmed = None
+        self._moments = (None, None)
 
     @property
     def n_rows(self) -> int:
@@ -181,12 +182,20 @@ class ShapeDictionary:
             ``M[k, d*d + a] = sum_i s2_i atom_k[i, a]``; with them
             ``D^T W z = M[:, :d*d] @ L.ravel() + M[:, d*d:] @ t``
             (:meth:`correlation`). One pass over D serves every alignment
-            round of a shape.
+            round of a shape; the last result is kept, so that calls for the
+            same shape and weights (SSC-L0 and the SSC-L1 solve it starts
+            from) share it.
         """
         got = self._lookup(False, y, s2)
         if got is not None:
             return got
-        return self.DF.T @ self.xp.asarray(self._moment_rhs(y, s2))
+        key = _pair_key(y, s2)
+        last_key, last = self._moments       # one read: another thread may replace it
+        if last_key == key:
+            return last
+        got = self.DF.T @ self.xp.asarray(self._moment_rhs(y, s2))
+        self._moments = (key, got)
+        return got
 
     def correlation(self, moments, transform):
         """``D^T W z`` for ``z = transform(y)`` from :meth:`moments` of y (K,)."""
@@ -262,6 +271,7 @@ class ShapeDictionary:
         v._cols = (None, None)
         v._prepared = {}
         v._trimmed = None
+        v._moments = (None, None)
         return v
 
     def to(self, backend):

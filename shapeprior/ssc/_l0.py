@@ -165,16 +165,19 @@ class TrimmedGram:
 
 
 def solve_l0(dic, z, w, k, threshold=None, max_outlier_fraction=0.5, max_iter=50,
-             threshold_factor=2.5, outliers_init=None):
+             threshold_factor=2.5, outliers_init=None, c=None):
     """Trimmed OMP. ``threshold`` is a per-vertex residual norm in shape units;
     ``None`` uses ``threshold_factor`` times the median visible residual norm
     (re-estimated each round). ``outliers_init`` (N,) bool warm-starts the
     trimmed set (e.g. from the previous alignment round). The alternation is
-    the ``trimmed_omp`` kernel of the dictionary's backend."""
+    the ``trimmed_omp`` kernel of the dictionary's backend. ``c`` is
+    ``D^T W z`` when the caller has it (from the shape's moments under the
+    round's alignment, :meth:`ShapeDictionary.correlation`)."""
     xp = dic.xp
     d = dic.n_dims
     tg = dic.trimmed_gram(w)
-    c = dic.DF.T @ (w * z)
+    if c is None:
+        c = dic.DF.T @ (w * z)
     init = xp.zeros(dic.n_points, dtype=bool) if outliers_init is None else \
         xp.asarray(outliers_init, dtype=bool)
     x, r, out_v, thr, it, converged, cycled, capped = kernel("trimmed_omp", dic.backend)(
