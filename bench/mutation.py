@@ -4181,6 +4181,16 @@ MUTANTS = [
      "                       outliers_init=trimmed0, c=c)",
      "                       outliers_init=trimmed0)",
      "trimmed OMP's rounds make a pass over D each, the moments unused"),
+    # -- round 73: the weighted Gram's new columns filled as (W D_miss)^T D
+    ("fill-columns-row-of-wrong-atom", "kernels", "kernels/huber_lasso.py",
+     "                GW[k, i] = Gt[q, i]\n",
+     "                GW[k, i] = Gt[q, k]\n",
+     "the filled column's mirror row holds one entry for every atom: the Gram loses "
+     "its symmetry"),
+    ("fill-columns-unweighted", "kernels", "kernels/huber_lasso.py",
+     "                WB[q, j] = w[j] * DF[j, k]\n",
+     "                WB[q, j] = DF[j, k]\n",
+     "the columns filled from D^T D, the confidences left out"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour
