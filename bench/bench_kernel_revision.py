@@ -14,7 +14,9 @@ largest difference between the two replays' reconstructions.
 A second table times the product that fills the weighted Gram's new columns,
 ``D^T W D[:, miss]`` for ``m`` missing columns, on one BLAS thread as the
 kernels run it, in both layouts: ``(K, n) @ (n, m)`` (before) and
-``(m, n) @ (n, K)`` (now).
+``(m, n) @ (n, K)`` (now); a third, the same for the moments of a shape
+(``ShapeDictionary.moments``, 12 columns: ``D^T V`` before, ``(V^T D)^T`` now,
+made contiguous as the dictionary keeps it).
 
     python bench/bench_kernel_revision.py [--rev 86d4f64] [--repeat 9]
     # writes results/kernel_revision.json; needs bench/cache/kidney_model.npz
@@ -103,6 +105,31 @@ def fill_products(DF, repeat=30):
     return rows
 
 
+def moments_product(dic, repeat=30):
+    """Seconds of a shape's moments pass (12 columns), both layouts, and whether
+    the two give the same numbers."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(1)
+    V = dic._moment_rhs(rng.normal(size=(dic.n_points, dic.n_dims)),
+                        rng.uniform(0.1, 1.0, dic.n_points))
+    DF = np.asarray(dic.DF)
+    ways = {"before": lambda: DF.T @ V, "now": lambda: np.ascontiguousarray((V.T @ DF).T)}
+    best = {}
+    with threadpool_limits(limits=1, user_api="blas"):
+        for name, fn in ways.items():
+            t = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                fn()
+                t.append(time.perf_counter() - t0)
+            best[name] = float(min(t))
+    a, b = ways["before"](), ways["now"]()
+    return {"columns": V.shape[1], "before_s": best["before"], "now_s": best["now"],
+            "speedup": best["before"] / best["now"],
+            "max_relative_difference": float(np.abs(a - b).max() / np.abs(a).max())}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rev", default=BEFORE, help=f"earlier commit (default {BEFORE})")
@@ -144,7 +171,8 @@ def main(argv=None):
            "modes": modes, "speedup_total": ratio,
            "max_reconstruction_difference_mm":
                float(np.abs(recs["now"] - recs[a.rev]).max()),
-           "fill_product": fill_products(np.asarray(dic.DF))}
+           "fill_product": fill_products(np.asarray(dic.DF)),
+           "moments_product": moments_product(dic)}
     write_json(a.out, out)
     print(f"{len(calls)} SSC calls: {a.rev} {modes[a.rev]['total_s_median'] * 1e3:.0f} ms -> now "
           f"{modes['now']['total_s_median'] * 1e3:.0f} ms (x{ratio:.2f}); reconstructions "
@@ -152,6 +180,10 @@ def main(argv=None):
     for r in out["fill_product"]:
         print(f"fill product, {r['columns']:2d} columns: {r['before_s'] * 1e3:.2f} ms before, "
               f"{r['now_s'] * 1e3:.2f} ms now (x{r['speedup']:.2f})")
+    r = out["moments_product"]
+    print(f"moments, {r['columns']} columns: {r['before_s'] * 1e3:.2f} ms before, "
+          f"{r['now_s'] * 1e3:.2f} ms now (x{r['speedup']:.2f}), relative difference "
+          f"{r['max_relative_difference']:.1e}")
 
 
 if __name__ == "__main__":

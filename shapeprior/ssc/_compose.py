@@ -132,7 +132,7 @@ L0_START_REWEIGHT = 3
 #: ``D^T W z`` from the shape's moments, the pass over D that the SSC-L1 solve it
 #: starts from has already made (:meth:`ShapeDictionary.moments` keeps its last
 #: result), instead of a pass over D per round: median time per held-out kidney
-#: shape 3-10 % lower on one core, the same reconstructions to 1e-10 mm
+#: shape 1-12 % lower on one core, the same reconstructions to 1e-10 mm
 #: (``bench/results/l0.json``). False: a pass per round (the benchmark's baseline).
 L0_SHARED_MOMENTS = True
 
