@@ -36,12 +36,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, write_json  # noqa: E402
-from bench_ssc_stage import record_calls  # noqa: E402
+from _common import RESULTS, best_of, machine, write_json  # noqa: E402
+from bench_ssc_stage import kidney_dictionary, record_calls  # noqa: E402
 
 import shapeprior.ssc._compose as compose  # noqa: E402
 from shapeprior.backend import KERNELS  # noqa: E402
-from shapeprior.model import load_model  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 #: the commit before the Gram columns were filled as (m, n) @ (n, K)
@@ -91,15 +90,8 @@ def fill_products(DF, repeat=30):
     with threadpool_limits(limits=1, user_api="blas"):
         for m in (1, 4, 8, 17, 25, 32):
             WB = np.ascontiguousarray((w[:, None] * DF[:, :m]).T)
-            best = {}
-            for name, fn in (("before", lambda: np.dot(DF.T, WB.T)),
-                             ("now", lambda: np.dot(WB, DF))):
-                t = []
-                for _ in range(repeat):
-                    t0 = time.perf_counter()
-                    fn()
-                    t.append(time.perf_counter() - t0)
-                best[name] = float(min(t))
+            best = {"before": best_of(lambda: np.dot(DF.T, WB.T), repeat)[0],
+                    "now": best_of(lambda: np.dot(WB, DF), repeat)[0]}
             rows.append({"columns": m, "before_s": best["before"], "now_s": best["now"],
                          "speedup": best["before"] / best["now"]})
     return rows
@@ -115,15 +107,8 @@ def moments_product(dic, repeat=30):
                         rng.uniform(0.1, 1.0, dic.n_points))
     DF = np.asarray(dic.DF)
     ways = {"before": lambda: DF.T @ V, "now": lambda: np.ascontiguousarray((V.T @ DF).T)}
-    best = {}
     with threadpool_limits(limits=1, user_api="blas"):
-        for name, fn in ways.items():
-            t = []
-            for _ in range(repeat):
-                t0 = time.perf_counter()
-                fn()
-                t.append(time.perf_counter() - t0)
-            best[name] = float(min(t))
+        best = {name: best_of(fn, repeat)[0] for name, fn in ways.items()}
     a, b = ways["before"](), ways["now"]()
     return {"columns": V.shape[1], "before_s": best["before"], "now_s": best["now"],
             "speedup": best["before"] / best["now"],
@@ -136,11 +121,7 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--out", default=str(RESULTS / "kernel_revision.json"))
     a = ap.parse_args(argv)
-    mpath = HERE / "cache" / "kidney_model.npz"
-    if not mpath.exists():
-        sys.exit(f"{mpath} is missing: run bench/bench_robustness.py first")
-    model = load_model(mpath)
-    dic = model.ssc_dictionary("shapes", backend="numba")
+    model, dic = kidney_dictionary()
     with tempfile.TemporaryDirectory() as work:
         load_revision(a.rev, work)
         calls, fit_dice, shape = record_calls(model, dic, Path(work))

@@ -50,6 +50,16 @@ from shapeprior.segmentation import SegmentParams, dice, segment_volume  # noqa:
 HERE = Path(__file__).resolve().parent
 
 
+def kidney_dictionary():
+    """The cached KiTS model of bench_robustness.py and its Numba dictionary of the
+    training shapes (exits, saying so, when the cache is missing)."""
+    mpath = HERE / "cache" / "kidney_model.npz"
+    if not mpath.exists():
+        sys.exit(f"{mpath} is missing: run bench/bench_robustness.py first")
+    model = load_model(mpath)
+    return model, model.ssc_dictionary("shapes", backend="numba")
+
+
 def record_calls(model, dic, work):
     """The SSC calls of the seeded ct512 left-kidney fit, and the fit's Dice."""
     from bench_pipeline import make_ct512
@@ -115,11 +125,7 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--out", default=str(RESULTS / "ssc_stage.json"))
     a = ap.parse_args(argv)
-    mpath = HERE / "cache" / "kidney_model.npz"
-    if not mpath.exists():
-        sys.exit(f"{mpath} is missing: run bench/bench_robustness.py first")
-    model = load_model(mpath)
-    dic = model.ssc_dictionary("shapes", backend="numba")
+    model, dic = kidney_dictionary()
     with tempfile.TemporaryDirectory() as work:
         calls, fit_dice, shape = record_calls(model, dic, Path(work))
     runs = {"current": [], "previous": []}
