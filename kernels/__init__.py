@@ -20,6 +20,8 @@ outlier_hessian  the Newton systems of the batched SSC-L1 solve (one per shape:
                  the Gram on its working set minus its outlier rows' part)
 dense_samples    points on a barycentric lattice of every triangle (the
                  template fit's quality check)
+gaussian_smooth  separable Gaussian smoothing of a 3-D image in place (the
+                 level images of the boundary search), scipy's values
 neighbour_list   the k nearest cloud points of each query point (``knn``),
                  and the nearest from each query point's list of them with
                  whether it is certified the nearest of the whole cloud
@@ -35,6 +37,7 @@ trimmed_omp      trimmed OMP (the SSC-L0 inner solve: OMP on the kept rows,
 """
 
 from .dense_samples import dense_samples_numba, dense_samples_numpy
+from .gaussian_smooth import gaussian_smooth_numba, gaussian_smooth_numpy
 from .gram_lasso import gram_lasso_numba, gram_lasso_numpy, lasso_objective
 from .huber_lasso import (huber_lasso_numba, huber_lasso_numpy, huber_lasso_reweighted_numba,
                           huber_lasso_reweighted_numpy, lasso_partial_numba, lasso_partial_numpy)
@@ -50,6 +53,7 @@ from .trimmed_omp import (new_state, omp_columns_numpy, trimmed_gram_column,
                           trimmed_gram_set_rows, trimmed_omp_numba, trimmed_omp_numpy)
 
 __all__ = ["dense_samples_numpy", "dense_samples_numba",
+           "gaussian_smooth_numpy", "gaussian_smooth_numba",
            "gram_lasso_numpy", "gram_lasso_numba", "lasso_objective",
            "huber_lasso_numpy", "huber_lasso_numba",
            "huber_lasso_reweighted_numpy", "huber_lasso_reweighted_numba",

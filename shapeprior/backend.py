@@ -127,6 +127,10 @@ KERNELS = {
     # the band voxels' features are computed on the host: the trees run there
     "tree_ensemble": {"numpy": "tree_ensemble_numpy", "numba": "tree_ensemble_numba",
                       "cupy": "tree_ensemble_numba"},
+    # a level image on the 'cupy' backend is smoothed on the device by cupyx
+    # (LevelImage); this row is the host's
+    "gaussian_smooth": {"numpy": "gaussian_smooth_numpy", "numba": "gaussian_smooth_numba",
+                        "cupy": "gaussian_smooth_numba"},
 }
 
 

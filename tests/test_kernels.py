@@ -867,6 +867,44 @@ def test_template_step_refuses_bad_arguments():
         template_step_numpy(v, tv, fi[:-1], bi, indptr, indices, data, 2, f)
 
 
+#: (shape zyx, sigma in voxels zyx, truncate, dtype): lines shorter than the
+#: filter (reflected more than once), unfiltered axes, the levels' float32
+GAUSSIAN_CASES = [((9, 11, 13), (1.0, 1.5, 2.0), 4.0, np.float32),
+                  ((3, 40, 2), (2.5, 0.0, 3.0), 4.0, np.float32),
+                  ((1, 17, 5), (0.7, 1e-16, 0.3), 3.0, np.float64),
+                  ((25, 6, 31), (0.45, 3.7, 0.9), 2.5, np.float32)]
+
+
+@pytest.mark.parametrize("case", range(len(GAUSSIAN_CASES)))
+@each_backend(atol=0, rtol=0)
+def test_gaussian_smooth_twins_agree(backend, case):
+    """The level images' smoothing: scipy's values bit for bit, in place."""
+    from scipy import ndimage
+
+    shape, sigma, truncate, dtype = GAUSSIAN_CASES[case]
+    rng = np.random.default_rng(case)
+    img = (rng.normal(0, 1, shape) * 10.0 ** rng.integers(0, 4, shape)).astype(dtype)
+    want = ndimage.gaussian_filter(img, sigma, truncate=truncate, mode="reflect")
+    got = img.copy()
+    assert kernel("gaussian_smooth", backend)(got, sigma, truncate) is got
+    assert got.dtype == dtype and np.array_equal(got, want)
+    return got
+
+
+def test_gaussian_smooth_refuses_bad_arguments():
+    from shapeprior_kernels import gaussian_smooth_numba, gaussian_smooth_numpy
+
+    for smooth in (gaussian_smooth_numpy, gaussian_smooth_numba):
+        with pytest.raises(ValueError, match="C-ordered 3-D float32 or float64"):
+            smooth(np.zeros((4, 4, 4), np.int16), (1.0, 1.0, 1.0))
+        with pytest.raises(ValueError, match="C-ordered 3-D"):
+            smooth(np.zeros((4, 4, 4)).transpose(2, 1, 0)[:, :, :3], (1.0, 1.0, 1.0))
+        with pytest.raises(ValueError, match="C-ordered 3-D"):
+            smooth(np.zeros((4, 4)), (1.0, 1.0))
+        with pytest.raises(ValueError, match="sigma must be 3 finite numbers"):
+            smooth(np.zeros((4, 4, 4)), (1.0, -1.0, 1.0))
+
+
 def test_dense_samples_refuses_bad_arguments():
     from shapeprior_kernels import dense_samples_numpy
 

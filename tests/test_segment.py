@@ -244,6 +244,16 @@ def test_level_image_crop_equals_whole_image_smoothing():
     t = np.linspace(-4, 4, 9)
     whole = _smoothed_whole(vol, 1.5)
     ref = NormalSampler(vol, whole, "numpy")(v, n, t)
+    # the crop's values beyond the filter's reach of its faces: the whole image's,
+    # bit for bit
+    r = (4.0 * 1.5 / vol.spacing[::-1] + 0.5).astype(int)
+    for backend in ("numpy", "numba"):
+        one = LevelImage(vol, "percentile", 1.5, backend)
+        got = one.sampler(v, reach_mm=4.0).image
+        lo, hi = one._regions[0][:2]
+        inner = tuple(slice(a + k, b + 1 - k) for a, b, k in zip(lo, hi, r))
+        part = got[tuple(slice(k, n - k) for k, n in zip(r, got.shape))]
+        assert part.size and np.array_equal(part, whole[inner]), backend
     level = LevelImage(vol, "percentile", 1.5, "numba")
     s = level.sampler(v, reach_mm=4.0)
     assert s.image.size < arr.size / 2              # it did crop

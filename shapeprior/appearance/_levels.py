@@ -10,10 +10,12 @@ level crops and smooths again. Inside the region the values are those of the
 whole-image filter (the filter support is inside the crop); at the image's
 own border both reflect the same way.
 
-On the CPU the separable filter runs one axis at a time, each pass split
-into slabs along another axis over a few threads (scipy's filters release
-the GIL): the values are scipy's ``gaussian_filter`` bit for bit, since a
-1-D pass treats every line on its own. On the 'cupy' backend the crop is
+On the CPU the separable filter runs one axis at a time: on the 'numba'
+backend the ``gaussian_smooth`` kernel (parallel over planes), on 'numpy'
+scipy's filter with each pass split into slabs along another axis over a few
+threads (scipy's filters release the GIL). Both give scipy's
+``gaussian_filter`` bit for bit: a 1-D pass treats every line on its own,
+and the kernel sums in scipy's order. On the 'cupy' backend the crop is
 copied to the GPU once and smoothed there (``cupyx.scipy.ndimage``); the
 samplers then read it in place.
 """
@@ -25,10 +27,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..backend import kernel
 from ._sampler import NormalSampler, intensity_scale
 
 TRUNCATE = 4.0      # Gaussian support in sigmas (scipy's default)
-SLACK_MM = 20.0     # extra margin so that small mesh motion needs no new crop
+#: how far (mm) a new region reaches beyond what the mesh needs now, so that the
+#: mesh can move without a new crop. The values inside a region do not depend on
+#: it, only the time does (the same label maps at 0, 5, 10, 15 and 20 mm). Summed
+#: over the ct512 kidney fits (seeded, seeded 10 mm off, no seed), the example CT
+#: and hippocampus MRs, 15 mm smoothed the least: a smaller slack crops again when
+#: the placement's positions near a seed move on to the fit, a larger one smooths
+#: more voxels at once (``bench/bench_region_slack.py``, results/region_slack.json;
+#: it was 20 mm)
+SLACK_MM = 15.0
 #: smoothed regions a level keeps (most recently used first): the placement
 #: hypotheses of a fit without a seed each have their own, so that going from
 #: one to the next does not crop and smooth again
@@ -123,11 +134,13 @@ class LevelImage:
         lo = np.minimum(lo, hi - 1)
         return lo, hi
 
-    def sampler(self, verts, reach_mm, slack_mm=SLACK_MM):
+    def sampler(self, verts, reach_mm, slack_mm=None):
         """A :class:`NormalSampler` valid for samples within ``reach_mm`` of
         ``verts``: the most recently used kept region that holds them, else a
         new crop, smoothed, that reaches ``slack_mm`` further for the motion to
-        come (up to :data:`MAX_REGIONS` are kept)."""
+        come (default :data:`SLACK_MM`; up to :data:`MAX_REGIONS` are kept)."""
+        if slack_mm is None:
+            slack_mm = SLACK_MM
         lo, hi = self._required_box(verts, reach_mm, 0.0)
         for i, (rlo, rhi, sampler) in enumerate(self._regions):
             if np.all(lo >= rlo) and np.all(hi <= rhi):
@@ -153,6 +166,8 @@ class LevelImage:
                 img = cnd.gaussian_filter(img, tuple(sig), truncate=TRUNCATE, mode="reflect")
         else:
             img = (a.astype(np.float32) - np.float32(off)) / np.float32(sc)
-            if self.sigma_mm > 0:
+            if self.sigma_mm > 0 and self.backend == "numba":
+                kernel("gaussian_smooth", "numba")(img, sig, TRUNCATE)
+            elif self.sigma_mm > 0:
                 gaussian_filter(img, sig)
         return NormalSampler(sub, img, self.backend)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..appearance import (BACKGROUND_TRAINING_MAX, SLACK_MM, Background, LevelImage,
+from ..appearance import (BACKGROUND_TRAINING_MAX, Background, LevelImage,
                           search_profiles)
 from ..mesh import Surface
 
@@ -113,11 +113,11 @@ class AppearanceScore:
             return np.zeros(len(verts), bool)
         return bg.insides_in_background(verts, normals)
 
-    def per_candidate(self, verts, normals, idx, search_mm=0.0, slack_mm=SLACK_MM):
+    def per_candidate(self, verts, normals, idx, search_mm=0.0, slack_mm=None):
         """Scores of C candidate surfaces: ``verts``/``normals`` (C, n, 3) at the
         model vertices ``idx`` (n,) -> (C,). ``slack_mm``: how far beyond these
-        surfaces a new smoothed region reaches (see :class:`LevelImage`); the
-        scores do not depend on it."""
+        surfaces a new smoothed region reaches (see :class:`LevelImage`; default
+        :data:`~shapeprior.appearance.SLACK_MM`); the scores do not depend on it."""
         C, n, _ = verts.shape
         v = verts.reshape(-1, 3)
         nn = normals.reshape(-1, 3)
@@ -362,7 +362,7 @@ def _candidate_score(shape0, faces, scorer):
     normals0 = Surface(shape0, faces).vertex_normals()[idx]
     v0 = shape0[idx]
 
-    def score(centres, s=1.0, search=0.0, slack=SLACK_MM):
+    def score(centres, s=1.0, search=0.0, slack=None):
         out = np.empty(len(centres))
         for a in range(0, len(centres), 512):        # bounded memory
             c = centres[a:a + 512]
