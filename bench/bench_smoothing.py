@@ -94,7 +94,8 @@ def time_crop(img, sigma, repeat):
 def scipy_threaded_kernel(name, backend):
     """``levels.kernel`` with the smoothing routed to scipy's threaded filter."""
     if name == "gaussian_smooth":
-        return lambda img, sigma, truncate: levels.gaussian_filter(img, sigma, truncate)
+        return lambda img, sigma, truncate, threads=None: levels.gaussian_filter(
+            img, sigma, truncate, threads)
     return KERNEL(name, backend)
 
 

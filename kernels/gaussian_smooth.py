@@ -129,13 +129,24 @@ if numba is not None:
                     img[z, y, x] = acc[y]
 
 
-def gaussian_smooth_numba(img, sigma, truncate=4.0):
-    """Numba twin of :func:`gaussian_smooth_numpy` (module docstring)."""
+def gaussian_smooth_numba(img, sigma, truncate=4.0, threads=None):
+    """Numba twin of :func:`gaussian_smooth_numpy` (module docstring).
+
+    ``threads``: at most this many of Numba's threads (default: as many as the
+    calling thread may use, ``numba.get_num_threads()``). One keeps a small
+    image on the calling thread: waking the others can take longer than the
+    whole filter."""
     if numba is None:  # pragma: no cover
         raise RuntimeError("numba is not installed")
     sigma = _check(img, sigma)
-    for axis, s in enumerate(sigma):
-        if s <= SIGMA_MIN:
-            continue
-        (_pass_z, _pass_y, _pass_x)[axis](img, _weights(s, truncate))
+    prev = numba.get_num_threads()
+    if threads is not None:
+        numba.set_num_threads(max(1, min(int(threads), prev)))
+    try:
+        for axis, s in enumerate(sigma):
+            if s <= SIGMA_MIN:
+                continue
+            (_pass_z, _pass_y, _pass_x)[axis](img, _weights(s, truncate))
+    finally:
+        numba.set_num_threads(prev)
     return img

@@ -891,6 +891,24 @@ def test_gaussian_smooth_twins_agree(backend, case):
     return got
 
 
+def test_gaussian_smooth_on_fewer_threads_same_values_count_restored():
+    """A small crop runs on the calling thread alone (``threads=1``): the same
+    values, and Numba's thread count as it was (after a refused call too)."""
+    numba = pytest.importorskip("numba")
+    from scipy import ndimage
+
+    from shapeprior_kernels import gaussian_smooth_numba
+
+    img = np.random.default_rng(5).normal(0, 1, (7, 12, 9)).astype(np.float32)
+    before = numba.get_num_threads()
+    got = gaussian_smooth_numba(img.copy(), (1.2, 0.8, 2.0), threads=1)
+    assert np.array_equal(got, ndimage.gaussian_filter(img, (1.2, 0.8, 2.0)))
+    assert numba.get_num_threads() == before
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_smooth_numba(img.copy(), (1.0, np.nan, 1.0), threads=1)
+    assert numba.get_num_threads() == before
+
+
 def test_gaussian_smooth_refuses_bad_arguments():
     from shapeprior_kernels import gaussian_smooth_numba, gaussian_smooth_numpy
 

@@ -167,7 +167,10 @@ class LevelImage:
         else:
             img = (a.astype(np.float32) - np.float32(off)) / np.float32(sc)
             if self.sigma_mm > 0 and self.backend == "numba":
-                kernel("gaussian_smooth", "numba")(img, sig, TRUNCATE)
+                # a small crop (a hippocampus MR's) on the calling thread: waking
+                # Numba's other threads took up to 25 ms where the filter takes 1
+                kernel("gaussian_smooth", "numba")(
+                    img, sig, TRUNCATE, threads=1 if img.size < SMOOTH_SPLIT_VOXELS else None)
             elif self.sigma_mm > 0:
                 gaussian_filter(img, sig)
         return NormalSampler(sub, img, self.backend)
