@@ -1,5 +1,6 @@
 """Smoothing the level images: the ``gaussian_smooth`` Numba kernel against
-SciPy's filter, on the crops a whole-CT fit smooths (issue #13).
+SciPy's filter, on the crops a whole-CT fit smooths; and the placement's
+downsampled scan (``block_mean``) (issue #13).
 
 Each resolution level of the boundary search smooths a crop of the image
 around the mesh (``shapeprior/appearance/_levels.py``). The crops are those of
@@ -17,6 +18,12 @@ best of ``--repeat`` each, interleaved, and whether each result equals the
 reference bit for bit. ``fits``: the whole seeded fit (``segment_volume``,
 numba) with the kernel against the same fit with scipy's threaded filter,
 interleaved, median of ``--fits`` each, and whether the labels are the same.
+
+``block_mean``: the 4 mm block means of the whole ct512 CT that the placement
+search without a seed correlates with the organ's template
+(``region_score_map``), as NumPy's float32 mean over the reshaped axes made them
+before and by the ``block_mean`` Numba twin now: best of ``--repeat``, and
+whether the two are equal.
 
     python bench/bench_smoothing.py           # writes results/smoothing.json
     # needs bench/cache/kidney_model.npz (bench_robustness.py) and the shared data
@@ -39,7 +46,8 @@ from bench_ssc_stage import kidney_dictionary  # noqa: E402
 import shapeprior.appearance._levels as levels  # noqa: E402
 from shapeprior.backend import single_threaded  # noqa: E402
 from shapeprior.segmentation import SegmentParams, dice, segment_volume  # noqa: E402
-from shapeprior_kernels import gaussian_smooth_numba, gaussian_smooth_numpy  # noqa: E402
+from shapeprior_kernels import (block_mean_numba, gaussian_smooth_numba,  # noqa: E402
+                                gaussian_smooth_numpy)
 
 
 
@@ -89,6 +97,29 @@ def time_crop(img, sigma, repeat):
             "numba_over_scipy_threads": best["scipy_threads"] / best["numba"],
             "numba_1_over_scipy_1": best["scipy_1"] / best["numba_1"],
             "equal_to_reference": equal}
+
+
+def time_block_mean(vol, repeat, res_mm=4.0):
+    """The placement's block means of ``vol``, before (NumPy) and now (kernel)."""
+    fz = np.maximum(1, np.round(res_mm / vol.spacing)).astype(int)[::-1]
+    n = np.array(vol.array.shape) // fz
+
+    def before():
+        a = vol.array[:n[0] * fz[0], :n[1] * fz[1], :n[2] * fz[2]]
+        return a.reshape(n[0], fz[0], n[1], fz[1], n[2], fz[2]).mean((1, 3, 5),
+                                                                     dtype=np.float32)
+
+    ways = {"numpy_float32_mean": before, "numba": lambda: block_mean_numba(vol.array, fz)}
+    best, out = {}, {}
+    for _ in range(repeat):
+        for name, fn in ways.items():
+            t0 = time.perf_counter()
+            out[name] = fn()
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+    return {"image_zyx": list(vol.array.shape), "dtype": str(vol.array.dtype),
+            "block_zyx": fz.tolist(), "ms": {k: round(v * 1e3, 2) for k, v in best.items()},
+            "speedup": best["numpy_float32_mean"] / best["numba"],
+            "equal": bool(np.array_equal(out["numba"], out["numpy_float32_mean"]))}
 
 
 def scipy_threaded_kernel(name, backend):
@@ -143,6 +174,9 @@ def main(argv=None):
         for c in crops[name]:
             print(name, c["shape_zyx"], c["ms"], f"x{c['numba_over_scipy_threads']:.2f}",
                   flush=True)
+    block_mean_numba(vol.array, np.array([4, 7, 6]))               # compile, untimed
+    blocks = time_block_mean(vol, a.repeat)
+    print("block means", blocks, flush=True)
     fits = {"seeded": time_fits(vol, ref, model, dic, seeded, a.fits),
             "no_seed": time_fits(vol, ref, model, dic, noseed, max(1, a.fits // 2))}
     print(fits, flush=True)
@@ -157,7 +191,7 @@ def main(argv=None):
                         f"{a.fits} (seeded) and {max(1, a.fits // 2)} (no seed), interleaved",
               "all_equal_to_reference": all(v for rows in crops.values() for c in rows
                                             for v in c["equal_to_reference"].values()),
-              "total_ms": totals, "crops": crops, "fits": fits}
+              "total_ms": totals, "crops": crops, "fits": fits, "block_mean": blocks}
     print(f"wrote {write_json(a.out, result)}")
     return 0
 

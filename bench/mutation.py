@@ -4216,6 +4216,23 @@ MUTANTS = [
      "        if slack_mm is None:\n            slack_mm = SLACK_MM\n",
      "        if slack_mm is None:\n            slack_mm = 0.0\n",
      "a region without slack by default: every small move crops and smooths again"),
+    # -- round 75: the placement's downsampled scan by the block_mean kernel
+    ("block-mean-last-row-only", "kernels", "kernels/block_mean.py",
+     "                            out[i, j, k] += s\n",
+     "                            out[i, j, k] = s\n",
+     "each block's sum keeps only its last row"),
+    ("block-mean-offsets-swapped", "kernels", "kernels/block_mean.py",
+     "                        row = a[i * f0 + di, j * f1 + dj]\n",
+     "                        row = a[i * f0 + dj, j * f1 + di]\n",
+     "the rows of a block taken with their offsets swapped"),
+    ("block-mean-count", "kernels", "kernels/block_mean.py",
+     "    return (sums / float(f[0] * f[1] * f[2])).astype(np.float32)\n",
+     "    return (sums / float(f[0] * f[1])).astype(np.float32)\n",
+     "the block sums divided by the voxels of one slice of the block"),
+    ("place-block-xyz", "place", "shapeprior/segmentation/_place.py",
+     "    a = kernel(\"block_mean\", scorer.level.backend)(vol.array, f[::-1])\n",
+     "    a = kernel(\"block_mean\", scorer.level.backend)(vol.array, f)\n",
+     "the block size given in x, y, z order to an image stored z, y, x"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

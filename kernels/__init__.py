@@ -18,6 +18,8 @@ huber_lasso      Huber regression with an L1 penalty on a dictionary (the
                  columns (``lasso_partial``)
 outlier_hessian  the Newton systems of the batched SSC-L1 solve (one per shape:
                  the Gram on its working set minus its outlier rows' part)
+block_mean       means of the blocks of a 3-D image (the whole-scan placement
+                 search's downsampled image)
 dense_samples    points on a barycentric lattice of every triangle (the
                  template fit's quality check)
 gaussian_smooth  separable Gaussian smoothing of a 3-D image in place (the
@@ -36,6 +38,7 @@ trimmed_omp      trimmed OMP (the SSC-L0 inner solve: OMP on the kept rows,
                  CuPy arrays
 """
 
+from .block_mean import block_mean_numba, block_mean_numpy
 from .dense_samples import dense_samples_numba, dense_samples_numpy
 from .gaussian_smooth import gaussian_smooth_numba, gaussian_smooth_numpy
 from .gram_lasso import gram_lasso_numba, gram_lasso_numpy, lasso_objective
@@ -52,7 +55,8 @@ from .template_step import template_step_numba, template_step_numpy
 from .trimmed_omp import (new_state, omp_columns_numpy, trimmed_gram_column,
                           trimmed_gram_set_rows, trimmed_omp_numba, trimmed_omp_numpy)
 
-__all__ = ["dense_samples_numpy", "dense_samples_numba",
+__all__ = ["block_mean_numpy", "block_mean_numba",
+           "dense_samples_numpy", "dense_samples_numba",
            "gaussian_smooth_numpy", "gaussian_smooth_numba",
            "gram_lasso_numpy", "gram_lasso_numba", "lasso_objective",
            "huber_lasso_numpy", "huber_lasso_numba",

@@ -131,6 +131,9 @@ KERNELS = {
     # (LevelImage); this row is the host's
     "gaussian_smooth": {"numpy": "gaussian_smooth_numpy", "numba": "gaussian_smooth_numba",
                         "cupy": "gaussian_smooth_numba"},
+    # the placement's downsampled scan is made on the host from the stored voxels
+    "block_mean": {"numpy": "block_mean_numpy", "numba": "block_mean_numba",
+                   "cupy": "block_mean_numba"},
 }
 
 

@@ -909,6 +909,46 @@ def test_gaussian_smooth_on_fewer_threads_same_values_count_restored():
     assert numba.get_num_threads() == before
 
 
+#: (shape zyx, block zyx, dtype): blocks that do not divide the image (the far
+#: edge left out), an axis shorter than its block, the stored CT and MR types
+BLOCK_CASES = [((13, 22, 17), (4, 7, 6), np.int16), ((9, 8, 30), (1, 3, 5), np.uint16),
+               ((5, 6, 7), (2, 2, 2), np.float32), ((2, 11, 12), (3, 2, 4), np.uint8)]
+
+
+@pytest.mark.parametrize("case", range(len(BLOCK_CASES)))
+@each_backend(atol=0, rtol=1e-6)
+def test_block_mean_twins_agree(backend, case):
+    """The placement's downsampled scan: each block's mean, as float32."""
+    shape, f, dtype = BLOCK_CASES[case]
+    rng = np.random.default_rng(case)
+    a = (rng.uniform(-1200, 3000, shape) if dtype == np.float32
+         else rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, shape)).astype(dtype)
+    got = kernel("block_mean", backend)(a, np.array(f))
+    n = np.array(shape) // np.array(f)
+    assert got.dtype == np.float32 and got.shape == tuple(n)
+    if got.size:                   # one block by hand, the last whole one
+        i, j, k = n - 1
+        block = a[i * f[0]:(i + 1) * f[0], j * f[1]:(j + 1) * f[1], k * f[2]:(k + 1) * f[2]]
+        assert np.isclose(got[i, j, k], block.astype(np.float64).mean(), rtol=1e-6)
+    if dtype != np.float32:        # exact integer sums: equal bit for bit
+        from shapeprior_kernels import block_mean_numpy
+
+        assert np.array_equal(got, block_mean_numpy(a, np.array(f)))
+    return got
+
+
+def test_block_mean_refuses_bad_arguments():
+    from shapeprior_kernels import block_mean_numba, block_mean_numpy
+
+    for mean in (block_mean_numpy, block_mean_numba):
+        with pytest.raises(ValueError, match="3-D image"):
+            mean(np.zeros((4, 4)), np.array([1, 1, 1]))
+        with pytest.raises(ValueError, match="f must be 3 integers >= 1"):
+            mean(np.zeros((4, 4, 4)), np.array([1, 0, 1]))
+        with pytest.raises(ValueError, match="f must be 3 integers >= 1"):
+            mean(np.zeros((4, 4, 4)), np.array([1.5, 1, 1]))
+
+
 def test_gaussian_smooth_refuses_bad_arguments():
     from shapeprior_kernels import gaussian_smooth_numba, gaussian_smooth_numpy
 
