@@ -32,8 +32,10 @@ def _check(a, f):
     a = np.asarray(a)
     if a.ndim != 3:
         raise ValueError(f"a must be a 3-D image, got shape {a.shape}")
-    if a.dtype.kind not in "iuf":
-        a = a.astype(np.float32)
+    if a.dtype.kind not in "iuf" or (a.dtype.kind == "f" and a.dtype.itemsize < 4):
+        a = a.astype(np.float32)            # bool, float16 (Numba sums neither)
+    elif not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))   # a big-endian array (Numba: native only)
     f = np.asarray(f)
     if f.shape != (3,) or f.dtype.kind not in "iu" or np.any(f < 1):
         raise ValueError(f"f must be 3 integers >= 1 (block size z, y, x), got {f!r}")

@@ -937,6 +937,19 @@ def test_block_mean_twins_agree(backend, case):
     return got
 
 
+def test_block_mean_takes_any_stored_type():
+    """A Volume built through the API may hold big-endian, float16 or bool voxels."""
+    from shapeprior_kernels import block_mean_numba, block_mean_numpy
+
+    a = np.random.default_rng(2).integers(-900, 900, (6, 8, 10)).astype(np.int16)
+    f = np.array([2, 4, 5])
+    want = block_mean_numpy(a, f)
+    for other in (a.astype(">i2"), a.astype(np.float16), a.astype(np.float64)):
+        assert np.array_equal(block_mean_numba(other, f), want), other.dtype
+    mask = a > 0
+    assert np.array_equal(block_mean_numba(mask, f), block_mean_numpy(mask, f))
+
+
 def test_block_mean_refuses_bad_arguments():
     from shapeprior_kernels import block_mean_numba, block_mean_numpy
 
