@@ -252,7 +252,7 @@ def test_level_image_crop_equals_whole_image_smoothing():
         got = one.sampler(v, reach_mm=4.0).image
         lo, hi = one._regions[0][:2]
         inner = tuple(slice(a + k, b + 1 - k) for a, b, k in zip(lo, hi, r))
-        part = got[tuple(slice(k, n - k) for k, n in zip(r, got.shape))]
+        part = got[tuple(slice(k, size - k) for k, size in zip(r, got.shape))]
         assert part.size and np.array_equal(part, whole[inner]), backend
     level = LevelImage(vol, "percentile", 1.5, "numba")
     s = level.sampler(v, reach_mm=4.0)
