@@ -911,8 +911,9 @@ def test_gaussian_smooth_on_fewer_threads_same_values_count_restored():
 
 #: (shape zyx, block zyx, dtype): blocks that do not divide the image (the far
 #: edge left out), an axis shorter than its block, the stored CT and MR types
+#: (each dtype compiles the Numba twin once more: a few seconds of the CI job)
 BLOCK_CASES = [((13, 22, 17), (4, 7, 6), np.int16), ((9, 8, 30), (1, 3, 5), np.uint16),
-               ((5, 6, 7), (2, 2, 2), np.float32), ((2, 11, 12), (3, 2, 4), np.uint8)]
+               ((5, 6, 7), (2, 2, 2), np.float32), ((2, 11, 12), (3, 2, 4), np.int16)]
 
 
 @pytest.mark.parametrize("case", range(len(BLOCK_CASES)))
@@ -944,7 +945,7 @@ def test_block_mean_takes_any_stored_type():
     a = np.random.default_rng(2).integers(-900, 900, (6, 8, 10)).astype(np.int16)
     f = np.array([2, 4, 5])
     want = block_mean_numpy(a, f)
-    for other in (a.astype(">i2"), a.astype(np.float16), a.astype(np.float64)):
+    for other in (a.astype(">i2"), a.astype(np.float16)):
         assert np.array_equal(block_mean_numba(other, f), want), other.dtype
     mask = a > 0
     assert np.array_equal(block_mean_numba(mask, f), block_mean_numpy(mask, f))
