@@ -46,6 +46,20 @@ def test_flat_image_is_failed(model, scan):
     assert r.status == "failed" and "flat image" in r.reasons[0] and not r.label.any()
 
 
+@pytest.mark.parametrize("where", [(0, 0, 5), (3, 5, 7), (-1, -1, -1)])
+def test_an_image_flat_but_for_one_voxel_is_not_flat(where):
+    """The flat test reads a subsample first: one voxel that differs, on the rows
+    read first or off them, makes the image not flat; a NaN too."""
+    from shapeprior.segmentation._fit import _flat_value
+
+    a = np.full((20, 30, 40), 7.0, np.float32)
+    assert _flat_value(a) == 7.0
+    for value in (7.5, np.nan):
+        b = a.copy()
+        b[where] = value
+        assert _flat_value(b) is None
+
+
 @pytest.mark.parametrize("across", [2.9, 3.1])
 def test_an_organ_fewer_than_three_voxels_across_is_failed_before_any_search(model, scan,
                                                                             across):
