@@ -4233,6 +4233,19 @@ MUTANTS = [
      "    a = kernel(\"block_mean\", scorer.level.backend)(vol.array, f[::-1])\n",
      "    a = kernel(\"block_mean\", scorer.level.backend)(vol.array, f)\n",
      "the block size given in x, y, z order to an image stored z, y, x"),
+    # -- round 76: whole-image checks and the placement's point boxes, made cheaper
+    ("flat-subsample-only", "fitearly", "shapeprior/segmentation/_fit.py",
+     "    lo, hi = float(np.min(a)), float(np.max(a))\n    return lo if lo == hi else None\n",
+     "    return float(sub.min())\n",
+     "an image read as flat when its subsample is, without a look at the rest"),
+    ("levels-box-xyz", "appearance", "shapeprior/appearance/_levels.py",
+     "    rows = np.ascontiguousarray(vol.physical_to_index(verts).T[::-1])   # zyx\n",
+     "    rows = np.ascontiguousarray(vol.physical_to_index(verts).T)   # zyx\n",
+     "a crop's box taken in x, y, z order for an image stored z, y, x"),
+    ("background-contains-xyz", "background", "shapeprior/appearance/_background.py",
+     "        zyx = np.rint(np.ascontiguousarray(ijk.T[::-1])\n",
+     "        zyx = np.rint(np.ascontiguousarray(ijk.T)\n",
+     "background looked up at x, y, z indices in a mask stored z, y, x"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour
