@@ -166,6 +166,17 @@ def make_ct512(work):
     return ip, lp
 
 
+def ct512_left_kidney(work):
+    """The ct512 CT (made in ``work`` once, :func:`make_ct512`): ``(image path,
+    volume, the left kidney's reference mask, its centroid in LPS mm)``."""
+    ip, lp = work / "ct512.nii.gz", work / "ct512_seg.nii.gz"
+    if not ip.exists():
+        ip, lp = make_ct512(work)
+    vol = read_volume(ip)
+    ref = read_label_map(lp).array == 3           # left kidney
+    return ip, vol, ref, vol.index_to_physical(np.argwhere(ref).mean(0)[::-1][None])[0]
+
+
 # ------------------------------------------------------------- workloads ---
 
 def run_cases(cases, model_path, params_for, backend, work, label, repeats=1):
@@ -234,13 +245,8 @@ def hippocampus_workload(n_cases, n_jobs, work):
 
 def ct512_workload(n_jobs, work, seeded=True):
     mpath, model_note = kidney_model(n_jobs)
-    ip, lp = work / "ct512.nii.gz", work / "ct512_seg.nii.gz"
-    if not ip.exists():
-        ip, lp = make_ct512(work)
-    vol = read_volume(ip)
-    ref = read_label_map(lp).array == 3           # left kidney
-    c = np.argwhere(ref).mean(0)[::-1]
-    seed = tuple(vol.index_to_physical(c[None])[0]) if seeded else None
+    ip, vol, ref, centre = ct512_left_kidney(work)
+    seed = tuple(centre) if seeded else None
     cases = [("ct512_left_kidney", ip, ref, seed)]
 
     def params_for(seed, backend):

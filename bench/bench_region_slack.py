@@ -90,15 +90,10 @@ def set_slack(mm):
 def ct512_left_kidney(work=HERE / "cache" / "region_slack"):
     """``bench_pipeline.py``'s ct512 CT (made in ``work`` once), its left kidney's
     reference mask and that mask's centroid (LPS mm)."""
-    from bench_pipeline import make_ct512
+    from bench_pipeline import ct512_left_kidney as ct512_case
 
     work.mkdir(parents=True, exist_ok=True)
-    ip, lp = work / "ct512.nii.gz", work / "ct512_seg.nii.gz"
-    if not ip.exists():
-        ip, lp = make_ct512(work)
-    vol = read_volume(ip)
-    ref = read_label_map(lp).array == 3
-    return vol, ref, vol.index_to_physical(np.argwhere(ref).mean(0)[::-1][None])[0]
+    return ct512_case(work)[1:]
 
 
 def kidney_cases():

@@ -43,7 +43,6 @@ from _common import RESULTS, machine, write_json  # noqa: E402
 
 import shapeprior.segmentation._fit as fit_module  # noqa: E402
 import shapeprior.ssc._compose as compose  # noqa: E402
-from shapeprior.io import read_label_map, read_volume  # noqa: E402
 from shapeprior.model import load_model  # noqa: E402
 from shapeprior.segmentation import SegmentParams, dice, segment_volume  # noqa: E402
 
@@ -62,13 +61,10 @@ def kidney_dictionary():
 
 def record_calls(model, dic, work):
     """The SSC calls of the seeded ct512 left-kidney fit, and the fit's Dice."""
-    from bench_pipeline import make_ct512
+    from bench_pipeline import ct512_left_kidney
 
-    ip, lp = make_ct512(work)
-    vol = read_volume(ip)
-    ref = read_label_map(lp).array == 3
-    c = np.argwhere(ref).mean(0)[::-1]
-    seed = tuple(vol.index_to_physical(c[None])[0])
+    _, vol, ref, centre = ct512_left_kidney(work)
+    seed = tuple(centre)
     calls = []
     original = fit_module.sparse_shape_composition
 
