@@ -7,6 +7,8 @@ bench_hippocampus.py) is never used here. Numba backend; Dice against the
 manual label (label > 0) and the time of the SSC stage per case.
 
     python bench/bench_hippocampus_validation.py     # writes results/hippocampus_validation.json
+    python bench/bench_hippocampus_validation.py --study tol
+                                                     # results/hippocampus_validation_tol.json
 """
 
 from __future__ import annotations
@@ -39,12 +41,22 @@ CANDIDATES = [{}, {"voxel_passes": 1}, {"voxel_passes": 3}, {"voxel_smooth": 0.0
               {"voxel_refine": False},
               {"voxel_refine": False, "surface_offset_mm": 0.0},
               {"align_rounds": 5, "warm_align": False}]
+#: ``--study tol``: the motion that ends a resolution level (``tol_mm``; {} is the
+#: default, FIT_TOL_MM; 0.05 was the default before it)
+TOL_CANDIDATES = [{}, {"tol_mm": 0.05}, {"tol_mm": 0.075}, {"tol_mm": 0.125},
+                  {"tol_mm": 0.15}, {"tol_mm": 0.2}]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(RESULTS / "hippocampus_validation.json"))
+    ap.add_argument("--study", choices=("settings", "tol"), default="settings",
+                    help="the candidates: CANDIDATES, or TOL_CANDIDATES")
+    ap.add_argument("--out", default=None, help="default results/hippocampus_validation.json "
+                    "(--study tol: results/hippocampus_validation_tol.json)")
     a = ap.parse_args(argv)
+    out_path = a.out or str(RESULTS / ("hippocampus_validation.json" if a.study == "settings"
+                                       else "hippocampus_validation_tol.json"))
+    candidates = CANDIDATES if a.study == "settings" else TOL_CANDIDATES
     split = hippocampus_validation_split()
     if split is None:
         return 0
@@ -54,17 +66,19 @@ def main(argv=None):
     cases = [(f.name, read_volume(root / "images" / f.name), read_label_map(f).array > 0)
              for f in val]
     rows = []
-    for cfg in CANDIDATES:
+    for cfg in candidates:
         p = SegmentParams(backend="numba", **cfg)
-        d, ssc = [], 0.0
+        d, ssc, iters = [], 0.0, 0
         t0 = time.perf_counter()
         for _, img, ref in cases:
             clock = StageClock()
             d.append(dice(segment_volume(img, model, p, dic, clock=clock).label, ref))
             ssc += clock.as_dict().get("ssc", {}).get("seconds", 0.0)
+            iters += clock.as_dict().get("ssc", {}).get("calls", 0)
         d = np.array(d)
         row = {"settings": cfg, "dice_mean": float(d.mean()), "dice_min": float(d.min()),
                "dice_median": float(np.median(d)), "ssc_s_per_case": ssc / len(cases),
+               "ssc_calls_per_case": iters / len(cases),
                "s_per_case": (time.perf_counter() - t0) / len(cases),
                "dice": [round(float(x), 6) for x in d]}
         rows.append(row)
@@ -73,8 +87,8 @@ def main(argv=None):
            "split": {"model": "cases % 5 not in (0, 1)", "n_model_shapes": model.n_shapes,
                      "validation": "cases % 5 == 1", "n_cases": len(cases),
                      "cases": [c[0] for c in cases]},
-           "backend": "numba", "rows": rows}
-    print(f"wrote {write_json(a.out, out)}")
+           "backend": "numba", "study": a.study, "rows": rows}
+    print(f"wrote {write_json(out_path, out)}")
     return 0
 
 

@@ -448,6 +448,35 @@ def test_refine_fills_missing_slices(phantom_model):
     assert (got & ~cut)[z[len(z) // 2]: z[len(z) // 2] + 3].any()
 
 
+@pytest.mark.parametrize("tol", [None, 0.2])
+def test_refine_fits_end_their_levels_at_the_tolerance_its_settings_were_chosen_with(
+        phantom_model, monkeypatch, tol):
+    """Where the parameters give no tol_mm, every fit of a refinement (the mask's,
+    and the image's with ``image``) ends its levels at MASK_FIT_TOL_MM, not at the
+    segmentation's FIT_TOL_MM; a value given is used as given."""
+    import shapeprior.segmentation._refine as refine_module
+    from shapeprior.io import read_volume
+    from shapeprior.model import load_model
+    from shapeprior.segmentation import SegmentParams, refine_mask
+
+    d, images, labels, model_path = phantom_model
+    model = load_model(model_path)
+    seen = []
+    fit = refine_module.segment_volume
+
+    def recorded(vol, m, params, *a, **kw):
+        seen.append(params.tol_mm)
+        return fit(vol, m, params, *a, **kw)
+
+    monkeypatch.setattr(refine_module, "segment_volume", recorded)
+    mask = read_label_map(labels / "phantom_005.nii.gz")
+    refine_mask(mask, model, params=SegmentParams(tol_mm=tol),
+                image=read_volume(images / "phantom_005.nii.gz"))
+    assert len(seen) >= 2 and set(seen) == {refine_module.MASK_FIT_TOL_MM if tol is None
+                                            else tol}, seen
+    assert refine_module.MASK_FIT_TOL_MM == 0.05
+
+
 def test_a_gap_too_long_to_bridge_is_reported_not_hidden(phantom_model):
     """A slab of missing slices longer than any bridge leaves the organ in two
     pieces: the refinement says so (suspect, with the reason) instead of ok."""

@@ -60,6 +60,27 @@ def test_an_image_flat_but_for_one_voxel_is_not_flat(where):
         assert _flat_value(b) is None
 
 
+@pytest.mark.parametrize("tol", [None, 0.02, 0.3])
+def test_a_level_ends_once_its_motion_falls_below_tol_mm(model, scan, tol):
+    """Each resolution level iterates while the mean vertex motion is at least
+    ``tol_mm`` (None: FIT_TOL_MM) and ends at the first motion below it, or after
+    max_iter iterations."""
+    from shapeprior.segmentation._fit import FIT_TOL_MM
+
+    vol, truth = scan
+    centre = vol.index_to_physical(np.argwhere(truth).mean(0)[::-1][None])[0]
+    p = SegmentParams(seed_mm=tuple(centre), near_start=0.0, tol_mm=tol)
+    r = segment_volume(vol, model, p)
+    limit = FIT_TOL_MM if tol is None else tol
+    levels = [[h["move_mm"] for h in r.history if h.get("search_mm") == s] for s, _ in p.schedule]
+    for moves in levels:
+        assert moves and all(m >= limit for m in moves[:-1]), (limit, levels)
+        assert moves[-1] < limit or len(moves) == p.max_iter, (limit, levels)
+    # the value decides: a stricter one iterates longer, a looser one less
+    n = sum(map(len, levels))
+    assert n > len(levels) if limit < 0.1 else n < 3 * len(levels), (limit, levels)
+
+
 @pytest.mark.parametrize("across", [2.9, 3.1])
 def test_an_organ_fewer_than_three_voxels_across_is_failed_before_any_search(model, scan,
                                                                             across):

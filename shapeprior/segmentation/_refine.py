@@ -78,6 +78,11 @@ LOW_CONFIDENCE = 0.3
 #: no refinement (the refinement benchmarks crop their masks the same way); a whole-CT
 #: grid costs seconds per pass over its voxels, a kidney's box a tenth of that
 CROP_MARGIN_MM = 40.0
+#: mean vertex motion (mm) that ends a level of the refinement's fits (of the mask,
+#: and of the image with ``image``) where the parameters give none: the tolerance
+#: every refinement setting was chosen with (a segmentation ends its levels at
+#: :data:`~shapeprior.segmentation._fit.FIT_TOL_MM`, chosen later on segmentation)
+MASK_FIT_TOL_MM = 0.05
 #: vertices this near the edge of the field of view (mm), or beyond it, are no
 #: evidence against the mask: an organ cut by the FOV is cut, not wrong
 BORDER_MM = 3.0
@@ -509,6 +514,8 @@ def refine_mask(mask_vol, model, labels=(1,), params=None, image=None, dictionar
     params = params or SegmentParams()
     if params.side == "both":       # a refinement refines every side its mask holds
         params = replace(params, side="none")
+    if params.tol_mm is None:       # the fits' tolerance its settings were chosen with
+        params = replace(params, tol_mm=MASK_FIT_TOL_MM)
     keep = tuple(int(v) for v in keep)
     bad = [v for v in keep if not 1 <= v <= 255 or v in tuple(labels)]
     if bad:
