@@ -4,7 +4,8 @@ The model is built from the cases whose number % 5 is not 0 or 1 (cached in
 bench/cache); the 38 cases with number % 5 == 1 are segmented with the
 default settings and with each candidate setting. The test split (% 5 == 0,
 bench_hippocampus.py) is never used here. Numba backend; Dice against the
-manual label (label > 0) and the time of the SSC stage per case.
+manual label (label > 0) and the time of the SSC stage per case. ``--study
+tol`` also fits each case seeded 0, 5 and 10 mm off its centre per candidate.
 
     python bench/bench_hippocampus_validation.py     # writes results/hippocampus_validation.json
     python bench/bench_hippocampus_validation.py --study tol
@@ -22,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, cached_hippocampus_model, hippocampus_validation_split,  # noqa: E402
-                     machine, write_json)
+from _common import (RESULTS, cached_hippocampus_model, case_number,  # noqa: E402
+                     hippocampus_validation_split, machine, write_json)
+
+import shapeprior.segmentation._fit as fit_module  # noqa: E402
 
 from shapeprior._profile import StageClock  # noqa: E402
 from shapeprior.io import read_label_map, read_volume  # noqa: E402
@@ -41,10 +44,34 @@ CANDIDATES = [{}, {"voxel_passes": 1}, {"voxel_passes": 3}, {"voxel_smooth": 0.0
               {"voxel_refine": False},
               {"voxel_refine": False, "surface_offset_mm": 0.0},
               {"align_rounds": 5, "warm_align": False}]
-#: ``--study tol``: the motion that ends a resolution level (``tol_mm``; {} is the
-#: default, FIT_TOL_MM; 0.05 was the default before it)
-TOL_CANDIDATES = [{}, {"tol_mm": 0.05}, {"tol_mm": 0.075}, {"tol_mm": 0.125},
-                  {"tol_mm": 0.15}, {"tol_mm": 0.2}]
+#: ``--study tol``: the motion that ends a resolution level. {} is the default
+#: (``level_tol``: FIT_TOL_MM at the finest level, times (search range / finest) **
+#: LEVEL_TOL_POWER on coarser ones); ``level_tol_power`` sets that power (a module
+#: constant, not a parameter); ``tol_mm`` a constant tolerance (0.05: before). Each
+#: is run unseeded and seeded (the offsets of bench_seed_offset.py)
+TOL_CANDIDATES = [{"tol_mm": 0.05}, {}, {"level_tol_power": 0.75},
+                  {"level_tol_power": 1.0}, {"tol_mm": 0.075}, {"tol_mm": 0.1}]
+
+
+DEFAULT_POWER = fit_module.LEVEL_TOL_POWER
+
+
+def seeded(model, dic, root, val, kw):
+    """Each validation case seeded at its reference centroid moved by 0, 5 and 10
+    mm (``bench_seed_offset.py``'s seeds; the default near_start and margin):
+    ``{"summary": per offset, "rows": [...]}``."""
+    from bench_seed_offset import HIPPO_OFFSETS, _seeds, _summary
+
+    rows = []
+    for f in val:
+        img = read_volume(root / "images" / f.name)
+        ref = read_label_map(f).array > 0
+        for off, seed in _seeds(img, ref, HIPPO_OFFSETS, np.random.default_rng(case_number(f))):
+            r = segment_volume(img, model, SegmentParams(backend="numba", seed_mm=tuple(seed),
+                                                         **kw), dic)
+            rows.append({"case": f.name, "offset_mm": off, "dice": round(dice(r.label, ref), 4),
+                         "status": r.status})
+    return {"summary": _summary(rows, "offset_mm"), "rows": rows}
 
 
 def main(argv=None):
@@ -67,7 +94,10 @@ def main(argv=None):
              for f in val]
     rows = []
     for cfg in candidates:
-        p = SegmentParams(backend="numba", **cfg)
+        power = cfg.get("level_tol_power", DEFAULT_POWER)
+        fit_module.LEVEL_TOL_POWER = power
+        kw = {k: v for k, v in cfg.items() if k != "level_tol_power"}
+        p = SegmentParams(backend="numba", **kw)
         d, ssc, iters = [], 0.0, 0
         t0 = time.perf_counter()
         for _, img, ref in cases:
@@ -81,8 +111,15 @@ def main(argv=None):
                "ssc_calls_per_case": iters / len(cases),
                "s_per_case": (time.perf_counter() - t0) / len(cases),
                "dice": [round(float(x), 6) for x in d]}
+        if a.study == "tol":
+            row["level_tol_power"] = power      # the module constant (unused with tol_mm)
+            row["seeded"] = seeded(model, dic, root, val, kw)
         rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "dice"}), flush=True)
+        shown = {k: v for k, v in row.items() if k not in ("dice", "seeded")}
+        if "seeded" in row:
+            shown["seeded"] = row["seeded"]["summary"]
+        print(json.dumps(shown), flush=True)
+    fit_module.LEVEL_TOL_POWER = DEFAULT_POWER
     out = {"benchmark": "hippocampus_validation_split", "machine": machine(),
            "split": {"model": "cases % 5 not in (0, 1)", "n_model_shapes": model.n_shapes,
                      "validation": "cases % 5 == 1", "n_cases": len(cases),

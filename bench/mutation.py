@@ -4248,8 +4248,8 @@ MUTANTS = [
      "background looked up at x, y, z indices in a mask stored z, y, x"),
     # -- round 77: the motion that ends a resolution level (FIT_TOL_MM, MASK_FIT_TOL_MM)
     ("fit-tol-user-ignored", "fitearly", "shapeprior/segmentation/_fit.py",
-     "        tol = FIT_TOL_MM if p.tol_mm is None else p.tol_mm\n",
-     "        tol = FIT_TOL_MM\n",
+     "    if params.tol_mm is not None:\n        return params.tol_mm\n",
+     "",
      "a tol_mm the user gives ignored: every level ends at the default"),
     ("refine-tol-dropped", "refine", "shapeprior/segmentation/_refine.py",
      "        params = replace(params, tol_mm=MASK_FIT_TOL_MM)\n",
@@ -4259,6 +4259,15 @@ MUTANTS = [
      "    if params.tol_mm is None:       # the fits' tolerance its settings were chosen with\n",
      "    if True:       # the fits' tolerance its settings were chosen with\n",
      "the refinement replaces a tol_mm the user gave"),
+    # -- round 78: a coarser level ends at a larger motion (level_tol)
+    ("level-tol-power-inverted", "fitearly", "shapeprior/segmentation/_fit.py",
+     "    return FIT_TOL_MM * (search_mm / finest) ** LEVEL_TOL_POWER\n",
+     "    return FIT_TOL_MM * (finest / search_mm) ** LEVEL_TOL_POWER\n",
+     "the coarser levels end at a smaller motion than the finest"),
+    ("level-tol-coarsest-as-finest", "fitearly", "shapeprior/segmentation/_fit.py",
+     "    finest = min(s for s, _ in params.schedule)\n",
+     "    finest = max(s for s, _ in params.schedule)\n",
+     "the tolerances scaled from the coarsest level's search range"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -60,25 +60,41 @@ def test_an_image_flat_but_for_one_voxel_is_not_flat(where):
         assert _flat_value(b) is None
 
 
+def test_a_coarser_level_ends_at_a_larger_motion_unless_tol_mm_is_given():
+    """tol_mm None: FIT_TOL_MM at the finest level, growing with the square root of
+    a level's search range over the finest one's (0.1 / 0.071 / 0.05 mm for the
+    default schedule); a tol_mm given holds at every level."""
+    from shapeprior.segmentation._fit import level_tol
+
+    p = SegmentParams()
+    assert [level_tol(p, s) for s, _ in p.schedule] == pytest.approx([0.1, 0.05 * 2 ** 0.5,
+                                                                      0.05])
+    q = SegmentParams(schedule=((8.0, 1.0), (2.0, 0.0)))
+    assert [level_tol(q, s) for s, _ in q.schedule] == pytest.approx([0.1, 0.05])
+    given = SegmentParams(tol_mm=0.3)
+    assert [level_tol(given, s) for s, _ in given.schedule] == [0.3, 0.3, 0.3]
+
+
 @pytest.mark.parametrize("tol", [None, 0.02, 0.3])
 def test_a_level_ends_once_its_motion_falls_below_tol_mm(model, scan, tol):
-    """Each resolution level iterates while the mean vertex motion is at least
-    ``tol_mm`` (None: FIT_TOL_MM) and ends at the first motion below it, or after
-    max_iter iterations."""
-    from shapeprior.segmentation._fit import FIT_TOL_MM
+    """Each resolution level iterates while the mean vertex motion is at least its
+    tolerance (``tol_mm``; None: :func:`level_tol`) and ends at the first motion
+    below it, or after max_iter iterations."""
+    from shapeprior.segmentation._fit import level_tol
 
     vol, truth = scan
     centre = vol.index_to_physical(np.argwhere(truth).mean(0)[::-1][None])[0]
     p = SegmentParams(seed_mm=tuple(centre), near_start=0.0, tol_mm=tol)
     r = segment_volume(vol, model, p)
-    limit = FIT_TOL_MM if tol is None else tol
-    levels = [[h["move_mm"] for h in r.history if h.get("search_mm") == s] for s, _ in p.schedule]
-    for moves in levels:
+    levels = {s: [h["move_mm"] for h in r.history if h.get("search_mm") == s]
+              for s, _ in p.schedule}
+    for s, moves in levels.items():
+        limit = level_tol(p, s)
         assert moves and all(m >= limit for m in moves[:-1]), (limit, levels)
         assert moves[-1] < limit or len(moves) == p.max_iter, (limit, levels)
     # the value decides: a stricter one iterates longer, a looser one less
-    n = sum(map(len, levels))
-    assert n > len(levels) if limit < 0.1 else n < 3 * len(levels), (limit, levels)
+    n = sum(map(len, levels.values()))
+    assert n > 2 * len(levels) if tol == 0.02 else n < 3 * len(levels), (tol, levels)
 
 
 @pytest.mark.parametrize("across", [2.9, 3.1])

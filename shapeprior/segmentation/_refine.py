@@ -79,9 +79,10 @@ LOW_CONFIDENCE = 0.3
 #: grid costs seconds per pass over its voxels, a kidney's box a tenth of that
 CROP_MARGIN_MM = 40.0
 #: mean vertex motion (mm) that ends a level of the refinement's fits (of the mask,
-#: and of the image with ``image``) where the parameters give none: the tolerance
-#: every refinement setting was chosen with (a segmentation ends its levels at
-#: :data:`~shapeprior.segmentation._fit.FIT_TOL_MM`, chosen later on segmentation)
+#: and of the image with ``image``) where the parameters give none, at every level:
+#: the tolerance every refinement setting was chosen with (a segmentation's coarser
+#: levels end earlier, :func:`~shapeprior.segmentation._fit.level_tol`, chosen later
+#: on segmentation)
 MASK_FIT_TOL_MM = 0.05
 #: vertices this near the edge of the field of view (mm), or beyond it, are no
 #: evidence against the mask: an organ cut by the FOV is cut, not wrong
