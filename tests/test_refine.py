@@ -448,12 +448,26 @@ def test_refine_fills_missing_slices(phantom_model):
     assert (got & ~cut)[z[len(z) // 2]: z[len(z) // 2] + 3].any()
 
 
+def spy_fits(monkeypatch, refine_module, what):
+    """The list that receives ``what(params)`` of every fit ``refine_mask`` makes
+    from now on (each fit still runs)."""
+    seen = []
+    real = refine_module.segment_volume
+
+    def spy(v, mdl, params, *a, **k):
+        seen.append(what(params))
+        return real(v, mdl, params, *a, **k)
+
+    monkeypatch.setattr(refine_module, "segment_volume", spy)
+    return seen
+
+
 @pytest.mark.parametrize("tol", [None, 0.2])
 def test_refine_fits_end_their_levels_at_the_tolerance_its_settings_were_chosen_with(
         phantom_model, monkeypatch, tol):
     """Where the parameters give no tol_mm, every fit of a refinement (the mask's,
-    and the image's with ``image``) ends its levels at MASK_FIT_TOL_MM, not at the
-    segmentation's FIT_TOL_MM; a value given is used as given."""
+    and the image's with ``image``) ends every level at MASK_FIT_TOL_MM, not at the
+    segmentation's ``level_tol``; a value given is used as given."""
     import shapeprior.segmentation._refine as refine_module
     from shapeprior.io import read_volume
     from shapeprior.model import load_model
@@ -461,14 +475,7 @@ def test_refine_fits_end_their_levels_at_the_tolerance_its_settings_were_chosen_
 
     d, images, labels, model_path = phantom_model
     model = load_model(model_path)
-    seen = []
-    fit = refine_module.segment_volume
-
-    def recorded(vol, m, params, *a, **kw):
-        seen.append(params.tol_mm)
-        return fit(vol, m, params, *a, **kw)
-
-    monkeypatch.setattr(refine_module, "segment_volume", recorded)
+    seen = spy_fits(monkeypatch, refine_module, lambda p: p.tol_mm)
     mask = read_label_map(labels / "phantom_005.nii.gz")
     refine_mask(mask, model, params=SegmentParams(tol_mm=tol),
                 image=read_volume(images / "phantom_005.nii.gz"))
@@ -583,14 +590,7 @@ def test_a_fit_off_the_mask_is_tried_again_with_the_short_search(phantom_model, 
     d, images, labels, model_path = phantom_model
     vol = read_label_map(labels / "phantom_002.nii.gz")
     model = load_model(model_path)
-    calls = []
-    real = refine.segment_volume
-
-    def spy(v, mdl, params, *a, **k):
-        calls.append(params.schedule)
-        return real(v, mdl, params, *a, **k)
-
-    monkeypatch.setattr(refine, "segment_volume", spy)
+    calls = spy_fits(monkeypatch, refine, lambda p: p.schedule)
     monkeypatch.setattr(refine, "ON_BOUNDARY_GOOD", 1.01)       # never good enough
     res = refine.refine_mask(vol, model)
     assert calls == [((refine.MASK_SEARCH_MM, 1.0), *refine.DEFAULT_SCHEDULE),
