@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, cached_hippocampus_model, case_number,  # noqa: E402
+from _common import (RESULTS, case_number, hippocampus_split_model,  # noqa: E402
                      hippocampus_validation_split, machine, write_json)
 
 import shapeprior.segmentation._fit as fit_module  # noqa: E402
@@ -32,7 +32,6 @@ from shapeprior._profile import StageClock  # noqa: E402
 from shapeprior.io import read_label_map, read_volume  # noqa: E402
 from shapeprior.segmentation import SegmentParams, dice, segment_volume  # noqa: E402
 
-CACHE = Path(__file__).resolve().parent / "cache"
 #: candidate settings (SegmentParams overrides); {} is the default (2 warm-started
 #: alignment rounds, 5 cold-started rounds before issue #13's SSC work; the final
 #: surface moved by the model's own calibrated offset, 0 before; the voxels next to it
@@ -56,20 +55,18 @@ TOL_CANDIDATES = [{"tol_mm": 0.05}, {}, {"level_tol_power": 0.75},
 DEFAULT_POWER = fit_module.LEVEL_TOL_POWER
 
 
-def seeded(model, dic, root, val, kw):
-    """Each validation case seeded at its reference centroid moved by 0, 5 and 10
-    mm (``bench_seed_offset.py``'s seeds; the default near_start and margin):
-    ``{"summary": per offset, "rows": [...]}``."""
+def seeded(model, dic, cases, kw):
+    """Each validation case (``(name, image, reference mask)``) seeded at its
+    reference centroid moved by 0, 5 and 10 mm (``bench_seed_offset.py``'s seeds;
+    the default near_start and margin): ``{"summary": per offset, "rows": [...]}``."""
     from bench_seed_offset import HIPPO_OFFSETS, _seeds, _summary
 
     rows = []
-    for f in val:
-        img = read_volume(root / "images" / f.name)
-        ref = read_label_map(f).array > 0
-        for off, seed in _seeds(img, ref, HIPPO_OFFSETS, np.random.default_rng(case_number(f))):
+    for name, img, ref in cases:
+        for off, seed in _seeds(img, ref, HIPPO_OFFSETS, np.random.default_rng(case_number(name))):
             r = segment_volume(img, model, SegmentParams(backend="numba", seed_mm=tuple(seed),
                                                          **kw), dic)
-            rows.append({"case": f.name, "offset_mm": off, "dice": round(dice(r.label, ref), 4),
+            rows.append({"case": name, "offset_mm": off, "dice": round(dice(r.label, ref), 4),
                          "status": r.status})
     return {"summary": _summary(rows, "offset_mm"), "rows": rows}
 
@@ -87,8 +84,8 @@ def main(argv=None):
     split = hippocampus_validation_split()
     if split is None:
         return 0
-    root, train, val = split
-    model = cached_hippocampus_model(CACHE / "hippocampus_val_642.npz", train, root)
+    root, _, val = split
+    model = hippocampus_split_model("validation", root)
     dic = model.ssc_dictionary("shapes")
     cases = [(f.name, read_volume(root / "images" / f.name), read_label_map(f).array > 0)
              for f in val]
@@ -113,7 +110,7 @@ def main(argv=None):
                "dice": [round(float(x), 6) for x in d]}
         if a.study == "tol":
             row["level_tol_power"] = power      # the module constant (unused with tol_mm)
-            row["seeded"] = seeded(model, dic, root, val, kw)
+            row["seeded"] = seeded(model, dic, cases, kw)
         rows.append(row)
         shown = {k: v for k, v in row.items() if k not in ("dice", "seeded")}
         if "seeded" in row:

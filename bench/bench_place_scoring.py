@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, cached_hippocampus_model, hippocampus_validation_split,  # noqa: E402
+from _common import (RESULTS, hippocampus_split_model, hippocampus_validation_split,  # noqa: E402
                      machine, write_json)
 
 import shapeprior.appearance._background as background  # noqa: E402
@@ -34,8 +34,6 @@ import shapeprior.appearance._levels as levels  # noqa: E402
 from shapeprior._profile import StageClock  # noqa: E402
 from shapeprior.io import read_volume  # noqa: E402
 from shapeprior.segmentation import SegmentParams, segment_volume  # noqa: E402
-
-CACHE = Path(__file__).resolve().parent / "cache"
 
 
 def previous_required_box(self, verts, reach_mm, slack_mm):
@@ -91,8 +89,8 @@ def main(argv=None):
     split = hippocampus_validation_split()
     if split is None:
         return 0
-    root, train, val = split
-    model = cached_hippocampus_model(CACHE / "hippocampus_val_642.npz", train, root)
+    root, _, val = split
+    model = hippocampus_split_model("validation", root)
     dic = model.ssc_dictionary("shapes")
     cases = [(f.name, read_volume(root / "images" / f.name)) for f in val[:a.cases]]
     for _, img in cases[:2]:
