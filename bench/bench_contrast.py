@@ -15,22 +15,25 @@ of 1.5 mm SD (partial volume at the 3 mm grid). The amounts are typical textbook
 enhancements, rounded, not fitted to anything:
 
 * arterial (corticomedullary, about 35 s): the kidneys' outer 5 mm (cortex) +150 HU,
-  their inside (medulla) +40; aorta +250; spleen, pancreas +60; portal and splenic
-  veins +60; liver +15; inferior vena cava +30;
+  their inside (medulla) +40; aorta and iliac arteries +250; spleen, pancreas +60;
+  portal and splenic veins +60; liver +15; inferior vena cava and iliac veins +30;
 * portal venous (about 70 s): kidneys +120; liver +60; spleen +70; pancreas +50;
-  aorta +130; vena cava +100; portal and splenic veins +120; adrenal glands +40;
-  stomach and bowel walls +25;
+  arteries +130; vena cava and iliac veins +100; portal and splenic veins +120;
+  adrenal glands +40; stomach and bowel walls +25;
 * excretory (minutes): kidneys +60 and their core deeper than 12 mm +600 (excreted
-  contrast in the collecting system, a stand-in: the labels do not separate it);
-  liver, spleen +40; vessels +60;
+  contrast in the collecting system, a stand-in: the labels do not separate it),
+  the urinary bladder +600; liver, spleen +40; vessels +60;
 * portal venous with liver and spleen as bright as the kidneys (+110 against
   +100): the leak case, a neighbour the window cannot tell from the organ;
 * portal venous with 30 HU of Gaussian noise (a low-dose scan).
 
 Each scan is segmented as a new user would: ``segment --side both`` with segment's
 defaults, no seed. Per side: status, quality, Dice against the reference (labels
-2 right, 3 left: TotalSegmentator's output, not manual labels) and volume. Nothing
-was chosen on these rows.
+2 right, 3 left: TotalSegmentator's output, not manual labels) and volume. And the
+other way round (``absent`` rows): the five kidney-free slabs of the scan's lower
+slices that ``bench_totalseg_ct.py`` uses, cut from each enhanced scan, where
+enhanced vessels and bowel could pass for a kidney: the status must be ``failed``.
+Nothing was chosen on these rows.
 
     python bench/bench_contrast.py     # writes results/contrast.json
     # needs bench/cache/kidney_model.npz (bench_robustness.py) and the shared data
@@ -47,33 +50,38 @@ from scipy import ndimage
 
 from _common import machine, write_json
 from bench_both_sides import FOUND_DICE, LABELS
-from bench_totalseg_ct import example_ct
+from bench_totalseg_ct import _crop, example_ct
 from shapeprior.io import Volume
 from shapeprior.segmentation import SegmentParams, dice, segment_volume
 
 HERE = Path(__file__).resolve().parent
 #: TotalSegmentator 'total' labels of the organs that enhance (ts_class_map.json)
 ORGANS = {"spleen": 1, "liver": 5, "stomach": 6, "pancreas": 7, "adrenal_right": 8,
-          "adrenal_left": 9, "small_bowel": 18, "duodenum": 19, "colon": 20, "aorta": 52,
-          "vena_cava": 63, "portal_vein": 64}
+          "adrenal_left": 9, "small_bowel": 18, "duodenum": 19, "colon": 20, "bladder": 21,
+          "aorta": 52, "vena_cava": 63, "portal_vein": 64, "iliac_artery_left": 65,
+          "iliac_artery_right": 66, "iliac_vein_left": 67, "iliac_vein_right": 68}
 #: per phase: added HU per organ; 'kidney' is the whole kidney, 'cortex' / 'medulla'
 #: its outer CORTEX_MM and the rest, 'collecting' its core deeper than COLLECTING_MM
+_ARTERIES = ("aorta", "iliac_artery_left", "iliac_artery_right")
+_VEINS = ("vena_cava", "iliac_vein_left", "iliac_vein_right")
 PHASES = {
-    "arterial": {"cortex": 150, "medulla": 40, "aorta": 250, "spleen": 60, "pancreas": 60,
-                 "portal_vein": 60, "liver": 15, "vena_cava": 30},
-    "portal venous": {"kidney": 120, "liver": 60, "spleen": 70, "pancreas": 50, "aorta": 130,
-                      "vena_cava": 100, "portal_vein": 120, "adrenal_right": 40,
-                      "adrenal_left": 40, "stomach": 25, "duodenum": 25, "small_bowel": 25,
-                      "colon": 25},
-    "excretory": {"kidney": 60, "collecting": 600, "liver": 40, "spleen": 40, "aorta": 60,
-                  "vena_cava": 60, "portal_vein": 60},
+    "arterial": {"cortex": 150, "medulla": 40, **dict.fromkeys(_ARTERIES, 250), "spleen": 60,
+                 "pancreas": 60, "portal_vein": 60, "liver": 15, **dict.fromkeys(_VEINS, 30)},
+    "portal venous": {"kidney": 120, "liver": 60, "spleen": 70, "pancreas": 50,
+                      **dict.fromkeys(_ARTERIES, 130), **dict.fromkeys(_VEINS, 100),
+                      "portal_vein": 120, "adrenal_right": 40, "adrenal_left": 40,
+                      "stomach": 25, "duodenum": 25, "small_bowel": 25, "colon": 25},
+    "excretory": {"kidney": 60, "collecting": 600, "bladder": 600, "liver": 40, "spleen": 40,
+                  **dict.fromkeys(_ARTERIES + _VEINS, 60), "portal_vein": 60},
     "portal venous, liver and spleen as bright as the kidneys": {
-        "kidney": 100, "liver": 110, "spleen": 110, "aorta": 130, "vena_cava": 100,
-        "portal_vein": 120},
+        "kidney": 100, "liver": 110, "spleen": 110, **dict.fromkeys(_ARTERIES, 130),
+        **dict.fromkeys(_VEINS, 100), "portal_vein": 120},
 }
 CORTEX_MM, COLLECTING_MM = 5.0, 12.0
 #: SD (mm) of the smoothing of the added map, and of the low-dose noise (HU)
 BLUR_MM, NOISE_HU = 1.5, 30.0
+#: the kidney-free slabs (slice ranges of the example CT) of bench_totalseg_ct.variants
+NO_KIDNEY = ((0, 60), (0, 45), (10, 55), (20, 64), (30, 64))
 
 
 def enhanced(ct, lab, phase, noise_hu=0.0, seed=0):
@@ -127,12 +135,28 @@ def main(argv=None):
         print(f"{name}: {res.status}, "
               + ", ".join(f"{s} {v['status']} Dice {v['dice']:.3f} ({v['volume_ml']:.0f} ml, "
                           f"quality {v['quality']:.2f})" for s, v in sides.items()), flush=True)
+    absent = []
+    for name, vol in scans:
+        for z0, z1 in NO_KIDNEY:
+            sub, sub_lab = _crop(vol, lab, (slice(z0, z1), slice(None), slice(None)))
+            assert not np.isin(sub_lab, list(LABELS.values())).any()
+            res = segment_volume(sub, model, SegmentParams(side="both"), dic)
+            absent.append({"scan": f"{name}, no kidney: slices {z0}-{z1 - 1}",
+                           "status": res.status,
+                           "quality": {s: round(float(f.quality), 4)
+                                       for s, f in res.sides.items()},
+                           "reasons": {s: list(f.reasons) for s, f in res.sides.items()}})
+            print(f"{absent[-1]['scan']}: {res.status}, quality {absent[-1]['quality']}",
+                  flush=True)
     kidneys = [s for r in rows for s in r["sides"].values()]
     summary = {"scans": len(rows), "both_found": sum(r["both_found"] for r in rows),
                "statuses": {k: sum(r["status"] == k for r in rows)
                             for k in ("ok", "suspect", "failed")},
                "worst_dice": min(s["dice"] for s in kidneys),
-               "lowest_quality": min(s["quality"] for s in kidneys)}
+               "lowest_quality": min(s["quality"] for s in kidneys),
+               "absent_scans": len(absent),
+               "absent_not_failed": sum(r["status"] != "failed" for r in absent),
+               "absent_highest_quality": max(q for r in absent for q in r["quality"].values())}
     print(summary)
     write_json(HERE / "results" / "contrast.json", {
         "benchmark": "contrast", "machine": machine(), "command": "python bench/bench_contrast.py",
@@ -142,7 +166,7 @@ def main(argv=None):
                      "(model output)",
         "found_dice": FOUND_DICE, "phases_hu": PHASES, "cortex_mm": CORTEX_MM,
         "collecting_mm": COLLECTING_MM, "blur_mm": BLUR_MM, "noise_hu": NOISE_HU,
-        "summary": summary, "rows": rows})
+        "summary": summary, "rows": rows, "absent": absent})
     return 0
 
 
