@@ -60,10 +60,11 @@ ORGANS = {"spleen": 1, "liver": 5, "stomach": 6, "pancreas": 7, "adrenal_right":
           "adrenal_left": 9, "small_bowel": 18, "duodenum": 19, "colon": 20, "bladder": 21,
           "aorta": 52, "vena_cava": 63, "portal_vein": 64, "iliac_artery_left": 65,
           "iliac_artery_right": 66, "iliac_vein_left": 67, "iliac_vein_right": 68}
-#: per phase: added HU per organ; 'kidney' is the whole kidney, 'cortex' / 'medulla'
-#: its outer CORTEX_MM and the rest, 'collecting' its core deeper than COLLECTING_MM
 _ARTERIES = ("aorta", "iliac_artery_left", "iliac_artery_right")
 _VEINS = ("vena_cava", "iliac_vein_left", "iliac_vein_right")
+#: per phase: added HU per organ; 'kidney' is the whole kidney, 'cortex' / 'medulla'
+#: its outer CORTEX_MM and the rest, 'collecting' its core deeper than COLLECTING_MM
+#: (later entries win where regions overlap)
 PHASES = {
     "arterial": {"cortex": 150, "medulla": 40, **dict.fromkeys(_ARTERIES, 250), "spleen": 60,
                  "pancreas": 60, "portal_vein": 60, "liver": 15, **dict.fromkeys(_VEINS, 30)},
