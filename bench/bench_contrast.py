@@ -33,7 +33,9 @@ defaults, no seed. Per side: status, quality, Dice against the reference (labels
 other way round (``absent`` rows): the five kidney-free slabs of the scan's lower
 slices that ``bench_totalseg_ct.py`` uses, cut from each enhanced scan, where
 enhanced vessels and bowel could pass for a kidney: the status must be ``failed``.
-Nothing was chosen on these rows.
+Each kidney row also records, for its final surface, the share of samples in the
+window at -4, -2, +2, +4 and +6 mm along the outward normals (what the region score
+is made of: inside minus outside). Nothing was chosen on these rows.
 
     python bench/bench_contrast.py     # writes results/contrast.json
     # needs bench/cache/kidney_model.npz (bench_robustness.py) and the shared data
@@ -51,8 +53,11 @@ from scipy import ndimage
 from _common import machine, write_json
 from bench_both_sides import FOUND_DICE, LABELS
 from bench_totalseg_ct import _crop, example_ct
+from shapeprior.appearance import LevelImage, intensity_scale
 from shapeprior.io import Volume
+from shapeprior.mesh import Surface
 from shapeprior.segmentation import SegmentParams, dice, segment_volume
+from shapeprior.segmentation._fit import CT_SOFT_TISSUE
 
 HERE = Path(__file__).resolve().parent
 #: TotalSegmentator 'total' labels of the organs that enhance (ts_class_map.json)
@@ -83,6 +88,23 @@ CORTEX_MM, COLLECTING_MM = 5.0, 12.0
 BLUR_MM, NOISE_HU = 1.5, 30.0
 #: the kidney-free slabs (slice ranges of the example CT) of bench_totalseg_ct.variants
 NO_KIDNEY = ((0, 60), (0, 45), (10, 55), (20, 64), (30, 64))
+#: offsets (mm along the outward normal) at which the share of samples inside the window
+#: is recorded: the region score takes the inside at -4, -2 and the outside at +2, +4 mm
+#: for a kidney (its band, 4 mm), on the image smoothed as for the first level
+OFFSETS_MM = (-4.0, -2.0, 2.0, 4.0, 6.0)
+
+
+def window_shares(vol, verts, faces):
+    """Share of the samples at each of :data:`OFFSETS_MM` along the surface's outward
+    normals that lie in the soft-tissue window: what the region score is made of."""
+    sigma = SegmentParams().schedule[0][1]
+    level = LevelImage(vol, "ct", sigma, "numpy", intensity_scale(vol, "ct"))
+    normals = Surface(verts, faces).vertex_normals()
+    x = level.sampler(verts, max(abs(o) for o in OFFSETS_MM))(
+        verts, normals, np.array(OFFSETS_MM))
+    lo, hi = CT_SOFT_TISSUE
+    inside = ((x >= lo) & (x <= hi)).mean(0)
+    return {f"{o:+g}": round(float(v), 4) for o, v in zip(OFFSETS_MM, inside)}
 
 
 def enhanced(ct, lab, phase, noise_hu=0.0, seed=0):
@@ -129,7 +151,8 @@ def main(argv=None):
                            "dice": round(dice(f.label, ref), 4),
                            "volume_ml": round(float(np.count_nonzero(f.label)) * voxel_ml, 1),
                            "reference_ml": round(float(np.count_nonzero(ref)) * voxel_ml, 1),
-                           "reasons": list(f.reasons)}
+                           "reasons": list(f.reasons),
+                           "window_share_by_offset_mm": window_shares(vol, f.verts, f.faces)}
         found = all(s["in_label"] and s["dice"] >= FOUND_DICE for s in sides.values())
         rows.append({"scan": name, "status": res.status, "in_label": res.in_label,
                      "both_found": found, "sides": sides, "time_s": round(t, 2)})
