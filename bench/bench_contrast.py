@@ -33,9 +33,10 @@ defaults, no seed. Per side: status, quality, Dice against the reference (labels
 other way round (``absent`` rows): the five kidney-free slabs of the scan's lower
 slices that ``bench_totalseg_ct.py`` uses, cut from each enhanced scan, where
 enhanced vessels and bowel could pass for a kidney: the status must be ``failed``.
-Each kidney row also records, for its final surface, the share of samples in the
-window at -4, -2, +2, +4 and +6 mm along the outward normals (what the region score
-is made of: inside minus outside). Nothing was chosen on these rows.
+Each row also records, for each final surface (a kidney's, or the fit on a
+kidney-free slab), the share of samples in the window at -4, -2 and +2 to +6 mm
+along the outward normals (what the region score is made of: inside minus outside).
+Nothing was chosen on these rows.
 
     python bench/bench_contrast.py     # writes results/contrast.json
     # needs bench/cache/kidney_model.npz (bench_robustness.py) and the shared data
@@ -91,7 +92,7 @@ NO_KIDNEY = ((0, 60), (0, 45), (10, 55), (20, 64), (30, 64))
 #: offsets (mm along the outward normal) at which the share of samples inside the window
 #: is recorded: the region score takes the inside at -4, -2 and the outside at +2, +4 mm
 #: for a kidney (its band, 4 mm), on the image smoothed as for the first level
-OFFSETS_MM = (-4.0, -2.0, 2.0, 4.0, 6.0)
+OFFSETS_MM = (-4.0, -2.0, 2.0, 3.0, 4.0, 5.0, 6.0)
 
 
 def window_shares(vol, verts, faces):
@@ -169,7 +170,10 @@ def main(argv=None):
                            "status": res.status,
                            "quality": {s: round(float(f.quality), 4)
                                        for s, f in res.sides.items()},
-                           "reasons": {s: list(f.reasons) for s, f in res.sides.items()}})
+                           "reasons": {s: list(f.reasons) for s, f in res.sides.items()},
+                           "window_share_by_offset_mm": {
+                               s: window_shares(sub, f.verts, f.faces)
+                               for s, f in res.sides.items()}})
             print(f"{absent[-1]['scan']}: {res.status}, quality {absent[-1]['quality']}",
                   flush=True)
     kidneys = [s for r in rows for s in r["sides"].values()]
