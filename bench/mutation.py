@@ -4268,6 +4268,26 @@ MUTANTS = [
      "    finest = min(s for s, _ in params.schedule)\n",
      "    finest = max(s for s, _ in params.schedule)\n",
      "the tolerances scaled from the coarsest level's search range"),
+    # -- round 79: storage order (a scan stored in another axis order or sense) ----------
+    ("place-midline-without-direction", "place", "shapeprior/segmentation/_place.py",
+     "    return float(vol.index_to_physical(c[None])[0, 0])",
+     "    return float(vol.origin[0] + vol.spacing[0] * c[0])",
+     "the body's midline from the origin and spacing alone, as if the x axis ran to the "
+     "patient's left: on a scan stored with x reversed, the sides' candidates swap"),
+    ("place-grid-without-direction", "place", "shapeprior/segmentation/_place.py",
+     "    return vol.index_to_physical(ijk)\n",
+     "    return vol.origin + ijk * vol.spacing\n",
+     "the placement grid laid from the origin along +x, +y, +z whatever the scan's "
+     "direction: on a scan stored in another order it covers space beside the image"),
+    ("place-template-without-direction", "place", "shapeprior/segmentation/_place.py",
+     "np.zeros(3), sub.direction)", "np.zeros(3), np.eye(3))",
+     "the matched filter's template voxelised on axes that ignore the scan's direction: "
+     "on a scan stored in another order the template is the organ turned or mirrored"),
+    ("place-peaks-without-direction", "place", "shapeprior/segmentation/_place.py",
+     "    return sub.index_to_physical(p[:, ::-1].astype(float)), score[peaks]",
+     "    return sub.origin + p[:, ::-1] * sub.spacing, score[peaks]",
+     "the matched filter's peaks placed from the origin along +x, +y, +z whatever the "
+     "scan's direction"),
 ]
 
 #: survivors that cannot be killed because they do not change behaviour

@@ -177,3 +177,46 @@ def test_placement_of_a_paired_organ_keeps_to_its_side(phantom_model):
         hyps = find_placements(vol, shape0, faces, scorer, n=3, side=side)
         assert np.linalg.norm(hyps[0].centre - want) < 0.25 * ext.max(), (side, hyps[0])
         assert all(np.sign(h.centre[0]) == np.sign(want[0]) for h in hyps)
+
+
+def _stored(vol, order, flip):
+    """The scan ``vol`` stored another way: the new array's x, y, z axes are the old
+    ones ``order`` (indices into x, y, z), each reversed where ``flip``; the same
+    voxels at the same physical positions (as ITK's DICOMOrient stores them)."""
+    a = np.flip(vol.array.transpose(2, 1, 0).transpose(order), [j for j in range(3) if flip[j]])
+    n = np.array(vol.array.shape[::-1])
+    m = vol.index_to_physical_matrix                  # columns: one voxel step per axis
+    origin = vol.origin + sum(m[:, order[j]] * (n[order[j]] - 1) for j in range(3) if flip[j])
+    direction = np.stack([vol.direction[:, order[j]] * (-1.0 if flip[j] else 1.0)
+                          for j in range(3)], axis=1)
+    return Volume(np.ascontiguousarray(a.transpose(2, 1, 0)), vol.spacing[list(order)],
+                  origin, direction)
+
+
+def test_placement_follows_physical_space_not_how_the_scan_stores_its_voxels(phantom_model):
+    """The paired-organ scan above stored with its x axis reversed (as a RAS file is),
+    and with its axes permuted and reversed (sagittal and coronal files): the same
+    voxels at the same places, so each side's placement lands on the same organ, at
+    the same place to within two voxels. Before this check, the matched filter's
+    template voxelised without the scan's direction, and its peaks placed without it,
+    passed every placement test (all on scans stored x, y, z with an identity
+    direction; mutation round 79)."""
+    shape0, faces, ext = _phantom_mean(phantom_model)
+    left, right = np.array([2.5 * ext[0], 0, 0]), np.array([-2.5 * ext[0], 0, 0])
+    vol, scorer = _phantom_scan(shape0, faces, [left, right])
+    probe = vol.index_to_physical(np.array([[3.0, 5.0, 2.0]]))
+    for order, flip in (((0, 1, 2), (True, False, False)), ((2, 0, 1), (False, True, True)),
+                        ((1, 2, 0), (True, True, False))):
+        other = _stored(vol, order, flip)
+        # the same voxel value at the same physical position
+        i, j, k = np.rint(other.physical_to_index(probe)[0]).astype(int)
+        assert other.array[k, j, i] == vol.array[2, 5, 3]
+        oscore = _scorer(other, scorer.band)
+        for side, want in (("left", left), ("right", right)):
+            hyps = find_placements(other, shape0, faces, oscore, n=3, side=side)
+            assert np.linalg.norm(hyps[0].centre - want) < 0.25 * ext.max(), \
+                (order, flip, side, hyps[0])
+            assert all(np.sign(h.centre[0]) == np.sign(want[0]) for h in hyps), (order, side)
+            base = find_placements(vol, shape0, faces, scorer, n=3, side=side)[0]
+            assert np.linalg.norm(hyps[0].centre - base.centre) <= 2.0 * max(vol.spacing)
+
