@@ -204,19 +204,22 @@ def test_placement_follows_physical_space_not_how_the_scan_stores_its_voxels(pha
     shape0, faces, ext = _phantom_mean(phantom_model)
     left, right = np.array([2.5 * ext[0], 0, 0]), np.array([-2.5 * ext[0], 0, 0])
     vol, scorer = _phantom_scan(shape0, faces, [left, right])
-    probe = vol.index_to_physical(np.array([[3.0, 5.0, 2.0]]))
+    base = {side: find_placements(vol, shape0, faces, scorer, n=3, side=side)[0]
+            for side in ("left", "right")}
+    # every voxel's value at its physical position, read back through each storage
+    ijk = np.argwhere(np.ones(vol.array.shape, bool))[::97][:, ::-1]          # x, y, z
+    points = vol.index_to_physical(ijk.astype(float))
     for order, flip in (((0, 1, 2), (True, False, False)), ((2, 0, 1), (False, True, True)),
                         ((1, 2, 0), (True, True, False))):
         other = _stored(vol, order, flip)
-        # the same voxel value at the same physical position
-        i, j, k = np.rint(other.physical_to_index(probe)[0]).astype(int)
-        assert other.array[k, j, i] == vol.array[2, 5, 3]
+        o = np.rint(other.physical_to_index(points)).astype(int)
+        assert np.array_equal(other.array[o[:, 2], o[:, 1], o[:, 0]],
+                              vol.array[ijk[:, 2], ijk[:, 1], ijk[:, 0]])
         oscore = _scorer(other, scorer.band)
         for side, want in (("left", left), ("right", right)):
             hyps = find_placements(other, shape0, faces, oscore, n=3, side=side)
             assert np.linalg.norm(hyps[0].centre - want) < 0.25 * ext.max(), \
                 (order, flip, side, hyps[0])
             assert all(np.sign(h.centre[0]) == np.sign(want[0]) for h in hyps), (order, side)
-            base = find_placements(vol, shape0, faces, scorer, n=3, side=side)[0]
-            assert np.linalg.norm(hyps[0].centre - base.centre) <= 2.0 * max(vol.spacing)
+            assert np.linalg.norm(hyps[0].centre - base[side].centre) <= 2.0 * max(vol.spacing)
 
