@@ -180,17 +180,13 @@ def test_placement_of_a_paired_organ_keeps_to_its_side(phantom_model):
 
 
 def _stored(vol, order, flip):
-    """The scan ``vol`` stored another way: the new array's x, y, z axes are the old
-    ones ``order`` (indices into x, y, z), each reversed where ``flip``; the same
-    voxels at the same physical positions (as ITK's DICOMOrient stores them)."""
-    a = np.flip(vol.array.transpose(2, 1, 0).transpose(order), [j for j in range(3) if flip[j]])
-    n = np.array(vol.array.shape[::-1])
-    m = vol.index_to_physical_matrix                  # columns: one voxel step per axis
-    origin = vol.origin + sum(m[:, order[j]] * (n[order[j]] - 1) for j in range(3) if flip[j])
+    """The scan ``vol`` stored another way (:meth:`Volume.reoriented_like`): the new
+    array's x, y, z axes are the old ones ``order`` (indices into x, y, z), each
+    reversed where ``flip``; the same voxels at the same physical positions (as ITK's
+    DICOMOrient stores them)."""
     direction = np.stack([vol.direction[:, order[j]] * (-1.0 if flip[j] else 1.0)
                           for j in range(3)], axis=1)
-    return Volume(np.ascontiguousarray(a.transpose(2, 1, 0)), vol.spacing[list(order)],
-                  origin, direction)
+    return vol.reoriented_like(Volume(np.zeros((1, 1, 1)), vol.spacing, vol.origin, direction))
 
 
 def test_placement_follows_physical_space_not_how_the_scan_stores_its_voxels(phantom_model):
